@@ -1,0 +1,119 @@
+"""The command line: `kdns serve` and `kdns check`; exit 2 with one clear line per problem.
+
+Contract:
+- `main(argv)` returns the exit status: 0 on success, 2 for a bad config, bad manifests or a
+  missing source (each problem one line on stderr, naming the file, line and field).
+- Flags override the config file; the config file overrides the defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections import Counter
+from collections.abc import Sequence
+
+import trio
+from dnslib import QTYPE
+
+from kdns import app
+from kdns.config import POD_MODES, Config, ConfigError, load_config
+
+log = logging.getLogger("kdns")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kdns", description="An in-cluster DNS server for Kubernetes."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--config", metavar="FILE", help="YAML config file (every key has a default)"
+        )
+        p.add_argument(
+            "--manifests",
+            metavar="PATH",
+            action="append",
+            help="a Kubernetes manifest file or folder (repeatable); re-read when it changes",
+        )
+        p.add_argument("--zones", metavar="ZONE", nargs="+", help="authoritative zones")
+        p.add_argument("--ttl", type=int, metavar="SECONDS", help="TTL of cluster records (5)")
+        p.add_argument("--pods", choices=POD_MODES, help="pod records mode (insecure)")
+        p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+
+    serve = commands.add_parser("serve", help="answer DNS for the cluster")
+    common(serve)
+    serve.add_argument("--dns-addr", metavar="HOST:PORT", help="listen address (0.0.0.0:53)")
+    check = commands.add_parser(
+        "check", help="validate a config and manifests and print what would be served"
+    )
+    common(check)
+    return parser
+
+
+def _config(args: argparse.Namespace) -> Config:
+    config = load_config(args.config) if args.config else Config()
+    return config.with_overrides(
+        zones=tuple(args.zones) if args.zones else None,
+        ttl=args.ttl,
+        pods=args.pods,
+        dns_addr=getattr(args, "dns_addr", None),
+        manifests=tuple(args.manifests) if args.manifests else None,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        config = _config(args)
+        built = app.build(config)
+    except ConfigError as e:
+        print(f"kdns: {e}", file=sys.stderr)
+        return 2
+    except app.StartupError as e:
+        for line in e.lines:
+            print(f"kdns: {line}", file=sys.stderr)
+        return 2
+    if args.command == "check":
+        print(_summary(built))
+        return 0
+    try:
+        trio.run(app.serve, built)
+    except OSError as e:
+        print(f"kdns: cannot listen on {config.dns_addr}: {e.strerror}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def _summary(built: app.App) -> str:
+    store, config = built.store, built.config
+    index = built.resolver.index
+    types: Counter[str] = Counter()
+    for owners in (*index.forward.values(), *index.reverse.values()):
+        for records in owners.values():
+            for record in records:
+                types[QTYPE.get(record.rtype)] += 1
+    counts = ", ".join(f"{t} {n}" for t, n in sorted(types.items())) or "nothing"
+    return "\n".join(
+        [
+            f"config: ok (zones {', '.join(config.zones)}; ttl {config.ttl}; pods {config.pods})",
+            f"manifests: ok ({len(store.namespaces)} namespaces, {len(store.services)} services, "
+            f"{len(store.slices)} endpoint slices, {len(store.pods)} pods)",
+            f"records per zone: {counts}",
+            f"names per zone: {len(index.forward)} forward, {len(index.reverse)} reverse",
+        ]
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""DNS: the record schema, authoritative answers, the wire format and the listeners."""

@@ -1,0 +1,330 @@
+"""Authoritative answers for the cluster zones: NOERROR, NODATA, NXDOMAIN or SERVFAIL — or None.
+
+`Resolver.resolve(qname, qtype)` answers a question from the record index and the store, or
+returns None when the name is in none of our zones (the caller forwards or refuses it).
+`Resolver.apply(change)` brings the index up to date after a store change and returns the cache
+tags whose answers may have changed.
+
+Contract:
+- Pure: no I/O, no clock; answers are dnslib RRs owned by lower-case names, so the wire layer
+  can patch the client's spelling of the question in (CoreDNS echoes the query's case).
+- NXDOMAIN and NODATA carry the zone's SOA in the authority section and set AA (RFC 2308 §3).
+  An empty non-terminal is NODATA, never NXDOMAIN (RFC 8020).
+- Before the store has synced every watched kind, a negative answer becomes SERVFAIL (clients
+  cache negatives; a name that exists must never be denied), as CoreDNS's kubernetes plugin does.
+- Every answer names the tags of the names it read (`Answer.tags`), so a cached copy is dropped
+  exactly when one of them changes (DESIGN.md §4).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+
+from dnslib import AAAA as AAAA_RD
+from dnslib import CNAME as CNAME_RD
+from dnslib import NS as NS_RD
+from dnslib import PTR as PTR_RD
+from dnslib import QTYPE, RCODE, RR, SOA, SRV, TXT
+from dnslib import A as A_RD
+
+from kdns.config import Config
+from kdns.dns.records import Record, RecordIndex
+from kdns.store import Change, Store
+
+ANY = QTYPE.ANY
+DNS_VERSION = "1.1.0"  # Kubernetes DNS-Based Service Discovery, schema version (spec §2.1)
+DNS_VERSION_TTL = 28800  # the spec's example, and what CoreDNS serves
+MAX_CHASE = 8  # CNAME chain length we follow inside our zones
+
+Tag = tuple[str, ...]
+APEX_TAG: Tag = ("apex",)
+ZONE_TAG: Tag = ("zone",)
+POD_TAG: Tag = ("pod",)
+REVERSE_ENT_TAG: Tag = ("rev-ent",)
+
+
+@dataclass(slots=True)
+class Answer:
+    rcode: int = RCODE.NOERROR
+    answer: list[RR] = field(default_factory=list)
+    authority: list[RR] = field(default_factory=list)
+    additional: list[RR] = field(default_factory=list)
+    tags: set[Tag] = field(default_factory=set)
+    cacheable: bool = True
+
+
+def service_tag(namespace: str, name: str) -> Tag:
+    return ("svc", namespace, name)
+
+
+def namespace_tag(namespace: str) -> Tag:
+    return ("ns", namespace)
+
+
+def reverse_tag(name: str) -> Tag:
+    return ("ptr", name)
+
+
+def ip_from_pod_label(label: str) -> str | None:
+    """`10-244-1-10` → 10.244.1.10, `fd00-10--1` → fd00:10::1 (CoreDNS's reading, row 12)."""
+    if label.count("-") == 3 and "--" not in label:
+        text = label.replace("-", ".")
+    else:
+        text = label.replace("-", ":")
+    try:
+        return ipaddress.ip_address(text).compressed
+    except ValueError:
+        return None
+
+
+class Resolver:
+    def __init__(self, store: Store, config: Config, ns_addresses: tuple[str, ...] = ()) -> None:
+        self.store = store
+        self.index = RecordIndex()
+        self.ttl = config.ttl
+        self.pods = config.pods
+        self.forward_zones = config.forward_zones
+        self.reverse_zones = config.reverse_zones
+        # Longest zone first, so "sub.cluster.local" wins over "cluster.local".
+        self._zones = sorted(config.zones, key=len, reverse=True)
+        self.primary = self.forward_zones[0] if self.forward_zones else "cluster.local"
+        self.ns_addresses = ns_addresses
+        for key in store.services:
+            self.index.update(key, store.services[key], store.endpoints.get(key, ()))
+
+    # --- keeping up with the store -----------------------------------------------------------
+
+    def apply(self, change: Change) -> set[Tag]:
+        tags: set[Tag] = {APEX_TAG}
+        reverse_changed: set[str] = set()
+        for key in change.services:
+            service = self.store.services.get(key)
+            reverse_changed |= self.index.update(key, service, self.store.endpoints.get(key, ()))
+            tags.add(service_tag(*key))
+        tags.update(reverse_tag(name) for name in reverse_changed)
+        if reverse_changed:
+            tags.add(REVERSE_ENT_TAG)
+        if change.namespaces:
+            tags.update(namespace_tag(ns) for ns in change.namespaces)
+            tags.add(POD_TAG)
+        if change.pod_ips:
+            tags.add(POD_TAG)
+        return tags
+
+    # --- answering ---------------------------------------------------------------------------
+
+    def zone_of(self, qname: str) -> str | None:
+        for zone in self._zones:
+            if qname == zone or qname.endswith("." + zone):
+                return zone
+        return None
+
+    def resolve(self, qname: str, qtype: int) -> Answer | None:
+        """Answer `qname` (lower-case, no trailing dot) or return None if it is not ours."""
+        zone = self.zone_of(qname)
+        if zone is None:
+            return None
+        answer = Answer()
+        self._resolve_into(answer, qname, qtype, zone, depth=0)
+        if not self.store.synced:
+            answer.cacheable = False
+            if answer.rcode == RCODE.NXDOMAIN or (
+                answer.rcode == RCODE.NOERROR and not answer.answer
+            ):
+                answer.rcode = RCODE.SERVFAIL
+                answer.answer.clear()
+        return answer
+
+    def _resolve_into(self, answer: Answer, qname: str, qtype: int, zone: str, depth: int) -> None:
+        if zone in self.reverse_zones:
+            self._reverse(answer, qname, qtype, zone)
+        else:
+            self._forward(answer, qname, qtype, zone, depth)
+
+    def _forward(self, answer: Answer, qname: str, qtype: int, zone: str, depth: int) -> None:
+        rel = qname[: -len(zone) - 1] if qname != zone else ""
+        labels = rel.split(".") if rel else []
+        n = len(labels)
+        if n == 0:
+            answer.tags.add(APEX_TAG)
+            return self._apex(answer, qname, qtype, zone)
+        last = labels[-1]
+        if last == "svc" and n >= 3:
+            answer.tags.add(service_tag(labels[-2], labels[-3]))
+            records = self.index.lookup_forward(rel)
+            if records is None:
+                exists = rel in self.index.forward_ents
+                return self._negative(answer, zone, exists)
+            return self._records(answer, qname, qtype, zone, records, depth)
+        if last == "svc":
+            if n == 1:
+                answer.tags.add(ZONE_TAG)
+                return self._negative(answer, zone, exists=True)
+            answer.tags.add(namespace_tag(labels[0]))
+            exists = self.store.namespace_exists(labels[0]) or rel in self.index.forward_ents
+            return self._negative(answer, zone, exists)
+        if last == "pod":
+            answer.tags.add(POD_TAG)
+            return self._pod(answer, qname, qtype, zone, labels)
+        answer.tags.add(ZONE_TAG)
+        if rel == "dns-version":
+            if qtype in (QTYPE.TXT, ANY):
+                answer.answer.append(
+                    RR(qname + ".", QTYPE.TXT, rdata=TXT(DNS_VERSION), ttl=DNS_VERSION_TTL)
+                )
+                return None
+            return self._negative(answer, zone, exists=True)
+        if rel == "ns.dns" and self.ns_addresses:
+            self._addresses(answer.answer, qname, qtype, self.ns_addresses)
+            if not answer.answer:
+                return self._negative(answer, zone, exists=True)
+            return None
+        return self._negative(
+            answer, zone, exists=rel in ("dns", "ns.dns") and bool(self.ns_addresses)
+        )
+
+    def _apex(self, answer: Answer, qname: str, qtype: int, zone: str) -> None:
+        if qtype in (QTYPE.SOA, ANY):
+            answer.answer.append(self._soa(zone))
+        if qtype in (QTYPE.NS, ANY):
+            target, glue = self._nameserver(zone)
+            answer.answer.append(RR(qname + ".", QTYPE.NS, rdata=NS_RD(target + "."), ttl=self.ttl))
+            self._addresses(answer.additional, target, QTYPE.ANY, glue)
+        if not answer.answer:
+            self._negative(answer, zone, exists=True)
+
+    def _nameserver(self, zone: str) -> tuple[str, tuple[str, ...]]:
+        """The apex NS: the cluster DNS Service when it is known (as the coredns/ci tests
+        expect, `kube-dns.kube-system.svc.Z` with its ClusterIP as glue), else `ns.dns.Z`."""
+        forward = zone if zone in self.forward_zones else self.primary
+        dns_service = self.store.services.get(("kube-system", "kube-dns"))
+        if dns_service is not None and dns_service.cluster_ips:
+            return f"kube-dns.kube-system.svc.{forward}", dns_service.cluster_ips
+        return f"ns.dns.{forward}", self.ns_addresses
+
+    def _soa(self, zone: str) -> RR:
+        # CoreDNS's synthesised SOA (plugin/backend_lookup.go): TTL min(ttl, 300), the minimum
+        # field = ttl, so resolvers cache our negative answers for the record TTL (RFC 2308 §5).
+        forward = zone if zone in self.forward_zones else self.primary
+        soa = SOA(
+            mname=f"ns.dns.{forward}.",
+            rname=f"hostmaster.{forward}.",
+            times=(self.store.last_change, 7200, 1800, 86400, self.ttl),
+        )
+        return RR(zone + ".", QTYPE.SOA, rdata=soa, ttl=min(self.ttl, 300))
+
+    def _negative(self, answer: Answer, zone: str, exists: bool) -> None:
+        answer.rcode = RCODE.NOERROR if exists else RCODE.NXDOMAIN
+        answer.authority.append(self._soa(zone))
+
+    def _addresses(self, section: list[RR], owner: str, qtype: int, ips: tuple[str, ...]) -> None:
+        for ip in ips:
+            v6 = ":" in ip
+            if v6 and qtype in (QTYPE.AAAA, ANY):
+                section.append(RR(owner + ".", QTYPE.AAAA, rdata=AAAA_RD(ip), ttl=self.ttl))
+            elif not v6 and qtype in (QTYPE.A, ANY):
+                section.append(RR(owner + ".", QTYPE.A, rdata=A_RD(ip), ttl=self.ttl))
+
+    def _records(
+        self, answer: Answer, qname: str, qtype: int, zone: str, records: list[Record], depth: int
+    ) -> None:
+        cname = next((r for r in records if r.rtype == QTYPE.CNAME), None)
+        if cname is not None and qtype not in (QTYPE.CNAME, ANY):
+            # ExternalName (spec 2.5): the CNAME first; a target inside our zones is chased here
+            # (RFC 1034 §4.3.2 step 3a), one outside is left to the client's resolver.
+            answer.answer.append(
+                RR(qname + ".", QTYPE.CNAME, rdata=CNAME_RD(cname.value + "."), ttl=self.ttl)
+            )
+            target_zone = self.zone_of(cname.value)
+            if target_zone is not None and depth < MAX_CHASE:
+                self._resolve_into(answer, cname.value, qtype, target_zone, depth + 1)
+            return None
+        found = False
+        for record in records:
+            if record.rtype != qtype and qtype != ANY:
+                continue
+            found = True
+            answer.answer.append(self._rr(qname, record, zone))
+            if record.rtype == QTYPE.SRV:
+                # Glue for the target (spec 2.3.2: the additional section MAY carry it).
+                target = record.value
+                glue = self.index.lookup_forward(target) or []
+                ips = tuple(g.value for g in glue if g.rtype in (QTYPE.A, QTYPE.AAAA))
+                present = {
+                    str(rr.rdata) for rr in answer.additional if rr.rname == f"{target}.{zone}."
+                }
+                self._addresses(
+                    answer.additional,
+                    f"{target}.{zone}",
+                    ANY,
+                    tuple(ip for ip in dict.fromkeys(ips) if ip not in present),
+                )
+        if not found:
+            self._negative(answer, zone, exists=True)
+        return None
+
+    def _rr(self, owner: str, record: Record, zone: str) -> RR:
+        value = f"{record.value}.{zone}." if record.in_zone else record.value
+        if record.rtype == QTYPE.A:
+            rdata = A_RD(value)
+        elif record.rtype == QTYPE.AAAA:
+            rdata = AAAA_RD(value)
+        elif record.rtype == QTYPE.SRV:
+            rdata = SRV(record.priority, record.weight, record.port, value)
+        elif record.rtype == QTYPE.PTR:
+            rdata = PTR_RD(value)
+        elif record.rtype == QTYPE.CNAME:
+            rdata = CNAME_RD(value + ".")
+        else:  # pragma: no cover - records.py produces only the types above
+            raise ValueError(f"unexpected record type {record.rtype}")
+        return RR(owner + ".", record.rtype, rdata=rdata, ttl=self.ttl)
+
+    def _reverse(self, answer: Answer, qname: str, qtype: int, zone: str) -> None:
+        if qname == zone:
+            answer.tags.add(APEX_TAG)
+            return self._apex(answer, qname, qtype, zone)
+        records = self.index.lookup_reverse(qname)
+        if records is None:
+            full = qname.count(".") + 1 in (6, 34)  # a whole IPv4 or IPv6 reverse name
+            answer.tags.add(reverse_tag(qname) if full else REVERSE_ENT_TAG)
+            return self._negative(answer, zone, exists=qname in self.index.reverse_ents)
+        answer.tags.add(reverse_tag(qname))
+        # PTR targets always name the primary zone (CoreDNS plugin/kubernetes/reverse.go).
+        found = False
+        for record in records:
+            if qtype in (QTYPE.PTR, ANY):
+                found = True
+                answer.answer.append(self._rr(qname, record, self.primary))
+        if not found:
+            self._negative(answer, zone, exists=True)
+        return None
+
+    def _pod(self, answer: Answer, qname: str, qtype: int, zone: str, labels: list[str]) -> None:
+        n = len(labels)
+        if self.pods == "disabled" or n > 3:
+            return self._negative(answer, zone, exists=False)
+        if n == 1:
+            return self._negative(answer, zone, exists=True)
+        namespace = labels[-2]
+        if not self.store.namespace_exists(namespace):
+            return self._negative(answer, zone, exists=False)
+        if n == 2:
+            return self._negative(answer, zone, exists=True)
+        ip = ip_from_pod_label(labels[0])
+        if ip is None or (self.pods == "verified" and not self._pod_verified(namespace, ip)):
+            return self._negative(answer, zone, exists=False)
+        self._addresses(answer.answer, qname, qtype, (ip,))
+        if not answer.answer:
+            self._negative(answer, zone, exists=True)
+        return None
+
+    def _pod_verified(self, namespace: str, ip: str) -> bool:
+        # `pods verified`: a watched Pod in that namespace has that IP and is neither finished
+        # nor terminating (CoreDNS plugin/kubernetes findPods / object/pod.go).
+        return any(
+            pod.namespace == namespace
+            and pod.phase not in ("Succeeded", "Failed", "Unknown")
+            and not pod.terminating
+            for pod in self.store.pods_by_ip.get(ip, ())
+        )

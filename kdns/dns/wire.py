@@ -1,0 +1,352 @@
+"""The DNS wire format at kdns's edge: strict query parsing, encoding, and the answer cache.
+
+- `parse_query` validates a query before anything else reads it (dnslib alone accepts qdcount 0,
+  64-octet labels, and recurses on pointer chains): it returns a `Query`, an encoded error
+  response (FORMERR with the client's ID), or None when the packet must be dropped (shorter than
+  a header, or a response — answering responses invites reflection loops).
+- `encode` turns an answer into wire bytes, owner names compressed against a lower-case copy of
+  the question, so that patching in the client's spelling later echoes its case everywhere.
+- `AnswerCache` is the hot path (DESIGN.md §4): whole encoded answers keyed by the question's
+  wire bytes (name lower-cased), the header flags and the EDNS shape. A hit costs one dict lookup
+  and one bytes join: the client's ID and question are copied into the stored answer. Entries
+  carry the tags of the names they read and are dropped when one of those changes.
+
+Nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from dnslib import RR, DNSBuffer, DNSLabel
+
+MAX_UDP_PAYLOAD = 1232  # EDNS payload cap (DNS Flag Day 2020; RFC 9715 guidance)
+CLASSIC_UDP_PAYLOAD = 512  # RFC 1035 §4.2.1, without EDNS
+TCP_PAYLOAD = 65535
+MAX_NAME = 255  # octets on the wire, RFC 1035 §3.1
+MAX_LABEL = 63
+OPT = 41
+
+# Header flag bits (RFC 1035 §4.1.1, RFC 4035 §3.2 for AD/CD).
+QR = 0x8000
+AA = 0x0400
+TC = 0x0200
+RD = 0x0100
+RA = 0x0080
+CD = 0x0010
+
+# RCODEs (RFC 1035, RFC 6891 for the extended BADVERS).
+NOERROR, FORMERR, SERVFAIL, NXDOMAIN, NOTIMP, REFUSED = 0, 1, 2, 3, 4, 5
+BADVERS = 16
+
+_HEADER = struct.Struct("!6H")
+
+
+@dataclass(slots=True)
+class Query:
+    id: int
+    flags: int
+    labels: tuple[bytes, ...]  # as the client spelled them
+    qtype: int
+    qclass: int
+    question: bytes  # the question section as sent (name + type + class)
+    compressed: bool  # the question name used a compression pointer
+    edns: bool = False
+    payload: int = CLASSIC_UDP_PAYLOAD
+    do: bool = False
+    edns_version: int = 0
+
+    @property
+    def opcode(self) -> int:
+        return (self.flags >> 11) & 0xF
+
+    @property
+    def qname(self) -> str:
+        """The name, lower-case text without the trailing dot, for lookups.
+
+        A label holding a dot or a backslash is escaped, so it can never match one of our
+        names by accident (`a.b` as one label is not the two labels `a`, `b`)."""
+        return ".".join(_text_label(label) for label in self.labels)
+
+    def udp_limit(self) -> int:
+        if not self.edns:
+            return CLASSIC_UDP_PAYLOAD
+        return max(CLASSIC_UDP_PAYLOAD, min(self.payload, MAX_UDP_PAYLOAD))
+
+
+def _text_label(label: bytes) -> str:
+    text = label.decode("latin-1").lower()
+    if "." in text or "\\" in text:
+        text = text.replace("\\", "\\\\").replace(".", "\\.")
+    return text
+
+
+class WireError(ValueError):
+    """A malformed packet: the reason, for logs and metrics."""
+
+
+def read_name(data: bytes, offset: int) -> tuple[tuple[bytes, ...], int]:
+    """Read a (possibly compressed) name: (labels, the offset just after it).
+
+    Pointers must point backwards (RFC 1035 §4.1.4 allows only prior occurrences), which also
+    rules out loops without a hop counter; the 0x40 and 0x80 label types are obsolete or
+    undefined (RFC 6891 §5) and rejected.
+    """
+    labels: list[bytes] = []
+    length = 1  # the root label's octet
+    end = -1
+    pos = offset
+    n = len(data)
+    while True:
+        if pos >= n:
+            raise WireError("name runs past the end of the packet")
+        size = data[pos]
+        if size == 0:
+            if end < 0:
+                end = pos + 1
+            return tuple(labels), end
+        kind = size & 0xC0
+        if kind == 0xC0:
+            if pos + 1 >= n:
+                raise WireError("compression pointer runs past the end of the packet")
+            target = ((size & 0x3F) << 8) | data[pos + 1]
+            if target >= pos:
+                raise WireError("compression pointer does not point backwards (loop)")
+            if end < 0:
+                end = pos + 2
+            pos = target
+            continue
+        if kind:
+            raise WireError(f"unsupported label type 0x{kind:02x}")
+        if size > MAX_LABEL:  # pragma: no cover - kind==0 already bounds size to 63
+            raise WireError("label longer than 63 octets")
+        if pos + 1 + size > n:
+            raise WireError("label runs past the end of the packet")
+        length += size + 1
+        if length > MAX_NAME:
+            raise WireError("name longer than 255 octets")
+        labels.append(data[pos + 1 : pos + 1 + size])
+        pos += 1 + size
+
+
+def _skip_rr(data: bytes, offset: int) -> tuple[int, int, int, int, bytes, int]:
+    """Read one resource record: (name length 1 if root, type, class, ttl, rdata, next offset)."""
+    labels, pos = read_name(data, offset)
+    if pos + 10 > len(data):
+        raise WireError("resource record header runs past the end of the packet")
+    rtype, rclass, ttl, rdlength = struct.unpack_from("!HHIH", data, pos)
+    pos += 10
+    if pos + rdlength > len(data):
+        raise WireError("rdata runs past the end of the packet")
+    return len(labels), rtype, rclass, ttl, data[pos : pos + rdlength], pos + rdlength
+
+
+def parse_query(data: bytes) -> Query | bytes | None:
+    if len(data) < 12:
+        return None  # not even a header: nothing to answer to
+    qid, flags, qdcount, ancount, nscount, arcount = _HEADER.unpack_from(data)
+    if flags & QR:
+        return None  # a response: never answer it (reflection, loops)
+    if qdcount != 1:
+        return error_response(qid, flags, FORMERR)
+    try:
+        labels, pos = read_name(data, 12)
+        compressed = pos != 12 + sum(len(label) + 1 for label in labels) + 1
+        if pos + 4 > len(data):
+            raise WireError("question runs past the end of the packet")
+        qtype, qclass = struct.unpack_from("!HH", data, pos)
+        pos += 4
+        query = Query(qid, flags, labels, qtype, qclass, data[12:pos], compressed)
+        for _ in range(ancount + nscount):
+            pos = _skip_rr(data, pos)[-1]
+        for _ in range(arcount):
+            name_labels, rtype, rclass, ttl, _rdata, pos = _skip_rr(data, pos)
+            if rtype != OPT:
+                continue
+            if query.edns:
+                raise WireError("more than one OPT record (RFC 6891 §6.1.1)")
+            if name_labels:
+                raise WireError("OPT record owner is not the root (RFC 6891 §6.1.2)")
+            query.edns = True
+            query.payload = rclass
+            query.edns_version = (ttl >> 16) & 0xFF
+            query.do = bool(ttl & 0x8000)
+        if pos != len(data):
+            raise WireError("trailing bytes after the last record")
+    except WireError:
+        return error_response(qid, flags, FORMERR)
+    return query
+
+
+def error_response(qid: int, flags: int, rcode: int, query: Query | None = None) -> bytes:
+    """A response with no records: the client's ID, opcode, RD and CD; the question if known."""
+    out_flags = QR | (flags & (0x7800 | RD | CD)) | (rcode & 0xF)
+    if query is None:
+        return _HEADER.pack(qid, out_flags, 0, 0, 0, 0)
+    opt = opt_record(query, rcode) if query.edns else b""
+    return _HEADER.pack(qid, out_flags, 1, 0, 0, 1 if opt else 0) + query.question + opt
+
+
+def opt_record(query: Query, rcode: int = NOERROR) -> bytes:
+    """Our OPT: payload size we accept, the upper rcode bits, version 0, DO echoed (RFC 3225)."""
+    ttl = ((rcode >> 4) << 24) | (0x8000 if query.do else 0)
+    return struct.pack("!BHHIH", 0, OPT, MAX_UDP_PAYLOAD, ttl, 0)
+
+
+def encode(
+    query: Query,
+    rcode: int,
+    answer: Iterable[RR] = (),
+    authority: Iterable[RR] = (),
+    additional: Iterable[RR] = (),
+    authoritative: bool = True,
+    recursion_available: bool = False,
+) -> bytes:
+    """Encode a response to `query`, question and owner names lower-case, ID as the client's.
+
+    The client's spelling of the question is patched in by `finish`."""
+    answer, authority, additional = list(answer), list(authority), list(additional)
+    flags = QR | (query.flags & (RD | CD)) | (rcode & 0xF)
+    if authoritative:
+        flags |= AA
+    if recursion_available:
+        flags |= RA
+    opt = opt_record(query, rcode) if query.edns else b""
+    buffer = DNSBuffer()
+    buffer.pack(
+        "!6H",
+        query.id,
+        flags,
+        1,
+        len(answer),
+        len(authority),
+        len(additional) + (1 if opt else 0),
+    )
+    buffer.encode_name(DNSLabel(tuple(label.lower() for label in query.labels)))
+    buffer.pack("!HH", query.qtype, query.qclass)
+    for rr in answer:
+        rr.pack(buffer)
+    for rr in authority:
+        rr.pack(buffer)
+    for rr in additional:
+        rr.pack(buffer)
+    return bytes(buffer.data) + opt
+
+
+def truncated(response: bytes, query: Query) -> bytes:
+    """The UDP stand-in for an answer that does not fit: TC set, the question kept, no records
+    (RFC 2181 §9: a client must not use a partial RRset; it retries over TCP, RFC 7766)."""
+    qid, flags = struct.unpack_from("!HH", response)
+    opt = opt_record(query, flags & 0xF) if query.edns else b""
+    header = _HEADER.pack(qid, flags | TC, 1, 0, 0, 1 if opt else 0)
+    return header + query.question + opt
+
+
+def finish(response: bytes, query: Query, udp: bool) -> bytes:
+    """Patch the client's spelling of the question in, and truncate for UDP if needed."""
+    if not query.compressed:
+        response = response[:12] + query.question + response[12 + len(query.question) :]
+    if udp and len(response) > query.udp_limit():
+        return truncated(response, query)
+    return response
+
+
+# --- the answer cache ----------------------------------------------------------------------------
+
+
+def cache_key(data: bytes) -> tuple[bytes, int, int] | None:
+    """(key, question end, UDP limit) for a query the cache can serve, else None.
+
+    Servable: one uncompressed question, no answer/authority records, and either no additional
+    record or exactly one EDNS version 0 OPT. The key is the header flags and counts, the name
+    lower-cased, type and class, and the DO bit: everything the answer depends on.
+    """
+    n = len(data)
+    z = data.find(0, 12)
+    if z < 0 or n < z + 5:
+        return None
+    qend = z + 5
+    if n == qend:
+        return data[2:z].lower() + data[z:qend], qend, CLASSIC_UDP_PAYLOAD
+    # One OPT record: root name, type 41, payload, ext-rcode, version, flags, rdlength.
+    if n < qend + 11 or data[qend] != 0 or data[qend + 1 : qend + 3] != b"\x00\x29":
+        return None
+    if data[qend + 6] != 0 or int.from_bytes(data[qend + 9 : qend + 11]) != n - qend - 11:
+        return None
+    payload = int.from_bytes(data[qend + 3 : qend + 5])
+    limit = CLASSIC_UDP_PAYLOAD if payload < CLASSIC_UDP_PAYLOAD else min(payload, MAX_UDP_PAYLOAD)
+    do = b"D" if data[qend + 7] & 0x80 else b"E"
+    return data[2:z].lower() + data[z:qend] + do, qend, limit
+
+
+Tag = tuple[str, ...]
+
+
+class AnswerCache:
+    """Encoded answers by `cache_key`, dropped by tag; bounded by entry count.
+
+    An entry is (header bytes 2-12, bytes after the question, full length, TC header, TC tail):
+    the answer is rebuilt around the client's own ID and question with one join.
+    """
+
+    def __init__(self, max_entries: int = 100_000) -> None:
+        self.max_entries = max_entries
+        self.entries: dict[bytes, tuple[bytes, bytes, int, bytes, bytes]] = {}
+        self.by_tag: dict[Tag, set[bytes]] = {}
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def answer(self, data: bytes, udp: bool) -> bytes | None:
+        """The hot path: a full response for `data`, or None (take the slow path)."""
+        # Header checks first: only a plain query (QR=0, opcode 0) with qdcount 1 can be in
+        # the cache; the key itself includes the whole header, so any other shape misses.
+        found = cache_key(data) if len(data) >= 17 else None
+        if found is None:
+            return None
+        key, qend, limit = found
+        entry = self.entries.get(key)
+        if entry is None:
+            self.misses += 1
+            return None
+        self.hits += 1
+        header, tail, size, tc_header, tc_tail = entry
+        if udp and size > limit:
+            return data[:2] + tc_header + data[12:qend] + tc_tail
+        return data[:2] + header + data[12:qend] + tail
+
+    def store(self, data: bytes, query: Query, response: bytes, tags: Iterable[Tag]) -> None:
+        """Remember `response` (encoded by `encode`, not yet finished) for queries like `data`."""
+        found = cache_key(data)
+        if found is None or query.compressed or query.opcode != 0 or query.edns_version != 0:
+            return
+        if data[2] >= 0x41 or data[3] >= 0x41:
+            # Keys lower-case the header bytes with the name; only header bytes that lower-casing
+            # leaves alone may be stored, so a hit implies the client's header is the stored one.
+            return
+        key, qend, _ = found
+        if len(self.entries) >= self.max_entries:
+            # A flood of distinct names (random-subdomain attacks) must not grow us without
+            # bound; starting over costs one slow-path answer per name still in use.
+            self.entries.clear()
+            self.by_tag.clear()
+        tc = truncated(response, query)
+        self.entries[key] = (response[2:12], response[qend:], len(response), tc[2:12], tc[qend:])
+        for tag in tags:
+            self.by_tag.setdefault(tag, set()).add(key)
+
+    def drop(self, tags: Iterable[Tag]) -> int:
+        dropped = 0
+        for tag in tags:
+            for key in self.by_tag.pop(tag, ()):
+                if self.entries.pop(key, None) is not None:
+                    dropped += 1
+        return dropped
+
+    def clear(self) -> None:
+        self.entries.clear()
+        self.by_tag.clear()

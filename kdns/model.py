@@ -1,0 +1,671 @@
+"""The slim model: frozen Namespace / Service / EndpointSlice / Pod objects and their converters.
+
+Kubernetes objects arrive as API dicts (from a manifest file or an API response) and are
+converted once, here, into small frozen objects that keep only the fields DNS and the proxy use.
+Equality of two converted objects therefore means "nothing DNS or the proxy can see changed".
+
+Contract:
+- `namespace_from_dict`, `service_from_dict`, `endpointslice_from_dict`,
+  `endpoints_to_slices` and `pod_from_dict` either return a model object or raise
+  `ModelError` naming the offending field as a path (`spec.ports[0].port`), never a half-built
+  object.
+- Addresses are normalised (`ipaddress` compressed form), so two spellings of one IP compare equal.
+- Nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+# RFC 1123 label (DNS-1123 label): what Kubernetes requires of namespace and service names.
+_DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+# RFC 1123 subdomain: object names of most other kinds.
+_DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+# RFC 6335 §5.1 service name, as Kubernetes validates port names (IANA_SVC_NAME).
+_PORT_NAME = re.compile(r"^(?=.{1,15}$)(?=.*[a-z])[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+
+SERVICE_TYPES = ("ClusterIP", "NodePort", "LoadBalancer", "ExternalName")
+PROTOCOLS = ("TCP", "UDP", "SCTP")
+ADDRESS_TYPES = ("IPv4", "IPv6", "FQDN")
+# The label an EndpointSlice carries to name its Service (discovery.k8s.io/v1).
+SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+# The annotation the EndpointSlice controller sets to the time of the change that caused it.
+TRIGGER_TIME_ANNOTATION = "endpoints.kubernetes.io/last-change-trigger-time"
+
+
+class ModelError(ValueError):
+    """An API object that cannot be converted; `field` is the path of the offending field."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}" if field else message)
+        self.field = field
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class Namespace:
+    name: str
+
+    @property
+    def key(self) -> str:
+        return self.name
+
+
+@dataclass(frozen=True, slots=True)
+class ServicePort:
+    name: str  # "" when unnamed (a single-port Service may leave it out)
+    protocol: str  # TCP | UDP | SCTP
+    port: int
+    target_port: int | str  # a number, or the name of a container port
+    node_port: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Service:
+    namespace: str
+    name: str
+    type: str = "ClusterIP"
+    # The ClusterIPs, primary first; () for a headless Service (clusterIP: None) and ExternalName.
+    cluster_ips: tuple[str, ...] = ()
+    headless: bool = False
+    ports: tuple[ServicePort, ...] = ()
+    external_name: str = ""
+    # None: no selector (endpoints are managed by someone else); otherwise sorted (key, value).
+    selector: tuple[tuple[str, str], ...] | None = None
+    session_affinity: str = "None"
+    affinity_timeout: int = 10800
+    external_ips: tuple[str, ...] = ()
+    load_balancer_ips: tuple[str, ...] = ()
+    load_balancer_source_ranges: tuple[str, ...] = ()
+    external_traffic_policy: str = "Cluster"
+    internal_traffic_policy: str = "Cluster"
+    health_check_node_port: int | None = None
+    publish_not_ready_addresses: bool = False
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.namespace, self.name)
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointPort:
+    name: str
+    protocol: str
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """One address of an EndpointSlice endpoint, with the ports its slice declares."""
+
+    address: str
+    ready: bool = True
+    serving: bool = True
+    terminating: bool = False
+    hostname: str = ""
+    node_name: str = ""
+    zone: str = ""
+    pod: str = ""  # name of the target Pod, when targetRef is a Pod
+    ports: tuple[EndpointPort, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointSlice:
+    namespace: str
+    name: str
+    service_name: str
+    address_type: str
+    endpoints: tuple[Endpoint, ...] = ()
+    # When the change behind this slice happened at the API server (epoch seconds), if known.
+    trigger_time: float | None = None
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.namespace, self.name)
+
+    @property
+    def service_key(self) -> tuple[str, str]:
+        return (self.namespace, self.service_name)
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerPort:
+    name: str
+    protocol: str
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
+class Pod:
+    namespace: str
+    name: str
+    labels: tuple[tuple[str, str], ...] = ()
+    ips: tuple[str, ...] = ()  # status.podIPs, primary first
+    phase: str = "Pending"
+    ready: bool = False
+    terminating: bool = False  # metadata.deletionTimestamp is set
+    host_network: bool = False
+    hostname: str = ""
+    subdomain: str = ""
+    node_name: str = ""
+    container_ports: tuple[ContainerPort, ...] = ()
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.namespace, self.name)
+
+
+# --- field readers -----------------------------------------------------------------------------
+
+
+def _get(obj: Mapping[str, Any], path: str, key: str, kind: type | tuple[type, ...]) -> Any:
+    value = obj.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+        raise ModelError(
+            _join(path, key), f"expected {_TYPE_WORDS.get(names, names)}, got {value!r}"
+        )
+    return value
+
+
+_TYPE_WORDS = {"dict": "a mapping", "list": "a list", "str": "a string", "int": "an integer"}
+
+
+def _join(path: str, key: str | int) -> str:
+    if isinstance(key, int):
+        return f"{path}[{key}]"
+    return f"{path}.{key}" if path else key
+
+
+def _mapping(obj: Mapping[str, Any], path: str, key: str) -> Mapping[str, Any]:
+    return _get(obj, path, key, dict) or {}
+
+
+def _list(obj: Mapping[str, Any], path: str, key: str) -> list[Any]:
+    return _get(obj, path, key, list) or []
+
+
+def _str(obj: Mapping[str, Any], path: str, key: str, default: str = "") -> str:
+    value = _get(obj, path, key, str)
+    return default if value is None else value
+
+
+def _port_number(obj: Mapping[str, Any], path: str, key: str, required: bool) -> int | None:
+    value = _get(obj, path, key, int)
+    if value is None:
+        if required:
+            raise ModelError(_join(path, key), "required field is missing")
+        return None
+    if not 1 <= value <= 65535:
+        raise ModelError(_join(path, key), f"port {value} is out of range 1-65535")
+    return value
+
+
+def _ip(value: Any, field: str) -> str:
+    if not isinstance(value, str):
+        raise ModelError(field, f"{value!r} is not an IP address")
+    try:
+        return ipaddress.ip_address(value).compressed
+    except ValueError:
+        raise ModelError(field, f"{value!r} is not an IP address") from None
+
+
+def _choice(value: str, field: str, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise ModelError(field, f"{value!r} is not one of {', '.join(allowed)}")
+    return value
+
+
+def _metadata(obj: Mapping[str, Any], namespaced: bool) -> tuple[str, str, Mapping[str, Any]]:
+    meta = _mapping(obj, "", "metadata")
+    name = _str(meta, "metadata", "name")
+    if not name:
+        raise ModelError("metadata.name", "required field is missing")
+    namespace = ""
+    if namespaced:
+        namespace = _str(meta, "metadata", "namespace", "default")
+        if not _DNS1123_LABEL.match(namespace):
+            raise ModelError("metadata.namespace", f"{namespace!r} is not a valid DNS-1123 label")
+    return namespace, name, meta
+
+
+def _labels(meta: Mapping[str, Any], path: str, key: str) -> tuple[tuple[str, str], ...]:
+    labels = _mapping(meta, path, key)
+    for k, v in labels.items():
+        if not isinstance(v, str):
+            raise ModelError(_join(_join(path, key), str(k)), f"label value {v!r} is not a string")
+    return tuple(sorted((str(k), v) for k, v in labels.items()))
+
+
+# --- converters --------------------------------------------------------------------------------
+
+
+def namespace_from_dict(obj: Mapping[str, Any]) -> Namespace:
+    _, name, _ = _metadata(obj, namespaced=False)
+    if not _DNS1123_LABEL.match(name):
+        raise ModelError("metadata.name", f"{name!r} is not a valid DNS-1123 label")
+    return Namespace(name)
+
+
+def _service_port(raw: Any, path: str, service_type: str) -> ServicePort:
+    if not isinstance(raw, dict):
+        raise ModelError(path, f"expected a mapping, got {raw!r}")
+    name = _str(raw, path, "name")
+    if name and not _PORT_NAME.match(name):
+        raise ModelError(_join(path, "name"), f"{name!r} is not a valid port name (RFC 6335)")
+    protocol = _choice(_str(raw, path, "protocol", "TCP"), _join(path, "protocol"), PROTOCOLS)
+    port = _port_number(raw, path, "port", required=True)
+    assert port is not None
+    target: int | str
+    raw_target = raw.get("targetPort")
+    if raw_target is None:
+        target = port
+    elif isinstance(raw_target, bool):
+        raise ModelError(
+            _join(path, "targetPort"), f"expected a port number or name, got {raw_target!r}"
+        )
+    elif isinstance(raw_target, int):
+        target = _port_number(raw, path, "targetPort", required=True) or port
+    elif isinstance(raw_target, str):
+        # The API accepts a numeric string for an IntOrString; kube-proxy reads it as a number.
+        target = int(raw_target) if raw_target.isdigit() else raw_target
+        if isinstance(target, int) and not 1 <= target <= 65535:
+            raise ModelError(_join(path, "targetPort"), f"port {target} is out of range 1-65535")
+        if isinstance(target, str) and not _PORT_NAME.match(target):
+            raise ModelError(_join(path, "targetPort"), f"{target!r} is not a valid port name")
+    else:
+        raise ModelError(
+            _join(path, "targetPort"), f"expected a port number or name, got {raw_target!r}"
+        )
+    node_port = None
+    if service_type in ("NodePort", "LoadBalancer"):
+        node_port = _port_number(raw, path, "nodePort", required=False)
+    return ServicePort(name, protocol, port, target, node_port)
+
+
+def service_from_dict(obj: Mapping[str, Any]) -> Service:
+    namespace, name, _meta = _metadata(obj, namespaced=True)
+    if not _DNS1123_LABEL.match(name):
+        raise ModelError("metadata.name", f"{name!r} is not a valid DNS-1123 label")
+    spec = _mapping(obj, "", "spec")
+    stype = _choice(_str(spec, "spec", "type", "ClusterIP"), "spec.type", SERVICE_TYPES)
+
+    raw_ips = _list(spec, "spec", "clusterIPs")
+    field = "spec.clusterIPs"
+    if not raw_ips:
+        single = spec.get("clusterIP")
+        raw_ips = [] if single in (None, "") else [single]
+        field = "spec.clusterIP"
+    headless = False
+    cluster_ips: tuple[str, ...] = ()
+    if raw_ips and raw_ips[0] == "None":
+        headless = True
+    elif stype != "ExternalName":
+        ips = []
+        for i, raw in enumerate(raw_ips):
+            ips.append(_ip(raw, field if field == "spec.clusterIP" else f"{field}[{i}]"))
+        if len({ipaddress.ip_address(ip).version for ip in ips}) != len(ips):
+            raise ModelError(field, "dual-stack clusterIPs must hold one IPv4 and one IPv6 address")
+        cluster_ips = tuple(ips)
+
+    ports = tuple(
+        _service_port(raw, f"spec.ports[{i}]", stype)
+        for i, raw in enumerate(_list(spec, "spec", "ports"))
+    )
+    seen: set[tuple[str, int]] = set()
+    for i, p in enumerate(ports):
+        if (p.protocol, p.port) in seen:
+            raise ModelError(f"spec.ports[{i}]", f"duplicate port {p.port}/{p.protocol}")
+        seen.add((p.protocol, p.port))
+    if len(ports) > 1:
+        names = [p.name for p in ports]
+        for i, n in enumerate(names):
+            if not n:
+                raise ModelError(
+                    f"spec.ports[{i}].name", "required when a Service has several ports"
+                )
+            if names.index(n) != i:
+                raise ModelError(f"spec.ports[{i}].name", f"duplicate port name {n!r}")
+
+    external_name = ""
+    if stype == "ExternalName":
+        external_name = _str(spec, "spec", "externalName").rstrip(".").lower()
+        if not external_name:
+            raise ModelError("spec.externalName", "required for a Service of type ExternalName")
+
+    raw_selector = spec.get("selector")
+    selector = None if raw_selector is None else _labels(spec, "spec", "selector")
+    affinity = _choice(
+        _str(spec, "spec", "sessionAffinity", "None"), "spec.sessionAffinity", ("None", "ClientIP")
+    )
+    timeout = 10800
+    cfg = _mapping(
+        _mapping(spec, "spec", "sessionAffinityConfig"), "spec.sessionAffinityConfig", "clientIP"
+    )
+    if cfg.get("timeoutSeconds") is not None:
+        timeout = _get(cfg, "spec.sessionAffinityConfig.clientIP", "timeoutSeconds", int)
+        if not 1 <= timeout <= 86400:
+            raise ModelError(
+                "spec.sessionAffinityConfig.clientIP.timeoutSeconds",
+                f"{timeout} is out of range 1-86400",
+            )
+    external_ips = tuple(
+        _ip(raw, f"spec.externalIPs[{i}]")
+        for i, raw in enumerate(_list(spec, "spec", "externalIPs"))
+    )
+    ingress = _list(
+        _mapping(_mapping(obj, "", "status"), "status", "loadBalancer"),
+        "status.loadBalancer",
+        "ingress",
+    )
+    lb_ips = tuple(
+        _ip(item.get("ip"), f"status.loadBalancer.ingress[{i}].ip")
+        for i, item in enumerate(ingress)
+        if isinstance(item, dict) and item.get("ip")
+    )
+    ranges = []
+    for i, raw in enumerate(_list(spec, "spec", "loadBalancerSourceRanges")):
+        try:
+            ranges.append(str(ipaddress.ip_network(str(raw).strip(), strict=False)))
+        except ValueError:
+            raise ModelError(
+                f"spec.loadBalancerSourceRanges[{i}]", f"{raw!r} is not a CIDR"
+            ) from None
+    etp = _choice(
+        _str(spec, "spec", "externalTrafficPolicy", "Cluster"),
+        "spec.externalTrafficPolicy",
+        ("Cluster", "Local"),
+    )
+    itp = _choice(
+        _str(spec, "spec", "internalTrafficPolicy", "Cluster"),
+        "spec.internalTrafficPolicy",
+        ("Cluster", "Local"),
+    )
+    hc_port = _port_number(spec, "spec", "healthCheckNodePort", required=False)
+    publish = spec.get("publishNotReadyAddresses") is True
+    return Service(
+        namespace=namespace,
+        name=name,
+        type=stype,
+        cluster_ips=cluster_ips,
+        headless=headless,
+        ports=ports,
+        external_name=external_name,
+        selector=selector,
+        session_affinity=affinity,
+        affinity_timeout=timeout,
+        external_ips=external_ips,
+        load_balancer_ips=lb_ips,
+        load_balancer_source_ranges=tuple(ranges),
+        external_traffic_policy=etp,
+        internal_traffic_policy=itp,
+        health_check_node_port=hc_port,
+        publish_not_ready_addresses=publish,
+    )
+
+
+def _endpoint_ports(raw_ports: list[Any], path: str) -> tuple[EndpointPort, ...]:
+    ports = []
+    for i, raw in enumerate(raw_ports):
+        p = _join(path, i)
+        if not isinstance(raw, dict):
+            raise ModelError(p, f"expected a mapping, got {raw!r}")
+        number = _port_number(raw, p, "port", required=False)
+        if number is None:
+            # discovery.k8s.io/v1: an unset port means "all ports"; DNS and the proxy skip it.
+            continue
+        protocol = _choice(_str(raw, p, "protocol", "TCP"), _join(p, "protocol"), PROTOCOLS)
+        ports.append(EndpointPort(_str(raw, p, "name"), protocol, number))
+    return tuple(ports)
+
+
+def _condition(conditions: Mapping[str, Any], path: str, key: str, default: bool) -> bool:
+    value = conditions.get(key)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise ModelError(_join(path, key), f"expected true or false, got {value!r}")
+    return value
+
+
+def _trigger_time(meta: Mapping[str, Any]) -> float | None:
+    annotations = meta.get("annotations")
+    if not isinstance(annotations, dict):
+        return None
+    raw = annotations.get(TRIGGER_TIME_ANNOTATION)
+    if not isinstance(raw, str):
+        return None
+    from datetime import datetime
+
+    try:
+        return datetime.fromisoformat(raw.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None  # an annotation we cannot read only costs us the latency figure
+
+
+def endpointslice_from_dict(obj: Mapping[str, Any]) -> EndpointSlice:
+    namespace, name, meta = _metadata(obj, namespaced=True)
+    labels = _mapping(meta, "metadata", "labels")
+    service_name = labels.get(SERVICE_NAME_LABEL)
+    if not isinstance(service_name, str) or not service_name:
+        raise ModelError(f"metadata.labels.{SERVICE_NAME_LABEL}", "required field is missing")
+    address_type = _choice(_str(obj, "", "addressType", "IPv4"), "addressType", ADDRESS_TYPES)
+    ports = _endpoint_ports(_list(obj, "", "ports"), "ports")
+    endpoints: list[Endpoint] = []
+    for i, raw in enumerate(_list(obj, "", "endpoints")):
+        path = f"endpoints[{i}]"
+        if not isinstance(raw, dict):
+            raise ModelError(path, f"expected a mapping, got {raw!r}")
+        conditions = _mapping(raw, path, "conditions")
+        cpath = _join(path, "conditions")
+        # discovery.k8s.io/v1: an unset `ready` or `serving` is to be read as true.
+        ready = _condition(conditions, cpath, "ready", True)
+        serving = _condition(conditions, cpath, "serving", ready)
+        terminating = _condition(conditions, cpath, "terminating", False)
+        target = _mapping(raw, path, "targetRef")
+        pod = _str(target, _join(path, "targetRef"), "name") if target.get("kind") == "Pod" else ""
+        hostname = _str(raw, path, "hostname").lower()
+        if hostname and not _DNS1123_LABEL.match(hostname):
+            raise ModelError(_join(path, "hostname"), f"{hostname!r} is not a valid DNS-1123 label")
+        addresses = _list(raw, path, "addresses")
+        if not addresses:
+            raise ModelError(_join(path, "addresses"), "an endpoint needs at least one address")
+        for j, raw_address in enumerate(addresses):
+            field = f"{path}.addresses[{j}]"
+            if address_type == "FQDN":
+                continue  # FQDN slices are deprecated and neither DNS nor the proxy use them
+            address = _ip(raw_address, field)
+            if (ipaddress.ip_address(address).version == 4) != (address_type == "IPv4"):
+                raise ModelError(field, f"{address} does not match addressType {address_type}")
+            endpoints.append(
+                Endpoint(
+                    address=address,
+                    ready=ready,
+                    serving=serving,
+                    terminating=terminating,
+                    hostname=hostname,
+                    node_name=_str(raw, path, "nodeName"),
+                    zone=_str(raw, path, "zone"),
+                    pod=pod,
+                    ports=ports,
+                )
+            )
+    return EndpointSlice(
+        namespace, name, service_name, address_type, tuple(endpoints), _trigger_time(meta)
+    )
+
+
+def endpoints_to_slices(obj: Mapping[str, Any]) -> tuple[EndpointSlice, ...]:
+    """Convert a core/v1 Endpoints object into slices, one per subset and address family.
+
+    The Endpoints controller lists ready addresses under `addresses` and the rest under
+    `notReadyAddresses`; the Endpoints object is named after its Service.
+    """
+    namespace, name, meta = _metadata(obj, namespaced=True)
+    slices: list[EndpointSlice] = []
+    for i, subset in enumerate(_list(obj, "", "subsets")):
+        path = f"subsets[{i}]"
+        if not isinstance(subset, dict):
+            raise ModelError(path, f"expected a mapping, got {subset!r}")
+        ports = _endpoint_ports(_list(subset, path, "ports"), _join(path, "ports"))
+        by_family: dict[str, list[Endpoint]] = {"IPv4": [], "IPv6": []}
+        for key, ready in (("addresses", True), ("notReadyAddresses", False)):
+            for j, raw in enumerate(_list(subset, path, key)):
+                apath = f"{path}.{key}[{j}]"
+                if not isinstance(raw, dict):
+                    raise ModelError(apath, f"expected a mapping, got {raw!r}")
+                address = _ip(raw.get("ip"), _join(apath, "ip"))
+                family = "IPv4" if ipaddress.ip_address(address).version == 4 else "IPv6"
+                target = _mapping(raw, apath, "targetRef")
+                by_family[family].append(
+                    Endpoint(
+                        address=address,
+                        ready=ready,
+                        serving=ready,
+                        terminating=False,
+                        hostname=_str(raw, apath, "hostname").lower(),
+                        node_name=_str(raw, apath, "nodeName"),
+                        pod=_str(target, _join(apath, "targetRef"), "name")
+                        if target.get("kind") == "Pod"
+                        else "",
+                        ports=ports,
+                    )
+                )
+        for family, endpoints in by_family.items():
+            if endpoints:
+                slices.append(
+                    EndpointSlice(
+                        namespace,
+                        f"{name}-{i}-{family.lower()}",
+                        name,
+                        family,
+                        tuple(endpoints),
+                        _trigger_time(meta),
+                    )
+                )
+    return tuple(slices)
+
+
+def pod_from_dict(obj: Mapping[str, Any]) -> Pod:
+    namespace, name, meta = _metadata(obj, namespaced=True)
+    spec = _mapping(obj, "", "spec")
+    status = _mapping(obj, "", "status")
+    ips: list[str] = []
+    for i, raw in enumerate(_list(status, "status", "podIPs")):
+        if isinstance(raw, dict):
+            ips.append(_ip(raw.get("ip"), f"status.podIPs[{i}].ip"))
+    if not ips and status.get("podIP"):
+        ips.append(_ip(status.get("podIP"), "status.podIP"))
+    ready = False
+    for i, cond in enumerate(_list(status, "status", "conditions")):
+        if isinstance(cond, dict) and cond.get("type") == "Ready":
+            ready = cond.get("status") == "True"
+            if cond.get("status") not in ("True", "False", "Unknown"):
+                raise ModelError(
+                    f"status.conditions[{i}].status", "expected True, False or Unknown"
+                )
+    container_ports: list[ContainerPort] = []
+    for ci, container in enumerate(_list(spec, "spec", "containers")):
+        cpath = f"spec.containers[{ci}]"
+        if not isinstance(container, dict):
+            raise ModelError(cpath, f"expected a mapping, got {container!r}")
+        for pi, raw in enumerate(_list(container, cpath, "ports")):
+            ppath = f"{cpath}.ports[{pi}]"
+            if not isinstance(raw, dict):
+                raise ModelError(ppath, f"expected a mapping, got {raw!r}")
+            number = _port_number(raw, ppath, "containerPort", required=True)
+            assert number is not None
+            protocol = _choice(
+                _str(raw, ppath, "protocol", "TCP"), _join(ppath, "protocol"), PROTOCOLS
+            )
+            container_ports.append(ContainerPort(_str(raw, ppath, "name"), protocol, number))
+    hostname = _str(spec, "spec", "hostname").lower()
+    if hostname and not _DNS1123_LABEL.match(hostname):
+        raise ModelError("spec.hostname", f"{hostname!r} is not a valid DNS-1123 label")
+    subdomain = _str(spec, "spec", "subdomain").lower()
+    if subdomain and not _DNS1123_LABEL.match(subdomain):
+        raise ModelError("spec.subdomain", f"{subdomain!r} is not a valid DNS-1123 label")
+    return Pod(
+        namespace=namespace,
+        name=name,
+        labels=_labels(meta, "metadata", "labels"),
+        ips=tuple(ips),
+        phase=_str(status, "status", "phase", "Pending"),
+        ready=ready,
+        terminating=meta.get("deletionTimestamp") is not None,
+        host_network=spec.get("hostNetwork") is True,
+        hostname=hostname,
+        subdomain=subdomain,
+        node_name=_str(spec, "spec", "nodeName"),
+        container_ports=tuple(container_ports),
+    )
+
+
+def selector_matches(
+    selector: tuple[tuple[str, str], ...], labels: tuple[tuple[str, str], ...]
+) -> bool:
+    """A Service selector (equality-based, as Services allow) matches a Pod's labels."""
+    if not selector:
+        return False  # an empty selector selects nothing for Services (the controller skips it)
+    have = dict(labels)
+    return all(have.get(k) == v for k, v in selector)
+
+
+def slices_for_service(service: Service, pods: list[Pod]) -> tuple[EndpointSlice, ...]:
+    """The EndpointSlices the EndpointSlice controller would write for `service` and `pods`.
+
+    Follows kubernetes/kubernetes staging/src/k8s.io/endpointslice (podToEndpoint):
+    pods that are Succeeded/Failed, have no IP, or run in the host network... are still
+    endpoints when they have an IP; the hostname is the Pod's `spec.hostname` only when its
+    `spec.subdomain` equals the Service's name; ready = publishNotReadyAddresses or
+    (serving and not terminating), serving = the Pod's Ready condition.
+    """
+    if service.selector is None or service.type == "ExternalName":
+        return ()
+    by_family: dict[str, list[Endpoint]] = {"IPv4": [], "IPv6": []}
+    for pod in sorted(pods, key=lambda p: p.name):
+        if pod.namespace != service.namespace or not pod.ips:
+            continue
+        if pod.phase in ("Succeeded", "Failed") or not selector_matches(
+            service.selector, pod.labels
+        ):
+            continue
+        ports: list[EndpointPort] = []
+        for sp in service.ports:
+            if isinstance(sp.target_port, int):
+                ports.append(EndpointPort(sp.name, sp.protocol, sp.target_port))
+                continue
+            for cp in pod.container_ports:
+                if cp.name == sp.target_port and cp.protocol == sp.protocol:
+                    ports.append(EndpointPort(sp.name, sp.protocol, cp.port))
+                    break
+        serving = pod.ready
+        ready = service.publish_not_ready_addresses or (serving and not pod.terminating)
+        hostname = pod.hostname if pod.hostname and pod.subdomain == service.name else ""
+        for ip in pod.ips:
+            family = "IPv4" if ipaddress.ip_address(ip).version == 4 else "IPv6"
+            by_family[family].append(
+                Endpoint(
+                    address=ip,
+                    ready=ready,
+                    serving=serving,
+                    terminating=pod.terminating,
+                    hostname=hostname,
+                    node_name=pod.node_name,
+                    pod=pod.name,
+                    ports=tuple(ports),
+                )
+            )
+    return tuple(
+        EndpointSlice(
+            service.namespace, f"{service.name}-{family.lower()}", service.name, family, tuple(eps)
+        )
+        for family, eps in by_family.items()
+        if eps
+    )

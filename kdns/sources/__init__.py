@@ -1,0 +1,1 @@
+"""Sources feed the store: manifest files or the Kubernetes API."""
