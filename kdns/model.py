@@ -85,6 +85,8 @@ class Service:
     internal_traffic_policy: str = "Cluster"
     health_check_node_port: int | None = None
     publish_not_ready_addresses: bool = False
+    # spec.ipFamilies ("IPv4", "IPv6"); () when the Service does not say (headless, no selector).
+    ip_families: tuple[str, ...] = ()
 
     @property
     def key(self) -> tuple[str, str]:
@@ -229,7 +231,8 @@ def _metadata(obj: Mapping[str, Any], namespaced: bool) -> tuple[str, str, Mappi
         raise ModelError("metadata.name", "required field is missing")
     namespace = ""
     if namespaced:
-        namespace = _str(meta, "metadata", "namespace", "default")
+        # kubectl reads an absent or empty namespace as the default one.
+        namespace = _str(meta, "metadata", "namespace") or "default"
         if not _DNS1123_LABEL.match(namespace):
             raise ModelError("metadata.namespace", f"{namespace!r} is not a valid DNS-1123 label")
     return namespace, name, meta
@@ -407,7 +410,24 @@ def service_from_dict(obj: Mapping[str, Any]) -> Service:
         internal_traffic_policy=itp,
         health_check_node_port=hc_port,
         publish_not_ready_addresses=publish,
+        ip_families=_ip_families(spec, cluster_ips),
     )
+
+
+def _ip_families(spec: Mapping[str, Any], cluster_ips: tuple[str, ...]) -> tuple[str, ...]:
+    families = []
+    for i, raw in enumerate(_list(spec, "spec", "ipFamilies")):
+        families.append(
+            _choice(
+                raw if isinstance(raw, str) else repr(raw),
+                f"spec.ipFamilies[{i}]",
+                ("IPv4", "IPv6"),
+            )
+        )
+    if families:
+        return tuple(families)
+    # The API server fills ipFamilies from the ClusterIPs; manifests often leave it out.
+    return tuple("IPv6" if ":" in ip else "IPv4" for ip in cluster_ips)
 
 
 def _endpoint_ports(raw_ports: list[Any], path: str) -> tuple[EndpointPort, ...]:
@@ -620,11 +640,11 @@ def selector_matches(
 def slices_for_service(service: Service, pods: list[Pod]) -> tuple[EndpointSlice, ...]:
     """The EndpointSlices the EndpointSlice controller would write for `service` and `pods`.
 
-    Follows kubernetes/kubernetes staging/src/k8s.io/endpointslice (podToEndpoint):
-    pods that are Succeeded/Failed, have no IP, or run in the host network... are still
-    endpoints when they have an IP; the hostname is the Pod's `spec.hostname` only when its
-    `spec.subdomain` equals the Service's name; ready = publishNotReadyAddresses or
-    (serving and not terminating), serving = the Pod's Ready condition.
+    Follows kubernetes/kubernetes staging/src/k8s.io/endpointslice (podToEndpoint): pods that
+    are Succeeded or Failed, or have no IP yet, are left out; only the Service's IP families get
+    a slice; the hostname is the Pod's `spec.hostname` only when its `spec.subdomain` equals the
+    Service's name; ready = publishNotReadyAddresses or (serving and not terminating), serving =
+    the Pod's Ready condition.
     """
     if service.selector is None or service.type == "ExternalName":
         return ()
@@ -650,6 +670,8 @@ def slices_for_service(service: Service, pods: list[Pod]) -> tuple[EndpointSlice
         hostname = pod.hostname if pod.hostname and pod.subdomain == service.name else ""
         for ip in pod.ips:
             family = "IPv4" if ipaddress.ip_address(ip).version == 4 else "IPv6"
+            if service.ip_families and family not in service.ip_families:
+                continue
             by_family[family].append(
                 Endpoint(
                     address=ip,

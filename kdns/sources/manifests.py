@@ -225,11 +225,19 @@ def manifest_files(paths: Sequence[str]) -> list[str]:
             files.append(path)
             continue
         found: list[str] = []
+        visited: set[str] = set()
 
         def unlistable(exc: OSError, found: list[str] = found) -> None:
             found.append(exc.filename)
 
+        # Follow links (a folder of manifests may be linked in), but only once per real folder:
+        # a link to a parent would otherwise make the walk endless.
         for folder, dirnames, filenames in os.walk(path, onerror=unlistable, followlinks=True):
+            real = os.path.realpath(folder)
+            if real in visited:
+                dirnames.clear()
+                continue
+            visited.add(real)
             dirnames[:] = [d for d in dirnames if not d.startswith(".")]
             found.extend(
                 os.path.join(folder, name)

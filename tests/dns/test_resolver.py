@@ -1,0 +1,489 @@
+"""The Kubernetes DNS schema, one table per section; expectations are zone-file text.
+
+Sections follow the Kubernetes DNS-Based Service Discovery specification 1.1.0 and, where it is
+silent, CoreDNS's kubernetes plugin (../shared/reference/k8s-dns.md, row numbers in comments).
+"""
+
+from __future__ import annotations
+
+import pytest
+from dnslib import QTYPE, RCODE
+
+from kdns.config import Config
+from kdns.dns.resolver import Answer
+from kdns.model import Namespace, service_from_dict
+from kdns.store import NAMESPACES, SERVICES, Store
+from tests.dns.cluster import load, make_handler, rrset, svc, zone
+
+NOERROR, NXDOMAIN, SERVFAIL = RCODE.NOERROR, RCODE.NXDOMAIN, RCODE.SERVFAIL
+Z = "cluster.local"
+
+
+def resolve(qname: str, qtype: str, config: Config | None = None) -> Answer:
+    _, resolver, _ = make_handler(config)
+    answer = resolver.resolve(qname, getattr(QTYPE, qtype))
+    assert answer is not None, f"{qname} should be in our zones"
+    return answer
+
+
+def check(
+    answer: Answer,
+    rcode: int,
+    records: str,
+    additional: str = "",
+    soa_zone: str | None = None,
+) -> None:
+    assert answer.rcode == rcode, RCODE.get(answer.rcode)
+    assert rrset(answer.answer) == zone(records)
+    assert rrset(answer.additional) == zone(additional)
+    if rcode == NXDOMAIN or not records:
+        # RFC 2308 §3: negative answers carry the zone's SOA in the authority section.
+        assert [(str(rr.rname), rr.rtype) for rr in answer.authority] == [
+            ((soa_zone or Z) + ".", QTYPE.SOA)
+        ]
+    else:
+        assert answer.authority == []
+
+
+# --- spec 2.3: ClusterIP services (rows 1-3) ----------------------------------------------------
+
+CLUSTER_IP = [
+    (
+        "redis.default.svc.cluster.local",
+        "A",
+        NOERROR,
+        "redis.default.svc.cluster.local. 5 IN A 10.97.97.97",
+        "",
+    ),
+    ("redis.default.svc.cluster.local", "AAAA", NOERROR, "", ""),
+    ("redis.default.svc.cluster.local", "TXT", NOERROR, "", ""),
+    (
+        "_redis._tcp.redis.default.svc.cluster.local",
+        "SRV",
+        NOERROR,
+        "_redis._tcp.redis.default.svc.cluster.local. 5 IN SRV 0 100 6379 redis.default.svc.cluster.local.",
+        "redis.default.svc.cluster.local. 5 IN A 10.97.97.97",
+    ),
+    # Several named ports: one SRV name per port; the protocol label must match.
+    (
+        "_dns._udp.web.default.svc.cluster.local",
+        "SRV",
+        NOERROR,
+        "_dns._udp.web.default.svc.cluster.local. 5 IN SRV 0 100 53 web.default.svc.cluster.local.",
+        "web.default.svc.cluster.local. 5 IN A 10.96.0.20",
+    ),
+    ("_dns._tcp.web.default.svc.cluster.local", "SRV", NXDOMAIN, "", ""),
+    ("_nope._tcp.web.default.svc.cluster.local", "SRV", NXDOMAIN, "", ""),
+    # `_tcp.web…` is an empty non-terminal above `_http._tcp.web…`: NODATA (RFC 8020).
+    ("_tcp.web.default.svc.cluster.local", "A", NOERROR, "", ""),
+    # Bare-name SRV lists every port, unnamed ones included (CoreDNS extension, row 3).
+    (
+        "web.default.svc.cluster.local",
+        "SRV",
+        NOERROR,
+        """web.default.svc.cluster.local. 5 IN SRV 0 50 80 web.default.svc.cluster.local.
+        web.default.svc.cluster.local. 5 IN SRV 0 50 53 web.default.svc.cluster.local.""",
+        "web.default.svc.cluster.local. 5 IN A 10.96.0.20",
+    ),
+    (
+        "bare.default.svc.cluster.local",
+        "SRV",
+        NOERROR,
+        "bare.default.svc.cluster.local. 5 IN SRV 0 100 8080 bare.default.svc.cluster.local.",
+        "bare.default.svc.cluster.local. 5 IN A 10.96.0.30",
+    ),
+    # Endpoint names resolve under ClusterIP services too (CoreDNS, row 6).
+    (
+        "10-244-3-3.redis.default.svc.cluster.local",
+        "A",
+        NOERROR,
+        "10-244-3-3.redis.default.svc.cluster.local. 5 IN A 10.244.3.3",
+        "",
+    ),
+    # Dual-stack (row 2): A gives the v4 ClusterIP, AAAA the v6 one; SRV glue carries both.
+    (
+        "api.prod.svc.cluster.local",
+        "A",
+        NOERROR,
+        "api.prod.svc.cluster.local. 5 IN A 10.96.50.50",
+        "",
+    ),
+    (
+        "api.prod.svc.cluster.local",
+        "AAAA",
+        NOERROR,
+        "api.prod.svc.cluster.local. 5 IN AAAA fd00:10:96::50",
+        "",
+    ),
+    (
+        "_https._tcp.api.prod.svc.cluster.local",
+        "SRV",
+        NOERROR,
+        "_https._tcp.api.prod.svc.cluster.local. 5 IN SRV 0 100 443 api.prod.svc.cluster.local.",
+        """api.prod.svc.cluster.local. 5 IN A 10.96.50.50
+        api.prod.svc.cluster.local. 5 IN AAAA fd00:10:96::50""",
+    ),
+    ("nope.default.svc.cluster.local", "A", NXDOMAIN, "", ""),
+]
+
+# --- spec 2.4: headless services (rows 4-7) -----------------------------------------------------
+
+HEADLESS = [
+    # Only ready endpoints (10.244.1.7 is not ready).
+    (
+        "hl.default.svc.cluster.local",
+        "A",
+        NOERROR,
+        """hl.default.svc.cluster.local. 5 IN A 10.244.1.5
+        hl.default.svc.cluster.local. 5 IN A 10.244.1.6""",
+        "",
+    ),
+    ("hl.default.svc.cluster.local", "AAAA", NOERROR, "", ""),
+    (
+        "web-0.hl.default.svc.cluster.local",
+        "A",
+        NOERROR,
+        "web-0.hl.default.svc.cluster.local. 5 IN A 10.244.1.5",
+        "",
+    ),
+    (
+        "10-244-1-6.hl.default.svc.cluster.local",
+        "A",
+        NOERROR,
+        "10-244-1-6.hl.default.svc.cluster.local. 5 IN A 10.244.1.6",
+        "",
+    ),
+    # With a hostname set, the dashed-IP name does not exist (row 6); nor do unready endpoints.
+    ("10-244-1-5.hl.default.svc.cluster.local", "A", NXDOMAIN, "", ""),
+    ("10-244-1-7.hl.default.svc.cluster.local", "A", NXDOMAIN, "", ""),
+    (
+        "_http._tcp.hl.default.svc.cluster.local",
+        "SRV",
+        NOERROR,
+        """_http._tcp.hl.default.svc.cluster.local. 5 IN SRV 0 50 8080 web-0.hl.default.svc.cluster.local.
+        _http._tcp.hl.default.svc.cluster.local. 5 IN SRV 0 50 8080 10-244-1-6.hl.default.svc.cluster.local.""",
+        """web-0.hl.default.svc.cluster.local. 5 IN A 10.244.1.5
+        10-244-1-6.hl.default.svc.cluster.local. 5 IN A 10.244.1.6""",
+    ),
+    # No ready endpoint: the spec's NXDOMAIN (row 4), for the name and its SRV names.
+    ("empty-hl.default.svc.cluster.local", "A", NXDOMAIN, "", ""),
+    ("_http._tcp.empty-hl.default.svc.cluster.local", "SRV", NXDOMAIN, "", ""),
+]
+
+# --- spec 2.5: ExternalName (rows 8-9) ----------------------------------------------------------
+
+EXTERNAL_NAME = [
+    (
+        "ext.default.svc.cluster.local",
+        "A",
+        NOERROR,
+        "ext.default.svc.cluster.local. 5 IN CNAME www.example.com.",
+        "",
+    ),
+    (
+        "ext.default.svc.cluster.local",
+        "CNAME",
+        NOERROR,
+        "ext.default.svc.cluster.local. 5 IN CNAME www.example.com.",
+        "",
+    ),
+    # An IP-like externalName is no CNAME target: NXDOMAIN, as CoreDNS (row 9).
+    ("ext-ip.default.svc.cluster.local", "A", NXDOMAIN, "", ""),
+    # An in-zone target is chased (RFC 1034 §4.3.2).
+    (
+        "alias.prod.svc.cluster.local",
+        "A",
+        NOERROR,
+        """alias.prod.svc.cluster.local. 5 IN CNAME redis.default.svc.cluster.local.
+        redis.default.svc.cluster.local. 5 IN A 10.97.97.97""",
+        "",
+    ),
+]
+
+# --- spec 2.3.3 / 2.4.3: PTR (rows 10-11) -------------------------------------------------------
+
+REVERSE = [
+    (
+        "97.97.97.10.in-addr.arpa",
+        "PTR",
+        NOERROR,
+        "97.97.97.10.in-addr.arpa. 5 IN PTR redis.default.svc.cluster.local.",
+        "",
+    ),
+    (
+        "5.1.244.10.in-addr.arpa",
+        "PTR",
+        NOERROR,
+        "5.1.244.10.in-addr.arpa. 5 IN PTR web-0.hl.default.svc.cluster.local.",
+        "",
+    ),
+    (
+        "6.1.244.10.in-addr.arpa",
+        "PTR",
+        NOERROR,
+        "6.1.244.10.in-addr.arpa. 5 IN PTR 10-244-1-6.hl.default.svc.cluster.local.",
+        "",
+    ),
+    (
+        "3.3.244.10.in-addr.arpa",
+        "PTR",
+        NOERROR,
+        "3.3.244.10.in-addr.arpa. 5 IN PTR 10-244-3-3.redis.default.svc.cluster.local.",
+        "",
+    ),
+    (
+        "0.5.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.6.9.0.0.0.1.0.0.0.0.d.f.ip6.arpa",
+        "PTR",
+        NOERROR,
+        "0.5.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.6.9.0.0.0.1.0.0.0.0.d.f.ip6.arpa. 5 IN PTR "
+        "api.prod.svc.cluster.local.",
+        "",
+    ),
+    ("97.97.97.10.in-addr.arpa", "A", NOERROR, "", ""),
+    # Not ready: no PTR.
+    ("7.1.244.10.in-addr.arpa", "PTR", NXDOMAIN, "", ""),
+    ("1.1.1.1.in-addr.arpa", "PTR", NXDOMAIN, "", ""),
+    # An ancestor of a known address is an empty non-terminal.
+    ("97.97.10.in-addr.arpa", "PTR", NOERROR, "", ""),
+]
+
+
+@pytest.mark.parametrize(
+    ("qname", "qtype", "rcode", "records", "additional"), CLUSTER_IP + HEADLESS + EXTERNAL_NAME
+)
+def test_service_records(qname: str, qtype: str, rcode: int, records: str, additional: str) -> None:
+    check(resolve(qname, qtype), rcode, records, additional)
+
+
+@pytest.mark.parametrize(("qname", "qtype", "rcode", "records", "additional"), REVERSE)
+def test_reverse_records(qname: str, qtype: str, rcode: int, records: str, additional: str) -> None:
+    soa = "ip6.arpa" if qname.endswith("ip6.arpa") else "in-addr.arpa"
+    check(resolve(qname, qtype), rcode, records, additional, soa_zone=soa)
+
+
+def test_chase_to_a_missing_name_keeps_the_cname_and_says_nxdomain() -> None:
+    # RFC 6604 §3: the rcode describes the last name in the chain.
+    answer = resolve("dangling.prod.svc.cluster.local", "A")
+    assert answer.rcode == NXDOMAIN
+    assert rrset(answer.answer) == zone(
+        "dangling.prod.svc.cluster.local. 5 IN CNAME gone.default.svc.cluster.local."
+    )
+
+
+# --- pod records (row 12) -----------------------------------------------------------------------
+
+PODS = [
+    (
+        "insecure",
+        "10-244-1-5.default.pod.cluster.local",
+        "A",
+        NOERROR,
+        "10-244-1-5.default.pod.cluster.local. 5 IN A 10.244.1.5",
+    ),
+    # insecure echoes any IP in an existing namespace, as CoreDNS `pods insecure`.
+    (
+        "insecure",
+        "10-1-2-3.default.pod.cluster.local",
+        "A",
+        NOERROR,
+        "10-1-2-3.default.pod.cluster.local. 5 IN A 10.1.2.3",
+    ),
+    ("insecure", "10-1-2-3.nope.pod.cluster.local", "A", NXDOMAIN, ""),
+    ("insecure", "10-1-2-3.default.pod.cluster.local", "AAAA", NOERROR, ""),
+    (
+        "insecure",
+        "fd00-10--1.default.pod.cluster.local",
+        "AAAA",
+        NOERROR,
+        "fd00-10--1.default.pod.cluster.local. 5 IN AAAA fd00:10::1",
+    ),
+    ("insecure", "not-an-ip.default.pod.cluster.local", "A", NXDOMAIN, ""),
+    ("insecure", "x.10-1-2-3.default.pod.cluster.local", "A", NXDOMAIN, ""),
+    ("insecure", "default.pod.cluster.local", "A", NOERROR, ""),
+    ("insecure", "pod.cluster.local", "A", NOERROR, ""),
+    (
+        "verified",
+        "10-244-1-5.default.pod.cluster.local",
+        "A",
+        NOERROR,
+        "10-244-1-5.default.pod.cluster.local. 5 IN A 10.244.1.5",
+    ),
+    ("verified", "10-1-2-3.default.pod.cluster.local", "A", NXDOMAIN, ""),
+    ("verified", "10-244-1-5.prod.pod.cluster.local", "A", NXDOMAIN, ""),
+    # A finished pod's IP may already belong to someone else: no record (row 12).
+    ("verified", "10-244-9-9.default.pod.cluster.local", "A", NXDOMAIN, ""),
+    ("disabled", "10-244-1-5.default.pod.cluster.local", "A", NXDOMAIN, ""),
+    ("disabled", "default.pod.cluster.local", "A", NXDOMAIN, ""),
+]
+
+
+@pytest.mark.parametrize(("mode", "qname", "qtype", "rcode", "records"), PODS)
+def test_pod_records(mode: str, qname: str, qtype: str, rcode: int, records: str) -> None:
+    check(resolve(qname, qtype, Config(pods=mode)), rcode, records)
+
+
+# --- the zone itself (rows 13-19) ---------------------------------------------------------------
+
+ZONE_NAMES = [
+    (
+        "dns-version.cluster.local",
+        "TXT",
+        NOERROR,
+        'dns-version.cluster.local. 28800 IN TXT "1.1.0"',
+        "",
+    ),
+    # CoreDNS answers NXDOMAIN here (row 13); the name exists, so RFC 2308 says NODATA.
+    ("dns-version.cluster.local", "A", NOERROR, "", ""),
+    (
+        "cluster.local",
+        "NS",
+        NOERROR,
+        "cluster.local. 5 IN NS kube-dns.kube-system.svc.cluster.local.",
+        "kube-dns.kube-system.svc.cluster.local. 5 IN A 10.96.0.10",
+    ),
+    ("cluster.local", "A", NOERROR, "", ""),
+    ("svc.cluster.local", "A", NOERROR, "", ""),
+    ("default.svc.cluster.local", "A", NOERROR, "", ""),
+    # A namespace with no services exists (NODATA); one that does not exist is NXDOMAIN.
+    ("quiet.svc.cluster.local", "A", NOERROR, "", ""),
+    ("nope.svc.cluster.local", "A", NXDOMAIN, "", ""),
+    ("foo.cluster.local", "A", NXDOMAIN, "", ""),
+    ("a.b.c.d.e.default.svc.cluster.local", "A", NXDOMAIN, "", ""),
+    # No wildcards (removed in CoreDNS 1.9, row 14).
+    ("*.default.svc.cluster.local", "A", NXDOMAIN, "", ""),
+]
+
+
+@pytest.mark.parametrize(("qname", "qtype", "rcode", "records", "additional"), ZONE_NAMES)
+def test_zone_names(qname: str, qtype: str, rcode: int, records: str, additional: str) -> None:
+    check(resolve(qname, qtype), rcode, records, additional)
+
+
+def test_apex_soa_is_coredns_shaped() -> None:
+    answer = resolve("cluster.local", "SOA")
+    assert answer.rcode == NOERROR
+    (soa,) = answer.answer
+    assert str(soa.rname) == "cluster.local."
+    assert soa.ttl == 5
+    assert str(soa.rdata.mname) == "ns.dns.cluster.local."
+    assert str(soa.rdata.rname) == "hostmaster.cluster.local."
+    assert soa.rdata.times[1:] == (7200, 1800, 86400, 5)
+
+
+def test_negative_soa_minimum_and_ttl_follow_the_configured_ttl() -> None:
+    answer = resolve("nope.default.svc.cluster.local", "A", Config(ttl=30))
+    (soa,) = answer.authority
+    assert soa.ttl == 30 and soa.rdata.times[4] == 30
+    assert resolve("redis.default.svc.cluster.local", "A", Config(ttl=30)).answer[0].ttl == 30
+
+
+def test_soa_ttl_is_capped_at_300() -> None:
+    (soa,) = resolve("cluster.local", "SOA", Config(ttl=3600)).answer
+    assert soa.ttl == 300 and soa.rdata.times[4] == 3600
+
+
+def test_serial_moves_forward_on_every_visible_change() -> None:
+    store, resolver, _ = make_handler()
+    before = resolver.resolve("cluster.local", QTYPE.SOA).answer[0].rdata.times[0]
+    store.replace(SERVICES, {})
+    after = resolver.resolve("cluster.local", QTYPE.SOA).answer[0].rdata.times[0]
+    assert after > before
+
+
+def test_names_outside_our_zones_are_not_ours() -> None:
+    _, resolver, _ = make_handler()
+    assert resolver.resolve("example.com", QTYPE.A) is None
+    assert resolver.resolve("local", QTYPE.A) is None
+    assert resolver.resolve("xcluster.local", QTYPE.A) is None
+
+
+def test_ns_without_a_dns_service_names_ns_dns_and_its_address() -> None:
+    store = Store()
+    from kdns.dns.resolver import Resolver
+
+    resolver = Resolver(store, Config(), ns_addresses=("10.0.0.53",))
+    for kind in ("namespaces", "services", "endpointslices", "pods"):
+        store.replace(kind, {})
+    answer = resolver.resolve("cluster.local", QTYPE.NS)
+    assert rrset(answer.answer) == zone("cluster.local. 5 IN NS ns.dns.cluster.local.")
+    assert rrset(answer.additional) == zone("ns.dns.cluster.local. 5 IN A 10.0.0.53")
+    assert rrset(resolver.resolve("ns.dns.cluster.local", QTYPE.A).answer) == zone(
+        "ns.dns.cluster.local. 5 IN A 10.0.0.53"
+    )
+
+
+# --- several zones (row 28) ---------------------------------------------------------------------
+
+
+def test_every_service_is_answered_in_every_zone_and_ptr_uses_the_primary() -> None:
+    config = Config(zones=("cluster.local", "example.org", "in-addr.arpa"))
+    check(
+        resolve("_redis._tcp.redis.default.svc.example.org", "SRV", config),
+        NOERROR,
+        "_redis._tcp.redis.default.svc.example.org. 5 IN SRV 0 100 6379 redis.default.svc.example.org.",
+        "redis.default.svc.example.org. 5 IN A 10.97.97.97",
+    )
+    check(
+        resolve("nope.default.svc.example.org", "A", config), NXDOMAIN, "", soa_zone="example.org"
+    )
+    check(
+        resolve("97.97.97.10.in-addr.arpa", "PTR", config),
+        NOERROR,
+        "97.97.97.10.in-addr.arpa. 5 IN PTR redis.default.svc.cluster.local.",
+    )
+
+
+def test_the_longest_zone_wins() -> None:
+    config = Config(zones=("cluster.local", "svc.cluster.local"))
+    answer = resolve("nope.default.svc.cluster.local", "A", config)
+    assert str(answer.authority[0].rname) == "svc.cluster.local."
+
+
+# --- sync gate (DESIGN.md §1 rule 4, row 32) ----------------------------------------------------
+
+
+def test_before_sync_negative_answers_are_servfail_and_nothing_is_cached() -> None:
+    store, resolver, _ = make_handler(synced=False)
+    store.replace(NAMESPACES, {"default": Namespace("default")})
+    redis = service_from_dict(svc("default", "redis", clusterIP="10.97.97.97"))
+    store.replace(SERVICES, {redis.key: redis})
+    # Endpoint slices and pods have not been listed yet.
+    missing = resolver.resolve("nope.default.svc.cluster.local", QTYPE.A)
+    assert missing is not None and missing.rcode == SERVFAIL and not missing.cacheable
+    nodata = resolver.resolve("redis.default.svc.cluster.local", QTYPE.AAAA)
+    assert nodata is not None and nodata.rcode == SERVFAIL
+    # Positive data already known is served (as CoreDNS does), but not cached.
+    known = resolver.resolve("redis.default.svc.cluster.local", QTYPE.A)
+    assert known is not None and known.rcode == NOERROR and not known.cacheable
+    load(store)
+    after = resolver.resolve("nope.default.svc.cluster.local", QTYPE.A)
+    assert after is not None and after.rcode == NXDOMAIN and after.cacheable
+
+
+# --- following changes --------------------------------------------------------------------------
+
+
+def test_index_follows_service_and_endpoint_changes_and_reports_tags() -> None:
+    store, resolver, _ = make_handler()
+    web = service_from_dict(
+        svc("default", "redis", clusterIP="10.97.97.98", ports=[{"name": "redis", "port": 6379}])
+    )
+    services = dict(store.services)
+    services[web.key] = web
+    store.replace(SERVICES, services)
+    check(
+        resolver.resolve("redis.default.svc.cluster.local", QTYPE.A),
+        NOERROR,
+        "redis.default.svc.cluster.local. 5 IN A 10.97.97.98",
+    )
+    check(
+        resolver.resolve("97.97.97.10.in-addr.arpa", QTYPE.PTR),
+        NXDOMAIN,
+        "",
+        soa_zone="in-addr.arpa",
+    )
+    del services[web.key]
+    store.replace(SERVICES, services)
+    check(resolver.resolve("redis.default.svc.cluster.local", QTYPE.A), NXDOMAIN, "")
+    # The index forgets every name of a deleted service, ENTs included.
+    assert "_tcp.redis.default.svc" not in resolver.index.forward_ents

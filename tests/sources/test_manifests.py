@@ -1,0 +1,714 @@
+"""kdns.sources.manifests: files → documents with lines → the slim model, and one-line errors."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from kdns.model import EndpointSlice
+from kdns.sources import manifests
+from kdns.sources.manifests import ManifestSet, load, manifest_files, parse_text
+
+EXAMPLES = Path(__file__).parents[2] / "config" / "examples"
+
+LOADERS = [pytest.param(yaml.SafeLoader, id="pyyaml")]
+if hasattr(yaml, "CSafeLoader"):
+    LOADERS.append(pytest.param(yaml.CSafeLoader, id="libyaml"))
+
+REDIS = """\
+apiVersion: v1
+kind: Service
+metadata:
+  name: redis
+spec:
+  clusterIP: 10.97.97.97
+  selector:
+    app: redis
+  ports:
+  - name: redis
+    port: 6379
+    targetPort: redis
+"""
+
+
+def write(root: Path, files: dict[str, str | bytes]) -> None:
+    for name, text in files.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(text, bytes):
+            path.write_bytes(text)
+        else:
+            path.write_text(text)
+
+
+def load_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, files: dict[str, str | bytes]
+) -> tuple[ManifestSet, list[str]]:
+    """Write `files` under tmp_path and load them by relative name, so errors read "a.yaml:3"."""
+    monkeypatch.chdir(tmp_path)
+    write(tmp_path, files)
+    found, errors = load(list(files))
+    return found, [str(e) for e in errors]
+
+
+def pod(
+    name: str,
+    ip: str | None,
+    *,
+    namespace: str = "default",
+    labels: dict[str, str] | None = None,
+    ready: bool = True,
+    phase: str = "Running",
+    hostname: str = "",
+    subdomain: str = "",
+    port: int = 6379,
+) -> dict[str, Any]:
+    """A Pod as `kubectl get pod -o yaml` prints it (the fields the model reads)."""
+    spec: dict[str, Any] = {
+        "containers": [{"name": "main", "ports": [{"name": "redis", "containerPort": port}]}],
+        "nodeName": "node-1",
+    }
+    if hostname:
+        spec["hostname"] = hostname
+    if subdomain:
+        spec["subdomain"] = subdomain
+    status: dict[str, Any] = {
+        "phase": phase,
+        "conditions": [{"type": "Ready", "status": "True" if ready else "False"}],
+    }
+    if ip:
+        status["podIP"] = ip
+        status["podIPs"] = [{"ip": ip}]
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": {"app": "redis"} if labels is None else labels,
+        },
+        "spec": spec,
+        "status": status,
+    }
+
+
+def item(text: str) -> str:
+    """`text` (one YAML mapping) as an item of a block sequence, the way kubectl indents it."""
+    return "".join(
+        ("- " if i == 0 else "  ") + line for i, line in enumerate(text.splitlines(True))
+    )
+
+
+def dump(*objs: dict[str, Any]) -> str:
+    return yaml.safe_dump_all(objs, sort_keys=False)
+
+
+def endpoints_of(found: ManifestSet, namespace: str, service: str) -> list[tuple[Any, ...]]:
+    """(address, ready, hostname, port numbers) of every endpoint of a Service, by address."""
+    return sorted(
+        (e.address, e.ready, e.hostname, tuple(p.port for p in e.ports))
+        for s in found.slices.values()
+        if s.service_key == (namespace, service)
+        for e in s.endpoints
+    )
+
+
+# --- reading files ------------------------------------------------------------------------------
+
+
+def test_several_documents_per_file_and_empty_documents_skipped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    text = "---\n---\n# only a comment\n---\n" + REDIS + "---\n" + dump(pod("redis-0", "10.0.0.1"))
+    text += "---\napiVersion: v1\nkind: Namespace\nmetadata:\n  name: prod\n---\n"
+    found, errors = load_files(tmp_path, monkeypatch, {"all.yaml": text})
+    assert errors == []
+    assert list(found.services) == [("default", "redis")]
+    assert list(found.pods) == [("default", "redis-0")]
+    assert sorted(found.namespaces) == ["default", "prod"]
+
+
+def test_lists_nested_and_typed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # `kubectl get -o yaml` writes a List; a List may hold a List; the API's typed lists
+    # (ServiceList) leave kind and apiVersion out of their items.
+    inner = {"apiVersion": "v1", "kind": "List", "items": [pod("redis-0", "10.0.0.1")]}
+    service_list = {
+        "apiVersion": "v1",
+        "kind": "ServiceList",
+        "items": [{"metadata": {"name": "typed", "namespace": "prod"}, "spec": {}}],
+    }
+    outer = {"apiVersion": "v1", "kind": "List", "items": [yaml.safe_load(REDIS), inner]}
+    found, errors = load_files(tmp_path, monkeypatch, {"l.yaml": dump(outer, service_list)})
+    assert errors == []
+    assert sorted(found.services) == [("default", "redis"), ("prod", "typed")]
+    assert list(found.pods) == [("default", "redis-0")]
+
+
+def test_json_file_with_tab_indentation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    listing = {"apiVersion": "v1", "kind": "List", "items": [yaml.safe_load(REDIS)]}
+    found, errors = load_files(
+        tmp_path, monkeypatch, {"dump.json": json.dumps(listing, indent="\t")}
+    )
+    assert errors == []
+    assert found.services[("default", "redis")].cluster_ips == ("10.97.97.97",)
+
+
+def test_folder_recursion_sorted_and_filtered(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def service(name: str) -> str:
+        return REDIS.replace("name: redis\n", f"name: {name}\n", 1)
+
+    monkeypatch.chdir(tmp_path)
+    write(
+        tmp_path,
+        {
+            "m/z.yaml": service("z"),
+            "m/b/deep/x.yml": service("x"),
+            "m/a.json": json.dumps(yaml.safe_load(service("a"))),
+            "m/notes.txt": "kind: Servise",
+            # A ConfigMap volume holds each file again under ..data and a timestamped folder.
+            "m/..data/z.yaml": service("z"),
+            "m/.hidden.yaml": "kind: Servise",
+        },
+    )
+    # As a ConfigMap volume does it: the visible name is a link into ..data.
+    write(tmp_path, {"m/..data/c.yaml": service("c")})
+    (tmp_path / "m" / "c.yaml").symlink_to(Path("..data") / "c.yaml")
+    (tmp_path / "m" / "b" / "loop").symlink_to(Path(".."))  # must not walk forever
+    assert manifest_files(["m"]) == ["m/a.json", "m/b/deep/x.yml", "m/c.yaml", "m/z.yaml"]
+    found, errors = load(["m"])
+    assert errors == []
+    assert sorted(name for _, name in found.services) == ["a", "c", "x", "z"]
+
+
+def test_a_file_given_twice_is_read_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    write(tmp_path, {"m/a.yaml": REDIS})
+    assert manifest_files(["m/a.yaml", "m"]) == ["m/a.yaml"]
+
+
+FIELDS = """\
+apiVersion: v1
+kind: Service
+metadata:
+  name: redis
+  labels:
+    kubernetes.io/service-name: x
+spec:
+  ports:
+  - name: a
+    port: 1
+  - name: b
+    port: 2
+"""
+
+
+@pytest.mark.parametrize(
+    ("field", "line"),
+    [
+        ("kind", 2),
+        ("spec.ports[1].port", 12),
+        ("spec.ports[1]", 11),
+        ("spec.ports[1].targetPort", 11),  # missing: its parent's line
+        ("metadata.labels.kubernetes.io/service-name", 6),  # a key with dots
+        ("metadata.name", 4),
+        ("metadata.namespace", 3),  # missing: the metadata line
+        ("status.podIP", 1),  # missing and no parent: the document's first line
+    ],
+)
+def test_field_lines(field: str, line: int) -> None:
+    docs, errors = parse_text(FIELDS, "a.yaml")
+    assert errors == []
+    assert [doc.line_of(field) for doc in docs] == [line]
+
+
+def test_field_lines_in_json() -> None:
+    text = json.dumps(yaml.safe_load(FIELDS), indent=1)
+    docs, errors = parse_text(text, "a.json")
+    assert errors == []
+    lines = text.splitlines()
+    assert lines[docs[0].line_of("spec.ports[1].port") - 1] == '    "port": 2'
+    assert lines[docs[0].line_of("kind") - 1] == ' "kind": "Service",'
+
+
+@pytest.mark.parametrize(
+    "obj",
+    [
+        {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "w"}},
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}, "data": {}},
+        {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"}},
+        {"apiVersion": "networking.k8s.io/v1", "kind": "Ingress", "metadata": {"name": "i"}},
+        {"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition"},
+        # Custom resources, even one named Service and one in a group ending in k8s.io.
+        {"apiVersion": "serving.knative.dev/v1", "kind": "Service", "metadata": {"name": "k"}},
+        {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute"},
+        {"apiVersion": "cert-manager.io/v1", "kind": "Certificate", "metadata": {"name": "c"}},
+    ],
+    ids=lambda obj: f"{obj['apiVersion']}/{obj['kind']}",
+)
+def test_skipped_kinds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, obj: dict) -> None:
+    found, errors = load_files(tmp_path, monkeypatch, {"x.yaml": dump(obj)})
+    assert errors == []
+    assert (found.namespaces, found.services, found.slices, found.pods) == ({}, {}, {}, {})
+
+
+# --- endpoints ----------------------------------------------------------------------------------
+
+DB = """\
+apiVersion: v1
+kind: Service
+metadata:
+  name: db
+  namespace: prod
+spec:
+  clusterIP: 10.96.0.40
+  ports:
+  - name: pg
+    port: 5432
+---
+apiVersion: v1
+kind: Endpoints
+metadata:
+  name: db
+  namespace: prod
+subsets:
+- addresses:
+  - ip: 10.1.0.1
+  - ip: fd00::1
+  notReadyAddresses:
+  - ip: 10.1.0.2
+  ports:
+  - name: pg
+    port: 5432
+"""
+
+
+def test_endpoints_are_converted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    found, errors = load_files(tmp_path, monkeypatch, {"db.yaml": DB})
+    assert errors == []
+    assert sorted(found.slices) == [("prod", "db-0-ipv4"), ("prod", "db-0-ipv6")]
+    assert endpoints_of(found, "prod", "db") == [
+        ("10.1.0.1", True, "", (5432,)),
+        ("10.1.0.2", False, "", (5432,)),
+        ("fd00::1", True, "", (5432,)),
+    ]
+
+
+def test_endpointslices_win_over_endpoints_of_the_same_service(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A `kubectl get endpoints,endpointslices -o yaml` dump holds both for every Service.
+    given = {
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {
+            "name": "db-x7k2p",
+            "namespace": "prod",
+            "labels": {"kubernetes.io/service-name": "db"},
+        },
+        "addressType": "IPv4",
+        "ports": [{"name": "pg", "port": 5432}],
+        "endpoints": [{"addresses": ["10.1.0.9"]}],
+    }
+    found, errors = load_files(tmp_path, monkeypatch, {"db.yaml": DB + "---\n" + dump(given)})
+    assert errors == []
+    assert list(found.slices) == [("prod", "db-x7k2p")]
+    assert endpoints_of(found, "prod", "db") == [("10.1.0.9", True, "", (5432,))]
+
+
+@pytest.mark.parametrize(
+    ("the_pod", "expected"),
+    [
+        (pod("p", "10.0.0.1"), [("10.0.0.1", True, "", (6379,))]),
+        (pod("p", "10.0.0.1", ready=False), [("10.0.0.1", False, "", (6379,))]),
+        (pod("p", "10.0.0.1", phase="Succeeded"), []),
+        (pod("p", "10.0.0.1", phase="Failed"), []),
+        (pod("p", None, phase="Pending", ready=False), []),
+        (pod("p", "10.0.0.1", namespace="other"), []),
+        (pod("p", "10.0.0.1", labels={"app": "web"}), []),
+        (pod("p", "10.0.0.1", labels={}), []),
+        # The endpoint hostname: spec.hostname only when spec.subdomain names this Service.
+        (
+            pod("p", "10.0.0.1", hostname="web-0", subdomain="redis"),
+            [("10.0.0.1", True, "web-0", (6379,))],
+        ),
+        (
+            pod("p", "10.0.0.1", hostname="web-0", subdomain="other"),
+            [("10.0.0.1", True, "", (6379,))],
+        ),
+        # targetPort "redis" is resolved through the Pod's container port of that name.
+        (pod("p", "10.0.0.1", port=7000), [("10.0.0.1", True, "", (7000,))]),
+    ],
+    ids=[
+        "ready",
+        "not-ready",
+        "succeeded",
+        "failed",
+        "no-ip",
+        "other-namespace",
+        "other-labels",
+        "no-labels",
+        "hostname-subdomain-matches",
+        "hostname-subdomain-differs",
+        "named-target-port",
+    ],
+)
+def test_slices_derived_from_pods(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, the_pod: dict, expected: list
+) -> None:
+    found, errors = load_files(tmp_path, monkeypatch, {"r.yaml": REDIS + "---\n" + dump(the_pod)})
+    assert errors == []
+    assert endpoints_of(found, "default", "redis") == expected
+
+
+def test_nothing_derived_when_endpoints_are_given(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    given_slice = {
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {"name": "redis-abc", "labels": {"kubernetes.io/service-name": "redis"}},
+        "addressType": "IPv4",
+        "endpoints": [{"addresses": ["10.9.9.9"]}],
+    }
+    given_endpoints = {
+        "apiVersion": "v1",
+        "kind": "Endpoints",
+        "metadata": {"name": "redis"},
+        "subsets": [],  # even an empty one: someone else manages this Service's endpoints
+    }
+    for given, expected in ((given_slice, [("10.9.9.9", True, "", ())]), (given_endpoints, [])):
+        text = REDIS + "---\n" + dump(pod("redis-0", "10.0.0.1"), given)
+        found, errors = load_files(tmp_path, monkeypatch, {"r.yaml": text})
+        assert errors == []
+        assert endpoints_of(found, "default", "redis") == expected
+
+
+def test_namespaces_are_declared_or_implied(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    objs = [
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "declared"}},
+        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "s", "namespace": "svc"}},
+        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "s"}},  # in default
+        {"apiVersion": "v1", "kind": "Endpoints", "metadata": {"name": "e", "namespace": "ep"}},
+        pod("p", "10.0.0.1", namespace="pods"),
+        {
+            "apiVersion": "discovery.k8s.io/v1",
+            "kind": "EndpointSlice",
+            "metadata": {
+                "name": "x",
+                "namespace": "slices",
+                "labels": {"kubernetes.io/service-name": "x"},
+            },
+        },
+    ]
+    found, errors = load_files(tmp_path, monkeypatch, {"n.yaml": dump(*objs)})
+    assert errors == []
+    assert sorted(found.namespaces) == ["declared", "default", "ep", "pods", "slices", "svc"]
+    assert found.namespaces["pods"].name == "pods"
+
+
+# --- errors: one line naming the file, the line and the field ------------------------------------
+
+NAMESPACE = "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: prod\n"
+
+
+@pytest.mark.parametrize(
+    ("files", "expected"),
+    [
+        pytest.param(
+            {"bad.yaml": REDIS.replace("10.97.97.97", "10.97.97.x")},
+            [
+                "bad.yaml:6: Service default/redis: spec.clusterIP: "
+                "'10.97.97.x' is not an IP address"
+            ],
+            id="cluster-ip-not-an-ip",
+        ),
+        pytest.param(
+            {"bad.yaml": REDIS + "  - name: other\n    port: 70000\n"},
+            [
+                "bad.yaml:14: Service default/redis: spec.ports[1].port: "
+                "port 70000 is out of range 1-65535"
+            ],
+            id="port-out-of-range",
+        ),
+        pytest.param(
+            {"bad.yaml": REDIS.replace("kind: Service", "kind: Servise")},
+            ["bad.yaml:2: Servise default/redis: kind: unknown kind 'Servise'"],
+            id="unknown-kind",
+        ),
+        pytest.param(
+            {"bad.yaml": "# the redis Service\napiVersion: v1\nmetadata:\n  name: redis\n"},
+            ["bad.yaml:2: object default/redis: kind: required field is missing"],
+            id="missing-kind",
+        ),
+        pytest.param(
+            {"bad.yaml": REDIS.replace("  name: redis\n", "  namespace: prod\n")},
+            ["bad.yaml:3: Service: metadata.name: required field is missing"],
+            id="missing-name",
+        ),
+        pytest.param(
+            {"bad.yaml": NAMESPACE + "---\napiVersion: v1\nkind: Service\nspec: {}\n"},
+            ["bad.yaml:6: Service: metadata.name: required field is missing"],
+            id="missing-metadata",
+        ),
+        pytest.param(
+            {"bad.yaml": REDIS + "---\n" + REDIS},
+            ["bad.yaml:14: Service default/redis: defined twice; first at bad.yaml:1"],
+            id="duplicate-in-one-file",
+        ),
+        pytest.param(
+            {"a.yaml": NAMESPACE + "---\n" + REDIS, "b.yaml": "\n" + REDIS},
+            ["b.yaml:2: Service default/redis: defined twice; first at a.yaml:6"],
+            id="duplicate-in-two-files",
+        ),
+        pytest.param(
+            {"bad.yaml": "apiVersion: app/v1\nkind: Deployment\nmetadata:\n  name: web\n"},
+            ["bad.yaml:1: Deployment default/web: apiVersion: unknown apiVersion 'app/v1'"],
+            id="unknown-api-version",
+        ),
+        pytest.param(
+            {
+                "bad.yaml": "apiVersion: discovery.k8s.io/v1beta1\nkind: EndpointSlice\n"
+                "metadata:\n  name: s\n"
+            },
+            [
+                "bad.yaml:1: EndpointSlice default/s: apiVersion: EndpointSlice is served as "
+                "'discovery.k8s.io/v1', not 'discovery.k8s.io/v1beta1'"
+            ],
+            id="wrong-api-version",
+        ),
+        pytest.param(
+            {
+                "bad.yaml": "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n"
+                "metadata:\n  name: s\n  namespace: prod\naddressType: IPv4\n"
+            },
+            [
+                "bad.yaml:3: EndpointSlice prod/s: metadata.labels.kubernetes.io/service-name: "
+                "required field is missing"
+            ],
+            id="slice-without-service-label",
+        ),
+        pytest.param(
+            {
+                "bad.yaml": "apiVersion: v1\nkind: List\nitems:\n"
+                + item(NAMESPACE)
+                + item(REDIS.replace("10.97.97.97", "::x"))
+            },
+            ["bad.yaml:13: Service default/redis: spec.clusterIP: '::x' is not an IP address"],
+            id="error-in-a-list-item",
+        ),
+        pytest.param(
+            {"bad.yaml": "apiVersion: v1\nkind: List\nitems:\n  name: x\n"},
+            ["bad.yaml:3: List: items: expected a list"],
+            id="list-items-not-a-list",
+        ),
+        pytest.param(
+            {"bad.yaml": DB.replace("ip: 10.1.0.2", "ip: 10.1.0.256")},
+            [
+                "bad.yaml:22: Endpoints prod/db: subsets[0].notReadyAddresses[0].ip: "
+                "'10.1.0.256' is not an IP address"
+            ],
+            id="endpoints-bad-ip",
+        ),
+        pytest.param(
+            {
+                "bad.json": '{\n "apiVersion": "v1",\n "kind": "Service",\n'
+                ' "metadata": {"name": "j",\n  "namespace": "prod"},\n'
+                ' "spec": {"ports": [{"port": 0}]}\n}\n'
+            },
+            ["bad.json:6: Service prod/j: spec.ports[0].port: port 0 is out of range 1-65535"],
+            id="json-object-error",
+        ),
+        pytest.param(
+            {"bad.json": '{\n "apiVersion": "v1",\n "kind": "Service"\n "metadata": {}\n}\n'},
+            ["bad.json:4: invalid JSON: Expecting ',' delimiter"],
+            id="json-syntax-error",
+        ),
+        pytest.param(
+            {"bad.yaml": "---\n- a\n- b\n"},
+            ["bad.yaml:2: expected a Kubernetes object, got ['a', 'b']"],
+            id="not-a-mapping",
+        ),
+        pytest.param(
+            {
+                "bad.yaml": "apiVersion: v1\nkind: Service\nmetadata:\n  name: caf\xe9\n".encode(
+                    "latin-1"
+                )
+            },
+            ["bad.yaml: cannot read: not UTF-8 text (invalid continuation byte)"],
+            id="not-utf8",
+        ),
+    ],
+)
+def test_errors(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, files: dict, expected: list[str]
+) -> None:
+    _, errors = load_files(tmp_path, monkeypatch, files)
+    assert errors == expected
+
+
+def test_missing_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    write(tmp_path, {"ok.yaml": REDIS})
+    found, errors = load(["ok.yaml", "nope.yaml", "gone/"])
+    assert [str(e) for e in errors] == [
+        "gone/: no such file or folder",
+        "nope.yaml: no such file or folder",
+    ]
+    assert errors[0].line is None
+    assert list(found.services) == [("default", "redis")]  # the rest still loads
+
+
+@pytest.mark.parametrize("loader", LOADERS)
+@pytest.mark.parametrize(
+    ("text", "pattern"),
+    [
+        pytest.param(
+            "apiVersion: v1\nkind: Service\nmetadata:\n  name: r\nspec:\n\tclusterIP: 1.2.3.4\n",
+            r"bad\.yaml:6: a tab character is used for indentation; YAML allows only spaces",
+            id="tab-under-spec",
+        ),
+        pytest.param(
+            REDIS.replace("    port: 6379", "\t  port: 6379"),
+            r"bad\.yaml:11: a tab character is used for indentation; YAML allows only spaces",
+            id="tab-in-a-list-item",
+        ),
+        pytest.param(
+            REDIS.replace("    app: redis\n", "    app: redis\n\trole: x\n"),
+            r"bad\.yaml:9: a tab character is used for indentation; YAML allows only spaces",
+            id="tab-in-labels",
+        ),
+        pytest.param(
+            REDIS.replace("name: redis\n", "name: redis: x\n", 1),
+            r"bad\.yaml:4: invalid YAML: mapping values are not allowed (here|in this context)",
+            id="colon-in-plain-value",
+        ),
+        pytest.param(
+            REDIS.replace("  selector:", " selector:"),
+            r"bad\.yaml:7: invalid YAML: .*\(while parsing a block mapping started on line 1\)",
+            id="bad-indentation",
+        ),
+        pytest.param(
+            'apiVersion: v1\nkind: "Service\n',
+            r"bad\.yaml:3: invalid YAML: found unexpected end of stream "
+            r"\(while scanning a quoted scalar started on line 2\)",
+            id="unterminated-quote",
+        ),
+        pytest.param(
+            REDIS.replace("name: redis\n", "name: re\x01dis\n", 1),
+            r"bad\.yaml:4: invalid YAML: unacceptable character #x0001: .*",
+            id="control-character",
+        ),
+    ],
+)
+def test_yaml_syntax_errors(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    loader: type,
+    text: str,
+    pattern: str,
+) -> None:
+    # Both parsers (libyaml and pure-Python PyYAML) word their errors differently.
+    monkeypatch.setattr(manifests, "_Loader", loader)
+    found, errors = load_files(tmp_path, monkeypatch, {"bad.yaml": NAMESPACE + "---\n" + text})
+    offset = NAMESPACE.count("\n") + 1  # the patterns count lines from the start of `text`
+    assert len(errors) == 1
+    assert re.fullmatch(_shift(pattern, offset), errors[0]), errors[0]
+    # A file that does not parse contributes nothing, not even the objects before the error.
+    assert found.namespaces == {}
+
+
+def _shift(pattern: str, offset: int) -> str:
+    """Move every line number in `pattern` down by `offset` lines."""
+    return re.sub(
+        r"(?<=\.yaml:)(\d+)|(?<=line )(\d+)",
+        lambda m: str(int(m.group(0)) + offset),
+        pattern,
+    )
+
+
+def test_errors_are_sorted_by_file_then_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bad_kind = "apiVersion: v1\nkind: Servise\nmetadata:\n  name: x\n"
+    _, errors = load_files(
+        tmp_path,
+        monkeypatch,
+        {
+            "z.yaml": "kind: [\n",
+            "a.yaml": REDIS.replace("10.97.97.97", "x") + "---\n" + bad_kind,
+        },
+    )
+    assert [e.split(": ")[0] for e in errors] == ["a.yaml:6", "a.yaml:15", "z.yaml:2"]
+
+
+# --- the example cluster ------------------------------------------------------------------------
+
+
+def test_example_cluster() -> None:
+    found, errors = load([str(EXAMPLES)])
+    assert [str(e) for e in errors] == []
+    assert sorted(found.namespaces) == ["default", "prod"]
+    assert sorted(found.services) == [
+        ("default", "myapp"),
+        ("default", "myapp-headless"),
+        ("default", "redis"),
+        ("default", "search"),
+        ("prod", "api"),
+        ("prod", "cache"),
+    ]
+    assert len(found.pods) == 6
+    assert sorted(found.slices) == [
+        ("default", "myapp-headless-ipv4"),
+        ("default", "myapp-ipv4"),
+        ("default", "redis-ipv4"),
+        ("prod", "api-ipv4"),
+        ("prod", "api-ipv6"),
+    ]
+
+    redis = found.services[("default", "redis")]
+    assert redis.cluster_ips == ("10.97.97.97",)
+    assert endpoints_of(found, "default", "redis") == [
+        ("10.244.1.10", True, "", (6379,)),
+        ("10.244.2.11", True, "", (6379,)),
+    ]
+
+    myapp = found.services[("default", "myapp")]
+    assert (myapp.type, myapp.cluster_ips, myapp.session_affinity) == (
+        "NodePort",
+        ("10.99.99.99",),
+        "ClientIP",
+    )
+    assert [(p.name, p.port, p.node_port) for p in myapp.ports] == [("http", 80, 30080)]
+    pods = [
+        ("10.244.1.20", True, (80,)),
+        ("10.244.2.21", True, (80,)),
+        ("10.244.3.22", True, (80,)),
+        ("10.244.3.23", False, (80,)),  # Running, not Ready
+    ]
+    assert endpoints_of(found, "default", "myapp") == [(a, r, "", p) for a, r, p in pods]
+    assert found.services[("default", "myapp-headless")].headless
+    # Only the Pod whose spec.subdomain is myapp-headless gets a hostname, and only there.
+    assert endpoints_of(found, "default", "myapp-headless") == [
+        (a, r, "web-0" if a == "10.244.1.20" else "", p) for a, r, p in pods
+    ]
+
+    assert found.services[("default", "search")].external_name == "www.example.com"
+    assert found.services[("prod", "cache")].external_name == "redis.default.svc.cluster.local"
+    api = found.services[("prod", "api")]
+    assert api.cluster_ips == ("10.96.50.50", "fd00:10:96::50")
+    assert endpoints_of(found, "prod", "api") == [
+        ("10.244.1.30", True, "", (8443,)),
+        ("10.244.2.31", False, "", (8443,)),
+        ("fd00:10:244:1::30", True, "", (8443,)),
+        ("fd00:10:244:2::31", False, "", (8443,)),
+    ]
+    assert all(isinstance(s, EndpointSlice) for s in found.slices.values())
