@@ -38,6 +38,10 @@ class Handler:
         hit = self.cache.answer(data, udp)
         if hit is not None:
             return hit
+        return self.handle_miss(data, udp)
+
+    def handle_miss(self, data: bytes, udp: bool) -> bytes | None:
+        """Everything but the cache hit; listeners that tried `cache.answer` call this."""
         try:
             return self._slow(data, udp)
         except Exception:

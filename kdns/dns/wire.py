@@ -302,22 +302,29 @@ class AnswerCache:
         return len(self.entries)
 
     def answer(self, data: bytes, udp: bool) -> bytes | None:
-        """The hot path: a full response for `data`, or None (take the slow path)."""
-        # Header checks first: only a plain query (QR=0, opcode 0) with qdcount 1 can be in
-        # the cache; the key itself includes the whole header, so any other shape misses.
-        found = cache_key(data) if len(data) >= 17 else None
-        if found is None:
-            return None
-        key, qend, limit = found
-        entry = self.entries.get(key)
+        """The hot path: a full response for `data`, or None (take the slow path).
+
+        The common shape (no EDNS) is keyed inline; everything else goes through `cache_key`.
+        Only a plain query can be in the cache, and the key holds the whole header, so a query
+        of any other shape simply misses."""
+        z = data.find(0, 12)
+        qend = z + 5
+        if z >= 12 and len(data) == qend:
+            entry = self.entries.get(data[2:z].lower() + data[z:qend])
+            limit = CLASSIC_UDP_PAYLOAD
+        else:
+            found = cache_key(data) if z >= 12 else None
+            if found is None:
+                return None
+            key, qend, limit = found
+            entry = self.entries.get(key)
         if entry is None:
             self.misses += 1
             return None
         self.hits += 1
-        header, tail, size, tc_header, tc_tail = entry
-        if udp and size > limit:
-            return data[:2] + tc_header + data[12:qend] + tc_tail
-        return data[:2] + header + data[12:qend] + tail
+        if udp and entry[2] > limit:
+            return data[:2] + entry[3] + data[12:qend] + entry[4]
+        return data[:2] + entry[0] + data[12:qend] + entry[1]
 
     def store(self, data: bytes, query: Query, response: bytes, tags: Iterable[Tag]) -> None:
         """Remember `response` (encoded by `encode`, not yet finished) for queries like `data`."""

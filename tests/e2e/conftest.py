@@ -175,7 +175,7 @@ def _answers(port: int) -> bool:
     return True
 
 
-def _start(
+def start_kdns(
     manifests: Sequence[Path],
     args: Sequence[str],
     stderr_path: Path,
@@ -196,7 +196,7 @@ def _start(
             wait_answering(lambda s=server: _answers(s.port), proc, server.stderr)
         except pytest.fail.Exception:
             server.stop()
-            if "cannot listen" in server.stderr():
+            if "cannot listen" in server.stderr() or "Address already in use" in server.stderr():
                 continue  # lost the race for the port to another process
             raise
         return server
@@ -214,7 +214,7 @@ def kdns_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KdnsFacto
 
     def start(manifests: Path | Sequence[Path], *args: str) -> Kdns:
         paths = [manifests] if isinstance(manifests, Path) else list(manifests)
-        server = _start(paths, args, logs / f"stderr-{len(started)}.log")
+        server = start_kdns(paths, args, logs / f"stderr-{len(started)}.log")
         started.append(server)
         return server
 
@@ -239,7 +239,7 @@ def examples_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kdns]:
     """One kdns over config/examples (a copy), shared by a module's read-only tests."""
     base = tmp_path_factory.mktemp("examples-server")
     manifests = copy_examples(base / "manifests")
-    server = _start([manifests], (), base / "stderr.log")
+    server = start_kdns([manifests], (), base / "stderr.log")
     try:
         yield server
     finally:
