@@ -96,13 +96,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _summary(built: app.App) -> str:
-    store, config = built.store, built.config
-    index = built.resolver.index
+    store, config, resolver = built.store, built.config, built.resolver
     types: Counter[str] = Counter()
-    for owners in (*index.forward.values(), *index.reverse.values()):
-        for records in owners.values():
-            for record in records:
-                types[QTYPE.get(record.rtype)] += 1
+    forward = reverse = 0
+    for key in store.services:
+        records = resolver.service_records(key)
+        assert records is not None
+        forward += len(records.forward)
+        reverse += len(records.reverse)
+        for table in (records.forward, records.reverse):
+            for rrs in table.values():
+                types.update(QTYPE.get(r.rtype) for r in rrs)
     counts = ", ".join(f"{t} {n}" for t, n in sorted(types.items())) or "nothing"
     return "\n".join(
         [
@@ -110,7 +114,7 @@ def _summary(built: app.App) -> str:
             f"manifests: ok ({len(store.namespaces)} namespaces, {len(store.services)} services, "
             f"{len(store.slices)} endpoint slices, {len(store.pods)} pods)",
             f"records per zone: {counts}",
-            f"names per zone: {len(index.forward)} forward, {len(index.reverse)} reverse",
+            f"names per zone: {forward} forward, {reverse} reverse",
         ]
     )
 

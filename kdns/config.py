@@ -51,7 +51,7 @@ class Config:
 
 
 def is_reverse_zone(zone: str) -> bool:
-    return zone == "in-addr.arpa" or zone.endswith((".in-addr.arpa", "ip6.arpa"))
+    return zone in ("in-addr.arpa", "ip6.arpa") or zone.endswith((".in-addr.arpa", ".ip6.arpa"))
 
 
 def parse_hostport(text: str, default_port: int = 53) -> tuple[str, int]:
@@ -134,7 +134,14 @@ def load_config(path: str) -> Config:
     lines = {}
     if isinstance(node, yaml.MappingNode):
         for key_node, _ in node.value:
-            lines[key_node.value] = key_node.start_mark.line + 1
+            line = key_node.start_mark.line + 1
+            if key_node.value in lines:
+                # PyYAML keeps the last of two equal keys; an operator means one of them.
+                raise ConfigError(
+                    f"{path}:{line}: {key_node.value}: given twice (first on line "
+                    f"{lines[key_node.value]})"
+                )
+            lines[key_node.value] = line
     known = {f.name for f in fields(Config)} - {"source"}
     values: dict[str, Any] = {}
     for key, value in data.items():

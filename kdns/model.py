@@ -25,7 +25,7 @@ from typing import Any
 _DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 # RFC 1123 subdomain: object names of most other kinds.
 _DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
-# RFC 6335 §5.1 service name, as Kubernetes validates port names (IANA_SVC_NAME).
+# RFC 6335 §5.1 service name (IANA_SVC_NAME): container port names and named targetPorts.
 _PORT_NAME = re.compile(r"^(?=.{1,15}$)(?=.*[a-z])[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
 SERVICE_TYPES = ("ClusterIP", "NodePort", "LoadBalancer", "ExternalName")
@@ -210,7 +210,8 @@ def _port_number(obj: Mapping[str, Any], path: str, key: str, required: bool) ->
 
 
 def _ip(value: Any, field: str) -> str:
-    if not isinstance(value, str):
+    # Python accepts IPv6 scope IDs ("fe80::1%eth0"); the Kubernetes API does not.
+    if not isinstance(value, str) or "%" in value:
         raise ModelError(field, f"{value!r} is not an IP address")
     try:
         return ipaddress.ip_address(value).compressed
@@ -260,8 +261,10 @@ def _service_port(raw: Any, path: str, service_type: str) -> ServicePort:
     if not isinstance(raw, dict):
         raise ModelError(path, f"expected a mapping, got {raw!r}")
     name = _str(raw, path, "name")
-    if name and not _PORT_NAME.match(name):
-        raise ModelError(_join(path, "name"), f"{name!r} is not a valid port name (RFC 6335)")
+    # Service port names are DNS-1123 labels (apiserver validateServicePort); the stricter
+    # RFC 6335 rule applies only to container port names and so to named targetPorts.
+    if name and not _DNS1123_LABEL.match(name):
+        raise ModelError(_join(path, "name"), f"{name!r} is not a valid DNS-1123 label")
     protocol = _choice(_str(raw, path, "protocol", "TCP"), _join(path, "protocol"), PROTOCOLS)
     port = _port_number(raw, path, "port", required=True)
     assert port is not None
@@ -484,9 +487,10 @@ def endpointslice_from_dict(obj: Mapping[str, Any]) -> EndpointSlice:
             raise ModelError(path, f"expected a mapping, got {raw!r}")
         conditions = _mapping(raw, path, "conditions")
         cpath = _join(path, "conditions")
-        # discovery.k8s.io/v1: an unset `ready` or `serving` is to be read as true.
+        # discovery.k8s.io/v1: an unset `ready` or `serving` is to be read as true (kube-proxy
+        # reads serving as `Serving == nil || *Serving`).
         ready = _condition(conditions, cpath, "ready", True)
-        serving = _condition(conditions, cpath, "serving", ready)
+        serving = _condition(conditions, cpath, "serving", True)
         terminating = _condition(conditions, cpath, "terminating", False)
         target = _mapping(raw, path, "targetRef")
         pod = _str(target, _join(path, "targetRef"), "name") if target.get("kind") == "Pod" else ""

@@ -116,8 +116,11 @@ class Store:
                 for k in self.endpoints.keys() | endpoints.keys()
                 if self.endpoints.get(k) != endpoints.get(k)
             }
+            old_slices = self.slices
             change.trigger_time = _earliest(
-                s.trigger_time for s in new_slices.values() if s.service_key in change.services
+                s.trigger_time
+                for k, s in new_slices.items()
+                if s.service_key in change.services and old_slices.get(k) != s
             )
             self.slices, self._slices_by_service, self.endpoints = new_slices, by_service, endpoints
         elif kind == PODS:
@@ -155,10 +158,12 @@ class Store:
         elif isinstance(obj, Pod):
             old_pod = self.pods.get(obj.key)
             if old_pod != obj:
-                change.pod_ips.update(old_pod.ips if old_pod else ())
+                if old_pod is not None:
+                    change.pod_ips.update(old_pod.ips)
+                    self._unindex_pod(old_pod)
                 change.pod_ips.update(obj.ips)
                 self.pods[obj.key] = obj
-                self._reindex_pod_ips(change.pod_ips)
+                self._index_pod(obj)
         else:
             raise TypeError(f"cannot upsert {type(obj).__name__} into {kind}")
         return self._publish(change)
@@ -179,7 +184,7 @@ class Store:
             old_pod = self.pods.pop(key, None)  # type: ignore[call-overload]
             if old_pod is not None:
                 change.pod_ips.update(old_pod.ips)
-                self._reindex_pod_ips(change.pod_ips)
+                self._unindex_pod(old_pod)
         else:
             raise ValueError(f"unknown kind {kind!r}")
         return self._publish(change)
@@ -205,13 +210,17 @@ class Store:
             self.endpoints[service_key] = merged
         return Change(services={service_key}, trigger_time=trigger_time)
 
-    def _reindex_pod_ips(self, ips: set[str]) -> None:
-        for ip in ips:
-            self.pods_by_ip.pop(ip, None)
-        for pod in self.pods.values():
-            for ip in pod.ips:
-                if ip in ips:
-                    self.pods_by_ip[ip] = (*self.pods_by_ip.get(ip, ()), pod)
+    def _index_pod(self, pod: Pod) -> None:
+        for ip in pod.ips:
+            self.pods_by_ip[ip] = (*self.pods_by_ip.get(ip, ()), pod)
+
+    def _unindex_pod(self, pod: Pod) -> None:
+        for ip in pod.ips:
+            rest = tuple(p for p in self.pods_by_ip.get(ip, ()) if p.key != pod.key)
+            if rest:
+                self.pods_by_ip[ip] = rest
+            else:
+                self.pods_by_ip.pop(ip, None)
 
     def _publish(self, change: Change) -> Change:
         if change:

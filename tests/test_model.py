@@ -32,7 +32,7 @@ from kdns.model import (
 # --- helpers -----------------------------------------------------------------------------------
 
 
-def service_dict(spec: dict[str, Any] | None = None, **top: Any) -> dict[str, Any]:
+def service_dict(spec: Any = None, **top: Any) -> dict[str, Any]:
     obj: dict[str, Any] = {
         "apiVersion": "v1",
         "kind": "Service",
@@ -49,7 +49,7 @@ def pick(obj: object, expected: dict[str, Any]) -> dict[str, Any]:
 
 
 def slice_dict(
-    endpoints: list[Any],
+    endpoints: Any,
     *,
     address_type: str = "IPv4",
     ports: list[Any] | None = None,
@@ -355,15 +355,11 @@ SERVICE_ERRORS = [
         id="two-ipv6-clusterips",
     ),
     pytest.param(service_dict({"ports": [{"port": 0}]}), "spec.ports[0].port", id="port-0"),
-    pytest.param(
-        service_dict({"ports": [{"port": 70000}]}), "spec.ports[0].port", id="port-70000"
-    ),
+    pytest.param(service_dict({"ports": [{"port": 70000}]}), "spec.ports[0].port", id="port-70000"),
     pytest.param(
         service_dict({"ports": [{"name": "http"}]}), "spec.ports[0].port", id="port-missing"
     ),
-    pytest.param(
-        service_dict({"ports": [{"port": "80"}]}), "spec.ports[0].port", id="port-string"
-    ),
+    pytest.param(service_dict({"ports": [{"port": "80"}]}), "spec.ports[0].port", id="port-string"),
     pytest.param(
         service_dict({"ports": [{"port": True}]}), "spec.ports[0].port", id="port-boolean"
     ),
@@ -420,9 +416,7 @@ SERVICE_ERRORS = [
     pytest.param(
         service_dict({"type": "ExternalName"}), "spec.externalName", id="externalname-missing"
     ),
-    pytest.param(
-        {"metadata": {"namespace": "ns"}, "spec": {}}, "metadata.name", id="name-missing"
-    ),
+    pytest.param({"metadata": {"namespace": "ns"}, "spec": {}}, "metadata.name", id="name-missing"),
     pytest.param(
         {"metadata": {"name": "Web", "namespace": "ns"}, "spec": {}},
         "metadata.name",
@@ -434,7 +428,7 @@ SERVICE_ERRORS = [
         id="bad-namespace",
     ),
     pytest.param({"metadata": ["web"], "spec": {}}, "metadata", id="metadata-list"),
-    pytest.param(service_dict(spec=[]), "spec", id="spec-list"),  # type: ignore[arg-type]
+    pytest.param(service_dict(spec=[]), "spec", id="spec-list"),
     pytest.param(service_dict({"ports": {"port": 80}}), "spec.ports", id="ports-mapping"),
     pytest.param(service_dict({"ports": [80]}), "spec.ports[0]", id="port-not-mapping"),
     pytest.param(service_dict({"selector": ["app=web"]}), "spec.selector", id="selector-list"),
@@ -477,9 +471,7 @@ SERVICE_ERRORS = [
         "spec.internalTrafficPolicy",
         id="bad-internal-traffic-policy",
     ),
-    pytest.param(
-        service_dict({"ipFamilies": ["IPv5"]}), "spec.ipFamilies[0]", id="bad-ip-family"
-    ),
+    pytest.param(service_dict({"ipFamilies": ["IPv5"]}), "spec.ipFamilies[0]", id="bad-ip-family"),
 ]
 
 
@@ -526,7 +518,8 @@ def test_model_error_is_a_value_error() -> None:
         pytest.param(None, (True, True, False), id="absent"),
         pytest.param({}, (True, True, False), id="all-unset"),
         pytest.param({"ready": True}, (True, True, False), id="ready"),
-        pytest.param({"ready": False}, (False, False, False), id="serving-follows-ready"),
+        # discovery.k8s.io/v1 and kube-proxy: an unset serving reads as true, whatever ready says.
+        pytest.param({"ready": False}, (False, True, False), id="serving-unset-is-true"),
         pytest.param({"serving": False}, (True, False, False), id="serving-false"),
         pytest.param(
             {"ready": False, "serving": True, "terminating": True},
@@ -674,7 +667,7 @@ ENDPOINTSLICE_ERRORS = [
         "ports[1].protocol",
         id="bad-port-protocol",
     ),
-    pytest.param(slice_dict({"addresses": ["10.1.0.1"]}), "endpoints", id="endpoints-mapping"),  # type: ignore[arg-type]
+    pytest.param(slice_dict({"addresses": ["10.1.0.1"]}), "endpoints", id="endpoints-mapping"),
     pytest.param(slice_dict([{"addresses": ["10.1.0.1"]}, "x"]), "endpoints[1]", id="endpoint-str"),
 ]
 
@@ -707,8 +700,13 @@ ENDPOINTS = {
                 },
                 {"ip": "FD00::0:1"},
             ],
-            "notReadyAddresses": [{"ip": "10.1.0.2", "targetRef": {"kind": "Pod", "name": "web-1"}}],
-            "ports": [{"name": "http", "port": 8080}, {"name": "dns", "port": 53, "protocol": "UDP"}],
+            "notReadyAddresses": [
+                {"ip": "10.1.0.2", "targetRef": {"kind": "Pod", "name": "web-1"}}
+            ],
+            "ports": [
+                {"name": "http", "port": 8080},
+                {"name": "dns", "port": 53, "protocol": "UDP"},
+            ],
         },
         {"addresses": [{"ip": "10.1.0.9"}], "ports": [{"port": 9090}]},
     ],
@@ -756,9 +754,7 @@ def test_endpoints_to_slices_empty(subsets: list[Any] | None, expected: tuple[An
 @pytest.mark.parametrize(
     ("subsets", "field"),
     [
-        pytest.param(
-            [{"addresses": [{"ip": "nope"}]}], "subsets[0].addresses[0].ip", id="bad-ip"
-        ),
+        pytest.param([{"addresses": [{"ip": "nope"}]}], "subsets[0].addresses[0].ip", id="bad-ip"),
         pytest.param(
             [{"addresses": [{"ip": "10.0.0.1"}]}, {"notReadyAddresses": [{}]}],
             "subsets[1].notReadyAddresses[0].ip",
@@ -914,7 +910,9 @@ POD_ERRORS = [
         "spec.containers[0].ports[0].protocol",
         id="container-port-protocol",
     ),
-    pytest.param(pod_dict(spec={"containers": [{}, "x"]}), "spec.containers[1]", id="container-str"),
+    pytest.param(
+        pod_dict(spec={"containers": [{}, "x"]}), "spec.containers[1]", id="container-str"
+    ),
     pytest.param(pod_dict(spec={"hostname": "web_0"}), "spec.hostname", id="bad-hostname"),
     pytest.param(pod_dict(spec={"subdomain": "a.b"}), "spec.subdomain", id="bad-subdomain"),
     pytest.param(pod_dict(meta={"labels": {"app": 1}}), "metadata.labels.app", id="label-int"),
@@ -1025,7 +1023,10 @@ def test_slices_for_service_conditions(
     publish: bool, pod_ready: bool, terminating: bool, expected: tuple[bool, bool, bool]
 ) -> None:
     svc = web(publishNotReadyAddresses=publish)
-    ((ep,),) = [s.endpoints for s in slices_for_service(svc, [pod("a", ready=pod_ready, terminating=terminating)])]
+    ((ep,),) = [
+        s.endpoints
+        for s in slices_for_service(svc, [pod("a", ready=pod_ready, terminating=terminating)])
+    ]
     assert (ep.ready, ep.serving, ep.terminating) == expected
 
 

@@ -1,8 +1,10 @@
 """The Kubernetes DNS schema: which names and records a Service and its endpoints produce.
 
-`service_records` is a pure function of one Service and its merged endpoints; `RecordIndex`
-keeps the records of every Service by name and is updated one Service at a time (never a full
-rebuild per event, DESIGN.md §1 rule 3).
+`service_records` is a pure function of one Service and its merged endpoints. Forward names
+need no index: a name spells out its Service (`…svc.ns.svc`), so the resolver builds that one
+Service's records when asked (and memoises them). Only reverse names need an index
+(`ReverseIndex`: address → owning Services), updated one Service at a time, never rebuilt per
+event (DESIGN.md §1 rule 3). Memory therefore grows with the store, not with the record count.
 
 Names are lower-case and carry no trailing dot. Forward names are relative to the cluster zone
 ("redis.default.svc"), so one index serves every configured zone; reverse names are absolute
@@ -25,8 +27,8 @@ plugin, see ../shared/reference/k8s-dns.md rows 1-11):
 
 from __future__ import annotations
 
+import bisect
 import ipaddress
-from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -57,10 +59,12 @@ class Record:
 
 @dataclass(frozen=True, slots=True)
 class ServiceRecords:
-    """Everything one Service contributes: forward names (zone-relative) and reverse names."""
+    """Everything one Service contributes: forward names (zone-relative), reverse names, and
+    the empty non-terminals among its forward names."""
 
     forward: dict[str, tuple[Record, ...]]
     reverse: dict[str, tuple[Record, ...]]
+    ents: frozenset[str] = frozenset()
 
 
 def reverse_name(ip: str) -> str:
@@ -163,101 +167,102 @@ def service_records(service: Service, endpoints: tuple[Endpoint, ...]) -> Servic
 
 
 def _freeze(forward: dict[str, list[Record]], reverse: dict[str, list[Record]]) -> ServiceRecords:
+    ents: set[str] = set()
+    for name in forward:
+        labels = name.split(".")
+        # Ancestors below the service name (`_tcp.svc.ns.svc`) are empty non-terminals.
+        for i in range(1, len(labels) - 3):
+            ents.add(".".join(labels[i:]))
     return ServiceRecords(
-        {k: tuple(v) for k, v in forward.items()}, {k: tuple(v) for k, v in reverse.items()}
+        {k: tuple(v) for k, v in forward.items()},
+        {k: tuple(v) for k, v in reverse.items()},
+        frozenset(ents - forward.keys()),
     )
 
 
-class RecordIndex:
-    """Records of every Service by name, updated one Service at a time.
+def ptr_addresses(service: Service, endpoints: tuple[Endpoint, ...]) -> frozenset[str]:
+    """The addresses `service_records` gives a PTR: ClusterIPs and ready endpoint IPs.
 
-    `forward[name]` and `reverse[name]` map a Service key to that Service's records at the name:
-    two Services may own the same reverse name (one IP selected by both gives two PTRs, as
-    CoreDNS answers). `forward_ents` / `reverse_ents` count the names below each ancestor, so an
-    empty non-terminal (`_tcp.redis.default.svc`) answers NODATA, not NXDOMAIN (RFC 8020).
+    Cheaper than building the records; the reverse index needs only this."""
+    if service.type == "ExternalName":
+        return frozenset()
+    ready = [e.address for e in endpoints if e.ready]
+    if service.headless:
+        return frozenset(ready)
+    return frozenset((*service.cluster_ips, *ready))
+
+
+def reverse_key(ip: str) -> str:
+    """A sortable spelling of an address whose prefixes are the reverse zone's ancestors:
+    dotted octets with a trailing dot for IPv4, 32 nibbles for IPv6."""
+    if ":" not in ip:
+        return ip + "."
+    return ipaddress.IPv6Address(ip).exploded.replace(":", "")
+
+
+def reverse_prefix(name: str) -> str | None:
+    """The `reverse_key` prefix a reverse name stands for; None if it is not a reverse name."""
+    if name.endswith(".in-addr.arpa"):
+        octets = name[: -len(".in-addr.arpa")].split(".")
+        if len(octets) > 4:
+            return None
+        return "".join(f"{o}." for o in reversed(octets))
+    if name.endswith(".ip6.arpa"):
+        nibbles = name[: -len(".ip6.arpa")].split(".")
+        if len(nibbles) > 32 or any(len(n) != 1 for n in nibbles):
+            return None
+        return "".join(reversed(nibbles))
+    return None
+
+
+class ReverseIndex:
+    """Which Services give each address a PTR, and which reverse names exist at all.
+
+    Updated one Service at a time. Two Services may own one address (one IP selected by both
+    gives two PTRs, as CoreDNS answers). `exists(name)` tells an empty non-terminal
+    (`97.97.10.in-addr.arpa` above a known address: NODATA, RFC 8020) from a name with nothing
+    below it (NXDOMAIN), by a binary search over the sorted addresses.
     """
 
     def __init__(self) -> None:
-        self.forward: dict[str, dict[ServiceKey, tuple[Record, ...]]] = {}
-        self.reverse: dict[str, dict[ServiceKey, tuple[Record, ...]]] = {}
-        self.forward_ents: Counter[str] = Counter()
-        self.reverse_ents: Counter[str] = Counter()
-        self._by_service: dict[ServiceKey, ServiceRecords] = {}
+        # Almost every address has one owner: a tuple costs a fifth of a set.
+        self.owners: dict[str, tuple[ServiceKey, ...]] = {}
+        self.by_service: dict[ServiceKey, frozenset[str]] = {}
+        self._sorted: list[str] = []  # reverse_key of every owned address
 
     def __len__(self) -> int:
-        return len(self._by_service)
+        return len(self.owners)
 
-    def records_of(self, key: ServiceKey) -> ServiceRecords | None:
-        return self._by_service.get(key)
+    def update(self, key: ServiceKey, addresses: frozenset[str]) -> frozenset[str]:
+        """Set the addresses `key` owns; returns the old ones (their PTRs may have changed)."""
+        old = self.by_service.pop(key, frozenset())
+        if addresses:
+            self.by_service[key] = addresses
+        for ip in old - addresses:
+            owners = tuple(k for k in self.owners[ip] if k != key)
+            if owners:
+                self.owners[ip] = owners
+            else:
+                del self.owners[ip]
+                del self._sorted[bisect.bisect_left(self._sorted, reverse_key(ip))]
+        for ip in addresses - old:
+            owners = self.owners.get(ip)
+            if owners is None:
+                self.owners[ip] = (key,)
+                bisect.insort(self._sorted, reverse_key(ip))
+            else:
+                self.owners[ip] = (*owners, key)
+        return old
 
-    def update(
-        self, key: ServiceKey, service: Service | None, endpoints: tuple[Endpoint, ...]
-    ) -> set[str]:
-        """Replace one Service's records; returns the reverse names whose answer changed."""
-        old = self._by_service.pop(key, None)
-        new = service_records(service, endpoints) if service is not None else None
-        if old == new:
-            if old is not None:
-                self._by_service[key] = old
-            return set()
-        if old is not None:
-            _remove(self.forward, self.forward_ents, key, old.forward, stop=1)
-            _remove(self.reverse, self.reverse_ents, key, old.reverse, stop=2)
-        if new is not None:
-            self._by_service[key] = new
-            _add(self.forward, self.forward_ents, key, new.forward, stop=1)
-            _add(self.reverse, self.reverse_ents, key, new.reverse, stop=2)
-        before = old.reverse if old else {}
-        after = new.reverse if new else {}
-        return {n for n in before.keys() | after.keys() if before.get(n) != after.get(n)}
+    def replace(self, addresses: dict[ServiceKey, frozenset[str]]) -> None:
+        """Build from scratch (start-up): one sort instead of an insort per address."""
+        self.by_service = {k: v for k, v in addresses.items() if v}
+        self.owners = {}
+        for key, ips in self.by_service.items():
+            for ip in ips:
+                self.owners[ip] = (*self.owners.get(ip, ()), key)
+        self._sorted = sorted(reverse_key(ip) for ip in self.owners)
 
-    def lookup_forward(self, name: str) -> list[Record] | None:
-        owners = self.forward.get(name)
-        if owners is None:
-            return None
-        return [r for records in owners.values() for r in records]
-
-    def lookup_reverse(self, name: str) -> list[Record] | None:
-        owners = self.reverse.get(name)
-        if owners is None:
-            return None
-        return [r for records in owners.values() for r in records]
-
-
-def _ancestors(name: str, stop: int) -> Iterable[str]:
-    """Proper ancestors of `name`, keeping at least `stop` labels."""
-    labels = name.split(".")
-    for i in range(1, len(labels) - stop + 1):
-        yield ".".join(labels[i:])
-
-
-def _add(
-    table: dict[str, dict[ServiceKey, tuple[Record, ...]]],
-    ents: Counter[str],
-    key: ServiceKey,
-    names: dict[str, tuple[Record, ...]],
-    stop: int,
-) -> None:
-    for name, records in names.items():
-        table.setdefault(name, {})[key] = records
-        for ancestor in _ancestors(name, stop):
-            ents[ancestor] += 1
-
-
-def _remove(
-    table: dict[str, dict[ServiceKey, tuple[Record, ...]]],
-    ents: Counter[str],
-    key: ServiceKey,
-    names: dict[str, tuple[Record, ...]],
-    stop: int,
-) -> None:
-    for name in names:
-        owners = table.get(name)
-        if owners is not None:
-            owners.pop(key, None)
-            if not owners:
-                del table[name]
-        for ancestor in _ancestors(name, stop):
-            ents[ancestor] -= 1
-            if ents[ancestor] <= 0:
-                del ents[ancestor]
+    def has_prefix(self, prefix: str) -> bool:
+        i = bisect.bisect_left(self._sorted, prefix)
+        return i < len(self._sorted) and self._sorted[i].startswith(prefix)

@@ -1,9 +1,10 @@
 """Authoritative answers for the cluster zones: NOERROR, NODATA, NXDOMAIN or SERVFAIL — or None.
 
-`Resolver.resolve(qname, qtype)` answers a question from the record index and the store, or
-returns None when the name is in none of our zones (the caller forwards or refuses it).
-`Resolver.apply(change)` brings the index up to date after a store change and returns the cache
-tags whose answers may have changed.
+`Resolver.resolve(qname, qtype)` answers a question from the store, or returns None when the
+name is in none of our zones (the caller forwards or refuses it). A forward name spells out its
+Service, whose records are built on demand and memoised; reverse names go through the
+`ReverseIndex`. `Resolver.apply(change)` keeps both up to date after a store change and returns
+the cache tags whose answers may have changed.
 
 Contract:
 - Pure: no I/O, no clock; answers are dnslib RRs owned by lower-case names, so the wire layer
@@ -19,8 +20,10 @@ Contract:
 from __future__ import annotations
 
 import ipaddress
+from collections import Counter
 from dataclasses import dataclass, field
 
+from cachetools import LRUCache
 from dnslib import AAAA as AAAA_RD
 from dnslib import CNAME as CNAME_RD
 from dnslib import NS as NS_RD
@@ -29,7 +32,15 @@ from dnslib import QTYPE, RCODE, RR, SOA, SRV, TXT
 from dnslib import A as A_RD
 
 from kdns.config import Config
-from kdns.dns.records import Record, RecordIndex
+from kdns.dns.records import (
+    Record,
+    ReverseIndex,
+    ServiceRecords,
+    ptr_addresses,
+    reverse_name,
+    reverse_prefix,
+    service_records,
+)
 from kdns.store import Change, Store
 
 ANY = QTYPE.ANY
@@ -72,6 +83,8 @@ def ip_from_pod_label(label: str) -> str | None:
         text = label.replace("-", ".")
     else:
         text = label.replace("-", ":")
+    if "%" in text:
+        return None  # a scoped address (fe80::1%eth0) is no pod IP
     try:
         return ipaddress.ip_address(text).compressed
     except ValueError:
@@ -79,9 +92,18 @@ def ip_from_pod_label(label: str) -> str | None:
 
 
 class Resolver:
-    def __init__(self, store: Store, config: Config, ns_addresses: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        store: Store,
+        config: Config,
+        ns_addresses: tuple[str, ...] = (),
+        memo_size: int = 4096,
+    ) -> None:
         self.store = store
-        self.index = RecordIndex()
+        self.reverse = ReverseIndex()
+        # Records of recently asked Services; dropped per Service when it changes.
+        self._memo: LRUCache[tuple[str, str], ServiceRecords] = LRUCache(maxsize=memo_size)
+        self._services_per_namespace: Counter[str] = Counter(ns for ns, _ in store.services)
         self.ttl = config.ttl
         self.pods = config.pods
         self.forward_zones = config.forward_zones
@@ -90,27 +112,52 @@ class Resolver:
         self._zones = sorted(config.zones, key=len, reverse=True)
         self.primary = self.forward_zones[0] if self.forward_zones else "cluster.local"
         self.ns_addresses = ns_addresses
-        for key in store.services:
-            self.index.update(key, store.services[key], store.endpoints.get(key, ()))
+        self.reverse.replace(
+            {
+                key: ptr_addresses(service, store.endpoints.get(key, ()))
+                for key, service in store.services.items()
+            }
+        )
 
     # --- keeping up with the store -----------------------------------------------------------
 
     def apply(self, change: Change) -> set[Tag]:
         tags: set[Tag] = {APEX_TAG}
-        reverse_changed: set[str] = set()
+        reverse_changed = False
         for key in change.services:
+            self._memo.pop(key, None)
             service = self.store.services.get(key)
-            reverse_changed |= self.index.update(key, service, self.store.endpoints.get(key, ()))
+            addresses = (
+                ptr_addresses(service, self.store.endpoints.get(key, ()))
+                if service is not None
+                else frozenset()
+            )
+            old = self.reverse.update(key, addresses)
+            if key in self.reverse.by_service or old:
+                reverse_changed = True
+            # An address the Service gained or kept may now point elsewhere (a new hostname).
+            tags.update(reverse_tag(reverse_name(ip)) for ip in old | addresses)
             tags.add(service_tag(*key))
-        tags.update(reverse_tag(name) for name in reverse_changed)
         if reverse_changed:
             tags.add(REVERSE_ENT_TAG)
+        if change.services:
+            self._services_per_namespace = Counter(ns for ns, _ in self.store.services)
         if change.namespaces:
             tags.update(namespace_tag(ns) for ns in change.namespaces)
             tags.add(POD_TAG)
         if change.pod_ips:
             tags.add(POD_TAG)
         return tags
+
+    def service_records(self, key: tuple[str, str]) -> ServiceRecords | None:
+        records = self._memo.get(key)
+        if records is None:
+            service = self.store.services.get(key)
+            if service is None:
+                return None
+            records = service_records(service, self.store.endpoints.get(key, ()))
+            self._memo[key] = records
+        return records
 
     # --- answering ---------------------------------------------------------------------------
 
@@ -151,18 +198,24 @@ class Resolver:
             return self._apex(answer, qname, qtype, zone)
         last = labels[-1]
         if last == "svc" and n >= 3:
-            answer.tags.add(service_tag(labels[-2], labels[-3]))
-            records = self.index.lookup_forward(rel)
+            key = (labels[-2], labels[-3])
+            answer.tags.add(service_tag(*key))
+            service = self.service_records(key)
+            records = service.forward.get(rel) if service is not None else None
             if records is None:
-                exists = rel in self.index.forward_ents
-                return self._negative(answer, zone, exists)
-            return self._records(answer, qname, qtype, zone, records, depth)
+                return self._negative(
+                    answer, zone, exists=service is not None and rel in service.ents
+                )
+            return self._records(answer, qname, qtype, zone, service, records, depth)
         if last == "svc":
             if n == 1:
                 answer.tags.add(ZONE_TAG)
                 return self._negative(answer, zone, exists=True)
             answer.tags.add(namespace_tag(labels[0]))
-            exists = self.store.namespace_exists(labels[0]) or rel in self.index.forward_ents
+            exists = (
+                self.store.namespace_exists(labels[0])
+                or self._services_per_namespace[labels[0]] > 0
+            )
             return self._negative(answer, zone, exists)
         if last == "pod":
             answer.tags.add(POD_TAG)
@@ -227,7 +280,14 @@ class Resolver:
                 section.append(RR(owner + ".", QTYPE.A, rdata=A_RD(ip), ttl=self.ttl))
 
     def _records(
-        self, answer: Answer, qname: str, qtype: int, zone: str, records: list[Record], depth: int
+        self,
+        answer: Answer,
+        qname: str,
+        qtype: int,
+        zone: str,
+        service: ServiceRecords,
+        records: tuple[Record, ...],
+        depth: int,
     ) -> None:
         cname = next((r for r in records if r.rtype == QTYPE.CNAME), None)
         if cname is not None and qtype not in (QTYPE.CNAME, ANY):
@@ -248,8 +308,9 @@ class Resolver:
             answer.answer.append(self._rr(qname, record, zone))
             if record.rtype == QTYPE.SRV:
                 # Glue for the target (spec 2.3.2: the additional section MAY carry it).
+                # SRV targets are names of the same Service: its own name or its endpoints'.
                 target = record.value
-                glue = self.index.lookup_forward(target) or []
+                glue = service.forward.get(target, ())
                 ips = tuple(g.value for g in glue if g.rtype in (QTYPE.A, QTYPE.AAAA))
                 present = {
                     str(rr.rdata) for rr in answer.additional if rr.rname == f"{target}.{zone}."
@@ -284,11 +345,13 @@ class Resolver:
         if qname == zone:
             answer.tags.add(APEX_TAG)
             return self._apex(answer, qname, qtype, zone)
-        records = self.index.lookup_reverse(qname)
-        if records is None:
+        records = self._ptr_records(qname)
+        if not records:
             full = qname.count(".") + 1 in (6, 34)  # a whole IPv4 or IPv6 reverse name
             answer.tags.add(reverse_tag(qname) if full else REVERSE_ENT_TAG)
-            return self._negative(answer, zone, exists=qname in self.index.reverse_ents)
+            prefix = reverse_prefix(qname)
+            exists = prefix is not None and not full and self.reverse.has_prefix(prefix)
+            return self._negative(answer, zone, exists=exists)
         answer.tags.add(reverse_tag(qname))
         # PTR targets always name the primary zone (CoreDNS plugin/kubernetes/reverse.go).
         found = False
@@ -299,6 +362,29 @@ class Resolver:
         if not found:
             self._negative(answer, zone, exists=True)
         return None
+
+    def _ptr_records(self, qname: str) -> list[Record]:
+        prefix = reverse_prefix(qname)
+        if prefix is None or qname.count(".") + 1 not in (6, 34):
+            return []
+        # The prefix of a whole name is the address itself (IPv4 with a trailing dot).
+        try:
+            ip = (
+                prefix[:-1]
+                if qname.endswith(".in-addr.arpa")
+                else str(ipaddress.IPv6Address(int(prefix, 16)))
+            )
+            ip = ipaddress.ip_address(ip).compressed
+        except ValueError:
+            return []
+        if reverse_name(ip) != qname:
+            return []  # "010.1.1.1": not the canonical spelling of any address
+        records: list[Record] = []
+        for key in sorted(self.reverse.owners.get(ip, ())):
+            service = self.service_records(key)
+            if service is not None:
+                records.extend(service.reverse.get(qname, ()))
+        return records
 
     def _pod(self, answer: Answer, qname: str, qtype: int, zone: str, labels: list[str]) -> None:
         n = len(labels)

@@ -90,14 +90,15 @@ class WireError(ValueError):
 def read_name(data: bytes, offset: int) -> tuple[tuple[bytes, ...], int]:
     """Read a (possibly compressed) name: (labels, the offset just after it).
 
-    Pointers must point backwards (RFC 1035 §4.1.4 allows only prior occurrences), which also
-    rules out loops without a hop counter; the 0x40 and 0x80 label types are obsolete or
+    A pointer may only point to a prior occurrence (RFC 1035 §4.1.4): before everything this name
+    has read so far, and past the header. Each jump therefore lands strictly lower than the last,
+    which rules out loops without a hop counter. The 0x40 and 0x80 label types are obsolete or
     undefined (RFC 6891 §5) and rejected.
     """
     labels: list[bytes] = []
     length = 1  # the root label's octet
     end = -1
-    pos = offset
+    pos = lowest = offset
     n = len(data)
     while True:
         if pos >= n:
@@ -112,11 +113,11 @@ def read_name(data: bytes, offset: int) -> tuple[tuple[bytes, ...], int]:
             if pos + 1 >= n:
                 raise WireError("compression pointer runs past the end of the packet")
             target = ((size & 0x3F) << 8) | data[pos + 1]
-            if target >= pos:
-                raise WireError("compression pointer does not point backwards (loop)")
+            if target >= lowest or target < 12:
+                raise WireError("compression pointer does not point to a prior name (loop)")
             if end < 0:
                 end = pos + 2
-            pos = target
+            pos = lowest = target
             continue
         if kind:
             raise WireError(f"unsupported label type 0x{kind:02x}")
@@ -269,8 +270,13 @@ def cache_key(data: bytes) -> tuple[bytes, int, int] | None:
         return None
     qend = z + 5
     if n == qend:
+        if data[4:12] != _COUNTS_PLAIN:
+            return None
         return data[2:z].lower() + data[z:qend], qend, CLASSIC_UDP_PAYLOAD
-    # One OPT record: root name, type 41, payload, ext-rcode, version, flags, rdlength.
+    # One OPT record in the additional section: root name, type 41, payload, ext-rcode,
+    # version, flags, rdlength.
+    if data[4:12] != _COUNTS_EDNS:
+        return None
     if n < qend + 11 or data[qend] != 0 or data[qend + 1 : qend + 3] != b"\x00\x29":
         return None
     if data[qend + 6] != 0 or int.from_bytes(data[qend + 9 : qend + 11]) != n - qend - 11:
@@ -282,6 +288,9 @@ def cache_key(data: bytes) -> tuple[bytes, int, int] | None:
 
 
 Tag = tuple[str, ...]
+# qdcount 1, no answer or authority records, and no / one additional record.
+_COUNTS_PLAIN = b"\x00\x01\x00\x00\x00\x00\x00\x00"
+_COUNTS_EDNS = b"\x00\x01\x00\x00\x00\x00\x00\x01"
 
 
 class AnswerCache:
@@ -336,6 +345,11 @@ class AnswerCache:
             # leaves alone may be stored, so a hit implies the client's header is the stored one.
             return
         key, qend, _ = found
+        if qend != 12 + len(query.question):
+            # The key found the name's end by the first zero octet; a zero inside a label
+            # (legal, if odd) makes that a different question. Such a query is not cached,
+            # so every stored key is a well-formed question and a hit is the same question.
+            return
         if len(self.entries) >= self.max_entries:
             # A flood of distinct names (random-subdomain attacks) must not grow us without
             # bound; starting over costs one slow-path answer per name still in use.

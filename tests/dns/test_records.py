@@ -8,9 +8,11 @@ from kdns.dns.records import (
     PTR,
     SRV,
     Record,
-    RecordIndex,
+    ReverseIndex,
     dashed,
+    ptr_addresses,
     reverse_name,
+    reverse_prefix,
     service_records,
 )
 from kdns.model import Endpoint, EndpointPort, endpointslice_from_dict, service_from_dict
@@ -79,33 +81,75 @@ def test_ip_like_external_name_produces_nothing() -> None:
     assert records.forward == {} and records.reverse == {}
 
 
-def test_two_services_selecting_one_ip_give_two_ptrs() -> None:
-    index = RecordIndex()
+def test_two_services_selecting_one_ip_both_own_it() -> None:
+    index = ReverseIndex()
     slice_dict = eps("ns", "a", "a-1", [ep("10.0.0.9")], [])
     for name in ("a", "b"):
         service = service_from_dict(svc("ns", name, clusterIP="None"))
         slice_dict["metadata"]["labels"]["kubernetes.io/service-name"] = name
         endpoints = endpointslice_from_dict(slice_dict).endpoints
-        index.update(service.key, service, endpoints)
-    ptrs = index.lookup_reverse("9.0.0.10.in-addr.arpa")
-    assert ptrs is not None
-    assert sorted(r.value for r in ptrs if r.rtype == PTR) == [
-        "10-0-0-9.a.ns.svc",
-        "10-0-0-9.b.ns.svc",
-    ]
+        records = service_records(service, endpoints)
+        assert records.reverse["9.0.0.10.in-addr.arpa"] == (
+            Record(PTR, f"10-0-0-9.{name}.ns.svc", in_zone=True),
+        )
+        index.update(service.key, ptr_addresses(service, endpoints))
+    assert set(index.owners["10.0.0.9"]) == {("ns", "a"), ("ns", "b")}
 
 
-def test_index_update_reports_changed_reverse_names_and_forgets_ents() -> None:
-    index = RecordIndex()
-    v1 = service_from_dict(svc("ns", "s", clusterIP="10.0.0.1", ports=[{"name": "h", "port": 1}]))
-    v2 = service_from_dict(svc("ns", "s", clusterIP="10.0.0.2", ports=[{"name": "h", "port": 1}]))
-    assert index.update(v1.key, v1, ()) == {"1.0.0.10.in-addr.arpa"}
-    assert index.forward_ents["_tcp.s.ns.svc"] == 1
-    assert index.reverse_ents["0.0.10.in-addr.arpa"] == 1
-    # Same records again: nothing changed, nothing reported.
-    assert index.update(v1.key, v1, ()) == set()
-    assert index.update(v2.key, v2, ()) == {"1.0.0.10.in-addr.arpa", "2.0.0.10.in-addr.arpa"}
-    assert index.update(v2.key, None, ()) == {"2.0.0.10.in-addr.arpa"}
-    assert index.forward == {} and index.reverse == {}
-    assert not index.forward_ents and not index.reverse_ents
-    assert len(index) == 0
+def test_ptr_addresses_match_the_reverse_records() -> None:
+    service = service_from_dict(svc("ns", "s", clusterIPs=["10.0.0.1", "fd00::1"]))
+    endpoints = (Endpoint("10.1.0.1"), Endpoint("10.1.0.2", ready=False))
+    records = service_records(service, endpoints)
+    addresses = ptr_addresses(service, endpoints)
+    assert addresses == {"10.0.0.1", "fd00::1", "10.1.0.1"}
+    assert {reverse_name(ip) for ip in addresses} == set(records.reverse)
+
+
+def test_reverse_index_updates_and_prefixes() -> None:
+    index = ReverseIndex()
+    a, b = ("ns", "a"), ("ns", "b")
+    assert index.update(a, frozenset({"10.0.0.1", "fd00::1"})) == frozenset()
+    assert index.has_prefix(reverse_prefix("0.10.in-addr.arpa") or "")
+    assert not index.has_prefix(reverse_prefix("1.10.in-addr.arpa") or "")
+    assert index.has_prefix(reverse_prefix("d.f.ip6.arpa") or "")
+    # "1.0.0.10" must not count as a prefix of "10.0.0.1" and the other way round.
+    assert not index.has_prefix(reverse_prefix("0.1.in-addr.arpa") or "")
+    index.update(b, frozenset({"10.0.0.1"}))
+    assert index.update(a, frozenset()) == frozenset({"10.0.0.1", "fd00::1"})
+    assert index.owners == {"10.0.0.1": (b,)}
+    assert not index.has_prefix(reverse_prefix("d.f.ip6.arpa") or "")
+    index.update(b, frozenset())
+    assert len(index) == 0 and not index.has_prefix("")
+
+
+def test_reverse_index_replace_equals_updates() -> None:
+    one, two = ReverseIndex(), ReverseIndex()
+    owned = {("ns", "a"): frozenset({"10.0.0.2", "10.0.0.1"}), ("ns", "b"): frozenset({"10.0.0.1"})}
+    for key, ips in owned.items():
+        one.update(key, ips)
+    two.replace(owned)
+    assert one.owners == two.owners and one.by_service == two.by_service
+    assert one._sorted == two._sorted
+
+
+@pytest.mark.parametrize(
+    ("name", "prefix"),
+    [
+        ("97.97.97.10.in-addr.arpa", "10.97.97.97."),
+        ("97.10.in-addr.arpa", "10.97."),
+        ("1.2.3.4.5.in-addr.arpa", None),
+        ("a.b.ip6.arpa", "ba"),
+        ("ab.ip6.arpa", None),
+        ("example.com", None),
+    ],
+)
+def test_reverse_prefix(name: str, prefix: str | None) -> None:
+    assert reverse_prefix(name) == prefix
+
+
+def test_empty_non_terminals_of_a_service() -> None:
+    service = service_from_dict(
+        svc("ns", "s", clusterIP="10.0.0.1", ports=[{"name": "h", "port": 1}])
+    )
+    records = service_records(service, ())
+    assert records.ents == {"_tcp.s.ns.svc"}

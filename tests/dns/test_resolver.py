@@ -485,5 +485,28 @@ def test_index_follows_service_and_endpoint_changes_and_reports_tags() -> None:
     del services[web.key]
     store.replace(SERVICES, services)
     check(resolver.resolve("redis.default.svc.cluster.local", QTYPE.A), NXDOMAIN, "")
-    # The index forgets every name of a deleted service, ENTs included.
-    assert "_tcp.redis.default.svc" not in resolver.index.forward_ents
+    # Every name of a deleted service is gone, empty non-terminals and PTRs included.
+    check(resolver.resolve("_tcp.redis.default.svc.cluster.local", QTYPE.A), NXDOMAIN, "")
+    assert resolver.reverse.owners.get("10.97.97.98") is None
+    check(
+        resolver.resolve("97.97.10.in-addr.arpa", QTYPE.PTR), NXDOMAIN, "", soa_zone="in-addr.arpa"
+    )
+
+
+def test_records_are_memoised_per_service_and_dropped_on_change() -> None:
+    store, resolver, _ = make_handler()
+    first = resolver.service_records(("default", "redis"))
+    assert resolver.service_records(("default", "redis")) is first
+    redis = service_from_dict(svc("default", "redis", clusterIP="10.97.97.99"))
+    store.replace(SERVICES, {**store.services, redis.key: redis})
+    again = resolver.service_records(("default", "redis"))
+    assert again is not first and again is not None
+    assert [r.value for r in again.forward["redis.default.svc"]] == ["10.97.97.99"]
+
+
+def test_non_canonical_reverse_names_are_not_answered() -> None:
+    # "097" is not how any address is written in a reverse name: no PTR, and no crash.
+    answer = resolve("097.97.97.10.in-addr.arpa", "PTR")
+    assert answer.rcode == NXDOMAIN
+    answer = resolve("x.97.97.10.in-addr.arpa", "PTR")
+    assert answer.rcode == NXDOMAIN

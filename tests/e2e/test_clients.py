@@ -18,6 +18,7 @@ import dns.exception
 import dns.flags
 import dns.message
 import dns.name
+import dns.opcode
 import dns.query
 import dns.rcode
 import dns.rdataclass
@@ -31,15 +32,16 @@ from tests.e2e.conftest import (
     EXAMPLES,
     HOST,
     QUERY_TIMEOUT,
+    ROOT,
     Kdns,
     KdnsFactory,
-    start_kdns,
     ask,
     copy_examples,
     free_port,
     make_query,
     rdata_texts,
     run_kdns,
+    start_kdns,
     write_atomically,
 )
 
@@ -187,8 +189,9 @@ def test_srv_carries_glue(examples_server: Kdns, tcp: bool) -> None:
 def test_srv_glue_printed_by_dig(examples_server: Kdns, client: str) -> None:
     out = full(client, examples_server.port, "_redis._tcp.redis.default.svc.cluster.local", "SRV")
     additional = out.split(";; ADDITIONAL SECTION:", 1)[1]
-    assert re.search(r"^redis\.default\.svc\.cluster\.local\.\s+\d+\s+IN\s+A\s+10\.97\.97\.97$",
-                     additional, re.M), out  # fmt: skip
+    assert re.search(
+        r"^redis\.default\.svc\.cluster\.local\.\s+\d+\s+IN\s+A\s+10\.97\.97\.97$", additional, re.M
+    ), out
 
 
 @pytest.mark.parametrize("tcp", [False, True], ids=["udp", "tcp"])
@@ -213,6 +216,8 @@ NEGATIVE = [
     pytest.param("default.svc.cluster.local", "A", dns.rcode.NOERROR, id="nodata-namespace"),
     pytest.param("_tcp.redis.default.svc.cluster.local", "A", dns.rcode.NOERROR, id="nodata-ent"),
     pytest.param("1.2.3.4.in-addr.arpa", "PTR", dns.rcode.NXDOMAIN, id="nxdomain-reverse"),
+    pytest.param("dns-version.cluster.local", "A", dns.rcode.NOERROR, id="nodata-dns-version"),
+    pytest.param("api.prod.svc.cluster.local", "TXT", dns.rcode.NOERROR, id="nodata-txt"),
 ]
 
 
@@ -273,8 +278,9 @@ def test_case_is_echoed(examples_server: Kdns, tcp: bool) -> None:
 def test_case_is_echoed_to_dig(examples_server: Kdns) -> None:
     out = dig(examples_server.port, "ReDiS.DeFaUlT.svc.cluster.local", "A")
     assert re.search(r"^;ReDiS\.DeFaUlT\.svc\.cluster\.local\.\s+IN\s+A$", out, re.M), out
-    assert re.search(r"^ReDiS\.DeFaUlT\.svc\.cluster\.local\.\s+\d+\s+IN\s+A\s+10\.97\.97\.97$",
-                     out, re.M), out  # fmt: skip
+    assert re.search(
+        r"^ReDiS\.DeFaUlT\.svc\.cluster\.local\.\s+\d+\s+IN\s+A\s+10\.97\.97\.97$", out, re.M
+    ), out
 
 
 # --- refused -----------------------------------------------------------------------------------
@@ -318,6 +324,81 @@ def test_refused_as_dig_prints_it(examples_server: Kdns) -> None:
     assert "SOA" not in out, out
 
 
+# --- the wire: EDNS, odd opcodes, malformed packets ----------------------------------------------
+
+
+@pytest.mark.parametrize("tcp", [False, True], ids=["udp", "tcp"])
+@pytest.mark.parametrize("do", [False, True], ids=["no-do", "do"])
+def test_edns_payload_and_do_bit(examples_server: Kdns, tcp: bool, do: bool) -> None:
+    q = make_query("redis.default.svc.cluster.local", "A")
+    q.use_edns(0, ednsflags=dns.flags.DO if do else 0, payload=4096)
+    send = dns.query.tcp if tcp else dns.query.udp
+    r = send(q, HOST, timeout=QUERY_TIMEOUT, port=examples_server.port)
+    assert r.edns == 0
+    assert r.payload == 1232
+    assert bool(r.ednsflags & dns.flags.DO) == do  # RFC 3225 §3: DO is echoed
+    assert rdata_texts(r) == {"10.97.97.97"}
+
+
+@pytest.mark.parametrize("tcp", [False, True], ids=["udp", "tcp"])
+def test_edns_version_1_gets_badvers(examples_server: Kdns, tcp: bool) -> None:
+    q = make_query("redis.default.svc.cluster.local", "A")
+    q.use_edns(1)
+    send = dns.query.tcp if tcp else dns.query.udp
+    r = send(q, HOST, timeout=QUERY_TIMEOUT, port=examples_server.port)
+    assert r.rcode() == dns.rcode.BADVERS
+    assert r.answer == []
+
+
+@pytest.mark.parametrize("opcode", [dns.opcode.STATUS, dns.opcode.NOTIFY, dns.opcode.UPDATE])
+def test_other_opcodes_get_notimp(examples_server: Kdns, opcode: int) -> None:
+    q = make_query("cluster.local", "SOA")
+    q.set_opcode(opcode)
+    data = udp_raw(examples_server.port, q.to_wire())
+    qid, flags = int.from_bytes(data[:2], "big"), int.from_bytes(data[2:4], "big")
+    assert qid == q.id
+    assert flags & 0x8000  # QR
+    assert dns.opcode.from_flags(flags) == opcode
+    assert flags & 0xF == dns.rcode.NOTIMP
+
+
+def test_malformed_queries_get_formerr_with_the_id(examples_server: Kdns) -> None:
+    q = make_query("redis.default.svc.cluster.local", "A", qid=0x1234)
+    two = bytearray(q.to_wire())
+    two[4:6] = (2).to_bytes(2, "big")  # qdcount 2
+    two += q.to_wire()[12:]
+    trailing = q.to_wire() + b"junk"
+    for packet in (bytes(two), trailing):
+        data = udp_raw(examples_server.port, packet)
+        assert data[:2] == b"\x12\x34"
+        assert int.from_bytes(data[2:4], "big") & 0xF == dns.rcode.FORMERR
+
+
+def test_responses_are_not_answered(examples_server: Kdns) -> None:
+    # A packet with QR set is dropped (answering responses invites loops); the query sent right
+    # after it on the same socket gets the first datagram back.
+    response = make_query("redis.default.svc.cluster.local", "A", qid=1)
+    response.flags |= dns.flags.QR
+    query = make_query("myapp.default.svc.cluster.local", "A", qid=2)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(QUERY_TIMEOUT)
+        sock.connect((HOST, examples_server.port))
+        sock.send(response.to_wire())
+        sock.send(query.to_wire())
+        r = dns.message.from_wire(sock.recv(65535))
+    assert r.id == 2
+    assert rdata_texts(r) == {"10.99.99.99"}
+
+
+def test_tcp_unfinished_message_is_closed(examples_server: Kdns) -> None:
+    # README: a TCP connection is closed 2 s into a message that never completes.
+    with socket.create_connection((HOST, examples_server.port), timeout=6) as sock:
+        sock.sendall(b"\x00\x40" + b"\x00" * 10)  # 64 bytes announced, 10 sent
+        started = time.monotonic()
+        assert sock.recv(100) == b""
+        assert time.monotonic() - started < 5
+
+
 # --- truncation: a headless Service with 500 ready endpoints -----------------------------------
 
 BIG_IPS = [f"10.246.{i // 250}.{i % 250 + 1}" for i in range(500)]
@@ -325,9 +406,7 @@ BIG_NAME = "big.default.svc.cluster.local"
 
 
 def big_manifest() -> str:
-    endpoints = "".join(
-        f"- addresses: [{ip}]\n  conditions:\n    ready: true\n" for ip in BIG_IPS
-    )
+    endpoints = "".join(f"- addresses: [{ip}]\n  conditions:\n    ready: true\n" for ip in BIG_IPS)
     return (
         "apiVersion: v1\nkind: Service\nmetadata:\n  name: big\n  namespace: default\n"
         "spec:\n  clusterIP: None\n  ports:\n  - name: http\n    port: 80\n"
@@ -376,7 +455,9 @@ def test_big_answer_is_truncated_over_udp(big_server: Kdns, use_edns: int | bool
     assert r.rcode() == dns.rcode.NOERROR
     assert r.question == q.question  # RFC 1035 §4.1.1: the question is kept, so clients retry
     with pytest.raises(dns.message.Truncated):
-        dns.query.udp(q, HOST, timeout=QUERY_TIMEOUT, port=big_server.port, raise_on_truncation=True)
+        dns.query.udp(
+            q, HOST, timeout=QUERY_TIMEOUT, port=big_server.port, raise_on_truncation=True
+        )
 
 
 def test_big_answer_whole_over_tcp_with_dnspython(big_server: Kdns) -> None:
@@ -388,9 +469,7 @@ def test_big_answer_whole_over_tcp_with_dnspython(big_server: Kdns) -> None:
 
 def test_big_answer_with_dnspython_fallback(big_server: Kdns) -> None:
     q = make_query(BIG_NAME, "A")
-    r, used_tcp = dns.query.udp_with_fallback(
-        q, HOST, timeout=QUERY_TIMEOUT, port=big_server.port
-    )
+    r, used_tcp = dns.query.udp_with_fallback(q, HOST, timeout=QUERY_TIMEOUT, port=big_server.port)
     assert used_tcp
     assert rdata_texts(r) == set(BIG_IPS)
 
@@ -500,9 +579,7 @@ REDIS_BROKEN = REDIS_V2.replace("\n  clusterIP: {ip}\n", "\n\tclusterIP: {ip}\n"
 BROKEN_LINE = 7
 
 
-def wait_for(
-    check: Callable[[], bool], timeout: float, interval: float = 0.05
-) -> float | None:
+def wait_for(check: Callable[[], bool], timeout: float, interval: float = 0.05) -> float | None:
     """Poll `check` every `interval` s; the seconds it took to hold, or None after `timeout`."""
     start = time.monotonic()
     while True:
@@ -570,8 +647,10 @@ def test_reload_of_a_new_and_a_removed_file(kdns_factory: KdnsFactory, examples:
     (examples / "api.yaml").unlink()
     write_atomically(examples / "extra.yaml", REDIS_V2.split("---\n")[1])
     took = wait_for(
-        lambda: ask(server.port, "api.prod.svc.cluster.local").rcode() == dns.rcode.NXDOMAIN
-        and a_records(server, "fresh.default.svc.cluster.local") == {"10.97.97.100"},
+        lambda: (
+            ask(server.port, "api.prod.svc.cluster.local").rcode() == dns.rcode.NXDOMAIN
+            and a_records(server, "fresh.default.svc.cluster.local") == {"10.97.97.100"}
+        ),
         timeout=3.0,
     )
     assert took is not None and took < 1.0, (took, server.stderr())
@@ -669,9 +748,17 @@ def test_check_examples() -> None:
     assert re.search(
         r"manifests: ok \(2 namespaces, 6 services, \d+ endpoint slices, \d+ pods\)", result.stdout
     ), result.stdout
-    assert re.search(r"records per zone: .*\bA \d+, AAAA \d+, CNAME 2, PTR \d+, SRV \d+", (
-        result.stdout
-    )), result.stdout  # fmt: skip
+    assert re.search(
+        r"records per zone: .*\bA \d+, AAAA \d+, CNAME 2, PTR \d+, SRV \d+", (result.stdout)
+    ), result.stdout
+
+
+def test_check_shipped_config() -> None:
+    result = run_kdns(
+        "check", "--config", str(ROOT / "config" / "kdns.yaml"), "--manifests", str(EXAMPLES)
+    )
+    assert result.returncode == 0, result.stderr
+    assert "config: ok" in result.stdout
 
 
 def test_serve_without_manifests_exits_2() -> None:
@@ -715,6 +802,17 @@ def test_ttl_flag_overrides_config(kdns_factory: KdnsFactory, tmp_path: Path) ->
     server = kdns_factory(EXAMPLES, "--config", str(config), "--ttl", "7")
     r = server.ask("redis.default.svc.cluster.local", "A")
     assert [rrset.ttl for rrset in r.answer] == [7]
+
+
+def test_config_names_manifests_and_zones(kdns_factory: KdnsFactory, tmp_path: Path) -> None:
+    config = tmp_path / "kdns.yaml"
+    config.write_text(f"zones: [cluster.local, in-addr.arpa]\nmanifests:\n- {EXAMPLES}\n")
+    server = kdns_factory([], "--config", str(config))
+    assert rdata_texts(server.ask("redis.default.svc.cluster.local")) == {"10.97.97.97"}
+    assert server.ask("97.97.97.10.in-addr.arpa", "PTR").rcode() == dns.rcode.NOERROR
+    # ip6.arpa is no longer ours.
+    ptr6 = ipaddress.ip_address("fd00:10:96::50").reverse_pointer
+    assert server.ask(ptr6, "PTR").rcode() == dns.rcode.REFUSED
 
 
 @pytest.mark.parametrize("command", ["serve", "check"])
