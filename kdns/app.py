@@ -70,6 +70,7 @@ async def serve(
 ) -> None:
     host, port = parse_hostport(app.config.dns_addr)
     server = DnsServer(app.handler, host, port)
+    server.bind()  # outside the nursery: a taken port is a plain OSError for the command line
     async with trio.open_nursery() as nursery:
         address = await nursery.start(server.run)
         await nursery.start(app.source.run)

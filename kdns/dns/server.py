@@ -49,6 +49,12 @@ class DnsServer:
         self.write_timeout = write_timeout
         self.tcp_connections = 0
         self.udp_send_errors = 0
+        self._sockets: tuple[socket.socket, socket.socket] | None = None
+
+    def bind(self) -> None:
+        """Bind both sockets now (raises OSError), so a taken port fails before anything runs."""
+        if self._sockets is None:
+            self._sockets = self._bind()
 
     def _bind(self) -> tuple[socket.socket, socket.socket]:
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
@@ -79,7 +85,9 @@ class DnsServer:
     async def run(
         self, *, task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        udp, tcp = self._bind()
+        self.bind()
+        assert self._sockets is not None
+        udp, tcp = self._sockets
         listener = trio.SocketListener(trio.socket.from_stdlib_socket(tcp))
         log.info("serving DNS on %s port %d (UDP and TCP)", self.host, self.port)
         async with trio.open_nursery() as nursery:

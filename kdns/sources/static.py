@@ -3,8 +3,9 @@
 Contract:
 - `ManifestSource.load()` reads every file once and returns the errors; with none, the state is
   ready to `apply`. At start-up the caller exits 2 on any error (one line per error).
-- `run` polls the files (`poll_interval`, default 0.2 s, so a new answer is served well within
-  1 s of a write) and, when any file was added, removed or changed, re-reads them all. A reload
+- `run` polls the files (`poll_interval`, default 0.2 s) and, once a change has held still for
+  one poll (a file being written is not read half-way; one just emptied, for 2 s), re-reads
+  them all: a new answer is served within about 0.5 s of the write. A reload
   with errors logs each one and keeps the last good state serving; nothing is half-applied.
 - Every kind is replaced as one step (`Store.replace`), all four in one turn of the trio loop,
   so no query sees a mix of old and new files.
@@ -24,6 +25,13 @@ from kdns.store import ENDPOINTSLICES, NAMESPACES, PODS, SERVICES, Store
 log = logging.getLogger(__name__)
 
 Fingerprint = tuple[tuple[str, int, int, int], ...]
+
+EMPTIED_SETTLE = 2.0  # seconds a file that was emptied must stay empty before it is believed
+
+
+def _emptied(before: Fingerprint, after: Fingerprint) -> bool:
+    sizes = {path: size for path, _, size, _ in before}
+    return any(size == 0 and sizes.get(path, 0) > 0 for path, _, size, _ in after)
 
 
 def fingerprint(paths: Sequence[str]) -> Fingerprint:
@@ -68,12 +76,26 @@ class ManifestSource:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
+        settling: Fingerprint | None = None
+        since = 0.0
         while True:
             await trio.sleep(self.poll_interval)
             # Stat calls are cheap but blocking; a slow disk must not stall DNS answers.
             current = await trio.to_thread.run_sync(fingerprint, self.paths)
             if current == self._fingerprint:
+                settling = None
                 continue
+            now = trio.current_time()
+            if current != settling:
+                settling, since = current, now
+            # A change must hold still before it is read: `kubectl get -o yaml > file` empties
+            # the file first and fills it over a while, and serving that half-written state
+            # would answer NXDOMAIN for names that exist (and clients cache negatives). A file
+            # that has just become empty is most likely such a write: give it longer.
+            wait = EMPTIED_SETTLE if _emptied(self._fingerprint, current) else self.poll_interval
+            if now - since < wait:
+                continue
+            settling = None
             errors = await trio.to_thread.run_sync(self.load)
             if errors:
                 self.reload_errors += 1

@@ -770,11 +770,16 @@ def test_serve_without_manifests_exits_2() -> None:
 
 
 def test_serve_on_a_taken_port_exits_2(examples_server: Kdns) -> None:
+    # A bind error must reach cli.py as a plain OSError (not wrapped in trio's ExceptionGroup),
+    # so it becomes one line and exit status 2 rather than a traceback.
     result = run_kdns(
         "serve", "--manifests", str(EXAMPLES), "--dns-addr", f"{HOST}:{examples_server.port}"
     )
-    assert result.returncode == 2
-    assert f"kdns: cannot listen on {HOST}:{examples_server.port}" in result.stderr
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if not re.match(r"\d{4}-\d\d-\d\d ", line)]
+    assert lines == [
+        f"kdns: cannot listen on {HOST}:{examples_server.port}: Address already in use"
+    ]
 
 
 # --- config file -------------------------------------------------------------------------------
@@ -846,3 +851,36 @@ def test_config_bad_value_exits_2(tmp_path: Path, text: str, line: int, key: str
     lines = result.stderr.splitlines()
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith(f"kdns: {config}:{line}: {key}: "), lines[0]
+
+
+def test_a_file_written_in_place_is_not_read_half_way(
+    kdns_factory: KdnsFactory, examples: Path
+) -> None:
+    # `kubectl get -o yaml > file` empties the file, then fills it: kdns must not serve the
+    # empty state in between, or clients would cache NXDOMAIN for names that exist.
+    server = kdns_factory(examples)
+    redis = "redis.default.svc.cluster.local"
+    assert a_records(server, redis) == {"10.97.97.97"}
+    seen: set[str] = set()
+    with open(examples / "redis.yaml", "w") as f:
+        f.flush()  # the file is now empty on disk, for longer than a few polls
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline:
+            seen.add(dns.rcode.to_text(ask(server.port, redis).rcode()))
+            time.sleep(0.02)
+        f.write(REDIS_V2.format(ip="10.97.97.98"))
+    took = wait_for(lambda: a_records(server, redis) == {"10.97.97.98"}, timeout=3.0)
+    assert took is not None, server.stderr()
+    assert seen == {"NOERROR"}, f"answers while the file was being written: {seen}"
+
+
+def test_a_file_emptied_on_purpose_is_believed_after_a_while(
+    kdns_factory: KdnsFactory, examples: Path
+) -> None:
+    server = kdns_factory(examples)
+    redis = "redis.default.svc.cluster.local"
+    assert a_records(server, redis) == {"10.97.97.97"}
+    (examples / "redis.yaml").write_text("")
+    took = wait_for(lambda: ask(server.port, redis).rcode() == dns.rcode.NXDOMAIN, timeout=5.0)
+    assert took is not None, server.stderr()
+    assert 1.5 < took < 3.0

@@ -1,0 +1,115 @@
+"""/health, /ready and /metrics over HTTP, on the ports CoreDNS's manifests use.
+
+Contract:
+- `/health` answers 200 while the process runs (the liveness probe); `/ready` answers 200 once
+  every watched kind has synced and 503 naming the kinds that have not (the readiness probe);
+  `/metrics` is the Prometheus text format of the default registry.
+- Each listener serves its own path (CoreDNS: health :8080, ready :8181, prometheus :9153); any
+  other path is 404, any method but GET/HEAD 405.
+- A slow or silent client is cut off after `timeout` seconds; a request larger than 8 KiB is
+  refused. Nothing a client sends can stop the listener.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import trio
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+log = logging.getLogger(__name__)
+
+MAX_REQUEST = 8192
+
+Route = Callable[[], tuple[int, str, bytes]]
+
+
+def health() -> tuple[int, str, bytes]:
+    return 200, "text/plain; charset=utf-8", b"OK\n"
+
+
+def readiness(unsynced: Callable[[], list[str]]) -> Route:
+    def ready() -> tuple[int, str, bytes]:
+        missing = unsynced()
+        if missing:
+            return 503, "text/plain; charset=utf-8", f"not synced: {', '.join(missing)}\n".encode()
+        return 200, "text/plain; charset=utf-8", b"OK\n"
+
+    return ready
+
+
+def prometheus() -> tuple[int, str, bytes]:
+    return 200, CONTENT_TYPE_LATEST, generate_latest()
+
+
+_REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    503: "Service Unavailable",
+}
+
+
+class HttpEndpoint:
+    """One listener serving a fixed set of paths."""
+
+    def __init__(
+        self, host: str, port: int, routes: dict[str, Route], timeout: float = 5.0
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.routes = routes
+        self.timeout = timeout
+
+    async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        listeners = await trio.open_tcp_listeners(self.port, host=self.host)
+        self.port = listeners[0].socket.getsockname()[1]
+        log.info("serving %s on %s port %d", ", ".join(self.routes), self.host, self.port)
+        task_status.started(self.port)
+        await trio.serve_listeners(self._connection, listeners)
+
+    async def _connection(self, stream: trio.SocketStream) -> None:
+        async with stream:
+            with trio.move_on_after(self.timeout):
+                try:
+                    request = await self._read_head(stream)
+                    status, content_type, body, head_only = self._respond(request)
+                    header = (
+                        f"HTTP/1.1 {status} {_REASONS.get(status, '')}\r\n"
+                        f"Content-Type: {content_type}\r\n"
+                        f"Content-Length: {len(body)}\r\n"
+                        "Connection: close\r\n\r\n"
+                    ).encode()
+                    await stream.send_all(header + (b"" if head_only else body))
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass
+
+    async def _read_head(self, stream: trio.SocketStream) -> bytes | None:
+        data = b""
+        while b"\r\n\r\n" not in data and b"\n\n" not in data:
+            if len(data) > MAX_REQUEST:
+                return None
+            chunk = await stream.receive_some(4096)
+            if not chunk:
+                break
+            data += chunk
+        return data
+
+    def _respond(self, request: bytes | None) -> tuple[int, str, bytes, bool]:
+        text = "text/plain; charset=utf-8"
+        if not request:
+            return 400, text, b"bad request\n", False
+        parts = request.split(b"\r\n", 1)[0].split(b"\n", 1)[0].split()
+        if len(parts) < 2:
+            return 400, text, b"bad request\n", False
+        method, target = parts[0], parts[1].decode("latin-1")
+        path = target.split("?", 1)[0]
+        route = self.routes.get(path)
+        if route is None:
+            return 404, text, b"not found\n", False
+        if method not in (b"GET", b"HEAD"):
+            return 405, text, b"method not allowed\n", False
+        status, content_type, body = route()
+        return status, content_type, body, method == b"HEAD"

@@ -1,0 +1,63 @@
+"""Every Prometheus metric kdns exports, declared in one place.
+
+Contract:
+- Metrics live in the process-wide default registry (prometheus-client), which also carries the
+  process collector (resident memory, CPU seconds, open fds) operators already graph.
+- Names carry the `kdns_` prefix; label sets follow CoreDNS's where one exists
+  (`coredns_kubernetes_dns_programming_duration_seconds{service_kind}`).
+- Updating a metric is thread-safe (prometheus-client locks), so Reflector threads may count.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+# --- the Kubernetes API source (sources/kube.py) -------------------------------------------------
+
+KUBE_SYNCS = Counter(
+    "kdns_kube_syncs_total", "Completed full lists of a kind (first sync and relists).", ["kind"]
+)
+KUBE_RELISTS = Counter(
+    "kdns_kube_relists_total",
+    "Lists after the first, by why the Reflector relisted.",
+    ["kind", "reason"],
+)
+KUBE_WATCH_RESTARTS = Counter(
+    "kdns_kube_watch_restarts_total",
+    "Watches opened again after the previous one ended, by how it ended.",
+    ["kind", "reason"],
+)
+KUBE_WATCH_ERRORS = Counter(
+    "kdns_kube_errors_total",
+    "Failed list or watch attempts (each is followed by a backoff), by reason.",
+    ["kind", "reason"],
+)
+KUBE_EVENTS = Counter(
+    "kdns_kube_events_total", "Watch events applied to the store, by event type.", ["kind", "type"]
+)
+KUBE_EVENTS_SKIPPED = Counter(
+    "kdns_kube_events_skipped_total",
+    "Watch lines or objects skipped without being applied, by reason.",
+    ["kind", "reason"],
+)
+KUBE_LAST_EVENT = Gauge(
+    "kdns_kube_last_event_timestamp_seconds",
+    "Unix time of the last watch event or bookmark received for a kind.",
+    ["kind"],
+)
+KUBE_LAST_EVENT_AGE = Gauge(
+    "kdns_kube_last_event_age_seconds",
+    "Seconds since the last watch event or bookmark received for a kind.",
+    ["kind"],
+)
+KUBE_SYNCED = Gauge("kdns_kube_synced", "1 once the kind has completed its first list.", ["kind"])
+
+# Time from the change at the API server (the EndpointSlice controller's
+# last-change-trigger-time annotation, else the watch event's arrival) to the moment kdns serves
+# the new answer. Buckets as CoreDNS's `dns_programming_duration_seconds`.
+DNS_PROGRAMMING_DURATION = Histogram(
+    "kdns_kubernetes_dns_programming_duration_seconds",
+    "Time from a Service or EndpointSlice change to the new DNS answer being served.",
+    ["service_kind"],
+    buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 60, 120, 300),
+)

@@ -1,0 +1,583 @@
+"""The Kubernetes API source: one Reflector per kind, list then watch, feeding the store.
+
+Each Reflector does what client-go's does for CoreDNS, with the official `kubernetes` client in
+a worker thread (its calls block) and every store update on the trio thread (DESIGN.md §3):
+
+- list (paginated, `limit=500`) → `Store.replace` of the whole kind in one step, then watch from
+  the list's resourceVersion (never an item's), with bookmarks, a server-side timeout drawn from
+  5–10 minutes, and a client-side read timeout so a silently dead connection is noticed;
+- a watch that ends cleanly is reopened from the last resourceVersion seen (events or bookmarks);
+- 410 Gone, as an HTTP status or an ERROR event → relist from resourceVersion "" (the store swaps
+  the kind in one step, so no query sees a half-replaced kind);
+- any other failure → backoff from 0.8 s doubling to 30 s with jitter, reset after 2 minutes
+  without failure; a watch that closes at once without any event counts as a failure, so a
+  misbehaving server cannot make us spin;
+- a line that is not JSON, an unknown event type, an object without metadata, or an object the
+  model rejects is counted and skipped — never applied half-way.
+
+Responses are read raw (`_preload_content=False`) and converted straight into the slim model:
+the client's generated model classes are slow and large at scale.
+
+Only this module imports `kubernetes` (DESIGN.md §2).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+import urllib3
+from kubernetes import client as k8s
+from kubernetes import config as k8s_config
+from kubernetes.client.exceptions import ApiException
+
+from kdns import metrics
+from kdns.model import (
+    ModelError,
+    endpoints_to_slices,
+    endpointslice_from_dict,
+    namespace_from_dict,
+    pod_from_dict,
+    service_from_dict,
+)
+from kdns.store import ENDPOINTSLICES, NAMESPACES, PODS, SERVICES, Change, Store
+
+log = logging.getLogger(__name__)
+
+LIST_PAGE = 500
+MAX_LINE = 64 << 20  # a watch line longer than this is not an object we can hold: restart
+EARLY_CLOSE = 1.0  # a watch that ends sooner than this with no event is a failure
+
+IN_CLUSTER_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+
+
+class ClusterConfigError(Exception):
+    """No usable cluster configuration; the text is one line for the operator."""
+
+
+def cluster_client(kubeconfig: str | None, context: str | None) -> k8s.ApiClient | None:
+    """An API client from --kubeconfig, $KUBECONFIG, or the in-cluster service account.
+
+    Returns None when none of the three is there. In a pod the token file is re-read as the
+    kubelet rotates it (the client's `try_refresh_token`)."""
+    path = kubeconfig or os.environ.get("KUBECONFIG", "").split(os.pathsep)[0] or None
+    configuration = k8s.Configuration()
+    try:
+        if path:
+            k8s_config.load_kube_config(
+                config_file=path, context=context, client_configuration=configuration
+            )
+        elif os.environ.get("KUBERNETES_SERVICE_HOST") and os.path.exists(IN_CLUSTER_TOKEN):
+            k8s_config.load_incluster_config(
+                client_configuration=configuration, try_refresh_token=True
+            )
+        else:
+            return None
+    except (k8s_config.ConfigException, OSError, ValueError, TypeError) as e:
+        where = path or "the in-cluster service account"
+        raise ClusterConfigError(f"{where}: cannot use this cluster configuration: {e}") from None
+    # The client retries 429s and connection errors by itself; the Reflector owns retrying.
+    configuration.retries = False
+    return k8s.ApiClient(configuration)
+
+
+# --- what each kind is -------------------------------------------------------------------------
+
+
+Converted = list[tuple[object, object]]  # (store key, model object)
+
+
+def _one(convert: Callable[[dict[str, Any]], Any]) -> Callable[[dict[str, Any]], Converted]:
+    def run(obj: dict[str, Any]) -> Converted:
+        item = convert(obj)
+        return [(item.key, item)]
+
+    return run
+
+
+def _endpoints(obj: dict[str, Any]) -> Converted:
+    return [(s.key, s) for s in endpoints_to_slices(obj)]
+
+
+@dataclass(frozen=True, slots=True)
+class Resource:
+    kind: str  # the store kind
+    name: str  # for metrics and logs: the API resource
+    lister: Callable[[k8s.ApiClient], Callable[..., Any]]
+    convert: Callable[[dict[str, Any]], Converted]
+    field_selector: str | None = None
+
+
+SERVICES_RESOURCE = Resource(
+    SERVICES,
+    "services",
+    lambda c: k8s.CoreV1Api(c).list_service_for_all_namespaces,
+    _one(service_from_dict),
+)
+ENDPOINTSLICES_RESOURCE = Resource(
+    ENDPOINTSLICES,
+    "endpointslices",
+    lambda c: k8s.DiscoveryV1Api(c).list_endpoint_slice_for_all_namespaces,
+    _one(endpointslice_from_dict),
+)
+# On an API server without discovery.k8s.io/v1: core/v1 Endpoints, converted into slices.
+ENDPOINTS_RESOURCE = Resource(
+    ENDPOINTSLICES,
+    "endpoints",
+    lambda c: k8s.CoreV1Api(c).list_endpoints_for_all_namespaces,
+    _endpoints,
+)
+NAMESPACES_RESOURCE = Resource(
+    NAMESPACES, "namespaces", lambda c: k8s.CoreV1Api(c).list_namespace, _one(namespace_from_dict)
+)
+# Finished pods never get DNS records (`pods verified`), so the API server filters them out, as
+# CoreDNS's pod watch does; a pod that finishes arrives as a deletion.
+PODS_RESOURCE = Resource(
+    PODS,
+    "pods",
+    lambda c: k8s.CoreV1Api(c).list_pod_for_all_namespaces,
+    _one(pod_from_dict),
+    field_selector="status.phase!=Succeeded,status.phase!=Failed",
+)
+
+
+def has_discovery_v1(api: k8s.ApiClient, timeout: float) -> bool:
+    """Does the API server serve discovery.k8s.io/v1? (Raises when it cannot be asked.)"""
+    response = k8s.ApisApi(api).get_api_versions(
+        _preload_content=False, _request_timeout=(timeout, timeout)
+    )
+    groups = json.loads(response.data).get("groups", [])
+    return any(
+        g.get("name") == "discovery.k8s.io"
+        and any(v.get("version") == "v1" for v in g.get("versions", []))
+        for g in groups
+    )
+
+
+# --- backoff -------------------------------------------------------------------------------------
+
+
+class Backoff:
+    """client-go's backoff for a Reflector: 0.8 s doubling to 30 s, jittered, reset after 2 min
+    without a failure. Pure: the caller passes the time."""
+
+    def __init__(
+        self,
+        initial: float = 0.8,
+        maximum: float = 30.0,
+        factor: float = 2.0,
+        jitter: float = 0.2,
+        reset_after: float = 120.0,
+        rng: Callable[[], float] = random.random,
+    ) -> None:
+        self.initial, self.maximum, self.factor = initial, maximum, factor
+        self.jitter, self.reset_after, self.rng = jitter, reset_after, rng
+        self._next = initial
+        self._last_failure: float | None = None
+
+    def failure(self, now: float) -> float:
+        """Record a failure at `now`; returns how long to wait before trying again."""
+        if self._last_failure is not None and now - self._last_failure >= self.reset_after:
+            self._next = self.initial
+        self._last_failure = now
+        delay = self._next * (1 + self.jitter * self.rng())
+        self._next = min(self.maximum, self._next * self.factor)
+        return delay
+
+
+# --- the Reflector -------------------------------------------------------------------------------
+
+
+class Expired(Exception):
+    """410 Gone: the resourceVersion we hold is too old; relist."""
+
+
+class WatchClosedEarly(Exception):
+    """The server closed the watch at once with nothing in it."""
+
+
+@dataclass(slots=True)
+class Event:
+    type: str  # ADDED, MODIFIED, DELETED, BOOKMARK
+    resource_version: str
+    source_key: object = None
+    items: Converted | None = None  # converted objects (ADDED / MODIFIED)
+    arrival: float = 0.0  # time.time() when the line was read
+
+
+def _source_key(obj: dict[str, Any]) -> object:
+    meta = obj["metadata"]
+    name = meta["name"]
+    namespace = meta.get("namespace")
+    return (namespace or "default", name) if namespace is not None else name
+
+
+def _service_kind(service_headless: bool, has_selector: bool) -> str:
+    # CoreDNS's label values for dns_programming_duration_seconds.
+    if not service_headless:
+        return "cluster_ip"
+    return "headless_with_selector" if has_selector else "headless_without_selector"
+
+
+class Reflector:
+    def __init__(
+        self,
+        resource: Resource,
+        api: k8s.ApiClient,
+        store: Store,
+        backoff: Backoff | None = None,
+        connect_timeout: float = 5.0,
+        read_timeout: float = 90.0,
+        watch_timeout: tuple[int, int] = (300, 600),
+    ) -> None:
+        self.resource = resource
+        self.api = api
+        self.store = store
+        self.backoff = backoff or Backoff()
+        self.connect_timeout = connect_timeout
+        # Longer than the server's bookmark interval (about a minute in kube-apiserver), so
+        # only a dead connection goes that long without a byte.
+        self.read_timeout = read_timeout
+        self.watch_timeout = watch_timeout
+        self.resource_version = ""
+        self.synced = False
+        self.last_event = time.time()  # of the last event or bookmark (start-up until then)
+        self.lists = 0
+        self.watches = 0
+        # Which store keys each API object produced (an Endpoints object makes several slices).
+        self._produced: dict[object, set[object]] = {}
+        self._kind = resource.name
+        self._list_call = resource.lister(api)
+
+    # --- the loop (trio) -----------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        # Started at once: until the first list lands the store is unsynced and cluster names
+        # get SERVFAIL, never NXDOMAIN.
+        task_status.started()
+        need_list = True
+        relist_reason = ""
+        while True:
+            try:
+                if need_list:
+                    await self._list()
+                    if relist_reason:
+                        metrics.KUBE_RELISTS.labels(self._kind, relist_reason).inc()
+                    need_list = False
+                await self._watch()
+                metrics.KUBE_WATCH_RESTARTS.labels(self._kind, "timeout").inc()
+            except Expired:
+                log.info("%s: resourceVersion expired (410): relisting", self._kind)
+                metrics.KUBE_WATCH_RESTARTS.labels(self._kind, "expired").inc()
+                self.resource_version = ""
+                need_list, relist_reason = True, "expired"
+            except Exception as e:
+                # The Reflector's retry boundary (DESIGN.md §5): every failure is logged,
+                # counted and retried after a backoff; the last good state keeps serving.
+                reason = _reason(e)
+                metrics.KUBE_WATCH_ERRORS.labels(self._kind, reason).inc()
+                delay = self.backoff.failure(trio.current_time())
+                log.warning(
+                    "%s: %s failed (%s: %s); retrying in %.1f s",
+                    self._kind,
+                    "list" if need_list else "watch",
+                    reason,
+                    _short(e),
+                    delay,
+                )
+                if not need_list:
+                    metrics.KUBE_WATCH_RESTARTS.labels(self._kind, reason).inc()
+                elif self.synced:
+                    relist_reason = relist_reason or "error"
+                await trio.sleep(delay)
+
+    async def _list(self) -> None:
+        items, produced, resource_version, skipped = await trio.to_thread.run_sync(
+            self._list_blocking, abandon_on_cancel=True
+        )
+        self.store.replace(self.resource.kind, items)
+        self._produced = produced
+        self.resource_version = resource_version
+        self.synced = True
+        self.lists += 1
+        metrics.KUBE_SYNCS.labels(self._kind).inc()
+        metrics.KUBE_SYNCED.labels(self._kind).set(1)
+        log.info(
+            "%s: listed %d objects at resourceVersion %s%s",
+            self._kind,
+            len(produced),
+            resource_version,
+            f" ({skipped} skipped)" if skipped else "",
+        )
+
+    async def _watch(self) -> None:
+        started = trio.current_time()
+        self.watches += 1
+        received = await trio.to_thread.run_sync(self._watch_blocking, abandon_on_cancel=True)
+        if received == 0 and trio.current_time() - started < EARLY_CLOSE:
+            raise WatchClosedEarly("the server closed the watch at once")
+
+    # --- applying (trio thread) ---------------------------------------------------------------
+
+    def _apply(self, event: Event) -> None:
+        self.resource_version = event.resource_version or self.resource_version
+        now = self.last_event = time.time()
+        metrics.KUBE_LAST_EVENT.labels(self._kind).set(now)
+        if event.type == "BOOKMARK":
+            return
+        kind = self.resource.kind
+        old_keys = self._produced.pop(event.source_key, set())
+        change = Change()
+        if event.type == "DELETED":
+            for key in old_keys:
+                change.merge(self.store.delete(kind, key))
+        else:
+            assert event.items is not None
+            new_keys = {key for key, _ in event.items}
+            for key in old_keys - new_keys:
+                change.merge(self.store.delete(kind, key))
+            for _, obj in event.items:
+                change.merge(self.store.upsert(kind, obj))  # type: ignore[arg-type]
+            if new_keys:
+                self._produced[event.source_key] = new_keys
+        metrics.KUBE_EVENTS.labels(self._kind, event.type).inc()
+        if change and kind == ENDPOINTSLICES:
+            # The store has updated the resolver and dropped stale answers synchronously: the
+            # new answer is being served from now on.
+            began = change.trigger_time or event.arrival
+            for service_key in change.services:
+                service = self.store.services.get(service_key)
+                if service is not None:
+                    label = _service_kind(service.headless, service.selector is not None)
+                    metrics.DNS_PROGRAMMING_DURATION.labels(label).observe(max(0.0, now - began))
+
+    # --- blocking I/O (worker threads) ---------------------------------------------------------
+
+    def _timeout(self) -> tuple[float, float]:
+        return (self.connect_timeout, self.read_timeout)
+
+    def _list_blocking(self) -> tuple[dict[object, object], dict[object, set[object]], str, int]:
+        items: dict[object, object] = {}
+        produced: dict[object, set[object]] = {}
+        skipped = 0
+        token: str | None = None
+        resource_version = ""
+        while True:
+            kwargs: dict[str, Any] = {"limit": LIST_PAGE, "_preload_content": False}
+            if token:
+                kwargs["_continue"] = token
+            if self.resource.field_selector:
+                kwargs["field_selector"] = self.resource.field_selector
+            try:
+                response = self._list_call(_request_timeout=self._timeout(), **kwargs)
+            except ApiException as e:
+                if e.status == 410 and token:
+                    # The continue token expired mid-list: start the list over for a
+                    # consistent snapshot (API concepts, "Retrieving large results sets").
+                    items, produced, skipped, token = {}, {}, 0, None
+                    continue
+                raise
+            body = json.loads(response.data)
+            response.release_conn()
+            for obj in body.get("items") or ():
+                try:
+                    converted = self.resource.convert(obj)
+                    source = _source_key(obj)
+                except (ModelError, KeyError, TypeError, AttributeError) as e:
+                    skipped += 1
+                    metrics.KUBE_EVENTS_SKIPPED.labels(self._kind, "invalid_object").inc()
+                    log.warning("%s: skipping an object the model rejects: %s", self._kind, e)
+                    continue
+                produced[source] = {key for key, _ in converted}
+                items.update(converted)
+            meta = body.get("metadata") or {}
+            resource_version = meta.get("resourceVersion") or resource_version
+            token = meta.get("continue") or None
+            if not token:
+                return items, produced, resource_version, skipped
+
+    def _watch_blocking(self) -> int:
+        """Stream one watch; returns the number of events applied (bookmarks included)."""
+        kwargs: dict[str, Any] = {
+            "watch": True,
+            "resource_version": self.resource_version,
+            "allow_watch_bookmarks": True,
+            "timeout_seconds": random.randint(*self.watch_timeout),
+            "_preload_content": False,
+            "_request_timeout": self._timeout(),
+        }
+        if self.resource.field_selector:
+            kwargs["field_selector"] = self.resource.field_selector
+        try:
+            response = self._list_call(**kwargs)
+        except ApiException as e:
+            if e.status == 410:
+                raise Expired() from None
+            raise
+        received = 0
+        try:
+            for line in _lines(response):
+                event = self._parse(line)
+                if event is None:
+                    continue
+                trio.from_thread.run_sync(self._apply, event)
+                received += 1
+        finally:
+            response.release_conn()
+        return received
+
+    def _parse(self, line: bytes) -> Event | None:
+        """One watch line → an Event, or None (counted) when it cannot be applied."""
+        arrival = time.time()
+        try:
+            data = json.loads(line)
+        except ValueError:
+            metrics.KUBE_EVENTS_SKIPPED.labels(self._kind, "invalid_json").inc()
+            log.warning(
+                "%s: skipping a watch line that is not JSON (%d bytes)", self._kind, len(line)
+            )
+            return None
+        if not isinstance(data, dict) or not isinstance(data.get("object"), dict):
+            metrics.KUBE_EVENTS_SKIPPED.labels(self._kind, "invalid_event").inc()
+            return None
+        etype, obj = data.get("type"), data["object"]
+        if etype == "ERROR":
+            code = obj.get("code")
+            if code == 410:
+                raise Expired()
+            raise WatchError(f"ERROR event: {obj.get('reason')} {obj.get('message')}")
+        meta = obj.get("metadata")
+        if not isinstance(meta, dict):
+            metrics.KUBE_EVENTS_SKIPPED.labels(self._kind, "no_metadata").inc()
+            return None
+        resource_version = str(meta.get("resourceVersion") or "")
+        if etype == "BOOKMARK":
+            return Event("BOOKMARK", resource_version, arrival=arrival)
+        if etype not in ("ADDED", "MODIFIED", "DELETED"):
+            metrics.KUBE_EVENTS_SKIPPED.labels(self._kind, "unknown_type").inc()
+            log.warning("%s: skipping a watch event of unknown type %r", self._kind, etype)
+            return None
+        try:
+            source = _source_key(obj)
+            items = None if etype == "DELETED" else self.resource.convert(obj)
+        except (ModelError, KeyError, TypeError, AttributeError) as e:
+            metrics.KUBE_EVENTS_SKIPPED.labels(self._kind, "invalid_object").inc()
+            log.warning("%s: skipping an object the model rejects: %s", self._kind, e)
+            return None
+        return Event(etype, resource_version, source, items, arrival)
+
+
+class WatchError(Exception):
+    """The server ended the watch with an ERROR event other than 410."""
+
+
+def _lines(response: urllib3.HTTPResponse) -> Iterator[bytes]:
+    """Newline-delimited lines of a watch stream; a line over MAX_LINE ends the watch."""
+    buffer = bytearray()
+    for chunk in response.stream(amt=None, decode_content=False):
+        buffer += chunk
+        if len(buffer) > MAX_LINE and b"\n" not in buffer:
+            raise WatchError(f"a watch line longer than {MAX_LINE} bytes")
+        start = 0
+        while True:
+            end = buffer.find(b"\n", start)
+            if end < 0:
+                break
+            if end > start:
+                yield bytes(buffer[start:end])
+            start = end + 1
+        del buffer[:start]
+    if buffer.strip():
+        yield bytes(buffer)
+
+
+def _reason(error: BaseException) -> str:
+    if isinstance(error, ApiException):
+        return f"http_{error.status}" if error.status else "connection"
+    if isinstance(error, WatchClosedEarly):
+        return "closed_early"
+    if isinstance(error, WatchError):
+        return "watch_error"
+    if isinstance(error, urllib3.exceptions.ReadTimeoutError | TimeoutError):
+        return "read_timeout"
+    if isinstance(error, urllib3.exceptions.ProtocolError):
+        return "protocol"
+    if isinstance(error, urllib3.exceptions.HTTPError | ConnectionError | OSError):
+        return "connection"
+    if isinstance(error, ValueError):
+        return "invalid_response"
+    return type(error).__name__
+
+
+def _short(error: BaseException) -> str:
+    text = str(error).replace("\n", " ")
+    return text if len(text) <= 200 else text[:200] + "…"
+
+
+# --- the source: all Reflectors ----------------------------------------------------------------
+
+
+class KubeSource:
+    """One Reflector per watched kind, sharing one API client."""
+
+    def __init__(
+        self,
+        api: k8s.ApiClient,
+        store: Store,
+        watch_pods: bool,
+        reflector_options: dict[str, Any] | None = None,
+    ) -> None:
+        self.api = api
+        self.store = store
+        self.watch_pods = watch_pods
+        self.options = reflector_options or {}
+        self.reflectors: list[Reflector] = []
+
+    @staticmethod
+    def kinds(watch_pods: bool) -> tuple[str, ...]:
+        return (NAMESPACES, SERVICES, ENDPOINTSLICES, *((PODS,) if watch_pods else ()))
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            for resource in (NAMESPACES_RESOURCE, SERVICES_RESOURCE):
+                nursery.start_soon(self._reflect, resource)
+            if self.watch_pods:
+                nursery.start_soon(self._reflect, PODS_RESOURCE)
+            nursery.start_soon(self._reflect_endpoints)
+            task_status.started()
+
+    async def _reflect(self, resource: Resource) -> None:
+        reflector = Reflector(resource, self.api, self.store, **self.options)
+        self.reflectors.append(reflector)
+        metrics.KUBE_SYNCED.labels(resource.name).set(0)
+        metrics.KUBE_LAST_EVENT_AGE.labels(resource.name).set_function(
+            lambda: time.time() - reflector.last_event
+        )
+        await reflector.run()
+
+    async def _reflect_endpoints(self) -> None:
+        """EndpointSlices, or Endpoints on an API server without discovery.k8s.io/v1 — which
+        one is decided once, at start (retried with backoff while the server is away)."""
+        backoff = Backoff()
+        timeout = self.options.get("connect_timeout", 5.0)
+        while True:
+            try:
+                v1 = await trio.to_thread.run_sync(
+                    has_discovery_v1, self.api, timeout, abandon_on_cancel=True
+                )
+                break
+            except Exception as e:  # the Reflector's retry boundary, before it exists
+                delay = backoff.failure(trio.current_time())
+                metrics.KUBE_WATCH_ERRORS.labels("discovery", _reason(e)).inc()
+                log.warning("API discovery failed (%s); retrying in %.1f s", _short(e), delay)
+                await trio.sleep(delay)
+        if not v1:
+            log.info("the API server lacks discovery.k8s.io/v1: watching core/v1 Endpoints")
+        await self._reflect(ENDPOINTSLICES_RESOURCE if v1 else ENDPOINTS_RESOURCE)
