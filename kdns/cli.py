@@ -39,6 +39,12 @@ def _parser() -> argparse.ArgumentParser:
             action="append",
             help="a Kubernetes manifest file or folder (repeatable); re-read when it changes",
         )
+        p.add_argument(
+            "--kubeconfig",
+            metavar="FILE",
+            help="follow a live cluster (default: $KUBECONFIG, else in-cluster when in a pod)",
+        )
+        p.add_argument("--context", metavar="NAME", help="the kubeconfig context to use")
         p.add_argument("--zones", metavar="ZONE", nargs="+", help="authoritative zones")
         p.add_argument("--ttl", type=int, metavar="SECONDS", help="TTL of cluster records (5)")
         p.add_argument("--pods", choices=POD_MODES, help="pod records mode (insecure)")
@@ -46,7 +52,10 @@ def _parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="answer DNS for the cluster")
     common(serve)
-    serve.add_argument("--dns-addr", metavar="HOST:PORT", help="listen address (0.0.0.0:53)")
+    serve.add_argument("--dns-addr", metavar="HOST:PORT", help="DNS listen address (0.0.0.0:53)")
+    serve.add_argument("--health-addr", metavar="HOST:PORT", help="/health (0.0.0.0:8080)")
+    serve.add_argument("--ready-addr", metavar="HOST:PORT", help="/ready (0.0.0.0:8181)")
+    serve.add_argument("--metrics-addr", metavar="HOST:PORT", help="/metrics (0.0.0.0:9153)")
     check = commands.add_parser(
         "check", help="validate a config and manifests and print what would be served"
     )
@@ -61,7 +70,12 @@ def _config(args: argparse.Namespace) -> Config:
         ttl=args.ttl,
         pods=args.pods,
         dns_addr=getattr(args, "dns_addr", None),
+        health_addr=getattr(args, "health_addr", None),
+        ready_addr=getattr(args, "ready_addr", None),
+        metrics_addr=getattr(args, "metrics_addr", None),
         manifests=tuple(args.manifests) if args.manifests else None,
+        kubeconfig=args.kubeconfig,
+        context=args.context,
     )
 
 
@@ -83,12 +97,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"kdns: {line}", file=sys.stderr)
         return 2
     if args.command == "check":
+        if not config.manifests:
+            print("kdns: check needs --manifests PATH", file=sys.stderr)
+            return 2
         print(_summary(built))
         return 0
     try:
         trio.run(app.serve, built)
     except OSError as e:
-        print(f"kdns: cannot listen on {config.dns_addr}: {e.strerror}", file=sys.stderr)
+        print(f"kdns: {e.strerror}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         pass

@@ -35,6 +35,14 @@ class Config:
     pods: str = "insecure"  # the Kubernetes conformance tests need pod A records
     dns_addr: str = "0.0.0.0:53"
     manifests: tuple[str, ...] = ()
+    # The live cluster, when no manifests are given: a kubeconfig file (else $KUBECONFIG, else
+    # the in-cluster service account) and, optionally, one of its contexts.
+    kubeconfig: str = ""
+    context: str = ""
+    # Probes and metrics, on the ports CoreDNS's manifests use.
+    health_addr: str = "0.0.0.0:8080"
+    ready_addr: str = "0.0.0.0:8181"
+    metrics_addr: str = "0.0.0.0:9153"
     source: str = field(default="", compare=False)  # the file this came from, for messages
 
     @property
@@ -102,12 +110,17 @@ def validate(config: Config, where: str) -> Config:
         raise fail("ttl", f"{config.ttl!r} is not a whole number of seconds in 0-3600")
     if config.pods not in POD_MODES:
         raise fail("pods", f"{config.pods!r} is not one of {', '.join(POD_MODES)}")
-    if not isinstance(config.dns_addr, str):
-        raise fail("dns_addr", f"{config.dns_addr!r} is not HOST:PORT")
-    try:
-        parse_hostport(config.dns_addr)
-    except ValueError as e:
-        raise fail("dns_addr", f"{e} (expected HOST:PORT, e.g. 0.0.0.0:53 or [::]:53)") from None
+    for key in ("dns_addr", "health_addr", "ready_addr", "metrics_addr"):
+        value = getattr(config, key)
+        if not isinstance(value, str):
+            raise fail(key, f"{value!r} is not HOST:PORT")
+        try:
+            parse_hostport(value)
+        except ValueError as e:
+            raise fail(key, f"{e} (expected HOST:PORT, e.g. 0.0.0.0:53 or [::]:53)") from None
+    for key in ("kubeconfig", "context"):
+        if not isinstance(getattr(config, key), str):
+            raise fail(key, f"{getattr(config, key)!r} is not a string")
     return replace(config, zones=tuple(zones), manifests=tuple(config.manifests))
 
 

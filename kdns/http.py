@@ -62,13 +62,24 @@ class HttpEndpoint:
         self.port = port
         self.routes = routes
         self.timeout = timeout
+        self._listeners: list[trio.SocketListener] = []
+
+    async def bind(self) -> None:
+        """Bind now (raises OSError), so a taken port fails before anything runs."""
+        if not self._listeners:
+            try:
+                self._listeners = await trio.open_tcp_listeners(self.port, host=self.host)
+            except OSError as e:
+                raise OSError(
+                    e.errno, f"cannot listen on {self.host}:{self.port}: {e.strerror}"
+                ) from None
+            self.port = self._listeners[0].socket.getsockname()[1]
 
     async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
-        listeners = await trio.open_tcp_listeners(self.port, host=self.host)
-        self.port = listeners[0].socket.getsockname()[1]
+        await self.bind()
         log.info("serving %s on %s port %d", ", ".join(self.routes), self.host, self.port)
         task_status.started(self.port)
-        await trio.serve_listeners(self._connection, listeners)
+        await trio.serve_listeners(self._connection, self._listeners)
 
     async def _connection(self, stream: trio.SocketStream) -> None:
         async with stream:

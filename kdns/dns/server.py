@@ -54,7 +54,12 @@ class DnsServer:
     def bind(self) -> None:
         """Bind both sockets now (raises OSError), so a taken port fails before anything runs."""
         if self._sockets is None:
-            self._sockets = self._bind()
+            try:
+                self._sockets = self._bind()
+            except OSError as e:
+                raise OSError(
+                    e.errno, f"cannot listen on {self.host}:{self.port}: {e.strerror}"
+                ) from None
 
     def _bind(self) -> tuple[socket.socket, socket.socket]:
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET

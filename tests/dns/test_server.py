@@ -59,7 +59,10 @@ async def start(
     idle_timeout: float = 2.0,
     read_timeout: float = 0.3,
     write_timeout: float = 0.3,
+    crashes: list[Exception] | None = None,
 ) -> Running:
+    """Run a server in `nursery`; with `crashes`, an exception that ends `run` is recorded
+    there instead of tearing the test down, so the test can assert on it by name."""
     handler = (cluster or build_cluster(sized=True)).handler
     server = DnsServer(
         handler,
@@ -69,7 +72,16 @@ async def start(
         read_timeout=read_timeout,
         write_timeout=write_timeout,
     )
-    host, port = await nursery.start(server.run)
+
+    async def run(*, task_status: trio.TaskStatus[tuple[str, int]]) -> None:
+        try:
+            await server.run(task_status=task_status)
+        except Exception as e:
+            if crashes is None:
+                raise
+            crashes.append(e)
+
+    host, port = await nursery.start(run)
     assert port != 0
     return Running(server, handler, host, port)
 
@@ -340,13 +352,14 @@ async def test_tcp_connection_idle_after_an_answer_is_closed(nursery: trio.Nurse
     running = await start(nursery, idle_timeout=idle)
     async with await connect(running) as stream:
         frames = Frames(stream)
-        for qid in (1, 2):  # a pause shorter than the idle timeout keeps the connection
+        for qid in (1, 2):
+            if qid == 2:
+                await trio.sleep(idle / 2)  # shorter than the idle timeout: still open
             await stream.send_all(frame(make_query(WEB, qid=qid)))
             with trio.fail_after(WAIT):
                 message = await frames.next()
             assert message is not None
             assert response_id(message) == qid
-            await trio.sleep(idle / 3)
         started = trio.current_time()
         with trio.fail_after(WAIT):
             assert await frames.next() is None
@@ -398,7 +411,8 @@ async def test_client_that_never_reads_is_dropped_and_the_server_lives_on(
         services=[*default_services(), headless_service("huge", "default")],
         slices=[endpoint_slice("huge", "default", endpoint_ips(huge))],
     )
-    running = await start(nursery, cluster, idle_timeout=WAIT, write_timeout=0.3)
+    crashes: list[Exception] = []
+    running = await start(nursery, cluster, idle_timeout=WAIT, write_timeout=0.3, crashes=crashes)
     sock = trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     with sock:
@@ -408,6 +422,8 @@ async def test_client_that_never_reads_is_dropped_and_the_server_lives_on(
         with trio.fail_after(WAIT):
             while running.server.tcp_connections:
                 await trio.sleep(0.05)
+        await trio.sleep(0.1)  # time for a crash, if any, to reach `run`
+        assert crashes == [], "dropping one TCP client took the whole server down"
         # The listener survived: UDP and new TCP connections are answered.
         assert answer_ip(await udp_exchange(running, make_query(WEB, qid=1))) == [WEB_IP]
         async with await connect(running) as stream:

@@ -55,6 +55,18 @@ def free_port(host: str = HOST, attempts: int = 20) -> int:
     raise RuntimeError(f"no port free for both UDP and TCP after {attempts} attempts: {last}")
 
 
+# Several kdns processes run at once in the tests: each takes free ports for its probes and
+# metrics instead of CoreDNS's fixed 8080, 8181 and 9153.
+LOCAL_HTTP = (
+    "--health-addr",
+    f"{HOST}:0",
+    "--ready-addr",
+    f"{HOST}:0",
+    "--metrics-addr",
+    f"{HOST}:0",
+)
+
+
 def kdns_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "kdns", *args]
 
@@ -183,7 +195,7 @@ def start_kdns(
     """Start kdns on a free port; retry on a new port if another process took this one."""
     for _ in range(5):
         port = free_port()
-        command = kdns_command("serve", "--dns-addr", f"{HOST}:{port}")
+        command = kdns_command("serve", "--dns-addr", f"{HOST}:{port}", *LOCAL_HTTP)
         for path in manifests:
             command += ["--manifests", str(path)]
         command += list(args)

@@ -952,10 +952,8 @@ class ApiServer:
                     conn.sock.close()
                     return
                 self._conns.add(conn)
-            try:
+            with contextlib.suppress(OSError, ValueError):
                 _Handler(conn, addr, self)
-            except (OSError, ssl.SSLError, ValueError):
-                pass
         finally:
             with self._cond:
                 self._conns.discard(conn)
