@@ -55,7 +55,8 @@ class App:
     source: Source
 
 
-def build(config: Config, reflector_options: dict[str, Any] | None = None) -> App:
+def build(config: Config, kube_options: dict[str, Any] | None = None) -> App:
+    """`kube_options`: keyword arguments for the KubeSource (tests shorten its timeouts)."""
     if config.manifests:
         store = Store(watched=KINDS)
     else:
@@ -87,9 +88,7 @@ def build(config: Config, reflector_options: dict[str, Any] | None = None) -> Ap
         manifests.apply()
         source = manifests
     else:
-        source = kube.KubeSource(
-            api, store, config.pods == "verified", reflector_options=reflector_options
-        )
+        source = kube.KubeSource(api, store, config.pods == "verified", **(kube_options or {}))
     return App(config, store, resolver, handler, source)
 
 

@@ -525,20 +525,25 @@ def _short(error: BaseException) -> str:
 
 
 class KubeSource:
-    """One Reflector per watched kind, sharing one API client."""
+    """One Reflector per watched kind, sharing one API client.
+
+    `reflector` holds keyword arguments for every Reflector (timeouts); `backoff` those of each
+    Reflector's own `Backoff` (tests shorten both)."""
 
     def __init__(
         self,
         api: k8s.ApiClient,
         store: Store,
         watch_pods: bool,
-        reflector_options: dict[str, Any] | None = None,
+        reflector: dict[str, Any] | None = None,
+        backoff: dict[str, Any] | None = None,
     ) -> None:
         self.api = api
         self.store = store
         self.watch_pods = watch_pods
-        self.options = reflector_options or {}
-        self.reflectors: list[Reflector] = []
+        self.reflector_options = reflector or {}
+        self.backoff_options = backoff or {}
+        self.reflectors: dict[str, Reflector] = {}
 
     @staticmethod
     def kinds(watch_pods: bool) -> tuple[str, ...]:
@@ -554,8 +559,14 @@ class KubeSource:
             task_status.started()
 
     async def _reflect(self, resource: Resource) -> None:
-        reflector = Reflector(resource, self.api, self.store, **self.options)
-        self.reflectors.append(reflector)
+        reflector = Reflector(
+            resource,
+            self.api,
+            self.store,
+            backoff=Backoff(**self.backoff_options),
+            **self.reflector_options,
+        )
+        self.reflectors[resource.name] = reflector
         metrics.KUBE_SYNCED.labels(resource.name).set(0)
         metrics.KUBE_LAST_EVENT_AGE.labels(resource.name).set_function(
             lambda: time.time() - reflector.last_event
@@ -565,8 +576,8 @@ class KubeSource:
     async def _reflect_endpoints(self) -> None:
         """EndpointSlices, or Endpoints on an API server without discovery.k8s.io/v1 — which
         one is decided once, at start (retried with backoff while the server is away)."""
-        backoff = Backoff()
-        timeout = self.options.get("connect_timeout", 5.0)
+        backoff = Backoff(**self.backoff_options)
+        timeout = self.reflector_options.get("connect_timeout", 5.0)
         while True:
             try:
                 v1 = await trio.to_thread.run_sync(
