@@ -157,15 +157,25 @@ class DnsServer:
         try:
             async with stream, trio.open_nursery() as nursery:
                 buffer = bytearray()
+                # A started message must complete by a fixed deadline: restarting the timer on
+                # every piece would let a client trickle bytes and hold the connection forever.
+                message_deadline = 0.0
                 while True:
-                    timeout = self.read_timeout if buffer else self.idle_timeout
-                    with trio.move_on_after(timeout):
+                    if buffer:
+                        deadline = message_deadline
+                    else:
+                        deadline = trio.current_time() + self.idle_timeout
+                    with trio.move_on_at(deadline):
                         try:
                             chunk = await stream.receive_some(65536)
-                        except trio.BrokenResourceError:
+                        except (trio.BrokenResourceError, trio.ClosedResourceError):
+                            # Reset by the client, or closed by an answer whose client stopped
+                            # reading: either way this connection is over.
                             chunk = b""
                         if not chunk:
                             break  # the client closed its side: finish what is in flight
+                        if not buffer:
+                            message_deadline = trio.current_time() + self.read_timeout
                         buffer += chunk
                         while len(buffer) >= 2:
                             size = int.from_bytes(buffer[:2])
@@ -177,6 +187,7 @@ class DnsServer:
                             nursery.start_soon(
                                 self._tcp_answer, stream, send_lock, in_flight, message
                             )
+                            message_deadline = trio.current_time() + self.read_timeout
                         continue
                     break  # a timeout: idle, or a message that never completed
         finally:

@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 from kdns.dns import wire
 from kdns.dns.handler import Handler
 from kdns.dns.wire import Query
+from kdns.store import ENDPOINTSLICES
 from tests.dns.test_wire import (
     Cluster,
     build_cluster,
@@ -36,7 +37,7 @@ from tests.dns.test_wire import (
 )
 
 FUZZ = settings(
-    max_examples=400,
+    max_examples=300,
     deadline=None,
     derandomize=True,
     database=None,
@@ -48,7 +49,7 @@ def fuzz_cluster() -> Cluster:
     cluster = build_cluster()
     cluster.upsert_service(headless_service("mid", "default"))
     slices = [endpoint_slice("mid", "default", endpoint_ips(40))]
-    cluster.store.replace("endpointslices", {s.key: s for s in slices})
+    cluster.store.replace(ENDPOINTSLICES, {s.key: s for s in slices})
     return cluster
 
 

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 import dns.asyncbackend
 import dns.asyncquery
+import dns.flags
 import dns.message
 import dns.rcode
-import dns.rdatatype
 import pytest
 import trio
 from dnslib import QTYPE
@@ -30,8 +30,8 @@ from tests.dns.test_wire import (
     default_services,
     endpoint_ips,
     endpoint_slice,
-    headless_service,
     header,
+    headless_service,
     make_query,
     svc,
 )
@@ -343,7 +343,7 @@ async def test_tcp_idle_connection_is_closed(nursery: trio.Nursery) -> None:
         elapsed = trio.current_time() - started
     assert elapsed >= idle * 0.9, "closed before the idle timeout"
     with trio.fail_after(WAIT):
-        while running.server.tcp_connections:
+        while running.server.tcp_connections:  # the server's side is gone too
             await trio.sleep(0.01)
 
 
@@ -420,8 +420,10 @@ async def test_client_that_never_reads_is_dropped_and_the_server_lives_on(
         queries = b"".join(frame(make_query(svc("huge.default"), qid=i)) for i in range(100))
         await sock.send(queries)  # ~5 MB of answers: more than any socket buffer holds
         with trio.fail_after(WAIT):
-            while running.server.tcp_connections:
-                await trio.sleep(0.05)
+            while not running.server.tcp_connections:  # accepted ...
+                await trio.sleep(0.01)
+            while running.server.tcp_connections:  # ... and dropped
+                await trio.sleep(0.01)
         await trio.sleep(0.1)  # time for a crash, if any, to reach `run`
         assert crashes == [], "dropping one TCP client took the whole server down"
         # The listener survived: UDP and new TCP connections are answered.

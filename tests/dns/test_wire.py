@@ -681,7 +681,8 @@ def test_query_with_cookie_hits_the_cache(cluster: Cluster) -> None:
         (make_query(svc("web.default"), edns=1232, version=1), "EDNS version 1"),
         (make_query(svc("web.default"), flags=2 << 11), "opcode STATUS"),
         (
-            # The name ends in a pointer to offset 3, the flags' low byte (0x00: the root).
+            # The name ends in a pointer to offset 3, the flags' low byte (0x00: the root);
+            # a question has no prior name to point to, so this is FORMERR, and not stored.
             header(flags=0) + text_name(svc("web.default"))[:-1] + b"\xc0\x03" + b"\x00\x01" * 2,
             "compressed question",
         ),
@@ -861,7 +862,7 @@ def test_truncated_answer_shared_by_payload_sizes(sized: Cluster) -> None:
 
 
 # =================================================================================================
-# Bugs found while writing these tests (each test states the contract it checks)
+# Regressions: bugs these tests found (each test states the contract it checks)
 # =================================================================================================
 
 
