@@ -16,7 +16,7 @@ Contract:
 
 from __future__ import annotations
 
-import uuid
+import hashlib
 import zlib
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -44,8 +44,9 @@ _FIXED_TIME = "2024-01-01T00:00:00Z"
 
 
 def uid_for(kind: str, namespace: str | None, name: str) -> str:
-    """The deterministic uid the builders give object (kind, namespace, name)."""
-    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"kdns-test/{kind}/{namespace or ''}/{name}"))
+    """The deterministic uid (UUID v4 layout) the builders give object (kind, namespace, name)."""
+    h = hashlib.blake2b(f"{kind}/{namespace or ''}/{name}".encode(), digest_size=16).hexdigest()
+    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-a{h[17:20]}-{h[20:32]}"
 
 
 def _h(*parts: str) -> int:
@@ -258,7 +259,7 @@ def endpointslice(
     if address_type is None:
         address_type = "IPv6" if entries and ":" in entries[0]["address"] else "IPv4"
     if name is None:
-        name = f"{service}-{uuid.UUID(uid_for('Slice', ns, service)).hex[:5]}"
+        name = f"{service}-{uid_for('Slice', ns, service)[:5]}"
     all_labels = {
         _MANAGED_BY_LABEL: _MANAGED_BY,
         _SERVICE_NAME_LABEL: service,

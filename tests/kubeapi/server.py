@@ -56,6 +56,15 @@ Watch (``watch=true`` or ``watch=1``)
   starts / stops matching, as the watch cache does.
 - The server notices a client that closed its watch within ~0.2 s (stats drop it).
 
+Paths and verbs
+- ``/api``, ``/api/v1``, ``/apis``, ``/apis/discovery.k8s.io[/v1]``, ``/version``, ``/healthz``;
+  ``/api/v1/{r}``, ``/api/v1/namespaces/{ns}/{r}[/{name}]``, ``/api/v1/namespaces[/{name}]``,
+  ``/apis/discovery.k8s.io/v1/endpointslices``, ``…/v1/namespaces/{ns}/endpointslices[/{name}]``.
+  Anything else: 404 Status. ``discovery_v1=False``: the group is absent from ``/apis`` and all
+  its paths are 404. Only GET is served (others: 405); clients cannot write.
+- ``resourceVersionMatch=Exact`` on a list is honoured only for the current RV or a retained
+  pagination snapshot (else 410); ``NotOlderThan`` is the current state.
+
 Faults: see ``Faults``. Statistics: see ``Stats``.
 Python-side mutations (``create``, ``update``, ``apply``, ``patch``, ``delete``, ``load``,
 ``scale_headless``, ``compact``) are thread-safe and may be called while clients stream.
@@ -82,7 +91,7 @@ import traceback
 import uuid
 import zlib
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -222,12 +231,24 @@ def _status_dict(code: int, reason: str, message: str) -> Json:
     }
 
 
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
 def _dumps(obj: Any) -> bytes:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+    """Compact JSON with raw UTF-8, as Go's encoding/json writes it."""
+    return _ENCODER.encode(obj).encode()
+
+
+_clock: tuple[int, str] = (0, "")
 
 
 def _now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    """The current time as an RFC 3339 creationTimestamp (whole seconds, UTC)."""
+    global _clock
+    second = int(time.time())
+    if _clock[0] != second:
+        _clock = (second, datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
+    return _clock[1]
 
 
 def _key(ns: str | None, name: str) -> str:
@@ -387,7 +408,7 @@ class Stats:
 
     ``requests`` counts every routed request by ``(verb, resource, kind)``: verb is the HTTP
     method, resource the URL resource name ("" for discovery), kind one of "list", "watch",
-    "get", "discovery". ``statuses`` counts responses by HTTP status (watches: 200 once headers
+    "get", "discovery" ("other" for unknown paths). ``statuses`` counts responses by HTTP status (watches: 200 once headers
     are sent). Watch streams: ``open_watches()`` now, ``max_open_watches`` high-water mark.
     """
 
@@ -531,7 +552,7 @@ class Faults:
     - ``garbage_next_watch(line, n)``: ``line`` (+ "\\n" if missing) is the stream's first
       event chunk; then the watch proceeds normally.
     - ``huge_line_next_watch(size, n)``: after the replayed / initial events, one valid BOOKMARK
-      event padded (metadata.annotations) to ``size`` bytes; its RV is the one the stream had
+      event padded (metadata.annotations) to ``size`` bytes (+ "\\n"); its RV is the one the stream had
       reached, so it is harmless to a correct client; then normal.
     - ``error_next(status, n, resource, kind, retry_after)``: the next ``n`` matching requests
       get ``status`` with a Status body (reason by code), ``Retry-After`` when ``retry_after``
@@ -586,26 +607,32 @@ class Faults:
 
     # -- connection-level
     def refuse_connections(self, refuse: bool = True, *, drop_connections: bool = True) -> None:
+        """Close (True) or re-bind (False) the listening socket; True also RSTs open connections."""
         self._server._set_listening(not refuse)
         if refuse and drop_connections:
             self._server._drop_connections()
 
     def drop_connections(self) -> None:
+        """RST every open connection (idle keep-alive, lists, watches); keep accepting."""
         self._server._drop_connections()
 
     # -- watch streams
     def reset_watches(self, resource: str | None = None) -> int:
+        """Abort every open watch stream with a TCP RST now; returns how many."""
         return self._server._signal_watches("reset", resource)
 
     def expire_watches(self, resource: str | None = None) -> int:
+        """Send every open watch an ERROR 410 event and end it cleanly; returns how many."""
         return self._server._signal_watches("expire", resource)
 
     def hang_next_watch(self, n: int | None = 1, resource: str | None = None) -> None:
+        """The next ``n`` watches get headers and then silence, until ``clear()``/``stop()``."""
         self._arm(_Armed("hang", n, resource))
 
     def garbage_next_watch(
         self, line: bytes = b"not json", n: int | None = 1, resource: str | None = None
     ) -> None:
+        """The next ``n`` watches start with ``line`` as an event chunk, then go on normally."""
         self._arm(
             _Armed("garbage", n, resource, payload=line if line.endswith(b"\n") else line + b"\n")
         )
@@ -613,12 +640,15 @@ class Faults:
     def huge_line_next_watch(
         self, size: int = 5 * _MIB, n: int | None = 1, resource: str | None = None
     ) -> None:
+        """The next ``n`` watches carry one valid BOOKMARK line of ``size`` bytes after replay."""
         self._arm(_Armed("huge", n, resource, payload=size))
 
     def close_watches_immediately(self, n: int | None = None, resource: str | None = None) -> None:
+        """The next ``n`` watches (None: all until ``clear()``) end at once, cleanly and empty."""
         self._arm(_Armed("close", n, resource))
 
     def expire_next_watch(self, n: int | None = 1, resource: str | None = None) -> None:
+        """The next ``n`` watches get 200 + one ERROR 410 (Expired) event + a clean end."""
         self._arm(_Armed("expire", n, resource))
 
     # -- any request
@@ -631,6 +661,7 @@ class Faults:
         kind: str | None = None,
         retry_after: int | None = None,
     ) -> None:
+        """The next ``n`` matching requests (``kind``: list/watch/get/discovery) get ``status``."""
         if retry_after is None and status == 429:
             retry_after = 1
         self._arm(_Armed("error", n, resource, kind=kind, payload=(status, retry_after)))
@@ -638,9 +669,11 @@ class Faults:
     def slow_list(
         self, delay_seconds: float, n: int | None = None, resource: str | None = None
     ) -> None:
+        """Lists (the next ``n``; None: until ``clear()``) wait ``delay_seconds`` first."""
         self._arm(_Armed("slow", n, resource, kind="list", payload=delay_seconds))
 
     def clear(self) -> None:
+        """Disarm every fault, release hung watches, listen again."""
         with self._lock:
             self._armed.clear()
         self._server._signal_watches("release", None, only_hung=True)
@@ -881,6 +914,9 @@ class ApiServer:
             self._wake_w.send(b"x")
 
     def _set_listening(self, listen: bool) -> None:
+        with self._cond:
+            if self._stopping:
+                return
         with self._listen_cond:
             if self._want_listen == listen:
                 return
@@ -929,7 +965,12 @@ class ApiServer:
                 except (BlockingIOError, InterruptedError, ConnectionAbortedError):
                     continue
                 sock.setblocking(True)
-                t = threading.Thread(target=self._serve_connection, args=(sock, addr), daemon=True)
+                t = threading.Thread(
+                    target=self._serve_connection,
+                    args=(sock, addr),
+                    name=f"kubeapi-conn-{self.port}",
+                    daemon=True,
+                )
                 with self._cond:
                     self._conn_threads.add(t)
                 t.start()
@@ -1150,7 +1191,7 @@ class ApiServer:
             raise NotFound(f'{resource} "{_key(ns, name)}" not found')
         return self._parse(entry)
 
-    def list(self, resource: str, namespace: str | None = None) -> list[Json]:
+    def list_objects(self, resource: str, namespace: str | None = None) -> list[Json]:
         """Every stored object of ``resource`` (in ``namespace``), sorted by namespace/name."""
         self._info(resource)
         with self._cond:
@@ -1281,7 +1322,7 @@ class ApiServer:
             self._dispatch(h)
         except _HttpError as e:
             h.send_error_status(e)
-        except (OSError, ValueError):
+        except OSError:
             h.close_connection = True
         except Exception as e:  # a bug in this server: show it, answer 500
             traceback.print_exc()
@@ -1815,8 +1856,8 @@ class ApiServer:
             self.stats._sent(len(lines) - bookmarks, bookmarks)
 
     def _huge_bookmark(self, info: ResourceInfo, rv: int, size: int) -> bytes:
-        base = self._bookmark(info, rv, {"padding": ""})
-        pad = max(0, size - len(base))
+        base = self._bookmark(info, rv, {"padding": ""})  # ends with "\n", not counted
+        pad = max(0, size - (len(base) - 1))
         return self._bookmark(info, rv, {"padding": "x" * pad})
 
     def _convert(self, ev: _Event, sel: _Selector) -> bytes | None:
@@ -1891,13 +1932,3 @@ def _merge_patch(target: Any, patch: Any) -> Any:
         else:
             out[k] = _merge_patch(out.get(k), v)
     return out
-
-
-def iter_lines(chunks: Iterable[bytes]) -> Iterator[bytes]:
-    """Split a byte stream into lines (helper for raw watch readers in tests and benchmarks)."""
-    buf = b""
-    for c in chunks:
-        buf += c
-        while b"\n" in buf:
-            line, buf = buf.split(b"\n", 1)
-            yield line
