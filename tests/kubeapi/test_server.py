@@ -681,7 +681,7 @@ def test_scale_headless_rewrites_slices_and_endpoints(
     assert got == [("ADDED", 4), ("MODIFIED", 1)]
 
 
-def test_50k_services_list_quickly(tmp_path: Path) -> None:
+def test_50k_services_list_whole(tmp_path: Path) -> None:
     with ApiServer() as s:
         t0 = time.perf_counter()
         s.load("services", o.many_services(50_000))
