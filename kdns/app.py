@@ -11,6 +11,7 @@ Contract:
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import signal
 from dataclasses import dataclass
@@ -18,7 +19,15 @@ from typing import Any, Protocol
 
 import trio
 
-from kdns.config import Config, parse_hostport
+from kdns.config import Config, ConfigError, load_kube_dns_configmap, parse_hostport
+from kdns.dns.forward import (
+    ForwardConfig,
+    Forwarder,
+    Upstream,
+    parse_upstreams,
+    resolv_conf_nameservers,
+    resolv_conf_search,
+)
 from kdns.dns.handler import Handler
 from kdns.dns.resolver import Resolver
 from kdns.dns.server import DnsServer
@@ -53,6 +62,7 @@ class App:
     resolver: Resolver
     handler: Handler
     source: Source
+    forwarder: Forwarder | None = None
 
 
 def build(config: Config, kube_options: dict[str, Any] | None = None) -> App:
@@ -69,11 +79,22 @@ def build(config: Config, kube_options: dict[str, Any] | None = None) -> App:
             raise StartupError([str(e)]) from None
         if api is None:
             raise StartupError([NO_SOURCE])
-        store = Store(watched=kube.KubeSource.kinds(watch_pods=config.pods == "verified"))
+        store = Store(watched=kube.KubeSource.kinds(watch_pods=_watch_pods(config)))
     host, _ = parse_hostport(config.dns_addr)
     specific = () if host in ("0.0.0.0", "::") else (host,)
-    resolver = Resolver(store, config, ns_addresses=specific)
-    handler = Handler(resolver)
+    forwarder = _forwarder(config)
+    resolver = Resolver(
+        store,
+        config,
+        ns_addresses=specific,
+        reverse_fallthrough=forwarder is not None and bool(forwarder.config.upstreams),
+    )
+    handler = Handler(
+        resolver,
+        forwarder=forwarder,
+        autopath=config.autopath,
+        host_search=resolv_conf_search(config.resolv_conf) if config.autopath else (),
+    )
 
     def follow(change: Change) -> None:
         handler.cache.drop(resolver.apply(change))
@@ -88,8 +109,78 @@ def build(config: Config, kube_options: dict[str, Any] | None = None) -> App:
         manifests.apply()
         source = manifests
     else:
-        source = kube.KubeSource(api, store, config.pods == "verified", **(kube_options or {}))
-    return App(config, store, resolver, handler, source)
+        source = kube.KubeSource(api, store, _watch_pods(config), **(kube_options or {}))
+    return App(config, store, resolver, handler, source, forwarder)
+
+
+def _watch_pods(config: Config) -> bool:
+    # Pods cost memory and API traffic: watched only for features that need them.
+    return config.pods == "verified" or config.autopath
+
+
+def _forwarder(config: Config) -> Forwarder | None:
+    """The Forwarder for the config, or None when there is nowhere to forward to."""
+    stubs = list(config.stub_domains)
+    upstream_texts = config.upstreams
+    try:
+        if config.kube_dns_configmap:
+            cm_stubs, cm_upstreams = load_kube_dns_configmap(config.kube_dns_configmap)
+            stubs.extend(cm_stubs)
+            if cm_upstreams is not None:
+                upstream_texts = cm_upstreams
+        if upstream_texts is None:
+            upstreams = resolv_conf_nameservers(config.resolv_conf)
+        else:
+            upstreams = parse_upstreams(upstream_texts, "upstreams")
+        stub_domains = tuple(
+            (domain.rstrip(".").lower(), parse_upstreams(servers, f"stub_domains.{domain}"))
+            for domain, servers in stubs
+        )
+    except (ValueError, ConfigError) as e:
+        raise StartupError([str(e)]) from None
+    problems = [
+        problem
+        for upstream in (*upstreams, *(u for _, servers in stub_domains for u in servers))
+        if (problem := loop_problem(upstream, config.dns_addr))
+    ]
+    if problems:
+        raise StartupError(sorted(set(problems)))
+    if not upstreams and not stub_domains:
+        return None
+    return Forwarder(
+        ForwardConfig(
+            upstreams=upstreams,
+            stub_domains=stub_domains,
+            timeout=config.forward_timeout,
+            max_concurrent=config.max_concurrent,
+            success_size=config.cache_success,
+            denial_size=config.cache_denial,
+            max_ttl=config.cache_max_ttl,
+            max_denial_ttl=config.cache_max_denial_ttl,
+            serve_stale=config.serve_stale,
+        )
+    )
+
+
+def loop_problem(upstream: Upstream, dns_addr: str) -> str | None:
+    """Why forwarding to `upstream` would come back to us, or None.
+
+    Two cases are certain without sending anything: systemd-resolved's stub listener
+    (127.0.0.53, whose own upstream is typically the node's resolv.conf — and so us, in a pod
+    with dnsPolicy Default), and kdns's own listening address."""
+    if upstream.host in ("127.0.0.53", "127.0.0.54"):
+        return (
+            f"upstream {upstream} is systemd-resolved's stub listener, which forwards back to "
+            "this host's resolver: a loop; give the real upstreams (see "
+            "/run/systemd/resolve/resolv.conf) with `upstreams`"
+        )
+    host, port = parse_hostport(dns_addr)
+    same_port = upstream.port == port
+    wildcard = host in ("0.0.0.0", "::")
+    ours = upstream.host == host or (wildcard and ipaddress.ip_address(upstream.host).is_loopback)
+    if same_port and ours:
+        return f"upstream {upstream} is kdns itself (dns_addr {dns_addr}): forwarding would loop"
+    return None
 
 
 async def serve(
@@ -114,6 +205,8 @@ async def serve(
         for endpoint in endpoints.values():
             await nursery.start(endpoint.run)
         await nursery.start(app.source.run)
+        if app.forwarder is not None:
+            await nursery.start(app.forwarder.run)
         nursery.start_soon(_stop_on_sigterm, nursery.cancel_scope)
         log.info("kdns ready to answer for %s", ", ".join(config.zones))
         ports = {"dns": server.port, **{name: e.port for name, e in endpoints.items()}}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections import Counter
 from collections.abc import Sequence
@@ -18,7 +19,7 @@ import trio
 from dnslib import QTYPE
 
 from kdns import app
-from kdns.config import POD_MODES, Config, ConfigError, load_config
+from kdns.config import POD_MODES, Config, ConfigError, env_overrides, load_config
 
 log = logging.getLogger("kdns")
 
@@ -56,6 +57,23 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--health-addr", metavar="HOST:PORT", help="/health (0.0.0.0:8080)")
     serve.add_argument("--ready-addr", metavar="HOST:PORT", help="/ready (0.0.0.0:8181)")
     serve.add_argument("--metrics-addr", metavar="HOST:PORT", help="/metrics (0.0.0.0:9153)")
+    serve.add_argument(
+        "--upstreams",
+        metavar="IP[:PORT]",
+        nargs="*",
+        help="where to forward other names (default: /etc/resolv.conf; none: no forwarding)",
+    )
+    serve.add_argument(
+        "--kube-dns-configmap",
+        metavar="FILE",
+        help="a kube-dns ConfigMap whose stubDomains and upstreamNameservers to use",
+    )
+    serve.add_argument(
+        "--autopath",
+        action="store_true",
+        default=None,
+        help="answer a pod's search path server-side (CoreDNS autopath @kubernetes)",
+    )
     check = commands.add_parser(
         "check", help="validate a config and manifests and print what would be served"
     )
@@ -65,7 +83,13 @@ def _parser() -> argparse.ArgumentParser:
 
 def _config(args: argparse.Namespace) -> Config:
     config = load_config(args.config) if args.config else Config()
+    # The environment overrides the file, flags override both.
+    config = config.with_overrides(**env_overrides(dict(os.environ)))
+    upstreams = getattr(args, "upstreams", None)
     return config.with_overrides(
+        upstreams=tuple(upstreams) if upstreams is not None else None,
+        kube_dns_configmap=getattr(args, "kube_dns_configmap", None),
+        autopath=getattr(args, "autopath", None),
         zones=tuple(args.zones) if args.zones else None,
         ttl=args.ttl,
         pods=args.pods,

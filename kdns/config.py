@@ -43,6 +43,21 @@ class Config:
     health_addr: str = "0.0.0.0:8080"
     ready_addr: str = "0.0.0.0:8181"
     metrics_addr: str = "0.0.0.0:9153"
+    # Forwarding: names outside the zones go to `upstreams` (IP[:PORT], up to 15); None means
+    # the nameservers of `resolv_conf`, and an empty list means no forwarding (REFUSED).
+    upstreams: tuple[str, ...] | None = None
+    resolv_conf: str = "/etc/resolv.conf"
+    stub_domains: tuple[tuple[str, tuple[str, ...]], ...] = ()  # domain → its own servers
+    kube_dns_configmap: str = ""  # a kube-dns ConfigMap: stubDomains, upstreamNameservers
+    max_concurrent: int = 1000
+    forward_timeout: float = 2.0
+    # The upstream cache (cluster answers are never cached there).
+    cache_success: int = 9984
+    cache_denial: int = 9984
+    cache_max_ttl: int = 30
+    cache_max_denial_ttl: int = 30
+    serve_stale: float = 0.0  # seconds past expiry an answer may be served when upstreams fail
+    autopath: bool = False  # answer a pod's search path server-side (needs pods watched)
     source: str = field(default="", compare=False)  # the file this came from, for messages
 
     @property
@@ -118,10 +133,133 @@ def validate(config: Config, where: str) -> Config:
             parse_hostport(value)
         except ValueError as e:
             raise fail(key, f"{e} (expected HOST:PORT, e.g. 0.0.0.0:53 or [::]:53)") from None
-    for key in ("kubeconfig", "context"):
+    for key in ("kubeconfig", "context", "resolv_conf", "kube_dns_configmap"):
         if not isinstance(getattr(config, key), str):
             raise fail(key, f"{getattr(config, key)!r} is not a string")
-    return replace(config, zones=tuple(zones), manifests=tuple(config.manifests))
+    if config.upstreams is not None:
+        if len(config.upstreams) > 15:
+            raise fail("upstreams", "at most 15 upstreams (as CoreDNS's forward)")
+        for value in config.upstreams:
+            _check_server(fail, "upstreams", value)
+    stubs = []
+    for domain, servers in config.stub_domains:
+        name = str(domain).strip().rstrip(".").lower()
+        if not _ZONE.match(name):
+            raise fail("stub_domains", f"{domain!r} is not a domain name")
+        if not servers:
+            raise fail("stub_domains", f"{domain!r} needs at least one server")
+        for value in servers:
+            _check_server(fail, f"stub_domains.{name}", value)
+        stubs.append((name, tuple(str(v) for v in servers)))
+    for key, low, high in (
+        ("max_concurrent", 1, 1_000_000),
+        ("cache_success", 0, 10_000_000),
+        ("cache_denial", 0, 10_000_000),
+        ("cache_max_ttl", 0, 86400),
+        ("cache_max_denial_ttl", 0, 86400),
+    ):
+        value = getattr(config, key)
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise fail(key, f"{value!r} is not a whole number in {low}-{high}")
+    for key, low, high in (("forward_timeout", 0.05, 60.0), ("serve_stale", 0.0, 604800.0)):
+        value = getattr(config, key)
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not low <= value <= high
+        ):
+            raise fail(key, f"{value!r} is not a number of seconds in {low:g}-{high:g}")
+    if not isinstance(config.autopath, bool):
+        raise fail("autopath", f"{config.autopath!r} is not true or false")
+    return replace(
+        config,
+        zones=tuple(zones),
+        manifests=tuple(config.manifests),
+        upstreams=None if config.upstreams is None else tuple(str(v) for v in config.upstreams),
+        stub_domains=tuple(stubs),
+    )
+
+
+def _check_server(fail: Any, key: str, value: Any) -> None:
+    try:
+        parse_hostport(str(value))
+    except ValueError as e:
+        raise fail(key, f"{value!r}: {e} (expected IP or IP:PORT)") from None
+
+
+# --- KDNS_* environment variables ----------------------------------------------------------------
+
+_LISTS = ("zones", "manifests", "upstreams")
+
+
+def env_overrides(environ: dict[str, str]) -> dict[str, Any]:
+    """`KDNS_TTL=30`, `KDNS_UPSTREAMS="1.1.1.1 8.8.8.8"`: one key each, for containers whose
+    config file is baked in. Raises ConfigError naming the variable."""
+    types = {f.name: f.type for f in fields(Config)}
+    out: dict[str, Any] = {}
+    for name, text in environ.items():
+        if not name.startswith("KDNS_"):
+            continue
+        key = name[5:].lower()
+        if key not in types or key in ("source", "stub_domains"):
+            raise ConfigError(f"${name}: not a config key that can be set from the environment")
+        if key in _LISTS:
+            out[key] = tuple(text.replace(",", " ").split())
+        elif key == "autopath":
+            if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ConfigError(f"${name}: {text!r} is not true or false")
+            out[key] = text.lower() in ("true", "1", "yes")
+        elif "int" in str(types[key]) or "float" in str(types[key]):
+            try:
+                out[key] = int(text) if "int" in str(types[key]) else float(text)
+            except ValueError:
+                raise ConfigError(f"${name}: {text!r} is not a number") from None
+        else:
+            out[key] = text
+    return out
+
+
+# --- kube-dns's ConfigMap ------------------------------------------------------------------------
+
+
+def load_kube_dns_configmap(
+    path: str,
+) -> tuple[tuple[tuple[str, tuple[str, ...]], ...], tuple[str, ...] | None]:
+    """(stub domains, upstream nameservers or None) from a kube-dns ConfigMap manifest.
+
+    kube-dns keeps both as JSON strings in `data` (kubernetes/dns pkg/dns/config):
+    `stubDomains: '{"acme.local": ["1.2.3.4"]}'`, `upstreamNameservers: '["8.8.8.8"]'`."""
+    import json
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            document = yaml.safe_load(f)
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the kube-dns ConfigMap: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: YAML syntax error: {e}") from None
+    if not isinstance(document, dict) or document.get("kind") != "ConfigMap":
+        raise ConfigError(f"{path}: kind: expected a ConfigMap")
+    data = document.get("data") or {}
+    stubs: list[tuple[str, tuple[str, ...]]] = []
+    upstreams: tuple[str, ...] | None = None
+    for field_name in ("stubDomains", "upstreamNameservers"):
+        raw = data.get(field_name)
+        if raw is None:
+            continue
+        try:
+            value = json.loads(raw) if isinstance(raw, str) else raw
+        except ValueError as e:
+            raise ConfigError(f"{path}: data.{field_name}: not valid JSON: {e}") from None
+        if field_name == "stubDomains":
+            if not isinstance(value, dict) or not all(isinstance(v, list) for v in value.values()):
+                raise ConfigError(f"{path}: data.stubDomains: expected {{domain: [IP, ...]}}")
+            stubs.extend((str(k), tuple(str(x) for x in v)) for k, v in value.items())
+        else:
+            if not isinstance(value, list):
+                raise ConfigError(f"{path}: data.upstreamNameservers: expected [IP, ...]")
+            upstreams = tuple(str(x) for x in value)
+    return tuple(stubs), upstreams
 
 
 def load_config(path: str) -> Config:
@@ -163,12 +301,16 @@ def load_config(path: str) -> Config:
             raise ConfigError(
                 f"{where}: {key}: unknown key (known keys: {', '.join(sorted(known))})"
             )
-        if key in ("zones", "manifests"):
+        if key in _LISTS:
             if isinstance(value, str):
                 value = [value]
             if not isinstance(value, list):
                 raise ConfigError(f"{where}: {key}: expected a list")
             value = tuple(value)
+        if key == "stub_domains":
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}: stub_domains: expected {{domain: [IP[:PORT], ...]}}")
+            value = tuple((k, tuple(v) if isinstance(v, list) else (v,)) for k, v in value.items())
         values[key] = value
     config = Config(source=path, **values)
     first = next(iter(values), None)

@@ -29,3 +29,24 @@ def need_tool(name: str, package: str) -> str:
 
 def need_root() -> None:
     need(os.geteuid() == 0, "needs root (network namespaces)")
+
+
+# Tests must never forward to this machine's real resolver (it is not on loopback): kdns
+# processes started by tests read no resolv.conf unless a test gives one, and in-process apps
+# get no upstreams from /etc/resolv.conf.
+os.environ["KDNS_RESOLV_CONF"] = os.devnull
+
+
+@pytest.fixture(autouse=True)
+def _no_real_upstreams(monkeypatch: pytest.MonkeyPatch) -> None:
+    from kdns import app
+    from kdns.dns import forward
+
+    real = forward.resolv_conf_nameservers
+
+    def guarded(path: str = "/etc/resolv.conf") -> tuple[forward.Upstream, ...]:
+        if os.path.realpath(path) == os.path.realpath("/etc/resolv.conf"):
+            return ()
+        return real(path)
+
+    monkeypatch.setattr(app, "resolv_conf_nameservers", guarded)

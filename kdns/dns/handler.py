@@ -1,22 +1,27 @@
 """One DNS request, bytes in → bytes out: the cache hot path, else parse, resolve and encode.
 
 Contract:
-- `Handler.handle(data, udp)` returns the response bytes, or None when the packet is to be
-  dropped (no header, or not a query). It never raises: this is the request boundary of
-  DESIGN.md §5, where an unexpected error becomes SERVFAIL, is logged and counted.
+- `Handler.handle(data, udp, client)` returns the response bytes, None when the packet is to be
+  dropped (no header, or not a query), or a `Deferred` when the answer needs the network
+  (forwarding, autopath): the listener then awaits `Handler.complete(deferred)` in a task of
+  its own, so one slow upstream never holds up other queries. Neither raises: this is the
+  request boundary of DESIGN.md §5, where an unexpected error becomes SERVFAIL, is logged and
+  counted.
 - Malformed queries get FORMERR with the client's ID; opcodes other than QUERY get NOTIMP; EDNS
-  versions other than 0 get BADVERS (RFC 6891 §6.1.3); zone transfers, non-IN classes and names
-  outside our zones get REFUSED.
-- Pure: no sockets and no clock, so the whole request path is testable without trio.
+  versions other than 0 get BADVERS (RFC 6891 §6.1.3); zone transfers and non-IN classes get
+  REFUSED, and so do names outside our zones when there is no upstream to forward them to.
+- The synchronous part is pure: no sockets and no clock.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
-from dnslib import QTYPE
+from dnslib import CNAME, QTYPE, RR, DNSRecord
 
 from kdns.dns import wire
+from kdns.dns.forward import Forwarder
 from kdns.dns.resolver import Resolver
 from kdns.dns.wire import AnswerCache, Query
 
@@ -27,23 +32,46 @@ CLASS_IN = 1
 REFUSED_TYPES = frozenset({QTYPE.AXFR, QTYPE.IXFR})
 
 
+@dataclass(slots=True)
+class Deferred:
+    """A question that needs the network (forwarding, autopath): the listener awaits
+    `Handler.complete(deferred)` in a task of its own and sends what it returns."""
+
+    query: Query
+    udp: bool
+    search: tuple[str, ...] = ()  # autopath: the client's search list, first element matched
+
+
 class Handler:
-    def __init__(self, resolver: Resolver, cache: AnswerCache | None = None) -> None:
+    def __init__(
+        self,
+        resolver: Resolver,
+        cache: AnswerCache | None = None,
+        forwarder: Forwarder | None = None,
+        autopath: bool = False,
+        host_search: tuple[str, ...] = (),
+    ) -> None:
         self.resolver = resolver
         self.cache = cache if cache is not None else AnswerCache()
+        self.forwarder = forwarder
+        self.autopath = autopath
+        self.host_search = host_search
+        self.recursion_available = forwarder is not None
         self.errors = 0
 
-    def handle(self, data: bytes, udp: bool) -> bytes | None:
+    def handle(self, data: bytes, udp: bool, client: str | None = None) -> bytes | Deferred | None:
         data = bytes(data)  # a no-op for the bytes sockets give; keys must be hashable
         hit = self.cache.answer(data, udp)
         if hit is not None:
             return hit
-        return self.handle_miss(data, udp)
+        return self.handle_miss(data, udp, client)
 
-    def handle_miss(self, data: bytes, udp: bool) -> bytes | None:
+    def handle_miss(
+        self, data: bytes, udp: bool, client: str | None = None
+    ) -> bytes | Deferred | None:
         """Everything but the cache hit; listeners that tried `cache.answer` call this."""
         try:
-            return self._slow(data, udp)
+            return self._slow(data, udp, client)
         except Exception:
             # The request boundary (DESIGN.md §5): a bug answers SERVFAIL and is logged, it
             # never takes the server down.
@@ -54,31 +82,128 @@ class Handler:
             qid, flags = int.from_bytes(data[:2]), int.from_bytes(data[2:4])
             return wire.error_response(qid, flags, wire.SERVFAIL)
 
-    def _slow(self, data: bytes, udp: bool) -> bytes | None:
+    def _refuse(self, query: Query, rcode: int, udp: bool) -> bytes:
+        return wire.finish(wire.error_response(query.id, query.flags, rcode, query), query, udp)
+
+    def _slow(self, data: bytes, udp: bool, client: str | None) -> bytes | Deferred | None:
         query = wire.parse_query(data)
         if not isinstance(query, Query):
             return query  # None (drop) or an encoded FORMERR
         if query.opcode != 0:
-            return wire.finish(
-                wire.error_response(query.id, query.flags, wire.NOTIMP, query), query, udp
-            )
+            return self._refuse(query, wire.NOTIMP, udp)
         if query.edns and query.edns_version != 0:
-            return wire.finish(
-                wire.error_response(query.id, query.flags, wire.BADVERS, query), query, udp
-            )
+            return self._refuse(query, wire.BADVERS, udp)
         if query.qclass != CLASS_IN or query.qtype in REFUSED_TYPES:
-            return wire.finish(
-                wire.error_response(query.id, query.flags, wire.REFUSED, query), query, udp
-            )
+            return self._refuse(query, wire.REFUSED, udp)
+        if self.autopath and client is not None:
+            search = self._search_list(query.qname, client)
+            if search:
+                return Deferred(query, udp, search)
         answer = self.resolver.resolve(query.qname, query.qtype)
         if answer is None:
-            # Not in our zones; forwarding comes with the resolver issue — until then, REFUSED.
-            return wire.finish(
-                wire.error_response(query.id, query.flags, wire.REFUSED, query), query, udp
-            )
+            if self.forwarder is None or not self.forwarder.upstreams_for(query.qname):
+                return self._refuse(query, wire.REFUSED, udp)
+            return Deferred(query, udp)
         response = wire.encode(
-            query, answer.rcode, answer.answer, answer.authority, answer.additional
+            query,
+            answer.rcode,
+            answer.answer,
+            answer.authority,
+            answer.additional,
+            recursion_available=self.recursion_available,
         )
-        if answer.cacheable:
+        if answer.cacheable and not (
+            self.autopath and answer.rcode == wire.NXDOMAIN and self._in_a_namespace(query.qname)
+        ):
+            # With autopath, a pod's NXDOMAIN for `<name>.<its ns>.svc.<zone>` is answered by
+            # searching; the shared cache (keyed without the client) must not answer it.
             self.cache.store(data, query, response, answer.tags)
         return wire.finish(response, query, udp)
+
+    # --- the network part --------------------------------------------------------------------
+
+    async def complete(self, deferred: Deferred) -> bytes | None:
+        query = deferred.query
+        try:
+            if deferred.search:
+                response = await self._autopath(query, deferred.search)
+            else:
+                assert self.forwarder is not None
+                response = await self.forwarder.resolve(query)
+        except Exception:
+            self.errors += 1
+            log.exception("internal error answering a forwarded query")
+            response = wire.error_response(query.id, query.flags, wire.SERVFAIL, query)
+        return wire.finish(response, query, deferred.udp)
+
+    # --- autopath (CoreDNS `autopath @kubernetes`) --------------------------------------------
+
+    def _in_a_namespace(self, qname: str) -> bool:
+        for zone in self.resolver.forward_zones:
+            if qname.endswith(".svc." + zone):
+                return qname[: -len(zone) - 5].count(".") >= 1
+        return False
+
+    def _search_list(self, qname: str, client: str) -> tuple[str, ...]:
+        """The client pod's search list when `qname` ends in its first element, else ()."""
+        namespace = self.resolver.pod_namespace(client)
+        if namespace is None:
+            return ()
+        for zone in self.resolver.forward_zones:
+            first = f"{namespace}.svc.{zone}"
+            if qname.endswith("." + first):
+                return (first, f"svc.{zone}", zone, *self.host_search)
+        return ()
+
+    async def _autopath(self, query: Query, search: tuple[str, ...]) -> bytes:
+        """Try the pod's search list server-side and answer the first name that exists, behind
+        a CNAME from the name asked (coredns/coredns plugin/autopath): one round trip instead
+        of one per search domain. Only NXDOMAIN moves on to the next name, as in CoreDNS."""
+        base = query.qname[: -len(search[0]) - 1]
+        first: bytes | None = None
+        for i, domain in enumerate((*search, "")):
+            name = f"{base}.{domain}" if domain else base
+            response = await self._lookup(query, name)
+            if i == 0:
+                first = response
+            if response[3] & 0xF == wire.NXDOMAIN:
+                continue
+            if i == 0:
+                return response
+            return self._behind_cname(query, name, response)
+        assert first is not None
+        return first
+
+    async def _lookup(self, query: Query, name: str) -> bytes:
+        """The response for `name` (same type) as kdns would give it, by the client's ID."""
+        labels = tuple(label.encode("latin-1") for label in name.split(".") if label)
+        question = b"".join(bytes((len(x),)) + x for x in labels) + b"\x00"
+        question += query.qtype.to_bytes(2) + query.qclass.to_bytes(2)
+        sub = Query(query.id, query.flags, labels, query.qtype, query.qclass, question, False)
+        answer = self.resolver.resolve(name, query.qtype)
+        if answer is not None:
+            return wire.encode(
+                sub,
+                answer.rcode,
+                answer.answer,
+                answer.authority,
+                answer.additional,
+                recursion_available=self.recursion_available,
+            )
+        if self.forwarder is None or not self.forwarder.upstreams_for(name):
+            return wire.error_response(sub.id, sub.flags, wire.NXDOMAIN, sub)
+        return await self.forwarder.resolve(sub)
+
+    def _behind_cname(self, query: Query, name: str, response: bytes) -> bytes:
+        found = DNSRecord.parse(response)
+        ttl = found.rr[0].ttl if found.rr else self.resolver.ttl
+        cname = RR(query.qname + ".", QTYPE.CNAME, rdata=CNAME(name + "."), ttl=ttl)
+        return wire.encode(
+            query,
+            found.header.rcode,
+            [cname, *found.rr],
+            found.auth,
+            [rr for rr in found.ar if rr.rtype != wire.OPT],
+            authoritative=False,
+            recursion_available=self.recursion_available,
+        )

@@ -63,6 +63,7 @@ class Answer:
     additional: list[RR] = field(default_factory=list)
     tags: set[Tag] = field(default_factory=set)
     cacheable: bool = True
+    fallthrough: bool = False  # not ours after all: forward it
 
 
 def service_tag(namespace: str, name: str) -> Tag:
@@ -98,6 +99,7 @@ class Resolver:
         config: Config,
         ns_addresses: tuple[str, ...] = (),
         memo_size: int = 4096,
+        reverse_fallthrough: bool = False,
     ) -> None:
         self.store = store
         self.reverse = ReverseIndex()
@@ -112,6 +114,9 @@ class Resolver:
         self._zones = sorted(config.zones, key=len, reverse=True)
         self.primary = self.forward_zones[0] if self.forward_zones else "cluster.local"
         self.ns_addresses = ns_addresses
+        # A PTR for an address no Service owns goes upstream instead of NXDOMAIN (CoreDNS's
+        # `fallthrough in-addr.arpa ip6.arpa`), when there is an upstream to ask.
+        self.reverse_fallthrough = reverse_fallthrough
         self.reverse.replace(
             {
                 key: ptr_addresses(service, store.endpoints.get(key, ()))
@@ -174,6 +179,8 @@ class Resolver:
             return None
         answer = Answer()
         self._resolve_into(answer, qname, qtype, zone, depth=0)
+        if answer.fallthrough:
+            return None
         if not self.store.synced:
             answer.cacheable = False
             if answer.rcode == RCODE.NXDOMAIN or (
@@ -351,6 +358,9 @@ class Resolver:
             answer.tags.add(reverse_tag(qname) if full else REVERSE_ENT_TAG)
             prefix = reverse_prefix(qname)
             exists = prefix is not None and not full and self.reverse.has_prefix(prefix)
+            if not exists and self.reverse_fallthrough:
+                answer.fallthrough = True
+                return None
             return self._negative(answer, zone, exists=exists)
         answer.tags.add(reverse_tag(qname))
         # PTR targets always name the primary zone (CoreDNS plugin/kubernetes/reverse.go).
@@ -404,6 +414,20 @@ class Resolver:
         if not answer.answer:
             self._negative(answer, zone, exists=True)
         return None
+
+    def pod_namespace(self, ip: str) -> str | None:
+        """The namespace of the pod that owns `ip`, for autopath — only when that is certain.
+
+        A reused IP (two pods), a hostNetwork pod (the node's IP, shared by many), or a pod that
+        is not running or is terminating gives None: a wrong namespace would answer a name from
+        the wrong search list."""
+        pods = self.store.pods_by_ip.get(ip, ())
+        if len(pods) != 1:
+            return None
+        pod = pods[0]
+        if pod.host_network or pod.terminating or pod.phase != "Running":
+            return None
+        return pod.namespace
 
     def _pod_verified(self, namespace: str, ip: str) -> bool:
         # `pods verified`: a watched Pod in that namespace has that IP and is neither finished

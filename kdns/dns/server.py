@@ -21,7 +21,7 @@ import socket
 
 import trio
 
-from kdns.dns.handler import Handler
+from kdns.dns.handler import Deferred, Handler
 
 log = logging.getLogger(__name__)
 
@@ -96,13 +96,13 @@ class DnsServer:
         listener = trio.SocketListener(trio.socket.from_stdlib_socket(tcp))
         log.info("serving DNS on %s port %d (UDP and TCP)", self.host, self.port)
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._serve_udp, udp)
+            nursery.start_soon(self._serve_udp, udp, nursery)
             nursery.start_soon(self._serve_tcp, listener)
             task_status.started((self.host, self.port))
 
     # --- UDP -----------------------------------------------------------------------------------
 
-    async def _serve_udp(self, sock: socket.socket) -> None:
+    async def _serve_udp(self, sock: socket.socket, nursery: trio.Nursery) -> None:
         recvfrom = sock.recvfrom
         sendto = sock.sendto
         # Bound once: attribute lookups per packet are a measurable share of the hot path.
@@ -122,8 +122,13 @@ class DnsServer:
                         continue
                     response = answer(data, True)
                     if response is None:
-                        response = handle_miss(data, True)
+                        response = handle_miss(data, True, addr[0])
                         if response is None:
+                            continue
+                        if isinstance(response, Deferred):
+                            # Forwarding waits on the network: in a task of its own, so the
+                            # loop goes on answering everything else meanwhile.
+                            nursery.start_soon(self._udp_deferred, sock, response, addr)
                             continue
                     try:
                         sendto(response, addr)
@@ -132,6 +137,17 @@ class DnsServer:
                         self.udp_send_errors += 1
                         if e.errno not in (errno.EAGAIN, errno.ECONNREFUSED, errno.EHOSTUNREACH):
                             log.debug("UDP send error to %s: %s", addr, e)
+
+    async def _udp_deferred(
+        self, sock: socket.socket, deferred: Deferred, addr: tuple[str, int]
+    ) -> None:
+        response = await self.handler.complete(deferred)
+        if response is None:
+            return
+        try:
+            sock.sendto(response, addr)
+        except OSError:
+            self.udp_send_errors += 1
 
     # --- TCP -----------------------------------------------------------------------------------
 
@@ -154,6 +170,10 @@ class DnsServer:
         self.tcp_connections += 1
         send_lock = trio.Lock()
         in_flight = trio.Semaphore(MAX_TCP_IN_FLIGHT)
+        try:
+            peer: str | None = stream.socket.getpeername()[0]
+        except OSError:
+            peer = None  # already gone
         try:
             async with stream, trio.open_nursery() as nursery:
                 buffer = bytearray()
@@ -185,7 +205,7 @@ class DnsServer:
                             del buffer[: 2 + size]
                             await in_flight.acquire()
                             nursery.start_soon(
-                                self._tcp_answer, stream, send_lock, in_flight, message
+                                self._tcp_answer, stream, send_lock, in_flight, message, peer
                             )
                             message_deadline = trio.current_time() + self.read_timeout
                         continue
@@ -199,9 +219,12 @@ class DnsServer:
         send_lock: trio.Lock,
         in_flight: trio.Semaphore,
         message: bytes,
+        peer: str | None,
     ) -> None:
         try:
-            response = self.handler.handle(message, False)
+            response = self.handler.handle(message, False, peer)
+            if isinstance(response, Deferred):
+                response = await self.handler.complete(response)
             if response is None:
                 return
             async with send_lock:

@@ -1,0 +1,489 @@
+"""Forwarding: names outside the cluster zones go to upstream resolvers, through a cache.
+
+What CoreDNS's `forward` + `cache` plugins and kube-dns's stubDomains / upstreamNameservers do:
+
+- Upstreams are `upstreams` (up to 15) or, by default, the host's /etc/resolv.conf nameservers;
+  `stub_domains` send a domain (longest suffix wins) to its own servers.
+- Every attempt uses a fresh random transaction ID (`secrets`) from a fresh socket, so a fresh
+  ephemeral port (RFC 5452 §9.2); a reply whose ID, QR bit or question does not match is
+  ignored and the wait goes on — one forged packet never ends the exchange (RFC 5452 §9.1).
+- TC → the same question again over TCP (RFC 7766 §5). Each upstream gets `timeout` (2 s),
+  then the next; an upstream that failed `max_fails` times in a row is tried last until a
+  health probe (`. IN NS` every `health_check` s) sees it answer again.
+- Identical questions in flight go upstream once (coalesced). Beyond `max_concurrent` upstream
+  exchanges, new questions get REFUSED at once, as CoreDNS's `max_concurrent` does.
+- Every upstream failing → SERVFAIL, or a stale answer (RFC 8767) when `serve_stale` allows.
+
+`AnswerCache` here is the upstream cache (cachetools): answers for their TTL capped at
+`max_ttl`, negative answers per RFC 2308 (the SOA's min(TTL, MINIMUM)) capped at
+`max_denial_ttl`, SERVFAIL for `servfail_ttl`; bounded by entry counts; TTLs counted down in
+what clients see. Cluster answers never come here: they are answered from the store.
+
+Time is trio's clock, so tests drive expiry with `trio.testing.MockClock`.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import secrets
+import socket
+import struct
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import trio
+from cachetools import LRUCache
+
+from kdns.dns import wire
+from kdns.dns.wire import Query
+
+log = logging.getLogger(__name__)
+
+OPT = 41
+SOA = 6
+RRHeader = struct.Struct("!HHIH")
+
+
+@dataclass(frozen=True, slots=True)
+class Upstream:
+    host: str
+    port: int = 53
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    @property
+    def family(self) -> int:
+        return socket.AF_INET6 if ":" in self.host else socket.AF_INET
+
+
+@dataclass(frozen=True, slots=True)
+class ForwardConfig:
+    upstreams: tuple[Upstream, ...] = ()
+    stub_domains: tuple[tuple[str, tuple[Upstream, ...]], ...] = ()
+    timeout: float = 2.0  # per upstream attempt
+    budget: float = 5.0  # for the whole question, every upstream included
+    max_concurrent: int = 1000
+    max_fails: int = 2
+    health_check: float = 0.5
+    # cache
+    success_size: int = 9984
+    denial_size: int = 9984
+    max_ttl: int = 30
+    max_denial_ttl: int = 30
+    servfail_ttl: int = 5
+    serve_stale: float = 0.0  # seconds an expired answer may still be served; 0 = never
+    stale_ttl: int = 30  # the TTL of a stale answer (RFC 8767 §4 suggests 30 s)
+
+
+# --- reading responses ---------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Parsed:
+    """Where the TTLs are in a response, and what they say."""
+
+    rcode: int
+    ancount: int
+    ttl_offsets: list[int] = field(default_factory=list)
+    ttls: list[int] = field(default_factory=list)
+    answer_ttls: list[int] = field(default_factory=list)
+    soa_negative_ttl: int | None = None  # min(SOA TTL, SOA MINIMUM) from the authority section
+    opt_span: tuple[int, int] | None = None  # the OPT record's bytes, to strip
+
+
+def parse_response(data: bytes) -> Parsed:
+    """Walk a response's records (raises wire.WireError when it is malformed)."""
+    if len(data) < 12:
+        raise wire.WireError("short response")
+    _, flags, qdcount, ancount, nscount, arcount = struct.unpack_from("!6H", data)
+    pos = 12
+    for _ in range(qdcount):
+        _, pos = wire.read_name(data, pos)
+        pos += 4
+    parsed = Parsed(rcode=flags & 0xF, ancount=ancount)
+    for section, count in enumerate((ancount, nscount, arcount)):
+        for _ in range(count):
+            start = pos
+            _, pos = wire.read_name(data, pos)
+            if pos + 10 > len(data):
+                raise wire.WireError("record header runs past the end")
+            rtype, _rclass, ttl, rdlength = RRHeader.unpack_from(data, pos)
+            ttl_offset = pos + 4
+            pos += 10 + rdlength
+            if pos > len(data):
+                raise wire.WireError("rdata runs past the end")
+            if rtype == OPT:
+                parsed.opt_span = (start, pos)
+                continue
+            parsed.ttl_offsets.append(ttl_offset)
+            parsed.ttls.append(ttl)
+            if section == 0:
+                parsed.answer_ttls.append(ttl)
+            elif section == 1 and rtype == SOA and rdlength >= 20:
+                minimum = struct.unpack_from("!I", data, pos - 4)[0]
+                parsed.soa_negative_ttl = min(ttl, minimum)
+    return parsed
+
+
+def strip_opt(data: bytes, parsed: Parsed) -> bytes:
+    """The response without its OPT record: ours is added per client (RFC 6891 §7)."""
+    if parsed.opt_span is None:
+        return data
+    start, end = parsed.opt_span
+    arcount = struct.unpack_from("!H", data, 10)[0]
+    out = data[:10] + struct.pack("!H", arcount - 1) + data[12:start] + data[end:]
+    shift = end - start
+    parsed.ttl_offsets = [o if o < start else o - shift for o in parsed.ttl_offsets]
+    parsed.opt_span = None
+    return out
+
+
+# --- the upstream cache --------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class CacheEntry:
+    response: bytes  # without OPT, the ID as the upstream sent it
+    ttl_offsets: list[int]
+    ttls: list[int]  # each record's TTL, already capped at the entry's TTL
+    stored: float
+    expires: float
+    stale_until: float
+
+
+def cache_key(query: Query) -> bytes:
+    # The question (name lower-cased), and the bits that change an upstream answer: DO and CD.
+    flags = (1 if query.do else 0) | (2 if query.flags & wire.CD else 0)
+    return (
+        bytes((flags,))
+        + b".".join(label.lower() for label in query.labels)
+        + (struct.pack("!HH", query.qtype, query.qclass))
+    )
+
+
+class UpstreamCache:
+    """Success and denial answers in two bounded LRU caches, expiring by TTL."""
+
+    def __init__(self, config: ForwardConfig) -> None:
+        self.config = config
+        self.success: LRUCache[bytes, CacheEntry] = LRUCache(maxsize=config.success_size)
+        self.denial: LRUCache[bytes, CacheEntry] = LRUCache(maxsize=config.denial_size)
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self.success) + len(self.denial)
+
+    def get(self, key: bytes, now: float, stale: bool = False) -> CacheEntry | None:
+        for table in (self.success, self.denial):
+            entry = table.get(key)
+            if entry is None:
+                continue
+            if now < entry.expires or (stale and now < entry.stale_until):
+                if not stale:
+                    self.hits += 1
+                return entry
+            if now >= entry.stale_until:
+                del table[key]
+        if not stale:
+            self.misses += 1
+        return None
+
+    def put(self, key: bytes, response: bytes, parsed: Parsed, now: float) -> None:
+        config = self.config
+        rcode = parsed.rcode
+        if rcode == wire.NOERROR and parsed.answer_ttls:
+            ttl, table = min(min(parsed.answer_ttls), config.max_ttl), self.success
+        elif rcode in (wire.NXDOMAIN, wire.NOERROR):
+            # RFC 2308 §5: a negative answer lives min(SOA TTL, SOA MINIMUM); without an SOA
+            # it must not be cached at all (§5, "SHOULD NOT be cached").
+            if parsed.soa_negative_ttl is None:
+                return
+            ttl, table = min(parsed.soa_negative_ttl, config.max_denial_ttl), self.denial
+        elif rcode == wire.SERVFAIL:
+            # RFC 2308 §7.1: SERVFAIL may be cached, for at most five minutes; we keep it briefly.
+            ttl, table = config.servfail_ttl, self.denial
+        else:
+            return
+        if ttl <= 0:
+            return
+        table[key] = CacheEntry(
+            response,
+            parsed.ttl_offsets,
+            [min(t, ttl) for t in parsed.ttls],
+            now,
+            now + ttl,
+            now + ttl + config.serve_stale,
+        )
+
+
+def from_cache(entry: CacheEntry, query: Query, now: float, stale_ttl: int | None = None) -> bytes:
+    """The cached response for `query`: its ID and question, TTLs counted down (RFC 1035 §7.1
+    "the TTL ... decremented"), our OPT when the client sent one."""
+    out = bytearray(entry.response)
+    out[0:2] = query.id.to_bytes(2)
+    # RD and CD as the client asked.
+    flags = int.from_bytes(out[2:4]) & ~(wire.RD | wire.CD) | (query.flags & (wire.RD | wire.CD))
+    out[2:4] = flags.to_bytes(2)
+    if not query.compressed:
+        out[12 : 12 + len(query.question)] = query.question
+    elapsed = int(now - entry.stored)
+    for offset, ttl in zip(entry.ttl_offsets, entry.ttls, strict=True):
+        left = stale_ttl if stale_ttl is not None else max(0, ttl - elapsed)
+        struct.pack_into("!I", out, offset, left)
+    if query.edns:
+        arcount = int.from_bytes(out[10:12]) + 1
+        out[10:12] = arcount.to_bytes(2)
+        out += wire.opt_record(query, flags & 0xF)
+    return bytes(out)
+
+
+# --- talking to upstreams ------------------------------------------------------------------------
+
+
+class ExchangeError(Exception):
+    """One upstream did not give a usable answer."""
+
+
+def upstream_query(query: Query, qid: int) -> bytes:
+    """Our query to an upstream: a fresh ID, RD set, the client's CD and question, and our own
+    OPT (the client's options, cookies included, are between the client and us)."""
+    flags = wire.RD | (query.flags & wire.CD)
+    opt = struct.pack("!BHHIH", 0, OPT, wire.MAX_UDP_PAYLOAD, 0x8000 if query.do else 0, 0)
+    return struct.pack("!6H", qid, flags, 1, 0, 0, 1) + query.question + opt
+
+
+def matches(reply: bytes, qid: int, question: bytes) -> bool:
+    """Is `reply` the answer to our question? (RFC 5452 §9.1: ID, and the question.)"""
+    if len(reply) < 12 + len(question):
+        return False
+    rid, flags, qdcount = struct.unpack_from("!3H", reply)
+    if rid != qid or not flags & wire.QR or (flags >> 11) & 0xF or qdcount != 1:
+        return False
+    return reply[12 : 12 + len(question)].lower() == question.lower()
+
+
+@dataclass(slots=True)
+class UpstreamHealth:
+    fails: int = 0
+    exchanges: int = 0
+    errors: int = 0
+    mismatched: int = 0
+
+
+@dataclass(slots=True)
+class _InFlight:
+    done: trio.Event = field(default_factory=trio.Event)
+    response: bytes | None = None  # the upstream's answer, None if every upstream failed
+
+
+class Forwarder:
+    def __init__(self, config: ForwardConfig) -> None:
+        self.config = config
+        self.cache = UpstreamCache(config)
+        self.health: dict[Upstream, UpstreamHealth] = {}
+        for upstream in self.all_upstreams():
+            self.health[upstream] = UpstreamHealth()
+        self._in_flight: dict[bytes, _InFlight] = {}
+        self.refused = 0
+        self.coalesced = 0
+        # Stub domains, longest first, each as ".suffix" for a cheap endswith.
+        self._stubs = sorted(config.stub_domains, key=lambda s: len(s[0]), reverse=True)
+
+    def all_upstreams(self) -> list[Upstream]:
+        seen = dict.fromkeys(self.config.upstreams)
+        for _, servers in self.config.stub_domains:
+            seen.update(dict.fromkeys(servers))
+        return list(seen)
+
+    def upstreams_for(self, qname: str) -> tuple[Upstream, ...]:
+        for domain, servers in self._stubs:
+            if qname == domain or qname.endswith("." + domain):
+                return servers
+        return self.config.upstreams
+
+    def healthy(self, upstream: Upstream) -> bool:
+        return self.health[upstream].fails < self.config.max_fails
+
+    # --- answering ---------------------------------------------------------------------------
+
+    async def resolve(self, query: Query) -> bytes:
+        """The response to send the client (not yet truncated for UDP)."""
+        key = cache_key(query)
+        now = trio.current_time()
+        entry = self.cache.get(key, now)
+        if entry is not None:
+            return from_cache(entry, query, now)
+        flight = self._in_flight.get(key)
+        if flight is not None:
+            self.coalesced += 1
+            await flight.done.wait()
+        else:
+            if len(self._in_flight) >= self.config.max_concurrent:
+                self.refused += 1
+                return wire.error_response(query.id, query.flags, wire.REFUSED, query)
+            flight = self._in_flight[key] = _InFlight()
+            try:
+                flight.response = await self._exchange(query, key)
+            finally:
+                del self._in_flight[key]
+                flight.done.set()
+        now = trio.current_time()
+        entry = self.cache.get(key, now)
+        if entry is not None:
+            return from_cache(entry, query, now)
+        if flight.response is not None:
+            # Answered but not cacheable (REFUSED, a negative answer without SOA, TTL 0).
+            return _relabel(flight.response, query)
+        stale = self.cache.get(key, now, stale=True) if self.config.serve_stale else None
+        if stale is not None:
+            log.info("every upstream failed: serving a stale answer (RFC 8767)")
+            return from_cache(stale, query, now, stale_ttl=self.config.stale_ttl)
+        return wire.error_response(query.id, query.flags, wire.SERVFAIL, query)
+
+    async def _exchange(self, query: Query, key: bytes) -> bytes | None:
+        """Ask the upstreams in turn; cache and return the first usable answer (OPT stripped)."""
+        servers = list(self.upstreams_for(query.qname.rstrip(".")))
+        random.shuffle(servers)  # CoreDNS's default `policy random`
+        servers.sort(key=lambda u: not self.healthy(u))  # healthy ones first, stable otherwise
+        with trio.move_on_after(self.config.budget):
+            for upstream in servers:
+                try:
+                    reply = await self._ask(upstream, query)
+                except (ExchangeError, OSError, trio.TooSlowError) as e:
+                    self._failed(upstream, e)
+                    continue
+                try:
+                    parsed = parse_response(reply)
+                except wire.WireError as e:
+                    self._failed(upstream, e)
+                    continue
+                self.health[upstream].fails = 0
+                response = strip_opt(reply, parsed)
+                self.cache.put(key, response, parsed, trio.current_time())
+                return response
+        return None
+
+    def _failed(self, upstream: Upstream, error: BaseException) -> None:
+        health = self.health[upstream]
+        health.errors += 1
+        health.fails += 1
+        if health.fails == self.config.max_fails:
+            log.warning("upstream %s is unhealthy (%s)", upstream, error or type(error).__name__)
+
+    async def _ask(self, upstream: Upstream, query: Query) -> bytes:
+        qid = secrets.randbelow(65536)
+        message = upstream_query(query, qid)
+        self.health[upstream].exchanges += 1
+        with trio.fail_after(self.config.timeout):
+            reply = await self._udp(upstream, message, qid, query.question)
+            if struct.unpack_from("!H", reply, 2)[0] & wire.TC:
+                qid = secrets.randbelow(65536)
+                message = upstream_query(query, qid)
+                reply = await self._tcp(upstream, message, qid, query.question)
+        return reply
+
+    async def _udp(self, upstream: Upstream, message: bytes, qid: int, question: bytes) -> bytes:
+        # A fresh socket per attempt: a fresh random source port from the kernel (RFC 5452 §9.2).
+        # Connected, so the kernel drops datagrams from any other address and an ICMP "port
+        # unreachable" fails this attempt at once.
+        with trio.socket.socket(upstream.family, socket.SOCK_DGRAM) as sock:
+            await sock.connect((upstream.host, upstream.port))
+            await sock.send(message)
+            while True:
+                reply = await sock.recv(65535)
+                if matches(reply, qid, question):
+                    return reply
+                # A stray or forged reply: ignore it and keep waiting (RFC 5452 §9.1).
+                self.health[upstream].mismatched += 1
+
+    async def _tcp(self, upstream: Upstream, message: bytes, qid: int, question: bytes) -> bytes:
+        stream = await trio.open_tcp_stream(upstream.host, upstream.port)
+        async with stream:
+            await stream.send_all(len(message).to_bytes(2) + message)
+            buffer = bytearray()
+            while True:
+                while len(buffer) >= 2 and len(buffer) >= 2 + int.from_bytes(buffer[:2]):
+                    size = int.from_bytes(buffer[:2])
+                    reply = bytes(buffer[2 : 2 + size])
+                    del buffer[: 2 + size]
+                    if matches(reply, qid, question):
+                        return reply
+                    self.health[upstream].mismatched += 1
+                chunk = await stream.receive_some(65536)
+                if not chunk:
+                    raise ExchangeError("the upstream closed the TCP connection")
+                buffer += chunk
+
+    # --- health checks -----------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Probe unhealthy upstreams with `. IN NS` until they answer (CoreDNS's health check)."""
+        task_status.started()
+        probe = Query(0, wire.RD, (), 2, 1, b"\x00\x00\x02\x00\x01", False)
+        while True:
+            await trio.sleep(self.config.health_check)
+            for upstream, health in self.health.items():
+                if health.fails < self.config.max_fails:
+                    continue
+                try:
+                    await self._ask(upstream, probe)
+                except (ExchangeError, OSError, trio.TooSlowError):
+                    continue
+                log.info("upstream %s answers again", upstream)
+                health.fails = 0
+
+
+def _relabel(response: bytes, query: Query) -> bytes:
+    out = bytearray(response)
+    out[0:2] = query.id.to_bytes(2)
+    if not query.compressed:
+        out[12 : 12 + len(query.question)] = query.question
+    if query.edns:
+        out[10:12] = (int.from_bytes(out[10:12]) + 1).to_bytes(2)
+        out += wire.opt_record(query, out[3] & 0xF)
+    return bytes(out)
+
+
+def parse_upstreams(values: Iterable[str], where: str) -> tuple[Upstream, ...]:
+    """`IP`, `IP:PORT` or `[V6]:PORT` strings → Upstreams; ValueError names the bad one."""
+    from kdns.config import parse_hostport
+
+    out = []
+    for value in values:
+        try:
+            host, port = parse_hostport(str(value))
+        except ValueError as e:
+            raise ValueError(f"{where}: {value!r}: {e}") from None
+        out.append(Upstream(host, port or 53))
+    return tuple(out)
+
+
+def resolv_conf_nameservers(path: str = "/etc/resolv.conf") -> tuple[Upstream, ...]:
+    """The `nameserver` lines of a resolv.conf (CoreDNS: `forward . /etc/resolv.conf`)."""
+    servers = []
+    try:
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) >= 2 and parts[0] == "nameserver":
+                    servers.append(parts[1].split("%", 1)[0])
+    except OSError:
+        return ()
+    return parse_upstreams(servers[:15], path)
+
+
+def resolv_conf_search(path: str = "/etc/resolv.conf") -> tuple[str, ...]:
+    """The `search` domains of a resolv.conf: autopath tries them after the cluster's own."""
+    domains: list[str] = []
+    try:
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                parts = line.split()
+                if parts and parts[0] in ("search", "domain"):
+                    domains = [d.rstrip(".").lower() for d in parts[1:]]
+    except OSError:
+        return ()
+    return tuple(domains)
