@@ -301,7 +301,9 @@ def load_config(path: str) -> Config:
             raise ConfigError(
                 f"{where}: {key}: unknown key (known keys: {', '.join(sorted(known))})"
             )
-        if key in _LISTS:
+        if key == "upstreams" and value is None:
+            pass  # null: the nameservers of resolv_conf
+        elif key in _LISTS:
             if isinstance(value, str):
                 value = [value]
             if not isinstance(value, list):
