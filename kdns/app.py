@@ -162,6 +162,12 @@ def _forwarder(config: Config) -> Forwarder | None:
     )
 
 
+def _unmapped(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> Any:
+    # ::ffff:127.0.0.1 is 127.0.0.1 (a dual-stack socket sees IPv4 clients that way).
+    mapped = getattr(address, "ipv4_mapped", None)
+    return mapped or address
+
+
 def loop_problem(upstream: Upstream, dns_addr: str) -> str | None:
     """Why forwarding to `upstream` would come back to us, or None.
 
@@ -175,9 +181,16 @@ def loop_problem(upstream: Upstream, dns_addr: str) -> str | None:
             "/run/systemd/resolve/resolv.conf) with `upstreams`"
         )
     host, port = parse_hostport(dns_addr)
-    same_port = upstream.port == port
-    wildcard = host in ("0.0.0.0", "::")
-    ours = upstream.host == host or (wildcard and ipaddress.ip_address(upstream.host).is_loopback)
+    if upstream.port != port:
+        return None
+    up = _unmapped(ipaddress.ip_address(upstream.host))
+    mine = _unmapped(ipaddress.ip_address(host))
+    if mine.is_unspecified:
+        # 0.0.0.0 listens on every IPv4 address, "::" (dual-stack) on every address.
+        ours = up.is_loopback and (host == "::" or up.version == 4)
+    else:
+        ours = up == mine
+    same_port = True
     if same_port and ours:
         return f"upstream {upstream} is kdns itself (dns_addr {dns_addr}): forwarding would loop"
     return None

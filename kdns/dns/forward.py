@@ -176,19 +176,25 @@ class UpstreamCache:
     def __len__(self) -> int:
         return len(self.success) + len(self.denial)
 
-    def get(self, key: bytes, now: float, stale: bool = False) -> CacheEntry | None:
+    def get(self, key: bytes, now: float, count: bool = True) -> CacheEntry | None:
+        """A fresh entry; `count` says whether this lookup counts as a hit or a miss."""
         for table in (self.success, self.denial):
             entry = table.get(key)
             if entry is None:
                 continue
-            if now < entry.expires or (stale and now < entry.stale_until):
-                if not stale:
-                    self.hits += 1
+            if now < entry.expires:
+                self.hits += count
                 return entry
             if now >= entry.stale_until:
                 del table[key]
-        if not stale:
-            self.misses += 1
+        self.misses += count
+        return None
+
+    def stale(self, key: bytes, now: float) -> CacheEntry | None:
+        """An expired success answer still inside the serve-stale window (RFC 8767)."""
+        entry = self.success.get(key)
+        if entry is not None and entry.expires <= now < entry.stale_until:
+            return entry
         return None
 
     def put(self, key: bytes, response: bytes, parsed: Parsed, now: float) -> None:
@@ -331,16 +337,20 @@ class Forwarder:
                 del self._in_flight[key]
                 flight.done.set()
         now = trio.current_time()
-        entry = self.cache.get(key, now)
+        failed = flight.response is None or flight.response[3] & 0xF == wire.SERVFAIL
+        if failed and self.config.serve_stale:
+            # RFC 8767 §5: when the upstreams fail (no answer, or SERVFAIL), an expired answer
+            # within the stale window beats a failure.
+            stale = self.cache.stale(key, now)
+            if stale is not None:
+                log.info("upstreams failed: serving a stale answer (RFC 8767)")
+                return from_cache(stale, query, now, stale_ttl=self.config.stale_ttl)
+        entry = self.cache.get(key, now, count=False)
         if entry is not None:
             return from_cache(entry, query, now)
         if flight.response is not None:
             # Answered but not cacheable (REFUSED, a negative answer without SOA, TTL 0).
             return _relabel(flight.response, query)
-        stale = self.cache.get(key, now, stale=True) if self.config.serve_stale else None
-        if stale is not None:
-            log.info("every upstream failed: serving a stale answer (RFC 8767)")
-            return from_cache(stale, query, now, stale_ttl=self.config.stale_ttl)
         return wire.error_response(query.id, query.flags, wire.SERVFAIL, query)
 
     async def _exchange(self, query: Query, key: bytes) -> bytes | None:

@@ -83,7 +83,10 @@ class Handler:
             return wire.error_response(qid, flags, wire.SERVFAIL)
 
     def _refuse(self, query: Query, rcode: int, udp: bool) -> bytes:
-        return wire.finish(wire.error_response(query.id, query.flags, rcode, query), query, udp)
+        response = wire.error_response(query.id, query.flags, rcode, query)
+        if self.recursion_available:
+            response = response[:3] + bytes((response[3] | 0x80,)) + response[4:]
+        return wire.finish(response, query, udp)
 
     def _slow(self, data: bytes, udp: bool, client: str | None) -> bytes | Deferred | None:
         query = wire.parse_query(data)
@@ -134,6 +137,8 @@ class Handler:
             self.errors += 1
             log.exception("internal error answering a forwarded query")
             response = wire.error_response(query.id, query.flags, wire.SERVFAIL, query)
+        # We recurse for the client, whatever flags the upstream's answer carried.
+        response = response[:3] + bytes((response[3] | 0x80,)) + response[4:]
         return wire.finish(response, query, deferred.udp)
 
     # --- autopath (CoreDNS `autopath @kubernetes`) --------------------------------------------
