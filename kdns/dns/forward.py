@@ -315,6 +315,12 @@ class Forwarder:
 
     # --- answering ---------------------------------------------------------------------------
 
+    def cached(self, query: Query) -> bytes | None:
+        """The answer from a fresh cache entry, or None: the synchronous fast path."""
+        now = trio.current_time()
+        entry = self.cache.get(cache_key(query), now)
+        return from_cache(entry, query, now) if entry is not None else None
+
     async def resolve(self, query: Query) -> bytes:
         """The response to send the client (not yet truncated for UDP)."""
         key = cache_key(query)

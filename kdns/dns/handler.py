@@ -85,7 +85,7 @@ class Handler:
     def _refuse(self, query: Query, rcode: int, udp: bool) -> bytes:
         response = wire.error_response(query.id, query.flags, rcode, query)
         if self.recursion_available:
-            response = response[:3] + bytes((response[3] | 0x80,)) + response[4:]
+            response = _with_ra(response)
         return wire.finish(response, query, udp)
 
     def _slow(self, data: bytes, udp: bool, client: str | None) -> bytes | Deferred | None:
@@ -106,6 +106,10 @@ class Handler:
         if answer is None:
             if self.forwarder is None or not self.forwarder.upstreams_for(query.qname):
                 return self._refuse(query, wire.REFUSED, udp)
+            # A fresh upstream-cache hit needs no network: answer it here, without a task.
+            cached = self.forwarder.cached(query)
+            if cached is not None:
+                return wire.finish(_with_ra(cached), query, udp)
             return Deferred(query, udp)
         response = wire.encode(
             query,
@@ -137,9 +141,7 @@ class Handler:
             self.errors += 1
             log.exception("internal error answering a forwarded query")
             response = wire.error_response(query.id, query.flags, wire.SERVFAIL, query)
-        # We recurse for the client, whatever flags the upstream's answer carried.
-        response = response[:3] + bytes((response[3] | 0x80,)) + response[4:]
-        return wire.finish(response, query, deferred.udp)
+        return wire.finish(_with_ra(response), query, deferred.udp)
 
     # --- autopath (CoreDNS `autopath @kubernetes`) --------------------------------------------
 
@@ -151,6 +153,8 @@ class Handler:
 
     def _search_list(self, qname: str, client: str) -> tuple[str, ...]:
         """The client pod's search list when `qname` ends in its first element, else ()."""
+        if client.startswith("::ffff:"):
+            client = client[7:]  # an IPv4 pod seen through a dual-stack ("::") socket
         namespace = self.resolver.pod_namespace(client)
         if namespace is None:
             return ()
@@ -173,8 +177,11 @@ class Handler:
                 first = response
             if response[3] & 0xF == wire.NXDOMAIN:
                 continue
-            if i == 0:
-                return response
+            if i == 0 or int.from_bytes(response[6:8]) == 0:
+                # The name asked exists, or the one found has no record of this type: as
+                # CoreDNS's cnamer, no CNAME in front of an empty answer — the client goes on
+                # with its own search list.
+                return response if i == 0 else self._as_asked(query, response)
             return self._behind_cname(query, name, response)
         assert first is not None
         return first
@@ -184,7 +191,18 @@ class Handler:
         labels = tuple(label.encode("latin-1") for label in name.split(".") if label)
         question = b"".join(bytes((len(x),)) + x for x in labels) + b"\x00"
         question += query.qtype.to_bytes(2) + query.qclass.to_bytes(2)
-        sub = Query(query.id, query.flags, labels, query.qtype, query.qclass, question, False)
+        sub = Query(
+            query.id,
+            query.flags,
+            labels,
+            query.qtype,
+            query.qclass,
+            question,
+            False,
+            edns=query.edns,
+            payload=query.payload,
+            do=query.do,
+        )
         answer = self.resolver.resolve(name, query.qtype)
         if answer is not None:
             return wire.encode(
@@ -199,6 +217,19 @@ class Handler:
             return wire.error_response(sub.id, sub.flags, wire.NXDOMAIN, sub)
         return await self.forwarder.resolve(sub)
 
+    def _as_asked(self, query: Query, response: bytes) -> bytes:
+        """`response` (for another name) re-encoded for the name the client asked."""
+        found = DNSRecord.parse(response)
+        return wire.encode(
+            query,
+            found.header.rcode,
+            found.rr,
+            found.auth,
+            [rr for rr in found.ar if rr.rtype != wire.OPT],
+            authoritative=False,
+            recursion_available=self.recursion_available,
+        )
+
     def _behind_cname(self, query: Query, name: str, response: bytes) -> bytes:
         found = DNSRecord.parse(response)
         ttl = found.rr[0].ttl if found.rr else self.resolver.ttl
@@ -212,3 +243,8 @@ class Handler:
             authoritative=False,
             recursion_available=self.recursion_available,
         )
+
+
+def _with_ra(response: bytes) -> bytes:
+    # We recurse for the client, whatever flags the upstream's answer carried.
+    return response[:3] + bytes((response[3] | 0x80,)) + response[4:]

@@ -53,6 +53,8 @@ APEX_TAG: Tag = ("apex",)
 ZONE_TAG: Tag = ("zone",)
 POD_TAG: Tag = ("pod",)
 REVERSE_ENT_TAG: Tag = ("rev-ent",)
+ALL_TAG: Tag = ("*",)  # every cached answer
+BULK = 256  # Services changed at once beyond which the resolver rebuilds instead of updating
 
 
 @dataclass(slots=True)
@@ -74,8 +76,8 @@ def namespace_tag(namespace: str) -> Tag:
     return ("ns", namespace)
 
 
-def reverse_tag(name: str) -> Tag:
-    return ("ptr", name)
+def reverse_tag(ip: str) -> Tag:
+    return ("ptr", ip)
 
 
 def ip_from_pod_label(label: str) -> str | None:
@@ -105,7 +107,8 @@ class Resolver:
         self.reverse = ReverseIndex()
         # Records of recently asked Services; dropped per Service when it changes.
         self._memo: LRUCache[tuple[str, str], ServiceRecords] = LRUCache(maxsize=memo_size)
-        self._services_per_namespace: Counter[str] = Counter(ns for ns, _ in store.services)
+        self._known: set[tuple[str, str]] = set()
+        self._services_per_namespace: Counter[str] = Counter()
         self.ttl = config.ttl
         self.pods = config.pods
         self.forward_zones = config.forward_zones
@@ -117,16 +120,13 @@ class Resolver:
         # A PTR for an address no Service owns goes upstream instead of NXDOMAIN (CoreDNS's
         # `fallthrough in-addr.arpa ip6.arpa`), when there is an upstream to ask.
         self.reverse_fallthrough = reverse_fallthrough
-        self.reverse.replace(
-            {
-                key: ptr_addresses(service, store.endpoints.get(key, ()))
-                for key, service in store.services.items()
-            }
-        )
+        self._rebuild()
 
     # --- keeping up with the store -----------------------------------------------------------
 
     def apply(self, change: Change) -> set[Tag]:
+        if len(change.services) > BULK:
+            return self._apply_bulk(change)
         tags: set[Tag] = {APEX_TAG}
         reverse_changed = False
         for key in change.services:
@@ -141,18 +141,41 @@ class Resolver:
             if key in self.reverse.by_service or old:
                 reverse_changed = True
             # An address the Service gained or kept may now point elsewhere (a new hostname).
-            tags.update(reverse_tag(reverse_name(ip)) for ip in old | addresses)
+            tags.update(reverse_tag(ip) for ip in old | addresses)
             tags.add(service_tag(*key))
+            # Kept per change, not recounted: a recount is O(services) per event.
+            if service is None and key in self._known:
+                self._known.discard(key)
+                self._services_per_namespace[key[0]] -= 1
+            elif service is not None and key not in self._known:
+                self._known.add(key)
+                self._services_per_namespace[key[0]] += 1
         if reverse_changed:
             tags.add(REVERSE_ENT_TAG)
-        if change.services:
-            self._services_per_namespace = Counter(ns for ns, _ in self.store.services)
         if change.namespaces:
             tags.update(namespace_tag(ns) for ns in change.namespaces)
             tags.add(POD_TAG)
         if change.pod_ips:
             tags.add(POD_TAG)
         return tags
+
+    def _apply_bulk(self, change: Change) -> set[Tag]:
+        """Many Services at once (a first list, a relist): rebuild in one pass — one sort
+        instead of an insertion per address — and drop every cached answer."""
+        self._memo.clear()
+        self._rebuild()
+        return {ALL_TAG}
+
+    def _rebuild(self) -> None:
+        services = self.store.services
+        self.reverse.replace(
+            {
+                key: ptr_addresses(service, self.store.endpoints.get(key, ()))
+                for key, service in services.items()
+            }
+        )
+        self._known = set(services)
+        self._services_per_namespace = Counter(ns for ns, _ in services)
 
     def service_records(self, key: tuple[str, str]) -> ServiceRecords | None:
         records = self._memo.get(key)
@@ -352,17 +375,17 @@ class Resolver:
         if qname == zone:
             answer.tags.add(APEX_TAG)
             return self._apex(answer, qname, qtype, zone)
-        records = self._ptr_records(qname)
+        ip = self._reverse_ip(qname)
+        records = self._ptr_records(qname, ip) if ip is not None else []
+        answer.tags.add(reverse_tag(ip) if ip is not None else REVERSE_ENT_TAG)
         if not records:
             full = qname.count(".") + 1 in (6, 34)  # a whole IPv4 or IPv6 reverse name
-            answer.tags.add(reverse_tag(qname) if full else REVERSE_ENT_TAG)
             prefix = reverse_prefix(qname)
             exists = prefix is not None and not full and self.reverse.has_prefix(prefix)
             if not exists and self.reverse_fallthrough:
                 answer.fallthrough = True
                 return None
             return self._negative(answer, zone, exists=exists)
-        answer.tags.add(reverse_tag(qname))
         # PTR targets always name the primary zone (CoreDNS plugin/kubernetes/reverse.go).
         found = False
         for record in records:
@@ -373,22 +396,23 @@ class Resolver:
             self._negative(answer, zone, exists=True)
         return None
 
-    def _ptr_records(self, qname: str) -> list[Record]:
+    def _reverse_ip(self, qname: str) -> str | None:
+        """The address a whole, canonically spelled reverse name stands for, else None."""
         prefix = reverse_prefix(qname)
         if prefix is None or qname.count(".") + 1 not in (6, 34):
-            return []
-        # The prefix of a whole name is the address itself (IPv4 with a trailing dot).
+            return None
         try:
-            ip = (
-                prefix[:-1]
-                if qname.endswith(".in-addr.arpa")
-                else str(ipaddress.IPv6Address(int(prefix, 16)))
-            )
-            ip = ipaddress.ip_address(ip).compressed
+            if qname.endswith(".in-addr.arpa"):
+                ip = ipaddress.IPv4Address(prefix[:-1]).compressed
+            else:
+                ip = str(ipaddress.IPv6Address(int(prefix, 16)))
         except ValueError:
-            return []
+            return None
         if reverse_name(ip) != qname:
-            return []  # "010.1.1.1": not the canonical spelling of any address
+            return None  # "010.1.1.1": not the canonical spelling of any address
+        return ip
+
+    def _ptr_records(self, qname: str, ip: str) -> list[Record]:
         records: list[Record] = []
         for key in sorted(self.reverse.owners.get(ip, ())):
             service = self.service_records(key)

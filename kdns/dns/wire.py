@@ -361,6 +361,11 @@ class AnswerCache:
             self.by_tag.setdefault(tag, set()).add(key)
 
     def drop(self, tags: Iterable[Tag]) -> int:
+        tags = set(tags)
+        if ("*",) in tags:  # the resolver rebuilt: nothing cached can be trusted
+            dropped = len(self.entries)
+            self.clear()
+            return dropped
         dropped = 0
         for tag in tags:
             for key in self.by_tag.pop(tag, ()):

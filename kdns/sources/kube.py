@@ -15,8 +15,10 @@ a worker thread (its calls block) and every store update on the trio thread (DES
 - a line that is not JSON, an unknown event type, an object without metadata, or an object the
   model rejects is counted and skipped — never applied half-way.
 
-Responses are read raw (`_preload_content=False`) and converted straight into the slim model:
-the client's generated model classes are slow and large at scale.
+Requests go through the client's `ApiClient` (its kubeconfig and in-cluster loading, TLS, token
+refresh, REST layer), and responses are read raw and converted straight into the slim model. The
+generated `CoreV1Api` classes are not used: importing them costs a second and 22 MiB, and their
+model classes are slow and large at scale.
 
 Only this module imports `kubernetes` (DESIGN.md §2).
 """
@@ -34,8 +36,9 @@ from typing import Any
 
 import trio
 import urllib3
-from kubernetes import client as k8s
 from kubernetes import config as k8s_config
+from kubernetes.client.api_client import ApiClient
+from kubernetes.client.configuration import Configuration
 from kubernetes.client.exceptions import ApiException
 
 from kdns import metrics
@@ -62,13 +65,13 @@ class ClusterConfigError(Exception):
     """No usable cluster configuration; the text is one line for the operator."""
 
 
-def cluster_client(kubeconfig: str | None, context: str | None) -> k8s.ApiClient | None:
+def cluster_client(kubeconfig: str | None, context: str | None) -> ApiClient | None:
     """An API client from --kubeconfig, $KUBECONFIG, or the in-cluster service account.
 
     Returns None when none of the three is there. In a pod the token file is re-read as the
     kubelet rotates it (the client's `try_refresh_token`)."""
     path = kubeconfig or os.environ.get("KUBECONFIG", "").split(os.pathsep)[0] or None
-    configuration = k8s.Configuration()
+    configuration = Configuration()
     try:
         if path:
             k8s_config.load_kube_config(
@@ -85,7 +88,7 @@ def cluster_client(kubeconfig: str | None, context: str | None) -> k8s.ApiClient
         raise ClusterConfigError(f"{where}: cannot use this cluster configuration: {e}") from None
     # The client retries 429s and connection errors by itself; the Reflector owns retrying.
     configuration.retries = False
-    return k8s.ApiClient(configuration)
+    return ApiClient(configuration)
 
 
 # --- what each kind is -------------------------------------------------------------------------
@@ -110,49 +113,59 @@ def _endpoints(obj: dict[str, Any]) -> Converted:
 class Resource:
     kind: str  # the store kind
     name: str  # for metrics and logs: the API resource
-    lister: Callable[[k8s.ApiClient], Callable[..., Any]]
+    path: str  # the cluster-wide collection
     convert: Callable[[dict[str, Any]], Converted]
     field_selector: str | None = None
+    # Does one API object become exactly one store object under the same key? (Endpoints: no.)
+    one_to_one: bool = True
 
 
-SERVICES_RESOURCE = Resource(
-    SERVICES,
-    "services",
-    lambda c: k8s.CoreV1Api(c).list_service_for_all_namespaces,
-    _one(service_from_dict),
-)
+SERVICES_RESOURCE = Resource(SERVICES, "services", "/api/v1/services", _one(service_from_dict))
 ENDPOINTSLICES_RESOURCE = Resource(
     ENDPOINTSLICES,
     "endpointslices",
-    lambda c: k8s.DiscoveryV1Api(c).list_endpoint_slice_for_all_namespaces,
+    "/apis/discovery.k8s.io/v1/endpointslices",
     _one(endpointslice_from_dict),
 )
 # On an API server without discovery.k8s.io/v1: core/v1 Endpoints, converted into slices.
 ENDPOINTS_RESOURCE = Resource(
-    ENDPOINTSLICES,
-    "endpoints",
-    lambda c: k8s.CoreV1Api(c).list_endpoints_for_all_namespaces,
-    _endpoints,
+    ENDPOINTSLICES, "endpoints", "/api/v1/endpoints", _endpoints, one_to_one=False
 )
 NAMESPACES_RESOURCE = Resource(
-    NAMESPACES, "namespaces", lambda c: k8s.CoreV1Api(c).list_namespace, _one(namespace_from_dict)
+    NAMESPACES, "namespaces", "/api/v1/namespaces", _one(namespace_from_dict)
 )
 # Finished pods never get DNS records (`pods verified`), so the API server filters them out, as
 # CoreDNS's pod watch does; a pod that finishes arrives as a deletion.
 PODS_RESOURCE = Resource(
     PODS,
     "pods",
-    lambda c: k8s.CoreV1Api(c).list_pod_for_all_namespaces,
+    "/api/v1/pods",
     _one(pod_from_dict),
     field_selector="status.phase!=Succeeded,status.phase!=Failed",
 )
 
 
-def has_discovery_v1(api: k8s.ApiClient, timeout: float) -> bool:
-    """Does the API server serve discovery.k8s.io/v1? (Raises when it cannot be asked.)"""
-    response = k8s.ApisApi(api).get_api_versions(
-        _preload_content=False, _request_timeout=(timeout, timeout)
+def api_get(
+    api: ApiClient, path: str, params: list[tuple[str, Any]], timeout: tuple[float, float]
+) -> urllib3.HTTPResponse:
+    """GET `path` through the client's REST layer; the raw response, or ApiException."""
+    request = api.param_serialize(
+        method="GET",
+        resource_path=path,
+        query_params=params,
+        header_params={"Accept": "application/json"},
+        auth_settings=["BearerToken"],
     )
+    response = api.call_api(*request, _request_timeout=timeout)
+    if not 200 <= response.status <= 299:
+        response.read()
+        raise ApiException.from_response(http_resp=response, body=None, data=None)
+    return response.response
+
+
+def has_discovery_v1(api: ApiClient, timeout: float) -> bool:
+    """Does the API server serve discovery.k8s.io/v1? (Raises when it cannot be asked.)"""
+    response = api_get(api, "/apis", [], (timeout, timeout))
     groups = json.loads(response.data).get("groups", [])
     return any(
         g.get("name") == "discovery.k8s.io"
@@ -230,7 +243,7 @@ class Reflector:
     def __init__(
         self,
         resource: Resource,
-        api: k8s.ApiClient,
+        api: ApiClient,
         store: Store,
         backoff: Backoff | None = None,
         connect_timeout: float = 5.0,
@@ -254,7 +267,6 @@ class Reflector:
         # Which store keys each API object produced (an Endpoints object makes several slices).
         self._produced: dict[object, set[object]] = {}
         self._kind = resource.name
-        self._list_call = resource.lister(api)
 
     # --- the loop (trio) -----------------------------------------------------------------------
 
@@ -312,7 +324,7 @@ class Reflector:
         log.info(
             "%s: listed %d objects at resourceVersion %s%s",
             self._kind,
-            len(produced),
+            len(items),
             resource_version,
             f" ({skipped} skipped)" if skipped else "",
         )
@@ -333,7 +345,11 @@ class Reflector:
         if event.type == "BOOKMARK":
             return
         kind = self.resource.kind
-        old_keys = self._produced.pop(event.source_key, set())
+        if self.resource.one_to_one:
+            # The store key is the API object's key: nothing to remember per object.
+            old_keys = {event.source_key}
+        else:
+            old_keys = self._produced.pop(event.source_key, set())
         change = Change()
         if event.type == "DELETED":
             for key in old_keys:
@@ -345,7 +361,7 @@ class Reflector:
                 change.merge(self.store.delete(kind, key))
             for _, obj in event.items:
                 change.merge(self.store.upsert(kind, obj))  # type: ignore[arg-type]
-            if new_keys:
+            if new_keys and not self.resource.one_to_one:
                 self._produced[event.source_key] = new_keys
         metrics.KUBE_EVENTS.labels(self._kind, event.type).inc()
         if change and kind == ENDPOINTSLICES:
@@ -370,13 +386,13 @@ class Reflector:
         token: str | None = None
         resource_version = ""
         while True:
-            kwargs: dict[str, Any] = {"limit": LIST_PAGE, "_preload_content": False}
+            params: list[tuple[str, Any]] = [("limit", LIST_PAGE)]
             if token:
-                kwargs["_continue"] = token
+                params.append(("continue", token))
             if self.resource.field_selector:
-                kwargs["field_selector"] = self.resource.field_selector
+                params.append(("fieldSelector", self.resource.field_selector))
             try:
-                response = self._list_call(_request_timeout=self._timeout(), **kwargs)
+                response = api_get(self.api, self.resource.path, params, self._timeout())
             except ApiException as e:
                 if e.status == 410 and token:
                     # The continue token expired mid-list: start the list over for a
@@ -395,7 +411,8 @@ class Reflector:
                     metrics.KUBE_EVENTS_SKIPPED.labels(self._kind, "invalid_object").inc()
                     log.warning("%s: skipping an object the model rejects: %s", self._kind, e)
                     continue
-                produced[source] = {key for key, _ in converted}
+                if not self.resource.one_to_one:
+                    produced[source] = {key for key, _ in converted}
                 items.update(converted)
             meta = body.get("metadata") or {}
             resource_version = meta.get("resourceVersion") or resource_version
@@ -405,18 +422,16 @@ class Reflector:
 
     def _watch_blocking(self) -> int:
         """Stream one watch; returns the number of events applied (bookmarks included)."""
-        kwargs: dict[str, Any] = {
-            "watch": True,
-            "resource_version": self.resource_version,
-            "allow_watch_bookmarks": True,
-            "timeout_seconds": random.randint(*self.watch_timeout),
-            "_preload_content": False,
-            "_request_timeout": self._timeout(),
-        }
+        params: list[tuple[str, Any]] = [
+            ("allowWatchBookmarks", "true"),
+            ("resourceVersion", self.resource_version),
+            ("timeoutSeconds", random.randint(*self.watch_timeout)),
+            ("watch", "true"),
+        ]
         if self.resource.field_selector:
-            kwargs["field_selector"] = self.resource.field_selector
+            params.append(("fieldSelector", self.resource.field_selector))
         try:
-            response = self._list_call(**kwargs)
+            response = api_get(self.api, self.resource.path, params, self._timeout())
         except ApiException as e:
             if e.status == 410:
                 raise Expired() from None
@@ -532,7 +547,7 @@ class KubeSource:
 
     def __init__(
         self,
-        api: k8s.ApiClient,
+        api: ApiClient,
         store: Store,
         watch_pods: bool,
         reflector: dict[str, Any] | None = None,
