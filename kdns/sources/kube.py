@@ -261,6 +261,7 @@ class Reflector:
         self.watch_timeout = watch_timeout
         self.resource_version = ""
         self.synced = False
+        self._listed_at = -EARLY_CLOSE
         self.last_event = time.time()  # of the last event or bookmark (start-up until then)
         self.lists = 0
         self.watches = 0
@@ -290,6 +291,12 @@ class Reflector:
                 metrics.KUBE_WATCH_RESTARTS.labels(self._kind, "expired").inc()
                 self.resource_version = ""
                 need_list, relist_reason = True, "expired"
+                if trio.current_time() - self._listed_at < EARLY_CLOSE:
+                    # Expired right after a fresh list: a server in that state would have us
+                    # list everything in a tight loop; wait as for any failure (client-go's
+                    # ListAndWatch rounds run under a backoff too).
+                    metrics.KUBE_WATCH_ERRORS.labels(self._kind, "expired_at_once").inc()
+                    await trio.sleep(self.backoff.failure(trio.current_time()))
             except Exception as e:
                 # The Reflector's retry boundary (DESIGN.md §5): every failure is logged,
                 # counted and retried after a backoff; the last good state keeps serving.
@@ -315,6 +322,7 @@ class Reflector:
             self._list_blocking, abandon_on_cancel=True
         )
         self.store.replace(self.resource.kind, items)
+        self._listed_at = trio.current_time()
         self._produced = produced
         self.resource_version = resource_version
         self.synced = True
