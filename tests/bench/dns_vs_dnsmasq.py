@@ -97,7 +97,12 @@ OUTSTANDING_UNTHROTTLED = 100  # -q for the unthrottled run (dnsperf's default)
 # queries per 3 s step at rates it sustains, whenever another process took its core for a moment.
 DEFAULT_OUTSTANDING_RATED = 100
 
-DEFAULT_KDNS_CMD = "{python} -m kdns serve --manifests {manifests} --dns-addr {addr}"
+# No forwarding (every benchmark name is a cluster name; nothing may leave loopback) and probes
+# on free loopback ports, so nothing collides with CoreDNS's fixed 8080/8181/9153.
+DEFAULT_KDNS_CMD = (
+    "{python} -m kdns serve --manifests {manifests} --dns-addr {addr} --upstreams"
+    " --health-addr 127.0.0.1:0 --ready-addr 127.0.0.1:0 --metrics-addr 127.0.0.1:0"
+)
 
 
 # --------------------------------------------------------------------------------------------

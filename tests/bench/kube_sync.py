@@ -575,6 +575,7 @@ class Kdns:
             f"127.0.0.1:{self.ready_port}",
             "--metrics-addr",
             f"127.0.0.1:{self.metrics_port}",
+            "--upstreams",  # nothing: every name asked is a cluster name, nothing leaves loopback
         ]
         self.proc: subprocess.Popen[bytes] | None = None
         self.started = 0.0
