@@ -160,5 +160,18 @@ def _summary(built: app.App) -> str:
     )
 
 
+def run() -> None:
+    """The console script: `main`, then an exit that does not wait for worker threads.
+
+    Reflector threads blocked in a socket read are abandoned when kdns stops (they cannot be
+    interrupted); letting the interpreter shut down under them can abort the process. Nothing
+    is left to do once `main` returned, so flush and leave."""
+    code = main()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

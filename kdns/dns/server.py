@@ -55,7 +55,15 @@ class DnsServer:
         """Bind both sockets now (raises OSError), so a taken port fails before anything runs."""
         if self._sockets is None:
             try:
-                self._sockets = self._bind()
+                # Port 0: UDP picks a port and TCP takes the same number, which a TCP socket
+                # elsewhere may already hold; then pick again.
+                for attempt in range(10 if self.port == 0 else 1):
+                    try:
+                        self._sockets = self._bind()
+                        break
+                    except OSError as e:
+                        if e.errno != errno.EADDRINUSE or attempt == 9 or self.port != 0:
+                            raise
             except OSError as e:
                 raise OSError(
                     e.errno, f"cannot listen on {self.host}:{self.port}: {e.strerror}"

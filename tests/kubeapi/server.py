@@ -336,7 +336,7 @@ _LABEL_KEY = re.compile(r"^(!?)\s*([A-Za-z0-9._/-]+)$")
 
 
 class _Selector:
-    """fieldSelector (metadata.name/namespace) and labelSelector of one request."""
+    """fieldSelector (metadata.name/namespace, status.phase) and labelSelector of one request."""
 
     def __init__(self, field_selector: str, label_selector: str) -> None:
         self.fields: list[tuple[str, bool, str]] = []  # (field, equal, value)
@@ -346,7 +346,7 @@ class _Selector:
             if not m:
                 raise _HttpError(400, "BadRequest", f"invalid field selector: {term!r}")
             fld, op, value = m.groups()
-            if fld not in ("metadata.name", "metadata.namespace"):
+            if fld not in ("metadata.name", "metadata.namespace", "status.phase"):
                 raise _HttpError(
                     400,
                     "BadRequest",
@@ -378,7 +378,11 @@ class _Selector:
 
     def matches(self, ns: str | None, name: str, data: bytes) -> bool:
         for fld, equal, value in self.fields:
-            actual = name if fld == "metadata.name" else (ns or "")
+            if fld == "status.phase":
+                # kube-apiserver supports it for pods (what CoreDNS and kdns watch with).
+                actual = (json.loads(data).get("status") or {}).get("phase") or ""
+            else:
+                actual = name if fld == "metadata.name" else (ns or "")
             if (actual == value) != equal:
                 return False
         if not self.labels:
