@@ -56,6 +56,8 @@ import pytest
 
 from tests.conftest import need_root, need_tool
 from tests.e2e.conftest import EXAMPLES, ROOT, STOP_TIMEOUT
+from tests.e2e.netns import ip_command as _ip
+from tests.e2e.netns import node_and_pod
 
 pytestmark = pytest.mark.root
 
@@ -335,12 +337,6 @@ class AutopathNetwork:
         return "\n".join(parts)
 
 
-def _ip(ip: str, *args: str) -> None:
-    result = subprocess.run([ip, *args], capture_output=True, text=True, timeout=10)
-    if result.returncode != 0:
-        raise RuntimeError(f"ip {' '.join(args)}: {result.stderr.strip()}")
-
-
 def _stop(proc: subprocess.Popen[bytes]) -> None:
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
@@ -421,29 +417,7 @@ def autopath_network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Autop
     network.relay_log.touch()
 
     with contextlib.ExitStack() as cleanup:
-        # Registered before each step, so whatever was created is removed, even on failure.
-        # Deleting a namespace deletes the veth end inside it (and so the pair).
-        cleanup.callback(subprocess.run, [ip, "netns", "del", node], capture_output=True)
-        _ip(ip, "netns", "add", node)
-        cleanup.callback(subprocess.run, [ip, "netns", "del", pod], capture_output=True)
-        _ip(ip, "netns", "add", pod)
-        # Created inside the node namespace with its peer inside the pod namespace: the pair
-        # never appears in the host's namespace, so the names cannot collide with anything.
-        _ip(
-            ip,
-            "-n",
-            node,
-            "link",
-            "add",
-            "eth0",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            pod,
-        )
+        node_and_pod(ip, node, pod, cleanup)
         for ns in (node, pod):
             _ip(ip, "-n", ns, "link", "set", "lo", "up")
         network_up(ip, node, pod)
