@@ -18,9 +18,9 @@ RUN pip install --no-index --find-links=/wheels kdns \
     && groupadd --system --gid 65532 kdns \
     && useradd --system --uid 65532 --gid kdns --no-create-home --shell /usr/sbin/nologin kdns
 # The example cluster, so `docker run IMAGE` answers something with no further setup;
-# a real deployment mounts its own manifests or (later) talks to the API server.
+# a real deployment mounts its own manifests, or drops --manifests to follow the cluster API.
 COPY config/examples /etc/kdns/manifests
 USER 65532:65532
-EXPOSE 1053/udp 1053/tcp
+EXPOSE 1053/udp 1053/tcp 8080/tcp 8181/tcp 9153/tcp
 ENTRYPOINT ["kdns"]
 CMD ["serve", "--dns-addr", "0.0.0.0:1053", "--manifests", "/etc/kdns/manifests"]
