@@ -194,7 +194,8 @@ _LISTS = ("zones", "manifests", "upstreams")
 
 def env_overrides(environ: dict[str, str]) -> dict[str, Any]:
     """`KDNS_TTL=30`, `KDNS_UPSTREAMS="1.1.1.1 8.8.8.8"`: one key each, for containers whose
-    config file is baked in. Raises ConfigError naming the variable."""
+    config file is baked in. Variables that name no key are ignored; a bad value raises
+    ConfigError naming the variable."""
     types = {f.name: f.type for f in fields(Config)}
     out: dict[str, Any] = {}
     for name, text in environ.items():
@@ -202,7 +203,9 @@ def env_overrides(environ: dict[str, str]) -> dict[str, Any]:
             continue
         key = name[5:].lower()
         if key not in types or key in ("source", "stub_domains"):
-            raise ConfigError(f"${name}: not a config key that can be set from the environment")
+            # Not ours: Kubernetes injects KDNS_SERVICE_HOST, KDNS_PORT, … into every pod of a
+            # namespace holding a Service named "kdns" (service links), and tools set their own.
+            continue
         if key in _LISTS:
             out[key] = tuple(text.replace(",", " ").split())
         elif key == "autopath":

@@ -322,3 +322,58 @@ def test_parse_hostport_default_port() -> None:
 def test_parse_hostport_errors(text: str, match: str) -> None:
     with pytest.raises(ValueError, match=re.escape(match)):
         parse_hostport(text)
+
+
+# --- KDNS_* environment variables --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("environ", "expected"),
+    [
+        ({"KDNS_TTL": "30"}, {"ttl": 30}),
+        (
+            {"KDNS_UPSTREAMS": "10.0.0.2 10.0.0.3:5353"},
+            {"upstreams": ("10.0.0.2", "10.0.0.3:5353")},
+        ),
+        ({"KDNS_UPSTREAMS": ""}, {"upstreams": ()}),
+        (
+            {"KDNS_ZONES": "cluster.local,in-addr.arpa"},
+            {"zones": ("cluster.local", "in-addr.arpa")},
+        ),
+        ({"KDNS_AUTOPATH": "true"}, {"autopath": True}),
+        ({"KDNS_FORWARD_TIMEOUT": "0.5"}, {"forward_timeout": 0.5}),
+        ({"KDNS_PODS": "verified", "PATH": "/bin"}, {"pods": "verified"}),
+        # Service links Kubernetes injects for a Service named "kdns", and other tools' vars.
+        ({"KDNS_SERVICE_HOST": "10.96.0.10", "KDNS_PORT": "udp://10.96.0.10:53"}, {}),
+        ({"KDNS_REQUIRE_ALL": "1", "KDNS_SOURCE": "x", "KDNS_STUB_DOMAINS": "x"}, {}),
+    ],
+)
+def test_env_overrides(environ: dict[str, str], expected: dict[str, object]) -> None:
+    from kdns.config import env_overrides
+
+    overrides = env_overrides(environ)
+    assert overrides == expected
+    # They go through the same validation as the file and the flags.
+    Config().with_overrides(**overrides)
+
+
+@pytest.mark.parametrize(
+    ("environ", "words"),
+    [
+        ({"KDNS_TTL": "five"}, "$KDNS_TTL: 'five' is not a number"),
+        ({"KDNS_AUTOPATH": "maybe"}, "$KDNS_AUTOPATH: 'maybe' is not true or false"),
+    ],
+)
+def test_env_override_errors_name_the_variable(environ: dict[str, str], words: str) -> None:
+    from kdns.config import env_overrides
+
+    with pytest.raises(ConfigError) as error:
+        env_overrides(environ)
+    assert str(error.value) == words
+
+
+def test_env_override_values_are_validated() -> None:
+    from kdns.config import env_overrides
+
+    with pytest.raises(ConfigError, match="ttl: 9999 is not a whole number"):
+        Config().with_overrides(**env_overrides({"KDNS_TTL": "9999"}))
