@@ -802,6 +802,7 @@ class ApiServer:
         self._watches: set[_Watch] = set()
         self._conns: set[_Conn] = set()
         self._conn_threads: set[threading.Thread] = set()
+        self._all_conn_threads: list[threading.Thread] = []
         self._stopping = False
 
         self._ca = trustme.CA()
@@ -850,7 +851,9 @@ class ApiServer:
             self._listener = None
         self._drop_connections(rst=False)
         deadline = time.monotonic() + timeout
-        for t in list(self._conn_threads):
+        with self._cond:
+            threads = list(self._all_conn_threads)
+        for t in threads:
             t.join(max(0.0, deadline - time.monotonic()))
         self._wake_r.close()
         self._wake_w.close()
@@ -977,6 +980,9 @@ class ApiServer:
                 )
                 with self._cond:
                     self._conn_threads.add(t)
+                    # Kept after the thread leaves _conn_threads (its last lines run after
+                    # that), so stop() can join it to the very end.
+                    self._all_conn_threads.append(t)
                 t.start()
 
     def _serve_connection(self, raw: socket.socket, addr: Any) -> None:
