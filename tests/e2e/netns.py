@@ -11,7 +11,9 @@ import subprocess
 
 
 def ip_command(ip: str, *args: str) -> None:
-    result = subprocess.run([ip, *args], capture_output=True, text=True, timeout=10)
+    # Generous: creating a namespace waits for the kernel to finish tearing down earlier ones,
+    # which takes seconds on a busy machine.
+    result = subprocess.run([ip, *args], capture_output=True, text=True, timeout=60)
     if result.returncode != 0:
         raise RuntimeError(f"ip {' '.join(args)}: {result.stderr.strip()}")
 
