@@ -38,6 +38,7 @@ from kdns.proxy.routes import (
     RouteEndpoint,
     ServiceKey,
     ServicePortRoute,
+    check_family,
     is_service_chain,
     port_proto_hash,
     route_sort_key,
@@ -95,27 +96,16 @@ class IptablesConfig:
         if not 0 <= self.masquerade_bit <= 31:
             raise ValueError(f"masquerade_bit {self.masquerade_bit} is out of range 0-31")
         if self.cluster_cidr is not None:
-            _check_family(ipaddress.ip_network(self.cluster_cidr, strict=False), self.family)
+            check_family(ipaddress.ip_network(self.cluster_cidr, strict=False), self.family)
         if self.node_ip is not None:
-            _check_family(ipaddress.ip_address(self.node_ip), self.family)
+            check_family(ipaddress.ip_address(self.node_ip), self.family)
         for ip in self.nodeport_ips:
-            _check_family(ipaddress.ip_address(ip), self.family)
+            check_family(ipaddress.ip_address(ip), self.family)
 
     @property
     def masquerade_mark(self) -> str:
         """As kube-proxy formats it (`%#08x`): 0x004000 for bit 14."""
         return f"{1 << self.masquerade_bit:#08x}"
-
-
-def _check_family(
-    value: ipaddress.IPv4Address
-    | ipaddress.IPv6Address
-    | ipaddress.IPv4Network
-    | ipaddress.IPv6Network,
-    family: int,
-) -> None:
-    if value.version != family:
-        raise ValueError(f"{value} is not an IPv{family} address")
 
 
 @dataclass(frozen=True, slots=True)

@@ -338,3 +338,15 @@ def build_routes(
     for key in sorted(services):
         routes.extend(service_routes(services[key], endpoints.get(key, ()), node_name))
     return tuple(routes)
+
+
+def check_family(
+    value: ipaddress.IPv4Address
+    | ipaddress.IPv6Address
+    | ipaddress.IPv4Network
+    | ipaddress.IPv6Network,
+    family: int,
+) -> None:
+    """A renderer's config check: `value` belongs to the family (4 or 6) being rendered."""
+    if value.version != family:
+        raise ValueError(f"{value} is not an IPv{family} address")
