@@ -17,7 +17,6 @@ from typing import Any
 
 import pytest
 
-from kdns.model import Endpoint, EndpointPort, Service, ServicePort
 from kdns.proxy.iptables import (
     JUMP_RULES,
     IptablesConfig,
@@ -29,48 +28,14 @@ from kdns.proxy.iptables import (
     saved_chains,
     stale_chains,
 )
-from kdns.proxy.routes import ServicePortRoute, build_routes
+from kdns.proxy.routes import ServicePortRoute
 from tests.conftest import need_root, need_tool
+from tests.proxy.builders import NODE, PODS, ep, routes, svc
 
-NODE = "node1"
-PODS = "10.244.0.0/16"
 CONFIG = IptablesConfig(cluster_cidr=PODS)
 NODEPORT = (("p80", "TCP", 80, 30080),)
 
 # --- building routes ---------------------------------------------------------------------------
-
-
-def svc(
-    name: str,
-    *,
-    ports: Any = (("p80", "TCP", 80, None),),
-    ip: str = "172.30.0.41",
-    **kw: Any,
-) -> Service:
-    """A Service "ns/name" whose ports, given as (name, protocol, port, nodePort), target 8080."""
-    namespace, _, short = name.partition("/")
-    return Service(
-        namespace,
-        short,
-        cluster_ips=(ip,),
-        ports=tuple(ServicePort(pn, proto, p, 8080, np) for pn, proto, p, np in ports),
-        **kw,
-    )
-
-
-def ep(
-    ip: str,
-    *,
-    node: str = "node2",
-    ports: tuple[tuple[str, str, int], ...] = (("p80", "TCP", 8080),),
-    **conditions: Any,
-) -> Endpoint:
-    return Endpoint(ip, node_name=node, ports=tuple(EndpointPort(*p) for p in ports), **conditions)
-
-
-def routes(*pairs: tuple[Service, list[Endpoint]]) -> tuple[ServicePortRoute, ...]:
-    services = {s.key: s for s, _ in pairs}
-    return build_routes(services, {s.key: tuple(e) for s, e in pairs}, NODE)
 
 
 # --- the expected text ---------------------------------------------------------------------------

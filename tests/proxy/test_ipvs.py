@@ -43,47 +43,13 @@ from kdns.proxy.ipvs import (
     render_ipset_restore,
 )
 from kdns.proxy.routes import ServicePortRoute, build_routes
+from tests.proxy.builders import NODE, PODS, ep, routes, svc
 
-NODE = "node1"
 NODE_IP = "192.168.1.10"
-PODS = "10.244.0.0/16"
 CONFIG = IpvsConfig(local_ips=(NODE_IP, "127.0.0.1"), node_ips=(NODE_IP,), cluster_cidrs=(PODS,))
 NODEPORT = (("p80", "TCP", 80, 30080),)
 
 # --- building routes ---------------------------------------------------------------------------
-
-
-def svc(
-    name: str,
-    *,
-    ports: Any = (("p80", "TCP", 80, None),),
-    ip: str | tuple[str, ...] = "172.30.0.41",
-    **kw: Any,
-) -> Service:
-    """A Service "ns/name" whose ports, given as (name, protocol, port, nodePort), target 8080."""
-    namespace, _, short = name.partition("/")
-    return Service(
-        namespace,
-        short,
-        cluster_ips=(ip,) if isinstance(ip, str) else ip,
-        ports=tuple(ServicePort(pn, proto, p, 8080, np) for pn, proto, p, np in ports),
-        **kw,
-    )
-
-
-def ep(
-    ip: str,
-    *,
-    node: str = "node2",
-    ports: tuple[tuple[str, str, int], ...] = (("p80", "TCP", 8080),),
-    **conditions: Any,
-) -> Endpoint:
-    return Endpoint(ip, node_name=node, ports=tuple(EndpointPort(*p) for p in ports), **conditions)
-
-
-def routes(*pairs: tuple[Service, list[Endpoint]]) -> tuple[ServicePortRoute, ...]:
-    services = {s.key: s for s, _ in pairs}
-    return build_routes(services, {s.key: tuple(e) for s, e in pairs}, NODE)
 
 
 def text(block: str) -> str:
