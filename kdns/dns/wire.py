@@ -24,7 +24,6 @@ from dnslib import RR, DNSBuffer, DNSLabel
 
 MAX_UDP_PAYLOAD = 1232  # EDNS payload cap (DNS Flag Day 2020; RFC 9715 guidance)
 CLASSIC_UDP_PAYLOAD = 512  # RFC 1035 §4.2.1, without EDNS
-TCP_PAYLOAD = 65535
 MAX_NAME = 255  # octets on the wire, RFC 1035 §3.1
 MAX_LABEL = 63
 OPT = 41

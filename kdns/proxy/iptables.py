@@ -38,8 +38,9 @@ from kdns.proxy.routes import (
     RouteEndpoint,
     ServiceKey,
     ServicePortRoute,
-    check_family,
+    check_node_config,
     is_service_chain,
+    masquerade_mark,
     port_proto_hash,
     route_sort_key,
     service_port_endpoint_chain_name,
@@ -91,21 +92,13 @@ class IptablesConfig:
     large_cluster_endpoints: int = LARGE_CLUSTER_ENDPOINTS
 
     def __post_init__(self) -> None:
-        if self.family not in (4, 6):
-            raise ValueError(f"family must be 4 or 6, not {self.family!r}")
-        if not 0 <= self.masquerade_bit <= 31:
-            raise ValueError(f"masquerade_bit {self.masquerade_bit} is out of range 0-31")
-        if self.cluster_cidr is not None:
-            check_family(ipaddress.ip_network(self.cluster_cidr, strict=False), self.family)
-        if self.node_ip is not None:
-            check_family(ipaddress.ip_address(self.node_ip), self.family)
-        for ip in self.nodeport_ips:
-            check_family(ipaddress.ip_address(ip), self.family)
+        check_node_config(
+            self.family, self.masquerade_bit, self.cluster_cidr, self.node_ip, self.nodeport_ips
+        )
 
     @property
     def masquerade_mark(self) -> str:
-        """As kube-proxy formats it (`%#08x`): 0x004000 for bit 14."""
-        return f"{1 << self.masquerade_bit:#08x}"
+        return masquerade_mark(self.masquerade_bit)
 
 
 @dataclass(frozen=True, slots=True)

@@ -54,7 +54,7 @@ import shlex
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
-from kdns.proxy.routes import RouteEndpoint, ServicePortRoute, route_sort_key
+from kdns.proxy.routes import RouteEndpoint, ServicePortRoute, masquerade_mark, route_sort_key
 
 DUMMY_DEVICE = "kube-ipvs0"  # proxier.go defaultDummyDevice
 DEFAULT_SCHEDULER = "rr"  # proxier.go defaultScheduler
@@ -451,8 +451,7 @@ class IpvsConfig:
 
     @property
     def masquerade_mark(self) -> str:
-        """As kube-proxy formats it (`%#08x`): 0x004000 for bit 14."""
-        return f"{1 << self.masquerade_bit:#08x}"
+        return masquerade_mark(self.masquerade_bit)
 
     @property
     def sched_flags(self) -> int:

@@ -67,6 +67,8 @@ from kdns.proxy.routes import (
     ServiceKey,
     ServicePortRoute,
     check_family,
+    check_node_config,
+    masquerade_mark,
     route_sort_key,
 )
 
@@ -231,16 +233,9 @@ class NftablesConfig:
     defer_chain_deletes: bool = False
 
     def __post_init__(self) -> None:
-        if self.family not in (4, 6):
-            raise ValueError(f"family must be 4 or 6, not {self.family!r}")
-        if not 0 <= self.masquerade_bit <= 31:
-            raise ValueError(f"masquerade_bit {self.masquerade_bit} is out of range 0-31")
-        if self.cluster_cidr is not None:
-            check_family(ipaddress.ip_network(self.cluster_cidr, strict=False), self.family)
-        if self.node_ip is not None:
-            check_family(ipaddress.ip_address(self.node_ip), self.family)
-        for ip in self.nodeport_ips:
-            check_family(ipaddress.ip_address(ip), self.family)
+        check_node_config(
+            self.family, self.masquerade_bit, self.cluster_cidr, self.node_ip, self.nodeport_ips
+        )
         for cidr in self.service_cidrs:
             check_family(ipaddress.ip_network(cidr, strict=False), self.family)
 
@@ -260,8 +255,7 @@ class NftablesConfig:
 
     @property
     def masquerade_mark(self) -> str:
-        """As kube-proxy formats it (`%#08x`): 0x004000 for bit 14."""
-        return f"{1 << self.masquerade_bit:#08x}"
+        return masquerade_mark(self.masquerade_bit)
 
 
 @dataclass(frozen=True, slots=True)

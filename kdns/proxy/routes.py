@@ -350,3 +350,28 @@ def check_family(
     """A renderer's config check: `value` belongs to the family (4 or 6) being rendered."""
     if value.version != family:
         raise ValueError(f"{value} is not an IPv{family} address")
+
+
+def check_node_config(
+    family: int,
+    masquerade_bit: int,
+    cluster_cidr: str | None,
+    node_ip: str | None,
+    nodeport_ips: tuple[str, ...],
+) -> None:
+    """The checks every per-family renderer config makes of its node settings."""
+    if family not in (4, 6):
+        raise ValueError(f"family must be 4 or 6, not {family!r}")
+    if not 0 <= masquerade_bit <= 31:
+        raise ValueError(f"masquerade_bit {masquerade_bit} is out of range 0-31")
+    if cluster_cidr is not None:
+        check_family(ipaddress.ip_network(cluster_cidr, strict=False), family)
+    if node_ip is not None:
+        check_family(ipaddress.ip_address(node_ip), family)
+    for ip in nodeport_ips:
+        check_family(ipaddress.ip_address(ip), family)
+
+
+def masquerade_mark(bit: int) -> str:
+    """The masquerade mark as kube-proxy formats it (`%#08x`): 0x004000 for bit 14."""
+    return f"{1 << bit:#08x}"
