@@ -7,12 +7,17 @@ Contract:
   problem, so the command line can print them and exit 2 before anything binds.
 - `serve` binds every socket first (a taken port is a plain OSError), then runs the DNS
   listeners, the HTTP endpoints and the source until cancelled or SIGTERM.
+- With `proxy: userspace`, the resolver answers each ClusterIP Service's loopback VIP (A only)
+  and `serve` runs the relay; the VIP map follows the store before the resolver does, and the
+  Services whose VIP moved are handed to the resolver with the change.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import logging
+import os
+import platform
 import signal
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -32,6 +37,8 @@ from kdns.dns.handler import Handler
 from kdns.dns.resolver import Resolver
 from kdns.dns.server import DnsServer
 from kdns.http import HttpEndpoint, health, prometheus, readiness
+from kdns.proxy.loopback import LoopbackVips
+from kdns.proxy.userspace import Relay
 from kdns.sources.static import ManifestSource
 from kdns.store import KINDS, Change, Store
 
@@ -63,6 +70,7 @@ class App:
     handler: Handler
     source: Source
     forwarder: Forwarder | None = None
+    relay: Relay | None = None
 
 
 def build(config: Config, kube_options: dict[str, Any] | None = None) -> App:
@@ -83,11 +91,13 @@ def build(config: Config, kube_options: dict[str, Any] | None = None) -> App:
     host, _ = parse_hostport(config.dns_addr)
     specific = () if host in ("0.0.0.0", "::") else (host,)
     forwarder = _forwarder(config)
+    vips = LoopbackVips() if config.proxy == "userspace" else None
     resolver = Resolver(
         store,
         config,
         ns_addresses=specific,
         reverse_fallthrough=forwarder is not None and bool(forwarder.config.upstreams),
+        service_addresses=vips.addresses if vips is not None else None,
     )
     handler = Handler(
         resolver,
@@ -97,6 +107,17 @@ def build(config: Config, kube_options: dict[str, Any] | None = None) -> App:
     )
 
     def follow(change: Change) -> None:
+        if vips is not None:
+            # A Service that came or went may move another's VIP (a collision): its answers
+            # change too.
+            moved = vips.update(store.services, change.services) - change.services
+            if moved:
+                change = Change(
+                    services=change.services | moved,
+                    namespaces=change.namespaces,
+                    pod_ips=change.pod_ips,
+                    trigger_time=change.trigger_time,
+                )
         handler.cache.drop(resolver.apply(change))
 
     store.subscribe(follow)
@@ -110,7 +131,15 @@ def build(config: Config, kube_options: dict[str, Any] | None = None) -> App:
         source = manifests
     else:
         source = kube.KubeSource(api, store, _watch_pods(config), **(kube_options or {}))
-    return App(config, store, resolver, handler, source, forwarder)
+    relay = Relay(store, node_name()) if config.proxy == "userspace" else None
+    return App(config, store, resolver, handler, source, forwarder, relay)
+
+
+def node_name() -> str:
+    """This node's name, for traffic policies Local: $NODE_NAME (the downward API's
+    spec.nodeName, as kube-proxy's manifests pass it), else the host name (kube-proxy's
+    default)."""
+    return os.environ.get("NODE_NAME") or platform.node()
 
 
 def _watch_pods(config: Config) -> bool:
@@ -218,6 +247,8 @@ async def serve(
         for endpoint in endpoints.values():
             await nursery.start(endpoint.run)
         await nursery.start(app.source.run)
+        if app.relay is not None:
+            await nursery.start(app.relay.run)
         if app.forwarder is not None:
             await nursery.start(app.forwarder.run)
         nursery.start_soon(_stop_on_sigterm, nursery.cancel_scope)

@@ -19,7 +19,7 @@ import trio
 from dnslib import QTYPE
 
 from kdns import app
-from kdns.config import POD_MODES, Config, ConfigError, env_overrides, load_config
+from kdns.config import POD_MODES, PROXY_MODES, Config, ConfigError, env_overrides, load_config
 
 log = logging.getLogger("kdns")
 
@@ -74,6 +74,11 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="answer a pod's search path server-side (CoreDNS autopath @kubernetes)",
     )
+    serve.add_argument(
+        "--proxy",
+        choices=PROXY_MODES,
+        help="userspace: relay Services from loopback VIPs and answer those in DNS (none)",
+    )
     check = commands.add_parser(
         "check", help="validate a config and manifests and print what would be served"
     )
@@ -90,6 +95,7 @@ def _config(args: argparse.Namespace) -> Config:
         upstreams=tuple(upstreams) if upstreams is not None else None,
         kube_dns_configmap=getattr(args, "kube_dns_configmap", None),
         autopath=getattr(args, "autopath", None),
+        proxy=getattr(args, "proxy", None),
         zones=tuple(args.zones) if args.zones else None,
         ttl=args.ttl,
         pods=args.pods,

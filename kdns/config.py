@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 POD_MODES = ("insecure", "verified", "disabled")
+PROXY_MODES = ("none", "userspace")  # what `kdns serve` relays itself (README: userspace proxy)
 DEFAULT_ZONES = ("cluster.local", "in-addr.arpa", "ip6.arpa")
 _ZONE = re.compile(r"^(?!-)[a-z0-9-_]{1,63}(?<!-)(\.(?!-)[a-z0-9-_]{1,63}(?<!-))*$")
 
@@ -58,6 +59,8 @@ class Config:
     cache_max_denial_ttl: int = 30
     serve_stale: float = 0.0  # seconds past expiry an answer may be served when upstreams fail
     autopath: bool = False  # answer a pod's search path server-side (needs pods watched)
+    # userspace: relay Services from loopback VIPs (no privileges) and answer those VIPs in DNS.
+    proxy: str = "none"
     source: str = field(default="", compare=False)  # the file this came from, for messages
 
     @property
@@ -171,6 +174,8 @@ def validate(config: Config, where: str) -> Config:
             raise fail(key, f"{value!r} is not a number of seconds in {low:g}-{high:g}")
     if not isinstance(config.autopath, bool):
         raise fail("autopath", f"{config.autopath!r} is not true or false")
+    if config.proxy not in PROXY_MODES:
+        raise fail("proxy", f"{config.proxy!r} is not one of {', '.join(PROXY_MODES)}")
     return replace(
         config,
         zones=tuple(zones),
