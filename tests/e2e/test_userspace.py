@@ -22,13 +22,16 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
+import dns.exception
 import dns.rcode
 import dns.resolver
 import dns.reversename
 import pytest
 
+from kdns.proxy.loopback import allocate
 from tests.conftest import need, need_root, need_tool
 from tests.e2e.conftest import (
     LOCAL_HTTP,
@@ -195,88 +198,118 @@ def udp_echo(address: tuple[str, int]) -> str:
         return sock.recv(65535).decode().split(" ")[0]
 
 
-def test_a_pod_without_privileges_reaches_services_by_name(tmp_path: Path) -> None:
+@dataclass
+class Unprivileged:
+    """A running `kdns serve --proxy userspace` without privileges, over one manifest file."""
+
+    proc: subprocess.Popen[bytes]
+    dns_port: int
+    manifest: Path
+    stderr_path: Path
+    as_nobody: bool
+
+    def log(self) -> str:
+        return self.stderr_path.read_text(errors="replace")
+
+    def vip_of(self, name: str) -> str:
+        reply = ask(self.dns_port, f"{name}.default.svc.cluster.local", "A")
+        (vip,) = rdata_texts(reply, "A")
+        return vip
+
+    def rewrite(self, text: str) -> None:
+        write_atomically(self.manifest, text)
+        os.chmod(self.manifest, 0o644)
+
+
+@contextlib.contextmanager
+def unprivileged_kdns(text: str, tmp_path: Path, first_name: str) -> Iterator[Unprivileged]:
+    """Start kdns over a manifest holding `text`; wait until `first_name` resolves."""
     need_root()  # to drop to nobody
     need_tool("setpriv", "util-linux")
-    start = int(Path("/proc/sys/net/ipv4/ip_unprivileged_port_start").read_text())
-    need(start > LOW_PORT, f"net.ipv4.ip_unprivileged_port_start is {start}: port 80 is free")
     as_nobody = nobody_can_run_kdns()
     folder = Path(tempfile.mkdtemp(prefix="kdns-userspace-"))
     try:
         folder.chmod(0o755)  # readable by nobody
-        with echo_backends(BACKENDS) as target:
-            web_port = free_port("127.0.0.1")
-            manifest = folder / "cluster.yaml"
-            manifest.write_text(manifests(web_port, LOW_PORT, target, BACKENDS[:2]))
-            manifest.chmod(0o644)
-            dns_port = free_port()
-            stderr_path = tmp_path / "stderr.log"
-            command = [
-                *unprivileged(as_nobody),
-                *kdns_command(
-                    "serve",
-                    "--proxy",
-                    "userspace",
-                    "--manifests",
-                    str(folder),
-                    "--dns-addr",
-                    f"127.0.0.1:{dns_port}",
-                    *LOCAL_HTTP,
-                ),
-            ]
-            with open(stderr_path, "wb") as err:
-                proc = subprocess.Popen(
-                    command,
-                    stdout=subprocess.DEVNULL,
-                    stderr=err,
-                    stdin=subprocess.DEVNULL,
-                    cwd=ROOT if as_nobody else "/",
-                )
-            try:
-                run_scenario(proc, dns_port, web_port, target, manifest, stderr_path, as_nobody)
-            finally:
-                if proc.poll() is None:
-                    proc.terminate()
-                    try:
-                        proc.wait(timeout=STOP_TIMEOUT)
-                    except subprocess.TimeoutExpired:
-                        proc.kill()
-                        proc.wait(timeout=STOP_TIMEOUT)
+        manifest = folder / "cluster.yaml"
+        manifest.write_text(text)
+        manifest.chmod(0o644)
+        dns_port = free_port()
+        stderr_path = tmp_path / "stderr.log"
+        command = [
+            *unprivileged(as_nobody),
+            *kdns_command(
+                "serve",
+                "--proxy",
+                "userspace",
+                "--manifests",
+                str(folder),
+                "--dns-addr",
+                f"127.0.0.1:{dns_port}",
+                *LOCAL_HTTP,
+            ),
+        ]
+        with open(stderr_path, "wb") as err:
+            proc = subprocess.Popen(
+                command,
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+                stdin=subprocess.DEVNULL,
+                cwd=ROOT if as_nobody else "/",
+            )
+        server = Unprivileged(proc, dns_port, manifest, stderr_path, as_nobody)
+        try:
+
+            def answering() -> bool:
+                try:
+                    reply = ask(dns_port, f"{first_name}.default.svc.cluster.local", timeout=0.2)
+                except (OSError, dns.exception.Timeout):
+                    return False
+                return bool(rdata_texts(reply, "A"))
+
+            wait_answering(answering, proc, server.log, timeout=START_TIMEOUT)
+            yield server
+            assert proc.poll() is None, server.log()
+        finally:
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=STOP_TIMEOUT)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(timeout=STOP_TIMEOUT)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def run_scenario(
-    proc: subprocess.Popen[bytes],
-    dns_port: int,
-    web_port: int,
-    target: int,
-    manifest: Path,
-    stderr_path: Path,
-    as_nobody: bool,
-) -> None:
-    def log() -> str:
-        return stderr_path.read_text(errors="replace")
-
-    def vip_of(name: str) -> str:
-        reply = ask(dns_port, f"{name}.default.svc.cluster.local", "A")
-        (vip,) = rdata_texts(reply, "A")
-        return vip
-
-    def answering() -> bool:
+def connect_when_ready(address: tuple[str, int], proc: subprocess.Popen[bytes]) -> str:
+    """The relay binds right after the first sync, as DNS starts answering: allow it a moment."""
+    deadline = time.monotonic() + START_TIMEOUT
+    while True:
         try:
-            return bool(
-                rdata_texts(ask(dns_port, "web.default.svc.cluster.local", "A", timeout=0.2))
-            )
-        except Exception:
-            return False
+            return tcp_echo(address)
+        except OSError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise
+            time.sleep(0.1)
 
-    wait_answering(answering, proc, log, timeout=START_TIMEOUT)
+
+def test_a_pod_without_privileges_reaches_services_by_name(tmp_path: Path) -> None:
+    start = int(Path("/proc/sys/net/ipv4/ip_unprivileged_port_start").read_text())
+    need(start > LOW_PORT, f"net.ipv4.ip_unprivileged_port_start is {start}: port 80 is free")
+    with echo_backends(BACKENDS) as target:
+        web_port = free_port("127.0.0.1")
+        text = manifests(web_port, LOW_PORT, target, BACKENDS[:2])
+        with unprivileged_kdns(text, tmp_path, "web") as server:
+            run_scenario(server, web_port, target)
+
+
+def run_scenario(server: Unprivileged, web_port: int, target: int) -> None:
+    proc, dns_port, log, vip_of = server.proc, server.dns_port, server.log, server.vip_of
     # No privileges: nobody (or root without capabilities), every capability set empty.
     assert status_field(proc.pid, "CapEff") == "0000000000000000"
     assert status_field(proc.pid, "CapPrm") == "0000000000000000"
     assert status_field(proc.pid, "CapBnd") == "0000000000000000"
-    if as_nobody:
+    if server.as_nobody:
         assert status_field(proc.pid, "Uid").split()[0] == str(65534)
 
     # DNS: the loopback VIP, no AAAA (the ClusterIPv6 is unreachable here), PTR back.
@@ -288,16 +321,8 @@ def run_scenario(
     ptr = ask(dns_port, dns.reversename.from_address(vip).to_text(), "PTR")
     assert rdata_texts(ptr, "PTR") == {"web.default.svc.cluster.local."}
 
-    # The relay is up once DNS is (both after the first sync); connect by name's answer.
-    deadline = time.monotonic() + START_TIMEOUT
-    while True:
-        try:
-            names = {tcp_echo((vip, web_port)) for _ in range(12)}
-            break
-        except OSError:
-            if time.monotonic() > deadline or proc.poll() is not None:
-                raise
-            time.sleep(0.1)
+    connect_when_ready((vip, web_port), proc)
+    names = {tcp_echo((vip, web_port)) for _ in range(12)}
     assert names == {"pod-11", "pod-12"}
     assert {udp_echo((vip, web_port)) for _ in range(12)} == {"pod-11", "pod-12"}
 
@@ -312,8 +337,7 @@ def run_scenario(
         tcp_echo((low_vip, LOW_PORT))
 
     # Endpoints change: the manifests now name pod-13 only (and low gets a new endpoint too).
-    write_atomically(manifest, manifests(web_port, LOW_PORT, target, BACKENDS[2:]))
-    os.chmod(manifest, 0o644)
+    server.rewrite(manifests(web_port, LOW_PORT, target, BACKENDS[2:]))
     deadline = time.monotonic() + CHANGE_TIMEOUT
     while True:
         names = {tcp_echo((vip, web_port)) for _ in range(6)}
@@ -326,4 +350,68 @@ def run_scenario(
     assert vip_of("web") == vip  # the VIP depends on the Services, not their endpoints
     # Still one warning: a retried bind that fails again does not log again.
     assert len([line for line in log().splitlines() if "cannot listen on" in line]) == 1
-    assert proc.poll() is None, log()
+
+
+def colliding_names() -> tuple[str, str]:
+    """Two Service names in `default` whose first-choice VIPs are the same (a birthday search
+    over 4 million addresses: about 2,500 names)."""
+    first: dict[str, str] = {}
+    for i in range(100_000):
+        name = f"c{i}"
+        (vip,) = allocate([("default", name)]).values()
+        if vip in first:
+            return tuple(sorted((first[vip], name)))  # type: ignore[return-value]
+        first[vip] = name
+    raise AssertionError("no collision in 100,000 names")
+
+
+def two_services(names: tuple[str, ...], port: int, target: int) -> str:
+    documents = []
+    for name, backend in zip(names, BACKENDS, strict=False):
+        documents.append(
+            f"""\
+apiVersion: v1
+kind: Service
+metadata: {{name: {name}, namespace: default}}
+spec:
+  clusterIP: 10.96.1.{len(documents) + 1}
+  ports: [{{name: http, protocol: TCP, port: {port}, targetPort: {target}}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: {name}-1
+  namespace: default
+  labels: {{kubernetes.io/service-name: {name}}}
+addressType: IPv4
+ports: [{{name: http, protocol: TCP, port: {target}}}]
+endpoints: [{{addresses: [{backend}]}}]
+"""
+        )
+    return "---\n".join(documents)
+
+
+def test_a_vip_taken_by_a_newcomer_moves_in_dns_and_in_the_relay(tmp_path: Path) -> None:
+    # `first` sorts before `second` and wants the same address: when it arrives, `second`
+    # (alone until then, at its first choice) moves on. The cached answer for `second` must go.
+    first, second = colliding_names()
+    with echo_backends(BACKENDS) as target:
+        port = free_port("127.0.0.1")
+        # `second` alone, with pod-12 behind it.
+        text = two_services(("zz-unused", second), port, target).split("---\n", 1)[1]
+        with unprivileged_kdns(text, tmp_path, second) as server:
+            old_vip = server.vip_of(second)
+            assert old_vip == allocate([("default", first)])[("default", first)]
+            assert connect_when_ready((old_vip, port), server.proc) == "pod-12"
+            server.rewrite(two_services((first, second), port, target))
+            deadline = time.monotonic() + CHANGE_TIMEOUT
+            while server.vip_of(second) == old_vip:
+                assert time.monotonic() < deadline, "the moved VIP never reached DNS"
+                time.sleep(0.1)
+            new_vip = server.vip_of(second)
+            assert server.vip_of(first) == old_vip
+            assert (
+                new_vip == allocate([("default", first), ("default", second)])[("default", second)]
+            )
+            assert tcp_echo((old_vip, port)) == "pod-11"  # first's endpoint now
+            assert tcp_echo((new_vip, port)) == "pod-12"
