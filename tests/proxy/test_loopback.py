@@ -7,7 +7,10 @@ import ipaddress
 import random
 
 import pytest
+from dnslib import QTYPE, RCODE
 
+from kdns.config import Config
+from kdns.dns.resolver import Resolver
 from kdns.proxy.loopback import (
     VIP_NETWORK,
     LoopbackVips,
@@ -18,6 +21,8 @@ from kdns.proxy.loopback import (
     relay_table,
     render_relay_table,
 )
+from kdns.store import Change, Store
+from tests.dns.cluster import load, rrset, zone
 from tests.proxy.builders import NODE, ep, svc
 
 TINY = ipaddress.IPv4Network("127.250.0.0/26")  # 64 addresses: collisions are the rule
@@ -212,3 +217,68 @@ def test_relay_routes_take_the_primary_family_and_local_policy() -> None:
     (entry,) = relay_routes(local, eps, NODE, "127.64.0.2")
     assert [e.address for e in entry.endpoints] == ["10.244.1.5:6379"]
     assert relay_routes(local, eps, NODE, None) == ()
+
+
+# --- the DNS side: answers give the VIP ---------------------------------------------------------
+
+
+def vip_resolver() -> tuple[Resolver, LoopbackVips]:
+    """The examples cluster of tests/dns with the userspace proxy's hook, wired as app.py does."""
+    store = Store()
+    vips = LoopbackVips()
+    resolver = Resolver(store, Config(), service_addresses=vips.addresses)
+
+    def follow(change: Change) -> None:
+        moved = vips.update(store.services, change.services)
+        resolver.apply(Change(services=change.services | moved))
+
+    store.subscribe(follow)
+    load(store)
+    return resolver, vips
+
+
+def answer_text(resolver: Resolver, qname: str, qtype: str) -> tuple[int, set[str]]:
+    answer = resolver.resolve(qname, getattr(QTYPE, qtype))
+    assert answer is not None
+    return answer.rcode, rrset(answer.answer)
+
+
+def test_cluster_ip_services_answer_their_vip_and_nothing_else_changes() -> None:
+    resolver, vips = vip_resolver()
+    redis = vips.address(("default", "redis"))
+    api = vips.address(("prod", "api"))
+    assert redis is not None and api is not None
+    Z = "cluster.local"
+    table = [
+        (f"redis.default.svc.{Z}", "A", f"redis.default.svc.{Z}. 5 IN A {redis}"),
+        (f"redis.default.svc.{Z}", "AAAA", ""),
+        # Dual-stack: the ClusterIPv6 is unreachable through the relay, so no AAAA at all.
+        (f"api.prod.svc.{Z}", "A", f"api.prod.svc.{Z}. 5 IN A {api}"),
+        (f"api.prod.svc.{Z}", "AAAA", ""),
+        (
+            dns_reverse(redis),
+            "PTR",
+            f"{dns_reverse(redis)}. 5 IN PTR redis.default.svc.{Z}.",
+        ),
+        # Unchanged: SRV (the VIP listens on the Service's port), headless, ExternalName.
+        (
+            f"_redis._tcp.redis.default.svc.{Z}",
+            "SRV",
+            f"_redis._tcp.redis.default.svc.{Z}. 5 IN SRV 0 100 6379 redis.default.svc.{Z}.",
+        ),
+        (
+            f"hl.default.svc.{Z}",
+            "A",
+            f"hl.default.svc.{Z}. 5 IN A 10.244.1.5\nhl.default.svc.{Z}. 5 IN A 10.244.1.6",
+        ),
+        (f"ext.default.svc.{Z}", "CNAME", f"ext.default.svc.{Z}. 5 IN CNAME www.example.com."),
+    ]
+    for qname, qtype, records in table:
+        rcode, got = answer_text(resolver, qname, qtype)
+        assert (rcode, got) == (RCODE.NOERROR, zone(records)), (qname, qtype)
+    # The ClusterIP no longer has a PTR: no answer leads a client to it.
+    assert answer_text(resolver, dns_reverse("10.97.97.97"), "PTR")[0] == RCODE.NXDOMAIN
+
+
+def dns_reverse(ip: str) -> str:
+    return ipaddress.ip_address(ip).reverse_pointer
