@@ -559,16 +559,16 @@ async def _pump(
         scope.cancel()
 
 
+_TCP_TO_ENDPOINT = metrics.RELAY_BYTES.labels("tcp", "to_endpoint")
+_TCP_TO_CLIENT = metrics.RELAY_BYTES.labels("tcp", "to_client")
+
+
 async def _splice(client: trio.socket.SocketType, upstream: trio.socket.SocketType) -> None:
     failed = [False]
     async with trio.open_nursery() as nursery:
         scope = nursery.cancel_scope
-        nursery.start_soon(
-            _pump, client, upstream, metrics.RELAY_BYTES.labels("tcp", "to_endpoint"), failed, scope
-        )
-        nursery.start_soon(
-            _pump, upstream, client, metrics.RELAY_BYTES.labels("tcp", "to_client"), failed, scope
-        )
+        nursery.start_soon(_pump, client, upstream, _TCP_TO_ENDPOINT, failed, scope)
+        nursery.start_soon(_pump, upstream, client, _TCP_TO_CLIENT, failed, scope)
     if failed[0]:
         # One side reset (or vanished): reset the other too, as a router's RST would reach it.
         _reset(client)

@@ -18,6 +18,8 @@ Figures, per path:
   close: p50 and p99 of that whole exchange in microseconds (nearest rank).
 
 Ratios are against direct (throughput: path / direct; latency: path - direct in µs as well).
+The relays' CPU time (from /proc/<pid>/stat, socat's forked children included) per GiB
+streamed and per connection is the figure least disturbed by other load on the machine.
 The machine has 2 cores shared with other work: a relay that needs a core of its own competes
 with the client and the backend for it, so take the figures as a ratio, not as absolutes.
 
@@ -105,8 +107,21 @@ def serve_backend(port: int) -> None:
 # --- the client ----------------------------------------------------------------------------------
 
 
-def throughput(address: tuple[str, int], megabytes: int, seconds: float) -> float:
-    """MiB/s of one connection streaming `megabytes` (or for `seconds`, whichever ends first)."""
+def cpu_seconds(pid: int | None) -> float:
+    """CPU time of a process and its waited-for children (socat's per-connection forks)."""
+    if pid is None:
+        return 0.0
+    time.sleep(0.3)  # let the last connections' children exit and be reaped
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    # utime, stime, cutime, cstime: fields 14-17 of proc(5), 12-15 after the ")".
+    return sum(int(v) for v in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+def throughput(
+    address: tuple[str, int], megabytes: int, seconds: float, mib_read: list[float]
+) -> float:
+    """MiB/s of one connection streaming `megabytes` (or for `seconds`, whichever ends first);
+    the MiB actually read go to `mib_read[0]`."""
     total = megabytes * CHUNK
     buffer = bytearray(CHUNK)
     received = 0
@@ -124,6 +139,7 @@ def throughput(address: tuple[str, int], megabytes: int, seconds: float) -> floa
         elapsed = time.perf_counter() - start
     if received < min(total, 1 << 20):
         raise RuntimeError(f"{address}: only {received} bytes received")
+    mib_read[0] = received / CHUNK
     return received / CHUNK / elapsed
 
 
@@ -292,16 +308,27 @@ def main() -> int:
             }
             wait_port(paths["kdns"], kdns, "kdns")
             wait_port(paths["socat"], socat_proc, "socat")
+            relays = {"kdns": kdns.pid, "socat": socat_proc.pid}
             results = {}
+            cpu = {}
             for name, address in paths.items():
                 best_mib = 0.0
                 best_lat: list[float] = []
+                cpu_gib = cpu_conn = float("inf")
+                pid = relays.get(name)
                 for _ in range(args.rounds):
-                    best_mib = max(best_mib, throughput(address, args.megabytes, args.seconds))
+                    before = cpu_seconds(pid)
+                    mib = throughput(address, args.megabytes, args.seconds, mib_read := [0])
+                    middle = cpu_seconds(pid)
                     lat = latencies(address, args.connections)
+                    after = cpu_seconds(pid)
+                    best_mib = max(best_mib, mib)
+                    cpu_gib = min(cpu_gib, (middle - before) / (mib_read[0] / 1024))
+                    cpu_conn = min(cpu_conn, (after - middle) / args.connections)
                     if not best_lat or nearest_rank(lat, 50) < nearest_rank(best_lat, 50):
                         best_lat = lat
                 results[name] = (best_mib, nearest_rank(best_lat, 50), nearest_rank(best_lat, 99))
+                cpu[name] = (cpu_gib, cpu_conn)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     direct_mib, direct_p50, direct_p99 = results["direct"]
@@ -317,6 +344,12 @@ def main() -> int:
         print(
             f"{name:8} {mib:9.0f} {mib / direct_mib:9.2f} {p50 * 1e6:9.0f} {p99 * 1e6:9.0f} "
             f"{(p50 - direct_p50) * 1e6:9.0f} {(p99 - direct_p99) * 1e6:9.0f}"
+        )
+    for name in ("kdns", "socat"):
+        per_gib, per_conn = cpu[name]
+        print(
+            f"{name} relay CPU: {per_gib:.2f} s per GiB streamed, "
+            f"{per_conn * 1e6:.0f} µs per connection"
         )
     kdns_mib, kdns_p50, _ = results["kdns"]
     socat_mib, socat_p50, _ = results["socat"]

@@ -513,3 +513,23 @@ async def test_listeners_come_and_go_with_services() -> None:
         assert refused.value.errno == errno.ECONNREFUSED  # no listener any more
         assert (await ask_tcp(cluster.vip(late)))[0] == NAMES[BACKENDS[0]]
         nursery.cancel_scope.cancel()
+
+
+async def test_an_ipv6_only_service_is_relayed_from_its_ipv4_vip() -> None:
+    async with trio.open_nursery() as nursery:
+        cluster = Cluster(nursery)
+        backend = trio.socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+        await backend.bind(("::1", 0))
+        backend.listen(16)
+        port = backend.getsockname()[1]
+        nursery.start_soon(tcp_echo, backend, "pod-v6")
+        service = svc("default/v6", ip="fd00:10:96::60", ports=(("tcp", "TCP", port, None),))
+        cluster.services[service.key] = service
+        endpoints = (ep("::1", ports=(("tcp", "TCP", port),)),)
+        cluster.slices[("default", "v6-1")] = EndpointSlice(
+            "default", "v6-1", "v6", "IPv6", endpoints
+        )
+        await cluster.start_relay()
+        vip, _ = cluster.vip(service)
+        assert (await ask_tcp((vip, port), source="127.0.0.1")) == ("pod-v6", "::1")
+        nursery.cancel_scope.cancel()
