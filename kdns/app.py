@@ -247,11 +247,11 @@ async def serve(
         for endpoint in endpoints.values():
             await nursery.start(endpoint.run)
         await nursery.start(app.source.run)
-        if app.relay is not None:
-            await nursery.start(app.relay.run)
         if app.forwarder is not None:
             await nursery.start(app.forwarder.run)
         nursery.start_soon(_stop_on_sigterm, nursery.cancel_scope)
+        if app.relay is not None:
+            await nursery.start(app.relay.run)  # returns once bound, after the first sync
         log.info("kdns ready to answer for %s", ", ".join(config.zones))
         ports = {"dns": server.port, **{name: e.port for name, e in endpoints.items()}}
         task_status.started(ports)

@@ -76,6 +76,10 @@ SWEEP_INTERVAL = 10.0  # seconds between clean-ups of expired affinity entries
 SYNC_POLL = 0.05  # seconds between looks at store.synced before the first sync
 UNPRIVILEGED_PORT_START = "/proc/sys/net/ipv4/ip_unprivileged_port_start"
 _LINGER_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST
+_TCP_TO_ENDPOINT = metrics.RELAY_BYTES.labels("tcp", "to_endpoint")
+_TCP_TO_CLIENT = metrics.RELAY_BYTES.labels("tcp", "to_client")
+_UDP_TO_ENDPOINT = metrics.RELAY_BYTES.labels("udp", "to_endpoint")
+_UDP_TO_CLIENT = metrics.RELAY_BYTES.labels("udp", "to_client")
 
 
 class Balancer:
@@ -356,15 +360,19 @@ class Relay:
             while True:
                 try:
                     client, address = await listener.sock.accept()
-                except (trio.ClosedResourceError, OSError) as e:
-                    if isinstance(e, OSError) and e.errno in (errno.EMFILE, errno.ENFILE):
-                        # Out of file descriptors: back off instead of spinning.
-                        log.warning("userspace proxy: accept: %s", e.strerror)
+                except trio.ClosedResourceError:
+                    return  # the listener was closed: its Service or port went away
+                except OSError as e:
+                    if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                        # Out of descriptors or memory: back off instead of spinning.
+                        log.warning("userspace proxy: accept on %s: %s", listener.entry.vip, e)
                         await trio.sleep(0.1)
-                        continue
-                    return
+                    # Anything else (ECONNABORTED: the client gave up in the backlog) concerns
+                    # one connection only.
+                    continue
                 # The relay forwards what it reads at once; Nagle would only add latency.
-                client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                with contextlib.suppress(OSError):  # already reset: the relay will see
+                    client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 # Connection tasks live in the relay's nursery: closing the listener (its
                 # Service went away) leaves connections already made alone.
                 self._nursery.start_soon(self._relay_tcp, listener, client, address[0])
@@ -387,8 +395,12 @@ class Relay:
             if endpoint is None:
                 break
             tried.add(endpoint.address)
-            sock = trio.socket.socket(_family(endpoint.ip), socket.SOCK_STREAM)
             connected = False
+            try:
+                sock = trio.socket.socket(_family(endpoint.ip), socket.SOCK_STREAM)
+            except OSError as e:  # out of descriptors: this client is turned away, not kdns
+                log.warning("userspace proxy: cannot open a socket: %s", e)
+                break
             try:
                 with trio.move_on_after(timeout):
                     await sock.connect((endpoint.ip, endpoint.port))
@@ -417,23 +429,39 @@ class Relay:
                 while True:
                     try:
                         data, client = await listener.sock.recvfrom(65535)
-                    except (trio.ClosedResourceError, OSError):
-                        return
-                    session = listener.sessions.get(client)
-                    if session is None:
-                        session = self._open_session(listener, client, sessions)
-                        if session is None:
-                            continue  # no endpoint: dropped (no ICMP without a raw socket)
-                    else:
-                        listener.sessions.move_to_end(client)
-                    session.last = trio.current_time()
-                    try:
-                        await session.sock.send(data)
-                    except (trio.ClosedResourceError, OSError):
-                        # ICMP port unreachable from an earlier datagram: the endpoint is gone.
-                        self._end_session(listener, session, failed=True)
+                    except trio.ClosedResourceError:
+                        return  # the listener was closed: its Service or port went away
+                    except OSError as e:
+                        log.debug("userspace proxy: recvfrom on %s: %s", listener.entry.vip, e)
+                        await trio.sleep(0.01)
                         continue
-                    metrics.RELAY_BYTES.labels("udp", "to_endpoint").inc(len(data))
+                    await self._forward_datagram(listener, client, data, sessions)
+
+    async def _forward_datagram(
+        self,
+        listener: Listener,
+        client: tuple[str, int],
+        data: bytes,
+        sessions: trio.Nursery,
+    ) -> None:
+        for _ in range(2):
+            session = listener.sessions.get(client)
+            if session is None:
+                session = self._open_session(listener, client, sessions)
+                if session is None:
+                    return  # no endpoint: dropped (no ICMP without a raw socket)
+            else:
+                listener.sessions.move_to_end(client)
+            session.last = trio.current_time()
+            try:
+                await session.sock.send(data)
+            except (trio.ClosedResourceError, OSError):
+                # ICMP port unreachable from an earlier datagram: the endpoint is gone. The
+                # datagram goes once more, in a new session (to the next endpoint).
+                self._end_session(listener, session, failed=True)
+                continue
+            _UDP_TO_ENDPOINT.inc(len(data))
+            return
 
     def _open_session(
         self, listener: Listener, client: tuple[str, int], nursery: trio.Nursery
@@ -446,7 +474,11 @@ class Relay:
             _, oldest = listener.sessions.popitem(last=False)
             oldest.close()
             metrics.RELAY_CONNECTIONS.labels("udp", "evicted").inc()
-        raw = socket.socket(_family(endpoint.ip), socket.SOCK_DGRAM)
+        try:
+            raw = socket.socket(_family(endpoint.ip), socket.SOCK_DGRAM)
+        except OSError as e:  # out of descriptors: this datagram is dropped, not kdns
+            log.warning("userspace proxy: cannot open a socket: %s", e)
+            return None
         try:
             # A connected UDP socket: the kernel passes on only the endpoint's replies and
             # reports its ICMP errors to us. connect() on a datagram socket sends nothing.
@@ -484,7 +516,7 @@ class Relay:
                     await listener.sock.sendto(data, session.client)
                 except (trio.ClosedResourceError, OSError):
                     break
-                metrics.RELAY_BYTES.labels("udp", "to_client").inc(len(data))
+                _UDP_TO_CLIENT.inc(len(data))
         self._end_session(listener, session, failed=failed)
 
     def _end_session(self, listener: Listener, session: UdpSession, *, failed: bool) -> None:
@@ -557,10 +589,6 @@ async def _pump(
     except (OSError, trio.ClosedResourceError):
         failed[0] = True
         scope.cancel()
-
-
-_TCP_TO_ENDPOINT = metrics.RELAY_BYTES.labels("tcp", "to_endpoint")
-_TCP_TO_CLIENT = metrics.RELAY_BYTES.labels("tcp", "to_client")
 
 
 async def _splice(client: trio.socket.SocketType, upstream: trio.socket.SocketType) -> None:

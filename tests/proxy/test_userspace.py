@@ -533,3 +533,29 @@ async def test_an_ipv6_only_service_is_relayed_from_its_ipv4_vip() -> None:
         vip, _ = cluster.vip(service)
         assert (await ask_tcp((vip, port), source="127.0.0.1")) == ("pod-v6", "::1")
         nursery.cancel_scope.cancel()
+
+
+async def test_a_refusing_udp_endpoint_costs_a_client_one_retry_at_most() -> None:
+    async with trio.open_nursery() as nursery:
+        cluster = Cluster(nursery)
+        await cluster.start_backends()
+        # Nothing listens on 127.1.0.4: its ICMP port unreachable ends the session.
+        dns = cluster.service("dns", [*BACKENDS[:2], "127.1.0.4"])
+        failures = counter(DIAL_FAILURES, protocol="udp")
+        await cluster.start_relay()
+        vip, port = cluster.vip(dns)
+        tries = []
+        names = set()
+        for i in range(9):
+            with await udp_client(f"127.2.0.{i + 1}") as sock:
+                for attempt in range(1, 4):  # a stub resolver's retries
+                    await sock.sendto(b"hi", (vip, port))
+                    with trio.move_on_after(0.5):
+                        reply, _ = await sock.recvfrom(65535)
+                        names.add(reply.decode().split(" ")[0])
+                        tries.append(attempt)
+                        break
+        assert names == {NAMES[BACKENDS[0]], NAMES[BACKENDS[1]]}
+        assert len(tries) == 9 and max(tries) == 2  # the dead endpoint's clients retried once
+        assert counter(DIAL_FAILURES, protocol="udp") - failures == tries.count(2)
+        nursery.cancel_scope.cancel()
