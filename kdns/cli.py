@@ -1,4 +1,5 @@
-"""The command line: `kdns serve` and `kdns check`; exit 2 with one clear line per problem.
+"""The command line: `kdns serve`, `kdns check` and `kdns explain`; exit 2 with one clear line
+per problem.
 
 Contract:
 - `main(argv)` returns the exit status: 0 on success, 2 for a bad config, bad manifests or a
@@ -13,13 +14,15 @@ import logging
 import os
 import sys
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import trio
 from dnslib import QTYPE
 
 from kdns import app
 from kdns.config import POD_MODES, Config, ConfigError, env_overrides, load_config
+from kdns.dns import explain as explain_mod
 
 log = logging.getLogger("kdns")
 
@@ -78,6 +81,7 @@ def _parser() -> argparse.ArgumentParser:
         "check", help="validate a config and manifests and print what would be served"
     )
     common(check)
+    _explain_parser(commands, common)
     return parser
 
 
@@ -110,6 +114,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if args.command == "explain":
+        return _explain(args)
     try:
         config = _config(args)
         built = app.build(config)
@@ -158,6 +164,98 @@ def _summary(built: app.App) -> str:
             f"names per zone: {forward} forward, {reverse} reverse",
         ]
     )
+
+
+# --- kdns explain NAME [TYPE] -------------------------------------------------------------------
+
+
+def _explain_parser(commands: Any, common: Callable[[argparse.ArgumentParser], None]) -> None:
+    explain = commands.add_parser(
+        "explain",
+        help="print the answer kdns would give for a name, and why",
+        description="Print the answer kdns would give for NAME (records as dig shows them), where "
+        "each record comes from (Service, EndpointSlice, Pod), or why the name is NXDOMAIN or "
+        "NODATA. Exit status 0 when answered (any rcode), 2 on bad input or a bad source.",
+    )
+    explain.add_argument("name", metavar="NAME", help="a domain name, or an IP address (its PTR)")
+    explain.add_argument("type", metavar="TYPE", nargs="?", help="query type (A; PTR for an IP)")
+    common(explain)
+    explain.add_argument(
+        "--upstreams",
+        metavar="IP[:PORT]",
+        nargs="*",
+        help="where names outside the zones would go (default: /etc/resolv.conf)",
+    )
+    explain.add_argument(
+        "--timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="how long to wait for a live cluster to sync (30)",
+    )
+
+
+def _question(name: str, rtype: str | None) -> tuple[str, int]:
+    """NAME and TYPE as given → (lower-case name without the trailing dot, type number)."""
+    reverse = explain_mod.reverse_name_of(name)
+    qname = reverse if reverse is not None else name.rstrip(".").lower()
+    labels = qname.split(".")
+    if (
+        not qname
+        or not qname.isascii()
+        or any(not label or len(label) > 63 or not label.isprintable() for label in labels)
+        or len(qname) > 253
+    ):
+        raise ValueError(f"{name!r} is not a domain name")
+    text = (rtype or ("PTR" if reverse is not None else "A")).upper()
+    qtype = QTYPE.reverse.get(text)
+    if qtype is None and text.startswith("TYPE") and text[4:].isdigit():
+        qtype = int(text[4:])
+    if qtype is None or not 0 < qtype < 65536:
+        raise ValueError(f"{rtype!r} is not a DNS type (A, AAAA, SRV, PTR, CNAME, TXT, ...)")
+    return qname, qtype
+
+
+def _explain(args: argparse.Namespace) -> int:
+    try:
+        qname, qtype = _question(args.name, args.type)
+    except ValueError as e:
+        print(f"kdns: {e}", file=sys.stderr)
+        return 2
+    try:
+        config = _config(args)
+        built = app.build(config)
+    except ConfigError as e:
+        print(f"kdns: {e}", file=sys.stderr)
+        return 2
+    except app.StartupError as e:
+        for line in e.lines:
+            print(f"kdns: {line}", file=sys.stderr)
+        return 2
+    if not built.store.synced and not trio.run(_wait_synced, built, args.timeout):
+        kinds = ", ".join(built.store.unsynced_kinds())
+        print(
+            f"kdns: the cluster did not sync within {args.timeout:g} s (still waiting for: "
+            f"{kinds})",
+            file=sys.stderr,
+        )
+        return 2
+    upstreams: tuple[str, ...] = ()
+    if built.forwarder is not None:
+        upstreams = tuple(str(u) for u in built.forwarder.upstreams_for(qname))
+    print(explain_mod.render(explain_mod.explain(built.resolver, qname, qtype, upstreams)))
+    return 0
+
+
+async def _wait_synced(built: app.App, timeout: float) -> bool:
+    """Run the source until the store has every watched kind, or `timeout` passes."""
+    with trio.move_on_after(timeout):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(built.source.run)
+            while not built.store.synced:
+                await trio.sleep(0.05)
+            nursery.cancel_scope.cancel()
+    return built.store.synced
 
 
 def run() -> None:
