@@ -23,6 +23,7 @@ from dnslib import QTYPE
 from kdns import app
 from kdns.config import POD_MODES, Config, ConfigError, env_overrides, load_config
 from kdns.dns import explain as explain_mod
+from kdns.sources.static import ManifestSource
 
 log = logging.getLogger("kdns")
 
@@ -155,15 +156,20 @@ def _summary(built: app.App) -> str:
             for rrs in table.values():
                 types.update(QTYPE.get(r.rtype) for r in rrs)
     counts = ", ".join(f"{t} {n}" for t, n in sorted(types.items())) or "nothing"
-    return "\n".join(
-        [
-            f"config: ok (zones {', '.join(config.zones)}; ttl {config.ttl}; pods {config.pods})",
-            f"manifests: ok ({len(store.namespaces)} namespaces, {len(store.services)} services, "
-            f"{len(store.slices)} endpoint slices, {len(store.pods)} pods)",
-            f"records per zone: {counts}",
-            f"names per zone: {forward} forward, {reverse} reverse",
-        ]
-    )
+    lines = [
+        f"config: ok (zones {', '.join(config.zones)}; ttl {config.ttl}; pods {config.pods})",
+        f"manifests: ok ({len(store.namespaces)} namespaces, {len(store.services)} services, "
+        f"{len(store.slices)} endpoint slices, {len(store.pods)} pods)",
+    ]
+    ignored = built.source.ignored if isinstance(built.source, ManifestSource) else {}
+    if ignored:
+        # Kinds kdns does not serve (Deployment, ConfigMap, …): read, checked, not served.
+        lines.append("ignored: " + ", ".join(f"{n} {kind}" for kind, n in ignored.items()))
+    lines += [
+        f"records per zone: {counts}",
+        f"names per zone: {forward} forward, {reverse} reverse",
+    ]
+    return "\n".join(lines)
 
 
 # --- kdns explain NAME [TYPE] -------------------------------------------------------------------
