@@ -7,13 +7,13 @@ Contract:
   `conntrack.CleanStaleEntries` did before its netlink reconciler (pkg/proxy/conntrack):
   - a UDP endpoint that was in use and is no longer: entries from any of the route's VIPs
     (ClusterIP, externalIPs, LB IPs) DNATed to it, and entries to its NodePort DNATed to it.
-    UDP has no connection end, so without this a client keeps sending into the dead pod for
+      UDP has no connection end, so without this a client keeps sending into the dead pod for
     as long as it keeps the flow alive (kubernetes#59368);
-  - a UDP route that had no endpoint and now has one: entries to its VIPs and NodePort, which
-    were created while packets were rejected and would otherwise never be DNATed.
-- Only UDP: TCP ends on RST and SCTP has its own teardown. Nothing is computed for a Service
-  absent from `before` (a restart has no "before", so a restart that changes nothing deletes
-  nothing).
+  - a UDP route that had no endpoint (or did not exist) and now has one: the entries to its
+    VIPs and NodePort that no DNAT rewrote (reply source = original destination), created
+    while packets were rejected; they would otherwise never be DNATed. Live flows never match.
+- Only UDP: TCP ends on RST and SCTP has its own teardown. The engine skips the first sync
+  after a start (it has no "before"), so a restart that changes nothing deletes nothing.
 - `argv(flow)` is the `conntrack` command line. Pure: nothing here runs it.
 """
 
@@ -33,6 +33,10 @@ class Flow:
     orig_dst: str | None = None  # the VIP the client sent to
     orig_port_dst: int | None = None  # the port the client sent to
     dst_nat: str | None = None  # the endpoint the entry was DNATed to
+    # Un-DNATed entries answer from where the client sent to: matching the reply's source to
+    # the original destination selects only those, never a live DNATed flow.
+    reply_src: str | None = None
+    reply_port_src: int | None = None
 
 
 def argv(flow: Flow) -> list[str]:
@@ -43,6 +47,10 @@ def argv(flow: Flow) -> list[str]:
         args += ["--orig-port-dst", str(flow.orig_port_dst)]
     if flow.dst_nat is not None:
         args += ["--dst-nat", flow.dst_nat]
+    if flow.reply_src is not None:
+        args += ["--reply-src", flow.reply_src]
+    if flow.reply_port_src is not None:
+        args += ["--reply-port-src", str(flow.reply_port_src)]
     return args
 
 
@@ -52,6 +60,15 @@ def _by_port(routes: Iterable[ServicePortRoute]) -> dict[tuple[str, str, int], S
 
 def _in_use(route: ServicePortRoute) -> set[str]:
     return {ep.ip for ep in route.reachable_endpoints}
+
+
+def _undnated(route: ServicePortRoute) -> list[Flow]:
+    """Entries to the route's VIPs and NodePort that no DNAT rewrote (made while rejecting)."""
+    vips = (route.cluster_ip, *route.external_ips, *route.load_balancer_ips)
+    flows = [Flow(route.family, vip, route.port, None, vip) for vip in vips]
+    if route.node_port:
+        flows.append(Flow(route.family, None, route.node_port, None, None, route.node_port))
+    return flows
 
 
 def stale_flows(
@@ -71,13 +88,12 @@ def stale_flows(
                 flows.update(Flow(route.family, vip, None, ip) for vip in vips)
                 if route.node_port:
                     flows.add(Flow(route.family, None, route.node_port, ip))
-        for port_key, route in new.items():
+    for key, new_routes in after.items():
+        old = _by_port(before.get(key, ()))
+        for port_key, route in _by_port(new_routes).items():
             previous = old.get(port_key)
             if route.reachable_endpoints and (previous is None or not previous.reachable_endpoints):
-                vips = (route.cluster_ip, *route.external_ips, *route.load_balancer_ips)
-                flows.update(Flow(route.family, vip, route.port, None) for vip in vips)
-                if route.node_port:
-                    flows.add(Flow(route.family, None, route.node_port, None))
+                flows.update(_undnated(route))
     return sorted(
         flows, key=lambda f: (f.family, f.orig_dst or "", f.orig_port_dst or 0, f.dst_nat or "")
     )

@@ -173,7 +173,7 @@ def _complaint(err: str, stdin: str | None) -> str:
 _RESTORE = {4: "iptables-restore", 6: "ip6tables-restore"}
 _SAVE = {4: "iptables-save", 6: "ip6tables-save"}
 CANARY_CHAIN = "KDNS-CANARY"  # kube-proxy's KUBE-PROXY-CANARY, in every table kdns writes
-_CANARY_TABLES = ("mangle", "filter", "nat")
+_CANARY_TABLES = ("filter", "nat")  # kube-proxy also uses mangle; kdns writes nothing there
 
 
 def _quote(arg: str) -> str:
@@ -313,15 +313,12 @@ class IptablesDataplane:
         return True
 
     def render(self, routes: Sequence[ServicePortRoute]) -> str:
-        parts = []
-        for family in self.families:
-            rendering = ipt.render_full(routes, self.configs[family])
-            parts.append(f"# {_RESTORE[family]} --noflush\n{rendering.text}")
-            jumps = [f"iptables -t {r.table} {jump_line(r, '-I')}" for r in ipt.JUMP_RULES]
-            parts.append(
-                "# jumps from the built-in chains, where missing:\n# " + "\n# ".join(jumps) + "\n"
-            )
-        return "".join(parts)
+        """The restore input a full sync applies to a kernel holding none of kdns's rules."""
+        return "".join(
+            f"# {_RESTORE[f]} -w 5 --noflush\n"
+            + with_jumps(ipt.render_full(routes, self.configs[f]).text, "", ipt.JUMP_RULES)
+            for f in self.families
+        )
 
     def cleanup(self) -> None:
         for family in self.families:

@@ -68,6 +68,7 @@ class SyncEngine:
         self._changed: set[ServiceKey] = set()
         self._trigger: float | None = None  # epoch seconds of the oldest unsynced change
         self._need_full = True
+        self._unapplied: dict[ServiceKey, tuple[ServicePortRoute, ...]] = {}
         self._wake = trio.Event()
         self.syncs = 0  # successful syncs
         self.last_success: float | None = None  # time.time() of the last successful sync
@@ -159,7 +160,10 @@ class SyncEngine:
         changed, self._changed = self._changed, set()
         trigger, self._trigger = self._trigger, None
         full = self._need_full or trio.current_time() - self.last_full >= self.full_sync_period
+        # What the kernel had for these Services: after a failed apply, what it had before it.
         before = {k: self._routes.get(k, ()) for k in changed if k in self._routes}
+        before.update(self._unapplied)
+        self._unapplied = {}
         for key in changed:
             routes = self._route(key)
             if routes:
@@ -180,6 +184,7 @@ class SyncEngine:
             metrics.PROXY_SYNCS.labels(self.mode, kind, "error").inc()
             self._need_full = True
             self._changed |= changed
+            self._unapplied = before
             if trigger is not None and (self._trigger is None or trigger < self._trigger):
                 self._trigger = trigger
             if self.failing_since is None:
@@ -214,7 +219,8 @@ class SyncEngine:
         )
         if self.on_routes is not None:
             self.on_routes(routes)
-        if self.clean_conntrack and before:
+        # Not after the first sync: a restart has no "before" and must not flush anything.
+        if self.clean_conntrack and self.syncs > 1 and changed:
             flows = conntrack.stale_flows(before, after)
             if flows:
                 await trio.to_thread.run_sync(self._delete_flows, flows)
