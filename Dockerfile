@@ -31,13 +31,15 @@ LABEL org.opencontainers.image.title="kdns" \
       org.opencontainers.image.licenses="Apache-2.0"
 ENTRYPOINT ["kdns"]
 
-# The service proxy: the same kdns plus the tools it drives. It runs as root in the host's
+# The service proxy: the same kdns plus the tools it drives (ip, iptables-restore, nft, conntrack,
+# ipvsadm, ipset; kdns/proxy/dataplane.py and conntrack.py). It runs as root in the host's
 # network namespace with NET_ADMIN (config/kubernetes/kdns-proxy.yaml). Debian 12's iptables is
 # the nft-based one; nodes still on iptables-legacy need the legacy binaries selected
 # (update-alternatives --set iptables /usr/sbin/iptables-legacy) so both sides share one table.
 FROM base AS proxy
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends iptables nftables conntrack ipvsadm \
+    && apt-get install -y --no-install-recommends \
+        iproute2 iptables nftables conntrack ipvsadm ipset \
     && rm -rf /var/lib/apt/lists/*
 USER 0:0
 EXPOSE 10256/tcp

@@ -1,5 +1,5 @@
-"""The command line: `kdns serve`, `kdns check` and `kdns explain`; exit 2 with one clear line
-per problem.
+"""The command line: `kdns serve`, `kdns check`, `kdns explain` and `kdns proxy`; exit 2 with one
+clear line per problem.
 
 Contract:
 - `main(argv)` returns the exit status: 0 on success, 2 for a bad config, bad manifests or a
@@ -20,7 +20,7 @@ from typing import Any
 import trio
 from dnslib import QTYPE
 
-from kdns import app
+from kdns import app, proxyapp
 from kdns.config import POD_MODES, Config, ConfigError, env_overrides, load_config
 from kdns.dns import explain as explain_mod
 from kdns.sources.static import ManifestSource
@@ -83,7 +83,121 @@ def _parser() -> argparse.ArgumentParser:
     )
     common(check)
     _explain_parser(commands, common)
+    _proxy_parser(commands, common)
     return parser
+
+
+def _cidrs(text: str) -> list[str]:
+    return [c.strip() for c in text.split(",") if c.strip()]
+
+
+def _proxy_parser(commands: Any, common: Callable[[argparse.ArgumentParser], None]) -> None:
+    proxy = commands.add_parser(
+        "proxy", help="program this node's data path for Services (a minimal kube-proxy)"
+    )
+    common(proxy)
+    proxy.add_argument("--mode", choices=proxyapp.MODES, default="iptables", help="(iptables)")
+    proxy.add_argument(
+        "--node-name",
+        metavar="NAME",
+        help="this node's name: endpoints on it are local ($NODE_NAME, else the hostname)",
+    )
+    proxy.add_argument(
+        "--cluster-cidr",
+        metavar="CIDR[,CIDR]",
+        type=_cidrs,
+        action="extend",
+        default=[],
+        help="the pod CIDR (one per family): traffic from outside it is masqueraded",
+    )
+    proxy.add_argument(
+        "--nodeport-addresses",
+        metavar="CIDR[,CIDR]",
+        type=_cidrs,
+        action="extend",
+        default=[],
+        help="serve NodePorts only on the node's addresses inside these (default: all)",
+    )
+    proxy.add_argument(
+        "--min-sync-period",
+        type=float,
+        default=1.0,
+        metavar="SECONDS",
+        help="at most one sync per this period; changes in between are coalesced (1)",
+    )
+    proxy.add_argument(
+        "--sync-period",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="sync and check the rules for tampering at least this often (30)",
+    )
+    proxy.add_argument(
+        "--masquerade-all", action="store_true", help="SNAT all traffic to ClusterIPs"
+    )
+    proxy.add_argument("--ipvs-scheduler", default="rr", metavar="NAME", help="IPVS scheduler (rr)")
+    proxy.add_argument(
+        "--healthz-addr",
+        default="0.0.0.0:10256",
+        metavar="HOST:PORT",
+        help="/healthz and /livez (0.0.0.0:10256)",
+    )
+    proxy.add_argument(
+        "--metrics-addr", default="127.0.0.1:10249", metavar="HOST:PORT", help="/metrics"
+    )
+    what = proxy.add_mutually_exclusive_group()
+    what.add_argument(
+        "--render", action="store_true", help="print the rules it would apply; change nothing"
+    )
+    what.add_argument(
+        "--cleanup",
+        action="store_true",
+        help="remove everything kdns installed for this mode, and nothing else",
+    )
+
+
+def _proxy_options(args: argparse.Namespace) -> proxyapp.ProxyOptions:
+    return proxyapp.ProxyOptions(
+        mode=args.mode,
+        node_name=args.node_name or proxyapp.default_node_name(),
+        cluster_cidrs=tuple(args.cluster_cidr),
+        nodeport_addresses=tuple(args.nodeport_addresses),
+        min_sync_period=args.min_sync_period,
+        sync_period=args.sync_period,
+        masquerade_all=args.masquerade_all,
+        healthz_addr=args.healthz_addr,
+        metrics_addr=args.metrics_addr,
+        ipvs_scheduler=args.ipvs_scheduler,
+    )
+
+
+def _proxy(args: argparse.Namespace, config: Config) -> int:
+    options = _proxy_options(args)
+    problems = proxyapp.check_options(options)
+    if problems:
+        for line in problems:
+            print(f"kdns proxy: {line}", file=sys.stderr)
+        return 2
+    try:
+        if args.cleanup:
+            failures = proxyapp.cleanup(options)
+            for line in failures:
+                print(f"kdns proxy: cleanup: {line}", file=sys.stderr)
+            return 1 if failures else 0
+        if args.render:
+            sys.stdout.write(trio.run(proxyapp.render, config, options))
+            return 0
+        trio.run(proxyapp.run_proxy, config, options)
+    except app.StartupError as e:
+        for line in e.lines:
+            print(f"kdns proxy: {line}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"kdns proxy: {e.strerror}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        pass
+    return 0
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -119,6 +233,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _explain(args)
     try:
         config = _config(args)
+        if args.command == "proxy":
+            return _proxy(args, config)
         built = app.build(config)
     except ConfigError as e:
         print(f"kdns: {e}", file=sys.stderr)

@@ -4,7 +4,6 @@ config path, the image names, the API resources kdns reads)."""
 
 from __future__ import annotations
 
-import argparse
 import os
 import re
 import tomllib
@@ -15,7 +14,7 @@ import pytest
 import yaml
 from dnslib import QTYPE
 
-from kdns import cli
+from kdns import cli, proxyapp
 from kdns.config import Config, env_overrides, load_config, parse_hostport
 from kdns.dns.resolver import Resolver
 from kdns.sources import kube
@@ -324,15 +323,15 @@ def test_proxy_daemonset() -> None:
     assert args[0] == "proxy" and args[args.index("--mode") + 1] in ("iptables", "nftables")
     flags = {a for a in args if a.startswith("--")}
     assert flags <= PROXY_FLAGS, flags - PROXY_FLAGS
-    commands = next(
-        a for a in cli._parser()._actions if isinstance(a, argparse._SubParsersAction)
-    ).choices
-    if "proxy" in commands:  # once `kdns proxy` exists, its own parser must take these
-        cli._parser().parse_args([a.replace("$(NODE_NAME)", "node-1") for a in args])
+    # `kdns proxy`'s own parser and checks take them, as the kubelet passes them.
+    parsed = cli._parser().parse_args([a.replace("$(NODE_NAME)", "node-1") for a in args])
+    options = cli._proxy_options(parsed)
+    assert proxyapp.check_options(options) == []
+    assert options.node_name == "node-1" and options.mode == "iptables"
     assert args[args.index("--node-name") + 1] == "$(NODE_NAME)"
     env = {e["name"]: e for e in PROXY["env"]}
     assert env["NODE_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
-    healthz = parse_hostport(args[args.index("--healthz-addr") + 1])
+    healthz = parse_hostport(options.healthz_addr)
     assert PROXY["livenessProbe"]["httpGet"] == {
         "path": "/healthz",
         "port": healthz[1],
@@ -357,6 +356,27 @@ def test_proxy_daemonset() -> None:
     document = yaml.safe_load(configmap["data"][Path(kubeconfig_path).name])
     user = document["users"][0]["user"]
     assert user == {"tokenFile": "/var/run/secrets/kubernetes.io/serviceaccount/token"}
+
+
+# The programs the proxy runs (kdns/proxy/dataplane.py, conntrack.py) → their Debian packages.
+PROXY_TOOLS = {
+    '"ip"': "iproute2",
+    '"iptables-restore"': "iptables",
+    '"nft"': "nftables",
+    '"conntrack"': "conntrack",
+    '"ipvsadm"': "ipvsadm",
+    '"ipset"': "ipset",
+}
+
+
+def test_proxy_image_has_the_tools_the_proxy_runs() -> None:
+    source = "".join(
+        (ROOT / "kdns" / "proxy" / name).read_text() for name in ("dataplane.py", "conntrack.py")
+    )
+    installed = " ".join(dockerfile_stages()["proxy"]).split()
+    for tool, package in PROXY_TOOLS.items():
+        assert tool in source, tool  # still a program the proxy runs
+        assert package in installed, package
 
 
 # --- the sidecar example ----------------------------------------------------------------------
