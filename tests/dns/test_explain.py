@@ -7,6 +7,7 @@ separate resolver over the same store answers (the server's answer), record for 
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -532,3 +533,49 @@ def test_explanation_type() -> None:
     assert isinstance(got, Explanation)
     assert got.qname == "redis.default.svc.cluster.local"
     assert got.outcome == "NOERROR"
+
+
+def every_name(store: Store, resolver: Resolver) -> list[str]:
+    """Every name the store gives a record, its empty non-terminals, and near misses."""
+    names = {"cluster.local", "svc.cluster.local", "pod.cluster.local", "in-addr.arpa"}
+    names |= {"dns-version.cluster.local", "ns.dns.cluster.local", "foo.cluster.local"}
+    for key in store.services:
+        records = resolver.service_records(key)
+        assert records is not None
+        for name in (*records.forward, *records.ents):
+            names.add(f"{name}.cluster.local")
+            names.add(f"x.{name}.cluster.local")
+        names |= set(records.reverse)
+        names |= {".".join(n.split(".")[2:]) for n in records.reverse}  # reverse ENTs
+        names.add(f"{key[0]}.svc.cluster.local")
+    for pod in store.pods.values():
+        for ip in pod.ips:
+            label = ip.replace(".", "-").replace(":", "-")
+            names.add(f"{label}.{pod.namespace}.pod.cluster.local")
+            names.add(f"{label}.nope.pod.cluster.local")
+            names.add(ipaddress.ip_address(ip).reverse_pointer)
+    return sorted(names)
+
+
+SWEEP_TYPES = ("A", "AAAA", "SRV", "PTR", "CNAME", "TXT", "NS", "SOA", "MX", "ANY")
+
+
+@pytest.mark.parametrize("source", ["examples", "cluster"])
+@pytest.mark.parametrize("pods", ["insecure", "verified", "disabled"])
+def test_every_name_and_type_is_explained(source: str, pods: str) -> None:
+    """No name of the cluster, in any type, leaves a record without an origin or an answer
+    other than the resolver's; and every negative answer has a reason that says why."""
+    store = store_of(source)
+    config = Config(pods=pods)
+    names = every_name(store, Resolver(store, config))
+    assert len(names) > 40
+    for name in names:
+        for rtype in SWEEP_TYPES:
+            qtype = getattr(QTYPE, rtype)
+            got = explain(Resolver(store, config), name, qtype)
+            served = Resolver(store, config).resolve(name, qtype)
+            assert sections(got.answer) == sections(served), (name, rtype)
+            assert "?" not in [s.origin for s in got.records], (name, rtype, render(got))
+            assert got.reasons, (name, rtype)
+            if got.outcome in ("NXDOMAIN", NODATA):
+                assert set(got.codes) - {"service", "unsynced"}, (name, rtype, render(got))
