@@ -272,8 +272,7 @@ class _Walker:
             return None
         return self.add(
             "unknown-name",
-            f"{labels[-1]!r} is not a name kdns serves under {zone} (svc, pod and dns-version "
-            "are): NXDOMAIN",
+            f"{qname} is not a name kdns serves (under {zone}: svc, pod and dns-version): NXDOMAIN",
         )
 
     def _origin_all(self, qname: str, text: str) -> None:
@@ -299,8 +298,10 @@ class _Walker:
             self.add("no-such-type", f"the zone apex {zone} has only SOA and NS: NODATA")
 
     def _namespace_exists(self, namespace: str) -> bool:
-        return self.store.namespace_exists(namespace) or any(
-            ns == namespace for ns, _ in self.store.services
+        # As the resolver decides it: a watched Namespace, or any Service in it.
+        return (
+            self.store.namespace_exists(namespace)
+            or self.resolver._services_per_namespace[namespace] > 0
         )
 
     def _no_namespace(self, namespace: str) -> None:

@@ -390,7 +390,7 @@ CASES = [
         "A",
         "NXDOMAIN",
         ["unknown-name"],
-        "'foo' is not a name kdns serves",
+        "foo.cluster.local is not a name kdns serves (under cluster.local: svc, pod",
     ),
     Case(
         "dns-version",
