@@ -72,7 +72,8 @@ BUFFER_SIZE = 128 * 1024  # a read; measured: 64 KiB costs a third of the throug
 UDP_IDLE_TIMEOUT = 30.0
 MAX_UDP_SESSIONS = 4096  # per listener
 BACKLOG = 1024
-SWEEP_INTERVAL = 10.0  # seconds between clean-ups of expired affinity entries
+# Seconds between clean-ups of expired affinity entries and retries of unbound ports.
+SWEEP_INTERVAL = 10.0
 SYNC_POLL = 0.05  # seconds between looks at store.synced before the first sync
 UNPRIVILEGED_PORT_START = "/proc/sys/net/ipv4/ip_unprivileged_port_start"
 _LINGER_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST
@@ -197,8 +198,10 @@ class Relay:
         connect_timeouts: tuple[float, ...] = CONNECT_TIMEOUTS,
         udp_idle_timeout: float = UDP_IDLE_TIMEOUT,
         max_udp_sessions: int = MAX_UDP_SESSIONS,
+        sweep_interval: float = SWEEP_INTERVAL,
     ) -> None:
         self.store = store
+        self.sweep_interval = sweep_interval
         self.node_name = node_name
         self.connect_timeouts = connect_timeouts
         self.udp_idle_timeout = udp_idle_timeout
@@ -308,11 +311,6 @@ class Relay:
             count = sum(1 for r in self.unbindable.values() if r == reason)
             metrics.RELAY_UNBINDABLE.labels(reason).set(count)
 
-    def table(self) -> tuple[RelayRoute, ...]:
-        """What the relay serves now (the listeners it wants, bound or not)."""
-        store = self.store
-        return relay_table(store.services, store.endpoints, self.node_name, self.vips.by_service)
-
     # --- running -----------------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -347,10 +345,20 @@ class Relay:
         )
         task_status.started()
         while True:
-            await trio.sleep(SWEEP_INTERVAL)
+            await trio.sleep(self.sweep_interval)
             now = trio.current_time()
             for listener in self.listeners.values():
                 listener.balancer.sweep(now)
+            if self.unbindable:
+                # Try the ports that could not be bound again (an operator may have lowered
+                # the sysctl, or freed the port); the warning is not repeated.
+                self.sync(
+                    {
+                        key
+                        for key, lkeys in self.by_service.items()
+                        if lkeys & self.unbindable.keys()
+                    }
+                )
 
     # --- TCP ---------------------------------------------------------------------------------
 

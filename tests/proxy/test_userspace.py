@@ -21,6 +21,7 @@ import trio
 from prometheus_client import REGISTRY
 
 from kdns.model import EndpointSlice, Service
+from kdns.proxy.loopback import allocate
 from kdns.proxy.userspace import Relay
 from kdns.store import ENDPOINTSLICES, NAMESPACES, PODS, SERVICES, Store
 from tests.proxy.builders import NODE, ep, svc
@@ -30,6 +31,7 @@ NAMES = {ip: f"pod-{ip.rsplit('.', 1)[1]}" for ip in (*BACKENDS, "127.1.0.4")}
 ALPHA = 0.001
 CONNECTIONS = "kdns_userspace_connections_total"
 DIAL_FAILURES = "kdns_userspace_endpoint_dial_failures_total"
+UNBINDABLE = "kdns_userspace_unbindable_ports"
 
 
 def chi_square_critical_2df(alpha: float) -> float:
@@ -558,4 +560,35 @@ async def test_a_refusing_udp_endpoint_costs_a_client_one_retry_at_most() -> Non
         assert names == {NAMES[BACKENDS[0]], NAMES[BACKENDS[1]]}
         assert len(tries) == 9 and max(tries) == 2  # the dead endpoint's clients retried once
         assert counter(DIAL_FAILURES, protocol="udp") - failures == tries.count(2)
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_port_in_use_is_warned_about_once_and_bound_when_freed(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async with trio.open_nursery() as nursery:
+        cluster = Cluster(nursery)
+        await cluster.start_backends()
+        web = cluster.service("taken", BACKENDS)
+        vip = allocate([web.key])[web.key]  # the VIP is a function of the Services alone
+        port = web.ports[0].port
+        blocker = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        blocker.bind((vip, port))
+        blocker.listen(1)
+        relay = await cluster.start_relay(sweep_interval=0.2)
+        assert relay.unbindable == {(vip, port, "TCP"): "in_use"}
+        assert REGISTRY.get_sample_value(UNBINDABLE, {"reason": "in_use"}) == 1
+        # The UDP port of the same Service is bound and relays.
+        with await udp_client() as sock:
+            assert await ask_udp(sock, (vip, port)) in {NAMES[ip] for ip in BACKENDS}
+        await trio.sleep(0.5)  # retried twice meanwhile
+        blocker.close()
+        with trio.fail_after(2):
+            while (vip, port, "TCP") in relay.unbindable:
+                await trio.sleep(0.05)
+        assert (await ask_tcp((vip, port)))[0] in {NAMES[ip] for ip in BACKENDS}
+        assert REGISTRY.get_sample_value(UNBINDABLE, {"reason": "in_use"}) == 0
+        warnings = [r for r in caplog.records if "cannot listen on" in r.getMessage()]
+        assert len(warnings) == 1
+        assert f"{vip} tcp/{port} for default/taken:tcp" in warnings[0].getMessage()
         nursery.cancel_scope.cancel()
