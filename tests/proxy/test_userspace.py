@@ -290,7 +290,7 @@ async def test_a_udp_session_keeps_its_endpoint_and_ends_when_idle() -> None:
             names = {await ask_udp(sock, (vip, port), b"%d" % i) for i in range(20)}
             assert len(names) == 1  # one session, one endpoint
             assert len(listener.sessions) == 1
-            await trio.sleep(1.0)
+            await trio.sleep(1.5)
             assert len(listener.sessions) == 0  # idle for longer than the timeout: gone
             nursery.cancel_scope.cancel()
 
@@ -302,13 +302,13 @@ async def test_client_ip_affinity_sticks_while_used_and_expires_after_the_timeou
     async with trio.open_nursery() as nursery:
         cluster = Cluster(nursery)
         await cluster.start_backends()
-        web = cluster.service("sticky", BACKENDS, session_affinity="ClientIP", affinity_timeout=1)
+        web = cluster.service("sticky", BACKENDS, session_affinity="ClientIP", affinity_timeout=2)
         await cluster.start_relay()
         address = cluster.vip(web)
         first, _ = await ask_tcp(address, source="127.2.0.1")
-        # Used every 0.3 s for 2.4 s, longer than the 1 s timeout: each use renews it.
-        for _ in range(8):
-            await trio.sleep(0.3)
+        # Used every 0.35 s for 3.5 s, longer than the 2 s timeout: each use renews it.
+        for _ in range(10):
+            await trio.sleep(0.35)
             assert (await ask_tcp(address, source="127.2.0.1"))[0] == first
         # Other clients are spread and leave the first one's entry alone: even right after
         # round robin handed out `first`, whose successor a fresh pick would get, it sticks.
@@ -321,7 +321,7 @@ async def test_client_ip_affinity_sticks_while_used_and_expires_after_the_timeou
         assert (await ask_tcp(address, source="127.2.0.1"))[0] == first
         # Idle for longer than timeoutSeconds: the entry expired, so the same construction now
         # gives the first client round robin's next endpoint.
-        await trio.sleep(1.3)
+        await trio.sleep(2.5)
         for i in range(20, 24):
             if (await ask_tcp(address, source=f"127.2.0.{i}"))[0] == first:
                 break
