@@ -222,8 +222,11 @@ class Unprivileged:
 
 
 @contextlib.contextmanager
-def unprivileged_kdns(text: str, tmp_path: Path, first_name: str) -> Iterator[Unprivileged]:
-    """Start kdns over a manifest holding `text`; wait until `first_name` resolves."""
+def unprivileged_kdns(
+    text: str, tmp_path: Path, first_name: str, *, by_env: bool = False
+) -> Iterator[Unprivileged]:
+    """Start kdns over a manifest holding `text`; wait until `first_name` resolves. The
+    userspace proxy is asked for with `--proxy userspace`, or `KDNS_PROXY=userspace`."""
     need_root()  # to drop to nobody
     need_tool("setpriv", "util-linux")
     as_nobody = nobody_can_run_kdns()
@@ -239,8 +242,7 @@ def unprivileged_kdns(text: str, tmp_path: Path, first_name: str) -> Iterator[Un
             *unprivileged(as_nobody),
             *kdns_command(
                 "serve",
-                "--proxy",
-                "userspace",
+                *(() if by_env else ("--proxy", "userspace")),
                 "--manifests",
                 str(folder),
                 "--dns-addr",
@@ -255,6 +257,7 @@ def unprivileged_kdns(text: str, tmp_path: Path, first_name: str) -> Iterator[Un
                 stderr=err,
                 stdin=subprocess.DEVNULL,
                 cwd=ROOT if as_nobody else "/",
+                env={**os.environ, "KDNS_PROXY": "userspace"} if by_env else None,
             )
         server = Unprivileged(proc, dns_port, manifest, stderr_path, as_nobody)
         try:
@@ -399,7 +402,7 @@ def test_a_vip_taken_by_a_newcomer_moves_in_dns_and_in_the_relay(tmp_path: Path)
         port = free_port("127.0.0.1")
         # `second` alone, with pod-12 behind it.
         text = two_services(("zz-unused", second), port, target).split("---\n", 1)[1]
-        with unprivileged_kdns(text, tmp_path, second) as server:
+        with unprivileged_kdns(text, tmp_path, second, by_env=True) as server:
             old_vip = server.vip_of(second)
             assert old_vip == allocate([("default", first)])[("default", first)]
             assert connect_when_ready((old_vip, port), server.proc) == "pod-12"
