@@ -6,20 +6,46 @@ Contract:
   $KUBECONFIG, or the in-cluster service account). It raises `StartupError` carrying one line per
   problem, so the command line can print them and exit 2 before anything binds.
 - `serve` binds every socket first (a taken port is a plain OSError), then runs the DNS
-  listeners, the HTTP endpoints and the source until cancelled or SIGTERM.
+  listeners, the HTTP endpoints and the source, and returns the exit status:
+  - SIGTERM or SIGINT: /ready answers 503 at once, DNS keeps answering for `lameduck` seconds
+    (so the EndpointSlice drops this pod first, as CoreDNS's `health { lameduck }`), then the
+    listeners close, answers in flight get up to `DRAIN_GRACE` seconds to be written, and the
+    status is 0. A second SIGTERM or SIGINT stops at once with 128 + the signal's number.
+  - SIGHUP, SIGUSR1, or a change of the config file (or the kube-dns ConfigMap it names) seen
+    by a poll every `reload_interval` seconds: `reload`.
+- `reload` rebuilds what depends on the config (zones, ttl, pods, upstreams, stub domains, cache,
+  autopath, listen addresses) around the same store and source — nothing is listed again — and
+  swaps the handler in one step on the trio thread, so each query is answered wholly by the old
+  or wholly by the new config. A new listen address is bound before the old one closes. A config
+  that does not load, validate or bind is refused: the old one keeps serving, one line is
+  logged naming file, line and key, and `kdns_reload_total{result="error"}` counts it. The source
+  itself (manifests, kubeconfig, context; for a live cluster whether Pods are watched) cannot
+  change on reload: that would mean listing everything again and gating on sync, which is what
+  a restart does; such a reload is refused with a line saying so.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import ipaddress
 import logging
+import math
 import signal
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import trio
 
-from kdns.config import Config, ConfigError, load_kube_dns_configmap, parse_hostport
+from kdns import metrics
+from kdns.config import (
+    Config,
+    ConfigError,
+    key_line,
+    load_kube_dns_configmap,
+    parse_hostport,
+)
 from kdns.dns.forward import (
     ForwardConfig,
     Forwarder,
@@ -41,6 +67,12 @@ NO_SOURCE = (
     "no source of cluster state: give --manifests PATH (manifest files), --kubeconfig FILE "
     "(or set KUBECONFIG), or run in a pod with a service account (in-cluster)"
 )
+# Seconds answers in flight get once the listeners close (CoreDNS's server waits 5 s; ours are
+# bounded by forward_timeout, 2 s by default), so kdns exits within lameduck + 3 s.
+DRAIN_GRACE = 3.0
+HTTP_NAMES = ("health", "ready", "metrics")
+# Keys that pick the source of cluster state: a reload cannot change them (module docstring).
+SOURCE_KEYS = ("manifests", "kubeconfig", "context")
 
 
 class StartupError(Exception):
@@ -57,6 +89,9 @@ class Source(Protocol):
 
 @dataclass(slots=True)
 class App:
+    """What answers queries now. A reload replaces config, resolver, handler and forwarder
+    together, synchronously; store and source stay."""
+
     config: Config
     store: Store
     resolver: Resolver
@@ -64,11 +99,58 @@ class App:
     source: Source
     forwarder: Forwarder | None = None
 
+    def follow(self, change: Change) -> None:
+        # Subscribed once; reads the current resolver, so a reload needs no re-subscription.
+        self.handler.cache.drop(self.resolver.apply(change))
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What a config needs from files (upstreams, stub domains, search list): read before the
+    swap, off the trio thread, so a file that fails refuses the reload."""
+
+    forwarder: Forwarder | None
+    host_search: tuple[str, ...]
+
+
+def plan(config: Config) -> Plan:
+    """Raises StartupError (a bad upstream, a loop, an unreadable kube-dns ConfigMap)."""
+    return Plan(
+        _forwarder(config),
+        resolv_conf_search(config.resolv_conf) if config.autopath else (),
+    )
+
+
+def assemble(config: Config, store: Store, planned: Plan) -> tuple[Resolver, Handler]:
+    """Resolver and handler over `store` (synchronous: no store change can slip in between)."""
+    host, _ = parse_hostport(config.dns_addr)
+    specific = () if host in ("0.0.0.0", "::") else (host,)
+    forwarder = planned.forwarder
+    resolver = Resolver(
+        store,
+        config,
+        ns_addresses=specific,
+        reverse_fallthrough=forwarder is not None and bool(forwarder.config.upstreams),
+    )
+    handler = Handler(
+        resolver,
+        forwarder=forwarder,
+        autopath=config.autopath,
+        host_search=planned.host_search,
+    )
+    return resolver, handler
+
 
 def build(config: Config, kube_options: dict[str, Any] | None = None) -> App:
     """`kube_options`: keyword arguments for the KubeSource (tests shorten its timeouts)."""
+    source: Source
     if config.manifests:
         store = Store(watched=KINDS)
+        manifests = ManifestSource(config.manifests, store)
+        errors = manifests.load()
+        if errors:
+            raise StartupError([str(e) for e in errors])
+        source = manifests
     else:
         # Imported only for a live cluster: the client costs a second and 15 MiB at start-up.
         from kdns.sources import kube
@@ -80,37 +162,19 @@ def build(config: Config, kube_options: dict[str, Any] | None = None) -> App:
         if api is None:
             raise StartupError([NO_SOURCE])
         store = Store(watched=kube.KubeSource.kinds(watch_pods=_watch_pods(config)))
-    host, _ = parse_hostport(config.dns_addr)
-    specific = () if host in ("0.0.0.0", "::") else (host,)
-    forwarder = _forwarder(config)
-    resolver = Resolver(
-        store,
-        config,
-        ns_addresses=specific,
-        reverse_fallthrough=forwarder is not None and bool(forwarder.config.upstreams),
-    )
-    handler = Handler(
-        resolver,
-        forwarder=forwarder,
-        autopath=config.autopath,
-        host_search=resolv_conf_search(config.resolv_conf) if config.autopath else (),
-    )
-
-    def follow(change: Change) -> None:
-        handler.cache.drop(resolver.apply(change))
-
-    store.subscribe(follow)
-    source: Source
-    if config.manifests:
-        manifests = ManifestSource(config.manifests, store)
-        errors = manifests.load()
-        if errors:
-            raise StartupError([str(e) for e in errors])
-        manifests.apply()
-        source = manifests
-    else:
         source = kube.KubeSource(api, store, _watch_pods(config), **(kube_options or {}))
-    return App(config, store, resolver, handler, source, forwarder)
+    planned = plan(config)
+    resolver, handler = assemble(config, store, planned)
+    app = App(config, store, resolver, handler, source, planned.forwarder)
+    store.subscribe(app.follow)
+    if isinstance(source, ManifestSource):
+        source.apply()
+    return app
+
+
+def check(config: Config) -> Plan:
+    """Everything `build` checks that needs no source: for `kdns check` without manifests."""
+    return plan(config)
 
 
 def _watch_pods(config: Config) -> bool:
@@ -196,40 +260,267 @@ def loop_problem(upstream: Upstream, dns_addr: str) -> str | None:
     return None
 
 
+# --- running: listeners, signals, lameduck, reload ------------------------------------------------
+
+
+@dataclass(slots=True)
+class Task:
+    """A task started in the runtime's nursery that can be stopped on its own."""
+
+    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    done: trio.Event = field(default_factory=trio.Event)
+
+
+def config_fingerprint(config: Config) -> str:
+    """A hash of the files a reload reads: the config file and the kube-dns ConfigMap it names
+    (kube-dns itself followed its ConfigMap). An unreadable file hashes as its error."""
+    digest = hashlib.sha256()
+    for path in (config.source, config.kube_dns_configmap):
+        if not path:
+            continue
+        try:
+            with open(path, "rb") as f:
+                digest.update(f.read())
+        except OSError as e:
+            digest.update(f"unreadable: {e.strerror}".encode())
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
+class Runtime:
+    """`serve` for one `App`: owns the listeners, and stops and reloads them (module docstring)."""
+
+    def __init__(self, app: App, loader: Callable[[], Config] | None) -> None:
+        self.app = app
+        # Reloading re-reads the file and applies the environment and the flags again; without
+        # a loader (in-process tests) the same config is rebuilt.
+        self.loader = loader or (lambda: self.app.config)
+        self.stopping = False
+        self.status = 0
+        self.dns: DnsServer | None = None
+        self.dns_task = Task()
+        self.http: dict[str, HttpEndpoint] = {}
+        self.http_tasks: dict[str, Task] = {}
+        self.forwarder_task: Task | None = None
+        self.fingerprint = ""
+        self._nursery: trio.Nursery | None = None
+        self._reload_requests, self._reloads = trio.open_memory_channel[str](8)
+
+    @property
+    def nursery(self) -> trio.Nursery:
+        assert self._nursery is not None
+        return self._nursery
+
+    # --- listeners -----------------------------------------------------------------------------
+
+    def _endpoint(self, name: str, config: Config) -> HttpEndpoint:
+        host, port = parse_hostport(getattr(config, f"{name}_addr"))
+        route = {
+            "health": health,
+            "ready": readiness(self.app.store.unsynced_kinds, lambda: self.stopping),
+            "metrics": prometheus,
+        }[name]
+        return HttpEndpoint(host, port, {f"/{name}": route})
+
+    async def _start(self, run: Callable[..., Awaitable[Any]]) -> Task:
+        task = Task()
+
+        async def wrapped(*, task_status: trio.TaskStatus[None]) -> None:
+            try:
+                with task.scope:
+                    await run(task_status=task_status)
+            finally:
+                task.done.set()
+
+        await self.nursery.start(wrapped)
+        return task
+
+    async def _drain(self, server: DnsServer, task: Task) -> None:
+        """Close a DNS listener: stop taking queries, let answers in flight be written."""
+        server.stop_listening()
+        with trio.move_on_after(DRAIN_GRACE):
+            await task.done.wait()
+        task.scope.cancel()
+        await task.done.wait()
+
+    async def run(self, *, task_status: trio.TaskStatus[dict[str, int]]) -> int:
+        config = self.app.config
+        self.dns = DnsServer(self.app.handler, *parse_hostport(config.dns_addr))
+        self.dns.bind()  # outside the nursery: a taken port is a plain OSError for the command line
+        self.http = {name: self._endpoint(name, config) for name in HTTP_NAMES}
+        for endpoint in self.http.values():
+            await endpoint.bind()
+        self.fingerprint = await trio.to_thread.run_sync(config_fingerprint, config)
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            self.dns_task = await self._start(self.dns.run)
+            for name, endpoint in self.http.items():
+                self.http_tasks[name] = await self._start(endpoint.run)
+            await nursery.start(self.app.source.run)
+            if self.app.forwarder is not None:
+                self.forwarder_task = await self._start(self.app.forwarder.run)
+            nursery.start_soon(self._signals)
+            nursery.start_soon(self._reloader)
+            log.info("kdns ready to answer for %s", ", ".join(config.zones))
+            ports = {"dns": self.dns.port, **{n: e.port for n, e in self.http.items()}}
+            task_status.started(ports)
+        return self.status
+
+    # --- signals and lameduck ------------------------------------------------------------------
+
+    async def _signals(self) -> None:
+        wanted = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1)
+        with trio.open_signal_receiver(*wanted) as signals:
+            async for signum in signals:
+                name = signal.Signals(signum).name
+                if signum in (signal.SIGHUP, signal.SIGUSR1):
+                    # SIGUSR1 is CoreDNS's reload signal; SIGHUP is the daemon convention.
+                    if not self.stopping:
+                        # A full queue holds reloads that will read the file anyway.
+                        with contextlib.suppress(trio.WouldBlock):
+                            self._reload_requests.send_nowait(name)
+                    continue
+                if self.stopping:
+                    # A second signal: the operator wants out now (caddy, which CoreDNS is
+                    # built on, force-quits on a second SIGINT). 128 + N is the shell's
+                    # status for death by signal N; 2 is taken by "bad config".
+                    log.warning("%s during lameduck: stopping now", name)
+                    self.status = 128 + signum
+                    self.nursery.cancel_scope.cancel()
+                    return
+                self.stopping = True  # /ready answers 503 from now on
+                lameduck = self.app.config.lameduck
+                log.info("%s: lameduck for %g s (/ready 503, DNS still answering)", name, lameduck)
+                self.nursery.start_soon(self._shutdown, lameduck)
+
+    async def _shutdown(self, lameduck: float) -> None:
+        await trio.sleep(lameduck)
+        log.info("lameduck over: closing the DNS listeners, finishing answers in flight")
+        assert self.dns is not None
+        await self._drain(self.dns, self.dns_task)
+        log.info("stopped")
+        self.nursery.cancel_scope.cancel()
+
+    # --- reload ----------------------------------------------------------------------------------
+
+    async def _reloader(self) -> None:
+        """Reload on request (signals), and when a poll sees the config's files change."""
+        while True:
+            interval = self.app.config.reload_interval
+            polling = interval > 0 and bool(self.app.config.source)
+            with trio.move_on_after(interval if polling else math.inf):
+                reason = await self._reloads.receive()
+                await self.reload(reason)
+                continue
+            current = await trio.to_thread.run_sync(config_fingerprint, self.app.config)
+            if current != self.fingerprint:
+                # Remembered even when the reload fails: a broken file is reported once, not
+                # every poll; the next change (or a signal) tries again.
+                self.fingerprint = current
+                await self.reload(f"{self.app.config.source} changed")
+
+    def _refuse(self, message: str) -> bool:
+        log.error("config reload refused, the previous config keeps serving: %s", message)
+        metrics.RELOADS.labels(result="error").inc()
+        return False
+
+    async def reload(self, reason: str) -> bool:
+        """Load, check, bind, then swap (module docstring). True when the new config serves."""
+        if self.stopping:
+            return False
+        old = self.app.config
+        try:
+            fingerprint = await trio.to_thread.run_sync(config_fingerprint, old)
+            config = await trio.to_thread.run_sync(self.loader)
+            _check_source(old, config, self.app.store)
+            planned = await trio.to_thread.run_sync(plan, config)
+        except ConfigError as e:
+            return self._refuse(str(e))
+        except StartupError as e:
+            return self._refuse(f"{config.source or 'config'}: {'; '.join(e.lines)}")
+        self.fingerprint = fingerprint
+        # Bind what moved before anything changes: a taken port refuses the whole reload.
+        dns: DnsServer | None = None
+        http: dict[str, HttpEndpoint] = {}
+        key = "dns_addr"
+        try:
+            if config.dns_addr != old.dns_addr:
+                dns = DnsServer(self.app.handler, *parse_hostport(config.dns_addr))
+                dns.bind()
+            for name in HTTP_NAMES:
+                key = f"{name}_addr"
+                if getattr(config, key) != getattr(old, key):
+                    http[name] = self._endpoint(name, config)
+                    await http[name].bind()
+        except OSError as e:
+            if dns is not None:
+                dns.close()
+            for endpoint in http.values():
+                await endpoint.aclose()
+            line = key_line(config.source, key) if config.source else None
+            where = f"{config.source}:{line}" if line else (config.source or "config")
+            return self._refuse(f"{where}: {key}: {e.strerror}")
+        if self.stopping:  # a SIGTERM arrived while we were reading files
+            if dns is not None:
+                dns.close()
+            for endpoint in http.values():
+                await endpoint.aclose()
+            return False
+        # The swap: synchronous, so no query and no store change sees half of it.
+        resolver, handler = assemble(config, self.app.store, planned)
+        old_forwarder_task = self.forwarder_task
+        self.app.config, self.app.resolver, self.app.handler = config, resolver, handler
+        self.app.forwarder = planned.forwarder
+        assert self.dns is not None
+        self.dns.handler = handler
+        if dns is not None:
+            dns.handler = handler
+        # Upstream health probes follow the new forwarder; the old one's questions in flight
+        # finish on their own (they are the listeners' tasks, not this one's).
+        if old_forwarder_task is not None:
+            old_forwarder_task.scope.cancel()
+        self.forwarder_task = None
+        if planned.forwarder is not None:
+            self.forwarder_task = await self._start(planned.forwarder.run)
+        if dns is not None:
+            old_dns, old_task = self.dns, self.dns_task
+            self.dns, self.dns_task = dns, await self._start(dns.run)
+            self.nursery.start_soon(self._drain, old_dns, old_task)
+            log.info("DNS moved from %s to %s", old.dns_addr, config.dns_addr)
+        for name, endpoint in http.items():
+            self.http_tasks[name].scope.cancel()
+            self.http[name], self.http_tasks[name] = endpoint, await self._start(endpoint.run)
+        metrics.RELOADS.labels(result="ok").inc()
+        log.info("config reloaded (%s)", reason)
+        return True
+
+
+def _check_source(old: Config, new: Config, store: Store) -> None:
+    """Raises ConfigError when `new` picks another source of cluster state (module docstring)."""
+    changed = [key for key in SOURCE_KEYS if getattr(old, key) != getattr(new, key)]
+    if not old.manifests and _watch_pods(old) != _watch_pods(new):
+        # The live cluster's Reflectors were started for a set of kinds; Pods are watched only
+        # for pods: verified and autopath.
+        changed.append("pods" if old.pods != new.pods else "autopath")
+    if changed:
+        key = changed[0]
+        line = key_line(new.source, key) if new.source else None
+        where = f"{new.source}:{line}" if line else (new.source or "config")
+        raise ConfigError(
+            f"{where}: {key}: changes the source of cluster state, which needs a restart "
+            f"(now {getattr(old, key)!r}, asked {getattr(new, key)!r})",
+            key=key,
+        )
+
+
 async def serve(
-    app: App, *, task_status: trio.TaskStatus[dict[str, int]] = trio.TASK_STATUS_IGNORED
-) -> None:
-    """Run everything; `task_status.started` reports the bound ports by name."""
-    config = app.config
-    host, port = parse_hostport(config.dns_addr)
-    server = DnsServer(app.handler, host, port)
-    server.bind()  # outside the nursery: a taken port is a plain OSError for the command line
-    endpoints = {
-        "health": HttpEndpoint(*parse_hostport(config.health_addr), {"/health": health}),
-        "ready": HttpEndpoint(
-            *parse_hostport(config.ready_addr), {"/ready": readiness(app.store.unsynced_kinds)}
-        ),
-        "metrics": HttpEndpoint(*parse_hostport(config.metrics_addr), {"/metrics": prometheus}),
-    }
-    for endpoint in endpoints.values():
-        await endpoint.bind()
-    async with trio.open_nursery() as nursery:
-        await nursery.start(server.run)
-        for endpoint in endpoints.values():
-            await nursery.start(endpoint.run)
-        await nursery.start(app.source.run)
-        if app.forwarder is not None:
-            await nursery.start(app.forwarder.run)
-        nursery.start_soon(_stop_on_sigterm, nursery.cancel_scope)
-        log.info("kdns ready to answer for %s", ", ".join(config.zones))
-        ports = {"dns": server.port, **{name: e.port for name, e in endpoints.items()}}
-        task_status.started(ports)
+    app: App,
+    *,
+    loader: Callable[[], Config] | None = None,
+    task_status: trio.TaskStatus[dict[str, int]] = trio.TASK_STATUS_IGNORED,
+) -> int:
+    """Run everything until stopped; `task_status.started` reports the bound ports by name.
 
-
-async def _stop_on_sigterm(scope: trio.CancelScope) -> None:
-    # The kubelet stops a pod with SIGTERM: stop serving and exit 0 (lameduck comes later).
-    with trio.open_signal_receiver(signal.SIGTERM) as signals:
-        async for _ in signals:
-            log.info("SIGTERM: shutting down")
-            scope.cancel()
-            return
+    `loader` gives the config again for a reload (the file, the environment, the flags).
+    Returns the exit status (module docstring)."""
+    return await Runtime(app, loader).run(task_status=task_status)

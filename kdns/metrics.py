@@ -111,3 +111,9 @@ PROXY_PROGRAMMING_DURATION = Histogram(
     "Time from a Service or EndpointSlice change to the data path carrying it.",
     buckets=_SYNC_BUCKETS,
 )
+
+# --- reload --------------------------------------------------------------------------------------
+
+# A config reload (SIGHUP, SIGUSR1 or a changed file), by result: "error" when the new config was
+# refused and the old one kept serving (CoreDNS counts these as coredns_reload_failed_total).
+RELOADS = Counter("kdns_reload_total", "Config reloads, by result (ok or error).", ["result"])
