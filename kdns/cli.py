@@ -77,6 +77,18 @@ def _parser() -> argparse.ArgumentParser:
         help="a kube-dns ConfigMap whose stubDomains and upstreamNameservers to use",
     )
     serve.add_argument(
+        "--lameduck",
+        type=float,
+        metavar="SECONDS",
+        help="after SIGTERM, /ready says 503 and DNS keeps answering this long (5)",
+    )
+    serve.add_argument(
+        "--reload-interval",
+        type=float,
+        metavar="SECONDS",
+        help="how often the config file is checked for a change; 0: only on SIGHUP (2)",
+    )
+    serve.add_argument(
         "--autopath",
         action="store_true",
         default=None,
@@ -105,6 +117,8 @@ def _config(args: argparse.Namespace) -> Config:
         health_addr=getattr(args, "health_addr", None),
         ready_addr=getattr(args, "ready_addr", None),
         metrics_addr=getattr(args, "metrics_addr", None),
+        lameduck=getattr(args, "lameduck", None),
+        reload_interval=getattr(args, "reload_interval", None),
         manifests=tuple(args.manifests) if args.manifests else None,
         kubeconfig=args.kubeconfig,
         context=args.context,
