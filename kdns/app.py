@@ -414,9 +414,6 @@ class Runtime:
                 continue
             current = await trio.to_thread.run_sync(config_fingerprint, self.app.config)
             if current != self.fingerprint:
-                # Remembered even when the reload fails: a broken file is reported once, not
-                # every poll; the next change (or a signal) tries again.
-                self.fingerprint = current
                 await self.reload(f"{self.app.config.source} changed")
 
     def _refuse(self, message: str) -> bool:
@@ -429,8 +426,10 @@ class Runtime:
         if self.stopping:
             return False
         old = self.app.config
+        # What this attempt read, good or bad: the poll then waits for the next change, so a
+        # broken file is reported once.
+        self.fingerprint = await trio.to_thread.run_sync(config_fingerprint, old)
         try:
-            fingerprint = await trio.to_thread.run_sync(config_fingerprint, old)
             config = await trio.to_thread.run_sync(self.loader)
             _check_source(old, config, self.app.store)
             planned = await trio.to_thread.run_sync(plan, config)
@@ -438,7 +437,6 @@ class Runtime:
             return self._refuse(str(e))
         except StartupError as e:
             return self._refuse(f"{config.source or 'config'}: {'; '.join(e.lines)}")
-        self.fingerprint = fingerprint
         # Bind what moved before anything changes: a taken port refuses the whole reload.
         dns: DnsServer | None = None
         http: dict[str, HttpEndpoint] = {}

@@ -51,6 +51,7 @@ class Setup:
             "ready_addr": f"{HOST}:0",
             "metrics_addr": f"{HOST}:{self.metrics}",
             "upstreams": [],
+            "lameduck": 0,  # the teardown's SIGTERM stops it at once
             **keys,
         }
 
