@@ -408,13 +408,16 @@ class Runtime:
         while True:
             interval = self.app.config.reload_interval
             polling = interval > 0 and bool(self.app.config.source)
+            reason = ""
             with trio.move_on_after(interval if polling else math.inf):
                 reason = await self._reloads.receive()
+            if not reason:
+                current = await trio.to_thread.run_sync(config_fingerprint, self.app.config)
+                if current != self.fingerprint:
+                    reason = f"{self.app.config.source} changed"
+            if reason:
+                # Outside the timeout: a reload is never cut short half-way.
                 await self.reload(reason)
-                continue
-            current = await trio.to_thread.run_sync(config_fingerprint, self.app.config)
-            if current != self.fingerprint:
-                await self.reload(f"{self.app.config.source} changed")
 
     def _refuse(self, message: str) -> bool:
         log.error("config reload refused, the previous config keeps serving: %s", message)
@@ -431,7 +434,7 @@ class Runtime:
         self.fingerprint = await trio.to_thread.run_sync(config_fingerprint, old)
         try:
             config = await trio.to_thread.run_sync(self.loader)
-            _check_source(old, config, self.app.store)
+            _check_source(old, config)
             planned = await trio.to_thread.run_sync(plan, config)
         except ConfigError as e:
             return self._refuse(str(e))
@@ -493,7 +496,7 @@ class Runtime:
         return True
 
 
-def _check_source(old: Config, new: Config, store: Store) -> None:
+def _check_source(old: Config, new: Config) -> None:
     """Raises ConfigError when `new` picks another source of cluster state (module docstring)."""
     changed = [key for key in SOURCE_KEYS if getattr(old, key) != getattr(new, key)]
     if not old.manifests and _watch_pods(old) != _watch_pods(new):
