@@ -32,7 +32,7 @@ import ipaddress
 import logging
 import math
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -71,6 +71,7 @@ NO_SOURCE = (
 # bounded by forward_timeout, 2 s by default), so kdns exits within lameduck + 3 s.
 DRAIN_GRACE = 3.0
 HTTP_NAMES = ("health", "ready", "metrics")
+SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1)
 # Keys that pick the source of cluster state: a reload cannot change them (module docstring).
 SOURCE_KEYS = ("manifests", "kubeconfig", "context")
 
@@ -143,38 +144,59 @@ def assemble(config: Config, store: Store, planned: Plan) -> tuple[Resolver, Han
 
 def build(config: Config, kube_options: dict[str, Any] | None = None) -> App:
     """`kube_options`: keyword arguments for the KubeSource (tests shorten its timeouts)."""
-    source: Source
-    if config.manifests:
-        store = Store(watched=KINDS)
-        manifests = ManifestSource(config.manifests, store)
-        errors = manifests.load()
-        if errors:
-            raise StartupError([str(e) for e in errors])
-        source = manifests
-    else:
-        # Imported only for a live cluster: the client costs a second and 15 MiB at start-up.
-        from kdns.sources import kube
-
-        try:
-            api = kube.cluster_client(config.kubeconfig or None, config.context or None)
-        except kube.ClusterConfigError as e:
-            raise StartupError([str(e)]) from None
-        if api is None:
-            raise StartupError([NO_SOURCE])
-        store = Store(watched=kube.KubeSource.kinds(watch_pods=_watch_pods(config)))
-        source = kube.KubeSource(api, store, _watch_pods(config), **(kube_options or {}))
+    store, api = open_store(config, _watch_pods(config))
     planned = plan(config)
+    source = open_source(config, store, api, _watch_pods(config), kube_options)
+    # The resolver starts from what the source already put in the store (manifests), then
+    # follows every change.
     resolver, handler = assemble(config, store, planned)
     app = App(config, store, resolver, handler, source, planned.forwarder)
     store.subscribe(app.follow)
-    if isinstance(source, ManifestSource):
-        source.apply()
     return app
 
 
 def check(config: Config) -> Plan:
     """Everything `build` checks that needs no source: for `kdns check` without manifests."""
     return plan(config)
+
+
+def open_store(config: Config, watch_pods: bool) -> tuple[Store, Any]:
+    """The store for the config's source, and the API client when the source is a cluster.
+
+    Raises StartupError when no source is configured or the cluster config is unusable."""
+    if config.manifests:
+        return Store(watched=KINDS), None
+    # Imported only for a live cluster: the client costs a second and 15 MiB at start-up.
+    from kdns.sources import kube
+
+    try:
+        api = kube.cluster_client(config.kubeconfig or None, config.context or None)
+    except kube.ClusterConfigError as e:
+        raise StartupError([str(e)]) from None
+    if api is None:
+        raise StartupError([NO_SOURCE])
+    return Store(watched=kube.KubeSource.kinds(watch_pods=watch_pods)), api
+
+
+def open_source(
+    config: Config,
+    store: Store,
+    api: Any,
+    watch_pods: bool,
+    kube_options: dict[str, Any] | None = None,
+) -> Source:
+    """The source feeding `store`: manifests are read (and applied) now, so their errors stop
+    the start with file/line/field; a cluster is listed when the source runs."""
+    if config.manifests:
+        manifests = ManifestSource(config.manifests, store)
+        errors = manifests.load()
+        if errors:
+            raise StartupError([str(e) for e in errors])
+        manifests.apply()
+        return manifests
+    from kdns.sources import kube
+
+    return kube.KubeSource(api, store, watch_pods, **(kube_options or {}))
 
 
 def _watch_pods(config: Config) -> bool:
@@ -299,6 +321,7 @@ class Runtime:
         self.status = 0
         self.dns: DnsServer | None = None
         self.dns_task = Task()
+        self.dns_task.done.set()  # nothing to drain until the listener runs
         self.http: dict[str, HttpEndpoint] = {}
         self.http_tasks: dict[str, Task] = {}
         self.forwarder_task: Task | None = None
@@ -341,7 +364,6 @@ class Runtime:
         with trio.move_on_after(DRAIN_GRACE):
             await task.done.wait()
         task.scope.cancel()
-        await task.done.wait()
 
     async def run(self, *, task_status: trio.TaskStatus[dict[str, int]]) -> int:
         config = self.app.config
@@ -351,47 +373,48 @@ class Runtime:
         for endpoint in self.http.values():
             await endpoint.bind()
         self.fingerprint = await trio.to_thread.run_sync(config_fingerprint, config)
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            self.dns_task = await self._start(self.dns.run)
-            for name, endpoint in self.http.items():
-                self.http_tasks[name] = await self._start(endpoint.run)
-            await nursery.start(self.app.source.run)
-            if self.app.forwarder is not None:
-                self.forwarder_task = await self._start(self.app.forwarder.run)
-            nursery.start_soon(self._signals)
-            nursery.start_soon(self._reloader)
-            log.info("kdns ready to answer for %s", ", ".join(config.zones))
-            ports = {"dns": self.dns.port, **{n: e.port for n, e in self.http.items()}}
-            task_status.started(ports)
+        # Signals are ours before the first query is answered: a SIGTERM right after start-up
+        # gets its lameduck too.
+        with trio.open_signal_receiver(*SIGNALS) as signals:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                nursery.start_soon(self._signals, signals)
+                self.dns_task = await self._start(self.dns.run)
+                for name, endpoint in self.http.items():
+                    self.http_tasks[name] = await self._start(endpoint.run)
+                await nursery.start(self.app.source.run)
+                if self.app.forwarder is not None:
+                    self.forwarder_task = await self._start(self.app.forwarder.run)
+                nursery.start_soon(self._reloader)
+                log.info("kdns ready to answer for %s", ", ".join(config.zones))
+                ports = {"dns": self.dns.port, **{n: e.port for n, e in self.http.items()}}
+                task_status.started(ports)
         return self.status
 
     # --- signals and lameduck ------------------------------------------------------------------
 
-    async def _signals(self) -> None:
-        wanted = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1)
-        with trio.open_signal_receiver(*wanted) as signals:
-            async for signum in signals:
-                name = signal.Signals(signum).name
-                if signum in (signal.SIGHUP, signal.SIGUSR1):
-                    # SIGUSR1 is CoreDNS's reload signal; SIGHUP is the daemon convention.
-                    if not self.stopping:
-                        # A full queue holds reloads that will read the file anyway.
-                        with contextlib.suppress(trio.WouldBlock):
-                            self._reload_requests.send_nowait(name)
-                    continue
-                if self.stopping:
-                    # A second signal: the operator wants out now (caddy, which CoreDNS is
-                    # built on, force-quits on a second SIGINT). 128 + N is the shell's
-                    # status for death by signal N; 2 is taken by "bad config".
-                    log.warning("%s during lameduck: stopping now", name)
-                    self.status = 128 + signum
-                    self.nursery.cancel_scope.cancel()
-                    return
-                self.stopping = True  # /ready answers 503 from now on
-                lameduck = self.app.config.lameduck
-                log.info("%s: lameduck for %g s (/ready 503, DNS still answering)", name, lameduck)
-                self.nursery.start_soon(self._shutdown, lameduck)
+    async def _signals(self, signals: AsyncIterator[int]) -> None:
+        async for signum in signals:
+            name = signal.Signals(signum).name
+            if signum in (signal.SIGHUP, signal.SIGUSR1):
+                # SIGUSR1 is CoreDNS's reload signal; SIGHUP is the daemon convention.
+                if not self.stopping:
+                    # A full queue holds reloads that will read the file anyway.
+                    with contextlib.suppress(trio.WouldBlock):
+                        self._reload_requests.send_nowait(name)
+                continue
+            if self.stopping:
+                # A second signal: the operator wants out now (caddy, which CoreDNS is
+                # built on, force-quits on a second SIGINT). 128 + N is the shell's
+                # status for death by signal N; 2 is taken by "bad config".
+                log.warning("%s during lameduck: stopping now", name)
+                self.status = 128 + signum
+                self.nursery.cancel_scope.cancel()
+                return
+            self.stopping = True  # /ready answers 503 from now on
+            lameduck = self.app.config.lameduck
+            log.info("%s: lameduck for %g s (/ready 503, DNS still answering)", name, lameduck)
+            self.nursery.start_soon(self._shutdown, lameduck)
 
     async def _shutdown(self, lameduck: float) -> None:
         await trio.sleep(lameduck)
