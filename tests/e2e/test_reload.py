@@ -258,3 +258,28 @@ def test_changing_the_source_is_refused_with_a_line(tmp_path: Path, started: lis
         in refused
     )
     assert ttl_of(setup.dns) == 5  # nothing applied
+
+
+def test_reloads_in_a_row_under_a_query_stream_lose_nothing(
+    tmp_path: Path, started: list[Served]
+) -> None:
+    # Twenty reloads, each a new handler with empty caches, while 1,000 queries a second arrive:
+    # every query is answered, and each answer is wholly the old config's or the new one's.
+    setup = Setup(tmp_path, reload_interval=0)
+    server = start(setup, started)
+    with QueryStream(setup.dns, REDIS, rate=1000) as stream:
+        for i in range(20):
+            setup.write(setup.text(ttl=30 if i % 2 == 0 else 5))
+            server.proc.send_signal(signal.SIGHUP)
+            wait_for(lambda i=i: setup.reloads("ok") == i + 1, f"reload {i + 1}", server)
+        stream.stop()
+        sent = sorted(stream.sent)
+        assert not stream.wait_answered(sent), server.stderr()
+    ttls = set()
+    for n in sent:
+        response = dns.message.from_wire(stream.answers[n])
+        assert response.rcode() == dns.rcode.NOERROR
+        assert {r.to_text() for rrset in response.answer for r in rrset} == {"10.97.97.97"}
+        ttls.add(response.answer[0].ttl)
+    assert ttls == {5, 30}
+    assert setup.reloads("error") == 0
