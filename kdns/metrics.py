@@ -143,3 +143,9 @@ RELAY_UNBINDABLE = Gauge(
     "net.ipv4.ip_unprivileged_port_start), in_use, other.",
     ["reason"],
 )
+
+# --- reload --------------------------------------------------------------------------------------
+
+# A config reload (SIGHUP, SIGUSR1 or a changed file), by result: "error" when the new config was
+# refused and the old one kept serving (CoreDNS counts these as coredns_reload_failed_total).
+RELOADS = Counter("kdns_reload_total", "Config reloads, by result (ok or error).", ["result"])
