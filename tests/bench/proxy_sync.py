@@ -66,7 +66,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -447,9 +447,9 @@ def _change_routes(cluster: Cluster, i: int) -> tuple[tuple[Any, ...], frozenset
     return cluster.routes([i]), frozenset({cluster.key(i)})
 
 
-def phase_dataplanes(cluster: Cluster, node: Any, fig: Json, say: Say) -> None:
+def phase_dataplanes(cluster: Cluster, node: Any, workdir: Path, fig: Json, say: Say) -> None:
     from kdns.proxy import ipvs as ipvs_mod
-    from kdns.proxy.dataplane import IptablesDataplane, NftablesDataplane
+    from kdns.proxy.dataplane import NftablesDataplane
 
     t, routes = _timed(cluster.routes)
     fig["routes_s"] = t
@@ -507,34 +507,10 @@ def phase_dataplanes(cluster: Cluster, node: Any, fig: Json, say: Say) -> None:
     dp.cleanup()
     say("  nftables transactions measured, table removed")
 
-    # iptables: full, canary, partials. The routes again: the partials above changed some.
-    routes = cluster.routes()
-    runner = TimedRunner()
-    dp_ipt = IptablesDataplane(node, runner)
-    total, applied = _timed(lambda: dp_ipt.sync(routes, None))
-    fig["ipt_full"] = {
-        "render": total - runner.total(),
-        "apply": runner.total("iptables-restore"),
-        "read": runner.total("iptables-save"),
-        "size": applied.size,
-        "rules": applied.rules,
-    }
-    say(f"  iptables full sync: {total:.2f} s, {applied.size:,} bytes")
-    fig["ipt_canary"], fig["ipt_intact"] = _timed(dp_ipt.intact)
-    ipt_partial: dict[str, list[float]] = {"apply": [], "total": [], "size": []}
-    for _ in range(3):
-        runner.calls.clear()
-        _, changed = _change_routes(cluster, next(picks))
-        every = cluster_routes_all(cluster)  # built before the clock starts, as the engine has them
-        t = time.perf_counter()
-        applied = dp_ipt.sync(every, changed)
-        total = time.perf_counter() - t
-        ipt_partial["apply"].append(runner.total("iptables-restore"))
-        ipt_partial["total"].append(total)
-        ipt_partial["size"].append(applied.size)
-    fig["ipt_partial"] = ipt_partial
-    dp_ipt.cleanup()
-    say("  iptables partial syncs measured, chains removed")
+    routes = cluster.routes()  # again: the partials above changed some Services
+    for mode in IPTABLES_MODES:
+        with iptables_backend(mode, workdir):
+            phase_iptables(mode, cluster, node, picks, fig, say)
 
     # IPVS: render, diff against an empty table, the commands applied to the model.
     config = ipvs_mod.IpvsConfig(
@@ -543,6 +519,7 @@ def phase_dataplanes(cluster: Cluster, node: Any, fig: Json, say: Say) -> None:
         node_ips=node.node_ips,
         cluster_cidrs=(CLUSTER_CIDR,),
     )
+    routes = cluster.routes()  # again: the iptables partials changed some Services
     t_render, rendering = _timed(lambda: ipvs_mod.render(routes, config))
     empty = ipvs_mod.IpvsState(device=False)
     t_diff, plan = _timed(lambda: ipvs_mod.diff(empty, rendering.state, config))
@@ -561,7 +538,7 @@ def phase_dataplanes(cluster: Cluster, node: Any, fig: Json, say: Say) -> None:
     }
     i = next(picks)
     cluster.replace_endpoint(i)
-    every = cluster_routes_all(cluster)
+    every = cluster.routes()
     t_one, one_plan = _timed(lambda: _ipvs_one(ipvs_mod, every, config, model))
     fig["ipvs_one"] = {
         "time": t_one,
@@ -571,14 +548,89 @@ def phase_dataplanes(cluster: Cluster, node: Any, fig: Json, say: Say) -> None:
     say("  IPVS rendered and applied to the model")
 
 
+IPTABLES_MODES = ("iptables", "iptables-legacy")
+_LEGACY_TOOLS = ("iptables", "iptables-save", "iptables-restore")
+
+
+def legacy_path(workdir: Path) -> str:
+    """A directory whose iptables, iptables-save and iptables-restore (and ip6…) are the legacy
+    (x_tables) ones, put first on PATH: kdns runs whatever `iptables-restore` PATH finds."""
+    bindir = workdir / "legacy-bin"
+    if not bindir.exists():
+        bindir.mkdir()
+        for tool in _LEGACY_TOOLS:
+            for fam in ("ip", "ip6"):
+                name = fam + tool.removeprefix("ip")
+                target = subprocess.run(
+                    ["which", name.replace("tables", "tables-legacy", 1)],
+                    capture_output=True,
+                    text=True,
+                ).stdout.strip()
+                if target:
+                    (bindir / name).symlink_to(target)
+    return f"{bindir}:{os.environ.get('PATH', '')}"
+
+
+@contextlib.contextmanager
+def iptables_backend(mode: str, workdir: Path) -> Iterator[None]:
+    """iptables-nft (Debian's default `iptables`) or, for "iptables-legacy", x_tables."""
+    if mode != "iptables-legacy":
+        yield
+        return
+    saved = os.environ.get("PATH", "")
+    os.environ["PATH"] = legacy_path(workdir)
+    try:
+        yield
+    finally:
+        os.environ["PATH"] = saved
+
+
+def phase_iptables(
+    mode: str, cluster: Cluster, node: Any, picks: Iterator[int], fig: Json, say: Say
+) -> None:
+    """Full sync, canary, three partial syncs, cleanup; on a failed full sync only the error."""
+    from kdns.proxy.dataplane import ApplyError, IptablesDataplane
+
+    routes = cluster.routes()
+    runner = TimedRunner()
+    dp = IptablesDataplane(node, runner)
+    out: Json = {}
+    fig[f"{mode}_inproc"] = out
+    try:
+        total, applied = _timed(lambda: dp.sync(routes, None))
+    except ApplyError as e:
+        out["error"] = str(e)[:300]
+        out["apply"] = runner.total("iptables-restore")
+        say(f"  {mode} full sync FAILED after {out['apply']:.0f} s: {out['error'][:120]}")
+        dp.cleanup()
+        return
+    out["full"] = {
+        "render": total - runner.total(),
+        "apply": runner.total("iptables-restore"),
+        "read": runner.total("iptables-save"),
+        "size": applied.size,
+        "rules": applied.rules,
+    }
+    say(f"  {mode} full sync: {total:.2f} s, {applied.size:,} bytes")
+    out["canary"], out["intact"] = _timed(dp.intact)
+    partial: dict[str, list[float]] = {"apply": [], "total": [], "size": []}
+    for _ in range(3):
+        runner.calls.clear()
+        _, changed = _change_routes(cluster, next(picks))
+        every = cluster.routes()  # built before the clock starts, as the engine has them
+        t = time.perf_counter()
+        applied = dp.sync(every, changed)
+        partial["total"].append(time.perf_counter() - t)
+        partial["apply"].append(runner.total("iptables-restore"))
+        partial["size"].append(applied.size)
+    out["partial"] = partial
+    dp.cleanup()
+    say(f"  {mode} partial syncs measured, chains removed")
+
+
 def _ipvs_one(ipvs_mod: Any, routes: Any, config: Any, model: Any) -> Any:
     """IPVS has no partial render: a change is a full render diffed against the table."""
     return ipvs_mod.diff(model.state, ipvs_mod.render(routes, config).state, config)
-
-
-def cluster_routes_all(cluster: Cluster) -> tuple[Any, ...]:
-    """Every route: iptables' partial sync rewrites KUBE-SERVICES from all of them."""
-    return cluster.routes()
 
 
 # --------------------------------------------------------------------------------------------
@@ -608,7 +660,7 @@ class Proxy:
             "kdns",
             "proxy",
             "--mode",
-            mode,
+            "nftables" if mode == "nftables" else "iptables",
             "--kubeconfig",
             str(kubeconfig),
             "--node-name",
@@ -628,6 +680,7 @@ class Proxy:
         self.started = 0.0
 
     def start(self, stack: contextlib.ExitStack) -> None:
+        # PATH as set by iptables_backend: the legacy tools first for "iptables-legacy".
         env = {**os.environ, "KDNS_RESOLV_CONF": "/dev/null"}
         with self.log_path.open("wb") as log:
             self.started = time.monotonic()
@@ -801,7 +854,7 @@ def run(args: argparse.Namespace, say: Say) -> Json:
         node = node_from_host(run_command, (4,), (CLUSTER_CIDR,), (), False)
 
         say(f"1. data planes in-process, N={cluster.n:,}")
-        phase_dataplanes(cluster, node, fig, say)
+        phase_dataplanes(cluster, node, workdir, fig, say)
 
         server = ApiServer(tls=False)
         stack.callback(server.stop)
@@ -814,13 +867,18 @@ def run(args: argparse.Namespace, say: Say) -> Json:
         kubeconfig = server.write_kubeconfig(workdir / "kubeconfig")
         say(f"2. API server loaded with {2 * cluster.n:,} objects in {time.monotonic() - t:.1f} s")
         for mode in args.modes:
-            fig[mode] = phase_proxy(
-                mode, cluster, server, kubeconfig, workdir, client, args, stack, say
-            )
-            dp = (IptablesDataplane if mode == "iptables" else NftablesDataplane)(
-                dataclasses.replace(node, families=(4, 6))
-            )
-            dp.cleanup()  # the proxy leaves its rules on exit, as kube-proxy does
+            failed = fig.get(f"{mode}_inproc", {}).get("error")
+            if failed:
+                fig[mode] = {"failed": "skipped: the in-process full sync failed"}
+                continue
+            with iptables_backend(mode, workdir):
+                fig[mode] = phase_proxy(
+                    mode, cluster, server, kubeconfig, workdir, client, args, stack, say
+                )
+                dp = (NftablesDataplane if mode == "nftables" else IptablesDataplane)(
+                    dataclasses.replace(node, families=(4, 6))
+                )
+                dp.cleanup()  # the proxy leaves its rules on exit, as kube-proxy does
     return fig
 
 
@@ -861,7 +919,7 @@ def report(fig: Json, args: argparse.Namespace) -> str:
         "",
         "1. full render / apply, in-process (real tools in a network namespace)",
     ]
-    nf, ip_, iv = fig["nft_full"], fig["ipt_full"], fig["ipvs_full"]
+    nf, iv, txn = fig["nft_full"], fig["ipvs_full"], fig["nft_txn"]
     rows = [
         [
             "nftables",
@@ -870,15 +928,36 @@ def report(fig: Json, args: argparse.Namespace) -> str:
             _kb(nf["size"]),
             f"{nf['rules']:,}",
             f"{_s(fig['nft_canary'])} ({'intact' if fig['nft_intact'] else 'NOT intact'})",
-        ],
-        [
-            "iptables",
-            _s(ip_["render"]),
-            f"{_s(ip_['apply'])} (iptables-restore; + {_s(ip_['read'])} iptables-save)",
-            _kb(ip_["size"]),
-            f"{ip_['rules']:,}",
-            f"{_s(fig['ipt_canary'])} ({'intact' if fig['ipt_intact'] else 'NOT intact'})",
-        ],
+        ]
+    ]
+    partial_notes = [
+        f"nftables: nft -f {_ms(_median(txn['partial']['nft -f']))} "
+        f"({_kb(_median(txn['partial']['size']))})"
+    ]
+    for mode in IPTABLES_MODES:
+        out = fig.get(f"{mode}_inproc")
+        if out is None:
+            continue
+        if "error" in out:
+            rows.append([mode, "", f"FAILED after {_s(out['apply'])}: {out['error'][:70]}"])
+            rows[-1] += ["", "", ""]
+            continue
+        full, part = out["full"], out["partial"]
+        rows.append(
+            [
+                mode,
+                _s(full["render"]),
+                f"{_s(full['apply'])} (iptables-restore; + {_s(full['read'])} iptables-save)",
+                _kb(full["size"]),
+                f"{full['rules']:,}",
+                f"{_s(out['canary'])} ({'intact' if out['intact'] else 'NOT intact'})",
+            ]
+        )
+        partial_notes.append(
+            f"{mode}: iptables-restore {_ms(_median(part['apply']))} of "
+            f"{_ms(_median(part['total']))} ({_kb(_median(part['size']))})"
+        )
+    rows.append(
         [
             "IPVS (model)",
             f"{_s(iv['render'])} + diff {_s(iv['diff'])}",
@@ -886,8 +965,8 @@ def report(fig: Json, args: argparse.Namespace) -> str:
             f"{_kb(iv['size'])} (+ {_kb(iv['companion_size'])} ipset/iptables)",
             f"{iv['commands']:,} commands",
             "model = render" if iv["model_matches"] else "MODEL DIFFERS",
-        ],
-    ]
+        ]
+    )
     lines += table(
         ["mode", "render", "apply", "transaction", "rules/elements", "canary check"], rows
     )
@@ -896,14 +975,7 @@ def report(fig: Json, args: argparse.Namespace) -> str:
         f"IPVS, one endpoint replaced: render + diff {_s(ipvs_one['time'])}, "
         f"{ipvs_one['commands']} commands: {'; '.join(ipvs_one['lines'][:4])}"
     )
-    ipt_p = fig["ipt_partial"]
-    txn = fig["nft_txn"]
-    lines.append(
-        f"in-process partial sync, one endpoint replaced: nftables nft -f "
-        f"{_ms(_median(txn['partial']['nft -f']))} ({_kb(_median(txn['partial']['size']))}); "
-        f"iptables-restore {_ms(_median(ipt_p['apply']))} of {_ms(_median(ipt_p['total']))} "
-        f"({_kb(_median(ipt_p['size']))})"
-    )
+    lines.append("in-process partial sync, one endpoint replaced: " + "; ".join(partial_notes))
     lines += ["", "2. one endpoint replaced → the new endpoint reached by a real connection"]
     rows = []
     for mode in args.modes:
@@ -1017,9 +1089,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--modes",
         nargs="+",
-        default=["nftables", "iptables"],
-        choices=["nftables", "iptables"],
-        help="kernel modes for the proxy process (figures 2 and 3)",
+        default=["nftables", *IPTABLES_MODES],
+        choices=["nftables", *IPTABLES_MODES],
+        help="kernel modes for the proxy process (figures 2 and 3); iptables uses the default "
+        "`iptables-restore` (iptables-nft on Debian 12), iptables-legacy the x_tables one",
     )
     parser.add_argument("--json", metavar="FILE", help="also write the raw figures here")
     parser.add_argument("--helper", choices=["backend", "client"], help=argparse.SUPPRESS)
