@@ -709,21 +709,26 @@ class Proxy:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
     def wait_first_sync(self, timeout: float) -> float | None:
+        """Seconds from start to the first successful full sync (kdns_proxy_syncs_total; the
+        metric, not the log line, so a reworded log cannot make this wait for nothing)."""
         deadline = self.started + timeout
         while time.monotonic() < deadline and self.alive():
-            if any(kind == "full" for kind, *_ in self.syncs()):
-                return time.monotonic() - self.started
+            with contextlib.suppress(OSError):
+                if self.full_syncs() >= 1:
+                    return time.monotonic() - self.started
             time.sleep(0.05)
         return None
 
-    def metric(self, name: str) -> float:
+    def full_syncs(self) -> float:
         url = f"http://127.0.0.1:{self.metrics_port}/metrics"
         with urllib.request.urlopen(url, timeout=5) as response:
             text = response.read().decode()
         return sum(
             float(line.rsplit(" ", 1)[1])
             for line in text.splitlines()
-            if line.startswith(name) and not line.startswith("#")
+            if line.startswith("kdns_proxy_syncs_total{")
+            and 'kind="full"' in line
+            and 'result="ok"' in line
         )
 
 
@@ -759,8 +764,15 @@ def phase_proxy(
             out["failed"] = "no full sync" + ("" if proxy.alive() else " (exited)")
             say(f"  {mode}: {out['failed']}; log tail:\n{proxy.log_tail()}")
             return out
-        full = next(s for s in proxy.syncs() if s[0] == "full")
         out["first_sync"] = first
+        deadline = time.monotonic() + LOG_TIMEOUT
+        while time.monotonic() < deadline and not proxy.syncs():
+            time.sleep(0.05)
+        full = next((s for s in proxy.syncs() if s[0] == "full"), None)
+        if full is None:
+            out["failed"] = "synced, but no sync line in the log (was it reworded?)"
+            say(f"  {mode}: {out['failed']}")
+            return out
         out["full_sync"] = {"rules": full[2], "size": full[3], "ms": full[4]}
         say(f"  {mode}: first full sync {first:.1f} s after start ({full[4]} ms in the engine)")
         time.sleep(CHANGE_GAP)
