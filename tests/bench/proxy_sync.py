@@ -58,6 +58,7 @@ import json
 import os
 import re
 import selectors
+import shutil
 import signal
 import socket
 import statistics
@@ -447,7 +448,9 @@ def _change_routes(cluster: Cluster, i: int) -> tuple[tuple[Any, ...], frozenset
     return cluster.routes([i]), frozenset({cluster.key(i)})
 
 
-def phase_dataplanes(cluster: Cluster, node: Any, workdir: Path, fig: Json, say: Say) -> None:
+def phase_dataplanes(
+    cluster: Cluster, node: Any, workdir: Path, modes: Sequence[str], fig: Json, say: Say
+) -> None:
     from kdns.proxy import ipvs as ipvs_mod
     from kdns.proxy.dataplane import NftablesDataplane
 
@@ -508,7 +511,7 @@ def phase_dataplanes(cluster: Cluster, node: Any, workdir: Path, fig: Json, say:
     say("  nftables transactions measured, table removed")
 
     routes = cluster.routes()  # again: the partials above changed some Services
-    for mode in IPTABLES_MODES:
+    for mode in [m for m in IPTABLES_MODES if m in modes]:
         with iptables_backend(mode, workdir):
             phase_iptables(mode, cluster, node, picks, fig, say)
 
@@ -866,7 +869,7 @@ def run(args: argparse.Namespace, say: Say) -> Json:
         node = node_from_host(run_command, (4,), (CLUSTER_CIDR,), (), False)
 
         say(f"1. data planes in-process, N={cluster.n:,}")
-        phase_dataplanes(cluster, node, workdir, fig, say)
+        phase_dataplanes(cluster, node, workdir, args.modes, fig, say)
 
         server = ApiServer(tls=False)
         stack.callback(server.stop)
@@ -1136,6 +1139,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if subprocess.run(["which", tool], capture_output=True).returncode != 0:
             print(f"proxy_sync.py: {tool} is missing", file=sys.stderr)
             return 2
+    if "iptables-legacy" in args.modes and not shutil.which("iptables-legacy-restore"):
+        print(
+            "proxy_sync.py: no iptables-legacy-restore; iptables-legacy left out", file=sys.stderr
+        )
+        args.modes = [m for m in args.modes if m != "iptables-legacy"]
     signal.signal(signal.SIGTERM, _terminate)
     signal.signal(signal.SIGHUP, _terminate)
 
