@@ -36,18 +36,30 @@ Contract:
   stale chains and deletes them ≥ 1 s later). With `NftablesConfig.defer_chain_deletes` they are
   flushed and listed in `Rendering.stale_chains`, and the next render built on this one deletes
   them: the sync engine must then run one (an idle partial) at least a second later.
-- Service chains: ClientIP affinity checks (`ip saddr @affinity-… goto endpoint-…`), then an
-  even spread: kube-proxy's `numgen random mod N vmap { 0 : goto endpoint-…, … }` from
-  `SPREAD_VMAP_MIN_ENDPOINTS` endpoints on, below that a ladder of `numgen random mod (N - i)
-  == 0 goto endpoint-…` rules (see `_endpoint_jumps`: anonymous maps make large transactions
-  quadratic in the kernel). Endpoint chains: hairpin masquerade mark, `update @affinity-…`,
-  `dnat to ip:port`.
+- Service chains DNAT themselves (kube-proxy jumps to one `endpoint-…` chain per endpoint):
+  ClientIP affinity checks first (`ip saddr @affinity-… update @affinity-… { ip saddr } meta
+  l4proto tcp dnat to ip:port`), then an even spread, a ladder of `numgen random mod (N - i)
+  == 0 [update @affinity-… { ip saddr }] meta l4proto tcp dnat to ip:port` rules. With nft
+  1.0.6 every transaction that adds a rule or element first dumps every chain of the namespace,
+  and the commit walks the jump graph: endpoint chains made 40,000 chains of 10,000 Services × 3
+  and a one-endpoint change took ~0.3 s. From `SPREAD_VMAP_MIN_ENDPOINTS` endpoints on, the
+  spread is kube-proxy's `numgen random mod N vmap { 0 : goto endpoint-…, … }` and those
+  endpoints keep a chain (affinity update + DNAT); anonymous maps make large transactions
+  quadratic in the kernel, so only such few Services have one (see `_endpoint_rules`).
+- Hairpin: the `hairpin-endpoints` set holds `ip . ip . proto . port` of every endpoint (claimed
+  like map elements, so an endpoint of two Services stays until both let it go), and the first
+  rule of `masquerading` marks `ct status dnat ip saddr . ip daddr . meta l4proto . th dport
+  @hairpin-endpoints`: a connection DNATed to the endpoint that opened it. kube-proxy marks in
+  the endpoint chain when `ip saddr` is the endpoint's; after that chain's DNAT the packet's
+  source is its destination, so both mark the same connections, except one DNATed by someone
+  else's rules to an endpoint ip:port from that very endpoint (kube-proxy would not mark it).
 - Masquerade is kube-proxy's: `mark-for-masquerade` sets the mark (ClusterIP traffic from
   outside `cluster_cidr`, or all of it with `masquerade_all`; external traffic under the
-  Cluster policy; a pod reaching itself through its Service), `masquerading` in postrouting
-  clears it and masquerades fully-random.
-- Deliberate differences from kube-proxy: table `kdns`; the spread above; no localhost NodePorts
-  (CVE-2020-8558: loopback `nodeport_ips` are skipped); one ClusterCIDR local-traffic detector;
+  Cluster policy; a pod reaching itself through its Service, see Hairpin), `masquerading` in
+  postrouting clears it and masquerades fully-random.
+- Deliberate differences from kube-proxy: table `kdns`; the spread, inlined DNAT and hairpin
+  set above; no localhost NodePorts (CVE-2020-8558: loopback `nodeport_ips` are skipped); one
+  ClusterCIDR local-traffic detector;
   no health-check accept rule (kube-proxy's nftables mode has none either: a table cannot
   override another table's drop); no topology hints (routes has none).
 """
@@ -115,6 +127,9 @@ SERVICE_NODEPORTS = "service-nodeports"
 NO_ENDPOINT_SERVICES = "no-endpoint-services"
 NO_ENDPOINT_NODEPORTS = "no-endpoint-nodeports"
 FIREWALL_IPS = "firewall-ips"
+# Not kube-proxy's: (endpoint IP . endpoint IP . proto . port) of every endpoint, for hairpin
+# masquerade in postrouting (kube-proxy marks in each endpoint chain; see render_full).
+HAIRPIN_ENDPOINTS = "hairpin-endpoints"
 
 # nftablesJumpChains, in kube-proxy's order: (from base chain, match, to chain). The endpoint
 # checks are not hooked at prerouting: `reject` is only valid on input, forward and output
@@ -149,7 +164,8 @@ EXTERNAL_PREFIX = "external-"
 FIREWALL_PREFIX = "firewall-"
 ENDPOINT_PREFIX = "endpoint-"
 AFFINITY_PREFIX = "affinity-"
-# From this many endpoints on, a service chain spreads with one numgen vmap (see _endpoint_jumps).
+# From this many endpoints on, a service chain spreads with one numgen vmap over endpoint chains
+# (see _endpoint_rules); below it, the service chain DNATs itself.
 SPREAD_VMAP_MIN_ENDPOINTS = 16
 # knftables NameLengthMax (256) minus the longest prefix with its hyphen (chainNamePrefixLengthMax).
 CHAIN_NAME_BASE_MAX = 256 - 16
@@ -437,46 +453,64 @@ def _write_route(
     reachable = route.reachable_endpoints
     bases = {ep.address: endpoint_chain_base(route, ep) for ep in reachable}
     affinity = route.affinity_timeout
-    if uses_cluster_chain:
-        head = masquerade if internal_chain == cluster_chain else ()
-        chains[cluster_chain] = head + _endpoint_jumps(ip, route.cluster_endpoints, bases, affinity)
-    if uses_local_chain:
-        head = masquerade if internal_chain == local_chain else ()
-        chains[local_chain] = head + _endpoint_jumps(ip, route.local_endpoints, bases, affinity)
-
-    # One chain per endpoint: hairpin masquerade, affinity, then the DNAT.
+    # Per endpoint: its DNAT statements; with ClientIP affinity its set records the client
+    # (keyed on the client address only, per service port, whichever VIP was used; the timer is
+    # refreshed by new connections only: nat chains see the first packet). The hairpin mark is
+    # not set here: `masquerading` marks a DNATed packet whose source is its new destination,
+    # by the `hairpin-endpoints` set (see render_full).
+    statements = {}
     for ep in reachable:
-        base = bases[ep.address]
-        rules = [f"{ip} saddr {ep.ip} jump {MARK_MASQ}"]
+        update = ""
         if affinity:
-            # Keyed on the client address only, per service port, whichever VIP was used; the
-            # timer is refreshed by new connections only (nat chains see the first packet).
-            sets[AFFINITY_PREFIX + base] = affinity
-            rules.append(f"update @{AFFINITY_PREFIX}{base} {{ {ip} saddr }}")
-        rules.append(f"meta l4proto {proto} dnat to {ep.address}")
-        chains[ENDPOINT_PREFIX + base] = tuple(rules)
+            sets[AFFINITY_PREFIX + bases[ep.address]] = affinity
+            update = f"update @{AFFINITY_PREFIX}{bases[ep.address]} {{ {ip} saddr }} "
+        statements[ep.address] = f"{update}meta l4proto {proto} dnat to {ep.address}"
+        element(HAIRPIN_ENDPOINTS, f"{ep.ip} . {ep.ip} . {proto} . {ep.port}", "")
+    for chain, endpoints, used in (
+        (cluster_chain, route.cluster_endpoints, uses_cluster_chain),
+        (local_chain, route.local_endpoints, uses_local_chain),
+    ):
+        if not used:
+            continue
+        head = masquerade if internal_chain == chain else ()
+        chains[chain] = head + _endpoint_rules(ip, endpoints, bases, statements, affinity)
+        if len(endpoints) >= SPREAD_VMAP_MIN_ENDPOINTS:
+            # The vmap's targets: one chain per endpoint, only for such large Services.
+            for ep in endpoints:
+                chains[ENDPOINT_PREFIX + bases[ep.address]] = (statements[ep.address],)
 
 
-def _endpoint_jumps(
-    ip: str, endpoints: tuple[RouteEndpoint, ...], bases: Mapping[str, str], affinity: int | None
+def _endpoint_rules(
+    ip: str,
+    endpoints: tuple[RouteEndpoint, ...],
+    bases: Mapping[str, str],
+    statements: Mapping[str, str],
+    affinity: int | None,
 ) -> tuple[str, ...]:
-    """kube-proxy `writeServiceToEndpointRules`: affinity checks first, then an even spread.
+    """kube-proxy `writeServiceToEndpointRules`, with its endpoint chains inlined.
 
-    kube-proxy spreads with one `numgen random mod N vmap { 0 : goto …, … }`. Each such rule
-    holds an anonymous map, and the kernel finds a new anonymous set by walking the whole
-    transaction (and names it by walking every set of the table), so a full sync of 10,000
-    Services spent 86 s in the kernel (nft 1.0.6, Linux 6.18) against 5 s without them. Below
-    `SPREAD_VMAP_MIN_ENDPOINTS` the spread is therefore a ladder, iptables mode's probabilities
-    in nft: rule i of N goes to endpoint i when `numgen random mod (N - i)` is 0, probability
-    1/(N - i), so each endpoint gets 1/N; the last jump is unconditional (one endpoint: a plain
-    goto). Larger endpoint lists keep the vmap, where one lookup beats N - 1 rules per new
+    Affinity checks first (a client in an endpoint's set goes to that endpoint again, and its
+    timer is refreshed), then an even spread. kube-proxy spreads with one `numgen random mod N
+    vmap { 0 : goto endpoint-…, … }`, and gives every endpoint a chain of its own. Both cost a
+    one-endpoint change at 10k Services: nft 1.0.6 dumps every chain of the namespace before
+    each transaction that adds a rule or an element, and the commit walks the whole jump graph,
+    so an endpoint chain per endpoint made 40,000 chains out of 10,000 Services × 3. Each vmap
+    rule also holds an anonymous map, and the kernel finds a new anonymous set by walking the
+    whole transaction (and names it by walking every set of the table), so a full sync of
+    10,000 Services spent 86 s in the kernel (nft 1.0.6, Linux 6.18) against 5 s without them.
+
+    Below `SPREAD_VMAP_MIN_ENDPOINTS` the spread is therefore a ladder of DNAT rules in the
+    service chain itself, iptables mode's probabilities in nft: rule i of N DNATs to endpoint i
+    when `numgen random mod (N - i)` is 0, probability 1/(N - i), so each endpoint gets 1/N;
+    the last rule is unconditional (one endpoint: a plain DNAT). Larger endpoint lists keep
+    the vmap and the endpoint chains it jumps to, where one lookup beats N - 1 rules per new
     connection and such Services are few.
     """
     rules = []
     if affinity:
         for ep in endpoints:
             base = bases[ep.address]
-            rules.append(f"{ip} saddr @{AFFINITY_PREFIX}{base} goto {ENDPOINT_PREFIX}{base}")
+            rules.append(f"{ip} saddr @{AFFINITY_PREFIX}{base} {statements[ep.address]}")
     n = len(endpoints)
     if n >= SPREAD_VMAP_MIN_ENDPOINTS:
         spread = ", ".join(
@@ -485,8 +519,8 @@ def _endpoint_jumps(
         rules.append(f"numgen random mod {n} vmap {{ {spread} }}")
         return tuple(rules)
     for i, ep in enumerate(endpoints):
-        target = f"goto {ENDPOINT_PREFIX}{bases[ep.address]}"
-        rules.append(f"numgen random mod {n - i} == 0 {target}" if i < n - 1 else target)
+        dnat = statements[ep.address]
+        rules.append(f"numgen random mod {n - i} == 0 {dnat}" if i < n - 1 else dnat)
     return tuple(rules)
 
 
@@ -527,7 +561,9 @@ class Rendering:
 
     def elements(self) -> dict[str, dict[str, str]]:
         """map or set → key → what follows the key (" : goto …"), as the table now holds them."""
-        out: dict[str, dict[str, str]] = {name: {} for name in (CLUSTER_IPS, *_MAP_NAMES)}
+        out: dict[str, dict[str, str]] = {
+            name: {} for name in (CLUSTER_IPS, HAIRPIN_ENDPOINTS, *_MAP_NAMES)
+        }
         for (container, key), claims in self._state.claims.items():
             out[container][key] = claims[0][1]
         return out
@@ -663,6 +699,21 @@ def render_full(
     for src, match, dst in JUMP_RULES:
         s.rule(src, f"{match} jump {dst}" if match else f"jump {dst}")
     s.rule(MARK_MASQ, f"mark set mark or {mark}")
+    # Declared before the rule naming it; refilled with the Services below.
+    s.add(
+        f"add set {table} {HAIRPIN_ENDPOINTS} {{ type {config.addr_type} . {config.addr_type}"
+        ' . inet_proto . inet_service ; comment "Endpoints, for hairpin masquerade" ; }'
+    )
+    s.add(f"flush set {table} {HAIRPIN_ENDPOINTS}")
+    # Hairpin: a pod reaching itself through a Service must be masqueraded, or it would answer
+    # itself from its own address to a connection it made to the VIP. kube-proxy marks in the
+    # endpoint chain when the source is that endpoint; here, after DNAT, a connection we DNATed
+    # whose source is its new destination (an endpoint ip:port we DNAT to) is the same packet.
+    s.rule(
+        MASQUERADING,
+        f"ct status dnat {ip} saddr . {ip} daddr . meta l4proto . th dport @{HAIRPIN_ENDPOINTS}"
+        f' mark set mark or {mark} comment "hairpin"',
+    )
     # Clear the mark so a packet that traverses the stack again is not masqueraded twice.
     s.rule(MASQUERADING, f"mark and {mark} == 0 return")
     s.rule(MASQUERADING, f"mark set mark xor {mark}")

@@ -144,6 +144,9 @@ add rule ip kdns nat-postrouting jump masquerading
 add rule ip kdns filter-forward ct state new jump cluster-ips-check
 add rule ip kdns filter-output-post-dnat ct state new jump cluster-ips-check
 add rule ip kdns mark-for-masquerade mark set mark or 0x004000
+add set ip kdns hairpin-endpoints { type ipv4_addr . ipv4_addr . inet_proto . inet_service ; comment "Endpoints, for hairpin masquerade" ; }
+flush set ip kdns hairpin-endpoints
+add rule ip kdns masquerading ct status dnat ip saddr . ip daddr . meta l4proto . th dport @hairpin-endpoints mark set mark or 0x004000 comment "hairpin"
 add rule ip kdns masquerading mark and 0x004000 == 0 return
 add rule ip kdns masquerading mark set mark xor 0x004000
 add rule ip kdns masquerading masquerade fully-random
@@ -193,7 +196,6 @@ LOCAL1 = "local-ULMVA6XW-ns1/svc1/tcp/p80"
 EXT1 = "external-ULMVA6XW-ns1/svc1/tcp/p80"
 FW1 = "firewall-ULMVA6XW-ns1/svc1/tcp/p80"
 EP_A = "endpoint-Z3J52OID-ns1/svc1/tcp/p80__10.244.1.2/8080"
-EP_B = "endpoint-PXYJRAYN-ns1/svc1/tcp/p80__10.244.2.3/8080"
 AFF_A = "affinity-Z3J52OID-ns1/svc1/tcp/p80__10.244.1.2/8080"
 AFF_B = "affinity-PXYJRAYN-ns1/svc1/tcp/p80__10.244.2.3/8080"
 
@@ -205,22 +207,19 @@ CASES = [
         CONFIG,
         # The whole script, written out once: a ClusterIP service with two endpoints. The
         # service-ips map sends ClusterIP:port to the service chain, which masquerades
-        # off-cluster sources and spreads 1/2, 1/2; each endpoint chain marks hairpin traffic
-        # for masquerade and DNATs.
+        # off-cluster sources and spreads 1/2, 1/2 with DNAT rules of its own (no endpoint
+        # chains below SPREAD_VMAP_MIN_ENDPOINTS); each endpoint joins hairpin-endpoints, so
+        # `masquerading` marks an endpoint reaching itself.
         HEAD
         + """\
 add chain ip kdns service-ULMVA6XW-ns1/svc1/tcp/p80
-add chain ip kdns endpoint-Z3J52OID-ns1/svc1/tcp/p80__10.244.1.2/8080
-add chain ip kdns endpoint-PXYJRAYN-ns1/svc1/tcp/p80__10.244.2.3/8080
 add rule ip kdns service-ULMVA6XW-ns1/svc1/tcp/p80 ip daddr 172.30.0.41 tcp dport 80 ip saddr != 10.244.0.0/16 jump mark-for-masquerade
-add rule ip kdns service-ULMVA6XW-ns1/svc1/tcp/p80 numgen random mod 2 == 0 goto endpoint-Z3J52OID-ns1/svc1/tcp/p80__10.244.1.2/8080
-add rule ip kdns service-ULMVA6XW-ns1/svc1/tcp/p80 goto endpoint-PXYJRAYN-ns1/svc1/tcp/p80__10.244.2.3/8080
-add rule ip kdns endpoint-Z3J52OID-ns1/svc1/tcp/p80__10.244.1.2/8080 ip saddr 10.244.1.2 jump mark-for-masquerade
-add rule ip kdns endpoint-Z3J52OID-ns1/svc1/tcp/p80__10.244.1.2/8080 meta l4proto tcp dnat to 10.244.1.2:8080
-add rule ip kdns endpoint-PXYJRAYN-ns1/svc1/tcp/p80__10.244.2.3/8080 ip saddr 10.244.2.3 jump mark-for-masquerade
-add rule ip kdns endpoint-PXYJRAYN-ns1/svc1/tcp/p80__10.244.2.3/8080 meta l4proto tcp dnat to 10.244.2.3:8080
+add rule ip kdns service-ULMVA6XW-ns1/svc1/tcp/p80 numgen random mod 2 == 0 meta l4proto tcp dnat to 10.244.1.2:8080
+add rule ip kdns service-ULMVA6XW-ns1/svc1/tcp/p80 meta l4proto tcp dnat to 10.244.2.3:8080
 add element ip kdns cluster-ips { 172.30.0.41 }
 add element ip kdns service-ips { 172.30.0.41 . tcp . 80 : goto service-ULMVA6XW-ns1/svc1/tcp/p80 }
+add element ip kdns hairpin-endpoints { 10.244.1.2 . 10.244.1.2 . tcp . 8080 }
+add element ip kdns hairpin-endpoints { 10.244.2.3 . 10.244.2.3 . tcp . 8080 }
 """,
         id="clusterip-two-endpoints",
     ),
@@ -233,26 +232,21 @@ add element ip kdns service-ips { 172.30.0.41 . tcp . 80 : goto service-ULMVA6XW
         ),
         CONFIG,
         # ClientIP affinity: one timed set per endpoint; the service chain sends a known client
-        # to its endpoint before the spread; the endpoint chain records the client.
+        # to its endpoint before the spread (refreshing its timer), and every DNAT records the
+        # client in its endpoint's set.
         script(f"""
             add chain ip kdns {SVC1}
-            add chain ip kdns {EP_A}
-            add chain ip kdns {EP_B}
             add set ip kdns {AFF_A} {{ type ipv4_addr ; flags dynamic,timeout ; timeout 10800s ; }}
             add set ip kdns {AFF_B} {{ type ipv4_addr ; flags dynamic,timeout ; timeout 10800s ; }}
             add rule ip kdns {SVC1} ip daddr 172.30.0.41 tcp dport 80 ip saddr != 10.244.0.0/16 jump mark-for-masquerade
-            add rule ip kdns {SVC1} ip saddr @{AFF_A} goto {EP_A}
-            add rule ip kdns {SVC1} ip saddr @{AFF_B} goto {EP_B}
-            add rule ip kdns {SVC1} numgen random mod 2 == 0 goto {EP_A}
-            add rule ip kdns {SVC1} goto {EP_B}
-            add rule ip kdns {EP_A} ip saddr 10.244.1.2 jump mark-for-masquerade
-            add rule ip kdns {EP_A} update @{AFF_A} {{ ip saddr }}
-            add rule ip kdns {EP_A} meta l4proto tcp dnat to 10.244.1.2:8080
-            add rule ip kdns {EP_B} ip saddr 10.244.2.3 jump mark-for-masquerade
-            add rule ip kdns {EP_B} update @{AFF_B} {{ ip saddr }}
-            add rule ip kdns {EP_B} meta l4proto tcp dnat to 10.244.2.3:8080
+            add rule ip kdns {SVC1} ip saddr @{AFF_A} update @{AFF_A} {{ ip saddr }} meta l4proto tcp dnat to 10.244.1.2:8080
+            add rule ip kdns {SVC1} ip saddr @{AFF_B} update @{AFF_B} {{ ip saddr }} meta l4proto tcp dnat to 10.244.2.3:8080
+            add rule ip kdns {SVC1} numgen random mod 2 == 0 update @{AFF_A} {{ ip saddr }} meta l4proto tcp dnat to 10.244.1.2:8080
+            add rule ip kdns {SVC1} update @{AFF_B} {{ ip saddr }} meta l4proto tcp dnat to 10.244.2.3:8080
             add element ip kdns cluster-ips {{ 172.30.0.41 }}
             add element ip kdns service-ips {{ 172.30.0.41 . tcp . 80 : goto {SVC1} }}
+            add element ip kdns hairpin-endpoints {{ 10.244.1.2 . 10.244.1.2 . tcp . 8080 }}
+            add element ip kdns hairpin-endpoints {{ 10.244.2.3 . 10.244.2.3 . tcp . 8080 }}
             """),
         id="session-affinity",
     ),
@@ -266,21 +260,19 @@ add element ip kdns service-ips { 172.30.0.41 . tcp . 80 : goto service-ULMVA6XW
         CONFIG,
         # NodePort and externalIP: both enter the external chain, which masquerades (the
         # endpoint may be on another node) and goes on to the Cluster chain. One endpoint: a
-        # plain goto.
+        # plain DNAT.
         script(f"""
             add chain ip kdns {EXT1}
             add chain ip kdns {SVC1}
-            add chain ip kdns {EP_A}
             add rule ip kdns {EXT1} jump mark-for-masquerade
             add rule ip kdns {EXT1} goto {SVC1}
             add rule ip kdns {SVC1} ip daddr 172.30.0.41 tcp dport 80 ip saddr != 10.244.0.0/16 jump mark-for-masquerade
-            add rule ip kdns {SVC1} goto {EP_A}
-            add rule ip kdns {EP_A} ip saddr 10.244.1.2 jump mark-for-masquerade
-            add rule ip kdns {EP_A} meta l4proto tcp dnat to 10.244.1.2:8080
+            add rule ip kdns {SVC1} meta l4proto tcp dnat to 10.244.1.2:8080
             add element ip kdns cluster-ips {{ 172.30.0.41 }}
             add element ip kdns service-ips {{ 172.30.0.41 . tcp . 80 : goto {SVC1} }}
             add element ip kdns service-ips {{ 192.0.2.10 . tcp . 80 : goto {EXT1} }}
             add element ip kdns service-nodeports {{ tcp . 30080 : goto {EXT1} }}
+            add element ip kdns hairpin-endpoints {{ 10.244.1.2 . 10.244.1.2 . tcp . 8080 }}
             """),
         id="nodeport-external-ip",
     ),
@@ -334,19 +326,17 @@ add element ip kdns service-ips { 172.30.0.41 . tcp . 80 : goto service-ULMVA6XW
             add chain ip kdns {EXT1}
             add chain ip kdns {FW1}
             add chain ip kdns {SVC1}
-            add chain ip kdns {EP_A}
             add rule ip kdns {EXT1} jump mark-for-masquerade
             add rule ip kdns {EXT1} goto {SVC1}
             add rule ip kdns {FW1} ip saddr != {{ 203.0.113.0/25, 192.168.0.0/24, 198.51.100.7 }} drop
             add rule ip kdns {SVC1} ip daddr 172.30.0.41 tcp dport 80 ip saddr != 10.244.0.0/16 jump mark-for-masquerade
-            add rule ip kdns {SVC1} goto {EP_A}
-            add rule ip kdns {EP_A} ip saddr 10.244.1.2 jump mark-for-masquerade
-            add rule ip kdns {EP_A} meta l4proto tcp dnat to 10.244.1.2:8080
+            add rule ip kdns {SVC1} meta l4proto tcp dnat to 10.244.1.2:8080
             add element ip kdns cluster-ips {{ 172.30.0.41 }}
             add element ip kdns service-ips {{ 172.30.0.41 . tcp . 80 : goto {SVC1} }}
             add element ip kdns service-ips {{ 198.51.100.7 . tcp . 80 : goto {EXT1} }}
             add element ip kdns firewall-ips {{ 198.51.100.7 . tcp . 80 : goto {FW1} }}
             add element ip kdns service-nodeports {{ tcp . 30080 : goto {EXT1} }}
+            add element ip kdns hairpin-endpoints {{ 10.244.1.2 . 10.244.1.2 . tcp . 8080 }}
             """),
         id="lb-source-ranges",
     ),
@@ -372,24 +362,20 @@ add element ip kdns service-ips { 172.30.0.41 . tcp . 80 : goto service-ULMVA6XW
             add chain ip kdns {EXT1}
             add chain ip kdns {SVC1}
             add chain ip kdns {LOCAL1}
-            add chain ip kdns {EP_A}
-            add chain ip kdns {EP_B}
             add rule ip kdns {EXT1} ip saddr 10.244.0.0/16 goto {SVC1} comment "short-circuit pod traffic"
             add rule ip kdns {EXT1} fib saddr type local jump mark-for-masquerade comment "masquerade local traffic"
             add rule ip kdns {EXT1} fib saddr type local goto {SVC1} comment "short-circuit local traffic"
             add rule ip kdns {EXT1} goto {LOCAL1}
             add rule ip kdns {SVC1} ip daddr 172.30.0.41 tcp dport 80 ip saddr != 10.244.0.0/16 jump mark-for-masquerade
-            add rule ip kdns {SVC1} numgen random mod 2 == 0 goto {EP_A}
-            add rule ip kdns {SVC1} goto {EP_B}
-            add rule ip kdns {LOCAL1} goto {EP_A}
-            add rule ip kdns {EP_A} ip saddr 10.244.1.2 jump mark-for-masquerade
-            add rule ip kdns {EP_A} meta l4proto tcp dnat to 10.244.1.2:8080
-            add rule ip kdns {EP_B} ip saddr 10.244.2.3 jump mark-for-masquerade
-            add rule ip kdns {EP_B} meta l4proto tcp dnat to 10.244.2.3:8080
+            add rule ip kdns {SVC1} numgen random mod 2 == 0 meta l4proto tcp dnat to 10.244.1.2:8080
+            add rule ip kdns {SVC1} meta l4proto tcp dnat to 10.244.2.3:8080
+            add rule ip kdns {LOCAL1} meta l4proto tcp dnat to 10.244.1.2:8080
             add element ip kdns cluster-ips {{ 172.30.0.41 }}
             add element ip kdns service-ips {{ 172.30.0.41 . tcp . 80 : goto {SVC1} }}
             add element ip kdns service-ips {{ 198.51.100.7 . tcp . 80 : goto {EXT1} }}
             add element ip kdns service-nodeports {{ tcp . 30080 : goto {EXT1} }}
+            add element ip kdns hairpin-endpoints {{ 10.244.1.2 . 10.244.1.2 . tcp . 8080 }}
+            add element ip kdns hairpin-endpoints {{ 10.244.2.3 . 10.244.2.3 . tcp . 8080 }}
             """),
         id="external-policy-local",
     ),
@@ -407,18 +393,16 @@ add element ip kdns service-ips { 172.30.0.41 . tcp . 80 : goto service-ULMVA6XW
         script(f"""
             add chain ip kdns {EXT1}
             add chain ip kdns {SVC1}
-            add chain ip kdns {EP_B}
             add rule ip kdns {EXT1} ip saddr 10.244.0.0/16 goto {SVC1} comment "short-circuit pod traffic"
             add rule ip kdns {EXT1} fib saddr type local jump mark-for-masquerade comment "masquerade local traffic"
             add rule ip kdns {EXT1} fib saddr type local goto {SVC1} comment "short-circuit local traffic"
             add rule ip kdns {SVC1} ip daddr 172.30.0.41 tcp dport 80 ip saddr != 10.244.0.0/16 jump mark-for-masquerade
-            add rule ip kdns {SVC1} goto {EP_B}
-            add rule ip kdns {EP_B} ip saddr 10.244.2.3 jump mark-for-masquerade
-            add rule ip kdns {EP_B} meta l4proto tcp dnat to 10.244.2.3:8080
+            add rule ip kdns {SVC1} meta l4proto tcp dnat to 10.244.2.3:8080
             add element ip kdns cluster-ips {{ 172.30.0.41 }}
             add element ip kdns service-ips {{ 172.30.0.41 . tcp . 80 : goto {SVC1} }}
             add element ip kdns service-nodeports {{ tcp . 30080 : goto {EXT1} }}
             add element ip kdns no-endpoint-nodeports {{ tcp . 30080 comment "ns1/svc1:p80" : drop }}
+            add element ip kdns hairpin-endpoints {{ 10.244.2.3 . 10.244.2.3 . tcp . 8080 }}
             """),
         id="external-policy-local-none-local",
     ),
@@ -439,13 +423,11 @@ add element ip kdns service-ips { 172.30.0.41 . tcp . 80 : goto service-ULMVA6XW
         # ClusterIP is dropped (the client times out), not rejected.
         script(f"""
             add chain ip kdns {LOCAL1}
-            add chain ip kdns {EP_A}
             add rule ip kdns {LOCAL1} ip daddr 172.30.0.41 tcp dport 80 ip saddr != 10.244.0.0/16 jump mark-for-masquerade
-            add rule ip kdns {LOCAL1} goto {EP_A}
-            add rule ip kdns {EP_A} ip saddr 10.244.1.2 jump mark-for-masquerade
-            add rule ip kdns {EP_A} meta l4proto tcp dnat to 10.244.1.2:8080
+            add rule ip kdns {LOCAL1} meta l4proto tcp dnat to 10.244.1.2:8080
             add element ip kdns cluster-ips {{ 172.30.0.41 }}
             add element ip kdns service-ips {{ 172.30.0.41 . tcp . 80 : goto {LOCAL1} }}
+            add element ip kdns hairpin-endpoints {{ 10.244.1.2 . 10.244.1.2 . tcp . 8080 }}
             add element ip kdns cluster-ips {{ 172.30.0.42 }}
             add element ip kdns no-endpoint-services {{ 172.30.0.42 . tcp . 80 comment "ns1/svc2:p80" : drop }}
             """),
@@ -466,6 +448,7 @@ add element ip kdns service-ips { 172.30.0.41 . tcp . 80 : goto service-ULMVA6XW
             HEAD,
             {
                 "add rule ip kdns mark-for-masquerade mark set mark or 0x004000": "add rule ip kdns mark-for-masquerade mark set mark or 0x008000",
+                'add rule ip kdns masquerading ct status dnat ip saddr . ip daddr . meta l4proto . th dport @hairpin-endpoints mark set mark or 0x004000 comment "hairpin"': 'add rule ip kdns masquerading ct status dnat ip saddr . ip daddr . meta l4proto . th dport @hairpin-endpoints mark set mark or 0x008000 comment "hairpin"',
                 "add rule ip kdns masquerading mark and 0x004000 == 0 return": "add rule ip kdns masquerading mark and 0x008000 == 0 return",
                 "add rule ip kdns masquerading mark set mark xor 0x004000": "add rule ip kdns masquerading mark set mark xor 0x008000",
                 "delete set ip kdns nodeport-ips": "flush set ip kdns nodeport-ips\nadd element ip kdns nodeport-ips { 192.168.0.10 }",
@@ -476,13 +459,11 @@ add element ip kdns service-ips { 172.30.0.41 . tcp . 80 : goto service-ULMVA6XW
         )
         + textwrap.dedent(f"""\
             add chain ip kdns {SVC1}
-            add chain ip kdns {EP_A}
             add rule ip kdns {SVC1} ip daddr 172.30.0.41 tcp dport 80 jump mark-for-masquerade
-            add rule ip kdns {SVC1} goto {EP_A}
-            add rule ip kdns {EP_A} ip saddr 10.244.1.2 jump mark-for-masquerade
-            add rule ip kdns {EP_A} meta l4proto tcp dnat to 10.244.1.2:8080
+            add rule ip kdns {SVC1} meta l4proto tcp dnat to 10.244.1.2:8080
             add element ip kdns cluster-ips {{ 172.30.0.41 }}
             add element ip kdns service-ips {{ 172.30.0.41 . tcp . 80 : goto {SVC1} }}
+            add element ip kdns hairpin-endpoints {{ 10.244.1.2 . 10.244.1.2 . tcp . 8080 }}
             """),
         id="masquerade-all-nodeport-addresses-service-cidr",
     ),
@@ -500,26 +481,24 @@ add element ip kdns service-ips { 172.30.0.41 . tcp . 80 : goto service-ULMVA6XW
         ),
         NftablesConfig(family=6, cluster_cidr="fd00:244::/64"),
         # A dual-stack Service in the ip6 table: only its IPv6 ClusterIP and endpoint; ip6
-        # matches, ipv6_addr keys, ::1 instead of 127.0.0.0/8, colons of the endpoint's
-        # address as dots in its chain name, the DNAT target in brackets.
+        # matches, ipv6_addr keys, ::1 instead of 127.0.0.0/8, the DNAT target in brackets.
         script(
             f"""
             add chain ip6 kdns {EXT1}
             add chain ip6 kdns {SVC1}
-            add chain ip6 kdns endpoint-3UW3JMXN-ns1/svc1/tcp/p80__fd00.244..2/8080
             add rule ip6 kdns {EXT1} jump mark-for-masquerade
             add rule ip6 kdns {EXT1} goto {SVC1}
             add rule ip6 kdns {SVC1} ip6 daddr fd00:30::41 tcp dport 80 ip6 saddr != fd00:244::/64 jump mark-for-masquerade
-            add rule ip6 kdns {SVC1} goto endpoint-3UW3JMXN-ns1/svc1/tcp/p80__fd00.244..2/8080
-            add rule ip6 kdns endpoint-3UW3JMXN-ns1/svc1/tcp/p80__fd00.244..2/8080 ip6 saddr fd00:244::2 jump mark-for-masquerade
-            add rule ip6 kdns endpoint-3UW3JMXN-ns1/svc1/tcp/p80__fd00.244..2/8080 meta l4proto tcp dnat to [fd00:244::2]:8080
+            add rule ip6 kdns {SVC1} meta l4proto tcp dnat to [fd00:244::2]:8080
             add element ip6 kdns cluster-ips {{ fd00:30::41 }}
             add element ip6 kdns service-ips {{ fd00:30::41 . tcp . 80 : goto {SVC1} }}
             add element ip6 kdns service-nodeports {{ tcp . 30080 : goto {EXT1} }}
+            add element ip6 kdns hairpin-endpoints {{ fd00:244::2 . fd00:244::2 . tcp . 8080 }}
             """,
             head=HEAD.replace(" ip kdns", " ip6 kdns")
             .replace("ipv4_addr", "ipv6_addr")
             .replace("ip daddr", "ip6 daddr")
+            .replace("ip saddr", "ip6 saddr")
             .replace("127.0.0.0/8", "::1"),
         ),
         id="ipv6-table-of-dual-stack-service",
@@ -550,28 +529,42 @@ def test_dual_stack_service_gets_both_tables() -> None:
     assert v6.elements()["service-ips"] == {"fd00:30::41 . tcp . 80": f" : goto {SVC1}"}
     assert "fd00" not in v4.text
     assert "10.244.1.2" not in v6.text
-    assert v4.active_chains == {SVC1, EP_A}
-    assert v6.active_chains == {SVC1, "endpoint-3UW3JMXN-ns1/svc1/tcp/p80__fd00.244..2/8080"}
+    assert v4.active_chains == v6.active_chains == {SVC1}
+    assert v4.elements()["hairpin-endpoints"] == {"10.244.1.2 . 10.244.1.2 . tcp . 8080": ""}
+    assert v6.elements()["hairpin-endpoints"] == {"fd00:244::2 . fd00:244::2 . tcp . 8080": ""}
 
 
 def test_spread() -> None:
-    # Below SPREAD_VMAP_MIN_ENDPOINTS: rule i of n matches with probability 1/(n-i), so each
-    # endpoint gets 1/n; the last goto is unconditional.
+    # Below SPREAD_VMAP_MIN_ENDPOINTS: rule i of n DNATs with probability 1/(n-i), so each
+    # endpoint gets 1/n; the last DNAT is unconditional. No endpoint chains.
     three = routes((svc("ns1/svc1"), [ep(f"10.244.1.{i}") for i in (2, 3, 4)]))
-    rules = render_full(three, CONFIG).chain_rules()[SVC1]
-    assert [r.rsplit("goto ", 1)[0].strip() for r in rules[1:]] == [
-        "numgen random mod 3 == 0",
-        "numgen random mod 2 == 0",
-        "",
-    ]
-    # From SPREAD_VMAP_MIN_ENDPOINTS on: kube-proxy's one numgen vmap.
+    rendering = render_full(three, CONFIG)
+    assert rendering.chain_rules()[SVC1][1:] == (
+        "numgen random mod 3 == 0 meta l4proto tcp dnat to 10.244.1.2:8080",
+        "numgen random mod 2 == 0 meta l4proto tcp dnat to 10.244.1.3:8080",
+        "meta l4proto tcp dnat to 10.244.1.4:8080",
+    )
+    assert rendering.active_chains == {SVC1}
+    # From SPREAD_VMAP_MIN_ENDPOINTS on: kube-proxy's one numgen vmap, to one chain per
+    # endpoint that records an affinity client and DNATs.
     n = SPREAD_VMAP_MIN_ENDPOINTS
-    many = routes((svc("ns1/svc1"), [ep(f"10.244.1.{i}") for i in range(10, 10 + n)]))
+    aff = svc("ns1/svc1", session_affinity="ClientIP", affinity_timeout=60)
+    many = routes((aff, [ep(f"10.244.1.{i}") for i in range(10, 10 + n)]))
     route = many[0]
-    rules = render_full(many, CONFIG).chain_rules()[SVC1]
-    targets = [f"endpoint-{endpoint_chain_base(route, e)}" for e in route.cluster_endpoints]
-    spread = ", ".join(f"{i} : goto {t}" for i, t in enumerate(targets))
-    assert rules[1:] == (f"numgen random mod {n} vmap {{ {spread} }}",)
+    rules = render_full(many, CONFIG).chain_rules()
+    bases = [endpoint_chain_base(route, e) for e in route.cluster_endpoints]
+    spread = ", ".join(f"{i} : goto endpoint-{b}" for i, b in enumerate(bases))
+    assert rules[SVC1][1 + n :] == (f"numgen random mod {n} vmap {{ {spread} }}",)
+    # The affinity checks still DNAT in the service chain.
+    assert rules[SVC1][1] == (
+        f"ip saddr @affinity-{bases[0]} update @affinity-{bases[0]} {{ ip saddr }}"
+        " meta l4proto tcp dnat to 10.244.1.10:8080"
+    )
+    assert set(rules) == {SVC1, *(f"endpoint-{b}" for b in bases)}
+    for e, b in zip(route.cluster_endpoints, bases, strict=True):
+        assert rules[f"endpoint-{b}"] == (
+            f"update @affinity-{b} {{ ip saddr }} meta l4proto tcp dnat to {e.address}",
+        )
 
 
 def test_counts_and_state() -> None:
@@ -579,12 +572,16 @@ def test_counts_and_state() -> None:
     rendering = render_full(case, CONFIG)
     lines = rendering.text.splitlines()
     assert rendering.rules_written == sum(1 for line in lines if line.startswith("add rule "))
-    assert rendering.elements_written == 2
-    assert rendering.chains_written == 3
+    assert rendering.elements_written == 4  # cluster-ips, service-ips, 2 × hairpin-endpoints
+    assert rendering.chains_written == 1
     assert rendering.services == {("ns1", "svc1")}
-    assert rendering.active_chains == {SVC1, EP_A, EP_B}
-    assert rendering.objects == TableObjects(frozenset({SVC1, EP_A, EP_B}), {}, frozenset())
+    assert rendering.active_chains == {SVC1}
+    assert rendering.objects == TableObjects(frozenset({SVC1}), {}, frozenset())
     assert rendering.elements()["cluster-ips"] == {"172.30.0.41": ""}
+    assert set(rendering.elements()["hairpin-endpoints"]) == {
+        "10.244.1.2 . 10.244.1.2 . tcp . 8080",
+        "10.244.2.3 . 10.244.2.3 . tcp . 8080",
+    }
 
 
 def test_deterministic() -> None:
@@ -622,38 +619,91 @@ A = svc("ns1/a", ip="172.30.0.1")
 B = svc("ns1/b", ip="172.30.0.2")
 C = svc("ns2/c", ip="172.30.0.3")
 SVC_B = "service-C5H7KDIK-ns1/b/tcp/p80"
-EP_B3 = "endpoint-IB55MEUK-ns1/b/tcp/p80__10.244.2.3/8080"
-EP_B4 = "endpoint-RDU6Y7H5-ns1/b/tcp/p80__10.244.2.4/8080"
-EP_B5 = "endpoint-UO4QS6VM-ns1/b/tcp/p80__10.244.2.5/8080"
 SVC_A = "service-VZNH3DV3-ns1/a/tcp/p80"
-EP_A2 = "endpoint-Z5IKEUJ2-ns1/a/tcp/p80__10.244.1.2/8080"
 SVC_C = "service-YZE64O4X-ns2/c/tcp/p80"
-EP_C3 = "endpoint-KHG42TCO-ns2/c/tcp/p80__10.244.3.3/8080"
 WORLD = ((A, [ep("10.244.1.2")]), (B, [ep("10.244.2.3"), ep("10.244.2.4")]))
+# A Service with SPREAD_VMAP_MIN_ENDPOINTS endpoints: a vmap spread over endpoint chains.
+BIG = svc("ns3/big", ip="172.30.0.9")
+BIG_IPS = [f"10.244.9.{i}" for i in range(10, 10 + SPREAD_VMAP_MIN_ENDPOINTS)]
+SVC_BIG = "service-" + service_chain_base(routes((BIG, []))[0])
+
+
+def big_world(ips: list[str]) -> tuple[ServicePortRoute, ...]:
+    return routes((BIG, [ep(a) for a in ips]))
+
+
+def big_chain(ip: str) -> str:
+    return "endpoint-" + endpoint_chain_base(big_world([])[0], RouteEndpoint(ip, 8080))
+
+
+def big_rules(ips: list[str]) -> str:
+    """The rules of SVC_BIG and then of its endpoint chains `ips`, as `add rule` lines."""
+    spread = ", ".join(f"{i} : goto {big_chain(a)}" for i, a in enumerate(sorted(ips)))
+    return "".join(
+        f"add rule ip kdns {SVC_BIG} {rule}\n"
+        for rule in (
+            "ip daddr 172.30.0.9 tcp dport 80 ip saddr != 10.244.0.0/16 jump mark-for-masquerade",
+            f"numgen random mod {len(ips)} vmap {{ {spread} }}",
+        )
+    )
 
 
 def test_partial_endpoint_replaced() -> None:
     before = render_full(routes(*WORLD), CONFIG)
     now = routes(WORLD[0], (B, [ep("10.244.2.3"), ep("10.244.2.5")]))
     partial = render_partial(now, {B.key}, before, CONFIG)
-    # Only b's service chain (rewritten), the new endpoint's chain and the old one's
-    # deletion; no element changes (the ClusterIP still goes to the same chain); nothing of a.
+    # Only b's service chain, rewritten, and the endpoints' hairpin elements; the service-ips
+    # element is unchanged (the ClusterIP still goes to the same chain); nothing of a.
     assert partial.text == textwrap.dedent(f"""\
-        add chain ip kdns {EP_B5}
         flush chain ip kdns {SVC_B}
-        flush chain ip kdns {EP_B4}
-        add rule ip kdns {EP_B5} ip saddr 10.244.2.5 jump mark-for-masquerade
-        add rule ip kdns {EP_B5} meta l4proto tcp dnat to 10.244.2.5:8080
         add rule ip kdns {SVC_B} ip daddr 172.30.0.2 tcp dport 80 ip saddr != 10.244.0.0/16 jump mark-for-masquerade
-        add rule ip kdns {SVC_B} numgen random mod 2 == 0 goto {EP_B3}
-        add rule ip kdns {SVC_B} goto {EP_B5}
-        delete chain ip kdns {EP_B4}
+        add rule ip kdns {SVC_B} numgen random mod 2 == 0 meta l4proto tcp dnat to 10.244.2.3:8080
+        add rule ip kdns {SVC_B} meta l4proto tcp dnat to 10.244.2.5:8080
+        delete element ip kdns hairpin-endpoints {{ 10.244.2.4 . 10.244.2.4 . tcp . 8080 }}
+        add element ip kdns hairpin-endpoints {{ 10.244.2.5 . 10.244.2.5 . tcp . 8080 }}
         """)
     assert partial.partial
-    assert partial.deleted_chains == (EP_B4,)
-    assert (partial.chains_written, partial.rules_written, partial.elements_written) == (2, 5, 0)
+    assert partial.deleted_chains == ()
+    assert (partial.chains_written, partial.rules_written, partial.elements_written) == (1, 3, 2)
     full = render_full(now, CONFIG)
-    assert partial.active_chains == full.active_chains == {SVC_A, EP_A2, SVC_B, EP_B3, EP_B5}
+    assert partial.active_chains == full.active_chains == {SVC_A, SVC_B}
+
+
+def test_partial_endpoint_chain_replaced() -> None:
+    # A vmap spread: the new endpoint's chain is added, the old one's flushed and deleted
+    # after the service chain that named it is rewritten.
+    before = render_full(big_world(BIG_IPS), CONFIG)
+    ips = [*BIG_IPS[:-1], "10.244.9.99"]
+    partial = render_partial(big_world(ips), {BIG.key}, before, CONFIG)
+    old, new = BIG_IPS[-1], "10.244.9.99"
+    assert partial.text == (
+        f"add chain ip kdns {big_chain(new)}\n"
+        f"flush chain ip kdns {SVC_BIG}\n"
+        f"flush chain ip kdns {big_chain(old)}\n"
+        f"add rule ip kdns {big_chain(new)} meta l4proto tcp dnat to {new}:8080\n"
+        + big_rules(ips)
+        + f"delete element ip kdns hairpin-endpoints {{ {old} . {old} . tcp . 8080 }}\n"
+        f"add element ip kdns hairpin-endpoints {{ {new} . {new} . tcp . 8080 }}\n"
+        f"delete chain ip kdns {big_chain(old)}\n"
+    )
+    assert partial.deleted_chains == (big_chain(old),)
+    assert partial.active_chains == render_full(big_world(ips), CONFIG).active_chains
+    assert len(partial.active_chains) == 1 + SPREAD_VMAP_MIN_ENDPOINTS
+
+
+def test_partial_shared_endpoint_keeps_its_hairpin_element() -> None:
+    # Two Services with one endpoint: its hairpin element stays until neither uses it.
+    pairs = ((A, [ep("10.244.1.2")]), (B, [ep("10.244.1.2")]))
+    before = render_full(routes(*pairs), CONFIG)
+    assert before.text.count("hairpin-endpoints { 10.244.1.2 . 10.244.1.2 . tcp . 8080 }") == 1
+    without_a = render_partial(routes(pairs[1]), {A.key}, before, CONFIG)
+    assert "hairpin" not in without_a.text
+    gone = render_partial(routes(pairs[1], (B, [])), {B.key}, without_a, CONFIG)
+    assert (
+        "delete element ip kdns hairpin-endpoints { 10.244.1.2 . 10.244.1.2 . tcp . 8080 }"
+        in gone.text.splitlines()
+    )
+    assert gone.elements()["hairpin-endpoints"] == {}
 
 
 def test_partial_service_deleted_and_added() -> None:
@@ -661,16 +711,14 @@ def test_partial_service_deleted_and_added() -> None:
     # a is deleted; c arrives without endpoints, then gets one.
     now = routes(WORLD[1], (C, []))
     partial = render_partial(now, {A.key, C.key}, before, CONFIG)
-    # a's chains are flushed first (the service chain jumps to the endpoint chain) and
-    # deleted after the elements that name them.
+    # a's chain is flushed first and deleted after the elements that name it.
     assert partial.text == textwrap.dedent(f"""\
         flush chain ip kdns {SVC_A}
-        flush chain ip kdns {EP_A2}
         delete element ip kdns cluster-ips {{ 172.30.0.1 }}
         delete element ip kdns service-ips {{ 172.30.0.1 . tcp . 80 }}
+        delete element ip kdns hairpin-endpoints {{ 10.244.1.2 . 10.244.1.2 . tcp . 8080 }}
         add element ip kdns cluster-ips {{ 172.30.0.3 }}
         add element ip kdns no-endpoint-services {{ 172.30.0.3 . tcp . 80 comment "ns2/c:p80" : goto reject-chain }}
-        delete chain ip kdns {EP_A2}
         delete chain ip kdns {SVC_A}
         """)
     assert partial.services == {B.key, C.key}
@@ -678,13 +726,11 @@ def test_partial_service_deleted_and_added() -> None:
     again = render_partial(later, {C.key}, partial, CONFIG)
     assert again.text == textwrap.dedent(f"""\
         add chain ip kdns {SVC_C}
-        add chain ip kdns {EP_C3}
         add rule ip kdns {SVC_C} ip daddr 172.30.0.3 tcp dport 80 ip saddr != 10.244.0.0/16 jump mark-for-masquerade
-        add rule ip kdns {SVC_C} goto {EP_C3}
-        add rule ip kdns {EP_C3} ip saddr 10.244.3.3 jump mark-for-masquerade
-        add rule ip kdns {EP_C3} meta l4proto tcp dnat to 10.244.3.3:8080
+        add rule ip kdns {SVC_C} meta l4proto tcp dnat to 10.244.3.3:8080
         delete element ip kdns no-endpoint-services {{ 172.30.0.3 . tcp . 80 }}
         add element ip kdns service-ips {{ 172.30.0.3 . tcp . 80 : goto {SVC_C} }}
+        add element ip kdns hairpin-endpoints {{ 10.244.3.3 . 10.244.3.3 . tcp . 8080 }}
         """)
 
 
@@ -721,20 +767,16 @@ def test_partial_affinity_timeout_changed() -> None:
     # naming it is flushed before its delete and rewritten after its re-creation.
     assert partial.text == textwrap.dedent(f"""\
         flush chain ip kdns {SVC1}
-        flush chain ip kdns {EP_A}
         delete set ip kdns {AFF_A}
         add set ip kdns {AFF_A} {{ type ipv4_addr ; flags dynamic,timeout ; timeout 60s ; }}
         add rule ip kdns {SVC1} ip daddr 172.30.0.41 tcp dport 80 ip saddr != 10.244.0.0/16 jump mark-for-masquerade
-        add rule ip kdns {SVC1} ip saddr @{AFF_A} goto {EP_A}
-        add rule ip kdns {SVC1} goto {EP_A}
-        add rule ip kdns {EP_A} ip saddr 10.244.1.2 jump mark-for-masquerade
-        add rule ip kdns {EP_A} update @{AFF_A} {{ ip saddr }}
-        add rule ip kdns {EP_A} meta l4proto tcp dnat to 10.244.1.2:8080
+        add rule ip kdns {SVC1} ip saddr @{AFF_A} update @{AFF_A} {{ ip saddr }} meta l4proto tcp dnat to 10.244.1.2:8080
+        add rule ip kdns {SVC1} update @{AFF_A} {{ ip saddr }} meta l4proto tcp dnat to 10.244.1.2:8080
         """)
     # Affinity switched off: the sets go, after the chains naming them are flushed.
     off = render_partial(routes((svc("ns1/svc1"), eps)), {old.key}, partial, CONFIG)
     lines = off.text.splitlines()
-    assert lines.index(f"flush chain ip kdns {EP_A}") < lines.index(f"delete set ip kdns {AFF_A}")
+    assert lines.index(f"flush chain ip kdns {SVC1}") < lines.index(f"delete set ip kdns {AFF_A}")
     assert off.deleted_sets == (AFF_A,)
     assert off.objects.sets == {}
 
@@ -762,28 +804,35 @@ def test_partial_shared_external_ip() -> None:
 
 def test_partial_deferred_chain_deletes() -> None:
     deferring = NftablesConfig(cluster_cidr=PODS, defer_chain_deletes=True)
-    before = render_full(routes(*WORLD), deferring)
-    now = routes(WORLD[0], (B, [ep("10.244.2.3"), ep("10.244.2.5")]))
-    partial = render_partial(now, {B.key}, before, deferring)
+    before = render_full(big_world(BIG_IPS), deferring)
+    now = big_world([*BIG_IPS[:-1], "10.244.9.99"])
+    partial = render_partial(now, {BIG.key}, before, deferring)
+    gone = big_chain(BIG_IPS[-1])
     # Flushed now, deleted by the next render (kernels before 6.2, kube-proxy's staleChains).
-    assert f"flush chain ip kdns {EP_B4}" in partial.text.splitlines()
+    assert f"flush chain ip kdns {gone}" in partial.text.splitlines()
     assert "delete chain" not in partial.text
-    assert partial.stale_chains == (EP_B4,)
+    assert partial.stale_chains == (gone,)
     assert partial.deleted_chains == ()
-    assert partial.objects.chains == partial.active_chains | {EP_B4}
-    assert partial.objects.flushed_chains == {EP_B4}
+    assert partial.objects.chains == partial.active_chains | {gone}
+    assert partial.objects.flushed_chains == {gone}
     idle = render_partial(now, set(), partial, deferring)
-    assert idle.text == f"delete chain ip kdns {EP_B4}\n"
-    assert idle.deleted_chains == (EP_B4,)
+    assert idle.text == f"delete chain ip kdns {gone}\n"
+    assert idle.deleted_chains == (gone,)
     assert idle.stale_chains == ()
     # A full render deletes only chains an earlier transaction flushed.
     full = render_full(now, deferring, existing=partial.objects)
-    assert full.deleted_chains == (EP_B4,)
-    assert full.text.endswith(f"add chain ip kdns {EP_B4}\ndelete chain ip kdns {EP_B4}\n")
+    assert full.deleted_chains == (gone,)
+    assert full.text.endswith(f"add chain ip kdns {gone}\ndelete chain ip kdns {gone}\n")
     # A chain flushed for deletion that comes back in use is refilled, not deleted.
-    revived = render_partial(routes(*WORLD), {B.key}, partial, deferring)
-    assert f"delete chain ip kdns {EP_B4}" not in revived.text
-    assert f"add rule ip kdns {EP_B4} meta l4proto tcp dnat to 10.244.2.4:8080" in revived.text
+    revived = render_partial(big_world(BIG_IPS), {BIG.key}, partial, deferring)
+    assert f"delete chain ip kdns {gone}" not in revived.text
+    assert (
+        f"add rule ip kdns {gone} meta l4proto tcp dnat to {BIG_IPS[-1]}:8080"
+        in revived.text.splitlines()
+    )
+    # A Service that goes: its service chain is deferred the same way.
+    removed = render_partial((), {BIG.key}, partial, deferring)
+    assert SVC_BIG in removed.stale_chains
 
 
 def test_partial_needs_the_same_config() -> None:
@@ -812,11 +861,14 @@ def test_full_render_cleans_up_existing_objects() -> None:
         f"add set ip kdns {AFF_A} {{ type ipv4_addr ; flags dynamic,timeout ; timeout 300s ; }}"
         in lines
     )
-    assert lines[-2:] == [
+    # Endpoint chains of a table written before the spread was inlined (EP_A) go too.
+    assert lines[-4:] == [
         "add chain ip kdns endpoint-OLD-ns9/gone/tcp/p80__10.0.0.1/80",
         "delete chain ip kdns endpoint-OLD-ns9/gone/tcp/p80__10.0.0.1/80",
+        f"add chain ip kdns {EP_A}",
+        f"delete chain ip kdns {EP_A}",
     ]
-    assert rendering.deleted_chains == ("endpoint-OLD-ns9/gone/tcp/p80__10.0.0.1/80",)
+    assert rendering.deleted_chains == ("endpoint-OLD-ns9/gone/tcp/p80__10.0.0.1/80", EP_A)
     assert rendering.deleted_sets == ("affinity-OLD-ns9/gone/tcp/p80__10.0.0.1/80",)
     # A set still in use with the same timeout is only declared again: its clients stay.
     kept = render_full(routes((aff, [ep("10.244.1.2")])), CONFIG, existing=rendering.objects)
@@ -889,12 +941,14 @@ def random_service(rng: random.Random, i: int) -> tuple[Service, tuple[Endpoint,
         **kw,
     )
     endpoints = []
-    for j in range(rng.choice([0, 1, 2, 3, 3, 5])):
+    # Sometimes a vmap spread with endpoint chains; addresses shared between Services (i % 5)
+    # exercise the claims on hairpin-endpoints.
+    for j in range(rng.choice([0, 1, 2, 3, 3, 5, SPREAD_VMAP_MIN_ENDPOINTS + 1])):
         cond = rng.choice([{}, {}, {}, {"ready": False, "terminating": True}, {"ready": False}])
         node = rng.choice([NODE, "node2"])
         eports = (("p80", "TCP", 8080), ("dns", "UDP", 5353))
         endpoints.append(
-            ep(f"10.244.{i}.{j + rng.choice([0, 10])}", node=node, ports=eports, **cond)
+            ep(f"10.244.{i % 5}.{j + rng.choice([0, 20])}", node=node, ports=eports, **cond)
         )
         if dual:
             endpoints.append(ep(f"fd00:244::{i:x}:{j}", node=node, ports=eports, **cond))
@@ -1138,30 +1192,33 @@ def test_partials_applied_equal_fresh_full(netns: str, netns_b: str, defer: bool
 @pytest.mark.root
 def test_full_render_repairs_and_cleans_up(netns: str) -> None:
     aff = svc("ns1/svc1", session_affinity="ClientIP", affinity_timeout=300)
-    first = render_full(routes((aff, [ep("10.244.1.2"), ep("10.244.2.3")])), CONFIG)
+    other = (svc("ns1/svc2", ip="172.30.0.42"), [ep("10.244.3.3")])
+    svc2 = "service-" + service_chain_base(routes(other)[0])
+    first = render_full(routes((aff, [ep("10.244.1.2"), ep("10.244.2.3")]), other), CONFIG)
     nft_apply(netns, first.text)
     # table_objects reads the real listing back.
     listed = table_objects(in_netns(netns, "nft", "-j", "-t", "list", "table", "ip", "kdns"))
-    assert listed == TableObjects(first.active_chains, {AFF_A: 300, AFF_B: 300})
+    assert listed == TableObjects(frozenset({SVC1, svc2}), {AFF_A: 300, AFF_B: 300})
     # Someone adds a rule of theirs to one of our chains: the next full render drops it, and
     # deletes what the routes no longer use.
     nft_apply(netns, "add rule ip kdns services counter\n")
     fewer = routes((aff, [ep("10.244.1.2")]))
     second = render_full(fewer, CONFIG, existing=listed)
-    assert second.deleted_chains == (EP_B,)
+    assert second.deleted_chains == (svc2,)
     assert second.deleted_sets == (AFF_B,)
     nft_apply(netns, second.text)
     state = table_state(netns, 4)
-    assert EP_B not in state["chains"]
+    assert svc2 not in state["chains"]
     assert AFF_B not in state["sets"]
     assert not any("counter" in rule for rule in state["rules"]["services"])
     # Someone deletes the whole table: a full render whose `existing` still names objects that
     # are gone applies all the same (every delete is preceded by an add).
     in_netns(netns, "nft", "delete", "table", "ip", "kdns")
-    third = render_full(routes((aff, [ep("10.244.2.3")])), CONFIG, existing=second.objects)
-    assert third.deleted_chains == (EP_A,)
+    third = render_full(routes(other), CONFIG, existing=second.objects)
+    assert third.deleted_chains == (SVC1,)
+    assert third.deleted_sets == (AFF_A,)
     nft_apply(netns, third.text)
-    fresh = render_full(routes((aff, [ep("10.244.2.3")])), CONFIG)
+    fresh = render_full(routes(other), CONFIG)
     assert set(table_state(netns, 4)["chains"]) == {
         *(name for name, *_ in BASE_CHAINS),
         *FIXED_CHAINS,
