@@ -12,6 +12,7 @@ Contract:
   client source → backend names, and the slowest refusal and quickest timeout in ms.
   `--until-ok S` instead retries single attempts until one succeeds (exit 1 after S seconds).
   `--sport P` binds every attempt to that source port (UDP; TCP uses SO_REUSEADDR).
+  `--deadline S` ends the batch after S seconds (the rest counted as one error).
 - `python echo.py stream --udp HOST:PORT --sport P --interval S --duration S`: one UDP socket
   bound to a fixed source port sends a datagram every interval and records each reply's backend
   (None when none came within the interval); prints `{"events": [[unix_time, name], …]}`.
@@ -120,7 +121,9 @@ class Summary:
             self.refused_max_ms = max(self.refused_max_ms, ms)
         elif outcome == "timeout":
             self.timeouts += 1
-            self.timeout_min_ms = ms if self.timeout_min_ms is None else min(self.timeout_min_ms, ms)
+            self.timeout_min_ms = (
+                ms if self.timeout_min_ms is None else min(self.timeout_min_ms, ms)
+            )
         else:
             self.errors += 1
             self.error_texts[outcome] += 1
@@ -138,7 +141,9 @@ class Summary:
             "by_client": {k: dict(v) for k, v in self.by_client.items()},
             "sequence": self.sequence,
             "refused_max_ms": round(self.refused_max_ms, 3),
-            "timeout_min_ms": None if self.timeout_min_ms is None else round(self.timeout_min_ms, 3),
+            "timeout_min_ms": None
+            if self.timeout_min_ms is None
+            else round(self.timeout_min_ms, 3),
         }
 
 
@@ -198,7 +203,11 @@ def client(args: argparse.Namespace) -> int:
                 return 1
             time.sleep(0.05)
     summary = Summary()
+    stop_at = time.monotonic() + args.deadline if args.deadline else None
     for i in range(args.count):
+        if stop_at is not None and time.monotonic() > stop_at:
+            summary.record("", None, "deadline: attempts not made", 0.0)
+            break
         source = sources[i % len(sources)]
         reply, outcome, ms = attempt(proto, target, source, args.sport, args.timeout)
         summary.record(source or "", reply, outcome, ms)
@@ -245,6 +254,7 @@ def main(argv: list[str]) -> int:
     c.add_argument("--source", default="")
     c.add_argument("--sport", type=int, default=0)
     c.add_argument("--until-ok", type=float, default=0.0)
+    c.add_argument("--deadline", type=float, default=0.0, help="stop the batch after S seconds")
     s = sub.add_parser("stream")
     s.add_argument("--udp", required=True)
     s.add_argument("--sport", type=int, required=True)

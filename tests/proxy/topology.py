@@ -126,10 +126,16 @@ class Cluster:
         return self.namespaces[role]
 
     def run(
-        self, role: str, *argv: str, timeout: float = COMMAND_TIMEOUT, check: bool = True
+        self,
+        role: str,
+        *argv: str,
+        timeout: float = COMMAND_TIMEOUT,
+        check: bool = True,
+        input_text: str | None = None,
     ) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
             ["ip", "netns", "exec", self.ns(role), *argv],
+            input=input_text,
             capture_output=True,
             text=True,
             timeout=timeout,
@@ -227,7 +233,9 @@ class Cluster:
         self._sysctl(pod.node, f"net.ipv4.neigh.{node_if}.proxy_delay", "0")
         self._sysctl(pod.node, f"net.ipv4.conf.{node_if}.proxy_arp", "1")
         self._ip("-n", ns, "route", "add", POD_GATEWAY, "dev", "eth0", "scope", "link")
-        self._ip("-n", ns, "route", "add", "default", "via", POD_GATEWAY, "dev", "eth0", "src", pod.ip)
+        self._ip(
+            "-n", ns, "route", "add", "default", "via", POD_GATEWAY, "dev", "eth0", "src", pod.ip
+        )
 
     def start_echo_servers(self, ready_timeout: float = 10.0) -> None:
         """An echo server in every pod, on ECHO_PORTS over TCP and UDP; waits until each
