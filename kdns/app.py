@@ -67,19 +67,7 @@ class App:
 
 def build(config: Config, kube_options: dict[str, Any] | None = None) -> App:
     """`kube_options`: keyword arguments for the KubeSource (tests shorten its timeouts)."""
-    if config.manifests:
-        store = Store(watched=KINDS)
-    else:
-        # Imported only for a live cluster: the client costs a second and 15 MiB at start-up.
-        from kdns.sources import kube
-
-        try:
-            api = kube.cluster_client(config.kubeconfig or None, config.context or None)
-        except kube.ClusterConfigError as e:
-            raise StartupError([str(e)]) from None
-        if api is None:
-            raise StartupError([NO_SOURCE])
-        store = Store(watched=kube.KubeSource.kinds(watch_pods=_watch_pods(config)))
+    store, api = open_store(config, _watch_pods(config))
     host, _ = parse_hostport(config.dns_addr)
     specific = () if host in ("0.0.0.0", "::") else (host,)
     forwarder = _forwarder(config)
@@ -100,17 +88,47 @@ def build(config: Config, kube_options: dict[str, Any] | None = None) -> App:
         handler.cache.drop(resolver.apply(change))
 
     store.subscribe(follow)
-    source: Source
+    source = open_source(config, store, api, _watch_pods(config), kube_options)
+    return App(config, store, resolver, handler, source, forwarder)
+
+
+def open_store(config: Config, watch_pods: bool) -> tuple[Store, Any]:
+    """The store for the config's source, and the API client when the source is a cluster.
+
+    Raises StartupError when no source is configured or the cluster config is unusable."""
+    if config.manifests:
+        return Store(watched=KINDS), None
+    # Imported only for a live cluster: the client costs a second and 15 MiB at start-up.
+    from kdns.sources import kube
+
+    try:
+        api = kube.cluster_client(config.kubeconfig or None, config.context or None)
+    except kube.ClusterConfigError as e:
+        raise StartupError([str(e)]) from None
+    if api is None:
+        raise StartupError([NO_SOURCE])
+    return Store(watched=kube.KubeSource.kinds(watch_pods=watch_pods)), api
+
+
+def open_source(
+    config: Config,
+    store: Store,
+    api: Any,
+    watch_pods: bool,
+    kube_options: dict[str, Any] | None = None,
+) -> Source:
+    """The source feeding `store`: manifests are read (and applied) now, so their errors stop
+    the start with file/line/field; a cluster is listed when the source runs."""
     if config.manifests:
         manifests = ManifestSource(config.manifests, store)
         errors = manifests.load()
         if errors:
             raise StartupError([str(e) for e in errors])
         manifests.apply()
-        source = manifests
-    else:
-        source = kube.KubeSource(api, store, _watch_pods(config), **(kube_options or {}))
-    return App(config, store, resolver, handler, source, forwarder)
+        return manifests
+    from kdns.sources import kube
+
+    return kube.KubeSource(api, store, watch_pods, **(kube_options or {}))
 
 
 def _watch_pods(config: Config) -> bool:

@@ -61,3 +61,53 @@ DNS_PROGRAMMING_DURATION = Histogram(
     ["service_kind"],
     buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 60, 120, 300),
 )
+
+# --- the proxy (proxy/sync.py); kube-proxy's kubeproxy_sync_proxy_rules_* under kdns_ names ----
+
+_SYNC_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+PROXY_SYNC_DURATION = Histogram(
+    "kdns_proxy_sync_duration_seconds",
+    "Time to render and apply one sync of the data path, by mode and kind (full or partial).",
+    ["mode", "kind"],
+    buckets=_SYNC_BUCKETS,
+)
+PROXY_SYNCS = Counter(
+    "kdns_proxy_syncs_total",
+    "Syncs of the data path, by mode, kind and result.",
+    ["mode", "kind", "result"],
+)
+PROXY_SYNC_FAILURES = Counter(
+    "kdns_proxy_sync_failures_total",
+    "Failed applies (each is retried as a full sync), by mode and kind.",
+    ["mode", "kind"],
+)
+PROXY_RULES_WRITTEN = Counter(
+    "kdns_proxy_rules_written_total",
+    "Rules, map elements or ipvsadm commands written to the kernel, by mode.",
+    ["mode"],
+)
+PROXY_LAST_SYNC_RULES = Gauge(
+    "kdns_proxy_last_sync_rules", "Rules written by the last successful sync, by mode.", ["mode"]
+)
+PROXY_LAST_SYNC = Gauge(
+    "kdns_proxy_last_sync_timestamp_seconds", "Unix time of the last successful sync.", ["mode"]
+)
+PROXY_SERVICES = Gauge(
+    "kdns_proxy_service_ports", "Service ports (per IP family) the data path programs.", ["mode"]
+)
+PROXY_REPAIRS = Counter(
+    "kdns_proxy_tamper_repairs_total",
+    "Times the canary found kdns's rules removed by someone else and a full sync restored them.",
+    ["mode"],
+)
+PROXY_CONNTRACK_DELETES = Counter(
+    "kdns_proxy_conntrack_deletes_total",
+    "conntrack deletions for UDP endpoints that went away, by result.",
+    ["result"],
+)
+PROXY_PROGRAMMING_DURATION = Histogram(
+    "kdns_proxy_network_programming_duration_seconds",
+    "Time from a Service or EndpointSlice change to the data path carrying it.",
+    buckets=_SYNC_BUCKETS,
+)
