@@ -47,6 +47,9 @@ from tests.proxy.topology import (
 MODES = ("iptables", "nftables")
 NAMESPACE = "test"
 SYNC_PERIOD = 2.0  # --sync-period: also the canary / tamper-repair interval
+# --min-sync-period: shorter than the default 1 s so the ~45 manifest rewrites of a mode take
+# half a second each (the manifest poll and its settle time) instead of a second.
+MIN_SYNC_PERIOD = 0.2
 APPLY_TIMEOUT = 15.0  # seconds until a rewritten manifest must be live
 START_TIMEOUT = 20.0  # seconds until a started proxy must report healthy
 CLIENT_DEADLINE = 30.0  # seconds one batch of client connections may take
@@ -205,6 +208,8 @@ class Harness:
             CLUSTER_CIDR,
             "--sync-period",
             str(SYNC_PERIOD),
+            "--min-sync-period",
+            str(MIN_SYNC_PERIOD),
             *extra,
         ]
 
@@ -277,14 +282,14 @@ class Harness:
         return body
 
 
-def sync_count(metrics: str, mode: str, result: str) -> float:
-    """Sum of kdns_proxy_syncs_total samples for `mode` and `result` (over kinds)."""
+def metric_sum(metrics: str, name: str, **labels: str) -> float:
+    """Sum of the samples of `name` whose labels include `labels` (e.g. over `kind`)."""
     total = 0.0
     for line in metrics.splitlines():
-        if not line.startswith("kdns_proxy_syncs_total{"):
+        if not line.startswith(name + "{"):
             continue
-        labels = dict(re.findall(r'(\w+)="([^"]*)"', line.split("}", 1)[0]))
-        if labels.get("mode") == mode and labels.get("result") == result:
+        have = dict(re.findall(r'(\w+)="([^"]*)"', line.split("}", 1)[0]))
+        if all(have.get(k) == v for k, v in labels.items()):
             total += float(line.rsplit(" ", 1)[1])
     return total
 
@@ -323,6 +328,8 @@ table ip kdnsx {
 }
 """
 
+# kdns's iptables chains: kube-proxy's KUBE-* names and its canary, KDNS-CANARY.
+KDNS_CHAIN = re.compile(r"\b(KUBE|KDNS)-[A-Z0-9-]+")
 # Tables iptables-nft owns (compared through iptables-save) and kdns's own table.
 _XTABLES = re.compile(r"^table (ip|ip6) (filter|nat|mangle|raw|security) \{$")
 _KDNS_TABLE = re.compile(r"^table (ip|ip6) kdns \{$")
@@ -331,8 +338,8 @@ _KDNS_TABLE = re.compile(r"^table (ip|ip6) kdns \{$")
 def foreign_state(cluster: Cluster) -> str:
     """Everything in node1's ruleset that kdns does not own, as text to compare byte for byte.
 
-    iptables: `iptables-save` without the lines naming a KUBE- chain (kdns's chains and the
-    jumps into them) and without the "# Generated" comments; the per-chain packet counters of
+    iptables: `iptables-save` without the lines naming a KUBE- or KDNS- chain (kdns's chains
+    and the jumps into them) and without the "# Generated" comments; the per-chain packet counters of
     built-in chains are blanked, because traffic moves them. nftables: `nft list ruleset` minus
     the iptables-nft tables (covered above) and minus `table ip kdns` / `ip6 kdns`; the foreign
     nft counters are blanked for the same reason.
@@ -341,7 +348,7 @@ def foreign_state(cluster: Cluster) -> str:
     ipt = [
         re.sub(r"\[\d+:\d+\]$", "[-]", line)
         for line in save.splitlines()
-        if not line.startswith("#") and "KUBE-" not in line
+        if not line.startswith("#") and not KDNS_CHAIN.search(line)
     ]
     ruleset = cluster.run("node1", "nft", "list", "ruleset").stdout
     nft: list[str] = []
@@ -357,10 +364,10 @@ def foreign_state(cluster: Cluster) -> str:
 
 
 def kdns_leftovers(cluster: Cluster) -> list[str]:
-    """Lines of node1's ruleset that belong to kdns: KUBE- chains and rules, kdns tables."""
+    """Lines of node1's ruleset that belong to kdns: KUBE-/KDNS- chains and rules, kdns tables."""
     save = cluster.run("node1", "iptables-save").stdout
     tables = cluster.run("node1", "nft", "list", "tables").stdout
-    return [line for line in save.splitlines() if "KUBE-" in line] + [
+    return [line for line in save.splitlines() if KDNS_CHAIN.search(line)] + [
         line for line in tables.splitlines() if re.fullmatch(r"table ip6? kdns", line.strip())
     ]
 
@@ -771,12 +778,14 @@ def test_foreign_rules_untouched_by_syncs(proxy: Harness) -> None:
     # The foreign rules were installed before the first proxy of this module started; every
     # test since has rewritten the manifests. Drive 20 more syncs, each one a manifest rewrite
     # that changes a Service's endpoints, and count them in the proxy's own metrics.
-    syncs = sync_count(proxy.metrics(), proxy.mode, "success")
+    syncs = metric_sum(proxy.metrics(), "kdns_proxy_syncs_total", mode=proxy.mode, result="ok")
     for i in range(20):
         proxy.apply(churn=simple("churn", "10.96.0.30", [["a", "b", "c"][i % 3]]))
     metrics = proxy.metrics()
-    assert sync_count(metrics, proxy.mode, "success") - syncs >= 20, metrics
-    assert sync_count(metrics, proxy.mode, "failure") == 0, proxy.log_tail()
+    ok = metric_sum(metrics, "kdns_proxy_syncs_total", mode=proxy.mode, result="ok")
+    assert ok - syncs >= 20, metrics
+    failures = metric_sum(metrics, "kdns_proxy_sync_failures_total", mode=proxy.mode)
+    assert failures == 0, proxy.log_tail()
     assert foreign_state(proxy.cluster) == proxy.foreign_before  # type: ignore[attr-defined]
 
 
