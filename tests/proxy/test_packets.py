@@ -23,6 +23,7 @@ import json
 import os
 import re
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -215,9 +216,10 @@ class Harness:
 
     def start(self) -> None:
         assert self.proc is None or self.proc.poll() is not None
-        log = self.log.open("a")
-        self.proc = self.cluster.spawn("node1", *self.command(), stdout=log.fileno())
-        log.close()
+        with self.log.open("a") as log:  # the child keeps its own copy of the descriptor
+            self.proc = self.cluster.spawn(
+                "node1", *self.command(), stdout=log.fileno(), stderr=subprocess.STDOUT
+            )
         deadline = time.monotonic() + START_TIMEOUT
         while self.http("node1", f"http://{HEALTHZ}/healthz")[0] != 200:
             assert self.proc.poll() is None, f"proxy exited:\n{self.log_tail()}"
@@ -228,15 +230,11 @@ class Harness:
     def stop(self) -> None:
         if self.proc is not None:
             stop_process(self.proc)
-            if self.proc.stderr:
-                with self.log.open("a") as log:
-                    log.write(self.proc.stderr.read())
             self.proc = None
 
     def log_tail(self, lines: int = 40) -> str:
-        text = self.log.read_text() if self.log.exists() else ""
-        if self.proc is not None and self.proc.poll() is not None and self.proc.stderr:
-            text += self.proc.stderr.read()
+        """The end of the proxy's output (every run of it in this module, in order)."""
+        text = self.log.read_text(errors="replace") if self.log.exists() else ""
         return "\n".join(text.splitlines()[-lines:])
 
     def run_kdns(self, *extra: str) -> Any:
@@ -602,7 +600,9 @@ def test_external_traffic_policy_local(proxy: Harness) -> None:
         assert summary["sources"] == {EXT_IP: 30}, target  # the client's address is kept
     status, body = proxy.http("ext", health)
     assert status == 200, body
-    assert json.loads(body)["localEndpoints"] == 1
+    answer = json.loads(body)
+    assert answer["localEndpoints"] == 1
+    assert answer["service"] == {"namespace": NAMESPACE, "name": "etp-local"}
 
     proxy.apply(etp_local=local_service(["b", "c"]))
     summary = proxy.client("ext", "tcp", f"{NODE1_EXT_IP}:30082", count=2)
@@ -742,6 +742,38 @@ def test_udp_conntrack_cleanup_on_endpoint_change(proxy: Harness) -> None:
     # the conntrack entry would keep them going to b for as long as the client sends).
     late = [name for t, name in events if t > live_at + 2.0]
     assert late and set(late) == {"c"}, late
+
+
+def test_udp_conntrack_cleanup_when_last_endpoint_goes(proxy: Harness) -> None:
+    # N → 0 (kubernetes #125467): with no endpoint left the Service REJECTs, but only new
+    # flows see that; the existing conntrack entry must go too, or the client keeps talking
+    # to the (still running) old backend.
+    proxy.apply(udp=udp_service("c"))
+    sport, duration = 40003, 5.0
+    stream = proxy.cluster.spawn(
+        "client",
+        sys.executable,
+        ECHO,
+        "stream",
+        "--udp",
+        "10.96.0.21:53",
+        "--sport",
+        str(sport),
+        "--interval",
+        "0.05",
+        "--duration",
+        str(duration),
+    )
+    time.sleep(1.0)
+    changed_at = time.time()
+    proxy.apply(udp=[*udp_service("c")[:1], endpoint_slice("udp", [])])
+    live_at = time.time()
+    out, _ = stream.communicate(timeout=duration + 10)
+    events = json.loads(out)["events"]
+    before = [name for t, name in events if t < changed_at]
+    assert before and set(before) == {"c"}, before
+    late = [name for t, name in events if t > live_at + 2.0]
+    assert late and set(late) == {None}, late
 
 
 def test_restart_does_not_flush_conntrack(proxy: Harness) -> None:

@@ -149,13 +149,19 @@ class Cluster:
         return result
 
     def spawn(
-        self, role: str, *argv: str, stdout: int | None = subprocess.PIPE
+        self,
+        role: str,
+        *argv: str,
+        stdout: int | None = subprocess.PIPE,
+        stderr: int | None = subprocess.PIPE,
     ) -> subprocess.Popen[str]:
-        """Start `argv` in the namespace; it is stopped at cleanup at the latest."""
+        """Start `argv` in the namespace; it is stopped at cleanup at the latest. A process
+        that writes much must be given a file (or DEVNULL): nobody drains the pipes while it
+        runs."""
         proc = subprocess.Popen(
             ["ip", "netns", "exec", self.ns(role), *argv],
             stdout=stdout,
-            stderr=subprocess.PIPE,
+            stderr=stderr,
             text=True,
             cwd=ROOT,
         )
