@@ -35,6 +35,9 @@ def need_root() -> None:
 # processes started by tests read no resolv.conf unless a test gives one, and in-process apps
 # get no upstreams from /etc/resolv.conf.
 os.environ["KDNS_RESOLV_CONF"] = os.devnull
+# kdns processes started by tests stop at once on SIGTERM (the fixtures stop them that way);
+# the lifecycle tests give their own lameduck (`--lameduck`, or an environment without this).
+os.environ.setdefault("KDNS_LAMEDUCK", "0")
 
 
 @pytest.fixture(autouse=True)

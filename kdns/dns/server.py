@@ -10,6 +10,12 @@ Contract:
   or when the client does not read its answers within `write_timeout`.
 - A send that fails (client gone, buffer full) loses that one answer, never the listener.
 - `run` calls `task_status.started((host, port))` once both sockets are bound.
+- `handler` may be replaced while running (a config reload): UDP picks it up at the next burst,
+  TCP at the next message; a query is answered entirely by the handler that took it.
+- `stop_listening()` (shutdown after lameduck, or a new listen address) stops taking queries: the
+  sockets stop receiving and TCP connections stop reading, while answers in flight (forwarded
+  UDP questions, pipelined TCP ones) are still written; `run` returns once they are, and every
+  socket is then closed.
 """
 
 from __future__ import annotations
@@ -50,6 +56,9 @@ class DnsServer:
         self.tcp_connections = 0
         self.udp_send_errors = 0
         self._sockets: tuple[socket.socket, socket.socket] | None = None
+        self.draining = False
+        self._loops: list[trio.CancelScope] = []  # the receive loops; stop_listening ends them
+        self._readers: dict[trio.SocketStream, trio.CancelScope] = {}  # each connection's read
 
     def bind(self) -> None:
         """Bind both sockets now (raises OSError), so a taken port fails before anything runs."""
@@ -95,6 +104,27 @@ class DnsServer:
         self.port = port
         return udp, tcp
 
+    def close(self) -> None:
+        """Close sockets bound but never run (a reload that gave up)."""
+        if self._sockets is not None:
+            for sock in self._sockets:
+                sock.close()
+            self._sockets = None
+
+    def stop_listening(self) -> None:
+        self.draining = True
+        for loop in self._loops:
+            loop.cancel()
+        for reading in self._readers.values():
+            reading.cancel()
+
+    def _receiving(self) -> trio.CancelScope:
+        scope = trio.CancelScope()
+        if self.draining:
+            scope.cancel()
+        self._loops.append(scope)
+        return scope
+
     async def run(
         self, *, task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED
     ) -> None:
@@ -103,22 +133,30 @@ class DnsServer:
         udp, tcp = self._sockets
         listener = trio.SocketListener(trio.socket.from_stdlib_socket(tcp))
         log.info("serving DNS on %s port %d (UDP and TCP)", self.host, self.port)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._serve_udp, udp, nursery)
-            nursery.start_soon(self._serve_tcp, listener)
-            task_status.started((self.host, self.port))
+        try:
+            # `answers` holds the receive loops and what is in flight (forwarded UDP questions,
+            # TCP connections); stop_listening ends the loops and lets the rest finish.
+            async with trio.open_nursery() as answers:
+                answers.start_soon(self._serve_udp, udp, answers)
+                answers.start_soon(self._serve_tcp, listener, answers)
+                task_status.started((self.host, self.port))
+        finally:
+            udp.close()
+            self._sockets = None
 
     # --- UDP -----------------------------------------------------------------------------------
 
     async def _serve_udp(self, sock: socket.socket, nursery: trio.Nursery) -> None:
         recvfrom = sock.recvfrom
         sendto = sock.sendto
-        # Bound once: attribute lookups per packet are a measurable share of the hot path.
-        answer = self.handler.cache.answer
-        handle_miss = self.handler.handle_miss
-        with sock:
+        # `run` closes the socket, once the answers in flight are sent.
+        with self._receiving():
             while True:
                 await trio.lowlevel.wait_readable(sock)
+                # Bound once per burst: attribute lookups per packet are a measurable share of
+                # the hot path. A reload swaps the handler between bursts, never inside one.
+                handler = self.handler
+                answer, handle_miss = handler.cache.answer, handler.handle_miss
                 for _ in range(UDP_BURST):
                     try:
                         data, addr = recvfrom(65535)
@@ -136,7 +174,7 @@ class DnsServer:
                         if isinstance(response, Deferred):
                             # Forwarding waits on the network: in a task of its own, so the
                             # loop goes on answering everything else meanwhile.
-                            nursery.start_soon(self._udp_deferred, sock, response, addr)
+                            nursery.start_soon(self._udp_deferred, sock, handler, response, addr)
                             continue
                     try:
                         sendto(response, addr)
@@ -147,9 +185,9 @@ class DnsServer:
                             log.debug("UDP send error to %s: %s", addr, e)
 
     async def _udp_deferred(
-        self, sock: socket.socket, deferred: Deferred, addr: tuple[str, int]
+        self, sock: socket.socket, handler: Handler, deferred: Deferred, addr: tuple[str, int]
     ) -> None:
-        response = await self.handler.complete(deferred)
+        response = await handler.complete(deferred)
         if response is None:
             return
         try:
@@ -159,20 +197,22 @@ class DnsServer:
 
     # --- TCP -----------------------------------------------------------------------------------
 
-    async def _serve_tcp(self, listener: trio.SocketListener) -> None:
-        async with listener, trio.open_nursery() as nursery:
-            while True:
-                try:
-                    stream = await listener.accept()
-                except OSError as e:
-                    # EMFILE and friends: back off briefly instead of spinning.
-                    log.warning("TCP accept failed: %s", e)
-                    await trio.sleep(0.1)
-                    continue
-                if self.tcp_connections >= MAX_TCP_CONNECTIONS:
-                    await stream.aclose()
-                    continue
-                nursery.start_soon(self._tcp_connection, stream)
+    async def _serve_tcp(self, listener: trio.SocketListener, nursery: trio.Nursery) -> None:
+        # Connections run in `nursery` (run's), so closing the listener leaves them to finish.
+        with self._receiving():
+            async with listener:
+                while True:
+                    try:
+                        stream = await listener.accept()
+                    except OSError as e:
+                        # EMFILE and friends: back off briefly instead of spinning.
+                        log.warning("TCP accept failed: %s", e)
+                        await trio.sleep(0.1)
+                        continue
+                    if self.tcp_connections >= MAX_TCP_CONNECTIONS:
+                        await stream.aclose()
+                        continue
+                    nursery.start_soon(self._tcp_connection, stream)
 
     async def _tcp_connection(self, stream: trio.SocketStream) -> None:
         self.tcp_connections += 1
@@ -193,7 +233,11 @@ class DnsServer:
                         deadline = message_deadline
                     else:
                         deadline = trio.current_time() + self.idle_timeout
-                    with trio.move_on_at(deadline):
+                    with trio.move_on_at(deadline) as reading:
+                        # stop_listening cancels the read: no new queries, in-flight ones finish.
+                        self._readers[stream] = reading
+                        if self.draining:
+                            reading.cancel()
                         try:
                             chunk = await stream.receive_some(65536)
                         except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -219,6 +263,7 @@ class DnsServer:
                         continue
                     break  # a timeout: idle, or a message that never completed
         finally:
+            self._readers.pop(stream, None)
             self.tcp_connections -= 1
 
     async def _tcp_answer(

@@ -168,3 +168,18 @@ def test_runs_until_sigterm_keeps_rules_and_cleanup_removes_only_ours(
     # The foreign IPv4 rules are byte-identical. (iptables-nft may leave the empty built-in
     # IPv6 tables it created for kdns's rules: no rule, no chain of kdns's is left in them.)
     assert ipv4(netns) == ipv4_before
+
+
+def test_userspace_render_lists_the_loopback_vips() -> None:
+    result = run_kdns(*PROXY, "--mode", "userspace", "--render")
+    assert result.returncode == 0, result.stderr
+    redis = [line for line in result.stdout.splitlines() if line.startswith("default/redis:")]
+    assert len(redis) == 1, result.stdout
+    vip = redis[0].split()[1]
+    assert vip.startswith("127.")
+    assert redis[0].endswith("tcp/6379 -> 10.244.1.10:6379, 10.244.2.11:6379")
+
+
+def test_userspace_cleanup_has_nothing_to_remove() -> None:
+    result = run_kdns("proxy", "--mode", "userspace", "--cleanup")
+    assert (result.returncode, result.stderr) == (0, "")
