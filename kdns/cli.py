@@ -184,7 +184,7 @@ def _proxy_parser(commands: Any, common: Callable[[argparse.ArgumentParser], Non
 def _proxy_options(args: argparse.Namespace) -> proxyapp.ProxyOptions:
     return proxyapp.ProxyOptions(
         mode=args.mode,
-        node_name=args.node_name or proxyapp.default_node_name(),
+        node_name=args.node_name or app.node_name(),
         cluster_cidrs=tuple(args.cluster_cidr),
         nodeport_addresses=tuple(args.nodeport_addresses),
         min_sync_period=args.min_sync_period,

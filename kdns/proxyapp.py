@@ -23,7 +23,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -75,11 +74,6 @@ class ProxyOptions:
 def default_families() -> tuple[int, ...]:
     """IPv4, plus IPv6 where the kernel has it enabled (as kube-proxy's dual-stack detection)."""
     return (4, 6) if os.path.exists("/proc/net/if_inet6") else (4,)
-
-
-def default_node_name() -> str:
-    """$NODE_NAME (the DaemonSet sets it from spec.nodeName), else the hostname (kube-proxy)."""
-    return os.environ.get("NODE_NAME") or socket.gethostname().lower()
 
 
 def check_options(options: ProxyOptions) -> list[str]:
@@ -268,15 +262,7 @@ async def run_proxy(
         runner=runner,
         on_routes=checks.update,
     )
-    healthz = _healthz(engine)
-    endpoints = {
-        "healthz": HttpEndpoint(
-            *parse_hostport(options.healthz_addr), {"/healthz": healthz, "/livez": healthz}
-        ),
-        "metrics": HttpEndpoint(*parse_hostport(options.metrics_addr), {"/metrics": prometheus}),
-    }
-    for endpoint in endpoints.values():
-        await endpoint.bind()
+    endpoints = await _bind_endpoints(options, _healthz(engine))
     async with trio.open_nursery() as nursery:
         for endpoint in endpoints.values():
             await nursery.start(endpoint.run)
@@ -286,6 +272,19 @@ async def run_proxy(
         nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
         log.info("kdns proxy (%s mode) running for node %r", options.mode, options.node_name)
         task_status.started({name: e.port for name, e in endpoints.items()})
+
+
+async def _bind_endpoints(options: ProxyOptions, healthz: Route) -> dict[str, HttpEndpoint]:
+    """kube-proxy's /healthz and /livez, and /metrics, bound now (a taken port is an OSError)."""
+    endpoints = {
+        "healthz": HttpEndpoint(
+            *parse_hostport(options.healthz_addr), {"/healthz": healthz, "/livez": healthz}
+        ),
+        "metrics": HttpEndpoint(*parse_hostport(options.metrics_addr), {"/metrics": prometheus}),
+    }
+    for endpoint in endpoints.values():
+        await endpoint.bind()
+    return endpoints
 
 
 async def _run_userspace(
@@ -305,14 +304,7 @@ async def _run_userspace(
             (json.dumps(body) + "\n").encode(),
         )
 
-    endpoints = {
-        "healthz": HttpEndpoint(
-            *parse_hostport(options.healthz_addr), {"/healthz": healthz, "/livez": healthz}
-        ),
-        "metrics": HttpEndpoint(*parse_hostport(options.metrics_addr), {"/metrics": prometheus}),
-    }
-    for endpoint in endpoints.values():
-        await endpoint.bind()
+    endpoints = await _bind_endpoints(options, healthz)
     async with trio.open_nursery() as nursery:
         for endpoint in endpoints.values():
             await nursery.start(endpoint.run)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import subprocess
+from collections.abc import Iterator
 
 import pytest
 
@@ -53,3 +56,23 @@ def _no_real_upstreams(monkeypatch: pytest.MonkeyPatch) -> None:
         return real(path)
 
     monkeypatch.setattr(app, "resolv_conf_nameservers", guarded)
+
+
+@contextlib.contextmanager
+def throwaway_netns(prefix: str, *tools: tuple[str, str]) -> Iterator[str]:
+    """A fresh network namespace named `<prefix>-<pid>` (loopback up), deleted afterwards.
+
+    Needs root and iproute2; `tools` are further (command, Debian package) pairs the caller
+    runs inside it. Tests that write rules do it here, never in the host's tables."""
+    need_root()
+    ip = need_tool("ip", "iproute2")
+    for tool, package in tools:
+        need_tool(tool, package)
+    name = f"{prefix}-{os.getpid()}"
+    subprocess.run([ip, "netns", "del", name], capture_output=True)
+    subprocess.run([ip, "netns", "add", name], check=True, capture_output=True)
+    try:
+        subprocess.run([ip, "-n", name, "link", "set", "lo", "up"], check=True)
+        yield name
+    finally:
+        subprocess.run([ip, "netns", "del", name], capture_output=True)

@@ -6,7 +6,6 @@ Packet-level behaviour is in tests/proxy/test_packets.py.
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import time
@@ -15,7 +14,7 @@ from collections.abc import Iterator
 import pytest
 
 from kdns.proxy.dataplane import ipvs_supported, read_file
-from tests.conftest import need_root, need_tool
+from tests.conftest import throwaway_netns
 
 from .conftest import EXAMPLES, kdns_command, run_kdns
 
@@ -24,18 +23,10 @@ PROXY = ("proxy", "--manifests", str(EXAMPLES), "--node-name", "node1")
 
 @pytest.fixture
 def netns() -> Iterator[str]:
-    need_root()
-    ip = need_tool("ip", "iproute2")
-    need_tool("iptables-restore", "iptables")
-    need_tool("nft", "nftables")
-    name = f"kdns-pcli-{os.getpid()}"
-    subprocess.run([ip, "netns", "del", name], capture_output=True)
-    subprocess.run([ip, "netns", "add", name], check=True, capture_output=True)
-    subprocess.run([ip, "-n", name, "link", "set", "lo", "up"], check=True)
-    try:
+    with throwaway_netns(
+        "kdns-pcli", ("iptables-restore", "iptables"), ("nft", "nftables")
+    ) as name:
         yield name
-    finally:
-        subprocess.run([ip, "netns", "del", name], capture_output=True)
 
 
 def in_ns(ns: str, *argv: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:

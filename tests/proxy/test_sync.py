@@ -7,8 +7,6 @@ command, so the tests see both what was written and what the kernel holds.
 
 from __future__ import annotations
 
-import os
-import subprocess
 from collections.abc import Iterator, Sequence
 
 import pytest
@@ -24,7 +22,7 @@ from kdns.proxy.dataplane import (
 )
 from kdns.proxy.sync import SyncEngine
 from kdns.store import ENDPOINTSLICES, SERVICES, Store
-from tests.conftest import need_root, need_tool
+from tests.conftest import throwaway_netns
 
 from .builders import NODE, PODS, ep, svc
 
@@ -34,18 +32,9 @@ UDP_EP = (("dns", "UDP", 5353),)
 
 @pytest.fixture
 def netns() -> Iterator[str]:
-    need_root()
-    ip = need_tool("ip", "iproute2")
-    need_tool("iptables-restore", "iptables")
-    need_tool("nft", "nftables")
-    need_tool("conntrack", "conntrack")
-    name = f"kdns-sync-{os.getpid()}"
-    subprocess.run([ip, "netns", "del", name], capture_output=True)
-    subprocess.run([ip, "netns", "add", name], check=True, capture_output=True)
-    try:
+    tools = [("iptables-restore", "iptables"), ("nft", "nftables"), ("conntrack", "conntrack")]
+    with throwaway_netns("kdns-sync", *tools) as name:
         yield name
-    finally:
-        subprocess.run([ip, "netns", "del", name], capture_output=True)
 
 
 class Recorder:
