@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from kdns.proxy import iptables as ipt
 from kdns.proxy import ipvs as ipvs_mod
 from kdns.proxy import nftables as nft
+from kdns.proxy.libnftables import Libnftables
 from kdns.proxy.routes import ServiceKey, ServicePortRoute, family_of
 
 log = logging.getLogger(__name__)
@@ -384,14 +385,28 @@ def _kernel_before(major: int, minor: int) -> bool:
 
 
 class NftablesDataplane:
-    """kube-proxy's nftables mode in `table ip kdns` / `table ip6 kdns`: one `nft -f` per sync."""
+    """kube-proxy's nftables mode in `table ip kdns` / `table ip6 kdns`: one `nft -f` per sync.
+
+    With the default runner the transactions go through one libnftables context kept across
+    syncs (`kdns.proxy.libnftables`: no process start and library load per sync), falling back
+    to an `nft -f -` process when the library is missing; a runner given by the caller (tests,
+    the benchmark) runs every command itself.
+    """
 
     mode = "nftables"
 
     def __init__(
-        self, node: Node, runner: Runner = run_command, service_cidrs: Sequence[str] = ()
+        self,
+        node: Node,
+        runner: Runner = run_command,
+        service_cidrs: Sequence[str] = (),
+        libnftables: bool = True,
     ) -> None:
         self.runner = runner
+        # Applies the transactions; reads (listings) stay with `runner`.
+        self.apply: Runner = runner
+        if libnftables and runner is run_command:
+            self.apply = Libnftables.load(runner) or runner
         self.families = node.families
         defer = _kernel_before(6, 2)
         self.configs = {
@@ -427,7 +442,7 @@ class NftablesDataplane:
                 else:
                     rendering = nft.render_partial(routes, changed, last, config)
                 if rendering.text:
-                    _check(self.runner, ["nft", "-f", "-"], rendering.text)
+                    _check(self.apply, ["nft", "-f", "-"], rendering.text)
             except ApplyError:
                 self._last.pop(family, None)
                 raise

@@ -18,6 +18,7 @@ import json
 import os
 import random
 import subprocess
+import sys
 import textwrap
 import time
 from collections.abc import Iterator
@@ -1248,3 +1249,61 @@ def test_affinity_survives_full_and_partial_renders(netns: str) -> None:
     nft_apply(netns, partial.text)
     elements = table_state(netns, 4)["sets"][AFF_A]["elem"]
     assert len(elements) == 1 and "10.1.1.1" in elements[0]
+
+
+# --- libnftables: `nft -f -` through one kept context -------------------------------------------
+
+# Runs in the namespace (the context's socket belongs to the namespace it is created in): each
+# step of argv[1] (JSON) is ["ctx", text] (through the context) or ["nft", text] (another
+# process writing the ruleset meanwhile); prints the (status, stdout, stderr) of each.
+LIBNFTABLES_STEPS = """
+import json, sys
+from kdns.proxy.dataplane import run_command
+from kdns.proxy.libnftables import Libnftables
+lib = Libnftables.load(run_command)
+assert lib is not None, "libnftables.so.1 not loadable"
+out = []
+for who, text in json.loads(sys.argv[1]):
+    runner = lib if who == "ctx" else run_command
+    out.append(runner(["nft", "-f", "-"], text))
+lib.close()
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.root
+def test_libnftables_context_applies_and_respects_other_writers(netns: str) -> None:
+    full = render_full(routes(*WORLD), CONFIG)
+    steps = [
+        ["ctx", full.text],
+        # A read fills the context's cache without a commit of ours...
+        ["ctx", "list set ip kdns cluster-ips\n"],
+        # ...then someone else adds a set: the next transaction must see it (generation ID).
+        ["nft", "add set ip kdns theirs { type ipv4_addr ; }\n"],
+        ["ctx", "add element ip kdns theirs { 10.0.0.1 }\n"],
+        # Errors come back as nft prints them, with a failing status.
+        ["ctx", "add rule ip kdns no-such-chain accept\n"],
+        # And the context still works after a failed transaction.
+        ["ctx", render_partial(routes(WORLD[0]), {B.key}, full, CONFIG).text],
+    ]
+    result = subprocess.run(
+        ["ip", "netns", "exec", netns, sys.executable, "-c", LIBNFTABLES_STEPS, json.dumps(steps)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    (applied, listed, _, element, bad, partial) = json.loads(result.stdout)
+    assert applied == [0, "", ""]
+    assert listed[0] == 0 and "set cluster-ips" in listed[1]
+    assert element == [0, "", ""], element
+    assert bad[0] == 1 and "no-such-chain" in bad[2] and "No such file" in bad[2], bad
+    assert partial == [0, "", ""]
+    state = table_state(netns, 4)
+    assert SVC_B not in state["chains"]
+    assert any("10.0.0.1" in e for e in state["sets"]["theirs"]["elem"])
+    # The same table a fresh full render of the last state makes in an empty namespace.
+    in_netns(netns, "nft", "delete", "table", "ip", "kdns")
+    nft_apply(netns, render_full(routes(WORLD[0]), CONFIG).text)
+    fresh = table_state(netns, 4)
+    assert state["chains"] == fresh["chains"] and state["rules"] == fresh["rules"]
