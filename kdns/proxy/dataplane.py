@@ -406,7 +406,10 @@ class NftablesDataplane:
         # Applies the transactions; reads (listings) stay with `runner`.
         self.apply: Runner = runner
         if libnftables and runner is run_command:
-            self.apply = Libnftables.load(runner) or runner
+            context = Libnftables.load(runner)
+            if context is not None:
+                log.info("nftables: transactions go through one libnftables context")
+                self.apply = context
         self.families = node.families
         defer = _kernel_before(6, 2)
         self.configs = {
