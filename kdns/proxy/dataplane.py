@@ -13,8 +13,10 @@ Contract:
   - `render(routes)`: what a full sync would apply, for `kdns proxy --render`; changes nothing.
   - `cleanup()`: removes everything the mode installs and nothing else.
 - Every write is one transaction per family: `iptables-restore --noflush` (the jumps from the
-  built-in chains go in the same input, inserted only where missing), `nft -f -`, or for IPVS a
-  few `ipvsadm -R` / `ip -batch` runs around one `ipset restore` and one `iptables-restore`.
+  built-in chains go in the same input, inserted only where missing), an nft script (through one
+  libnftables context kept for the proxy's life, `proxy/libnftables.py`, else `nft -f -`), or
+  for IPVS a few `ipvsadm -R` / `ip -batch` runs around one `ipset restore` and one
+  `iptables-restore`.
 - `Node` holds what the node contributes (its addresses, pod CIDRs, flags), read once at start.
 - All commands go through a `Runner` (argv, stdin) → (status, stdout, stderr), so the tests can
   point the data plane at a namespace; nothing here touches the host unless told to.
