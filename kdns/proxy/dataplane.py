@@ -396,6 +396,7 @@ class NftablesDataplane:
     """
 
     mode = "nftables"
+    needs_all_routes = False  # a partial render reads only the changed Services' routes
 
     def __init__(
         self,

@@ -171,7 +171,12 @@ class SyncEngine:
             else:
                 self._routes.pop(key, None)
         after = {k: self._routes.get(k, ()) for k in changed}
-        routes = self.routes()
+        # A partial nftables sync reads only the changed Services' routes: handing it only
+        # those keeps the work before the apply O(change) (iptables and IPVS need them all).
+        if full or getattr(self.dataplane, "needs_all_routes", True):
+            routes = self.routes()
+        else:
+            routes = [r for key in sorted(changed) for r in self._routes.get(key, ())]
         kind = "full" if full else "partial"
         started = time.perf_counter()
         try:
@@ -202,7 +207,8 @@ class SyncEngine:
         metrics.PROXY_RULES_WRITTEN.labels(self.mode).inc(applied.rules)
         metrics.PROXY_LAST_SYNC_RULES.labels(self.mode).set(applied.rules)
         metrics.PROXY_LAST_SYNC.labels(self.mode).set(self.last_success)
-        metrics.PROXY_SERVICES.labels(self.mode).set(len(routes))
+        ports = sum(len(r) for r in self._routes.values())
+        metrics.PROXY_SERVICES.labels(self.mode).set(ports)
         if trigger is not None:
             metrics.PROXY_PROGRAMMING_DURATION.observe(max(0.0, self.last_success - trigger))
         log.log(
@@ -211,14 +217,14 @@ class SyncEngine:
             "%.0f ms",
             self.mode,
             kind,
-            len(routes),
+            ports,
             len(changed),
             applied.rules,
             applied.size,
             duration * 1000,
         )
         if self.on_routes is not None:
-            self.on_routes(routes)
+            self.on_routes(routes if len(routes) == ports else self.routes())
         # Not after the first sync: a restart has no "before" and must not flush anything.
         if self.clean_conntrack and self.syncs > 1 and changed:
             flows = conntrack.stale_flows(before, after)
