@@ -10,6 +10,12 @@ Contract:
   or when the client does not read its answers within `write_timeout`.
 - A send that fails (client gone, buffer full) loses that one answer, never the listener.
 - `run` calls `task_status.started((host, port))` once both sockets are bound.
+- Every answered query is counted in `self.stats` (CoreDNS's request/response metrics, see
+  kdns/metrics.py): inline in the UDP loop — a clock read before and after, one dict update —
+  and through `QueryStats.record` elsewhere. Its duration runs from receipt to the end of the
+  send, as CoreDNS's from ServeDNS to WriteMsg. The answer caches' sizes and hits are read
+  from the caches at scrape time.
+- `query_log`, when given, is called for each answered query (CoreDNS's `log` plugin).
 """
 
 from __future__ import annotations
@@ -18,10 +24,17 @@ import contextlib
 import errno
 import logging
 import socket
+import time
+from bisect import bisect_left
+from collections.abc import Callable
 
 import trio
 
+from kdns import metrics
 from kdns.dns.handler import Deferred, Handler
+
+# (client address, proto, query bytes, response bytes, metrics label id, seconds)
+QueryLog = Callable[[tuple[str, int], str, bytes, bytes, int, float], None]
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +53,7 @@ class DnsServer:
         idle_timeout: float = 10.0,
         read_timeout: float = 2.0,
         write_timeout: float = 5.0,
+        query_log: QueryLog | None = None,
     ) -> None:
         self.handler = handler
         self.host = host
@@ -47,9 +61,53 @@ class DnsServer:
         self.idle_timeout = idle_timeout
         self.read_timeout = read_timeout
         self.write_timeout = write_timeout
+        self.query_log = query_log
         self.tcp_connections = 0
         self.udp_send_errors = 0
         self._sockets: tuple[socket.socket, socket.socket] | None = None
+        # CoreDNS's address family label: 1 IPv4, 2 IPv6; a dual-stack socket decides per client.
+        self.family = "2" if ":" in host else "1"
+        self.dual_stack = host == "::"
+        self.stats = metrics.QueryStats(self._server_label())
+        self.stats.caches.append(self._answer_cache_stats)
+        if handler.forwarder is not None:
+            self.stats.caches.append(self._upstream_cache_stats)
+        resolver = handler.resolver
+        self._zones = ",".join(z + "." for z in (*resolver.forward_zones, *resolver.reverse_zones))
+
+    def _server_label(self) -> str:
+        # CoreDNS's `server` label: "dns://:53" for every address, else "dns://HOST:PORT".
+        host = "" if self.host in ("0.0.0.0", "::") else self.host
+        return f"dns://[{host}]:{self.port}" if ":" in host else f"dns://{host}:{self.port}"
+
+    def _answer_cache_stats(self) -> metrics.CacheStats:
+        cache = self.handler.cache
+        labels = metrics.LABELS.labels
+        denial = sum(1 for entry in cache.entries.values() if labels[entry[5]].cache == "denial")
+        return metrics.CacheStats(
+            zones=self._zones,
+            success=len(cache.entries) - denial,
+            denial=denial,
+            misses=cache.misses,
+        )
+
+    def _upstream_cache_stats(self) -> metrics.CacheStats:
+        assert self.handler.forwarder is not None
+        cache = self.handler.forwarder.cache
+        return metrics.CacheStats(
+            zones=".",
+            success=len(cache.success),
+            denial=len(cache.denial),
+            misses=cache.misses,
+            hits_success=cache.hits - cache.hits_denial,
+            hits_denial=cache.hits_denial,
+            served_stale=cache.served_stale,
+        )
+
+    def _family_of(self, client: str | None) -> str:
+        if self.dual_stack and client is not None:
+            return "1" if client.startswith("::ffff:") else "2"
+        return self.family
 
     def bind(self) -> None:
         """Bind both sockets now (raises OSError), so a taken port fails before anything runs."""
@@ -93,6 +151,7 @@ class DnsServer:
             tcp.close()
             raise
         self.port = port
+        self.stats.server = self._server_label()
         return udp, tcp
 
     async def run(
@@ -114,8 +173,17 @@ class DnsServer:
         recvfrom = sock.recvfrom
         sendto = sock.sendto
         # Bound once: attribute lookups per packet are a measurable share of the hot path.
-        answer = self.handler.cache.answer
-        handle_miss = self.handler.handle_miss
+        handler = self.handler
+        cache = handler.cache
+        answer = cache.answer
+        handle_miss = handler.handle_miss
+        clock = time.perf_counter
+        stats = self.stats
+        counts = stats.counts[("udp", self.family)]
+        counts_v4, counts_v6 = stats.counts[("udp", "1")], stats.counts[("udp", "2")]
+        dual_stack = self.dual_stack
+        first_bucket = metrics.DURATION_BUCKETS[0]
+        buckets = metrics.DURATION_BUCKETS
         with sock:
             while True:
                 await trio.lowlevel.wait_readable(sock)
@@ -128,6 +196,7 @@ class DnsServer:
                         # ICMP errors surface on later receives on some kernels; not ours to fix.
                         log.debug("UDP receive error: %s", e)
                         continue
+                    start = clock()
                     response = answer(data, True)
                     if response is None:
                         response = handle_miss(data, True, addr[0])
@@ -136,8 +205,13 @@ class DnsServer:
                         if isinstance(response, Deferred):
                             # Forwarding waits on the network: in a task of its own, so the
                             # loop goes on answering everything else meanwhile.
-                            nursery.start_soon(self._udp_deferred, sock, response, addr)
+                            nursery.start_soon(
+                                self._udp_deferred, sock, response, addr, data, start
+                            )
                             continue
+                        label = handler.label
+                    else:
+                        label = cache.label
                     try:
                         sendto(response, addr)
                     except OSError as e:
@@ -145,9 +219,32 @@ class DnsServer:
                         self.udp_send_errors += 1
                         if e.errno not in (errno.EAGAIN, errno.ECONNREFUSED, errno.EHOSTUNREACH):
                             log.debug("UDP send error to %s: %s", addr, e)
+                    # Counted inline (see QueryStats): a method call per query costs more.
+                    elapsed = clock() - start
+                    if dual_stack:
+                        counts = counts_v4 if addr[0].startswith("::ffff:") else counts_v6
+                    key = (
+                        label,
+                        len(data),
+                        len(response),
+                        0 if elapsed <= first_bucket else bisect_left(buckets, elapsed),
+                    )
+                    entry = counts.get(key)
+                    if entry is None:
+                        stats.add(counts, key, elapsed)
+                    else:
+                        entry[0] += 1
+                        entry[1] += elapsed
+                    if self.query_log is not None:
+                        self.query_log(addr, "udp", data, response, label, elapsed)
 
     async def _udp_deferred(
-        self, sock: socket.socket, deferred: Deferred, addr: tuple[str, int]
+        self,
+        sock: socket.socket,
+        deferred: Deferred,
+        addr: tuple[str, int],
+        data: bytes,
+        start: float,
     ) -> None:
         response = await self.handler.complete(deferred)
         if response is None:
@@ -156,6 +253,22 @@ class DnsServer:
             sock.sendto(response, addr)
         except OSError:
             self.udp_send_errors += 1
+        self._count(addr, "udp", data, response, deferred.label, start)
+
+    def _count(
+        self,
+        addr: tuple[str, int],
+        proto: str,
+        data: bytes,
+        response: bytes,
+        label: int,
+        start: float,
+    ) -> None:
+        elapsed = time.perf_counter() - start
+        family = self._family_of(addr[0])
+        self.stats.record(proto, family, label, len(data), len(response), elapsed)
+        if self.query_log is not None:
+            self.query_log(addr, proto, data, response, label, elapsed)
 
     # --- TCP -----------------------------------------------------------------------------------
 
@@ -179,7 +292,7 @@ class DnsServer:
         send_lock = trio.Lock()
         in_flight = trio.Semaphore(MAX_TCP_IN_FLIGHT)
         try:
-            peer: str | None = stream.socket.getpeername()[0]
+            peer: tuple[str, int] | None = stream.socket.getpeername()[:2]
         except OSError:
             peer = None  # already gone
         try:
@@ -227,12 +340,16 @@ class DnsServer:
         send_lock: trio.Lock,
         in_flight: trio.Semaphore,
         message: bytes,
-        peer: str | None,
+        peer: tuple[str, int] | None,
     ) -> None:
+        start = time.perf_counter()
         try:
-            response = self.handler.handle(message, False, peer)
+            response = self.handler.handle(message, False, peer[0] if peer else None)
+            label = self.handler.label
             if isinstance(response, Deferred):
-                response = await self.handler.complete(response)
+                deferred = response
+                response = await self.handler.complete(deferred)
+                label = deferred.label
             if response is None:
                 return
             async with send_lock:
@@ -243,5 +360,7 @@ class DnsServer:
                         return
                 if scope.cancelled_caught:
                     await stream.aclose()  # the client does not read: give up on it
+                    return
+            self._count(peer or ("", 0), "tcp", message, response, label, start)
         finally:
             in_flight.release()
