@@ -29,9 +29,10 @@ from kdns.dns.forward import (
     resolv_conf_search,
 )
 from kdns.dns.handler import Handler
+from kdns.dns.querylog import QueryLog
 from kdns.dns.resolver import Resolver
 from kdns.dns.server import DnsServer
-from kdns.http import HttpEndpoint, health, prometheus, readiness
+from kdns.http import HttpEndpoint, health, metrics_route, readiness
 from kdns.sources.static import ManifestSource
 from kdns.store import KINDS, Change, Store
 
@@ -202,14 +203,18 @@ async def serve(
     """Run everything; `task_status.started` reports the bound ports by name."""
     config = app.config
     host, port = parse_hostport(config.dns_addr)
-    server = DnsServer(app.handler, host, port)
+    query_log = QueryLog(config.query_log) if isinstance(config.query_log, str) else None
+    server = DnsServer(app.handler, host, port, query_log=query_log)
     server.bind()  # outside the nursery: a taken port is a plain OSError for the command line
     endpoints = {
         "health": HttpEndpoint(*parse_hostport(config.health_addr), {"/health": health}),
         "ready": HttpEndpoint(
             *parse_hostport(config.ready_addr), {"/ready": readiness(app.store.unsynced_kinds)}
         ),
-        "metrics": HttpEndpoint(*parse_hostport(config.metrics_addr), {"/metrics": prometheus}),
+        "metrics": HttpEndpoint(
+            *parse_hostport(config.metrics_addr),
+            {"/metrics": metrics_route(config.metrics_coredns_names)},
+        ),
     }
     for endpoint in endpoints.values():
         await endpoint.bind()

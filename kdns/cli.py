@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import trio
 from dnslib import QTYPE
 
-from kdns import app
+from kdns import app, logs
 from kdns.config import POD_MODES, Config, ConfigError, env_overrides, load_config
 
 log = logging.getLogger("kdns")
@@ -50,6 +50,7 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--ttl", type=int, metavar="SECONDS", help="TTL of cluster records (5)")
         p.add_argument("--pods", choices=POD_MODES, help="pod records mode (insecure)")
         p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+        p.add_argument("--log-format", choices=logs.LOG_FORMATS, help="log lines as text or JSON")
 
     serve = commands.add_parser("serve", help="answer DNS for the cluster")
     common(serve)
@@ -67,6 +68,19 @@ def _parser() -> argparse.ArgumentParser:
         "--kube-dns-configmap",
         metavar="FILE",
         help="a kube-dns ConfigMap whose stubDomains and upstreamNameservers to use",
+    )
+    serve.add_argument(
+        "--query-log",
+        nargs="?",
+        const="text",
+        choices=("text", "json", "false"),
+        help="log every query as CoreDNS's log plugin does (text, the default) or as JSON",
+    )
+    serve.add_argument(
+        "--metrics-coredns-names",
+        action="store_true",
+        default=None,
+        help="also export every metric under its CoreDNS name (coredns_dns_requests_total, …)",
     )
     serve.add_argument(
         "--autopath",
@@ -100,6 +114,9 @@ def _config(args: argparse.Namespace) -> Config:
         manifests=tuple(args.manifests) if args.manifests else None,
         kubeconfig=args.kubeconfig,
         context=args.context,
+        log_format=args.log_format,
+        query_log=getattr(args, "query_log", None),
+        metrics_coredns_names=getattr(args, "metrics_coredns_names", None),
     )
 
 
@@ -112,6 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         config = _config(args)
+        logs.setup(config.log_format, args.log_level, config.log_consolidate)
         built = app.build(config)
     except ConfigError as e:
         print(f"kdns: {e}", file=sys.stderr)

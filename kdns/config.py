@@ -58,6 +58,11 @@ class Config:
     cache_max_denial_ttl: int = 30
     serve_stale: float = 0.0  # seconds past expiry an answer may be served when upstreams fail
     autopath: bool = False  # answer a pod's search path server-side (needs pods watched)
+    # Observability (kdns/logs.py, kdns/dns/querylog.py, kdns/metrics.py).
+    log_format: str = "text"  # text | json
+    query_log: bool | str = False  # false | text (CoreDNS's log line) | json
+    log_consolidate: float = 10.0  # seconds per summary of repeated errors; 0 = log every one
+    metrics_coredns_names: bool = False  # also export every metric under its coredns_ name
     source: str = field(default="", compare=False)  # the file this came from, for messages
 
     @property
@@ -171,13 +176,34 @@ def validate(config: Config, where: str) -> Config:
             raise fail(key, f"{value!r} is not a number of seconds in {low:g}-{high:g}")
     if not isinstance(config.autopath, bool):
         raise fail("autopath", f"{config.autopath!r} is not true or false")
+    query_log = _observability(config, fail)
     return replace(
         config,
+        query_log=query_log,
         zones=tuple(zones),
         manifests=tuple(config.manifests),
         upstreams=None if config.upstreams is None else tuple(str(v) for v in config.upstreams),
         stub_domains=tuple(stubs),
     )
+
+
+def _observability(config: Config, fail: Any) -> bool | str:
+    """Check the logging and metrics keys; returns `query_log` normalised (False, text, json)."""
+    if config.log_format not in ("text", "json"):
+        raise fail("log_format", f"{config.log_format!r} is not one of text, json")
+    query_log = config.query_log
+    if isinstance(query_log, str) and query_log.lower() in ("false", "off", "no", "0", ""):
+        query_log = False
+    if query_log is not False and query_log not in ("text", "json"):
+        raise fail("query_log", f"{config.query_log!r} is not one of false, text, json")
+    value = config.log_consolidate
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 3600:
+        raise fail("log_consolidate", f"{value!r} is not a number of seconds in 0-3600")
+    if not isinstance(config.metrics_coredns_names, bool):
+        raise fail(
+            "metrics_coredns_names", f"{config.metrics_coredns_names!r} is not true or false"
+        )
+    return query_log
 
 
 def _check_server(fail: Any, key: str, value: Any) -> None:
@@ -208,7 +234,7 @@ def env_overrides(environ: dict[str, str]) -> dict[str, Any]:
             continue
         if key in _LISTS:
             out[key] = tuple(text.replace(",", " ").split())
-        elif key == "autopath":
+        elif str(types[key]) == "bool":
             if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
                 raise ConfigError(f"${name}: {text!r} is not true or false")
             out[key] = text.lower() in ("true", "1", "yes")
