@@ -19,7 +19,14 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+)
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -31,6 +38,10 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from kdns import __version__
+
+# No `<counter>_created` series: CoreDNS (the Go client) exports none, and they would double the
+# series count of every counter and histogram.
+disable_created_metrics()
 
 # --- the Kubernetes API source (sources/kube.py) -------------------------------------------------
 

@@ -137,7 +137,7 @@ class QueryLog:
     ) -> None:
         f = fields(addr, proto, data, response, LABELS.labels[label].rcode, seconds)
         if self.json:
-            now = datetime.now(UTC).isoformat(timespec="milliseconds")
+            now = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
             line = json.dumps({"time": now, "level": "info", **f}, ensure_ascii=False)
         else:
             line = text_line(f)
