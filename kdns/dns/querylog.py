@@ -54,13 +54,12 @@ def rflags(response: bytes) -> str:
 
 
 def type_name(qtype: int) -> str:
-    name = QTYPE.get(qtype)
-    return name if isinstance(name, str) else f"TYPE{qtype}"
+    # RFC 3597 §5 spelling for a type without a mnemonic.
+    return str(QTYPE.get(qtype, f"TYPE{qtype}"))
 
 
 def class_name(qclass: int) -> str:
-    name = CLASS.get(qclass)
-    return name if isinstance(name, str) else f"CLASS{qclass}"
+    return str(CLASS.get(qclass, f"CLASS{qclass}"))
 
 
 def duration_text(seconds: float) -> str:
