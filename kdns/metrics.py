@@ -11,6 +11,7 @@ Contract:
 from __future__ import annotations
 
 import collections
+import itertools
 import math
 import platform
 import weakref
@@ -271,7 +272,7 @@ class QueryStats:
         self.request_sizes: dict[tuple[str, str], _Histogram] = {}
         self.response_sizes: dict[tuple[str, str], _Histogram] = {}
         self.caches: list[Callable[[], CacheStats]] = []
-        _LISTENERS.add(self)
+        _LISTENERS[next(_CREATED)] = self
 
     def record(
         self,
@@ -323,7 +324,9 @@ def _series(table: dict[Any, _Histogram], key: Any, bounds: tuple[float, ...]) -
     return found
 
 
-_LISTENERS: weakref.WeakSet[QueryStats] = weakref.WeakSet()
+# Every live listener's counters, by creation order (a later one's caches win a shared label).
+_LISTENERS: weakref.WeakValueDictionary[int, QueryStats] = weakref.WeakValueDictionary()
+_CREATED = itertools.count()
 
 # (name, type, label names, help) of the families `_DnsCollector` builds at scrape time.
 _DNS_FAMILIES: tuple[tuple[str, str, tuple[str, ...], str], ...] = (
@@ -413,46 +416,73 @@ class _DnsCollector(Collector):
         return [_family(name) for name, *_ in _DNS_FAMILIES]
 
     def collect(self) -> Iterable[Metric]:
-        f = {name: _family(name) for name, *_ in _DNS_FAMILIES}
-        for stats in list(_LISTENERS):
+        # Listeners that share a `server` label (one replaced by another on reload, still
+        # alive) are summed into one series each: a label set appears once per family.
+        counts: dict[str, dict[tuple[str, ...], float]] = {
+            name: {} for name, kind, *_ in _DNS_FAMILIES if kind != "histogram"
+        }
+        hists: dict[str, dict[tuple[str, ...], _Histogram]] = {
+            name: {} for name, kind, *_ in _DNS_FAMILIES if kind == "histogram"
+        }
+        caches: dict[tuple[str, str], tuple[CacheStats, tuple[int, int]]] = {}
+        for _, stats in sorted(_LISTENERS.items()):
             stats.fold()
             server = stats.server
             for (zone, proto, family, qtype), n in stats.requests.items():
-                f["kdns_dns_requests_total"].add_metric(
-                    [server, zone, VIEW, proto, family, qtype], n
+                _add(
+                    counts["kdns_dns_requests_total"], (server, zone, VIEW, proto, family, qtype), n
                 )
             for zone, n in stats.do_requests.items():
-                f["kdns_dns_do_requests_total"].add_metric([server, VIEW, zone], n)
+                _add(counts["kdns_dns_do_requests_total"], (server, VIEW, zone), n)
             for (zone, rcode, plugin), n in stats.responses.items():
-                f["kdns_dns_responses_total"].add_metric([server, zone, VIEW, rcode, plugin], n)
+                _add(counts["kdns_dns_responses_total"], (server, zone, VIEW, rcode, plugin), n)
             for name, table in (
                 ("kdns_dns_request_duration_seconds", stats.durations),
                 ("kdns_dns_request_size_bytes", stats.request_sizes),
                 ("kdns_dns_response_size_bytes", stats.response_sizes),
             ):
                 for (zone, other), hist in table.items():
-                    f[name].add_metric([server, zone, VIEW, other], hist.cumulative(), hist.sum)
+                    merged = _series(hists[name], (server, zone, VIEW, other), hist.bounds)
+                    merged.counts = [a + b for a, b in zip(merged.counts, hist.counts, strict=True)]
+                    merged.sum += hist.sum
             for snapshot in stats.caches:
                 cache = snapshot()
-                zones = cache.zones
+                key = (server, cache.zones)
                 if cache.hits_success is None:
-                    hits = (stats.cache_hits["success"], stats.cache_hits["denial"])
+                    # Hits counted as queries by the listeners: summed, as the requests.
+                    before = caches[key][1] if key in caches else (0, 0)
+                    hits = (
+                        before[0] + stats.cache_hits["success"],
+                        before[1] + stats.cache_hits["denial"],
+                    )
                 else:
                     hits = (cache.hits_success, cache.hits_denial)
-                for kind, entries, hit in (
-                    ("success", cache.success, hits[0]),
-                    ("denial", cache.denial, hits[1]),
-                ):
-                    f["kdns_cache_entries"].add_metric([server, kind, zones, VIEW], entries)
-                    f["kdns_cache_hits_total"].add_metric([server, kind, zones, VIEW], hit)
-                f["kdns_cache_misses_total"].add_metric([server, zones, VIEW], cache.misses)
-                f["kdns_cache_requests_total"].add_metric(
-                    [server, zones, VIEW], cache.misses + sum(hits)
-                )
-                f["kdns_cache_served_stale_total"].add_metric(
-                    [server, zones, VIEW], cache.served_stale
-                )
-        return list(f.values())
+                caches[key] = (cache, hits)  # the sizes and misses of the newest listener's
+        for (server, zones), (cache, hits) in caches.items():
+            for kind, entries, hit in (
+                ("success", cache.success, hits[0]),
+                ("denial", cache.denial, hits[1]),
+            ):
+                counts["kdns_cache_entries"][(server, kind, zones, VIEW)] = entries
+                counts["kdns_cache_hits_total"][(server, kind, zones, VIEW)] = hit
+            counts["kdns_cache_misses_total"][(server, zones, VIEW)] = cache.misses
+            counts["kdns_cache_requests_total"][(server, zones, VIEW)] = cache.misses + sum(hits)
+            counts["kdns_cache_served_stale_total"][(server, zones, VIEW)] = cache.served_stale
+        out = []
+        for name, *_ in _DNS_FAMILIES:
+            metric = _family(name)
+            if name in hists:
+                for labels, hist in hists[name].items():
+                    metric.add_metric(list(labels), hist.cumulative(), hist.sum)
+            else:
+                for labels, value in counts[name].items():
+                    metric.add_metric(list(labels), value)
+            out.append(metric)
+        return out
+
+
+def _add(table: dict[tuple[str, ...], float], key: tuple[str, ...], n: float) -> None:
+    table[key] = table.get(key, 0) + n
 
 
 REGISTRY.register(_DnsCollector())
