@@ -9,11 +9,12 @@ Contract:
   line on stderr at INFO whatever the level; it does not propagate and is never consolidated.
 - `Consolidating` wraps the root handler (CoreDNS's errors plugin, `consolidate DURATION REGEXP
   show_first`): records at WARNING and above with the same pattern — the `consolidate` key a
-  caller passes in `extra`, else the logger and message template — are logged once, the first
-  time; further ones within `interval` seconds are only counted, and once per interval while they
-  keep coming one line says "N similar errors in the last 10s: <pattern>" (N counts every
-  occurrence in that interval, the one shown included). An interval without any forgets the
-  pattern: the next occurrence is shown again. Lower levels pass untouched.
+  caller passes in `extra`, else the logger and the message template (its placeholders shown as
+  `*`) — are logged once, the first time; further ones within `interval` seconds are only
+  counted, and once per interval while they keep coming one line says "N similar errors in the
+  last 10s: <pattern>" (N counts every occurrence in that interval, the one shown included). An
+  interval without any forgets the pattern: the next occurrence is shown again. Lower levels
+  pass untouched.
 - Thread-safe: Reflector threads log too. The summaries come from a timer thread, started at the
   first suppressed record, or from `flush(now)` (tests drive it with their own clock).
 """
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import threading
 import time
@@ -33,6 +35,7 @@ from typing import Any
 LOG_FORMATS = ("text", "json")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 QUERY_LOGGER = "kdns.query"
+_PLACEHOLDER = re.compile(r"%[-#0 +]*\d*(?:\.\d+)?[sdifrxXeEgGc]")
 
 
 def _utc(moment: datetime) -> str:
@@ -90,7 +93,10 @@ class Consolidating(logging.Handler):
     @staticmethod
     def pattern(record: logging.LogRecord) -> str:
         key = getattr(record, "consolidate", None)
-        return str(key) if key else f"{record.name}: {record.msg}"
+        if key:
+            return str(key)
+        # The message template, its %-placeholders shown as "*" (what varies between repeats).
+        return f"{record.name}: {_PLACEHOLDER.sub('*', str(record.msg))}"
 
     def emit(self, record: logging.LogRecord) -> None:
         if record.levelno < self.consolidate_level or self.interval <= 0:
