@@ -3,9 +3,15 @@
 Contract:
 - Metrics live in the process-wide default registry (prometheus-client), which also carries the
   process collector (resident memory, CPU seconds, open fds) operators already graph.
-- Names carry the `kdns_` prefix; label sets follow CoreDNS's where one exists
-  (`coredns_kubernetes_dns_programming_duration_seconds{service_kind}`).
-- Updating a metric is thread-safe (prometheus-client locks), so Reflector threads may count.
+- Names carry the `kdns_` prefix; label sets and buckets follow CoreDNS's where one exists
+  (`coredns_dns_requests_total{server,zone,view,proto,family,type}`, …). `WithCorednsNames`
+  also exports those under their `coredns_` names (config `metrics_coredns_names`), copied from
+  the collected families at scrape time; `catalogue()` lists every name with its labels (the
+  golden file tests/golden/metrics.txt and the Grafana dashboard are checked against it).
+- Updating a prometheus-client metric is thread-safe (it locks), so Reflector threads may count.
+  The per-query DNS series are the exception: plain counters of the listener (`QueryStats`),
+  turned into families by a collector when /metrics is scraped, on the same thread.
+- No `_created` series (CoreDNS has none).
 """
 
 from __future__ import annotations
