@@ -1,7 +1,16 @@
 # kdns: a slim multi-stage image. The builder makes a wheel of kdns and of every dependency;
-# the runtime stage installs only those wheels (no compiler, no pip cache) and runs as non-root.
-# Inside the image kdns listens on 1053, so a Service can map port 53 to it without the
-# NET_BIND_SERVICE capability (config/kubernetes maps 53 -> 1053).
+# the runtime stages install only those wheels (no compiler, no pip cache).
+#
+#   docker build -t kdns:0.1.0 .                              # the DNS server (the default)
+#   docker build --target proxy -t kdns-proxy:0.1.0 .         # the service proxy
+#
+# These are the images config/kubernetes/ names (tests/test_deploy.py keeps them in step).
+#
+# The DNS image runs as the numeric non-root user 65532 (so the kubelet can check runAsNonRoot)
+# and listens on 1053: a non-root process cannot bind 53 without NET_BIND_SERVICE, and a Service
+# maps port 53 to 1053 instead (config/kubernetes/kdns-service.yaml). Its config file goes at
+# /etc/kdns/kdns.yaml (a ConfigMap mounted at /etc/kdns); without one it serves the example
+# cluster, so `docker run -p 5353:1053/udp kdns:0.1.0` answers something at once.
 
 FROM python:3.11-slim-bookworm AS build
 WORKDIR /src
@@ -10,17 +19,36 @@ COPY pyproject.toml README.md LICENSE ./
 COPY kdns ./kdns
 RUN pip wheel --wheel-dir /wheels .
 
-FROM python:3.11-slim-bookworm
+FROM python:3.11-slim-bookworm AS base
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 COPY --from=build /wheels /wheels
 RUN pip install --no-index --find-links=/wheels kdns \
     && rm -rf /wheels \
     && groupadd --system --gid 65532 kdns \
     && useradd --system --uid 65532 --gid kdns --no-create-home --shell /usr/sbin/nologin kdns
-# The example cluster, so `docker run IMAGE` answers something with no further setup;
-# a real deployment mounts its own manifests, or drops --manifests to follow the cluster API.
-COPY config/examples /etc/kdns/manifests
+LABEL org.opencontainers.image.title="kdns" \
+      org.opencontainers.image.version="0.1.0" \
+      org.opencontainers.image.licenses="Apache-2.0"
+ENTRYPOINT ["kdns"]
+
+# The service proxy: the same kdns plus the tools it drives (ip, iptables-restore, nft, conntrack,
+# ipvsadm, ipset; kdns/proxy/dataplane.py and conntrack.py). It runs as root in the host's
+# network namespace with NET_ADMIN (config/kubernetes/kdns-proxy.yaml). Debian 12's iptables is
+# the nft-based one; nodes still on iptables-legacy need the legacy binaries selected
+# (update-alternatives --set iptables /usr/sbin/iptables-legacy) so both sides share one table.
+FROM base AS proxy
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends \
+        iproute2 iptables nftables conntrack ipvsadm ipset \
+    && rm -rf /var/lib/apt/lists/*
+USER 0:0
+EXPOSE 10256/tcp
+CMD ["proxy", "--help"]
+
+# The DNS server: the default target, last so a plain `docker build` makes it.
+FROM base AS kdns
+# The example cluster, outside /etc/kdns so a mounted config does not hide it.
+COPY config/examples /usr/share/kdns/examples
 USER 65532:65532
 EXPOSE 1053/udp 1053/tcp 8080/tcp 8181/tcp 9153/tcp
-ENTRYPOINT ["kdns"]
-CMD ["serve", "--dns-addr", "0.0.0.0:1053", "--manifests", "/etc/kdns/manifests"]
+CMD ["serve", "--dns-addr", "0.0.0.0:1053", "--manifests", "/usr/share/kdns/examples"]

@@ -7,12 +7,17 @@ Contract:
   problem, so the command line can print them and exit 2 before anything binds.
 - `serve` binds every socket first (a taken port is a plain OSError), then runs the DNS
   listeners, the HTTP endpoints and the source until cancelled or SIGTERM.
+- With `proxy: userspace`, the resolver answers each ClusterIP Service's loopback VIP (A only)
+  and `serve` runs the relay; the VIP map follows the store before the resolver does, and the
+  Services whose VIP moved are handed to the resolver with the change.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import logging
+import os
+import platform
 import signal
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -33,6 +38,8 @@ from kdns.dns.querylog import QueryLog
 from kdns.dns.resolver import Resolver
 from kdns.dns.server import DnsServer
 from kdns.http import HttpEndpoint, health, metrics_route, readiness
+from kdns.proxy.loopback import LoopbackVips
+from kdns.proxy.userspace import Relay
 from kdns.sources.static import ManifestSource
 from kdns.store import KINDS, Change, Store
 
@@ -64,31 +71,22 @@ class App:
     handler: Handler
     source: Source
     forwarder: Forwarder | None = None
+    relay: Relay | None = None
 
 
 def build(config: Config, kube_options: dict[str, Any] | None = None) -> App:
     """`kube_options`: keyword arguments for the KubeSource (tests shorten its timeouts)."""
-    if config.manifests:
-        store = Store(watched=KINDS)
-    else:
-        # Imported only for a live cluster: the client costs a second and 15 MiB at start-up.
-        from kdns.sources import kube
-
-        try:
-            api = kube.cluster_client(config.kubeconfig or None, config.context or None)
-        except kube.ClusterConfigError as e:
-            raise StartupError([str(e)]) from None
-        if api is None:
-            raise StartupError([NO_SOURCE])
-        store = Store(watched=kube.KubeSource.kinds(watch_pods=_watch_pods(config)))
+    store, api = open_store(config, _watch_pods(config))
     host, _ = parse_hostport(config.dns_addr)
     specific = () if host in ("0.0.0.0", "::") else (host,)
     forwarder = _forwarder(config)
+    vips = LoopbackVips() if config.proxy == "userspace" else None
     resolver = Resolver(
         store,
         config,
         ns_addresses=specific,
         reverse_fallthrough=forwarder is not None and bool(forwarder.config.upstreams),
+        service_addresses=vips.addresses if vips is not None else None,
     )
     handler = Handler(
         resolver,
@@ -98,20 +96,69 @@ def build(config: Config, kube_options: dict[str, Any] | None = None) -> App:
     )
 
     def follow(change: Change) -> None:
+        if vips is not None:
+            # A Service that came or went may move another's VIP (a collision): its answers
+            # change too.
+            moved = vips.update(store.services, change.services) - change.services
+            if moved:
+                change = Change(
+                    services=change.services | moved,
+                    namespaces=change.namespaces,
+                    pod_ips=change.pod_ips,
+                    trigger_time=change.trigger_time,
+                )
         handler.cache.drop(resolver.apply(change))
 
     store.subscribe(follow)
-    source: Source
+    source = open_source(config, store, api, _watch_pods(config), kube_options)
+    relay = Relay(store, node_name()) if config.proxy == "userspace" else None
+    return App(config, store, resolver, handler, source, forwarder, relay)
+
+
+def open_store(config: Config, watch_pods: bool) -> tuple[Store, Any]:
+    """The store for the config's source, and the API client when the source is a cluster.
+
+    Raises StartupError when no source is configured or the cluster config is unusable."""
+    if config.manifests:
+        return Store(watched=KINDS), None
+    # Imported only for a live cluster: the client costs a second and 15 MiB at start-up.
+    from kdns.sources import kube
+
+    try:
+        api = kube.cluster_client(config.kubeconfig or None, config.context or None)
+    except kube.ClusterConfigError as e:
+        raise StartupError([str(e)]) from None
+    if api is None:
+        raise StartupError([NO_SOURCE])
+    return Store(watched=kube.KubeSource.kinds(watch_pods=watch_pods)), api
+
+
+def open_source(
+    config: Config,
+    store: Store,
+    api: Any,
+    watch_pods: bool,
+    kube_options: dict[str, Any] | None = None,
+) -> Source:
+    """The source feeding `store`: manifests are read (and applied) now, so their errors stop
+    the start with file/line/field; a cluster is listed when the source runs."""
     if config.manifests:
         manifests = ManifestSource(config.manifests, store)
         errors = manifests.load()
         if errors:
             raise StartupError([str(e) for e in errors])
         manifests.apply()
-        source = manifests
-    else:
-        source = kube.KubeSource(api, store, _watch_pods(config), **(kube_options or {}))
-    return App(config, store, resolver, handler, source, forwarder)
+        return manifests
+    from kdns.sources import kube
+
+    return kube.KubeSource(api, store, watch_pods, **(kube_options or {}))
+
+
+def node_name() -> str:
+    """This node's name, for traffic policies Local: $NODE_NAME (the downward API's
+    spec.nodeName, as kube-proxy's manifests pass it), else the host name (kube-proxy's
+    default)."""
+    return os.environ.get("NODE_NAME") or platform.node()
 
 
 def _watch_pods(config: Config) -> bool:
@@ -226,6 +273,8 @@ async def serve(
         if app.forwarder is not None:
             await nursery.start(app.forwarder.run)
         nursery.start_soon(_stop_on_sigterm, nursery.cancel_scope)
+        if app.relay is not None:
+            await nursery.start(app.relay.run)  # returns once bound, after the first sync
         log.info("kdns ready to answer for %s", ", ".join(config.zones))
         ports = {"dns": server.port, **{name: e.port for name, e in endpoints.items()}}
         task_status.started(ports)

@@ -1,4 +1,5 @@
-"""The command line: `kdns serve` and `kdns check`; exit 2 with one clear line per problem.
+"""The command line: `kdns serve`, `kdns check`, `kdns explain` and `kdns proxy`; exit 2 with one
+clear line per problem.
 
 Contract:
 - `main(argv)` returns the exit status: 0 on success, 2 for a bad config, bad manifests or a
@@ -13,13 +14,16 @@ import logging
 import os
 import sys
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import trio
 from dnslib import QTYPE
 
-from kdns import app, logs
-from kdns.config import POD_MODES, Config, ConfigError, env_overrides, load_config
+from kdns import app, logs, proxyapp
+from kdns.config import POD_MODES, PROXY_MODES, Config, ConfigError, env_overrides, load_config
+from kdns.dns import explain as explain_mod
+from kdns.sources.static import ManifestSource
 
 log = logging.getLogger("kdns")
 
@@ -88,11 +92,131 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="answer a pod's search path server-side (CoreDNS autopath @kubernetes)",
     )
+    serve.add_argument(
+        "--proxy",
+        choices=PROXY_MODES,
+        help="userspace: relay Services from loopback VIPs and answer those in DNS (none)",
+    )
     check = commands.add_parser(
         "check", help="validate a config and manifests and print what would be served"
     )
     common(check)
+    _explain_parser(commands, common)
+    _proxy_parser(commands, common)
     return parser
+
+
+def _cidrs(text: str) -> list[str]:
+    return [c.strip() for c in text.split(",") if c.strip()]
+
+
+def _proxy_parser(commands: Any, common: Callable[[argparse.ArgumentParser], None]) -> None:
+    proxy = commands.add_parser(
+        "proxy", help="program this node's data path for Services (a minimal kube-proxy)"
+    )
+    common(proxy)
+    proxy.add_argument("--mode", choices=proxyapp.MODES, default="iptables", help="(iptables)")
+    proxy.add_argument(
+        "--node-name",
+        metavar="NAME",
+        help="this node's name: endpoints on it are local ($NODE_NAME, else the hostname)",
+    )
+    proxy.add_argument(
+        "--cluster-cidr",
+        metavar="CIDR[,CIDR]",
+        type=_cidrs,
+        action="extend",
+        default=[],
+        help="the pod CIDR (one per family): traffic from outside it is masqueraded",
+    )
+    proxy.add_argument(
+        "--nodeport-addresses",
+        metavar="CIDR[,CIDR]",
+        type=_cidrs,
+        action="extend",
+        default=[],
+        help="serve NodePorts only on the node's addresses inside these (default: all)",
+    )
+    proxy.add_argument(
+        "--min-sync-period",
+        type=float,
+        default=1.0,
+        metavar="SECONDS",
+        help="at most one sync per this period; changes in between are coalesced (1)",
+    )
+    proxy.add_argument(
+        "--sync-period",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="sync and check the rules for tampering at least this often (30)",
+    )
+    proxy.add_argument(
+        "--masquerade-all", action="store_true", help="SNAT all traffic to ClusterIPs"
+    )
+    proxy.add_argument("--ipvs-scheduler", default="rr", metavar="NAME", help="IPVS scheduler (rr)")
+    proxy.add_argument(
+        "--healthz-addr",
+        default="0.0.0.0:10256",
+        metavar="HOST:PORT",
+        help="/healthz and /livez (0.0.0.0:10256)",
+    )
+    proxy.add_argument(
+        "--metrics-addr", default="127.0.0.1:10249", metavar="HOST:PORT", help="/metrics"
+    )
+    what = proxy.add_mutually_exclusive_group()
+    what.add_argument(
+        "--render", action="store_true", help="print the rules it would apply; change nothing"
+    )
+    what.add_argument(
+        "--cleanup",
+        action="store_true",
+        help="remove everything kdns installed for this mode, and nothing else",
+    )
+
+
+def _proxy_options(args: argparse.Namespace) -> proxyapp.ProxyOptions:
+    return proxyapp.ProxyOptions(
+        mode=args.mode,
+        node_name=args.node_name or proxyapp.default_node_name(),
+        cluster_cidrs=tuple(args.cluster_cidr),
+        nodeport_addresses=tuple(args.nodeport_addresses),
+        min_sync_period=args.min_sync_period,
+        sync_period=args.sync_period,
+        masquerade_all=args.masquerade_all,
+        healthz_addr=args.healthz_addr,
+        metrics_addr=args.metrics_addr,
+        ipvs_scheduler=args.ipvs_scheduler,
+    )
+
+
+def _proxy(args: argparse.Namespace, config: Config) -> int:
+    options = _proxy_options(args)
+    problems = proxyapp.check_options(options)
+    if problems:
+        for line in problems:
+            print(f"kdns proxy: {line}", file=sys.stderr)
+        return 2
+    try:
+        if args.cleanup:
+            failures = proxyapp.cleanup(options)
+            for line in failures:
+                print(f"kdns proxy: cleanup: {line}", file=sys.stderr)
+            return 1 if failures else 0
+        if args.render:
+            sys.stdout.write(trio.run(proxyapp.render, config, options))
+            return 0
+        trio.run(proxyapp.run_proxy, config, options)
+    except app.StartupError as e:
+        for line in e.lines:
+            print(f"kdns proxy: {line}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"kdns proxy: {e.strerror}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        pass
+    return 0
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -104,6 +228,7 @@ def _config(args: argparse.Namespace) -> Config:
         upstreams=tuple(upstreams) if upstreams is not None else None,
         kube_dns_configmap=getattr(args, "kube_dns_configmap", None),
         autopath=getattr(args, "autopath", None),
+        proxy=getattr(args, "proxy", None),
         zones=tuple(args.zones) if args.zones else None,
         ttl=args.ttl,
         pods=args.pods,
@@ -127,9 +252,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if args.command == "explain":
+        return _explain(args)
     try:
         config = _config(args)
         logs.setup(config.log_format, args.log_level, config.log_consolidate)
+        if args.command == "proxy":
+            return _proxy(args, config)
         built = app.build(config)
     except ConfigError as e:
         print(f"kdns: {e}", file=sys.stderr)
@@ -167,15 +296,112 @@ def _summary(built: app.App) -> str:
             for rrs in table.values():
                 types.update(QTYPE.get(r.rtype) for r in rrs)
     counts = ", ".join(f"{t} {n}" for t, n in sorted(types.items())) or "nothing"
-    return "\n".join(
-        [
-            f"config: ok (zones {', '.join(config.zones)}; ttl {config.ttl}; pods {config.pods})",
-            f"manifests: ok ({len(store.namespaces)} namespaces, {len(store.services)} services, "
-            f"{len(store.slices)} endpoint slices, {len(store.pods)} pods)",
-            f"records per zone: {counts}",
-            f"names per zone: {forward} forward, {reverse} reverse",
-        ]
+    lines = [
+        f"config: ok (zones {', '.join(config.zones)}; ttl {config.ttl}; pods {config.pods})",
+        f"manifests: ok ({len(store.namespaces)} namespaces, {len(store.services)} services, "
+        f"{len(store.slices)} endpoint slices, {len(store.pods)} pods)",
+    ]
+    ignored = built.source.ignored if isinstance(built.source, ManifestSource) else {}
+    if ignored:
+        # Kinds kdns does not serve (Deployment, ConfigMap, …): read, checked, not served.
+        lines.append("ignored: " + ", ".join(f"{n} {kind}" for kind, n in ignored.items()))
+    lines += [
+        f"records per zone: {counts}",
+        f"names per zone: {forward} forward, {reverse} reverse",
+    ]
+    return "\n".join(lines)
+
+
+# --- kdns explain NAME [TYPE] -------------------------------------------------------------------
+
+
+def _explain_parser(commands: Any, common: Callable[[argparse.ArgumentParser], None]) -> None:
+    explain = commands.add_parser(
+        "explain",
+        help="print the answer kdns would give for a name, and why",
+        description="Print the answer kdns would give for NAME (records as dig shows them), where "
+        "each record comes from (Service, EndpointSlice, Pod), or why the name is NXDOMAIN or "
+        "NODATA. Exit status 0 when answered (any rcode), 2 on bad input or a bad source.",
     )
+    explain.add_argument("name", metavar="NAME", help="a domain name, or an IP address (its PTR)")
+    explain.add_argument("type", metavar="TYPE", nargs="?", help="query type (A; PTR for an IP)")
+    common(explain)
+    explain.add_argument(
+        "--upstreams",
+        metavar="IP[:PORT]",
+        nargs="*",
+        help="where names outside the zones would go (default: /etc/resolv.conf)",
+    )
+    explain.add_argument(
+        "--timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="how long to wait for a live cluster to sync (30)",
+    )
+
+
+def _question(name: str, rtype: str | None) -> tuple[str, int]:
+    """NAME and TYPE as given → (lower-case name without the trailing dot, type number)."""
+    reverse = explain_mod.reverse_name_of(name)
+    qname = reverse if reverse is not None else name.rstrip(".").lower()
+    labels = qname.split(".")
+    if (
+        not qname
+        or not qname.isascii()
+        or any(not label or len(label) > 63 or not label.isprintable() for label in labels)
+        or len(qname) > 253
+    ):
+        raise ValueError(f"{name!r} is not a domain name")
+    text = (rtype or ("PTR" if reverse is not None else "A")).upper()
+    qtype = QTYPE.reverse.get(text)
+    if qtype is None and text.startswith("TYPE") and text[4:].isdigit():
+        qtype = int(text[4:])
+    if qtype is None or not 0 < qtype < 65536:
+        raise ValueError(f"{rtype!r} is not a DNS type (A, AAAA, SRV, PTR, CNAME, TXT, ...)")
+    return qname, qtype
+
+
+def _explain(args: argparse.Namespace) -> int:
+    try:
+        qname, qtype = _question(args.name, args.type)
+    except ValueError as e:
+        print(f"kdns: {e}", file=sys.stderr)
+        return 2
+    try:
+        config = _config(args)
+        built = app.build(config)
+    except ConfigError as e:
+        print(f"kdns: {e}", file=sys.stderr)
+        return 2
+    except app.StartupError as e:
+        for line in e.lines:
+            print(f"kdns: {line}", file=sys.stderr)
+        return 2
+    if not built.store.synced and not trio.run(_wait_synced, built, args.timeout):
+        kinds = ", ".join(built.store.unsynced_kinds())
+        print(
+            f"kdns: the cluster did not sync within {args.timeout:g} s (still waiting for: "
+            f"{kinds})",
+            file=sys.stderr,
+        )
+        return 2
+    upstreams: tuple[str, ...] = ()
+    if built.forwarder is not None:
+        upstreams = tuple(str(u) for u in built.forwarder.upstreams_for(qname))
+    print(explain_mod.render(explain_mod.explain(built.resolver, qname, qtype, upstreams)))
+    return 0
+
+
+async def _wait_synced(built: app.App, timeout: float) -> bool:
+    """Run the source until the store has every watched kind, or `timeout` passes."""
+    with trio.move_on_after(timeout):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(built.source.run)
+            while not built.store.synced:
+                await trio.sleep(0.05)
+            nursery.cancel_scope.cancel()
+    return built.store.synced
 
 
 def run() -> None:

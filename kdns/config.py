@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 POD_MODES = ("insecure", "verified", "disabled")
+PROXY_MODES = ("none", "userspace")  # what `kdns serve` relays itself (README: userspace proxy)
 DEFAULT_ZONES = ("cluster.local", "in-addr.arpa", "ip6.arpa")
 _ZONE = re.compile(r"^(?!-)[a-z0-9-_]{1,63}(?<!-)(\.(?!-)[a-z0-9-_]{1,63}(?<!-))*$")
 
@@ -63,6 +64,8 @@ class Config:
     query_log: bool | str = False  # false | text (CoreDNS's log line) | json
     log_consolidate: float = 10.0  # seconds per summary of repeated errors; 0 = log every one
     metrics_coredns_names: bool = False  # also export every metric under its coredns_ name
+    # userspace: relay Services from loopback VIPs (no privileges) and answer those VIPs in DNS.
+    proxy: str = "none"
     source: str = field(default="", compare=False)  # the file this came from, for messages
 
     @property
@@ -177,6 +180,8 @@ def validate(config: Config, where: str) -> Config:
     if not isinstance(config.autopath, bool):
         raise fail("autopath", f"{config.autopath!r} is not true or false")
     query_log = _observability(config, fail)
+    if config.proxy not in PROXY_MODES:
+        raise fail("proxy", f"{config.proxy!r} is not one of {', '.join(PROXY_MODES)}")
     return replace(
         config,
         query_log=query_log,

@@ -681,3 +681,35 @@ PROXY_PROGRAMMING_DURATION = Histogram(
     "Time from a Service or EndpointSlice change to the data path carrying it.",
     buckets=_SYNC_BUCKETS,
 )
+
+# --- the userspace relay (proxy/userspace.py) ----------------------------------------------------
+
+RELAY_CONNECTIONS = Counter(
+    "kdns_userspace_connections_total",
+    "Client connections (TCP) and sessions (UDP) the userspace relay handled, by result: "
+    "relayed, no_endpoints (reset at once), backend_failed (every endpoint tried failed), "
+    "evicted (a UDP session closed to make room).",
+    ["protocol", "result"],
+)
+RELAY_DIAL_FAILURES = Counter(
+    "kdns_userspace_endpoint_dial_failures_total",
+    "Connections to an endpoint that failed or timed out (the next endpoint is tried).",
+    ["protocol"],
+)
+RELAY_BYTES = Counter(
+    "kdns_userspace_bytes_total",
+    "Bytes relayed, by protocol and direction (to_endpoint, to_client).",
+    ["protocol", "direction"],
+)
+RELAY_UDP_SESSIONS = Gauge(
+    "kdns_userspace_udp_sessions", "UDP sessions (client address → endpoint) open now."
+)
+RELAY_LISTENERS = Gauge(
+    "kdns_userspace_listeners", "VIP:port sockets the relay listens on, by protocol.", ["protocol"]
+)
+RELAY_UNBINDABLE = Gauge(
+    "kdns_userspace_unbindable_ports",
+    "Service ports the relay cannot listen on, by reason: privileged (below "
+    "net.ipv4.ip_unprivileged_port_start), in_use, other.",
+    ["reason"],
+)

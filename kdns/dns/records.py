@@ -110,7 +110,11 @@ def _is_ip(text: str) -> bool:
     return True
 
 
-def service_records(service: Service, endpoints: tuple[Endpoint, ...]) -> ServiceRecords:
+def service_records(
+    service: Service, endpoints: tuple[Endpoint, ...], cluster_ips: tuple[str, ...] | None = None
+) -> ServiceRecords:
+    """`cluster_ips`, when given, stands in for the Service's ClusterIPs in its A/AAAA and PTR
+    records (the userspace proxy's loopback VIP); headless and ExternalName ignore it."""
     base = f"{service.name}.{service.namespace}.svc"
     forward: dict[str, list[Record]] = {}
     reverse: dict[str, list[Record]] = {}
@@ -148,7 +152,7 @@ def service_records(service: Service, endpoints: tuple[Endpoint, ...]) -> Servic
         if every:
             forward.setdefault(base, []).extend(_srv_set(every))
     else:
-        for ip in service.cluster_ips:
+        for ip in service.cluster_ips if cluster_ips is None else cluster_ips:
             add(forward, base, _address(ip))
             add(reverse, reverse_name(ip), Record(PTR, base, in_zone=True))
         for port in service.ports:
@@ -180,8 +184,11 @@ def _freeze(forward: dict[str, list[Record]], reverse: dict[str, list[Record]]) 
     )
 
 
-def ptr_addresses(service: Service, endpoints: tuple[Endpoint, ...]) -> frozenset[str]:
-    """The addresses `service_records` gives a PTR: ClusterIPs and ready endpoint IPs.
+def ptr_addresses(
+    service: Service, endpoints: tuple[Endpoint, ...], cluster_ips: tuple[str, ...] | None = None
+) -> frozenset[str]:
+    """The addresses `service_records` gives a PTR: ClusterIPs (or `cluster_ips`, as there)
+    and ready endpoint IPs.
 
     Cheaper than building the records; the reverse index needs only this."""
     if service.type == "ExternalName":
@@ -189,7 +196,7 @@ def ptr_addresses(service: Service, endpoints: tuple[Endpoint, ...]) -> frozense
     ready = [e.address for e in endpoints if e.ready]
     if service.headless:
         return frozenset(ready)
-    return frozenset((*service.cluster_ips, *ready))
+    return frozenset((*(service.cluster_ips if cluster_ips is None else cluster_ips), *ready))
 
 
 def reverse_key(ip: str) -> str:

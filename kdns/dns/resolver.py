@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from cachetools import LRUCache
@@ -41,6 +42,7 @@ from kdns.dns.records import (
     reverse_prefix,
     service_records,
 )
+from kdns.model import Service
 from kdns.store import Change, Store
 
 ANY = QTYPE.ANY
@@ -102,8 +104,13 @@ class Resolver:
         ns_addresses: tuple[str, ...] = (),
         memo_size: int = 4096,
         reverse_fallthrough: bool = False,
+        service_addresses: Callable[[Service], tuple[str, ...]] | None = None,
     ) -> None:
         self.store = store
+        # What a ClusterIP Service's A/AAAA and PTR records give instead of its ClusterIPs (the
+        # userspace proxy's loopback VIPs); None: the ClusterIPs. Whoever changes its answers
+        # passes the affected Services to `apply`.
+        self.service_addresses = service_addresses
         self.reverse = ReverseIndex()
         # Records of recently asked Services; dropped per Service when it changes.
         self._memo: LRUCache[tuple[str, str], ServiceRecords] = LRUCache(maxsize=memo_size)
@@ -133,7 +140,9 @@ class Resolver:
             self._memo.pop(key, None)
             service = self.store.services.get(key)
             addresses = (
-                ptr_addresses(service, self.store.endpoints.get(key, ()))
+                ptr_addresses(
+                    service, self.store.endpoints.get(key, ()), self._cluster_ips(service)
+                )
                 if service is not None
                 else frozenset()
             )
@@ -170,7 +179,9 @@ class Resolver:
         services = self.store.services
         self.reverse.replace(
             {
-                key: ptr_addresses(service, self.store.endpoints.get(key, ()))
+                key: ptr_addresses(
+                    service, self.store.endpoints.get(key, ()), self._cluster_ips(service)
+                )
                 for key, service in services.items()
             }
         )
@@ -183,9 +194,15 @@ class Resolver:
             service = self.store.services.get(key)
             if service is None:
                 return None
-            records = service_records(service, self.store.endpoints.get(key, ()))
+            records = service_records(
+                service, self.store.endpoints.get(key, ()), self._cluster_ips(service)
+            )
             self._memo[key] = records
         return records
+
+    def _cluster_ips(self, service: Service) -> tuple[str, ...] | None:
+        hook = self.service_addresses
+        return None if hook is None else hook(service)
 
     # --- answering ---------------------------------------------------------------------------
 
@@ -283,7 +300,10 @@ class Resolver:
         forward = zone if zone in self.forward_zones else self.primary
         dns_service = self.store.services.get(("kube-system", "kube-dns"))
         if dns_service is not None and dns_service.cluster_ips:
-            return f"kube-dns.kube-system.svc.{forward}", dns_service.cluster_ips
+            glue = self._cluster_ips(dns_service)
+            return f"kube-dns.kube-system.svc.{forward}", (
+                dns_service.cluster_ips if glue is None else glue
+            )
         return f"ns.dns.{forward}", self.ns_addresses
 
     def _soa(self, zone: str) -> RR:

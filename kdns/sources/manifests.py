@@ -15,8 +15,10 @@ Contract:
 - The line of a conversion error is the line of the offending field, or, when the field is
   missing, of its deepest parent that is present (the document's first line at worst).
 - Kinds read: Namespace, Service, EndpointSlice (discovery.k8s.io/v1), Endpoints (converted
-  into slices) and Pod. Other built-in kinds and custom resources are skipped silently; an
-  unknown kind in a built-in API group is an error, because it is almost always a typo.
+  into slices) and Pod. Other built-in kinds (Deployment, ConfigMap, ClusterRole, …) and custom
+  resources are ignored and counted by kind (`ManifestSet.ignored`), so a folder of cluster
+  manifests can be served as it is; an ignored built-in object still needs a `metadata.name`.
+  An unknown kind in a built-in API group is an error, because it is almost always a typo.
 - EndpointSlices = the given slices + the converted Endpoints of Services that have no given
   slice + for a Service with a selector and neither, the slices the EndpointSlice controller
   would derive from the given Pods (`model.slices_for_service`).
@@ -28,9 +30,9 @@ from __future__ import annotations
 
 import json
 import os
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
@@ -165,6 +167,9 @@ class ManifestSet:
     # Given + converted from Endpoints + derived from Pods (see the module contract).
     slices: dict[tuple[str, str], EndpointSlice]
     pods: dict[tuple[str, str], Pod]
+    # Objects of kinds kdns does not serve, counted by kind ("Deployment", or "Kind.group" for a
+    # custom resource), for `kdns check` to report.
+    ignored: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -434,9 +439,13 @@ def convert(docs: Iterable[Document]) -> tuple[ManifestSet, list[ManifestError]]
     from_endpoints: dict[tuple[str, str], tuple[tuple[EndpointSlice, ...], Document]] = {}
     pods: dict[tuple[str, str], Pod] = {}
 
+    ignored: Counter[str] = Counter()
     for doc in docs:
         kind = _kind_to_read(doc, errors)
         if kind is None:
+            continue
+        if kind.startswith(_IGNORED):
+            ignored[kind[len(_IGNORED) :]] += 1
             continue
         key = _key(kind, doc.obj)
         label = _label(kind, key)
@@ -501,11 +510,15 @@ def convert(docs: Iterable[Document]) -> tuple[ManifestSet, list[ManifestError]]
     names.update(key[0] for key in from_endpoints)
     names.update(key[0] for key in pods)
     namespaces = {name: declared.get(name) or Namespace(name) for name in sorted(names)}
-    return ManifestSet(namespaces, services, slices, pods), errors
+    return ManifestSet(namespaces, services, slices, pods, dict(sorted(ignored.items()))), errors
+
+
+_IGNORED = "ignored:"  # prefixes what `_kind_to_read` returns for a kind that is not served
 
 
 def _kind_to_read(doc: Document, errors: list[ManifestError]) -> str | None:
-    """The kind of `doc` if kdns reads it; None if skipped or wrong (then an error is added)."""
+    """The kind of `doc` if kdns reads it, `ignored:KIND` for a kind it does not serve, or None
+    for a wrong document (then an error is added)."""
     kind = doc.obj.get("kind")
     api_version = doc.obj.get("apiVersion")
 
@@ -522,7 +535,8 @@ def _kind_to_read(doc: Document, errors: list[ManifestError]) -> str | None:
     group = api_version.rpartition("/")[0]
     if group not in BUILTIN_GROUPS:
         if "." in group:
-            return None  # a custom resource (a Knative `Service` is one too)
+            # A custom resource (a Knative `Service` is one too), named as kubectl names it.
+            return f"{_IGNORED}{kind}.{group}"
         error("apiVersion", f"unknown apiVersion {api_version!r}")
         return None
     expected = READ_KINDS.get(kind)
@@ -533,7 +547,18 @@ def _kind_to_read(doc: Document, errors: list[ManifestError]) -> str | None:
         return kind
     if kind not in SKIPPED_KINDS:
         error("kind", f"unknown kind {kind!r}")
-    return None
+        return None
+    # Not served, but still a Kubernetes object: one without a name would be rejected by the
+    # API server too, and is most likely a document cut in the wrong place.
+    meta = doc.obj.get("metadata")
+    if meta is not None and not isinstance(meta, dict):
+        error("metadata", f"expected a mapping, got {meta!r:.40}")
+        return None
+    name = meta.get("name") or meta.get("generateName") if meta else None
+    if not isinstance(name, str) or not name:
+        error("metadata.name", "required field is missing")
+        return None
+    return f"{_IGNORED}{kind}"
 
 
 def _key(kind: str, obj: Mapping[str, Any]) -> tuple[str, str] | None:

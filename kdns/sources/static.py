@@ -56,11 +56,15 @@ class ManifestSource:
         self.reload_errors = 0
         self._pending: ManifestSet | None = None
         self._fingerprint: Fingerprint = ()
+        # Objects of kinds kdns does not serve in the last good load, by kind (`kdns check`).
+        self.ignored: dict[str, int] = {}
 
     def load(self) -> list[ManifestError]:
         self._fingerprint = fingerprint(self.paths)
         manifests, errors = load(self.paths)
         self._pending = None if errors else manifests
+        if not errors:
+            self.ignored = manifests.ignored
         return errors
 
     def apply(self) -> None:

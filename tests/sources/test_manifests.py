@@ -238,24 +238,107 @@ def test_field_lines_in_json() -> None:
 
 
 @pytest.mark.parametrize(
-    "obj",
+    ("obj", "counted_as"),
     [
-        {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "w"}},
-        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}, "data": {}},
-        {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"}},
-        {"apiVersion": "networking.k8s.io/v1", "kind": "Ingress", "metadata": {"name": "i"}},
-        {"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition"},
-        # Custom resources, even one named Service and one in a group ending in k8s.io.
-        {"apiVersion": "serving.knative.dev/v1", "kind": "Service", "metadata": {"name": "k"}},
-        {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute"},
-        {"apiVersion": "cert-manager.io/v1", "kind": "Certificate", "metadata": {"name": "c"}},
+        ({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "w"}}, "Deployment"),
+        (
+            {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}, "data": {}},
+            "ConfigMap",
+        ),
+        ({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"}}, "Secret"),
+        (
+            {"apiVersion": "networking.k8s.io/v1", "kind": "Ingress", "metadata": {"name": "i"}},
+            "Ingress",
+        ),
+        (
+            {
+                "apiVersion": "apiextensions.k8s.io/v1",
+                "kind": "CustomResourceDefinition",
+                "metadata": {"name": "crontabs.stable.example.com"},
+            },
+            "CustomResourceDefinition",
+        ),
+        (
+            {
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "ClusterRole",
+                "metadata": {"name": "kdns"},
+                "rules": [],
+            },
+            "ClusterRole",
+        ),
+        (
+            {"apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": {"name": "p"}},
+            "PodDisruptionBudget",
+        ),
+        # Custom resources, even one named Service and one in a group ending in k8s.io; their
+        # schema is unknown, so nothing of them is checked beyond kind and apiVersion.
+        (
+            {"apiVersion": "serving.knative.dev/v1", "kind": "Service", "metadata": {"name": "k"}},
+            "Service.serving.knative.dev",
+        ),
+        (
+            {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute"},
+            "HTTPRoute.gateway.networking.k8s.io",
+        ),
+        (
+            {"apiVersion": "cert-manager.io/v1", "kind": "Certificate", "metadata": {"name": "c"}},
+            "Certificate.cert-manager.io",
+        ),
     ],
-    ids=lambda obj: f"{obj['apiVersion']}/{obj['kind']}",
+    ids=lambda v: f"{v['apiVersion']}/{v['kind']}" if isinstance(v, dict) else "",
 )
-def test_skipped_kinds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, obj: dict) -> None:
+def test_skipped_kinds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, obj: dict, counted_as: str
+) -> None:
     found, errors = load_files(tmp_path, monkeypatch, {"x.yaml": dump(obj)})
     assert errors == []
     assert (found.namespaces, found.services, found.slices, found.pods) == ({}, {}, {}, {})
+    assert found.ignored == {counted_as: 1}
+
+
+def test_ignored_kinds_are_counted_beside_served_ones(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    deployment = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "w"}}
+    cm = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"generateName": "c-"}}
+    found, errors = load_files(
+        tmp_path,
+        monkeypatch,
+        {"a.yaml": dump(deployment) + "---\n" + dump(cm) + "---\n" + dump(cm), "db.yaml": DB},
+    )
+    assert errors == []
+    assert found.ignored == {"ConfigMap": 2, "Deployment": 1}
+    assert ("prod", "db") in found.services
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "apiVersion: apps/v1\nkind: Deployment\nspec:\n  replicas: 2\n",
+            "x.yaml:1: Deployment: metadata.name: required field is missing",
+        ),
+        (
+            "apiVersion: apps/v1\nkind: DaemonSet\nmetadata:\n  labels: {}\n",
+            "x.yaml:3: DaemonSet: metadata.name: required field is missing",
+        ),
+        (
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: [a]\n",
+            "x.yaml:3: ConfigMap: metadata: expected a mapping, got ['a']",
+        ),
+        (
+            "apiVersion: apps/v1\nkind: Deploymnet\nmetadata:\n  name: w\n",
+            "x.yaml:2: Deploymnet default/w: kind: unknown kind 'Deploymnet'",
+        ),
+    ],
+)
+def test_malformed_ignored_documents_fail(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str, expected: str
+) -> None:
+    found, errors = load_files(tmp_path, monkeypatch, {"x.yaml": text})
+    assert [str(e) for e in errors] == [expected]
+    assert found.ignored == {}
 
 
 # --- endpoints ----------------------------------------------------------------------------------

@@ -1,0 +1,646 @@
+"""The kernel side of each proxy mode: render, apply, verify and clean up, with the real tools.
+
+Contract:
+- One class per mode (`IptablesDataplane`, `NftablesDataplane`, `IpvsDataplane`) with the same
+  surface, called by the sync engine from a worker thread (every method blocks on a command):
+  - `sync(routes, changed)`: `changed` None is a full sync (the kernel's state is read back
+    first, so stale objects of an earlier run are found); a set of Service keys is a partial
+    sync carrying only those Services' objects. Returns an `Applied` (rules written, size).
+    A failed apply raises `ApplyError`; the data plane then forgets its last state, so the next
+    call must be (and the engine makes it) a full sync.
+  - `intact()`: the canary. False when someone removed or flushed what kdns installed (a
+    firewall reload, `iptables -F`, `nft flush ruleset`); the engine then syncs in full.
+  - `render(routes)`: what a full sync would apply, for `kdns proxy --render`; changes nothing.
+  - `cleanup()`: removes everything the mode installs and nothing else.
+- Every write is one transaction per family: `iptables-restore --noflush` (the jumps from the
+  built-in chains go in the same input, inserted only where missing), `nft -f -`, or for IPVS a
+  few `ipvsadm -R` / `ip -batch` runs around one `ipset restore` and one `iptables-restore`.
+- `Node` holds what the node contributes (its addresses, pod CIDRs, flags), read once at start.
+- All commands go through a `Runner` (argv, stdin) → (status, stdout, stderr), so the tests can
+  point the data plane at a namespace; nothing here touches the host unless told to.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import os
+import re
+import shlex
+import subprocess
+from collections.abc import Callable, Collection, Iterable, Sequence
+from dataclasses import dataclass
+
+from kdns.proxy import iptables as ipt
+from kdns.proxy import ipvs as ipvs_mod
+from kdns.proxy import nftables as nft
+from kdns.proxy.routes import ServiceKey, ServicePortRoute, family_of
+
+log = logging.getLogger(__name__)
+
+Runner = Callable[[Sequence[str], str | None], tuple[int, str, str]]
+
+COMMAND_TIMEOUT = 120.0  # a full restore at 50k services takes tens of seconds, not minutes
+
+
+def run_command(argv: Sequence[str], stdin: str | None = None) -> tuple[int, str, str]:
+    """The default Runner: the command on this host (or in the namespace kdns runs in)."""
+    try:
+        done = subprocess.run(
+            list(argv), input=stdin, capture_output=True, text=True, timeout=COMMAND_TIMEOUT
+        )
+    except FileNotFoundError:
+        return 127, "", f"{argv[0]}: command not found"
+    except subprocess.TimeoutExpired:
+        return 124, "", f"{argv[0]}: no answer in {COMMAND_TIMEOUT:.0f} s"
+    return done.returncode, done.stdout, done.stderr
+
+
+class ApplyError(Exception):
+    """A command of a sync failed; the message names the command and the kernel's complaint."""
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    """What one sync wrote."""
+
+    rules: int  # rules, map elements or ipvsadm commands written
+    size: int  # bytes of transaction input
+    families: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    """The node's side of the proxy config, resolved to addresses per family."""
+
+    families: tuple[int, ...] = (4,)
+    cluster_cidrs: tuple[str, ...] = ()  # --cluster-cidr, at most one per family
+    masquerade_all: bool = False
+    local_ips: tuple[str, ...] = ()  # the node's own addresses (not loopback)
+    node_ips: tuple[str, ...] = ()  # the primary address per family
+    nodeport_ips: tuple[str, ...] | None = None  # --nodeport-addresses resolved; None: all
+
+    def cluster_cidr(self, family: int) -> str | None:
+        return next((c for c in self.cluster_cidrs if family_of(c) == family), None)
+
+    def node_ip(self, family: int) -> str | None:
+        return next((ip for ip in self.node_ips if family_of(ip) == family), None)
+
+    def nodeport_ips_of(self, family: int) -> tuple[str, ...]:
+        if self.nodeport_ips is None:
+            return ()
+        return tuple(ip for ip in self.nodeport_ips if family_of(ip) == family)
+
+
+def local_addresses(ip_json: str) -> list[tuple[str, str, str]]:
+    """(interface, address, scope) of every address in `ip -j addr show` output."""
+    out = []
+    for link in json.loads(ip_json or "[]"):
+        for info in link.get("addr_info", ()):
+            if "local" in info:
+                out.append((link.get("ifname", ""), info["local"], info.get("scope", "")))
+    return out
+
+
+def node_from_host(
+    runner: Runner,
+    families: Sequence[int],
+    cluster_cidrs: Sequence[str],
+    nodeport_cidrs: Sequence[str],
+    masquerade_all: bool,
+) -> Node:
+    """`Node` from this host's addresses (`ip -j addr show`) and the flags.
+
+    The node IP of a family is its first global-scope address outside kube-ipvs0, as kube-proxy
+    falls back to when the Node object names none. --nodeport-addresses CIDRs select the local
+    addresses inside them; an address given that is not local selects nothing (kube-proxy)."""
+    status, out, err = runner(["ip", "-j", "addr", "show"], None)
+    if status != 0:
+        raise ApplyError(f"ip -j addr show: {err.strip()}")
+    addresses = [
+        (ifname, ip)
+        for ifname, ip, scope in local_addresses(out)
+        if ifname != ipvs_mod.DUMMY_DEVICE
+        and not ipaddress.ip_address(ip).is_loopback
+        and not ipaddress.ip_address(ip).is_link_local
+    ]
+    local_ips = tuple(dict.fromkeys(ip for _, ip in addresses))
+    node_ips = []
+    for family in families:
+        first = next((ip for ip in local_ips if family_of(ip) == family), None)
+        if first:
+            node_ips.append(first)
+    nodeport_ips: tuple[str, ...] | None = None
+    if nodeport_cidrs:
+        nets = [ipaddress.ip_network(c, strict=False) for c in nodeport_cidrs]
+        nodeport_ips = tuple(
+            ip
+            for ip in local_ips
+            if any(ipaddress.ip_address(ip) in n for n in nets if n.version == family_of(ip))
+        )
+    return Node(
+        families=tuple(families),
+        cluster_cidrs=tuple(cluster_cidrs),
+        masquerade_all=masquerade_all,
+        local_ips=local_ips,
+        node_ips=tuple(node_ips),
+        nodeport_ips=nodeport_ips,
+    )
+
+
+def _check(runner: Runner, argv: Sequence[str], stdin: str | None = None) -> str:
+    status, out, err = runner(argv, stdin)
+    if status != 0:
+        raise ApplyError(f"{shlex.join(argv)}: {_complaint(err, stdin)}")
+    return out
+
+
+def _complaint(err: str, stdin: str | None) -> str:
+    """The tool's error, with the input line it names (iptables-restore: "line N failed")."""
+    text = " ".join(err.strip().split("\n")[-3:]) or "failed"
+    match = re.search(r"line:? (\d+)", err)
+    if match and stdin:
+        lines = stdin.split("\n")
+        number = int(match.group(1))
+        if 0 < number <= len(lines):
+            text += f" (input line {number}: {lines[number - 1][:200]})"
+    return text
+
+
+# --- iptables ----------------------------------------------------------------------------------
+
+_RESTORE = {4: "iptables-restore", 6: "ip6tables-restore"}
+_SAVE = {4: "iptables-save", 6: "ip6tables-save"}
+CANARY_CHAIN = "KDNS-CANARY"  # kube-proxy's KUBE-PROXY-CANARY, in every table kdns writes
+_CANARY_TABLES = ("filter", "nat")  # kube-proxy also uses mangle; kdns writes nothing there
+
+
+def _quote(arg: str) -> str:
+    return f'"{arg}"' if " " in arg else arg
+
+
+def jump_line(rule: ipt.JumpRule, verb: str = "-A") -> str:
+    """The jump as iptables-save prints it (verb -A) or as restore input inserting it."""
+    head = f"{verb} {rule.chain}" if verb == "-A" else f"-I {rule.chain} 1"
+    return " ".join([head, *(_quote(a) for a in rule.args)])
+
+
+def rule_counts(text: str) -> dict[tuple[str, str], int]:
+    """(table, chain) → number of rules, from iptables-save output or restore input.
+
+    In restore input a chain line flushes the chain, so the count is what the chain holds
+    after the input is applied; chains deleted with -X are not listed."""
+    counts: dict[tuple[str, str], int] = {}
+    table = ""
+    for line in text.splitlines():
+        if line.startswith("*"):
+            table = line[1:].strip()
+        elif line.startswith(":"):
+            counts[(table, line[1:].split(" ", 1)[0])] = 0
+        elif line.startswith("-A "):
+            chain = line[3:].split(" ", 1)[0]
+            counts[(table, chain)] = counts.get((table, chain), 0) + 1
+        elif line.startswith("-X "):
+            counts.pop((table, line[3:].strip()), None)
+    return counts
+
+
+def _insert_before_commit(text: str, table: str, lines: Sequence[str]) -> str:
+    """Restore input with `lines` added at the end of `table`'s section (creating it)."""
+    if not lines:
+        return text
+    marker = f"*{table}\n"
+    start = text.find(marker)
+    if start < 0:
+        return text + "\n".join([f"*{table}", *lines, "COMMIT", ""])
+    end = text.find("\nCOMMIT\n", start)
+    return text[: end + 1] + "\n".join(lines) + text[end:]
+
+
+class IptablesDataplane:
+    """kube-proxy's iptables mode: one `iptables-restore --noflush` per family and sync."""
+
+    mode = "iptables"
+
+    def __init__(
+        self, node: Node, runner: Runner = run_command, large_cluster_endpoints: int | None = None
+    ) -> None:
+        self.runner = runner
+        self.families = node.families
+        extra = (
+            {}
+            if large_cluster_endpoints is None
+            else {"large_cluster_endpoints": large_cluster_endpoints}
+        )
+        self.configs = {
+            f: ipt.IptablesConfig(
+                family=f,
+                cluster_cidr=node.cluster_cidr(f),
+                masquerade_all=node.masquerade_all,
+                node_ip=node.node_ip(f),
+                nodeport_ips=node.nodeport_ips_of(f),
+                **extra,
+            )
+            for f in node.families
+        }
+        self._last: dict[int, ipt.Rendering] = {}
+        # What our chains hold after the last successful restore: the canary compares.
+        self._expected: dict[int, dict[tuple[str, str], int]] = {}
+
+    def sync(
+        self, routes: Sequence[ServicePortRoute], changed: Collection[ServiceKey] | None
+    ) -> Applied:
+        rules = size = 0
+        done = []
+        for family in self.families:
+            config = self.configs[family]
+            last = self._last.get(family)
+            try:
+                if changed is None or last is None:
+                    save = _check(self.runner, [_SAVE[family]])
+                    existing = ipt.saved_chains(save).get("nat", frozenset())
+                    rendering = ipt.render_full(routes, config, existing)
+                    text = self._with_jumps(rendering.text, save)
+                    expected: dict[tuple[str, str], int] = {}
+                else:
+                    rendering = ipt.render_partial(routes, changed, config, last.active_chains)
+                    text = rendering.text
+                    expected = dict(self._expected[family])
+                _check(self.runner, [_RESTORE[family], "-w", "5", "--noflush"], text)
+            except ApplyError:
+                self._last.pop(family, None)
+                self._expected.pop(family, None)
+                raise
+            expected.update(rule_counts(text))
+            for chain in rendering.deleted_chains:
+                expected.pop(("nat", chain), None)
+            # Built-in chains hold others' rules too: only our jumps are checked, not counts.
+            for key in [k for k in expected if k[1] in _BUILTIN]:
+                expected.pop(key)
+            self._expected[family] = expected
+            self._last[family] = rendering
+            rules += rendering.filter_rules + rendering.nat_rules
+            size += len(text)
+            done.append(family)
+        return Applied(rules, size, tuple(done))
+
+    def _with_jumps(self, text: str, save: str) -> str:
+        return with_jumps(text, save, ipt.JUMP_RULES)
+
+    def intact(self) -> bool:
+        for family in self.families:
+            expected = self._expected.get(family)
+            if expected is None:
+                return False
+            status, save, _ = self.runner([_SAVE[family]], None)
+            if status != 0:
+                return False
+            counts = rule_counts(save)
+            for table in _CANARY_TABLES:
+                if (table, CANARY_CHAIN) not in counts:
+                    return False
+            for key, n in expected.items():
+                if counts.get(key) != n:
+                    log.warning(
+                        "iptables: chain %s/%s has %s rules, expected %d", *key, counts.get(key), n
+                    )
+                    return False
+            present = set(save.splitlines())
+            if any(jump_line(r) not in present for r in ipt.JUMP_RULES):
+                log.warning("iptables: a jump into kdns's chains is missing")
+                return False
+        return True
+
+    def render(self, routes: Sequence[ServicePortRoute]) -> str:
+        """The restore input a full sync applies to a kernel holding none of kdns's rules."""
+        return "".join(
+            f"# {_RESTORE[f]} -w 5 --noflush\n"
+            + with_jumps(ipt.render_full(routes, self.configs[f]).text, "", ipt.JUMP_RULES)
+            for f in self.families
+        )
+
+    def cleanup(self) -> None:
+        for family in self.families:
+            save = _check(self.runner, [_SAVE[family]])
+            cleanup_jumps(self.runner, family, save, ipt.JUMP_RULES)
+            chains = ipt.saved_chains(save)
+            text = ipt.render_cleanup(chains) + _canary_cleanup(chains)
+            if text:
+                _check(self.runner, [_RESTORE[family], "-w", "5", "--noflush"], text)
+            self._last.pop(family, None)
+            self._expected.pop(family, None)
+
+
+def with_jumps(text: str, save: str, jumps: Iterable[ipt.JumpRule | ipvs_mod.JumpRule]) -> str:
+    """Restore input that also inserts the jumps `save` (iptables-save output) lacks, and
+    declares the canary chains (which the canary check looks for)."""
+    present = set(save.splitlines())
+    jumps = tuple(jumps)
+    for table in ("filter", "nat"):
+        missing = [
+            jump_line(r, "-I") for r in jumps if r.table == table and jump_line(r) not in present
+        ]
+        # Each is inserted at position 1 in list order, so the last ends up first: kube-proxy's
+        # prepend order.
+        text = _insert_before_commit(text, table, missing)
+    for table in _CANARY_TABLES:
+        text = _insert_before_commit(text, table, [f":{CANARY_CHAIN} - [0:0]"])
+    return text
+
+
+def cleanup_jumps(
+    runner: Runner, family: int, save: str, jumps: Iterable[ipt.JumpRule | ipvs_mod.JumpRule]
+) -> None:
+    """Deletes the jumps present in `save` (`iptables -D`: a built-in chain cannot be
+    rewritten without touching others' rules), so the chains they name can be deleted."""
+    present = set(save.splitlines())
+    cmd = "iptables" if family == 4 else "ip6tables"
+    for rule in jumps:
+        if jump_line(rule) in present:
+            _check(runner, [cmd, "-w", "5", "-t", rule.table, "-D", rule.chain, *rule.args])
+
+
+def _canary_cleanup(chains: dict[str, frozenset[str]]) -> str:
+    return "".join(
+        f"*{t}\n:{CANARY_CHAIN} - [0:0]\n-X {CANARY_CHAIN}\nCOMMIT\n"
+        for t in _CANARY_TABLES
+        if CANARY_CHAIN in chains.get(t, ())
+    )
+
+
+_BUILTIN = frozenset({"INPUT", "OUTPUT", "FORWARD", "PREROUTING", "POSTROUTING"})
+
+
+# --- nftables ----------------------------------------------------------------------------------
+
+
+def _kernel_before(major: int, minor: int) -> bool:
+    release = os.uname().release
+    match = re.match(r"(\d+)\.(\d+)", release)
+    return bool(match) and (int(match.group(1)), int(match.group(2))) < (major, minor)
+
+
+class NftablesDataplane:
+    """kube-proxy's nftables mode in `table ip kdns` / `table ip6 kdns`: one `nft -f` per sync."""
+
+    mode = "nftables"
+
+    def __init__(
+        self, node: Node, runner: Runner = run_command, service_cidrs: Sequence[str] = ()
+    ) -> None:
+        self.runner = runner
+        self.families = node.families
+        defer = _kernel_before(6, 2)
+        self.configs = {
+            f: nft.NftablesConfig(
+                family=f,
+                cluster_cidr=node.cluster_cidr(f),
+                masquerade_all=node.masquerade_all,
+                node_ip=node.node_ip(f),
+                nodeport_ips=node.nodeport_ips_of(f),
+                service_cidrs=tuple(c for c in service_cidrs if family_of(c) == f),
+                defer_chain_deletes=defer,
+            )
+            for f in node.families
+        }
+        self._last: dict[int, nft.Rendering] = {}
+        # Rules of the chains only full renders write (base and fixed chains): the canary.
+        self._fixed: dict[int, dict[str, int]] = {}
+        self.pending_deletes = False  # a deferred chain delete wants an idle sync ≥ 1 s later
+
+    def sync(
+        self, routes: Sequence[ServicePortRoute], changed: Collection[ServiceKey] | None
+    ) -> Applied:
+        rules = size = 0
+        done = []
+        pending = False
+        for family in self.families:
+            config = self.configs[family]
+            last = self._last.get(family)
+            try:
+                if changed is None or last is None:
+                    existing = self._objects(config) if last is None else last.objects
+                    rendering = nft.render_full(routes, config, existing)
+                else:
+                    rendering = nft.render_partial(routes, changed, last, config)
+                if rendering.text:
+                    _check(self.runner, ["nft", "-f", "-"], rendering.text)
+            except ApplyError:
+                self._last.pop(family, None)
+                raise
+            self._last[family] = rendering
+            if not rendering.partial:
+                self._fixed[family] = _fixed_rule_counts(rendering.text, config)
+            pending = pending or bool(rendering.stale_chains)
+            rules += rendering.rules_written + rendering.elements_written
+            size += len(rendering.text)
+            done.append(family)
+        self.pending_deletes = pending
+        return Applied(rules, size, tuple(done))
+
+    def _objects(self, config: nft.NftablesConfig) -> nft.TableObjects:
+        status, out, _ = self.runner(
+            ["nft", "-j", "list", "table", config.nft_family, nft.TABLE], None
+        )
+        if status != 0:
+            return nft.TableObjects()  # no table yet
+        return nft.table_objects(out)
+
+    def intact(self) -> bool:
+        for family in self.families:
+            last = self._last.get(family)
+            if last is None:
+                return False
+            config = self.configs[family]
+            status, out, _ = self.runner(
+                ["nft", "-j", "list", "table", config.nft_family, nft.TABLE], None
+            )
+            if status != 0:
+                log.warning("nftables: table %s is gone", config.table)
+                return False
+            if not _table_matches(out, last, self._fixed.get(family, {})):
+                return False
+        return True
+
+    def render(self, routes: Sequence[ServicePortRoute]) -> str:
+        return "".join(
+            f"# nft -f -\n{nft.render_full(routes, self.configs[f]).text}" for f in self.families
+        )
+
+    def cleanup(self) -> None:
+        _check(self.runner, ["nft", "-f", "-"], nft.render_cleanup(self.families))
+        self._last.clear()
+
+
+def _fixed_rule_counts(text: str, config: nft.NftablesConfig) -> dict[str, int]:
+    """Rules per base and fixed chain in a full render's transaction."""
+    names = [name for name, *_ in nft.BASE_CHAINS] + list(nft.FIXED_CHAINS)
+    counts = dict.fromkeys(names, 0)
+    prefix = f"add rule {config.table} "
+    for line in text.splitlines():
+        if line.startswith(prefix):
+            chain = line[len(prefix) :].split(" ", 1)[0]
+            if chain in counts:
+                counts[chain] += 1
+    return counts
+
+
+def _table_matches(listing: str, last: nft.Rendering, fixed: dict[str, int]) -> bool:
+    """Whether `nft -j list table` output still holds what `last` left: every base, fixed and
+    per-service chain with its number of rules, and every map's elements."""
+    chains: dict[str, int] = {}
+    elements: dict[str, int] = {}
+    for item in json.loads(listing).get("nftables", ()):
+        if "chain" in item:
+            chains.setdefault(item["chain"]["name"], 0)
+        elif "rule" in item:
+            name = item["rule"]["chain"]
+            chains[name] = chains.get(name, 0) + 1
+        elif "map" in item or "set" in item:
+            obj = item.get("map") or item.get("set")
+            if not nft.is_affinity_set(obj["name"]):
+                elements[obj["name"]] = len(obj.get("elem", ()))
+    for name, rules in last.chain_rules().items():
+        if chains.get(name) != len(rules):
+            log.warning(
+                "nftables: chain %s has %s rules, expected %d", name, chains.get(name), len(rules)
+            )
+            return False
+    for name, count in fixed.items():
+        if chains.get(name) != count:
+            log.warning(
+                "nftables: chain %s has %s rules, expected %d", name, chains.get(name), count
+            )
+            return False
+    for name, members in last.elements().items():
+        if elements.get(name, 0) != len(members):
+            log.warning(
+                "nftables: %s has %s elements, expected %d", name, elements.get(name), len(members)
+            )
+            return False
+    return True
+
+
+# --- IPVS --------------------------------------------------------------------------------------
+
+
+def ipvs_supported(read: Callable[[str], str | None]) -> bool:
+    """Whether this kernel has IPVS: /proc/net/ip_vs, a loaded module, or one to load."""
+    if read("/proc/net/ip_vs") is not None:
+        return True
+    texts = [read("/proc/modules") or ""]
+    release = os.uname().release
+    for name in ("modules.builtin", "modules.dep"):
+        texts.append(read(f"/lib/modules/{release}/{name}") or "")
+    return ipvs_mod.ipvs_available("\n".join(texts))
+
+
+def read_file(path: str) -> str | None:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+class IpvsDataplane:
+    """kube-proxy's IPVS mode: diff `ipvsadm -Sn` against the render, then ipset and iptables."""
+
+    mode = "ipvs"
+
+    def __init__(self, node: Node, runner: Runner = run_command, scheduler: str = "rr") -> None:
+        self.runner = runner
+        self.families = node.families
+        self.config = ipvs_mod.IpvsConfig(
+            families=node.families,
+            scheduler=scheduler,
+            local_ips=node.local_ips,
+            nodeport_ips=node.nodeport_ips,
+            node_ips=node.node_ips,
+            cluster_cidrs=node.cluster_cidrs,
+            masquerade_all=node.masquerade_all,
+        )
+        self._synced = False
+
+    def _current(self) -> tuple[ipvs_mod.IpvsState, dict[str, frozenset[str]]]:
+        save = _check(self.runner, ["ipvsadm", "-Sn"])
+        status, addrs, _ = self.runner(
+            ["ip", "-o", "addr", "show", "dev", ipvs_mod.DUMMY_DEVICE], None
+        )
+        addresses = ipvs_mod.parse_ip_addr_show(addrs) if status == 0 else frozenset()
+        state = ipvs_mod.parse_ipvsadm_save(save, addresses, device=status == 0)
+        status, sets, _ = self.runner(["ipset", "save"], None)
+        return state, ipvs_mod.parse_ipset_save(sets) if status == 0 else {}
+
+    def sync(
+        self, routes: Sequence[ServicePortRoute], changed: Collection[ServiceKey] | None
+    ) -> Applied:
+        # IPVS state is diffed, not rewritten: every sync reads the kernel and writes only the
+        # difference, so a partial sync is a full one that happens to write little.
+        try:
+            rendering = ipvs_mod.render(routes, self.config)
+            state, sets = self._current()
+            plan = ipvs_mod.diff(state, rendering.state, self.config)
+            size = rules = 0
+            for argv, stdin in ipvs_mod.batch_commands(plan.setup):
+                _check(self.runner, argv, stdin)
+                size += len(stdin)
+            for family in self.families:
+                text = ipvs_mod.render_ipset_restore(family, rendering.ipsets[family], sets)
+                _check(self.runner, ["ipset", "restore", "-exist"], text)
+                save = _check(self.runner, [_SAVE[family]])
+                restore = with_jumps(rendering.iptables[family], save, ipvs_mod.JUMP_RULES)
+                _check(self.runner, [_RESTORE[family], "-w", "5", "--noflush"], restore)
+                size += len(text) + len(restore)
+            for argv, stdin in ipvs_mod.batch_commands(plan.cleanup):
+                _check(self.runner, argv, stdin)
+                size += len(stdin)
+            rules = len(plan.commands)
+        except ApplyError:
+            self._synced = False
+            raise
+        self._synced = True
+        return Applied(rules, size, self.families)
+
+    def intact(self) -> bool:
+        return self._synced
+
+    def render(self, routes: Sequence[ServicePortRoute]) -> str:
+        rendering = ipvs_mod.render(routes, self.config)
+        plan = ipvs_mod.diff(ipvs_mod.IpvsState.of(()), rendering.state, self.config)
+        lines = ["# ipvsadm / ip commands from an empty table:"]
+        lines += [shlex.join(argv) for argv in plan.commands]
+        for family in self.families:
+            lines.append(f"# ipset restore (IPv{family}):")
+            lines.append(ipvs_mod.render_ipset_restore(family, rendering.ipsets[family], {}))
+            lines.append(f"# {_RESTORE[family]} --noflush:")
+            lines.append(rendering.iptables[family])
+        return "\n".join(lines)
+
+    def cleanup(self) -> None:
+        state, _ = self._current()
+        plan = ipvs_mod.diff(state, ipvs_mod.IpvsState.of(()), self.config)
+        for argv, stdin in ipvs_mod.batch_commands(plan.commands):
+            _check(self.runner, argv, stdin)
+        self.runner(["ip", "link", "del", ipvs_mod.DUMMY_DEVICE], None)
+        for family in self.families:
+            save = _check(self.runner, [_SAVE[family]])
+            cleanup_jumps(self.runner, family, save, ipvs_mod.JUMP_RULES)
+            chains = ipt.saved_chains(save)
+            parts = []
+            for table, ours in (("nat", ipvs_mod.NAT_CHAINS), ("filter", ipvs_mod.FILTER_CHAINS)):
+                found = [c for c in ours if c in chains.get(table, ())]
+                if found:
+                    parts += [f"*{table}", *(f":{c} - [0:0]" for c in found)]
+                    parts += [*(f"-X {c}" for c in found), "COMMIT"]
+            text = "\n".join([*parts, ""]) if parts else ""
+            text += _canary_cleanup(chains)
+            if text:
+                _check(self.runner, [_RESTORE[family], "-w", "5", "--noflush"], text)
+            for name in ipvs_mod.ipset_specs(family):
+                self.runner(["ipset", "destroy", name], None)
+        self._synced = False
+
+
+Dataplane = IptablesDataplane | NftablesDataplane | IpvsDataplane

@@ -1,0 +1,236 @@
+"""The proxy's sync engine: follows the store and keeps a data plane in step with it.
+
+Contract:
+- Nothing is written before the store has synced (every watched kind listed once): an early
+  write would program a partial cluster and cut connections to Services not yet seen.
+- The first sync is a full one; so is every sync after a failed apply (the kernel's state is
+  then unknown), one every `full_sync_period` (kube-proxy's FullSyncPeriod, an hour), and one
+  whenever the canary finds kdns's rules tampered with. The others are partial: only the
+  Services changed since the last successful sync (kube-proxy KEP-3453).
+- Bursts are coalesced as kube-proxy's BoundedFrequencyRunner does: a change syncs at once if
+  the last sync began at least `min_sync_period` ago, else when that period is over; there is
+  a sync (and a canary check) at least every `sync_period`. A failed apply is retried, in
+  full, after `min_sync_period`.
+- Routes are rebuilt only for changed Services (`routes.service_routes`); the data plane gets
+  every route (iptables rewrites its fixed chains from them) and the set of changed keys.
+- After a successful sync, UDP conntrack entries the change left pointing nowhere are deleted
+  (`conntrack.stale_flows`); `on_routes` (the health-check servers) sees the new routes.
+- Metrics: sync duration by kind, syncs by result, failures, rules written, programming
+  latency (from the change's trigger time, else its arrival, to the apply).
+- The data plane's blocking calls run in a worker thread, one at a time.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+
+import trio
+
+from kdns import metrics
+from kdns.proxy import conntrack
+from kdns.proxy.dataplane import ApplyError, Dataplane, Runner, run_command
+from kdns.proxy.routes import ServiceKey, ServicePortRoute, service_routes
+from kdns.store import Change, Store
+
+log = logging.getLogger(__name__)
+
+FULL_SYNC_PERIOD = 3600.0  # kube-proxy proxyutil.FullSyncPeriod
+DEFERRED_DELETE_DELAY = 1.0  # nftables: stale chains are deleted ≥ 1 s after their flush
+
+
+class SyncEngine:
+    def __init__(
+        self,
+        store: Store,
+        dataplane: Dataplane,
+        node_name: str,
+        *,
+        min_sync_period: float = 1.0,
+        sync_period: float = 30.0,
+        full_sync_period: float = FULL_SYNC_PERIOD,
+        clean_conntrack: bool = True,
+        runner: Runner = run_command,
+        on_routes: Callable[[Sequence[ServicePortRoute]], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.dataplane = dataplane
+        self.mode = dataplane.mode
+        self.node_name = node_name
+        self.min_sync_period = min_sync_period
+        self.sync_period = sync_period
+        self.full_sync_period = full_sync_period
+        self.clean_conntrack = clean_conntrack
+        self.runner = runner
+        self.on_routes = on_routes
+        self._routes: dict[ServiceKey, tuple[ServicePortRoute, ...]] = {}
+        self._changed: set[ServiceKey] = set()
+        self._trigger: float | None = None  # epoch seconds of the oldest unsynced change
+        self._need_full = True
+        self._unapplied: dict[ServiceKey, tuple[ServicePortRoute, ...]] = {}
+        self._wake = trio.Event()
+        self.syncs = 0  # successful syncs
+        self.last_success: float | None = None  # time.time() of the last successful sync
+        self.last_full = 0.0  # trio clock of the last successful full sync
+        self.failing_since: float | None = None
+        store.subscribe(self._follow)
+
+    # --- state the health endpoints read ------------------------------------------------------
+
+    @property
+    def synced(self) -> bool:
+        return self.syncs > 0
+
+    def healthy(self) -> bool:
+        """kube-proxy's /healthz: synced, and no change has waited for longer than two sync
+        periods (a data plane that keeps failing is not healthy)."""
+        if not self.synced:
+            return False
+        if self.failing_since is not None:
+            return time.time() - self.failing_since < 2 * self.sync_period
+        return True
+
+    def routes(self) -> list[ServicePortRoute]:
+        return [r for key in sorted(self._routes) for r in self._routes[key]]
+
+    # --- following the store ------------------------------------------------------------------
+
+    def _follow(self, change: Change) -> None:
+        if not change.services:
+            return
+        self._changed |= change.services
+        began = change.trigger_time or time.time()
+        if self._trigger is None or began < self._trigger:
+            self._trigger = began
+        self._wake.set()
+
+    def _route(self, key: ServiceKey) -> tuple[ServicePortRoute, ...]:
+        service = self.store.services.get(key)
+        if service is None:
+            return ()
+        return service_routes(service, self.store.endpoints.get(key, ()), self.node_name)
+
+    # --- the loop -----------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        while not self.store.synced:
+            self._wake = trio.Event()
+            with trio.move_on_after(0.1):
+                await self._wake.wait()
+        log.info("%s proxy: cluster state synced, programming the data plane", self.mode)
+        self._changed |= set(self.store.services)
+        last_start = -float("inf")
+        next_periodic = trio.current_time() + self.sync_period
+        while True:
+            now = trio.current_time()
+            if now >= next_periodic:
+                next_periodic = now + self.sync_period
+                await self._check_canary()
+                await self._sync_now()
+                last_start = now
+                continue
+            due = next_periodic
+            if self._changed or self._need_full or self._deferred():
+                due = min(due, last_start + self.min_sync_period)
+                if self._deferred() and not (self._changed or self._need_full):
+                    due = max(due, last_start + DEFERRED_DELETE_DELAY)
+            if due <= now:
+                last_start = now
+                await self._sync_now()
+                continue
+            self._wake = trio.Event()
+            with trio.move_on_at(due):
+                await self._wake.wait()
+
+    def _deferred(self) -> bool:
+        return bool(getattr(self.dataplane, "pending_deletes", False))
+
+    async def _check_canary(self) -> None:
+        if not self.synced or self._need_full:
+            return
+        intact = await trio.to_thread.run_sync(self.dataplane.intact)
+        if not intact:
+            log.warning("%s proxy: kdns's rules were changed by someone else; repairing", self.mode)
+            metrics.PROXY_REPAIRS.labels(self.mode).inc()
+            self._need_full = True
+
+    async def _sync_now(self) -> None:
+        changed, self._changed = self._changed, set()
+        trigger, self._trigger = self._trigger, None
+        full = self._need_full or trio.current_time() - self.last_full >= self.full_sync_period
+        # What the kernel had for these Services: after a failed apply, what it had before it.
+        before = {k: self._routes.get(k, ()) for k in changed if k in self._routes}
+        before.update(self._unapplied)
+        self._unapplied = {}
+        for key in changed:
+            routes = self._route(key)
+            if routes:
+                self._routes[key] = routes
+            else:
+                self._routes.pop(key, None)
+        after = {k: self._routes.get(k, ()) for k in changed}
+        routes = self.routes()
+        kind = "full" if full else "partial"
+        started = time.perf_counter()
+        try:
+            applied = await trio.to_thread.run_sync(
+                self.dataplane.sync, routes, None if full else frozenset(changed)
+            )
+        except ApplyError as e:
+            log.error("%s proxy: %s sync failed, retrying in full: %s", self.mode, kind, e)
+            metrics.PROXY_SYNC_FAILURES.labels(self.mode, kind).inc()
+            metrics.PROXY_SYNCS.labels(self.mode, kind, "error").inc()
+            self._need_full = True
+            self._changed |= changed
+            self._unapplied = before
+            if trigger is not None and (self._trigger is None or trigger < self._trigger):
+                self._trigger = trigger
+            if self.failing_since is None:
+                self.failing_since = time.time()
+            return
+        duration = time.perf_counter() - started
+        self._need_full = False
+        self.failing_since = None
+        if full:
+            self.last_full = trio.current_time()
+        self.syncs += 1
+        self.last_success = time.time()
+        metrics.PROXY_SYNC_DURATION.labels(self.mode, kind).observe(duration)
+        metrics.PROXY_SYNCS.labels(self.mode, kind, "ok").inc()
+        metrics.PROXY_RULES_WRITTEN.labels(self.mode).inc(applied.rules)
+        metrics.PROXY_LAST_SYNC_RULES.labels(self.mode).set(applied.rules)
+        metrics.PROXY_LAST_SYNC.labels(self.mode).set(self.last_success)
+        metrics.PROXY_SERVICES.labels(self.mode).set(len(routes))
+        if trigger is not None:
+            metrics.PROXY_PROGRAMMING_DURATION.observe(max(0.0, self.last_success - trigger))
+        log.log(
+            logging.INFO if full or changed else logging.DEBUG,
+            "%s proxy: %s sync of %d service ports (%d changed Services): %d rules, %d bytes, "
+            "%.0f ms",
+            self.mode,
+            kind,
+            len(routes),
+            len(changed),
+            applied.rules,
+            applied.size,
+            duration * 1000,
+        )
+        if self.on_routes is not None:
+            self.on_routes(routes)
+        # Not after the first sync: a restart has no "before" and must not flush anything.
+        if self.clean_conntrack and self.syncs > 1 and changed:
+            flows = conntrack.stale_flows(before, after)
+            if flows:
+                await trio.to_thread.run_sync(self._delete_flows, flows)
+
+    def _delete_flows(self, flows: list[conntrack.Flow]) -> None:
+        for flow in flows:
+            status, out, err = self.runner(conntrack.argv(flow), None)
+            # conntrack exits 1 when the filter matched nothing: that is not a failure.
+            if status == 0 or "0 flow entries" in err + out:
+                metrics.PROXY_CONNTRACK_DELETES.labels("ok").inc()
+            else:
+                metrics.PROXY_CONNTRACK_DELETES.labels("error").inc()
+                log.warning("conntrack: %s: %s", " ".join(conntrack.argv(flow)), err.strip())

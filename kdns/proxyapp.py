@@ -1,0 +1,287 @@
+"""The proxy's composition root: `kdns proxy` — the same source and store as `kdns serve`, a sync
+engine, the mode's data plane, and the HTTP endpoints kube-proxy operators probe.
+
+Contract:
+- `ProxyOptions` are the command's flags. `make_dataplane` turns them into the mode's data plane
+  for this node, or raises `StartupError` (IPVS mode on a kernel without IPVS: one line naming
+  the modes that work; a bad CIDR).
+- `run_proxy` binds every listener first (a taken port is a plain OSError), then runs the
+  source, the engine, /healthz and /livez (kube-proxy's :10256: 200 once the first sync is
+  applied and while syncs succeed, JSON with lastUpdated/currentTime), /metrics (:10249) and one
+  HTTP server per healthCheckNodePort, until SIGTERM/SIGINT. Rules stay in place on exit, as
+  with kube-proxy: a restarting proxy must not cut traffic.
+- `render` prints what a full sync would apply once the source has synced; nothing is written.
+  `cleanup` removes what the mode installs (every mode's, for `--mode` all) and nothing else.
+- The userspace mode runs the relay (`proxy/userspace.py`) instead of a data plane.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import json
+import logging
+import os
+import signal
+import socket
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import trio
+
+from kdns.app import StartupError, open_source, open_store
+from kdns.config import Config, parse_hostport
+from kdns.http import HttpEndpoint, Route, prometheus
+from kdns.proxy import healthcheck
+from kdns.proxy.dataplane import (
+    ApplyError,
+    Dataplane,
+    IptablesDataplane,
+    IpvsDataplane,
+    NftablesDataplane,
+    Runner,
+    ipvs_supported,
+    node_from_host,
+    read_file,
+    run_command,
+)
+from kdns.proxy.ipvs import UNAVAILABLE_MESSAGE
+from kdns.proxy.routes import ServiceKey, ServicePortRoute, build_routes
+from kdns.proxy.sync import SyncEngine
+
+log = logging.getLogger(__name__)
+
+MODES = ("iptables", "nftables", "ipvs", "userspace")
+SYNC_TIMEOUT = 120.0  # --render waits this long for a cluster's first list
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyOptions:
+    mode: str = "iptables"
+    node_name: str = ""
+    cluster_cidrs: tuple[str, ...] = ()
+    nodeport_addresses: tuple[str, ...] = ()
+    min_sync_period: float = 1.0
+    sync_period: float = 30.0
+    masquerade_all: bool = False
+    healthz_addr: str = "0.0.0.0:10256"
+    metrics_addr: str = "127.0.0.1:10249"
+    ipvs_scheduler: str = "rr"
+    families: tuple[int, ...] = field(default_factory=lambda: default_families())
+
+
+def default_families() -> tuple[int, ...]:
+    """IPv4, plus IPv6 where the kernel has it enabled (as kube-proxy's dual-stack detection)."""
+    return (4, 6) if os.path.exists("/proc/net/if_inet6") else (4,)
+
+
+def default_node_name() -> str:
+    """$NODE_NAME (the DaemonSet sets it from spec.nodeName), else the hostname (kube-proxy)."""
+    return os.environ.get("NODE_NAME") or socket.gethostname().lower()
+
+
+def check_options(options: ProxyOptions) -> list[str]:
+    """One line per bad flag."""
+    problems = []
+    if options.mode not in MODES:
+        problems.append(f"--mode must be one of {', '.join(MODES)} (got {options.mode!r})")
+    for flag, cidrs in (
+        ("--cluster-cidr", options.cluster_cidrs),
+        ("--nodeport-addresses", options.nodeport_addresses),
+    ):
+        for cidr in cidrs:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                problems.append(f"{flag}: {cidr!r} is not a CIDR")
+    families = [
+        ipaddress.ip_network(c, strict=False).version for c in options.cluster_cidrs if _is_cidr(c)
+    ]
+    if len(families) != len(set(families)):
+        problems.append("--cluster-cidr: at most one CIDR per IP family")
+    if options.min_sync_period < 0 or options.sync_period <= 0:
+        problems.append("--min-sync-period must be ≥ 0 and --sync-period > 0")
+    for flag, addr in (
+        ("--healthz-addr", options.healthz_addr),
+        ("--metrics-addr", options.metrics_addr),
+    ):
+        try:
+            parse_hostport(addr)
+        except ValueError as e:
+            problems.append(f"{flag}: {e}")
+    return problems
+
+
+def _is_cidr(text: str) -> bool:
+    try:
+        ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        return False
+    return True
+
+
+def make_dataplane(options: ProxyOptions, runner: Runner = run_command) -> Dataplane:
+    if options.mode == "ipvs" and not ipvs_supported(read_file):
+        raise StartupError([UNAVAILABLE_MESSAGE.removeprefix("kdns proxy: ")])
+    try:
+        node = node_from_host(
+            runner,
+            options.families,
+            options.cluster_cidrs,
+            options.nodeport_addresses,
+            options.masquerade_all,
+        )
+    except ApplyError as e:
+        raise StartupError([str(e)]) from None
+    if options.mode == "iptables":
+        return IptablesDataplane(node, runner)
+    if options.mode == "nftables":
+        return NftablesDataplane(node, runner)
+    return IpvsDataplane(node, runner, options.ipvs_scheduler)
+
+
+def cleanup(options: ProxyOptions, runner: Runner = run_command) -> list[str]:
+    """Removes what the mode installed; returns one line per failure (empty: all gone)."""
+    dataplane = make_dataplane(options, runner)
+    try:
+        dataplane.cleanup()
+    except ApplyError as e:
+        return [str(e)]
+    return []
+
+
+async def render(config: Config, options: ProxyOptions, runner: Runner = run_command) -> str:
+    """What a full sync would apply, once the source has listed everything."""
+    dataplane = make_dataplane(options, runner)
+    store, api = open_store(config, watch_pods=False)
+    source = open_source(config, store, api, False)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(source.run)
+        with trio.move_on_after(SYNC_TIMEOUT):
+            while not store.synced:
+                await trio.sleep(0.05)
+        nursery.cancel_scope.cancel()
+    if not store.synced:
+        raise StartupError([f"the cluster did not sync within {SYNC_TIMEOUT:.0f} s"])
+    routes = build_routes(store.services, store.endpoints, options.node_name)
+    return await trio.to_thread.run_sync(dataplane.render, routes)
+
+
+class HealthCheckServers:
+    """One HTTP server per healthCheckNodePort (kube-proxy's ServiceHealthServer)."""
+
+    def __init__(self, engine_healthy: Callable[[], bool]) -> None:
+        self._healthy = engine_healthy
+        self._counts: dict[int, tuple[ServiceKey, int]] = {}
+        self._running: dict[int, trio.CancelScope] = {}
+        self._wake = trio.Event()
+
+    def update(self, routes: Sequence[ServicePortRoute]) -> None:
+        self._counts = healthcheck.health_check_ports(routes)
+        self._wake.set()
+
+    def _route(self, port: int) -> Route:
+        def answer() -> tuple[int, str, bytes]:
+            entry = self._counts.get(port)
+            if entry is None:
+                return 503, "text/plain; charset=utf-8", b"no such service\n"
+            return healthcheck.response(entry[0], entry[1], self._healthy())
+
+        return answer
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            task_status.started()
+            while True:
+                wanted = set(self._counts)
+                for port in sorted(set(self._running) - wanted):
+                    self._running.pop(port).cancel()
+                    log.info("health check node port %d closed", port)
+                for port in sorted(wanted - set(self._running)):
+                    route = self._route(port)
+                    endpoint = HttpEndpoint("0.0.0.0", port, {"/": route, "/healthz": route})
+                    try:
+                        await endpoint.bind()
+                    except OSError as e:
+                        log.error("health check node port %d: %s", port, e.strerror)
+                        continue
+                    scope = trio.CancelScope()
+                    self._running[port] = scope
+                    nursery.start_soon(_run_in_scope, scope, endpoint)
+                    log.info("health check node port %d open", port)
+                self._wake = trio.Event()
+                await self._wake.wait()
+
+
+async def _run_in_scope(scope: trio.CancelScope, endpoint: HttpEndpoint) -> None:
+    with scope:
+        await endpoint.run()
+
+
+def _iso(t: float | None) -> str:
+    if t is None:
+        return ""
+    return datetime.datetime.fromtimestamp(t, datetime.UTC).isoformat().replace("+00:00", "Z")
+
+
+def _healthz(engine: SyncEngine) -> Route:
+    def answer() -> tuple[int, str, bytes]:
+        body = {
+            "lastUpdated": _iso(engine.last_success),
+            "currentTime": _iso(datetime.datetime.now(datetime.UTC).timestamp()),
+            "nodeEligible": True,
+        }
+        status = 200 if engine.healthy() else 503
+        return status, "application/json", (json.dumps(body) + "\n").encode()
+
+    return answer
+
+
+async def run_proxy(
+    config: Config,
+    options: ProxyOptions,
+    runner: Runner = run_command,
+    *,
+    task_status: trio.TaskStatus[dict[str, int]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    store, api = open_store(config, watch_pods=False)
+    source = open_source(config, store, api, False)
+    if options.mode == "userspace":
+        raise StartupError(["--mode userspace is not in this build yet"])
+    dataplane = make_dataplane(options, runner)
+    checks = HealthCheckServers(lambda: engine.healthy())
+    engine = SyncEngine(
+        store,
+        dataplane,
+        options.node_name,
+        min_sync_period=options.min_sync_period,
+        sync_period=options.sync_period,
+        runner=runner,
+        on_routes=checks.update,
+    )
+    healthz = _healthz(engine)
+    endpoints = {
+        "healthz": HttpEndpoint(
+            *parse_hostport(options.healthz_addr), {"/healthz": healthz, "/livez": healthz}
+        ),
+        "metrics": HttpEndpoint(*parse_hostport(options.metrics_addr), {"/metrics": prometheus}),
+    }
+    for endpoint in endpoints.values():
+        await endpoint.bind()
+    async with trio.open_nursery() as nursery:
+        for endpoint in endpoints.values():
+            await nursery.start(endpoint.run)
+        await nursery.start(checks.run)
+        await nursery.start(engine.run)
+        await nursery.start(source.run)
+        nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
+        log.info("kdns proxy (%s mode) running for node %r", options.mode, options.node_name)
+        task_status.started({name: e.port for name, e in endpoints.items()})
+
+
+async def _stop_on_signal(scope: trio.CancelScope) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            log.info("%s: stopping (rules stay in place)", signal.Signals(signum).name)
+            scope.cancel()
+            return

@@ -1,0 +1,170 @@
+"""`kdns proxy` as a command: flags, --render, --cleanup, IPVS detection, lifecycle.
+
+The rules go into a throwaway network namespace (`ip netns exec`), never the host's tables.
+Packet-level behaviour is in tests/proxy/test_packets.py.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from kdns.proxy.dataplane import ipvs_supported, read_file
+from tests.conftest import need_root, need_tool
+
+from .conftest import EXAMPLES, kdns_command, run_kdns
+
+PROXY = ("proxy", "--manifests", str(EXAMPLES), "--node-name", "node1")
+
+
+@pytest.fixture
+def netns() -> Iterator[str]:
+    need_root()
+    ip = need_tool("ip", "iproute2")
+    need_tool("iptables-restore", "iptables")
+    need_tool("nft", "nftables")
+    name = f"kdns-pcli-{os.getpid()}"
+    subprocess.run([ip, "netns", "del", name], capture_output=True)
+    subprocess.run([ip, "netns", "add", name], check=True, capture_output=True)
+    subprocess.run([ip, "-n", name, "link", "set", "lo", "up"], check=True)
+    try:
+        yield name
+    finally:
+        subprocess.run([ip, "netns", "del", name], capture_output=True)
+
+
+def in_ns(ns: str, *argv: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["ip", "netns", "exec", ns, *argv], capture_output=True, text=True, timeout=timeout
+    )
+
+
+def ruleset(ns: str) -> str:
+    saves = [in_ns(ns, tool).stdout for tool in ("iptables-save", "ip6tables-save")]
+    saves = ["\n".join(x for x in s.splitlines() if not x.startswith("#")) for s in saves]
+    return "\n".join([*saves, in_ns(ns, "nft", "list", "ruleset").stdout])
+
+
+def ipv4(ns: str) -> str:
+    save = in_ns(ns, "iptables-save").stdout
+    return "\n".join(x for x in save.splitlines() if not x.startswith("#"))
+
+
+FOREIGN = """*nat
+:FOREIGN - [0:0]
+-A PREROUTING -d 198.51.100.7/32 -j FOREIGN
+-A FOREIGN -p tcp -j DNAT --to-destination 198.51.100.8:80
+COMMIT
+*filter
+-A INPUT -s 198.51.100.0/24 -j ACCEPT
+COMMIT
+"""
+
+
+def test_ipvs_mode_without_ipvs_exits_2_naming_the_modes_that_work() -> None:
+    if ipvs_supported(read_file):
+        pytest.skip("this kernel has IPVS; the check only fails where it has none")
+    result = run_kdns(*PROXY, "--mode", "ipvs")
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "IPVS" in lines[0] and "iptables, nftables, userspace" in lines[0]
+
+
+@pytest.mark.parametrize(
+    ("flags", "complaint"),
+    [
+        (("--cluster-cidr", "10.244.0.0/33"), "--cluster-cidr: '10.244.0.0/33' is not a CIDR"),
+        (("--cluster-cidr", "10.1.0.0/16,10.2.0.0/16"), "at most one CIDR per IP family"),
+        (("--nodeport-addresses", "bogus"), "--nodeport-addresses: 'bogus' is not a CIDR"),
+        (("--healthz-addr", "nohost"), "--healthz-addr"),
+    ],
+)
+def test_bad_flags_exit_2_with_one_line(flags: tuple[str, ...], complaint: str) -> None:
+    result = run_kdns(*PROXY, *flags)
+    assert result.returncode == 2
+    assert complaint in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+@pytest.mark.parametrize("mode", ["iptables", "nftables"])
+def test_render_prints_the_rules_and_changes_nothing(netns: str, mode: str) -> None:
+    in_ns(
+        netns, "iptables-restore", "--noflush", "--wait", "5"
+    ).check_returncode() if False else None
+    subprocess.run(
+        ["ip", "netns", "exec", netns, "iptables-restore", "--noflush"],
+        input=FOREIGN,
+        text=True,
+        check=True,
+        capture_output=True,
+    )
+    before = ruleset(netns)
+    result = in_ns(netns, *kdns_command(*PROXY, "--mode", mode, "--render"))
+    assert result.returncode == 0, result.stderr
+    # redis.default (10.97.97.97:6379) with its endpoints, in the mode's syntax.
+    if mode == "iptables":
+        assert (
+            '-A KUBE-SERVICES -m comment --comment "default/redis:redis cluster IP" -m tcp'
+            " -p tcp -d 10.97.97.97 --dport 6379 -j KUBE-SVC-" in result.stdout
+        )
+        assert "-I PREROUTING 1 " in result.stdout  # the jumps a fresh node needs
+        assert "-j DNAT --to-destination 10.244.1.10:6379" in result.stdout
+    else:
+        assert "10.97.97.97 . tcp . 6379" in result.stdout
+        assert "dnat to 10.244.1.10:6379" in result.stdout
+    assert ruleset(netns) == before
+
+
+@pytest.mark.parametrize("mode", ["iptables", "nftables"])
+def test_runs_until_sigterm_keeps_rules_and_cleanup_removes_only_ours(
+    netns: str, mode: str
+) -> None:
+    subprocess.run(
+        ["ip", "netns", "exec", netns, "iptables-restore", "--noflush"],
+        input=FOREIGN,
+        text=True,
+        check=True,
+        capture_output=True,
+    )
+    ipv4_before = ipv4(netns)
+    proc = subprocess.Popen(
+        [
+            "ip",
+            "netns",
+            "exec",
+            netns,
+            *kdns_command(*PROXY, "--mode", mode, "--min-sync-period", "0.1"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 15
+        marker = (
+            "KUBE-SERVICES -d 10.97.97.97" if mode == "iptables" else "10.97.97.97 . tcp . 6379"
+        )
+        while marker not in ruleset(netns):
+            assert proc.poll() is None, proc.communicate()[1]
+            assert time.monotonic() < deadline, "no rules after 15 s"
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert marker in ruleset(netns)  # rules stay: a restarting proxy must not cut traffic
+    result = in_ns(netns, *kdns_command("proxy", "--mode", mode, "--cleanup"))
+    assert result.returncode == 0, result.stderr
+    after = ruleset(netns)
+    assert "KUBE-" not in after and "KDNS" not in after and "table ip kdns" not in after
+    # The foreign IPv4 rules are byte-identical. (iptables-nft may leave the empty built-in
+    # IPv6 tables it created for kdns's rules: no rule, no chain of kdns's is left in them.)
+    assert ipv4(netns) == ipv4_before

@@ -1,0 +1,125 @@
+"""Which UDP conntrack entries a change leaves stale (kdns/proxy/conntrack.py), table-driven."""
+
+from __future__ import annotations
+
+import pytest
+
+from kdns.proxy.conntrack import Flow, argv, stale_flows
+from kdns.proxy.routes import ServicePortRoute
+
+from .builders import ep, routes, svc
+
+UDP = (("dns", "UDP", 53, None),)
+UDP_NP = (("dns", "UDP", 53, 30053),)
+UDP_EP = (("dns", "UDP", 5353),)
+
+
+def by_service(*pairs) -> dict[tuple[str, str], tuple[ServicePortRoute, ...]]:
+    out: dict[tuple[str, str], tuple[ServicePortRoute, ...]] = {}
+    for route in routes(*pairs):
+        out.setdefault(route.service, ())
+        out[route.service] += (route,)
+    return out
+
+
+S = svc("ns/dns", ports=UDP, ip="10.96.0.10")
+S_NP = svc("ns/dns", ports=UDP_NP, ip="10.96.0.10", external_ips=("192.0.2.7",))
+S_TCP = svc("ns/web", ip="10.96.0.20")
+A = ep("10.244.1.5", ports=UDP_EP)
+B = ep("10.244.2.6", ports=UDP_EP)
+
+CASES = [
+    pytest.param(
+        by_service((S, [A, B])),
+        by_service((S, [B])),
+        [Flow(4, "10.96.0.10", None, "10.244.1.5")],
+        id="endpoint removed: its DNATed entries go",
+    ),
+    pytest.param(
+        by_service((S_NP, [A])),
+        by_service((S_NP, [B])),
+        [
+            Flow(4, None, 30053, "10.244.1.5"),
+            Flow(4, "10.96.0.10", None, "10.244.1.5"),
+            Flow(4, "192.0.2.7", None, "10.244.1.5"),
+        ],
+        id="endpoint replaced behind a NodePort and an externalIP",
+    ),
+    pytest.param(
+        by_service((S, [])),
+        by_service((S, [A])),
+        [Flow(4, "10.96.0.10", 53, None, "10.96.0.10")],
+        id="first endpoint: entries made while rejecting go",
+    ),
+    pytest.param(
+        by_service((S, [A])),
+        {},
+        [Flow(4, "10.96.0.10", None, "10.244.1.5")],
+        id="Service deleted",
+    ),
+    pytest.param(
+        by_service((S, [A, B])),
+        by_service((S, [A, B])),
+        [],
+        id="nothing changed: nothing deleted",
+    ),
+    pytest.param(
+        by_service((S_NP, [])),
+        by_service((S_NP, [A])),
+        [
+            Flow(4, None, 30053, None, None, 30053),
+            Flow(4, "10.96.0.10", 53, None, "10.96.0.10"),
+            Flow(4, "192.0.2.7", 53, None, "192.0.2.7"),
+        ],
+        id="first endpoint behind a NodePort and an externalIP",
+    ),
+    pytest.param(
+        by_service((S, [A, ep("10.244.2.6", ports=UDP_EP, ready=False)])),
+        by_service((S, [A])),
+        [],
+        id="an endpoint that was not in use goes: nothing to delete",
+    ),
+    pytest.param(
+        by_service((S_TCP, [ep("10.244.1.5")])),
+        by_service((S_TCP, [])),
+        [],
+        id="TCP: never",
+    ),
+    pytest.param(
+        {},
+        by_service((S, [A])),
+        [Flow(4, "10.96.0.10", 53, None, "10.96.0.10")],
+        id="new Service with endpoints: un-DNATed entries to its ClusterIP go",
+    ),
+]
+
+
+@pytest.mark.parametrize(("before", "after", "expected"), CASES)
+def test_stale_flows(before, after, expected) -> None:
+    keys = set(before) | set(after)
+    before_changed = {k: v for k, v in before.items() if k in keys}
+    # The engine passes "before" only for Services it had routes for.
+    result = stale_flows(before_changed, {k: after.get(k, ()) for k in keys})
+    assert sorted(result, key=repr) == sorted(expected, key=repr)
+
+
+def test_restart_has_no_before_and_deletes_nothing() -> None:
+    assert stale_flows({}, {}) == []
+
+
+@pytest.mark.parametrize(
+    ("flow", "args"),
+    [
+        (
+            Flow(4, "10.96.0.10", None, "10.244.1.5"),
+            "-f ipv4 -p udp --orig-dst 10.96.0.10 --dst-nat 10.244.1.5",
+        ),
+        (Flow(6, None, 30053, "fd00::5"), "-f ipv6 -p udp --orig-port-dst 30053 --dst-nat fd00::5"),
+        (
+            Flow(4, "10.96.0.10", 53, None),
+            "-f ipv4 -p udp --orig-dst 10.96.0.10 --orig-port-dst 53",
+        ),
+    ],
+)
+def test_argv(flow: Flow, args: str) -> None:
+    assert argv(flow) == ["conntrack", "-D", *args.split()]

@@ -1,0 +1,259 @@
+"""The sync engine (kdns/proxy/sync.py) driving real data planes inside a throwaway namespace.
+
+The store is fed directly (the sources have their own tests); the data planes run the real
+iptables-restore / nft / conntrack in a network namespace through a Runner that records every
+command, so the tests see both what was written and what the kernel holds.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator, Sequence
+
+import pytest
+import trio
+
+from kdns import metrics
+from kdns.model import EndpointSlice
+from kdns.proxy.dataplane import (
+    IptablesDataplane,
+    NftablesDataplane,
+    Node,
+    run_command,
+)
+from kdns.proxy.sync import SyncEngine
+from kdns.store import ENDPOINTSLICES, SERVICES, Store
+from tests.conftest import need_root, need_tool
+
+from .builders import NODE, PODS, ep, svc
+
+UDP = (("dns", "UDP", 53, None),)
+UDP_EP = (("dns", "UDP", 5353),)
+
+
+@pytest.fixture
+def netns() -> Iterator[str]:
+    need_root()
+    ip = need_tool("ip", "iproute2")
+    need_tool("iptables-restore", "iptables")
+    need_tool("nft", "nftables")
+    need_tool("conntrack", "conntrack")
+    name = f"kdns-sync-{os.getpid()}"
+    subprocess.run([ip, "netns", "del", name], capture_output=True)
+    subprocess.run([ip, "netns", "add", name], check=True, capture_output=True)
+    try:
+        yield name
+    finally:
+        subprocess.run([ip, "netns", "del", name], capture_output=True)
+
+
+class Recorder:
+    """A Runner into the namespace that keeps every command, and can fail chosen ones."""
+
+    def __init__(self, ns: str) -> None:
+        self.ns = ns
+        self.calls: list[tuple[list[str], str | None]] = []
+        self.fail_next: str | None = None  # argv[0] of the next command to fail
+
+    def __call__(self, argv: Sequence[str], stdin: str | None = None) -> tuple[int, str, str]:
+        self.calls.append((list(argv), stdin))
+        if self.fail_next and argv[0] == self.fail_next:
+            self.fail_next = None
+            return 1, "", f"{argv[0]}: line 2 failed (injected)"
+        return run_command(["ip", "netns", "exec", self.ns, *argv], stdin)
+
+    def writes(self, tool: str) -> list[str]:
+        return [stdin or "" for argv, stdin in self.calls if argv[0] == tool]
+
+
+def slice_of(name: str, *endpoints, service: str | None = None) -> EndpointSlice:
+    namespace, _, short = name.partition("/")
+    return EndpointSlice(namespace, short + "-abc", service or short, "IPv4", tuple(endpoints))
+
+
+def in_ns(ns: str, *argv: str) -> str:
+    return run_command(["ip", "netns", "exec", ns, *argv])[1]
+
+
+NODE_CONFIG = Node(families=(4,), cluster_cidrs=(PODS,))
+
+
+def make_engine(kind: str, store: Store, runner: Recorder, **kw) -> SyncEngine:
+    plane = (IptablesDataplane if kind == "iptables" else NftablesDataplane)(NODE_CONFIG, runner)
+    options = dict(min_sync_period=0.2, sync_period=30.0)
+    options.update(kw)
+    return SyncEngine(store, plane, NODE, runner=runner, **options)
+
+
+async def wait_for(predicate, timeout: float = 5.0) -> None:
+    with trio.fail_after(timeout):
+        while not predicate():
+            await trio.sleep(0.02)
+
+
+def two_services(store: Store) -> None:
+    store.replace(
+        SERVICES,
+        {
+            ("ns", "web"): svc("ns/web", ip="10.96.0.20"),
+            ("ns", "dns"): svc("ns/dns", ip="10.96.0.10", ports=UDP),
+        },
+    )
+
+
+@pytest.mark.parametrize("kind", ["iptables", "nftables"])
+def test_nothing_is_written_before_services_and_slices_synced(netns: str, kind: str) -> None:
+    store = Store(watched=(SERVICES, ENDPOINTSLICES))
+    runner = Recorder(netns)
+    engine = make_engine(kind, store, runner)
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(engine.run)
+            two_services(store)  # Services listed, slices not yet
+            await trio.sleep(0.6)
+            assert runner.writes("iptables-restore") == runner.writes("nft") == []
+            assert not engine.synced
+            web = slice_of("ns/web", ep("10.244.1.5"))
+            store.replace(ENDPOINTSLICES, {web.key: web})
+            await wait_for(lambda: engine.synced)
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    if kind == "iptables":
+        assert "10.244.1.5:8080" in in_ns(netns, "iptables-save", "-t", "nat")
+    else:
+        assert "10.244.1.5" in in_ns(netns, "nft", "list", "table", "ip", "kdns")
+
+
+@pytest.mark.parametrize("kind", ["iptables", "nftables"])
+def test_bursts_coalesce_and_partial_syncs_carry_only_the_change(netns: str, kind: str) -> None:
+    store = Store(watched=(SERVICES, ENDPOINTSLICES))
+    runner = Recorder(netns)
+    engine = make_engine(kind, store, runner, min_sync_period=0.5)
+    two_services(store)
+    store.replace(ENDPOINTSLICES, {})
+    tool = "iptables-restore" if kind == "iptables" else "nft"
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(engine.run)
+            await wait_for(lambda: engine.synced)
+            first = engine.syncs
+            # 40 endpoint changes of one Service within 0.2 s: one min-sync-period.
+            for i in range(40):
+                store.upsert(ENDPOINTSLICES, slice_of("ns/web", ep(f"10.244.1.{i + 10}")))
+                await trio.sleep(0.005)
+            await trio.sleep(1.3)
+            assert 1 <= engine.syncs - first <= 3, engine.syncs - first
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    last = runner.writes(tool)[-1]
+    # The last change is in; the untouched Service's chains are not rewritten.
+    assert "10.244.1.49" in last
+    if kind == "iptables":
+        assert "10.244.1.48" not in in_ns(netns, "iptables-save", "-t", "nat")
+        assert "ns/dns" not in last.split("*nat", 1)[1].split("-A KUBE-SERVICES", 1)[0]
+    else:
+        assert "ns/dns" not in last
+        assert "10.244.1.48" not in in_ns(netns, "nft", "list", "table", "ip", "kdns")
+
+
+@pytest.mark.parametrize("kind", ["iptables", "nftables"])
+def test_failed_apply_is_retried_as_a_full_sync(netns: str, kind: str) -> None:
+    store = Store(watched=(SERVICES, ENDPOINTSLICES))
+    runner = Recorder(netns)
+    engine = make_engine(kind, store, runner, min_sync_period=0.3)
+    two_services(store)
+    store.replace(ENDPOINTSLICES, {})
+    tool = "iptables-restore" if kind == "iptables" else "nft"
+    failures = metrics.PROXY_SYNC_FAILURES.labels(kind, "partial")
+    before = failures._value.get()
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(engine.run)
+            await wait_for(lambda: engine.synced)
+            synced = engine.syncs
+            runner.fail_next = tool
+            store.upsert(ENDPOINTSLICES, slice_of("ns/web", ep("10.244.1.77")))
+            await wait_for(lambda: engine.syncs > synced)
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    assert failures._value.get() == before + 1
+    writes = runner.writes(tool)
+    # The failed write was a partial one, the retry a full one (only full syncs re-declare
+    # the canary chains / flush the whole table).
+    marker = ":KDNS-CANARY" if kind == "iptables" else "flush table ip kdns"
+    assert marker not in writes[-2]
+    assert marker in writes[-1]
+    if kind == "iptables":
+        assert "10.244.1.77:8080" in in_ns(netns, "iptables-save", "-t", "nat")
+    else:
+        assert "10.244.1.77" in in_ns(netns, "nft", "list", "table", "ip", "kdns")
+
+
+@pytest.mark.parametrize("kind", ["iptables", "nftables"])
+def test_canary_repairs_tampering_within_a_sync_period(netns: str, kind: str) -> None:
+    store = Store(watched=(SERVICES, ENDPOINTSLICES))
+    runner = Recorder(netns)
+    engine = make_engine(kind, store, runner, sync_period=1.0)
+    two_services(store)
+    web = slice_of("ns/web", ep("10.244.1.5"))
+    store.replace(ENDPOINTSLICES, {web.key: web})
+    repairs = metrics.PROXY_REPAIRS.labels(kind)
+    before = repairs._value.get()
+
+    def state() -> str:
+        if kind == "iptables":
+            # The dispatch rule (per-service chains survive a flush of KUBE-SERVICES).
+            save = in_ns(netns, "iptables-save", "-t", "nat").splitlines()
+            return "\n".join(line for line in save if line.startswith("-A KUBE-SERVICES"))
+        return in_ns(netns, "nft", "list", "table", "ip", "kdns")
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(engine.run)
+            await wait_for(lambda: engine.synced)
+            await trio.sleep(1.2)  # a periodic check that finds nothing wrong
+            assert repairs._value.get() == before
+            if kind == "iptables":
+                in_ns(netns, "iptables", "-t", "nat", "-F", "KUBE-SERVICES")
+            else:
+                in_ns(netns, "nft", "delete", "table", "ip", "kdns")
+            assert "10.96.0.20" not in state()
+            await wait_for(lambda: "10.96.0.20" in state(), timeout=3.0)
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    assert repairs._value.get() == before + 1
+
+
+def test_udp_endpoint_replaced_deletes_its_conntrack_entries(netns: str) -> None:
+    store = Store(watched=(SERVICES, ENDPOINTSLICES))
+    runner = Recorder(netns)
+    engine = make_engine("iptables", store, runner)
+    two_services(store)
+    dns = slice_of("ns/dns", ep("10.244.1.5", ports=UDP_EP))
+    store.replace(ENDPOINTSLICES, {dns.key: dns})
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(engine.run)
+            await wait_for(lambda: engine.synced)
+            synced = engine.syncs
+            await trio.sleep(0.3)
+            assert not [a for a, _ in runner.calls if a[0] == "conntrack"]  # first sync: none
+            store.upsert(ENDPOINTSLICES, slice_of("ns/dns", ep("10.244.1.6", ports=UDP_EP)))
+            await wait_for(lambda: engine.syncs > synced)
+            await wait_for(lambda: any(a[0] == "conntrack" for a, _ in runner.calls))
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    deletes = [" ".join(a) for a, _ in runner.calls if a[0] == "conntrack"]
+    assert deletes == [
+        "conntrack -D -f ipv4 -p udp --orig-dst 10.96.0.10 --dst-nat 10.244.1.5",
+    ]
