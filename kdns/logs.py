@@ -124,10 +124,11 @@ class Consolidating(logging.Handler):
         if show:
             self.target.handle(record)
 
-    def flush(self, now: float | None = None) -> None:
-        """Log the summaries of every interval that has ended."""
+    def flush(self, now: float | None = None, everything: bool = False) -> None:
+        """Log the summaries of every interval that has ended (`everything`: of every window,
+        ended or not — at exit, so no count is lost)."""
         with self._mutex:
-            due = self._due(self.clock() if now is None else now)
+            due = self._due(self.clock() if now is None else now, everything)
         for summary in due:
             self.target.handle(summary)
         self.target.flush()
@@ -136,14 +137,14 @@ class Consolidating(logging.Handler):
         self._stop.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=2.0)
-        self.flush()
+        self.flush(everything=True)
         super().close()
 
-    def _due(self, now: float) -> list[logging.LogRecord]:
+    def _due(self, now: float, everything: bool = False) -> list[logging.LogRecord]:
         """Summaries of the windows that ended by `now` (the caller holds the mutex)."""
         out = []
         for pattern, window in list(self._windows.items()):
-            if now - window.start < self.interval:
+            if now - window.start < self.interval and not everything:
                 continue
             repeats = window.count - (1 if window.shown else 0)
             if repeats <= 0:

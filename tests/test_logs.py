@@ -160,3 +160,14 @@ def test_json_lines() -> None:
         record.exc_info = sys.exc_info()
     out = json.loads(formatter.format(record))
     assert out["exc"].startswith("Traceback") and "ValueError: boom" in out["exc"]
+
+
+def test_counts_still_held_are_logged_at_exit(setup) -> None:
+    logger, target, handler, clock = setup
+    for i in range(3):
+        timeout(logger, f"n{i}.example.org.")
+    clock.now += 1  # well inside the interval
+    handler.close()
+    assert target.lines()[1:] == [
+        "3 similar errors in the last 10s: forward to 192.0.2.1:53: timeout"
+    ]

@@ -194,3 +194,36 @@ def test_a_thousand_timeouts_are_consolidated(
     assert len(forwarded) == 1 + len(counts) + len(unhealthy) and len(unhealthy) == 1, forwarded
     _, samples = scrape(server)
     assert value(samples, "kdns_forward_errors_total", to=upstream, reason="timeout") == 1000
+
+
+def test_malformed_queries_are_answered_counted_and_logged_once_per_interval(
+    kdns_factory: KdnsFactory, tmp_path: Path
+) -> None:
+    config = tmp_path / "kdns.yaml"
+    config.write_text("log_consolidate: 1\n")
+    server = kdns_factory(EXAMPLES, "--config", str(config))
+    # A header with no question (qdcount 0): FORMERR, with the client's ID (dnslib alone would
+    # parse it; kdns must not).
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+        client.settimeout(3)
+        for i in range(200):
+            client.sendto(i.to_bytes(2) + bytes(10), (HOST, server.port))
+            reply = client.recv(512)
+            assert reply[:2] == i.to_bytes(2) and reply[3] & 0xF == 1  # FORMERR
+    summary = re.compile(
+        r"WARNING kdns\.dns\.handler: (\d+) similar errors in the last 1s: "
+        r"malformed queries answered FORMERR$"
+    )
+    lines = wait_for(
+        server,
+        lambda lines: sum(int(m.group(1)) for ln in lines if (m := summary.search(ln))) >= 200,
+        "a count of 200 malformed queries",
+    )
+    shown = [ln for ln in lines if "malformed query from 127.0.0.1: answered FORMERR" in ln]
+    counts = [int(m.group(1)) for ln in lines if (m := summary.search(ln))]
+    # One shown per interval in which they started again, and every one counted once.
+    assert len(shown) >= 1 and sum(counts) == 200, (shown, counts)
+    assert len(shown) <= len(counts) <= 3, (shown, counts)
+    _, samples = scrape(server)
+    labels = {"server": f"dns://{HOST}:{server.port}", "zone": "dropped", "view": ""}
+    assert value(samples, "kdns_dns_responses_total", **labels, rcode="FORMERR", plugin="") == 200
