@@ -11,10 +11,10 @@ Contract:
 - A send that fails (client gone, buffer full) loses that one answer, never the listener.
 - `run` calls `task_status.started((host, port))` once both sockets are bound.
 - Every answered query is counted in `self.stats` (CoreDNS's request/response metrics, see
-  kdns/metrics.py): inline in the UDP loop — a clock read before and after, one dict update —
-  and through `QueryStats.record` elsewhere. Its duration runs from receipt to the end of the
-  send, as CoreDNS's from ServeDNS to WriteMsg. The answer caches' sizes and hits are read
-  from the caches at scrape time.
+  kdns/metrics.py): inline in the UDP loop — one clock read and one dict update per packet —
+  and through `QueryStats.record` elsewhere. Its duration runs from reading the query to the
+  end of the send (CoreDNS's from ServeDNS to WriteMsg, plus the receive). The answer caches'
+  sizes and hits are read from the caches at scrape time.
 - `query_log`, when given, is called for each answered query (CoreDNS's `log` plugin).
 """
 
@@ -187,6 +187,9 @@ class DnsServer:
         with sock:
             while True:
                 await trio.lowlevel.wait_readable(sock)
+                # One clock read per packet: a query's time runs from the end of the previous
+                # one (or the wake-up) to the end of its send, so it includes its own receive.
+                last = clock()
                 for _ in range(UDP_BURST):
                     try:
                         data, addr = recvfrom(65535)
@@ -195,19 +198,19 @@ class DnsServer:
                     except OSError as e:
                         # ICMP errors surface on later receives on some kernels; not ours to fix.
                         log.debug("UDP receive error: %s", e)
+                        last = clock()
                         continue
-                    start = clock()
                     response = answer(data, True)
                     if response is None:
                         response = handle_miss(data, True, addr[0])
                         if response is None:
+                            last = clock()
                             continue
                         if isinstance(response, Deferred):
                             # Forwarding waits on the network: in a task of its own, so the
                             # loop goes on answering everything else meanwhile.
-                            nursery.start_soon(
-                                self._udp_deferred, sock, response, addr, data, start
-                            )
+                            nursery.start_soon(self._udp_deferred, sock, response, addr, data, last)
+                            last = clock()
                             continue
                         label = handler.label
                     else:
@@ -220,7 +223,9 @@ class DnsServer:
                         if e.errno not in (errno.EAGAIN, errno.ECONNREFUSED, errno.EHOSTUNREACH):
                             log.debug("UDP send error to %s: %s", addr, e)
                     # Counted inline (see QueryStats): a method call per query costs more.
-                    elapsed = clock() - start
+                    now = clock()
+                    elapsed = now - last
+                    last = now
                     if dual_stack:
                         counts = counts_v4 if addr[0].startswith("::ffff:") else counts_v6
                     key = (
@@ -237,6 +242,7 @@ class DnsServer:
                         entry[1] += elapsed
                     if self.query_log is not None:
                         self.query_log(addr, "udp", data, response, label, elapsed)
+                        last = clock()  # the log line is not the next query's time
 
     async def _udp_deferred(
         self,
