@@ -6,7 +6,22 @@ Contract:
   $KUBECONFIG, or the in-cluster service account). It raises `StartupError` carrying one line per
   problem, so the command line can print them and exit 2 before anything binds.
 - `serve` binds every socket first (a taken port is a plain OSError), then runs the DNS
-  listeners, the HTTP endpoints and the source until cancelled or SIGTERM.
+  listeners, the HTTP endpoints and the source, and returns the exit status:
+  - SIGTERM or SIGINT: /ready answers 503 at once, DNS keeps answering for `lameduck` seconds
+    (so the EndpointSlice drops this pod first, as CoreDNS's `health { lameduck }`), then the
+    listeners close, answers in flight get up to `DRAIN_GRACE` seconds to be written, and the
+    status is 0. A second SIGTERM or SIGINT stops at once with 128 + the signal's number.
+  - SIGHUP, SIGUSR1, or a change of the config file (or the kube-dns ConfigMap it names) seen
+    by a poll every `reload_interval` seconds: `reload`.
+- `reload` rebuilds what depends on the config (zones, ttl, pods, upstreams, stub domains, cache,
+  autopath, listen addresses) around the same store and source — nothing is listed again — and
+  swaps the handler in one step on the trio thread, so each query is answered wholly by the old
+  or wholly by the new config. A new listen address is bound before the old one closes. A config
+  that does not load, validate or bind is refused: the old one keeps serving, one line is
+  logged naming file, line and key, and `kdns_reload_total{result="error"}` counts it. The source
+  itself (manifests, kubeconfig, context; for a live cluster whether Pods are watched) cannot
+  change on reload: that would mean listing everything again and gating on sync, which is what
+  a restart does; such a reload is refused with a line saying so. So is a change of `proxy`.
 - With `proxy: userspace`, the resolver answers each ClusterIP Service's loopback VIP (A only)
   and `serve` runs the relay; the VIP map follows the store before the resolver does, and the
   Services whose VIP moved are handed to the resolver with the change.
@@ -14,17 +29,28 @@ Contract:
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import ipaddress
 import logging
+import math
 import os
 import platform
 import signal
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import trio
 
-from kdns.config import Config, ConfigError, load_kube_dns_configmap, parse_hostport
+from kdns import logs, metrics
+from kdns.config import (
+    Config,
+    ConfigError,
+    key_line,
+    load_kube_dns_configmap,
+    parse_hostport,
+)
 from kdns.dns.forward import (
     ForwardConfig,
     Forwarder,
@@ -49,6 +75,13 @@ NO_SOURCE = (
     "no source of cluster state: give --manifests PATH (manifest files), --kubeconfig FILE "
     "(or set KUBECONFIG), or run in a pod with a service account (in-cluster)"
 )
+# Seconds answers in flight get once the listeners close (CoreDNS's server waits 5 s; ours are
+# bounded by forward_timeout, 2 s by default), so kdns exits within lameduck + 3 s.
+DRAIN_GRACE = 3.0
+HTTP_NAMES = ("health", "ready", "metrics")
+SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1)
+# Keys that pick the source of cluster state: a reload cannot change them (module docstring).
+SOURCE_KEYS = ("manifests", "kubeconfig", "context")
 
 
 class StartupError(Exception):
@@ -65,22 +98,58 @@ class Source(Protocol):
 
 @dataclass(slots=True)
 class App:
+    """What answers queries now. A reload replaces config, resolver, handler and forwarder
+    together, synchronously; store and source stay."""
+
     config: Config
     store: Store
     resolver: Resolver
     handler: Handler
     source: Source
     forwarder: Forwarder | None = None
+    vips: LoopbackVips | None = None  # proxy: userspace
     relay: Relay | None = None
 
+    def follow(self, change: Change) -> None:
+        # Subscribed once; reads the current resolver, so a reload needs no re-subscription.
+        if self.vips is not None:
+            # A Service that came or went may move another's VIP (a collision): its answers
+            # change too.
+            moved = self.vips.update(self.store.services, change.services) - change.services
+            if moved:
+                change = Change(
+                    services=change.services | moved,
+                    namespaces=change.namespaces,
+                    pod_ips=change.pod_ips,
+                    trigger_time=change.trigger_time,
+                )
+        self.handler.cache.drop(self.resolver.apply(change))
 
-def build(config: Config, kube_options: dict[str, Any] | None = None) -> App:
-    """`kube_options`: keyword arguments for the KubeSource (tests shorten its timeouts)."""
-    store, api = open_store(config, _watch_pods(config))
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What a config needs from files (upstreams, stub domains, search list): read before the
+    swap, off the trio thread, so a file that fails refuses the reload."""
+
+    forwarder: Forwarder | None
+    host_search: tuple[str, ...]
+
+
+def plan(config: Config) -> Plan:
+    """Raises StartupError (a bad upstream, a loop, an unreadable kube-dns ConfigMap)."""
+    return Plan(
+        _forwarder(config),
+        resolv_conf_search(config.resolv_conf) if config.autopath else (),
+    )
+
+
+def assemble(
+    config: Config, store: Store, planned: Plan, vips: LoopbackVips | None = None
+) -> tuple[Resolver, Handler]:
+    """Resolver and handler over `store` (synchronous: no store change can slip in between)."""
     host, _ = parse_hostport(config.dns_addr)
     specific = () if host in ("0.0.0.0", "::") else (host,)
-    forwarder = _forwarder(config)
-    vips = LoopbackVips() if config.proxy == "userspace" else None
+    forwarder = planned.forwarder
     resolver = Resolver(
         store,
         config,
@@ -92,27 +161,40 @@ def build(config: Config, kube_options: dict[str, Any] | None = None) -> App:
         resolver,
         forwarder=forwarder,
         autopath=config.autopath,
-        host_search=resolv_conf_search(config.resolv_conf) if config.autopath else (),
+        host_search=planned.host_search,
     )
+    return resolver, handler
 
-    def follow(change: Change) -> None:
-        if vips is not None:
-            # A Service that came or went may move another's VIP (a collision): its answers
-            # change too.
-            moved = vips.update(store.services, change.services) - change.services
-            if moved:
-                change = Change(
-                    services=change.services | moved,
-                    namespaces=change.namespaces,
-                    pod_ips=change.pod_ips,
-                    trigger_time=change.trigger_time,
-                )
-        handler.cache.drop(resolver.apply(change))
 
-    store.subscribe(follow)
+def build(config: Config, kube_options: dict[str, Any] | None = None) -> App:
+    """`kube_options`: keyword arguments for the KubeSource (tests shorten its timeouts)."""
+    store, api = open_store(config, _watch_pods(config))
+    planned = plan(config)
     source = open_source(config, store, api, _watch_pods(config), kube_options)
-    relay = Relay(store, node_name()) if config.proxy == "userspace" else None
-    return App(config, store, resolver, handler, source, forwarder, relay)
+    # The resolver starts from what the source already put in the store (manifests), then
+    # follows every change.
+    vips = None
+    relay = None
+    if config.proxy == "userspace":
+        vips = LoopbackVips()
+        vips.update(store.services)
+        relay = Relay(store, node_name())
+    resolver, handler = assemble(config, store, planned, vips)
+    app = App(config, store, resolver, handler, source, planned.forwarder, vips, relay)
+    store.subscribe(app.follow)
+    return app
+
+
+def node_name() -> str:
+    """This node's name, for traffic policies Local: $NODE_NAME (the downward API's
+    spec.nodeName, as kube-proxy's manifests pass it), else the host name (kube-proxy's
+    default)."""
+    return os.environ.get("NODE_NAME") or platform.node()
+
+
+def check(config: Config) -> Plan:
+    """Everything `build` checks that needs no source: for `kdns check` without manifests."""
+    return plan(config)
 
 
 def open_store(config: Config, watch_pods: bool) -> tuple[Store, Any]:
@@ -152,13 +234,6 @@ def open_source(
     from kdns.sources import kube
 
     return kube.KubeSource(api, store, watch_pods, **(kube_options or {}))
-
-
-def node_name() -> str:
-    """This node's name, for traffic policies Local: $NODE_NAME (the downward API's
-    spec.nodeName, as kube-proxy's manifests pass it), else the host name (kube-proxy's
-    default)."""
-    return os.environ.get("NODE_NAME") or platform.node()
 
 
 def _watch_pods(config: Config) -> bool:
@@ -244,46 +319,291 @@ def loop_problem(upstream: Upstream, dns_addr: str) -> str | None:
     return None
 
 
+# --- running: listeners, signals, lameduck, reload ------------------------------------------------
+
+
+@dataclass(slots=True)
+class Task:
+    """A task started in the runtime's nursery that can be stopped on its own."""
+
+    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    done: trio.Event = field(default_factory=trio.Event)
+
+
+def config_fingerprint(config: Config) -> str:
+    """A hash of the files a reload reads: the config file and the kube-dns ConfigMap it names
+    (kube-dns itself followed its ConfigMap). An unreadable file hashes as its error."""
+    digest = hashlib.sha256()
+    for path in (config.source, config.kube_dns_configmap):
+        if not path:
+            continue
+        try:
+            with open(path, "rb") as f:
+                digest.update(f.read())
+        except OSError as e:
+            digest.update(f"unreadable: {e.strerror}".encode())
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
+class Runtime:
+    """`serve` for one `App`: owns the listeners, and stops and reloads them (module docstring)."""
+
+    def __init__(self, app: App, loader: Callable[[], Config] | None) -> None:
+        self.app = app
+        # Reloading re-reads the file and applies the environment and the flags again; without
+        # a loader (in-process tests) the same config is rebuilt.
+        self.loader = loader or (lambda: self.app.config)
+        self.stopping = False
+        self.status = 0
+        self.dns: DnsServer | None = None
+        self.dns_task = Task()
+        self.dns_task.done.set()  # nothing to drain until the listener runs
+        self.http: dict[str, HttpEndpoint] = {}
+        self.http_tasks: dict[str, Task] = {}
+        self.forwarder_task: Task | None = None
+        self.fingerprint = ""
+        self._nursery: trio.Nursery | None = None
+        self._reload_requests, self._reloads = trio.open_memory_channel[str](8)
+
+    @property
+    def nursery(self) -> trio.Nursery:
+        assert self._nursery is not None
+        return self._nursery
+
+    # --- listeners -----------------------------------------------------------------------------
+
+    def _endpoint(self, name: str, config: Config) -> HttpEndpoint:
+        host, port = parse_hostport(getattr(config, f"{name}_addr"))
+        route = {
+            "health": health,
+            "ready": readiness(self.app.store.unsynced_kinds, lambda: self.stopping),
+            # The current config's choice: a reload may switch the CoreDNS names on or off.
+            "metrics": lambda: metrics_route(self.app.config.metrics_coredns_names)(),
+        }[name]
+        return HttpEndpoint(host, port, {f"/{name}": route})
+
+    async def _start(self, run: Callable[..., Awaitable[Any]]) -> Task:
+        task = Task()
+
+        async def wrapped(*, task_status: trio.TaskStatus[None]) -> None:
+            try:
+                with task.scope:
+                    await run(task_status=task_status)
+            finally:
+                task.done.set()
+
+        await self.nursery.start(wrapped)
+        return task
+
+    async def _drain(self, server: DnsServer, task: Task) -> None:
+        """Close a DNS listener: stop taking queries, let answers in flight be written."""
+        server.stop_listening()
+        with trio.move_on_after(DRAIN_GRACE):
+            await task.done.wait()
+        task.scope.cancel()
+
+    async def run(self, *, task_status: trio.TaskStatus[dict[str, int]]) -> int:
+        config = self.app.config
+        self.dns = DnsServer(
+            self.app.handler, *parse_hostport(config.dns_addr), query_log=_query_log(config)
+        )
+        self.dns.bind()  # outside the nursery: a taken port is a plain OSError for the command line
+        self.http = {name: self._endpoint(name, config) for name in HTTP_NAMES}
+        for endpoint in self.http.values():
+            await endpoint.bind()
+        self.fingerprint = await trio.to_thread.run_sync(config_fingerprint, config)
+        # Signals are ours before the first query is answered: a SIGTERM right after start-up
+        # gets its lameduck too.
+        with trio.open_signal_receiver(*SIGNALS) as signals:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                nursery.start_soon(self._signals, signals)
+                self.dns_task = await self._start(self.dns.run)
+                for name, endpoint in self.http.items():
+                    self.http_tasks[name] = await self._start(endpoint.run)
+                await nursery.start(self.app.source.run)
+                if self.app.forwarder is not None:
+                    self.forwarder_task = await self._start(self.app.forwarder.run)
+                if self.app.relay is not None:
+                    await nursery.start(self.app.relay.run)  # returns once bound, after sync
+                nursery.start_soon(self._reloader)
+                log.info("kdns ready to answer for %s", ", ".join(config.zones))
+                ports = {"dns": self.dns.port, **{n: e.port for n, e in self.http.items()}}
+                task_status.started(ports)
+        return self.status
+
+    # --- signals and lameduck ------------------------------------------------------------------
+
+    async def _signals(self, signals: AsyncIterator[int]) -> None:
+        async for signum in signals:
+            name = signal.Signals(signum).name
+            if signum in (signal.SIGHUP, signal.SIGUSR1):
+                # SIGUSR1 is CoreDNS's reload signal; SIGHUP is the daemon convention.
+                if not self.stopping:
+                    # A full queue holds reloads that will read the file anyway.
+                    with contextlib.suppress(trio.WouldBlock):
+                        self._reload_requests.send_nowait(name)
+                continue
+            if self.stopping:
+                # A second signal: the operator wants out now (caddy, which CoreDNS is
+                # built on, force-quits on a second SIGINT). 128 + N is the shell's
+                # status for death by signal N; 2 is taken by "bad config".
+                log.warning("%s during lameduck: stopping now", name)
+                self.status = 128 + signum
+                self.nursery.cancel_scope.cancel()
+                return
+            self.stopping = True  # /ready answers 503 from now on
+            lameduck = self.app.config.lameduck
+            log.info("%s: lameduck for %g s (/ready 503, DNS still answering)", name, lameduck)
+            self.nursery.start_soon(self._shutdown, lameduck)
+
+    async def _shutdown(self, lameduck: float) -> None:
+        await trio.sleep(lameduck)
+        log.info("lameduck over: closing the DNS listeners, finishing answers in flight")
+        assert self.dns is not None
+        await self._drain(self.dns, self.dns_task)
+        log.info("stopped")
+        self.nursery.cancel_scope.cancel()
+
+    # --- reload ----------------------------------------------------------------------------------
+
+    async def _reloader(self) -> None:
+        """Reload on request (signals), and when a poll sees the config's files change."""
+        while True:
+            interval = self.app.config.reload_interval
+            polling = interval > 0 and bool(self.app.config.source)
+            reason = ""
+            with trio.move_on_after(interval if polling else math.inf):
+                reason = await self._reloads.receive()
+            if not reason:
+                current = await trio.to_thread.run_sync(config_fingerprint, self.app.config)
+                if current != self.fingerprint:
+                    reason = f"{self.app.config.source} changed"
+            if reason:
+                # Outside the timeout: a reload is never cut short half-way.
+                await self.reload(reason)
+
+    def _refuse(self, message: str) -> bool:
+        log.error("config reload refused, the previous config keeps serving: %s", message)
+        metrics.RELOADS.labels(result="error").inc()
+        return False
+
+    async def reload(self, reason: str) -> bool:
+        """Load, check, bind, then swap (module docstring). True when the new config serves."""
+        if self.stopping:
+            return False
+        old = self.app.config
+        # What this attempt read, good or bad: the poll then waits for the next change, so a
+        # broken file is reported once.
+        self.fingerprint = await trio.to_thread.run_sync(config_fingerprint, old)
+        try:
+            config = await trio.to_thread.run_sync(self.loader)
+            _check_source(old, config)
+            planned = await trio.to_thread.run_sync(plan, config)
+        except ConfigError as e:
+            return self._refuse(str(e))
+        except StartupError as e:
+            return self._refuse(f"{config.source or 'config'}: {'; '.join(e.lines)}")
+        # Bind what moved before anything changes: a taken port refuses the whole reload.
+        dns: DnsServer | None = None
+        http: dict[str, HttpEndpoint] = {}
+        key = "dns_addr"
+        try:
+            if config.dns_addr != old.dns_addr:
+                dns = DnsServer(
+                    self.app.handler, *parse_hostport(config.dns_addr), query_log=_query_log(config)
+                )
+                dns.bind()
+            for name in HTTP_NAMES:
+                key = f"{name}_addr"
+                if getattr(config, key) != getattr(old, key):
+                    http[name] = self._endpoint(name, config)
+                    await http[name].bind()
+        except OSError as e:
+            if dns is not None:
+                dns.close()
+            for endpoint in http.values():
+                await endpoint.aclose()
+            line = key_line(config.source, key) if config.source else None
+            where = f"{config.source}:{line}" if line else (config.source or "config")
+            return self._refuse(f"{where}: {key}: {e.strerror}")
+        if self.stopping:  # a SIGTERM arrived while we were reading files
+            if dns is not None:
+                dns.close()
+            for endpoint in http.values():
+                await endpoint.aclose()
+            return False
+        # The swap: synchronous, so no query and no store change sees half of it.
+        resolver, handler = assemble(config, self.app.store, planned, self.app.vips)
+        old_forwarder_task = self.forwarder_task
+        self.app.config, self.app.resolver, self.app.handler = config, resolver, handler
+        self.app.forwarder = planned.forwarder
+        assert self.dns is not None
+        self.dns.handler = handler
+        self.dns.query_log = _query_log(config)
+        if (config.log_format, config.log_consolidate) != (old.log_format, old.log_consolidate):
+            logs.setup(config.log_format, logging.getLogger().level, config.log_consolidate)
+        if dns is not None:
+            dns.handler = handler
+        # Upstream health probes follow the new forwarder; the old one's questions in flight
+        # finish on their own (they are the listeners' tasks, not this one's).
+        if old_forwarder_task is not None:
+            old_forwarder_task.scope.cancel()
+        self.forwarder_task = None
+        if planned.forwarder is not None:
+            self.forwarder_task = await self._start(planned.forwarder.run)
+        if dns is not None:
+            old_dns, old_task = self.dns, self.dns_task
+            self.dns, self.dns_task = dns, await self._start(dns.run)
+            self.nursery.start_soon(self._drain, old_dns, old_task)
+            log.info("DNS moved from %s to %s", old.dns_addr, config.dns_addr)
+        for name, endpoint in http.items():
+            self.http_tasks[name].scope.cancel()
+            self.http[name], self.http_tasks[name] = endpoint, await self._start(endpoint.run)
+        metrics.RELOADS.labels(result="ok").inc()
+        log.info("config reloaded (%s)", reason)
+        return True
+
+
+def _query_log(config: Config) -> QueryLog | None:
+    return QueryLog(config.query_log) if isinstance(config.query_log, str) else None
+
+
+def _check_source(old: Config, new: Config) -> None:
+    """Raises ConfigError when `new` picks another source of cluster state (module docstring)."""
+    changed = [key for key in SOURCE_KEYS if getattr(old, key) != getattr(new, key)]
+    if old.proxy != new.proxy:
+        changed.append("proxy")  # the relay and the VIP answers are set up at start
+    if not old.manifests and _watch_pods(old) != _watch_pods(new):
+        # The live cluster's Reflectors were started for a set of kinds; Pods are watched only
+        # for pods: verified and autopath.
+        changed.append("pods" if old.pods != new.pods else "autopath")
+    if changed:
+        key = changed[0]
+        line = key_line(new.source, key) if new.source else None
+        where = f"{new.source}:{line}" if line else (new.source or "config")
+        raise ConfigError(
+            f"{where}: {key}: "
+            + (
+                "changes how Services are reached"
+                if key == "proxy"
+                else "changes the source of cluster state"
+            )
+            + ", which needs a restart "
+            f"(now {getattr(old, key)!r}, asked {getattr(new, key)!r})",
+            key=key,
+        )
+
+
 async def serve(
-    app: App, *, task_status: trio.TaskStatus[dict[str, int]] = trio.TASK_STATUS_IGNORED
-) -> None:
-    """Run everything; `task_status.started` reports the bound ports by name."""
-    config = app.config
-    host, port = parse_hostport(config.dns_addr)
-    query_log = QueryLog(config.query_log) if isinstance(config.query_log, str) else None
-    server = DnsServer(app.handler, host, port, query_log=query_log)
-    server.bind()  # outside the nursery: a taken port is a plain OSError for the command line
-    endpoints = {
-        "health": HttpEndpoint(*parse_hostport(config.health_addr), {"/health": health}),
-        "ready": HttpEndpoint(
-            *parse_hostport(config.ready_addr), {"/ready": readiness(app.store.unsynced_kinds)}
-        ),
-        "metrics": HttpEndpoint(
-            *parse_hostport(config.metrics_addr),
-            {"/metrics": metrics_route(config.metrics_coredns_names)},
-        ),
-    }
-    for endpoint in endpoints.values():
-        await endpoint.bind()
-    async with trio.open_nursery() as nursery:
-        await nursery.start(server.run)
-        for endpoint in endpoints.values():
-            await nursery.start(endpoint.run)
-        await nursery.start(app.source.run)
-        if app.forwarder is not None:
-            await nursery.start(app.forwarder.run)
-        nursery.start_soon(_stop_on_sigterm, nursery.cancel_scope)
-        if app.relay is not None:
-            await nursery.start(app.relay.run)  # returns once bound, after the first sync
-        log.info("kdns ready to answer for %s", ", ".join(config.zones))
-        ports = {"dns": server.port, **{name: e.port for name, e in endpoints.items()}}
-        task_status.started(ports)
+    app: App,
+    *,
+    loader: Callable[[], Config] | None = None,
+    task_status: trio.TaskStatus[dict[str, int]] = trio.TASK_STATUS_IGNORED,
+) -> int:
+    """Run everything until stopped; `task_status.started` reports the bound ports by name.
 
-
-async def _stop_on_sigterm(scope: trio.CancelScope) -> None:
-    # The kubelet stops a pod with SIGTERM: stop serving and exit 0 (lameduck comes later).
-    with trio.open_signal_receiver(signal.SIGTERM) as signals:
-        async for _ in signals:
-            log.info("SIGTERM: shutting down")
-            scope.cancel()
-            return
+    `loader` gives the config again for a reload (the file, the environment, the flags).
+    Returns the exit status (module docstring)."""
+    return await Runtime(app, loader).run(task_status=task_status)

@@ -2,14 +2,22 @@
 clear line per problem.
 
 Contract:
-- `main(argv)` returns the exit status: 0 on success, 2 for a bad config, bad manifests or a
-  missing source (each problem one line on stderr, naming the file, line and field).
-- Flags override the config file; the config file overrides the defaults.
+- `main(argv)` returns the exit status: 0 on success (and after a graceful stop), 2 for a bad
+  config, bad manifests or a missing source (each problem one line on stderr, naming the file,
+  line and field), 128 + N when a second signal N cut the lameduck short.
+- Flags override `KDNS_*` environment variables, which override the config file, which
+  overrides the defaults; a reload (SIGHUP, SIGUSR1, a changed file) applies them in the same
+  order again.
+- `kdns check` starts nothing and contacts no cluster: it validates the config (and the files it
+  names: upstreams, stub domains, a kube-dns ConfigMap) and, when manifests are given by flag or
+  config, loads them and prints what would be served. Without manifests it checks the config
+  alone.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import sys
@@ -21,7 +29,7 @@ import trio
 from dnslib import QTYPE
 
 from kdns import app, logs, proxyapp
-from kdns.config import POD_MODES, PROXY_MODES, Config, ConfigError, env_overrides, load_config
+from kdns.config import POD_MODES, PROXY_MODES, Config, ConfigError, apply_env, load_config
 from kdns.dns import explain as explain_mod
 from kdns.sources.static import ManifestSource
 
@@ -72,6 +80,18 @@ def _parser() -> argparse.ArgumentParser:
         "--kube-dns-configmap",
         metavar="FILE",
         help="a kube-dns ConfigMap whose stubDomains and upstreamNameservers to use",
+    )
+    serve.add_argument(
+        "--lameduck",
+        type=float,
+        metavar="SECONDS",
+        help="after SIGTERM, /ready says 503 and DNS keeps answering this long (5)",
+    )
+    serve.add_argument(
+        "--reload-interval",
+        type=float,
+        metavar="SECONDS",
+        help="how often the config file is checked for a change; 0: only on SIGHUP (2)",
     )
     serve.add_argument(
         "--query-log",
@@ -178,7 +198,7 @@ def _proxy_parser(commands: Any, common: Callable[[argparse.ArgumentParser], Non
 def _proxy_options(args: argparse.Namespace) -> proxyapp.ProxyOptions:
     return proxyapp.ProxyOptions(
         mode=args.mode,
-        node_name=args.node_name or proxyapp.default_node_name(),
+        node_name=args.node_name or app.node_name(),
         cluster_cidrs=tuple(args.cluster_cidr),
         nodeport_addresses=tuple(args.nodeport_addresses),
         min_sync_period=args.min_sync_period,
@@ -222,7 +242,7 @@ def _proxy(args: argparse.Namespace, config: Config) -> int:
 def _config(args: argparse.Namespace) -> Config:
     config = load_config(args.config) if args.config else Config()
     # The environment overrides the file, flags override both.
-    config = config.with_overrides(**env_overrides(dict(os.environ)))
+    config = apply_env(config, os.environ)
     upstreams = getattr(args, "upstreams", None)
     return config.with_overrides(
         upstreams=tuple(upstreams) if upstreams is not None else None,
@@ -236,10 +256,12 @@ def _config(args: argparse.Namespace) -> Config:
         health_addr=getattr(args, "health_addr", None),
         ready_addr=getattr(args, "ready_addr", None),
         metrics_addr=getattr(args, "metrics_addr", None),
+        lameduck=getattr(args, "lameduck", None),
+        reload_interval=getattr(args, "reload_interval", None),
         manifests=tuple(args.manifests) if args.manifests else None,
         kubeconfig=args.kubeconfig,
         context=args.context,
-        log_format=args.log_format,
+        log_format=getattr(args, "log_format", None),
         query_log=getattr(args, "query_log", None),
         metrics_coredns_names=getattr(args, "metrics_coredns_names", None),
     )
@@ -259,6 +281,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         logs.setup(config.log_format, args.log_level, config.log_consolidate)
         if args.command == "proxy":
             return _proxy(args, config)
+        if args.command == "check" and not config.manifests:
+            # Nothing to load: check the config and the files it names, contact no cluster.
+            app.check(config)
+            print(_config_line(config))
+            print("manifests: none given (check contacts no cluster; give --manifests PATH)")
+            return 0
         built = app.build(config)
     except ConfigError as e:
         print(f"kdns: {e}", file=sys.stderr)
@@ -268,19 +296,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"kdns: {line}", file=sys.stderr)
         return 2
     if args.command == "check":
-        if not config.manifests:
-            print("kdns: check needs --manifests PATH", file=sys.stderr)
-            return 2
         print(_summary(built))
         return 0
     try:
-        trio.run(app.serve, built)
+        # A reload reads the file and applies the environment and the flags again.
+        return trio.run(functools.partial(app.serve, built, loader=lambda: _config(args)))
     except OSError as e:
         print(f"kdns: {e.strerror}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        pass
-    return 0
+        return 0  # SIGINT before the signal handlers were installed: nothing was serving yet
+
+
+def _config_line(config: Config) -> str:
+    return f"config: ok (zones {', '.join(config.zones)}; ttl {config.ttl}; pods {config.pods})"
 
 
 def _summary(built: app.App) -> str:
@@ -297,7 +326,7 @@ def _summary(built: app.App) -> str:
                 types.update(QTYPE.get(r.rtype) for r in rrs)
     counts = ", ".join(f"{t} {n}" for t, n in sorted(types.items())) or "nothing"
     lines = [
-        f"config: ok (zones {', '.join(config.zones)}; ttl {config.ttl}; pods {config.pods})",
+        _config_line(config),
         f"manifests: ok ({len(store.namespaces)} namespaces, {len(store.services)} services, "
         f"{len(store.slices)} endpoint slices, {len(store.pods)} pods)",
     ]

@@ -4,26 +4,38 @@ Contract:
 - Every key has a default, so no file is needed (`Config()` is a working configuration).
 - `load_config` returns a `Config` or raises `ConfigError` whose text is one line naming the
   file, the line (where YAML knows it), the key and what is allowed. Nothing half-applied.
-- `Config.with_overrides` applies command-line flags on top of the file (flags win).
+- Every key is checked for its type and its range or allowed values; a message names the key,
+  what is allowed and what was given: `kdns.yaml:3: pods: must be one of insecure, verified,
+  disabled (got 'maybe')`.
+- `apply_env` applies `KDNS_<KEY>` environment variables on top of the file, one key each; a bad
+  value names the variable. `Config.with_overrides` applies command-line flags on top of both.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import yaml
 
 POD_MODES = ("insecure", "verified", "disabled")
+LOG_FORMATS = ("text", "json")  # log_format, and query_log when on
 PROXY_MODES = ("none", "userspace")  # what `kdns serve` relays itself (README: userspace proxy)
 DEFAULT_ZONES = ("cluster.local", "in-addr.arpa", "ip6.arpa")
 _ZONE = re.compile(r"^(?!-)[a-z0-9-_]{1,63}(?<!-)(\.(?!-)[a-z0-9-_]{1,63}(?<!-))*$")
 
 
 class ConfigError(ValueError):
-    """A configuration that cannot be used; the text is one line for the operator."""
+    """A configuration that cannot be used; the text is one line for the operator.
+
+    `key` is the config key at fault, when there is one (the file loader adds its line)."""
+
+    def __init__(self, message: str, key: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +78,13 @@ class Config:
     metrics_coredns_names: bool = False  # also export every metric under its coredns_ name
     # userspace: relay Services from loopback VIPs (no privileges) and answer those VIPs in DNS.
     proxy: str = "none"
+    # Lifecycle. On SIGTERM /ready turns 503 at once and DNS keeps answering for `lameduck`
+    # seconds, so the EndpointSlice drops this pod before it stops (CoreDNS's `health { lameduck
+    # 5s }`, the kubernetes manifests' value).
+    lameduck: float = 5.0
+    # Seconds between checks of the config file (and the kube-dns ConfigMap it names) for a
+    # change; 0 turns the check off (SIGHUP and SIGUSR1 still reload).
+    reload_interval: float = 2.0
     source: str = field(default="", compare=False)  # the file this came from, for messages
 
     @property
@@ -76,9 +95,9 @@ class Config:
     def reverse_zones(self) -> tuple[str, ...]:
         return tuple(z for z in self.zones if is_reverse_zone(z))
 
-    def with_overrides(self, **overrides: Any) -> Config:
+    def with_overrides(self, where: str = "command line", **overrides: Any) -> Config:
         given = {k: v for k, v in overrides.items() if v is not None}
-        return validate(replace(self, **given), where="command line")
+        return validate(replace(self, **given), where=where)
 
 
 def is_reverse_zone(zone: str) -> bool:
@@ -110,110 +129,122 @@ def parse_hostport(text: str, default_port: int = 53) -> tuple[str, int]:
 
 
 def validate(config: Config, where: str) -> Config:
-    def fail(key: str, message: str) -> ConfigError:
-        return ConfigError(f"{where}: {key}: {message}")
+    """`config` normalised (zones lower-cased, lists as tuples), or ConfigError naming the key."""
 
-    zones = []
-    for zone in config.zones:
-        if not isinstance(zone, str):
-            raise fail("zones", f"{zone!r} is not a domain name")
-        name = zone.strip().rstrip(".").lower()
-        if not _ZONE.match(name):
-            raise fail("zones", f"{zone!r} is not a domain name")
-        if name in zones:
-            raise fail("zones", f"{zone!r} is listed twice")
-        zones.append(name)
-    if not zones:
-        raise fail("zones", "at least one zone is needed")
-    if (
-        isinstance(config.ttl, bool)
-        or not isinstance(config.ttl, int)
-        or not 0 <= config.ttl <= 3600
-    ):
-        raise fail("ttl", f"{config.ttl!r} is not a whole number of seconds in 0-3600")
-    if config.pods not in POD_MODES:
-        raise fail("pods", f"{config.pods!r} is not one of {', '.join(POD_MODES)}")
-    for key in ("dns_addr", "health_addr", "ready_addr", "metrics_addr"):
-        value = getattr(config, key)
-        if not isinstance(value, str):
-            raise fail(key, f"{value!r} is not HOST:PORT")
-        try:
-            parse_hostport(value)
-        except ValueError as e:
-            raise fail(key, f"{e} (expected HOST:PORT, e.g. 0.0.0.0:53 or [::]:53)") from None
-    for key in ("kubeconfig", "context", "resolv_conf", "kube_dns_configmap"):
-        if not isinstance(getattr(config, key), str):
-            raise fail(key, f"{getattr(config, key)!r} is not a string")
-    if config.upstreams is not None:
-        if len(config.upstreams) > 15:
-            raise fail("upstreams", "at most 15 upstreams (as CoreDNS's forward)")
-        for value in config.upstreams:
-            _check_server(fail, "upstreams", value)
-    stubs = []
-    for domain, servers in config.stub_domains:
-        name = str(domain).strip().rstrip(".").lower()
-        if not _ZONE.match(name):
-            raise fail("stub_domains", f"{domain!r} is not a domain name")
-        if not servers:
-            raise fail("stub_domains", f"{domain!r} needs at least one server")
-        for value in servers:
-            _check_server(fail, f"stub_domains.{name}", value)
-        stubs.append((name, tuple(str(v) for v in servers)))
-    for key, low, high in (
-        ("max_concurrent", 1, 1_000_000),
-        ("cache_success", 0, 10_000_000),
-        ("cache_denial", 0, 10_000_000),
-        ("cache_max_ttl", 0, 86400),
-        ("cache_max_denial_ttl", 0, 86400),
-    ):
+    def fail(key: str, message: str) -> ConfigError:
+        return ConfigError(f"{where}: {key}: {message}", key=key)
+
+    def whole(key: str, low: int, high: int, unit: str = "") -> None:
         value = getattr(config, key)
         if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-            raise fail(key, f"{value!r} is not a whole number in {low}-{high}")
-    for key, low, high in (("forward_timeout", 0.05, 60.0), ("serve_stale", 0.0, 604800.0)):
+            raise fail(key, f"must be a whole number{unit} in {low}-{high} (got {value!r})")
+
+    def seconds(key: str, low: float, high: float) -> None:
         value = getattr(config, key)
         if (
             isinstance(value, bool)
             or not isinstance(value, int | float)
             or not low <= value <= high
         ):
-            raise fail(key, f"{value!r} is not a number of seconds in {low:g}-{high:g}")
+            raise fail(key, f"must be a number of seconds in {low:g}-{high:g} (got {value!r})")
+
+    def listed(key: str, what: str) -> tuple[Any, ...]:
+        value = getattr(config, key)
+        if isinstance(value, str) or not isinstance(value, tuple | list):
+            raise fail(key, f"must be a list of {what} (got {value!r})")
+        return tuple(value)
+
+    zones: list[str] = []
+    for zone in listed("zones", "domain names"):
+        name = zone.strip().rstrip(".").lower() if isinstance(zone, str) else ""
+        if not _ZONE.match(name):
+            raise fail("zones", f"must be a list of domain names (got {zone!r})")
+        if name in zones:
+            raise fail("zones", f"{zone!r} is listed twice")
+        zones.append(name)
+    if not zones:
+        raise fail("zones", "at least one zone is needed (got [])")
+    whole("ttl", 0, 3600, " of seconds")  # CoreDNS's `ttl` range
+    if config.pods not in POD_MODES:
+        raise fail("pods", f"must be one of {', '.join(POD_MODES)} (got {config.pods!r})")
+    for key in ("dns_addr", "health_addr", "ready_addr", "metrics_addr"):
+        value = getattr(config, key)
+        if not isinstance(value, str):
+            raise fail(key, f"must be HOST:PORT, e.g. 0.0.0.0:53 or [::]:53 (got {value!r})")
+        try:
+            parse_hostport(value)
+        except ValueError as e:
+            raise fail(key, f"{e} (expected HOST:PORT, e.g. 0.0.0.0:53 or [::]:53)") from None
+    for value in listed("manifests", "file or folder paths"):
+        if not isinstance(value, str) or not value:
+            raise fail("manifests", f"must be a list of file or folder paths (got {value!r})")
+    for key in ("kubeconfig", "context", "resolv_conf", "kube_dns_configmap"):
+        if not isinstance(getattr(config, key), str):
+            raise fail(key, f"must be a string (got {getattr(config, key)!r})")
+    if config.upstreams is not None:
+        upstreams = listed("upstreams", "IP[:PORT] (or null for resolv_conf's)")
+        if len(upstreams) > 15:
+            raise fail(
+                "upstreams", f"at most 15 upstreams, as CoreDNS's forward (got {len(upstreams)})"
+            )
+        for value in upstreams:
+            _check_server(fail, "upstreams", value)
+    stubs = []
+    for entry in listed("stub_domains", "domain: [IP[:PORT], ...]"):
+        if not isinstance(entry, tuple | list) or len(entry) != 2:
+            raise fail("stub_domains", f"must be a mapping of domain to servers (got {entry!r})")
+        domain, servers = entry
+        name = domain.strip().rstrip(".").lower() if isinstance(domain, str) else ""
+        if not _ZONE.match(name):
+            raise fail("stub_domains", f"must map domain names to servers (got {domain!r})")
+        if isinstance(servers, str) or not isinstance(servers, tuple | list) or not servers:
+            raise fail(f"stub_domains.{name}", f"must be a list of IP[:PORT] (got {servers!r})")
+        for value in servers:
+            _check_server(fail, f"stub_domains.{name}", value)
+        stubs.append((name, tuple(servers)))
+    whole("max_concurrent", 1, 1_000_000)
+    whole("cache_success", 0, 10_000_000, " of entries")
+    whole("cache_denial", 0, 10_000_000, " of entries")
+    whole("cache_max_ttl", 0, 86400, " of seconds")
+    whole("cache_max_denial_ttl", 0, 86400, " of seconds")
+    seconds("forward_timeout", 0.05, 60.0)
+    seconds("serve_stale", 0.0, 604800.0)  # RFC 8767 §5 suggests 1-3 days; a week at most
+    # Beyond terminationGracePeriodSeconds (30 s by default) the kubelet kills the pod anyway.
+    seconds("lameduck", 0.0, 3600.0)
+    seconds("reload_interval", 0.0, 86400.0)
     if not isinstance(config.autopath, bool):
-        raise fail("autopath", f"{config.autopath!r} is not true or false")
-    query_log = _observability(config, fail)
+        raise fail("autopath", f"must be true or false (got {config.autopath!r})")
     if config.proxy not in PROXY_MODES:
-        raise fail("proxy", f"{config.proxy!r} is not one of {', '.join(PROXY_MODES)}")
+        raise fail("proxy", f"must be one of {', '.join(PROXY_MODES)} (got {config.proxy!r})")
+    # Observability.
+    if config.log_format not in LOG_FORMATS:
+        raise fail("log_format", f"must be one of text, json (got {config.log_format!r})")
+    query_log = config.query_log
+    if isinstance(query_log, str) and query_log.strip().lower() in (*_FALSE, ""):
+        query_log = False  # KDNS_QUERY_LOG=off, or `query_log: "false"` quoted
+    if query_log is not False and query_log not in LOG_FORMATS:
+        raise fail("query_log", f"must be one of false, text, json (got {config.query_log!r})")
+    seconds("log_consolidate", 0.0, 3600.0)
+    if not isinstance(config.metrics_coredns_names, bool):
+        raise fail(
+            "metrics_coredns_names",
+            f"must be true or false (got {config.metrics_coredns_names!r})",
+        )
     return replace(
         config,
         query_log=query_log,
         zones=tuple(zones),
         manifests=tuple(config.manifests),
-        upstreams=None if config.upstreams is None else tuple(str(v) for v in config.upstreams),
+        upstreams=None if config.upstreams is None else tuple(config.upstreams),
         stub_domains=tuple(stubs),
     )
 
 
-def _observability(config: Config, fail: Any) -> bool | str:
-    """Check the logging and metrics keys; returns `query_log` normalised (False, text, json)."""
-    if config.log_format not in ("text", "json"):
-        raise fail("log_format", f"{config.log_format!r} is not one of text, json")
-    query_log = config.query_log
-    if isinstance(query_log, str) and query_log.lower() in ("false", "off", "no", "0", ""):
-        query_log = False
-    if query_log is not False and query_log not in ("text", "json"):
-        raise fail("query_log", f"{config.query_log!r} is not one of false, text, json")
-    value = config.log_consolidate
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 3600:
-        raise fail("log_consolidate", f"{value!r} is not a number of seconds in 0-3600")
-    if not isinstance(config.metrics_coredns_names, bool):
-        raise fail(
-            "metrics_coredns_names", f"{config.metrics_coredns_names!r} is not true or false"
-        )
-    return query_log
-
-
 def _check_server(fail: Any, key: str, value: Any) -> None:
+    if not isinstance(value, str):
+        raise fail(key, f"must be IP or IP:PORT (got {value!r})")
     try:
-        parse_hostport(str(value))
+        parse_hostport(value)
     except ValueError as e:
         raise fail(key, f"{value!r}: {e} (expected IP or IP:PORT)") from None
 
@@ -221,36 +252,81 @@ def _check_server(fail: Any, key: str, value: Any) -> None:
 # --- KDNS_* environment variables ----------------------------------------------------------------
 
 _LISTS = ("zones", "manifests", "upstreams")
+_TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
 
 
-def env_overrides(environ: dict[str, str]) -> dict[str, Any]:
-    """`KDNS_TTL=30`, `KDNS_UPSTREAMS="1.1.1.1 8.8.8.8"`: one key each, for containers whose
-    config file is baked in. Variables that name no key are ignored; a bad value raises
-    ConfigError naming the variable."""
-    types = {f.name: f.type for f in fields(Config)}
+def _env_keys() -> dict[str, str]:
+    """Each key an environment variable may set, with the kind of text it takes."""
+    kinds = {}
+    for f in fields(Config):
+        if f.name == "source":
+            continue
+        hint = str(f.type)
+        if f.name in _LISTS:
+            kinds[f.name] = "list"
+        elif hint == "bool":
+            kinds[f.name] = "bool"
+        elif hint == "int":
+            kinds[f.name] = "int"
+        elif hint == "float":
+            kinds[f.name] = "float"
+        elif hint == "str":
+            kinds[f.name] = "str"
+        else:
+            kinds[f.name] = "yaml"  # structured keys (stub_domains, …): the file's syntax
+    return kinds
+
+
+def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    """`KDNS_TTL=30`, `KDNS_UPSTREAMS="1.1.1.1 8.8.8.8"`, `KDNS_STUB_DOMAINS="{acme.local:
+    [10.0.0.10]}"`: one key each, for containers whose config file is baked in. Lists are
+    separated by spaces or commas; structured keys take the file's YAML syntax. Variables that
+    name no key are ignored; a value that cannot be read raises ConfigError naming the
+    variable (its range is checked by `apply_env`)."""
+    kinds = _env_keys()
     out: dict[str, Any] = {}
     for name, text in environ.items():
         if not name.startswith("KDNS_"):
             continue
         key = name[5:].lower()
-        if key not in types or key in ("source", "stub_domains"):
+        kind = kinds.get(key)
+        if kind is None:
             # Not ours: Kubernetes injects KDNS_SERVICE_HOST, KDNS_PORT, … into every pod of a
             # namespace holding a Service named "kdns" (service links), and tools set their own.
             continue
-        if key in _LISTS:
+        if kind == "list":
             out[key] = tuple(text.replace(",", " ").split())
-        elif str(types[key]) == "bool":
-            if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                raise ConfigError(f"${name}: {text!r} is not true or false")
-            out[key] = text.lower() in ("true", "1", "yes")
-        elif "int" in str(types[key]) or "float" in str(types[key]):
+        elif kind == "bool":
+            if text.strip().lower() not in _TRUE + _FALSE:
+                raise ConfigError(f"${name}: must be true or false (got {text!r})", key=key)
+            out[key] = text.strip().lower() in _TRUE
+        elif kind in ("int", "float"):
             try:
-                out[key] = int(text) if "int" in str(types[key]) else float(text)
+                out[key] = int(text) if kind == "int" else float(text)
             except ValueError:
-                raise ConfigError(f"${name}: {text!r} is not a number") from None
-        else:
+                raise ConfigError(
+                    f"${name}: must be a {'whole ' if kind == 'int' else ''}number (got {text!r})",
+                    key=key,
+                ) from None
+        elif kind == "str":
             out[key] = text
+        else:
+            try:
+                value = yaml.safe_load(text)
+            except yaml.YAMLError as e:
+                problem = getattr(e, "problem", None) or "not valid YAML"
+                raise ConfigError(f"${name}: YAML syntax error: {problem}", key=key) from None
+            out[key] = _from_yaml(key, value, f"${name}")
     return out
+
+
+def apply_env(config: Config, environ: Mapping[str, str]) -> Config:
+    """`config` with the `KDNS_*` variables of `environ` applied, each validated on its own so
+    a bad value names its variable: `$KDNS_TTL: ttl: must be … (got 9999)`."""
+    names = {name[5:].lower(): name for name in environ if name.startswith("KDNS_")}
+    for key, value in env_overrides(environ).items():
+        config = validate(replace(config, **{key: value}), where=f"${names[key]}")
+    return config
 
 
 # --- kube-dns's ConfigMap ------------------------------------------------------------------------
@@ -335,26 +411,48 @@ def load_config(path: str) -> Config:
             raise ConfigError(
                 f"{where}: {key}: unknown key (known keys: {', '.join(sorted(known))})"
             )
-        if key == "upstreams" and value is None:
-            pass  # null: the nameservers of resolv_conf
-        elif key in _LISTS:
-            if isinstance(value, str):
-                value = [value]
-            if not isinstance(value, list):
-                raise ConfigError(f"{where}: {key}: expected a list")
-            value = tuple(value)
-        if key == "stub_domains":
-            if not isinstance(value, dict):
-                raise ConfigError(f"{where}: stub_domains: expected {{domain: [IP[:PORT], ...]}}")
-            value = tuple((k, tuple(v) if isinstance(v, list) else (v,)) for k, v in value.items())
-        values[key] = value
-    config = Config(source=path, **values)
-    first = next(iter(values), None)
+        values[key] = _from_yaml(key, value, where)
     try:
-        return validate(config, where=path)
+        return validate(Config(source=path, **values), where=path)
     except ConfigError as e:
-        # Put the line of the key at fault into the message.
-        text_e = str(e)
-        key = text_e[len(path) + 2 :].split(":", 1)[0]
-        line = lines.get(key, lines.get(first, 1) if first else 1)
-        raise ConfigError(f"{path}:{line}:{text_e[len(path) + 1 :]}") from None
+        # Put the line of the key at fault into the message: "path: key: …" → "path:N: key: …".
+        line = lines.get((e.key or "").split(".")[0], 1)
+        raise ConfigError(f"{path}:{line}{str(e)[len(path) :]}", key=e.key) from None
+
+
+def key_line(path: str, key: str) -> int | None:
+    """The line of the top-level `key` in the YAML file at `path`, or None (for messages about
+    a key whose value was valid on its own, such as a source change refused on reload)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            node = yaml.compose(f.read(), Loader=yaml.SafeLoader)
+    except (OSError, yaml.YAMLError):
+        return None
+    if isinstance(node, yaml.MappingNode):
+        for key_node, _ in node.value:
+            if key_node.value == key:
+                return int(key_node.start_mark.line) + 1
+    return None
+
+
+def _from_yaml(key: str, value: Any, where: str) -> Any:
+    """A value as YAML gives it → the shape `Config` holds (lists as tuples, mappings as pairs);
+    anything else is left for `validate` to reject with the allowed values."""
+    if key == "upstreams" and value is None:
+        return None  # null: the nameservers of resolv_conf
+    if key in _LISTS:
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: {key}: expected a list (got {value!r})", key=key)
+        return tuple(value)
+    if key == "stub_domains":
+        if value is None:
+            return ()
+        if not isinstance(value, dict):
+            raise ConfigError(
+                f"{where}: stub_domains: expected {{domain: [IP[:PORT], ...]}} (got {value!r})",
+                key=key,
+            )
+        return tuple((k, tuple(v) if isinstance(v, list) else (v,)) for k, v in value.items())
+    return value

@@ -2,7 +2,8 @@
 
 Contract:
 - `/health` answers 200 while the process runs (the liveness probe); `/ready` answers 200 once
-  every watched kind has synced and 503 naming the kinds that have not (the readiness probe);
+  every watched kind has synced and 503 naming the kinds that have not (the readiness probe),
+  and 503 again from the moment shutdown starts (lameduck: CoreDNS's ready plugin does the same);
   `/metrics` is the Prometheus text format of the default registry (with every metric that has
   a CoreDNS counterpart also under its coredns_ name when asked: `metrics_route(True)`).
 - Each listener serves its own path (CoreDNS: health :8080, ready :8181, prometheus :9153); any
@@ -32,8 +33,12 @@ def health() -> tuple[int, str, bytes]:
     return 200, "text/plain; charset=utf-8", b"OK\n"
 
 
-def readiness(unsynced: Callable[[], list[str]]) -> Route:
+def readiness(
+    unsynced: Callable[[], list[str]], stopping: Callable[[], bool] = lambda: False
+) -> Route:
     def ready() -> tuple[int, str, bytes]:
+        if stopping():
+            return 503, "text/plain; charset=utf-8", b"shutting down\n"
         missing = unsynced()
         if missing:
             return 503, "text/plain; charset=utf-8", f"not synced: {', '.join(missing)}\n".encode()
@@ -85,6 +90,12 @@ class HttpEndpoint:
                     e.errno, f"cannot listen on {self.host}:{self.port}: {e.strerror}"
                 ) from None
             self.port = self._listeners[0].socket.getsockname()[1]
+
+    async def aclose(self) -> None:
+        """Close listeners bound but never run (a reload that gave up)."""
+        for listener in self._listeners:
+            await listener.aclose()
+        self._listeners = []
 
     async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
         await self.bind()

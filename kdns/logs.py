@@ -9,12 +9,12 @@ Contract:
   line on stderr at INFO whatever the level; it does not propagate and is never consolidated.
 - `Consolidating` wraps the root handler (CoreDNS's errors plugin, `consolidate DURATION REGEXP
   show_first`): records at WARNING and above with the same pattern — the `consolidate` key a
-  caller passes in `extra`, else the logger and the message template (its placeholders shown as
-  `*`) — are logged once, the first time; further ones within `interval` seconds are only
-  counted, and once per interval while they keep coming one line says "N similar errors in the
-  last 10s: <pattern>" (N counts every occurrence in that interval, the one shown included). An
-  interval without any forgets the pattern: the next occurrence is shown again. Lower levels
-  pass untouched.
+  caller passes in `extra` (forward timeouts per upstream, malformed queries, internal errors),
+  else the logger and the whole message (exact repeats) — are logged once, the first time;
+  further ones within `interval` seconds are only counted, and once per interval while they
+  keep coming one line says "N similar errors in the last 10s: <pattern>" (N counts every
+  occurrence in that interval, the one shown included). An interval without any forgets the
+  pattern: the next occurrence is shown again. Lower levels pass untouched.
 - Thread-safe: Reflector threads log too. The summaries come from a timer thread, started at the
   first suppressed record, or from `flush(now)` (tests drive it with their own clock).
 """
@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import sys
 import threading
 import time
@@ -35,7 +34,6 @@ from typing import Any
 LOG_FORMATS = ("text", "json")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 QUERY_LOGGER = "kdns.query"
-_PLACEHOLDER = re.compile(r"%[-#0 +]*\d*(?:\.\d+)?[sdifrxXeEgGc]")
 
 
 def _utc(moment: datetime) -> str:
@@ -95,8 +93,9 @@ class Consolidating(logging.Handler):
         key = getattr(record, "consolidate", None)
         if key:
             return str(key)
-        # The message template, its %-placeholders shown as "*" (what varies between repeats).
-        return f"{record.name}: {_PLACEHOLDER.sub('*', str(record.msg))}"
+        # Without a key only exact repeats are alike: two different problems logged with the
+        # same template (two bad reloads, two kinds failing) must both be seen.
+        return f"{record.name}: {record.getMessage()}"
 
     def emit(self, record: logging.LogRecord) -> None:
         if record.levelno < self.consolidate_level or self.interval <= 0:

@@ -277,7 +277,7 @@ class QueryStats:
         self.durations: dict[tuple[str, str], _Histogram] = {}
         self.request_sizes: dict[tuple[str, str], _Histogram] = {}
         self.response_sizes: dict[tuple[str, str], _Histogram] = {}
-        self.caches: list[Callable[[], CacheStats]] = []
+        self.caches: list[Callable[[], CacheStats | None]] = []
         _LISTENERS[next(_CREATED)] = self
 
     def record(
@@ -453,6 +453,8 @@ class _DnsCollector(Collector):
                     merged.sum += hist.sum
             for snapshot in stats.caches:
                 cache = snapshot()
+                if cache is None:
+                    continue  # e.g. no forwarding: no upstream cache
                 key = (server, cache.zones)
                 if cache.hits_success is None:
                     # Hits counted as queries by the listeners: summed, as the requests.
@@ -713,3 +715,9 @@ RELAY_UNBINDABLE = Gauge(
     "net.ipv4.ip_unprivileged_port_start), in_use, other.",
     ["reason"],
 )
+
+# --- reload --------------------------------------------------------------------------------------
+
+# A config reload (SIGHUP, SIGUSR1 or a changed file), by result: "error" when the new config was
+# refused and the old one kept serving (CoreDNS counts these as coredns_reload_failed_total).
+RELOADS = Counter("kdns_reload_total", "Config reloads, by result (ok or error).", ["result"])

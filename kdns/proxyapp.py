@@ -23,16 +23,16 @@ import json
 import logging
 import os
 import signal
-import socket
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import trio
 
-from kdns.app import StartupError, open_source, open_store
+from kdns.app import Source, StartupError, open_source, open_store
 from kdns.config import Config, parse_hostport
 from kdns.http import HttpEndpoint, Route, prometheus
-from kdns.proxy import healthcheck
+from kdns.proxy import healthcheck, userspace
 from kdns.proxy.dataplane import (
     ApplyError,
     Dataplane,
@@ -48,6 +48,7 @@ from kdns.proxy.dataplane import (
 from kdns.proxy.ipvs import UNAVAILABLE_MESSAGE
 from kdns.proxy.routes import ServiceKey, ServicePortRoute, build_routes
 from kdns.proxy.sync import SyncEngine
+from kdns.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -73,11 +74,6 @@ class ProxyOptions:
 def default_families() -> tuple[int, ...]:
     """IPv4, plus IPv6 where the kernel has it enabled (as kube-proxy's dual-stack detection)."""
     return (4, 6) if os.path.exists("/proc/net/if_inet6") else (4,)
-
-
-def default_node_name() -> str:
-    """$NODE_NAME (the DaemonSet sets it from spec.nodeName), else the hostname (kube-proxy)."""
-    return os.environ.get("NODE_NAME") or socket.gethostname().lower()
 
 
 def check_options(options: ProxyOptions) -> list[str]:
@@ -121,6 +117,8 @@ def _is_cidr(text: str) -> bool:
 
 
 def make_dataplane(options: ProxyOptions, runner: Runner = run_command) -> Dataplane:
+    if options.mode == "userspace":
+        raise ValueError("userspace mode has no data plane: it relays")
     if options.mode == "ipvs" and not ipvs_supported(read_file):
         raise StartupError([UNAVAILABLE_MESSAGE.removeprefix("kdns proxy: ")])
     try:
@@ -142,6 +140,8 @@ def make_dataplane(options: ProxyOptions, runner: Runner = run_command) -> Datap
 
 def cleanup(options: ProxyOptions, runner: Runner = run_command) -> list[str]:
     """Removes what the mode installed; returns one line per failure (empty: all gone)."""
+    if options.mode == "userspace":
+        return []  # sockets only: nothing outlives the process
     dataplane = make_dataplane(options, runner)
     try:
         dataplane.cleanup()
@@ -152,7 +152,7 @@ def cleanup(options: ProxyOptions, runner: Runner = run_command) -> list[str]:
 
 async def render(config: Config, options: ProxyOptions, runner: Runner = run_command) -> str:
     """What a full sync would apply, once the source has listed everything."""
-    dataplane = make_dataplane(options, runner)
+    dataplane = None if options.mode == "userspace" else make_dataplane(options, runner)
     store, api = open_store(config, watch_pods=False)
     source = open_source(config, store, api, False)
     async with trio.open_nursery() as nursery:
@@ -163,6 +163,8 @@ async def render(config: Config, options: ProxyOptions, runner: Runner = run_com
         nursery.cancel_scope.cancel()
     if not store.synced:
         raise StartupError([f"the cluster did not sync within {SYNC_TIMEOUT:.0f} s"])
+    if dataplane is None:
+        return "".join(f"{line}\n" for line in userspace.render(store, options.node_name))
     routes = build_routes(store.services, store.endpoints, options.node_name)
     return await trio.to_thread.run_sync(dataplane.render, routes)
 
@@ -247,7 +249,8 @@ async def run_proxy(
     store, api = open_store(config, watch_pods=False)
     source = open_source(config, store, api, False)
     if options.mode == "userspace":
-        raise StartupError(["--mode userspace is not in this build yet"])
+        await _run_userspace(store, source, options, task_status=task_status)
+        return
     dataplane = make_dataplane(options, runner)
     checks = HealthCheckServers(lambda: engine.healthy())
     engine = SyncEngine(
@@ -259,15 +262,7 @@ async def run_proxy(
         runner=runner,
         on_routes=checks.update,
     )
-    healthz = _healthz(engine)
-    endpoints = {
-        "healthz": HttpEndpoint(
-            *parse_hostport(options.healthz_addr), {"/healthz": healthz, "/livez": healthz}
-        ),
-        "metrics": HttpEndpoint(*parse_hostport(options.metrics_addr), {"/metrics": prometheus}),
-    }
-    for endpoint in endpoints.values():
-        await endpoint.bind()
+    endpoints = await _bind_endpoints(options, _healthz(engine))
     async with trio.open_nursery() as nursery:
         for endpoint in endpoints.values():
             await nursery.start(endpoint.run)
@@ -276,6 +271,47 @@ async def run_proxy(
         await nursery.start(source.run)
         nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
         log.info("kdns proxy (%s mode) running for node %r", options.mode, options.node_name)
+        task_status.started({name: e.port for name, e in endpoints.items()})
+
+
+async def _bind_endpoints(options: ProxyOptions, healthz: Route) -> dict[str, HttpEndpoint]:
+    """kube-proxy's /healthz and /livez, and /metrics, bound now (a taken port is an OSError)."""
+    endpoints = {
+        "healthz": HttpEndpoint(
+            *parse_hostport(options.healthz_addr), {"/healthz": healthz, "/livez": healthz}
+        ),
+        "metrics": HttpEndpoint(*parse_hostport(options.metrics_addr), {"/metrics": prometheus}),
+    }
+    for endpoint in endpoints.values():
+        await endpoint.bind()
+    return endpoints
+
+
+async def _run_userspace(
+    store: Store,
+    source: Source,
+    options: ProxyOptions,
+    *,
+    task_status: trio.TaskStatus[dict[str, int]],
+) -> None:
+    """The relay instead of a data plane: nothing to sync, healthy once the store synced."""
+
+    def healthz() -> tuple[int, str, bytes]:
+        body = {"lastUpdated": "", "currentTime": _iso(time.time()), "nodeEligible": True}
+        return (
+            (200 if store.synced else 503),
+            "application/json",
+            (json.dumps(body) + "\n").encode(),
+        )
+
+    endpoints = await _bind_endpoints(options, healthz)
+    async with trio.open_nursery() as nursery:
+        for endpoint in endpoints.values():
+            await nursery.start(endpoint.run)
+        await nursery.start(source.run)
+        await nursery.start(userspace.run_relay, store, options.node_name)
+        nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
+        log.info("kdns proxy (userspace mode) running for node %r", options.node_name)
         task_status.started({name: e.port for name, e in endpoints.items()})
 
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import subprocess
+from collections.abc import Iterator
 
 import pytest
 
@@ -35,6 +38,9 @@ def need_root() -> None:
 # processes started by tests read no resolv.conf unless a test gives one, and in-process apps
 # get no upstreams from /etc/resolv.conf.
 os.environ["KDNS_RESOLV_CONF"] = os.devnull
+# kdns processes started by tests stop at once on SIGTERM (the fixtures stop them that way);
+# the lifecycle tests give their own lameduck (`--lameduck`, or an environment without this).
+os.environ.setdefault("KDNS_LAMEDUCK", "0")
 
 
 @pytest.fixture(autouse=True)
@@ -50,3 +56,23 @@ def _no_real_upstreams(monkeypatch: pytest.MonkeyPatch) -> None:
         return real(path)
 
     monkeypatch.setattr(app, "resolv_conf_nameservers", guarded)
+
+
+@contextlib.contextmanager
+def throwaway_netns(prefix: str, *tools: tuple[str, str]) -> Iterator[str]:
+    """A fresh network namespace named `<prefix>-<pid>` (loopback up), deleted afterwards.
+
+    Needs root and iproute2; `tools` are further (command, Debian package) pairs the caller
+    runs inside it. Tests that write rules do it here, never in the host's tables."""
+    need_root()
+    ip = need_tool("ip", "iproute2")
+    for tool, package in tools:
+        need_tool(tool, package)
+    name = f"{prefix}-{os.getpid()}"
+    subprocess.run([ip, "netns", "del", name], capture_output=True)
+    subprocess.run([ip, "netns", "add", name], check=True, capture_output=True)
+    try:
+        subprocess.run([ip, "-n", name, "link", "set", "lo", "up"], check=True)
+        yield name
+    finally:
+        subprocess.run([ip, "netns", "del", name], capture_output=True)

@@ -3,15 +3,19 @@ and key."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 
 import pytest
+import yaml
 
 from kdns.config import (
     POD_MODES,
     Config,
     ConfigError,
+    apply_env,
+    env_overrides,
     is_reverse_zone,
     load_config,
     parse_hostport,
@@ -345,7 +349,22 @@ def test_parse_hostport_errors(text: str, match: str) -> None:
         ({"KDNS_PODS": "verified", "PATH": "/bin"}, {"pods": "verified"}),
         # Service links Kubernetes injects for a Service named "kdns", and other tools' vars.
         ({"KDNS_SERVICE_HOST": "10.96.0.10", "KDNS_PORT": "udp://10.96.0.10:53"}, {}),
-        ({"KDNS_REQUIRE_ALL": "1", "KDNS_SOURCE": "x", "KDNS_STUB_DOMAINS": "x"}, {}),
+        ({"KDNS_REQUIRE_ALL": "1", "KDNS_SOURCE": "x"}, {}),
+        (
+            {"KDNS_STUB_DOMAINS": "{acme.local: [10.0.0.10, '10.0.0.11:5353'], corp: 10.1.0.1}"},
+            {
+                "stub_domains": (
+                    ("acme.local", ("10.0.0.10", "10.0.0.11:5353")),
+                    ("corp", ("10.1.0.1",)),
+                )
+            },
+        ),
+        ({"KDNS_STUB_DOMAINS": ""}, {"stub_domains": ()}),
+        (
+            {"KDNS_LAMEDUCK": "0", "KDNS_RELOAD_INTERVAL": "30"},
+            {"lameduck": 0.0, "reload_interval": 30.0},
+        ),
+        ({"KDNS_AUTOPATH": " Off "}, {"autopath": False}),
     ],
 )
 def test_env_overrides(environ: dict[str, str], expected: dict[str, object]) -> None:
@@ -360,8 +379,19 @@ def test_env_overrides(environ: dict[str, str], expected: dict[str, object]) -> 
 @pytest.mark.parametrize(
     ("environ", "words"),
     [
-        ({"KDNS_TTL": "five"}, "$KDNS_TTL: 'five' is not a number"),
-        ({"KDNS_AUTOPATH": "maybe"}, "$KDNS_AUTOPATH: 'maybe' is not true or false"),
+        ({"KDNS_TTL": "five"}, "$KDNS_TTL: must be a whole number (got 'five')"),
+        ({"KDNS_TTL": "1.5"}, "$KDNS_TTL: must be a whole number (got '1.5')"),
+        ({"KDNS_LAMEDUCK": "5s"}, "$KDNS_LAMEDUCK: must be a number (got '5s')"),
+        ({"KDNS_AUTOPATH": "maybe"}, "$KDNS_AUTOPATH: must be true or false (got 'maybe')"),
+        (
+            {"KDNS_STUB_DOMAINS": "[a, b"},
+            "$KDNS_STUB_DOMAINS: YAML syntax error: expected ',' or ']', but got '<stream end>'",
+        ),
+        (
+            {"KDNS_STUB_DOMAINS": "acme.local"},
+            "$KDNS_STUB_DOMAINS: stub_domains: expected {domain: [IP[:PORT], ...]} "
+            "(got 'acme.local')",
+        ),
     ],
 )
 def test_env_override_errors_name_the_variable(environ: dict[str, str], words: str) -> None:
@@ -372,8 +402,279 @@ def test_env_override_errors_name_the_variable(environ: dict[str, str], words: s
     assert str(error.value) == words
 
 
-def test_env_override_values_are_validated() -> None:
-    from kdns.config import env_overrides
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        (
+            {"KDNS_TTL": "9999"},
+            "$KDNS_TTL: ttl: must be a whole number of seconds in 0-3600 (got 9999)",
+        ),
+        (
+            {"KDNS_PODS": "sometimes"},
+            "$KDNS_PODS: pods: must be one of insecure, verified, disabled (got 'sometimes')",
+        ),
+        ({"KDNS_ZONES": ""}, "$KDNS_ZONES: zones: at least one zone is needed (got [])"),
+        (
+            {"KDNS_LAMEDUCK": "-1"},
+            "$KDNS_LAMEDUCK: lameduck: must be a number of seconds in 0-3600 (got -1.0)",
+        ),
+        (
+            {"KDNS_DNS_ADDR": "localhost:53"},
+            "$KDNS_DNS_ADDR: dns_addr: 'localhost' is not an IP address (expected HOST:PORT, "
+            "e.g. 0.0.0.0:53 or [::]:53)",
+        ),
+        (
+            {"KDNS_STUB_DOMAINS": "{acme.local: [nameserver]}"},
+            "$KDNS_STUB_DOMAINS: stub_domains.acme.local: 'nameserver': 'nameserver' is not an "
+            "IP address (expected IP or IP:PORT)",
+        ),
+    ],
+)
+def test_apply_env_range_errors_name_the_variable_and_key(
+    environ: dict[str, str], message: str
+) -> None:
+    with pytest.raises(ConfigError) as error:
+        apply_env(Config(), {"PATH": "/bin", **environ})
+    assert str(error.value) == message
 
-    with pytest.raises(ConfigError, match="ttl: 9999 is not a whole number"):
-        Config().with_overrides(**env_overrides({"KDNS_TTL": "9999"}))
+
+def test_apply_env_overrides_the_file_one_key_each(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, "ttl: 30\npods: verified\nlameduck: 10\n"))
+    final = apply_env(config, {"KDNS_TTL": "7", "KDNS_RELOAD_INTERVAL": "0"})
+    assert final == Config(ttl=7, pods="verified", lameduck=10, reload_interval=0)
+    assert final.source == config.source
+
+
+def _env_text(value: object) -> str:
+    """How an operator writes `value` in an environment variable."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, tuple) and all(isinstance(v, str) for v in value):
+        return " ".join(value)
+    if isinstance(value, int | float | str):
+        return str(value)
+    return yaml.safe_dump(value, default_flow_style=True).strip()
+
+
+def test_every_key_can_be_set_from_the_environment() -> None:
+    # Whatever keys Config has: each takes its default back from its variable, so a key added
+    # later is covered without touching this test.
+    for f in dataclasses.fields(Config):
+        if f.name == "source":
+            continue
+        default = getattr(Config(), f.name)
+        if default is None:
+            continue  # upstreams: null is the file's way of saying "resolv_conf's"
+        text = "{}" if f.name == "stub_domains" else _env_text(default)
+        name = f"KDNS_{f.name.upper()}"
+        assert apply_env(Config(), {name: text}) == Config(), (name, text)
+
+
+def test_a_non_default_value_from_the_environment_for_every_simple_key() -> None:
+    # Each scalar key, set to a value other than its default, arrives as that value.
+    for f in dataclasses.fields(Config):
+        default = getattr(Config(), f.name)
+        if f.name == "source" or type(default) not in (bool, int, float):
+            continue
+        other = (not default) if isinstance(default, bool) else default + 1
+        overrides = env_overrides({f"KDNS_{f.name.upper()}": _env_text(other)})
+        assert overrides == {f.name: other}, f.name
+
+
+# --- every key is checked ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("key", [f.name for f in dataclasses.fields(Config) if f.name != "source"])
+def test_every_key_rejects_a_value_of_the_wrong_shape(tmp_path: Path, key: str) -> None:
+    # A list holding a mapping is no key's value: each key must say so, naming itself and its
+    # line, and what was given.
+    path = write(tmp_path, f"# kdns\n{key}:\n  - {{bogus: 1}}\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}:2: {key}: "), message
+    assert "bogus" in message, message
+    assert "\n" not in message
+
+
+# (file text, line, key, the exact message after "path:line: key: ")
+VALUE_ERRORS = [
+    ("ttl: 3601\n", 1, "ttl", "must be a whole number of seconds in 0-3600 (got 3601)"),
+    ("pods: maybe\n", 1, "pods", "must be one of insecure, verified, disabled (got 'maybe')"),
+    ("zones: [cluster.local, 5]\n", 1, "zones", "must be a list of domain names (got 5)"),
+    ("zones: cluster.local\nzones: x\n", 2, "zones", "given twice (first on line 1)"),
+    ("manifests: ['']\n", 1, "manifests", "must be a list of file or folder paths (got '')"),
+    ("kubeconfig: 5\n", 1, "kubeconfig", "must be a string (got 5)"),
+    ("context: [a]\n", 1, "context", "must be a string (got ['a'])"),
+    ("resolv_conf: null\n", 1, "resolv_conf", "must be a string (got None)"),
+    ("kube_dns_configmap: true\n", 1, "kube_dns_configmap", "must be a string (got True)"),
+    (
+        "health_addr: 8080\n",
+        1,
+        "health_addr",
+        "must be HOST:PORT, e.g. 0.0.0.0:53 or [::]:53 (got 8080)",
+    ),
+    (
+        "ready_addr: ':x'\n",
+        1,
+        "ready_addr",
+        "port 'x' is not a number in 0-65535 (expected HOST:PORT, e.g. 0.0.0.0:53 or [::]:53)",
+    ),
+    (
+        "metrics_addr: 'a:1'\n",
+        1,
+        "metrics_addr",
+        "'a' is not an IP address (expected HOST:PORT, e.g. 0.0.0.0:53 or [::]:53)",
+    ),
+    ("upstreams: [1.1.1.1, 53]\n", 1, "upstreams", "must be IP or IP:PORT (got 53)"),
+    (
+        "upstreams: 8.8.8.8:99999\n",
+        1,
+        "upstreams",
+        "'8.8.8.8:99999': port '99999' is not a number in 0-65535 (expected IP or IP:PORT)",
+    ),
+    ("upstreams: {a: b}\n", 1, "upstreams", "expected a list (got {'a': 'b'})"),
+    (
+        "upstreams: [" + ", ".join(f"10.0.0.{i}" for i in range(16)) + "]\n",
+        1,
+        "upstreams",
+        "at most 15 upstreams, as CoreDNS's forward (got 16)",
+    ),
+    (
+        "stub_domains: [acme.local]\n",
+        1,
+        "stub_domains",
+        "expected {domain: [IP[:PORT], ...]} (got ['acme.local'])",
+    ),
+    (
+        "stub_domains: {'bad domain!': [1.1.1.1]}\n",
+        1,
+        "stub_domains",
+        "must map domain names to servers (got 'bad domain!')",
+    ),
+    (
+        "stub_domains: {acme.local: []}\n",
+        1,
+        "stub_domains.acme.local",
+        "must be a list of IP[:PORT] (got ())",
+    ),
+    (
+        "ttl: 5\nstub_domains:\n  acme.local: [ns1]\n",
+        2,
+        "stub_domains.acme.local",
+        "'ns1': 'ns1' is not an IP address (expected IP or IP:PORT)",
+    ),
+    ("max_concurrent: 0\n", 1, "max_concurrent", "must be a whole number in 1-1000000 (got 0)"),
+    (
+        "cache_success: -1\n",
+        1,
+        "cache_success",
+        "must be a whole number of entries in 0-10000000 (got -1)",
+    ),
+    (
+        "cache_denial: 1e3\n",
+        1,
+        "cache_denial",
+        "must be a whole number of entries in 0-10000000 (got '1e3')",
+    ),
+    (
+        "cache_max_ttl: 86401\n",
+        1,
+        "cache_max_ttl",
+        "must be a whole number of seconds in 0-86400 (got 86401)",
+    ),
+    (
+        "cache_max_denial_ttl: 1.5\n",
+        1,
+        "cache_max_denial_ttl",
+        "must be a whole number of seconds in 0-86400 (got 1.5)",
+    ),
+    (
+        "forward_timeout: 0\n",
+        1,
+        "forward_timeout",
+        "must be a number of seconds in 0.05-60 (got 0)",
+    ),
+    ("serve_stale: 2w\n", 1, "serve_stale", "must be a number of seconds in 0-604800 (got '2w')"),
+    ("autopath: 'yes'\n", 1, "autopath", "must be true or false (got 'yes')"),
+    ("lameduck: 5s\n", 1, "lameduck", "must be a number of seconds in 0-3600 (got '5s')"),
+    ("lameduck: 3601\n", 1, "lameduck", "must be a number of seconds in 0-3600 (got 3601)"),
+    (
+        "reload_interval: -2\n",
+        1,
+        "reload_interval",
+        "must be a number of seconds in 0-86400 (got -2)",
+    ),
+    (
+        "reload_interval: false\n",
+        1,
+        "reload_interval",
+        "must be a number of seconds in 0-86400 (got False)",
+    ),
+]
+
+
+@pytest.mark.parametrize(("text", "line", "key", "message"), VALUE_ERRORS, ids=lambda v: None)
+def test_value_errors_name_key_allowed_values_and_what_was_given(
+    tmp_path: Path, text: str, line: int, key: str, message: str
+) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(info.value) == f"{path}:{line}: {key}: {message}"
+
+
+def test_value_error_tables_cover_every_key_of_this_module() -> None:
+    # A key added by another change is checked by test_every_key_rejects_a_value_of_the_wrong_shape;
+    # its range belongs in VALUE_ERRORS when it has one.
+    covered = {key.split(".")[0] for _, _, key, _ in VALUE_ERRORS}
+    covered |= {param.values[2] for param in ERRORS}
+    assert covered >= {
+        "zones", "ttl", "pods", "dns_addr", "manifests", "kubeconfig", "context", "health_addr",
+        "ready_addr", "metrics_addr", "upstreams", "resolv_conf", "stub_domains",
+        "kube_dns_configmap", "max_concurrent", "forward_timeout", "cache_success",
+        "cache_denial", "cache_max_ttl", "cache_max_denial_ttl", "serve_stale", "autopath",
+        "lameduck", "reload_interval",
+    }  # fmt: skip
+
+
+def test_boundaries_are_accepted(tmp_path: Path) -> None:
+    text = (
+        "ttl: 3600\nlameduck: 0\nreload_interval: 0\nforward_timeout: 0.05\n"
+        "max_concurrent: 1\ncache_success: 0\nserve_stale: 604800\n"
+    )
+    config = load_config(write(tmp_path, text))
+    assert (config.ttl, config.lameduck, config.reload_interval) == (3600, 0, 0)
+    assert (config.forward_timeout, config.max_concurrent, config.serve_stale) == (0.05, 1, 604800)
+
+
+# --- config/kdns.yaml ------------------------------------------------------------------------------
+
+SHIPPED = Path(__file__).resolve().parents[1] / "config" / "kdns.yaml"
+
+
+def test_shipped_config_lists_every_key_with_its_default() -> None:
+    # Loading it gives exactly the defaults, and it names every key Config has: the file cannot
+    # drift from the code, whichever keys are added.
+    config = load_config(str(SHIPPED))
+    assert config == Config()
+    keys = yaml.safe_load(SHIPPED.read_text())
+    expected = {f.name for f in dataclasses.fields(Config)} - {"source"}
+    assert set(keys) == expected, f"missing: {expected - set(keys)}, extra: {set(keys) - expected}"
+    for f in dataclasses.fields(Config):
+        if f.name in keys:
+            # Written as the default, not merely equal after normalisation ("5" is not 5).
+            assert Config(**{f.name: _from_file(f.name, keys[f.name])}) == Config(), f.name
+
+
+def _from_file(key: str, value: object) -> object:
+    if key == "stub_domains":
+        return tuple((k, tuple(v)) for k, v in value.items())  # type: ignore[attr-defined]
+    return tuple(value) if isinstance(value, list) else value
+
+
+def test_shipped_config_has_a_comment_above_every_key() -> None:
+    lines = SHIPPED.read_text().splitlines()
+    for i, line in enumerate(lines):
+        if line and not line.startswith((" ", "#", "-")):
+            assert i > 0 and lines[i - 1].startswith("# "), f"line {i + 1}: {line!r}"

@@ -104,8 +104,15 @@ def test_patterns_are_counted_apart_and_lower_levels_pass(setup) -> None:
     assert summaries == [
         "5 similar errors in the last 10s: forward to 192.0.2.1:53: timeout",
         "5 similar errors in the last 10s: forward to 192.0.2.2:53: timeout",
-        f"5 similar errors in the last 10s: {logger.name}: malformed query from *",
+        f"5 similar errors in the last 10s: {logger.name}: malformed query from 192.0.2.9",
     ]
+
+
+def test_without_a_key_only_exact_repeats_are_alike(setup) -> None:
+    logger, target, _, _ = setup
+    for attempt in range(3):  # two different problems, one template: each one is seen
+        logger.error("config reload refused: %s", f"kdns.yaml:{attempt}: ttl: bad")
+    assert len(target.records) == 3
 
 
 def test_a_single_error_gets_no_summary(setup) -> None:

@@ -10,11 +10,17 @@ Contract:
   or when the client does not read its answers within `write_timeout`.
 - A send that fails (client gone, buffer full) loses that one answer, never the listener.
 - `run` calls `task_status.started((host, port))` once both sockets are bound.
+- `handler` may be replaced while running (a config reload): UDP picks it up at the next burst,
+  TCP at the next message; a query is answered entirely by the handler that took it.
+- `stop_listening()` (shutdown after lameduck, or a new listen address) stops taking queries: the
+  sockets stop receiving and TCP connections stop reading, while answers in flight (forwarded
+  UDP questions, pipelined TCP ones) are still written; `run` returns once they are, and every
+  socket is then closed.
 - Every answered query is counted in `self.stats` (CoreDNS's request/response metrics, see
   kdns/metrics.py): inline in the UDP loop — one clock read and one dict update per packet —
   and through `QueryStats.record` elsewhere. Its duration runs from reading the query to the
   end of the send (CoreDNS's from ServeDNS to WriteMsg, plus the receive). The answer caches'
-  sizes and hits are read from the caches at scrape time.
+  sizes and hits are read from the (current) handler's caches at scrape time.
 - `query_log`, when given, is called for each answered query (CoreDNS's `log` plugin).
 """
 
@@ -65,15 +71,14 @@ class DnsServer:
         self.tcp_connections = 0
         self.udp_send_errors = 0
         self._sockets: tuple[socket.socket, socket.socket] | None = None
+        self.draining = False
+        self._loops: list[trio.CancelScope] = []  # the receive loops; stop_listening ends them
+        self._readers: dict[trio.SocketStream, trio.CancelScope] = {}  # each connection's read
         # CoreDNS's address family label: 1 IPv4, 2 IPv6; a dual-stack socket decides per client.
         self.family = "2" if ":" in host else "1"
         self.dual_stack = host == "::"
         self.stats = metrics.QueryStats(self._server_label())
-        self.stats.caches.append(self._answer_cache_stats)
-        if handler.forwarder is not None:
-            self.stats.caches.append(self._upstream_cache_stats)
-        resolver = handler.resolver
-        self._zones = ",".join(z + "." for z in (*resolver.forward_zones, *resolver.reverse_zones))
+        self.stats.caches += [self._answer_cache_stats, self._upstream_cache_stats]
 
     def _server_label(self) -> str:
         # CoreDNS's `server` label: "dns://:53" for every address, else "dns://HOST:PORT".
@@ -81,18 +86,20 @@ class DnsServer:
         return f"dns://[{host}]:{self.port}" if ":" in host else f"dns://{host}:{self.port}"
 
     def _answer_cache_stats(self) -> metrics.CacheStats:
-        cache = self.handler.cache
+        handler = self.handler  # the current one: a reload may have replaced it
+        cache, resolver = handler.cache, handler.resolver
         labels = metrics.LABELS.labels
         denial = sum(1 for entry in cache.entries.values() if labels[entry[5]].cache == "denial")
         return metrics.CacheStats(
-            zones=self._zones,
+            zones=",".join(z + "." for z in (*resolver.forward_zones, *resolver.reverse_zones)),
             success=len(cache.entries) - denial,
             denial=denial,
             misses=cache.misses,
         )
 
-    def _upstream_cache_stats(self) -> metrics.CacheStats:
-        assert self.handler.forwarder is not None
+    def _upstream_cache_stats(self) -> metrics.CacheStats | None:
+        if self.handler.forwarder is None:
+            return None
         cache = self.handler.forwarder.cache
         return metrics.CacheStats(
             zones=".",
@@ -154,6 +161,27 @@ class DnsServer:
         self.stats.server = self._server_label()
         return udp, tcp
 
+    def close(self) -> None:
+        """Close sockets bound but never run (a reload that gave up)."""
+        if self._sockets is not None:
+            for sock in self._sockets:
+                sock.close()
+            self._sockets = None
+
+    def stop_listening(self) -> None:
+        self.draining = True
+        for loop in self._loops:
+            loop.cancel()
+        for reading in self._readers.values():
+            reading.cancel()
+
+    def _receiving(self) -> trio.CancelScope:
+        scope = trio.CancelScope()
+        if self.draining:
+            scope.cancel()
+        self._loops.append(scope)
+        return scope
+
     async def run(
         self, *, task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED
     ) -> None:
@@ -162,21 +190,22 @@ class DnsServer:
         udp, tcp = self._sockets
         listener = trio.SocketListener(trio.socket.from_stdlib_socket(tcp))
         log.info("serving DNS on %s port %d (UDP and TCP)", self.host, self.port)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._serve_udp, udp, nursery)
-            nursery.start_soon(self._serve_tcp, listener)
-            task_status.started((self.host, self.port))
+        try:
+            # `answers` holds the receive loops and what is in flight (forwarded UDP questions,
+            # TCP connections); stop_listening ends the loops and lets the rest finish.
+            async with trio.open_nursery() as answers:
+                answers.start_soon(self._serve_udp, udp, answers)
+                answers.start_soon(self._serve_tcp, listener, answers)
+                task_status.started((self.host, self.port))
+        finally:
+            udp.close()
+            self._sockets = None
 
     # --- UDP -----------------------------------------------------------------------------------
 
     async def _serve_udp(self, sock: socket.socket, nursery: trio.Nursery) -> None:
         recvfrom = sock.recvfrom
         sendto = sock.sendto
-        # Bound once: attribute lookups per packet are a measurable share of the hot path.
-        handler = self.handler
-        cache = handler.cache
-        answer = cache.answer
-        handle_miss = handler.handle_miss
         clock = time.perf_counter
         stats = self.stats
         counts = stats.counts[("udp", self.family)]
@@ -184,9 +213,15 @@ class DnsServer:
         dual_stack = self.dual_stack
         first_bucket = metrics.DURATION_BUCKETS[0]
         buckets = metrics.DURATION_BUCKETS
-        with sock:
+        # `run` closes the socket, once the answers in flight are sent.
+        with self._receiving():
             while True:
                 await trio.lowlevel.wait_readable(sock)
+                # Bound once per burst: attribute lookups per packet are a measurable share of
+                # the hot path. A reload swaps the handler between bursts, never inside one.
+                handler = self.handler
+                cache = handler.cache
+                answer, handle_miss = cache.answer, handler.handle_miss
                 # One clock read per packet: a query's time runs from the end of the previous
                 # one (or the wake-up) to the end of its send, so it includes its own receive.
                 last = clock()
@@ -209,7 +244,9 @@ class DnsServer:
                         if isinstance(response, Deferred):
                             # Forwarding waits on the network: in a task of its own, so the
                             # loop goes on answering everything else meanwhile.
-                            nursery.start_soon(self._udp_deferred, sock, response, addr, data, last)
+                            nursery.start_soon(
+                                self._udp_deferred, sock, handler, response, addr, data, last
+                            )
                             last = clock()
                             continue
                         label = handler.label
@@ -247,12 +284,13 @@ class DnsServer:
     async def _udp_deferred(
         self,
         sock: socket.socket,
+        handler: Handler,
         deferred: Deferred,
         addr: tuple[str, int],
         data: bytes,
         start: float,
     ) -> None:
-        response = await self.handler.complete(deferred)
+        response = await handler.complete(deferred)
         if response is None:
             return
         try:
@@ -278,20 +316,22 @@ class DnsServer:
 
     # --- TCP -----------------------------------------------------------------------------------
 
-    async def _serve_tcp(self, listener: trio.SocketListener) -> None:
-        async with listener, trio.open_nursery() as nursery:
-            while True:
-                try:
-                    stream = await listener.accept()
-                except OSError as e:
-                    # EMFILE and friends: back off briefly instead of spinning.
-                    log.warning("TCP accept failed: %s", e)
-                    await trio.sleep(0.1)
-                    continue
-                if self.tcp_connections >= MAX_TCP_CONNECTIONS:
-                    await stream.aclose()
-                    continue
-                nursery.start_soon(self._tcp_connection, stream)
+    async def _serve_tcp(self, listener: trio.SocketListener, nursery: trio.Nursery) -> None:
+        # Connections run in `nursery` (run's), so closing the listener leaves them to finish.
+        with self._receiving():
+            async with listener:
+                while True:
+                    try:
+                        stream = await listener.accept()
+                    except OSError as e:
+                        # EMFILE and friends: back off briefly instead of spinning.
+                        log.warning("TCP accept failed: %s", e)
+                        await trio.sleep(0.1)
+                        continue
+                    if self.tcp_connections >= MAX_TCP_CONNECTIONS:
+                        await stream.aclose()
+                        continue
+                    nursery.start_soon(self._tcp_connection, stream)
 
     async def _tcp_connection(self, stream: trio.SocketStream) -> None:
         self.tcp_connections += 1
@@ -312,7 +352,11 @@ class DnsServer:
                         deadline = message_deadline
                     else:
                         deadline = trio.current_time() + self.idle_timeout
-                    with trio.move_on_at(deadline):
+                    with trio.move_on_at(deadline) as reading:
+                        # stop_listening cancels the read: no new queries, in-flight ones finish.
+                        self._readers[stream] = reading
+                        if self.draining:
+                            reading.cancel()
                         try:
                             chunk = await stream.receive_some(65536)
                         except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -338,6 +382,7 @@ class DnsServer:
                         continue
                     break  # a timeout: idle, or a message that never completed
         finally:
+            self._readers.pop(stream, None)
             self.tcp_connections -= 1
 
     async def _tcp_answer(
@@ -349,12 +394,13 @@ class DnsServer:
         peer: tuple[str, int] | None,
     ) -> None:
         start = time.perf_counter()
+        handler = self.handler  # the one that took the query answers it (a reload may swap)
         try:
-            response = self.handler.handle(message, False, peer[0] if peer else None)
-            label = self.handler.label
+            response = handler.handle(message, False, peer[0] if peer else None)
+            label = handler.label
             if isinstance(response, Deferred):
                 deferred = response
-                response = await self.handler.complete(deferred)
+                response = await handler.complete(deferred)
                 label = deferred.label
             if response is None:
                 return

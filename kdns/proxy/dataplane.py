@@ -41,7 +41,9 @@ log = logging.getLogger(__name__)
 
 Runner = Callable[[Sequence[str], str | None], tuple[int, str, str]]
 
-COMMAND_TIMEOUT = 120.0  # a full restore at 50k services takes tens of seconds, not minutes
+# A full iptables-restore at 10k Services takes minutes with Debian 12's iptables-nft 1.8.9
+# (superlinear in userspace; README): long, but killing it would fail every full sync forever.
+COMMAND_TIMEOUT = 900.0
 
 
 def run_command(argv: Sequence[str], stdin: str | None = None) -> tuple[int, str, str]:
@@ -448,18 +450,59 @@ class NftablesDataplane:
         return nft.table_objects(out)
 
     def intact(self) -> bool:
+        """Cheap enough for every sync period at 10k Services (a full `list table` takes 10 s
+        there): the chains by name, the rules of the dispatch chains, the maps' element counts.
+        A per-service chain emptied by hand is not noticed until the next full sync."""
         for family in self.families:
             last = self._last.get(family)
             if last is None:
                 return False
-            config = self.configs[family]
-            status, out, _ = self.runner(
-                ["nft", "-j", "list", "table", config.nft_family, nft.TABLE], None
-            )
-            if status != 0:
-                log.warning("nftables: table %s is gone", config.table)
+            if not self._intact(self.configs[family], last, self._fixed.get(family, {})):
                 return False
-            if not _table_matches(out, last, self._fixed.get(family, {})):
+        return True
+
+    def _intact(
+        self, config: nft.NftablesConfig, last: nft.Rendering, fixed: dict[str, int]
+    ) -> bool:
+        ip = config.nft_family
+        status, out, _ = self.runner(["nft", "-j", "list", "chains", ip], None)
+        if status != 0:
+            return False
+        chains = {
+            item["chain"]["name"]
+            for item in json.loads(out).get("nftables", ())
+            if "chain" in item and item["chain"].get("table") == nft.TABLE
+        }
+        missing = (set(last.chain_rules()) | set(fixed)) - chains
+        if missing:
+            log.warning(
+                "nftables: %d of kdns's chains are gone (%s, …)", len(missing), min(missing)
+            )
+            return False
+        for chain in _CANARY_CHAINS:
+            status, out, _ = self.runner(["nft", "-j", "list", "chain", ip, nft.TABLE, chain], None)
+            rules = sum(1 for item in json.loads(out or "{}").get("nftables", ()) if "rule" in item)
+            if status != 0 or rules != fixed.get(chain):
+                log.warning(
+                    "nftables: chain %s has %s rules, expected %s", chain, rules, fixed.get(chain)
+                )
+                return False
+        status, out, _ = self.runner(["nft", "-j", "list", "maps", ip], None)
+        if status != 0:
+            return False
+        elements = {
+            item["map"]["name"]: len(item["map"].get("elem", ()))
+            for item in json.loads(out).get("nftables", ())
+            if "map" in item and item["map"].get("table") == nft.TABLE
+        }
+        for name, members in last.elements().items():
+            if name in elements and elements[name] != len(members):
+                log.warning(
+                    "nftables: map %s has %d elements, expected %d",
+                    name,
+                    elements[name],
+                    len(members),
+                )
                 return False
         return True
 
@@ -473,6 +516,10 @@ class NftablesDataplane:
         self._last.clear()
 
 
+# The chains every packet to a Service passes through: the canary counts their rules.
+_CANARY_CHAINS = (nft.NAT_PREROUTING, nft.NAT_OUTPUT, nft.SERVICES, nft.NAT_POSTROUTING)
+
+
 def _fixed_rule_counts(text: str, config: nft.NftablesConfig) -> dict[str, int]:
     """Rules per base and fixed chain in a full render's transaction."""
     names = [name for name, *_ in nft.BASE_CHAINS] + list(nft.FIXED_CHAINS)
@@ -484,42 +531,6 @@ def _fixed_rule_counts(text: str, config: nft.NftablesConfig) -> dict[str, int]:
             if chain in counts:
                 counts[chain] += 1
     return counts
-
-
-def _table_matches(listing: str, last: nft.Rendering, fixed: dict[str, int]) -> bool:
-    """Whether `nft -j list table` output still holds what `last` left: every base, fixed and
-    per-service chain with its number of rules, and every map's elements."""
-    chains: dict[str, int] = {}
-    elements: dict[str, int] = {}
-    for item in json.loads(listing).get("nftables", ()):
-        if "chain" in item:
-            chains.setdefault(item["chain"]["name"], 0)
-        elif "rule" in item:
-            name = item["rule"]["chain"]
-            chains[name] = chains.get(name, 0) + 1
-        elif "map" in item or "set" in item:
-            obj = item.get("map") or item.get("set")
-            if not nft.is_affinity_set(obj["name"]):
-                elements[obj["name"]] = len(obj.get("elem", ()))
-    for name, rules in last.chain_rules().items():
-        if chains.get(name) != len(rules):
-            log.warning(
-                "nftables: chain %s has %s rules, expected %d", name, chains.get(name), len(rules)
-            )
-            return False
-    for name, count in fixed.items():
-        if chains.get(name) != count:
-            log.warning(
-                "nftables: chain %s has %s rules, expected %d", name, chains.get(name), count
-            )
-            return False
-    for name, members in last.elements().items():
-        if elements.get(name, 0) != len(members):
-            log.warning(
-                "nftables: %s has %s elements, expected %d", name, elements.get(name), len(members)
-            )
-            return False
-    return True
 
 
 # --- IPVS --------------------------------------------------------------------------------------

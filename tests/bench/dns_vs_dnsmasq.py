@@ -1082,7 +1082,8 @@ def build_servers(args: argparse.Namespace, tmp: Path, services: Sequence[Servic
             addr=addr,
         )
     )
-    env = dict(os.environ)
+    # No lameduck: the benchmark stops kdns with SIGTERM between rounds.
+    env = dict(os.environ, KDNS_LAMEDUCK="0")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
     servers = [
         Server(

@@ -281,7 +281,8 @@ def dnsperf(
 
 def kdns_env() -> dict[str, str]:
     # kdns must never read this machine's resolv.conf: its upstream is given explicitly.
-    env = dict(os.environ, KDNS_RESOLV_CONF=os.devnull)
+    # No lameduck either: the benchmark stops kdns with SIGTERM.
+    env = dict(os.environ, KDNS_RESOLV_CONF=os.devnull, KDNS_LAMEDUCK="0")
     return env
 
 

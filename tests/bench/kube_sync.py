@@ -589,7 +589,12 @@ class Kdns:
         log = self.log_path.open("wb")
         self.started = time.monotonic()
         self.proc = subprocess.Popen(
-            self.argv, cwd=REPO_ROOT, stdin=subprocess.DEVNULL, stdout=log, stderr=log
+            self.argv,
+            cwd=REPO_ROOT,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            env=dict(os.environ, KDNS_LAMEDUCK="0"),  # stopped with SIGTERM: no lameduck
         )
         log.close()
 

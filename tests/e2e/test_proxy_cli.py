@@ -6,7 +6,6 @@ Packet-level behaviour is in tests/proxy/test_packets.py.
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import time
@@ -15,7 +14,7 @@ from collections.abc import Iterator
 import pytest
 
 from kdns.proxy.dataplane import ipvs_supported, read_file
-from tests.conftest import need_root, need_tool
+from tests.conftest import throwaway_netns
 
 from .conftest import EXAMPLES, kdns_command, run_kdns
 
@@ -24,18 +23,10 @@ PROXY = ("proxy", "--manifests", str(EXAMPLES), "--node-name", "node1")
 
 @pytest.fixture
 def netns() -> Iterator[str]:
-    need_root()
-    ip = need_tool("ip", "iproute2")
-    need_tool("iptables-restore", "iptables")
-    need_tool("nft", "nftables")
-    name = f"kdns-pcli-{os.getpid()}"
-    subprocess.run([ip, "netns", "del", name], capture_output=True)
-    subprocess.run([ip, "netns", "add", name], check=True, capture_output=True)
-    subprocess.run([ip, "-n", name, "link", "set", "lo", "up"], check=True)
-    try:
+    with throwaway_netns(
+        "kdns-pcli", ("iptables-restore", "iptables"), ("nft", "nftables")
+    ) as name:
         yield name
-    finally:
-        subprocess.run([ip, "netns", "del", name], capture_output=True)
 
 
 def in_ns(ns: str, *argv: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -168,3 +159,18 @@ def test_runs_until_sigterm_keeps_rules_and_cleanup_removes_only_ours(
     # The foreign IPv4 rules are byte-identical. (iptables-nft may leave the empty built-in
     # IPv6 tables it created for kdns's rules: no rule, no chain of kdns's is left in them.)
     assert ipv4(netns) == ipv4_before
+
+
+def test_userspace_render_lists_the_loopback_vips() -> None:
+    result = run_kdns(*PROXY, "--mode", "userspace", "--render")
+    assert result.returncode == 0, result.stderr
+    redis = [line for line in result.stdout.splitlines() if line.startswith("default/redis:")]
+    assert len(redis) == 1, result.stdout
+    vip = redis[0].split()[1]
+    assert vip.startswith("127.")
+    assert redis[0].endswith("tcp/6379 -> 10.244.1.10:6379, 10.244.2.11:6379")
+
+
+def test_userspace_cleanup_has_nothing_to_remove() -> None:
+    result = run_kdns("proxy", "--mode", "userspace", "--cleanup")
+    assert (result.returncode, result.stderr) == (0, "")

@@ -9,7 +9,6 @@ for real; the host's tables are never touched.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import textwrap
 from collections.abc import Iterator
@@ -29,7 +28,7 @@ from kdns.proxy.iptables import (
     stale_chains,
 )
 from kdns.proxy.routes import ServicePortRoute
-from tests.conftest import need_root, need_tool
+from tests.conftest import throwaway_netns
 from tests.proxy.builders import NODE, PODS, ep, routes, svc
 
 CONFIG = IptablesConfig(cluster_cidr=PODS)
@@ -865,16 +864,8 @@ def test_render_cleanup() -> None:
 
 @pytest.fixture
 def netns() -> Iterator[str]:
-    need_root()
-    ip = need_tool("ip", "iproute2")
-    need_tool("iptables-restore", "iptables")
-    name = f"kdns-ipt-{os.getpid()}"
-    subprocess.run([ip, "netns", "del", name], capture_output=True)
-    subprocess.run([ip, "netns", "add", name], check=True, capture_output=True)
-    try:
+    with throwaway_netns("kdns-ipt", ("iptables-restore", "iptables")) as name:
         yield name
-    finally:
-        subprocess.run([ip, "netns", "del", name], capture_output=True)
 
 
 def in_netns(ns: str, *argv: str, stdin: str = "") -> str:

@@ -7,8 +7,6 @@ command, so the tests see both what was written and what the kernel holds.
 
 from __future__ import annotations
 
-import os
-import subprocess
 from collections.abc import Iterator, Sequence
 
 import pytest
@@ -24,7 +22,7 @@ from kdns.proxy.dataplane import (
 )
 from kdns.proxy.sync import SyncEngine
 from kdns.store import ENDPOINTSLICES, SERVICES, Store
-from tests.conftest import need_root, need_tool
+from tests.conftest import throwaway_netns
 
 from .builders import NODE, PODS, ep, svc
 
@@ -34,18 +32,9 @@ UDP_EP = (("dns", "UDP", 5353),)
 
 @pytest.fixture
 def netns() -> Iterator[str]:
-    need_root()
-    ip = need_tool("ip", "iproute2")
-    need_tool("iptables-restore", "iptables")
-    need_tool("nft", "nftables")
-    need_tool("conntrack", "conntrack")
-    name = f"kdns-sync-{os.getpid()}"
-    subprocess.run([ip, "netns", "del", name], capture_output=True)
-    subprocess.run([ip, "netns", "add", name], check=True, capture_output=True)
-    try:
+    tools = [("iptables-restore", "iptables"), ("nft", "nftables"), ("conntrack", "conntrack")]
+    with throwaway_netns("kdns-sync", *tools) as name:
         yield name
-    finally:
-        subprocess.run([ip, "netns", "del", name], capture_output=True)
 
 
 class Recorder:
@@ -196,8 +185,18 @@ def test_failed_apply_is_retried_as_a_full_sync(netns: str, kind: str) -> None:
         assert "10.244.1.77" in in_ns(netns, "nft", "list", "table", "ip", "kdns")
 
 
-@pytest.mark.parametrize("kind", ["iptables", "nftables"])
-def test_canary_repairs_tampering_within_a_sync_period(netns: str, kind: str) -> None:
+TAMPERING = {
+    "iptables-flush-chain": ("iptables", "-t", "nat", "-F", "KUBE-SERVICES"),
+    "iptables-flush-table": ("iptables", "-t", "nat", "-F"),
+    "nftables-delete-table": ("nft", "delete", "table", "ip", "kdns"),
+    "nftables-flush-chain": ("nft", "flush", "chain", "ip", "kdns", "services"),
+    "nftables-flush-ruleset": ("nft", "flush", "ruleset"),
+}
+
+
+@pytest.mark.parametrize("tamper", sorted(TAMPERING))
+def test_canary_repairs_tampering_within_a_sync_period(netns: str, tamper: str) -> None:
+    kind = tamper.split("-", 1)[0]
     store = Store(watched=(SERVICES, ENDPOINTSLICES))
     runner = Recorder(netns)
     engine = make_engine(kind, store, runner, sync_period=1.0)
@@ -212,7 +211,10 @@ def test_canary_repairs_tampering_within_a_sync_period(netns: str, kind: str) ->
             # The dispatch rule (per-service chains survive a flush of KUBE-SERVICES).
             save = in_ns(netns, "iptables-save", "-t", "nat").splitlines()
             return "\n".join(line for line in save if line.startswith("-A KUBE-SERVICES"))
-        return in_ns(netns, "nft", "list", "table", "ip", "kdns")
+        # The dispatch rule and the ClusterIP's element in the map it reads.
+        chain = in_ns(netns, "nft", "list", "chain", "ip", "kdns", "services")
+        vmap = in_ns(netns, "nft", "list", "map", "ip", "kdns", "service-ips")
+        return vmap if "vmap @service-ips" in chain else ""
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
@@ -220,10 +222,7 @@ def test_canary_repairs_tampering_within_a_sync_period(netns: str, kind: str) ->
             await wait_for(lambda: engine.synced)
             await trio.sleep(1.2)  # a periodic check that finds nothing wrong
             assert repairs._value.get() == before
-            if kind == "iptables":
-                in_ns(netns, "iptables", "-t", "nat", "-F", "KUBE-SERVICES")
-            else:
-                in_ns(netns, "nft", "delete", "table", "ip", "kdns")
+            in_ns(netns, *TAMPERING[tamper])
             assert "10.96.0.20" not in state()
             await wait_for(lambda: "10.96.0.20" in state(), timeout=3.0)
             nursery.cancel_scope.cancel()
