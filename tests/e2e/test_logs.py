@@ -13,7 +13,7 @@ from pathlib import Path
 import dns.message
 import pytest
 
-from tests.e2e.conftest import EXAMPLES, HOST, Kdns, KdnsFactory
+from tests.e2e.conftest import EXAMPLES, HOST, Kdns, KdnsFactory, write_atomically
 from tests.e2e.test_metrics import scrape, value
 
 WAIT = 10.0  # seconds: the bound on waiting for a log line
@@ -227,3 +227,24 @@ def test_malformed_queries_are_answered_counted_and_logged_once_per_interval(
     _, samples = scrape(server)
     labels = {"server": f"dns://{HOST}:{server.port}", "zone": "dropped", "view": ""}
     assert value(samples, "kdns_dns_responses_total", **labels, rcode="FORMERR", plugin="") == 200
+
+
+def test_a_reload_turns_the_query_log_and_the_coredns_names_on(
+    kdns_factory: KdnsFactory, tmp_path: Path
+) -> None:
+    config = tmp_path / "kdns.yaml"
+    config.write_text("query_log: false\n")
+    server = kdns_factory(EXAMPLES, "--config", str(config), "--reload-interval", "0.2")
+    text, _ = scrape(server)
+    assert "coredns_dns_requests_total" not in text
+    write_atomically(config, "query_log: json\nmetrics_coredns_names: true\n")
+    wait_for(server, lambda lines: any("config reloaded" in ln for ln in lines), "the reload")
+    query = dns.message.make_query(SERVICE, "A")
+    ask_from(server.port, query)
+
+    def logged(lines: list[str]) -> bool:
+        return any(ln.startswith("{") and json.loads(ln).get("id") == query.id for ln in lines)
+
+    wait_for(server, logged, "the JSON query line")
+    text, _ = scrape(server)
+    assert "coredns_dns_requests_total{" in text
