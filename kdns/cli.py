@@ -104,7 +104,7 @@ def _parser() -> argparse.ArgumentParser:
         "--metrics-coredns-names",
         action="store_true",
         default=None,
-        help="also export every metric under its CoreDNS name (coredns_dns_requests_total, …)",
+        help="also export the metrics CoreDNS has under its names (coredns_dns_requests_total, …)",
     )
     serve.add_argument(
         "--autopath",

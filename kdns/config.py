@@ -75,7 +75,7 @@ class Config:
     log_format: str = "text"  # text | json
     query_log: bool | str = False  # false | text (CoreDNS's log line) | json
     log_consolidate: float = 10.0  # seconds per summary of repeated errors; 0 = log every one
-    metrics_coredns_names: bool = False  # also export every metric under its coredns_ name
+    metrics_coredns_names: bool = False  # also export the CoreDNS ones under coredns_ names
     # userspace: relay Services from loopback VIPs (no privileges) and answer those VIPs in DNS.
     proxy: str = "none"
     # Lifecycle. On SIGTERM /ready turns 503 at once and DNS keeps answering for `lameduck`
