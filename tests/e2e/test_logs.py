@@ -229,7 +229,7 @@ def test_malformed_queries_are_answered_counted_and_logged_once_per_interval(
     assert value(samples, "kdns_dns_responses_total", **labels, rcode="FORMERR", plugin="") == 200
 
 
-def test_a_reload_turns_the_query_log_and_the_coredns_names_on(
+def test_a_reload_turns_json_logs_the_query_log_and_the_coredns_names_on(
     kdns_factory: KdnsFactory, tmp_path: Path
 ) -> None:
     config = tmp_path / "kdns.yaml"
@@ -237,8 +237,15 @@ def test_a_reload_turns_the_query_log_and_the_coredns_names_on(
     server = kdns_factory(EXAMPLES, "--config", str(config), "--reload-interval", "0.2")
     text, _ = scrape(server)
     assert "coredns_dns_requests_total" not in text
-    write_atomically(config, "query_log: json\nmetrics_coredns_names: true\n")
-    wait_for(server, lambda lines: any("config reloaded" in ln for ln in lines), "the reload")
+    write_atomically(config, "query_log: json\nmetrics_coredns_names: true\nlog_format: json\n")
+
+    def reloaded(lines: list[str]) -> bool:
+        # Logged after the switch: already a JSON line.
+        return any(
+            ln.startswith("{") and "config reloaded" in json.loads(ln)["msg"] for ln in lines
+        )
+
+    wait_for(server, reloaded, "the reload, logged as JSON")
     query = dns.message.make_query(SERVICE, "A")
     ask_from(server.port, query)
 
