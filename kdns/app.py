@@ -43,7 +43,7 @@ from typing import Any, Protocol
 
 import trio
 
-from kdns import metrics
+from kdns import logs, metrics
 from kdns.config import (
     Config,
     ConfigError,
@@ -60,9 +60,10 @@ from kdns.dns.forward import (
     resolv_conf_search,
 )
 from kdns.dns.handler import Handler
+from kdns.dns.querylog import QueryLog
 from kdns.dns.resolver import Resolver
 from kdns.dns.server import DnsServer
-from kdns.http import HttpEndpoint, health, prometheus, readiness
+from kdns.http import HttpEndpoint, health, metrics_route, readiness
 from kdns.proxy.loopback import LoopbackVips
 from kdns.proxy.userspace import Relay
 from kdns.sources.static import ManifestSource
@@ -377,7 +378,8 @@ class Runtime:
         route = {
             "health": health,
             "ready": readiness(self.app.store.unsynced_kinds, lambda: self.stopping),
-            "metrics": prometheus,
+            # The current config's choice: a reload may switch the CoreDNS names on or off.
+            "metrics": lambda: metrics_route(self.app.config.metrics_coredns_names)(),
         }[name]
         return HttpEndpoint(host, port, {f"/{name}": route})
 
@@ -403,7 +405,9 @@ class Runtime:
 
     async def run(self, *, task_status: trio.TaskStatus[dict[str, int]]) -> int:
         config = self.app.config
-        self.dns = DnsServer(self.app.handler, *parse_hostport(config.dns_addr))
+        self.dns = DnsServer(
+            self.app.handler, *parse_hostport(config.dns_addr), query_log=_query_log(config)
+        )
         self.dns.bind()  # outside the nursery: a taken port is a plain OSError for the command line
         self.http = {name: self._endpoint(name, config) for name in HTTP_NAMES}
         for endpoint in self.http.values():
@@ -507,7 +511,9 @@ class Runtime:
         key = "dns_addr"
         try:
             if config.dns_addr != old.dns_addr:
-                dns = DnsServer(self.app.handler, *parse_hostport(config.dns_addr))
+                dns = DnsServer(
+                    self.app.handler, *parse_hostport(config.dns_addr), query_log=_query_log(config)
+                )
                 dns.bind()
             for name in HTTP_NAMES:
                 key = f"{name}_addr"
@@ -535,6 +541,9 @@ class Runtime:
         self.app.forwarder = planned.forwarder
         assert self.dns is not None
         self.dns.handler = handler
+        self.dns.query_log = _query_log(config)
+        if (config.log_format, config.log_consolidate) != (old.log_format, old.log_consolidate):
+            logs.setup(config.log_format, logging.getLogger().level, config.log_consolidate)
         if dns is not None:
             dns.handler = handler
         # Upstream health probes follow the new forwarder; the old one's questions in flight
@@ -555,6 +564,10 @@ class Runtime:
         metrics.RELOADS.labels(result="ok").inc()
         log.info("config reloaded (%s)", reason)
         return True
+
+
+def _query_log(config: Config) -> QueryLog | None:
+    return QueryLog(config.query_log) if isinstance(config.query_log, str) else None
 
 
 def _check_source(old: Config, new: Config) -> None:

@@ -28,7 +28,7 @@ from typing import Any
 import trio
 from dnslib import QTYPE
 
-from kdns import app, proxyapp
+from kdns import app, logs, proxyapp
 from kdns.config import POD_MODES, PROXY_MODES, Config, ConfigError, apply_env, load_config
 from kdns.dns import explain as explain_mod
 from kdns.sources.static import ManifestSource
@@ -62,6 +62,7 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--ttl", type=int, metavar="SECONDS", help="TTL of cluster records (5)")
         p.add_argument("--pods", choices=POD_MODES, help="pod records mode (insecure)")
         p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+        p.add_argument("--log-format", choices=logs.LOG_FORMATS, help="log lines as text or JSON")
 
     serve = commands.add_parser("serve", help="answer DNS for the cluster")
     common(serve)
@@ -91,6 +92,19 @@ def _parser() -> argparse.ArgumentParser:
         type=float,
         metavar="SECONDS",
         help="how often the config file is checked for a change; 0: only on SIGHUP (2)",
+    )
+    serve.add_argument(
+        "--query-log",
+        nargs="?",
+        const="text",
+        choices=("text", "json", "false"),
+        help="log every query as CoreDNS's log plugin does (text, the default) or as JSON",
+    )
+    serve.add_argument(
+        "--metrics-coredns-names",
+        action="store_true",
+        default=None,
+        help="also export the metrics CoreDNS has under its names (coredns_dns_requests_total, …)",
     )
     serve.add_argument(
         "--autopath",
@@ -247,6 +261,9 @@ def _config(args: argparse.Namespace) -> Config:
         manifests=tuple(args.manifests) if args.manifests else None,
         kubeconfig=args.kubeconfig,
         context=args.context,
+        log_format=getattr(args, "log_format", None),
+        query_log=getattr(args, "query_log", None),
+        metrics_coredns_names=getattr(args, "metrics_coredns_names", None),
     )
 
 
@@ -261,6 +278,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _explain(args)
     try:
         config = _config(args)
+        logs.setup(config.log_format, args.log_level, config.log_consolidate)
         if args.command == "proxy":
             return _proxy(args, config)
         if args.command == "check" and not config.manifests:

@@ -22,6 +22,7 @@ from typing import Any
 import yaml
 
 POD_MODES = ("insecure", "verified", "disabled")
+LOG_FORMATS = ("text", "json")  # log_format, and query_log when on
 PROXY_MODES = ("none", "userspace")  # what `kdns serve` relays itself (README: userspace proxy)
 DEFAULT_ZONES = ("cluster.local", "in-addr.arpa", "ip6.arpa")
 _ZONE = re.compile(r"^(?!-)[a-z0-9-_]{1,63}(?<!-)(\.(?!-)[a-z0-9-_]{1,63}(?<!-))*$")
@@ -70,6 +71,11 @@ class Config:
     cache_max_denial_ttl: int = 30
     serve_stale: float = 0.0  # seconds past expiry an answer may be served when upstreams fail
     autopath: bool = False  # answer a pod's search path server-side (needs pods watched)
+    # Observability (kdns/logs.py, kdns/dns/querylog.py, kdns/metrics.py).
+    log_format: str = "text"  # text | json
+    query_log: bool | str = False  # false | text (CoreDNS's log line) | json
+    log_consolidate: float = 10.0  # seconds per summary of repeated errors; 0 = log every one
+    metrics_coredns_names: bool = False  # also export the CoreDNS ones under coredns_ names
     # userspace: relay Services from loopback VIPs (no privileges) and answer those VIPs in DNS.
     proxy: str = "none"
     # Lifecycle. On SIGTERM /ready turns 503 at once and DNS keeps answering for `lameduck`
@@ -210,8 +216,23 @@ def validate(config: Config, where: str) -> Config:
         raise fail("autopath", f"must be true or false (got {config.autopath!r})")
     if config.proxy not in PROXY_MODES:
         raise fail("proxy", f"must be one of {', '.join(PROXY_MODES)} (got {config.proxy!r})")
+    # Observability.
+    if config.log_format not in LOG_FORMATS:
+        raise fail("log_format", f"must be one of text, json (got {config.log_format!r})")
+    query_log = config.query_log
+    if isinstance(query_log, str) and query_log.strip().lower() in (*_FALSE, ""):
+        query_log = False  # KDNS_QUERY_LOG=off, or `query_log: "false"` quoted
+    if query_log is not False and query_log not in LOG_FORMATS:
+        raise fail("query_log", f"must be one of false, text, json (got {config.query_log!r})")
+    seconds("log_consolidate", 0.0, 3600.0)
+    if not isinstance(config.metrics_coredns_names, bool):
+        raise fail(
+            "metrics_coredns_names",
+            f"must be true or false (got {config.metrics_coredns_names!r})",
+        )
     return replace(
         config,
+        query_log=query_log,
         zones=tuple(zones),
         manifests=tuple(config.manifests),
         upstreams=None if config.upstreams is None else tuple(config.upstreams),

@@ -4,7 +4,8 @@ Contract:
 - `/health` answers 200 while the process runs (the liveness probe); `/ready` answers 200 once
   every watched kind has synced and 503 naming the kinds that have not (the readiness probe),
   and 503 again from the moment shutdown starts (lameduck: CoreDNS's ready plugin does the same);
-  `/metrics` is the Prometheus text format of the default registry.
+  `/metrics` is the Prometheus text format of the default registry (with every metric that has
+  a CoreDNS counterpart also under its coredns_ name when asked: `metrics_route(True)`).
 - Each listener serves its own path (CoreDNS: health :8080, ready :8181, prometheus :9153); any
   other path is 404, any method but GET/HEAD 405.
 - A slow or silent client is cut off after `timeout` seconds; a request larger than 8 KiB is
@@ -18,6 +19,8 @@ from collections.abc import Callable
 
 import trio
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from kdns.metrics import WithCorednsNames
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +49,14 @@ def readiness(
 
 def prometheus() -> tuple[int, str, bytes]:
     return 200, CONTENT_TYPE_LATEST, generate_latest()
+
+
+def prometheus_coredns_names() -> tuple[int, str, bytes]:
+    return 200, CONTENT_TYPE_LATEST, generate_latest(WithCorednsNames())  # type: ignore[arg-type]
+
+
+def metrics_route(coredns_names: bool = False) -> Route:
+    return prometheus_coredns_names if coredns_names else prometheus
 
 
 _REASONS = {

@@ -19,6 +19,11 @@ What CoreDNS's `forward` + `cache` plugins and kube-dns's stubDomains / upstream
 `max_denial_ttl`, SERVFAIL for `servfail_ttl`; bounded by entry counts; TTLs counted down in
 what clients see. Cluster answers never come here: they are answered from the store.
 
+Every attempt is counted per upstream (`kdns_forward_*`, CoreDNS's forward/proxy metrics); a
+failed one is logged at ERROR as CoreDNS's errors plugin does, with a `consolidate` key naming
+the upstream and the reason, so an upstream timing out a thousand times a second costs one line
+per interval (kdns/logs.py).
+
 Time is trio's clock, so tests drive expiry with `trio.testing.MockClock`.
 """
 
@@ -34,7 +39,9 @@ from dataclasses import dataclass, field
 
 import trio
 from cachetools import LRUCache
+from dnslib import QTYPE
 
+from kdns import metrics
 from kdns.dns import wire
 from kdns.dns.wire import Query
 
@@ -171,7 +178,9 @@ class UpstreamCache:
         self.success: LRUCache[bytes, CacheEntry] = LRUCache(maxsize=config.success_size)
         self.denial: LRUCache[bytes, CacheEntry] = LRUCache(maxsize=config.denial_size)
         self.hits = 0
+        self.hits_denial = 0  # of `hits`, those from the denial table (metrics)
         self.misses = 0
+        self.served_stale = 0
 
     def __len__(self) -> int:
         return len(self.success) + len(self.denial)
@@ -184,6 +193,8 @@ class UpstreamCache:
                 continue
             if now < entry.expires:
                 self.hits += count
+                if table is self.denial:
+                    self.hits_denial += count
                 return entry
             if now >= entry.stale_until:
                 del table[key]
@@ -310,6 +321,14 @@ class Forwarder:
                 return servers
         return self.config.upstreams
 
+    def zone_for(self, qname: str) -> str:
+        """The metrics zone of a forwarded name: its stub domain, else "." (as CoreDNS's server
+        block zone for a stub domain's `forward`)."""
+        for domain, _ in self._stubs:
+            if qname == domain or qname.endswith("." + domain):
+                return domain + "."
+        return "."
+
     def healthy(self, upstream: Upstream) -> bool:
         return self.health[upstream].fails < self.config.max_fails
 
@@ -321,11 +340,12 @@ class Forwarder:
         entry = self.cache.get(cache_key(query), now)
         return from_cache(entry, query, now) if entry is not None else None
 
-    async def resolve(self, query: Query) -> bytes:
-        """The response to send the client (not yet truncated for UDP)."""
+    async def resolve(self, query: Query, looked_up: bool = False) -> bytes:
+        """The response to send the client (not yet truncated for UDP). `looked_up`: the
+        caller's `cached` already counted this question's cache miss."""
         key = cache_key(query)
         now = trio.current_time()
-        entry = self.cache.get(key, now)
+        entry = self.cache.get(key, now, count=not looked_up)
         if entry is not None:
             return from_cache(entry, query, now)
         flight = self._in_flight.get(key)
@@ -335,6 +355,7 @@ class Forwarder:
         else:
             if len(self._in_flight) >= self.config.max_concurrent:
                 self.refused += 1
+                metrics.FORWARD_MAX_CONCURRENT_REJECTS.inc()
                 return wire.error_response(query.id, query.flags, wire.REFUSED, query)
             flight = self._in_flight[key] = _InFlight()
             try:
@@ -349,7 +370,11 @@ class Forwarder:
             # within the stale window beats a failure.
             stale = self.cache.stale(key, now)
             if stale is not None:
-                log.info("upstreams failed: serving a stale answer (RFC 8767)")
+                self.cache.served_stale += 1
+                log.info(
+                    "upstreams failed: serving a stale answer (RFC 8767)",
+                    extra={"consolidate": "serving stale answers"},
+                )
                 return from_cache(stale, query, now, stale_ttl=self.config.stale_ttl)
         entry = self.cache.get(key, now, count=False)
         if entry is not None:
@@ -364,17 +389,20 @@ class Forwarder:
         servers = list(self.upstreams_for(query.qname.rstrip(".")))
         random.shuffle(servers)  # CoreDNS's default `policy random`
         servers.sort(key=lambda u: not self.healthy(u))  # healthy ones first, stable otherwise
+        if servers and not self.healthy(servers[0]):
+            # CoreDNS's healthcheck_broken: every upstream is down; they are tried anyway.
+            metrics.FORWARD_HEALTHCHECK_BROKEN.inc()
         with trio.move_on_after(self.config.budget):
             for upstream in servers:
                 try:
                     reply = await self._ask(upstream, query)
                 except (ExchangeError, OSError, trio.TooSlowError) as e:
-                    self._failed(upstream, e)
+                    self._failed(upstream, query, e)
                     continue
                 try:
                     parsed = parse_response(reply)
                 except wire.WireError as e:
-                    self._failed(upstream, e)
+                    self._failed(upstream, query, e)
                     continue
                 self.health[upstream].fails = 0
                 response = strip_opt(reply, parsed)
@@ -382,23 +410,48 @@ class Forwarder:
                 return response
         return None
 
-    def _failed(self, upstream: Upstream, error: BaseException) -> None:
+    def _failed(self, upstream: Upstream, query: Query, error: BaseException) -> None:
         health = self.health[upstream]
         health.errors += 1
         health.fails += 1
+        if isinstance(error, trio.TooSlowError):
+            reason, detail = "timeout", f"no answer within {self.config.timeout:g} s"
+        elif isinstance(error, wire.WireError):
+            reason, detail = "malformed", f"malformed response: {error}"
+        else:
+            reason, detail = "network", str(error) or type(error).__name__
+        metrics.FORWARD_ERRORS.labels(str(upstream), reason).inc()
+        # CoreDNS's errors plugin: "2 example.org. A: read udp …: i/o timeout".
+        log.error(
+            "%s %s: forward to %s: %s",
+            query.qname + ".",
+            QTYPE.get(query.qtype, f"TYPE{query.qtype}"),
+            upstream,
+            detail,
+            extra={"consolidate": f"forward to {upstream}: {reason}"},
+        )
         if health.fails == self.config.max_fails:
-            log.warning("upstream %s is unhealthy (%s)", upstream, error or type(error).__name__)
+            log.warning("upstream %s is unhealthy (%s)", upstream, detail)
 
-    async def _ask(self, upstream: Upstream, query: Query) -> bytes:
+    async def _ask(self, upstream: Upstream, query: Query, probe: bool = False) -> bytes:
+        """One exchange with `upstream`; counted in the forward metrics unless a health `probe`."""
         qid = secrets.randbelow(65536)
         message = upstream_query(query, qid)
+        to = str(upstream)
         self.health[upstream].exchanges += 1
+        if not probe:
+            metrics.FORWARD_REQUESTS.labels(to).inc()
+        start = trio.current_time()
         with trio.fail_after(self.config.timeout):
             reply = await self._udp(upstream, message, qid, query.question)
             if struct.unpack_from("!H", reply, 2)[0] & wire.TC:
                 qid = secrets.randbelow(65536)
                 message = upstream_query(query, qid)
                 reply = await self._tcp(upstream, message, qid, query.question)
+        if not probe:
+            rcode = metrics.rcode_name(reply[3] & 0xF)
+            metrics.FORWARD_RESPONSES.labels(to, rcode).inc()
+            metrics.FORWARD_DURATION.labels(to, rcode).observe(trio.current_time() - start)
         return reply
 
     async def _udp(self, upstream: Upstream, message: bytes, qid: int, question: bytes) -> bytes:
@@ -445,8 +498,9 @@ class Forwarder:
                 if health.fails < self.config.max_fails:
                     continue
                 try:
-                    await self._ask(upstream, probe)
+                    await self._ask(upstream, probe, probe=True)
                 except (ExchangeError, OSError, trio.TooSlowError):
+                    metrics.FORWARD_HEALTHCHECK_FAILURES.labels(str(upstream)).inc()
                     continue
                 log.info("upstream %s answers again", upstream)
                 health.fails = 0

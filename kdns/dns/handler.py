@@ -10,6 +10,12 @@ Contract:
 - Malformed queries get FORMERR with the client's ID; opcodes other than QUERY get NOTIMP; EDNS
   versions other than 0 get BADVERS (RFC 6891 §6.1.3); zone transfers and non-IN classes get
   REFUSED, and so do names outside our zones when there is no upstream to forward them to.
+- After each `handle` / `handle_miss` that returns bytes, `self.label` is the metrics label id
+  (`metrics.LABELS`) of that response; `complete` leaves it in `deferred.label`. The zone is the
+  authoritative zone the name falls in, the stub domain or "." for forwarded names, and
+  "dropped" for queries refused before any lookup (CoreDNS's `vars.Dropped`).
+- Malformed queries and internal errors are logged with a `consolidate` key, so a flood of them
+  becomes one line per interval (kdns/logs.py).
 - The synchronous part is pure: no sockets and no clock.
 """
 
@@ -20,16 +26,19 @@ from dataclasses import dataclass
 
 from dnslib import CNAME, QTYPE, RR, DNSRecord
 
+from kdns import metrics
 from kdns.dns import wire
 from kdns.dns.forward import Forwarder
 from kdns.dns.resolver import Resolver
 from kdns.dns.wire import AnswerCache, Query
+from kdns.metrics import LABELS
 
 log = logging.getLogger(__name__)
 
 CLASS_IN = 1
 # Zone transfers are not offered (CoreDNS without its `transfer` plugin answers REFUSED).
 REFUSED_TYPES = frozenset({QTYPE.AXFR, QTYPE.IXFR})
+DROPPED = "dropped"  # CoreDNS's zone label for queries that never reach a plugin
 
 
 @dataclass(slots=True)
@@ -40,6 +49,7 @@ class Deferred:
     query: Query
     udp: bool
     search: tuple[str, ...] = ()  # autopath: the client's search list, first element matched
+    label: int = 0  # set by `complete`: the metrics label id of the response
 
 
 class Handler:
@@ -58,11 +68,13 @@ class Handler:
         self.host_search = host_search
         self.recursion_available = forwarder is not None
         self.errors = 0
+        self.label = 0  # the metrics label id of the last response returned
 
     def handle(self, data: bytes, udp: bool, client: str | None = None) -> bytes | Deferred | None:
         data = bytes(data)  # a no-op for the bytes sockets give; keys must be hashable
         hit = self.cache.answer(data, udp)
         if hit is not None:
+            self.label = self.cache.label
             return hit
         return self.handle_miss(data, udp, client)
 
@@ -76,13 +88,28 @@ class Handler:
             # The request boundary (DESIGN.md §5): a bug answers SERVFAIL and is logged, it
             # never takes the server down.
             self.errors += 1
-            log.exception("internal error answering a query")
+            metrics.PANICS.inc()
+            log.exception(
+                "internal error answering a query", extra={"consolidate": "internal error"}
+            )
             if len(data) < 12:
                 return None
             qid, flags = int.from_bytes(data[:2]), int.from_bytes(data[2:4])
+            self.label = LABELS.id(DROPPED, 0, wire.SERVFAIL, "", False)
             return wire.error_response(qid, flags, wire.SERVFAIL)
 
+    def zone(self, qname: str) -> str:
+        """The zone label of `qname`: the authoritative zone it falls in, else the stub domain
+        or "." that forwards it (CoreDNS's server block zone), else "dropped" (refused)."""
+        zone = self.resolver.zone_of(qname)
+        if zone is not None:
+            return zone + "."
+        if self.forwarder is not None and self.forwarder.upstreams_for(qname):
+            return self.forwarder.zone_for(qname)
+        return DROPPED
+
     def _refuse(self, query: Query, rcode: int, udp: bool) -> bytes:
+        self.label = LABELS.id(DROPPED, query.qtype, rcode, "", query.do)
         response = wire.error_response(query.id, query.flags, rcode, query)
         if self.recursion_available:
             response = _with_ra(response)
@@ -91,6 +118,13 @@ class Handler:
     def _slow(self, data: bytes, udp: bool, client: str | None) -> bytes | Deferred | None:
         query = wire.parse_query(data)
         if not isinstance(query, Query):
+            if query is not None:
+                self.label = LABELS.id(DROPPED, 0, wire.FORMERR, "", False)
+                log.warning(
+                    "malformed query from %s: answered FORMERR",
+                    client or "a TCP client",
+                    extra={"consolidate": "malformed queries answered FORMERR"},
+                )
             return query  # None (drop) or an encoded FORMERR
         if query.opcode != 0:
             return self._refuse(query, wire.NOTIMP, udp)
@@ -109,6 +143,13 @@ class Handler:
             # A fresh upstream-cache hit needs no network: answer it here, without a task.
             cached = self.forwarder.cached(query)
             if cached is not None:
+                self.label = LABELS.id(
+                    self.forwarder.zone_for(query.qname),
+                    query.qtype,
+                    cached[3] & 0xF,
+                    "cache",
+                    query.do,
+                )
                 return wire.finish(_with_ra(cached), query, udp)
             return Deferred(query, udp)
         response = wire.encode(
@@ -119,12 +160,26 @@ class Handler:
             answer.additional,
             recursion_available=self.recursion_available,
         )
+        zone = self.zone(query.qname)
+        self.label = LABELS.id(zone, query.qtype, answer.rcode, "kubernetes", query.do)
         if answer.cacheable and not (
             self.autopath and answer.rcode == wire.NXDOMAIN and self._in_a_namespace(query.qname)
         ):
             # With autopath, a pod's NXDOMAIN for `<name>.<its ns>.svc.<zone>` is answered by
             # searching; the shared cache (keyed without the client) must not answer it.
-            self.cache.store(data, query, response, answer.tags)
+            # A hit counts as a cache hit of CoreDNS's type: NXDOMAIN and NODATA are denial.
+            denial = answer.rcode == wire.NXDOMAIN or (
+                answer.rcode == wire.NOERROR and not answer.answer
+            )
+            hit_label = LABELS.id(
+                zone,
+                query.qtype,
+                answer.rcode,
+                "kubernetes",
+                query.do,
+                "denial" if denial else "success",
+            )
+            self.cache.store(data, query, response, answer.tags, hit_label)
         return wire.finish(response, query, udp)
 
     # --- the network part --------------------------------------------------------------------
@@ -133,14 +188,25 @@ class Handler:
         query = deferred.query
         try:
             if deferred.search:
+                plugin = "autopath"
                 response = await self._autopath(query, deferred.search)
             else:
                 assert self.forwarder is not None
-                response = await self.forwarder.resolve(query)
+                plugin = "forward"
+                # `_slow` looked it up in the upstream cache already (`cached`).
+                response = await self.forwarder.resolve(query, looked_up=True)
         except Exception:
             self.errors += 1
-            log.exception("internal error answering a forwarded query")
+            metrics.PANICS.inc()
+            log.exception(
+                "internal error answering a forwarded query",
+                extra={"consolidate": "internal error answering a forwarded query"},
+            )
+            plugin = ""
             response = wire.error_response(query.id, query.flags, wire.SERVFAIL, query)
+        deferred.label = LABELS.id(
+            self.zone(query.qname), query.qtype, response[3] & 0xF, plugin, query.do
+        )
         return wire.finish(_with_ra(response), query, deferred.udp)
 
     # --- autopath (CoreDNS `autopath @kubernetes`) --------------------------------------------

@@ -16,6 +16,12 @@ Contract:
   sockets stop receiving and TCP connections stop reading, while answers in flight (forwarded
   UDP questions, pipelined TCP ones) are still written; `run` returns once they are, and every
   socket is then closed.
+- Every answered query is counted in `self.stats` (CoreDNS's request/response metrics, see
+  kdns/metrics.py): inline in the UDP loop — one clock read and one dict update per packet —
+  and through `QueryStats.record` elsewhere. Its duration runs from reading the query to the
+  end of the send (CoreDNS's from ServeDNS to WriteMsg, plus the receive). The answer caches'
+  sizes and hits are read from the (current) handler's caches at scrape time.
+- `query_log`, when given, is called for each answered query (CoreDNS's `log` plugin).
 """
 
 from __future__ import annotations
@@ -24,10 +30,17 @@ import contextlib
 import errno
 import logging
 import socket
+import time
+from bisect import bisect_left
+from collections.abc import Callable
 
 import trio
 
+from kdns import metrics
 from kdns.dns.handler import Deferred, Handler
+
+# (client address, proto, query bytes, response bytes, metrics label id, seconds)
+QueryLog = Callable[[tuple[str, int], str, bytes, bytes, int, float], None]
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +59,7 @@ class DnsServer:
         idle_timeout: float = 10.0,
         read_timeout: float = 2.0,
         write_timeout: float = 5.0,
+        query_log: QueryLog | None = None,
     ) -> None:
         self.handler = handler
         self.host = host
@@ -53,12 +67,54 @@ class DnsServer:
         self.idle_timeout = idle_timeout
         self.read_timeout = read_timeout
         self.write_timeout = write_timeout
+        self.query_log = query_log
         self.tcp_connections = 0
         self.udp_send_errors = 0
         self._sockets: tuple[socket.socket, socket.socket] | None = None
         self.draining = False
         self._loops: list[trio.CancelScope] = []  # the receive loops; stop_listening ends them
         self._readers: dict[trio.SocketStream, trio.CancelScope] = {}  # each connection's read
+        # CoreDNS's address family label: 1 IPv4, 2 IPv6; a dual-stack socket decides per client.
+        self.family = "2" if ":" in host else "1"
+        self.dual_stack = host == "::"
+        self.stats = metrics.QueryStats(self._server_label())
+        self.stats.caches += [self._answer_cache_stats, self._upstream_cache_stats]
+
+    def _server_label(self) -> str:
+        # CoreDNS's `server` label: "dns://:53" for every address, else "dns://HOST:PORT".
+        host = "" if self.host in ("0.0.0.0", "::") else self.host
+        return f"dns://[{host}]:{self.port}" if ":" in host else f"dns://{host}:{self.port}"
+
+    def _answer_cache_stats(self) -> metrics.CacheStats:
+        handler = self.handler  # the current one: a reload may have replaced it
+        cache, resolver = handler.cache, handler.resolver
+        labels = metrics.LABELS.labels
+        denial = sum(1 for entry in cache.entries.values() if labels[entry[5]].cache == "denial")
+        return metrics.CacheStats(
+            zones=",".join(z + "." for z in (*resolver.forward_zones, *resolver.reverse_zones)),
+            success=len(cache.entries) - denial,
+            denial=denial,
+            misses=cache.misses,
+        )
+
+    def _upstream_cache_stats(self) -> metrics.CacheStats | None:
+        if self.handler.forwarder is None:
+            return None
+        cache = self.handler.forwarder.cache
+        return metrics.CacheStats(
+            zones=".",
+            success=len(cache.success),
+            denial=len(cache.denial),
+            misses=cache.misses,
+            hits_success=cache.hits - cache.hits_denial,
+            hits_denial=cache.hits_denial,
+            served_stale=cache.served_stale,
+        )
+
+    def _family_of(self, client: str | None) -> str:
+        if self.dual_stack and client is not None:
+            return "1" if client.startswith("::ffff:") else "2"
+        return self.family
 
     def bind(self) -> None:
         """Bind both sockets now (raises OSError), so a taken port fails before anything runs."""
@@ -102,6 +158,7 @@ class DnsServer:
             tcp.close()
             raise
         self.port = port
+        self.stats.server = self._server_label()
         return udp, tcp
 
     def close(self) -> None:
@@ -149,6 +206,13 @@ class DnsServer:
     async def _serve_udp(self, sock: socket.socket, nursery: trio.Nursery) -> None:
         recvfrom = sock.recvfrom
         sendto = sock.sendto
+        clock = time.perf_counter
+        stats = self.stats
+        counts = stats.counts[("udp", self.family)]
+        counts_v4, counts_v6 = stats.counts[("udp", "1")], stats.counts[("udp", "2")]
+        dual_stack = self.dual_stack
+        first_bucket = metrics.DURATION_BUCKETS[0]
+        buckets = metrics.DURATION_BUCKETS
         # `run` closes the socket, once the answers in flight are sent.
         with self._receiving():
             while True:
@@ -156,7 +220,11 @@ class DnsServer:
                 # Bound once per burst: attribute lookups per packet are a measurable share of
                 # the hot path. A reload swaps the handler between bursts, never inside one.
                 handler = self.handler
-                answer, handle_miss = handler.cache.answer, handler.handle_miss
+                cache = handler.cache
+                answer, handle_miss = cache.answer, handler.handle_miss
+                # One clock read per packet: a query's time runs from the end of the previous
+                # one (or the wake-up) to the end of its send, so it includes its own receive.
+                last = clock()
                 for _ in range(UDP_BURST):
                     try:
                         data, addr = recvfrom(65535)
@@ -165,17 +233,25 @@ class DnsServer:
                     except OSError as e:
                         # ICMP errors surface on later receives on some kernels; not ours to fix.
                         log.debug("UDP receive error: %s", e)
+                        last = clock()
                         continue
                     response = answer(data, True)
                     if response is None:
                         response = handle_miss(data, True, addr[0])
                         if response is None:
+                            last = clock()
                             continue
                         if isinstance(response, Deferred):
                             # Forwarding waits on the network: in a task of its own, so the
                             # loop goes on answering everything else meanwhile.
-                            nursery.start_soon(self._udp_deferred, sock, handler, response, addr)
+                            nursery.start_soon(
+                                self._udp_deferred, sock, handler, response, addr, data, last
+                            )
+                            last = clock()
                             continue
+                        label = handler.label
+                    else:
+                        label = cache.label
                     try:
                         sendto(response, addr)
                     except OSError as e:
@@ -183,9 +259,36 @@ class DnsServer:
                         self.udp_send_errors += 1
                         if e.errno not in (errno.EAGAIN, errno.ECONNREFUSED, errno.EHOSTUNREACH):
                             log.debug("UDP send error to %s: %s", addr, e)
+                    # Counted inline (see QueryStats): a method call per query costs more.
+                    now = clock()
+                    elapsed = now - last
+                    last = now
+                    if dual_stack:
+                        counts = counts_v4 if addr[0].startswith("::ffff:") else counts_v6
+                    key = (
+                        label,
+                        len(data),
+                        len(response),
+                        0 if elapsed <= first_bucket else bisect_left(buckets, elapsed),
+                    )
+                    entry = counts.get(key)
+                    if entry is None:
+                        stats.add(counts, key, elapsed)
+                    else:
+                        entry[0] += 1
+                        entry[1] += elapsed
+                    if self.query_log is not None:
+                        self.query_log(addr, "udp", data, response, label, elapsed)
+                        last = clock()  # the log line is not the next query's time
 
     async def _udp_deferred(
-        self, sock: socket.socket, handler: Handler, deferred: Deferred, addr: tuple[str, int]
+        self,
+        sock: socket.socket,
+        handler: Handler,
+        deferred: Deferred,
+        addr: tuple[str, int],
+        data: bytes,
+        start: float,
     ) -> None:
         response = await handler.complete(deferred)
         if response is None:
@@ -194,6 +297,22 @@ class DnsServer:
             sock.sendto(response, addr)
         except OSError:
             self.udp_send_errors += 1
+        self._count(addr, "udp", data, response, deferred.label, start)
+
+    def _count(
+        self,
+        addr: tuple[str, int],
+        proto: str,
+        data: bytes,
+        response: bytes,
+        label: int,
+        start: float,
+    ) -> None:
+        elapsed = time.perf_counter() - start
+        family = self._family_of(addr[0])
+        self.stats.record(proto, family, label, len(data), len(response), elapsed)
+        if self.query_log is not None:
+            self.query_log(addr, proto, data, response, label, elapsed)
 
     # --- TCP -----------------------------------------------------------------------------------
 
@@ -219,7 +338,7 @@ class DnsServer:
         send_lock = trio.Lock()
         in_flight = trio.Semaphore(MAX_TCP_IN_FLIGHT)
         try:
-            peer: str | None = stream.socket.getpeername()[0]
+            peer: tuple[str, int] | None = stream.socket.getpeername()[:2]
         except OSError:
             peer = None  # already gone
         try:
@@ -272,12 +391,17 @@ class DnsServer:
         send_lock: trio.Lock,
         in_flight: trio.Semaphore,
         message: bytes,
-        peer: str | None,
+        peer: tuple[str, int] | None,
     ) -> None:
+        start = time.perf_counter()
+        handler = self.handler  # the one that took the query answers it (a reload may swap)
         try:
-            response = self.handler.handle(message, False, peer)
+            response = handler.handle(message, False, peer[0] if peer else None)
+            label = handler.label
             if isinstance(response, Deferred):
-                response = await self.handler.complete(response)
+                deferred = response
+                response = await handler.complete(deferred)
+                label = deferred.label
             if response is None:
                 return
             async with send_lock:
@@ -288,5 +412,7 @@ class DnsServer:
                         return
                 if scope.cancelled_caught:
                     await stream.aclose()  # the client does not read: give up on it
+                    return
+            self._count(peer or ("", 0), "tcp", message, response, label, start)
         finally:
             in_flight.release()

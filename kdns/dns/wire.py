@@ -9,7 +9,8 @@
 - `AnswerCache` is the hot path (DESIGN.md §4): whole encoded answers keyed by the question's
   wire bytes (name lower-cased), the header flags and the EDNS shape. A hit costs one dict lookup
   and one bytes join: the client's ID and question are copied into the stored answer. Entries
-  carry the tags of the names they read and are dropped when one of those changes.
+  carry the tags of the names they read and are dropped when one of those changes, and an opaque
+  int the caller gave (`label`, the metrics label of a hit) that a hit leaves in `self.label`.
 
 Nothing here does I/O.
 """
@@ -295,16 +296,17 @@ _COUNTS_EDNS = b"\x00\x01\x00\x00\x00\x00\x00\x01"
 class AnswerCache:
     """Encoded answers by `cache_key`, dropped by tag; bounded by entry count.
 
-    An entry is (header bytes 2-12, bytes after the question, full length, TC header, TC tail):
-    the answer is rebuilt around the client's own ID and question with one join.
+    An entry is (header bytes 2-12, bytes after the question, full length, TC header, TC tail,
+    label): the answer is rebuilt around the client's own ID and question with one join.
     """
 
     def __init__(self, max_entries: int = 100_000) -> None:
         self.max_entries = max_entries
-        self.entries: dict[bytes, tuple[bytes, bytes, int, bytes, bytes]] = {}
+        self.entries: dict[bytes, tuple[bytes, bytes, int, bytes, bytes, int]] = {}
         self.by_tag: dict[Tag, set[bytes]] = {}
         self.hits = 0
         self.misses = 0
+        self.label = 0  # the `label` stored with the entry of the last hit
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -330,12 +332,16 @@ class AnswerCache:
             self.misses += 1
             return None
         self.hits += 1
+        self.label = entry[5]
         if udp and entry[2] > limit:
             return data[:2] + entry[3] + data[12:qend] + entry[4]
         return data[:2] + entry[0] + data[12:qend] + entry[1]
 
-    def store(self, data: bytes, query: Query, response: bytes, tags: Iterable[Tag]) -> None:
-        """Remember `response` (encoded by `encode`, not yet finished) for queries like `data`."""
+    def store(
+        self, data: bytes, query: Query, response: bytes, tags: Iterable[Tag], label: int = 0
+    ) -> None:
+        """Remember `response` (encoded by `encode`, not yet finished) for queries like `data`;
+        a hit on it sets `self.label` to `label`."""
         found = cache_key(data)
         if found is None or query.compressed or query.opcode != 0 or query.edns_version != 0:
             return
@@ -355,7 +361,14 @@ class AnswerCache:
             self.entries.clear()
             self.by_tag.clear()
         tc = truncated(response, query)
-        self.entries[key] = (response[2:12], response[qend:], len(response), tc[2:12], tc[qend:])
+        self.entries[key] = (
+            response[2:12],
+            response[qend:],
+            len(response),
+            tc[2:12],
+            tc[qend:],
+            label,
+        )
         for tag in tags:
             self.by_tag.setdefault(tag, set()).add(key)
 
