@@ -178,18 +178,18 @@ def build(config: Config, kube_options: dict[str, Any] | None = None) -> App:
     if config.proxy == "userspace":
         vips = LoopbackVips()
         vips.update(store.services)
-        relay = Relay(store, node_name())
+        relay = Relay(store, node_name(config.node_name))
     resolver, handler = assemble(config, store, planned, vips)
     app = App(config, store, resolver, handler, source, planned.forwarder, vips, relay)
     store.subscribe(app.follow)
     return app
 
 
-def node_name() -> str:
-    """This node's name, for traffic policies Local: $NODE_NAME (the downward API's
-    spec.nodeName, as kube-proxy's manifests pass it), else the host name (kube-proxy's
-    default)."""
-    return os.environ.get("NODE_NAME") or platform.node()
+def node_name(configured: str = "") -> str:
+    """This node's name, for traffic policies Local: the `node_name` key or flag, else
+    $NODE_NAME (the downward API's spec.nodeName, as kube-proxy's manifests pass it), else the
+    host name (kube-proxy's default)."""
+    return configured or os.environ.get("NODE_NAME") or platform.node()
 
 
 def check(config: Config) -> Plan:

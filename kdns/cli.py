@@ -135,7 +135,7 @@ def _proxy_parser(commands: Any, common: Callable[[argparse.ArgumentParser], Non
         "proxy", help="program this node's data path for Services (a minimal kube-proxy)"
     )
     common(proxy)
-    proxy.add_argument("--mode", choices=proxyapp.MODES, default="iptables", help="(iptables)")
+    proxy.add_argument("--mode", choices=proxyapp.MODES, help="(proxy_mode: iptables)")
     proxy.add_argument(
         "--node-name",
         metavar="NAME",
@@ -146,7 +146,7 @@ def _proxy_parser(commands: Any, common: Callable[[argparse.ArgumentParser], Non
         metavar="CIDR[,CIDR]",
         type=_cidrs,
         action="extend",
-        default=[],
+        default=None,
         help="the pod CIDR (one per family): traffic from outside it is masqueraded",
     )
     proxy.add_argument(
@@ -154,36 +154,34 @@ def _proxy_parser(commands: Any, common: Callable[[argparse.ArgumentParser], Non
         metavar="CIDR[,CIDR]",
         type=_cidrs,
         action="extend",
-        default=[],
+        default=None,
         help="serve NodePorts only on the node's addresses inside these (default: all)",
     )
     proxy.add_argument(
         "--min-sync-period",
         type=float,
-        default=1.0,
         metavar="SECONDS",
         help="at most one sync per this period; changes in between are coalesced (1)",
     )
     proxy.add_argument(
         "--sync-period",
         type=float,
-        default=30.0,
         metavar="SECONDS",
         help="sync and check the rules for tampering at least this often (30)",
     )
     proxy.add_argument(
-        "--masquerade-all", action="store_true", help="SNAT all traffic to ClusterIPs"
+        "--masquerade-all",
+        action="store_true",
+        default=None,
+        help="SNAT all traffic to ClusterIPs",
     )
-    proxy.add_argument("--ipvs-scheduler", default="rr", metavar="NAME", help="IPVS scheduler (rr)")
+    proxy.add_argument("--ipvs-scheduler", metavar="NAME", help="IPVS scheduler (rr)")
     proxy.add_argument(
         "--healthz-addr",
-        default="0.0.0.0:10256",
         metavar="HOST:PORT",
         help="/healthz and /livez (0.0.0.0:10256)",
     )
-    proxy.add_argument(
-        "--metrics-addr", default="127.0.0.1:10249", metavar="HOST:PORT", help="/metrics"
-    )
+    proxy.add_argument("--metrics-addr", metavar="HOST:PORT", help="/metrics (127.0.0.1:10249)")
     what = proxy.add_mutually_exclusive_group()
     what.add_argument(
         "--render", action="store_true", help="print the rules it would apply; change nothing"
@@ -195,23 +193,28 @@ def _proxy_parser(commands: Any, common: Callable[[argparse.ArgumentParser], Non
     )
 
 
-def _proxy_options(args: argparse.Namespace) -> proxyapp.ProxyOptions:
+def _proxy_options(args: argparse.Namespace, config: Config) -> proxyapp.ProxyOptions:
+    """The flags, each falling back to its config key (file < KDNS_* < flag)."""
+
+    def pick(flag: Any, key: str) -> Any:
+        return getattr(config, key) if flag is None else flag
+
     return proxyapp.ProxyOptions(
-        mode=args.mode,
-        node_name=args.node_name or app.node_name(),
-        cluster_cidrs=tuple(args.cluster_cidr),
-        nodeport_addresses=tuple(args.nodeport_addresses),
-        min_sync_period=args.min_sync_period,
-        sync_period=args.sync_period,
-        masquerade_all=args.masquerade_all,
-        healthz_addr=args.healthz_addr,
-        metrics_addr=args.metrics_addr,
-        ipvs_scheduler=args.ipvs_scheduler,
+        mode=pick(args.mode, "proxy_mode"),
+        node_name=app.node_name(pick(args.node_name, "node_name")),
+        cluster_cidrs=tuple(pick(args.cluster_cidr, "cluster_cidrs")),
+        nodeport_addresses=tuple(pick(args.nodeport_addresses, "nodeport_addresses")),
+        min_sync_period=pick(args.min_sync_period, "min_sync_period"),
+        sync_period=pick(args.sync_period, "sync_period"),
+        masquerade_all=pick(args.masquerade_all, "masquerade_all"),
+        healthz_addr=pick(args.healthz_addr, "healthz_addr"),
+        metrics_addr=pick(args.metrics_addr, "proxy_metrics_addr"),
+        ipvs_scheduler=pick(args.ipvs_scheduler, "ipvs_scheduler"),
     )
 
 
 def _proxy(args: argparse.Namespace, config: Config) -> int:
-    options = _proxy_options(args)
+    options = _proxy_options(args, config)
     problems = proxyapp.check_options(options)
     if problems:
         for line in problems:

@@ -23,6 +23,7 @@ import yaml
 
 POD_MODES = ("insecure", "verified", "disabled")
 LOG_FORMATS = ("text", "json")  # log_format, and query_log when on
+PROXY_COMMAND_MODES = ("iptables", "nftables", "ipvs", "userspace")  # `kdns proxy --mode`
 PROXY_MODES = ("none", "userspace")  # what `kdns serve` relays itself (README: userspace proxy)
 DEFAULT_ZONES = ("cluster.local", "in-addr.arpa", "ip6.arpa")
 _ZONE = re.compile(r"^(?!-)[a-z0-9-_]{1,63}(?<!-)(\.(?!-)[a-z0-9-_]{1,63}(?<!-))*$")
@@ -78,6 +79,17 @@ class Config:
     metrics_coredns_names: bool = False  # also export the CoreDNS ones under coredns_ names
     # userspace: relay Services from loopback VIPs (no privileges) and answer those VIPs in DNS.
     proxy: str = "none"
+    # `kdns proxy`, a minimal kube-proxy (README "Service proxy"); its flags override these.
+    proxy_mode: str = "iptables"
+    node_name: str = ""  # "" = $NODE_NAME (the downward API), else the host name
+    cluster_cidrs: tuple[str, ...] = ()  # pod CIDRs, one per family: others are masqueraded
+    nodeport_addresses: tuple[str, ...] = ()  # CIDRs; () = NodePorts on every local address
+    min_sync_period: float = 1.0  # at most one sync per period (kube-proxy's default)
+    sync_period: float = 30.0  # a sync and a canary check at least this often
+    masquerade_all: bool = False
+    ipvs_scheduler: str = "rr"
+    healthz_addr: str = "0.0.0.0:10256"  # kube-proxy's /healthz and /livez
+    proxy_metrics_addr: str = "127.0.0.1:10249"  # kube-proxy's metrics port
     # Lifecycle. On SIGTERM /ready turns 503 at once and DNS keeps answering for `lameduck`
     # seconds, so the EndpointSlice drops this pod before it stops (CoreDNS's `health { lameduck
     # 5s }`, the kubernetes manifests' value).
@@ -167,7 +179,14 @@ def validate(config: Config, where: str) -> Config:
     whole("ttl", 0, 3600, " of seconds")  # CoreDNS's `ttl` range
     if config.pods not in POD_MODES:
         raise fail("pods", f"must be one of {', '.join(POD_MODES)} (got {config.pods!r})")
-    for key in ("dns_addr", "health_addr", "ready_addr", "metrics_addr"):
+    for key in (
+        "dns_addr",
+        "health_addr",
+        "ready_addr",
+        "metrics_addr",
+        "healthz_addr",
+        "proxy_metrics_addr",
+    ):
         value = getattr(config, key)
         if not isinstance(value, str):
             raise fail(key, f"must be HOST:PORT, e.g. 0.0.0.0:53 or [::]:53 (got {value!r})")
@@ -178,7 +197,7 @@ def validate(config: Config, where: str) -> Config:
     for value in listed("manifests", "file or folder paths"):
         if not isinstance(value, str) or not value:
             raise fail("manifests", f"must be a list of file or folder paths (got {value!r})")
-    for key in ("kubeconfig", "context", "resolv_conf", "kube_dns_configmap"):
+    for key in ("kubeconfig", "context", "resolv_conf", "kube_dns_configmap", "node_name"):
         if not isinstance(getattr(config, key), str):
             raise fail(key, f"must be a string (got {getattr(config, key)!r})")
     if config.upstreams is not None:
@@ -216,6 +235,32 @@ def validate(config: Config, where: str) -> Config:
         raise fail("autopath", f"must be true or false (got {config.autopath!r})")
     if config.proxy not in PROXY_MODES:
         raise fail("proxy", f"must be one of {', '.join(PROXY_MODES)} (got {config.proxy!r})")
+    # The proxy.
+    if config.proxy_mode not in PROXY_COMMAND_MODES:
+        raise fail(
+            "proxy_mode",
+            f"must be one of {', '.join(PROXY_COMMAND_MODES)} (got {config.proxy_mode!r})",
+        )
+    for key in ("cluster_cidrs", "nodeport_addresses"):
+        families: list[int] = []
+        for value in listed(key, "CIDRs"):
+            try:
+                families.append(ipaddress.ip_network(value, strict=False).version)
+            except (TypeError, ValueError):
+                raise fail(
+                    key, f"must be a list of CIDRs, e.g. 10.244.0.0/16 (got {value!r})"
+                ) from None
+        if key == "cluster_cidrs" and len(families) != len(set(families)):
+            raise fail(key, f"at most one CIDR per IP family (got {list(config.cluster_cidrs)!r})")
+    seconds("min_sync_period", 0.0, 3600.0)
+    seconds("sync_period", 0.1, 86400.0)
+    if not isinstance(config.masquerade_all, bool):
+        raise fail("masquerade_all", f"must be true or false (got {config.masquerade_all!r})")
+    if not isinstance(config.ipvs_scheduler, str) or not config.ipvs_scheduler.isalnum():
+        raise fail(
+            "ipvs_scheduler",
+            f"must be an IPVS scheduler name, e.g. rr (got {config.ipvs_scheduler!r})",
+        )
     # Observability.
     if config.log_format not in LOG_FORMATS:
         raise fail("log_format", f"must be one of text, json (got {config.log_format!r})")
@@ -235,6 +280,8 @@ def validate(config: Config, where: str) -> Config:
         query_log=query_log,
         zones=tuple(zones),
         manifests=tuple(config.manifests),
+        cluster_cidrs=tuple(config.cluster_cidrs),
+        nodeport_addresses=tuple(config.nodeport_addresses),
         upstreams=None if config.upstreams is None else tuple(config.upstreams),
         stub_domains=tuple(stubs),
     )
@@ -251,7 +298,7 @@ def _check_server(fail: Any, key: str, value: Any) -> None:
 
 # --- KDNS_* environment variables ----------------------------------------------------------------
 
-_LISTS = ("zones", "manifests", "upstreams")
+_LISTS = ("zones", "manifests", "upstreams", "cluster_cidrs", "nodeport_addresses")
 _TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
 
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 import trio
 
 from kdns.app import Source, StartupError, open_source, open_store
-from kdns.config import Config, parse_hostport
+from kdns.config import PROXY_COMMAND_MODES, Config, parse_hostport
 from kdns.http import HttpEndpoint, Route, prometheus
 from kdns.proxy import healthcheck, userspace
 from kdns.proxy.dataplane import (
@@ -52,7 +52,7 @@ from kdns.store import Store
 
 log = logging.getLogger(__name__)
 
-MODES = ("iptables", "nftables", "ipvs", "userspace")
+MODES = PROXY_COMMAND_MODES
 SYNC_TIMEOUT = 120.0  # --render waits this long for a cluster's first list
 
 

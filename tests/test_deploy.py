@@ -325,7 +325,7 @@ def test_proxy_daemonset() -> None:
     assert flags <= PROXY_FLAGS, flags - PROXY_FLAGS
     # `kdns proxy`'s own parser and checks take them, as the kubelet passes them.
     parsed = cli._parser().parse_args([a.replace("$(NODE_NAME)", "node-1") for a in args])
-    options = cli._proxy_options(parsed)
+    options = cli._proxy_options(parsed, Config())
     assert proxyapp.check_options(options) == []
     assert options.node_name == "node-1" and options.mode == "iptables"
     assert args[args.index("--node-name") + 1] == "$(NODE_NAME)"

@@ -174,3 +174,26 @@ def test_userspace_render_lists_the_loopback_vips() -> None:
 def test_userspace_cleanup_has_nothing_to_remove() -> None:
     result = run_kdns("proxy", "--mode", "userspace", "--cleanup")
     assert (result.returncode, result.stderr) == (0, "")
+
+
+def test_config_file_keys_drive_the_proxy_and_flags_override_them(tmp_path) -> None:
+    config = tmp_path / "kdns.yaml"
+    config.write_text(
+        "proxy_mode: userspace\nnode_name: node9\ncluster_cidrs: [10.244.0.0/16]\n"
+        f"manifests: [{EXAMPLES}]\n"
+    )
+    result = run_kdns("proxy", "--config", str(config), "--render")
+    assert result.returncode == 0, result.stderr
+    assert any(line.startswith("default/redis:redis 127.") for line in result.stdout.splitlines())
+    # The flag wins over the file.
+    result = run_kdns("proxy", "--config", str(config), "--mode", "iptables", "--render")
+    assert result.returncode == 0, result.stderr
+    assert "KUBE-SERVICES" in result.stdout and "10.244.0.0/16" in result.stdout
+    # A bad value in the file: one line naming file, line and key.
+    config.write_text("proxy_mode: iptables\ncluster_cidrs: [10.1.0.0/16, 10.2.0.0/16]\n")
+    result = run_kdns("proxy", "--config", str(config), "--render")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"kdns: {config}:2: cluster_cidrs: at most one CIDR per IP family "
+        "(got ['10.1.0.0/16', '10.2.0.0/16'])"
+    ]
