@@ -162,7 +162,7 @@ def unprivileged(python_ok_as_nobody: bool) -> list[str]:
     who = (
         ["--reuid=nobody", "--regid=nogroup", "--clear-groups"]
         if python_ok_as_nobody
-        else ["--reuid=0", "--regid=0"]
+        else ["--reuid=0", "--regid=0", "--clear-groups"]
     )
     return ["setpriv", *who, "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs"]
 
