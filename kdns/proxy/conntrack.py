@@ -14,6 +14,11 @@ Contract:
     while packets were rejected; they would otherwise never be DNATed. Live flows never match.
 - Only UDP: TCP ends on RST and SCTP has its own teardown. The engine skips the first sync
   after a start (it has no "before"), so a restart that changes nothing deletes nothing.
+- `unused_dnat_flows(entries, routes)` is the reconciliation at start (kube-proxy ≥ 1.31 lists
+  conntrack instead of trusting its memory): UDP entries (`parse_entries` of `conntrack -L`)
+  from a route's VIP:port or NodePort that were DNATed to an address the route no longer
+  uses — an endpoint that went away while the proxy was down. Entries to current endpoints
+  never match, so a restart that changes nothing deletes nothing.
 - `argv(flow)` is the `conntrack` command line. Pure: nothing here runs it.
 """
 
@@ -97,3 +102,61 @@ def stale_flows(
     return sorted(
         flows, key=lambda f: (f.family, f.orig_dst or "", f.orig_port_dst or 0, f.dst_nat or "")
     )
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """What the reconciliation needs of one UDP conntrack entry."""
+
+    family: int
+    orig_dst: str
+    orig_dport: int
+    reply_src: str  # the DNAT target; the original destination when nothing rewrote it
+
+
+def parse_entries(text: str, family: int) -> list[Entry]:
+    """The UDP entries of `conntrack -L -p udp` output (plain or `-o extended`)."""
+    entries = []
+    for line in text.splitlines():
+        fields: dict[str, list[str]] = {}
+        for token in line.split():
+            key, sep, value = token.partition("=")
+            if sep:
+                fields.setdefault(key, []).append(value)
+        src, dst, dport = fields.get("src", []), fields.get("dst", []), fields.get("dport", [])
+        if " udp " not in f" {line} " or len(src) < 2 or len(dst) < 1 or not dport:
+            continue
+        try:
+            entries.append(Entry(family, dst[0], int(dport[0]), src[1]))
+        except ValueError:
+            continue
+    return entries
+
+
+def unused_dnat_flows(entries: Iterable[Entry], routes: Iterable[ServicePortRoute]) -> list[Flow]:
+    """Deletions for entries DNATed from a UDP route to an address it no longer uses."""
+    by_vip: dict[tuple[str, int], set[str]] = {}
+    by_node_port: dict[int, set[str]] = {}
+    for route in routes:
+        if route.protocol != "UDP":
+            continue
+        used = _in_use(route)
+        for vip in (route.cluster_ip, *route.external_ips, *route.load_balancer_ips):
+            by_vip.setdefault((vip, route.port), set()).update(used)
+        if route.node_port:
+            by_node_port.setdefault(route.node_port, set()).update(used)
+    flows: set[Flow] = set()
+    for entry in entries:
+        if entry.reply_src == entry.orig_dst:
+            continue  # not DNATed: the first-endpoint clean-up's business
+        used = by_vip.get((entry.orig_dst, entry.orig_dport))
+        if used is not None:
+            if entry.reply_src not in used:
+                flows.add(
+                    Flow(entry.family, entry.orig_dst, entry.orig_dport, None, entry.reply_src)
+                )
+            continue
+        used = by_node_port.get(entry.orig_dport)
+        if used is not None and entry.reply_src not in used:
+            flows.add(Flow(entry.family, None, entry.orig_dport, None, entry.reply_src))
+    return sorted(flows, key=repr)

@@ -225,11 +225,29 @@ class SyncEngine:
         )
         if self.on_routes is not None:
             self.on_routes(routes if len(routes) == ports else self.routes())
-        # Not after the first sync: a restart has no "before" and must not flush anything.
-        if self.clean_conntrack and self.syncs > 1 and changed:
+        if not self.clean_conntrack:
+            return
+        if self.syncs == 1:
+            # After a (re)start there is no "before": reconcile against the kernel instead.
+            await trio.to_thread.run_sync(self._reconcile_conntrack, routes)
+        elif changed:
             flows = conntrack.stale_flows(before, after)
             if flows:
                 await trio.to_thread.run_sync(self._delete_flows, flows)
+
+    def _reconcile_conntrack(self, routes: Sequence[ServicePortRoute]) -> None:
+        entries: list[conntrack.Entry] = []
+        for family in getattr(self.dataplane, "families", (4,)):
+            argv = ["conntrack", "-L", "-f", "ipv4" if family == 4 else "ipv6", "-p", "udp"]
+            status, out, err = self.runner(argv, None)
+            if status != 0:
+                log.warning("conntrack: %s: %s", " ".join(argv), err.strip())
+                continue
+            entries += conntrack.parse_entries(out, family)
+        flows = conntrack.unused_dnat_flows(entries, routes)
+        if flows:
+            log.info("conntrack: %d UDP flows point at endpoints that are gone", len(flows))
+            self._delete_flows(flows)
 
     def _delete_flows(self, flows: list[conntrack.Flow]) -> None:
         for flow in flows:

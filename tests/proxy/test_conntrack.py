@@ -123,3 +123,52 @@ def test_restart_has_no_before_and_deletes_nothing() -> None:
 )
 def test_argv(flow: Flow, args: str) -> None:
     assert argv(flow) == ["conntrack", "-D", *args.split()]
+
+
+# --- reconciliation at start ------------------------------------------------------------------
+
+LISTING = """\
+udp      17 99 src=10.244.1.21 dst=10.96.0.10 sport=40001 dport=53 [UNREPLIED] src=10.96.0.10 \
+dst=10.244.1.21 sport=53 dport=40001 mark=0 use=1
+udp      17 98 src=10.244.1.20 dst=10.96.0.10 sport=40000 dport=53 src=10.244.1.5 \
+dst=10.244.1.20 sport=5353 dport=40000 [ASSURED] mark=0 use=1
+udp      17 97 src=10.244.1.22 dst=10.96.0.10 sport=40002 dport=53 src=10.244.9.9 \
+dst=10.244.1.22 sport=5353 dport=40002 mark=0 use=1
+udp      17 96 src=203.0.113.2 dst=192.0.2.10 sport=5000 dport=30053 src=10.244.9.9 \
+dst=192.0.2.10 sport=5353 dport=5000 mark=0 use=1
+ipv4     2 udp      17 95 src=10.244.1.23 dst=10.96.0.99 sport=1 dport=53 src=10.244.7.7 \
+dst=10.244.1.23 sport=53 dport=1 mark=0 use=1
+tcp      6 431999 ESTABLISHED src=10.244.1.20 dst=10.96.0.10 sport=4 dport=53 src=10.244.9.9 \
+dst=10.244.1.20 sport=5353 dport=4 mark=0 use=1
+"""
+
+
+def test_parse_entries_reads_orig_destination_and_dnat_target() -> None:
+    from kdns.proxy.conntrack import Entry, parse_entries
+
+    assert parse_entries(LISTING, 4) == [
+        Entry(4, "10.96.0.10", 53, "10.96.0.10"),
+        Entry(4, "10.96.0.10", 53, "10.244.1.5"),
+        Entry(4, "10.96.0.10", 53, "10.244.9.9"),
+        Entry(4, "192.0.2.10", 30053, "10.244.9.9"),
+        Entry(4, "10.96.0.99", 53, "10.244.7.7"),
+    ]
+
+
+def test_reconciliation_deletes_only_flows_to_endpoints_that_are_gone() -> None:
+    from kdns.proxy.conntrack import parse_entries, unused_dnat_flows
+
+    current = routes((S_NP, [A]))  # 10.244.1.5 is the only endpoint now
+    flows = unused_dnat_flows(parse_entries(LISTING, 4), current)
+    assert flows == sorted(
+        [
+            # A ClusterIP flow DNATed to 10.244.9.9, which left while the proxy was down.
+            Flow(4, "10.96.0.10", 53, None, "10.244.9.9"),
+            # The same endpoint behind the NodePort.
+            Flow(4, None, 30053, None, "10.244.9.9"),
+        ],
+        key=repr,
+    )
+    # Nothing changed: nothing deleted (the un-DNATed entry and 10.96.0.99 are not ours).
+    both = routes((S_NP, [A, ep("10.244.9.9", ports=UDP_EP)]))
+    assert unused_dnat_flows(parse_entries(LISTING, 4), both) == []

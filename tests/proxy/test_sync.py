@@ -245,14 +245,52 @@ def test_udp_endpoint_replaced_deletes_its_conntrack_entries(netns: str) -> None
             await wait_for(lambda: engine.synced)
             synced = engine.syncs
             await trio.sleep(0.3)
-            assert not [a for a, _ in runner.calls if a[0] == "conntrack"]  # first sync: none
+            # First sync: the reconciliation lists, and finds nothing to delete.
+            assert [a[:2] for a, _ in runner.calls if a[0] == "conntrack"] == [["conntrack", "-L"]]
             store.upsert(ENDPOINTSLICES, slice_of("ns/dns", ep("10.244.1.6", ports=UDP_EP)))
             await wait_for(lambda: engine.syncs > synced)
             await wait_for(lambda: any(a[0] == "conntrack" for a, _ in runner.calls))
             nursery.cancel_scope.cancel()
 
     trio.run(main)
-    deletes = [" ".join(a) for a, _ in runner.calls if a[0] == "conntrack"]
+    deletes = [" ".join(a) for a, _ in runner.calls if a[:2] == ["conntrack", "-D"]]
     assert deletes == [
         "conntrack -D -f ipv4 -p udp --orig-dst 10.96.0.10 --dst-nat 10.244.1.5",
     ]
+
+
+def conntrack_entry(ns: str, client: str, sport: int, dnat_to: str) -> None:
+    """A UDP entry from `client` to 10.96.0.10:53 answered by `dnat_to` (the VIP: not DNATed)."""
+    reply_port = "53" if dnat_to == "10.96.0.10" else "5353"
+    argv = ["conntrack", "-I", "-p", "udp", "-s", client, "-d", "10.96.0.10"]
+    argv += ["--sport", str(sport), "--dport", "53", "-r", dnat_to, "-q", client]
+    argv += ["--reply-port-src", reply_port, "--reply-port-dst", str(sport), "-t", "120"]
+    result = run_command(["ip", "netns", "exec", ns, *argv])
+    assert result[0] == 0, result[2]
+
+
+def test_start_reconciles_conntrack_with_the_endpoints(netns: str) -> None:
+    # Left by an earlier run: a flow to the current endpoint, one to an endpoint that went
+    # away while no proxy ran, one never DNATed (made while the Service had no endpoint).
+    in_ns(netns, "iptables", "-t", "nat", "-L")  # conntrack is on in the namespace
+    conntrack_entry(netns, "10.244.1.20", 40000, "10.244.1.5")
+    conntrack_entry(netns, "10.244.1.21", 40001, "10.244.1.9")
+    conntrack_entry(netns, "10.244.1.22", 40002, "10.96.0.10")
+    store = Store(watched=(SERVICES, ENDPOINTSLICES))
+    runner = Recorder(netns)
+    engine = make_engine("nftables", store, runner)
+    two_services(store)
+    dns = slice_of("ns/dns", ep("10.244.1.5", ports=UDP_EP))
+    store.replace(ENDPOINTSLICES, {dns.key: dns})
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(engine.run)
+            await wait_for(lambda: engine.synced)
+            await wait_for(lambda: any(a[:2] == ["conntrack", "-D"] for a, _ in runner.calls))
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    listing = in_ns(netns, "conntrack", "-L", "-p", "udp")
+    assert "sport=40000" in listing and "sport=40002" in listing
+    assert "sport=40001" not in listing
