@@ -250,6 +250,7 @@ class IptablesDataplane:
             for f in node.families
         }
         self._last: dict[int, ipt.Rendering] = {}
+        self._fixed: dict[int, ipt.FixedChains] = {}  # the fixed chains' rules, as applied
         # What our chains hold after the last successful restore: the canary compares.
         self._expected: dict[int, dict[tuple[str, str], int]] = {}
 
@@ -270,12 +271,13 @@ class IptablesDataplane:
                     expected: dict[tuple[str, str], int] = {}
                 else:
                     rendering = ipt.render_partial(routes, changed, config, last.active_chains)
-                    text = rendering.text
+                    text = ipt.omit_unchanged(rendering.text, self._fixed[family])
                     expected = dict(self._expected[family])
                 _check(self.runner, [_RESTORE[family], "-w", "5", "--noflush"], text)
             except ApplyError:
                 self._last.pop(family, None)
                 self._expected.pop(family, None)
+                self._fixed.pop(family, None)
                 raise
             expected.update(rule_counts(text))
             for chain in rendering.deleted_chains:
@@ -285,7 +287,11 @@ class IptablesDataplane:
                 expected.pop(key)
             self._expected[family] = expected
             self._last[family] = rendering
-            rules += rendering.filter_rules + rendering.nat_rules
+            # What the kernel's fixed chains hold now (the omitted ones kept theirs).
+            fixed = {} if changed is None or last is None else dict(self._fixed[family])
+            fixed.update(ipt.fixed_chain_rules(text))
+            self._fixed[family] = fixed
+            rules += text.count("\n-A ")
             size += len(text)
             done.append(family)
         return Applied(rules, size, tuple(done))

@@ -595,3 +595,46 @@ def render_cleanup(saved: Mapping[str, Iterable[str]]) -> str:
         parts += [f"*{table}", *(chain_line(c) for c in ours), *(f"-X {c}" for c in ours)]
         parts.append("COMMIT")
     return "\n".join([*parts, ""]) if parts else ""
+
+
+FixedChains = dict[tuple[str, str], tuple[str, ...]]
+
+
+def fixed_chain_rules(text: str) -> FixedChains:
+    """(table, chain) → its `-A` lines, for the fixed chains a restore input declares."""
+    fixed = {("filter", c) for c in FILTER_CHAINS} | {("nat", c) for c in NAT_CHAINS}
+    chains: dict[tuple[str, str], list[str]] = {}
+    table = ""
+    for line in text.split("\n"):
+        if line.startswith("*"):
+            table = line[1:]
+        elif line.startswith(":"):
+            key = (table, line[1:].split(" ", 1)[0])
+            if key in fixed:
+                chains[key] = []
+        elif line.startswith("-A "):
+            key = (table, line[3:].split(" ", 1)[0])
+            if key in chains:
+                chains[key].append(line)
+    return {key: tuple(lines) for key, lines in chains.items()}
+
+
+def omit_unchanged(text: str, applied: FixedChains) -> str:
+    """A partial restore input without the fixed chains whose rules equal `applied` (what the
+    kernel holds after the last successful restore): under --noflush a chain the input does not
+    declare is left as it is. kube-proxy rewrites KUBE-SERVICES on every partial sync (10,000
+    rules at 10k Services); an endpoint change does not alter it, so here it is not sent."""
+    same = {key for key, rules in fixed_chain_rules(text).items() if applied.get(key) == rules}
+    if not same:
+        return text
+    out = []
+    table = ""
+    for line in text.split("\n"):
+        if line.startswith("*"):
+            table = line[1:]
+        elif line.startswith((":", "-A ")):
+            chain = line[(1 if line[0] == ":" else 3) :].split(" ", 1)[0]
+            if (table, chain) in same:
+                continue
+        out.append(line)
+    return "\n".join(out)

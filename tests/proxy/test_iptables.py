@@ -970,3 +970,75 @@ def test_rendering_is_frozen() -> None:
     assert isinstance(rendering, Rendering)
     with pytest.raises(AttributeError):
         rendering.text = ""  # type: ignore[misc]
+
+
+# --- partial syncs leave out the fixed chains that did not change -------------------------------
+
+
+def test_omit_unchanged_leaves_out_only_fixed_chains_that_did_not_change() -> None:
+    from kdns.proxy.iptables import fixed_chain_rules, omit_unchanged
+
+    config = IptablesConfig(cluster_cidr=PODS)
+    web = svc("ns/web", ip="10.96.0.20")
+    before = render_full(routes((web, [ep("10.244.1.5")])), config)
+    applied = fixed_chain_rules(before.text)
+    # An endpoint replaced: KUBE-SERVICES and the other fixed chains are as they were.
+    moved = render_partial(
+        routes((web, [ep("10.244.1.6")])), {web.key}, config, before.active_chains
+    )
+    text = omit_unchanged(moved.text, applied)
+    assert ":KUBE-SERVICES" not in text and "-A KUBE-SERVICES" not in text
+    assert "--to-destination 10.244.1.6:8080" in text
+    # A new Service: KUBE-SERVICES changes, so it is sent (whole, as kube-proxy sends it).
+    api = svc("ns/api", ip="10.96.0.30")
+    grown = render_partial(
+        routes((web, [ep("10.244.1.6")]), (api, [ep("10.244.2.7")])),
+        {api.key},
+        config,
+        moved.active_chains,
+    )
+    text = omit_unchanged(grown.text, applied)
+    assert ":KUBE-SERVICES - [0:0]" in text.split("*nat", 1)[1]
+    assert text.count("-A KUBE-SERVICES") == grown.text.count("-A KUBE-SERVICES")
+
+
+def test_partial_syncs_without_unchanged_chains_reach_the_full_state() -> None:
+    """A history of partial syncs through the data plane leaves the kernel as one full restore
+    of the final state does (both in namespaces of their own)."""
+    from kdns.proxy.dataplane import IptablesDataplane, Node, run_command
+
+    node = Node(families=(4,), cluster_cidrs=(PODS,))
+    services = [svc(f"ns/s{i}", ip=f"10.96.0.{i + 10}") for i in range(4)]
+    history = [
+        {0: ["10.244.1.5"], 1: ["10.244.1.6", "10.244.2.6"]},
+        {0: ["10.244.1.7"], 1: ["10.244.1.6", "10.244.2.6"]},  # an endpoint replaced
+        {0: ["10.244.1.7"], 1: [], 2: ["10.244.3.3"]},  # 1 loses all, 2 appears
+        {1: ["10.244.1.9"], 2: ["10.244.3.3"], 3: ["10.244.4.4", "10.244.4.5"]},  # 0 goes
+    ]
+
+    def state(step: dict[int, list[str]]):
+        return routes(*((services[i], [ep(a) for a in addrs]) for i, addrs in step.items()))
+
+    with (
+        throwaway_netns("kdns-ipt-a", ("iptables-restore", "iptables")) as a,
+        throwaway_netns("kdns-ipt-b", ("iptables-restore", "iptables")) as b,
+    ):
+
+        def runner_in(ns: str):
+            return lambda argv, stdin=None: run_command(["ip", "netns", "exec", ns, *argv], stdin)
+
+        plane = IptablesDataplane(node, runner_in(a))
+        previous: dict[int, list[str]] = {}
+        for step in history:
+            changed = {services[i].key for i in set(step) | set(previous)}
+            plane.sync(state(step), None if not previous else changed)
+            previous = step
+        fresh = IptablesDataplane(node, runner_in(b))
+        fresh.sync(state(history[-1]), None)
+
+        def nat(ns: str) -> list[str]:
+            save = in_netns(ns, "iptables-save", "-t", "nat")
+            return sorted(x for x in save.splitlines() if x.startswith(("-A", ":KUBE")))
+
+        assert nat(a) == nat(b)
+        assert plane.intact()
