@@ -213,6 +213,14 @@ def _proxy_options(args: argparse.Namespace, config: Config) -> proxyapp.ProxyOp
     )
 
 
+def _refuse(problem: ConfigError | app.StartupError, who: str = "kdns") -> int:
+    """One line per problem on stderr, and the exit status for a start that cannot be."""
+    lines = problem.lines if isinstance(problem, app.StartupError) else [str(problem)]
+    for line in lines:
+        print(f"{who}: {line}", file=sys.stderr)
+    return 2
+
+
 def _proxy(args: argparse.Namespace, config: Config) -> int:
     options = _proxy_options(args, config)
     problems = proxyapp.check_options(options)
@@ -231,9 +239,7 @@ def _proxy(args: argparse.Namespace, config: Config) -> int:
             return 0
         trio.run(proxyapp.run_proxy, config, options)
     except app.StartupError as e:
-        for line in e.lines:
-            print(f"kdns proxy: {line}", file=sys.stderr)
-        return 2
+        return _refuse(e, "kdns proxy")
     except OSError as e:
         print(f"kdns proxy: {e.strerror}", file=sys.stderr)
         return 2
@@ -291,13 +297,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("manifests: none given (check contacts no cluster; give --manifests PATH)")
             return 0
         built = app.build(config)
-    except ConfigError as e:
-        print(f"kdns: {e}", file=sys.stderr)
-        return 2
-    except app.StartupError as e:
-        for line in e.lines:
-            print(f"kdns: {line}", file=sys.stderr)
-        return 2
+    except (ConfigError, app.StartupError) as e:
+        return _refuse(e)
     if args.command == "check":
         print(_summary(built))
         return 0
@@ -403,13 +404,8 @@ def _explain(args: argparse.Namespace) -> int:
     try:
         config = _config(args)
         built = app.build(config)
-    except ConfigError as e:
-        print(f"kdns: {e}", file=sys.stderr)
-        return 2
-    except app.StartupError as e:
-        for line in e.lines:
-            print(f"kdns: {line}", file=sys.stderr)
-        return 2
+    except (ConfigError, app.StartupError) as e:
+        return _refuse(e)
     if not built.store.synced and not trio.run(_wait_synced, built, args.timeout):
         kinds = ", ".join(built.store.unsynced_kinds())
         print(
