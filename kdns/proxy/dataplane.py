@@ -57,6 +57,8 @@ def run_command(argv: Sequence[str], stdin: str | None = None) -> tuple[int, str
         )
     except FileNotFoundError:
         return 127, "", f"{argv[0]}: command not found"
+    except OSError as e:
+        return 126, "", f"{argv[0]}: {e.strerror}"
     except subprocess.TimeoutExpired:
         return 124, "", f"{argv[0]}: no answer in {COMMAND_TIMEOUT:.0f} s"
     return done.returncode, done.stdout, done.stderr

@@ -150,7 +150,11 @@ class SyncEngine:
     async def _check_canary(self) -> None:
         if not self.synced or self._need_full:
             return
-        intact = await trio.to_thread.run_sync(self.dataplane.intact)
+        try:
+            intact = await trio.to_thread.run_sync(self.dataplane.intact)
+        except Exception:  # an unreadable listing is no proof the rules are right
+            log.exception("%s proxy: the canary check failed", self.mode)
+            intact = False
         if not intact:
             log.warning("%s proxy: kdns's rules were changed by someone else; repairing", self.mode)
             metrics.PROXY_REPAIRS.labels(self.mode).inc()
@@ -183,8 +187,13 @@ class SyncEngine:
             applied = await trio.to_thread.run_sync(
                 self.dataplane.sync, routes, None if full else frozenset(changed)
             )
-        except ApplyError as e:
-            log.error("%s proxy: %s sync failed, retrying in full: %s", self.mode, kind, e)
+        except Exception as e:
+            # ApplyError is the kernel refusing; anything else is a bug, but the proxy keeps
+            # the last rules and retries in full rather than dying (DESIGN: never a crash).
+            if isinstance(e, ApplyError):
+                log.error("%s proxy: %s sync failed, retrying in full: %s", self.mode, kind, e)
+            else:
+                log.exception("%s proxy: %s sync failed, retrying in full", self.mode, kind)
             metrics.PROXY_SYNC_FAILURES.labels(self.mode, kind).inc()
             metrics.PROXY_SYNCS.labels(self.mode, kind, "error").inc()
             self._need_full = True
@@ -229,7 +238,7 @@ class SyncEngine:
             return
         if self.syncs == 1:
             # After a (re)start there is no "before": reconcile against the kernel instead.
-            await trio.to_thread.run_sync(self._reconcile_conntrack, routes)
+            await trio.to_thread.run_sync(self._reconcile_conntrack_safely, routes)
         elif changed:
             flows = conntrack.stale_flows(before, after)
             if flows:
@@ -248,6 +257,12 @@ class SyncEngine:
         if flows:
             log.info("conntrack: %d UDP flows point at endpoints that are gone", len(flows))
             self._delete_flows(flows)
+
+    def _reconcile_conntrack_safely(self, routes: Sequence[ServicePortRoute]) -> None:
+        try:
+            self._reconcile_conntrack(routes)
+        except Exception:  # clean-up is best effort: the rules are already right
+            log.exception("conntrack: reconciliation failed")
 
     def _delete_flows(self, flows: list[conntrack.Flow]) -> None:
         for flow in flows:

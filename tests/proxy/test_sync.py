@@ -44,9 +44,13 @@ class Recorder:
         self.ns = ns
         self.calls: list[tuple[list[str], str | None]] = []
         self.fail_next: str | None = None  # argv[0] of the next command to fail
+        self.garble_listing = False  # answer the next `nft -j list …` with broken JSON
 
     def __call__(self, argv: Sequence[str], stdin: str | None = None) -> tuple[int, str, str]:
         self.calls.append((list(argv), stdin))
+        if self.garble_listing and list(argv[:3]) == ["nft", "-j", "list"]:
+            self.garble_listing = False
+            return 0, '{"nftables": [', ""
         if self.fail_next and argv[0] == self.fail_next:
             self.fail_next = None
             return 1, "", f"{argv[0]}: line 2 failed (injected)"
@@ -294,3 +298,26 @@ def test_start_reconciles_conntrack_with_the_endpoints(netns: str) -> None:
     listing = in_ns(netns, "conntrack", "-L", "-p", "udp")
     assert "sport=40000" in listing and "sport=40002" in listing
     assert "sport=40001" not in listing
+
+
+def test_a_canary_that_cannot_read_the_kernel_repairs_instead_of_crashing(netns: str) -> None:
+    store = Store(watched=(SERVICES, ENDPOINTSLICES))
+    runner = Recorder(netns)
+    engine = make_engine("nftables", store, runner, sync_period=0.5)
+    two_services(store)
+    store.replace(ENDPOINTSLICES, {})
+    repairs = metrics.PROXY_REPAIRS.labels("nftables")
+    before = repairs._value.get()
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(engine.run)
+            await wait_for(lambda: engine.synced)
+            runner.garble_listing = True
+            await wait_for(lambda: repairs._value.get() == before + 1, timeout=3.0)
+            synced = engine.syncs
+            await wait_for(lambda: engine.syncs > synced)  # the engine lives on
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    assert engine.healthy()
