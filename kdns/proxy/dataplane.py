@@ -74,7 +74,6 @@ class Applied:
 
     rules: int  # rules, map elements or ipvsadm commands written
     size: int  # bytes of transaction input
-    families: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,14 +99,14 @@ class Node:
         return tuple(ip for ip in self.nodeport_ips if family_of(ip) == family)
 
 
-def local_addresses(ip_json: str) -> list[tuple[str, str, str]]:
-    """(interface, address, scope) of every address in `ip -j addr show` output."""
-    out = []
-    for link in json.loads(ip_json or "[]"):
-        for info in link.get("addr_info", ()):
-            if "local" in info:
-                out.append((link.get("ifname", ""), info["local"], info.get("scope", "")))
-    return out
+def local_addresses(ip_json: str) -> list[tuple[str, str]]:
+    """(interface, address) of every address in `ip -j addr show` output."""
+    return [
+        (link.get("ifname", ""), info["local"])
+        for link in json.loads(ip_json or "[]")
+        for info in link.get("addr_info", ())
+        if "local" in info
+    ]
 
 
 def node_from_host(
@@ -127,7 +126,7 @@ def node_from_host(
         raise ApplyError(f"ip -j addr show: {err.strip()}")
     addresses = [
         (ifname, ip)
-        for ifname, ip, scope in local_addresses(out)
+        for ifname, ip in local_addresses(out)
         if ifname != ipvs_mod.DUMMY_DEVICE
         and not ipaddress.ip_address(ip).is_loopback
         and not ipaddress.ip_address(ip).is_link_local
@@ -193,26 +192,6 @@ def jump_line(rule: ipt.JumpRule, verb: str = "-A") -> str:
     return " ".join([head, *(_quote(a) for a in rule.args)])
 
 
-def rule_counts(text: str) -> dict[tuple[str, str], int]:
-    """(table, chain) → number of rules, from iptables-save output or restore input.
-
-    In restore input a chain line flushes the chain, so the count is what the chain holds
-    after the input is applied; chains deleted with -X are not listed."""
-    counts: dict[tuple[str, str], int] = {}
-    table = ""
-    for line in text.splitlines():
-        if line.startswith("*"):
-            table = line[1:].strip()
-        elif line.startswith(":"):
-            counts[(table, line[1:].split(" ", 1)[0])] = 0
-        elif line.startswith("-A "):
-            chain = line[3:].split(" ", 1)[0]
-            counts[(table, chain)] = counts.get((table, chain), 0) + 1
-        elif line.startswith("-X "):
-            counts.pop((table, line[3:].strip()), None)
-    return counts
-
-
 def _insert_before_commit(text: str, table: str, lines: Sequence[str]) -> str:
     """Restore input with `lines` added at the end of `table`'s section (creating it)."""
     if not lines:
@@ -230,16 +209,9 @@ class IptablesDataplane:
 
     mode = "iptables"
 
-    def __init__(
-        self, node: Node, runner: Runner = run_command, large_cluster_endpoints: int | None = None
-    ) -> None:
+    def __init__(self, node: Node, runner: Runner = run_command) -> None:
         self.runner = runner
         self.families = node.families
-        extra = (
-            {}
-            if large_cluster_endpoints is None
-            else {"large_cluster_endpoints": large_cluster_endpoints}
-        )
         self.configs = {
             f: ipt.IptablesConfig(
                 family=f,
@@ -247,7 +219,6 @@ class IptablesDataplane:
                 masquerade_all=node.masquerade_all,
                 node_ip=node.node_ip(f),
                 nodeport_ips=node.nodeport_ips_of(f),
-                **extra,
             )
             for f in node.families
         }
@@ -260,7 +231,6 @@ class IptablesDataplane:
         self, routes: Sequence[ServicePortRoute], changed: Collection[ServiceKey] | None
     ) -> Applied:
         rules = size = 0
-        done = []
         for family in self.families:
             config = self.configs[family]
             last = self._last.get(family)
@@ -269,7 +239,7 @@ class IptablesDataplane:
                     save = _check(self.runner, [_SAVE[family]])
                     existing = ipt.saved_chains(save).get("nat", frozenset())
                     rendering = ipt.render_full(routes, config, existing)
-                    text = self._with_jumps(rendering.text, save)
+                    text = with_jumps(rendering.text, save, ipt.JUMP_RULES)
                     expected: dict[tuple[str, str], int] = {}
                 else:
                     rendering = ipt.render_partial(routes, changed, config, last.active_chains)
@@ -281,7 +251,8 @@ class IptablesDataplane:
                 self._expected.pop(family, None)
                 self._fixed.pop(family, None)
                 raise
-            expected.update(rule_counts(text))
+            written = ipt.chain_rules(text)
+            expected.update((key, len(rules)) for key, rules in written.items())
             for chain in rendering.deleted_chains:
                 expected.pop(("nat", chain), None)
             # Built-in chains hold others' rules too: only our jumps are checked, not counts.
@@ -291,15 +262,11 @@ class IptablesDataplane:
             self._last[family] = rendering
             # What the kernel's fixed chains hold now (the omitted ones kept theirs).
             fixed = {} if changed is None or last is None else dict(self._fixed[family])
-            fixed.update(ipt.fixed_chain_rules(text))
+            fixed.update(ipt.fixed_chain_rules(written))
             self._fixed[family] = fixed
             rules += text.count("\n-A ")
             size += len(text)
-            done.append(family)
-        return Applied(rules, size, tuple(done))
-
-    def _with_jumps(self, text: str, save: str) -> str:
-        return with_jumps(text, save, ipt.JUMP_RULES)
+        return Applied(rules, size)
 
     def intact(self) -> bool:
         for family in self.families:
@@ -309,15 +276,14 @@ class IptablesDataplane:
             status, save, _ = self.runner([_SAVE[family]], None)
             if status != 0:
                 return False
-            counts = rule_counts(save)
+            chains = ipt.chain_rules(save)
             for table in _CANARY_TABLES:
-                if (table, CANARY_CHAIN) not in counts:
+                if (table, CANARY_CHAIN) not in chains:
                     return False
             for key, n in expected.items():
-                if counts.get(key) != n:
-                    log.warning(
-                        "iptables: chain %s/%s has %s rules, expected %d", *key, counts.get(key), n
-                    )
+                found = len(chains[key]) if key in chains else None
+                if found != n:
+                    log.warning("iptables: chain %s/%s has %s rules, expected %d", *key, found, n)
                     return False
             present = set(save.splitlines())
             if any(jump_line(r) not in present for r in ipt.JUMP_RULES):
@@ -444,7 +410,6 @@ class NftablesDataplane:
         self, routes: Sequence[ServicePortRoute], changed: Collection[ServiceKey] | None
     ) -> Applied:
         rules = size = 0
-        done = []
         pending = False
         for family in self.families:
             config = self.configs[family]
@@ -466,9 +431,8 @@ class NftablesDataplane:
             pending = pending or bool(rendering.stale_chains)
             rules += rendering.rules_written + rendering.elements_written
             size += len(rendering.text)
-            done.append(family)
         self.pending_deletes = pending
-        return Applied(rules, size, tuple(done))
+        return Applied(rules, size)
 
     def _objects(self, config: nft.NftablesConfig) -> nft.TableObjects:
         status, out, _ = self.runner(
@@ -641,7 +605,7 @@ class IpvsDataplane:
             self._synced = False
             raise
         self._synced = True
-        return Applied(rules, size, self.families)
+        return Applied(rules, size)
 
     def intact(self) -> bool:
         return self._synced

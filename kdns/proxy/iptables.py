@@ -561,15 +561,30 @@ def _write_endpoint_jumps(
         nat_rules.append(f"-A {chain}{comment}{spread} -j {sep_chains[ep.address]}")
 
 
+def chain_rules(text: str) -> dict[tuple[str, str], tuple[str, ...]]:
+    """(table, chain) → its `-A` lines, from `iptables-save` output or restore input.
+
+    A chain line (`:CHAIN …`, which under --noflush also flushes it) starts the chain empty; a
+    `-X` removes it: for restore input, what each chain it names holds once it is applied."""
+    chains: dict[tuple[str, str], list[str]] = {}
+    table = ""
+    for line in text.split("\n"):
+        if line.startswith("*"):
+            table = line[1:].strip()
+        elif line.startswith(":"):
+            chains[(table, line[1:].split(" ", 1)[0])] = []
+        elif line.startswith("-A "):
+            chains.setdefault((table, line[3:].split(" ", 1)[0]), []).append(line)
+        elif line.startswith("-X "):
+            chains.pop((table, line[3:].strip()), None)
+    return {key: tuple(lines) for key, lines in chains.items()}
+
+
 def saved_chains(save_text: str) -> dict[str, frozenset[str]]:
     """The chains per table in `iptables-save` output (`utiliptables.GetChainsFromTable`)."""
     tables: dict[str, set[str]] = {}
-    current: set[str] | None = None
-    for line in save_text.splitlines():
-        if line.startswith("*"):
-            current = tables.setdefault(line[1:].strip(), set())
-        elif line.startswith(":") and current is not None:
-            current.add(line[1:].split(" ", 1)[0])
+    for table, chain in chain_rules(save_text):
+        tables.setdefault(table, set()).add(chain)
     return {table: frozenset(chains) for table, chains in tables.items()}
 
 
@@ -600,23 +615,12 @@ def render_cleanup(saved: Mapping[str, Iterable[str]]) -> str:
 FixedChains = dict[tuple[str, str], tuple[str, ...]]
 
 
-def fixed_chain_rules(text: str) -> FixedChains:
-    """(table, chain) → its `-A` lines, for the fixed chains a restore input declares."""
-    fixed = {("filter", c) for c in FILTER_CHAINS} | {("nat", c) for c in NAT_CHAINS}
-    chains: dict[tuple[str, str], list[str]] = {}
-    table = ""
-    for line in text.split("\n"):
-        if line.startswith("*"):
-            table = line[1:]
-        elif line.startswith(":"):
-            key = (table, line[1:].split(" ", 1)[0])
-            if key in fixed:
-                chains[key] = []
-        elif line.startswith("-A "):
-            key = (table, line[3:].split(" ", 1)[0])
-            if key in chains:
-                chains[key].append(line)
-    return {key: tuple(lines) for key, lines in chains.items()}
+_FIXED = frozenset({("filter", c) for c in FILTER_CHAINS} | {("nat", c) for c in NAT_CHAINS})
+
+
+def fixed_chain_rules(chains: Mapping[tuple[str, str], tuple[str, ...]]) -> FixedChains:
+    """The fixed chains among `chain_rules` output."""
+    return {key: rules for key, rules in chains.items() if key in _FIXED}
 
 
 def omit_unchanged(text: str, applied: FixedChains) -> str:
@@ -624,7 +628,8 @@ def omit_unchanged(text: str, applied: FixedChains) -> str:
     kernel holds after the last successful restore): under --noflush a chain the input does not
     declare is left as it is. kube-proxy rewrites KUBE-SERVICES on every partial sync (10,000
     rules at 10k Services); an endpoint change does not alter it, so here it is not sent."""
-    same = {key for key, rules in fixed_chain_rules(text).items() if applied.get(key) == rules}
+    fixed = fixed_chain_rules(chain_rules(text))
+    same = {key for key, rules in fixed.items() if applied.get(key) == rules}
     if not same:
         return text
     out = []

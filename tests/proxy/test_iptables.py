@@ -976,12 +976,12 @@ def test_rendering_is_frozen() -> None:
 
 
 def test_omit_unchanged_leaves_out_only_fixed_chains_that_did_not_change() -> None:
-    from kdns.proxy.iptables import fixed_chain_rules, omit_unchanged
+    from kdns.proxy.iptables import chain_rules, fixed_chain_rules, omit_unchanged
 
     config = IptablesConfig(cluster_cidr=PODS)
     web = svc("ns/web", ip="10.96.0.20")
     before = render_full(routes((web, [ep("10.244.1.5")])), config)
-    applied = fixed_chain_rules(before.text)
+    applied = fixed_chain_rules(chain_rules(before.text))
     # An endpoint replaced: KUBE-SERVICES and the other fixed chains are as they were.
     moved = render_partial(
         routes((web, [ep("10.244.1.6")])), {web.key}, config, before.active_chains
