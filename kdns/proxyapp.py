@@ -85,16 +85,14 @@ def check_options(options: ProxyOptions) -> list[str]:
         ("--cluster-cidr", options.cluster_cidrs),
         ("--nodeport-addresses", options.nodeport_addresses),
     ):
+        families = []
         for cidr in cidrs:
             try:
-                ipaddress.ip_network(cidr, strict=False)
+                families.append(ipaddress.ip_network(cidr, strict=False).version)
             except ValueError:
                 problems.append(f"{flag}: {cidr!r} is not a CIDR")
-    families = [
-        ipaddress.ip_network(c, strict=False).version for c in options.cluster_cidrs if _is_cidr(c)
-    ]
-    if len(families) != len(set(families)):
-        problems.append("--cluster-cidr: at most one CIDR per IP family")
+        if flag == "--cluster-cidr" and len(families) != len(set(families)):
+            problems.append("--cluster-cidr: at most one CIDR per IP family")
     if options.min_sync_period < 0 or options.sync_period <= 0:
         problems.append("--min-sync-period must be ≥ 0 and --sync-period > 0")
     for flag, addr in (
@@ -106,14 +104,6 @@ def check_options(options: ProxyOptions) -> list[str]:
         except ValueError as e:
             problems.append(f"{flag}: {e}")
     return problems
-
-
-def _is_cidr(text: str) -> bool:
-    try:
-        ipaddress.ip_network(text, strict=False)
-    except ValueError:
-        return False
-    return True
 
 
 def make_dataplane(options: ProxyOptions, runner: Runner = run_command) -> Dataplane:
@@ -226,14 +216,16 @@ def _iso(t: float | None) -> str:
     return datetime.datetime.fromtimestamp(t, datetime.UTC).isoformat().replace("+00:00", "Z")
 
 
-def _healthz(engine: SyncEngine) -> Route:
+def _healthz(healthy: Callable[[], bool], last_updated: Callable[[], float | None]) -> Route:
+    """kube-proxy's /healthz and /livez answer: 200 or 503 with lastUpdated and currentTime."""
+
     def answer() -> tuple[int, str, bytes]:
         body = {
-            "lastUpdated": _iso(engine.last_success),
-            "currentTime": _iso(datetime.datetime.now(datetime.UTC).timestamp()),
+            "lastUpdated": _iso(last_updated()),
+            "currentTime": _iso(time.time()),
             "nodeEligible": True,
         }
-        status = 200 if engine.healthy() else 503
+        status = 200 if healthy() else 503
         return status, "application/json", (json.dumps(body) + "\n").encode()
 
     return answer
@@ -262,7 +254,9 @@ async def run_proxy(
         runner=runner,
         on_routes=checks.update,
     )
-    endpoints = await _bind_endpoints(options, _healthz(engine))
+    endpoints = await _bind_endpoints(
+        options, _healthz(engine.healthy, lambda: engine.last_success)
+    )
     async with trio.open_nursery() as nursery:
         for endpoint in endpoints.values():
             await nursery.start(endpoint.run)
@@ -295,15 +289,7 @@ async def _run_userspace(
     task_status: trio.TaskStatus[dict[str, int]],
 ) -> None:
     """The relay instead of a data plane: nothing to sync, healthy once the store synced."""
-
-    def healthz() -> tuple[int, str, bytes]:
-        body = {"lastUpdated": "", "currentTime": _iso(time.time()), "nodeEligible": True}
-        return (
-            (200 if store.synced else 503),
-            "application/json",
-            (json.dumps(body) + "\n").encode(),
-        )
-
+    healthz = _healthz(lambda: store.synced, lambda: None)
     endpoints = await _bind_endpoints(options, healthz)
     async with trio.open_nursery() as nursery:
         for endpoint in endpoints.values():
