@@ -208,6 +208,8 @@ class IptablesDataplane:
     """kube-proxy's iptables mode: one `iptables-restore --noflush` per family and sync."""
 
     mode = "iptables"
+    needs_all_routes = True  # a partial render rewrites chains that list every Service
+    pending_deletes = False  # nothing is left for a later sync to delete
 
     def __init__(self, node: Node, runner: Runner = run_command) -> None:
         self.runner = runner
@@ -552,6 +554,8 @@ class IpvsDataplane:
     """kube-proxy's IPVS mode: diff `ipvsadm -Sn` against the render, then ipset and iptables."""
 
     mode = "ipvs"
+    needs_all_routes = True  # a partial render rewrites chains that list every Service
+    pending_deletes = False  # nothing is left for a later sync to delete
 
     def __init__(self, node: Node, runner: Runner = run_command, scheduler: str = "rr") -> None:
         self.runner = runner

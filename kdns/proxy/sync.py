@@ -145,7 +145,7 @@ class SyncEngine:
                 await self._wake.wait()
 
     def _deferred(self) -> bool:
-        return bool(getattr(self.dataplane, "pending_deletes", False))
+        return self.dataplane.pending_deletes
 
     async def _check_canary(self) -> None:
         if not self.synced or self._need_full:
@@ -177,7 +177,7 @@ class SyncEngine:
         after = {k: self._routes.get(k, ()) for k in changed}
         # A partial nftables sync reads only the changed Services' routes: handing it only
         # those keeps the work before the apply O(change) (iptables and IPVS need them all).
-        if full or getattr(self.dataplane, "needs_all_routes", True):
+        if full or self.dataplane.needs_all_routes:
             routes = self.routes()
         else:
             routes = [r for key in sorted(changed) for r in self._routes.get(key, ())]
@@ -246,7 +246,7 @@ class SyncEngine:
 
     def _reconcile_conntrack(self, routes: Sequence[ServicePortRoute]) -> None:
         entries: list[conntrack.Entry] = []
-        for family in getattr(self.dataplane, "families", (4,)):
+        for family in self.dataplane.families:
             argv = ["conntrack", "-L", "-f", "ipv4" if family == 4 else "ipv6", "-p", "udp"]
             status, out, err = self.runner(argv, None)
             if status != 0:
