@@ -720,11 +720,9 @@ def udp_service(pod: str) -> list[dict[str, Any]]:
     ]
 
 
-def test_udp_conntrack_cleanup_on_endpoint_change(proxy: Harness) -> None:
-    proxy.apply(udp=udp_service("b"))
-    deletes = metric_sum(proxy.metrics(), "kdns_proxy_conntrack_deletes_total", result="ok")
-    sport, duration = 40001, 6.0
-    stream = proxy.cluster.spawn(
+def udp_stream(proxy: Harness, sport: int, duration: float) -> subprocess.Popen[str]:
+    """A client pod sending to the UDP Service from one fixed source port every 50 ms."""
+    return proxy.cluster.spawn(
         "client",
         sys.executable,
         ECHO,
@@ -738,6 +736,13 @@ def test_udp_conntrack_cleanup_on_endpoint_change(proxy: Harness) -> None:
         "--duration",
         str(duration),
     )
+
+
+def test_udp_conntrack_cleanup_on_endpoint_change(proxy: Harness) -> None:
+    proxy.apply(udp=udp_service("b"))
+    deletes = metric_sum(proxy.metrics(), "kdns_proxy_conntrack_deletes_total", result="ok")
+    sport, duration = 40001, 6.0
+    stream = udp_stream(proxy, sport, duration)
     time.sleep(1.0)
     changed_at = time.time()
     proxy.apply(udp=udp_service("c"))  # b keeps running: only the Service no longer uses it
@@ -767,20 +772,7 @@ def test_udp_conntrack_cleanup_when_last_endpoint_goes(proxy: Harness) -> None:
     # to the (still running) old backend.
     proxy.apply(udp=udp_service("c"))
     sport, duration = 40003, 5.0
-    stream = proxy.cluster.spawn(
-        "client",
-        sys.executable,
-        ECHO,
-        "stream",
-        "--udp",
-        "10.96.0.21:53",
-        "--sport",
-        str(sport),
-        "--interval",
-        "0.05",
-        "--duration",
-        str(duration),
-    )
+    stream = udp_stream(proxy, sport, duration)
     time.sleep(1.0)
     changed_at = time.time()
     proxy.apply(udp=[*udp_service("c")[:1], endpoint_slice("udp", [])])
@@ -796,20 +788,7 @@ def test_udp_conntrack_cleanup_when_last_endpoint_goes(proxy: Harness) -> None:
 def test_restart_does_not_flush_conntrack(proxy: Harness) -> None:
     proxy.apply(udp=udp_service("c"))
     sport, duration = 40002, 8.0
-    stream = proxy.cluster.spawn(
-        "client",
-        sys.executable,
-        ECHO,
-        "stream",
-        "--udp",
-        "10.96.0.21:53",
-        "--sport",
-        str(sport),
-        "--interval",
-        "0.05",
-        "--duration",
-        str(duration),
-    )
+    stream = udp_stream(proxy, sport, duration)
     time.sleep(0.5)
     ids_before, listing = conntrack_ids(proxy, sport)
     assert len(ids_before) == 1, listing
