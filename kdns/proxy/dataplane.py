@@ -33,6 +33,7 @@ import shlex
 import subprocess
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from kdns.proxy import iptables as ipt
 from kdns.proxy import ipvs as ipvs_mod
@@ -97,6 +98,16 @@ class Node:
         if self.nodeport_ips is None:
             return ()
         return tuple(ip for ip in self.nodeport_ips if family_of(ip) == family)
+
+    def family_settings(self, family: int) -> dict[str, Any]:
+        """The settings the iptables and nftables renderer configs share, for one family."""
+        return {
+            "family": family,
+            "cluster_cidr": self.cluster_cidr(family),
+            "masquerade_all": self.masquerade_all,
+            "node_ip": self.node_ip(family),
+            "nodeport_ips": self.nodeport_ips_of(family),
+        }
 
 
 def local_addresses(ip_json: str) -> list[tuple[str, str]]:
@@ -214,16 +225,7 @@ class IptablesDataplane:
     def __init__(self, node: Node, runner: Runner = run_command) -> None:
         self.runner = runner
         self.families = node.families
-        self.configs = {
-            f: ipt.IptablesConfig(
-                family=f,
-                cluster_cidr=node.cluster_cidr(f),
-                masquerade_all=node.masquerade_all,
-                node_ip=node.node_ip(f),
-                nodeport_ips=node.nodeport_ips_of(f),
-            )
-            for f in node.families
-        }
+        self.configs = {f: ipt.IptablesConfig(**node.family_settings(f)) for f in node.families}
         self._last: dict[int, ipt.Rendering] = {}
         self._fixed: dict[int, ipt.FixedChains] = {}  # the fixed chains' rules, as applied
         # What our chains hold after the last successful restore: the canary compares.
@@ -393,11 +395,7 @@ class NftablesDataplane:
         defer = _kernel_before(6, 2)
         self.configs = {
             f: nft.NftablesConfig(
-                family=f,
-                cluster_cidr=node.cluster_cidr(f),
-                masquerade_all=node.masquerade_all,
-                node_ip=node.node_ip(f),
-                nodeport_ips=node.nodeport_ips_of(f),
+                **node.family_settings(f),
                 service_cidrs=tuple(c for c in service_cidrs if family_of(c) == f),
                 defer_chain_deletes=defer,
             )

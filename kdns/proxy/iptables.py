@@ -315,17 +315,15 @@ def _write_route(
     match = f"-m {proto} -p {proto}"
     port = f"--dport {route.port}"
 
-    uses_cluster_chain = bool(route.cluster_endpoints) and route.uses_cluster_endpoints
-    uses_local_chain = bool(route.local_endpoints) and route.uses_local_endpoints
+    uses_cluster_chain = route.uses_cluster_policy_chain
+    uses_local_chain = route.uses_local_policy_chain
     # ClusterIP traffic goes to the chain of the internal policy; external traffic always
     # enters KUBE-EXT, which ends in the chain of the external policy.
     internal_chain = local_chain if route.internal_policy_local else cluster_chain
     external_policy_chain = local_chain if route.external_policy_local else cluster_chain
     has_internal = route.has_internal_endpoints
     has_external = route.has_external_endpoints
-    # Even with no endpoint for external traffic, KUBE-EXT carries the short-circuit rules for
-    # traffic from pods and from the node itself.
-    uses_external_chain = route.has_endpoints and route.externally_accessible
+    uses_external_chain = route.uses_external_traffic_chain
     uses_fw_chain = (
         route.has_endpoints
         and bool(route.load_balancer_ips)

@@ -348,15 +348,13 @@ def _write_route(
     external_chain = EXTERNAL_PREFIX + base
     fw_chain = FIREWALL_PREFIX + base
 
-    uses_cluster_chain = bool(route.cluster_endpoints) and route.uses_cluster_endpoints
-    uses_local_chain = bool(route.local_endpoints) and route.uses_local_endpoints
+    uses_cluster_chain = route.uses_cluster_policy_chain
+    uses_local_chain = route.uses_local_policy_chain
     internal_chain = local_chain if route.internal_policy_local else cluster_chain
     external_policy_chain = local_chain if route.external_policy_local else cluster_chain
     has_internal = route.has_internal_endpoints
     has_external = route.has_external_endpoints
-    # Even with no endpoint for external traffic, the external chain carries the
-    # short-circuit rules for traffic from pods and from the node itself.
-    uses_external_chain = route.has_endpoints and route.externally_accessible
+    uses_external_chain = route.uses_external_traffic_chain
     # Unlike iptables mode, the firewall is a filter check of its own, kept with or without
     # endpoints.
     uses_fw_chain = bool(route.load_balancer_ips) and bool(route.load_balancer_source_ranges)

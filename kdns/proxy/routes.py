@@ -171,6 +171,23 @@ class ServicePortRoute:
         return self.has_endpoints and (not self.external_policy_local or bool(self.local_endpoints))
 
     @property
+    def uses_cluster_policy_chain(self) -> bool:
+        """syncProxyRules `usesClusterPolicyChain`: the Cluster-policy chain exists."""
+        return bool(self.cluster_endpoints) and self.uses_cluster_endpoints
+
+    @property
+    def uses_local_policy_chain(self) -> bool:
+        """syncProxyRules `usesLocalPolicyChain`: the Local-policy chain exists."""
+        return bool(self.local_endpoints) and self.uses_local_endpoints
+
+    @property
+    def uses_external_traffic_chain(self) -> bool:
+        """syncProxyRules `usesExternalTrafficChain`: even with no endpoint for external
+        traffic, the external chain carries the short-circuit rules for traffic from pods and
+        from the node itself."""
+        return self.has_endpoints and self.externally_accessible
+
+    @property
     def reachable_endpoints(self) -> tuple[RouteEndpoint, ...]:
         """CategorizeEndpoints `allReachableEndpoints`: the union of the Cluster and Local
         lists (the endpoints that get a chain of their own), sorted by address."""
