@@ -124,6 +124,8 @@ class App:
                     trigger_time=change.trigger_time,
                 )
         self.handler.cache.drop(self.resolver.apply(change))
+        if self.relay is not None:
+            self.relay.follow(change.services)  # VIPs that moved included, as for the resolver
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,7 +180,8 @@ def build(config: Config, kube_options: dict[str, Any] | None = None) -> App:
     if config.proxy == "userspace":
         vips = LoopbackVips()
         vips.update(store.services)
-        relay = Relay(store, node_name(config.node_name))
+        # One VIP map: DNS answers from it and the relay listens on it.
+        relay = Relay(store, node_name(config.node_name), vips=vips)
     resolver, handler = assemble(config, store, planned, vips)
     app = App(config, store, resolver, handler, source, planned.forwarder, vips, relay)
     store.subscribe(app.follow)

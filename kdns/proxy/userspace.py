@@ -199,14 +199,19 @@ class Relay:
         udp_idle_timeout: float = UDP_IDLE_TIMEOUT,
         max_udp_sessions: int = MAX_UDP_SESSIONS,
         sweep_interval: float = SWEEP_INTERVAL,
+        vips: LoopbackVips | None = None,
     ) -> None:
+        """`vips`: a VIP map someone else keeps up to date (`kdns serve`, whose DNS answers
+        from it); that owner then calls `follow` after each change, instead of the relay
+        following the store itself."""
         self.store = store
         self.sweep_interval = sweep_interval
         self.node_name = node_name
         self.connect_timeouts = connect_timeouts
         self.udp_idle_timeout = udp_idle_timeout
         self.max_udp_sessions = max_udp_sessions
-        self.vips = LoopbackVips()
+        self.vips = vips if vips is not None else LoopbackVips()
+        self._driven = vips is not None
         self.listeners: dict[ListenerKey, Listener] = {}
         self.by_service: dict[ServiceKey, set[ListenerKey]] = {}
         self.unbindable: dict[ListenerKey, str] = {}  # listener → reason it could not be bound
@@ -217,8 +222,12 @@ class Relay:
     # --- following the store -----------------------------------------------------------------
 
     def _on_change(self, change: Change) -> None:
-        if self._ready and change.services:
-            self.sync(change.services)
+        self.follow(change.services)
+
+    def follow(self, keys: set[ServiceKey]) -> None:
+        """The Services in `keys` changed (or their VIPs moved): rebuild their listeners."""
+        if self._ready and keys:
+            self.sync(keys)
 
     def sync(self, keys: Iterable[ServiceKey] | None = None) -> None:
         """Rebuild the listeners of `keys` (None: every Service) and of Services whose VIP
@@ -315,7 +324,8 @@ class Relay:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Bind every listener once the store has synced, then relay until cancelled."""
-        self.store.subscribe(self._on_change)
+        if not self._driven:
+            self.store.subscribe(self._on_change)
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
