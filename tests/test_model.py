@@ -20,7 +20,6 @@ from kdns.model import (
     Endpoint,
     EndpointPort,
     ModelError,
-    Pod,
     ServicePort,
     endpoints_to_slices,
     endpointslice_from_dict,
@@ -28,6 +27,7 @@ from kdns.model import (
     service_from_dict,
     slices_for_service,
 )
+from tests.builders import model_pod
 
 # --- helpers -----------------------------------------------------------------------------------
 
@@ -945,36 +945,17 @@ def web(**spec: Any) -> Any:
     return service_from_dict(service_dict({**copy.deepcopy(WEB), **spec}))
 
 
-def pod(
-    name: str,
-    ips: tuple[str, ...] = ("10.1.0.1",),
-    *,
-    labels: dict[str, str] | None = None,
-    namespace: str = "ns",
-    **kw: Any,
-) -> Pod:
-    kw.setdefault("phase", "Running")
-    kw.setdefault("ready", True)
-    return Pod(
-        namespace=namespace,
-        name=name,
-        labels=tuple(sorted((labels if labels is not None else {"app": "web"}).items())),
-        ips=ips,
-        **kw,
-    )
-
-
 def addresses(slices: tuple[Any, ...]) -> list[tuple[str, list[str]]]:
     return [(s.address_type, [e.address for e in s.endpoints]) for s in slices]
 
 
 def test_slices_for_service_selector_matching() -> None:
     pods = [
-        pod("a", ("10.1.0.1",)),
-        pod("b", ("10.1.0.2",), labels={"app": "web", "tier": "front"}),  # extra labels: fine
-        pod("c", ("10.1.0.3",), labels={"app": "db"}),
-        pod("d", ("10.1.0.4",), labels={}),
-        pod("e", ("10.1.0.5",), labels={"tier": "front"}),
+        model_pod("a", "10.1.0.1"),
+        model_pod("b", "10.1.0.2", labels={"app": "web", "tier": "front"}),  # extra labels: fine
+        model_pod("c", "10.1.0.3", labels={"app": "db"}),
+        model_pod("d", "10.1.0.4", labels={}),
+        model_pod("e", "10.1.0.5", labels={"tier": "front"}),
     ]
     slices = slices_for_service(web(), pods)
     assert addresses(slices) == [("IPv4", ["10.1.0.1", "10.1.0.2"])]
@@ -985,7 +966,10 @@ def test_slices_for_service_selector_matching() -> None:
 
 def test_slices_for_service_multi_key_selector_needs_all_keys() -> None:
     svc = web(selector={"app": "web", "tier": "front"})
-    pods = [pod("a"), pod("b", ("10.1.0.2",), labels={"app": "web", "tier": "front"})]
+    pods = [
+        model_pod("a", "10.1.0.1"),
+        model_pod("b", "10.1.0.2", labels={"app": "web", "tier": "front"}),
+    ]
     assert addresses(slices_for_service(svc, pods)) == [("IPv4", ["10.1.0.2"])]
 
 
@@ -1004,7 +988,10 @@ def test_slices_for_service_none(spec: dict[str, Any]) -> None:
     raw = {**copy.deepcopy(WEB), **spec}
     raw = {k: v for k, v in raw.items() if v is not None}
     svc = service_from_dict(service_dict(raw))
-    assert slices_for_service(svc, [pod("a"), pod("b", ("10.1.0.2",), labels={})]) == ()
+    assert (
+        slices_for_service(svc, [model_pod("a", "10.1.0.1"), model_pod("b", "10.1.0.2", labels={})])
+        == ()
+    )
 
 
 @pytest.mark.parametrize(
@@ -1025,7 +1012,9 @@ def test_slices_for_service_conditions(
     svc = web(publishNotReadyAddresses=publish)
     ((ep,),) = [
         s.endpoints
-        for s in slices_for_service(svc, [pod("a", ready=pod_ready, terminating=terminating)])
+        for s in slices_for_service(
+            svc, [model_pod("a", "10.1.0.1", ready=pod_ready, terminating=terminating)]
+        )
     ]
     assert (ep.ready, ep.serving, ep.terminating) == expected
 
@@ -1041,12 +1030,14 @@ def test_slices_for_service_conditions(
 )
 def test_slices_for_service_hostname(hostname: str, subdomain: str, expected: str) -> None:
     svc = web(clusterIP="None")
-    (s,) = slices_for_service(svc, [pod("web-0", hostname=hostname, subdomain=subdomain)])
+    (s,) = slices_for_service(
+        svc, [model_pod("web-0", "10.1.0.1", hostname=hostname, subdomain=subdomain)]
+    )
     assert [e.hostname for e in s.endpoints] == [expected]
 
 
 def test_slices_for_service_endpoint_fields() -> None:
-    (s,) = slices_for_service(web(), [pod("web-0", node_name="node-a")])
+    (s,) = slices_for_service(web(), [model_pod("web-0", "10.1.0.1", node_name="node-a")])
     assert s.endpoints == (
         Endpoint(
             address="10.1.0.1",
@@ -1069,9 +1060,9 @@ def test_slices_for_service_named_target_port() -> None:
             {"name": "metrics", "port": 9153, "targetPort": 9153},
         ]
     )
-    resolves = pod(
+    resolves = model_pod(
         "a",
-        ("10.1.0.1",),
+        "10.1.0.1",
         container_ports=(
             ContainerPort("http", "UDP", 9000),  # right name, wrong protocol: not this one
             ContainerPort("http", "TCP", 8080),
@@ -1079,9 +1070,9 @@ def test_slices_for_service_named_target_port() -> None:
         ),
     )
     # "dns" exists only over TCP here, so the UDP service port cannot resolve for this pod.
-    partial = pod(
+    partial = model_pod(
         "b",
-        ("10.1.0.2",),
+        "10.1.0.2",
         container_ports=(ContainerPort("http", "TCP", 8081), ContainerPort("dns", "TCP", 53)),
     )
     (s,) = slices_for_service(svc, [resolves, partial])
@@ -1109,16 +1100,16 @@ def test_slices_for_service_named_target_port() -> None:
     ],
 )
 def test_slices_for_service_phase(phase: str, included: bool) -> None:
-    slices = slices_for_service(web(), [pod("a", phase=phase, ready=False)])
+    slices = slices_for_service(web(), [model_pod("a", "10.1.0.1", phase=phase, ready=False)])
     assert addresses(slices) == ([("IPv4", ["10.1.0.1"])] if included else [])
 
 
 def test_slices_for_service_skips_pods_without_ip_and_other_namespaces() -> None:
     pods = [
-        pod("a", ()),
-        pod("b", ("10.1.0.2",), namespace="other"),
-        pod("c", ("10.1.0.3",)),
-        pod("d", ("10.1.0.4",), host_network=True),  # host-network pods are still endpoints
+        model_pod("a"),
+        model_pod("b", "10.1.0.2", namespace="other"),
+        model_pod("c", "10.1.0.3"),
+        model_pod("d", "10.1.0.4", host_network=True),  # host-network pods are still endpoints
     ]
     assert addresses(slices_for_service(web(), pods)) == [("IPv4", ["10.1.0.3", "10.1.0.4"])]
 
@@ -1131,7 +1122,7 @@ def test_slices_for_service_skips_pods_without_ip_and_other_namespaces() -> None
     ],
 )
 def test_slices_for_service_dual_stack_pods_give_two_slices(spec: dict[str, Any]) -> None:
-    pods = [pod("b", ("10.1.0.2", "fd00:1::2")), pod("a", ("10.1.0.1", "fd00:1::1"))]
+    pods = [model_pod("b", "10.1.0.2", "fd00:1::2"), model_pod("a", "10.1.0.1", "fd00:1::1")]
     slices = slices_for_service(web(**spec), pods)
     assert addresses(slices) == [
         ("IPv4", ["10.1.0.1", "10.1.0.2"]),
@@ -1153,11 +1144,11 @@ def test_slices_for_service_single_stack_service_gets_its_family_only(
     spec: dict[str, Any], family: str
 ) -> None:
     # getAddressTypesForService: the controller writes slices only for the Service's families.
-    pods = [pod("a", ("10.1.0.1", "fd00:1::1"))]
+    pods = [model_pod("a", "10.1.0.1", "fd00:1::1")]
     slices = slices_for_service(web(**spec), pods)
     assert [s.address_type for s in slices] == [family]
 
 
 def test_slices_for_service_does_not_depend_on_pod_order() -> None:
-    pods = [pod(n, (f"10.1.0.{i}",)) for i, n in enumerate(["c", "a", "b"], start=1)]
+    pods = [model_pod(n, f"10.1.0.{i}") for i, n in enumerate(["c", "a", "b"], start=1)]
     assert slices_for_service(web(), pods) == slices_for_service(web(), list(reversed(pods)))

@@ -9,33 +9,11 @@ from typing import Any
 import pytest
 
 import kdns.store
-from kdns.model import Endpoint, EndpointPort, EndpointSlice, Namespace, Pod, Service, ServicePort
+from kdns.model import EndpointSlice, Namespace, Pod, Service
 from kdns.store import ENDPOINTSLICES, KINDS, NAMESPACES, PODS, SERVICES, Change, Store
+from tests.builders import model_endpoint, model_pod, model_service, model_slice
 
 # --- helpers -----------------------------------------------------------------------------------
-
-
-def svc(name: str, ip: str = "10.96.0.1", ns: str = "ns", port: int = 80) -> Service:
-    return Service(ns, name, cluster_ips=(ip,), ports=(ServicePort("http", "TCP", port, port),))
-
-
-def ep(address: str, ready: bool = True, port: int = 8080) -> Endpoint:
-    return Endpoint(address, ready=ready, ports=(EndpointPort("http", "TCP", port),))
-
-
-def es(
-    name: str,
-    service: str,
-    *addresses: str,
-    ns: str = "ns",
-    trigger: float | None = None,
-    family: str = "IPv4",
-) -> EndpointSlice:
-    return EndpointSlice(ns, name, service, family, tuple(ep(a) for a in addresses), trigger)
-
-
-def pod(name: str, *ips: str, ns: str = "ns", ready: bool = True) -> Pod:
-    return Pod(ns, name, labels=(("app", "web"),), ips=ips, phase="Running", ready=ready)
 
 
 def by_key(*objects: Service | EndpointSlice | Pod) -> dict[object, object]:
@@ -68,16 +46,26 @@ def seen(store: Store) -> Recorder:
 
 
 def test_replace_services_reports_exactly_the_changed_keys(store: Store, seen: Recorder) -> None:
-    change = store.replace(SERVICES, by_key(svc("a"), svc("b", "10.96.0.2")))
+    change = store.replace(
+        SERVICES, by_key(model_service("ns/a"), model_service("ns/b", ip="10.96.0.2"))
+    )
     assert change.services == {("ns", "a"), ("ns", "b")}
 
     change = store.replace(
-        SERVICES, by_key(svc("a"), svc("b", "10.96.0.22"), svc("c", "10.96.0.3"))
+        SERVICES,
+        by_key(
+            model_service("ns/a"),
+            model_service("ns/b", ip="10.96.0.22"),
+            model_service("ns/c", ip="10.96.0.3"),
+        ),
     )
     assert change.services == {("ns", "b"), ("ns", "c")}
     assert (change.namespaces, change.pod_ips) == (set(), set())
 
-    change = store.replace(SERVICES, by_key(svc("b", "10.96.0.22"), svc("c", "10.96.0.3")))
+    change = store.replace(
+        SERVICES,
+        by_key(model_service("ns/b", ip="10.96.0.22"), model_service("ns/c", ip="10.96.0.3")),
+    )
     assert change.services == {("ns", "a")}
     assert set(store.services) == {("ns", "b"), ("ns", "c")}
     assert [c.services for c in seen.changes] == [
@@ -97,31 +85,38 @@ def test_replace_namespaces_reports_added_and_removed(store: Store) -> None:
 
 
 def test_replace_pods_reports_old_and_new_ips(store: Store) -> None:
-    store.replace(PODS, by_key(pod("a", "10.1.0.1"), pod("b", "10.1.0.2"), pod("c", "10.1.0.3")))
+    store.replace(
+        PODS,
+        by_key(model_pod("a", "10.1.0.1"), model_pod("b", "10.1.0.2"), model_pod("c", "10.1.0.3")),
+    )
     change = store.replace(
         PODS,
         by_key(
-            pod("a", "10.1.0.1"),  # unchanged
-            pod("b", "10.1.0.20", "fd00::20"),  # new IPs
-            pod("d", "10.1.0.4"),  # added; c removed
+            model_pod("a", "10.1.0.1"),  # unchanged
+            model_pod("b", "10.1.0.20", "fd00::20"),  # new IPs
+            model_pod("d", "10.1.0.4"),  # added; c removed
         ),
     )
     assert change.pod_ips == {"10.1.0.2", "10.1.0.20", "fd00::20", "10.1.0.3", "10.1.0.4"}
     assert set(store.pods_by_ip) == {"10.1.0.1", "10.1.0.20", "fd00::20", "10.1.0.4"}
-    assert store.pods_by_ip["fd00::20"] == (pod("b", "10.1.0.20", "fd00::20"),)
+    assert store.pods_by_ip["fd00::20"] == (model_pod("b", "10.1.0.20", "fd00::20"),)
 
 
 def test_replace_endpointslices_reports_services_whose_endpoints_changed(store: Store) -> None:
     store.replace(
         ENDPOINTSLICES,
-        by_key(es("a-1", "a", "10.1.0.1"), es("b-1", "b", "10.1.0.2"), es("c-1", "c", "10.1.0.3")),
+        by_key(
+            model_slice("a-1", "a", "10.1.0.1"),
+            model_slice("b-1", "b", "10.1.0.2"),
+            model_slice("c-1", "c", "10.1.0.3"),
+        ),
     )
     change = store.replace(
         ENDPOINTSLICES,
         by_key(
-            es("a-1", "a", "10.1.0.1"),  # unchanged
-            es("b-1", "b", "10.1.0.22"),  # changed
-            es("d-1", "d", "10.1.0.4"),  # added; c removed
+            model_slice("a-1", "a", "10.1.0.1"),  # unchanged
+            model_slice("b-1", "b", "10.1.0.22"),  # changed
+            model_slice("d-1", "d", "10.1.0.4"),  # added; c removed
         ),
     )
     assert change.services == {("ns", "b"), ("ns", "c"), ("ns", "d")}
@@ -132,13 +127,17 @@ def test_replace_endpointslices_reports_services_whose_endpoints_changed(store: 
     ("kind", "objects"),
     [
         pytest.param(NAMESPACES, {"a": Namespace("a")}, id="namespaces"),
-        pytest.param(SERVICES, by_key(svc("a"), svc("b", "10.96.0.2")), id="services"),
+        pytest.param(
+            SERVICES,
+            by_key(model_service("ns/a"), model_service("ns/b", ip="10.96.0.2")),
+            id="services",
+        ),
         pytest.param(
             ENDPOINTSLICES,
-            by_key(es("a-1", "a", "10.1.0.1"), es("a-2", "a", "10.1.0.2")),
+            by_key(model_slice("a-1", "a", "10.1.0.1"), model_slice("a-2", "a", "10.1.0.2")),
             id="endpointslices",
         ),
-        pytest.param(PODS, by_key(pod("a", "10.1.0.1")), id="pods"),
+        pytest.param(PODS, by_key(model_pod("a", "10.1.0.1")), id="pods"),
     ],
 )
 def test_replace_with_equal_objects_notifies_nobody(
@@ -169,7 +168,7 @@ def test_replace_of_an_empty_kind_with_nothing_notifies_nobody(
 def test_subscriber_sees_the_whole_replaced_kind(store: Store) -> None:
     observed: list[set[object]] = []
     store.subscribe(lambda change: observed.append(set(store.services)))
-    store.replace(SERVICES, by_key(svc("a"), svc("b", "10.96.0.2")))
+    store.replace(SERVICES, by_key(model_service("ns/a"), model_service("ns/b", ip="10.96.0.2")))
     assert observed == [{("ns", "a"), ("ns", "b")}]
 
 
@@ -192,7 +191,7 @@ def test_synced_after_every_watched_kind_is_replaced_once() -> None:
     assert store.unsynced_kinds() == ["namespaces", "pods"]
     store.replace(NAMESPACES, {})
     # Upserts are not a full list: they do not count towards sync.
-    store.upsert(PODS, pod("a", "10.1.0.1"))
+    store.upsert(PODS, model_pod("a", "10.1.0.1"))
     assert store.unsynced_kinds() == ["pods"]
     assert not store.synced
     store.replace(PODS, {})
@@ -205,7 +204,7 @@ def test_synced_counts_only_watched_kinds() -> None:
     assert store.unsynced_kinds() == ["endpointslices", "services"]
     store.replace(PODS, {})
     assert not store.synced
-    store.replace(SERVICES, by_key(svc("a")))
+    store.replace(SERVICES, by_key(model_service("ns/a")))
     assert store.unsynced_kinds() == ["endpointslices"]
     store.replace(ENDPOINTSLICES, {})
     assert store.synced
@@ -226,52 +225,71 @@ def test_slices_of_one_service_are_merged_in_slice_name_order(store: Store) -> N
     store.replace(
         ENDPOINTSLICES,
         by_key(
-            es("web-b", "web", "10.1.0.3", "10.1.0.1"),
-            es("web-a", "web", "10.1.0.2", "10.1.0.1"),  # 10.1.0.1 listed twice: counted once
-            es("other-a", "other", "10.1.0.9"),
+            model_slice("web-b", "web", "10.1.0.3", "10.1.0.1"),
+            model_slice(
+                "web-a", "web", "10.1.0.2", "10.1.0.1"
+            ),  # 10.1.0.1 listed twice: counted once
+            model_slice("other-a", "other", "10.1.0.9"),
         ),
     )
-    assert store.endpoints[("ns", "web")] == (ep("10.1.0.2"), ep("10.1.0.1"), ep("10.1.0.3"))
-    assert store.endpoints[("ns", "other")] == (ep("10.1.0.9"),)
+    assert store.endpoints[("ns", "web")] == (
+        model_endpoint("10.1.0.2"),
+        model_endpoint("10.1.0.1"),
+        model_endpoint("10.1.0.3"),
+    )
+    assert store.endpoints[("ns", "other")] == (model_endpoint("10.1.0.9"),)
 
 
 def test_upserts_merge_in_slice_name_order_whatever_the_arrival_order(store: Store) -> None:
-    store.upsert(ENDPOINTSLICES, es("web-b", "web", "10.1.0.2"))
-    store.upsert(ENDPOINTSLICES, es("web-a", "web", "10.1.0.1"))
-    assert store.endpoints[("ns", "web")] == (ep("10.1.0.1"), ep("10.1.0.2"))
+    store.upsert(ENDPOINTSLICES, model_slice("web-b", "web", "10.1.0.2"))
+    store.upsert(ENDPOINTSLICES, model_slice("web-a", "web", "10.1.0.1"))
+    assert store.endpoints[("ns", "web")] == (
+        model_endpoint("10.1.0.1"),
+        model_endpoint("10.1.0.2"),
+    )
 
 
 def test_same_address_with_different_conditions_is_two_endpoints(store: Store) -> None:
     # Only an identical endpoint is a duplicate; a changed condition is visible.
     store.upsert(
         ENDPOINTSLICES,
-        EndpointSlice("ns", "web-a", "web", "IPv4", (ep("10.1.0.1"), ep("10.1.0.1", ready=False))),
+        EndpointSlice(
+            "ns",
+            "web-a",
+            "web",
+            "IPv4",
+            (model_endpoint("10.1.0.1"), model_endpoint("10.1.0.1", ready=False)),
+        ),
     )
     assert len(store.endpoints[("ns", "web")]) == 2
 
 
 def test_slices_with_the_same_name_in_two_namespaces_stay_apart(store: Store) -> None:
-    store.upsert(ENDPOINTSLICES, es("web-a", "web", "10.1.0.1", ns="one"))
-    store.upsert(ENDPOINTSLICES, es("web-a", "web", "10.1.0.2", ns="two"))
-    assert store.endpoints[("one", "web")] == (ep("10.1.0.1"),)
-    assert store.endpoints[("two", "web")] == (ep("10.1.0.2"),)
+    store.upsert(ENDPOINTSLICES, model_slice("web-a", "web", "10.1.0.1", namespace="one"))
+    store.upsert(ENDPOINTSLICES, model_slice("web-a", "web", "10.1.0.2", namespace="two"))
+    assert store.endpoints[("one", "web")] == (model_endpoint("10.1.0.1"),)
+    assert store.endpoints[("two", "web")] == (model_endpoint("10.1.0.2"),)
 
 
 def test_upsert_slice_notifies_only_its_service(store: Store, seen: Recorder) -> None:
     store.replace(
-        ENDPOINTSLICES, by_key(es("web-a", "web", "10.1.0.1"), es("db-a", "db", "10.1.0.9"))
+        ENDPOINTSLICES,
+        by_key(model_slice("web-a", "web", "10.1.0.1"), model_slice("db-a", "db", "10.1.0.9")),
     )
     seen.changes.clear()
-    change = store.upsert(ENDPOINTSLICES, es("web-b", "web", "10.1.0.2"))
+    change = store.upsert(ENDPOINTSLICES, model_slice("web-b", "web", "10.1.0.2"))
     assert change.services == {("ns", "web")}
-    assert store.endpoints[("ns", "web")] == (ep("10.1.0.1"), ep("10.1.0.2"))
-    assert store.endpoints[("ns", "db")] == (ep("10.1.0.9"),)
+    assert store.endpoints[("ns", "web")] == (
+        model_endpoint("10.1.0.1"),
+        model_endpoint("10.1.0.2"),
+    )
+    assert store.endpoints[("ns", "db")] == (model_endpoint("10.1.0.9"),)
     assert [c.services for c in seen.changes] == [{("ns", "web")}]
 
 
 def test_upsert_identical_slice_notifies_nobody(store: Store, seen: Recorder) -> None:
-    store.upsert(ENDPOINTSLICES, es("web-a", "web", "10.1.0.1"))
-    change = store.upsert(ENDPOINTSLICES, es("web-a", "web", "10.1.0.1"))
+    store.upsert(ENDPOINTSLICES, model_slice("web-a", "web", "10.1.0.1"))
+    change = store.upsert(ENDPOINTSLICES, model_slice("web-a", "web", "10.1.0.1"))
     assert not change
     assert len(seen.changes) == 1
 
@@ -280,10 +298,10 @@ def test_upsert_slice_whose_endpoints_are_already_in_another_slice_notifies_nobo
     store: Store, seen: Recorder
 ) -> None:
     # A rebalance: the controller copies an endpoint into a new slice before removing it.
-    store.upsert(ENDPOINTSLICES, es("web-a", "web", "10.1.0.1"))
-    assert not store.upsert(ENDPOINTSLICES, es("web-b", "web", "10.1.0.1"))
+    store.upsert(ENDPOINTSLICES, model_slice("web-a", "web", "10.1.0.1"))
+    assert not store.upsert(ENDPOINTSLICES, model_slice("web-b", "web", "10.1.0.1"))
     assert not store.delete(ENDPOINTSLICES, ("ns", "web-a"))
-    assert store.endpoints[("ns", "web")] == (ep("10.1.0.1"),)
+    assert store.endpoints[("ns", "web")] == (model_endpoint("10.1.0.1"),)
     assert len(seen.changes) == 1
 
 
@@ -291,20 +309,20 @@ def test_delete_slice_remerges_and_notifies_its_service(store: Store, seen: Reco
     store.replace(
         ENDPOINTSLICES,
         by_key(
-            es("web-a", "web", "10.1.0.1"),
-            es("web-b", "web", "10.1.0.2"),
-            es("db-a", "db", "10.1.0.9"),
+            model_slice("web-a", "web", "10.1.0.1"),
+            model_slice("web-b", "web", "10.1.0.2"),
+            model_slice("db-a", "db", "10.1.0.9"),
         ),
     )
     change = store.delete(ENDPOINTSLICES, ("ns", "web-a"))
     assert change.services == {("ns", "web")}
-    assert store.endpoints[("ns", "web")] == (ep("10.1.0.2"),)
+    assert store.endpoints[("ns", "web")] == (model_endpoint("10.1.0.2"),)
 
     change = store.delete(ENDPOINTSLICES, ("ns", "web-b"))
     assert change.services == {("ns", "web")}
     assert ("ns", "web") not in store.endpoints
     assert ("ns", "web-b") not in store.slices
-    assert store.endpoints[("ns", "db")] == (ep("10.1.0.9"),)
+    assert store.endpoints[("ns", "db")] == (model_endpoint("10.1.0.9"),)
     assert [c.services for c in seen.changes][1:] == [{("ns", "web")}, {("ns", "web")}]
 
 
@@ -314,45 +332,55 @@ def test_delete_unknown_slice_notifies_nobody(store: Store, seen: Recorder) -> N
 
 
 def test_slice_moving_to_another_service_notifies_both(store: Store, seen: Recorder) -> None:
-    store.upsert(ENDPOINTSLICES, es("s-1", "old", "10.1.0.1"))
-    store.upsert(ENDPOINTSLICES, es("s-2", "new", "10.1.0.2"))
+    store.upsert(ENDPOINTSLICES, model_slice("s-1", "old", "10.1.0.1"))
+    store.upsert(ENDPOINTSLICES, model_slice("s-2", "new", "10.1.0.2"))
     seen.changes.clear()
-    change = store.upsert(ENDPOINTSLICES, es("s-1", "new", "10.1.0.1"))
+    change = store.upsert(ENDPOINTSLICES, model_slice("s-1", "new", "10.1.0.1"))
     assert change.services == {("ns", "old"), ("ns", "new")}
     assert ("ns", "old") not in store.endpoints
-    assert store.endpoints[("ns", "new")] == (ep("10.1.0.1"), ep("10.1.0.2"))
+    assert store.endpoints[("ns", "new")] == (
+        model_endpoint("10.1.0.1"),
+        model_endpoint("10.1.0.2"),
+    )
     assert [c.services for c in seen.changes] == [{("ns", "old"), ("ns", "new")}]
     # The old service no longer owns the slice: deleting it touches only the new one.
     change = store.delete(ENDPOINTSLICES, ("ns", "s-1"))
     assert change.services == {("ns", "new")}
-    assert store.endpoints[("ns", "new")] == (ep("10.1.0.2"),)
+    assert store.endpoints[("ns", "new")] == (model_endpoint("10.1.0.2"),)
 
 
 def test_replace_after_upserts_forgets_slices_not_listed(store: Store) -> None:
-    store.upsert(ENDPOINTSLICES, es("web-a", "web", "10.1.0.1"))
-    store.upsert(ENDPOINTSLICES, es("web-b", "web", "10.1.0.2"))
-    change = store.replace(ENDPOINTSLICES, by_key(es("web-b", "web", "10.1.0.2")))
+    store.upsert(ENDPOINTSLICES, model_slice("web-a", "web", "10.1.0.1"))
+    store.upsert(ENDPOINTSLICES, model_slice("web-b", "web", "10.1.0.2"))
+    change = store.replace(ENDPOINTSLICES, by_key(model_slice("web-b", "web", "10.1.0.2")))
     assert change.services == {("ns", "web")}
-    assert store.endpoints[("ns", "web")] == (ep("10.1.0.2"),)
+    assert store.endpoints[("ns", "web")] == (model_endpoint("10.1.0.2"),)
     # Upserts after a replace still merge with what the replace left.
-    store.upsert(ENDPOINTSLICES, es("web-c", "web", "10.1.0.3"))
-    assert store.endpoints[("ns", "web")] == (ep("10.1.0.2"), ep("10.1.0.3"))
+    store.upsert(ENDPOINTSLICES, model_slice("web-c", "web", "10.1.0.3"))
+    assert store.endpoints[("ns", "web")] == (
+        model_endpoint("10.1.0.2"),
+        model_endpoint("10.1.0.3"),
+    )
 
 
 # --- Services and namespaces -------------------------------------------------------------------
 
 
 def test_upsert_service(store: Store, seen: Recorder) -> None:
-    assert store.upsert(SERVICES, svc("web")).services == {("ns", "web")}
-    assert not store.upsert(SERVICES, svc("web"))  # identical
+    assert store.upsert(SERVICES, model_service("ns/web")).services == {("ns", "web")}
+    assert not store.upsert(SERVICES, model_service("ns/web"))  # identical
     assert len(seen.changes) == 1
-    assert store.upsert(SERVICES, svc("web", port=81)).services == {("ns", "web")}
-    assert store.services[("ns", "web")] == svc("web", port=81)
+    assert store.upsert(
+        SERVICES, model_service("ns/web", ports=(("http", "TCP", 81, None),))
+    ).services == {("ns", "web")}
+    assert store.services[("ns", "web")] == model_service(
+        "ns/web", ports=(("http", "TCP", 81, None),)
+    )
     assert len(seen.changes) == 2
 
 
 def test_delete_service(store: Store, seen: Recorder) -> None:
-    store.upsert(SERVICES, svc("web"))
+    store.upsert(SERVICES, model_service("ns/web"))
     assert store.delete(SERVICES, ("ns", "web")).services == {("ns", "web")}
     assert ("ns", "web") not in store.services
     assert not store.delete(SERVICES, ("ns", "web"))
@@ -378,19 +406,19 @@ def test_upsert_of_wrong_type_is_an_error(store: Store) -> None:
 
 
 def test_pod_upsert_and_delete_keep_pods_by_ip(store: Store, seen: Recorder) -> None:
-    a = pod("a", "10.1.0.1")
+    a = model_pod("a", "10.1.0.1")
     assert store.upsert(PODS, a).pod_ips == {"10.1.0.1"}
     assert store.pods_by_ip == {"10.1.0.1": (a,)}
 
-    moved = pod("a", "10.1.0.2", "fd00::2")
+    moved = model_pod("a", "10.1.0.2", "fd00::2")
     assert store.upsert(PODS, moved).pod_ips == {"10.1.0.1", "10.1.0.2", "fd00::2"}
     assert store.pods_by_ip == {"10.1.0.2": (moved,), "fd00::2": (moved,)}
 
-    not_ready = pod("a", "10.1.0.2", "fd00::2", ready=False)
+    not_ready = model_pod("a", "10.1.0.2", "fd00::2", ready=False)
     assert store.upsert(PODS, not_ready).pod_ips == {"10.1.0.2", "fd00::2"}
     assert store.pods_by_ip["10.1.0.2"] == (not_ready,)
 
-    assert not store.upsert(PODS, pod("a", "10.1.0.2", "fd00::2", ready=False))
+    assert not store.upsert(PODS, model_pod("a", "10.1.0.2", "fd00::2", ready=False))
 
     assert store.delete(PODS, ("ns", "a")).pod_ips == {"10.1.0.2", "fd00::2"}
     assert store.pods_by_ip == {}
@@ -401,7 +429,7 @@ def test_pod_upsert_and_delete_keep_pods_by_ip(store: Store, seen: Recorder) -> 
 
 def test_pods_sharing_an_ip(store: Store) -> None:
     # Host-network pods on one node share the node's IP.
-    a, b = pod("a", "192.0.2.10"), pod("b", "192.0.2.10", ns="kube-system")
+    a, b = model_pod("a", "192.0.2.10"), model_pod("b", "192.0.2.10", namespace="kube-system")
     store.upsert(PODS, a)
     store.upsert(PODS, b)
     assert set(store.pods_by_ip["192.0.2.10"]) == {a, b}
@@ -415,19 +443,19 @@ def test_pods_sharing_an_ip(store: Store) -> None:
 
 
 def test_trigger_time_of_an_upsert_is_the_slice_trigger_time(store: Store) -> None:
-    assert store.upsert(ENDPOINTSLICES, es("a-1", "a", "10.1.0.1", trigger=100.0)).trigger_time == (
-        100.0
-    )
-    assert store.upsert(ENDPOINTSLICES, es("a-1", "a", "10.1.0.2")).trigger_time is None
+    assert store.upsert(
+        ENDPOINTSLICES, model_slice("a-1", "a", "10.1.0.1", trigger=100.0)
+    ).trigger_time == (100.0)
+    assert store.upsert(ENDPOINTSLICES, model_slice("a-1", "a", "10.1.0.2")).trigger_time is None
 
 
 def test_trigger_time_of_a_replace_is_the_earliest_changed_slice(store: Store) -> None:
     change = store.replace(
         ENDPOINTSLICES,
         by_key(
-            es("a-1", "a", "10.1.0.1", trigger=300.0),
-            es("b-1", "b", "10.1.0.2", trigger=200.0),
-            es("c-1", "c", "10.1.0.3"),
+            model_slice("a-1", "a", "10.1.0.1", trigger=300.0),
+            model_slice("b-1", "b", "10.1.0.2", trigger=200.0),
+            model_slice("c-1", "c", "10.1.0.3"),
         ),
     )
     assert change.trigger_time == 200.0
@@ -436,13 +464,15 @@ def test_trigger_time_of_a_replace_is_the_earliest_changed_slice(store: Store) -
 def test_trigger_time_ignores_unchanged_services(store: Store) -> None:
     store.replace(
         ENDPOINTSLICES,
-        by_key(es("a-1", "a", "10.1.0.1", trigger=100.0), es("b-1", "b", "10.1.0.2")),
+        by_key(
+            model_slice("a-1", "a", "10.1.0.1", trigger=100.0), model_slice("b-1", "b", "10.1.0.2")
+        ),
     )
     change = store.replace(
         ENDPOINTSLICES,
         by_key(
-            es("a-1", "a", "10.1.0.1", trigger=100.0),  # unchanged
-            es("b-1", "b", "10.1.0.22", trigger=500.0),
+            model_slice("a-1", "a", "10.1.0.1", trigger=100.0),  # unchanged
+            model_slice("b-1", "b", "10.1.0.22", trigger=500.0),
         ),
     )
     assert change.services == {("ns", "b")}
@@ -452,12 +482,12 @@ def test_trigger_time_ignores_unchanged_services(store: Store) -> None:
 def test_trigger_time_ignores_unchanged_slices_of_a_changed_service(store: Store) -> None:
     # Change.trigger_time is "the earliest time a change in this batch was made": a slice that
     # this replace did not change says nothing about when this change happened.
-    store.replace(ENDPOINTSLICES, by_key(es("a-1", "a", "10.1.0.1", trigger=100.0)))
+    store.replace(ENDPOINTSLICES, by_key(model_slice("a-1", "a", "10.1.0.1", trigger=100.0)))
     change = store.replace(
         ENDPOINTSLICES,
         by_key(
-            es("a-1", "a", "10.1.0.1", trigger=100.0),  # unchanged
-            es("a-2", "a", "10.1.0.2", trigger=200.0),  # new
+            model_slice("a-1", "a", "10.1.0.1", trigger=100.0),  # unchanged
+            model_slice("a-2", "a", "10.1.0.2", trigger=200.0),  # new
         ),
     )
     assert change.services == {("ns", "a")}
@@ -465,8 +495,8 @@ def test_trigger_time_ignores_unchanged_slices_of_a_changed_service(store: Store
 
 
 def test_trigger_time_of_a_move_is_the_slice_trigger_time(store: Store) -> None:
-    store.upsert(ENDPOINTSLICES, es("s-1", "old", "10.1.0.1", trigger=100.0))
-    change = store.upsert(ENDPOINTSLICES, es("s-1", "new", "10.1.0.1", trigger=250.0))
+    store.upsert(ENDPOINTSLICES, model_slice("s-1", "old", "10.1.0.1", trigger=100.0))
+    change = store.upsert(ENDPOINTSLICES, model_slice("s-1", "new", "10.1.0.1", trigger=250.0))
     assert change.trigger_time == 250.0
 
 
@@ -496,10 +526,10 @@ def test_last_change_strictly_increases_on_each_visible_change(
     assert store.last_change == 1000
     serials = []
     for op in (
-        lambda: store.upsert(SERVICES, svc("a")),
+        lambda: store.upsert(SERVICES, model_service("ns/a")),
         lambda: store.upsert(NAMESPACES, Namespace("ns")),
-        lambda: store.upsert(PODS, pod("a", "10.1.0.1")),
-        lambda: store.upsert(ENDPOINTSLICES, es("a-1", "a", "10.1.0.1")),
+        lambda: store.upsert(PODS, model_pod("a", "10.1.0.1")),
+        lambda: store.upsert(ENDPOINTSLICES, model_slice("a-1", "a", "10.1.0.1")),
         lambda: store.delete(SERVICES, ("ns", "a")),
     ):
         op()
@@ -512,8 +542,8 @@ def test_last_change_strictly_increases_on_each_visible_change(
     assert store.last_change == 1005
 
     clock[0] = 5000.7
-    store.upsert(SERVICES, svc("b"))
+    store.upsert(SERVICES, model_service("ns/b"))
     assert store.last_change == 5000
     clock[0] = 4000.0  # the clock stepped back: the serial still never goes down
-    store.upsert(SERVICES, svc("c"))
+    store.upsert(SERVICES, model_service("ns/c"))
     assert store.last_change == 5001

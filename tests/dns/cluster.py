@@ -16,38 +16,13 @@ from kdns.model import (
     service_from_dict,
 )
 from kdns.store import ENDPOINTSLICES, NAMESPACES, PODS, SERVICES, Store
-
-
-def svc(ns: str, name: str, **spec: Any) -> dict[str, Any]:
-    return {"kind": "Service", "metadata": {"name": name, "namespace": ns}, "spec": spec}
-
-
-def eps(
-    ns: str, service: str, name: str, endpoints: list[Any], ports: list[Any], family: str = "IPv4"
-) -> dict[str, Any]:
-    return {
-        "kind": "EndpointSlice",
-        "metadata": {
-            "name": name,
-            "namespace": ns,
-            "labels": {"kubernetes.io/service-name": service},
-        },
-        "addressType": family,
-        "endpoints": endpoints,
-        "ports": ports,
-    }
-
-
-def ep(ip: str, ready: bool = True, hostname: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {"addresses": [ip], "conditions": {"ready": ready}}
-    if hostname:
-        out["hostname"] = hostname
-    return out
-
+from tests.builders import api_endpoint, api_endpointslice, api_service
 
 SERVICES_ = [
-    svc("default", "redis", clusterIP="10.97.97.97", ports=[{"name": "redis", "port": 6379}]),
-    svc(
+    api_service(
+        "default", "redis", clusterIP="10.97.97.97", ports=[{"name": "redis", "port": 6379}]
+    ),
+    api_service(
         "default",
         "web",
         clusterIP="10.96.0.20",
@@ -56,20 +31,24 @@ SERVICES_ = [
             {"name": "dns", "port": 53, "protocol": "UDP"},
         ],
     ),
-    svc("default", "bare", clusterIP="10.96.0.30", ports=[{"port": 8080}]),
-    svc("default", "hl", clusterIP="None", ports=[{"name": "http", "port": 80}]),
-    svc("default", "empty-hl", clusterIP="None", ports=[{"name": "http", "port": 80}]),
-    svc("default", "ext", type="ExternalName", externalName="www.example.com"),
-    svc("default", "ext-ip", type="ExternalName", externalName="192.0.2.55"),
-    svc("prod", "alias", type="ExternalName", externalName="redis.default.svc.cluster.local."),
-    svc("prod", "dangling", type="ExternalName", externalName="gone.default.svc.cluster.local"),
-    svc(
+    api_service("default", "bare", clusterIP="10.96.0.30", ports=[{"port": 8080}]),
+    api_service("default", "hl", clusterIP="None", ports=[{"name": "http", "port": 80}]),
+    api_service("default", "empty-hl", clusterIP="None", ports=[{"name": "http", "port": 80}]),
+    api_service("default", "ext", type="ExternalName", externalName="www.example.com"),
+    api_service("default", "ext-ip", type="ExternalName", externalName="192.0.2.55"),
+    api_service(
+        "prod", "alias", type="ExternalName", externalName="redis.default.svc.cluster.local."
+    ),
+    api_service(
+        "prod", "dangling", type="ExternalName", externalName="gone.default.svc.cluster.local"
+    ),
+    api_service(
         "prod",
         "api",
         clusterIPs=["10.96.50.50", "fd00:10:96::50"],
         ports=[{"name": "https", "port": 443}],
     ),
-    svc(
+    api_service(
         "kube-system",
         "kube-dns",
         clusterIP="10.96.0.10",
@@ -78,21 +57,31 @@ SERVICES_ = [
 ]
 
 SLICES = [
-    eps(
+    api_endpointslice(
         "default",
         "hl",
         "hl-a",
-        [ep("10.244.1.5", hostname="web-0"), ep("10.244.1.6"), ep("10.244.1.7", ready=False)],
+        [
+            api_endpoint("10.244.1.5", hostname="web-0"),
+            api_endpoint("10.244.1.6"),
+            api_endpoint("10.244.1.7", ready=False),
+        ],
         [{"name": "http", "port": 8080, "protocol": "TCP"}],
     ),
-    eps(
+    api_endpointslice(
         "default",
         "empty-hl",
         "empty-hl-a",
-        [ep("10.244.2.9", ready=False)],
+        [api_endpoint("10.244.2.9", ready=False)],
         [{"name": "http", "port": 80}],
     ),
-    eps("default", "redis", "redis-a", [ep("10.244.3.3")], [{"name": "redis", "port": 6379}]),
+    api_endpointslice(
+        "default",
+        "redis",
+        "redis-a",
+        [api_endpoint("10.244.3.3")],
+        [{"name": "redis", "port": 6379}],
+    ),
 ]
 
 PODS_ = [

@@ -41,8 +41,9 @@ from kdns.dns.resolver import Resolver
 from kdns.dns.server import DnsServer
 from kdns.model import service_from_dict
 from kdns.store import SERVICES, Store
+from tests.builders import api_service
 from tests.dns import upstreams
-from tests.dns.cluster import load, svc
+from tests.dns.cluster import load
 from tests.dns.upstreams import (
     MAIL_V4,
     TXT_TEXT,
@@ -684,7 +685,7 @@ async def test_a_cluster_name_is_never_answered_from_the_upstream_cache() -> Non
             stack.store.upsert(
                 SERVICES,
                 service_from_dict(
-                    svc("default", "late", clusterIP="10.96.77.77", ports=[{"port": 80}])
+                    api_service("default", "late", clusterIP="10.96.77.77", ports=[{"port": 80}])
                 ),
             )
             after = await ask(stack.port, ptr_name, "PTR")

@@ -16,7 +16,7 @@ from kdns.dns.records import (
     service_records,
 )
 from kdns.model import Endpoint, EndpointPort, endpointslice_from_dict, service_from_dict
-from tests.dns.cluster import ep, eps, svc
+from tests.builders import api_endpoint, api_endpointslice, api_service
 
 
 @pytest.mark.parametrize(
@@ -51,7 +51,7 @@ def _headless(endpoints: list[Endpoint]) -> tuple[Endpoint, ...]:
 def test_srv_records_with_the_same_target_and_port_are_merged() -> None:
     # Two endpoints sharing one hostname give one SRV (CoreDNS, row 7), and the weight counts
     # the records that remain.
-    service = service_from_dict(svc("ns", "db", clusterIP="None"))
+    service = service_from_dict(api_service("ns", "db", clusterIP="None"))
     port = (EndpointPort("pg", "TCP", 5432),)
     records = service_records(
         service,
@@ -69,23 +69,25 @@ def test_srv_records_with_the_same_target_and_port_are_merged() -> None:
 
 
 def test_headless_endpoint_without_ports_has_addresses_but_no_srv() -> None:
-    service = service_from_dict(svc("ns", "db", clusterIP="None"))
+    service = service_from_dict(api_service("ns", "db", clusterIP="None"))
     records = service_records(service, (Endpoint("10.0.0.1"),))
     assert [r.value for r in records.forward["db.ns.svc"]] == ["10.0.0.1"]
     assert not any(name.startswith("_") for name in records.forward)
 
 
 def test_ip_like_external_name_produces_nothing() -> None:
-    service = service_from_dict(svc("ns", "x", type="ExternalName", externalName="192.0.2.55"))
+    service = service_from_dict(
+        api_service("ns", "x", type="ExternalName", externalName="192.0.2.55")
+    )
     records = service_records(service, ())
     assert records.forward == {} and records.reverse == {}
 
 
 def test_two_services_selecting_one_ip_both_own_it() -> None:
     index = ReverseIndex()
-    slice_dict = eps("ns", "a", "a-1", [ep("10.0.0.9")], [])
+    slice_dict = api_endpointslice("ns", "a", "a-1", [api_endpoint("10.0.0.9")], [])
     for name in ("a", "b"):
-        service = service_from_dict(svc("ns", name, clusterIP="None"))
+        service = service_from_dict(api_service("ns", name, clusterIP="None"))
         slice_dict["metadata"]["labels"]["kubernetes.io/service-name"] = name
         endpoints = endpointslice_from_dict(slice_dict).endpoints
         records = service_records(service, endpoints)
@@ -97,7 +99,7 @@ def test_two_services_selecting_one_ip_both_own_it() -> None:
 
 
 def test_ptr_addresses_match_the_reverse_records() -> None:
-    service = service_from_dict(svc("ns", "s", clusterIPs=["10.0.0.1", "fd00::1"]))
+    service = service_from_dict(api_service("ns", "s", clusterIPs=["10.0.0.1", "fd00::1"]))
     endpoints = (Endpoint("10.1.0.1"), Endpoint("10.1.0.2", ready=False))
     records = service_records(service, endpoints)
     addresses = ptr_addresses(service, endpoints)
@@ -149,7 +151,7 @@ def test_reverse_prefix(name: str, prefix: str | None) -> None:
 
 def test_empty_non_terminals_of_a_service() -> None:
     service = service_from_dict(
-        svc("ns", "s", clusterIP="10.0.0.1", ports=[{"name": "h", "port": 1}])
+        api_service("ns", "s", clusterIP="10.0.0.1", ports=[{"name": "h", "port": 1}])
     )
     records = service_records(service, ())
     assert records.ents == {"_tcp.s.ns.svc"}

@@ -13,7 +13,8 @@ from kdns.config import Config
 from kdns.dns.resolver import Answer
 from kdns.model import Namespace, service_from_dict
 from kdns.store import NAMESPACES, SERVICES, Store
-from tests.dns.cluster import load, make_handler, rrset, svc, zone
+from tests.builders import api_service
+from tests.dns.cluster import load, make_handler, rrset, zone
 
 NOERROR, NXDOMAIN, SERVFAIL = RCODE.NOERROR, RCODE.NXDOMAIN, RCODE.SERVFAIL
 Z = "cluster.local"
@@ -445,7 +446,7 @@ def test_the_longest_zone_wins() -> None:
 def test_before_sync_negative_answers_are_servfail_and_nothing_is_cached() -> None:
     store, resolver, _ = make_handler(synced=False)
     store.replace(NAMESPACES, {"default": Namespace("default")})
-    redis = service_from_dict(svc("default", "redis", clusterIP="10.97.97.97"))
+    redis = service_from_dict(api_service("default", "redis", clusterIP="10.97.97.97"))
     store.replace(SERVICES, {redis.key: redis})
     # Endpoint slices and pods have not been listed yet.
     missing = resolver.resolve("nope.default.svc.cluster.local", QTYPE.A)
@@ -466,7 +467,9 @@ def test_before_sync_negative_answers_are_servfail_and_nothing_is_cached() -> No
 def test_index_follows_service_and_endpoint_changes_and_reports_tags() -> None:
     store, resolver, _ = make_handler()
     web = service_from_dict(
-        svc("default", "redis", clusterIP="10.97.97.98", ports=[{"name": "redis", "port": 6379}])
+        api_service(
+            "default", "redis", clusterIP="10.97.97.98", ports=[{"name": "redis", "port": 6379}]
+        )
     )
     services = dict(store.services)
     services[web.key] = web
@@ -497,7 +500,7 @@ def test_records_are_memoised_per_service_and_dropped_on_change() -> None:
     store, resolver, _ = make_handler()
     first = resolver.service_records(("default", "redis"))
     assert resolver.service_records(("default", "redis")) is first
-    redis = service_from_dict(svc("default", "redis", clusterIP="10.97.97.99"))
+    redis = service_from_dict(api_service("default", "redis", clusterIP="10.97.97.99"))
     store.replace(SERVICES, {**store.services, redis.key: redis})
     again = resolver.service_records(("default", "redis"))
     assert again is not first and again is not None

@@ -34,6 +34,7 @@ from kdns.model import (
     service_from_dict,
 )
 from kdns.store import ENDPOINTSLICES, NAMESPACES, PODS, SERVICES, Store
+from tests.builders import service_fqdn
 
 ZONE = "cluster.local"
 QID = 0x1234
@@ -236,10 +237,6 @@ def question_bytes(data: bytes) -> bytes:
     return data[12:end]
 
 
-def svc(name: str) -> str:
-    return f"{name}.svc.{ZONE}"
-
-
 # --- reading answers -----------------------------------------------------------------------------
 
 
@@ -276,7 +273,7 @@ def opt_ttl(response: bytes) -> int:
 # parse_query
 # =================================================================================================
 
-A_QUESTION = text_name(svc("web.default")) + struct.pack("!HH", QTYPE.A, 1)
+A_QUESTION = text_name(service_fqdn("web")) + struct.pack("!HH", QTYPE.A, 1)
 
 
 @pytest.mark.parametrize(
@@ -335,8 +332,8 @@ FORMERR_CASES = [
         id="label type bits 10",
     ),
     pytest.param(header() + b"\x03www\x07exam", id="name runs past the end"),
-    pytest.param(header() + text_name(svc("web.default")), id="question without type/class"),
-    pytest.param(header() + text_name(svc("web.default")) + b"\x00\x01\x00", id="class cut"),
+    pytest.param(header() + text_name(service_fqdn("web")), id="question without type/class"),
+    pytest.param(header() + text_name(service_fqdn("web")) + b"\x00\x01\x00", id="class cut"),
     pytest.param(header(ar=1) + A_QUESTION + opt_rr()[:7], id="truncated OPT header"),
     pytest.param(
         header(ar=1) + A_QUESTION + opt_rr(options=cookie_option())[:-3], id="truncated OPT rdata"
@@ -427,7 +424,7 @@ def test_formerr_through_handler_is_a_parseable_response(cluster: Cluster) -> No
         ),
         pytest.param(
             header(ar=1) + A_QUESTION + b"\xc0\x0c" + struct.pack("!HHIH", 1, 1, 0, 4) + bytes(4),
-            {"edns": False, "qname": svc("web.default")},
+            {"edns": False, "qname": service_fqdn("web")},
             id="an A record in additional, compressed against the question",
         ),
         pytest.param(
@@ -474,9 +471,9 @@ def test_udp_limit(payload: int | None, limit: int) -> None:
 @pytest.mark.parametrize(
     ("data", "rcode"),
     [
-        pytest.param(make_query(svc("web.default"), flags=2 << 11), dns.rcode.NOTIMP, id="STATUS"),
+        pytest.param(make_query(service_fqdn("web"), flags=2 << 11), dns.rcode.NOTIMP, id="STATUS"),
         pytest.param(
-            make_query(svc("web.default"), QTYPE.SOA, flags=4 << 11), dns.rcode.NOTIMP, id="NOTIFY"
+            make_query(service_fqdn("web"), QTYPE.SOA, flags=4 << 11), dns.rcode.NOTIMP, id="NOTIFY"
         ),
         pytest.param(
             # dnspython reads an UPDATE's question as its zone section: it must ask for SOA.
@@ -486,14 +483,16 @@ def test_udp_limit(payload: int | None, limit: int) -> None:
         ),
         pytest.param(make_query(ZONE, QTYPE.AXFR), dns.rcode.REFUSED, id="AXFR"),
         pytest.param(make_query(ZONE, QTYPE.IXFR), dns.rcode.REFUSED, id="IXFR"),
-        pytest.param(make_query(svc("web.default"), qclass=3), dns.rcode.REFUSED, id="class CH"),
-        pytest.param(make_query(svc("web.default"), qclass=255), dns.rcode.REFUSED, id="class ANY"),
+        pytest.param(make_query(service_fqdn("web"), qclass=3), dns.rcode.REFUSED, id="class CH"),
+        pytest.param(
+            make_query(service_fqdn("web"), qclass=255), dns.rcode.REFUSED, id="class ANY"
+        ),
         pytest.param(make_query("version.bind", QTYPE.TXT, qclass=3), dns.rcode.REFUSED, id="CH"),
         pytest.param(make_query("example.com"), dns.rcode.REFUSED, id="example.com"),
         pytest.param(make_query("cluster.local.example.com"), dns.rcode.REFUSED, id="suffix"),
         pytest.param(make_query("."), dns.rcode.REFUSED, id="the root"),
-        pytest.param(make_query(svc("web.default")), dns.rcode.NOERROR, id="a service"),
-        pytest.param(make_query(svc("nope.default")), dns.rcode.NXDOMAIN, id="no such service"),
+        pytest.param(make_query(service_fqdn("web")), dns.rcode.NOERROR, id="a service"),
+        pytest.param(make_query(service_fqdn("nope")), dns.rcode.NXDOMAIN, id="no such service"),
     ],
 )
 @pytest.mark.parametrize("edns", [None, 1232], ids=["plain", "edns"])
@@ -520,7 +519,7 @@ def test_refused_and_notimp_answers_carry_no_records(cluster: Cluster) -> None:
 
 @pytest.mark.parametrize("do", [False, True])
 def test_badvers(cluster: Cluster, do: bool) -> None:
-    response = ask(cluster.handler, make_query(svc("web.default"), edns=1232, version=1, do=do))
+    response = ask(cluster.handler, make_query(service_fqdn("web"), edns=1232, version=1, do=do))
     flags = struct.unpack_from("!H", response, 2)[0]
     assert flags & wire.QR
     assert flags & 0xF == 0  # the lower four bits of 16
@@ -537,7 +536,7 @@ def test_badvers(cluster: Cluster, do: bool) -> None:
     ("payload", "do"), [(512, False), (1232, True), (4096, False), (4096, True), (65535, True)]
 )
 def test_opt_echoed_with_our_payload_and_do(cluster: Cluster, payload: int, do: bool) -> None:
-    response = ask(cluster.handler, make_query(svc("web.default"), edns=payload, do=do))
+    response = ask(cluster.handler, make_query(service_fqdn("web"), edns=payload, do=do))
     message = parse(response)
     assert message.edns == 0
     assert message.payload == wire.MAX_UDP_PAYLOAD
@@ -547,7 +546,7 @@ def test_opt_echoed_with_our_payload_and_do(cluster: Cluster, payload: int, do: 
 
 
 def test_no_opt_when_the_query_had_none(cluster: Cluster) -> None:
-    for data in (make_query(svc("web.default")), make_query(svc("nope.default"))):
+    for data in (make_query(service_fqdn("web")), make_query(service_fqdn("nope"))):
         response = ask(cluster.handler, data)
         assert struct.unpack_from("!H", response, 10)[0] == 0  # arcount
         assert parse(response).edns == -1
@@ -555,13 +554,13 @@ def test_no_opt_when_the_query_had_none(cluster: Cluster) -> None:
 
 def test_cookie_is_not_echoed(cluster: Cluster) -> None:
     # We do not implement RFC 7873; an OPT without the option is the RFC's answer for that.
-    query = make_query(svc("web.default"), edns=1232, options=cookie_option())
+    query = make_query(service_fqdn("web"), edns=1232, options=cookie_option())
     message = parse(ask(cluster.handler, query))
     assert message.options == ()
 
 
 def test_dnslib_built_query_is_answered(cluster: Cluster) -> None:
-    response = ask(cluster.handler, dnslib_query(svc("redis.default"), "A", qid=77, payload=1232))
+    response = ask(cluster.handler, dnslib_query(service_fqdn("redis"), "A", qid=77, payload=1232))
     record = DNSRecord.parse(response)
     assert record.header.id == 77
     assert record.header.aa == 1
@@ -576,9 +575,9 @@ def test_dnslib_built_query_is_answered(cluster: Cluster) -> None:
 
 def test_second_identical_query_is_a_cache_hit(cluster: Cluster) -> None:
     cache = cluster.handler.cache
-    first = ask(cluster.handler, make_query(svc("web.default"), qid=1))
+    first = ask(cluster.handler, make_query(service_fqdn("web"), qid=1))
     assert (cache.hits, len(cache)) == (0, 1)
-    second = ask(cluster.handler, make_query(svc("web.default"), qid=2))
+    second = ask(cluster.handler, make_query(service_fqdn("web"), qid=2))
     assert cache.hits == 1
     assert second[:2] == b"\x00\x02"
     assert second[2:] == first[2:]
@@ -587,7 +586,7 @@ def test_second_identical_query_is_a_cache_hit(cluster: Cluster) -> None:
 
 @pytest.mark.parametrize("edns", [None, 4096])
 def test_cache_echoes_the_clients_case(cluster: Cluster, edns: int | None) -> None:
-    ask(cluster.handler, make_query(svc("web.default"), edns=edns))
+    ask(cluster.handler, make_query(service_fqdn("web"), edns=edns))
     spelled = "wEb.DEFAULT.Svc.Cluster.LOCAL"
     response = ask(cluster.handler, make_query(spelled, qid=9, edns=edns))
     assert cluster.handler.cache.hits == 1
@@ -608,7 +607,7 @@ def test_slow_path_echoes_the_clients_case_in_owner_names(cluster: Cluster) -> N
     assert [rrset.name.to_text() for rrset in message.answer] == [spelled + "."]
 
 
-BASE = {"name": svc("web.default"), "qtype": QTYPE.A, "flags": RD, "edns": 1232, "do": False}
+BASE = {"name": service_fqdn("web"), "qtype": QTYPE.A, "flags": RD, "edns": 1232, "do": False}
 
 
 @pytest.mark.parametrize(
@@ -620,7 +619,7 @@ BASE = {"name": svc("web.default"), "qtype": QTYPE.A, "flags": RD, "edns": 1232,
         pytest.param({"flags": RD | wire.CD}, id="CD set"),
         pytest.param({"do": True}, id="DO set"),
         pytest.param({"edns": None}, id="no EDNS"),
-        pytest.param({"name": svc("redis.default")}, id="name"),
+        pytest.param({"name": service_fqdn("redis")}, id="name"),
     ],
 )
 def test_cache_entries_differ_by(cluster: Cluster, variant: dict[str, Any]) -> None:
@@ -645,12 +644,12 @@ def test_cache_entries_differ_by(cluster: Cluster, variant: dict[str, Any]) -> N
 
 
 def test_cache_key_ignores_option_contents_and_payload(cluster: Cluster) -> None:
-    plain = make_query(svc("web.default"), edns=1232)
+    plain = make_query(service_fqdn("web"), edns=1232)
     variants = [
-        make_query(svc("web.default"), edns=1232, options=cookie_option()),
-        make_query(svc("web.default"), edns=1232, options=cookie_option(b"\xff" * 8)),
-        make_query(svc("web.default"), edns=4096),
-        make_query(svc("web.default"), edns=600),
+        make_query(service_fqdn("web"), edns=1232, options=cookie_option()),
+        make_query(service_fqdn("web"), edns=1232, options=cookie_option(b"\xff" * 8)),
+        make_query(service_fqdn("web"), edns=4096),
+        make_query(service_fqdn("web"), edns=600),
     ]
     key = wire.cache_key(plain)
     assert key is not None
@@ -659,7 +658,10 @@ def test_cache_key_ignores_option_contents_and_payload(cluster: Cluster) -> None
         assert found is not None
         assert found[0] == key[0]
     # The key does include the DO bit and the EDNS shape.
-    for other in (make_query(svc("web.default"), edns=1232, do=True), make_query(svc("web"))):
+    for other in (
+        make_query(service_fqdn("web"), edns=1232, do=True),
+        make_query(f"web.svc.{ZONE}"),
+    ):
         found = wire.cache_key(other)
         assert found is not None
         assert found[0] != key[0]
@@ -667,8 +669,8 @@ def test_cache_key_ignores_option_contents_and_payload(cluster: Cluster) -> None
 
 def test_query_with_cookie_hits_the_cache(cluster: Cluster) -> None:
     cache = cluster.handler.cache
-    first = ask(cluster.handler, make_query(svc("web.default"), edns=1232))
-    with_cookie = make_query(svc("web.default"), qid=0x4242, edns=1232, options=cookie_option())
+    first = ask(cluster.handler, make_query(service_fqdn("web"), edns=1232))
+    with_cookie = make_query(service_fqdn("web"), qid=0x4242, edns=1232, options=cookie_option())
     response = ask(cluster.handler, with_cookie)
     assert cache.hits == 1
     assert response == b"\x42\x42" + first[2:]
@@ -678,12 +680,12 @@ def test_query_with_cookie_hits_the_cache(cluster: Cluster) -> None:
 @pytest.mark.parametrize(
     ("data", "reason"),
     [
-        (make_query(svc("web.default"), edns=1232, version=1), "EDNS version 1"),
-        (make_query(svc("web.default"), flags=2 << 11), "opcode STATUS"),
+        (make_query(service_fqdn("web"), edns=1232, version=1), "EDNS version 1"),
+        (make_query(service_fqdn("web"), flags=2 << 11), "opcode STATUS"),
         (
             # The name ends in a pointer to offset 3, the flags' low byte (0x00: the root);
             # a question has no prior name to point to, so this is FORMERR, and not stored.
-            header(flags=0) + text_name(svc("web.default"))[:-1] + b"\xc0\x03" + b"\x00\x01" * 2,
+            header(flags=0) + text_name(service_fqdn("web"))[:-1] + b"\xc0\x03" + b"\x00\x01" * 2,
             "compressed question",
         ),
     ],
@@ -695,7 +697,7 @@ def test_unusual_queries_are_not_stored(cluster: Cluster, data: bytes, reason: s
 
 def test_service_change_drops_only_its_own_entries(cluster: Cluster) -> None:
     cache = cluster.handler.cache
-    web, redis = make_query(svc("web.default")), make_query(svc("redis.default"))
+    web, redis = make_query(service_fqdn("web")), make_query(service_fqdn("redis"))
     ask(cluster.handler, web)
     ask(cluster.handler, redis)
     ask(cluster.handler, web)
@@ -713,15 +715,15 @@ def test_service_change_drops_only_its_own_entries(cluster: Cluster) -> None:
 
 
 def test_unchanged_replace_keeps_the_cache(cluster: Cluster) -> None:
-    ask(cluster.handler, make_query(svc("web.default")))
+    ask(cluster.handler, make_query(service_fqdn("web")))
     cluster.set_services(default_services())  # same objects by value: nothing changed
-    ask(cluster.handler, make_query(svc("web.default")))
+    ask(cluster.handler, make_query(service_fqdn("web")))
     assert cluster.handler.cache.hits == 1
 
 
 def test_cached_nxdomain_dropped_when_the_service_appears(cluster: Cluster) -> None:
     cache = cluster.handler.cache
-    query = make_query(svc("new.default"))
+    query = make_query(service_fqdn("new"))
     assert rcode_of(ask(cluster.handler, query)) == dns.rcode.NXDOMAIN
     assert rcode_of(ask(cluster.handler, query)) == dns.rcode.NXDOMAIN
     assert cache.hits == 1
@@ -736,10 +738,10 @@ def test_cached_nxdomain_dropped_when_the_service_appears(cluster: Cluster) -> N
 
 def test_externalname_answer_dropped_when_its_target_changes(cluster: Cluster) -> None:
     cache = cluster.handler.cache
-    query = make_query(svc("cache.prod"))
+    query = make_query(service_fqdn("cache", "prod"))
     message = parse(ask(cluster.handler, query))
     assert [rrset.rdtype for rrset in message.answer] == [dns.rdatatype.CNAME, dns.rdatatype.A]
-    assert message.answer[0][0].target.to_text() == svc("redis.default") + "."
+    assert message.answer[0][0].target.to_text() == service_fqdn("redis") + "."
     assert a_records(message) == ["10.96.0.20"]
     ask(cluster.handler, query)
     assert cache.hits == 1
@@ -771,7 +773,7 @@ def test_unsynced_store_answers_servfail_and_caches_nothing() -> None:
     handler = Handler(resolver)
     store.replace(NAMESPACES, {"default": namespace("default")})
     for _ in range(2):
-        assert rcode_of(ask(handler, make_query(svc("web.default")))) == dns.rcode.SERVFAIL
+        assert rcode_of(ask(handler, make_query(service_fqdn("web")))) == dns.rcode.SERVFAIL
     assert (handler.cache.hits, len(handler.cache)) == (0, 0)
 
 
@@ -779,8 +781,8 @@ def test_unsynced_store_answers_servfail_and_caches_nothing() -> None:
 # Truncation
 # =================================================================================================
 
-BIG = svc("big.default")
-MID = svc("mid.default")
+BIG = service_fqdn("big")
+MID = service_fqdn("mid")
 
 
 def assert_truncated(response: bytes, data: bytes, limit: int, edns: bool) -> None:

@@ -6,8 +6,9 @@ import pytest
 
 from kdns.proxy.conntrack import Flow, argv, stale_flows
 from kdns.proxy.routes import ServicePortRoute
+from tests.builders import model_endpoint, model_service
 
-from .builders import ep, routes, svc
+from .builders import routes
 
 UDP = (("dns", "UDP", 53, None),)
 UDP_NP = (("dns", "UDP", 53, 30053),)
@@ -22,11 +23,11 @@ def by_service(*pairs) -> dict[tuple[str, str], tuple[ServicePortRoute, ...]]:
     return out
 
 
-S = svc("ns/dns", ports=UDP, ip="10.96.0.10")
-S_NP = svc("ns/dns", ports=UDP_NP, ip="10.96.0.10", external_ips=("192.0.2.7",))
-S_TCP = svc("ns/web", ip="10.96.0.20")
-A = ep("10.244.1.5", ports=UDP_EP)
-B = ep("10.244.2.6", ports=UDP_EP)
+S = model_service("ns/dns", ports=UDP, ip="10.96.0.10")
+S_NP = model_service("ns/dns", ports=UDP_NP, ip="10.96.0.10", external_ips=("192.0.2.7",))
+S_TCP = model_service("ns/web", ip="10.96.0.20")
+A = model_endpoint("10.244.1.5", ports=UDP_EP)
+B = model_endpoint("10.244.2.6", ports=UDP_EP)
 
 CASES = [
     pytest.param(
@@ -74,13 +75,13 @@ CASES = [
         id="first endpoint behind a NodePort and an externalIP",
     ),
     pytest.param(
-        by_service((S, [A, ep("10.244.2.6", ports=UDP_EP, ready=False)])),
+        by_service((S, [A, model_endpoint("10.244.2.6", ports=UDP_EP, ready=False)])),
         by_service((S, [A])),
         [],
         id="an endpoint that was not in use goes: nothing to delete",
     ),
     pytest.param(
-        by_service((S_TCP, [ep("10.244.1.5")])),
+        by_service((S_TCP, [model_endpoint("10.244.1.5")])),
         by_service((S_TCP, [])),
         [],
         id="TCP: never",
@@ -170,5 +171,5 @@ def test_reconciliation_deletes_only_flows_to_endpoints_that_are_gone() -> None:
         key=repr,
     )
     # Nothing changed: nothing deleted (the un-DNATed entry and 10.96.0.99 are not ours).
-    both = routes((S_NP, [A, ep("10.244.9.9", ports=UDP_EP)]))
+    both = routes((S_NP, [A, model_endpoint("10.244.9.9", ports=UDP_EP)]))
     assert unused_dnat_flows(parse_entries(LISTING, 4), both) == []

@@ -11,8 +11,9 @@ from collections.abc import Sequence
 from kdns.proxy.dataplane import IpvsDataplane, Node
 from kdns.proxy.ipvs import DUMMY_DEVICE, IpvsModel
 from kdns.proxy.routes import ServicePortRoute
+from tests.builders import model_endpoint, model_service
 
-from .builders import PODS, ep, routes, svc
+from .builders import PODS, routes
 
 
 class KernelModel:
@@ -59,10 +60,12 @@ NODE = Node(
 
 
 def two(endpoints: list[str]) -> tuple[ServicePortRoute, ...]:
-    web = svc("ns/web", ip="10.96.0.20", ports=(("p80", "TCP", 80, 30080),), type="NodePort")
-    dns = svc("ns/dns", ip="10.96.0.10", ports=(("dns", "UDP", 53, None),))
-    dns_ep = ep("10.244.1.9", ports=(("dns", "UDP", 5353),))
-    return routes((web, [ep(ip) for ip in endpoints]), (dns, [dns_ep]))
+    web = model_service(
+        "ns/web", ip="10.96.0.20", ports=(("p80", "TCP", 80, 30080),), type="NodePort"
+    )
+    dns = model_service("ns/dns", ip="10.96.0.10", ports=(("dns", "UDP", 53, None),))
+    dns_ep = model_endpoint("10.244.1.9", ports=(("dns", "UDP", 5353),))
+    return routes((web, [model_endpoint(ip) for ip in endpoints]), (dns, [dns_ep]))
 
 
 def test_full_sync_from_an_empty_kernel_then_minimal_changes() -> None:

@@ -10,9 +10,10 @@ import urllib.request
 import trio
 
 from kdns.proxyapp import HealthCheckServers
+from tests.builders import model_endpoint, model_service
 from tests.e2e.conftest import free_port
 
-from .builders import NODE, ep, routes, svc
+from .builders import NODE, routes
 
 
 def get(port: int) -> tuple[int, dict]:
@@ -27,14 +28,16 @@ def test_ports_open_answer_and_close() -> None:
     port = free_port()
     lb = dict(type="LoadBalancer", external_traffic_policy="Local", health_check_node_port=port)
     ports = (("p80", "TCP", 80, 30080),)
-    s = svc("ns/lb", ports=ports, **lb)
+    s = model_service("ns/lb", ports=ports, **lb)
     healthy = [True]
     servers = HealthCheckServers(lambda: healthy[0])
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
             await nursery.start(servers.run)
-            servers.update(routes((s, [ep("10.244.1.5", node=NODE), ep("10.244.2.5")])))
+            servers.update(
+                routes((s, [model_endpoint("10.244.1.5", node=NODE), model_endpoint("10.244.2.5")]))
+            )
             await trio.sleep(0.2)
             status, body = await trio.to_thread.run_sync(get, port)
             assert status == 200
@@ -44,11 +47,11 @@ def test_ports_open_answer_and_close() -> None:
                 "serviceProxyHealthy": True,
             }
             # No local endpoint left: 503, so the load balancer skips this node.
-            servers.update(routes((s, [ep("10.244.2.5")])))
+            servers.update(routes((s, [model_endpoint("10.244.2.5")])))
             status, body = await trio.to_thread.run_sync(get, port)
             assert (status, body["localEndpoints"]) == (503, 0)
             # An unhealthy proxy is unhealthy for every Service.
-            servers.update(routes((s, [ep("10.244.1.5", node=NODE)])))
+            servers.update(routes((s, [model_endpoint("10.244.1.5", node=NODE)])))
             healthy[0] = False
             status, body = await trio.to_thread.run_sync(get, port)
             assert (status, body["serviceProxyHealthy"]) == (503, False)

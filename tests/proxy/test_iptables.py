@@ -28,8 +28,9 @@ from kdns.proxy.iptables import (
     stale_chains,
 )
 from kdns.proxy.routes import ServicePortRoute
+from tests.builders import model_endpoint, model_service
 from tests.conftest import throwaway_netns
-from tests.proxy.builders import NODE, PODS, ep, routes, svc
+from tests.proxy.builders import NODE, PODS, routes
 
 CONFIG = IptablesConfig(cluster_cidr=PODS)
 NODEPORT = (("p80", "TCP", 80, 30080),)
@@ -82,7 +83,16 @@ def restore(
 
 CASES = [
     pytest.param(
-        routes((svc("ns1/svc1"), [ep("10.244.1.2"), ep("10.244.2.3"), ep("10.244.3.4")])),
+        routes(
+            (
+                model_service("ns1/svc1"),
+                [
+                    model_endpoint("10.244.1.2"),
+                    model_endpoint("10.244.2.3"),
+                    model_endpoint("10.244.3.4"),
+                ],
+            )
+        ),
         CONFIG,
         # The whole input, written out once: ClusterIP spread 1/3, 1/2, rest; masquerade of
         # off-cluster sources; hairpin masquerade first in each endpoint chain.
@@ -127,7 +137,7 @@ CASES = [
         id="clusterip-spread",
     ),
     pytest.param(
-        routes((svc("ns1/svc1"), [ep("10.244.1.2")])),
+        routes((model_service("ns1/svc1"), [model_endpoint("10.244.1.2")])),
         IptablesConfig(),
         # No cluster CIDR and no --masquerade-all: no masquerade rule in KUBE-SVC; one
         # endpoint gets an unconditional jump.
@@ -146,7 +156,7 @@ CASES = [
         id="no-cluster-cidr",
     ),
     pytest.param(
-        routes((svc("ns1/svc1"), [ep("10.244.1.2")])),
+        routes((model_service("ns1/svc1"), [model_endpoint("10.244.1.2")])),
         IptablesConfig(cluster_cidr=PODS, masquerade_all=True),
         # --masquerade-all: every ClusterIP connection is marked, whatever its source.
         restore(
@@ -166,16 +176,16 @@ CASES = [
     ),
     pytest.param(
         routes(
-            (svc("ns2/dns", ports=(("", "UDP", 53, None),), ip="172.30.0.42"), []),
+            (model_service("ns2/dns", ports=(("", "UDP", 53, None),), ip="172.30.0.42"), []),
             (
-                svc(
+                model_service(
                     "ns3/np",
                     type="NodePort",
                     ports=NODEPORT,
                     ip="172.30.0.43",
                     external_ips=("192.0.2.10",),
                 ),
-                [ep("10.244.1.2", ready=False, serving=False)],
+                [model_endpoint("10.244.1.2", ready=False, serving=False)],
             ),
         ),
         CONFIG,
@@ -194,8 +204,8 @@ CASES = [
     pytest.param(
         routes(
             (
-                svc("ns1/svc1", session_affinity="ClientIP", affinity_timeout=10800),
-                [ep("10.244.1.2"), ep("10.244.2.3")],
+                model_service("ns1/svc1", session_affinity="ClientIP", affinity_timeout=10800),
+                [model_endpoint("10.244.1.2"), model_endpoint("10.244.2.3")],
             )
         ),
         CONFIG,
@@ -223,7 +233,12 @@ CASES = [
         id="session-affinity",
     ),
     pytest.param(
-        routes((svc("ns1/svc1", type="NodePort", ports=NODEPORT), [ep("10.244.1.2")])),
+        routes(
+            (
+                model_service("ns1/svc1", type="NodePort", ports=NODEPORT),
+                [model_endpoint("10.244.1.2")],
+            )
+        ),
         CONFIG,
         # NodePort: KUBE-NODEPORTS → KUBE-EXT, which masquerades (the endpoint may be on
         # another node) and goes on to the Cluster chain.
@@ -247,7 +262,12 @@ CASES = [
         id="nodeport",
     ),
     pytest.param(
-        routes((svc("ns1/svc1", external_ips=("192.0.2.10",)), [ep("10.244.1.2")])),
+        routes(
+            (
+                model_service("ns1/svc1", external_ips=("192.0.2.10",)),
+                [model_endpoint("10.244.1.2")],
+            )
+        ),
         CONFIG,
         # externalIPs enter through KUBE-EXT, like NodePorts.
         restore(
@@ -272,13 +292,13 @@ CASES = [
     pytest.param(
         routes(
             (
-                svc(
+                model_service(
                     "ns1/svc1",
                     type="LoadBalancer",
                     ports=NODEPORT,
                     load_balancer_ips=("198.51.100.7",),
                 ),
-                [ep("10.244.1.2")],
+                [model_endpoint("10.244.1.2")],
             )
         ),
         CONFIG,
@@ -306,14 +326,14 @@ CASES = [
     pytest.param(
         routes(
             (
-                svc(
+                model_service(
                     "ns1/svc1",
                     type="LoadBalancer",
                     ports=NODEPORT,
                     load_balancer_ips=("198.51.100.7",),
                     load_balancer_source_ranges=("203.0.113.0/25", "192.168.0.0/24"),
                 ),
-                [ep("10.244.1.2")],
+                [model_endpoint("10.244.1.2")],
             )
         ),
         IptablesConfig(cluster_cidr=PODS, node_ip="192.168.0.10"),
@@ -351,7 +371,7 @@ CASES = [
     pytest.param(
         routes(
             (
-                svc(
+                model_service(
                     "ns1/svc1",
                     type="LoadBalancer",
                     ports=NODEPORT,
@@ -359,7 +379,7 @@ CASES = [
                     external_traffic_policy="Local",
                     health_check_node_port=30000,
                 ),
-                [ep("10.244.1.2", node=NODE), ep("10.244.2.3")],
+                [model_endpoint("10.244.1.2", node=NODE), model_endpoint("10.244.2.3")],
             )
         ),
         CONFIG,
@@ -400,8 +420,10 @@ CASES = [
     pytest.param(
         routes(
             (
-                svc("ns1/svc1", type="NodePort", ports=NODEPORT, external_traffic_policy="Local"),
-                [ep("10.244.2.3")],
+                model_service(
+                    "ns1/svc1", type="NodePort", ports=NODEPORT, external_traffic_policy="Local"
+                ),
+                [model_endpoint("10.244.2.3")],
             )
         ),
         CONFIG,
@@ -433,8 +455,8 @@ CASES = [
     pytest.param(
         routes(
             (
-                svc("ns1/svc1", internal_traffic_policy="Local"),
-                [ep("10.244.1.2", node=NODE), ep("10.244.2.3")],
+                model_service("ns1/svc1", internal_traffic_policy="Local"),
+                [model_endpoint("10.244.1.2", node=NODE), model_endpoint("10.244.2.3")],
             )
         ),
         CONFIG,
@@ -456,7 +478,12 @@ CASES = [
         id="internal-policy-local",
     ),
     pytest.param(
-        routes((svc("ns1/svc1", internal_traffic_policy="Local"), [ep("10.244.2.3")])),
+        routes(
+            (
+                model_service("ns1/svc1", internal_traffic_policy="Local"),
+                [model_endpoint("10.244.2.3")],
+            )
+        ),
         CONFIG,
         # internalTrafficPolicy Local and no local endpoint: DROP, not REJECT.
         restore(
@@ -469,10 +496,10 @@ CASES = [
     pytest.param(
         routes(
             (
-                svc("ns1/svc1"),
+                model_service("ns1/svc1"),
                 [
-                    ep("10.244.1.2", ready=False, terminating=True),
-                    ep("10.244.2.3", ready=False, serving=False, terminating=True),
+                    model_endpoint("10.244.1.2", ready=False, terminating=True),
+                    model_endpoint("10.244.2.3", ready=False, serving=False, terminating=True),
                 ],
             )
         ),
@@ -497,8 +524,10 @@ CASES = [
     pytest.param(
         routes(
             (
-                svc("ns1/svc1", ports=(("dns", "UDP", 53, None), ("sig", "SCTP", 3868, None))),
-                [ep("10.244.1.2", ports=(("dns", "UDP", 5353), ("sig", "SCTP", 3868)))],
+                model_service(
+                    "ns1/svc1", ports=(("dns", "UDP", 53, None), ("sig", "SCTP", 3868, None))
+                ),
+                [model_endpoint("10.244.1.2", ports=(("dns", "UDP", 5353), ("sig", "SCTP", 3868)))],
             )
         ),
         CONFIG,
@@ -527,8 +556,11 @@ CASES = [
     ),
     pytest.param(
         routes(
-            (svc("ns1/svc1", ip="fd00:30::41"), [ep("fd00:244::2")]),
-            (svc("ns1/v4"), [ep("10.244.1.2")]),  # another family: not in this input
+            (model_service("ns1/svc1", ip="fd00:30::41"), [model_endpoint("fd00:244::2")]),
+            (
+                model_service("ns1/v4"),
+                [model_endpoint("10.244.1.2")],
+            ),  # another family: not in this input
         ),
         IptablesConfig(family=6, cluster_cidr="fd00:244::/64"),
         # ip6tables: bracketed DNAT target, and NodePorts never on ::1.
@@ -551,7 +583,12 @@ CASES = [
         id="ipv6",
     ),
     pytest.param(
-        routes((svc("ns1/svc1", type="NodePort", ports=NODEPORT), [ep("10.244.1.2")])),
+        routes(
+            (
+                model_service("ns1/svc1", type="NodePort", ports=NODEPORT),
+                [model_endpoint("10.244.1.2")],
+            )
+        ),
         IptablesConfig(cluster_cidr=PODS, nodeport_ips=("192.168.0.10", "127.0.0.1")),
         # --nodeport-addresses: one jump to KUBE-NODEPORTS per node address, never loopback.
         restore(
@@ -577,7 +614,12 @@ CASES = [
         id="nodeport-addresses",
     ),
     pytest.param(
-        routes((svc("ns1/svc1"), [ep("10.244.1.2"), ep("10.244.2.3")])),
+        routes(
+            (
+                model_service("ns1/svc1"),
+                [model_endpoint("10.244.1.2"), model_endpoint("10.244.2.3")],
+            )
+        ),
         IptablesConfig(cluster_cidr=PODS, large_cluster_endpoints=1),
         # Large-cluster mode: the per-endpoint rules lose their comments.
         restore(
@@ -643,8 +685,8 @@ def test_render_full(
 # --- stale chains, partial syncs, determinism ----------------------------------------------------
 
 TWO = (
-    (svc("ns1/a", ip="172.30.0.1"), [ep("10.244.1.2")]),
-    (svc("ns1/b", ip="172.30.0.2"), [ep("10.244.2.3")]),
+    (model_service("ns1/a", ip="172.30.0.1"), [model_endpoint("10.244.1.2")]),
+    (model_service("ns1/b", ip="172.30.0.2"), [model_endpoint("10.244.2.3")]),
 )
 A_SVC, A_SEP = "KUBE-SVC-RJR5Z2XEZW2NGSZC", "KUBE-SEP-5ZM4FRG7E35DWIST"
 B_SVC, B_SEP = "KUBE-SVC-2USGMCUYPBEY3LZX", "KUBE-SEP-SQTCOKENPGJD4VYP"
@@ -679,7 +721,7 @@ def test_render_deletes_stale_chains() -> None:
     # Service a is gone and b's endpoint moved: their old chains are flushed and deleted;
     # foreign chains are left alone.
     after = render_full(
-        routes((svc_b, [ep("10.244.3.4")])),
+        routes((svc_b, [model_endpoint("10.244.3.4")])),
         CONFIG,
         existing_chains=before.active_chains | {"CALI-FOO", "KUBE-SERVICES"},
     )
@@ -698,7 +740,7 @@ def test_render_partial() -> None:
     svc_a, eps_a = TWO[0]
     svc_b, _ = TWO[1]
     before = render_full(routes(*TWO), CONFIG)
-    now = routes((svc_a, eps_a), (svc_b, [ep("10.244.3.4")]))
+    now = routes((svc_a, eps_a), (svc_b, [model_endpoint("10.244.3.4")]))
     partial = render_partial(now, {svc_b.key}, CONFIG, existing_chains=before.active_chains)
     full = render_full(now, CONFIG, existing_chains=before.active_chains)
     assert partial.partial
@@ -742,8 +784,11 @@ def test_render_partial_of_deleted_service() -> None:
 def test_deterministic() -> None:
     everything = routes(
         *TWO,
-        (svc("ns0/z", ip="172.30.0.9", external_ips=("192.0.2.1",)), [ep("10.244.9.9")]),
-        (svc("ns9/none", ip="172.30.0.8"), []),
+        (
+            model_service("ns0/z", ip="172.30.0.9", external_ips=("192.0.2.1",)),
+            [model_endpoint("10.244.9.9")],
+        ),
+        (model_service("ns9/none", ip="172.30.0.8"), []),
     )
     text = render_full(everything, CONFIG).text
     assert render_full(reversed(everything), CONFIG).text == text
@@ -933,7 +978,7 @@ def test_sync_sequence_in_netns(netns: str) -> None:
     a_rules = {c: nat_lines(netns, c) for c in (A_SVC, A_SEP)}
 
     # b's endpoint moves: a partial restore rewrites b and leaves a's chains as they were.
-    now = routes((svc_a, eps_a), (svc_b, [ep("10.244.3.4")]))
+    now = routes((svc_a, eps_a), (svc_b, [model_endpoint("10.244.3.4")]))
     partial = render_partial(now, {svc_b.key}, CONFIG, existing_chains=full.active_chains)
     in_netns(netns, "iptables-restore", "--noflush", stdin=partial.text)
     nat = saved_chains(in_netns(netns, "iptables-save"))["nat"]
@@ -944,7 +989,7 @@ def test_sync_sequence_in_netns(netns: str) -> None:
 
     # a is deleted.
     gone = render_partial(
-        routes((svc_b, [ep("10.244.3.4")])),
+        routes((svc_b, [model_endpoint("10.244.3.4")])),
         {svc_a.key},
         CONFIG,
         existing_chains=partial.active_chains,
@@ -979,20 +1024,20 @@ def test_omit_unchanged_leaves_out_only_fixed_chains_that_did_not_change() -> No
     from kdns.proxy.iptables import chain_rules, fixed_chain_rules, omit_unchanged
 
     config = IptablesConfig(cluster_cidr=PODS)
-    web = svc("ns/web", ip="10.96.0.20")
-    before = render_full(routes((web, [ep("10.244.1.5")])), config)
+    web = model_service("ns/web", ip="10.96.0.20")
+    before = render_full(routes((web, [model_endpoint("10.244.1.5")])), config)
     applied = fixed_chain_rules(chain_rules(before.text))
     # An endpoint replaced: KUBE-SERVICES and the other fixed chains are as they were.
     moved = render_partial(
-        routes((web, [ep("10.244.1.6")])), {web.key}, config, before.active_chains
+        routes((web, [model_endpoint("10.244.1.6")])), {web.key}, config, before.active_chains
     )
     text = omit_unchanged(moved.text, applied)
     assert ":KUBE-SERVICES" not in text and "-A KUBE-SERVICES" not in text
     assert "--to-destination 10.244.1.6:8080" in text
     # A new Service: KUBE-SERVICES changes, so it is sent (whole, as kube-proxy sends it).
-    api = svc("ns/api", ip="10.96.0.30")
+    api = model_service("ns/api", ip="10.96.0.30")
     grown = render_partial(
-        routes((web, [ep("10.244.1.6")]), (api, [ep("10.244.2.7")])),
+        routes((web, [model_endpoint("10.244.1.6")]), (api, [model_endpoint("10.244.2.7")])),
         {api.key},
         config,
         moved.active_chains,
@@ -1008,7 +1053,7 @@ def test_partial_syncs_without_unchanged_chains_reach_the_full_state() -> None:
     from kdns.proxy.dataplane import IptablesDataplane, Node, run_command
 
     node = Node(families=(4,), cluster_cidrs=(PODS,))
-    services = [svc(f"ns/s{i}", ip=f"10.96.0.{i + 10}") for i in range(4)]
+    services = [model_service(f"ns/s{i}", ip=f"10.96.0.{i + 10}") for i in range(4)]
     history = [
         {0: ["10.244.1.5"], 1: ["10.244.1.6", "10.244.2.6"]},
         {0: ["10.244.1.7"], 1: ["10.244.1.6", "10.244.2.6"]},  # an endpoint replaced
@@ -1017,7 +1062,9 @@ def test_partial_syncs_without_unchanged_chains_reach_the_full_state() -> None:
     ]
 
     def state(step: dict[int, list[str]]):
-        return routes(*((services[i], [ep(a) for a in addrs]) for i, addrs in step.items()))
+        return routes(
+            *((services[i], [model_endpoint(a) for a in addrs]) for i, addrs in step.items())
+        )
 
     with (
         throwaway_netns("kdns-ipt-a", ("iptables-restore", "iptables")) as a,

@@ -43,7 +43,8 @@ from kdns.proxy.ipvs import (
     render_ipset_restore,
 )
 from kdns.proxy.routes import ServicePortRoute, build_routes
-from tests.proxy.builders import NODE, PODS, ep, routes, svc
+from tests.builders import model_endpoint, model_service
+from tests.proxy.builders import NODE, PODS, routes
 
 NODE_IP = "192.168.1.10"
 CONFIG = IpvsConfig(local_ips=(NODE_IP, "127.0.0.1"), node_ips=(NODE_IP,), cluster_cidrs=(PODS,))
@@ -126,7 +127,12 @@ def restore(
 
 CASES = [
     pytest.param(
-        routes((svc("ns1/svc1"), [ep("10.244.1.2"), ep("10.244.2.3", node=NODE)])),
+        routes(
+            (
+                model_service("ns1/svc1"),
+                [model_endpoint("10.244.1.2"), model_endpoint("10.244.2.3", node=NODE)],
+            )
+        ),
         CONFIG,
         # One virtual service on the ClusterIP, a masqueraded real server per endpoint (weight
         # 1), the ClusterIP bound to kube-ipvs0; the local endpoint gets a hairpin entry.
@@ -185,17 +191,19 @@ CASES = [
     pytest.param(
         routes(
             (
-                svc(
+                model_service(
                     "ns1/svc1",
                     session_affinity="ClientIP",
                     affinity_timeout=10800,
                     external_ips=("192.0.2.10",),
                 ),
-                [ep("10.244.1.2"), ep("10.244.2.3")],
+                [model_endpoint("10.244.1.2"), model_endpoint("10.244.2.3")],
             ),
             (
-                svc("ns1/svc2", ip="172.30.0.42", session_affinity="ClientIP", affinity_timeout=60),
-                [ep("10.244.1.2")],
+                model_service(
+                    "ns1/svc2", ip="172.30.0.42", session_affinity="ClientIP", affinity_timeout=60
+                ),
+                [model_endpoint("10.244.1.2")],
             ),
         ),
         CONFIG,
@@ -223,8 +231,10 @@ CASES = [
     pytest.param(
         routes(
             (
-                svc("ns1/svc1", type="NodePort", ports=(*NODEPORT, ("dns", "UDP", 53, 30053))),
-                [ep("10.244.1.2", ports=(("p80", "TCP", 8080), ("dns", "UDP", 5353)))],
+                model_service(
+                    "ns1/svc1", type="NodePort", ports=(*NODEPORT, ("dns", "UDP", 53, 30053))
+                ),
+                [model_endpoint("10.244.1.2", ports=(("p80", "TCP", 8080), ("dns", "UDP", 5353)))],
             )
         ),
         CONFIG,
@@ -256,7 +266,12 @@ CASES = [
         id="nodeport",
     ),
     pytest.param(
-        routes((svc("ns1/svc1", external_ips=("192.0.2.10", NODE_IP)), [ep("10.244.1.2")])),
+        routes(
+            (
+                model_service("ns1/svc1", external_ips=("192.0.2.10", NODE_IP)),
+                [model_endpoint("10.244.1.2")],
+            )
+        ),
         CONFIG,
         # externalIPs: a virtual service each; one that is already a node address is served
         # but not bound to kube-ipvs0. The set masquerades them and accepts outside traffic.
@@ -286,17 +301,17 @@ CASES = [
     pytest.param(
         routes(
             (
-                svc(
+                model_service(
                     "ns1/open",
                     type="LoadBalancer",
                     ports=NODEPORT,
                     load_balancer_ips=("198.51.100.7",),
                     load_balancer_source_ranges=("192.168.1.0/24", "203.0.113.5/32"),
                 ),
-                [ep("10.244.1.2")],
+                [model_endpoint("10.244.1.2")],
             ),
             (
-                svc(
+                model_service(
                     "ns1/shut",
                     ip="172.30.0.42",
                     type="LoadBalancer",
@@ -304,7 +319,7 @@ CASES = [
                     load_balancer_ips=("198.51.100.8",),
                     load_balancer_source_ranges=("203.0.113.0/24",),
                 ),
-                [ep("10.244.1.3", ports=(("https", "TCP", 8443),))],
+                [model_endpoint("10.244.1.3", ports=(("https", "TCP", 8443),))],
             ),
         ),
         CONFIG,
@@ -361,7 +376,7 @@ CASES = [
     pytest.param(
         routes(
             (
-                svc(
+                model_service(
                     "ns1/lb-local",
                     type="LoadBalancer",
                     ports=NODEPORT,
@@ -369,21 +384,21 @@ CASES = [
                     external_traffic_policy="Local",
                     health_check_node_port=32000,
                 ),
-                [ep("10.244.1.2"), ep("10.244.2.3", node=NODE)],
+                [model_endpoint("10.244.1.2"), model_endpoint("10.244.2.3", node=NODE)],
             ),
             (
-                svc("ns1/itp-local", ip="172.30.0.42", internal_traffic_policy="Local"),
-                [ep("10.244.1.4")],
+                model_service("ns1/itp-local", ip="172.30.0.42", internal_traffic_policy="Local"),
+                [model_endpoint("10.244.1.4")],
             ),
             (
-                svc(
+                model_service(
                     "ns1/etp-no-local",
                     ip="172.30.0.43",
                     type="NodePort",
                     ports=(("p80", "TCP", 80, 30081),),
                     external_traffic_policy="Local",
                 ),
-                [ep("10.244.1.5")],
+                [model_endpoint("10.244.1.5")],
             ),
         ),
         CONFIG,
@@ -432,10 +447,10 @@ CASES = [
     ),
     pytest.param(
         routes(
-            (svc("ns2/dns", ports=(("", "UDP", 53, None),), ip="172.30.0.42"), []),
+            (model_service("ns2/dns", ports=(("", "UDP", 53, None),), ip="172.30.0.42"), []),
             (
-                svc("ns3/np", type="NodePort", ports=NODEPORT, ip="172.30.0.43"),
-                [ep("10.244.1.2", ready=False, serving=False)],
+                model_service("ns3/np", type="NodePort", ports=NODEPORT, ip="172.30.0.43"),
+                [model_endpoint("10.244.1.2", ready=False, serving=False)],
             ),
         ),
         CONFIG,
@@ -462,16 +477,19 @@ CASES = [
     pytest.param(
         routes(
             (
-                svc("ns1/svc1", ip="172.30.0.41"),
+                model_service("ns1/svc1", ip="172.30.0.41"),
                 [
-                    ep("10.244.1.2", ready=False, serving=True, terminating=True),
-                    ep("10.244.1.3", ready=False, serving=True, terminating=True),
-                    ep("10.244.1.4", ready=False, serving=False, terminating=True),
+                    model_endpoint("10.244.1.2", ready=False, serving=True, terminating=True),
+                    model_endpoint("10.244.1.3", ready=False, serving=True, terminating=True),
+                    model_endpoint("10.244.1.4", ready=False, serving=False, terminating=True),
                 ],
             ),
             (
-                svc("ns1/svc2", ip="172.30.0.42"),
-                [ep("10.244.2.2"), ep("10.244.2.3", ready=False, serving=True, terminating=True)],
+                model_service("ns1/svc2", ip="172.30.0.42"),
+                [
+                    model_endpoint("10.244.2.2"),
+                    model_endpoint("10.244.2.3", ready=False, serving=True, terminating=True),
+                ],
             ),
         ),
         CONFIG,
@@ -494,12 +512,12 @@ CASES = [
     pytest.param(
         routes(
             (
-                svc("ns1/a", external_ips=("192.0.2.10",)),
-                [ep("10.244.1.2")],
+                model_service("ns1/a", external_ips=("192.0.2.10",)),
+                [model_endpoint("10.244.1.2")],
             ),
             (
-                svc("ns1/b", ip="172.30.0.42", external_ips=("192.0.2.10",)),
-                [ep("10.244.1.3")],
+                model_service("ns1/b", ip="172.30.0.42", external_ips=("192.0.2.10",)),
+                [model_endpoint("10.244.1.3")],
             ),
         ),
         CONFIG,
@@ -552,9 +570,14 @@ def test_dual_stack() -> None:
         node_ips=(NODE_IP, "fd01::10"),
         cluster_cidrs=(PODS, "fd00:10:244::/64"),
     )
-    service = svc("ns1/svc1", type="NodePort", ports=NODEPORT, ip=("172.30.0.41", "fd00::41"))
+    service = model_service(
+        "ns1/svc1", type="NodePort", ports=NODEPORT, ip=("172.30.0.41", "fd00::41")
+    )
     rendering = render(
-        routes((service, [ep("10.244.1.2"), ep("fd00:10:244::2", node=NODE)])), config
+        routes(
+            (service, [model_endpoint("10.244.1.2"), model_endpoint("fd00:10:244::2", node=NODE)])
+        ),
+        config,
     )
     # One IPVS table for both families, IPv4 first; IPv6 addresses in brackets.
     assert format_save(rendering.state) == text(
@@ -626,7 +649,9 @@ def test_dual_stack() -> None:
         """
     )
     # A single-stack proxier leaves the other family out entirely.
-    v4_only = render(routes((service, [ep("10.244.1.2")])), replace_config(config, families=(4,)))
+    v4_only = render(
+        routes((service, [model_endpoint("10.244.1.2")])), replace_config(config, families=(4,))
+    )
     assert all(s.family == 4 for s in v4_only.state.services.values())
     assert list(v4_only.iptables) == [4]
 
@@ -656,7 +681,8 @@ def replace_config(config: IpvsConfig, **changes: Any) -> IpvsConfig:
 )
 def test_masquerade_options(changes: dict[str, Any], line: str) -> None:
     rendering = render(
-        routes((svc("ns1/svc1"), [ep("10.244.1.2")])), replace_config(CONFIG, **changes)
+        routes((model_service("ns1/svc1"), [model_endpoint("10.244.1.2")])),
+        replace_config(CONFIG, **changes),
     )
     assert line in rendering.iptables[4]
 
@@ -678,7 +704,7 @@ def test_no_invalid_drop_with_liberal_conntrack() -> None:
 )
 def test_scheduler(scheduler: str, line: str) -> None:
     config = replace_config(CONFIG, scheduler=scheduler)
-    rendering = render(routes((svc("ns1/svc1"), [ep("10.244.1.2")])), config)
+    rendering = render(routes((model_service("ns1/svc1"), [model_endpoint("10.244.1.2")])), config)
     assert format_save(rendering.state).splitlines()[0] == line
 
 
@@ -687,24 +713,30 @@ def test_nodeport_addresses() -> None:
     config = replace_config(
         CONFIG, local_ips=(NODE_IP, "10.0.0.10"), nodeport_ips=("10.0.0.10", "127.0.0.1")
     )
-    rendering = render(routes((svc("ns1/svc1", type="NodePort", ports=NODEPORT), [])), config)
+    rendering = render(
+        routes((model_service("ns1/svc1", type="NodePort", ports=NODEPORT), [])), config
+    )
     assert sorted(k for k in rendering.state.services if k[2] == 30080) == [
         ("TCP", "10.0.0.10", 30080)
     ]
     # No node address at all: no NodePort services and no NodePort set entries.
-    rendering = render(routes((svc("ns1/svc1", type="NodePort", ports=NODEPORT), [])), IpvsConfig())
+    rendering = render(
+        routes((model_service("ns1/svc1", type="NodePort", ports=NODEPORT), [])), IpvsConfig()
+    )
     assert list(rendering.state.services) == [("TCP", "172.30.0.41", 80)]
     assert not rendering.ipsets[4]["KUBE-NODE-PORT-TCP"]
 
 
 def test_sctp_nodeport_uses_hash_sets() -> None:
-    service = svc(
+    service = model_service(
         "ns1/svc1",
         type="NodePort",
         ports=(("s", "SCTP", 9000, 30900),),
         external_traffic_policy="Local",
     )
-    rendering = render(routes((service, [ep("10.244.1.2", ports=(("s", "SCTP", 9000),))])), CONFIG)
+    rendering = render(
+        routes((service, [model_endpoint("10.244.1.2", ports=(("s", "SCTP", 9000),))])), CONFIG
+    )
     sets = rendering.ipsets[4]
     assert sets["KUBE-NODE-PORT-SCTP-HASH"] == {"192.168.1.10,sctp:30900"}
     assert sets["KUBE-NODE-PORT-LOCAL-SCTP-HASH"] == {"192.168.1.10,sctp:30900"}
@@ -717,14 +749,14 @@ def test_sctp_nodeport_uses_hash_sets() -> None:
 
 
 def test_external_ip_local_policy() -> None:
-    service = svc(
+    service = model_service(
         "ns1/svc1",
         type="NodePort",
         ports=NODEPORT,
         external_ips=("192.0.2.10",),
         external_traffic_policy="Local",
     )
-    rendering = render(routes((service, [ep("10.244.1.2", node=NODE)])), CONFIG)
+    rendering = render(routes((service, [model_endpoint("10.244.1.2", node=NODE)])), CONFIG)
     assert rendering.ipsets[4]["KUBE-EXTERNAL-IP-LOCAL"] == {"192.0.2.10,tcp:80"}
     assert not rendering.ipsets[4]["KUBE-EXTERNAL-IP"]
     # Accepted, but not marked for masquerade: the client's address is kept.
@@ -779,7 +811,13 @@ def test_ipset_restore() -> None:
     assert current["KUBE-CLUSTER-IP"] == {"172.30.0.41,tcp:80", "172.30.0.99,tcp:80"}
     assert current["KUBE-LOOP-BACK"] == frozenset()
     desired = render(
-        routes((svc("ns1/svc1", type="NodePort", ports=NODEPORT), [ep("10.244.1.2")])), CONFIG
+        routes(
+            (
+                model_service("ns1/svc1", type="NodePort", ports=NODEPORT),
+                [model_endpoint("10.244.1.2")],
+            )
+        ),
+        CONFIG,
     ).ipsets[4]
     script = render_ipset_restore(4, desired, current)
     # Every set is created if missing; entries change one by one, never by flushing; sets
@@ -1250,7 +1288,13 @@ def check_sync(current: IpvsState, desired: IpvsState, config: IpvsConfig) -> Ip
 
 def test_diff_from_nothing() -> None:
     rendering = render(
-        routes((svc("ns1/svc1", type="NodePort", ports=NODEPORT), [ep("10.244.1.2")])), CONFIG
+        routes(
+            (
+                model_service("ns1/svc1", type="NodePort", ports=NODEPORT),
+                [model_endpoint("10.244.1.2")],
+            )
+        ),
+        CONFIG,
     )
     plan = check_sync(IpvsState(device=False), rendering.state, CONFIG)
     # The device first, then the services with their real servers, then the binds: an address
@@ -1278,8 +1322,24 @@ def test_diff_from_nothing() -> None:
 
 
 def test_diff_endpoint_replaced_adds_before_deleting() -> None:
-    before = render(routes((svc("ns1/svc1"), [ep("10.244.1.2"), ep("10.244.1.3")])), CONFIG)
-    after = render(routes((svc("ns1/svc1"), [ep("10.244.1.3"), ep("10.244.1.4")])), CONFIG)
+    before = render(
+        routes(
+            (
+                model_service("ns1/svc1"),
+                [model_endpoint("10.244.1.2"), model_endpoint("10.244.1.3")],
+            )
+        ),
+        CONFIG,
+    )
+    after = render(
+        routes(
+            (
+                model_service("ns1/svc1"),
+                [model_endpoint("10.244.1.3"), model_endpoint("10.244.1.4")],
+            )
+        ),
+        CONFIG,
+    )
     plan = check_sync(before.state, after.state, CONFIG)
     # 10.244.1.3 is untouched; the new one is in before the old one goes, so the service is
     # never without a real server.
@@ -1290,9 +1350,9 @@ def test_diff_endpoint_replaced_adds_before_deleting() -> None:
 
 
 def test_diff_settings_change_edits_in_place() -> None:
-    before = render(routes((svc("ns1/svc1"), [ep("10.244.1.2")])), CONFIG)
-    sticky = svc("ns1/svc1", session_affinity="ClientIP", affinity_timeout=600)
-    after = render(routes((sticky, [ep("10.244.1.2")])), CONFIG)
+    before = render(routes((model_service("ns1/svc1"), [model_endpoint("10.244.1.2")])), CONFIG)
+    sticky = model_service("ns1/svc1", session_affinity="ClientIP", affinity_timeout=600)
+    after = render(routes((sticky, [model_endpoint("10.244.1.2")])), CONFIG)
     plan = check_sync(before.state, after.state, CONFIG)
     # -E keeps the service and its real servers (and their connections): no delete and add.
     assert plan.commands == [ipvsadm("-E -t 172.30.0.41:80 -s rr -p 600")]
@@ -1311,7 +1371,15 @@ def test_diff_repairs_weights_left_by_graceful_termination() -> None:
         ),
         ["172.30.0.41"],
     )
-    desired = render(routes((svc("ns1/svc1"), [ep("10.244.1.2"), ep("10.244.1.3")])), CONFIG)
+    desired = render(
+        routes(
+            (
+                model_service("ns1/svc1"),
+                [model_endpoint("10.244.1.2"), model_endpoint("10.244.1.3")],
+            )
+        ),
+        CONFIG,
+    )
     plan = check_sync(current, desired.state, CONFIG)
     assert plan.commands == [
         ipvsadm("-e -t 172.30.0.41:80 -r 10.244.1.2:8080 -m -w 1"),
@@ -1322,12 +1390,12 @@ def test_diff_repairs_weights_left_by_graceful_termination() -> None:
 def test_diff_removes_deleted_service_after_unbinding() -> None:
     both = render(
         routes(
-            (svc("ns1/svc1"), [ep("10.244.1.2")]),
-            (svc("ns1/svc2", ip="172.30.0.42", type="NodePort", ports=NODEPORT), []),
+            (model_service("ns1/svc1"), [model_endpoint("10.244.1.2")]),
+            (model_service("ns1/svc2", ip="172.30.0.42", type="NodePort", ports=NODEPORT), []),
         ),
         CONFIG,
     )
-    one = render(routes((svc("ns1/svc1"), [ep("10.244.1.2")])), CONFIG)
+    one = render(routes((model_service("ns1/svc1"), [model_endpoint("10.244.1.2")])), CONFIG)
     plan = check_sync(both.state, one.state, CONFIG)
     assert plan.setup == []
     assert plan.cleanup == [
@@ -1352,7 +1420,7 @@ def test_diff_keeps_excluded_and_other_family_services() -> None:
         ["172.30.0.99", "fd00::99"],
     )
     config = replace_config(CONFIG, exclude_cidrs=("10.200.0.0/16",))
-    desired = render(routes((svc("ns1/svc1"), [])), config)
+    desired = render(routes((model_service("ns1/svc1"), [])), config)
     plan = check_sync(current, desired.state, config)
     assert plan.cleanup == [
         ["ip", "addr", "del", "172.30.0.99/32", "dev", "kube-ipvs0"],

@@ -22,8 +22,9 @@ from kdns.proxy.loopback import (
     render_relay_table,
 )
 from kdns.store import Change, Store
+from tests.builders import model_endpoint, model_service
 from tests.dns.cluster import load, rrset, zone
-from tests.proxy.builders import NODE, ep, svc
+from tests.proxy.builders import NODE
 
 TINY = ipaddress.IPv4Network("127.250.0.0/26")  # 64 addresses: collisions are the rule
 
@@ -152,9 +153,12 @@ def test_at_scale_few_newcomers_collide() -> None:
 
 
 def test_the_store_follower_recomputes_only_when_the_key_set_changes() -> None:
-    web, db = svc("default/web", ip="10.96.0.10"), svc("default/db", ip="10.96.0.11")
-    headless = svc("default/hl", ip=(), headless=True)
-    external = svc("default/ext", ip=(), type="ExternalName", external_name="example.org")
+    web, db = (
+        model_service("default/web", ip="10.96.0.10"),
+        model_service("default/db", ip="10.96.0.11"),
+    )
+    headless = model_service("default/hl", ip=(), headless=True)
+    external = model_service("default/ext", ip=(), type="ExternalName", external_name="example.org")
     vips = LoopbackVips()
     services = {s.key: s for s in (web, db, headless, external)}
     assert vips.update(services) == {web.key, db.key}
@@ -163,10 +167,12 @@ def test_the_store_follower_recomputes_only_when_the_key_set_changes() -> None:
     assert vips.addresses(web) == (vips.by_service[web.key],)
     assert vips.by_address[vips.by_service[db.key]] == db.key
     # An endpoint or port change keeps the set of keys: nothing moves, nothing is recomputed.
-    services[web.key] = svc("default/web", ip="10.96.0.10", ports=(("p81", "TCP", 81, None),))
+    services[web.key] = model_service(
+        "default/web", ip="10.96.0.10", ports=(("p81", "TCP", 81, None),)
+    )
     assert vips.update(services, {web.key}) == set()
     # db turns headless: its VIP goes.
-    services[db.key] = svc("default/db", ip=(), headless=True)
+    services[db.key] = model_service("default/db", ip=(), headless=True)
     assert vips.update(services, {db.key}) == {db.key}
     assert vips.address(db.key) is None
     assert not eligible(services[db.key])
@@ -181,19 +187,24 @@ E6379 = (("", "TCP", 6379),)
 
 
 def test_relay_table_and_its_rendering() -> None:
-    redis = svc("default/redis", ip="10.96.0.7", ports=P6379)
-    dns = svc(
+    redis = model_service("default/redis", ip="10.96.0.7", ports=P6379)
+    dns = model_service(
         "kube-system/dns",
         ip="10.96.0.10",
         ports=(("dns", "UDP", 53, None), ("dns-tcp", "TCP", 53, None)),
         session_affinity="ClientIP",
         affinity_timeout=30,
     )
-    empty = svc("default/empty", ip="10.96.0.8", ports=P6379)
+    empty = model_service("default/empty", ip="10.96.0.8", ports=P6379)
     services = {s.key: s for s in (redis, dns, empty)}
     endpoints = {
-        redis.key: (ep("10.244.2.7", ports=E6379), ep("10.244.1.5", ports=E6379)),
-        dns.key: (ep("10.244.0.3", ports=(("dns", "UDP", 53), ("dns-tcp", "TCP", 53))),),
+        redis.key: (
+            model_endpoint("10.244.2.7", ports=E6379),
+            model_endpoint("10.244.1.5", ports=E6379),
+        ),
+        dns.key: (
+            model_endpoint("10.244.0.3", ports=(("dns", "UDP", 53), ("dns-tcp", "TCP", 53))),
+        ),
     }
     vips = allocate(services)
     lines = render_relay_table(relay_table(services, endpoints, NODE, vips))
@@ -206,14 +217,19 @@ def test_relay_table_and_its_rendering() -> None:
 
 
 def test_relay_routes_take_the_primary_family_and_local_policy() -> None:
-    v6_first = svc("default/v6", ip=("fd00::7", "10.96.0.7"), ports=P6379)
-    eps = (ep("10.244.1.5", ports=E6379), ep("fd00:244::5", ports=E6379))
+    v6_first = model_service("default/v6", ip=("fd00::7", "10.96.0.7"), ports=P6379)
+    eps = (model_endpoint("10.244.1.5", ports=E6379), model_endpoint("fd00:244::5", ports=E6379))
     (entry,) = relay_routes(v6_first, eps, NODE, "127.64.0.1")
     assert entry.route.family == 6
     assert [e.address for e in entry.endpoints] == ["[fd00:244::5]:6379"]
     assert entry.listener == ("127.64.0.1", 6379, "TCP")
-    local = svc("default/local", ip="10.96.0.9", ports=P6379, internal_traffic_policy="Local")
-    eps = (ep("10.244.1.5", ports=E6379, node=NODE), ep("10.244.2.6", ports=E6379))
+    local = model_service(
+        "default/local", ip="10.96.0.9", ports=P6379, internal_traffic_policy="Local"
+    )
+    eps = (
+        model_endpoint("10.244.1.5", ports=E6379, node=NODE),
+        model_endpoint("10.244.2.6", ports=E6379),
+    )
     (entry,) = relay_routes(local, eps, NODE, "127.64.0.2")
     assert [e.address for e in entry.endpoints] == ["10.244.1.5:6379"]
     assert relay_routes(local, eps, NODE, None) == ()

@@ -46,8 +46,9 @@ from kdns.proxy.nftables import (
     table_objects,
 )
 from kdns.proxy.routes import RouteEndpoint, ServiceKey, ServicePortRoute, build_routes
+from tests.builders import model_endpoint, model_service
 from tests.conftest import need_root, need_tool
-from tests.proxy.builders import NODE, PODS, ep, routes, svc
+from tests.proxy.builders import NODE, PODS, routes
 
 CONFIG = NftablesConfig(cluster_cidr=PODS)
 NODEPORT = (("p80", "TCP", 80, 30080),)
@@ -204,7 +205,12 @@ AFF_B = "affinity-PXYJRAYN-ns1/svc1/tcp/p80__10.244.2.3/8080"
 
 CASES = [
     pytest.param(
-        routes((svc("ns1/svc1"), [ep("10.244.1.2"), ep("10.244.2.3")])),
+        routes(
+            (
+                model_service("ns1/svc1"),
+                [model_endpoint("10.244.1.2"), model_endpoint("10.244.2.3")],
+            )
+        ),
         CONFIG,
         # The whole script, written out once: a ClusterIP service with two endpoints. The
         # service-ips map sends ClusterIP:port to the service chain, which masquerades
@@ -227,8 +233,8 @@ add element ip kdns hairpin-endpoints { 10.244.2.3 . 10.244.2.3 . tcp . 8080 }
     pytest.param(
         routes(
             (
-                svc("ns1/svc1", session_affinity="ClientIP", affinity_timeout=10800),
-                [ep("10.244.1.2"), ep("10.244.2.3")],
+                model_service("ns1/svc1", session_affinity="ClientIP", affinity_timeout=10800),
+                [model_endpoint("10.244.1.2"), model_endpoint("10.244.2.3")],
             )
         ),
         CONFIG,
@@ -254,8 +260,10 @@ add element ip kdns hairpin-endpoints { 10.244.2.3 . 10.244.2.3 . tcp . 8080 }
     pytest.param(
         routes(
             (
-                svc("ns1/svc1", type="NodePort", ports=NODEPORT, external_ips=("192.0.2.10",)),
-                [ep("10.244.1.2")],
+                model_service(
+                    "ns1/svc1", type="NodePort", ports=NODEPORT, external_ips=("192.0.2.10",)
+                ),
+                [model_endpoint("10.244.1.2")],
             )
         ),
         CONFIG,
@@ -279,16 +287,16 @@ add element ip kdns hairpin-endpoints { 10.244.2.3 . 10.244.2.3 . tcp . 8080 }
     ),
     pytest.param(
         routes(
-            (svc("ns2/dns", ports=(("", "UDP", 53, None),), ip="172.30.0.42"), []),
+            (model_service("ns2/dns", ports=(("", "UDP", 53, None),), ip="172.30.0.42"), []),
             (
-                svc(
+                model_service(
                     "ns3/np",
                     type="NodePort",
                     ports=NODEPORT,
                     ip="172.30.0.43",
                     external_ips=("192.0.2.10",),
                 ),
-                [ep("10.244.1.2", ready=False, serving=False)],
+                [model_endpoint("10.244.1.2", ready=False, serving=False)],
             ),
         ),
         CONFIG,
@@ -308,14 +316,14 @@ add element ip kdns hairpin-endpoints { 10.244.2.3 . 10.244.2.3 . tcp . 8080 }
     pytest.param(
         routes(
             (
-                svc(
+                model_service(
                     "ns1/svc1",
                     type="LoadBalancer",
                     ports=NODEPORT,
                     load_balancer_ips=("198.51.100.7",),
                     load_balancer_source_ranges=("203.0.113.0/25", "192.168.0.0/24"),
                 ),
-                [ep("10.244.1.2")],
+                [model_endpoint("10.244.1.2")],
             )
         ),
         NftablesConfig(cluster_cidr=PODS, node_ip="192.168.0.10"),
@@ -344,7 +352,7 @@ add element ip kdns hairpin-endpoints { 10.244.2.3 . 10.244.2.3 . tcp . 8080 }
     pytest.param(
         routes(
             (
-                svc(
+                model_service(
                     "ns1/svc1",
                     type="LoadBalancer",
                     ports=NODEPORT,
@@ -352,7 +360,7 @@ add element ip kdns hairpin-endpoints { 10.244.2.3 . 10.244.2.3 . tcp . 8080 }
                     external_traffic_policy="Local",
                     health_check_node_port=30000,
                 ),
-                [ep("10.244.1.2", node=NODE), ep("10.244.2.3")],
+                [model_endpoint("10.244.1.2", node=NODE), model_endpoint("10.244.2.3")],
             )
         ),
         CONFIG,
@@ -383,8 +391,10 @@ add element ip kdns hairpin-endpoints { 10.244.2.3 . 10.244.2.3 . tcp . 8080 }
     pytest.param(
         routes(
             (
-                svc("ns1/svc1", type="NodePort", ports=NODEPORT, external_traffic_policy="Local"),
-                [ep("10.244.2.3")],
+                model_service(
+                    "ns1/svc1", type="NodePort", ports=NODEPORT, external_traffic_policy="Local"
+                ),
+                [model_endpoint("10.244.2.3")],
             )
         ),
         CONFIG,
@@ -410,12 +420,12 @@ add element ip kdns hairpin-endpoints { 10.244.2.3 . 10.244.2.3 . tcp . 8080 }
     pytest.param(
         routes(
             (
-                svc("ns1/svc1", internal_traffic_policy="Local"),
-                [ep("10.244.1.2", node=NODE), ep("10.244.2.3")],
+                model_service("ns1/svc1", internal_traffic_policy="Local"),
+                [model_endpoint("10.244.1.2", node=NODE), model_endpoint("10.244.2.3")],
             ),
             (
-                svc("ns1/svc2", ip="172.30.0.42", internal_traffic_policy="Local"),
-                [ep("10.244.2.4")],
+                model_service("ns1/svc2", ip="172.30.0.42", internal_traffic_policy="Local"),
+                [model_endpoint("10.244.2.4")],
             ),
         ),
         CONFIG,
@@ -435,7 +445,7 @@ add element ip kdns hairpin-endpoints { 10.244.2.3 . 10.244.2.3 . tcp . 8080 }
         id="internal-policy-local",
     ),
     pytest.param(
-        routes((svc("ns1/svc1"), [ep("10.244.1.2")])),
+        routes((model_service("ns1/svc1"), [model_endpoint("10.244.1.2")])),
         NftablesConfig(
             masquerade_all=True,
             masquerade_bit=15,
@@ -471,13 +481,13 @@ add element ip kdns hairpin-endpoints { 10.244.2.3 . 10.244.2.3 . tcp . 8080 }
     pytest.param(
         routes(
             (
-                svc(
+                model_service(
                     "ns1/svc1",
                     ip=("172.30.0.41", "fd00:30::41"),
                     type="NodePort",
                     ports=NODEPORT,
                 ),
-                [ep("10.244.1.2"), ep("fd00:244::2")],
+                [model_endpoint("10.244.1.2"), model_endpoint("fd00:244::2")],
             )
         ),
         NftablesConfig(family=6, cluster_cidr="fd00:244::/64"),
@@ -520,8 +530,8 @@ def test_render_full(
 def test_dual_stack_service_gets_both_tables() -> None:
     both = routes(
         (
-            svc("ns1/svc1", ip=("172.30.0.41", "fd00:30::41")),
-            [ep("10.244.1.2"), ep("fd00:244::2")],
+            model_service("ns1/svc1", ip=("172.30.0.41", "fd00:30::41")),
+            [model_endpoint("10.244.1.2"), model_endpoint("fd00:244::2")],
         )
     )
     v4 = render_full(both, CONFIG)
@@ -538,7 +548,9 @@ def test_dual_stack_service_gets_both_tables() -> None:
 def test_spread() -> None:
     # Below SPREAD_VMAP_MIN_ENDPOINTS: rule i of n DNATs with probability 1/(n-i), so each
     # endpoint gets 1/n; the last DNAT is unconditional. No endpoint chains.
-    three = routes((svc("ns1/svc1"), [ep(f"10.244.1.{i}") for i in (2, 3, 4)]))
+    three = routes(
+        (model_service("ns1/svc1"), [model_endpoint(f"10.244.1.{i}") for i in (2, 3, 4)])
+    )
     rendering = render_full(three, CONFIG)
     assert rendering.chain_rules()[SVC1][1:] == (
         "numgen random mod 3 == 0 meta l4proto tcp dnat to 10.244.1.2:8080",
@@ -549,8 +561,8 @@ def test_spread() -> None:
     # From SPREAD_VMAP_MIN_ENDPOINTS on: kube-proxy's one numgen vmap, to one chain per
     # endpoint that records an affinity client and DNATs.
     n = SPREAD_VMAP_MIN_ENDPOINTS
-    aff = svc("ns1/svc1", session_affinity="ClientIP", affinity_timeout=60)
-    many = routes((aff, [ep(f"10.244.1.{i}") for i in range(10, 10 + n)]))
+    aff = model_service("ns1/svc1", session_affinity="ClientIP", affinity_timeout=60)
+    many = routes((aff, [model_endpoint(f"10.244.1.{i}") for i in range(10, 10 + n)]))
     route = many[0]
     rules = render_full(many, CONFIG).chain_rules()
     bases = [endpoint_chain_base(route, e) for e in route.cluster_endpoints]
@@ -569,7 +581,9 @@ def test_spread() -> None:
 
 
 def test_counts_and_state() -> None:
-    case = routes((svc("ns1/svc1"), [ep("10.244.1.2"), ep("10.244.2.3")]))
+    case = routes(
+        (model_service("ns1/svc1"), [model_endpoint("10.244.1.2"), model_endpoint("10.244.2.3")])
+    )
     rendering = render_full(case, CONFIG)
     lines = rendering.text.splitlines()
     assert rendering.rules_written == sum(1 for line in lines if line.startswith("add rule "))
@@ -587,9 +601,15 @@ def test_counts_and_state() -> None:
 
 def test_deterministic() -> None:
     everything = routes(
-        (svc("ns1/a", ip="172.30.0.1"), [ep("10.244.1.2"), ep("10.244.1.3")]),
-        (svc("ns0/z", ip="172.30.0.9", external_ips=("192.0.2.1",)), [ep("10.244.9.9")]),
-        (svc("ns9/none", ip="172.30.0.8"), []),
+        (
+            model_service("ns1/a", ip="172.30.0.1"),
+            [model_endpoint("10.244.1.2"), model_endpoint("10.244.1.3")],
+        ),
+        (
+            model_service("ns0/z", ip="172.30.0.9", external_ips=("192.0.2.1",)),
+            [model_endpoint("10.244.9.9")],
+        ),
+        (model_service("ns9/none", ip="172.30.0.8"), []),
     )
     text = render_full(everything, CONFIG).text
     assert render_full(reversed(everything), CONFIG).text == text
@@ -616,21 +636,24 @@ def test_config_validation() -> None:
 
 # --- partial renders -------------------------------------------------------------------------------
 
-A = svc("ns1/a", ip="172.30.0.1")
-B = svc("ns1/b", ip="172.30.0.2")
-C = svc("ns2/c", ip="172.30.0.3")
+A = model_service("ns1/a", ip="172.30.0.1")
+B = model_service("ns1/b", ip="172.30.0.2")
+C = model_service("ns2/c", ip="172.30.0.3")
 SVC_B = "service-C5H7KDIK-ns1/b/tcp/p80"
 SVC_A = "service-VZNH3DV3-ns1/a/tcp/p80"
 SVC_C = "service-YZE64O4X-ns2/c/tcp/p80"
-WORLD = ((A, [ep("10.244.1.2")]), (B, [ep("10.244.2.3"), ep("10.244.2.4")]))
+WORLD = (
+    (A, [model_endpoint("10.244.1.2")]),
+    (B, [model_endpoint("10.244.2.3"), model_endpoint("10.244.2.4")]),
+)
 # A Service with SPREAD_VMAP_MIN_ENDPOINTS endpoints: a vmap spread over endpoint chains.
-BIG = svc("ns3/big", ip="172.30.0.9")
+BIG = model_service("ns3/big", ip="172.30.0.9")
 BIG_IPS = [f"10.244.9.{i}" for i in range(10, 10 + SPREAD_VMAP_MIN_ENDPOINTS)]
 SVC_BIG = "service-" + service_chain_base(routes((BIG, []))[0])
 
 
 def big_world(ips: list[str]) -> tuple[ServicePortRoute, ...]:
-    return routes((BIG, [ep(a) for a in ips]))
+    return routes((BIG, [model_endpoint(a) for a in ips]))
 
 
 def big_chain(ip: str) -> str:
@@ -651,7 +674,7 @@ def big_rules(ips: list[str]) -> str:
 
 def test_partial_endpoint_replaced() -> None:
     before = render_full(routes(*WORLD), CONFIG)
-    now = routes(WORLD[0], (B, [ep("10.244.2.3"), ep("10.244.2.5")]))
+    now = routes(WORLD[0], (B, [model_endpoint("10.244.2.3"), model_endpoint("10.244.2.5")]))
     partial = render_partial(now, {B.key}, before, CONFIG)
     # Only b's service chain, rewritten, and the endpoints' hairpin elements; the service-ips
     # element is unchanged (the ClusterIP still goes to the same chain); nothing of a.
@@ -694,7 +717,7 @@ def test_partial_endpoint_chain_replaced() -> None:
 
 def test_partial_shared_endpoint_keeps_its_hairpin_element() -> None:
     # Two Services with one endpoint: its hairpin element stays until neither uses it.
-    pairs = ((A, [ep("10.244.1.2")]), (B, [ep("10.244.1.2")]))
+    pairs = ((A, [model_endpoint("10.244.1.2")]), (B, [model_endpoint("10.244.1.2")]))
     before = render_full(routes(*pairs), CONFIG)
     assert before.text.count("hairpin-endpoints { 10.244.1.2 . 10.244.1.2 . tcp . 8080 }") == 1
     without_a = render_partial(routes(pairs[1]), {A.key}, before, CONFIG)
@@ -723,7 +746,7 @@ def test_partial_service_deleted_and_added() -> None:
         delete chain ip kdns {SVC_A}
         """)
     assert partial.services == {B.key, C.key}
-    later = routes(WORLD[1], (C, [ep("10.244.3.3")]))
+    later = routes(WORLD[1], (C, [model_endpoint("10.244.3.3")]))
     again = render_partial(later, {C.key}, partial, CONFIG)
     assert again.text == textwrap.dedent(f"""\
         add chain ip kdns {SVC_C}
@@ -746,7 +769,7 @@ def test_partial_with_nothing_changed_is_empty() -> None:
 
 def test_partial_looks_only_at_changed_services() -> None:
     before = render_full(routes(*WORLD), CONFIG)
-    now = routes(WORLD[0], (B, [ep("10.244.2.3")]))
+    now = routes(WORLD[0], (B, [model_endpoint("10.244.2.3")]))
     only_b = [r for r in now if r.service == B.key]
     # The caller may pass every route or only those of the changed Services.
     assert (
@@ -754,14 +777,14 @@ def test_partial_looks_only_at_changed_services() -> None:
         == render_partial(only_b, {B.key}, before, CONFIG).text
     )
     # Changes of Services not in `changed` are not looked at (the caller's contract).
-    stale_a = routes((A, []), (B, [ep("10.244.2.3")]))
+    stale_a = routes((A, []), (B, [model_endpoint("10.244.2.3")]))
     assert "ns1/a" not in render_partial(stale_a, {B.key}, before, CONFIG).text
 
 
 def test_partial_affinity_timeout_changed() -> None:
-    old = svc("ns1/svc1", session_affinity="ClientIP", affinity_timeout=10800)
-    new = svc("ns1/svc1", session_affinity="ClientIP", affinity_timeout=60)
-    eps = [ep("10.244.1.2")]
+    old = model_service("ns1/svc1", session_affinity="ClientIP", affinity_timeout=10800)
+    new = model_service("ns1/svc1", session_affinity="ClientIP", affinity_timeout=60)
+    eps = [model_endpoint("10.244.1.2")]
     before = render_full(routes((old, eps)), CONFIG)
     partial = render_partial(routes((new, eps)), {old.key}, before, CONFIG)
     # The set is replaced (an `add set` cannot be relied on to change a timeout); every chain
@@ -775,7 +798,7 @@ def test_partial_affinity_timeout_changed() -> None:
         add rule ip kdns {SVC1} update @{AFF_A} {{ ip saddr }} meta l4proto tcp dnat to 10.244.1.2:8080
         """)
     # Affinity switched off: the sets go, after the chains naming them are flushed.
-    off = render_partial(routes((svc("ns1/svc1"), eps)), {old.key}, partial, CONFIG)
+    off = render_partial(routes((model_service("ns1/svc1"), eps)), {old.key}, partial, CONFIG)
     lines = off.text.splitlines()
     assert lines.index(f"flush chain ip kdns {SVC1}") < lines.index(f"delete set ip kdns {AFF_A}")
     assert off.deleted_sets == (AFF_A,)
@@ -785,9 +808,9 @@ def test_partial_affinity_timeout_changed() -> None:
 def test_partial_shared_external_ip() -> None:
     # Two Services claim 192.0.2.10:80 by mistake: the one that sorts first owns it, and when
     # it goes the other takes over, in one transaction.
-    first = svc("ns1/a", ip="172.30.0.1", external_ips=("192.0.2.10",))
-    second = svc("ns1/b", ip="172.30.0.2", external_ips=("192.0.2.10",))
-    pairs = ((first, [ep("10.244.1.2")]), (second, [ep("10.244.2.3")]))
+    first = model_service("ns1/a", ip="172.30.0.1", external_ips=("192.0.2.10",))
+    second = model_service("ns1/b", ip="172.30.0.2", external_ips=("192.0.2.10",))
+    pairs = ((first, [model_endpoint("10.244.1.2")]), (second, [model_endpoint("10.244.2.3")]))
     before = render_full(routes(*pairs), CONFIG)
     ext_a, ext_b = "external-VZNH3DV3-ns1/a/tcp/p80", "external-C5H7KDIK-ns1/b/tcp/p80"
     assert before.elements()["service-ips"]["192.0.2.10 . tcp . 80"] == f" : goto {ext_a}"
@@ -843,12 +866,14 @@ def test_partial_needs_the_same_config() -> None:
 
 
 def test_full_render_cleans_up_existing_objects() -> None:
-    aff = svc("ns1/svc1", session_affinity="ClientIP", affinity_timeout=300)
+    aff = model_service("ns1/svc1", session_affinity="ClientIP", affinity_timeout=300)
     existing = TableObjects(
         chains=frozenset({SVC1, EP_A, "endpoint-OLD-ns9/gone/tcp/p80__10.0.0.1/80"}),
         sets={AFF_A: 10800, "affinity-OLD-ns9/gone/tcp/p80__10.0.0.1/80": 60},
     )
-    rendering = render_full(routes((aff, [ep("10.244.1.2")])), CONFIG, existing=existing)
+    rendering = render_full(
+        routes((aff, [model_endpoint("10.244.1.2")])), CONFIG, existing=existing
+    )
     lines = rendering.text.splitlines()
     # Right after `flush table`, when no rule names them: the set that goes and the one whose
     # timeout changed, each added first so a missing one cannot fail the transaction.
@@ -872,7 +897,9 @@ def test_full_render_cleans_up_existing_objects() -> None:
     assert rendering.deleted_chains == ("endpoint-OLD-ns9/gone/tcp/p80__10.0.0.1/80", EP_A)
     assert rendering.deleted_sets == ("affinity-OLD-ns9/gone/tcp/p80__10.0.0.1/80",)
     # A set still in use with the same timeout is only declared again: its clients stay.
-    kept = render_full(routes((aff, [ep("10.244.1.2")])), CONFIG, existing=rendering.objects)
+    kept = render_full(
+        routes((aff, [model_endpoint("10.244.1.2")])), CONFIG, existing=rendering.objects
+    )
     assert f"delete set ip kdns {AFF_A}" not in kept.text
 
 
@@ -934,7 +961,7 @@ def random_service(rng: random.Random, i: int) -> tuple[Service, tuple[Endpoint,
             kw["load_balancer_source_ranges"] = ("203.0.113.0/25",) + (
                 ("2001:db8:1::/48",) if dual else ()
             )
-    service = svc(
+    service = model_service(
         f"ns{i % 3}/s{i}",
         ip=(f"172.30.0.{i}", f"fd00:30::{i:x}") if dual else f"172.30.0.{i}",
         type=kind,
@@ -949,10 +976,14 @@ def random_service(rng: random.Random, i: int) -> tuple[Service, tuple[Endpoint,
         node = rng.choice([NODE, "node2"])
         eports = (("p80", "TCP", 8080), ("dns", "UDP", 5353))
         endpoints.append(
-            ep(f"10.244.{i % 5}.{j + rng.choice([0, 20])}", node=node, ports=eports, **cond)
+            model_endpoint(
+                f"10.244.{i % 5}.{j + rng.choice([0, 20])}", node=node, ports=eports, **cond
+            )
         )
         if dual:
-            endpoints.append(ep(f"fd00:244::{i:x}:{j}", node=node, ports=eports, **cond))
+            endpoints.append(
+                model_endpoint(f"fd00:244::{i:x}:{j}", node=node, ports=eports, **cond)
+            )
     return service, tuple(endpoints)
 
 
@@ -1024,10 +1055,12 @@ def ten_thousand_services() -> tuple[dict[ServiceKey, Service], dict[ServiceKey,
     services: dict[ServiceKey, Service] = {}
     endpoints: dict[ServiceKey, tuple[Endpoint, ...]] = {}
     for i in range(10_000):
-        service = svc(f"ns{i % 100}/svc{i}", ip=f"10.96.{i // 256}.{i % 256}")
+        service = model_service(f"ns{i % 100}/svc{i}", ip=f"10.96.{i // 256}.{i % 256}")
         services[service.key] = service
         endpoints[service.key] = tuple(
-            ep(f"10.{128 + (3 * i + j) // 65536}.{(3 * i + j) // 256 % 256}.{(3 * i + j) % 256}")
+            model_endpoint(
+                f"10.{128 + (3 * i + j) // 65536}.{(3 * i + j) // 256 % 256}.{(3 * i + j) % 256}"
+            )
             for j in range(3)
         )
     return services, endpoints
@@ -1040,7 +1073,7 @@ def test_render_timing_10k_services(capsys: pytest.CaptureFixture[str]) -> None:
     full = render_full(all_routes, CONFIG)
     full_s = time.perf_counter() - start
     key = ("ns5", "svc5")
-    endpoints[key] = (*endpoints[key][:2], ep("10.200.0.1"))
+    endpoints[key] = (*endpoints[key][:2], model_endpoint("10.200.0.1"))
     changed_routes = build_routes({key: services[key]}, {key: endpoints[key]}, NODE)
     start = time.perf_counter()
     partial = render_partial(changed_routes, {key}, full, CONFIG)
@@ -1192,10 +1225,12 @@ def test_partials_applied_equal_fresh_full(netns: str, netns_b: str, defer: bool
 
 @pytest.mark.root
 def test_full_render_repairs_and_cleans_up(netns: str) -> None:
-    aff = svc("ns1/svc1", session_affinity="ClientIP", affinity_timeout=300)
-    other = (svc("ns1/svc2", ip="172.30.0.42"), [ep("10.244.3.3")])
+    aff = model_service("ns1/svc1", session_affinity="ClientIP", affinity_timeout=300)
+    other = (model_service("ns1/svc2", ip="172.30.0.42"), [model_endpoint("10.244.3.3")])
     svc2 = "service-" + service_chain_base(routes(other)[0])
-    first = render_full(routes((aff, [ep("10.244.1.2"), ep("10.244.2.3")]), other), CONFIG)
+    first = render_full(
+        routes((aff, [model_endpoint("10.244.1.2"), model_endpoint("10.244.2.3")]), other), CONFIG
+    )
     nft_apply(netns, first.text)
     # table_objects reads the real listing back.
     listed = table_objects(in_netns(netns, "nft", "-j", "-t", "list", "table", "ip", "kdns"))
@@ -1203,7 +1238,7 @@ def test_full_render_repairs_and_cleans_up(netns: str) -> None:
     # Someone adds a rule of theirs to one of our chains: the next full render drops it, and
     # deletes what the routes no longer use.
     nft_apply(netns, "add rule ip kdns services counter\n")
-    fewer = routes((aff, [ep("10.244.1.2")]))
+    fewer = routes((aff, [model_endpoint("10.244.1.2")]))
     second = render_full(fewer, CONFIG, existing=listed)
     assert second.deleted_chains == (svc2,)
     assert second.deleted_sets == (AFF_B,)
@@ -1236,15 +1271,15 @@ def test_full_render_repairs_and_cleans_up(netns: str) -> None:
 
 @pytest.mark.root
 def test_affinity_survives_full_and_partial_renders(netns: str) -> None:
-    aff = svc("ns1/svc1", session_affinity="ClientIP", affinity_timeout=300)
-    pair = (aff, [ep("10.244.1.2"), ep("10.244.2.3")])
+    aff = model_service("ns1/svc1", session_affinity="ClientIP", affinity_timeout=300)
+    pair = (aff, [model_endpoint("10.244.1.2"), model_endpoint("10.244.2.3")])
     first = render_full(routes(pair), CONFIG)
     nft_apply(netns, first.text)
     # A client recorded by the data path (as `update @set { ip saddr }` would).
     nft_apply(netns, f"add element ip kdns {AFF_A} {{ 10.1.1.1 }}\n")
     again = render_full(routes(pair), CONFIG, existing=first.objects)
     nft_apply(netns, again.text)
-    other = (svc("ns1/other", ip="172.30.0.99"), [ep("10.244.9.9")])
+    other = (model_service("ns1/other", ip="172.30.0.99"), [model_endpoint("10.244.9.9")])
     partial = render_partial(routes(pair, other), {other[0].key}, again, CONFIG)
     nft_apply(netns, partial.text)
     elements = table_state(netns, 4)["sets"][AFF_A]["elem"]

@@ -22,9 +22,10 @@ from kdns.proxy.dataplane import (
 )
 from kdns.proxy.sync import SyncEngine
 from kdns.store import ENDPOINTSLICES, SERVICES, Store
+from tests.builders import model_endpoint, model_service
 from tests.conftest import throwaway_netns
 
-from .builders import NODE, PODS, ep, svc
+from .builders import NODE, PODS
 
 UDP = (("dns", "UDP", 53, None),)
 UDP_EP = (("dns", "UDP", 5353),)
@@ -89,8 +90,8 @@ def two_services(store: Store) -> None:
     store.replace(
         SERVICES,
         {
-            ("ns", "web"): svc("ns/web", ip="10.96.0.20"),
-            ("ns", "dns"): svc("ns/dns", ip="10.96.0.10", ports=UDP),
+            ("ns", "web"): model_service("ns/web", ip="10.96.0.20"),
+            ("ns", "dns"): model_service("ns/dns", ip="10.96.0.10", ports=UDP),
         },
     )
 
@@ -108,7 +109,7 @@ def test_nothing_is_written_before_services_and_slices_synced(netns: str, kind: 
             await trio.sleep(0.6)
             assert runner.writes("iptables-restore") == runner.writes("nft") == []
             assert not engine.synced
-            web = slice_of("ns/web", ep("10.244.1.5"))
+            web = slice_of("ns/web", model_endpoint("10.244.1.5"))
             store.replace(ENDPOINTSLICES, {web.key: web})
             await wait_for(lambda: engine.synced)
             nursery.cancel_scope.cancel()
@@ -136,7 +137,9 @@ def test_bursts_coalesce_and_partial_syncs_carry_only_the_change(netns: str, kin
             first = engine.syncs
             # 40 endpoint changes of one Service within 0.2 s: one min-sync-period.
             for i in range(40):
-                store.upsert(ENDPOINTSLICES, slice_of("ns/web", ep(f"10.244.1.{i + 10}")))
+                store.upsert(
+                    ENDPOINTSLICES, slice_of("ns/web", model_endpoint(f"10.244.1.{i + 10}"))
+                )
                 await trio.sleep(0.005)
             await trio.sleep(1.3)
             assert 1 <= engine.syncs - first <= 3, engine.syncs - first
@@ -171,7 +174,7 @@ def test_failed_apply_is_retried_as_a_full_sync(netns: str, kind: str) -> None:
             await wait_for(lambda: engine.synced)
             synced = engine.syncs
             runner.fail_next = tool
-            store.upsert(ENDPOINTSLICES, slice_of("ns/web", ep("10.244.1.77")))
+            store.upsert(ENDPOINTSLICES, slice_of("ns/web", model_endpoint("10.244.1.77")))
             await wait_for(lambda: engine.syncs > synced)
             nursery.cancel_scope.cancel()
 
@@ -205,7 +208,7 @@ def test_canary_repairs_tampering_within_a_sync_period(netns: str, tamper: str) 
     runner = Recorder(netns)
     engine = make_engine(kind, store, runner, sync_period=1.0)
     two_services(store)
-    web = slice_of("ns/web", ep("10.244.1.5"))
+    web = slice_of("ns/web", model_endpoint("10.244.1.5"))
     store.replace(ENDPOINTSLICES, {web.key: web})
     repairs = metrics.PROXY_REPAIRS.labels(kind)
     before = repairs._value.get()
@@ -240,7 +243,7 @@ def test_udp_endpoint_replaced_deletes_its_conntrack_entries(netns: str) -> None
     runner = Recorder(netns)
     engine = make_engine("iptables", store, runner)
     two_services(store)
-    dns = slice_of("ns/dns", ep("10.244.1.5", ports=UDP_EP))
+    dns = slice_of("ns/dns", model_endpoint("10.244.1.5", ports=UDP_EP))
     store.replace(ENDPOINTSLICES, {dns.key: dns})
 
     async def main() -> None:
@@ -251,7 +254,9 @@ def test_udp_endpoint_replaced_deletes_its_conntrack_entries(netns: str) -> None
             await trio.sleep(0.3)
             # First sync: the reconciliation lists, and finds nothing to delete.
             assert [a[:2] for a, _ in runner.calls if a[0] == "conntrack"] == [["conntrack", "-L"]]
-            store.upsert(ENDPOINTSLICES, slice_of("ns/dns", ep("10.244.1.6", ports=UDP_EP)))
+            store.upsert(
+                ENDPOINTSLICES, slice_of("ns/dns", model_endpoint("10.244.1.6", ports=UDP_EP))
+            )
             await wait_for(lambda: engine.syncs > synced)
             await wait_for(lambda: any(a[0] == "conntrack" for a, _ in runner.calls))
             nursery.cancel_scope.cancel()
@@ -284,7 +289,7 @@ def test_start_reconciles_conntrack_with_the_endpoints(netns: str) -> None:
     runner = Recorder(netns)
     engine = make_engine("nftables", store, runner)
     two_services(store)
-    dns = slice_of("ns/dns", ep("10.244.1.5", ports=UDP_EP))
+    dns = slice_of("ns/dns", model_endpoint("10.244.1.5", ports=UDP_EP))
     store.replace(ENDPOINTSLICES, {dns.key: dns})
 
     async def main() -> None:

@@ -24,7 +24,8 @@ from kdns.model import EndpointSlice, Service
 from kdns.proxy.loopback import allocate
 from kdns.proxy.userspace import Relay
 from kdns.store import ENDPOINTSLICES, NAMESPACES, PODS, SERVICES, Store
-from tests.proxy.builders import NODE, ep, svc
+from tests.builders import model_endpoint, model_service
+from tests.proxy.builders import NODE
 
 BACKENDS = ("127.1.0.1", "127.1.0.2", "127.1.0.3")
 NAMES = {ip: f"pod-{ip.rsplit('.', 1)[1]}" for ip in (*BACKENDS, "127.1.0.4")}
@@ -148,7 +149,7 @@ class Cluster:
         """A Service `default/NAME` with a TCP and a UDP port (on free ports) and `ips` as its
         ready endpoints."""
         port = free_port_on(["127.0.0.1"], socket.SOCK_STREAM)
-        service = svc(
+        service = model_service(
             f"default/{name}",
             ip=f"10.96.0.{len(self.services) + 10}",
             ports=(("tcp", "TCP", port, None), ("udp", "UDP", port, None)),
@@ -160,7 +161,7 @@ class Cluster:
 
     def set_endpoints(self, service: Service, ips: Iterable[str], **conditions: bool) -> None:
         ports = (("tcp", "TCP", self.tcp_port), ("udp", "UDP", self.udp_port))
-        endpoints = tuple(ep(ip, ports=ports, **conditions) for ip in ips)
+        endpoints = tuple(model_endpoint(ip, ports=ports, **conditions) for ip in ips)
         key = (service.namespace, f"{service.name}-1")
         self.slices[key] = EndpointSlice(service.namespace, key[1], service.name, "IPv4", endpoints)
 
@@ -411,8 +412,8 @@ async def test_terminating_endpoints_serve_only_when_no_ready_one_is_left() -> N
         terminating = dict(ready=False, serving=True, terminating=True)
         ports = (("tcp", "TCP", cluster.tcp_port), ("udp", "UDP", cluster.udp_port))
         endpoints = (
-            ep(BACKENDS[0], ports=ports),
-            ep(BACKENDS[1], ports=ports, **terminating),
+            model_endpoint(BACKENDS[0], ports=ports),
+            model_endpoint(BACKENDS[1], ports=ports, **terminating),
         )
         key = ("default", "web-1")
         cluster.slices[key] = EndpointSlice("default", "web-1", "web", "IPv4", endpoints)
@@ -525,9 +526,11 @@ async def test_an_ipv6_only_service_is_relayed_from_its_ipv4_vip() -> None:
         backend.listen(16)
         port = backend.getsockname()[1]
         nursery.start_soon(tcp_echo, backend, "pod-v6")
-        service = svc("default/v6", ip="fd00:10:96::60", ports=(("tcp", "TCP", port, None),))
+        service = model_service(
+            "default/v6", ip="fd00:10:96::60", ports=(("tcp", "TCP", port, None),)
+        )
         cluster.services[service.key] = service
-        endpoints = (ep("::1", ports=(("tcp", "TCP", port),)),)
+        endpoints = (model_endpoint("::1", ports=(("tcp", "TCP", port),)),)
         cluster.slices[("default", "v6-1")] = EndpointSlice(
             "default", "v6-1", "v6", "IPv6", endpoints
         )

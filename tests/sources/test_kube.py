@@ -30,6 +30,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from kdns.app import App, build, serve
 from kdns.config import Config
+from tests.builders import pod_fqdn, service_fqdn
 from tests.kubeapi import objects
 from tests.kubeapi import server as server_module
 from tests.kubeapi.fixtures import kube_api, kubeconfig
@@ -57,14 +58,6 @@ def fast_options(
         },
         "backoff": {"initial": initial, "maximum": maximum, "rng": lambda: 0.0},
     }
-
-
-def svc(name: str, namespace: str = "default") -> str:
-    return f"{name}.{namespace}.svc.cluster.local"
-
-
-def pod_name(ip: str, namespace: str = "default") -> str:
-    return f"{ip.replace('.', '-')}.{namespace}.pod.cluster.local"
 
 
 def shape(response: dns.message.Message) -> Shape:
@@ -233,8 +226,8 @@ async def test_api_down_at_start_servfail_then_answers_once_synced(
     # (clients cache negatives), and /ready names every kind still missing.
     deadline = trio.current_time() + 1.0
     while trio.current_time() < deadline:
-        assert await k.ask(svc("web")) == SERVFAIL
-        assert await k.ask(svc("missing")) == SERVFAIL
+        assert await k.ask(service_fqdn("web")) == SERVFAIL
+        assert await k.ask(service_fqdn("missing")) == SERVFAIL
         assert await k.ready() == (503, "not synced: endpointslices, namespaces, services\n")
         await trio.sleep(0.1)
     during = await k.metrics()
@@ -246,8 +239,8 @@ async def test_api_down_at_start_servfail_then_answers_once_synced(
     kube_api.faults.refuse_connections(False)
     await k.wait_synced()
     assert await k.ready() == (200, "OK\n")
-    assert await k.ask(svc("web")) == ok(web_ip)
-    assert await k.ask(svc("missing")) == NXDOMAIN
+    assert await k.ask(service_fqdn("web")) == ok(web_ip)
+    assert await k.ask(service_fqdn("missing")) == NXDOMAIN
     after = await k.metrics()
     for kind in KINDS:
         assert value(after, "kdns_kube_synced", kind=kind) == 1
@@ -259,7 +252,7 @@ async def test_api_killed_after_sync_keeps_answers_and_backs_off(
     web_ip = kube_api.create("services", objects.service("default", "web"))["spec"]["clusterIP"]
     old_ip = kube_api.create("services", objects.service("default", "old"))["spec"]["clusterIP"]
     k = await start(nursery, kube_api, kubeconfig)
-    await k.wait_for(svc("web"), ok(web_ip))
+    await k.wait_for(service_fqdn("web"), ok(web_ip))
     lists = kube_api.stats.count(kind="list")
     before = await k.metrics()
 
@@ -272,10 +265,10 @@ async def test_api_killed_after_sync_keeps_answers_and_backs_off(
     deadline = trio.current_time() + window
     while trio.current_time() < deadline:
         # The last known state keeps serving, unchanged: no downgrade during an outage.
-        assert await k.ask(svc("web")) == ok(web_ip)
-        assert await k.ask(svc("old")) == ok(old_ip)
-        assert await k.ask(svc("new")) == NXDOMAIN
-        assert await k.ask(svc("missing")) == NXDOMAIN
+        assert await k.ask(service_fqdn("web")) == ok(web_ip)
+        assert await k.ask(service_fqdn("old")) == ok(old_ip)
+        assert await k.ask(service_fqdn("new")) == NXDOMAIN
+        assert await k.ask(service_fqdn("missing")) == NXDOMAIN
         assert (await k.ready())[0] == 200
         await trio.sleep(0.05)
     after = await k.metrics()
@@ -288,9 +281,9 @@ async def test_api_killed_after_sync_keeps_answers_and_backs_off(
         assert 4 <= failures <= 8, (kind, failures)
 
     kube_api.faults.refuse_connections(False)
-    await k.wait_for(svc("new"), ok(new_ip))
-    await k.wait_for(svc("old"), NXDOMAIN)
-    assert await k.ask(svc("web")) == ok(web_ip)
+    await k.wait_for(service_fqdn("new"), ok(new_ip))
+    await k.wait_for(service_fqdn("old"), NXDOMAIN)
+    assert await k.ask(service_fqdn("web")) == ok(web_ip)
     # The watch resumed from the resourceVersion it had: the history replayed, no relist.
     assert kube_api.stats.count(kind="list") == lists
     assert k.reflector("services").lists == 1
@@ -305,15 +298,15 @@ async def test_410_relists_and_unchanged_names_never_fail(
 ) -> None:
     api, path = own_api(expired_as_event=expired_as_event)
     stable = {
-        svc(f"stable-{i}"): api.create("services", objects.service("default", f"stable-{i}"))[
-            "spec"
-        ]["clusterIP"]
+        service_fqdn(f"stable-{i}"): api.create(
+            "services", objects.service("default", f"stable-{i}")
+        )["spec"]["clusterIP"]
         for i in range(3)
     }
     for i in range(2):
         api.create("services", objects.service("default", f"doomed-{i}"))
     k = await start(nursery, api, path)
-    await k.wait_for(svc("doomed-0"), ok(objects.cluster_ip_for("default", "doomed-0")))
+    await k.wait_for(service_fqdn("doomed-0"), ok(objects.cluster_ip_for("default", "doomed-0")))
     before = await k.metrics()
 
     bad: list[tuple[str, Shape]] = []
@@ -341,7 +334,7 @@ async def test_410_relists_and_unchanged_names_never_fail(
     await trio.sleep(0.3)
     api.faults.refuse_connections(False)
     for i in range(2):
-        await k.wait_for(svc(f"doomed-{i}"), NXDOMAIN)
+        await k.wait_for(service_fqdn(f"doomed-{i}"), NXDOMAIN)
     await trio.sleep(0.3)
     stop.set()
 
@@ -375,10 +368,10 @@ async def test_error_event_410_on_an_open_watch_relists(
     after = await k.metrics()
     assert delta(before, after, "kdns_kube_relists_total", kind="services", reason="expired") == 2
     assert delta(before, after, "kdns_kube_relists_total", kind="namespaces", reason="expired") == 0
-    assert await k.ask(svc("web")) == ok(web_ip)
+    assert await k.ask(service_fqdn("web")) == ok(web_ip)
     # Still following: a service created afterwards resolves.
     new = kube_api.create("services", objects.service("default", "after"))
-    await k.wait_for(svc("after"), ok(new["spec"]["clusterIP"]))
+    await k.wait_for(service_fqdn("after"), ok(new["spec"]["clusterIP"]))
 
 
 async def test_a_server_that_expires_every_watch_cannot_make_kdns_spin(
@@ -399,7 +392,7 @@ async def test_a_server_that_expires_every_watch_cannot_make_kdns_spin(
     # With the test backoff (0.1 s doubling to 0.8 s) that is at most about 5 lists in 2 s; a
     # full list of every service hundreds of times a second is what an operator must never see.
     assert 1 <= relists <= 8, f"{relists} full lists of services in 2 s"
-    assert await k.ask(svc("web")) == ok(objects.cluster_ip_for("default", "web"))
+    assert await k.ask(service_fqdn("web")) == ok(objects.cluster_ip_for("default", "web"))
 
 
 # --- silent, broken and garbage watches --------------------------------------------------------
@@ -424,7 +417,7 @@ async def test_silent_hang_reconnects_after_read_timeout_without_leaks(
         while kube_api.stats.count(kind="watch") < watches + 3 + cycles:
             max_threads = max(max_threads, threading.active_count())
             max_open = max(max_open, kube_api.stats.open_watches())
-            assert await k.ask(svc("web")) == ok(web_ip)
+            assert await k.ask(service_fqdn("web")) == ok(web_ip)
             await trio.sleep(0.02)
     after = await k.metrics()
 
@@ -441,7 +434,7 @@ async def test_silent_hang_reconnects_after_read_timeout_without_leaks(
 
     kube_api.faults.clear()
     new = kube_api.create("services", objects.service("default", "after-hang"))
-    await k.wait_for(svc("after-hang"), ok(new["spec"]["clusterIP"]))
+    await k.wait_for(service_fqdn("after-hang"), ok(new["spec"]["clusterIP"]))
     await wait_until(lambda: kube_api.stats.open_watches() == len(KINDS), "one watch per kind")
 
 
@@ -472,7 +465,7 @@ async def test_garbage_and_huge_lines_are_skipped_and_counted(
         await wait_until(lambda w=watches: reflector.watches > w, "a new services watch")
         # The same watch goes on: an event after the bad line is applied.
         created = kube_api.create("services", objects.service("default", f"after-{i}"))
-        await k.wait_for(svc(f"after-{i}"), ok(created["spec"]["clusterIP"]))
+        await k.wait_for(service_fqdn(f"after-{i}"), ok(created["spec"]["clusterIP"]))
         after = await k.metrics()
         skipped = delta(
             before, after, "kdns_kube_events_skipped_total", kind="services", reason=reason
@@ -483,7 +476,7 @@ async def test_garbage_and_huge_lines_are_skipped_and_counted(
         assert not delta(
             before, after, "kdns_kube_errors_total", kind="services", reason="watch_error"
         )
-    assert await k.ask(svc("bad")) == NXDOMAIN
+    assert await k.ask(service_fqdn("bad")) == NXDOMAIN
     # The valid 5 MiB bookmark was read as a bookmark: the reflector kept up.
     await wait_until(
         lambda: reflector.resource_version == str(kube_api.resource_version), "bookmarks"
@@ -550,9 +543,9 @@ async def test_instant_closes_are_backed_off(
         assert 2 <= counts[kind] <= 6, counts
         closed = delta(before, after, "kdns_kube_errors_total", kind=kind, reason="closed_early")
         assert closed >= counts[kind] - 1, (kind, closed, counts)
-    assert await k.ask(svc("web")) == ok(web_ip)
+    assert await k.ask(service_fqdn("web")) == ok(web_ip)
     new = kube_api.create("services", objects.service("default", "after"))
-    await k.wait_for(svc("after"), ok(new["spec"]["clusterIP"]))
+    await k.wait_for(service_fqdn("after"), ok(new["spec"]["clusterIP"]))
 
 
 @pytest.mark.parametrize("status", [500, 429])
@@ -564,11 +557,11 @@ async def test_list_errors_are_retried_after_backoff(
     began = trio.current_time()
     k = await start(nursery, kube_api, kubeconfig, synced=False)
     before = await k.metrics()
-    assert await k.ask(svc("web")) == SERVFAIL
+    assert await k.ask(service_fqdn("web")) == SERVFAIL
     await k.wait_synced()
     took = trio.current_time() - began
     after = await k.metrics()
-    assert await k.ask(svc("web")) == ok(web_ip)
+    assert await k.ask(service_fqdn("web")) == ok(web_ip)
     assert kube_api.stats.count(kind="list", resource="services") == 3
     assert kube_api.stats.statuses[status] == 2
     assert delta(before, after, "kdns_kube_errors_total", kind="services", reason=f"http_{status}")
@@ -584,18 +577,18 @@ async def test_endpoints_fallback_without_discovery_v1(own_api: Any, nursery: tr
     api.create("services", objects.service("default", "db", headless=True))
     api.create("endpoints", objects.endpoints("default", "db", addresses=["10.1.0.1", "10.1.0.2"]))
     k = await start(nursery, api, path)
-    assert await k.ask(svc("db")) == ok("10.1.0.1", "10.1.0.2")
+    assert await k.ask(service_fqdn("db")) == ok("10.1.0.1", "10.1.0.2")
     assert api.stats.count(resource="endpointslices") == 0
     assert api.stats.count(kind="watch", resource="endpoints") >= 1
     assert (await k.metrics())[("kdns_kube_synced", frozenset({("kind", "endpoints")}))] == 1
 
     scaled = ready_addresses(api.scale_headless("default", "db", 3))
     assert len(scaled) == 3
-    await k.wait_for(svc("db"), ok(*scaled), timeout=1.0)
+    await k.wait_for(service_fqdn("db"), ok(*scaled), timeout=1.0)
     one = ready_addresses(api.scale_headless("default", "db", 1, 1))
-    await k.wait_for(svc("db"), ok(*one), timeout=1.0)
+    await k.wait_for(service_fqdn("db"), ok(*one), timeout=1.0)
     api.delete("endpoints", "default", "db")
-    await k.wait_for(svc("db"), NXDOMAIN, timeout=1.0)
+    await k.wait_for(service_fqdn("db"), NXDOMAIN, timeout=1.0)
 
 
 async def test_service_lifecycle_is_visible_within_a_second(
@@ -603,29 +596,29 @@ async def test_service_lifecycle_is_visible_within_a_second(
 ) -> None:
     k = await start(nursery, kube_api, kubeconfig)
     web = kube_api.create("services", objects.service("default", "web"))
-    await k.wait_for(svc("web"), ok(web["spec"]["clusterIP"]), timeout=1.0)
+    await k.wait_for(service_fqdn("web"), ok(web["spec"]["clusterIP"]), timeout=1.0)
 
     kube_api.create("services", objects.service("default", "db", headless=True, ports=[5432]))
-    await k.wait_for(svc("db"), NXDOMAIN, timeout=1.0)  # no endpoints yet
+    await k.wait_for(service_fqdn("db"), NXDOMAIN, timeout=1.0)  # no endpoints yet
     three = ready_addresses(kube_api.scale_headless("default", "db", 3))
-    await k.wait_for(svc("db"), ok(*three), timeout=1.0)
+    await k.wait_for(service_fqdn("db"), ok(*three), timeout=1.0)
     five = ready_addresses(kube_api.scale_headless("default", "db", 5, 1))
     assert len(five) == 5
-    await k.wait_for(svc("db"), ok(*five), timeout=1.0)
+    await k.wait_for(service_fqdn("db"), ok(*five), timeout=1.0)
 
     # Update: a named port on the ClusterIP service, and its SRV name appears.
-    srv = svc("_http._tcp.web")
+    srv = service_fqdn("_http._tcp.web")
     assert await k.ask(srv, "SRV") == NXDOMAIN
     port = {"name": "http", "protocol": "TCP", "port": 8080, "targetPort": 8080}
     kube_api.patch("services", "default", "web", {"spec": {"ports": [port]}})
     await k.wait_for(srv, ok("0 100 8080 web.default.svc.cluster.local."), "SRV", timeout=1.0)
 
     one = ready_addresses(kube_api.scale_headless("default", "db", 1))
-    await k.wait_for(svc("db"), ok(*one), timeout=1.0)
+    await k.wait_for(service_fqdn("db"), ok(*one), timeout=1.0)
     kube_api.delete("services", "default", "db")
-    await k.wait_for(svc("db"), NXDOMAIN, timeout=1.0)
+    await k.wait_for(service_fqdn("db"), NXDOMAIN, timeout=1.0)
     kube_api.delete("services", "default", "web")
-    await k.wait_for(svc("web"), NXDOMAIN, timeout=1.0)
+    await k.wait_for(service_fqdn("web"), NXDOMAIN, timeout=1.0)
 
 
 async def test_trigger_time_feeds_the_programming_duration_histogram(
@@ -639,7 +632,7 @@ async def test_trigger_time_feeds_the_programming_duration_histogram(
     triggered = datetime.fromtimestamp(int(time.time()) - 3, UTC)
     eps["metadata"]["annotations"][TRIGGER_TIME] = triggered.strftime("%Y-%m-%dT%H:%M:%SZ")
     kube_api.create("endpointslices", eps)
-    await k.wait_for(svc("db"), ok("10.1.2.3"), timeout=1.0)
+    await k.wait_for(service_fqdn("db"), ok("10.1.2.3"), timeout=1.0)
     after = await k.metrics()
     name = "kdns_kubernetes_dns_programming_duration_seconds"
     label = {"service_kind": "headless_with_selector"}
@@ -653,8 +646,8 @@ async def test_a_change_dns_cannot_see_keeps_the_cached_answer(
     web_ip = kube_api.create("services", objects.service("default", "web"))["spec"]["clusterIP"]
     k = await start(nursery, kube_api, kubeconfig)
     cache = k.app.handler.cache
-    assert await k.ask(svc("web")) == ok(web_ip)
-    assert await k.ask(svc("web")) == ok(web_ip)
+    assert await k.ask(service_fqdn("web")) == ok(web_ip)
+    assert await k.ask(service_fqdn("web")) == ok(web_ip)
     hits, misses, entries = cache.hits, cache.misses, len(cache)
     assert hits >= 1
 
@@ -668,12 +661,12 @@ async def test_a_change_dns_cannot_see_keeps_the_cached_answer(
 
     await edit({"metadata": {"labels": {"team": "blue"}, "annotations": {"note": "hi"}}})
     for _ in range(3):
-        assert await k.ask(svc("web")) == ok(web_ip)
+        assert await k.ask(service_fqdn("web")) == ok(web_ip)
     assert (cache.hits, cache.misses, len(cache)) == (hits + 3, misses, entries)
 
     # The control: a change DNS does see (a new port) drops the entry, so the next ask misses.
     await edit({"spec": {"ports": [{"protocol": "TCP", "port": 81, "targetPort": 81}]}})
-    assert await k.ask(svc("web")) == ok(web_ip)
+    assert await k.ask(service_fqdn("web")) == ok(web_ip)
     assert cache.misses == misses + 1
 
 
@@ -735,21 +728,21 @@ async def test_pods_verified_watches_pods_and_answers_running_pods_only(
     assert "pods" in k.app.store.watched
     await wait_until(lambda: k.app.store.unsynced_kinds() == ["pods"], "all but pods synced")
     assert await k.ready() == (503, "not synced: pods\n")
-    assert await k.ask(pod_name(running)) == SERVFAIL
+    assert await k.ask(pod_fqdn(running)) == SERVFAIL
 
     kube_api.faults.clear()
     await k.wait_synced()
     await wait_until(
         lambda: kube_api.stats.count(kind="watch", resource="pods") >= 1, "a pod watch"
     )
-    assert await k.ask(pod_name(running)) == ok(running)
-    assert await k.ask(pod_name(done)) == NXDOMAIN  # finished pods get no record
-    assert await k.ask(pod_name("10.244.254.254")) == NXDOMAIN  # no such pod
+    assert await k.ask(pod_fqdn(running)) == ok(running)
+    assert await k.ask(pod_fqdn(done)) == NXDOMAIN  # finished pods get no record
+    assert await k.ask(pod_fqdn("10.244.254.254")) == NXDOMAIN  # no such pod
     later = objects.pod_ip_for("default", "later")
     kube_api.create("pods", objects.pod("default", "later"))
-    await k.wait_for(pod_name(later), ok(later), timeout=1.0)
+    await k.wait_for(pod_fqdn(later), ok(later), timeout=1.0)
     kube_api.delete("pods", "default", "running")
-    await k.wait_for(pod_name(running), NXDOMAIN, timeout=1.0)
+    await k.wait_for(pod_fqdn(running), NXDOMAIN, timeout=1.0)
 
 
 async def test_pods_insecure_does_not_watch_pods(
@@ -761,7 +754,7 @@ async def test_pods_insecure_does_not_watch_pods(
     assert kube_api.stats.count(resource="pods") == 0
     assert "pods" not in k.app.source.reflectors  # type: ignore[attr-defined]
     # insecure: any address-shaped name in an existing namespace answers, no pod needed.
-    assert await k.ask(pod_name("10.244.254.254")) == ok("10.244.254.254")
+    assert await k.ask(pod_fqdn("10.244.254.254")) == ok("10.244.254.254")
 
 
 # --- credentials -------------------------------------------------------------------------------
@@ -779,7 +772,7 @@ async def test_wrong_token_keeps_retrying_unready(
     before = await k.metrics()
     deadline = trio.current_time() + 1.5
     while trio.current_time() < deadline:
-        assert await k.ask(svc("web")) == SERVFAIL
+        assert await k.ask(service_fqdn("web")) == SERVFAIL
         assert (await k.ready())[0] == 503
         await trio.sleep(0.1)
     after = await k.metrics()

@@ -13,6 +13,7 @@ import yaml
 from kdns.model import EndpointSlice
 from kdns.sources import manifests
 from kdns.sources.manifests import ManifestSet, load, manifest_files, parse_text
+from tests.builders import api_pod
 
 EXAMPLES = Path(__file__).parents[2] / "config" / "examples"
 
@@ -56,47 +57,6 @@ def load_files(
     return found, [str(e) for e in errors]
 
 
-def pod(
-    name: str,
-    ip: str | None,
-    *,
-    namespace: str = "default",
-    labels: dict[str, str] | None = None,
-    ready: bool = True,
-    phase: str = "Running",
-    hostname: str = "",
-    subdomain: str = "",
-    port: int = 6379,
-) -> dict[str, Any]:
-    """A Pod as `kubectl get pod -o yaml` prints it (the fields the model reads)."""
-    spec: dict[str, Any] = {
-        "containers": [{"name": "main", "ports": [{"name": "redis", "containerPort": port}]}],
-        "nodeName": "node-1",
-    }
-    if hostname:
-        spec["hostname"] = hostname
-    if subdomain:
-        spec["subdomain"] = subdomain
-    status: dict[str, Any] = {
-        "phase": phase,
-        "conditions": [{"type": "Ready", "status": "True" if ready else "False"}],
-    }
-    if ip:
-        status["podIP"] = ip
-        status["podIPs"] = [{"ip": ip}]
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {
-            "name": name,
-            "namespace": namespace,
-            "labels": {"app": "redis"} if labels is None else labels,
-        },
-        "spec": spec,
-        "status": status,
-    }
-
-
 def item(text: str) -> str:
     """`text` (one YAML mapping) as an item of a block sequence, the way kubectl indents it."""
     return "".join(
@@ -124,7 +84,9 @@ def endpoints_of(found: ManifestSet, namespace: str, service: str) -> list[tuple
 def test_several_documents_per_file_and_empty_documents_skipped(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    text = "---\n---\n# only a comment\n---\n" + REDIS + "---\n" + dump(pod("redis-0", "10.0.0.1"))
+    text = (
+        "---\n---\n# only a comment\n---\n" + REDIS + "---\n" + dump(api_pod("redis-0", "10.0.0.1"))
+    )
     text += "---\napiVersion: v1\nkind: Namespace\nmetadata:\n  name: prod\n---\n"
     found, errors = load_files(tmp_path, monkeypatch, {"all.yaml": text})
     assert errors == []
@@ -136,7 +98,7 @@ def test_several_documents_per_file_and_empty_documents_skipped(
 def test_lists_nested_and_typed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # `kubectl get -o yaml` writes a List; a List may hold a List; the API's typed lists
     # (ServiceList) leave kind and apiVersion out of their items.
-    inner = {"apiVersion": "v1", "kind": "List", "items": [pod("redis-0", "10.0.0.1")]}
+    inner = {"apiVersion": "v1", "kind": "List", "items": [api_pod("redis-0", "10.0.0.1")]}
     service_list = {
         "apiVersion": "v1",
         "kind": "ServiceList",
@@ -408,25 +370,25 @@ def test_endpointslices_win_over_endpoints_of_the_same_service(
 @pytest.mark.parametrize(
     ("the_pod", "expected"),
     [
-        (pod("p", "10.0.0.1"), [("10.0.0.1", True, "", (6379,))]),
-        (pod("p", "10.0.0.1", ready=False), [("10.0.0.1", False, "", (6379,))]),
-        (pod("p", "10.0.0.1", phase="Succeeded"), []),
-        (pod("p", "10.0.0.1", phase="Failed"), []),
-        (pod("p", None, phase="Pending", ready=False), []),
-        (pod("p", "10.0.0.1", namespace="other"), []),
-        (pod("p", "10.0.0.1", labels={"app": "web"}), []),
-        (pod("p", "10.0.0.1", labels={}), []),
+        (api_pod("p", "10.0.0.1"), [("10.0.0.1", True, "", (6379,))]),
+        (api_pod("p", "10.0.0.1", ready=False), [("10.0.0.1", False, "", (6379,))]),
+        (api_pod("p", "10.0.0.1", phase="Succeeded"), []),
+        (api_pod("p", "10.0.0.1", phase="Failed"), []),
+        (api_pod("p", None, phase="Pending", ready=False), []),
+        (api_pod("p", "10.0.0.1", namespace="other"), []),
+        (api_pod("p", "10.0.0.1", labels={"app": "web"}), []),
+        (api_pod("p", "10.0.0.1", labels={}), []),
         # The endpoint hostname: spec.hostname only when spec.subdomain names this Service.
         (
-            pod("p", "10.0.0.1", hostname="web-0", subdomain="redis"),
+            api_pod("p", "10.0.0.1", hostname="web-0", subdomain="redis"),
             [("10.0.0.1", True, "web-0", (6379,))],
         ),
         (
-            pod("p", "10.0.0.1", hostname="web-0", subdomain="other"),
+            api_pod("p", "10.0.0.1", hostname="web-0", subdomain="other"),
             [("10.0.0.1", True, "", (6379,))],
         ),
         # targetPort "redis" is resolved through the Pod's container port of that name.
-        (pod("p", "10.0.0.1", port=7000), [("10.0.0.1", True, "", (7000,))]),
+        (api_pod("p", "10.0.0.1", port=7000), [("10.0.0.1", True, "", (7000,))]),
     ],
     ids=[
         "ready",
@@ -467,7 +429,7 @@ def test_nothing_derived_when_endpoints_are_given(
         "subsets": [],  # even an empty one: someone else manages this Service's endpoints
     }
     for given, expected in ((given_slice, [("10.9.9.9", True, "", ())]), (given_endpoints, [])):
-        text = REDIS + "---\n" + dump(pod("redis-0", "10.0.0.1"), given)
+        text = REDIS + "---\n" + dump(api_pod("redis-0", "10.0.0.1"), given)
         found, errors = load_files(tmp_path, monkeypatch, {"r.yaml": text})
         assert errors == []
         assert endpoints_of(found, "default", "redis") == expected
@@ -481,7 +443,7 @@ def test_namespaces_are_declared_or_implied(
         {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "s", "namespace": "svc"}},
         {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "s"}},  # in default
         {"apiVersion": "v1", "kind": "Endpoints", "metadata": {"name": "e", "namespace": "ep"}},
-        pod("p", "10.0.0.1", namespace="pods"),
+        api_pod("p", "10.0.0.1", namespace="pods"),
         {
             "apiVersion": "discovery.k8s.io/v1",
             "kind": "EndpointSlice",
