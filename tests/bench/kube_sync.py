@@ -94,6 +94,7 @@ from prometheus_client.parser import text_string_to_metric_families  # noqa: E40
 
 from tests.kubeapi import objects  # noqa: E402
 from tests.kubeapi.server import ApiServer  # noqa: E402
+from tests.processes import stop_process  # noqa: E402
 
 ZONE = "cluster.local"
 NAMESPACES = 10
@@ -602,14 +603,8 @@ class Kdns:
         return self.proc is not None and self.proc.poll() is None
 
     def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
+        if self.proc is not None:
+            stop_process(self.proc)
 
     def log_tail(self, lines: int = 15) -> str:
         try:

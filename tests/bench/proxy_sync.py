@@ -75,6 +75,8 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))  # for `tests.kubeapi` when run as a script
 
+from tests.processes import stop_process  # noqa: E402
+
 Json = dict[str, Any]
 Say = Callable[[str], None]
 
@@ -266,7 +268,7 @@ class Helper:
             stdout=subprocess.PIPE,
             text=True,
         )
-        stack.callback(_stop, self.proc)
+        stack.callback(stop_process, self.proc)
         self._sel = selectors.DefaultSelector()
         assert self.proc.stdout is not None
         self._sel.register(self.proc.stdout, selectors.EVENT_READ)
@@ -287,16 +289,6 @@ class Helper:
         if not line:
             raise RuntimeError(f"no answer from the client helper to {request['op']}")
         return json.loads(line)  # type: ignore[no-any-return]
-
-
-def _stop(proc: subprocess.Popen[Any]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
 
 
 # --------------------------------------------------------------------------------------------
@@ -690,13 +682,11 @@ class Proxy:
             self.proc = subprocess.Popen(
                 self.argv, cwd=REPO_ROOT, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env
             )
-        stack.callback(_stop, self.proc)
+        stack.callback(stop_process, self.proc)
 
     def stop(self) -> None:
         if self.proc is not None:
-            if self.proc.poll() is None:
-                self.proc.send_signal(signal.SIGTERM)
-            _stop(self.proc)
+            stop_process(self.proc)
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None

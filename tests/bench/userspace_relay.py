@@ -54,6 +54,11 @@ import dns.message
 import dns.query
 
 ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))  # for `tests.processes` when run as a script
+
+from tests.processes import stop_process  # noqa: E402
+
 BACKEND_IP = "127.1.0.50"
 CHUNK = 1 << 20
 START_TIMEOUT = 15.0
@@ -187,13 +192,7 @@ def process(command: list[str], **kw: object) -> Iterator[subprocess.Popen[bytes
     try:
         yield proc
     finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=5)
+        stop_process(proc)
 
 
 MANIFEST = """\

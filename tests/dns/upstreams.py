@@ -33,6 +33,7 @@ from dnslib import QTYPE, RCODE, RR, DNSLabel, DNSRecord
 
 from kdns.dns.forward import Upstream
 from tests.conftest import need_tool
+from tests.processes import stop_process
 
 HOST = "127.0.0.1"
 WAIT = 5.0  # seconds: the bound on any wait here (start-up, log sync)
@@ -109,13 +110,7 @@ class Dnsmasq:
         return self.proc.poll() is None
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=WAIT)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=WAIT)
+        stop_process(self.proc, WAIT)
 
 
 def dnsmasq_command(

@@ -27,12 +27,13 @@ import dns.rdataclass
 import dns.rdatatype
 import pytest
 
+from tests.processes import stop_process
+
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "config" / "examples"
 HOST = "127.0.0.1"
 QUERY_TIMEOUT = 2.0  # seconds, per DNS query
 START_TIMEOUT = 10.0  # seconds until a started kdns must answer
-STOP_TIMEOUT = 5.0  # seconds between SIGTERM and SIGKILL
 CLI_TIMEOUT = 15.0  # seconds a `kdns check` or a failing `kdns serve` may take
 
 
@@ -152,13 +153,7 @@ class Kdns:
         return self.proc.poll() is None
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=STOP_TIMEOUT)
+        stop_process(self.proc)
 
 
 def wait_answering(

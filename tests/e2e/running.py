@@ -32,7 +32,8 @@ import dns.query
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.e2e.conftest import HOST, ROOT, START_TIMEOUT, STOP_TIMEOUT, kdns_command, wait_answering
+from tests.e2e.conftest import HOST, ROOT, START_TIMEOUT, kdns_command, wait_answering
+from tests.processes import STOP_TIMEOUT, stop_process
 
 MAX_QUERIES = 40_000  # the most any stream sends (2,000 a second for 20 s)
 
@@ -91,13 +92,8 @@ class Served:
         pytest.fail(f"kdns did not log {pattern!r} within {timeout} s:\n{self.stderr()}")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=STOP_TIMEOUT + 10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=STOP_TIMEOUT)
+        # The config file's lameduck applies here, not KDNS_LAMEDUCK=0: allow for it.
+        stop_process(self.proc, STOP_TIMEOUT + 10)
 
 
 def start_from_config(

@@ -43,7 +43,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -55,9 +54,10 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import need_root, need_tool
-from tests.e2e.conftest import EXAMPLES, ROOT, STOP_TIMEOUT
+from tests.e2e.conftest import EXAMPLES, ROOT
 from tests.e2e.netns import ip_command as _ip
 from tests.e2e.netns import node_and_pod
+from tests.processes import stop_process
 
 pytestmark = pytest.mark.root
 
@@ -337,16 +337,6 @@ class AutopathNetwork:
         return "\n".join(parts)
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=STOP_TIMEOUT)
-
-
 def _remove_netns_etc(name: str) -> None:
     shutil.rmtree(NETNS_ETC / name, ignore_errors=True)
     # /etc/netns itself only if we left it empty (another test run may be using it).
@@ -370,7 +360,7 @@ def _start(
             stdin=subprocess.DEVNULL,
             cwd=ROOT,
         )
-    cleanup.callback(_stop, proc)
+    cleanup.callback(stop_process, proc)
     process = Process(name, proc, log_path)
     network.processes.append(process)
     return process

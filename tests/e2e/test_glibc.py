@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -23,9 +22,10 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import need_root, need_tool
-from tests.e2e.conftest import EXAMPLES, ROOT, STOP_TIMEOUT
+from tests.e2e.conftest import EXAMPLES, ROOT
 from tests.e2e.netns import ip_command as _ip
 from tests.e2e.netns import node_and_pod
+from tests.processes import stop_process
 
 pytestmark = pytest.mark.root
 
@@ -86,16 +86,6 @@ class PodNetwork:
         return self.stderr_path.read_text(errors="replace")
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=STOP_TIMEOUT)
-
-
 def _remove_netns_etc(name: str) -> None:
     shutil.rmtree(NETNS_ETC / name, ignore_errors=True)
     # /etc/netns itself only if we left it empty (another test run may be using it).
@@ -148,7 +138,7 @@ def pod_network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PodNetwork
                 stdin=subprocess.DEVNULL,
                 cwd=ROOT,
             )
-        cleanup.callback(_stop, kdns)
+        cleanup.callback(stop_process, kdns)
         network = PodNetwork(node, pod, kdns, stderr_path, ip)
 
         wait_answering(network)

@@ -15,6 +15,7 @@ import pytest
 
 from kdns.proxy.dataplane import ipvs_supported, read_file
 from tests.conftest import throwaway_netns
+from tests.processes import stop_process
 
 from .conftest import EXAMPLES, kdns_command, run_kdns
 
@@ -148,9 +149,7 @@ def test_runs_until_sigterm_keeps_rules_and_cleanup_removes_only_ours(
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=10) == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
     assert marker in ruleset(netns)  # rules stay: a restarting proxy must not cut traffic
     result = in_ns(netns, *kdns_command("proxy", "--mode", mode, "--cleanup"))
     assert result.returncode == 0, result.stderr

@@ -37,7 +37,6 @@ from tests.e2e.conftest import (
     LOCAL_HTTP,
     ROOT,
     START_TIMEOUT,
-    STOP_TIMEOUT,
     ask,
     free_port,
     kdns_command,
@@ -45,6 +44,7 @@ from tests.e2e.conftest import (
     wait_answering,
     write_atomically,
 )
+from tests.processes import stop_process
 
 BACKENDS = ("127.1.0.11", "127.1.0.12", "127.1.0.13")
 VIP_RANGE = ipaddress.IPv4Network("127.64.0.0/10")
@@ -273,13 +273,7 @@ def unprivileged_kdns(
             yield server
             assert proc.poll() is None, server.log()
         finally:
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=STOP_TIMEOUT)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(timeout=STOP_TIMEOUT)
+            stop_process(proc)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 

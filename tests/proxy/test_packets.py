@@ -41,6 +41,7 @@ import pytest
 import yaml
 
 from tests.conftest import need_root, need_tool
+from tests.processes import stop_process
 from tests.proxy.topology import (
     CLUSTER_CIDR,
     ECHO,
@@ -49,7 +50,6 @@ from tests.proxy.topology import (
     NODE1_EXT_IP,
     NODE1_IPS,
     Cluster,
-    stop_process,
 )
 
 MODES = ("iptables", "nftables")

@@ -38,13 +38,14 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import subprocess
 import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from tests.processes import STOP_TIMEOUT, stop_process
 
 ROOT = Path(__file__).resolve().parents[2]
 ECHO = str(Path(__file__).with_name("echo.py"))
@@ -59,7 +60,6 @@ EXT_OTHER_IP = "203.0.113.3"  # a second source address on ext (loadBalancerSour
 NODE1_IPS = (NODE1_IP, NODE1_EXT_IP)
 POD_GATEWAY = "169.254.1.1"  # Calico's: the node answers ARP for it, no address holds it
 COMMAND_TIMEOUT = 60.0  # seconds any one command may take (namespace creation can be slow)
-STOP_TIMEOUT = 5.0  # seconds between SIGTERM and SIGKILL
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,18 +90,6 @@ def _check(argv: Sequence[str], timeout: float = COMMAND_TIMEOUT) -> str:
             f"{' '.join(argv)}: exit {result.returncode}: {(result.stderr or result.stdout).strip()}"
         )
     return result.stdout
-
-
-def stop_process(proc: subprocess.Popen[str]) -> None:
-    """SIGTERM, then SIGKILL after STOP_TIMEOUT; reaps the process."""
-    if proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=STOP_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=STOP_TIMEOUT)
 
 
 @dataclass
