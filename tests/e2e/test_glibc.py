@@ -170,9 +170,7 @@ def wait_answering(network: PodNetwork, timeout: float = 10.0) -> None:
                 break
             time.sleep(0.05)
     finally:
-        if probe.poll() is None:
-            probe.kill()
-        probe.wait()
+        stop_process(probe)
     if probe.returncode != 0:
         pytest.fail(
             f"kdns in {network.node} did not answer from {network.pod} "
