@@ -10,6 +10,7 @@ its own prefix here so that a call site says which it means:
   manifest file or ``kubectl get -o yaml`` gives them: input for ``*_from_dict`` and for the
   manifest files the tests write. (Objects exactly as kube-apiserver returns them, with uid,
   ownerReferences and defaulting, for the fake API server, are ``tests.kubeapi.objects``.)
+- ``manifest_text`` writes API dicts as the multi-document YAML a manifest file holds.
 - ``*_fqdn`` build the DNS names of the Kubernetes DNS schema that clients ask for.
 
 Contract: every builder returns a fresh object; the same arguments give equal objects; defaults
@@ -20,6 +21,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from typing import Any
+
+import yaml
 
 from kdns.model import Endpoint, EndpointPort, EndpointSlice, Pod, Service, ServicePort
 
@@ -174,6 +177,11 @@ def api_pod(
         "spec": spec,
         "status": status,
     }
+
+
+def manifest_text(*objects: dict[str, Any]) -> str:
+    """`objects` as one YAML document each, keys in the order given (as ``kubectl -o yaml``)."""
+    return yaml.safe_dump_all(objects, sort_keys=False)
 
 
 # --- DNS names (the Kubernetes DNS schema) ------------------------------------------------------

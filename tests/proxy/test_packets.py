@@ -38,8 +38,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
+from tests.builders import manifest_text
 from tests.conftest import need_root, need_tool
 from tests.processes import stop_process
 from tests.proxy.topology import (
@@ -167,7 +167,7 @@ class Harness:
         ]
         docs = [o for objs in self.objects.values() for o in objs] + marker
         tmp = self.manifest.with_suffix(".tmp")
-        tmp.write_text(yaml.safe_dump_all(docs, sort_keys=False))
+        tmp.write_text(manifest_text(*docs))
         os.replace(tmp, self.manifest)
         self.rewrites += 1
         if self.proc is not None:

@@ -13,7 +13,7 @@ import yaml
 from kdns.model import EndpointSlice
 from kdns.sources import manifests
 from kdns.sources.manifests import ManifestSet, load, manifest_files, parse_text
-from tests.builders import api_pod
+from tests.builders import api_pod, manifest_text
 
 EXAMPLES = Path(__file__).parents[2] / "config" / "examples"
 
@@ -64,10 +64,6 @@ def item(text: str) -> str:
     )
 
 
-def dump(*objs: dict[str, Any]) -> str:
-    return yaml.safe_dump_all(objs, sort_keys=False)
-
-
 def endpoints_of(found: ManifestSet, namespace: str, service: str) -> list[tuple[Any, ...]]:
     """(address, ready, hostname, port numbers) of every endpoint of a Service, by address."""
     return sorted(
@@ -85,7 +81,10 @@ def test_several_documents_per_file_and_empty_documents_skipped(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     text = (
-        "---\n---\n# only a comment\n---\n" + REDIS + "---\n" + dump(api_pod("redis-0", "10.0.0.1"))
+        "---\n---\n# only a comment\n---\n"
+        + REDIS
+        + "---\n"
+        + manifest_text(api_pod("redis-0", "10.0.0.1"))
     )
     text += "---\napiVersion: v1\nkind: Namespace\nmetadata:\n  name: prod\n---\n"
     found, errors = load_files(tmp_path, monkeypatch, {"all.yaml": text})
@@ -105,7 +104,9 @@ def test_lists_nested_and_typed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
         "items": [{"metadata": {"name": "typed", "namespace": "prod"}, "spec": {}}],
     }
     outer = {"apiVersion": "v1", "kind": "List", "items": [yaml.safe_load(REDIS), inner]}
-    found, errors = load_files(tmp_path, monkeypatch, {"l.yaml": dump(outer, service_list)})
+    found, errors = load_files(
+        tmp_path, monkeypatch, {"l.yaml": manifest_text(outer, service_list)}
+    )
     assert errors == []
     assert sorted(found.services) == [("default", "redis"), ("prod", "typed")]
     assert list(found.pods) == [("default", "redis-0")]
@@ -253,7 +254,7 @@ def test_field_lines_in_json() -> None:
 def test_skipped_kinds(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, obj: dict, counted_as: str
 ) -> None:
-    found, errors = load_files(tmp_path, monkeypatch, {"x.yaml": dump(obj)})
+    found, errors = load_files(tmp_path, monkeypatch, {"x.yaml": manifest_text(obj)})
     assert errors == []
     assert (found.namespaces, found.services, found.slices, found.pods) == ({}, {}, {}, {})
     assert found.ignored == {counted_as: 1}
@@ -267,7 +268,14 @@ def test_ignored_kinds_are_counted_beside_served_ones(
     found, errors = load_files(
         tmp_path,
         monkeypatch,
-        {"a.yaml": dump(deployment) + "---\n" + dump(cm) + "---\n" + dump(cm), "db.yaml": DB},
+        {
+            "a.yaml": manifest_text(deployment)
+            + "---\n"
+            + manifest_text(cm)
+            + "---\n"
+            + manifest_text(cm),
+            "db.yaml": DB,
+        },
     )
     assert errors == []
     assert found.ignored == {"ConfigMap": 2, "Deployment": 1}
@@ -361,7 +369,9 @@ def test_endpointslices_win_over_endpoints_of_the_same_service(
         "ports": [{"name": "pg", "port": 5432}],
         "endpoints": [{"addresses": ["10.1.0.9"]}],
     }
-    found, errors = load_files(tmp_path, monkeypatch, {"db.yaml": DB + "---\n" + dump(given)})
+    found, errors = load_files(
+        tmp_path, monkeypatch, {"db.yaml": DB + "---\n" + manifest_text(given)}
+    )
     assert errors == []
     assert list(found.slices) == [("prod", "db-x7k2p")]
     assert endpoints_of(found, "prod", "db") == [("10.1.0.9", True, "", (5432,))]
@@ -407,7 +417,9 @@ def test_endpointslices_win_over_endpoints_of_the_same_service(
 def test_slices_derived_from_pods(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, the_pod: dict, expected: list
 ) -> None:
-    found, errors = load_files(tmp_path, monkeypatch, {"r.yaml": REDIS + "---\n" + dump(the_pod)})
+    found, errors = load_files(
+        tmp_path, monkeypatch, {"r.yaml": REDIS + "---\n" + manifest_text(the_pod)}
+    )
     assert errors == []
     assert endpoints_of(found, "default", "redis") == expected
 
@@ -429,7 +441,7 @@ def test_nothing_derived_when_endpoints_are_given(
         "subsets": [],  # even an empty one: someone else manages this Service's endpoints
     }
     for given, expected in ((given_slice, [("10.9.9.9", True, "", ())]), (given_endpoints, [])):
-        text = REDIS + "---\n" + dump(api_pod("redis-0", "10.0.0.1"), given)
+        text = REDIS + "---\n" + manifest_text(api_pod("redis-0", "10.0.0.1"), given)
         found, errors = load_files(tmp_path, monkeypatch, {"r.yaml": text})
         assert errors == []
         assert endpoints_of(found, "default", "redis") == expected
@@ -454,7 +466,7 @@ def test_namespaces_are_declared_or_implied(
             },
         },
     ]
-    found, errors = load_files(tmp_path, monkeypatch, {"n.yaml": dump(*objs)})
+    found, errors = load_files(tmp_path, monkeypatch, {"n.yaml": manifest_text(*objs)})
     assert errors == []
     assert sorted(found.namespaces) == ["declared", "default", "ep", "pods", "slices", "svc"]
     assert found.namespaces["pods"].name == "pods"
