@@ -211,7 +211,8 @@ def _query_log(value: Any) -> bool | str:
 
 
 def _key(default: Any, check: Check, alias: str = "", shape: str = "scalar") -> Any:
-    """A section field: its default, its check, its flat alias, and how YAML and KDNS_*
+    """A section field: its default, its check, its flat alias (the key's name in files written
+    before the sections; a new key needs none), and how YAML and KDNS_*
     variables spell it: `scalar`, `list`, `mapping` (domain to servers) or `yaml` (a variable
     takes the file's syntax)."""
     return field(default=default, metadata={"check": check, "alias": alias, "shape": shape})
@@ -333,6 +334,9 @@ class LoggingSection:
 
 @dataclass(frozen=True, slots=True)
 class Config:
+    """The whole config: one section per concern (module docstring), and the file it came
+    from. Keys are read as `config.dns.ttl`; `get` and `with_overrides` take paths or aliases."""
+
     dns: DnsSection = field(default_factory=DnsSection)
     forward: ForwardSection = field(default_factory=ForwardSection)
     cache: CacheSection = field(default_factory=CacheSection)
@@ -393,7 +397,7 @@ _NAMES: dict[str, str] = {
     **{path.replace(".", "_"): path for path in KEYS},
     **ALIASES,
 }
-assert len(ALIASES) == len(KEYS), "every key has one flat alias"
+assert len(ALIASES) == len({k.alias for k in KEYS.values() if k.alias}), "an alias names one key"
 assert all(_NAMES[path.replace(".", "_")] == path for path in KEYS), (
     "an alias spells another key's section_field"
 )
@@ -661,7 +665,7 @@ def locate(source: str, path: str) -> tuple[str, str]:
     file spells it: (`kdns.yaml:3`, `dns_addr`), or (`kdns.yaml`, alias) when the file does not
     set it (a flag or a variable did). Used for a value that was valid on its own but cannot be
     used now, such as a source change refused on reload."""
-    alias = KEYS[path].alias
+    alias = KEYS[path].alias or path
     if not source:
         return "config", alias
     try:
