@@ -24,7 +24,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 
-from kdns.corefile.lexer import CorefileError, Token, tokenize
+from kdns.corefile.lexer import Token, tokenize
 
 Reader = Callable[[str], str]  # path → text; raises OSError
 Globber = Callable[[str], list[str]]  # pattern → matching paths
@@ -109,8 +109,10 @@ class _Expander:
         if pattern in self.snippets:
             if "snippet:" + pattern in stack:
                 raise keyword.error(f"import {pattern}: the snippet imports itself")
-            body = [replace(t, starts_line=t.starts_line or k == 0)
-                    for k, t in enumerate(self.snippets[pattern])]
+            body = [
+                replace(t, starts_line=t.starts_line or k == 0)
+                for k, t in enumerate(self.snippets[pattern])
+            ]
             out.extend(self.run(body, (*stack, "snippet:" + pattern)))
             return j
         for path in self._paths(keyword, pattern):

@@ -23,12 +23,62 @@ from kdns.corefile.lexer import Token
 # The plugins of CoreDNS's plugin.cfg (v1.12–1.14), in the order CoreDNS runs them. A name
 # outside this list is a typo or an external plugin kdns cannot know.
 PLUGINS = (
-    "root metadata geoip cancel tls quic timeouts multisocket reload nsid bufsize bind debug "
-    "trace ready health pprof prometheus errors log dnstap local dns64 acl any chaos "
-    "loadbalance tsig cache rewrite header dnssec autopath minimal template transfer hosts "
-    "route53 azure clouddns k8s_external kubernetes file auto secondary etcd loop forward grpc "
-    "erratic whoami on sign view nomad"
-).split()
+    "root",
+    "metadata",
+    "geoip",
+    "cancel",
+    "tls",
+    "quic",
+    "timeouts",
+    "multisocket",
+    "reload",
+    "nsid",
+    "bufsize",
+    "bind",
+    "debug",
+    "trace",
+    "ready",
+    "health",
+    "pprof",
+    "prometheus",
+    "errors",
+    "log",
+    "dnstap",
+    "local",
+    "dns64",
+    "acl",
+    "any",
+    "chaos",
+    "loadbalance",
+    "tsig",
+    "cache",
+    "rewrite",
+    "header",
+    "dnssec",
+    "autopath",
+    "minimal",
+    "template",
+    "transfer",
+    "hosts",
+    "route53",
+    "azure",
+    "clouddns",
+    "k8s_external",
+    "kubernetes",
+    "file",
+    "auto",
+    "secondary",
+    "etcd",
+    "loop",
+    "forward",
+    "grpc",
+    "erratic",
+    "whoami",
+    "on",
+    "sign",
+    "view",
+    "nomad",
+)
 
 
 @dataclass(frozen=True, slots=True)
