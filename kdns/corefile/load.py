@@ -39,7 +39,7 @@ def read_corefile(
         from kdns.corefile.lexer import CorefileError
 
         raise CorefileError(path, 1, f"cannot read the Corefile: {e.strerror}") from None
-    return translate(parse(expand(tokenize(text, path), environ, read, glob)))
+    return translate(parse(expand(tokenize(text, path), environ, read, glob)), path)
 
 
 def corefile_config(translation: Translation, base: Config) -> Config:

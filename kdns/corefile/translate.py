@@ -200,7 +200,8 @@ class _State:
         self.notes.append(Note(token.where, directive or token.text, text, True))
 
 
-def translate(blocks: tuple[ServerBlock, ...]) -> Translation:
+def translate(blocks: tuple[ServerBlock, ...], source: str) -> Translation:
+    """The translation of the server blocks read from the Corefile `source`."""
     state = _State()
     keys = [[block_key(k) for k in block.keys] for block in blocks]
     _check_keys(keys, blocks, state)
@@ -209,7 +210,7 @@ def translate(blocks: tuple[ServerBlock, ...]) -> Translation:
         _check_once(block)
     holders = [b for b in blocks if any(d.name.text == "kubernetes" for d in b.directives)]
     if not holders:
-        first = blocks[0].keys[0] if blocks else Token("", "Corefile", 1)
+        first = blocks[0].keys[0] if blocks else Token("", source, 1)
         raise first.error("no server block has a kubernetes directive: nothing for kdns to serve")
     for block, block_keys in zip(blocks, keys, strict=True):
         if block is holders[0]:

@@ -488,7 +488,9 @@ def inline(text: str) -> Translation:
     def nothing(path: str) -> str:
         raise FileNotFoundError(2, "No such file or directory")
 
-    return translate(parse(expand(tokenize(text, "Corefile"), {}, nothing, lambda p: [])))
+    return translate(
+        parse(expand(tokenize(text, "Corefile"), {}, nothing, lambda p: [])), "Corefile"
+    )
 
 
 BASE = ".:53 {{\n    kubernetes cluster.local in-addr.arpa ip6.arpa{options}\n{rest}}}\n"
