@@ -44,10 +44,17 @@ def expand(
     environ: Mapping[str, str],
     read: Reader,
     glob: Globber,
+    imported: list[str] | None = None,
 ) -> list[Token]:
-    """The tokens of a Corefile with its snippets taken out and its imports spliced in."""
+    """The tokens of a Corefile with its snippets taken out and its imports spliced in. The
+    files and globs imported (absolute, in order) are appended to `imported` when given: a
+    reload watches them too."""
     tokens = [replace(t, text=substitute_env(t.text, environ)) for t in tokens]
-    return _Expander(environ, read, glob).run(tokens, (tokens[0].file,) if tokens else ())
+    expander = _Expander(environ, read, glob)
+    out = expander.run(tokens, (tokens[0].file,) if tokens else ())
+    if imported is not None:
+        imported.extend(dict.fromkeys(expander.imported))
+    return out
 
 
 class _Expander:
@@ -56,6 +63,7 @@ class _Expander:
         self.read = read
         self.glob = glob
         self.snippets: dict[str, list[Token]] = {}
+        self.imported: list[str] = []
 
     def run(self, tokens: list[Token], stack: tuple[str, ...]) -> list[Token]:
         out: list[Token] = []
@@ -134,6 +142,7 @@ class _Expander:
             raise keyword.error(
                 f"import {pattern}: a pattern may hold at most one '*' and one '?', and no '['"
             )
+        self.imported.append(pattern)
         if "*" in pattern or "?" in pattern:
             return sorted(self.glob(pattern))
         return [pattern]

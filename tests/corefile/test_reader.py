@@ -330,3 +330,18 @@ def test_brace_only_when_unquoted() -> None:
     tokens = tokenize('.:53 {\n  x "{"\n}\n', "F")
     assert [t.is_brace("{") for t in tokens] == [False, True, False, False, False]
     assert Token("{", "F", 1, quoted=True).is_brace("{") is False
+
+
+def test_imported_files_and_globs_are_listed_for_the_reload_watch() -> None:
+    files = {"/etc/coredns/a.conf": "import /srv/*.server\n", "/srv/x.server": "y {\n}\n"}
+    imported: list[str] = []
+
+    def read(path: str) -> str:
+        return files[path]
+
+    def glob(pattern: str) -> list[str]:
+        return ["/srv/x.server"] if pattern == "/srv/*.server" else []
+
+    text = "(s) {\n}\n.:53 {\n  import s\n  import a.conf\n  import /etc/coredns/custom/*.override\n}\n"
+    expand(tokenize(text, "/etc/coredns/Corefile"), {}, read, glob, imported)
+    assert imported == ["/etc/coredns/a.conf", "/srv/*.server", "/etc/coredns/custom/*.override"]
