@@ -60,7 +60,7 @@ SERVE_STALE = 3600.0
 DNS_PORT = 53
 
 # Plugins CoreDNS allows once per server block ("can only be used once per Server Block").
-ONCE = ("kubernetes", "cache", "hosts", "errors", "prometheus", "loop", "ready", "health")
+ONCE = ("kubernetes", "cache", "hosts", "errors", "prometheus", "loop", "ready")
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
 _UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -204,30 +204,41 @@ def translate(blocks: tuple[ServerBlock, ...], source: str) -> Translation:
     """The translation of the server blocks read from the Corefile `source`."""
     state = _State()
     keys = [[block_key(k) for k in block.keys] for block in blocks]
-    _check_keys(keys, blocks, state)
+    _check_keys(keys, state)
     state.block_zones = tuple(k.zone for block_keys in keys for k in block_keys)
     for block in blocks:
         _check_once(block)
-    holders = [b for b in blocks if any(d.name.text == "kubernetes" for d in b.directives)]
-    if not holders:
-        first = blocks[0].keys[0] if blocks else Token("", source, 1)
-        raise first.error("no server block has a kubernetes directive: nothing for kdns to serve")
-    for block, block_keys in zip(blocks, keys, strict=True):
-        if block is holders[0]:
-            _kubernetes_block(block, [k.zone for k in block_keys], state)
-    for extra in holders[1:]:
-        directive = next(d for d in extra.directives if d.name.text == "kubernetes")
-        state.refuse(directive.name, "kdns serves one kubernetes zone set; a second block has one")
+    main = _main_block(blocks, keys, source, state)
     for block, block_keys in zip(blocks, keys, strict=True):
         zones = [k.zone for k in block_keys]
         for directive in block.directives:
-            _directive(directive, zones, block is holders[0], state)
+            _directive(directive, zones, block is main, state)
     _absent(blocks, state)
     _stub_domains(state)
     return Translation(tuple(state.settings.values()), tuple(state.notes))
 
 
-def _check_keys(keys: list[list[Key]], blocks: tuple[ServerBlock, ...], state: _State) -> None:
+def _main_block(
+    blocks: tuple[ServerBlock, ...], keys: list[list[Key]], source: str, state: _State
+) -> ServerBlock:
+    """The block whose `kubernetes` gives the cluster zones; a second one is refused."""
+    holders = [
+        (block, [k.zone for k in block_keys])
+        for block, block_keys in zip(blocks, keys, strict=True)
+        if any(d.name.text == "kubernetes" for d in block.directives)
+    ]
+    if not holders:
+        first = blocks[0].keys[0] if blocks else Token("", source, 1)
+        raise first.error("no server block has a kubernetes directive: nothing for kdns to serve")
+    main, zones = holders[0]
+    _cluster_zones(next(d for d in main.directives if d.name.text == "kubernetes"), zones, state)
+    for extra, _ in holders[1:]:
+        directive = next(d for d in extra.directives if d.name.text == "kubernetes")
+        state.refuse(directive.name, "kdns serves one kubernetes zone set; a second block has one")
+    return main
+
+
+def _check_keys(keys: list[list[Key]], state: _State) -> None:
     seen: dict[tuple[str, int], Key] = {}
     ports: dict[int, Key] = {}
     for block_keys in keys:
@@ -269,15 +280,14 @@ def _options(directive: Directive) -> tuple[Directive, ...]:
     return directive.block or ()
 
 
-def _kubernetes_block(block: ServerBlock, zones: list[str], state: _State) -> None:
-    directive = next(d for d in block.directives if d.name.text == "kubernetes")
-    if directive.args:
-        plugin_zones = [normalize_zone(a) for a in directive.args]
-        for zone, token in zip(plugin_zones, directive.args, strict=True):
-            if not any(within(zone, z) for z in zones):
-                raise token.error(f"kubernetes: zone {token.text} is not inside the block's zones")
-    else:
-        plugin_zones = zones
+def _cluster_zones(directive: Directive, zones: list[str], state: _State) -> None:
+    """The zones of `kubernetes [ZONES]`, else of its block: kdns's `zones`."""
+    plugin_zones = [normalize_zone(a) for a in directive.args] or zones
+    for zone, token in zip(plugin_zones, directive.args, strict=False):
+        if not any(within(zone, z) for z in zones):
+            # CoreDNS never hands this block a name there, so it never answers it.
+            state.refuse(token, f"zone {token.text} is outside the block's zones", "kubernetes")
+    plugin_zones = [z for z in plugin_zones if any(within(z, b) for b in zones)]
     if "" in plugin_zones:
         state.refuse(directive.name, "kdns cannot be authoritative for the root zone")
         plugin_zones = [z for z in plugin_zones if z]

@@ -696,6 +696,12 @@ OPTIONS = [
         "",
     ),
     (
+        "kubernetes zones outside the block's are never asked",
+        "cluster.local {\n    kubernetes cluster.local example.org\n}\n",
+        {"zones": ("cluster.local",)},
+        "Corefile:2: kubernetes: not supported: zone example.org is outside the block's zones",
+    ),
+    (
         "two blocks setting one kdns key differently",
         corefile("    cache 30\n") + "corp.example {\n    cache 60\n    forward . 10.0.0.1\n}\n",
         {"cache_max_ttl": 30},
@@ -728,10 +734,6 @@ BLOCK_ERRORS = [
         "10.0.0.0/12 {\n    kubernetes\n}\n",
         "Corefile:1: 10.0.0.0/12: only CIDRs on a label boundary (/8, /16, …) are supported as "
         "reverse zones",
-    ),
-    (
-        "cluster.local {\n    kubernetes example.org\n}\n",
-        "Corefile:2: kubernetes: zone example.org is not inside the block's zones",
     ),
     (
         ".:53 {\n    kubernetes cluster.local {\n       pods\n    }\n}\n",
