@@ -17,7 +17,7 @@ from collections.abc import Mapping
 
 from kdns.config import Config
 from kdns.corefile.expand import Globber, Reader, expand
-from kdns.corefile.lexer import tokenize
+from kdns.corefile.lexer import CorefileError, tokenize
 from kdns.corefile.parser import parse
 from kdns.corefile.translate import Translation, translate
 
@@ -36,8 +36,6 @@ def read_corefile(
     try:
         text = read(path)
     except OSError as e:
-        from kdns.corefile.lexer import CorefileError
-
         raise CorefileError(path, 1, f"cannot read the Corefile: {e.strerror}") from None
     return translate(parse(expand(tokenize(text, path), environ, read, glob)), path)
 

@@ -755,3 +755,25 @@ def test_what_coredns_refuses_to_start_with(text: str, message: str) -> None:
     with pytest.raises(CorefileError) as caught:
         inline(text)
     assert str(caught.value) == message
+
+
+def test_reads_imports_from_the_real_file_system(tmp_path: Path) -> None:
+    # AKS's layout: the Corefile beside the coredns-custom mount, imported by relative globs.
+    (tmp_path / "custom").mkdir()
+    (tmp_path / "Corefile").write_text((DATA / "aks.Corefile").read_text())
+    for name in ("puglife.server", "override-block.server"):
+        (tmp_path / "custom" / name).write_text((DATA / "aks-custom" / name).read_text())
+    translation = read_corefile(str(tmp_path / "Corefile"), {})
+    assert translation.values()["stub_domains"] == (("puglife.local", ("192.11.0.1",)),)
+    assert translation.refused == ()
+    (tmp_path / "custom" / "puglife.server").unlink()
+    assert "stub_domains" not in read_corefile(str(tmp_path / "Corefile"), {}).values()
+
+
+def test_an_unreadable_corefile_is_one_line(tmp_path: Path) -> None:
+    with pytest.raises(CorefileError) as caught:
+        read_corefile(str(tmp_path / "nope"), {})
+    assert (
+        str(caught.value)
+        == f"{tmp_path}/nope:1: cannot read the Corefile: No such file or directory"
+    )
