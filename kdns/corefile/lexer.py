@@ -16,12 +16,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from kdns.config import ConfigError
 
-class CorefileError(ValueError):
-    """A Corefile that cannot be read; the text is one line `FILE:LINE: problem`."""
+
+class CorefileError(ConfigError):
+    """A Corefile that cannot be read; the text is one line `FILE:LINE: problem`. A config
+    error like any other, so a reload that meets one keeps the last good config."""
 
     def __init__(self, file: str, line: int, problem: str) -> None:
-        super().__init__(f"{file}:{line}: {problem}")
+        super().__init__(f"{file}:{line}: {problem}", problem=problem)
         self.file = file
         self.line = line
         self.problem = problem

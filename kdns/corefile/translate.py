@@ -1,9 +1,9 @@
 """Server blocks → kdns config keys, with one line for every directive kdns does not follow.
 
 Contract (pure):
-- `translate(blocks)` returns a `Translation`: the config keys the Corefile sets (flat names,
-  as `kdns.yaml` spells them), each with the file:line it came from, and `notes`, one per
-  directive or option that kdns does not carry out as CoreDNS would.
+- `translate(blocks, source)` returns a `Translation`: the config keys the Corefile sets (by
+  path, `dns.ttl`), each with the file:line it came from, and `notes`, one per directive or
+  option that kdns does not carry out as CoreDNS would.
 - A note is `refused` when following the Corefile without it would change answers (`hosts`,
   `rewrite`, `template`, a `namespaces` filter, a stub domain inside a cluster zone, …): the
   caller stops with exit 2. The others are harmless (`errors`, `loop`, `reload`, `debug`,
@@ -68,9 +68,10 @@ _UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, 
 
 @dataclass(frozen=True, slots=True)
 class Setting:
-    key: str  # the config key, by its flat name (`ttl`, `upstreams`, …)
+    key: str  # the config key, by its path (`dns.ttl`, `forward.upstreams`, …)
     value: Any
     where: str  # FILE:LINE of the directive or option that set it
+    directive: str  # that directive or option (`ttl`, `forward`), for messages
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,7 +192,7 @@ class _State:
             )
             return
         if old is None:
-            self.settings[key] = Setting(key, value, token.where)
+            self.settings[key] = Setting(key, value, token.where, token.text)
 
     def accept(self, token: Token, text: str, directive: str = "") -> None:
         self.notes.append(Note(token.where, directive or token.text, text, False))
@@ -261,7 +262,7 @@ def _check_keys(keys: list[list[Key]], state: _State) -> None:
             )
     first = next(iter(ports.values()), None)
     if first is not None:
-        state.set("dns_addr", f"0.0.0.0:{first.port}", first.token)
+        state.set("dns.addr", f"0.0.0.0:{first.port}", first.token)
 
 
 def _check_once(block: ServerBlock) -> None:
@@ -292,7 +293,7 @@ def _cluster_zones(directive: Directive, zones: list[str], state: _State) -> Non
         state.refuse(directive.name, "kdns cannot be authoritative for the root zone")
         plugin_zones = [z for z in plugin_zones if z]
     state.cluster_zones = tuple(dict.fromkeys(plugin_zones))
-    state.set("zones", state.cluster_zones, directive.name)
+    state.set("dns.zones", state.cluster_zones, directive.name)
 
 
 def _directive(directive: Directive, zones: list[str], main: bool, state: _State) -> None:
@@ -344,15 +345,15 @@ def _kubernetes(directive: Directive, zones: list[str], main: bool, state: _Stat
         elif word == "ttl":
             if len(args) != 1:
                 raise option.name.error("ttl takes one number of seconds")
-            state.set("ttl", whole(args[0], "kubernetes ttl"), option.name)
+            state.set("dns.ttl", whole(args[0], "kubernetes ttl"), option.name)
         elif word == "fallthrough":
             _kubernetes_fallthrough(option, state)
         elif word == "kubeconfig":
             if not 1 <= len(args) <= 2:
                 raise option.name.error("kubeconfig takes a file and, optionally, a context")
-            state.set("kubeconfig", args[0].text, option.name)
+            state.set("kubernetes.kubeconfig", args[0].text, option.name)
             if len(args) == 2:
-                state.set("context", args[1].text, option.name)
+                state.set("kubernetes.context", args[1].text, option.name)
         elif word == "startup_timeout":
             state.accept(
                 option.name,
@@ -372,7 +373,7 @@ def _kubernetes(directive: Directive, zones: list[str], main: bool, state: _Stat
             state.refuse(option.name, "not supported yet", directive=f"kubernetes {word}")
         else:
             state.refuse(option.name, "unknown option", directive=f"kubernetes {word}")
-    state.set("pods", pods, where)
+    state.set("dns.pods", pods, where)
 
 
 def _kubernetes_fallthrough(option: Directive, state: _State) -> None:
@@ -406,14 +407,14 @@ def _forward(directive: Directive, zones: list[str], main: bool, state: _State) 
         return
     for zone in targets:
         if zone == "":
-            if "upstreams" in state.settings or "resolv_conf" in state.settings:
+            if "forward.upstreams" in state.settings or "forward.resolv_conf" in state.settings:
                 state.refuse(directive.name, "a second forward for the root zone")
                 return
             if resolv_conf is not None:
-                state.set("resolv_conf", resolv_conf, directive.name)
-                state.set("upstreams", None, directive.name)
+                state.set("forward.resolv_conf", resolv_conf, directive.name)
+                state.set("forward.upstreams", None, directive.name)
             else:
-                state.set("upstreams", tuple(servers or ()), directive.name)
+                state.set("forward.upstreams", tuple(servers or ()), directive.name)
         elif zone in state.stubs or zone in state.stub_files:
             state.refuse(directive.name, f"a second forward for {zone}")
         elif resolv_conf is not None:
@@ -469,7 +470,7 @@ def _forward_options(directive: Directive, state: _State) -> None:
         if word == "max_concurrent":
             if len(args) != 1:
                 raise option.name.error("max_concurrent takes one number")
-            state.set("max_concurrent", whole(args[0], label), option.name)
+            state.set("forward.max_concurrent", whole(args[0], label), option.name)
         elif word == "policy":
             if [a.text for a in args] == ["random"]:
                 state.accept(option.name, "kdns tries the upstreams in random order", label)
@@ -493,7 +494,7 @@ _FIXED = {
 
 
 def _stub_domains(state: _State) -> None:
-    root = state.settings.get("resolv_conf")
+    root = state.settings.get("forward.resolv_conf")
     for zone, (path, token) in state.stub_files.items():
         if root is not None and path == root.value:
             # AKS's documented way to lift its NXDOMAIN templates: a block for the zone that
@@ -510,7 +511,10 @@ def _stub_domains(state: _State) -> None:
         stubs[zone] = servers
         first = token if first is None or token.line < first.line else first
     if first is not None:
-        state.settings["stub_domains"] = Setting("stub_domains", tuple(stubs.items()), first.where)
+        value = tuple(stubs.items())
+        state.settings["forward.stub_domains"] = Setting(
+            "forward.stub_domains", value, first.where, "forward"
+        )
 
 
 # --- cache -------------------------------------------------------------------------------------
@@ -530,7 +534,7 @@ def _cache(directive: Directive, zones: list[str], main: bool, state: _State) ->
         if word in ("success", "denial"):
             if not 1 <= len(opts) <= 3:
                 raise option.name.error(f"{word} takes CAPACITY [TTL [MINTTL]]")
-            state.set(f"cache_{word}", whole(opts[0], label), option.name)
+            state.set(f"cache.{word}", whole(opts[0], label), option.name)
             if len(opts) >= 2:
                 if word == "success":
                     max_ttl = whole(opts[1], label)
@@ -540,7 +544,7 @@ def _cache(directive: Directive, zones: list[str], main: bool, state: _State) ->
                 state.accept(option.name, "kdns keeps an answer for its own TTL, no minimum", label)
         elif word == "serve_stale":
             stale = seconds(opts[0], label) if opts else SERVE_STALE
-            state.set("serve_stale", stale, option.name)
+            state.set("cache.serve_stale", stale, option.name)
             if len(opts) < 2 or opts[1].text != "verify":
                 state.accept(
                     option.name,
@@ -558,8 +562,8 @@ def _cache(directive: Directive, zones: list[str], main: bool, state: _State) ->
             state.accept(option.name, text, label)
         else:  # keepttl, unknown words
             state.refuse(option.name, "not supported yet", label)
-    state.set("cache_max_ttl", max_ttl, directive.name)
-    state.set("cache_max_denial_ttl", denial_ttl, directive.name)
+    state.set("cache.max_ttl", max_ttl, directive.name)
+    state.set("cache.max_denial_ttl", denial_ttl, directive.name)
 
 
 def _cache_disable(option: Directive, state: _State) -> None:
@@ -589,26 +593,26 @@ def _hostport(token: Token | None, default: str) -> str:
 
 
 def _health(directive: Directive, zones: list[str], main: bool, state: _State) -> None:
-    state.set("health_addr", _hostport(_first(directive), DEFAULT_HEALTH), directive.name)
+    state.set("dns.health_addr", _hostport(_first(directive), DEFAULT_HEALTH), directive.name)
     for option in _options(directive):
         if option.name.text == "lameduck" and len(option.args) == 1:
-            state.set("lameduck", seconds(option.args[0], "health lameduck"), option.name)
+            state.set("dns.lameduck", seconds(option.args[0], "health lameduck"), option.name)
         else:
             raise option.name.error(f"health: unknown option {option.name.text!r}")
 
 
 def _ready(directive: Directive, zones: list[str], main: bool, state: _State) -> None:
-    state.set("ready_addr", _hostport(_first(directive), DEFAULT_READY), directive.name)
+    state.set("dns.ready_addr", _hostport(_first(directive), DEFAULT_READY), directive.name)
 
 
 def _prometheus(directive: Directive, zones: list[str], main: bool, state: _State) -> None:
-    state.set("metrics_addr", _hostport(_first(directive), DEFAULT_PROMETHEUS), directive.name)
+    state.set("dns.metrics_addr", _hostport(_first(directive), DEFAULT_PROMETHEUS), directive.name)
     # Dashboards and alerts written for CoreDNS read coredns_* names.
-    state.set("metrics_coredns_names", True, directive.name)
+    state.set("dns.metrics_coredns_names", True, directive.name)
 
 
 def _log(directive: Directive, zones: list[str], main: bool, state: _State) -> None:
-    state.set("query_log", "text", directive.name)
+    state.set("logging.query_log", "text", directive.name)
     if directive.args or directive.block:
         state.accept(
             directive.name, "kdns logs every query in CoreDNS's common log format, for all names"
@@ -617,35 +621,35 @@ def _log(directive: Directive, zones: list[str], main: bool, state: _State) -> N
 
 def _reload(directive: Directive, zones: list[str], main: bool, state: _State) -> None:
     interval = seconds(directive.args[0], "reload") if directive.args else DEFAULT_RELOAD
-    state.set("reload_interval", interval, directive.name)
+    state.set("dns.reload_interval", interval, directive.name)
 
 
 def _loadbalance(directive: Directive, zones: list[str], main: bool, state: _State) -> None:
     if directive.values not in ((), ("round_robin",)):
         state.refuse(directive.name, "only round_robin is supported")
         return
-    state.set("loadbalance", "round_robin", directive.name)
+    state.set("dns.loadbalance", "round_robin", directive.name)
 
 
 def _autopath(directive: Directive, zones: list[str], main: bool, state: _State) -> None:
     if directive.values != ("@kubernetes",):
         state.refuse(directive.name, "only `autopath @kubernetes` is supported")
         return
-    state.set("autopath", True, directive.name)
+    state.set("dns.autopath", True, directive.name)
 
 
 def _bind(directive: Directive, zones: list[str], main: bool, state: _State) -> None:
     if len(directive.args) != 1 or directive.block or not _is_address(directive.args[0].text):
         state.refuse(directive.name, "kdns listens on one address: give one IP")
         return
-    port = state.settings["dns_addr"].value.rpartition(":")[2]
+    port = state.settings["dns.addr"].value.rpartition(":")[2]
     host = directive.args[0].text
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    old = state.settings["dns_addr"]
+    old = state.settings["dns.addr"]
     if old.value.startswith("0.0.0.0:"):
-        state.settings["dns_addr"] = Setting("dns_addr", address, directive.where)
+        state.settings["dns.addr"] = Setting("dns.addr", address, directive.where, "bind")
     else:
-        state.set("dns_addr", address, directive.name)
+        state.set("dns.addr", address, directive.name)
 
 
 def _first(directive: Directive) -> Token | None:
@@ -672,13 +676,13 @@ def _absent(blocks: tuple[ServerBlock, ...], state: _State) -> None:
     used = {d.name.text for b in blocks for d in b.directives}
     where = blocks[0].keys[0]
     if "cache" not in used:
-        state.set("cache_max_ttl", 0, where)
-        state.set("cache_max_denial_ttl", 0, where)
-    if "lameduck" not in state.settings:
-        state.set("lameduck", 0.0, where)  # CoreDNS stops at once without `health { lameduck }`
+        state.set("cache.max_ttl", 0, where)
+        state.set("cache.max_denial_ttl", 0, where)
+    if "dns.lameduck" not in state.settings:
+        state.set("dns.lameduck", 0.0, where)  # CoreDNS stops at once without `health { lameduck }`
     if "reload" not in used:
-        state.set("reload_interval", 0.0, where)
+        state.set("dns.reload_interval", 0.0, where)
     if "loadbalance" not in used:
-        state.set("loadbalance", "off", where)
-    if "upstreams" not in state.settings:
-        state.set("upstreams", (), where)  # nothing forwards the other names
+        state.set("dns.loadbalance", "off", where)
+    if "forward.upstreams" not in state.settings:
+        state.set("forward.upstreams", (), where)  # nothing forwards the other names

@@ -30,7 +30,7 @@ def render(translation: Translation) -> str:
     lines = []
     for s in sorted(translation.settings, key=lambda s: (*place(s.where), s.key)):
         value = s.value
-        if s.key == "stub_domains":
+        if s.key == "forward.stub_domains":
             value = {zone: list(servers) for zone, servers in value}
         elif isinstance(value, tuple):
             value = list(value)
@@ -75,22 +75,22 @@ def distro(name: str, custom: str | None = None, env: dict[str, str] | None = No
 # The tail every distro default shares: what `errors`, `fallthrough in-addr.arpa ip6.arpa` and
 # `loop` are in kdns.
 KUBEADM = """\
-kubeadm.Corefile:1 dns_addr: 0.0.0.0:53
-kubeadm.Corefile:3 health_addr: 0.0.0.0:8080
-kubeadm.Corefile:4 lameduck: 5.0
-kubeadm.Corefile:6 ready_addr: 0.0.0.0:8181
-kubeadm.Corefile:7 zones: [cluster.local, in-addr.arpa, ip6.arpa]
-kubeadm.Corefile:8 pods: insecure
-kubeadm.Corefile:10 ttl: 30
-kubeadm.Corefile:12 metrics_addr: 0.0.0.0:9153
-kubeadm.Corefile:12 metrics_coredns_names: true
-kubeadm.Corefile:13 resolv_conf: /etc/resolv.conf
-kubeadm.Corefile:13 upstreams: null
-kubeadm.Corefile:14 max_concurrent: 1000
-kubeadm.Corefile:16 cache_max_denial_ttl: 30
-kubeadm.Corefile:16 cache_max_ttl: 30
-kubeadm.Corefile:21 reload_interval: 30.0
-kubeadm.Corefile:22 loadbalance: round_robin"""
+kubeadm.Corefile:1 dns.addr: 0.0.0.0:53
+kubeadm.Corefile:3 dns.health_addr: 0.0.0.0:8080
+kubeadm.Corefile:4 dns.lameduck: 5.0
+kubeadm.Corefile:6 dns.ready_addr: 0.0.0.0:8181
+kubeadm.Corefile:7 dns.zones: [cluster.local, in-addr.arpa, ip6.arpa]
+kubeadm.Corefile:8 dns.pods: insecure
+kubeadm.Corefile:10 dns.ttl: 30
+kubeadm.Corefile:12 dns.metrics_addr: 0.0.0.0:9153
+kubeadm.Corefile:12 dns.metrics_coredns_names: true
+kubeadm.Corefile:13 forward.resolv_conf: /etc/resolv.conf
+kubeadm.Corefile:13 forward.upstreams: null
+kubeadm.Corefile:14 forward.max_concurrent: 1000
+kubeadm.Corefile:16 cache.max_denial_ttl: 30
+kubeadm.Corefile:16 cache.max_ttl: 30
+kubeadm.Corefile:21 dns.reload_interval: 30.0
+kubeadm.Corefile:22 dns.loadbalance: round_robin"""
 
 KUBEADM_NOTES = """\
 kubeadm.Corefile:2: errors: accepted: kdns logs errors on its own
@@ -113,20 +113,20 @@ CASES = [
         "k3s.Corefile",
         None,
         """\
-k3s.Corefile:1 dns_addr: 0.0.0.0:53
-k3s.Corefile:1 lameduck: 0.0
-k3s.Corefile:3 health_addr: 0.0.0.0:8080
-k3s.Corefile:4 ready_addr: 0.0.0.0:8181
-k3s.Corefile:5 zones: [cluster.local, in-addr.arpa, ip6.arpa]
-k3s.Corefile:6 pods: insecure
-k3s.Corefile:14 metrics_addr: 0.0.0.0:9153
-k3s.Corefile:14 metrics_coredns_names: true
-k3s.Corefile:15 resolv_conf: /etc/resolv.conf
-k3s.Corefile:15 upstreams: null
-k3s.Corefile:16 cache_max_denial_ttl: 30
-k3s.Corefile:16 cache_max_ttl: 30
-k3s.Corefile:18 reload_interval: 30.0
-k3s.Corefile:19 loadbalance: round_robin""",
+k3s.Corefile:1 dns.addr: 0.0.0.0:53
+k3s.Corefile:1 dns.lameduck: 0.0
+k3s.Corefile:3 dns.health_addr: 0.0.0.0:8080
+k3s.Corefile:4 dns.ready_addr: 0.0.0.0:8181
+k3s.Corefile:5 dns.zones: [cluster.local, in-addr.arpa, ip6.arpa]
+k3s.Corefile:6 dns.pods: insecure
+k3s.Corefile:14 dns.metrics_addr: 0.0.0.0:9153
+k3s.Corefile:14 dns.metrics_coredns_names: true
+k3s.Corefile:15 forward.resolv_conf: /etc/resolv.conf
+k3s.Corefile:15 forward.upstreams: null
+k3s.Corefile:16 cache.max_denial_ttl: 30
+k3s.Corefile:16 cache.max_ttl: 30
+k3s.Corefile:18 dns.reload_interval: 30.0
+k3s.Corefile:19 dns.loadbalance: round_robin""",
         """\
 k3s.Corefile:2: errors: accepted: kdns logs errors on its own
 k3s.Corefile:7: kubernetes fallthrough: accepted: PTR questions for addresses no Service owns are forwarded
@@ -138,22 +138,22 @@ k3s.Corefile:17: loop: accepted: kdns refuses, at start, an upstream that would 
         "k3s.Corefile",
         "k3s-custom",
         """\
-/etc/coredns/custom/consul.server:4 stub_domains: {consul.local: [10.150.0.1]}
-/etc/coredns/custom/log.override:1 query_log: text
-k3s.Corefile:1 dns_addr: 0.0.0.0:53
-k3s.Corefile:1 lameduck: 0.0
-k3s.Corefile:3 health_addr: 0.0.0.0:8080
-k3s.Corefile:4 ready_addr: 0.0.0.0:8181
-k3s.Corefile:5 zones: [cluster.local, in-addr.arpa, ip6.arpa]
-k3s.Corefile:6 pods: insecure
-k3s.Corefile:14 metrics_addr: 0.0.0.0:9153
-k3s.Corefile:14 metrics_coredns_names: true
-k3s.Corefile:15 resolv_conf: /etc/resolv.conf
-k3s.Corefile:15 upstreams: null
-k3s.Corefile:16 cache_max_denial_ttl: 30
-k3s.Corefile:16 cache_max_ttl: 30
-k3s.Corefile:18 reload_interval: 30.0
-k3s.Corefile:19 loadbalance: round_robin""",
+/etc/coredns/custom/consul.server:4 forward.stub_domains: {consul.local: [10.150.0.1]}
+/etc/coredns/custom/log.override:1 logging.query_log: text
+k3s.Corefile:1 dns.addr: 0.0.0.0:53
+k3s.Corefile:1 dns.lameduck: 0.0
+k3s.Corefile:3 dns.health_addr: 0.0.0.0:8080
+k3s.Corefile:4 dns.ready_addr: 0.0.0.0:8181
+k3s.Corefile:5 dns.zones: [cluster.local, in-addr.arpa, ip6.arpa]
+k3s.Corefile:6 dns.pods: insecure
+k3s.Corefile:14 dns.metrics_addr: 0.0.0.0:9153
+k3s.Corefile:14 dns.metrics_coredns_names: true
+k3s.Corefile:15 forward.resolv_conf: /etc/resolv.conf
+k3s.Corefile:15 forward.upstreams: null
+k3s.Corefile:16 cache.max_denial_ttl: 30
+k3s.Corefile:16 cache.max_ttl: 30
+k3s.Corefile:18 dns.reload_interval: 30.0
+k3s.Corefile:19 dns.loadbalance: round_robin""",
         """\
 k3s.Corefile:2: errors: accepted: kdns logs errors on its own
 k3s.Corefile:7: kubernetes fallthrough: accepted: PTR questions for addresses no Service owns are forwarded
@@ -166,21 +166,21 @@ k3s.Corefile:17: loop: accepted: kdns refuses, at start, an upstream that would 
         "rke2.Corefile",
         None,
         """\
-rke2.Corefile:1 dns_addr: 0.0.0.0:53
-rke2.Corefile:3 health_addr: 0.0.0.0:8080
-rke2.Corefile:4 lameduck: 10.0
-rke2.Corefile:6 ready_addr: 0.0.0.0:8181
-rke2.Corefile:7 zones: [cluster.local, in-addr.arpa, ip6.arpa]
-rke2.Corefile:8 pods: insecure
-rke2.Corefile:10 ttl: 30
-rke2.Corefile:12 metrics_addr: 0.0.0.0:9153
-rke2.Corefile:12 metrics_coredns_names: true
-rke2.Corefile:13 resolv_conf: /etc/resolv.conf
-rke2.Corefile:13 upstreams: null
-rke2.Corefile:14 cache_max_denial_ttl: 30
-rke2.Corefile:14 cache_max_ttl: 30
-rke2.Corefile:16 reload_interval: 30.0
-rke2.Corefile:17 loadbalance: round_robin""",
+rke2.Corefile:1 dns.addr: 0.0.0.0:53
+rke2.Corefile:3 dns.health_addr: 0.0.0.0:8080
+rke2.Corefile:4 dns.lameduck: 10.0
+rke2.Corefile:6 dns.ready_addr: 0.0.0.0:8181
+rke2.Corefile:7 dns.zones: [cluster.local, in-addr.arpa, ip6.arpa]
+rke2.Corefile:8 dns.pods: insecure
+rke2.Corefile:10 dns.ttl: 30
+rke2.Corefile:12 dns.metrics_addr: 0.0.0.0:9153
+rke2.Corefile:12 dns.metrics_coredns_names: true
+rke2.Corefile:13 forward.resolv_conf: /etc/resolv.conf
+rke2.Corefile:13 forward.upstreams: null
+rke2.Corefile:14 cache.max_denial_ttl: 30
+rke2.Corefile:14 cache.max_ttl: 30
+rke2.Corefile:16 dns.reload_interval: 30.0
+rke2.Corefile:17 dns.loadbalance: round_robin""",
         """\
 rke2.Corefile:2: errors: accepted: kdns logs errors on its own
 rke2.Corefile:9: kubernetes fallthrough: accepted: PTR questions for addresses no Service owns are forwarded
@@ -191,20 +191,20 @@ rke2.Corefile:15: loop: accepted: kdns refuses, at start, an upstream that would
         "eks.Corefile",
         None,
         """\
-eks.Corefile:1 dns_addr: 0.0.0.0:53
-eks.Corefile:3 health_addr: 0.0.0.0:8080
-eks.Corefile:4 lameduck: 5.0
-eks.Corefile:6 ready_addr: 0.0.0.0:8181
-eks.Corefile:7 zones: [cluster.local, in-addr.arpa, ip6.arpa]
-eks.Corefile:8 pods: insecure
-eks.Corefile:11 metrics_addr: 0.0.0.0:9153
-eks.Corefile:11 metrics_coredns_names: true
-eks.Corefile:12 resolv_conf: /etc/resolv.conf
-eks.Corefile:12 upstreams: null
-eks.Corefile:13 cache_max_denial_ttl: 30
-eks.Corefile:13 cache_max_ttl: 30
-eks.Corefile:15 reload_interval: 30.0
-eks.Corefile:16 loadbalance: round_robin""",
+eks.Corefile:1 dns.addr: 0.0.0.0:53
+eks.Corefile:3 dns.health_addr: 0.0.0.0:8080
+eks.Corefile:4 dns.lameduck: 5.0
+eks.Corefile:6 dns.ready_addr: 0.0.0.0:8181
+eks.Corefile:7 dns.zones: [cluster.local, in-addr.arpa, ip6.arpa]
+eks.Corefile:8 dns.pods: insecure
+eks.Corefile:11 dns.metrics_addr: 0.0.0.0:9153
+eks.Corefile:11 dns.metrics_coredns_names: true
+eks.Corefile:12 forward.resolv_conf: /etc/resolv.conf
+eks.Corefile:12 forward.upstreams: null
+eks.Corefile:13 cache.max_denial_ttl: 30
+eks.Corefile:13 cache.max_ttl: 30
+eks.Corefile:15 dns.reload_interval: 30.0
+eks.Corefile:16 dns.loadbalance: round_robin""",
         """\
 eks.Corefile:2: errors: accepted: kdns logs errors on its own
 eks.Corefile:9: kubernetes fallthrough: accepted: PTR questions for addresses no Service owns are forwarded
@@ -215,21 +215,21 @@ eks.Corefile:14: loop: accepted: kdns refuses, at start, an upstream that would 
         "aks.Corefile",
         None,
         """\
-aks.Corefile:1 dns_addr: 0.0.0.0:53
-aks.Corefile:3 ready_addr: 0.0.0.0:8181
-aks.Corefile:4 health_addr: 0.0.0.0:8080
-aks.Corefile:5 lameduck: 5.0
-aks.Corefile:7 zones: [cluster.local, in-addr.arpa, ip6.arpa]
-aks.Corefile:8 pods: insecure
-aks.Corefile:10 ttl: 30
-aks.Corefile:12 metrics_addr: 0.0.0.0:9153
-aks.Corefile:12 metrics_coredns_names: true
-aks.Corefile:13 resolv_conf: /etc/resolv.conf
-aks.Corefile:13 upstreams: null
-aks.Corefile:14 cache_max_denial_ttl: 30
-aks.Corefile:14 cache_max_ttl: 30
-aks.Corefile:16 reload_interval: 30.0
-aks.Corefile:17 loadbalance: round_robin""",
+aks.Corefile:1 dns.addr: 0.0.0.0:53
+aks.Corefile:3 dns.ready_addr: 0.0.0.0:8181
+aks.Corefile:4 dns.health_addr: 0.0.0.0:8080
+aks.Corefile:5 dns.lameduck: 5.0
+aks.Corefile:7 dns.zones: [cluster.local, in-addr.arpa, ip6.arpa]
+aks.Corefile:8 dns.pods: insecure
+aks.Corefile:10 dns.ttl: 30
+aks.Corefile:12 dns.metrics_addr: 0.0.0.0:9153
+aks.Corefile:12 dns.metrics_coredns_names: true
+aks.Corefile:13 forward.resolv_conf: /etc/resolv.conf
+aks.Corefile:13 forward.upstreams: null
+aks.Corefile:14 cache.max_denial_ttl: 30
+aks.Corefile:14 cache.max_ttl: 30
+aks.Corefile:16 dns.reload_interval: 30.0
+aks.Corefile:17 dns.loadbalance: round_robin""",
         """\
 aks.Corefile:2: errors: accepted: kdns logs errors on its own
 aks.Corefile:9: kubernetes fallthrough: accepted: PTR questions for addresses no Service owns are forwarded
@@ -242,22 +242,22 @@ aks.Corefile:24: template: not supported: kdns does not have this plugin yet, an
         "aks.Corefile",
         "aks-custom",
         """\
-aks.Corefile:1 dns_addr: 0.0.0.0:53
-aks.Corefile:3 ready_addr: 0.0.0.0:8181
-aks.Corefile:4 health_addr: 0.0.0.0:8080
-aks.Corefile:5 lameduck: 5.0
-aks.Corefile:7 zones: [cluster.local, in-addr.arpa, ip6.arpa]
-aks.Corefile:8 pods: insecure
-aks.Corefile:10 ttl: 30
-aks.Corefile:12 metrics_addr: 0.0.0.0:9153
-aks.Corefile:12 metrics_coredns_names: true
-aks.Corefile:13 resolv_conf: /etc/resolv.conf
-aks.Corefile:13 upstreams: null
-aks.Corefile:14 cache_max_denial_ttl: 30
-aks.Corefile:14 cache_max_ttl: 30
-aks.Corefile:16 reload_interval: 30.0
-aks.Corefile:17 loadbalance: round_robin
-custom/puglife.server:4 stub_domains: {puglife.local: [192.11.0.1]}""",
+aks.Corefile:1 dns.addr: 0.0.0.0:53
+aks.Corefile:3 dns.ready_addr: 0.0.0.0:8181
+aks.Corefile:4 dns.health_addr: 0.0.0.0:8080
+aks.Corefile:5 dns.lameduck: 5.0
+aks.Corefile:7 dns.zones: [cluster.local, in-addr.arpa, ip6.arpa]
+aks.Corefile:8 dns.pods: insecure
+aks.Corefile:10 dns.ttl: 30
+aks.Corefile:12 dns.metrics_addr: 0.0.0.0:9153
+aks.Corefile:12 dns.metrics_coredns_names: true
+aks.Corefile:13 forward.resolv_conf: /etc/resolv.conf
+aks.Corefile:13 forward.upstreams: null
+aks.Corefile:14 cache.max_denial_ttl: 30
+aks.Corefile:14 cache.max_ttl: 30
+aks.Corefile:16 dns.reload_interval: 30.0
+aks.Corefile:17 dns.loadbalance: round_robin
+custom/puglife.server:4 forward.stub_domains: {puglife.local: [192.11.0.1]}""",
         """\
 aks.Corefile:2: errors: accepted: kdns logs errors on its own
 aks.Corefile:9: kubernetes fallthrough: accepted: PTR questions for addresses no Service owns are forwarded
@@ -275,21 +275,21 @@ custom/override-block.server:9: forward: accepted: reddog.microsoft.com goes to 
         "aks.Corefile",
         "aks-custom-hosts",
         """\
-aks.Corefile:1 dns_addr: 0.0.0.0:53
-aks.Corefile:3 ready_addr: 0.0.0.0:8181
-aks.Corefile:4 health_addr: 0.0.0.0:8080
-aks.Corefile:5 lameduck: 5.0
-aks.Corefile:7 zones: [cluster.local, in-addr.arpa, ip6.arpa]
-aks.Corefile:8 pods: insecure
-aks.Corefile:10 ttl: 30
-aks.Corefile:12 metrics_addr: 0.0.0.0:9153
-aks.Corefile:12 metrics_coredns_names: true
-aks.Corefile:13 resolv_conf: /etc/resolv.conf
-aks.Corefile:13 upstreams: null
-aks.Corefile:14 cache_max_denial_ttl: 30
-aks.Corefile:14 cache_max_ttl: 30
-aks.Corefile:16 reload_interval: 30.0
-aks.Corefile:17 loadbalance: round_robin""",
+aks.Corefile:1 dns.addr: 0.0.0.0:53
+aks.Corefile:3 dns.ready_addr: 0.0.0.0:8181
+aks.Corefile:4 dns.health_addr: 0.0.0.0:8080
+aks.Corefile:5 dns.lameduck: 5.0
+aks.Corefile:7 dns.zones: [cluster.local, in-addr.arpa, ip6.arpa]
+aks.Corefile:8 dns.pods: insecure
+aks.Corefile:10 dns.ttl: 30
+aks.Corefile:12 dns.metrics_addr: 0.0.0.0:9153
+aks.Corefile:12 dns.metrics_coredns_names: true
+aks.Corefile:13 forward.resolv_conf: /etc/resolv.conf
+aks.Corefile:13 forward.upstreams: null
+aks.Corefile:14 cache.max_denial_ttl: 30
+aks.Corefile:14 cache.max_ttl: 30
+aks.Corefile:16 dns.reload_interval: 30.0
+aks.Corefile:17 dns.loadbalance: round_robin""",
         """\
 aks.Corefile:2: errors: accepted: kdns logs errors on its own
 aks.Corefile:9: kubernetes fallthrough: accepted: PTR questions for addresses no Service owns are forwarded
@@ -303,23 +303,23 @@ aks.Corefile:24: template: not supported: kdns does not have this plugin yet, an
         "stub.Corefile",
         None,
         """\
-stub.Corefile:3 dns_addr: 0.0.0.0:53
-stub.Corefile:5 health_addr: 0.0.0.0:8080
-stub.Corefile:6 lameduck: 5.0
-stub.Corefile:8 ready_addr: 0.0.0.0:8181
-stub.Corefile:9 zones: [cluster.local, in-addr.arpa, ip6.arpa]
-stub.Corefile:10 pods: insecure
-stub.Corefile:12 ttl: 30
-stub.Corefile:14 metrics_addr: 0.0.0.0:9153
-stub.Corefile:14 metrics_coredns_names: true
-stub.Corefile:15 upstreams: [172.16.0.1, '[2001:db8::53]:5353']
-stub.Corefile:16 max_concurrent: 500
-stub.Corefile:19 cache_max_denial_ttl: 30
-stub.Corefile:19 cache_max_ttl: 30
-stub.Corefile:22 serve_stale: 3600.0
-stub.Corefile:25 reload_interval: 10.0
-stub.Corefile:26 loadbalance: round_robin
-stub.Corefile:31 stub_domains: {acme.example: ['10.0.0.53:5300'], consul.local: [10.150.0.1], corp.example: ['10.0.0.53:5300']}""",
+stub.Corefile:3 dns.addr: 0.0.0.0:53
+stub.Corefile:5 dns.health_addr: 0.0.0.0:8080
+stub.Corefile:6 dns.lameduck: 5.0
+stub.Corefile:8 dns.ready_addr: 0.0.0.0:8181
+stub.Corefile:9 dns.zones: [cluster.local, in-addr.arpa, ip6.arpa]
+stub.Corefile:10 dns.pods: insecure
+stub.Corefile:12 dns.ttl: 30
+stub.Corefile:14 dns.metrics_addr: 0.0.0.0:9153
+stub.Corefile:14 dns.metrics_coredns_names: true
+stub.Corefile:15 forward.upstreams: [172.16.0.1, '[2001:db8::53]:5353']
+stub.Corefile:16 forward.max_concurrent: 500
+stub.Corefile:19 cache.max_denial_ttl: 30
+stub.Corefile:19 cache.max_ttl: 30
+stub.Corefile:22 cache.serve_stale: 3600.0
+stub.Corefile:25 dns.reload_interval: 10.0
+stub.Corefile:26 dns.loadbalance: round_robin
+stub.Corefile:31 forward.stub_domains: {acme.example: ['10.0.0.53:5300'], consul.local: [10.150.0.1], corp.example: ['10.0.0.53:5300']}""",
         """\
 stub.Corefile:4: errors: accepted: kdns logs errors on its own
 stub.Corefile:11: kubernetes fallthrough: accepted: PTR questions for addresses no Service owns are forwarded
@@ -335,21 +335,21 @@ stub.Corefile:34: errors: accepted: kdns logs errors on its own""",
         "hosts.Corefile",
         None,
         """\
-hosts.Corefile:1 dns_addr: 0.0.0.0:53
-hosts.Corefile:3 health_addr: 0.0.0.0:8080
-hosts.Corefile:4 lameduck: 5.0
-hosts.Corefile:6 ready_addr: 0.0.0.0:8181
-hosts.Corefile:7 zones: [cluster.local, in-addr.arpa, ip6.arpa]
-hosts.Corefile:8 pods: insecure
-hosts.Corefile:10 ttl: 30
-hosts.Corefile:16 metrics_addr: 0.0.0.0:9153
-hosts.Corefile:16 metrics_coredns_names: true
-hosts.Corefile:17 resolv_conf: /etc/resolv.conf
-hosts.Corefile:17 upstreams: null
-hosts.Corefile:18 cache_max_denial_ttl: 30
-hosts.Corefile:18 cache_max_ttl: 30
-hosts.Corefile:20 reload_interval: 30.0
-hosts.Corefile:21 loadbalance: round_robin""",
+hosts.Corefile:1 dns.addr: 0.0.0.0:53
+hosts.Corefile:3 dns.health_addr: 0.0.0.0:8080
+hosts.Corefile:4 dns.lameduck: 5.0
+hosts.Corefile:6 dns.ready_addr: 0.0.0.0:8181
+hosts.Corefile:7 dns.zones: [cluster.local, in-addr.arpa, ip6.arpa]
+hosts.Corefile:8 dns.pods: insecure
+hosts.Corefile:10 dns.ttl: 30
+hosts.Corefile:16 dns.metrics_addr: 0.0.0.0:9153
+hosts.Corefile:16 dns.metrics_coredns_names: true
+hosts.Corefile:17 forward.resolv_conf: /etc/resolv.conf
+hosts.Corefile:17 forward.upstreams: null
+hosts.Corefile:18 cache.max_denial_ttl: 30
+hosts.Corefile:18 cache.max_ttl: 30
+hosts.Corefile:20 dns.reload_interval: 30.0
+hosts.Corefile:21 dns.loadbalance: round_robin""",
         """\
 hosts.Corefile:2: errors: accepted: kdns logs errors on its own
 hosts.Corefile:9: kubernetes fallthrough: accepted: PTR questions for addresses no Service owns are forwarded
@@ -361,21 +361,21 @@ hosts.Corefile:19: loop: accepted: kdns refuses, at start, an upstream that woul
         "rewrite.Corefile",
         None,
         """\
-rewrite.Corefile:1 dns_addr: 0.0.0.0:53
-rewrite.Corefile:3 health_addr: 0.0.0.0:8080
-rewrite.Corefile:4 lameduck: 5.0
-rewrite.Corefile:6 ready_addr: 0.0.0.0:8181
-rewrite.Corefile:12 zones: [cluster.local, in-addr.arpa, ip6.arpa]
-rewrite.Corefile:13 pods: insecure
-rewrite.Corefile:15 ttl: 30
-rewrite.Corefile:17 metrics_addr: 0.0.0.0:9153
-rewrite.Corefile:17 metrics_coredns_names: true
-rewrite.Corefile:18 resolv_conf: /etc/resolv.conf
-rewrite.Corefile:18 upstreams: null
-rewrite.Corefile:19 cache_max_denial_ttl: 30
-rewrite.Corefile:19 cache_max_ttl: 30
-rewrite.Corefile:21 reload_interval: 30.0
-rewrite.Corefile:22 loadbalance: round_robin""",
+rewrite.Corefile:1 dns.addr: 0.0.0.0:53
+rewrite.Corefile:3 dns.health_addr: 0.0.0.0:8080
+rewrite.Corefile:4 dns.lameduck: 5.0
+rewrite.Corefile:6 dns.ready_addr: 0.0.0.0:8181
+rewrite.Corefile:12 dns.zones: [cluster.local, in-addr.arpa, ip6.arpa]
+rewrite.Corefile:13 dns.pods: insecure
+rewrite.Corefile:15 dns.ttl: 30
+rewrite.Corefile:17 dns.metrics_addr: 0.0.0.0:9153
+rewrite.Corefile:17 dns.metrics_coredns_names: true
+rewrite.Corefile:18 forward.resolv_conf: /etc/resolv.conf
+rewrite.Corefile:18 forward.upstreams: null
+rewrite.Corefile:19 cache.max_denial_ttl: 30
+rewrite.Corefile:19 cache.max_ttl: 30
+rewrite.Corefile:21 dns.reload_interval: 30.0
+rewrite.Corefile:22 dns.loadbalance: round_robin""",
         """\
 rewrite.Corefile:2: errors: accepted: kdns logs errors on its own
 rewrite.Corefile:7: rewrite: not supported: kdns does not have this plugin yet, and it changes answers
@@ -388,19 +388,19 @@ rewrite.Corefile:20: loop: accepted: kdns refuses, at start, an upstream that wo
         "snippets.Corefile",
         None,
         """\
-snippets.Corefile:4 cache_max_denial_ttl: 30
-snippets.Corefile:4 cache_max_ttl: 30
-snippets.Corefile:6 lameduck: 0.0
-snippets.Corefile:6 loadbalance: 'off'
-snippets.Corefile:6 reload_interval: 0.0
-snippets.Corefile:8 zones: [cluster.local, in-addr.arpa, ip6.arpa]
-snippets.Corefile:9 pods: verified
-snippets.Corefile:10 ttl: 10
-snippets.Corefile:12 autopath: true
-snippets.Corefile:13 upstreams: [10.1.1.1]
-snippets.Corefile:14 query_log: text
-snippets.Corefile:15 dns_addr: 127.0.0.1:1053
-snippets.Corefile:20 stub_domains: {other.example: [10.9.9.9], stub.example: [10.9.9.9]}""",
+snippets.Corefile:4 cache.max_denial_ttl: 30
+snippets.Corefile:4 cache.max_ttl: 30
+snippets.Corefile:6 dns.lameduck: 0.0
+snippets.Corefile:6 dns.loadbalance: 'off'
+snippets.Corefile:6 dns.reload_interval: 0.0
+snippets.Corefile:8 dns.zones: [cluster.local, in-addr.arpa, ip6.arpa]
+snippets.Corefile:9 dns.pods: verified
+snippets.Corefile:10 dns.ttl: 10
+snippets.Corefile:12 dns.autopath: true
+snippets.Corefile:13 forward.upstreams: [10.1.1.1]
+snippets.Corefile:14 logging.query_log: text
+snippets.Corefile:15 dns.addr: 127.0.0.1:1053
+snippets.Corefile:20 forward.stub_domains: {other.example: [10.9.9.9], stub.example: [10.9.9.9]}""",
         """\
 snippets.Corefile:3: errors: accepted: kdns logs errors on its own
 snippets.Corefile:3: errors: accepted: kdns logs errors on its own""",
@@ -507,20 +507,20 @@ OPTIONS = [
         "no options: CoreDNS's defaults where kdns's differ",
         corefile(),
         {
-            "pods": "disabled",
-            "cache_max_ttl": 0,
-            "cache_max_denial_ttl": 0,
-            "upstreams": (),
-            "lameduck": 0.0,
-            "reload_interval": 0.0,
-            "loadbalance": "off",
+            "dns.pods": "disabled",
+            "cache.max_ttl": 0,
+            "cache.max_denial_ttl": 0,
+            "forward.upstreams": (),
+            "dns.lameduck": 0.0,
+            "dns.reload_interval": 0.0,
+            "dns.loadbalance": "off",
         },
         "",
     ),
     (
         "kubeconfig with a context; startup_timeout",
         corefile(options="       kubeconfig /k/config dev\n       startup_timeout 10s\n"),
-        {"kubeconfig": "/k/config", "context": "dev"},
+        {"kubernetes.kubeconfig": "/k/config", "kubernetes.context": "dev"},
         "Corefile:4: kubernetes startup_timeout: accepted: kdns answers SERVFAIL for cluster "
         "names until its first full list, however long",
     ),
@@ -550,7 +550,7 @@ OPTIONS = [
             "       max_fails 3\n       health_check 1s\n       expire 20s\n       prefer_udp\n"
             "       failfast_all_unhealthy_upstreams\n    }\n"
         ),
-        {"upstreams": ("10.0.0.1", "10.0.0.2:5353", "[fd00::1]:53")},
+        {"forward.upstreams": ("10.0.0.1", "10.0.0.2:5353", "[fd00::1]:53")},
         "Corefile:4: forward max_fails: accepted: kdns marks an upstream down after 2 failures in "
         "a row\n"
         "Corefile:5: forward health_check: accepted: kdns probes a down upstream every 0.5 s\n"
@@ -568,7 +568,7 @@ OPTIONS = [
             "    forward . 10.0.0.1 {\n       policy sequential\n       force_tcp\n"
             "       except corp.example\n    }\n"
         ),
-        {"upstreams": ("10.0.0.1",)},
+        {"forward.upstreams": ("10.0.0.1",)},
         "Corefile:3: forward: not supported: tls:// upstreams are not supported yet\n"
         "Corefile:7: forward policy: not supported: kdns tries the upstreams in random order\n"
         "Corefile:8: forward force_tcp: not supported: not supported yet\n"
@@ -579,7 +579,10 @@ OPTIONS = [
         corefile(
             "    forward corp.example 10.1.0.1\n    forward . 10.0.0.1\n    forward . 10.0.0.2\n"
         ),
-        {"upstreams": ("10.0.0.1",), "stub_domains": (("corp.example", ("10.1.0.1",)),)},
+        {
+            "forward.upstreams": ("10.0.0.1",),
+            "forward.stub_domains": (("corp.example", ("10.1.0.1",)),),
+        },
         "Corefile:5: forward: not supported: a second forward for the root zone",
     ),
     (
@@ -593,7 +596,7 @@ OPTIONS = [
         "a stub block sending its zone to another resolv.conf",
         corefile("    forward . /etc/resolv.conf\n")
         + "corp.example {\n    forward . /etc/other.conf\n}\n",
-        {"resolv_conf": "/etc/resolv.conf", "upstreams": None},
+        {"forward.resolv_conf": "/etc/resolv.conf", "forward.upstreams": None},
         "Corefile:6: forward: not supported: a stub domain's servers must be addresses (or the "
         "root's file)",
     ),
@@ -604,11 +607,11 @@ OPTIONS = [
             "       prefetch 10 1m 10%\n       serve_stale 10m\n       servfail 2s\n    }\n"
         ),
         {
-            "cache_success": 5000,
-            "cache_max_ttl": 600,
-            "cache_denial": 2000,
-            "cache_max_denial_ttl": 60,
-            "serve_stale": 600.0,
+            "cache.success": 5000,
+            "cache.max_ttl": 600,
+            "cache.denial": 2000,
+            "cache.max_denial_ttl": 60,
+            "cache.serve_stale": 600.0,
         },
         "Corefile:4: cache success: accepted: kdns keeps an answer for its own TTL, no minimum\n"
         "Corefile:6: cache prefetch: accepted: kdns re-asks when an answer expires\n"
@@ -619,7 +622,7 @@ OPTIONS = [
     (
         "cache without TTL: CoreDNS's caps; disable outside the cluster zones; keepttl",
         corefile("    cache {\n       disable success example.org\n       keepttl\n    }\n"),
-        {"cache_max_ttl": 3600, "cache_max_denial_ttl": 1800},
+        {"cache.max_ttl": 3600, "cache.max_denial_ttl": 1800},
         "Corefile:4: cache disable: not supported: only the cluster zones may be left uncached\n"
         "Corefile:5: cache keepttl: not supported: not supported yet",
     ),
@@ -630,12 +633,12 @@ OPTIONS = [
             "    prometheus\n    log {\n       class denial\n    }\n"
         ),
         {
-            "health_addr": "127.0.0.1:18080",
-            "lameduck": 2.5,
-            "ready_addr": "0.0.0.0:18181",
-            "metrics_addr": "127.0.0.1:9153",
-            "metrics_coredns_names": True,
-            "query_log": "text",
+            "dns.health_addr": "127.0.0.1:18080",
+            "dns.lameduck": 2.5,
+            "dns.ready_addr": "0.0.0.0:18181",
+            "dns.metrics_addr": "127.0.0.1:9153",
+            "dns.metrics_coredns_names": True,
+            "logging.query_log": "text",
         },
         "Corefile:8: log: accepted: kdns logs every query in CoreDNS's common log format, for all "
         "names",
@@ -646,10 +649,10 @@ OPTIONS = [
             "    reload 1m30s\n    loadbalance round_robin\n    autopath @kubernetes\n    bind ::1\n"
         ),
         {
-            "reload_interval": 90.0,
-            "loadbalance": "round_robin",
-            "autopath": True,
-            "dns_addr": "[::1]:53",
+            "dns.reload_interval": 90.0,
+            "dns.loadbalance": "round_robin",
+            "dns.autopath": True,
+            "dns.addr": "[::1]:53",
         },
         "",
     ),
@@ -659,7 +662,7 @@ OPTIONS = [
             "    loadbalance weighted /w.txt\n    autopath cluster.local /etc/resolv.conf\n"
             "    bind eth0 lo\n"
         ),
-        {"dns_addr": "0.0.0.0:53"},
+        {"dns.addr": "0.0.0.0:53"},
         "Corefile:3: loadbalance: not supported: only round_robin is supported\n"
         "Corefile:4: autopath: not supported: only `autopath @kubernetes` is supported\n"
         "Corefile:5: bind: not supported: kdns listens on one address: give one IP",
@@ -686,28 +689,28 @@ OPTIONS = [
     (
         "one port for every block; other ports are refused",
         ".:1053 {\n    kubernetes cluster.local\n}\ncorp.example:5300 {\n    forward . 10.0.0.1\n}\n",
-        {"dns_addr": "0.0.0.0:1053", "zones": ("cluster.local",)},
+        {"dns.addr": "0.0.0.0:1053", "dns.zones": ("cluster.local",)},
         "Corefile:4: server block: not supported: kdns listens on one port, and line 1 uses 1053",
     ),
     (
         "kubernetes without zones takes the block's; a CIDR key is its reverse zone",
         "cluster.local 10.96.0.0/16 fd00:10::/32 {\n    kubernetes\n}\n",
-        {"zones": ("cluster.local", "96.10.in-addr.arpa", "0.1.0.0.0.0.d.f.ip6.arpa")},
+        {"dns.zones": ("cluster.local", "96.10.in-addr.arpa", "0.1.0.0.0.0.d.f.ip6.arpa")},
         "",
     ),
     (
         "kubernetes zones outside the block's are never asked",
         "cluster.local {\n    kubernetes cluster.local example.org\n}\n",
-        {"zones": ("cluster.local",)},
+        {"dns.zones": ("cluster.local",)},
         "Corefile:2: kubernetes: not supported: zone example.org is outside the block's zones",
     ),
     (
         "two blocks setting one kdns key differently",
         corefile("    cache 30\n") + "corp.example {\n    cache 60\n    forward . 10.0.0.1\n}\n",
-        {"cache_max_ttl": 30},
-        "Corefile:6: cache: not supported: kdns has one cache_max_ttl for every server block, and "
+        {"cache.max_ttl": 30},
+        "Corefile:6: cache: not supported: kdns has one cache.max_ttl for every server block, and "
         "Corefile:3 sets 30 (here 60)\n"
-        "Corefile:6: cache: not supported: kdns has one cache_max_denial_ttl for every server "
+        "Corefile:6: cache: not supported: kdns has one cache.max_denial_ttl for every server "
         "block, and Corefile:3 sets 30 (here 60)",
     ),
 ]
@@ -764,10 +767,10 @@ def test_reads_imports_from_the_real_file_system(tmp_path: Path) -> None:
     for name in ("puglife.server", "override-block.server"):
         (tmp_path / "custom" / name).write_text((DATA / "aks-custom" / name).read_text())
     translation = read_corefile(str(tmp_path / "Corefile"), {})
-    assert translation.values()["stub_domains"] == (("puglife.local", ("192.11.0.1",)),)
+    assert translation.values()["forward.stub_domains"] == (("puglife.local", ("192.11.0.1",)),)
     assert translation.refused == ()
     (tmp_path / "custom" / "puglife.server").unlink()
-    assert "stub_domains" not in read_corefile(str(tmp_path / "Corefile"), {}).values()
+    assert "forward.stub_domains" not in read_corefile(str(tmp_path / "Corefile"), {}).values()
 
 
 def test_an_unreadable_corefile_is_one_line(tmp_path: Path) -> None:
