@@ -12,6 +12,9 @@ Contract:
   names: upstreams, stub domains, a kube-dns ConfigMap) and, when manifests are given by flag or
   config, loads them and prints what would be served. Without manifests it checks the config
   alone.
+- `--corefile FILE` reads a CoreDNS Corefile instead of `--config` (kdns/corefile/): `check`
+  first prints the kdns config it gives, as YAML; a directive kdns would not follow as CoreDNS
+  does is one line each and exit 2, for `check`, `serve` and a reload alike.
 """
 
 from __future__ import annotations

@@ -130,3 +130,21 @@ def test_imports_are_kept_for_the_reload_watch(tmp_path: Path) -> None:
     )
     config, _ = load_corefile(str(tmp_path / "Corefile"), {})
     assert config.imports == (f"{tmp_path}/custom/*.override", f"{tmp_path}/custom/*.server")
+
+
+def test_the_reload_fingerprint_covers_imported_files_and_new_glob_matches(tmp_path: Path) -> None:
+    from kdns.app import config_fingerprint
+
+    (tmp_path / "custom").mkdir()
+    (tmp_path / "extra.conf").write_text("errors\n")
+    (tmp_path / "Corefile").write_text(
+        ".:53 {\n    kubernetes cluster.local\n    import extra.conf\n}\nimport custom/*.server\n"
+    )
+    config, _ = load_corefile(str(tmp_path / "Corefile"), {})
+    before = config_fingerprint(config)
+    assert config_fingerprint(config) == before
+    (tmp_path / "custom" / "a.server").write_text("")  # an empty file: its name alone counts
+    added = config_fingerprint(config)
+    assert added != before
+    (tmp_path / "extra.conf").write_text("errors\nlog\n")
+    assert config_fingerprint(config) not in (before, added)
