@@ -109,8 +109,12 @@ BLOCK = st.tuples(
     st.sampled_from([".:53", "example.org", "cluster.local", "(snip)", ".:1053", "10.0.0.0/8"]),
     st.lists(LINE, max_size=6).map("".join),
 ).map(lambda t: f"{t[0]} {{\n{t[1]}}}\n")
+# A root block holding `kubernetes`, so most shapes get as far as the translation.
+MAIN = st.lists(LINE, max_size=8).map(
+    lambda lines: ".:53 {\n  kubernetes\n" + "".join(lines) + "}\n"
+)
 # Well-formed shapes, then the same with a few pieces dropped in anywhere.
-CORE = st.lists(BLOCK, min_size=1, max_size=3).map("".join)
+CORE = st.tuples(MAIN, st.lists(BLOCK, max_size=2)).map(lambda t: t[0] + "".join(t[1]))
 NOISY = st.tuples(CORE, st.lists(st.tuples(st.integers(0, 10_000), WORDS), max_size=3)).map(
     lambda t: _insert(*t)
 )
