@@ -7,20 +7,20 @@ every subscriber with a `Change` naming exactly the Services, namespaces and pod
 visible state changed.
 
 Contract:
-- Every method runs on the trio thread (docs/architecture.md, concurrency); nothing here locks.
+- Every method runs on the trio thread (docs/architecture.md §6); nothing here locks.
 - Consumers read `namespaces`, `services`, `slices`, `endpoints`, `pods` and `pods_by_ip`:
   read-only mappings made once, over tables the store updates in place, so a reference taken
   once stays current and a read costs what a dict read costs. Only the store writes them.
 - A kind (`SERVICES`, …) is its API resource's name, typed with its key and model type: a
   write names its kind, and an object of another type is a TypeError.
-- A call that changes nothing a consumer can see notifies nobody: model objects compare by
-  value, so an update that only touched fields we drop is free.
+- A call that changes nothing a consumer can see notifies nobody (docs/architecture.md, rule 2):
+  model objects compare by value, so an update that only touched fields we drop is free.
 - `replace` computes the change of a kind from the old and new state, then updates the table
   in one synchronous step before notifying, so a subscriber never observes a half-replaced kind.
 - `synced` is true once every watched kind has had its first `replace` (a full list, as
-  client-go's HasSynced); `when_synced` calls back once at that moment (at once if it has
-  passed). The store imports no I/O library: `kdns.synced.wait_synced` turns the callback into
-  something to await.
+  client-go's HasSynced; docs/architecture.md, rule 4); `when_synced` calls back once at that
+  moment (at once if it has passed). The store imports no I/O library:
+  `kdns.synced.wait_synced` turns the callback into something to await.
 """
 
 from __future__ import annotations

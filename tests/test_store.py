@@ -1,6 +1,6 @@
 """kdns.store: replace / upsert / delete, `synced` and `when_synced`, EndpointSlice merging,
-read-only views, and the Change that tells consumers exactly what became visible (a change
-nobody can see notifies nobody; nothing is synced before every watched kind was listed)."""
+read-only views, and the Change that tells consumers exactly what became visible
+(docs/architecture.md, rules 2 and 4)."""
 
 from __future__ import annotations
 
