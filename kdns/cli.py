@@ -36,6 +36,7 @@ from kdns.config import POD_MODES, PROXY_MODES, Config, ConfigError, apply_env, 
 from kdns.corefile.load import CorefileRefused, load_corefile, read_corefile, render_yaml
 from kdns.dns import explain as explain_mod
 from kdns.sources.static import ManifestSource
+from kdns.synced import wait_synced
 
 log = logging.getLogger("kdns")
 
@@ -513,8 +514,7 @@ async def _wait_synced(built: app.App, timeout: float) -> bool:
     with trio.move_on_after(timeout):
         async with trio.open_nursery() as nursery:
             await nursery.start(built.source.run)
-            while not built.store.synced:
-                await trio.sleep(0.05)
+            await wait_synced(built.store)
             nursery.cancel_scope.cancel()
     return built.store.synced
 
