@@ -38,7 +38,7 @@ import socket
 import time
 from bisect import bisect_left
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import trio
@@ -92,6 +92,7 @@ class _Connection:
     waiting: bool = False  # waiting for a new message (nothing buffered)
     in_flight: int = 0  # queries taken, answers not yet written
     evicted: bool = False  # closed to make room: stop reading at once
+    closed: trio.Event = field(default_factory=trio.Event)  # its socket is closed
 
 
 class DnsServer:
@@ -364,8 +365,13 @@ class DnsServer:
                     try:
                         stream = await listener.accept()
                     except OSError as e:
-                        if e.errno in _FD_ERRORS and self._evict_for_descriptor():
-                            continue  # a descriptor is free again once that one closes
+                        evicted = self._evict_for_descriptor() if e.errno in _FD_ERRORS else None
+                        if evicted is not None:
+                            # Its descriptor is free once it has closed: wait for that (bounded),
+                            # or the next accept fails too and closes another.
+                            with trio.move_on_after(1.0):
+                                await evicted.closed.wait()
+                            continue
                         # Nothing idle to close: back off briefly instead of spinning.
                         log.warning("TCP accept failed: %s", e)
                         await trio.sleep(0.1)
@@ -392,12 +398,11 @@ class DnsServer:
         if connection.reading is not None:
             connection.reading.cancel()
 
-    def _evict_for_descriptor(self) -> bool:
+    def _evict_for_descriptor(self) -> _Connection | None:
         oldest = self._admission.make_room()
-        if oldest is None:
-            return False
-        self._evict(oldest, FD_LIMIT)
-        return True
+        if oldest is not None:
+            self._evict(oldest, FD_LIMIT)
+        return oldest
 
     async def _tcp_connection(self, connection: _Connection) -> None:
         stream = connection.stream
@@ -450,6 +455,7 @@ class DnsServer:
                     break  # a timeout or an eviction: idle, or a message that never completed
         finally:
             connection.reading = None
+            connection.closed.set()
             self._connections.pop(connection, None)
             self._admission.leave(connection)
 

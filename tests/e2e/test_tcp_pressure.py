@@ -6,7 +6,8 @@ local on Linux), 5,000 connections that never send a byte, each reopened when kd
 bounded by `REOPENS` and `FLOOD_SECONDS`. Meanwhile another address (127.0.0.1) sends 200 TCP
 queries, each on a connection of its own, and 200 UDP queries, each sent once: every one must
 be answered. The flood holds 5,000 sockets in this process (and kdns, which inherits the limit,
-up to its own), so the soft RLIMIT_NOFILE is raised first.
+up to its own), so the soft RLIMIT_NOFILE is raised first. A second test gives kdns too few
+descriptors for its connections: accept failing (EMFILE) closes an idle connection too.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ from __future__ import annotations
 import concurrent.futures
 import resource
 import socket
+import subprocess
 import time
+from pathlib import Path
 
 import dns.exception
 import dns.message
@@ -24,7 +27,17 @@ import pytest
 import trio
 
 from tests.conftest import need
-from tests.e2e.conftest import EXAMPLES, HOST, KdnsFactory
+from tests.e2e.conftest import (
+    EXAMPLES,
+    HOST,
+    LOCAL_HTTP,
+    ROOT,
+    Kdns,
+    KdnsFactory,
+    free_port,
+    kdns_command,
+    wait_answering,
+)
 from tests.e2e.running import metric_value
 from tests.e2e.test_metrics import metrics_port
 
@@ -58,10 +71,11 @@ def second_loopback_address() -> bool:
 
 
 class Flood:
-    """`FLOOD` idle connections from FLOOD_FROM, each reopened when closed, until stopped."""
+    """`size` idle connections from FLOOD_FROM, each reopened when closed, until stopped."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, size: int = FLOOD) -> None:
         self.port = port
+        self.size = size
         self.open = 0
         self.opened = 0
         self.closed_by_kdns = 0
@@ -70,13 +84,13 @@ class Flood:
     async def run(self) -> None:
         with trio.move_on_after(FLOOD_SECONDS):
             async with trio.open_nursery() as nursery:
-                for _ in range(FLOOD):
+                for _ in range(self.size):
                     nursery.start_soon(self._hold)
                 await self.stop.wait()
                 nursery.cancel_scope.cancel()
 
     async def _hold(self) -> None:
-        while not self.stop.is_set() and self.opened < FLOOD + REOPENS:
+        while not self.stop.is_set() and self.opened < self.size + REOPENS:
             self.opened += 1
             with trio.move_on_after(QUERY_TIMEOUT):
                 try:
@@ -102,10 +116,10 @@ def tcp_query(port: int) -> dns.message.Message:
     return dns.query.tcp(q, HOST, timeout=QUERY_TIMEOUT, port=port)
 
 
-def udp_query(port: int) -> dns.message.Message | None:
+def udp_query(port: int, timeout: float = QUERY_TIMEOUT) -> dns.message.Message | None:
     q = dns.message.make_query(NAME, "A")
     try:
-        return dns.query.udp(q, HOST, timeout=QUERY_TIMEOUT, port=port)
+        return dns.query.udp(q, HOST, timeout=timeout, port=port)
     except dns.exception.Timeout:
         return None  # lost: sent once, never retried
 
@@ -173,3 +187,53 @@ async def test_idle_connections_from_one_client_do_not_lock_out_the_rest(
     assert flood.closed_by_kdns >= 1
     assert metric_value(metrics, "kdns_dns_tcp_evictions_total", evictions) >= 1
     assert server.alive(), server.stderr()
+
+
+def start_with_fd_limit(tmp_path: Path, limit: int) -> Kdns:
+    """kdns whose hard RLIMIT_NOFILE is `limit`, so it cannot raise it."""
+    port = free_port()
+    log = tmp_path / "kdns.log"
+
+    def limited() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+
+    command = kdns_command("serve", "--dns-addr", f"{HOST}:{port}", "--manifests", str(EXAMPLES))
+    with open(log, "wb") as err:
+        proc = subprocess.Popen(
+            [*command, *LOCAL_HTTP],
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            stdin=subprocess.DEVNULL,
+            cwd=ROOT,
+            preexec_fn=limited,
+        )
+    server = Kdns(proc, port, log, (EXAMPLES,))
+    wait_answering(lambda: udp_query(port, 0.2) is not None, proc, server.stderr)
+    return server
+
+
+async def test_out_of_descriptors_kdns_closes_an_idle_connection_for_a_new_one(
+    tmp_path: Path,
+) -> None:
+    # 300 idle connections from one client against a kdns with 200 descriptors: accept runs out
+    # of them before the client reaches its limit of 250 connections.
+    need(second_loopback_address(), f"{FLOOD_FROM} is not a local address")
+    server = start_with_fd_limit(tmp_path, 200)
+    try:
+        port, metrics = server.port, metrics_port(server)
+        evictions = {"server": f"dns://{HOST}:{port}", "reason": "fd_limit"}
+        flood = Flood(port, size=300)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(flood.run)
+            await wait_for(
+                lambda: metric_value(metrics, "kdns_dns_tcp_evictions_total", evictions) >= 1,
+                "kdns ran out of descriptors and closed no idle connection",
+                60.0,
+            )
+            tcp = await trio.to_thread.run_sync(lambda: run_all(tcp_query, port, 20))
+            flood.stop.set()
+        failed = [r for r in tcp if not answered(r)]
+        assert not failed, f"{len(failed)} of 20 TCP queries failed: {failed[:3]}"
+        assert server.alive(), server.stderr()
+    finally:
+        server.stop()
