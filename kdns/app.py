@@ -6,8 +6,8 @@ Contract:
   $KUBECONFIG, or the in-cluster service account). It raises `StartupError` carrying one line per
   problem, so the command line can print them and exit 2 before anything binds.
 - `serve` raises the soft file descriptor limit to the hard one (each TCP client holds one),
-  binds every socket first (a taken port is a plain OSError), then runs the DNS
-  listeners, the HTTP endpoints and the source, and returns the exit status:
+  binds every socket first (a taken port is a plain OSError), then runs the DNS listeners, the
+  HTTP endpoints and the source, and returns the exit status:
   - SIGTERM or SIGINT: /ready answers 503 at once, DNS keeps answering for `lameduck` seconds
     (so the EndpointSlice drops this pod first, as CoreDNS's `health { lameduck }`), then the
     listeners close, answers in flight get up to `DRAIN_GRACE` seconds to be written, and the
@@ -20,10 +20,10 @@ Contract:
   is answered wholly by the old or wholly by the new config. `Listeners` binds a new listen
   address before the old one closes. A config that does not load, validate or bind is refused:
   the old one keeps serving, one line is logged naming file, line and key, and
-  `kdns_reload_total{result="error"}` counts it. The source
-  itself (manifests, kubeconfig, context; for a live cluster whether Pods are watched) cannot
-  change on reload: that would mean listing everything again and gating on sync, which is what
-  a restart does; such a reload is refused with a line saying so. So is a change of `proxy`.
+  `kdns_reload_total{result="error"}` counts it. The source itself (manifests, kubeconfig,
+  context; for a live cluster whether Pods are watched) cannot change on reload: that would mean
+  listing everything again and gating on sync, which is what a restart does; such a reload is
+  refused with a line saying so. So is a change of `proxy`.
 - With `proxy: userspace`, the resolver answers each ClusterIP Service's loopback VIP (A only)
   and `serve` runs the relay; the VIP map follows the store before the resolver does, and the
   Services whose VIP moved are handed to the resolver with the change.
@@ -50,8 +50,8 @@ from kdns import logs, metrics
 from kdns.config import (
     Config,
     ConfigError,
-    key_line,
     load_kube_dns_configmap,
+    locate,
     parse_hostport,
 )
 from kdns.dns.forward import (
@@ -84,7 +84,7 @@ DRAIN_GRACE = 3.0
 HTTP_NAMES = ("health", "ready", "metrics")
 SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1)
 # Keys that pick the source of cluster state: a reload cannot change them (module docstring).
-SOURCE_KEYS = ("manifests", "kubeconfig", "context")
+SOURCE_KEYS = ("kubernetes.manifests", "kubernetes.kubeconfig", "kubernetes.context")
 
 
 class StartupError(Exception):
@@ -170,7 +170,7 @@ def plan(config: Config) -> Plan:
     """Raises StartupError (a bad upstream, a loop, an unreadable kube-dns ConfigMap)."""
     return Plan(
         _forwarder(config),
-        resolv_conf_search(config.resolv_conf) if config.autopath else (),
+        resolv_conf_search(config.forward.resolv_conf) if config.dns.autopath else (),
     )
 
 
@@ -178,7 +178,7 @@ def assemble(
     config: Config, store: Store, planned: Plan, vips: LoopbackVips | None = None
 ) -> Serving:
     """What serves `config` over `store` (synchronous: no store change can slip in between)."""
-    host, _ = parse_hostport(config.dns_addr)
+    host, _ = parse_hostport(config.dns.addr)
     specific = () if host in ("0.0.0.0", "::") else (host,)
     forwarder = planned.forwarder
     resolver = Resolver(
@@ -191,7 +191,7 @@ def assemble(
     handler = Handler(
         resolver,
         forwarder=forwarder,
-        autopath=config.autopath,
+        autopath=config.dns.autopath,
         host_search=planned.host_search,
     )
     return Serving(config, resolver, handler, forwarder, _query_log(config))
@@ -206,11 +206,11 @@ def build(config: Config, kube_options: dict[str, Any] | None = None) -> App:
     # follows every change.
     vips = None
     relay = None
-    if config.proxy == "userspace":
+    if config.dns.proxy == "userspace":
         vips = LoopbackVips()
         vips.update(store.services)
         # One VIP map: DNS answers from it and the relay listens on it.
-        relay = Relay(store, node_name(config.node_name), vips=vips)
+        relay = Relay(store, node_name(config.node.name), vips=vips)
     app = App(assemble(config, store, planned, vips), store, source, vips, relay)
     store.subscribe(app.follow)
     return app
@@ -232,13 +232,15 @@ def open_store(config: Config, watch_pods: bool) -> tuple[Store, Any]:
     """The store for the config's source, and the API client when the source is a cluster.
 
     Raises StartupError when no source is configured or the cluster config is unusable."""
-    if config.manifests:
+    if config.kubernetes.manifests:
         return Store(watched=KINDS), None
     # Imported only for a live cluster: the client costs a second and 15 MiB at start-up.
     from kdns.sources import kube
 
     try:
-        api = kube.cluster_client(config.kubeconfig or None, config.context or None)
+        api = kube.cluster_client(
+            config.kubernetes.kubeconfig or None, config.kubernetes.context or None
+        )
     except kube.ClusterConfigError as e:
         raise StartupError([str(e)]) from None
     if api is None:
@@ -255,8 +257,8 @@ def open_source(
 ) -> Source:
     """The source feeding `store`: manifests are read (and applied) now, so their errors stop
     the start with file/line/field; a cluster is listed when the source runs."""
-    if config.manifests:
-        manifests = ManifestSource(config.manifests, store)
+    if config.kubernetes.manifests:
+        manifests = ManifestSource(config.kubernetes.manifests, store)
         errors = manifests.load()
         if errors:
             raise StartupError([str(e) for e in errors])
@@ -269,21 +271,22 @@ def open_source(
 
 def _watch_pods(config: Config) -> bool:
     # Pods cost memory and API traffic: watched only for features that need them.
-    return config.pods == "verified" or config.autopath
+    return config.dns.pods == "verified" or config.dns.autopath
 
 
 def _forwarder(config: Config) -> Forwarder | None:
     """The Forwarder for the config, or None when there is nowhere to forward to."""
-    stubs = list(config.stub_domains)
-    upstream_texts = config.upstreams
+    forward = config.forward
+    stubs = list(forward.stub_domains)
+    upstream_texts = forward.upstreams
     try:
-        if config.kube_dns_configmap:
-            cm_stubs, cm_upstreams = load_kube_dns_configmap(config.kube_dns_configmap)
+        if forward.kube_dns_configmap:
+            cm_stubs, cm_upstreams = load_kube_dns_configmap(forward.kube_dns_configmap)
             stubs.extend(cm_stubs)
             if cm_upstreams is not None:
                 upstream_texts = cm_upstreams
         if upstream_texts is None:
-            upstreams = resolv_conf_nameservers(config.resolv_conf)
+            upstreams = resolv_conf_nameservers(forward.resolv_conf)
         else:
             upstreams = parse_upstreams(upstream_texts, "upstreams")
         stub_domains = tuple(
@@ -295,7 +298,7 @@ def _forwarder(config: Config) -> Forwarder | None:
     problems = [
         problem
         for upstream in (*upstreams, *(u for _, servers in stub_domains for u in servers))
-        if (problem := loop_problem(upstream, config.dns_addr))
+        if (problem := loop_problem(upstream, config.dns.addr))
     ]
     if problems:
         raise StartupError(sorted(set(problems)))
@@ -305,13 +308,9 @@ def _forwarder(config: Config) -> Forwarder | None:
         ForwardConfig(
             upstreams=upstreams,
             stub_domains=stub_domains,
-            timeout=config.forward_timeout,
-            max_concurrent=config.max_concurrent,
-            success_size=config.cache_success,
-            denial_size=config.cache_denial,
-            max_ttl=config.cache_max_ttl,
-            max_denial_ttl=config.cache_max_denial_ttl,
-            serve_stale=config.serve_stale,
+            timeout=forward.timeout,
+            max_concurrent=forward.max_concurrent,
+            cache=config.cache,
         )
     )
 
@@ -387,7 +386,7 @@ def config_fingerprint(config: Config) -> str:
     """A hash of the files a reload reads: the config file and the kube-dns ConfigMap it names
     (kube-dns itself followed its ConfigMap). An unreadable file hashes as its error."""
     digest = hashlib.sha256()
-    for path in (config.source, config.kube_dns_configmap):
+    for path in (config.source, config.forward.kube_dns_configmap):
         if not path:
             continue
         try:
@@ -458,14 +457,14 @@ class Listeners:
 
         Raises BindError naming the key, after closing what this call bound."""
         bound = Bound()
-        key = "dns_addr"
+        key = "dns.addr"
         try:
-            if old is None or config.dns_addr != old.dns_addr:
+            if old is None or config.dns.addr != old.dns.addr:
                 bound.dns = self._new_dns(config)
                 bound.dns.bind()
             for name in HTTP_NAMES:
-                key = f"{name}_addr"
-                if old is None or getattr(config, key) != getattr(old, key):
+                key = f"dns.{name}_addr"
+                if old is None or config.get(key) != old.get(key):
                     bound.http[name] = self._new_http(name, config)
                     await bound.http[name].bind()
         except OSError as e:
@@ -505,7 +504,7 @@ class Runtime:
         self.status = 0
         # The listeners read what serves from the app at each query: a reload swaps it there.
         self.listeners = Listeners(
-            lambda config: DnsServer(lambda: self.app.serving, *parse_hostport(config.dns_addr)),
+            lambda config: DnsServer(lambda: self.app.serving, *parse_hostport(config.dns.addr)),
             self._endpoint,
         )
         self.forwarder_task: Task | None = None
@@ -519,12 +518,12 @@ class Runtime:
         return self._nursery
 
     def _endpoint(self, name: str, config: Config) -> HttpEndpoint:
-        host, port = parse_hostport(getattr(config, f"{name}_addr"))
+        host, port = parse_hostport(getattr(config.dns, f"{name}_addr"))
         route = {
             "health": health,
             "ready": readiness(self.app.store.unsynced_kinds, lambda: self.stopping),
             # The current config's choice: a reload may switch the CoreDNS names on or off.
-            "metrics": lambda: metrics_route(self.app.config.metrics_coredns_names)(),
+            "metrics": lambda: metrics_route(self.app.config.dns.metrics_coredns_names)(),
         }[name]
         return HttpEndpoint(host, port, {f"/{name}": route})
 
@@ -546,7 +545,7 @@ class Runtime:
                 if self.app.relay is not None:
                     await nursery.start(self.app.relay.run)  # returns once bound, after sync
                 nursery.start_soon(self._reloader)
-                log.info("kdns ready to answer for %s", ", ".join(config.zones))
+                log.info("kdns ready to answer for %s", ", ".join(config.dns.zones))
                 task_status.started(self.listeners.ports())
         return self.status
 
@@ -580,7 +579,7 @@ class Runtime:
                 self.nursery.cancel_scope.cancel()
                 return
             self.stopping = True  # /ready answers 503 from now on
-            lameduck = self.app.config.lameduck
+            lameduck = self.app.config.dns.lameduck
             log.info("%s: lameduck for %g s (/ready 503, DNS still answering)", name, lameduck)
             self.nursery.start_soon(self._shutdown, lameduck)
 
@@ -596,7 +595,7 @@ class Runtime:
     async def _reloader(self) -> None:
         """Reload on request (signals), and when a poll sees the config's files change."""
         while True:
-            interval = self.app.config.reload_interval
+            interval = self.app.config.dns.reload_interval
             polling = interval > 0 and bool(self.app.config.source)
             reason = ""
             with trio.move_on_after(interval if polling else math.inf):
@@ -634,55 +633,53 @@ class Runtime:
         try:
             bound = await self.listeners.bind(config, old)
         except BindError as e:
-            return self._refuse(f"{_where(config, e.key)}: {e.key}: {e.strerror}")
+            where, spelled = locate(config.source, e.key)
+            return self._refuse(f"{where}: {spelled}: {e.strerror}")
         if self.stopping:  # a SIGTERM arrived while we were reading files
             await bound.close()
             return False
         # The swap: one reference, synchronously, so no query and no store change sees half of
         # it; the listeners read it at their next query.
         self.app.serving = assemble(config, self.app.store, planned, self.app.vips)
-        if (config.log_format, config.log_consolidate) != (old.log_format, old.log_consolidate):
-            logs.setup(config.log_format, logging.getLogger().level, config.log_consolidate)
+        new_log, old_log = config.logging, old.logging
+        if (new_log.format, new_log.consolidate) != (old_log.format, old_log.consolidate):
+            logs.setup(new_log.format, logging.getLogger().level, new_log.consolidate)
         await self._start_forwarder()
         await self.listeners.serve(bound, self.nursery)
         if bound.dns is not None:
-            log.info("DNS moved from %s to %s", old.dns_addr, config.dns_addr)
+            log.info("DNS moved from %s to %s", old.dns.addr, config.dns.addr)
         metrics.RELOADS.labels(result="ok").inc()
         log.info("config reloaded (%s)", reason)
         return True
 
 
-def _where(config: Config, key: str) -> str:
-    """`file:line` of `key` in the config file, else the file, else "config"."""
-    line = key_line(config.source, key) if config.source else None
-    return f"{config.source}:{line}" if line else (config.source or "config")
-
-
 def _query_log(config: Config) -> QueryLog | None:
-    return QueryLog(config.query_log) if isinstance(config.query_log, str) else None
+    query_log = config.logging.query_log
+    return QueryLog(query_log) if isinstance(query_log, str) else None
 
 
 def _check_source(old: Config, new: Config) -> None:
     """Raises ConfigError when `new` picks another source of cluster state (module docstring)."""
-    changed = [key for key in SOURCE_KEYS if getattr(old, key) != getattr(new, key)]
-    if old.proxy != new.proxy:
-        changed.append("proxy")  # the relay and the VIP answers are set up at start
-    if not old.manifests and _watch_pods(old) != _watch_pods(new):
+    changed = [key for key in SOURCE_KEYS if old.get(key) != new.get(key)]
+    if old.dns.proxy != new.dns.proxy:
+        changed.append("dns.proxy")  # the relay and the VIP answers are set up at start
+    if not old.kubernetes.manifests and _watch_pods(old) != _watch_pods(new):
         # The live cluster's Reflectors were started for a set of kinds; Pods are watched only
         # for pods: verified and autopath.
-        changed.append("pods" if old.pods != new.pods else "autopath")
+        changed.append("dns.pods" if old.dns.pods != new.dns.pods else "dns.autopath")
     if changed:
         key = changed[0]
+        where, spelled = locate(new.source, key)
         raise ConfigError(
-            f"{_where(new, key)}: {key}: "
+            f"{where}: {spelled}: "
             + (
                 "changes how Services are reached"
-                if key == "proxy"
+                if key == "dns.proxy"
                 else "changes the source of cluster state"
             )
             + ", which needs a restart "
-            f"(now {getattr(old, key)!r}, asked {getattr(new, key)!r})",
-            key=key,
+            f"(now {old.get(key)!r}, asked {new.get(key)!r})",
+            key=spelled,
         )
 
 
