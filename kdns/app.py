@@ -32,6 +32,7 @@ Contract:
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import ipaddress
 import logging
@@ -384,9 +385,17 @@ async def drain(server: DnsServer, task: Task) -> None:
 
 def config_fingerprint(config: Config) -> str:
     """A hash of the files a reload reads: the config file and the kube-dns ConfigMap it names
-    (kube-dns itself followed its ConfigMap). An unreadable file hashes as its error."""
+    (kube-dns itself followed its ConfigMap), and the files a Corefile imports — a glob's
+    matches by name and content, so a file added to k3s's or AKS's `coredns-custom` counts. An
+    unreadable file hashes as its error."""
     digest = hashlib.sha256()
-    for path in (config.source, config.forward.kube_dns_configmap):
+    imported = [
+        path
+        for pattern in config.imports
+        for path in (sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern])
+    ]
+    for path in (config.source, config.forward.kube_dns_configmap, *imported):
+        digest.update(path.encode() + b"\0")
         if not path:
             continue
         try:

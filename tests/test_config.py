@@ -779,12 +779,19 @@ def _from_file(path: str, value: object) -> object:
 
 def test_shipped_config_has_a_comment_above_every_key_naming_its_flat_name() -> None:
     lines = SHIPPED.read_text().splitlines()
+    section = ""
     for i, line in enumerate(lines):
-        if line.strip() and not line.lstrip().startswith(("#", "-")):
-            comment = lines[i - 1].strip()
-            assert i > 0 and comment.startswith("# "), f"line {i + 1}: {line!r}"
-            if line.startswith(" "):
-                assert "(flat: " in comment, f"line {i}: {comment!r}"
+        if not line.strip() or line.lstrip().startswith(("#", "-")):
+            continue
+        comment = lines[i - 1].strip() if i else ""
+        assert comment.startswith("# "), f"line {i + 1}: {line!r}"
+        name = line.split(":")[0].strip()
+        if not line.startswith(" "):
+            section = name
+            continue
+        alias = KEYS[f"{section}.{name}"].alias
+        if alias:
+            assert comment.endswith(f"(flat: {alias})"), f"line {i}: {comment!r}"
 
 
 # --- sections and flat keys --------------------------------------------------------------------
