@@ -880,6 +880,34 @@ async def test_serve_stale_beats_an_upstream_servfail(mock_clock: trio.testing.M
     assert (reply.rcode(), texts(reply), ttls(reply)) == (dns.rcode.NOERROR, {"192.0.2.1"}, [30])
 
 
+@pytest.mark.parametrize("failure", ["gone", "servfail"])
+async def test_serve_stale_outlasts_the_cached_failure(
+    mock_clock: trio.testing.MockClock, failure: str
+) -> None:
+    # The first failed exchange stores a SERVFAIL for `servfail_ttl`; the queries after it must
+    # still get the stale answer the README promises, not that SERVFAIL (RFC 8767 §5).
+    zone = Zone(list(EXAMPLE.records))
+    with wall_clock_limit(WAIT), Responder(zone) as upstream:
+        config = ForwardConfig(upstreams=(upstream.upstream,), serve_stale=3600.0)
+        async with kdns(config) as stack:
+            await ask(stack.port, "www.example")
+            mock_clock.jump(11)  # past the TTL (10 s)
+            if failure == "gone":
+                upstream.stop()
+            else:
+                zone.rcode = RCODE.SERVFAIL
+            replies = []
+            for _ in range(3):
+                replies.append(await ask(stack.port, "www.example"))
+                mock_clock.jump(1)  # inside the SERVFAIL's 5 s
+    for reply in replies:
+        assert (reply.rcode(), texts(reply), ttls(reply)) == (
+            dns.rcode.NOERROR,
+            {"192.0.2.1"},
+            [30],
+        )
+
+
 async def test_forwarded_answers_say_recursion_is_available() -> None:
     # An authoritative upstream (a stub domain's server) clears RA; kdns recursed for the
     # client all the same, so its answer sets RA.
