@@ -164,6 +164,7 @@ def assemble(
         forwarder=forwarder,
         autopath=config.autopath,
         host_search=planned.host_search,
+        loadbalance=config.loadbalance,
     )
     return resolver, handler
 

@@ -25,6 +25,7 @@ POD_MODES = ("insecure", "verified", "disabled")
 LOG_FORMATS = ("text", "json")  # log_format, and query_log when on
 PROXY_COMMAND_MODES = ("iptables", "nftables", "ipvs", "userspace")  # `kdns proxy --mode`
 PROXY_MODES = ("none", "userspace")  # what `kdns serve` relays itself (README: userspace proxy)
+LOADBALANCE = ("round_robin", "off")  # CoreDNS's `loadbalance` policy, or no rotation
 DEFAULT_ZONES = ("cluster.local", "in-addr.arpa", "ip6.arpa")
 _ZONE = re.compile(r"^(?!-)[a-z0-9-_]{1,63}(?<!-)(\.(?!-)[a-z0-9-_]{1,63}(?<!-))*$")
 
@@ -72,6 +73,8 @@ class Config:
     cache_max_denial_ttl: int = 30
     serve_stale: float = 0.0  # seconds past expiry an answer may be served when upstreams fail
     autopath: bool = False  # answer a pod's search path server-side (needs pods watched)
+    # round_robin: rotate A, AAAA and SRV RRsets per answer (CoreDNS's `loadbalance`); off.
+    loadbalance: str = "round_robin"
     # Observability (kdns/logs.py, kdns/dns/querylog.py, kdns/metrics.py).
     log_format: str = "text"  # text | json
     query_log: bool | str = False  # false | text (CoreDNS's log line) | json
@@ -233,6 +236,11 @@ def validate(config: Config, where: str) -> Config:
     seconds("reload_interval", 0.0, 86400.0)
     if not isinstance(config.autopath, bool):
         raise fail("autopath", f"must be true or false (got {config.autopath!r})")
+    if config.loadbalance not in LOADBALANCE:
+        raise fail(
+            "loadbalance",
+            f"must be one of {', '.join(LOADBALANCE)} (got {config.loadbalance!r})",
+        )
     if config.proxy not in PROXY_MODES:
         raise fail("proxy", f"must be one of {', '.join(PROXY_MODES)} (got {config.proxy!r})")
     # The proxy.

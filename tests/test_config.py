@@ -597,6 +597,12 @@ VALUE_ERRORS = [
     ),
     ("serve_stale: 2w\n", 1, "serve_stale", "must be a number of seconds in 0-604800 (got '2w')"),
     ("autopath: 'yes'\n", 1, "autopath", "must be true or false (got 'yes')"),
+    (
+        "loadbalance: random\n",
+        1,
+        "loadbalance",
+        "must be one of round_robin, off (got 'random')",
+    ),
     ("lameduck: 5s\n", 1, "lameduck", "must be a number of seconds in 0-3600 (got '5s')"),
     ("lameduck: 3601\n", 1, "lameduck", "must be a number of seconds in 0-3600 (got 3601)"),
     (

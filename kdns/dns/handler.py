@@ -60,9 +60,12 @@ class Handler:
         forwarder: Forwarder | None = None,
         autopath: bool = False,
         host_search: tuple[str, ...] = (),
+        loadbalance: str = "round_robin",
     ) -> None:
         self.resolver = resolver
-        self.cache = cache if cache is not None else AnswerCache()
+        # `loadbalance round_robin` (the kubeadm Corefile's): each answer rotates its A, AAAA
+        # or SRV RRset, so clients that take the first address spread over the endpoints.
+        self.cache = cache if cache is not None else AnswerCache(rotate=loadbalance != "off")
         self.forwarder = forwarder
         self.autopath = autopath
         self.host_search = host_search

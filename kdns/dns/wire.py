@@ -236,21 +236,175 @@ def encode(
     return bytes(buffer.data) + opt
 
 
-def truncated(response: bytes, query: Query) -> bytes:
-    """The UDP stand-in for an answer that does not fit: TC set, the question kept, no records
-    (RFC 2181 §9: a client must not use a partial RRset; it retries over TCP, RFC 7766)."""
-    qid, flags = struct.unpack_from("!HH", response)
-    opt = opt_record(query, flags & 0xF) if query.edns else b""
-    header = _HEADER.pack(qid, flags | TC, 1, 0, 0, 1 if opt else 0)
-    return header + query.question + opt
+# --- truncation and rotation --------------------------------------------------------------------
+
+A_TYPE, AAAA_TYPE, SRV_TYPE = 1, 28, 33
+# Round robin rotates these (CoreDNS's `loadbalance` rotates A, AAAA and MX; kdns serves SRV
+# where CoreDNS would MX, and a client that takes the first SRV target is as common).
+ROTATED_TYPES = frozenset({A_TYPE, AAAA_TYPE, SRV_TYPE})
+
+
+@dataclass(frozen=True, slots=True)
+class Layout:
+    """A response cut at its record boundaries: what truncation and rotation rearrange.
+
+    Compression pointers only point backwards (RFC 1035 §4.1.4), so any prefix of the records
+    stays valid. Rotation moves whole records of one RRset; `split` offers it only for a
+    response `encode` built, where those records hold no name that a later one points into
+    (their owner is a pointer to the question or a CNAME target, SRV targets are not
+    compressed, RFC 2782)."""
+
+    header: bytes  # 12 octets
+    question: bytes
+    answer: tuple[bytes, ...]  # one item per record
+    rrsets: tuple[int, ...]  # per answer record: the index of its RRset (same owner and type)
+    authority: bytes
+    nscount: int
+    additional: bytes  # every additional record except OPT
+    arcount: int  # of `additional`
+    opt: bytes
+    rotation: tuple[int, int] = (0, 0)  # answer[start:end] is the RRset to rotate
+
+    @property
+    def turns(self) -> int:
+        """How many distinct rotations there are (1: nothing rotates)."""
+        start, end = self.rotation
+        return max(1, end - start)
+
+    def answer_bytes(self, turn: int = 0) -> bytes:
+        start, end = self.rotation
+        if end - start < 2:
+            return b"".join(self.answer)
+        k = start + turn % (end - start)
+        answer = self.answer
+        return b"".join((*answer[:start], *answer[k:end], *answer[start:k], *answer[end:]))
+
+    def tail(self, turn: int = 0) -> bytes:
+        """Everything after the question, the answer rotated by `turn`."""
+        return self.answer_bytes(turn) + self.authority + self.additional + self.opt
+
+    def fit(self, limit: int, turn: int = 0) -> tuple[bytes, bytes]:
+        """(header octets 2-12, tail) of the answer cut to `limit` octets, for UDP.
+
+        As many whole answer records as fit, whole RRsets first: once an RRset does not fit,
+        the records of it that fit end the answer (a client that does not retry over TCP —
+        musl before 1.2.4, drill — still gets addresses). TC is set when answer or authority
+        records were left out; leaving out additional records alone does not set it (RFC 2181
+        §9: TC only when a required RRset could not be included)."""
+        room = limit - 12 - len(self.question) - len(self.opt)
+        start, end = self.rotation
+        answer = list(self.answer)
+        if end - start >= 2:
+            k = start + turn % (end - start)
+            answer[start:end] = answer[k:end] + answer[start:k]
+        kept: list[bytes] = []
+        cut = False
+        i = 0
+        while i < len(answer):
+            j = i
+            while j < len(answer) and self.rrsets[j] == self.rrsets[i]:
+                j += 1
+            size = sum(len(record) for record in answer[i:j])
+            if size <= room:
+                kept.extend(answer[i:j])
+                room -= size
+                i = j
+                continue
+            for record in answer[i:j]:
+                if len(record) > room:
+                    break
+                kept.append(record)
+                room -= len(record)
+            cut = True
+            break
+        authority, nscount = b"", 0
+        additional, arcount = b"", 0
+        if not cut:
+            if len(self.authority) <= room:
+                authority, nscount = self.authority, self.nscount
+                room -= len(authority)
+                if len(self.additional) <= room:
+                    additional, arcount = self.additional, self.arcount
+            else:
+                cut = True
+        flags = int.from_bytes(self.header[2:4]) | (TC if cut else 0)
+        header = struct.pack("!5H", flags, 1, len(kept), nscount, arcount + (1 if self.opt else 0))
+        return header, b"".join(kept) + authority + additional + self.opt
+
+
+def split(response: bytes, rotate: bool = False) -> Layout:
+    """Cut a response with one question at its record boundaries (raises WireError).
+
+    `rotate`: mark the first answer RRset of A, AAAA or SRV with more than one record for
+    rotation — only for responses `encode` built (see `Layout`)."""
+    _, _, qdcount, ancount, nscount, arcount = _HEADER.unpack_from(response)
+    if qdcount != 1:
+        raise WireError("a response to split has one question")
+    _, pos = read_name(response, 12)
+    qend = pos + 4
+    pos = qend
+    answer: list[bytes] = []
+    rrsets: list[int] = []
+    types: list[int] = []
+    last: tuple[tuple[bytes, ...], int] | None = None
+    for _ in range(ancount):
+        labels, _ = read_name(response, pos)
+        _, rtype, _, _, _, end = _skip_rr(response, pos)
+        owner = (tuple(label.lower() for label in labels), rtype)
+        rrsets.append(rrsets[-1] + (owner != last) if rrsets else 0)
+        last = owner
+        answer.append(response[pos:end])
+        types.append(rtype)
+        pos = end
+    authority_start = pos
+    for _ in range(nscount):
+        pos = _skip_rr(response, pos)[-1]
+    authority = response[authority_start:pos]
+    additional: list[bytes] = []
+    opt = b""
+    for _ in range(arcount):
+        rtype, end = _skip_rr(response, pos)[1::4]
+        if rtype == OPT:
+            opt = response[pos:end]
+        else:
+            additional.append(response[pos:end])
+        pos = end
+    return Layout(
+        response[:12],
+        response[12:qend],
+        tuple(answer),
+        tuple(rrsets),
+        authority,
+        nscount,
+        b"".join(additional),
+        len(additional),
+        opt,
+        _rotatable(rrsets, types) if rotate else (0, 0),
+    )
+
+
+def _rotatable(rrsets: list[int], types: list[int]) -> tuple[int, int]:
+    """The span of the first A, AAAA or SRV RRset with more than one record, else (0, 0)."""
+    i = 0
+    while i < len(rrsets):
+        j = i
+        while j < len(rrsets) and rrsets[j] == rrsets[i]:
+            j += 1
+        if j - i > 1 and types[i] in ROTATED_TYPES:
+            return i, j
+        i = j
+    return 0, 0
 
 
 def finish(response: bytes, query: Query, udp: bool) -> bytes:
     """Patch the client's spelling of the question in, and truncate for UDP if needed."""
     if not query.compressed:
         response = response[:12] + query.question + response[12 + len(query.question) :]
-    if udp and len(response) > query.udp_limit():
-        return truncated(response, query)
+    limit = query.udp_limit()
+    if udp and len(response) > limit:
+        layout = split(response)
+        header, tail = layout.fit(limit)
+        return response[:2] + header + layout.question + tail
     return response
 
 
@@ -293,16 +447,29 @@ _COUNTS_PLAIN = b"\x00\x01\x00\x00\x00\x00\x00\x00"
 _COUNTS_EDNS = b"\x00\x01\x00\x00\x00\x00\x00\x01"
 
 
+ROTATIONS_KEPT = 16  # an RRset up to this size keeps every rotation encoded; larger ones re-join
+
+# An entry: (header octets 2-12, the tail after the question per rotation — () when re-joined
+# per answer —, full length, the Layout, the rotation turn [n], the label).
+Entry = tuple[bytes, tuple[bytes, ...], int, Layout, list[int], int]
+
+
 class AnswerCache:
     """Encoded answers by `cache_key`, dropped by tag; bounded by entry count.
 
-    An entry is (header bytes 2-12, bytes after the question, full length, TC header, TC tail,
-    label): the answer is rebuilt around the client's own ID and question with one join.
+    A hit is rebuilt around the client's own ID and question with one join. With `rotate`
+    (CoreDNS's `loadbalance round_robin`), an entry whose answer has an A, AAAA or SRV RRset of
+    several records gives each hit the next rotation of it: each entry counts its own turns, so
+    a client asking A and AAAA in alternation still sees every rotation of both. Rotations of
+    an RRset up to `ROTATIONS_KEPT` records are encoded once, when stored; a larger one is
+    re-joined from its records per answer. A UDP answer over the client's limit is cut per
+    `Layout.fit` from the same rotation.
     """
 
-    def __init__(self, max_entries: int = 100_000) -> None:
+    def __init__(self, max_entries: int = 100_000, rotate: bool = True) -> None:
         self.max_entries = max_entries
-        self.entries: dict[bytes, tuple[bytes, bytes, int, bytes, bytes, int]] = {}
+        self.rotate = rotate
+        self.entries: dict[bytes, Entry] = {}
         self.by_tag: dict[Tag, set[bytes]] = {}
         self.hits = 0
         self.misses = 0
@@ -333,9 +500,16 @@ class AnswerCache:
             return None
         self.hits += 1
         self.label = entry[5]
+        tails = entry[1]
+        if len(tails) == 1 and not (udp and entry[2] > limit):
+            return data[:2] + entry[0] + data[12:qend] + tails[0]
+        turn = entry[4]
+        turn[0] += 1
         if udp and entry[2] > limit:
-            return data[:2] + entry[3] + data[12:qend] + entry[4]
-        return data[:2] + entry[0] + data[12:qend] + entry[1]
+            header, tail = entry[3].fit(limit, turn[0])
+            return data[:2] + header + data[12:qend] + tail
+        tail = tails[turn[0] % len(tails)] if tails else entry[3].tail(turn[0])
+        return data[:2] + entry[0] + data[12:qend] + tail
 
     def store(
         self, data: bytes, query: Query, response: bytes, tags: Iterable[Tag], label: int = 0
@@ -360,15 +534,16 @@ class AnswerCache:
             # bound; starting over costs one slow-path answer per name still in use.
             self.entries.clear()
             self.by_tag.clear()
-        tc = truncated(response, query)
-        self.entries[key] = (
-            response[2:12],
-            response[qend:],
-            len(response),
-            tc[2:12],
-            tc[qend:],
-            label,
-        )
+        layout = split(response, rotate=self.rotate)
+        turns = layout.turns
+        if turns == 1:
+            tails: tuple[bytes, ...] = (response[qend:],)
+        elif turns <= ROTATIONS_KEPT:
+            tails = tuple(layout.tail(turn) for turn in range(turns))
+        else:
+            tails = ()
+        # The slow path answered turn 0: the first hit gives the next rotation.
+        self.entries[key] = (response[2:12], tails, len(response), layout, [0], label)
         for tag in tags:
             self.by_tag.setdefault(tag, set()).add(key)
 
