@@ -505,6 +505,13 @@ PANICS = Counter(
     "kdns_panics_total", "Queries whose handling raised unexpectedly (answered SERVFAIL)."
 )
 
+# A CNAME chain kdns would not follow to its end (a loop, or more than 8 links): SERVFAIL.
+CNAME_CHASE_FAILURES = Counter(
+    "kdns_dns_cname_chase_failures_total",
+    "Answers given SERVFAIL because a CNAME chain looped or had more than 8 links.",
+    ["reason"],
+)
+
 FORWARD_REQUESTS = Counter(
     "kdns_forward_requests_total", "Queries sent to an upstream (each attempt).", ["to"]
 )

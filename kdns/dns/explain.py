@@ -276,7 +276,7 @@ class _Walker:
         )
 
     def _origin_all(self, qname: str, text: str) -> None:
-        answer = self.resolver.resolve(qname, ANY)
+        answer = self.resolver.resolve(qname, ANY, minimal_any=False)
         for rr in answer.answer if answer is not None else ():
             self.origin(rr, text)
 
@@ -286,7 +286,7 @@ class _Walker:
             ns_origin = "the cluster DNS Service kube-system/kube-dns"
         else:
             ns_origin = "kdns itself (no Service kube-system/kube-dns is known)"
-        answer = self.resolver.resolve(qname, ANY)
+        answer = self.resolver.resolve(qname, ANY, minimal_any=False)
         for rr in answer.answer if answer is not None else ():
             if rr.rtype == QTYPE.NS:
                 self.origin(rr, ns_origin)

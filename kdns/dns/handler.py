@@ -29,7 +29,7 @@ from dnslib import CNAME, QTYPE, RR, DNSRecord
 from kdns import metrics
 from kdns.dns import wire
 from kdns.dns.forward import Forwarder
-from kdns.dns.resolver import Resolver
+from kdns.dns.resolver import Answer, Resolver
 from kdns.dns.wire import AnswerCache, Query
 from kdns.metrics import LABELS
 
@@ -49,6 +49,7 @@ class Deferred:
     query: Query
     udp: bool
     search: tuple[str, ...] = ()  # autopath: the client's search list, first element matched
+    chase: Answer | None = None  # an answer whose CNAME target the upstreams must resolve
     label: int = 0  # set by `complete`: the metrics label id of the response
 
 
@@ -140,6 +141,18 @@ class Handler:
             if search:
                 return Deferred(query, udp, search)
         answer = self.resolver.resolve(query.qname, query.qtype)
+        if answer is not None and answer.broken is not None:
+            self._broken_chain(query, answer)
+        if answer is not None and self._chases(answer):
+            assert answer.chase is not None and self.forwarder is not None
+            cached = self.forwarder.cached(_sub_query(query, answer.chase))
+            if cached is None:
+                return Deferred(query, udp, chase=answer)
+            response = self._after_cname(query, answer, cached)
+            self.label = LABELS.id(
+                self.zone(query.qname), query.qtype, response[3] & 0xF, "kubernetes", query.do
+            )
+            return wire.finish(response, query, udp)
         if answer is None:
             if self.forwarder is None or not self.forwarder.upstreams_for(query.qname):
                 return self._refuse(query, wire.REFUSED, udp)
@@ -193,6 +206,9 @@ class Handler:
             if deferred.search:
                 plugin = "autopath"
                 response = await self._autopath(query, deferred.search)
+            elif deferred.chase is not None:
+                plugin = "kubernetes"
+                response = await self._chase(query, deferred.chase, looked_up=True)
             else:
                 assert self.forwarder is not None
                 plugin = "forward"
@@ -211,6 +227,48 @@ class Handler:
             self.zone(query.qname), query.qtype, response[3] & 0xF, plugin, query.do
         )
         return wire.finish(_with_ra(response), query, deferred.udp)
+
+    # --- CNAMEs to names outside our zones ---------------------------------------------------
+
+    def _chases(self, answer: Answer) -> bool:
+        """Whether the answer's CNAME target is to be resolved through the upstreams: with
+        forwarding off (or no upstream for that name) the CNAME alone is the answer."""
+        return (
+            answer.chase is not None
+            and self.forwarder is not None
+            and bool(self.forwarder.upstreams_for(answer.chase))
+        )
+
+    def _broken_chain(self, query: Query, answer: Answer) -> None:
+        metrics.CNAME_CHASE_FAILURES.labels(answer.broken).inc()
+        log.warning(
+            "%s: the CNAME chain %s: SERVFAIL",
+            query.qname + ".",
+            "loops" if answer.broken == "loop" else "has more than 8 links",
+            extra={"consolidate": f"CNAME chains that {answer.broken}"},
+        )
+
+    async def _chase(self, query: Query, answer: Answer, looked_up: bool = False) -> bytes:
+        assert answer.chase is not None and self.forwarder is not None
+        sub = _sub_query(query, answer.chase)
+        return self._after_cname(query, answer, await self.forwarder.resolve(sub, looked_up))
+
+    def _after_cname(self, query: Query, answer: Answer, target: bytes) -> bytes:
+        """Our CNAME chain followed by the upstream's answer for its target (CoreDNS's
+        kubernetes plugin does the same for an ExternalName). The rcode is the target's, and an
+        NXDOMAIN keeps the CNAME (RFC 6604 §3); an upstream failure is ours (SERVFAIL)."""
+        found = DNSRecord.parse(target)
+        rcode = found.header.rcode
+        if rcode not in (wire.NOERROR, wire.NXDOMAIN):
+            return wire.error_response(query.id, query.flags, wire.SERVFAIL, query)
+        return wire.encode(
+            query,
+            rcode,
+            [*answer.answer, *found.rr],
+            found.auth,
+            (),
+            recursion_available=self.recursion_available,
+        )
 
     # --- autopath (CoreDNS `autopath @kubernetes`) --------------------------------------------
 
@@ -257,22 +315,12 @@ class Handler:
 
     async def _lookup(self, query: Query, name: str) -> bytes:
         """The response for `name` (same type) as kdns would give it, by the client's ID."""
-        labels = tuple(label.encode("latin-1") for label in name.split(".") if label)
-        question = b"".join(bytes((len(x),)) + x for x in labels) + b"\x00"
-        question += query.qtype.to_bytes(2) + query.qclass.to_bytes(2)
-        sub = Query(
-            query.id,
-            query.flags,
-            labels,
-            query.qtype,
-            query.qclass,
-            question,
-            False,
-            edns=query.edns,
-            payload=query.payload,
-            do=query.do,
-        )
+        sub = _sub_query(query, name)
         answer = self.resolver.resolve(name, query.qtype)
+        if answer is not None and answer.broken is not None:
+            self._broken_chain(sub, answer)
+        if answer is not None and self._chases(answer):
+            return await self._chase(sub, answer)
         if answer is not None:
             return wire.encode(
                 sub,
@@ -295,7 +343,10 @@ class Handler:
             found.rr,
             found.auth,
             [rr for rr in found.ar if rr.rtype != wire.OPT],
-            authoritative=False,
+            # AA as the answer found had it: set when kdns answered from its own zone (as
+            # CoreDNS's autopath, whose answer comes from the kubernetes plugin), an
+            # upstream's otherwise.
+            authoritative=bool(response[2] & (wire.AA >> 8)),
             recursion_available=self.recursion_available,
         )
 
@@ -309,7 +360,10 @@ class Handler:
             [cname, *found.rr],
             found.auth,
             [rr for rr in found.ar if rr.rtype != wire.OPT],
-            authoritative=False,
+            # AA as the answer found had it: set when kdns answered from its own zone (as
+            # CoreDNS's autopath, whose answer comes from the kubernetes plugin), an
+            # upstream's otherwise.
+            authoritative=bool(response[2] & (wire.AA >> 8)),
             recursion_available=self.recursion_available,
         )
 
@@ -317,3 +371,23 @@ class Handler:
 def _with_ra(response: bytes) -> bytes:
     # We recurse for the client, whatever flags the upstream's answer carried.
     return response[:3] + bytes((response[3] | 0x80,)) + response[4:]
+
+
+def _sub_query(query: Query, name: str) -> Query:
+    """The same question for another name (a search domain's, a CNAME target), by the
+    client's ID and flags."""
+    labels = tuple(label.encode("latin-1") for label in name.split(".") if label)
+    question = b"".join(bytes((len(x),)) + x for x in labels) + b"\x00"
+    question += query.qtype.to_bytes(2) + query.qclass.to_bytes(2)
+    return Query(
+        query.id,
+        query.flags,
+        labels,
+        query.qtype,
+        query.qclass,
+        question,
+        False,
+        edns=query.edns,
+        payload=query.payload,
+        do=query.do,
+    )

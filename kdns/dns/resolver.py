@@ -48,7 +48,7 @@ from kdns.store import Change, Store
 ANY = QTYPE.ANY
 DNS_VERSION = "1.1.0"  # Kubernetes DNS-Based Service Discovery, schema version (spec §2.1)
 DNS_VERSION_TTL = 28800  # the spec's example, and what CoreDNS serves
-MAX_CHASE = 8  # CNAME chain length we follow inside our zones
+MAX_CHASE = 8  # CNAME links one answer may hold; a longer chain is SERVFAIL
 
 Tag = tuple[str, ...]
 APEX_TAG: Tag = ("apex",)
@@ -68,6 +68,12 @@ class Answer:
     tags: set[Tag] = field(default_factory=set)
     cacheable: bool = True
     fallthrough: bool = False  # not ours after all: forward it
+    # The answer ends in a CNAME to `chase`, a name in none of our zones: the caller resolves
+    # it through the upstreams and appends its records (RFC 1034 §4.3.2 step 3a), as CoreDNS
+    # does for an ExternalName; with no upstream the CNAME alone is the answer.
+    chase: str | None = None
+    # Why a CNAME chain was not followed to its end ("loop", "too long"): the answer is SERVFAIL.
+    broken: str | None = None
 
 
 def service_tag(namespace: str, name: str) -> Tag:
@@ -212,8 +218,11 @@ class Resolver:
                 return zone
         return None
 
-    def resolve(self, qname: str, qtype: int) -> Answer | None:
-        """Answer `qname` (lower-case, no trailing dot) or return None if it is not ours."""
+    def resolve(self, qname: str, qtype: int, minimal_any: bool = True) -> Answer | None:
+        """Answer `qname` (lower-case, no trailing dot) or return None if it is not ours.
+
+        `minimal_any=False` gives every RRset at the name for ANY (explain's origins), not
+        the one RRset a client gets."""
         zone = self.zone_of(qname)
         if zone is None:
             return None
@@ -221,6 +230,19 @@ class Resolver:
         self._resolve_into(answer, qname, qtype, zone, depth=0)
         if answer.fallthrough:
             return None
+        if answer.broken is not None:
+            # A CNAME loop or a chain past MAX_CHASE: no answer is right (RFC 1034 §3.6.2:
+            # such a chain signals a configuration error), and it is not cached, so every
+            # query is counted.
+            answer.rcode = RCODE.SERVFAIL
+            answer.answer.clear()
+            answer.authority.clear()
+            answer.additional.clear()
+            answer.cacheable = False
+            answer.chase = None
+            return answer
+        if qtype == ANY and minimal_any:
+            _minimal_any(answer)
         if not self.store.synced:
             answer.cacheable = False
             if answer.rcode == RCODE.NXDOMAIN or (
@@ -341,14 +363,24 @@ class Resolver:
     ) -> None:
         cname = next((r for r in records if r.rtype == QTYPE.CNAME), None)
         if cname is not None and qtype not in (QTYPE.CNAME, ANY):
-            # ExternalName (spec 2.5): the CNAME first; a target inside our zones is chased here
-            # (RFC 1034 §4.3.2 step 3a), one outside is left to the client's resolver.
+            # ExternalName (spec 2.5): the CNAME first, then the target's records (RFC 1034
+            # §4.3.2 step 3a): a target inside our zones is chased here, one outside by the
+            # caller through the upstreams (`Answer.chase`).
             answer.answer.append(
                 RR(qname + ".", QTYPE.CNAME, rdata=CNAME_RD(cname.value + "."), ttl=self.ttl)
             )
-            target_zone = self.zone_of(cname.value)
-            if target_zone is not None and depth < MAX_CHASE:
-                self._resolve_into(answer, cname.value, qtype, target_zone, depth + 1)
+            target = cname.value
+            if any(str(rr.rname).rstrip(".") == target for rr in answer.answer):
+                answer.broken = "loop"
+                return None
+            if depth + 1 > MAX_CHASE:
+                answer.broken = "too long"
+                return None
+            target_zone = self.zone_of(target)
+            if target_zone is None:
+                answer.chase = target
+                return None
+            self._resolve_into(answer, target, qtype, target_zone, depth + 1)
             return None
         found = False
         for record in records:
@@ -482,3 +514,19 @@ class Resolver:
             and not pod.terminating
             for pod in self.store.pods_by_ip.get(ip, ())
         )
+
+
+# RFC 8482 §4.1: an ANY answer holds one RRset of the name, the first of these that it has.
+ANY_ORDER = (QTYPE.CNAME, QTYPE.A, QTYPE.AAAA, QTYPE.SRV, QTYPE.PTR, QTYPE.TXT, QTYPE.SOA, QTYPE.NS)
+
+
+def _minimal_any(answer: Answer) -> None:
+    """Cut an ANY answer down to one RRset (RFC 8482 §4.1): ANY over UDP with every record of
+    a 500-endpoint Service would be an amplifier. The glue of dropped SRV records goes too."""
+    if not answer.answer:
+        return
+    present = {rr.rtype for rr in answer.answer}
+    keep = next(t for t in ANY_ORDER if t in present)
+    answer.answer[:] = [rr for rr in answer.answer if rr.rtype == keep]
+    if keep != QTYPE.SRV and keep != QTYPE.NS:
+        answer.additional.clear()

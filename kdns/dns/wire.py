@@ -2,15 +2,19 @@
 
 - `parse_query` validates a query before anything else reads it (dnslib alone accepts qdcount 0,
   64-octet labels, and recurses on pointer chains): it returns a `Query`, an encoded error
-  response (FORMERR with the client's ID), or None when the packet must be dropped (shorter than
-  a header, or a response — answering responses invites reflection loops).
+  response (FORMERR with the client's ID; NOTIMP for an opcode other than QUERY), or None when
+  the packet must be dropped (shorter than a header, or a response — answering responses
+  invites reflection loops).
+- `split` cuts a response at its record boundaries (`Layout`): `Layout.fit` truncates it for
+  UDP keeping whole records, `Layout.tail` rotates its first A/AAAA/SRV RRset.
 - `encode` turns an answer into wire bytes, owner names compressed against a lower-case copy of
   the question, so that patching in the client's spelling later echoes its case everywhere.
-- `AnswerCache` is the hot path (DESIGN.md §4): whole encoded answers keyed by the question's
-  wire bytes (name lower-cased), the header flags and the EDNS shape. A hit costs one dict lookup
-  and one bytes join: the client's ID and question are copied into the stored answer. Entries
-  carry the tags of the names they read and are dropped when one of those changes, and an opaque
-  int the caller gave (`label`, the metrics label of a hit) that a hit leaves in `self.label`.
+- `AnswerCache` is the hot path (docs/architecture.md): whole encoded answers keyed by the
+  question's wire bytes (name lower-cased), the header flags and the EDNS shape. A hit costs one
+  dict lookup and one bytes join: the client's ID and question are copied into the stored answer
+  (and, with rotation, one counter step picks the rotation). Entries carry the tags of the
+  names they read and are dropped when one of those changes, and an opaque int the caller gave
+  (`label`, the metrics label of a hit) that a hit leaves in `self.label`.
 
 Nothing here does I/O.
 """
@@ -150,8 +154,12 @@ def parse_query(data: bytes) -> Query | bytes | None:
     qid, flags, qdcount, ancount, nscount, arcount = _HEADER.unpack_from(data)
     if flags & QR:
         return None  # a response: never answer it (reflection, loops)
+    # An opcode we do not implement is NOTIMP whatever the rest holds (RFC 1035 §4.1.1): its
+    # sections may mean something else (UPDATE's zone section), so their form is not ours to
+    # judge. The handler gives a well-formed one the same rcode, with its question.
+    malformed = FORMERR if not (flags >> 11) & 0xF else NOTIMP
     if qdcount != 1:
-        return error_response(qid, flags, FORMERR)
+        return error_response(qid, flags, malformed)
     try:
         labels, pos = read_name(data, 12)
         compressed = pos != 12 + sum(len(label) + 1 for label in labels) + 1
@@ -177,7 +185,7 @@ def parse_query(data: bytes) -> Query | bytes | None:
         if pos != len(data):
             raise WireError("trailing bytes after the last record")
     except WireError:
-        return error_response(qid, flags, FORMERR)
+        return error_response(qid, flags, malformed)
     return query
 
 
