@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from dnslib import QTYPE, RCODE, RR
@@ -86,12 +86,17 @@ class Explanation:
 
 
 def explain(
-    resolver: Resolver, qname: str, qtype: int, upstreams: Sequence[str] = ()
+    resolver: Resolver,
+    qname: str,
+    qtype: int,
+    upstreams: Sequence[str] = (),
+    upstreams_for: Callable[[str], Sequence[str]] | None = None,
 ) -> Explanation:
     """Explain the answer to `qname` (lower-case, no trailing dot) and `qtype`.
 
     `upstreams`: where the server would forward this name (its stub domain's servers, else the
-    upstreams), as text; empty when it has nowhere to forward."""
+    upstreams), as text; empty when it has nowhere to forward. `upstreams_for`: the same for
+    any name — where the server resolves a CNAME target outside the zones; None: nowhere."""
     qname = qname.rstrip(".").lower()
     zone = resolver.zone_of(qname)
     if qtype in TRANSFER_TYPES:
@@ -112,7 +117,7 @@ def explain(
             ],
         )
     answer = resolver.resolve(qname, qtype)
-    walker = _Walker(resolver)
+    walker = _Walker(resolver, upstreams_for)
     if zone is not None:
         walker.name(qname, qtype, zone, depth=0)
     if answer is None:
@@ -134,6 +139,15 @@ def explain(
         return Explanation(qname, qtype, zone, None, REFUSED, RCODE.REFUSED, False, [], reasons)
 
     reasons = walker.reasons
+    if answer.broken is not None:
+        reasons.append(
+            Reason(
+                "cname-loop" if answer.broken == "loop" else "cname-too-long",
+                f"the CNAME chain {'loops' if answer.broken == 'loop' else 'has more than 8 links'}"
+                ": SERVFAIL (a configuration error; counted in "
+                "kdns_dns_cname_chase_failures_total)",
+            )
+        )
     if not resolver.store.synced:
         kinds = ", ".join(resolver.store.unsynced_kinds())
         text = f"the cluster state is not synced yet (waiting for: {kinds})"
@@ -218,8 +232,11 @@ class _Located:
 class _Walker:
     """Follows a name through the same branches as `Resolver`, collecting reasons and origins."""
 
-    def __init__(self, resolver: Resolver) -> None:
+    def __init__(
+        self, resolver: Resolver, upstreams_for: Callable[[str], Sequence[str]] | None = None
+    ) -> None:
         self.resolver = resolver
+        self.upstreams_for = upstreams_for
         self.store = resolver.store
         self.reasons: list[Reason] = []
         self.origins: dict[RRKey, str] = {}
@@ -619,10 +636,24 @@ class _Walker:
                 "follows it and answers its records too (RFC 1034 §4.3.2)",
             )
             return self.name(target, qtype, target_zone, depth + 1)
+        upstreams = self.upstreams_for(target) if self.upstreams_for is not None else ()
+        if target_zone is None and upstreams:
+            self.add(
+                "externalname",
+                f"ExternalName: CNAME to {target}, outside kdns's zones (spec 2.5)",
+            )
+            self.add(
+                "chase-upstream",
+                f"kdns resolves {target} {QTYPE.get(qtype)} through upstream "
+                f"{', '.join(upstreams)} and answers the CNAME followed by its records, with "
+                "its rcode (as CoreDNS; RFC 1034 §4.3.2): those records are the upstream's, "
+                "not shown here",
+            )
+            return None
         self.add(
             "externalname",
             f"ExternalName: CNAME to {target}; the client's resolver follows it (kdns "
-            "answers only the CNAME for a name outside its zones)",
+            "answers only the CNAME for a name outside its zones when it has no upstream)",
         )
         return None
 
