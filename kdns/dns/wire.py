@@ -265,7 +265,9 @@ class Layout:
     header: bytes  # 12 octets
     question: bytes
     answer: tuple[bytes, ...]  # one item per record
-    rrsets: tuple[int, ...]  # per answer record: the index of its RRset (same owner and type)
+    # Per answer RRset (same owner and type, consecutive): its records answer[first:last], and
+    # their octets.
+    spans: tuple[tuple[int, int, int], ...]
     authority: bytes
     nscount: int
     additional: bytes  # every additional record except OPT
@@ -300,29 +302,23 @@ class Layout:
         records were left out; leaving out additional records alone does not set it (RFC 2181
         §9: TC only when a required RRset could not be included)."""
         room = limit - 12 - len(self.question) - len(self.opt)
+        answer = self.answer
         start, end = self.rotation
-        answer = list(self.answer)
         if end - start >= 2:
             k = start + turn % (end - start)
-            answer[start:end] = answer[k:end] + answer[start:k]
-        kept: list[bytes] = []
+            answer = (*answer[:start], *answer[k:end], *answer[start:k], *answer[end:])
+        kept = 0  # answer[:kept] goes out
         cut = False
-        i = 0
-        while i < len(answer):
-            j = i
-            while j < len(answer) and self.rrsets[j] == self.rrsets[i]:
-                j += 1
-            size = sum(len(record) for record in answer[i:j])
+        for first, last, size in self.spans:
             if size <= room:
-                kept.extend(answer[i:j])
                 room -= size
-                i = j
+                kept = last
                 continue
-            for record in answer[i:j]:
+            for record in answer[first:last]:
                 if len(record) > room:
                     break
-                kept.append(record)
                 room -= len(record)
+                kept += 1
             cut = True
             break
         authority, nscount = b"", 0
@@ -336,8 +332,8 @@ class Layout:
             else:
                 cut = True
         flags = int.from_bytes(self.header[2:4]) | (TC if cut else 0)
-        header = struct.pack("!5H", flags, 1, len(kept), nscount, arcount + (1 if self.opt else 0))
-        return header, b"".join(kept) + authority + additional + self.opt
+        header = struct.pack("!5H", flags, 1, kept, nscount, arcount + (1 if self.opt else 0))
+        return header, b"".join(answer[:kept]) + authority + additional + self.opt
 
 
 def split(response: bytes, rotate: bool = False) -> Layout:
@@ -352,17 +348,21 @@ def split(response: bytes, rotate: bool = False) -> Layout:
     qend = pos + 4
     pos = qend
     answer: list[bytes] = []
-    rrsets: list[int] = []
-    types: list[int] = []
+    spans: list[tuple[int, int, int]] = []
+    types: list[int] = []  # per span
     last: tuple[tuple[bytes, ...], int] | None = None
-    for _ in range(ancount):
+    for i in range(ancount):
         labels, _ = read_name(response, pos)
         _, rtype, _, _, _, end = _skip_rr(response, pos)
         owner = (tuple(label.lower() for label in labels), rtype)
-        rrsets.append(rrsets[-1] + (owner != last) if rrsets else 0)
-        last = owner
+        if owner != last:
+            spans.append((i, i + 1, end - pos))
+            types.append(rtype)
+            last = owner
+        else:
+            first, _, size = spans[-1]
+            spans[-1] = (first, i + 1, size + end - pos)
         answer.append(response[pos:end])
-        types.append(rtype)
         pos = end
     authority_start = pos
     for _ in range(nscount):
@@ -381,26 +381,21 @@ def split(response: bytes, rotate: bool = False) -> Layout:
         response[:12],
         response[12:qend],
         tuple(answer),
-        tuple(rrsets),
+        tuple(spans),
         authority,
         nscount,
         b"".join(additional),
         len(additional),
         opt,
-        _rotatable(rrsets, types) if rotate else (0, 0),
+        _rotatable(spans, types) if rotate else (0, 0),
     )
 
 
-def _rotatable(rrsets: list[int], types: list[int]) -> tuple[int, int]:
+def _rotatable(spans: list[tuple[int, int, int]], types: list[int]) -> tuple[int, int]:
     """The span of the first A, AAAA or SRV RRset with more than one record, else (0, 0)."""
-    i = 0
-    while i < len(rrsets):
-        j = i
-        while j < len(rrsets) and rrsets[j] == rrsets[i]:
-            j += 1
-        if j - i > 1 and types[i] in ROTATED_TYPES:
-            return i, j
-        i = j
+    for (first, last, _), rtype in zip(spans, types, strict=True):
+        if last - first > 1 and rtype in ROTATED_TYPES:
+            return first, last
     return 0, 0
 
 
@@ -455,11 +450,20 @@ _COUNTS_PLAIN = b"\x00\x01\x00\x00\x00\x00\x00\x00"
 _COUNTS_EDNS = b"\x00\x01\x00\x00\x00\x00\x00\x01"
 
 
-ROTATIONS_KEPT = 16  # an RRset up to this size keeps every rotation encoded; larger ones re-join
+ROTATIONS_KEPT = 64  # an RRset up to this size keeps every rotation encoded; larger ones re-join
+CUTS_KEPT = 256  # UDP cuts (limit, rotation) kept per entry: a few hundred kB at most
 
 # An entry: (header octets 2-12, the tail after the question per rotation — () when re-joined
-# per answer —, full length, the Layout, the rotation turn [n], the label).
-Entry = tuple[bytes, tuple[bytes, ...], int, Layout, list[int], int]
+# per answer —, full length, the Layout, the rotation turn [n], the label, the UDP cuts made).
+Entry = tuple[
+    bytes,
+    tuple[bytes, ...],
+    int,
+    Layout,
+    list[int],
+    int,
+    dict[tuple[int, int], tuple[bytes, bytes]],
+]
 
 
 class AnswerCache:
@@ -508,16 +512,32 @@ class AnswerCache:
             return None
         self.hits += 1
         self.label = entry[5]
+        if udp and entry[2] > limit:
+            header, tail = self._cut(entry, limit)
+            return data[:2] + header + data[12:qend] + tail
         tails = entry[1]
-        if len(tails) == 1 and not (udp and entry[2] > limit):
+        if len(tails) == 1:
             return data[:2] + entry[0] + data[12:qend] + tails[0]
         turn = entry[4]
         turn[0] += 1
-        if udp and entry[2] > limit:
-            header, tail = entry[3].fit(limit, turn[0])
-            return data[:2] + header + data[12:qend] + tail
         tail = tails[turn[0] % len(tails)] if tails else entry[3].tail(turn[0])
         return data[:2] + entry[0] + data[12:qend] + tail
+
+    @staticmethod
+    def _cut(entry: Entry, limit: int) -> tuple[bytes, bytes]:
+        """The answer of `entry` cut to `limit` for UDP, the next rotation; each cut is kept in
+        the entry (up to `CUTS_KEPT`), so a busy large Service costs a dict lookup per hit."""
+        layout, turn, cuts = entry[3], entry[4], entry[6]
+        turns = layout.turns
+        if turns > 1:
+            turn[0] += 1
+        key = (limit, turn[0] % turns)
+        cut = cuts.get(key)
+        if cut is None:
+            cut = layout.fit(limit, key[1])
+            if len(cuts) < CUTS_KEPT:
+                cuts[key] = cut
+        return cut
 
     def store(
         self, data: bytes, query: Query, response: bytes, tags: Iterable[Tag], label: int = 0
@@ -551,7 +571,7 @@ class AnswerCache:
         else:
             tails = ()
         # The slow path answered turn 0: the first hit gives the next rotation.
-        self.entries[key] = (response[2:12], tails, len(response), layout, [0], label)
+        self.entries[key] = (response[2:12], tails, len(response), layout, [0], label, {})
         for tag in tags:
             self.by_tag.setdefault(tag, set()).add(key)
 
