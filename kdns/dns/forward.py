@@ -12,7 +12,8 @@ What CoreDNS's `forward` + `cache` plugins and kube-dns's stubDomains / upstream
   health probe (`. IN NS` every `health_check` s) sees it answer again.
 - Identical questions in flight go upstream once (coalesced). Beyond `max_concurrent` upstream
   exchanges, new questions get REFUSED at once, as CoreDNS's `max_concurrent` does.
-- Every upstream failing → SERVFAIL, or a stale answer (RFC 8767) when `serve_stale` allows.
+- Every upstream failing → SERVFAIL, or a stale answer (RFC 8767) when `serve_stale` allows —
+  also while that SERVFAIL is cached: a stale answer beats a cached failure.
 
 `AnswerCache` here is the upstream cache (cachetools): answers for their TTL capped at
 `max_ttl`, negative answers per RFC 2308 (the SOA's min(TTL, MINIMUM)) capped at

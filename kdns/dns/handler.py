@@ -5,8 +5,8 @@ Contract:
   dropped (no header, or not a query), or a `Deferred` when the answer needs the network
   (forwarding, autopath): the listener then awaits `Handler.complete(deferred)` in a task of
   its own, so one slow upstream never holds up other queries. Neither raises: this is the
-  request boundary of DESIGN.md §5, where an unexpected error becomes SERVFAIL, is logged and
-  counted.
+  request boundary (docs/architecture.md), where an unexpected error becomes SERVFAIL, is
+  logged and counted.
 - Malformed queries get FORMERR with the client's ID; opcodes other than QUERY get NOTIMP; EDNS
   versions other than 0 get BADVERS (RFC 6891 §6.1.3); zone transfers and non-IN classes get
   REFUSED, and so do names outside our zones when there is no upstream to forward them to.
@@ -14,6 +14,12 @@ Contract:
   (`metrics.LABELS`) of that response; `complete` leaves it in `deferred.label`. The zone is the
   authoritative zone the name falls in, the stub domain or "." for forwarded names, and
   "dropped" for queries refused before any lookup (CoreDNS's `vars.Dropped`).
+- A CNAME whose target is outside our zones (an ExternalName to an external name) is answered
+  as CoreDNS does: the CNAME, then the target's records of the asked type from the forwarder
+  (its cache and stub domains; a `Deferred` when it must ask), with the target's rcode; with
+  no upstream for the target, the CNAME alone. Autopath answers chase the same way and carry
+  AA when the answer found was kdns's own. A broken chain (loop, too long) is SERVFAIL, logged
+  and counted (`kdns_dns_cname_chase_failures_total`).
 - Malformed queries and internal errors are logged with a `consolidate` key, so a flood of them
   becomes one line per interval (kdns/logs.py).
 - The synchronous part is pure: no sockets and no clock.
@@ -89,7 +95,7 @@ class Handler:
         try:
             return self._slow(data, udp, client)
         except Exception:
-            # The request boundary (DESIGN.md §5): a bug answers SERVFAIL and is logged, it
+            # The request boundary (docs/architecture.md): a bug answers SERVFAIL and is logged, it
             # never takes the server down.
             self.errors += 1
             metrics.PANICS.inc()

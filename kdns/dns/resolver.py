@@ -14,7 +14,11 @@ Contract:
 - Before the store has synced every watched kind, a negative answer becomes SERVFAIL (clients
   cache negatives; a name that exists must never be denied), as CoreDNS's kubernetes plugin does.
 - Every answer names the tags of the names it read (`Answer.tags`), so a cached copy is dropped
-  exactly when one of them changes (DESIGN.md §4).
+  exactly when one of them changes (docs/architecture.md).
+- A CNAME is followed inside our zones (RFC 1034 §4.3.2); a target outside them is named in
+  `Answer.chase` for the caller to resolve upstream. A loop, or a chain of more than
+  `MAX_CHASE` links, is SERVFAIL (`Answer.broken` says which), never a partial chain.
+- ANY gets one RRset of the name (RFC 8482 §4.1), not every record it has.
 """
 
 from __future__ import annotations
