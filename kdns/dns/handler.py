@@ -5,7 +5,7 @@ Contract:
   dropped (no header, or not a query), or a `Deferred` when the answer needs the network
   (forwarding, autopath): the listener then awaits `Handler.complete(deferred)` in a task of
   its own, so one slow upstream never holds up other queries. Neither raises: this is the
-  request boundary (docs/architecture.md), where an unexpected error becomes SERVFAIL, is
+  request boundary of docs/architecture.md §10, where an unexpected error becomes SERVFAIL, is
   logged and counted.
 - Malformed queries get FORMERR with the client's ID; opcodes other than QUERY get NOTIMP; EDNS
   versions other than 0 get BADVERS (RFC 6891 §6.1.3); zone transfers and non-IN classes get
@@ -95,8 +95,8 @@ class Handler:
         try:
             return self._slow(data, udp, client)
         except Exception:
-            # The request boundary (docs/architecture.md): a bug answers SERVFAIL and is logged, it
-            # never takes the server down.
+            # The request boundary (docs/architecture.md §10): a bug answers SERVFAIL and is logged,
+            # it never takes the server down.
             self.errors += 1
             metrics.PANICS.inc()
             log.exception(

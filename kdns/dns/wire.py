@@ -9,7 +9,7 @@
   UDP keeping whole records, `Layout.tail` rotates its first A/AAAA/SRV RRset.
 - `encode` turns an answer into wire bytes, owner names compressed against a lower-case copy of
   the question, so that patching in the client's spelling later echoes its case everywhere.
-- `AnswerCache` is the hot path (docs/architecture.md): whole encoded answers keyed by the
+- `AnswerCache` is the hot path (docs/architecture.md §7): whole encoded answers keyed by the
   question's wire bytes (name lower-cased), the header flags and the EDNS shape. A hit costs one
   dict lookup and one bytes join: the client's ID and question are copied into the stored answer
   (and, with rotation, one counter step picks the rotation). Entries carry the tags of the

@@ -206,7 +206,7 @@ async def test_autopath_answer_from_our_zone_is_authoritative() -> None:
     # (redis.default.default.svc…) does not exist, the second does; kdns answers it behind a
     # CNAME, from its own zone: AA, as CoreDNS's autopath answer (its kubernetes plugin's).
     store = Store()
-    handler = Handler(Resolver(store, Config(autopath=True)), autopath=True)
+    handler = Handler(Resolver(store, Config().with_overrides(autopath=True)), autopath=True)
     load(store)
     reply = await autopath_answer(handler, f"redis.default.default.svc.{Z}")
     assert answer_lines(reply) == [
@@ -219,7 +219,9 @@ async def test_autopath_answer_from_our_zone_is_authoritative() -> None:
 async def test_autopath_chases_an_external_target(dnsmasq: upstreams.Dnsmasq) -> None:
     store = Store()
     forwarder = Forwarder(ForwardConfig(upstreams=(dnsmasq.upstream,)))
-    handler = Handler(Resolver(store, Config(autopath=True)), forwarder=forwarder, autopath=True)
+    handler = Handler(
+        Resolver(store, Config().with_overrides(autopath=True)), forwarder=forwarder, autopath=True
+    )
     load(store, EXTERNAL)
     reply = await autopath_answer(handler, f"extout.default.default.svc.{Z}")
     assert answer_lines(reply) == [
