@@ -298,7 +298,7 @@ class _Walker:
             self.origin(rr, text)
 
     def _apex(self, qname: str, qtype: int, zone: str) -> None:
-        target, _ = self.resolver._nameserver(zone)
+        target, _ = self.resolver.nameserver(zone)
         if target.startswith("kube-dns.kube-system.svc."):
             ns_origin = "the cluster DNS Service kube-system/kube-dns"
         else:
@@ -315,11 +315,7 @@ class _Walker:
             self.add("no-such-type", f"the zone apex {zone} has only SOA and NS: NODATA")
 
     def _namespace_exists(self, namespace: str) -> bool:
-        # As the resolver decides it: a watched Namespace, or any Service in it.
-        return (
-            self.store.namespace_exists(namespace)
-            or self.resolver._services_per_namespace[namespace] > 0
-        )
+        return self.resolver.namespace_exists(namespace)
 
     def _no_namespace(self, namespace: str) -> None:
         known = sorted(self.store.namespaces)
@@ -437,7 +433,7 @@ class _Walker:
             return "; ".join(x.text(ns) for x in by_address.get(ip, ())) or "?"
 
         for record in here:
-            rr = self.resolver._rr(qname, record, zone)
+            rr = self.resolver.record_rr(qname, record, zone)
             if record.rtype in (QTYPE.A, QTYPE.AAAA):
                 self.origin(rr, address_origin(record.value))
             elif record.rtype == QTYPE.CNAME:
@@ -447,7 +443,7 @@ class _Walker:
                 glue = records.forward.get(record.value, ())
                 for g in glue:
                     if g.rtype in (QTYPE.A, QTYPE.AAAA):
-                        grr = self.resolver._rr(f"{record.value}.{zone}", g, zone)
+                        grr = self.resolver.record_rr(f"{record.value}.{zone}", g, zone)
                         self.origin(
                             grr, f"glue for {record.value}.{zone}: {address_origin(g.value)}"
                         )
@@ -743,7 +739,7 @@ class _Walker:
     def _reverse(self, qname: str, qtype: int, zone: str) -> None:
         if qname == zone:
             return self._apex(qname, qtype, zone)
-        ip = self.resolver._reverse_ip(qname)
+        ip = self.resolver.reverse_ip(qname)
         if ip is None:
             full = qname.count(".") + 1 in (6, 34)
             if full:
@@ -769,7 +765,7 @@ class _Walker:
                 continue
             located = self._endpoints(key)
             for record in records.reverse.get(qname, ()):
-                rr = self.resolver._rr(qname, record, self.resolver.primary)
+                rr = self.resolver.record_rr(qname, record, self.resolver.primary)
                 base = f"{service.name}.{service.namespace}.svc"
                 if record.value == base:
                     origin = f"Service {key[0]}/{key[1]} {_cluster_ip_field(service, ip)}"

@@ -286,11 +286,7 @@ class Resolver:
                 answer.tags.add(ZONE_TAG)
                 return self._negative(answer, zone, exists=True)
             answer.tags.add(namespace_tag(labels[0]))
-            exists = (
-                self.store.namespace_exists(labels[0])
-                or self._services_per_namespace[labels[0]] > 0
-            )
-            return self._negative(answer, zone, exists)
+            return self._negative(answer, zone, self.namespace_exists(labels[0]))
         if last == "pod":
             answer.tags.add(POD_TAG)
             return self._pod(answer, qname, qtype, zone, labels)
@@ -311,17 +307,22 @@ class Resolver:
             answer, zone, exists=rel in ("dns", "ns.dns") and bool(self.ns_addresses)
         )
 
+    def namespace_exists(self, namespace: str) -> bool:
+        """Whether `ns.svc.Z` exists: a watched Namespace, or any Service in it (Namespaces
+        are not always watched)."""
+        return self.store.namespace_exists(namespace) or self._services_per_namespace[namespace] > 0
+
     def _apex(self, answer: Answer, qname: str, qtype: int, zone: str) -> None:
         if qtype in (QTYPE.SOA, ANY):
             answer.answer.append(self._soa(zone))
         if qtype in (QTYPE.NS, ANY):
-            target, glue = self._nameserver(zone)
+            target, glue = self.nameserver(zone)
             answer.answer.append(RR(qname + ".", QTYPE.NS, rdata=NS_RD(target + "."), ttl=self.ttl))
             self._addresses(answer.additional, target, QTYPE.ANY, glue)
         if not answer.answer:
             self._negative(answer, zone, exists=True)
 
-    def _nameserver(self, zone: str) -> tuple[str, tuple[str, ...]]:
+    def nameserver(self, zone: str) -> tuple[str, tuple[str, ...]]:
         """The apex NS: the cluster DNS Service when it is known (as the coredns/ci tests
         expect, `kube-dns.kube-system.svc.Z` with its ClusterIP as glue), else `ns.dns.Z`."""
         forward = zone if zone in self.forward_zones else self.primary
@@ -392,7 +393,7 @@ class Resolver:
             if record.rtype != qtype and qtype != ANY:
                 continue
             found = True
-            answer.answer.append(self._rr(qname, record, zone))
+            answer.answer.append(self.record_rr(qname, record, zone))
             if record.rtype == QTYPE.SRV:
                 # Glue for the target (spec 2.3.2: the additional section MAY carry it).
                 # SRV targets are names of the same Service: its own name or its endpoints'.
@@ -412,7 +413,8 @@ class Resolver:
             self._negative(answer, zone, exists=True)
         return None
 
-    def _rr(self, owner: str, record: Record, zone: str) -> RR:
+    def record_rr(self, owner: str, record: Record, zone: str) -> RR:
+        """The RR `record` gives at `owner` in `zone`, as answers carry it."""
         value = f"{record.value}.{zone}." if record.in_zone else record.value
         if record.rtype == QTYPE.A:
             rdata = A_RD(value)
@@ -432,7 +434,7 @@ class Resolver:
         if qname == zone:
             answer.tags.add(APEX_TAG)
             return self._apex(answer, qname, qtype, zone)
-        ip = self._reverse_ip(qname)
+        ip = self.reverse_ip(qname)
         records = self._ptr_records(qname, ip) if ip is not None else []
         answer.tags.add(reverse_tag(ip) if ip is not None else REVERSE_ENT_TAG)
         if not records:
@@ -448,12 +450,12 @@ class Resolver:
         for record in records:
             if qtype in (QTYPE.PTR, ANY):
                 found = True
-                answer.answer.append(self._rr(qname, record, self.primary))
+                answer.answer.append(self.record_rr(qname, record, self.primary))
         if not found:
             self._negative(answer, zone, exists=True)
         return None
 
-    def _reverse_ip(self, qname: str) -> str | None:
+    def reverse_ip(self, qname: str) -> str | None:
         """The address a whole, canonically spelled reverse name stands for, else None."""
         prefix = reverse_prefix(qname)
         if prefix is None or qname.count(".") + 1 not in (6, 34):
