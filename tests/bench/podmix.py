@@ -56,6 +56,7 @@ How to run (Debian packages dnsperf, unbound, bind9-dnsutils; taskset; two cores
     .venv/bin/python tests/bench/podmix.py
     .venv/bin/python tests/bench/podmix.py --quick            # one short round, a smoke run
     .venv/bin/python tests/bench/podmix.py --rounds 3 --fixed-qps 5000
+    .venv/bin/python tests/bench/podmix.py --nice -10   # a busy machine: the qps need the core
 
 The file name does not start with ``test_``, so pytest does not collect it.
 """
@@ -416,6 +417,7 @@ def kdns_server(args: argparse.Namespace, work: Path, port: int, upstream_port: 
         port,
         work / "kdns.log",
         None if args.no_pin else args.server_cpu,
+        nice=args.nice,
         cwd=REPO_ROOT,
         env=env,
         ready_name=f"app-0.team-0.svc.{ZONE}",
@@ -429,6 +431,7 @@ def peer_server(args: argparse.Namespace, work: Path, port: int) -> Server:
         port,
         work / "unbound.log",
         None if args.no_pin else args.server_cpu,
+        nice=args.nice,
         ready_name=f"app-0.team-0.svc.{ZONE}",
     )
 
@@ -439,6 +442,7 @@ def upstream_running(
 ) -> Iterator[None]:
     """The upstream unbound on UPSTREAM_HOST, pinned with dnsperf, until the block ends."""
     argv = [] if args.no_pin else ["taskset", "-c", args.client_cpu]
+    argv += ["nice", "-n", str(args.nice)] if args.nice else []
     argv += [args.unbound, "-d", "-c", str(work / "upstream.conf")]
     with (work / "upstream.log").open("ab") as log:
         proc = subprocess.Popen(
@@ -557,6 +561,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--client-cpu", default="1", help="taskset CPU of dnsperf and upstream")
     parser.add_argument("--no-pin", action="store_true", help="do not use taskset")
     parser.add_argument(
+        "--nice",
+        type=int,
+        default=0,
+        help="run the servers, the upstream and dnsperf under nice -n N (e.g. -10 on a busy "
+        "machine)",
+    )
+    parser.add_argument(
         "--quiet-wait",
         type=float,
         default=15.0,
@@ -656,7 +667,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         for server in servers:
             say(f"{server.name}: {shlex.join(server.argv)}  (port {server.port})")
         pin = "unpinned" if args.no_pin else f"server on CPU {args.server_cpu}, dnsperf and "
-        say(f"pinning: {pin}{'' if args.no_pin else f'upstream on CPU {args.client_cpu}'}")
+        say(
+            f"pinning: {pin}{'' if args.no_pin else f'upstream on CPU {args.client_cpu}'}"
+            + (f"; all under nice -n {args.nice}" if args.nice else "")
+        )
         with upstream_running(args, work, upstream_port, world.outside[0].name):
             queries = sample_queries(lookups, world, per_kind=8)
             errors = check_answers(servers, queries, world, args.start_timeout)
@@ -672,7 +686,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 work / "queries.txt",
                 work,
                 None if args.no_pin else args.client_cpu,
-                0,
+                args.nice,
                 args.outstanding,
             )
             plan = Plan(
