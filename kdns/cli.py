@@ -12,6 +12,9 @@ Contract:
   names: upstreams, stub domains, a kube-dns ConfigMap) and, when manifests are given by flag or
   config, loads them and prints what would be served. Without manifests it checks the config
   alone.
+- `--corefile FILE` reads a CoreDNS Corefile instead of `--config` (kdns/corefile/): `check`
+  first prints the kdns config it gives, as YAML; a directive kdns would not follow as CoreDNS
+  does is one line each and exit 2, for `check`, `serve` and a reload alike.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from dnslib import QTYPE
 
 from kdns import app, logs, proxyapp
 from kdns.config import POD_MODES, PROXY_MODES, Config, ConfigError, apply_env, load_config
+from kdns.corefile.load import CorefileRefused, load_corefile, read_corefile, render_yaml
 from kdns.dns import explain as explain_mod
 from kdns.sources.static import ManifestSource
 from kdns.synced import wait_synced
@@ -56,6 +60,11 @@ def _parser() -> argparse.ArgumentParser:
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument(
             "--config", metavar="FILE", help="YAML config file (every key has a default)"
+        )
+        p.add_argument(
+            "--corefile",
+            metavar="FILE",
+            help="a CoreDNS Corefile, served as CoreDNS would (instead of --config)",
         )
         _key_flag(
             p,
@@ -287,7 +296,8 @@ def _proxy_options(config: Config) -> proxyapp.ProxyOptions:
 
 def _refuse(problem: ConfigError | app.StartupError, who: str = "kdns") -> int:
     """One line per problem on stderr, and the exit status for a start that cannot be."""
-    lines = problem.lines if isinstance(problem, app.StartupError) else [str(problem)]
+    several = isinstance(problem, app.StartupError | CorefileRefused)
+    lines = problem.lines if several else [str(problem)]
     for line in lines:
         print(f"{who}: {line}", file=sys.stderr)
     return 2
@@ -321,7 +331,15 @@ def _proxy(args: argparse.Namespace, config: Config) -> int:
 
 
 def _config(args: argparse.Namespace) -> Config:
-    config = load_config(args.config) if args.config else Config()
+    if args.corefile and args.config:
+        raise ConfigError("--corefile and --config: give one of them")
+    if args.corefile:
+        config, translation = load_corefile(args.corefile, os.environ)
+        if args.command == "serve":  # `check` prints them
+            for note in translation.notes:
+                log.info("%s", note)
+    else:
+        config = load_config(args.config) if args.config else Config()
     # The environment overrides the file, flags override both. A flag's destination is the path
     # of its key (`--dns-addr` sets `dns.addr`); a bad value is named by its flag.
     config = apply_env(config, os.environ)
@@ -345,6 +363,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "explain":
         return _explain(args)
     try:
+        if args.command == "check" and args.corefile:
+            _print_corefile(args.corefile)
         config = _config(args)
         logs.setup(config.logging.format, args.log_level, config.logging.consolidate)
         if args.command == "proxy":
@@ -369,6 +389,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 0  # SIGINT before the signal handlers were installed: nothing was serving yet
+
+
+def _print_corefile(path: str) -> None:
+    """`kdns check --corefile`: the kdns config the Corefile gives, as YAML, with a comment per
+    directive kdns accepts without following it; refused ones are raised by `_config` after."""
+    print(render_yaml(read_corefile(path, os.environ), path), end="")
 
 
 def _config_line(config: Config) -> str:
@@ -476,10 +502,15 @@ def _explain(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    upstreams: tuple[str, ...] = ()
-    if built.forwarder is not None:
-        upstreams = tuple(str(u) for u in built.forwarder.upstreams_for(qname))
-    print(explain_mod.render(explain_mod.explain(built.resolver, qname, qtype, upstreams)))
+    forwarder = built.forwarder
+
+    def upstreams_for(name: str) -> tuple[str, ...]:
+        return tuple(str(u) for u in forwarder.upstreams_for(name)) if forwarder else ()
+
+    explained = explain_mod.explain(
+        built.resolver, qname, qtype, upstreams_for(qname), upstreams_for
+    )
+    print(explain_mod.render(explained))
     return 0
 
 

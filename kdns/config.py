@@ -345,6 +345,8 @@ class Config:
     node: NodeSection = field(default_factory=NodeSection)
     logging: LoggingSection = field(default_factory=LoggingSection)
     source: str = field(default="", compare=False)  # the file this came from, for messages
+    # Files and globs the source imports (a Corefile's `import` lines): a reload watches them too.
+    imports: tuple[str, ...] = field(default=(), compare=False)
 
     def get(self, key: str) -> Any:
         """The value of `key`, by path or alias (`dns.ttl` or `ttl`); KeyError if none."""
@@ -379,7 +381,7 @@ def _keys() -> dict[str, Key]:
     keys = {}
     default = Config()
     for section in fields(default):
-        if section.name == "source":
+        if section.name in ("source", "imports"):
             continue
         for f in fields(getattr(default, section.name)):
             path = f"{section.name}.{f.name}"
