@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from kdns.model import EndpointSlice
-from kdns.sources import manifests
+from kdns.sources import documents
 from kdns.sources.manifests import ManifestSet, load, manifest_files, parse_text
 
 EXAMPLES = Path(__file__).parents[2] / "config" / "examples"
@@ -700,7 +700,7 @@ def test_yaml_syntax_errors(
     pattern: str,
 ) -> None:
     # Both parsers (libyaml and pure-Python PyYAML) word their errors differently.
-    monkeypatch.setattr(manifests, "_Loader", loader)
+    monkeypatch.setattr(documents, "_Loader", loader)
     found, errors = load_files(tmp_path, monkeypatch, {"bad.yaml": NAMESPACE + "---\n" + text})
     offset = NAMESPACE.count("\n") + 1  # the patterns count lines from the start of `text`
     assert len(errors) == 1
