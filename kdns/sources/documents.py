@@ -76,6 +76,7 @@ _Loader: type = _FastResolveLoader
 # exponentially, so stop recording (lines fall back to the parent) past this many fields.
 _MAX_RECORDED_FIELDS = 200_000
 
+NESTED_TOO_DEEPLY = "invalid YAML: nested too deeply"
 _TAB_MESSAGE = "a tab character is used for indentation; YAML allows only spaces"
 
 
@@ -210,19 +211,21 @@ def field_lines_at(
 def _item_node(node: yaml.Node, path: tuple[int, ...]) -> yaml.Node | None:
     for i in path:
         items = _items_node(node)
-        if items is None or i >= len(items.value):
+        if items is None or not 0 <= i < len(items.value):
             return None
         node = items.value[i]
     return node
 
 
 def _items_node(node: yaml.Node) -> yaml.SequenceNode | None:
+    """The node of a List's items: of the last `items` key, as the last one is what YAML loads."""
     if not isinstance(node, yaml.MappingNode):
         return None
+    found = None
     for key, value in node.value:
-        if isinstance(key, yaml.ScalarNode) and key.value == "items":
-            return value if isinstance(value, yaml.SequenceNode) else None
-    return None
+        if isinstance(key, yaml.ScalarNode) and key.tag == _STR and key.value == "items":
+            found = value
+    return found if isinstance(found, yaml.SequenceNode) else None
 
 
 def _construct(loader: Any, node: yaml.Node, made: dict[int, Any]) -> Any:
@@ -325,12 +328,18 @@ def _flatten(
     items = obj.get("items")
     if items is None:
         return
-    items_node = _items_node(node)
-    if not isinstance(items, list) or items_node is None:
+    if not isinstance(items, list):
         lines = _field_lines(node)
         yield ManifestError(file, lines.get("items", line), kind, "items", "expected a list")
         return
     inner = None if kind == "List" else (kind[: -len("List")], obj.get("apiVersion"))
+    items_node = _items_node(node)
+    if items_node is None or len(items_node.value) != len(items):
+        # The items came through a merge key (`<<: *other`): no node of their own to read
+        # lines from, so each item is placed at the list's line (and `at` says so with -1).
+        for item in items:
+            yield from _flatten(node, item, file, (*at, -1), marks=False, item_kind=inner)
+        return
     for i, (item_node, item) in enumerate(zip(items_node.value, items, strict=True)):
         yield from _flatten(item_node, item, file, (*at, i), marks=marks, item_kind=inner)
 
@@ -370,7 +379,7 @@ def _field_lines(root: yaml.Node) -> dict[str, int]:
 def syntax_error(exc: BaseException, text: str, file: str) -> ManifestError:
     """The one error of a file that does not parse; `text` is the `yaml_text` that failed."""
     if isinstance(exc, RecursionError):
-        return ManifestError(file, None, "", "", "invalid YAML: nested too deeply")
+        return ManifestError(file, None, "", "", NESTED_TOO_DEEPLY)
     problem_mark = getattr(exc, "problem_mark", None)
     context_mark = getattr(exc, "context_mark", None)
     if file.lower().endswith(".json"):
@@ -399,10 +408,13 @@ def syntax_error(exc: BaseException, text: str, file: str) -> ManifestError:
     problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
     context = getattr(exc, "context", None)
     message = f"invalid YAML: {problem}"
+    last = text.count("\n") + 1  # the line after a final line break is where the stream ends
     if (
         context
         and context_mark is not None
         and (problem_mark is None or context_mark.line != problem_mark.line)
     ):
-        message += f" ({context} started on line {context_mark.line + 1})"
-    return ManifestError(file, problem_mark.line + 1 if problem_mark else None, "", "", message)
+        message += f" ({context} started on line {min(context_mark.line + 1, last)})"
+    # At the end of a file without a final line break, libyaml marks the line after it.
+    line = min(problem_mark.line + 1, last) if problem_mark else None
+    return ManifestError(file, line, "", "", message)
