@@ -22,8 +22,16 @@ from kdns.sources.manifests import (
     parse_text,
     read_objects,
 )
+from tests.conftest import need
 
 EXAMPLES = Path(__file__).parents[2] / "config" / "examples"
+
+
+def test_pyyaml_has_libyaml() -> None:
+    # Without it the reader falls back to the pure-Python parser, several times slower.
+    need(yaml.__with_libyaml__, "PyYAML built without libyaml (Debian libyaml-dev, then pip)")
+    assert issubclass(documents._Loader, yaml.CSafeLoader)
+
 
 LOADERS = [pytest.param(yaml.SafeLoader, id="pyyaml")]
 if hasattr(yaml, "CSafeLoader"):
