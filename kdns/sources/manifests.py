@@ -1,15 +1,22 @@
 """Manifest files → the slim model: what `kubectl apply -f` reads and `kubectl get -o yaml` writes.
 
 A cluster described by files (the embedded default, a test cluster, a sidecar's view) is read
-here, once per load, into the same frozen objects the Kubernetes API source produces
-(kdns/model.py). `sources/static.py` turns a `ManifestSet` into store replaces.
+here into the same frozen objects the Kubernetes API source produces (kdns/model.py).
+`sources/documents.py` turns text into objects with lines; `sources/static.py` puts a
+`ManifestSet` into the store and reloads it.
 
 Contract:
 - `load(paths)` never raises for bad input. Every file that cannot be read, every YAML syntax
   error and every object that cannot be converted becomes one `ManifestError` naming the file,
-  the 1-based line, the object and the field (DESIGN.md §5); everything that did convert is
-  returned beside the errors, and the caller decides (start-up: exit 2; reload: keep the last
-  good state). Errors are sorted by file, then line.
+  the 1-based line, the object and the field (docs/architecture.md, bad input); everything that
+  did convert is returned beside the errors, and the caller decides (start-up: exit 2; reload:
+  keep the last good state). Errors are sorted by file, then line.
+- `ManifestReader.load(paths)` is `load` with a memory: a file is parsed again only when its
+  inode, size or mtime changed and then its bytes did (a hash), so a one-file edit in a folder
+  of 10,000 files costs that file. The memory holds each file's converted objects and errors,
+  never its text or parse tree.
+- Each object is converted as soon as it is parsed, from plain data; lines are looked up (by
+  reading the file again, `documents.field_lines_at`) only for objects that fail to convert.
 - A file with a YAML syntax error contributes no object: a half-read file would silently drop
   the objects after the error.
 - The line of a conversion error is the line of the offending field, or, when the field is
@@ -23,7 +30,7 @@ Contract:
   slice + for a Service with a selector and neither, the slices the EndpointSlice controller
   would derive from the given Pods (`model.slices_for_service`).
 - Namespaces = the declared Namespace objects ∪ the namespace of every object read.
-- Pure: the only I/O is reading the files named; no trio, socket or subprocess.
+- Pure: the only I/O is reading (and stat-ing) the files named; no trio, socket or subprocess.
 """
 
 from __future__ import annotations
