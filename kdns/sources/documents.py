@@ -22,6 +22,7 @@ Contract:
 from __future__ import annotations
 
 import json
+import reprlib
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -56,6 +57,20 @@ class _FastResolveLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type
     def ascend_resolver(self) -> None:
         pass
 
+
+def _construct_timestamp(loader: Any, node: yaml.ScalarNode) -> Any:
+    """PyYAML's timestamp, with an impossible date (2001-13-01) a YAML error, not a ValueError.
+
+    The resolver takes anything shaped like a date for one; datetime then refuses month 13."""
+    try:
+        return yaml.constructor.SafeConstructor.construct_yaml_timestamp(loader, node)
+    except (ValueError, OverflowError) as exc:
+        raise yaml.constructor.ConstructorError(
+            None, None, f"{node.value!r} is not a valid timestamp ({exc})", node.start_mark
+        ) from None
+
+
+_FastResolveLoader.add_constructor("tag:yaml.org,2002:timestamp", _construct_timestamp)
 
 _STR = "tag:yaml.org,2002:str"
 _SEQ = "tag:yaml.org,2002:seq"
@@ -128,6 +143,18 @@ def line_of(lines: Mapping[str, int], field: str, default: int) -> int:
     return default
 
 
+def short(value: Any, limit: int = 40) -> str:
+    """`repr(value)` cut to `limit` characters, without building the whole of it first: YAML
+    aliases can make a small file hold a structure whose repr would not fit in memory."""
+    text = _SHORT.repr(value)
+    return text if len(text) <= limit else text[:limit]
+
+
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel = 3
+_SHORT.maxstring = _SHORT.maxother = 200
+
+
 def yaml_text(text: str, file: str) -> str:
     """The text as the YAML parser gets it: a .json file's tabs become spaces."""
     if file.lower().endswith(".json"):
@@ -147,7 +174,10 @@ def read_documents(text: str, file: str) -> Iterator[Document | ManifestError]:
         index = 0
         while loader.check_node():
             node = loader.get_node()
-            obj = _construct(loader, node, {})
+            made: dict[int, Any] = {}
+            obj = _construct(loader, node, made)
+            if _SHARED in made:
+                _check_aliasing(node)
             yield from _flatten(node, obj, file, (index,), marks=False)
             index += 1
     finally:
@@ -169,6 +199,7 @@ def parse_text(text: str, file: str) -> tuple[list[Document], list[ManifestError
             while loader.check_node():
                 node = loader.get_node()
                 obj = loader.construct_document(node)
+                _check_aliasing(node)
                 for found in _flatten(node, obj, file, (index,), marks=True):
                     (docs if isinstance(found, Document) else errors).append(found)  # type: ignore[arg-type]
                 index += 1
@@ -246,6 +277,7 @@ def _construct(loader: Any, node: yaml.Node, made: dict[int, Any]) -> Any:
     elif cls is yaml.MappingNode and tag == _MAP:
         done = made.get(id(node))
         if done is not None:
+            made[_SHARED] = True
             return done
         mapping: dict[Any, Any] = {}
         made[id(node)] = mapping
@@ -273,6 +305,7 @@ def _construct(loader: Any, node: yaml.Node, made: dict[int, Any]) -> Any:
     elif cls is yaml.SequenceNode and tag == _SEQ:
         done = made.get(id(node))
         if done is not None:
+            made[_SHARED] = True
             return done
         sequence: list[Any] = []
         made[id(node)] = sequence
@@ -287,6 +320,7 @@ def _construct(loader: Any, node: yaml.Node, made: dict[int, Any]) -> Any:
 
 def _by_pyyaml(loader: Any, node: yaml.Node, made: dict[int, Any]) -> Any:
     """Timestamps, !!set, !!binary, merge keys, unknown tags (an error): PyYAML's own rules."""
+    made[_SHARED] = True  # PyYAML shares what it builds for aliases too
     done = made.get(id(node))
     if done is not None:
         return done
@@ -296,8 +330,47 @@ def _by_pyyaml(loader: Any, node: yaml.Node, made: dict[int, Any]) -> Any:
     return value
 
 
-# Scalar tags whose PyYAML constructor is a plain function of the node (not a generator).
-_PLAIN_SCALARS = frozenset(f"tag:yaml.org,2002:{name}" for name in ("null", "bool", "int", "float"))
+_SHARED = -1  # a key of `made` (no id is negative): some value was built once and used twice
+# Values an alias may add to a document: go-yaml, which kubectl reads manifests with, refuses
+# "excessive aliasing" too (a billion laughs); a real manifest uses a few anchors at most.
+MAX_ALIASED_VALUES = 1_000_000
+
+
+def _check_aliasing(root: yaml.Node) -> None:
+    """Raise if aliases make the document more than MAX_ALIASED_VALUES values bigger than its
+    nodes: a small file whose data (and any repr of it) would not fit in memory."""
+    sizes: dict[int, int] = {}
+    expanded = _expanded_size(root, sizes)
+    if expanded - len(sizes) > MAX_ALIASED_VALUES:
+        raise yaml.constructor.ConstructorError(
+            None,
+            None,
+            f"the document holds more than {MAX_ALIASED_VALUES:,} values once its aliases are "
+            "expanded (excessive aliasing)",
+            root.start_mark,
+        )
+
+
+def _expanded_size(node: yaml.Node, sizes: dict[int, int]) -> int:
+    """How many values `node` stands for with every alias expanded (a cycle counts once)."""
+    known = sizes.get(id(node))
+    if known is not None:
+        return known
+    sizes[id(node)] = 1  # entered: an alias of it inside itself counts as one value
+    if isinstance(node, yaml.MappingNode):
+        size = 1 + sum(_expanded_size(k, sizes) + _expanded_size(v, sizes) for k, v in node.value)
+    elif isinstance(node, yaml.SequenceNode):
+        size = 1 + sum(_expanded_size(item, sizes) for item in node.value)
+    else:
+        size = 1
+    sizes[id(node)] = size
+    return size
+
+
+# Scalar tags whose constructor is a plain function of the node (not a generator).
+_PLAIN_SCALARS = frozenset(
+    f"tag:yaml.org,2002:{name}" for name in ("null", "bool", "int", "float", "timestamp")
+)
 _SPECIAL_KEYS = frozenset({"tag:yaml.org,2002:merge", "tag:yaml.org,2002:value"})
 
 
@@ -315,7 +388,7 @@ def _flatten(
     if obj is None:
         return  # an empty document: `---` twice, or a file of comments
     if not isinstance(obj, dict):
-        yield ManifestError(file, line, "", "", f"expected a Kubernetes object, got {obj!r:.40}")
+        yield ManifestError(file, line, "", "", f"expected a Kubernetes object, got {short(obj)}")
         return
     if item_kind is not None and "kind" not in obj:
         # The API's typed lists (ServiceList from `kubectl get --raw`) leave kind and apiVersion
@@ -352,12 +425,18 @@ def _field_lines(root: yaml.Node) -> dict[str, int]:
     """Field path → 1-based line, for every mapping value and sequence item under `root`.
 
     A mapping value gets the line of its key: for `spec:` followed by an indented block that
-    is the line a reader looks for. Paths are spelled as model.ModelError spells them.
+    is the line a reader looks for. Paths are spelled as model.ModelError spells them. A node
+    reached again through an alias is not entered again: its fields are where its anchor is,
+    and an alias inside itself (`&a {b: *a}`) would otherwise give paths without end.
     """
     lines: dict[str, int] = {}
+    entered: set[int] = set()
     stack: list[tuple[yaml.Node, str]] = [(root, "")]
     while stack and len(lines) < _MAX_RECORDED_FIELDS:
         node, path = stack.pop()
+        if id(node) in entered:
+            continue
+        entered.add(id(node))
         if isinstance(node, yaml.MappingNode):
             for key_node, value_node in node.value:
                 if not isinstance(key_node, yaml.ScalarNode) or key_node.tag.endswith(":merge"):

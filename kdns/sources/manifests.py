@@ -54,6 +54,7 @@ from kdns.sources.documents import (
     line_of,
     parse_text,
     read_documents,
+    short,
     syntax_error,
     yaml_text,
 )
@@ -530,7 +531,7 @@ def _kind_to_read(doc: Document) -> str | ManifestError:
 
     if not isinstance(kind, str) or not kind:
         return error(
-            "kind", "required field is missing" if kind is None else f"{kind!r} is not a kind"
+            "kind", "required field is missing" if kind is None else f"{short(kind)} is not a kind"
         )
     if not isinstance(api_version, str) or not api_version:
         return error("apiVersion", "required field is missing")
@@ -551,7 +552,7 @@ def _kind_to_read(doc: Document) -> str | ManifestError:
     # API server too, and is most likely a document cut in the wrong place.
     meta = doc.obj.get("metadata")
     if meta is not None and not isinstance(meta, dict):
-        return error("metadata", f"expected a mapping, got {meta!r:.40}")
+        return error("metadata", f"expected a mapping, got {short(meta)}")
     name = meta.get("name") or meta.get("generateName") if meta else None
     if not isinstance(name, str) or not name:
         return error("metadata.name", "required field is missing")

@@ -982,6 +982,43 @@ def test_fuzz_findings(
     assert errors == expected
 
 
+BOMB = "x-laughs:\n  a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"  a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]\n" for i in range(1, 9)
+)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        pytest.param(
+            BOMB + REDIS.replace("10.97.97.97", "*a8"),
+            "bad.yaml:1: invalid YAML: the document holds more than 1,000,000 values once its "
+            "aliases are expanded (excessive aliasing)",
+            id="billion-laughs",
+        ),
+        pytest.param(
+            # Found by fuzzing: an object that fails to convert and holds an alias of a mapping
+            # inside itself; finding its lines walked the cycle without end.
+            REDIS.replace("10.97.97.97", "x") + "  labels: &l {app: a, again: *l}\n",
+            "bad.yaml:6: Service default/redis: spec.clusterIP: 'x' is not an IP address",
+            id="alias-inside-itself",
+        ),
+        pytest.param(
+            # Found by fuzzing: the resolver takes it for a date, datetime refuses month 13.
+            REDIS.replace("name: redis", "name: redis\n  annotations: {at: 2001-13-01}", 1),
+            "bad.yaml:5: invalid YAML: '2001-13-01' is not a valid timestamp "
+            "(month must be in 1..12)",
+            id="impossible-date",
+        ),
+    ],
+)
+def test_hostile_yaml_is_one_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str, expected: str
+) -> None:
+    _, errors = load_files(tmp_path, monkeypatch, {"bad.yaml": text})
+    assert errors == [expected]
+
+
 def test_deep_nesting_is_an_error_not_a_crash(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
