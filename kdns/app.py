@@ -30,6 +30,7 @@ Contract:
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import ipaddress
 import logging
@@ -47,8 +48,8 @@ from kdns import logs, metrics
 from kdns.config import (
     Config,
     ConfigError,
-    key_line,
     load_kube_dns_configmap,
+    locate,
     parse_hostport,
 )
 from kdns.dns.forward import (
@@ -81,7 +82,7 @@ DRAIN_GRACE = 3.0
 HTTP_NAMES = ("health", "ready", "metrics")
 SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1)
 # Keys that pick the source of cluster state: a reload cannot change them (module docstring).
-SOURCE_KEYS = ("manifests", "kubeconfig", "context")
+SOURCE_KEYS = ("kubernetes.manifests", "kubernetes.kubeconfig", "kubernetes.context")
 
 
 class StartupError(Exception):
@@ -141,7 +142,7 @@ def plan(config: Config) -> Plan:
     """Raises StartupError (a bad upstream, a loop, an unreadable kube-dns ConfigMap)."""
     return Plan(
         _forwarder(config),
-        resolv_conf_search(config.resolv_conf) if config.autopath else (),
+        resolv_conf_search(config.forward.resolv_conf) if config.dns.autopath else (),
     )
 
 
@@ -149,7 +150,7 @@ def assemble(
     config: Config, store: Store, planned: Plan, vips: LoopbackVips | None = None
 ) -> tuple[Resolver, Handler]:
     """Resolver and handler over `store` (synchronous: no store change can slip in between)."""
-    host, _ = parse_hostport(config.dns_addr)
+    host, _ = parse_hostport(config.dns.addr)
     specific = () if host in ("0.0.0.0", "::") else (host,)
     forwarder = planned.forwarder
     resolver = Resolver(
@@ -162,7 +163,7 @@ def assemble(
     handler = Handler(
         resolver,
         forwarder=forwarder,
-        autopath=config.autopath,
+        autopath=config.dns.autopath,
         host_search=planned.host_search,
     )
     return resolver, handler
@@ -177,11 +178,11 @@ def build(config: Config, kube_options: dict[str, Any] | None = None) -> App:
     # follows every change.
     vips = None
     relay = None
-    if config.proxy == "userspace":
+    if config.dns.proxy == "userspace":
         vips = LoopbackVips()
         vips.update(store.services)
         # One VIP map: DNS answers from it and the relay listens on it.
-        relay = Relay(store, node_name(config.node_name), vips=vips)
+        relay = Relay(store, node_name(config.node.name), vips=vips)
     resolver, handler = assemble(config, store, planned, vips)
     app = App(config, store, resolver, handler, source, planned.forwarder, vips, relay)
     store.subscribe(app.follow)
@@ -204,13 +205,15 @@ def open_store(config: Config, watch_pods: bool) -> tuple[Store, Any]:
     """The store for the config's source, and the API client when the source is a cluster.
 
     Raises StartupError when no source is configured or the cluster config is unusable."""
-    if config.manifests:
+    if config.kubernetes.manifests:
         return Store(watched=KINDS), None
     # Imported only for a live cluster: the client costs a second and 15 MiB at start-up.
     from kdns.sources import kube
 
     try:
-        api = kube.cluster_client(config.kubeconfig or None, config.context or None)
+        api = kube.cluster_client(
+            config.kubernetes.kubeconfig or None, config.kubernetes.context or None
+        )
     except kube.ClusterConfigError as e:
         raise StartupError([str(e)]) from None
     if api is None:
@@ -227,8 +230,8 @@ def open_source(
 ) -> Source:
     """The source feeding `store`: manifests are read (and applied) now, so their errors stop
     the start with file/line/field; a cluster is listed when the source runs."""
-    if config.manifests:
-        manifests = ManifestSource(config.manifests, store)
+    if config.kubernetes.manifests:
+        manifests = ManifestSource(config.kubernetes.manifests, store)
         errors = manifests.load()
         if errors:
             raise StartupError([str(e) for e in errors])
@@ -241,21 +244,22 @@ def open_source(
 
 def _watch_pods(config: Config) -> bool:
     # Pods cost memory and API traffic: watched only for features that need them.
-    return config.pods == "verified" or config.autopath
+    return config.dns.pods == "verified" or config.dns.autopath
 
 
 def _forwarder(config: Config) -> Forwarder | None:
     """The Forwarder for the config, or None when there is nowhere to forward to."""
-    stubs = list(config.stub_domains)
-    upstream_texts = config.upstreams
+    forward = config.forward
+    stubs = list(forward.stub_domains)
+    upstream_texts = forward.upstreams
     try:
-        if config.kube_dns_configmap:
-            cm_stubs, cm_upstreams = load_kube_dns_configmap(config.kube_dns_configmap)
+        if forward.kube_dns_configmap:
+            cm_stubs, cm_upstreams = load_kube_dns_configmap(forward.kube_dns_configmap)
             stubs.extend(cm_stubs)
             if cm_upstreams is not None:
                 upstream_texts = cm_upstreams
         if upstream_texts is None:
-            upstreams = resolv_conf_nameservers(config.resolv_conf)
+            upstreams = resolv_conf_nameservers(forward.resolv_conf)
         else:
             upstreams = parse_upstreams(upstream_texts, "upstreams")
         stub_domains = tuple(
@@ -267,7 +271,7 @@ def _forwarder(config: Config) -> Forwarder | None:
     problems = [
         problem
         for upstream in (*upstreams, *(u for _, servers in stub_domains for u in servers))
-        if (problem := loop_problem(upstream, config.dns_addr))
+        if (problem := loop_problem(upstream, config.dns.addr))
     ]
     if problems:
         raise StartupError(sorted(set(problems)))
@@ -277,13 +281,9 @@ def _forwarder(config: Config) -> Forwarder | None:
         ForwardConfig(
             upstreams=upstreams,
             stub_domains=stub_domains,
-            timeout=config.forward_timeout,
-            max_concurrent=config.max_concurrent,
-            success_size=config.cache_success,
-            denial_size=config.cache_denial,
-            max_ttl=config.cache_max_ttl,
-            max_denial_ttl=config.cache_max_denial_ttl,
-            serve_stale=config.serve_stale,
+            timeout=forward.timeout,
+            max_concurrent=forward.max_concurrent,
+            cache=config.cache,
         )
     )
 
@@ -335,9 +335,17 @@ class Task:
 
 def config_fingerprint(config: Config) -> str:
     """A hash of the files a reload reads: the config file and the kube-dns ConfigMap it names
-    (kube-dns itself followed its ConfigMap). An unreadable file hashes as its error."""
+    (kube-dns itself followed its ConfigMap), and the files a Corefile imports — a glob's
+    matches by name and content, so a file added to k3s's or AKS's `coredns-custom` counts. An
+    unreadable file hashes as its error."""
     digest = hashlib.sha256()
-    for path in (config.source, config.kube_dns_configmap):
+    imported = [
+        path
+        for pattern in config.imports
+        for path in (sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern])
+    ]
+    for path in (config.source, config.forward.kube_dns_configmap, *imported):
+        digest.update(path.encode() + b"\0")
         if not path:
             continue
         try:
@@ -377,12 +385,12 @@ class Runtime:
     # --- listeners -----------------------------------------------------------------------------
 
     def _endpoint(self, name: str, config: Config) -> HttpEndpoint:
-        host, port = parse_hostport(getattr(config, f"{name}_addr"))
+        host, port = parse_hostport(getattr(config.dns, f"{name}_addr"))
         route = {
             "health": health,
             "ready": readiness(self.app.store.unsynced_kinds, lambda: self.stopping),
             # The current config's choice: a reload may switch the CoreDNS names on or off.
-            "metrics": lambda: metrics_route(self.app.config.metrics_coredns_names)(),
+            "metrics": lambda: metrics_route(self.app.config.dns.metrics_coredns_names)(),
         }[name]
         return HttpEndpoint(host, port, {f"/{name}": route})
 
@@ -409,7 +417,7 @@ class Runtime:
     async def run(self, *, task_status: trio.TaskStatus[dict[str, int]]) -> int:
         config = self.app.config
         self.dns = DnsServer(
-            self.app.handler, *parse_hostport(config.dns_addr), query_log=_query_log(config)
+            self.app.handler, *parse_hostport(config.dns.addr), query_log=_query_log(config)
         )
         self.dns.bind()  # outside the nursery: a taken port is a plain OSError for the command line
         self.http = {name: self._endpoint(name, config) for name in HTTP_NAMES}
@@ -431,7 +439,7 @@ class Runtime:
                 if self.app.relay is not None:
                     await nursery.start(self.app.relay.run)  # returns once bound, after sync
                 nursery.start_soon(self._reloader)
-                log.info("kdns ready to answer for %s", ", ".join(config.zones))
+                log.info("kdns ready to answer for %s", ", ".join(config.dns.zones))
                 ports = {"dns": self.dns.port, **{n: e.port for n, e in self.http.items()}}
                 task_status.started(ports)
         return self.status
@@ -457,7 +465,7 @@ class Runtime:
                 self.nursery.cancel_scope.cancel()
                 return
             self.stopping = True  # /ready answers 503 from now on
-            lameduck = self.app.config.lameduck
+            lameduck = self.app.config.dns.lameduck
             log.info("%s: lameduck for %g s (/ready 503, DNS still answering)", name, lameduck)
             self.nursery.start_soon(self._shutdown, lameduck)
 
@@ -474,7 +482,7 @@ class Runtime:
     async def _reloader(self) -> None:
         """Reload on request (signals), and when a poll sees the config's files change."""
         while True:
-            interval = self.app.config.reload_interval
+            interval = self.app.config.dns.reload_interval
             polling = interval > 0 and bool(self.app.config.source)
             reason = ""
             with trio.move_on_after(interval if polling else math.inf):
@@ -511,16 +519,16 @@ class Runtime:
         # Bind what moved before anything changes: a taken port refuses the whole reload.
         dns: DnsServer | None = None
         http: dict[str, HttpEndpoint] = {}
-        key = "dns_addr"
+        key = "dns.addr"
         try:
-            if config.dns_addr != old.dns_addr:
+            if config.dns.addr != old.dns.addr:
                 dns = DnsServer(
-                    self.app.handler, *parse_hostport(config.dns_addr), query_log=_query_log(config)
+                    self.app.handler, *parse_hostport(config.dns.addr), query_log=_query_log(config)
                 )
                 dns.bind()
             for name in HTTP_NAMES:
-                key = f"{name}_addr"
-                if getattr(config, key) != getattr(old, key):
+                key = f"dns.{name}_addr"
+                if config.get(key) != old.get(key):
                     http[name] = self._endpoint(name, config)
                     await http[name].bind()
         except OSError as e:
@@ -528,9 +536,8 @@ class Runtime:
                 dns.close()
             for endpoint in http.values():
                 await endpoint.aclose()
-            line = key_line(config.source, key) if config.source else None
-            where = f"{config.source}:{line}" if line else (config.source or "config")
-            return self._refuse(f"{where}: {key}: {e.strerror}")
+            where, spelled = locate(config.source, key)
+            return self._refuse(f"{where}: {spelled}: {e.strerror}")
         if self.stopping:  # a SIGTERM arrived while we were reading files
             if dns is not None:
                 dns.close()
@@ -545,8 +552,9 @@ class Runtime:
         assert self.dns is not None
         self.dns.handler = handler
         self.dns.query_log = _query_log(config)
-        if (config.log_format, config.log_consolidate) != (old.log_format, old.log_consolidate):
-            logs.setup(config.log_format, logging.getLogger().level, config.log_consolidate)
+        new_log, old_log = config.logging, old.logging
+        if (new_log.format, new_log.consolidate) != (old_log.format, old_log.consolidate):
+            logs.setup(new_log.format, logging.getLogger().level, new_log.consolidate)
         if dns is not None:
             dns.handler = handler
         # Upstream health probes follow the new forwarder; the old one's questions in flight
@@ -560,7 +568,7 @@ class Runtime:
             old_dns, old_task = self.dns, self.dns_task
             self.dns, self.dns_task = dns, await self._start(dns.run)
             self.nursery.start_soon(self._drain, old_dns, old_task)
-            log.info("DNS moved from %s to %s", old.dns_addr, config.dns_addr)
+            log.info("DNS moved from %s to %s", old.dns.addr, config.dns.addr)
         for name, endpoint in http.items():
             self.http_tasks[name].scope.cancel()
             self.http[name], self.http_tasks[name] = endpoint, await self._start(endpoint.run)
@@ -570,32 +578,32 @@ class Runtime:
 
 
 def _query_log(config: Config) -> QueryLog | None:
-    return QueryLog(config.query_log) if isinstance(config.query_log, str) else None
+    query_log = config.logging.query_log
+    return QueryLog(query_log) if isinstance(query_log, str) else None
 
 
 def _check_source(old: Config, new: Config) -> None:
     """Raises ConfigError when `new` picks another source of cluster state (module docstring)."""
-    changed = [key for key in SOURCE_KEYS if getattr(old, key) != getattr(new, key)]
-    if old.proxy != new.proxy:
-        changed.append("proxy")  # the relay and the VIP answers are set up at start
-    if not old.manifests and _watch_pods(old) != _watch_pods(new):
+    changed = [key for key in SOURCE_KEYS if old.get(key) != new.get(key)]
+    if old.dns.proxy != new.dns.proxy:
+        changed.append("dns.proxy")  # the relay and the VIP answers are set up at start
+    if not old.kubernetes.manifests and _watch_pods(old) != _watch_pods(new):
         # The live cluster's Reflectors were started for a set of kinds; Pods are watched only
         # for pods: verified and autopath.
-        changed.append("pods" if old.pods != new.pods else "autopath")
+        changed.append("dns.pods" if old.dns.pods != new.dns.pods else "dns.autopath")
     if changed:
         key = changed[0]
-        line = key_line(new.source, key) if new.source else None
-        where = f"{new.source}:{line}" if line else (new.source or "config")
+        where, spelled = locate(new.source, key)
         raise ConfigError(
-            f"{where}: {key}: "
+            f"{where}: {spelled}: "
             + (
                 "changes how Services are reached"
-                if key == "proxy"
+                if key == "dns.proxy"
                 else "changes the source of cluster state"
             )
             + ", which needs a restart "
-            f"(now {getattr(old, key)!r}, asked {getattr(new, key)!r})",
-            key=key,
+            f"(now {old.get(key)!r}, asked {new.get(key)!r})",
+            key=spelled,
         )
 
 

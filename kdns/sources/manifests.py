@@ -8,7 +8,7 @@ here into the same frozen objects the Kubernetes API source produces (kdns/model
 Contract:
 - `load(paths)` never raises for bad input. Every file that cannot be read, every YAML syntax
   error and every object that cannot be converted becomes one `ManifestError` naming the file,
-  the 1-based line, the object and the field (docs/architecture.md, bad input); everything that
+  the 1-based line, the object and the field (docs/architecture.md §10); everything that
   did convert is returned beside the errors, and the caller decides (start-up: exit 2; reload:
   keep the last good state). Errors are sorted by file, then line.
 - `ManifestReader.load(paths)` is `load` with a memory: a file is parsed again only when its
