@@ -29,7 +29,7 @@ import re
 import tempfile
 
 from kdns.config import ConfigError, load_config
-from kdns.sources.documents import NESTED_TOO_DEEPLY, parse_text
+from kdns.sources.documents import NESTED_TOO_DEEPLY, ManifestError, parse_text
 from kdns.sources.manifests import ManifestReader, convert
 from tests.dns.test_fuzz import check
 
@@ -77,8 +77,17 @@ def manifest(data: bytes) -> None:
         return  # each reader recurses to its own depth per level of nesting
     full_set, convert_errors = convert(docs)
     full = sorted([*full_errors, *convert_errors], key=lambda e: (e.file, e.line or 0))
-    assert [str(e) for e in errors] == [str(e) for e in full]
     assert found == full_set
+    if _refused(errors) and _refused(full):
+        # A file with two YAML errors in one document (an unknown tag, an impossible date): the
+        # readers build values in different orders, so each may name the other one.
+        return
+    assert [str(e) for e in errors] == [str(e) for e in full]
+
+
+def _refused(errors: list[ManifestError]) -> bool:
+    """The whole file refused by one YAML error (no object was read)."""
+    return len(errors) == 1 and errors[0].message.startswith("invalid YAML")
 
 
 def config(data: bytes) -> None:
