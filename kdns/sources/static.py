@@ -6,10 +6,10 @@ Contract:
   changed since the last load are parsed again (`ManifestReader`).
 - `run` polls the files (`poll_interval`, default 0.2 s; less often when one poll costs more
   than 5 % of it, so watching a folder of 10,000 files stays cheap) and, once a change has held
-  still for one poll (a file being written is not read half-way; one just emptied, for 2 s),
-  loads them again: a new answer is served within about two polls of the write. The log line
-  of a reload says how many files were parsed again and what the read and the apply cost. A
-  reload with errors logs each one and keeps the last good state serving; nothing is
+  still for `poll_interval` (a file being written is not read half-way; one just emptied, for
+  2 s), loads them again: a new answer is served about one poll and 0.2 s after the write. The
+  log line of a reload says how many files were parsed again and what the read and the apply
+  cost. A reload with errors logs each one and keeps the last good state serving; nothing is
   half-applied.
 - The first `apply` replaces every kind (`Store.replace`). Later ones hand the store only what
   changed (`upsert`/`delete`), or replace a kind when much of it changed; either way all four
@@ -113,7 +113,9 @@ class ManifestSource:
         since = 0.0
         interval = self.poll_interval
         while True:
-            await trio.sleep(interval)
+            # A change seen is looked at again after the base interval, however long polls
+            # take: holding still for that long is what tells a finished write.
+            await trio.sleep(self.poll_interval if settling is not None else interval)
             # Stat calls are cheap but blocking; a slow disk must not stall DNS answers.
             started = time.monotonic()
             current = await trio.to_thread.run_sync(fingerprint, self.paths)
@@ -128,7 +130,7 @@ class ManifestSource:
             # the file first and fills it over a while, and serving that half-written state
             # would answer NXDOMAIN for names that exist (and clients cache negatives). A file
             # that has just become empty is most likely such a write: give it longer.
-            wait = EMPTIED_SETTLE if _emptied(self._fingerprint, current) else interval
+            wait = EMPTIED_SETTLE if _emptied(self._fingerprint, current) else self.poll_interval
             if now - since < wait:
                 continue
             settling = None
