@@ -30,6 +30,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import yaml
+from dnslib import QTYPE
 
 POD_MODES = ("insecure", "verified", "disabled")
 LOG_FORMATS = ("text", "json")  # logging.format, and logging.query_log when on
@@ -353,7 +354,7 @@ def _template(entry: Any, at: str) -> TemplateRule:
     if qclass not in ("IN", "ANY"):
         raise Invalid(f"must be IN or ANY (got {qclass!r})", f"{at}.class")
     qtype = str(given.get("type", "ANY")).upper()
-    if not _RR_TYPE.match(qtype):
+    if not _RR_TYPE.match(qtype) or (qtype != "ANY" and qtype not in QTYPE.reverse):
         raise Invalid(f"must be a record type such as A or ANY (got {qtype!r})", f"{at}.type")
     rcode = str(given.get("rcode", "NOERROR")).upper()
     if rcode not in RCODES:
