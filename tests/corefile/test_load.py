@@ -103,11 +103,10 @@ def test_kubeadm_yaml(tmp_path: Path) -> None:
 
 def test_refused_directives_are_one_line_each() -> None:
     with pytest.raises(CorefileRefused) as caught:
-        load_corefile(str(DATA / "rewrite.Corefile"), {})
+        load_corefile(str(DATA / "refused.Corefile"), {})
     assert [line.replace(f"{DATA}/", "") for line in caught.value.lines] == [
-        "rewrite.Corefile:7: rewrite: not supported: kdns does not have this plugin yet, and it "
-        "changes answers",
-        "rewrite.Corefile:11: rewrite: not supported: kdns does not have this plugin yet, and it "
+        "refused.Corefile:9: rewrite: not supported: only `rewrite name` is supported (here type)",
+        "refused.Corefile:10: dns64: not supported: kdns does not have this plugin yet, and it "
         "changes answers",
     ]
     assert isinstance(caught.value, ConfigError)
