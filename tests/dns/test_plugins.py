@@ -5,12 +5,14 @@ cluster zones, then the upstreams), as CoreDNS's `plugin.NextOrFailure`."""
 from __future__ import annotations
 
 import pytest
-from dnslib import QTYPE, RCODE
+from dnslib import QTYPE, RCODE, RR, DNSRecord
 
 from kdns.config import Config, RewriteRule, TemplateRule
 from kdns.dns.hosts import Hosts, parse_hosts
+from kdns.dns.plugins import Plugins, renamed, sub_query
 from kdns.dns.rewrite import Rewriter
 from kdns.dns.template import Templates
+from kdns.dns.wire import Query, encode, finish, parse_query
 from tests.dns.cluster import rrset, zone
 
 NODE_HOSTS = """\
@@ -264,3 +266,64 @@ def test_rewrite(given: tuple[dict, ...], qname: str, name: str | None, owners: 
     assert result.name == name
     for owner, seen in owners.items():
         assert result.revert(owner) == seen
+
+
+# --- the chain: rewrite, then template, then hosts, then the cluster zones and upstreams ---------
+
+
+def chain(**keys: object) -> Plugins | None:
+    return Plugins.from_config(Config().with_overrides(**keys), NODE_HOSTS)
+
+
+def test_no_plugin_configured_is_no_chain() -> None:
+    assert chain() is None
+
+
+def test_template_comes_before_hosts_and_a_miss_goes_on() -> None:
+    plugins = chain(
+        **{
+            "hosts.file": "/etc/coredns/NodeHosts",
+            "hosts.fallthrough": ["."],
+            "dns.templates": [{"zones": ["k3s-server"], "rcode": "NXDOMAIN"}],
+        }
+    )
+    assert plugins is not None
+    first = plugins.answer("k3s-server", QTYPE.A)
+    assert first is not None and (first.plugin, RCODE.get(first.rcode)) == ("template", "NXDOMAIN")
+    second = plugins.answer("k3s-agent-1", QTYPE.A)
+    assert second is not None and second.plugin == "hosts"
+    assert rrset(second.answer) == zone("k3s-agent-1. 3600 IN A 172.18.0.3")
+    assert plugins.answer("web.default.svc.cluster.local", QTYPE.A) is None
+
+
+def test_the_hosts_file_is_re_read_and_the_inline_lines_kept() -> None:
+    plugins = chain(**{"hosts.file": "/h", "hosts.entries": ["10.0.0.1 inline.example"]})
+    assert plugins is not None
+    plugins = plugins.with_hosts_file("172.18.0.4 k3s-agent-2\n")
+    for name, expected in (
+        ("k3s-agent-2", "k3s-agent-2. 3600 IN A 172.18.0.4"),
+        ("inline.example", "inline.example. 3600 IN A 10.0.0.1"),
+    ):
+        found = plugins.answer(name, QTYPE.A)
+        assert found is not None and rrset(found.answer) == zone(expected)
+    gone = plugins.answer("k3s-server", QTYPE.A)
+    assert gone is not None and gone.rcode == RCODE.SERVFAIL
+
+
+def test_a_rewritten_answer_carries_the_question_and_names_the_client_asked() -> None:
+    client = parse_query(bytes(DNSRecord.question("API.example.org", "A").pack()))
+    assert isinstance(client, Query)
+    plugins = chain(**{"dns.rewrites": [PUBLIC]})
+    assert plugins is not None
+    rewritten = plugins.rewrite(client.qname)
+    assert rewritten is not None
+    asked = sub_query(client, rewritten.name)
+    inner = encode(
+        asked,
+        RCODE.NOERROR,
+        RR.fromZone("api.default.svc.cluster.local. 5 IN A 10.96.0.10"),
+    )
+    response = DNSRecord.parse(finish(renamed(client, inner, rewritten.revert, True), client, True))
+    assert (response.header.id, str(response.q.qname)) == (client.id, "API.example.org.")
+    assert rrset(response.rr) == zone("api.example.org. 5 IN A 10.96.0.10")
+    assert response.header.aa and response.header.ra

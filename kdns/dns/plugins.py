@@ -1,0 +1,121 @@
+"""The plugins a Corefile puts before the cluster zones: rewrite, template and hosts, in
+CoreDNS's plugin order (plugin.cfg: rewrite, autopath, cache, template, hosts, …, kubernetes,
+forward).
+
+Contract (pure):
+- `Plugins.from_config(config, hosts_file_text)` is None when the config has none of them, so
+  the handler's path for everything else stays as it was (one `is None` test on a cache miss).
+- `rewrite(qname)` is the rewrite run (kdns/dns/rewrite.py) or None; `answer(qname, qtype)`
+  is the first of template and hosts that answers (`PluginAnswer`, with the plugin's name for
+  metrics), or None: the question goes on to the cluster zones, then the upstreams.
+- `with_hosts_file(text)` is the same plugins with the hosts file re-read (the inline lines
+  kept); the caller swaps it in whole.
+- `sub_query(query, name)` is the question for another name, same ID, flags and EDNS;
+  `renamed(query, response, revert)` is `response` (to a sub-query) re-encoded for the client's
+  question, answer owners renamed by `revert` — CoreDNS's rewrite always restores the question.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from dnslib import RR, DNSLabel, DNSRecord
+
+from kdns.config import Config, HostsSection
+from kdns.dns import wire
+from kdns.dns.hosts import Hosts, parse_hosts
+from kdns.dns.rewrite import Rewriter, Rewritten
+from kdns.dns.template import Templates
+from kdns.dns.wire import Query
+
+
+@dataclass(frozen=True, slots=True)
+class PluginAnswer:
+    plugin: str  # "template" or "hosts"
+    rcode: int
+    answer: list[RR]
+    authority: list[RR]
+    additional: list[RR]
+
+
+class Plugins:
+    def __init__(
+        self, rewriter: Rewriter | None, templates: Templates | None, hosts: Hosts | None
+    ) -> None:
+        self.rewriter = rewriter
+        self.templates = templates
+        self.hosts = hosts
+
+    @classmethod
+    def from_config(cls, config: Config, hosts_file_text: str = "") -> Plugins | None:
+        dns = config.dns
+        if not (dns.rewrites or dns.templates or config.hosts.enabled):
+            return None
+        return cls(
+            Rewriter(dns.rewrites) if dns.rewrites else None,
+            Templates(dns.templates) if dns.templates else None,
+            _hosts(config.hosts, hosts_file_text) if config.hosts.enabled else None,
+        )
+
+    def with_hosts_file(self, text: str) -> Plugins:
+        hosts = _hosts(self.hosts.config, text) if self.hosts is not None else None
+        return Plugins(self.rewriter, self.templates, hosts)
+
+    def rewrite(self, qname: str) -> Rewritten | None:
+        return self.rewriter.rewrite(qname) if self.rewriter is not None else None
+
+    def answer(self, qname: str, qtype: int) -> PluginAnswer | None:
+        if self.templates is not None:
+            found = self.templates.answer(qname, qtype)
+            if found is not None:
+                return PluginAnswer(
+                    "template", found.rcode, found.answer, found.authority, found.additional
+                )
+        if self.hosts is not None:
+            hit = self.hosts.answer(qname, qtype)
+            if hit is not None:
+                return PluginAnswer("hosts", hit.rcode, hit.answer, [], [])
+        return None
+
+
+def _hosts(config: HostsSection, file_text: str) -> Hosts:
+    # CoreDNS searches its inline lines first, then the file's.
+    table = parse_hosts("\n".join(config.entries))
+    return Hosts(config, parse_hosts(file_text, table))
+
+
+def sub_query(query: Query, name: str) -> Query:
+    labels = tuple(label.encode("latin-1") for label in name.split(".") if label)
+    question = b"".join(bytes((len(x),)) + x for x in labels) + b"\x00"
+    question += query.qtype.to_bytes(2) + query.qclass.to_bytes(2)
+    return Query(
+        query.id,
+        query.flags,
+        labels,
+        query.qtype,
+        query.qclass,
+        question,
+        False,
+        edns=query.edns,
+        payload=query.payload,
+        do=query.do,
+    )
+
+
+def renamed(
+    query: Query, response: bytes, revert: Callable[[str], str], recursion_available: bool
+) -> bytes:
+    """`response` for the client's `query`: its question, answer owners renamed back."""
+    found = DNSRecord.parse(response)
+    for rr in (*found.rr, *found.auth, *found.ar):
+        rr.rname = DNSLabel(revert(str(rr.rname).lower().rstrip(".")) + ".")
+    return wire.encode(
+        query,
+        found.header.rcode,
+        found.rr,
+        found.auth,
+        [rr for rr in found.ar if rr.rtype != wire.OPT],
+        authoritative=bool(found.header.aa),
+        recursion_available=recursion_available,
+    )
