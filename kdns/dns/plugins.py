@@ -8,8 +8,9 @@ Contract (pure):
 - `rewrite(qname)` is the rewrite run (kdns/dns/rewrite.py) or None; `answer(qname, qtype)`
   is the first of template and hosts that answers (`PluginAnswer`, with the plugin's name for
   metrics), or None: the question goes on to the cluster zones, then the upstreams.
-- `with_hosts_file(text)` is the same plugins with the hosts file re-read (the inline lines
-  kept); the caller swaps it in whole.
+- `load_hosts_file(text)` serves the hosts file's new text (the inline lines kept), from the
+  next question on; `hosts_file_text` is the text served, so the caller re-reads the file and
+  loads it only when it changed (CoreDNS's hosts `reload`).
 - `sub_query(query, name)` is the question for another name, same ID, flags and EDNS;
   `renamed(query, response, revert)` is `response` (to a sub-query) re-encoded for the client's
   question, answer owners renamed by `revert` — CoreDNS's rewrite always restores the question.
@@ -41,11 +42,18 @@ class PluginAnswer:
 
 class Plugins:
     def __init__(
-        self, rewriter: Rewriter | None, templates: Templates | None, hosts: Hosts | None
+        self,
+        rewriter: Rewriter | None,
+        templates: Templates | None,
+        hosts: HostsSection | None,
+        hosts_file_text: str = "",
     ) -> None:
         self.rewriter = rewriter
         self.templates = templates
-        self.hosts = hosts
+        self.hosts_config = hosts
+        self.hosts: Hosts | None = None
+        self.hosts_file_text = ""
+        self.load_hosts_file(hosts_file_text)
 
     @classmethod
     def from_config(cls, config: Config, hosts_file_text: str = "") -> Plugins | None:
@@ -55,12 +63,17 @@ class Plugins:
         return cls(
             Rewriter(dns.rewrites) if dns.rewrites else None,
             Templates(dns.templates) if dns.templates else None,
-            _hosts(config.hosts, hosts_file_text) if config.hosts.enabled else None,
+            config.hosts if config.hosts.enabled else None,
+            hosts_file_text,
         )
 
-    def with_hosts_file(self, text: str) -> Plugins:
-        hosts = _hosts(self.hosts.config, text) if self.hosts is not None else None
-        return Plugins(self.rewriter, self.templates, hosts)
+    def load_hosts_file(self, text: str) -> None:
+        if self.hosts_config is None:
+            return
+        # CoreDNS searches its inline lines first, then the file's.
+        table = parse_hosts("\n".join(self.hosts_config.entries))
+        self.hosts = Hosts(self.hosts_config, parse_hosts(text, table))
+        self.hosts_file_text = text
 
     def rewrite(self, qname: str) -> Rewritten | None:
         return self.rewriter.rewrite(qname) if self.rewriter is not None else None
@@ -77,12 +90,6 @@ class Plugins:
             if hit is not None:
                 return PluginAnswer("hosts", hit.rcode, hit.answer, [], [])
         return None
-
-
-def _hosts(config: HostsSection, file_text: str) -> Hosts:
-    # CoreDNS searches its inline lines first, then the file's.
-    table = parse_hosts("\n".join(config.entries))
-    return Hosts(config, parse_hosts(file_text, table))
 
 
 def sub_query(query: Query, name: str) -> Query:

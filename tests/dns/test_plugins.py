@@ -299,7 +299,8 @@ def test_template_comes_before_hosts_and_a_miss_goes_on() -> None:
 def test_the_hosts_file_is_re_read_and_the_inline_lines_kept() -> None:
     plugins = chain(**{"hosts.file": "/h", "hosts.entries": ["10.0.0.1 inline.example"]})
     assert plugins is not None
-    plugins = plugins.with_hosts_file("172.18.0.4 k3s-agent-2\n")
+    plugins.load_hosts_file("172.18.0.4 k3s-agent-2\n")
+    assert plugins.hosts_file_text == "172.18.0.4 k3s-agent-2\n"
     for name, expected in (
         ("k3s-agent-2", "k3s-agent-2. 3600 IN A 172.18.0.4"),
         ("inline.example", "inline.example. 3600 IN A 10.0.0.1"),
