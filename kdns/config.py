@@ -471,6 +471,10 @@ class DnsSection:
     reload_interval: float = _key(2.0, _seconds(0.0, 86400.0), "reload_interval")
     # userspace: relay Services from loopback VIPs (no privileges) and answer those VIPs.
     proxy: str = _key("none", _one_of(PROXY_MODES), "proxy")
+    # CoreDNS's kubernetes `fallthrough [ZONES]`: names in these cluster zones that do not
+    # exist go to the upstreams instead of NXDOMAIN ("." = every zone). PTRs for addresses no
+    # Service owns go there whenever there are upstreams.
+    fallthrough: tuple[str, ...] = _key((), _plugin_zones(True), shape="list")
     # CoreDNS's template and rewrite plugins (kdns/dns/template.py, kdns/dns/rewrite.py).
     templates: tuple[TemplateRule, ...] = _key((), _templates, shape="yaml")
     rewrites: tuple[RewriteRule, ...] = _key((), _rewrites, shape="yaml")

@@ -385,19 +385,17 @@ def _kubernetes(directive: Directive, zones: list[str], main: bool, state: _Stat
 
 
 def _kubernetes_fallthrough(option: Directive, state: _State) -> None:
-    zones = [normalize_zone(a) for a in option.args]
-    if zones and all(is_reverse(z) for z in zones):
+    """`fallthrough [ZONES]` (every zone when none): forward zones become `dns.fallthrough`."""
+    zones = [normalize_zone(a) for a in option.args] or list(state.cluster_zones)
+    forward = [z for z in zones if not is_reverse(z)]
+    if forward:
+        state.set("dns.fallthrough", tuple(z or "." for z in forward), option.name)
+    if len(forward) < len(zones):
         # kdns sends a PTR question for an address no Service owns upstream (when there is one),
         # which is what `fallthrough in-addr.arpa ip6.arpa` does in every distro's Corefile.
         state.accept(
             option.name,
             "PTR questions for addresses no Service owns are forwarded",
-            directive="kubernetes fallthrough",
-        )
-    else:
-        state.refuse(
-            option.name,
-            "only the reverse zones may fall through (names in the cluster zones get NXDOMAIN)",
             directive="kubernetes fallthrough",
         )
 
@@ -578,7 +576,17 @@ def _cache_disable(option: Directive, state: _State) -> None:
     if not option.args or option.args[0].text not in ("success", "denial"):
         raise option.name.error("disable takes success or denial, then zones")
     zones = [normalize_zone(a) for a in option.args[1:]]
-    if zones and all(any(within(z, c) for c in state.cluster_zones) for z in zones):
+    through = state.settings.get("dns.fallthrough")
+    if through is not None and any(
+        within(f, z) or within(z, f) for f in through.value for z in zones
+    ):
+        # Names that fall through are forwarded, and kdns caches every forwarded answer.
+        state.refuse(
+            option.name,
+            "kdns caches the upstream answers of names that fall through",
+            "cache disable",
+        )
+    elif zones and all(any(within(z, c) for c in state.cluster_zones) for z in zones):
         # kubeadm's default: cluster answers are never cached, because kdns answers them from
         # its store, which is always current.
         state.accept(option.name, "kdns never caches cluster answers", "cache disable")

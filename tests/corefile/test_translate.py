@@ -536,13 +536,31 @@ OPTIONS = [
         "names until its first full list, however long",
     ),
     (
+        "fallthrough for a forward zone: its NXDOMAIN names go upstream",
+        corefile(options="       fallthrough cluster.local\n"),
+        {"dns.fallthrough": ("cluster.local",)},
+        "",
+    ),
+    (
+        "names that fall through are forwarded, and then cached: `disable` cannot hold",
+        corefile(
+            "    cache 30 {\n       disable success cluster.local\n    }\n",
+            options="       fallthrough\n",
+        ),
+        {"dns.fallthrough": ("cluster.local",)},
+        "Corefile:3: kubernetes fallthrough: accepted: PTR questions for addresses no Service "
+        "owns are forwarded\n"
+        "Corefile:6: cache disable: not supported: kdns caches the upstream answers of names that "
+        "fall through",
+    ),
+    (
         "options that filter or change cluster answers",
         corefile(
             options="       namespaces default\n       labels app=x\n       endpoint_pod_names\n"
             "       noendpoints\n       ignore empty_service\n       multicluster clusterset.local\n"
             "       endpoint https://10.0.0.1:6443\n       fallthrough\n       bogus 1\n"
         ),
-        {},
+        {"dns.fallthrough": ("cluster.local",)},
         "Corefile:3: kubernetes namespaces: not supported: not supported yet\n"
         "Corefile:4: kubernetes labels: not supported: not supported yet\n"
         "Corefile:5: kubernetes endpoint_pod_names: not supported: not supported yet\n"
@@ -550,8 +568,8 @@ OPTIONS = [
         "Corefile:7: kubernetes ignore: not supported: not supported yet\n"
         "Corefile:8: kubernetes multicluster: not supported: not supported yet\n"
         "Corefile:9: kubernetes endpoint: not supported: not supported yet\n"
-        "Corefile:10: kubernetes fallthrough: not supported: only the reverse zones may fall "
-        "through (names in the cluster zones get NXDOMAIN)\n"
+        "Corefile:10: kubernetes fallthrough: accepted: PTR questions for addresses no Service "
+        "owns are forwarded\n"
         "Corefile:11: kubernetes bogus: not supported: unknown option",
     ),
     (
