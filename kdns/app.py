@@ -194,6 +194,7 @@ def assemble(
         forwarder=forwarder,
         autopath=config.dns.autopath,
         host_search=planned.host_search,
+        loadbalance=config.dns.loadbalance,
     )
     return Serving(config, resolver, handler, forwarder, _query_log(config))
 

@@ -12,7 +12,8 @@ What CoreDNS's `forward` + `cache` plugins and kube-dns's stubDomains / upstream
   health probe (`. IN NS` every `health_check` s) sees it answer again.
 - Identical questions in flight go upstream once (coalesced). Beyond `max_concurrent` upstream
   exchanges, new questions get REFUSED at once, as CoreDNS's `max_concurrent` does.
-- Every upstream failing → SERVFAIL, or a stale answer (RFC 8767) when `serve_stale` allows.
+- Every upstream failing → SERVFAIL, or a stale answer (RFC 8767) when `serve_stale` allows —
+  also while that SERVFAIL is cached: a stale answer beats a cached failure.
 
 `AnswerCache` here is the upstream cache (cachetools), sized and capped by the config's `cache`
 section: answers for their TTL capped at `max_ttl`, negative answers per RFC 2308 (the SOA's
@@ -344,18 +345,42 @@ class Forwarder:
 
     def cached(self, query: Query) -> bytes | None:
         """The answer from a fresh cache entry, or None: the synchronous fast path."""
-        now = trio.current_time()
-        entry = self.cache.get(cache_key(query), now)
-        return from_cache(entry, query, now) if entry is not None else None
+        return self._from_cache(cache_key(query), query, trio.current_time(), count=True)
+
+    def _from_cache(self, key: bytes, query: Query, now: float, count: bool) -> bytes | None:
+        entry = self.cache.get(key, now, count=count)
+        if entry is None:
+            return None
+        if entry.response[3] & 0xF == wire.SERVFAIL:
+            # A cached SERVFAIL records that the upstreams failed; while it lasts, an answer in
+            # the stale window still beats it (RFC 8767 §5), as it did for the first query.
+            stale = self._stale(key, now, query)
+            if stale is not None:
+                return stale
+        return from_cache(entry, query, now)
+
+    def _stale(self, key: bytes, now: float, query: Query) -> bytes | None:
+        """The expired answer inside the serve-stale window, counted and logged, else None."""
+        if not self.config.cache.serve_stale:
+            return None
+        stale = self.cache.stale(key, now)
+        if stale is None:
+            return None
+        self.cache.served_stale += 1
+        log.info(
+            "upstreams failed: serving a stale answer (RFC 8767)",
+            extra={"consolidate": "serving stale answers"},
+        )
+        return from_cache(stale, query, now, stale_ttl=self.config.stale_ttl)
 
     async def resolve(self, query: Query, looked_up: bool = False) -> bytes:
         """The response to send the client (not yet truncated for UDP). `looked_up`: the
         caller's `cached` already counted this question's cache miss."""
         key = cache_key(query)
         now = trio.current_time()
-        entry = self.cache.get(key, now, count=not looked_up)
-        if entry is not None:
-            return from_cache(entry, query, now)
+        found = self._from_cache(key, query, now, count=not looked_up)
+        if found is not None:
+            return found
         flight = self._in_flight.get(key)
         if flight is not None:
             self.coalesced += 1
@@ -372,18 +397,12 @@ class Forwarder:
                 del self._in_flight[key]
                 flight.done.set()
         now = trio.current_time()
-        failed = flight.response is None or flight.response[3] & 0xF == wire.SERVFAIL
-        if failed and self.config.cache.serve_stale:
+        if flight.response is None or flight.response[3] & 0xF == wire.SERVFAIL:
             # RFC 8767 §5: when the upstreams fail (no answer, or SERVFAIL), an expired answer
             # within the stale window beats a failure.
-            stale = self.cache.stale(key, now)
+            stale = self._stale(key, now, query)
             if stale is not None:
-                self.cache.served_stale += 1
-                log.info(
-                    "upstreams failed: serving a stale answer (RFC 8767)",
-                    extra={"consolidate": "serving stale answers"},
-                )
-                return from_cache(stale, query, now, stale_ttl=self.config.stale_ttl)
+                return stale
         entry = self.cache.get(key, now, count=False)
         if entry is not None:
             return from_cache(entry, query, now)
