@@ -11,9 +11,9 @@ Contract (pure):
 - `load_hosts_file(text)` serves the hosts file's new text (the inline lines kept), from the
   next question on; `hosts_file_text` is the text served, so the caller re-reads the file and
   loads it only when it changed (CoreDNS's hosts `reload`).
-- `sub_query(query, name)` is the question for another name, same ID, flags and EDNS;
-  `renamed(query, response, revert)` is `response` (to a sub-query) re-encoded for the client's
-  question, answer owners renamed by `revert` — CoreDNS's rewrite always restores the question.
+- `renamed(query, response, revert, ra)` is `response` (to the renamed question) re-encoded for
+  the client's question, record owners renamed by `revert` — CoreDNS's rewrite always restores
+  the question.
 """
 
 from __future__ import annotations
@@ -90,24 +90,6 @@ class Plugins:
             if hit is not None:
                 return PluginAnswer("hosts", hit.rcode, hit.answer, [], [])
         return None
-
-
-def sub_query(query: Query, name: str) -> Query:
-    labels = tuple(label.encode("latin-1") for label in name.split(".") if label)
-    question = b"".join(bytes((len(x),)) + x for x in labels) + b"\x00"
-    question += query.qtype.to_bytes(2) + query.qclass.to_bytes(2)
-    return Query(
-        query.id,
-        query.flags,
-        labels,
-        query.qtype,
-        query.qclass,
-        question,
-        False,
-        edns=query.edns,
-        payload=query.payload,
-        do=query.do,
-    )
 
 
 def renamed(
