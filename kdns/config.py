@@ -471,6 +471,12 @@ class DnsSection:
     reload_interval: float = _key(2.0, _seconds(0.0, 86400.0), "reload_interval")
     # userspace: relay Services from loopback VIPs (no privileges) and answer those VIPs.
     proxy: str = _key("none", _one_of(PROXY_MODES), "proxy")
+    # CoreDNS's kubernetes options that change the schema: endpoint names from their Pods'
+    # names (when they have no hostname); no endpoint records at all (headless names and
+    # endpoint names get NXDOMAIN); NXDOMAIN for a ClusterIP Service with no ready endpoint.
+    endpoint_pod_names: bool = _key(False, _boolean)
+    noendpoints: bool = _key(False, _boolean)
+    ignore_empty_service: bool = _key(False, _boolean)
     # CoreDNS's kubernetes `fallthrough [ZONES]`: names in these cluster zones that do not
     # exist go to the upstreams instead of NXDOMAIN ("." = every zone). PTRs for addresses no
     # Service owns go there whenever there are upstreams.

@@ -368,6 +368,10 @@ def _kubernetes(directive: Directive, zones: list[str], main: bool, state: _Stat
                 "kdns answers SERVFAIL for cluster names until its first full list, however long",
                 directive="kubernetes startup_timeout",
             )
+        elif word in ("endpoint_pod_names", "noendpoints") and not args:
+            state.set(f"dns.{word}", True, option.name)
+        elif word == "ignore" and [a.text for a in args] == ["empty_service"]:
+            state.set("dns.ignore_empty_service", True, option.name)
         elif word in (
             "namespaces",
             "labels",

@@ -554,18 +554,27 @@ OPTIONS = [
         "fall through",
     ),
     (
-        "options that filter or change cluster answers",
+        "ignore takes only empty_service; endpoint_pod_names and noendpoints take nothing",
+        corefile(options="       ignore other\n       noendpoints now\n"),
+        {"dns.ignore_empty_service": "<unset>", "dns.noendpoints": "<unset>"},
+        "Corefile:3: kubernetes ignore: not supported: not supported yet\n"
+        "Corefile:4: kubernetes noendpoints: not supported: not supported yet",
+    ),
+    (
+        "options that filter or change cluster answers; those kdns has",
         corefile(
             options="       namespaces default\n       labels app=x\n       endpoint_pod_names\n"
             "       noendpoints\n       ignore empty_service\n       multicluster clusterset.local\n"
             "       endpoint https://10.0.0.1:6443\n       fallthrough\n       bogus 1\n"
         ),
-        {"dns.fallthrough": ("cluster.local",)},
+        {
+            "dns.fallthrough": ("cluster.local",),
+            "dns.endpoint_pod_names": True,
+            "dns.noendpoints": True,
+            "dns.ignore_empty_service": True,
+        },
         "Corefile:3: kubernetes namespaces: not supported: not supported yet\n"
         "Corefile:4: kubernetes labels: not supported: not supported yet\n"
-        "Corefile:5: kubernetes endpoint_pod_names: not supported: not supported yet\n"
-        "Corefile:6: kubernetes noendpoints: not supported: not supported yet\n"
-        "Corefile:7: kubernetes ignore: not supported: not supported yet\n"
         "Corefile:8: kubernetes multicluster: not supported: not supported yet\n"
         "Corefile:9: kubernetes endpoint: not supported: not supported yet\n"
         "Corefile:10: kubernetes fallthrough: accepted: PTR questions for addresses no Service "
