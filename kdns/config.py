@@ -274,6 +274,12 @@ def _strings(value: Any, subkey: str, what: str) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _text(value: Any, subkey: str) -> str:
+    if not isinstance(value, str):
+        raise Invalid(f"must be a string (got {value!r})", subkey)
+    return value
+
+
 def _fields(entry: Any, allowed: tuple[str, ...], subkey: str) -> dict[str, Any]:
     if not isinstance(entry, dict):
         raise Invalid(f"must be a mapping with keys {', '.join(allowed)} (got {entry!r})", subkey)
@@ -298,6 +304,7 @@ class TemplateRule:
     additional: tuple[str, ...] = ()
     rcode: str = "NOERROR"
     fallthrough: tuple[str, ...] = ()  # where a regex miss goes on ("." = everywhere)
+    where: str = ""  # the Corefile line it came from, for `kdns explain`
 
     def to_yaml(self) -> dict[str, Any]:
         return {
@@ -310,6 +317,7 @@ class TemplateRule:
             "additional": list(self.additional),
             "rcode": self.rcode,
             "fallthrough": list(self.fallthrough),
+            "where": self.where,
         }
 
 
@@ -373,6 +381,7 @@ def _template(entry: Any, at: str) -> TemplateRule:
         *(_template_lines(given.get(k, []), f"{at}.{k}") for k in TEMPLATE_KEYS[4:7]),
         rcode,
         fallthrough,
+        _text(given.get("where", ""), f"{at}.where"),
     )
 
 
@@ -388,6 +397,7 @@ class RewriteRule:
     answer: str = ""  # "", auto, or name (answer names matching answer_from → answer_to)
     answer_from: str = ""
     answer_to: str = ""
+    where: str = ""  # the Corefile line it came from, for `kdns explain`
 
     def to_yaml(self) -> dict[str, Any]:
         return {
@@ -398,6 +408,7 @@ class RewriteRule:
             "answer": self.answer,
             "answer_from": self.answer_from,
             "answer_to": self.answer_to,
+            "where": self.where,
         }
 
 
@@ -429,7 +440,10 @@ def _rewrite(entry: Any, at: str) -> RewriteRule:
     stop = given.get("stop", True)
     if not isinstance(stop, bool):
         raise Invalid(f"must be true or false (got {stop!r})", f"{at}.stop")
-    return RewriteRule(match, given["from"], given["to"], stop, answer, answer_from, answer_to)
+    where = _text(given.get("where", ""), f"{at}.where")
+    return RewriteRule(
+        match, given["from"], given["to"], stop, answer, answer_from, answer_to, where
+    )
 
 
 def _key(default: Any, check: Check, alias: str = "", shape: str = "scalar") -> Any:

@@ -677,6 +677,7 @@ def _template(directive: Directive, zones: list[str], state: _State) -> None:
         else:
             raise option.name.error(f"template: unknown option {word!r} or missing arguments")
     rule.update({k: v for k, v in lists.items() if v})
+    rule["where"] = directive.name.where
     state.templates.append((rule, directive.name))
 
 
@@ -707,7 +708,7 @@ def _rewrite(directive: Directive, zones: list[str], main: bool, state: _State) 
         return
     rule = _rewrite_rule(directive, args[1:], state)
     if rule is not None:
-        rule["stop"] = stop
+        rule.update(stop=stop, where=directive.name.where)
         state.rewrites.append((rule, directive.name))
 
 

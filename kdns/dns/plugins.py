@@ -38,6 +38,7 @@ class PluginAnswer:
     answer: list[RR]
     authority: list[RR]
     additional: list[RR]
+    origin: str = ""  # for people: the rule or file behind it (kdns explain)
 
 
 class Plugins:
@@ -82,14 +83,29 @@ class Plugins:
         if self.templates is not None:
             found = self.templates.answer(qname, qtype)
             if found is not None:
+                where = found.rule.where if found.rule is not None else ""
+                origin = f"the template at {where}" if where else "a template rule (dns.templates)"
                 return PluginAnswer(
-                    "template", found.rcode, found.answer, found.authority, found.additional
+                    "template",
+                    found.rcode,
+                    found.answer,
+                    found.authority,
+                    found.additional,
+                    origin,
                 )
         if self.hosts is not None:
             hit = self.hosts.answer(qname, qtype)
             if hit is not None:
-                return PluginAnswer("hosts", hit.rcode, hit.answer, [], [])
+                return PluginAnswer("hosts", hit.rcode, hit.answer, [], [], self._hosts_origin())
         return None
+
+    def _hosts_origin(self) -> str:
+        config = self.hosts_config
+        assert config is not None
+        sources = [f"the hosts file {config.file}"] if config.file else []
+        if config.entries:
+            sources.append("the inline hosts lines (hosts.entries)")
+        return "hosts: " + " and ".join(sources)
 
 
 def renamed(

@@ -53,6 +53,7 @@ def _valid(fqdn: str) -> bool:
 class Rewritten:
     name: str
     revert: Callable[[str], str]
+    rules: tuple[RewriteRule, ...] = ()  # the rules that matched, in order (for explain)
 
 
 class _Rule:
@@ -109,10 +110,12 @@ class Rewriter:
     def rewrite(self, qname: str) -> Rewritten | None:
         fqdn = _fqdn(qname)
         reverters = []
+        applied = []
         for rule in self.rules:
             produced = rule.apply(fqdn)
             if produced is None:
                 continue
+            applied.append(rule.rule)
             reverters.append(rule.reverter(fqdn, produced))
             fqdn = produced
             if rule.rule.stop:
@@ -126,4 +129,4 @@ class Rewriter:
                 owner = undo(owner)
             return owner.rstrip(".")
 
-        return Rewritten(fqdn.rstrip(".") if _valid(fqdn) else "", revert)
+        return Rewritten(fqdn.rstrip(".") if _valid(fqdn) else "", revert, tuple(applied))

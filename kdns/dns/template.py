@@ -33,6 +33,7 @@ class TemplateAnswer:
     answer: list[RR]
     authority: list[RR]
     additional: list[RR]
+    rule: TemplateRule | None = None  # the rule that answered (for explain)
 
 
 def _within(name: str, zones: tuple[str, ...]) -> str | None:
@@ -74,7 +75,7 @@ class Templates:
             if match is None:
                 if _within(qname, rule.fallthrough) is not None:
                     continue
-                return TemplateAnswer(RCODE.SERVFAIL, [], [], [])
+                return TemplateAnswer(RCODE.SERVFAIL, [], [], [], rule)
             return _render(rule, match, fqdn, zone, qtype)
         return None
 
@@ -112,5 +113,5 @@ def _render(
             for lines in (rule.answer, rule.authority, rule.additional)
         ]
     except (DNSError, ValueError, IndexError):
-        return TemplateAnswer(RCODE.SERVFAIL, [], [], [])
-    return TemplateAnswer(getattr(RCODE, rule.rcode), *sections)
+        return TemplateAnswer(RCODE.SERVFAIL, [], [], [], rule)
+    return TemplateAnswer(getattr(RCODE, rule.rcode), *sections, rule)

@@ -36,7 +36,7 @@ def render(translation: Translation) -> str:
             value = list(value)
         text = yaml.safe_dump(value, default_flow_style=True, width=1000)
         text = text.strip().removesuffix("...").strip()
-        lines.append(f"{short(s.where)} {s.key}: {text}")
+        lines.append(short(f"{s.where} {s.key}: {text}"))  # a rule's `where` too
     return "\n".join(lines)
 
 
@@ -238,7 +238,7 @@ aks.Corefile:14 cache.max_denial_ttl: 30
 aks.Corefile:14 cache.max_ttl: 30
 aks.Corefile:16 dns.reload_interval: 30.0
 aks.Corefile:17 dns.loadbalance: round_robin
-aks.Corefile:19 dns.templates: [{class: ANY, fallthrough: [.], match: ['^(?:[^.]+\\.){4,}internal\\.cloudapp\\.net\\.$'], rcode: NXDOMAIN, type: ANY, zones: [internal.cloudapp.net]}, {class: ANY, rcode: NXDOMAIN, type: ANY, zones: [reddog.microsoft.com]}]""",
+aks.Corefile:19 dns.templates: [{class: ANY, fallthrough: [.], match: ['^(?:[^.]+\\.){4,}internal\\.cloudapp\\.net\\.$'], rcode: NXDOMAIN, type: ANY, where: 'aks.Corefile:19', zones: [internal.cloudapp.net]}, {class: ANY, rcode: NXDOMAIN, type: ANY, where: 'aks.Corefile:24', zones: [reddog.microsoft.com]}]""",
         """\
 aks.Corefile:2: errors: accepted: kdns logs errors on its own
 aks.Corefile:9: kubernetes fallthrough: accepted: PTR questions for addresses no Service owns are forwarded
@@ -297,7 +297,7 @@ aks.Corefile:14 cache.max_denial_ttl: 30
 aks.Corefile:14 cache.max_ttl: 30
 aks.Corefile:16 dns.reload_interval: 30.0
 aks.Corefile:17 dns.loadbalance: round_robin
-aks.Corefile:19 dns.templates: [{class: ANY, fallthrough: [.], match: ['^(?:[^.]+\\.){4,}internal\\.cloudapp\\.net\\.$'], rcode: NXDOMAIN, type: ANY, zones: [internal.cloudapp.net]}, {class: ANY, rcode: NXDOMAIN, type: ANY, zones: [reddog.microsoft.com]}]
+aks.Corefile:19 dns.templates: [{class: ANY, fallthrough: [.], match: ['^(?:[^.]+\\.){4,}internal\\.cloudapp\\.net\\.$'], rcode: NXDOMAIN, type: ANY, where: 'aks.Corefile:19', zones: [internal.cloudapp.net]}, {class: ANY, rcode: NXDOMAIN, type: ANY, where: 'aks.Corefile:24', zones: [reddog.microsoft.com]}]
 custom/test.override:1 hosts.entries: [10.0.0.1 example1.org, 10.0.0.2 example2.org, 10.0.0.3 example3.org]
 custom/test.override:1 hosts.file: /etc/hosts
 custom/test.override:1 hosts.zones: [.]
@@ -377,7 +377,7 @@ rewrite.Corefile:1 dns.addr: 0.0.0.0:53
 rewrite.Corefile:3 dns.health_addr: 0.0.0.0:8080
 rewrite.Corefile:4 dns.lameduck: 5.0
 rewrite.Corefile:6 dns.ready_addr: 0.0.0.0:8181
-rewrite.Corefile:7 dns.rewrites: [{answer: name, answer_from: (.*)\\.default\\.svc\\.cluster\\.local, answer_to: '{1}.example.com', from: (.*)\\.example\\.com, match: regex, stop: true, to: '{1}.default.svc.cluster.local'}, {from: api.example.org, match: exact, stop: true, to: api.default.svc.cluster.local}]
+rewrite.Corefile:7 dns.rewrites: [{answer: name, answer_from: (.*)\\.default\\.svc\\.cluster\\.local, answer_to: '{1}.example.com', from: (.*)\\.example\\.com, match: regex, stop: true, to: '{1}.default.svc.cluster.local', where: 'rewrite.Corefile:7'}, {from: api.example.org, match: exact, stop: true, to: api.default.svc.cluster.local, where: 'rewrite.Corefile:11'}]
 rewrite.Corefile:12 dns.zones: [cluster.local, in-addr.arpa, ip6.arpa]
 rewrite.Corefile:13 dns.pods: insecure
 rewrite.Corefile:15 dns.ttl: 30
@@ -803,6 +803,7 @@ PLUGIN_OPTIONS = [
                     "match": ["^(?P<ip>[0-9-]+)[.]example[.]org[.]$"],
                     "answer": ["{{ .Name }} 60 IN A 192.0.2.1"],
                     "additional": ["ns.{{ .Zone }} 60 IN A 192.0.2.53"],
+                    "where": "Corefile:6",
                 },
             )
         },
@@ -818,8 +819,21 @@ PLUGIN_OPTIONS = [
         "    rewrite name api.example api.default.svc.cluster.local\n",
         {
             "dns.rewrites": (
-                {"match": "exact", "from": "a.example", "to": "b.example", "stop": True},
-                {"match": "prefix", "from": "old-", "to": "new-", "answer": "auto", "stop": False},
+                {
+                    "match": "exact",
+                    "from": "a.example",
+                    "to": "b.example",
+                    "stop": True,
+                    "where": "Corefile:6",
+                },
+                {
+                    "match": "prefix",
+                    "from": "old-",
+                    "to": "new-",
+                    "answer": "auto",
+                    "stop": False,
+                    "where": "Corefile:7",
+                },
                 {
                     "match": "suffix",
                     "from": ".corp",
@@ -828,13 +842,21 @@ PLUGIN_OPTIONS = [
                     "answer_from": r"(.*)\.svc\.cluster\.local",
                     "answer_to": "{1}.corp",
                     "stop": True,
+                    "where": "Corefile:8",
                 },
-                {"match": "substring", "from": "staging", "to": "prod", "stop": True},
+                {
+                    "match": "substring",
+                    "from": "staging",
+                    "to": "prod",
+                    "stop": True,
+                    "where": "Corefile:12",
+                },
                 {
                     "match": "exact",
                     "from": "api.example",
                     "to": "api.default.svc.cluster.local",
                     "stop": True,
+                    "where": "Corefile:13",
                 },
             )
         },
