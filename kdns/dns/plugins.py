@@ -54,6 +54,7 @@ class Plugins:
         self.hosts_config = hosts
         self.hosts: Hosts | None = None
         self.hosts_file_text = ""
+        self.hosts_origin = _hosts_origin(hosts) if hosts is not None else ""
         self.load_hosts_file(hosts_file_text)
 
     @classmethod
@@ -96,16 +97,15 @@ class Plugins:
         if self.hosts is not None:
             hit = self.hosts.answer(qname, qtype)
             if hit is not None:
-                return PluginAnswer("hosts", hit.rcode, hit.answer, [], [], self._hosts_origin())
+                return PluginAnswer("hosts", hit.rcode, hit.answer, [], [], self.hosts_origin)
         return None
 
-    def _hosts_origin(self) -> str:
-        config = self.hosts_config
-        assert config is not None
-        sources = [f"the hosts file {config.file}"] if config.file else []
-        if config.entries:
-            sources.append("the inline hosts lines (hosts.entries)")
-        return "hosts: " + " and ".join(sources)
+
+def _hosts_origin(config: HostsSection) -> str:
+    sources = [f"the hosts file {config.file}"] if config.file else []
+    if config.entries:
+        sources.append("the inline hosts lines (hosts.entries)")
+    return "hosts: " + " and ".join(sources)
 
 
 def renamed(
