@@ -248,7 +248,7 @@ def _host_entries(value: Any) -> tuple[str, ...]:
     for entry in entries:
         parts = entry.split() if isinstance(entry, str) else []
         try:
-            ipaddress.ip_address(parts[0] if parts else "")
+            ipaddress.ip_address(parts[0].split("%")[0] if parts else "")  # fe80::1%eth0 too
         except ValueError:
             raise Invalid(f"must be hosts-file lines, IP NAME... (got {entry!r})") from None
         if len(parts) < 2:
