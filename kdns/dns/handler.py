@@ -392,7 +392,21 @@ class Handler:
     async def _lookup(self, query: Query, name: str) -> bytes:
         """The response for `name` (same type) as kdns would give it, by the client's ID."""
         sub = _sub_query(query, name)
+        # CoreDNS's autopath asks the plugins after it for each name: template, hosts, then
+        # kubernetes (and its fallthrough), then forward.
+        found = self.plugins.answer(name, query.qtype) if self.plugins is not None else None
+        if found is not None:
+            return wire.encode(
+                sub,
+                found.rcode,
+                found.answer,
+                found.authority,
+                found.additional,
+                recursion_available=self.recursion_available,
+            )
         answer = self.resolver.resolve(name, query.qtype)
+        if answer is not None and answer.rcode == wire.NXDOMAIN and self.fallthrough:
+            answer = self._fall_through(name, answer)
         if answer is not None and answer.broken is not None:
             self._broken_chain(sub, answer)
         if answer is not None and self._chases(answer):

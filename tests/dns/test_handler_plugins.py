@@ -129,3 +129,21 @@ def test_rewrite_to_an_external_name_service_without_upstreams_is_its_cname() ->
     found = ask(h, "web.example.org")
     assert found.header.rcode == RCODE.NOERROR
     assert rrset(found.rr) == zone("web.example.org. 5 IN CNAME www.example.com.")
+
+
+async def test_autopath_finds_a_hosts_name_on_the_pods_search_path() -> None:
+    # async: autopath answers in the listener's task (`complete`).
+    config = Config().with_overrides(**{"hosts.file": "/NodeHosts", "hosts.fallthrough": ["."]})
+    store = Store()
+    resolver = Resolver(store, config)
+    load(store)
+    h = Handler(resolver, autopath=True, plugins=Plugins.from_config(config, NODE_HOSTS))
+    question = bytes(DNSRecord.question("k3s-server.default.svc.cluster.local").pack())
+    deferred = h.handle(question, True, client="10.244.1.5")  # pod p1, in default
+    assert isinstance(deferred, Deferred) and deferred.search
+    response = DNSRecord.parse(await h.complete(deferred))
+    assert response.header.rcode == RCODE.NOERROR
+    assert rrset(response.rr) == zone(
+        """k3s-server.default.svc.cluster.local. 3600 IN CNAME k3s-server.
+        k3s-server. 3600 IN A 172.18.0.2"""
+    )
