@@ -356,6 +356,13 @@ def _templates(value: Any) -> tuple[TemplateRule, ...]:
     return _rules(value, "template rules", _template, TemplateRule)
 
 
+def _zones_of(given: dict[str, Any], key: str, default: list[str], at: str) -> tuple[str, ...]:
+    try:
+        return _plugin_zones(key == "fallthrough")(given.get(key, default))
+    except Invalid as e:
+        raise Invalid(e.message, f"{at}.{key}") from None
+
+
 def _template(entry: Any, at: str) -> TemplateRule:
     given = _fields(entry, TEMPLATE_KEYS, at)
     qclass = str(given.get("class", "ANY")).upper()
@@ -367,11 +374,8 @@ def _template(entry: Any, at: str) -> TemplateRule:
     rcode = str(given.get("rcode", "NOERROR")).upper()
     if rcode not in RCODES:
         raise Invalid(f"must be one of {', '.join(RCODES)} (got {rcode!r})", f"{at}.rcode")
-    try:
-        zones = _plugin_zones(False)(given.get("zones", ["."]))
-        fallthrough = _plugin_zones(True)(given.get("fallthrough", []))
-    except Invalid as e:
-        raise Invalid(e.message, f"{at}.zones") from None
+    zones = _zones_of(given, "zones", ["."], at)
+    fallthrough = _zones_of(given, "fallthrough", [], at)
     match = _strings(given.get("match", [".*"]), f"{at}.match", "regular expressions")
     return TemplateRule(
         qclass,
