@@ -851,6 +851,14 @@ def load_config(path: str) -> Config:
             text = f.read()
     except OSError as e:
         raise ConfigError(f"{path}: cannot read the config file: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        # YAML 1.2 §5.2: a config file is UTF-8. Name the line of the first bad byte, so a
+        # reload that meets such a file is refused like any other bad config (found by fuzzing).
+        with open(path, "rb") as f:
+            line = f.read()[: e.start].count(b"\n") + 1
+        raise ConfigError(
+            f"{path}:{line}: not UTF-8 text (byte 0x{e.object[e.start]:02x})"
+        ) from None
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as e:

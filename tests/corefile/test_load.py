@@ -122,6 +122,23 @@ def test_a_value_out_of_range_names_the_corefile_line(tmp_path: Path) -> None:
     )
 
 
+def test_bytes_that_are_not_utf8_name_the_line_in_the_corefile_and_its_imports(
+    tmp_path: Path,
+) -> None:
+    # A Latin-1 byte used to escape as a UnicodeDecodeError traceback from `kdns check`.
+    path = tmp_path / "Corefile"
+    path.write_bytes(b".:53 {\n    kubernetes caf\xe9.local\n}\n")
+    with pytest.raises(ConfigError) as caught:
+        load_corefile(str(path), {})
+    assert str(caught.value) == f"{path}:2: not UTF-8 text (byte 0xe9)"
+    custom = tmp_path / "custom.server"
+    custom.write_bytes(b"acme.local:53 {\n  forward . 127.0.0.1\xff\n}\n")
+    path.write_text(f".:53 {{\n    import {custom}\n    kubernetes cluster.local\n}}\n")
+    with pytest.raises(ConfigError) as caught:
+        load_corefile(str(path), {})
+    assert str(caught.value) == f"{custom}:2: not UTF-8 text (byte 0xff)"
+
+
 def test_imports_are_kept_for_the_reload_watch(tmp_path: Path) -> None:
     (tmp_path / "Corefile").write_text(
         ".:53 {\n    kubernetes cluster.local\n    import custom/*.override\n}\n"
