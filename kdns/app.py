@@ -73,6 +73,7 @@ from kdns.dns.server import DnsServer
 from kdns.http import HttpEndpoint, health, metrics_route, readiness
 from kdns.proxy.loopback import LoopbackVips
 from kdns.proxy.userspace import Relay
+from kdns.sources.scope import Scope
 from kdns.sources.static import ManifestSource
 from kdns.store import KINDS, Change, Store
 
@@ -88,7 +89,13 @@ DRAIN_GRACE = 3.0
 HTTP_NAMES = ("health", "ready", "metrics")
 SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1)
 # Keys that pick the source of cluster state: a reload cannot change them (module docstring).
-SOURCE_KEYS = ("kubernetes.manifests", "kubernetes.kubeconfig", "kubernetes.context")
+SOURCE_KEYS = (
+    "kubernetes.manifests",
+    "kubernetes.kubeconfig",
+    "kubernetes.context",
+    "kubernetes.namespaces",
+    "kubernetes.labels",
+)
 
 
 class StartupError(Exception):
@@ -283,9 +290,11 @@ def open_source(
     kube_options: dict[str, Any] | None = None,
 ) -> Source:
     """The source feeding `store`: manifests are read (and applied) now, so their errors stop
-    the start with file/line/field; a cluster is listed when the source runs."""
+    the start with file/line/field; a cluster is listed when the source runs. Both serve only
+    the namespaces and Services that kubernetes.namespaces and kubernetes.labels select."""
+    scope = Scope.of(config.kubernetes)
     if config.kubernetes.manifests:
-        manifests = ManifestSource(config.kubernetes.manifests, store)
+        manifests = ManifestSource(config.kubernetes.manifests, store, scope=scope)
         errors = manifests.load()
         if errors:
             raise StartupError([str(e) for e in errors])
@@ -293,7 +302,7 @@ def open_source(
         return manifests
     from kdns.sources import kube
 
-    return kube.KubeSource(api, store, watch_pods, **(kube_options or {}))
+    return kube.KubeSource(api, store, watch_pods, scope=scope, **(kube_options or {}))
 
 
 def _watch_pods(config: Config) -> bool:

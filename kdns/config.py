@@ -32,6 +32,8 @@ from typing import Any
 import yaml
 from dnslib import QTYPE
 
+from kdns import labelselector
+
 POD_MODES = ("insecure", "verified", "disabled")
 LOG_FORMATS = ("text", "json")  # logging.format, and logging.query_log when on
 PROXY_COMMAND_MODES = ("iptables", "nftables", "ipvs", "userspace")  # `kdns proxy --mode`
@@ -39,6 +41,7 @@ PROXY_MODES = ("none", "userspace")  # what `kdns serve` relays itself (README: 
 LOADBALANCE_MODES = ("round_robin", "off")  # CoreDNS's loadbalance plugin: rotate A/AAAA or not
 DEFAULT_ZONES = ("cluster.local", "in-addr.arpa", "ip6.arpa")
 _ZONE = re.compile(r"^(?!-)[a-z0-9-_]{1,63}(?<!-)(\.(?!-)[a-z0-9-_]{1,63}(?<!-))*$")
+_NAMESPACE = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")  # an RFC 1123 label
 _TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
 
 
@@ -136,6 +139,24 @@ def _zones(value: Any) -> tuple[str, ...]:
     if not zones:
         raise Invalid("at least one zone is needed (got [])")
     return tuple(zones)
+
+
+def _namespaces(value: Any) -> tuple[str, ...]:
+    names = _listed(value, "namespace names")
+    for name in names:
+        if not isinstance(name, str) or not _NAMESPACE.fullmatch(name):
+            raise Invalid(f"must be a list of namespace names (got {name!r})")
+    return tuple(dict.fromkeys(names))
+
+
+def _label_selector(value: Any) -> str:
+    if not isinstance(value, str):
+        raise Invalid(f"must be a label selector such as app=web,tier in (a,b) (got {value!r})")
+    try:
+        labelselector.parse(value)
+    except labelselector.SelectorError as e:
+        raise Invalid(f"not a label selector: {e}") from None
+    return value
 
 
 def _paths(value: Any) -> tuple[str, ...]:
@@ -566,6 +587,11 @@ class KubernetesSection:
     # one of its contexts.
     kubeconfig: str = _key("", _string, "kubeconfig")
     context: str = _key("", _string, "context")
+    # CoreDNS's kubernetes `namespaces` and `labels`: serve only the objects in these namespaces
+    # ([] = every one; names in others get NXDOMAIN) and only the Services these labels select
+    # ("" = every one; sent to the API server as labelSelector). Fixed at start.
+    namespaces: tuple[str, ...] = _key((), _namespaces, shape="list")
+    labels: str = _key("", _label_selector)
 
 
 @dataclass(frozen=True, slots=True)

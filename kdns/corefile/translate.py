@@ -372,9 +372,13 @@ def _kubernetes(directive: Directive, zones: list[str], main: bool, state: _Stat
             state.set(f"dns.{word}", True, option.name)
         elif word == "ignore" and [a.text for a in args] == ["empty_service"]:
             state.set("dns.ignore_empty_service", True, option.name)
+        elif word == "namespaces" and args:
+            names = tuple(a.text for a in args)
+            state.set("kubernetes.namespaces", names, option.name)
+        elif word == "labels" and args:
+            # CoreDNS joins the arguments into one selector (`labels app in (a, b)`).
+            state.set("kubernetes.labels", " ".join(a.text for a in args), option.name)
         elif word in (
-            "namespaces",
-            "labels",
             "namespace_labels",
             "endpoint_pod_names",
             "noendpoints",

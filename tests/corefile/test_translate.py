@@ -563,23 +563,30 @@ OPTIONS = [
     (
         "options that filter or change cluster answers; those kdns has",
         corefile(
-            options="       namespaces default\n       labels app=x\n       endpoint_pod_names\n"
+            options="       namespaces default kube-system\n       labels app=x\n"
+            "       endpoint_pod_names\n"
             "       noendpoints\n       ignore empty_service\n       multicluster clusterset.local\n"
             "       endpoint https://10.0.0.1:6443\n       fallthrough\n       bogus 1\n"
         ),
         {
+            "kubernetes.namespaces": ("default", "kube-system"),
+            "kubernetes.labels": "app=x",
             "dns.fallthrough": ("cluster.local",),
             "dns.endpoint_pod_names": True,
             "dns.noendpoints": True,
             "dns.ignore_empty_service": True,
         },
-        "Corefile:3: kubernetes namespaces: not supported: not supported yet\n"
-        "Corefile:4: kubernetes labels: not supported: not supported yet\n"
         "Corefile:8: kubernetes multicluster: not supported: not supported yet\n"
         "Corefile:9: kubernetes endpoint: not supported: not supported yet\n"
         "Corefile:10: kubernetes fallthrough: accepted: PTR questions for addresses no Service "
         "owns are forwarded\n"
         "Corefile:11: kubernetes bogus: not supported: unknown option",
+    ),
+    (
+        "labels: CoreDNS joins the arguments into one set-based selector",
+        corefile(options="       labels app in (web, api) , !canary\n"),
+        {"kubernetes.labels": "app in (web, api) , !canary", "kubernetes.namespaces": "<unset>"},
+        "",
     ),
     (
         "forward: addresses, with and without ports; the knobs kdns keeps fixed",
