@@ -559,6 +559,10 @@ class CacheSection:
     # Seconds past expiry an answer may be served when upstreams fail; RFC 8767 §5 suggests
     # 1-3 days, a week at most.
     serve_stale: float = _key(0.0, _seconds(0.0, 604800.0), "serve_stale")
+    # CoreDNS's `disable success|denial ZONES`: answers of that kind for names in these zones
+    # are never cached ("." = every name); denial covers NXDOMAIN, NODATA and SERVFAIL.
+    disable_success: tuple[str, ...] = _key((), _plugin_zones(True), shape="list")
+    disable_denial: tuple[str, ...] = _key((), _plugin_zones(True), shape="list")
 
 
 @dataclass(frozen=True, slots=True)

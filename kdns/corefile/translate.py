@@ -542,6 +542,7 @@ def _cache(directive: Directive, zones: list[str], main: bool, state: _State) ->
     cache_zones = [normalize_zone(a) for a in args]
     if cache_zones and "" not in cache_zones and not set(zones) <= set(cache_zones):
         state.refuse(directive.name, "kdns caches every forwarded name, not only some zones")
+    disabled: dict[str, list[str]] = {"success": [], "denial": []}
     for option in _options(directive):
         word, opts = option.name.text, option.args
         label = f"cache {word}"
@@ -566,7 +567,7 @@ def _cache(directive: Directive, zones: list[str], main: bool, state: _State) ->
                     label,
                 )
         elif word == "disable":
-            _cache_disable(option, state)
+            _cache_disable(option, zones, disabled, state)
         elif word in ("prefetch", "servfail"):
             text = (
                 "kdns re-asks when an answer expires"
@@ -578,28 +579,31 @@ def _cache(directive: Directive, zones: list[str], main: bool, state: _State) ->
             state.refuse(option.name, "not supported yet", label)
     state.set("cache.max_ttl", max_ttl, directive.name)
     state.set("cache.max_denial_ttl", denial_ttl, directive.name)
+    for kind, kind_zones in disabled.items():
+        if kind_zones:
+            value = tuple(dict.fromkeys(kind_zones))
+            state.set(f"cache.disable_{kind}", value, directive.name)
 
 
-def _cache_disable(option: Directive, state: _State) -> None:
+def _cache_disable(
+    option: Directive, block_zones: list[str], disabled: dict[str, list[str]], state: _State
+) -> None:
+    """`disable success|denial [ZONES]` (the block's zones when none, plugin/cache/setup.go)."""
     if not option.args or option.args[0].text not in ("success", "denial"):
         raise option.name.error("disable takes success or denial, then zones")
-    zones = [normalize_zone(a) for a in option.args[1:]]
+    zones = [normalize_zone(a) for a in option.args[1:]] or block_zones
     through = state.settings.get("dns.fallthrough")
-    if through is not None and any(
+    falls = through is not None and any(
         within(f, z) or within(z, f) for f in through.value for z in zones
-    ):
-        # Names that fall through are forwarded, and kdns caches every forwarded answer.
-        state.refuse(
-            option.name,
-            "kdns caches the upstream answers of names that fall through",
-            "cache disable",
-        )
-    elif zones and all(any(within(z, c) for c in state.cluster_zones) for z in zones):
+    )
+    if not falls and all(any(within(z, c) for c in state.cluster_zones) for z in zones):
         # kubeadm's default: cluster answers are never cached, because kdns answers them from
         # its store, which is always current.
         state.accept(option.name, "kdns never caches cluster answers", "cache disable")
-    else:
-        state.refuse(option.name, "only the cluster zones may be left uncached", "cache disable")
+        return
+    # Forwarded names there (a stub domain, names that fall through): answers of that kind
+    # are passed on uncached.
+    disabled[option.args[0].text] += [z or "." for z in zones]
 
 
 # --- hosts, template, rewrite ------------------------------------------------------------------

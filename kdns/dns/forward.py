@@ -433,9 +433,20 @@ class Forwarder:
                     continue
                 self.health[upstream].fails = 0
                 response = strip_opt(reply, parsed)
-                self.cache.put(key, response, parsed, trio.current_time())
+                if not self._uncached(query.qname, parsed):
+                    self.cache.put(key, response, parsed, trio.current_time())
                 return response
         return None
+
+    def _uncached(self, qname: str, parsed: Parsed) -> bool:
+        """CoreDNS's cache `disable success|denial ZONES`: a positive answer (NOERROR with
+        records) for a name in a `disable success` zone, or any other (NXDOMAIN, NODATA,
+        SERVFAIL) in a `disable denial` zone, is passed on but not cached."""
+        positive = parsed.rcode == wire.NOERROR and bool(parsed.answer_ttls)
+        cache = self.config.cache
+        zones = cache.disable_success if positive else cache.disable_denial
+        name = qname.rstrip(".").lower()
+        return any(z == "." or name == z or name.endswith("." + z) for z in zones)
 
     def _failed(self, upstream: Upstream, query: Query, error: BaseException) -> None:
         health = self.health[upstream]

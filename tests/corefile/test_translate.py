@@ -542,16 +542,25 @@ OPTIONS = [
         "",
     ),
     (
-        "names that fall through are forwarded, and then cached: `disable` cannot hold",
+        "names that fall through are forwarded: `disable` keeps their answers uncached",
         corefile(
             "    cache 30 {\n       disable success cluster.local\n    }\n",
             options="       fallthrough\n",
         ),
-        {"dns.fallthrough": ("cluster.local",)},
+        {"dns.fallthrough": ("cluster.local",), "cache.disable_success": ("cluster.local",)},
         "Corefile:3: kubernetes fallthrough: accepted: PTR questions for addresses no Service "
-        "owns are forwarded\n"
-        "Corefile:6: cache disable: not supported: kdns caches the upstream answers of names that "
-        "fall through",
+        "owns are forwarded",
+    ),
+    (
+        "disable without zones: the block's; success and denial apart; lines add up",
+        corefile()
+        + "corp.example {\n    forward . 10.0.0.1\n    cache {\n       disable denial\n"
+        "       disable success a.corp.example\n       disable success b.corp.example\n    }\n}\n",
+        {
+            "cache.disable_denial": ("corp.example",),
+            "cache.disable_success": ("a.corp.example", "b.corp.example"),
+        },
+        "",
     ),
     (
         "ignore takes only empty_service; endpoint_pod_names and noendpoints take nothing",
@@ -667,8 +676,11 @@ OPTIONS = [
     (
         "cache without TTL: CoreDNS's caps; disable outside the cluster zones; keepttl",
         corefile("    cache {\n       disable success example.org\n       keepttl\n    }\n"),
-        {"cache.max_ttl": 3600, "cache.max_denial_ttl": 1800},
-        "Corefile:4: cache disable: not supported: only the cluster zones may be left uncached\n"
+        {
+            "cache.max_ttl": 3600,
+            "cache.max_denial_ttl": 1800,
+            "cache.disable_success": ("example.org",),
+        },
         "Corefile:5: cache keepttl: not supported: not supported yet",
     ),
     (

@@ -945,3 +945,31 @@ async def test_forwarded_answers_say_recursion_is_available() -> None:
 )
 def test_loop_problem_knows_the_address_families(upstream: Upstream, dns_addr: str) -> None:
     assert app.loop_problem(upstream, dns_addr) is None
+
+
+@pytest.mark.parametrize(
+    "disable, upstream_asked",
+    [
+        # (CoreDNS's `disable success|denial ZONES`, how often each name reached the upstream)
+        ({}, {"www.example": 1, "missing.example": 1}),
+        ({"disable_success": ("example",)}, {"www.example": 2, "missing.example": 1}),
+        ({"disable_denial": ("example",)}, {"www.example": 1, "missing.example": 2}),
+        (
+            {"disable_success": (".",), "disable_denial": ("other",)},
+            {"www.example": 2, "missing.example": 1},
+        ),
+        ({"disable_denial": ("missing.example",)}, {"www.example": 1, "missing.example": 2}),
+        ({"disable_denial": ("sing.example",)}, {"www.example": 1, "missing.example": 1}),
+    ],
+)
+async def test_cache_disable_passes_those_answers_on_uncached(
+    disable: dict[str, tuple[str, ...]], upstream_asked: dict[str, int]
+) -> None:
+    with wall_clock_limit(WAIT), Responder(EXAMPLE) as upstream:
+        config = ForwardConfig(upstreams=(upstream.upstream,), cache=CacheSection(**disable))
+        async with kdns(config) as stack:
+            answers = [await ask(stack.port, name) for name in ("www.example", "missing.example")]
+            answers += [await ask(stack.port, name) for name in ("www.example", "missing.example")]
+    assert [texts(m) for m in answers[::2]] == [{"192.0.2.1"}] * 2
+    assert [m.rcode() for m in answers[1::2]] == [dns.rcode.NXDOMAIN] * 2
+    assert {name: upstream.count(name) for name in upstream_asked} == upstream_asked
