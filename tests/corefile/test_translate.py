@@ -553,8 +553,7 @@ OPTIONS = [
     ),
     (
         "disable without zones: the block's; success and denial apart; lines add up",
-        corefile()
-        + "corp.example {\n    forward . 10.0.0.1\n    cache {\n       disable denial\n"
+        corefile() + "corp.example {\n    forward . 10.0.0.1\n    cache {\n       disable denial\n"
         "       disable success a.corp.example\n       disable success b.corp.example\n    }\n}\n",
         {
             "cache.disable_denial": ("corp.example",),
