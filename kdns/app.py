@@ -347,6 +347,9 @@ def _forwarder(config: Config) -> Forwarder | None:
             timeout=forward.timeout,
             max_concurrent=forward.max_concurrent,
             cache=config.cache,
+            policy=forward.policy,
+            force_tcp=forward.force_tcp,
+            except_zones=forward.except_zones,
         )
     )
 

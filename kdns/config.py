@@ -38,6 +38,7 @@ POD_MODES = ("insecure", "verified", "disabled")
 LOG_FORMATS = ("text", "json")  # logging.format, and logging.query_log when on
 PROXY_COMMAND_MODES = ("iptables", "nftables", "ipvs", "userspace")  # `kdns proxy --mode`
 PROXY_MODES = ("none", "userspace")  # what `kdns serve` relays itself (README: userspace proxy)
+FORWARD_POLICIES = ("random", "round_robin", "sequential")  # CoreDNS's forward `policy`
 LOADBALANCE_MODES = ("round_robin", "off")  # CoreDNS's loadbalance plugin: rotate A/AAAA or not
 DEFAULT_ZONES = ("cluster.local", "in-addr.arpa", "ip6.arpa")
 _ZONE = re.compile(r"^(?!-)[a-z0-9-_]{1,63}(?<!-)(\.(?!-)[a-z0-9-_]{1,63}(?<!-))*$")
@@ -546,6 +547,11 @@ class ForwardSection:
     kube_dns_configmap: str = _key("", _string, "kube_dns_configmap")  # kube-dns's stubDomains
     max_concurrent: int = _key(1000, _whole(1, 1_000_000), "max_concurrent")
     timeout: float = _key(2.0, _seconds(0.05, 60.0), "forward_timeout")  # per upstream
+    # CoreDNS's forward options: the order upstreams are tried in; TCP for every exchange;
+    # names that are not forwarded (they get SERVFAIL, unless a stub domain takes them).
+    policy: str = _key("random", _one_of(FORWARD_POLICIES))
+    force_tcp: bool = _key(False, _boolean)
+    except_zones: tuple[str, ...] = _key((), _plugin_zones(True), shape="list")
 
 
 @dataclass(frozen=True, slots=True)

@@ -435,7 +435,7 @@ def _forward(directive: Directive, zones: list[str], main: bool, state: _State) 
             state.stub_files[zone] = (resolv_conf, directive.name)
         else:
             state.stubs[zone] = (tuple(servers or ()), directive.name)
-    _forward_options(directive, state)
+    _forward_options(directive, "" in targets, state)
 
 
 def _destinations(
@@ -477,7 +477,7 @@ def _is_address(text: str) -> bool:
     return True
 
 
-def _forward_options(directive: Directive, state: _State) -> None:
+def _forward_options(directive: Directive, root: bool, state: _State) -> None:
     for option in _options(directive):
         word, args = option.name.text, option.args
         label = f"forward {word}"
@@ -486,10 +486,16 @@ def _forward_options(directive: Directive, state: _State) -> None:
                 raise option.name.error("max_concurrent takes one number")
             state.set("forward.max_concurrent", whole(args[0], label), option.name)
         elif word == "policy":
-            if [a.text for a in args] == ["random"]:
-                state.accept(option.name, "kdns tries the upstreams in random order", label)
-            else:
-                state.refuse(option.name, "kdns tries the upstreams in random order", label)
+            if len(args) != 1 or args[0].text not in ("random", "round_robin", "sequential"):
+                raise option.name.error("policy takes one of random, round_robin, sequential")
+            state.set("forward.policy", args[0].text, option.name)
+        elif word == "force_tcp" and not args:
+            state.set("forward.force_tcp", True, option.name)
+        elif word == "except" and args and root:
+            zones = tuple(normalize_zone(a) or "." for a in args)
+            state.set("forward.except_zones", zones, option.name)
+        elif word == "except" and args:
+            state.refuse(option.name, "kdns follows except only in the root zone's forward", label)
         elif word in ("max_fails", "health_check", "expire", "prefer_udp"):
             # Timing and transport knobs: the same upstreams give the same answers.
             state.accept(option.name, _FIXED[word], label)

@@ -81,6 +81,11 @@ class ForwardConfig:
     cache: CacheSection = field(default_factory=CacheSection)  # sizes, TTL caps, serve_stale
     servfail_ttl: int = 5
     stale_ttl: int = 30  # the TTL of a stale answer (RFC 8767 §4 suggests 30 s)
+    # CoreDNS's forward options: the order upstreams are tried in (random, round_robin,
+    # sequential); TCP for every exchange; names under `except_zones` are not forwarded.
+    policy: str = "random"
+    force_tcp: bool = False
+    except_zones: tuple[str, ...] = ()
 
 
 # --- reading responses ---------------------------------------------------------------------------
@@ -317,6 +322,7 @@ class Forwarder:
         self.coalesced = 0
         # Stub domains, longest first, each as ".suffix" for a cheap endswith.
         self._stubs = sorted(config.stub_domains, key=lambda s: len(s[0]), reverse=True)
+        self._turn = 0  # policy round_robin: where the next question starts
 
     def all_upstreams(self) -> list[Upstream]:
         seen = dict.fromkeys(self.config.upstreams)
@@ -329,6 +335,17 @@ class Forwarder:
             if qname == domain or qname.endswith("." + domain):
                 return servers
         return self.config.upstreams
+
+    def destinations(self, qname: str) -> tuple[Upstream, ...]:
+        """The upstreams `qname` is sent to: those of `upstreams_for`, but none for a name
+        under CoreDNS's `except` zones that no stub domain takes (the question then fails,
+        SERVFAIL, as CoreDNS's forward hands it to no next plugin)."""
+        stub = any(qname == d or qname.endswith("." + d) for d, _ in self._stubs)
+        if not stub and any(
+            qname == z or qname.endswith("." + z) for z in self.config.except_zones
+        ):
+            return ()
+        return self.upstreams_for(qname)
 
     def zone_for(self, qname: str) -> str:
         """The metrics zone of a forwarded name: its stub domain, else "." (as CoreDNS's server
@@ -413,8 +430,7 @@ class Forwarder:
 
     async def _exchange(self, query: Query, key: bytes) -> bytes | None:
         """Ask the upstreams in turn; cache and return the first usable answer (OPT stripped)."""
-        servers = list(self.upstreams_for(query.qname.rstrip(".")))
-        random.shuffle(servers)  # CoreDNS's default `policy random`
+        servers = self._ordered(self.destinations(query.qname.rstrip(".").lower()))
         servers.sort(key=lambda u: not self.healthy(u))  # healthy ones first, stable otherwise
         if servers and not self.healthy(servers[0]):
             # CoreDNS's healthcheck_broken: every upstream is down; they are tried anyway.
@@ -437,6 +453,19 @@ class Forwarder:
                     self.cache.put(key, response, parsed, trio.current_time())
                 return response
         return None
+
+    def _ordered(self, servers: tuple[Upstream, ...]) -> list[Upstream]:
+        """The upstreams in the order CoreDNS's `policy` tries them: shuffled (random, its
+        default), as listed (sequential), or as listed from a start that moves on by one per
+        question (round_robin)."""
+        order = list(servers)
+        if self.config.policy == "random":
+            random.shuffle(order)
+        elif self.config.policy == "round_robin" and order:
+            start = self._turn % len(order)
+            self._turn += 1
+            order = order[start:] + order[:start]
+        return order
 
     def _uncached(self, qname: str, parsed: Parsed) -> bool:
         """CoreDNS's cache `disable success|denial ZONES`: a positive answer (NOERROR with
@@ -481,8 +510,11 @@ class Forwarder:
             metrics.FORWARD_REQUESTS.labels(to).inc()
         start = trio.current_time()
         with trio.fail_after(self.config.timeout):
-            reply = await self._udp(upstream, message, qid, query.question)
-            if struct.unpack_from("!H", reply, 2)[0] & wire.TC:
+            if self.config.force_tcp:
+                reply = await self._tcp(upstream, message, qid, query.question)
+            else:
+                reply = await self._udp(upstream, message, qid, query.question)
+            if not self.config.force_tcp and struct.unpack_from("!H", reply, 2)[0] & wire.TC:
                 qid = secrets.randbelow(65536)
                 message = upstream_query(query, qid)
                 reply = await self._tcp(upstream, message, qid, query.question)

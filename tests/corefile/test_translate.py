@@ -323,6 +323,7 @@ stub.Corefile:14 dns.metrics_addr: 0.0.0.0:9153
 stub.Corefile:14 dns.metrics_coredns_names: true
 stub.Corefile:15 forward.upstreams: [172.16.0.1, '[2001:db8::53]:5353']
 stub.Corefile:16 forward.max_concurrent: 500
+stub.Corefile:17 forward.policy: random
 stub.Corefile:19 cache.max_denial_ttl: 30
 stub.Corefile:19 cache.max_ttl: 30
 stub.Corefile:22 cache.serve_stale: 3600.0
@@ -332,7 +333,6 @@ stub.Corefile:31 forward.stub_domains: {acme.example: ['10.0.0.53:5300'], consul
         """\
 stub.Corefile:4: errors: accepted: kdns logs errors on its own
 stub.Corefile:11: kubernetes fallthrough: accepted: PTR questions for addresses no Service owns are forwarded
-stub.Corefile:17: forward policy: accepted: kdns tries the upstreams in random order
 stub.Corefile:20: cache disable: accepted: kdns never caches cluster answers
 stub.Corefile:21: cache disable: accepted: kdns never caches cluster answers
 stub.Corefile:24: loop: accepted: kdns refuses, at start, an upstream that would forward back to it
@@ -622,10 +622,30 @@ OPTIONS = [
             "       except corp.example\n    }\n"
         ),
         {"forward.upstreams": ("10.0.0.1",)},
-        "Corefile:3: forward: not supported: tls:// upstreams are not supported yet\n"
-        "Corefile:7: forward policy: not supported: kdns tries the upstreams in random order\n"
-        "Corefile:8: forward force_tcp: not supported: not supported yet\n"
-        "Corefile:9: forward except: not supported: not supported yet",
+        "Corefile:3: forward: not supported: tls:// upstreams are not supported yet",
+    ),
+    (
+        "forward: policy, force_tcp and except in the root block",
+        corefile(
+            "    forward . 10.0.0.1 10.0.0.2 {\n       policy sequential\n       force_tcp\n"
+            "       except corp.example Lab.Example.\n    }\n"
+        ),
+        {
+            "forward.upstreams": ("10.0.0.1", "10.0.0.2"),
+            "forward.policy": "sequential",
+            "forward.force_tcp": True,
+            "forward.except_zones": ("corp.example", "lab.example"),
+        },
+        "",
+    ),
+    (
+        "forward: except in a stub block; policy round_robin",
+        corefile("    forward . 10.0.0.1\n")
+        + "corp.example {\n    forward . 10.1.0.1 10.1.0.2 {\n       policy round_robin\n"
+        "       except lab.corp.example\n    }\n}\n",
+        {"forward.policy": "round_robin", "forward.except_zones": "<unset>"},
+        "Corefile:8: forward except: not supported: kdns follows except only in the root zone's "
+        "forward",
     ),
     (
         "forward ZONE in the root block is a stub domain; a second root forward is refused",
