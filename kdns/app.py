@@ -350,6 +350,11 @@ def _forwarder(config: Config) -> Forwarder | None:
             policy=forward.policy,
             force_tcp=forward.force_tcp,
             except_zones=forward.except_zones,
+            tls_servername=forward.tls_servername,
+            tls_ca=forward.tls_ca,
+            tls_cert=forward.tls_cert,
+            tls_key=forward.tls_key,
+            expire=forward.expire,
         )
     )
 

@@ -172,7 +172,8 @@ def _server(value: Any, subkey: str = "") -> str:
     if not isinstance(value, str):
         raise Invalid(f"must be IP or IP:PORT (got {value!r})", subkey)
     try:
-        parse_hostport(value)
+        # tls://: DNS over TLS (RFC 7858), as CoreDNS's forward spells it.
+        parse_hostport(value.removeprefix("tls://").removeprefix("dns://"))
     except ValueError as e:
         raise Invalid(f"{value!r}: {e} (expected IP or IP:PORT)", subkey) from None
     return value
@@ -550,6 +551,14 @@ class ForwardSection:
     # CoreDNS's forward options: the order upstreams are tried in; TCP for every exchange;
     # names that are not forwarded (they get SERVFAIL, unless a stub domain takes them).
     policy: str = _key("random", _one_of(FORWARD_POLICIES))
+    # tls:// upstreams (DNS over TLS): the name their certificate must hold ("" = their
+    # address; CoreDNS's tls_servername), a CA file ("" = the system's) and a client
+    # certificate and key (CoreDNS's `tls CERT KEY CA`); seconds an idle connection is reused.
+    tls_servername: str = _key("", _string)
+    tls_ca: str = _key("", _string)
+    tls_cert: str = _key("", _string)
+    tls_key: str = _key("", _string)
+    expire: float = _key(10.0, _seconds(0.0, 3600.0))
     force_tcp: bool = _key(False, _boolean)
     except_zones: tuple[str, ...] = _key((), _plugin_zones(True), shape="list")
 

@@ -447,13 +447,16 @@ def _destinations(
     for token in destinations:
         text = token.text
         scheme, sep, rest = text.partition("://")
+        tls = False
         if sep:
-            if scheme.lower() != "dns":
+            if scheme.lower() not in ("dns", "tls"):
                 state.refuse(token, f"{scheme}:// upstreams are not supported yet", "forward")
                 return None, None
-            text = rest
+            tls, text = scheme.lower() == "tls", rest
+        if tls and not _is_address(text):
+            raise token.error(f"{token.text}: a tls:// upstream is an IP[:PORT]")
         if _is_address(text):
-            servers.append(text)
+            servers.append(f"tls://{text}" if tls else text)
         else:
             files.append(text)
     if files and (servers or len(files) > 1):
@@ -496,7 +499,20 @@ def _forward_options(directive: Directive, root: bool, state: _State) -> None:
             state.set("forward.except_zones", zones, option.name)
         elif word == "except" and args:
             state.refuse(option.name, "kdns follows except only in the root zone's forward", label)
-        elif word in ("max_fails", "health_check", "expire", "prefer_udp"):
+        elif word == "tls_servername" and len(args) == 1:
+            state.set("forward.tls_servername", args[0].text, option.name)
+        elif word == "tls" and len(args) <= 3:
+            # CoreDNS's pkg/tls: CA; CERT KEY; or CERT KEY CA (none: the system's CAs).
+            files = [a.text for a in args]
+            ca = files[0] if len(files) == 1 else files[2] if len(files) == 3 else ""
+            for key, value in (("tls_ca", ca), ("tls_cert", files[0] if len(files) > 1 else "")):
+                if value:
+                    state.set(f"forward.{key}", value, option.name)
+            if len(files) > 1:
+                state.set("forward.tls_key", files[1], option.name)
+        elif word == "expire" and len(args) == 1:
+            state.set("forward.expire", seconds(args[0], label), option.name)
+        elif word in ("max_fails", "health_check", "prefer_udp"):
             # Timing and transport knobs: the same upstreams give the same answers.
             state.accept(option.name, _FIXED[word], label)
         elif word == "failfast_all_unhealthy_upstreams":
@@ -508,7 +524,6 @@ def _forward_options(directive: Directive, root: bool, state: _State) -> None:
 _FIXED = {
     "max_fails": "kdns marks an upstream down after 2 failures in a row",
     "health_check": "kdns probes a down upstream every 0.5 s",
-    "expire": "kdns opens a fresh socket for every exchange (RFC 5452), so nothing expires",
     "prefer_udp": "kdns asks over UDP and retries over TCP when the answer is truncated",
 }
 

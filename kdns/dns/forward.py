@@ -46,6 +46,7 @@ from dnslib import QTYPE
 from kdns import metrics
 from kdns.config import CacheSection
 from kdns.dns import wire
+from kdns.dns.dot import ConnectionClosed, TlsConnections, client_context
 from kdns.dns.stats import CacheStats
 from kdns.dns.wire import Query
 
@@ -60,9 +61,11 @@ RRHeader = struct.Struct("!HHIH")
 class Upstream:
     host: str
     port: int = 53
+    tls: bool = False  # DNS over TLS (RFC 7858), CoreDNS's `tls://IP`
 
     def __str__(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+        address = f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+        return f"tls://{address}" if self.tls else address
 
     @property
     def family(self) -> int:
@@ -86,6 +89,13 @@ class ForwardConfig:
     policy: str = "random"
     force_tcp: bool = False
     except_zones: tuple[str, ...] = ()
+    # `tls://` upstreams: the name their certificate must hold (CoreDNS's `tls_servername`;
+    # "" = their address), `tls CERT KEY CA`, and how long an idle connection is reused.
+    tls_servername: str = ""
+    tls_ca: str = ""
+    tls_cert: str = ""
+    tls_key: str = ""
+    expire: float = 10.0
 
 
 # --- reading responses ---------------------------------------------------------------------------
@@ -323,6 +333,10 @@ class Forwarder:
         # Stub domains, longest first, each as ".suffix" for a cheap endswith.
         self._stubs = sorted(config.stub_domains, key=lambda s: len(s[0]), reverse=True)
         self._turn = 0  # policy round_robin: where the next question starts
+        self.tls: TlsConnections | None = None
+        if any(u.tls for u in self.all_upstreams()):
+            context = client_context(config.tls_ca, config.tls_cert, config.tls_key)
+            self.tls = TlsConnections(context, config.tls_servername, config.expire)
 
     def all_upstreams(self) -> list[Upstream]:
         seen = dict.fromkeys(self.config.upstreams)
@@ -510,11 +524,14 @@ class Forwarder:
             metrics.FORWARD_REQUESTS.labels(to).inc()
         start = trio.current_time()
         with trio.fail_after(self.config.timeout):
-            if self.config.force_tcp:
+            if upstream.tls:
+                reply = await self._tls(upstream, message, qid, query.question)
+            elif self.config.force_tcp:
                 reply = await self._tcp(upstream, message, qid, query.question)
             else:
                 reply = await self._udp(upstream, message, qid, query.question)
-            if not self.config.force_tcp and struct.unpack_from("!H", reply, 2)[0] & wire.TC:
+            plain_udp = not (self.config.force_tcp or upstream.tls)
+            if plain_udp and struct.unpack_from("!H", reply, 2)[0] & wire.TC:
                 qid = secrets.randbelow(65536)
                 message = upstream_query(query, qid)
                 reply = await self._tcp(upstream, message, qid, query.question)
@@ -556,6 +573,19 @@ class Forwarder:
                     raise ExchangeError("the upstream closed the TCP connection")
                 buffer += chunk
 
+    async def _tls(self, upstream: Upstream, message: bytes, qid: int, question: bytes) -> bytes:
+        assert self.tls is not None  # made in __init__ whenever an upstream is tls://
+        try:
+            reply = await self.tls.exchange(upstream, message)
+        except (ConnectionClosed, trio.BrokenResourceError) as e:
+            # A certificate that does not verify arrives as BrokenResourceError from SSLError.
+            raise ExchangeError(str(e.__cause__ or e) or type(e).__name__) from None
+        if not matches(reply, qid, question):
+            # One exchange at a time per connection: anything else is the upstream's error.
+            self.health[upstream].mismatched += 1
+            raise ExchangeError("the TLS upstream answered another question")
+        return reply
+
     # --- health checks -----------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -588,16 +618,20 @@ def _relabel(response: bytes, query: Query) -> bytes:
 
 
 def parse_upstreams(values: Iterable[str], where: str) -> tuple[Upstream, ...]:
-    """`IP`, `IP:PORT` or `[V6]:PORT` strings → Upstreams; ValueError names the bad one."""
+    """`IP`, `IP:PORT` or `[V6]:PORT` strings → Upstreams; ValueError names the bad one. A
+    `tls://` prefix is DNS over TLS, on port 853 unless given (RFC 7858 §3.1)."""
     from kdns.config import parse_hostport
 
     out = []
     for value in values:
+        text = str(value)
+        tls = text.lower().startswith("tls://")
+        text = text[len("tls://") :] if tls else text.removeprefix("dns://")
         try:
-            host, port = parse_hostport(str(value))
+            host, port = parse_hostport(text, 853 if tls else 53)
         except ValueError as e:
             raise ValueError(f"{where}: {value!r}: {e}") from None
-        out.append(Upstream(host, port or 53))
+        out.append(Upstream(host, port or (853 if tls else 53), tls))
     return tuple(out)
 
 

@@ -603,26 +603,50 @@ OPTIONS = [
             "       max_fails 3\n       health_check 1s\n       expire 20s\n       prefer_udp\n"
             "       failfast_all_unhealthy_upstreams\n    }\n"
         ),
-        {"forward.upstreams": ("10.0.0.1", "10.0.0.2:5353", "[fd00::1]:53")},
+        {
+            "forward.upstreams": ("10.0.0.1", "10.0.0.2:5353", "[fd00::1]:53"),
+            "forward.expire": 20.0,
+        },
         "Corefile:4: forward max_fails: accepted: kdns marks an upstream down after 2 failures in "
         "a row\n"
         "Corefile:5: forward health_check: accepted: kdns probes a down upstream every 0.5 s\n"
-        "Corefile:6: forward expire: accepted: kdns opens a fresh socket for every exchange "
-        "(RFC 5452), so nothing expires\n"
         "Corefile:7: forward prefer_udp: accepted: kdns asks over UDP and retries over TCP when "
         "the answer is truncated\n"
         "Corefile:8: forward failfast_all_unhealthy_upstreams: accepted: kdns tries unhealthy "
         "upstreams last, then fails",
     ),
     (
-        "forward: what would change answers",
+        "forward: DNS over TLS, with the server name its certificate holds",
         corefile(
-            "    forward . tls://1.1.1.1 {\n       tls_servername cloudflare-dns.com\n    }\n"
-            "    forward . 10.0.0.1 {\n       policy sequential\n       force_tcp\n"
-            "       except corp.example\n    }\n"
+            "    forward . tls://1.1.1.1 tls://[2606:4700:4700::1111]:853 {\n"
+            "       tls_servername cloudflare-dns.com\n       tls\n    }\n"
         ),
-        {"forward.upstreams": ("10.0.0.1",)},
-        "Corefile:3: forward: not supported: tls:// upstreams are not supported yet",
+        {
+            "forward.upstreams": ("tls://1.1.1.1", "tls://[2606:4700:4700::1111]:853"),
+            "forward.tls_servername": "cloudflare-dns.com",
+            "forward.tls_ca": "<unset>",
+        },
+        "",
+    ),
+    (
+        "forward tls: CA; CERT KEY; CERT KEY CA (CoreDNS's pkg/tls)",
+        corefile(
+            "    forward . tls://10.0.0.1 {\n       tls /ca.pem\n    }\n"
+            "    forward corp.example tls://10.1.0.1:8853 {\n       tls /c.pem /k.pem /ca.pem\n    }\n"
+        ),
+        {
+            "forward.tls_ca": "/ca.pem",
+            "forward.tls_cert": "/c.pem",
+            "forward.tls_key": "/k.pem",
+            "forward.stub_domains": (("corp.example", ("tls://10.1.0.1:8853",)),),
+        },
+        "",
+    ),
+    (
+        "forward: https:// and grpc:// upstreams",
+        corefile("    forward . https://1.1.1.1/dns-query\n"),
+        {"forward.upstreams": ()},
+        "Corefile:3: forward: not supported: https:// upstreams are not supported yet",
     ),
     (
         "forward: policy, force_tcp and except in the root block",
