@@ -591,6 +591,14 @@ class Forwarder:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Probe unhealthy upstreams with `. IN NS` until they answer (CoreDNS's health check)."""
         task_status.started()
+        try:
+            await self._probe_forever()
+        finally:
+            # A reload stops this task: the idle TLS connections of this forwarder go with it.
+            if self.tls is not None:
+                await self.tls.aclose()
+
+    async def _probe_forever(self) -> None:
         probe = Query(0, wire.RD, (), 2, 1, b"\x00\x00\x02\x00\x01", False)
         while True:
             await trio.sleep(self.config.health_check)

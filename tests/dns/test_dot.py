@@ -133,3 +133,20 @@ async def test_a_corefile_forwarding_over_tls(dnsmasq: upstreams.Dnsmasq, tmp_pa
                 again = await ask(running.port, "n1.test")
     assert texts(www) == {WWW_V4} and again.rcode() == dns.rcode.NXDOMAIN
     assert (relay.connections, relay.questions) == (1, 2)
+
+
+async def test_stopping_the_forwarder_closes_its_idle_connections(
+    dnsmasq: upstreams.Dnsmasq, tmp_path: Path
+) -> None:
+    """A reload stops the old forwarder's task: its idle TLS connections close with it."""
+    with trio.fail_after(WAIT):
+        async with tls_upstream(dnsmasq.upstream, tmp_path) as relay:
+            config = ForwardConfig(
+                upstreams=(relay.upstream,), tls_servername=NAME, tls_ca=relay.ca_file
+            )
+            async with kdns(config, health_checks=True) as stack:
+                assert texts(await ask(stack.port, "www.test")) == {WWW_V4}
+                assert relay.open_now == 1  # kept for the next question
+            while relay.open_now:  # the relay sees the close (bounded by fail_after)
+                await trio.sleep(0.01)
+    assert relay.connections == 1
