@@ -30,6 +30,9 @@ Contract:
   slice + for a Service with a selector and neither, the slices the EndpointSlice controller
   would derive from the given Pods (`model.slices_for_service`).
 - Namespaces = the declared Namespace objects ∪ the namespace of every object read.
+- `ManifestReader(scope)` reads only the objects the `Scope` admits (kubernetes `namespaces`
+  and `labels`): the others are left out before anything is derived from them, as if the files
+  did not hold them — the API source sees the same objects.
 - Pure: the only I/O is reading (and stat-ing) the files named; no trio, socket or subprocess.
 """
 
@@ -58,6 +61,7 @@ from kdns.sources.documents import (
     syntax_error,
     yaml_text,
 )
+from kdns.sources.scope import Scope
 
 __all__ = [
     "Document",
@@ -254,6 +258,7 @@ class _Entry:
     line: int
     value: Any
     error: ManifestError | None
+    labels: Mapping[str, str] | None = None  # a Service's, for the Scope's selector
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,7 +280,8 @@ class ManifestReader:
     every file together again (duplicates, Endpoints, Pods → slices), which is plain dict work.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, scope: Scope | None = None) -> None:
+        self.scope = scope or Scope()
         self._files: dict[str, _FileObjects] = {}
         self.parsed = 0  # files parsed by the last `load`
         # Each file of the last `load` with its `stat_key` as it was just before it was read.
@@ -299,6 +305,8 @@ class ManifestReader:
             errors.extend(found.errors)
         self._files = files  # forgets the files that are gone
         self.fingerprint = tuple(stats)
+        if self.scope != Scope():
+            entries = [e for e in entries if _in_scope(e, self.scope)]
         manifests, object_errors = _assemble(entries)
         errors.extend(object_errors)
         errors.sort(key=lambda e: (e.file, e.line or 0))
@@ -333,6 +341,13 @@ class ManifestReader:
 
 
 Fingerprint = tuple[tuple[str, int, int, int], ...]
+
+
+def _in_scope(entry: _Entry, scope: Scope) -> bool:
+    if entry.key is None or entry.kind is None or entry.kind.startswith(_IGNORED):
+        return True  # errors stay errors; ignored kinds are counted all the same
+    namespace, name = entry.key
+    return scope.admits(entry.kind, namespace, name, entry.labels or {})
 
 
 def stat_key(file: str) -> tuple[int, int, int]:
@@ -429,7 +444,12 @@ def _convert_document(doc: Document) -> _Entry:
             doc.file, doc.line_of(exc.field), _label(kind, key), exc.field, exc.message
         )
         return _Entry(kind, key, doc.file, doc.line, None, error)
-    return _Entry(kind, key, doc.file, doc.line, value, None)
+    labels = None
+    if kind == "Service":
+        meta = doc.obj.get("metadata")
+        given = meta.get("labels") if isinstance(meta, dict) else None
+        labels = {str(k): str(v) for k, v in given.items()} if isinstance(given, dict) else {}
+    return _Entry(kind, key, doc.file, doc.line, value, None, labels)
 
 
 def _assemble(entries: Iterable[_Entry]) -> tuple[ManifestSet, list[ManifestError]]:

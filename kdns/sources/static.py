@@ -32,6 +32,7 @@ from kdns.sources.manifests import (
     ManifestSet,
     fingerprint,
 )
+from kdns.sources.scope import Scope
 from kdns.store import ENDPOINTSLICES, NAMESPACES, PODS, SERVICES, Store
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,13 @@ def _changes(old: Mapping[Any, Any], new: Mapping[Any, Any]) -> tuple[list[Any],
 
 
 class ManifestSource:
-    def __init__(self, paths: Sequence[str], store: Store, poll_interval: float = 0.2) -> None:
+    def __init__(
+        self,
+        paths: Sequence[str],
+        store: Store,
+        poll_interval: float = 0.2,
+        scope: Scope | None = None,
+    ) -> None:
         self.paths = tuple(paths)
         self.store = store
         self.poll_interval = poll_interval
@@ -67,7 +74,7 @@ class ManifestSource:
         self._pending: ManifestSet | None = None
         self._applied: ManifestSet | None = None
         self._fingerprint: Fingerprint = ()
-        self._reader = ManifestReader()
+        self._reader = ManifestReader(scope)
         self.last_load_seconds = 0.0
         # Objects of kinds kdns does not serve in the last good load, by kind (`kdns check`).
         self.ignored: dict[str, int] = {}
