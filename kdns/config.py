@@ -522,6 +522,9 @@ class DnsSection:
     # exist go to the upstreams instead of NXDOMAIN ("." = every zone). PTRs for addresses no
     # Service owns go there whenever there are upstreams.
     fallthrough: tuple[str, ...] = _key((), _plugin_zones(True), shape="list")
+    # CoreDNS's kubernetes `multicluster ZONES` (KEP-1645): these zones (each one of `zones`,
+    # normally clusterset.local) answer ServiceImports instead of Services.
+    multicluster: tuple[str, ...] = _key((), _plugin_zones(True), shape="list")
     # CoreDNS's template and rewrite plugins (kdns/dns/template.py, kdns/dns/rewrite.py).
     templates: tuple[TemplateRule, ...] = _key((), _templates, shape="yaml")
     rewrites: tuple[RewriteRule, ...] = _key((), _rewrites, shape="yaml")

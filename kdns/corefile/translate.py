@@ -378,18 +378,32 @@ def _kubernetes(directive: Directive, zones: list[str], main: bool, state: _Stat
         elif word == "labels" and args:
             # CoreDNS joins the arguments into one selector (`labels app in (a, b)`).
             state.set("kubernetes.labels", " ".join(a.text for a in args), option.name)
+        elif word == "multicluster":
+            _multicluster(option, state)
         elif word in (
             "namespace_labels",
             "endpoint_pod_names",
             "noendpoints",
             "ignore",
-            "multicluster",
             "endpoint",
         ):
             state.refuse(option.name, "not supported yet", directive=f"kubernetes {word}")
         else:
             state.refuse(option.name, "unknown option", directive=f"kubernetes {word}")
     state.set("dns.pods", pods, where)
+
+
+def _multicluster(option: Directive, state: _State) -> None:
+    """`multicluster ZONES` (CoreDNS 1.12.2): each must be a zone of the kubernetes block;
+    none given leaves it off, as CoreDNS does."""
+    zones = []
+    for arg in option.args:
+        zone = normalize_zone(arg)
+        if zone not in state.cluster_zones:
+            raise arg.error(f"multicluster zone {arg.text!r} is not a zone of the kubernetes block")
+        zones.append(zone)
+    if zones:
+        state.set("dns.multicluster", tuple(zones), option.name)
 
 
 def _kubernetes_fallthrough(option: Directive, state: _State) -> None:

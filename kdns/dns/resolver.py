@@ -40,6 +40,7 @@ from dnslib import QTYPE, RCODE, RR, SOA, SRV, TXT
 from dnslib import A as A_RD
 
 from kdns.config import Config
+from kdns.dns.multicluster import import_records
 from kdns.dns.records import (
     Record,
     ReverseIndex,
@@ -108,6 +109,10 @@ def service_tag(namespace: str, name: str) -> Tag:
     return ("svc", namespace, name)
 
 
+def import_tag(namespace: str, name: str) -> Tag:
+    return ("import", namespace, name)
+
+
 def namespace_tag(namespace: str) -> Tag:
     return ("ns", namespace)
 
@@ -149,6 +154,7 @@ class Resolver:
         self.reverse = ReverseIndex()
         # Records of recently asked Services; dropped per Service when it changes.
         self._memo: LRUCache[tuple[str, str], ServiceRecords] = LRUCache(maxsize=memo_size)
+        self._import_memo: LRUCache[tuple[str, str], ServiceRecords] = LRUCache(maxsize=memo_size)
         self._known: set[tuple[str, str]] = set()
         self._services_per_namespace: Counter[str] = Counter()
         self.ttl = config.dns.ttl
@@ -156,6 +162,8 @@ class Resolver:
         self.pods = config.dns.pods
         self.forward_zones = config.dns.forward_zones
         self.reverse_zones = config.dns.reverse_zones
+        # Clusterset zones (KEP-1645): their names come from ServiceImports, not Services.
+        self.multicluster_zones = frozenset(config.dns.multicluster) & set(self.forward_zones)
         # Longest zone first, so "sub.cluster.local" wins over "cluster.local".
         self._zones = sorted(config.dns.zones, key=len, reverse=True)
         self.primary = self.forward_zones[0] if self.forward_zones else "cluster.local"
@@ -195,6 +203,9 @@ class Resolver:
                 self._services_per_namespace[key[0]] += 1
         if reverse_changed:
             tags.add(REVERSE_ENT_TAG)
+        for key in change.imports:
+            self._import_memo.pop(key, None)
+            tags.add(import_tag(*key))
         if change.namespaces:
             tags.update(namespace_tag(ns) for ns in change.namespaces)
             tags.add(POD_TAG)
@@ -206,6 +217,7 @@ class Resolver:
         """Many Services at once (a first list, a relist): rebuild in one pass — one sort
         instead of an insertion per address — and drop every cached answer."""
         self._memo.clear()
+        self._import_memo.clear()
         self._rebuild()
         return {ALL_TAG}
 
@@ -234,6 +246,19 @@ class Resolver:
                 ignore_empty=self._options.ignore_empty_service,
             )
             self._memo[key] = records
+        return records
+
+    def import_records(self, key: tuple[str, str]) -> ServiceRecords | None:
+        """The clusterset names of the ServiceImport `key`, or None when there is none."""
+        records = self._import_memo.get(key)
+        if records is None:
+            imported = self.store.imports.get(key)
+            if imported is None:
+                return None
+            # `noendpoints` drops imported endpoints as it drops local ones.
+            slices = () if self._options.noendpoints else self.store.import_slices.get(key, ())
+            records = import_records(imported, slices, self._options.endpoint_pod_names)
+            self._import_memo[key] = records
         return records
 
     def _endpoints(self, key: tuple[str, str]) -> tuple[Endpoint, ...]:
@@ -306,8 +331,9 @@ class Resolver:
         last = labels[-1]
         if last == "svc" and n >= 3:
             key = (labels[-2], labels[-3])
-            answer.tags.add(service_tag(*key))
-            service = self.service_records(key)
+            clusterset = zone in self.multicluster_zones
+            answer.tags.add(import_tag(*key) if clusterset else service_tag(*key))
+            service = self.import_records(key) if clusterset else self.service_records(key)
             records = service.forward.get(rel) if service is not None else None
             if trace is not None:
                 trace.step("service-name", key, rel, zone, service is not None)
