@@ -686,6 +686,33 @@ def _hosts(directive: Directive, zones: list[str], main: bool, state: _State) ->
         state.set("hosts.entries", tuple(entries), name)
 
 
+def _k8s_external(directive: Directive, zones: list[str], main: bool, state: _State) -> None:
+    """`k8s_external [ZONES] { apex APEX; ttl TTL }`: it reads the kubernetes plugin of its own
+    block, so kdns takes it in the block that has kubernetes (plugin/k8s_external/setup.go)."""
+    name = directive.name
+    if not main:
+        state.refuse(name, "kdns serves k8s_external beside the kubernetes plugin's block only")
+        return
+    external = [z for z in _plugin_zones(directive.args, zones) if z != "."]
+    if not external:
+        raise name.error("k8s_external: kdns cannot be authoritative for the root zone")
+    state.set("dns.external_zones", tuple(external), name)
+    for option in _options(directive):
+        word, opts = option.name.text, option.args
+        if word == "apex" and len(opts) == 1:
+            apex = opts[0].text.lower().strip(".")
+            if not apex or "." in apex:
+                raise option.name.error("k8s_external apex: one DNS label")
+            state.set("dns.external_apex", apex, option.name)
+        elif word == "ttl" and len(opts) == 1:
+            ttl = whole(opts[0], "k8s_external ttl")
+            if ttl > 3600:
+                raise option.name.error("k8s_external ttl: at most 3600 seconds")
+            state.set("dns.external_ttl", ttl, option.name)
+        else:
+            state.refuse(option.name, "unknown option", directive=f"k8s_external {word}")
+
+
 def _is_ip(text: str) -> bool:
     try:
         ipaddress.ip_address(text.split("%")[0])
@@ -887,6 +914,7 @@ _HANDLERS = {
     "bind": _bind,
     "hosts": _hosts,
     "rewrite": _rewrite,
+    "k8s_external": _k8s_external,
 }
 
 

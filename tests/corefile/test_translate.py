@@ -590,6 +590,19 @@ OPTIONS = [
         "Corefile:11: kubernetes bogus: not supported: unknown option",
     ),
     (
+        "k8s_external ZONES with apex and ttl",
+        corefile(
+            "    k8s_external example.org other.example {\n       apex ns\n       ttl 30\n"
+            "       headless\n    }\n"
+        ),
+        {
+            "dns.external_zones": ("example.org", "other.example"),
+            "dns.external_apex": "ns",
+            "dns.external_ttl": 30,
+        },
+        "Corefile:6: k8s_external headless: not supported: unknown option",
+    ),
+    (
         "multicluster ZONES: clusterset zones among the block's (CoreDNS 1.12.2)",
         ".:53 {\n    kubernetes cluster.local clusterset.local {\n"
         "       multicluster clusterset.local.\n    }\n}\n",
@@ -791,7 +804,6 @@ OPTIONS = [
         "Corefile:7: errors: accepted: ignored with its directive\n"
         "Corefile:9: rewrite: not supported: only `rewrite name` is supported (here type)\n"
         "Corefile:10: template: not supported: kdns answers only class IN\n"
-        "Corefile:11: k8s_external: not supported: kdns does not have this plugin yet, and it changes answers\n"
         "Corefile:12: any: not supported: kdns does not have this plugin yet, and it changes answers\n"
         "Corefile:13: dns64: not supported: kdns does not have this plugin yet, and it changes answers",
     ),

@@ -13,6 +13,7 @@ import pytest
 from dnslib import QTYPE, RCODE
 
 from kdns.config import Config
+from kdns.dns.explain import explain, render
 from kdns.dns.resolver import Answer, Resolver
 from kdns.model import ImportSlice, ServiceImport
 from kdns.sources.static import ManifestSource
@@ -192,3 +193,17 @@ def test_import_changes_reach_the_answers_and_name_their_tags() -> None:
     answer = ask(resolver, "db-0.west.db.shop.svc.clusterset.local", "A")
     assert answer.rcode == NXDOMAIN
     assert isinstance(store.import_slices[("shop", "db")][0], ImportSlice)
+
+
+def test_explain_names_the_serviceimport_and_cluster_behind_each_record() -> None:
+    _, resolver = cluster()
+    got = explain(resolver, "_pg._tcp.db.shop.svc.clusterset.local", QTYPE.SRV)
+    assert got.outcome == "NOERROR" and got.codes == ["import"]
+    assert "endpoints from clusters east, west" in got.reasons[0].text
+    text = render(got)
+    assert "← ServiceImport shop/db port 5432" in text
+    assert "db-0.west.db.shop.svc.clusterset.local. 5 IN A 10.2.0.5  ← glue for" in text
+    got = explain(resolver, "db-0.west.db.shop.svc.clusterset.local", QTYPE.A)
+    assert "an endpoint imported from cluster west" in render(got)
+    got = explain(resolver, "nope.shop.svc.clusterset.local", QTYPE.A)
+    assert got.outcome == "NXDOMAIN" and got.codes == ["no-import"]
