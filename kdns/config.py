@@ -522,8 +522,9 @@ class DnsSection:
     # exist go to the upstreams instead of NXDOMAIN ("." = every zone). PTRs for addresses no
     # Service owns go there whenever there are upstreams.
     fallthrough: tuple[str, ...] = _key((), _plugin_zones(True), shape="list")
-    # CoreDNS's kubernetes `multicluster ZONES` (KEP-1645): these zones (each one of `zones`,
-    # normally clusterset.local) answer ServiceImports instead of Services.
+    # CoreDNS's kubernetes `multicluster ZONES` (KEP-1645): these zones (normally
+    # clusterset.local, served even when `zones` leaves them out) answer ServiceImports
+    # instead of Services.
     multicluster: tuple[str, ...] = _key((), _plugin_zones(True), shape="list")
     # CoreDNS's k8s_external: outside zones where `svc.ns.ZONE` gives a Service's LoadBalancer
     # ingress IPs and externalIPs, with SOA and NS at the apex and the nameserver under

@@ -163,14 +163,19 @@ class Resolver:
         self.pods = config.dns.pods
         self.forward_zones = config.dns.forward_zones
         self.reverse_zones = config.dns.reverse_zones
-        # Clusterset zones (KEP-1645): their names come from ServiceImports, not Services.
-        self.multicluster_zones = frozenset(config.dns.multicluster) & set(self.forward_zones)
+        # Clusterset zones (KEP-1645): their names come from ServiceImports, not Services. Served
+        # even when `zones` leaves them out (the Corefile translation always lists them there).
+        self.multicluster_zones = frozenset(config.dns.multicluster)
         # CoreDNS's k8s_external: outside zones giving Services' outside addresses.
         self.external_zones = frozenset(config.dns.external_zones)
         self.external_apex = config.dns.external_apex
         self.external_ttl = config.dns.external_ttl
         # Longest zone first, so "sub.cluster.local" wins over "cluster.local".
-        self._zones = sorted({*config.dns.zones, *self.external_zones}, key=len, reverse=True)
+        self._zones = sorted(
+            {*config.dns.zones, *self.multicluster_zones, *self.external_zones},
+            key=len,
+            reverse=True,
+        )
         self.primary = self.forward_zones[0] if self.forward_zones else "cluster.local"
         self.ns_addresses = ns_addresses
         # A PTR for an address no Service owns goes upstream instead of NXDOMAIN (CoreDNS's

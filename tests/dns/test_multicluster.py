@@ -207,3 +207,11 @@ def test_explain_names_the_serviceimport_and_cluster_behind_each_record() -> Non
     assert "an endpoint imported from cluster west" in render(got)
     got = explain(resolver, "nope.shop.svc.clusterset.local", QTYPE.A)
     assert got.outcome == "NXDOMAIN" and got.codes == ["no-import"]
+
+
+def test_a_multicluster_zone_is_served_even_when_zones_leave_it_out() -> None:
+    config = Config().with_overrides(**{"dns.multicluster": (CS,)})
+    store, _ = cluster()
+    answer = Resolver(store, config).resolve("web.shop.svc.clusterset.local", QTYPE.A)
+    assert answer is not None
+    assert rrset(answer.answer) == zone("web.shop.svc.clusterset.local. 5 A 10.42.42.42")
