@@ -1,4 +1,4 @@
-"""The slim model: frozen Namespace / Service / EndpointSlice / Pod objects and their converters.
+"""The slim model: frozen Namespace / Service / EndpointSlice / Pod (and ServiceImport) objects.
 
 Kubernetes objects arrive as API dicts (from a manifest file or an API response) and are
 converted once, here, into small frozen objects that keep only the fields DNS and the proxy use.
@@ -6,9 +6,11 @@ Equality of two converted objects therefore means "nothing DNS or the proxy can 
 
 Contract:
 - `namespace_from_dict`, `service_from_dict`, `endpointslice_from_dict`,
-  `endpoints_to_slices` and `pod_from_dict` either return a model object or raise
-  `ModelError` naming the offending field as a path (`spec.ports[0].port`), never a half-built
-  object.
+  `endpoints_to_slices`, `pod_from_dict`, and for KEP-1645's multicluster API
+  `serviceimport_from_dict` and `import_slice_from_dict` (an EndpointSlice labelled with a
+  ServiceImport's name and its source cluster, `is_import_slice`), either return a model
+  object or raise `ModelError` naming the offending field as a path (`spec.ports[0].port`),
+  never a half-built object.
 - Addresses are normalised (`ipaddress` compressed form), so two spellings of one IP compare equal.
 - Nothing here does I/O.
 """
