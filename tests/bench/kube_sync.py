@@ -1,7 +1,8 @@
 """Benchmark: kdns following a live cluster — sync time, memory, relist, DNS programming latency.
 
 What it measures. For each size N (``--sizes``, default 10,000 then 50,000) a fake kube-apiserver
-(``tests/kubeapi/server.py``, plain HTTP, running in this process) holds N Services spread over 10
+(``tests/kubeapi/server.py``, HTTPS as a cluster's API server: TLS 1.3 with a trustme CA that
+kdns's kubeconfig names, running in this process) holds N Services spread over 10
 namespaces (ports 80 and 443; every tenth one headless) and N EndpointSlices (one per Service,
 three ready endpoints each, every address unique), and kdns is started as a subprocess that
 follows it: ``<python> -m kdns serve --kubeconfig FILE --dns-addr 127.0.0.1:P …``. Then:
@@ -1062,7 +1063,10 @@ def run_size(n: int, args: argparse.Namespace, say: Say) -> Result:
     result = Result(n)
     fig = result.figures
     workdir = Path(tempfile.mkdtemp(prefix=f"kdns-kube-sync-{n}-"))
-    server = ApiServer(tls=False)
+    # HTTPS, as every cluster serves it: the handshakes and the encryption of every list and
+    # watch event are in the figures, on both sides (kdns verifies the server with the CA in
+    # the kubeconfig). --plain-http only to see what TLS costs.
+    server = ApiServer(tls=not args.plain_http)
     kdns: Kdns | None = None
     spy: subprocess.Popen[bytes] | None = None
     try:
@@ -1419,6 +1423,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--quick", action="store_true", help="N=2000 and 3 s phases (smoke run)")
     parser.add_argument(
+        "--plain-http",
+        action="store_true",
+        help="serve plain HTTP instead of HTTPS (no cluster does: only to see what TLS costs)",
+    )
+    parser.add_argument(
         "--sync-only", action="store_true", help="stop after the ready time and memory figures"
     )
     parser.add_argument(
@@ -1450,7 +1459,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         results.append(run_size(n, args, say))
     print(environment())
     print(
-        f"kdns following a fake kube-apiserver (plain HTTP): N Services (10 % headless) + N "
+        f"kdns following a fake kube-apiserver ({'plain HTTP' if args.plain_http else 'HTTPS'}"
+        f"): N Services (10 % headless) + N "
         f"EndpointSlices × {ENDPOINTS_PER_SLICE} ready endpoints; {args.change_rate:g} slice "
         f"writes/s for {args.duration:g} s; {args.qps:g} qps for unchanged names."
     )
