@@ -36,12 +36,14 @@ Caveats. dnsmasq scans its ``srv-host`` list linearly, so 1,000 of them make its
 NXDOMAIN answers several times slower than its A answers: the SRV mix measures that list more
 than either server, which is why the A-only mix, the harder comparison for kdns, leads.
 dnsmasq has no option for its socket receive buffer and keeps the system default, while kdns
-asks for a larger one (the report prints both): a difference in kdns's favour only under bursts
-that overflow the smaller buffer, which the at-most-100-in-flight rated runs avoid. The machine may be shared: the
+asks for 4 MiB: run as root, the script sets dnsmasq's socket to kdns's size itself
+(pidfd_getfd; ``--own-buffers`` to not do that); the report prints both servers' buffers as
+``ss`` sees them. The machine may be shared: the
 step lines show the CPU used by everything else ("rest"), each round first waits (bounded) for the
 machine to be idle, and best-of-rounds is what the verdict uses.
 
-How to run (needs dnsperf, dnsmasq, dig, taskset and two cores; only talks to 127.0.0.1):
+How to run (needs dnsperf, dnsmasq, dig, taskset and two cores; root for the equal receive
+buffers, see above; only talks to 127.0.0.1):
 
     python tests/bench/dns_vs_dnsmasq.py            # after the venv is set up:
     .venv/bin/python tests/bench/dns_vs_dnsmasq.py
@@ -59,6 +61,7 @@ The file name does not start with ``test_``, so pytest does not collect it.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import dataclasses
 import math
 import os
@@ -386,6 +389,46 @@ def socket_rcvbuf(port: int) -> str:
         return "?"
     match = re.search(r"\brb(\d+)", out)
     return match.group(1) if match else "?"
+
+
+SYS_PIDFD_GETFD = 438  # pidfd_getfd(2), Linux 5.6; the same number on every architecture
+
+
+def kdns_receive_buffer() -> int:
+    """The SO_RCVBUF kdns asks for on its UDP socket (kdns/dns/server.py)."""
+    sys.path.insert(0, str(REPO_ROOT))
+    from kdns.dns.server import UDP_RECV_BUFFER
+
+    return UDP_RECV_BUFFER
+
+
+def set_receive_buffer(pid: int, port: int, size: int) -> bool:
+    """SO_RCVBUF = `size` on the UDP socket that process `pid` has bound to 127.0.0.1:port.
+
+    dnsmasq has no option for its receive buffer and keeps the system default (208 KiB here),
+    while kdns asks for 4 MiB: a burst dnsmasq would drop, kdns absorbs. To compare the servers
+    and not their buffers, the script gives dnsmasq's own socket kdns's size from outside:
+    pidfd_getfd(2) copies the descriptor into this process (root), and a socket option set on
+    the copy is set on the one socket both descriptors name. False if that is not possible."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError:
+        return False
+    try:
+        for entry in Path(f"/proc/{pid}/fd").iterdir():
+            if not os.readlink(entry).startswith("socket:"):
+                continue
+            fd = libc.syscall(SYS_PIDFD_GETFD, pidfd, int(entry.name), 0)
+            if fd < 0:
+                return False
+            with socket.socket(fileno=fd) as sock:
+                if sock.type == socket.SOCK_DGRAM and sock.getsockname() == ("127.0.0.1", port):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+                    return True
+        return False
+    finally:
+        os.close(pidfd)
 
 
 def wait_quiet(max_wait: float, say: Callable[[str], None]) -> None:
@@ -1043,6 +1086,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "(70 %% A / 30 %% SRV of the existing names; dnsmasq scans its srv-host list on every "
         "query there) or both, a-only first (default)",
     )
+    parser.add_argument(
+        "--own-buffers",
+        action="store_true",
+        help="leave dnsmasq's receive buffer at the system default (by default the script, "
+        "as root, gives dnsmasq's socket the size kdns asks for)",
+    )
     parser.add_argument("--server-cpu", default="0", help="taskset CPU list for the server")
     parser.add_argument("--client-cpu", default="1", help="taskset CPU list for dnsperf")
     parser.add_argument("--no-pin", action="store_true", help="do not use taskset")
@@ -1256,6 +1305,10 @@ def run_mix(
                 say(f"\nround {rnd + 1}/{args.rounds}: {server.name}")
                 wait_quiet(args.quiet_wait, say)
                 with running(server, args.start_timeout):
+                    if server.name == "dnsmasq" and not args.own_buffers:
+                        size = kdns_receive_buffer()
+                        if not set_receive_buffer(server.pid, server.port, size):
+                            say(f"    could not set dnsmasq's receive buffer to {size} (root?)")
                     results[server.name].append(measure(server, settings, plan, say))
         table = report(results, args.fixed_qps)
         say(f"\n{table}")

@@ -84,6 +84,7 @@ from tests.bench.dns_vs_dnsmasq import (  # noqa: E402
     StartError,
     children_cpu_s,
     cpu_ticks,
+    kdns_receive_buffer,
     parse_dnsperf,
     percentile,
     pick_ports,
@@ -132,7 +133,10 @@ def write_unbound_config(path: Path, port: int, names: int) -> None:
         '  logfile: ""',
         "  verbosity: 0",
         "  do-ip6: no",
+        # One thread, as kdns serves with one; the receive buffer kdns asks for on its own UDP
+        # socket (unbound's default is the system's, 208 KiB here).
         "  num-threads: 1",
+        f"  so-rcvbuf: {kdns_receive_buffer()}",
         # Belt and braces: nothing is ever recursed ("." is a static local zone), and were
         # anything sent, it would leave from loopback only.
         "  outgoing-interface: 127.0.0.1",
