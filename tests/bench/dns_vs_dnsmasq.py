@@ -1086,6 +1086,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "(70 %% A / 30 %% SRV of the existing names; dnsmasq scans its srv-host list on every "
         "query there) or both, a-only first (default)",
     )
+    # The old spelling of --mix a-only.
+    parser.add_argument(
+        "--a-only", dest="mix", action="store_const", const="a-only", help=argparse.SUPPRESS
+    )
     parser.add_argument(
         "--own-buffers",
         action="store_true",
