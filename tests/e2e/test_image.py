@@ -31,6 +31,7 @@ import pytest
 from tests.conftest import need_root, need_tool, throwaway_netns
 from tests.e2e.conftest import ROOT, STOP_TIMEOUT, wait_answering
 from tests.e2e.images import (
+    ImageError,
     Podman,
     image_command,
     make_debian_base,
@@ -38,6 +39,7 @@ from tests.e2e.images import (
     process_root,
     run,
 )
+from tests.test_deploy import PROXY_TOOLS as DEPLOYED_PROXY_TOOLS
 
 MIRROR = os.environ.get("KDNS_DEBIAN_MIRROR", "http://deb.debian.org/debian")
 TAGS = {"proxy": "localhost/kdns-proxy:test", "kdns": "localhost/kdns:test"}
@@ -113,7 +115,7 @@ def test_dns_image_serves_the_example_cluster_as_its_user(
         stack.callback(stop, proc)
 
         def answers() -> bool:
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(ImageError):  # dig: no server listening yet
                 return bool(answer(ns, "myapp.default.svc.cluster.local", "A"))
             return False
 
@@ -130,6 +132,8 @@ def test_dns_image_serves_the_example_cluster_as_its_user(
         assert process_ids(proc.pid) == {"Uid": ["65532"] * 4, "Gid": ["65532"] * 4}
         assert process_root(proc.pid) == str(rootfs)
         assert Path(f"/proc/{proc.pid}/exe").resolve().is_relative_to(rootfs)
+        # The runtime stages carry kdns's environment without the tools that built it.
+        assert not (rootfs / "opt/kdns/bin/pip").exists()
 
 
 # What the proxy runs (tests/test_deploy.py keeps this list in step with kdns/proxy), each with
@@ -149,6 +153,7 @@ PROXY_TOOLS = {
 def test_proxy_image_runs_kdns_proxy_as_root_with_its_tools(
     podman: Podman, images: dict[str, str]
 ) -> None:
+    assert {f'"{tool}"' for tool in PROXY_TOOLS} == set(DEPLOYED_PROXY_TOOLS)
     config = podman.config(images["proxy"])
     assert config["User"] == "0:0"  # NET_ADMIN in the host's network namespace
     with podman.mounted(images["proxy"]) as rootfs, throwaway_netns("kdns-image") as ns:
