@@ -14,10 +14,11 @@ What CoreDNS's `forward` + `cache` plugins and kube-dns's stubDomains / upstream
   exchanges, new questions get REFUSED at once, as CoreDNS's `max_concurrent` does.
 - Every upstream failing → SERVFAIL, or a stale answer (RFC 8767) when `serve_stale` allows.
 
-`AnswerCache` here is the upstream cache (cachetools): answers for their TTL capped at
-`max_ttl`, negative answers per RFC 2308 (the SOA's min(TTL, MINIMUM)) capped at
-`max_denial_ttl`, SERVFAIL for `servfail_ttl`; bounded by entry counts; TTLs counted down in
-what clients see. Cluster answers never come here: they are answered from the store.
+`AnswerCache` here is the upstream cache (cachetools), sized and capped by the config's `cache`
+section: answers for their TTL capped at `max_ttl`, negative answers per RFC 2308 (the SOA's
+min(TTL, MINIMUM)) capped at `max_denial_ttl`, SERVFAIL for `servfail_ttl`; bounded by entry
+counts; TTLs counted down in what clients see. Cluster answers never come here: they are
+answered from the store.
 
 Every attempt is counted per upstream (`kdns_forward_*`, CoreDNS's forward/proxy metrics); a
 failed one is logged at ERROR as CoreDNS's errors plugin does, with a `consolidate` key naming
@@ -42,7 +43,9 @@ from cachetools import LRUCache
 from dnslib import QTYPE
 
 from kdns import metrics
+from kdns.config import CacheSection
 from kdns.dns import wire
+from kdns.dns.stats import CacheStats
 from kdns.dns.wire import Query
 
 log = logging.getLogger(__name__)
@@ -74,13 +77,8 @@ class ForwardConfig:
     max_concurrent: int = 1000
     max_fails: int = 2
     health_check: float = 0.5
-    # cache
-    success_size: int = 9984
-    denial_size: int = 9984
-    max_ttl: int = 30
-    max_denial_ttl: int = 30
+    cache: CacheSection = field(default_factory=CacheSection)  # sizes, TTL caps, serve_stale
     servfail_ttl: int = 5
-    serve_stale: float = 0.0  # seconds an expired answer may still be served; 0 = never
     stale_ttl: int = 30  # the TTL of a stale answer (RFC 8767 §4 suggests 30 s)
 
 
@@ -175,8 +173,8 @@ class UpstreamCache:
 
     def __init__(self, config: ForwardConfig) -> None:
         self.config = config
-        self.success: LRUCache[bytes, CacheEntry] = LRUCache(maxsize=config.success_size)
-        self.denial: LRUCache[bytes, CacheEntry] = LRUCache(maxsize=config.denial_size)
+        self.success: LRUCache[bytes, CacheEntry] = LRUCache(maxsize=config.cache.success)
+        self.denial: LRUCache[bytes, CacheEntry] = LRUCache(maxsize=config.cache.denial)
         self.hits = 0
         self.hits_denial = 0  # of `hits`, those from the denial table (metrics)
         self.misses = 0
@@ -201,6 +199,16 @@ class UpstreamCache:
         self.misses += count
         return None
 
+    def stats(self) -> CacheStats:
+        return CacheStats(
+            success=len(self.success),
+            denial=len(self.denial),
+            misses=self.misses,
+            hits_success=self.hits - self.hits_denial,
+            hits_denial=self.hits_denial,
+            served_stale=self.served_stale,
+        )
+
     def stale(self, key: bytes, now: float) -> CacheEntry | None:
         """An expired success answer still inside the serve-stale window (RFC 8767)."""
         entry = self.success.get(key)
@@ -212,13 +220,13 @@ class UpstreamCache:
         config = self.config
         rcode = parsed.rcode
         if rcode == wire.NOERROR and parsed.answer_ttls:
-            ttl, table = min(min(parsed.answer_ttls), config.max_ttl), self.success
+            ttl, table = min(min(parsed.answer_ttls), config.cache.max_ttl), self.success
         elif rcode in (wire.NXDOMAIN, wire.NOERROR):
             # RFC 2308 §5: a negative answer lives min(SOA TTL, SOA MINIMUM); without an SOA
             # it must not be cached at all (§5, "SHOULD NOT be cached").
             if parsed.soa_negative_ttl is None:
                 return
-            ttl, table = min(parsed.soa_negative_ttl, config.max_denial_ttl), self.denial
+            ttl, table = min(parsed.soa_negative_ttl, config.cache.max_denial_ttl), self.denial
         elif rcode == wire.SERVFAIL:
             # RFC 2308 §7.1: SERVFAIL may be cached, for at most five minutes; we keep it briefly.
             ttl, table = config.servfail_ttl, self.denial
@@ -232,7 +240,7 @@ class UpstreamCache:
             [min(t, ttl) for t in parsed.ttls],
             now,
             now + ttl,
-            now + ttl + config.serve_stale,
+            now + ttl + config.cache.serve_stale,
         )
 
 
@@ -365,7 +373,7 @@ class Forwarder:
                 flight.done.set()
         now = trio.current_time()
         failed = flight.response is None or flight.response[3] & 0xF == wire.SERVFAIL
-        if failed and self.config.serve_stale:
+        if failed and self.config.cache.serve_stale:
             # RFC 8767 §5: when the upstreams fail (no answer, or SERVFAIL), an expired answer
             # within the stale window beats a failure.
             stale = self.cache.stale(key, now)

@@ -117,12 +117,12 @@ class Resolver:
         self._memo: LRUCache[tuple[str, str], ServiceRecords] = LRUCache(maxsize=memo_size)
         self._known: set[tuple[str, str]] = set()
         self._services_per_namespace: Counter[str] = Counter()
-        self.ttl = config.ttl
-        self.pods = config.pods
-        self.forward_zones = config.forward_zones
-        self.reverse_zones = config.reverse_zones
+        self.ttl = config.dns.ttl
+        self.pods = config.dns.pods
+        self.forward_zones = config.dns.forward_zones
+        self.reverse_zones = config.dns.reverse_zones
         # Longest zone first, so "sub.cluster.local" wins over "cluster.local".
-        self._zones = sorted(config.zones, key=len, reverse=True)
+        self._zones = sorted(config.dns.zones, key=len, reverse=True)
         self.primary = self.forward_zones[0] if self.forward_zones else "cluster.local"
         self.ns_addresses = ns_addresses
         # A PTR for an address no Service owns goes upstream instead of NXDOMAIN (CoreDNS's

@@ -444,7 +444,9 @@ CASES = [
 
 
 def resolver_for(store: Store, case: Case) -> Resolver:
-    return Resolver(store, Config(pods=case.pods), reverse_fallthrough=bool(case.upstreams))
+    return Resolver(
+        store, Config().with_overrides(pods=case.pods), reverse_fallthrough=bool(case.upstreams)
+    )
 
 
 def sections(answer: Answer | None) -> object:
@@ -566,7 +568,7 @@ def test_every_name_and_type_is_explained(source: str, pods: str) -> None:
     """No name of the cluster, in any type, leaves a record without an origin or an answer
     other than the resolver's; and every negative answer has a reason that says why."""
     store = store_of(source)
-    config = Config(pods=pods)
+    config = Config().with_overrides(pods=pods)
     names = every_name(store, Resolver(store, config))
     assert len(names) > 40
     for name in names:

@@ -10,7 +10,6 @@ real sockets wait), by the wall clock (`wall_clock_limit`).
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import math
 import socket
 import struct
@@ -33,7 +32,7 @@ import trio.testing
 from dnslib import RCODE
 
 from kdns import app
-from kdns.config import Config, ConfigError, load_kube_dns_configmap
+from kdns.config import CacheSection, Config, ConfigError, load_kube_dns_configmap
 from kdns.dns import forward
 from kdns.dns.forward import ForwardConfig, Forwarder, Upstream
 from kdns.dns.handler import Handler
@@ -122,8 +121,7 @@ class RunningApp:
 @asynccontextmanager
 async def kdns_app(config: Config) -> AsyncIterator[RunningApp]:
     """The whole app as `kdns serve` builds it (config/examples), every port on 127.0.0.1:0."""
-    config = dataclasses.replace(
-        config,
+    config = config.with_overrides(
         manifests=(str(EXAMPLES),),
         dns_addr=f"{HOST}:0",
         health_addr=f"{HOST}:0",
@@ -275,7 +273,7 @@ async def test_stub_domain_questions_reach_only_the_stub_servers(tmp_path: Path)
         upstreams.dnsmasq(tmp_path / "default") as default,
         upstreams.dnsmasq(tmp_path / "stub") as stub,
     ):
-        config = Config(
+        config = Config().with_overrides(
             upstreams=(default.address,),
             stub_domains=(("Acme.Local.", (stub.address,)),),
         )
@@ -654,7 +652,9 @@ async def test_serve_stale_when_the_upstream_is_gone(
     mock_clock: trio.testing.MockClock, serve_stale: float, after: float, expected: str
 ) -> None:
     with wall_clock_limit(WAIT), Responder(EXAMPLE) as upstream:
-        config = ForwardConfig(upstreams=(upstream.upstream,), serve_stale=serve_stale)
+        config = ForwardConfig(
+            upstreams=(upstream.upstream,), cache=CacheSection(serve_stale=serve_stale)
+        )
         async with kdns(config) as stack:
             fresh = await ask(stack.port, "www.example")
             mock_clock.jump(after)  # past the TTL (10 s)
@@ -703,7 +703,7 @@ async def test_a_cluster_name_is_never_answered_from_the_upstream_cache() -> Non
 async def test_beyond_max_concurrent_questions_are_refused_at_once() -> None:
     delay = 1.0
     with Responder(delayed(EXAMPLE, delay)) as upstream:
-        config = Config(upstreams=(upstream.address,), max_concurrent=5)
+        config = Config().with_overrides(upstreams=(upstream.address,), max_concurrent=5)
         async with kdns_app(config) as running:
             port = running.port
             results: dict[int, tuple[int, float]] = {}
@@ -774,7 +774,9 @@ def test_bad_kube_dns_configmap_names_the_field(tmp_path: Path, data: str, field
     assert message.startswith(f"{path}: {field}: ")
     with pytest.raises(app.StartupError) as startup:
         app.build(
-            Config(manifests=(str(EXAMPLES),), dns_addr=f"{HOST}:0", kube_dns_configmap=str(path))
+            Config().with_overrides(
+                manifests=(str(EXAMPLES),), dns_addr=f"{HOST}:0", kube_dns_configmap=str(path)
+            )
         )
     assert startup.value.lines == [message]
 
@@ -785,7 +787,7 @@ async def test_kube_dns_configmap_routes_stub_and_upstream(tmp_path: Path) -> No
         upstreams.dnsmasq(tmp_path / "stub") as stub,
     ):
         path = write_configmap(tmp_path / "kube-dns.yaml", stub.address, default.address)
-        async with kdns_app(Config(kube_dns_configmap=str(path))) as running:
+        async with kdns_app(Config().with_overrides(kube_dns_configmap=str(path))) as running:
             port = running.port
             acme = await ask(port, "www.acme.local")
             other = await ask(port, "www.test")
@@ -843,7 +845,7 @@ def test_build_refuses_an_upstream_that_is_kdns_itself() -> None:
     port = upstreams.free_port()
     with pytest.raises(app.StartupError) as error:
         app.build(
-            Config(
+            Config().with_overrides(
                 manifests=(str(EXAMPLES),),
                 dns_addr=f"{HOST}:{port}",
                 upstreams=(f"{HOST}:{port}", "127.0.0.53"),
@@ -855,7 +857,9 @@ def test_build_refuses_an_upstream_that_is_kdns_itself() -> None:
 
 
 def test_no_upstreams_means_no_forwarder() -> None:
-    built = app.build(Config(manifests=(str(EXAMPLES),), dns_addr=f"{HOST}:0", upstreams=()))
+    built = app.build(
+        Config().with_overrides(manifests=(str(EXAMPLES),), dns_addr=f"{HOST}:0", upstreams=())
+    )
     assert built.forwarder is None
     assert not built.handler.recursion_available
 
@@ -870,7 +874,9 @@ async def test_serve_stale_beats_an_upstream_servfail(mock_clock: trio.testing.M
     # RFC 8767 §5: an upstream that answers SERVFAIL has failed as surely as one that is gone.
     zone = Zone(list(EXAMPLE.records))
     with wall_clock_limit(WAIT), Responder(zone) as upstream:
-        config = ForwardConfig(upstreams=(upstream.upstream,), serve_stale=3600.0)
+        config = ForwardConfig(
+            upstreams=(upstream.upstream,), cache=CacheSection(serve_stale=3600.0)
+        )
         async with kdns(config) as stack:
             fresh = await ask(stack.port, "www.example")
             mock_clock.jump(11)  # past the TTL (10 s)

@@ -319,7 +319,7 @@ PODS = [
 
 @pytest.mark.parametrize(("mode", "qname", "qtype", "rcode", "records"), PODS)
 def test_pod_records(mode: str, qname: str, qtype: str, rcode: int, records: str) -> None:
-    check(resolve(qname, qtype, Config(pods=mode)), rcode, records)
+    check(resolve(qname, qtype, Config().with_overrides(pods=mode)), rcode, records)
 
 
 # --- the zone itself (rows 13-19) ---------------------------------------------------------------
@@ -371,14 +371,19 @@ def test_apex_soa_is_coredns_shaped() -> None:
 
 
 def test_negative_soa_minimum_and_ttl_follow_the_configured_ttl() -> None:
-    answer = resolve("nope.default.svc.cluster.local", "A", Config(ttl=30))
+    answer = resolve("nope.default.svc.cluster.local", "A", Config().with_overrides(ttl=30))
     (soa,) = answer.authority
     assert soa.ttl == 30 and soa.rdata.times[4] == 30
-    assert resolve("redis.default.svc.cluster.local", "A", Config(ttl=30)).answer[0].ttl == 30
+    assert (
+        resolve("redis.default.svc.cluster.local", "A", Config().with_overrides(ttl=30))
+        .answer[0]
+        .ttl
+        == 30
+    )
 
 
 def test_soa_ttl_is_capped_at_300() -> None:
-    (soa,) = resolve("cluster.local", "SOA", Config(ttl=3600)).answer
+    (soa,) = resolve("cluster.local", "SOA", Config().with_overrides(ttl=3600)).answer
     assert soa.ttl == 300 and soa.rdata.times[4] == 3600
 
 
@@ -416,7 +421,7 @@ def test_ns_without_a_dns_service_names_ns_dns_and_its_address() -> None:
 
 
 def test_every_service_is_answered_in_every_zone_and_ptr_uses_the_primary() -> None:
-    config = Config(zones=("cluster.local", "example.org", "in-addr.arpa"))
+    config = Config().with_overrides(zones=("cluster.local", "example.org", "in-addr.arpa"))
     check(
         resolve("_redis._tcp.redis.default.svc.example.org", "SRV", config),
         NOERROR,
@@ -434,7 +439,7 @@ def test_every_service_is_answered_in_every_zone_and_ptr_uses_the_primary() -> N
 
 
 def test_the_longest_zone_wins() -> None:
-    config = Config(zones=("cluster.local", "svc.cluster.local"))
+    config = Config().with_overrides(zones=("cluster.local", "svc.cluster.local"))
     answer = resolve("nope.default.svc.cluster.local", "A", config)
     assert str(answer.authority[0].rname) == "svc.cluster.local."
 
