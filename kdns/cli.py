@@ -502,10 +502,15 @@ def _explain(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    upstreams: tuple[str, ...] = ()
-    if built.forwarder is not None:
-        upstreams = tuple(str(u) for u in built.forwarder.upstreams_for(qname))
-    print(explain_mod.render(explain_mod.explain(built.resolver, qname, qtype, upstreams)))
+    forwarder = built.forwarder
+
+    def upstreams_for(name: str) -> tuple[str, ...]:
+        return tuple(str(u) for u in forwarder.upstreams_for(name)) if forwarder else ()
+
+    explained = explain_mod.explain_asked(
+        built.handler.plugins, built.resolver, qname, qtype, upstreams_for
+    )
+    print(explain_mod.render(explained))
     return 0
 
 

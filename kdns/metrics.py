@@ -260,6 +260,13 @@ PANICS = Counter(
     "kdns_panics_total", "Queries whose handling raised unexpectedly (answered SERVFAIL)."
 )
 
+# A CNAME chain kdns would not follow to its end (a loop, or more than 8 links): SERVFAIL.
+CNAME_CHASE_FAILURES = Counter(
+    "kdns_dns_cname_chase_failures_total",
+    "Answers given SERVFAIL because a CNAME chain looped or had more than 8 links.",
+    ["reason"],
+)
+
 # RFC 7766 §6.2.2: a server under pressure closes idle connections to admit new clients.
 DNS_TCP_EVICTIONS = Counter(
     "kdns_dns_tcp_evictions_total",

@@ -14,6 +14,12 @@ Contract:
   (`dns.stats.LABELS`) of that response; `complete` leaves it in `deferred.label`. The zone is the
   authoritative zone the name falls in, the stub domain or "." for forwarded names, and
   "dropped" for queries refused before any lookup (CoreDNS's `vars.Dropped`).
+- A CNAME whose target is outside our zones (an ExternalName to an external name) is answered
+  as CoreDNS does: the CNAME, then the target's records of the asked type from the forwarder
+  (its cache and stub domains; a `Deferred` when it must ask), with the target's rcode; with
+  no upstream for the target, the CNAME alone. Autopath answers chase the same way and carry
+  AA when the answer found was kdns's own. A broken chain (loop, too long) is SERVFAIL, logged
+  and counted (`kdns_dns_cname_chase_failures_total`).
 - Malformed queries and internal errors are logged with a `consolidate` key, so a flood of them
   becomes one line per interval (kdns/logs.py).
 - The synchronous part is pure: no sockets and no clock.
@@ -22,6 +28,7 @@ Contract:
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from dnslib import CNAME, QTYPE, RR, DNSRecord
@@ -29,7 +36,8 @@ from dnslib import CNAME, QTYPE, RR, DNSRecord
 from kdns import metrics
 from kdns.dns import wire
 from kdns.dns.forward import Forwarder
-from kdns.dns.resolver import Resolver
+from kdns.dns.plugins import Plugins, renamed
+from kdns.dns.resolver import Answer, Resolver
 from kdns.dns.stats import LABELS
 from kdns.dns.wire import AnswerCache, Query
 
@@ -49,7 +57,11 @@ class Deferred:
     query: Query
     udp: bool
     search: tuple[str, ...] = ()  # autopath: the client's search list, first element matched
+    chase: Answer | None = None  # an answer whose CNAME target the upstreams must resolve
     label: int = 0  # set by `complete`: the metrics label id of the response
+    # rewrite: `query` is the renamed question; the answer goes back as the client asked it.
+    client_query: Query | None = None
+    revert: Callable[[str], str] | None = None
 
 
 class Handler:
@@ -60,9 +72,17 @@ class Handler:
         forwarder: Forwarder | None = None,
         autopath: bool = False,
         host_search: tuple[str, ...] = (),
+        loadbalance: str = "round_robin",
+        plugins: Plugins | None = None,
+        fallthrough: tuple[str, ...] = (),
     ) -> None:
         self.resolver = resolver
-        self.cache = cache if cache is not None else AnswerCache()
+        self.plugins = plugins  # rewrite, template, hosts (kdns/dns/plugins.py), if configured
+        # CoreDNS's kubernetes `fallthrough ZONES`: NXDOMAIN there goes on to the upstreams.
+        self.fallthrough = fallthrough
+        # `loadbalance round_robin` (the kubeadm Corefile's): each answer rotates its A, AAAA
+        # or SRV RRset, so clients that take the first address spread over the endpoints.
+        self.cache = cache if cache is not None else AnswerCache(rotate=loadbalance != "off")
         self.forwarder = forwarder
         self.autopath = autopath
         self.host_search = host_search
@@ -132,11 +152,29 @@ class Handler:
             return self._refuse(query, wire.BADVERS, udp)
         if query.qclass != CLASS_IN or query.qtype in REFUSED_TYPES:
             return self._refuse(query, wire.REFUSED, udp)
+        if self.plugins is not None:
+            handled = self._plugins(query, udp)
+            if handled is not None:
+                return handled
         if self.autopath and client is not None:
             search = self._search_list(query.qname, client)
             if search:
                 return Deferred(query, udp, search)
         answer = self.resolver.resolve(query.qname, query.qtype)
+        if answer is not None and answer.rcode == wire.NXDOMAIN and self.fallthrough:
+            answer = self._fall_through(query.qname, answer)
+        if answer is not None and answer.broken is not None:
+            self._broken_chain(query, answer)
+        if answer is not None and self._chases(answer):
+            assert answer.chase is not None and self.forwarder is not None
+            cached = self.forwarder.cached(_sub_query(query, answer.chase))
+            if cached is None:
+                return Deferred(query, udp, chase=answer)
+            response = self._after_cname(query, answer, cached)
+            self.label = LABELS.id(
+                self.zone(query.qname), query.qtype, response[3] & 0xF, "kubernetes", query.do
+            )
+            return wire.finish(response, query, udp)
         if answer is None:
             if self.forwarder is None or not self.forwarder.upstreams_for(query.qname):
                 return self._refuse(query, wire.REFUSED, udp)
@@ -182,6 +220,57 @@ class Handler:
             self.cache.store(data, query, response, answer.tags, hit_label)
         return wire.finish(response, query, udp)
 
+    def _fall_through(self, qname: str, answer: Answer) -> Answer | None:
+        """None (forward it) when `qname` is in a `fallthrough` zone and there are upstreams."""
+        within = any(z == "." or qname == z or qname.endswith("." + z) for z in self.fallthrough)
+        if within and self.forwarder is not None and self.forwarder.upstreams_for(qname):
+            return None
+        return answer
+
+    # --- rewrite, template, hosts (CoreDNS's plugins before kubernetes) ------------------------
+
+    def _plugins(self, query: Query, udp: bool) -> bytes | Deferred | None:
+        """rewrite, then template and hosts, before the cluster zones (CoreDNS's plugin order);
+        None: the question goes on as if they were not there. Their answers are not cached
+        here: the hosts file may change under them."""
+        assert self.plugins is not None
+        rewritten = self.plugins.rewrite(query.qname)
+        if rewritten is not None and not rewritten.name:
+            self.label = LABELS.id(DROPPED, query.qtype, wire.SERVFAIL, "rewrite", query.do)
+            servfail = wire.error_response(query.id, query.flags, wire.SERVFAIL, query)
+            return wire.finish(servfail, query, udp)
+        asked = query if rewritten is None else _sub_query(query, rewritten.name)
+        found = self.plugins.answer(asked.qname, asked.qtype)
+        if rewritten is None and found is None:
+            return None
+        plugin = found.plugin if found is not None else "kubernetes"
+        answer = found or self.resolver.resolve(asked.qname, asked.qtype)
+        if rewritten is not None and (answer is None or isinstance(answer, Answer)):
+            # The renamed question takes the path of any other (chase, upstreams), then is
+            # renamed back for the client.
+            if answer is not None and answer.broken is not None:
+                self._broken_chain(asked, answer)
+            if answer is None or self._chases(answer):
+                if self.forwarder is None or not self.forwarder.upstreams_for(asked.qname):
+                    return self._refuse(query, wire.REFUSED, udp)
+                chase = answer if answer is not None and self._chases(answer) else None
+                return Deferred(
+                    asked, udp, chase=chase, client_query=query, revert=rewritten.revert
+                )
+        assert answer is not None
+        response = wire.encode(
+            asked,
+            answer.rcode,
+            answer.answer,
+            answer.authority,
+            answer.additional,
+            recursion_available=self.recursion_available,
+        )
+        if rewritten is not None:
+            response = renamed(query, response, rewritten.revert, self.recursion_available)
+        self.label = LABELS.id(self.zone(asked.qname), query.qtype, answer.rcode, plugin, query.do)
+        return wire.finish(response, query, udp)
+
     # --- the network part --------------------------------------------------------------------
 
     async def complete(self, deferred: Deferred) -> bytes | None:
@@ -190,6 +279,9 @@ class Handler:
             if deferred.search:
                 plugin = "autopath"
                 response = await self._autopath(query, deferred.search)
+            elif deferred.chase is not None:
+                plugin = "kubernetes"
+                response = await self._chase(query, deferred.chase, looked_up=True)
             else:
                 assert self.forwarder is not None
                 plugin = "forward"
@@ -207,7 +299,52 @@ class Handler:
         deferred.label = LABELS.id(
             self.zone(query.qname), query.qtype, response[3] & 0xF, plugin, query.do
         )
+        if deferred.client_query is not None and deferred.revert is not None:
+            query = deferred.client_query
+            response = renamed(query, response, deferred.revert, True)
         return wire.finish(_with_ra(response), query, deferred.udp)
+
+    # --- CNAMEs to names outside our zones ---------------------------------------------------
+
+    def _chases(self, answer: Answer) -> bool:
+        """Whether the answer's CNAME target is to be resolved through the upstreams: with
+        forwarding off (or no upstream for that name) the CNAME alone is the answer."""
+        return (
+            answer.chase is not None
+            and self.forwarder is not None
+            and bool(self.forwarder.upstreams_for(answer.chase))
+        )
+
+    def _broken_chain(self, query: Query, answer: Answer) -> None:
+        metrics.CNAME_CHASE_FAILURES.labels(answer.broken).inc()
+        log.warning(
+            "%s: the CNAME chain %s: SERVFAIL",
+            query.qname + ".",
+            "loops" if answer.broken == "loop" else "has more than 8 links",
+            extra={"consolidate": f"CNAME chains that {answer.broken}"},
+        )
+
+    async def _chase(self, query: Query, answer: Answer, looked_up: bool = False) -> bytes:
+        assert answer.chase is not None and self.forwarder is not None
+        sub = _sub_query(query, answer.chase)
+        return self._after_cname(query, answer, await self.forwarder.resolve(sub, looked_up))
+
+    def _after_cname(self, query: Query, answer: Answer, target: bytes) -> bytes:
+        """Our CNAME chain followed by the upstream's answer for its target (CoreDNS's
+        kubernetes plugin does the same for an ExternalName). The rcode is the target's, and an
+        NXDOMAIN keeps the CNAME (RFC 6604 §3); an upstream failure is ours (SERVFAIL)."""
+        found = DNSRecord.parse(target)
+        rcode = found.header.rcode
+        if rcode not in (wire.NOERROR, wire.NXDOMAIN):
+            return wire.error_response(query.id, query.flags, wire.SERVFAIL, query)
+        return wire.encode(
+            query,
+            rcode,
+            [*answer.answer, *found.rr],
+            found.auth,
+            (),
+            recursion_available=self.recursion_available,
+        )
 
     # --- autopath (CoreDNS `autopath @kubernetes`) --------------------------------------------
 
@@ -254,22 +391,26 @@ class Handler:
 
     async def _lookup(self, query: Query, name: str) -> bytes:
         """The response for `name` (same type) as kdns would give it, by the client's ID."""
-        labels = tuple(label.encode("latin-1") for label in name.split(".") if label)
-        question = b"".join(bytes((len(x),)) + x for x in labels) + b"\x00"
-        question += query.qtype.to_bytes(2) + query.qclass.to_bytes(2)
-        sub = Query(
-            query.id,
-            query.flags,
-            labels,
-            query.qtype,
-            query.qclass,
-            question,
-            False,
-            edns=query.edns,
-            payload=query.payload,
-            do=query.do,
-        )
+        sub = _sub_query(query, name)
+        # CoreDNS's autopath asks the plugins after it for each name: template, hosts, then
+        # kubernetes (and its fallthrough), then forward.
+        found = self.plugins.answer(name, query.qtype) if self.plugins is not None else None
+        if found is not None:
+            return wire.encode(
+                sub,
+                found.rcode,
+                found.answer,
+                found.authority,
+                found.additional,
+                recursion_available=self.recursion_available,
+            )
         answer = self.resolver.resolve(name, query.qtype)
+        if answer is not None and answer.rcode == wire.NXDOMAIN and self.fallthrough:
+            answer = self._fall_through(name, answer)
+        if answer is not None and answer.broken is not None:
+            self._broken_chain(sub, answer)
+        if answer is not None and self._chases(answer):
+            return await self._chase(sub, answer)
         if answer is not None:
             return wire.encode(
                 sub,
@@ -292,7 +433,10 @@ class Handler:
             found.rr,
             found.auth,
             [rr for rr in found.ar if rr.rtype != wire.OPT],
-            authoritative=False,
+            # AA as the answer found had it: set when kdns answered from its own zone (as
+            # CoreDNS's autopath, whose answer comes from the kubernetes plugin), an
+            # upstream's otherwise.
+            authoritative=bool(response[2] & (wire.AA >> 8)),
             recursion_available=self.recursion_available,
         )
 
@@ -306,7 +450,10 @@ class Handler:
             [cname, *found.rr],
             found.auth,
             [rr for rr in found.ar if rr.rtype != wire.OPT],
-            authoritative=False,
+            # AA as the answer found had it: set when kdns answered from its own zone (as
+            # CoreDNS's autopath, whose answer comes from the kubernetes plugin), an
+            # upstream's otherwise.
+            authoritative=bool(response[2] & (wire.AA >> 8)),
             recursion_available=self.recursion_available,
         )
 
@@ -314,3 +461,23 @@ class Handler:
 def _with_ra(response: bytes) -> bytes:
     # We recurse for the client, whatever flags the upstream's answer carried.
     return response[:3] + bytes((response[3] | 0x80,)) + response[4:]
+
+
+def _sub_query(query: Query, name: str) -> Query:
+    """The same question for another name (a search domain's, a CNAME target), by the
+    client's ID and flags."""
+    labels = tuple(label.encode("latin-1") for label in name.split(".") if label)
+    question = b"".join(bytes((len(x),)) + x for x in labels) + b"\x00"
+    question += query.qtype.to_bytes(2) + query.qclass.to_bytes(2)
+    return Query(
+        query.id,
+        query.flags,
+        labels,
+        query.qtype,
+        query.qclass,
+        question,
+        False,
+        edns=query.edns,
+        payload=query.payload,
+        do=query.do,
+    )

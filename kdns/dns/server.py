@@ -439,8 +439,15 @@ class DnsServer:
                         if not buffer:
                             message_deadline = trio.current_time() + self.read_timeout
                         buffer += chunk
+                        empty = False
                         while len(buffer) >= 2:
                             size = int.from_bytes(buffer[:2])
+                            if size == 0:
+                                # A zero-length message holds no query and never will: the
+                                # client is broken or probing; close at once rather than wait
+                                # out the idle timeout (answers in flight are still sent).
+                                empty = True
+                                break
                             if len(buffer) < 2 + size:
                                 break
                             message = bytes(buffer[2 : 2 + size])
@@ -451,6 +458,8 @@ class DnsServer:
                                 self._tcp_answer, connection, send_lock, in_flight, message
                             )
                             message_deadline = trio.current_time() + self.read_timeout
+                        if empty:
+                            break
                         continue
                     break  # a timeout or an eviction: idle, or a message that never completed
         finally:

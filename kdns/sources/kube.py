@@ -32,7 +32,7 @@ import os
 import random
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import trio
@@ -51,6 +51,7 @@ from kdns.model import (
     pod_from_dict,
     service_from_dict,
 )
+from kdns.sources.scope import Scope
 from kdns.store import ENDPOINTSLICES, NAMESPACES, PODS, SERVICES, Change, Kind, Store
 
 log = logging.getLogger(__name__)
@@ -117,8 +118,31 @@ class Resource:
     path: str  # the cluster-wide collection
     convert: Callable[[dict[str, Any]], Converted]
     field_selector: str | None = None
+    label_selector: str | None = None
     # Does one API object become exactly one store object under the same key? (Endpoints: no.)
     one_to_one: bool = True
+
+    def selectors(self) -> list[tuple[str, Any]]:
+        params: list[tuple[str, Any]] = []
+        if self.field_selector:
+            params.append(("fieldSelector", self.field_selector))
+        if self.label_selector:
+            params.append(("labelSelector", self.label_selector))
+        return params
+
+    def scoped(self, scope: Scope, api_kind: str) -> Resource:
+        """This resource serving only what `scope` admits: the Services selector goes to the
+        API server; namespaces (several, which no field selector can say) are left out here,
+        as are Services an API server that ignores labelSelector would still send."""
+        if scope == Scope():
+            return self
+        convert = self.convert
+
+        def scoped_convert(obj: dict[str, Any]) -> Converted:
+            return convert(obj) if scope.admits_object(api_kind, obj) else []
+
+        selector = scope.service_selector if api_kind == "Service" else None
+        return replace(self, convert=scoped_convert, label_selector=selector)
 
 
 SERVICES_RESOURCE = Resource(SERVICES, "services", "/api/v1/services", _one(service_from_dict))
@@ -144,6 +168,14 @@ PODS_RESOURCE = Resource(
     _one(pod_from_dict),
     field_selector="status.phase!=Succeeded,status.phase!=Failed",
 )
+
+API_KINDS = {
+    "namespaces": "Namespace",
+    "services": "Service",
+    "endpointslices": "EndpointSlice",
+    "endpoints": "Endpoints",
+    "pods": "Pod",
+}
 
 
 def api_get(
@@ -398,8 +430,7 @@ class Reflector:
             params: list[tuple[str, Any]] = [("limit", LIST_PAGE)]
             if token:
                 params.append(("continue", token))
-            if self.resource.field_selector:
-                params.append(("fieldSelector", self.resource.field_selector))
+            params += self.resource.selectors()
             try:
                 response = api_get(self.api, self.resource.path, params, self._timeout())
             except ApiException as e:
@@ -437,8 +468,7 @@ class Reflector:
             ("timeoutSeconds", random.randint(*self.watch_timeout)),
             ("watch", "true"),
         ]
-        if self.resource.field_selector:
-            params.append(("fieldSelector", self.resource.field_selector))
+        params += self.resource.selectors()
         try:
             response = api_get(self.api, self.resource.path, params, self._timeout())
         except ApiException as e:
@@ -561,7 +591,9 @@ class KubeSource:
         watch_pods: bool,
         reflector: dict[str, Any] | None = None,
         backoff: dict[str, Any] | None = None,
+        scope: Scope | None = None,
     ) -> None:
+        self.scope = scope or Scope()
         self.api = api
         self.store = store
         self.watch_pods = watch_pods
@@ -584,7 +616,7 @@ class KubeSource:
 
     async def _reflect(self, resource: Resource) -> None:
         reflector = Reflector(
-            resource,
+            resource.scoped(self.scope, API_KINDS[resource.name]),
             self.api,
             self.store,
             backoff=Backoff(**self.backoff_options),
