@@ -465,6 +465,9 @@ class Resolver:
         if trace is not None:
             trace.step("records", key, qname[: -len(zone) - 1], qtype, records)
         found = False
+        # The glue already given per SRV target: one set per target, so a 500-endpoint headless
+        # Service costs one pass, not a scan of the additional section per SRV record.
+        glued: dict[str, set[str]] = {}
         for record in records:
             if record.rtype != qtype and qtype != ANY:
                 continue
@@ -478,15 +481,20 @@ class Resolver:
                 # SRV targets are names of the same Service: its own name or its endpoints'.
                 target = record.value
                 glue = service.forward.get(target, ())
-                ips = tuple(g.value for g in glue if g.rtype in (QTYPE.A, QTYPE.AAAA))
-                present = {
-                    str(rr.rdata) for rr in answer.additional if rr.rname == f"{target}.{zone}."
-                }
+                present = glued.setdefault(target, set())
+                ips = tuple(
+                    ip
+                    for ip in dict.fromkeys(
+                        g.value for g in glue if g.rtype in (QTYPE.A, QTYPE.AAAA)
+                    )
+                    if ip not in present
+                )
+                present.update(ips)
                 self._addresses(
                     answer.additional,
                     f"{target}.{zone}",
                     ANY,
-                    tuple(ip for ip in dict.fromkeys(ips) if ip not in present),
+                    ips,
                     answer,
                     "glue",
                     key,
