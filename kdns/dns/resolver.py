@@ -150,6 +150,7 @@ class Resolver:
         # Records of recently asked Services; dropped per Service when it changes.
         self._memo: LRUCache[tuple[str, str], ServiceRecords] = LRUCache(maxsize=memo_size)
         self._known: set[tuple[str, str]] = set()
+        self._soa_memo: dict[str, tuple[int, RR]] = {}  # zone → (serial, its SOA)
         self._services_per_namespace: Counter[str] = Counter()
         self.ttl = config.dns.ttl
         self._options = config.dns  # endpoint_pod_names, noendpoints, ignore_empty_service
@@ -392,13 +393,22 @@ class Resolver:
     def _soa(self, zone: str) -> RR:
         # CoreDNS's synthesised SOA (plugin/backend_lookup.go): TTL min(ttl, 300), the minimum
         # field = ttl, so resolvers cache our negative answers for the record TTL (RFC 2308 §5).
+        # Kept per zone until the serial moves: every NXDOMAIN of a random-name flood carries
+        # it, and building it (labels, rdata) was a third of such an answer's cost. Answers
+        # share the RR; nothing mutates an answer's records.
+        serial = self.store.last_change
+        kept = self._soa_memo.get(zone)
+        if kept is not None and kept[0] == serial:
+            return kept[1]
         forward = zone if zone in self.forward_zones else self.primary
         soa = SOA(
             mname=f"ns.dns.{forward}.",
             rname=f"hostmaster.{forward}.",
-            times=(self.store.last_change, 7200, 1800, 86400, self.ttl),
+            times=(serial, 7200, 1800, 86400, self.ttl),
         )
-        return RR(zone + ".", QTYPE.SOA, rdata=soa, ttl=min(self.ttl, 300))
+        rr = RR(zone + ".", QTYPE.SOA, rdata=soa, ttl=min(self.ttl, 300))
+        self._soa_memo[zone] = (serial, rr)
+        return rr
 
     def _negative(self, answer: Answer, zone: str, exists: bool) -> None:
         answer.rcode = RCODE.NOERROR if exists else RCODE.NXDOMAIN
