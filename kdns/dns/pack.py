@@ -24,6 +24,7 @@ from dnslib import RR
 A, NS, CNAME, SOA, PTR, TXT, AAAA, SRV = 1, 2, 5, 6, 12, 16, 28, 33
 _NAMED = frozenset({NS, CNAME, PTR})  # rdata is one compressible name
 MAX_POINTER = 0x3FFF  # a pointer holds a 14-bit offset
+MAX_NAME = 255  # octets on the wire with the root label (RFC 1035 §3.1)
 _RR = struct.Struct("!HHIH")
 _SRV = struct.Struct("!HHH")
 _SOA_TIMES = struct.Struct("!IIIII")
@@ -33,7 +34,7 @@ Names = dict[tuple[bytes, ...], int]
 
 def write_name(out: bytearray, names: Names, labels: tuple[bytes, ...]) -> bool:
     """Append `labels`, compressed against `names` (updated); False if a limit is broken."""
-    if sum(len(label) + 1 for label in labels) + 1 > 255:
+    if sum(map(len, labels)) + len(labels) >= MAX_NAME:
         return False
     for i in range(len(labels)):
         suffix = labels[i:]
@@ -53,7 +54,7 @@ def write_name(out: bytearray, names: Names, labels: tuple[bytes, ...]) -> bool:
 
 
 def _write_plain(out: bytearray, labels: tuple[bytes, ...]) -> bool:
-    if sum(len(label) + 1 for label in labels) + 1 > 255:
+    if sum(map(len, labels)) + len(labels) >= MAX_NAME:
         return False
     for label in labels:
         if len(label) > 63:

@@ -77,7 +77,12 @@ class Query:
 
         A label holding a dot or a backslash is escaped, so it can never match one of our
         names by accident (`a.b` as one label is not the two labels `a`, `b`)."""
-        return ".".join(_text_label(label) for label in self.labels)
+        labels = self.labels
+        joined = b".".join(labels)
+        if joined.count(b".") == len(labels) - 1 and b"\\" not in joined:
+            # No label holds a dot or a backslash (the usual case): one decode for the name.
+            return joined.decode("latin-1").lower()
+        return ".".join(_text_label(label) for label in labels)
 
     def udp_limit(self) -> int:
         if not self.edns:

@@ -222,3 +222,15 @@ def test_compression_matches_dnslib_for_any_names(
     for rr in (rr for section in sections for rr in section):
         rr.pack(reference)
     assert packed == bytes(reference.data)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.binary(min_size=1, max_size=6), min_size=1, max_size=5))
+def test_the_question_text_is_each_label_escaped_and_lowered(labels: list[bytes]) -> None:
+    """`Query.qname` takes one decode for the usual name; any label with a dot or a backslash
+    is escaped as before, so `a.b` as one label never reads as two."""
+    query = Query(1, 0, tuple(labels), 1, 1, b"", False)
+    escaped = [
+        x.decode("latin-1").lower().replace("\\", "\\\\").replace(".", "\\.") for x in labels
+    ]
+    assert query.qname == ".".join(escaped)
