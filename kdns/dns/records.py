@@ -70,6 +70,10 @@ class ServiceRecords:
 
 def reverse_name(ip: str) -> str:
     """The in-addr.arpa / ip6.arpa owner name of an address (RFC 1035 §3.5, RFC 3596 §2.5)."""
+    if ":" not in ip:
+        # The octets reversed: the model holds canonical dotted quads, and this is called once
+        # per ready endpoint when a Service's records are built.
+        return ".".join(reversed(ip.split("."))) + ".in-addr.arpa"
     return ipaddress.ip_address(ip).reverse_pointer
 
 

@@ -36,7 +36,7 @@ from dnslib import AAAA as AAAA_RD
 from dnslib import CNAME as CNAME_RD
 from dnslib import NS as NS_RD
 from dnslib import PTR as PTR_RD
-from dnslib import QTYPE, RCODE, RR, SOA, SRV, TXT
+from dnslib import QTYPE, RCODE, RR, SOA, SRV, TXT, DNSLabel
 from dnslib import A as A_RD
 
 from kdns.config import Config
@@ -56,6 +56,7 @@ ANY = QTYPE.ANY
 DNS_VERSION = "1.1.0"  # Kubernetes DNS-Based Service Discovery, schema version (spec §2.1)
 DNS_VERSION_TTL = 28800  # the spec's example, and what CoreDNS serves
 MAX_CHASE = 8  # CNAME links one answer may hold; a longer chain is SERVFAIL
+MAX_LABEL = 63  # octets (RFC 1035 §2.3.4)
 
 Tag = tuple[str, ...]
 APEX_TAG: Tag = ("apex",)
@@ -114,6 +115,18 @@ def namespace_tag(namespace: str) -> Tag:
 
 def reverse_tag(ip: str) -> Tag:
     return ("ptr", ip)
+
+
+def dns_name(name: str) -> DNSLabel:
+    """`DNSLabel(name)`, without its IDNA pass for the usual name (ASCII, no escapes, labels of
+    1-63 octets), which that pass leaves as it is: a 500-endpoint answer builds 1,500 names."""
+    if name.isascii() and "\\" not in name:
+        labels = tuple(name.encode().split(b"."))
+        if labels and not labels[-1]:
+            labels = labels[:-1]  # the root
+        if all(0 < len(label) <= MAX_LABEL for label in labels):
+            return DNSLabel(labels)
+    return DNSLabel(name)
 
 
 def ip_from_pod_label(label: str) -> str | None:
@@ -426,12 +439,13 @@ class Resolver:
         """A/AAAA records of `ips` at `owner`; with `answer` tracing, each gets `origin` and
         its address as its origin."""
         trace = answer.trace if answer is not None else None
+        name = dns_name(owner + ".")
         for ip in ips:
             v6 = ":" in ip
             if v6 and qtype in (QTYPE.AAAA, ANY):
-                rr = RR(owner + ".", QTYPE.AAAA, rdata=AAAA_RD(ip), ttl=self.ttl)
+                rr = RR(name, QTYPE.AAAA, rdata=AAAA_RD(ip), ttl=self.ttl)
             elif not v6 and qtype in (QTYPE.A, ANY):
-                rr = RR(owner + ".", QTYPE.A, rdata=A_RD(ip), ttl=self.ttl)
+                rr = RR(name, QTYPE.A, rdata=A_RD(ip), ttl=self.ttl)
             else:
                 continue
             section.append(rr)
@@ -523,14 +537,14 @@ class Resolver:
         elif record.rtype == QTYPE.AAAA:
             rdata = AAAA_RD(value)
         elif record.rtype == QTYPE.SRV:
-            rdata = SRV(record.priority, record.weight, record.port, value)
+            rdata = SRV(record.priority, record.weight, record.port, dns_name(value))
         elif record.rtype == QTYPE.PTR:
-            rdata = PTR_RD(value)
+            rdata = PTR_RD(dns_name(value))
         elif record.rtype == QTYPE.CNAME:
-            rdata = CNAME_RD(value + ".")
+            rdata = CNAME_RD(dns_name(value + "."))
         else:  # pragma: no cover - records.py produces only the types above
             raise ValueError(f"unexpected record type {record.rtype}")
-        return RR(owner + ".", record.rtype, rdata=rdata, ttl=self.ttl)
+        return RR(dns_name(owner + "."), record.rtype, rdata=rdata, ttl=self.ttl)
 
     def _reverse(self, answer: Answer, qname: str, qtype: int, zone: str) -> None:
         if qname == zone:
