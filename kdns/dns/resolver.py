@@ -492,11 +492,12 @@ class Resolver:
         # The glue already given per SRV target: one set per target, so a 500-endpoint headless
         # Service costs one pass, not a scan of the additional section per SRV record.
         glued: dict[str, set[str]] = {}
+        owner = dns_name(qname + ".")  # one label object for the whole RRset
         for record in records:
             if record.rtype != qtype and qtype != ANY:
                 continue
             found = True
-            rr = self.record_rr(qname, record, zone)
+            rr = self.record_rr(owner, record, zone)
             answer.answer.append(rr)
             if trace is not None:
                 trace.origin(rr, "record", key, record, zone)
@@ -529,8 +530,9 @@ class Resolver:
             self._negative(answer, zone, exists=True)
         return None
 
-    def record_rr(self, owner: str, record: Record, zone: str) -> RR:
-        """The RR `record` gives at `owner` in `zone`, as answers carry it."""
+    def record_rr(self, owner: str | DNSLabel, record: Record, zone: str) -> RR:
+        """The RR `record` gives at `owner` (a name without the trailing dot, or its label) in
+        `zone`, as answers carry it."""
         value = f"{record.value}.{zone}." if record.in_zone else record.value
         if record.rtype == QTYPE.A:
             rdata = A_RD(value)
@@ -544,7 +546,8 @@ class Resolver:
             rdata = CNAME_RD(dns_name(value + "."))
         else:  # pragma: no cover - records.py produces only the types above
             raise ValueError(f"unexpected record type {record.rtype}")
-        return RR(dns_name(owner + "."), record.rtype, rdata=rdata, ttl=self.ttl)
+        name = owner if isinstance(owner, DNSLabel) else dns_name(owner + ".")
+        return RR(name, record.rtype, rdata=rdata, ttl=self.ttl)
 
     def _reverse(self, answer: Answer, qname: str, qtype: int, zone: str) -> None:
         if qname == zone:
