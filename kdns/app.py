@@ -279,7 +279,8 @@ def open_store(config: Config, watch_pods: bool) -> tuple[Store, Any]:
         raise StartupError([str(e)]) from None
     if api is None:
         raise StartupError([NO_SOURCE])
-    return Store(watched=kube.KubeSource.kinds(watch_pods=watch_pods)), api
+    kinds = kube.KubeSource.kinds(watch_pods, multicluster=bool(config.dns.multicluster))
+    return Store(watched=kinds), api
 
 
 def open_source(
@@ -302,7 +303,14 @@ def open_source(
         return manifests
     from kdns.sources import kube
 
-    return kube.KubeSource(api, store, watch_pods, scope=scope, **(kube_options or {}))
+    return kube.KubeSource(
+        api,
+        store,
+        watch_pods,
+        scope=scope,
+        multicluster=bool(config.dns.multicluster),
+        **(kube_options or {}),
+    )
 
 
 def _watch_pods(config: Config) -> bool:

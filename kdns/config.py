@@ -522,6 +522,16 @@ class DnsSection:
     # exist go to the upstreams instead of NXDOMAIN ("." = every zone). PTRs for addresses no
     # Service owns go there whenever there are upstreams.
     fallthrough: tuple[str, ...] = _key((), _plugin_zones(True), shape="list")
+    # CoreDNS's kubernetes `multicluster ZONES` (KEP-1645): these zones (normally
+    # clusterset.local, served even when `zones` leaves them out) answer ServiceImports
+    # instead of Services.
+    multicluster: tuple[str, ...] = _key((), _plugin_zones(True), shape="list")
+    # CoreDNS's k8s_external: outside zones where `svc.ns.ZONE` gives a Service's LoadBalancer
+    # ingress IPs and externalIPs, with SOA and NS at the apex and the nameserver under
+    # `external_apex` (`ns1.dns.ZONE`), answered with `external_ttl`.
+    external_zones: tuple[str, ...] = _key((), _plugin_zones(True), shape="list")
+    external_apex: str = _key("dns", _string)
+    external_ttl: int = _key(5, _whole(0, 3600, " of seconds"))
     # CoreDNS's template and rewrite plugins (kdns/dns/template.py, kdns/dns/rewrite.py).
     templates: tuple[TemplateRule, ...] = _key((), _templates, shape="yaml")
     rewrites: tuple[RewriteRule, ...] = _key((), _rewrites, shape="yaml")

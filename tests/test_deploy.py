@@ -311,13 +311,15 @@ def test_images_are_what_the_dockerfile_builds() -> None:
 # --- RBAC -------------------------------------------------------------------------------------
 
 
-def resources_kdns_reads(with_pods: bool = True) -> set[tuple[str, str]]:
+def resources_kdns_reads(with_pods: bool = True, with_imports: bool = True) -> set[tuple[str, str]]:
     """(API group, resource) of every Reflector in kdns/sources/kube.py."""
     out = set()
     for value in vars(kube).values():
         if isinstance(value, kube.Resource):
             if value.kind == "pods" and not with_pods:
                 continue
+            if value.kind == "serviceimports" and not with_imports:
+                continue  # the proxy serves no clusterset names
             parts = value.path.strip("/").split("/")
             group = "" if parts[0] == "api" else parts[1]
             out.add((group, parts[-1]))
@@ -342,6 +344,7 @@ def test_dns_role_is_list_and_watch_of_exactly_what_kdns_reads() -> None:
         ("", "namespaces"),
         ("", "pods"),
         ("discovery.k8s.io", "endpointslices"),
+        ("multicluster.x-k8s.io", "serviceimports"),
     }
     assert resources == resources_kdns_reads()
     assert verbs == {"list", "watch"}
@@ -359,7 +362,7 @@ def test_dns_role_is_list_and_watch_of_exactly_what_kdns_reads() -> None:
 
 def test_proxy_role_reads_no_pods() -> None:
     resources, verbs = rules_of("system:kdns-proxy")
-    assert resources == resources_kdns_reads(with_pods=False)
+    assert resources == resources_kdns_reads(with_pods=False, with_imports=False)
     assert verbs == {"list", "watch"}
     binding = OBJ[("ClusterRoleBinding", "system:kdns-proxy")]
     assert (

@@ -378,18 +378,32 @@ def _kubernetes(directive: Directive, zones: list[str], main: bool, state: _Stat
         elif word == "labels" and args:
             # CoreDNS joins the arguments into one selector (`labels app in (a, b)`).
             state.set("kubernetes.labels", " ".join(a.text for a in args), option.name)
+        elif word == "multicluster":
+            _multicluster(option, state)
         elif word in (
             "namespace_labels",
             "endpoint_pod_names",
             "noendpoints",
             "ignore",
-            "multicluster",
             "endpoint",
         ):
             state.refuse(option.name, "not supported yet", directive=f"kubernetes {word}")
         else:
             state.refuse(option.name, "unknown option", directive=f"kubernetes {word}")
     state.set("dns.pods", pods, where)
+
+
+def _multicluster(option: Directive, state: _State) -> None:
+    """`multicluster ZONES` (CoreDNS 1.12.2): each must be a zone of the kubernetes block;
+    none given leaves it off, as CoreDNS does."""
+    zones = []
+    for arg in option.args:
+        zone = normalize_zone(arg)
+        if zone not in state.cluster_zones:
+            raise arg.error(f"multicluster zone {arg.text!r} is not a zone of the kubernetes block")
+        zones.append(zone)
+    if zones:
+        state.set("dns.multicluster", tuple(zones), option.name)
 
 
 def _kubernetes_fallthrough(option: Directive, state: _State) -> None:
@@ -672,6 +686,33 @@ def _hosts(directive: Directive, zones: list[str], main: bool, state: _State) ->
         state.set("hosts.entries", tuple(entries), name)
 
 
+def _k8s_external(directive: Directive, zones: list[str], main: bool, state: _State) -> None:
+    """`k8s_external [ZONES] { apex APEX; ttl TTL }`: it reads the kubernetes plugin of its own
+    block, so kdns takes it in the block that has kubernetes (plugin/k8s_external/setup.go)."""
+    name = directive.name
+    if not main:
+        state.refuse(name, "kdns serves k8s_external beside the kubernetes plugin's block only")
+        return
+    external = [z for z in _plugin_zones(directive.args, zones) if z != "."]
+    if not external:
+        raise name.error("k8s_external: kdns cannot be authoritative for the root zone")
+    state.set("dns.external_zones", tuple(external), name)
+    for option in _options(directive):
+        word, opts = option.name.text, option.args
+        if word == "apex" and len(opts) == 1:
+            apex = opts[0].text.lower().strip(".")
+            if not apex or "." in apex:
+                raise option.name.error("k8s_external apex: one DNS label")
+            state.set("dns.external_apex", apex, option.name)
+        elif word == "ttl" and len(opts) == 1:
+            ttl = whole(opts[0], "k8s_external ttl")
+            if ttl > 3600:
+                raise option.name.error("k8s_external ttl: at most 3600 seconds")
+            state.set("dns.external_ttl", ttl, option.name)
+        else:
+            state.refuse(option.name, "unknown option", directive=f"k8s_external {word}")
+
+
 def _is_ip(text: str) -> bool:
     try:
         ipaddress.ip_address(text.split("%")[0])
@@ -873,6 +914,7 @@ _HANDLERS = {
     "bind": _bind,
     "hosts": _hosts,
     "rewrite": _rewrite,
+    "k8s_external": _k8s_external,
 }
 
 

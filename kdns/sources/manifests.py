@@ -49,7 +49,15 @@ from typing import Any
 import yaml
 
 from kdns import model
-from kdns.model import EndpointSlice, ModelError, Namespace, Pod, Service
+from kdns.model import (
+    EndpointSlice,
+    ImportSlice,
+    ModelError,
+    Namespace,
+    Pod,
+    Service,
+    ServiceImport,
+)
 from kdns.sources.documents import (
     Document,
     ManifestError,
@@ -84,6 +92,8 @@ READ_KINDS = {
     "Endpoints": "v1",
     "Pod": "v1",
     "EndpointSlice": "discovery.k8s.io/v1",
+    # A custom resource (KEP-1645's MCS API), read for the clusterset zone.
+    "ServiceImport": "multicluster.x-k8s.io/v1alpha1",
 }
 
 # The API groups Kubernetes itself serves ("" is the core group). Any other group is a custom
@@ -196,6 +206,10 @@ class ManifestSet:
     # Objects of kinds kdns does not serve, counted by kind ("Deployment", or "Kind.group" for a
     # custom resource), for `kdns check` to report.
     ignored: dict[str, int] = field(default_factory=dict)
+    # Multicluster (KEP-1645): ServiceImports, and the EndpointSlices labelled with one's name
+    # (`multicluster.kubernetes.io/service-name`), kept apart from local slices.
+    imports: dict[tuple[str, str], ServiceImport] = field(default_factory=dict)
+    import_slices: dict[tuple[str, str], ImportSlice] = field(default_factory=dict)
 
 
 # --- files -------------------------------------------------------------------------------------
@@ -433,8 +447,12 @@ def _convert_document(doc: Document) -> _Entry:
             value = model.namespace_from_dict(doc.obj)
         elif kind == "Service":
             value = model.service_from_dict(doc.obj)
+        elif kind == "EndpointSlice" and model.is_import_slice(doc.obj):
+            value = model.import_slice_from_dict(doc.obj)
         elif kind == "EndpointSlice":
             value = model.endpointslice_from_dict(doc.obj)
+        elif kind == "ServiceImport":
+            value = model.serviceimport_from_dict(doc.obj)
         elif kind == "Endpoints":
             value = model.endpoints_to_slices(doc.obj)
         else:
@@ -461,6 +479,8 @@ def _assemble(entries: Iterable[_Entry]) -> tuple[ManifestSet, list[ManifestErro
     given: dict[tuple[str, str], EndpointSlice] = {}
     from_endpoints: dict[tuple[str, str], tuple[tuple[EndpointSlice, ...], _Entry]] = {}
     pods: dict[tuple[str, str], Pod] = {}
+    imports: dict[tuple[str, str], ServiceImport] = {}
+    import_slices: dict[tuple[str, str], ImportSlice] = {}
 
     ignored: Counter[str] = Counter()
     for entry in entries:
@@ -494,8 +514,12 @@ def _assemble(entries: Iterable[_Entry]) -> tuple[ManifestSet, list[ManifestErro
             declared[value.name] = value
         elif kind == "Service":
             services[value.key] = value
+        elif kind == "EndpointSlice" and isinstance(value, ImportSlice):
+            import_slices[value.key] = value
         elif kind == "EndpointSlice":
             given[value.key] = value
+        elif kind == "ServiceImport":
+            imports[value.key] = value
         elif kind == "Endpoints":
             # An Endpoints object is named after its Service, and still names it when it
             # has no subsets (and so converts to no slice).
@@ -533,7 +557,10 @@ def _assemble(entries: Iterable[_Entry]) -> tuple[ManifestSet, list[ManifestErro
     names.update(key[0] for key in from_endpoints)
     names.update(key[0] for key in pods)
     namespaces = {name: declared.get(name) or Namespace(name) for name in sorted(names)}
-    return ManifestSet(namespaces, services, slices, pods, dict(sorted(ignored.items()))), errors
+    manifests = ManifestSet(
+        namespaces, services, slices, pods, dict(sorted(ignored.items())), imports, import_slices
+    )
+    return manifests, errors
 
 
 _IGNORED = "ignored:"  # prefixes what `_kind_to_read` returns for a kind that is not served
@@ -556,6 +583,8 @@ def _kind_to_read(doc: Document) -> str | ManifestError:
     if not isinstance(api_version, str) or not api_version:
         return error("apiVersion", "required field is missing")
     group = api_version.rpartition("/")[0]
+    if kind == "ServiceImport" and api_version == READ_KINDS[kind]:
+        return kind
     if group not in BUILTIN_GROUPS:
         if "." in group:
             # A custom resource (a Knative `Service` is one too), named as kubectl names it.

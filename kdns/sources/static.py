@@ -33,7 +33,15 @@ from kdns.sources.manifests import (
     fingerprint,
 )
 from kdns.sources.scope import Scope
-from kdns.store import ENDPOINTSLICES, NAMESPACES, PODS, SERVICES, Store
+from kdns.store import (
+    ENDPOINTSLICES,
+    IMPORTSLICES,
+    NAMESPACES,
+    PODS,
+    SERVICEIMPORTS,
+    SERVICES,
+    Store,
+)
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +110,8 @@ class ManifestSource:
             (SERVICES, "services"),
             (ENDPOINTSLICES, "slices"),
             (PODS, "pods"),
+            (SERVICEIMPORTS, "imports"),
+            (IMPORTSLICES, "import_slices"),
         ):
             new = getattr(manifests, attr)
             changes = None if applied is None else _changes(getattr(applied, attr), new)

@@ -573,7 +573,7 @@ OPTIONS = [
         corefile(
             options="       namespaces default kube-system\n       labels app=x\n"
             "       endpoint_pod_names\n"
-            "       noendpoints\n       ignore empty_service\n       multicluster clusterset.local\n"
+            "       noendpoints\n       ignore empty_service\n       multicluster\n"
             "       endpoint https://10.0.0.1:6443\n       fallthrough\n       bogus 1\n"
         ),
         {
@@ -584,11 +584,33 @@ OPTIONS = [
             "dns.noendpoints": True,
             "dns.ignore_empty_service": True,
         },
-        "Corefile:8: kubernetes multicluster: not supported: not supported yet\n"
         "Corefile:9: kubernetes endpoint: not supported: not supported yet\n"
         "Corefile:10: kubernetes fallthrough: accepted: PTR questions for addresses no Service "
         "owns are forwarded\n"
         "Corefile:11: kubernetes bogus: not supported: unknown option",
+    ),
+    (
+        "k8s_external ZONES with apex and ttl",
+        corefile(
+            "    k8s_external example.org other.example {\n       apex ns\n       ttl 30\n"
+            "       headless\n    }\n"
+        ),
+        {
+            "dns.external_zones": ("example.org", "other.example"),
+            "dns.external_apex": "ns",
+            "dns.external_ttl": 30,
+        },
+        "Corefile:6: k8s_external headless: not supported: unknown option",
+    ),
+    (
+        "multicluster ZONES: clusterset zones among the block's (CoreDNS 1.12.2)",
+        ".:53 {\n    kubernetes cluster.local clusterset.local {\n"
+        "       multicluster clusterset.local.\n    }\n}\n",
+        {
+            "dns.zones": ("cluster.local", "clusterset.local"),
+            "dns.multicluster": ("clusterset.local",),
+        },
+        "",
     ),
     (
         "labels: CoreDNS joins the arguments into one set-based selector",
@@ -782,7 +804,6 @@ OPTIONS = [
         "Corefile:7: errors: accepted: ignored with its directive\n"
         "Corefile:9: rewrite: not supported: only `rewrite name` is supported (here type)\n"
         "Corefile:10: template: not supported: kdns answers only class IN\n"
-        "Corefile:11: k8s_external: not supported: kdns does not have this plugin yet, and it changes answers\n"
         "Corefile:12: any: not supported: kdns does not have this plugin yet, and it changes answers\n"
         "Corefile:13: dns64: not supported: kdns does not have this plugin yet, and it changes answers",
     ),
@@ -998,6 +1019,10 @@ BLOCK_ERRORS = [
         "    template ANY ANY y {\n       match (\n    }\n}\n",
         "Corefile:3: template: rcode: must be one of NOERROR, FORMERR, SERVFAIL, NXDOMAIN, "
         "NOTIMP, REFUSED (got 'NOPE')",
+    ),
+    (
+        ".:53 {\n    kubernetes cluster.local {\n       multicluster clusterset.local\n    }\n}\n",
+        "Corefile:3: multicluster zone 'clusterset.local' is not a zone of the kubernetes block",
     ),
     (
         ".:53 {\n    kubernetes cluster.local\n    rewrite name a.example\n}\n",
