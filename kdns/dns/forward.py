@@ -46,6 +46,7 @@ from dnslib import QTYPE
 from kdns import metrics
 from kdns.config import CacheSection
 from kdns.dns import wire
+from kdns.dns.stats import CacheStats
 from kdns.dns.wire import Query
 
 log = logging.getLogger(__name__)
@@ -198,6 +199,16 @@ class UpstreamCache:
                 del table[key]
         self.misses += count
         return None
+
+    def stats(self) -> CacheStats:
+        return CacheStats(
+            success=len(self.success),
+            denial=len(self.denial),
+            misses=self.misses,
+            hits_success=self.hits - self.hits_denial,
+            hits_denial=self.hits_denial,
+            served_stale=self.served_stale,
+        )
 
     def stale(self, key: bytes, now: float) -> CacheEntry | None:
         """An expired success answer still inside the serve-stale window (RFC 8767)."""

@@ -11,7 +11,7 @@ Contract:
   versions other than 0 get BADVERS (RFC 6891 §6.1.3); zone transfers and non-IN classes get
   REFUSED, and so do names outside our zones when there is no upstream to forward them to.
 - After each `handle` / `handle_miss` that returns bytes, `self.label` is the metrics label id
-  (`metrics.LABELS`) of that response; `complete` leaves it in `deferred.label`. The zone is the
+  (`dns.stats.LABELS`) of that response; `complete` leaves it in `deferred.label`. The zone is the
   authoritative zone the name falls in, the stub domain or "." for forwarded names, and
   "dropped" for queries refused before any lookup (CoreDNS's `vars.Dropped`).
 - A CNAME whose target is outside our zones (an ExternalName to an external name) is answered
@@ -36,8 +36,8 @@ from kdns import metrics
 from kdns.dns import wire
 from kdns.dns.forward import Forwarder
 from kdns.dns.resolver import Answer, Resolver
+from kdns.dns.stats import LABELS
 from kdns.dns.wire import AnswerCache, Query
-from kdns.metrics import LABELS
 
 log = logging.getLogger(__name__)
 

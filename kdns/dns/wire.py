@@ -15,6 +15,7 @@
   (and, with rotation, one counter step picks the rotation). Entries carry the tags of the
   names they read and are dropped when one of those changes, and an opaque int the caller gave
   (`label`, the metrics label of a hit) that a hit leaves in `self.label`.
+  `stats()` gives its entries by CoreDNS's cache type (success, denial) and its misses.
 
 Nothing here does I/O.
 """
@@ -26,6 +27,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from dnslib import RR, DNSBuffer, DNSLabel
+
+from kdns.dns.stats import CacheStats
 
 MAX_UDP_PAYLOAD = 1232  # EDNS payload cap (DNS Flag Day 2020; RFC 9715 guidance)
 CLASSIC_UDP_PAYLOAD = 512  # RFC 1035 §4.2.1, without EDNS
@@ -591,3 +594,14 @@ class AnswerCache:
     def clear(self) -> None:
         self.entries.clear()
         self.by_tag.clear()
+
+    def stats(self) -> CacheStats:
+        """Entries by type, read from each stored header: NXDOMAIN and NODATA (NOERROR, no
+        answer records) are CoreDNS's denial, the rest success. Hits are not given: the listener
+        counts them as the queries they answer."""
+        denial = 0
+        for entry in self.entries.values():
+            header = entry[0]  # response bytes 2-12: flags, then the four counts
+            rcode = header[1] & 0xF
+            denial += rcode == NXDOMAIN or (rcode == NOERROR and header[4:6] == b"\0\0")
+        return CacheStats(success=len(self.entries) - denial, denial=denial, misses=self.misses)
