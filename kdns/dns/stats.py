@@ -121,6 +121,8 @@ class CacheStats:
     hits_success: int | None = None
     hits_denial: int = 0
     served_stale: int = 0
+    evictions_success: int = 0  # entries dropped to stay within the cache's bounds, by type
+    evictions_denial: int = 0
 
 
 Counts = dict[tuple[int, int, int, int], list[Any]]
