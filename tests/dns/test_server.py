@@ -159,8 +159,8 @@ async def test_udp_burst_of_1000_queries_all_answered(nursery: trio.Nursery) -> 
     raw = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
     raw.bind(("127.0.0.1", 0))
-    # Back to back, without yielding to trio: the server sees all of them at its next wake-up
-    # and must drain its socket in bursts.
+    # Back to back, without yielding to trio: the receive thread answers the hits while trio
+    # builds the first answer of each name.
     names = [WEB, svc("redis.default"), svc("nope.default"), f"10-0-0-1.default.pod.{ZONE}"]
     for qid in range(count):
         raw.sendto(make_query(names[qid % len(names)], qid=qid), running.address)
@@ -172,7 +172,10 @@ async def test_udp_burst_of_1000_queries_all_answered(nursery: trio.Nursery) -> 
             seen.add(response_id(response))
     assert seen == set(range(count))
     assert running.server.udp_send_errors == 0
-    assert running.handler.cache.hits >= count - len(names)
+    # Every answer but the first of each name came from the answer cache (counted as queries
+    # by the listener, from the receive thread or from trio alike).
+    running.server.stats.fold()
+    assert sum(running.server.stats.cache_hits.values()) >= count - len(names)
 
 
 async def test_malformed_udp_gets_formerr_and_the_server_keeps_answering(
