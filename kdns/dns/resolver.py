@@ -19,6 +19,8 @@ Contract:
   `Answer.chase` for the caller to resolve upstream. A loop, or a chain of more than
   `MAX_CHASE` links, is SERVFAIL (`Answer.broken` says which), never a partial chain.
 - ANY gets one RRset of the name (RFC 8482 §4.1), not every record it has.
+- `resolve(..., trace=Trace())` also records why (each decision, each record's origin), for
+  `kdns explain`; the DNS path passes no trace.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import ipaddress
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from cachetools import LRUCache
 from dnslib import AAAA as AAAA_RD
@@ -63,6 +66,26 @@ ALL_TAG: Tag = ("*",)  # every cached answer
 BULK = 256  # Services changed at once beyond which the resolver rebuilds instead of updating
 
 
+class Trace:
+    """Why an answer is what it is, for `kdns explain`: the decisions the resolver took, in
+    order (`steps`: a code and its facts), and where each record came from (`origins`: the RR
+    and a code and its facts). Filled only when a caller passes one to `resolve`; the DNS path
+    passes None and pays one `is None` test per decision on the slow path (never on a cache hit).
+    """
+
+    __slots__ = ("origins", "steps")
+
+    def __init__(self) -> None:
+        self.steps: list[tuple[Any, ...]] = []
+        self.origins: list[tuple[RR, tuple[Any, ...]]] = []
+
+    def step(self, code: str, *facts: Any) -> None:
+        self.steps.append((code, *facts))
+
+    def origin(self, rr: RR, code: str, *facts: Any) -> None:
+        self.origins.append((rr, (code, *facts)))
+
+
 @dataclass(slots=True)
 class Answer:
     rcode: int = RCODE.NOERROR
@@ -78,6 +101,7 @@ class Answer:
     chase: str | None = None
     # Why a CNAME chain was not followed to its end ("loop", "too long"): the answer is SERVFAIL.
     broken: str | None = None
+    trace: Trace | None = None  # explain's record of the decisions; None when serving
 
 
 def service_tag(namespace: str, name: str) -> Tag:
@@ -223,15 +247,18 @@ class Resolver:
                 return zone
         return None
 
-    def resolve(self, qname: str, qtype: int, minimal_any: bool = True) -> Answer | None:
+    def resolve(
+        self, qname: str, qtype: int, minimal_any: bool = True, trace: Trace | None = None
+    ) -> Answer | None:
         """Answer `qname` (lower-case, no trailing dot) or return None if it is not ours.
 
-        `minimal_any=False` gives every RRset at the name for ANY (explain's origins), not
-        the one RRset a client gets."""
+        `minimal_any=False` gives every RRset at the name for ANY, not the one RRset a client
+        gets. `trace`, when given, records why (explain); it is filled even when the name turns
+        out not to be ours (a PTR that falls through)."""
         zone = self.zone_of(qname)
         if zone is None:
             return None
-        answer = Answer()
+        answer = Answer(trace=trace)
         self._resolve_into(answer, qname, qtype, zone, depth=0)
         if answer.fallthrough:
             return None
@@ -267,6 +294,7 @@ class Resolver:
         rel = qname[: -len(zone) - 1] if qname != zone else ""
         labels = rel.split(".") if rel else []
         n = len(labels)
+        trace = answer.trace
         if n == 0:
             answer.tags.add(APEX_TAG)
             return self._apex(answer, qname, qtype, zone)
@@ -276,33 +304,49 @@ class Resolver:
             answer.tags.add(service_tag(*key))
             service = self.service_records(key)
             records = service.forward.get(rel) if service is not None else None
+            if trace is not None:
+                trace.step("service-name", key, rel, zone, service is not None)
             if records is None:
                 return self._negative(
                     answer, zone, exists=service is not None and rel in service.ents
                 )
-            return self._records(answer, qname, qtype, zone, service, records, depth)
+            return self._records(answer, qname, qtype, zone, key, service, records, depth)
         if last == "svc":
             if n == 1:
                 answer.tags.add(ZONE_TAG)
+                if trace is not None:
+                    trace.step("svc-parent", zone)
                 return self._negative(answer, zone, exists=True)
             answer.tags.add(namespace_tag(labels[0]))
-            return self._negative(answer, zone, self.namespace_exists(labels[0]))
+            exists = self.namespace_exists(labels[0])
+            if trace is not None:
+                trace.step("namespace-name", labels[0], zone, exists)
+            return self._negative(answer, zone, exists)
         if last == "pod":
             answer.tags.add(POD_TAG)
             return self._pod(answer, qname, qtype, zone, labels)
         answer.tags.add(ZONE_TAG)
         if rel == "dns-version":
+            if trace is not None:
+                trace.step("dns-version", qtype in (QTYPE.TXT, ANY))
             if qtype in (QTYPE.TXT, ANY):
-                answer.answer.append(
-                    RR(qname + ".", QTYPE.TXT, rdata=TXT(DNS_VERSION), ttl=DNS_VERSION_TTL)
-                )
+                rr = RR(qname + ".", QTYPE.TXT, rdata=TXT(DNS_VERSION), ttl=DNS_VERSION_TTL)
+                answer.answer.append(rr)
+                if trace is not None:
+                    trace.origin(rr, "dns-version")
                 return None
             return self._negative(answer, zone, exists=True)
         if rel == "ns.dns" and self.ns_addresses:
-            self._addresses(answer.answer, qname, qtype, self.ns_addresses)
+            if trace is not None:
+                trace.step("nameserver", zone)
+            self._addresses(answer.answer, qname, qtype, self.ns_addresses, answer, "dns_addr")
             if not answer.answer:
                 return self._negative(answer, zone, exists=True)
             return None
+        if trace is not None:
+            trace.step(
+                "dns-parent" if rel == "dns" and self.ns_addresses else "unknown", zone, qname
+            )
         return self._negative(
             answer, zone, exists=rel in ("dns", "ns.dns") and bool(self.ns_addresses)
         )
@@ -313,12 +357,18 @@ class Resolver:
         return self.store.namespace_exists(namespace) or self._services_per_namespace[namespace] > 0
 
     def _apex(self, answer: Answer, qname: str, qtype: int, zone: str) -> None:
+        trace = answer.trace
+        if trace is not None:
+            trace.step("apex", zone, qtype in (QTYPE.SOA, QTYPE.NS, ANY))
         if qtype in (QTYPE.SOA, ANY):
             answer.answer.append(self._soa(zone))
         if qtype in (QTYPE.NS, ANY):
             target, glue = self.nameserver(zone)
-            answer.answer.append(RR(qname + ".", QTYPE.NS, rdata=NS_RD(target + "."), ttl=self.ttl))
-            self._addresses(answer.additional, target, QTYPE.ANY, glue)
+            rr = RR(qname + ".", QTYPE.NS, rdata=NS_RD(target + "."), ttl=self.ttl)
+            answer.answer.append(rr)
+            if trace is not None:
+                trace.origin(rr, "nameserver", target)
+            self._addresses(answer.additional, target, QTYPE.ANY, glue, answer, "ns-glue", target)
         if not answer.answer:
             self._negative(answer, zone, exists=True)
 
@@ -349,13 +399,29 @@ class Resolver:
         answer.rcode = RCODE.NOERROR if exists else RCODE.NXDOMAIN
         answer.authority.append(self._soa(zone))
 
-    def _addresses(self, section: list[RR], owner: str, qtype: int, ips: tuple[str, ...]) -> None:
+    def _addresses(
+        self,
+        section: list[RR],
+        owner: str,
+        qtype: int,
+        ips: tuple[str, ...],
+        answer: Answer | None = None,
+        *origin: Any,
+    ) -> None:
+        """A/AAAA records of `ips` at `owner`; with `answer` tracing, each gets `origin` and
+        its address as its origin."""
+        trace = answer.trace if answer is not None else None
         for ip in ips:
             v6 = ":" in ip
             if v6 and qtype in (QTYPE.AAAA, ANY):
-                section.append(RR(owner + ".", QTYPE.AAAA, rdata=AAAA_RD(ip), ttl=self.ttl))
+                rr = RR(owner + ".", QTYPE.AAAA, rdata=AAAA_RD(ip), ttl=self.ttl)
             elif not v6 and qtype in (QTYPE.A, ANY):
-                section.append(RR(owner + ".", QTYPE.A, rdata=A_RD(ip), ttl=self.ttl))
+                rr = RR(owner + ".", QTYPE.A, rdata=A_RD(ip), ttl=self.ttl)
+            else:
+                continue
+            section.append(rr)
+            if trace is not None:
+                trace.origin(rr, *origin, ip)
 
     def _records(
         self,
@@ -363,37 +429,45 @@ class Resolver:
         qname: str,
         qtype: int,
         zone: str,
+        key: tuple[str, str],
         service: ServiceRecords,
         records: tuple[Record, ...],
         depth: int,
     ) -> None:
+        trace = answer.trace
         cname = next((r for r in records if r.rtype == QTYPE.CNAME), None)
         if cname is not None and qtype not in (QTYPE.CNAME, ANY):
             # ExternalName (spec 2.5): the CNAME first, then the target's records (RFC 1034
             # §4.3.2 step 3a): a target inside our zones is chased here, one outside by the
             # caller through the upstreams (`Answer.chase`).
-            answer.answer.append(
-                RR(qname + ".", QTYPE.CNAME, rdata=CNAME_RD(cname.value + "."), ttl=self.ttl)
-            )
+            rr = RR(qname + ".", QTYPE.CNAME, rdata=CNAME_RD(cname.value + "."), ttl=self.ttl)
+            answer.answer.append(rr)
+            if trace is not None:
+                trace.origin(rr, "record", key, cname, zone)
             target = cname.value
+            target_zone = self.zone_of(target)
             if any(str(rr.rname).rstrip(".") == target for rr in answer.answer):
                 answer.broken = "loop"
-                return None
-            if depth + 1 > MAX_CHASE:
+            elif depth + 1 > MAX_CHASE:
                 answer.broken = "too long"
-                return None
-            target_zone = self.zone_of(target)
-            if target_zone is None:
+            elif target_zone is None:
                 answer.chase = target
-                return None
-            self._resolve_into(answer, target, qtype, target_zone, depth + 1)
+            if trace is not None:
+                trace.step("externalname", target, qtype, target_zone, answer.broken)
+            if answer.broken is None and target_zone is not None:
+                self._resolve_into(answer, target, qtype, target_zone, depth + 1)
             return None
+        if trace is not None:
+            trace.step("records", key, qname[: -len(zone) - 1], qtype, records)
         found = False
         for record in records:
             if record.rtype != qtype and qtype != ANY:
                 continue
             found = True
-            answer.answer.append(self.record_rr(qname, record, zone))
+            rr = self.record_rr(qname, record, zone)
+            answer.answer.append(rr)
+            if trace is not None:
+                trace.origin(rr, "record", key, record, zone)
             if record.rtype == QTYPE.SRV:
                 # Glue for the target (spec 2.3.2: the additional section MAY carry it).
                 # SRV targets are names of the same Service: its own name or its endpoints'.
@@ -408,6 +482,11 @@ class Resolver:
                     f"{target}.{zone}",
                     ANY,
                     tuple(ip for ip in dict.fromkeys(ips) if ip not in present),
+                    answer,
+                    "glue",
+                    key,
+                    target,
+                    zone,
                 )
         if not found:
             self._negative(answer, zone, exists=True)
@@ -434,6 +513,7 @@ class Resolver:
         if qname == zone:
             answer.tags.add(APEX_TAG)
             return self._apex(answer, qname, qtype, zone)
+        trace = answer.trace
         ip = self.reverse_ip(qname)
         records = self._ptr_records(qname, ip) if ip is not None else []
         answer.tags.add(reverse_tag(ip) if ip is not None else REVERSE_ENT_TAG)
@@ -441,16 +521,23 @@ class Resolver:
             full = qname.count(".") + 1 in (6, 34)  # a whole IPv4 or IPv6 reverse name
             prefix = reverse_prefix(qname)
             exists = prefix is not None and not full and self.reverse.has_prefix(prefix)
+            if trace is not None:
+                trace.step("no-ptr", qname, ip, full, exists)
             if not exists and self.reverse_fallthrough:
                 answer.fallthrough = True
                 return None
             return self._negative(answer, zone, exists=exists)
+        if trace is not None:
+            trace.step("ptr", ip, qtype, records)
         # PTR targets always name the primary zone (CoreDNS plugin/kubernetes/reverse.go).
         found = False
-        for record in records:
+        for key, record in records:
             if qtype in (QTYPE.PTR, ANY):
                 found = True
-                answer.answer.append(self.record_rr(qname, record, self.primary))
+                rr = self.record_rr(qname, record, self.primary)
+                answer.answer.append(rr)
+                if trace is not None:
+                    trace.origin(rr, "ptr", key, record, ip)
         if not found:
             self._negative(answer, zone, exists=True)
         return None
@@ -471,30 +558,49 @@ class Resolver:
             return None  # "010.1.1.1": not the canonical spelling of any address
         return ip
 
-    def _ptr_records(self, qname: str, ip: str) -> list[Record]:
-        records: list[Record] = []
+    def _ptr_records(self, qname: str, ip: str) -> list[tuple[tuple[str, str], Record]]:
+        """The PTR records of `qname`, each with the Service it comes from."""
+        records: list[tuple[tuple[str, str], Record]] = []
         for key in sorted(self.reverse.owners.get(ip, ())):
             service = self.service_records(key)
             if service is not None:
-                records.extend(service.reverse.get(qname, ()))
+                records.extend((key, record) for record in service.reverse.get(qname, ()))
         return records
 
     def _pod(self, answer: Answer, qname: str, qtype: int, zone: str, labels: list[str]) -> None:
+        trace = answer.trace
         n = len(labels)
         if self.pods == "disabled" or n > 3:
+            if trace is not None:
+                trace.step("pod", "disabled" if self.pods == "disabled" else "too-long", zone)
             return self._negative(answer, zone, exists=False)
         if n == 1:
+            if trace is not None:
+                trace.step("pod", "parent", zone)
             return self._negative(answer, zone, exists=True)
         namespace = labels[-2]
         if not self.store.namespace_exists(namespace):
+            if trace is not None:
+                trace.step("pod", "no-namespace", zone, namespace)
             return self._negative(answer, zone, exists=False)
         if n == 2:
+            if trace is not None:
+                trace.step("pod", "namespace", zone, namespace)
             return self._negative(answer, zone, exists=True)
         ip = ip_from_pod_label(labels[0])
-        if ip is None or (self.pods == "verified" and not self._pod_verified(namespace, ip)):
+        if ip is None:
+            if trace is not None:
+                trace.step("pod", "not-ip", zone, namespace, labels[0])
             return self._negative(answer, zone, exists=False)
-        self._addresses(answer.answer, qname, qtype, (ip,))
+        verified = self.pods != "verified" or self._pod_verified(namespace, ip)
+        if trace is not None:
+            trace.step("pod", self.pods if verified else "not-verified", zone, namespace, ip)
+        if not verified:
+            return self._negative(answer, zone, exists=False)
+        self._addresses(answer.answer, qname, qtype, (ip,), answer, "pod", self.pods, namespace)
         if not answer.answer:
+            if trace is not None:
+                trace.step("pod", "no-such-type", zone, namespace, ip, qtype)
             self._negative(answer, zone, exists=True)
         return None
 
