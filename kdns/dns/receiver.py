@@ -6,7 +6,7 @@ thread of its own costs one syscall per packet, and CPython releases the GIL whi
 the trio thread runs whenever the receive thread has nothing to do.
 
 Contract:
-- `UdpReceiver(sock, serving, family, dual_stack, query_log_ok)` serves one blocking UDP socket;
+- `UdpReceiver(sock, serving, wake, family, dual_stack)` serves one blocking UDP socket;
   `run()` is the thread's body and returns once `stop()` was called (from any thread).
   `stop()` shuts the socket's receive side down, which wakes a blocked `recvfrom` at once; a
   receive timeout (`WAKE_EVERY`) is the backstop. Sends still work after `stop()`: forwarded
@@ -23,12 +23,11 @@ Contract:
 - The query log, when configured, is written from this thread for the answers it gives (the
   logging module is thread-safe).
 - GIL contention: while the trio thread runs Python for long (a relist applying thousands of
-  objects, a large answer being built), this thread gets the GIL back only when CPython makes
-  the holder let go, after the switch interval — and it lets go again at its next syscall, so
-  each packet waits one interval. `prefer_receive_thread()` lowers the interval from CPython's
-  5 ms to `SWITCH_INTERVAL` (tests/bench/receive_thread.py: during 1,000-Service relist
-  bursts at 10k qps, the maximum latency fell from about the burst's length to less than
-  half of it); with one thread running it changes nothing.
+  objects, a large answer being built), this thread gets the GIL only when CPython makes the
+  holder let go (the switch interval, 5 ms) and gives it back at its next syscall, so hits wait
+  about as long as the burst, as they did when trio itself received
+  (tests/bench/receive_thread.py; a shorter switch interval did not change that reliably, so
+  the interpreter's default is kept). Short trio work (misses, forwarding) costs hits little.
 """
 
 from __future__ import annotations
@@ -39,7 +38,6 @@ import errno
 import logging
 import socket
 import struct
-import sys
 import time
 from bisect import bisect_left
 from collections.abc import Callable
@@ -53,17 +51,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-SWITCH_INTERVAL = 0.0005  # seconds: CPython's GIL switch interval while a receive thread runs
 WAKE_EVERY = 0.5  # seconds: the receive timeout that lets `run` see `stop()` if nothing else did
 MAX_DATAGRAM = 65535
 
 # (query bytes, client address, when it was read (perf_counter), the serving that read it)
 Miss = tuple[bytes, tuple[str, int], float, "Serving"]
-
-
-def prefer_receive_thread() -> None:
-    """Lower the interpreter's GIL switch interval to `SWITCH_INTERVAL` (never raise it)."""
-    sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL))
 
 
 class UdpReceiver:

@@ -50,7 +50,7 @@ import trio
 from kdns import metrics
 from kdns.dns.admission import FD_LIMIT, TcpAdmission
 from kdns.dns.handler import Deferred, Handler
-from kdns.dns.receiver import UdpReceiver, prefer_receive_thread
+from kdns.dns.receiver import UdpReceiver
 from kdns.dns.stats import CacheStats, QueryStats
 
 # (client address, proto, query bytes, response bytes, metrics label id, seconds)
@@ -262,7 +262,6 @@ class DnsServer:
                 token.run_sync_soon(lambda: ready[0].set())
 
         receiver = UdpReceiver(sock, self.serving, wake, self.family, self.dual_stack)
-        prefer_receive_thread()  # the process-wide GIL switch interval (see receiver.py)
         self._receiver = receiver
         self.stats.threads.append(receiver.counts)
         with self._receiving():

@@ -15,8 +15,7 @@ rate in each scenario:
 - `misses`: `--miss-pct` % of the queries are never-asked names (NXDOMAIN), each handed to trio
   and answered by the slow path (the same hand-over a forwarded question takes);
 - each with CPython's default GIL switch interval (5 ms: how long a thread waiting for the GIL
-  waits before the holder is made to let go) and with `--switch` (default 0.5 ms, what
-  `kdns serve` sets, kdns/dns/receiver.py).
+  waits before the holder is made to let go) and with `--switch` (default 0.5 ms).
 
 Figures per scenario: achieved qps, lost queries, dnsperf's average and maximum latency, and
 the server's CPU per answered query (the process's utime + stime). A measurement, not a test:
@@ -122,7 +121,6 @@ async def scenario(
     async with trio.open_nursery() as nursery:
         server = DnsServer(handler, "127.0.0.1", 0)
         _, port = await nursery.start(server.run)
-        # After the server started: it lowers the interval itself (receiver.py).
         sys.setswitchinterval(switch)
         command = ["dnsperf", "-s", "127.0.0.1", "-p", str(port), "-d", str(queries)]
         command += ["-c", "4", "-T", "1", "-q", "200", "-t", "1"]
