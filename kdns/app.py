@@ -74,6 +74,7 @@ from kdns.dns.wire import AnswerCache
 from kdns.http import HttpEndpoint, health, metrics_route, readiness
 from kdns.proxy.loopback import LoopbackVips
 from kdns.proxy.userspace import Relay
+from kdns.sources.scope import Scope
 from kdns.sources.static import ManifestSource
 from kdns.store import KINDS, Change, Store
 
@@ -89,7 +90,13 @@ DRAIN_GRACE = 3.0
 HTTP_NAMES = ("health", "ready", "metrics")
 SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1)
 # Keys that pick the source of cluster state: a reload cannot change them (module docstring).
-SOURCE_KEYS = ("kubernetes.manifests", "kubernetes.kubeconfig", "kubernetes.context")
+SOURCE_KEYS = (
+    "kubernetes.manifests",
+    "kubernetes.kubeconfig",
+    "kubernetes.context",
+    "kubernetes.namespaces",
+    "kubernetes.labels",
+)
 
 
 class StartupError(Exception):
@@ -278,7 +285,8 @@ def open_store(config: Config, watch_pods: bool) -> tuple[Store, Any]:
         raise StartupError([str(e)]) from None
     if api is None:
         raise StartupError([NO_SOURCE])
-    return Store(watched=kube.KubeSource.kinds(watch_pods=watch_pods)), api
+    kinds = kube.KubeSource.kinds(watch_pods, multicluster=bool(config.dns.multicluster))
+    return Store(watched=kinds), api
 
 
 def open_source(
@@ -289,9 +297,11 @@ def open_source(
     kube_options: dict[str, Any] | None = None,
 ) -> Source:
     """The source feeding `store`: manifests are read (and applied) now, so their errors stop
-    the start with file/line/field; a cluster is listed when the source runs."""
+    the start with file/line/field; a cluster is listed when the source runs. Both serve only
+    the namespaces and Services that kubernetes.namespaces and kubernetes.labels select."""
+    scope = Scope.of(config.kubernetes)
     if config.kubernetes.manifests:
-        manifests = ManifestSource(config.kubernetes.manifests, store)
+        manifests = ManifestSource(config.kubernetes.manifests, store, scope=scope)
         errors = manifests.load()
         if errors:
             raise StartupError([str(e) for e in errors])
@@ -299,7 +309,14 @@ def open_source(
         return manifests
     from kdns.sources import kube
 
-    return kube.KubeSource(api, store, watch_pods, **(kube_options or {}))
+    return kube.KubeSource(
+        api,
+        store,
+        watch_pods,
+        scope=scope,
+        multicluster=bool(config.dns.multicluster),
+        **(kube_options or {}),
+    )
 
 
 def _watch_pods(config: Config) -> bool:
@@ -344,6 +361,14 @@ def _forwarder(config: Config) -> Forwarder | None:
             timeout=forward.timeout,
             max_concurrent=forward.max_concurrent,
             cache=config.cache,
+            policy=forward.policy,
+            force_tcp=forward.force_tcp,
+            except_zones=forward.except_zones,
+            tls_servername=forward.tls_servername,
+            tls_ca=forward.tls_ca,
+            tls_cert=forward.tls_cert,
+            tls_key=forward.tls_key,
+            expire=forward.expire,
         )
     )
 

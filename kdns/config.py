@@ -32,13 +32,17 @@ from typing import Any
 import yaml
 from dnslib import QTYPE
 
+from kdns import labelselector
+
 POD_MODES = ("insecure", "verified", "disabled")
 LOG_FORMATS = ("text", "json")  # logging.format, and logging.query_log when on
 PROXY_COMMAND_MODES = ("iptables", "nftables", "ipvs", "userspace")  # `kdns proxy --mode`
 PROXY_MODES = ("none", "userspace")  # what `kdns serve` relays itself (README: userspace proxy)
+FORWARD_POLICIES = ("random", "round_robin", "sequential")  # CoreDNS's forward `policy`
 LOADBALANCE_MODES = ("round_robin", "off")  # CoreDNS's loadbalance plugin: rotate A/AAAA or not
 DEFAULT_ZONES = ("cluster.local", "in-addr.arpa", "ip6.arpa")
 _ZONE = re.compile(r"^(?!-)[a-z0-9-_]{1,63}(?<!-)(\.(?!-)[a-z0-9-_]{1,63}(?<!-))*$")
+_NAMESPACE = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")  # an RFC 1123 label
 _TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
 
 
@@ -138,6 +142,24 @@ def _zones(value: Any) -> tuple[str, ...]:
     return tuple(zones)
 
 
+def _namespaces(value: Any) -> tuple[str, ...]:
+    names = _listed(value, "namespace names")
+    for name in names:
+        if not isinstance(name, str) or not _NAMESPACE.fullmatch(name):
+            raise Invalid(f"must be a list of namespace names (got {name!r})")
+    return tuple(dict.fromkeys(names))
+
+
+def _label_selector(value: Any) -> str:
+    if not isinstance(value, str):
+        raise Invalid(f"must be a label selector such as app=web,tier in (a,b) (got {value!r})")
+    try:
+        labelselector.parse(value)
+    except labelselector.SelectorError as e:
+        raise Invalid(f"not a label selector: {e}") from None
+    return value
+
+
 def _paths(value: Any) -> tuple[str, ...]:
     paths = _listed(value, "file or folder paths")
     for path in paths:
@@ -150,7 +172,8 @@ def _server(value: Any, subkey: str = "") -> str:
     if not isinstance(value, str):
         raise Invalid(f"must be IP or IP:PORT (got {value!r})", subkey)
     try:
-        parse_hostport(value)
+        # tls://: DNS over TLS (RFC 7858), as CoreDNS's forward spells it.
+        parse_hostport(value.removeprefix("tls://").removeprefix("dns://"))
     except ValueError as e:
         raise Invalid(f"{value!r}: {e} (expected IP or IP:PORT)", subkey) from None
     return value
@@ -499,6 +522,16 @@ class DnsSection:
     # exist go to the upstreams instead of NXDOMAIN ("." = every zone). PTRs for addresses no
     # Service owns go there whenever there are upstreams.
     fallthrough: tuple[str, ...] = _key((), _plugin_zones(True), shape="list")
+    # CoreDNS's kubernetes `multicluster ZONES` (KEP-1645): these zones (normally
+    # clusterset.local, served even when `zones` leaves them out) answer ServiceImports
+    # instead of Services.
+    multicluster: tuple[str, ...] = _key((), _plugin_zones(True), shape="list")
+    # CoreDNS's k8s_external: outside zones where `svc.ns.ZONE` gives a Service's LoadBalancer
+    # ingress IPs and externalIPs, with SOA and NS at the apex and the nameserver under
+    # `external_apex` (`ns1.dns.ZONE`), answered with `external_ttl`.
+    external_zones: tuple[str, ...] = _key((), _plugin_zones(True), shape="list")
+    external_apex: str = _key("dns", _string)
+    external_ttl: int = _key(5, _whole(0, 3600, " of seconds"))
     # CoreDNS's template and rewrite plugins (kdns/dns/template.py, kdns/dns/rewrite.py).
     templates: tuple[TemplateRule, ...] = _key((), _templates, shape="yaml")
     rewrites: tuple[RewriteRule, ...] = _key((), _rewrites, shape="yaml")
@@ -525,6 +558,19 @@ class ForwardSection:
     kube_dns_configmap: str = _key("", _string, "kube_dns_configmap")  # kube-dns's stubDomains
     max_concurrent: int = _key(1000, _whole(1, 1_000_000), "max_concurrent")
     timeout: float = _key(2.0, _seconds(0.05, 60.0), "forward_timeout")  # per upstream
+    # CoreDNS's forward options: the order upstreams are tried in; TCP for every exchange;
+    # names that are not forwarded (they get SERVFAIL, unless a stub domain takes them).
+    policy: str = _key("random", _one_of(FORWARD_POLICIES))
+    # tls:// upstreams (DNS over TLS): the name their certificate must hold ("" = their
+    # address; CoreDNS's tls_servername), a CA file ("" = the system's) and a client
+    # certificate and key (CoreDNS's `tls CERT KEY CA`); seconds an idle connection is reused.
+    tls_servername: str = _key("", _string)
+    tls_ca: str = _key("", _string)
+    tls_cert: str = _key("", _string)
+    tls_key: str = _key("", _string)
+    expire: float = _key(10.0, _seconds(0.0, 3600.0))
+    force_tcp: bool = _key(False, _boolean)
+    except_zones: tuple[str, ...] = _key((), _plugin_zones(True), shape="list")
 
 
 @dataclass(frozen=True, slots=True)
@@ -543,6 +589,10 @@ class CacheSection:
     # Seconds past expiry an answer may be served when upstreams fail; RFC 8767 §5 suggests
     # 1-3 days, a week at most.
     serve_stale: float = _key(0.0, _seconds(0.0, 604800.0), "serve_stale")
+    # CoreDNS's `disable success|denial ZONES`: answers of that kind for names in these zones
+    # are never cached ("." = every name); denial covers NXDOMAIN, NODATA and SERVFAIL.
+    disable_success: tuple[str, ...] = _key((), _plugin_zones(True), shape="list")
+    disable_denial: tuple[str, ...] = _key((), _plugin_zones(True), shape="list")
 
 
 @dataclass(frozen=True, slots=True)
@@ -571,6 +621,11 @@ class KubernetesSection:
     # one of its contexts.
     kubeconfig: str = _key("", _string, "kubeconfig")
     context: str = _key("", _string, "context")
+    # CoreDNS's kubernetes `namespaces` and `labels`: serve only the objects in these namespaces
+    # ([] = every one; names in others get NXDOMAIN) and only the Services these labels select
+    # ("" = every one; sent to the API server as labelSelector). Fixed at start.
+    namespaces: tuple[str, ...] = _key((), _namespaces, shape="list")
+    labels: str = _key("", _label_selector)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,4 +1,4 @@
-"""The slim model: frozen Namespace / Service / EndpointSlice / Pod objects and their converters.
+"""The slim model: frozen Namespace / Service / EndpointSlice / Pod (and ServiceImport) objects.
 
 Kubernetes objects arrive as API dicts (from a manifest file or an API response) and are
 converted once, here, into small frozen objects that keep only the fields DNS and the proxy use.
@@ -6,9 +6,11 @@ Equality of two converted objects therefore means "nothing DNS or the proxy can 
 
 Contract:
 - `namespace_from_dict`, `service_from_dict`, `endpointslice_from_dict`,
-  `endpoints_to_slices` and `pod_from_dict` either return a model object or raise
-  `ModelError` naming the offending field as a path (`spec.ports[0].port`), never a half-built
-  object.
+  `endpoints_to_slices`, `pod_from_dict`, and for KEP-1645's multicluster API
+  `serviceimport_from_dict` and `import_slice_from_dict` (an EndpointSlice labelled with a
+  ServiceImport's name and its source cluster, `is_import_slice`), either return a model
+  object or raise `ModelError` naming the offending field as a path (`spec.ports[0].port`),
+  never a half-built object.
 - Addresses are normalised (`ipaddress` compressed form), so two spellings of one IP compare equal.
 - Nothing here does I/O.
 """
@@ -739,4 +741,98 @@ def slices_for_service(service: Service, pods: list[Pod]) -> tuple[EndpointSlice
         )
         for family, eps in by_family.items()
         if eps
+    )
+
+
+# --- multicluster (KEP-1645, multicluster.x-k8s.io/v1alpha1) ----------------------------------
+
+# The labels an MCS controller puts on the EndpointSlices it imports: the ServiceImport's name
+# and the cluster the endpoints live in (one cluster per slice).
+IMPORT_NAME_LABEL = "multicluster.kubernetes.io/service-name"
+SOURCE_CLUSTER_LABEL = "multicluster.kubernetes.io/source-cluster"
+IMPORT_TYPES = ("ClusterSetIP", "Headless")
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceImport:
+    """A ServiceImport: a Service exported by the clusters of a clusterset."""
+
+    namespace: str
+    name: str
+    type: str = "ClusterSetIP"
+    ips: tuple[str, ...] = ()  # spec.ips: the ClusterSetIPs (at most one per family)
+    ports: tuple[EndpointPort, ...] = ()
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.namespace, self.name)
+
+    @property
+    def headless(self) -> bool:
+        return self.type == "Headless"
+
+
+@dataclass(frozen=True, slots=True)
+class ImportSlice:
+    """An EndpointSlice of a ServiceImport: the endpoints of one cluster of the clusterset."""
+
+    namespace: str
+    name: str
+    import_name: str
+    cluster_id: str
+    endpoints: tuple[Endpoint, ...] = ()
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.namespace, self.name)
+
+    @property
+    def import_key(self) -> tuple[str, str]:
+        return (self.namespace, self.import_name)
+
+
+def is_import_slice(obj: Mapping[str, Any]) -> bool:
+    """An EndpointSlice an MCS controller made for a ServiceImport (not for a local Service)."""
+    meta = obj.get("metadata")
+    labels = meta.get("labels") if isinstance(meta, dict) else None
+    return (
+        isinstance(labels, dict)
+        and IMPORT_NAME_LABEL in labels
+        and SERVICE_NAME_LABEL not in labels
+    )
+
+
+def serviceimport_from_dict(obj: Mapping[str, Any]) -> ServiceImport:
+    namespace, name, _ = _metadata(obj, namespaced=True)
+    if not _DNS1123_LABEL.match(name):
+        raise ModelError("metadata.name", f"{_shown(name)} is not a valid DNS-1123 label")
+    spec = _mapping(obj, "", "spec")
+    itype = _choice(_str(spec, "spec", "type", "ClusterSetIP"), "spec.type", IMPORT_TYPES)
+    ips = tuple(_ip(raw, f"spec.ips[{i}]") for i, raw in enumerate(_list(spec, "spec", "ips")))
+    if len({_version(ip) for ip in ips}) != len(ips):
+        raise ModelError("spec.ips", "holds at most one IPv4 and one IPv6 address")
+    ports = _endpoint_ports(_list(spec, "spec", "ports"), "spec.ports")
+    # A headless import has no ClusterSetIP (KEP-1645); one that lists some is read as headless.
+    return ServiceImport(namespace, name, itype, () if itype == "Headless" else ips, ports)
+
+
+def import_slice_from_dict(obj: Mapping[str, Any]) -> ImportSlice:
+    meta = _mapping(obj, "", "metadata")
+    labels = _mapping(meta, "metadata", "labels")
+    values: list[str] = []
+    for label in (IMPORT_NAME_LABEL, SOURCE_CLUSTER_LABEL):
+        value = labels.get(label)
+        if not isinstance(value, str) or not _DNS1123_LABEL.match(value):
+            problem = "required field is missing" if value is None else "is not a DNS-1123 label"
+            raise ModelError(f"metadata.labels.{label}", problem)
+        values.append(value)
+    # Read as a local slice of a Service of that name: the endpoints' fields are the same.
+    local = dict(obj, metadata=dict(meta, labels={**labels, SERVICE_NAME_LABEL: values[0]}))
+    parsed = endpointslice_from_dict(local)
+    return ImportSlice(
+        parsed.namespace,
+        parsed.name,
+        sys.intern(values[0]),
+        sys.intern(values[1]),
+        parsed.endpoints,
     )

@@ -372,20 +372,38 @@ def _kubernetes(directive: Directive, zones: list[str], main: bool, state: _Stat
             state.set(f"dns.{word}", True, option.name)
         elif word == "ignore" and [a.text for a in args] == ["empty_service"]:
             state.set("dns.ignore_empty_service", True, option.name)
+        elif word == "namespaces" and args:
+            names = tuple(a.text for a in args)
+            state.set("kubernetes.namespaces", names, option.name)
+        elif word == "labels" and args:
+            # CoreDNS joins the arguments into one selector (`labels app in (a, b)`).
+            state.set("kubernetes.labels", " ".join(a.text for a in args), option.name)
+        elif word == "multicluster":
+            _multicluster(option, state)
         elif word in (
-            "namespaces",
-            "labels",
             "namespace_labels",
             "endpoint_pod_names",
             "noendpoints",
             "ignore",
-            "multicluster",
             "endpoint",
         ):
             state.refuse(option.name, "not supported yet", directive=f"kubernetes {word}")
         else:
             state.refuse(option.name, "unknown option", directive=f"kubernetes {word}")
     state.set("dns.pods", pods, where)
+
+
+def _multicluster(option: Directive, state: _State) -> None:
+    """`multicluster ZONES` (CoreDNS 1.12.2): each must be a zone of the kubernetes block;
+    none given leaves it off, as CoreDNS does."""
+    zones = []
+    for arg in option.args:
+        zone = normalize_zone(arg)
+        if zone not in state.cluster_zones:
+            raise arg.error(f"multicluster zone {arg.text!r} is not a zone of the kubernetes block")
+        zones.append(zone)
+    if zones:
+        state.set("dns.multicluster", tuple(zones), option.name)
 
 
 def _kubernetes_fallthrough(option: Directive, state: _State) -> None:
@@ -431,7 +449,7 @@ def _forward(directive: Directive, zones: list[str], main: bool, state: _State) 
             state.stub_files[zone] = (resolv_conf, directive.name)
         else:
             state.stubs[zone] = (tuple(servers or ()), directive.name)
-    _forward_options(directive, state)
+    _forward_options(directive, "" in targets, state)
 
 
 def _destinations(
@@ -443,13 +461,16 @@ def _destinations(
     for token in destinations:
         text = token.text
         scheme, sep, rest = text.partition("://")
+        tls = False
         if sep:
-            if scheme.lower() != "dns":
+            if scheme.lower() not in ("dns", "tls"):
                 state.refuse(token, f"{scheme}:// upstreams are not supported yet", "forward")
                 return None, None
-            text = rest
+            tls, text = scheme.lower() == "tls", rest
+        if tls and not _is_address(text):
+            raise token.error(f"{token.text}: a tls:// upstream is an IP[:PORT]")
         if _is_address(text):
-            servers.append(text)
+            servers.append(f"tls://{text}" if tls else text)
         else:
             files.append(text)
     if files and (servers or len(files) > 1):
@@ -473,7 +494,7 @@ def _is_address(text: str) -> bool:
     return True
 
 
-def _forward_options(directive: Directive, state: _State) -> None:
+def _forward_options(directive: Directive, root: bool, state: _State) -> None:
     for option in _options(directive):
         word, args = option.name.text, option.args
         label = f"forward {word}"
@@ -482,11 +503,30 @@ def _forward_options(directive: Directive, state: _State) -> None:
                 raise option.name.error("max_concurrent takes one number")
             state.set("forward.max_concurrent", whole(args[0], label), option.name)
         elif word == "policy":
-            if [a.text for a in args] == ["random"]:
-                state.accept(option.name, "kdns tries the upstreams in random order", label)
-            else:
-                state.refuse(option.name, "kdns tries the upstreams in random order", label)
-        elif word in ("max_fails", "health_check", "expire", "prefer_udp"):
+            if len(args) != 1 or args[0].text not in ("random", "round_robin", "sequential"):
+                raise option.name.error("policy takes one of random, round_robin, sequential")
+            state.set("forward.policy", args[0].text, option.name)
+        elif word == "force_tcp" and not args:
+            state.set("forward.force_tcp", True, option.name)
+        elif word == "except" and args and root:
+            zones = tuple(normalize_zone(a) or "." for a in args)
+            state.set("forward.except_zones", zones, option.name)
+        elif word == "except" and args:
+            state.refuse(option.name, "kdns follows except only in the root zone's forward", label)
+        elif word == "tls_servername" and len(args) == 1:
+            state.set("forward.tls_servername", args[0].text, option.name)
+        elif word == "tls" and len(args) <= 3:
+            # CoreDNS's pkg/tls: CA; CERT KEY; or CERT KEY CA (none: the system's CAs).
+            files = [a.text for a in args]
+            ca = files[0] if len(files) == 1 else files[2] if len(files) == 3 else ""
+            for key, value in (("tls_ca", ca), ("tls_cert", files[0] if len(files) > 1 else "")):
+                if value:
+                    state.set(f"forward.{key}", value, option.name)
+            if len(files) > 1:
+                state.set("forward.tls_key", files[1], option.name)
+        elif word == "expire" and len(args) == 1:
+            state.set("forward.expire", seconds(args[0], label), option.name)
+        elif word in ("max_fails", "health_check", "prefer_udp"):
             # Timing and transport knobs: the same upstreams give the same answers.
             state.accept(option.name, _FIXED[word], label)
         elif word == "failfast_all_unhealthy_upstreams":
@@ -498,7 +538,6 @@ def _forward_options(directive: Directive, state: _State) -> None:
 _FIXED = {
     "max_fails": "kdns marks an upstream down after 2 failures in a row",
     "health_check": "kdns probes a down upstream every 0.5 s",
-    "expire": "kdns opens a fresh socket for every exchange (RFC 5452), so nothing expires",
     "prefer_udp": "kdns asks over UDP and retries over TCP when the answer is truncated",
 }
 
@@ -538,6 +577,7 @@ def _cache(directive: Directive, zones: list[str], main: bool, state: _State) ->
     cache_zones = [normalize_zone(a) for a in args]
     if cache_zones and "" not in cache_zones and not set(zones) <= set(cache_zones):
         state.refuse(directive.name, "kdns caches every forwarded name, not only some zones")
+    disabled: dict[str, list[str]] = {"success": [], "denial": []}
     for option in _options(directive):
         word, opts = option.name.text, option.args
         label = f"cache {word}"
@@ -562,7 +602,7 @@ def _cache(directive: Directive, zones: list[str], main: bool, state: _State) ->
                     label,
                 )
         elif word == "disable":
-            _cache_disable(option, state)
+            _cache_disable(option, zones, disabled, state)
         elif word in ("prefetch", "servfail"):
             text = (
                 "kdns re-asks when an answer expires"
@@ -574,28 +614,31 @@ def _cache(directive: Directive, zones: list[str], main: bool, state: _State) ->
             state.refuse(option.name, "not supported yet", label)
     state.set("cache.max_ttl", max_ttl, directive.name)
     state.set("cache.max_denial_ttl", denial_ttl, directive.name)
+    for kind, kind_zones in disabled.items():
+        if kind_zones:
+            value = tuple(dict.fromkeys(kind_zones))
+            state.set(f"cache.disable_{kind}", value, directive.name)
 
 
-def _cache_disable(option: Directive, state: _State) -> None:
+def _cache_disable(
+    option: Directive, block_zones: list[str], disabled: dict[str, list[str]], state: _State
+) -> None:
+    """`disable success|denial [ZONES]` (the block's zones when none, plugin/cache/setup.go)."""
     if not option.args or option.args[0].text not in ("success", "denial"):
         raise option.name.error("disable takes success or denial, then zones")
-    zones = [normalize_zone(a) for a in option.args[1:]]
+    zones = [normalize_zone(a) for a in option.args[1:]] or block_zones
     through = state.settings.get("dns.fallthrough")
-    if through is not None and any(
+    falls = through is not None and any(
         within(f, z) or within(z, f) for f in through.value for z in zones
-    ):
-        # Names that fall through are forwarded, and kdns caches every forwarded answer.
-        state.refuse(
-            option.name,
-            "kdns caches the upstream answers of names that fall through",
-            "cache disable",
-        )
-    elif zones and all(any(within(z, c) for c in state.cluster_zones) for z in zones):
+    )
+    if not falls and all(any(within(z, c) for c in state.cluster_zones) for z in zones):
         # kubeadm's default: cluster answers are never cached, because kdns answers them from
         # its store, which is always current.
         state.accept(option.name, "kdns never caches cluster answers", "cache disable")
-    else:
-        state.refuse(option.name, "only the cluster zones may be left uncached", "cache disable")
+        return
+    # Forwarded names there (a stub domain, names that fall through): answers of that kind
+    # are passed on uncached.
+    disabled[option.args[0].text] += [z or "." for z in zones]
 
 
 # --- hosts, template, rewrite ------------------------------------------------------------------
@@ -641,6 +684,33 @@ def _hosts(directive: Directive, zones: list[str], main: bool, state: _State) ->
             raise option.name.error(f"hosts: unknown option {word!r} or wrong arguments")
     if entries:
         state.set("hosts.entries", tuple(entries), name)
+
+
+def _k8s_external(directive: Directive, zones: list[str], main: bool, state: _State) -> None:
+    """`k8s_external [ZONES] { apex APEX; ttl TTL }`: it reads the kubernetes plugin of its own
+    block, so kdns takes it in the block that has kubernetes (plugin/k8s_external/setup.go)."""
+    name = directive.name
+    if not main:
+        state.refuse(name, "kdns serves k8s_external beside the kubernetes plugin's block only")
+        return
+    external = [z for z in _plugin_zones(directive.args, zones) if z != "."]
+    if not external:
+        raise name.error("k8s_external: kdns cannot be authoritative for the root zone")
+    state.set("dns.external_zones", tuple(external), name)
+    for option in _options(directive):
+        word, opts = option.name.text, option.args
+        if word == "apex" and len(opts) == 1:
+            apex = opts[0].text.lower().strip(".")
+            if not apex or "." in apex:
+                raise option.name.error("k8s_external apex: one DNS label")
+            state.set("dns.external_apex", apex, option.name)
+        elif word == "ttl" and len(opts) == 1:
+            ttl = whole(opts[0], "k8s_external ttl")
+            if ttl > 3600:
+                raise option.name.error("k8s_external ttl: at most 3600 seconds")
+            state.set("dns.external_ttl", ttl, option.name)
+        else:
+            state.refuse(option.name, "unknown option", directive=f"k8s_external {word}")
 
 
 def _is_ip(text: str) -> bool:
@@ -844,6 +914,7 @@ _HANDLERS = {
     "bind": _bind,
     "hosts": _hosts,
     "rewrite": _rewrite,
+    "k8s_external": _k8s_external,
 }
 
 

@@ -379,6 +379,74 @@ class _Renderer:
             self._missing(service, records, self._endpoints(key), rel, base, zone)
         return None
 
+    # --- clusterset (KEP-1645) and k8s_external names -----------------------------------------
+
+    def _step_import_name(self, key: tuple[str, str], rel: str, zone: str, known: bool) -> None:
+        namespace, name = key
+        imported = self.store.imports.get(key)
+        if imported is None:
+            return self.add(
+                "no-import",
+                f"no ServiceImport {name!r} in namespace {namespace} ({zone}): NXDOMAIN",
+            )
+        ips = ", ".join(imported.ips) or "none"
+        clusters = sorted({s.cluster_id for s in self.store.import_slices.get(key, ())})
+        self.add(
+            "import",
+            f"ServiceImport {namespace}/{name}: {imported.type}, ClusterSetIPs {ips}, "
+            f"endpoints from clusters {', '.join(clusters) or 'none'}",
+        )
+        records = self.resolver.import_records(key)
+        if records is not None and rel not in records.forward:
+            self.add("no-import-name", f"{rel}.{zone} is no name of it (KEP-1645 §2.3-2.4)")
+        return None
+
+    def _step_import_records(
+        self, key: tuple[str, str], rel: str, qtype: int, here: tuple[Record, ...]
+    ) -> None:
+        if qtype != ANY and all(r.rtype != qtype for r in here):
+            have = ", ".join(sorted({QTYPE.get(r.rtype) for r in here}))
+            self.add("no-such-type", f"the name has {have}, not {QTYPE.get(qtype)}: NODATA")
+
+    def _from_import(self, key: tuple[str, str], record: Record, zone: str) -> str:
+        label = f"ServiceImport {key[0]}/{key[1]}"
+        if record.rtype == QTYPE.SRV:
+            return f"{label} port {record.port} (target {record.value}.{zone})"
+        imported = self.store.imports.get(key)
+        if imported is not None and record.value in imported.ips:
+            return f"{label} spec.ips"
+        clusters = [
+            s.cluster_id
+            for s in self.store.import_slices.get(key, ())
+            if any(e.address == record.value for e in s.endpoints)
+        ]
+        return f"{label}: an endpoint imported from cluster {', '.join(clusters)}"
+
+    def _from_import_glue(self, key: tuple[str, str], target: str, zone: str, ip: str) -> str:
+        return f"glue for {target}.{zone}: ServiceImport {key[0]}/{key[1]}"
+
+    def _step_external_name(
+        self, zone: str, key: tuple[str, str] | None, rel: str, found: bool
+    ) -> None:
+        if key is None or found:
+            return None
+        service = self.store.services.get(key)
+        if service is None:
+            return self.add("no-service", f"no Service {key[1]!r} in namespace {key[0]}: NXDOMAIN")
+        return self.add(
+            "no-outside-address",
+            f"Service {key[0]}/{key[1]} has no LoadBalancer ingress IP or externalIP "
+            f"(k8s_external {zone}): no name",
+        )
+
+    def _from_external(self, key: tuple[str, str], record: Record, zone: str) -> str:
+        service = self.store.services[key]
+        if record.rtype == QTYPE.SRV:
+            return f"Service {key[0]}/{key[1]} port {record.port} (k8s_external {zone})"
+        if record.value in service.load_balancer_ips:
+            return f"Service {key[0]}/{key[1]} status.loadBalancer.ingress (k8s_external {zone})"
+        return f"Service {key[0]}/{key[1]} spec.externalIPs (k8s_external {zone})"
+
     def _step_externalname(
         self, target: str, qtype: int, target_zone: str | None, broken: str | None
     ) -> None:

@@ -47,6 +47,7 @@ from dnslib import QTYPE
 from kdns import metrics
 from kdns.config import CacheSection
 from kdns.dns import wire
+from kdns.dns.dot import ConnectionClosed, TlsConnections, client_context
 from kdns.dns.stats import CacheStats
 from kdns.dns.wire import Query
 
@@ -61,9 +62,11 @@ RRHeader = struct.Struct("!HHIH")
 class Upstream:
     host: str
     port: int = 53
+    tls: bool = False  # DNS over TLS (RFC 7858), CoreDNS's `tls://IP`
 
     def __str__(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+        address = f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+        return f"tls://{address}" if self.tls else address
 
     @property
     def family(self) -> int:
@@ -82,6 +85,18 @@ class ForwardConfig:
     cache: CacheSection = field(default_factory=CacheSection)  # sizes, TTL caps, serve_stale
     servfail_ttl: int = 5
     stale_ttl: int = 30  # the TTL of a stale answer (RFC 8767 §4 suggests 30 s)
+    # CoreDNS's forward options: the order upstreams are tried in (random, round_robin,
+    # sequential); TCP for every exchange; names under `except_zones` are not forwarded.
+    policy: str = "random"
+    force_tcp: bool = False
+    except_zones: tuple[str, ...] = ()
+    # `tls://` upstreams: the name their certificate must hold (CoreDNS's `tls_servername`;
+    # "" = their address), `tls CERT KEY CA`, and how long an idle connection is reused.
+    tls_servername: str = ""
+    tls_ca: str = ""
+    tls_cert: str = ""
+    tls_key: str = ""
+    expire: float = 10.0
 
 
 # --- reading responses ---------------------------------------------------------------------------
@@ -374,6 +389,11 @@ class Forwarder:
         self.coalesced = 0
         # Stub domains, longest first, each as ".suffix" for a cheap endswith.
         self._stubs = sorted(config.stub_domains, key=lambda s: len(s[0]), reverse=True)
+        self._turn = 0  # policy round_robin: where the next question starts
+        self.tls: TlsConnections | None = None
+        if any(u.tls for u in self.all_upstreams()):
+            context = client_context(config.tls_ca, config.tls_cert, config.tls_key)
+            self.tls = TlsConnections(context, config.tls_servername, config.expire)
 
     def all_upstreams(self) -> list[Upstream]:
         seen = dict.fromkeys(self.config.upstreams)
@@ -386,6 +406,17 @@ class Forwarder:
             if qname == domain or qname.endswith("." + domain):
                 return servers
         return self.config.upstreams
+
+    def destinations(self, qname: str) -> tuple[Upstream, ...]:
+        """The upstreams `qname` is sent to: those of `upstreams_for`, but none for a name
+        under CoreDNS's `except` zones that no stub domain takes (the question then fails,
+        SERVFAIL, as CoreDNS's forward hands it to no next plugin)."""
+        stub = any(qname == d or qname.endswith("." + d) for d, _ in self._stubs)
+        if not stub and any(
+            qname == z or qname.endswith("." + z) for z in self.config.except_zones
+        ):
+            return ()
+        return self.upstreams_for(qname)
 
     def zone_for(self, qname: str) -> str:
         """The metrics zone of a forwarded name: its stub domain, else "." (as CoreDNS's server
@@ -470,8 +501,7 @@ class Forwarder:
 
     async def _exchange(self, query: Query, key: bytes) -> bytes | None:
         """Ask the upstreams in turn; cache and return the first usable answer (OPT stripped)."""
-        servers = list(self.upstreams_for(query.qname.rstrip(".")))
-        random.shuffle(servers)  # CoreDNS's default `policy random`
+        servers = self._ordered(self.destinations(query.qname.rstrip(".").lower()))
         servers.sort(key=lambda u: not self.healthy(u))  # healthy ones first, stable otherwise
         if servers and not self.healthy(servers[0]):
             # CoreDNS's healthcheck_broken: every upstream is down; they are tried anyway.
@@ -490,9 +520,33 @@ class Forwarder:
                     continue
                 self.health[upstream].fails = 0
                 response = strip_opt(reply, parsed)
-                self.cache.put(key, response, parsed, trio.current_time())
+                if not self._uncached(query.qname, parsed):
+                    self.cache.put(key, response, parsed, trio.current_time())
                 return response
         return None
+
+    def _ordered(self, servers: tuple[Upstream, ...]) -> list[Upstream]:
+        """The upstreams in the order CoreDNS's `policy` tries them: shuffled (random, its
+        default), as listed (sequential), or as listed from a start that moves on by one per
+        question (round_robin)."""
+        order = list(servers)
+        if self.config.policy == "random":
+            random.shuffle(order)
+        elif self.config.policy == "round_robin" and order:
+            start = self._turn % len(order)
+            self._turn += 1
+            order = order[start:] + order[:start]
+        return order
+
+    def _uncached(self, qname: str, parsed: Parsed) -> bool:
+        """CoreDNS's cache `disable success|denial ZONES`: a positive answer (NOERROR with
+        records) for a name in a `disable success` zone, or any other (NXDOMAIN, NODATA,
+        SERVFAIL) in a `disable denial` zone, is passed on but not cached."""
+        positive = parsed.rcode == wire.NOERROR and bool(parsed.answer_ttls)
+        cache = self.config.cache
+        zones = cache.disable_success if positive else cache.disable_denial
+        name = qname.rstrip(".").lower()
+        return any(z == "." or name == z or name.endswith("." + z) for z in zones)
 
     def _failed(self, upstream: Upstream, query: Query, error: BaseException) -> None:
         health = self.health[upstream]
@@ -527,8 +581,14 @@ class Forwarder:
             metrics.FORWARD_REQUESTS.labels(to).inc()
         start = trio.current_time()
         with trio.fail_after(self.config.timeout):
-            reply = await self._udp(upstream, message, qid, query.question)
-            if struct.unpack_from("!H", reply, 2)[0] & wire.TC:
+            if upstream.tls:
+                reply = await self._tls(upstream, message, qid, query.question)
+            elif self.config.force_tcp:
+                reply = await self._tcp(upstream, message, qid, query.question)
+            else:
+                reply = await self._udp(upstream, message, qid, query.question)
+            plain_udp = not (self.config.force_tcp or upstream.tls)
+            if plain_udp and struct.unpack_from("!H", reply, 2)[0] & wire.TC:
                 qid = secrets.randbelow(65536)
                 message = upstream_query(query, qid)
                 reply = await self._tcp(upstream, message, qid, query.question)
@@ -570,11 +630,32 @@ class Forwarder:
                     raise ExchangeError("the upstream closed the TCP connection")
                 buffer += chunk
 
+    async def _tls(self, upstream: Upstream, message: bytes, qid: int, question: bytes) -> bytes:
+        assert self.tls is not None  # made in __init__ whenever an upstream is tls://
+        try:
+            reply = await self.tls.exchange(upstream, message)
+        except (ConnectionClosed, trio.BrokenResourceError) as e:
+            # A certificate that does not verify arrives as BrokenResourceError from SSLError.
+            raise ExchangeError(str(e.__cause__ or e) or type(e).__name__) from None
+        if not matches(reply, qid, question):
+            # One exchange at a time per connection: anything else is the upstream's error.
+            self.health[upstream].mismatched += 1
+            raise ExchangeError("the TLS upstream answered another question")
+        return reply
+
     # --- health checks -----------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Probe unhealthy upstreams with `. IN NS` until they answer (CoreDNS's health check)."""
         task_status.started()
+        try:
+            await self._probe_forever()
+        finally:
+            # A reload stops this task: the idle TLS connections of this forwarder go with it.
+            if self.tls is not None:
+                await self.tls.aclose()
+
+    async def _probe_forever(self) -> None:
         probe = Query(0, wire.RD, (), 2, 1, b"\x00\x00\x02\x00\x01", False)
         while True:
             await trio.sleep(self.config.health_check)
@@ -602,16 +683,20 @@ def _relabel(response: bytes, query: Query) -> bytes:
 
 
 def parse_upstreams(values: Iterable[str], where: str) -> tuple[Upstream, ...]:
-    """`IP`, `IP:PORT` or `[V6]:PORT` strings → Upstreams; ValueError names the bad one."""
+    """`IP`, `IP:PORT` or `[V6]:PORT` strings → Upstreams; ValueError names the bad one. A
+    `tls://` prefix is DNS over TLS, on port 853 unless given (RFC 7858 §3.1)."""
     from kdns.config import parse_hostport
 
     out = []
     for value in values:
+        text = str(value)
+        tls = text.lower().startswith("tls://")
+        text = text[len("tls://") :] if tls else text.removeprefix("dns://")
         try:
-            host, port = parse_hostport(str(value))
+            host, port = parse_hostport(text, 853 if tls else 53)
         except ValueError as e:
             raise ValueError(f"{where}: {value!r}: {e}") from None
-        out.append(Upstream(host, port or 53))
+        out.append(Upstream(host, port or (853 if tls else 53), tls))
     return tuple(out)
 
 

@@ -40,6 +40,8 @@ from dnslib import QTYPE, RCODE, RR, SOA, SRV, TXT
 from dnslib import A as A_RD
 
 from kdns.config import Config
+from kdns.dns import external
+from kdns.dns.multicluster import import_records
 from kdns.dns.records import (
     Record,
     ReverseIndex,
@@ -108,6 +110,10 @@ def service_tag(namespace: str, name: str) -> Tag:
     return ("svc", namespace, name)
 
 
+def import_tag(namespace: str, name: str) -> Tag:
+    return ("import", namespace, name)
+
+
 def namespace_tag(namespace: str) -> Tag:
     return ("ns", namespace)
 
@@ -149,6 +155,7 @@ class Resolver:
         self.reverse = ReverseIndex()
         # Records of recently asked Services; dropped per Service when it changes.
         self._memo: LRUCache[tuple[str, str], ServiceRecords] = LRUCache(maxsize=memo_size)
+        self._import_memo: LRUCache[tuple[str, str], ServiceRecords] = LRUCache(maxsize=memo_size)
         self._known: set[tuple[str, str]] = set()
         self._services_per_namespace: Counter[str] = Counter()
         self.ttl = config.dns.ttl
@@ -156,8 +163,19 @@ class Resolver:
         self.pods = config.dns.pods
         self.forward_zones = config.dns.forward_zones
         self.reverse_zones = config.dns.reverse_zones
+        # Clusterset zones (KEP-1645): their names come from ServiceImports, not Services. Served
+        # even when `zones` leaves them out (the Corefile translation always lists them there).
+        self.multicluster_zones = frozenset(config.dns.multicluster)
+        # CoreDNS's k8s_external: outside zones giving Services' outside addresses.
+        self.external_zones = frozenset(config.dns.external_zones)
+        self.external_apex = config.dns.external_apex
+        self.external_ttl = config.dns.external_ttl
         # Longest zone first, so "sub.cluster.local" wins over "cluster.local".
-        self._zones = sorted(config.dns.zones, key=len, reverse=True)
+        self._zones = sorted(
+            {*config.dns.zones, *self.multicluster_zones, *self.external_zones},
+            key=len,
+            reverse=True,
+        )
         self.primary = self.forward_zones[0] if self.forward_zones else "cluster.local"
         self.ns_addresses = ns_addresses
         # A PTR for an address no Service owns goes upstream instead of NXDOMAIN (CoreDNS's
@@ -195,6 +213,9 @@ class Resolver:
                 self._services_per_namespace[key[0]] += 1
         if reverse_changed:
             tags.add(REVERSE_ENT_TAG)
+        for key in change.imports:
+            self._import_memo.pop(key, None)
+            tags.add(import_tag(*key))
         if change.namespaces:
             tags.update(namespace_tag(ns) for ns in change.namespaces)
             tags.add(POD_TAG)
@@ -206,6 +227,7 @@ class Resolver:
         """Many Services at once (a first list, a relist): rebuild in one pass — one sort
         instead of an insertion per address — and drop every cached answer."""
         self._memo.clear()
+        self._import_memo.clear()
         self._rebuild()
         return {ALL_TAG}
 
@@ -234,6 +256,19 @@ class Resolver:
                 ignore_empty=self._options.ignore_empty_service,
             )
             self._memo[key] = records
+        return records
+
+    def import_records(self, key: tuple[str, str]) -> ServiceRecords | None:
+        """The clusterset names of the ServiceImport `key`, or None when there is none."""
+        records = self._import_memo.get(key)
+        if records is None:
+            imported = self.store.imports.get(key)
+            if imported is None:
+                return None
+            # `noendpoints` drops imported endpoints as it drops local ones.
+            slices = () if self._options.noendpoints else self.store.import_slices.get(key, ())
+            records = import_records(imported, slices, self._options.endpoint_pod_names)
+            self._import_memo[key] = records
         return records
 
     def _endpoints(self, key: tuple[str, str]) -> tuple[Endpoint, ...]:
@@ -290,7 +325,9 @@ class Resolver:
         return answer
 
     def _resolve_into(self, answer: Answer, qname: str, qtype: int, zone: str, depth: int) -> None:
-        if zone in self.reverse_zones:
+        if zone in self.external_zones:
+            self._external(answer, qname, qtype, zone)
+        elif zone in self.reverse_zones:
             self._reverse(answer, qname, qtype, zone)
         else:
             self._forward(answer, qname, qtype, zone, depth)
@@ -306,16 +343,19 @@ class Resolver:
         last = labels[-1]
         if last == "svc" and n >= 3:
             key = (labels[-2], labels[-3])
-            answer.tags.add(service_tag(*key))
-            service = self.service_records(key)
+            clusterset = zone in self.multicluster_zones
+            answer.tags.add(import_tag(*key) if clusterset else service_tag(*key))
+            service = self.import_records(key) if clusterset else self.service_records(key)
             records = service.forward.get(rel) if service is not None else None
             if trace is not None:
-                trace.step("service-name", key, rel, zone, service is not None)
+                step = "import-name" if clusterset else "service-name"
+                trace.step(step, key, rel, zone, service is not None)
             if records is None:
                 return self._negative(
                     answer, zone, exists=service is not None and rel in service.ents
                 )
-            return self._records(answer, qname, qtype, zone, key, service, records, depth)
+            kind = "import" if clusterset else "record"
+            return self._records(answer, qname, qtype, zone, key, service, records, depth, kind)
         if last == "svc":
             if n == 1:
                 answer.tags.add(ZONE_TAG)
@@ -355,6 +395,88 @@ class Resolver:
         return self._negative(
             answer, zone, exists=rel in ("dns", "ns.dns") and bool(self.ns_addresses)
         )
+
+    def _external(self, answer: Answer, qname: str, qtype: int, zone: str) -> None:
+        """A k8s_external zone (kdns/dns/external.py): the apex and `ns1.APEX` here, Services'
+        outside addresses from `external_records`."""
+        rel = qname[: -len(zone) - 1] if qname != zone else ""
+        labels = rel.split(".") if rel else []
+        trace = answer.trace
+        dns_key = external.DNS_SERVICE
+        if not labels or labels[-1] == self.external_apex:
+            answer.tags.add(service_tag(*dns_key))  # the nameserver's addresses are its
+            return self._external_apex(answer, qname, qtype, zone, rel)
+        key = (labels[-1], labels[-2]) if len(labels) >= 2 else None
+        records: tuple[Record, ...] | None = None
+        names: dict[str, tuple[Record, ...]] = {}
+        if key is not None:
+            answer.tags.add(service_tag(*key))
+            service = self.store.services.get(key)
+            names = external.external_records(service) if service is not None else {}
+            records = names.get(rel)
+        else:
+            answer.tags.add(ZONE_TAG)
+        if trace is not None:
+            trace.step("external-name", zone, key, rel, records is not None)
+        ents = {name.split(".", 1)[1] for name in names if name.startswith("_")}
+        if records is None or qtype not in (QTYPE.A, QTYPE.AAAA, QTYPE.SRV, ANY):
+            # `_tcp.svc.ns` and `ns` are empty non-terminals (RFC 8020) while names lie below.
+            exists = records is not None or rel in ents
+            if len(labels) == 1:
+                answer.tags.add(namespace_tag(labels[0]))
+                exists = self.namespace_exists(labels[0])
+            return self._external_negative(answer, zone, exists)
+        for record in records:
+            if qtype not in (record.rtype, ANY):
+                continue
+            rr = self.record_rr(qname, record, zone)
+            rr.ttl = self.external_ttl
+            answer.answer.append(rr)
+            if trace is not None:
+                trace.origin(rr, "external", key, record, zone)
+            if record.rtype == QTYPE.SRV:
+                glue = tuple(g.value for g in names.get(record.value, ()))
+                self._addresses(answer.additional, f"{record.value}.{zone}", ANY, glue)
+        for rr in answer.additional:
+            rr.ttl = self.external_ttl
+        if not answer.answer:
+            self._external_negative(answer, zone, exists=True)
+        return None
+
+    def _external_apex(self, answer: Answer, qname: str, qtype: int, zone: str, rel: str) -> None:
+        nameserver = f"ns1.{self.external_apex}.{zone}"
+        dns_service = self.store.services.get(external.DNS_SERVICE)
+        glue = external.outside_addresses(dns_service) if dns_service is not None else ()
+        before = len(answer.answer)
+        if not rel:
+            if qtype in (QTYPE.SOA, ANY):
+                answer.answer.append(self._external_soa(zone))
+            if qtype in (QTYPE.NS, ANY):
+                rr = RR(qname + ".", QTYPE.NS, rdata=NS_RD(nameserver + "."), ttl=self.external_ttl)
+                answer.answer.append(rr)
+                self._addresses(answer.additional, nameserver, ANY, glue)
+        elif qname == nameserver:
+            self._addresses(answer.answer, nameserver, qtype, glue)
+        elif rel != self.external_apex:
+            return self._external_negative(answer, zone, exists=False)
+        for rr in (*answer.answer[before:], *answer.additional):
+            rr.ttl = self.external_ttl
+        if len(answer.answer) == before:
+            self._external_negative(answer, zone, exists=True)
+        return None
+
+    def _external_soa(self, zone: str) -> RR:
+        # CoreDNS's k8s_external README: a static serial, the minimum the zone's TTL.
+        soa = SOA(
+            mname=f"ns1.{self.external_apex}.{zone}.",
+            rname=f"hostmaster.{zone}.",
+            times=(external.SOA_SERIAL, *external.SOA_TIMES, self.external_ttl),
+        )
+        return RR(zone + ".", QTYPE.SOA, rdata=soa, ttl=self.external_ttl)
+
+    def _external_negative(self, answer: Answer, zone: str, exists: bool) -> None:
+        answer.rcode = RCODE.NOERROR if exists else RCODE.NXDOMAIN
+        answer.authority.append(self._external_soa(zone))
 
     def namespace_exists(self, namespace: str) -> bool:
         """Whether `ns.svc.Z` exists: a watched Namespace, or any Service in it (Namespaces
@@ -438,7 +560,10 @@ class Resolver:
         service: ServiceRecords,
         records: tuple[Record, ...],
         depth: int,
+        kind: str = "record",
     ) -> None:
+        """`kind` names, for explain, where the records come from: "record" (a Service) or
+        "import" (a ServiceImport, which never has a CNAME)."""
         trace = answer.trace
         cname = next((r for r in records if r.rtype == QTYPE.CNAME), None)
         if cname is not None and qtype not in (QTYPE.CNAME, ANY):
@@ -463,7 +588,8 @@ class Resolver:
                 self._resolve_into(answer, target, qtype, target_zone, depth + 1)
             return None
         if trace is not None:
-            trace.step("records", key, qname[: -len(zone) - 1], qtype, records)
+            code = "records" if kind == "record" else "import-records"
+            trace.step(code, key, qname[: -len(zone) - 1], qtype, records)
         found = False
         for record in records:
             if record.rtype != qtype and qtype != ANY:
@@ -472,7 +598,7 @@ class Resolver:
             rr = self.record_rr(qname, record, zone)
             answer.answer.append(rr)
             if trace is not None:
-                trace.origin(rr, "record", key, record, zone)
+                trace.origin(rr, kind, key, record, zone)
             if record.rtype == QTYPE.SRV:
                 # Glue for the target (spec 2.3.2: the additional section MAY carry it).
                 # SRV targets are names of the same Service: its own name or its endpoints'.
@@ -488,7 +614,7 @@ class Resolver:
                     ANY,
                     tuple(ip for ip in dict.fromkeys(ips) if ip not in present),
                     answer,
-                    "glue",
+                    "glue" if kind == "record" else "import-glue",
                     key,
                     target,
                     zone,

@@ -323,6 +323,7 @@ stub.Corefile:14 dns.metrics_addr: 0.0.0.0:9153
 stub.Corefile:14 dns.metrics_coredns_names: true
 stub.Corefile:15 forward.upstreams: [172.16.0.1, '[2001:db8::53]:5353']
 stub.Corefile:16 forward.max_concurrent: 500
+stub.Corefile:17 forward.policy: random
 stub.Corefile:19 cache.max_denial_ttl: 30
 stub.Corefile:19 cache.max_ttl: 30
 stub.Corefile:22 cache.serve_stale: 3600.0
@@ -332,7 +333,6 @@ stub.Corefile:31 forward.stub_domains: {acme.example: ['10.0.0.53:5300'], consul
         """\
 stub.Corefile:4: errors: accepted: kdns logs errors on its own
 stub.Corefile:11: kubernetes fallthrough: accepted: PTR questions for addresses no Service owns are forwarded
-stub.Corefile:17: forward policy: accepted: kdns tries the upstreams in random order
 stub.Corefile:20: cache disable: accepted: kdns never caches cluster answers
 stub.Corefile:21: cache disable: accepted: kdns never caches cluster answers
 stub.Corefile:24: loop: accepted: kdns refuses, at start, an upstream that would forward back to it
@@ -542,16 +542,24 @@ OPTIONS = [
         "",
     ),
     (
-        "names that fall through are forwarded, and then cached: `disable` cannot hold",
+        "names that fall through are forwarded: `disable` keeps their answers uncached",
         corefile(
             "    cache 30 {\n       disable success cluster.local\n    }\n",
             options="       fallthrough\n",
         ),
-        {"dns.fallthrough": ("cluster.local",)},
+        {"dns.fallthrough": ("cluster.local",), "cache.disable_success": ("cluster.local",)},
         "Corefile:3: kubernetes fallthrough: accepted: PTR questions for addresses no Service "
-        "owns are forwarded\n"
-        "Corefile:6: cache disable: not supported: kdns caches the upstream answers of names that "
-        "fall through",
+        "owns are forwarded",
+    ),
+    (
+        "disable without zones: the block's; success and denial apart; lines add up",
+        corefile() + "corp.example {\n    forward . 10.0.0.1\n    cache {\n       disable denial\n"
+        "       disable success a.corp.example\n       disable success b.corp.example\n    }\n}\n",
+        {
+            "cache.disable_denial": ("corp.example",),
+            "cache.disable_success": ("a.corp.example", "b.corp.example"),
+        },
+        "",
     ),
     (
         "ignore takes only empty_service; endpoint_pod_names and noendpoints take nothing",
@@ -563,23 +571,52 @@ OPTIONS = [
     (
         "options that filter or change cluster answers; those kdns has",
         corefile(
-            options="       namespaces default\n       labels app=x\n       endpoint_pod_names\n"
-            "       noendpoints\n       ignore empty_service\n       multicluster clusterset.local\n"
+            options="       namespaces default kube-system\n       labels app=x\n"
+            "       endpoint_pod_names\n"
+            "       noendpoints\n       ignore empty_service\n       multicluster\n"
             "       endpoint https://10.0.0.1:6443\n       fallthrough\n       bogus 1\n"
         ),
         {
+            "kubernetes.namespaces": ("default", "kube-system"),
+            "kubernetes.labels": "app=x",
             "dns.fallthrough": ("cluster.local",),
             "dns.endpoint_pod_names": True,
             "dns.noendpoints": True,
             "dns.ignore_empty_service": True,
         },
-        "Corefile:3: kubernetes namespaces: not supported: not supported yet\n"
-        "Corefile:4: kubernetes labels: not supported: not supported yet\n"
-        "Corefile:8: kubernetes multicluster: not supported: not supported yet\n"
         "Corefile:9: kubernetes endpoint: not supported: not supported yet\n"
         "Corefile:10: kubernetes fallthrough: accepted: PTR questions for addresses no Service "
         "owns are forwarded\n"
         "Corefile:11: kubernetes bogus: not supported: unknown option",
+    ),
+    (
+        "k8s_external ZONES with apex and ttl",
+        corefile(
+            "    k8s_external example.org other.example {\n       apex ns\n       ttl 30\n"
+            "       headless\n    }\n"
+        ),
+        {
+            "dns.external_zones": ("example.org", "other.example"),
+            "dns.external_apex": "ns",
+            "dns.external_ttl": 30,
+        },
+        "Corefile:6: k8s_external headless: not supported: unknown option",
+    ),
+    (
+        "multicluster ZONES: clusterset zones among the block's (CoreDNS 1.12.2)",
+        ".:53 {\n    kubernetes cluster.local clusterset.local {\n"
+        "       multicluster clusterset.local.\n    }\n}\n",
+        {
+            "dns.zones": ("cluster.local", "clusterset.local"),
+            "dns.multicluster": ("clusterset.local",),
+        },
+        "",
+    ),
+    (
+        "labels: CoreDNS joins the arguments into one set-based selector",
+        corefile(options="       labels app in (web, api) , !canary\n"),
+        {"kubernetes.labels": "app in (web, api) , !canary", "kubernetes.namespaces": "<unset>"},
+        "",
     ),
     (
         "forward: addresses, with and without ports; the knobs kdns keeps fixed",
@@ -588,29 +625,73 @@ OPTIONS = [
             "       max_fails 3\n       health_check 1s\n       expire 20s\n       prefer_udp\n"
             "       failfast_all_unhealthy_upstreams\n    }\n"
         ),
-        {"forward.upstreams": ("10.0.0.1", "10.0.0.2:5353", "[fd00::1]:53")},
+        {
+            "forward.upstreams": ("10.0.0.1", "10.0.0.2:5353", "[fd00::1]:53"),
+            "forward.expire": 20.0,
+        },
         "Corefile:4: forward max_fails: accepted: kdns marks an upstream down after 2 failures in "
         "a row\n"
         "Corefile:5: forward health_check: accepted: kdns probes a down upstream every 0.5 s\n"
-        "Corefile:6: forward expire: accepted: kdns opens a fresh socket for every exchange "
-        "(RFC 5452), so nothing expires\n"
         "Corefile:7: forward prefer_udp: accepted: kdns asks over UDP and retries over TCP when "
         "the answer is truncated\n"
         "Corefile:8: forward failfast_all_unhealthy_upstreams: accepted: kdns tries unhealthy "
         "upstreams last, then fails",
     ),
     (
-        "forward: what would change answers",
+        "forward: DNS over TLS, with the server name its certificate holds",
         corefile(
-            "    forward . tls://1.1.1.1 {\n       tls_servername cloudflare-dns.com\n    }\n"
-            "    forward . 10.0.0.1 {\n       policy sequential\n       force_tcp\n"
-            "       except corp.example\n    }\n"
+            "    forward . tls://1.1.1.1 tls://[2606:4700:4700::1111]:853 {\n"
+            "       tls_servername cloudflare-dns.com\n       tls\n    }\n"
         ),
-        {"forward.upstreams": ("10.0.0.1",)},
-        "Corefile:3: forward: not supported: tls:// upstreams are not supported yet\n"
-        "Corefile:7: forward policy: not supported: kdns tries the upstreams in random order\n"
-        "Corefile:8: forward force_tcp: not supported: not supported yet\n"
-        "Corefile:9: forward except: not supported: not supported yet",
+        {
+            "forward.upstreams": ("tls://1.1.1.1", "tls://[2606:4700:4700::1111]:853"),
+            "forward.tls_servername": "cloudflare-dns.com",
+            "forward.tls_ca": "<unset>",
+        },
+        "",
+    ),
+    (
+        "forward tls: CA; CERT KEY; CERT KEY CA (CoreDNS's pkg/tls)",
+        corefile(
+            "    forward . tls://10.0.0.1 {\n       tls /ca.pem\n    }\n"
+            "    forward corp.example tls://10.1.0.1:8853 {\n       tls /c.pem /k.pem /ca.pem\n    }\n"
+        ),
+        {
+            "forward.tls_ca": "/ca.pem",
+            "forward.tls_cert": "/c.pem",
+            "forward.tls_key": "/k.pem",
+            "forward.stub_domains": (("corp.example", ("tls://10.1.0.1:8853",)),),
+        },
+        "",
+    ),
+    (
+        "forward: https:// and grpc:// upstreams",
+        corefile("    forward . https://1.1.1.1/dns-query\n"),
+        {"forward.upstreams": ()},
+        "Corefile:3: forward: not supported: https:// upstreams are not supported yet",
+    ),
+    (
+        "forward: policy, force_tcp and except in the root block",
+        corefile(
+            "    forward . 10.0.0.1 10.0.0.2 {\n       policy sequential\n       force_tcp\n"
+            "       except corp.example Lab.Example.\n    }\n"
+        ),
+        {
+            "forward.upstreams": ("10.0.0.1", "10.0.0.2"),
+            "forward.policy": "sequential",
+            "forward.force_tcp": True,
+            "forward.except_zones": ("corp.example", "lab.example"),
+        },
+        "",
+    ),
+    (
+        "forward: except in a stub block; policy round_robin",
+        corefile("    forward . 10.0.0.1\n")
+        + "corp.example {\n    forward . 10.1.0.1 10.1.0.2 {\n       policy round_robin\n"
+        "       except lab.corp.example\n    }\n}\n",
+        {"forward.policy": "round_robin", "forward.except_zones": "<unset>"},
+        "Corefile:8: forward except: not supported: kdns follows except only in the root zone's "
+        "forward",
     ),
     (
         "forward ZONE in the root block is a stub domain; a second root forward is refused",
@@ -660,8 +741,11 @@ OPTIONS = [
     (
         "cache without TTL: CoreDNS's caps; disable outside the cluster zones; keepttl",
         corefile("    cache {\n       disable success example.org\n       keepttl\n    }\n"),
-        {"cache.max_ttl": 3600, "cache.max_denial_ttl": 1800},
-        "Corefile:4: cache disable: not supported: only the cluster zones may be left uncached\n"
+        {
+            "cache.max_ttl": 3600,
+            "cache.max_denial_ttl": 1800,
+            "cache.disable_success": ("example.org",),
+        },
         "Corefile:5: cache keepttl: not supported: not supported yet",
     ),
     (
@@ -720,7 +804,6 @@ OPTIONS = [
         "Corefile:7: errors: accepted: ignored with its directive\n"
         "Corefile:9: rewrite: not supported: only `rewrite name` is supported (here type)\n"
         "Corefile:10: template: not supported: kdns answers only class IN\n"
-        "Corefile:11: k8s_external: not supported: kdns does not have this plugin yet, and it changes answers\n"
         "Corefile:12: any: not supported: kdns does not have this plugin yet, and it changes answers\n"
         "Corefile:13: dns64: not supported: kdns does not have this plugin yet, and it changes answers",
     ),
@@ -936,6 +1019,10 @@ BLOCK_ERRORS = [
         "    template ANY ANY y {\n       match (\n    }\n}\n",
         "Corefile:3: template: rcode: must be one of NOERROR, FORMERR, SERVFAIL, NXDOMAIN, "
         "NOTIMP, REFUSED (got 'NOPE')",
+    ),
+    (
+        ".:53 {\n    kubernetes cluster.local {\n       multicluster clusterset.local\n    }\n}\n",
+        "Corefile:3: multicluster zone 'clusterset.local' is not a zone of the kubernetes block",
     ),
     (
         ".:53 {\n    kubernetes cluster.local\n    rewrite name a.example\n}\n",
