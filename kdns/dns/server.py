@@ -5,7 +5,8 @@ Contract:
   answers answer-cache hits itself and hands everything else to the trio task `_serve_udp`,
   which answers it here as every query was answered before (the slow path, forwarding in a task
   of its own), then reads up to `TRIO_DRAIN` queued packets itself (a miss-heavy load would
-  otherwise pass the GIL between the two threads per packet). Paying trio's scheduling per wake-up cost more than the lookup at paced rates.
+  otherwise pass the GIL between the two threads per packet). Paying trio's scheduling per
+  wake-up cost more than the lookup at paced rates.
   The store, the resolver and the caches stay the trio thread's: the receive thread only reads
   the answer cache. The UDP socket is blocking (for the thread); trio sends with MSG_DONTWAIT.
 - TCP (RFC 7766): length-prefixed messages, several per connection, answered as each completes
