@@ -70,6 +70,7 @@ from kdns.dns.plugins import Plugins
 from kdns.dns.querylog import QueryLog
 from kdns.dns.resolver import Resolver
 from kdns.dns.server import DnsServer
+from kdns.dns.wire import AnswerCache
 from kdns.http import HttpEndpoint, health, metrics_route, readiness
 from kdns.proxy.loopback import LoopbackVips
 from kdns.proxy.userspace import Relay
@@ -221,6 +222,11 @@ def assemble(
     )
     handler = Handler(
         resolver,
+        # Bounded in bytes (config `cache.answer_max_bytes`): a random-name flood must not push
+        # the process past its memory limit.
+        cache=AnswerCache(
+            rotate=config.dns.loadbalance != "off", max_bytes=config.cache.answer_max_bytes
+        ),
         forwarder=forwarder,
         autopath=config.dns.autopath,
         host_search=planned.host_search,

@@ -575,10 +575,15 @@ class ForwardSection:
 
 @dataclass(frozen=True, slots=True)
 class CacheSection:
-    """The upstream cache (cluster answers are never cached there)."""
+    """The upstream cache (cluster answers are never cached there), and the answer cache's bound."""
 
     success: int = _key(9984, _whole(0, 10_000_000, " of entries"), "cache_success")
     denial: int = _key(9984, _whole(0, 10_000_000, " of entries"), "cache_denial")
+    # Memory bounds in bytes (estimated per entry), so a flood of distinct names cannot push the
+    # process past its memory limit: the upstream cache (success and denial together), and the
+    # answer cache of encoded cluster answers. The oldest entries go first.
+    max_bytes: int = _key(16 << 20, _whole(1 << 16, 1 << 40, " of bytes"))
+    answer_max_bytes: int = _key(32 << 20, _whole(1 << 16, 1 << 40, " of bytes"))
     max_ttl: int = _key(30, _whole(0, 86400, " of seconds"), "cache_max_ttl")
     max_denial_ttl: int = _key(30, _whole(0, 86400, " of seconds"), "cache_max_denial_ttl")
     # Seconds past expiry an answer may be served when upstreams fail; RFC 8767 §5 suggests

@@ -18,7 +18,8 @@ What CoreDNS's `forward` + `cache` plugins and kube-dns's stubDomains / upstream
 `AnswerCache` here is the upstream cache (cachetools), sized and capped by the config's `cache`
 section: answers for their TTL capped at `max_ttl`, negative answers per RFC 2308 (the SOA's
 min(TTL, MINIMUM)) capped at `max_denial_ttl`, SERVFAIL for `servfail_ttl`; bounded by entry
-counts; TTLs counted down in what clients see. Cluster answers never come here: they are
+counts and by `max_bytes` (success and denial together, oldest first; evictions counted in
+`stats()`); TTLs counted down in what clients see. Cluster answers never come here: they are
 answered from the store.
 
 Every attempt is counted per upstream (`kdns_forward_*`, CoreDNS's forward/proxy metrics); a
@@ -172,6 +173,45 @@ class CacheEntry:
     stored: float
     expires: float
     stale_until: float
+    size: int = 0  # estimated bytes held, with its key (`entry_size`)
+
+
+# What an entry costs beyond its response and key: the dataclass, its two lists, the LRU's
+# bookkeeping (tracemalloc on CPython 3.11; tests/dns/test_cache_budget.py checks it).
+ENTRY_OVERHEAD = 700
+
+
+def entry_size(key: bytes, response: bytes, records: int) -> int:
+    return ENTRY_OVERHEAD + len(key) + len(response) + 2 * 40 * records
+
+
+class _Table(LRUCache[bytes, CacheEntry]):
+    """One LRU table of the upstream cache: its entries' sizes summed in `bytes`, and the entries
+    it evicted (to stay within its count, or `UpstreamCache`'s byte bound) in `evictions`."""
+
+    def __init__(self, maxsize: int) -> None:
+        super().__init__(maxsize=maxsize)
+        self.bytes = 0
+        self.evictions = 0
+
+    def __setitem__(self, key: bytes, value: CacheEntry) -> None:
+        if key in self:
+            del self[key]  # replaced: its size goes before the new one's comes
+        super().__setitem__(key, value)  # may evict (popitem) to stay within maxsize
+        self.bytes += value.size
+
+    def __delitem__(self, key: bytes) -> None:
+        size = super().__getitem__(key).size
+        super().__delitem__(key)
+        self.bytes -= size
+
+    def popitem(self) -> tuple[bytes, CacheEntry]:
+        self.evictions += 1
+        return super().popitem()
+
+    def clear(self) -> None:
+        super().clear()  # cachetools clears its dict directly, not through __delitem__
+        self.bytes = 0
 
 
 def cache_key(query: Query) -> bytes:
@@ -189,8 +229,9 @@ class UpstreamCache:
 
     def __init__(self, config: ForwardConfig) -> None:
         self.config = config
-        self.success: LRUCache[bytes, CacheEntry] = LRUCache(maxsize=config.cache.success)
-        self.denial: LRUCache[bytes, CacheEntry] = LRUCache(maxsize=config.cache.denial)
+        self.success = _Table(config.cache.success)
+        self.denial = _Table(config.cache.denial)
+        self.max_bytes = config.cache.max_bytes
         self.hits = 0
         self.hits_denial = 0  # of `hits`, those from the denial table (metrics)
         self.misses = 0
@@ -223,7 +264,14 @@ class UpstreamCache:
             hits_success=self.hits - self.hits_denial,
             hits_denial=self.hits_denial,
             served_stale=self.served_stale,
+            evictions_success=self.success.evictions,
+            evictions_denial=self.denial.evictions,
         )
+
+    @property
+    def bytes(self) -> int:
+        """The estimated memory of every entry (`entry_size`), kept within `max_bytes`."""
+        return self.success.bytes + self.denial.bytes
 
     def stale(self, key: bytes, now: float) -> CacheEntry | None:
         """An expired success answer still inside the serve-stale window (RFC 8767)."""
@@ -248,8 +296,11 @@ class UpstreamCache:
             ttl, table = config.servfail_ttl, self.denial
         else:
             return
-        if ttl <= 0:
+        if ttl <= 0 or table.maxsize == 0:
             return
+        size = entry_size(key, response, len(parsed.ttls))
+        if size > self.max_bytes:
+            return  # larger than the whole budget: asked upstream each time
         table[key] = CacheEntry(
             response,
             parsed.ttl_offsets,
@@ -257,7 +308,13 @@ class UpstreamCache:
             now,
             now + ttl,
             now + ttl + config.cache.serve_stale,
+            size,
         )
+        # Within the byte bound: the least recently used go, from this table first (the one
+        # growing), then from the other; the entry just stored is the most recent of its table.
+        other = self.denial if table is self.success else self.success
+        while self.bytes > self.max_bytes:
+            (table if len(table) > 1 else other).popitem()
 
 
 def from_cache(entry: CacheEntry, query: Query, now: float, stale_ttl: int | None = None) -> bytes:

@@ -156,13 +156,14 @@ class Handler:
             handled = self._plugins(query, udp)
             if handled is not None:
                 return handled
+        qname = query.qname  # computed once: a miss reads it several times
         if self.autopath and client is not None:
-            search = self._search_list(query.qname, client)
+            search = self._search_list(qname, client)
             if search:
                 return Deferred(query, udp, search)
-        answer = self.resolver.resolve(query.qname, query.qtype)
+        answer = self.resolver.resolve(qname, query.qtype)
         if answer is not None and answer.rcode == wire.NXDOMAIN and self.fallthrough:
-            answer = self._fall_through(query.qname, answer)
+            answer = self._fall_through(qname, answer)
         if answer is not None and answer.broken is not None:
             self._broken_chain(query, answer)
         if answer is not None and self._chases(answer):
@@ -172,17 +173,17 @@ class Handler:
                 return Deferred(query, udp, chase=answer)
             response = self._after_cname(query, answer, cached)
             self.label = LABELS.id(
-                self.zone(query.qname), query.qtype, response[3] & 0xF, "kubernetes", query.do
+                self.zone(qname), query.qtype, response[3] & 0xF, "kubernetes", query.do
             )
             return wire.finish(response, query, udp)
         if answer is None:
-            if self.forwarder is None or not self.forwarder.upstreams_for(query.qname):
+            if self.forwarder is None or not self.forwarder.upstreams_for(qname):
                 return self._refuse(query, wire.REFUSED, udp)
             # A fresh upstream-cache hit needs no network: answer it here, without a task.
             cached = self.forwarder.cached(query)
             if cached is not None:
                 self.label = LABELS.id(
-                    self.forwarder.zone_for(query.qname),
+                    self.forwarder.zone_for(qname),
                     query.qtype,
                     cached[3] & 0xF,
                     "cache",
@@ -198,10 +199,10 @@ class Handler:
             answer.additional,
             recursion_available=self.recursion_available,
         )
-        zone = self.zone(query.qname)
+        zone = self.zone(qname)
         self.label = LABELS.id(zone, query.qtype, answer.rcode, "kubernetes", query.do)
         if answer.cacheable and not (
-            self.autopath and answer.rcode == wire.NXDOMAIN and self._in_a_namespace(query.qname)
+            self.autopath and answer.rcode == wire.NXDOMAIN and self._in_a_namespace(qname)
         ):
             # With autopath, a pod's NXDOMAIN for `<name>.<its ns>.svc.<zone>` is answered by
             # searching; the shared cache (keyed without the client) must not answer it.

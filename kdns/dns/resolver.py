@@ -29,6 +29,7 @@ import ipaddress
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 from cachetools import LRUCache
@@ -36,7 +37,7 @@ from dnslib import AAAA as AAAA_RD
 from dnslib import CNAME as CNAME_RD
 from dnslib import NS as NS_RD
 from dnslib import PTR as PTR_RD
-from dnslib import QTYPE, RCODE, RR, SOA, SRV, TXT
+from dnslib import QTYPE, RCODE, RR, SOA, SRV, TXT, DNSLabel
 from dnslib import A as A_RD
 
 from kdns.config import Config
@@ -58,6 +59,7 @@ ANY = QTYPE.ANY
 DNS_VERSION = "1.1.0"  # Kubernetes DNS-Based Service Discovery, schema version (spec §2.1)
 DNS_VERSION_TTL = 28800  # the spec's example, and what CoreDNS serves
 MAX_CHASE = 8  # CNAME links one answer may hold; a longer chain is SERVFAIL
+MAX_LABEL = 63  # octets (RFC 1035 §2.3.4)
 
 Tag = tuple[str, ...]
 APEX_TAG: Tag = ("apex",)
@@ -122,6 +124,21 @@ def reverse_tag(ip: str) -> Tag:
     return ("ptr", ip)
 
 
+@lru_cache(maxsize=8192)
+def dns_name(name: str) -> DNSLabel:
+    """`DNSLabel(name)`, without its IDNA pass for the usual name (ASCII, no escapes, labels of
+    1-63 octets), which that pass leaves as it is: a 500-endpoint answer builds 1,500 names.
+    Kept (a few MiB at most): an SRV target is also its glue's owner, and a rollout keeps most
+    endpoint names. Answers share the objects; nothing mutates a label."""
+    if name.isascii() and "\\" not in name:
+        labels = tuple(name.encode().split(b"."))
+        if labels and not labels[-1]:
+            labels = labels[:-1]  # the root
+        if all(0 < len(label) <= MAX_LABEL for label in labels):
+            return DNSLabel(labels)
+    return DNSLabel(name)
+
+
 def ip_from_pod_label(label: str) -> str | None:
     """`10-244-1-10` → 10.244.1.10, `fd00-10--1` → fd00:10::1 (CoreDNS's reading,
     docs/kubernetes-dns.md row 12)."""
@@ -157,6 +174,7 @@ class Resolver:
         self._memo: LRUCache[tuple[str, str], ServiceRecords] = LRUCache(maxsize=memo_size)
         self._import_memo: LRUCache[tuple[str, str], ServiceRecords] = LRUCache(maxsize=memo_size)
         self._known: set[tuple[str, str]] = set()
+        self._soa_memo: dict[str, tuple[int, RR]] = {}  # zone → (serial, its SOA)
         self._services_per_namespace: Counter[str] = Counter()
         self.ttl = config.dns.ttl
         self._options = config.dns  # endpoint_pod_names, noendpoints, ignore_empty_service
@@ -514,13 +532,22 @@ class Resolver:
     def _soa(self, zone: str) -> RR:
         # CoreDNS's synthesised SOA (plugin/backend_lookup.go): TTL min(ttl, 300), the minimum
         # field = ttl, so resolvers cache our negative answers for the record TTL (RFC 2308 §5).
+        # Kept per zone until the serial moves: every NXDOMAIN of a random-name flood carries
+        # it, and building it (labels, rdata) was a third of such an answer's cost. Answers
+        # share the RR; nothing mutates an answer's records.
+        serial = self.store.last_change
+        kept = self._soa_memo.get(zone)
+        if kept is not None and kept[0] == serial:
+            return kept[1]
         forward = zone if zone in self.forward_zones else self.primary
         soa = SOA(
             mname=f"ns.dns.{forward}.",
             rname=f"hostmaster.{forward}.",
-            times=(self.store.last_change, 7200, 1800, 86400, self.ttl),
+            times=(serial, 7200, 1800, 86400, self.ttl),
         )
-        return RR(zone + ".", QTYPE.SOA, rdata=soa, ttl=min(self.ttl, 300))
+        rr = RR(zone + ".", QTYPE.SOA, rdata=soa, ttl=min(self.ttl, 300))
+        self._soa_memo[zone] = (serial, rr)
+        return rr
 
     def _negative(self, answer: Answer, zone: str, exists: bool) -> None:
         answer.rcode = RCODE.NOERROR if exists else RCODE.NXDOMAIN
@@ -538,12 +565,13 @@ class Resolver:
         """A/AAAA records of `ips` at `owner`; with `answer` tracing, each gets `origin` and
         its address as its origin."""
         trace = answer.trace if answer is not None else None
+        name = dns_name(owner + ".")
         for ip in ips:
             v6 = ":" in ip
             if v6 and qtype in (QTYPE.AAAA, ANY):
-                rr = RR(owner + ".", QTYPE.AAAA, rdata=AAAA_RD(ip), ttl=self.ttl)
+                rr = RR(name, QTYPE.AAAA, rdata=AAAA_RD(ip), ttl=self.ttl)
             elif not v6 and qtype in (QTYPE.A, ANY):
-                rr = RR(owner + ".", QTYPE.A, rdata=A_RD(ip), ttl=self.ttl)
+                rr = RR(name, QTYPE.A, rdata=A_RD(ip), ttl=self.ttl)
             else:
                 continue
             section.append(rr)
@@ -591,11 +619,15 @@ class Resolver:
             code = "records" if kind == "record" else "import-records"
             trace.step(code, key, qname[: -len(zone) - 1], qtype, records)
         found = False
+        # The glue already given per SRV target: one set per target, so a 500-endpoint headless
+        # Service costs one pass, not a scan of the additional section per SRV record.
+        glued: dict[str, set[str]] = {}
+        owner = dns_name(qname + ".")  # one label object for the whole RRset
         for record in records:
             if record.rtype != qtype and qtype != ANY:
                 continue
             found = True
-            rr = self.record_rr(qname, record, zone)
+            rr = self.record_rr(owner, record, zone)
             answer.answer.append(rr)
             if trace is not None:
                 trace.origin(rr, kind, key, record, zone)
@@ -604,15 +636,20 @@ class Resolver:
                 # SRV targets are names of the same Service: its own name or its endpoints'.
                 target = record.value
                 glue = service.forward.get(target, ())
-                ips = tuple(g.value for g in glue if g.rtype in (QTYPE.A, QTYPE.AAAA))
-                present = {
-                    str(rr.rdata) for rr in answer.additional if rr.rname == f"{target}.{zone}."
-                }
+                present = glued.setdefault(target, set())
+                ips = tuple(
+                    ip
+                    for ip in dict.fromkeys(
+                        g.value for g in glue if g.rtype in (QTYPE.A, QTYPE.AAAA)
+                    )
+                    if ip not in present
+                )
+                present.update(ips)
                 self._addresses(
                     answer.additional,
                     f"{target}.{zone}",
                     ANY,
-                    tuple(ip for ip in dict.fromkeys(ips) if ip not in present),
+                    ips,
                     answer,
                     "glue" if kind == "record" else "import-glue",
                     key,
@@ -623,22 +660,24 @@ class Resolver:
             self._negative(answer, zone, exists=True)
         return None
 
-    def record_rr(self, owner: str, record: Record, zone: str) -> RR:
-        """The RR `record` gives at `owner` in `zone`, as answers carry it."""
+    def record_rr(self, owner: str | DNSLabel, record: Record, zone: str) -> RR:
+        """The RR `record` gives at `owner` (a name without the trailing dot, or its label) in
+        `zone`, as answers carry it."""
         value = f"{record.value}.{zone}." if record.in_zone else record.value
         if record.rtype == QTYPE.A:
             rdata = A_RD(value)
         elif record.rtype == QTYPE.AAAA:
             rdata = AAAA_RD(value)
         elif record.rtype == QTYPE.SRV:
-            rdata = SRV(record.priority, record.weight, record.port, value)
+            rdata = SRV(record.priority, record.weight, record.port, dns_name(value))
         elif record.rtype == QTYPE.PTR:
-            rdata = PTR_RD(value)
+            rdata = PTR_RD(dns_name(value))
         elif record.rtype == QTYPE.CNAME:
-            rdata = CNAME_RD(value + ".")
+            rdata = CNAME_RD(dns_name(value + "."))
         else:  # pragma: no cover - records.py produces only the types above
             raise ValueError(f"unexpected record type {record.rtype}")
-        return RR(owner + ".", record.rtype, rdata=rdata, ttl=self.ttl)
+        name = owner if isinstance(owner, DNSLabel) else dns_name(owner + ".")
+        return RR(name, record.rtype, rdata=rdata, ttl=self.ttl)
 
     def _reverse(self, answer: Answer, qname: str, qtype: int, zone: str) -> None:
         if qname == zone:
