@@ -24,7 +24,7 @@ from kdns.config import Config
 from kdns.dns import wire
 from kdns.dns.handler import Handler
 from kdns.dns.resolver import Resolver
-from kdns.dns.wire import Query
+from kdns.dns.wire import Query, Reply
 from kdns.model import (
     EndpointSlice,
     Namespace,
@@ -244,9 +244,9 @@ def svc(name: str) -> str:
 
 
 def ask(handler: Handler, data: bytes, udp: bool = True) -> bytes:
-    response = handler.handle(data, udp)
-    assert response is not None, "the handler dropped a query"
-    return response
+    reply = handler.handle(data, udp)
+    assert isinstance(reply, Reply), "the handler dropped a query"
+    return reply.data
 
 
 def parse(response: bytes) -> dns.message.Message:
