@@ -1,13 +1,12 @@
 """One DNS request, bytes in → bytes out: the cache hot path, else parse, resolve and encode.
 
 Contract:
-- `Handler.handle(data, udp, client)` returns a `Reply` (the response bytes and their metrics
-  label), None when the packet is to be dropped (no header, or not a query), or a `Deferred`
+- `Handler.handle(data, udp, client)` returns a `Reply`, the pair (response bytes, metrics
+  label id), None when the packet is to be dropped (no header, or not a query), or a `Deferred`
   when the answer needs the network (forwarding, autopath): the listener then awaits
   `Handler.complete(deferred)`, which returns a `Reply`, in a task of its own, so one slow
-  upstream never holds up other queries. Neither raises: this is the
-  request boundary of docs/architecture.md §10, where an unexpected error becomes SERVFAIL, is
-  logged and counted.
+  upstream never holds up other queries. Neither raises: this is the request boundary of
+  docs/architecture.md §10, where an unexpected error becomes SERVFAIL, is logged and counted.
 - Malformed queries get FORMERR with the client's ID; opcodes other than QUERY get NOTIMP; EDNS
   versions other than 0 get BADVERS (RFC 6891 §6.1.3); zone transfers and non-IN classes get
   REFUSED, and so do names outside our zones when there is no upstream to forward them to.
@@ -114,7 +113,7 @@ class Handler:
                 return None
             qid, flags = int.from_bytes(data[:2]), int.from_bytes(data[2:4])
             servfail = wire.error_response(qid, flags, wire.SERVFAIL)
-            return Reply(servfail, LABELS.id(DROPPED, 0, wire.SERVFAIL, "", False))
+            return (servfail, LABELS.id(DROPPED, 0, wire.SERVFAIL, "", False))
 
     def zone(self, qname: str) -> str:
         """The zone label of `qname`: the authoritative zone it falls in, else the stub domain
@@ -131,7 +130,7 @@ class Handler:
         if self.recursion_available:
             response = _with_ra(response)
         label = LABELS.id(DROPPED, query.qtype, rcode, "", query.do)
-        return Reply(wire.finish(response, query, udp), label)
+        return (wire.finish(response, query, udp), label)
 
     def _slow(self, data: bytes, udp: bool, client: str | None) -> Reply | Deferred | None:
         query = wire.parse_query(data)
@@ -143,7 +142,7 @@ class Handler:
                 client or "a TCP client",
                 extra={"consolidate": "malformed queries answered FORMERR"},
             )
-            return Reply(query, LABELS.id(DROPPED, 0, wire.FORMERR, "", False))
+            return (query, LABELS.id(DROPPED, 0, wire.FORMERR, "", False))
         if query.opcode != 0:
             return self._refuse(query, wire.NOTIMP, udp)
         if query.edns and query.edns_version != 0:
@@ -173,7 +172,7 @@ class Handler:
             label = LABELS.id(
                 self.zone(qname), query.qtype, response[3] & 0xF, "kubernetes", query.do
             )
-            return Reply(wire.finish(response, query, udp), label)
+            return (wire.finish(response, query, udp), label)
         if answer is None:
             if self.forwarder is None or not self.forwarder.upstreams_for(qname):
                 return self._refuse(query, wire.REFUSED, udp)
@@ -187,7 +186,7 @@ class Handler:
                     "cache",
                     query.do,
                 )
-                return Reply(wire.finish(_with_ra(cached), query, udp), label)
+                return (wire.finish(_with_ra(cached), query, udp), label)
             return Deferred(query, udp)
         response = wire.encode(
             query,
@@ -217,7 +216,7 @@ class Handler:
                 "denial" if denial else "success",
             )
             self.cache.store(data, query, response, answer.tags, hit_label)
-        return Reply(wire.finish(response, query, udp), label)
+        return (wire.finish(response, query, udp), label)
 
     def _fall_through(self, qname: str, answer: Answer) -> Answer | None:
         """None (forward it) when `qname` is in a `fallthrough` zone and there are upstreams."""
@@ -237,7 +236,7 @@ class Handler:
         if rewritten is not None and not rewritten.name:
             servfail = wire.error_response(query.id, query.flags, wire.SERVFAIL, query)
             label = LABELS.id(DROPPED, query.qtype, wire.SERVFAIL, "rewrite", query.do)
-            return Reply(wire.finish(servfail, query, udp), label)
+            return (wire.finish(servfail, query, udp), label)
         asked = query if rewritten is None else _sub_query(query, rewritten.name)
         found = self.plugins.answer(asked.qname, asked.qtype)
         if rewritten is None and found is None:
@@ -268,7 +267,7 @@ class Handler:
         if rewritten is not None:
             response = renamed(query, response, rewritten.revert, self.recursion_available)
         label = LABELS.id(self.zone(asked.qname), query.qtype, answer.rcode, plugin, query.do)
-        return Reply(wire.finish(response, query, udp), label)
+        return (wire.finish(response, query, udp), label)
 
     # --- the network part --------------------------------------------------------------------
 
@@ -299,7 +298,7 @@ class Handler:
         if deferred.client_query is not None and deferred.revert is not None:
             query = deferred.client_query
             response = renamed(query, response, deferred.revert, True)
-        return Reply(wire.finish(_with_ra(response), query, deferred.udp), label)
+        return (wire.finish(_with_ra(response), query, deferred.udp), label)
 
     # --- CNAMEs to names outside our zones ---------------------------------------------------
 

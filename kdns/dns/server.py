@@ -326,8 +326,9 @@ class DnsServer:
         if isinstance(reply, Deferred):
             nursery.start_soon(self._udp_deferred, sock, serving, reply, addr, data, start)
             return
-        self._udp_send(sock, reply.data, addr)
-        self._count(serving, addr, "udp", data, reply.data, reply.label, start)
+        response, label = reply
+        self._udp_send(sock, response, addr)
+        self._count(serving, addr, "udp", data, response, label, start)
 
     def _udp_send(self, sock: socket.socket, response: bytes, addr: tuple[str, int]) -> None:
         # The socket blocks (for the receive thread): trio's sends must not.
@@ -348,9 +349,9 @@ class DnsServer:
         data: bytes,
         start: float,
     ) -> None:
-        reply = await serving.handler.complete(deferred)
-        self._udp_send(sock, reply.data, addr)
-        self._count(serving, addr, "udp", data, reply.data, reply.label, start)
+        response, label = await serving.handler.complete(deferred)
+        self._udp_send(sock, response, addr)
+        self._count(serving, addr, "udp", data, response, label, start)
 
     def _count(
         self,

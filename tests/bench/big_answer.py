@@ -71,8 +71,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         start = time.process_time()
         reply = handler.handle(query, udp=False)
         answer_ms.append((time.process_time() - start) * 1e3)
-    assert isinstance(reply, wire.Reply)
-    response = reply.data
+    assert isinstance(reply, tuple)
+    response = reply[0]
     parsed = DNSRecord.parse(response)
     if len(parsed.rr) != args.endpoints or len(parsed.ar) != args.endpoints:
         print(f"error: {len(parsed.rr)} SRV records and {len(parsed.ar)} glue records")

@@ -14,7 +14,6 @@ from kdns.corefile.load import corefile_config, load_corefile
 from kdns.dns.handler import Handler
 from kdns.dns.plugins import Plugins
 from kdns.dns.resolver import Resolver
-from kdns.dns.wire import Reply
 from kdns.sources.static import ManifestSource
 from kdns.store import Store
 from tests.corefile.test_translate import DATA, distro
@@ -122,8 +121,8 @@ def test_distro_corefile_answers(
     corefile: str, qname: str, qtype: str, rcode: int, records: str
 ) -> None:
     reply = handler(corefile).handle(bytes(DNSRecord.question(qname, qtype).pack()), True)
-    assert isinstance(reply, Reply)
-    got = DNSRecord.parse(reply.data)
+    assert isinstance(reply, tuple)
+    got = DNSRecord.parse(reply[0])
     assert got.header.rcode == rcode, RCODE.get(got.header.rcode)
     assert rrset(got.rr) == zone(records)
 
@@ -157,8 +156,8 @@ def test_a_corefile_with_multicluster_and_k8s_external(tmp_path: Path) -> None:
 
     def ask(qname: str, qtype: str) -> DNSRecord:
         reply = h.handle(bytes(DNSRecord.question(qname, qtype).pack()), True)
-        assert isinstance(reply, Reply)
-        return DNSRecord.parse(reply.data)
+        assert isinstance(reply, tuple)
+        return DNSRecord.parse(reply[0])
 
     assert rrset(ask("web.shop.svc.clusterset.local", "A").rr) == zone(
         "web.shop.svc.clusterset.local. 5 A 10.42.42.42"

@@ -27,7 +27,6 @@ from kdns.config import Config
 from kdns.dns.forward import ForwardConfig, Forwarder, Upstream
 from kdns.dns.handler import Deferred, Handler
 from kdns.dns.resolver import Resolver
-from kdns.dns.wire import Reply
 from kdns.model import service_from_dict
 from kdns.store import SERVICES, Store
 from tests.dns import upstreams
@@ -146,8 +145,8 @@ async def test_without_an_upstream_the_cname_alone() -> None:
     load(store, [*EXTERNAL, svc("default", "x", clusterIP="10.96.9.9")])
     query = dns.message.make_query(f"extout.default.svc.{Z}", "A")
     handled = handler.handle(query.to_wire(), True)
-    assert isinstance(handled, Reply)
-    reply = dns.message.from_wire(handled.data)
+    assert isinstance(handled, tuple)
+    reply = dns.message.from_wire(handled[0])
     assert reply.rcode() == dns.rcode.NOERROR
     assert answer_lines(reply) == [f"extout.default.svc.{Z}. CNAME www.test."]
 
@@ -198,7 +197,7 @@ async def autopath_answer(handler: Handler, name: str) -> dns.message.Message:
     assert isinstance(deferred, Deferred), "autopath did not take the query"
     with trio.fail_after(WAIT):
         reply = await handler.complete(deferred)
-    return dns.message.from_wire(reply.data)
+    return dns.message.from_wire(reply[0])
 
 
 async def test_autopath_answer_from_our_zone_is_authoritative() -> None:
