@@ -45,7 +45,7 @@ from kdns.proxy.dataplane import (
     read_file,
     run_command,
 )
-from kdns.proxy.ipvs import UNAVAILABLE_MESSAGE
+from kdns.proxy.ipvs.kernel import UNAVAILABLE_MESSAGE
 from kdns.proxy.routes import ServiceKey, ServicePortRoute, build_routes
 from kdns.proxy.sync import SyncEngine
 from kdns.store import Store

@@ -35,6 +35,7 @@ from kdns.proxy.routes import (
     FW_PREFIX,
     SVC_PREFIX,
     SVL_PREFIX,
+    JumpRule,
     RouteEndpoint,
     ServiceKey,
     ServicePortRoute,
@@ -111,22 +112,6 @@ class Rendering:
     filter_rules: int  # `-A` lines written per table (the sync metrics)
     nat_rules: int
     partial: bool
-
-
-@dataclass(frozen=True, slots=True)
-class JumpRule:
-    """A jump from a built-in chain into ours, kept at the top with `iptables -I`."""
-
-    table: str
-    chain: str  # the built-in chain holding the jump
-    target: str  # our chain
-    comment: str
-    extra: tuple[str, ...] = ()
-
-    @property
-    def args(self) -> tuple[str, ...]:
-        """The rule as iptables argv after `-t TABLE -I/-C/-D CHAIN`."""
-        return (*self.extra, "-m", "comment", "--comment", self.comment, "-j", self.target)
 
 
 _NEW = ("-m", "conntrack", "--ctstate", "NEW")

@@ -13,7 +13,8 @@ Contract:
   string), and `cluster_endpoints`, `local_endpoints`, `has_endpoints` follow
   `proxy.CategorizeEndpoints` (pkg/proxy/topology.go) exactly, without topology hints.
 - The kube-proxy chain-name hashes (`port_proto_hash`, `service_port_chain_name`,
-  `service_port_endpoint_chain_name`) live here so every renderer names things alike.
+  `service_port_endpoint_chain_name`) and the jump from a built-in chain (`JumpRule`) live
+  here so every renderer names and hooks things alike.
 - Pure: no I/O, no clock. Topology-aware routing (hints), loadBalancer ingress `ipMode: Proxy`
   and the "only the first address of an endpoint" rule are not modelled (the model keeps
   neither hints nor ipMode, and gives every address of an endpoint).
@@ -83,6 +84,23 @@ def family_of(ip: str) -> int:
 def join_host_port(ip: str, port: int) -> str:
     """Go `net.JoinHostPort`: "10.0.0.1:80", "[fd00::1]:80"."""
     return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+
+
+@dataclass(frozen=True, slots=True)
+class JumpRule:
+    """A jump from a built-in chain into one of kube-proxy's chains, kept at the top with
+    `iptables -I` (iptables and IPVS mode each list theirs: `iptablesJumpChains`)."""
+
+    table: str
+    chain: str  # the built-in chain holding the jump
+    target: str  # our chain
+    comment: str
+    extra: tuple[str, ...] = ()  # matches before the comment, e.g. conntrack state NEW
+
+    @property
+    def args(self) -> tuple[str, ...]:
+        """The rule as iptables argv after `-t TABLE -I/-C/-D CHAIN`."""
+        return (*self.extra, "-m", "comment", "--comment", self.comment, "-j", self.target)
 
 
 @dataclass(frozen=True, slots=True)

@@ -451,8 +451,11 @@ def _change_routes(cluster: Cluster, i: int) -> tuple[tuple[Any, ...], frozenset
 def phase_dataplanes(
     cluster: Cluster, node: Any, workdir: Path, modes: Sequence[str], fig: Json, say: Say
 ) -> None:
-    from kdns.proxy import ipvs as ipvs_mod
     from kdns.proxy.dataplane import NftablesDataplane
+    from kdns.proxy.ipvs import diff as ipvs_diff
+    from kdns.proxy.ipvs import ipset, rules
+    from kdns.proxy.ipvs.state import IpvsState
+    from tests.proxy.ipvs_model import IpvsModel
 
     t, routes = _timed(cluster.routes)
     fig["routes_s"] = t
@@ -516,20 +519,20 @@ def phase_dataplanes(
             phase_iptables(mode, cluster, node, picks, fig, say)
 
     # IPVS: render, diff against an empty table, the commands applied to the model.
-    config = ipvs_mod.IpvsConfig(
+    config = rules.IpvsConfig(
         families=(4,),
         local_ips=node.local_ips,
         node_ips=node.node_ips,
         cluster_cidrs=(CLUSTER_CIDR,),
     )
     routes = cluster.routes()  # again: the iptables partials changed some Services
-    t_render, rendering = _timed(lambda: ipvs_mod.render(routes, config))
-    empty = ipvs_mod.IpvsState(device=False)
-    t_diff, plan = _timed(lambda: ipvs_mod.diff(empty, rendering.state, config))
-    model = ipvs_mod.IpvsModel()
-    batches = ipvs_mod.batch_commands(plan.commands)
+    t_render, rendering = _timed(lambda: rules.render(routes, config))
+    empty = IpvsState(device=False)
+    t_diff, plan = _timed(lambda: ipvs_diff.diff(empty, rendering.state, config))
+    model = IpvsModel()
+    batches = ipvs_diff.batch_commands(plan.commands)
     t_apply, _ = _timed(lambda: [model.apply(argv, stdin) for argv, stdin in batches])
-    ipset_text = ipvs_mod.render_ipset_restore(4, rendering.ipsets[4], {})
+    ipset_text = ipset.render_ipset_restore(4, rendering.ipsets[4], {})
     fig["ipvs_full"] = {
         "render": t_render,
         "diff": t_diff,
@@ -537,12 +540,12 @@ def phase_dataplanes(
         "commands": len(plan.commands),
         "size": sum(len(stdin) for _, stdin in batches),
         "companion_size": len(ipset_text) + len(rendering.iptables[4]),
-        "model_matches": not ipvs_mod.diff(model.state, rendering.state, config),
+        "model_matches": not ipvs_diff.diff(model.state, rendering.state, config),
     }
     i = next(picks)
     cluster.replace_endpoint(i)
     every = cluster.routes()
-    t_one, one_plan = _timed(lambda: _ipvs_one(ipvs_mod, every, config, model))
+    t_one, one_plan = _timed(lambda: _ipvs_one(every, config, model))
     fig["ipvs_one"] = {
         "time": t_one,
         "commands": len(one_plan.commands),
@@ -631,9 +634,12 @@ def phase_iptables(
     say(f"  {mode} partial syncs measured, chains removed")
 
 
-def _ipvs_one(ipvs_mod: Any, routes: Any, config: Any, model: Any) -> Any:
+def _ipvs_one(routes: Any, config: Any, model: Any) -> Any:
     """IPVS has no partial render: a change is a full render diffed against the table."""
-    return ipvs_mod.diff(model.state, ipvs_mod.render(routes, config).state, config)
+    from kdns.proxy.ipvs.diff import diff
+    from kdns.proxy.ipvs.rules import render
+
+    return diff(model.state, render(routes, config).state, config)
 
 
 # --------------------------------------------------------------------------------------------

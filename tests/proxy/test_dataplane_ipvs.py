@@ -9,10 +9,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from kdns.proxy.dataplane import IpvsDataplane, Node
-from kdns.proxy.ipvs import DUMMY_DEVICE, IpvsModel
+from kdns.proxy.ipvs.kernel import DUMMY_DEVICE
 from kdns.proxy.routes import ServicePortRoute
 
 from .builders import PODS, ep, routes, svc
+from .ipvs_model import IpvsModel
 
 
 class KernelModel:
