@@ -6,12 +6,13 @@ into one endpoint list (consumers never see slices), and calls every subscriber 
 naming exactly the Services, namespaces and pod IPs whose visible state changed.
 
 Contract:
-- Every method runs on the trio thread (DESIGN.md §3); nothing here locks.
-- A call that changes nothing a consumer can see notifies nobody (DESIGN.md §1 rule 2): model
-  objects compare by value, so an update that only touched fields we drop is free.
+- Every method runs on the trio thread (docs/architecture.md §6); nothing here locks.
+- A call that changes nothing a consumer can see notifies nobody (docs/architecture.md, rule 2):
+  model objects compare by value, so an update that only touched fields we drop is free.
 - `replace` computes the new state of a kind beside the old one and swaps it in one step, so a
   subscriber never observes a half-replaced kind.
-- `synced` is true once every watched kind has had its first `replace` (DESIGN.md §1 rule 4).
+- `synced` is true once every watched kind has had its first `replace`
+  (docs/architecture.md, rule 4).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """kdns.store: replace / upsert / delete, `synced`, EndpointSlice merging, and the Change that
-tells consumers exactly what became visible (DESIGN.md §1 rules 2 and 4)."""
+tells consumers exactly what became visible (docs/architecture.md, rules 2 and 4)."""
 
 from __future__ import annotations
 

@@ -5,8 +5,8 @@ Contract:
   dropped (no header, or not a query), or a `Deferred` when the answer needs the network
   (forwarding, autopath): the listener then awaits `Handler.complete(deferred)` in a task of
   its own, so one slow upstream never holds up other queries. Neither raises: this is the
-  request boundary of DESIGN.md §5, where an unexpected error becomes SERVFAIL, is logged and
-  counted.
+  request boundary of docs/architecture.md §10, where an unexpected error becomes SERVFAIL, is
+  logged and counted.
 - Malformed queries get FORMERR with the client's ID; opcodes other than QUERY get NOTIMP; EDNS
   versions other than 0 get BADVERS (RFC 6891 §6.1.3); zone transfers and non-IN classes get
   REFUSED, and so do names outside our zones when there is no upstream to forward them to.
@@ -85,8 +85,8 @@ class Handler:
         try:
             return self._slow(data, udp, client)
         except Exception:
-            # The request boundary (DESIGN.md §5): a bug answers SERVFAIL and is logged, it
-            # never takes the server down.
+            # The request boundary (docs/architecture.md §10): a bug answers SERVFAIL and is logged,
+            # it never takes the server down.
             self.errors += 1
             metrics.PANICS.inc()
             log.exception(

@@ -4,7 +4,8 @@
 need no index: a name spells out its Service (`…svc.ns.svc`), so the resolver builds that one
 Service's records when asked (and memoises them). Only reverse names need an index
 (`ReverseIndex`: address → owning Services), updated one Service at a time, never rebuilt per
-event (DESIGN.md §1 rule 3). Memory therefore grows with the store, not with the record count.
+event (docs/architecture.md, rule 3). Memory therefore grows with the store, not with the
+record count.
 
 Names are lower-case and carry no trailing dot. Forward names are relative to the cluster zone
 ("redis.default.svc"), so one index serves every configured zone; reverse names are absolute
@@ -12,7 +13,7 @@ Names are lower-case and carry no trailing dot. Forward names are relative to th
 (`in_zone`), and the resolver appends the zone of the question (or, for PTR, the primary zone).
 
 Schema (Kubernetes DNS-Based Service Discovery 1.1.0; where it is silent, CoreDNS's kubernetes
-plugin, see ../shared/reference/k8s-dns.md rows 1-11):
+plugin, see docs/kubernetes-dns.md rows 1-11):
 - ClusterIP: `svc.ns.svc` A/AAAA per ClusterIP (spec 2.3.1); `_port._proto.svc.ns.svc` SRV per
   named port (2.3.2), priority 0 and weight 100/N as CoreDNS; bare `svc.ns.svc` SRV for every
   port, unnamed included (CoreDNS extension); PTR per ClusterIP (2.3.3).

@@ -14,7 +14,7 @@ Contract:
 - Before the store has synced every watched kind, a negative answer becomes SERVFAIL (clients
   cache negatives; a name that exists must never be denied), as CoreDNS's kubernetes plugin does.
 - Every answer names the tags of the names it read (`Answer.tags`), so a cached copy is dropped
-  exactly when one of them changes (DESIGN.md §4).
+  exactly when one of them changes (docs/architecture.md §7).
 """
 
 from __future__ import annotations
@@ -83,7 +83,8 @@ def reverse_tag(ip: str) -> Tag:
 
 
 def ip_from_pod_label(label: str) -> str | None:
-    """`10-244-1-10` → 10.244.1.10, `fd00-10--1` → fd00:10::1 (CoreDNS's reading, row 12)."""
+    """`10-244-1-10` → 10.244.1.10, `fd00-10--1` → fd00:10::1 (CoreDNS's reading,
+    docs/kubernetes-dns.md row 12)."""
     if label.count("-") == 3 and "--" not in label:
         text = label.replace("-", ".")
     else:

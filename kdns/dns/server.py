@@ -1,9 +1,9 @@
 """The DNS listeners: UDP and TCP on one address, under trio, feeding a `Handler`.
 
 Contract:
-- UDP drains bursts (DESIGN.md §4): wait until the socket is readable once, then receive without
-  blocking until it is empty or `burst` packets were served, answering each inline. Awaiting once
-  per packet costs about 2.5× the throughput in trio.
+- UDP drains bursts (docs/architecture.md §7): wait until the socket is readable once, then receive
+  without blocking until it is empty or `burst` packets were served, answering each inline. Awaiting
+  once per packet costs about 2.5× the throughput in trio.
 - TCP (RFC 7766): length-prefixed messages, several per connection, answered as each completes
   (pipelined queries may be answered out of order, §6.2.1.1); a connection is closed after
   `idle_timeout` without a query, when a started message does not complete within `read_timeout`,

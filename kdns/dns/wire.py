@@ -6,11 +6,12 @@
   a header, or a response — answering responses invites reflection loops).
 - `encode` turns an answer into wire bytes, owner names compressed against a lower-case copy of
   the question, so that patching in the client's spelling later echoes its case everywhere.
-- `AnswerCache` is the hot path (DESIGN.md §4): whole encoded answers keyed by the question's
-  wire bytes (name lower-cased), the header flags and the EDNS shape. A hit costs one dict lookup
-  and one bytes join: the client's ID and question are copied into the stored answer. Entries
-  carry the tags of the names they read and are dropped when one of those changes, and an opaque
-  int the caller gave (`label`, the metrics label of a hit) that a hit leaves in `self.label`.
+- `AnswerCache` is the hot path (docs/architecture.md §7): whole encoded answers keyed by the
+  question's wire bytes (name lower-cased), the header flags and the EDNS shape. A hit costs one
+  dict lookup and one bytes join: the client's ID and question are copied into the stored answer.
+  Entries carry the tags of the names they read and are dropped when one of those changes, and an
+  opaque int the caller gave (`label`, the metrics label of a hit) that a hit leaves in
+  `self.label`.
 
 Nothing here does I/O.
 """

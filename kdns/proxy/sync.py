@@ -189,7 +189,8 @@ class SyncEngine:
             )
         except Exception as e:
             # ApplyError is the kernel refusing; anything else is a bug, but the proxy keeps
-            # the last rules and retries in full rather than dying (DESIGN: never a crash).
+            # the last rules and retries in full rather than dying (docs/architecture.md §10: never
+            # a crash).
             if isinstance(e, ApplyError):
                 log.error("%s proxy: %s sync failed, retrying in full: %s", self.mode, kind, e)
             else:

@@ -10,7 +10,7 @@ Contract:
 - Follows the store: a store change rebuilds the changed Services' listeners synchronously in
   the subscriber, so the next connection uses the new endpoint set. Listeners come and go with
   Services and ports; a Service whose VIP moved is re-bound. Nothing is bound before the store
-  has synced (DESIGN.md §1 rule 4).
+  has synced (docs/architecture.md, rule 4).
 - Endpoint choice is kube-proxy's userspace `LoadBalancerRR`: round robin over the usable
   endpoints (CategorizeEndpoints' cluster set; the local set under internalTrafficPolicy
   Local), starting at a random index so that many relays do not all begin with the same

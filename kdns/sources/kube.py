@@ -1,7 +1,8 @@
 """The Kubernetes API source: one Reflector per kind, list then watch, feeding the store.
 
 Each Reflector does what client-go's does for CoreDNS, with the official `kubernetes` client in
-a worker thread (its calls block) and every store update on the trio thread (DESIGN.md §3):
+a worker thread (its calls block) and every store update on the trio thread
+(docs/architecture.md §6):
 
 - list (paginated, `limit=500`) → `Store.replace` of the whole kind in one step, then watch from
   the list's resourceVersion (never an item's), with bookmarks, a server-side timeout drawn from
@@ -20,7 +21,7 @@ refresh, REST layer), and responses are read raw and converted straight into the
 generated `CoreV1Api` classes are not used: importing them costs a second and 22 MiB, and their
 model classes are slow and large at scale.
 
-Only this module imports `kubernetes` (DESIGN.md §2).
+Only this module imports `kubernetes` (docs/architecture.md §4).
 """
 
 from __future__ import annotations
@@ -298,8 +299,8 @@ class Reflector:
                     metrics.KUBE_WATCH_ERRORS.labels(self._kind, "expired_at_once").inc()
                     await trio.sleep(self.backoff.failure(trio.current_time()))
             except Exception as e:
-                # The Reflector's retry boundary (DESIGN.md §5): every failure is logged,
-                # counted and retried after a backoff; the last good state keeps serving.
+                # The Reflector's retry boundary (docs/architecture.md §10): every failure is
+                # logged, counted and retried after a backoff; the last good state keeps serving.
                 reason = _reason(e)
                 metrics.KUBE_WATCH_ERRORS.labels(self._kind, reason).inc()
                 delay = self.backoff.failure(trio.current_time())

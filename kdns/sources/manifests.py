@@ -7,8 +7,8 @@ here, once per load, into the same frozen objects the Kubernetes API source prod
 Contract:
 - `load(paths)` never raises for bad input. Every file that cannot be read, every YAML syntax
   error and every object that cannot be converted becomes one `ManifestError` naming the file,
-  the 1-based line, the object and the field (DESIGN.md §5); everything that did convert is
-  returned beside the errors, and the caller decides (start-up: exit 2; reload: keep the last
+  the 1-based line, the object and the field (docs/architecture.md §10); everything that did convert
+  is returned beside the errors, and the caller decides (start-up: exit 2; reload: keep the last
   good state). Errors are sorted by file, then line.
 - A file with a YAML syntax error contributes no object: a half-read file would silently drop
   the objects after the error.

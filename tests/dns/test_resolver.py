@@ -1,7 +1,7 @@
 """The Kubernetes DNS schema, one table per section; expectations are zone-file text.
 
 Sections follow the Kubernetes DNS-Based Service Discovery specification 1.1.0 and, where it is
-silent, CoreDNS's kubernetes plugin (../shared/reference/k8s-dns.md, row numbers in comments).
+silent, CoreDNS's kubernetes plugin (docs/kubernetes-dns.md, row numbers in comments).
 """
 
 from __future__ import annotations
@@ -439,7 +439,7 @@ def test_the_longest_zone_wins() -> None:
     assert str(answer.authority[0].rname) == "svc.cluster.local."
 
 
-# --- sync gate (DESIGN.md §1 rule 4, row 32) ----------------------------------------------------
+# --- sync gate (docs/architecture.md rule 4, row 32) ------------------------------------------------
 
 
 def test_before_sync_negative_answers_are_servfail_and_nothing_is_cached() -> None:

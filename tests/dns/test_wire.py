@@ -868,7 +868,7 @@ def test_truncated_answer_shared_by_payload_sizes(sized: Cluster) -> None:
 
 def test_pod_name_with_an_ipv6_scope_is_nxdomain_not_an_internal_error(cluster: Cluster) -> None:
     # `fe80--1%eth0` reads as fe80::1%eth0: ipaddress accepts the scope, dnslib's AAAA does not.
-    # A name a client can send is bad input (DESIGN.md §5), never an internal error.
+    # A name a client can send is bad input (docs/architecture.md §10), never an internal error.
     response = ask(cluster.handler, make_query(f"fe80--1%eth0.default.pod.{ZONE}", QTYPE.AAAA))
     assert cluster.handler.errors == 0
     assert rcode_of(response) == dns.rcode.NXDOMAIN

@@ -2,9 +2,9 @@
 
 A pod's resolv.conf (`search default.svc.cluster.local svc.cluster.local cluster.local`,
 `ndots:5`) makes glibc try every search name before an external name such as
-`api.example.com`. With `--autopath` (CoreDNS `autopath @kubernetes`, k8s-dns.md row 25) kdns
-answers the first one, `api.example.com.default.svc.cluster.local`, with a CNAME to the name that
-exists: one query instead of four. Only for a client whose IP belongs to exactly one Running,
+`api.example.com`. With `--autopath` (CoreDNS `autopath @kubernetes`, docs/kubernetes-dns.md row 25)
+kdns answers the first one, `api.example.com.default.svc.cluster.local`, with a CNAME to the name
+that exists: one query instead of four. Only for a client whose IP belongs to exactly one Running,
 non-hostNetwork, non-terminating pod (`Resolver.pod_namespace`): anyone else gets plain answers.
 
 The network, all inside namespaces this module creates (nothing is routed outside them):

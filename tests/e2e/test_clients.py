@@ -262,7 +262,8 @@ def test_negative_answers_as_tools_print_them(
 @pytest.mark.parametrize("tcp", [False, True], ids=["udp", "tcp"])
 def test_case_is_echoed(examples_server: Kdns, tcp: bool) -> None:
     # A lower-case query first, so the mixed-case one is answered from the answer cache, which
-    # must patch the client's spelling in (DESIGN.md §4); then a second spelling, also cached.
+    # must patch the client's spelling in (docs/architecture.md §7); then a second spelling, also
+    # cached.
     for spelling in (
         "redis.default.svc.cluster.local",
         "ReDiS.DeFaUlT.svc.cluster.local",

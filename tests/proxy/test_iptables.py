@@ -1,7 +1,7 @@
 """kdns.proxy.iptables: routes → iptables-restore input, compared with restore text.
 
 The expected rules are kube-proxy's (pkg/proxy/iptables/proxier.go syncProxyRules and
-writeServiceToEndpointRules, and the rule shapes in shared/reference/kube-proxy.md), one case
+writeServiceToEndpointRules, and the rule shapes in docs/kube-proxy.md), one case
 per feature. With root and iptables, every case is also checked by `iptables-restore --test` in
 a throwaway network namespace, and a full → partial → stale → cleanup sequence is applied there
 for real; the host's tables are never touched.

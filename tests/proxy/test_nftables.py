@@ -2,7 +2,7 @@
 
 The expected shapes are kube-proxy's nftables mode (pkg/proxy/nftables/proxier.go
 setupNFTables, syncProxyRules and writeServiceToEndpointRules, and the layout in
-shared/reference/kube-proxy.md), one case per feature; the one deliberate change is the spread
+docs/kube-proxy.md), one case per feature; the one deliberate change is the spread
 below 16 endpoints (a numgen ladder, see `_endpoint_jumps`). Partial renders are checked to carry
 only what changed, and, with root and nft, to leave the table exactly as a fresh full render of
 the new state does: every golden script is checked by `nft -c` and applied, and sequences of

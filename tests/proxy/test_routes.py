@@ -4,7 +4,7 @@ Expectations follow kubernetes/kubernetes pkg/proxy: CategorizeEndpoints (topolo
 table test without hints), EndpointSliceCache (endpointslicecache.go: port matching, dedupe,
 byEndpoint order), newBaseServiceInfo (serviceport.go: family filtering, zero-CIDR source
 ranges, ExternalPolicyLocal, NeedsHealthCheck) and the hash vectors of
-shared/reference/kube-proxy.md.
+docs/kube-proxy.md.
 """
 
 from __future__ import annotations
