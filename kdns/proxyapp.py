@@ -11,7 +11,8 @@ Contract:
   HTTP server per healthCheckNodePort, until SIGTERM/SIGINT. Rules stay in place on exit, as
   with kube-proxy: a restarting proxy must not cut traffic.
 - `render` prints what a full sync would apply once the source has synced; nothing is written.
-  `cleanup` removes what the mode installs (every mode's, for `--mode` all) and nothing else.
+  `cleanup` removes what any mode installed (`proxy/cleanup.py`), whatever `--mode` says, and
+  nothing else.
 - The userspace mode runs the relay (`proxy/userspace.py`) instead of a data plane.
 """
 
@@ -33,6 +34,7 @@ from kdns.app import Source, StartupError, open_source, open_store
 from kdns.config import PROXY_COMMAND_MODES, Config, parse_hostport
 from kdns.http import HttpEndpoint, Route, prometheus
 from kdns.proxy import healthcheck, userspace
+from kdns.proxy.cleanup import cleanup_every_mode
 from kdns.proxy.dataplane import (
     ApplyError,
     Dataplane,
@@ -128,16 +130,11 @@ def make_dataplane(options: ProxyOptions, runner: Runner = run_command) -> Datap
     return IpvsDataplane(node, runner, options.ipvs_scheduler)
 
 
-def cleanup(options: ProxyOptions, runner: Runner = run_command) -> list[str]:
-    """Removes what the mode installed; returns one line per failure (empty: all gone)."""
-    if options.mode == "userspace":
-        return []  # sockets only: nothing outlives the process
-    dataplane = make_dataplane(options, runner)
-    try:
-        dataplane.cleanup()
-    except ApplyError as e:
-        return [str(e)]
-    return []
+def cleanup(runner: Runner = run_command) -> list[str]:
+    """Removes what any mode installed, whichever `--mode` is given (kube-proxy's --cleanup);
+    returns one line per leftover (empty: all gone). IPVS services can exist only once the
+    running kernel has IPVS: /proc/net/ip_vs tells, without loading the module."""
+    return cleanup_every_mode(runner, ipvs=read_file("/proc/net/ip_vs") is not None)
 
 
 async def render(config: Config, options: ProxyOptions, runner: Runner = run_command) -> str:

@@ -11,7 +11,8 @@ Contract:
   - `intact()`: the canary. False when someone removed or flushed what kdns installed (a
     firewall reload, `iptables -F`, `nft flush ruleset`); the engine then syncs in full.
   - `render(routes)`: what a full sync would apply, for `kdns proxy --render`; changes nothing.
-  - `cleanup()`: removes everything the mode installs and nothing else.
+  Removing what a mode installed is not a data plane's job: `kdns proxy --cleanup` removes
+  every mode's objects at once (`proxy/cleanup.py`).
 - Every write is one transaction per family: `iptables-restore --noflush` (the jumps from the
   built-in chains go in the same input, inserted only where missing), an nft script (through one
   libnftables context kept for the proxy's life, `proxy/libnftables.py`, else `nft -f -`), or
@@ -307,17 +308,6 @@ class IptablesDataplane:
             for f in self.families
         )
 
-    def cleanup(self) -> None:
-        for family in self.families:
-            save = _check(self.runner, [_SAVE[family]])
-            cleanup_jumps(self.runner, family, save, ipt.JUMP_RULES)
-            chains = ipt.saved_chains(save)
-            text = ipt.render_cleanup(chains) + _canary_cleanup(chains)
-            if text:
-                _check(self.runner, [_RESTORE[family], "-w", "5", "--noflush"], text)
-            self._last.pop(family, None)
-            self._expected.pop(family, None)
-
 
 def with_jumps(text: str, save: str, jumps: Iterable[JumpRule]) -> str:
     """Restore input that also inserts the jumps `save` (iptables-save output) lacks, and
@@ -334,24 +324,6 @@ def with_jumps(text: str, save: str, jumps: Iterable[JumpRule]) -> str:
     for table in _CANARY_TABLES:
         text = _insert_before_commit(text, table, [f":{CANARY_CHAIN} - [0:0]"])
     return text
-
-
-def cleanup_jumps(runner: Runner, family: int, save: str, jumps: Iterable[JumpRule]) -> None:
-    """Deletes the jumps present in `save` (`iptables -D`: a built-in chain cannot be
-    rewritten without touching others' rules), so the chains they name can be deleted."""
-    present = set(save.splitlines())
-    cmd = "iptables" if family == 4 else "ip6tables"
-    for rule in jumps:
-        if jump_line(rule) in present:
-            _check(runner, [cmd, "-w", "5", "-t", rule.table, "-D", rule.chain, *rule.args])
-
-
-def _canary_cleanup(chains: dict[str, frozenset[str]]) -> str:
-    return "".join(
-        f"*{t}\n:{CANARY_CHAIN} - [0:0]\n-X {CANARY_CHAIN}\nCOMMIT\n"
-        for t in _CANARY_TABLES
-        if CANARY_CHAIN in chains.get(t, ())
-    )
 
 
 _BUILTIN = frozenset({"INPUT", "OUTPUT", "FORWARD", "PREROUTING", "POSTROUTING"})
@@ -506,10 +478,6 @@ class NftablesDataplane:
             f"# nft -f -\n{nft.render_full(routes, self.configs[f]).text}" for f in self.families
         )
 
-    def cleanup(self) -> None:
-        _check(self.runner, ["nft", "-f", "-"], nft.render_cleanup(self.families))
-        self._last.clear()
-
 
 # The chains every packet to a Service passes through: the canary counts their rules.
 _CANARY_CHAINS = (nft.NAT_PREROUTING, nft.NAT_OUTPUT, nft.SERVICES, nft.NAT_POSTROUTING)
@@ -625,31 +593,6 @@ class IpvsDataplane:
             lines.append(f"# {_RESTORE[family]} --noflush:")
             lines.append(rendering.iptables[family])
         return "\n".join(lines)
-
-    def cleanup(self) -> None:
-        state, _ = self._current()
-        plan = ipvs_diff.diff(state, IpvsState.of(()), self.config)
-        for argv, stdin in ipvs_diff.batch_commands(plan.commands):
-            _check(self.runner, argv, stdin)
-        self.runner(["ip", "link", "del", ipvs_kernel.DUMMY_DEVICE], None)
-        for family in self.families:
-            save = _check(self.runner, [_SAVE[family]])
-            cleanup_jumps(self.runner, family, save, ipvs_rules.JUMP_RULES)
-            chains = ipt.saved_chains(save)
-            parts = []
-            fixed = (("nat", ipvs_rules.NAT_CHAINS), ("filter", ipvs_rules.FILTER_CHAINS))
-            for table, ours in fixed:
-                found = [c for c in ours if c in chains.get(table, ())]
-                if found:
-                    parts += [f"*{table}", *(f":{c} - [0:0]" for c in found)]
-                    parts += [*(f"-X {c}" for c in found), "COMMIT"]
-            text = "\n".join([*parts, ""]) if parts else ""
-            text += _canary_cleanup(chains)
-            if text:
-                _check(self.runner, [_RESTORE[family], "-w", "5", "--noflush"], text)
-            for name in ipset.ipset_specs(family):
-                self.runner(["ipset", "destroy", name], None)
-        self._synced = False
 
 
 Dataplane = IptablesDataplane | NftablesDataplane | IpvsDataplane

@@ -27,7 +27,7 @@ Contract:
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from kdns.proxy.routes import (
@@ -571,25 +571,36 @@ def saved_chains(save_text: str) -> dict[str, frozenset[str]]:
     return {table: frozenset(chains) for table, chains in tables.items()}
 
 
-def render_cleanup(saved: Mapping[str, Iterable[str]]) -> str:
+def owned_chains(
+    saved: Mapping[str, Iterable[str]], others: Mapping[str, Sequence[str]] | None = None
+) -> dict[str, list[str]]:
+    """kdns's chains among `saved` (the chains per table that exist, `saved_chains`): per
+    table, the fixed chains, then those in `others` (another mode's fixed chains, the canary),
+    then every per-service chain, sorted. Tables with none are left out."""
+    fixed = {"filter": FILTER_CHAINS, "nat": NAT_CHAINS}
+    owned: dict[str, list[str]] = {}
+    for table in ("filter", "nat"):
+        existing = set(saved.get(table, ()))
+        names = [*fixed[table], *(others or {}).get(table, ())]
+        ours = [c for c in dict.fromkeys(names) if c in existing]
+        if table == "nat":
+            ours += sorted(c for c in existing if is_service_chain(c))
+        if ours:
+            owned[table] = ours
+    return owned
+
+
+def render_cleanup(
+    saved: Mapping[str, Iterable[str]], others: Mapping[str, Sequence[str]] | None = None
+) -> str:
     """Restore input that flushes and deletes every chain kdns installs (kube-proxy
-    `CleanupLeftovers`), given the chains per table that exist (`saved_chains`).
+    `CleanupLeftovers`): `owned_chains(saved, others)`.
 
     Delete the `JUMP_RULES` first (`iptables -D`), or the `-X` of a chain they jump to fails.
     Unlike kube-proxy, KUBE-MARK-MASQ and KUBE-PROXY-FIREWALL go too: kdns created them.
     """
     parts: list[str] = []
-    fixed = {
-        "filter": FILTER_CHAINS,
-        "nat": NAT_CHAINS,
-    }
-    for table in ("filter", "nat"):
-        existing = set(saved.get(table, ()))
-        ours = [c for c in fixed[table] if c in existing]
-        if table == "nat":
-            ours += sorted(c for c in existing if is_service_chain(c))
-        if not ours:
-            continue
+    for table, ours in owned_chains(saved, others).items():
         parts += [f"*{table}", *(chain_line(c) for c in ours), *(f"-X {c}" for c in ours)]
         parts.append("COMMIT")
     return "\n".join([*parts, ""]) if parts else ""

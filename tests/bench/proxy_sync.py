@@ -52,7 +52,6 @@ import argparse
 import contextlib
 import ctypes
 import ctypes.util
-import dataclasses
 import ipaddress
 import json
 import os
@@ -443,6 +442,16 @@ def _nft(text: str) -> float:
     return took
 
 
+def _cleanup() -> None:
+    """`kdns proxy --cleanup` in-process: every mode's objects go (this kernel has no IPVS)."""
+    from kdns.proxy.cleanup import cleanup_every_mode
+    from kdns.proxy.dataplane import run_command
+
+    problems = cleanup_every_mode(run_command, ipvs=False)
+    if problems:
+        raise RuntimeError("; ".join(problems))
+
+
 def _change_routes(cluster: Cluster, i: int) -> tuple[tuple[Any, ...], frozenset[Any]]:
     cluster.replace_endpoint(i)
     return cluster.routes([i]), frozenset({cluster.key(i)})
@@ -510,7 +519,7 @@ def phase_dataplanes(
         finally:
             dp.runner = runner
             lib.close()
-    dp.cleanup()
+    _cleanup()
     say("  nftables transactions measured, table removed")
 
     routes = cluster.routes()  # again: the partials above changed some Services
@@ -608,7 +617,7 @@ def phase_iptables(
         out["error"] = str(e)[:300]
         out["apply"] = runner.total("iptables-restore")
         say(f"  {mode} full sync FAILED after {out['apply']:.0f} s: {out['error'][:120]}")
-        dp.cleanup()
+        _cleanup()
         return
     out["full"] = {
         "render": total - runner.total(),
@@ -630,7 +639,7 @@ def phase_iptables(
         partial["apply"].append(runner.total("iptables-restore"))
         partial["size"].append(applied.size)
     out["partial"] = partial
-    dp.cleanup()
+    _cleanup()
     say(f"  {mode} partial syncs measured, chains removed")
 
 
@@ -853,8 +862,6 @@ def render_order_ends(cluster: Cluster) -> tuple[int, int]:
 
 def run(args: argparse.Namespace, say: Say) -> Json:
     from kdns.proxy.dataplane import (
-        IptablesDataplane,
-        NftablesDataplane,
         node_from_host,
         run_command,
     )
@@ -896,10 +903,7 @@ def run(args: argparse.Namespace, say: Say) -> Json:
                 fig[mode] = phase_proxy(
                     mode, cluster, server, kubeconfig, workdir, client, args, stack, say
                 )
-                dp = (NftablesDataplane if mode == "nftables" else IptablesDataplane)(
-                    dataclasses.replace(node, families=(4, 6))
-                )
-                dp.cleanup()  # the proxy leaves its rules on exit, as kube-proxy does
+                _cleanup()  # the proxy leaves its rules on exit, as kube-proxy does
     return fig
 
 

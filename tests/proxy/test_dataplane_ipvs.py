@@ -2,6 +2,7 @@
 
 This kernel has no IPVS, so the commands the data plane runs go to `IpvsModel`, which applies
 them as ipvsadm and ip would (errors included); the ipset and iptables inputs are recorded.
+Removing IPVS mode's objects is `kdns proxy --cleanup`'s: tests/proxy/test_cleanup.py.
 """
 
 from __future__ import annotations
@@ -99,12 +100,3 @@ def test_full_sync_from_an_empty_kernel_then_minimal_changes() -> None:
     kernel.commands.clear()
     plane.sync(two(["10.244.1.5", "10.244.3.7"]), set())
     assert kernel.commands == []
-
-
-def test_cleanup_leaves_an_empty_table_and_no_dummy_device() -> None:
-    kernel = KernelModel()
-    plane = IpvsDataplane(NODE, kernel)
-    plane.sync(two(["10.244.1.5"]), None)
-    plane.cleanup()
-    assert kernel.model.state.services == {}
-    assert not kernel.model.state.device
