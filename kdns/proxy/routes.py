@@ -206,6 +206,29 @@ class ServicePortRoute:
         return self.has_endpoints and self.externally_accessible
 
     @property
+    def internal_traffic_filter(self) -> str | None:
+        """syncProxyRules `internalTrafficFilterTarget`: what ClusterIP traffic meets when it
+        has nowhere to go. "reject" when the Service has no usable endpoint at all (connection
+        refused at once, #17359); "drop" when only the Local internal policy finds none (the
+        client times out); None when it has endpoints."""
+        if not self.has_endpoints:
+            return "reject"
+        return None if self.has_internal_endpoints else "drop"
+
+    @property
+    def external_traffic_filter(self) -> str | None:
+        """`externalTrafficFilterTarget`: the same for NodePort, externalIP and LB traffic
+        ("drop": externalTrafficPolicy Local and no local endpoint)."""
+        if not self.has_endpoints:
+            return "reject"
+        return None if self.has_external_endpoints else "drop"
+
+    @property
+    def has_source_ranges(self) -> bool:
+        """LB ingress IPs filtered by loadBalancerSourceRanges."""
+        return bool(self.load_balancer_ips) and bool(self.load_balancer_source_ranges)
+
+    @property
     def reachable_endpoints(self) -> tuple[RouteEndpoint, ...]:
         """CategorizeEndpoints `allReachableEndpoints`: the union of the Cluster and Local
         lists (the endpoints that get a chain of their own), sorted by address."""
