@@ -36,6 +36,7 @@ from kdns.proxy.routes import (
     SVC_PREFIX,
     SVL_PREFIX,
     JumpRule,
+    RouteChains,
     RouteEndpoint,
     ServiceKey,
     ServicePortRoute,
@@ -305,15 +306,8 @@ def _forward_rules(config: IptablesConfig) -> list[str]:
 
 
 @dataclass(frozen=True, slots=True)
-class _RouteChains:
-    """One service port's per-service chains and which of them its traffic takes: the
-    preamble of kube-proxy's syncProxyRules loop body."""
-
-    route: ServicePortRoute
-    cluster: str  # KUBE-SVC-: the Cluster-policy endpoints
-    local: str  # KUBE-SVL-: the Local-policy endpoints
-    external: str  # KUBE-EXT-: entry for NodePort, externalIP and LB traffic
-    firewall: str  # KUBE-FW-: loadBalancerSourceRanges
+class _RouteChains(RouteChains):
+    """`RouteChains` with iptables mode's names (KUBE-SVC-, …) and its own decisions."""
 
     @staticmethod
     def of(route: ServicePortRoute) -> _RouteChains:
@@ -325,16 +319,6 @@ class _RouteChains:
             EXT_PREFIX + chain_hash,
             FW_PREFIX + chain_hash,
         )
-
-    @property
-    def internal(self) -> str:
-        """Where ClusterIP traffic goes: the chain of the internal policy."""
-        return self.local if self.route.internal_policy_local else self.cluster
-
-    @property
-    def external_policy(self) -> str:
-        """Where KUBE-EXT ends: the chain of the external policy."""
-        return self.local if self.route.external_policy_local else self.cluster
 
     @property
     def uses_firewall(self) -> bool:

@@ -13,8 +13,9 @@ Contract:
   string), and `cluster_endpoints`, `local_endpoints`, `has_endpoints` follow
   `proxy.CategorizeEndpoints` (pkg/proxy/topology.go) exactly, without topology hints.
 - The kube-proxy chain-name hashes (`port_proto_hash`, `service_port_chain_name`,
-  `service_port_endpoint_chain_name`) and the jump from a built-in chain (`JumpRule`) live
-  here so every renderer names and hooks things alike.
+  `service_port_endpoint_chain_name`), the jump from a built-in chain (`JumpRule`) and which
+  per-service chain a route's traffic takes (`RouteChains`) live here so every renderer names,
+  hooks and routes things alike.
 - Pure: no I/O, no clock. Topology-aware routing (hints), loadBalancer ingress `ipMode: Proxy`
   and the "only the first address of an endpoint" rule are not modelled (the model keeps
   neither hints nor ipMode, and gives every address of an endpoint).
@@ -240,6 +241,29 @@ class ServicePortRoute:
         for ep in self.local_endpoints:
             merged[ep.address] = ep
         return tuple(merged[a] for a in sorted(merged))
+
+
+@dataclass(frozen=True, slots=True)
+class RouteChains:
+    """One service port's per-service chains, named as a renderer names them, and which of
+    them its traffic takes: the preamble of kube-proxy's syncProxyRules loop body, alike in
+    the iptables and nftables modes."""
+
+    route: ServicePortRoute
+    cluster: str  # the Cluster-policy endpoints (KUBE-SVC-, service-)
+    local: str  # the Local-policy endpoints (KUBE-SVL-, local-)
+    external: str  # entry for NodePort, externalIP and LB traffic (KUBE-EXT-, external-)
+    firewall: str  # loadBalancerSourceRanges (KUBE-FW-, firewall-)
+
+    @property
+    def internal(self) -> str:
+        """Where ClusterIP traffic goes: the chain of the internal policy."""
+        return self.local if self.route.internal_policy_local else self.cluster
+
+    @property
+    def external_policy(self) -> str:
+        """Where the external chain ends: the chain of the external policy."""
+        return self.local if self.route.external_policy_local else self.cluster
 
 
 def categorize_endpoints(
