@@ -305,44 +305,50 @@ def _forward_rules(config: IptablesConfig) -> list[str]:
     return rules
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _RouteChains(RouteChains):
-    """`RouteChains` with iptables mode's names (KUBE-SVC-, …) and its own decisions."""
+    """`RouteChains` with iptables mode's names (KUBE-SVC-, …) and its own decisions, worked
+    out once per render: the route's name and protocol match, which most of its rules carry,
+    and whether it has a KUBE-FW chain."""
+
+    name: str  # kube-proxy's ServicePortName, "ns/svc:port"
+    match: str  # "-m tcp -p tcp"
+    # KUBE-FW exists: LB source ranges, and endpoints (without any, the LB IPs are rejected
+    # in filter anyway).
+    uses_firewall: bool
 
     @staticmethod
     def of(route: ServicePortRoute) -> _RouteChains:
-        chain_hash = port_proto_hash(route.name, route.protocol)
+        name, proto = route.name, route.protocol.lower()
+        chain_hash = port_proto_hash(name, proto)
         return _RouteChains(
             route,
             SVC_PREFIX + chain_hash,
             SVL_PREFIX + chain_hash,
             EXT_PREFIX + chain_hash,
             FW_PREFIX + chain_hash,
+            name,
+            f"-m {proto} -p {proto}",
+            route.has_endpoints and route.has_source_ranges,
         )
-
-    @property
-    def uses_firewall(self) -> bool:
-        # Only with endpoints: without, the LB IPs are rejected in filter anyway.
-        return self.route.has_endpoints and self.route.has_source_ranges
 
     @property
     def load_balancer(self) -> str:
         """Where LB ingress traffic enters."""
         return self.firewall if self.uses_firewall else self.external
 
-    @property
-    def match(self) -> str:
-        proto = self.route.protocol.lower()
-        return f"-m {proto} -p {proto}"
-
-    def endpoint_chain(self, endpoint: RouteEndpoint) -> str:
-        route = self.route
-        return service_port_endpoint_chain_name(route.name, route.protocol, endpoint.address)
+    def endpoint_chains(self, reachable: Iterable[RouteEndpoint]) -> dict[str, str]:
+        """The KUBE-SEP- chain of each of the route's `reachable_endpoints`, by "ip:port"."""
+        name, proto = self.name, self.route.protocol
+        return {
+            address: service_port_endpoint_chain_name(name, proto, address)
+            for address in (ep.address for ep in reachable)
+        }
 
     def used(self) -> list[str]:
         """Every per-service chain the route's rules use."""
         route = self.route
-        chains = [self.endpoint_chain(ep) for ep in route.reachable_endpoints]
+        chains = list(self.endpoint_chains(route.reachable_endpoints).values())
         for used, chain in (
             (route.uses_external_traffic_chain, self.external),
             (self.uses_firewall, self.firewall),
@@ -364,7 +370,7 @@ def _write_dispatch(chains: _RouteChains, out: _Buffer) -> None:
     """What a partial sync writes for every Service too: the rules of KUBE-SERVICES,
     KUBE-NODEPORTS and the filter chains, in the order of kube-proxy's syncProxyRules."""
     route = chains.route
-    name, match, port = route.name, chains.match, f"--dport {route.port}"
+    name, match, port = chains.name, chains.match, f"--dport {route.port}"
 
     def filtered(chain: str, verdict: str, destination: str) -> None:
         # No endpoint for this traffic: REJECT (connection refused at once) or DROP (times out).
@@ -434,7 +440,7 @@ def _write_service_chains(
     """The per-service chains, which a partial render leaves as they are for unchanged
     Services: in the order a packet meets them, then one chain per endpoint."""
     route = chains.route
-    name = route.name
+    name = chains.name
     # Masquerade ClusterIP traffic from outside the cluster: a static route for the Service
     # range may point at any node, and the reply must come back through that node.
     if route.has_internal_endpoints:
@@ -452,34 +458,37 @@ def _write_service_chains(
         _write_external_chain(chains, config, out)
     if chains.uses_firewall:
         _write_firewall_chain(chains, config, out)
-    sep_chains = {ep.address: chains.endpoint_chain(ep) for ep in route.reachable_endpoints}
+    reachable = route.reachable_endpoints
+    sep_chains = chains.endpoint_chains(reachable)
     if route.uses_cluster_policy_chain:
         out.declare(chains.cluster)
         out.nat += _endpoint_jumps(
-            route, chains.cluster, route.cluster_endpoints, sep_chains, large
+            chains, chains.cluster, route.cluster_endpoints, sep_chains, large
         )
     if route.uses_local_policy_chain:
         out.declare(chains.local)
-        out.nat += _endpoint_jumps(route, chains.local, route.local_endpoints, sep_chains, large)
+        out.nat += _endpoint_jumps(chains, chains.local, route.local_endpoints, sep_chains, large)
 
-    # One chain per endpoint: hairpin masquerade, then the DNAT.
+    # One chain per endpoint: hairpin masquerade, then the DNAT. This loop runs for every
+    # endpoint of every Service: `out.declare` is written out, names are looked up once.
     comment = "" if large else f" -m comment --comment {name}"
-    for ep in route.reachable_endpoints:
-        sep = sep_chains[ep.address]
-        out.declare(sep)
+    match = chains.match
+    nat, nat_chains, active = out.nat, out.nat_chains, out.active
+    for ep in reachable:
+        address = ep.address
+        sep = sep_chains[address]
+        nat_chains.append(chain_line(sep))
+        active.add(sep)
         # A pod reaching itself through the VIP: SNAT to the node so the reply returns via us.
-        out.nat.append(f"-A {sep}{comment} -s {ep.ip} -j {KUBE_MARK_MASQ}")
+        nat.append(f"-A {sep}{comment} -s {ep.ip} -j {KUBE_MARK_MASQ}")
         affinity = f" -m recent --name {sep} --set" if route.affinity_timeout else ""
-        out.nat.append(
-            f"-A {sep}{comment}{affinity} {chains.match} -j DNAT --to-destination {ep.address}"
-        )
+        nat.append(f"-A {sep}{comment}{affinity} {match} -j DNAT --to-destination {address}")
 
 
 def _write_external_chain(chains: _RouteChains, config: IptablesConfig, out: _Buffer) -> None:
     """KUBE-EXT: masquerade (Cluster policy) or the short-circuits of the Local policy, then
     the chain of the external policy."""
-    route, external = chains.route, chains.external
-    name = route.name
+    route, external, name = chains.route, chains.external, chains.name
     out.declare(external)
     if not route.external_policy_local:
         # Endpoints may be on other nodes: masquerade so replies come back through us.
@@ -537,7 +546,7 @@ def _write_firewall_chain(chains: _RouteChains, config: IptablesConfig, out: _Bu
 
 
 def _endpoint_jumps(
-    route: ServicePortRoute,
+    chains: _RouteChains,
     chain: str,
     endpoints: tuple[RouteEndpoint, ...],
     sep_chains: Mapping[str, str],
@@ -548,7 +557,7 @@ def _endpoint_jumps(
     Rule i of n matches with probability 1/(n-i), so each endpoint gets 1/n overall; the last
     rule is unconditional.
     """
-    name = route.name
+    route, name = chains.route, chains.name
     rules = []
     if route.affinity_timeout:
         for ep in endpoints:

@@ -28,7 +28,7 @@ import functools
 import hashlib
 import ipaddress
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from kdns.model import Endpoint, Service, ServicePort
 
@@ -115,11 +115,12 @@ class RouteEndpoint:
     terminating: bool = False
     local: bool = False  # on this node (the EndpointSlice's nodeName equals ours)
     node_name: str = ""
+    # "ip:port" as kube-proxy writes it (`Endpoint.String()`): the DNAT target, the hash input.
+    # Worked out once: every render reads it several times per endpoint.
+    address: str = field(init=False, repr=False, compare=False)
 
-    @property
-    def address(self) -> str:
-        """ "ip:port" as kube-proxy writes it (`Endpoint.String()`): the DNAT target, hash input."""
-        return join_host_port(self.ip, self.port)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "address", join_host_port(self.ip, self.port))
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,11 +244,14 @@ class ServicePortRoute:
         return tuple(merged[a] for a in sorted(merged))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class RouteChains:
     """One service port's per-service chains, named as a renderer names them, and which of
     them its traffic takes: the preamble of kube-proxy's syncProxyRules loop body, alike in
-    the iptables and nftables modes."""
+    the iptables and nftables modes.
+
+    Not frozen: a render builds one per route (10,000s), and a frozen dataclass's __init__
+    costs four times as much; nothing keeps one past the route's render."""
 
     route: ServicePortRoute
     cluster: str  # the Cluster-policy endpoints (KUBE-SVC-, service-)
