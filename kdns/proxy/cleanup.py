@@ -143,9 +143,8 @@ def _dummy_device(runner: Runner) -> list[str] | None:
 
 
 def _delete_devices(runner: Runner, found: list[str]) -> str:
-    return _first_error(
-        runner, [["ip", "link", "del", device] for device in found]
-    )  # addresses too
+    # The device's addresses go with it.
+    return _first_error(runner, [["ip", "link", "del", device] for device in found])
 
 
 def _ipsets(runner: Runner) -> list[str] | None:

@@ -185,27 +185,32 @@ class IpvsRendering:
     iptables: Mapping[int, str]  # per family: `iptables-restore --noflush` input
 
 
-def _reals(endpoints: Iterable[RouteEndpoint]) -> tuple[RealServer, ...]:
-    # proxier.go syncEndpoint: weight 1, masquerade (the netlink default forwarding method).
-    return tuple(RealServer(ep.ip, ep.port) for ep in endpoints)
-
-
 def _net_entry(cidr: str) -> str:
     """A source range as ipset prints it: the network address, no prefix for a single host."""
     net = ipaddress.ip_network(cidr, strict=False)
     return str(net.network_address) if net.prefixlen == net.max_prefixlen else str(net)
 
 
-def render(routes: Iterable[ServicePortRoute], config: IpvsConfig = IpvsConfig()) -> IpvsRendering:
-    """The desired IPVS state, ipsets and iptables rules of `routes` (proxier.go syncProxyRules)."""
-    services: dict[VirtualKey, VirtualService] = {}
-    bind: set[str] = set()
-    sets = {f: {spec.name: set[str]() for spec in IPSETS} for f in config.families}
-    no_node_access: dict[int, list[tuple[str, str, int]]] = {f: [] for f in config.families}
-    local_ips = {norm_ip(ip) for ip in config.local_ips}
-    nodeport_ips = {f: config.nodeport_addresses(f) for f in config.families}
+class _Desired:
+    """What the routes ask of IPVS mode, as they are read: the virtual services (the first
+    route to claim a (protocol, VIP, port) keeps it), the addresses to bind to kube-ipvs0,
+    each family's set entries, and the LB IPs the node itself is denied."""
 
-    def add_service(route: ServicePortRoute, ip: str, port: int, reals: tuple[RealServer, ...]):
+    def __init__(self, config: IpvsConfig) -> None:
+        self.config = config
+        self.services: dict[VirtualKey, VirtualService] = {}
+        self.bind: set[str] = set()
+        self.sets = {f: {spec.name: set[str]() for spec in IPSETS} for f in config.families}
+        self.no_node_access: dict[int, list[tuple[str, str, int]]] = {
+            f: [] for f in config.families
+        }
+        self.local_ips = {norm_ip(ip) for ip in config.local_ips}
+        self.nodeport_ips = {f: config.nodeport_addresses(f) for f in config.families}
+
+    def service(
+        self, route: ServicePortRoute, ip: str, port: int, endpoints: Iterable[RouteEndpoint]
+    ) -> None:
+        config = self.config
         service = VirtualService(
             route.protocol,
             ip,
@@ -214,108 +219,123 @@ def render(routes: Iterable[ServicePortRoute], config: IpvsConfig = IpvsConfig()
             # proxier.go: ClientIP affinity is FlagPersistent with Timeout = timeoutSeconds.
             persistence=route.affinity_timeout,
             sched_flags=config.sched_flags,
-            reals=reals,
+            # proxier.go syncEndpoint: weight 1, masquerade (netlink's default forwarding).
+            reals=tuple(RealServer(ep.ip, ep.port) for ep in endpoints),
         )
-        services.setdefault(service.key, service)  # the first route to claim a key keeps it
+        self.services.setdefault(service.key, service)
 
+    def bind_unless_local(self, ip: str) -> None:
+        # "We must not add the address to the dummy device if it exist on another interface"
+        if ip not in self.local_ips:
+            self.bind.add(ip)
+
+
+def render(routes: Iterable[ServicePortRoute], config: IpvsConfig = IpvsConfig()) -> IpvsRendering:
+    """The desired IPVS state, ipsets and iptables rules of `routes` (proxier.go syncProxyRules)."""
+    out = _Desired(config)
     for route in sorted(routes, key=route_sort_key):
-        if route.family not in config.families:
-            continue
-        family = route.family
-        entries = sets[family]
-        proto = route.protocol.lower()
-
-        def ip_port(ip: str, proto: str = proto, port: int = route.port) -> str:
-            return f"{ip},{proto}:{port}"
-
-        # internalTrafficPolicy decides the ClusterIP's real servers (syncEndpoint with
-        # internalNodeLocal): Local ones only, possibly none.
-        internal = route.local_endpoints if route.internal_policy_local else route.cluster_endpoints
-        # externalTrafficPolicy Local: the external addresses get the local endpoints; with
-        # none, every endpoint, so pods and the node keep access (kube-proxy PR #97081); an
-        # outside client is then answered from a pod address and drops the reply.
-        if route.external_policy_local and route.local_endpoints:
-            external = route.local_endpoints
-        else:
-            external = route.cluster_endpoints
-
-        # Hairpin: a local endpoint reaching itself through a VIP is masqueraded (KUBE-LOOP-BACK
-        # takes every local endpoint of the port, ready or not).
-        for ep in route.endpoints:
-            if ep.local:
-                entries[LOOP_BACK].add(f"{ep.ip},{proto}:{ep.port},{ep.ip}")
-
-        # The ClusterIP: always bound to kube-ipvs0, so IPVS sees it at LOCAL_IN.
-        entries[CLUSTER_IP].add(ip_port(route.cluster_ip))
-        add_service(route, route.cluster_ip, route.port, _reals(internal))
-        bind.add(route.cluster_ip)
-
-        for ip in route.external_ips:
-            # Local policy keeps the client's address: a set with no masquerade rule.
-            local_set = EXTERNAL_IP_LOCAL if route.external_policy_local else EXTERNAL_IP
-            entries[local_set].add(ip_port(ip))
-            add_service(route, ip, route.port, _reals(external))
-            # "We must not add the address to the dummy device if it exist on another interface"
-            if ip not in local_ips:
-                bind.add(ip)
-
-        for ip in route.load_balancer_ips:
-            entry = ip_port(ip)
-            entries[LOAD_BALANCER].add(entry)
-            if route.external_policy_local:
-                entries[LOAD_BALANCER_LOCAL].add(entry)
-            if route.load_balancer_source_ranges:
-                # Only LBs that keep the client's address can be filtered here.
-                entries[LOAD_BALANCER_FW].add(entry)
-                node_ip = config.node_ip(family)
-                allow_from_node = False
-                for cidr in route.load_balancer_source_ranges:
-                    entries[LOAD_BALANCER_SOURCE_CIDR].add(f"{entry},{_net_entry(cidr)}")
-                    network = ipaddress.ip_network(cidr, strict=False)
-                    if node_ip is not None and ipaddress.ip_address(node_ip) in network:
-                        allow_from_node = True
-                if allow_from_node:
-                    # The node's own request to a local LB IP arrives with the LB IP as source.
-                    entries[LOAD_BALANCER_SOURCE_IP].add(f"{entry},{ip}")
-                else:
-                    # Neither range admits the node: KUBE-IPVS-OUT-FILTER blocks it (#119656).
-                    no_node_access[family].append((ip, proto, route.port))
-            add_service(route, ip, route.port, _reals(external))
-            if ip not in local_ips:
-                bind.add(ip)
-
-        if route.node_port and nodeport_ips[family]:
-            # NodePorts are masqueraded unless the Local policy keeps the client's address;
-            # the bitmap sets match the port on any local address, SCTP's hash sets the pairs.
-            if proto == "sctp":
-                np_entries = [ip_port(ip, port=route.node_port) for ip in nodeport_ips[family]]
-                np_set, np_local_set = NODE_PORT_SCTP, NODE_PORT_LOCAL_SCTP
-            else:
-                np_entries = [str(route.node_port)]
-                np_set = NODE_PORT_TCP if proto == "tcp" else NODE_PORT_UDP
-                np_local_set = NODE_PORT_LOCAL_TCP if proto == "tcp" else NODE_PORT_LOCAL_UDP
-            entries[np_set].update(np_entries)
-            if route.external_policy_local:
-                entries[np_local_set].update(np_entries)
-            # One virtual service per node address; node addresses are never bound.
-            for ip in nodeport_ips[family]:
-                add_service(route, ip, route.node_port, _reals(external))
-
-        if route.health_check_node_port:
-            entries[HEALTH_CHECK_NODE_PORT].add(str(route.health_check_node_port))
+        if route.family in config.families:
+            _write_route(route, out)
 
     ipsets: dict[int, dict[str, frozenset[str]]] = {}
     iptables: dict[int, str] = {}
     for family in config.families:
+        sets = out.sets[family]
         # KUBE-IPVS-IPS holds what is bound to kube-ipvs0: KUBE-IPVS-FILTER rejects new
         # connections to those addresses on ports no service has (#72236).
-        sets[family][IPVS_IPS] = {ip for ip in bind if family_of(ip) == family}
+        sets[IPVS_IPS] = {ip for ip in out.bind if family_of(ip) == family}
         ipsets[family] = {
-            IPSET_BY_NAME[name].set_name(family): frozenset(values)
-            for name, values in sets[family].items()
+            IPSET_BY_NAME[name].set_name(family): frozenset(values) for name, values in sets.items()
         }
-        iptables[family] = _render_iptables(family, sets[family], config, no_node_access[family])
-    return IpvsRendering(IpvsState(services, frozenset(bind)), ipsets, iptables)
+        iptables[family] = _render_iptables(family, sets, config, out.no_node_access[family])
+    return IpvsRendering(IpvsState(out.services, frozenset(out.bind)), ipsets, iptables)
+
+
+def _write_route(route: ServicePortRoute, out: _Desired) -> None:
+    """One service port: its virtual services, set entries and addresses to bind."""
+    entries = out.sets[route.family]
+    proto = route.protocol.lower()
+    # internalTrafficPolicy decides the ClusterIP's real servers (syncEndpoint with
+    # internalNodeLocal): Local ones only, possibly none.
+    internal = route.local_endpoints if route.internal_policy_local else route.cluster_endpoints
+    # Hairpin: a local endpoint reaching itself through a VIP is masqueraded (KUBE-LOOP-BACK
+    # takes every local endpoint of the port, ready or not).
+    for ep in route.endpoints:
+        if ep.local:
+            entries[LOOP_BACK].add(f"{ep.ip},{proto}:{ep.port},{ep.ip}")
+    # The ClusterIP: always bound to kube-ipvs0, so IPVS sees it at LOCAL_IN.
+    entries[CLUSTER_IP].add(f"{route.cluster_ip},{proto}:{route.port}")
+    out.service(route, route.cluster_ip, route.port, internal)
+    out.bind.add(route.cluster_ip)
+    if route.external_ips or route.load_balancer_ips or route.node_port:
+        _write_external(route, out)
+    if route.health_check_node_port:
+        entries[HEALTH_CHECK_NODE_PORT].add(str(route.health_check_node_port))
+
+
+def _write_external(route: ServicePortRoute, out: _Desired) -> None:
+    """The externalIPs, LB ingress IPs and NodePorts of one service port."""
+    family, entries = route.family, out.sets[route.family]
+    proto = route.protocol.lower()
+    # externalTrafficPolicy Local: the external addresses get the local endpoints; with
+    # none, every endpoint, so pods and the node keep access (kube-proxy PR #97081); an
+    # outside client is then answered from a pod address and drops the reply.
+    if route.external_policy_local and route.local_endpoints:
+        external = route.local_endpoints
+    else:
+        external = route.cluster_endpoints
+    for ip in route.external_ips:
+        # Local policy keeps the client's address: a set with no masquerade rule.
+        local_set = EXTERNAL_IP_LOCAL if route.external_policy_local else EXTERNAL_IP
+        entries[local_set].add(f"{ip},{proto}:{route.port}")
+        out.service(route, ip, route.port, external)
+        out.bind_unless_local(ip)
+    for ip in route.load_balancer_ips:
+        entry = f"{ip},{proto}:{route.port}"
+        entries[LOAD_BALANCER].add(entry)
+        if route.external_policy_local:
+            entries[LOAD_BALANCER_LOCAL].add(entry)
+        if route.load_balancer_source_ranges:
+            _write_source_ranges(route, ip, entry, out)
+        out.service(route, ip, route.port, external)
+        out.bind_unless_local(ip)
+    nodeport_ips = out.nodeport_ips[family]
+    if route.node_port and nodeport_ips:
+        # NodePorts are masqueraded unless the Local policy keeps the client's address;
+        # the bitmap sets match the port on any local address, SCTP's hash sets the pairs.
+        if proto == "sctp":
+            np_entries = [f"{ip},{proto}:{route.node_port}" for ip in nodeport_ips]
+            np_set, np_local_set = NODE_PORT_SCTP, NODE_PORT_LOCAL_SCTP
+        else:
+            np_entries = [str(route.node_port)]
+            np_set = NODE_PORT_TCP if proto == "tcp" else NODE_PORT_UDP
+            np_local_set = NODE_PORT_LOCAL_TCP if proto == "tcp" else NODE_PORT_LOCAL_UDP
+        entries[np_set].update(np_entries)
+        if route.external_policy_local:
+            entries[np_local_set].update(np_entries)
+        # One virtual service per node address; node addresses are never bound.
+        for ip in nodeport_ips:
+            out.service(route, ip, route.node_port, external)
+
+
+def _write_source_ranges(route: ServicePortRoute, ip: str, entry: str, out: _Desired) -> None:
+    """loadBalancerSourceRanges of one LB IP ("ip,proto:port" `entry`): only LBs that keep
+    the client's address can be filtered here."""
+    family, entries = route.family, out.sets[route.family]
+    entries[LOAD_BALANCER_FW].add(entry)
+    node_ip = out.config.node_ip(family)
+    allow_from_node = False
+    for cidr in route.load_balancer_source_ranges:
+        entries[LOAD_BALANCER_SOURCE_CIDR].add(f"{entry},{_net_entry(cidr)}")
+        network = ipaddress.ip_network(cidr, strict=False)
+        if node_ip is not None and ipaddress.ip_address(node_ip) in network:
+            allow_from_node = True
+    if allow_from_node:
+        # The node's own request to a local LB IP arrives with the LB IP as source.
+        entries[LOAD_BALANCER_SOURCE_IP].add(f"{entry},{ip}")
+    else:
+        # Neither range admits the node: KUBE-IPVS-OUT-FILTER blocks it (#119656).
+        out.no_node_access[family].append((ip, route.protocol.lower(), route.port))
 
 
 def _render_iptables(
