@@ -718,18 +718,6 @@ def conntrack_ids(harness: Harness, sport: int) -> tuple[list[str], str]:
     return [f"{entry_id}@{start}" for start, entry_id in entries], out
 
 
-def wait_replied_flow(harness: Harness, sport: int, timeout: float = 10.0) -> list[str]:
-    """Waits until the UDP flow from the client pod's `sport` has a conntrack entry that saw
-    a reply (so the stream has reached its backend); returns the entry ids."""
-    deadline = time.monotonic() + timeout
-    while True:
-        ids, listing = conntrack_ids(harness, sport)
-        if ids and "UNREPLIED" not in listing:
-            return ids
-        assert time.monotonic() < deadline, f"no answered flow from port {sport}: {listing}"
-        time.sleep(0.05)
-
-
 def wait_syncs(harness: Harness, count: int, timeout: float = 30.0) -> None:
     """Waits until the running proxy has made `count` successful syncs (its counter starts at
     0 with the process)."""
@@ -773,7 +761,7 @@ def test_udp_conntrack_cleanup_on_endpoint_change(proxy: Harness) -> None:
     deletes = metric_sum(proxy.metrics(), "kdns_proxy_conntrack_deletes_total", result="ok")
     sport, duration = 40001, 6.0
     stream = udp_stream(proxy, sport, duration)
-    wait_replied_flow(proxy, sport)
+    time.sleep(1.0)
     changed_at = time.time()
     proxy.apply(udp=udp_service("c"))  # b keeps running: only the Service no longer uses it
     live_at = time.time()
@@ -803,7 +791,7 @@ def test_udp_conntrack_cleanup_when_last_endpoint_goes(proxy: Harness) -> None:
     proxy.apply(udp=udp_service("c"))
     sport, duration = 40003, 5.0
     stream = udp_stream(proxy, sport, duration)
-    wait_replied_flow(proxy, sport)
+    time.sleep(1.0)
     changed_at = time.time()
     proxy.apply(udp=[*udp_service("c")[:1], endpoint_slice("udp", [])])
     live_at = time.time()
@@ -819,8 +807,9 @@ def test_restart_does_not_flush_conntrack(proxy: Harness) -> None:
     proxy.apply(udp=udp_service("c"))
     sport, duration = 40002, 8.0
     stream = udp_stream(proxy, sport, duration)
-    ids_before = wait_replied_flow(proxy, sport)
-    assert len(ids_before) == 1, ids_before
+    time.sleep(0.5)
+    ids_before, listing = conntrack_ids(proxy, sport)
+    assert len(ids_before) == 1, listing
     proxy.stop()
     proxy.start()
     # The engine reconciles conntrack right after its first sync, before it starts the next:
