@@ -231,6 +231,13 @@ DNS_FAMILIES: tuple[tuple[str, str, tuple[str, ...], str], ...] = (
         "Cache lookups (hits and misses).",
     ),
     (
+        "kdns_cache_evictions_total",
+        "counter",
+        ("server", "type", "zones", "view"),
+        "Answers dropped from a cache to stay within its entry and byte bounds, by type "
+        "(success, denial).",
+    ),
+    (
         "kdns_cache_served_stale_total",
         "counter",
         ("server", "zones", "view"),
@@ -329,6 +336,7 @@ _COREDNS_COUNTERPARTS = (
     "kdns_cache_misses_total",
     "kdns_cache_requests_total",
     "kdns_cache_served_stale_total",
+    "kdns_cache_evictions_total",
     "kdns_forward_requests_total",
     "kdns_forward_responses_total",
     "kdns_forward_request_duration_seconds",

@@ -1,4 +1,4 @@
-"""The slim model: frozen Namespace / Service / EndpointSlice / Pod objects and their converters.
+"""The slim model: frozen Namespace / Service / EndpointSlice / Pod (and ServiceImport) objects.
 
 Kubernetes objects arrive as API dicts (from a manifest file or an API response) and are
 converted once, here, into small frozen objects that keep only the fields DNS and the proxy use.
@@ -6,9 +6,11 @@ Equality of two converted objects therefore means "nothing DNS or the proxy can 
 
 Contract:
 - `namespace_from_dict`, `service_from_dict`, `endpointslice_from_dict`,
-  `endpoints_to_slices` and `pod_from_dict` either return a model object or raise
-  `ModelError` naming the offending field as a path (`spec.ports[0].port`), never a half-built
-  object.
+  `endpoints_to_slices`, `pod_from_dict`, and for KEP-1645's multicluster API
+  `serviceimport_from_dict` and `import_slice_from_dict` (an EndpointSlice labelled with a
+  ServiceImport's name and its source cluster, `is_import_slice`), either return a model
+  object or raise `ModelError` naming the offending field as a path (`spec.ports[0].port`),
+  never a half-built object.
 - Addresses are normalised (`ipaddress` compressed form), so two spellings of one IP compare equal.
 - Nothing here does I/O.
 """
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import reprlib
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -36,6 +39,17 @@ ADDRESS_TYPES = ("IPv4", "IPv6", "FQDN")
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 # The annotation the EndpointSlice controller sets to the time of the change that caused it.
 TRIGGER_TIME_ANNOTATION = "endpoints.kubernetes.io/last-change-trigger-time"
+
+
+# A value quoted in an error is cut short: a manifest's YAML aliases can make a small file hold a
+# list whose full repr is megabytes, and an error is one line for a person (found by fuzzing).
+_QUOTE = reprlib.Repr()
+_QUOTE.maxlevel = 3
+_QUOTE.maxstring = _QUOTE.maxother = 200
+
+
+def _shown(value: Any) -> str:
+    return _QUOTE.repr(value)
 
 
 class ModelError(ValueError):
@@ -172,7 +186,7 @@ def _get(obj: Mapping[str, Any], path: str, key: str, kind: type | tuple[type, .
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
         raise ModelError(
-            _join(path, key), f"expected {_TYPE_WORDS.get(names, names)}, got {value!r}"
+            _join(path, key), f"expected {_TYPE_WORDS.get(names, names)}, got {_shown(value)}"
         )
     return value
 
@@ -213,13 +227,13 @@ def _port_number(obj: Mapping[str, Any], path: str, key: str, required: bool) ->
 def _ip(value: Any, field: str) -> str:
     # Python accepts IPv6 scope IDs ("fe80::1%eth0"); the Kubernetes API does not.
     if not isinstance(value, str) or "%" in value:
-        raise ModelError(field, f"{value!r} is not an IP address")
+        raise ModelError(field, f"{_shown(value)} is not an IP address")
     if _is_canonical_ipv4(value):
         return value  # the common case, checked without ipaddress (a third of a list's time)
     try:
         return ipaddress.ip_address(value).compressed
     except ValueError:
-        raise ModelError(field, f"{value!r} is not an IP address") from None
+        raise ModelError(field, f"{_shown(value)} is not an IP address") from None
 
 
 def _is_canonical_ipv4(text: str) -> bool:
@@ -241,7 +255,7 @@ def _version(ip: str) -> int:
 
 def _choice(value: str, field: str, allowed: tuple[str, ...]) -> str:
     if value not in allowed:
-        raise ModelError(field, f"{value!r} is not one of {', '.join(allowed)}")
+        raise ModelError(field, f"{_shown(value)} is not one of {', '.join(allowed)}")
     return value
 
 
@@ -255,7 +269,9 @@ def _metadata(obj: Mapping[str, Any], namespaced: bool) -> tuple[str, str, Mappi
         # kubectl reads an absent or empty namespace as the default one.
         namespace = sys.intern(_str(meta, "metadata", "namespace") or "default")
         if not _DNS1123_LABEL.match(namespace):
-            raise ModelError("metadata.namespace", f"{namespace!r} is not a valid DNS-1123 label")
+            raise ModelError(
+                "metadata.namespace", f"{_shown(namespace)} is not a valid DNS-1123 label"
+            )
     return namespace, name, meta
 
 
@@ -263,7 +279,9 @@ def _labels(meta: Mapping[str, Any], path: str, key: str) -> tuple[tuple[str, st
     labels = _mapping(meta, path, key)
     for k, v in labels.items():
         if not isinstance(v, str):
-            raise ModelError(_join(_join(path, key), str(k)), f"label value {v!r} is not a string")
+            raise ModelError(
+                _join(_join(path, key), str(k)), f"label value {_shown(v)} is not a string"
+            )
     return tuple(sorted((str(k), v) for k, v in labels.items()))
 
 
@@ -273,18 +291,18 @@ def _labels(meta: Mapping[str, Any], path: str, key: str) -> tuple[tuple[str, st
 def namespace_from_dict(obj: Mapping[str, Any]) -> Namespace:
     _, name, _ = _metadata(obj, namespaced=False)
     if not _DNS1123_LABEL.match(name):
-        raise ModelError("metadata.name", f"{name!r} is not a valid DNS-1123 label")
+        raise ModelError("metadata.name", f"{_shown(name)} is not a valid DNS-1123 label")
     return Namespace(name)
 
 
 def _service_port(raw: Any, path: str, service_type: str) -> ServicePort:
     if not isinstance(raw, dict):
-        raise ModelError(path, f"expected a mapping, got {raw!r}")
+        raise ModelError(path, f"expected a mapping, got {_shown(raw)}")
     name = _str(raw, path, "name")
     # Service port names are DNS-1123 labels (apiserver validateServicePort); the stricter
     # RFC 6335 rule applies only to container port names and so to named targetPorts.
     if name and not _DNS1123_LABEL.match(name):
-        raise ModelError(_join(path, "name"), f"{name!r} is not a valid DNS-1123 label")
+        raise ModelError(_join(path, "name"), f"{_shown(name)} is not a valid DNS-1123 label")
     protocol = _choice(_str(raw, path, "protocol", "TCP"), _join(path, "protocol"), PROTOCOLS)
     port = _port_number(raw, path, "port", required=True)
     assert port is not None
@@ -294,7 +312,7 @@ def _service_port(raw: Any, path: str, service_type: str) -> ServicePort:
         target = port
     elif isinstance(raw_target, bool):
         raise ModelError(
-            _join(path, "targetPort"), f"expected a port number or name, got {raw_target!r}"
+            _join(path, "targetPort"), f"expected a port number or name, got {_shown(raw_target)}"
         )
     elif isinstance(raw_target, int):
         target = _port_number(raw, path, "targetPort", required=True) or port
@@ -304,10 +322,12 @@ def _service_port(raw: Any, path: str, service_type: str) -> ServicePort:
         if isinstance(target, int) and not 1 <= target <= 65535:
             raise ModelError(_join(path, "targetPort"), f"port {target} is out of range 1-65535")
         if isinstance(target, str) and not _PORT_NAME.match(target):
-            raise ModelError(_join(path, "targetPort"), f"{target!r} is not a valid port name")
+            raise ModelError(
+                _join(path, "targetPort"), f"{_shown(target)} is not a valid port name"
+            )
     else:
         raise ModelError(
-            _join(path, "targetPort"), f"expected a port number or name, got {raw_target!r}"
+            _join(path, "targetPort"), f"expected a port number or name, got {_shown(raw_target)}"
         )
     node_port = None
     if service_type in ("NodePort", "LoadBalancer"):
@@ -318,7 +338,7 @@ def _service_port(raw: Any, path: str, service_type: str) -> ServicePort:
 def service_from_dict(obj: Mapping[str, Any]) -> Service:
     namespace, name, _meta = _metadata(obj, namespaced=True)
     if not _DNS1123_LABEL.match(name):
-        raise ModelError("metadata.name", f"{name!r} is not a valid DNS-1123 label")
+        raise ModelError("metadata.name", f"{_shown(name)} is not a valid DNS-1123 label")
     spec = _mapping(obj, "", "spec")
     stype = _choice(_str(spec, "spec", "type", "ClusterIP"), "spec.type", SERVICE_TYPES)
 
@@ -357,7 +377,7 @@ def service_from_dict(obj: Mapping[str, Any]) -> Service:
                     f"spec.ports[{i}].name", "required when a Service has several ports"
                 )
             if names.index(n) != i:
-                raise ModelError(f"spec.ports[{i}].name", f"duplicate port name {n!r}")
+                raise ModelError(f"spec.ports[{i}].name", f"duplicate port name {_shown(n)}")
 
     external_name = ""
     if stype == "ExternalName":
@@ -401,7 +421,7 @@ def service_from_dict(obj: Mapping[str, Any]) -> Service:
             ranges.append(str(ipaddress.ip_network(str(raw).strip(), strict=False)))
         except ValueError:
             raise ModelError(
-                f"spec.loadBalancerSourceRanges[{i}]", f"{raw!r} is not a CIDR"
+                f"spec.loadBalancerSourceRanges[{i}]", f"{_shown(raw)} is not a CIDR"
             ) from None
     etp = _choice(
         _str(spec, "spec", "externalTrafficPolicy", "Cluster"),
@@ -458,7 +478,7 @@ def _endpoint_ports(raw_ports: list[Any], path: str) -> tuple[EndpointPort, ...]
     for i, raw in enumerate(raw_ports):
         p = _join(path, i)
         if not isinstance(raw, dict):
-            raise ModelError(p, f"expected a mapping, got {raw!r}")
+            raise ModelError(p, f"expected a mapping, got {_shown(raw)}")
         number = _port_number(raw, p, "port", required=False)
         if number is None:
             # discovery.k8s.io/v1: an unset port means "all ports"; DNS and the proxy skip it.
@@ -473,7 +493,7 @@ def _condition(conditions: Mapping[str, Any], path: str, key: str, default: bool
     if value is None:
         return default
     if not isinstance(value, bool):
-        raise ModelError(_join(path, key), f"expected true or false, got {value!r}")
+        raise ModelError(_join(path, key), f"expected true or false, got {_shown(value)}")
     return value
 
 
@@ -504,7 +524,7 @@ def endpointslice_from_dict(obj: Mapping[str, Any]) -> EndpointSlice:
     for i, raw in enumerate(_list(obj, "", "endpoints")):
         path = f"endpoints[{i}]"
         if not isinstance(raw, dict):
-            raise ModelError(path, f"expected a mapping, got {raw!r}")
+            raise ModelError(path, f"expected a mapping, got {_shown(raw)}")
         conditions = _mapping(raw, path, "conditions")
         cpath = _join(path, "conditions")
         # discovery.k8s.io/v1: an unset `ready` or `serving` is to be read as true (kube-proxy
@@ -516,7 +536,9 @@ def endpointslice_from_dict(obj: Mapping[str, Any]) -> EndpointSlice:
         pod = _str(target, _join(path, "targetRef"), "name") if target.get("kind") == "Pod" else ""
         hostname = _str(raw, path, "hostname").lower()
         if hostname and not _DNS1123_LABEL.match(hostname):
-            raise ModelError(_join(path, "hostname"), f"{hostname!r} is not a valid DNS-1123 label")
+            raise ModelError(
+                _join(path, "hostname"), f"{_shown(hostname)} is not a valid DNS-1123 label"
+            )
         addresses = _list(raw, path, "addresses")
         if not addresses:
             raise ModelError(_join(path, "addresses"), "an endpoint needs at least one address")
@@ -561,14 +583,14 @@ def endpoints_to_slices(obj: Mapping[str, Any]) -> tuple[EndpointSlice, ...]:
     for i, subset in enumerate(_list(obj, "", "subsets")):
         path = f"subsets[{i}]"
         if not isinstance(subset, dict):
-            raise ModelError(path, f"expected a mapping, got {subset!r}")
+            raise ModelError(path, f"expected a mapping, got {_shown(subset)}")
         ports = _endpoint_ports(_list(subset, path, "ports"), _join(path, "ports"))
         by_family: dict[str, list[Endpoint]] = {"IPv4": [], "IPv6": []}
         for key, ready in (("addresses", True), ("notReadyAddresses", False)):
             for j, raw in enumerate(_list(subset, path, key)):
                 apath = f"{path}.{key}[{j}]"
                 if not isinstance(raw, dict):
-                    raise ModelError(apath, f"expected a mapping, got {raw!r}")
+                    raise ModelError(apath, f"expected a mapping, got {_shown(raw)}")
                 address = _ip(raw.get("ip"), _join(apath, "ip"))
                 family = "IPv4" if _version(address) == 4 else "IPv6"
                 target = _mapping(raw, apath, "targetRef")
@@ -623,11 +645,11 @@ def pod_from_dict(obj: Mapping[str, Any]) -> Pod:
     for ci, container in enumerate(_list(spec, "spec", "containers")):
         cpath = f"spec.containers[{ci}]"
         if not isinstance(container, dict):
-            raise ModelError(cpath, f"expected a mapping, got {container!r}")
+            raise ModelError(cpath, f"expected a mapping, got {_shown(container)}")
         for pi, raw in enumerate(_list(container, cpath, "ports")):
             ppath = f"{cpath}.ports[{pi}]"
             if not isinstance(raw, dict):
-                raise ModelError(ppath, f"expected a mapping, got {raw!r}")
+                raise ModelError(ppath, f"expected a mapping, got {_shown(raw)}")
             number = _port_number(raw, ppath, "containerPort", required=True)
             assert number is not None
             protocol = _choice(
@@ -636,10 +658,10 @@ def pod_from_dict(obj: Mapping[str, Any]) -> Pod:
             container_ports.append(ContainerPort(_str(raw, ppath, "name"), protocol, number))
     hostname = _str(spec, "spec", "hostname").lower()
     if hostname and not _DNS1123_LABEL.match(hostname):
-        raise ModelError("spec.hostname", f"{hostname!r} is not a valid DNS-1123 label")
+        raise ModelError("spec.hostname", f"{_shown(hostname)} is not a valid DNS-1123 label")
     subdomain = _str(spec, "spec", "subdomain").lower()
     if subdomain and not _DNS1123_LABEL.match(subdomain):
-        raise ModelError("spec.subdomain", f"{subdomain!r} is not a valid DNS-1123 label")
+        raise ModelError("spec.subdomain", f"{_shown(subdomain)} is not a valid DNS-1123 label")
     return Pod(
         namespace=namespace,
         name=name,
@@ -719,4 +741,98 @@ def slices_for_service(service: Service, pods: list[Pod]) -> tuple[EndpointSlice
         )
         for family, eps in by_family.items()
         if eps
+    )
+
+
+# --- multicluster (KEP-1645, multicluster.x-k8s.io/v1alpha1) ----------------------------------
+
+# The labels an MCS controller puts on the EndpointSlices it imports: the ServiceImport's name
+# and the cluster the endpoints live in (one cluster per slice).
+IMPORT_NAME_LABEL = "multicluster.kubernetes.io/service-name"
+SOURCE_CLUSTER_LABEL = "multicluster.kubernetes.io/source-cluster"
+IMPORT_TYPES = ("ClusterSetIP", "Headless")
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceImport:
+    """A ServiceImport: a Service exported by the clusters of a clusterset."""
+
+    namespace: str
+    name: str
+    type: str = "ClusterSetIP"
+    ips: tuple[str, ...] = ()  # spec.ips: the ClusterSetIPs (at most one per family)
+    ports: tuple[EndpointPort, ...] = ()
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.namespace, self.name)
+
+    @property
+    def headless(self) -> bool:
+        return self.type == "Headless"
+
+
+@dataclass(frozen=True, slots=True)
+class ImportSlice:
+    """An EndpointSlice of a ServiceImport: the endpoints of one cluster of the clusterset."""
+
+    namespace: str
+    name: str
+    import_name: str
+    cluster_id: str
+    endpoints: tuple[Endpoint, ...] = ()
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.namespace, self.name)
+
+    @property
+    def import_key(self) -> tuple[str, str]:
+        return (self.namespace, self.import_name)
+
+
+def is_import_slice(obj: Mapping[str, Any]) -> bool:
+    """An EndpointSlice an MCS controller made for a ServiceImport (not for a local Service)."""
+    meta = obj.get("metadata")
+    labels = meta.get("labels") if isinstance(meta, dict) else None
+    return (
+        isinstance(labels, dict)
+        and IMPORT_NAME_LABEL in labels
+        and SERVICE_NAME_LABEL not in labels
+    )
+
+
+def serviceimport_from_dict(obj: Mapping[str, Any]) -> ServiceImport:
+    namespace, name, _ = _metadata(obj, namespaced=True)
+    if not _DNS1123_LABEL.match(name):
+        raise ModelError("metadata.name", f"{_shown(name)} is not a valid DNS-1123 label")
+    spec = _mapping(obj, "", "spec")
+    itype = _choice(_str(spec, "spec", "type", "ClusterSetIP"), "spec.type", IMPORT_TYPES)
+    ips = tuple(_ip(raw, f"spec.ips[{i}]") for i, raw in enumerate(_list(spec, "spec", "ips")))
+    if len({_version(ip) for ip in ips}) != len(ips):
+        raise ModelError("spec.ips", "holds at most one IPv4 and one IPv6 address")
+    ports = _endpoint_ports(_list(spec, "spec", "ports"), "spec.ports")
+    # A headless import has no ClusterSetIP (KEP-1645); one that lists some is read as headless.
+    return ServiceImport(namespace, name, itype, () if itype == "Headless" else ips, ports)
+
+
+def import_slice_from_dict(obj: Mapping[str, Any]) -> ImportSlice:
+    meta = _mapping(obj, "", "metadata")
+    labels = _mapping(meta, "metadata", "labels")
+    values: list[str] = []
+    for label in (IMPORT_NAME_LABEL, SOURCE_CLUSTER_LABEL):
+        value = labels.get(label)
+        if not isinstance(value, str) or not _DNS1123_LABEL.match(value):
+            problem = "required field is missing" if value is None else "is not a DNS-1123 label"
+            raise ModelError(f"metadata.labels.{label}", problem)
+        values.append(value)
+    # Read as a local slice of a Service of that name: the endpoints' fields are the same.
+    local = dict(obj, metadata=dict(meta, labels={**labels, SERVICE_NAME_LABEL: values[0]}))
+    parsed = endpointslice_from_dict(local)
+    return ImportSlice(
+        parsed.namespace,
+        parsed.name,
+        sys.intern(values[0]),
+        sys.intern(values[1]),
+        parsed.endpoints,
     )

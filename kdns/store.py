@@ -8,7 +8,8 @@ visible state changed.
 
 Contract:
 - Every method runs on the trio thread (docs/architecture.md §6); nothing here locks.
-- Consumers read `namespaces`, `services`, `slices`, `endpoints`, `pods` and `pods_by_ip`:
+- Consumers read `namespaces`, `services`, `slices`, `endpoints`, `pods`, `pods_by_ip`,
+  `imports` and `import_slices` (a ServiceImport's slices, per import):
   read-only mappings made once, over tables the store updates in place, so a reference taken
   once stays current and a read costs what a dict read costs. Only the store writes them.
 - A kind (`SERVICES`, …) is its API resource's name, typed with its key and model type: a
@@ -31,7 +32,15 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Generic, Protocol, TypeVar
 
-from kdns.model import Endpoint, EndpointSlice, Namespace, Pod, Service
+from kdns.model import (
+    Endpoint,
+    EndpointSlice,
+    ImportSlice,
+    Namespace,
+    Pod,
+    Service,
+    ServiceImport,
+)
 
 
 class Keyed(Protocol):
@@ -58,6 +67,11 @@ SERVICES: Kind[ServiceKey, Service] = Kind("services")
 ENDPOINTSLICES: Kind[ObjectKey, EndpointSlice] = Kind("endpointslices")
 PODS: Kind[ObjectKey, Pod] = Kind("pods")
 KINDS: tuple[Kind[Any, Any], ...] = (NAMESPACES, SERVICES, ENDPOINTSLICES, PODS)
+# Multicluster (KEP-1645): ServiceImports and their EndpointSlices, one cluster per slice. Kept
+# apart from Services and their slices: an import answers under the clusterset zone only.
+SERVICEIMPORTS: Kind[ServiceKey, ServiceImport] = Kind("serviceimports")
+IMPORTSLICES: Kind[ObjectKey, ImportSlice] = Kind("importslices")
+MULTICLUSTER_KINDS: tuple[Kind[Any, Any], ...] = (SERVICEIMPORTS, IMPORTSLICES)
 
 
 @dataclass(slots=True)
@@ -67,16 +81,18 @@ class Change:
     services: set[ServiceKey] = field(default_factory=set)
     namespaces: set[str] = field(default_factory=set)  # namespaces added or removed
     pod_ips: set[str] = field(default_factory=set)  # IPs whose pods changed
+    imports: set[ServiceKey] = field(default_factory=set)  # ServiceImports (or their slices)
     # The earliest time (epoch seconds) a change in this batch was made at the API server.
     trigger_time: float | None = None
 
     def __bool__(self) -> bool:
-        return bool(self.services or self.namespaces or self.pod_ips)
+        return bool(self.services or self.namespaces or self.pod_ips or self.imports)
 
     def merge(self, other: Change) -> None:
         self.services |= other.services
         self.namespaces |= other.namespaces
         self.pod_ips |= other.pod_ips
+        self.imports |= other.imports
         if other.trigger_time is not None and (
             self.trigger_time is None or other.trigger_time < self.trigger_time
         ):
@@ -261,6 +277,68 @@ class _Pods(_Table[ObjectKey, Pod]):
                 self.by_ip.pop(ip, None)
 
 
+class _Imports(_Table[ServiceKey, ServiceImport]):
+    def replace(self, objects: Mapping[ServiceKey, ServiceImport]) -> Change:
+        old = self.objects
+        changed = {k for k in old.keys() | objects.keys() if old.get(k) != objects.get(k)}
+        self._swap(objects)
+        return Change(imports=changed)
+
+    def upsert(self, key: ServiceKey, obj: ServiceImport) -> Change:
+        change = Change(imports=set() if self.objects.get(key) == obj else {key})
+        self.objects[key] = obj
+        return change
+
+    def delete(self, key: ServiceKey) -> Change:
+        return Change(imports={key} if self.objects.pop(key, None) is not None else set())
+
+
+class _ImportSlices(_Table[ObjectKey, ImportSlice]):
+    """The EndpointSlices of ServiceImports, grouped per import (in slice name order): each
+    keeps its cluster id, which the import's endpoint names carry."""
+
+    def __init__(self) -> None:
+        super().__init__(ImportSlice)
+        self.by_import: dict[ServiceKey, tuple[ImportSlice, ...]] = {}
+        self.by_import_view: Mapping[ServiceKey, tuple[ImportSlice, ...]] = MappingProxyType(
+            self.by_import
+        )
+
+    def replace(self, objects: Mapping[ObjectKey, ImportSlice]) -> Change:
+        old = dict(self.by_import)
+        self._swap(objects)
+        self._regroup()
+        return Change(
+            imports={
+                k for k in old.keys() | self.by_import.keys() if old.get(k) != self.by_import.get(k)
+            }
+        )
+
+    def upsert(self, key: ObjectKey, obj: ImportSlice) -> Change:
+        before = self.objects.get(key)
+        if before == obj:
+            return Change()
+        self.objects[key] = obj
+        self._regroup()
+        return Change(imports={obj.import_key} | ({before.import_key} if before else set()))
+
+    def delete(self, key: ObjectKey) -> Change:
+        before = self.objects.pop(key, None)
+        if before is None:
+            return Change()
+        self._regroup()
+        return Change(imports={before.import_key})
+
+    def _regroup(self) -> None:
+        # Imported slices are few (one per cluster per import); regrouping all is cheap enough.
+        groups: dict[ServiceKey, list[ImportSlice]] = {}
+        for key in sorted(self.objects):
+            item = self.objects[key]
+            groups.setdefault(item.import_key, []).append(item)
+        self.by_import.clear()
+        self.by_import.update({k: tuple(v) for k, v in groups.items()})
+
+
 # --- the store ---------------------------------------------------------------------------------
 
 
@@ -269,11 +347,14 @@ class Store:
         self.watched = frozenset(watched)
         namespaces, services = _Namespaces(Namespace), _Services(Service)
         slices, pods = _Slices(), _Pods()
+        imports, import_slices = _Imports(ServiceImport), _ImportSlices()
         self._tables: dict[str, _Table[Any, Any]] = {
             NAMESPACES: namespaces,
             SERVICES: services,
             ENDPOINTSLICES: slices,
             PODS: pods,
+            SERVICEIMPORTS: imports,
+            IMPORTSLICES: import_slices,
         }
         # The read-only views, made once (module docstring).
         self.namespaces: Mapping[str, Namespace] = namespaces.view
@@ -283,6 +364,10 @@ class Store:
         self.endpoints: Mapping[ServiceKey, tuple[Endpoint, ...]] = slices.endpoints_view
         self.pods: Mapping[ObjectKey, Pod] = pods.view
         self.pods_by_ip: Mapping[str, tuple[Pod, ...]] = pods.by_ip_view
+        self.imports: Mapping[ServiceKey, ServiceImport] = imports.view
+        self.import_slices: Mapping[ServiceKey, tuple[ImportSlice, ...]] = (
+            import_slices.by_import_view
+        )
         self._synced: set[str] = set()
         self._on_synced: list[Callable[[], None]] = []
         self._subscribers: list[Subscriber] = []

@@ -16,6 +16,7 @@ from dnslib import QTYPE
 
 from kdns import cli, proxyapp
 from kdns.config import Config, env_overrides, load_config, parse_hostport
+from kdns.corefile.load import load_corefile
 from kdns.dns.resolver import Resolver
 from kdns.sources import kube
 from kdns.sources.manifests import load
@@ -109,8 +110,8 @@ def test_the_folder_serves_the_cluster_dns_service() -> None:
         "ClusterRoleBinding": 2,
         "ConfigMap": 3,
         "DaemonSet": 1,
-        "Deployment": 1,
-        "PodDisruptionBudget": 1,
+        "Deployment": 2,
+        "PodDisruptionBudget": 2,
         "ServiceAccount": 2,
     }
     resolver = Resolver(store, Config())
@@ -129,8 +130,8 @@ def test_kdns_check_reports_the_ignored_kinds() -> None:
     result = run_kdns("check", "--manifests", str(DEPLOY))
     assert result.returncode == 0, result.stderr
     assert (
-        "ignored: 2 ClusterRole, 2 ClusterRoleBinding, 3 ConfigMap, 1 DaemonSet, 1 Deployment, "
-        "1 PodDisruptionBudget, 2 ServiceAccount"
+        "ignored: 2 ClusterRole, 2 ClusterRoleBinding, 3 ConfigMap, 1 DaemonSet, 2 Deployment, "
+        "2 PodDisruptionBudget, 2 ServiceAccount"
     ) in result.stdout.splitlines()
 
 
@@ -229,6 +230,68 @@ def test_the_config_file_is_the_mounted_configmap(tmp_path: Path) -> None:
     assert cli._config(args) == config.with_overrides(**env_overrides(dict(os.environ)))
 
 
+# --- the Corefile variant: the cluster's own `coredns` ConfigMap -------------------------------
+
+COREFILE_DEPLOYMENT = OBJ[("Deployment", "kdns-corefile")]
+COREFILE_POD = COREFILE_DEPLOYMENT["spec"]["template"]
+COREFILE_KDNS = COREFILE_POD["spec"]["containers"][0]
+KUBEADM_COREFILE = ROOT / "tests" / "corefile" / "data" / "kubeadm.Corefile"
+
+
+def test_corefile_variant_reads_the_coredns_configmap() -> None:
+    assert COREFILE_KDNS["args"] == ["serve", "--corefile", "/etc/coredns/Corefile"]
+    mounts = {m["mountPath"]: m for m in COREFILE_KDNS["volumeMounts"]}
+    volumes = {v["name"]: v for v in COREFILE_POD["spec"]["volumes"]}
+    config = volumes[mounts["/etc/coredns"]["name"]]["configMap"]
+    # Every key (k3s adds NodeHosts), so no `items` a distribution could lack.
+    assert config == {"name": "coredns"}
+    custom = volumes[mounts["/etc/coredns/custom"]["name"]]["configMap"]
+    assert custom == {"name": "coredns-custom", "optional": True}  # k3s's and AKS's imports
+    assert all(m.get("readOnly") for p, m in mounts.items() if p.startswith("/etc/coredns"))
+
+
+def test_corefile_variant_serves_what_the_kubeadm_corefile_says(tmp_path: Path) -> None:
+    """kubeadm's Corefile, as that ConfigMap holds it: kdns takes it as it is, and listens,
+    probes and exports metrics on the ports the pod declares and kube-dns's Service targets."""
+    mounted = tmp_path / "Corefile"
+    mounted.write_text(KUBEADM_COREFILE.read_text())
+    config, translation = load_corefile(str(mounted), {})
+    assert translation.refused == ()
+    dns_port = parse_hostport(config.dns.addr)[1]
+    assert dns_port == 53
+    declared = {(p["name"], p["protocol"], p["containerPort"]) for p in COREFILE_KDNS["ports"]}
+    metrics_port = parse_hostport(config.dns.metrics_addr)[1]
+    assert declared == {
+        ("dns", "UDP", dns_port),
+        ("dns-tcp", "TCP", dns_port),
+        ("metrics", "TCP", metrics_port),
+    }
+    live = COREFILE_KDNS["livenessProbe"]["httpGet"]
+    ready = COREFILE_KDNS["readinessProbe"]["httpGet"]
+    assert live["port"] == parse_hostport(config.dns.health_addr)[1]
+    assert ready["port"] == parse_hostport(config.dns.ready_addr)[1]
+    # Port 53 as the non-root image user: the per-pod sysctl lowers the privileged range.
+    security = COREFILE_POD["spec"]["securityContext"]
+    sysctls = {s["name"]: int(s["value"]) for s in security["sysctls"]}
+    assert sysctls["net.ipv4.ip_unprivileged_port_start"] <= dns_port
+
+
+def test_corefile_variant_is_selected_by_kube_dns_and_as_locked_down() -> None:
+    labels = COREFILE_POD["metadata"]["labels"]
+    assert all(labels.get(k) == v for k, v in SERVICE["spec"]["selector"].items())
+    # Its own selector: never adopts the pods of kdns-deployment.yaml.
+    own = COREFILE_DEPLOYMENT["spec"]["selector"]["matchLabels"]
+    assert own != DEPLOYMENT["spec"]["selector"]["matchLabels"]
+    assert OBJ[("PodDisruptionBudget", "kdns-corefile")]["spec"]["selector"]["matchLabels"] == own
+    spec = COREFILE_POD["spec"]
+    assert spec["serviceAccountName"] == POD["spec"]["serviceAccountName"]
+    assert (spec["dnsPolicy"], spec["priorityClassName"]) == ("Default", "system-cluster-critical")
+    assert COREFILE_KDNS["securityContext"] == KDNS["securityContext"]
+    assert COREFILE_KDNS["image"] == KDNS["image"]
+    pod_security = {k: v for k, v in spec["securityContext"].items() if k != "sysctls"}
+    assert pod_security == POD["spec"]["securityContext"]
+
+
 def test_images_are_what_the_dockerfile_builds() -> None:
     text = (ROOT / "Dockerfile").read_text()
     stages = dockerfile_stages()
@@ -248,13 +311,15 @@ def test_images_are_what_the_dockerfile_builds() -> None:
 # --- RBAC -------------------------------------------------------------------------------------
 
 
-def resources_kdns_reads(with_pods: bool = True) -> set[tuple[str, str]]:
+def resources_kdns_reads(with_pods: bool = True, with_imports: bool = True) -> set[tuple[str, str]]:
     """(API group, resource) of every Reflector in kdns/sources/kube.py."""
     out = set()
     for value in vars(kube).values():
         if isinstance(value, kube.Resource):
             if value.kind == "pods" and not with_pods:
                 continue
+            if value.kind == "serviceimports" and not with_imports:
+                continue  # the proxy serves no clusterset names
             parts = value.path.strip("/").split("/")
             group = "" if parts[0] == "api" else parts[1]
             out.add((group, parts[-1]))
@@ -279,6 +344,7 @@ def test_dns_role_is_list_and_watch_of_exactly_what_kdns_reads() -> None:
         ("", "namespaces"),
         ("", "pods"),
         ("discovery.k8s.io", "endpointslices"),
+        ("multicluster.x-k8s.io", "serviceimports"),
     }
     assert resources == resources_kdns_reads()
     assert verbs == {"list", "watch"}
@@ -296,7 +362,7 @@ def test_dns_role_is_list_and_watch_of_exactly_what_kdns_reads() -> None:
 
 def test_proxy_role_reads_no_pods() -> None:
     resources, verbs = rules_of("system:kdns-proxy")
-    assert resources == resources_kdns_reads(with_pods=False)
+    assert resources == resources_kdns_reads(with_pods=False, with_imports=False)
     assert verbs == {"list", "watch"}
     binding = OBJ[("ClusterRoleBinding", "system:kdns-proxy")]
     assert (

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from kdns import model
 from kdns.model import (
     SERVICE_NAME_LABEL,
     TRIGGER_TIME_ANNOTATION,
@@ -507,6 +508,15 @@ def test_service_port_name_longer_than_a_label_is_rejected() -> None:
 def test_model_error_is_a_value_error() -> None:
     with pytest.raises(ValueError, match=r"^spec\.type: "):
         service_from_dict(service_dict({"type": "Magic"}))
+
+
+def test_a_huge_value_is_quoted_short_in_the_error() -> None:
+    # Found by fuzzing: a 100,000-element clusterIP (cheap to write with YAML aliases) made a
+    # 500 KB error line. The error quotes the value's start and stays one short line.
+    with pytest.raises(ModelError) as info:
+        service_from_dict(service_dict({"clusterIP": list(range(100_000))}))
+    assert info.value.field == "spec.clusterIP"
+    assert str(info.value) == "spec.clusterIP: [0, 1, 2, 3, 4, 5, ...] is not an IP address"
 
 
 # --- endpointslice_from_dict --------------------------------------------------------------------
@@ -1161,3 +1171,68 @@ def test_slices_for_service_single_stack_service_gets_its_family_only(
 def test_slices_for_service_does_not_depend_on_pod_order() -> None:
     pods = [pod(n, (f"10.1.0.{i}",)) for i, n in enumerate(["c", "a", "b"], start=1)]
     assert slices_for_service(web(), pods) == slices_for_service(web(), list(reversed(pods)))
+
+
+# --- multicluster (KEP-1645) -------------------------------------------------------------------
+
+
+def test_serviceimport_reads_type_ips_and_ports() -> None:
+    got = model.serviceimport_from_dict(
+        {
+            "metadata": {"name": "web", "namespace": "shop"},
+            "spec": {
+                "type": "ClusterSetIP",
+                "ips": ["10.42.0.1", "fd00:0:0::42"],
+                "ports": [{"name": "http", "port": 80, "protocol": "TCP"}],
+            },
+        }
+    )
+    assert got == model.ServiceImport(
+        "shop",
+        "web",
+        "ClusterSetIP",
+        ("10.42.0.1", "fd00::42"),
+        (model.EndpointPort("http", "TCP", 80),),
+    )
+
+
+@pytest.mark.parametrize(
+    ("spec", "error"),
+    [
+        ({"type": "Headles"}, "spec.type: 'Headles' is not one of ClusterSetIP, Headless"),
+        ({"ips": "10.0.0.1"}, "spec.ips: expected a list, got '10.0.0.1'"),
+        ({"ips": [1]}, "spec.ips[0]: 1 is not an IP address"),
+        (
+            {"ips": ["10.0.0.1", "10.0.0.2"]},
+            "spec.ips: holds at most one IPv4 and one IPv6 address",
+        ),
+        ({"ports": [1]}, "spec.ports[0]: expected a mapping, got 1"),
+    ],
+)
+def test_serviceimport_errors_name_the_field(spec: dict, error: str) -> None:
+    with pytest.raises(model.ModelError) as caught:
+        model.serviceimport_from_dict({"metadata": {"name": "web"}, "spec": spec})
+    assert str(caught.value) == error
+
+
+def test_imported_slice_keeps_its_cluster_and_is_told_apart_from_a_local_one() -> None:
+    labels = {model.IMPORT_NAME_LABEL: "db", model.SOURCE_CLUSTER_LABEL: "east"}
+    obj = {
+        "metadata": {"name": "db-east", "namespace": "shop", "labels": labels},
+        "addressType": "IPv4",
+        "endpoints": [{"addresses": ["10.1.0.5"], "hostname": "db-0"}],
+    }
+    assert model.is_import_slice(obj)
+    got = model.import_slice_from_dict(obj)
+    assert (got.key, got.import_key, got.cluster_id) == (
+        ("shop", "db-east"),
+        ("shop", "db"),
+        "east",
+    )
+    assert [(e.address, e.hostname) for e in got.endpoints] == [("10.1.0.5", "db-0")]
+    # A slice that also names a local Service is the local Service's.
+    local = {
+        **obj,
+        "metadata": {**obj["metadata"], "labels": {**labels, model.SERVICE_NAME_LABEL: "db"}},
+    }
+    assert not model.is_import_slice(local)

@@ -1,5 +1,7 @@
 """Why kdns answers a name the way it does: the resolver's answer, each record's source, reasons.
 
+`explain_asked(plugins, resolver, qname, qtype)` first names the rewrite, template or hosts rule
+behind an answer (their Corefile lines), as the handler runs them before the cluster zones;
 `explain(resolver, qname, qtype)` asks the resolver (the very call the DNS server makes) with a
 `Trace`, in which the resolver records each decision it takes and where each record it adds
 comes from. Explain only puts that in words: a reason per decision, in the resolver's order, and
@@ -11,9 +13,10 @@ turns that into text for a person.
 
 Contract:
 - `Explanation.answer` is the resolver's `Answer` object itself, never a rebuilt one: what is
-  explained is what is served. A question the resolver does not take (outside the zones, or a
-  PTR that falls through) is explained as forwarded to the `upstreams` the caller names, or
-  REFUSED when there are none — as the handler does (kdns/dns/handler.py).
+  explained is what is served (for a template or hosts answer: their records, as served). A
+  question the resolver does not take (outside the zones, or a PTR that falls through) is
+  explained as forwarded to the `upstreams` the caller names, or REFUSED when there are none —
+  as the handler does (kdns/dns/handler.py).
 - Every record of the answer, authority and additional sections gets an origin; `Reason.code`
   is a stable identifier (tests and scripts match on it), `Reason.text` is for people.
 - Pure: no I/O, no clock; reads the store and the resolver's public methods, never changes
@@ -30,6 +33,7 @@ from typing import Any
 
 from dnslib import QTYPE, RCODE, RR
 
+from kdns.dns.plugins import Plugins
 from kdns.dns.records import Record, ServiceRecords, dashed, endpoint_name
 from kdns.dns.resolver import ANY, DNS_VERSION, Answer, Resolver, Trace
 from kdns.model import Endpoint, Pod, Service
@@ -170,6 +174,61 @@ def explain(
     else:
         outcome = RCODE.get(answer.rcode)
     return Explanation(qname, qtype, zone, answer, outcome, answer.rcode, True, records, reasons)
+
+
+def explain_asked(
+    plugins: Plugins | None,
+    resolver: Resolver,
+    qname: str,
+    qtype: int,
+    upstreams_for: Callable[[str], Sequence[str]] | None = None,
+) -> Explanation:
+    """`explain`, behind the plugins the handler runs first (kdns/dns/plugins.py): a rewrite
+    names its rules' Corefile lines and explains the renamed question; a template or hosts
+    answer names the rule or file it came from."""
+    qname = qname.rstrip(".").lower()
+    reasons: list[Reason] = []
+    name = qname
+    rewritten = plugins.rewrite(qname) if plugins is not None else None
+    if rewritten is not None:
+        lines = ", ".join(r.where or "dns.rewrites" for r in rewritten.rules)
+        if not rewritten.name:
+            why = Reason("rewrite-invalid", f"the rewrite rule at {lines} makes no valid name")
+            return Explanation(
+                qname, qtype, None, None, "SERVFAIL", RCODE.SERVFAIL, False, [], [why]
+            )
+        reasons.append(
+            Reason(
+                "rewritten",
+                f"rewritten to {rewritten.name} by the rewrite rule at {lines}; the client gets "
+                f"its question back, answer names renamed as the rule says",
+            )
+        )
+        name = rewritten.name
+    found = plugins.answer(name, qtype) if plugins is not None else None
+    if found is not None:
+        answer = Answer(found.rcode, found.answer, found.authority, found.additional)
+        records = [
+            Sourced(section, rr, found.origin)
+            for section, rrs in (
+                ("answer", found.answer),
+                ("authority", found.authority),
+                ("additional", found.additional),
+            )
+            for rr in rrs
+        ]
+        reasons.append(
+            Reason(found.plugin, f"answered by {found.origin}, before the cluster zones")
+        )
+        outcome = (
+            NODATA if found.rcode == RCODE.NOERROR and not found.answer else RCODE.get(found.rcode)
+        )
+        zone = resolver.zone_of(name)
+        return Explanation(name, qtype, zone, answer, outcome, found.rcode, True, records, reasons)
+    upstreams = tuple(upstreams_for(name)) if upstreams_for is not None else ()
+    explained = explain(resolver, name, qtype, upstreams, upstreams_for)
+    explained.reasons[:0] = reasons
+    return explained
 
 
 # --- the trace, in words ---------------------------------------------------------------------
@@ -319,6 +378,74 @@ class _Renderer:
             base = f"{name}.{namespace}.svc"
             self._missing(service, records, self._endpoints(key), rel, base, zone)
         return None
+
+    # --- clusterset (KEP-1645) and k8s_external names -----------------------------------------
+
+    def _step_import_name(self, key: tuple[str, str], rel: str, zone: str, known: bool) -> None:
+        namespace, name = key
+        imported = self.store.imports.get(key)
+        if imported is None:
+            return self.add(
+                "no-import",
+                f"no ServiceImport {name!r} in namespace {namespace} ({zone}): NXDOMAIN",
+            )
+        ips = ", ".join(imported.ips) or "none"
+        clusters = sorted({s.cluster_id for s in self.store.import_slices.get(key, ())})
+        self.add(
+            "import",
+            f"ServiceImport {namespace}/{name}: {imported.type}, ClusterSetIPs {ips}, "
+            f"endpoints from clusters {', '.join(clusters) or 'none'}",
+        )
+        records = self.resolver.import_records(key)
+        if records is not None and rel not in records.forward:
+            self.add("no-import-name", f"{rel}.{zone} is no name of it (KEP-1645 §2.3-2.4)")
+        return None
+
+    def _step_import_records(
+        self, key: tuple[str, str], rel: str, qtype: int, here: tuple[Record, ...]
+    ) -> None:
+        if qtype != ANY and all(r.rtype != qtype for r in here):
+            have = ", ".join(sorted({QTYPE.get(r.rtype) for r in here}))
+            self.add("no-such-type", f"the name has {have}, not {QTYPE.get(qtype)}: NODATA")
+
+    def _from_import(self, key: tuple[str, str], record: Record, zone: str) -> str:
+        label = f"ServiceImport {key[0]}/{key[1]}"
+        if record.rtype == QTYPE.SRV:
+            return f"{label} port {record.port} (target {record.value}.{zone})"
+        imported = self.store.imports.get(key)
+        if imported is not None and record.value in imported.ips:
+            return f"{label} spec.ips"
+        clusters = [
+            s.cluster_id
+            for s in self.store.import_slices.get(key, ())
+            if any(e.address == record.value for e in s.endpoints)
+        ]
+        return f"{label}: an endpoint imported from cluster {', '.join(clusters)}"
+
+    def _from_import_glue(self, key: tuple[str, str], target: str, zone: str, ip: str) -> str:
+        return f"glue for {target}.{zone}: ServiceImport {key[0]}/{key[1]}"
+
+    def _step_external_name(
+        self, zone: str, key: tuple[str, str] | None, rel: str, found: bool
+    ) -> None:
+        if key is None or found:
+            return None
+        service = self.store.services.get(key)
+        if service is None:
+            return self.add("no-service", f"no Service {key[1]!r} in namespace {key[0]}: NXDOMAIN")
+        return self.add(
+            "no-outside-address",
+            f"Service {key[0]}/{key[1]} has no LoadBalancer ingress IP or externalIP "
+            f"(k8s_external {zone}): no name",
+        )
+
+    def _from_external(self, key: tuple[str, str], record: Record, zone: str) -> str:
+        service = self.store.services[key]
+        if record.rtype == QTYPE.SRV:
+            return f"Service {key[0]}/{key[1]} port {record.port} (k8s_external {zone})"
+        if record.value in service.load_balancer_ips:
+            return f"Service {key[0]}/{key[1]} status.loadBalancer.ingress (k8s_external {zone})"
+        return f"Service {key[0]}/{key[1]} spec.externalIPs (k8s_external {zone})"
 
     def _step_externalname(
         self, target: str, qtype: int, target_zone: str | None, broken: str | None

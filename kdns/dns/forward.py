@@ -18,7 +18,8 @@ What CoreDNS's `forward` + `cache` plugins and kube-dns's stubDomains / upstream
 `AnswerCache` here is the upstream cache (cachetools), sized and capped by the config's `cache`
 section: answers for their TTL capped at `max_ttl`, negative answers per RFC 2308 (the SOA's
 min(TTL, MINIMUM)) capped at `max_denial_ttl`, SERVFAIL for `servfail_ttl`; bounded by entry
-counts; TTLs counted down in what clients see. Cluster answers never come here: they are
+counts and by `max_bytes` (success and denial together, oldest first; evictions counted in
+`stats()`); TTLs counted down in what clients see. Cluster answers never come here: they are
 answered from the store.
 
 Every attempt is counted per upstream (`kdns_forward_*`, CoreDNS's forward/proxy metrics); a
@@ -46,6 +47,7 @@ from dnslib import QTYPE
 from kdns import metrics
 from kdns.config import CacheSection
 from kdns.dns import wire
+from kdns.dns.dot import ConnectionClosed, TlsConnections, client_context
 from kdns.dns.stats import CacheStats
 from kdns.dns.wire import Query
 
@@ -60,9 +62,11 @@ RRHeader = struct.Struct("!HHIH")
 class Upstream:
     host: str
     port: int = 53
+    tls: bool = False  # DNS over TLS (RFC 7858), CoreDNS's `tls://IP`
 
     def __str__(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+        address = f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+        return f"tls://{address}" if self.tls else address
 
     @property
     def family(self) -> int:
@@ -81,6 +85,18 @@ class ForwardConfig:
     cache: CacheSection = field(default_factory=CacheSection)  # sizes, TTL caps, serve_stale
     servfail_ttl: int = 5
     stale_ttl: int = 30  # the TTL of a stale answer (RFC 8767 §4 suggests 30 s)
+    # CoreDNS's forward options: the order upstreams are tried in (random, round_robin,
+    # sequential); TCP for every exchange; names under `except_zones` are not forwarded.
+    policy: str = "random"
+    force_tcp: bool = False
+    except_zones: tuple[str, ...] = ()
+    # `tls://` upstreams: the name their certificate must hold (CoreDNS's `tls_servername`;
+    # "" = their address), `tls CERT KEY CA`, and how long an idle connection is reused.
+    tls_servername: str = ""
+    tls_ca: str = ""
+    tls_cert: str = ""
+    tls_key: str = ""
+    expire: float = 10.0
 
 
 # --- reading responses ---------------------------------------------------------------------------
@@ -157,6 +173,45 @@ class CacheEntry:
     stored: float
     expires: float
     stale_until: float
+    size: int = 0  # estimated bytes held, with its key (`entry_size`)
+
+
+# What an entry costs beyond its response and key: the dataclass, its two lists, the LRU's
+# bookkeeping (tracemalloc on CPython 3.11; tests/dns/test_cache_budget.py checks it).
+ENTRY_OVERHEAD = 700
+
+
+def entry_size(key: bytes, response: bytes, records: int) -> int:
+    return ENTRY_OVERHEAD + len(key) + len(response) + 2 * 40 * records
+
+
+class _Table(LRUCache[bytes, CacheEntry]):
+    """One LRU table of the upstream cache: its entries' sizes summed in `bytes`, and the entries
+    it evicted (to stay within its count, or `UpstreamCache`'s byte bound) in `evictions`."""
+
+    def __init__(self, maxsize: int) -> None:
+        super().__init__(maxsize=maxsize)
+        self.bytes = 0
+        self.evictions = 0
+
+    def __setitem__(self, key: bytes, value: CacheEntry) -> None:
+        if key in self:
+            del self[key]  # replaced: its size goes before the new one's comes
+        super().__setitem__(key, value)  # may evict (popitem) to stay within maxsize
+        self.bytes += value.size
+
+    def __delitem__(self, key: bytes) -> None:
+        size = super().__getitem__(key).size
+        super().__delitem__(key)
+        self.bytes -= size
+
+    def popitem(self) -> tuple[bytes, CacheEntry]:
+        self.evictions += 1
+        return super().popitem()
+
+    def clear(self) -> None:
+        super().clear()  # cachetools clears its dict directly, not through __delitem__
+        self.bytes = 0
 
 
 def cache_key(query: Query) -> bytes:
@@ -174,8 +229,9 @@ class UpstreamCache:
 
     def __init__(self, config: ForwardConfig) -> None:
         self.config = config
-        self.success: LRUCache[bytes, CacheEntry] = LRUCache(maxsize=config.cache.success)
-        self.denial: LRUCache[bytes, CacheEntry] = LRUCache(maxsize=config.cache.denial)
+        self.success = _Table(config.cache.success)
+        self.denial = _Table(config.cache.denial)
+        self.max_bytes = config.cache.max_bytes
         self.hits = 0
         self.hits_denial = 0  # of `hits`, those from the denial table (metrics)
         self.misses = 0
@@ -208,7 +264,14 @@ class UpstreamCache:
             hits_success=self.hits - self.hits_denial,
             hits_denial=self.hits_denial,
             served_stale=self.served_stale,
+            evictions_success=self.success.evictions,
+            evictions_denial=self.denial.evictions,
         )
+
+    @property
+    def bytes(self) -> int:
+        """The estimated memory of every entry (`entry_size`), kept within `max_bytes`."""
+        return self.success.bytes + self.denial.bytes
 
     def stale(self, key: bytes, now: float) -> CacheEntry | None:
         """An expired success answer still inside the serve-stale window (RFC 8767)."""
@@ -233,8 +296,11 @@ class UpstreamCache:
             ttl, table = config.servfail_ttl, self.denial
         else:
             return
-        if ttl <= 0:
+        if ttl <= 0 or table.maxsize == 0:
             return
+        size = entry_size(key, response, len(parsed.ttls))
+        if size > self.max_bytes:
+            return  # larger than the whole budget: asked upstream each time
         table[key] = CacheEntry(
             response,
             parsed.ttl_offsets,
@@ -242,7 +308,13 @@ class UpstreamCache:
             now,
             now + ttl,
             now + ttl + config.cache.serve_stale,
+            size,
         )
+        # Within the byte bound: the least recently used go, from this table first (the one
+        # growing), then from the other; the entry just stored is the most recent of its table.
+        other = self.denial if table is self.success else self.success
+        while self.bytes > self.max_bytes:
+            (table if len(table) > 1 else other).popitem()
 
 
 def from_cache(entry: CacheEntry, query: Query, now: float, stale_ttl: int | None = None) -> bytes:
@@ -317,6 +389,11 @@ class Forwarder:
         self.coalesced = 0
         # Stub domains, longest first, each as ".suffix" for a cheap endswith.
         self._stubs = sorted(config.stub_domains, key=lambda s: len(s[0]), reverse=True)
+        self._turn = 0  # policy round_robin: where the next question starts
+        self.tls: TlsConnections | None = None
+        if any(u.tls for u in self.all_upstreams()):
+            context = client_context(config.tls_ca, config.tls_cert, config.tls_key)
+            self.tls = TlsConnections(context, config.tls_servername, config.expire)
 
     def all_upstreams(self) -> list[Upstream]:
         seen = dict.fromkeys(self.config.upstreams)
@@ -329,6 +406,17 @@ class Forwarder:
             if qname == domain or qname.endswith("." + domain):
                 return servers
         return self.config.upstreams
+
+    def destinations(self, qname: str) -> tuple[Upstream, ...]:
+        """The upstreams `qname` is sent to: those of `upstreams_for`, but none for a name
+        under CoreDNS's `except` zones that no stub domain takes (the question then fails,
+        SERVFAIL, as CoreDNS's forward hands it to no next plugin)."""
+        stub = any(qname == d or qname.endswith("." + d) for d, _ in self._stubs)
+        if not stub and any(
+            qname == z or qname.endswith("." + z) for z in self.config.except_zones
+        ):
+            return ()
+        return self.upstreams_for(qname)
 
     def zone_for(self, qname: str) -> str:
         """The metrics zone of a forwarded name: its stub domain, else "." (as CoreDNS's server
@@ -413,8 +501,7 @@ class Forwarder:
 
     async def _exchange(self, query: Query, key: bytes) -> bytes | None:
         """Ask the upstreams in turn; cache and return the first usable answer (OPT stripped)."""
-        servers = list(self.upstreams_for(query.qname.rstrip(".")))
-        random.shuffle(servers)  # CoreDNS's default `policy random`
+        servers = self._ordered(self.destinations(query.qname.rstrip(".").lower()))
         servers.sort(key=lambda u: not self.healthy(u))  # healthy ones first, stable otherwise
         if servers and not self.healthy(servers[0]):
             # CoreDNS's healthcheck_broken: every upstream is down; they are tried anyway.
@@ -433,9 +520,33 @@ class Forwarder:
                     continue
                 self.health[upstream].fails = 0
                 response = strip_opt(reply, parsed)
-                self.cache.put(key, response, parsed, trio.current_time())
+                if not self._uncached(query.qname, parsed):
+                    self.cache.put(key, response, parsed, trio.current_time())
                 return response
         return None
+
+    def _ordered(self, servers: tuple[Upstream, ...]) -> list[Upstream]:
+        """The upstreams in the order CoreDNS's `policy` tries them: shuffled (random, its
+        default), as listed (sequential), or as listed from a start that moves on by one per
+        question (round_robin)."""
+        order = list(servers)
+        if self.config.policy == "random":
+            random.shuffle(order)
+        elif self.config.policy == "round_robin" and order:
+            start = self._turn % len(order)
+            self._turn += 1
+            order = order[start:] + order[:start]
+        return order
+
+    def _uncached(self, qname: str, parsed: Parsed) -> bool:
+        """CoreDNS's cache `disable success|denial ZONES`: a positive answer (NOERROR with
+        records) for a name in a `disable success` zone, or any other (NXDOMAIN, NODATA,
+        SERVFAIL) in a `disable denial` zone, is passed on but not cached."""
+        positive = parsed.rcode == wire.NOERROR and bool(parsed.answer_ttls)
+        cache = self.config.cache
+        zones = cache.disable_success if positive else cache.disable_denial
+        name = qname.rstrip(".").lower()
+        return any(z == "." or name == z or name.endswith("." + z) for z in zones)
 
     def _failed(self, upstream: Upstream, query: Query, error: BaseException) -> None:
         health = self.health[upstream]
@@ -470,8 +581,14 @@ class Forwarder:
             metrics.FORWARD_REQUESTS.labels(to).inc()
         start = trio.current_time()
         with trio.fail_after(self.config.timeout):
-            reply = await self._udp(upstream, message, qid, query.question)
-            if struct.unpack_from("!H", reply, 2)[0] & wire.TC:
+            if upstream.tls:
+                reply = await self._tls(upstream, message, qid, query.question)
+            elif self.config.force_tcp:
+                reply = await self._tcp(upstream, message, qid, query.question)
+            else:
+                reply = await self._udp(upstream, message, qid, query.question)
+            plain_udp = not (self.config.force_tcp or upstream.tls)
+            if plain_udp and struct.unpack_from("!H", reply, 2)[0] & wire.TC:
                 qid = secrets.randbelow(65536)
                 message = upstream_query(query, qid)
                 reply = await self._tcp(upstream, message, qid, query.question)
@@ -513,11 +630,32 @@ class Forwarder:
                     raise ExchangeError("the upstream closed the TCP connection")
                 buffer += chunk
 
+    async def _tls(self, upstream: Upstream, message: bytes, qid: int, question: bytes) -> bytes:
+        assert self.tls is not None  # made in __init__ whenever an upstream is tls://
+        try:
+            reply = await self.tls.exchange(upstream, message)
+        except (ConnectionClosed, trio.BrokenResourceError) as e:
+            # A certificate that does not verify arrives as BrokenResourceError from SSLError.
+            raise ExchangeError(str(e.__cause__ or e) or type(e).__name__) from None
+        if not matches(reply, qid, question):
+            # One exchange at a time per connection: anything else is the upstream's error.
+            self.health[upstream].mismatched += 1
+            raise ExchangeError("the TLS upstream answered another question")
+        return reply
+
     # --- health checks -----------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Probe unhealthy upstreams with `. IN NS` until they answer (CoreDNS's health check)."""
         task_status.started()
+        try:
+            await self._probe_forever()
+        finally:
+            # A reload stops this task: the idle TLS connections of this forwarder go with it.
+            if self.tls is not None:
+                await self.tls.aclose()
+
+    async def _probe_forever(self) -> None:
         probe = Query(0, wire.RD, (), 2, 1, b"\x00\x00\x02\x00\x01", False)
         while True:
             await trio.sleep(self.config.health_check)
@@ -545,16 +683,20 @@ def _relabel(response: bytes, query: Query) -> bytes:
 
 
 def parse_upstreams(values: Iterable[str], where: str) -> tuple[Upstream, ...]:
-    """`IP`, `IP:PORT` or `[V6]:PORT` strings → Upstreams; ValueError names the bad one."""
+    """`IP`, `IP:PORT` or `[V6]:PORT` strings → Upstreams; ValueError names the bad one. A
+    `tls://` prefix is DNS over TLS, on port 853 unless given (RFC 7858 §3.1)."""
     from kdns.config import parse_hostport
 
     out = []
     for value in values:
+        text = str(value)
+        tls = text.lower().startswith("tls://")
+        text = text[len("tls://") :] if tls else text.removeprefix("dns://")
         try:
-            host, port = parse_hostport(str(value))
+            host, port = parse_hostport(text, 853 if tls else 53)
         except ValueError as e:
             raise ValueError(f"{where}: {value!r}: {e}") from None
-        out.append(Upstream(host, port or 53))
+        out.append(Upstream(host, port or (853 if tls else 53), tls))
     return tuple(out)
 
 

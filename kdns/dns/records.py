@@ -70,6 +70,10 @@ class ServiceRecords:
 
 def reverse_name(ip: str) -> str:
     """The in-addr.arpa / ip6.arpa owner name of an address (RFC 1035 §3.5, RFC 3596 §2.5)."""
+    if ":" not in ip:
+        # The octets reversed: the model holds canonical dotted quads, and this is called once
+        # per ready endpoint when a Service's records are built.
+        return ".".join(reversed(ip.split("."))) + ".in-addr.arpa"
     return ipaddress.ip_address(ip).reverse_pointer
 
 
@@ -92,8 +96,14 @@ def _address(ip: str) -> Record:
     return Record(AAAA if ":" in ip else A, ip)
 
 
-def endpoint_name(endpoint: Endpoint) -> str:
-    return endpoint.hostname or dashed(endpoint.address)
+def endpoint_name(endpoint: Endpoint, pod_names: bool = False) -> str:
+    """Its hostname, else (CoreDNS's `endpoint_pod_names`) its Pod's name when that fits in a
+    label, else its dashed address."""
+    if endpoint.hostname:
+        return endpoint.hostname
+    if pod_names and endpoint.pod and len(endpoint.pod) <= 63:
+        return endpoint.pod
+    return dashed(endpoint.address)
 
 
 def _srv_set(entries: Iterable[tuple[str, int]]) -> tuple[Record, ...]:
@@ -112,18 +122,25 @@ def _is_ip(text: str) -> bool:
 
 
 def service_records(
-    service: Service, endpoints: tuple[Endpoint, ...], cluster_ips: tuple[str, ...] | None = None
+    service: Service,
+    endpoints: tuple[Endpoint, ...],
+    cluster_ips: tuple[str, ...] | None = None,
+    pod_names: bool = False,
+    ignore_empty: bool = False,
 ) -> ServiceRecords:
     """`cluster_ips`, when given, stands in for the Service's ClusterIPs in its A/AAAA and PTR
-    records (the userspace proxy's loopback VIP); headless and ExternalName ignore it."""
+    records (the userspace proxy's loopback VIP); headless and ExternalName ignore it.
+    `pod_names` is CoreDNS's `endpoint_pod_names` (`endpoint_name`); `ignore_empty` its
+    `ignore empty_service`: a ClusterIP Service with no ready endpoint has no forward name
+    (NXDOMAIN, so a client's search list goes on), its ClusterIP PTR stays."""
     base = f"{service.name}.{service.namespace}.svc"
-    forward: dict[str, list[Record]] = {}
-    reverse: dict[str, list[Record]] = {}
+    # Each name's records as an insertion-ordered set: a 500-endpoint headless Service adds
+    # 500 addresses to one name, and a list membership test per add would be quadratic.
+    forward: dict[str, dict[Record, None]] = {}
+    reverse: dict[str, dict[Record, None]] = {}
 
-    def add(table: dict[str, list[Record]], name: str, record: Record) -> None:
-        records = table.setdefault(name, [])
-        if record not in records:
-            records.append(record)
+    def add(table: dict[str, dict[Record, None]], name: str, record: Record) -> None:
+        table.setdefault(name, {})[record] = None
 
     if service.type == "ExternalName":
         if not _is_ip(service.external_name):
@@ -142,16 +159,16 @@ def service_records(
         named: dict[str, list[tuple[str, int]]] = {}
         every: list[tuple[str, int]] = []
         for endpoint in ready:
-            target = f"{endpoint_name(endpoint)}.{base}"
+            target = f"{endpoint_name(endpoint, pod_names)}.{base}"
             for port in endpoint.ports:
                 every.append((target, port.port))
                 if port.name:
                     srv_name = f"_{port.name}._{port.protocol.lower()}.{base}"
                     named.setdefault(srv_name, []).append((target, port.port))
         for srv_name, entries in named.items():
-            forward[srv_name] = list(_srv_set(entries))
+            forward[srv_name] = dict.fromkeys(_srv_set(entries))
         if every:
-            forward.setdefault(base, []).extend(_srv_set(every))
+            forward.setdefault(base, {}).update(dict.fromkeys(_srv_set(every)))
     else:
         for ip in service.cluster_ips if cluster_ips is None else cluster_ips:
             add(forward, base, _address(ip))
@@ -159,19 +176,25 @@ def service_records(
         for port in service.ports:
             if port.name:
                 srv_name = f"_{port.name}._{port.protocol.lower()}.{base}"
-                forward[srv_name] = list(_srv_set([(base, port.port)]))
+                forward[srv_name] = dict.fromkeys(_srv_set([(base, port.port)]))
         if service.ports:
-            forward.setdefault(base, []).extend(_srv_set((base, p.port) for p in service.ports))
+            forward.setdefault(base, {}).update(
+                dict.fromkeys(_srv_set((base, p.port) for p in service.ports))
+            )
 
+    if ignore_empty and not service.headless and not ready:
+        forward.clear()
     # Endpoint names and their PTRs, for ready endpoints of headless and ClusterIP services.
     for endpoint in ready:
-        host = f"{endpoint_name(endpoint)}.{base}"
+        host = f"{endpoint_name(endpoint, pod_names)}.{base}"
         add(forward, host, _address(endpoint.address))
         add(reverse, reverse_name(endpoint.address), Record(PTR, host, in_zone=True))
     return _freeze(forward, reverse)
 
 
-def _freeze(forward: dict[str, list[Record]], reverse: dict[str, list[Record]]) -> ServiceRecords:
+def _freeze(
+    forward: dict[str, dict[Record, None]], reverse: dict[str, dict[Record, None]]
+) -> ServiceRecords:
     ents: set[str] = set()
     for name in forward:
         labels = name.split(".")

@@ -29,6 +29,7 @@ import ipaddress
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 from cachetools import LRUCache
@@ -36,10 +37,12 @@ from dnslib import AAAA as AAAA_RD
 from dnslib import CNAME as CNAME_RD
 from dnslib import NS as NS_RD
 from dnslib import PTR as PTR_RD
-from dnslib import QTYPE, RCODE, RR, SOA, SRV, TXT
+from dnslib import QTYPE, RCODE, RR, SOA, SRV, TXT, DNSLabel
 from dnslib import A as A_RD
 
 from kdns.config import Config
+from kdns.dns import external
+from kdns.dns.multicluster import import_records
 from kdns.dns.records import (
     Record,
     ReverseIndex,
@@ -49,13 +52,14 @@ from kdns.dns.records import (
     reverse_prefix,
     service_records,
 )
-from kdns.model import Service
+from kdns.model import Endpoint, Service
 from kdns.store import Change, Store
 
 ANY = QTYPE.ANY
 DNS_VERSION = "1.1.0"  # Kubernetes DNS-Based Service Discovery, schema version (spec §2.1)
 DNS_VERSION_TTL = 28800  # the spec's example, and what CoreDNS serves
 MAX_CHASE = 8  # CNAME links one answer may hold; a longer chain is SERVFAIL
+MAX_LABEL = 63  # octets (RFC 1035 §2.3.4)
 
 Tag = tuple[str, ...]
 APEX_TAG: Tag = ("apex",)
@@ -108,12 +112,31 @@ def service_tag(namespace: str, name: str) -> Tag:
     return ("svc", namespace, name)
 
 
+def import_tag(namespace: str, name: str) -> Tag:
+    return ("import", namespace, name)
+
+
 def namespace_tag(namespace: str) -> Tag:
     return ("ns", namespace)
 
 
 def reverse_tag(ip: str) -> Tag:
     return ("ptr", ip)
+
+
+@lru_cache(maxsize=8192)
+def dns_name(name: str) -> DNSLabel:
+    """`DNSLabel(name)`, without its IDNA pass for the usual name (ASCII, no escapes, labels of
+    1-63 octets), which that pass leaves as it is: a 500-endpoint answer builds 1,500 names.
+    Kept (a few MiB at most): an SRV target is also its glue's owner, and a rollout keeps most
+    endpoint names. Answers share the objects; nothing mutates a label."""
+    if name.isascii() and "\\" not in name:
+        labels = tuple(name.encode().split(b"."))
+        if labels and not labels[-1]:
+            labels = labels[:-1]  # the root
+        if all(0 < len(label) <= MAX_LABEL for label in labels):
+            return DNSLabel(labels)
+    return DNSLabel(name)
 
 
 def ip_from_pod_label(label: str) -> str | None:
@@ -149,14 +172,28 @@ class Resolver:
         self.reverse = ReverseIndex()
         # Records of recently asked Services; dropped per Service when it changes.
         self._memo: LRUCache[tuple[str, str], ServiceRecords] = LRUCache(maxsize=memo_size)
+        self._import_memo: LRUCache[tuple[str, str], ServiceRecords] = LRUCache(maxsize=memo_size)
         self._known: set[tuple[str, str]] = set()
+        self._soa_memo: dict[str, tuple[int, RR]] = {}  # zone → (serial, its SOA)
         self._services_per_namespace: Counter[str] = Counter()
         self.ttl = config.dns.ttl
+        self._options = config.dns  # endpoint_pod_names, noendpoints, ignore_empty_service
         self.pods = config.dns.pods
         self.forward_zones = config.dns.forward_zones
         self.reverse_zones = config.dns.reverse_zones
+        # Clusterset zones (KEP-1645): their names come from ServiceImports, not Services. Served
+        # even when `zones` leaves them out (the Corefile translation always lists them there).
+        self.multicluster_zones = frozenset(config.dns.multicluster)
+        # CoreDNS's k8s_external: outside zones giving Services' outside addresses.
+        self.external_zones = frozenset(config.dns.external_zones)
+        self.external_apex = config.dns.external_apex
+        self.external_ttl = config.dns.external_ttl
         # Longest zone first, so "sub.cluster.local" wins over "cluster.local".
-        self._zones = sorted(config.dns.zones, key=len, reverse=True)
+        self._zones = sorted(
+            {*config.dns.zones, *self.multicluster_zones, *self.external_zones},
+            key=len,
+            reverse=True,
+        )
         self.primary = self.forward_zones[0] if self.forward_zones else "cluster.local"
         self.ns_addresses = ns_addresses
         # A PTR for an address no Service owns goes upstream instead of NXDOMAIN (CoreDNS's
@@ -175,9 +212,7 @@ class Resolver:
             self._memo.pop(key, None)
             service = self.store.services.get(key)
             addresses = (
-                ptr_addresses(
-                    service, self.store.endpoints.get(key, ()), self._cluster_ips(service)
-                )
+                ptr_addresses(service, self._endpoints(key), self._cluster_ips(service))
                 if service is not None
                 else frozenset()
             )
@@ -196,6 +231,9 @@ class Resolver:
                 self._services_per_namespace[key[0]] += 1
         if reverse_changed:
             tags.add(REVERSE_ENT_TAG)
+        for key in change.imports:
+            self._import_memo.pop(key, None)
+            tags.add(import_tag(*key))
         if change.namespaces:
             tags.update(namespace_tag(ns) for ns in change.namespaces)
             tags.add(POD_TAG)
@@ -207,6 +245,7 @@ class Resolver:
         """Many Services at once (a first list, a relist): rebuild in one pass — one sort
         instead of an insertion per address — and drop every cached answer."""
         self._memo.clear()
+        self._import_memo.clear()
         self._rebuild()
         return {ALL_TAG}
 
@@ -214,9 +253,7 @@ class Resolver:
         services = self.store.services
         self.reverse.replace(
             {
-                key: ptr_addresses(
-                    service, self.store.endpoints.get(key, ()), self._cluster_ips(service)
-                )
+                key: ptr_addresses(service, self._endpoints(key), self._cluster_ips(service))
                 for key, service in services.items()
             }
         )
@@ -230,10 +267,31 @@ class Resolver:
             if service is None:
                 return None
             records = service_records(
-                service, self.store.endpoints.get(key, ()), self._cluster_ips(service)
+                service,
+                self._endpoints(key),
+                self._cluster_ips(service),
+                pod_names=self._options.endpoint_pod_names,
+                ignore_empty=self._options.ignore_empty_service,
             )
             self._memo[key] = records
         return records
+
+    def import_records(self, key: tuple[str, str]) -> ServiceRecords | None:
+        """The clusterset names of the ServiceImport `key`, or None when there is none."""
+        records = self._import_memo.get(key)
+        if records is None:
+            imported = self.store.imports.get(key)
+            if imported is None:
+                return None
+            # `noendpoints` drops imported endpoints as it drops local ones.
+            slices = () if self._options.noendpoints else self.store.import_slices.get(key, ())
+            records = import_records(imported, slices, self._options.endpoint_pod_names)
+            self._import_memo[key] = records
+        return records
+
+    def _endpoints(self, key: tuple[str, str]) -> tuple[Endpoint, ...]:
+        # CoreDNS's `noendpoints`: no endpoint names, no headless answers (NXDOMAIN).
+        return () if self._options.noendpoints else self.store.endpoints.get(key, ())
 
     def _cluster_ips(self, service: Service) -> tuple[str, ...] | None:
         hook = self.service_addresses
@@ -285,7 +343,9 @@ class Resolver:
         return answer
 
     def _resolve_into(self, answer: Answer, qname: str, qtype: int, zone: str, depth: int) -> None:
-        if zone in self.reverse_zones:
+        if zone in self.external_zones:
+            self._external(answer, qname, qtype, zone)
+        elif zone in self.reverse_zones:
             self._reverse(answer, qname, qtype, zone)
         else:
             self._forward(answer, qname, qtype, zone, depth)
@@ -301,16 +361,19 @@ class Resolver:
         last = labels[-1]
         if last == "svc" and n >= 3:
             key = (labels[-2], labels[-3])
-            answer.tags.add(service_tag(*key))
-            service = self.service_records(key)
+            clusterset = zone in self.multicluster_zones
+            answer.tags.add(import_tag(*key) if clusterset else service_tag(*key))
+            service = self.import_records(key) if clusterset else self.service_records(key)
             records = service.forward.get(rel) if service is not None else None
             if trace is not None:
-                trace.step("service-name", key, rel, zone, service is not None)
+                step = "import-name" if clusterset else "service-name"
+                trace.step(step, key, rel, zone, service is not None)
             if records is None:
                 return self._negative(
                     answer, zone, exists=service is not None and rel in service.ents
                 )
-            return self._records(answer, qname, qtype, zone, key, service, records, depth)
+            kind = "import" if clusterset else "record"
+            return self._records(answer, qname, qtype, zone, key, service, records, depth, kind)
         if last == "svc":
             if n == 1:
                 answer.tags.add(ZONE_TAG)
@@ -351,6 +414,88 @@ class Resolver:
             answer, zone, exists=rel in ("dns", "ns.dns") and bool(self.ns_addresses)
         )
 
+    def _external(self, answer: Answer, qname: str, qtype: int, zone: str) -> None:
+        """A k8s_external zone (kdns/dns/external.py): the apex and `ns1.APEX` here, Services'
+        outside addresses from `external_records`."""
+        rel = qname[: -len(zone) - 1] if qname != zone else ""
+        labels = rel.split(".") if rel else []
+        trace = answer.trace
+        dns_key = external.DNS_SERVICE
+        if not labels or labels[-1] == self.external_apex:
+            answer.tags.add(service_tag(*dns_key))  # the nameserver's addresses are its
+            return self._external_apex(answer, qname, qtype, zone, rel)
+        key = (labels[-1], labels[-2]) if len(labels) >= 2 else None
+        records: tuple[Record, ...] | None = None
+        names: dict[str, tuple[Record, ...]] = {}
+        if key is not None:
+            answer.tags.add(service_tag(*key))
+            service = self.store.services.get(key)
+            names = external.external_records(service) if service is not None else {}
+            records = names.get(rel)
+        else:
+            answer.tags.add(ZONE_TAG)
+        if trace is not None:
+            trace.step("external-name", zone, key, rel, records is not None)
+        ents = {name.split(".", 1)[1] for name in names if name.startswith("_")}
+        if records is None or qtype not in (QTYPE.A, QTYPE.AAAA, QTYPE.SRV, ANY):
+            # `_tcp.svc.ns` and `ns` are empty non-terminals (RFC 8020) while names lie below.
+            exists = records is not None or rel in ents
+            if len(labels) == 1:
+                answer.tags.add(namespace_tag(labels[0]))
+                exists = self.namespace_exists(labels[0])
+            return self._external_negative(answer, zone, exists)
+        for record in records:
+            if qtype not in (record.rtype, ANY):
+                continue
+            rr = self.record_rr(qname, record, zone)
+            rr.ttl = self.external_ttl
+            answer.answer.append(rr)
+            if trace is not None:
+                trace.origin(rr, "external", key, record, zone)
+            if record.rtype == QTYPE.SRV:
+                glue = tuple(g.value for g in names.get(record.value, ()))
+                self._addresses(answer.additional, f"{record.value}.{zone}", ANY, glue)
+        for rr in answer.additional:
+            rr.ttl = self.external_ttl
+        if not answer.answer:
+            self._external_negative(answer, zone, exists=True)
+        return None
+
+    def _external_apex(self, answer: Answer, qname: str, qtype: int, zone: str, rel: str) -> None:
+        nameserver = f"ns1.{self.external_apex}.{zone}"
+        dns_service = self.store.services.get(external.DNS_SERVICE)
+        glue = external.outside_addresses(dns_service) if dns_service is not None else ()
+        before = len(answer.answer)
+        if not rel:
+            if qtype in (QTYPE.SOA, ANY):
+                answer.answer.append(self._external_soa(zone))
+            if qtype in (QTYPE.NS, ANY):
+                rr = RR(qname + ".", QTYPE.NS, rdata=NS_RD(nameserver + "."), ttl=self.external_ttl)
+                answer.answer.append(rr)
+                self._addresses(answer.additional, nameserver, ANY, glue)
+        elif qname == nameserver:
+            self._addresses(answer.answer, nameserver, qtype, glue)
+        elif rel != self.external_apex:
+            return self._external_negative(answer, zone, exists=False)
+        for rr in (*answer.answer[before:], *answer.additional):
+            rr.ttl = self.external_ttl
+        if len(answer.answer) == before:
+            self._external_negative(answer, zone, exists=True)
+        return None
+
+    def _external_soa(self, zone: str) -> RR:
+        # CoreDNS's k8s_external README: a static serial, the minimum the zone's TTL.
+        soa = SOA(
+            mname=f"ns1.{self.external_apex}.{zone}.",
+            rname=f"hostmaster.{zone}.",
+            times=(external.SOA_SERIAL, *external.SOA_TIMES, self.external_ttl),
+        )
+        return RR(zone + ".", QTYPE.SOA, rdata=soa, ttl=self.external_ttl)
+
+    def _external_negative(self, answer: Answer, zone: str, exists: bool) -> None:
+        answer.rcode = RCODE.NOERROR if exists else RCODE.NXDOMAIN
+        answer.authority.append(self._external_soa(zone))
+
     def namespace_exists(self, namespace: str) -> bool:
         """Whether `ns.svc.Z` exists: a watched Namespace, or any Service in it (Namespaces
         are not always watched)."""
@@ -387,13 +532,22 @@ class Resolver:
     def _soa(self, zone: str) -> RR:
         # CoreDNS's synthesised SOA (plugin/backend_lookup.go): TTL min(ttl, 300), the minimum
         # field = ttl, so resolvers cache our negative answers for the record TTL (RFC 2308 §5).
+        # Kept per zone until the serial moves: every NXDOMAIN of a random-name flood carries
+        # it, and building it (labels, rdata) was a third of such an answer's cost. Answers
+        # share the RR; nothing mutates an answer's records.
+        serial = self.store.last_change
+        kept = self._soa_memo.get(zone)
+        if kept is not None and kept[0] == serial:
+            return kept[1]
         forward = zone if zone in self.forward_zones else self.primary
         soa = SOA(
             mname=f"ns.dns.{forward}.",
             rname=f"hostmaster.{forward}.",
-            times=(self.store.last_change, 7200, 1800, 86400, self.ttl),
+            times=(serial, 7200, 1800, 86400, self.ttl),
         )
-        return RR(zone + ".", QTYPE.SOA, rdata=soa, ttl=min(self.ttl, 300))
+        rr = RR(zone + ".", QTYPE.SOA, rdata=soa, ttl=min(self.ttl, 300))
+        self._soa_memo[zone] = (serial, rr)
+        return rr
 
     def _negative(self, answer: Answer, zone: str, exists: bool) -> None:
         answer.rcode = RCODE.NOERROR if exists else RCODE.NXDOMAIN
@@ -411,12 +565,13 @@ class Resolver:
         """A/AAAA records of `ips` at `owner`; with `answer` tracing, each gets `origin` and
         its address as its origin."""
         trace = answer.trace if answer is not None else None
+        name = dns_name(owner + ".")
         for ip in ips:
             v6 = ":" in ip
             if v6 and qtype in (QTYPE.AAAA, ANY):
-                rr = RR(owner + ".", QTYPE.AAAA, rdata=AAAA_RD(ip), ttl=self.ttl)
+                rr = RR(name, QTYPE.AAAA, rdata=AAAA_RD(ip), ttl=self.ttl)
             elif not v6 and qtype in (QTYPE.A, ANY):
-                rr = RR(owner + ".", QTYPE.A, rdata=A_RD(ip), ttl=self.ttl)
+                rr = RR(name, QTYPE.A, rdata=A_RD(ip), ttl=self.ttl)
             else:
                 continue
             section.append(rr)
@@ -433,7 +588,10 @@ class Resolver:
         service: ServiceRecords,
         records: tuple[Record, ...],
         depth: int,
+        kind: str = "record",
     ) -> None:
+        """`kind` names, for explain, where the records come from: "record" (a Service) or
+        "import" (a ServiceImport, which never has a CNAME)."""
         trace = answer.trace
         cname = next((r for r in records if r.rtype == QTYPE.CNAME), None)
         if cname is not None and qtype not in (QTYPE.CNAME, ANY):
@@ -458,32 +616,42 @@ class Resolver:
                 self._resolve_into(answer, target, qtype, target_zone, depth + 1)
             return None
         if trace is not None:
-            trace.step("records", key, qname[: -len(zone) - 1], qtype, records)
+            code = "records" if kind == "record" else "import-records"
+            trace.step(code, key, qname[: -len(zone) - 1], qtype, records)
         found = False
+        # The glue already given per SRV target: one set per target, so a 500-endpoint headless
+        # Service costs one pass, not a scan of the additional section per SRV record.
+        glued: dict[str, set[str]] = {}
+        owner = dns_name(qname + ".")  # one label object for the whole RRset
         for record in records:
             if record.rtype != qtype and qtype != ANY:
                 continue
             found = True
-            rr = self.record_rr(qname, record, zone)
+            rr = self.record_rr(owner, record, zone)
             answer.answer.append(rr)
             if trace is not None:
-                trace.origin(rr, "record", key, record, zone)
+                trace.origin(rr, kind, key, record, zone)
             if record.rtype == QTYPE.SRV:
                 # Glue for the target (spec 2.3.2: the additional section MAY carry it).
                 # SRV targets are names of the same Service: its own name or its endpoints'.
                 target = record.value
                 glue = service.forward.get(target, ())
-                ips = tuple(g.value for g in glue if g.rtype in (QTYPE.A, QTYPE.AAAA))
-                present = {
-                    str(rr.rdata) for rr in answer.additional if rr.rname == f"{target}.{zone}."
-                }
+                present = glued.setdefault(target, set())
+                ips = tuple(
+                    ip
+                    for ip in dict.fromkeys(
+                        g.value for g in glue if g.rtype in (QTYPE.A, QTYPE.AAAA)
+                    )
+                    if ip not in present
+                )
+                present.update(ips)
                 self._addresses(
                     answer.additional,
                     f"{target}.{zone}",
                     ANY,
-                    tuple(ip for ip in dict.fromkeys(ips) if ip not in present),
+                    ips,
                     answer,
-                    "glue",
+                    "glue" if kind == "record" else "import-glue",
                     key,
                     target,
                     zone,
@@ -492,22 +660,24 @@ class Resolver:
             self._negative(answer, zone, exists=True)
         return None
 
-    def record_rr(self, owner: str, record: Record, zone: str) -> RR:
-        """The RR `record` gives at `owner` in `zone`, as answers carry it."""
+    def record_rr(self, owner: str | DNSLabel, record: Record, zone: str) -> RR:
+        """The RR `record` gives at `owner` (a name without the trailing dot, or its label) in
+        `zone`, as answers carry it."""
         value = f"{record.value}.{zone}." if record.in_zone else record.value
         if record.rtype == QTYPE.A:
             rdata = A_RD(value)
         elif record.rtype == QTYPE.AAAA:
             rdata = AAAA_RD(value)
         elif record.rtype == QTYPE.SRV:
-            rdata = SRV(record.priority, record.weight, record.port, value)
+            rdata = SRV(record.priority, record.weight, record.port, dns_name(value))
         elif record.rtype == QTYPE.PTR:
-            rdata = PTR_RD(value)
+            rdata = PTR_RD(dns_name(value))
         elif record.rtype == QTYPE.CNAME:
-            rdata = CNAME_RD(value + ".")
+            rdata = CNAME_RD(dns_name(value + "."))
         else:  # pragma: no cover - records.py produces only the types above
             raise ValueError(f"unexpected record type {record.rtype}")
-        return RR(owner + ".", record.rtype, rdata=rdata, ttl=self.ttl)
+        name = owner if isinstance(owner, DNSLabel) else dns_name(owner + ".")
+        return RR(name, record.rtype, rdata=rdata, ttl=self.ttl)
 
     def _reverse(self, answer: Answer, qname: str, qtype: int, zone: str) -> None:
         if qname == zone:

@@ -1,9 +1,14 @@
-"""The DNS listeners: UDP and TCP on one address, under trio, feeding a `Handler`.
+"""The DNS listeners: UDP and TCP on one address, feeding a `Handler`.
 
 Contract:
-- UDP drains bursts (docs/architecture.md §7): wait until the socket is readable once, then receive
-  without blocking until it is empty or `burst` packets were served, answering each inline. Awaiting
-  once per packet costs about 2.5× the throughput in trio.
+- UDP is received by a thread of its own (kdns/dns/receiver.py, docs/architecture.md §7): it
+  answers answer-cache hits itself and hands everything else to the trio task `_serve_udp`,
+  which answers it here as every query was answered before (the slow path, forwarding in a task
+  of its own), then reads up to `TRIO_DRAIN` queued packets itself (a miss-heavy load would
+  otherwise pass the GIL between the two threads per packet). Paying trio's scheduling per
+  wake-up cost more than the lookup at paced rates.
+  The store, the resolver and the caches stay the trio thread's: the receive thread only reads
+  the answer cache. The UDP socket is blocking (for the thread); trio sends with MSG_DONTWAIT.
 - TCP (RFC 7766): length-prefixed messages, several per connection, answered as each completes
   (pipelined queries may be answered out of order, §6.2.1.1); a connection is closed after
   `idle_timeout` without a query, when a started message does not complete within `read_timeout`,
@@ -23,10 +28,11 @@ Contract:
   UDP questions, pipelined TCP ones) are still written; `run` returns once they are, and every
   socket is then closed.
 - Every answered query is counted in `self.stats` (CoreDNS's request/response metrics, see
-  kdns/dns/stats.py): inline in the UDP loop — one clock read and one dict update per packet —
-  and through `QueryStats.record` elsewhere. Its duration runs from reading the query to the
-  end of the send (CoreDNS's from ServeDNS to WriteMsg, plus the receive). The answer caches'
-  sizes and misses are their `stats()`, read from the current handler at scrape time.
+  kdns/dns/stats.py): by the receive thread in its own `ThreadCounts` (folded at scrape time)
+  for its hits, before their send, and through `QueryStats.record` elsewhere. Its duration runs
+  from reading the query to the end of the send (CoreDNS's from ServeDNS to WriteMsg), the
+  send itself excepted for the thread's hits. The answer caches' sizes and misses are their
+  `stats()`, read from the current handler at scrape time.
 """
 
 from __future__ import annotations
@@ -36,9 +42,9 @@ import errno
 import logging
 import socket
 import time
-from bisect import bisect_left
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Protocol
 
 import trio
@@ -46,6 +52,7 @@ import trio
 from kdns import metrics
 from kdns.dns.admission import FD_LIMIT, TcpAdmission
 from kdns.dns.handler import Deferred, Handler
+from kdns.dns.receiver import UdpReceiver
 from kdns.dns.stats import CacheStats, QueryStats
 
 # (client address, proto, query bytes, response bytes, metrics label id, seconds)
@@ -53,7 +60,7 @@ QueryLog = Callable[[tuple[str, int], str, bytes, bytes, int, float], None]
 
 log = logging.getLogger(__name__)
 
-UDP_BURST = 256  # packets served per wake-up before other tasks get a turn
+TRIO_DRAIN = 64  # packets trio reads itself after answering a batch of misses (see below)
 UDP_RECV_BUFFER = 4 << 20  # absorbs bursts while the process is busy elsewhere
 MAX_TCP_CONNECTIONS = 1000
 # One client address may hold a quarter of them: the rest stay for everyone else (RFC 7766
@@ -119,7 +126,8 @@ class DnsServer:
         self.idle_timeout = idle_timeout
         self.read_timeout = read_timeout
         self.write_timeout = write_timeout
-        self.udp_send_errors = 0
+        self._udp_send_errors = 0  # trio's; the receive thread counts its own
+        self._receiver: UdpReceiver | None = None
         self._sockets: tuple[socket.socket, socket.socket] | None = None
         self.draining = False
         self._loops: list[trio.CancelScope] = []  # the receive loops; stop_listening ends them
@@ -130,6 +138,12 @@ class DnsServer:
         self.dual_stack = host == "::"
         self.stats = QueryStats(self._server_label())
         self.stats.caches += [self._answer_cache_stats, self._upstream_cache_stats]
+
+    @property
+    def udp_send_errors(self) -> int:
+        """UDP answers lost to a failed send (full buffer, unreachable client)."""
+        thread = self._receiver.send_errors if self._receiver is not None else 0
+        return self._udp_send_errors + thread
 
     @property
     def tcp_connections(self) -> int:
@@ -189,8 +203,7 @@ class DnsServer:
             port = udp.getsockname()[1]
             tcp.bind((self.host, port))
             tcp.listen(1024)
-            udp.setblocking(False)
-            tcp.setblocking(False)
+            tcp.setblocking(False)  # the UDP socket blocks: the receive thread waits in recvfrom
         except OSError:
             udp.close()
             tcp.close()
@@ -243,83 +256,89 @@ class DnsServer:
     # --- UDP -----------------------------------------------------------------------------------
 
     async def _serve_udp(self, sock: socket.socket, nursery: trio.Nursery) -> None:
-        recvfrom = sock.recvfrom
-        sendto = sock.sendto
-        clock = time.perf_counter
-        stats = self.stats
-        counts = stats.counts[("udp", self.family)]
-        counts_v4, counts_v6 = stats.counts[("udp", "1")], stats.counts[("udp", "2")]
-        dual_stack = self.dual_stack
-        first_bucket = metrics.DURATION_BUCKETS[0]
-        buckets = metrics.DURATION_BUCKETS
-        # `run` closes the socket, once the answers in flight are sent.
+        """Run the receive thread (kdns/dns/receiver.py) and answer what it hands over."""
+        token = trio.lowlevel.current_trio_token()
+        ready = [trio.Event()]  # set (in the trio thread) when the receiver has misses
+
+        def wake() -> None:  # the receive thread's side: one call per batch of misses
+            with contextlib.suppress(trio.RunFinishedError):  # the run is over: nobody answers
+                token.run_sync_soon(lambda: ready[0].set())
+
+        receiver = UdpReceiver(sock, self.serving, wake, self.family, self.dual_stack)
+        self._receiver = receiver
+        self.stats.threads.append(receiver.counts)
         with self._receiving():
-            while True:
-                await trio.lowlevel.wait_readable(sock)
-                # Bound once per burst: attribute lookups per packet are a measurable share of
-                # the hot path. A reload swaps what serves between bursts, never inside one.
-                serving = self.serving()
-                handler, query_log = serving.handler, serving.query_log
-                cache = handler.cache
-                answer, handle_miss = cache.answer, handler.handle_miss
-                # One clock read per packet: a query's time runs from the end of the previous
-                # one (or the wake-up) to the end of its send, so it includes its own receive.
-                last = clock()
-                for _ in range(UDP_BURST):
-                    try:
-                        data, addr = recvfrom(65535)
-                    except BlockingIOError:
-                        break
-                    except OSError as e:
-                        # ICMP errors surface on later receives on some kernels; not ours to fix.
-                        log.debug("UDP receive error: %s", e)
-                        last = clock()
-                        continue
-                    response = answer(data, True)
-                    if response is None:
-                        response = handle_miss(data, True, addr[0])
-                        if response is None:
-                            last = clock()
-                            continue
-                        if isinstance(response, Deferred):
-                            # Forwarding waits on the network: in a task of its own, so the
-                            # loop goes on answering everything else meanwhile.
-                            nursery.start_soon(
-                                self._udp_deferred, sock, serving, response, addr, data, last
-                            )
-                            last = clock()
-                            continue
-                        label = handler.label
-                    else:
-                        label = cache.label
-                    try:
-                        sendto(response, addr)
-                    except OSError as e:
-                        # Full send buffer or an unreachable client: this answer is lost (UDP).
-                        self.udp_send_errors += 1
-                        if e.errno not in (errno.EAGAIN, errno.ECONNREFUSED, errno.EHOSTUNREACH):
-                            log.debug("UDP send error to %s: %s", addr, e)
-                    # Counted inline (see QueryStats): a method call per query costs more.
-                    now = clock()
-                    elapsed = now - last
-                    last = now
-                    if dual_stack:
-                        counts = counts_v4 if addr[0].startswith("::ffff:") else counts_v6
-                    key = (
-                        label,
-                        len(data),
-                        len(response),
-                        0 if elapsed <= first_bucket else bisect_left(buckets, elapsed),
+            async with trio.open_nursery() as thread:
+                thread.start_soon(
+                    partial(
+                        trio.to_thread.run_sync,
+                        receiver.run,
+                        abandon_on_cancel=False,  # waits for the thread: stop() ends it
+                        limiter=trio.CapacityLimiter(1),
                     )
-                    entry = counts.get(key)
-                    if entry is None:
-                        stats.add(counts, key, elapsed)
-                    else:
-                        entry[0] += 1
-                        entry[1] += elapsed
-                    if query_log is not None:
-                        query_log(addr, "udp", data, response, label, elapsed)
-                        last = clock()  # the log line is not the next query's time
+                )
+                try:
+                    while True:
+                        await ready[0].wait()
+                        ready[0] = trio.Event()
+                        self._answer_misses(receiver, nursery)
+                finally:
+                    # stop_listening (or shutdown) cancelled us: the thread stops receiving,
+                    # and the nursery waits until it has returned.
+                    receiver.stop()
+        # What it received before it stopped is still answered.
+        self._answer_misses(receiver, nursery)
+
+    def _answer_misses(self, receiver: UdpReceiver, nursery: trio.Nursery) -> None:
+        """Answer in trio what the receive thread could not: as before the thread, a miss may
+        still hit (an answer stored since), else the handler's slow path; forwarding waits on
+        the network in a task of its own, so everything else goes on meanwhile."""
+        sock = receiver.sock
+        for data, addr, start, serving in receiver.take_misses():
+            self._answer_udp(sock, serving, data, addr, start, nursery)
+        # Under a miss-heavy load (forwarding, never-asked names) trio is awake anyway: it reads
+        # what is queued itself, up to TRIO_DRAIN packets, rather than pass the GIL back and
+        # forth with the receive thread for each one (a UDP datagram goes to one reader only).
+        serving = self.serving()
+        for _ in range(TRIO_DRAIN if not self.draining else 0):
+            try:
+                data, addr = sock.recvfrom(65535, socket.MSG_DONTWAIT)
+            except OSError:
+                break  # nothing queued (or an error the receive thread will see and log)
+            if not data:
+                break  # the receive side is shut down (stop_listening)
+            self._answer_udp(sock, serving, data, addr, time.perf_counter(), nursery)
+        if receiver.counts.full:
+            self.stats.fold()  # the thread's counts reached their bound before a scrape did
+
+    def _answer_udp(
+        self,
+        sock: socket.socket,
+        serving: Serving,
+        data: bytes,
+        addr: tuple[str, int],
+        start: float,
+        nursery: trio.Nursery,
+    ) -> None:
+        handler = serving.handler
+        response = handler.handle(data, True, addr[0])
+        if response is None:
+            return
+        if isinstance(response, Deferred):
+            nursery.start_soon(self._udp_deferred, sock, serving, response, addr, data, start)
+            return
+        self._udp_send(sock, response, addr)
+        self._count(serving, addr, "udp", data, response, handler.label, start)
+
+    def _udp_send(self, sock: socket.socket, response: bytes, addr: tuple[str, int]) -> None:
+        # The socket blocks (for the receive thread): trio's sends must not.
+        try:
+            sock.sendto(response, socket.MSG_DONTWAIT, addr)
+        except OSError as e:
+            # Full send buffer or an unreachable client: this answer is lost (UDP).
+            self._udp_send_errors += 1
+            if e.errno not in (errno.EAGAIN, errno.ECONNREFUSED, errno.EHOSTUNREACH):
+                log.debug("UDP send error to %s: %s", addr, e)
 
     async def _udp_deferred(
         self,
@@ -333,10 +352,7 @@ class DnsServer:
         response = await serving.handler.complete(deferred)
         if response is None:
             return
-        try:
-            sock.sendto(response, addr)
-        except OSError:
-            self.udp_send_errors += 1
+        self._udp_send(sock, response, addr)
         self._count(serving, addr, "udp", data, response, deferred.label, start)
 
     def _count(

@@ -14,8 +14,11 @@ Contract:
 - The collector (registered in the default registry on import) builds the families declared in
   kdns/metrics.py (`DNS_FAMILIES`) from every live `QueryStats`; listeners sharing a `server`
   label (one replaced by another on reload, still draining) are summed into one series.
-- Not thread-safe: the listeners and /metrics run on the same (trio) thread. Nothing here does
-  I/O.
+- `QueryStats` is not thread-safe: the listeners and /metrics run on the same (trio) thread.
+  The one exception is `ThreadCounts`: the counts of a UDP receive thread
+  (kdns/dns/receiver.py), written by that thread alone and taken by the trio thread when it
+  folds (`QueryStats.threads`), with no lock: the writer brackets each update with `busy`, and a
+  dict taken while it was busy is folded at the next fold instead. Nothing here does I/O.
 
 Why not prometheus-client children: at ~50k queries/s a `.labels(...).inc()` per query would cost
 more than the rest of a cache hit.
@@ -121,9 +124,47 @@ class CacheStats:
     hits_success: int | None = None
     hits_denial: int = 0
     served_stale: int = 0
+    evictions_success: int = 0  # entries dropped to stay within the cache's bounds, by type
+    evictions_denial: int = 0
 
 
 Counts = dict[tuple[int, int, int, int], list[Any]]
+
+
+class ThreadCounts:
+    """UDP counts by address family ("1", "2"), written by one receive thread, taken by trio.
+
+    The writer sets `busy` before it reads `counts` and clears it after its update; `take`
+    swaps `counts` for fresh dicts and gives back the old ones, unless the writer was busy (it
+    may hold the old dict): those wait in `_pending` until a take finds it idle. `full` is the
+    writer's request for an early fold (its dict reached `FOLD_AT` keys)."""
+
+    FOLD_AT = 10_000
+
+    def __init__(self) -> None:
+        self.counts: dict[str, Counts] = {"1": {}, "2": {}}
+        self.busy = False
+        self.full = False
+        self._pending: dict[str, Counts] | None = None
+
+    def take(self) -> list[dict[str, Counts]]:
+        """The trio thread's side: the counts no writer can touch any more."""
+        out: list[dict[str, Counts]] = []
+        if self._pending is not None:
+            if self.busy:
+                return out  # on the pending dicts or the current ones: cannot tell, next time
+            out.append(self._pending)
+            self._pending = None
+        old = self.counts
+        self.counts = {"1": {}, "2": {}}
+        self.full = False
+        if self.busy:
+            self._pending = old  # the writer may be inside its update of `old` right now
+        else:
+            out.append(old)  # any update from now on reads the new dicts
+        return out
+
+
 # A listener's cache: its CoreDNS `zones` label (comma-separated) and its statistics.
 CacheSource = Callable[[], tuple[str, CacheStats] | None]
 
@@ -146,6 +187,7 @@ class QueryStats:
         self.request_sizes: dict[tuple[str, str], Histogram] = {}
         self.response_sizes: dict[tuple[str, str], Histogram] = {}
         self.caches: list[CacheSource] = []
+        self.threads: list[ThreadCounts] = []  # receive threads' UDP counts, merged at fold
         _LISTENERS[next(_CREATED)] = self
 
     def record(
@@ -172,6 +214,10 @@ class QueryStats:
         counts[key] = [1, seconds]
 
     def fold(self) -> None:
+        for thread in self.threads:
+            for taken in thread.take():
+                for family, counts in taken.items():
+                    self._merge(self.counts[("udp", family)], counts)
         labels = LABELS.labels
         for (proto, family), counts in self.counts.items():
             for (label_id, request_size, response_size, bucket), (n, seconds) in counts.items():
@@ -189,6 +235,16 @@ class QueryStats:
                 _series(self.request_sizes, (zone, proto), SIZE_BUCKETS).add(request_size, n)
                 _series(self.response_sizes, (zone, proto), SIZE_BUCKETS).add(response_size, n)
             counts.clear()
+
+    @staticmethod
+    def _merge(into: Counts, counts: Counts) -> None:
+        for key, (n, seconds) in counts.items():
+            entry = into.get(key)
+            if entry is None:
+                into[key] = [n, seconds]
+            else:
+                entry[0] += n
+                entry[1] += seconds
 
 
 def _series(table: dict[Any, Histogram], key: Any, bounds: tuple[float, ...]) -> Histogram:

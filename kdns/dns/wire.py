@@ -22,12 +22,14 @@ Nothing here does I/O.
 
 from __future__ import annotations
 
+import itertools
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 from dnslib import RR, DNSBuffer, DNSLabel
 
+from kdns.dns import pack
 from kdns.dns.stats import CacheStats
 
 MAX_UDP_PAYLOAD = 1232  # EDNS payload cap (DNS Flag Day 2020; RFC 9715 guidance)
@@ -49,6 +51,7 @@ NOERROR, FORMERR, SERVFAIL, NXDOMAIN, NOTIMP, REFUSED = 0, 1, 2, 3, 4, 5
 BADVERS = 16
 
 _HEADER = struct.Struct("!6H")
+_TYPE_CLASS = struct.Struct("!HH")
 
 
 @dataclass(slots=True)
@@ -75,7 +78,12 @@ class Query:
 
         A label holding a dot or a backslash is escaped, so it can never match one of our
         names by accident (`a.b` as one label is not the two labels `a`, `b`)."""
-        return ".".join(_text_label(label) for label in self.labels)
+        labels = self.labels
+        joined = b".".join(labels)
+        if joined.count(b".") == len(labels) - 1 and b"\\" not in joined:
+            # No label holds a dot or a backslash (the usual case): one decode for the name.
+            return joined.decode("latin-1").lower()
+        return ".".join(_text_label(label) for label in labels)
 
     def udp_limit(self) -> int:
         if not self.edns:
@@ -226,17 +234,20 @@ def encode(
     if recursion_available:
         flags |= RA
     opt = opt_record(query, rcode) if query.edns else b""
-    buffer = DNSBuffer()
-    buffer.pack(
-        "!6H",
-        query.id,
-        flags,
-        1,
-        len(answer),
-        len(authority),
-        len(additional) + (1 if opt else 0),
+    header = _HEADER.pack(
+        query.id, flags, 1, len(answer), len(authority), len(additional) + (1 if opt else 0)
     )
-    buffer.encode_name(DNSLabel(tuple(label.lower() for label in query.labels)))
+    lower = tuple(label.lower() for label in query.labels)
+    # The direct encoder writes what dnslib would, several times faster (kdns/dns/pack.py);
+    # dnslib stays for what it does not know.
+    packed = pack.message(
+        header, lower, _TYPE_CLASS.pack(query.qtype, query.qclass), (answer, authority, additional)
+    )
+    if packed is not None:
+        return packed + opt
+    buffer = DNSBuffer()
+    buffer.append(header)
+    buffer.encode_name(DNSLabel(lower))
     buffer.pack("!HH", query.qtype, query.qclass)
     for rr in answer:
         rr.pack(buffer)
@@ -457,15 +468,19 @@ ROTATIONS_KEPT = 64  # an RRset up to this size keeps every rotation encoded; la
 CUTS_KEPT = 256  # UDP cuts (limit, rotation) kept per entry: a few hundred kB at most
 
 # An entry: (header octets 2-12, the tail after the question per rotation — () when re-joined
-# per answer —, full length, the Layout, the rotation turn [n], the label, the UDP cuts made).
+# per answer —, full length, the Layout, the rotation turns to come, the label, the UDP cuts
+# made, its estimated size, its tags). Immutable once stored but for the count and the cuts
+# memo (see `AnswerCache.lookup`).
 Entry = tuple[
     bytes,
     tuple[bytes, ...],
     int,
     Layout,
-    list[int],
+    "itertools.count[int]",
     int,
     dict[tuple[int, int], tuple[bytes, bytes]],
+    int,
+    tuple[Tag, ...],
 ]
 
 
@@ -479,22 +494,52 @@ class AnswerCache:
     an RRset up to `ROTATIONS_KEPT` records are encoded once, when stored; a larger one is
     re-joined from its records per answer. A UDP answer over the client's limit is cut per
     `Layout.fit` from the same rotation.
+
+    Bounded by `max_entries` and by `max_bytes`, the estimated memory of its entries
+    (`entry_size`; the UDP cuts an entry keeps as it is asked are not counted, `CUTS_KEPT`
+    bounds them): a store that would exceed either evicts the oldest entries first, counted in
+    `evictions_success` / `evictions_denial` (CoreDNS's `cache_evictions_total`).
+
+    Only the trio thread stores, drops and evicts; `lookup` may run in another thread.
     """
 
-    def __init__(self, max_entries: int = 100_000, rotate: bool = True) -> None:
+    def __init__(
+        self, max_entries: int = 100_000, rotate: bool = True, max_bytes: int = 32 << 20
+    ) -> None:
         self.max_entries = max_entries
+        self.max_bytes = max_bytes
         self.rotate = rotate
         self.entries: dict[bytes, Entry] = {}
         self.by_tag: dict[Tag, set[bytes]] = {}
+        self.bytes = 0  # the estimated size of every entry (`entry_size`)
         self.hits = 0
         self.misses = 0
+        self.evictions_success = 0
+        self.evictions_denial = 0
         self.label = 0  # the `label` stored with the entry of the last hit
 
     def __len__(self) -> int:
         return len(self.entries)
 
     def answer(self, data: bytes, udp: bool) -> bytes | None:
-        """The hot path: a full response for `data`, or None (take the slow path).
+        """A full response for `data`, or None (take the slow path); counts the miss and leaves
+        the hit's label in `self.label`. The trio thread's entry point (TCP, `Handler.handle`)."""
+        found = self.lookup(data, udp)
+        if found is None:
+            self.misses += 1
+            return None
+        self.hits += 1
+        self.label = found[1]
+        return found[0]
+
+    def lookup(self, data: bytes, udp: bool) -> tuple[bytes, int] | None:
+        """The hot path: a full response for `data` and its entry's label, or None.
+
+        Safe to call from another thread than the one that stores (the UDP receive thread,
+        kdns/dns/receiver.py): it writes nothing of the cache's own, reads one dict entry
+        (atomic under the GIL), and an entry is immutable once stored but for its rotation
+        counter (`next` on an itertools.count is atomic) and its memo of UDP cuts (a dict set
+        of a value computed from the immutable layout: two threads at worst compute it twice).
 
         The common shape (no EDNS) is keyed inline; everything else goes through `cache_key`.
         Only a plain query can be in the cache, and the key holds the whole header, so a query
@@ -511,20 +556,16 @@ class AnswerCache:
             key, qend, limit = found
             entry = self.entries.get(key)
         if entry is None:
-            self.misses += 1
             return None
-        self.hits += 1
-        self.label = entry[5]
         if udp and entry[2] > limit:
             header, tail = self._cut(entry, limit)
-            return data[:2] + header + data[12:qend] + tail
+            return data[:2] + header + data[12:qend] + tail, entry[5]
         tails = entry[1]
         if len(tails) == 1:
-            return data[:2] + entry[0] + data[12:qend] + tails[0]
-        turn = entry[4]
-        turn[0] += 1
-        tail = tails[turn[0] % len(tails)] if tails else entry[3].tail(turn[0])
-        return data[:2] + entry[0] + data[12:qend] + tail
+            return data[:2] + entry[0] + data[12:qend] + tails[0], entry[5]
+        turn = next(entry[4])
+        tail = tails[turn % len(tails)] if tails else entry[3].tail(turn)
+        return data[:2] + entry[0] + data[12:qend] + tail, entry[5]
 
     @staticmethod
     def _cut(entry: Entry, limit: int) -> tuple[bytes, bytes]:
@@ -532,9 +573,7 @@ class AnswerCache:
         the entry (up to `CUTS_KEPT`), so a busy large Service costs a dict lookup per hit."""
         layout, turn, cuts = entry[3], entry[4], entry[6]
         turns = layout.turns
-        if turns > 1:
-            turn[0] += 1
-        key = (limit, turn[0] % turns)
+        key = (limit, next(turn) % turns if turns > 1 else 0)
         cut = cuts.get(key)
         if cut is None:
             cut = layout.fit(limit, key[1])
@@ -560,11 +599,6 @@ class AnswerCache:
             # (legal, if odd) makes that a different question. Such a query is not cached,
             # so every stored key is a well-formed question and a hit is the same question.
             return
-        if len(self.entries) >= self.max_entries:
-            # A flood of distinct names (random-subdomain attacks) must not grow us without
-            # bound; starting over costs one slow-path answer per name still in use.
-            self.entries.clear()
-            self.by_tag.clear()
         layout = split(response, rotate=self.rotate)
         turns = layout.turns
         if turns == 1:
@@ -573,10 +607,56 @@ class AnswerCache:
             tails = tuple(layout.tail(turn) for turn in range(turns))
         else:
             tails = ()
-        # The slow path answered turn 0: the first hit gives the next rotation.
-        self.entries[key] = (response[2:12], tails, len(response), layout, [0], label, {})
+        tags = tuple(tags)
+        size = entry_size(key, tails, response, layout, tags)
+        if size > self.max_bytes:
+            return  # larger than the whole budget: answered from the slow path each time
+        self._remove(key)  # a store over a live entry (two misses in flight) replaces it
+        # A flood of distinct names (random-subdomain attacks) must not grow us without bound:
+        # the oldest entries make room (insertion order; a hot entry evicted costs one slow-path
+        # answer, then it is back).
+        while self.entries and (
+            len(self.entries) >= self.max_entries or self.bytes + size > self.max_bytes
+        ):
+            self._evict(next(iter(self.entries)))
+        # The slow path answered turn 0: the first hit gives the next rotation. The tuple is
+        # complete before it is published: the receive thread may read it from the next line.
+        self.entries[key] = (
+            response[2:12],
+            tails,
+            len(response),
+            layout,
+            itertools.count(1),
+            label,
+            {},
+            size,
+            tags,
+        )
+        self.bytes += size
         for tag in tags:
             self.by_tag.setdefault(tag, set()).add(key)
+
+    def _remove(self, key: bytes) -> Entry | None:
+        """Forget one entry, its bytes and its place under each of its tags."""
+        entry = self.entries.pop(key, None)
+        if entry is None:
+            return None
+        self.bytes -= entry[7]
+        for tag in entry[8]:
+            keys = self.by_tag.get(tag)
+            if keys is not None:
+                keys.discard(key)
+                if not keys:
+                    del self.by_tag[tag]
+        return entry
+
+    def _evict(self, key: bytes) -> None:
+        entry = self._remove(key)
+        if entry is not None:
+            if _is_denial(entry[0]):
+                self.evictions_denial += 1
+            else:
+                self.evictions_success += 1
 
     def drop(self, tags: Iterable[Tag]) -> int:
         tags = set(tags)
@@ -586,22 +666,57 @@ class AnswerCache:
             return dropped
         dropped = 0
         for tag in tags:
-            for key in self.by_tag.pop(tag, ()):
-                if self.entries.pop(key, None) is not None:
-                    dropped += 1
+            for key in tuple(self.by_tag.get(tag, ())):
+                dropped += self._remove(key) is not None
         return dropped
 
     def clear(self) -> None:
         self.entries.clear()
         self.by_tag.clear()
+        self.bytes = 0
 
     def stats(self) -> CacheStats:
         """Entries by type, read from each stored header: NXDOMAIN and NODATA (NOERROR, no
         answer records) are CoreDNS's denial, the rest success. Hits are not given: the listener
         counts them as the queries they answer."""
-        denial = 0
-        for entry in self.entries.values():
-            header = entry[0]  # response bytes 2-12: flags, then the four counts
-            rcode = header[1] & 0xF
-            denial += rcode == NXDOMAIN or (rcode == NOERROR and header[4:6] == b"\0\0")
-        return CacheStats(success=len(self.entries) - denial, denial=denial, misses=self.misses)
+        denial = sum(_is_denial(entry[0]) for entry in self.entries.values())
+        return CacheStats(
+            success=len(self.entries) - denial,
+            denial=denial,
+            misses=self.misses,
+            evictions_success=self.evictions_success,
+            evictions_denial=self.evictions_denial,
+        )
+
+
+def _is_denial(header: bytes) -> bool:
+    """Whether a stored answer (its bytes 2-12: flags, then the four counts) is CoreDNS's denial:
+    NXDOMAIN, or NODATA (NOERROR without answer records)."""
+    rcode = header[1] & 0xF
+    return rcode == NXDOMAIN or (rcode == NOERROR and header[4:6] == b"\0\0")
+
+
+# What an entry costs beyond its bytes: the dict slot, the entry tuple, the count, the Layout and
+# its lists, the cuts dict and the by_tag sets, measured with tracemalloc on CPython 3.11
+# (tests/dns/test_wire.py checks the estimate stays close).
+ENTRY_OVERHEAD = 1000
+BYTES_OVERHEAD = 33  # a bytes object's header
+SPAN_OVERHEAD = 120  # a span's tuple and its ints
+TAG_OVERHEAD = 120  # the entry's key in one by_tag set (its tag tuple is shared, mostly)
+
+
+def entry_size(
+    key: bytes, tails: tuple[bytes, ...], response: bytes, layout: Layout, tags: tuple[Tag, ...]
+) -> int:
+    """The memory one entry holds, estimated: its key, its encoded tails, the Layout's copy of
+    the response in pieces, and a fixed overhead per object."""
+    pieces = len(layout.answer) + 5  # and the header, question, authority, additional, OPT
+    return (
+        ENTRY_OVERHEAD
+        + len(key)
+        + sum(len(t) + BYTES_OVERHEAD for t in tails)
+        + len(response)
+        + (BYTES_OVERHEAD + 8) * pieces
+        + SPAN_OVERHEAD * len(layout.spans)
+        + TAG_OVERHEAD * len(tags)
+    )

@@ -32,7 +32,7 @@ import os
 import random
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import trio
@@ -44,14 +44,30 @@ from kubernetes.client.exceptions import ApiException
 
 from kdns import metrics
 from kdns.model import (
+    IMPORT_NAME_LABEL,
     ModelError,
     endpoints_to_slices,
     endpointslice_from_dict,
+    import_slice_from_dict,
+    is_import_slice,
     namespace_from_dict,
     pod_from_dict,
     service_from_dict,
+    serviceimport_from_dict,
 )
-from kdns.store import ENDPOINTSLICES, NAMESPACES, PODS, SERVICES, Change, Kind, Store
+from kdns.sources.scope import Scope
+from kdns.store import (
+    ENDPOINTSLICES,
+    IMPORTSLICES,
+    MULTICLUSTER_KINDS,
+    NAMESPACES,
+    PODS,
+    SERVICEIMPORTS,
+    SERVICES,
+    Change,
+    Kind,
+    Store,
+)
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +122,15 @@ def _one(convert: Callable[[dict[str, Any]], Any]) -> Callable[[dict[str, Any]],
     return run
 
 
+def _service_slice(obj: dict[str, Any]) -> Converted:
+    # An imported slice (KEP-1645) belongs to a ServiceImport, not to a local Service: it is
+    # read by the import slices' own watch, and skipped here without a word.
+    if is_import_slice(obj):
+        return []
+    item = endpointslice_from_dict(obj)
+    return [(item.key, item)]
+
+
 def _endpoints(obj: dict[str, Any]) -> Converted:
     return [(s.key, s) for s in endpoints_to_slices(obj)]
 
@@ -117,8 +142,31 @@ class Resource:
     path: str  # the cluster-wide collection
     convert: Callable[[dict[str, Any]], Converted]
     field_selector: str | None = None
+    label_selector: str | None = None
     # Does one API object become exactly one store object under the same key? (Endpoints: no.)
     one_to_one: bool = True
+
+    def selectors(self) -> list[tuple[str, Any]]:
+        params: list[tuple[str, Any]] = []
+        if self.field_selector:
+            params.append(("fieldSelector", self.field_selector))
+        if self.label_selector:
+            params.append(("labelSelector", self.label_selector))
+        return params
+
+    def scoped(self, scope: Scope, api_kind: str) -> Resource:
+        """This resource serving only what `scope` admits: the Services selector goes to the
+        API server; namespaces (several, which no field selector can say) are left out here,
+        as are Services an API server that ignores labelSelector would still send."""
+        if scope == Scope():
+            return self
+        convert = self.convert
+
+        def scoped_convert(obj: dict[str, Any]) -> Converted:
+            return convert(obj) if scope.admits_object(api_kind, obj) else []
+
+        selector = scope.service_selector if api_kind == "Service" else self.label_selector
+        return replace(self, convert=scoped_convert, label_selector=selector)
 
 
 SERVICES_RESOURCE = Resource(SERVICES, "services", "/api/v1/services", _one(service_from_dict))
@@ -126,7 +174,7 @@ ENDPOINTSLICES_RESOURCE = Resource(
     ENDPOINTSLICES,
     "endpointslices",
     "/apis/discovery.k8s.io/v1/endpointslices",
-    _one(endpointslice_from_dict),
+    _service_slice,
 )
 # On an API server without discovery.k8s.io/v1: core/v1 Endpoints, converted into slices.
 ENDPOINTS_RESOURCE = Resource(
@@ -144,6 +192,33 @@ PODS_RESOURCE = Resource(
     _one(pod_from_dict),
     field_selector="status.phase!=Succeeded,status.phase!=Failed",
 )
+
+# Multicluster (KEP-1645), watched with `multicluster ZONES` when the MCS CRD is served: the
+# ServiceImports, and the EndpointSlices an MCS controller imported for them (by their label).
+MCS_GROUP, MCS_VERSION = "multicluster.x-k8s.io", "v1alpha1"
+SERVICEIMPORTS_RESOURCE = Resource(
+    SERVICEIMPORTS,
+    "serviceimports",
+    f"/apis/{MCS_GROUP}/{MCS_VERSION}/serviceimports",
+    _one(serviceimport_from_dict),
+)
+IMPORTSLICES_RESOURCE = Resource(
+    IMPORTSLICES,
+    "importslices",
+    "/apis/discovery.k8s.io/v1/endpointslices",
+    _one(import_slice_from_dict),
+    label_selector=IMPORT_NAME_LABEL,
+)
+
+API_KINDS = {
+    "namespaces": "Namespace",
+    "services": "Service",
+    "endpointslices": "EndpointSlice",
+    "endpoints": "Endpoints",
+    "pods": "Pod",
+    "serviceimports": "ServiceImport",
+    "importslices": "EndpointSlice",
+}
 
 
 def api_get(
@@ -164,13 +239,13 @@ def api_get(
     return response.response
 
 
-def has_discovery_v1(api: ApiClient, timeout: float) -> bool:
-    """Does the API server serve discovery.k8s.io/v1? (Raises when it cannot be asked.)"""
+def serves(api: ApiClient, group: str, version: str, timeout: float) -> bool:
+    """Does the API server serve `group`/`version` (a CRD's too)? (Raises when it cannot be
+    asked.)"""
     response = api_get(api, "/apis", [], (timeout, timeout))
     groups = json.loads(response.data).get("groups", [])
     return any(
-        g.get("name") == "discovery.k8s.io"
-        and any(v.get("version") == "v1" for v in g.get("versions", []))
+        g.get("name") == group and any(v.get("version") == version for v in g.get("versions", []))
         for g in groups
     )
 
@@ -398,8 +473,7 @@ class Reflector:
             params: list[tuple[str, Any]] = [("limit", LIST_PAGE)]
             if token:
                 params.append(("continue", token))
-            if self.resource.field_selector:
-                params.append(("fieldSelector", self.resource.field_selector))
+            params += self.resource.selectors()
             try:
                 response = api_get(self.api, self.resource.path, params, self._timeout())
             except ApiException as e:
@@ -437,8 +511,7 @@ class Reflector:
             ("timeoutSeconds", random.randint(*self.watch_timeout)),
             ("watch", "true"),
         ]
-        if self.resource.field_selector:
-            params.append(("fieldSelector", self.resource.field_selector))
+        params += self.resource.selectors()
         try:
             response = api_get(self.api, self.resource.path, params, self._timeout())
         except ApiException as e:
@@ -561,17 +634,28 @@ class KubeSource:
         watch_pods: bool,
         reflector: dict[str, Any] | None = None,
         backoff: dict[str, Any] | None = None,
+        scope: Scope | None = None,
+        multicluster: bool = False,
     ) -> None:
+        self.scope = scope or Scope()
         self.api = api
         self.store = store
         self.watch_pods = watch_pods
+        # ServiceImports and their slices (`multicluster ZONES`), when the CRD is served.
+        self.multicluster = multicluster
         self.reflector_options = reflector or {}
         self.backoff_options = backoff or {}
         self.reflectors: dict[str, Reflector] = {}
 
     @staticmethod
-    def kinds(watch_pods: bool) -> tuple[str, ...]:
-        return (NAMESPACES, SERVICES, ENDPOINTSLICES, *((PODS,) if watch_pods else ()))
+    def kinds(watch_pods: bool, multicluster: bool = False) -> tuple[str, ...]:
+        return (
+            NAMESPACES,
+            SERVICES,
+            ENDPOINTSLICES,
+            *((PODS,) if watch_pods else ()),
+            *(MULTICLUSTER_KINDS if multicluster else ()),
+        )
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
@@ -580,11 +664,13 @@ class KubeSource:
             if self.watch_pods:
                 nursery.start_soon(self._reflect, PODS_RESOURCE)
             nursery.start_soon(self._reflect_endpoints)
+            if self.multicluster:
+                nursery.start_soon(self._reflect_imports)
             task_status.started()
 
     async def _reflect(self, resource: Resource) -> None:
         reflector = Reflector(
-            resource,
+            resource.scoped(self.scope, API_KINDS[resource.name]),
             self.api,
             self.store,
             backoff=Backoff(**self.backoff_options),
@@ -597,22 +683,43 @@ class KubeSource:
         )
         await reflector.run()
 
-    async def _reflect_endpoints(self) -> None:
-        """EndpointSlices, or Endpoints on an API server without discovery.k8s.io/v1 — which
-        one is decided once, at start (retried with backoff while the server is away)."""
+    async def _discover(self, group: str, version: str) -> bool:
+        """Whether the API server serves `group`/`version`, asked once (retried with backoff
+        while the server is away)."""
         backoff = Backoff(**self.backoff_options)
         timeout = self.reflector_options.get("connect_timeout", 5.0)
         while True:
             try:
-                v1 = await trio.to_thread.run_sync(
-                    has_discovery_v1, self.api, timeout, abandon_on_cancel=True
+                return await trio.to_thread.run_sync(
+                    serves, self.api, group, version, timeout, abandon_on_cancel=True
                 )
-                break
             except Exception as e:  # the Reflector's retry boundary, before it exists
                 delay = backoff.failure(trio.current_time())
                 metrics.KUBE_WATCH_ERRORS.labels("discovery", _reason(e)).inc()
                 log.warning("API discovery failed (%s); retrying in %.1f s", _short(e), delay)
                 await trio.sleep(delay)
+
+    async def _reflect_imports(self) -> None:
+        """ServiceImports and their EndpointSlices, when the MCS CRD is installed. Without it
+        the clusterset zone is simply empty: one log line, both kinds synced as empty, and no
+        request that could only fail (CoreDNS likewise watches only what the server has)."""
+        if not await self._discover(MCS_GROUP, MCS_VERSION):
+            log.info(
+                "the API server does not serve %s/%s (no MCS CRD): no ServiceImports to answer",
+                MCS_GROUP,
+                MCS_VERSION,
+            )
+            self.store.replace(SERVICEIMPORTS, {})
+            self.store.replace(IMPORTSLICES, {})
+            return
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._reflect, SERVICEIMPORTS_RESOURCE)
+            nursery.start_soon(self._reflect, IMPORTSLICES_RESOURCE)
+
+    async def _reflect_endpoints(self) -> None:
+        """EndpointSlices, or Endpoints on an API server without discovery.k8s.io/v1 — which
+        one is decided once, at start (retried with backoff while the server is away)."""
+        v1 = await self._discover("discovery.k8s.io", "v1")
         if not v1:
             log.info("the API server lacks discovery.k8s.io/v1: watching core/v1 Endpoints")
         await self._reflect(ENDPOINTSLICES_RESOURCE if v1 else ENDPOINTS_RESOURCE)

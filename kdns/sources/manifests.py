@@ -30,6 +30,9 @@ Contract:
   slice + for a Service with a selector and neither, the slices the EndpointSlice controller
   would derive from the given Pods (`model.slices_for_service`).
 - Namespaces = the declared Namespace objects ∪ the namespace of every object read.
+- `ManifestReader(scope)` reads only the objects the `Scope` admits (kubernetes `namespaces`
+  and `labels`): the others are left out before anything is derived from them, as if the files
+  did not hold them — the API source sees the same objects.
 - Pure: the only I/O is reading (and stat-ing) the files named; no trio, socket or subprocess.
 """
 
@@ -46,7 +49,15 @@ from typing import Any
 import yaml
 
 from kdns import model
-from kdns.model import EndpointSlice, ModelError, Namespace, Pod, Service
+from kdns.model import (
+    EndpointSlice,
+    ImportSlice,
+    ModelError,
+    Namespace,
+    Pod,
+    Service,
+    ServiceImport,
+)
 from kdns.sources.documents import (
     Document,
     ManifestError,
@@ -58,6 +69,7 @@ from kdns.sources.documents import (
     syntax_error,
     yaml_text,
 )
+from kdns.sources.scope import Scope
 
 __all__ = [
     "Document",
@@ -80,6 +92,8 @@ READ_KINDS = {
     "Endpoints": "v1",
     "Pod": "v1",
     "EndpointSlice": "discovery.k8s.io/v1",
+    # A custom resource (KEP-1645's MCS API), read for the clusterset zone.
+    "ServiceImport": "multicluster.x-k8s.io/v1alpha1",
 }
 
 # The API groups Kubernetes itself serves ("" is the core group). Any other group is a custom
@@ -192,6 +206,10 @@ class ManifestSet:
     # Objects of kinds kdns does not serve, counted by kind ("Deployment", or "Kind.group" for a
     # custom resource), for `kdns check` to report.
     ignored: dict[str, int] = field(default_factory=dict)
+    # Multicluster (KEP-1645): ServiceImports, and the EndpointSlices labelled with one's name
+    # (`multicluster.kubernetes.io/service-name`), kept apart from local slices.
+    imports: dict[tuple[str, str], ServiceImport] = field(default_factory=dict)
+    import_slices: dict[tuple[str, str], ImportSlice] = field(default_factory=dict)
 
 
 # --- files -------------------------------------------------------------------------------------
@@ -254,6 +272,7 @@ class _Entry:
     line: int
     value: Any
     error: ManifestError | None
+    labels: Mapping[str, str] | None = None  # a Service's, for the Scope's selector
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,7 +294,8 @@ class ManifestReader:
     every file together again (duplicates, Endpoints, Pods → slices), which is plain dict work.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, scope: Scope | None = None) -> None:
+        self.scope = scope or Scope()
         self._files: dict[str, _FileObjects] = {}
         self.parsed = 0  # files parsed by the last `load`
         # Each file of the last `load` with its `stat_key` as it was just before it was read.
@@ -299,6 +319,8 @@ class ManifestReader:
             errors.extend(found.errors)
         self._files = files  # forgets the files that are gone
         self.fingerprint = tuple(stats)
+        if self.scope != Scope():
+            entries = [e for e in entries if _in_scope(e, self.scope)]
         manifests, object_errors = _assemble(entries)
         errors.extend(object_errors)
         errors.sort(key=lambda e: (e.file, e.line or 0))
@@ -333,6 +355,13 @@ class ManifestReader:
 
 
 Fingerprint = tuple[tuple[str, int, int, int], ...]
+
+
+def _in_scope(entry: _Entry, scope: Scope) -> bool:
+    if entry.key is None or entry.kind is None or entry.kind.startswith(_IGNORED):
+        return True  # errors stay errors; ignored kinds are counted all the same
+    namespace, name = entry.key
+    return scope.admits(entry.kind, namespace, name, entry.labels or {})
 
 
 def stat_key(file: str) -> tuple[int, int, int]:
@@ -418,8 +447,12 @@ def _convert_document(doc: Document) -> _Entry:
             value = model.namespace_from_dict(doc.obj)
         elif kind == "Service":
             value = model.service_from_dict(doc.obj)
+        elif kind == "EndpointSlice" and model.is_import_slice(doc.obj):
+            value = model.import_slice_from_dict(doc.obj)
         elif kind == "EndpointSlice":
             value = model.endpointslice_from_dict(doc.obj)
+        elif kind == "ServiceImport":
+            value = model.serviceimport_from_dict(doc.obj)
         elif kind == "Endpoints":
             value = model.endpoints_to_slices(doc.obj)
         else:
@@ -429,7 +462,12 @@ def _convert_document(doc: Document) -> _Entry:
             doc.file, doc.line_of(exc.field), _label(kind, key), exc.field, exc.message
         )
         return _Entry(kind, key, doc.file, doc.line, None, error)
-    return _Entry(kind, key, doc.file, doc.line, value, None)
+    labels = None
+    if kind == "Service":
+        meta = doc.obj.get("metadata")
+        given = meta.get("labels") if isinstance(meta, dict) else None
+        labels = {str(k): str(v) for k, v in given.items()} if isinstance(given, dict) else {}
+    return _Entry(kind, key, doc.file, doc.line, value, None, labels)
 
 
 def _assemble(entries: Iterable[_Entry]) -> tuple[ManifestSet, list[ManifestError]]:
@@ -441,6 +479,8 @@ def _assemble(entries: Iterable[_Entry]) -> tuple[ManifestSet, list[ManifestErro
     given: dict[tuple[str, str], EndpointSlice] = {}
     from_endpoints: dict[tuple[str, str], tuple[tuple[EndpointSlice, ...], _Entry]] = {}
     pods: dict[tuple[str, str], Pod] = {}
+    imports: dict[tuple[str, str], ServiceImport] = {}
+    import_slices: dict[tuple[str, str], ImportSlice] = {}
 
     ignored: Counter[str] = Counter()
     for entry in entries:
@@ -474,8 +514,12 @@ def _assemble(entries: Iterable[_Entry]) -> tuple[ManifestSet, list[ManifestErro
             declared[value.name] = value
         elif kind == "Service":
             services[value.key] = value
+        elif kind == "EndpointSlice" and isinstance(value, ImportSlice):
+            import_slices[value.key] = value
         elif kind == "EndpointSlice":
             given[value.key] = value
+        elif kind == "ServiceImport":
+            imports[value.key] = value
         elif kind == "Endpoints":
             # An Endpoints object is named after its Service, and still names it when it
             # has no subsets (and so converts to no slice).
@@ -513,7 +557,10 @@ def _assemble(entries: Iterable[_Entry]) -> tuple[ManifestSet, list[ManifestErro
     names.update(key[0] for key in from_endpoints)
     names.update(key[0] for key in pods)
     namespaces = {name: declared.get(name) or Namespace(name) for name in sorted(names)}
-    return ManifestSet(namespaces, services, slices, pods, dict(sorted(ignored.items()))), errors
+    manifests = ManifestSet(
+        namespaces, services, slices, pods, dict(sorted(ignored.items())), imports, import_slices
+    )
+    return manifests, errors
 
 
 _IGNORED = "ignored:"  # prefixes what `_kind_to_read` returns for a kind that is not served
@@ -536,6 +583,8 @@ def _kind_to_read(doc: Document) -> str | ManifestError:
     if not isinstance(api_version, str) or not api_version:
         return error("apiVersion", "required field is missing")
     group = api_version.rpartition("/")[0]
+    if kind == "ServiceImport" and api_version == READ_KINDS[kind]:
+        return kind
     if group not in BUILTIN_GROUPS:
         if "." in group:
             # A custom resource (a Knative `Service` is one too), named as kubectl names it.

@@ -32,7 +32,16 @@ from kdns.sources.manifests import (
     ManifestSet,
     fingerprint,
 )
-from kdns.store import ENDPOINTSLICES, NAMESPACES, PODS, SERVICES, Store
+from kdns.sources.scope import Scope
+from kdns.store import (
+    ENDPOINTSLICES,
+    IMPORTSLICES,
+    NAMESPACES,
+    PODS,
+    SERVICEIMPORTS,
+    SERVICES,
+    Store,
+)
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +67,13 @@ def _changes(old: Mapping[Any, Any], new: Mapping[Any, Any]) -> tuple[list[Any],
 
 
 class ManifestSource:
-    def __init__(self, paths: Sequence[str], store: Store, poll_interval: float = 0.2) -> None:
+    def __init__(
+        self,
+        paths: Sequence[str],
+        store: Store,
+        poll_interval: float = 0.2,
+        scope: Scope | None = None,
+    ) -> None:
         self.paths = tuple(paths)
         self.store = store
         self.poll_interval = poll_interval
@@ -67,7 +82,7 @@ class ManifestSource:
         self._pending: ManifestSet | None = None
         self._applied: ManifestSet | None = None
         self._fingerprint: Fingerprint = ()
-        self._reader = ManifestReader()
+        self._reader = ManifestReader(scope)
         self.last_load_seconds = 0.0
         # Objects of kinds kdns does not serve in the last good load, by kind (`kdns check`).
         self.ignored: dict[str, int] = {}
@@ -95,6 +110,8 @@ class ManifestSource:
             (SERVICES, "services"),
             (ENDPOINTSLICES, "slices"),
             (PODS, "pods"),
+            (SERVICEIMPORTS, "imports"),
+            (IMPORTSLICES, "import_slices"),
         ):
             new = getattr(manifests, attr)
             changes = None if applied is None else _changes(getattr(applied, attr), new)

@@ -1,10 +1,16 @@
 """Benchmark: kdns against dnsmasq serving the same Kubernetes services, both driven by dnsperf.
 
 What it measures. The same N ClusterIP Services (default 1,000 ``svc-N`` in namespace ``bench``)
-are served by kdns (from generated manifests) and by dnsmasq (an addn-hosts file plus
-``srv-host`` lines, ``local=/cluster.local/`` for NXDOMAIN). One dnsperf query file (90 %
-existing names: 70 % A, 30 % SRV; 10 % NXDOMAIN names; shuffled with a fixed seed) drives both.
-The server runs pinned to one core and dnsperf to the other (``taskset``); kdns and dnsmasq are
+are served by kdns (from generated manifests) and by dnsmasq (an addn-hosts file, plus one
+``srv-host`` line per Service in the SRV mix; ``local=/cluster.local/`` for NXDOMAIN). Two query
+mixes run one after the other, each one dnsperf query file shuffled with a fixed seed that
+drives both servers:
+
+1. A only (the headline, first): 90 % existing names, 10 % NXDOMAIN names, all A; dnsmasq gets
+   no ``srv-host`` lines;
+2. A and SRV: 90 % existing names (70 % A, 30 % SRV), 10 % NXDOMAIN names.
+
+``--mix a-only`` or ``--mix srv`` runs one of them. The server runs pinned to one core and dnsperf to the other (``taskset``); kdns and dnsmasq are
 run interleaved (kdns, dnsmasq, kdns, dnsmasq, ...) with a fresh server process per round, and
 for each server the script reports the best and the median over rounds of:
 
@@ -27,17 +33,23 @@ way (A, SRV with glue, NXDOMAIN) and exits 1 with a clear message if not. Differ
 change the answer (the SOA in kdns's NXDOMAIN, the RA flag) are printed as notes.
 
 Caveats. dnsmasq scans its ``srv-host`` list linearly, so 1,000 of them make its SRV and
-NXDOMAIN answers several times slower than its A answers; ``--a-only`` drops SRV from the query
-mix and the srv-host lines from dnsmasq, for the harder comparison. The machine may be shared: the
+NXDOMAIN answers several times slower than its A answers: the SRV mix measures that list more
+than either server, which is why the A-only mix, the harder comparison for kdns, leads.
+dnsmasq has no option for its socket receive buffer and keeps the system default, while kdns
+asks for 4 MiB: run as root, the script sets dnsmasq's socket to kdns's size itself
+(pidfd_getfd; ``--own-buffers`` to not do that); the report prints both servers' buffers as
+``ss`` sees them. The machine may be shared: the
 step lines show the CPU used by everything else ("rest"), each round first waits (bounded) for the
 machine to be idle, and best-of-rounds is what the verdict uses.
 
-How to run (needs dnsperf, dnsmasq, dig, taskset and two cores; only talks to 127.0.0.1):
+How to run (needs dnsperf, dnsmasq, dig, taskset and two cores; root for the equal receive
+buffers, see above; only talks to 127.0.0.1):
 
     python tests/bench/dns_vs_dnsmasq.py            # after the venv is set up:
     .venv/bin/python tests/bench/dns_vs_dnsmasq.py
     .venv/bin/python tests/bench/dns_vs_dnsmasq.py --quick          # one short round, smoke run
     .venv/bin/python tests/bench/dns_vs_dnsmasq.py --only dnsmasq   # the harness without kdns
+    .venv/bin/python tests/bench/dns_vs_dnsmasq.py --mix a-only     # the headline mix alone
 
 kdns is started as ``<python> -m kdns serve --manifests <dir> --dns-addr 127.0.0.1:<port>`` from
 the repository root; ``--kdns-cmd`` replaces that command line (a template with ``{python}``,
@@ -49,6 +61,7 @@ The file name does not start with ``test_``, so pytest does not collect it.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import dataclasses
 import math
 import os
@@ -376,6 +389,46 @@ def socket_rcvbuf(port: int) -> str:
         return "?"
     match = re.search(r"\brb(\d+)", out)
     return match.group(1) if match else "?"
+
+
+SYS_PIDFD_GETFD = 438  # pidfd_getfd(2), Linux 5.6; the same number on every architecture
+
+
+def kdns_receive_buffer() -> int:
+    """The SO_RCVBUF kdns asks for on its UDP socket (kdns/dns/server.py)."""
+    sys.path.insert(0, str(REPO_ROOT))
+    from kdns.dns.server import UDP_RECV_BUFFER
+
+    return UDP_RECV_BUFFER
+
+
+def set_receive_buffer(pid: int, port: int, size: int) -> bool:
+    """SO_RCVBUF = `size` on the UDP socket that process `pid` has bound to 127.0.0.1:port.
+
+    dnsmasq has no option for its receive buffer and keeps the system default (208 KiB here),
+    while kdns asks for 4 MiB: a burst dnsmasq would drop, kdns absorbs. To compare the servers
+    and not their buffers, the script gives dnsmasq's own socket kdns's size from outside:
+    pidfd_getfd(2) copies the descriptor into this process (root), and a socket option set on
+    the copy is set on the one socket both descriptors name. False if that is not possible."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError:
+        return False
+    try:
+        for entry in Path(f"/proc/{pid}/fd").iterdir():
+            if not os.readlink(entry).startswith("socket:"):
+                continue
+            fd = libc.syscall(SYS_PIDFD_GETFD, pidfd, int(entry.name), 0)
+            if fd < 0:
+                return False
+            with socket.socket(fileno=fd) as sock:
+                if sock.type == socket.SOCK_DGRAM and sock.getsockname() == ("127.0.0.1", port):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+                    return True
+        return False
+    finally:
+        os.close(pidfd)
 
 
 def wait_quiet(max_wait: float, say: Callable[[str], None]) -> None:
@@ -1026,10 +1079,22 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--only", choices=["kdns", "dnsmasq"], help="measure one server (no ratios)"
     )
     parser.add_argument(
-        "--a-only",
+        "--mix",
+        choices=[*MIXES, "both"],
+        default="both",
+        help="query mix: a-only (90 %% A, 10 %% NXDOMAIN; dnsmasq gets no srv-host lines), srv "
+        "(70 %% A / 30 %% SRV of the existing names; dnsmasq scans its srv-host list on every "
+        "query there) or both, a-only first (default)",
+    )
+    # The old spelling of --mix a-only.
+    parser.add_argument(
+        "--a-only", dest="mix", action="store_const", const="a-only", help=argparse.SUPPRESS
+    )
+    parser.add_argument(
+        "--own-buffers",
         action="store_true",
-        help="no SRV: queries are 90 %% A, 10 %% NXDOMAIN, and dnsmasq gets no srv-host lines "
-        "(dnsmasq scans its srv-host list on every query; this takes that cost away)",
+        help="leave dnsmasq's receive buffer at the system default (by default the script, "
+        "as root, gives dnsmasq's socket the size kdns asks for)",
     )
     parser.add_argument("--server-cpu", default="0", help="taskset CPU list for the server")
     parser.add_argument("--client-cpu", default="1", help="taskset CPU list for dnsperf")
@@ -1067,12 +1132,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def build_servers(args: argparse.Namespace, tmp: Path, services: Sequence[Service]) -> list[Server]:
+def build_servers(
+    args: argparse.Namespace, tmp: Path, services: Sequence[Service], srv: bool
+) -> list[Server]:
     kdns_port, dnsmasq_port = pick_ports(2)
     server_cpu = None if args.no_pin else args.server_cpu
     manifests = tmp / "manifests"
     write_manifests(manifests, services)
-    conf = write_dnsmasq_config(tmp, services, dnsmasq_port, srv=not args.a_only)
+    conf = write_dnsmasq_config(tmp, services, dnsmasq_port, srv=srv)
     addr = f"127.0.0.1:{kdns_port}"
     kdns_argv = shlex.split(
         args.kdns_cmd.format(
@@ -1127,6 +1194,16 @@ def check_tools(args: argparse.Namespace) -> None:
                 )
 
 
+# The query mixes, in the order they run and are reported: name -> (SRV in the mix, title). The
+# A-only mix leads: dnsmasq answers A from a hash table at full speed, while with 1,000
+# `srv-host` lines it scans them all for every SRV and NXDOMAIN query, so the SRV mix says more
+# about that list than about either server.
+MIXES = {
+    "a-only": (False, "A only: 90 % A, 10 % NXDOMAIN; dnsmasq without srv-host lines"),
+    "srv": (True, "A and SRV: 90 % existing (70 % A, 30 % SRV), 10 % NXDOMAIN; 1,000 srv-host"),
+}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     check_tools(args)
@@ -1141,13 +1218,53 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.sched_setaffinity(0, {int(c) for c in re.split(r"[,-]", args.client_cpu) if c})
 
     tmp = Path(tempfile.mkdtemp(prefix="kdns-bench-"))
-    servers: list[Server] = []
     keep = args.keep
+    reports: list[str] = []
     try:
         services = make_services(args.services)
+        say(environment())
+        pin = "unpinned" if args.no_pin else f"server on CPU {args.server_cpu}, dnsperf on CPU "
+        say(f"pinning: {pin}{'' if args.no_pin else args.client_cpu}; work dir {tmp}")
+        mixes = list(MIXES) if args.mix == "both" else [args.mix]
+        for number, name in enumerate(mixes, 1):
+            srv, title = MIXES[name]
+            say(f"\n=== mix {number}/{len(mixes)}: {title} ===")
+            folder = tmp / name
+            folder.mkdir()
+            table = run_mix(args, folder, services, srv, say)
+            if table is None:
+                keep = True
+                return 1
+            reports.append(f"mix {number}/{len(mixes)}: {title}\n{table}")
+        say(
+            f"\nResults: {args.rounds} round(s) per server, interleaved, fresh server each round; "
+            "best = highest qps / lowest latency and CPU."
+        )
+        for text in reports:
+            say(f"\n{text}")
+        say(method(args))
+        return 0
+    finally:
+        if keep:
+            say(f"work dir kept: {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def run_mix(
+    args: argparse.Namespace,
+    tmp: Path,
+    services: Sequence[Service],
+    srv: bool,
+    say: Callable[[str], None],
+) -> str | None:
+    """Check that both servers answer alike, measure them over one mix; the report table, or
+    None after saying what went wrong."""
+    servers: list[Server] = []
+    try:
         query_file = tmp / "queries.txt"
-        mix = write_query_file(query_file, services, QUERY_LINES, srv=not args.a_only)
-        servers = build_servers(args, tmp, services)
+        mix = write_query_file(query_file, services, QUERY_LINES, srv=srv)
+        servers = build_servers(args, tmp, services, srv)
         settings = PerfSettings(
             query_file, tmp, None if args.no_pin else args.client_cpu, args.nice, args.outstanding
         )
@@ -1159,18 +1276,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             resolution=0.05 if args.quick else 0.02,
             fixed_qps=args.fixed_qps,
         )
-        say(environment())
         say(
             f"data: {len(services)} Services in namespace {NAMESPACE}; query file {QUERY_LINES} "
             f"lines: {mix.a} A + {mix.srv} SRV existing, {mix.nx} NXDOMAIN (seed {SEED})"
         )
         for server in servers:
             say(f"{server.name}: {shlex.join(server.argv)}  (port {server.port})")
-        pin = "unpinned" if args.no_pin else f"server on CPU {args.server_cpu}, dnsperf on CPU "
-        say(f"pinning: {pin}{'' if args.no_pin else args.client_cpu}; work dir {tmp}")
 
         # 1. Same answers?
-        checks = expectations(services, srv=not args.a_only)
+        checks = expectations(services, srv=srv)
         answers: dict[str, list[DigAnswer]] = {}
         for server in servers:
             with running(server, args.start_timeout):
@@ -1182,9 +1296,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 say(f"  {line}")
             for server in servers:
                 say(f"  {server.name} sample: {answers[server.name][0].show()}")
-            keep = True
-            return 1
-        say(f"\nanswers: {len(checks)} sample queries (A, SRV, NXDOMAIN) checked with dig: same")
+            return None
+        kinds = "A, SRV, NXDOMAIN" if srv else "A, NXDOMAIN"
+        say(f"\nanswers: {len(checks)} sample queries ({kinds}) checked with dig: same")
         for note in notes:
             say(f"  note: {note}")
 
@@ -1195,53 +1309,51 @@ def main(argv: Sequence[str] | None = None) -> int:
                 say(f"\nround {rnd + 1}/{args.rounds}: {server.name}")
                 wait_quiet(args.quiet_wait, say)
                 with running(server, args.start_timeout):
+                    if server.name == "dnsmasq" and not args.own_buffers:
+                        size = kdns_receive_buffer()
+                        if not set_receive_buffer(server.pid, server.port, size):
+                            say(f"    could not set dnsmasq's receive buffer to {size} (root?)")
                     results[server.name].append(measure(server, settings, plan, say))
-
-        # 3. Report.
-        say(
-            f"\nResults: {args.rounds} round(s) per server, interleaved, fresh server each round; "
-            "best = highest qps / lowest latency and CPU."
-        )
-        say(report(results, args.fixed_qps))
-        say(
-            "\nHow the figures are made:\n"
-            f"- max qps: the highest dnsperf -Q rate (bisection, {args.duration:g} s steps, "
-            f"-c {DNSPERF_CLIENTS} -T 1 -q {args.outstanding} -t {DNSPERF_TIMEOUT_S}) at which "
-            f"lost queries + answers other than NOERROR/NXDOMAIN <= {LOSS_LIMIT_PCT} % of sent "
-            f"and achieved qps >= {RATE_FLOOR:.0%} of the requested rate; 0 = no step passed. "
-            f"At most {args.outstanding} queries in flight, so an overloaded server shows as a "
-            "shortfall of the achieved rate rather than as loss. A failed step during which "
-            f"other processes used > {NOISY_REST_CORES:.0%} of a core is run once more.\n"
-            f"- unthrottled: dnsperf without -Q, -q {OUTSTANDING_UNTHROTTLED} outstanding, "
-            f"{args.duration:g} s, after a {plan.warmup:g} s warm-up.\n"
-            f"- latency: dnsperf 2.x has no percentile/histogram option; p50/p99 are nearest-rank "
-            f"percentiles of the per-query latencies printed by dnsperf -v (µs resolution) for "
-            f"the answered queries of a {args.latency_duration:g} s run at -Q {args.fixed_qps}; "
-            f"lost queries (> {DNSPERF_TIMEOUT_S} s) are excluded and shown as 'lost'.\n"
-            f"- CPU: server utime+stime from /proc/<pid>/stat (all threads, 1/{CLK_TCK} s ticks) "
-            f"across that run, divided by the queries answered.\n"
-            "- 'rest' in the step lines: CPU used by everything but the server and dnsperf "
-            "(other processes, interrupts) during the step; this machine may be shared, and "
-            f"each round waits up to {args.quiet_wait:g} s for it to be idle first.\n"
-            "- verdict: on the best-of-rounds ratio; a measurement, the exit status is 0 "
-            "either way."
-        )
-        return 0
+        table = report(results, args.fixed_qps)
+        say(f"\n{table}")
+        return table
     except StartError as exc:
         say(f"\nERROR: {exc}\n  log {exc.server.log_path}:\n{exc.server.log_tail()}")
-        keep = True
-        return 1
+        return None
     except PerfError as exc:
         say(f"\nERROR: {exc}")
-        keep = True
-        return 1
+        return None
     finally:
         for server in servers:
             server.stop()
-        if keep:
-            say(f"work dir kept: {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def method(args: argparse.Namespace) -> str:
+    """How the figures are made (printed after the tables)."""
+    warmup = 1.0 if args.quick else 2.0
+    return (
+        "\nHow the figures are made:\n"
+        f"- max qps: the highest dnsperf -Q rate (bisection, {args.duration:g} s steps, "
+        f"-c {DNSPERF_CLIENTS} -T 1 -q {args.outstanding} -t {DNSPERF_TIMEOUT_S}) at which "
+        f"lost queries + answers other than NOERROR/NXDOMAIN <= {LOSS_LIMIT_PCT} % of sent "
+        f"and achieved qps >= {RATE_FLOOR:.0%} of the requested rate; 0 = no step passed. "
+        f"At most {args.outstanding} queries in flight, so an overloaded server shows as a "
+        "shortfall of the achieved rate rather than as loss. A failed step during which "
+        f"other processes used > {NOISY_REST_CORES:.0%} of a core is run once more.\n"
+        f"- unthrottled: dnsperf without -Q, -q {OUTSTANDING_UNTHROTTLED} outstanding, "
+        f"{args.duration:g} s, after a {warmup:g} s warm-up.\n"
+        f"- latency: dnsperf 2.x has no percentile/histogram option; p50/p99 are nearest-rank "
+        f"percentiles of the per-query latencies printed by dnsperf -v (µs resolution) for "
+        f"the answered queries of a {args.latency_duration:g} s run at -Q {args.fixed_qps}; "
+        f"lost queries (> {DNSPERF_TIMEOUT_S} s) are excluded and shown as 'lost'.\n"
+        f"- CPU: server utime+stime from /proc/<pid>/stat (all threads, 1/{CLK_TCK} s ticks) "
+        f"across that run, divided by the queries answered.\n"
+        "- 'rest' in the step lines: CPU used by everything but the server and dnsperf "
+        "(other processes, interrupts) during the step; this machine may be shared, and "
+        f"each round waits up to {args.quiet_wait:g} s for it to be idle first.\n"
+        "- verdict: on the best-of-rounds ratio; a measurement, the exit status is 0 "
+        "either way."
+    )
 
 
 if __name__ == "__main__":

@@ -19,7 +19,8 @@ prints, with the parsing helpers of tests/bench/dns_vs_dnsmasq.py. The ratios ar
 Each figure is the best of ``--rounds`` (default 2; the machine may be shared), and each run
 first waits (bounded, ``--quiet-wait``) for the machine to be idle. The CPU time per answered
 query of the server dnsperf asks (from /proc/<pid>/stat) is the figure least disturbed by other
-load.
+load. The table's "other" column is the CPU the rest of the machine used meanwhile (its busy
+time from /proc/stat, less the servers, dnsperf and this script), in cores.
 
 Then the cost of one pod's lookup of a name through its search path (ndots:5, search
 ``default.svc.cluster.local svc.cluster.local cluster.local``), with and without ``--autopath``:
@@ -81,11 +82,14 @@ from tests.bench.dns_vs_dnsmasq import (  # noqa: E402
     PerfError,
     Server,
     StartError,
+    children_cpu_s,
     cpu_ticks,
+    kdns_receive_buffer,
     parse_dnsperf,
     percentile,
     pick_ports,
     running,
+    system_busy_s,
     wait_quiet,
 )
 
@@ -129,7 +133,10 @@ def write_unbound_config(path: Path, port: int, names: int) -> None:
         '  logfile: ""',
         "  verbosity: 0",
         "  do-ip6: no",
+        # One thread, as kdns serves with one; the receive buffer kdns asks for on its own UDP
+        # socket (unbound's default is the system's, 208 KiB here).
         "  num-threads: 1",
+        f"  so-rcvbuf: {kdns_receive_buffer()}",
         # Belt and braces: nothing is ever recursed ("." is a static local zone), and were
         # anything sent, it would leave from loopback only.
         "  outgoing-interface: 127.0.0.1",
@@ -390,40 +397,71 @@ class Row:
     throughput: Perf
     latency: Perf
     cpu_us: float  # CPU of the server dnsperf asked, per answered query (unthrottled run)
+    other_cores: float  # cores the rest of the machine kept busy during the unthrottled run
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CpuMark:
+    """When, and the CPU seconds so far of the measured processes and of the whole machine."""
+
+    wall: float
+    server: float  # the process dnsperf asks
+    ours: float  # the upstream behind kdns, this script and its finished children (dnsperf)
+    machine: float
+
+    @classmethod
+    def take(cls, server: int, upstream: int | None) -> CpuMark:
+        return cls(
+            wall=time.monotonic(),
+            server=cpu_ticks(server) / CLK_TCK,
+            ours=(cpu_ticks(upstream) / CLK_TCK if upstream else 0.0)
+            + sum(os.times()[:2])
+            + children_cpu_s(),
+            machine=system_busy_s(),
+        )
+
+    def other_cores(self, before: CpuMark) -> float:
+        used = self.machine - before.machine
+        used -= (self.server - before.server) + (self.ours - before.ours)
+        return max(0.0, used) / (self.wall - before.wall)
 
 
 def measure(
     mix: str,
     target: str,
     server: Server,
+    upstream: Server | None,
     args: argparse.Namespace,
     work: Path,
     run_id: str,
 ) -> Row:
-    """The unthrottled run, then the fixed-rate run, against `server` (unbound or kdns)."""
+    """The unthrottled run, then the fixed-rate run, against `server` (unbound, or kdns in
+    front of `upstream`)."""
     port = server.port
+    upstream_pid = upstream.pid if upstream else None
     if mix == "hits":
         hit_file = work / "hits.txt"
         # Warm-up: every hit name once, so the measured runs are cache hits in kdns.
         dnsperf(port, hit_file, work, 10, once=True)
-        ticks = cpu_ticks(server.pid)
+        before = CpuMark.take(server.pid, upstream_pid)
         throughput = dnsperf(port, hit_file, work, args.duration)
-        ticks = cpu_ticks(server.pid) - ticks
+        after = CpuMark.take(server.pid, upstream_pid)
         latency = dnsperf(port, hit_file, work, args.duration, rate=args.rate, verbose=True)
     else:
         # Enough fresh names for the run: dnsperf stops at the end of the file (-n 1).
         miss_file = work / "miss.txt"
         write_miss_file(miss_file, f"{run_id}t", args.miss_names)
-        ticks = cpu_ticks(server.pid)
+        before = CpuMark.take(server.pid, upstream_pid)
         throughput = dnsperf(port, miss_file, work, args.duration, once=True)
-        ticks = cpu_ticks(server.pid) - ticks
+        after = CpuMark.take(server.pid, upstream_pid)
         needed = int(args.rate * args.duration * 1.1) + 100
         write_miss_file(miss_file, f"{run_id}l", needed)
         latency = dnsperf(
             port, miss_file, work, args.duration, rate=args.rate, once=True, verbose=True
         )
     answered = max(1, throughput.sent - throughput.lost)
-    return Row(mix, target, throughput, latency, 1e6 * ticks / CLK_TCK / answered)
+    cpu_us = 1e6 * (after.server - before.server) / answered
+    return Row(mix, target, throughput, latency, cpu_us, after.other_cores(before))
 
 
 def forwarding_rows(
@@ -442,15 +480,16 @@ def forwarding_rows(
                 run_id = f"r{round_}{target[0]}{mix[0]}"
                 wait_quiet(args.quiet_wait, say)
                 if target == "direct":
-                    row = measure(mix, target, unbound, args, work, run_id)
+                    row = measure(mix, target, unbound, None, args, work, run_id)
                 else:
                     server = kdns_server(ports["kdns"], manifests, upstream, work / "kdns.log")
                     with running(server, START_TIMEOUT):
-                        row = measure(mix, target, server, args, work, run_id)
+                        row = measure(mix, target, server, unbound, args, work, run_id)
                 rows.append(row)
                 say(
                     f"  round {round_ + 1} {mix:6} {target:6}: {row.throughput.qps:8.0f} qps "
-                    f"(lost {row.throughput.lost}), at {args.rate} qps p50 "
+                    f"(lost {row.throughput.lost}; other processes {row.other_cores:.2f} cores)"
+                    f", at {args.rate} qps p50 "
                     f"{row.latency.pct_ms(50):.3f} ms p99 {row.latency.pct_ms(99):.3f} ms "
                     f"(lost {row.latency.lost}, rcodes {row.throughput.rcodes} / "
                     f"{row.latency.rcodes})"
@@ -468,6 +507,7 @@ class Best:
     cpu_us: float
     lost: int
     bad: int
+    other: float  # the most cores other processes used in any round's unthrottled run
 
 
 def best(rows: Sequence[Row], mix: str, target: str) -> Best:
@@ -479,13 +519,14 @@ def best(rows: Sequence[Row], mix: str, target: str) -> Best:
         cpu_us=min(r.cpu_us for r in mine),
         lost=sum(r.throughput.lost + r.latency.lost for r in mine),
         bad=sum(r.throughput.unexpected + r.latency.unexpected for r in mine),
+        other=max(r.other_cores for r in mine),
     )
 
 
 def forwarding_table(rows: Sequence[Row], rate: int) -> str:
     head = (
         f"{'mix':7} {'target':7} {'max qps':>9} {'p50 ms':>8} {'p99 ms':>8} {'CPU us/q':>9} "
-        f"{'lost':>5} {'bad rc':>6}"
+        f"{'lost':>5} {'bad rc':>6} {'other':>6}"
     )
     lines = [head, "-" * len(head)]
     for mix in ("hits", "misses"):
@@ -493,7 +534,7 @@ def forwarding_table(rows: Sequence[Row], rate: int) -> str:
         for target, b in (("direct", d), ("kdns", k)):
             lines.append(
                 f"{mix:7} {target:7} {b.qps:9.0f} {b.p50:8.3f} {b.p99:8.3f} {b.cpu_us:9.1f} "
-                f"{b.lost:5d} {b.bad:6d}"
+                f"{b.lost:5d} {b.bad:6d} {b.other:6.2f}"
             )
         lines.append(
             f"{mix:7} {'ratio':7} {k.qps / d.qps:8.2f}x {k.p50 / d.p50:7.2f}x "
@@ -501,7 +542,9 @@ def forwarding_table(rows: Sequence[Row], rate: int) -> str:
         )
     lines.append(
         f"max qps: unthrottled, {DNSPERF_IN_FLIGHT} in flight; p50/p99: at {rate} qps; "
-        "CPU us/q: the process dnsperf asked (unbound, or kdns alone), in the max-qps run"
+        "CPU us/q: the process dnsperf asked (unbound, or kdns alone), in the max-qps run; "
+        "other: cores busy with anything but the servers, dnsperf and this script during the "
+        "max-qps runs (the most of any round; noise from the rest of the machine)"
     )
     return "\n".join(lines)
 

@@ -6,8 +6,9 @@ thread per connection) listens on 127.1.0.50. The same client then reaches it th
 - direct: to the backend itself;
 - kdns: through ``kdns serve --proxy userspace`` (a real process over a generated manifest),
   at the Service's loopback VIP, which the client looks up in kdns's DNS like a pod would;
-- socat: through ``socat TCP-LISTEN:PORT,bind=127.0.0.1,fork,reuseaddr TCP:BACKEND``, the
-  classic one-process-per-connection relay doing the same job.
+- socat: through ``socat -b 131072 TCP-LISTEN:PORT,bind=127.0.0.1,fork,reuseaddr,nodelay
+  TCP:BACKEND,nodelay``, the classic one-process-per-connection relay doing the same job, with
+  kdns's read size (128 KiB; socat's default is 8 KiB) and TCP_NODELAY on both sides as kdns.
 
 Figures, per path:
 
@@ -19,7 +20,9 @@ Figures, per path:
 
 Ratios are against direct (throughput: path / direct; latency: path - direct in µs as well).
 The relays' CPU time (from /proc/<pid>/stat, socat's forked children included) per GiB
-streamed and per connection is the figure least disturbed by other load on the machine.
+streamed and per connection is the figure least disturbed by other load on the machine. The
+CPU that everything else used meanwhile (the machine's busy time from /proc/stat, less the
+relay, the client and the backend) is printed too, in cores, the most of any round per path.
 The machine has 2 cores shared with other work: a relay that needs a core of its own competes
 with the client and the backend for it, so take the figures as a ratio, not as absolutes.
 
@@ -48,6 +51,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import dns.message
@@ -56,6 +60,7 @@ import dns.query
 ROOT = Path(__file__).resolve().parents[2]
 BACKEND_IP = "127.1.0.50"
 CHUNK = 1 << 20
+RELAY_BUFFER = 128 * 1024  # bytes per read, kdns's relay and socat alike
 START_TIMEOUT = 15.0
 
 
@@ -107,14 +112,51 @@ def serve_backend(port: int) -> None:
 # --- the client ----------------------------------------------------------------------------------
 
 
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
 def cpu_seconds(pid: int | None) -> float:
     """CPU time of a process and its waited-for children (socat's per-connection forks)."""
     if pid is None:
         return 0.0
-    time.sleep(0.3)  # let the last connections' children exit and be reaped
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     # utime, stime, cutime, cstime: fields 14-17 of proc(5), 12-15 after the ")".
-    return sum(int(v) for v in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+    return sum(int(v) for v in fields[11:15]) / CLK_TCK
+
+
+def machine_busy_seconds() -> float:
+    """CPU time every core spent not idle since boot (proc(5), the "cpu" line of /proc/stat);
+    steal (time the hypervisor gave to other machines) counts as busy: it is noise too."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+    return (user + nice + system + irq + softirq + steal) / CLK_TCK
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """CPU seconds so far: the relay's, ours (the client) + the backend's, the whole machine's."""
+
+    wall: float
+    relay: float
+    ours: float
+    machine: float
+
+    @classmethod
+    def take(cls, relay: int | None, backend: int) -> Snapshot:
+        time.sleep(0.3)  # let the last connections' children exit and be reaped
+        own = os.times()
+        return cls(
+            wall=time.monotonic(),
+            relay=cpu_seconds(relay),
+            ours=own.user + own.system + cpu_seconds(backend),
+            machine=machine_busy_seconds(),
+        )
+
+    def other_cores(self, before: Snapshot) -> float:
+        """Cores that everything but the relay, the client and the backend kept busy."""
+        used = (self.machine - before.machine) - (self.relay - before.relay)
+        used -= self.ours - before.ours
+        return max(0.0, used) / (self.wall - before.wall)
 
 
 def throughput(
@@ -292,7 +334,11 @@ def main() -> int:
             process(
                 [
                     socat,
-                    f"TCP-LISTEN:{socat_port},bind=127.0.0.1,fork,reuseaddr,backlog=1024",
+                    # kdns's relay reads up to 128 KiB at a time (kdns/proxy/userspace.py) and
+                    # sets TCP_NODELAY on both sides: socat gets the same (its default is 8 KiB).
+                    "-b",
+                    str(RELAY_BUFFER),
+                    f"TCP-LISTEN:{socat_port},bind=127.0.0.1,fork,reuseaddr,backlog=1024,nodelay",
                     f"TCP:{BACKEND_IP}:{target},nodelay",
                 ]
             ) as socat_proc,
@@ -312,19 +358,24 @@ def main() -> int:
             best_mib = dict.fromkeys(paths, 0.0)
             best_lat: dict[str, list[float]] = {}
             cpu = dict.fromkeys(paths, (float("inf"), float("inf")))
+            other = dict.fromkeys(paths, (0.0, 0.0))
             # Rounds interleave the paths, so a burst of other load hits all three alike.
             for _ in range(args.rounds):
                 for name, address in paths.items():
                     pid = relays.get(name)
-                    before = cpu_seconds(pid)
+                    before = Snapshot.take(pid, backend.pid)
                     mib = throughput(address, args.megabytes, args.seconds, mib_read := [0])
-                    middle = cpu_seconds(pid)
+                    middle = Snapshot.take(pid, backend.pid)
                     lat = latencies(address, args.connections)
-                    after = cpu_seconds(pid)
+                    after = Snapshot.take(pid, backend.pid)
                     best_mib[name] = max(best_mib[name], mib)
                     cpu[name] = (
-                        min(cpu[name][0], (middle - before) / (mib_read[0] / 1024)),
-                        min(cpu[name][1], (after - middle) / args.connections),
+                        min(cpu[name][0], (middle.relay - before.relay) / (mib_read[0] / 1024)),
+                        min(cpu[name][1], (after.relay - middle.relay) / args.connections),
+                    )
+                    other[name] = (
+                        max(other[name][0], middle.other_cores(before)),
+                        max(other[name][1], after.other_cores(middle)),
                     )
                     if name not in best_lat or nearest_rank(lat, 50) < nearest_rank(
                         best_lat[name], 50
@@ -360,8 +411,19 @@ def main() -> int:
     socat_mib, socat_p50, _ = results["socat"]
     print(
         f"kdns / socat: throughput {kdns_mib / socat_mib:.2f}x, "
-        f"p50 latency {kdns_p50 / socat_p50:.2f}x"
+        f"p50 latency {kdns_p50 / socat_p50:.2f}x, "
+        f"CPU per GiB {cpu['kdns'][0] / cpu['socat'][0]:.2f}x, "
+        f"CPU per connection {cpu['kdns'][1] / cpu['socat'][1]:.2f}x"
     )
+    print(
+        "other processes (everything but the relay, the client and the backend), the most of "
+        "any round, in cores busy: "
+        + "; ".join(
+            f"{name} stream {stream:.2f}, connections {conns:.2f}"
+            for name, (stream, conns) in other.items()
+        )
+    )
+    print(f"load average at the end: {' '.join(Path('/proc/loadavg').read_text().split()[:3])}")
     return 0
 
 

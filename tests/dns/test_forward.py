@@ -945,3 +945,88 @@ async def test_forwarded_answers_say_recursion_is_available() -> None:
 )
 def test_loop_problem_knows_the_address_families(upstream: Upstream, dns_addr: str) -> None:
     assert app.loop_problem(upstream, dns_addr) is None
+
+
+@pytest.mark.parametrize(
+    "disable, upstream_asked",
+    [
+        # (CoreDNS's `disable success|denial ZONES`, how often each name reached the upstream)
+        ({}, {"www.example": 1, "missing.example": 1}),
+        ({"disable_success": ("example",)}, {"www.example": 2, "missing.example": 1}),
+        ({"disable_denial": ("example",)}, {"www.example": 1, "missing.example": 2}),
+        (
+            {"disable_success": (".",), "disable_denial": ("other",)},
+            {"www.example": 2, "missing.example": 1},
+        ),
+        ({"disable_denial": ("missing.example",)}, {"www.example": 1, "missing.example": 2}),
+        ({"disable_denial": ("sing.example",)}, {"www.example": 1, "missing.example": 1}),
+    ],
+)
+async def test_cache_disable_passes_those_answers_on_uncached(
+    disable: dict[str, tuple[str, ...]], upstream_asked: dict[str, int]
+) -> None:
+    with wall_clock_limit(WAIT), Responder(EXAMPLE) as upstream:
+        config = ForwardConfig(upstreams=(upstream.upstream,), cache=CacheSection(**disable))
+        async with kdns(config) as stack:
+            answers = [await ask(stack.port, name) for name in ("www.example", "missing.example")]
+            answers += [await ask(stack.port, name) for name in ("www.example", "missing.example")]
+    assert [texts(m) for m in answers[::2]] == [{"192.0.2.1"}] * 2
+    assert [m.rcode() for m in answers[1::2]] == [dns.rcode.NXDOMAIN] * 2
+    assert {name: upstream.count(name) for name in upstream_asked} == upstream_asked
+
+
+# --- CoreDNS's forward options: policy, force_tcp, except --------------------------------------
+
+
+@pytest.mark.parametrize(
+    "policy, asked",
+    [("sequential", (6, 0, 0)), ("round_robin", (2, 2, 2))],
+)
+async def test_policy_orders_the_upstreams(policy: str, asked: tuple[int, ...]) -> None:
+    with (
+        wall_clock_limit(WAIT),
+        Responder(EXAMPLE) as a,
+        Responder(EXAMPLE) as b,
+        Responder(EXAMPLE) as c,
+    ):
+        upstreams_ = (a.upstream, b.upstream, c.upstream)
+        async with kdns(ForwardConfig(upstreams=upstreams_, policy=policy)) as stack:
+            for i in range(6):  # distinct names: none is answered from the cache
+                await ask(stack.port, f"n{i}.example")
+    assert (a.count(), b.count(), c.count()) == asked
+
+
+async def test_policy_random_spreads_the_questions() -> None:
+    with wall_clock_limit(WAIT), Responder(EXAMPLE) as a, Responder(EXAMPLE) as b:
+        async with kdns(ForwardConfig(upstreams=(a.upstream, b.upstream))) as stack:
+            for i in range(40):
+                await ask(stack.port, f"n{i}.example")
+    # Each upstream first with odds 1/2: both are asked, but for 2 in 2^40 runs.
+    assert a.count() + b.count() == 40 and a.count() > 0 and b.count() > 0
+
+
+async def test_force_tcp_asks_every_question_over_tcp() -> None:
+    with wall_clock_limit(WAIT), Responder(EXAMPLE) as upstream:
+        async with kdns(ForwardConfig(upstreams=(upstream.upstream,), force_tcp=True)) as stack:
+            www = await ask(stack.port, "www.example")
+            nx = await ask(stack.port, "missing.example")
+    assert texts(www) == {"192.0.2.1"} and nx.rcode() == dns.rcode.NXDOMAIN
+    assert (upstream.count(tcp=True), upstream.count(tcp=False)) == (2, 0)
+
+
+async def test_except_names_are_not_forwarded() -> None:
+    with wall_clock_limit(WAIT), Responder(EXAMPLE) as upstream, Responder(EXAMPLE) as stub:
+        config = ForwardConfig(
+            upstreams=(upstream.upstream,),
+            stub_domains=(("lab.corp.example", (stub.upstream,)),),
+            except_zones=("corp.example",),
+        )
+        async with kdns(config) as stack:
+            www = await ask(stack.port, "www.example")
+            held = await ask(stack.port, "www.corp.example")
+            apex = await ask(stack.port, "CORP.example")
+            lab = await ask(stack.port, "x.lab.corp.example")  # a stub domain takes it first
+    assert texts(www) == {"192.0.2.1"}
+    assert held.rcode() == apex.rcode() == dns.rcode.SERVFAIL
+    assert lab.rcode() == dns.rcode.NXDOMAIN
+    assert (upstream.count(), stub.count()) == (1, 1)

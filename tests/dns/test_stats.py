@@ -9,7 +9,7 @@ from dnslib import RR
 from prometheus_client import REGISTRY, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from kdns.dns.stats import LABELS, CacheStats, QueryStats
+from kdns.dns.stats import LABELS, CacheStats, QueryStats, ThreadCounts
 from kdns.dns.wire import AnswerCache, encode, parse_query
 from tests.dns.test_wire import make_query
 
@@ -141,3 +141,48 @@ def test_answer_cache_counts_nxdomain_and_nodata_as_denial() -> None:
         cache.store(data, query, encode(query, rcode, answer), [("t",)])
     assert cache.answer(make_query("other.default.svc.cluster.local"), True) is None
     assert cache.stats() == CacheStats(success=2, denial=2, misses=1)
+
+
+# --- a receive thread's counts (ThreadCounts) -------------------------------------------------
+
+
+def test_thread_counts_are_folded_with_the_listeners_own() -> None:
+    server = server_label()
+    stats = QueryStats(server)
+    thread = ThreadCounts()
+    stats.threads.append(thread)
+    a = LABELS.id("cluster.local.", 1, 0, "kubernetes", False, "success")
+    thread.counts["1"][(a, 40, 56, 0)] = [3, 0.0003]
+    thread.counts["2"][(a, 40, 56, 0)] = [1, 0.0001]
+    stats.record("udp", "1", a, 40, 56, 0.00005)  # trio's own count of the same key
+    stats.fold()
+    assert stats.requests[("cluster.local.", "udp", "1", "A")] == 4
+    assert stats.requests[("cluster.local.", "udp", "2", "A")] == 1
+    assert stats.cache_hits["success"] == 5
+    # Taken once: a second fold adds nothing, and the thread writes into fresh dicts.
+    stats.fold()
+    assert stats.requests[("cluster.local.", "udp", "1", "A")] == 4
+    assert thread.counts == {"1": {}, "2": {}}
+
+
+def test_thread_counts_taken_while_the_writer_is_busy_wait_for_the_next_take() -> None:
+    thread = ThreadCounts()
+    first = thread.counts
+    first["1"][(0, 1, 2, 0)] = [1, 0.0]
+    thread.busy = True  # the writer is between reading `counts` and finishing its update
+    assert thread.take() == []  # swapped, but the old dicts may still be written
+    second = thread.counts
+    assert second is not first
+    second["1"][(0, 1, 2, 0)] = [2, 0.0]
+    assert thread.take() == []  # still busy: cannot tell which dicts it holds, nothing swaps
+    assert thread.counts is second
+    thread.busy = False
+    assert thread.take() == [first, second]  # both free now, in the order they were written
+    assert thread.take() == [{"1": {}, "2": {}}]
+
+
+def test_thread_counts_full_is_cleared_by_a_take() -> None:
+    thread = ThreadCounts()
+    thread.full = True
+    thread.take()
+    assert thread.full is False

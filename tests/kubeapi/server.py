@@ -61,7 +61,9 @@ Paths and verbs
   ``/api/v1/{r}``, ``/api/v1/namespaces/{ns}/{r}[/{name}]``, ``/api/v1/namespaces[/{name}]``,
   ``/apis/discovery.k8s.io/v1/endpointslices``, ``…/v1/namespaces/{ns}/endpointslices[/{name}]``.
   Anything else: 404 Status. ``discovery_v1=False``: the group is absent from ``/apis`` and all
-  its paths are 404. Only GET is served (others: 405); clients cannot write.
+  its paths are 404. ``multicluster=True`` adds the MCS API's CRD group
+  (``/apis/multicluster.x-k8s.io/v1alpha1/serviceimports``); without it, its paths are 404 as on a
+  cluster without the CRD. Only GET is served (others: 405); clients cannot write.
 - ``resourceVersionMatch=Exact`` on a list is honoured only for the current RV or a retained
   pagination snapshot (else 410); ``NotOlderThan`` is the current state.
 
@@ -153,9 +155,19 @@ RESOURCES: dict[str, ResourceInfo] = {
         ResourceInfo(
             "endpointslices", "EndpointSlice", "discovery.k8s.io", "v1", True, "endpointslice"
         ),
+        # The MCS API's CRD (KEP-1645), served only by ApiServer(multicluster=True).
+        ResourceInfo(
+            "serviceimports",
+            "ServiceImport",
+            "multicluster.x-k8s.io",
+            "v1alpha1",
+            True,
+            "serviceimport",
+        ),
     )
 }
 _DISCOVERY_GROUP = "discovery.k8s.io"
+_MCS_GROUP, _MCS_VERSION = "multicluster.x-k8s.io", "v1alpha1"
 
 
 class NotFound(LookupError):
@@ -783,8 +795,10 @@ class ApiServer:
         expired_as_event: bool = False,
         start_rv: int = 1,
         version: str = "v1.31.0",
+        multicluster: bool = False,
     ) -> None:
         self.host = host
+        self.multicluster = multicluster
         self.token = token or secrets.token_urlsafe(24)
         self.tls = tls
         self.discovery_v1 = discovery_v1
@@ -1393,14 +1407,18 @@ class ApiServer:
             ["readyz"],
         ):
             return ("discovery", None, None, None)
-        if parts[:1] == ["apis"] and len(parts) in (2, 3) and self.discovery_v1:
-            if parts[1] == _DISCOVERY_GROUP and parts[2:] in ([], ["v1"]):
+        if parts[:1] == ["apis"] and len(parts) in (2, 3):
+            if self.discovery_v1 and parts[1] == _DISCOVERY_GROUP and parts[2:] in ([], ["v1"]):
+                return ("discovery", None, None, None)
+            if self.multicluster and parts[1] == _MCS_GROUP and parts[2:] in ([], [_MCS_VERSION]):
                 return ("discovery", None, None, None)
             return nf
         if parts[:2] == ["api", "v1"]:
             group, rest = "", parts[2:]
         elif parts[:3] == ["apis", _DISCOVERY_GROUP, "v1"] and self.discovery_v1:
             group, rest = _DISCOVERY_GROUP, parts[3:]
+        elif parts[:3] == ["apis", _MCS_GROUP, _MCS_VERSION] and self.multicluster:
+            group, rest = _MCS_GROUP, parts[3:]
         else:
             return nf
 
@@ -1476,11 +1494,23 @@ class ApiServer:
                 "groupVersion": "v1",
                 "resources": self._api_resources(""),
             }
+        mcs_gv = {"groupVersion": f"{_MCS_GROUP}/{_MCS_VERSION}", "version": _MCS_VERSION}
+        mcs = {"name": _MCS_GROUP, "versions": [mcs_gv], "preferredVersion": mcs_gv}
         if parts == ["apis"]:
             return {
                 "kind": "APIGroupList",
                 "apiVersion": "v1",
-                "groups": [group] if self.discovery_v1 else [],
+                "groups": ([group] if self.discovery_v1 else [])
+                + ([mcs] if self.multicluster else []),
+            }
+        if parts == ["apis", _MCS_GROUP]:
+            return {"kind": "APIGroup", "apiVersion": "v1", **mcs}
+        if parts == ["apis", _MCS_GROUP, _MCS_VERSION]:
+            return {
+                "kind": "APIResourceList",
+                "apiVersion": "v1",
+                "groupVersion": f"{_MCS_GROUP}/{_MCS_VERSION}",
+                "resources": self._api_resources(_MCS_GROUP),
             }
         if parts == ["apis", _DISCOVERY_GROUP]:
             return {"kind": "APIGroup", "apiVersion": "v1", **group}

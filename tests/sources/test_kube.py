@@ -180,9 +180,11 @@ async def start(
     *,
     pods: str = "insecure",
     synced: bool = True,
+    keys: dict[str, Any] | None = None,
     **options: float,
 ) -> Kdns:
     config = Config().with_overrides(
+        **(keys or {}),
         kubeconfig=str(kubeconfig),
         dns_addr="127.0.0.1:0",
         health_addr="127.0.0.1:0",
@@ -854,3 +856,46 @@ async def test_wrong_token_keeps_retrying_unready(
         assert delta(before, after, "kdns_kube_errors_total", kind=kind, reason="http_401") >= 2
     assert delta(before, after, "kdns_kube_errors_total", kind="discovery", reason="http_401") >= 2
     assert k.app.store.unsynced_kinds() == list(KINDS)
+
+
+async def test_namespaces_and_labels_serve_only_what_they_select(
+    kube_api: ApiServer, kubeconfig: Path, nursery: trio.Nursery
+) -> None:
+    """CoreDNS's kubernetes `namespaces default team` and `labels dns in (on, yes),!hidden`:
+    the API server sends only the selected Services; every name of another namespace,
+    Services, namespace and pod names alike, is NXDOMAIN."""
+    kube_api.create("namespaces", objects.namespace("team"))
+    kube_api.create("namespaces", objects.namespace("other"))
+
+    def labelled(ns: str, name: str, **labels: str) -> dict[str, Any]:
+        obj = objects.service(ns, name)
+        obj["metadata"]["labels"] = labels
+        return kube_api.create("services", obj)
+
+    web = labelled("default", "web", dns="on")
+    api = labelled("team", "api", dns="yes")
+    labelled("default", "quiet")  # no dns label
+    labelled("team", "hidden", dns="on", hidden="")
+    labelled("other", "web", dns="on")
+    keys = {
+        "kubernetes.namespaces": ["default", "team"],
+        "kubernetes.labels": "dns in (on,yes),!hidden",
+    }
+    k = await start(nursery, kube_api, kubeconfig, keys=keys)
+    assert await k.ask(svc("web")) == ok(web["spec"]["clusterIP"])
+    assert await k.ask(svc("api", "team")) == ok(api["spec"]["clusterIP"])
+    assert await k.ask(svc("quiet")) == NXDOMAIN
+    assert await k.ask(svc("hidden", "team")) == NXDOMAIN
+    assert await k.ask(svc("web", "other")) == NXDOMAIN
+    assert await k.ask(pod_name("10.1.2.3", "other")) == NXDOMAIN
+    assert await k.ask(pod_name("10.1.2.3", "team")) == ok("10.1.2.3")
+    assert (await k.ask("other.svc.cluster.local"))[0] == "NXDOMAIN"
+    assert (await k.ask("team.svc.cluster.local"))[0] == "NOERROR"
+    # Watch events go through the same filter: a label change makes a Service appear.
+    kube_api.patch("services", "default", "quiet", {"metadata": {"labels": {"dns": "on"}}})
+    quiet = kube_api.get("services", "default", "quiet")
+    await k.wait_for(svc("quiet"), ok(quiet["spec"]["clusterIP"]), timeout=1.0)
+    labelled("other", "late", dns="on")
+    late = labelled("default", "late", dns="on")
+    await k.wait_for(svc("late"), ok(late["spec"]["clusterIP"]), timeout=1.0)
+    assert await k.ask(svc("late", "other")) == NXDOMAIN

@@ -598,6 +598,30 @@ NAMESPACE = "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: prod\n"
         ),
         pytest.param(
             {
+                "bad.yaml": "apiVersion: multicluster.x-k8s.io/v1alpha1\nkind: ServiceImport\n"
+                "metadata:\n  name: web\n  namespace: prod\nspec:\n  type: Headles\n"
+            },
+            [
+                "bad.yaml:7: ServiceImport prod/web: spec.type: 'Headles' is not one of "
+                "ClusterSetIP, Headless"
+            ],
+            id="serviceimport-bad-type",
+        ),
+        pytest.param(
+            {
+                "bad.yaml": "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n"
+                "metadata:\n  name: s\n  namespace: prod\n  labels:\n"
+                "    multicluster.kubernetes.io/service-name: web\naddressType: IPv4\n"
+            },
+            [
+                "bad.yaml:6: EndpointSlice prod/s: "
+                "metadata.labels.multicluster.kubernetes.io/source-cluster: "
+                "required field is missing"
+            ],
+            id="imported-slice-without-cluster",
+        ),
+        pytest.param(
+            {
                 "bad.yaml": "apiVersion: v1\nkind: List\nitems:\n"
                 + item(NAMESPACE)
                 + item(REDIS.replace("10.97.97.97", "::x"))
