@@ -5,8 +5,9 @@ Contract:
   change) and picks the source: manifest files when given, else the live cluster (a kubeconfig,
   $KUBECONFIG, or the in-cluster service account). It raises `StartupError` carrying one line per
   problem, so the command line can print them and exit 2 before anything binds.
-- `serve` binds every socket first (a taken port is a plain OSError), then runs the DNS
-  listeners, the HTTP endpoints and the source, and returns the exit status:
+- `serve` raises the soft file descriptor limit to the hard one (each TCP client holds one),
+  binds every socket first (a taken port is a plain OSError), then runs the DNS listeners, the
+  HTTP endpoints and the source, and returns the exit status:
   - SIGTERM or SIGINT: /ready answers 503 at once, DNS keeps answering for `lameduck` seconds
     (so the EndpointSlice drops this pod first, as CoreDNS's `health { lameduck }`), then the
     listeners close, answers in flight get up to `DRAIN_GRACE` seconds to be written, and the
@@ -14,14 +15,15 @@ Contract:
   - SIGHUP, SIGUSR1, or a change of the config file (or the kube-dns ConfigMap it names) seen
     by a poll every `reload_interval` seconds: `reload`.
 - `reload` rebuilds what depends on the config (zones, ttl, pods, upstreams, stub domains, cache,
-  autopath, listen addresses) around the same store and source — nothing is listed again — and
-  swaps the handler in one step on the trio thread, so each query is answered wholly by the old
-  or wholly by the new config. A new listen address is bound before the old one closes. A config
-  that does not load, validate or bind is refused: the old one keeps serving, one line is
-  logged naming file, line and key, and `kdns_reload_total{result="error"}` counts it. The source
-  itself (manifests, kubeconfig, context; for a live cluster whether Pods are watched) cannot
-  change on reload: that would mean listing everything again and gating on sync, which is what
-  a restart does; such a reload is refused with a line saying so. So is a change of `proxy`.
+  autopath, query log, listen addresses) around the same store and source — nothing is listed
+  again — into a new `Serving`, and swaps that one reference on the trio thread, so each query
+  is answered wholly by the old or wholly by the new config. `Listeners` binds a new listen
+  address before the old one closes. A config that does not load, validate or bind is refused:
+  the old one keeps serving, one line is logged naming file, line and key, and
+  `kdns_reload_total{result="error"}` counts it. The source itself (manifests, kubeconfig,
+  context; for a live cluster whether Pods are watched) cannot change on reload: that would mean
+  listing everything again and gating on sync, which is what a restart does; such a reload is
+  refused with a line saying so. So is a change of `proxy`.
 - With `proxy: userspace`, the resolver answers each ClusterIP Service's loopback VIP (A only)
   and `serve` runs the relay; the VIP map follows the store before the resolver does, and the
   Services whose VIP moved are handed to the resolver with the change.
@@ -30,12 +32,14 @@ Contract:
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import ipaddress
 import logging
 import math
 import os
 import platform
+import resource
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -47,8 +51,8 @@ from kdns import logs, metrics
 from kdns.config import (
     Config,
     ConfigError,
-    key_line,
     load_kube_dns_configmap,
+    locate,
     parse_hostport,
 )
 from kdns.dns.forward import (
@@ -81,7 +85,7 @@ DRAIN_GRACE = 3.0
 HTTP_NAMES = ("health", "ready", "metrics")
 SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1)
 # Keys that pick the source of cluster state: a reload cannot change them (module docstring).
-SOURCE_KEYS = ("manifests", "kubeconfig", "context")
+SOURCE_KEYS = ("kubernetes.manifests", "kubernetes.kubeconfig", "kubernetes.context")
 
 
 class StartupError(Exception):
@@ -96,19 +100,44 @@ class Source(Protocol):
     async def run(self, *, task_status: Any = ...) -> None: ...
 
 
-@dataclass(slots=True)
-class App:
-    """What answers queries now. A reload replaces config, resolver, handler and forwarder
-    together, synchronously; store and source stay."""
+@dataclass(frozen=True, slots=True)
+class Serving:
+    """What answers queries under one config. Never edited: a reload builds a new one and swaps
+    the reference, synchronously, so each query is answered wholly by one config."""
 
     config: Config
-    store: Store
     resolver: Resolver
     handler: Handler
+    forwarder: Forwarder | None
+    query_log: QueryLog | None
+
+
+@dataclass(slots=True)
+class App:
+    """The store and the source, for the life of the process, and what serves now (`serving`,
+    replaced whole by a reload)."""
+
+    serving: Serving
+    store: Store
     source: Source
-    forwarder: Forwarder | None = None
     vips: LoopbackVips | None = None  # proxy: userspace
     relay: Relay | None = None
+
+    @property
+    def config(self) -> Config:
+        return self.serving.config
+
+    @property
+    def resolver(self) -> Resolver:
+        return self.serving.resolver
+
+    @property
+    def handler(self) -> Handler:
+        return self.serving.handler
+
+    @property
+    def forwarder(self) -> Forwarder | None:
+        return self.serving.forwarder
 
     def follow(self, change: Change) -> None:
         # Subscribed once; reads the current resolver, so a reload needs no re-subscription.
@@ -123,7 +152,8 @@ class App:
                     pod_ips=change.pod_ips,
                     trigger_time=change.trigger_time,
                 )
-        self.handler.cache.drop(self.resolver.apply(change))
+        serving = self.serving
+        serving.handler.cache.drop(serving.resolver.apply(change))
         if self.relay is not None:
             self.relay.follow(change.services)  # VIPs that moved included, as for the resolver
 
@@ -141,15 +171,15 @@ def plan(config: Config) -> Plan:
     """Raises StartupError (a bad upstream, a loop, an unreadable kube-dns ConfigMap)."""
     return Plan(
         _forwarder(config),
-        resolv_conf_search(config.resolv_conf) if config.autopath else (),
+        resolv_conf_search(config.forward.resolv_conf) if config.dns.autopath else (),
     )
 
 
 def assemble(
     config: Config, store: Store, planned: Plan, vips: LoopbackVips | None = None
-) -> tuple[Resolver, Handler]:
-    """Resolver and handler over `store` (synchronous: no store change can slip in between)."""
-    host, _ = parse_hostport(config.dns_addr)
+) -> Serving:
+    """What serves `config` over `store` (synchronous: no store change can slip in between)."""
+    host, _ = parse_hostport(config.dns.addr)
     specific = () if host in ("0.0.0.0", "::") else (host,)
     forwarder = planned.forwarder
     resolver = Resolver(
@@ -162,10 +192,11 @@ def assemble(
     handler = Handler(
         resolver,
         forwarder=forwarder,
-        autopath=config.autopath,
+        autopath=config.dns.autopath,
         host_search=planned.host_search,
+        loadbalance=config.dns.loadbalance,
     )
-    return resolver, handler
+    return Serving(config, resolver, handler, forwarder, _query_log(config))
 
 
 def build(config: Config, kube_options: dict[str, Any] | None = None) -> App:
@@ -177,13 +208,12 @@ def build(config: Config, kube_options: dict[str, Any] | None = None) -> App:
     # follows every change.
     vips = None
     relay = None
-    if config.proxy == "userspace":
+    if config.dns.proxy == "userspace":
         vips = LoopbackVips()
         vips.update(store.services)
         # One VIP map: DNS answers from it and the relay listens on it.
-        relay = Relay(store, node_name(config.node_name), vips=vips)
-    resolver, handler = assemble(config, store, planned, vips)
-    app = App(config, store, resolver, handler, source, planned.forwarder, vips, relay)
+        relay = Relay(store, node_name(config.node.name), vips=vips)
+    app = App(assemble(config, store, planned, vips), store, source, vips, relay)
     store.subscribe(app.follow)
     return app
 
@@ -204,13 +234,15 @@ def open_store(config: Config, watch_pods: bool) -> tuple[Store, Any]:
     """The store for the config's source, and the API client when the source is a cluster.
 
     Raises StartupError when no source is configured or the cluster config is unusable."""
-    if config.manifests:
+    if config.kubernetes.manifests:
         return Store(watched=KINDS), None
     # Imported only for a live cluster: the client costs a second and 15 MiB at start-up.
     from kdns.sources import kube
 
     try:
-        api = kube.cluster_client(config.kubeconfig or None, config.context or None)
+        api = kube.cluster_client(
+            config.kubernetes.kubeconfig or None, config.kubernetes.context or None
+        )
     except kube.ClusterConfigError as e:
         raise StartupError([str(e)]) from None
     if api is None:
@@ -227,8 +259,8 @@ def open_source(
 ) -> Source:
     """The source feeding `store`: manifests are read (and applied) now, so their errors stop
     the start with file/line/field; a cluster is listed when the source runs."""
-    if config.manifests:
-        manifests = ManifestSource(config.manifests, store)
+    if config.kubernetes.manifests:
+        manifests = ManifestSource(config.kubernetes.manifests, store)
         errors = manifests.load()
         if errors:
             raise StartupError([str(e) for e in errors])
@@ -241,21 +273,22 @@ def open_source(
 
 def _watch_pods(config: Config) -> bool:
     # Pods cost memory and API traffic: watched only for features that need them.
-    return config.pods == "verified" or config.autopath
+    return config.dns.pods == "verified" or config.dns.autopath
 
 
 def _forwarder(config: Config) -> Forwarder | None:
     """The Forwarder for the config, or None when there is nowhere to forward to."""
-    stubs = list(config.stub_domains)
-    upstream_texts = config.upstreams
+    forward = config.forward
+    stubs = list(forward.stub_domains)
+    upstream_texts = forward.upstreams
     try:
-        if config.kube_dns_configmap:
-            cm_stubs, cm_upstreams = load_kube_dns_configmap(config.kube_dns_configmap)
+        if forward.kube_dns_configmap:
+            cm_stubs, cm_upstreams = load_kube_dns_configmap(forward.kube_dns_configmap)
             stubs.extend(cm_stubs)
             if cm_upstreams is not None:
                 upstream_texts = cm_upstreams
         if upstream_texts is None:
-            upstreams = resolv_conf_nameservers(config.resolv_conf)
+            upstreams = resolv_conf_nameservers(forward.resolv_conf)
         else:
             upstreams = parse_upstreams(upstream_texts, "upstreams")
         stub_domains = tuple(
@@ -267,7 +300,7 @@ def _forwarder(config: Config) -> Forwarder | None:
     problems = [
         problem
         for upstream in (*upstreams, *(u for _, servers in stub_domains for u in servers))
-        if (problem := loop_problem(upstream, config.dns_addr))
+        if (problem := loop_problem(upstream, config.dns.addr))
     ]
     if problems:
         raise StartupError(sorted(set(problems)))
@@ -277,13 +310,9 @@ def _forwarder(config: Config) -> Forwarder | None:
         ForwardConfig(
             upstreams=upstreams,
             stub_domains=stub_domains,
-            timeout=config.forward_timeout,
-            max_concurrent=config.max_concurrent,
-            success_size=config.cache_success,
-            denial_size=config.cache_denial,
-            max_ttl=config.cache_max_ttl,
-            max_denial_ttl=config.cache_max_denial_ttl,
-            serve_stale=config.serve_stale,
+            timeout=forward.timeout,
+            max_concurrent=forward.max_concurrent,
+            cache=config.cache,
         )
     )
 
@@ -316,8 +345,7 @@ def loop_problem(upstream: Upstream, dns_addr: str) -> str | None:
         ours = up.is_loopback and (host == "::" or up.version == 4)
     else:
         ours = up == mine
-    same_port = True
-    if same_port and ours:
+    if ours:
         return f"upstream {upstream} is kdns itself (dns_addr {dns_addr}): forwarding would loop"
     return None
 
@@ -333,11 +361,42 @@ class Task:
     done: trio.Event = field(default_factory=trio.Event)
 
 
+async def start_task(nursery: trio.Nursery, run: Callable[..., Awaitable[Any]]) -> Task:
+    """Start `run` in `nursery` (returning once it reports started) as a `Task`."""
+    task = Task()
+
+    async def wrapped(*, task_status: trio.TaskStatus[None]) -> None:
+        try:
+            with task.scope:
+                await run(task_status=task_status)
+        finally:
+            task.done.set()
+
+    await nursery.start(wrapped)
+    return task
+
+
+async def drain(server: DnsServer, task: Task) -> None:
+    """Close a DNS listener: stop taking queries, let answers in flight be written."""
+    server.stop_listening()
+    with trio.move_on_after(DRAIN_GRACE):
+        await task.done.wait()
+    task.scope.cancel()
+
+
 def config_fingerprint(config: Config) -> str:
     """A hash of the files a reload reads: the config file and the kube-dns ConfigMap it names
-    (kube-dns itself followed its ConfigMap). An unreadable file hashes as its error."""
+    (kube-dns itself followed its ConfigMap), and the files a Corefile imports — a glob's
+    matches by name and content, so a file added to k3s's or AKS's `coredns-custom` counts. An
+    unreadable file hashes as its error."""
     digest = hashlib.sha256()
-    for path in (config.source, config.kube_dns_configmap):
+    imported = [
+        path
+        for pattern in config.imports
+        for path in (sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern])
+    ]
+    for path in (config.source, config.forward.kube_dns_configmap, *imported):
+        digest.update(path.encode() + b"\0")
         if not path:
             continue
         try:
@@ -349,8 +408,102 @@ def config_fingerprint(config: Config) -> str:
     return digest.hexdigest()
 
 
+def raise_fd_limit() -> None:
+    """Raise the soft RLIMIT_NOFILE to the hard limit, as Go's runtime does for CoreDNS: each
+    TCP client holds a descriptor (a DNS listener keeps up to MAX_TCP_CONNECTIONS)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard or (hard == resource.RLIM_INFINITY and soft != hard):
+        # An unlimited hard limit may be refused (the kernel's nr_open): then soft stays.
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+class BindError(OSError):
+    """A listen address that cannot be bound, and the config key that gives it."""
+
+    def __init__(self, key: str, error: OSError) -> None:
+        super().__init__(error.errno, error.strerror)
+        self.key = key
+
+
+@dataclass(slots=True)
+class Bound:
+    """Listeners bound for a config but not serving yet: `Listeners.serve` runs them, `close`
+    gives them up (a refused reload)."""
+
+    dns: DnsServer | None = None
+    http: dict[str, HttpEndpoint] = field(default_factory=dict)
+
+    async def close(self) -> None:
+        if self.dns is not None:
+            self.dns.close()
+        for endpoint in self.http.values():
+            await endpoint.aclose()
+
+
+class Listeners:
+    """The DNS listener and the HTTP endpoints: bound before they serve (a taken port fails
+    before anything changes), moved on reload (the new address serves before the old one
+    closes), drained at shutdown."""
+
+    def __init__(
+        self,
+        dns: Callable[[Config], DnsServer],
+        http: Callable[[str, Config], HttpEndpoint],
+    ) -> None:
+        self._new_dns, self._new_http = dns, http
+        self.dns: DnsServer | None = None
+        self._dns_task = Task()
+        self._dns_task.done.set()  # nothing to drain until the listener runs
+        self.http: dict[str, HttpEndpoint] = {}
+        self._http_tasks: dict[str, Task] = {}
+
+    def ports(self) -> dict[str, int]:
+        assert self.dns is not None
+        return {"dns": self.dns.port, **{name: e.port for name, e in self.http.items()}}
+
+    async def bind(self, config: Config, old: Config | None = None) -> Bound:
+        """Bind each address of `config` that `old` does not have (every one without `old`).
+
+        Raises BindError naming the key, after closing what this call bound."""
+        bound = Bound()
+        key = "dns.addr"
+        try:
+            if old is None or config.dns.addr != old.dns.addr:
+                bound.dns = self._new_dns(config)
+                bound.dns.bind()
+            for name in HTTP_NAMES:
+                key = f"dns.{name}_addr"
+                if old is None or config.get(key) != old.get(key):
+                    bound.http[name] = self._new_http(name, config)
+                    await bound.http[name].bind()
+        except OSError as e:
+            await bound.close()
+            raise BindError(key, e) from None
+        return bound
+
+    async def serve(self, bound: Bound, nursery: trio.Nursery) -> None:
+        """Run what `bound` holds; each listener it replaces stops (a DNS one drains in the
+        background, so its answers in flight are still written)."""
+        if bound.dns is not None:
+            old, old_task = self.dns, self._dns_task
+            self.dns, self._dns_task = bound.dns, await start_task(nursery, bound.dns.run)
+            if old is not None:
+                nursery.start_soon(drain, old, old_task)
+        for name, endpoint in bound.http.items():
+            if name in self._http_tasks:
+                self._http_tasks[name].scope.cancel()
+            self.http[name] = endpoint
+            self._http_tasks[name] = await start_task(nursery, endpoint.run)
+
+    async def drain_dns(self) -> None:
+        if self.dns is not None:
+            await drain(self.dns, self._dns_task)
+
+
 class Runtime:
-    """`serve` for one `App`: owns the listeners, and stops and reloads them (module docstring)."""
+    """`serve` for one `App`: runs its listeners and tasks, and stops and reloads them (module
+    docstring)."""
 
     def __init__(self, app: App, loader: Callable[[], Config] | None) -> None:
         self.app = app
@@ -359,11 +512,11 @@ class Runtime:
         self.loader = loader or (lambda: self.app.config)
         self.stopping = False
         self.status = 0
-        self.dns: DnsServer | None = None
-        self.dns_task = Task()
-        self.dns_task.done.set()  # nothing to drain until the listener runs
-        self.http: dict[str, HttpEndpoint] = {}
-        self.http_tasks: dict[str, Task] = {}
+        # The listeners read what serves from the app at each query: a reload swaps it there.
+        self.listeners = Listeners(
+            lambda config: DnsServer(lambda: self.app.serving, *parse_hostport(config.dns.addr)),
+            self._endpoint,
+        )
         self.forwarder_task: Task | None = None
         self.fingerprint = ""
         self._nursery: trio.Nursery | None = None
@@ -374,47 +527,21 @@ class Runtime:
         assert self._nursery is not None
         return self._nursery
 
-    # --- listeners -----------------------------------------------------------------------------
-
     def _endpoint(self, name: str, config: Config) -> HttpEndpoint:
-        host, port = parse_hostport(getattr(config, f"{name}_addr"))
+        host, port = parse_hostport(getattr(config.dns, f"{name}_addr"))
         route = {
             "health": health,
             "ready": readiness(self.app.store.unsynced_kinds, lambda: self.stopping),
             # The current config's choice: a reload may switch the CoreDNS names on or off.
-            "metrics": lambda: metrics_route(self.app.config.metrics_coredns_names)(),
+            "metrics": lambda: metrics_route(self.app.config.dns.metrics_coredns_names)(),
         }[name]
         return HttpEndpoint(host, port, {f"/{name}": route})
 
-    async def _start(self, run: Callable[..., Awaitable[Any]]) -> Task:
-        task = Task()
-
-        async def wrapped(*, task_status: trio.TaskStatus[None]) -> None:
-            try:
-                with task.scope:
-                    await run(task_status=task_status)
-            finally:
-                task.done.set()
-
-        await self.nursery.start(wrapped)
-        return task
-
-    async def _drain(self, server: DnsServer, task: Task) -> None:
-        """Close a DNS listener: stop taking queries, let answers in flight be written."""
-        server.stop_listening()
-        with trio.move_on_after(DRAIN_GRACE):
-            await task.done.wait()
-        task.scope.cancel()
-
     async def run(self, *, task_status: trio.TaskStatus[dict[str, int]]) -> int:
         config = self.app.config
-        self.dns = DnsServer(
-            self.app.handler, *parse_hostport(config.dns_addr), query_log=_query_log(config)
-        )
-        self.dns.bind()  # outside the nursery: a taken port is a plain OSError for the command line
-        self.http = {name: self._endpoint(name, config) for name in HTTP_NAMES}
-        for endpoint in self.http.values():
-            await endpoint.bind()
+        raise_fd_limit()
+        # Outside the nursery: a taken port is a plain OSError for the command line.
+        bound = await self.listeners.bind(config)
         self.fingerprint = await trio.to_thread.run_sync(config_fingerprint, config)
         # Signals are ours before the first query is answered: a SIGTERM right after start-up
         # gets its lameduck too.
@@ -422,19 +549,24 @@ class Runtime:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 nursery.start_soon(self._signals, signals)
-                self.dns_task = await self._start(self.dns.run)
-                for name, endpoint in self.http.items():
-                    self.http_tasks[name] = await self._start(endpoint.run)
+                await self.listeners.serve(bound, nursery)
                 await nursery.start(self.app.source.run)
-                if self.app.forwarder is not None:
-                    self.forwarder_task = await self._start(self.app.forwarder.run)
+                await self._start_forwarder()
                 if self.app.relay is not None:
                     await nursery.start(self.app.relay.run)  # returns once bound, after sync
                 nursery.start_soon(self._reloader)
-                log.info("kdns ready to answer for %s", ", ".join(config.zones))
-                ports = {"dns": self.dns.port, **{n: e.port for n, e in self.http.items()}}
-                task_status.started(ports)
+                log.info("kdns ready to answer for %s", ", ".join(config.dns.zones))
+                task_status.started(self.listeners.ports())
         return self.status
+
+    async def _start_forwarder(self) -> None:
+        """Upstream health probes for the current forwarder; the previous one's stop, and its
+        questions in flight finish on their own (they are the listeners' tasks, not this one's)."""
+        if self.forwarder_task is not None:
+            self.forwarder_task.scope.cancel()
+        self.forwarder_task = None
+        if self.app.forwarder is not None:
+            self.forwarder_task = await start_task(self.nursery, self.app.forwarder.run)
 
     # --- signals and lameduck ------------------------------------------------------------------
 
@@ -457,15 +589,14 @@ class Runtime:
                 self.nursery.cancel_scope.cancel()
                 return
             self.stopping = True  # /ready answers 503 from now on
-            lameduck = self.app.config.lameduck
+            lameduck = self.app.config.dns.lameduck
             log.info("%s: lameduck for %g s (/ready 503, DNS still answering)", name, lameduck)
             self.nursery.start_soon(self._shutdown, lameduck)
 
     async def _shutdown(self, lameduck: float) -> None:
         await trio.sleep(lameduck)
         log.info("lameduck over: closing the DNS listeners, finishing answers in flight")
-        assert self.dns is not None
-        await self._drain(self.dns, self.dns_task)
+        await self.listeners.drain_dns()
         log.info("stopped")
         self.nursery.cancel_scope.cancel()
 
@@ -474,7 +605,7 @@ class Runtime:
     async def _reloader(self) -> None:
         """Reload on request (signals), and when a poll sees the config's files change."""
         while True:
-            interval = self.app.config.reload_interval
+            interval = self.app.config.dns.reload_interval
             polling = interval > 0 and bool(self.app.config.source)
             reason = ""
             with trio.move_on_after(interval if polling else math.inf):
@@ -509,93 +640,56 @@ class Runtime:
         except StartupError as e:
             return self._refuse(f"{config.source or 'config'}: {'; '.join(e.lines)}")
         # Bind what moved before anything changes: a taken port refuses the whole reload.
-        dns: DnsServer | None = None
-        http: dict[str, HttpEndpoint] = {}
-        key = "dns_addr"
         try:
-            if config.dns_addr != old.dns_addr:
-                dns = DnsServer(
-                    self.app.handler, *parse_hostport(config.dns_addr), query_log=_query_log(config)
-                )
-                dns.bind()
-            for name in HTTP_NAMES:
-                key = f"{name}_addr"
-                if getattr(config, key) != getattr(old, key):
-                    http[name] = self._endpoint(name, config)
-                    await http[name].bind()
-        except OSError as e:
-            if dns is not None:
-                dns.close()
-            for endpoint in http.values():
-                await endpoint.aclose()
-            line = key_line(config.source, key) if config.source else None
-            where = f"{config.source}:{line}" if line else (config.source or "config")
-            return self._refuse(f"{where}: {key}: {e.strerror}")
+            bound = await self.listeners.bind(config, old)
+        except BindError as e:
+            where, spelled = locate(config.source, e.key)
+            return self._refuse(f"{where}: {spelled}: {e.strerror}")
         if self.stopping:  # a SIGTERM arrived while we were reading files
-            if dns is not None:
-                dns.close()
-            for endpoint in http.values():
-                await endpoint.aclose()
+            await bound.close()
             return False
-        # The swap: synchronous, so no query and no store change sees half of it.
-        resolver, handler = assemble(config, self.app.store, planned, self.app.vips)
-        old_forwarder_task = self.forwarder_task
-        self.app.config, self.app.resolver, self.app.handler = config, resolver, handler
-        self.app.forwarder = planned.forwarder
-        assert self.dns is not None
-        self.dns.handler = handler
-        self.dns.query_log = _query_log(config)
-        if (config.log_format, config.log_consolidate) != (old.log_format, old.log_consolidate):
-            logs.setup(config.log_format, logging.getLogger().level, config.log_consolidate)
-        if dns is not None:
-            dns.handler = handler
-        # Upstream health probes follow the new forwarder; the old one's questions in flight
-        # finish on their own (they are the listeners' tasks, not this one's).
-        if old_forwarder_task is not None:
-            old_forwarder_task.scope.cancel()
-        self.forwarder_task = None
-        if planned.forwarder is not None:
-            self.forwarder_task = await self._start(planned.forwarder.run)
-        if dns is not None:
-            old_dns, old_task = self.dns, self.dns_task
-            self.dns, self.dns_task = dns, await self._start(dns.run)
-            self.nursery.start_soon(self._drain, old_dns, old_task)
-            log.info("DNS moved from %s to %s", old.dns_addr, config.dns_addr)
-        for name, endpoint in http.items():
-            self.http_tasks[name].scope.cancel()
-            self.http[name], self.http_tasks[name] = endpoint, await self._start(endpoint.run)
+        # The swap: one reference, synchronously, so no query and no store change sees half of
+        # it; the listeners read it at their next query.
+        self.app.serving = assemble(config, self.app.store, planned, self.app.vips)
+        new_log, old_log = config.logging, old.logging
+        if (new_log.format, new_log.consolidate) != (old_log.format, old_log.consolidate):
+            logs.setup(new_log.format, logging.getLogger().level, new_log.consolidate)
+        await self._start_forwarder()
+        await self.listeners.serve(bound, self.nursery)
+        if bound.dns is not None:
+            log.info("DNS moved from %s to %s", old.dns.addr, config.dns.addr)
         metrics.RELOADS.labels(result="ok").inc()
         log.info("config reloaded (%s)", reason)
         return True
 
 
 def _query_log(config: Config) -> QueryLog | None:
-    return QueryLog(config.query_log) if isinstance(config.query_log, str) else None
+    query_log = config.logging.query_log
+    return QueryLog(query_log) if isinstance(query_log, str) else None
 
 
 def _check_source(old: Config, new: Config) -> None:
     """Raises ConfigError when `new` picks another source of cluster state (module docstring)."""
-    changed = [key for key in SOURCE_KEYS if getattr(old, key) != getattr(new, key)]
-    if old.proxy != new.proxy:
-        changed.append("proxy")  # the relay and the VIP answers are set up at start
-    if not old.manifests and _watch_pods(old) != _watch_pods(new):
+    changed = [key for key in SOURCE_KEYS if old.get(key) != new.get(key)]
+    if old.dns.proxy != new.dns.proxy:
+        changed.append("dns.proxy")  # the relay and the VIP answers are set up at start
+    if not old.kubernetes.manifests and _watch_pods(old) != _watch_pods(new):
         # The live cluster's Reflectors were started for a set of kinds; Pods are watched only
         # for pods: verified and autopath.
-        changed.append("pods" if old.pods != new.pods else "autopath")
+        changed.append("dns.pods" if old.dns.pods != new.dns.pods else "dns.autopath")
     if changed:
         key = changed[0]
-        line = key_line(new.source, key) if new.source else None
-        where = f"{new.source}:{line}" if line else (new.source or "config")
+        where, spelled = locate(new.source, key)
         raise ConfigError(
-            f"{where}: {key}: "
+            f"{where}: {spelled}: "
             + (
                 "changes how Services are reached"
-                if key == "proxy"
+                if key == "dns.proxy"
                 else "changes the source of cluster state"
             )
             + ", which needs a restart "
-            f"(now {getattr(old, key)!r}, asked {getattr(new, key)!r})",
-            key=key,
+            f"(now {old.get(key)!r}, asked {new.get(key)!r})",
+            key=spelled,
         )
 
 

@@ -12,6 +12,9 @@ Contract:
   names: upstreams, stub domains, a kube-dns ConfigMap) and, when manifests are given by flag or
   config, loads them and prints what would be served. Without manifests it checks the config
   alone.
+- `--corefile FILE` reads a CoreDNS Corefile instead of `--config` (kdns/corefile/): `check`
+  first prints the kdns config it gives, as YAML; a directive kdns would not follow as CoreDNS
+  does is one line each and exit 2, for `check`, `serve` and a reload alike.
 """
 
 from __future__ import annotations
@@ -30,10 +33,22 @@ from dnslib import QTYPE
 
 from kdns import app, logs, proxyapp
 from kdns.config import POD_MODES, PROXY_MODES, Config, ConfigError, apply_env, load_config
+from kdns.corefile.load import CorefileRefused, load_corefile, read_corefile, render_yaml
 from kdns.dns import explain as explain_mod
 from kdns.sources.static import ManifestSource
+from kdns.synced import wait_synced
 
 log = logging.getLogger("kdns")
+
+
+# The flag that sets each config key (`dns.addr` → `--dns-addr`), to name it in messages.
+_FLAGS: dict[str, str] = {}
+
+
+def _key_flag(parser: argparse.ArgumentParser, flag: str, path: str, **options: Any) -> None:
+    """A flag whose destination is the path of the config key it sets."""
+    _FLAGS[path] = flag
+    parser.add_argument(flag, dest=path, **options)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -47,73 +62,115 @@ def _parser() -> argparse.ArgumentParser:
             "--config", metavar="FILE", help="YAML config file (every key has a default)"
         )
         p.add_argument(
+            "--corefile",
+            metavar="FILE",
+            help="a CoreDNS Corefile, served as CoreDNS would (instead of --config)",
+        )
+        _key_flag(
+            p,
             "--manifests",
+            "kubernetes.manifests",
             metavar="PATH",
             action="append",
             help="a Kubernetes manifest file or folder (repeatable); re-read when it changes",
         )
-        p.add_argument(
+        _key_flag(
+            p,
             "--kubeconfig",
+            "kubernetes.kubeconfig",
             metavar="FILE",
             help="follow a live cluster (default: $KUBECONFIG, else in-cluster when in a pod)",
         )
-        p.add_argument("--context", metavar="NAME", help="the kubeconfig context to use")
-        p.add_argument("--zones", metavar="ZONE", nargs="+", help="authoritative zones")
-        p.add_argument("--ttl", type=int, metavar="SECONDS", help="TTL of cluster records (5)")
-        p.add_argument("--pods", choices=POD_MODES, help="pod records mode (insecure)")
+        _key_flag(
+            p,
+            "--context",
+            "kubernetes.context",
+            metavar="NAME",
+            help="the kubeconfig context to use",
+        )
+        _key_flag(p, "--zones", "dns.zones", metavar="ZONE", nargs="+", help="authoritative zones")
+        _key_flag(
+            p, "--ttl", "dns.ttl", type=int, metavar="SECONDS", help="TTL of cluster records (5)"
+        )
+        _key_flag(p, "--pods", "dns.pods", choices=POD_MODES, help="pod records mode (insecure)")
         p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
-        p.add_argument("--log-format", choices=logs.LOG_FORMATS, help="log lines as text or JSON")
+        _key_flag(
+            p,
+            "--log-format",
+            "logging.format",
+            choices=logs.LOG_FORMATS,
+            help="log lines as text or JSON",
+        )
 
     serve = commands.add_parser("serve", help="answer DNS for the cluster")
     common(serve)
-    serve.add_argument("--dns-addr", metavar="HOST:PORT", help="DNS listen address (0.0.0.0:53)")
-    serve.add_argument("--health-addr", metavar="HOST:PORT", help="/health (0.0.0.0:8080)")
-    serve.add_argument("--ready-addr", metavar="HOST:PORT", help="/ready (0.0.0.0:8181)")
-    serve.add_argument("--metrics-addr", metavar="HOST:PORT", help="/metrics (0.0.0.0:9153)")
-    serve.add_argument(
+    for flag, dest, default in (
+        ("--dns-addr", "dns.addr", "DNS listen address (0.0.0.0:53)"),
+        ("--health-addr", "dns.health_addr", "/health (0.0.0.0:8080)"),
+        ("--ready-addr", "dns.ready_addr", "/ready (0.0.0.0:8181)"),
+        ("--metrics-addr", "dns.metrics_addr", "/metrics (0.0.0.0:9153)"),
+    ):
+        _key_flag(serve, flag, dest, metavar="HOST:PORT", help=default)
+    _key_flag(
+        serve,
         "--upstreams",
+        "forward.upstreams",
         metavar="IP[:PORT]",
         nargs="*",
         help="where to forward other names (default: /etc/resolv.conf; none: no forwarding)",
     )
-    serve.add_argument(
+    _key_flag(
+        serve,
         "--kube-dns-configmap",
+        "forward.kube_dns_configmap",
         metavar="FILE",
         help="a kube-dns ConfigMap whose stubDomains and upstreamNameservers to use",
     )
-    serve.add_argument(
+    _key_flag(
+        serve,
         "--lameduck",
+        "dns.lameduck",
         type=float,
         metavar="SECONDS",
         help="after SIGTERM, /ready says 503 and DNS keeps answering this long (5)",
     )
-    serve.add_argument(
+    _key_flag(
+        serve,
         "--reload-interval",
+        "dns.reload_interval",
         type=float,
         metavar="SECONDS",
         help="how often the config file is checked for a change; 0: only on SIGHUP (2)",
     )
-    serve.add_argument(
+    _key_flag(
+        serve,
         "--query-log",
+        "logging.query_log",
         nargs="?",
         const="text",
         choices=("text", "json", "false"),
         help="log every query as CoreDNS's log plugin does (text, the default) or as JSON",
     )
-    serve.add_argument(
+    _key_flag(
+        serve,
         "--metrics-coredns-names",
+        "dns.metrics_coredns_names",
         action="store_true",
         default=None,
         help="also export the metrics CoreDNS has under its names (coredns_dns_requests_total, …)",
     )
-    serve.add_argument(
+    _key_flag(
+        serve,
         "--autopath",
+        "dns.autopath",
         action="store_true",
         default=None,
         help="answer a pod's search path server-side (CoreDNS autopath @kubernetes)",
     )
-    serve.add_argument(
+    _key_flag(
+        serve,
         "--proxy",
+        "dns.proxy",
         choices=PROXY_MODES,
         help="userspace: relay Services from loopback VIPs and answer those in DNS (none)",
     )
@@ -135,53 +192,79 @@ def _proxy_parser(commands: Any, common: Callable[[argparse.ArgumentParser], Non
         "proxy", help="program this node's data path for Services (a minimal kube-proxy)"
     )
     common(proxy)
-    proxy.add_argument("--mode", choices=proxyapp.MODES, help="(proxy_mode: iptables)")
-    proxy.add_argument(
+    _key_flag(proxy, "--mode", "proxy.mode", choices=proxyapp.MODES, help="(proxy.mode: iptables)")
+    _key_flag(
+        proxy,
         "--node-name",
+        "node.name",
         metavar="NAME",
         help="this node's name: endpoints on it are local ($NODE_NAME, else the hostname)",
     )
-    proxy.add_argument(
+    _key_flag(
+        proxy,
         "--cluster-cidr",
+        "node.cluster_cidrs",
         metavar="CIDR[,CIDR]",
         type=_cidrs,
         action="extend",
         default=None,
         help="the pod CIDR (one per family): traffic from outside it is masqueraded",
     )
-    proxy.add_argument(
+    _key_flag(
+        proxy,
         "--nodeport-addresses",
+        "node.nodeport_addresses",
         metavar="CIDR[,CIDR]",
         type=_cidrs,
         action="extend",
         default=None,
         help="serve NodePorts only on the node's addresses inside these (default: all)",
     )
-    proxy.add_argument(
+    _key_flag(
+        proxy,
         "--min-sync-period",
+        "proxy.min_sync_period",
         type=float,
         metavar="SECONDS",
         help="at most one sync per this period; changes in between are coalesced (1)",
     )
-    proxy.add_argument(
+    _key_flag(
+        proxy,
         "--sync-period",
+        "proxy.sync_period",
         type=float,
         metavar="SECONDS",
         help="sync and check the rules for tampering at least this often (30)",
     )
-    proxy.add_argument(
+    _key_flag(
+        proxy,
         "--masquerade-all",
+        "proxy.masquerade_all",
         action="store_true",
         default=None,
         help="SNAT all traffic to ClusterIPs",
     )
-    proxy.add_argument("--ipvs-scheduler", metavar="NAME", help="IPVS scheduler (rr)")
-    proxy.add_argument(
+    _key_flag(
+        proxy,
+        "--ipvs-scheduler",
+        "proxy.ipvs_scheduler",
+        metavar="NAME",
+        help="IPVS scheduler (rr)",
+    )
+    _key_flag(
+        proxy,
         "--healthz-addr",
+        "proxy.healthz_addr",
         metavar="HOST:PORT",
         help="/healthz and /livez (0.0.0.0:10256)",
     )
-    proxy.add_argument("--metrics-addr", metavar="HOST:PORT", help="/metrics (127.0.0.1:10249)")
+    _key_flag(
+        proxy,
+        "--metrics-addr",
+        "proxy.metrics_addr",
+        metavar="HOST:PORT",
+        help="/metrics (127.0.0.1:10249)",
+    )
     what = proxy.add_mutually_exclusive_group()
     what.add_argument(
         "--render", action="store_true", help="print the rules it would apply; change nothing"
@@ -193,36 +276,35 @@ def _proxy_parser(commands: Any, common: Callable[[argparse.ArgumentParser], Non
     )
 
 
-def _proxy_options(args: argparse.Namespace, config: Config) -> proxyapp.ProxyOptions:
-    """The flags, each falling back to its config key (file < KDNS_* < flag)."""
-
-    def pick(flag: Any, key: str) -> Any:
-        return getattr(config, key) if flag is None else flag
-
+def _proxy_options(config: Config) -> proxyapp.ProxyOptions:
+    """The proxy and node sections (file < KDNS_* < flag, already merged) as the proxy takes
+    them; the node's name falls back to $NODE_NAME, then the host name."""
+    proxy, node = config.proxy, config.node
     return proxyapp.ProxyOptions(
-        mode=pick(args.mode, "proxy_mode"),
-        node_name=app.node_name(pick(args.node_name, "node_name")),
-        cluster_cidrs=tuple(pick(args.cluster_cidr, "cluster_cidrs")),
-        nodeport_addresses=tuple(pick(args.nodeport_addresses, "nodeport_addresses")),
-        min_sync_period=pick(args.min_sync_period, "min_sync_period"),
-        sync_period=pick(args.sync_period, "sync_period"),
-        masquerade_all=pick(args.masquerade_all, "masquerade_all"),
-        healthz_addr=pick(args.healthz_addr, "healthz_addr"),
-        metrics_addr=pick(args.metrics_addr, "proxy_metrics_addr"),
-        ipvs_scheduler=pick(args.ipvs_scheduler, "ipvs_scheduler"),
+        mode=proxy.mode,
+        node_name=app.node_name(node.name),
+        cluster_cidrs=node.cluster_cidrs,
+        nodeport_addresses=node.nodeport_addresses,
+        min_sync_period=proxy.min_sync_period,
+        sync_period=proxy.sync_period,
+        masquerade_all=proxy.masquerade_all,
+        healthz_addr=proxy.healthz_addr,
+        metrics_addr=proxy.metrics_addr,
+        ipvs_scheduler=proxy.ipvs_scheduler,
     )
 
 
 def _refuse(problem: ConfigError | app.StartupError, who: str = "kdns") -> int:
     """One line per problem on stderr, and the exit status for a start that cannot be."""
-    lines = problem.lines if isinstance(problem, app.StartupError) else [str(problem)]
+    several = isinstance(problem, app.StartupError | CorefileRefused)
+    lines = problem.lines if several else [str(problem)]
     for line in lines:
         print(f"{who}: {line}", file=sys.stderr)
     return 2
 
 
 def _proxy(args: argparse.Namespace, config: Config) -> int:
-    options = _proxy_options(args, config)
+    options = _proxy_options(config)
     problems = proxyapp.check_options(options)
     if problems:
         for line in problems:
@@ -249,31 +331,26 @@ def _proxy(args: argparse.Namespace, config: Config) -> int:
 
 
 def _config(args: argparse.Namespace) -> Config:
-    config = load_config(args.config) if args.config else Config()
-    # The environment overrides the file, flags override both.
+    if args.corefile and args.config:
+        raise ConfigError("--corefile and --config: give one of them")
+    if args.corefile:
+        config, translation = load_corefile(args.corefile, os.environ)
+        if args.command == "serve":  # `check` prints them
+            for note in translation.notes:
+                log.info("%s", note)
+    else:
+        config = load_config(args.config) if args.config else Config()
+    # The environment overrides the file, flags override both. A flag's destination is the path
+    # of its key (`--dns-addr` sets `dns.addr`); a bad value is named by its flag.
     config = apply_env(config, os.environ)
-    upstreams = getattr(args, "upstreams", None)
-    return config.with_overrides(
-        upstreams=tuple(upstreams) if upstreams is not None else None,
-        kube_dns_configmap=getattr(args, "kube_dns_configmap", None),
-        autopath=getattr(args, "autopath", None),
-        proxy=getattr(args, "proxy", None),
-        zones=tuple(args.zones) if args.zones else None,
-        ttl=args.ttl,
-        pods=args.pods,
-        dns_addr=getattr(args, "dns_addr", None),
-        health_addr=getattr(args, "health_addr", None),
-        ready_addr=getattr(args, "ready_addr", None),
-        metrics_addr=getattr(args, "metrics_addr", None),
-        lameduck=getattr(args, "lameduck", None),
-        reload_interval=getattr(args, "reload_interval", None),
-        manifests=tuple(args.manifests) if args.manifests else None,
-        kubeconfig=args.kubeconfig,
-        context=args.context,
-        log_format=getattr(args, "log_format", None),
-        query_log=getattr(args, "query_log", None),
-        metrics_coredns_names=getattr(args, "metrics_coredns_names", None),
-    )
+    for path, value in vars(args).items():
+        if "." not in path or value is None:
+            continue
+        try:
+            config = config.with_overrides(**{path: value})
+        except ConfigError as e:
+            raise ConfigError(f"{_FLAGS[path]}: {e.problem}", key=path) from None
+    return config
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -286,11 +363,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "explain":
         return _explain(args)
     try:
+        if args.command == "check" and args.corefile:
+            _print_corefile(args.corefile)
         config = _config(args)
-        logs.setup(config.log_format, args.log_level, config.log_consolidate)
+        logs.setup(config.logging.format, args.log_level, config.logging.consolidate)
         if args.command == "proxy":
             return _proxy(args, config)
-        if args.command == "check" and not config.manifests:
+        if args.command == "check" and not config.kubernetes.manifests:
             # Nothing to load: check the config and the files it names, contact no cluster.
             app.check(config)
             print(_config_line(config))
@@ -312,8 +391,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0  # SIGINT before the signal handlers were installed: nothing was serving yet
 
 
+def _print_corefile(path: str) -> None:
+    """`kdns check --corefile`: the kdns config the Corefile gives, as YAML, with a comment per
+    directive kdns accepts without following it; refused ones are raised by `_config` after."""
+    print(render_yaml(read_corefile(path, os.environ), path), end="")
+
+
 def _config_line(config: Config) -> str:
-    return f"config: ok (zones {', '.join(config.zones)}; ttl {config.ttl}; pods {config.pods})"
+    dns = config.dns
+    return f"config: ok (zones {', '.join(dns.zones)}; ttl {dns.ttl}; pods {dns.pods})"
 
 
 def _summary(built: app.App) -> str:
@@ -359,8 +445,10 @@ def _explain_parser(commands: Any, common: Callable[[argparse.ArgumentParser], N
     explain.add_argument("name", metavar="NAME", help="a domain name, or an IP address (its PTR)")
     explain.add_argument("type", metavar="TYPE", nargs="?", help="query type (A; PTR for an IP)")
     common(explain)
-    explain.add_argument(
+    _key_flag(
+        explain,
         "--upstreams",
+        "forward.upstreams",
         metavar="IP[:PORT]",
         nargs="*",
         help="where names outside the zones would go (default: /etc/resolv.conf)",
@@ -414,10 +502,15 @@ def _explain(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    upstreams: tuple[str, ...] = ()
-    if built.forwarder is not None:
-        upstreams = tuple(str(u) for u in built.forwarder.upstreams_for(qname))
-    print(explain_mod.render(explain_mod.explain(built.resolver, qname, qtype, upstreams)))
+    forwarder = built.forwarder
+
+    def upstreams_for(name: str) -> tuple[str, ...]:
+        return tuple(str(u) for u in forwarder.upstreams_for(name)) if forwarder else ()
+
+    explained = explain_mod.explain(
+        built.resolver, qname, qtype, upstreams_for(qname), upstreams_for
+    )
+    print(explain_mod.render(explained))
     return 0
 
 
@@ -426,8 +519,7 @@ async def _wait_synced(built: app.App, timeout: float) -> bool:
     with trio.move_on_after(timeout):
         async with trio.open_nursery() as nursery:
             await nursery.start(built.source.run)
-            while not built.store.synced:
-                await trio.sleep(0.05)
+            await wait_synced(built.store)
             nursery.cancel_scope.cancel()
     return built.store.synced
 

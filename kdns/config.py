@@ -1,103 +1,254 @@
-"""The config file model: defaults, YAML loading, and validation that names the key at fault.
+"""The config model: sections of keys with defaults, YAML loading, KDNS_* variables, and
+validation that names the key at fault.
 
 Contract:
-- Every key has a default, so no file is needed (`Config()` is a working configuration).
+- `Config` holds one frozen section per concern: `dns` (what `kdns serve` answers and where it
+  listens), `forward` (upstreams), `cache` (the upstream cache), `kubernetes` (the source of
+  cluster state), `proxy` (`kdns proxy`), `node` (this node, for the proxy) and `logging`. Every
+  key has a default, so no file is needed (`Config()` is a working configuration).
+- A key's name is its path, `section.field` (`dns.ttl`); command-line flags have that path as
+  their argparse destination, so any front end (flags, a Corefile reader) sets keys by path. The
+  flat names of earlier files (`ttl`, `dns_addr`, `proxy_mode`, ...) stay valid as aliases: each
+  names exactly one path (`ALIASES`). A file may mix both spellings; one key given twice is an
+  error.
 - `load_config` returns a `Config` or raises `ConfigError` whose text is one line naming the
-  file, the line (where YAML knows it), the key and what is allowed. Nothing half-applied.
-- Every key is checked for its type and its range or allowed values; a message names the key,
-  what is allowed and what was given: `kdns.yaml:3: pods: must be one of insecure, verified,
-  disabled (got 'maybe')`.
-- `apply_env` applies `KDNS_<KEY>` environment variables on top of the file, one key each; a bad
-  value names the variable. `Config.with_overrides` applies command-line flags on top of both.
+  file, the line, the key as the file spells it, what is allowed and what was given:
+  `kdns.yaml:3: pods: must be one of insecure, verified, disabled (got 'maybe')`. Nothing is
+  half-applied.
+- `apply_env` applies `KDNS_<KEY>` variables (`KDNS_TTL`, or `KDNS_DNS_TTL` for `dns.ttl`) on
+  top of the file, one key each; a bad value names the variable. `Config.with_overrides`
+  applies keys given by path or alias (the flags) on top of both.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import yaml
 
 POD_MODES = ("insecure", "verified", "disabled")
-LOG_FORMATS = ("text", "json")  # log_format, and query_log when on
+LOG_FORMATS = ("text", "json")  # logging.format, and logging.query_log when on
 PROXY_COMMAND_MODES = ("iptables", "nftables", "ipvs", "userspace")  # `kdns proxy --mode`
 PROXY_MODES = ("none", "userspace")  # what `kdns serve` relays itself (README: userspace proxy)
+LOADBALANCE_MODES = ("round_robin", "off")  # CoreDNS's loadbalance plugin: rotate A/AAAA or not
 DEFAULT_ZONES = ("cluster.local", "in-addr.arpa", "ip6.arpa")
 _ZONE = re.compile(r"^(?!-)[a-z0-9-_]{1,63}(?<!-)(\.(?!-)[a-z0-9-_]{1,63}(?<!-))*$")
+_TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
 
 
 class ConfigError(ValueError):
     """A configuration that cannot be used; the text is one line for the operator.
 
-    `key` is the config key at fault, when there is one (the file loader adds its line)."""
+    `key` is the key at fault as it was spelled (`ttl` or `dns.ttl`), when there is one;
+    `problem` is the text after the key (what is allowed, what was given)."""
 
-    def __init__(self, message: str, key: str | None = None) -> None:
+    def __init__(self, message: str, key: str | None = None, problem: str = "") -> None:
         super().__init__(message)
         self.key = key
+        self.problem = problem or message
+
+
+class Invalid(ValueError):
+    """A value a key cannot take. `subkey` narrows the key (`.acme.local` of a stub domain)."""
+
+    def __init__(self, message: str, subkey: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.subkey = subkey
+
+
+# --- checks: a value as given → the value Config holds, or Invalid --------------------------------
+
+Check = Callable[[Any], Any]
+
+
+def _whole(low: int, high: int, unit: str = "") -> Check:
+    def check(value: Any) -> Any:
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise Invalid(f"must be a whole number{unit} in {low}-{high} (got {value!r})")
+        return value
+
+    return check
+
+
+def _seconds(low: float, high: float) -> Check:
+    def check(value: Any) -> Any:
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        if not number or not low <= value <= high:
+            raise Invalid(f"must be a number of seconds in {low:g}-{high:g} (got {value!r})")
+        return value
+
+    return check
+
+
+def _one_of(choices: tuple[str, ...]) -> Check:
+    def check(value: Any) -> Any:
+        if value not in choices:
+            raise Invalid(f"must be one of {', '.join(choices)} (got {value!r})")
+        return value
+
+    return check
+
+
+def _boolean(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise Invalid(f"must be true or false (got {value!r})")
+    return value
+
+
+def _string(value: Any) -> str:
+    if not isinstance(value, str):
+        raise Invalid(f"must be a string (got {value!r})")
+    return value
+
+
+def _hostport(value: Any) -> str:
+    if not isinstance(value, str):
+        raise Invalid(f"must be HOST:PORT, e.g. 0.0.0.0:53 or [::]:53 (got {value!r})")
+    try:
+        parse_hostport(value)
+    except ValueError as e:
+        raise Invalid(f"{e} (expected HOST:PORT, e.g. 0.0.0.0:53 or [::]:53)") from None
+    return value
+
+
+def _listed(value: Any, what: str) -> tuple[Any, ...]:
+    if isinstance(value, str) or not isinstance(value, tuple | list):
+        raise Invalid(f"must be a list of {what} (got {value!r})")
+    return tuple(value)
+
+
+def _zones(value: Any) -> tuple[str, ...]:
+    zones: list[str] = []
+    for zone in _listed(value, "domain names"):
+        name = zone.strip().rstrip(".").lower() if isinstance(zone, str) else ""
+        if not _ZONE.match(name):
+            raise Invalid(f"must be a list of domain names (got {zone!r})")
+        if name in zones:
+            raise Invalid(f"{zone!r} is listed twice")
+        zones.append(name)
+    if not zones:
+        raise Invalid("at least one zone is needed (got [])")
+    return tuple(zones)
+
+
+def _paths(value: Any) -> tuple[str, ...]:
+    paths = _listed(value, "file or folder paths")
+    for path in paths:
+        if not isinstance(path, str) or not path:
+            raise Invalid(f"must be a list of file or folder paths (got {path!r})")
+    return paths
+
+
+def _server(value: Any, subkey: str = "") -> str:
+    if not isinstance(value, str):
+        raise Invalid(f"must be IP or IP:PORT (got {value!r})", subkey)
+    try:
+        parse_hostport(value)
+    except ValueError as e:
+        raise Invalid(f"{value!r}: {e} (expected IP or IP:PORT)", subkey) from None
+    return value
+
+
+def _upstreams(value: Any) -> tuple[str, ...] | None:
+    if value is None:
+        return None  # the nameservers of forward.resolv_conf
+    servers = _listed(value, "IP[:PORT] (or null for resolv_conf's)")
+    if len(servers) > 15:
+        raise Invalid(f"at most 15 upstreams, as CoreDNS's forward (got {len(servers)})")
+    return tuple(_server(s) for s in servers)
+
+
+def _stub_domains(value: Any) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    stubs = []
+    for entry in _listed(value, "domain: [IP[:PORT], ...]"):
+        if not isinstance(entry, tuple | list) or len(entry) != 2:
+            raise Invalid(f"must be a mapping of domain to servers (got {entry!r})")
+        domain, servers = entry
+        name = domain.strip().rstrip(".").lower() if isinstance(domain, str) else ""
+        if not _ZONE.match(name):
+            raise Invalid(f"must map domain names to servers (got {domain!r})")
+        if isinstance(servers, str) or not isinstance(servers, tuple | list) or not servers:
+            raise Invalid(f"must be a list of IP[:PORT] (got {servers!r})", f".{name}")
+        stubs.append((name, tuple(_server(s, f".{name}") for s in servers)))
+    return tuple(stubs)
+
+
+def _cidrs(one_per_family: bool) -> Check:
+    def check(value: Any) -> tuple[str, ...]:
+        cidrs = _listed(value, "CIDRs")
+        families = []
+        for cidr in cidrs:
+            try:
+                families.append(ipaddress.ip_network(cidr, strict=False).version)
+            except (TypeError, ValueError):
+                raise Invalid(
+                    f"{cidr!r} is not a CIDR (expected a list of CIDRs, e.g. 10.244.0.0/16)"
+                ) from None
+        if one_per_family and len(families) != len(set(families)):
+            raise Invalid(f"at most one CIDR per IP family (got {list(cidrs)!r})")
+        return cidrs
+
+    return check
+
+
+def _scheduler(value: Any) -> str:
+    if not isinstance(value, str) or not value.isalnum():
+        raise Invalid(f"must be an IPVS scheduler name, e.g. rr (got {value!r})")
+    return value
+
+
+def _query_log(value: Any) -> bool | str:
+    if isinstance(value, str) and value.strip().lower() in (*_FALSE, ""):
+        return False  # KDNS_QUERY_LOG=off, or `query_log: "false"` quoted
+    if value is not False and value not in LOG_FORMATS:
+        raise Invalid(f"must be one of false, text, json (got {value!r})")
+    return value
+
+
+def _key(default: Any, check: Check, alias: str = "", shape: str = "scalar") -> Any:
+    """A section field: its default, its check, its flat alias (the key's name in files written
+    before the sections; a new key needs none), and how YAML and KDNS_*
+    variables spell it: `scalar`, `list`, `mapping` (domain to servers) or `yaml` (a variable
+    takes the file's syntax)."""
+    return field(default=default, metadata={"check": check, "alias": alias, "shape": shape})
+
+
+# --- the sections ---------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
-class Config:
+class DnsSection:
+    """What `kdns serve` answers, and where it listens."""
+
     # Zones kdns is authoritative for. Forward zones get the Service schema; reverse zones
     # (in-addr.arpa, ip6.arpa or narrower) get PTRs. The first forward zone is the primary one:
     # PTR targets use it, as CoreDNS does.
-    zones: tuple[str, ...] = DEFAULT_ZONES
-    ttl: int = 5  # CoreDNS's default; range 0-3600 as CoreDNS's `ttl` option
-    pods: str = "insecure"  # the Kubernetes conformance tests need pod A records
-    dns_addr: str = "0.0.0.0:53"
-    manifests: tuple[str, ...] = ()
-    # The live cluster, when no manifests are given: a kubeconfig file (else $KUBECONFIG, else
-    # the in-cluster service account) and, optionally, one of its contexts.
-    kubeconfig: str = ""
-    context: str = ""
+    zones: tuple[str, ...] = _key(DEFAULT_ZONES, _zones, "zones", "list")
+    ttl: int = _key(5, _whole(0, 3600, " of seconds"), "ttl")  # CoreDNS's default and range
+    pods: str = _key("insecure", _one_of(POD_MODES), "pods")  # conformance needs pod A records
+    autopath: bool = _key(False, _boolean, "autopath")  # a pod's search path, server-side
+    # Rotate the A/AAAA records of an answer per query (CoreDNS's loadbalance plugin).
+    loadbalance: str = _key("round_robin", _one_of(LOADBALANCE_MODES), "loadbalance")
+    addr: str = _key("0.0.0.0:53", _hostport, "dns_addr")
     # Probes and metrics, on the ports CoreDNS's manifests use.
-    health_addr: str = "0.0.0.0:8080"
-    ready_addr: str = "0.0.0.0:8181"
-    metrics_addr: str = "0.0.0.0:9153"
-    # Forwarding: names outside the zones go to `upstreams` (IP[:PORT], up to 15); None means
-    # the nameservers of `resolv_conf`, and an empty list means no forwarding (REFUSED).
-    upstreams: tuple[str, ...] | None = None
-    resolv_conf: str = "/etc/resolv.conf"
-    stub_domains: tuple[tuple[str, tuple[str, ...]], ...] = ()  # domain → its own servers
-    kube_dns_configmap: str = ""  # a kube-dns ConfigMap: stubDomains, upstreamNameservers
-    max_concurrent: int = 1000
-    forward_timeout: float = 2.0
-    # The upstream cache (cluster answers are never cached there).
-    cache_success: int = 9984
-    cache_denial: int = 9984
-    cache_max_ttl: int = 30
-    cache_max_denial_ttl: int = 30
-    serve_stale: float = 0.0  # seconds past expiry an answer may be served when upstreams fail
-    autopath: bool = False  # answer a pod's search path server-side (needs pods watched)
-    # Observability (kdns/logs.py, kdns/dns/querylog.py, kdns/metrics.py).
-    log_format: str = "text"  # text | json
-    query_log: bool | str = False  # false | text (CoreDNS's log line) | json
-    log_consolidate: float = 10.0  # seconds per summary of repeated errors; 0 = log every one
-    metrics_coredns_names: bool = False  # also export the CoreDNS ones under coredns_ names
-    # userspace: relay Services from loopback VIPs (no privileges) and answer those VIPs in DNS.
-    proxy: str = "none"
-    # `kdns proxy`, a minimal kube-proxy (README "Service proxy"); its flags override these.
-    proxy_mode: str = "iptables"
-    node_name: str = ""  # "" = $NODE_NAME (the downward API), else the host name
-    cluster_cidrs: tuple[str, ...] = ()  # pod CIDRs, one per family: others are masqueraded
-    nodeport_addresses: tuple[str, ...] = ()  # CIDRs; () = NodePorts on every local address
-    min_sync_period: float = 1.0  # at most one sync per period (kube-proxy's default)
-    sync_period: float = 30.0  # a sync and a canary check at least this often
-    masquerade_all: bool = False
-    ipvs_scheduler: str = "rr"
-    healthz_addr: str = "0.0.0.0:10256"  # kube-proxy's /healthz and /livez
-    proxy_metrics_addr: str = "127.0.0.1:10249"  # kube-proxy's metrics port
+    health_addr: str = _key("0.0.0.0:8080", _hostport, "health_addr")
+    ready_addr: str = _key("0.0.0.0:8181", _hostport, "ready_addr")
+    metrics_addr: str = _key("0.0.0.0:9153", _hostport, "metrics_addr")
+    metrics_coredns_names: bool = _key(False, _boolean, "metrics_coredns_names")
     # Lifecycle. On SIGTERM /ready turns 503 at once and DNS keeps answering for `lameduck`
     # seconds, so the EndpointSlice drops this pod before it stops (CoreDNS's `health { lameduck
-    # 5s }`, the kubernetes manifests' value).
-    lameduck: float = 5.0
+    # 5s }`). Beyond terminationGracePeriodSeconds (30 s by default) the kubelet kills it anyway.
+    lameduck: float = _key(5.0, _seconds(0.0, 3600.0), "lameduck")
     # Seconds between checks of the config file (and the kube-dns ConfigMap it names) for a
     # change; 0 turns the check off (SIGHUP and SIGUSR1 still reload).
-    reload_interval: float = 2.0
-    source: str = field(default="", compare=False)  # the file this came from, for messages
+    reload_interval: float = _key(2.0, _seconds(0.0, 86400.0), "reload_interval")
+    # userspace: relay Services from loopback VIPs (no privileges) and answer those VIPs.
+    proxy: str = _key("none", _one_of(PROXY_MODES), "proxy")
 
     @property
     def forward_zones(self) -> tuple[str, ...]:
@@ -107,9 +258,170 @@ class Config:
     def reverse_zones(self) -> tuple[str, ...]:
         return tuple(z for z in self.zones if is_reverse_zone(z))
 
-    def with_overrides(self, where: str = "command line", **overrides: Any) -> Config:
-        given = {k: v for k, v in overrides.items() if v is not None}
-        return validate(replace(self, **given), where=where)
+
+@dataclass(frozen=True, slots=True)
+class ForwardSection:
+    """Where names outside the zones go."""
+
+    # IP[:PORT], up to 15; None means the nameservers of `resolv_conf`, () means no forwarding.
+    upstreams: tuple[str, ...] | None = _key(None, _upstreams, "upstreams", "list")
+    resolv_conf: str = _key("/etc/resolv.conf", _string, "resolv_conf")
+    stub_domains: tuple[tuple[str, tuple[str, ...]], ...] = _key(
+        (), _stub_domains, "stub_domains", "mapping"
+    )  # domain → its own servers
+    kube_dns_configmap: str = _key("", _string, "kube_dns_configmap")  # kube-dns's stubDomains
+    max_concurrent: int = _key(1000, _whole(1, 1_000_000), "max_concurrent")
+    timeout: float = _key(2.0, _seconds(0.05, 60.0), "forward_timeout")  # per upstream
+
+
+@dataclass(frozen=True, slots=True)
+class CacheSection:
+    """The upstream cache (cluster answers are never cached there)."""
+
+    success: int = _key(9984, _whole(0, 10_000_000, " of entries"), "cache_success")
+    denial: int = _key(9984, _whole(0, 10_000_000, " of entries"), "cache_denial")
+    max_ttl: int = _key(30, _whole(0, 86400, " of seconds"), "cache_max_ttl")
+    max_denial_ttl: int = _key(30, _whole(0, 86400, " of seconds"), "cache_max_denial_ttl")
+    # Seconds past expiry an answer may be served when upstreams fail; RFC 8767 §5 suggests
+    # 1-3 days, a week at most.
+    serve_stale: float = _key(0.0, _seconds(0.0, 604800.0), "serve_stale")
+
+
+@dataclass(frozen=True, slots=True)
+class KubernetesSection:
+    """The source of cluster state: manifest files, else the live cluster."""
+
+    manifests: tuple[str, ...] = _key((), _paths, "manifests", "list")
+    # A kubeconfig file (else $KUBECONFIG, else the in-cluster service account) and, optionally,
+    # one of its contexts.
+    kubeconfig: str = _key("", _string, "kubeconfig")
+    context: str = _key("", _string, "context")
+
+
+@dataclass(frozen=True, slots=True)
+class ProxySection:
+    """`kdns proxy`, a minimal kube-proxy (README "Service proxy")."""
+
+    mode: str = _key("iptables", _one_of(PROXY_COMMAND_MODES), "proxy_mode")
+    min_sync_period: float = _key(1.0, _seconds(0.0, 3600.0), "min_sync_period")  # kube-proxy's
+    sync_period: float = _key(30.0, _seconds(0.1, 86400.0), "sync_period")  # and a canary check
+    masquerade_all: bool = _key(False, _boolean, "masquerade_all")
+    ipvs_scheduler: str = _key("rr", _scheduler, "ipvs_scheduler")
+    healthz_addr: str = _key("0.0.0.0:10256", _hostport, "healthz_addr")  # kube-proxy's ports
+    metrics_addr: str = _key("127.0.0.1:10249", _hostport, "proxy_metrics_addr")
+
+
+@dataclass(frozen=True, slots=True)
+class NodeSection:
+    """This node, as the proxy sees it."""
+
+    name: str = _key("", _string, "node_name")  # "" = $NODE_NAME (downward API), else hostname
+    # Pod CIDRs, one per family: traffic from outside them is masqueraded.
+    cluster_cidrs: tuple[str, ...] = _key((), _cidrs(True), "cluster_cidrs", "list")
+    # CIDRs choosing the node addresses NodePorts are served on; () = every local address.
+    nodeport_addresses: tuple[str, ...] = _key((), _cidrs(False), "nodeport_addresses", "list")
+
+
+@dataclass(frozen=True, slots=True)
+class LoggingSection:
+    """Log lines and the query log (kdns/logs.py, kdns/dns/querylog.py)."""
+
+    format: str = _key("text", _one_of(LOG_FORMATS), "log_format")
+    query_log: bool | str = _key(False, _query_log, "query_log", "yaml")  # false | text | json
+    # Seconds per summary of repeated errors; 0 = log every one.
+    consolidate: float = _key(10.0, _seconds(0.0, 3600.0), "log_consolidate")
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """The whole config: one section per concern (module docstring), and the file it came
+    from. Keys are read as `config.dns.ttl`; `get` and `with_overrides` take paths or aliases."""
+
+    dns: DnsSection = field(default_factory=DnsSection)
+    forward: ForwardSection = field(default_factory=ForwardSection)
+    cache: CacheSection = field(default_factory=CacheSection)
+    kubernetes: KubernetesSection = field(default_factory=KubernetesSection)
+    proxy: ProxySection = field(default_factory=ProxySection)
+    node: NodeSection = field(default_factory=NodeSection)
+    logging: LoggingSection = field(default_factory=LoggingSection)
+    source: str = field(default="", compare=False)  # the file this came from, for messages
+    # Files and globs the source imports (a Corefile's `import` lines): a reload watches them too.
+    imports: tuple[str, ...] = field(default=(), compare=False)
+
+    def get(self, key: str) -> Any:
+        """The value of `key`, by path or alias (`dns.ttl` or `ttl`); KeyError if none."""
+        path = path_of(key)
+        if path is None:
+            raise KeyError(key)
+        section, name = path.split(".")
+        return getattr(getattr(self, section), name)
+
+    def with_overrides(self, where: str = "command line", **keys: Any) -> Config:
+        """This config with `keys` (paths or aliases; None means not given) set and checked:
+        a bad one raises ConfigError `"{where}: {key}: {problem}"`."""
+        config = self
+        for spelled, value in keys.items():
+            if value is not None:
+                config = _set(config, spelled, value, where)
+        return config
+
+
+@dataclass(frozen=True, slots=True)
+class Key:
+    """One config key: its path, its flat alias, how it is checked and spelled, its default."""
+
+    path: str
+    alias: str
+    check: Check
+    shape: str
+    default: Any
+
+
+def _keys() -> dict[str, Key]:
+    keys = {}
+    default = Config()
+    for section in fields(default):
+        if section.name in ("source", "imports"):
+            continue
+        for f in fields(getattr(default, section.name)):
+            path = f"{section.name}.{f.name}"
+            meta = f.metadata
+            keys[path] = Key(path, meta["alias"], meta["check"], meta["shape"], f.default)
+    return keys
+
+
+KEYS: dict[str, Key] = _keys()
+SECTIONS: tuple[str, ...] = tuple(dict.fromkeys(path.split(".")[0] for path in KEYS))
+ALIASES: dict[str, str] = {key.alias: path for path, key in KEYS.items() if key.alias}
+# Every name a key answers to: its path, its alias, and `section_field` (KDNS_DNS_TTL).
+_NAMES: dict[str, str] = {
+    **{path: path for path in KEYS},
+    **{path.replace(".", "_"): path for path in KEYS},
+    **ALIASES,
+}
+assert len(ALIASES) == len({k.alias for k in KEYS.values() if k.alias}), "an alias names one key"
+assert all(_NAMES[path.replace(".", "_")] == path for path in KEYS), (
+    "an alias spells another key's section_field"
+)
+
+
+def path_of(name: str) -> str | None:
+    """The path of the key `name` spells (`ttl`, `dns.ttl`, `dns_ttl` → `dns.ttl`), or None."""
+    return _NAMES.get(name)
+
+
+def _set(config: Config, spelled: str, value: Any, where: str) -> Config:
+    path = path_of(spelled)
+    if path is None:
+        raise ConfigError(f"{where}: {spelled}: unknown key", key=spelled, problem="unknown key")
+    key = KEYS[path]
+    try:
+        value = key.check(value)
+    except Invalid as e:
+        name = spelled + e.subkey
+        raise ConfigError(f"{where}: {name}: {e.message}", key=name, problem=e.message) from None
+    section, field_name = path.split(".")
+    return replace(config, **{section: replace(getattr(config, section), **{field_name: value})})
 
 
 def is_reverse_zone(zone: str) -> bool:
@@ -140,239 +452,70 @@ def parse_hostport(text: str, default_port: int = 53) -> tuple[str, int]:
     return host, int(port)
 
 
-def validate(config: Config, where: str) -> Config:
-    """`config` normalised (zones lower-cased, lists as tuples), or ConfigError naming the key."""
-
-    def fail(key: str, message: str) -> ConfigError:
-        return ConfigError(f"{where}: {key}: {message}", key=key)
-
-    def whole(key: str, low: int, high: int, unit: str = "") -> None:
-        value = getattr(config, key)
-        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-            raise fail(key, f"must be a whole number{unit} in {low}-{high} (got {value!r})")
-
-    def seconds(key: str, low: float, high: float) -> None:
-        value = getattr(config, key)
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, int | float)
-            or not low <= value <= high
-        ):
-            raise fail(key, f"must be a number of seconds in {low:g}-{high:g} (got {value!r})")
-
-    def listed(key: str, what: str) -> tuple[Any, ...]:
-        value = getattr(config, key)
-        if isinstance(value, str) or not isinstance(value, tuple | list):
-            raise fail(key, f"must be a list of {what} (got {value!r})")
-        return tuple(value)
-
-    zones: list[str] = []
-    for zone in listed("zones", "domain names"):
-        name = zone.strip().rstrip(".").lower() if isinstance(zone, str) else ""
-        if not _ZONE.match(name):
-            raise fail("zones", f"must be a list of domain names (got {zone!r})")
-        if name in zones:
-            raise fail("zones", f"{zone!r} is listed twice")
-        zones.append(name)
-    if not zones:
-        raise fail("zones", "at least one zone is needed (got [])")
-    whole("ttl", 0, 3600, " of seconds")  # CoreDNS's `ttl` range
-    if config.pods not in POD_MODES:
-        raise fail("pods", f"must be one of {', '.join(POD_MODES)} (got {config.pods!r})")
-    for key in (
-        "dns_addr",
-        "health_addr",
-        "ready_addr",
-        "metrics_addr",
-        "healthz_addr",
-        "proxy_metrics_addr",
-    ):
-        value = getattr(config, key)
-        if not isinstance(value, str):
-            raise fail(key, f"must be HOST:PORT, e.g. 0.0.0.0:53 or [::]:53 (got {value!r})")
-        try:
-            parse_hostport(value)
-        except ValueError as e:
-            raise fail(key, f"{e} (expected HOST:PORT, e.g. 0.0.0.0:53 or [::]:53)") from None
-    for value in listed("manifests", "file or folder paths"):
-        if not isinstance(value, str) or not value:
-            raise fail("manifests", f"must be a list of file or folder paths (got {value!r})")
-    for key in ("kubeconfig", "context", "resolv_conf", "kube_dns_configmap", "node_name"):
-        if not isinstance(getattr(config, key), str):
-            raise fail(key, f"must be a string (got {getattr(config, key)!r})")
-    if config.upstreams is not None:
-        upstreams = listed("upstreams", "IP[:PORT] (or null for resolv_conf's)")
-        if len(upstreams) > 15:
-            raise fail(
-                "upstreams", f"at most 15 upstreams, as CoreDNS's forward (got {len(upstreams)})"
-            )
-        for value in upstreams:
-            _check_server(fail, "upstreams", value)
-    stubs = []
-    for entry in listed("stub_domains", "domain: [IP[:PORT], ...]"):
-        if not isinstance(entry, tuple | list) or len(entry) != 2:
-            raise fail("stub_domains", f"must be a mapping of domain to servers (got {entry!r})")
-        domain, servers = entry
-        name = domain.strip().rstrip(".").lower() if isinstance(domain, str) else ""
-        if not _ZONE.match(name):
-            raise fail("stub_domains", f"must map domain names to servers (got {domain!r})")
-        if isinstance(servers, str) or not isinstance(servers, tuple | list) or not servers:
-            raise fail(f"stub_domains.{name}", f"must be a list of IP[:PORT] (got {servers!r})")
-        for value in servers:
-            _check_server(fail, f"stub_domains.{name}", value)
-        stubs.append((name, tuple(servers)))
-    whole("max_concurrent", 1, 1_000_000)
-    whole("cache_success", 0, 10_000_000, " of entries")
-    whole("cache_denial", 0, 10_000_000, " of entries")
-    whole("cache_max_ttl", 0, 86400, " of seconds")
-    whole("cache_max_denial_ttl", 0, 86400, " of seconds")
-    seconds("forward_timeout", 0.05, 60.0)
-    seconds("serve_stale", 0.0, 604800.0)  # RFC 8767 §5 suggests 1-3 days; a week at most
-    # Beyond terminationGracePeriodSeconds (30 s by default) the kubelet kills the pod anyway.
-    seconds("lameduck", 0.0, 3600.0)
-    seconds("reload_interval", 0.0, 86400.0)
-    if not isinstance(config.autopath, bool):
-        raise fail("autopath", f"must be true or false (got {config.autopath!r})")
-    if config.proxy not in PROXY_MODES:
-        raise fail("proxy", f"must be one of {', '.join(PROXY_MODES)} (got {config.proxy!r})")
-    # The proxy.
-    if config.proxy_mode not in PROXY_COMMAND_MODES:
-        raise fail(
-            "proxy_mode",
-            f"must be one of {', '.join(PROXY_COMMAND_MODES)} (got {config.proxy_mode!r})",
-        )
-    for key in ("cluster_cidrs", "nodeport_addresses"):
-        families: list[int] = []
-        for value in listed(key, "CIDRs"):
-            try:
-                families.append(ipaddress.ip_network(value, strict=False).version)
-            except (TypeError, ValueError):
-                raise fail(
-                    key, f"must be a list of CIDRs, e.g. 10.244.0.0/16 (got {value!r})"
-                ) from None
-        if key == "cluster_cidrs" and len(families) != len(set(families)):
-            raise fail(key, f"at most one CIDR per IP family (got {list(config.cluster_cidrs)!r})")
-    seconds("min_sync_period", 0.0, 3600.0)
-    seconds("sync_period", 0.1, 86400.0)
-    if not isinstance(config.masquerade_all, bool):
-        raise fail("masquerade_all", f"must be true or false (got {config.masquerade_all!r})")
-    if not isinstance(config.ipvs_scheduler, str) or not config.ipvs_scheduler.isalnum():
-        raise fail(
-            "ipvs_scheduler",
-            f"must be an IPVS scheduler name, e.g. rr (got {config.ipvs_scheduler!r})",
-        )
-    # Observability.
-    if config.log_format not in LOG_FORMATS:
-        raise fail("log_format", f"must be one of text, json (got {config.log_format!r})")
-    query_log = config.query_log
-    if isinstance(query_log, str) and query_log.strip().lower() in (*_FALSE, ""):
-        query_log = False  # KDNS_QUERY_LOG=off, or `query_log: "false"` quoted
-    if query_log is not False and query_log not in LOG_FORMATS:
-        raise fail("query_log", f"must be one of false, text, json (got {config.query_log!r})")
-    seconds("log_consolidate", 0.0, 3600.0)
-    if not isinstance(config.metrics_coredns_names, bool):
-        raise fail(
-            "metrics_coredns_names",
-            f"must be true or false (got {config.metrics_coredns_names!r})",
-        )
-    return replace(
-        config,
-        query_log=query_log,
-        zones=tuple(zones),
-        manifests=tuple(config.manifests),
-        cluster_cidrs=tuple(config.cluster_cidrs),
-        nodeport_addresses=tuple(config.nodeport_addresses),
-        upstreams=None if config.upstreams is None else tuple(config.upstreams),
-        stub_domains=tuple(stubs),
-    )
-
-
-def _check_server(fail: Any, key: str, value: Any) -> None:
-    if not isinstance(value, str):
-        raise fail(key, f"must be IP or IP:PORT (got {value!r})")
-    try:
-        parse_hostport(value)
-    except ValueError as e:
-        raise fail(key, f"{value!r}: {e} (expected IP or IP:PORT)") from None
-
-
 # --- KDNS_* environment variables ----------------------------------------------------------------
 
-_LISTS = ("zones", "manifests", "upstreams", "cluster_cidrs", "nodeport_addresses")
-_TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
+
+def _env_text(key: Key, name: str, text: str) -> Any:
+    """The text of variable `name` → the value YAML would give (checked later by `_set`)."""
+    if key.shape == "list":
+        return tuple(text.replace(",", " ").split())
+    default = key.default
+    if key.shape in ("mapping", "yaml"):
+        return _env_yaml(key, name, text)
+    if isinstance(default, bool):
+        if text.strip().lower() not in _TRUE + _FALSE:
+            raise ConfigError(f"${name}: must be true or false (got {text!r})", key=key.path)
+        return text.strip().lower() in _TRUE
+    if isinstance(default, int | float):
+        try:
+            return int(text) if isinstance(default, int) else float(text)
+        except ValueError:
+            whole = "whole " if isinstance(default, int) else ""
+            raise ConfigError(
+                f"${name}: must be a {whole}number (got {text!r})", key=key.path
+            ) from None
+    return text
 
 
-def _env_keys() -> dict[str, str]:
-    """Each key an environment variable may set, with the kind of text it takes."""
-    kinds = {}
-    for f in fields(Config):
-        if f.name == "source":
-            continue
-        hint = str(f.type)
-        if f.name in _LISTS:
-            kinds[f.name] = "list"
-        elif hint == "bool":
-            kinds[f.name] = "bool"
-        elif hint == "int":
-            kinds[f.name] = "int"
-        elif hint == "float":
-            kinds[f.name] = "float"
-        elif hint == "str":
-            kinds[f.name] = "str"
-        else:
-            kinds[f.name] = "yaml"  # structured keys (stub_domains, …): the file's syntax
-    return kinds
+def _env_yaml(key: Key, name: str, text: str) -> Any:
+    """Structured keys (stub_domains, query_log) take the file's syntax."""
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        problem = getattr(e, "problem", None) or "not valid YAML"
+        raise ConfigError(f"${name}: YAML syntax error: {problem}", key=key.path) from None
+    return value
 
 
 def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
-    """`KDNS_TTL=30`, `KDNS_UPSTREAMS="1.1.1.1 8.8.8.8"`, `KDNS_STUB_DOMAINS="{acme.local:
-    [10.0.0.10]}"`: one key each, for containers whose config file is baked in. Lists are
-    separated by spaces or commas; structured keys take the file's YAML syntax. Variables that
-    name no key are ignored; a value that cannot be read raises ConfigError naming the
-    variable (its range is checked by `apply_env`)."""
-    kinds = _env_keys()
+    """`KDNS_TTL=30`, `KDNS_DNS_TTL=30`, `KDNS_UPSTREAMS="1.1.1.1 8.8.8.8"`,
+    `KDNS_STUB_DOMAINS="{acme.local: [10.0.0.10]}"`: one key each (by alias or by
+    `SECTION_FIELD`), for containers whose config file is baked in. Lists are separated by
+    spaces or commas; structured keys take the file's YAML syntax. The result maps each key as
+    the variable spells it (`ttl`, `dns_ttl`) to its value. Variables that name no key are
+    ignored; a value that cannot be read raises ConfigError naming the variable (its range is
+    checked by `apply_env`)."""
     out: dict[str, Any] = {}
     for name, text in environ.items():
         if not name.startswith("KDNS_"):
             continue
-        key = name[5:].lower()
-        kind = kinds.get(key)
-        if kind is None:
+        spelled = name[5:].lower()
+        path = path_of(spelled)
+        if path is None:
             # Not ours: Kubernetes injects KDNS_SERVICE_HOST, KDNS_PORT, … into every pod of a
             # namespace holding a Service named "kdns" (service links), and tools set their own.
             continue
-        if kind == "list":
-            out[key] = tuple(text.replace(",", " ").split())
-        elif kind == "bool":
-            if text.strip().lower() not in _TRUE + _FALSE:
-                raise ConfigError(f"${name}: must be true or false (got {text!r})", key=key)
-            out[key] = text.strip().lower() in _TRUE
-        elif kind in ("int", "float"):
-            try:
-                out[key] = int(text) if kind == "int" else float(text)
-            except ValueError:
-                raise ConfigError(
-                    f"${name}: must be a {'whole ' if kind == 'int' else ''}number (got {text!r})",
-                    key=key,
-                ) from None
-        elif kind == "str":
-            out[key] = text
-        else:
-            try:
-                value = yaml.safe_load(text)
-            except yaml.YAMLError as e:
-                problem = getattr(e, "problem", None) or "not valid YAML"
-                raise ConfigError(f"${name}: YAML syntax error: {problem}", key=key) from None
-            out[key] = _from_yaml(key, value, f"${name}")
+        value = _env_text(KEYS[path], name, text)
+        out[spelled] = _from_yaml(KEYS[path], spelled, value, f"${name}")
     return out
 
 
 def apply_env(config: Config, environ: Mapping[str, str]) -> Config:
-    """`config` with the `KDNS_*` variables of `environ` applied, each validated on its own so
+    """`config` with the `KDNS_*` variables of `environ` applied, each checked on its own so
     a bad value names its variable: `$KDNS_TTL: ttl: must be … (got 9999)`."""
     names = {name[5:].lower(): name for name in environ if name.startswith("KDNS_")}
-    for key, value in env_overrides(environ).items():
-        config = validate(replace(config, **{key: value}), where=f"${names[key]}")
+    for spelled, value in env_overrides(environ).items():
+        config = _set(config, spelled, value, f"${names[spelled]}")
     return config
 
 
@@ -419,6 +562,18 @@ def load_kube_dns_configmap(
     return tuple(stubs), upstreams
 
 
+# --- the config file -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Given:
+    """One key as a file gives it: its spelling (`ttl` or `dns.ttl`), line and YAML value."""
+
+    spelled: str
+    line: int
+    value: Any
+
+
 def load_config(path: str) -> Config:
     try:
         with open(path, encoding="utf-8") as f:
@@ -427,7 +582,6 @@ def load_config(path: str) -> Config:
         raise ConfigError(f"{path}: cannot read the config file: {e.strerror}") from None
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = f":{mark.line + 1}" if mark is not None else ""
@@ -435,71 +589,117 @@ def load_config(path: str) -> Config:
         if "'\\t'" in problem:
             problem = "a tab character is used for indentation; YAML allows only spaces"
         raise ConfigError(f"{path}{line}: YAML syntax error: {problem}") from None
-    if data is None:
-        return Config(source=path)
-    if not isinstance(data, dict):
+    if node is None or node.tag == "tag:yaml.org,2002:null":
+        return Config(source=path)  # empty, comments only, or an empty document
+    if not isinstance(node, yaml.MappingNode):
         raise ConfigError(f"{path}:1: the config file must be a mapping of keys to values")
-    lines = {}
-    if isinstance(node, yaml.MappingNode):
-        for key_node, _ in node.value:
-            line = key_node.start_mark.line + 1
-            if key_node.value in lines:
-                # PyYAML keeps the last of two equal keys; an operator means one of them.
-                raise ConfigError(
-                    f"{path}:{line}: {key_node.value}: given twice (first on line "
-                    f"{lines[key_node.value]})"
-                )
-            lines[key_node.value] = line
-    known = {f.name for f in fields(Config)} - {"source"}
-    values: dict[str, Any] = {}
-    for key, value in data.items():
-        where = f"{path}:{lines.get(key, 1)}"
-        if key not in known:
+    config = Config(source=path)
+    for key_path, given in _given(path, node).items():
+        where = f"{path}:{given.line}"
+        value = _from_yaml(KEYS[key_path], given.spelled, given.value, where)
+        config = _set(config, given.spelled, value, where)
+    return config
+
+
+def _given(path: str, node: yaml.MappingNode) -> dict[str, Given]:
+    """Every key the file sets, by path; raises ConfigError for an unknown or repeated key."""
+    out: dict[str, Given] = {}
+    spellings: dict[str, int] = {}  # a spelling given twice: PyYAML would keep the last one
+    for key_node, value_node in _entries(path, node, ""):
+        spelled, line = key_node.value, key_node.start_mark.line + 1
+        if spelled in spellings:
             raise ConfigError(
-                f"{where}: {key}: unknown key (known keys: {', '.join(sorted(known))})"
+                f"{path}:{line}: {spelled}: given twice (first on line {spellings[spelled]})",
+                key=spelled,
             )
-        values[key] = _from_yaml(key, value, where)
-    try:
-        return validate(Config(source=path, **values), where=path)
-    except ConfigError as e:
-        # Put the line of the key at fault into the message: "path: key: …" → "path:N: key: …".
-        line = lines.get((e.key or "").split(".")[0], 1)
-        raise ConfigError(f"{path}:{line}{str(e)[len(path) :]}", key=e.key) from None
+        spellings[spelled] = line
+        key_path = path_of(spelled) if "." in spelled else ALIASES.get(spelled)
+        if key_path is None:
+            known = f"sections {', '.join(SECTIONS)}; flat keys {', '.join(sorted(ALIASES))}"
+            raise ConfigError(f"{path}:{line}: {spelled}: unknown key (known keys: {known})")
+        if key_path in out:
+            first = out[key_path]
+            raise ConfigError(
+                f"{path}:{line}: {spelled}: given twice (first on line {first.line} as "
+                f"{first.spelled})",
+                key=spelled,
+            )
+        value = yaml.load(yaml.serialize(value_node), Loader=yaml.SafeLoader)
+        out[key_path] = Given(spelled, line, value)
+    return out
 
 
-def key_line(path: str, key: str) -> int | None:
-    """The line of the top-level `key` in the YAML file at `path`, or None (for messages about
-    a key whose value was valid on its own, such as a source change refused on reload)."""
+def _entries(
+    path: str, node: yaml.MappingNode, prefix: str
+) -> list[tuple[yaml.ScalarNode, yaml.Node]]:
+    """The (key, value) nodes of the file, a section's keys spelled `section.field`. A
+    top-level `proxy` that is a mapping is the proxy section; anything else there is the flat
+    `proxy` key (`dns.proxy`, what `kdns serve` relays)."""
+    out = []
+    sections: dict[str, int] = {}
+    for key_node, value_node in node.value:
+        name = str(key_node.value)
+        is_section = name in SECTIONS and (
+            name != "proxy" or isinstance(value_node, yaml.MappingNode)
+        )
+        if not prefix and is_section:
+            line = key_node.start_mark.line + 1
+            if name in sections:
+                raise ConfigError(
+                    f"{path}:{line}: {name}: given twice (first on line {sections[name]})"
+                )
+            sections[name] = line
+            if not isinstance(value_node, yaml.MappingNode):
+                raise ConfigError(
+                    f"{path}:{line}: {name}: must be a mapping of the section's keys "
+                    f"(got {yaml.safe_load(yaml.serialize(value_node))!r})",
+                    key=name,
+                )
+            out.extend(_entries(path, value_node, f"{name}."))
+            continue
+        spelled = yaml.ScalarNode("tag:yaml.org,2002:str", prefix + name, key_node.start_mark)
+        out.append((spelled, value_node))
+    return out
+
+
+def locate(source: str, path: str) -> tuple[str, str]:
+    """(where, key) for a message about the key at `path` in the file `source`, spelled as the
+    file spells it: (`kdns.yaml:3`, `dns_addr`), or (`kdns.yaml`, alias) when the file does not
+    set it (a flag or a variable did). Used for a value that was valid on its own but cannot be
+    used now, such as a source change refused on reload."""
+    alias = KEYS[path].alias or path
+    if not source:
+        return "config", alias
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(source, encoding="utf-8") as f:
             node = yaml.compose(f.read(), Loader=yaml.SafeLoader)
-    except (OSError, yaml.YAMLError):
-        return None
-    if isinstance(node, yaml.MappingNode):
-        for key_node, _ in node.value:
-            if key_node.value == key:
-                return int(key_node.start_mark.line) + 1
-    return None
+        if isinstance(node, yaml.MappingNode):
+            for key_path, given in _given(source, node).items():
+                if key_path == path:
+                    return f"{source}:{given.line}", given.spelled
+    except (OSError, yaml.YAMLError, ConfigError):
+        pass
+    return source, alias
 
 
-def _from_yaml(key: str, value: Any, where: str) -> Any:
+def _from_yaml(key: Key, spelled: str, value: Any, where: str) -> Any:
     """A value as YAML gives it → the shape `Config` holds (lists as tuples, mappings as pairs);
-    anything else is left for `validate` to reject with the allowed values."""
-    if key == "upstreams" and value is None:
-        return None  # null: the nameservers of resolv_conf
-    if key in _LISTS:
+    anything else is left for the key's check to reject with the allowed values."""
+    if key.shape == "list":
+        if value is None and key.default is None:
+            return None  # upstreams: null, the nameservers of resolv_conf
         if isinstance(value, str):
             value = [value]
-        if not isinstance(value, list):
-            raise ConfigError(f"{where}: {key}: expected a list (got {value!r})", key=key)
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{where}: {spelled}: expected a list (got {value!r})", key=spelled)
         return tuple(value)
-    if key == "stub_domains":
+    if key.shape == "mapping":
         if value is None:
             return ()
         if not isinstance(value, dict):
             raise ConfigError(
-                f"{where}: stub_domains: expected {{domain: [IP[:PORT], ...]}} (got {value!r})",
-                key=key,
+                f"{where}: {spelled}: expected {{domain: [IP[:PORT], ...]}} (got {value!r})",
+                key=spelled,
             )
         return tuple((k, tuple(v) if isinstance(v, list) else (v,)) for k, v in value.items())
     return value

@@ -9,21 +9,16 @@ Contract:
   the collected families at scrape time; `catalogue()` lists every name with its labels (the
   golden file tests/golden/metrics.txt and the Grafana dashboard are checked against it).
 - Updating a prometheus-client metric is thread-safe (it locks), so Reflector threads may count.
-  The per-query DNS series are the exception: plain counters of the listener (`QueryStats`),
-  turned into families by a collector when /metrics is scraped, on the same thread.
+  The per-query DNS series are the exception: they are declared here (`DNS_FAMILIES`, with
+  their buckets and label vocabulary), and counted by the listeners themselves in plain counters
+  that kdns/dns/stats.py turns into these families when /metrics is scraped.
 - No `_created` series (CoreDNS has none).
 """
 
 from __future__ import annotations
 
-import collections
-import itertools
-import math
 import platform
-import weakref
-from bisect import bisect_left
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable
 from typing import Any
 
 from prometheus_client import (
@@ -41,8 +36,6 @@ from prometheus_client.core import (
     Metric,
 )
 from prometheus_client.metrics import MetricWrapperBase
-from prometheus_client.registry import Collector
-from prometheus_client.utils import floatToGoString
 
 from kdns import __version__
 
@@ -105,11 +98,9 @@ DNS_PROGRAMMING_DURATION = Histogram(
 # CoreDNS's metric names and label sets (plugin/metrics, plugin/cache and plugin/forward READMEs)
 # under the kdns_ prefix. The per-query series are not prometheus-client children: at ~50k
 # queries/s a `.labels(...).inc()` per query would cost more than the rest of a cache hit. Each
-# listener counts into plain dicts (`QueryStats`) and `_DnsCollector` turns them into metric
-# families when /metrics is scraped. Forwarding waits on the network anyway: its metrics are
-# ordinary prometheus-client children.
-
-VIEW = ""  # CoreDNS's `view` label: kdns has a single view
+# listener counts into plain dicts and kdns/dns/stats.py turns them into the families declared
+# here (`DNS_FAMILIES`) when /metrics is scraped. Forwarding waits on the network anyway: its
+# metrics are ordinary prometheus-client children.
 
 # CoreDNS's plugin.TimeBuckets, ExponentialBuckets(0.00025, 2, 16): 0.25 ms … 8.192 s.
 DURATION_BUCKETS: tuple[float, ...] = tuple(0.00025 * 2**i for i in range(16))
@@ -177,165 +168,8 @@ def rcode_name(rcode: int) -> str:
     return RCODE_NAMES.get(rcode, f"RCODE{rcode}")
 
 
-@dataclass(frozen=True, slots=True)
-class QueryLabel:
-    """What a response is counted under: zone as CoreDNS writes it ("cluster.local.", "." for
-    forwarded names, "dropped" for queries refused before any lookup), the type label, the rcode
-    name, the plugin that wrote it (kubernetes, forward, cache, autopath; "" for the server
-    itself), the query's DO bit, and `cache` ("success"/"denial") for answer-cache hits."""
-
-    zone: str
-    type: str
-    rcode: str
-    plugin: str
-    do: bool
-    cache: str = ""
-
-
-class QueryLabels:
-    """Interns QueryLabels as small ints, so the hot path keys its counters by an int."""
-
-    def __init__(self) -> None:
-        self._ids: dict[QueryLabel, int] = {}
-        self.labels: list[QueryLabel] = []
-
-    def id(self, zone: str, qtype: int, rcode: int, plugin: str, do: bool, cache: str = "") -> int:
-        label = QueryLabel(zone, type_label(qtype), rcode_name(rcode), plugin, do, cache)
-        found = self._ids.get(label)
-        if found is None:
-            # Bounded: zones and stub domains (config) × 19 types × 16 rcodes × 5 plugins × 2 × 3.
-            found = self._ids[label] = len(self.labels)
-            self.labels.append(label)
-        return found
-
-
-LABELS = QueryLabels()
-
-
-class _Histogram:
-    """Bucket counts (not cumulative; the last is +Inf) and the sum of one series."""
-
-    __slots__ = ("bounds", "counts", "sum")
-
-    def __init__(self, bounds: tuple[float, ...]) -> None:
-        self.bounds = bounds
-        self.counts = [0] * (len(bounds) + 1)
-        self.sum = 0.0
-
-    def add(self, value: float, n: int) -> None:
-        self.counts[bisect_left(self.bounds, value)] += n
-        self.sum += value * n
-
-    def cumulative(self) -> list[tuple[str, float]]:
-        out, total = [], 0
-        for bound, count in zip((*self.bounds, math.inf), self.counts, strict=True):
-            total += count
-            out.append((floatToGoString(bound), total))
-        return out
-
-
-@dataclass(frozen=True, slots=True)
-class CacheStats:
-    """One answer cache at scrape time. `hits_success` None: its hits are the listener's own
-    count of answers it served from that cache (the hot path counts them once, as queries)."""
-
-    zones: str  # CoreDNS's `zones` label: the zones the cache serves, comma-separated
-    success: int  # entries
-    denial: int
-    misses: int
-    hits_success: int | None = None
-    hits_denial: int = 0
-    served_stale: int = 0
-
-
-Counts = dict[tuple[int, int, int, int], list[Any]]
-
-
-class QueryStats:
-    """The per-query counters of one DNS listener, for the hot path.
-
-    Contract:
-    - `counts[(proto, family)]` maps (label id, request size, response size, duration bucket) to
-      [queries, seconds]. A listener counts inline — a dict get and two additions — and calls
-      `add` for a key not seen yet; `record` does the same in one call off the hot path.
-    - `fold` moves the counts into cumulative series (so memory is bounded by label sets, not by
-      the sizes seen); the collector folds at each scrape, `add` when a dict grows large.
-    - Not thread-safe: the listener and /metrics run on the same (trio) thread.
-    """
-
-    FOLD_AT = 10_000
-
-    def __init__(self, server: str) -> None:
-        self.server = server  # CoreDNS's `server` label, e.g. "dns://:53"
-        self.counts: dict[tuple[str, str], Counts] = {
-            (proto, family): {} for proto in ("udp", "tcp") for family in ("1", "2")
-        }
-        self.requests: collections.Counter[tuple[str, str, str, str]] = collections.Counter()
-        self.do_requests: collections.Counter[str] = collections.Counter()
-        self.responses: collections.Counter[tuple[str, str, str]] = collections.Counter()
-        self.cache_hits: collections.Counter[str] = collections.Counter()
-        self.durations: dict[tuple[str, str], _Histogram] = {}
-        self.request_sizes: dict[tuple[str, str], _Histogram] = {}
-        self.response_sizes: dict[tuple[str, str], _Histogram] = {}
-        self.caches: list[Callable[[], CacheStats | None]] = []
-        _LISTENERS[next(_CREATED)] = self
-
-    def record(
-        self,
-        proto: str,
-        family: str,
-        label: int,
-        request_size: int,
-        response_size: int,
-        seconds: float,
-    ) -> None:
-        counts = self.counts[(proto, family)]
-        key = (label, request_size, response_size, bisect_left(DURATION_BUCKETS, seconds))
-        entry = counts.get(key)
-        if entry is None:
-            self.add(counts, key, seconds)
-        else:
-            entry[0] += 1
-            entry[1] += seconds
-
-    def add(self, counts: Counts, key: tuple[int, int, int, int], seconds: float) -> None:
-        if len(counts) >= self.FOLD_AT:
-            self.fold()
-        counts[key] = [1, seconds]
-
-    def fold(self) -> None:
-        labels = LABELS.labels
-        for (proto, family), counts in self.counts.items():
-            for (label_id, request_size, response_size, bucket), (n, seconds) in counts.items():
-                label = labels[label_id]
-                zone = label.zone
-                self.requests[(zone, proto, family, label.type)] += n
-                if label.do:
-                    self.do_requests[zone] += n
-                self.responses[(zone, label.rcode, label.plugin)] += n
-                if label.cache:
-                    self.cache_hits[label.cache] += n
-                duration = _series(self.durations, (zone, label.type), DURATION_BUCKETS)
-                duration.counts[bucket] += n
-                duration.sum += seconds
-                _series(self.request_sizes, (zone, proto), SIZE_BUCKETS).add(request_size, n)
-                _series(self.response_sizes, (zone, proto), SIZE_BUCKETS).add(response_size, n)
-            counts.clear()
-
-
-def _series(table: dict[Any, _Histogram], key: Any, bounds: tuple[float, ...]) -> _Histogram:
-    found = table.get(key)
-    if found is None:
-        found = table[key] = _Histogram(bounds)
-    return found
-
-
-# Every live listener's counters, by creation order (a later one's caches win a shared label).
-_LISTENERS: weakref.WeakValueDictionary[int, QueryStats] = weakref.WeakValueDictionary()
-_CREATED = itertools.count()
-
-# (name, type, label names, help) of the families `_DnsCollector` builds at scrape time.
-_DNS_FAMILIES: tuple[tuple[str, str, tuple[str, ...], str], ...] = (
+# (name, type, label names, help) of the families kdns/dns/stats.py builds at scrape time.
+DNS_FAMILIES: tuple[tuple[str, str, tuple[str, ...], str], ...] = (
     (
         "kdns_dns_requests_total",
         "counter",
@@ -405,8 +239,9 @@ _DNS_FAMILIES: tuple[tuple[str, str, tuple[str, ...], str], ...] = (
 )
 
 
-def _family(name: str) -> Any:
-    kind, labels, doc = next((k, lab, d) for n, k, lab, d in _DNS_FAMILIES if n == name)
+def dns_family(name: str) -> Any:
+    """An empty family of `DNS_FAMILIES` to fill at scrape time."""
+    kind, labels, doc = next((k, lab, d) for n, k, lab, d in DNS_FAMILIES if n == name)
     cls = {
         "counter": CounterMetricFamily,
         "gauge": GaugeMetricFamily,
@@ -414,86 +249,6 @@ def _family(name: str) -> Any:
     }[kind]
     return cls(name, doc, labels=labels)
 
-
-class _DnsCollector(Collector):
-    """The per-query and cache families, built from every live `QueryStats` at scrape time."""
-
-    def describe(self) -> Iterable[Metric]:
-        return [_family(name) for name, *_ in _DNS_FAMILIES]
-
-    def collect(self) -> Iterable[Metric]:
-        # Listeners that share a `server` label (one replaced by another on reload, still
-        # alive) are summed into one series each: a label set appears once per family.
-        counts: dict[str, dict[tuple[str, ...], float]] = {
-            name: {} for name, kind, *_ in _DNS_FAMILIES if kind != "histogram"
-        }
-        hists: dict[str, dict[tuple[str, ...], _Histogram]] = {
-            name: {} for name, kind, *_ in _DNS_FAMILIES if kind == "histogram"
-        }
-        caches: dict[tuple[str, str], tuple[CacheStats, tuple[int, int]]] = {}
-        for _, stats in sorted(_LISTENERS.items()):
-            stats.fold()
-            server = stats.server
-            for (zone, proto, family, qtype), n in stats.requests.items():
-                _add(
-                    counts["kdns_dns_requests_total"], (server, zone, VIEW, proto, family, qtype), n
-                )
-            for zone, n in stats.do_requests.items():
-                _add(counts["kdns_dns_do_requests_total"], (server, VIEW, zone), n)
-            for (zone, rcode, plugin), n in stats.responses.items():
-                _add(counts["kdns_dns_responses_total"], (server, zone, VIEW, rcode, plugin), n)
-            for name, table in (
-                ("kdns_dns_request_duration_seconds", stats.durations),
-                ("kdns_dns_request_size_bytes", stats.request_sizes),
-                ("kdns_dns_response_size_bytes", stats.response_sizes),
-            ):
-                for (zone, other), hist in table.items():
-                    merged = _series(hists[name], (server, zone, VIEW, other), hist.bounds)
-                    merged.counts = [a + b for a, b in zip(merged.counts, hist.counts, strict=True)]
-                    merged.sum += hist.sum
-            for snapshot in stats.caches:
-                cache = snapshot()
-                if cache is None:
-                    continue  # e.g. no forwarding: no upstream cache
-                key = (server, cache.zones)
-                if cache.hits_success is None:
-                    # Hits counted as queries by the listeners: summed, as the requests.
-                    before = caches[key][1] if key in caches else (0, 0)
-                    hits = (
-                        before[0] + stats.cache_hits["success"],
-                        before[1] + stats.cache_hits["denial"],
-                    )
-                else:
-                    hits = (cache.hits_success, cache.hits_denial)
-                caches[key] = (cache, hits)  # the sizes and misses of the newest listener's
-        for (server, zones), (cache, hits) in caches.items():
-            for kind, entries, hit in (
-                ("success", cache.success, hits[0]),
-                ("denial", cache.denial, hits[1]),
-            ):
-                counts["kdns_cache_entries"][(server, kind, zones, VIEW)] = entries
-                counts["kdns_cache_hits_total"][(server, kind, zones, VIEW)] = hit
-            counts["kdns_cache_misses_total"][(server, zones, VIEW)] = cache.misses
-            counts["kdns_cache_requests_total"][(server, zones, VIEW)] = cache.misses + sum(hits)
-            counts["kdns_cache_served_stale_total"][(server, zones, VIEW)] = cache.served_stale
-        out = []
-        for name, *_ in _DNS_FAMILIES:
-            metric = _family(name)
-            if name in hists:
-                for labels, hist in hists[name].items():
-                    metric.add_metric(list(labels), hist.cumulative(), hist.sum)
-            else:
-                for labels, value in counts[name].items():
-                    metric.add_metric(list(labels), value)
-            out.append(metric)
-        return out
-
-
-def _add(table: dict[tuple[str, ...], float], key: tuple[str, ...], n: float) -> None:
-    table[key] = table.get(key, 0) + n
-
-
-REGISTRY.register(_DnsCollector())
 
 BUILD_INFO = Gauge(
     "kdns_build_info", "kdns's version and the Python running it (always 1).", ["version", "python"]
@@ -503,6 +258,22 @@ BUILD_INFO.labels(__version__, platform.python_version()).set(1)
 # CoreDNS counts recovered panics; kdns's request boundary (dns/handler.py) is the same place.
 PANICS = Counter(
     "kdns_panics_total", "Queries whose handling raised unexpectedly (answered SERVFAIL)."
+)
+
+# A CNAME chain kdns would not follow to its end (a loop, or more than 8 links): SERVFAIL.
+CNAME_CHASE_FAILURES = Counter(
+    "kdns_dns_cname_chase_failures_total",
+    "Answers given SERVFAIL because a CNAME chain looped or had more than 8 links.",
+    ["reason"],
+)
+
+# RFC 7766 §6.2.2: a server under pressure closes idle connections to admit new clients.
+DNS_TCP_EVICTIONS = Counter(
+    "kdns_dns_tcp_evictions_total",
+    "Idle TCP connections closed to admit a new one, by reason: server_limit (the listener's "
+    "connection limit), client_limit (one client address's limit), fd_limit (no file "
+    "descriptor left).",
+    ["server", "reason"],
 )
 
 FORWARD_REQUESTS = Counter(
@@ -625,7 +396,7 @@ def catalogue(coredns_names: bool = False) -> dict[str, tuple[str, tuple[str, ..
             family = value.describe()[0]
             # prometheus-client has no public accessor for a metric's label names.
             out[_exposed(family)] = (family.type, tuple(value._labelnames))
-    for name, kind, labels, _ in _DNS_FAMILIES:
+    for name, kind, labels, _ in DNS_FAMILIES:
         out[name] = (kind, labels)
     if coredns_names:
         for name, (kind, labels) in list(out.items()):

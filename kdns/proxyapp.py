@@ -51,6 +51,7 @@ from kdns.proxy.ipvs.kernel import UNAVAILABLE_MESSAGE
 from kdns.proxy.routes import ServiceKey, ServicePortRoute, build_routes
 from kdns.proxy.sync import SyncEngine
 from kdns.store import Store
+from kdns.synced import wait_synced
 
 log = logging.getLogger(__name__)
 
@@ -145,8 +146,7 @@ async def render(config: Config, options: ProxyOptions, runner: Runner = run_com
     async with trio.open_nursery() as nursery:
         await nursery.start(source.run)
         with trio.move_on_after(SYNC_TIMEOUT):
-            while not store.synced:
-                await trio.sleep(0.05)
+            await wait_synced(store)
         nursery.cancel_scope.cancel()
     if not store.synced:
         raise StartupError([f"the cluster did not sync within {SYNC_TIMEOUT:.0f} s"])

@@ -1,35 +1,63 @@
 """The store: the one owner of cluster state, and the only place that tells consumers what changed.
 
 Sources (manifest files, the Kubernetes API) feed it with `replace` (a full list of one kind),
-`upsert` and `delete`. It keeps the slim model objects, merges the EndpointSlices of each Service
-into one endpoint list (consumers never see slices), and calls every subscriber with a `Change`
-naming exactly the Services, namespaces and pod IPs whose visible state changed.
+`upsert` and `delete`. It keeps the slim model objects in one table per kind, merges the
+EndpointSlices of each Service into one endpoint list (consumers never see slices), and calls
+every subscriber with a `Change` naming exactly the Services, namespaces and pod IPs whose
+visible state changed.
 
 Contract:
 - Every method runs on the trio thread (docs/architecture.md §6); nothing here locks.
+- Consumers read `namespaces`, `services`, `slices`, `endpoints`, `pods` and `pods_by_ip`:
+  read-only mappings made once, over tables the store updates in place, so a reference taken
+  once stays current and a read costs what a dict read costs. Only the store writes them.
+- A kind (`SERVICES`, …) is its API resource's name, typed with its key and model type: a
+  write names its kind, and an object of another type is a TypeError.
 - A call that changes nothing a consumer can see notifies nobody (docs/architecture.md, rule 2):
   model objects compare by value, so an update that only touched fields we drop is free.
-- `replace` computes the new state of a kind beside the old one and swaps it in one step, so a
-  subscriber never observes a half-replaced kind.
-- `synced` is true once every watched kind has had its first `replace`
-  (docs/architecture.md, rule 4).
+- `replace` computes the change of a kind from the old and new state, then updates the table
+  in one synchronous step before notifying, so a subscriber never observes a half-replaced kind.
+- `synced` is true once every watched kind has had its first `replace` (a full list, as
+  client-go's HasSynced; docs/architecture.md, rule 4); `when_synced` calls back once at that
+  moment (at once if it has passed). The store imports no I/O library:
+  `kdns.synced.wait_synced` turns the callback into something to await.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Generic, Protocol, TypeVar
 
 from kdns.model import Endpoint, EndpointSlice, Namespace, Pod, Service
 
-NAMESPACES = "namespaces"
-SERVICES = "services"
-ENDPOINTSLICES = "endpointslices"
-PODS = "pods"
-KINDS = (NAMESPACES, SERVICES, ENDPOINTSLICES, PODS)
+
+class Keyed(Protocol):
+    @property
+    def key(self) -> Any: ...
+
+
+K = TypeVar("K", bound=Hashable)
+M = TypeVar("M", bound=Keyed)  # a model type
 
 ServiceKey = tuple[str, str]
+ObjectKey = tuple[str, str]  # namespace, name
+
+
+class Kind(str, Generic[K, M]):
+    """A kind of object the store keeps: the API resource's name (`"services"`), typed with the
+    store key and model type of its objects, so `replace(SERVICES, {...})` is checked."""
+
+    __slots__ = ()
+
+
+NAMESPACES: Kind[str, Namespace] = Kind("namespaces")
+SERVICES: Kind[ServiceKey, Service] = Kind("services")
+ENDPOINTSLICES: Kind[ObjectKey, EndpointSlice] = Kind("endpointslices")
+PODS: Kind[ObjectKey, Pod] = Kind("pods")
+KINDS: tuple[Kind[Any, Any], ...] = (NAMESPACES, SERVICES, ENDPOINTSLICES, PODS)
 
 
 @dataclass(slots=True)
@@ -58,27 +86,218 @@ class Change:
 Subscriber = Callable[[Change], None]
 
 
+# --- one table per kind ---------------------------------------------------------------------------
+
+
+class _Table(Generic[K, M]):
+    """One kind's objects by key, and what each write changes as consumers see it."""
+
+    def __init__(self, model: type[M]) -> None:
+        self.model = model
+        self.objects: dict[K, M] = {}
+        self.view: Mapping[K, M] = MappingProxyType(self.objects)
+
+    def replace(self, objects: Mapping[K, M]) -> Change:
+        raise NotImplementedError
+
+    def upsert(self, key: K, obj: M) -> Change:
+        raise NotImplementedError
+
+    def delete(self, key: K) -> Change:
+        raise NotImplementedError
+
+    def _swap(self, objects: Mapping[K, M]) -> None:
+        # In place: every view handed out stays the current one.
+        self.objects.clear()
+        self.objects.update(objects)
+
+
+class _Namespaces(_Table[str, Namespace]):
+    """A namespace is visible by existing (`*.NS.svc` is NODATA, not NXDOMAIN, while it does)."""
+
+    def replace(self, objects: Mapping[str, Namespace]) -> Change:
+        change = Change(namespaces=set(self.objects) ^ set(objects))
+        self._swap(objects)
+        return change
+
+    def upsert(self, key: str, obj: Namespace) -> Change:
+        change = Change(namespaces=set() if key in self.objects else {key})
+        self.objects[key] = obj
+        return change
+
+    def delete(self, key: str) -> Change:
+        return Change(namespaces={key} if self.objects.pop(key, None) is not None else set())
+
+
+class _Services(_Table[ServiceKey, Service]):
+    def replace(self, objects: Mapping[ServiceKey, Service]) -> Change:
+        old = self.objects
+        changed = {k for k in old.keys() | objects.keys() if old.get(k) != objects.get(k)}
+        self._swap(objects)
+        return Change(services=changed)
+
+    def upsert(self, key: ServiceKey, obj: Service) -> Change:
+        change = Change(services=set() if self.objects.get(key) == obj else {key})
+        self.objects[key] = obj
+        return change
+
+    def delete(self, key: ServiceKey) -> Change:
+        return Change(services={key} if self.objects.pop(key, None) is not None else set())
+
+
+class _Slices(_Table[ObjectKey, EndpointSlice]):
+    """EndpointSlices, and the merged endpoints of each Service (what consumers read)."""
+
+    def __init__(self) -> None:
+        super().__init__(EndpointSlice)
+        self.endpoints: dict[ServiceKey, tuple[Endpoint, ...]] = {}
+        self.endpoints_view: Mapping[ServiceKey, tuple[Endpoint, ...]] = MappingProxyType(
+            self.endpoints
+        )
+        self._by_service: dict[ServiceKey, dict[ObjectKey, EndpointSlice]] = {}
+
+    def replace(self, objects: Mapping[ObjectKey, EndpointSlice]) -> Change:
+        by_service: dict[ServiceKey, dict[ObjectKey, EndpointSlice]] = {}
+        for key, eps in objects.items():
+            by_service.setdefault(eps.service_key, {})[key] = eps
+        endpoints = {k: _merge(v) for k, v in by_service.items()}
+        old = self.endpoints
+        change = Change(
+            services={k for k in old.keys() | endpoints.keys() if old.get(k) != endpoints.get(k)}
+        )
+        change.trigger_time = _earliest(
+            s.trigger_time
+            for k, s in objects.items()
+            if s.service_key in change.services and self.objects.get(k) != s
+        )
+        self._swap(objects)
+        self._by_service = by_service
+        self.endpoints.clear()
+        self.endpoints.update(endpoints)
+        return change
+
+    def upsert(self, key: ObjectKey, obj: EndpointSlice) -> Change:
+        change = Change()
+        old = self.objects.get(key)
+        if old is not None and old.service_key != obj.service_key:
+            change.merge(self.delete(key))  # the slice moved to another Service
+        self.objects[key] = obj
+        self._by_service.setdefault(obj.service_key, {})[key] = obj
+        change.merge(self._remerge(obj.service_key, obj.trigger_time))
+        return change
+
+    def delete(self, key: ObjectKey) -> Change:
+        old = self.objects.pop(key, None)
+        if old is None:
+            return Change()
+        group = self._by_service.get(old.service_key, {})
+        group.pop(key, None)
+        if not group:
+            self._by_service.pop(old.service_key, None)
+        return self._remerge(old.service_key, None)
+
+    def _remerge(self, service_key: ServiceKey, trigger_time: float | None) -> Change:
+        group = self._by_service.get(service_key)
+        merged = _merge(group) if group else None
+        if self.endpoints.get(service_key) == merged:
+            return Change()
+        if merged is None:
+            del self.endpoints[service_key]
+        else:
+            self.endpoints[service_key] = merged
+        return Change(services={service_key}, trigger_time=trigger_time)
+
+
+class _Pods(_Table[ObjectKey, Pod]):
+    """Pods, and the pods of each IP (pod records, autopath): a change names the IPs."""
+
+    def __init__(self) -> None:
+        super().__init__(Pod)
+        self.by_ip: dict[str, tuple[Pod, ...]] = {}
+        self.by_ip_view: Mapping[str, tuple[Pod, ...]] = MappingProxyType(self.by_ip)
+
+    def replace(self, objects: Mapping[ObjectKey, Pod]) -> Change:
+        change = Change()
+        for k in self.objects.keys() | objects.keys():
+            before, after = self.objects.get(k), objects.get(k)
+            if before != after:
+                change.pod_ips.update(before.ips if before else ())
+                change.pod_ips.update(after.ips if after else ())
+        self._swap(objects)
+        self.by_ip.clear()
+        for pod in objects.values():
+            self._index(pod)
+        return change
+
+    def upsert(self, key: ObjectKey, obj: Pod) -> Change:
+        old = self.objects.get(key)
+        if old == obj:
+            return Change()
+        change = Change(pod_ips=set(obj.ips))
+        if old is not None:
+            change.pod_ips.update(old.ips)
+            self._unindex(old)
+        self.objects[key] = obj
+        self._index(obj)
+        return change
+
+    def delete(self, key: ObjectKey) -> Change:
+        old = self.objects.pop(key, None)
+        if old is None:
+            return Change()
+        self._unindex(old)
+        return Change(pod_ips=set(old.ips))
+
+    def _index(self, pod: Pod) -> None:
+        for ip in pod.ips:
+            self.by_ip[ip] = (*self.by_ip.get(ip, ()), pod)
+
+    def _unindex(self, pod: Pod) -> None:
+        for ip in pod.ips:
+            rest = tuple(p for p in self.by_ip.get(ip, ()) if p.key != pod.key)
+            if rest:
+                self.by_ip[ip] = rest
+            else:
+                self.by_ip.pop(ip, None)
+
+
+# --- the store ---------------------------------------------------------------------------------
+
+
 class Store:
     def __init__(self, watched: Iterable[str] = KINDS) -> None:
         self.watched = frozenset(watched)
-        self.namespaces: dict[str, Namespace] = {}
-        self.services: dict[ServiceKey, Service] = {}
-        self.slices: dict[ServiceKey, EndpointSlice] = {}
+        namespaces, services = _Namespaces(Namespace), _Services(Service)
+        slices, pods = _Slices(), _Pods()
+        self._tables: dict[str, _Table[Any, Any]] = {
+            NAMESPACES: namespaces,
+            SERVICES: services,
+            ENDPOINTSLICES: slices,
+            PODS: pods,
+        }
+        # The read-only views, made once (module docstring).
+        self.namespaces: Mapping[str, Namespace] = namespaces.view
+        self.services: Mapping[ServiceKey, Service] = services.view
+        self.slices: Mapping[ObjectKey, EndpointSlice] = slices.view
         # Merged endpoints per Service key: every slice of the service, deduplicated.
-        self.endpoints: dict[ServiceKey, tuple[Endpoint, ...]] = {}
-        self.pods: dict[ServiceKey, Pod] = {}
-        self.pods_by_ip: dict[str, tuple[Pod, ...]] = {}
-        self._slices_by_service: dict[ServiceKey, dict[ServiceKey, EndpointSlice]] = {}
+        self.endpoints: Mapping[ServiceKey, tuple[Endpoint, ...]] = slices.endpoints_view
+        self.pods: Mapping[ObjectKey, Pod] = pods.view
+        self.pods_by_ip: Mapping[str, tuple[Pod, ...]] = pods.by_ip_view
         self._synced: set[str] = set()
+        self._on_synced: list[Callable[[], None]] = []
         self._subscribers: list[Subscriber] = []
         # Unix time of the last visible change: the SOA serial (as CoreDNS's kubernetes plugin).
-        self.last_change = int(time.time())
+        self._last_change = int(time.time())
 
     # --- reading -----------------------------------------------------------------------------
 
     @property
     def synced(self) -> bool:
         return self.watched <= self._synced
+
+    @property
+    def last_change(self) -> int:
+        return self._last_change
 
     def unsynced_kinds(self) -> list[str]:
         return sorted(self.watched - self._synced)
@@ -89,149 +308,53 @@ class Store:
     def subscribe(self, subscriber: Subscriber) -> None:
         self._subscribers.append(subscriber)
 
+    def when_synced(self, callback: Callable[[], None]) -> None:
+        """Call `callback` once, when every watched kind has been listed (now if it has)."""
+        if self.synced:
+            callback()
+        else:
+            self._on_synced.append(callback)
+
     # --- writing -----------------------------------------------------------------------------
 
-    def replace(self, kind: str, objects: Mapping[object, object]) -> Change:
+    def replace(self, kind: Kind[K, M], objects: Mapping[K, M]) -> Change:
         """Replace the whole state of `kind` with `objects` (key → model object)."""
-        change = Change()
-        if kind == NAMESPACES:
-            old_ns = self.namespaces
-            new_ns = dict(objects)  # type: ignore[arg-type]
-            change.namespaces = set(old_ns) ^ set(new_ns)
-            self.namespaces = new_ns
-        elif kind == SERVICES:
-            old_svc = self.services
-            new_svc = dict(objects)  # type: ignore[arg-type]
-            change.services = {
-                k for k in old_svc.keys() | new_svc.keys() if old_svc.get(k) != new_svc.get(k)
-            }
-            self.services = new_svc
-        elif kind == ENDPOINTSLICES:
-            new_slices: dict[ServiceKey, EndpointSlice] = dict(objects)  # type: ignore[arg-type]
-            by_service: dict[ServiceKey, dict[ServiceKey, EndpointSlice]] = {}
-            for key, eps in new_slices.items():
-                by_service.setdefault(eps.service_key, {})[key] = eps
-            endpoints = {k: _merge(v) for k, v in by_service.items()}
-            change.services = {
-                k
-                for k in self.endpoints.keys() | endpoints.keys()
-                if self.endpoints.get(k) != endpoints.get(k)
-            }
-            old_slices = self.slices
-            change.trigger_time = _earliest(
-                s.trigger_time
-                for k, s in new_slices.items()
-                if s.service_key in change.services and old_slices.get(k) != s
-            )
-            self.slices, self._slices_by_service, self.endpoints = new_slices, by_service, endpoints
-        elif kind == PODS:
-            old_pods = self.pods
-            new_pods = dict(objects)  # type: ignore[arg-type]
-            for k in old_pods.keys() | new_pods.keys():
-                before, after = old_pods.get(k), new_pods.get(k)
-                if before != after:
-                    change.pod_ips.update(before.ips if before else ())
-                    change.pod_ips.update(after.ips if after else ())
-            self.pods = new_pods
-            self.pods_by_ip = _index_pods(new_pods.values())
-        else:
-            raise ValueError(f"unknown kind {kind!r}")
+        change = self._table(kind).replace(objects)
+        was_synced = self.synced
         self._synced.add(kind)
-        return self._publish(change)
+        change = self._publish(change)
+        if self.synced and not was_synced:
+            callbacks, self._on_synced = self._on_synced, []
+            for callback in callbacks:
+                callback()
+        return change
 
-    def upsert(self, kind: str, obj: Namespace | Service | EndpointSlice | Pod) -> Change:
-        change = Change()
-        if isinstance(obj, Namespace):
-            if obj.name not in self.namespaces:
-                change.namespaces.add(obj.name)
-            self.namespaces[obj.name] = obj
-        elif isinstance(obj, Service):
-            if self.services.get(obj.key) != obj:
-                change.services.add(obj.key)
-            self.services[obj.key] = obj
-        elif isinstance(obj, EndpointSlice):
-            old = self.slices.get(obj.key)
-            if old is not None and old.service_key != obj.service_key:
-                change.merge(self._remove_slice(old))
-            self.slices[obj.key] = obj
-            self._slices_by_service.setdefault(obj.service_key, {})[obj.key] = obj
-            change.merge(self._remerge(obj.service_key, obj.trigger_time))
-        elif isinstance(obj, Pod):
-            old_pod = self.pods.get(obj.key)
-            if old_pod != obj:
-                if old_pod is not None:
-                    change.pod_ips.update(old_pod.ips)
-                    self._unindex_pod(old_pod)
-                change.pod_ips.update(obj.ips)
-                self.pods[obj.key] = obj
-                self._index_pod(obj)
-        else:
+    def upsert(self, kind: Kind[K, M], obj: M) -> Change:
+        table = self._table(kind)
+        if not isinstance(obj, table.model):
             raise TypeError(f"cannot upsert {type(obj).__name__} into {kind}")
-        return self._publish(change)
+        return self._publish(table.upsert(obj.key, obj))
 
-    def delete(self, kind: str, key: object) -> Change:
-        change = Change()
-        if kind == NAMESPACES:
-            if self.namespaces.pop(key, None) is not None:  # type: ignore[call-overload]
-                change.namespaces.add(key)  # type: ignore[arg-type]
-        elif kind == SERVICES:
-            if self.services.pop(key, None) is not None:  # type: ignore[call-overload]
-                change.services.add(key)  # type: ignore[arg-type]
-        elif kind == ENDPOINTSLICES:
-            old = self.slices.get(key)  # type: ignore[call-overload]
-            if old is not None:
-                change.merge(self._remove_slice(old))
-        elif kind == PODS:
-            old_pod = self.pods.pop(key, None)  # type: ignore[call-overload]
-            if old_pod is not None:
-                change.pod_ips.update(old_pod.ips)
-                self._unindex_pod(old_pod)
-        else:
-            raise ValueError(f"unknown kind {kind!r}")
-        return self._publish(change)
+    def delete(self, kind: Kind[K, M], key: K) -> Change:
+        return self._publish(self._table(kind).delete(key))
 
     # --- internals ---------------------------------------------------------------------------
 
-    def _remove_slice(self, old: EndpointSlice) -> Change:
-        del self.slices[old.key]
-        group = self._slices_by_service.get(old.service_key, {})
-        group.pop(old.key, None)
-        if not group:
-            self._slices_by_service.pop(old.service_key, None)
-        return self._remerge(old.service_key, None)
-
-    def _remerge(self, service_key: ServiceKey, trigger_time: float | None) -> Change:
-        group = self._slices_by_service.get(service_key)
-        merged = _merge(group) if group else None
-        if self.endpoints.get(service_key) == merged:
-            return Change()
-        if merged is None:
-            del self.endpoints[service_key]
-        else:
-            self.endpoints[service_key] = merged
-        return Change(services={service_key}, trigger_time=trigger_time)
-
-    def _index_pod(self, pod: Pod) -> None:
-        for ip in pod.ips:
-            self.pods_by_ip[ip] = (*self.pods_by_ip.get(ip, ()), pod)
-
-    def _unindex_pod(self, pod: Pod) -> None:
-        for ip in pod.ips:
-            rest = tuple(p for p in self.pods_by_ip.get(ip, ()) if p.key != pod.key)
-            if rest:
-                self.pods_by_ip[ip] = rest
-            else:
-                self.pods_by_ip.pop(ip, None)
+    def _table(self, kind: str) -> _Table[Any, Any]:
+        table = self._tables.get(kind)
+        if table is None:
+            raise ValueError(f"unknown kind {kind!r}")
+        return table
 
     def _publish(self, change: Change) -> Change:
         if change:
-            self.last_change = max(int(time.time()), self.last_change + 1)
+            self._last_change = max(int(time.time()), self._last_change + 1)
             for subscriber in self._subscribers:
                 subscriber(change)
         return change
 
 
-def _merge(slices: Mapping[ServiceKey, EndpointSlice]) -> tuple[Endpoint, ...]:
+def _merge(slices: Mapping[ObjectKey, EndpointSlice]) -> tuple[Endpoint, ...]:
     # Slices in name order so the merged list (and so the answers) do not depend on the order
     # events arrived in; an endpoint listed twice (during a slice rebalance) counts once.
     seen: dict[Endpoint, None] = {}
@@ -239,14 +362,6 @@ def _merge(slices: Mapping[ServiceKey, EndpointSlice]) -> tuple[Endpoint, ...]:
         for endpoint in slices[key].endpoints:
             seen.setdefault(endpoint, None)
     return tuple(seen)
-
-
-def _index_pods(pods: Iterable[Pod]) -> dict[str, tuple[Pod, ...]]:
-    index: dict[str, tuple[Pod, ...]] = {}
-    for pod in pods:
-        for ip in pod.ips:
-            index[ip] = (*index.get(ip, ()), pod)
-    return index
 
 
 def _earliest(times: Iterable[float | None]) -> float | None:

@@ -1,9 +1,9 @@
-"""kdns.config: defaults, load_config, with_overrides, and one-line errors naming file, line
-and key."""
+"""kdns.config: sections and their flat aliases, defaults, load_config, with_overrides, KDNS_*
+variables, and one-line errors naming file, line and key as it was spelled."""
 
 from __future__ import annotations
 
-import dataclasses
+import os
 import re
 from pathlib import Path
 
@@ -11,13 +11,17 @@ import pytest
 import yaml
 
 from kdns.config import (
+    ALIASES,
+    KEYS,
     POD_MODES,
     Config,
     ConfigError,
+    DnsSection,
     apply_env,
     env_overrides,
     is_reverse_zone,
     load_config,
+    locate,
     parse_hostport,
 )
 
@@ -26,13 +30,15 @@ from kdns.config import (
 
 def test_defaults() -> None:
     config = Config()
-    assert config.zones == ("cluster.local", "in-addr.arpa", "ip6.arpa")
-    assert config.ttl == 5
-    assert config.pods == "insecure"
-    assert config.dns_addr == "0.0.0.0:53"
-    assert config.manifests == ()
-    assert config.forward_zones == ("cluster.local",)
-    assert config.reverse_zones == ("in-addr.arpa", "ip6.arpa")
+    assert config.dns.zones == ("cluster.local", "in-addr.arpa", "ip6.arpa")
+    assert config.dns.ttl == 5
+    assert config.dns.pods == "insecure"
+    assert config.dns.addr == "0.0.0.0:53"
+    assert config.dns.loadbalance == "round_robin"
+    assert config.kubernetes.manifests == ()
+    assert config.dns.forward_zones == ("cluster.local",)
+    assert config.dns.reverse_zones == ("in-addr.arpa", "ip6.arpa")
+    assert config.proxy.mode == "iptables" and config.dns.proxy == "none"
 
 
 @pytest.mark.parametrize(
@@ -59,8 +65,8 @@ def test_defaults() -> None:
 def test_forward_and_reverse_zones(
     zones: tuple[str, ...], forward: tuple[str, ...], reverse: tuple[str, ...]
 ) -> None:
-    config = Config(zones=zones)
-    assert (config.forward_zones, config.reverse_zones) == (forward, reverse)
+    dns = DnsSection(zones=zones)
+    assert (dns.forward_zones, dns.reverse_zones) == (forward, reverse)
     assert [is_reverse_zone(z) for z in zones] == [z in reverse for z in zones]
 
 
@@ -68,16 +74,16 @@ def test_forward_and_reverse_zones(
 
 
 def test_with_overrides_flags_win_and_none_means_not_given() -> None:
-    base = Config(ttl=30, pods="verified", dns_addr="127.0.0.1:5353")
+    base = Config().with_overrides(ttl=30, pods="verified", dns_addr="127.0.0.1:5353")
     config = base.with_overrides(ttl=None, pods="disabled", dns_addr=None, zones=None)
-    assert config == Config(ttl=30, pods="disabled", dns_addr="127.0.0.1:5353")
-    assert base.pods == "verified"  # frozen: the original is untouched
+    assert config == Config().with_overrides(ttl=30, pods="disabled", dns_addr="127.0.0.1:5353")
+    assert base.dns.pods == "verified"  # frozen: the original is untouched
 
 
 def test_with_overrides_normalises_and_validates() -> None:
     config = Config().with_overrides(zones=["Example.Local.", "10.IN-ADDR.ARPA"], ttl=0)
-    assert config.zones == ("example.local", "10.in-addr.arpa")
-    assert config.ttl == 0
+    assert config.dns.zones == ("example.local", "10.in-addr.arpa")
+    assert config.dns.ttl == 0
     with pytest.raises(ConfigError, match=r"^command line: ttl: .*0-3600"):
         Config().with_overrides(ttl=3601)
     with pytest.raises(ConfigError, match=r"^command line: dns_addr: "):
@@ -113,7 +119,7 @@ manifests:
 """,
     )
     config = load_config(path)
-    assert config == Config(
+    assert config == Config().with_overrides(
         zones=("cluster.local", "10.in-addr.arpa"),
         ttl=30,
         pods="verified",
@@ -121,8 +127,8 @@ manifests:
         manifests=("/etc/kdns/services.yaml",),
     )
     assert config.source == path
-    assert config.forward_zones == ("cluster.local",)
-    assert config.reverse_zones == ("10.in-addr.arpa",)
+    assert config.dns.forward_zones == ("cluster.local",)
+    assert config.dns.reverse_zones == ("10.in-addr.arpa",)
 
 
 @pytest.mark.parametrize(
@@ -142,11 +148,11 @@ def test_load_config_empty_file_gives_defaults(tmp_path: Path, text: str) -> Non
 
 def test_load_config_partial_file_keeps_other_defaults(tmp_path: Path) -> None:
     config = load_config(write(tmp_path, "ttl: 0\n"))
-    assert config == Config(ttl=0)
+    assert config == Config().with_overrides(ttl=0)
 
 
 def test_load_config_single_zone_string(tmp_path: Path) -> None:
-    assert load_config(write(tmp_path, "zones: cluster.local\n")).zones == ("cluster.local",)
+    assert load_config(write(tmp_path, "zones: cluster.local\n")).dns.zones == ("cluster.local",)
 
 
 @pytest.mark.parametrize(
@@ -159,13 +165,13 @@ def test_load_config_single_zone_string(tmp_path: Path) -> None:
 )
 def test_zone_normalisation(tmp_path: Path, zone: str, normalised: str) -> None:
     path = write(tmp_path, f"zones: ['{zone}']\n")
-    assert load_config(path).zones == (normalised,)
+    assert load_config(path).dns.zones == (normalised,)
 
 
 def test_config_then_flags(tmp_path: Path) -> None:
     config = load_config(write(tmp_path, "ttl: 30\npods: verified\n"))
     final = config.with_overrides(ttl=10, pods=None)
-    assert (final.ttl, final.pods) == (10, "verified")
+    assert (final.dns.ttl, final.dns.pods) == (10, "verified")
 
 
 # --- load_config: errors -----------------------------------------------------------------------
@@ -441,7 +447,7 @@ def test_apply_env_range_errors_name_the_variable_and_key(
 def test_apply_env_overrides_the_file_one_key_each(tmp_path: Path) -> None:
     config = load_config(write(tmp_path, "ttl: 30\npods: verified\nlameduck: 10\n"))
     final = apply_env(config, {"KDNS_TTL": "7", "KDNS_RELOAD_INTERVAL": "0"})
-    assert final == Config(ttl=7, pods="verified", lameduck=10, reload_interval=0)
+    assert final == Config().with_overrides(ttl=7, pods="verified", lameduck=10, reload_interval=0)
     assert final.source == config.source
 
 
@@ -456,45 +462,72 @@ def _env_text(value: object) -> str:
     return yaml.safe_dump(value, default_flow_style=True).strip()
 
 
+def _variables(path: str) -> list[str]:
+    """The KDNS_* variables that set the key at `path`: by flat name and by SECTION_FIELD."""
+    alias = KEYS[path].alias or path.replace(".", "_")
+    return sorted({f"KDNS_{alias.upper()}", f"KDNS_{path.replace('.', '_').upper()}"})
+
+
 def test_every_key_can_be_set_from_the_environment() -> None:
-    # Whatever keys Config has: each takes its default back from its variable, so a key added
+    # Whatever keys Config has: each takes its default back from its variables, so a key added
     # later is covered without touching this test.
-    for f in dataclasses.fields(Config):
-        if f.name == "source":
-            continue
-        default = getattr(Config(), f.name)
-        if default is None:
+    for path, key in KEYS.items():
+        if key.default is None:
             continue  # upstreams: null is the file's way of saying "resolv_conf's"
-        text = "{}" if f.name == "stub_domains" else _env_text(default)
-        name = f"KDNS_{f.name.upper()}"
-        assert apply_env(Config(), {name: text}) == Config(), (name, text)
+        text = "{}" if path == "forward.stub_domains" else _env_text(key.default)
+        for name in _variables(path):
+            assert apply_env(Config(), {name: text}) == Config(), (name, text)
 
 
 def test_a_non_default_value_from_the_environment_for_every_simple_key() -> None:
     # Each scalar key, set to a value other than its default, arrives as that value.
-    for f in dataclasses.fields(Config):
-        default = getattr(Config(), f.name)
-        if f.name == "source" or type(default) not in (bool, int, float):
-            continue
+    for path, key in KEYS.items():
+        default = key.default
+        if type(default) not in (bool, int, float) or key.shape != "scalar":
+            continue  # query_log: false or a format, read as YAML
         other = (not default) if isinstance(default, bool) else default + 1
-        overrides = env_overrides({f"KDNS_{f.name.upper()}": _env_text(other)})
-        assert overrides == {f.name: other}, f.name
+        for name in _variables(path):
+            overrides = env_overrides({name: _env_text(other)})
+            assert overrides == {name[5:].lower(): other}, name
+            assert apply_env(Config(), {name: _env_text(other)}).get(path) == other, name
+
+
+def test_a_variable_by_path_and_its_errors_name_it() -> None:
+    config = apply_env(Config(), {"KDNS_DNS_TTL": "30", "KDNS_PROXY_MODE": "nftables"})
+    assert (config.dns.ttl, config.proxy.mode) == (30, "nftables")
+    with pytest.raises(ConfigError) as error:
+        apply_env(Config(), {"KDNS_LOGGING_FORMAT": "xml"})
+    assert (
+        str(error.value)
+        == "$KDNS_LOGGING_FORMAT: logging_format: must be one of text, json (got 'xml')"
+    )
 
 
 # --- every key is checked ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("key", [f.name for f in dataclasses.fields(Config) if f.name != "source"])
-def test_every_key_rejects_a_value_of_the_wrong_shape(tmp_path: Path, key: str) -> None:
-    # A list holding a mapping is no key's value: each key must say so, naming itself and its
-    # line, and what was given.
-    path = write(tmp_path, f"# kdns\n{key}:\n  - {{bogus: 1}}\n")
-    with pytest.raises(ConfigError) as info:
-        load_config(path)
-    message = str(info.value)
-    assert message.startswith(f"{path}:2: {key}: "), message
-    assert "bogus" in message, message
-    assert "\n" not in message
+def _spellings(path: str) -> list[tuple[str, str, int]]:
+    """(file text before the value, the key as spelled, its line) for both ways of writing it."""
+    section, name = path.split(".")
+    alias = KEYS[path].alias
+    return [(f"# kdns\n{alias}:", alias, 2)] * bool(alias) + [
+        (f"# kdns\n{section}:\n  {name}:", path, 3)
+    ]
+
+
+@pytest.mark.parametrize("path", list(KEYS))
+def test_every_key_rejects_a_value_of_the_wrong_shape(tmp_path: Path, path: str) -> None:
+    # A list holding a mapping is no key's value: each key must say so, naming itself as spelled
+    # and its line, and what was given.
+    for head, spelled, line in _spellings(path):
+        indent = " " * (len(head.splitlines()[-1]) - len(head.splitlines()[-1].lstrip()) + 2)
+        file = write(tmp_path, f"{head}\n{indent}- {{bogus: 1}}\n")
+        with pytest.raises(ConfigError) as info:
+            load_config(file)
+        message = str(info.value)
+        assert message.startswith(f"{file}:{line}: {spelled}: "), message
+        assert "bogus" in message, message
+        assert "\n" not in message
 
 
 # (file text, line, key, the exact message after "path:line: key: ")
@@ -598,6 +631,77 @@ VALUE_ERRORS = [
     ("serve_stale: 2w\n", 1, "serve_stale", "must be a number of seconds in 0-604800 (got '2w')"),
     ("autopath: 'yes'\n", 1, "autopath", "must be true or false (got 'yes')"),
     ("lameduck: 5s\n", 1, "lameduck", "must be a number of seconds in 0-3600 (got '5s')"),
+    (
+        "loadbalance: random\n",
+        1,
+        "loadbalance",
+        "must be one of round_robin, off (got 'random')",
+    ),
+    ("proxy: kernel\n", 1, "proxy", "must be one of none, userspace (got 'kernel')"),
+    (
+        "proxy_mode: ebpf\n",
+        1,
+        "proxy_mode",
+        "must be one of iptables, nftables, ipvs, userspace (got 'ebpf')",
+    ),
+    ("node_name: 7\n", 1, "node_name", "must be a string (got 7)"),
+    (
+        "cluster_cidrs: [10.244.0.0/16, 10.245.0.0/16]\n",
+        1,
+        "cluster_cidrs",
+        "at most one CIDR per IP family (got ['10.244.0.0/16', '10.245.0.0/16'])",
+    ),
+    (
+        "nodeport_addresses: [10.0.0.0/33]\n",
+        1,
+        "nodeport_addresses",
+        "'10.0.0.0/33' is not a CIDR (expected a list of CIDRs, e.g. 10.244.0.0/16)",
+    ),
+    (
+        "min_sync_period: 3601\n",
+        1,
+        "min_sync_period",
+        "must be a number of seconds in 0-3600 (got 3601)",
+    ),
+    ("sync_period: 0\n", 1, "sync_period", "must be a number of seconds in 0.1-86400 (got 0)"),
+    ("masquerade_all: 'yes'\n", 1, "masquerade_all", "must be true or false (got 'yes')"),
+    (
+        "ipvs_scheduler: 'r r'\n",
+        1,
+        "ipvs_scheduler",
+        "must be an IPVS scheduler name, e.g. rr (got 'r r')",
+    ),
+    (
+        "healthz_addr: ':99999'\n",
+        1,
+        "healthz_addr",
+        "port '99999' is not a number in 0-65535 (expected HOST:PORT, e.g. 0.0.0.0:53 or [::]:53)",
+    ),
+    (
+        "proxy_metrics_addr: localhost\n",
+        1,
+        "proxy_metrics_addr",
+        "'localhost' is not an IP address (expected HOST:PORT, e.g. 0.0.0.0:53 or [::]:53)",
+    ),
+    # In its section, a key is named by its path, on its own line.
+    (
+        "dns:\n  ttl: 5\n  pods: maybe\n",
+        3,
+        "dns.pods",
+        "must be one of insecure, verified, disabled (got 'maybe')",
+    ),
+    (
+        "forward:\n  stub_domains:\n    acme.local: [ns1]\n",
+        2,
+        "forward.stub_domains.acme.local",
+        "'ns1': 'ns1' is not an IP address (expected IP or IP:PORT)",
+    ),
+    (
+        "cache:\n  max_ttl: -1\n",
+        2,
+        "cache.max_ttl",
+        "must be a whole number of seconds in 0-86400 (got -1)",
+    ),
     ("lameduck: 3601\n", 1, "lameduck", "must be a number of seconds in 0-3600 (got 3601)"),
     (
         "reload_interval: -2\n",
@@ -625,17 +729,13 @@ def test_value_errors_name_key_allowed_values_and_what_was_given(
 
 
 def test_value_error_tables_cover_every_key_of_this_module() -> None:
-    # A key added by another change is checked by test_every_key_rejects_a_value_of_the_wrong_shape;
-    # its range belongs in VALUE_ERRORS when it has one.
+    # Every flat key has its range in VALUE_ERRORS or ERRORS, but the logging ones (in
+    # tests/test_config_observability.py); test_every_key_rejects_a_value_of_the_wrong_shape
+    # covers their shape.
     covered = {key.split(".")[0] for _, _, key, _ in VALUE_ERRORS}
     covered |= {param.values[2] for param in ERRORS}
-    assert covered >= {
-        "zones", "ttl", "pods", "dns_addr", "manifests", "kubeconfig", "context", "health_addr",
-        "ready_addr", "metrics_addr", "upstreams", "resolv_conf", "stub_domains",
-        "kube_dns_configmap", "max_concurrent", "forward_timeout", "cache_success",
-        "cache_denial", "cache_max_ttl", "cache_max_denial_ttl", "serve_stale", "autopath",
-        "lameduck", "reload_interval",
-    }  # fmt: skip
+    observability = {"log_format", "query_log", "log_consolidate", "metrics_coredns_names"}
+    assert covered | observability >= set(ALIASES), set(ALIASES) - covered - observability
 
 
 def test_boundaries_are_accepted(tmp_path: Path) -> None:
@@ -644,8 +744,9 @@ def test_boundaries_are_accepted(tmp_path: Path) -> None:
         "max_concurrent: 1\ncache_success: 0\nserve_stale: 604800\n"
     )
     config = load_config(write(tmp_path, text))
-    assert (config.ttl, config.lameduck, config.reload_interval) == (3600, 0, 0)
-    assert (config.forward_timeout, config.max_concurrent, config.serve_stale) == (0.05, 1, 604800)
+    assert (config.dns.ttl, config.dns.lameduck, config.dns.reload_interval) == (3600, 0, 0)
+    forward = config.forward
+    assert (forward.timeout, forward.max_concurrent, config.cache.serve_stale) == (0.05, 1, 604800)
 
 
 # --- config/kdns.yaml ------------------------------------------------------------------------------
@@ -654,27 +755,198 @@ SHIPPED = Path(__file__).resolve().parents[1] / "config" / "kdns.yaml"
 
 
 def test_shipped_config_lists_every_key_with_its_default() -> None:
-    # Loading it gives exactly the defaults, and it names every key Config has: the file cannot
-    # drift from the code, whichever keys are added.
+    # Loading it gives exactly the defaults, and it names every key Config has, in its section:
+    # the file cannot drift from the code, whichever keys are added.
     config = load_config(str(SHIPPED))
     assert config == Config()
-    keys = yaml.safe_load(SHIPPED.read_text())
-    expected = {f.name for f in dataclasses.fields(Config)} - {"source"}
-    assert set(keys) == expected, f"missing: {expected - set(keys)}, extra: {set(keys) - expected}"
-    for f in dataclasses.fields(Config):
-        if f.name in keys:
-            # Written as the default, not merely equal after normalisation ("5" is not 5).
-            assert Config(**{f.name: _from_file(f.name, keys[f.name])}) == Config(), f.name
+    sections = yaml.safe_load(SHIPPED.read_text())
+    given = {f"{section}.{name}" for section, keys in sections.items() for name in keys}
+    assert given == set(KEYS), f"missing: {set(KEYS) - given}, extra: {given - set(KEYS)}"
+    for path, key in KEYS.items():
+        section, name = path.split(".")
+        value = sections[section][name]
+        # Written as the default, not merely equal after normalisation ("5" is not 5).
+        assert Config().with_overrides(**{path: _from_file(path, value)}) == Config(), path
+        assert type(key.default) is type(_from_file(path, value)), path
 
 
-def _from_file(key: str, value: object) -> object:
-    if key == "stub_domains":
-        return tuple((k, tuple(v)) for k, v in value.items())  # type: ignore[attr-defined]
+def _from_file(path: str, value: object) -> object:
+    if path == "forward.stub_domains":
+        assert isinstance(value, dict)
+        return tuple((k, tuple(v)) for k, v in value.items())
     return tuple(value) if isinstance(value, list) else value
 
 
-def test_shipped_config_has_a_comment_above_every_key() -> None:
+def test_shipped_config_has_a_comment_above_every_key_naming_its_flat_name() -> None:
     lines = SHIPPED.read_text().splitlines()
+    section = ""
     for i, line in enumerate(lines):
-        if line and not line.startswith((" ", "#", "-")):
-            assert i > 0 and lines[i - 1].startswith("# "), f"line {i + 1}: {line!r}"
+        if not line.strip() or line.lstrip().startswith(("#", "-")):
+            continue
+        comment = lines[i - 1].strip() if i else ""
+        assert comment.startswith("# "), f"line {i + 1}: {line!r}"
+        name = line.split(":")[0].strip()
+        if not line.startswith(" "):
+            section = name
+            continue
+        alias = KEYS[f"{section}.{name}"].alias
+        if alias:
+            assert comment.endswith(f"(flat: {alias})"), f"line {i}: {comment!r}"
+
+
+# --- sections and flat keys --------------------------------------------------------------------
+
+
+def test_sections_and_flat_keys_are_one_model(tmp_path: Path) -> None:
+    flat = load_config(
+        write(tmp_path, "ttl: 30\ndns_addr: ':5353'\nproxy_mode: nftables\ncache_max_ttl: 60\n")
+    )
+    nested = load_config(
+        write(
+            tmp_path,
+            "dns:\n  ttl: 30\n  addr: ':5353'\nproxy:\n  mode: nftables\ncache:\n  max_ttl: 60\n",
+            "nested.yaml",
+        )
+    )
+    mixed = load_config(
+        write(
+            tmp_path,
+            "dns:\n  ttl: 30\ndns_addr: ':5353'\nproxy: {mode: nftables}\ncache_max_ttl: 60\n",
+        )
+    )
+    assert flat == nested == mixed
+    assert (flat.dns.ttl, flat.dns.addr, flat.proxy.mode, flat.cache.max_ttl) == (
+        30,
+        ":5353",
+        "nftables",
+        60,
+    )
+
+
+def test_every_flat_key_names_one_path() -> None:
+    assert set(ALIASES.values()) <= set(KEYS)
+    for alias, path in ALIASES.items():
+        assert Config().get(alias) == Config().get(path) == KEYS[path].default
+
+
+def test_a_top_level_proxy_is_the_section_when_a_mapping_else_serve_s_relay(tmp_path: Path) -> None:
+    relay = load_config(write(tmp_path, "proxy: userspace\n"))
+    assert (relay.dns.proxy, relay.proxy.mode) == ("userspace", "iptables")
+    section = load_config(write(tmp_path, "proxy:\n  mode: userspace\n"))
+    assert (section.dns.proxy, section.proxy.mode) == ("none", "userspace")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        pytest.param(
+            "ttl: 5\ndns:\n  ttl: 6\n",
+            ":3: dns.ttl: given twice (first on line 1 as ttl)",
+            id="alias-and-path",
+        ),
+        pytest.param(
+            "dns:\n  pods: verified\ncache: {}\ndns:\n  ttl: 6\n",
+            ":4: dns: given twice (first on line 1)",
+            id="section-twice",
+        ),
+        pytest.param(
+            "dns:\n  ttl: 5\n  ttl: 6\n",
+            ":3: dns.ttl: given twice (first on line 2)",
+            id="in-section",
+        ),
+        pytest.param(
+            "dns:\n  colour: blue\n", ":2: dns.colour: unknown key", id="unknown-in-section"
+        ),
+        pytest.param(
+            "cache: 30\n",
+            ":1: cache: must be a mapping of the section's keys (got 30)",
+            id="section-scalar",
+        ),
+        pytest.param(
+            "dns:\n  zones: {a: b}\n",
+            ":2: dns.zones: expected a list (got {'a': 'b'})",
+            id="shape-in-section",
+        ),
+    ],
+)
+def test_section_errors_name_the_key_as_spelled(tmp_path: Path, text: str, message: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(info.value).startswith(f"{path}{message}"), str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_with_overrides_takes_paths_and_names_them() -> None:
+    config = Config().with_overrides(**{"dns.ttl": 7, "node.cluster_cidrs": ["10.244.0.0/16"]})
+    assert (config.dns.ttl, config.node.cluster_cidrs) == (7, ("10.244.0.0/16",))
+    with pytest.raises(ConfigError) as info:
+        Config().with_overrides(**{"proxy.sync_period": 0})
+    assert str(info.value) == (
+        "command line: proxy.sync_period: must be a number of seconds in 0.1-86400 (got 0)"
+    )
+    assert info.value.problem == "must be a number of seconds in 0.1-86400 (got 0)"
+
+
+def test_locate_names_a_key_as_the_file_spells_it(tmp_path: Path) -> None:
+    path = write(tmp_path, "ttl: 5\ndns:\n  addr: ':53'\nmanifests: [a]\n")
+    assert locate(path, "dns.addr") == (f"{path}:3", "dns.addr")
+    assert locate(path, "kubernetes.manifests") == (f"{path}:4", "manifests")
+    # Set by a flag or a variable: the file, and the flat name.
+    assert locate(path, "dns.pods") == (path, "pods")
+    assert locate("", "dns.pods") == ("config", "pods")
+
+
+# --- flags ------------------------------------------------------------------------------------------
+
+
+def test_every_flag_destination_is_a_key_path() -> None:
+    from kdns import cli
+
+    cli._parser()
+    assert cli._FLAGS, "the parser declares its config flags through _key_flag"
+    assert set(cli._FLAGS) <= set(KEYS), set(cli._FLAGS) - set(KEYS)
+    # The proxy's flags and serve's land in their own sections: --metrics-addr is two keys.
+    assert cli._FLAGS["dns.metrics_addr"] == cli._FLAGS["proxy.metrics_addr"] == "--metrics-addr"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (
+            ["serve", "--ttl", "9999"],
+            "--ttl: must be a whole number of seconds in 0-3600 (got 9999)",
+        ),
+        (["serve", "--dns-addr", "nohost:53"], "--dns-addr: 'nohost' is not an IP address"),
+        (
+            ["proxy", "--sync-period", "0"],
+            "--sync-period: must be a number of seconds in 0.1-86400",
+        ),
+        (["proxy", "--cluster-cidr", "10.0.0.0/33"], "--cluster-cidr: '10.0.0.0/33' is not a CIDR"),
+    ],
+)
+def test_a_bad_flag_is_named_by_its_flag(
+    argv: list[str], message: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kdns import cli
+
+    for name in [n for n in os.environ if n.startswith("KDNS_")]:
+        monkeypatch.delenv(name)
+    with pytest.raises(ConfigError) as info:
+        cli._config(cli._parser().parse_args(argv))
+    assert str(info.value).startswith(message), str(info.value)
+
+
+def test_flags_override_variables_override_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kdns import cli
+
+    path = write(tmp_path, "dns:\n  ttl: 30\n  pods: verified\nproxy_mode: ipvs\nnode_name: a\n")
+    monkeypatch.setenv("KDNS_DNS_PODS", "disabled")
+    monkeypatch.setenv("KDNS_NODE_NAME", "b")
+    args = ["proxy", "--config", path, "--mode", "nftables"]
+    config = cli._config(cli._parser().parse_args(args))
+    assert (config.dns.ttl, config.dns.pods) == (30, "disabled")
+    assert (config.proxy.mode, config.node.name) == ("nftables", "b")
+    assert cli._proxy_options(config).mode == "nftables"

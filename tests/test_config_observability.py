@@ -1,5 +1,7 @@
-"""The logging and metrics keys of the config file: log_format, query_log, log_consolidate,
-metrics_coredns_names — defaults, the file, KDNS_* variables, and one-line errors."""
+"""The logging and metrics keys of the config file: logging.format, logging.query_log,
+logging.consolidate, dns.metrics_coredns_names (and their flat aliases log_format, query_log,
+log_consolidate, metrics_coredns_names) — defaults, the file, KDNS_* variables, and one-line
+errors."""
 
 from __future__ import annotations
 
@@ -15,12 +17,14 @@ SHIPPED = Path(__file__).resolve().parents[1] / "config" / "kdns.yaml"
 
 def test_defaults_match_the_shipped_file() -> None:
     config = Config()
-    assert (config.log_format, config.query_log) == ("text", False)
-    assert (config.log_consolidate, config.metrics_coredns_names) == (10.0, False)
+    assert (config.logging.format, config.logging.query_log) == ("text", False)
+    assert (config.logging.consolidate, config.dns.metrics_coredns_names) == (10.0, False)
     shipped = yaml.safe_load(SHIPPED.read_text())
-    for key in ("log_format", "query_log", "log_consolidate", "metrics_coredns_names"):
-        assert shipped[key] == getattr(config, key), key
-    assert load_config(str(SHIPPED)).query_log is False
+    for path in ("logging.format", "logging.query_log", "logging.consolidate"):
+        section, key = path.split(".")
+        assert shipped[section][key] == config.get(path), path
+    assert shipped["dns"]["metrics_coredns_names"] is False
+    assert load_config(str(SHIPPED)).logging.query_log is False
 
 
 @pytest.mark.parametrize(
@@ -33,6 +37,10 @@ def test_defaults_match_the_shipped_file() -> None:
         ("log_consolidate: 0\n", {"log_consolidate": 0}),
         ("log_consolidate: 2.5\n", {"log_consolidate": 2.5}),
         ("metrics_coredns_names: true\n", {"metrics_coredns_names": True}),
+        (
+            "logging:\n  format: json\n  query_log: text\n",
+            {"log_format": "json", "query_log": "text"},
+        ),
     ],
 )
 def test_good_values(tmp_path: Path, text: str, expected: dict[str, object]) -> None:
@@ -40,7 +48,7 @@ def test_good_values(tmp_path: Path, text: str, expected: dict[str, object]) -> 
     path.write_text(text)
     config = load_config(str(path))
     for key, value in expected.items():
-        assert getattr(config, key) == value
+        assert config.get(key) == value
 
 
 @pytest.mark.parametrize(
@@ -64,6 +72,10 @@ def test_good_values(tmp_path: Path, text: str, expected: dict[str, object]) -> 
             "metrics_coredns_names: 1\n",
             ":1: metrics_coredns_names: must be true or false (got 1)",
         ),
+        (
+            "logging:\n  consolidate: 1\n  format: xml\n",
+            ":3: logging.format: must be one of text, json (got 'xml')",
+        ),
     ],
 )
 def test_bad_values_name_the_key_and_what_is_allowed(
@@ -86,8 +98,9 @@ def test_environment_variables() -> None:
         }
     )
     config = Config().with_overrides(**overrides)
-    assert (config.metrics_coredns_names, config.query_log) == (True, "json")
-    assert (config.log_format, config.log_consolidate) == ("json", 1.5)
-    assert Config().with_overrides(**env_overrides({"KDNS_QUERY_LOG": "false"})).query_log is False
+    assert (config.dns.metrics_coredns_names, config.logging.query_log) == (True, "json")
+    assert (config.logging.format, config.logging.consolidate) == ("json", 1.5)
+    quiet = Config().with_overrides(**env_overrides({"KDNS_LOGGING_QUERY_LOG": "false"}))
+    assert quiet.logging.query_log is False
     with pytest.raises(ConfigError, match="KDNS_METRICS_COREDNS_NAMES"):
         env_overrides({"KDNS_METRICS_COREDNS_NAMES": "maybe"})

@@ -169,18 +169,18 @@ def test_dns_pod_runs_as_the_images_user() -> None:
 def test_dns_probes_match_the_config(tmp_path: Path) -> None:
     config, _ = config_of_deployment(tmp_path)
     live, ready = KDNS["livenessProbe"]["httpGet"], KDNS["readinessProbe"]["httpGet"]
-    assert (live["path"], live["port"]) == ("/health", parse_hostport(config.health_addr)[1])
-    assert (ready["path"], ready["port"]) == ("/ready", parse_hostport(config.ready_addr)[1])
+    assert (live["path"], live["port"]) == ("/health", parse_hostport(config.dns.health_addr)[1])
+    assert (ready["path"], ready["port"]) == ("/ready", parse_hostport(config.dns.ready_addr)[1])
     # The same ports as kdns's defaults and CoreDNS's manifests.
-    assert live["port"] == parse_hostport(Config().health_addr)[1] == 8080
-    assert ready["port"] == parse_hostport(Config().ready_addr)[1] == 8181
+    assert live["port"] == parse_hostport(Config().dns.health_addr)[1] == 8080
+    assert ready["port"] == parse_hostport(Config().dns.ready_addr)[1] == 8181
 
 
 def test_service_ports_reach_where_kdns_listens(tmp_path: Path) -> None:
     config, _ = config_of_deployment(tmp_path)
-    dns_port = parse_hostport(config.dns_addr)[1]
-    metrics_port = parse_hostport(config.metrics_addr)[1]
-    assert parse_hostport(config.dns_addr)[0] == "0.0.0.0"
+    dns_port = parse_hostport(config.dns.addr)[1]
+    metrics_port = parse_hostport(config.dns.metrics_addr)[1]
+    assert parse_hostport(config.dns.addr)[0] == "0.0.0.0"
     assert dns_port > 1023  # a non-root process without NET_BIND_SERVICE can bind it
     spec = SERVICE["spec"]
     assert spec["clusterIP"] == "10.96.0.10"
@@ -223,7 +223,7 @@ def test_dns_deployment_settings() -> None:
 def test_the_config_file_is_the_mounted_configmap(tmp_path: Path) -> None:
     config, path = config_of_deployment(tmp_path)
     assert KDNS["args"] == ["serve", "--config", path]
-    assert config.manifests == () and config.kubeconfig == ""  # in-cluster
+    assert config.kubernetes.manifests == () and config.kubernetes.kubeconfig == ""  # in-cluster
     # The arguments parse as kdns's own command line does (tests set KDNS_RESOLV_CONF).
     args = cli._parser().parse_args(["serve", "--config", str(tmp_path / "kdns.yaml")])
     assert cli._config(args) == config.with_overrides(**env_overrides(dict(os.environ)))
@@ -325,7 +325,7 @@ def test_proxy_daemonset() -> None:
     assert flags <= PROXY_FLAGS, flags - PROXY_FLAGS
     # `kdns proxy`'s own parser and checks take them, as the kubelet passes them.
     parsed = cli._parser().parse_args([a.replace("$(NODE_NAME)", "node-1") for a in args])
-    options = cli._proxy_options(parsed, Config())
+    options = cli._proxy_options(cli._config(parsed))
     assert proxyapp.check_options(options) == []
     assert options.node_name == "node-1" and options.mode == "iptables"
     assert args[args.index("--node-name") + 1] == "$(NODE_NAME)"
@@ -406,10 +406,10 @@ def test_sidecar_example(tmp_path: Path) -> None:
         (manifests / key).write_text(text)
     local = [str(manifests) if a == "/etc/kdns/manifests" else a for a in args]
     config = cli._config(cli._parser().parse_args(local))
-    assert config.dns_addr == "127.0.0.1:53"
-    assert config.upstreams == ("10.96.0.10",)
-    _, errors = load(list(config.manifests))
+    assert config.dns.addr == "127.0.0.1:53"
+    assert config.forward.upstreams == ("10.96.0.10",)
+    _, errors = load(list(config.kubernetes.manifests))
     assert errors == []
     probe = sidecar["readinessProbe"]["httpGet"]
-    assert probe["port"] == parse_hostport(config.ready_addr)[1] and probe["path"] == "/ready"
-    assert re.fullmatch(r"0\.0\.0\.0:\d+", config.ready_addr)
+    assert probe["port"] == parse_hostport(config.dns.ready_addr)[1] and probe["path"] == "/ready"
+    assert re.fullmatch(r"0\.0\.0\.0:\d+", config.dns.ready_addr)

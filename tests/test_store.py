@@ -1,5 +1,6 @@
-"""kdns.store: replace / upsert / delete, `synced`, EndpointSlice merging, and the Change that
-tells consumers exactly what became visible (docs/architecture.md, rules 2 and 4)."""
+"""kdns.store: replace / upsert / delete, `synced` and `when_synced`, EndpointSlice merging,
+read-only views, and the Change that tells consumers exactly what became visible
+(docs/architecture.md, rules 2 and 4)."""
 
 from __future__ import annotations
 
@@ -211,6 +212,24 @@ def test_synced_counts_only_watched_kinds() -> None:
     assert store.synced
 
 
+def test_when_synced_calls_back_once_when_the_last_kind_is_listed() -> None:
+    store = Store(watched=(SERVICES, ENDPOINTSLICES))
+    calls: list[tuple[bool, set[object]]] = []
+    store.when_synced(lambda: calls.append((store.synced, set(store.services))))
+    store.replace(SERVICES, by_key(svc("a")))
+    store.upsert(ENDPOINTSLICES, es("a-1", "a", "10.1.0.1"))  # not a full list
+    assert calls == []
+    store.replace(ENDPOINTSLICES, {})  # an empty list: no visible change, but synced
+    assert calls == [(True, {("ns", "a")})]
+    store.replace(ENDPOINTSLICES, {})
+    store.replace(SERVICES, {})
+    assert len(calls) == 1
+    # Once synced, a new callback is called at once.
+    late: list[bool] = []
+    store.when_synced(lambda: late.append(store.synced))
+    assert late == [True]
+
+
 def test_synced_stays_true_after_later_replaces(store: Store) -> None:
     for kind in KINDS:
         store.replace(kind, {})
@@ -372,6 +391,51 @@ def test_namespaces_upsert_and_delete(store: Store, seen: Recorder) -> None:
 def test_upsert_of_wrong_type_is_an_error(store: Store) -> None:
     with pytest.raises(TypeError):
         store.upsert(SERVICES, "web")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("kind", "obj"),
+    [
+        (SERVICES, Namespace("ns")),
+        (NAMESPACES, svc("web")),
+        (PODS, es("web-1", "web", "10.1.0.1")),
+        (ENDPOINTSLICES, pod("a", "10.1.0.1")),
+    ],
+)
+def test_upsert_into_another_kind_is_an_error(store: Store, kind: str, obj: Any) -> None:
+    # The kind names the table: a Service is never filed as a namespace, whatever its type.
+    with pytest.raises(TypeError, match=f"into {kind}"):
+        store.upsert(kind, obj)  # type: ignore[arg-type]
+    assert not any(store.services) and not any(store.namespaces) and not any(store.pods)
+
+
+# --- read-only views ---------------------------------------------------------------------------
+
+
+def test_views_are_read_only_and_made_once(store: Store) -> None:
+    views = [
+        store.namespaces,
+        store.services,
+        store.slices,
+        store.endpoints,
+        store.pods,
+        store.pods_by_ip,
+    ]
+    store.replace(SERVICES, by_key(svc("a")))
+    store.replace(ENDPOINTSLICES, by_key(es("a-1", "a", "10.1.0.1")))
+    store.replace(PODS, by_key(pod("p", "10.1.0.1")))
+    store.replace(NAMESPACES, {"ns": Namespace("ns")})
+    store.upsert(SERVICES, svc("b", "10.96.0.2"))
+    # The same objects, showing the current state: a consumer may keep a reference.
+    now = (store.namespaces, store.services, store.slices, store.endpoints, store.pods)
+    assert all(a is b for a, b in zip((*now, store.pods_by_ip), views, strict=True))
+    assert set(views[1]) == {("ns", "a"), ("ns", "b")}
+    assert views[3] == {("ns", "a"): (ep("10.1.0.1"),)}
+    assert set(views[5]) == {"10.1.0.1"}
+    for view in views:
+        with pytest.raises(TypeError):
+            view["x"] = None  # type: ignore[index]
+        assert not hasattr(view, "pop") and not hasattr(view, "clear")
 
 
 # --- Pods --------------------------------------------------------------------------------------

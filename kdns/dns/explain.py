@@ -1,10 +1,13 @@
 """Why kdns answers a name the way it does: the resolver's answer, each record's source, reasons.
 
-`explain(resolver, qname, qtype)` asks the resolver (the very call the DNS server makes) and then
-walks the name the way the resolver does, reading the same store and the same per-Service
-records (`Resolver.service_records`), to say where each record comes from (a Service field, an
-EndpointSlice endpoint, a Pod) and why the name is NXDOMAIN or NODATA (no such namespace, no
-ready endpoint, an unnamed port, pods disabled, …). `render` turns that into text for a person.
+`explain(resolver, qname, qtype)` asks the resolver (the very call the DNS server makes) with a
+`Trace`, in which the resolver records each decision it takes and where each record it adds
+comes from. Explain only puts that in words: a reason per decision, in the resolver's order, and
+an origin per record (a Service field, an EndpointSlice endpoint, a Pod). It reads the store for
+detail a decision does not carry — close matches for a misspelt name, the EndpointSlice of an
+endpoint, why a name below a Service is missing (no ready endpoint, an unnamed port, the wrong
+protocol) — but never decides what the answer is, so it cannot drift from the resolver. `render`
+turns that into text for a person.
 
 Contract:
 - `Explanation.answer` is the resolver's `Answer` object itself, never a rebuilt one: what is
@@ -13,29 +16,23 @@ Contract:
   REFUSED when there are none — as the handler does (kdns/dns/handler.py).
 - Every record of the answer, authority and additional sections gets an origin; `Reason.code`
   is a stable identifier (tests and scripts match on it), `Reason.text` is for people.
-- Pure: no I/O, no clock; reads the store, never changes it (the resolver's memo of Service
-  records may fill, as it does for any query).
+- Pure: no I/O, no clock; reads the store and the resolver's public methods, never changes
+  them (the resolver's memo of Service records may fill, as it does for any query).
 """
 
 from __future__ import annotations
 
 import difflib
 import ipaddress
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from dnslib import QTYPE, RCODE, RR
 
-from kdns.dns.records import Record, ServiceRecords, dashed, endpoint_name, reverse_prefix
-from kdns.dns.resolver import (
-    ANY,
-    DNS_VERSION,
-    MAX_CHASE,
-    Answer,
-    Resolver,
-    ip_from_pod_label,
-)
-from kdns.model import Endpoint, Service
+from kdns.dns.records import Record, ServiceRecords, dashed, endpoint_name
+from kdns.dns.resolver import ANY, DNS_VERSION, Answer, Resolver, Trace
+from kdns.model import Endpoint, Pod, Service
 
 # Zone transfers are refused before the resolver is asked (kdns/dns/handler.py REFUSED_TYPES).
 TRANSFER_TYPES = frozenset({QTYPE.AXFR, QTYPE.IXFR})
@@ -86,12 +83,17 @@ class Explanation:
 
 
 def explain(
-    resolver: Resolver, qname: str, qtype: int, upstreams: Sequence[str] = ()
+    resolver: Resolver,
+    qname: str,
+    qtype: int,
+    upstreams: Sequence[str] = (),
+    upstreams_for: Callable[[str], Sequence[str]] | None = None,
 ) -> Explanation:
     """Explain the answer to `qname` (lower-case, no trailing dot) and `qtype`.
 
     `upstreams`: where the server would forward this name (its stub domain's servers, else the
-    upstreams), as text; empty when it has nowhere to forward."""
+    upstreams), as text; empty when it has nowhere to forward. `upstreams_for`: the same for
+    any name — where the server resolves a CNAME target outside the zones; None: nowhere."""
     qname = qname.rstrip(".").lower()
     zone = resolver.zone_of(qname)
     if qtype in TRANSFER_TYPES:
@@ -111,10 +113,10 @@ def explain(
                 )
             ],
         )
-    answer = resolver.resolve(qname, qtype)
-    walker = _Walker(resolver)
-    if zone is not None:
-        walker.name(qname, qtype, zone, depth=0)
+    trace = Trace()
+    answer = resolver.resolve(qname, qtype, trace=trace)
+    walker = _Renderer(resolver, upstreams_for)
+    walker.run(trace)
     if answer is None:
         reasons = list(walker.reasons)
         if zone is None:
@@ -134,6 +136,15 @@ def explain(
         return Explanation(qname, qtype, zone, None, REFUSED, RCODE.REFUSED, False, [], reasons)
 
     reasons = walker.reasons
+    if answer.broken is not None:
+        reasons.append(
+            Reason(
+                "cname-loop" if answer.broken == "loop" else "cname-too-long",
+                f"the CNAME chain {'loops' if answer.broken == 'loop' else 'has more than 8 links'}"
+                ": SERVFAIL (a configuration error; counted in "
+                "kdns_dns_cname_chase_failures_total)",
+            )
+        )
     if not resolver.store.synced:
         kinds = ", ".join(resolver.store.unsynced_kinds())
         text = f"the cluster state is not synced yet (waiting for: {kinds})"
@@ -161,7 +172,7 @@ def explain(
     return Explanation(qname, qtype, zone, answer, outcome, answer.rcode, True, records, reasons)
 
 
-# --- the walk ----------------------------------------------------------------------------------
+# --- the trace, in words ---------------------------------------------------------------------
 
 
 def _rr_key(rr: RR) -> RRKey:
@@ -215,11 +226,17 @@ class _Located:
         )
 
 
-class _Walker:
-    """Follows a name through the same branches as `Resolver`, collecting reasons and origins."""
+class _Renderer:
+    """The resolver's trace in words: a reason per decision it took (in its order), an origin
+    per record it added. Reads the store for what a decision does not carry — close matches,
+    the EndpointSlice of an endpoint, the endpoints left out — but never decides the answer:
+    that is the resolver's, recorded in the trace."""
 
-    def __init__(self, resolver: Resolver) -> None:
+    def __init__(
+        self, resolver: Resolver, upstreams_for: Callable[[str], Sequence[str]] | None = None
+    ) -> None:
         self.resolver = resolver
+        self.upstreams_for = upstreams_for
         self.store = resolver.store
         self.reasons: list[Reason] = []
         self.origins: dict[RRKey, str] = {}
@@ -227,91 +244,29 @@ class _Walker:
     def add(self, code: str, text: str) -> None:
         self.reasons.append(Reason(code, text))
 
-    def origin(self, rr: RR, text: str) -> None:
-        self.origins.setdefault(_rr_key(rr), text)
+    def run(self, trace: Trace) -> None:
+        for code, *facts in trace.steps:
+            getattr(self, "_step_" + code.replace("-", "_"))(*facts)
+        for rr, (code, *facts) in trace.origins:
+            origin = getattr(self, "_from_" + code.replace("-", "_"))(*facts)
+            self.origins.setdefault(_rr_key(rr), origin)
 
-    def name(self, qname: str, qtype: int, zone: str, depth: int) -> None:
-        if zone in self.resolver.reverse_zones:
-            self._reverse(qname, qtype, zone)
-        else:
-            self._forward(qname, qtype, zone, depth)
+    # --- decisions at forward names --------------------------------------------------------
 
-    # --- forward names ---------------------------------------------------------------------
-
-    def _forward(self, qname: str, qtype: int, zone: str, depth: int) -> None:
-        rel = qname[: -len(zone) - 1] if qname != zone else ""
-        labels = rel.split(".") if rel else []
-        n = len(labels)
-        if n == 0:
-            return self._apex(qname, qtype, zone)
-        last = labels[-1]
-        if last == "svc" and n >= 3:
-            return self._service_name(qname, qtype, zone, rel, labels, depth)
-        if last == "svc":
-            if n == 1:
-                return self.add(
-                    "empty-non-terminal",
-                    f"svc.{zone} exists only as the parent of namespaces: NODATA (RFC 8020)",
-                )
-            return self._namespace_name(labels[0], zone)
-        if last == "pod":
-            return self._pod(qname, qtype, zone, labels)
-        if rel == "dns-version":
-            if qtype in (QTYPE.TXT, ANY):
-                self.add("dns-version", f"the schema version {DNS_VERSION} (DNS spec 2.1)")
-                self._origin_all(qname, "the Kubernetes DNS schema version (spec 2.1)")
-            else:
-                self.add("no-such-type", "dns-version has only a TXT record: NODATA")
-            return None
-        if rel in ("dns", "ns.dns") and self.resolver.ns_addresses:
-            if rel == "ns.dns":
-                self.add("nameserver", f"ns.dns.{zone} is kdns's own listening address")
-                self._origin_all(qname, "kdns's own listening address (dns_addr)")
-            else:
-                self.add("empty-non-terminal", f"dns.{zone} is the parent of ns.dns.{zone}")
-            return None
-        return self.add(
-            "unknown-name",
-            f"{qname} is not a name kdns serves (under {zone}: svc, pod and dns-version): NXDOMAIN",
-        )
-
-    def _origin_all(self, qname: str, text: str) -> None:
-        answer = self.resolver.resolve(qname, ANY)
-        for rr in answer.answer if answer is not None else ():
-            self.origin(rr, text)
-
-    def _apex(self, qname: str, qtype: int, zone: str) -> None:
-        target, _ = self.resolver._nameserver(zone)
-        if target.startswith("kube-dns.kube-system.svc."):
-            ns_origin = "the cluster DNS Service kube-system/kube-dns"
-        else:
-            ns_origin = "kdns itself (no Service kube-system/kube-dns is known)"
-        answer = self.resolver.resolve(qname, ANY)
-        for rr in answer.answer if answer is not None else ():
-            if rr.rtype == QTYPE.NS:
-                self.origin(rr, ns_origin)
-        for rr in answer.additional if answer is not None else ():
-            self.origin(rr, f"glue for the nameserver {target}: {ns_origin}")
-        if qtype in (QTYPE.SOA, QTYPE.NS, ANY):
+    def _step_apex(self, zone: str, has_type: bool) -> None:
+        if has_type:
             self.add("apex", f"{zone} is the zone apex: SOA and NS")
         else:
             self.add("no-such-type", f"the zone apex {zone} has only SOA and NS: NODATA")
 
-    def _namespace_exists(self, namespace: str) -> bool:
-        # As the resolver decides it: a watched Namespace, or any Service in it.
-        return (
-            self.store.namespace_exists(namespace)
-            or self.resolver._services_per_namespace[namespace] > 0
+    def _step_svc_parent(self, zone: str) -> None:
+        self.add(
+            "empty-non-terminal",
+            f"svc.{zone} exists only as the parent of namespaces: NODATA (RFC 8020)",
         )
 
-    def _no_namespace(self, namespace: str) -> None:
-        known = sorted(self.store.namespaces)
-        close = difflib.get_close_matches(namespace, known, n=3)
-        hint = f" (did you mean {', '.join(close)}?)" if close else ""
-        self.add("no-namespace", f"no namespace {namespace!r}{hint}: NXDOMAIN")
-
-    def _namespace_name(self, namespace: str, zone: str) -> None:
-        if self._namespace_exists(namespace):
+    def _step_namespace_name(self, namespace: str, zone: str, exists: bool) -> None:
+        if exists:
             self.add(
                 "empty-non-terminal",
                 f"namespace {namespace} exists; {namespace}.svc.{zone} is only the parent of its "
@@ -320,15 +275,38 @@ class _Walker:
         else:
             self._no_namespace(namespace)
 
-    def _service_name(
-        self, qname: str, qtype: int, zone: str, rel: str, labels: list[str], depth: int
-    ) -> None:
-        namespace, name = labels[-2], labels[-3]
-        key = (namespace, name)
-        records = self.resolver.service_records(key)
+    def _step_dns_version(self, has_type: bool) -> None:
+        if has_type:
+            self.add("dns-version", f"the schema version {DNS_VERSION} (DNS spec 2.1)")
+        else:
+            self.add("no-such-type", "dns-version has only a TXT record: NODATA")
+
+    def _step_nameserver(self, zone: str) -> None:
+        self.add("nameserver", f"ns.dns.{zone} is kdns's own listening address")
+
+    def _step_dns_parent(self, zone: str, qname: str) -> None:
+        self.add("empty-non-terminal", f"dns.{zone} is the parent of ns.dns.{zone}")
+
+    def _step_unknown(self, zone: str, qname: str) -> None:
+        self.add(
+            "unknown-name",
+            f"{qname} is not a name kdns serves (under {zone}: svc, pod and dns-version): NXDOMAIN",
+        )
+
+    def _no_namespace(self, namespace: str) -> None:
+        known = sorted(self.store.namespaces)
+        close = difflib.get_close_matches(namespace, known, n=3)
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        self.add("no-namespace", f"no namespace {namespace!r}{hint}: NXDOMAIN")
+
+    # --- decisions at Service names ---------------------------------------------------------
+
+    def _step_service_name(self, key: tuple[str, str], rel: str, zone: str, known: bool) -> None:
+        namespace, name = key
         service = self.store.services.get(key)
-        if records is None or service is None:
-            if not self._namespace_exists(namespace):
+        records = self.resolver.service_records(key)
+        if not known or service is None or records is None:
+            if not self.resolver.namespace_exists(namespace):
                 return self._no_namespace(namespace)
             names = sorted(n for ns, n in self.store.services if ns == namespace)
             close = difflib.get_close_matches(name, names, n=3)
@@ -337,17 +315,55 @@ class _Walker:
                 "no-service", f"no Service {name!r} in namespace {namespace}{hint}: NXDOMAIN"
             )
         self.add("service", _service_text(service))
-        base = f"{name}.{namespace}.svc"
-        located = self._endpoints(key)
-        here = records.forward.get(rel)
-        if here is None:
-            return self._missing(service, records, located, rel, base, zone)
-        self._origins(qname, zone, service, records, located, here)
+        if rel not in records.forward:
+            base = f"{name}.{namespace}.svc"
+            self._missing(service, records, self._endpoints(key), rel, base, zone)
+        return None
+
+    def _step_externalname(
+        self, target: str, qtype: int, target_zone: str | None, broken: str | None
+    ) -> None:
+        if target_zone is not None and broken is None:
+            self.add(
+                "externalname",
+                f"ExternalName: CNAME to {target}, which is in zone {target_zone}: kdns "
+                "follows it and answers its records too (RFC 1034 §4.3.2)",
+            )
+            return None
+        upstreams = self.upstreams_for(target) if self.upstreams_for is not None else ()
+        if target_zone is None and upstreams:
+            self.add(
+                "externalname",
+                f"ExternalName: CNAME to {target}, outside kdns's zones (spec 2.5)",
+            )
+            self.add(
+                "chase-upstream",
+                f"kdns resolves {target} {QTYPE.get(qtype)} through upstream "
+                f"{', '.join(upstreams)} and answers the CNAME followed by its records, with "
+                "its rcode (as CoreDNS; RFC 1034 §4.3.2): those records are the upstream's, "
+                "not shown here",
+            )
+            return None
+        self.add(
+            "externalname",
+            f"ExternalName: CNAME to {target}; the client's resolver follows it (kdns "
+            "answers only the CNAME for a name outside its zones when it has no upstream)",
+        )
+        return None
+
+    def _step_records(
+        self, key: tuple[str, str], rel: str, qtype: int, here: tuple[Record, ...]
+    ) -> None:
+        """The name has records; which kind of name it is, or why it has none of `qtype`."""
+        service = self.store.services[key]
         cname = next((r for r in here if r.rtype == QTYPE.CNAME), None)
-        if cname is not None:
-            return self._external(qname, qtype, zone, cname, depth)
+        if cname is not None:  # asked for the CNAME itself (or ANY): not followed
+            self.add("externalname", f"ExternalName: CNAME to {cname.value} (spec 2.5)")
+            return None
+        located = self._endpoints(key)
+        base = f"{service.name}.{service.namespace}.svc"
         if qtype != ANY and all(r.rtype != qtype for r in here):
-            return self._no_such_type(service, located, rel, base, qtype, here)
+            return self._no_such_type(service, rel, base, qtype, here)
         if rel == base:
             if service.headless:
                 ready = [x for x in located if x.endpoint.ready]
@@ -356,7 +372,7 @@ class _Walker:
                     "headless: one record per ready endpoint (spec 2.4.1): "
                     + ", ".join(x.endpoint.address for x in ready),
                 )
-                self._not_ready(namespace, located)
+                self._not_ready(service.namespace, located)
             elif not any(x.endpoint.ready for x in located):
                 self.add(
                     "clusterip-without-ready",
@@ -397,43 +413,59 @@ class _Walker:
                 + "; ".join(x.text(namespace) for x in skipped),
             )
 
-    def _origins(
-        self,
-        qname: str,
-        zone: str,
-        service: Service,
-        records: ServiceRecords,
-        located: list[_Located],
-        here: tuple[Record, ...],
-    ) -> None:
-        """Origins for every record at `qname`, and for the glue of its SRV targets."""
-        ns = service.namespace
-        label = f"Service {ns}/{service.name}"
-        by_address: dict[str, list[_Located]] = {}
-        for x in located:
-            if x.endpoint.ready:
-                by_address.setdefault(x.endpoint.address, []).append(x)
+    # --- origins ------------------------------------------------------------------------------
 
-        def address_origin(ip: str) -> str:
-            if not service.headless and ip in service.cluster_ips:
-                return f"{label} {_cluster_ip_field(service, ip)}"
-            return "; ".join(x.text(ns) for x in by_address.get(ip, ())) or "?"
+    def _address_origin(self, key: tuple[str, str], ip: str) -> str:
+        service = self.store.services[key]
+        if not service.headless and ip in service.cluster_ips:
+            return f"Service {key[0]}/{key[1]} {_cluster_ip_field(service, ip)}"
+        located = self._endpoints(key)
+        sources = [x.text(key[0]) for x in located if x.endpoint.ready and x.endpoint.address == ip]
+        return "; ".join(sources) or "?"
 
-        for record in here:
-            rr = self.resolver._rr(qname, record, zone)
-            if record.rtype in (QTYPE.A, QTYPE.AAAA):
-                self.origin(rr, address_origin(record.value))
-            elif record.rtype == QTYPE.CNAME:
-                self.origin(rr, f"{label} spec.externalName")
-            elif record.rtype == QTYPE.SRV:
-                self.origin(rr, self._srv_origin(service, located, record))
-                glue = records.forward.get(record.value, ())
-                for g in glue:
-                    if g.rtype in (QTYPE.A, QTYPE.AAAA):
-                        grr = self.resolver._rr(f"{record.value}.{zone}", g, zone)
-                        self.origin(
-                            grr, f"glue for {record.value}.{zone}: {address_origin(g.value)}"
-                        )
+    def _from_record(self, key: tuple[str, str], record: Record, zone: str) -> str:
+        service = self.store.services[key]
+        if record.rtype == QTYPE.CNAME:
+            return f"Service {key[0]}/{key[1]} spec.externalName"
+        if record.rtype == QTYPE.SRV:
+            return self._srv_origin(service, self._endpoints(key), record)
+        return self._address_origin(key, record.value)
+
+    def _from_glue(self, key: tuple[str, str], target: str, zone: str, ip: str) -> str:
+        return f"glue for {target}.{zone}: {self._address_origin(key, ip)}"
+
+    def _from_ptr(self, key: tuple[str, str], record: Record, ip: str) -> str:
+        service = self.store.services[key]
+        if record.value == f"{service.name}.{service.namespace}.svc":
+            return f"Service {key[0]}/{key[1]} {_cluster_ip_field(service, ip)}"
+        return "; ".join(
+            x.text(key[0]) + f" of Service {key[0]}/{key[1]}"
+            for x in self._endpoints(key)
+            if x.endpoint.ready and x.endpoint.address == ip
+        )
+
+    @staticmethod
+    def _ns_origin(target: str) -> str:
+        if target.startswith("kube-dns.kube-system.svc."):
+            return "the cluster DNS Service kube-system/kube-dns"
+        return "kdns itself (no Service kube-system/kube-dns is known)"
+
+    def _from_nameserver(self, target: str) -> str:
+        return self._ns_origin(target)
+
+    def _from_ns_glue(self, target: str, ip: str) -> str:
+        return f"glue for the nameserver {target}: {self._ns_origin(target)}"
+
+    def _from_dns_version(self) -> str:
+        return "the Kubernetes DNS schema version (spec 2.1)"
+
+    def _from_dns_addr(self, ip: str) -> str:
+        return "kdns's own listening address (dns_addr)"
+
+    def _from_pod(self, mode: str, namespace: str, ip: str) -> str:
+        if mode == "verified":
+            return f"{self._pod_names(namespace, ip)} status.podIPs (pods verified)"
+        return f"the name itself (pods insecure, namespace {namespace})"
 
     def _srv_origin(self, service: Service, located: list[_Located], record: Record) -> str:
         ns = service.namespace
@@ -458,7 +490,6 @@ class _Walker:
     def _no_such_type(
         self,
         service: Service,
-        located: list[_Located],
         rel: str,
         base: str,
         qtype: int,
@@ -606,93 +637,70 @@ class _Walker:
             )
         return None
 
-    def _external(self, qname: str, qtype: int, zone: str, cname: Record, depth: int) -> None:
-        target = cname.value
-        if qtype in (QTYPE.CNAME, ANY):
-            self.add("externalname", f"ExternalName: CNAME to {target} (spec 2.5)")
-            return None
-        target_zone = self.resolver.zone_of(target)
-        if target_zone is not None and depth < MAX_CHASE:
+    # --- decisions at pod names ------------------------------------------------------------
+
+    def _step_pod(self, kind: str, zone: str, *facts: Any) -> None:
+        if kind == "disabled":
             self.add(
-                "externalname",
-                f"ExternalName: CNAME to {target}, which is in zone {target_zone}: kdns "
-                "follows it and answers its records too (RFC 1034 §4.3.2)",
-            )
-            return self.name(target, qtype, target_zone, depth + 1)
-        self.add(
-            "externalname",
-            f"ExternalName: CNAME to {target}; the client's resolver follows it (kdns "
-            "answers only the CNAME for a name outside its zones)",
-        )
-        return None
-
-    # --- pod names -------------------------------------------------------------------------
-
-    def _pod(self, qname: str, qtype: int, zone: str, labels: list[str]) -> None:
-        mode = self.resolver.pods
-        n = len(labels)
-        if mode == "disabled":
-            return self.add(
                 "pods-disabled", "pod records are disabled (config `pods: disabled`): NXDOMAIN"
             )
-        if n > 3:
-            return self.add(
-                "unknown-name", "a pod name is IP.NAMESPACE.pod.ZONE; this has more labels"
-            )
-        if n == 1:
-            return self.add(
-                "empty-non-terminal", f"pod.{zone} is only the parent of namespaces: NODATA"
-            )
-        namespace = labels[-2]
-        if not self.store.namespace_exists(namespace):
-            return self._no_namespace(namespace)
-        if n == 2:
-            return self.add(
+        elif kind == "too-long":
+            self.add("unknown-name", "a pod name is IP.NAMESPACE.pod.ZONE; this has more labels")
+        elif kind == "parent":
+            self.add("empty-non-terminal", f"pod.{zone} is only the parent of namespaces: NODATA")
+        elif kind == "no-namespace":
+            self._no_namespace(facts[0])
+        elif kind == "namespace":
+            self.add(
                 "empty-non-terminal",
-                f"namespace {namespace} exists; {namespace}.pod.{zone} is only the parent of its "
+                f"namespace {facts[0]} exists; {facts[0]}.pod.{zone} is only the parent of its "
                 "pod names: NODATA",
             )
-        ip = ip_from_pod_label(labels[0])
-        if ip is None:
-            return self.add(
+        elif kind == "not-ip":
+            self.add(
                 "pod-not-ip",
-                f"{labels[0]!r} is not an IP address with dashes (10-244-1-5, fd00-10--1): "
-                "NXDOMAIN",
+                f"{facts[1]!r} is not an IP address with dashes (10-244-1-5, fd00-10--1): NXDOMAIN",
             )
-        if mode == "verified":
-            if not self._pod_verified(qname, namespace, ip):
-                return None
-        else:
+        elif kind == "insecure":
+            namespace, ip = facts
             self.add(
                 "pod-insecure",
                 f"pods insecure: the address {ip} is read from the name; only the namespace "
                 f"{namespace} is checked (as kube-dns and CoreDNS `pods insecure`)",
             )
-            self._origin_all(qname, f"the name itself (pods insecure, namespace {namespace})")
-        family = "IPv6" if ":" in ip else "IPv4"
-        if qtype not in (ANY, QTYPE.AAAA if family == "IPv6" else QTYPE.A):
+        elif kind == "verified":
+            namespace, ip = facts
+            names = self._pod_names(namespace, ip)
+            self.add("pod-verified", f"pods verified: {names} has the address {ip}")
+        elif kind == "not-verified":
+            self._pod_not_found(*facts)
+        elif kind == "no-such-type":
+            _, ip, qtype = facts
+            family = "IPv6" if ":" in ip else "IPv4"
             self.add(
                 "no-such-type",
                 f"{ip} is an {family} address; the name has no {QTYPE.get(qtype)}: NODATA",
             )
-        return None
 
-    def _pod_verified(self, qname: str, namespace: str, ip: str) -> bool:
-        pods = self.store.pods_by_ip.get(ip, ())
-        good = [
+    def _good_pods(self, namespace: str, ip: str) -> list[Pod]:
+        # As the resolver's `pods verified` check: in the namespace, neither finished nor
+        # terminating.
+        return [
             p
-            for p in pods
+            for p in self.store.pods_by_ip.get(ip, ())
             if p.namespace == namespace
             and p.phase not in ("Succeeded", "Failed", "Unknown")
             and not p.terminating
         ]
-        if good:
-            names = ", ".join(f"Pod {p.namespace}/{p.name} ({p.phase})" for p in good)
-            self.add("pod-verified", f"pods verified: {names} has the address {ip}")
-            self._origin_all(qname, f"{names} status.podIPs (pods verified)")
-            return True
+
+    def _pod_names(self, namespace: str, ip: str) -> str:
+        return ", ".join(
+            f"Pod {p.namespace}/{p.name} ({p.phase})" for p in self._good_pods(namespace, ip)
+        )
+
+    def _pod_not_found(self, namespace: str, ip: str) -> None:
         others = []
-        for p in pods:
+        for p in self.store.pods_by_ip.get(ip, ()):
             if p.namespace != namespace:
                 others.append(f"Pod {p.namespace}/{p.name} has it, in another namespace")
             elif p.terminating:
@@ -705,54 +713,30 @@ class _Walker:
             f"pods verified: no running Pod in namespace {namespace} has the address "
             f"{ip}{detail}: NXDOMAIN",
         )
-        return False
 
-    # --- reverse names ---------------------------------------------------------------------
+    # --- decisions at reverse names --------------------------------------------------------
 
-    def _reverse(self, qname: str, qtype: int, zone: str) -> None:
-        if qname == zone:
-            return self._apex(qname, qtype, zone)
-        ip = self.resolver._reverse_ip(qname)
-        if ip is None:
-            full = qname.count(".") + 1 in (6, 34)
-            if full:
-                return self.add(
-                    "unknown-name",
-                    f"{qname} is not the canonical reverse name of an address: NXDOMAIN",
-                )
-            prefix = reverse_prefix(qname)
-            if prefix is not None and self.resolver.reverse.has_prefix(prefix):
-                return self.add(
-                    "empty-non-terminal",
-                    f"{qname} is part of the reverse name of an address kdns knows: NODATA "
-                    "(RFC 8020)",
-                )
-            return self.add("no-ptr-owner", f"no address kdns knows lies under {qname}: NXDOMAIN")
-        owners = sorted(self.resolver.reverse.owners.get(ip, ()))
-        if not owners:
+    def _step_no_ptr(self, qname: str, ip: str | None, full: bool, exists: bool) -> None:
+        if ip is not None:
             return self._no_ptr_owner(ip)
-        for key in owners:
-            service = self.store.services.get(key)
-            records = self.resolver.service_records(key)
-            if service is None or records is None:
-                continue
-            located = self._endpoints(key)
-            for record in records.reverse.get(qname, ()):
-                rr = self.resolver._rr(qname, record, self.resolver.primary)
-                base = f"{service.name}.{service.namespace}.svc"
-                if record.value == base:
-                    origin = f"Service {key[0]}/{key[1]} {_cluster_ip_field(service, ip)}"
-                else:
-                    origin = "; ".join(
-                        x.text(key[0]) + f" of Service {key[0]}/{key[1]}"
-                        for x in located
-                        if x.endpoint.ready and x.endpoint.address == ip
-                    )
-                self.origin(rr, origin)
-                self.add("ptr-owner", f"{ip} → {record.value}.{self.resolver.primary}: {origin}")
+        if full:
+            return self.add(
+                "unknown-name",
+                f"{qname} is not the canonical reverse name of an address: NXDOMAIN",
+            )
+        if exists:
+            return self.add(
+                "empty-non-terminal",
+                f"{qname} is part of the reverse name of an address kdns knows: NODATA (RFC 8020)",
+            )
+        return self.add("no-ptr-owner", f"no address kdns knows lies under {qname}: NXDOMAIN")
+
+    def _step_ptr(self, ip: str, qtype: int, records: list[tuple[tuple[str, str], Record]]) -> None:
+        for key, record in records:
+            origin = self._from_ptr(key, record, ip)
+            self.add("ptr-owner", f"{ip} → {record.value}.{self.resolver.primary}: {origin}")
         if qtype not in (QTYPE.PTR, ANY):
             self.add("no-such-type", "the reverse name has only PTR records: NODATA")
-        return None
 
     def _no_ptr_owner(self, ip: str) -> None:
         notes = []

@@ -12,12 +12,14 @@ What CoreDNS's `forward` + `cache` plugins and kube-dns's stubDomains / upstream
   health probe (`. IN NS` every `health_check` s) sees it answer again.
 - Identical questions in flight go upstream once (coalesced). Beyond `max_concurrent` upstream
   exchanges, new questions get REFUSED at once, as CoreDNS's `max_concurrent` does.
-- Every upstream failing → SERVFAIL, or a stale answer (RFC 8767) when `serve_stale` allows.
+- Every upstream failing → SERVFAIL, or a stale answer (RFC 8767) when `serve_stale` allows —
+  also while that SERVFAIL is cached: a stale answer beats a cached failure.
 
-`AnswerCache` here is the upstream cache (cachetools): answers for their TTL capped at
-`max_ttl`, negative answers per RFC 2308 (the SOA's min(TTL, MINIMUM)) capped at
-`max_denial_ttl`, SERVFAIL for `servfail_ttl`; bounded by entry counts; TTLs counted down in
-what clients see. Cluster answers never come here: they are answered from the store.
+`AnswerCache` here is the upstream cache (cachetools), sized and capped by the config's `cache`
+section: answers for their TTL capped at `max_ttl`, negative answers per RFC 2308 (the SOA's
+min(TTL, MINIMUM)) capped at `max_denial_ttl`, SERVFAIL for `servfail_ttl`; bounded by entry
+counts; TTLs counted down in what clients see. Cluster answers never come here: they are
+answered from the store.
 
 Every attempt is counted per upstream (`kdns_forward_*`, CoreDNS's forward/proxy metrics); a
 failed one is logged at ERROR as CoreDNS's errors plugin does, with a `consolidate` key naming
@@ -42,7 +44,9 @@ from cachetools import LRUCache
 from dnslib import QTYPE
 
 from kdns import metrics
+from kdns.config import CacheSection
 from kdns.dns import wire
+from kdns.dns.stats import CacheStats
 from kdns.dns.wire import Query
 
 log = logging.getLogger(__name__)
@@ -74,13 +78,8 @@ class ForwardConfig:
     max_concurrent: int = 1000
     max_fails: int = 2
     health_check: float = 0.5
-    # cache
-    success_size: int = 9984
-    denial_size: int = 9984
-    max_ttl: int = 30
-    max_denial_ttl: int = 30
+    cache: CacheSection = field(default_factory=CacheSection)  # sizes, TTL caps, serve_stale
     servfail_ttl: int = 5
-    serve_stale: float = 0.0  # seconds an expired answer may still be served; 0 = never
     stale_ttl: int = 30  # the TTL of a stale answer (RFC 8767 §4 suggests 30 s)
 
 
@@ -175,8 +174,8 @@ class UpstreamCache:
 
     def __init__(self, config: ForwardConfig) -> None:
         self.config = config
-        self.success: LRUCache[bytes, CacheEntry] = LRUCache(maxsize=config.success_size)
-        self.denial: LRUCache[bytes, CacheEntry] = LRUCache(maxsize=config.denial_size)
+        self.success: LRUCache[bytes, CacheEntry] = LRUCache(maxsize=config.cache.success)
+        self.denial: LRUCache[bytes, CacheEntry] = LRUCache(maxsize=config.cache.denial)
         self.hits = 0
         self.hits_denial = 0  # of `hits`, those from the denial table (metrics)
         self.misses = 0
@@ -201,6 +200,16 @@ class UpstreamCache:
         self.misses += count
         return None
 
+    def stats(self) -> CacheStats:
+        return CacheStats(
+            success=len(self.success),
+            denial=len(self.denial),
+            misses=self.misses,
+            hits_success=self.hits - self.hits_denial,
+            hits_denial=self.hits_denial,
+            served_stale=self.served_stale,
+        )
+
     def stale(self, key: bytes, now: float) -> CacheEntry | None:
         """An expired success answer still inside the serve-stale window (RFC 8767)."""
         entry = self.success.get(key)
@@ -212,13 +221,13 @@ class UpstreamCache:
         config = self.config
         rcode = parsed.rcode
         if rcode == wire.NOERROR and parsed.answer_ttls:
-            ttl, table = min(min(parsed.answer_ttls), config.max_ttl), self.success
+            ttl, table = min(min(parsed.answer_ttls), config.cache.max_ttl), self.success
         elif rcode in (wire.NXDOMAIN, wire.NOERROR):
             # RFC 2308 §5: a negative answer lives min(SOA TTL, SOA MINIMUM); without an SOA
             # it must not be cached at all (§5, "SHOULD NOT be cached").
             if parsed.soa_negative_ttl is None:
                 return
-            ttl, table = min(parsed.soa_negative_ttl, config.max_denial_ttl), self.denial
+            ttl, table = min(parsed.soa_negative_ttl, config.cache.max_denial_ttl), self.denial
         elif rcode == wire.SERVFAIL:
             # RFC 2308 §7.1: SERVFAIL may be cached, for at most five minutes; we keep it briefly.
             ttl, table = config.servfail_ttl, self.denial
@@ -232,7 +241,7 @@ class UpstreamCache:
             [min(t, ttl) for t in parsed.ttls],
             now,
             now + ttl,
-            now + ttl + config.serve_stale,
+            now + ttl + config.cache.serve_stale,
         )
 
 
@@ -336,18 +345,42 @@ class Forwarder:
 
     def cached(self, query: Query) -> bytes | None:
         """The answer from a fresh cache entry, or None: the synchronous fast path."""
-        now = trio.current_time()
-        entry = self.cache.get(cache_key(query), now)
-        return from_cache(entry, query, now) if entry is not None else None
+        return self._from_cache(cache_key(query), query, trio.current_time(), count=True)
+
+    def _from_cache(self, key: bytes, query: Query, now: float, count: bool) -> bytes | None:
+        entry = self.cache.get(key, now, count=count)
+        if entry is None:
+            return None
+        if entry.response[3] & 0xF == wire.SERVFAIL:
+            # A cached SERVFAIL records that the upstreams failed; while it lasts, an answer in
+            # the stale window still beats it (RFC 8767 §5), as it did for the first query.
+            stale = self._stale(key, now, query)
+            if stale is not None:
+                return stale
+        return from_cache(entry, query, now)
+
+    def _stale(self, key: bytes, now: float, query: Query) -> bytes | None:
+        """The expired answer inside the serve-stale window, counted and logged, else None."""
+        if not self.config.cache.serve_stale:
+            return None
+        stale = self.cache.stale(key, now)
+        if stale is None:
+            return None
+        self.cache.served_stale += 1
+        log.info(
+            "upstreams failed: serving a stale answer (RFC 8767)",
+            extra={"consolidate": "serving stale answers"},
+        )
+        return from_cache(stale, query, now, stale_ttl=self.config.stale_ttl)
 
     async def resolve(self, query: Query, looked_up: bool = False) -> bytes:
         """The response to send the client (not yet truncated for UDP). `looked_up`: the
         caller's `cached` already counted this question's cache miss."""
         key = cache_key(query)
         now = trio.current_time()
-        entry = self.cache.get(key, now, count=not looked_up)
-        if entry is not None:
-            return from_cache(entry, query, now)
+        found = self._from_cache(key, query, now, count=not looked_up)
+        if found is not None:
+            return found
         flight = self._in_flight.get(key)
         if flight is not None:
             self.coalesced += 1
@@ -364,18 +397,12 @@ class Forwarder:
                 del self._in_flight[key]
                 flight.done.set()
         now = trio.current_time()
-        failed = flight.response is None or flight.response[3] & 0xF == wire.SERVFAIL
-        if failed and self.config.serve_stale:
+        if flight.response is None or flight.response[3] & 0xF == wire.SERVFAIL:
             # RFC 8767 §5: when the upstreams fail (no answer, or SERVFAIL), an expired answer
             # within the stale window beats a failure.
-            stale = self.cache.stale(key, now)
+            stale = self._stale(key, now, query)
             if stale is not None:
-                self.cache.served_stale += 1
-                log.info(
-                    "upstreams failed: serving a stale answer (RFC 8767)",
-                    extra={"consolidate": "serving stale answers"},
-                )
-                return from_cache(stale, query, now, stale_ttl=self.config.stale_ttl)
+                return stale
         entry = self.cache.get(key, now, count=False)
         if entry is not None:
             return from_cache(entry, query, now)

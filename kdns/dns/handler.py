@@ -11,9 +11,15 @@ Contract:
   versions other than 0 get BADVERS (RFC 6891 §6.1.3); zone transfers and non-IN classes get
   REFUSED, and so do names outside our zones when there is no upstream to forward them to.
 - After each `handle` / `handle_miss` that returns bytes, `self.label` is the metrics label id
-  (`metrics.LABELS`) of that response; `complete` leaves it in `deferred.label`. The zone is the
+  (`dns.stats.LABELS`) of that response; `complete` leaves it in `deferred.label`. The zone is the
   authoritative zone the name falls in, the stub domain or "." for forwarded names, and
   "dropped" for queries refused before any lookup (CoreDNS's `vars.Dropped`).
+- A CNAME whose target is outside our zones (an ExternalName to an external name) is answered
+  as CoreDNS does: the CNAME, then the target's records of the asked type from the forwarder
+  (its cache and stub domains; a `Deferred` when it must ask), with the target's rcode; with
+  no upstream for the target, the CNAME alone. Autopath answers chase the same way and carry
+  AA when the answer found was kdns's own. A broken chain (loop, too long) is SERVFAIL, logged
+  and counted (`kdns_dns_cname_chase_failures_total`).
 - Malformed queries and internal errors are logged with a `consolidate` key, so a flood of them
   becomes one line per interval (kdns/logs.py).
 - The synchronous part is pure: no sockets and no clock.
@@ -29,9 +35,9 @@ from dnslib import CNAME, QTYPE, RR, DNSRecord
 from kdns import metrics
 from kdns.dns import wire
 from kdns.dns.forward import Forwarder
-from kdns.dns.resolver import Resolver
+from kdns.dns.resolver import Answer, Resolver
+from kdns.dns.stats import LABELS
 from kdns.dns.wire import AnswerCache, Query
-from kdns.metrics import LABELS
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +55,7 @@ class Deferred:
     query: Query
     udp: bool
     search: tuple[str, ...] = ()  # autopath: the client's search list, first element matched
+    chase: Answer | None = None  # an answer whose CNAME target the upstreams must resolve
     label: int = 0  # set by `complete`: the metrics label id of the response
 
 
@@ -60,9 +67,12 @@ class Handler:
         forwarder: Forwarder | None = None,
         autopath: bool = False,
         host_search: tuple[str, ...] = (),
+        loadbalance: str = "round_robin",
     ) -> None:
         self.resolver = resolver
-        self.cache = cache if cache is not None else AnswerCache()
+        # `loadbalance round_robin` (the kubeadm Corefile's): each answer rotates its A, AAAA
+        # or SRV RRset, so clients that take the first address spread over the endpoints.
+        self.cache = cache if cache is not None else AnswerCache(rotate=loadbalance != "off")
         self.forwarder = forwarder
         self.autopath = autopath
         self.host_search = host_search
@@ -137,6 +147,18 @@ class Handler:
             if search:
                 return Deferred(query, udp, search)
         answer = self.resolver.resolve(query.qname, query.qtype)
+        if answer is not None and answer.broken is not None:
+            self._broken_chain(query, answer)
+        if answer is not None and self._chases(answer):
+            assert answer.chase is not None and self.forwarder is not None
+            cached = self.forwarder.cached(_sub_query(query, answer.chase))
+            if cached is None:
+                return Deferred(query, udp, chase=answer)
+            response = self._after_cname(query, answer, cached)
+            self.label = LABELS.id(
+                self.zone(query.qname), query.qtype, response[3] & 0xF, "kubernetes", query.do
+            )
+            return wire.finish(response, query, udp)
         if answer is None:
             if self.forwarder is None or not self.forwarder.upstreams_for(query.qname):
                 return self._refuse(query, wire.REFUSED, udp)
@@ -190,6 +212,9 @@ class Handler:
             if deferred.search:
                 plugin = "autopath"
                 response = await self._autopath(query, deferred.search)
+            elif deferred.chase is not None:
+                plugin = "kubernetes"
+                response = await self._chase(query, deferred.chase, looked_up=True)
             else:
                 assert self.forwarder is not None
                 plugin = "forward"
@@ -208,6 +233,48 @@ class Handler:
             self.zone(query.qname), query.qtype, response[3] & 0xF, plugin, query.do
         )
         return wire.finish(_with_ra(response), query, deferred.udp)
+
+    # --- CNAMEs to names outside our zones ---------------------------------------------------
+
+    def _chases(self, answer: Answer) -> bool:
+        """Whether the answer's CNAME target is to be resolved through the upstreams: with
+        forwarding off (or no upstream for that name) the CNAME alone is the answer."""
+        return (
+            answer.chase is not None
+            and self.forwarder is not None
+            and bool(self.forwarder.upstreams_for(answer.chase))
+        )
+
+    def _broken_chain(self, query: Query, answer: Answer) -> None:
+        metrics.CNAME_CHASE_FAILURES.labels(answer.broken).inc()
+        log.warning(
+            "%s: the CNAME chain %s: SERVFAIL",
+            query.qname + ".",
+            "loops" if answer.broken == "loop" else "has more than 8 links",
+            extra={"consolidate": f"CNAME chains that {answer.broken}"},
+        )
+
+    async def _chase(self, query: Query, answer: Answer, looked_up: bool = False) -> bytes:
+        assert answer.chase is not None and self.forwarder is not None
+        sub = _sub_query(query, answer.chase)
+        return self._after_cname(query, answer, await self.forwarder.resolve(sub, looked_up))
+
+    def _after_cname(self, query: Query, answer: Answer, target: bytes) -> bytes:
+        """Our CNAME chain followed by the upstream's answer for its target (CoreDNS's
+        kubernetes plugin does the same for an ExternalName). The rcode is the target's, and an
+        NXDOMAIN keeps the CNAME (RFC 6604 §3); an upstream failure is ours (SERVFAIL)."""
+        found = DNSRecord.parse(target)
+        rcode = found.header.rcode
+        if rcode not in (wire.NOERROR, wire.NXDOMAIN):
+            return wire.error_response(query.id, query.flags, wire.SERVFAIL, query)
+        return wire.encode(
+            query,
+            rcode,
+            [*answer.answer, *found.rr],
+            found.auth,
+            (),
+            recursion_available=self.recursion_available,
+        )
 
     # --- autopath (CoreDNS `autopath @kubernetes`) --------------------------------------------
 
@@ -254,22 +321,12 @@ class Handler:
 
     async def _lookup(self, query: Query, name: str) -> bytes:
         """The response for `name` (same type) as kdns would give it, by the client's ID."""
-        labels = tuple(label.encode("latin-1") for label in name.split(".") if label)
-        question = b"".join(bytes((len(x),)) + x for x in labels) + b"\x00"
-        question += query.qtype.to_bytes(2) + query.qclass.to_bytes(2)
-        sub = Query(
-            query.id,
-            query.flags,
-            labels,
-            query.qtype,
-            query.qclass,
-            question,
-            False,
-            edns=query.edns,
-            payload=query.payload,
-            do=query.do,
-        )
+        sub = _sub_query(query, name)
         answer = self.resolver.resolve(name, query.qtype)
+        if answer is not None and answer.broken is not None:
+            self._broken_chain(sub, answer)
+        if answer is not None and self._chases(answer):
+            return await self._chase(sub, answer)
         if answer is not None:
             return wire.encode(
                 sub,
@@ -292,7 +349,10 @@ class Handler:
             found.rr,
             found.auth,
             [rr for rr in found.ar if rr.rtype != wire.OPT],
-            authoritative=False,
+            # AA as the answer found had it: set when kdns answered from its own zone (as
+            # CoreDNS's autopath, whose answer comes from the kubernetes plugin), an
+            # upstream's otherwise.
+            authoritative=bool(response[2] & (wire.AA >> 8)),
             recursion_available=self.recursion_available,
         )
 
@@ -306,7 +366,10 @@ class Handler:
             [cname, *found.rr],
             found.auth,
             [rr for rr in found.ar if rr.rtype != wire.OPT],
-            authoritative=False,
+            # AA as the answer found had it: set when kdns answered from its own zone (as
+            # CoreDNS's autopath, whose answer comes from the kubernetes plugin), an
+            # upstream's otherwise.
+            authoritative=bool(response[2] & (wire.AA >> 8)),
             recursion_available=self.recursion_available,
         )
 
@@ -314,3 +377,23 @@ class Handler:
 def _with_ra(response: bytes) -> bytes:
     # We recurse for the client, whatever flags the upstream's answer carried.
     return response[:3] + bytes((response[3] | 0x80,)) + response[4:]
+
+
+def _sub_query(query: Query, name: str) -> Query:
+    """The same question for another name (a search domain's, a CNAME target), by the
+    client's ID and flags."""
+    labels = tuple(label.encode("latin-1") for label in name.split(".") if label)
+    question = b"".join(bytes((len(x),)) + x for x in labels) + b"\x00"
+    question += query.qtype.to_bytes(2) + query.qclass.to_bytes(2)
+    return Query(
+        query.id,
+        query.flags,
+        labels,
+        query.qtype,
+        query.qclass,
+        question,
+        False,
+        edns=query.edns,
+        payload=query.payload,
+        do=query.do,
+    )

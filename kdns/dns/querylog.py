@@ -27,7 +27,7 @@ from typing import Any
 from dnslib import CLASS, QTYPE
 
 from kdns.dns import wire
-from kdns.metrics import LABELS
+from kdns.dns.stats import LABELS
 
 QUERY_FORMATS = ("text", "json")
 EMPTY = "-"

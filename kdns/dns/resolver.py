@@ -15,6 +15,12 @@ Contract:
   cache negatives; a name that exists must never be denied), as CoreDNS's kubernetes plugin does.
 - Every answer names the tags of the names it read (`Answer.tags`), so a cached copy is dropped
   exactly when one of them changes (docs/architecture.md §7).
+- A CNAME is followed inside our zones (RFC 1034 §4.3.2); a target outside them is named in
+  `Answer.chase` for the caller to resolve upstream. A loop, or a chain of more than
+  `MAX_CHASE` links, is SERVFAIL (`Answer.broken` says which), never a partial chain.
+- ANY gets one RRset of the name (RFC 8482 §4.1), not every record it has.
+- `resolve(..., trace=Trace())` also records why (each decision, each record's origin), for
+  `kdns explain`; the DNS path passes no trace.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import ipaddress
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from cachetools import LRUCache
 from dnslib import AAAA as AAAA_RD
@@ -48,7 +55,7 @@ from kdns.store import Change, Store
 ANY = QTYPE.ANY
 DNS_VERSION = "1.1.0"  # Kubernetes DNS-Based Service Discovery, schema version (spec §2.1)
 DNS_VERSION_TTL = 28800  # the spec's example, and what CoreDNS serves
-MAX_CHASE = 8  # CNAME chain length we follow inside our zones
+MAX_CHASE = 8  # CNAME links one answer may hold; a longer chain is SERVFAIL
 
 Tag = tuple[str, ...]
 APEX_TAG: Tag = ("apex",)
@@ -57,6 +64,26 @@ POD_TAG: Tag = ("pod",)
 REVERSE_ENT_TAG: Tag = ("rev-ent",)
 ALL_TAG: Tag = ("*",)  # every cached answer
 BULK = 256  # Services changed at once beyond which the resolver rebuilds instead of updating
+
+
+class Trace:
+    """Why an answer is what it is, for `kdns explain`: the decisions the resolver took, in
+    order (`steps`: a code and its facts), and where each record came from (`origins`: the RR
+    and a code and its facts). Filled only when a caller passes one to `resolve`; the DNS path
+    passes None and pays one `is None` test per decision on the slow path (never on a cache hit).
+    """
+
+    __slots__ = ("origins", "steps")
+
+    def __init__(self) -> None:
+        self.steps: list[tuple[Any, ...]] = []
+        self.origins: list[tuple[RR, tuple[Any, ...]]] = []
+
+    def step(self, code: str, *facts: Any) -> None:
+        self.steps.append((code, *facts))
+
+    def origin(self, rr: RR, code: str, *facts: Any) -> None:
+        self.origins.append((rr, (code, *facts)))
 
 
 @dataclass(slots=True)
@@ -68,6 +95,13 @@ class Answer:
     tags: set[Tag] = field(default_factory=set)
     cacheable: bool = True
     fallthrough: bool = False  # not ours after all: forward it
+    # The answer ends in a CNAME to `chase`, a name in none of our zones: the caller resolves
+    # it through the upstreams and appends its records (RFC 1034 §4.3.2 step 3a), as CoreDNS
+    # does for an ExternalName; with no upstream the CNAME alone is the answer.
+    chase: str | None = None
+    # Why a CNAME chain was not followed to its end ("loop", "too long"): the answer is SERVFAIL.
+    broken: str | None = None
+    trace: Trace | None = None  # explain's record of the decisions; None when serving
 
 
 def service_tag(namespace: str, name: str) -> Tag:
@@ -117,12 +151,12 @@ class Resolver:
         self._memo: LRUCache[tuple[str, str], ServiceRecords] = LRUCache(maxsize=memo_size)
         self._known: set[tuple[str, str]] = set()
         self._services_per_namespace: Counter[str] = Counter()
-        self.ttl = config.ttl
-        self.pods = config.pods
-        self.forward_zones = config.forward_zones
-        self.reverse_zones = config.reverse_zones
+        self.ttl = config.dns.ttl
+        self.pods = config.dns.pods
+        self.forward_zones = config.dns.forward_zones
+        self.reverse_zones = config.dns.reverse_zones
         # Longest zone first, so "sub.cluster.local" wins over "cluster.local".
-        self._zones = sorted(config.zones, key=len, reverse=True)
+        self._zones = sorted(config.dns.zones, key=len, reverse=True)
         self.primary = self.forward_zones[0] if self.forward_zones else "cluster.local"
         self.ns_addresses = ns_addresses
         # A PTR for an address no Service owns goes upstream instead of NXDOMAIN (CoreDNS's
@@ -213,15 +247,34 @@ class Resolver:
                 return zone
         return None
 
-    def resolve(self, qname: str, qtype: int) -> Answer | None:
-        """Answer `qname` (lower-case, no trailing dot) or return None if it is not ours."""
+    def resolve(
+        self, qname: str, qtype: int, minimal_any: bool = True, trace: Trace | None = None
+    ) -> Answer | None:
+        """Answer `qname` (lower-case, no trailing dot) or return None if it is not ours.
+
+        `minimal_any=False` gives every RRset at the name for ANY, not the one RRset a client
+        gets. `trace`, when given, records why (explain); it is filled even when the name turns
+        out not to be ours (a PTR that falls through)."""
         zone = self.zone_of(qname)
         if zone is None:
             return None
-        answer = Answer()
+        answer = Answer(trace=trace)
         self._resolve_into(answer, qname, qtype, zone, depth=0)
         if answer.fallthrough:
             return None
+        if answer.broken is not None:
+            # A CNAME loop or a chain past MAX_CHASE: no answer is right (RFC 1034 §3.6.2:
+            # such a chain signals a configuration error), and it is not cached, so every
+            # query is counted.
+            answer.rcode = RCODE.SERVFAIL
+            answer.answer.clear()
+            answer.authority.clear()
+            answer.additional.clear()
+            answer.cacheable = False
+            answer.chase = None
+            return answer
+        if qtype == ANY and minimal_any:
+            _minimal_any(answer)
         if not self.store.synced:
             answer.cacheable = False
             if answer.rcode == RCODE.NXDOMAIN or (
@@ -241,6 +294,7 @@ class Resolver:
         rel = qname[: -len(zone) - 1] if qname != zone else ""
         labels = rel.split(".") if rel else []
         n = len(labels)
+        trace = answer.trace
         if n == 0:
             answer.tags.add(APEX_TAG)
             return self._apex(answer, qname, qtype, zone)
@@ -250,52 +304,75 @@ class Resolver:
             answer.tags.add(service_tag(*key))
             service = self.service_records(key)
             records = service.forward.get(rel) if service is not None else None
+            if trace is not None:
+                trace.step("service-name", key, rel, zone, service is not None)
             if records is None:
                 return self._negative(
                     answer, zone, exists=service is not None and rel in service.ents
                 )
-            return self._records(answer, qname, qtype, zone, service, records, depth)
+            return self._records(answer, qname, qtype, zone, key, service, records, depth)
         if last == "svc":
             if n == 1:
                 answer.tags.add(ZONE_TAG)
+                if trace is not None:
+                    trace.step("svc-parent", zone)
                 return self._negative(answer, zone, exists=True)
             answer.tags.add(namespace_tag(labels[0]))
-            exists = (
-                self.store.namespace_exists(labels[0])
-                or self._services_per_namespace[labels[0]] > 0
-            )
+            exists = self.namespace_exists(labels[0])
+            if trace is not None:
+                trace.step("namespace-name", labels[0], zone, exists)
             return self._negative(answer, zone, exists)
         if last == "pod":
             answer.tags.add(POD_TAG)
             return self._pod(answer, qname, qtype, zone, labels)
         answer.tags.add(ZONE_TAG)
         if rel == "dns-version":
+            if trace is not None:
+                trace.step("dns-version", qtype in (QTYPE.TXT, ANY))
             if qtype in (QTYPE.TXT, ANY):
-                answer.answer.append(
-                    RR(qname + ".", QTYPE.TXT, rdata=TXT(DNS_VERSION), ttl=DNS_VERSION_TTL)
-                )
+                rr = RR(qname + ".", QTYPE.TXT, rdata=TXT(DNS_VERSION), ttl=DNS_VERSION_TTL)
+                answer.answer.append(rr)
+                if trace is not None:
+                    trace.origin(rr, "dns-version")
                 return None
             return self._negative(answer, zone, exists=True)
         if rel == "ns.dns" and self.ns_addresses:
-            self._addresses(answer.answer, qname, qtype, self.ns_addresses)
+            if trace is not None:
+                trace.step("nameserver", zone)
+            self._addresses(answer.answer, qname, qtype, self.ns_addresses, answer, "dns_addr")
             if not answer.answer:
                 return self._negative(answer, zone, exists=True)
             return None
+        if trace is not None:
+            trace.step(
+                "dns-parent" if rel == "dns" and self.ns_addresses else "unknown", zone, qname
+            )
         return self._negative(
             answer, zone, exists=rel in ("dns", "ns.dns") and bool(self.ns_addresses)
         )
 
+    def namespace_exists(self, namespace: str) -> bool:
+        """Whether `ns.svc.Z` exists: a watched Namespace, or any Service in it (Namespaces
+        are not always watched)."""
+        return self.store.namespace_exists(namespace) or self._services_per_namespace[namespace] > 0
+
     def _apex(self, answer: Answer, qname: str, qtype: int, zone: str) -> None:
+        trace = answer.trace
+        if trace is not None:
+            trace.step("apex", zone, qtype in (QTYPE.SOA, QTYPE.NS, ANY))
         if qtype in (QTYPE.SOA, ANY):
             answer.answer.append(self._soa(zone))
         if qtype in (QTYPE.NS, ANY):
-            target, glue = self._nameserver(zone)
-            answer.answer.append(RR(qname + ".", QTYPE.NS, rdata=NS_RD(target + "."), ttl=self.ttl))
-            self._addresses(answer.additional, target, QTYPE.ANY, glue)
+            target, glue = self.nameserver(zone)
+            rr = RR(qname + ".", QTYPE.NS, rdata=NS_RD(target + "."), ttl=self.ttl)
+            answer.answer.append(rr)
+            if trace is not None:
+                trace.origin(rr, "nameserver", target)
+            self._addresses(answer.additional, target, QTYPE.ANY, glue, answer, "ns-glue", target)
         if not answer.answer:
             self._negative(answer, zone, exists=True)
 
-    def _nameserver(self, zone: str) -> tuple[str, tuple[str, ...]]:
+    def nameserver(self, zone: str) -> tuple[str, tuple[str, ...]]:
         """The apex NS: the cluster DNS Service when it is known (as the coredns/ci tests
         expect, `kube-dns.kube-system.svc.Z` with its ClusterIP as glue), else `ns.dns.Z`."""
         forward = zone if zone in self.forward_zones else self.primary
@@ -322,13 +399,29 @@ class Resolver:
         answer.rcode = RCODE.NOERROR if exists else RCODE.NXDOMAIN
         answer.authority.append(self._soa(zone))
 
-    def _addresses(self, section: list[RR], owner: str, qtype: int, ips: tuple[str, ...]) -> None:
+    def _addresses(
+        self,
+        section: list[RR],
+        owner: str,
+        qtype: int,
+        ips: tuple[str, ...],
+        answer: Answer | None = None,
+        *origin: Any,
+    ) -> None:
+        """A/AAAA records of `ips` at `owner`; with `answer` tracing, each gets `origin` and
+        its address as its origin."""
+        trace = answer.trace if answer is not None else None
         for ip in ips:
             v6 = ":" in ip
             if v6 and qtype in (QTYPE.AAAA, ANY):
-                section.append(RR(owner + ".", QTYPE.AAAA, rdata=AAAA_RD(ip), ttl=self.ttl))
+                rr = RR(owner + ".", QTYPE.AAAA, rdata=AAAA_RD(ip), ttl=self.ttl)
             elif not v6 and qtype in (QTYPE.A, ANY):
-                section.append(RR(owner + ".", QTYPE.A, rdata=A_RD(ip), ttl=self.ttl))
+                rr = RR(owner + ".", QTYPE.A, rdata=A_RD(ip), ttl=self.ttl)
+            else:
+                continue
+            section.append(rr)
+            if trace is not None:
+                trace.origin(rr, *origin, ip)
 
     def _records(
         self,
@@ -336,27 +429,45 @@ class Resolver:
         qname: str,
         qtype: int,
         zone: str,
+        key: tuple[str, str],
         service: ServiceRecords,
         records: tuple[Record, ...],
         depth: int,
     ) -> None:
+        trace = answer.trace
         cname = next((r for r in records if r.rtype == QTYPE.CNAME), None)
         if cname is not None and qtype not in (QTYPE.CNAME, ANY):
-            # ExternalName (spec 2.5): the CNAME first; a target inside our zones is chased here
-            # (RFC 1034 §4.3.2 step 3a), one outside is left to the client's resolver.
-            answer.answer.append(
-                RR(qname + ".", QTYPE.CNAME, rdata=CNAME_RD(cname.value + "."), ttl=self.ttl)
-            )
-            target_zone = self.zone_of(cname.value)
-            if target_zone is not None and depth < MAX_CHASE:
-                self._resolve_into(answer, cname.value, qtype, target_zone, depth + 1)
+            # ExternalName (spec 2.5): the CNAME first, then the target's records (RFC 1034
+            # §4.3.2 step 3a): a target inside our zones is chased here, one outside by the
+            # caller through the upstreams (`Answer.chase`).
+            rr = RR(qname + ".", QTYPE.CNAME, rdata=CNAME_RD(cname.value + "."), ttl=self.ttl)
+            answer.answer.append(rr)
+            if trace is not None:
+                trace.origin(rr, "record", key, cname, zone)
+            target = cname.value
+            target_zone = self.zone_of(target)
+            if any(str(rr.rname).rstrip(".") == target for rr in answer.answer):
+                answer.broken = "loop"
+            elif depth + 1 > MAX_CHASE:
+                answer.broken = "too long"
+            elif target_zone is None:
+                answer.chase = target
+            if trace is not None:
+                trace.step("externalname", target, qtype, target_zone, answer.broken)
+            if answer.broken is None and target_zone is not None:
+                self._resolve_into(answer, target, qtype, target_zone, depth + 1)
             return None
+        if trace is not None:
+            trace.step("records", key, qname[: -len(zone) - 1], qtype, records)
         found = False
         for record in records:
             if record.rtype != qtype and qtype != ANY:
                 continue
             found = True
-            answer.answer.append(self._rr(qname, record, zone))
+            rr = self.record_rr(qname, record, zone)
+            answer.answer.append(rr)
+            if trace is not None:
+                trace.origin(rr, "record", key, record, zone)
             if record.rtype == QTYPE.SRV:
                 # Glue for the target (spec 2.3.2: the additional section MAY carry it).
                 # SRV targets are names of the same Service: its own name or its endpoints'.
@@ -371,12 +482,18 @@ class Resolver:
                     f"{target}.{zone}",
                     ANY,
                     tuple(ip for ip in dict.fromkeys(ips) if ip not in present),
+                    answer,
+                    "glue",
+                    key,
+                    target,
+                    zone,
                 )
         if not found:
             self._negative(answer, zone, exists=True)
         return None
 
-    def _rr(self, owner: str, record: Record, zone: str) -> RR:
+    def record_rr(self, owner: str, record: Record, zone: str) -> RR:
+        """The RR `record` gives at `owner` in `zone`, as answers carry it."""
         value = f"{record.value}.{zone}." if record.in_zone else record.value
         if record.rtype == QTYPE.A:
             rdata = A_RD(value)
@@ -396,28 +513,36 @@ class Resolver:
         if qname == zone:
             answer.tags.add(APEX_TAG)
             return self._apex(answer, qname, qtype, zone)
-        ip = self._reverse_ip(qname)
+        trace = answer.trace
+        ip = self.reverse_ip(qname)
         records = self._ptr_records(qname, ip) if ip is not None else []
         answer.tags.add(reverse_tag(ip) if ip is not None else REVERSE_ENT_TAG)
         if not records:
             full = qname.count(".") + 1 in (6, 34)  # a whole IPv4 or IPv6 reverse name
             prefix = reverse_prefix(qname)
             exists = prefix is not None and not full and self.reverse.has_prefix(prefix)
+            if trace is not None:
+                trace.step("no-ptr", qname, ip, full, exists)
             if not exists and self.reverse_fallthrough:
                 answer.fallthrough = True
                 return None
             return self._negative(answer, zone, exists=exists)
+        if trace is not None:
+            trace.step("ptr", ip, qtype, records)
         # PTR targets always name the primary zone (CoreDNS plugin/kubernetes/reverse.go).
         found = False
-        for record in records:
+        for key, record in records:
             if qtype in (QTYPE.PTR, ANY):
                 found = True
-                answer.answer.append(self._rr(qname, record, self.primary))
+                rr = self.record_rr(qname, record, self.primary)
+                answer.answer.append(rr)
+                if trace is not None:
+                    trace.origin(rr, "ptr", key, record, ip)
         if not found:
             self._negative(answer, zone, exists=True)
         return None
 
-    def _reverse_ip(self, qname: str) -> str | None:
+    def reverse_ip(self, qname: str) -> str | None:
         """The address a whole, canonically spelled reverse name stands for, else None."""
         prefix = reverse_prefix(qname)
         if prefix is None or qname.count(".") + 1 not in (6, 34):
@@ -433,30 +558,49 @@ class Resolver:
             return None  # "010.1.1.1": not the canonical spelling of any address
         return ip
 
-    def _ptr_records(self, qname: str, ip: str) -> list[Record]:
-        records: list[Record] = []
+    def _ptr_records(self, qname: str, ip: str) -> list[tuple[tuple[str, str], Record]]:
+        """The PTR records of `qname`, each with the Service it comes from."""
+        records: list[tuple[tuple[str, str], Record]] = []
         for key in sorted(self.reverse.owners.get(ip, ())):
             service = self.service_records(key)
             if service is not None:
-                records.extend(service.reverse.get(qname, ()))
+                records.extend((key, record) for record in service.reverse.get(qname, ()))
         return records
 
     def _pod(self, answer: Answer, qname: str, qtype: int, zone: str, labels: list[str]) -> None:
+        trace = answer.trace
         n = len(labels)
         if self.pods == "disabled" or n > 3:
+            if trace is not None:
+                trace.step("pod", "disabled" if self.pods == "disabled" else "too-long", zone)
             return self._negative(answer, zone, exists=False)
         if n == 1:
+            if trace is not None:
+                trace.step("pod", "parent", zone)
             return self._negative(answer, zone, exists=True)
         namespace = labels[-2]
         if not self.store.namespace_exists(namespace):
+            if trace is not None:
+                trace.step("pod", "no-namespace", zone, namespace)
             return self._negative(answer, zone, exists=False)
         if n == 2:
+            if trace is not None:
+                trace.step("pod", "namespace", zone, namespace)
             return self._negative(answer, zone, exists=True)
         ip = ip_from_pod_label(labels[0])
-        if ip is None or (self.pods == "verified" and not self._pod_verified(namespace, ip)):
+        if ip is None:
+            if trace is not None:
+                trace.step("pod", "not-ip", zone, namespace, labels[0])
             return self._negative(answer, zone, exists=False)
-        self._addresses(answer.answer, qname, qtype, (ip,))
+        verified = self.pods != "verified" or self._pod_verified(namespace, ip)
+        if trace is not None:
+            trace.step("pod", self.pods if verified else "not-verified", zone, namespace, ip)
+        if not verified:
+            return self._negative(answer, zone, exists=False)
+        self._addresses(answer.answer, qname, qtype, (ip,), answer, "pod", self.pods, namespace)
         if not answer.answer:
+            if trace is not None:
+                trace.step("pod", "no-such-type", zone, namespace, ip, qtype)
             self._negative(answer, zone, exists=True)
         return None
 
@@ -483,3 +627,19 @@ class Resolver:
             and not pod.terminating
             for pod in self.store.pods_by_ip.get(ip, ())
         )
+
+
+# RFC 8482 §4.1: an ANY answer holds one RRset of the name, the first of these that it has.
+ANY_ORDER = (QTYPE.CNAME, QTYPE.A, QTYPE.AAAA, QTYPE.SRV, QTYPE.PTR, QTYPE.TXT, QTYPE.SOA, QTYPE.NS)
+
+
+def _minimal_any(answer: Answer) -> None:
+    """Cut an ANY answer down to one RRset (RFC 8482 §4.1): ANY over UDP with every record of
+    a 500-endpoint Service would be an amplifier. The glue of dropped SRV records goes too."""
+    if not answer.answer:
+        return
+    present = {rr.rtype for rr in answer.answer}
+    keep = next(t for t in ANY_ORDER if t in present)
+    answer.answer[:] = [rr for rr in answer.answer if rr.rtype == keep]
+    if keep != QTYPE.SRV and keep != QTYPE.NS:
+        answer.additional.clear()

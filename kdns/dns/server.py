@@ -10,18 +10,23 @@ Contract:
   or when the client does not read its answers within `write_timeout`.
 - A send that fails (client gone, buffer full) loses that one answer, never the listener.
 - `run` calls `task_status.started((host, port))` once both sockets are bound.
-- `handler` may be replaced while running (a config reload): UDP picks it up at the next burst,
-  TCP at the next message; a query is answered entirely by the handler that took it.
+- What answers is read from `serving` (a config reload swaps it as one reference): UDP reads it
+  at each burst, TCP at each message; a query is answered entirely by the handler that took it,
+  and logged by that config's `query_log` (CoreDNS's `log` plugin), if any.
+- Under pressure (RFC 7766 §6.2.2) a full TCP listener makes room instead of refusing: at
+  `max_tcp` connections, or `max_tcp_per_client` from one client address, or when accept runs
+  out of file descriptors, the connection idle the longest is closed (kdns/dns/admission.py) and
+  counted in `kdns_dns_tcp_evictions_total`; a newcomer is refused only when every connection it
+  could displace has a query in flight. The process needs `max_tcp` + ~100 descriptors.
 - `stop_listening()` (shutdown after lameduck, or a new listen address) stops taking queries: the
   sockets stop receiving and TCP connections stop reading, while answers in flight (forwarded
   UDP questions, pipelined TCP ones) are still written; `run` returns once they are, and every
   socket is then closed.
 - Every answered query is counted in `self.stats` (CoreDNS's request/response metrics, see
-  kdns/metrics.py): inline in the UDP loop — one clock read and one dict update per packet —
+  kdns/dns/stats.py): inline in the UDP loop — one clock read and one dict update per packet —
   and through `QueryStats.record` elsewhere. Its duration runs from reading the query to the
   end of the send (CoreDNS's from ServeDNS to WriteMsg, plus the receive). The answer caches'
-  sizes and hits are read from the (current) handler's caches at scrape time.
-- `query_log`, when given, is called for each answered query (CoreDNS's `log` plugin).
+  sizes and misses are their `stats()`, read from the current handler at scrape time.
 """
 
 from __future__ import annotations
@@ -33,11 +38,15 @@ import socket
 import time
 from bisect import bisect_left
 from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
 
 import trio
 
 from kdns import metrics
+from kdns.dns.admission import FD_LIMIT, TcpAdmission
 from kdns.dns.handler import Deferred, Handler
+from kdns.dns.stats import CacheStats, QueryStats
 
 # (client address, proto, query bytes, response bytes, metrics label id, seconds)
 QueryLog = Callable[[tuple[str, int], str, bytes, bytes, int, float], None]
@@ -47,69 +56,98 @@ log = logging.getLogger(__name__)
 UDP_BURST = 256  # packets served per wake-up before other tasks get a turn
 UDP_RECV_BUFFER = 4 << 20  # absorbs bursts while the process is busy elsewhere
 MAX_TCP_CONNECTIONS = 1000
+# One client address may hold a quarter of them: the rest stay for everyone else (RFC 7766
+# §6.2.2 lets a server limit the connections of one client).
+MAX_TCP_PER_CLIENT = 250
 MAX_TCP_IN_FLIGHT = 64  # per connection (RFC 7766 §6.2.1.1 lets servers bound this)
+# accept() errors that mean "out of descriptors": closing an idle connection frees one.
+_FD_ERRORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+
+
+class Serving(Protocol):
+    """What answers queries: one config's handler and query log, replaced whole, never edited."""
+
+    @property
+    def handler(self) -> Handler: ...
+
+    @property
+    def query_log(self) -> QueryLog | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Fixed:
+    """A `Serving` that never changes (a listener without reloads)."""
+
+    handler: Handler
+    query_log: QueryLog | None = None
+
+
+@dataclass(eq=False, slots=True)
+class _Connection:
+    """One TCP client connection, as the listener and its admission see it."""
+
+    stream: trio.SocketStream
+    peer: tuple[str, int] | None
+    reading: trio.CancelScope | None = None  # set while waiting for bytes
+    waiting: bool = False  # waiting for a new message (nothing buffered)
+    in_flight: int = 0  # queries taken, answers not yet written
+    evicted: bool = False  # closed to make room: stop reading at once
+    closed: trio.Event = field(default_factory=trio.Event)  # its socket is closed
 
 
 class DnsServer:
     def __init__(
         self,
-        handler: Handler,
+        serving: Handler | Callable[[], Serving],
         host: str,
         port: int,
         idle_timeout: float = 10.0,
         read_timeout: float = 2.0,
         write_timeout: float = 5.0,
         query_log: QueryLog | None = None,
+        max_tcp: int = MAX_TCP_CONNECTIONS,
+        max_tcp_per_client: int = MAX_TCP_PER_CLIENT,
     ) -> None:
-        self.handler = handler
+        """`serving`: a handler (with `query_log`), or where to read the current `Serving`."""
+        if isinstance(serving, Handler):
+            fixed = Fixed(serving, query_log)
+            self.serving: Callable[[], Serving] = lambda: fixed
+        else:
+            self.serving = serving
         self.host = host
         self.port = port
         self.idle_timeout = idle_timeout
         self.read_timeout = read_timeout
         self.write_timeout = write_timeout
-        self.query_log = query_log
-        self.tcp_connections = 0
         self.udp_send_errors = 0
         self._sockets: tuple[socket.socket, socket.socket] | None = None
         self.draining = False
         self._loops: list[trio.CancelScope] = []  # the receive loops; stop_listening ends them
-        self._readers: dict[trio.SocketStream, trio.CancelScope] = {}  # each connection's read
+        self._connections: dict[_Connection, None] = {}  # open TCP connections
+        self._admission: TcpAdmission[_Connection] = TcpAdmission(max_tcp, max_tcp_per_client)
         # CoreDNS's address family label: 1 IPv4, 2 IPv6; a dual-stack socket decides per client.
         self.family = "2" if ":" in host else "1"
         self.dual_stack = host == "::"
-        self.stats = metrics.QueryStats(self._server_label())
+        self.stats = QueryStats(self._server_label())
         self.stats.caches += [self._answer_cache_stats, self._upstream_cache_stats]
+
+    @property
+    def tcp_connections(self) -> int:
+        return len(self._connections)
 
     def _server_label(self) -> str:
         # CoreDNS's `server` label: "dns://:53" for every address, else "dns://HOST:PORT".
         host = "" if self.host in ("0.0.0.0", "::") else self.host
         return f"dns://[{host}]:{self.port}" if ":" in host else f"dns://{host}:{self.port}"
 
-    def _answer_cache_stats(self) -> metrics.CacheStats:
-        handler = self.handler  # the current one: a reload may have replaced it
-        cache, resolver = handler.cache, handler.resolver
-        labels = metrics.LABELS.labels
-        denial = sum(1 for entry in cache.entries.values() if labels[entry[5]].cache == "denial")
-        return metrics.CacheStats(
-            zones=",".join(z + "." for z in (*resolver.forward_zones, *resolver.reverse_zones)),
-            success=len(cache.entries) - denial,
-            denial=denial,
-            misses=cache.misses,
-        )
+    def _answer_cache_stats(self) -> tuple[str, CacheStats]:
+        resolver = self.serving().handler.resolver  # the current one: a reload may replace it
+        zones = ",".join(z + "." for z in (*resolver.forward_zones, *resolver.reverse_zones))
+        return zones, self.serving().handler.cache.stats()
 
-    def _upstream_cache_stats(self) -> metrics.CacheStats | None:
-        if self.handler.forwarder is None:
-            return None
-        cache = self.handler.forwarder.cache
-        return metrics.CacheStats(
-            zones=".",
-            success=len(cache.success),
-            denial=len(cache.denial),
-            misses=cache.misses,
-            hits_success=cache.hits - cache.hits_denial,
-            hits_denial=cache.hits_denial,
-            served_stale=cache.served_stale,
-        )
+    def _upstream_cache_stats(self) -> tuple[str, CacheStats] | None:
+        forwarder = self.serving().handler.forwarder
+        return None if forwarder is None else (".", forwarder.cache.stats())
 
     def _family_of(self, client: str | None) -> str:
         if self.dual_stack and client is not None:
@@ -172,8 +210,9 @@ class DnsServer:
         self.draining = True
         for loop in self._loops:
             loop.cancel()
-        for reading in self._readers.values():
-            reading.cancel()
+        for connection in self._connections:
+            if connection.reading is not None:
+                connection.reading.cancel()
 
     def _receiving(self) -> trio.CancelScope:
         scope = trio.CancelScope()
@@ -218,8 +257,9 @@ class DnsServer:
             while True:
                 await trio.lowlevel.wait_readable(sock)
                 # Bound once per burst: attribute lookups per packet are a measurable share of
-                # the hot path. A reload swaps the handler between bursts, never inside one.
-                handler = self.handler
+                # the hot path. A reload swaps what serves between bursts, never inside one.
+                serving = self.serving()
+                handler, query_log = serving.handler, serving.query_log
                 cache = handler.cache
                 answer, handle_miss = cache.answer, handler.handle_miss
                 # One clock read per packet: a query's time runs from the end of the previous
@@ -245,7 +285,7 @@ class DnsServer:
                             # Forwarding waits on the network: in a task of its own, so the
                             # loop goes on answering everything else meanwhile.
                             nursery.start_soon(
-                                self._udp_deferred, sock, handler, response, addr, data, last
+                                self._udp_deferred, sock, serving, response, addr, data, last
                             )
                             last = clock()
                             continue
@@ -277,30 +317,31 @@ class DnsServer:
                     else:
                         entry[0] += 1
                         entry[1] += elapsed
-                    if self.query_log is not None:
-                        self.query_log(addr, "udp", data, response, label, elapsed)
+                    if query_log is not None:
+                        query_log(addr, "udp", data, response, label, elapsed)
                         last = clock()  # the log line is not the next query's time
 
     async def _udp_deferred(
         self,
         sock: socket.socket,
-        handler: Handler,
+        serving: Serving,
         deferred: Deferred,
         addr: tuple[str, int],
         data: bytes,
         start: float,
     ) -> None:
-        response = await handler.complete(deferred)
+        response = await serving.handler.complete(deferred)
         if response is None:
             return
         try:
             sock.sendto(response, addr)
         except OSError:
             self.udp_send_errors += 1
-        self._count(addr, "udp", data, response, deferred.label, start)
+        self._count(serving, addr, "udp", data, response, deferred.label, start)
 
     def _count(
         self,
+        serving: Serving,
         addr: tuple[str, int],
         proto: str,
         data: bytes,
@@ -311,8 +352,8 @@ class DnsServer:
         elapsed = time.perf_counter() - start
         family = self._family_of(addr[0])
         self.stats.record(proto, family, label, len(data), len(response), elapsed)
-        if self.query_log is not None:
-            self.query_log(addr, proto, data, response, label, elapsed)
+        if serving.query_log is not None:
+            serving.query_log(addr, proto, data, response, label, elapsed)
 
     # --- TCP -----------------------------------------------------------------------------------
 
@@ -324,23 +365,49 @@ class DnsServer:
                     try:
                         stream = await listener.accept()
                     except OSError as e:
-                        # EMFILE and friends: back off briefly instead of spinning.
+                        evicted = self._evict_for_descriptor() if e.errno in _FD_ERRORS else None
+                        if evicted is not None:
+                            # Its descriptor is free once it has closed: wait for that (bounded),
+                            # or the next accept fails too and closes another.
+                            with trio.move_on_after(1.0):
+                                await evicted.closed.wait()
+                            continue
+                        # Nothing idle to close: back off briefly instead of spinning.
                         log.warning("TCP accept failed: %s", e)
                         await trio.sleep(0.1)
                         continue
-                    if self.tcp_connections >= MAX_TCP_CONNECTIONS:
-                        await stream.aclose()
+                    try:
+                        peer: tuple[str, int] | None = stream.socket.getpeername()[:2]
+                    except OSError:
+                        peer = None  # already gone
+                    connection = _Connection(stream, peer)
+                    admitted = self._admission.admit(connection, peer[0] if peer else "")
+                    for other, reason in admitted.close:
+                        self._evict(other, reason)
+                    if not admitted.ok:
+                        await stream.aclose()  # every connection it could displace is busy
                         continue
-                    nursery.start_soon(self._tcp_connection, stream)
+                    self._connections[connection] = None
+                    nursery.start_soon(self._tcp_connection, connection)
 
-    async def _tcp_connection(self, stream: trio.SocketStream) -> None:
-        self.tcp_connections += 1
+    def _evict(self, connection: _Connection, reason: str) -> None:
+        """Close an idle connection to make room (RFC 7766 §6.2.2): its read ends, and with
+        nothing in flight the connection closes at once."""
+        metrics.DNS_TCP_EVICTIONS.labels(self.stats.server, reason).inc()
+        connection.evicted = True  # in case its task has not started reading yet
+        if connection.reading is not None:
+            connection.reading.cancel()
+
+    def _evict_for_descriptor(self) -> _Connection | None:
+        oldest = self._admission.make_room()
+        if oldest is not None:
+            self._evict(oldest, FD_LIMIT)
+        return oldest
+
+    async def _tcp_connection(self, connection: _Connection) -> None:
+        stream = connection.stream
         send_lock = trio.Lock()
         in_flight = trio.Semaphore(MAX_TCP_IN_FLIGHT)
-        try:
-            peer: tuple[str, int] | None = stream.socket.getpeername()[:2]
-        except OSError:
-            peer = None  # already gone
         try:
             async with stream, trio.open_nursery() as nursery:
                 buffer = bytearray()
@@ -353,48 +420,74 @@ class DnsServer:
                     else:
                         deadline = trio.current_time() + self.idle_timeout
                     with trio.move_on_at(deadline) as reading:
-                        # stop_listening cancels the read: no new queries, in-flight ones finish.
-                        self._readers[stream] = reading
-                        if self.draining:
+                        # stop_listening and an eviction cancel the read: no new queries,
+                        # in-flight ones finish.
+                        connection.reading = reading
+                        if self.draining or connection.evicted:
                             reading.cancel()
+                        self._waiting(connection, not buffer)
                         try:
                             chunk = await stream.receive_some(65536)
                         except (trio.BrokenResourceError, trio.ClosedResourceError):
                             # Reset by the client, or closed by an answer whose client stopped
                             # reading: either way this connection is over.
                             chunk = b""
+                        finally:
+                            self._waiting(connection, False)
                         if not chunk:
                             break  # the client closed its side: finish what is in flight
                         if not buffer:
                             message_deadline = trio.current_time() + self.read_timeout
                         buffer += chunk
+                        empty = False
                         while len(buffer) >= 2:
                             size = int.from_bytes(buffer[:2])
+                            if size == 0:
+                                # A zero-length message holds no query and never will: the
+                                # client is broken or probing; close at once rather than wait
+                                # out the idle timeout (answers in flight are still sent).
+                                empty = True
+                                break
                             if len(buffer) < 2 + size:
                                 break
                             message = bytes(buffer[2 : 2 + size])
                             del buffer[: 2 + size]
                             await in_flight.acquire()
+                            connection.in_flight += 1
                             nursery.start_soon(
-                                self._tcp_answer, stream, send_lock, in_flight, message, peer
+                                self._tcp_answer, connection, send_lock, in_flight, message
                             )
                             message_deadline = trio.current_time() + self.read_timeout
+                        if empty:
+                            break
                         continue
-                    break  # a timeout: idle, or a message that never completed
+                    break  # a timeout or an eviction: idle, or a message that never completed
         finally:
-            self._readers.pop(stream, None)
-            self.tcp_connections -= 1
+            connection.reading = None
+            connection.closed.set()
+            self._connections.pop(connection, None)
+            self._admission.leave(connection)
+
+    def _waiting(self, connection: _Connection, waiting: bool) -> None:
+        """Tell admission whether `connection` is idle: waiting for a new message with no
+        answer in flight (RFC 7766 §6.2.2's idle connection)."""
+        connection.waiting = waiting
+        if waiting and connection.in_flight == 0:
+            self._admission.idle(connection)
+        else:
+            self._admission.busy(connection)
 
     async def _tcp_answer(
         self,
-        stream: trio.SocketStream,
+        connection: _Connection,
         send_lock: trio.Lock,
         in_flight: trio.Semaphore,
         message: bytes,
-        peer: tuple[str, int] | None,
     ) -> None:
         start = time.perf_counter()
-        handler = self.handler  # the one that took the query answers it (a reload may swap)
+        stream, peer = connection.stream, connection.peer
+        serving = self.serving()  # the one that took the query answers it (a reload may swap)
+        handler = serving.handler
         try:
             response = handler.handle(message, False, peer[0] if peer else None)
             label = handler.label
@@ -413,6 +506,9 @@ class DnsServer:
                 if scope.cancelled_caught:
                     await stream.aclose()  # the client does not read: give up on it
                     return
-            self._count(peer or ("", 0), "tcp", message, response, label, start)
+            self._count(serving, peer or ("", 0), "tcp", message, response, label, start)
         finally:
             in_flight.release()
+            connection.in_flight -= 1
+            if connection.waiting and connection.in_flight == 0:
+                self._admission.idle(connection)

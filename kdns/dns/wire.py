@@ -2,16 +2,20 @@
 
 - `parse_query` validates a query before anything else reads it (dnslib alone accepts qdcount 0,
   64-octet labels, and recurses on pointer chains): it returns a `Query`, an encoded error
-  response (FORMERR with the client's ID), or None when the packet must be dropped (shorter than
-  a header, or a response — answering responses invites reflection loops).
+  response (FORMERR with the client's ID; NOTIMP for an opcode other than QUERY), or None when
+  the packet must be dropped (shorter than a header, or a response — answering responses
+  invites reflection loops).
+- `split` cuts a response at its record boundaries (`Layout`): `Layout.fit` truncates it for
+  UDP keeping whole records, `Layout.tail` rotates its first A/AAAA/SRV RRset.
 - `encode` turns an answer into wire bytes, owner names compressed against a lower-case copy of
   the question, so that patching in the client's spelling later echoes its case everywhere.
 - `AnswerCache` is the hot path (docs/architecture.md §7): whole encoded answers keyed by the
   question's wire bytes (name lower-cased), the header flags and the EDNS shape. A hit costs one
-  dict lookup and one bytes join: the client's ID and question are copied into the stored answer.
-  Entries carry the tags of the names they read and are dropped when one of those changes, and an
-  opaque int the caller gave (`label`, the metrics label of a hit) that a hit leaves in
-  `self.label`.
+  dict lookup and one bytes join: the client's ID and question are copied into the stored answer
+  (and, with rotation, one counter step picks the rotation). Entries carry the tags of the
+  names they read and are dropped when one of those changes, and an opaque int the caller gave
+  (`label`, the metrics label of a hit) that a hit leaves in `self.label`.
+  `stats()` gives its entries by CoreDNS's cache type (success, denial) and its misses.
 
 Nothing here does I/O.
 """
@@ -23,6 +27,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from dnslib import RR, DNSBuffer, DNSLabel
+
+from kdns.dns.stats import CacheStats
 
 MAX_UDP_PAYLOAD = 1232  # EDNS payload cap (DNS Flag Day 2020; RFC 9715 guidance)
 CLASSIC_UDP_PAYLOAD = 512  # RFC 1035 §4.2.1, without EDNS
@@ -151,8 +157,12 @@ def parse_query(data: bytes) -> Query | bytes | None:
     qid, flags, qdcount, ancount, nscount, arcount = _HEADER.unpack_from(data)
     if flags & QR:
         return None  # a response: never answer it (reflection, loops)
+    # An opcode we do not implement is NOTIMP whatever the rest holds (RFC 1035 §4.1.1): its
+    # sections may mean something else (UPDATE's zone section), so their form is not ours to
+    # judge. The handler gives a well-formed one the same rcode, with its question.
+    malformed = FORMERR if not (flags >> 11) & 0xF else NOTIMP
     if qdcount != 1:
-        return error_response(qid, flags, FORMERR)
+        return error_response(qid, flags, malformed)
     try:
         labels, pos = read_name(data, 12)
         compressed = pos != 12 + sum(len(label) + 1 for label in labels) + 1
@@ -178,7 +188,7 @@ def parse_query(data: bytes) -> Query | bytes | None:
         if pos != len(data):
             raise WireError("trailing bytes after the last record")
     except WireError:
-        return error_response(qid, flags, FORMERR)
+        return error_response(qid, flags, malformed)
     return query
 
 
@@ -237,21 +247,170 @@ def encode(
     return bytes(buffer.data) + opt
 
 
-def truncated(response: bytes, query: Query) -> bytes:
-    """The UDP stand-in for an answer that does not fit: TC set, the question kept, no records
-    (RFC 2181 §9: a client must not use a partial RRset; it retries over TCP, RFC 7766)."""
-    qid, flags = struct.unpack_from("!HH", response)
-    opt = opt_record(query, flags & 0xF) if query.edns else b""
-    header = _HEADER.pack(qid, flags | TC, 1, 0, 0, 1 if opt else 0)
-    return header + query.question + opt
+# --- truncation and rotation --------------------------------------------------------------------
+
+A_TYPE, AAAA_TYPE, SRV_TYPE = 1, 28, 33
+# Round robin rotates these (CoreDNS's `loadbalance` rotates A, AAAA and MX; kdns serves SRV
+# where CoreDNS would MX, and a client that takes the first SRV target is as common).
+ROTATED_TYPES = frozenset({A_TYPE, AAAA_TYPE, SRV_TYPE})
+
+
+@dataclass(frozen=True, slots=True)
+class Layout:
+    """A response cut at its record boundaries: what truncation and rotation rearrange.
+
+    Compression pointers only point backwards (RFC 1035 §4.1.4), so any prefix of the records
+    stays valid. Rotation moves whole records of one RRset; `split` offers it only for a
+    response `encode` built, where those records hold no name that a later one points into
+    (their owner is a pointer to the question or a CNAME target, SRV targets are not
+    compressed, RFC 2782)."""
+
+    header: bytes  # 12 octets
+    question: bytes
+    answer: tuple[bytes, ...]  # one item per record
+    # Per answer RRset (same owner and type, consecutive): its records answer[first:last], and
+    # their octets.
+    spans: tuple[tuple[int, int, int], ...]
+    authority: bytes
+    nscount: int
+    additional: bytes  # every additional record except OPT
+    arcount: int  # of `additional`
+    opt: bytes
+    rotation: tuple[int, int] = (0, 0)  # answer[start:end] is the RRset to rotate
+
+    @property
+    def turns(self) -> int:
+        """How many distinct rotations there are (1: nothing rotates)."""
+        start, end = self.rotation
+        return max(1, end - start)
+
+    def answer_bytes(self, turn: int = 0) -> bytes:
+        start, end = self.rotation
+        if end - start < 2:
+            return b"".join(self.answer)
+        k = start + turn % (end - start)
+        answer = self.answer
+        return b"".join((*answer[:start], *answer[k:end], *answer[start:k], *answer[end:]))
+
+    def tail(self, turn: int = 0) -> bytes:
+        """Everything after the question, the answer rotated by `turn`."""
+        return self.answer_bytes(turn) + self.authority + self.additional + self.opt
+
+    def fit(self, limit: int, turn: int = 0) -> tuple[bytes, bytes]:
+        """(header octets 2-12, tail) of the answer cut to `limit` octets, for UDP.
+
+        As many whole answer records as fit, whole RRsets first: once an RRset does not fit,
+        the records of it that fit end the answer (a client that does not retry over TCP —
+        musl before 1.2.4, drill — still gets addresses). TC is set when answer or authority
+        records were left out; leaving out additional records alone does not set it (RFC 2181
+        §9: TC only when a required RRset could not be included)."""
+        room = limit - 12 - len(self.question) - len(self.opt)
+        answer = self.answer
+        start, end = self.rotation
+        if end - start >= 2:
+            k = start + turn % (end - start)
+            answer = (*answer[:start], *answer[k:end], *answer[start:k], *answer[end:])
+        kept = 0  # answer[:kept] goes out
+        cut = False
+        for first, last, size in self.spans:
+            if size <= room:
+                room -= size
+                kept = last
+                continue
+            for record in answer[first:last]:
+                if len(record) > room:
+                    break
+                room -= len(record)
+                kept += 1
+            cut = True
+            break
+        authority, nscount = b"", 0
+        additional, arcount = b"", 0
+        if not cut:
+            if len(self.authority) <= room:
+                authority, nscount = self.authority, self.nscount
+                room -= len(authority)
+                if len(self.additional) <= room:
+                    additional, arcount = self.additional, self.arcount
+            else:
+                cut = True
+        flags = int.from_bytes(self.header[2:4]) | (TC if cut else 0)
+        header = struct.pack("!5H", flags, 1, kept, nscount, arcount + (1 if self.opt else 0))
+        return header, b"".join(answer[:kept]) + authority + additional + self.opt
+
+
+def split(response: bytes, rotate: bool = False) -> Layout:
+    """Cut a response with one question at its record boundaries (raises WireError).
+
+    `rotate`: mark the first answer RRset of A, AAAA or SRV with more than one record for
+    rotation — only for responses `encode` built (see `Layout`)."""
+    _, _, qdcount, ancount, nscount, arcount = _HEADER.unpack_from(response)
+    if qdcount != 1:
+        raise WireError("a response to split has one question")
+    _, pos = read_name(response, 12)
+    qend = pos + 4
+    pos = qend
+    answer: list[bytes] = []
+    spans: list[tuple[int, int, int]] = []
+    types: list[int] = []  # per span
+    last: tuple[tuple[bytes, ...], int] | None = None
+    for i in range(ancount):
+        labels, _ = read_name(response, pos)
+        _, rtype, _, _, _, end = _skip_rr(response, pos)
+        owner = (tuple(label.lower() for label in labels), rtype)
+        if owner != last:
+            spans.append((i, i + 1, end - pos))
+            types.append(rtype)
+            last = owner
+        else:
+            first, _, size = spans[-1]
+            spans[-1] = (first, i + 1, size + end - pos)
+        answer.append(response[pos:end])
+        pos = end
+    authority_start = pos
+    for _ in range(nscount):
+        pos = _skip_rr(response, pos)[-1]
+    authority = response[authority_start:pos]
+    additional: list[bytes] = []
+    opt = b""
+    for _ in range(arcount):
+        rtype, end = _skip_rr(response, pos)[1::4]
+        if rtype == OPT:
+            opt = response[pos:end]
+        else:
+            additional.append(response[pos:end])
+        pos = end
+    return Layout(
+        response[:12],
+        response[12:qend],
+        tuple(answer),
+        tuple(spans),
+        authority,
+        nscount,
+        b"".join(additional),
+        len(additional),
+        opt,
+        _rotatable(spans, types) if rotate else (0, 0),
+    )
+
+
+def _rotatable(spans: list[tuple[int, int, int]], types: list[int]) -> tuple[int, int]:
+    """The span of the first A, AAAA or SRV RRset with more than one record, else (0, 0)."""
+    for (first, last, _), rtype in zip(spans, types, strict=True):
+        if last - first > 1 and rtype in ROTATED_TYPES:
+            return first, last
+    return 0, 0
 
 
 def finish(response: bytes, query: Query, udp: bool) -> bytes:
     """Patch the client's spelling of the question in, and truncate for UDP if needed."""
     if not query.compressed:
         response = response[:12] + query.question + response[12 + len(query.question) :]
-    if udp and len(response) > query.udp_limit():
-        return truncated(response, query)
+    limit = query.udp_limit()
+    if udp and len(response) > limit:
+        layout = split(response)
+        header, tail = layout.fit(limit)
+        return response[:2] + header + layout.question + tail
     return response
 
 
@@ -294,16 +453,38 @@ _COUNTS_PLAIN = b"\x00\x01\x00\x00\x00\x00\x00\x00"
 _COUNTS_EDNS = b"\x00\x01\x00\x00\x00\x00\x00\x01"
 
 
+ROTATIONS_KEPT = 64  # an RRset up to this size keeps every rotation encoded; larger ones re-join
+CUTS_KEPT = 256  # UDP cuts (limit, rotation) kept per entry: a few hundred kB at most
+
+# An entry: (header octets 2-12, the tail after the question per rotation — () when re-joined
+# per answer —, full length, the Layout, the rotation turn [n], the label, the UDP cuts made).
+Entry = tuple[
+    bytes,
+    tuple[bytes, ...],
+    int,
+    Layout,
+    list[int],
+    int,
+    dict[tuple[int, int], tuple[bytes, bytes]],
+]
+
+
 class AnswerCache:
     """Encoded answers by `cache_key`, dropped by tag; bounded by entry count.
 
-    An entry is (header bytes 2-12, bytes after the question, full length, TC header, TC tail,
-    label): the answer is rebuilt around the client's own ID and question with one join.
+    A hit is rebuilt around the client's own ID and question with one join. With `rotate`
+    (CoreDNS's `loadbalance round_robin`), an entry whose answer has an A, AAAA or SRV RRset of
+    several records gives each hit the next rotation of it: each entry counts its own turns, so
+    a client asking A and AAAA in alternation still sees every rotation of both. Rotations of
+    an RRset up to `ROTATIONS_KEPT` records are encoded once, when stored; a larger one is
+    re-joined from its records per answer. A UDP answer over the client's limit is cut per
+    `Layout.fit` from the same rotation.
     """
 
-    def __init__(self, max_entries: int = 100_000) -> None:
+    def __init__(self, max_entries: int = 100_000, rotate: bool = True) -> None:
         self.max_entries = max_entries
-        self.entries: dict[bytes, tuple[bytes, bytes, int, bytes, bytes, int]] = {}
+        self.rotate = rotate
+        self.entries: dict[bytes, Entry] = {}
         self.by_tag: dict[Tag, set[bytes]] = {}
         self.hits = 0
         self.misses = 0
@@ -335,8 +516,31 @@ class AnswerCache:
         self.hits += 1
         self.label = entry[5]
         if udp and entry[2] > limit:
-            return data[:2] + entry[3] + data[12:qend] + entry[4]
-        return data[:2] + entry[0] + data[12:qend] + entry[1]
+            header, tail = self._cut(entry, limit)
+            return data[:2] + header + data[12:qend] + tail
+        tails = entry[1]
+        if len(tails) == 1:
+            return data[:2] + entry[0] + data[12:qend] + tails[0]
+        turn = entry[4]
+        turn[0] += 1
+        tail = tails[turn[0] % len(tails)] if tails else entry[3].tail(turn[0])
+        return data[:2] + entry[0] + data[12:qend] + tail
+
+    @staticmethod
+    def _cut(entry: Entry, limit: int) -> tuple[bytes, bytes]:
+        """The answer of `entry` cut to `limit` for UDP, the next rotation; each cut is kept in
+        the entry (up to `CUTS_KEPT`), so a busy large Service costs a dict lookup per hit."""
+        layout, turn, cuts = entry[3], entry[4], entry[6]
+        turns = layout.turns
+        if turns > 1:
+            turn[0] += 1
+        key = (limit, turn[0] % turns)
+        cut = cuts.get(key)
+        if cut is None:
+            cut = layout.fit(limit, key[1])
+            if len(cuts) < CUTS_KEPT:
+                cuts[key] = cut
+        return cut
 
     def store(
         self, data: bytes, query: Query, response: bytes, tags: Iterable[Tag], label: int = 0
@@ -361,15 +565,16 @@ class AnswerCache:
             # bound; starting over costs one slow-path answer per name still in use.
             self.entries.clear()
             self.by_tag.clear()
-        tc = truncated(response, query)
-        self.entries[key] = (
-            response[2:12],
-            response[qend:],
-            len(response),
-            tc[2:12],
-            tc[qend:],
-            label,
-        )
+        layout = split(response, rotate=self.rotate)
+        turns = layout.turns
+        if turns == 1:
+            tails: tuple[bytes, ...] = (response[qend:],)
+        elif turns <= ROTATIONS_KEPT:
+            tails = tuple(layout.tail(turn) for turn in range(turns))
+        else:
+            tails = ()
+        # The slow path answered turn 0: the first hit gives the next rotation.
+        self.entries[key] = (response[2:12], tails, len(response), layout, [0], label, {})
         for tag in tags:
             self.by_tag.setdefault(tag, set()).add(key)
 
@@ -389,3 +594,14 @@ class AnswerCache:
     def clear(self) -> None:
         self.entries.clear()
         self.by_tag.clear()
+
+    def stats(self) -> CacheStats:
+        """Entries by type, read from each stored header: NXDOMAIN and NODATA (NOERROR, no
+        answer records) are CoreDNS's denial, the rest success. Hits are not given: the listener
+        counts them as the queries they answer."""
+        denial = 0
+        for entry in self.entries.values():
+            header = entry[0]  # response bytes 2-12: flags, then the four counts
+            rcode = header[1] & 0xF
+            denial += rcode == NXDOMAIN or (rcode == NOERROR and header[4:6] == b"\0\0")
+        return CacheStats(success=len(self.entries) - denial, denial=denial, misses=self.misses)

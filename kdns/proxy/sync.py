@@ -33,6 +33,7 @@ from kdns.proxy import conntrack
 from kdns.proxy.dataplane import ApplyError, Dataplane, Runner, run_command
 from kdns.proxy.routes import ServiceKey, ServicePortRoute, service_routes
 from kdns.store import Change, Store
+from kdns.synced import wait_synced
 
 log = logging.getLogger(__name__)
 
@@ -115,10 +116,7 @@ class SyncEngine:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
-        while not self.store.synced:
-            self._wake = trio.Event()
-            with trio.move_on_after(0.1):
-                await self._wake.wait()
+        await wait_synced(self.store)
         log.info("%s proxy: cluster state synced, programming the data plane", self.mode)
         self._changed |= set(self.store.services)
         last_start = -float("inf")

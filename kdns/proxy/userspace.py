@@ -60,6 +60,7 @@ from kdns.proxy.loopback import LoopbackVips, RelayRoute, relay_routes, relay_ta
 from kdns.proxy.loopback import render_relay_table as _render
 from kdns.proxy.routes import RouteEndpoint
 from kdns.store import Change, Store
+from kdns.synced import wait_synced
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +75,6 @@ MAX_UDP_SESSIONS = 4096  # per listener
 BACKLOG = 1024
 # Seconds between clean-ups of expired affinity entries and retries of unbound ports.
 SWEEP_INTERVAL = 10.0
-SYNC_POLL = 0.05  # seconds between looks at store.synced before the first sync
 UNPRIVILEGED_PORT_START = "/proc/sys/net/ipv4/ip_unprivileged_port_start"
 _LINGER_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST
 _TCP_TO_ENDPOINT = metrics.RELAY_BYTES.labels("tcp", "to_endpoint")
@@ -342,10 +342,9 @@ class Relay:
             self._count_unbindable()
 
     async def _run(self, task_status: trio.TaskStatus[None]) -> None:
-        while not self.store.synced:
-            # Not every first list is a visible change (an empty kind publishes
-            # nothing), so look rather than wait for a notification.
-            await trio.sleep(SYNC_POLL)
+        # Not every first list is a visible change (an empty kind publishes nothing): wait for
+        # the sync itself, not for a notification.
+        await wait_synced(self.store)
         self._ready = True
         self.sync()
         log.info(

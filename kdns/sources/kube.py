@@ -51,7 +51,7 @@ from kdns.model import (
     pod_from_dict,
     service_from_dict,
 )
-from kdns.store import ENDPOINTSLICES, NAMESPACES, PODS, SERVICES, Change, Store
+from kdns.store import ENDPOINTSLICES, NAMESPACES, PODS, SERVICES, Change, Kind, Store
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ def cluster_client(kubeconfig: str | None, context: str | None) -> ApiClient | N
 # --- what each kind is -------------------------------------------------------------------------
 
 
-Converted = list[tuple[object, object]]  # (store key, model object)
+Converted = list[tuple[Any, Any]]  # (store key, model object) of the resource's store kind
 
 
 def _one(convert: Callable[[dict[str, Any]], Any]) -> Callable[[dict[str, Any]], Converted]:
@@ -112,7 +112,7 @@ def _endpoints(obj: dict[str, Any]) -> Converted:
 
 @dataclass(frozen=True, slots=True)
 class Resource:
-    kind: str  # the store kind
+    kind: Kind[Any, Any]  # the store kind
     name: str  # for metrics and logs: the API resource
     path: str  # the cluster-wide collection
     convert: Callable[[dict[str, Any]], Converted]
@@ -369,7 +369,7 @@ class Reflector:
             for key in old_keys - new_keys:
                 change.merge(self.store.delete(kind, key))
             for _, obj in event.items:
-                change.merge(self.store.upsert(kind, obj))  # type: ignore[arg-type]
+                change.merge(self.store.upsert(kind, obj))
             if new_keys and not self.resource.one_to_one:
                 self._produced[event.source_key] = new_keys
         metrics.KUBE_EVENTS.labels(self._kind, event.type).inc()

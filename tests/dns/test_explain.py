@@ -444,7 +444,9 @@ CASES = [
 
 
 def resolver_for(store: Store, case: Case) -> Resolver:
-    return Resolver(store, Config(pods=case.pods), reverse_fallthrough=bool(case.upstreams))
+    return Resolver(
+        store, Config().with_overrides(pods=case.pods), reverse_fallthrough=bool(case.upstreams)
+    )
 
 
 def sections(answer: Answer | None) -> object:
@@ -566,7 +568,7 @@ def test_every_name_and_type_is_explained(source: str, pods: str) -> None:
     """No name of the cluster, in any type, leaves a record without an origin or an answer
     other than the resolver's; and every negative answer has a reason that says why."""
     store = store_of(source)
-    config = Config(pods=pods)
+    config = Config().with_overrides(pods=pods)
     names = every_name(store, Resolver(store, config))
     assert len(names) > 40
     for name in names:
@@ -579,3 +581,46 @@ def test_every_name_and_type_is_explained(source: str, pods: str) -> None:
             assert got.reasons, (name, rtype)
             if got.outcome in ("NXDOMAIN", NODATA):
                 assert set(got.codes) - {"service", "unsynced"}, (name, rtype, render(got))
+
+
+def test_explain_shows_the_chase_through_the_upstreams() -> None:
+    # With an upstream for the target, the server answers the CNAME and then the target's
+    # records from the upstream (issue 10); explain says so and where it asks.
+    store = store_of("examples")
+    resolver = Resolver(store, Config())
+    got = explain(
+        resolver,
+        "search.default.svc.cluster.local",
+        QTYPE.A,
+        ("10.0.0.2:53",),
+        lambda name: ("10.0.0.3:53",) if name == "www.example.com" else (),
+    )
+    assert got.outcome == "NOERROR"
+    assert got.codes == ["service", "externalname", "chase-upstream"], render(got)
+    assert "kdns resolves www.example.com A through upstream 10.0.0.3:53" in render(got)
+    assert got.origins("answer") == ["Service default/search spec.externalName"]
+
+
+def test_explain_names_a_cname_loop() -> None:
+    store = Store(KINDS)
+    cluster.load(
+        store,
+        [
+            cluster.svc(
+                "default",
+                "ping",
+                type="ExternalName",
+                externalName="pong.default.svc.cluster.local",
+            ),
+            cluster.svc(
+                "default",
+                "pong",
+                type="ExternalName",
+                externalName="ping.default.svc.cluster.local",
+            ),
+        ],
+    )
+    got = explain(Resolver(store, Config()), "ping.default.svc.cluster.local", QTYPE.A)
+    assert got.outcome == "SERVFAIL"
+    assert got.codes[-1] == "cname-loop", render(got)
+    assert got.records == []

@@ -10,7 +10,6 @@ real sockets wait), by the wall clock (`wall_clock_limit`).
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import math
 import socket
 import struct
@@ -33,7 +32,7 @@ import trio.testing
 from dnslib import RCODE
 
 from kdns import app
-from kdns.config import Config, ConfigError, load_kube_dns_configmap
+from kdns.config import CacheSection, Config, ConfigError, load_kube_dns_configmap
 from kdns.dns import forward
 from kdns.dns.forward import ForwardConfig, Forwarder, Upstream
 from kdns.dns.handler import Handler
@@ -122,8 +121,7 @@ class RunningApp:
 @asynccontextmanager
 async def kdns_app(config: Config) -> AsyncIterator[RunningApp]:
     """The whole app as `kdns serve` builds it (config/examples), every port on 127.0.0.1:0."""
-    config = dataclasses.replace(
-        config,
+    config = config.with_overrides(
         manifests=(str(EXAMPLES),),
         dns_addr=f"{HOST}:0",
         health_addr=f"{HOST}:0",
@@ -275,7 +273,7 @@ async def test_stub_domain_questions_reach_only_the_stub_servers(tmp_path: Path)
         upstreams.dnsmasq(tmp_path / "default") as default,
         upstreams.dnsmasq(tmp_path / "stub") as stub,
     ):
-        config = Config(
+        config = Config().with_overrides(
             upstreams=(default.address,),
             stub_domains=(("Acme.Local.", (stub.address,)),),
         )
@@ -310,15 +308,13 @@ async def test_failover_from_a_closed_port_is_immediate(
     dnsmasq: upstreams.Dnsmasq, in_order: None
 ) -> None:
     dead = closed_port()
-    config = ForwardConfig(upstreams=(dead, dnsmasq.upstream), timeout=2.0)
+    # ICMP port unreachable ends the attempt at once: with a 60 s timeout, an answer within
+    # `ask`'s bound (WAIT) shows the attempt did not wait for it.
+    config = ForwardConfig(upstreams=(dead, dnsmasq.upstream), timeout=60.0, budget=120.0)
     async with kdns(config) as stack:
-        start = trio.current_time()
         reply = await ask(stack.port, "www.test")
-        elapsed = trio.current_time() - start
         health = stack.forwarder.health
     assert texts(reply) == {WWW_V4}
-    # ICMP port unreachable ends the attempt at once: no waiting for the 2 s timeout.
-    assert elapsed < 1.0
     assert (health[dead].exchanges, health[dead].errors) == (1, 1)
     assert health[dnsmasq.upstream].errors == 0
 
@@ -338,9 +334,9 @@ async def test_failover_from_a_black_hole_after_the_timeout(
                 assert reply.rcode() == dns.rcode.NOERROR and reply.answer
             health = stack.forwarder.health[hole.upstream]
         # The first two questions wait out the timeout, then the black hole has failed
-        # max_fails (2) times in a row and is tried last: the third goes straight to dnsmasq.
-        assert [timeout <= e < timeout + 1.0 for e in elapsed[:2]] == [True, True]
-        assert elapsed[2] < timeout
+        # max_fails (2) times in a row and is tried last: the third goes straight to dnsmasq
+        # (the hole is asked twice, not three times).
+        assert [timeout <= e for e in elapsed[:2]] == [True, True]
         assert (hole.count(), health.errors, health.fails) == (2, 2, 2)
         assert not stack.forwarder.healthy(hole.upstream)
 
@@ -354,7 +350,7 @@ async def test_every_upstream_down_is_servfail_after_timeout_times_upstreams() -
             reply = await ask(stack.port, "www.example")
             elapsed = trio.current_time() - start
         assert reply.rcode() == dns.rcode.SERVFAIL
-        assert 2 * timeout <= elapsed < 2 * timeout + 1.0
+        assert 2 * timeout <= elapsed  # each waited out in turn
         assert (one.count(), two.count()) == (1, 1)
 
 
@@ -368,18 +364,18 @@ async def test_the_budget_bounds_the_whole_question() -> None:
             reply = await ask(stack.port, "www.example")
             elapsed = trio.current_time() - start
         assert reply.rcode() == dns.rcode.SERVFAIL
-        assert 0.6 <= elapsed < 1.2  # the budget, not 3 × 0.4
+        assert elapsed >= 0.6
+        # The budget, not 3 × 0.4: the third upstream is never asked.
         assert one.count() + two.count() + three.count() == 2
 
 
 async def test_closed_ports_everywhere_is_servfail_at_once() -> None:
-    config = ForwardConfig(upstreams=(closed_port(), closed_port()), timeout=2.0)
+    # With a 60 s timeout, a SERVFAIL within `ask`'s bound (WAIT) shows neither attempt
+    # waited for it.
+    config = ForwardConfig(upstreams=(closed_port(), closed_port()), timeout=60.0, budget=120.0)
     async with kdns(config) as stack:
-        start = trio.current_time()
         reply = await ask(stack.port, "www.example")
-        elapsed = trio.current_time() - start
     assert reply.rcode() == dns.rcode.SERVFAIL
-    assert elapsed < 1.0
 
 
 async def test_health_probe_brings_an_upstream_back(in_order: None) -> None:
@@ -654,7 +650,9 @@ async def test_serve_stale_when_the_upstream_is_gone(
     mock_clock: trio.testing.MockClock, serve_stale: float, after: float, expected: str
 ) -> None:
     with wall_clock_limit(WAIT), Responder(EXAMPLE) as upstream:
-        config = ForwardConfig(upstreams=(upstream.upstream,), serve_stale=serve_stale)
+        config = ForwardConfig(
+            upstreams=(upstream.upstream,), cache=CacheSection(serve_stale=serve_stale)
+        )
         async with kdns(config) as stack:
             fresh = await ask(stack.port, "www.example")
             mock_clock.jump(after)  # past the TTL (10 s)
@@ -701,9 +699,11 @@ async def test_a_cluster_name_is_never_answered_from_the_upstream_cache() -> Non
 
 
 async def test_beyond_max_concurrent_questions_are_refused_at_once() -> None:
-    delay = 1.0
+    delay = 3.0
     with Responder(delayed(EXAMPLE, delay)) as upstream:
-        config = Config(upstreams=(upstream.address,), max_concurrent=5)
+        config = Config().with_overrides(
+            upstreams=(upstream.address,), max_concurrent=5, forward_timeout=10.0
+        )
         async with kdns_app(config) as running:
             port = running.port
             results: dict[int, tuple[int, float]] = {}
@@ -721,7 +721,8 @@ async def test_beyond_max_concurrent_questions_are_refused_at_once() -> None:
     refused = [t for rcode, t in results.values() if rcode == dns.rcode.REFUSED]
     answered = [t for rcode, t in results.values() if rcode == dns.rcode.NXDOMAIN]
     assert (len(refused), len(answered), refused_count) == (15, 5, 15)
-    assert max(refused) < delay / 2  # at once, not after waiting for a slot
+    # At once, not after waiting for a slot: every refusal comes before the first answer.
+    assert max(refused) < min(answered)
     assert min(answered) >= delay
     assert upstream.count() == 5
 
@@ -774,7 +775,9 @@ def test_bad_kube_dns_configmap_names_the_field(tmp_path: Path, data: str, field
     assert message.startswith(f"{path}: {field}: ")
     with pytest.raises(app.StartupError) as startup:
         app.build(
-            Config(manifests=(str(EXAMPLES),), dns_addr=f"{HOST}:0", kube_dns_configmap=str(path))
+            Config().with_overrides(
+                manifests=(str(EXAMPLES),), dns_addr=f"{HOST}:0", kube_dns_configmap=str(path)
+            )
         )
     assert startup.value.lines == [message]
 
@@ -785,7 +788,7 @@ async def test_kube_dns_configmap_routes_stub_and_upstream(tmp_path: Path) -> No
         upstreams.dnsmasq(tmp_path / "stub") as stub,
     ):
         path = write_configmap(tmp_path / "kube-dns.yaml", stub.address, default.address)
-        async with kdns_app(Config(kube_dns_configmap=str(path))) as running:
+        async with kdns_app(Config().with_overrides(kube_dns_configmap=str(path))) as running:
             port = running.port
             acme = await ask(port, "www.acme.local")
             other = await ask(port, "www.test")
@@ -843,7 +846,7 @@ def test_build_refuses_an_upstream_that_is_kdns_itself() -> None:
     port = upstreams.free_port()
     with pytest.raises(app.StartupError) as error:
         app.build(
-            Config(
+            Config().with_overrides(
                 manifests=(str(EXAMPLES),),
                 dns_addr=f"{HOST}:{port}",
                 upstreams=(f"{HOST}:{port}", "127.0.0.53"),
@@ -855,7 +858,9 @@ def test_build_refuses_an_upstream_that_is_kdns_itself() -> None:
 
 
 def test_no_upstreams_means_no_forwarder() -> None:
-    built = app.build(Config(manifests=(str(EXAMPLES),), dns_addr=f"{HOST}:0", upstreams=()))
+    built = app.build(
+        Config().with_overrides(manifests=(str(EXAMPLES),), dns_addr=f"{HOST}:0", upstreams=())
+    )
     assert built.forwarder is None
     assert not built.handler.recursion_available
 
@@ -870,7 +875,9 @@ async def test_serve_stale_beats_an_upstream_servfail(mock_clock: trio.testing.M
     # RFC 8767 §5: an upstream that answers SERVFAIL has failed as surely as one that is gone.
     zone = Zone(list(EXAMPLE.records))
     with wall_clock_limit(WAIT), Responder(zone) as upstream:
-        config = ForwardConfig(upstreams=(upstream.upstream,), serve_stale=3600.0)
+        config = ForwardConfig(
+            upstreams=(upstream.upstream,), cache=CacheSection(serve_stale=3600.0)
+        )
         async with kdns(config) as stack:
             fresh = await ask(stack.port, "www.example")
             mock_clock.jump(11)  # past the TTL (10 s)
@@ -878,6 +885,36 @@ async def test_serve_stale_beats_an_upstream_servfail(mock_clock: trio.testing.M
             reply = await ask(stack.port, "www.example")
     assert texts(fresh) == {"192.0.2.1"}
     assert (reply.rcode(), texts(reply), ttls(reply)) == (dns.rcode.NOERROR, {"192.0.2.1"}, [30])
+
+
+@pytest.mark.parametrize("failure", ["gone", "servfail"])
+async def test_serve_stale_outlasts_the_cached_failure(
+    mock_clock: trio.testing.MockClock, failure: str
+) -> None:
+    # The first failed exchange stores a SERVFAIL for `servfail_ttl`; the queries after it must
+    # still get the stale answer the README promises, not that SERVFAIL (RFC 8767 §5).
+    zone = Zone(list(EXAMPLE.records))
+    with wall_clock_limit(WAIT), Responder(zone) as upstream:
+        config = ForwardConfig(
+            upstreams=(upstream.upstream,), cache=CacheSection(serve_stale=3600.0)
+        )
+        async with kdns(config) as stack:
+            await ask(stack.port, "www.example")
+            mock_clock.jump(11)  # past the TTL (10 s)
+            if failure == "gone":
+                upstream.stop()
+            else:
+                zone.rcode = RCODE.SERVFAIL
+            replies = []
+            for _ in range(3):
+                replies.append(await ask(stack.port, "www.example"))
+                mock_clock.jump(1)  # inside the SERVFAIL's 5 s
+    for reply in replies:
+        assert (reply.rcode(), texts(reply), ttls(reply)) == (
+            dns.rcode.NOERROR,
+            {"192.0.2.1"},
+            [30],
+        )
 
 
 async def test_forwarded_answers_say_recursion_is_available() -> None:

@@ -88,7 +88,16 @@ def check(data: bytes, udp: bool) -> bytes | None:
         limit = parsed.udp_limit() if isinstance(parsed, Query) else wire.CLASSIC_UDP_PAYLOAD
         assert len(response) <= limit, f"{len(response)} bytes over UDP, limit {limit}"
     again = HANDLER.handle(data, udp)
-    assert again == response, "asking twice gave two answers (cache and slow path disagree)"
+    assert isinstance(again, bytes)
+    if again != response:
+        # Round robin: the same header and records in another order — or, cut to the UDP
+        # limit, another window of whole records of the same size.
+        assert again[:12] == response[:12], "asking twice gave two headers"
+        assert len(again) == len(response), "asking twice gave answers of two sizes"
+        if not response[2] & (wire.TC >> 8):
+            first = dns.message.from_wire(for_dnspython(response))
+            second = dns.message.from_wire(for_dnspython(again))
+            assert first == second, "asking twice gave two answers (cache and slow path disagree)"
     return response
 
 

@@ -10,7 +10,7 @@ import dns.message
 import pytest
 
 from kdns.dns.querylog import QueryLog, duration_text, fields, text_line
-from kdns.metrics import LABELS
+from kdns.dns.stats import LABELS
 
 
 def response(flags: int, size: int, rcode: int = 0) -> bytes:

@@ -270,6 +270,125 @@ def test_chase_to_a_missing_name_keeps_the_cname_and_says_nxdomain() -> None:
     )
 
 
+def test_out_of_zone_target_is_left_for_the_upstreams() -> None:
+    # The resolver answers the CNAME and names the target the handler resolves upstream.
+    answer = resolve("ext.default.svc.cluster.local", "A")
+    assert answer.chase == "www.example.com"
+    in_zone = resolve("alias.prod.svc.cluster.local", "A")
+    assert in_zone.chase is None
+    assert resolve("ext.default.svc.cluster.local", "CNAME").chase is None
+
+
+def external(name: str, target: str) -> dict[str, object]:
+    return svc("chain", name, type="ExternalName", externalName=target)
+
+
+def chain_resolve(services: list[dict[str, object]], qname: str) -> Answer:
+    store, resolver, _ = make_handler()
+    load(store, [*services, svc("default", "redis", clusterIP="10.97.97.97")])
+    store.replace(NAMESPACES, {"chain": Namespace("chain"), "default": Namespace("default")})
+    answer = resolver.resolve(qname, QTYPE.A)
+    assert answer is not None
+    return answer
+
+
+def link(i: int) -> str:
+    return f"l{i}.chain.svc.{Z}"
+
+
+@pytest.mark.parametrize(
+    ("services", "rcode", "broken", "links"),
+    [
+        pytest.param(
+            [external("a", f"b.chain.svc.{Z}"), external("b", f"a.chain.svc.{Z}")],
+            SERVFAIL,
+            "loop",
+            0,
+            id="two ExternalNames naming each other: SERVFAIL",
+        ),
+        pytest.param([external("a", f"a.chain.svc.{Z}")], SERVFAIL, "loop", 0, id="self: SERVFAIL"),
+        pytest.param(
+            [external("a", link(1))]
+            + [external(f"l{i}", link(i + 1)) for i in range(1, 7)]
+            + [external("l7", f"redis.default.svc.{Z}")],
+            NOERROR,
+            None,
+            8,
+            id="8 links: followed to the end",
+        ),
+        pytest.param(
+            [external("a", link(1))]
+            + [external(f"l{i}", link(i + 1)) for i in range(1, 8)]
+            + [external("l8", f"redis.default.svc.{Z}")],
+            SERVFAIL,
+            "too long",
+            0,
+            id="9 links: SERVFAIL",
+        ),
+    ],
+)
+def test_cname_chains_are_bounded(
+    services: list[dict[str, object]], rcode: int, broken: str | None, links: int
+) -> None:
+    answer = chain_resolve(services, f"a.chain.svc.{Z}")
+    assert (answer.rcode, answer.broken) == (rcode, broken)
+    assert sum(1 for rr in answer.answer if rr.rtype == QTYPE.CNAME) == links
+    if rcode == NOERROR:
+        assert [str(rr.rdata) for rr in answer.answer if rr.rtype == QTYPE.A] == ["10.97.97.97"]
+    else:
+        assert (answer.answer, answer.authority, answer.cacheable) == ([], [], False)
+
+
+# --- RFC 8482: ANY gets one RRset ---------------------------------------------------------------
+
+MINIMAL_ANY = [
+    # A ClusterIP name has A and SRV: the A RRset only, and no SRV glue.
+    ("redis.default.svc.cluster.local", "redis.default.svc.cluster.local. 5 IN A 10.97.97.97", ""),
+    (
+        "api.prod.svc.cluster.local",
+        "api.prod.svc.cluster.local. 5 IN A 10.96.50.50",
+        "",
+    ),
+    (
+        "hl.default.svc.cluster.local",
+        """hl.default.svc.cluster.local. 5 IN A 10.244.1.5
+        hl.default.svc.cluster.local. 5 IN A 10.244.1.6""",
+        "",
+    ),
+    # A name with only SRV records keeps them, and their glue.
+    (
+        "_redis._tcp.redis.default.svc.cluster.local",
+        "_redis._tcp.redis.default.svc.cluster.local. 5 IN SRV 0 100 6379 "
+        "redis.default.svc.cluster.local.",
+        "redis.default.svc.cluster.local. 5 IN A 10.97.97.97",
+    ),
+    # The ExternalName's CNAME, not chased (ANY is not followed through a CNAME).
+    (
+        "alias.prod.svc.cluster.local",
+        "alias.prod.svc.cluster.local. 5 IN CNAME redis.default.svc.cluster.local.",
+        "",
+    ),
+    # The apex: SOA, not SOA and NS.
+    (
+        "cluster.local",
+        "cluster.local. 5 IN SOA ns.dns.cluster.local. hostmaster.cluster.local. 0 7200 1800 "
+        "86400 5",
+        "",
+    ),
+]
+
+
+@pytest.mark.parametrize(("qname", "records", "additional"), MINIMAL_ANY)
+def test_any_answers_one_rrset(qname: str, records: str, additional: str) -> None:
+    answer = resolve(qname, "ANY")
+    assert answer.rcode == NOERROR
+    got = rrset(answer.answer)
+    if qname == "cluster.local":  # the serial is the time of the last change
+        got = {" ".join([*r.split()[:6], "0", *r.split()[7:]]) for r in got}
+    assert got == zone(records)
+    assert rrset(answer.additional) == zone(additional)
+
+
 # --- pod records (row 12) -----------------------------------------------------------------------
 
 PODS = [
@@ -319,7 +438,7 @@ PODS = [
 
 @pytest.mark.parametrize(("mode", "qname", "qtype", "rcode", "records"), PODS)
 def test_pod_records(mode: str, qname: str, qtype: str, rcode: int, records: str) -> None:
-    check(resolve(qname, qtype, Config(pods=mode)), rcode, records)
+    check(resolve(qname, qtype, Config().with_overrides(pods=mode)), rcode, records)
 
 
 # --- the zone itself (rows 13-19) ---------------------------------------------------------------
@@ -371,14 +490,19 @@ def test_apex_soa_is_coredns_shaped() -> None:
 
 
 def test_negative_soa_minimum_and_ttl_follow_the_configured_ttl() -> None:
-    answer = resolve("nope.default.svc.cluster.local", "A", Config(ttl=30))
+    answer = resolve("nope.default.svc.cluster.local", "A", Config().with_overrides(ttl=30))
     (soa,) = answer.authority
     assert soa.ttl == 30 and soa.rdata.times[4] == 30
-    assert resolve("redis.default.svc.cluster.local", "A", Config(ttl=30)).answer[0].ttl == 30
+    assert (
+        resolve("redis.default.svc.cluster.local", "A", Config().with_overrides(ttl=30))
+        .answer[0]
+        .ttl
+        == 30
+    )
 
 
 def test_soa_ttl_is_capped_at_300() -> None:
-    (soa,) = resolve("cluster.local", "SOA", Config(ttl=3600)).answer
+    (soa,) = resolve("cluster.local", "SOA", Config().with_overrides(ttl=3600)).answer
     assert soa.ttl == 300 and soa.rdata.times[4] == 3600
 
 
@@ -416,7 +540,7 @@ def test_ns_without_a_dns_service_names_ns_dns_and_its_address() -> None:
 
 
 def test_every_service_is_answered_in_every_zone_and_ptr_uses_the_primary() -> None:
-    config = Config(zones=("cluster.local", "example.org", "in-addr.arpa"))
+    config = Config().with_overrides(zones=("cluster.local", "example.org", "in-addr.arpa"))
     check(
         resolve("_redis._tcp.redis.default.svc.example.org", "SRV", config),
         NOERROR,
@@ -434,7 +558,7 @@ def test_every_service_is_answered_in_every_zone_and_ptr_uses_the_primary() -> N
 
 
 def test_the_longest_zone_wins() -> None:
-    config = Config(zones=("cluster.local", "svc.cluster.local"))
+    config = Config().with_overrides(zones=("cluster.local", "svc.cluster.local"))
     answer = resolve("nope.default.svc.cluster.local", "A", config)
     assert str(answer.authority[0].rname) == "svc.cluster.local."
 

@@ -143,7 +143,9 @@ async def test_udp_truncates_and_tcp_carries_the_whole_answer(nursery: trio.Nurs
         query, "127.0.0.1", port=running.port, timeout=WAIT, backend=backend, ignore_trailing=False
     )
     assert udp.flags & dns.flags.TC
-    assert udp.answer == []
+    # As many whole records as fit 512 octets: a client that keeps them has addresses.
+    assert len(a_records(udp)) == 29
+    assert set(a_records(udp)) < set(endpoint_ips(500))
     tcp = await dns.asyncquery.tcp(
         query, "127.0.0.1", port=running.port, timeout=WAIT, backend=backend
     )
@@ -280,7 +282,8 @@ async def test_tcp_many_pipelined_queries(nursery: trio.Nursery) -> None:
 
 
 async def test_tcp_message_split_across_writes(nursery: trio.Nursery) -> None:
-    running = await start(nursery, read_timeout=1.0)
+    # read_timeout WAIT: the pieces' spacing is the stimulus, never a race with the timeout.
+    running = await start(nursery, read_timeout=WAIT)
     data = frame(make_query(WEB, qid=0x5151))
     # The length prefix itself split, then the message in three pieces: 0.15 s in all.
     pieces = [data[:1], data[1:2], data[2:9], data[9:20], data[20:]]
@@ -333,6 +336,23 @@ async def test_tcp_formerr_and_dropped_messages(nursery: trio.Nursery) -> None:
         assert response_id(message) == 0x0B0B
 
 
+async def test_tcp_zero_length_message_closes_the_connection(nursery: trio.Nursery) -> None:
+    # A zero-length message can hold no query: the connection is closed at once, after the
+    # answers to what came before it — not when the idle timeout (60 s here) runs out.
+    running = await start(nursery, idle_timeout=60.0)
+    async with await connect(running) as stream:
+        await stream.send_all(frame(make_query(WEB, qid=0x2A2A)) + b"\x00\x00")
+        frames = Frames(stream)
+        with trio.fail_after(WAIT):
+            message = await frames.next()
+            assert message is not None
+            assert response_id(message) == 0x2A2A
+            assert await frames.next() is None
+    with trio.fail_after(WAIT):
+        while running.server.tcp_connections:  # the server's side is gone too
+            await trio.sleep(0.01)
+
+
 async def test_tcp_idle_connection_is_closed(nursery: trio.Nursery) -> None:
     idle = 0.3
     running = await start(nursery, idle_timeout=idle, read_timeout=0.1)
@@ -348,26 +368,30 @@ async def test_tcp_idle_connection_is_closed(nursery: trio.Nursery) -> None:
 
 
 async def test_tcp_connection_idle_after_an_answer_is_closed(nursery: trio.Nursery) -> None:
-    idle = 0.3
+    # A pause of a tenth of the idle timeout keeps the connection; a loaded machine would
+    # need to stall the client for 2.7 s to turn that pause into an idle timeout.
+    idle = 3.0
     running = await start(nursery, idle_timeout=idle)
     async with await connect(running) as stream:
         frames = Frames(stream)
         for qid in (1, 2):
             if qid == 2:
-                await trio.sleep(idle / 2)  # shorter than the idle timeout: still open
+                await trio.sleep(idle / 10)  # shorter than the idle timeout: still open
             await stream.send_all(frame(make_query(WEB, qid=qid)))
             with trio.fail_after(WAIT):
                 message = await frames.next()
             assert message is not None
             assert response_id(message) == qid
         started = trio.current_time()
-        with trio.fail_after(WAIT):
+        with trio.fail_after(idle + WAIT):
             assert await frames.next() is None
-        assert trio.current_time() - started >= idle / 2
+        assert trio.current_time() - started >= idle / 2, "closed long before the idle timeout"
 
 
 async def test_tcp_partial_frame_is_closed_after_read_timeout(nursery: trio.Nursery) -> None:
-    idle, read = 3.0, 0.2
+    # The idle timeout (60 s) is far past the wait (WAIT): a close within the wait is the read
+    # timeout's, whatever the machine's load.
+    idle, read = 60.0, 0.2
     running = await start(nursery, idle_timeout=idle, read_timeout=read)
     async with await connect(running) as stream:
         await stream.send_all(struct.pack("!H", 100) + bytes(10))  # promises 100, sends 10
@@ -375,15 +399,14 @@ async def test_tcp_partial_frame_is_closed_after_read_timeout(nursery: trio.Nurs
         with trio.fail_after(WAIT):
             assert await Frames(stream).next() is None
         elapsed = trio.current_time() - started
-    assert elapsed >= read * 0.9
-    assert elapsed < idle, "the idle timeout, not the read timeout, closed the connection"
+    assert elapsed >= read * 0.9, "closed before the read timeout"
 
 
 async def test_tcp_message_trickled_past_read_timeout_is_closed(nursery: trio.Nursery) -> None:
     # The contract (server.py): a connection is closed "when a started message does not
     # complete within read_timeout". Each piece here arrives within read_timeout of the last,
     # but the message takes three times read_timeout to complete.
-    idle, read = 3.0, 0.3
+    idle, read = 60.0, 0.3
     running = await start(nursery, idle_timeout=idle, read_timeout=read)
     data = frame(make_query(WEB, qid=0x1D1D))
     pieces = [data[i : i + 8] for i in range(0, len(data), 8)]

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import socket
 
-import pytest
 import trio
 
 from kdns.dns.server import DnsServer
+from tests.conftest import need
 from tests.dns.test_wire import build_cluster, make_query
 
 WAIT = 5.0
@@ -37,8 +37,8 @@ async def exchange(family: int, address: tuple[str, int], data: bytes, tcp: bool
             await sock.recvfrom(65535)
 
 
-@pytest.mark.skipif(not ipv6_loopback(), reason="no IPv6 on loopback")
 async def test_family_and_server_labels(nursery: trio.Nursery) -> None:
+    need(ipv6_loopback(), "no IPv6 on loopback (::1)")
     handler = build_cluster(sized=True).handler
     query = make_query("web.default.svc.cluster.local")
     dual = DnsServer(handler, "::", 0)

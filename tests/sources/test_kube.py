@@ -162,7 +162,7 @@ async def start(
     synced: bool = True,
     **options: float,
 ) -> Kdns:
-    config = Config(
+    config = Config().with_overrides(
         kubeconfig=str(kubeconfig),
         dns_addr="127.0.0.1:0",
         health_addr="127.0.0.1:0",

@@ -1,0 +1,782 @@
+"""kdns.corefile.translate: the distro Corefiles, kept verbatim in data/, and hand-edited ones →
+the kdns config keys they set (each with its line) and one line per directive kdns does not
+follow as CoreDNS does. A refused line means `kdns check`/`serve --corefile` exit 2.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from pathlib import Path
+
+import pytest
+import yaml
+
+from kdns.corefile.expand import expand
+from kdns.corefile.lexer import CorefileError, tokenize
+from kdns.corefile.load import read_corefile
+from kdns.corefile.parser import parse
+from kdns.corefile.translate import Translation, translate
+
+DATA = Path(__file__).parent / "data"
+
+
+def render(translation: Translation) -> str:
+    """One line per key, `FILE:LINE key: value` (values in YAML flow style), sorted by place."""
+
+    def place(where: str) -> tuple[str, int]:
+        file, line = where.rsplit(":", 1)
+        return file, int(line)
+
+    lines = []
+    for s in sorted(translation.settings, key=lambda s: (*place(s.where), s.key)):
+        value = s.value
+        if s.key == "forward.stub_domains":
+            value = {zone: list(servers) for zone, servers in value}
+        elif isinstance(value, tuple):
+            value = list(value)
+        text = yaml.safe_dump(value, default_flow_style=True, width=1000)
+        text = text.strip().removesuffix("...").strip()
+        lines.append(f"{short(s.where)} {s.key}: {text}")
+    return "\n".join(lines)
+
+
+def notes(translation: Translation) -> str:
+    return "\n".join(short(str(n)) for n in translation.notes)
+
+
+def short(text: str) -> str:
+    return text.replace(f"{DATA}/", "")
+
+
+def distro(name: str, custom: str | None = None, env: dict[str, str] | None = None) -> Translation:
+    """Read data/NAME as the distro's pod would: k3s's `%{CLUSTER_DOMAIN}%` filled in as k3s
+    does when it deploys the manifest, and the `coredns-custom` ConfigMap's keys (the files of
+    data/CUSTOM, or none) mounted where the Corefile imports them from."""
+    mount = {"/etc/coredns/custom": DATA / custom} if custom else {}
+    mount[str(DATA / "custom")] = DATA / custom if custom else DATA / "no-such-folder"
+
+    def real(path: str) -> Path:
+        folder, _, base = path.rpartition("/")
+        return mount[folder] / base if folder in mount else Path(path)
+
+    def read(path: str) -> str:
+        text = real(path).read_text(encoding="utf-8")
+        return text.replace("%{CLUSTER_DOMAIN}%", "cluster.local")
+
+    def glob(pattern: str) -> list[str]:
+        folder, _, base = pattern.rpartition("/")
+        where = real(pattern).parent
+        names = sorted(p.name for p in where.glob("*")) if where.is_dir() else []
+        return [f"{folder}/{n}" for n in names if fnmatch.fnmatchcase(n, base)]
+
+    return read_corefile(str(DATA / name), env or {}, read, glob)
+
+
+# The tail every distro default shares: what `errors`, `fallthrough in-addr.arpa ip6.arpa` and
+# `loop` are in kdns.
+KUBEADM = """\
+kubeadm.Corefile:1 dns.addr: 0.0.0.0:53
+kubeadm.Corefile:3 dns.health_addr: 0.0.0.0:8080
+kubeadm.Corefile:4 dns.lameduck: 5.0
+kubeadm.Corefile:6 dns.ready_addr: 0.0.0.0:8181
+kubeadm.Corefile:7 dns.zones: [cluster.local, in-addr.arpa, ip6.arpa]
+kubeadm.Corefile:8 dns.pods: insecure
+kubeadm.Corefile:10 dns.ttl: 30
+kubeadm.Corefile:12 dns.metrics_addr: 0.0.0.0:9153
+kubeadm.Corefile:12 dns.metrics_coredns_names: true
+kubeadm.Corefile:13 forward.resolv_conf: /etc/resolv.conf
+kubeadm.Corefile:13 forward.upstreams: null
+kubeadm.Corefile:14 forward.max_concurrent: 1000
+kubeadm.Corefile:16 cache.max_denial_ttl: 30
+kubeadm.Corefile:16 cache.max_ttl: 30
+kubeadm.Corefile:21 dns.reload_interval: 30.0
+kubeadm.Corefile:22 dns.loadbalance: round_robin"""
+
+KUBEADM_NOTES = """\
+kubeadm.Corefile:2: errors: accepted: kdns logs errors on its own
+kubeadm.Corefile:9: kubernetes fallthrough: accepted: PTR questions for addresses no Service owns are forwarded
+kubeadm.Corefile:17: cache disable: accepted: kdns never caches cluster answers
+kubeadm.Corefile:18: cache disable: accepted: kdns never caches cluster answers
+kubeadm.Corefile:20: loop: accepted: kdns refuses, at start, an upstream that would forward back to it"""
+
+
+def test_kubeadm_and_kind() -> None:
+    # kind has no Corefile of its own: it runs kubeadm, so this is kind's too.
+    translation = distro("kubeadm.Corefile")
+    assert render(translation) == KUBEADM
+    assert notes(translation) == KUBEADM_NOTES
+    assert translation.refused == ()
+
+
+CASES = [
+    pytest.param(
+        "k3s.Corefile",
+        None,
+        """\
+k3s.Corefile:1 dns.addr: 0.0.0.0:53
+k3s.Corefile:1 dns.lameduck: 0.0
+k3s.Corefile:3 dns.health_addr: 0.0.0.0:8080
+k3s.Corefile:4 dns.ready_addr: 0.0.0.0:8181
+k3s.Corefile:5 dns.zones: [cluster.local, in-addr.arpa, ip6.arpa]
+k3s.Corefile:6 dns.pods: insecure
+k3s.Corefile:14 dns.metrics_addr: 0.0.0.0:9153
+k3s.Corefile:14 dns.metrics_coredns_names: true
+k3s.Corefile:15 forward.resolv_conf: /etc/resolv.conf
+k3s.Corefile:15 forward.upstreams: null
+k3s.Corefile:16 cache.max_denial_ttl: 30
+k3s.Corefile:16 cache.max_ttl: 30
+k3s.Corefile:18 dns.reload_interval: 30.0
+k3s.Corefile:19 dns.loadbalance: round_robin""",
+        """\
+k3s.Corefile:2: errors: accepted: kdns logs errors on its own
+k3s.Corefile:7: kubernetes fallthrough: accepted: PTR questions for addresses no Service owns are forwarded
+k3s.Corefile:9: hosts: not supported: kdns does not have this plugin yet, and it changes answers
+k3s.Corefile:17: loop: accepted: kdns refuses, at start, an upstream that would forward back to it""",
+        id="k3s",
+    ),  # k3s's manifest, `coredns-custom` absent: the imports match nothing; NodeHosts is served by `hosts`, which kdns does not have yet
+    pytest.param(
+        "k3s.Corefile",
+        "k3s-custom",
+        """\
+/etc/coredns/custom/consul.server:4 forward.stub_domains: {consul.local: [10.150.0.1]}
+/etc/coredns/custom/log.override:1 logging.query_log: text
+k3s.Corefile:1 dns.addr: 0.0.0.0:53
+k3s.Corefile:1 dns.lameduck: 0.0
+k3s.Corefile:3 dns.health_addr: 0.0.0.0:8080
+k3s.Corefile:4 dns.ready_addr: 0.0.0.0:8181
+k3s.Corefile:5 dns.zones: [cluster.local, in-addr.arpa, ip6.arpa]
+k3s.Corefile:6 dns.pods: insecure
+k3s.Corefile:14 dns.metrics_addr: 0.0.0.0:9153
+k3s.Corefile:14 dns.metrics_coredns_names: true
+k3s.Corefile:15 forward.resolv_conf: /etc/resolv.conf
+k3s.Corefile:15 forward.upstreams: null
+k3s.Corefile:16 cache.max_denial_ttl: 30
+k3s.Corefile:16 cache.max_ttl: 30
+k3s.Corefile:18 dns.reload_interval: 30.0
+k3s.Corefile:19 dns.loadbalance: round_robin""",
+        """\
+k3s.Corefile:2: errors: accepted: kdns logs errors on its own
+k3s.Corefile:7: kubernetes fallthrough: accepted: PTR questions for addresses no Service owns are forwarded
+k3s.Corefile:9: hosts: not supported: kdns does not have this plugin yet, and it changes answers
+k3s.Corefile:17: loop: accepted: kdns refuses, at start, an upstream that would forward back to it
+/etc/coredns/custom/consul.server:2: errors: accepted: kdns logs errors on its own""",
+        id="k3s-custom",
+    ),  # k3s with a `coredns-custom` ConfigMap: a `log.override` inside the block, a `consul.server` stub block after it
+    pytest.param(
+        "rke2.Corefile",
+        None,
+        """\
+rke2.Corefile:1 dns.addr: 0.0.0.0:53
+rke2.Corefile:3 dns.health_addr: 0.0.0.0:8080
+rke2.Corefile:4 dns.lameduck: 10.0
+rke2.Corefile:6 dns.ready_addr: 0.0.0.0:8181
+rke2.Corefile:7 dns.zones: [cluster.local, in-addr.arpa, ip6.arpa]
+rke2.Corefile:8 dns.pods: insecure
+rke2.Corefile:10 dns.ttl: 30
+rke2.Corefile:12 dns.metrics_addr: 0.0.0.0:9153
+rke2.Corefile:12 dns.metrics_coredns_names: true
+rke2.Corefile:13 forward.resolv_conf: /etc/resolv.conf
+rke2.Corefile:13 forward.upstreams: null
+rke2.Corefile:14 cache.max_denial_ttl: 30
+rke2.Corefile:14 cache.max_ttl: 30
+rke2.Corefile:16 dns.reload_interval: 30.0
+rke2.Corefile:17 dns.loadbalance: round_robin""",
+        """\
+rke2.Corefile:2: errors: accepted: kdns logs errors on its own
+rke2.Corefile:9: kubernetes fallthrough: accepted: PTR questions for addresses no Service owns are forwarded
+rke2.Corefile:15: loop: accepted: kdns refuses, at start, an upstream that would forward back to it""",
+        id="rke2",
+    ),  # RKE2's chart, double spaces and all
+    pytest.param(
+        "eks.Corefile",
+        None,
+        """\
+eks.Corefile:1 dns.addr: 0.0.0.0:53
+eks.Corefile:3 dns.health_addr: 0.0.0.0:8080
+eks.Corefile:4 dns.lameduck: 5.0
+eks.Corefile:6 dns.ready_addr: 0.0.0.0:8181
+eks.Corefile:7 dns.zones: [cluster.local, in-addr.arpa, ip6.arpa]
+eks.Corefile:8 dns.pods: insecure
+eks.Corefile:11 dns.metrics_addr: 0.0.0.0:9153
+eks.Corefile:11 dns.metrics_coredns_names: true
+eks.Corefile:12 forward.resolv_conf: /etc/resolv.conf
+eks.Corefile:12 forward.upstreams: null
+eks.Corefile:13 cache.max_denial_ttl: 30
+eks.Corefile:13 cache.max_ttl: 30
+eks.Corefile:15 dns.reload_interval: 30.0
+eks.Corefile:16 dns.loadbalance: round_robin""",
+        """\
+eks.Corefile:2: errors: accepted: kdns logs errors on its own
+eks.Corefile:9: kubernetes fallthrough: accepted: PTR questions for addresses no Service owns are forwarded
+eks.Corefile:14: loop: accepted: kdns refuses, at start, an upstream that would forward back to it""",
+        id="eks",
+    ),  # EKS's add-on defaults (no ttl: CoreDNS's 5)
+    pytest.param(
+        "aks.Corefile",
+        None,
+        """\
+aks.Corefile:1 dns.addr: 0.0.0.0:53
+aks.Corefile:3 dns.ready_addr: 0.0.0.0:8181
+aks.Corefile:4 dns.health_addr: 0.0.0.0:8080
+aks.Corefile:5 dns.lameduck: 5.0
+aks.Corefile:7 dns.zones: [cluster.local, in-addr.arpa, ip6.arpa]
+aks.Corefile:8 dns.pods: insecure
+aks.Corefile:10 dns.ttl: 30
+aks.Corefile:12 dns.metrics_addr: 0.0.0.0:9153
+aks.Corefile:12 dns.metrics_coredns_names: true
+aks.Corefile:13 forward.resolv_conf: /etc/resolv.conf
+aks.Corefile:13 forward.upstreams: null
+aks.Corefile:14 cache.max_denial_ttl: 30
+aks.Corefile:14 cache.max_ttl: 30
+aks.Corefile:16 dns.reload_interval: 30.0
+aks.Corefile:17 dns.loadbalance: round_robin""",
+        """\
+aks.Corefile:2: errors: accepted: kdns logs errors on its own
+aks.Corefile:9: kubernetes fallthrough: accepted: PTR questions for addresses no Service owns are forwarded
+aks.Corefile:15: loop: accepted: kdns refuses, at start, an upstream that would forward back to it
+aks.Corefile:19: template: not supported: kdns does not have this plugin yet, and it changes answers
+aks.Corefile:24: template: not supported: kdns does not have this plugin yet, and it changes answers""",
+        id="aks",
+    ),  # AKS's managed Corefile: its NXDOMAIN templates change answers
+    pytest.param(
+        "aks.Corefile",
+        "aks-custom",
+        """\
+aks.Corefile:1 dns.addr: 0.0.0.0:53
+aks.Corefile:3 dns.ready_addr: 0.0.0.0:8181
+aks.Corefile:4 dns.health_addr: 0.0.0.0:8080
+aks.Corefile:5 dns.lameduck: 5.0
+aks.Corefile:7 dns.zones: [cluster.local, in-addr.arpa, ip6.arpa]
+aks.Corefile:8 dns.pods: insecure
+aks.Corefile:10 dns.ttl: 30
+aks.Corefile:12 dns.metrics_addr: 0.0.0.0:9153
+aks.Corefile:12 dns.metrics_coredns_names: true
+aks.Corefile:13 forward.resolv_conf: /etc/resolv.conf
+aks.Corefile:13 forward.upstreams: null
+aks.Corefile:14 cache.max_denial_ttl: 30
+aks.Corefile:14 cache.max_ttl: 30
+aks.Corefile:16 dns.reload_interval: 30.0
+aks.Corefile:17 dns.loadbalance: round_robin
+custom/puglife.server:4 forward.stub_domains: {puglife.local: [192.11.0.1]}""",
+        """\
+aks.Corefile:2: errors: accepted: kdns logs errors on its own
+aks.Corefile:9: kubernetes fallthrough: accepted: PTR questions for addresses no Service owns are forwarded
+aks.Corefile:15: loop: accepted: kdns refuses, at start, an upstream that would forward back to it
+aks.Corefile:19: template: accepted: never reached: a server block of its own serves each of its zones
+aks.Corefile:24: template: accepted: never reached: a server block of its own serves each of its zones
+custom/override-block.server:2: errors: accepted: kdns logs errors on its own
+custom/override-block.server:7: errors: accepted: kdns logs errors on its own
+custom/puglife.server:2: errors: accepted: kdns logs errors on its own
+custom/override-block.server:4: forward: accepted: internal.cloudapp.net goes to the default upstreams, as other names do
+custom/override-block.server:9: forward: accepted: reddog.microsoft.com goes to the default upstreams, as other names do""",
+        id="aks-custom",
+    ),  # AKS with the documented `coredns-custom` overrides: blocks for internal.cloudapp.net and reddog.microsoft.com take those names from the templates; puglife.local is a stub domain
+    pytest.param(
+        "aks.Corefile",
+        "aks-custom-hosts",
+        """\
+aks.Corefile:1 dns.addr: 0.0.0.0:53
+aks.Corefile:3 dns.ready_addr: 0.0.0.0:8181
+aks.Corefile:4 dns.health_addr: 0.0.0.0:8080
+aks.Corefile:5 dns.lameduck: 5.0
+aks.Corefile:7 dns.zones: [cluster.local, in-addr.arpa, ip6.arpa]
+aks.Corefile:8 dns.pods: insecure
+aks.Corefile:10 dns.ttl: 30
+aks.Corefile:12 dns.metrics_addr: 0.0.0.0:9153
+aks.Corefile:12 dns.metrics_coredns_names: true
+aks.Corefile:13 forward.resolv_conf: /etc/resolv.conf
+aks.Corefile:13 forward.upstreams: null
+aks.Corefile:14 cache.max_denial_ttl: 30
+aks.Corefile:14 cache.max_ttl: 30
+aks.Corefile:16 dns.reload_interval: 30.0
+aks.Corefile:17 dns.loadbalance: round_robin""",
+        """\
+aks.Corefile:2: errors: accepted: kdns logs errors on its own
+aks.Corefile:9: kubernetes fallthrough: accepted: PTR questions for addresses no Service owns are forwarded
+aks.Corefile:15: loop: accepted: kdns refuses, at start, an upstream that would forward back to it
+custom/test.override:1: hosts: not supported: kdns does not have this plugin yet, and it changes answers
+aks.Corefile:19: template: not supported: kdns does not have this plugin yet, and it changes answers
+aks.Corefile:24: template: not supported: kdns does not have this plugin yet, and it changes answers""",
+        id="aks-custom-hosts",
+    ),  # AKS with the documented `hosts` override
+    pytest.param(
+        "stub.Corefile",
+        None,
+        """\
+stub.Corefile:3 dns.addr: 0.0.0.0:53
+stub.Corefile:5 dns.health_addr: 0.0.0.0:8080
+stub.Corefile:6 dns.lameduck: 5.0
+stub.Corefile:8 dns.ready_addr: 0.0.0.0:8181
+stub.Corefile:9 dns.zones: [cluster.local, in-addr.arpa, ip6.arpa]
+stub.Corefile:10 dns.pods: insecure
+stub.Corefile:12 dns.ttl: 30
+stub.Corefile:14 dns.metrics_addr: 0.0.0.0:9153
+stub.Corefile:14 dns.metrics_coredns_names: true
+stub.Corefile:15 forward.upstreams: [172.16.0.1, '[2001:db8::53]:5353']
+stub.Corefile:16 forward.max_concurrent: 500
+stub.Corefile:19 cache.max_denial_ttl: 30
+stub.Corefile:19 cache.max_ttl: 30
+stub.Corefile:22 cache.serve_stale: 3600.0
+stub.Corefile:25 dns.reload_interval: 10.0
+stub.Corefile:26 dns.loadbalance: round_robin
+stub.Corefile:31 forward.stub_domains: {acme.example: ['10.0.0.53:5300'], consul.local: [10.150.0.1], corp.example: ['10.0.0.53:5300']}""",
+        """\
+stub.Corefile:4: errors: accepted: kdns logs errors on its own
+stub.Corefile:11: kubernetes fallthrough: accepted: PTR questions for addresses no Service owns are forwarded
+stub.Corefile:17: forward policy: accepted: kdns tries the upstreams in random order
+stub.Corefile:20: cache disable: accepted: kdns never caches cluster answers
+stub.Corefile:21: cache disable: accepted: kdns never caches cluster answers
+stub.Corefile:24: loop: accepted: kdns refuses, at start, an upstream that would forward back to it
+stub.Corefile:29: errors: accepted: kdns logs errors on its own
+stub.Corefile:34: errors: accepted: kdns logs errors on its own""",
+        id="stub",
+    ),  # hand-edited: upstreams by address, stub blocks (one with two zones), serve_stale
+    pytest.param(
+        "hosts.Corefile",
+        None,
+        """\
+hosts.Corefile:1 dns.addr: 0.0.0.0:53
+hosts.Corefile:3 dns.health_addr: 0.0.0.0:8080
+hosts.Corefile:4 dns.lameduck: 5.0
+hosts.Corefile:6 dns.ready_addr: 0.0.0.0:8181
+hosts.Corefile:7 dns.zones: [cluster.local, in-addr.arpa, ip6.arpa]
+hosts.Corefile:8 dns.pods: insecure
+hosts.Corefile:10 dns.ttl: 30
+hosts.Corefile:16 dns.metrics_addr: 0.0.0.0:9153
+hosts.Corefile:16 dns.metrics_coredns_names: true
+hosts.Corefile:17 forward.resolv_conf: /etc/resolv.conf
+hosts.Corefile:17 forward.upstreams: null
+hosts.Corefile:18 cache.max_denial_ttl: 30
+hosts.Corefile:18 cache.max_ttl: 30
+hosts.Corefile:20 dns.reload_interval: 30.0
+hosts.Corefile:21 dns.loadbalance: round_robin""",
+        """\
+hosts.Corefile:2: errors: accepted: kdns logs errors on its own
+hosts.Corefile:9: kubernetes fallthrough: accepted: PTR questions for addresses no Service owns are forwarded
+hosts.Corefile:12: hosts: not supported: kdns does not have this plugin yet, and it changes answers
+hosts.Corefile:19: loop: accepted: kdns refuses, at start, an upstream that would forward back to it""",
+        id="hosts",
+    ),  # hand-edited: inline hosts entries
+    pytest.param(
+        "rewrite.Corefile",
+        None,
+        """\
+rewrite.Corefile:1 dns.addr: 0.0.0.0:53
+rewrite.Corefile:3 dns.health_addr: 0.0.0.0:8080
+rewrite.Corefile:4 dns.lameduck: 5.0
+rewrite.Corefile:6 dns.ready_addr: 0.0.0.0:8181
+rewrite.Corefile:12 dns.zones: [cluster.local, in-addr.arpa, ip6.arpa]
+rewrite.Corefile:13 dns.pods: insecure
+rewrite.Corefile:15 dns.ttl: 30
+rewrite.Corefile:17 dns.metrics_addr: 0.0.0.0:9153
+rewrite.Corefile:17 dns.metrics_coredns_names: true
+rewrite.Corefile:18 forward.resolv_conf: /etc/resolv.conf
+rewrite.Corefile:18 forward.upstreams: null
+rewrite.Corefile:19 cache.max_denial_ttl: 30
+rewrite.Corefile:19 cache.max_ttl: 30
+rewrite.Corefile:21 dns.reload_interval: 30.0
+rewrite.Corefile:22 dns.loadbalance: round_robin""",
+        """\
+rewrite.Corefile:2: errors: accepted: kdns logs errors on its own
+rewrite.Corefile:7: rewrite: not supported: kdns does not have this plugin yet, and it changes answers
+rewrite.Corefile:11: rewrite: not supported: kdns does not have this plugin yet, and it changes answers
+rewrite.Corefile:14: kubernetes fallthrough: accepted: PTR questions for addresses no Service owns are forwarded
+rewrite.Corefile:20: loop: accepted: kdns refuses, at start, an upstream that would forward back to it""",
+        id="rewrite",
+    ),  # hand-edited: rewrite rules, block form and one-line form
+    pytest.param(
+        "snippets.Corefile",
+        None,
+        """\
+snippets.Corefile:4 cache.max_denial_ttl: 30
+snippets.Corefile:4 cache.max_ttl: 30
+snippets.Corefile:6 dns.lameduck: 0.0
+snippets.Corefile:6 dns.loadbalance: 'off'
+snippets.Corefile:6 dns.reload_interval: 0.0
+snippets.Corefile:8 dns.zones: [cluster.local, in-addr.arpa, ip6.arpa]
+snippets.Corefile:9 dns.pods: verified
+snippets.Corefile:10 dns.ttl: 10
+snippets.Corefile:12 dns.autopath: true
+snippets.Corefile:13 forward.upstreams: [10.1.1.1]
+snippets.Corefile:14 logging.query_log: text
+snippets.Corefile:15 dns.addr: 127.0.0.1:1053
+snippets.Corefile:20 forward.stub_domains: {other.example: [10.9.9.9], stub.example: [10.9.9.9]}""",
+        """\
+snippets.Corefile:3: errors: accepted: kdns logs errors on its own
+snippets.Corefile:3: errors: accepted: kdns logs errors on its own""",
+        id="snippets",
+    ),  # a snippet, {$VAR} and {%VAR%}, bind, autopath, log; no health, reload or loadbalance: CoreDNS's behaviour without them
+]
+
+
+ENV = {
+    "CLUSTER_DOMAIN": "cluster.local",
+    "DNS_PORT": "1053",
+    "CACHE_TTL": "30",
+    "TTL": "10",
+    "UPSTREAM": "10.1.1.1",
+}
+
+
+@pytest.mark.parametrize("name, custom, settings, lines", CASES)
+def test_distro_and_hand_edited_corefiles(
+    name: str, custom: str | None, settings: str, lines: str
+) -> None:
+    translation = distro(name, custom, ENV)
+    assert render(translation) == settings
+    assert notes(translation) == lines
+    assert translation.refused == tuple(n for n in translation.notes if "not supported" in str(n))
+
+
+# --- malformed Corefiles: CoreDNS would not start; each error names file:line --------------------
+
+MALFORMED = [
+    ("unclosed.Corefile", "unclosed.Corefile:1: this block has no closing '}'"),
+    (
+        "unknown-directive.Corefile",
+        "unknown-directive.Corefile:3: unknown directive 'kuberentes' (not a CoreDNS plugin)",
+    ),
+    ("stray-brace.Corefile", "stray-brace.Corefile:4: '}' closes no block"),
+    (
+        "unterminated-quote.Corefile",
+        'unterminated-quote.Corefile:3: unterminated quoted string (no closing ")',
+    ),
+    (
+        "missing-import.Corefile",
+        "missing-import.Corefile:3: import missing.conf: cannot read malformed/missing.conf: "
+        "No such file or directory",
+    ),
+    ("snippet-twice.Corefile", "snippet-twice.Corefile:4: snippet 'a' is defined twice"),
+    ("bad-ttl.Corefile", "bad-ttl.Corefile:3: kubernetes ttl: 'thirty' is not a whole number"),
+    (
+        "bad-duration.Corefile",
+        "bad-duration.Corefile:3: health lameduck: 'soon' is not a duration (e.g. 5s, 1m, 1h30m)",
+    ),
+    (
+        "zone-twice.Corefile",
+        "zone-twice.Corefile:7: example.org.: zone example.org port 53 is already served by the "
+        "block on line 4",
+    ),
+    (
+        "cache-twice.Corefile",
+        "cache-twice.Corefile:4: cache can only be used once per server block (first on line 3)",
+    ),
+    (
+        "no-kubernetes.Corefile",
+        "no-kubernetes.Corefile:1: no server block has a kubernetes directive: nothing for kdns "
+        "to serve",
+    ),
+    (
+        "import-cycle.Corefile",
+        "import-cycle.Corefile:3: import import-cycle.Corefile: malformed/import-cycle.Corefile "
+        "imports itself (an import cycle)",
+    ),
+]
+
+
+@pytest.mark.parametrize("name, message", MALFORMED, ids=[m[0] for m in MALFORMED])
+def test_malformed_corefiles_name_file_and_line(name: str, message: str) -> None:
+    with pytest.raises(CorefileError) as caught:
+        read_corefile(str(DATA / "malformed" / name), {})
+    assert short(str(caught.value)) == "malformed/" + message
+
+
+# --- single directives and options ---------------------------------------------------------------
+
+
+def inline(text: str) -> Translation:
+    def nothing(path: str) -> str:
+        raise FileNotFoundError(2, "No such file or directory")
+
+    return translate(
+        parse(expand(tokenize(text, "Corefile"), {}, nothing, lambda p: [])), "Corefile"
+    )
+
+
+BASE = ".:53 {{\n    kubernetes cluster.local in-addr.arpa ip6.arpa{options}\n{rest}}}\n"
+
+
+def corefile(rest: str = "", options: str = "") -> str:
+    body = f" {{\n{options}    }}" if options else ""
+    return BASE.format(options=body, rest=rest)
+
+
+OPTIONS = [
+    # (what, Corefile, keys it sets (a subset), its notes)
+    (
+        "no options: CoreDNS's defaults where kdns's differ",
+        corefile(),
+        {
+            "dns.pods": "disabled",
+            "cache.max_ttl": 0,
+            "cache.max_denial_ttl": 0,
+            "forward.upstreams": (),
+            "dns.lameduck": 0.0,
+            "dns.reload_interval": 0.0,
+            "dns.loadbalance": "off",
+        },
+        "",
+    ),
+    (
+        "kubeconfig with a context; startup_timeout",
+        corefile(options="       kubeconfig /k/config dev\n       startup_timeout 10s\n"),
+        {"kubernetes.kubeconfig": "/k/config", "kubernetes.context": "dev"},
+        "Corefile:4: kubernetes startup_timeout: accepted: kdns answers SERVFAIL for cluster "
+        "names until its first full list, however long",
+    ),
+    (
+        "options that filter or change cluster answers",
+        corefile(
+            options="       namespaces default\n       labels app=x\n       endpoint_pod_names\n"
+            "       noendpoints\n       ignore empty_service\n       multicluster clusterset.local\n"
+            "       endpoint https://10.0.0.1:6443\n       fallthrough\n       bogus 1\n"
+        ),
+        {},
+        "Corefile:3: kubernetes namespaces: not supported: not supported yet\n"
+        "Corefile:4: kubernetes labels: not supported: not supported yet\n"
+        "Corefile:5: kubernetes endpoint_pod_names: not supported: not supported yet\n"
+        "Corefile:6: kubernetes noendpoints: not supported: not supported yet\n"
+        "Corefile:7: kubernetes ignore: not supported: not supported yet\n"
+        "Corefile:8: kubernetes multicluster: not supported: not supported yet\n"
+        "Corefile:9: kubernetes endpoint: not supported: not supported yet\n"
+        "Corefile:10: kubernetes fallthrough: not supported: only the reverse zones may fall "
+        "through (names in the cluster zones get NXDOMAIN)\n"
+        "Corefile:11: kubernetes bogus: not supported: unknown option",
+    ),
+    (
+        "forward: addresses, with and without ports; the knobs kdns keeps fixed",
+        corefile(
+            "    forward . 10.0.0.1 dns://10.0.0.2:5353 [fd00::1]:53 {\n"
+            "       max_fails 3\n       health_check 1s\n       expire 20s\n       prefer_udp\n"
+            "       failfast_all_unhealthy_upstreams\n    }\n"
+        ),
+        {"forward.upstreams": ("10.0.0.1", "10.0.0.2:5353", "[fd00::1]:53")},
+        "Corefile:4: forward max_fails: accepted: kdns marks an upstream down after 2 failures in "
+        "a row\n"
+        "Corefile:5: forward health_check: accepted: kdns probes a down upstream every 0.5 s\n"
+        "Corefile:6: forward expire: accepted: kdns opens a fresh socket for every exchange "
+        "(RFC 5452), so nothing expires\n"
+        "Corefile:7: forward prefer_udp: accepted: kdns asks over UDP and retries over TCP when "
+        "the answer is truncated\n"
+        "Corefile:8: forward failfast_all_unhealthy_upstreams: accepted: kdns tries unhealthy "
+        "upstreams last, then fails",
+    ),
+    (
+        "forward: what would change answers",
+        corefile(
+            "    forward . tls://1.1.1.1 {\n       tls_servername cloudflare-dns.com\n    }\n"
+            "    forward . 10.0.0.1 {\n       policy sequential\n       force_tcp\n"
+            "       except corp.example\n    }\n"
+        ),
+        {"forward.upstreams": ("10.0.0.1",)},
+        "Corefile:3: forward: not supported: tls:// upstreams are not supported yet\n"
+        "Corefile:7: forward policy: not supported: kdns tries the upstreams in random order\n"
+        "Corefile:8: forward force_tcp: not supported: not supported yet\n"
+        "Corefile:9: forward except: not supported: not supported yet",
+    ),
+    (
+        "forward ZONE in the root block is a stub domain; a second root forward is refused",
+        corefile(
+            "    forward corp.example 10.1.0.1\n    forward . 10.0.0.1\n    forward . 10.0.0.2\n"
+        ),
+        {
+            "forward.upstreams": ("10.0.0.1",),
+            "forward.stub_domains": (("corp.example", ("10.1.0.1",)),),
+        },
+        "Corefile:5: forward: not supported: a second forward for the root zone",
+    ),
+    (
+        "a stub block inside a cluster zone: kdns answers those names itself",
+        corefile() + "my.cluster.local:53 {\n    forward . 2.3.4.5\n}\n",
+        {},
+        "Corefile:5: forward: not supported: kdns answers every name under my.cluster.local "
+        "from the cluster",
+    ),
+    (
+        "a stub block sending its zone to another resolv.conf",
+        corefile("    forward . /etc/resolv.conf\n")
+        + "corp.example {\n    forward . /etc/other.conf\n}\n",
+        {"forward.resolv_conf": "/etc/resolv.conf", "forward.upstreams": None},
+        "Corefile:6: forward: not supported: a stub domain's servers must be addresses (or the "
+        "root's file)",
+    ),
+    (
+        "cache: capacities, TTLs, prefetch, serve_stale immediate",
+        corefile(
+            "    cache 300 {\n       success 5000 600 10\n       denial 2000 60\n"
+            "       prefetch 10 1m 10%\n       serve_stale 10m\n       servfail 2s\n    }\n"
+        ),
+        {
+            "cache.success": 5000,
+            "cache.max_ttl": 600,
+            "cache.denial": 2000,
+            "cache.max_denial_ttl": 60,
+            "cache.serve_stale": 600.0,
+        },
+        "Corefile:4: cache success: accepted: kdns keeps an answer for its own TTL, no minimum\n"
+        "Corefile:6: cache prefetch: accepted: kdns re-asks when an answer expires\n"
+        "Corefile:7: cache serve_stale: accepted: kdns serves a stale answer only once the "
+        "upstreams fail (verify)\n"
+        "Corefile:8: cache servfail: accepted: kdns keeps a SERVFAIL for 5 s",
+    ),
+    (
+        "cache without TTL: CoreDNS's caps; disable outside the cluster zones; keepttl",
+        corefile("    cache {\n       disable success example.org\n       keepttl\n    }\n"),
+        {"cache.max_ttl": 3600, "cache.max_denial_ttl": 1800},
+        "Corefile:4: cache disable: not supported: only the cluster zones may be left uncached\n"
+        "Corefile:5: cache keepttl: not supported: not supported yet",
+    ),
+    (
+        "health, ready, prometheus addresses; log with a class",
+        corefile(
+            "    health 127.0.0.1:18080 {\n       lameduck 2.5s\n    }\n    ready :18181\n"
+            "    prometheus\n    log {\n       class denial\n    }\n"
+        ),
+        {
+            "dns.health_addr": "127.0.0.1:18080",
+            "dns.lameduck": 2.5,
+            "dns.ready_addr": "0.0.0.0:18181",
+            "dns.metrics_addr": "127.0.0.1:9153",
+            "dns.metrics_coredns_names": True,
+            "logging.query_log": "text",
+        },
+        "Corefile:8: log: accepted: kdns logs every query in CoreDNS's common log format, for all "
+        "names",
+    ),
+    (
+        "reload, loadbalance, autopath, bind",
+        corefile(
+            "    reload 1m30s\n    loadbalance round_robin\n    autopath @kubernetes\n    bind ::1\n"
+        ),
+        {
+            "dns.reload_interval": 90.0,
+            "dns.loadbalance": "round_robin",
+            "dns.autopath": True,
+            "dns.addr": "[::1]:53",
+        },
+        "",
+    ),
+    (
+        "unsupported forms of loadbalance, autopath and bind",
+        corefile(
+            "    loadbalance weighted /w.txt\n    autopath cluster.local /etc/resolv.conf\n"
+            "    bind eth0 lo\n"
+        ),
+        {"dns.addr": "0.0.0.0:53"},
+        "Corefile:3: loadbalance: not supported: only round_robin is supported\n"
+        "Corefile:4: autopath: not supported: only `autopath @kubernetes` is supported\n"
+        "Corefile:5: bind: not supported: kdns listens on one address: give one IP",
+    ),
+    (
+        "harmless plugins are accepted, the others refused",
+        corefile(
+            '    debug\n    whoami\n    pprof\n    errors {\n       consolidate 5m ".*"\n    }\n'
+            "    hosts\n    template IN A x.example\n    k8s_external example.com\n"
+            "    any\n    dns64\n"
+        ),
+        {},
+        "Corefile:3: debug: accepted: kdns logs failures without it\n"
+        "Corefile:4: whoami: accepted: only answers names no other plugin of the block handles\n"
+        "Corefile:5: pprof: accepted: kdns has no profiling endpoint\n"
+        "Corefile:6: errors: accepted: kdns logs errors on its own\n"
+        "Corefile:7: errors: accepted: ignored with its directive\n"
+        "Corefile:9: hosts: not supported: kdns does not have this plugin yet, and it changes answers\n"
+        "Corefile:10: template: not supported: kdns does not have this plugin yet, and it changes answers\n"
+        "Corefile:11: k8s_external: not supported: kdns does not have this plugin yet, and it changes answers\n"
+        "Corefile:12: any: not supported: kdns does not have this plugin yet, and it changes answers\n"
+        "Corefile:13: dns64: not supported: kdns does not have this plugin yet, and it changes answers",
+    ),
+    (
+        "one port for every block; other ports are refused",
+        ".:1053 {\n    kubernetes cluster.local\n}\ncorp.example:5300 {\n    forward . 10.0.0.1\n}\n",
+        {"dns.addr": "0.0.0.0:1053", "dns.zones": ("cluster.local",)},
+        "Corefile:4: server block: not supported: kdns listens on one port, and line 1 uses 1053",
+    ),
+    (
+        "kubernetes without zones takes the block's; a CIDR key is its reverse zone",
+        "cluster.local 10.96.0.0/16 fd00:10::/32 {\n    kubernetes\n}\n",
+        {"dns.zones": ("cluster.local", "96.10.in-addr.arpa", "0.1.0.0.0.0.d.f.ip6.arpa")},
+        "",
+    ),
+    (
+        "kubernetes zones outside the block's are never asked",
+        "cluster.local {\n    kubernetes cluster.local example.org\n}\n",
+        {"dns.zones": ("cluster.local",)},
+        "Corefile:2: kubernetes: not supported: zone example.org is outside the block's zones",
+    ),
+    (
+        "two blocks setting one kdns key differently",
+        corefile("    cache 30\n") + "corp.example {\n    cache 60\n    forward . 10.0.0.1\n}\n",
+        {"cache.max_ttl": 30},
+        "Corefile:6: cache: not supported: kdns has one cache.max_ttl for every server block, and "
+        "Corefile:3 sets 30 (here 60)\n"
+        "Corefile:6: cache: not supported: kdns has one cache.max_denial_ttl for every server "
+        "block, and Corefile:3 sets 30 (here 60)",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    "text, keys, lines", [(t, k, n) for _, t, k, n in OPTIONS], ids=[o[0] for o in OPTIONS]
+)
+def test_directives_and_options(text: str, keys: dict[str, object], lines: str) -> None:
+    translation = inline(text)
+    values = translation.values()
+    assert {k: values.get(k, "<unset>") for k in keys} == keys
+    assert "\n".join(str(n) for n in translation.notes) == lines
+
+
+BLOCK_ERRORS = [
+    (
+        "tls://.:853 {\n    kubernetes cluster.local\n}\n",
+        "Corefile:1: tls://.:853: only plain DNS server blocks are supported (not tls://); kdns "
+        "serves DNS over UDP and TCP",
+    ),
+    (".:99999 {\n}\n", "Corefile:1: .:99999: the port must be a number in 1-65535"),
+    (
+        "10.0.0.0/12 {\n    kubernetes\n}\n",
+        "Corefile:1: 10.0.0.0/12: only CIDRs on a label boundary (/8, /16, …) are supported as "
+        "reverse zones",
+    ),
+    (
+        ".:53 {\n    kubernetes cluster.local {\n       pods\n    }\n}\n",
+        "Corefile:3: pods takes one of insecure, verified, disabled",
+    ),
+    (
+        ".:53 {\n    kubernetes cluster.local\n    forward .\n}\n",
+        "Corefile:3: forward needs a zone and at least one destination",
+    ),
+    (
+        ".:53 {\n    kubernetes cluster.local\n    health {\n       lameduk 5s\n    }\n}\n",
+        "Corefile:4: health: unknown option 'lameduk'",
+    ),
+]
+
+
+@pytest.mark.parametrize("text, message", BLOCK_ERRORS)
+def test_what_coredns_refuses_to_start_with(text: str, message: str) -> None:
+    with pytest.raises(CorefileError) as caught:
+        inline(text)
+    assert str(caught.value) == message
+
+
+def test_reads_imports_from_the_real_file_system(tmp_path: Path) -> None:
+    # AKS's layout: the Corefile beside the coredns-custom mount, imported by relative globs.
+    (tmp_path / "custom").mkdir()
+    (tmp_path / "Corefile").write_text((DATA / "aks.Corefile").read_text())
+    for name in ("puglife.server", "override-block.server"):
+        (tmp_path / "custom" / name).write_text((DATA / "aks-custom" / name).read_text())
+    translation = read_corefile(str(tmp_path / "Corefile"), {})
+    assert translation.values()["forward.stub_domains"] == (("puglife.local", ("192.11.0.1",)),)
+    assert translation.refused == ()
+    (tmp_path / "custom" / "puglife.server").unlink()
+    assert "forward.stub_domains" not in read_corefile(str(tmp_path / "Corefile"), {}).values()
+
+
+def test_an_unreadable_corefile_is_one_line(tmp_path: Path) -> None:
+    with pytest.raises(CorefileError) as caught:
+        read_corefile(str(tmp_path / "nope"), {})
+    assert (
+        str(caught.value)
+        == f"{tmp_path}/nope:1: cannot read the Corefile: No such file or directory"
+    )
