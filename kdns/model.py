@@ -1,4 +1,5 @@
-"""The slim model: frozen Namespace / Service / EndpointSlice / Pod objects and their converters.
+"""The slim model: frozen Namespace / Service / EndpointSlice / Pod / Node objects and their
+converters.
 
 Kubernetes objects arrive as API dicts (from a manifest file or an API response) and are
 converted once, here, into small frozen objects that keep only the fields DNS and the proxy use.
@@ -6,7 +7,7 @@ Equality of two converted objects therefore means "nothing DNS or the proxy can 
 
 Contract:
 - `namespace_from_dict`, `service_from_dict`, `endpointslice_from_dict`,
-  `endpoints_to_slices` and `pod_from_dict` either return a model object or raise
+  `endpoints_to_slices`, `pod_from_dict` and `node_from_dict` either return a model object or raise
   `ModelError` naming the offending field as a path (`spec.ports[0].port`), never a half-built
   object.
 - Addresses are normalised (`ipaddress` compressed form), so two spellings of one IP compare equal.
@@ -36,6 +37,8 @@ ADDRESS_TYPES = ("IPv4", "IPv6", "FQDN")
 TRAFFIC_DISTRIBUTIONS = ("PreferClose", "PreferSameZone", "PreferSameNode")
 # status.loadBalancer.ingress[].ipMode (KEP-1860): VIP, the default, or Proxy.
 IP_MODES = ("VIP", "Proxy")
+# The well-known Node label of its zone: what zone hints are matched against.
+ZONE_LABEL = "topology.kubernetes.io/zone"
 # The label an EndpointSlice carries to name its Service (discovery.k8s.io/v1).
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 # The annotation the EndpointSlice controller sets to the time of the change that caused it.
@@ -147,6 +150,18 @@ class EndpointSlice:
     @property
     def service_key(self) -> tuple[str, str]:
         return (self.namespace, self.service_name)
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    """A Node as the proxy sees it: its name, and its zone for topology-aware routing."""
+
+    name: str
+    zone: str = ""  # the topology.kubernetes.io/zone label, "" when it has none
+
+    @property
+    def key(self) -> str:
+        return self.name
 
 
 @dataclass(frozen=True, slots=True)
@@ -659,6 +674,12 @@ def endpoints_to_slices(obj: Mapping[str, Any]) -> tuple[EndpointSlice, ...]:
                     )
                 )
     return tuple(slices)
+
+
+def node_from_dict(obj: Mapping[str, Any]) -> Node:
+    _namespace, name, meta = _metadata(obj, namespaced=False)
+    labels = dict(_labels(meta, "metadata", "labels"))
+    return Node(name=name, zone=labels.get(ZONE_LABEL, ""))
 
 
 def pod_from_dict(obj: Mapping[str, Any]) -> Pod:

@@ -8,7 +8,8 @@ visible state changed.
 
 Contract:
 - Every method runs on the trio thread (docs/architecture.md §6); nothing here locks.
-- Consumers read `namespaces`, `services`, `slices`, `endpoints`, `pods` and `pods_by_ip`:
+- Consumers read `namespaces`, `services`, `slices`, `endpoints`, `pods`, `pods_by_ip` and
+  `nodes`:
   read-only mappings made once, over tables the store updates in place, so a reference taken
   once stays current and a read costs what a dict read costs. Only the store writes them.
 - A kind (`SERVICES`, …) is its API resource's name, typed with its key and model type: a
@@ -31,7 +32,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Generic, Protocol, TypeVar
 
-from kdns.model import Endpoint, EndpointSlice, Namespace, Pod, Service
+from kdns.model import Endpoint, EndpointSlice, Namespace, Node, Pod, Service
 
 
 class Keyed(Protocol):
@@ -58,6 +59,8 @@ SERVICES: Kind[ServiceKey, Service] = Kind("services")
 ENDPOINTSLICES: Kind[ObjectKey, EndpointSlice] = Kind("endpointslices")
 PODS: Kind[ObjectKey, Pod] = Kind("pods")
 KINDS: tuple[Kind[Any, Any], ...] = (NAMESPACES, SERVICES, ENDPOINTSLICES, PODS)
+# The proxy's own Node (its zone), watched only by `kdns proxy` against a cluster: not in KINDS.
+NODES: Kind[str, Node] = Kind("nodes")
 
 
 @dataclass(slots=True)
@@ -67,16 +70,18 @@ class Change:
     services: set[ServiceKey] = field(default_factory=set)
     namespaces: set[str] = field(default_factory=set)  # namespaces added or removed
     pod_ips: set[str] = field(default_factory=set)  # IPs whose pods changed
+    nodes: set[str] = field(default_factory=set)  # Nodes added, removed or changed
     # The earliest time (epoch seconds) a change in this batch was made at the API server.
     trigger_time: float | None = None
 
     def __bool__(self) -> bool:
-        return bool(self.services or self.namespaces or self.pod_ips)
+        return bool(self.services or self.namespaces or self.pod_ips or self.nodes)
 
     def merge(self, other: Change) -> None:
         self.services |= other.services
         self.namespaces |= other.namespaces
         self.pod_ips |= other.pod_ips
+        self.nodes |= other.nodes
         if other.trigger_time is not None and (
             self.trigger_time is None or other.trigger_time < self.trigger_time
         ):
@@ -261,6 +266,22 @@ class _Pods(_Table[ObjectKey, Pod]):
                 self.by_ip.pop(ip, None)
 
 
+class _Nodes(_Table[str, Node]):
+    def replace(self, objects: Mapping[str, Node]) -> Change:
+        old = self.objects
+        changed = {k for k in old.keys() | objects.keys() if old.get(k) != objects.get(k)}
+        self._swap(objects)
+        return Change(nodes=changed)
+
+    def upsert(self, key: str, obj: Node) -> Change:
+        change = Change(nodes=set() if self.objects.get(key) == obj else {key})
+        self.objects[key] = obj
+        return change
+
+    def delete(self, key: str) -> Change:
+        return Change(nodes={key} if self.objects.pop(key, None) is not None else set())
+
+
 # --- the store ---------------------------------------------------------------------------------
 
 
@@ -268,12 +289,13 @@ class Store:
     def __init__(self, watched: Iterable[str] = KINDS) -> None:
         self.watched = frozenset(watched)
         namespaces, services = _Namespaces(Namespace), _Services(Service)
-        slices, pods = _Slices(), _Pods()
+        slices, pods, nodes = _Slices(), _Pods(), _Nodes(Node)
         self._tables: dict[str, _Table[Any, Any]] = {
             NAMESPACES: namespaces,
             SERVICES: services,
             ENDPOINTSLICES: slices,
             PODS: pods,
+            NODES: nodes,
         }
         # The read-only views, made once (module docstring).
         self.namespaces: Mapping[str, Namespace] = namespaces.view
@@ -283,6 +305,7 @@ class Store:
         self.endpoints: Mapping[ServiceKey, tuple[Endpoint, ...]] = slices.endpoints_view
         self.pods: Mapping[ObjectKey, Pod] = pods.view
         self.pods_by_ip: Mapping[str, tuple[Pod, ...]] = pods.by_ip_view
+        self.nodes: Mapping[str, Node] = nodes.view
         self._synced: set[str] = set()
         self._on_synced: list[Callable[[], None]] = []
         self._subscribers: list[Subscriber] = []

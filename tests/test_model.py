@@ -24,6 +24,7 @@ from kdns.model import (
     ServicePort,
     endpoints_to_slices,
     endpointslice_from_dict,
+    node_from_dict,
     pod_from_dict,
     service_from_dict,
     slices_for_service,
@@ -782,6 +783,41 @@ ENDPOINTSLICE_ERRORS = [
 def test_endpointslice_from_dict_errors(obj: dict[str, Any], field: str) -> None:
     with pytest.raises(ModelError) as info:
         endpointslice_from_dict(obj)
+    assert info.value.field == field
+
+
+# --- node_from_dict ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("labels", "zone"),
+    [
+        ({"topology.kubernetes.io/zone": "europe-west1-b"}, "europe-west1-b"),
+        # The deprecated beta label is not read: kube-proxy matches hints against the GA one.
+        ({"failure-domain.beta.kubernetes.io/zone": "europe-west1-b"}, ""),
+        ({}, ""),
+        (None, ""),
+    ],
+)
+def test_node_from_dict_zone(labels: dict[str, str] | None, zone: str) -> None:
+    meta: dict[str, Any] = {"name": "node-a1"}
+    if labels is not None:
+        meta["labels"] = labels
+    node = node_from_dict({"kind": "Node", "apiVersion": "v1", "metadata": meta})
+    assert (node.key, node.zone) == ("node-a1", zone)
+
+
+@pytest.mark.parametrize(
+    ("meta", "field"),
+    [
+        ({}, "metadata.name"),
+        ({"name": "n", "labels": {"topology.kubernetes.io/zone": 3}}, "metadata.labels.topology.kubernetes.io/zone"),
+        ({"name": "n", "labels": ["zone"]}, "metadata.labels"),
+    ],
+)  # fmt: skip
+def test_node_from_dict_errors(meta: dict[str, Any], field: str) -> None:
+    with pytest.raises(ModelError) as info:
+        node_from_dict({"kind": "Node", "apiVersion": "v1", "metadata": meta})
     assert info.value.field == field
 
 

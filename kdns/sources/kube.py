@@ -32,7 +32,7 @@ import os
 import random
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import trio
@@ -48,10 +48,11 @@ from kdns.model import (
     endpoints_to_slices,
     endpointslice_from_dict,
     namespace_from_dict,
+    node_from_dict,
     pod_from_dict,
     service_from_dict,
 )
-from kdns.store import ENDPOINTSLICES, NAMESPACES, PODS, SERVICES, Change, Kind, Store
+from kdns.store import ENDPOINTSLICES, NAMESPACES, NODES, PODS, SERVICES, Change, Kind, Store
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +145,14 @@ PODS_RESOURCE = Resource(
     _one(pod_from_dict),
     field_selector="status.phase!=Succeeded,status.phase!=Failed",
 )
+# The proxy's own Node, for its zone label (topology hints): kube-proxy's informer "that
+# selects for our nodename" (cmd/kube-proxy/app/server.go), so one object, never every Node.
+NODES_RESOURCE = Resource(NODES, "nodes", "/api/v1/nodes", _one(node_from_dict))
+
+
+def node_resource(node_name: str) -> Resource:
+    """NODES_RESOURCE narrowed to the Node named `node_name`."""
+    return replace(NODES_RESOURCE, field_selector=f"metadata.name={node_name}")
 
 
 def api_get(
@@ -561,16 +570,22 @@ class KubeSource:
         watch_pods: bool,
         reflector: dict[str, Any] | None = None,
         backoff: dict[str, Any] | None = None,
+        node_name: str = "",
     ) -> None:
         self.api = api
         self.store = store
         self.watch_pods = watch_pods
+        self.node_name = node_name  # the proxy's node: its Node is watched too
         self.reflector_options = reflector or {}
         self.backoff_options = backoff or {}
         self.reflectors: dict[str, Reflector] = {}
 
     @staticmethod
     def kinds(watch_pods: bool) -> tuple[str, ...]:
+        """The kinds that must be listed before the store counts as synced. The proxy's Node
+        is not one: its zone only narrows routes, and a Node we may not read (RBAC from before
+        topology support) must not keep the data plane unprogrammed; until it is listed, every
+        endpoint is used (kube-proxy's fallback for a node without a zone)."""
         return (NAMESPACES, SERVICES, ENDPOINTSLICES, *((PODS,) if watch_pods else ()))
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -579,6 +594,8 @@ class KubeSource:
                 nursery.start_soon(self._reflect, resource)
             if self.watch_pods:
                 nursery.start_soon(self._reflect, PODS_RESOURCE)
+            if self.node_name:
+                nursery.start_soon(self._reflect, node_resource(self.node_name))
             nursery.start_soon(self._reflect_endpoints)
             task_status.started()
 

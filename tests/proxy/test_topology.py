@@ -13,12 +13,23 @@ node, hints), and the addresses the Cluster and Local lists end up with.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
+import trio
 
-from kdns.model import endpointslice_from_dict, service_from_dict
+from kdns.model import (
+    ZONE_LABEL,
+    EndpointSlice,
+    Node,
+    endpointslice_from_dict,
+    service_from_dict,
+)
 from kdns.proxy import iptables, nftables
+from kdns.proxy.dataplane import IptablesDataplane, run_command
+from kdns.proxy.dataplane import Node as DataplaneNode
 from kdns.proxy.ipvs.rules import render as ipvs_render
 from kdns.proxy.routes import (
     PREFER_SAME_NODE,
@@ -29,7 +40,13 @@ from kdns.proxy.routes import (
     service_routes,
     topology_mode,
 )
-from tests.proxy.builders import PODS, ep, svc
+from kdns.proxy.sync import SyncEngine
+from kdns.sources import kube
+from kdns.store import ENDPOINTSLICES, NODES, SERVICES, Store
+from tests.conftest import throwaway_netns
+from tests.kubeapi.fixtures import kube_api, kubeconfig
+from tests.kubeapi.server import ApiServer
+from tests.proxy.builders import NODE, PODS, ep, svc
 
 
 def hinted(
@@ -55,6 +72,8 @@ def hinted(
         node_hints=tuple(n for n in nodes.split(",") if n),
     )
 
+
+__all__ = ["kube_api", "kubeconfig"]  # fixtures, re-exported for pytest
 
 # Nodes node-a1, node-a2 are in zone-a; node-b1 in zone-b; node-c1 in zone-c.
 A1 = hinted("10.1.1.1", "node-a1", "zone-a")
@@ -314,3 +333,112 @@ def test_hints_reach_routes_through_builders() -> None:
     (only,) = route.endpoints
     assert only.zone_hints == ("zone-a",)
     assert only.node_hints == ("node-a1",)
+
+
+# --- the node's zone, followed by the sync engine ----------------------------------------------
+
+
+@pytest.fixture
+def netns() -> Iterator[str]:
+    with throwaway_netns("kdns-topo", ("iptables-restore", "iptables")) as name:
+        yield name
+
+
+def test_zone_change_reroutes_every_service(netns: str) -> None:
+    """kube-proxy OnTopologyChange: the node's zone label arriving, changing or going away
+    rebuilds the routes in a full sync; the kernel's rules follow."""
+
+    def runner(argv: Sequence[str], stdin: str | None = None) -> tuple[int, str, str]:
+        return run_command(["ip", "netns", "exec", netns, *argv], stdin)
+
+    store = Store(watched=(SERVICES, ENDPOINTSLICES))
+    plane = IptablesDataplane(DataplaneNode(families=(4,), cluster_cidrs=(PODS,)), runner)
+    engine = SyncEngine(store, plane, NODE, min_sync_period=0.05, runner=runner)
+    web = svc("ns/web", ip="10.96.0.20")
+    hinted_eps = (
+        ep("10.244.1.5", node="node2", zone_hints=("zone-a",)),
+        ep("10.244.2.5", node="node3", zone_hints=("zone-b",)),
+    )
+    web_slice = EndpointSlice("ns", "web-1", "web", "IPv4", hinted_eps)
+
+    def cluster_ips() -> list[str]:
+        return [e.ip for r in engine.routes() for e in r.cluster_endpoints]
+
+    def kernel_has(ip: str) -> bool:
+        return f"{ip}:8080" in run_command(["ip", "netns", "exec", netns, "iptables-save"])[1]
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(engine.run)
+            store.replace(NODES, {NODE: Node(NODE)})  # listed, no zone label yet
+            store.replace(SERVICES, {web.key: web})
+            store.replace(ENDPOINTSLICES, {web_slice.key: web_slice})
+            await wait_for(lambda: engine.synced)
+            assert cluster_ips() == ["10.244.1.5", "10.244.2.5"]
+            for zone, expected in (("zone-b", ["10.244.2.5"]), ("zone-a", ["10.244.1.5"])):
+                store.upsert(NODES, Node(NODE, zone))
+                await wait_for(lambda expected=expected: cluster_ips() == expected)
+                await wait_for(lambda expected=expected: kernel_has(expected[0]))
+                others = {"10.244.1.5", "10.244.2.5"} - set(expected)
+                await wait_for(lambda others=others: not any(map(kernel_has, others)))
+            store.upsert(NODES, Node(NODE, "zone-c"))  # no endpoint for zone-c: all of them
+            await wait_for(lambda: cluster_ips() == ["10.244.1.5", "10.244.2.5"])
+            store.delete(NODES, NODE)
+            await wait_for(lambda: engine.zone == "")
+            assert cluster_ips() == ["10.244.1.5", "10.244.2.5"]
+            await wait_for(lambda: kernel_has("10.244.1.5") and kernel_has("10.244.2.5"))
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+
+
+async def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    with trio.fail_after(timeout):
+        while not predicate():
+            await trio.sleep(0.02)
+
+
+# --- the Node watch ----------------------------------------------------------------------------
+
+
+def node_object(name: str, zone: str | None) -> dict[str, Any]:
+    labels = {"kubernetes.io/hostname": name}
+    if zone is not None:
+        labels[ZONE_LABEL] = zone
+    return {"kind": "Node", "apiVersion": "v1", "metadata": {"name": name, "labels": labels}}
+
+
+FAST = {
+    "reflector": {"read_timeout": 1.0, "connect_timeout": 1.0, "watch_timeout": (5, 10)},
+    "backoff": {"initial": 0.1, "maximum": 0.4, "rng": lambda: 0.0},
+}
+
+
+def test_node_watch_follows_only_this_nodes_zone(kube_api: ApiServer, kubeconfig: Path) -> None:
+    """kube-proxy watches its own Node only (a metadata.name field selector); a Node it may
+    not read delays nothing: the store syncs on Services and EndpointSlices alone."""
+    kube_api.create("nodes", node_object("node-a1", "zone-a"))
+    kube_api.create("nodes", node_object("node-b1", "zone-b"))
+    kube_api.faults.error_next(403, n=None, resource="nodes", kind="list")  # until clear()
+    api = kube.cluster_client(str(kubeconfig), None)
+    store = Store(watched=kube.KubeSource.kinds(watch_pods=False))
+    source = kube.KubeSource(api, store, False, node_name="node-a1", **FAST)
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(source.run)
+            await wait_for(lambda: store.synced)
+            assert dict(store.nodes) == {}  # forbidden so far, and nobody waited for it
+            kube_api.faults.clear()
+            await wait_for(lambda: dict(store.nodes) == {"node-a1": Node("node-a1", "zone-a")})
+            kube_api.patch("nodes", None, "node-a1", {"metadata": {"labels": {ZONE_LABEL: "z"}}})
+            kube_api.patch("nodes", None, "node-b1", {"metadata": {"labels": {ZONE_LABEL: "y"}}})
+            await wait_for(lambda: store.nodes.get("node-a1") == Node("node-a1", "z"))
+            kube_api.patch("nodes", None, "node-a1", {"metadata": {"labels": {ZONE_LABEL: None}}})
+            await wait_for(lambda: store.nodes.get("node-a1") == Node("node-a1", ""))
+            assert set(store.nodes) == {"node-a1"}
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    # Only our Node was ever listed: the other one's zone never reached the store.
+    assert kube_api.stats.count(kind="list", resource="nodes") >= 2  # refused, then listed
