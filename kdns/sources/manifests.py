@@ -15,9 +15,10 @@ Contract:
 - The line of a conversion error is the line of the offending field, or, when the field is
   missing, of its deepest parent that is present (the document's first line at worst).
 - Kinds read: Namespace, Service, EndpointSlice (discovery.k8s.io/v1), Endpoints (converted
-  into slices) and Pod. Other built-in kinds (Deployment, ConfigMap, ClusterRole, …) and custom
-  resources are ignored and counted by kind (`ManifestSet.ignored`), so a folder of cluster
-  manifests can be served as it is; an ignored built-in object still needs a `metadata.name`.
+  into slices), Pod and Node (its zone, for the proxy's topology hints). Other built-in kinds
+  (Deployment, ConfigMap, ClusterRole, …) and custom resources are ignored and counted by
+  kind (`ManifestSet.ignored`), so a folder of cluster manifests can be served as it is; an
+  ignored built-in object still needs a `metadata.name`.
   An unknown kind in a built-in API group is an error, because it is almost always a typo.
 - EndpointSlices = the given slices + the converted Endpoints of Services that have no given
   slice + for a Service with a selector and neither, the slices the EndpointSlice controller
@@ -38,7 +39,7 @@ from typing import Any
 import yaml
 
 from kdns import model
-from kdns.model import EndpointSlice, ModelError, Namespace, Pod, Service
+from kdns.model import EndpointSlice, ModelError, Namespace, Node, Pod, Service
 
 # libyaml is several times faster than the pure-Python parser on large `kubectl get` dumps.
 _Loader: type = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -51,6 +52,7 @@ READ_KINDS = {
     "Service": "v1",
     "Endpoints": "v1",
     "Pod": "v1",
+    "Node": "v1",
     "EndpointSlice": "discovery.k8s.io/v1",
 }
 
@@ -120,7 +122,6 @@ SKIPPED_KINDS = frozenset(
         "MutatingAdmissionPolicyBinding",
         "MutatingWebhookConfiguration",
         "NetworkPolicy",
-        "Node",
         "PersistentVolume",
         "PersistentVolumeClaim",
         "PodDisruptionBudget",
@@ -170,6 +171,7 @@ class ManifestSet:
     # Objects of kinds kdns does not serve, counted by kind ("Deployment", or "Kind.group" for a
     # custom resource), for `kdns check` to report.
     ignored: dict[str, int] = field(default_factory=dict)
+    nodes: dict[str, Node] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -438,6 +440,7 @@ def convert(docs: Iterable[Document]) -> tuple[ManifestSet, list[ManifestError]]
     given: dict[tuple[str, str], EndpointSlice] = {}
     from_endpoints: dict[tuple[str, str], tuple[tuple[EndpointSlice, ...], Document]] = {}
     pods: dict[tuple[str, str], Pod] = {}
+    nodes: dict[str, Node] = {}
 
     ignored: Counter[str] = Counter()
     for doc in docs:
@@ -473,6 +476,9 @@ def convert(docs: Iterable[Document]) -> tuple[ManifestSet, list[ManifestError]]
                 # has no subsets (and so converts to no slice).
                 assert key is not None  # endpoints_to_slices rejects a missing name
                 from_endpoints[key] = (converted, doc)
+            elif kind == "Node":
+                node = model.node_from_dict(doc.obj)
+                nodes[node.key] = node
             else:
                 pod = model.pod_from_dict(doc.obj)
                 pods[pod.key] = pod
@@ -510,7 +516,8 @@ def convert(docs: Iterable[Document]) -> tuple[ManifestSet, list[ManifestError]]
     names.update(key[0] for key in from_endpoints)
     names.update(key[0] for key in pods)
     namespaces = {name: declared.get(name) or Namespace(name) for name in sorted(names)}
-    return ManifestSet(namespaces, services, slices, pods, dict(sorted(ignored.items()))), errors
+    ignored_kinds = dict(sorted(ignored.items()))
+    return ManifestSet(namespaces, services, slices, pods, ignored_kinds, nodes), errors
 
 
 _IGNORED = "ignored:"  # prefixes what `_kind_to_read` returns for a kind that is not served
@@ -562,12 +569,13 @@ def _kind_to_read(doc: Document, errors: list[ManifestError]) -> str | None:
 
 
 def _key(kind: str, obj: Mapping[str, Any]) -> tuple[str, str] | None:
-    """(namespace, name) of an object ("" namespace for a Namespace), None without a name."""
+    """(namespace, name) of an object ("" namespace for a Namespace or Node), None without a
+    name."""
     meta = obj.get("metadata")
     name = meta.get("name") if isinstance(meta, dict) else None
     if not isinstance(name, str) or not name:
         return None
-    if kind == "Namespace":
+    if kind in ("Namespace", "Node"):
         return ("", name)
     namespace = meta.get("namespace")
     # An object without a namespace lands in "default", as `kubectl apply` puts it.

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 import trio
 
 from kdns.sources.manifests import ManifestError, ManifestSet, load, manifest_files
-from kdns.store import ENDPOINTSLICES, NAMESPACES, PODS, SERVICES, Store
+from kdns.store import ENDPOINTSLICES, NAMESPACES, NODES, PODS, SERVICES, Store
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +77,7 @@ class ManifestSource:
         self.store.replace(SERVICES, manifests.services)
         self.store.replace(ENDPOINTSLICES, manifests.slices)
         self.store.replace(PODS, manifests.pods)
+        self.store.replace(NODES, manifests.nodes)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
