@@ -1,15 +1,22 @@
 """Manifest files → the slim model: what `kubectl apply -f` reads and `kubectl get -o yaml` writes.
 
 A cluster described by files (the embedded default, a test cluster, a sidecar's view) is read
-here, once per load, into the same frozen objects the Kubernetes API source produces
-(kdns/model.py). `sources/static.py` turns a `ManifestSet` into store replaces.
+here into the same frozen objects the Kubernetes API source produces (kdns/model.py).
+`sources/documents.py` turns text into objects with lines; `sources/static.py` puts a
+`ManifestSet` into the store and reloads it.
 
 Contract:
 - `load(paths)` never raises for bad input. Every file that cannot be read, every YAML syntax
   error and every object that cannot be converted becomes one `ManifestError` naming the file,
-  the 1-based line, the object and the field (docs/architecture.md §10); everything that did convert
-  is returned beside the errors, and the caller decides (start-up: exit 2; reload: keep the last
-  good state). Errors are sorted by file, then line.
+  the 1-based line, the object and the field (docs/architecture.md §10); everything that
+  did convert is returned beside the errors, and the caller decides (start-up: exit 2; reload:
+  keep the last good state). Errors are sorted by file, then line.
+- `ManifestReader.load(paths)` is `load` with a memory: a file is parsed again only when its
+  inode, size or mtime changed and then its bytes did (a hash), so a one-file edit in a folder
+  of 10,000 files costs that file. The memory holds each file's converted objects and errors,
+  never its text or parse tree.
+- Each object is converted as soon as it is parsed, from plain data; lines are looked up (by
+  reading the file again, `documents.field_lines_at`) only for objects that fail to convert.
 - A file with a YAML syntax error contributes no object: a half-read file would silently drop
   the objects after the error.
 - The line of a conversion error is the line of the offending field, or, when the field is
@@ -24,12 +31,13 @@ Contract:
   slice + for a Service with a selector and neither, the slices the EndpointSlice controller
   would derive from the given Pods (`model.slices_for_service`).
 - Namespaces = the declared Namespace objects ∪ the namespace of every object read.
-- Pure: the only I/O is reading the files named; no trio, socket or subprocess.
+- Pure: the only I/O is reading (and stat-ing) the files named; no trio, socket or subprocess.
 """
 
 from __future__ import annotations
 
-import json
+import dataclasses
+import hashlib
 import os
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
@@ -40,9 +48,29 @@ import yaml
 
 from kdns import model
 from kdns.model import EndpointSlice, ModelError, Namespace, Node, Pod, Service
+from kdns.sources.documents import (
+    Document,
+    ManifestError,
+    field_lines_at,
+    line_of,
+    parse_text,
+    read_documents,
+    short,
+    syntax_error,
+    yaml_text,
+)
 
-# libyaml is several times faster than the pure-Python parser on large `kubectl get` dumps.
-_Loader: type = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+__all__ = [
+    "Document",
+    "ManifestError",
+    "ManifestReader",
+    "ManifestSet",
+    "convert",
+    "fingerprint",
+    "load",
+    "manifest_files",
+    "parse_text",
+]
 
 MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
 
@@ -152,12 +180,6 @@ SKIPPED_KINDS = frozenset(
     }
 )
 
-# Recording the line of every field costs one dict entry per field; a YAML alias bomb expands
-# exponentially, so stop recording (lines fall back to the parent) past this many fields.
-_MAX_RECORDED_FIELDS = 200_000
-
-_TAB_MESSAGE = "a tab character is used for indentation; YAML allows only spaces"
-
 
 @dataclass(frozen=True, slots=True)
 class ManifestSet:
@@ -172,46 +194,6 @@ class ManifestSet:
     # custom resource), for `kdns check` to report.
     ignored: dict[str, int] = field(default_factory=dict)
     nodes: dict[str, Node] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
-class ManifestError:
-    """One bad file or object. Not an exception: `load` collects them."""
-
-    file: str
-    line: int | None
-    obj: str  # "Service default/redis", or "" when the file itself is the problem
-    field: str  # "spec.clusterIP", or ""
-    message: str
-
-    def __str__(self) -> str:
-        where = self.file if self.line is None else f"{self.file}:{self.line}"
-        return ": ".join(part for part in (where, self.obj, self.field, self.message) if part)
-
-
-@dataclass(frozen=True, slots=True)
-class Document:
-    """One Kubernetes object of a file (a `kind: List` gives one per item), with field lines."""
-
-    obj: dict[str, Any]
-    file: str
-    line: int  # the object's first line
-    lines: Mapping[str, int]  # field path, spelled as ModelError spells it → line
-
-    def line_of(self, field: str) -> int:
-        """The line of `field`, or of its deepest parent present in the file."""
-        path = field
-        while path:
-            line = self.lines.get(path)
-            if line is not None:
-                return line
-            # Cut the last ".key" or "[i]"; a label key with dots (kubernetes.io/service-name)
-            # is recorded whole, so it matches before any cut.
-            cut = max(path.rfind("."), path.rfind("["))
-            if cut <= 0:
-                break
-            path = path[:cut]
-        return self.line
 
 
 # --- files -------------------------------------------------------------------------------------
@@ -256,246 +238,268 @@ def manifest_files(paths: Sequence[str]) -> list[str]:
     return [f for f in files if not (f in seen or seen.add(f))]
 
 
-def _read(file: str) -> str | ManifestError:
+# --- reading, once per changed file ------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    """One object of a file, converted on its own (what it means beside the others comes later).
+
+    `kind` is a READ_KINDS kind, `ignored:KIND` for a kind not served, or None for a document
+    that is no object kdns can read (then `error` says why). `value` is the model object (a
+    tuple of slices for Endpoints), or None when `error` is set.
+    """
+
+    kind: str | None
+    key: tuple[str, str] | None
+    file: str
+    line: int
+    value: Any
+    error: ManifestError | None
+
+
+@dataclass(frozen=True, slots=True)
+class _FileObjects:
+    """What one file holds, and how to tell whether it changed since."""
+
+    stat: tuple[int, int, int]  # inode, size, mtime in ns
+    digest: bytes  # of the bytes read
+    entries: tuple[_Entry, ...]
+    errors: tuple[ManifestError, ...]  # syntax errors and documents that are not objects
+
+
+class ManifestReader:
+    """`load` with a memory: a file is read again only when it changed.
+
+    A file whose inode, size and mtime are those of the last read is not opened; one that was
+    touched but holds the same bytes (same hash) is not parsed again. So a reload after a
+    one-file edit in a folder of 10,000 files costs that file, plus putting the objects of
+    every file together again (duplicates, Endpoints, Pods → slices), which is plain dict work.
+    """
+
+    def __init__(self) -> None:
+        self._files: dict[str, _FileObjects] = {}
+        self.parsed = 0  # files parsed by the last `load`
+        # Each file of the last `load` with its `stat_key` as it was just before it was read.
+        self.fingerprint: Fingerprint = ()
+
+    def load(self, paths: Sequence[str]) -> tuple[ManifestSet, list[ManifestError]]:
+        """Read the manifests under `paths` (files or folders): a ManifestSet, plus its errors."""
+        files: dict[str, _FileObjects] = {}
+        entries: list[_Entry] = []
+        errors: list[ManifestError] = []
+        stats: list[tuple[str, int, int, int]] = []
+        self.parsed = 0
+        for file in manifest_files(paths):
+            stat, found = self._read(file)
+            stats.append((file, *stat))
+            if isinstance(found, ManifestError):
+                errors.append(found)
+                continue
+            files[file] = found
+            entries.extend(found.entries)
+            errors.extend(found.errors)
+        self._files = files  # forgets the files that are gone
+        self.fingerprint = tuple(stats)
+        manifests, object_errors = _assemble(entries)
+        errors.extend(object_errors)
+        errors.sort(key=lambda e: (e.file, e.line or 0))
+        return manifests, errors
+
+    def _read(self, file: str) -> tuple[tuple[int, int, int], _FileObjects | ManifestError]:
+        known = self._files.get(file)
+        # Stat before reading: a write in between shows as a changed stat next time.
+        stat = stat_key(file)
+        if known is not None and known.stat == stat:
+            return stat, known
+        try:
+            with open(file, "rb") as f:
+                data = f.read()
+        except OSError as exc:
+            return stat, _unreadable(file, exc)
+        digest = hashlib.blake2b(data, digest_size=16).digest()
+        if known is not None and known.digest == digest:
+            return stat, dataclasses.replace(known, stat=stat)
+        try:
+            # utf-8-sig: editors on Windows start files with a byte-order mark.
+            text = data.decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            reason = f"cannot read: not UTF-8 text ({exc.reason})"
+            return stat, ManifestError(file, None, "", "", reason)
+        del data
+        if "\r" in text:  # as reading in text mode does: every line break becomes "\n"
+            text = text.replace("\r\n", "\n").replace("\r", "\n")
+        self.parsed += 1
+        entries, errors = read_objects(text, file)
+        return stat, _FileObjects(stat, digest, tuple(entries), tuple(errors))
+
+
+Fingerprint = tuple[tuple[str, int, int, int], ...]
+
+
+def stat_key(file: str) -> tuple[int, int, int]:
+    """What tells cheaply whether a file changed: inode, size, mtime (ns); -1s if it is gone."""
     try:
-        # utf-8-sig: editors on Windows start files with a byte-order mark.
-        with open(file, encoding="utf-8-sig") as f:
-            return f.read()
-    except FileNotFoundError:
+        st = os.stat(file)
+    except OSError:
+        return (-1, -1, -1)
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def fingerprint(paths: Sequence[str]) -> Fingerprint:
+    """Each manifest file under `paths` with its `stat_key`, as `ManifestReader.fingerprint`."""
+    return tuple((file, *stat_key(file)) for file in manifest_files(paths))
+
+
+def _unreadable(file: str, exc: OSError) -> ManifestError:
+    if isinstance(exc, FileNotFoundError):
         return ManifestError(file, None, "", "", "no such file or folder")
-    except IsADirectoryError:
+    if isinstance(exc, IsADirectoryError):
         return ManifestError(file, None, "", "", "cannot read: it is a folder")
-    except UnicodeDecodeError as exc:
-        return ManifestError(file, None, "", "", f"cannot read: not UTF-8 text ({exc.reason})")
-    except OSError as exc:
-        return ManifestError(file, None, "", "", f"cannot read: {exc.strerror or exc}")
+    return ManifestError(file, None, "", "", f"cannot read: {exc.strerror or exc}")
 
 
-# --- YAML --------------------------------------------------------------------------------------
+def load(paths: Sequence[str]) -> tuple[ManifestSet, list[ManifestError]]:
+    """Read the manifests under `paths` (files or folders) into a ManifestSet, plus its errors."""
+    return ManifestReader().load(paths)
 
 
-def parse_text(text: str, file: str) -> tuple[list[Document], list[ManifestError]]:
-    """Split YAML or JSON text into objects, flattening `kind: List`, with each field's line.
+def read_objects(text: str, file: str) -> tuple[list[_Entry], list[ManifestError]]:
+    """Every object of one file's text, each converted as soon as it is parsed.
 
-    `file` only names the text in errors (and a name ending in .json allows tab indentation).
-    Empty documents are skipped. On a syntax error the result is no document and one error.
+    The plain data of a document is dropped once converted, and lines are looked up only for
+    the objects that failed (by reading the text again), so memory holds the model objects
+    and one document's parse tree, never the file's.
     """
-    if file.lower().endswith(".json"):
-        # JSON allows tabs as whitespace and never inside strings (they are escaped as \t),
-        # while YAML forbids them in indentation: spaces keep every line number.
-        text = text.replace("\t", " ")
-    composed: list[tuple[yaml.Node, Any]] = []
-    try:
-        # The pure-Python reader already rejects control characters while it is built.
-        loader = _Loader(text)
-        try:
-            while loader.check_node():
-                node = loader.get_node()
-                composed.append((node, loader.construct_document(node)))
-        finally:
-            loader.dispose()
-    except yaml.YAMLError as exc:
-        return [], [_syntax_error(exc, text, file)]
-    docs: list[Document] = []
+    text = yaml_text(text, file)
+    entries: list[_Entry] = []
     errors: list[ManifestError] = []
-    for node, obj in composed:
-        _flatten(node, obj, file, docs, errors, None)
-    return docs, errors
-
-
-def _syntax_error(exc: yaml.YAMLError, text: str, file: str) -> ManifestError:
-    problem_mark = getattr(exc, "problem_mark", None)
-    context_mark = getattr(exc, "context_mark", None)
-    if file.lower().endswith(".json"):
-        # The YAML parser's message for broken JSON is about YAML; json's is about JSON.
-        try:
-            json.loads(text)
-        except json.JSONDecodeError as jexc:
-            return ManifestError(file, jexc.lineno, "", "", f"invalid JSON: {jexc.msg}")
-    lines = text.splitlines()
-    # The parsers report a tab in the indentation in several ways ("cannot start any token",
-    # "violates indentation", a block mapping that ends early), at the tab's line or at the
-    # start of the construct: a tab in either line's indentation is the cause.
-    for mark in (problem_mark, context_mark):
-        if mark is not None and 0 <= mark.line < len(lines):
-            line = lines[mark.line]
-            if "\t" in line[: len(line) - len(line.lstrip(" \t"))]:
-                return ManifestError(file, mark.line + 1, "", "", _TAB_MESSAGE)
-    if isinstance(exc, yaml.reader.ReaderError):
-        # A control character. The reader reports its offset, in characters from PyYAML and in
-        # UTF-8 bytes from libyaml; the first occurrence of the character is the one reported.
-        at = text.find(chr(exc.character)) if isinstance(exc.character, int) else -1
-        line = text.count("\n", 0, at) + 1 if at >= 0 else None
-        return ManifestError(file, line, "", "", f"invalid YAML: {str(exc).splitlines()[0]}")
-    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-    context = getattr(exc, "context", None)
-    message = f"invalid YAML: {problem}"
-    if (
-        context
-        and context_mark is not None
-        and (problem_mark is None or context_mark.line != problem_mark.line)
-    ):
-        message += f" ({context} started on line {context_mark.line + 1})"
-    return ManifestError(file, problem_mark.line + 1 if problem_mark else None, "", "", message)
-
-
-def _flatten(
-    node: yaml.Node,
-    obj: Any,
-    file: str,
-    docs: list[Document],
-    errors: list[ManifestError],
-    item_kind: tuple[str, Any] | None,
-) -> None:
-    """Add `obj` (or the items of a list object, recursively) to `docs`."""
-    line = node.start_mark.line + 1
-    if obj is None:
-        return  # an empty document: `---` twice, or a file of comments
-    if not isinstance(obj, dict):
-        errors.append(
-            ManifestError(file, line, "", "", f"expected a Kubernetes object, got {obj!r:.40}")
-        )
-        return
-    if item_kind is not None and "kind" not in obj:
-        # The API's typed lists (ServiceList from `kubectl get --raw`) leave kind and apiVersion
-        # out of their items; `kubectl get -o yaml` fills them in.
-        obj = {"kind": item_kind[0], "apiVersion": item_kind[1], **obj}
-    kind = obj.get("kind")
-    if not _is_list(kind, obj):
-        docs.append(Document(obj, file, line, _field_lines(node)))
-        return
-    items = obj.get("items")
-    if items is None:
-        return
-    items_node = next(
-        (v for k, v in node.value if isinstance(k, yaml.ScalarNode) and k.value == "items"), None
-    )
-    if not isinstance(items, list) or not isinstance(items_node, yaml.SequenceNode):
-        lines = _field_lines(node)
-        errors.append(
-            ManifestError(file, lines.get("items", line), kind, "items", "expected a list")
-        )
-        return
-    inner = None if kind == "List" else (kind[: -len("List")], obj.get("apiVersion"))
-    for item_node, item in zip(items_node.value, items, strict=True):
-        _flatten(item_node, item, file, docs, errors, inner)
-
-
-def _is_list(kind: Any, obj: Mapping[str, Any]) -> bool:
-    return kind == "List" or (isinstance(kind, str) and kind.endswith("List") and "items" in obj)
-
-
-def _field_lines(root: yaml.Node) -> dict[str, int]:
-    """Field path → 1-based line, for every mapping value and sequence item under `root`.
-
-    A mapping value gets the line of its key: for `spec:` followed by an indented block that
-    is the line a reader looks for. Paths are spelled as model.ModelError spells them.
-    """
-    lines: dict[str, int] = {}
-    stack: list[tuple[yaml.Node, str]] = [(root, "")]
-    while stack and len(lines) < _MAX_RECORDED_FIELDS:
-        node, path = stack.pop()
-        if isinstance(node, yaml.MappingNode):
-            for key_node, value_node in node.value:
-                if not isinstance(key_node, yaml.ScalarNode) or key_node.tag.endswith(":merge"):
-                    continue
-                child = f"{path}.{key_node.value}" if path else key_node.value
-                lines[child] = key_node.start_mark.line + 1
-                stack.append((value_node, child))
-        elif isinstance(node, yaml.SequenceNode):
-            for i, item_node in enumerate(node.value):
-                child = f"{path}[{i}]"
-                lines[child] = item_node.start_mark.line + 1
-                stack.append((item_node, child))
-    return lines
+    failed: list[tuple[int, tuple[int, ...]]] = []  # (index in entries, Document.at)
+    try:
+        for found in read_documents(text, file):
+            if isinstance(found, ManifestError):
+                errors.append(found)
+                continue
+            entry = _convert_document(found)
+            if entry.error is not None and entry.error.field:
+                failed.append((len(entries), found.at))
+            entries.append(entry)
+    except (yaml.YAMLError, RecursionError) as exc:
+        return [], [syntax_error(exc, text, file)]
+    if failed:
+        lines = field_lines_at(text, {at for _, at in failed})
+        for i, at in failed:
+            entry = entries[i]
+            assert entry.error is not None
+            line = line_of(lines.get(at, {}), entry.error.field, entry.line)
+            entries[i] = dataclasses.replace(
+                entry, error=dataclasses.replace(entry.error, line=line)
+            )
+    return entries, errors
 
 
 # --- objects -----------------------------------------------------------------------------------
 
 
-def load(paths: Sequence[str]) -> tuple[ManifestSet, list[ManifestError]]:
-    """Read the manifests under `paths` (files or folders) into a ManifestSet, plus its errors."""
-    docs: list[Document] = []
-    errors: list[ManifestError] = []
-    for file in manifest_files(paths):
-        text = _read(file)
-        if isinstance(text, ManifestError):
-            errors.append(text)
-            continue
-        file_docs, file_errors = parse_text(text, file)
-        docs.extend(file_docs)
-        errors.extend(file_errors)
-    manifests, convert_errors = convert(docs)
-    errors.extend(convert_errors)
-    errors.sort(key=lambda e: (e.file, e.line or 0))
-    return manifests, errors
-
-
 def convert(docs: Iterable[Document]) -> tuple[ManifestSet, list[ManifestError]]:
-    """Convert parsed documents into a ManifestSet: classify, convert, check duplicates, derive."""
+    """Convert parsed documents (with their lines) into a ManifestSet."""
+    return _assemble([_convert_document(doc) for doc in docs])
+
+
+def _convert_document(doc: Document) -> _Entry:
+    """One document on its own: its kind, key and model object, or why it has none."""
+    kind = _kind_to_read(doc)
+    if isinstance(kind, ManifestError):
+        return _Entry(None, None, doc.file, doc.line, None, kind)
+    if kind.startswith(_IGNORED):
+        return _Entry(kind, None, doc.file, doc.line, None, None)
+    key = _key(kind, doc.obj)
+    try:
+        value: Any
+        if kind == "Namespace":
+            value = model.namespace_from_dict(doc.obj)
+        elif kind == "Service":
+            value = model.service_from_dict(doc.obj)
+        elif kind == "EndpointSlice":
+            value = model.endpointslice_from_dict(doc.obj)
+        elif kind == "Endpoints":
+            value = model.endpoints_to_slices(doc.obj)
+        elif kind == "Node":
+            value = model.node_from_dict(doc.obj)
+        else:
+            value = model.pod_from_dict(doc.obj)
+    except ModelError as exc:
+        error = ManifestError(
+            doc.file, doc.line_of(exc.field), _label(kind, key), exc.field, exc.message
+        )
+        return _Entry(kind, key, doc.file, doc.line, None, error)
+    return _Entry(kind, key, doc.file, doc.line, value, None)
+
+
+def _assemble(entries: Iterable[_Entry]) -> tuple[ManifestSet, list[ManifestError]]:
+    """Put every file's objects together: check duplicates, pick endpoints, derive slices."""
     errors: list[ManifestError] = []
-    origins: dict[tuple[str, str, str], Document] = {}  # (kind, namespace, name) → first doc
+    origins: dict[tuple[str, str, str], _Entry] = {}  # (kind, namespace, name) → first entry
     declared: dict[str, Namespace] = {}
     services: dict[tuple[str, str], Service] = {}
     given: dict[tuple[str, str], EndpointSlice] = {}
-    from_endpoints: dict[tuple[str, str], tuple[tuple[EndpointSlice, ...], Document]] = {}
+    from_endpoints: dict[tuple[str, str], tuple[tuple[EndpointSlice, ...], _Entry]] = {}
     pods: dict[tuple[str, str], Pod] = {}
     nodes: dict[str, Node] = {}
 
     ignored: Counter[str] = Counter()
-    for doc in docs:
-        kind = _kind_to_read(doc, errors)
+    for entry in entries:
+        kind, key = entry.kind, entry.key
         if kind is None:
+            assert entry.error is not None
+            errors.append(entry.error)
             continue
         if kind.startswith(_IGNORED):
             ignored[kind[len(_IGNORED) :]] += 1
             continue
-        key = _key(kind, doc.obj)
-        label = _label(kind, key)
         if key is not None:
-            first = origins.setdefault((kind, *key), doc)
-            if first is not doc:
+            first = origins.setdefault((kind, *key), entry)
+            if first is not entry:
                 where = f"{first.file}:{first.line}"
                 errors.append(
-                    ManifestError(doc.file, doc.line, label, "", f"defined twice; first at {where}")
+                    ManifestError(
+                        entry.file,
+                        entry.line,
+                        _label(kind, key),
+                        "",
+                        f"defined twice; first at {where}",
+                    )
                 )
                 continue
-        try:
-            if kind == "Namespace":
-                ns = model.namespace_from_dict(doc.obj)
-                declared[ns.name] = ns
-            elif kind == "Service":
-                svc = model.service_from_dict(doc.obj)
-                services[svc.key] = svc
-            elif kind == "EndpointSlice":
-                eps = model.endpointslice_from_dict(doc.obj)
-                given[eps.key] = eps
-            elif kind == "Endpoints":
-                converted = model.endpoints_to_slices(doc.obj)
-                # An Endpoints object is named after its Service, and still names it when it
-                # has no subsets (and so converts to no slice).
-                assert key is not None  # endpoints_to_slices rejects a missing name
-                from_endpoints[key] = (converted, doc)
-            elif kind == "Node":
-                node = model.node_from_dict(doc.obj)
-                nodes[node.key] = node
-            else:
-                pod = model.pod_from_dict(doc.obj)
-                pods[pod.key] = pod
-        except ModelError as exc:
-            errors.append(
-                ManifestError(doc.file, doc.line_of(exc.field), label, exc.field, exc.message)
-            )
+        if entry.error is not None:
+            errors.append(entry.error)
+            continue
+        value = entry.value
+        if kind == "Namespace":
+            declared[value.name] = value
+        elif kind == "Service":
+            services[value.key] = value
+        elif kind == "EndpointSlice":
+            given[value.key] = value
+        elif kind == "Endpoints":
+            # An Endpoints object is named after its Service, and still names it when it
+            # has no subsets (and so converts to no slice).
+            assert key is not None  # endpoints_to_slices rejects a missing name
+            from_endpoints[key] = (value, entry)
+        elif kind == "Node":
+            nodes[value.key] = value
+        else:
+            pods[value.key] = value
 
     slices = dict(given)
     covered = {s.service_key for s in given.values()}
-    for service_key, (converted, doc) in sorted(from_endpoints.items()):
+    for service_key, (converted, entry) in sorted(from_endpoints.items()):
         # In a real cluster an EndpointSlice mirrors each Endpoints (and a `kubectl get` dump
         # holds both): like kube-proxy and CoreDNS, read the slices and ignore the Endpoints.
         if service_key in covered:
             continue
         for eps in converted:
-            _add_slice(slices, eps, doc, _label("Endpoints", service_key), origins, errors)
+            _add_slice(slices, eps, entry, _label("Endpoints", service_key), origins, errors)
     covered |= from_endpoints.keys()
 
     pods_by_namespace: dict[str, list[Pod]] = defaultdict(list)
@@ -506,9 +510,9 @@ def convert(docs: Iterable[Document]) -> tuple[ManifestSet, list[ManifestError]]
         # given slices or Endpoints mean someone else does (or a dump already holds them).
         if svc.selector is None or key in covered:
             continue
-        doc = origins[("Service", *key)]
+        entry = origins[("Service", *key)]
         for eps in model.slices_for_service(svc, pods_by_namespace[svc.namespace]):
-            _add_slice(slices, eps, doc, _label("Service", key), origins, errors)
+            _add_slice(slices, eps, entry, _label("Service", key), origins, errors)
 
     names = set(declared)
     names.update(key[0] for key in services)
@@ -523,48 +527,43 @@ def convert(docs: Iterable[Document]) -> tuple[ManifestSet, list[ManifestError]]
 _IGNORED = "ignored:"  # prefixes what `_kind_to_read` returns for a kind that is not served
 
 
-def _kind_to_read(doc: Document, errors: list[ManifestError]) -> str | None:
-    """The kind of `doc` if kdns reads it, `ignored:KIND` for a kind it does not serve, or None
-    for a wrong document (then an error is added)."""
+def _kind_to_read(doc: Document) -> str | ManifestError:
+    """The kind of `doc` if kdns reads it, `ignored:KIND` for a kind it does not serve, or the
+    error of a wrong document."""
     kind = doc.obj.get("kind")
     api_version = doc.obj.get("apiVersion")
 
-    def error(field: str, message: str) -> None:
+    def error(field: str, message: str) -> ManifestError:
         label = _label(kind if isinstance(kind, str) and kind else "object", _key("", doc.obj))
-        errors.append(ManifestError(doc.file, doc.line_of(field), label, field, message))
+        return ManifestError(doc.file, doc.line_of(field), label, field, message)
 
     if not isinstance(kind, str) or not kind:
-        error("kind", "required field is missing" if kind is None else f"{kind!r} is not a kind")
-        return None
+        return error(
+            "kind", "required field is missing" if kind is None else f"{short(kind)} is not a kind"
+        )
     if not isinstance(api_version, str) or not api_version:
-        error("apiVersion", "required field is missing")
-        return None
+        return error("apiVersion", "required field is missing")
     group = api_version.rpartition("/")[0]
     if group not in BUILTIN_GROUPS:
         if "." in group:
             # A custom resource (a Knative `Service` is one too), named as kubectl names it.
             return f"{_IGNORED}{kind}.{group}"
-        error("apiVersion", f"unknown apiVersion {api_version!r}")
-        return None
+        return error("apiVersion", f"unknown apiVersion {api_version!r}")
     expected = READ_KINDS.get(kind)
     if expected is not None:
         if api_version != expected:
-            error("apiVersion", f"{kind} is served as {expected!r}, not {api_version!r}")
-            return None
+            return error("apiVersion", f"{kind} is served as {expected!r}, not {api_version!r}")
         return kind
     if kind not in SKIPPED_KINDS:
-        error("kind", f"unknown kind {kind!r}")
-        return None
+        return error("kind", f"unknown kind {kind!r}")
     # Not served, but still a Kubernetes object: one without a name would be rejected by the
     # API server too, and is most likely a document cut in the wrong place.
     meta = doc.obj.get("metadata")
     if meta is not None and not isinstance(meta, dict):
-        error("metadata", f"expected a mapping, got {meta!r:.40}")
-        return None
+        return error("metadata", f"expected a mapping, got {short(meta)}")
     name = meta.get("name") or meta.get("generateName") if meta else None
     if not isinstance(name, str) or not name:
-        error("metadata.name", "required field is missing")
-        return None
+        return error("metadata.name", "required field is missing")
     return f"{_IGNORED}{kind}"
 
 
@@ -594,9 +593,9 @@ def _label(kind: str, key: tuple[str, str] | None) -> str:
 def _add_slice(
     slices: dict[tuple[str, str], EndpointSlice],
     eps: EndpointSlice,
-    doc: Document,
+    entry: _Entry,
     label: str,
-    origins: Mapping[tuple[str, str, str], Document],
+    origins: Mapping[tuple[str, str, str], _Entry],
     errors: list[ManifestError],
 ) -> None:
     """Add a converted or derived slice, unless a given slice already has its generated name."""
@@ -607,8 +606,8 @@ def _add_slice(
     where = f" at {other.file}:{other.line}" if other is not None else ""
     errors.append(
         ManifestError(
-            doc.file,
-            doc.line,
+            entry.file,
+            entry.line,
             label,
             "",
             f"its EndpointSlice would be named {eps.name!r}, but the EndpointSlice{where} "

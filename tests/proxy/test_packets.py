@@ -407,6 +407,8 @@ def harness(
     mode: str = request.param
     with contextlib.ExitStack() as cleanup, _sigterm_unwinds():
         cluster = Cluster.create(cleanup, tag=mode[:3])
+        # Entries carry their start time: a flow replaced in the restart test shows it.
+        cluster.run("node1", "sysctl", "-q", "-w", "net.netfilter.nf_conntrack_timestamp=1")
         cluster.start_echo_servers()
         cluster.run("node1", "iptables-restore", "--noflush", input_text=FOREIGN_IPTABLES)
         cluster.run("node1", "nft", "-f", "-", input_text=FOREIGN_NFT)
@@ -781,7 +783,9 @@ def test_session_affinity(proxy: Harness) -> None:
 
 
 def conntrack_ids(harness: Harness, sport: int) -> tuple[list[str], str]:
-    """The ids of node1's conntrack entries of UDP flows from the client pod's `sport`."""
+    """node1's conntrack entries of UDP flows from the client pod's `sport`, each as
+    "id@start": the kernel may give a re-created entry the id of the one it replaces, not its
+    start time (the harness turns conntrack timestamps on)."""
     out = harness.cluster.run(
         "node1",
         "conntrack",
@@ -793,10 +797,11 @@ def conntrack_ids(harness: Harness, sport: int) -> tuple[list[str], str]:
         "--sport",
         str(sport),
         "-o",
-        "id",
+        "id,ktimestamp",
         check=False,
     ).stdout
-    return re.findall(r"id=(\d+)", out), out
+    entries = re.findall(r"\[start=([^\]]+)\].*?id=(\d+)", out)
+    return [f"{entry_id}@{start}" for start, entry_id in entries], out
 
 
 def wait_replied_flow(harness: Harness, sport: int, timeout: float = 10.0) -> list[str]:

@@ -13,7 +13,7 @@ import errno
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -142,6 +142,26 @@ class Kdns:
             for sample in family.samples
         }
 
+    async def metrics_until(
+        self,
+        condition: Callable[[Snapshot], bool],
+        what: str,
+        *,
+        meanwhile: Callable[[], Awaitable[None]] | None = None,
+        timeout: float = WAIT,
+    ) -> Snapshot:
+        """Poll /metrics until `condition` holds of a snapshot, and return that snapshot;
+        `meanwhile` runs before every poll (to check what must hold all along)."""
+        with trio.move_on_after(timeout):
+            while True:
+                if meanwhile is not None:
+                    await meanwhile()
+                snapshot = await self.metrics()
+                if condition(snapshot):
+                    return snapshot
+                await trio.sleep(0.05)
+        pytest.fail(f"timed out after {timeout} s waiting for {what}")
+
     async def wait_synced(self, timeout: float = WAIT) -> None:
         with trio.move_on_after(timeout):
             while (await self.ready())[0] != 200:
@@ -229,18 +249,21 @@ async def test_api_down_at_start_servfail_then_answers_once_synced(
     k = await start(nursery, kube_api, kubeconfig, synced=False)
     before = await k.metrics()
 
-    # Unsynced: a name that exists and one that does not both get SERVFAIL, never NXDOMAIN
-    # (clients cache negatives), and /ready names every kind still missing.
-    deadline = trio.current_time() + 1.0
-    while trio.current_time() < deadline:
+    async def unsynced() -> None:
+        # Unsynced: a name that exists and one that does not both get SERVFAIL, never NXDOMAIN
+        # (clients cache negatives), and /ready names every kind still missing.
         assert await k.ask(svc("web")) == SERVFAIL
         assert await k.ask(svc("missing")) == SERVFAIL
         assert await k.ready() == (503, "not synced: endpointslices, namespaces, services\n")
-        await trio.sleep(0.1)
-    during = await k.metrics()
-    # It keeps trying (backoff 0.1, 0.2, 0.4 … within that second), and says why it fails.
-    for kind in ("namespaces", "services"):
-        assert delta(before, during, "kdns_kube_errors_total", kind=kind, reason="connection") >= 2
+
+    def retried(snapshot: Snapshot) -> bool:
+        return all(
+            delta(before, snapshot, "kdns_kube_errors_total", kind=kind, reason="connection") >= 2
+            for kind in ("namespaces", "services")
+        )
+
+    # It keeps trying (backoff 0.1, 0.2, 0.4 …), and says why it fails.
+    during = await k.metrics_until(retried, "two failed tries of each kind", meanwhile=unsynced)
     assert value(during, "kdns_kube_synced", kind="services") == 0
 
     kube_api.faults.refuse_connections(False)
@@ -268,24 +291,33 @@ async def test_api_killed_after_sync_keeps_answers_and_backs_off(
     new_ip = kube_api.create("services", objects.service("default", "new"))["spec"]["clusterIP"]
     kube_api.delete("services", "default", "old")
 
-    window = 3.0
-    deadline = trio.current_time() + window
-    while trio.current_time() < deadline:
+    async def last_known_state() -> None:
         # The last known state keeps serving, unchanged: no downgrade during an outage.
         assert await k.ask(svc("web")) == ok(web_ip)
         assert await k.ask(svc("old")) == ok(old_ip)
         assert await k.ask(svc("new")) == NXDOMAIN
         assert await k.ask(svc("missing")) == NXDOMAIN
         assert (await k.ready())[0] == 200
-        await trio.sleep(0.05)
-    after = await k.metrics()
 
-    # Backoff 0.1 s doubling to 0.8 s (no jitter): failures at about 0, 0.1, 0.3, 0.7, 1.5 and
-    # 2.3 s into a 3 s window. A hot loop would make hundreds; a stuck reflector at most one.
+    def failures(snapshot: Snapshot, kind: str) -> float:
+        return sum(
+            delta(before, snapshot, "kdns_kube_errors_total", kind=kind, reason=reason)
+            for reason in ("connection", "protocol")
+        )
+
+    began = trio.current_time()
+    after = await k.metrics_until(
+        lambda snapshot: all(failures(snapshot, kind) >= 4 for kind in KINDS),
+        "four failed tries of each kind",
+        meanwhile=last_known_state,
+        timeout=4 * WAIT,
+    )
+    # Backoff 0.1 s doubling to 0.8 s (no jitter): the fourth failure comes 0.1 + 0.2 + 0.4 s
+    # after the first at the soonest. A hot loop would have made hundreds by then; a stuck
+    # reflector would never get there.
+    assert trio.current_time() - began >= 0.7
     for kind in KINDS:
-        failures = delta(before, after, "kdns_kube_errors_total", kind=kind, reason="connection")
-        failures += delta(before, after, "kdns_kube_errors_total", kind=kind, reason="protocol")
-        assert 4 <= failures <= 8, (kind, failures)
+        assert 4 <= failures(after, kind) <= 8, (kind, failures(after, kind))
 
     kube_api.faults.refuse_connections(False)
     await k.wait_for(svc("new"), ok(new_ip))
@@ -331,18 +363,25 @@ async def test_410_relists_and_unchanged_names_never_fail(
             await trio.sleep(0.005)
 
     nursery.start_soon(keep_asking)
-    await trio.sleep(0.2)
+    await wait_until(lambda: asked >= 10, "answers before the break")
     # The watch breaks, services are deleted in the gap, and the history is compacted past the
     # reflector's resourceVersion: the next watch must get 410 and relist.
     api.faults.refuse_connections(True)
     for i in range(2):
         api.delete("services", "default", f"doomed-{i}")
     api.compact()
-    await trio.sleep(0.3)
+    await k.metrics_until(
+        lambda snapshot: (
+            delta(before, snapshot, "kdns_kube_errors_total", kind="services", reason="connection")
+            >= 1
+        ),
+        "a refused reconnect of the services watch",
+    )
     api.faults.refuse_connections(False)
     for i in range(2):
         await k.wait_for(svc(f"doomed-{i}"), NXDOMAIN)
-    await trio.sleep(0.3)
+    relisted = asked
+    await wait_until(lambda: asked >= relisted + 10, "answers after the relist")
     stop.set()
 
     after = await k.metrics()
@@ -392,13 +431,21 @@ async def test_a_server_that_expires_every_watch_cannot_make_kdns_spin(
     k = await start(nursery, kube_api, kubeconfig)
     lists = kube_api.stats.count(kind="list", resource="services")
     kube_api.faults.expire_next_watch(n=None, resource="services")
+    began = trio.current_time()
     kube_api.faults.expire_watches(resource="services")
-    await trio.sleep(2.0)
+    await wait_until(
+        lambda: kube_api.stats.count(kind="list", resource="services") - lists >= 4,
+        "four relists of services",
+        timeout=4 * WAIT,
+    )
+    took = trio.current_time() - began
     relists = kube_api.stats.count(kind="list", resource="services") - lists
     kube_api.faults.clear()
-    # With the test backoff (0.1 s doubling to 0.8 s) that is at most about 5 lists in 2 s; a
-    # full list of every service hundreds of times a second is what an operator must never see.
-    assert 1 <= relists <= 8, f"{relists} full lists of services in 2 s"
+    # With the test backoff (0.1 s doubling to 0.8 s) four rounds take 0.1 + 0.2 + 0.4 s at the
+    # soonest; a full list of every service hundreds of times a second is what an operator must
+    # never see.
+    assert took >= 0.7, f"four full lists of services in {took:.2f} s"
+    assert relists <= 5, f"{relists} full lists of services in {took:.2f} s"
     assert await k.ask(svc("web")) == ok(objects.cluster_ip_for("default", "web"))
 
 
@@ -410,7 +457,8 @@ async def test_silent_hang_reconnects_after_read_timeout_without_leaks(
 ) -> None:
     web_ip = kube_api.create("services", objects.service("default", "web"))["spec"]["clusterIP"]
     k = await start(nursery, kube_api, kubeconfig, read_timeout=0.4, maximum=0.1)
-    await trio.sleep(0.3)  # let the thread cache and connections settle
+    # Settled: every kind watching, so the threads counted are those of a steady state.
+    await wait_until(lambda: kube_api.stats.open_watches() == len(KINDS), "one watch per kind")
     threads_before = threading.active_count()
     before = await k.metrics()
     watches = kube_api.stats.count(kind="watch")
@@ -537,17 +585,27 @@ async def test_instant_closes_are_backed_off(
     before = await k.metrics()
     watches = {kind: kube_api.stats.count(kind="watch", resource=kind) for kind in KINDS}
 
+    def new_watches() -> dict[str, int]:
+        return {
+            kind: kube_api.stats.count(kind="watch", resource=kind) - watches[kind]
+            for kind in KINDS
+        }
+
     kube_api.faults.close_watches_immediately(n=None)
+    began = trio.current_time()
     kube_api.faults.reset_watches()
-    await trio.sleep(2.0)
+    await wait_until(
+        lambda: min(new_watches().values()) >= 4, "four closed watches of each kind", 4 * WAIT
+    )
+    took = trio.current_time() - began
+    counts = new_watches()
     after = await k.metrics()
-    counts = {
-        kind: kube_api.stats.count(kind="watch", resource=kind) - watches[kind] for kind in KINDS
-    }
     kube_api.faults.clear()
-    # reset → 0.1 s → close → 0.2 s → close → 0.4 s → close → 0.8 s → close: 4 watches in 2 s.
+    # reset → 0.1 s → close → 0.2 s → close → 0.4 s → close: the fourth watch of a kind comes
+    # 0.7 s after the reset at the soonest; without the backoff it would be a hot loop.
+    assert took >= 0.7, (took, counts)
     for kind in KINDS:
-        assert 2 <= counts[kind] <= 6, counts
+        assert 4 <= counts[kind] <= 6, counts
         closed = delta(before, after, "kdns_kube_errors_total", kind=kind, reason="closed_early")
         assert closed >= counts[kind] - 1, (kind, closed, counts)
     assert await k.ask(svc("web")) == ok(web_ip)
@@ -757,7 +815,8 @@ async def test_pods_insecure_does_not_watch_pods(
 ) -> None:
     k = await start(nursery, kube_api, kubeconfig)
     assert "pods" not in k.app.store.watched
-    await trio.sleep(0.3)
+    # Every watched kind has its watch open: a pod watch would have started with them.
+    await wait_until(lambda: kube_api.stats.open_watches() == len(KINDS), "one watch per kind")
     assert kube_api.stats.count(resource="pods") == 0
     assert "pods" not in k.app.source.reflectors  # type: ignore[attr-defined]
     # insecure: any address-shaped name in an existing namespace answers, no pod needed.
@@ -777,12 +836,18 @@ async def test_wrong_token_keeps_retrying_unready(
     path.write_text(yaml.safe_dump(document))
     k = await start(nursery, kube_api, path, synced=False)
     before = await k.metrics()
-    deadline = trio.current_time() + 1.5
-    while trio.current_time() < deadline:
+
+    async def unready() -> None:
         assert await k.ask(svc("web")) == SERVFAIL
         assert (await k.ready())[0] == 503
-        await trio.sleep(0.1)
-    after = await k.metrics()
+
+    def retried(snapshot: Snapshot) -> bool:
+        return all(
+            delta(before, snapshot, "kdns_kube_errors_total", kind=kind, reason="http_401") >= 2
+            for kind in ("namespaces", "services", "discovery")
+        )
+
+    after = await k.metrics_until(retried, "two refused tries of each", meanwhile=unready)
     assert kube_api.stats.statuses[401] >= 6
     assert kube_api.stats.statuses[200] == 0
     for kind in ("namespaces", "services"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -11,10 +12,26 @@ import pytest
 import yaml
 
 from kdns.model import EndpointSlice
-from kdns.sources import manifests
-from kdns.sources.manifests import ManifestSet, load, manifest_files, parse_text
+from kdns.sources import documents
+from kdns.sources.documents import Document
+from kdns.sources.manifests import (
+    ManifestReader,
+    ManifestSet,
+    load,
+    manifest_files,
+    parse_text,
+    read_objects,
+)
+from tests.conftest import need
 
 EXAMPLES = Path(__file__).parents[2] / "config" / "examples"
+
+
+def test_pyyaml_has_libyaml() -> None:
+    # Without it the reader falls back to the pure-Python parser, several times slower.
+    need(yaml.__with_libyaml__, "PyYAML built without libyaml (Debian libyaml-dev, then pip)")
+    assert issubclass(documents._Loader, yaml.CSafeLoader)
+
 
 LOADERS = [pytest.param(yaml.SafeLoader, id="pyyaml")]
 if hasattr(yaml, "CSafeLoader"):
@@ -717,7 +734,7 @@ def test_yaml_syntax_errors(
     pattern: str,
 ) -> None:
     # Both parsers (libyaml and pure-Python PyYAML) word their errors differently.
-    monkeypatch.setattr(manifests, "_Loader", loader)
+    monkeypatch.setattr(documents, "_Loader", loader)
     found, errors = load_files(tmp_path, monkeypatch, {"bad.yaml": NAMESPACE + "---\n" + text})
     offset = NAMESPACE.count("\n") + 1  # the patterns count lines from the start of `text`
     assert len(errors) == 1
@@ -812,3 +829,218 @@ def test_example_cluster() -> None:
         ("fd00:10:244:2::31", False, "", (8443,)),
     ]
     assert all(isinstance(s, EndpointSlice) for s in found.slices.values())
+
+
+# --- the lean reader: plain data, lines on demand, files parsed once -----------------------------
+
+
+def service_text(name: str, ip: str, namespace: str = "default") -> str:
+    return (
+        f"apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: {namespace}\n"
+        f"spec:\n  clusterIP: {ip}\n  ports:\n  - port: 80\n"
+    )
+
+
+def test_a_reload_parses_only_the_files_that_changed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    write(
+        tmp_path, {f"m/{n}.yaml": service_text(n, f"10.96.0.{i + 1}") for i, n in enumerate("abc")}
+    )
+    reader = ManifestReader()
+
+    def ips() -> dict[str, tuple[str, ...]]:
+        found, errors = reader.load(["m"])
+        assert errors == []
+        return {name: svc.cluster_ips for (_, name), svc in sorted(found.services.items())}
+
+    assert ips() == {"a": ("10.96.0.1",), "b": ("10.96.0.2",), "c": ("10.96.0.3",)}
+    assert reader.parsed == 3
+    assert ips()["b"] == ("10.96.0.2",)
+    assert reader.parsed == 0  # nothing changed: not even opened
+    os.utime("m/b.yaml", ns=(1, 1))  # touched, same bytes: read and hashed, not parsed
+    assert ips()["b"] == ("10.96.0.2",)
+    assert reader.parsed == 0
+    write(tmp_path, {"m/b.yaml": service_text("b", "10.96.0.22")})
+    assert ips() == {"a": ("10.96.0.1",), "b": ("10.96.0.22",), "c": ("10.96.0.3",)}
+    assert reader.parsed == 1
+    os.remove("m/c.yaml")
+    write(tmp_path, {"m/d.yaml": service_text("d", "10.96.0.4")})
+    assert ips() == {"a": ("10.96.0.1",), "b": ("10.96.0.22",), "d": ("10.96.0.4",)}
+    assert reader.parsed == 1
+    assert [path for path, *_ in reader.fingerprint] == ["m/a.yaml", "m/b.yaml", "m/d.yaml"]
+
+
+def test_errors_of_an_unchanged_file_and_across_files_are_reported_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    write(tmp_path, {"a.yaml": service_text("web", "10.96.0.x"), "b.yaml": REDIS})
+    reader = ManifestReader()
+    expected = ["a.yaml:7: Service default/web: spec.clusterIP: '10.96.0.x' is not an IP address"]
+    assert [str(e) for e in reader.load(["a.yaml", "b.yaml"])[1]] == expected
+    assert [str(e) for e in reader.load(["a.yaml", "b.yaml"])[1]] == expected
+    assert reader.parsed == 0
+    # Only b.yaml changes, to define what a.yaml (not parsed again) defines too.
+    write(tmp_path, {"a.yaml": service_text("redis", "10.96.0.1"), "b.yaml": REDIS + "# x\n"})
+    reader.load(["a.yaml"])
+    write(tmp_path, {"b.yaml": REDIS})
+    _, errors = reader.load(["a.yaml", "b.yaml"])
+    assert reader.parsed == 1
+    assert [str(e) for e in errors] == [
+        "b.yaml:1: Service default/redis: defined twice; first at a.yaml:1"
+    ]
+
+
+YAML_FEATURES = {
+    "scalars": "a: 1\nb: 0x1F\nc: 1_000\nd: 1.5\ne: yes\nf: off\ng: ~\nh: null\ni: 'yes'\n"
+    'j: "80"\nk: 2001-12-14\nl: 2001-12-14t21:59:43.10-05:00\nm: ""\nn: .inf\no: True\n',
+    "anchors-and-merge-keys": "base: &b {x: 1, y: [1, 2]}\nderived:\n  <<: *b\n  y: 3\n"
+    "again: *b\nlist: &l [a, b]\nuse: [*l, *l]\n",
+    "merge-a-list-of-maps": "a: &a {p: 1}\nb: &b {q: 2}\nc:\n  <<: [*a, *b]\n  p: 0\n",
+    "tags": "s: !!set {a, b}\nb: !!binary aGVsbG8=\nstr: !!str 123\nint: !!int '7'\n"
+    "pairs: !!pairs [a: 1, b: 2]\nomap: !!omap [x: 1]\n",
+    "keys-of-every-kind": "1: one\ntrue: t\n~: n\n2001-01-01: d\n1.5: f\n",
+    "flow-and-block": "a: {b: [c, {d: e}], f: 'g h'}\ni:\n- - j\n  - k\n- l: |\n    m\n    n\n",
+    "several-documents": "a: 1\n---\n- 2\n---\n...\n---\nb: !!null ''\n",
+}
+
+
+@pytest.mark.parametrize("text", list(YAML_FEATURES.values()), ids=list(YAML_FEATURES))
+def test_lean_objects_are_what_pyyaml_loads(text: str) -> None:
+    lean = [doc.obj for doc in _lean_documents(text)]
+    expected = [doc for doc in yaml.safe_load_all(text) if isinstance(doc, dict)]
+    assert lean == expected
+
+
+def _lean_documents(text: str) -> list[Any]:
+    return [d for d in documents.read_documents(text, "x.yaml") if isinstance(d, Document)]
+
+
+def test_lean_aliases_are_shared_and_recursion_ends() -> None:
+    (doc,) = _lean_documents("a: &x [1, 2]\nb: *x\nc: &self {me: *self}\n")
+    assert doc.obj["a"] is doc.obj["b"]
+    assert doc.obj["c"]["me"] is doc.obj["c"]
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("? [a, b]\n: c\n", "found unhashable key"),
+        ("a: !!python/object:os.system x\n", "could not determine a constructor"),
+        ("a: *nowhere\n", "found undefined alias"),
+    ],
+)
+def test_lean_read_refuses_what_pyyaml_refuses(text: str, problem: str) -> None:
+    with pytest.raises(yaml.YAMLError, match=problem):
+        _lean_documents(text)
+    entries, errors = read_objects(text, "x.yaml")
+    assert entries == []
+    assert len(errors) == 1
+    assert problem in errors[0].message
+
+
+def test_the_line_of_a_failing_object_deep_in_a_big_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    good = [yaml.safe_load(service_text(f"s{i}", f"10.96.1.{i}")) for i in range(40)]
+    bad = yaml.safe_load(service_text("bad", "10.96.1.1"))
+    bad["spec"]["ports"] = [{"port": 80}, {"port": 99999}]
+    inner = {"apiVersion": "v1", "kind": "List", "items": [*good[20:], bad]}
+    text = (
+        dump(*good[:10])
+        + "---\n"
+        + dump({"apiVersion": "v1", "kind": "List", "items": [*good[10:20], inner]})
+    )
+    _, errors = load_files(tmp_path, monkeypatch, {"big.yaml": text})
+    (error,) = errors
+    line = int(error.split(":")[1])
+    assert error.endswith(
+        "Service default/bad: spec.ports[1].port: port 99999 is out of range 1-65535"
+    )
+    assert text.splitlines()[line - 1].strip() in ("port: 99999", "- port: 99999")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        pytest.param(
+            # Found by fuzzing: two `items` keys (YAML keeps the last) crashed the reader.
+            "apiVersion: v1\nkind: List\nitems:\n- "
+            + REDIS.replace("\n", "\n  ").rstrip()
+            + "\nitems: []\n",
+            [],
+            id="items-twice-the-last-wins",
+        ),
+        pytest.param(
+            # Found by fuzzing: items given through a merge key (read where they are written).
+            "apiVersion: v1\nkind: List\n<<: {items: [{apiVersion: v1, kind: Service, "
+            "metadata: {name: m}, spec: {clusterIP: 10.96.0.x}}]}\n",
+            ["bad.yaml:3: Service default/m: spec.clusterIP: '10.96.0.x' is not an IP address"],
+            id="merged-items",
+        ),
+        pytest.param(
+            # Found by fuzzing: libyaml marks the end of a file without a final line break one
+            # line past it.
+            "apiVersion: v1\nkind: Service\nmetadata",
+            [
+                "bad.yaml:3: invalid YAML: could not find expected ':' (while scanning a simple "
+                "key started on line 3)"
+            ],
+            id="end-of-file-without-a-line-break",
+        ),
+    ],
+)
+def test_fuzz_findings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str, expected: list[str]
+) -> None:
+    _, errors = load_files(tmp_path, monkeypatch, {"bad.yaml": text})
+    assert errors == expected
+
+
+BOMB = "x-laughs:\n  a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"  a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]\n" for i in range(1, 9)
+)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        pytest.param(
+            BOMB + REDIS.replace("10.97.97.97", "*a8"),
+            "bad.yaml:1: invalid YAML: the document holds more than 1,000,000 values once its "
+            "aliases are expanded (excessive aliasing)",
+            id="billion-laughs",
+        ),
+        pytest.param(
+            # Found by fuzzing: an object that fails to convert and holds an alias of a mapping
+            # inside itself; finding its lines walked the cycle without end.
+            REDIS.replace("10.97.97.97", "x") + "  labels: &l {app: a, again: *l}\n",
+            "bad.yaml:6: Service default/redis: spec.clusterIP: 'x' is not an IP address",
+            id="alias-inside-itself",
+        ),
+        pytest.param(
+            # Found by fuzzing: the resolver takes it for a date, datetime refuses month 13.
+            REDIS.replace("name: redis", "name: redis\n  annotations: {at: 2001-13-01}", 1),
+            "bad.yaml:5: invalid YAML: '2001-13-01' is not a valid timestamp "
+            "(month must be in 1..12)",
+            id="impossible-date",
+        ),
+    ],
+)
+def test_hostile_yaml_is_one_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str, expected: str
+) -> None:
+    _, errors = load_files(tmp_path, monkeypatch, {"bad.yaml": text})
+    assert errors == [expected]
+
+
+def test_deep_nesting_is_an_error_not_a_crash(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    text = "a: " + "[" * 990 + "]" * 990 + "\n"
+    _, errors = load_files(tmp_path, monkeypatch, {"deep.yaml": text})
+    assert len(errors) == 1
+    assert errors[0].startswith("deep.yaml")
+    assert "invalid YAML" in errors[0]
