@@ -24,6 +24,8 @@ Contract:
   context; for a live cluster whether Pods are watched) cannot change on reload: that would mean
   listing everything again and gating on sync, which is what a restart does; such a reload is
   refused with a line saying so. So is a change of `proxy`.
+- The hosts plugin's file is watched on its own, every `hosts.reload` seconds, as CoreDNS's
+  hosts does: a change is served without a reload (and empties the answer cache).
 - With `proxy: userspace`, the resolver answers each ClusterIP Service's loopback VIP (A only)
   and `serve` runs the relay; the VIP map follows the store before the resolver does, and the
   Services whose VIP moved are handed to the resolver with the change.
@@ -64,6 +66,7 @@ from kdns.dns.forward import (
     resolv_conf_search,
 )
 from kdns.dns.handler import Handler
+from kdns.dns.plugins import Plugins
 from kdns.dns.querylog import QueryLog
 from kdns.dns.resolver import Resolver
 from kdns.dns.server import DnsServer
@@ -165,6 +168,7 @@ class Plan:
 
     forwarder: Forwarder | None
     host_search: tuple[str, ...]
+    hosts_file_text: str = ""  # the hosts plugin's file
 
 
 def plan(config: Config) -> Plan:
@@ -172,7 +176,26 @@ def plan(config: Config) -> Plan:
     return Plan(
         _forwarder(config),
         resolv_conf_search(config.forward.resolv_conf) if config.dns.autopath else (),
+        read_hosts_file(config.hosts.file) if config.hosts.enabled else "",
     )
+
+
+def read_hosts_file(path: str) -> str:
+    """The hosts plugin's file, or "" when it cannot be read: CoreDNS's hosts serves its inline
+    lines then, and empties its map when the file goes away (plugin/hosts/hostsfile.go)."""
+    if not path:
+        return ""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return f.read()
+    except OSError as e:
+        log.warning(
+            "hosts file %s: %s; serving the inline lines only",
+            path,
+            e.strerror,
+            extra={"consolidate": f"hosts file {path} unreadable"},
+        )
+        return ""
 
 
 def assemble(
@@ -195,6 +218,8 @@ def assemble(
         autopath=config.dns.autopath,
         host_search=planned.host_search,
         loadbalance=config.dns.loadbalance,
+        plugins=Plugins.from_config(config, planned.hosts_file_text),
+        fallthrough=config.dns.fallthrough,
     )
     return Serving(config, resolver, handler, forwarder, _query_log(config))
 
@@ -555,6 +580,7 @@ class Runtime:
                 if self.app.relay is not None:
                     await nursery.start(self.app.relay.run)  # returns once bound, after sync
                 nursery.start_soon(self._reloader)
+                nursery.start_soon(self._hosts_watcher)
                 log.info("kdns ready to answer for %s", ", ".join(config.dns.zones))
                 task_status.started(self.listeners.ports())
         return self.status
@@ -617,6 +643,26 @@ class Runtime:
             if reason:
                 # Outside the timeout: a reload is never cut short half-way.
                 await self.reload(reason)
+
+    async def _hosts_watcher(self) -> None:
+        """CoreDNS's hosts `reload`: every `hosts.reload` seconds the file is read again, and
+        served when its text changed. The answer cache is emptied then: a name the hosts had
+        not may have been answered from the cluster zones."""
+        while True:
+            hosts = self.app.config.hosts
+            polling = hosts.enabled and bool(hosts.file) and hosts.reload > 0
+            # Off, it looks again each second: a reload may turn it on.
+            await trio.sleep(hosts.reload if polling else 1.0)
+            serving = self.app.serving
+            plugins = serving.handler.plugins
+            path = serving.config.hosts.file
+            if plugins is None or not path or serving.config.hosts.reload <= 0:
+                continue
+            text = await trio.to_thread.run_sync(read_hosts_file, path)
+            if serving is self.app.serving and text != plugins.hosts_file_text:
+                plugins.load_hosts_file(text)
+                serving.handler.cache.clear()
+                log.info("hosts file %s changed: serving its new lines", path)
 
     def _refuse(self, message: str) -> bool:
         log.error("config reload refused, the previous config keeps serving: %s", message)

@@ -507,8 +507,8 @@ def _explain(args: argparse.Namespace) -> int:
     def upstreams_for(name: str) -> tuple[str, ...]:
         return tuple(str(u) for u in forwarder.upstreams_for(name)) if forwarder else ()
 
-    explained = explain_mod.explain(
-        built.resolver, qname, qtype, upstreams_for(qname), upstreams_for
+    explained = explain_mod.explain_asked(
+        built.handler.plugins, built.resolver, qname, qtype, upstreams_for
     )
     print(explain_mod.render(explained))
     return 0

@@ -3,9 +3,10 @@ validation that names the key at fault.
 
 Contract:
 - `Config` holds one frozen section per concern: `dns` (what `kdns serve` answers and where it
-  listens), `forward` (upstreams), `cache` (the upstream cache), `kubernetes` (the source of
-  cluster state), `proxy` (`kdns proxy`), `node` (this node, for the proxy) and `logging`. Every
-  key has a default, so no file is needed (`Config()` is a working configuration).
+  listens), `forward` (upstreams), `cache` (the upstream cache), `hosts` (CoreDNS's hosts plugin),
+  `kubernetes` (the source of cluster state), `proxy` (`kdns proxy`), `node` (this node, for
+  the proxy) and `logging`. Every key has a default, so no file is needed (`Config()` is a
+  working configuration).
 - A key's name is its path, `section.field` (`dns.ttl`); command-line flags have that path as
   their argparse destination, so any front end (flags, a Corefile reader) sets keys by path. The
   flat names of earlier files (`ttl`, `dns_addr`, `proxy_mode`, ...) stay valid as aliases: each
@@ -29,6 +30,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import yaml
+from dnslib import QTYPE
 
 POD_MODES = ("insecure", "verified", "disabled")
 LOG_FORMATS = ("text", "json")  # logging.format, and logging.query_log when on
@@ -210,6 +212,244 @@ def _query_log(value: Any) -> bool | str:
     return value
 
 
+# --- plugin rules: hosts, template, rewrite (CoreDNS's plugins of those names) -----------------
+
+RCODES = ("NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "NOTIMP", "REFUSED")
+REWRITE_MATCHES = ("exact", "prefix", "suffix", "substring", "regex")
+REWRITE_ANSWERS = ("", "auto", "name")
+# What a template's answer lines may use of CoreDNS's Go template data (plugin/template README).
+TEMPLATE_FIELD = re.compile(
+    r"\{\{\s*(\.Name|\.Zone|\.Class|\.Type|index \.Match \d+|\.Group\.\w+)\s*\}\}"
+)
+_RR_TYPE = re.compile(r"^[A-Z][A-Z0-9]*$")
+
+
+def _plugin_zones(allow_empty: bool) -> Check:
+    """Zones a plugin answers: domain names, "." for every name."""
+
+    def check(value: Any) -> tuple[str, ...]:
+        zones: list[str] = []
+        for zone in _listed(value, "domain names (. for every name)"):
+            name = zone.strip().lower() if isinstance(zone, str) else ""
+            name = name if name == "." else name.rstrip(".")
+            if name != "." and not _ZONE.match(name):
+                raise Invalid(f"must be a list of domain names, . for every name (got {zone!r})")
+            if name not in zones:
+                zones.append(name)
+        if not zones and not allow_empty:
+            raise Invalid("at least one zone is needed (. for every name)")
+        return tuple(zones)
+
+    return check
+
+
+def _host_entries(value: Any) -> tuple[str, ...]:
+    entries = _listed(value, "hosts-file lines (IP NAME...)")
+    for entry in entries:
+        parts = entry.split() if isinstance(entry, str) else []
+        try:
+            ipaddress.ip_address(parts[0].split("%")[0] if parts else "")  # fe80::1%eth0 too
+        except ValueError:
+            raise Invalid(f"must be hosts-file lines, IP NAME... (got {entry!r})") from None
+        if len(parts) < 2:
+            raise Invalid(f"{entry!r}: a hosts line names at least one host after its IP")
+    return entries
+
+
+def _regex(text: Any, subkey: str) -> str:
+    if not isinstance(text, str) or not text:
+        raise Invalid(f"must be a regular expression (got {text!r})", subkey)
+    try:
+        re.compile(text)
+    except re.error as e:
+        raise Invalid(f"{text!r} is not a regular expression: {e}", subkey) from None
+    return text
+
+
+def _strings(value: Any, subkey: str, what: str) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+        raise Invalid(f"must be a list of {what} (got {value!r})", subkey)
+    return tuple(value)
+
+
+def _text(value: Any, subkey: str) -> str:
+    if not isinstance(value, str):
+        raise Invalid(f"must be a string (got {value!r})", subkey)
+    return value
+
+
+def _fields(entry: Any, allowed: tuple[str, ...], subkey: str) -> dict[str, Any]:
+    if not isinstance(entry, dict):
+        raise Invalid(f"must be a mapping with keys {', '.join(allowed)} (got {entry!r})", subkey)
+    unknown = [k for k in entry if k not in allowed]
+    if unknown:
+        raise Invalid(f"unknown key {unknown[0]!r} (known: {', '.join(allowed)})", subkey)
+    return entry
+
+
+@dataclass(frozen=True, slots=True)
+class TemplateRule:
+    """One `template CLASS TYPE [ZONES]` of CoreDNS: for questions of that class and type in
+    `zones` whose name matches one of `match`, the answer is `rcode` with the zone-file lines
+    `answer`, `authority`, `additional` (`{{ .Name }}`, `{{ index .Match 1 }}`... filled in)."""
+
+    qclass: str = "ANY"
+    qtype: str = "ANY"
+    zones: tuple[str, ...] = (".",)
+    match: tuple[str, ...] = (".*",)
+    answer: tuple[str, ...] = ()
+    authority: tuple[str, ...] = ()
+    additional: tuple[str, ...] = ()
+    rcode: str = "NOERROR"
+    fallthrough: tuple[str, ...] = ()  # where a regex miss goes on ("." = everywhere)
+    where: str = ""  # the Corefile line it came from, for `kdns explain`
+
+    def to_yaml(self) -> dict[str, Any]:
+        return {
+            "class": self.qclass,
+            "type": self.qtype,
+            "zones": list(self.zones),
+            "match": list(self.match),
+            "answer": list(self.answer),
+            "authority": list(self.authority),
+            "additional": list(self.additional),
+            "rcode": self.rcode,
+            "fallthrough": list(self.fallthrough),
+            "where": self.where,
+        }
+
+
+TEMPLATE_KEYS = tuple(TemplateRule().to_yaml())
+
+
+def _template_lines(value: Any, subkey: str) -> tuple[str, ...]:
+    lines = _strings(value, subkey, "zone-file lines")
+    for line in lines:
+        for expression in re.findall(r"\{\{.*?\}\}", line):
+            if not TEMPLATE_FIELD.fullmatch(expression):
+                raise Invalid(
+                    f"{expression} is not supported (use .Name, .Zone, .Class, .Type, "
+                    "index .Match N or .Group.NAME)",
+                    subkey,
+                )
+    return lines
+
+
+def _rules(value: Any, what: str, read: Callable[[Any, str], Any], kind: type) -> tuple[Any, ...]:
+    """A list of rules, each read by `read`; a bad one is named by its place: `rule 2, rcode`."""
+    rules = []
+    for i, entry in enumerate(_listed(value or (), what)):
+        if isinstance(entry, kind):
+            rules.append(entry)
+            continue
+        try:
+            rules.append(read(entry, ""))
+        except Invalid as e:
+            place = f"rule {i + 1}" + (f", {e.subkey.lstrip('.')}" if e.subkey else "")
+            raise Invalid(f"{place}: {e.message}") from None
+    return tuple(rules)
+
+
+def _templates(value: Any) -> tuple[TemplateRule, ...]:
+    return _rules(value, "template rules", _template, TemplateRule)
+
+
+def _zones_of(given: dict[str, Any], key: str, default: list[str], at: str) -> tuple[str, ...]:
+    try:
+        return _plugin_zones(key == "fallthrough")(given.get(key, default))
+    except Invalid as e:
+        raise Invalid(e.message, f"{at}.{key}") from None
+
+
+def _template(entry: Any, at: str) -> TemplateRule:
+    given = _fields(entry, TEMPLATE_KEYS, at)
+    qclass = str(given.get("class", "ANY")).upper()
+    if qclass not in ("IN", "ANY"):
+        raise Invalid(f"must be IN or ANY (got {qclass!r})", f"{at}.class")
+    qtype = str(given.get("type", "ANY")).upper()
+    if not _RR_TYPE.match(qtype) or (qtype != "ANY" and qtype not in QTYPE.reverse):
+        raise Invalid(f"must be a record type such as A or ANY (got {qtype!r})", f"{at}.type")
+    rcode = str(given.get("rcode", "NOERROR")).upper()
+    if rcode not in RCODES:
+        raise Invalid(f"must be one of {', '.join(RCODES)} (got {rcode!r})", f"{at}.rcode")
+    zones = _zones_of(given, "zones", ["."], at)
+    fallthrough = _zones_of(given, "fallthrough", [], at)
+    match = _strings(given.get("match", [".*"]), f"{at}.match", "regular expressions")
+    return TemplateRule(
+        qclass,
+        qtype,
+        zones,
+        tuple(_regex(m, f"{at}.match") for m in match),
+        *(_template_lines(given.get(k, []), f"{at}.{k}") for k in TEMPLATE_KEYS[4:7]),
+        rcode,
+        fallthrough,
+        _text(given.get("where", ""), f"{at}.where"),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class RewriteRule:
+    """One `rewrite [continue|stop] name [MATCH] FROM TO [answer auto|name RE TO]` of CoreDNS.
+    Regex replacements name groups as CoreDNS does: `{1}`."""
+
+    match: str = "exact"
+    source: str = ""  # FROM
+    target: str = ""  # TO
+    stop: bool = True
+    answer: str = ""  # "", auto, or name (answer names matching answer_from → answer_to)
+    answer_from: str = ""
+    answer_to: str = ""
+    where: str = ""  # the Corefile line it came from, for `kdns explain`
+
+    def to_yaml(self) -> dict[str, Any]:
+        return {
+            "match": self.match,
+            "from": self.source,
+            "to": self.target,
+            "stop": self.stop,
+            "answer": self.answer,
+            "answer_from": self.answer_from,
+            "answer_to": self.answer_to,
+            "where": self.where,
+        }
+
+
+REWRITE_KEYS = tuple(RewriteRule().to_yaml())
+
+
+def _rewrites(value: Any) -> tuple[RewriteRule, ...]:
+    return _rules(value, "rewrite rules", _rewrite, RewriteRule)
+
+
+def _rewrite(entry: Any, at: str) -> RewriteRule:
+    given = _fields(entry, REWRITE_KEYS, at)
+    match = given.get("match", "exact")
+    if match not in REWRITE_MATCHES:
+        raise Invalid(f"must be one of {', '.join(REWRITE_MATCHES)} (got {match!r})", f"{at}.match")
+    for k in ("from", "to"):
+        if not isinstance(given.get(k), str) or not given[k]:
+            raise Invalid(f"must be a name (got {given.get(k)!r})", f"{at}.{k}")
+    if match == "regex":
+        _regex(given["from"], f"{at}.from")
+    answer = given.get("answer", "") or ""
+    if answer not in REWRITE_ANSWERS:
+        raise Invalid(f"must be auto or name (got {answer!r})", f"{at}.answer")
+    answer_from, answer_to = given.get("answer_from", ""), given.get("answer_to", "")
+    if answer == "name":
+        _regex(answer_from, f"{at}.answer_from")
+        if not isinstance(answer_to, str) or not answer_to:
+            raise Invalid(f"must be a name (got {answer_to!r})", f"{at}.answer_to")
+    stop = given.get("stop", True)
+    if not isinstance(stop, bool):
+        raise Invalid(f"must be true or false (got {stop!r})", f"{at}.stop")
+    where = _text(given.get("where", ""), f"{at}.where")
+    return RewriteRule(
+        match, given["from"], given["to"], stop, answer, answer_from, answer_to, where
+    )
+
+
 def _key(default: Any, check: Check, alias: str = "", shape: str = "scalar") -> Any:
     """A section field: its default, its check, its flat alias (the key's name in files written
     before the sections; a new key needs none), and how YAML and KDNS_*
@@ -249,6 +489,19 @@ class DnsSection:
     reload_interval: float = _key(2.0, _seconds(0.0, 86400.0), "reload_interval")
     # userspace: relay Services from loopback VIPs (no privileges) and answer those VIPs.
     proxy: str = _key("none", _one_of(PROXY_MODES), "proxy")
+    # CoreDNS's kubernetes options that change the schema: endpoint names from their Pods'
+    # names (when they have no hostname); no endpoint records at all (headless names and
+    # endpoint names get NXDOMAIN); NXDOMAIN for a ClusterIP Service with no ready endpoint.
+    endpoint_pod_names: bool = _key(False, _boolean)
+    noendpoints: bool = _key(False, _boolean)
+    ignore_empty_service: bool = _key(False, _boolean)
+    # CoreDNS's kubernetes `fallthrough [ZONES]`: names in these cluster zones that do not
+    # exist go to the upstreams instead of NXDOMAIN ("." = every zone). PTRs for addresses no
+    # Service owns go there whenever there are upstreams.
+    fallthrough: tuple[str, ...] = _key((), _plugin_zones(True), shape="list")
+    # CoreDNS's template and rewrite plugins (kdns/dns/template.py, kdns/dns/rewrite.py).
+    templates: tuple[TemplateRule, ...] = _key((), _templates, shape="yaml")
+    rewrites: tuple[RewriteRule, ...] = _key((), _rewrites, shape="yaml")
 
     @property
     def forward_zones(self) -> tuple[str, ...]:
@@ -285,6 +538,23 @@ class CacheSection:
     # Seconds past expiry an answer may be served when upstreams fail; RFC 8767 §5 suggests
     # 1-3 days, a week at most.
     serve_stale: float = _key(0.0, _seconds(0.0, 604800.0), "serve_stale")
+
+
+@dataclass(frozen=True, slots=True)
+class HostsSection:
+    """CoreDNS's hosts plugin: names from a hosts file and inline lines (kdns/dns/hosts.py)."""
+
+    file: str = _key("", _string)  # "" = none (the plugin is on when file or entries are set)
+    entries: tuple[str, ...] = _key((), _host_entries, shape="list")  # "IP NAME..." lines
+    zones: tuple[str, ...] = _key((".",), _plugin_zones(False), shape="list")
+    ttl: int = _key(3600, _whole(0, 2_147_483_647, " of seconds"))  # CoreDNS's default
+    reload: float = _key(5.0, _seconds(0.0, 86400.0))  # seconds between checks of `file`
+    no_reverse: bool = _key(False, _boolean)
+    fallthrough: tuple[str, ...] = _key((), _plugin_zones(True), shape="list")
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.file or self.entries)
 
 
 @dataclass(frozen=True, slots=True)
@@ -340,6 +610,7 @@ class Config:
     dns: DnsSection = field(default_factory=DnsSection)
     forward: ForwardSection = field(default_factory=ForwardSection)
     cache: CacheSection = field(default_factory=CacheSection)
+    hosts: HostsSection = field(default_factory=HostsSection)
     kubernetes: KubernetesSection = field(default_factory=KubernetesSection)
     proxy: ProxySection = field(default_factory=ProxySection)
     node: NodeSection = field(default_factory=NodeSection)
@@ -580,6 +851,14 @@ def load_config(path: str) -> Config:
             text = f.read()
     except OSError as e:
         raise ConfigError(f"{path}: cannot read the config file: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        # YAML 1.2 §5.2: a config file is UTF-8. Name the line of the first bad byte, so a
+        # reload that meets such a file is refused like any other bad config (found by fuzzing).
+        with open(path, "rb") as f:
+            line = f.read()[: e.start].count(b"\n") + 1
+        raise ConfigError(
+            f"{path}:{line}: not UTF-8 text (byte 0x{e.object[e.start]:02x})"
+        ) from None
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as e:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import reprlib
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -43,6 +44,17 @@ ZONE_LABEL = "topology.kubernetes.io/zone"
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 # The annotation the EndpointSlice controller sets to the time of the change that caused it.
 TRIGGER_TIME_ANNOTATION = "endpoints.kubernetes.io/last-change-trigger-time"
+
+
+# A value quoted in an error is cut short: a manifest's YAML aliases can make a small file hold a
+# list whose full repr is megabytes, and an error is one line for a person (found by fuzzing).
+_QUOTE = reprlib.Repr()
+_QUOTE.maxlevel = 3
+_QUOTE.maxstring = _QUOTE.maxother = 200
+
+
+def _shown(value: Any) -> str:
+    return _QUOTE.repr(value)
 
 
 class ModelError(ValueError):
@@ -201,7 +213,7 @@ def _get(obj: Mapping[str, Any], path: str, key: str, kind: type | tuple[type, .
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
         raise ModelError(
-            _join(path, key), f"expected {_TYPE_WORDS.get(names, names)}, got {value!r}"
+            _join(path, key), f"expected {_TYPE_WORDS.get(names, names)}, got {_shown(value)}"
         )
     return value
 
@@ -242,13 +254,13 @@ def _port_number(obj: Mapping[str, Any], path: str, key: str, required: bool) ->
 def _ip(value: Any, field: str) -> str:
     # Python accepts IPv6 scope IDs ("fe80::1%eth0"); the Kubernetes API does not.
     if not isinstance(value, str) or "%" in value:
-        raise ModelError(field, f"{value!r} is not an IP address")
+        raise ModelError(field, f"{_shown(value)} is not an IP address")
     if _is_canonical_ipv4(value):
         return value  # the common case, checked without ipaddress (a third of a list's time)
     try:
         return ipaddress.ip_address(value).compressed
     except ValueError:
-        raise ModelError(field, f"{value!r} is not an IP address") from None
+        raise ModelError(field, f"{_shown(value)} is not an IP address") from None
 
 
 def _is_canonical_ipv4(text: str) -> bool:
@@ -270,7 +282,7 @@ def _version(ip: str) -> int:
 
 def _choice(value: str, field: str, allowed: tuple[str, ...]) -> str:
     if value not in allowed:
-        raise ModelError(field, f"{value!r} is not one of {', '.join(allowed)}")
+        raise ModelError(field, f"{_shown(value)} is not one of {', '.join(allowed)}")
     return value
 
 
@@ -284,7 +296,9 @@ def _metadata(obj: Mapping[str, Any], namespaced: bool) -> tuple[str, str, Mappi
         # kubectl reads an absent or empty namespace as the default one.
         namespace = sys.intern(_str(meta, "metadata", "namespace") or "default")
         if not _DNS1123_LABEL.match(namespace):
-            raise ModelError("metadata.namespace", f"{namespace!r} is not a valid DNS-1123 label")
+            raise ModelError(
+                "metadata.namespace", f"{_shown(namespace)} is not a valid DNS-1123 label"
+            )
     return namespace, name, meta
 
 
@@ -292,7 +306,9 @@ def _labels(meta: Mapping[str, Any], path: str, key: str) -> tuple[tuple[str, st
     labels = _mapping(meta, path, key)
     for k, v in labels.items():
         if not isinstance(v, str):
-            raise ModelError(_join(_join(path, key), str(k)), f"label value {v!r} is not a string")
+            raise ModelError(
+                _join(_join(path, key), str(k)), f"label value {_shown(v)} is not a string"
+            )
     return tuple(sorted((str(k), v) for k, v in labels.items()))
 
 
@@ -302,18 +318,18 @@ def _labels(meta: Mapping[str, Any], path: str, key: str) -> tuple[tuple[str, st
 def namespace_from_dict(obj: Mapping[str, Any]) -> Namespace:
     _, name, _ = _metadata(obj, namespaced=False)
     if not _DNS1123_LABEL.match(name):
-        raise ModelError("metadata.name", f"{name!r} is not a valid DNS-1123 label")
+        raise ModelError("metadata.name", f"{_shown(name)} is not a valid DNS-1123 label")
     return Namespace(name)
 
 
 def _service_port(raw: Any, path: str, service_type: str) -> ServicePort:
     if not isinstance(raw, dict):
-        raise ModelError(path, f"expected a mapping, got {raw!r}")
+        raise ModelError(path, f"expected a mapping, got {_shown(raw)}")
     name = _str(raw, path, "name")
     # Service port names are DNS-1123 labels (apiserver validateServicePort); the stricter
     # RFC 6335 rule applies only to container port names and so to named targetPorts.
     if name and not _DNS1123_LABEL.match(name):
-        raise ModelError(_join(path, "name"), f"{name!r} is not a valid DNS-1123 label")
+        raise ModelError(_join(path, "name"), f"{_shown(name)} is not a valid DNS-1123 label")
     protocol = _choice(_str(raw, path, "protocol", "TCP"), _join(path, "protocol"), PROTOCOLS)
     port = _port_number(raw, path, "port", required=True)
     assert port is not None
@@ -323,7 +339,7 @@ def _service_port(raw: Any, path: str, service_type: str) -> ServicePort:
         target = port
     elif isinstance(raw_target, bool):
         raise ModelError(
-            _join(path, "targetPort"), f"expected a port number or name, got {raw_target!r}"
+            _join(path, "targetPort"), f"expected a port number or name, got {_shown(raw_target)}"
         )
     elif isinstance(raw_target, int):
         target = _port_number(raw, path, "targetPort", required=True) or port
@@ -333,10 +349,12 @@ def _service_port(raw: Any, path: str, service_type: str) -> ServicePort:
         if isinstance(target, int) and not 1 <= target <= 65535:
             raise ModelError(_join(path, "targetPort"), f"port {target} is out of range 1-65535")
         if isinstance(target, str) and not _PORT_NAME.match(target):
-            raise ModelError(_join(path, "targetPort"), f"{target!r} is not a valid port name")
+            raise ModelError(
+                _join(path, "targetPort"), f"{_shown(target)} is not a valid port name"
+            )
     else:
         raise ModelError(
-            _join(path, "targetPort"), f"expected a port number or name, got {raw_target!r}"
+            _join(path, "targetPort"), f"expected a port number or name, got {_shown(raw_target)}"
         )
     node_port = None
     if service_type in ("NodePort", "LoadBalancer"):
@@ -347,7 +365,7 @@ def _service_port(raw: Any, path: str, service_type: str) -> ServicePort:
 def service_from_dict(obj: Mapping[str, Any]) -> Service:
     namespace, name, _meta = _metadata(obj, namespaced=True)
     if not _DNS1123_LABEL.match(name):
-        raise ModelError("metadata.name", f"{name!r} is not a valid DNS-1123 label")
+        raise ModelError("metadata.name", f"{_shown(name)} is not a valid DNS-1123 label")
     spec = _mapping(obj, "", "spec")
     stype = _choice(_str(spec, "spec", "type", "ClusterIP"), "spec.type", SERVICE_TYPES)
 
@@ -386,7 +404,7 @@ def service_from_dict(obj: Mapping[str, Any]) -> Service:
                     f"spec.ports[{i}].name", "required when a Service has several ports"
                 )
             if names.index(n) != i:
-                raise ModelError(f"spec.ports[{i}].name", f"duplicate port name {n!r}")
+                raise ModelError(f"spec.ports[{i}].name", f"duplicate port name {_shown(n)}")
 
     external_name = ""
     if stype == "ExternalName":
@@ -426,7 +444,7 @@ def service_from_dict(obj: Mapping[str, Any]) -> Service:
             ranges.append(str(ipaddress.ip_network(str(raw).strip(), strict=False)))
         except ValueError:
             raise ModelError(
-                f"spec.loadBalancerSourceRanges[{i}]", f"{raw!r} is not a CIDR"
+                f"spec.loadBalancerSourceRanges[{i}]", f"{_shown(raw)} is not a CIDR"
             ) from None
     etp = _choice(
         _str(spec, "spec", "externalTrafficPolicy", "Cluster"),
@@ -513,7 +531,7 @@ def _endpoint_ports(raw_ports: list[Any], path: str) -> tuple[EndpointPort, ...]
     for i, raw in enumerate(raw_ports):
         p = _join(path, i)
         if not isinstance(raw, dict):
-            raise ModelError(p, f"expected a mapping, got {raw!r}")
+            raise ModelError(p, f"expected a mapping, got {_shown(raw)}")
         number = _port_number(raw, p, "port", required=False)
         if number is None:
             # discovery.k8s.io/v1: an unset port means "all ports"; DNS and the proxy skip it.
@@ -529,7 +547,7 @@ def _hint_names(hints: Mapping[str, Any], path: str, key: str) -> tuple[str, ...
     for i, raw in enumerate(_list(hints, path, key)):
         item = _join(_join(path, key), i)
         if not isinstance(raw, dict):
-            raise ModelError(item, f"expected a mapping, got {raw!r}")
+            raise ModelError(item, f"expected a mapping, got {_shown(raw)}")
         name = _str(raw, item, "name")
         if not name:
             raise ModelError(_join(item, "name"), "required field is missing")
@@ -542,7 +560,7 @@ def _condition(conditions: Mapping[str, Any], path: str, key: str, default: bool
     if value is None:
         return default
     if not isinstance(value, bool):
-        raise ModelError(_join(path, key), f"expected true or false, got {value!r}")
+        raise ModelError(_join(path, key), f"expected true or false, got {_shown(value)}")
     return value
 
 
@@ -573,7 +591,7 @@ def endpointslice_from_dict(obj: Mapping[str, Any]) -> EndpointSlice:
     for i, raw in enumerate(_list(obj, "", "endpoints")):
         path = f"endpoints[{i}]"
         if not isinstance(raw, dict):
-            raise ModelError(path, f"expected a mapping, got {raw!r}")
+            raise ModelError(path, f"expected a mapping, got {_shown(raw)}")
         conditions = _mapping(raw, path, "conditions")
         cpath = _join(path, "conditions")
         # discovery.k8s.io/v1: an unset `ready` or `serving` is to be read as true (kube-proxy
@@ -585,7 +603,9 @@ def endpointslice_from_dict(obj: Mapping[str, Any]) -> EndpointSlice:
         pod = _str(target, _join(path, "targetRef"), "name") if target.get("kind") == "Pod" else ""
         hostname = _str(raw, path, "hostname").lower()
         if hostname and not _DNS1123_LABEL.match(hostname):
-            raise ModelError(_join(path, "hostname"), f"{hostname!r} is not a valid DNS-1123 label")
+            raise ModelError(
+                _join(path, "hostname"), f"{_shown(hostname)} is not a valid DNS-1123 label"
+            )
         hints = _mapping(raw, path, "hints")
         hpath = _join(path, "hints")
         zone_hints = _hint_names(hints, hpath, "forZones")
@@ -636,14 +656,14 @@ def endpoints_to_slices(obj: Mapping[str, Any]) -> tuple[EndpointSlice, ...]:
     for i, subset in enumerate(_list(obj, "", "subsets")):
         path = f"subsets[{i}]"
         if not isinstance(subset, dict):
-            raise ModelError(path, f"expected a mapping, got {subset!r}")
+            raise ModelError(path, f"expected a mapping, got {_shown(subset)}")
         ports = _endpoint_ports(_list(subset, path, "ports"), _join(path, "ports"))
         by_family: dict[str, list[Endpoint]] = {"IPv4": [], "IPv6": []}
         for key, ready in (("addresses", True), ("notReadyAddresses", False)):
             for j, raw in enumerate(_list(subset, path, key)):
                 apath = f"{path}.{key}[{j}]"
                 if not isinstance(raw, dict):
-                    raise ModelError(apath, f"expected a mapping, got {raw!r}")
+                    raise ModelError(apath, f"expected a mapping, got {_shown(raw)}")
                 address = _ip(raw.get("ip"), _join(apath, "ip"))
                 family = "IPv4" if _version(address) == 4 else "IPv6"
                 target = _mapping(raw, apath, "targetRef")
@@ -704,11 +724,11 @@ def pod_from_dict(obj: Mapping[str, Any]) -> Pod:
     for ci, container in enumerate(_list(spec, "spec", "containers")):
         cpath = f"spec.containers[{ci}]"
         if not isinstance(container, dict):
-            raise ModelError(cpath, f"expected a mapping, got {container!r}")
+            raise ModelError(cpath, f"expected a mapping, got {_shown(container)}")
         for pi, raw in enumerate(_list(container, cpath, "ports")):
             ppath = f"{cpath}.ports[{pi}]"
             if not isinstance(raw, dict):
-                raise ModelError(ppath, f"expected a mapping, got {raw!r}")
+                raise ModelError(ppath, f"expected a mapping, got {_shown(raw)}")
             number = _port_number(raw, ppath, "containerPort", required=True)
             assert number is not None
             protocol = _choice(
@@ -717,10 +737,10 @@ def pod_from_dict(obj: Mapping[str, Any]) -> Pod:
             container_ports.append(ContainerPort(_str(raw, ppath, "name"), protocol, number))
     hostname = _str(spec, "spec", "hostname").lower()
     if hostname and not _DNS1123_LABEL.match(hostname):
-        raise ModelError("spec.hostname", f"{hostname!r} is not a valid DNS-1123 label")
+        raise ModelError("spec.hostname", f"{_shown(hostname)} is not a valid DNS-1123 label")
     subdomain = _str(spec, "spec", "subdomain").lower()
     if subdomain and not _DNS1123_LABEL.match(subdomain):
-        raise ModelError("spec.subdomain", f"{subdomain!r} is not a valid DNS-1123 label")
+        raise ModelError("spec.subdomain", f"{_shown(subdomain)} is not a valid DNS-1123 label")
     return Pod(
         namespace=namespace,
         name=name,

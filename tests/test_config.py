@@ -267,6 +267,16 @@ def test_load_config_yaml_syntax_error_line(tmp_path: Path) -> None:
         load_config(path)
 
 
+def test_load_config_not_utf8_names_the_line(tmp_path: Path) -> None:
+    # Found by fuzzing: a Latin-1 byte used to escape as a UnicodeDecodeError traceback.
+    path = tmp_path / "kdns.yaml"
+    path.write_bytes(b"ttl: 5\nzones: [caf\xe9]\n")
+    with pytest.raises(
+        ConfigError, match=rf"^{re.escape(str(path))}:2: not UTF-8 text \(byte 0xe9\)$"
+    ):
+        load_config(str(path))
+
+
 @pytest.mark.parametrize(
     "text",
     [

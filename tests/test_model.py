@@ -570,6 +570,15 @@ def test_model_error_is_a_value_error() -> None:
         service_from_dict(service_dict({"type": "Magic"}))
 
 
+def test_a_huge_value_is_quoted_short_in_the_error() -> None:
+    # Found by fuzzing: a 100,000-element clusterIP (cheap to write with YAML aliases) made a
+    # 500 KB error line. The error quotes the value's start and stays one short line.
+    with pytest.raises(ModelError) as info:
+        service_from_dict(service_dict({"clusterIP": list(range(100_000))}))
+    assert info.value.field == "spec.clusterIP"
+    assert str(info.value) == "spec.clusterIP: [0, 1, 2, 3, 4, 5, ...] is not an IP address"
+
+
 # --- endpointslice_from_dict --------------------------------------------------------------------
 
 

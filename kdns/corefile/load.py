@@ -41,8 +41,15 @@ class CorefileRefused(ConfigError):
 
 
 def read_text(path: str) -> str:
-    with open(path, encoding="utf-8") as f:
-        return f.read()
+    """A Corefile or an imported file as text; bytes that are not UTF-8 are one error naming
+    the line (CoreDNS reads bytes, but every name and address in a Corefile is ASCII)."""
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise CorefileError(path, line, f"not UTF-8 text (byte 0x{data[e.start]:02x})") from None
 
 
 def read_corefile(

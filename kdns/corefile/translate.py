@@ -4,10 +4,12 @@ Contract (pure):
 - `translate(blocks, source)` returns a `Translation`: the config keys the Corefile sets (by
   path, `dns.ttl`), each with the file:line it came from, and `notes`, one per directive or
   option that kdns does not carry out as CoreDNS would.
-- A note is `refused` when following the Corefile without it would change answers (`hosts`,
-  `rewrite`, `template`, a `namespaces` filter, a stub domain inside a cluster zone, …): the
-  caller stops with exit 2. The others are harmless (`errors`, `loop`, `reload`, `debug`,
-  `whoami`, timing knobs kdns keeps fixed) and are printed as accepted.
+- A note is `refused` when following the Corefile without it would change answers (a
+  `namespaces` filter, a stub domain inside a cluster zone, `rewrite type`, …): the caller
+  stops with exit 2. `hosts`, `template` and `rewrite name` become the `hosts` section and
+  the `dns.templates` and `dns.rewrites` rules (in the order written). The others are harmless
+  (`errors`, `loop`, `reload`, `debug`, `whoami`, timing knobs kdns keeps fixed) and are
+  printed as accepted.
 - Values are passed on as the Corefile gives them, converted to kdns's units (Go durations to
   seconds); their ranges are checked by the config model, which names the line.
 - Where a Corefile leaves something out, the key takes CoreDNS's behaviour rather than kdns's
@@ -29,6 +31,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from kdns.config import KEYS, Invalid
 from kdns.corefile.lexer import Token
 from kdns.corefile.parser import Directive, ServerBlock
 
@@ -181,6 +184,8 @@ class _State:
     stub_files: dict[str, tuple[str, Token]] = field(default_factory=dict)  # forward . FILE
     cluster_zones: tuple[str, ...] = ()
     block_zones: tuple[str, ...] = ()  # the zones of every server block
+    templates: list[tuple[dict[str, Any], Token]] = field(default_factory=list)
+    rewrites: list[tuple[dict[str, Any], Token]] = field(default_factory=list)
 
     def set(self, key: str, value: Any, token: Token) -> None:
         old = self.settings.get(key)
@@ -216,6 +221,7 @@ def translate(blocks: tuple[ServerBlock, ...], source: str) -> Translation:
             _directive(directive, zones, block is main, state)
     _absent(blocks, state)
     _stub_domains(state)
+    _rules(state)
     return Translation(tuple(state.settings.values()), tuple(state.notes))
 
 
@@ -301,7 +307,9 @@ def _directive(directive: Directive, zones: list[str], main: bool, state: _State
     handler = _HANDLERS.get(name)
     if handler is not None:
         handler(directive, zones, main, state)
-    elif name == "template" and _shadowed(directive, zones, state):
+    elif name == "template" and not _shadowed(directive, zones, state):
+        _template(directive, zones, state)
+    elif name == "template":
         state.accept(
             directive.name,
             "never reached: a server block of its own serves each of its zones",
@@ -360,6 +368,10 @@ def _kubernetes(directive: Directive, zones: list[str], main: bool, state: _Stat
                 "kdns answers SERVFAIL for cluster names until its first full list, however long",
                 directive="kubernetes startup_timeout",
             )
+        elif word in ("endpoint_pod_names", "noendpoints") and not args:
+            state.set(f"dns.{word}", True, option.name)
+        elif word == "ignore" and [a.text for a in args] == ["empty_service"]:
+            state.set("dns.ignore_empty_service", True, option.name)
         elif word in (
             "namespaces",
             "labels",
@@ -377,19 +389,17 @@ def _kubernetes(directive: Directive, zones: list[str], main: bool, state: _Stat
 
 
 def _kubernetes_fallthrough(option: Directive, state: _State) -> None:
-    zones = [normalize_zone(a) for a in option.args]
-    if zones and all(is_reverse(z) for z in zones):
+    """`fallthrough [ZONES]` (every zone when none): forward zones become `dns.fallthrough`."""
+    zones = [normalize_zone(a) for a in option.args] or list(state.cluster_zones)
+    forward = [z for z in zones if not is_reverse(z)]
+    if forward:
+        state.set("dns.fallthrough", tuple(z or "." for z in forward), option.name)
+    if len(forward) < len(zones):
         # kdns sends a PTR question for an address no Service owns upstream (when there is one),
         # which is what `fallthrough in-addr.arpa ip6.arpa` does in every distro's Corefile.
         state.accept(
             option.name,
             "PTR questions for addresses no Service owns are forwarded",
-            directive="kubernetes fallthrough",
-        )
-    else:
-        state.refuse(
-            option.name,
-            "only the reverse zones may fall through (names in the cluster zones get NXDOMAIN)",
             directive="kubernetes fallthrough",
         )
 
@@ -570,12 +580,176 @@ def _cache_disable(option: Directive, state: _State) -> None:
     if not option.args or option.args[0].text not in ("success", "denial"):
         raise option.name.error("disable takes success or denial, then zones")
     zones = [normalize_zone(a) for a in option.args[1:]]
-    if zones and all(any(within(z, c) for c in state.cluster_zones) for z in zones):
+    through = state.settings.get("dns.fallthrough")
+    if through is not None and any(
+        within(f, z) or within(z, f) for f in through.value for z in zones
+    ):
+        # Names that fall through are forwarded, and kdns caches every forwarded answer.
+        state.refuse(
+            option.name,
+            "kdns caches the upstream answers of names that fall through",
+            "cache disable",
+        )
+    elif zones and all(any(within(z, c) for c in state.cluster_zones) for z in zones):
         # kubeadm's default: cluster answers are never cached, because kdns answers them from
         # its store, which is always current.
         state.accept(option.name, "kdns never caches cluster answers", "cache disable")
     else:
         state.refuse(option.name, "only the cluster zones may be left uncached", "cache disable")
+
+
+# --- hosts, template, rewrite ------------------------------------------------------------------
+
+
+def _plugin_zones(args: tuple[Token, ...] | list[Token], zones: list[str]) -> list[str]:
+    """A plugin's zones (its arguments, else its block's), as the config spells them: "." for
+    the root. CoreDNS hands a block only names in its zones, so a zone beyond them is cut."""
+    given = [normalize_zone(a) for a in args] or zones
+    inside = [z for z in given if any(within(z, b) for b in zones)]
+    return list(dict.fromkeys(z or "." for z in inside))
+
+
+def _fallthrough(option: Directive) -> list[str]:
+    """`fallthrough` alone: every name; with zones: those."""
+    return [normalize_zone(a) or "." for a in option.args] or ["."]
+
+
+def _hosts(directive: Directive, zones: list[str], main: bool, state: _State) -> None:
+    """`hosts [FILE [ZONES]] { IP NAME... | ttl | reload | no_reverse | fallthrough }`: CoreDNS
+    reads /etc/hosts when no file is named, inline lines or not (plugin/hosts/setup.go)."""
+    args = directive.args
+    name = directive.name
+    state.set("hosts.file", args[0].text if args else "/etc/hosts", name)
+    state.set("hosts.zones", tuple(_plugin_zones(args[1:], zones)), name)
+    entries: list[str] = []
+    for option in _options(directive):
+        word, opts = option.name.text, option.args
+        label = f"hosts {word}"
+        if word == "ttl" and len(opts) == 1:
+            state.set("hosts.ttl", whole(opts[0], label), option.name)
+        elif word == "reload" and len(opts) == 1:
+            state.set("hosts.reload", seconds(opts[0], label), option.name)
+        elif word == "no_reverse" and not opts:
+            state.set("hosts.no_reverse", True, option.name)
+        elif word == "fallthrough":
+            state.set("hosts.fallthrough", tuple(_fallthrough(option)), option.name)
+        elif _is_ip(word):
+            if not opts:
+                raise option.name.error(f"hosts: {word}: a line names at least one host")
+            entries.append(" ".join((word, *option.values)))
+        else:
+            raise option.name.error(f"hosts: unknown option {word!r} or wrong arguments")
+    if entries:
+        state.set("hosts.entries", tuple(entries), name)
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text.split("%")[0])
+    except ValueError:
+        return False
+    return True
+
+
+def _template(directive: Directive, zones: list[str], state: _State) -> None:
+    """`template CLASS TYPE [ZONES] { match, answer, authority, additional, rcode,
+    fallthrough }`, one rule per directive, in the order written (plugin/template/setup.go)."""
+    args = directive.args
+    if len(args) < 2:
+        raise directive.name.error("template takes a class, a type and, optionally, zones")
+    qclass, qtype = args[0].text.upper(), args[1].text.upper()
+    if qclass not in ("IN", "ANY"):
+        state.refuse(args[0], "kdns answers only class IN", "template")
+        return
+    rule: dict[str, Any] = {"class": qclass, "type": qtype}
+    rule["zones"] = _plugin_zones(args[2:], zones)
+    lists: dict[str, list[str]] = {"match": [], "answer": [], "authority": [], "additional": []}
+    for option in _options(directive):
+        word, values = option.name.text, list(option.values)
+        if word in lists and values:
+            lists[word] += values
+        elif word == "rcode" and len(values) == 1:
+            rule["rcode"] = values[0].upper()
+        elif word == "fallthrough":
+            rule["fallthrough"] = _fallthrough(option)
+        elif word == "upstream":
+            state.accept(option.name, "deprecated in CoreDNS; ignored", "template upstream")
+        else:
+            raise option.name.error(f"template: unknown option {word!r} or missing arguments")
+    rule.update({k: v for k, v in lists.items() if v})
+    rule["where"] = directive.name.where
+    state.templates.append((rule, directive.name))
+
+
+REWRITE_MATCHES = ("exact", "prefix", "suffix", "substring", "regex")
+
+
+def _rewrite(directive: Directive, zones: list[str], main: bool, state: _State) -> None:
+    """`rewrite [continue|stop] name [MATCH] FROM TO [answer auto|name RE TO]`, or the block
+    form `rewrite [continue|stop] { name ... / answer name ... }` (plugin/rewrite/setup.go)."""
+    if "" not in zones:
+        state.refuse(
+            directive.name, "kdns rewrites in the root block only (its rules see every name)"
+        )
+        return
+    args = list(directive.args)
+    stop = True
+    if args and args[0].text in ("continue", "stop"):
+        stop = args.pop(0).text == "stop"
+    if directive.block is not None:
+        if args:
+            raise directive.name.error("rewrite: a rule block takes no rule on its own line")
+        lines = [[o.name, *o.args] for o in directive.block]
+        words = [t for line in lines for t in line]  # `name ...` then `answer ...`: one rule
+        args = words
+    if not args or args[0].text != "name":
+        what = args[0].text if args else "nothing"
+        state.refuse(directive.name, f"only `rewrite name` is supported (here {what})")
+        return
+    rule = _rewrite_rule(directive, args[1:], state)
+    if rule is not None:
+        rule.update(stop=stop, where=directive.name.where)
+        state.rewrites.append((rule, directive.name))
+
+
+def _rewrite_rule(directive: Directive, args: list[Token], state: _State) -> dict[str, Any] | None:
+    words = [a.text for a in args]
+    match = "exact"
+    if words and words[0] in REWRITE_MATCHES and len(words) >= 3:
+        match = words.pop(0)
+    if len(words) < 2:
+        raise directive.name.error("rewrite name takes FROM and TO")
+    rule: dict[str, Any] = {"match": match, "from": words[0], "to": words[1]}
+    rest = words[2:]
+    if not rest:
+        return rule
+    if rest[0] != "answer" or len(rest) < 2:
+        raise directive.name.error(f"rewrite name: {rest[0]!r}: expected `answer auto|name`")
+    if rest[1:] == ["auto"]:
+        rule["answer"] = "auto"
+    elif rest[1] == "name" and len(rest) == 4:
+        rule.update(answer="name", answer_from=rest[2], answer_to=rest[3])
+    elif rest[1] == "value":
+        state.refuse(directive.name, "`answer value` is not supported yet", "rewrite")
+        return None
+    else:
+        raise directive.name.error("rewrite name: answer takes auto, or name FROM TO")
+    return rule
+
+
+def _rules(state: _State) -> None:
+    """Templates and rewrites are one key each, a list of rules in the order written."""
+    for key, rules in (("dns.templates", state.templates), ("dns.rewrites", state.rewrites)):
+        for rule, token in rules:
+            try:
+                KEYS[key].check([rule])  # each rule on its own, so the error names its line
+            except Invalid as e:
+                problem = e.message.removeprefix("rule 1, ").removeprefix("rule 1: ")
+                raise token.error(f"{token.text}: {problem}") from None
+        if rules:
+            first = rules[0][1]
+            value = tuple(rule for rule, _ in rules)
+            state.settings[key] = Setting(key, value, first.where, first.text)
 
 
 # --- the rest ----------------------------------------------------------------------------------
@@ -668,6 +842,8 @@ _HANDLERS = {
     "loadbalance": _loadbalance,
     "autopath": _autopath,
     "bind": _bind,
+    "hosts": _hosts,
+    "rewrite": _rewrite,
 }
 
 

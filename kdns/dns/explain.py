@@ -1,5 +1,7 @@
 """Why kdns answers a name the way it does: the resolver's answer, each record's source, reasons.
 
+`explain_asked(plugins, resolver, qname, qtype)` first names the rewrite, template or hosts rule
+behind an answer (their Corefile lines), as the handler runs them before the cluster zones;
 `explain(resolver, qname, qtype)` asks the resolver (the very call the DNS server makes) with a
 `Trace`, in which the resolver records each decision it takes and where each record it adds
 comes from. Explain only puts that in words: a reason per decision, in the resolver's order, and
@@ -11,9 +13,10 @@ turns that into text for a person.
 
 Contract:
 - `Explanation.answer` is the resolver's `Answer` object itself, never a rebuilt one: what is
-  explained is what is served. A question the resolver does not take (outside the zones, or a
-  PTR that falls through) is explained as forwarded to the `upstreams` the caller names, or
-  REFUSED when there are none — as the handler does (kdns/dns/handler.py).
+  explained is what is served (for a template or hosts answer: their records, as served). A
+  question the resolver does not take (outside the zones, or a PTR that falls through) is
+  explained as forwarded to the `upstreams` the caller names, or REFUSED when there are none —
+  as the handler does (kdns/dns/handler.py).
 - Every record of the answer, authority and additional sections gets an origin; `Reason.code`
   is a stable identifier (tests and scripts match on it), `Reason.text` is for people.
 - Pure: no I/O, no clock; reads the store and the resolver's public methods, never changes
@@ -30,6 +33,7 @@ from typing import Any
 
 from dnslib import QTYPE, RCODE, RR
 
+from kdns.dns.plugins import Plugins
 from kdns.dns.records import Record, ServiceRecords, dashed, endpoint_name
 from kdns.dns.resolver import ANY, DNS_VERSION, Answer, Resolver, Trace
 from kdns.model import Endpoint, Pod, Service
@@ -170,6 +174,61 @@ def explain(
     else:
         outcome = RCODE.get(answer.rcode)
     return Explanation(qname, qtype, zone, answer, outcome, answer.rcode, True, records, reasons)
+
+
+def explain_asked(
+    plugins: Plugins | None,
+    resolver: Resolver,
+    qname: str,
+    qtype: int,
+    upstreams_for: Callable[[str], Sequence[str]] | None = None,
+) -> Explanation:
+    """`explain`, behind the plugins the handler runs first (kdns/dns/plugins.py): a rewrite
+    names its rules' Corefile lines and explains the renamed question; a template or hosts
+    answer names the rule or file it came from."""
+    qname = qname.rstrip(".").lower()
+    reasons: list[Reason] = []
+    name = qname
+    rewritten = plugins.rewrite(qname) if plugins is not None else None
+    if rewritten is not None:
+        lines = ", ".join(r.where or "dns.rewrites" for r in rewritten.rules)
+        if not rewritten.name:
+            why = Reason("rewrite-invalid", f"the rewrite rule at {lines} makes no valid name")
+            return Explanation(
+                qname, qtype, None, None, "SERVFAIL", RCODE.SERVFAIL, False, [], [why]
+            )
+        reasons.append(
+            Reason(
+                "rewritten",
+                f"rewritten to {rewritten.name} by the rewrite rule at {lines}; the client gets "
+                f"its question back, answer names renamed as the rule says",
+            )
+        )
+        name = rewritten.name
+    found = plugins.answer(name, qtype) if plugins is not None else None
+    if found is not None:
+        answer = Answer(found.rcode, found.answer, found.authority, found.additional)
+        records = [
+            Sourced(section, rr, found.origin)
+            for section, rrs in (
+                ("answer", found.answer),
+                ("authority", found.authority),
+                ("additional", found.additional),
+            )
+            for rr in rrs
+        ]
+        reasons.append(
+            Reason(found.plugin, f"answered by {found.origin}, before the cluster zones")
+        )
+        outcome = (
+            NODATA if found.rcode == RCODE.NOERROR and not found.answer else RCODE.get(found.rcode)
+        )
+        zone = resolver.zone_of(name)
+        return Explanation(name, qtype, zone, answer, outcome, found.rcode, True, records, reasons)
+    upstreams = tuple(upstreams_for(name)) if upstreams_for is not None else ()
+    explained = explain(resolver, name, qtype, upstreams, upstreams_for)
+    explained.reasons[:0] = reasons
+    return explained
 
 
 # --- the trace, in words ---------------------------------------------------------------------

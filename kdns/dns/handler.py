@@ -28,6 +28,7 @@ Contract:
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from dnslib import CNAME, QTYPE, RR, DNSRecord
@@ -35,6 +36,7 @@ from dnslib import CNAME, QTYPE, RR, DNSRecord
 from kdns import metrics
 from kdns.dns import wire
 from kdns.dns.forward import Forwarder
+from kdns.dns.plugins import Plugins, renamed
 from kdns.dns.resolver import Answer, Resolver
 from kdns.dns.stats import LABELS
 from kdns.dns.wire import AnswerCache, Query
@@ -57,6 +59,9 @@ class Deferred:
     search: tuple[str, ...] = ()  # autopath: the client's search list, first element matched
     chase: Answer | None = None  # an answer whose CNAME target the upstreams must resolve
     label: int = 0  # set by `complete`: the metrics label id of the response
+    # rewrite: `query` is the renamed question; the answer goes back as the client asked it.
+    client_query: Query | None = None
+    revert: Callable[[str], str] | None = None
 
 
 class Handler:
@@ -68,8 +73,13 @@ class Handler:
         autopath: bool = False,
         host_search: tuple[str, ...] = (),
         loadbalance: str = "round_robin",
+        plugins: Plugins | None = None,
+        fallthrough: tuple[str, ...] = (),
     ) -> None:
         self.resolver = resolver
+        self.plugins = plugins  # rewrite, template, hosts (kdns/dns/plugins.py), if configured
+        # CoreDNS's kubernetes `fallthrough ZONES`: NXDOMAIN there goes on to the upstreams.
+        self.fallthrough = fallthrough
         # `loadbalance round_robin` (the kubeadm Corefile's): each answer rotates its A, AAAA
         # or SRV RRset, so clients that take the first address spread over the endpoints.
         self.cache = cache if cache is not None else AnswerCache(rotate=loadbalance != "off")
@@ -142,11 +152,17 @@ class Handler:
             return self._refuse(query, wire.BADVERS, udp)
         if query.qclass != CLASS_IN or query.qtype in REFUSED_TYPES:
             return self._refuse(query, wire.REFUSED, udp)
+        if self.plugins is not None:
+            handled = self._plugins(query, udp)
+            if handled is not None:
+                return handled
         if self.autopath and client is not None:
             search = self._search_list(query.qname, client)
             if search:
                 return Deferred(query, udp, search)
         answer = self.resolver.resolve(query.qname, query.qtype)
+        if answer is not None and answer.rcode == wire.NXDOMAIN and self.fallthrough:
+            answer = self._fall_through(query.qname, answer)
         if answer is not None and answer.broken is not None:
             self._broken_chain(query, answer)
         if answer is not None and self._chases(answer):
@@ -204,6 +220,57 @@ class Handler:
             self.cache.store(data, query, response, answer.tags, hit_label)
         return wire.finish(response, query, udp)
 
+    def _fall_through(self, qname: str, answer: Answer) -> Answer | None:
+        """None (forward it) when `qname` is in a `fallthrough` zone and there are upstreams."""
+        within = any(z == "." or qname == z or qname.endswith("." + z) for z in self.fallthrough)
+        if within and self.forwarder is not None and self.forwarder.upstreams_for(qname):
+            return None
+        return answer
+
+    # --- rewrite, template, hosts (CoreDNS's plugins before kubernetes) ------------------------
+
+    def _plugins(self, query: Query, udp: bool) -> bytes | Deferred | None:
+        """rewrite, then template and hosts, before the cluster zones (CoreDNS's plugin order);
+        None: the question goes on as if they were not there. Their answers are not cached
+        here: the hosts file may change under them."""
+        assert self.plugins is not None
+        rewritten = self.plugins.rewrite(query.qname)
+        if rewritten is not None and not rewritten.name:
+            self.label = LABELS.id(DROPPED, query.qtype, wire.SERVFAIL, "rewrite", query.do)
+            servfail = wire.error_response(query.id, query.flags, wire.SERVFAIL, query)
+            return wire.finish(servfail, query, udp)
+        asked = query if rewritten is None else _sub_query(query, rewritten.name)
+        found = self.plugins.answer(asked.qname, asked.qtype)
+        if rewritten is None and found is None:
+            return None
+        plugin = found.plugin if found is not None else "kubernetes"
+        answer = found or self.resolver.resolve(asked.qname, asked.qtype)
+        if rewritten is not None and (answer is None or isinstance(answer, Answer)):
+            # The renamed question takes the path of any other (chase, upstreams), then is
+            # renamed back for the client.
+            if answer is not None and answer.broken is not None:
+                self._broken_chain(asked, answer)
+            if answer is None or self._chases(answer):
+                if self.forwarder is None or not self.forwarder.upstreams_for(asked.qname):
+                    return self._refuse(query, wire.REFUSED, udp)
+                chase = answer if answer is not None and self._chases(answer) else None
+                return Deferred(
+                    asked, udp, chase=chase, client_query=query, revert=rewritten.revert
+                )
+        assert answer is not None
+        response = wire.encode(
+            asked,
+            answer.rcode,
+            answer.answer,
+            answer.authority,
+            answer.additional,
+            recursion_available=self.recursion_available,
+        )
+        if rewritten is not None:
+            response = renamed(query, response, rewritten.revert, self.recursion_available)
+        self.label = LABELS.id(self.zone(asked.qname), query.qtype, answer.rcode, plugin, query.do)
+        return wire.finish(response, query, udp)
+
     # --- the network part --------------------------------------------------------------------
 
     async def complete(self, deferred: Deferred) -> bytes | None:
@@ -232,6 +299,9 @@ class Handler:
         deferred.label = LABELS.id(
             self.zone(query.qname), query.qtype, response[3] & 0xF, plugin, query.do
         )
+        if deferred.client_query is not None and deferred.revert is not None:
+            query = deferred.client_query
+            response = renamed(query, response, deferred.revert, True)
         return wire.finish(_with_ra(response), query, deferred.udp)
 
     # --- CNAMEs to names outside our zones ---------------------------------------------------
@@ -322,7 +392,21 @@ class Handler:
     async def _lookup(self, query: Query, name: str) -> bytes:
         """The response for `name` (same type) as kdns would give it, by the client's ID."""
         sub = _sub_query(query, name)
+        # CoreDNS's autopath asks the plugins after it for each name: template, hosts, then
+        # kubernetes (and its fallthrough), then forward.
+        found = self.plugins.answer(name, query.qtype) if self.plugins is not None else None
+        if found is not None:
+            return wire.encode(
+                sub,
+                found.rcode,
+                found.answer,
+                found.authority,
+                found.additional,
+                recursion_available=self.recursion_available,
+            )
         answer = self.resolver.resolve(name, query.qtype)
+        if answer is not None and answer.rcode == wire.NXDOMAIN and self.fallthrough:
+            answer = self._fall_through(name, answer)
         if answer is not None and answer.broken is not None:
             self._broken_chain(sub, answer)
         if answer is not None and self._chases(answer):

@@ -92,8 +92,14 @@ def _address(ip: str) -> Record:
     return Record(AAAA if ":" in ip else A, ip)
 
 
-def endpoint_name(endpoint: Endpoint) -> str:
-    return endpoint.hostname or dashed(endpoint.address)
+def endpoint_name(endpoint: Endpoint, pod_names: bool = False) -> str:
+    """Its hostname, else (CoreDNS's `endpoint_pod_names`) its Pod's name when that fits in a
+    label, else its dashed address."""
+    if endpoint.hostname:
+        return endpoint.hostname
+    if pod_names and endpoint.pod and len(endpoint.pod) <= 63:
+        return endpoint.pod
+    return dashed(endpoint.address)
 
 
 def _srv_set(entries: Iterable[tuple[str, int]]) -> tuple[Record, ...]:
@@ -112,10 +118,17 @@ def _is_ip(text: str) -> bool:
 
 
 def service_records(
-    service: Service, endpoints: tuple[Endpoint, ...], cluster_ips: tuple[str, ...] | None = None
+    service: Service,
+    endpoints: tuple[Endpoint, ...],
+    cluster_ips: tuple[str, ...] | None = None,
+    pod_names: bool = False,
+    ignore_empty: bool = False,
 ) -> ServiceRecords:
     """`cluster_ips`, when given, stands in for the Service's ClusterIPs in its A/AAAA and PTR
-    records (the userspace proxy's loopback VIP); headless and ExternalName ignore it."""
+    records (the userspace proxy's loopback VIP); headless and ExternalName ignore it.
+    `pod_names` is CoreDNS's `endpoint_pod_names` (`endpoint_name`); `ignore_empty` its
+    `ignore empty_service`: a ClusterIP Service with no ready endpoint has no forward name
+    (NXDOMAIN, so a client's search list goes on), its ClusterIP PTR stays."""
     base = f"{service.name}.{service.namespace}.svc"
     forward: dict[str, list[Record]] = {}
     reverse: dict[str, list[Record]] = {}
@@ -142,7 +155,7 @@ def service_records(
         named: dict[str, list[tuple[str, int]]] = {}
         every: list[tuple[str, int]] = []
         for endpoint in ready:
-            target = f"{endpoint_name(endpoint)}.{base}"
+            target = f"{endpoint_name(endpoint, pod_names)}.{base}"
             for port in endpoint.ports:
                 every.append((target, port.port))
                 if port.name:
@@ -163,9 +176,11 @@ def service_records(
         if service.ports:
             forward.setdefault(base, []).extend(_srv_set((base, p.port) for p in service.ports))
 
+    if ignore_empty and not service.headless and not ready:
+        forward.clear()
     # Endpoint names and their PTRs, for ready endpoints of headless and ClusterIP services.
     for endpoint in ready:
-        host = f"{endpoint_name(endpoint)}.{base}"
+        host = f"{endpoint_name(endpoint, pod_names)}.{base}"
         add(forward, host, _address(endpoint.address))
         add(reverse, reverse_name(endpoint.address), Record(PTR, host, in_zone=True))
     return _freeze(forward, reverse)

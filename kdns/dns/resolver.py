@@ -49,7 +49,7 @@ from kdns.dns.records import (
     reverse_prefix,
     service_records,
 )
-from kdns.model import Service
+from kdns.model import Endpoint, Service
 from kdns.store import Change, Store
 
 ANY = QTYPE.ANY
@@ -152,6 +152,7 @@ class Resolver:
         self._known: set[tuple[str, str]] = set()
         self._services_per_namespace: Counter[str] = Counter()
         self.ttl = config.dns.ttl
+        self._options = config.dns  # endpoint_pod_names, noendpoints, ignore_empty_service
         self.pods = config.dns.pods
         self.forward_zones = config.dns.forward_zones
         self.reverse_zones = config.dns.reverse_zones
@@ -175,9 +176,7 @@ class Resolver:
             self._memo.pop(key, None)
             service = self.store.services.get(key)
             addresses = (
-                ptr_addresses(
-                    service, self.store.endpoints.get(key, ()), self._cluster_ips(service)
-                )
+                ptr_addresses(service, self._endpoints(key), self._cluster_ips(service))
                 if service is not None
                 else frozenset()
             )
@@ -214,9 +213,7 @@ class Resolver:
         services = self.store.services
         self.reverse.replace(
             {
-                key: ptr_addresses(
-                    service, self.store.endpoints.get(key, ()), self._cluster_ips(service)
-                )
+                key: ptr_addresses(service, self._endpoints(key), self._cluster_ips(service))
                 for key, service in services.items()
             }
         )
@@ -230,10 +227,18 @@ class Resolver:
             if service is None:
                 return None
             records = service_records(
-                service, self.store.endpoints.get(key, ()), self._cluster_ips(service)
+                service,
+                self._endpoints(key),
+                self._cluster_ips(service),
+                pod_names=self._options.endpoint_pod_names,
+                ignore_empty=self._options.ignore_empty_service,
             )
             self._memo[key] = records
         return records
+
+    def _endpoints(self, key: tuple[str, str]) -> tuple[Endpoint, ...]:
+        # CoreDNS's `noendpoints`: no endpoint names, no headless answers (NXDOMAIN).
+        return () if self._options.noendpoints else self.store.endpoints.get(key, ())
 
     def _cluster_ips(self, service: Service) -> tuple[str, ...] | None:
         hook = self.service_addresses

@@ -68,13 +68,13 @@ def test_check_prints_the_kdns_config_of_kubeadms_corefile(tmp_path: Path) -> No
 
 
 def test_check_refuses_what_would_change_answers_one_line_each() -> None:
-    result = kdns("check", "--corefile", str(DATA / "rewrite.Corefile"))
+    result = kdns("check", "--corefile", str(DATA / "refused.Corefile"))
     assert result.returncode == 2
     assert result.stderr.splitlines() == [
-        f"kdns: {DATA}/rewrite.Corefile:7: rewrite: not supported: kdns does not have this plugin yet, and it changes answers",
-        f"kdns: {DATA}/rewrite.Corefile:11: rewrite: not supported: kdns does not have this plugin yet, and it changes answers",
+        f"kdns: {DATA}/refused.Corefile:9: rewrite: not supported: only `rewrite name` is supported (here type)",
+        f"kdns: {DATA}/refused.Corefile:10: dns64: not supported: kdns does not have this plugin yet, and it changes answers",
     ]
-    assert f"# {DATA}/rewrite.Corefile:7: rewrite: not supported" in result.stdout
+    assert f"# {DATA}/refused.Corefile:9: rewrite: not supported" in result.stdout
 
 
 @pytest.mark.parametrize(
@@ -192,9 +192,7 @@ def test_serve_answers_as_the_corefile_says_and_reloads_it_and_its_imports(
     line = server.wait_log(r"config reload refused.*", timeout=WAIT).group(0)
     assert line.endswith(f"{corefile.path}:1: this block has no closing '}}'"), line
     assert ttl_of(port) == 30
-    write_atomically(
-        corefile.path, corefile.text(ttl=10, extra="    rewrite name a.example b.example\n")
-    )
+    write_atomically(corefile.path, corefile.text(ttl=10, extra="    rewrite type AAAA A\n"))
     line = server.wait_log(r"config reload refused.*rewrite.*", timeout=WAIT).group(0)
     assert re.search(rf"{re.escape(str(corefile.path))}:10: rewrite: not supported", line), line
     assert ttl_of(port) == 30

@@ -103,11 +103,10 @@ def test_kubeadm_yaml(tmp_path: Path) -> None:
 
 def test_refused_directives_are_one_line_each() -> None:
     with pytest.raises(CorefileRefused) as caught:
-        load_corefile(str(DATA / "rewrite.Corefile"), {})
+        load_corefile(str(DATA / "refused.Corefile"), {})
     assert [line.replace(f"{DATA}/", "") for line in caught.value.lines] == [
-        "rewrite.Corefile:7: rewrite: not supported: kdns does not have this plugin yet, and it "
-        "changes answers",
-        "rewrite.Corefile:11: rewrite: not supported: kdns does not have this plugin yet, and it "
+        "refused.Corefile:9: rewrite: not supported: only `rewrite name` is supported (here type)",
+        "refused.Corefile:10: dns64: not supported: kdns does not have this plugin yet, and it "
         "changes answers",
     ]
     assert isinstance(caught.value, ConfigError)
@@ -121,6 +120,23 @@ def test_a_value_out_of_range_names_the_corefile_line(tmp_path: Path) -> None:
     assert str(caught.value) == (
         f"{path}:3: ttl: must be a whole number of seconds in 0-3600 (got 9999) (kdns key dns.ttl)"
     )
+
+
+def test_bytes_that_are_not_utf8_name_the_line_in_the_corefile_and_its_imports(
+    tmp_path: Path,
+) -> None:
+    # A Latin-1 byte used to escape as a UnicodeDecodeError traceback from `kdns check`.
+    path = tmp_path / "Corefile"
+    path.write_bytes(b".:53 {\n    kubernetes caf\xe9.local\n}\n")
+    with pytest.raises(ConfigError) as caught:
+        load_corefile(str(path), {})
+    assert str(caught.value) == f"{path}:2: not UTF-8 text (byte 0xe9)"
+    custom = tmp_path / "custom.server"
+    custom.write_bytes(b"acme.local:53 {\n  forward . 127.0.0.1\xff\n}\n")
+    path.write_text(f".:53 {{\n    import {custom}\n    kubernetes cluster.local\n}}\n")
+    with pytest.raises(ConfigError) as caught:
+        load_corefile(str(path), {})
+    assert str(caught.value) == f"{custom}:2: not UTF-8 text (byte 0xff)"
 
 
 def test_imports_are_kept_for_the_reload_watch(tmp_path: Path) -> None:

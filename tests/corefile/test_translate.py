@@ -36,7 +36,7 @@ def render(translation: Translation) -> str:
             value = list(value)
         text = yaml.safe_dump(value, default_flow_style=True, width=1000)
         text = text.strip().removesuffix("...").strip()
-        lines.append(f"{short(s.where)} {s.key}: {text}")
+        lines.append(short(f"{s.where} {s.key}: {text}"))  # a rule's `where` too
     return "\n".join(lines)
 
 
@@ -119,6 +119,11 @@ k3s.Corefile:3 dns.health_addr: 0.0.0.0:8080
 k3s.Corefile:4 dns.ready_addr: 0.0.0.0:8181
 k3s.Corefile:5 dns.zones: [cluster.local, in-addr.arpa, ip6.arpa]
 k3s.Corefile:6 dns.pods: insecure
+k3s.Corefile:9 hosts.file: /etc/coredns/NodeHosts
+k3s.Corefile:9 hosts.zones: [.]
+k3s.Corefile:10 hosts.ttl: 60
+k3s.Corefile:11 hosts.reload: 15.0
+k3s.Corefile:12 hosts.fallthrough: [.]
 k3s.Corefile:14 dns.metrics_addr: 0.0.0.0:9153
 k3s.Corefile:14 dns.metrics_coredns_names: true
 k3s.Corefile:15 forward.resolv_conf: /etc/resolv.conf
@@ -130,10 +135,9 @@ k3s.Corefile:19 dns.loadbalance: round_robin""",
         """\
 k3s.Corefile:2: errors: accepted: kdns logs errors on its own
 k3s.Corefile:7: kubernetes fallthrough: accepted: PTR questions for addresses no Service owns are forwarded
-k3s.Corefile:9: hosts: not supported: kdns does not have this plugin yet, and it changes answers
 k3s.Corefile:17: loop: accepted: kdns refuses, at start, an upstream that would forward back to it""",
         id="k3s",
-    ),  # k3s's manifest, `coredns-custom` absent: the imports match nothing; NodeHosts is served by `hosts`, which kdns does not have yet
+    ),  # k3s's manifest, `coredns-custom` absent: the imports match nothing; NodeHosts is served by `hosts` (the hosts section)
     pytest.param(
         "k3s.Corefile",
         "k3s-custom",
@@ -146,6 +150,11 @@ k3s.Corefile:3 dns.health_addr: 0.0.0.0:8080
 k3s.Corefile:4 dns.ready_addr: 0.0.0.0:8181
 k3s.Corefile:5 dns.zones: [cluster.local, in-addr.arpa, ip6.arpa]
 k3s.Corefile:6 dns.pods: insecure
+k3s.Corefile:9 hosts.file: /etc/coredns/NodeHosts
+k3s.Corefile:9 hosts.zones: [.]
+k3s.Corefile:10 hosts.ttl: 60
+k3s.Corefile:11 hosts.reload: 15.0
+k3s.Corefile:12 hosts.fallthrough: [.]
 k3s.Corefile:14 dns.metrics_addr: 0.0.0.0:9153
 k3s.Corefile:14 dns.metrics_coredns_names: true
 k3s.Corefile:15 forward.resolv_conf: /etc/resolv.conf
@@ -157,7 +166,6 @@ k3s.Corefile:19 dns.loadbalance: round_robin""",
         """\
 k3s.Corefile:2: errors: accepted: kdns logs errors on its own
 k3s.Corefile:7: kubernetes fallthrough: accepted: PTR questions for addresses no Service owns are forwarded
-k3s.Corefile:9: hosts: not supported: kdns does not have this plugin yet, and it changes answers
 k3s.Corefile:17: loop: accepted: kdns refuses, at start, an upstream that would forward back to it
 /etc/coredns/custom/consul.server:2: errors: accepted: kdns logs errors on its own""",
         id="k3s-custom",
@@ -229,13 +237,12 @@ aks.Corefile:13 forward.upstreams: null
 aks.Corefile:14 cache.max_denial_ttl: 30
 aks.Corefile:14 cache.max_ttl: 30
 aks.Corefile:16 dns.reload_interval: 30.0
-aks.Corefile:17 dns.loadbalance: round_robin""",
+aks.Corefile:17 dns.loadbalance: round_robin
+aks.Corefile:19 dns.templates: [{class: ANY, fallthrough: [.], match: ['^(?:[^.]+\\.){4,}internal\\.cloudapp\\.net\\.$'], rcode: NXDOMAIN, type: ANY, where: 'aks.Corefile:19', zones: [internal.cloudapp.net]}, {class: ANY, rcode: NXDOMAIN, type: ANY, where: 'aks.Corefile:24', zones: [reddog.microsoft.com]}]""",
         """\
 aks.Corefile:2: errors: accepted: kdns logs errors on its own
 aks.Corefile:9: kubernetes fallthrough: accepted: PTR questions for addresses no Service owns are forwarded
-aks.Corefile:15: loop: accepted: kdns refuses, at start, an upstream that would forward back to it
-aks.Corefile:19: template: not supported: kdns does not have this plugin yet, and it changes answers
-aks.Corefile:24: template: not supported: kdns does not have this plugin yet, and it changes answers""",
+aks.Corefile:15: loop: accepted: kdns refuses, at start, an upstream that would forward back to it""",
         id="aks",
     ),  # AKS's managed Corefile: its NXDOMAIN templates change answers
     pytest.param(
@@ -289,14 +296,16 @@ aks.Corefile:13 forward.upstreams: null
 aks.Corefile:14 cache.max_denial_ttl: 30
 aks.Corefile:14 cache.max_ttl: 30
 aks.Corefile:16 dns.reload_interval: 30.0
-aks.Corefile:17 dns.loadbalance: round_robin""",
+aks.Corefile:17 dns.loadbalance: round_robin
+aks.Corefile:19 dns.templates: [{class: ANY, fallthrough: [.], match: ['^(?:[^.]+\\.){4,}internal\\.cloudapp\\.net\\.$'], rcode: NXDOMAIN, type: ANY, where: 'aks.Corefile:19', zones: [internal.cloudapp.net]}, {class: ANY, rcode: NXDOMAIN, type: ANY, where: 'aks.Corefile:24', zones: [reddog.microsoft.com]}]
+custom/test.override:1 hosts.entries: [10.0.0.1 example1.org, 10.0.0.2 example2.org, 10.0.0.3 example3.org]
+custom/test.override:1 hosts.file: /etc/hosts
+custom/test.override:1 hosts.zones: [.]
+custom/test.override:5 hosts.fallthrough: [.]""",
         """\
 aks.Corefile:2: errors: accepted: kdns logs errors on its own
 aks.Corefile:9: kubernetes fallthrough: accepted: PTR questions for addresses no Service owns are forwarded
-aks.Corefile:15: loop: accepted: kdns refuses, at start, an upstream that would forward back to it
-custom/test.override:1: hosts: not supported: kdns does not have this plugin yet, and it changes answers
-aks.Corefile:19: template: not supported: kdns does not have this plugin yet, and it changes answers
-aks.Corefile:24: template: not supported: kdns does not have this plugin yet, and it changes answers""",
+aks.Corefile:15: loop: accepted: kdns refuses, at start, an upstream that would forward back to it""",
         id="aks-custom-hosts",
     ),  # AKS with the documented `hosts` override
     pytest.param(
@@ -342,6 +351,10 @@ hosts.Corefile:6 dns.ready_addr: 0.0.0.0:8181
 hosts.Corefile:7 dns.zones: [cluster.local, in-addr.arpa, ip6.arpa]
 hosts.Corefile:8 dns.pods: insecure
 hosts.Corefile:10 dns.ttl: 30
+hosts.Corefile:12 hosts.entries: [192.168.1.10 registry.corp.example]
+hosts.Corefile:12 hosts.file: /etc/hosts
+hosts.Corefile:12 hosts.zones: [.]
+hosts.Corefile:14 hosts.fallthrough: [.]
 hosts.Corefile:16 dns.metrics_addr: 0.0.0.0:9153
 hosts.Corefile:16 dns.metrics_coredns_names: true
 hosts.Corefile:17 forward.resolv_conf: /etc/resolv.conf
@@ -353,7 +366,6 @@ hosts.Corefile:21 dns.loadbalance: round_robin""",
         """\
 hosts.Corefile:2: errors: accepted: kdns logs errors on its own
 hosts.Corefile:9: kubernetes fallthrough: accepted: PTR questions for addresses no Service owns are forwarded
-hosts.Corefile:12: hosts: not supported: kdns does not have this plugin yet, and it changes answers
 hosts.Corefile:19: loop: accepted: kdns refuses, at start, an upstream that would forward back to it""",
         id="hosts",
     ),  # hand-edited: inline hosts entries
@@ -365,6 +377,7 @@ rewrite.Corefile:1 dns.addr: 0.0.0.0:53
 rewrite.Corefile:3 dns.health_addr: 0.0.0.0:8080
 rewrite.Corefile:4 dns.lameduck: 5.0
 rewrite.Corefile:6 dns.ready_addr: 0.0.0.0:8181
+rewrite.Corefile:7 dns.rewrites: [{answer: name, answer_from: (.*)\\.default\\.svc\\.cluster\\.local, answer_to: '{1}.example.com', from: (.*)\\.example\\.com, match: regex, stop: true, to: '{1}.default.svc.cluster.local', where: 'rewrite.Corefile:7'}, {from: api.example.org, match: exact, stop: true, to: api.default.svc.cluster.local, where: 'rewrite.Corefile:11'}]
 rewrite.Corefile:12 dns.zones: [cluster.local, in-addr.arpa, ip6.arpa]
 rewrite.Corefile:13 dns.pods: insecure
 rewrite.Corefile:15 dns.ttl: 30
@@ -378,8 +391,6 @@ rewrite.Corefile:21 dns.reload_interval: 30.0
 rewrite.Corefile:22 dns.loadbalance: round_robin""",
         """\
 rewrite.Corefile:2: errors: accepted: kdns logs errors on its own
-rewrite.Corefile:7: rewrite: not supported: kdns does not have this plugin yet, and it changes answers
-rewrite.Corefile:11: rewrite: not supported: kdns does not have this plugin yet, and it changes answers
 rewrite.Corefile:14: kubernetes fallthrough: accepted: PTR questions for addresses no Service owns are forwarded
 rewrite.Corefile:20: loop: accepted: kdns refuses, at start, an upstream that would forward back to it""",
         id="rewrite",
@@ -525,22 +536,49 @@ OPTIONS = [
         "names until its first full list, however long",
     ),
     (
-        "options that filter or change cluster answers",
+        "fallthrough for a forward zone: its NXDOMAIN names go upstream",
+        corefile(options="       fallthrough cluster.local\n"),
+        {"dns.fallthrough": ("cluster.local",)},
+        "",
+    ),
+    (
+        "names that fall through are forwarded, and then cached: `disable` cannot hold",
+        corefile(
+            "    cache 30 {\n       disable success cluster.local\n    }\n",
+            options="       fallthrough\n",
+        ),
+        {"dns.fallthrough": ("cluster.local",)},
+        "Corefile:3: kubernetes fallthrough: accepted: PTR questions for addresses no Service "
+        "owns are forwarded\n"
+        "Corefile:6: cache disable: not supported: kdns caches the upstream answers of names that "
+        "fall through",
+    ),
+    (
+        "ignore takes only empty_service; endpoint_pod_names and noendpoints take nothing",
+        corefile(options="       ignore other\n       noendpoints now\n"),
+        {"dns.ignore_empty_service": "<unset>", "dns.noendpoints": "<unset>"},
+        "Corefile:3: kubernetes ignore: not supported: not supported yet\n"
+        "Corefile:4: kubernetes noendpoints: not supported: not supported yet",
+    ),
+    (
+        "options that filter or change cluster answers; those kdns has",
         corefile(
             options="       namespaces default\n       labels app=x\n       endpoint_pod_names\n"
             "       noendpoints\n       ignore empty_service\n       multicluster clusterset.local\n"
             "       endpoint https://10.0.0.1:6443\n       fallthrough\n       bogus 1\n"
         ),
-        {},
+        {
+            "dns.fallthrough": ("cluster.local",),
+            "dns.endpoint_pod_names": True,
+            "dns.noendpoints": True,
+            "dns.ignore_empty_service": True,
+        },
         "Corefile:3: kubernetes namespaces: not supported: not supported yet\n"
         "Corefile:4: kubernetes labels: not supported: not supported yet\n"
-        "Corefile:5: kubernetes endpoint_pod_names: not supported: not supported yet\n"
-        "Corefile:6: kubernetes noendpoints: not supported: not supported yet\n"
-        "Corefile:7: kubernetes ignore: not supported: not supported yet\n"
         "Corefile:8: kubernetes multicluster: not supported: not supported yet\n"
         "Corefile:9: kubernetes endpoint: not supported: not supported yet\n"
-        "Corefile:10: kubernetes fallthrough: not supported: only the reverse zones may fall "
-        "through (names in the cluster zones get NXDOMAIN)\n"
+        "Corefile:10: kubernetes fallthrough: accepted: PTR questions for addresses no Service "
+        "owns are forwarded\n"
         "Corefile:11: kubernetes bogus: not supported: unknown option",
     ),
     (
@@ -671,7 +709,7 @@ OPTIONS = [
         "harmless plugins are accepted, the others refused",
         corefile(
             '    debug\n    whoami\n    pprof\n    errors {\n       consolidate 5m ".*"\n    }\n'
-            "    hosts\n    template IN A x.example\n    k8s_external example.com\n"
+            "    rewrite type AAAA A\n    template CH TXT x.example\n    k8s_external example.com\n"
             "    any\n    dns64\n"
         ),
         {},
@@ -680,8 +718,8 @@ OPTIONS = [
         "Corefile:5: pprof: accepted: kdns has no profiling endpoint\n"
         "Corefile:6: errors: accepted: kdns logs errors on its own\n"
         "Corefile:7: errors: accepted: ignored with its directive\n"
-        "Corefile:9: hosts: not supported: kdns does not have this plugin yet, and it changes answers\n"
-        "Corefile:10: template: not supported: kdns does not have this plugin yet, and it changes answers\n"
+        "Corefile:9: rewrite: not supported: only `rewrite name` is supported (here type)\n"
+        "Corefile:10: template: not supported: kdns answers only class IN\n"
         "Corefile:11: k8s_external: not supported: kdns does not have this plugin yet, and it changes answers\n"
         "Corefile:12: any: not supported: kdns does not have this plugin yet, and it changes answers\n"
         "Corefile:13: dns64: not supported: kdns does not have this plugin yet, and it changes answers",
@@ -726,6 +764,145 @@ def test_directives_and_options(text: str, keys: dict[str, object], lines: str) 
     assert "\n".join(str(n) for n in translation.notes) == lines
 
 
+PLUGIN_OPTIONS = [
+    # (what, Corefile lines after `kubernetes`, keys it sets, its notes)
+    (
+        "hosts: a file, its zones and every option; inline lines",
+        "    hosts /etc/extra-hosts example.org 10.0.0.0/8 {\n       10.0.0.1 a.example.org\n"
+        "       ttl 60\n       reload 0\n       no_reverse\n       fallthrough example.org\n    }\n",
+        {
+            "hosts.file": "/etc/extra-hosts",
+            "hosts.zones": ("example.org", "10.in-addr.arpa"),
+            "hosts.entries": ("10.0.0.1 a.example.org",),
+            "hosts.ttl": 60,
+            "hosts.reload": 0.0,
+            "hosts.no_reverse": True,
+            "hosts.fallthrough": ("example.org",),
+        },
+        "",
+    ),
+    (
+        "hosts alone reads /etc/hosts for every name, with no fallthrough",
+        "    hosts\n",
+        {"hosts.file": "/etc/hosts", "hosts.zones": (".",), "hosts.fallthrough": "<unset>"},
+        "",
+    ),
+    (
+        "template: a fixed answer, lines as written",
+        "    template IN A example.org {\n"
+        '       match "^(?P<ip>[0-9-]+)[.]example[.]org[.]$"\n'
+        '       answer "{{ .Name }} 60 IN A 192.0.2.1"\n'
+        '       additional "ns.{{ .Zone }} 60 IN A 192.0.2.53"\n'
+        "       upstream\n    }\n",
+        {
+            "dns.templates": (
+                {
+                    "class": "IN",
+                    "type": "A",
+                    "zones": ["example.org"],
+                    "match": ["^(?P<ip>[0-9-]+)[.]example[.]org[.]$"],
+                    "answer": ["{{ .Name }} 60 IN A 192.0.2.1"],
+                    "additional": ["ns.{{ .Zone }} 60 IN A 192.0.2.53"],
+                    "where": "Corefile:6",
+                },
+            )
+        },
+        "Corefile:10: template upstream: accepted: deprecated in CoreDNS; ignored",
+    ),
+    (
+        "rewrite name: every match type, continue, answer auto and the block form, in order",
+        "    rewrite name exact a.example b.example\n"
+        "    rewrite continue name prefix old- new- answer auto\n"
+        "    rewrite stop {\n       name suffix .corp .svc.cluster.local\n"
+        "       answer name (.*)\\.svc\\.cluster\\.local {1}.corp\n    }\n"
+        "    rewrite name substring staging prod\n"
+        "    rewrite name api.example api.default.svc.cluster.local\n",
+        {
+            "dns.rewrites": (
+                {
+                    "match": "exact",
+                    "from": "a.example",
+                    "to": "b.example",
+                    "stop": True,
+                    "where": "Corefile:6",
+                },
+                {
+                    "match": "prefix",
+                    "from": "old-",
+                    "to": "new-",
+                    "answer": "auto",
+                    "stop": False,
+                    "where": "Corefile:7",
+                },
+                {
+                    "match": "suffix",
+                    "from": ".corp",
+                    "to": ".svc.cluster.local",
+                    "answer": "name",
+                    "answer_from": r"(.*)\.svc\.cluster\.local",
+                    "answer_to": "{1}.corp",
+                    "stop": True,
+                    "where": "Corefile:8",
+                },
+                {
+                    "match": "substring",
+                    "from": "staging",
+                    "to": "prod",
+                    "stop": True,
+                    "where": "Corefile:12",
+                },
+                {
+                    "match": "exact",
+                    "from": "api.example",
+                    "to": "api.default.svc.cluster.local",
+                    "stop": True,
+                    "where": "Corefile:13",
+                },
+            )
+        },
+        "",
+    ),
+    (
+        "rewrites kdns does not do",
+        "    rewrite name regex (.*) {1}.x answer value (.*) {1}\n    rewrite edns0 local set 1 2\n",
+        {"dns.rewrites": "<unset>"},
+        "Corefile:6: rewrite: not supported: `answer value` is not supported yet\n"
+        "Corefile:7: rewrite: not supported: only `rewrite name` is supported (here edns0)",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    "text, keys, lines",
+    [(t, k, n) for _, t, k, n in PLUGIN_OPTIONS],
+    ids=[o[0] for o in PLUGIN_OPTIONS],
+)
+def test_hosts_template_and_rewrite(text: str, keys: dict[str, object], lines: str) -> None:
+    translation = inline(
+        ".:53 {\n    errors\n    kubernetes cluster.local\n    forward . 10.0.0.1\n"
+        "    cache 30\n" + text + "}\n"
+    )
+    values = translation.values()
+    assert {k: values.get(k, "<unset>") for k in keys} == keys
+    assert (
+        "\n".join(str(n) for n in translation.notes)
+        .replace("Corefile:2: errors: accepted: kdns logs errors on its own", "")
+        .strip()
+        == lines
+    )
+
+
+def test_a_rewrite_outside_the_root_block_is_refused() -> None:
+    translation = inline(
+        ".:53 {\n    kubernetes cluster.local\n}\n"
+        "corp.example {\n    rewrite name a.corp.example b.corp.example\n    forward . 10.0.0.1\n}\n"
+    )
+    assert [str(n) for n in translation.refused] == [
+        "Corefile:5: rewrite: not supported: kdns rewrites in the root block only (its rules see "
+        "every name)"
+    ]
+
+
 BLOCK_ERRORS = [
     (
         "tls://.:853 {\n    kubernetes cluster.local\n}\n",
@@ -749,6 +926,20 @@ BLOCK_ERRORS = [
     (
         ".:53 {\n    kubernetes cluster.local\n    health {\n       lameduk 5s\n    }\n}\n",
         "Corefile:4: health: unknown option 'lameduk'",
+    ),
+    (
+        ".:53 {\n    kubernetes cluster.local\n    hosts {\n       10.0.0.1\n    }\n}\n",
+        "Corefile:4: hosts: 10.0.0.1: a line names at least one host",
+    ),
+    (
+        ".:53 {\n    kubernetes cluster.local\n    template ANY ANY x {\n       rcode NOPE\n    }\n"
+        "    template ANY ANY y {\n       match (\n    }\n}\n",
+        "Corefile:3: template: rcode: must be one of NOERROR, FORMERR, SERVFAIL, NXDOMAIN, "
+        "NOTIMP, REFUSED (got 'NOPE')",
+    ),
+    (
+        ".:53 {\n    kubernetes cluster.local\n    rewrite name a.example\n}\n",
+        "Corefile:3: rewrite name takes FROM and TO",
     ),
 ]
 
