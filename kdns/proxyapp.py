@@ -142,7 +142,7 @@ async def render(config: Config, options: ProxyOptions, runner: Runner = run_com
     """What a full sync would apply, once the source has listed everything."""
     dataplane = None if options.mode == "userspace" else make_dataplane(options, runner)
     store, api = open_store(config, watch_pods=False)
-    source = open_source(config, store, api, False)
+    source = open_source(config, store, api, False, {"node_name": options.node_name})
     async with trio.open_nursery() as nursery:
         await nursery.start(source.run)
         with trio.move_on_after(SYNC_TIMEOUT):
@@ -152,7 +152,9 @@ async def render(config: Config, options: ProxyOptions, runner: Runner = run_com
         raise StartupError([f"the cluster did not sync within {SYNC_TIMEOUT:.0f} s"])
     if dataplane is None:
         return "".join(f"{line}\n" for line in userspace.render(store, options.node_name))
-    routes = build_routes(store.services, store.endpoints, options.node_name)
+    node = store.nodes.get(options.node_name)
+    zone = node.zone if node is not None else ""
+    routes = build_routes(store.services, store.endpoints, options.node_name, zone=zone)
     return await trio.to_thread.run_sync(dataplane.render, routes)
 
 
@@ -236,7 +238,8 @@ async def run_proxy(
     task_status: trio.TaskStatus[dict[str, int]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     store, api = open_store(config, watch_pods=False)
-    source = open_source(config, store, api, False)
+    # From a cluster, this node's Node is watched too: its zone label picks topology hints.
+    source = open_source(config, store, api, False, {"node_name": options.node_name})
     if options.mode == "userspace":
         await _run_userspace(store, source, options, task_status=task_status)
         return
