@@ -229,6 +229,7 @@ API_KINDS = {
     "pods": "Pod",
     "serviceimports": "ServiceImport",
     "importslices": "EndpointSlice",
+    "nodes": "Node",
 }
 
 

@@ -42,6 +42,7 @@ from kdns.proxy.routes import (
 )
 from kdns.proxy.sync import SyncEngine
 from kdns.sources import kube
+from kdns.sources.scope import Scope
 from kdns.store import ENDPOINTSLICES, NODES, SERVICES, Store
 from tests.conftest import throwaway_netns
 from tests.kubeapi.fixtures import kube_api, kubeconfig
@@ -414,7 +415,17 @@ FAST = {
 }
 
 
-def test_node_watch_follows_only_this_nodes_zone(kube_api: ApiServer, kubeconfig: Path) -> None:
+@pytest.mark.parametrize(
+    "scope",
+    [
+        pytest.param(None, id="every-namespace"),
+        # Node is cluster-scoped: a namespaces filter (CoreDNS's `namespaces`) must not drop it.
+        pytest.param(Scope(frozenset({"team-a"})), id="namespaces-filter"),
+    ],
+)
+def test_node_watch_follows_only_this_nodes_zone(
+    kube_api: ApiServer, kubeconfig: Path, scope: Scope | None
+) -> None:
     """kube-proxy watches its own Node only (a metadata.name field selector); a Node it may
     not read delays nothing: the store syncs on Services and EndpointSlices alone."""
     kube_api.create("nodes", node_object("node-a1", "zone-a"))
@@ -422,7 +433,7 @@ def test_node_watch_follows_only_this_nodes_zone(kube_api: ApiServer, kubeconfig
     kube_api.faults.error_next(403, n=None, resource="nodes", kind="list")  # until clear()
     api = kube.cluster_client(str(kubeconfig), None)
     store = Store(watched=kube.KubeSource.kinds(watch_pods=False))
-    source = kube.KubeSource(api, store, False, node_name="node-a1", **FAST)
+    source = kube.KubeSource(api, store, False, node_name="node-a1", scope=scope, **FAST)
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
