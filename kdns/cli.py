@@ -272,7 +272,7 @@ def _proxy_parser(commands: Any, common: Callable[[argparse.ArgumentParser], Non
     what.add_argument(
         "--cleanup",
         action="store_true",
-        help="remove everything kdns installed for this mode, and nothing else",
+        help="remove what any mode installed (iptables, nftables, IPVS), and nothing else",
     )
 
 
@@ -312,7 +312,7 @@ def _proxy(args: argparse.Namespace, config: Config) -> int:
         return 2
     try:
         if args.cleanup:
-            failures = proxyapp.cleanup(options)
+            failures = proxyapp.cleanup()
             for line in failures:
                 print(f"kdns proxy: cleanup: {line}", file=sys.stderr)
             return 1 if failures else 0

@@ -1,4 +1,5 @@
-"""The slim model: frozen Namespace / Service / EndpointSlice / Pod (and ServiceImport) objects.
+"""The slim model: frozen Namespace / Service / EndpointSlice / Pod / Node (and ServiceImport)
+objects and their converters.
 
 Kubernetes objects arrive as API dicts (from a manifest file or an API response) and are
 converted once, here, into small frozen objects that keep only the fields DNS and the proxy use.
@@ -6,7 +7,7 @@ Equality of two converted objects therefore means "nothing DNS or the proxy can 
 
 Contract:
 - `namespace_from_dict`, `service_from_dict`, `endpointslice_from_dict`,
-  `endpoints_to_slices`, `pod_from_dict`, and for KEP-1645's multicluster API
+  `endpoints_to_slices`, `pod_from_dict`, `node_from_dict`, and for KEP-1645's multicluster API
   `serviceimport_from_dict` and `import_slice_from_dict` (an EndpointSlice labelled with a
   ServiceImport's name and its source cluster, `is_import_slice`), either return a model
   object or raise `ModelError` naming the offending field as a path (`spec.ports[0].port`),
@@ -35,6 +36,12 @@ _PORT_NAME = re.compile(r"^(?=.{1,15}$)(?=.*[a-z])[a-z0-9]([-a-z0-9]*[a-z0-9])?$
 SERVICE_TYPES = ("ClusterIP", "NodePort", "LoadBalancer", "ExternalName")
 PROTOCOLS = ("TCP", "UDP", "SCTP")
 ADDRESS_TYPES = ("IPv4", "IPv6", "FQDN")
+# spec.trafficDistribution (KEP-4444, KEP-3015): PreferClose is the older name of PreferSameZone.
+TRAFFIC_DISTRIBUTIONS = ("PreferClose", "PreferSameZone", "PreferSameNode")
+# status.loadBalancer.ingress[].ipMode (KEP-1860): VIP, the default, or Proxy.
+IP_MODES = ("VIP", "Proxy")
+# The well-known Node label of its zone: what zone hints are matched against.
+ZONE_LABEL = "topology.kubernetes.io/zone"
 # The label an EndpointSlice carries to name its Service (discovery.k8s.io/v1).
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 # The annotation the EndpointSlice controller sets to the time of the change that caused it.
@@ -94,7 +101,10 @@ class Service:
     session_affinity: str = "None"
     affinity_timeout: int = 10800
     external_ips: tuple[str, ...] = ()
+    # status.loadBalancer.ingress[].ip, every one; those whose ipMode is Proxy are also in
+    # load_balancer_proxy_ips (traffic to them must go out to the load balancer, KEP-1860).
     load_balancer_ips: tuple[str, ...] = ()
+    load_balancer_proxy_ips: tuple[str, ...] = ()
     load_balancer_source_ranges: tuple[str, ...] = ()
     external_traffic_policy: str = "Cluster"
     internal_traffic_policy: str = "Cluster"
@@ -102,6 +112,9 @@ class Service:
     publish_not_ready_addresses: bool = False
     # spec.ipFamilies ("IPv4", "IPv6"); () when the Service does not say (headless, no selector).
     ip_families: tuple[str, ...] = ()
+    # spec.trafficDistribution, "" when unset. Only the EndpointSlice controller reads it (it
+    # becomes the endpoints' hints); kube-proxy routes by the hints alone.
+    traffic_distribution: str = ""
 
     @property
     def key(self) -> tuple[str, str]:
@@ -128,6 +141,10 @@ class Endpoint:
     zone: str = ""
     pod: str = ""  # name of the target Pod, when targetRef is a Pod
     ports: tuple[EndpointPort, ...] = ()
+    # hints.forZones[].name and hints.forNodes[].name: where the EndpointSlice controller
+    # wants this endpoint used (topology-aware routing); () when it gave no hint.
+    zone_hints: tuple[str, ...] = ()
+    node_hints: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +164,18 @@ class EndpointSlice:
     @property
     def service_key(self) -> tuple[str, str]:
         return (self.namespace, self.service_name)
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    """A Node as the proxy sees it: its name, and its zone for topology-aware routing."""
+
+    name: str
+    zone: str = ""  # the topology.kubernetes.io/zone label, "" when it has none
+
+    @property
+    def key(self) -> str:
+        return self.name
 
 
 @dataclass(frozen=True, slots=True)
@@ -410,11 +439,7 @@ def service_from_dict(obj: Mapping[str, Any]) -> Service:
         "status.loadBalancer",
         "ingress",
     )
-    lb_ips = tuple(
-        _ip(item.get("ip"), f"status.loadBalancer.ingress[{i}].ip")
-        for i, item in enumerate(ingress)
-        if isinstance(item, dict) and item.get("ip")
-    )
+    lb_ips, proxy_ips = _load_balancer_ingress(ingress)
     ranges = []
     for i, raw in enumerate(_list(spec, "spec", "loadBalancerSourceRanges")):
         try:
@@ -448,13 +473,43 @@ def service_from_dict(obj: Mapping[str, Any]) -> Service:
         affinity_timeout=timeout,
         external_ips=external_ips,
         load_balancer_ips=lb_ips,
+        load_balancer_proxy_ips=proxy_ips,
         load_balancer_source_ranges=tuple(ranges),
         external_traffic_policy=etp,
         internal_traffic_policy=itp,
         health_check_node_port=hc_port,
         publish_not_ready_addresses=publish,
         ip_families=_ip_families(spec, cluster_ips),
+        traffic_distribution=_traffic_distribution(spec),
     )
+
+
+def _load_balancer_ingress(ingress: list[Any]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(every ingress IP, the ones with ipMode Proxy). Entries with only a hostname carry no
+    IP to program and are skipped; an ipMode needs an ip (KEP-1860 validation)."""
+    ips: list[str] = []
+    proxy: list[str] = []
+    for i, item in enumerate(ingress):
+        path = f"status.loadBalancer.ingress[{i}]"
+        if not isinstance(item, dict):
+            continue
+        mode = _str(item, path, "ipMode")
+        if mode:
+            _choice(mode, _join(path, "ipMode"), IP_MODES)
+        if not item.get("ip"):
+            if mode:
+                raise ModelError(_join(path, "ipMode"), "needs an ip in the same entry")
+            continue
+        ip = _ip(item.get("ip"), _join(path, "ip"))
+        ips.append(ip)
+        if mode == "Proxy":
+            proxy.append(ip)
+    return tuple(ips), tuple(proxy)
+
+
+def _traffic_distribution(spec: Mapping[str, Any]) -> str:
+    value = _str(spec, "spec", "trafficDistribution")
+    return _choice(value, "spec.trafficDistribution", TRAFFIC_DISTRIBUTIONS) if value else ""
 
 
 def _ip_families(spec: Mapping[str, Any], cluster_ips: tuple[str, ...]) -> tuple[str, ...]:
@@ -486,6 +541,20 @@ def _endpoint_ports(raw_ports: list[Any], path: str) -> tuple[EndpointPort, ...]
         protocol = _choice(_str(raw, p, "protocol", "TCP"), _join(p, "protocol"), PROTOCOLS)
         ports.append(EndpointPort(sys.intern(_str(raw, p, "name")), sys.intern(protocol), number))
     return tuple(ports)
+
+
+def _hint_names(hints: Mapping[str, Any], path: str, key: str) -> tuple[str, ...]:
+    """The names in hints.forZones or hints.forNodes (discovery.k8s.io/v1 ForZone, ForNode)."""
+    names = []
+    for i, raw in enumerate(_list(hints, path, key)):
+        item = _join(_join(path, key), i)
+        if not isinstance(raw, dict):
+            raise ModelError(item, f"expected a mapping, got {_shown(raw)}")
+        name = _str(raw, item, "name")
+        if not name:
+            raise ModelError(_join(item, "name"), "required field is missing")
+        names.append(sys.intern(name))
+    return tuple(names)
 
 
 def _condition(conditions: Mapping[str, Any], path: str, key: str, default: bool) -> bool:
@@ -539,6 +608,10 @@ def endpointslice_from_dict(obj: Mapping[str, Any]) -> EndpointSlice:
             raise ModelError(
                 _join(path, "hostname"), f"{_shown(hostname)} is not a valid DNS-1123 label"
             )
+        hints = _mapping(raw, path, "hints")
+        hpath = _join(path, "hints")
+        zone_hints = _hint_names(hints, hpath, "forZones")
+        node_hints = _hint_names(hints, hpath, "forNodes")
         addresses = _list(raw, path, "addresses")
         if not addresses:
             raise ModelError(_join(path, "addresses"), "an endpoint needs at least one address")
@@ -560,6 +633,8 @@ def endpointslice_from_dict(obj: Mapping[str, Any]) -> EndpointSlice:
                     zone=sys.intern(_str(raw, path, "zone")),
                     pod=pod,
                     ports=ports,
+                    zone_hints=zone_hints,
+                    node_hints=node_hints,
                 )
             )
     return EndpointSlice(
@@ -621,6 +696,12 @@ def endpoints_to_slices(obj: Mapping[str, Any]) -> tuple[EndpointSlice, ...]:
                     )
                 )
     return tuple(slices)
+
+
+def node_from_dict(obj: Mapping[str, Any]) -> Node:
+    _namespace, name, meta = _metadata(obj, namespaced=False)
+    labels = dict(_labels(meta, "metadata", "labels"))
+    return Node(name=name, zone=labels.get(ZONE_LABEL, ""))
 
 
 def pod_from_dict(obj: Mapping[str, Any]) -> Pod:

@@ -11,7 +11,8 @@ Contract:
   HTTP server per healthCheckNodePort, until SIGTERM/SIGINT. Rules stay in place on exit, as
   with kube-proxy: a restarting proxy must not cut traffic.
 - `render` prints what a full sync would apply once the source has synced; nothing is written.
-  `cleanup` removes what the mode installs (every mode's, for `--mode` all) and nothing else.
+  `cleanup` removes what any mode installed (`proxy/cleanup.py`), whatever `--mode` says, and
+  nothing else.
 - The userspace mode runs the relay (`proxy/userspace.py`) instead of a data plane.
 """
 
@@ -33,6 +34,7 @@ from kdns.app import Source, StartupError, open_source, open_store
 from kdns.config import PROXY_COMMAND_MODES, Config, parse_hostport
 from kdns.http import HttpEndpoint, Route, prometheus
 from kdns.proxy import healthcheck, userspace
+from kdns.proxy.cleanup import cleanup_every_mode
 from kdns.proxy.dataplane import (
     ApplyError,
     Dataplane,
@@ -45,7 +47,7 @@ from kdns.proxy.dataplane import (
     read_file,
     run_command,
 )
-from kdns.proxy.ipvs import UNAVAILABLE_MESSAGE
+from kdns.proxy.ipvs.kernel import UNAVAILABLE_MESSAGE
 from kdns.proxy.routes import ServiceKey, ServicePortRoute, build_routes
 from kdns.proxy.sync import SyncEngine
 from kdns.store import Store
@@ -129,23 +131,18 @@ def make_dataplane(options: ProxyOptions, runner: Runner = run_command) -> Datap
     return IpvsDataplane(node, runner, options.ipvs_scheduler)
 
 
-def cleanup(options: ProxyOptions, runner: Runner = run_command) -> list[str]:
-    """Removes what the mode installed; returns one line per failure (empty: all gone)."""
-    if options.mode == "userspace":
-        return []  # sockets only: nothing outlives the process
-    dataplane = make_dataplane(options, runner)
-    try:
-        dataplane.cleanup()
-    except ApplyError as e:
-        return [str(e)]
-    return []
+def cleanup(runner: Runner = run_command) -> list[str]:
+    """Removes what any mode installed, whichever `--mode` is given (kube-proxy's --cleanup);
+    returns one line per leftover (empty: all gone). IPVS services can exist only once the
+    running kernel has IPVS: /proc/net/ip_vs tells, without loading the module."""
+    return cleanup_every_mode(runner, ipvs=read_file("/proc/net/ip_vs") is not None)
 
 
 async def render(config: Config, options: ProxyOptions, runner: Runner = run_command) -> str:
     """What a full sync would apply, once the source has listed everything."""
     dataplane = None if options.mode == "userspace" else make_dataplane(options, runner)
     store, api = open_store(config, watch_pods=False)
-    source = open_source(config, store, api, False)
+    source = open_source(config, store, api, False, {"node_name": options.node_name})
     async with trio.open_nursery() as nursery:
         await nursery.start(source.run)
         with trio.move_on_after(SYNC_TIMEOUT):
@@ -155,7 +152,9 @@ async def render(config: Config, options: ProxyOptions, runner: Runner = run_com
         raise StartupError([f"the cluster did not sync within {SYNC_TIMEOUT:.0f} s"])
     if dataplane is None:
         return "".join(f"{line}\n" for line in userspace.render(store, options.node_name))
-    routes = build_routes(store.services, store.endpoints, options.node_name)
+    node = store.nodes.get(options.node_name)
+    zone = node.zone if node is not None else ""
+    routes = build_routes(store.services, store.endpoints, options.node_name, zone=zone)
     return await trio.to_thread.run_sync(dataplane.render, routes)
 
 
@@ -239,7 +238,8 @@ async def run_proxy(
     task_status: trio.TaskStatus[dict[str, int]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     store, api = open_store(config, watch_pods=False)
-    source = open_source(config, store, api, False)
+    # From a cluster, this node's Node is watched too: its zone label picks topology hints.
+    source = open_source(config, store, api, False, {"node_name": options.node_name})
     if options.mode == "userspace":
         await _run_userspace(store, source, options, task_status=task_status)
         return

@@ -9,7 +9,7 @@ visible state changed.
 Contract:
 - Every method runs on the trio thread (docs/architecture.md §6); nothing here locks.
 - Consumers read `namespaces`, `services`, `slices`, `endpoints`, `pods`, `pods_by_ip`,
-  `imports` and `import_slices` (a ServiceImport's slices, per import):
+  `imports`, `import_slices` (a ServiceImport's slices, per import) and `nodes`:
   read-only mappings made once, over tables the store updates in place, so a reference taken
   once stays current and a read costs what a dict read costs. Only the store writes them.
 - A kind (`SERVICES`, …) is its API resource's name, typed with its key and model type: a
@@ -37,6 +37,7 @@ from kdns.model import (
     EndpointSlice,
     ImportSlice,
     Namespace,
+    Node,
     Pod,
     Service,
     ServiceImport,
@@ -72,6 +73,8 @@ KINDS: tuple[Kind[Any, Any], ...] = (NAMESPACES, SERVICES, ENDPOINTSLICES, PODS)
 SERVICEIMPORTS: Kind[ServiceKey, ServiceImport] = Kind("serviceimports")
 IMPORTSLICES: Kind[ObjectKey, ImportSlice] = Kind("importslices")
 MULTICLUSTER_KINDS: tuple[Kind[Any, Any], ...] = (SERVICEIMPORTS, IMPORTSLICES)
+# The proxy's own Node (its zone), watched only by `kdns proxy` against a cluster: not in KINDS.
+NODES: Kind[str, Node] = Kind("nodes")
 
 
 @dataclass(slots=True)
@@ -82,17 +85,19 @@ class Change:
     namespaces: set[str] = field(default_factory=set)  # namespaces added or removed
     pod_ips: set[str] = field(default_factory=set)  # IPs whose pods changed
     imports: set[ServiceKey] = field(default_factory=set)  # ServiceImports (or their slices)
+    nodes: set[str] = field(default_factory=set)  # Nodes added, removed or changed
     # The earliest time (epoch seconds) a change in this batch was made at the API server.
     trigger_time: float | None = None
 
     def __bool__(self) -> bool:
-        return bool(self.services or self.namespaces or self.pod_ips or self.imports)
+        return bool(self.services or self.namespaces or self.pod_ips or self.imports or self.nodes)
 
     def merge(self, other: Change) -> None:
         self.services |= other.services
         self.namespaces |= other.namespaces
         self.pod_ips |= other.pod_ips
         self.imports |= other.imports
+        self.nodes |= other.nodes
         if other.trigger_time is not None and (
             self.trigger_time is None or other.trigger_time < self.trigger_time
         ):
@@ -339,6 +344,22 @@ class _ImportSlices(_Table[ObjectKey, ImportSlice]):
         self.by_import.update({k: tuple(v) for k, v in groups.items()})
 
 
+class _Nodes(_Table[str, Node]):
+    def replace(self, objects: Mapping[str, Node]) -> Change:
+        old = self.objects
+        changed = {k for k in old.keys() | objects.keys() if old.get(k) != objects.get(k)}
+        self._swap(objects)
+        return Change(nodes=changed)
+
+    def upsert(self, key: str, obj: Node) -> Change:
+        change = Change(nodes=set() if self.objects.get(key) == obj else {key})
+        self.objects[key] = obj
+        return change
+
+    def delete(self, key: str) -> Change:
+        return Change(nodes={key} if self.objects.pop(key, None) is not None else set())
+
+
 # --- the store ---------------------------------------------------------------------------------
 
 
@@ -346,7 +367,7 @@ class Store:
     def __init__(self, watched: Iterable[str] = KINDS) -> None:
         self.watched = frozenset(watched)
         namespaces, services = _Namespaces(Namespace), _Services(Service)
-        slices, pods = _Slices(), _Pods()
+        slices, pods, nodes = _Slices(), _Pods(), _Nodes(Node)
         imports, import_slices = _Imports(ServiceImport), _ImportSlices()
         self._tables: dict[str, _Table[Any, Any]] = {
             NAMESPACES: namespaces,
@@ -355,6 +376,7 @@ class Store:
             PODS: pods,
             SERVICEIMPORTS: imports,
             IMPORTSLICES: import_slices,
+            NODES: nodes,
         }
         # The read-only views, made once (module docstring).
         self.namespaces: Mapping[str, Namespace] = namespaces.view
@@ -368,6 +390,7 @@ class Store:
         self.import_slices: Mapping[ServiceKey, tuple[ImportSlice, ...]] = (
             import_slices.by_import_view
         )
+        self.nodes: Mapping[str, Node] = nodes.view
         self._synced: set[str] = set()
         self._on_synced: list[Callable[[], None]] = []
         self._subscribers: list[Subscriber] = []

@@ -311,14 +311,16 @@ def test_images_are_what_the_dockerfile_builds() -> None:
 # --- RBAC -------------------------------------------------------------------------------------
 
 
-def resources_kdns_reads(with_pods: bool = True, with_imports: bool = True) -> set[tuple[str, str]]:
-    """(API group, resource) of every Reflector in kdns/sources/kube.py."""
+def resources_kdns_reads(proxy: bool = False) -> set[tuple[str, str]]:
+    """(API group, resource) of every Reflector in kdns/sources/kube.py that `kdns serve` (or,
+    with `proxy`, `kdns proxy`) runs: only DNS reads Pods and ServiceImports, only the proxy its
+    Node."""
     out = set()
     for value in vars(kube).values():
         if isinstance(value, kube.Resource):
-            if value.kind == "pods" and not with_pods:
+            if value.kind == ("pods" if proxy else "nodes"):
                 continue
-            if value.kind == "serviceimports" and not with_imports:
+            if value.kind == "serviceimports" and proxy:
                 continue  # the proxy serves no clusterset names
             parts = value.path.strip("/").split("/")
             group = "" if parts[0] == "api" else parts[1]
@@ -362,7 +364,8 @@ def test_dns_role_is_list_and_watch_of_exactly_what_kdns_reads() -> None:
 
 def test_proxy_role_reads_no_pods() -> None:
     resources, verbs = rules_of("system:kdns-proxy")
-    assert resources == resources_kdns_reads(with_pods=False, with_imports=False)
+    assert resources == resources_kdns_reads(proxy=True)
+    assert ("", "nodes") in resources  # its own Node's zone, for topology hints
     assert verbs == {"list", "watch"}
     binding = OBJ[("ClusterRoleBinding", "system:kdns-proxy")]
     assert (

@@ -24,6 +24,7 @@ from kdns.model import (
     ServicePort,
     endpoints_to_slices,
     endpointslice_from_dict,
+    node_from_dict,
     pod_from_dict,
     service_from_dict,
     slices_for_service,
@@ -291,6 +292,37 @@ SERVICE_OK = [
         {"publish_not_ready_addresses": True},
         id="publish-not-ready",
     ),
+    pytest.param(
+        {"clusterIP": "10.96.0.10", "trafficDistribution": "PreferSameNode"},
+        None,
+        {"traffic_distribution": "PreferSameNode"},
+        id="traffic-distribution",
+    ),
+    pytest.param(
+        {"clusterIP": "10.96.0.10"},
+        None,
+        {"traffic_distribution": "", "load_balancer_proxy_ips": ()},
+        id="traffic-distribution-unset",
+    ),
+    pytest.param(
+        {"type": "LoadBalancer", "clusterIP": "10.96.0.10"},
+        {
+            "loadBalancer": {
+                "ingress": [
+                    {"ip": "198.51.100.7"},
+                    {"ip": "198.51.100.8", "ipMode": "VIP"},
+                    {"ip": "2001:db8::0009", "ipMode": "Proxy"},
+                    {"hostname": "lb.example.com"},
+                ]
+            }
+        },
+        # KEP-1860: every ingress IP is kept; the Proxy ones are also listed apart.
+        {
+            "load_balancer_ips": ("198.51.100.7", "198.51.100.8", "2001:db8::9"),
+            "load_balancer_proxy_ips": ("2001:db8::9",),
+        },
+        id="ingress-ip-mode",
+    ),
 ]
 
 
@@ -473,6 +505,35 @@ SERVICE_ERRORS = [
         id="bad-internal-traffic-policy",
     ),
     pytest.param(service_dict({"ipFamilies": ["IPv5"]}), "spec.ipFamilies[0]", id="bad-ip-family"),
+    pytest.param(
+        service_dict({"trafficDistribution": "PreferNearby"}),
+        "spec.trafficDistribution",
+        id="bad-traffic-distribution",
+    ),
+    pytest.param(
+        service_dict({"trafficDistribution": 1}),
+        "spec.trafficDistribution",
+        id="traffic-distribution-not-a-string",
+    ),
+    pytest.param(
+        service_dict(
+            {},
+            status={
+                "loadBalancer": {
+                    "ingress": [{"ip": "10.0.0.1"}, {"ip": "10.0.0.2", "ipMode": "Tunnel"}]
+                }
+            },
+        ),
+        "status.loadBalancer.ingress[1].ipMode",
+        id="bad-ip-mode",
+    ),
+    pytest.param(
+        service_dict(
+            {}, status={"loadBalancer": {"ingress": [{"hostname": "lb", "ipMode": "VIP"}]}}
+        ),
+        "status.loadBalancer.ingress[0].ipMode",
+        id="ip-mode-without-ip",
+    ),
 ]
 
 
@@ -594,6 +655,32 @@ def test_endpointslice_fields() -> None:
     )
 
 
+@pytest.mark.parametrize(
+    ("hints", "zones", "nodes"),
+    [
+        (None, (), ()),
+        ({}, (), ()),
+        ({"forZones": [{"name": "zone-a"}]}, ("zone-a",), ()),
+        # topology-mode Auto may lend an endpoint to several zones.
+        ({"forZones": [{"name": "zone-a"}, {"name": "zone-b"}]}, ("zone-a", "zone-b"), ()),
+        (
+            {"forZones": [{"name": "zone-a"}], "forNodes": [{"name": "node-a1"}]},
+            ("zone-a",),
+            ("node-a1",),
+        ),
+    ],
+)
+def test_endpointslice_hints(
+    hints: dict[str, Any] | None, zones: tuple[str, ...], nodes: tuple[str, ...]
+) -> None:
+    raw: dict[str, Any] = {"addresses": ["10.1.0.1", "10.1.0.2"], "zone": "zone-a"}
+    if hints is not None:
+        raw["hints"] = hints
+    endpoints = endpointslice_from_dict(slice_dict([raw])).endpoints
+    # Every address of the endpoint carries its hints.
+    assert [(e.zone_hints, e.node_hints) for e in endpoints] == [(zones, nodes)] * 2
+
+
 def test_endpointslice_ipv6_addresses_normalised_one_endpoint_per_address() -> None:
     obj = slice_dict(
         [{"addresses": ["FD00:0:0::1", "fd00::2"], "hostname": "h"}], address_type="IPv6"
@@ -678,6 +765,26 @@ ENDPOINTSLICE_ERRORS = [
         id="bad-port-protocol",
     ),
     pytest.param(slice_dict({"addresses": ["10.1.0.1"]}), "endpoints", id="endpoints-mapping"),
+    pytest.param(
+        slice_dict([{"addresses": ["10.1.0.1"], "hints": {"forZones": {"name": "a"}}}]),
+        "endpoints[0].hints.forZones",
+        id="hints-for-zones-not-a-list",
+    ),
+    pytest.param(
+        slice_dict([{"addresses": ["10.1.0.1"], "hints": {"forZones": ["zone-a"]}}]),
+        "endpoints[0].hints.forZones[0]",
+        id="zone-hint-not-a-mapping",
+    ),
+    pytest.param(
+        slice_dict([{"addresses": ["10.1.0.1"], "hints": {"forNodes": [{"name": ""}]}}]),
+        "endpoints[0].hints.forNodes[0].name",
+        id="node-hint-without-name",
+    ),
+    pytest.param(
+        slice_dict([{"addresses": ["10.1.0.1"], "hints": []}]),
+        "endpoints[0].hints",
+        id="hints-not-a-mapping",
+    ),
     pytest.param(slice_dict([{"addresses": ["10.1.0.1"]}, "x"]), "endpoints[1]", id="endpoint-str"),
 ]
 
@@ -686,6 +793,41 @@ ENDPOINTSLICE_ERRORS = [
 def test_endpointslice_from_dict_errors(obj: dict[str, Any], field: str) -> None:
     with pytest.raises(ModelError) as info:
         endpointslice_from_dict(obj)
+    assert info.value.field == field
+
+
+# --- node_from_dict ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("labels", "zone"),
+    [
+        ({"topology.kubernetes.io/zone": "europe-west1-b"}, "europe-west1-b"),
+        # The deprecated beta label is not read: kube-proxy matches hints against the GA one.
+        ({"failure-domain.beta.kubernetes.io/zone": "europe-west1-b"}, ""),
+        ({}, ""),
+        (None, ""),
+    ],
+)
+def test_node_from_dict_zone(labels: dict[str, str] | None, zone: str) -> None:
+    meta: dict[str, Any] = {"name": "node-a1"}
+    if labels is not None:
+        meta["labels"] = labels
+    node = node_from_dict({"kind": "Node", "apiVersion": "v1", "metadata": meta})
+    assert (node.key, node.zone) == ("node-a1", zone)
+
+
+@pytest.mark.parametrize(
+    ("meta", "field"),
+    [
+        ({}, "metadata.name"),
+        ({"name": "n", "labels": {"topology.kubernetes.io/zone": 3}}, "metadata.labels.topology.kubernetes.io/zone"),
+        ({"name": "n", "labels": ["zone"]}, "metadata.labels"),
+    ],
+)  # fmt: skip
+def test_node_from_dict_errors(meta: dict[str, Any], field: str) -> None:
+    with pytest.raises(ModelError) as info:
+        node_from_dict({"kind": "Node", "apiVersion": "v1", "metadata": meta})
     assert info.value.field == field
 
 

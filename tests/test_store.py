@@ -10,8 +10,14 @@ from typing import Any
 import pytest
 
 import kdns.store
-from kdns.model import EndpointSlice, Namespace, Pod, Service
-from kdns.store import ENDPOINTSLICES, KINDS, NAMESPACES, PODS, SERVICES, Change, Store
+from kdns.model import (
+    EndpointSlice,
+    Namespace,
+    Node,
+    Pod,
+    Service,
+)
+from kdns.store import ENDPOINTSLICES, KINDS, NAMESPACES, NODES, PODS, SERVICES, Change, Store
 from tests.builders import model_endpoint, model_pod, model_service, model_slice
 
 # --- helpers -----------------------------------------------------------------------------------
@@ -209,6 +215,19 @@ def test_synced_counts_only_watched_kinds() -> None:
     assert store.unsynced_kinds() == ["endpointslices"]
     store.replace(ENDPOINTSLICES, {})
     assert store.synced
+
+
+def test_nodes_change_only_when_a_node_visibly_changes(store: Store, seen: Recorder) -> None:
+    # The proxy's Node: its zone label is all the store keeps; kdns serve never watches it.
+    assert NODES not in KINDS
+    assert store.replace(NODES, {"n1": Node("n1", "zone-a")}).nodes == {"n1"}
+    assert store.nodes["n1"].zone == "zone-a"
+    assert not store.upsert(NODES, Node("n1", "zone-a"))  # same zone: nobody is told
+    assert store.upsert(NODES, Node("n1", "zone-b")).nodes == {"n1"}
+    assert store.delete(NODES, "n1").nodes == {"n1"}
+    assert not store.delete(NODES, "n1")
+    assert dict(store.nodes) == {}
+    assert [c.nodes for c in seen.changes] == [{"n1"}, {"n1"}, {"n1"}]
 
 
 def test_when_synced_calls_back_once_when_the_last_kind_is_listed() -> None:

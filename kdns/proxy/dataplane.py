@@ -11,7 +11,8 @@ Contract:
   - `intact()`: the canary. False when someone removed or flushed what kdns installed (a
     firewall reload, `iptables -F`, `nft flush ruleset`); the engine then syncs in full.
   - `render(routes)`: what a full sync would apply, for `kdns proxy --render`; changes nothing.
-  - `cleanup()`: removes everything the mode installs and nothing else.
+  Removing what a mode installed is not a data plane's job: `kdns proxy --cleanup` removes
+  every mode's objects at once (`proxy/cleanup.py`).
 - Every write is one transaction per family: `iptables-restore --noflush` (the jumps from the
   built-in chains go in the same input, inserted only where missing), an nft script (through one
   libnftables context kept for the proxy's life, `proxy/libnftables.py`, else `nft -f -`), or
@@ -36,10 +37,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from kdns.proxy import iptables as ipt
-from kdns.proxy import ipvs as ipvs_mod
 from kdns.proxy import nftables as nft
+from kdns.proxy.ipvs import diff as ipvs_diff
+from kdns.proxy.ipvs import ipset, ipvsadm
+from kdns.proxy.ipvs import kernel as ipvs_kernel
+from kdns.proxy.ipvs import rules as ipvs_rules
+from kdns.proxy.ipvs.state import IpvsState
 from kdns.proxy.libnftables import Libnftables
-from kdns.proxy.routes import ServiceKey, ServicePortRoute, family_of
+from kdns.proxy.routes import JumpRule, ServiceKey, ServicePortRoute, family_of
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +143,7 @@ def node_from_host(
     addresses = [
         (ifname, ip)
         for ifname, ip in local_addresses(out)
-        if ifname != ipvs_mod.DUMMY_DEVICE
+        if ifname != ipvs_kernel.DUMMY_DEVICE
         and not ipaddress.ip_address(ip).is_loopback
         and not ipaddress.ip_address(ip).is_link_local
     ]
@@ -197,7 +202,7 @@ def _quote(arg: str) -> str:
     return f'"{arg}"' if " " in arg else arg
 
 
-def jump_line(rule: ipt.JumpRule, verb: str = "-A") -> str:
+def jump_line(rule: JumpRule, verb: str = "-A") -> str:
     """The jump as iptables-save prints it (verb -A) or as restore input inserting it."""
     head = f"{verb} {rule.chain}" if verb == "-A" else f"-I {rule.chain} 1"
     return " ".join([head, *(_quote(a) for a in rule.args)])
@@ -303,19 +308,8 @@ class IptablesDataplane:
             for f in self.families
         )
 
-    def cleanup(self) -> None:
-        for family in self.families:
-            save = _check(self.runner, [_SAVE[family]])
-            cleanup_jumps(self.runner, family, save, ipt.JUMP_RULES)
-            chains = ipt.saved_chains(save)
-            text = ipt.render_cleanup(chains) + _canary_cleanup(chains)
-            if text:
-                _check(self.runner, [_RESTORE[family], "-w", "5", "--noflush"], text)
-            self._last.pop(family, None)
-            self._expected.pop(family, None)
 
-
-def with_jumps(text: str, save: str, jumps: Iterable[ipt.JumpRule | ipvs_mod.JumpRule]) -> str:
+def with_jumps(text: str, save: str, jumps: Iterable[JumpRule]) -> str:
     """Restore input that also inserts the jumps `save` (iptables-save output) lacks, and
     declares the canary chains (which the canary check looks for)."""
     present = set(save.splitlines())
@@ -330,26 +324,6 @@ def with_jumps(text: str, save: str, jumps: Iterable[ipt.JumpRule | ipvs_mod.Jum
     for table in _CANARY_TABLES:
         text = _insert_before_commit(text, table, [f":{CANARY_CHAIN} - [0:0]"])
     return text
-
-
-def cleanup_jumps(
-    runner: Runner, family: int, save: str, jumps: Iterable[ipt.JumpRule | ipvs_mod.JumpRule]
-) -> None:
-    """Deletes the jumps present in `save` (`iptables -D`: a built-in chain cannot be
-    rewritten without touching others' rules), so the chains they name can be deleted."""
-    present = set(save.splitlines())
-    cmd = "iptables" if family == 4 else "ip6tables"
-    for rule in jumps:
-        if jump_line(rule) in present:
-            _check(runner, [cmd, "-w", "5", "-t", rule.table, "-D", rule.chain, *rule.args])
-
-
-def _canary_cleanup(chains: dict[str, frozenset[str]]) -> str:
-    return "".join(
-        f"*{t}\n:{CANARY_CHAIN} - [0:0]\n-X {CANARY_CHAIN}\nCOMMIT\n"
-        for t in _CANARY_TABLES
-        if CANARY_CHAIN in chains.get(t, ())
-    )
 
 
 _BUILTIN = frozenset({"INPUT", "OUTPUT", "FORWARD", "PREROUTING", "POSTROUTING"})
@@ -504,10 +478,6 @@ class NftablesDataplane:
             f"# nft -f -\n{nft.render_full(routes, self.configs[f]).text}" for f in self.families
         )
 
-    def cleanup(self) -> None:
-        _check(self.runner, ["nft", "-f", "-"], nft.render_cleanup(self.families))
-        self._last.clear()
-
 
 # The chains every packet to a Service passes through: the canary counts their rules.
 _CANARY_CHAINS = (nft.NAT_PREROUTING, nft.NAT_OUTPUT, nft.SERVICES, nft.NAT_POSTROUTING)
@@ -537,7 +507,7 @@ def ipvs_supported(read: Callable[[str], str | None]) -> bool:
     release = os.uname().release
     for name in ("modules.builtin", "modules.dep"):
         texts.append(read(f"/lib/modules/{release}/{name}") or "")
-    return ipvs_mod.ipvs_available("\n".join(texts))
+    return ipvs_kernel.ipvs_available("\n".join(texts))
 
 
 def read_file(path: str) -> str | None:
@@ -558,7 +528,7 @@ class IpvsDataplane:
     def __init__(self, node: Node, runner: Runner = run_command, scheduler: str = "rr") -> None:
         self.runner = runner
         self.families = node.families
-        self.config = ipvs_mod.IpvsConfig(
+        self.config = ipvs_rules.IpvsConfig(
             families=node.families,
             scheduler=scheduler,
             local_ips=node.local_ips,
@@ -569,15 +539,15 @@ class IpvsDataplane:
         )
         self._synced = False
 
-    def _current(self) -> tuple[ipvs_mod.IpvsState, dict[str, frozenset[str]]]:
+    def _current(self) -> tuple[IpvsState, dict[str, frozenset[str]]]:
         save = _check(self.runner, ["ipvsadm", "-Sn"])
         status, addrs, _ = self.runner(
-            ["ip", "-o", "addr", "show", "dev", ipvs_mod.DUMMY_DEVICE], None
+            ["ip", "-o", "addr", "show", "dev", ipvs_kernel.DUMMY_DEVICE], None
         )
-        addresses = ipvs_mod.parse_ip_addr_show(addrs) if status == 0 else frozenset()
-        state = ipvs_mod.parse_ipvsadm_save(save, addresses, device=status == 0)
+        addresses = ipvs_kernel.parse_ip_addr_show(addrs) if status == 0 else frozenset()
+        state = ipvsadm.parse_ipvsadm_save(save, addresses, device=status == 0)
         status, sets, _ = self.runner(["ipset", "save"], None)
-        return state, ipvs_mod.parse_ipset_save(sets) if status == 0 else {}
+        return state, ipset.parse_ipset_save(sets) if status == 0 else {}
 
     def sync(
         self, routes: Sequence[ServicePortRoute], changed: Collection[ServiceKey] | None
@@ -585,21 +555,21 @@ class IpvsDataplane:
         # IPVS state is diffed, not rewritten: every sync reads the kernel and writes only the
         # difference, so a partial sync is a full one that happens to write little.
         try:
-            rendering = ipvs_mod.render(routes, self.config)
+            rendering = ipvs_rules.render(routes, self.config)
             state, sets = self._current()
-            plan = ipvs_mod.diff(state, rendering.state, self.config)
+            plan = ipvs_diff.diff(state, rendering.state, self.config)
             size = rules = 0
-            for argv, stdin in ipvs_mod.batch_commands(plan.setup):
+            for argv, stdin in ipvs_diff.batch_commands(plan.setup):
                 _check(self.runner, argv, stdin)
                 size += len(stdin)
             for family in self.families:
-                text = ipvs_mod.render_ipset_restore(family, rendering.ipsets[family], sets)
+                text = ipset.render_ipset_restore(family, rendering.ipsets[family], sets)
                 _check(self.runner, ["ipset", "restore", "-exist"], text)
                 save = _check(self.runner, [_SAVE[family]])
-                restore = with_jumps(rendering.iptables[family], save, ipvs_mod.JUMP_RULES)
+                restore = with_jumps(rendering.iptables[family], save, ipvs_rules.JUMP_RULES)
                 _check(self.runner, [_RESTORE[family], "-w", "5", "--noflush"], restore)
                 size += len(text) + len(restore)
-            for argv, stdin in ipvs_mod.batch_commands(plan.cleanup):
+            for argv, stdin in ipvs_diff.batch_commands(plan.cleanup):
                 _check(self.runner, argv, stdin)
                 size += len(stdin)
             rules = len(plan.commands)
@@ -613,40 +583,16 @@ class IpvsDataplane:
         return self._synced
 
     def render(self, routes: Sequence[ServicePortRoute]) -> str:
-        rendering = ipvs_mod.render(routes, self.config)
-        plan = ipvs_mod.diff(ipvs_mod.IpvsState.of(()), rendering.state, self.config)
+        rendering = ipvs_rules.render(routes, self.config)
+        plan = ipvs_diff.diff(IpvsState.of(()), rendering.state, self.config)
         lines = ["# ipvsadm / ip commands from an empty table:"]
         lines += [shlex.join(argv) for argv in plan.commands]
         for family in self.families:
             lines.append(f"# ipset restore (IPv{family}):")
-            lines.append(ipvs_mod.render_ipset_restore(family, rendering.ipsets[family], {}))
+            lines.append(ipset.render_ipset_restore(family, rendering.ipsets[family], {}))
             lines.append(f"# {_RESTORE[family]} --noflush:")
             lines.append(rendering.iptables[family])
         return "\n".join(lines)
-
-    def cleanup(self) -> None:
-        state, _ = self._current()
-        plan = ipvs_mod.diff(state, ipvs_mod.IpvsState.of(()), self.config)
-        for argv, stdin in ipvs_mod.batch_commands(plan.commands):
-            _check(self.runner, argv, stdin)
-        self.runner(["ip", "link", "del", ipvs_mod.DUMMY_DEVICE], None)
-        for family in self.families:
-            save = _check(self.runner, [_SAVE[family]])
-            cleanup_jumps(self.runner, family, save, ipvs_mod.JUMP_RULES)
-            chains = ipt.saved_chains(save)
-            parts = []
-            for table, ours in (("nat", ipvs_mod.NAT_CHAINS), ("filter", ipvs_mod.FILTER_CHAINS)):
-                found = [c for c in ours if c in chains.get(table, ())]
-                if found:
-                    parts += [f"*{table}", *(f":{c} - [0:0]" for c in found)]
-                    parts += [*(f"-X {c}" for c in found), "COMMIT"]
-            text = "\n".join([*parts, ""]) if parts else ""
-            text += _canary_cleanup(chains)
-            if text:
-                _check(self.runner, [_RESTORE[family], "-w", "5", "--noflush"], text)
-            for name in ipvs_mod.ipset_specs(family):
-                self.runner(["ipset", "destroy", name], None)
-        self._synced = False
 
 
 Dataplane = IptablesDataplane | NftablesDataplane | IpvsDataplane

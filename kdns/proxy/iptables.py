@@ -27,7 +27,7 @@ Contract:
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from kdns.proxy.routes import (
@@ -35,6 +35,8 @@ from kdns.proxy.routes import (
     FW_PREFIX,
     SVC_PREFIX,
     SVL_PREFIX,
+    JumpRule,
+    RouteChains,
     RouteEndpoint,
     ServiceKey,
     ServicePortRoute,
@@ -113,22 +115,6 @@ class Rendering:
     partial: bool
 
 
-@dataclass(frozen=True, slots=True)
-class JumpRule:
-    """A jump from a built-in chain into ours, kept at the top with `iptables -I`."""
-
-    table: str
-    chain: str  # the built-in chain holding the jump
-    target: str  # our chain
-    comment: str
-    extra: tuple[str, ...] = ()
-
-    @property
-    def args(self) -> tuple[str, ...]:
-        """The rule as iptables argv after `-t TABLE -I/-C/-D CHAIN`."""
-        return (*self.extra, "-m", "comment", "--comment", self.comment, "-j", self.target)
-
-
 _NEW = ("-m", "conntrack", "--ctstate", "NEW")
 # kube-proxy `iptablesJumpChains`, in its order (each is prepended, so the last ends up first).
 JUMP_RULES = (
@@ -201,6 +187,22 @@ def render_partial(
     return _render(routes, config, set(changed), existing_chains)
 
 
+class _Buffer:
+    """The restore input being written: the filter rules, the nat chain lines and rules, and
+    the per-service chains in use (written now, or kept as the kernel has them)."""
+
+    def __init__(self) -> None:
+        self.filter: list[str] = []
+        self.nat_chains: list[str] = []
+        self.nat: list[str] = []
+        self.active: set[str] = set()
+
+    def declare(self, chain: str) -> None:
+        """A per-service chain this input writes (its chain line flushes it)."""
+        self.nat_chains.append(chain_line(chain))
+        self.active.add(chain)
+
+
 def _render(
     routes: Iterable[ServicePortRoute],
     config: IptablesConfig,
@@ -208,11 +210,55 @@ def _render(
     existing_chains: Iterable[str],
 ) -> Rendering:
     selected = sorted((r for r in routes if r.family == config.family), key=route_sort_key)
+    out = _Buffer()
+    out.nat += _postrouting_rules(config)
+    large = sum(len(r.endpoints) for r in selected) > config.large_cluster_endpoints
+    for route in selected:
+        chains = _RouteChains.of(route)
+        _write_dispatch(chains, out)
+        if changed is None or route.service in changed:
+            _write_service_chains(chains, config, large, out)
+        else:
+            # A partial sync leaves out the chains of unchanged Services (kube-proxy writes
+            # them to a discarding buffer); they still count as active.
+            out.active.update(chains.used())
+
+    deleted = stale_chains(existing_chains, out.active)
+    for chain in deleted:
+        # A chain line flushes it, so the -X cannot fail on rules still in it.
+        out.nat_chains.append(chain_line(chain))
+        out.nat.append(f"-X {chain}")
+    out.nat += _nodeports_jumps(config)
+    out.filter += _forward_rules(config)
+
+    text = "\n".join(
+        [
+            "*filter",
+            *(chain_line(c) for c in FILTER_CHAINS),
+            *out.filter,
+            "COMMIT",
+            "*nat",
+            *(chain_line(c) for c in NAT_CHAINS),
+            *out.nat_chains,
+            *out.nat,
+            "COMMIT",
+            "",
+        ]
+    )
+    return Rendering(
+        text=text,
+        active_chains=frozenset(out.active),
+        deleted_chains=deleted,
+        filter_rules=len(out.filter),
+        nat_rules=sum(1 for line in out.nat if line.startswith("-A ")),
+        partial=changed is not None,
+    )
+
+
+def _postrouting_rules(config: IptablesConfig) -> list[str]:
+    """KUBE-POSTROUTING and KUBE-MARK-MASQ: masquerade what was marked, once."""
     mark = config.masquerade_mark
-    filter_chains = [chain_line(c) for c in FILTER_CHAINS]
-    filter_rules: list[str] = []
-    nat_chains = [chain_line(c) for c in NAT_CHAINS]
-    nat_rules = [
+    return [
         f"-A {KUBE_POSTROUTING} -m mark ! --mark {mark}/{mark} -j RETURN",
         # Clear the mark so a packet that re-traverses the stack is not masqueraded twice.
         f"-A {KUBE_POSTROUTING} -j MARK --xor-mark {mark}",
@@ -220,333 +266,304 @@ def _render(
         f" -j MASQUERADE{' --random-fully' if config.random_fully else ''}",
         f"-A {KUBE_MARK_MASQ} -j MARK --or-mark {mark}",
     ]
-    active: set[str] = set()
-    large = sum(len(r.endpoints) for r in selected) > config.large_cluster_endpoints
-    for route in selected:
-        # A partial sync leaves out the chains of unchanged Services (kube-proxy writes them
-        # to a discarding buffer); they still count as active.
-        write_chains = changed is None or route.service in changed
-        _write_route(
-            route, config, large, write_chains, filter_rules, nat_chains, nat_rules, active
-        )
 
-    deleted = stale_chains(existing_chains, active)
-    for chain in deleted:
-        # A chain line flushes it, so the -X cannot fail on rules still in it.
-        nat_chains.append(chain_line(chain))
-        nat_rules.append(f"-X {chain}")
 
-    # The jump to KUBE-NODEPORTS must be the last rule of KUBE-SERVICES.
+def _nodeports_jumps(config: IptablesConfig) -> list[str]:
+    """The jump to KUBE-NODEPORTS, which must be the last rule of KUBE-SERVICES."""
     comment = '"kubernetes service nodeports; NOTE: this must be the last rule in this chain"'
     if not config.nodeport_ips:
         loopback = "127.0.0.0/8" if config.family == 4 else "::1/128"
-        nat_rules.append(
+        return [
             f"-A {KUBE_SERVICES} -m comment --comment {comment}"
             f" -m addrtype --dst-type LOCAL ! -d {loopback} -j {KUBE_NODEPORTS}"
-        )
-    else:
-        for ip in config.nodeport_ips:
-            if ipaddress.ip_address(ip).is_loopback:
-                continue  # no localhost NodePorts (CVE-2020-8558)
-            nat_rules.append(
-                f"-A {KUBE_SERVICES} -m comment --comment {comment} -d {ip} -j {KUBE_NODEPORTS}"
-            )
+        ]
+    return [
+        f"-A {KUBE_SERVICES} -m comment --comment {comment} -d {ip} -j {KUBE_NODEPORTS}"
+        for ip in config.nodeport_ips
+        if not ipaddress.ip_address(ip).is_loopback  # no localhost NodePorts (CVE-2020-8558)
+    ]
 
+
+def _forward_rules(config: IptablesConfig) -> list[str]:
+    """KUBE-FORWARD."""
+    mark = config.masquerade_mark
+    rules = []
     if not config.conntrack_tcp_be_liberal:
         # Packets conntrack calls INVALID would otherwise reach the pod un-DNATed and draw a
         # RST that kills the connection (#74839, #117924).
-        filter_rules.append(f"-A {KUBE_FORWARD} -m conntrack --ctstate INVALID -j DROP")
+        rules.append(f"-A {KUBE_FORWARD} -m conntrack --ctstate INVALID -j DROP")
     # Forward what we marked for masquerade even where the FORWARD policy is DROP, and the
     # rest of those connections.
-    filter_rules.append(
+    rules.append(
         f'-A {KUBE_FORWARD} -m comment --comment "kubernetes forwarding rules"'
         f" -m mark --mark {mark}/{mark} -j ACCEPT"
     )
-    filter_rules.append(
+    rules.append(
         f'-A {KUBE_FORWARD} -m comment --comment "kubernetes forwarding conntrack rule"'
         " -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"
     )
-
-    text = "\n".join(
-        [
-            "*filter",
-            *filter_chains,
-            *filter_rules,
-            "COMMIT",
-            "*nat",
-            *nat_chains,
-            *nat_rules,
-            "COMMIT",
-            "",
-        ]
-    )
-    return Rendering(
-        text=text,
-        active_chains=frozenset(active),
-        deleted_chains=deleted,
-        filter_rules=len(filter_rules),
-        nat_rules=sum(1 for line in nat_rules if line.startswith("-A ")),
-        partial=changed is not None,
-    )
+    return rules
 
 
-def _write_route(
-    route: ServicePortRoute,
-    config: IptablesConfig,
-    large: bool,
-    write_chains: bool,
-    filter_rules: list[str],
-    nat_chains: list[str],
-    nat_rules: list[str],
-    active: set[str],
-) -> None:
-    """One service port, in the order of kube-proxy's syncProxyRules loop body.
+@dataclass(slots=True)
+class _RouteChains(RouteChains):
+    """`RouteChains` with iptables mode's names (KUBE-SVC-, …) and its own decisions, worked
+    out once per render: the route's name and protocol match, which most of its rules carry,
+    and whether it has a KUBE-FW chain."""
 
-    The filter rules and the KUBE-SERVICES / KUBE-NODEPORTS rules are always written; the
-    per-service chains only with `write_chains`, and otherwise only recorded in `active`.
-    """
-    proto = route.protocol.lower()
-    name = route.name
-    chain_hash = port_proto_hash(name, proto)
-    cluster_chain = SVC_PREFIX + chain_hash
-    local_chain = SVL_PREFIX + chain_hash
-    external_chain = EXT_PREFIX + chain_hash
-    fw_chain = FW_PREFIX + chain_hash
-    match = f"-m {proto} -p {proto}"
-    port = f"--dport {route.port}"
+    name: str  # kube-proxy's ServicePortName, "ns/svc:port"
+    match: str  # "-m tcp -p tcp"
+    # KUBE-FW exists: LB source ranges, and endpoints (without any, the LB IPs are rejected
+    # in filter anyway).
+    uses_firewall: bool
 
-    uses_cluster_chain = route.uses_cluster_policy_chain
-    uses_local_chain = route.uses_local_policy_chain
-    # ClusterIP traffic goes to the chain of the internal policy; external traffic always
-    # enters KUBE-EXT, which ends in the chain of the external policy.
-    internal_chain = local_chain if route.internal_policy_local else cluster_chain
-    external_policy_chain = local_chain if route.external_policy_local else cluster_chain
-    has_internal = route.has_internal_endpoints
-    has_external = route.has_external_endpoints
-    uses_external_chain = route.uses_external_traffic_chain
-    uses_fw_chain = (
-        route.has_endpoints
-        and bool(route.load_balancer_ips)
-        and bool(route.load_balancer_source_ranges)
-    )
-    lb_chain = fw_chain if uses_fw_chain else external_chain
+    @staticmethod
+    def of(route: ServicePortRoute) -> _RouteChains:
+        name, proto = route.name, route.protocol.lower()
+        chain_hash = port_proto_hash(name, proto)
+        return _RouteChains(
+            route,
+            SVC_PREFIX + chain_hash,
+            SVL_PREFIX + chain_hash,
+            EXT_PREFIX + chain_hash,
+            FW_PREFIX + chain_hash,
+            name,
+            f"-m {proto} -p {proto}",
+            route.has_endpoints and route.has_source_ranges,
+        )
 
-    internal_target = external_target = ""
-    internal_comment = external_comment = ""
-    if not route.has_endpoints:
-        # No usable endpoint anywhere: no nat chains, and a REJECT (connection refused at
-        # once) in filter for every address of the service (#17359).
-        internal_target = external_target = "REJECT"
-        internal_comment = external_comment = f'"{name} has no endpoints"'
-    else:
-        if not has_internal:
-            # internalTrafficPolicy Local and no local endpoint: drop, the client times out.
-            internal_target = "DROP"
-            internal_comment = f'"{name} has no local endpoints"'
-        if not has_external:
-            # externalTrafficPolicy Local and no local endpoint: drop what KUBE-EXT did not
-            # short-circuit (traffic from outside the cluster).
-            external_target = "DROP"
-            external_comment = f'"{name} has no local endpoints"'
+    @property
+    def load_balancer(self) -> str:
+        """Where LB ingress traffic enters."""
+        return self.firewall if self.uses_firewall else self.external
+
+    def endpoint_chains(self, reachable: Iterable[RouteEndpoint]) -> dict[str, str]:
+        """The KUBE-SEP- chain of each of the route's `reachable_endpoints`, by "ip:port"."""
+        name, proto = self.name, self.route.protocol
+        return {
+            address: service_port_endpoint_chain_name(name, proto, address)
+            for address in (ep.address for ep in reachable)
+        }
+
+    def used(self) -> list[str]:
+        """Every per-service chain the route's rules use."""
+        route = self.route
+        chains = list(self.endpoint_chains(route.reachable_endpoints).values())
+        for used, chain in (
+            (route.uses_external_traffic_chain, self.external),
+            (self.uses_firewall, self.firewall),
+            (route.uses_cluster_policy_chain, self.cluster),
+            (route.uses_local_policy_chain, self.local),
+        ):
+            if used:
+                chains.append(chain)
+        return chains
+
+
+_FILTER_TARGETS = {
+    "reject": ("REJECT", "has no endpoints"),
+    "drop": ("DROP", "has no local endpoints"),
+}
+
+
+def _write_dispatch(chains: _RouteChains, out: _Buffer) -> None:
+    """What a partial sync writes for every Service too: the rules of KUBE-SERVICES,
+    KUBE-NODEPORTS and the filter chains, in the order of kube-proxy's syncProxyRules."""
+    route = chains.route
+    name, match, port = chains.name, chains.match, f"--dport {route.port}"
+
+    def filtered(chain: str, verdict: str, destination: str) -> None:
+        # No endpoint for this traffic: REJECT (connection refused at once) or DROP (times out).
+        target, why = _FILTER_TARGETS[verdict]
+        out.filter.append(
+            f'-A {chain} -m comment --comment "{name} {why}" {destination} -j {target}'
+        )
 
     # Capture the ClusterIP.
-    if has_internal:
-        nat_rules.append(
+    internal_filter = route.internal_traffic_filter
+    if internal_filter is None:
+        out.nat.append(
             f'-A {KUBE_SERVICES} -m comment --comment "{name} cluster IP" {match}'
-            f" -d {route.cluster_ip} {port} -j {internal_chain}"
+            f" -d {route.cluster_ip} {port} -j {chains.internal}"
         )
     else:
-        filter_rules.append(
-            f"-A {KUBE_SERVICES} -m comment --comment {internal_comment} {match}"
-            f" -d {route.cluster_ip} {port} -j {internal_target}"
-        )
-
+        filtered(KUBE_SERVICES, internal_filter, f"{match} -d {route.cluster_ip} {port}")
+    external_filter = route.external_traffic_filter
     # Capture externalIPs.
     for ip in route.external_ips:
         if route.has_endpoints:
-            nat_rules.append(
+            out.nat.append(
                 f'-A {KUBE_SERVICES} -m comment --comment "{name} external IP" {match}'
-                f" -d {ip} {port} -j {external_chain}"
+                f" -d {ip} {port} -j {chains.external}"
             )
-        if not has_external:
-            filter_rules.append(
-                f"-A {KUBE_EXTERNAL_SERVICES} -m comment --comment {external_comment} {match}"
-                f" -d {ip} {port} -j {external_target}"
-            )
-
+        if external_filter is not None:
+            filtered(KUBE_EXTERNAL_SERVICES, external_filter, f"{match} -d {ip} {port}")
     # Capture load-balancer ingress IPs.
     for ip in route.load_balancer_ips:
         if route.has_endpoints:
-            nat_rules.append(
+            out.nat.append(
                 f'-A {KUBE_SERVICES} -m comment --comment "{name} loadbalancer IP" {match}'
-                f" -d {ip} {port} -j {lb_chain}"
+                f" -d {ip} {port} -j {chains.load_balancer}"
             )
-        if uses_fw_chain:
+        if chains.uses_firewall:
             # What falls through KUBE-FW (not DNATed) is dropped here, in filter.
-            filter_rules.append(
+            out.filter.append(
                 f"-A {KUBE_PROXY_FIREWALL} -m comment"
-                f' --comment "{name} traffic not accepted by {fw_chain}" {match}'
+                f' --comment "{name} traffic not accepted by {chains.firewall}" {match}'
                 f" -d {ip} {port} -j DROP"
             )
-    if not has_external:
+    if external_filter is not None:
         for ip in route.load_balancer_ips:
-            filter_rules.append(
-                f"-A {KUBE_EXTERNAL_SERVICES} -m comment --comment {external_comment} {match}"
-                f" -d {ip} {port} -j {external_target}"
-            )
-
+            filtered(KUBE_EXTERNAL_SERVICES, external_filter, f"{match} -d {ip} {port}")
     # Capture the NodePort. NodePorts are not subject to loadBalancerSourceRanges (as in
     # kube-proxy, which cannot change that now).
     if route.node_port:
         if route.has_endpoints:
-            nat_rules.append(
+            out.nat.append(
                 f"-A {KUBE_NODEPORTS} -m comment --comment {name} {match}"
-                f" --dport {route.node_port} -j {external_chain}"
+                f" --dport {route.node_port} -j {chains.external}"
             )
-        if not has_external:
-            filter_rules.append(
-                f"-A {KUBE_EXTERNAL_SERVICES} -m comment --comment {external_comment}"
-                f" -m addrtype --dst-type LOCAL {match}"
-                f" --dport {route.node_port} -j {external_target}"
-            )
-
+        if external_filter is not None:
+            local = f"-m addrtype --dst-type LOCAL {match} --dport {route.node_port}"
+            filtered(KUBE_EXTERNAL_SERVICES, external_filter, local)
     # Accept the health-check node port whether or not there are local endpoints.
     if route.health_check_node_port:
-        filter_rules.append(
+        out.filter.append(
             f'-A {KUBE_NODEPORTS} -m comment --comment "{name} health check node port"'
             f" -m tcp -p tcp --dport {route.health_check_node_port} -j ACCEPT"
         )
 
-    # Below: the per-service chains, which a partial render leaves as they are.
-    reachable = route.reachable_endpoints
-    sep_chains = {
-        ep.address: service_port_endpoint_chain_name(name, proto, ep.address) for ep in reachable
-    }
-    if not write_chains:
-        active.update(sep_chains.values())
-        for used, chain in (
-            (uses_external_chain, external_chain),
-            (uses_fw_chain, fw_chain),
-            (uses_cluster_chain, cluster_chain),
-            (uses_local_chain, local_chain),
-        ):
-            if used:
-                active.add(chain)
-        return
 
+def _write_service_chains(
+    chains: _RouteChains, config: IptablesConfig, large: bool, out: _Buffer
+) -> None:
+    """The per-service chains, which a partial render leaves as they are for unchanged
+    Services: in the order a packet meets them, then one chain per endpoint."""
+    route = chains.route
+    name = chains.name
     # Masquerade ClusterIP traffic from outside the cluster: a static route for the Service
     # range may point at any node, and the reply must come back through that node.
-    if has_internal:
-        clusterip = f'-m comment --comment "{name} cluster IP" {match} -d {route.cluster_ip} {port}'
+    if route.has_internal_endpoints:
+        clusterip = (
+            f'-m comment --comment "{name} cluster IP" {chains.match}'
+            f" -d {route.cluster_ip} --dport {route.port}"
+        )
         if config.masquerade_all:
-            nat_rules.append(f"-A {internal_chain} {clusterip} -j {KUBE_MARK_MASQ}")
+            out.nat.append(f"-A {chains.internal} {clusterip} -j {KUBE_MARK_MASQ}")
         elif config.cluster_cidr:
-            nat_rules.append(
-                f"-A {internal_chain} {clusterip} ! -s {config.cluster_cidr} -j {KUBE_MARK_MASQ}"
+            out.nat.append(
+                f"-A {chains.internal} {clusterip} ! -s {config.cluster_cidr} -j {KUBE_MARK_MASQ}"
             )
-
-    if uses_external_chain:
-        nat_chains.append(chain_line(external_chain))
-        active.add(external_chain)
-        if not route.external_policy_local:
-            # Endpoints may be on other nodes: masquerade so replies come back through us.
-            nat_rules.append(
-                f"-A {external_chain} -m comment"
-                f' --comment "masquerade traffic for {name} external destinations"'
-                f" -j {KUBE_MARK_MASQ}"
-            )
-        else:
-            # Local policy keeps the client's address. Pod traffic to an external address is
-            # sent to the Cluster chain, as if it had gone out to the LB and come back in.
-            if config.cluster_cidr:
-                nat_rules.append(
-                    f"-A {external_chain} -m comment"
-                    f' --comment "pod traffic for {name} external destinations"'
-                    f" -s {config.cluster_cidr} -j {cluster_chain}"
-                )
-            # Traffic from the node itself has a local source (often the LB IP): masquerade it
-            # and send it to the Cluster chain too.
-            nat_rules.append(
-                f"-A {external_chain} -m comment"
-                f' --comment "masquerade LOCAL traffic for {name} external destinations"'
-                f" -m addrtype --src-type LOCAL -j {KUBE_MARK_MASQ}"
-            )
-            nat_rules.append(
-                f"-A {external_chain} -m comment"
-                f' --comment "route LOCAL traffic for {name} external destinations"'
-                f" -m addrtype --src-type LOCAL -j {cluster_chain}"
-            )
-        if has_external:
-            nat_rules.append(f"-A {external_chain} -j {external_policy_chain}")
-
-    if uses_fw_chain:
-        nat_chains.append(chain_line(fw_chain))
-        active.add(fw_chain)
-        # loadBalancerSourceRanges: only VIP-style LBs that keep the source address.
-        head = f'-A {fw_chain} -m comment --comment "{name} loadbalancer IP"'
-        allow_from_node = False
-        for cidr in route.load_balancer_source_ranges:
-            nat_rules.append(f"{head} -s {cidr} -j {external_chain}")
-            if config.node_ip and ipaddress.ip_address(config.node_ip) in ipaddress.ip_network(
-                cidr, strict=False
-            ):
-                allow_from_node = True
-        if allow_from_node:
-            # A VIP-style LB IP is often local: the node's own request to it loops back with
-            # the LB IP as its source.
-            for ip in route.load_balancer_ips:
-                nat_rules.append(f"{head} -s {ip} -j {external_chain}")
-        nat_rules.append(
-            f"-A {fw_chain} -m comment"
-            f' --comment "other traffic to {name} will be dropped by KUBE-PROXY-FIREWALL"'
+    if route.uses_external_traffic_chain:
+        _write_external_chain(chains, config, out)
+    if chains.uses_firewall:
+        _write_firewall_chain(chains, config, out)
+    reachable = route.reachable_endpoints
+    sep_chains = chains.endpoint_chains(reachable)
+    if route.uses_cluster_policy_chain:
+        out.declare(chains.cluster)
+        out.nat += _endpoint_jumps(
+            chains, chains.cluster, route.cluster_endpoints, sep_chains, large
         )
+    if route.uses_local_policy_chain:
+        out.declare(chains.local)
+        out.nat += _endpoint_jumps(chains, chains.local, route.local_endpoints, sep_chains, large)
 
-    if uses_cluster_chain:
-        nat_chains.append(chain_line(cluster_chain))
-        active.add(cluster_chain)
-        _write_endpoint_jumps(
-            nat_rules, route, cluster_chain, route.cluster_endpoints, sep_chains, large
-        )
-    if uses_local_chain:
-        nat_chains.append(chain_line(local_chain))
-        active.add(local_chain)
-        _write_endpoint_jumps(
-            nat_rules, route, local_chain, route.local_endpoints, sep_chains, large
-        )
-
-    # One chain per endpoint: hairpin masquerade, then the DNAT.
+    # One chain per endpoint: hairpin masquerade, then the DNAT. This loop runs for every
+    # endpoint of every Service: `out.declare` is written out, names are looked up once.
     comment = "" if large else f" -m comment --comment {name}"
+    match = chains.match
+    nat, nat_chains, active = out.nat, out.nat_chains, out.active
     for ep in reachable:
-        sep = sep_chains[ep.address]
+        address = ep.address
+        sep = sep_chains[address]
         nat_chains.append(chain_line(sep))
         active.add(sep)
         # A pod reaching itself through the VIP: SNAT to the node so the reply returns via us.
-        nat_rules.append(f"-A {sep}{comment} -s {ep.ip} -j {KUBE_MARK_MASQ}")
+        nat.append(f"-A {sep}{comment} -s {ep.ip} -j {KUBE_MARK_MASQ}")
         affinity = f" -m recent --name {sep} --set" if route.affinity_timeout else ""
-        nat_rules.append(
-            f"-A {sep}{comment}{affinity} {match} -j DNAT --to-destination {ep.address}"
+        nat.append(f"-A {sep}{comment}{affinity} {match} -j DNAT --to-destination {address}")
+
+
+def _write_external_chain(chains: _RouteChains, config: IptablesConfig, out: _Buffer) -> None:
+    """KUBE-EXT: masquerade (Cluster policy) or the short-circuits of the Local policy, then
+    the chain of the external policy."""
+    route, external, name = chains.route, chains.external, chains.name
+    out.declare(external)
+    if not route.external_policy_local:
+        # Endpoints may be on other nodes: masquerade so replies come back through us.
+        out.nat.append(
+            f"-A {external} -m comment"
+            f' --comment "masquerade traffic for {name} external destinations"'
+            f" -j {KUBE_MARK_MASQ}"
         )
+    else:
+        # Local policy keeps the client's address. Pod traffic to an external address is
+        # sent to the Cluster chain, as if it had gone out to the LB and come back in.
+        if config.cluster_cidr:
+            out.nat.append(
+                f"-A {external} -m comment"
+                f' --comment "pod traffic for {name} external destinations"'
+                f" -s {config.cluster_cidr} -j {chains.cluster}"
+            )
+        # Traffic from the node itself has a local source (often the LB IP): masquerade it
+        # and send it to the Cluster chain too.
+        out.nat.append(
+            f"-A {external} -m comment"
+            f' --comment "masquerade LOCAL traffic for {name} external destinations"'
+            f" -m addrtype --src-type LOCAL -j {KUBE_MARK_MASQ}"
+        )
+        out.nat.append(
+            f"-A {external} -m comment"
+            f' --comment "route LOCAL traffic for {name} external destinations"'
+            f" -m addrtype --src-type LOCAL -j {chains.cluster}"
+        )
+    if route.has_external_endpoints:
+        out.nat.append(f"-A {external} -j {chains.external_policy}")
 
 
-def _write_endpoint_jumps(
-    nat_rules: list[str],
-    route: ServicePortRoute,
+def _write_firewall_chain(chains: _RouteChains, config: IptablesConfig, out: _Buffer) -> None:
+    """KUBE-FW: loadBalancerSourceRanges, only for VIP-style LBs that keep the source."""
+    route, fw_chain = chains.route, chains.firewall
+    out.declare(fw_chain)
+    head = f'-A {fw_chain} -m comment --comment "{route.name} loadbalancer IP"'
+    allow_from_node = False
+    for cidr in route.load_balancer_source_ranges:
+        out.nat.append(f"{head} -s {cidr} -j {chains.external}")
+        if config.node_ip and ipaddress.ip_address(config.node_ip) in ipaddress.ip_network(
+            cidr, strict=False
+        ):
+            allow_from_node = True
+    if allow_from_node:
+        # A VIP-style LB IP is often local: the node's own request to it loops back with
+        # the LB IP as its source.
+        for ip in route.load_balancer_ips:
+            out.nat.append(f"{head} -s {ip} -j {chains.external}")
+    out.nat.append(
+        f"-A {fw_chain} -m comment"
+        f' --comment "other traffic to {route.name} will be dropped by KUBE-PROXY-FIREWALL"'
+    )
+
+
+def _endpoint_jumps(
+    chains: _RouteChains,
     chain: str,
     endpoints: tuple[RouteEndpoint, ...],
     sep_chains: Mapping[str, str],
     large: bool,
-) -> None:
+) -> list[str]:
     """kube-proxy `writeServiceToEndpointRules`: affinity checks first, then the random spread.
 
     Rule i of n matches with probability 1/(n-i), so each endpoint gets 1/n overall; the last
     rule is unconditional.
     """
-    name = route.name
+    route, name = chains.route, chains.name
+    rules = []
     if route.affinity_timeout:
         for ep in endpoints:
             sep = sep_chains[ep.address]
             comment = "" if large else f' -m comment --comment "{name} -> {ep.address}"'
-            nat_rules.append(
+            rules.append(
                 f"-A {chain}{comment} -m recent --name {sep}"
                 f" --rcheck --seconds {route.affinity_timeout} --reap -j {sep}"
             )
@@ -556,7 +573,8 @@ def _write_endpoint_jumps(
         spread = (
             f" -m statistic --mode random --probability {probability(n - i)}" if i < n - 1 else ""
         )
-        nat_rules.append(f"-A {chain}{comment}{spread} -j {sep_chains[ep.address]}")
+        rules.append(f"-A {chain}{comment}{spread} -j {sep_chains[ep.address]}")
+    return rules
 
 
 def chain_rules(text: str) -> dict[tuple[str, str], tuple[str, ...]]:
@@ -586,25 +604,36 @@ def saved_chains(save_text: str) -> dict[str, frozenset[str]]:
     return {table: frozenset(chains) for table, chains in tables.items()}
 
 
-def render_cleanup(saved: Mapping[str, Iterable[str]]) -> str:
+def owned_chains(
+    saved: Mapping[str, Iterable[str]], others: Mapping[str, Sequence[str]] | None = None
+) -> dict[str, list[str]]:
+    """kdns's chains among `saved` (the chains per table that exist, `saved_chains`): per
+    table, the fixed chains, then those in `others` (another mode's fixed chains, the canary),
+    then every per-service chain, sorted. Tables with none are left out."""
+    fixed = {"filter": FILTER_CHAINS, "nat": NAT_CHAINS}
+    owned: dict[str, list[str]] = {}
+    for table in ("filter", "nat"):
+        existing = set(saved.get(table, ()))
+        names = [*fixed[table], *(others or {}).get(table, ())]
+        ours = [c for c in dict.fromkeys(names) if c in existing]
+        if table == "nat":
+            ours += sorted(c for c in existing if is_service_chain(c))
+        if ours:
+            owned[table] = ours
+    return owned
+
+
+def render_cleanup(
+    saved: Mapping[str, Iterable[str]], others: Mapping[str, Sequence[str]] | None = None
+) -> str:
     """Restore input that flushes and deletes every chain kdns installs (kube-proxy
-    `CleanupLeftovers`), given the chains per table that exist (`saved_chains`).
+    `CleanupLeftovers`): `owned_chains(saved, others)`.
 
     Delete the `JUMP_RULES` first (`iptables -D`), or the `-X` of a chain they jump to fails.
     Unlike kube-proxy, KUBE-MARK-MASQ and KUBE-PROXY-FIREWALL go too: kdns created them.
     """
     parts: list[str] = []
-    fixed = {
-        "filter": FILTER_CHAINS,
-        "nat": NAT_CHAINS,
-    }
-    for table in ("filter", "nat"):
-        existing = set(saved.get(table, ()))
-        ours = [c for c in fixed[table] if c in existing]
-        if table == "nat":
-            ours += sorted(c for c in existing if is_service_chain(c))
-        if not ours:
-            continue
+    for table, ours in owned_chains(saved, others).items():
         parts += [f"*{table}", *(chain_line(c) for c in ours), *(f"-X {c}" for c in ours)]
         parts.append("COMMIT")
     return "\n".join([*parts, ""]) if parts else ""

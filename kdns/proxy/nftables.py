@@ -75,6 +75,7 @@ from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from kdns.proxy.routes import (
+    RouteChains,
     RouteEndpoint,
     ServiceKey,
     ServicePortRoute,
@@ -323,125 +324,142 @@ class _State:
     stale_chains: frozenset[str]  # flushed, awaiting deletion
 
 
-def _service_rules(routes: Iterable[ServicePortRoute], config: NftablesConfig) -> _ServiceRules:
-    elements: dict[tuple[str, str], str] = {}
-    chains: dict[str, tuple[str, ...]] = {}
-    sets: dict[str, int] = {}
-    for route in routes:
-        _write_route(route, config, elements, chains, sets)
-    return _ServiceRules(tuple((m, k, s) for (m, k), s in elements.items()), chains, sets)
+class _ServiceBuffer:
+    """What one Service's routes write: map and set elements, chains (name → rules) and
+    affinity sets (name → timeout)."""
 
+    def __init__(self) -> None:
+        self.elements: dict[tuple[str, str], str] = {}
+        self.chains: dict[str, tuple[str, ...]] = {}
+        self.sets: dict[str, int] = {}
 
-def _write_route(
-    route: ServicePortRoute,
-    config: NftablesConfig,
-    elements: dict[tuple[str, str], str],
-    chains: dict[str, tuple[str, ...]],
-    sets: dict[str, int],
-) -> None:
-    """One service port, as the loop body of kube-proxy's nftables syncProxyRules."""
-    ip = config.nft_family
-    proto = route.protocol.lower()
-    base = service_chain_base(route)
-    cluster_chain = SERVICE_PREFIX + base
-    local_chain = LOCAL_PREFIX + base
-    external_chain = EXTERNAL_PREFIX + base
-    fw_chain = FIREWALL_PREFIX + base
-
-    uses_cluster_chain = route.uses_cluster_policy_chain
-    uses_local_chain = route.uses_local_policy_chain
-    internal_chain = local_chain if route.internal_policy_local else cluster_chain
-    external_policy_chain = local_chain if route.external_policy_local else cluster_chain
-    has_internal = route.has_internal_endpoints
-    has_external = route.has_external_endpoints
-    uses_external_chain = route.uses_external_traffic_chain
-    # Unlike iptables mode, the firewall is a filter check of its own, kept with or without
-    # endpoints.
-    uses_fw_chain = bool(route.load_balancer_ips) and bool(route.load_balancer_source_ranges)
-
-    if not route.has_endpoints:
-        # No usable endpoint anywhere: reject at once (connection refused, #17359).
-        internal_verdict = external_verdict = f"goto {REJECT_CHAIN}"
-    else:
-        # A Local policy with no local endpoint: drop, the client times out.
-        internal_verdict = "" if has_internal else "drop"
-        external_verdict = "" if has_external else "drop"
-    no_endpoints = f' comment "{route.name}" : '
-
-    def element(container: str, key: str, suffix: str) -> None:
+    def element(self, container: str, key: str, suffix: str = "") -> None:
         # The first claim within one Service wins (e.g. an externalIP also listed as LB IP).
-        elements.setdefault((container, key), suffix)
+        self.elements.setdefault((container, key), suffix)
 
+    def rules(self) -> _ServiceRules:
+        elements = tuple((m, k, s) for (m, k), s in self.elements.items())
+        return _ServiceRules(elements, self.chains, self.sets)
+
+
+def _service_rules(routes: Iterable[ServicePortRoute], config: NftablesConfig) -> _ServiceRules:
+    """One Service's routes, each as the loop body of kube-proxy's nftables syncProxyRules."""
+    out = _ServiceBuffer()
+    for route in routes:
+        base = service_chain_base(route)
+        chains = RouteChains(
+            route,
+            SERVICE_PREFIX + base,
+            LOCAL_PREFIX + base,
+            EXTERNAL_PREFIX + base,
+            FIREWALL_PREFIX + base,
+        )
+        _write_elements(chains, out)
+        _write_chains(chains, config, out)
+    return out.rules()
+
+
+_FILTER_VERDICTS = {"reject": f"goto {REJECT_CHAIN}", "drop": "drop"}
+
+
+def _write_elements(chains: RouteChains, out: _ServiceBuffer) -> None:
+    """The route's entries in the dispatch maps and sets, in kube-proxy's order."""
+    route = chains.route
+    proto = route.protocol.lower()
+    internal_filter = route.internal_traffic_filter
+    external_filter = route.external_traffic_filter
+    # No endpoint for this traffic: reject at once (connection refused, #17359), or drop
+    # (a Local policy with no local endpoint: the client times out).
+    no_endpoints = f' comment "{route.name}" : '
+    external_verdict = no_endpoints + _FILTER_VERDICTS[external_filter] if external_filter else ""
     port_key = f" . {proto} . {route.port}"
     # Capture the ClusterIP.
-    element(CLUSTER_IPS, route.cluster_ip, "")
-    if has_internal:
-        element(SERVICE_IPS, route.cluster_ip + port_key, f" : goto {internal_chain}")
+    out.element(CLUSTER_IPS, route.cluster_ip)
+    if internal_filter is None:
+        out.element(SERVICE_IPS, route.cluster_ip + port_key, f" : goto {chains.internal}")
     else:
-        element(NO_ENDPOINT_SERVICES, route.cluster_ip + port_key, no_endpoints + internal_verdict)
+        verdict = no_endpoints + _FILTER_VERDICTS[internal_filter]
+        out.element(NO_ENDPOINT_SERVICES, route.cluster_ip + port_key, verdict)
     # Capture externalIPs.
     for addr in route.external_ips:
         if route.has_endpoints:
-            element(SERVICE_IPS, addr + port_key, f" : goto {external_chain}")
-        if not has_external:
-            element(NO_ENDPOINT_SERVICES, addr + port_key, no_endpoints + external_verdict)
+            out.element(SERVICE_IPS, addr + port_key, f" : goto {chains.external}")
+        if external_filter is not None:
+            out.element(NO_ENDPOINT_SERVICES, addr + port_key, external_verdict)
     # Capture load-balancer ingress IPs.
     for addr in route.load_balancer_ips:
         if route.has_endpoints:
-            element(SERVICE_IPS, addr + port_key, f" : goto {external_chain}")
-        if uses_fw_chain:
-            element(FIREWALL_IPS, addr + port_key, f" : goto {fw_chain}")
-    if not has_external:
+            out.element(SERVICE_IPS, addr + port_key, f" : goto {chains.external}")
+        if route.has_source_ranges:
+            # Unlike iptables mode, the firewall is a filter check of its own, kept with or
+            # without endpoints.
+            out.element(FIREWALL_IPS, addr + port_key, f" : goto {chains.firewall}")
+    if external_filter is not None:
         for addr in route.load_balancer_ips:
-            element(NO_ENDPOINT_SERVICES, addr + port_key, no_endpoints + external_verdict)
+            out.element(NO_ENDPOINT_SERVICES, addr + port_key, external_verdict)
     # Capture the NodePort. NodePorts are not subject to loadBalancerSourceRanges (as in
     # kube-proxy, which cannot change that now).
     if route.node_port:
         key = f"{proto} . {route.node_port}"
         if route.has_endpoints:
-            element(SERVICE_NODEPORTS, key, f" : goto {external_chain}")
-        if not has_external:
-            element(NO_ENDPOINT_NODEPORTS, key, no_endpoints + external_verdict)
+            out.element(SERVICE_NODEPORTS, key, f" : goto {chains.external}")
+        if external_filter is not None:
+            out.element(NO_ENDPOINT_NODEPORTS, key, external_verdict)
 
-    # The chains, in the order a packet meets them: external, firewall, policy, endpoint.
-    if uses_external_chain:
-        rules = []
-        if not route.external_policy_local:
-            # Endpoints may be on other nodes: masquerade so replies come back through us.
-            rules.append(f"jump {MARK_MASQ}")
-        else:
-            # Local policy keeps the client's address. Pod traffic to an external address is
-            # sent to the Cluster chain, as if it had gone out to the LB and come back in.
-            if config.cluster_cidr:
-                rules.append(
-                    f"{ip} saddr {config.cluster_cidr} goto {cluster_chain}"
-                    ' comment "short-circuit pod traffic"'
-                )
-            # Traffic from the node itself has a local source (often the LB IP): masquerade it
-            # and send it to the Cluster chain too.
-            rules.append(
-                f'fib saddr type local jump {MARK_MASQ} comment "masquerade local traffic"'
-            )
-            rules.append(
-                f'fib saddr type local goto {cluster_chain} comment "short-circuit local traffic"'
-            )
-        if has_external:
-            rules.append(f"goto {external_policy_chain}")
-        chains[external_chain] = tuple(rules)
 
-    if uses_fw_chain:
+def _write_chains(chains: RouteChains, config: NftablesConfig, out: _ServiceBuffer) -> None:
+    """The route's chains, in the order a packet meets them: external, firewall, policy (with
+    its endpoints' DNATs), endpoint."""
+    route = chains.route
+    ip = config.nft_family
+    if route.uses_external_traffic_chain:
+        out.chains[chains.external] = _external_rules(chains, config)
+    if route.has_source_ranges:
         sources = list(route.load_balancer_source_ranges)
         node_ip = ipaddress.ip_address(config.node_ip) if config.node_ip else None
         if node_ip and any(node_ip in ipaddress.ip_network(c, strict=False) for c in sources):
             # A VIP-style LB IP is often local: the node's own request to it loops back with
             # the LB IP as its source.
             sources.extend(route.load_balancer_ips)
-        chains[fw_chain] = (f"{ip} saddr != {{ {', '.join(sources)} }} drop",)
+        out.chains[chains.firewall] = (f"{ip} saddr != {{ {', '.join(sources)} }} drop",)
+    _write_policy_chains(chains, config, out)
 
+
+def _external_rules(chains: RouteChains, config: NftablesConfig) -> tuple[str, ...]:
+    route = chains.route
+    rules = []
+    if not route.external_policy_local:
+        # Endpoints may be on other nodes: masquerade so replies come back through us.
+        rules.append(f"jump {MARK_MASQ}")
+    else:
+        # Local policy keeps the client's address. Pod traffic to an external address is
+        # sent to the Cluster chain, as if it had gone out to the LB and come back in.
+        if config.cluster_cidr:
+            rules.append(
+                f"{config.nft_family} saddr {config.cluster_cidr} goto {chains.cluster}"
+                ' comment "short-circuit pod traffic"'
+            )
+        # Traffic from the node itself has a local source (often the LB IP): masquerade it
+        # and send it to the Cluster chain too.
+        rules.append(f'fib saddr type local jump {MARK_MASQ} comment "masquerade local traffic"')
+        rules.append(
+            f'fib saddr type local goto {chains.cluster} comment "short-circuit local traffic"'
+        )
+    if route.has_external_endpoints:
+        rules.append(f"goto {chains.external_policy}")
+    return tuple(rules)
+
+
+def _write_policy_chains(chains: RouteChains, config: NftablesConfig, out: _ServiceBuffer) -> None:
+    """The Cluster and Local policy chains: masquerade, then the endpoints (see
+    `_endpoint_rules`), and the endpoint chains of large Services."""
+    route = chains.route
+    ip = config.nft_family
+    proto = route.protocol.lower()
     # Masquerade ClusterIP traffic from outside the cluster: a static route for the Service
     # range may point at any node, and the reply must come back through that node.
     masquerade: tuple[str, ...] = ()
-    if has_internal:
+    if route.has_internal_endpoints:
         clusterip = f"{ip} daddr {route.cluster_ip} {proto} dport {route.port}"
         if config.masquerade_all:
             masquerade = (f"{clusterip} jump {MARK_MASQ}",)
@@ -460,22 +478,22 @@ def _write_route(
     for ep in reachable:
         update = ""
         if affinity:
-            sets[AFFINITY_PREFIX + bases[ep.address]] = affinity
+            out.sets[AFFINITY_PREFIX + bases[ep.address]] = affinity
             update = f"update @{AFFINITY_PREFIX}{bases[ep.address]} {{ {ip} saddr }} "
         statements[ep.address] = f"{update}meta l4proto {proto} dnat to {ep.address}"
-        element(HAIRPIN_ENDPOINTS, f"{ep.ip} . {ep.ip} . {proto} . {ep.port}", "")
+        out.element(HAIRPIN_ENDPOINTS, f"{ep.ip} . {ep.ip} . {proto} . {ep.port}")
     for chain, endpoints, used in (
-        (cluster_chain, route.cluster_endpoints, uses_cluster_chain),
-        (local_chain, route.local_endpoints, uses_local_chain),
+        (chains.cluster, route.cluster_endpoints, route.uses_cluster_policy_chain),
+        (chains.local, route.local_endpoints, route.uses_local_policy_chain),
     ):
         if not used:
             continue
-        head = masquerade if internal_chain == chain else ()
-        chains[chain] = head + _endpoint_rules(ip, endpoints, bases, statements, affinity)
+        head = masquerade if chains.internal == chain else ()
+        out.chains[chain] = head + _endpoint_rules(ip, endpoints, bases, statements, affinity)
         if len(endpoints) >= SPREAD_VMAP_MIN_ENDPOINTS:
             # The vmap's targets: one chain per endpoint, only for such large Services.
             for ep in endpoints:
-                chains[ENDPOINT_PREFIX + bases[ep.address]] = (statements[ep.address],)
+                out.chains[ENDPOINT_PREFIX + bases[ep.address]] = (statements[ep.address],)
 
 
 def _endpoint_rules(
@@ -661,27 +679,68 @@ def render_full(
     transaction.
     """
     existing = existing or TableObjects()
-    ip = config.nft_family
-    table = config.table
-    mark = config.masquerade_mark
     s = _Script(config)
-    s.add(f'add table {table} {{ comment "rules for kdns" ; }}')
+    s.add(f'add table {config.table} {{ comment "rules for kdns" ; }}')
     # Every rule of every chain goes; chains, sets and map elements stay until handled below.
-    s.add(f"flush table {table}")
+    s.add(f"flush table {config.table}")
 
     selected = _select(routes, config)
     services = {key: _service_rules(rs, config) for key, rs in _group(selected).items()}
     wanted_sets = {n: t for r in services.values() for n, t in r.sets.items()}
+    deleted_sets = _write_stale_sets(s, config, existing.sets, wanted_sets)
+    _write_base_chains(s, config)
+    _write_dispatch(s, config)
+    claims, chains_written = _write_services(s, config, services)
 
-    # Affinity sets that go, or whose timeout changed: nothing refers to them any more.
+    # Stale per-service chains: `flush table` emptied them and the maps no longer name them.
+    active = {c for r in services.values() for c in r.chains}
+    stale = sorted(existing.chains - active)
+    deleted, deferred = _split_stale(config, stale, existing.flushed_chains)
+    for name in deleted:
+        s.chain("add", name)
+        s.chain("delete", name)
+
+    state = _State(
+        services=services,
+        claims=claims,
+        stale_chains=frozenset(deferred),
+    )
+    return Rendering(
+        text=s.text(),
+        partial=False,
+        config=config,
+        deleted_chains=tuple(deleted),
+        stale_chains=tuple(deferred),
+        deleted_sets=tuple(deleted_sets),
+        chains_written=chains_written,
+        rules_written=s.rules,
+        elements_written=s.elements,
+        _state=state,
+    )
+
+
+def _write_stale_sets(
+    s: _Script, config: NftablesConfig, existing: Mapping[str, int], wanted: Mapping[str, int]
+) -> list[str]:
+    """Affinity sets that go, or whose timeout changed: nothing refers to them any more (the
+    table was flushed). Returns those that go."""
+    table = config.table
     deleted_sets = []
-    for name, timeout in sorted(existing.sets.items()):
-        if wanted_sets.get(name) != timeout:
+    for name, timeout in sorted(existing.items()):
+        if wanted.get(name) != timeout:
             s.add(f"add set {table} {name} {_set_spec(config, timeout)}")
             s.add(f"delete set {table} {name}")
-            if name not in wanted_sets:
+            if name not in wanted:
                 deleted_sets.append(name)
+    return deleted_sets
 
+
+def _write_base_chains(s: _Script, config: NftablesConfig) -> None:
+    """The base and fixed chains, the jumps between them, masquerading and the reject
+    helper."""
+    ip = config.nft_family
+    table = config.table
+    mark = config.masquerade_mark
     # Base chains: add, delete, add again, so a changed priority cannot fail the transaction
     # (`add chain` cannot change a base chain's hook or priority).
     for name, kind, hook, priority in BASE_CHAINS:
@@ -718,6 +777,11 @@ def render_full(
     s.rule(MASQUERADING, "masquerade fully-random")
     s.rule(REJECT_CHAIN, "reject")
 
+
+def _write_dispatch(s: _Script, config: NftablesConfig) -> None:
+    """The dispatch sets and maps, declared and emptied (the Services refill them), and the
+    rules that look packets up in them."""
+    table = config.table
     # Sets and maps: declared (a no-op when they exist) and emptied; refilled below.
     s.add(
         f"add set {table} {CLUSTER_IPS}"
@@ -743,7 +807,12 @@ def render_full(
         )
         s.add(f'add map {table} {name} {{ type {key} : verdict ; comment "{comment}" ; }}')
         s.add(f"flush map {table} {name}")
+    _write_lookups(s, config)
 
+
+def _write_lookups(s: _Script, config: NftablesConfig) -> None:
+    """The rules of the fixed chains that look packets up in the dispatch sets and maps."""
+    ip = config.nft_family
     s.rule(
         CLUSTER_IPS_CHECK,
         f'{ip} daddr @{CLUSTER_IPS} reject comment "Reject traffic to invalid ports of ClusterIPs"',
@@ -779,7 +848,12 @@ def render_full(
     s.rule(SERVICE_ENDPOINTS_CHECK, f"{tuple_match} vmap @{NO_ENDPOINT_SERVICES}")
     s.rule(FIREWALL_CHECK, f"{tuple_match} vmap @{FIREWALL_IPS}")
 
-    # Per Service: its chains, sets and rules, then the elements it owns.
+
+def _write_services(
+    s: _Script, config: NftablesConfig, services: Mapping[ServiceKey, _ServiceRules]
+) -> tuple[dict[tuple[str, str], tuple[tuple[ServiceKey, str], ...]], int]:
+    """Per Service: its chains, sets and rules, then the elements it owns (a key two Services
+    claim belongs to the one that sorts first). Returns the claims and the chains written."""
     claims: dict[tuple[str, str], list[tuple[ServiceKey, str]]] = {}
     for key, rules in services.items():
         for container, element_key, suffix in rules.elements:
@@ -800,32 +874,7 @@ def render_full(
         for container, element_key, suffix in rules.elements:
             if claims[(container, element_key)][0][0] == key:
                 s.element("add", container, element_key, suffix)
-
-    # Stale per-service chains: `flush table` emptied them and the maps no longer name them.
-    active = {c for r in services.values() for c in r.chains}
-    stale = sorted(existing.chains - active)
-    deleted, deferred = _split_stale(config, stale, existing.flushed_chains)
-    for name in deleted:
-        s.chain("add", name)
-        s.chain("delete", name)
-
-    state = _State(
-        services=services,
-        claims={k: tuple(v) for k, v in claims.items()},
-        stale_chains=frozenset(deferred),
-    )
-    return Rendering(
-        text=s.text(),
-        partial=False,
-        config=config,
-        deleted_chains=tuple(deleted),
-        stale_chains=tuple(deferred),
-        deleted_sets=tuple(deleted_sets),
-        chains_written=chains_written,
-        rules_written=s.rules,
-        elements_written=s.elements,
-        _state=state,
-    )
+    return {k: tuple(v) for k, v in claims.items()}, chains_written
 
 
 def _split_stale(

@@ -11,12 +11,18 @@ Contract:
 - The endpoint lists are those kube-proxy would use: `endpoints` is every endpoint of the port
   (EndpointSliceCache: matched by port name and protocol, one per "ip:port", sorted by that
   string), and `cluster_endpoints`, `local_endpoints`, `has_endpoints` follow
-  `proxy.CategorizeEndpoints` (pkg/proxy/topology.go) exactly, without topology hints.
+  `proxy.CategorizeEndpoints` (pkg/proxy/topology.go, 1.33+) exactly, topology hints included:
+  `zone` is this node's `topology.kubernetes.io/zone` label ("" when unknown), and the
+  PreferSameTrafficDistribution gate is taken as on (its default since 1.34).
+- LoadBalancer ingress IPs whose `ipMode` is `Proxy` are left out of `load_balancer_ips`, as
+  kube-proxy leaves them out (`IsVIPMode`): nothing is programmed for them, so traffic to them
+  goes out to the load balancer itself.
 - The kube-proxy chain-name hashes (`port_proto_hash`, `service_port_chain_name`,
-  `service_port_endpoint_chain_name`) live here so every renderer names things alike.
-- Pure: no I/O, no clock. Topology-aware routing (hints), loadBalancer ingress `ipMode: Proxy`
-  and the "only the first address of an endpoint" rule are not modelled (the model keeps
-  neither hints nor ipMode, and gives every address of an endpoint).
+  `service_port_endpoint_chain_name`), the jump from a built-in chain (`JumpRule`) and which
+  per-service chain a route's traffic takes (`RouteChains`) live here so every renderer names,
+  hooks and routes things alike.
+- Pure: no I/O, no clock. The "only the first address of an endpoint" rule is not modelled
+  (the model gives every address of an endpoint).
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ import functools
 import hashlib
 import ipaddress
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from kdns.model import Endpoint, Service, ServicePort
 
@@ -86,6 +92,23 @@ def join_host_port(ip: str, port: int) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class JumpRule:
+    """A jump from a built-in chain into one of kube-proxy's chains, kept at the top with
+    `iptables -I` (iptables and IPVS mode each list theirs: `iptablesJumpChains`)."""
+
+    table: str
+    chain: str  # the built-in chain holding the jump
+    target: str  # our chain
+    comment: str
+    extra: tuple[str, ...] = ()  # matches before the comment, e.g. conntrack state NEW
+
+    @property
+    def args(self) -> tuple[str, ...]:
+        """The rule as iptables argv after `-t TABLE -I/-C/-D CHAIN`."""
+        return (*self.extra, "-m", "comment", "--comment", self.comment, "-j", self.target)
+
+
+@dataclass(frozen=True, slots=True)
 class RouteEndpoint:
     """One backend of one service port: kube-proxy's `BaseEndpointInfo`."""
 
@@ -96,11 +119,14 @@ class RouteEndpoint:
     terminating: bool = False
     local: bool = False  # on this node (the EndpointSlice's nodeName equals ours)
     node_name: str = ""
+    zone_hints: tuple[str, ...] = ()  # hints.forZones: the zones that should use it
+    node_hints: tuple[str, ...] = ()  # hints.forNodes: the nodes that should use it
+    # "ip:port" as kube-proxy writes it (`Endpoint.String()`): the DNAT target, the hash input.
+    # Worked out once: every render reads it several times per endpoint.
+    address: str = field(init=False, repr=False, compare=False)
 
-    @property
-    def address(self) -> str:
-        """ "ip:port" as kube-proxy writes it (`Endpoint.String()`): the DNAT target, hash input."""
-        return join_host_port(self.ip, self.port)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "address", join_host_port(self.ip, self.port))
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,6 +214,29 @@ class ServicePortRoute:
         return self.has_endpoints and self.externally_accessible
 
     @property
+    def internal_traffic_filter(self) -> str | None:
+        """syncProxyRules `internalTrafficFilterTarget`: what ClusterIP traffic meets when it
+        has nowhere to go. "reject" when the Service has no usable endpoint at all (connection
+        refused at once, #17359); "drop" when only the Local internal policy finds none (the
+        client times out); None when it has endpoints."""
+        if not self.has_endpoints:
+            return "reject"
+        return None if self.has_internal_endpoints else "drop"
+
+    @property
+    def external_traffic_filter(self) -> str | None:
+        """`externalTrafficFilterTarget`: the same for NodePort, externalIP and LB traffic
+        ("drop": externalTrafficPolicy Local and no local endpoint)."""
+        if not self.has_endpoints:
+            return "reject"
+        return None if self.has_external_endpoints else "drop"
+
+    @property
+    def has_source_ranges(self) -> bool:
+        """LB ingress IPs filtered by loadBalancerSourceRanges."""
+        return bool(self.load_balancer_ips) and bool(self.load_balancer_source_ranges)
+
+    @property
     def reachable_endpoints(self) -> tuple[RouteEndpoint, ...]:
         """CategorizeEndpoints `allReachableEndpoints`: the union of the Cluster and Local
         lists (the endpoints that get a chain of their own), sorted by address."""
@@ -201,21 +250,102 @@ class ServicePortRoute:
         return tuple(merged[a] for a in sorted(merged))
 
 
+@dataclass(slots=True)
+class RouteChains:
+    """One service port's per-service chains, named as a renderer names them, and which of
+    them its traffic takes: the preamble of kube-proxy's syncProxyRules loop body, alike in
+    the iptables and nftables modes.
+
+    Not frozen: a render builds one per route (10,000s), and a frozen dataclass's __init__
+    costs four times as much; nothing keeps one past the route's render."""
+
+    route: ServicePortRoute
+    cluster: str  # the Cluster-policy endpoints (KUBE-SVC-, service-)
+    local: str  # the Local-policy endpoints (KUBE-SVL-, local-)
+    external: str  # entry for NodePort, externalIP and LB traffic (KUBE-EXT-, external-)
+    firewall: str  # loadBalancerSourceRanges (KUBE-FW-, firewall-)
+
+    @property
+    def internal(self) -> str:
+        """Where ClusterIP traffic goes: the chain of the internal policy."""
+        return self.local if self.route.internal_policy_local else self.cluster
+
+    @property
+    def external_policy(self) -> str:
+        """Where the external chain ends: the chain of the external policy."""
+        return self.local if self.route.external_policy_local else self.cluster
+
+
+# What topology_mode returns: which hints pick the Cluster-policy endpoints ("" = none).
+PREFER_SAME_NODE = "PreferSameNode"
+PREFER_SAME_ZONE = "PreferSameZone"
+
+
+def topology_mode(endpoints: Iterable[RouteEndpoint], node_name: str, zone: str) -> str:
+    """kube-proxy `topologyModeFromHints`: which hints this node follows for one service port.
+
+    Only ready endpoints count. Node hints win when every ready endpoint has some and at least
+    one names this node; else zone hints, when every ready endpoint has some and at least one
+    names this node's zone; else none. A partly hinted port ignores its hints on purpose
+    (KEP-2433: the EndpointSlice controller may be mid-way through writing them), and so does
+    a node whose zone or node hints match no endpoint: it would have nowhere to send traffic.
+    """
+    all_node_hints = all_zone_hints = True
+    node_match = zone_match = False
+    for ep in endpoints:
+        if not ep.ready:
+            continue
+        if not ep.node_hints:
+            all_node_hints = False
+        elif node_name in ep.node_hints:
+            node_match = True
+        if not ep.zone_hints:
+            all_zone_hints = False
+        elif zone in ep.zone_hints:
+            zone_match = True
+    # node_match/zone_match imply a ready endpoint, and names are never "": an unknown node
+    # name or zone matches nothing.
+    if all_node_hints and node_match and node_name:
+        return PREFER_SAME_NODE
+    if all_zone_hints and zone_match and zone:
+        return PREFER_SAME_ZONE
+    return ""
+
+
+def _for_topology(ep: RouteEndpoint, mode: str, node_name: str, zone: str) -> bool:
+    """kube-proxy `availableForTopology`."""
+    if mode == PREFER_SAME_NODE:
+        return node_name in ep.node_hints
+    if mode == PREFER_SAME_ZONE:
+        return zone in ep.zone_hints
+    return True
+
+
 def categorize_endpoints(
-    endpoints: Iterable[RouteEndpoint], *, uses_cluster: bool, uses_local: bool
+    endpoints: Iterable[RouteEndpoint],
+    *,
+    uses_cluster: bool,
+    uses_local: bool,
+    node_name: str = "",
+    zone: str = "",
 ) -> tuple[tuple[RouteEndpoint, ...], tuple[RouteEndpoint, ...], bool]:
-    """kube-proxy `CategorizeEndpoints` (pkg/proxy/topology.go), without topology hints.
+    """kube-proxy `CategorizeEndpoints` (pkg/proxy/topology.go, 1.33+).
 
     Returns (cluster endpoints, local endpoints, has any endpoints). Usable means ready; when
     no endpoint is ready, the serving-and-terminating ones (KEP-1669), decided separately for
-    the Cluster set and the Local set. Not-serving endpoints are never used.
+    the Cluster set and the Local set. Not-serving endpoints are never used. Topology hints
+    (`topology_mode`) narrow the ready Cluster endpoints only: the Local set is already this
+    node's, and the terminating fallback ignores hints.
     """
     endpoints = tuple(endpoints)
     cluster: tuple[RouteEndpoint, ...] = ()
     local: tuple[RouteEndpoint, ...] = ()
     has_any = False
     if uses_cluster:
-        cluster = tuple(ep for ep in endpoints if ep.ready)
+        mode = topology_mode(endpoints, node_name, zone)
+        cluster = tuple(
+            ep for ep in endpoints if ep.ready and _for_topology(ep, mode, node_name, zone)
+        )
         if not cluster:
             # No ready endpoint anywhere: fall back to terminating ones still serving.
             cluster = tuple(ep for ep in endpoints if ep.serving and ep.terminating)
@@ -267,6 +397,8 @@ def port_endpoints(
             terminating=endpoint.terminating,
             local=local,
             node_name=endpoint.node_name,
+            zone_hints=endpoint.zone_hints,
+            node_hints=endpoint.node_hints,
         )
         if route_ep.address not in by_address or local:
             by_address[route_ep.address] = route_ep
@@ -278,12 +410,15 @@ def _is_zero_cidr(cidr: str) -> bool:
 
 
 def service_routes(
-    service: Service, endpoints: Iterable[Endpoint], node_name: str
+    service: Service, endpoints: Iterable[Endpoint], node_name: str, *, zone: str = ""
 ) -> tuple[ServicePortRoute, ...]:
     """The routes of one Service: one per port and per IP family of its ClusterIPs.
 
+    `zone` is this node's zone, for the topology hints (see `categorize_endpoints`).
     Field by field this is kube-proxy's `newBaseServiceInfo`: externalIPs, LB ingress IPs and
-    source ranges are filtered to the route's family; a zero-length source range means "allow
+    source ranges are filtered to the route's family, LB ingress IPs also to those in VIP mode
+    (`IsVIPMode`: an `ipMode: Proxy` IP is the load balancer's, not a node shortcut); a
+    zero-length source range means "allow
     any" and empties the list; the external policy is Local only for NodePort and LoadBalancer
     Services (`apiservice.ExternalPolicyLocal`); the health-check node port only for
     LoadBalancer Services with that policy (`apiservice.NeedsHealthCheck`).
@@ -308,7 +443,11 @@ def service_routes(
         if any(_is_zero_cidr(r) for r in ranges):
             ranges = ()
         external_ips = tuple(ip for ip in service.external_ips if family_of(ip) == family)
-        lb_ips = tuple(ip for ip in service.load_balancer_ips if family_of(ip) == family)
+        lb_ips = tuple(
+            ip
+            for ip in service.load_balancer_ips
+            if family_of(ip) == family and ip not in service.load_balancer_proxy_ips
+        )
         for port in service.ports:
             route = ServicePortRoute(
                 service=service.key,
@@ -331,6 +470,8 @@ def service_routes(
                 route.endpoints,
                 uses_cluster=route.uses_cluster_endpoints,
                 uses_local=route.uses_local_endpoints,
+                node_name=node_name,
+                zone=zone,
             )
             routes.append(
                 replace(
@@ -349,11 +490,13 @@ def build_routes(
     services: Mapping[ServiceKey, Service],
     endpoints: Mapping[ServiceKey, tuple[Endpoint, ...]],
     node_name: str,
+    *,
+    zone: str = "",
 ) -> tuple[ServicePortRoute, ...]:
     """Every route of the store's Services, sorted by `route_sort_key`."""
     routes: list[ServicePortRoute] = []
     for key in sorted(services):
-        routes.extend(service_routes(services[key], endpoints.get(key, ()), node_name))
+        routes.extend(service_routes(services[key], endpoints.get(key, ()), node_name, zone=zone))
     return tuple(routes)
 
 

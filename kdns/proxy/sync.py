@@ -13,6 +13,8 @@ Contract:
   full, after `min_sync_period`.
 - Routes are rebuilt only for changed Services (`routes.service_routes`); the data plane gets
   every route (iptables rewrites its fixed chains from them) and the set of changed keys.
+  A change of this node's zone (its Node's `topology.kubernetes.io/zone` label, read for the
+  topology hints) rebuilds every route in a full sync, as kube-proxy's OnTopologyChange does.
 - After a successful sync, UDP conntrack entries the change left pointing nowhere are deleted
   (`conntrack.stale_flows`); `on_routes` (the health-check servers) sees the new routes.
 - Metrics: sync duration by kind, syncs by result, failures, rules written, programming
@@ -59,6 +61,7 @@ class SyncEngine:
         self.dataplane = dataplane
         self.mode = dataplane.mode
         self.node_name = node_name
+        self.zone = ""  # this node's zone, as the routes were last built for
         self.min_sync_period = min_sync_period
         self.sync_period = sync_period
         self.full_sync_period = full_sync_period
@@ -98,19 +101,30 @@ class SyncEngine:
     # --- following the store ------------------------------------------------------------------
 
     def _follow(self, change: Change) -> None:
-        if not change.services:
+        services = change.services
+        if self.node_name in change.nodes and self._node_zone() != self.zone:
+            self.zone = self._node_zone()
+            log.info("%s proxy: node %r is in zone %r", self.mode, self.node_name, self.zone)
+            self._need_full = True
+            services = services | set(self.store.services)
+        if not services:
             return
-        self._changed |= change.services
+        self._changed |= services
         began = change.trigger_time or time.time()
         if self._trigger is None or began < self._trigger:
             self._trigger = began
         self._wake.set()
 
+    def _node_zone(self) -> str:
+        node = self.store.nodes.get(self.node_name)
+        return node.zone if node is not None else ""
+
     def _route(self, key: ServiceKey) -> tuple[ServicePortRoute, ...]:
         service = self.store.services.get(key)
         if service is None:
             return ()
-        return service_routes(service, self.store.endpoints.get(key, ()), self.node_name)
+        endpoints = self.store.endpoints.get(key, ())
+        return service_routes(service, endpoints, self.node_name, zone=self.zone)
 
     # --- the loop -----------------------------------------------------------------------------
 

@@ -51,6 +51,7 @@ from kdns.model import (
     import_slice_from_dict,
     is_import_slice,
     namespace_from_dict,
+    node_from_dict,
     pod_from_dict,
     service_from_dict,
     serviceimport_from_dict,
@@ -61,6 +62,7 @@ from kdns.store import (
     IMPORTSLICES,
     MULTICLUSTER_KINDS,
     NAMESPACES,
+    NODES,
     PODS,
     SERVICEIMPORTS,
     SERVICES,
@@ -192,6 +194,15 @@ PODS_RESOURCE = Resource(
     _one(pod_from_dict),
     field_selector="status.phase!=Succeeded,status.phase!=Failed",
 )
+# The proxy's own Node, for its zone label (topology hints): kube-proxy's informer "that
+# selects for our nodename" (cmd/kube-proxy/app/server.go), so one object, never every Node.
+NODES_RESOURCE = Resource(NODES, "nodes", "/api/v1/nodes", _one(node_from_dict))
+
+
+def node_resource(node_name: str) -> Resource:
+    """NODES_RESOURCE narrowed to the Node named `node_name`."""
+    return replace(NODES_RESOURCE, field_selector=f"metadata.name={node_name}")
+
 
 # Multicluster (KEP-1645), watched with `multicluster ZONES` when the MCS CRD is served: the
 # ServiceImports, and the EndpointSlices an MCS controller imported for them (by their label).
@@ -218,6 +229,7 @@ API_KINDS = {
     "pods": "Pod",
     "serviceimports": "ServiceImport",
     "importslices": "EndpointSlice",
+    "nodes": "Node",
 }
 
 
@@ -636,6 +648,7 @@ class KubeSource:
         backoff: dict[str, Any] | None = None,
         scope: Scope | None = None,
         multicluster: bool = False,
+        node_name: str = "",
     ) -> None:
         self.scope = scope or Scope()
         self.api = api
@@ -643,12 +656,17 @@ class KubeSource:
         self.watch_pods = watch_pods
         # ServiceImports and their slices (`multicluster ZONES`), when the CRD is served.
         self.multicluster = multicluster
+        self.node_name = node_name  # the proxy's node: its Node is watched too
         self.reflector_options = reflector or {}
         self.backoff_options = backoff or {}
         self.reflectors: dict[str, Reflector] = {}
 
     @staticmethod
     def kinds(watch_pods: bool, multicluster: bool = False) -> tuple[str, ...]:
+        """The kinds that must be listed before the store counts as synced. The proxy's Node
+        is not one: its zone only narrows routes, and a Node we may not read (RBAC from before
+        topology support) must not keep the data plane unprogrammed; until it is listed, every
+        endpoint is used (kube-proxy's fallback for a node without a zone)."""
         return (
             NAMESPACES,
             SERVICES,
@@ -663,6 +681,8 @@ class KubeSource:
                 nursery.start_soon(self._reflect, resource)
             if self.watch_pods:
                 nursery.start_soon(self._reflect, PODS_RESOURCE)
+            if self.node_name:
+                nursery.start_soon(self._reflect, node_resource(self.node_name))
             nursery.start_soon(self._reflect_endpoints)
             if self.multicluster:
                 nursery.start_soon(self._reflect_imports)

@@ -22,9 +22,10 @@ Contract:
 - The line of a conversion error is the line of the offending field, or, when the field is
   missing, of its deepest parent that is present (the document's first line at worst).
 - Kinds read: Namespace, Service, EndpointSlice (discovery.k8s.io/v1), Endpoints (converted
-  into slices) and Pod. Other built-in kinds (Deployment, ConfigMap, ClusterRole, …) and custom
-  resources are ignored and counted by kind (`ManifestSet.ignored`), so a folder of cluster
-  manifests can be served as it is; an ignored built-in object still needs a `metadata.name`.
+  into slices), Pod and Node (its zone, for the proxy's topology hints). Other built-in kinds
+  (Deployment, ConfigMap, ClusterRole, …) and custom resources are ignored and counted by
+  kind (`ManifestSet.ignored`), so a folder of cluster manifests can be served as it is; an
+  ignored built-in object still needs a `metadata.name`.
   An unknown kind in a built-in API group is an error, because it is almost always a typo.
 - EndpointSlices = the given slices + the converted Endpoints of Services that have no given
   slice + for a Service with a selector and neither, the slices the EndpointSlice controller
@@ -54,6 +55,7 @@ from kdns.model import (
     ImportSlice,
     ModelError,
     Namespace,
+    Node,
     Pod,
     Service,
     ServiceImport,
@@ -91,6 +93,7 @@ READ_KINDS = {
     "Service": "v1",
     "Endpoints": "v1",
     "Pod": "v1",
+    "Node": "v1",
     "EndpointSlice": "discovery.k8s.io/v1",
     # A custom resource (KEP-1645's MCS API), read for the clusterset zone.
     "ServiceImport": "multicluster.x-k8s.io/v1alpha1",
@@ -162,7 +165,6 @@ SKIPPED_KINDS = frozenset(
         "MutatingAdmissionPolicyBinding",
         "MutatingWebhookConfiguration",
         "NetworkPolicy",
-        "Node",
         "PersistentVolume",
         "PersistentVolumeClaim",
         "PodDisruptionBudget",
@@ -210,6 +212,7 @@ class ManifestSet:
     # (`multicluster.kubernetes.io/service-name`), kept apart from local slices.
     imports: dict[tuple[str, str], ServiceImport] = field(default_factory=dict)
     import_slices: dict[tuple[str, str], ImportSlice] = field(default_factory=dict)
+    nodes: dict[str, Node] = field(default_factory=dict)
 
 
 # --- files -------------------------------------------------------------------------------------
@@ -455,6 +458,8 @@ def _convert_document(doc: Document) -> _Entry:
             value = model.serviceimport_from_dict(doc.obj)
         elif kind == "Endpoints":
             value = model.endpoints_to_slices(doc.obj)
+        elif kind == "Node":
+            value = model.node_from_dict(doc.obj)
         else:
             value = model.pod_from_dict(doc.obj)
     except ModelError as exc:
@@ -481,6 +486,7 @@ def _assemble(entries: Iterable[_Entry]) -> tuple[ManifestSet, list[ManifestErro
     pods: dict[tuple[str, str], Pod] = {}
     imports: dict[tuple[str, str], ServiceImport] = {}
     import_slices: dict[tuple[str, str], ImportSlice] = {}
+    nodes: dict[str, Node] = {}
 
     ignored: Counter[str] = Counter()
     for entry in entries:
@@ -525,6 +531,8 @@ def _assemble(entries: Iterable[_Entry]) -> tuple[ManifestSet, list[ManifestErro
             # has no subsets (and so converts to no slice).
             assert key is not None  # endpoints_to_slices rejects a missing name
             from_endpoints[key] = (value, entry)
+        elif kind == "Node":
+            nodes[value.key] = value
         else:
             pods[value.key] = value
 
@@ -557,8 +565,9 @@ def _assemble(entries: Iterable[_Entry]) -> tuple[ManifestSet, list[ManifestErro
     names.update(key[0] for key in from_endpoints)
     names.update(key[0] for key in pods)
     namespaces = {name: declared.get(name) or Namespace(name) for name in sorted(names)}
+    ignored_kinds = dict(sorted(ignored.items()))
     manifests = ManifestSet(
-        namespaces, services, slices, pods, dict(sorted(ignored.items())), imports, import_slices
+        namespaces, services, slices, pods, ignored_kinds, imports, import_slices, nodes
     )
     return manifests, errors
 
@@ -609,12 +618,13 @@ def _kind_to_read(doc: Document) -> str | ManifestError:
 
 
 def _key(kind: str, obj: Mapping[str, Any]) -> tuple[str, str] | None:
-    """(namespace, name) of an object ("" namespace for a Namespace), None without a name."""
+    """(namespace, name) of an object ("" namespace for a Namespace or Node), None without a
+    name."""
     meta = obj.get("metadata")
     name = meta.get("name") if isinstance(meta, dict) else None
     if not isinstance(name, str) or not name:
         return None
-    if kind == "Namespace":
+    if kind in ("Namespace", "Node"):
         return ("", name)
     namespace = meta.get("namespace")
     # An object without a namespace lands in "default", as `kubectl apply` puts it.

@@ -37,6 +37,7 @@ from kdns.store import (
     ENDPOINTSLICES,
     IMPORTSLICES,
     NAMESPACES,
+    NODES,
     PODS,
     SERVICEIMPORTS,
     SERVICES,
@@ -112,6 +113,7 @@ class ManifestSource:
             (PODS, "pods"),
             (SERVICEIMPORTS, "imports"),
             (IMPORTSLICES, "import_slices"),
+            (NODES, "nodes"),
         ):
             new = getattr(manifests, attr)
             changes = None if applied is None else _changes(getattr(applied, attr), new)

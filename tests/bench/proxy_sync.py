@@ -52,11 +52,11 @@ import argparse
 import contextlib
 import ctypes
 import ctypes.util
-import dataclasses
 import ipaddress
 import json
 import os
 import re
+import resource
 import selectors
 import shutil
 import signal
@@ -435,6 +435,16 @@ def _nft(text: str) -> float:
     return took
 
 
+def _cleanup() -> None:
+    """`kdns proxy --cleanup` in-process: every mode's objects go (this kernel has no IPVS)."""
+    from kdns.proxy.cleanup import cleanup_every_mode
+    from kdns.proxy.dataplane import run_command
+
+    problems = cleanup_every_mode(run_command, ipvs=False)
+    if problems:
+        raise RuntimeError("; ".join(problems))
+
+
 def _change_routes(cluster: Cluster, i: int) -> tuple[tuple[Any, ...], frozenset[Any]]:
     cluster.replace_endpoint(i)
     return cluster.routes([i]), frozenset({cluster.key(i)})
@@ -443,8 +453,11 @@ def _change_routes(cluster: Cluster, i: int) -> tuple[tuple[Any, ...], frozenset
 def phase_dataplanes(
     cluster: Cluster, node: Any, workdir: Path, modes: Sequence[str], fig: Json, say: Say
 ) -> None:
-    from kdns.proxy import ipvs as ipvs_mod
     from kdns.proxy.dataplane import NftablesDataplane
+    from kdns.proxy.ipvs import diff as ipvs_diff
+    from kdns.proxy.ipvs import ipset, rules
+    from kdns.proxy.ipvs.state import IpvsState
+    from tests.proxy.ipvs_model import IpvsModel
 
     t, routes = _timed(cluster.routes)
     fig["routes_s"] = t
@@ -499,7 +512,7 @@ def phase_dataplanes(
         finally:
             dp.runner = runner
             lib.close()
-    dp.cleanup()
+    _cleanup()
     say("  nftables transactions measured, table removed")
 
     routes = cluster.routes()  # again: the partials above changed some Services
@@ -508,20 +521,20 @@ def phase_dataplanes(
             phase_iptables(mode, cluster, node, picks, fig, say)
 
     # IPVS: render, diff against an empty table, the commands applied to the model.
-    config = ipvs_mod.IpvsConfig(
+    config = rules.IpvsConfig(
         families=(4,),
         local_ips=node.local_ips,
         node_ips=node.node_ips,
         cluster_cidrs=(CLUSTER_CIDR,),
     )
     routes = cluster.routes()  # again: the iptables partials changed some Services
-    t_render, rendering = _timed(lambda: ipvs_mod.render(routes, config))
-    empty = ipvs_mod.IpvsState(device=False)
-    t_diff, plan = _timed(lambda: ipvs_mod.diff(empty, rendering.state, config))
-    model = ipvs_mod.IpvsModel()
-    batches = ipvs_mod.batch_commands(plan.commands)
+    t_render, rendering = _timed(lambda: rules.render(routes, config))
+    empty = IpvsState(device=False)
+    t_diff, plan = _timed(lambda: ipvs_diff.diff(empty, rendering.state, config))
+    model = IpvsModel()
+    batches = ipvs_diff.batch_commands(plan.commands)
     t_apply, _ = _timed(lambda: [model.apply(argv, stdin) for argv, stdin in batches])
-    ipset_text = ipvs_mod.render_ipset_restore(4, rendering.ipsets[4], {})
+    ipset_text = ipset.render_ipset_restore(4, rendering.ipsets[4], {})
     fig["ipvs_full"] = {
         "render": t_render,
         "diff": t_diff,
@@ -529,12 +542,12 @@ def phase_dataplanes(
         "commands": len(plan.commands),
         "size": sum(len(stdin) for _, stdin in batches),
         "companion_size": len(ipset_text) + len(rendering.iptables[4]),
-        "model_matches": not ipvs_mod.diff(model.state, rendering.state, config),
+        "model_matches": not ipvs_diff.diff(model.state, rendering.state, config),
     }
     i = next(picks)
     cluster.replace_endpoint(i)
     every = cluster.routes()
-    t_one, one_plan = _timed(lambda: _ipvs_one(ipvs_mod, every, config, model))
+    t_one, one_plan = _timed(lambda: _ipvs_one(every, config, model))
     fig["ipvs_one"] = {
         "time": t_one,
         "commands": len(one_plan.commands),
@@ -597,7 +610,7 @@ def phase_iptables(
         out["error"] = str(e)[:300]
         out["apply"] = runner.total("iptables-restore")
         say(f"  {mode} full sync FAILED after {out['apply']:.0f} s: {out['error'][:120]}")
-        dp.cleanup()
+        _cleanup()
         return
     out["full"] = {
         "render": total - runner.total(),
@@ -619,13 +632,16 @@ def phase_iptables(
         partial["apply"].append(runner.total("iptables-restore"))
         partial["size"].append(applied.size)
     out["partial"] = partial
-    dp.cleanup()
+    _cleanup()
     say(f"  {mode} partial syncs measured, chains removed")
 
 
-def _ipvs_one(ipvs_mod: Any, routes: Any, config: Any, model: Any) -> Any:
+def _ipvs_one(routes: Any, config: Any, model: Any) -> Any:
     """IPVS has no partial render: a change is a full render diffed against the table."""
-    return ipvs_mod.diff(model.state, ipvs_mod.render(routes, config).state, config)
+    from kdns.proxy.ipvs.diff import diff
+    from kdns.proxy.ipvs.rules import render
+
+    return diff(model.state, render(routes, config).state, config)
 
 
 # --------------------------------------------------------------------------------------------
@@ -837,8 +853,6 @@ def render_order_ends(cluster: Cluster) -> tuple[int, int]:
 
 def run(args: argparse.Namespace, say: Say) -> Json:
     from kdns.proxy.dataplane import (
-        IptablesDataplane,
-        NftablesDataplane,
         node_from_host,
         run_command,
     )
@@ -861,7 +875,8 @@ def run(args: argparse.Namespace, say: Say) -> Json:
         say(f"1. data planes in-process, N={cluster.n:,}")
         phase_dataplanes(cluster, node, workdir, args.modes, fig, say)
 
-        server = ApiServer(tls=False)
+        # HTTPS, as clusters serve it: the kubeconfig carries the server's CA (trustme).
+        server = ApiServer()
         stack.callback(server.stop)
         t = time.monotonic()
         names = ["default", "kube-system"] + [f"ns-{k}" for k in range(NAMESPACES)]
@@ -880,10 +895,7 @@ def run(args: argparse.Namespace, say: Say) -> Json:
                 fig[mode] = phase_proxy(
                     mode, cluster, server, kubeconfig, workdir, client, args, stack, say
                 )
-                dp = (NftablesDataplane if mode == "nftables" else IptablesDataplane)(
-                    dataclasses.replace(node, families=(4, 6))
-                )
-                dp.cleanup()  # the proxy leaves its rules on exit, as kube-proxy does
+                _cleanup()  # the proxy leaves its rules on exit, as kube-proxy does
     return fig
 
 
@@ -921,6 +933,7 @@ def report(fig: Json, args: argparse.Namespace) -> str:
     lines = [
         f"kdns proxy benchmark, N = {n:,} Services × {ENDPOINTS} endpoints (one TCP port each)",
         environment(),
+        f"other processes used {fig.get('other_cores', 0.0):.2f} cores on average over the run",
         "",
         "1. full render / apply, in-process (real tools in a network namespace)",
     ]
@@ -1114,6 +1127,21 @@ def _terminate(signum: int, _frame: Any) -> None:
     raise SystemExit(128 + signum)  # runs every finally/ExitStack on the way out
 
 
+def machine_cpu() -> float:
+    """Non-idle CPU time of the whole machine, seconds, from /proc/stat."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    busy = sum(fields) - fields[3] - fields[4]  # less idle and iowait
+    return busy / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu() -> float:
+    """CPU seconds of this script and every process it started and reaped (the proxies, nft,
+    iptables-restore, the helpers): what is left of the machine's is other processes'."""
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.helper == "backend":
@@ -1141,8 +1169,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(line, file=sys.stderr, flush=True)
 
     started = time.monotonic()
+    machine_before, ours_before = machine_cpu(), own_cpu()
     fig = run(args, say)
-    say(f"done in {time.monotonic() - started:.0f} s")
+    elapsed = time.monotonic() - started
+    other = (machine_cpu() - machine_before) - (own_cpu() - ours_before)
+    fig["other_cores"] = max(other, 0.0) / elapsed
+    say(f"done in {elapsed:.0f} s")
     if args.json:
         Path(args.json).write_text(json.dumps(fig, indent=1, default=str))
     print(report(fig, args))

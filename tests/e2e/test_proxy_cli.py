@@ -6,15 +6,18 @@ Packet-level behaviour is in tests/proxy/test_packets.py.
 
 from __future__ import annotations
 
+import os
+import re
 import signal
 import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from kdns.proxy.dataplane import ipvs_supported, read_file
-from tests.conftest import throwaway_netns
+from tests.conftest import need_tool, throwaway_netns
 from tests.processes import stop_process
 
 from .conftest import EXAMPLES, kdns_command, run_kdns
@@ -30,9 +33,15 @@ def netns() -> Iterator[str]:
         yield name
 
 
-def in_ns(ns: str, *argv: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def in_ns(
+    ns: str, *argv: str, timeout: float = 60, input_text: str | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        ["ip", "netns", "exec", ns, *argv], capture_output=True, text=True, timeout=timeout
+        ["ip", "netns", "exec", ns, *argv],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        input=input_text,
     )
 
 
@@ -40,11 +49,6 @@ def ruleset(ns: str) -> str:
     saves = [in_ns(ns, tool).stdout for tool in ("iptables-save", "ip6tables-save")]
     saves = ["\n".join(x for x in s.splitlines() if not x.startswith("#")) for s in saves]
     return "\n".join([*saves, in_ns(ns, "nft", "list", "ruleset").stdout])
-
-
-def ipv4(ns: str) -> str:
-    save = in_ns(ns, "iptables-save").stdout
-    return "\n".join(x for x in save.splitlines() if not x.startswith("#"))
 
 
 FOREIGN = """*nat
@@ -58,10 +62,14 @@ COMMIT
 """
 
 
-def test_ipvs_mode_without_ipvs_exits_2_naming_the_modes_that_work() -> None:
+def test_ipvs_mode_is_refused_exactly_where_the_kernel_has_no_ipvs() -> None:
+    # The same files the proxy reads decide which answer is right on this host; --render
+    # touches no kernel state either way.
+    result = run_kdns(*PROXY, "--mode", "ipvs", "--render")
     if ipvs_supported(read_file):
-        pytest.skip("this kernel has IPVS; the check only fails where it has none")
-    result = run_kdns(*PROXY, "--mode", "ipvs")
+        assert result.returncode == 0, result.stderr
+        assert "ipvsadm -A -t 10.97.97.97:6379 -s rr" in result.stdout.splitlines()
+        return
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
@@ -113,36 +121,136 @@ def test_render_prints_the_rules_and_changes_nothing(netns: str, mode: str) -> N
     assert ruleset(netns) == before
 
 
-@pytest.mark.parametrize("mode", ["iptables", "nftables"])
-def test_runs_until_sigterm_keeps_rules_and_cleanup_removes_only_ours(
-    netns: str, mode: str
+def legacy_first(tmp_path: Path) -> str:
+    """A PATH on which `iptables`, `iptables-save`, `iptables-restore` (and ip6…) are the
+    legacy (x_tables) tools: kdns runs whichever `iptables-restore` PATH finds."""
+    bindir = tmp_path / "legacy-bin"
+    bindir.mkdir()
+    for tool in ("iptables", "iptables-save", "iptables-restore"):
+        for name in (tool, "ip6" + tool.removeprefix("ip")):
+            legacy = need_tool(name.replace("tables", "tables-legacy", 1), "iptables")
+            (bindir / name).symlink_to(legacy)
+    return f"{bindir}:{os.environ.get('PATH', '')}"
+
+
+FOREIGN_NFT = """table inet foreign {
+\tchain input {
+\t\ttype filter hook input priority filter; policy accept;
+\t\tip saddr 198.51.100.9 counter packets 0 bytes 0 drop
+\t}
+}
+"""
+FOREIGN_IPV6 = """*filter
+:FOREIGN6 - [0:0]
+-A INPUT -s 2001:db8::/32 -j FOREIGN6
+-A FOREIGN6 -j ACCEPT
+COMMIT
+"""
+# Every iptables backend and family a mode may write to, and the foreign nft table.
+VIEWS = (
+    ("iptables-nft-save",),
+    ("ip6tables-nft-save",),
+    ("iptables-legacy-save",),
+    ("ip6tables-legacy-save",),
+    ("nft", "list", "table", "inet", "foreign"),
+)
+_BUILTIN_CHAIN = re.compile(r"^:(PREROUTING|INPUT|FORWARD|OUTPUT|POSTROUTING) ")
+
+
+def without_empty_tables(save: str) -> str:
+    """iptables-save output without the tables that hold only empty built-in chains: writing
+    kdns's rules creates them (iptables-nft adds the table; x_tables instantiates it in the
+    namespace for good), and removing kdns's rules cannot take them away."""
+    out: list[str] = []
+    section: list[str] = []
+    for line in save.splitlines():
+        if line.startswith("#"):
+            continue
+        section.append(line)
+        if line == "COMMIT":
+            if any(
+                not (x.startswith("*") or _BUILTIN_CHAIN.match(x) or x == "COMMIT") for x in section
+            ):
+                out += section
+            section = []
+    return "\n".join(out + section)
+
+
+def foreign_view(ns: str) -> str:
+    """What is not kdns's, to compare byte for byte: each backend's and family's iptables-save
+    (without tables kdns's writes left empty) and the foreign nft table."""
+    views = []
+    for argv in VIEWS:
+        out = in_ns(ns, *argv).stdout
+        # Traffic moves the counters, not kdns.
+        out = re.sub(r"\[\d+:\d+\]$|counter packets \d+ bytes \d+", "[-]", out, flags=re.M)
+        views.append(without_empty_tables(out))
+    return "\n--\n".join(views)
+
+
+def kdns_leftovers(ns: str) -> list[str]:
+    """Lines naming kdns's chains or tables, in every backend and family."""
+    saves = [
+        in_ns(ns, f"{family}tables-{backend}-save").stdout
+        for family in ("ip", "ip6")
+        for backend in ("nft", "legacy")
+    ]
+    lines = "\n".join([*saves, in_ns(ns, "nft", "list", "tables").stdout]).splitlines()
+    return [x for x in lines if re.search(r"KUBE-|KDNS-|table ip6? kdns", x)]
+
+
+def installed(ns: str, marker: str) -> bool:
+    """Whether `marker` is in kdns's iptables rules (any backend) or its nft tables."""
+    kdns_tables = in_ns(ns, "nft", "list", "table", "ip", "kdns").stdout
+    return marker in kdns_tables or any(marker in line for line in kdns_leftovers(ns))
+
+
+def install_foreign(ns: str) -> None:
+    for tool, text in (
+        ("iptables-nft-restore", FOREIGN),
+        ("iptables-legacy-restore", FOREIGN),
+        ("ip6tables-nft-restore", FOREIGN_IPV6),
+        ("ip6tables-legacy-restore", FOREIGN_IPV6),
+    ):
+        subprocess.run(
+            ["ip", "netns", "exec", ns, tool, "--noflush"],
+            input=text,
+            text=True,
+            check=True,
+            capture_output=True,
+        )
+    in_ns(ns, "nft", "-f", "-", input_text=FOREIGN_NFT).check_returncode()
+
+
+@pytest.mark.parametrize("mode", ["iptables", "iptables-legacy", "nftables"])
+def test_runs_until_sigterm_keeps_rules_and_cleanup_removes_every_modes(
+    netns: str, mode: str, tmp_path: Path
 ) -> None:
-    subprocess.run(
-        ["ip", "netns", "exec", netns, "iptables-restore", "--noflush"],
-        input=FOREIGN,
-        text=True,
-        check=True,
-        capture_output=True,
-    )
-    ipv4_before = ipv4(netns)
+    # kube-proxy's --cleanup removes what any of its modes installed, whatever --mode says:
+    # `kdns proxy --cleanup` without --mode after each mode (iptables-legacy: iptables mode
+    # with the legacy tools first on PATH).
+    need_tool("iptables-legacy-save", "iptables")
+    install_foreign(netns)
+    foreign_before = foreign_view(netns)
+    env = {**os.environ, "PATH": legacy_first(tmp_path)} if mode == "iptables-legacy" else None
+    kernel_mode = mode.removesuffix("-legacy")
     proc = subprocess.Popen(
         [
             "ip",
             "netns",
             "exec",
             netns,
-            *kdns_command(*PROXY, "--mode", mode, "--min-sync-period", "0.1"),
+            *kdns_command(*PROXY, "--mode", kernel_mode, "--min-sync-period", "0.1"),
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        env=env,
     )
+    marker = "10.97.97.97 . tcp . 6379" if mode == "nftables" else "KUBE-SERVICES -d 10.97.97.97"
     try:
         deadline = time.monotonic() + 15
-        marker = (
-            "KUBE-SERVICES -d 10.97.97.97" if mode == "iptables" else "10.97.97.97 . tcp . 6379"
-        )
-        while marker not in ruleset(netns):
+        while not installed(netns, marker):
             assert proc.poll() is None, proc.communicate()[1]
             assert time.monotonic() < deadline, "no rules after 15 s"
             time.sleep(0.1)
@@ -150,14 +258,39 @@ def test_runs_until_sigterm_keeps_rules_and_cleanup_removes_only_ours(
         assert proc.wait(timeout=10) == 0
     finally:
         stop_process(proc)
-    assert marker in ruleset(netns)  # rules stay: a restarting proxy must not cut traffic
-    result = in_ns(netns, *kdns_command("proxy", "--mode", mode, "--cleanup"))
-    assert result.returncode == 0, result.stderr
-    after = ruleset(netns)
-    assert "KUBE-" not in after and "KDNS" not in after and "table ip kdns" not in after
-    # The foreign IPv4 rules are byte-identical. (iptables-nft may leave the empty built-in
-    # IPv6 tables it created for kdns's rules: no rule, no chain of kdns's is left in them.)
-    assert ipv4(netns) == ipv4_before
+    assert installed(netns, marker)  # rules stay: a restarting proxy must not cut traffic
+    result = in_ns(netns, *kdns_command("proxy", "--cleanup"))
+    assert (result.returncode, result.stderr) == (0, "")
+    assert kdns_leftovers(netns) == []
+    assert foreign_view(netns) == foreign_before
+
+
+@pytest.mark.parametrize("mode", [None, "userspace"])
+def test_cleanup_of_a_clean_node_changes_nothing(netns: str, mode: str | None) -> None:
+    install_foreign(netns)
+    before = foreign_view(netns)
+    flags = ("--mode", mode) if mode else ()
+    result = in_ns(netns, *kdns_command("proxy", *flags, "--cleanup"))
+    assert (result.returncode, result.stderr) == (0, "")
+    assert foreign_view(netns) == before
+    assert kdns_leftovers(netns) == []
+
+
+def test_cleanup_names_what_it_could_not_remove_and_exits_1(netns: str) -> None:
+    # A foreign rule jumping to KUBE-SERVICES keeps that chain from being deleted: the
+    # rest goes, the chain stays, and one line names it.
+    rules = "*nat\n:KUBE-SERVICES - [0:0]\n:KUBE-MARK-MASQ - [0:0]\n:FOREIGN - [0:0]\n"
+    rules += "-A FOREIGN -j KUBE-SERVICES\nCOMMIT\n"
+    in_ns(netns, "iptables-nft-restore", "--noflush", input_text=rules).check_returncode()
+    in_ns(netns, "nft", "add", "table", "ip", "kdns").check_returncode()
+    result = in_ns(netns, *kdns_command("proxy", "--cleanup"))
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("kdns proxy: cleanup: iptables-nft (IPv4): nat chains still there:")
+    assert "KUBE-SERVICES" in lines[0]
+    # The transaction that failed removed nothing; what else was found is gone.
+    assert in_ns(netns, "nft", "list", "table", "ip", "kdns").returncode != 0
 
 
 def test_userspace_render_lists_the_loopback_vips() -> None:
@@ -168,11 +301,6 @@ def test_userspace_render_lists_the_loopback_vips() -> None:
     vip = redis[0].split()[1]
     assert vip.startswith("127.")
     assert redis[0].endswith("tcp/6379 -> 10.244.1.10:6379, 10.244.2.11:6379")
-
-
-def test_userspace_cleanup_has_nothing_to_remove() -> None:
-    result = run_kdns("proxy", "--mode", "userspace", "--cleanup")
-    assert (result.returncode, result.stderr) == (0, "")
 
 
 def test_config_file_keys_drive_the_proxy_and_flags_override_them(tmp_path) -> None:

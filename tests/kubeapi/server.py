@@ -152,6 +152,7 @@ RESOURCES: dict[str, ResourceInfo] = {
         ResourceInfo("services", "Service", "", "v1", True, "service", ("svc",)),
         ResourceInfo("endpoints", "Endpoints", "", "v1", True, "endpoints", ("ep",)),
         ResourceInfo("pods", "Pod", "", "v1", True, "pod", ("po",)),
+        ResourceInfo("nodes", "Node", "", "v1", False, "node", ("no",)),
         ResourceInfo(
             "endpointslices", "EndpointSlice", "discovery.k8s.io", "v1", True, "endpointslice"
         ),

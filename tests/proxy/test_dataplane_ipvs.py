@@ -2,6 +2,7 @@
 
 This kernel has no IPVS, so the commands the data plane runs go to `IpvsModel`, which applies
 them as ipvsadm and ip would (errors included); the ipset and iptables inputs are recorded.
+Removing IPVS mode's objects is `kdns proxy --cleanup`'s: tests/proxy/test_cleanup.py.
 """
 
 from __future__ import annotations
@@ -9,11 +10,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from kdns.proxy.dataplane import IpvsDataplane, Node
-from kdns.proxy.ipvs import DUMMY_DEVICE, IpvsModel
+from kdns.proxy.ipvs.kernel import DUMMY_DEVICE
 from kdns.proxy.routes import ServicePortRoute
 from tests.builders import model_endpoint, model_service
+from tests.proxy.builders import PODS, routes
 
-from .builders import PODS, routes
+from .ipvs_model import IpvsModel
 
 
 class KernelModel:
@@ -101,12 +103,3 @@ def test_full_sync_from_an_empty_kernel_then_minimal_changes() -> None:
     kernel.commands.clear()
     plane.sync(two(["10.244.1.5", "10.244.3.7"]), set())
     assert kernel.commands == []
-
-
-def test_cleanup_leaves_an_empty_table_and_no_dummy_device() -> None:
-    kernel = KernelModel()
-    plane = IpvsDataplane(NODE, kernel)
-    plane.sync(two(["10.244.1.5"]), None)
-    plane.cleanup()
-    assert kernel.model.state.services == {}
-    assert not kernel.model.state.device

@@ -1,5 +1,5 @@
 """kdns.proxy.ipvs: routes → IPVS services, kube-ipvs0 addresses, ipsets and iptables rules;
-`ipvsadm -Sn` parsing; the diff, checked by applying it to `IpvsModel`.
+`ipvsadm -Sn` parsing; the diff, checked by applying it to `IpvsModel` (tests/proxy/ipvs_model).
 
 The kernel here has no IPVS, so nothing runs ipvsadm: the golden cases state kube-proxy's IPVS
 mode (pkg/proxy/ipvs/proxier.go syncProxyRules, writeIptablesRules) as `ipvsadm -Sn` text, set
@@ -19,32 +19,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kdns.model import Endpoint, EndpointPort, Service, ServicePort
-from kdns.proxy.ipvs import (
-    IPSETS,
-    JUMP_RULES,
-    UNAVAILABLE_MESSAGE,
-    IpvsCommandError,
-    IpvsConfig,
-    IpvsModel,
-    IpvsParseError,
-    IpvsPlan,
-    IpvsState,
-    RealServer,
-    VirtualKey,
-    VirtualService,
-    batch_commands,
-    diff,
-    format_save,
-    ipvs_available,
-    parse_ip_addr_show,
-    parse_ipset_save,
-    parse_ipvsadm_save,
-    render,
-    render_ipset_restore,
-)
+from kdns.proxy.ipvs.diff import IpvsPlan, batch_commands, diff
+from kdns.proxy.ipvs.ipset import IPSETS, parse_ipset_save, render_ipset_restore
+from kdns.proxy.ipvs.ipvsadm import format_save, parse_ipvsadm_save
+from kdns.proxy.ipvs.kernel import UNAVAILABLE_MESSAGE, ipvs_available, parse_ip_addr_show
+from kdns.proxy.ipvs.rules import JUMP_RULES, IpvsConfig, render
+from kdns.proxy.ipvs.state import IpvsParseError, IpvsState, RealServer, VirtualKey, VirtualService
 from kdns.proxy.routes import ServicePortRoute, build_routes
 from tests.builders import model_endpoint, model_service
 from tests.proxy.builders import NODE, PODS, routes
+from tests.proxy.ipvs_model import IpvsCommandError, IpvsModel
 
 NODE_IP = "192.168.1.10"
 CONFIG = IpvsConfig(local_ips=(NODE_IP, "127.0.0.1"), node_ips=(NODE_IP,), cluster_cidrs=(PODS,))

@@ -407,6 +407,8 @@ def harness(
     mode: str = request.param
     with contextlib.ExitStack() as cleanup, _sigterm_unwinds():
         cluster = Cluster.create(cleanup, tag=mode[:3])
+        # Entries carry their start time: a flow replaced in the restart test shows it.
+        cluster.run("node1", "sysctl", "-q", "-w", "net.netfilter.nf_conntrack_timestamp=1")
         cluster.start_echo_servers()
         cluster.run("node1", "iptables-restore", "--noflush", input_text=FOREIGN_IPTABLES)
         cluster.run("node1", "nft", "-f", "-", input_text=FOREIGN_NFT)
@@ -653,6 +655,92 @@ def test_terminating_fallback(proxy: Harness) -> None:
     assert summary["ok"] == 100 and summary["names"] == {"b": 100}, summary["names"]
 
 
+def hinted(pod: str, zones: Sequence[str], nodes: Sequence[str] = ()) -> dict[str, Any]:
+    """An endpoint with the hints the EndpointSlice controller writes (forZones, forNodes)."""
+    hints: dict[str, Any] = {"forZones": [{"name": z} for z in zones]}
+    if nodes:
+        hints["forNodes"] = [{"name": n} for n in nodes]
+    return endpoint(pod) | {"hints": hints}
+
+
+def node1(zone: str) -> list[dict[str, Any]]:
+    labels = {"kubernetes.io/hostname": "node1", "topology.kubernetes.io/zone": zone}
+    return [{"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node1", "labels": labels}}]
+
+
+def hinted_service(
+    name: str, ip: str, distribution: str | None, endpoints: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    spec = {"trafficDistribution": distribution} if distribution else {}
+    return [service(name, ip, **spec), endpoint_slice(name, endpoints)]
+
+
+# (Service, ClusterIP, trafficDistribution, endpoints, the backends node1's pods reach while
+# node1 is in zone-a). Pod a is on node1, b, c and d on node2.
+TOPOLOGY = [
+    ("prefer-close", "10.96.0.40", "PreferClose",
+     [hinted("a", ["zone-a"]), hinted("b", ["zone-b"]), hinted("c", ["zone-b"])], {"a"}),
+    ("prefer-same-zone", "10.96.0.41", "PreferSameZone",
+     [hinted("a", ["zone-a"]), hinted("b", ["zone-a"]), hinted("c", ["zone-b"])], {"a", "b"}),
+    # Node hints win over zone hints: b shares node1's zone, but not its node.
+    ("prefer-same-node", "10.96.0.42", "PreferSameNode",
+     [hinted("a", ["zone-a"], ["node1"]), hinted("b", ["zone-a"], ["node2"]),
+      hinted("c", ["zone-b"], ["node2"])], {"a"}),
+    # No endpoint on node1: the zone hints, then.
+    ("same-node-fallback", "10.96.0.43", "PreferSameNode",
+     [hinted("b", ["zone-a"], ["node2"]), hinted("c", ["zone-b"], ["node2"])], {"b"}),
+    # No endpoint for zone-a: every endpoint.
+    ("zone-fallback", "10.96.0.44", "PreferSameZone",
+     [hinted("b", ["zone-b"]), hinted("c", ["zone-c"])], {"b", "c"}),
+    # One endpoint without a hint (the controller mid-way): the hints are ignored.
+    ("partial-hints", "10.96.0.45", None,
+     [hinted("a", ["zone-a"]), endpoint("b")], {"a", "b"}),
+]  # fmt: skip
+
+
+def test_topology_hints(proxy: Harness) -> None:
+    groups = {name: hinted_service(name, ip, d, eps) for name, ip, d, eps, _ in TOPOLOGY}
+    proxy.apply(node1=node1("zone-a"), **groups)
+    for name, ip, _, _, expected in TOPOLOGY:
+        summary = proxy.client("client", "tcp", f"{ip}:80", count=60)
+        assert summary["ok"] == 60, (name, summary)
+        assert set(summary["names"]) == expected, (name, summary["names"])
+    # node1 relabelled to zone-b: every Service is routed for its new zone.
+    proxy.apply(node1=node1("zone-b"))
+    summary = proxy.client("client", "tcp", "10.96.0.40:80", count=60)
+    assert summary["ok"] == 60 and set(summary["names"]) == {"b", "c"}, summary["names"]
+    summary = proxy.client("client", "tcp", "10.96.0.41:80", count=30)
+    assert summary["ok"] == 30 and summary["names"] == {"c": 30}, summary["names"]
+    proxy.apply(node1=None, **dict.fromkeys(groups))
+
+
+def test_load_balancer_ip_mode_proxy(proxy: Harness) -> None:
+    lb = service(
+        "ipmode",
+        "10.96.0.46",
+        [{"port": 80, "targetPort": 8080, "nodePort": 30083}],
+        type="LoadBalancer",
+    )
+    lb["status"] = {
+        "loadBalancer": {
+            "ingress": [
+                {"ip": "192.0.2.24", "ipMode": "VIP"},
+                {"ip": "192.0.2.25", "ipMode": "Proxy"},
+            ]
+        }
+    }
+    proxy.apply(ipmode=[lb, endpoint_slice("ipmode", ["b", "c"])])
+    # The VIP is short-circuited on the node, from a pod and from outside.
+    for role in ("client", "ext"):
+        summary = proxy.client(role, "tcp", "192.0.2.24:80", count=20)
+        assert summary["ok"] == 20 and set(summary["names"]) <= {"b", "c"}, (role, summary)
+    # The Proxy IP is the load balancer's own (KEP-1860): a pod's packets to it are routed
+    # out of the node untouched, and no backend ever sees them.
+    summary = proxy.client("client", "tcp", "192.0.2.25:80", count=3, timeout=1.0)
+    assert summary["ok"] == 0 and summary["names"] == {}, summary
+    proxy.apply(ipmode=None)
+
+
 def test_session_affinity(proxy: Harness) -> None:
     timeout = 2
     proxy.apply(
@@ -692,7 +780,9 @@ def test_session_affinity(proxy: Harness) -> None:
 
 
 def conntrack_ids(harness: Harness, sport: int) -> tuple[list[str], str]:
-    """The ids of node1's conntrack entries of UDP flows from the client pod's `sport`."""
+    """node1's conntrack entries of UDP flows from the client pod's `sport`, each as
+    "id@start": the kernel may give a re-created entry the id of the one it replaces, not its
+    start time (the harness turns conntrack timestamps on)."""
     out = harness.cluster.run(
         "node1",
         "conntrack",
@@ -704,10 +794,24 @@ def conntrack_ids(harness: Harness, sport: int) -> tuple[list[str], str]:
         "--sport",
         str(sport),
         "-o",
-        "id",
+        "id,ktimestamp",
         check=False,
     ).stdout
-    return re.findall(r"id=(\d+)", out), out
+    entries = re.findall(r"\[start=([^\]]+)\].*?id=(\d+)", out)
+    return [f"{entry_id}@{start}" for start, entry_id in entries], out
+
+
+def wait_syncs(harness: Harness, count: int, timeout: float = 30.0) -> None:
+    """Waits until the running proxy has made `count` successful syncs (its counter starts at
+    0 with the process)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        metrics = harness.metrics()
+        done = metric_sum(metrics, "kdns_proxy_syncs_total", mode=harness.mode, result="ok")
+        if done >= count:
+            return
+        assert time.monotonic() < deadline, f"{done} syncs after {timeout} s, not {count}"
+        time.sleep(0.1)
 
 
 def udp_service(pod: str) -> list[dict[str, Any]]:
@@ -787,7 +891,9 @@ def test_restart_does_not_flush_conntrack(proxy: Harness) -> None:
     assert len(ids_before) == 1, listing
     proxy.stop()
     proxy.start()
-    time.sleep(1.0)  # a sync and its conntrack reconciliation after the restart
+    # The engine reconciles conntrack right after its first sync, before it starts the next:
+    # a second sync means that reconciliation is over.
+    wait_syncs(proxy, 2)
     ids_after, listing = conntrack_ids(proxy, sport)
     out, _ = stream.communicate(timeout=duration + 10)
     events = json.loads(out)["events"]

@@ -11,6 +11,7 @@ from collections.abc import Iterator, Sequence
 
 import pytest
 import trio
+import trio.testing
 
 from kdns import metrics
 from kdns.model import EndpointSlice
@@ -24,8 +25,7 @@ from kdns.proxy.sync import SyncEngine
 from kdns.store import ENDPOINTSLICES, SERVICES, Store
 from tests.builders import model_endpoint, model_service
 from tests.conftest import throwaway_netns
-
-from .builders import NODE, PODS
+from tests.proxy.builders import NODE, PODS
 
 UDP = (("dns", "UDP", 53, None),)
 UDP_EP = (("dns", "UDP", 5353),)
@@ -106,7 +106,9 @@ def test_nothing_is_written_before_services_and_slices_synced(netns: str, kind: 
         async with trio.open_nursery() as nursery:
             await nursery.start(engine.run)
             two_services(store)  # Services listed, slices not yet
-            await trio.sleep(0.6)
+            # The change wakes the engine; once every task is blocked again it has looked at
+            # the store and gone back to waiting for the slices.
+            await trio.testing.wait_all_tasks_blocked()
             assert runner.writes("iptables-restore") == runner.writes("nft") == []
             assert not engine.synced
             web = slice_of("ns/web", model_endpoint("10.244.1.5"))
@@ -130,18 +132,29 @@ def test_bursts_coalesce_and_partial_syncs_carry_only_the_change(netns: str, kin
     store.replace(ENDPOINTSLICES, {})
     tool = "iptables-restore" if kind == "iptables" else "nft"
 
+    def transactions() -> list[str]:
+        return [text for text in runner.writes(tool) if text]  # not the listings
+
     async def main() -> None:
         async with trio.open_nursery() as nursery:
             await nursery.start(engine.run)
             await wait_for(lambda: engine.synced)
-            first = engine.syncs
+            first, first_writes = engine.syncs, len(transactions())
             # 40 endpoint changes of one Service within 0.2 s: one min-sync-period.
             for i in range(40):
                 store.upsert(
                     ENDPOINTSLICES, slice_of("ns/web", model_endpoint(f"10.244.1.{i + 10}"))
                 )
                 await trio.sleep(0.005)
-            await trio.sleep(1.3)
+
+            def last_change_applied() -> bool:
+                # One transaction per sync here (one family, a change in each): equal counts
+                # mean the sync that wrote the last change has finished.
+                writes = transactions()
+                done = engine.syncs - first
+                return len(writes) - first_writes == done and "10.244.1.49" in writes[-1]
+
+            await wait_for(last_change_applied)
             assert 1 <= engine.syncs - first <= 3, engine.syncs - first
             nursery.cancel_scope.cancel()
 
@@ -227,7 +240,10 @@ def test_canary_repairs_tampering_within_a_sync_period(netns: str, tamper: str) 
         async with trio.open_nursery() as nursery:
             await nursery.start(engine.run)
             await wait_for(lambda: engine.synced)
-            await trio.sleep(1.2)  # a periodic check that finds nothing wrong
+            # Nothing changes after the first sync: the next one is the periodic sync, which
+            # follows a canary check that must find nothing wrong.
+            synced = engine.syncs
+            await wait_for(lambda: engine.syncs > synced)
             assert repairs._value.get() == before
             in_ns(netns, *TAMPERING[tamper])
             assert "10.96.0.20" not in state()
@@ -251,17 +267,19 @@ def test_udp_endpoint_replaced_deletes_its_conntrack_entries(netns: str) -> None
             await nursery.start(engine.run)
             await wait_for(lambda: engine.synced)
             synced = engine.syncs
-            await trio.sleep(0.3)
-            # First sync: the reconciliation lists, and finds nothing to delete.
-            assert [a[:2] for a, _ in runner.calls if a[0] == "conntrack"] == [["conntrack", "-L"]]
             store.upsert(
                 ENDPOINTSLICES, slice_of("ns/dns", model_endpoint("10.244.1.6", ports=UDP_EP))
             )
             await wait_for(lambda: engine.syncs > synced)
-            await wait_for(lambda: any(a[0] == "conntrack" for a, _ in runner.calls))
+            await wait_for(lambda: any(a[:2] == ["conntrack", "-D"] for a, _ in runner.calls))
             nursery.cancel_scope.cancel()
 
     trio.run(main)
+    # First sync: the reconciliation lists, and finds nothing to delete (all of it happens
+    # before the second sync's write).
+    second_write = [i for i, (a, _) in enumerate(runner.calls) if a[0] == "iptables-restore"][1]
+    first = [a[:2] for a, _ in runner.calls[:second_write] if a[0] == "conntrack"]
+    assert first == [["conntrack", "-L"]]
     deletes = [" ".join(a) for a, _ in runner.calls if a[:2] == ["conntrack", "-D"]]
     assert deletes == [
         "conntrack -D -f ipv4 -p udp --orig-dst 10.96.0.10 --dst-nat 10.244.1.5",

@@ -464,6 +464,23 @@ def test_nothing_derived_when_endpoints_are_given(
         assert endpoints_of(found, "default", "redis") == expected
 
 
+def test_nodes_are_read_for_their_zone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # `kubectl get nodes -o yaml`: the proxy's topology hints need its own Node's zone label.
+    zoned = {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {"name": "node-a1", "labels": {"topology.kubernetes.io/zone": "zone-a"}},
+    }
+    bare = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-b1"}}
+    bad = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-c1", "labels": ["x"]}}
+    found, errors = load_files(tmp_path, monkeypatch, {"n.yaml": manifest_text(zoned, bare, zoned)})
+    assert errors == ["n.yaml:13: Node node-a1: defined twice; first at n.yaml:1"]
+    assert {n.name: n.zone for n in found.nodes.values()} == {"node-a1": "zone-a", "node-b1": ""}
+    assert found.namespaces == {}  # a Node is cluster-scoped
+    found, errors = load_files(tmp_path, monkeypatch, {"m.yaml": manifest_text(bad)})
+    assert errors == ["m.yaml:5: Node node-c1: metadata.labels: expected a mapping, got ['x']"]
+
+
 def test_namespaces_are_declared_or_implied(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
