@@ -1,0 +1,142 @@
+"""`kdns proxy --dns`: the proxy answering DNS on the node for the pods, without conntrack.
+
+A "node" and a "pod" network namespace joined by a veth pair. This kernel has no dummy link
+type, so the node DNS address (NodeLocal DNSCache's 169.254.20.10) is put on the node
+namespace's `lo` before the proxy starts, standing in for the `kdns-dns` dummy device a real
+node gets; the proxy then leaves the device alone and installs only the rules. The rules live in
+the node namespace's tables, never the host's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import need_root, need_tool
+
+from .conftest import EXAMPLES
+from .netns import NETNS_ETC, _remove_netns_etc, ip_command, node_and_pod
+
+NODE_DNS = "169.254.20.10"
+NODE_V4, POD_V4 = "10.254.253.1", "10.254.253.2"
+REDIS = "redis.default.svc.cluster.local"
+REDIS_IP = "10.97.97.97"  # config/examples/redis.yaml
+RESOLV_CONF = f"nameserver {NODE_DNS}\nsearch default.svc.cluster.local svc.cluster.local\n"
+START_TIMEOUT = 30.0  # seconds until the proxy answers and its rules are in place
+STOP_TIMEOUT = 15.0
+
+
+@dataclass
+class Node:
+    ip: str
+    node: str
+    pod: str
+
+    def run(self, ns: str, *argv: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [self.ip, "netns", "exec", ns, *argv], capture_output=True, text=True, timeout=timeout
+        )
+
+    def rules(self) -> str:
+        saved = self.run(self.node, "iptables-save").stdout
+        return saved + self.run(self.node, "nft", "list", "ruleset").stdout
+
+
+@pytest.fixture
+def node() -> Iterator[Node]:
+    need_root()
+    ip = need_tool("ip", "iproute2")
+    for tool, package in (
+        ("dig", "bind9-dnsutils"),
+        ("getent", "libc-bin"),
+        ("conntrack", "conntrack"),
+        ("iptables-save", "iptables"),
+        ("nft", "nftables"),
+    ):
+        need_tool(tool, package)
+    suffix = f"{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    names = Node(ip, f"kdns-dnode-{suffix}", f"kdns-dpod-{suffix}")
+    with contextlib.ExitStack() as cleanup:
+        node_and_pod(ip, names.node, names.pod, cleanup)
+        for ns, v4 in ((names.node, NODE_V4), (names.pod, POD_V4)):
+            ip_command(ip, "-n", ns, "addr", "add", f"{v4}/30", "dev", "eth0")
+            ip_command(ip, "-n", ns, "link", "set", "eth0", "up")
+        # The stand-in for the dummy device (module docstring), and the pod's route to it.
+        ip_command(ip, "-n", names.node, "addr", "add", f"{NODE_DNS}/32", "dev", "lo")
+        ip_command(ip, "-n", names.pod, "route", "add", "default", "via", NODE_V4)
+        cleanup.callback(_remove_netns_etc, names.pod)
+        etc = NETNS_ETC / names.pod
+        etc.mkdir(parents=True)
+        (etc / "resolv.conf").write_text(RESOLV_CONF)
+        (etc / "hosts").write_text("127.0.0.1\tlocalhost\n")
+        (etc / "nsswitch.conf").write_text("hosts: files dns\n")
+        yield names
+
+
+@contextlib.contextmanager
+def proxy(node: Node, mode: str, logs: Path) -> Iterator[subprocess.Popen[bytes]]:
+    command = [node.ip, "netns", "exec", node.node, sys.executable, "-m", "kdns", "proxy"]
+    command += ["--manifests", str(EXAMPLES), "--node-name", "node1", "--mode", mode]
+    command += ["--healthz-addr", "127.0.0.1:10256", "--dns"]  # the default address
+    with open(logs, "wb") as err:
+        proc = subprocess.Popen(
+            command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err
+        )
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def dig(node: Node, server: str, name: str) -> subprocess.CompletedProcess[str]:
+    return node.run(node.pod, "dig", f"@{server}", "+short", "+time=1", "+tries=1", name, "A")
+
+
+def wait_ready(node: Node, proc: subprocess.Popen[bytes], logs: Path, marker: str) -> None:
+    deadline = time.monotonic() + START_TIMEOUT
+    while not (marker in node.rules() and dig(node, NODE_DNS, REDIS).stdout.strip()):
+        assert proc.poll() is None, logs.read_text()
+        assert time.monotonic() < deadline, f"not ready in {START_TIMEOUT} s:\n{logs.read_text()}"
+        time.sleep(0.2)
+
+
+@pytest.mark.parametrize(
+    ("mode", "marker"),
+    [("iptables", "-j KDNS-NODE-DNS"), ("nftables", "table inet kdns-node-dns")],
+)
+def test_pods_resolve_through_the_node_address_untracked(
+    node: Node, mode: str, marker: str, tmp_path: Path
+) -> None:
+    logs = tmp_path / "proxy.log"
+    with proxy(node, mode, logs) as proc:
+        wait_ready(node, proc, logs, marker)
+        assert node.run(node.node, "conntrack", "-F").returncode == 0
+        assert dig(node, NODE_DNS, REDIS).stdout.split() == [REDIS_IP]
+        # glibc's stub resolver, through the pod's resolv.conf and its search list.
+        got = node.run(node.pod, "getent", "hosts", "redis")
+        assert got.stdout.split()[:2] == [REDIS_IP, REDIS], got
+        # The control: a query to the node's other address (nothing answers there) is tracked,
+        # so the namespace does track connections; the node DNS's are not.
+        dig(node, NODE_V4, REDIS)
+        entries = node.run(node.node, "conntrack", "-L", "-p", "udp").stdout
+        assert f"dst={NODE_V4}" in entries
+        assert NODE_DNS not in entries
+        assert node.run(node.node, "conntrack", "-L", "-p", "tcp").stdout.count(NODE_DNS) == 0
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=STOP_TIMEOUT) == 0, logs.read_text()
+    # A stop that is not a restart: the rules go, so pods fall back to the central DNS.
+    assert "KDNS-NODE-DNS" not in node.rules()
+    assert "kdns-node-dns" not in node.rules()
+    assert "KUBE-SERVICES" in node.rules() or "table ip kdns" in node.rules()
