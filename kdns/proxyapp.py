@@ -5,7 +5,7 @@ Contract:
 - `ProxyOptions` are the command's flags. `make_dataplane` turns them into the mode's data plane
   for this node, or raises `StartupError` (IPVS mode on a kernel without IPVS: one line naming
   the modes that work; a bad CIDR).
-- `run_proxy` binds every listener first (a taken port is a plain OSError), then runs the
+- `run_proxy` binds every HTTP listener first (a taken port is a plain OSError), then runs the
   source, the engine, /healthz and /livez (kube-proxy's :10256: 200 once the first sync is
   applied and while syncs succeed, JSON with lastUpdated/currentTime), /metrics (:10249) and one
   HTTP server per healthCheckNodePort, until SIGTERM/SIGINT. Rules stay in place on exit, as
@@ -15,10 +15,12 @@ Contract:
   nothing else.
 - With `dns_addresses` (`--dns`), the proxy also answers DNS on those addresses, port 53, from
   its own store: `kdns serve`'s assembly (`app.answering`: resolver, handler, answer cache,
-  forwarder, the same metrics), no extra watch. Upstreams: `node.dns_upstreams`, else the
-  forward section's (by default the node's resolv.conf), with its stub domains. Once its
-  sockets answer, the data path goes in (`proxy/nodednsrules.py`); on a stop it is removed,
-  unless another process answers on the addresses by then (a restart: the rules stay).
+  forwarder, the same metrics), no extra watch. Its sockets are bound once the store has
+  synced (a bind failure is logged and the proxy goes on without DNS). Upstreams:
+  `node.dns_upstreams`, else the forward section's (by default the node's resolv.conf), with
+  its stub domains. Once its sockets answer, the data path goes in (`proxy/nodednsrules.py`);
+  on a stop it is removed, unless another process answers on the addresses by then (a
+  restart: the rules stay).
 - The userspace mode runs the relay (`proxy/userspace.py`) instead of a data plane.
 """
 
@@ -139,37 +141,49 @@ def node_dns_config(config: Config, addresses: Sequence[str], port: int = NODE_D
     return config.with_overrides("node.dns", **overrides)
 
 
-async def _bind_node_dns(
+def _node_dns(
     config: Config, options: ProxyOptions, store: Store, source: Source
-) -> tuple[app.App | None, list[DnsServer]]:
-    """The node DNS's answering app and one bound server per address (a taken port is an
-    OSError, before anything runs); (None, []) without `--dns`."""
+) -> tuple[app.App, list[DnsServer]] | None:
+    """The node DNS's answering app and one server per address, not bound yet; None without
+    `--dns`. Raises StartupError (a bad upstream, a forwarding loop)."""
     if not options.dns_addresses:
-        return None, []
+        return None
     dns_config = node_dns_config(config, options.dns_addresses, options.dns_port)
-    planned = await trio.to_thread.run_sync(app.plan, dns_config)
-    node_app = app.answering(dns_config, store, source, planned)
+    node_app = app.answering(dns_config, store, source, app.plan(dns_config))
     servers = [
         DnsServer(lambda: node_app.serving, address, options.dns_port)
         for address in options.dns_addresses
     ]
-    try:
-        for server in servers:
-            server.bind()
-    except OSError:
-        for server in servers:
-            server.close()
-        raise
     return node_app, servers
 
 
-async def _run_node_dns(
-    nursery: trio.Nursery, node_app: app.App | None, servers: Sequence[DnsServer]
+async def _serve_node_dns(
+    node_dns: tuple[app.App, list[DnsServer]] | None,
+    store: Store,
+    options: ProxyOptions,
+    runner: Runner,
 ) -> None:
-    for server in servers:
-        await nursery.start(server.run)
-    if node_app is not None and node_app.forwarder is not None:
-        await nursery.start(node_app.forwarder.run)  # upstream health probes
+    """Binds the node DNS once the store has synced — a restarted proxy takes the queries over
+    the moment it binds (kdns/dns/reuseport.py), so it must know every name by then — then
+    serves, and installs the data path once the sockets answer."""
+    if node_dns is None:
+        return
+    node_app, servers = node_dns
+    await wait_synced(store)
+    try:
+        for server in servers:
+            server.bind()
+    except OSError as e:
+        for server in servers:
+            server.close()
+        log.error("node DNS not answering: %s", e.strerror)
+        return
+    async with trio.open_nursery() as nursery:
+        for server in servers:
+            await nursery.start(server.run)
+        if node_app.forwarder is not None:
+            await nursery.start(node_app.forwarder.run)  # upstream health probes
+        await _install_node_dns(options, runner)
 
 
 def make_dataplane(options: ProxyOptions, runner: Runner = run_command) -> Dataplane:
@@ -320,18 +334,17 @@ async def run_proxy(
     endpoints = await _bind_endpoints(
         options, _healthz(engine.healthy, lambda: engine.last_success)
     )
-    node_app, dns_servers = await _bind_node_dns(config, options, store, source)
+    node_dns = _node_dns(config, options, store, source)
     async with trio.open_nursery() as nursery:
         for endpoint in endpoints.values():
             await nursery.start(endpoint.run)
-        await _run_node_dns(nursery, node_app, dns_servers)
-        await _install_node_dns(options, runner)
+        nursery.start_soon(_serve_node_dns, node_dns, store, options, runner)
         await nursery.start(checks.run)
         await nursery.start(engine.run)
         await nursery.start(source.run)
         nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
         log.info("kdns proxy (%s mode) running for node %r", options.mode, options.node_name)
-        task_status.started(_ports(endpoints, dns_servers))
+        task_status.started({name: e.port for name, e in endpoints.items()})
     await _remove_node_dns(options, runner)
 
 
@@ -390,25 +403,17 @@ async def _run_userspace(
     """The relay instead of a data plane: nothing to sync, healthy once the store synced."""
     healthz = _healthz(lambda: store.synced, lambda: None)
     endpoints = await _bind_endpoints(options, healthz)
-    node_app, dns_servers = await _bind_node_dns(config, options, store, source)
+    node_dns = _node_dns(config, options, store, source)
     async with trio.open_nursery() as nursery:
         for endpoint in endpoints.values():
             await nursery.start(endpoint.run)
-        await _run_node_dns(nursery, node_app, dns_servers)
-        await _install_node_dns(options, runner)
+        nursery.start_soon(_serve_node_dns, node_dns, store, options, runner)
         await nursery.start(source.run)
         await nursery.start(userspace.run_relay, store, options.node_name)
         nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
         log.info("kdns proxy (userspace mode) running for node %r", options.node_name)
-        task_status.started(_ports(endpoints, dns_servers))
+        task_status.started({name: e.port for name, e in endpoints.items()})
     await _remove_node_dns(options, runner)
-
-
-def _ports(endpoints: dict[str, HttpEndpoint], dns: Sequence[DnsServer]) -> dict[str, int]:
-    ports = {name: e.port for name, e in endpoints.items()}
-    if dns:
-        ports["dns"] = dns[0].port
-    return ports
 
 
 async def _stop_on_signal(scope: trio.CancelScope) -> None:

@@ -84,10 +84,13 @@ def node() -> Iterator[Node]:
 
 
 @contextlib.contextmanager
-def proxy(node: Node, mode: str, logs: Path) -> Iterator[subprocess.Popen[bytes]]:
+def proxy(
+    node: Node, mode: str, logs: Path, http_host: str = "127.0.0.1"
+) -> Iterator[subprocess.Popen[bytes]]:
     command = [node.ip, "netns", "exec", node.node, sys.executable, "-m", "kdns", "proxy"]
     command += ["--manifests", str(EXAMPLES), "--node-name", "node1", "--mode", mode]
-    command += ["--healthz-addr", "127.0.0.1:10256", "--dns"]  # the default address
+    command += ["--healthz-addr", f"{http_host}:10256", "--metrics-addr", f"{http_host}:10249"]
+    command += ["--dns"]  # the default address
     with open(logs, "wb") as err:
         proc = subprocess.Popen(
             command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err
@@ -140,3 +143,78 @@ def test_pods_resolve_through_the_node_address_untracked(
     assert "KDNS-NODE-DNS" not in node.rules()
     assert "kdns-node-dns" not in node.rules()
     assert "KUBE-SERVICES" in node.rules() or "table ip kdns" in node.rules()
+
+
+# 2,000 queries a second from one UDP socket for `seconds`, then a bounded wait for the last
+# answers; prints "started" after the first answer, and at the end "SENT MISSING".
+STREAM = """\
+import socket, sys, threading, time
+import dns.message
+server, seconds = sys.argv[1], float(sys.argv[2])
+sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+sock.settimeout(0.1)
+query = dns.message.make_query(sys.argv[3], "A")
+answered, sent = set(), 0
+def receive():
+    while True:
+        try:
+            data = sock.recv(4096)
+        except OSError:
+            continue
+        first = not answered
+        answered.add(int.from_bytes(data[:2], "big"))
+        if first:
+            print("started", flush=True)
+threading.Thread(target=receive, daemon=True).start()
+start = time.monotonic()
+while time.monotonic() - start < seconds:
+    query.id = sent % 65536
+    sock.sendto(query.to_wire(), (server, 53))
+    sent += 1
+    time.sleep(max(0.0, start + sent / 2000 - time.monotonic()))
+deadline = time.monotonic() + 5
+while len(answered) < min(sent, 65536) and time.monotonic() < deadline:
+    time.sleep(0.05)
+print(sent, min(sent, 65536) - len(answered), flush=True)
+"""
+STREAM_SECONDS = 12.0  # 24,000 queries (ids wrap at 65,536: fewer than that are sent)
+
+
+def test_a_restart_of_the_node_dns_loses_no_query_and_keeps_the_rules(
+    node: Node, tmp_path: Path
+) -> None:
+    old_logs, new_logs = tmp_path / "old.log", tmp_path / "new.log"
+    with proxy(node, "iptables", old_logs) as old:
+        wait_ready(node, old, old_logs, "-j KDNS-NODE-DNS")
+        argv = [sys.executable, "-c", STREAM, NODE_DNS, str(STREAM_SECONDS), REDIS]
+        stream = subprocess.Popen(
+            [node.ip, "netns", "exec", node.pod, *argv],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert stream.stdout is not None
+            assert stream.stdout.readline().strip() == "started"
+            # The next proxy binds beside the first (its health and metrics ports elsewhere).
+            with proxy(node, "iptables", new_logs, "127.0.0.2") as new:
+                deadline = time.monotonic() + START_TIMEOUT
+                while "answering DNS on" not in new_logs.read_text():
+                    assert new.poll() is None, new_logs.read_text()
+                    assert time.monotonic() < deadline, new_logs.read_text()
+                    time.sleep(0.05)
+                old.send_signal(signal.SIGTERM)
+                assert old.wait(timeout=STOP_TIMEOUT) == 0, old_logs.read_text()
+                assert "rules stay" in old_logs.read_text()
+                assert "-j KDNS-NODE-DNS" in node.rules()
+                out, _ = stream.communicate(timeout=STREAM_SECONDS + 30)
+                sent, missing = (int(x) for x in out.split())
+                assert sent >= 10_000
+                assert missing == 0, f"{missing} of {sent} queries unanswered"
+                new.send_signal(signal.SIGTERM)
+                assert new.wait(timeout=STOP_TIMEOUT) == 0, new_logs.read_text()
+        finally:
+            if stream.poll() is None:
+                stream.kill()
+                stream.wait()
+    assert "KDNS-NODE-DNS" not in node.rules()  # the last stop was not a restart
