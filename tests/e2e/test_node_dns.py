@@ -85,12 +85,12 @@ def node() -> Iterator[Node]:
 
 @contextlib.contextmanager
 def proxy(
-    node: Node, mode: str, logs: Path, http_host: str = "127.0.0.1"
+    node: Node, mode: str, logs: Path, http_host: str = "127.0.0.1", *extra: str
 ) -> Iterator[subprocess.Popen[bytes]]:
     command = [node.ip, "netns", "exec", node.node, sys.executable, "-m", "kdns", "proxy"]
     command += ["--manifests", str(EXAMPLES), "--node-name", "node1", "--mode", mode]
     command += ["--healthz-addr", f"{http_host}:10256", "--metrics-addr", f"{http_host}:10249"]
-    command += ["--dns"]  # the default address
+    command += [*extra] if extra else ["--dns"]  # the default address
     with open(logs, "wb") as err:
         proc = subprocess.Popen(
             command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err
@@ -218,3 +218,61 @@ def test_a_restart_of_the_node_dns_loses_no_query_and_keeps_the_rules(
                 stream.kill()
                 stream.wait()
     assert "KDNS-NODE-DNS" not in node.rules()  # the last stop was not a restart
+
+
+KUBE_DNS_IP = "10.96.0.10"
+CENTRAL = "10.254.253.9"  # the central DNS's endpoint: no host has it, a DNATed query is lost
+KUBE_DNS = f"""\
+apiVersion: v1
+kind: Service
+metadata: {{name: kube-dns, namespace: kube-system}}
+spec:
+  clusterIP: {KUBE_DNS_IP}
+  ports:
+  - {{name: dns, port: 53, protocol: UDP}}
+  - {{name: dns-tcp, port: 53, protocol: TCP}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: kube-dns-1
+  namespace: kube-system
+  labels: {{kubernetes.io/service-name: kube-dns}}
+addressType: IPv4
+endpoints:
+- addresses: [{CENTRAL}]
+  conditions: {{ready: true}}
+ports:
+- {{name: dns, port: 53, protocol: UDP}}
+- {{name: dns-tcp, port: 53, protocol: TCP}}
+"""
+
+
+@pytest.mark.parametrize(
+    ("mode", "dnat"),
+    [("iptables", f"-d {KUBE_DNS_IP}/32 -p udp"), ("nftables", f"{KUBE_DNS_IP} . udp . 53")],
+)
+def test_the_kube_dns_cluster_ip_taken_over_is_answered_locally_and_cleanup_removes_it(
+    node: Node, mode: str, dnat: str, tmp_path: Path
+) -> None:
+    # Without the node DNS's rules the proxy's DNAT sends these queries to CENTRAL, where
+    # nothing answers (checked by hand: dig times out).
+    manifest = tmp_path / "kube-dns.yaml"
+    manifest.write_text(KUBE_DNS)
+    # The ClusterIP on the node's lo stands in for the dummy device, as NODE_DNS does.
+    ip_command(node.ip, "-n", node.node, "addr", "add", f"{KUBE_DNS_IP}/32", "dev", "lo")
+    logs = tmp_path / "proxy.log"
+    flags = ("--manifests", str(manifest), "--dns", f"{NODE_DNS},{KUBE_DNS_IP}")
+    with proxy(node, mode, logs, "127.0.0.1", *flags) as proc:
+        wait_ready(node, proc, logs, dnat)  # the proxy DNATs the ClusterIP to CENTRAL …
+        # … yet the pod's queries to it are answered on the node, over UDP and TCP.
+        assert dig(node, KUBE_DNS_IP, REDIS).stdout.split() == [REDIS_IP]
+        tcp = node.run(node.pod, "dig", f"@{KUBE_DNS_IP}", "+tcp", "+short", "+time=2", REDIS)
+        assert tcp.stdout.split() == [REDIS_IP], tcp
+        proc.kill()  # no chance to clean up: the rules stay
+        proc.wait()
+    assert "KDNS-NODE-DNS" in node.rules() or "kdns-node-dns" in node.rules()
+    result = node.run(node.node, sys.executable, "-m", "kdns", "proxy", "--cleanup")
+    assert (result.returncode, result.stderr) == (0, ""), result
+    assert "KDNS-NODE-DNS" not in node.rules()
+    assert "kdns-node-dns" not in node.rules()
