@@ -32,6 +32,9 @@ NODE_V4, POD_V4 = "10.254.253.1", "10.254.253.2"
 REDIS = "redis.default.svc.cluster.local"
 REDIS_IP = "10.97.97.97"  # config/examples/redis.yaml
 RESOLV_CONF = f"nameserver {NODE_DNS}\nsearch default.svc.cluster.local svc.cluster.local\n"
+METRICS = (
+    "import urllib.request as u; print(u.urlopen('http://127.0.0.1:10249/metrics').read().decode())"
+)
 START_TIMEOUT = 30.0  # seconds until the proxy answers and its rules are in place
 STOP_TIMEOUT = 15.0
 
@@ -137,6 +140,16 @@ def test_pods_resolve_through_the_node_address_untracked(
         assert f"dst={NODE_V4}" in entries
         assert NODE_DNS not in entries
         assert node.run(node.node, "conntrack", "-L", "-p", "tcp").stdout.count(NODE_DNS) == 0
+        # The node DNS is counted under kdns serve's metric names, on the proxy's /metrics.
+        metrics = node.run(node.node, "python3", "-c", METRICS).stdout
+        served = [
+            line
+            for line in metrics.splitlines()
+            if line.startswith("kdns_dns_requests_total{")
+            and f'server="dns://{NODE_DNS}:53"' in line
+            and 'type="A"' in line
+        ]
+        assert served and float(served[0].split()[-1]) >= 2, metrics
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=STOP_TIMEOUT) == 0, logs.read_text()
     # A stop that is not a restart: the rules go, so pods fall back to the central DNS.
