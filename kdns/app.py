@@ -251,6 +251,19 @@ def build(config: Config, kube_options: dict[str, Any] | None = None) -> App:
         vips.update(store.services)
         # One VIP map: DNS answers from it and the relay listens on it.
         relay = Relay(store, node_name(config.node.name), vips=vips)
+    return answering(config, store, source, planned, vips, relay)
+
+
+def answering(
+    config: Config,
+    store: Store,
+    source: Source,
+    planned: Plan,
+    vips: LoopbackVips | None = None,
+    relay: Relay | None = None,
+) -> App:
+    """What answers DNS for `config` over `store`, following every change to it: the one
+    assembly of `kdns serve` and of `kdns proxy --dns` (the proxy's store, no extra watch)."""
     app = App(assemble(config, store, planned, vips), store, source, vips, relay)
     store.subscribe(app.follow)
     return app

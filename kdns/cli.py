@@ -265,6 +265,18 @@ def _proxy_parser(commands: Any, common: Callable[[argparse.ArgumentParser], Non
         metavar="HOST:PORT",
         help="/metrics (127.0.0.1:10249)",
     )
+    _key_flag(
+        proxy,
+        "--dns",
+        "node.dns",
+        metavar="ADDR[,ADDR]",
+        type=_cidrs,
+        nargs="?",
+        const=[proxyapp.NODE_DNS_DEFAULT],
+        default=None,
+        help=f"also answer DNS on these addresses, port 53 ({proxyapp.NODE_DNS_DEFAULT} when "
+        "given alone): NodeLocal DNSCache from the proxy's own store",
+    )
     what = proxy.add_mutually_exclusive_group()
     what.add_argument(
         "--render", action="store_true", help="print the rules it would apply; change nothing"
@@ -291,6 +303,7 @@ def _proxy_options(config: Config) -> proxyapp.ProxyOptions:
         healthz_addr=proxy.healthz_addr,
         metrics_addr=proxy.metrics_addr,
         ipvs_scheduler=proxy.ipvs_scheduler,
+        dns_addresses=node.dns,
     )
 
 

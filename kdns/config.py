@@ -221,6 +221,18 @@ def _cidrs(one_per_family: bool) -> Check:
     return check
 
 
+def _addresses(value: Any) -> tuple[str, ...]:
+    addresses = _listed(value, "IP addresses")
+    for address in addresses:
+        try:
+            ipaddress.ip_address(address)
+        except (TypeError, ValueError):
+            raise Invalid(
+                f"{address!r} is not an IP address (expected e.g. [169.254.20.10])"
+            ) from None
+    return addresses
+
+
 def _scheduler(value: Any) -> str:
     if not isinstance(value, str) or not value.isalnum():
         raise Invalid(f"must be an IPVS scheduler name, e.g. rr (got {value!r})")
@@ -650,6 +662,13 @@ class NodeSection:
     cluster_cidrs: tuple[str, ...] = _key((), _cidrs(True), "cluster_cidrs", "list")
     # CIDRs choosing the node addresses NodePorts are served on; () = every local address.
     nodeport_addresses: tuple[str, ...] = _key((), _cidrs(False), "nodeport_addresses", "list")
+    # Node-local DNS (`kdns proxy --dns`): the addresses the proxy also answers DNS on, port 53,
+    # from its own store (() = no DNS). NodeLocal DNSCache's link-local 169.254.20.10 is the
+    # flag's default; the kube-dns ClusterIP may be one of them (taken over on this node).
+    dns: tuple[str, ...] = _key((), _addresses, "node_dns", "list")
+    # Where the node DNS forwards what is not a cluster name: None = forward.upstreams (and so,
+    # by default, the node's resolv.conf); the forward section's stub domains apply as well.
+    dns_upstreams: tuple[str, ...] | None = _key(None, _upstreams, "node_dns_upstreams", "list")
 
 
 @dataclass(frozen=True, slots=True)

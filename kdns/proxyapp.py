@@ -5,7 +5,7 @@ Contract:
 - `ProxyOptions` are the command's flags. `make_dataplane` turns them into the mode's data plane
   for this node, or raises `StartupError` (IPVS mode on a kernel without IPVS: one line naming
   the modes that work; a bad CIDR).
-- `run_proxy` binds every listener first (a taken port is a plain OSError), then runs the
+- `run_proxy` binds every HTTP listener first (a taken port is a plain OSError), then runs the
   source, the engine, /healthz and /livez (kube-proxy's :10256: 200 once the first sync is
   applied and while syncs succeed, JSON with lastUpdated/currentTime), /metrics (:10249) and one
   HTTP server per healthCheckNodePort, until SIGTERM/SIGINT. Rules stay in place on exit, as
@@ -13,6 +13,14 @@ Contract:
 - `render` prints what a full sync would apply once the source has synced; nothing is written.
   `cleanup` removes what any mode installed (`proxy/cleanup.py`), whatever `--mode` says, and
   nothing else.
+- With `dns_addresses` (`--dns`), the proxy also answers DNS on those addresses, port 53, from
+  its own store: `kdns serve`'s assembly (`app.answering`: resolver, handler, answer cache,
+  forwarder, the same metrics), no extra watch. Its sockets are bound once the store has
+  synced (a bind failure is logged and the proxy goes on without DNS). Upstreams:
+  `node.dns_upstreams`, else the forward section's (by default the node's resolv.conf), with
+  its stub domains. Once its sockets answer, the data path goes in (`proxy/nodednsrules.py`);
+  on a stop it is removed, unless another process answers on the addresses by then (a
+  restart: the rules stay).
 - The userspace mode runs the relay (`proxy/userspace.py`) instead of a data plane.
 """
 
@@ -30,10 +38,12 @@ from dataclasses import dataclass, field
 
 import trio
 
+from kdns import app
 from kdns.app import Source, StartupError, open_source, open_store
 from kdns.config import PROXY_COMMAND_MODES, Config, parse_hostport
+from kdns.dns.server import DnsServer
 from kdns.http import HttpEndpoint, Route, prometheus
-from kdns.proxy import healthcheck, userspace
+from kdns.proxy import healthcheck, nodednsrules, userspace
 from kdns.proxy.cleanup import cleanup_every_mode
 from kdns.proxy.dataplane import (
     ApplyError,
@@ -57,6 +67,9 @@ log = logging.getLogger(__name__)
 
 MODES = PROXY_COMMAND_MODES
 SYNC_TIMEOUT = 120.0  # --render waits this long for a cluster's first list
+# NodeLocal DNSCache's link-local address (k8s.io/dns nodelocaldns's default `-localip`).
+NODE_DNS_DEFAULT = "169.254.20.10"
+NODE_DNS_PORT = 53
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +85,8 @@ class ProxyOptions:
     metrics_addr: str = "127.0.0.1:10249"
     ipvs_scheduler: str = "rr"
     families: tuple[int, ...] = field(default_factory=lambda: default_families())
+    dns_addresses: tuple[str, ...] = ()  # --dns: () = the proxy answers no DNS
+    dns_port: int = NODE_DNS_PORT  # not a flag: clients of node DNS ask on 53; tests take 0
 
 
 def default_families() -> tuple[int, ...]:
@@ -106,7 +121,69 @@ def check_options(options: ProxyOptions) -> list[str]:
             parse_hostport(addr)
         except ValueError as e:
             problems.append(f"{flag}: {e}")
+    for address in options.dns_addresses:
+        try:
+            ipaddress.ip_address(address)
+        except ValueError:
+            problems.append(f"--dns: {address!r} is not an IP address")
     return problems
+
+
+def node_dns_config(config: Config, addresses: Sequence[str], port: int = NODE_DNS_PORT) -> Config:
+    """The config the node DNS answers under: `kdns serve`'s, listening on the first of
+    `addresses` (its NS records and the loop check name it), forwarding to `node.dns_upstreams`
+    when given."""
+    host = addresses[0]
+    listen = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    overrides: dict[str, object] = {"dns.addr": listen}
+    if config.node.dns_upstreams is not None:
+        overrides["forward.upstreams"] = list(config.node.dns_upstreams)
+    return config.with_overrides("node.dns", **overrides)
+
+
+def _node_dns(
+    config: Config, options: ProxyOptions, store: Store, source: Source
+) -> tuple[app.App, list[DnsServer]] | None:
+    """The node DNS's answering app and one server per address, not bound yet; None without
+    `--dns`. Raises StartupError (a bad upstream, a forwarding loop)."""
+    if not options.dns_addresses:
+        return None
+    dns_config = node_dns_config(config, options.dns_addresses, options.dns_port)
+    node_app = app.answering(dns_config, store, source, app.plan(dns_config))
+    servers = [
+        DnsServer(lambda: node_app.serving, address, options.dns_port)
+        for address in options.dns_addresses
+    ]
+    return node_app, servers
+
+
+async def _serve_node_dns(
+    node_dns: tuple[app.App, list[DnsServer]] | None,
+    store: Store,
+    options: ProxyOptions,
+    runner: Runner,
+) -> None:
+    """Binds the node DNS once the store has synced — a restarted proxy takes the queries over
+    the moment it binds (kdns/dns/reuseport.py), so it must know every name by then — then
+    serves, and installs the data path once the sockets answer."""
+    if node_dns is None:
+        return
+    node_app, servers = node_dns
+    await wait_synced(store)
+    try:
+        for server in servers:
+            server.bind()
+    except OSError as e:
+        for server in servers:
+            server.close()
+        log.error("node DNS not answering: %s", e.strerror)
+        return
+    async with trio.open_nursery() as nursery:
+        for server in servers:
+            await nursery.start(server.run)
+        if node_app.forwarder is not None:
+            await nursery.start(node_app.forwarder.run)  # upstream health probes
+        await _install_node_dns(options, runner)
 
 
 def make_dataplane(options: ProxyOptions, runner: Runner = run_command) -> Dataplane:
@@ -241,7 +318,7 @@ async def run_proxy(
     # From a cluster, this node's Node is watched too: its zone label picks topology hints.
     source = open_source(config, store, api, False, {"node_name": options.node_name})
     if options.mode == "userspace":
-        await _run_userspace(store, source, options, task_status=task_status)
+        await _run_userspace(config, store, source, options, runner, task_status=task_status)
         return
     dataplane = make_dataplane(options, runner)
     checks = HealthCheckServers(lambda: engine.healthy())
@@ -257,15 +334,48 @@ async def run_proxy(
     endpoints = await _bind_endpoints(
         options, _healthz(engine.healthy, lambda: engine.last_success)
     )
+    node_dns = _node_dns(config, options, store, source)
     async with trio.open_nursery() as nursery:
         for endpoint in endpoints.values():
             await nursery.start(endpoint.run)
+        nursery.start_soon(_serve_node_dns, node_dns, store, options, runner)
         await nursery.start(checks.run)
         await nursery.start(engine.run)
         await nursery.start(source.run)
         nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
         log.info("kdns proxy (%s mode) running for node %r", options.mode, options.node_name)
         task_status.started({name: e.port for name, e in endpoints.items()})
+    await _remove_node_dns(options, runner)
+
+
+async def _install_node_dns(options: ProxyOptions, runner: Runner) -> None:
+    """The node DNS's device and rules, once its sockets answer (a failure is logged: DNS to
+    the addresses still works, through conntrack)."""
+    if not options.dns_addresses:
+        return
+    problems = await trio.to_thread.run_sync(
+        nodednsrules.install, runner, options.mode, options.dns_addresses
+    )
+    for line in problems:
+        log.error("node DNS rules: %s", line)
+    log.info("answering DNS on %s", ", ".join(options.dns_addresses))
+
+
+async def _remove_node_dns(options: ProxyOptions, runner: Runner) -> None:
+    """On a stop that is not a restart (no other process answers on the addresses now), the
+    rules go, so pods fall back to the central DNS; on a restart they stay for the new one."""
+    if not options.dns_addresses:
+        return
+    with trio.CancelScope(shield=True):
+        restarting = await trio.to_thread.run_sync(
+            nodednsrules.other_listener, runner, options.dns_addresses, options.dns_port
+        )
+        if restarting:
+            log.info("node DNS: another process answers on its addresses; rules stay")
+            return
+        problems = await trio.to_thread.run_sync(nodednsrules.remove, runner)
+    for line in problems:
+        log.error("node DNS rules: %s", line)
 
 
 async def _bind_endpoints(options: ProxyOptions, healthz: Route) -> dict[str, HttpEndpoint]:
@@ -282,23 +392,28 @@ async def _bind_endpoints(options: ProxyOptions, healthz: Route) -> dict[str, Ht
 
 
 async def _run_userspace(
+    config: Config,
     store: Store,
     source: Source,
     options: ProxyOptions,
+    runner: Runner,
     *,
     task_status: trio.TaskStatus[dict[str, int]],
 ) -> None:
     """The relay instead of a data plane: nothing to sync, healthy once the store synced."""
     healthz = _healthz(lambda: store.synced, lambda: None)
     endpoints = await _bind_endpoints(options, healthz)
+    node_dns = _node_dns(config, options, store, source)
     async with trio.open_nursery() as nursery:
         for endpoint in endpoints.values():
             await nursery.start(endpoint.run)
+        nursery.start_soon(_serve_node_dns, node_dns, store, options, runner)
         await nursery.start(source.run)
         await nursery.start(userspace.run_relay, store, options.node_name)
         nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
         log.info("kdns proxy (userspace mode) running for node %r", options.node_name)
         task_status.started({name: e.port for name, e in endpoints.items()})
+    await _remove_node_dns(options, runner)
 
 
 async def _stop_on_signal(scope: trio.CancelScope) -> None:

@@ -668,6 +668,18 @@ VALUE_ERRORS = [
         "'10.0.0.0/33' is not a CIDR (expected a list of CIDRs, e.g. 10.244.0.0/16)",
     ),
     (
+        "node_dns: [169.254.20.300]\n",
+        1,
+        "node_dns",
+        "'169.254.20.300' is not an IP address (expected e.g. [169.254.20.10])",
+    ),
+    (
+        "node_dns_upstreams: [1.1.1.1, 53]\n",
+        1,
+        "node_dns_upstreams",
+        "must be IP or IP:PORT (got 53)",
+    ),
+    (
         "min_sync_period: 3601\n",
         1,
         "min_sync_period",

@@ -62,6 +62,8 @@ KDNS = POD["spec"]["containers"][0]
 SERVICE = OBJ[("Service", "kube-dns")]
 DAEMONSET = OBJ[("DaemonSet", "kdns-proxy")]
 PROXY = DAEMONSET["spec"]["template"]["spec"]["containers"][0]
+NODE_DAEMONSET = OBJ[("DaemonSet", "kdns-node")]
+NODE = NODE_DAEMONSET["spec"]["template"]["spec"]["containers"][0]
 SIDECAR_POD = OBJ[("Pod", "dns-test")]
 
 
@@ -109,7 +111,7 @@ def test_the_folder_serves_the_cluster_dns_service() -> None:
         "ClusterRole": 2,
         "ClusterRoleBinding": 2,
         "ConfigMap": 3,
-        "DaemonSet": 1,
+        "DaemonSet": 2,
         "Deployment": 2,
         "PodDisruptionBudget": 2,
         "ServiceAccount": 2,
@@ -130,7 +132,7 @@ def test_kdns_check_reports_the_ignored_kinds() -> None:
     result = run_kdns("check", "--manifests", str(DEPLOY))
     assert result.returncode == 0, result.stderr
     assert (
-        "ignored: 2 ClusterRole, 2 ClusterRoleBinding, 3 ConfigMap, 1 DaemonSet, 2 Deployment, "
+        "ignored: 2 ClusterRole, 2 ClusterRoleBinding, 3 ConfigMap, 2 DaemonSet, 2 Deployment, "
         "2 PodDisruptionBudget, 2 ServiceAccount"
     ) in result.stdout.splitlines()
 
@@ -425,6 +427,30 @@ def test_proxy_daemonset() -> None:
     document = yaml.safe_load(configmap["data"][Path(kubeconfig_path).name])
     user = document["users"][0]["user"]
     assert user == {"tokenFile": "/var/run/secrets/kubernetes.io/serviceaccount/token"}
+
+
+def test_node_daemonset_is_the_proxy_daemonset_plus_the_node_dns() -> None:
+    # The same pod as kdns-proxy (host network, capabilities, probes, volumes), plus --dns.
+    proxy_spec = DAEMONSET["spec"]["template"]["spec"]
+    node_spec = NODE_DAEMONSET["spec"]["template"]["spec"]
+    assert {k: v for k, v in node_spec.items() if k != "containers"} == {
+        k: v for k, v in proxy_spec.items() if k != "containers"
+    }
+    for key in ("securityContext", "livenessProbe", "env", "volumeMounts", "image"):
+        assert NODE[key] == PROXY[key], key
+    args = NODE["args"]
+    dns = args.index("--dns")
+    assert args[:dns] + args[dns + 2 :] == PROXY["args"]
+    parsed = cli._parser().parse_args([a.replace("$(NODE_NAME)", "node-1") for a in args])
+    options = cli._proxy_options(cli._config(parsed))
+    assert proxyapp.check_options(options) == []
+    # The kube-dns ClusterIP is taken over (kubelet's --cluster-dns stays), and the link-local
+    # address of NodeLocal DNSCache answers too.
+    assert options.dns_addresses == (SERVICE["spec"]["clusterIP"], proxyapp.NODE_DNS_DEFAULT)
+    ports = {(p["containerPort"], p["protocol"]) for p in NODE["ports"]}
+    assert {(53, "UDP"), (53, "TCP"), (10256, "TCP")} <= ports
+    assert NODE_DAEMONSET["spec"]["updateStrategy"]["rollingUpdate"] == {"maxUnavailable": 1}
+    assert "--cluster-dns" in (DEPLOY / "kdns-node.yaml").read_text()
 
 
 # The programs the proxy runs (kdns/proxy/dataplane.py, conntrack.py) → their Debian packages.

@@ -23,6 +23,8 @@ Contract:
   out of file descriptors, the connection idle the longest is closed (kdns/dns/admission.py) and
   counted in `kdns_dns_tcp_evictions_total`; a newcomer is refused only when every connection it
   could displace has a query in flight. The process needs `max_tcp` + ~100 descriptors.
+- A fixed port is bound with SO_REUSEPORT and steered to the newest socket
+  (kdns/dns/reuseport.py): a restarted kdns binds beside this one and takes every new query.
 - `stop_listening()` (shutdown after lameduck, or a new listen address) stops taking queries: the
   sockets stop receiving and TCP connections stop reading, while answers in flight (forwarded
   UDP questions, pipelined TCP ones) are still written; `run` returns once they are, and every
@@ -50,6 +52,7 @@ from typing import Protocol
 import trio
 
 from kdns import metrics
+from kdns.dns import reuseport
 from kdns.dns.admission import FD_LIMIT, TcpAdmission
 from kdns.dns.handler import Deferred, Handler
 from kdns.dns.receiver import UdpReceiver
@@ -195,6 +198,12 @@ class DnsServer:
                 if family == socket.AF_INET6 and self.host == "::":
                     sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
             tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if self.port != 0:
+                # A restart binds beside this process and takes its queries over
+                # (kdns/dns/reuseport.py). Not for port 0: an ephemeral port could be shared
+                # with an unrelated listener of the same user.
+                for sock in (udp, tcp):
+                    reuseport.share(sock)
             # The kernel caps the buffer at net.core.rmem_max; the default still works.
             with contextlib.suppress(OSError):
                 udp.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_RECV_BUFFER)
@@ -203,6 +212,9 @@ class DnsServer:
             port = udp.getsockname()[1]
             tcp.bind((self.host, port))
             tcp.listen(1024)
+            if self.port != 0:
+                for sock in (udp, tcp):
+                    reuseport.steer(sock)
             tcp.setblocking(False)  # the UDP socket blocks: the receive thread waits in recvfrom
         except OSError:
             udp.close()

@@ -17,6 +17,7 @@ Contract:
      set. Chains and rules that are not kdns's are left byte-identical.
   3. IPVS mode's ipsets (after the iptables rules that match on them).
   4. nftables: `table ip kdns` and `table ip6 kdns`.
+  5. the node DNS's device, chains and table (`proxy/nodednsrules.py`).
 - Returns one line per kind of object found and still present after its removal was tried
   (naming the backend, family, table and the objects), empty when everything is gone. A tool
   that is not installed (exit 127) means nothing of its kind was installed with it; any other
@@ -31,6 +32,7 @@ from collections.abc import Callable, Sequence
 
 from kdns.proxy import iptables as ipt
 from kdns.proxy import nftables as nft
+from kdns.proxy import nodednsrules
 from kdns.proxy.dataplane import CANARY_CHAIN, Runner, jump_line
 from kdns.proxy.ipvs import ipset
 from kdns.proxy.ipvs import rules as ipvs_rules
@@ -60,6 +62,7 @@ def cleanup_every_mode(runner: Runner, ipvs: bool) -> list[str]:
             problems += _iptables(runner, tools, family)
     problems += _sweep(runner, "ipsets", _ipsets, _destroy_ipsets)
     problems += _sweep(runner, "nftables tables", _nft_tables, _delete_nft_tables)
+    problems += nodednsrules.remove(runner)
     return problems
 
 
