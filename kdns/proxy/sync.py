@@ -194,6 +194,9 @@ class SyncEngine:
         changed, self._changed = self._changed, set()
         trigger, self._trigger = self._trigger, None
         full = self._need_full or trio.current_time() - self.last_full >= self.full_sync_period
+        # Cleared now, not after the apply: a change that needs a full sync (Service CIDRs, the
+        # zone) arriving while this one runs in its thread must get one of its own.
+        self._need_full = False
         # What the kernel had for these Services: after a failed apply, what it had before it.
         before = {k: self._routes.get(k, ()) for k in changed if k in self._routes}
         before.update(self._unapplied)
@@ -238,7 +241,6 @@ class SyncEngine:
                 self.failing_since = time.time()
             return
         duration = time.perf_counter() - started
-        self._need_full = False
         self.failing_since = None
         if full:
             self.last_full = trio.current_time()
