@@ -1,18 +1,18 @@
 """One DNS request, bytes in → bytes out: the cache hot path, else parse, resolve and encode.
 
 Contract:
-- `Handler.handle(data, udp, client)` returns the response bytes, None when the packet is to be
-  dropped (no header, or not a query), or a `Deferred` when the answer needs the network
-  (forwarding, autopath): the listener then awaits `Handler.complete(deferred)` in a task of
-  its own, so one slow upstream never holds up other queries. Neither raises: this is the
-  request boundary of docs/architecture.md §10, where an unexpected error becomes SERVFAIL, is
-  logged and counted.
+- `Handler.handle(data, udp, client)` returns a `Reply`, the pair (response bytes, metrics
+  label id), None when the packet is to be dropped (no header, or not a query), or a `Deferred`
+  when the answer needs the network (forwarding, autopath): the listener then awaits
+  `Handler.complete(deferred)`, which returns a `Reply`, in a task of its own, so one slow
+  upstream never holds up other queries. Neither raises: this is the request boundary of
+  docs/architecture.md §10, where an unexpected error becomes SERVFAIL, is logged and counted.
 - Malformed queries get FORMERR with the client's ID; opcodes other than QUERY get NOTIMP; EDNS
   versions other than 0 get BADVERS (RFC 6891 §6.1.3); zone transfers and non-IN classes get
   REFUSED, and so do names outside our zones when there is no upstream to forward them to.
-- After each `handle` / `handle_miss` that returns bytes, `self.label` is the metrics label id
-  (`dns.stats.LABELS`) of that response; `complete` leaves it in `deferred.label`. The zone is the
-  authoritative zone the name falls in, the stub domain or "." for forwarded names, and
+- A `Reply`'s label is the metrics label id (`dns.stats.LABELS`) of its response; it travels
+  with the bytes, so nothing is left in the handler for the listener to read back. The zone is
+  the authoritative zone the name falls in, the stub domain or "." for forwarded names, and
   "dropped" for queries refused before any lookup (CoreDNS's `vars.Dropped`).
 - A CNAME whose target is outside our zones (an ExternalName to an external name) is answered
   as CoreDNS does: the CNAME, then the target's records of the asked type from the forwarder
@@ -39,7 +39,7 @@ from kdns.dns.forward import Forwarder
 from kdns.dns.plugins import Plugins, renamed
 from kdns.dns.resolver import Answer, Resolver
 from kdns.dns.stats import LABELS
-from kdns.dns.wire import AnswerCache, Query
+from kdns.dns.wire import AnswerCache, Query, Reply
 
 log = logging.getLogger(__name__)
 
@@ -52,13 +52,12 @@ DROPPED = "dropped"  # CoreDNS's zone label for queries that never reach a plugi
 @dataclass(slots=True)
 class Deferred:
     """A question that needs the network (forwarding, autopath): the listener awaits
-    `Handler.complete(deferred)` in a task of its own and sends what it returns."""
+    `Handler.complete(deferred)` in a task of its own and sends the `Reply` it returns."""
 
     query: Query
     udp: bool
     search: tuple[str, ...] = ()  # autopath: the client's search list, first element matched
     chase: Answer | None = None  # an answer whose CNAME target the upstreams must resolve
-    label: int = 0  # set by `complete`: the metrics label id of the response
     # rewrite: `query` is the renamed question; the answer goes back as the client asked it.
     client_query: Query | None = None
     revert: Callable[[str], str] | None = None
@@ -88,19 +87,17 @@ class Handler:
         self.host_search = host_search
         self.recursion_available = forwarder is not None
         self.errors = 0
-        self.label = 0  # the metrics label id of the last response returned
 
-    def handle(self, data: bytes, udp: bool, client: str | None = None) -> bytes | Deferred | None:
+    def handle(self, data: bytes, udp: bool, client: str | None = None) -> Reply | Deferred | None:
         data = bytes(data)  # a no-op for the bytes sockets give; keys must be hashable
         hit = self.cache.answer(data, udp)
         if hit is not None:
-            self.label = self.cache.label
             return hit
         return self.handle_miss(data, udp, client)
 
     def handle_miss(
         self, data: bytes, udp: bool, client: str | None = None
-    ) -> bytes | Deferred | None:
+    ) -> Reply | Deferred | None:
         """Everything but the cache hit; listeners that tried `cache.answer` call this."""
         try:
             return self._slow(data, udp, client)
@@ -115,8 +112,8 @@ class Handler:
             if len(data) < 12:
                 return None
             qid, flags = int.from_bytes(data[:2]), int.from_bytes(data[2:4])
-            self.label = LABELS.id(DROPPED, 0, wire.SERVFAIL, "", False)
-            return wire.error_response(qid, flags, wire.SERVFAIL)
+            servfail = wire.error_response(qid, flags, wire.SERVFAIL)
+            return (servfail, LABELS.id(DROPPED, 0, wire.SERVFAIL, "", False))
 
     def zone(self, qname: str) -> str:
         """The zone label of `qname`: the authoritative zone it falls in, else the stub domain
@@ -128,24 +125,24 @@ class Handler:
             return self.forwarder.zone_for(qname)
         return DROPPED
 
-    def _refuse(self, query: Query, rcode: int, udp: bool) -> bytes:
-        self.label = LABELS.id(DROPPED, query.qtype, rcode, "", query.do)
+    def _refuse(self, query: Query, rcode: int, udp: bool) -> Reply:
         response = wire.error_response(query.id, query.flags, rcode, query)
         if self.recursion_available:
             response = _with_ra(response)
-        return wire.finish(response, query, udp)
+        label = LABELS.id(DROPPED, query.qtype, rcode, "", query.do)
+        return (wire.finish(response, query, udp), label)
 
-    def _slow(self, data: bytes, udp: bool, client: str | None) -> bytes | Deferred | None:
+    def _slow(self, data: bytes, udp: bool, client: str | None) -> Reply | Deferred | None:
         query = wire.parse_query(data)
+        if query is None:
+            return None  # dropped
         if not isinstance(query, Query):
-            if query is not None:
-                self.label = LABELS.id(DROPPED, 0, wire.FORMERR, "", False)
-                log.warning(
-                    "malformed query from %s: answered FORMERR",
-                    client or "a TCP client",
-                    extra={"consolidate": "malformed queries answered FORMERR"},
-                )
-            return query  # None (drop) or an encoded FORMERR
+            log.warning(
+                "malformed query from %s: answered FORMERR",
+                client or "a TCP client",
+                extra={"consolidate": "malformed queries answered FORMERR"},
+            )
+            return (query, LABELS.id(DROPPED, 0, wire.FORMERR, "", False))
         if query.opcode != 0:
             return self._refuse(query, wire.NOTIMP, udp)
         if query.edns and query.edns_version != 0:
@@ -172,24 +169,24 @@ class Handler:
             if cached is None:
                 return Deferred(query, udp, chase=answer)
             response = self._after_cname(query, answer, cached)
-            self.label = LABELS.id(
+            label = LABELS.id(
                 self.zone(qname), query.qtype, response[3] & 0xF, "kubernetes", query.do
             )
-            return wire.finish(response, query, udp)
+            return (wire.finish(response, query, udp), label)
         if answer is None:
             if self.forwarder is None or not self.forwarder.upstreams_for(qname):
                 return self._refuse(query, wire.REFUSED, udp)
             # A fresh upstream-cache hit needs no network: answer it here, without a task.
             cached = self.forwarder.cached(query)
             if cached is not None:
-                self.label = LABELS.id(
+                label = LABELS.id(
                     self.forwarder.zone_for(qname),
                     query.qtype,
                     cached[3] & 0xF,
                     "cache",
                     query.do,
                 )
-                return wire.finish(_with_ra(cached), query, udp)
+                return (wire.finish(_with_ra(cached), query, udp), label)
             return Deferred(query, udp)
         response = wire.encode(
             query,
@@ -200,7 +197,7 @@ class Handler:
             recursion_available=self.recursion_available,
         )
         zone = self.zone(qname)
-        self.label = LABELS.id(zone, query.qtype, answer.rcode, "kubernetes", query.do)
+        label = LABELS.id(zone, query.qtype, answer.rcode, "kubernetes", query.do)
         if answer.cacheable and not (
             self.autopath and answer.rcode == wire.NXDOMAIN and self._in_a_namespace(qname)
         ):
@@ -219,7 +216,7 @@ class Handler:
                 "denial" if denial else "success",
             )
             self.cache.store(data, query, response, answer.tags, hit_label)
-        return wire.finish(response, query, udp)
+        return (wire.finish(response, query, udp), label)
 
     def _fall_through(self, qname: str, answer: Answer) -> Answer | None:
         """None (forward it) when `qname` is in a `fallthrough` zone and there are upstreams."""
@@ -230,16 +227,16 @@ class Handler:
 
     # --- rewrite, template, hosts (CoreDNS's plugins before kubernetes) ------------------------
 
-    def _plugins(self, query: Query, udp: bool) -> bytes | Deferred | None:
+    def _plugins(self, query: Query, udp: bool) -> Reply | Deferred | None:
         """rewrite, then template and hosts, before the cluster zones (CoreDNS's plugin order);
         None: the question goes on as if they were not there. Their answers are not cached
         here: the hosts file may change under them."""
         assert self.plugins is not None
         rewritten = self.plugins.rewrite(query.qname)
         if rewritten is not None and not rewritten.name:
-            self.label = LABELS.id(DROPPED, query.qtype, wire.SERVFAIL, "rewrite", query.do)
             servfail = wire.error_response(query.id, query.flags, wire.SERVFAIL, query)
-            return wire.finish(servfail, query, udp)
+            label = LABELS.id(DROPPED, query.qtype, wire.SERVFAIL, "rewrite", query.do)
+            return (wire.finish(servfail, query, udp), label)
         asked = query if rewritten is None else _sub_query(query, rewritten.name)
         found = self.plugins.answer(asked.qname, asked.qtype)
         if rewritten is None and found is None:
@@ -269,12 +266,12 @@ class Handler:
         )
         if rewritten is not None:
             response = renamed(query, response, rewritten.revert, self.recursion_available)
-        self.label = LABELS.id(self.zone(asked.qname), query.qtype, answer.rcode, plugin, query.do)
-        return wire.finish(response, query, udp)
+        label = LABELS.id(self.zone(asked.qname), query.qtype, answer.rcode, plugin, query.do)
+        return (wire.finish(response, query, udp), label)
 
     # --- the network part --------------------------------------------------------------------
 
-    async def complete(self, deferred: Deferred) -> bytes | None:
+    async def complete(self, deferred: Deferred) -> Reply:
         query = deferred.query
         try:
             if deferred.search:
@@ -297,13 +294,11 @@ class Handler:
             )
             plugin = ""
             response = wire.error_response(query.id, query.flags, wire.SERVFAIL, query)
-        deferred.label = LABELS.id(
-            self.zone(query.qname), query.qtype, response[3] & 0xF, plugin, query.do
-        )
+        label = LABELS.id(self.zone(query.qname), query.qtype, response[3] & 0xF, plugin, query.do)
         if deferred.client_query is not None and deferred.revert is not None:
             query = deferred.client_query
             response = renamed(query, response, deferred.revert, True)
-        return wire.finish(_with_ra(response), query, deferred.udp)
+        return (wire.finish(_with_ra(response), query, deferred.udp), label)
 
     # --- CNAMEs to names outside our zones ---------------------------------------------------
 

@@ -320,15 +320,15 @@ class DnsServer:
         start: float,
         nursery: trio.Nursery,
     ) -> None:
-        handler = serving.handler
-        response = handler.handle(data, True, addr[0])
-        if response is None:
+        reply = serving.handler.handle(data, True, addr[0])
+        if reply is None:
             return
-        if isinstance(response, Deferred):
-            nursery.start_soon(self._udp_deferred, sock, serving, response, addr, data, start)
+        if isinstance(reply, Deferred):
+            nursery.start_soon(self._udp_deferred, sock, serving, reply, addr, data, start)
             return
+        response, label = reply
         self._udp_send(sock, response, addr)
-        self._count(serving, addr, "udp", data, response, handler.label, start)
+        self._count(serving, addr, "udp", data, response, label, start)
 
     def _udp_send(self, sock: socket.socket, response: bytes, addr: tuple[str, int]) -> None:
         # The socket blocks (for the receive thread): trio's sends must not.
@@ -349,11 +349,9 @@ class DnsServer:
         data: bytes,
         start: float,
     ) -> None:
-        response = await serving.handler.complete(deferred)
-        if response is None:
-            return
+        response, label = await serving.handler.complete(deferred)
         self._udp_send(sock, response, addr)
-        self._count(serving, addr, "udp", data, response, deferred.label, start)
+        self._count(serving, addr, "udp", data, response, label, start)
 
     def _count(
         self,
@@ -505,14 +503,12 @@ class DnsServer:
         serving = self.serving()  # the one that took the query answers it (a reload may swap)
         handler = serving.handler
         try:
-            response = handler.handle(message, False, peer[0] if peer else None)
-            label = handler.label
-            if isinstance(response, Deferred):
-                deferred = response
-                response = await handler.complete(deferred)
-                label = deferred.label
-            if response is None:
+            reply = handler.handle(message, False, peer[0] if peer else None)
+            if isinstance(reply, Deferred):
+                reply = await handler.complete(reply)
+            if reply is None:
                 return
+            response, label = reply
             async with send_lock:
                 with trio.move_on_after(self.write_timeout) as scope:
                     try:

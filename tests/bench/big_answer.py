@@ -64,14 +64,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     query = bytes(DNSRecord.question(QNAME, "SRV").pack())
     change_ms: list[float] = []
     answer_ms: list[float] = []
-    response: object = None
+    reply: object = None
     for generation in range(1, args.changes + 1):
         slice_ = endpoints(generation)
         change_ms.append(cpu_ms(lambda s=slice_: store.upsert(ENDPOINTSLICES, s)))
         start = time.process_time()
-        response = handler.handle(query, udp=False)
+        reply = handler.handle(query, udp=False)
         answer_ms.append((time.process_time() - start) * 1e3)
-    assert isinstance(response, bytes)
+    assert isinstance(reply, tuple)
+    response = reply[0]
     parsed = DNSRecord.parse(response)
     if len(parsed.rr) != args.endpoints or len(parsed.ar) != args.endpoints:
         print(f"error: {len(parsed.rr)} SRV records and {len(parsed.ar)} glue records")

@@ -120,9 +120,9 @@ CASES = [
 def test_distro_corefile_answers(
     corefile: str, qname: str, qtype: str, rcode: int, records: str
 ) -> None:
-    response = handler(corefile).handle(bytes(DNSRecord.question(qname, qtype).pack()), True)
-    assert isinstance(response, bytes)
-    got = DNSRecord.parse(response)
+    reply = handler(corefile).handle(bytes(DNSRecord.question(qname, qtype).pack()), True)
+    assert isinstance(reply, tuple)
+    got = DNSRecord.parse(reply[0])
     assert got.header.rcode == rcode, RCODE.get(got.header.rcode)
     assert rrset(got.rr) == zone(records)
 
@@ -155,9 +155,9 @@ def test_a_corefile_with_multicluster_and_k8s_external(tmp_path: Path) -> None:
     h = Handler(Resolver(store, config), fallthrough=config.dns.fallthrough)
 
     def ask(qname: str, qtype: str) -> DNSRecord:
-        response = h.handle(bytes(DNSRecord.question(qname, qtype).pack()), True)
-        assert isinstance(response, bytes)
-        return DNSRecord.parse(response)
+        reply = h.handle(bytes(DNSRecord.question(qname, qtype).pack()), True)
+        assert isinstance(reply, tuple)
+        return DNSRecord.parse(reply[0])
 
     assert rrset(ask("web.shop.svc.clusterset.local", "A").rr) == zone(
         "web.shop.svc.clusterset.local. 5 A 10.42.42.42"

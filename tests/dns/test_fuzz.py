@@ -70,13 +70,14 @@ def for_dnspython(response: bytes) -> bytes:
 def check(data: bytes, udp: bool) -> bytes | None:
     """Handle `data` and assert every property; returns the response."""
     errors = HANDLER.errors
-    response = HANDLER.handle(data, udp)
+    reply = HANDLER.handle(data, udp)
     assert HANDLER.errors == errors, "the handler took its internal-error path"
     if len(data) >= 12 and not data[2] & 0x80:
-        assert response is not None, "a query with a full header was dropped"
-    if response is None:
+        assert reply is not None, "a query with a full header was dropped"
+    if reply is None:
         return None
-    assert isinstance(response, bytes)
+    assert isinstance(reply, tuple)
+    response = reply[0]
     assert response[:2] == data[:2], "the response does not carry the query's ID"
     assert response[2] & 0x80, "QR is not set"
     try:
@@ -87,8 +88,9 @@ def check(data: bytes, udp: bool) -> bytes | None:
         parsed = wire.parse_query(data)
         limit = parsed.udp_limit() if isinstance(parsed, Query) else wire.CLASSIC_UDP_PAYLOAD
         assert len(response) <= limit, f"{len(response)} bytes over UDP, limit {limit}"
-    again = HANDLER.handle(data, udp)
-    assert isinstance(again, bytes)
+    asked_again = HANDLER.handle(data, udp)
+    assert isinstance(asked_again, tuple)
+    again = asked_again[0]
     if again != response:
         # Round robin: the same header and records in another order — or, cut to the UDP
         # limit, another window of whole records of the same size.

@@ -11,6 +11,7 @@ from kdns.dns.forward import ForwardConfig, Forwarder, Upstream
 from kdns.dns.handler import Deferred, Handler
 from kdns.dns.plugins import Plugins
 from kdns.dns.resolver import Resolver
+from kdns.dns.wire import Reply
 from kdns.store import Store
 from tests.dns.cluster import load, rrset, zone
 
@@ -30,9 +31,9 @@ def handler(**keys: object) -> Handler:
 
 
 def ask(h: Handler, name: str, qtype: str = "A") -> DNSRecord:
-    response = h.handle(bytes(DNSRecord.question(name, qtype).pack()), True)
-    assert isinstance(response, bytes), response
-    return DNSRecord.parse(response)
+    reply = h.handle(bytes(DNSRecord.question(name, qtype).pack()), True)
+    assert isinstance(reply, tuple), reply
+    return DNSRecord.parse(reply[0])
 
 
 def test_hosts_before_the_cluster_zones_and_its_fallthrough() -> None:
@@ -97,7 +98,8 @@ def test_kubernetes_fallthrough_needs_an_upstream_to_fall_to() -> None:
     h = handler(**{"dns.fallthrough": ["cluster.local"]})
     missing = h.handle(bytes(DNSRecord.question("nope.default.svc.cluster.local").pack()), True)
     assert not isinstance(missing, Deferred)
-    assert isinstance(missing, bytes) and DNSRecord.parse(missing).header.rcode == RCODE.NXDOMAIN
+    assert isinstance(missing, tuple)
+    assert DNSRecord.parse(missing[0]).header.rcode == RCODE.NXDOMAIN
 
 
 async def test_kubernetes_fallthrough_forwards_nxdomain_names_of_its_zones_only() -> None:
@@ -109,7 +111,7 @@ async def test_kubernetes_fallthrough_forwards_nxdomain_names_of_its_zones_only(
     forwarder = Forwarder(ForwardConfig(upstreams=(Upstream("127.0.0.1", 5300),)))
     h = Handler(resolver, forwarder=forwarder, fallthrough=config.dns.fallthrough)
 
-    def handled(name: str) -> bytes | Deferred | None:
+    def handled(name: str) -> Reply | Deferred | None:
         return h.handle(bytes(DNSRecord.question(name).pack()), True)
 
     forwarded = handled("nope.default.svc.cluster.local")
@@ -117,9 +119,11 @@ async def test_kubernetes_fallthrough_forwards_nxdomain_names_of_its_zones_only(
     assert forwarded.query.qname == "nope.default.svc.cluster.local"
     # Outside the fallthrough zones, and names that exist: answered here, as before.
     outside = handled("nope.pod.cluster.local")
-    assert isinstance(outside, bytes) and DNSRecord.parse(outside).header.rcode == RCODE.NXDOMAIN
+    assert isinstance(outside, tuple)
+    assert DNSRecord.parse(outside[0]).header.rcode == RCODE.NXDOMAIN
     found = handled("redis.default.svc.cluster.local")
-    assert isinstance(found, bytes) and DNSRecord.parse(found).header.rcode == RCODE.NOERROR
+    assert isinstance(found, tuple)
+    assert DNSRecord.parse(found[0]).header.rcode == RCODE.NOERROR
 
 
 def test_rewrite_to_an_external_name_service_without_upstreams_is_its_cname() -> None:
@@ -141,7 +145,7 @@ async def test_autopath_finds_a_hosts_name_on_the_pods_search_path() -> None:
     question = bytes(DNSRecord.question("k3s-server.default.svc.cluster.local").pack())
     deferred = h.handle(question, True, client="10.244.1.5")  # pod p1, in default
     assert isinstance(deferred, Deferred) and deferred.search
-    response = DNSRecord.parse(await h.complete(deferred))
+    response = DNSRecord.parse((await h.complete(deferred))[0])
     assert response.header.rcode == RCODE.NOERROR
     assert rrset(response.rr) == zone(
         """k3s-server.default.svc.cluster.local. 3600 IN CNAME k3s-server.

@@ -129,8 +129,9 @@ def test_direct_encoding_is_dnslibs(
     encoded = wire.encode(query, answer.rcode, answer.answer, answer.authority, answer.additional)
     assert encoded == dnslib_encode(query, answer)
     # And as a client reads it, through the whole miss path.
-    response = handler.handle(DNSRecord.parse(_raw(qname, qtype, edns)).pack(), udp=False)
-    assert isinstance(response, bytes)
+    reply = handler.handle(DNSRecord.parse(_raw(qname, qtype, edns)).pack(), udp=False)
+    assert isinstance(reply, tuple)
+    response = reply[0]
     message = dns.message.from_wire(response)
     assert str(message.question[0].name) == qname + "."  # the client's case, echoed
     assert dns.rcode.to_text(message.rcode()) == rcode

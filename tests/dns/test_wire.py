@@ -24,6 +24,7 @@ from kdns.config import Config
 from kdns.dns import wire
 from kdns.dns.handler import Handler
 from kdns.dns.resolver import Resolver
+from kdns.dns.stats import LABELS, QueryLabel
 from kdns.dns.wire import Query
 from kdns.model import (
     EndpointSlice,
@@ -244,9 +245,9 @@ def svc(name: str) -> str:
 
 
 def ask(handler: Handler, data: bytes, udp: bool = True) -> bytes:
-    response = handler.handle(data, udp)
-    assert response is not None, "the handler dropped a query"
-    return response
+    reply = handler.handle(data, udp)
+    assert isinstance(reply, tuple), "the handler dropped a query"
+    return reply[0]
 
 
 def parse(response: bytes) -> dns.message.Message:
@@ -385,6 +386,41 @@ def test_formerr_through_handler_is_a_parseable_response(cluster: Cluster) -> No
     assert message.flags & dns.flags.QR
     assert message.rcode() == dns.rcode.FORMERR
     assert cluster.handler.errors == 0
+
+
+@pytest.mark.parametrize(
+    ("name", "expected_miss", "expected_hit"),
+    [
+        # What each response is counted under (CoreDNS's coredns_dns_responses_total labels and
+        # coredns_cache_hits_total type): the first answer is the kubernetes plugin's, a second
+        # ask of the same question is an answer-cache hit of its cache type.
+        pytest.param(
+            "web.default",
+            QueryLabel(ZONE + ".", "A", "NOERROR", "kubernetes", False),
+            QueryLabel(ZONE + ".", "A", "NOERROR", "kubernetes", False, "success"),
+            id="success",
+        ),
+        pytest.param(
+            "nope.default",
+            QueryLabel(ZONE + ".", "A", "NXDOMAIN", "kubernetes", False),
+            QueryLabel(ZONE + ".", "A", "NXDOMAIN", "kubernetes", False, "denial"),
+            id="denial",
+        ),
+    ],
+)
+def test_each_reply_carries_its_metrics_label(
+    cluster: Cluster, name: str, expected_miss: QueryLabel, expected_hit: QueryLabel
+) -> None:
+    data = make_query(svc(name))
+    first, second = cluster.handler.handle(data, True), cluster.handler.handle(data, True)
+    assert isinstance(first, tuple) and isinstance(second, tuple)
+    assert cluster.handler.cache.hits == 1
+    assert LABELS.labels[first[1]] == expected_miss
+    assert LABELS.labels[second[1]] == expected_hit
+    # A malformed query never reaches a plugin: CoreDNS's "dropped" zone, type "other".
+    formerr = cluster.handler.handle(header(qid=0x0102, qd=2) + A_QUESTION + A_QUESTION, True)
+    assert isinstance(formerr, tuple)
+    assert LABELS.labels[formerr[1]] == QueryLabel("dropped", "other", "FORMERR", "", False)
 
 
 @pytest.mark.parametrize(
