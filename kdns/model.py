@@ -1,5 +1,5 @@
-"""The slim model: frozen Namespace / Service / EndpointSlice / Pod / Node (and ServiceImport)
-objects and their converters.
+"""The slim model: frozen Namespace / Service / EndpointSlice / Pod / Node / ServiceCIDR (and
+ServiceImport) objects and their converters.
 
 Kubernetes objects arrive as API dicts (from a manifest file or an API response) and are
 converted once, here, into small frozen objects that keep only the fields DNS and the proxy use.
@@ -7,7 +7,8 @@ Equality of two converted objects therefore means "nothing DNS or the proxy can 
 
 Contract:
 - `namespace_from_dict`, `service_from_dict`, `endpointslice_from_dict`,
-  `endpoints_to_slices`, `pod_from_dict`, `node_from_dict`, and for KEP-1645's multicluster API
+  `endpoints_to_slices`, `pod_from_dict`, `node_from_dict`, `service_cidr_from_dict`, and for
+  KEP-1645's multicluster API
   `serviceimport_from_dict` and `import_slice_from_dict` (an EndpointSlice labelled with a
   ServiceImport's name and its source cluster, `is_import_slice`), either return a model
   object or raise `ModelError` naming the offending field as a path (`spec.ports[0].port`),
@@ -172,6 +173,19 @@ class Node:
 
     name: str
     zone: str = ""  # the topology.kubernetes.io/zone label, "" when it has none
+
+    @property
+    def key(self) -> str:
+        return self.name
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceCIDR:
+    """A `networking.k8s.io/v1` ServiceCIDR (KEP-1880): ranges ClusterIPs are allocated from.
+    The proxy drops traffic to an address in them that no Service holds (KEP-3866)."""
+
+    name: str
+    cidrs: tuple[str, ...] = ()  # spec.cidrs, at most one per family, in canonical form
 
     @property
     def key(self) -> str:
@@ -702,6 +716,30 @@ def node_from_dict(obj: Mapping[str, Any]) -> Node:
     _namespace, name, meta = _metadata(obj, namespaced=False)
     labels = dict(_labels(meta, "metadata", "labels"))
     return Node(name=name, zone=labels.get(ZONE_LABEL, ""))
+
+
+def service_cidr_from_dict(obj: Mapping[str, Any]) -> ServiceCIDR:
+    """The API server's validation of `spec.cidrs` (networking/validation ValidateServiceCIDR):
+    one or two CIDRs, each in canonical form (no host bits), two only if one per family."""
+    _namespace, name, _meta = _metadata(obj, namespaced=False)
+    raw_cidrs = _list(_mapping(obj, "", "spec"), "spec", "cidrs")
+    if not raw_cidrs:
+        raise ModelError("spec.cidrs", "required field is missing")
+    if len(raw_cidrs) > 2:
+        raise ModelError("spec.cidrs", f"at most 2 CIDRs (one per IP family), got {len(raw_cidrs)}")
+    cidrs: list[str] = []
+    for i, raw in enumerate(raw_cidrs):
+        field = f"spec.cidrs[{i}]"
+        try:
+            # "10.96.0.0" alone is a /32 to Python, but no CIDR to the API server.
+            text = raw if isinstance(raw, str) and "/" in raw else ""
+            net = ipaddress.ip_network(text, strict=True)
+        except ValueError:
+            raise ModelError(field, f"{_shown(raw)} is not a CIDR without host bits") from None
+        if cidrs and ipaddress.ip_network(cidrs[0]).version == net.version:
+            raise ModelError(field, "two CIDRs must be of different IP families")
+        cidrs.append(net.compressed)
+    return ServiceCIDR(name=name, cidrs=tuple(cidrs))
 
 
 def pod_from_dict(obj: Mapping[str, Any]) -> Pod:

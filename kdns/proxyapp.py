@@ -35,6 +35,7 @@ import signal
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import trio
 
@@ -58,7 +59,7 @@ from kdns.proxy.dataplane import (
     run_command,
 )
 from kdns.proxy.ipvs.kernel import UNAVAILABLE_MESSAGE
-from kdns.proxy.routes import ServiceKey, ServicePortRoute, build_routes
+from kdns.proxy.routes import ServiceKey, ServicePortRoute, build_routes, service_cidr_ranges
 from kdns.proxy.sync import SyncEngine
 from kdns.store import Store
 from kdns.synced import wait_synced
@@ -219,7 +220,7 @@ async def render(config: Config, options: ProxyOptions, runner: Runner = run_com
     """What a full sync would apply, once the source has listed everything."""
     dataplane = None if options.mode == "userspace" else make_dataplane(options, runner)
     store, api = open_store(config, watch_pods=False)
-    source = open_source(config, store, api, False, {"node_name": options.node_name})
+    source = open_source(config, store, api, False, _kube_options(options))
     async with trio.open_nursery() as nursery:
         await nursery.start(source.run)
         with trio.move_on_after(SYNC_TIMEOUT):
@@ -232,7 +233,14 @@ async def render(config: Config, options: ProxyOptions, runner: Runner = run_com
     node = store.nodes.get(options.node_name)
     zone = node.zone if node is not None else ""
     routes = build_routes(store.services, store.endpoints, options.node_name, zone=zone)
+    dataplane.set_service_cidrs(service_cidr_ranges(store.service_cidrs.values()))
     return await trio.to_thread.run_sync(dataplane.render, routes)
+
+
+def _kube_options(options: ProxyOptions) -> dict[str, Any]:
+    """From a cluster the proxy also watches its own Node (its zone picks topology hints) and
+    the ServiceCIDRs (nftables mode drops traffic to their unallocated addresses)."""
+    return {"node_name": options.node_name, "service_cidrs": True}
 
 
 class HealthCheckServers:
@@ -315,8 +323,7 @@ async def run_proxy(
     task_status: trio.TaskStatus[dict[str, int]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     store, api = open_store(config, watch_pods=False)
-    # From a cluster, this node's Node is watched too: its zone label picks topology hints.
-    source = open_source(config, store, api, False, {"node_name": options.node_name})
+    source = open_source(config, store, api, False, _kube_options(options))
     if options.mode == "userspace":
         await _run_userspace(config, store, source, options, runner, task_status=task_status)
         return

@@ -9,7 +9,8 @@ visible state changed.
 Contract:
 - Every method runs on the trio thread (docs/architecture.md §6); nothing here locks.
 - Consumers read `namespaces`, `services`, `slices`, `endpoints`, `pods`, `pods_by_ip`,
-  `imports`, `import_slices` (a ServiceImport's slices, per import) and `nodes`:
+  `imports`, `import_slices` (a ServiceImport's slices, per import), `nodes` and
+  `service_cidrs`:
   read-only mappings made once, over tables the store updates in place, so a reference taken
   once stays current and a read costs what a dict read costs. Only the store writes them.
 - A kind (`SERVICES`, …) is its API resource's name, typed with its key and model type: a
@@ -40,6 +41,7 @@ from kdns.model import (
     Node,
     Pod,
     Service,
+    ServiceCIDR,
     ServiceImport,
 )
 
@@ -75,6 +77,8 @@ IMPORTSLICES: Kind[ObjectKey, ImportSlice] = Kind("importslices")
 MULTICLUSTER_KINDS: tuple[Kind[Any, Any], ...] = (SERVICEIMPORTS, IMPORTSLICES)
 # The proxy's own Node (its zone), watched only by `kdns proxy` against a cluster: not in KINDS.
 NODES: Kind[str, Node] = Kind("nodes")
+# ServiceCIDRs (KEP-1880), watched only by `kdns proxy`: unallocated ClusterIPs are dropped.
+SERVICECIDRS: Kind[str, ServiceCIDR] = Kind("servicecidrs")
 
 
 @dataclass(slots=True)
@@ -86,11 +90,19 @@ class Change:
     pod_ips: set[str] = field(default_factory=set)  # IPs whose pods changed
     imports: set[ServiceKey] = field(default_factory=set)  # ServiceImports (or their slices)
     nodes: set[str] = field(default_factory=set)  # Nodes added, removed or changed
+    service_cidrs: set[str] = field(default_factory=set)  # ServiceCIDRs added, removed, changed
     # The earliest time (epoch seconds) a change in this batch was made at the API server.
     trigger_time: float | None = None
 
     def __bool__(self) -> bool:
-        return bool(self.services or self.namespaces or self.pod_ips or self.imports or self.nodes)
+        return bool(
+            self.services
+            or self.namespaces
+            or self.pod_ips
+            or self.imports
+            or self.nodes
+            or self.service_cidrs
+        )
 
     def merge(self, other: Change) -> None:
         self.services |= other.services
@@ -98,6 +110,7 @@ class Change:
         self.pod_ips |= other.pod_ips
         self.imports |= other.imports
         self.nodes |= other.nodes
+        self.service_cidrs |= other.service_cidrs
         if other.trigger_time is not None and (
             self.trigger_time is None or other.trigger_time < self.trigger_time
         ):
@@ -344,20 +357,30 @@ class _ImportSlices(_Table[ObjectKey, ImportSlice]):
         self.by_import.update({k: tuple(v) for k, v in groups.items()})
 
 
-class _Nodes(_Table[str, Node]):
-    def replace(self, objects: Mapping[str, Node]) -> Change:
+class _ByName(_Table[str, M]):
+    """A cluster-scoped kind whose Change names the objects added, removed or changed, in the
+    Change field `field` (Nodes, ServiceCIDRs)."""
+
+    def __init__(self, model: type[M], field: str) -> None:
+        super().__init__(model)
+        self.field = field
+
+    def _change(self, keys: set[str]) -> Change:
+        return Change(**{self.field: keys})
+
+    def replace(self, objects: Mapping[str, M]) -> Change:
         old = self.objects
         changed = {k for k in old.keys() | objects.keys() if old.get(k) != objects.get(k)}
         self._swap(objects)
-        return Change(nodes=changed)
+        return self._change(changed)
 
-    def upsert(self, key: str, obj: Node) -> Change:
-        change = Change(nodes=set() if self.objects.get(key) == obj else {key})
+    def upsert(self, key: str, obj: M) -> Change:
+        change = self._change(set() if self.objects.get(key) == obj else {key})
         self.objects[key] = obj
         return change
 
     def delete(self, key: str) -> Change:
-        return Change(nodes={key} if self.objects.pop(key, None) is not None else set())
+        return self._change({key} if self.objects.pop(key, None) is not None else set())
 
 
 # --- the store ---------------------------------------------------------------------------------
@@ -367,7 +390,9 @@ class Store:
     def __init__(self, watched: Iterable[str] = KINDS) -> None:
         self.watched = frozenset(watched)
         namespaces, services = _Namespaces(Namespace), _Services(Service)
-        slices, pods, nodes = _Slices(), _Pods(), _Nodes(Node)
+        slices, pods = _Slices(), _Pods()
+        nodes = _ByName(Node, "nodes")
+        service_cidrs = _ByName(ServiceCIDR, "service_cidrs")
         imports, import_slices = _Imports(ServiceImport), _ImportSlices()
         self._tables: dict[str, _Table[Any, Any]] = {
             NAMESPACES: namespaces,
@@ -377,6 +402,7 @@ class Store:
             SERVICEIMPORTS: imports,
             IMPORTSLICES: import_slices,
             NODES: nodes,
+            SERVICECIDRS: service_cidrs,
         }
         # The read-only views, made once (module docstring).
         self.namespaces: Mapping[str, Namespace] = namespaces.view
@@ -391,6 +417,7 @@ class Store:
             import_slices.by_import_view
         )
         self.nodes: Mapping[str, Node] = nodes.view
+        self.service_cidrs: Mapping[str, ServiceCIDR] = service_cidrs.view
         self._synced: set[str] = set()
         self._on_synced: list[Callable[[], None]] = []
         self._subscribers: list[Subscriber] = []

@@ -316,11 +316,11 @@ def test_images_are_what_the_dockerfile_builds() -> None:
 def resources_kdns_reads(proxy: bool = False) -> set[tuple[str, str]]:
     """(API group, resource) of every Reflector in kdns/sources/kube.py that `kdns serve` (or,
     with `proxy`, `kdns proxy`) runs: only DNS reads Pods and ServiceImports, only the proxy its
-    Node."""
+    Node and the ServiceCIDRs."""
     out = set()
     for value in vars(kube).values():
         if isinstance(value, kube.Resource):
-            if value.kind == ("pods" if proxy else "nodes"):
+            if value.kind in (("pods",) if proxy else ("nodes", "servicecidrs")):
                 continue
             if value.kind == "serviceimports" and proxy:
                 continue  # the proxy serves no clusterset names
@@ -368,6 +368,7 @@ def test_proxy_role_reads_no_pods() -> None:
     resources, verbs = rules_of("system:kdns-proxy")
     assert resources == resources_kdns_reads(proxy=True)
     assert ("", "nodes") in resources  # its own Node's zone, for topology hints
+    assert ("networking.k8s.io", "servicecidrs") in resources  # unallocated ClusterIPs
     assert verbs == {"list", "watch"}
     binding = OBJ[("ClusterRoleBinding", "system:kdns-proxy")]
     assert (

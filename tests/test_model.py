@@ -26,6 +26,7 @@ from kdns.model import (
     endpointslice_from_dict,
     node_from_dict,
     pod_from_dict,
+    service_cidr_from_dict,
     service_from_dict,
     slices_for_service,
 )
@@ -828,6 +829,54 @@ def test_node_from_dict_zone(labels: dict[str, str] | None, zone: str) -> None:
 def test_node_from_dict_errors(meta: dict[str, Any], field: str) -> None:
     with pytest.raises(ModelError) as info:
         node_from_dict({"kind": "Node", "apiVersion": "v1", "metadata": meta})
+    assert info.value.field == field
+
+
+# --- service_cidr_from_dict ----------------------------------------------------------------------
+
+
+def service_cidr_dict(spec: Any, name: str = "kubernetes") -> dict[str, Any]:
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "ServiceCIDR",
+        "metadata": {"name": name},
+        "spec": spec,
+    }
+
+
+@pytest.mark.parametrize(
+    ("cidrs", "expected"),
+    [
+        (["10.96.0.0/16"], ("10.96.0.0/16",)),
+        (["10.96.0.0/16", "fd00:10:96::/112"], ("10.96.0.0/16", "fd00:10:96::/112")),
+        (["FD00:0:0::/108"], ("fd00::/108",)),  # canonical spelling
+        (["2001:db8::/64", "192.168.10.0/24"], ("2001:db8::/64", "192.168.10.0/24")),
+    ],
+)  # fmt: skip
+def test_service_cidr_from_dict(cidrs: list[str], expected: tuple[str, ...]) -> None:
+    obj = service_cidr_from_dict(service_cidr_dict({"cidrs": cidrs}))
+    assert (obj.key, obj.cidrs) == ("kubernetes", expected)
+
+
+@pytest.mark.parametrize(
+    ("obj", "field"),
+    [
+        ({"metadata": {}, "spec": {"cidrs": ["10.96.0.0/16"]}}, "metadata.name"),
+        (service_cidr_dict({}), "spec.cidrs"),
+        (service_cidr_dict({"cidrs": []}), "spec.cidrs"),
+        (service_cidr_dict({"cidrs": "10.96.0.0/16"}), "spec.cidrs"),
+        (service_cidr_dict(["10.96.0.0/16"]), "spec"),
+        (service_cidr_dict({"cidrs": ["10.96.0.0/16", "fd00::/108", "10.97.0.0/16"]}), "spec.cidrs"),
+        (service_cidr_dict({"cidrs": ["10.96.0.1/16"]}), "spec.cidrs[0]"),  # host bits set
+        (service_cidr_dict({"cidrs": ["10.96.0.0"]}), "spec.cidrs[0]"),  # no prefix length
+        (service_cidr_dict({"cidrs": ["10.96.0.0/33"]}), "spec.cidrs[0]"),
+        (service_cidr_dict({"cidrs": [16]}), "spec.cidrs[0]"),
+        (service_cidr_dict({"cidrs": ["10.96.0.0/16", "10.97.0.0/16"]}), "spec.cidrs[1]"),
+    ],
+)  # fmt: skip
+def test_service_cidr_from_dict_errors(obj: dict[str, Any], field: str) -> None:
+    with pytest.raises(ModelError) as info:
+        service_cidr_from_dict(obj)
     assert info.value.field == field
 
 

@@ -16,8 +16,19 @@ from kdns.model import (
     Node,
     Pod,
     Service,
+    ServiceCIDR,
 )
-from kdns.store import ENDPOINTSLICES, KINDS, NAMESPACES, NODES, PODS, SERVICES, Change, Store
+from kdns.store import (
+    ENDPOINTSLICES,
+    KINDS,
+    NAMESPACES,
+    NODES,
+    PODS,
+    SERVICECIDRS,
+    SERVICES,
+    Change,
+    Store,
+)
 from tests.builders import model_endpoint, model_pod, model_service, model_slice
 
 # --- helpers -----------------------------------------------------------------------------------
@@ -228,6 +239,22 @@ def test_nodes_change_only_when_a_node_visibly_changes(store: Store, seen: Recor
     assert not store.delete(NODES, "n1")
     assert dict(store.nodes) == {}
     assert [c.nodes for c in seen.changes] == [{"n1"}, {"n1"}, {"n1"}]
+
+
+def test_service_cidrs_change_only_when_their_cidrs_change(store: Store, seen: Recorder) -> None:
+    # ServiceCIDRs are no sync gate (the proxy programs Services without them, as before).
+    assert SERVICECIDRS not in KINDS
+    default = ServiceCIDR("kubernetes", ("10.96.0.0/16",))
+    assert store.replace(SERVICECIDRS, {"kubernetes": default}).service_cidrs == {"kubernetes"}
+    assert not store.upsert(SERVICECIDRS, default)
+    extra = ServiceCIDR("extra", ("10.97.0.0/16", "fd00::/108"))
+    assert store.upsert(SERVICECIDRS, extra).service_cidrs == {"extra"}
+    assert store.delete(SERVICECIDRS, "kubernetes").service_cidrs == {"kubernetes"}
+    assert not store.delete(SERVICECIDRS, "kubernetes")
+    assert dict(store.service_cidrs) == {"extra": extra}
+    assert [c.service_cidrs for c in seen.changes] == [{"kubernetes"}, {"extra"}, {"kubernetes"}]
+    with pytest.raises(TypeError):
+        store.upsert(SERVICECIDRS, Node("n1"))  # type: ignore[arg-type]
 
 
 def test_when_synced_calls_back_once_when_the_last_kind_is_listed() -> None:

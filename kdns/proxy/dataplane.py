@@ -11,6 +11,10 @@ Contract:
   - `intact()`: the canary. False when someone removed or flushed what kdns installed (a
     firewall reload, `iptables -F`, `nft flush ruleset`); the engine then syncs in full.
   - `render(routes)`: what a full sync would apply, for `kdns proxy --render`; changes nothing.
+  - `set_service_cidrs(cidrs)`: the cluster's Service CIDRs (every ServiceCIDR object), used
+    from the next full sync on; the caller makes that sync a full one. Only nftables mode
+    uses them (kube-proxy's nftables mode drops traffic to unallocated ClusterIPs, KEP-3866;
+    its iptables and IPVS modes have no such rule).
   Removing what a mode installed is not a data plane's job: `kdns proxy --cleanup` removes
   every mode's objects at once (`proxy/cleanup.py`).
 - Every write is one transaction per family: `iptables-restore --noflush` (the jumps from the
@@ -33,7 +37,7 @@ import re
 import shlex
 import subprocess
 from collections.abc import Callable, Collection, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from kdns.proxy import iptables as ipt
@@ -300,6 +304,10 @@ class IptablesDataplane:
                 return False
         return True
 
+    def set_service_cidrs(self, cidrs: Sequence[str]) -> None:
+        """kube-proxy's iptables mode has no rule for unallocated Service-CIDR addresses: traffic
+        to one is routed as any other (usually into a timeout)."""
+
     def render(self, routes: Sequence[ServicePortRoute]) -> str:
         """The restore input a full sync applies to a kernel holding none of kdns's rules."""
         return "".join(
@@ -473,6 +481,14 @@ class NftablesDataplane:
                 return False
         return True
 
+    def set_service_cidrs(self, cidrs: Sequence[str]) -> None:
+        """Each family's `cluster-ips-check` drops traffic to these CIDRs that no ClusterIP
+        matched (kube-proxy nftables mode, KEP-3866); written by the next full sync."""
+        self.configs = {
+            f: replace(config, service_cidrs=tuple(c for c in cidrs if family_of(c) == f))
+            for f, config in self.configs.items()
+        }
+
     def render(self, routes: Sequence[ServicePortRoute]) -> str:
         return "".join(
             f"# nft -f -\n{nft.render_full(routes, self.configs[f]).text}" for f in self.families
@@ -581,6 +597,10 @@ class IpvsDataplane:
 
     def intact(self) -> bool:
         return self._synced
+
+    def set_service_cidrs(self, cidrs: Sequence[str]) -> None:
+        """kube-proxy's IPVS mode has no rule for unallocated Service-CIDR addresses: traffic
+        to one is routed as any other (usually into a timeout)."""
 
     def render(self, routes: Sequence[ServicePortRoute]) -> str:
         rendering = ipvs_rules.render(routes, self.config)

@@ -21,6 +21,8 @@ Contract:
   `service_port_endpoint_chain_name`), the jump from a built-in chain (`JumpRule`) and which
   per-service chain a route's traffic takes (`RouteChains`) live here so every renderer names,
   hooks and routes things alike.
+- `service_cidr_ranges` is the union of every ServiceCIDR's `spec.cidrs` (kube-proxy's
+  ServiceCIDRConfig), overlaps merged so an nft interval set accepts them.
 - Pure: no I/O, no clock. The "only the first address of an endpoint" rule is not modelled
   (the model gives every address of an endpoint).
 """
@@ -34,7 +36,7 @@ import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
-from kdns.model import Endpoint, Service, ServicePort
+from kdns.model import Endpoint, Service, ServiceCIDR, ServicePort
 
 ServiceKey = tuple[str, str]
 
@@ -479,6 +481,18 @@ def service_routes(
                 )
             )
     return tuple(sorted(routes, key=route_sort_key))
+
+
+def service_cidr_ranges(objects: Iterable[ServiceCIDR]) -> tuple[str, ...]:
+    """Every ServiceCIDR's ranges together, IPv4 first: kube-proxy unions `spec.cidrs` of all
+    objects (pkg/proxy/config ServiceCIDRConfig). Ranges that overlap (a new, wider
+    ServiceCIDR while the old one drains) are merged: nft refuses overlapping intervals."""
+    nets = [ipaddress.ip_network(c) for obj in objects for c in obj.cidrs]
+    ranges: list[str] = []
+    for version in (4, 6):
+        same = [n for n in nets if n.version == version]
+        ranges += [n.compressed for n in ipaddress.collapse_addresses(same)]
+    return tuple(ranges)
 
 
 def route_sort_key(route: ServicePortRoute) -> tuple[str, str, str, str, int]:

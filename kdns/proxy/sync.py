@@ -15,6 +15,9 @@ Contract:
   every route (iptables rewrites its fixed chains from them) and the set of changed keys.
   A change of this node's zone (its Node's `topology.kubernetes.io/zone` label, read for the
   topology hints) rebuilds every route in a full sync, as kube-proxy's OnTopologyChange does.
+- The Service CIDRs (every ServiceCIDR's `spec.cidrs`, `routes.service_cidr_ranges`) go to the
+  data plane before each full sync; a change of them makes the next sync a full one (nftables
+  writes the drop of unallocated ClusterIPs only then, as kube-proxy's setupNFTables does).
 - After a successful sync, UDP conntrack entries the change left pointing nowhere are deleted
   (`conntrack.stale_flows`); `on_routes` (the health-check servers) sees the new routes.
 - Metrics: sync duration by kind, syncs by result, failures, rules written, programming
@@ -33,7 +36,12 @@ import trio
 from kdns import metrics
 from kdns.proxy import conntrack
 from kdns.proxy.dataplane import ApplyError, Dataplane, Runner, run_command
-from kdns.proxy.routes import ServiceKey, ServicePortRoute, service_routes
+from kdns.proxy.routes import (
+    ServiceKey,
+    ServicePortRoute,
+    service_cidr_ranges,
+    service_routes,
+)
 from kdns.store import Change, Store
 from kdns.synced import wait_synced
 
@@ -62,6 +70,7 @@ class SyncEngine:
         self.mode = dataplane.mode
         self.node_name = node_name
         self.zone = ""  # this node's zone, as the routes were last built for
+        self.service_cidrs: tuple[str, ...] = ()  # the cluster's, for the next full sync
         self.min_sync_period = min_sync_period
         self.sync_period = sync_period
         self.full_sync_period = full_sync_period
@@ -102,6 +111,11 @@ class SyncEngine:
 
     def _follow(self, change: Change) -> None:
         services = change.services
+        if change.service_cidrs and self._cidrs() != self.service_cidrs:
+            self.service_cidrs = self._cidrs()
+            log.info("%s proxy: Service CIDRs %s", self.mode, ", ".join(self.service_cidrs))
+            self._need_full = True
+            self._wake.set()
         if self.node_name in change.nodes and self._node_zone() != self.zone:
             self.zone = self._node_zone()
             log.info("%s proxy: node %r is in zone %r", self.mode, self.node_name, self.zone)
@@ -114,6 +128,9 @@ class SyncEngine:
         if self._trigger is None or began < self._trigger:
             self._trigger = began
         self._wake.set()
+
+    def _cidrs(self) -> tuple[str, ...]:
+        return service_cidr_ranges(self.store.service_cidrs.values())
 
     def _node_zone(self) -> str:
         node = self.store.nodes.get(self.node_name)
@@ -132,6 +149,7 @@ class SyncEngine:
         task_status.started()
         await wait_synced(self.store)
         log.info("%s proxy: cluster state synced, programming the data plane", self.mode)
+        self.service_cidrs = self._cidrs()
         self._changed |= set(self.store.services)
         last_start = -float("inf")
         next_periodic = trio.current_time() + self.sync_period
@@ -176,6 +194,9 @@ class SyncEngine:
         changed, self._changed = self._changed, set()
         trigger, self._trigger = self._trigger, None
         full = self._need_full or trio.current_time() - self.last_full >= self.full_sync_period
+        # Cleared now, not after the apply: a change that needs a full sync (Service CIDRs, the
+        # zone) arriving while this one runs in its thread must get one of its own.
+        self._need_full = False
         # What the kernel had for these Services: after a failed apply, what it had before it.
         before = {k: self._routes.get(k, ()) for k in changed if k in self._routes}
         before.update(self._unapplied)
@@ -194,6 +215,8 @@ class SyncEngine:
         else:
             routes = [r for key in sorted(changed) for r in self._routes.get(key, ())]
         kind = "full" if full else "partial"
+        if full:
+            self.dataplane.set_service_cidrs(self.service_cidrs)
         started = time.perf_counter()
         try:
             applied = await trio.to_thread.run_sync(
@@ -218,7 +241,6 @@ class SyncEngine:
                 self.failing_since = time.time()
             return
         duration = time.perf_counter() - started
-        self._need_full = False
         self.failing_since = None
         if full:
             self.last_full = trio.current_time()

@@ -53,6 +53,7 @@ from kdns.model import (
     namespace_from_dict,
     node_from_dict,
     pod_from_dict,
+    service_cidr_from_dict,
     service_from_dict,
     serviceimport_from_dict,
 )
@@ -64,6 +65,7 @@ from kdns.store import (
     NAMESPACES,
     NODES,
     PODS,
+    SERVICECIDRS,
     SERVICEIMPORTS,
     SERVICES,
     Change,
@@ -204,6 +206,17 @@ def node_resource(node_name: str) -> Resource:
     return replace(NODES_RESOURCE, field_selector=f"metadata.name={node_name}")
 
 
+# ServiceCIDRs (KEP-1880, networking.k8s.io/v1 from Kubernetes 1.33), watched by the proxy when
+# the API server serves them, as kube-proxy's ServiceCIDR informer: every object's spec.cidrs
+# together are the ranges whose unallocated addresses nftables mode drops.
+NETWORKING_GROUP, NETWORKING_VERSION = "networking.k8s.io", "v1"
+SERVICECIDRS_RESOURCE = Resource(
+    SERVICECIDRS,
+    "servicecidrs",
+    f"/apis/{NETWORKING_GROUP}/{NETWORKING_VERSION}/servicecidrs",
+    _one(service_cidr_from_dict),
+)
+
 # Multicluster (KEP-1645), watched with `multicluster ZONES` when the MCS CRD is served: the
 # ServiceImports, and the EndpointSlices an MCS controller imported for them (by their label).
 MCS_GROUP, MCS_VERSION = "multicluster.x-k8s.io", "v1alpha1"
@@ -230,6 +243,7 @@ API_KINDS = {
     "serviceimports": "ServiceImport",
     "importslices": "EndpointSlice",
     "nodes": "Node",
+    "servicecidrs": "ServiceCIDR",
 }
 
 
@@ -251,15 +265,28 @@ def api_get(
     return response.response
 
 
-def serves(api: ApiClient, group: str, version: str, timeout: float) -> bool:
-    """Does the API server serve `group`/`version` (a CRD's too)? (Raises when it cannot be
-    asked.)"""
+def serves(api: ApiClient, group: str, version: str, timeout: float, resource: str = "") -> bool:
+    """Does the API server serve `group`/`version` (a CRD's too), and in it `resource` when one
+    is named? (Raises when it cannot be asked.)"""
     response = api_get(api, "/apis", [], (timeout, timeout))
     groups = json.loads(response.data).get("groups", [])
-    return any(
+    if not any(
         g.get("name") == group and any(v.get("version") == version for v in g.get("versions", []))
         for g in groups
-    )
+    ):
+        return False
+    if not resource:
+        return True
+    # A group can be served without one of its resources (networking.k8s.io/v1 has Ingress on
+    # every cluster, ServiceCIDR only from 1.33 or with the MultiCIDRServiceAllocator gate).
+    try:
+        response = api_get(api, f"/apis/{group}/{version}", [], (timeout, timeout))
+    except ApiException as e:
+        if e.status == 404:
+            return False
+        raise
+    resources = json.loads(response.data).get("resources", [])
+    return any(r.get("name") == resource for r in resources)
 
 
 # --- backoff -------------------------------------------------------------------------------------
@@ -649,6 +676,7 @@ class KubeSource:
         scope: Scope | None = None,
         multicluster: bool = False,
         node_name: str = "",
+        service_cidrs: bool = False,
     ) -> None:
         self.scope = scope or Scope()
         self.api = api
@@ -657,6 +685,7 @@ class KubeSource:
         # ServiceImports and their slices (`multicluster ZONES`), when the CRD is served.
         self.multicluster = multicluster
         self.node_name = node_name  # the proxy's node: its Node is watched too
+        self.service_cidrs = service_cidrs  # the proxy: ServiceCIDRs too, when served
         self.reflector_options = reflector or {}
         self.backoff_options = backoff or {}
         self.reflectors: dict[str, Reflector] = {}
@@ -683,6 +712,8 @@ class KubeSource:
                 nursery.start_soon(self._reflect, PODS_RESOURCE)
             if self.node_name:
                 nursery.start_soon(self._reflect, node_resource(self.node_name))
+            if self.service_cidrs:
+                nursery.start_soon(self._reflect_service_cidrs)
             nursery.start_soon(self._reflect_endpoints)
             if self.multicluster:
                 nursery.start_soon(self._reflect_imports)
@@ -703,15 +734,15 @@ class KubeSource:
         )
         await reflector.run()
 
-    async def _discover(self, group: str, version: str) -> bool:
-        """Whether the API server serves `group`/`version`, asked once (retried with backoff
-        while the server is away)."""
+    async def _discover(self, group: str, version: str, resource: str = "") -> bool:
+        """Whether the API server serves `group`/`version` (and `resource` in it), asked once
+        (retried with backoff while the server is away)."""
         backoff = Backoff(**self.backoff_options)
         timeout = self.reflector_options.get("connect_timeout", 5.0)
         while True:
             try:
                 return await trio.to_thread.run_sync(
-                    serves, self.api, group, version, timeout, abandon_on_cancel=True
+                    serves, self.api, group, version, timeout, resource, abandon_on_cancel=True
                 )
             except Exception as e:  # the Reflector's retry boundary, before it exists
                 delay = backoff.failure(trio.current_time())
@@ -735,6 +766,20 @@ class KubeSource:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._reflect, SERVICEIMPORTS_RESOURCE)
             nursery.start_soon(self._reflect, IMPORTSLICES_RESOURCE)
+
+    async def _reflect_service_cidrs(self) -> None:
+        """ServiceCIDRs, when the API server serves them; without them there is no range to
+        drop unallocated addresses in (kube-proxy too watches them only when the
+        MultiCIDRServiceAllocator feature is on), which one log line says."""
+        if not await self._discover(NETWORKING_GROUP, NETWORKING_VERSION, "servicecidrs"):
+            log.info(
+                "the API server does not serve %s/%s servicecidrs: unallocated ClusterIPs are "
+                "not dropped",
+                NETWORKING_GROUP,
+                NETWORKING_VERSION,
+            )
+            return
+        await self._reflect(SERVICECIDRS_RESOURCE)
 
     async def _reflect_endpoints(self) -> None:
         """EndpointSlices, or Endpoints on an API server without discovery.k8s.io/v1 — which

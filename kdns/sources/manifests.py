@@ -22,7 +22,8 @@ Contract:
 - The line of a conversion error is the line of the offending field, or, when the field is
   missing, of its deepest parent that is present (the document's first line at worst).
 - Kinds read: Namespace, Service, EndpointSlice (discovery.k8s.io/v1), Endpoints (converted
-  into slices), Pod and Node (its zone, for the proxy's topology hints). Other built-in kinds
+  into slices), Pod, Node (its zone, for the proxy's topology hints) and ServiceCIDR
+  (networking.k8s.io/v1, for the proxy's drop of unallocated ClusterIPs). Other built-in kinds
   (Deployment, ConfigMap, ClusterRole, …) and custom resources are ignored and counted by
   kind (`ManifestSet.ignored`), so a folder of cluster manifests can be served as it is; an
   ignored built-in object still needs a `metadata.name`.
@@ -58,6 +59,7 @@ from kdns.model import (
     Node,
     Pod,
     Service,
+    ServiceCIDR,
     ServiceImport,
 )
 from kdns.sources.documents import (
@@ -95,6 +97,7 @@ READ_KINDS = {
     "Pod": "v1",
     "Node": "v1",
     "EndpointSlice": "discovery.k8s.io/v1",
+    "ServiceCIDR": "networking.k8s.io/v1",
     # A custom resource (KEP-1645's MCS API), read for the clusterset zone.
     "ServiceImport": "multicluster.x-k8s.io/v1alpha1",
 }
@@ -182,7 +185,6 @@ SKIPPED_KINDS = frozenset(
         "RuntimeClass",
         "Secret",
         "ServiceAccount",
-        "ServiceCIDR",
         "StatefulSet",
         "StorageClass",
         "StorageVersion",
@@ -213,6 +215,7 @@ class ManifestSet:
     imports: dict[tuple[str, str], ServiceImport] = field(default_factory=dict)
     import_slices: dict[tuple[str, str], ImportSlice] = field(default_factory=dict)
     nodes: dict[str, Node] = field(default_factory=dict)
+    service_cidrs: dict[str, ServiceCIDR] = field(default_factory=dict)
 
 
 # --- files -------------------------------------------------------------------------------------
@@ -460,6 +463,8 @@ def _convert_document(doc: Document) -> _Entry:
             value = model.endpoints_to_slices(doc.obj)
         elif kind == "Node":
             value = model.node_from_dict(doc.obj)
+        elif kind == "ServiceCIDR":
+            value = model.service_cidr_from_dict(doc.obj)
         else:
             value = model.pod_from_dict(doc.obj)
     except ModelError as exc:
@@ -487,6 +492,7 @@ def _assemble(entries: Iterable[_Entry]) -> tuple[ManifestSet, list[ManifestErro
     imports: dict[tuple[str, str], ServiceImport] = {}
     import_slices: dict[tuple[str, str], ImportSlice] = {}
     nodes: dict[str, Node] = {}
+    service_cidrs: dict[str, ServiceCIDR] = {}
 
     ignored: Counter[str] = Counter()
     for entry in entries:
@@ -533,6 +539,8 @@ def _assemble(entries: Iterable[_Entry]) -> tuple[ManifestSet, list[ManifestErro
             from_endpoints[key] = (value, entry)
         elif kind == "Node":
             nodes[value.key] = value
+        elif kind == "ServiceCIDR":
+            service_cidrs[value.key] = value
         else:
             pods[value.key] = value
 
@@ -567,7 +575,15 @@ def _assemble(entries: Iterable[_Entry]) -> tuple[ManifestSet, list[ManifestErro
     namespaces = {name: declared.get(name) or Namespace(name) for name in sorted(names)}
     ignored_kinds = dict(sorted(ignored.items()))
     manifests = ManifestSet(
-        namespaces, services, slices, pods, ignored_kinds, imports, import_slices, nodes
+        namespaces,
+        services,
+        slices,
+        pods,
+        ignored_kinds,
+        imports,
+        import_slices,
+        nodes,
+        service_cidrs,
     )
     return manifests, errors
 
@@ -582,7 +598,8 @@ def _kind_to_read(doc: Document) -> str | ManifestError:
     api_version = doc.obj.get("apiVersion")
 
     def error(field: str, message: str) -> ManifestError:
-        label = _label(kind if isinstance(kind, str) and kind else "object", _key("", doc.obj))
+        shown = kind if isinstance(kind, str) and kind else "object"
+        label = _label(shown, _key(shown, doc.obj))  # a cluster-scoped kind shows no namespace
         return ManifestError(doc.file, doc.line_of(field), label, field, message)
 
     if not isinstance(kind, str) or not kind:
@@ -618,13 +635,13 @@ def _kind_to_read(doc: Document) -> str | ManifestError:
 
 
 def _key(kind: str, obj: Mapping[str, Any]) -> tuple[str, str] | None:
-    """(namespace, name) of an object ("" namespace for a Namespace or Node), None without a
+    """(namespace, name) of an object ("" namespace for a cluster-scoped one), None without a
     name."""
     meta = obj.get("metadata")
     name = meta.get("name") if isinstance(meta, dict) else None
     if not isinstance(name, str) or not name:
         return None
-    if kind in ("Namespace", "Node"):
+    if kind in ("Namespace", "Node", "ServiceCIDR"):
         return ("", name)
     namespace = meta.get("namespace")
     # An object without a namespace lands in "default", as `kubectl apply` puts it.

@@ -35,9 +35,10 @@ class Scope:
         return str(self.selector) or None
 
     def admits(self, kind: str, namespace: str, name: str, labels: Mapping[str, str]) -> bool:
-        """`kind` is the API kind (Namespace, Service, EndpointSlice, Endpoints, Pod, Node)."""
-        if kind == "Node":
-            return True  # cluster-scoped, and only the proxy's own: `namespaces` does not apply
+        """`kind` is the API kind (Namespace, Service, EndpointSlice, Endpoints, Pod, Node,
+        ServiceCIDR)."""
+        if kind in ("Node", "ServiceCIDR"):
+            return True  # cluster-scoped, read by the proxy: `namespaces` does not apply
         if self.namespaces:
             own = name if kind == "Namespace" else namespace
             if own not in self.namespaces:

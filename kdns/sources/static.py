@@ -39,6 +39,7 @@ from kdns.store import (
     NAMESPACES,
     NODES,
     PODS,
+    SERVICECIDRS,
     SERVICEIMPORTS,
     SERVICES,
     Store,
@@ -114,6 +115,7 @@ class ManifestSource:
             (SERVICEIMPORTS, "imports"),
             (IMPORTSLICES, "import_slices"),
             (NODES, "nodes"),
+            (SERVICECIDRS, "service_cidrs"),
         ):
             new = getattr(manifests, attr)
             changes = None if applied is None else _changes(getattr(applied, attr), new)

@@ -121,6 +121,25 @@ def test_render_prints_the_rules_and_changes_nothing(netns: str, mode: str) -> N
     assert ruleset(netns) == before
 
 
+def test_render_drops_unallocated_service_cidr_addresses_in_nftables_mode(
+    netns: str, tmp_path: Path
+) -> None:
+    # A ServiceCIDR among the manifests: nftables mode's cluster-ips-check drops what no
+    # ClusterIP of it matched (KEP-3866); iptables mode, like kube-proxy's, has no such rule.
+    cidrs = tmp_path / "servicecidr.yaml"
+    cidrs.write_text(
+        "apiVersion: networking.k8s.io/v1\nkind: ServiceCIDR\nmetadata:\n  name: kubernetes\n"
+        "spec:\n  cidrs: [10.96.0.0/12]\n"
+    )
+    drop = 'ip daddr { 10.96.0.0/12 } drop comment "Drop traffic to unallocated ClusterIPs"'
+    for mode, expected in (("nftables", True), ("iptables", False)):
+        argv = kdns_command(*PROXY, "--manifests", str(cidrs), "--mode", mode, "--render")
+        result = in_ns(netns, *argv)
+        assert result.returncode == 0, result.stderr
+        assert (drop in result.stdout) is expected, mode
+        assert ("10.96.0.0/12" in result.stdout) is expected, mode
+
+
 def legacy_first(tmp_path: Path) -> str:
     """A PATH on which `iptables`, `iptables-save`, `iptables-restore` (and ip6…) are the
     legacy (x_tables) tools: kdns runs whichever `iptables-restore` PATH finds."""

@@ -63,7 +63,10 @@ Paths and verbs
   Anything else: 404 Status. ``discovery_v1=False``: the group is absent from ``/apis`` and all
   its paths are 404. ``multicluster=True`` adds the MCS API's CRD group
   (``/apis/multicluster.x-k8s.io/v1alpha1/serviceimports``); without it, its paths are 404 as on a
-  cluster without the CRD. Only GET is served (others: 405); clients cannot write.
+  cluster without the CRD. ``service_cidrs=True`` serves ``networking.k8s.io/v1`` with
+  ``servicecidrs`` (cluster-scoped; Kubernetes 1.33+); ``networking_v1=True`` alone serves the
+  group without that resource in its list (a cluster before 1.33, which has Ingress there);
+  neither: the group is absent. Only GET is served (others: 405); clients cannot write.
 - ``resourceVersionMatch=Exact`` on a list is honoured only for the current RV or a retained
   pagination snapshot (else 410); ``NotOlderThan`` is the current state.
 
@@ -156,6 +159,10 @@ RESOURCES: dict[str, ResourceInfo] = {
         ResourceInfo(
             "endpointslices", "EndpointSlice", "discovery.k8s.io", "v1", True, "endpointslice"
         ),
+        # ServiceCIDR (KEP-1880), served only by ApiServer(service_cidrs=True).
+        ResourceInfo(
+            "servicecidrs", "ServiceCIDR", "networking.k8s.io", "v1", False, "servicecidr"
+        ),
         # The MCS API's CRD (KEP-1645), served only by ApiServer(multicluster=True).
         ResourceInfo(
             "serviceimports",
@@ -169,6 +176,7 @@ RESOURCES: dict[str, ResourceInfo] = {
 }
 _DISCOVERY_GROUP = "discovery.k8s.io"
 _MCS_GROUP, _MCS_VERSION = "multicluster.x-k8s.io", "v1alpha1"
+_NET_GROUP = "networking.k8s.io"
 
 
 class NotFound(LookupError):
@@ -797,9 +805,13 @@ class ApiServer:
         start_rv: int = 1,
         version: str = "v1.31.0",
         multicluster: bool = False,
+        service_cidrs: bool = False,
+        networking_v1: bool = False,
     ) -> None:
         self.host = host
         self.multicluster = multicluster
+        self.service_cidrs = service_cidrs
+        self.networking_v1 = networking_v1 or service_cidrs
         self.token = token or secrets.token_urlsafe(24)
         self.tls = tls
         self.discovery_v1 = discovery_v1
@@ -1413,6 +1425,8 @@ class ApiServer:
                 return ("discovery", None, None, None)
             if self.multicluster and parts[1] == _MCS_GROUP and parts[2:] in ([], [_MCS_VERSION]):
                 return ("discovery", None, None, None)
+            if self.networking_v1 and parts[1] == _NET_GROUP and parts[2:] in ([], ["v1"]):
+                return ("discovery", None, None, None)
             return nf
         if parts[:2] == ["api", "v1"]:
             group, rest = "", parts[2:]
@@ -1420,6 +1434,8 @@ class ApiServer:
             group, rest = _DISCOVERY_GROUP, parts[3:]
         elif parts[:3] == ["apis", _MCS_GROUP, _MCS_VERSION] and self.multicluster:
             group, rest = _MCS_GROUP, parts[3:]
+        elif parts[:3] == ["apis", _NET_GROUP, "v1"] and self.service_cidrs:
+            group, rest = _NET_GROUP, parts[3:]
         else:
             return nf
 
@@ -1497,12 +1513,24 @@ class ApiServer:
             }
         mcs_gv = {"groupVersion": f"{_MCS_GROUP}/{_MCS_VERSION}", "version": _MCS_VERSION}
         mcs = {"name": _MCS_GROUP, "versions": [mcs_gv], "preferredVersion": mcs_gv}
+        net_gv = {"groupVersion": f"{_NET_GROUP}/v1", "version": "v1"}
+        net = {"name": _NET_GROUP, "versions": [net_gv], "preferredVersion": net_gv}
         if parts == ["apis"]:
             return {
                 "kind": "APIGroupList",
                 "apiVersion": "v1",
                 "groups": ([group] if self.discovery_v1 else [])
-                + ([mcs] if self.multicluster else []),
+                + ([mcs] if self.multicluster else [])
+                + ([net] if self.networking_v1 else []),
+            }
+        if parts == ["apis", _NET_GROUP]:
+            return {"kind": "APIGroup", "apiVersion": "v1", **net}
+        if parts == ["apis", _NET_GROUP, "v1"]:
+            return {
+                "kind": "APIResourceList",
+                "apiVersion": "v1",
+                "groupVersion": f"{_NET_GROUP}/v1",
+                "resources": self._api_resources(_NET_GROUP) if self.service_cidrs else [],
             }
         if parts == ["apis", _MCS_GROUP]:
             return {"kind": "APIGroup", "apiVersion": "v1", **mcs}

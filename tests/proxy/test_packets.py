@@ -49,6 +49,7 @@ from tests.proxy.topology import (
     EXT_OTHER_IP,
     NODE1_EXT_IP,
     NODE1_IPS,
+    SERVICE_CIDR,
     Cluster,
 )
 
@@ -712,6 +713,51 @@ def test_topology_hints(proxy: Harness) -> None:
     summary = proxy.client("client", "tcp", "10.96.0.41:80", count=30)
     assert summary["ok"] == 30 and summary["names"] == {"c": 30}, summary["names"]
     proxy.apply(node1=None, **dict.fromkeys(groups))
+
+
+def service_cidr(*cidrs: str) -> list[dict[str, Any]]:
+    """The default ServiceCIDR the API server makes from --service-cluster-ip-range."""
+    return [
+        {
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "ServiceCIDR",
+            "metadata": {"name": "kubernetes"},
+            "spec": {"cidrs": list(cidrs)},
+        }
+    ]
+
+
+UNALLOCATED = "10.96.0.99"  # inside SERVICE_CIDR, held by no Service
+
+
+def test_unallocated_cluster_ips(proxy: Harness) -> None:
+    # Something outside the cluster holds an address of the Service CIDR no Service was given
+    # (ext, node1's default route): a connection to it is refused (ext answers RST) unless the
+    # proxy stops it. kube-proxy's nftables mode drops such traffic once it knows the Service
+    # CIDRs (KEP-3866 "Behavior of service IPs"); its iptables mode has no such rule.
+    proxy.cluster.run("ext", "ip", "addr", "add", f"{UNALLOCATED}/32", "dev", "eth0")
+    try:
+        proxy.apply(allocated=simple("allocated", "10.96.0.47", ["b"]))
+        for role in ("client", "node1"):
+            summary = proxy.client(role, "tcp", f"{UNALLOCATED}:80", count=2, timeout=1.0)
+            assert summary["refused"] == 2, (role, summary)  # before: routed like any address
+        proxy.apply(servicecidr=service_cidr(SERVICE_CIDR))
+        for role in ("client", "node1"):
+            summary = proxy.client(role, "tcp", f"{UNALLOCATED}:80", count=2, timeout=1.0)
+            if proxy.mode == "nftables":
+                assert summary["timeouts"] == 2 and summary["refused"] == 0, (role, summary)
+            else:
+                assert summary["refused"] == 2, (role, summary)
+            # A Service's own ClusterIP in that CIDR still works.
+            summary = proxy.client(role, "tcp", "10.96.0.47:80", count=5)
+            assert summary["ok"] == 5 and summary["names"] == {"b": 5}, (role, summary)
+        # The ServiceCIDR deleted: the next (full) sync takes the drop away again.
+        proxy.apply(servicecidr=None)
+        summary = proxy.client("client", "tcp", f"{UNALLOCATED}:80", count=2, timeout=1.0)
+        assert summary["refused"] == 2, summary
+    finally:
+        proxy.apply(servicecidr=None, allocated=None)
+        proxy.cluster.run("ext", "ip", "addr", "del", f"{UNALLOCATED}/32", "dev", "eth0")
 
 
 def test_load_balancer_ip_mode_proxy(proxy: Harness) -> None:

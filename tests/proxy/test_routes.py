@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from kdns.model import Endpoint, EndpointPort, Service, ServicePort
+from kdns.model import Endpoint, EndpointPort, Service, ServiceCIDR, ServicePort
 from kdns.proxy.routes import (
     EXT_PREFIX,
     FW_PREFIX,
@@ -30,6 +30,7 @@ from kdns.proxy.routes import (
     join_host_port,
     port_endpoints,
     port_proto_hash,
+    service_cidr_ranges,
     service_port_chain_name,
     service_port_endpoint_chain_name,
     service_routes,
@@ -433,3 +434,26 @@ def test_build_routes_sorted_and_missing_endpoints() -> None:
         ("ns/b:http", "TCP"),
     ]
     assert [r.has_endpoints for r in routes] == [False, False, False, True]
+
+
+# --- service CIDRs ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("objects", "expected"),
+    [
+        ([], ()),
+        ([("kubernetes", ("10.96.0.0/16",))], ("10.96.0.0/16",)),
+        # Dual-stack: IPv4 first, whatever the order in spec.cidrs.
+        ([("kubernetes", ("fd00:10:96::/112", "10.96.0.0/16"))], ("10.96.0.0/16", "fd00:10:96::/112")),
+        # Two objects: their union (kube-proxy's ServiceCIDRConfig).
+        ([("a", ("10.96.0.0/16",)), ("b", ("10.100.0.0/16",))], ("10.96.0.0/16", "10.100.0.0/16")),
+        # A wider one covering the old one, and two halves of one range: merged.
+        ([("old", ("10.96.0.0/16",)), ("new", ("10.96.0.0/12",))], ("10.96.0.0/12",)),
+        ([("a", ("10.96.0.0/17",)), ("b", ("10.96.128.0/17",))], ("10.96.0.0/16",)),
+    ],
+)  # fmt: skip
+def test_service_cidr_ranges(
+    objects: list[tuple[str, tuple[str, ...]]], expected: tuple[str, ...]
+) -> None:
+    assert service_cidr_ranges(ServiceCIDR(name, cidrs) for name, cidrs in objects) == expected

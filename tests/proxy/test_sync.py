@@ -14,7 +14,7 @@ import trio
 import trio.testing
 
 from kdns import metrics
-from kdns.model import EndpointSlice
+from kdns.model import EndpointSlice, ServiceCIDR
 from kdns.proxy.dataplane import (
     IptablesDataplane,
     NftablesDataplane,
@@ -22,7 +22,7 @@ from kdns.proxy.dataplane import (
     run_command,
 )
 from kdns.proxy.sync import SyncEngine
-from kdns.store import ENDPOINTSLICES, SERVICES, Store
+from kdns.store import ENDPOINTSLICES, SERVICECIDRS, SERVICES, Store
 from tests.builders import model_endpoint, model_service
 from tests.conftest import throwaway_netns
 from tests.proxy.builders import NODE, PODS
@@ -168,6 +168,39 @@ def test_bursts_coalesce_and_partial_syncs_carry_only_the_change(netns: str, kin
     else:
         assert "ns/dns" not in last
         assert "10.244.1.48" not in in_ns(netns, "nft", "list", "table", "ip", "kdns")
+
+
+def test_a_service_cidr_change_is_a_full_sync_that_writes_the_drop(netns: str) -> None:
+    # kube-proxy's nftables mode drops traffic to the ServiceCIDRs' unallocated addresses
+    # (KEP-3866); the rule is part of the fixed chains, so only a full sync writes it.
+    store = Store(watched=(SERVICES, ENDPOINTSLICES))
+    runner = Recorder(netns)
+    engine = make_engine("nftables", store, runner)
+    two_services(store)
+    store.replace(ENDPOINTSLICES, {})
+    drop = "Drop traffic to unallocated ClusterIPs"
+
+    def check_chain() -> str:
+        return in_ns(netns, "nft", "list", "chain", "ip", "kdns", "cluster-ips-check")
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(engine.run)
+            await wait_for(lambda: engine.synced)
+            assert drop not in check_chain()
+            store.upsert(SERVICECIDRS, ServiceCIDR("kubernetes", ("10.96.0.0/16",)))
+            # A second, wider one while the first drains: one merged range (nft refuses
+            # overlapping intervals); an IPv6 range stays out of the IPv4 table.
+            store.upsert(SERVICECIDRS, ServiceCIDR("wide", ("10.96.0.0/12", "fd00::/108")))
+            await wait_for(lambda: "10.96.0.0/12" in check_chain())
+            assert "ip daddr 10.96.0.0/12 drop" in check_chain(), check_chain()
+            store.delete(SERVICECIDRS, "wide")
+            await wait_for(lambda: "10.96.0.0/16" in check_chain())
+            store.delete(SERVICECIDRS, "kubernetes")
+            await wait_for(lambda: drop not in check_chain())
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
 
 
 @pytest.mark.parametrize("kind", ["iptables", "nftables"])

@@ -481,6 +481,36 @@ def test_nodes_are_read_for_their_zone(tmp_path: Path, monkeypatch: pytest.Monke
     assert errors == ["m.yaml:5: Node node-c1: metadata.labels: expected a mapping, got ['x']"]
 
 
+def test_service_cidrs_are_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # `kubectl get servicecidrs -o yaml`: the proxy drops traffic to unallocated ClusterIPs.
+    default = {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "ServiceCIDR",
+        "metadata": {"name": "kubernetes"},
+        "spec": {"cidrs": ["10.96.0.0/16", "fd00:10:96::/112"]},
+    }
+    bad = {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "ServiceCIDR",
+        "metadata": {"name": "extra"},
+        "spec": {"cidrs": ["10.97.0.1/16"]},
+    }
+    beta = {**default, "apiVersion": "networking.k8s.io/v1beta1"}
+    found, errors = load_files(tmp_path, monkeypatch, {"c.yaml": manifest_text(default)})
+    assert errors == []
+    assert {c.name: c.cidrs for c in found.service_cidrs.values()} == {
+        "kubernetes": ("10.96.0.0/16", "fd00:10:96::/112")
+    }
+    assert found.namespaces == {}  # a ServiceCIDR is cluster-scoped
+    found, errors = load_files(tmp_path, monkeypatch, {"d.yaml": manifest_text(bad, beta)})
+    assert errors == [
+        "d.yaml:7: ServiceCIDR extra: spec.cidrs[0]: '10.97.0.1/16' is not a CIDR without host "
+        "bits",
+        "d.yaml:9: ServiceCIDR kubernetes: apiVersion: ServiceCIDR is served as "
+        "'networking.k8s.io/v1', not 'networking.k8s.io/v1beta1'",
+    ]
+
+
 def test_namespaces_are_declared_or_implied(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
