@@ -583,6 +583,11 @@ class ForwardSection:
     expire: float = _key(10.0, _seconds(0.0, 3600.0))
     force_tcp: bool = _key(False, _boolean)
     except_zones: tuple[str, ...] = _key((), _plugin_zones(True), shape="list")
+    # CoreDNS's forward `max_fails` (failed exchanges in a row before an upstream is down and
+    # tried last; 0 = never down) and `health_check` (seconds between `. IN NS` probes of a
+    # down upstream, until it answers).
+    max_fails: int = _key(2, _whole(0, 1000))
+    health_check: float = _key(0.5, _seconds(0.05, 3600.0))
 
 
 @dataclass(frozen=True, slots=True)

@@ -526,20 +526,24 @@ def _forward_options(directive: Directive, root: bool, state: _State) -> None:
                 state.set("forward.tls_key", files[1], option.name)
         elif word == "expire" and len(args) == 1:
             state.set("forward.expire", seconds(args[0], label), option.name)
-        elif word in ("max_fails", "health_check", "prefer_udp"):
-            # Timing and transport knobs: the same upstreams give the same answers.
-            state.accept(option.name, _FIXED[word], label)
+        elif word == "max_fails" and len(args) == 1:
+            state.set("forward.max_fails", whole(args[0], label), option.name)
+        elif word == "health_check" and args:
+            state.set("forward.health_check", seconds(args[0], label), option.name)
+            if len(args) > 1:
+                # no_rec / domain FQDN: kdns's probe is always `. IN NS` with RD set; any reply
+                # marks the upstream up, so the probe's question changes nothing else.
+                state.accept(option.name, "kdns probes with `. IN NS`, recursion desired", label)
+        elif word == "prefer_udp":
+            # A transport knob: the same upstreams give the same answers.
+            state.accept(option.name, _PREFER_UDP, label)
         elif word == "failfast_all_unhealthy_upstreams":
             state.accept(option.name, "kdns tries unhealthy upstreams last, then fails", label)
         else:  # force_tcp, except, tls, tls_servername, next, unknown words
             state.refuse(option.name, "not supported yet", label)
 
 
-_FIXED = {
-    "max_fails": "kdns marks an upstream down after 2 failures in a row",
-    "health_check": "kdns probes a down upstream every 0.5 s",
-    "prefer_udp": "kdns asks over UDP and retries over TCP when the answer is truncated",
-}
+_PREFER_UDP = "kdns asks over UDP and retries over TCP when the answer is truncated"
 
 
 def _stub_domains(state: _State) -> None:

@@ -427,7 +427,9 @@ class Forwarder:
         return "."
 
     def healthy(self, upstream: Upstream) -> bool:
-        return self.health[upstream].fails < self.config.max_fails
+        """Up unless it failed `max_fails` exchanges in a row (CoreDNS: 0 = never down)."""
+        max_fails = self.config.max_fails
+        return max_fails == 0 or self.health[upstream].fails < max_fails
 
     # --- answering ---------------------------------------------------------------------------
 
@@ -504,8 +506,10 @@ class Forwarder:
         servers = self._ordered(self.destinations(query.qname.rstrip(".").lower()))
         servers.sort(key=lambda u: not self.healthy(u))  # healthy ones first, stable otherwise
         if servers and not self.healthy(servers[0]):
-            # CoreDNS's healthcheck_broken: every upstream is down; they are tried anyway.
+            # CoreDNS's healthcheck_broken: every upstream is down, so the health checks are
+            # assumed broken and one is picked at random (then the rest, as time allows).
             metrics.FORWARD_HEALTHCHECK_BROKEN.inc()
+            random.shuffle(servers)
         with trio.move_on_after(self.config.budget):
             for upstream in servers:
                 try:
@@ -660,7 +664,7 @@ class Forwarder:
         while True:
             await trio.sleep(self.config.health_check)
             for upstream, health in self.health.items():
-                if health.fails < self.config.max_fails:
+                if self.healthy(upstream):
                     continue
                 try:
                     await self._ask(upstream, probe, probe=True)
