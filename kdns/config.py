@@ -610,6 +610,12 @@ class CacheSection:
     # are never cached ("." = every name); denial covers NXDOMAIN, NODATA and SERVFAIL.
     disable_success: tuple[str, ...] = _key((), _plugin_zones(True), shape="list")
     disable_denial: tuple[str, ...] = _key((), _plugin_zones(True), shape="list")
+    # CoreDNS's cache `prefetch AMOUNT [DURATION [PERCENTAGE%]]`: an answer asked `prefetch`
+    # times (0 = off) within `prefetch_duration` seconds is refreshed from upstream in the
+    # background when it is served with less than `prefetch_percentage` % of its TTL left.
+    prefetch: int = _key(0, _whole(0, 1_000_000))
+    prefetch_duration: float = _key(60.0, _seconds(1.0, 86400.0))
+    prefetch_percentage: int = _key(10, _whole(0, 100, " of percent"))
 
 
 @dataclass(frozen=True, slots=True)

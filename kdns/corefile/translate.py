@@ -607,13 +607,10 @@ def _cache(directive: Directive, zones: list[str], main: bool, state: _State) ->
                 )
         elif word == "disable":
             _cache_disable(option, zones, disabled, state)
-        elif word in ("prefetch", "servfail"):
-            text = (
-                "kdns re-asks when an answer expires"
-                if word == "prefetch"
-                else "kdns keeps a SERVFAIL for 5 s"
-            )
-            state.accept(option.name, text, label)
+        elif word == "prefetch":
+            _cache_prefetch(option, state)
+        elif word == "servfail":
+            state.accept(option.name, "kdns keeps a SERVFAIL for 5 s", label)
         else:  # keepttl, unknown words
             state.refuse(option.name, "not supported yet", label)
     state.set("cache.max_ttl", max_ttl, directive.name)
@@ -622,6 +619,23 @@ def _cache(directive: Directive, zones: list[str], main: bool, state: _State) ->
         if kind_zones:
             value = tuple(dict.fromkeys(kind_zones))
             state.set(f"cache.disable_{kind}", value, directive.name)
+
+
+def _cache_prefetch(option: Directive, state: _State) -> None:
+    """CoreDNS's `prefetch AMOUNT [DURATION [PERCENTAGE%]]` (defaults 1m and 10%; the
+    percentage must fall in 10-90, as its setup checks)."""
+    opts = option.args
+    if not 1 <= len(opts) <= 3:
+        raise option.name.error("prefetch takes AMOUNT [DURATION [PERCENTAGE%]]")
+    state.set("cache.prefetch", whole(opts[0], "cache prefetch"), option.name)
+    if len(opts) > 1:
+        duration = seconds(opts[1], "cache prefetch")
+        state.set("cache.prefetch_duration", duration, option.name)
+    if len(opts) > 2:
+        text = opts[2].text
+        if not (text.endswith("%") and text[:-1].isdigit() and 10 <= int(text[:-1]) <= 90):
+            raise opts[2].error(f"cache prefetch: {text!r} is not a percentage in 10%-90%")
+        state.set("cache.prefetch_percentage", int(text[:-1]), option.name)
 
 
 def _cache_disable(

@@ -464,6 +464,10 @@ MALFORMED = [
         "bad-duration.Corefile:3: health lameduck: 'soon' is not a duration (e.g. 5s, 1m, 1h30m)",
     ),
     (
+        "bad-prefetch.Corefile",
+        "bad-prefetch.Corefile:4: cache prefetch: '5%' is not a percentage in 10%-90%",
+    ),
+    (
         "zone-twice.Corefile",
         "zone-twice.Corefile:7: example.org.: zone example.org port 53 is already served by the "
         "block on line 4",
@@ -730,9 +734,11 @@ OPTIONS = [
             "cache.denial": 2000,
             "cache.max_denial_ttl": 60,
             "cache.serve_stale": 600.0,
+            "cache.prefetch": 10,
+            "cache.prefetch_duration": 60.0,
+            "cache.prefetch_percentage": 10,
         },
         "Corefile:4: cache success: accepted: kdns keeps an answer for its own TTL, no minimum\n"
-        "Corefile:6: cache prefetch: accepted: kdns re-asks when an answer expires\n"
         "Corefile:7: cache serve_stale: accepted: kdns serves a stale answer only once the "
         "upstreams fail (verify)\n"
         "Corefile:8: cache servfail: accepted: kdns keeps a SERVFAIL for 5 s",
