@@ -276,6 +276,7 @@ class UpstreamCache:
             hits_success=self.hits - self.hits_denial,
             hits_denial=self.hits_denial,
             served_stale=self.served_stale,
+            prefetches=self.prefetches,
             evictions_success=self.success.evictions,
             evictions_denial=self.denial.evictions,
         )
