@@ -712,10 +712,18 @@ async def test_a_change_dns_cannot_see_keeps_the_cached_answer(
     async def counts() -> tuple[float, float, int]:
         # From /metrics: UDP hits are answered (and counted) by the receive thread, so the
         # cache's own counters see only what reached trio; the metrics add both.
+        # Only this app's listener: earlier tests' apps in this process share the registry.
         snapshot = await k.metrics()
-        hits = sum(v for (n, _), v in snapshot.items() if n == "kdns_cache_hits_total")
-        misses = sum(v for (n, _), v in snapshot.items() if n == "kdns_cache_misses_total")
-        return hits, misses, len(cache)
+        mine = f":{k.ports['dns']}"
+
+        def total(name: str) -> float:
+            return sum(
+                v
+                for (n, labels), v in snapshot.items()
+                if n == name and dict(labels).get("server", "").endswith(mine)
+            )
+
+        return total("kdns_cache_hits_total"), total("kdns_cache_misses_total"), len(cache)
 
     assert await k.ask(service_fqdn("web")) == ok(web_ip)
     assert await k.ask(service_fqdn("web")) == ok(web_ip)
