@@ -224,8 +224,8 @@ class Pod:
 
 def _get(obj: Mapping[str, Any], path: str, key: str, kind: type | tuple[type, ...]) -> Any:
     value = obj.get(key)
-    if value is None:
-        return None
+    if value is None or value.__class__ is kind:
+        return value  # the common case first: a bool's class is not int
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
         raise ModelError(
