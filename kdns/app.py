@@ -382,6 +382,8 @@ def _forwarder(config: Config) -> Forwarder | None:
             tls_cert=forward.tls_cert,
             tls_key=forward.tls_key,
             expire=forward.expire,
+            max_fails=forward.max_fails,
+            health_check=forward.health_check,
         )
     )
 

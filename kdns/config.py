@@ -583,6 +583,11 @@ class ForwardSection:
     expire: float = _key(10.0, _seconds(0.0, 3600.0))
     force_tcp: bool = _key(False, _boolean)
     except_zones: tuple[str, ...] = _key((), _plugin_zones(True), shape="list")
+    # CoreDNS's forward `max_fails` (failed exchanges in a row before an upstream is down and
+    # tried last; 0 = never down) and `health_check` (seconds between `. IN NS` probes of a
+    # down upstream, until it answers).
+    max_fails: int = _key(2, _whole(0, 1000))
+    health_check: float = _key(0.5, _seconds(0.05, 3600.0))
 
 
 @dataclass(frozen=True, slots=True)
@@ -605,6 +610,12 @@ class CacheSection:
     # are never cached ("." = every name); denial covers NXDOMAIN, NODATA and SERVFAIL.
     disable_success: tuple[str, ...] = _key((), _plugin_zones(True), shape="list")
     disable_denial: tuple[str, ...] = _key((), _plugin_zones(True), shape="list")
+    # CoreDNS's cache `prefetch AMOUNT [DURATION [PERCENTAGE%]]`: an answer asked `prefetch`
+    # times (0 = off) within `prefetch_duration` seconds is refreshed from upstream in the
+    # background when it is served with less than `prefetch_percentage` % of its TTL left.
+    prefetch: int = _key(0, _whole(0, 1_000_000))
+    prefetch_duration: float = _key(60.0, _seconds(1.0, 86400.0))
+    prefetch_percentage: int = _key(10, _whole(0, 100, " of percent"))
 
 
 @dataclass(frozen=True, slots=True)

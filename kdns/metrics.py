@@ -243,6 +243,12 @@ DNS_FAMILIES: tuple[tuple[str, str, tuple[str, ...], str], ...] = (
         ("server", "zones", "view"),
         "Expired answers served because every upstream failed (RFC 8767).",
     ),
+    (
+        "kdns_cache_prefetch_total",
+        "counter",
+        ("server", "zones", "view"),
+        "Popular upstream answers refreshed in the background before they expire (prefetch).",
+    ),
 )
 
 
@@ -336,6 +342,7 @@ _COREDNS_COUNTERPARTS = (
     "kdns_cache_misses_total",
     "kdns_cache_requests_total",
     "kdns_cache_served_stale_total",
+    "kdns_cache_prefetch_total",
     "kdns_cache_evictions_total",
     "kdns_forward_requests_total",
     "kdns_forward_responses_total",

@@ -526,20 +526,24 @@ def _forward_options(directive: Directive, root: bool, state: _State) -> None:
                 state.set("forward.tls_key", files[1], option.name)
         elif word == "expire" and len(args) == 1:
             state.set("forward.expire", seconds(args[0], label), option.name)
-        elif word in ("max_fails", "health_check", "prefer_udp"):
-            # Timing and transport knobs: the same upstreams give the same answers.
-            state.accept(option.name, _FIXED[word], label)
+        elif word == "max_fails" and len(args) == 1:
+            state.set("forward.max_fails", whole(args[0], label), option.name)
+        elif word == "health_check" and args:
+            state.set("forward.health_check", seconds(args[0], label), option.name)
+            if len(args) > 1:
+                # no_rec / domain FQDN: kdns's probe is always `. IN NS` with RD set; any reply
+                # marks the upstream up, so the probe's question changes nothing else.
+                state.accept(option.name, "kdns probes with `. IN NS`, recursion desired", label)
+        elif word == "prefer_udp":
+            # A transport knob: the same upstreams give the same answers.
+            state.accept(option.name, _PREFER_UDP, label)
         elif word == "failfast_all_unhealthy_upstreams":
             state.accept(option.name, "kdns tries unhealthy upstreams last, then fails", label)
         else:  # force_tcp, except, tls, tls_servername, next, unknown words
             state.refuse(option.name, "not supported yet", label)
 
 
-_FIXED = {
-    "max_fails": "kdns marks an upstream down after 2 failures in a row",
-    "health_check": "kdns probes a down upstream every 0.5 s",
-    "prefer_udp": "kdns asks over UDP and retries over TCP when the answer is truncated",
-}
+_PREFER_UDP = "kdns asks over UDP and retries over TCP when the answer is truncated"
 
 
 def _stub_domains(state: _State) -> None:
@@ -603,13 +607,10 @@ def _cache(directive: Directive, zones: list[str], main: bool, state: _State) ->
                 )
         elif word == "disable":
             _cache_disable(option, zones, disabled, state)
-        elif word in ("prefetch", "servfail"):
-            text = (
-                "kdns re-asks when an answer expires"
-                if word == "prefetch"
-                else "kdns keeps a SERVFAIL for 5 s"
-            )
-            state.accept(option.name, text, label)
+        elif word == "prefetch":
+            _cache_prefetch(option, state)
+        elif word == "servfail":
+            state.accept(option.name, "kdns keeps a SERVFAIL for 5 s", label)
         else:  # keepttl, unknown words
             state.refuse(option.name, "not supported yet", label)
     state.set("cache.max_ttl", max_ttl, directive.name)
@@ -618,6 +619,23 @@ def _cache(directive: Directive, zones: list[str], main: bool, state: _State) ->
         if kind_zones:
             value = tuple(dict.fromkeys(kind_zones))
             state.set(f"cache.disable_{kind}", value, directive.name)
+
+
+def _cache_prefetch(option: Directive, state: _State) -> None:
+    """CoreDNS's `prefetch AMOUNT [DURATION [PERCENTAGE%]]` (defaults 1m and 10%; the
+    percentage must fall in 10-90, as its setup checks)."""
+    opts = option.args
+    if not 1 <= len(opts) <= 3:
+        raise option.name.error("prefetch takes AMOUNT [DURATION [PERCENTAGE%]]")
+    state.set("cache.prefetch", whole(opts[0], "cache prefetch"), option.name)
+    if len(opts) > 1:
+        duration = seconds(opts[1], "cache prefetch")
+        state.set("cache.prefetch_duration", duration, option.name)
+    if len(opts) > 2:
+        text = opts[2].text
+        if not (text.endswith("%") and text[:-1].isdigit() and 10 <= int(text[:-1]) <= 90):
+            raise opts[2].error(f"cache prefetch: {text!r} is not a percentage in 10%-90%")
+        state.set("cache.prefetch_percentage", int(text[:-1]), option.name)
 
 
 def _cache_disable(

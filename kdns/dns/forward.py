@@ -19,7 +19,10 @@ What CoreDNS's `forward` + `cache` plugins and kube-dns's stubDomains / upstream
 section: answers for their TTL capped at `max_ttl`, negative answers per RFC 2308 (the SOA's
 min(TTL, MINIMUM)) capped at `max_denial_ttl`, SERVFAIL for `servfail_ttl`; bounded by entry
 counts and by `max_bytes` (success and denial together, oldest first; evictions counted in
-`stats()`); TTLs counted down in what clients see. Cluster answers never come here: they are
+`stats()`); TTLs counted down in what clients see. CoreDNS's `prefetch`: an entry asked
+`prefetch` times within `prefetch_duration` is refreshed in the background once it is served
+with less than `prefetch_percentage` % of its TTL left; the hit path pays one counter and one
+compare for it (`CacheEntry.check_at`). Cluster answers never come here: they are
 answered from the store.
 
 Every attempt is counted per upstream (`kdns_forward_*`, CoreDNS's forward/proxy metrics); a
@@ -33,6 +36,7 @@ Time is trio's clock, so tests drive expiry with `trio.testing.MockClock`.
 from __future__ import annotations
 
 import logging
+import math
 import random
 import secrets
 import socket
@@ -174,6 +178,13 @@ class CacheEntry:
     expires: float
     stale_until: float
     size: int = 0  # estimated bytes held, with its key (`entry_size`)
+    # CoreDNS's cache `prefetch`: hits since `window` opened, when the entry is due a refresh
+    # (inf: prefetch off, or a refresh under way), and when a hit must look at the two again
+    # (the earlier of the window's end and `prefetch_at`), so other hits cost one compare.
+    hits: int = 0
+    window: float = 0.0
+    prefetch_at: float = math.inf
+    check_at: float = math.inf
 
 
 # What an entry costs beyond its response and key: the dataclass, its two lists, the LRU's
@@ -236,6 +247,7 @@ class UpstreamCache:
         self.hits_denial = 0  # of `hits`, those from the denial table (metrics)
         self.misses = 0
         self.served_stale = 0
+        self.prefetches = 0  # refreshes of popular entries started (CoreDNS's cache prefetch)
 
     def __len__(self) -> int:
         return len(self.success) + len(self.denial)
@@ -264,6 +276,7 @@ class UpstreamCache:
             hits_success=self.hits - self.hits_denial,
             hits_denial=self.hits_denial,
             served_stale=self.served_stale,
+            prefetches=self.prefetches,
             evictions_success=self.success.evictions,
             evictions_denial=self.denial.evictions,
         )
@@ -272,6 +285,15 @@ class UpstreamCache:
     def bytes(self) -> int:
         """The estimated memory of every entry (`entry_size`), kept within `max_bytes`."""
         return self.success.bytes + self.denial.bytes
+
+    def keep_popularity(self, key: bytes, old: CacheEntry) -> None:
+        """The entry that replaced `old` keeps its hits, in a window from its refresh (CoreDNS's
+        prefetch copies the frequency into the new item), so a name that stays popular is
+        refreshed again before it expires."""
+        for table in (self.success, self.denial):
+            entry = table.get(key)
+            if entry is not None and entry is not old:
+                entry.hits, entry.window = old.hits, entry.stored
 
     def stale(self, key: bytes, now: float) -> CacheEntry | None:
         """An expired success answer still inside the serve-stale window (RFC 8767)."""
@@ -301,7 +323,7 @@ class UpstreamCache:
         size = entry_size(key, response, len(parsed.ttls))
         if size > self.max_bytes:
             return  # larger than the whole budget: asked upstream each time
-        table[key] = CacheEntry(
+        entry = CacheEntry(
             response,
             parsed.ttl_offsets,
             [min(t, ttl) for t in parsed.ttls],
@@ -310,11 +332,33 @@ class UpstreamCache:
             now + ttl + config.cache.serve_stale,
             size,
         )
+        if config.cache.prefetch:
+            entry.window = now
+            entry.prefetch_at = entry.expires - prefetch_threshold(ttl, config.cache)
+            entry.check_at = min(now + config.cache.prefetch_duration, entry.prefetch_at)
+        table[key] = entry
         # Within the byte bound: the least recently used go, from this table first (the one
         # growing), then from the other; the entry just stored is the most recent of its table.
         other = self.denial if table is self.success else self.success
         while self.bytes > self.max_bytes:
             (table if len(table) > 1 else other).popitem()
+
+
+def prefetch_threshold(ttl: int, cache: CacheSection) -> int:
+    """Seconds of TTL left below which a popular entry is refreshed: CoreDNS's
+    ceil(PERCENTAGE % of the original TTL), so at least 1 s before it expires."""
+    return math.ceil(cache.prefetch_percentage * ttl / 100)
+
+
+def count_hit(entry: CacheEntry, now: float, cache: CacheSection) -> bool:
+    """Count one hit on a fresh entry, on the slow path (`now >= entry.check_at`); whether it
+    is now due a prefetch: asked at least `prefetch` times in the window, with at most
+    `prefetch_threshold` seconds left. A hit after the window's end opens a new window that
+    counts from it (CoreDNS's pkg/freq); the counter itself went up on the hot path."""
+    if now > entry.window + cache.prefetch_duration:
+        entry.window, entry.hits = now, 1
+    entry.check_at = min(entry.window + cache.prefetch_duration, entry.prefetch_at)
+    return now >= entry.prefetch_at and entry.hits >= cache.prefetch
 
 
 def from_cache(entry: CacheEntry, query: Query, now: float, stale_ttl: int | None = None) -> bytes:
@@ -391,6 +435,7 @@ class Forwarder:
         self._stubs = sorted(config.stub_domains, key=lambda s: len(s[0]), reverse=True)
         self._turn = 0  # policy round_robin: where the next question starts
         self.tls: TlsConnections | None = None
+        self._background: trio.Nursery | None = None  # where prefetches run, while `run` does
         if any(u.tls for u in self.all_upstreams()):
             context = client_context(config.tls_ca, config.tls_cert, config.tls_key)
             self.tls = TlsConnections(context, config.tls_servername, config.expire)
@@ -427,7 +472,9 @@ class Forwarder:
         return "."
 
     def healthy(self, upstream: Upstream) -> bool:
-        return self.health[upstream].fails < self.config.max_fails
+        """Up unless it failed `max_fails` exchanges in a row (CoreDNS: 0 = never down)."""
+        max_fails = self.config.max_fails
+        return max_fails == 0 or self.health[upstream].fails < max_fails
 
     # --- answering ---------------------------------------------------------------------------
 
@@ -439,6 +486,9 @@ class Forwarder:
         entry = self.cache.get(key, now, count=count)
         if entry is None:
             return None
+        entry.hits += 1
+        if now >= entry.check_at and count_hit(entry, now, self.config.cache):
+            self._prefetch_soon(entry, key, query)
         if entry.response[3] & 0xF == wire.SERVFAIL:
             # A cached SERVFAIL records that the upstreams failed; while it lasts, an answer in
             # the stale window still beats it (RFC 8767 §5), as it did for the first query.
@@ -499,13 +549,41 @@ class Forwarder:
             return _relabel(flight.response, query)
         return wire.error_response(query.id, query.flags, wire.SERVFAIL, query)
 
+    def _prefetch_soon(self, entry: CacheEntry, key: bytes, query: Query) -> None:
+        """Refresh a popular entry in the background (CoreDNS's cache prefetch); the client is
+        answered from the entry meanwhile. One refresh per entry, unless it fails; none while
+        the same question is in flight or `max_concurrent` exchanges are."""
+        if self._background is None or key in self._in_flight:
+            return
+        if len(self._in_flight) >= self.config.max_concurrent:
+            return
+        due, entry.prefetch_at = entry.prefetch_at, math.inf
+        entry.check_at = entry.window + self.config.cache.prefetch_duration
+        self.cache.prefetches += 1
+        self._background.start_soon(self._prefetch, entry, due, key, query)
+
+    async def _prefetch(self, entry: CacheEntry, due: float, key: bytes, query: Query) -> None:
+        flight = self._in_flight[key] = _InFlight()
+        try:
+            flight.response = await self._exchange(query, key)
+        finally:
+            del self._in_flight[key]
+            flight.done.set()
+        if flight.response is None:
+            # Every upstream failed: the entry (still served) is due again on its next hit.
+            entry.prefetch_at = entry.check_at = due
+            return
+        self.cache.keep_popularity(key, entry)
+
     async def _exchange(self, query: Query, key: bytes) -> bytes | None:
         """Ask the upstreams in turn; cache and return the first usable answer (OPT stripped)."""
         servers = self._ordered(self.destinations(query.qname.rstrip(".").lower()))
         servers.sort(key=lambda u: not self.healthy(u))  # healthy ones first, stable otherwise
         if servers and not self.healthy(servers[0]):
-            # CoreDNS's healthcheck_broken: every upstream is down; they are tried anyway.
+            # CoreDNS's healthcheck_broken: every upstream is down, so the health checks are
+            # assumed broken and one is picked at random (then the rest, as time allows).
             metrics.FORWARD_HEALTHCHECK_BROKEN.inc()
+            random.shuffle(servers)
         with trio.move_on_after(self.config.budget):
             for upstream in servers:
                 try:
@@ -646,11 +724,15 @@ class Forwarder:
     # --- health checks -----------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Probe unhealthy upstreams with `. IN NS` until they answer (CoreDNS's health check)."""
-        task_status.started()
+        """Probe unhealthy upstreams with `. IN NS` until they answer (CoreDNS's health check);
+        run the cache's prefetches."""
         try:
-            await self._probe_forever()
+            async with trio.open_nursery() as nursery:
+                self._background = nursery
+                task_status.started()
+                await self._probe_forever()
         finally:
+            self._background = None
             # A reload stops this task: the idle TLS connections of this forwarder go with it.
             if self.tls is not None:
                 await self.tls.aclose()
@@ -660,7 +742,7 @@ class Forwarder:
         while True:
             await trio.sleep(self.config.health_check)
             for upstream, health in self.health.items():
-                if health.fails < self.config.max_fails:
+                if self.healthy(upstream):
                     continue
                 try:
                     await self._ask(upstream, probe, probe=True)

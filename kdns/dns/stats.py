@@ -124,6 +124,7 @@ class CacheStats:
     hits_success: int | None = None
     hits_denial: int = 0
     served_stale: int = 0
+    prefetches: int = 0  # the upstream cache's background refreshes (CoreDNS's prefetch)
     evictions_success: int = 0  # entries dropped to stay within the cache's bounds, by type
     evictions_denial: int = 0
 
@@ -324,6 +325,7 @@ class _Scrape:
             counts["kdns_cache_misses_total"][(server, zones, VIEW)] = cache.misses
             counts["kdns_cache_requests_total"][(server, zones, VIEW)] = cache.misses + sum(hits)
             counts["kdns_cache_served_stale_total"][(server, zones, VIEW)] = cache.served_stale
+            counts["kdns_cache_prefetch_total"][(server, zones, VIEW)] = cache.prefetches
 
     def families(self) -> list[Metric]:
         out = []

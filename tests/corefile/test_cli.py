@@ -143,23 +143,47 @@ def served() -> Iterator[list[Served]]:
 
 
 def serve(corefile: Corefile, served: list[Served]) -> Served:
-    with open(corefile.log, "wb") as err:
-        proc = subprocess.Popen(
-            kdns_command("serve", "--corefile", str(corefile.path), "--manifests", str(EXAMPLES)),
-            env={**os.environ, "KDNS_LAMEDUCK": "0"},
-            stdout=subprocess.DEVNULL,
-            stderr=err,
-            stdin=subprocess.DEVNULL,
-            cwd=ROOT,
-        )
-    server = Served(proc, corefile.log)
-    served.append(server)
-    wait_answering(
-        lambda: udp_answers(corefile.dns, "dns-version.cluster.local", 0.2) is not None,
-        proc,
-        server.stderr,
-    )
-    return server
+    """Start `kdns serve --corefile` and wait until it answers. Another process may take a port
+    between `free_port()` and kdns's bind: then the Corefile moves to new ports and kdns starts
+    again (as tests/e2e/conftest.start_kdns does)."""
+    for _ in range(5):
+        with open(corefile.log, "wb") as err:
+            proc = subprocess.Popen(
+                kdns_command(
+                    "serve", "--corefile", str(corefile.path), "--manifests", str(EXAMPLES)
+                ),
+                env={**os.environ, "KDNS_LAMEDUCK": "0"},
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+                stdin=subprocess.DEVNULL,
+                cwd=ROOT,
+            )
+        server = Served(proc, corefile.log)
+        try:
+            wait_answering(
+                lambda: udp_answers(corefile.dns, "dns-version.cluster.local", 0.2) is not None,
+                proc,
+                server.stderr,
+            )
+        except pytest.fail.Exception:
+            server.stop()
+            if "cannot listen" not in server.stderr() and "already in use" not in server.stderr():
+                raise
+            move_ports(corefile)  # lost the race for a port to another process
+            continue
+        served.append(server)
+        return server
+    pytest.fail("kdns could not bind free ports in 5 attempts")
+
+
+def move_ports(corefile: Corefile) -> None:
+    """Give the Corefile (as written) new free ports for DNS, health, ready and prometheus."""
+    old = [corefile.dns, *corefile.http]
+    corefile.dns, corefile.http = free_port(), [free_tcp_port() for _ in range(3)]
+    text = corefile.path.read_text()
+    for before, after in zip(old, [corefile.dns, *corefile.http], strict=True):
+        text = text.replace(f":{before}\n", f":{after}\n").replace(f":{before} ", f":{after} ")
+    corefile.path.write_text(text)
 
 
 def wait_for(condition: Callable[[], bool], what: str, server: Served) -> None:

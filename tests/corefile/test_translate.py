@@ -464,6 +464,10 @@ MALFORMED = [
         "bad-duration.Corefile:3: health lameduck: 'soon' is not a duration (e.g. 5s, 1m, 1h30m)",
     ),
     (
+        "bad-prefetch.Corefile",
+        "bad-prefetch.Corefile:4: cache prefetch: '5%' is not a percentage in 10%-90%",
+    ),
+    (
         "zone-twice.Corefile",
         "zone-twice.Corefile:7: example.org.: zone example.org port 53 is already served by the "
         "block on line 4",
@@ -619,7 +623,7 @@ OPTIONS = [
         "",
     ),
     (
-        "forward: addresses, with and without ports; the knobs kdns keeps fixed",
+        "forward: addresses, with and without ports; max_fails, health_check, expire",
         corefile(
             "    forward . 10.0.0.1 dns://10.0.0.2:5353 [fd00::1]:53 {\n"
             "       max_fails 3\n       health_check 1s\n       expire 20s\n       prefer_udp\n"
@@ -628,10 +632,9 @@ OPTIONS = [
         {
             "forward.upstreams": ("10.0.0.1", "10.0.0.2:5353", "[fd00::1]:53"),
             "forward.expire": 20.0,
+            "forward.max_fails": 3,
+            "forward.health_check": 1.0,
         },
-        "Corefile:4: forward max_fails: accepted: kdns marks an upstream down after 2 failures in "
-        "a row\n"
-        "Corefile:5: forward health_check: accepted: kdns probes a down upstream every 0.5 s\n"
         "Corefile:7: forward prefer_udp: accepted: kdns asks over UDP and retries over TCP when "
         "the answer is truncated\n"
         "Corefile:8: forward failfast_all_unhealthy_upstreams: accepted: kdns tries unhealthy "
@@ -731,9 +734,11 @@ OPTIONS = [
             "cache.denial": 2000,
             "cache.max_denial_ttl": 60,
             "cache.serve_stale": 600.0,
+            "cache.prefetch": 10,
+            "cache.prefetch_duration": 60.0,
+            "cache.prefetch_percentage": 10,
         },
         "Corefile:4: cache success: accepted: kdns keeps an answer for its own TTL, no minimum\n"
-        "Corefile:6: cache prefetch: accepted: kdns re-asks when an answer expires\n"
         "Corefile:7: cache serve_stale: accepted: kdns serves a stale answer only once the "
         "upstreams fail (verify)\n"
         "Corefile:8: cache servfail: accepted: kdns keeps a SERVFAIL for 5 s",

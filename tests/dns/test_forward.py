@@ -342,6 +342,45 @@ async def test_failover_from_a_black_hole_after_the_timeout(
         assert not stack.forwarder.healthy(hole.upstream)
 
 
+async def test_max_fails_0_never_marks_an_upstream_down(in_order: None) -> None:
+    with Responder(EXAMPLE) as backup:
+        dead = closed_port()
+        config = ForwardConfig(upstreams=(dead, backup.upstream), max_fails=0)
+        async with kdns(config) as stack:
+            for name in ("www.example", "big.example", "long.example"):
+                assert (await ask(stack.port, name)).rcode() == dns.rcode.NOERROR
+            health = stack.forwarder.health[dead]
+            # CoreDNS: "max_fails 0" means the upstream is never down, so never tried last:
+            # each question goes to it first, and fails over.
+            assert (health.errors, health.fails) == (3, 3)
+            assert stack.forwarder.healthy(dead)
+        assert backup.count() == 3
+
+
+class Reversed:
+    """Stands in for `random` in kdns.dns.forward: a "shuffle" that reverses the list."""
+
+    @staticmethod
+    def shuffle(items: list[object]) -> None:
+        items.reverse()
+
+
+async def test_every_upstream_down_picks_one_at_random(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(forward, "random", Reversed)
+    first, second = closed_port(), closed_port()
+    config = ForwardConfig(upstreams=(first, second), max_fails=1, policy="sequential")
+    async with kdns(config) as stack:
+        assert (await ask(stack.port, "www.example")).rcode() == dns.rcode.SERVFAIL
+        assert not stack.forwarder.healthy(first) and not stack.forwarder.healthy(second)
+        # Both down: CoreDNS takes the health checks to be broken and picks an upstream at
+        # random (here: the "shuffle" reverses), instead of the policy's order.
+        with Responder(EXAMPLE, port=second.port) as revived:
+            reply = await ask(stack.port, "big.example")
+        assert reply.rcode() == dns.rcode.NOERROR
+        assert stack.forwarder.health[first].errors == 1  # not asked the second time
+        assert revived.count("big.example") == 1
+
+
 async def test_every_upstream_down_is_servfail_after_timeout_times_upstreams() -> None:
     timeout = 0.3
     with Responder(silent) as one, Responder(silent) as two:

@@ -104,7 +104,13 @@ def test_caches_and_listeners_sharing_a_server_label() -> None:
         lambda: (
             ".",
             CacheStats(
-                success=4, denial=5, misses=6, hits_success=7, hits_denial=8, served_stale=1
+                success=4,
+                denial=5,
+                misses=6,
+                hits_success=7,
+                hits_denial=8,
+                served_stale=1,
+                prefetches=2,
             ),
         )
     )
@@ -122,6 +128,7 @@ def test_caches_and_listeners_sharing_a_server_label() -> None:
     assert get(t, "kdns_cache_hits_total", **u, type="denial") == 8
     assert get(t, "kdns_cache_requests_total", **u) == 6 + 7 + 8
     assert get(t, "kdns_cache_served_stale_total", **u) == 1
+    assert get(t, "kdns_cache_prefetch_total", **u) == 2
 
 
 def test_answer_cache_counts_nxdomain_and_nodata_as_denial() -> None:
