@@ -224,8 +224,8 @@ class Pod:
 
 def _get(obj: Mapping[str, Any], path: str, key: str, kind: type | tuple[type, ...]) -> Any:
     value = obj.get(key)
-    if value is None:
-        return None
+    if value is None or value.__class__ is kind:
+        return value  # the common case first: a bool's class is not int
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
         raise ModelError(
@@ -281,15 +281,11 @@ def _ip(value: Any, field: str) -> str:
 
 def _is_canonical_ipv4(text: str) -> bool:
     """Dotted-quad IPv4 with no leading zeros: what the API server writes."""
-    parts = text.split(".")
-    if len(parts) != 4:
-        return False
-    for part in parts:
-        if not part.isdigit() or not part.isascii() or (part[0] == "0" and len(part) > 1):
-            return False
-        if int(part) > 255:
-            return False
-    return True
+    return _CANONICAL_IPV4.fullmatch(text) is not None
+
+
+_OCTET = "(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"  # 0-255, no leading zero
+_CANONICAL_IPV4 = re.compile(rf"{_OCTET}(?:\.{_OCTET}){{3}}")
 
 
 def _version(ip: str) -> int:

@@ -538,6 +538,35 @@ SERVICE_ERRORS = [
 ]
 
 
+# IPv4 as the API server writes it (no leading zeros, each part 0-255) is taken as it is; any
+# other spelling goes through ipaddress, which refuses leading zeros (CVE-2021-29921).
+IPV4_SPELLINGS = [
+    ("0.0.0.0", "0.0.0.0"),
+    ("10.96.0.10", "10.96.0.10"),
+    ("255.255.255.255", "255.255.255.255"),
+    ("249.250.199.100", "249.250.199.100"),
+    ("256.1.1.1", None),
+    ("1.2.3.256", None),
+    ("010.96.0.1", None),
+    ("10.96.0.01", None),
+    ("10.96.0", None),
+    ("10.96.0.1.2", None),
+    ("10..0.1", None),
+    ("10.96.0.1 ", None),
+    ("\u0661.2.3.4", None),  # an Arabic-Indic digit: isdigit() says yes, the API says no
+]
+
+
+@pytest.mark.parametrize(("text", "served"), IPV4_SPELLINGS)
+def test_service_cluster_ip_spellings(text: str, served: str | None) -> None:
+    obj = service_dict({"clusterIP": text})
+    if served is None:
+        with pytest.raises(ModelError, match=r"^spec\.clusterIP: .* is not an IP address$"):
+            service_from_dict(obj)
+    else:
+        assert service_from_dict(obj).cluster_ips == (served,)
+
+
 @pytest.mark.parametrize(("obj", "field"), SERVICE_ERRORS)
 def test_service_from_dict_errors(obj: dict[str, Any], field: str) -> None:
     with pytest.raises(ModelError) as info:

@@ -38,24 +38,32 @@ class _FastResolveLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type
     Every other scalar (numbers, booleans, null, "~", …) still goes through PyYAML's resolver.
     """
 
-    def resolve(self, kind: type, value: Any, implicit: tuple[bool, bool]) -> str:
-        if kind is yaml.ScalarNode and implicit[0]:
+    def resolve(self, kind: type, value: Any, implicit: Any) -> str:
+        # libyaml's composer calls this for every node, so the common answers come first.
+        if kind is _ScalarNode:
+            if not implicit[0]:
+                return _STR  # quoted, or tagged "!": PyYAML's default scalar tag
             if value and value[0] not in _RESOLVED_FIRST:
                 return _STR
             # Keys like "name" and "type" and values like "80" or "true" come again and again.
             tag = _resolved.get(value)
             if tag is None:
+                if value.count(".") > 1:
+                    # No implicit type (int, float, timestamp, bool, null, merge) has two
+                    # dots: IP addresses and version strings are strings without a regex.
+                    return _STR
                 tag = super().resolve(kind, value, implicit)
                 if len(_resolved) < _MAX_RESOLVED and len(value) <= 16:
                     _resolved[value] = tag
             return tag
-        return super().resolve(kind, value, implicit)
+        # Without path resolvers (asserted below) a collection's tag is the default one.
+        return _SEQ if kind is _SequenceNode else _MAP
 
-    def descend_resolver(self, current_node: Any, current_index: Any) -> None:
-        pass  # only path resolvers need it, and the safe loader has none
-
-    def ascend_resolver(self) -> None:
-        pass
+    # libyaml's composer calls these two around every node; only path resolvers need them, and
+    # the safe loader has none. Builtins that take the same arguments and do nothing of note
+    # cost less per call than a Python method (over a million calls for 10k Services).
+    descend_resolver = slice  # (parent, index) -> an unused slice
+    ascend_resolver = tuple  # () -> the empty tuple
 
 
 def _construct_timestamp(loader: Any, node: yaml.ScalarNode) -> Any:
@@ -72,6 +80,9 @@ def _construct_timestamp(loader: Any, node: yaml.ScalarNode) -> Any:
 
 _FastResolveLoader.add_constructor("tag:yaml.org,2002:timestamp", _construct_timestamp)
 
+_ScalarNode = yaml.ScalarNode
+_SequenceNode = yaml.SequenceNode
+_MappingNode = yaml.MappingNode
 _STR = "tag:yaml.org,2002:str"
 _SEQ = "tag:yaml.org,2002:seq"
 _MAP = "tag:yaml.org,2002:map"
@@ -269,12 +280,12 @@ def _construct(loader: Any, node: yaml.Node, made: dict[int, Any]) -> Any:
     """
     cls = node.__class__
     tag = node.tag
-    if cls is yaml.ScalarNode:
+    if cls is _ScalarNode:
         if tag == _STR:
             return node.value
         if tag in _PLAIN_SCALARS:
-            return loader.yaml_constructors[tag](loader, node)
-    elif cls is yaml.MappingNode and tag == _MAP:
+            return _plain_scalar(loader, node)
+    elif cls is _MappingNode and tag == _MAP:
         done = made.get(id(node))
         if done is not None:
             made[_SHARED] = True
@@ -282,7 +293,7 @@ def _construct(loader: Any, node: yaml.Node, made: dict[int, Any]) -> Any:
         mapping: dict[Any, Any] = {}
         made[id(node)] = mapping
         for key_node, value_node in node.value:
-            if key_node.__class__ is yaml.ScalarNode and key_node.tag == _STR:
+            if key_node.__class__ is _ScalarNode and key_node.tag == _STR:
                 key = key_node.value
             elif key_node.tag in _SPECIAL_KEYS:
                 # A merge key (`<<: *base`): PyYAML's rules flatten the whole mapping.
@@ -297,12 +308,12 @@ def _construct(loader: Any, node: yaml.Node, made: dict[int, Any]) -> Any:
                         "found unhashable key",
                         key_node.start_mark,
                     )
-            if value_node.__class__ is yaml.ScalarNode and value_node.tag == _STR:
+            if value_node.__class__ is _ScalarNode and value_node.tag == _STR:
                 mapping[key] = value_node.value
             else:
                 mapping[key] = _construct(loader, value_node, made)
         return mapping
-    elif cls is yaml.SequenceNode and tag == _SEQ:
+    elif cls is _SequenceNode and tag == _SEQ:
         done = made.get(id(node))
         if done is not None:
             made[_SHARED] = True
@@ -310,12 +321,33 @@ def _construct(loader: Any, node: yaml.Node, made: dict[int, Any]) -> Any:
         sequence: list[Any] = []
         made[id(node)] = sequence
         for item in node.value:
-            if item.__class__ is yaml.ScalarNode and item.tag == _STR:
+            if item.__class__ is _ScalarNode and item.tag == _STR:
                 sequence.append(item.value)
             else:
                 sequence.append(_construct(loader, item, made))
         return sequence
     return _by_pyyaml(loader, node, made)
+
+
+def _plain_scalar(loader: Any, node: yaml.ScalarNode) -> Any:
+    """A null, bool, int, float or timestamp, as PyYAML constructs it.
+
+    The constructors are pure functions of tag and text, and manifests repeat the same few
+    (ports, `true`): short texts' values are kept, except timestamps (mutable-looking
+    datetimes that differ by tzinfo object identity are not worth sharing).
+    """
+    tag = node.tag
+    known = _scalars.get((tag, node.value), _scalars)
+    if known is not _scalars:
+        return known
+    value = loader.yaml_constructors[tag](loader, node)
+    if tag != _TIMESTAMP and len(node.value) <= 16 and len(_scalars) < _MAX_RESOLVED:
+        _scalars[(tag, node.value)] = value
+    return value
+
+
+_TIMESTAMP = "tag:yaml.org,2002:timestamp"
+_scalars: dict[tuple[str, str], Any] = {}  # (tag, plain text) → its value, bounded
 
 
 def _by_pyyaml(loader: Any, node: yaml.Node, made: dict[int, Any]) -> Any:

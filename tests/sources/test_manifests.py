@@ -932,6 +932,12 @@ YAML_FEATURES = {
     "keys-of-every-kind": "1: one\ntrue: t\n~: n\n2001-01-01: d\n1.5: f\n",
     "flow-and-block": "a: {b: [c, {d: e}], f: 'g h'}\ni:\n- - j\n  - k\n- l: |\n    m\n    n\n",
     "several-documents": "a: 1\n---\n- 2\n---\n...\n---\nb: !!null ''\n",
+    # Two dots make a string without the resolver's patterns; one dot may still be a number.
+    "dotted-scalars": "ip: 10.96.0.1\nv: 1.2.3\ne: 1.2.3e+5\nf: 1.2e+3\ng: 1:2.5\nh: -.5\n"
+    "t: 2001-12-14 21:59:43.10\nq: '1.5'\n",
+    # Repeated plain scalars are resolved and constructed once: the same values every time.
+    "repeated-scalars": "a: [80, 80, true, true, ~, 1.5, 1.5, 0x1F, 2001-12-14]\n"
+    "b: [80, true, ~, 1.5, 0x1F, 2001-12-14, '80', !!str 80]\n---\nc: [80, true, 1.5]\n",
 }
 
 
