@@ -528,12 +528,7 @@ class Forwarder:
                 self.refused += 1
                 metrics.FORWARD_MAX_CONCURRENT_REJECTS.inc()
                 return wire.error_response(query.id, query.flags, wire.REFUSED, query)
-            flight = self._in_flight[key] = _InFlight()
-            try:
-                flight.response = await self._exchange(query, key)
-            finally:
-                del self._in_flight[key]
-                flight.done.set()
+            flight = await self._fly(key, query)
         now = trio.current_time()
         if flight.response is None or flight.response[3] & 0xF == wire.SERVFAIL:
             # RFC 8767 §5: when the upstreams fail (no answer, or SERVFAIL), an expired answer
@@ -562,13 +557,19 @@ class Forwarder:
         self.cache.prefetches += 1
         self._background.start_soon(self._prefetch, entry, due, key, query)
 
-    async def _prefetch(self, entry: CacheEntry, due: float, key: bytes, query: Query) -> None:
+    async def _fly(self, key: bytes, query: Query) -> _InFlight:
+        """One exchange, registered as in flight while it runs so that the same question asked
+        meanwhile waits for it instead of going upstream again (coalescing)."""
         flight = self._in_flight[key] = _InFlight()
         try:
             flight.response = await self._exchange(query, key)
         finally:
             del self._in_flight[key]
             flight.done.set()
+        return flight
+
+    async def _prefetch(self, entry: CacheEntry, due: float, key: bytes, query: Query) -> None:
+        flight = await self._fly(key, query)
         if flight.response is None:
             # Every upstream failed: the entry (still served) is due again on its next hit.
             entry.prefetch_at = entry.check_at = due
