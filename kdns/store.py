@@ -163,22 +163,6 @@ class _Namespaces(_Table[str, Namespace]):
         return Change(namespaces={key} if self.objects.pop(key, None) is not None else set())
 
 
-class _Services(_Table[ServiceKey, Service]):
-    def replace(self, objects: Mapping[ServiceKey, Service]) -> Change:
-        old = self.objects
-        changed = {k for k in old.keys() | objects.keys() if old.get(k) != objects.get(k)}
-        self._swap(objects)
-        return Change(services=changed)
-
-    def upsert(self, key: ServiceKey, obj: Service) -> Change:
-        change = Change(services=set() if self.objects.get(key) == obj else {key})
-        self.objects[key] = obj
-        return change
-
-    def delete(self, key: ServiceKey) -> Change:
-        return Change(services={key} if self.objects.pop(key, None) is not None else set())
-
-
 class _Slices(_Table[ObjectKey, EndpointSlice]):
     """EndpointSlices, and the merged endpoints of each Service (what consumers read)."""
 
@@ -295,22 +279,6 @@ class _Pods(_Table[ObjectKey, Pod]):
                 self.by_ip.pop(ip, None)
 
 
-class _Imports(_Table[ServiceKey, ServiceImport]):
-    def replace(self, objects: Mapping[ServiceKey, ServiceImport]) -> Change:
-        old = self.objects
-        changed = {k for k in old.keys() | objects.keys() if old.get(k) != objects.get(k)}
-        self._swap(objects)
-        return Change(imports=changed)
-
-    def upsert(self, key: ServiceKey, obj: ServiceImport) -> Change:
-        change = Change(imports=set() if self.objects.get(key) == obj else {key})
-        self.objects[key] = obj
-        return change
-
-    def delete(self, key: ServiceKey) -> Change:
-        return Change(imports={key} if self.objects.pop(key, None) is not None else set())
-
-
 class _ImportSlices(_Table[ObjectKey, ImportSlice]):
     """The EndpointSlices of ServiceImports, grouped per import (in slice name order): each
     keeps its cluster id, which the import's endpoint names carry."""
@@ -357,29 +325,29 @@ class _ImportSlices(_Table[ObjectKey, ImportSlice]):
         self.by_import.update({k: tuple(v) for k, v in groups.items()})
 
 
-class _ByName(_Table[str, M]):
-    """A cluster-scoped kind whose Change names the objects added, removed or changed, in the
-    Change field `field` (Nodes, ServiceCIDRs)."""
+class _ByKey(_Table[K, M]):
+    """A kind whose Change names the objects added, removed or changed, by key, in the Change
+    field `field` (Services, ServiceImports, Nodes, ServiceCIDRs)."""
 
     def __init__(self, model: type[M], field: str) -> None:
         super().__init__(model)
         self.field = field
 
-    def _change(self, keys: set[str]) -> Change:
+    def _change(self, keys: set[K]) -> Change:
         return Change(**{self.field: keys})
 
-    def replace(self, objects: Mapping[str, M]) -> Change:
+    def replace(self, objects: Mapping[K, M]) -> Change:
         old = self.objects
         changed = {k for k in old.keys() | objects.keys() if old.get(k) != objects.get(k)}
         self._swap(objects)
         return self._change(changed)
 
-    def upsert(self, key: str, obj: M) -> Change:
+    def upsert(self, key: K, obj: M) -> Change:
         change = self._change(set() if self.objects.get(key) == obj else {key})
         self.objects[key] = obj
         return change
 
-    def delete(self, key: str) -> Change:
+    def delete(self, key: K) -> Change:
         return self._change({key} if self.objects.pop(key, None) is not None else set())
 
 
@@ -389,11 +357,11 @@ class _ByName(_Table[str, M]):
 class Store:
     def __init__(self, watched: Iterable[str] = KINDS) -> None:
         self.watched = frozenset(watched)
-        namespaces, services = _Namespaces(Namespace), _Services(Service)
+        namespaces, services = _Namespaces(Namespace), _ByKey(Service, "services")
         slices, pods = _Slices(), _Pods()
-        nodes = _ByName(Node, "nodes")
-        service_cidrs = _ByName(ServiceCIDR, "service_cidrs")
-        imports, import_slices = _Imports(ServiceImport), _ImportSlices()
+        nodes = _ByKey(Node, "nodes")
+        service_cidrs = _ByKey(ServiceCIDR, "service_cidrs")
+        imports, import_slices = _ByKey(ServiceImport, "imports"), _ImportSlices()
         self._tables: dict[str, _Table[Any, Any]] = {
             NAMESPACES: namespaces,
             SERVICES: services,
