@@ -24,7 +24,9 @@ def render(translation: Translation) -> str:
     """One line per key, `FILE:LINE key: value` (values in YAML flow style), sorted by place."""
 
     def place(where: str) -> tuple[str, int]:
-        file, line = where.rsplit(":", 1)
+        # Sorted by the name shown, not the checkout's path (which sorts differently from
+        # `/etc/coredns/...` depending on where the repository is cloned).
+        file, line = short(where).rsplit(":", 1)
         return file, int(line)
 
     lines = []

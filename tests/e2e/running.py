@@ -139,6 +139,7 @@ class QueryStream:
     answers: dict[int, bytes] = field(default_factory=dict)  # query number → response
     _stop: threading.Event = field(default_factory=threading.Event)
     _threads: list[threading.Thread] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __enter__(self) -> QueryStream:
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -177,7 +178,8 @@ class QueryStream:
             if delay > 0:
                 time.sleep(delay)
             # The query number is the DNS ID (16 bits are enough: MAX_QUERIES < 65536).
-            self.sent[n] = time.monotonic()
+            with self._lock:  # readers copy `sent` while this thread adds to it
+                self.sent[n] = time.monotonic()
             with contextlib.suppress(OSError):
                 self._sock.sendto(struct.pack("!H", n) + self._template[2:], (HOST, self.port))
 
@@ -192,7 +194,8 @@ class QueryStream:
                     return
                 continue
             if len(data) >= 12:
-                self.answers[struct.unpack_from("!H", data)[0]] = data
+                with self._lock:
+                    self.answers[struct.unpack_from("!H", data)[0]] = data
 
     def wait_answered(self, numbers: list[int], timeout: float = 3.0) -> list[int]:
         """The numbers among `numbers` still unanswered after waiting up to `timeout`."""
@@ -204,5 +207,12 @@ class QueryStream:
             time.sleep(0.05)
         return [n for n in numbers if n not in self.answers]
 
+    def answered(self) -> list[int]:
+        """The numbers answered so far (a copy: the receiver thread goes on adding)."""
+        with self._lock:
+            return list(self.answers)
+
     def sent_between(self, start: float, end: float) -> list[int]:
-        return [n for n, at in list(self.sent.items()) if start <= at < end]
+        with self._lock:
+            sent = list(self.sent.items())
+        return [n for n, at in sent if start <= at < end]

@@ -209,7 +209,8 @@ def test_a_new_dns_addr_is_bound_before_the_old_one_closes(
         stream.stop()
         # Every query sent to the old address before it closed was answered; some sent after
         # are lost (nothing listens there any more), none before.
-        closed_at = max(stream.sent[n] for n in stream.answers) if stream.answers else 0.0
+        answered = stream.answered()
+        closed_at = max(stream.sent[n] for n in answered) if answered else 0.0
         before = stream.sent_between(0.0, closed_at)
         assert before and not stream.wait_answered(before, timeout=WAIT)
     assert ask(new_dns, REDIS, tcp=True).rcode() == dns.rcode.NOERROR
