@@ -53,6 +53,11 @@ KUBE_RELISTS = Counter(
     "Lists after the first, by why the Reflector relisted.",
     ["kind", "reason"],
 )
+KUBE_LIST_RESTARTS = Counter(
+    "kdns_kube_list_restarts_total",
+    "Paginated lists started over because the continue token expired (410) mid-list.",
+    ["kind"],
+)
 KUBE_WATCH_RESTARTS = Counter(
     "kdns_kube_watch_restarts_total",
     "Watches opened again after the previous one ended, by how it ended.",
