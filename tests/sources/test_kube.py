@@ -174,6 +174,7 @@ async def start(
     pods: str = "insecure",
     synced: bool = True,
     keys: dict[str, Any] | None = None,
+    page_size: int | None = None,
     **options: float,
 ) -> Kdns:
     config = Config().with_overrides(
@@ -185,7 +186,10 @@ async def start(
         metrics_addr="127.0.0.1:0",
         pods=pods,
     )
-    app = build(config, kube_options=fast_options(**options))
+    kube_options = fast_options(**options)
+    if page_size is not None:
+        kube_options["reflector"]["page_size"] = page_size  # objects per list page (`limit`)
+    app = build(config, kube_options=kube_options)
     for attempt in range(5):
         try:
             ports = await nursery.start(serve, app)
