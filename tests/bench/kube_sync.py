@@ -1306,7 +1306,13 @@ def report(results: list[Result], args: argparse.Namespace) -> str:
     row("  applied by kdns (watch events)", lambda f: f"{f['applied']:.0f}")
     row(
         "  kdns caught up, after the last write",
-        lambda f: _s(f["drain_s"]) if "drain_s" in f else f"> {EVENTS_TIMEOUT:g} s",
+        lambda f: (
+            _s(f["drain_s"])
+            if "drain_s" in f
+            else f"> {EVENTS_TIMEOUT:g} s"
+            if "written" in f
+            else "—"
+        ),
     )
     row("  histogram observations", lambda f: f"{f['observed']:.0f}")
     row("programming p50, kdns histogram", lambda f: _bucket(f["hist_p50"]))
