@@ -13,6 +13,8 @@ Contract:
   `service_cidrs`:
   read-only mappings made once, over tables the store updates in place, so a reference taken
   once stays current and a read costs what a dict read costs. Only the store writes them.
+  `view(kind)` is the same view by kind (a Reflector's list reads it from its worker thread to
+  reuse unchanged objects: single `get`s of frozen objects, safe under the GIL).
 - A kind (`SERVICES`, …) is its API resource's name, typed with its key and model type: a
   write names its kind, and an object of another type is a TypeError.
 - A call that changes nothing a consumer can see notifies nobody (docs/architecture.md, rule 2):

@@ -4,9 +4,12 @@ Each Reflector does what client-go's does for CoreDNS, with the official `kubern
 a worker thread (its calls block) and every store update on the trio thread
 (docs/architecture.md §6):
 
-- list (paginated, `limit=500`) → `Store.replace` of the whole kind in one step, then watch from
-  the list's resourceVersion (never an item's), with bookmarks, a server-side timeout drawn from
-  5–10 minutes, and a client-side read timeout so a silently dead connection is noticed;
+- list (paginated, `limit=500` and `continue`; a continue token that expired mid-list, 410,
+  starts the list over) → `Store.replace` of the whole kind in one step, then watch from the
+  list's resourceVersion (never an item's), with bookmarks, a server-side timeout drawn from
+  5–10 minutes, and a client-side read timeout so a silently dead connection is noticed; a
+  listed object equal to the store's is replaced by the store's, so a relist does not hold the
+  cluster twice;
 - a watch that ends cleanly is reopened from the last resourceVersion seen (events or bookmarks);
 - 410 Gone, as an HTTP status or an ERROR event → relist from resourceVersion "" (the store swaps
   the kind in one step, so no query sees a half-replaced kind);
