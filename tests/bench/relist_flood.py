@@ -19,7 +19,8 @@ Printed: kdns's RSS before the flood, its peak over the whole flood (VmHWM, rese
 and 10 ms samples), RSS at the end; the relist's duration; dnsperf's sent / completed / lost;
 the steady client's sent / answered / lost / wrong rcode and latency. Targets (issue 11): peak
 RSS < 200 MiB and no steady query lost. The flood's own losses are reported, not judged: at a
-rate over what kdns can build answers for, dnsperf's queries time out by design.
+rate over what kdns can build answers for, dnsperf's queries time out by design (dnsperf keeps
+up to `--qps` × 2 s of queries in flight, so the pacing sets the rate offered).
 
 Caveats. Nothing is pinned: the API server (this process), kdns, dnsperf and the steady client
 share the machine's cores; the load average is printed with the figures.
