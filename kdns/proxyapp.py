@@ -37,7 +37,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -358,11 +358,11 @@ async def run_proxy(
     node_dns = _node_dns(config, options, store, source)
     dns_settled = trio.Event()
     async with trio.open_nursery() as nursery:
+        # The health check node ports follow the same take-over: their answers need a sync.
         await _start_endpoints(
-            nursery, endpoints, lambda: engine.healthy() and dns_settled.is_set()
+            nursery, endpoints, lambda: engine.healthy() and dns_settled.is_set(), checks.run
         )
         nursery.start_soon(_serve_node_dns, node_dns, store, options, runner, dns_settled)
-        await nursery.start(checks.run)
         await nursery.start(engine.run)
         await nursery.start(source.run)
         nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
@@ -418,30 +418,39 @@ async def _bind_endpoints(options: ProxyOptions, healthz: Route) -> dict[str, Ht
     return endpoints
 
 
+Runnable = Callable[..., Awaitable[None]]  # started with nursery.start
+
+
 async def _start_endpoints(
-    nursery: trio.Nursery, endpoints: dict[str, HttpEndpoint], ready: Callable[[], bool]
+    nursery: trio.Nursery,
+    endpoints: dict[str, HttpEndpoint],
+    ready: Callable[[], bool],
+    *more: Runnable,
 ) -> None:
-    """Runs the endpoints: at once, or, for ports a running proxy holds (a surge rollout),
-    once `ready()`: until then the old proxy answers every probe and scrape, so a health
-    check never sees this one's 503 of before its first sync."""
+    """Runs the endpoints (and `more` servers): at once, or, when a running proxy holds the
+    ports (a surge rollout), once `ready()`: until then the old proxy answers every probe and
+    scrape, so a health check never sees this one's 503 of before its first sync."""
     waiting = [e for e in endpoints.values() if e.successor]
     for endpoint in endpoints.values():
         if not endpoint.successor:
             await nursery.start(endpoint.run)
-    if waiting:
-        ports = ", ".join(str(e.port) for e in waiting)
-        log.info("ports %s held by a running proxy: taking them over once ready", ports)
-        nursery.start_soon(_take_over, waiting, ready)
+    if not waiting:
+        for run in more:
+            await nursery.start(run)
+        return
+    ports = ", ".join(str(e.port) for e in waiting)
+    log.info("ports %s held by a running proxy: taking them over once ready", ports)
+    nursery.start_soon(_take_over, [e.run for e in waiting] + list(more), ready, ports)
 
 
-async def _take_over(endpoints: list[HttpEndpoint], ready: Callable[[], bool]) -> None:
+async def _take_over(runs: list[Runnable], ready: Callable[[], bool], ports: str) -> None:
     # A short poll, once per start: readiness is several conditions, each owned elsewhere.
     while not ready():
         await trio.sleep(TAKE_OVER_POLL)
     async with trio.open_nursery() as nursery:
-        for endpoint in endpoints:
-            await nursery.start(endpoint.run)
-        log.info("took over ports %s", ", ".join(str(e.port) for e in endpoints))
+        for run in runs:
+            await nursery.start(run)
+        log.info("took over ports %s", ports)
 
 
 async def _run_userspace(
