@@ -15,12 +15,12 @@ Contract:
   nothing else.
 - With `dns_addresses` (`--dns`), the proxy also answers DNS on those addresses, port 53, from
   its own store: `kdns serve`'s assembly (`app.answering`: resolver, handler, answer cache,
-  forwarder, the same metrics), no extra watch. Its sockets are bound once the store has
-  synced (a bind failure is logged and the proxy goes on without DNS). Upstreams:
-  `node.dns_upstreams`, else the forward section's (by default the node's resolv.conf), with
-  its stub domains. Once its sockets answer, the data path goes in (`proxy/nodednsrules.py`);
-  on a stop it is removed, unless another process answers on the addresses by then (a
-  restart: the rules stay).
+  forwarder, the same metrics), no extra watch (but this node's Pods for autopath, below). Its
+  sockets are bound once the store has synced (a bind failure is logged and the proxy goes on
+  without DNS). Upstreams: `node.dns_upstreams`, else the forward section's (by default the
+  node's resolv.conf), with its stub domains. Once its sockets answer, the data path goes in
+  (`proxy/nodednsrules.py`); on a stop it is removed, unless another process answers on the
+  addresses by then (a restart: the rules stay).
 - With `dns_autopath` (`--dns-autopath`, config `node.dns_autopath`) as well, the node DNS
   answers autopath (CoreDNS `autopath @kubernetes`, as `kdns serve --autopath`) for the pods of
   this node: the source watches the Pods with `spec.nodeName=<node>` only — the pods that ask
