@@ -19,12 +19,20 @@ Contract:
   nothing else.
 - With `dns_addresses` (`--dns`), the proxy also answers DNS on those addresses, port 53, from
   its own store: `kdns serve`'s assembly (`app.answering`: resolver, handler, answer cache,
-  forwarder, the same metrics), no extra watch. Its sockets are bound once the store has
-  synced (a bind failure is logged and the proxy goes on without DNS). Upstreams:
-  `node.dns_upstreams`, else the forward section's (by default the node's resolv.conf), with
-  its stub domains. Once its sockets answer, the data path goes in (`proxy/nodednsrules.py`);
-  on a stop it is removed, unless another process answers on the addresses by then (a
-  restart: the rules stay).
+  forwarder, the same metrics), no extra watch (but this node's Pods for autopath, below). Its
+  sockets are bound once the store has synced (a bind failure is logged and the proxy goes on
+  without DNS). Upstreams: `node.dns_upstreams`, else the forward section's (by default the
+  node's resolv.conf), with its stub domains. Once its sockets answer, the data path goes in
+  (`proxy/nodednsrules.py`); on a stop it is removed, unless another process answers on the
+  addresses by then (a restart: the rules stay).
+- With `dns_autopath` (`--dns-autopath`, config `node.dns_autopath`) as well, the node DNS
+  answers autopath (CoreDNS `autopath @kubernetes`, as `kdns serve --autopath`) for the pods of
+  this node: the source watches the Pods with `spec.nodeName=<node>` only — the pods that ask
+  the node DNS — so memory grows with the node's pods, not the cluster's. A query from any
+  other address (another node's pod, a hostNetwork pod: `Resolver.pod_namespace`) gets the
+  plain answer. The Pods do not gate the first sync: until they are listed every answer is
+  plain, which is correct, and a Pods watch the RBAC forbids must not keep the proxy from
+  programming the node. `kdns_node_dns_pods` counts the pods held.
 - The userspace mode runs the relay (`proxy/userspace.py`) instead of a data plane.
 """
 
@@ -38,12 +46,12 @@ import os
 import signal
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import trio
 
-from kdns import app
+from kdns import app, metrics
 from kdns.app import Source, StartupError, open_source, open_store
 from kdns.config import PROXY_COMMAND_MODES, Config, parse_hostport
 from kdns.dns import reuseport
@@ -96,6 +104,7 @@ class ProxyOptions:
     families: tuple[int, ...] = field(default_factory=lambda: default_families())
     dns_addresses: tuple[str, ...] = ()  # --dns: () = the proxy answers no DNS
     dns_port: int = NODE_DNS_PORT  # not a flag: clients of node DNS ask on 53; tests take 0
+    dns_autopath: bool = False  # --dns-autopath: autopath for this node's pods
 
 
 def default_families() -> tuple[int, ...]:
@@ -135,16 +144,21 @@ def check_options(options: ProxyOptions) -> list[str]:
             ipaddress.ip_address(address)
         except ValueError:
             problems.append(f"--dns: {address!r} is not an IP address")
+    if options.dns_autopath and not options.dns_addresses:
+        problems.append("--dns-autopath: needs --dns (autopath is answered by the node DNS)")
     return problems
 
 
-def node_dns_config(config: Config, addresses: Sequence[str], port: int = NODE_DNS_PORT) -> Config:
+def node_dns_config(
+    config: Config, addresses: Sequence[str], port: int = NODE_DNS_PORT, autopath: bool = False
+) -> Config:
     """The config the node DNS answers under: `kdns serve`'s, listening on the first of
     `addresses` (its NS records and the loop check name it), forwarding to `node.dns_upstreams`
-    when given."""
+    when given, with autopath exactly when `autopath` (`--dns-autopath`) says: a `dns.autopath`
+    meant for `kdns serve` does not turn it on, since the node's Pods are watched only then."""
     host = addresses[0]
     listen = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    overrides: dict[str, object] = {"dns.addr": listen}
+    overrides: dict[str, object] = {"dns.addr": listen, "dns.autopath": autopath}
     if config.node.dns_upstreams is not None:
         overrides["forward.upstreams"] = list(config.node.dns_upstreams)
     return config.with_overrides("node.dns", **overrides)
@@ -157,8 +171,14 @@ def _node_dns(
     `--dns`. Raises StartupError (a bad upstream, a forwarding loop)."""
     if not options.dns_addresses:
         return None
-    dns_config = node_dns_config(config, options.dns_addresses, options.dns_port)
+    dns_config = node_dns_config(
+        config, options.dns_addresses, options.dns_port, options.dns_autopath
+    )
     node_app = app.answering(dns_config, store, source, app.plan(dns_config))
+    if options.dns_autopath:
+        # len() of the store's dict is one read under the GIL: safe from the scrape thread.
+        pods = store.pods
+        metrics.NODE_DNS_PODS.set_function(lambda: len(pods))
     servers = [
         DnsServer(lambda: node_app.serving, address, options.dns_port)
         for address in options.dns_addresses
@@ -233,7 +253,9 @@ async def render(config: Config, options: ProxyOptions, runner: Runner = run_com
     """What a full sync would apply, once the source has listed everything."""
     dataplane = None if options.mode == "userspace" else make_dataplane(options, runner)
     store, api = open_store(config, watch_pods=False)
-    source = open_source(config, store, api, False, _kube_options(options))
+    # Rules only: the node DNS's Pods would be listed for nothing.
+    kube_options = _kube_options(replace(options, dns_autopath=False))
+    source = open_source(config, store, api, False, kube_options)
     async with trio.open_nursery() as nursery:
         await nursery.start(source.run)
         with trio.move_on_after(SYNC_TIMEOUT):
@@ -252,8 +274,12 @@ async def render(config: Config, options: ProxyOptions, runner: Runner = run_com
 
 def _kube_options(options: ProxyOptions) -> dict[str, Any]:
     """From a cluster the proxy also watches its own Node (its zone picks topology hints) and
-    the ServiceCIDRs (nftables mode drops traffic to their unallocated addresses)."""
-    return {"node_name": options.node_name, "service_cidrs": True}
+    the ServiceCIDRs (nftables mode drops traffic to their unallocated addresses); with the
+    node DNS's autopath, the Pods on this node (module docstring)."""
+    kube_options: dict[str, Any] = {"node_name": options.node_name, "service_cidrs": True}
+    if options.dns_autopath and options.dns_addresses:
+        kube_options["pods_node"] = options.node_name
+    return kube_options
 
 
 class HealthCheckServers:

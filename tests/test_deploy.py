@@ -471,6 +471,24 @@ def test_node_daemonset_surges_with_a_readiness_of_its_own_process() -> None:
     assert f"sport = :{port}" in command[2] and "pid=" in command[2]
 
 
+def test_node_daemonset_reads_pods_exactly_when_its_node_dns_has_autopath() -> None:
+    # `--dns-autopath` watches this node's Pods: the DaemonSet's ServiceAccount must then be
+    # allowed to list and watch pods, and otherwise is not (the proxy reads no Pod).
+    account = NODE_DAEMONSET["spec"]["template"]["spec"]["serviceAccountName"]
+    readable: set[tuple[str, str]] = set()
+    for (kind, _), binding in OBJ.items():
+        if kind == "ClusterRoleBinding" and any(
+            s["kind"] == "ServiceAccount" and s["name"] == account for s in binding["subjects"]
+        ):
+            resources, verbs = rules_of(binding["roleRef"]["name"])
+            if {"list", "watch"} <= verbs:
+                readable |= resources
+    parsed = cli._parser().parse_args([a.replace("$(NODE_NAME)", "n") for a in NODE["args"]])
+    autopath = cli._proxy_options(cli._config(parsed)).dns_autopath
+    assert (("", "pods") in readable) == autopath
+    assert autopath is False  # shipped off, as NodeLocal DNSCache (the file's header says why)
+
+
 # The programs the proxy runs (kdns/proxy/dataplane.py, conntrack.py) → their Debian packages.
 PROXY_TOOLS = {
     '"ip"': "iproute2",
