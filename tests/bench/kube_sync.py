@@ -1258,7 +1258,7 @@ def verdicts(f: dict[str, Any]) -> dict[str, str]:
 def report(results: list[Result], args: argparse.Namespace) -> str:
     # With --before, this tree's figures ("after") are the ones judged.
     target_col = next((r for r in reversed(results) if r.n == TARGET_SIZE), None)
-    judged = target_col or (results[0] if results else None)
+    judged = target_col or (results[-1] if results else None)
     verdict = verdicts(judged.figures) if judged and not judged.failed else {}
     head = ["figure", *[f"N={r.n:,} {r.label}".strip() for r in results], "target", "verdict"]
     rows: list[list[str]] = []
