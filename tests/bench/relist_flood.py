@@ -139,7 +139,7 @@ def run(args: argparse.Namespace, say: Any) -> dict[str, Any]:
         kubeconfig = server.write_kubeconfig(workdir / "kubeconfig")
         query_file = workdir / "flood.txt"
         flood_file(query_file, int(args.qps * args.duration * 1.1) + 1000)
-        kdns = Kdns(kubeconfig, workdir)
+        kdns = Kdns(kubeconfig, workdir, args.kdns.resolve())
         kdns.start()
         ready, _ = wait_ready(kdns, cluster.fqdn(args.services - 1), args.ready_timeout)
         if ready is None:
@@ -252,6 +252,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--no-relist", action="store_true", help="the control run: the same flood, no relist"
+    )
+    parser.add_argument(
+        "--kdns",
+        metavar="DIR",
+        type=Path,
+        default=REPO_ROOT,
+        help="the checkout whose kdns runs (default: this one), to compare another in one sitting",
     )
     parser.add_argument("--ready-timeout", type=float, default=120.0)
     args = parser.parse_args(argv)
