@@ -563,7 +563,8 @@ class Reflector:
                 if not self.resource.one_to_one:
                     produced[source] = {key for key, _ in converted}
                 for key, item in converted:
-                    items[key] = _shared(current, key, item)
+                    key, item = _shared(current, key, item)
+                    items[key] = item
             # Every page of one list carries the first page's resourceVersion (the snapshot's):
             # the watch starts there.
             meta = body.get("metadata") or {}
@@ -645,8 +646,9 @@ class WatchError(Exception):
     """The server ended the watch with an ERROR event other than 410."""
 
 
-def _shared(current: Mapping[Any, Any], key: object, item: object) -> object:
-    """`item`, or the equal object `current` (the store's table) already holds under `key`.
+def _shared(current: Mapping[Any, Any], key: Any, item: Any) -> tuple[Any, Any]:
+    """(`key`, `item`), or the equal object `current` (the store's table) already holds under
+    `key` with its own key (whose strings the store holds already, not the page's).
 
     Runs in the list's worker thread while the trio thread owns the table. Safe by
     construction: `dict.get` is one step under the GIL, model objects are frozen, and only an
@@ -654,7 +656,7 @@ def _shared(current: Mapping[Any, Any], key: object, item: object) -> object:
     result is the listed value; the table of a kind is written only by its own Reflector,
     which is waiting on this list, so in practice the object found is the one served."""
     old = current.get(key)
-    return old if old is not None and old == item else item
+    return (old.key, old) if old is not None and old == item else (key, item)
 
 
 def _lines(response: urllib3.HTTPResponse) -> Iterator[bytes]:
