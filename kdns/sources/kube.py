@@ -529,6 +529,7 @@ class Reflector:
         state keeps serving, and each page's JSON is garbage before the next is read
         (docs/architecture.md §6, "A relist")."""
         current = self.store.view(self.resource.kind)
+        relist = self.synced
         items: dict[object, object] = {}
         produced: dict[object, set[object]] = {}
         skipped = 0
@@ -553,10 +554,11 @@ class Reflector:
             body = json.loads(response.data)
             response.release_conn()
             for n, obj in enumerate(body.get("items") or ()):
-                if n % LIST_YIELD_EVERY == 0:
+                if relist and n % LIST_YIELD_EVERY == 0:
                     # Converting a page is seconds of Python at 50k objects: without a pause
                     # the UDP receive thread gets the GIL once per switch interval (5 ms) and a
-                    # flood fills its socket buffer (docs/architecture.md §6, "A relist").
+                    # flood fills its socket buffer (docs/architecture.md §6, "A relist"). The
+                    # first list has no last good state to serve: it runs at full speed.
                     time.sleep(0)
                 try:
                     converted = self.resource.convert(obj)
