@@ -136,7 +136,10 @@ class UdpReceiver:
                 break  # `stop()` shut the receive side down
             start = clock()
             serving = serving_now()  # a reload swaps it; each query is answered by one
-            found = serving.handler.cache.lookup(data, True)
+            handler = serving.handler
+            found = handler.cache.lookup(data, True)
+            if found is None and handler.forwarded is not None:
+                found = handler.forwarded.lookup(data)  # a forwarded name's cached answer
             if found is None:
                 self._hand_over((data, addr, start, serving))
                 continue
