@@ -4,8 +4,9 @@ What CoreDNS's `forward` + `cache` plugins and kube-dns's stubDomains / upstream
 
 - Upstreams are `upstreams` (up to 15) or, by default, the host's /etc/resolv.conf nameservers;
   `stub_domains` send a domain (longest suffix wins) to its own servers.
-- Every attempt uses a fresh random transaction ID (`secrets`) from a fresh socket, so a fresh
-  ephemeral port (RFC 5452 §9.2); a reply whose ID, QR bit or question does not match is
+- Every attempt uses a fresh random transaction ID (`secrets`) from a socket picked at random
+  from a pool of sockets on random ephemeral ports, each used for a few questions at most
+  (kdns/dns/udp_pool.py, RFC 5452 §9.2); a reply whose ID, QR bit or question does not match is
   ignored and the wait goes on — one forged packet never ends the exchange (RFC 5452 §9.1).
 - TC → the same question again over TCP (RFC 7766 §5). Each upstream gets `timeout` (2 s),
   then the next; an upstream that failed `max_fails` times in a row is tried last until a
@@ -44,6 +45,7 @@ import socket
 import struct
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import trio
 from cachetools import LRUCache
@@ -54,6 +56,7 @@ from kdns.config import CacheSection
 from kdns.dns import wire
 from kdns.dns.dot import ConnectionClosed, TlsConnections, client_context
 from kdns.dns.stats import CacheStats
+from kdns.dns.udp_pool import UdpPool
 from kdns.dns.upstream_hits import ForwardedHits, Shape, shape_size
 from kdns.dns.wire import Query
 
@@ -477,6 +480,10 @@ class Forwarder:
         self._stubs = sorted(config.stub_domains, key=lambda s: len(s[0]), reverse=True)
         self._turn = 0  # policy round_robin: where the next question starts
         self.tls: TlsConnections | None = None
+        self.pool = UdpPool()  # UDP sockets for the exchanges, reused a few times each
+        # prometheus-client children by label values: `.labels()` per exchange costs more than
+        # the dict lookup (upstreams × rcodes: bounded).
+        self._series: dict[tuple[str, str], tuple[Any, Any]] = {}
         self._background: trio.Nursery | None = None  # where prefetches run, while `run` does
         if any(u.tls for u in self.all_upstreams()):
             context = client_context(config.tls_ca, config.tls_cert, config.tls_key)
@@ -738,7 +745,10 @@ class Forwarder:
         to = str(upstream)
         self.health[upstream].exchanges += 1
         if not probe:
-            metrics.FORWARD_REQUESTS.labels(to).inc()
+            series = self._series.get((to, ""))
+            if series is None:
+                series = self._series[(to, "")] = (metrics.FORWARD_REQUESTS.labels(to), None)
+            series[0].inc()
         start = trio.current_time()
         with trio.fail_after(self.config.timeout):
             if upstream.tls:
@@ -754,23 +764,32 @@ class Forwarder:
                 reply = await self._tcp(upstream, message, qid, query.question)
         if not probe:
             rcode = metrics.rcode_name(reply[3] & 0xF)
-            metrics.FORWARD_RESPONSES.labels(to, rcode).inc()
-            metrics.FORWARD_DURATION.labels(to, rcode).observe(trio.current_time() - start)
+            series = self._series.get((to, rcode))
+            if series is None:
+                series = self._series[(to, rcode)] = (
+                    metrics.FORWARD_RESPONSES.labels(to, rcode),
+                    metrics.FORWARD_DURATION.labels(to, rcode),
+                )
+            series[0].inc()
+            series[1].observe(trio.current_time() - start)
         return reply
 
     async def _udp(self, upstream: Upstream, message: bytes, qid: int, question: bytes) -> bytes:
-        # A fresh socket per attempt: a fresh random source port from the kernel (RFC 5452 §9.2).
-        # Connected, so the kernel drops datagrams from any other address and an ICMP "port
-        # unreachable" fails this attempt at once.
-        with trio.socket.socket(upstream.family, socket.SOCK_DGRAM) as sock:
-            await sock.connect((upstream.host, upstream.port))
-            await sock.send(message)
-            while True:
-                reply = await sock.recv(65535)
-                if matches(reply, qid, question):
-                    return reply
-                # A stray or forged reply: ignore it and keep waiting (RFC 5452 §9.1).
-                self.health[upstream].mismatched += 1
+        # From a pooled socket (kdns/dns/udp_pool.py): a random ephemeral port, used for a few
+        # questions at most, each with a fresh random ID (RFC 5452 §9.2). Connected, so the
+        # kernel drops datagrams from any other address and an ICMP "port unreachable" fails
+        # this attempt at once.
+        health = self.health[upstream]
+
+        def accept(reply: bytes) -> bool:
+            if matches(reply, qid, question):
+                return True
+            # A stray or forged reply: ignore it and keep waiting (RFC 5452 §9.1).
+            health.mismatched += 1
+            return False
+
+        address = (upstream.host, upstream.port)
+        return await self.pool.exchange(address, upstream.family, message, accept)
 
     async def _tcp(self, upstream: Upstream, message: bytes, qid: int, question: bytes) -> bytes:
         stream = await trio.open_tcp_stream(upstream.host, upstream.port)
@@ -815,6 +834,7 @@ class Forwarder:
                 await self._probe_forever()
         finally:
             self._background = None
+            self.pool.close()
             # A reload stops this task: the idle TLS connections of this forwarder go with it.
             if self.tls is not None:
                 await self.tls.aclose()
