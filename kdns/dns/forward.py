@@ -253,7 +253,7 @@ def cache_key(query: Query) -> bytes:
     flags = (1 if query.do else 0) | (2 if query.flags & wire.CD else 0)
     return (
         bytes((flags,))
-        + b".".join(label.lower() for label in query.labels)
+        + b".".join(query.labels).lower()  # the dots are not letters: lower-cased alike
         + (struct.pack("!HH", query.qtype, query.qclass))
     )
 
