@@ -24,7 +24,9 @@ counts and by `max_bytes` (success and denial together, oldest first; evictions 
 `prefetch` times within `prefetch_duration` is refreshed in the background once it is served
 with less than `prefetch_percentage` % of its TTL left; the hit path pays one counter and one
 compare for it (`CacheEntry.check_at`). Cluster answers never come here: they are
-answered from the store.
+answered from the store. The UDP receive thread answers repeats of names only the upstreams
+answer straight from this cache's entries (`remember`, kdns/dns/upstream_hits.py); what only
+trio can do — serve-stale, truncation, a cached SERVFAIL, starting a prefetch — stays here.
 
 Every attempt is counted per upstream (`kdns_forward_*`, CoreDNS's forward/proxy metrics); a
 failed one is logged at ERROR as CoreDNS's errors plugin does, with a `consolidate` key naming

@@ -11,8 +11,9 @@ Contract:
   `stop()` shuts the socket's receive side down, which wakes a blocked `recvfrom` at once; a
   receive timeout (`WAKE_EVERY`) is the backstop. Sends still work after `stop()`: forwarded
   answers in flight are written by trio on the same socket, with MSG_DONTWAIT.
-- A hit (`AnswerCache.lookup`, which reads and never writes the cache's own state) is answered
-  in the thread. Everything else — a miss, a malformed packet — is appended to `misses`
+- A hit (`AnswerCache.lookup`, which reads and never writes the cache's own state, or, for a
+  forwarded name, `ForwardedHits.lookup` of kdns/dns/upstream_hits.py, whose few writes are
+  single reference swaps and atomic counters, see there) is answered in the thread. Everything else — a miss, a malformed packet — is appended to `misses`
   (a deque: append and popleft are atomic) with the serving that read it and the time it was
   read, and `wake` is called at most once until trio calls `take_misses()`; trio answers them
   as it always did (kdns/dns/server.py), and then reads what is queued itself for a while, so a
