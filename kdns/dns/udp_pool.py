@@ -41,6 +41,7 @@ class UdpPool:
     def __init__(self) -> None:
         self._idle: dict[Address, list[tuple[socket.socket, int]]] = {}  # (socket, uses left)
         self.opened = 0  # sockets made so far (tests, and the curious)
+        self.closed = False  # after `close()`, an exchange still in flight closes its socket
 
     async def exchange(
         self, address: Address, family: int, message: bytes, accept: Callable[[bytes], bool]
@@ -82,12 +83,13 @@ class UdpPool:
 
     def _give_back(self, address: Address, sock: socket.socket, left: int, answered: bool) -> None:
         idle = self._idle.setdefault(address, [])
-        if answered and left > 0 and len(idle) < IDLE_KEPT:
+        if answered and left > 0 and len(idle) < IDLE_KEPT and not self.closed:
             idle.append((sock, left))
         else:
             sock.close()
 
     def close(self) -> None:
+        self.closed = True
         for idle in self._idle.values():
             for sock, _ in idle:
                 sock.close()
