@@ -15,9 +15,10 @@ Contract:
   forwarded name, `ForwardedHits.lookup` of kdns/dns/upstream_hits.py, whose few writes are
   single reference swaps and atomic counters, see there) is answered in the thread.
   Everything else — a miss, a malformed packet — is appended to `misses` (a deque: append and
-  popleft are atomic) with the serving that read it and the time it was read, and `wake` is called at most once until trio calls `take_misses()`; trio answers them
-  as it always did (kdns/dns/server.py), and then reads what is queued itself for a while, so a
-  miss-heavy load does not pass the GIL between the threads per packet.
+  popleft are atomic) with the serving that read it and the time it was read, and `wake` is
+  called at most once until trio calls `take_misses()`; trio answers them as it always did
+  (kdns/dns/server.py), and then reads what is queued itself for a while, so a miss-heavy load
+  does not pass the GIL between the threads per packet.
 - The trio thread owns the store, the resolver and the caches; this thread only reads them.
 - Counts: hits are counted in `counts` (`ThreadCounts`, kdns/dns/stats.py), written only by
   this thread and folded by the trio thread at scrape time, so the hot path takes no lock. The
