@@ -19,7 +19,8 @@ Contract:
   called at most once until trio calls `take_misses()`; trio answers them as it always did
   (kdns/dns/server.py), and then reads what is queued itself for a while, so a miss-heavy load
   does not pass the GIL between the threads per packet.
-- The trio thread owns the store, the resolver and the caches; this thread only reads them.
+- The trio thread owns the store, the resolver and the caches; this thread only reads them
+  (and makes the upstream cache's few thread-safe writes that ForwardedHits documents).
 - Counts: hits are counted in `counts` (`ThreadCounts`, kdns/dns/stats.py), written only by
   this thread and folded by the trio thread at scrape time, so the hot path takes no lock. The
   misses it hands over are counted by trio, when it answers them, with the rest of its counts.
