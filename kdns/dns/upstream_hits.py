@@ -42,7 +42,7 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from kdns.dns.wire import cache_key
+from kdns.dns.wire import CLASSIC_UDP_PAYLOAD, cache_key
 
 if TYPE_CHECKING:
     from kdns.dns.forward import CacheEntry
@@ -102,10 +102,17 @@ class ForwardedHits:
 
     def lookup(self, data: bytes) -> Reply | None:
         """The answer to `data` with its label, or None (take the trio path)."""
-        found = cache_key(data)
-        if found is None:
-            return None
-        key, qend, limit = found
+        z = data.find(0, 12)
+        qend = z + 5
+        if z >= 12 and len(data) == qend:
+            # The common shape (no EDNS), keyed inline as `AnswerCache.lookup` does: only keys
+            # from `cache_key` are stored, so a query of any other shape simply misses.
+            key, limit = data[2:z].lower() + data[z:qend], CLASSIC_UDP_PAYLOAD
+        else:
+            found = cache_key(data) if z >= 12 else None
+            if found is None:
+                return None
+            key, qend, limit = found
         shape = self.shapes.get(key)
         if shape is None or len(shape.response) > limit:
             return None
