@@ -29,6 +29,13 @@ Contract:
   plain answer. The Pods do not gate the first sync: until they are listed every answer is
   plain, which is correct, and a Pods watch the RBAC forbids must not keep the proxy from
   programming the node. `kdns_node_dns_pods` counts the pods held.
+- Pod names under `dns.pods: verified` (`central_pod_zones`): the node DNS holds no Pods of
+  other nodes, so a pod name it cannot verify falls through (CoreDNS's kubernetes
+  `fallthrough`) to the stub domain covering `pod.<zone>` — the central DNS, which watches
+  every Pod — as NodeLocal DNSCache sends the cluster zone to the central DNS; a start with no
+  such stub domain, or one naming an address the node DNS answers itself, is refused before
+  anything touches the node (`central_pod_problems`: one line naming the key to set).
+  `pods insecure` and `pods disabled` need no Pod and answer locally.
 - The userspace mode runs the relay (`proxy/userspace.py`) instead of a data plane.
 """
 
