@@ -7,7 +7,9 @@ tests/kubeapi's API server listens on the node's loopback (`api_server_in`). On 
 the central DNS — a real `kdns serve` with `pods: verified`, which watches every Pod, on
 127.0.0.1:5353 and forwarding nothing — and the proxy, whose node DNS answers on 169.254.20.10
 (on the node's `lo`, standing in for the `kdns-dns` device) with `pod.cluster.local` stubbed to
-the central DNS and no other upstream. The pod asks with `dig`. Nothing leaves the namespaces.
+the central DNS and no other upstream. The pod asks with `dig`; the central DNS's query log
+shows which names reached it. With `--dns-autopath` the node holds its own pod and answers
+that pod's name itself. Nothing leaves the namespaces.
 """
 
 from __future__ import annotations
@@ -113,6 +115,17 @@ class Node:
         text = (self.tmp / f"{name}.log").read_text(errors="replace")
         return text if whole else text[-3000:]
 
+    def pods_held(self) -> float | None:
+        """The proxy's `kdns_node_dns_pods`."""
+        script = (
+            "import urllib.request as u; print(u.urlopen('http://127.0.0.1:10249/metrics').read())"
+        )
+        out = self.run(self.node, sys.executable, "-c", script).stdout
+        for line in out.replace("\\n", "\n").splitlines():
+            if line.startswith("kdns_node_dns_pods "):
+                return float(line.split()[1])
+        return None
+
     def wait(self, what: str, condition: Callable[[], bool], *procs: str) -> None:
         """Until `condition`, within TIMEOUT, while the processes named `procs` run."""
         deadline = time.monotonic() + TIMEOUT
@@ -154,7 +167,10 @@ def pod_name(ip: str, namespace: str = "default") -> str:
     return f"{ip.replace('.', '-')}.{namespace}.pod.cluster.local"
 
 
-def test_pod_names_the_node_cannot_verify_get_the_central_dns_answer(node: Node) -> None:
+@pytest.mark.parametrize("autopath", [False, True], ids=["no-pods", "this-nodes-pods"])
+def test_pod_names_the_node_cannot_verify_get_the_central_dns_answer(
+    node: Node, autopath: bool
+) -> None:
     (node.tmp / "central.yaml").write_text(CENTRAL_CONFIG)
     (node.tmp / "node.yaml").write_text(NODE_CONFIG)
     with contextlib.ExitStack() as stop:
@@ -166,6 +182,7 @@ def test_pod_names_the_node_cannot_verify_get_the_central_dns_answer(node: Node)
             *("proxy", "--config", str(node.tmp / "node.yaml"), *kube),
             *("--node-name", NODE_NAME, "--mode", "iptables", "--dns", NODE_DNS),
             *("--healthz-addr", "127.0.0.1:10256", "--metrics-addr", "127.0.0.1:10249"),
+            *(["--dns-autopath"] if autopath else []),
         )
         stop.callback(stop_process, proxy)
         remote = pod_name(REMOTE_POD)
@@ -183,8 +200,11 @@ def test_pod_names_the_node_cannot_verify_get_the_central_dns_answer(node: Node)
             ),
             "proxy",
         )
+        if autopath:  # this node's pod, listed through spec.nodeName=node-a
+            node.wait("the node's pod held", lambda: node.pods_held() == 1, "proxy")
 
-        # The node holds no Pod: each answer is the central DNS's, whose TTL it keeps (5 s).
+        # Without --dns-autopath the node holds no Pod: each answer is the central DNS's. With
+        # it, the node's own pod is verified here and only the others go there.
         assert node.ask(node.pod, NODE_DNS, remote) == ("NOERROR", [f"A {REMOTE_POD}"])
         assert node.ask(node.pod, NODE_DNS, pod_name(POD_V4)) == ("NOERROR", [f"A {POD_V4}"])
         assert node.ask(node.pod, NODE_DNS, pod_name("10.244.9.9")) == ("NXDOMAIN", [])
@@ -193,6 +213,8 @@ def test_pod_names_the_node_cannot_verify_get_the_central_dns_answer(node: Node)
         assert node.ask(node.pod, NODE_DNS, "nosuch.default.svc.cluster.local") == ("NXDOMAIN", [])
         asked = node.log("central", whole=True)
         assert f'"A IN {pod_name("10.244.9.9")}. udp' in asked  # the central DNS's own query log
+        assert f'"A IN {remote}. udp' in asked
+        assert (f'"A IN {pod_name(POD_V4)}. udp' in asked) is not autopath
         assert "svc.cluster.local" not in asked
 
         # The central DNS follows the Pods, and so the node's answer does (once the forwarded
