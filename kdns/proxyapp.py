@@ -10,6 +10,10 @@ Contract:
   applied and while syncs succeed, JSON with lastUpdated/currentTime), /metrics (:10249) and one
   HTTP server per healthCheckNodePort, until SIGTERM/SIGINT. Rules stay in place on exit, as
   with kube-proxy: a restarting proxy must not cut traffic.
+- Surge: the HTTP ports are shared with SO_REUSEPORT (kdns/http.py `PortSharing`). A proxy that
+  finds them held by a running proxy (a surge rollout) listens only once it is ready — its
+  first sync applied and its node DNS answering — so the old one answers every probe until
+  then, and every new connection comes to the new one after.
 - `render` prints what a full sync would apply once the source has synced; nothing is written.
   `cleanup` removes what any mode installed (`proxy/cleanup.py`), whatever `--mode` says, and
   nothing else.
@@ -48,7 +52,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -57,9 +61,10 @@ import trio
 from kdns import app, metrics
 from kdns.app import Source, StartupError, open_source, open_store
 from kdns.config import PROXY_COMMAND_MODES, Config, parse_hostport
+from kdns.dns import reuseport
 from kdns.dns.forward import Upstream
 from kdns.dns.server import DnsServer
-from kdns.http import HttpEndpoint, Route, prometheus
+from kdns.http import HttpEndpoint, PortSharing, Route, prometheus
 from kdns.proxy import healthcheck, nodednsrules, userspace
 from kdns.proxy.cleanup import cleanup_every_mode
 from kdns.proxy.dataplane import (
@@ -87,6 +92,9 @@ SYNC_TIMEOUT = 120.0  # --render waits this long for a cluster's first list
 # NodeLocal DNSCache's link-local address (k8s.io/dns nodelocaldns's default `-localip`).
 NODE_DNS_DEFAULT = "169.254.20.10"
 NODE_DNS_PORT = 53
+# The HTTP ports, shared with the next proxy of a surge rollout as the DNS sockets are.
+SHARED = PortSharing(reuseport.share, reuseport.steer)
+TAKE_OVER_POLL = 0.05  # seconds between readiness checks of a proxy waiting to take over
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,7 +242,8 @@ def _node_dns(
     config: Config, options: ProxyOptions, store: Store, source: Source
 ) -> tuple[app.App, list[DnsServer]] | None:
     """The node DNS's answering app and one server per address, not bound yet; None without
-    `--dns`. Raises StartupError (a bad upstream, a forwarding loop)."""
+    `--dns`. Raises StartupError (a bad upstream, a forwarding loop, pod names under `pods
+    verified` with no central DNS to send them to: `central_pod_problems`)."""
     if not options.dns_addresses:
         return None
     dns_config = node_dns_config(
@@ -262,11 +271,14 @@ async def _serve_node_dns(
     store: Store,
     options: ProxyOptions,
     runner: Runner,
+    settled: trio.Event,
 ) -> None:
     """Binds the node DNS once the store has synced — a restarted proxy takes the queries over
     the moment it binds (kdns/dns/reuseport.py), so it must know every name by then — then
-    serves, and installs the data path once the sockets answer."""
+    serves, and installs the data path once the sockets answer. `settled` is set once the
+    node DNS answers, or will not (none asked for, or its bind failed)."""
     if node_dns is None:
+        settled.set()
         return
     node_app, servers = node_dns
     await wait_synced(store)
@@ -277,6 +289,7 @@ async def _serve_node_dns(
         for server in servers:
             server.close()
         log.error("node DNS not answering: %s", e.strerror)
+        settled.set()
         return
     async with trio.open_nursery() as nursery:
         for server in servers:
@@ -284,6 +297,7 @@ async def _serve_node_dns(
         if node_app.forwarder is not None:
             await nursery.start(node_app.forwarder.run)  # upstream health probes
         await _install_node_dns(options, runner)
+        settled.set()
 
 
 def make_dataplane(options: ProxyOptions, runner: Runner = run_command) -> Dataplane:
@@ -380,7 +394,8 @@ class HealthCheckServers:
                     log.info("health check node port %d closed", port)
                 for port in sorted(wanted - set(self._running)):
                     route = self._route(port)
-                    endpoint = HttpEndpoint("0.0.0.0", port, {"/": route, "/healthz": route})
+                    routes = {"/": route, "/healthz": route}
+                    endpoint = HttpEndpoint("0.0.0.0", port, routes, sharing=SHARED)
                     try:
                         await endpoint.bind()
                     except OSError as e:
@@ -448,11 +463,13 @@ async def run_proxy(
     endpoints = await _bind_endpoints(
         options, _healthz(engine.healthy, lambda: engine.last_success)
     )
+    dns_settled = trio.Event()
     async with trio.open_nursery() as nursery:
-        for endpoint in endpoints.values():
-            await nursery.start(endpoint.run)
-        nursery.start_soon(_serve_node_dns, node_dns, store, options, runner)
-        await nursery.start(checks.run)
+        # The health check node ports follow the same take-over: their answers need a sync.
+        await _start_endpoints(
+            nursery, endpoints, lambda: engine.healthy() and dns_settled.is_set(), checks.run
+        )
+        nursery.start_soon(_serve_node_dns, node_dns, store, options, runner, dns_settled)
         await nursery.start(engine.run)
         await nursery.start(source.run)
         nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
@@ -495,13 +512,52 @@ async def _bind_endpoints(options: ProxyOptions, healthz: Route) -> dict[str, Ht
     """kube-proxy's /healthz and /livez, and /metrics, bound now (a taken port is an OSError)."""
     endpoints = {
         "healthz": HttpEndpoint(
-            *parse_hostport(options.healthz_addr), {"/healthz": healthz, "/livez": healthz}
+            *parse_hostport(options.healthz_addr),
+            {"/healthz": healthz, "/livez": healthz},
+            sharing=SHARED,
         ),
-        "metrics": HttpEndpoint(*parse_hostport(options.metrics_addr), {"/metrics": prometheus}),
+        "metrics": HttpEndpoint(
+            *parse_hostport(options.metrics_addr), {"/metrics": prometheus}, sharing=SHARED
+        ),
     }
     for endpoint in endpoints.values():
         await endpoint.bind()
     return endpoints
+
+
+Runnable = Callable[..., Awaitable[None]]  # started with nursery.start
+
+
+async def _start_endpoints(
+    nursery: trio.Nursery,
+    endpoints: dict[str, HttpEndpoint],
+    ready: Callable[[], bool],
+    *more: Runnable,
+) -> None:
+    """Runs the endpoints (and `more` servers): at once, or, when a running proxy holds the
+    ports (a surge rollout), once `ready()`: until then the old proxy answers every probe and
+    scrape, so a health check never sees this one's 503 of before its first sync."""
+    waiting = [e for e in endpoints.values() if e.successor]
+    for endpoint in endpoints.values():
+        if not endpoint.successor:
+            await nursery.start(endpoint.run)
+    if not waiting:
+        for run in more:
+            await nursery.start(run)
+        return
+    ports = ", ".join(str(e.port) for e in waiting)
+    log.info("ports %s held by a running proxy: taking them over once ready", ports)
+    nursery.start_soon(_take_over, [e.run for e in waiting] + list(more), ready, ports)
+
+
+async def _take_over(runs: list[Runnable], ready: Callable[[], bool], ports: str) -> None:
+    # A short poll, once per start: readiness is several conditions, each owned elsewhere.
+    while not ready():
+        await trio.sleep(TAKE_OVER_POLL)
+    async with trio.open_nursery() as nursery:
+        for run in runs:
+            await nursery.start(run)
+        log.info("took over ports %s", ports)
 
 
 async def _run_userspace(
@@ -516,12 +572,16 @@ async def _run_userspace(
     """The relay instead of a data plane: nothing to sync, healthy once the store synced."""
     healthz = _healthz(lambda: store.synced, lambda: None)
     endpoints = await _bind_endpoints(options, healthz)
+    dns_settled = trio.Event()
+    relaying = trio.Event()
     async with trio.open_nursery() as nursery:
-        for endpoint in endpoints.values():
-            await nursery.start(endpoint.run)
-        nursery.start_soon(_serve_node_dns, node_dns, store, options, runner)
+        await _start_endpoints(
+            nursery, endpoints, lambda: relaying.is_set() and dns_settled.is_set()
+        )
+        nursery.start_soon(_serve_node_dns, node_dns, store, options, runner, dns_settled)
         await nursery.start(source.run)
         await nursery.start(userspace.run_relay, store, options.node_name)
+        relaying.set()
         nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
         log.info("kdns proxy (userspace mode) running for node %r", options.node_name)
         task_status.started({name: e.port for name, e in endpoints.items()})
