@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from dnslib import CNAME, QTYPE, RR, DNSRecord
 
 from kdns import metrics
-from kdns.dns import wire
+from kdns.dns import pack, wire
 from kdns.dns.forward import Forwarder
 from kdns.dns.plugins import Plugins, renamed
 from kdns.dns.resolver import Answer, Resolver
@@ -87,6 +87,14 @@ class Handler:
         self.host_search = host_search
         self.recursion_available = forwarder is not None
         self.errors = 0
+        # `denial` (the receive thread) answers only where nothing but the cluster zones can:
+        # rewrite, template and hosts come first, autopath searches from a pod's namespace,
+        # and `fallthrough` sends NXDOMAIN upstream; with any of them, trio answers as before.
+        self._denials = plugins is None and not autopath and not fallthrough
+        # Metrics label ids of NXDOMAIN answers by (zone label, qtype, DO), filled by the trio
+        # thread (`QueryLabels.id` may add a label, which only one thread may do) and read by
+        # the receive thread: a shape trio has not answered yet is handed to trio once.
+        self._denial_labels: dict[tuple[str, int, bool], int] = {}
 
     def handle(self, data: bytes, udp: bool, client: str | None = None) -> Reply | Deferred | None:
         data = bytes(data)  # a no-op for the bytes sockets give; keys must be hashable
@@ -94,6 +102,66 @@ class Handler:
         if hit is not None:
             return hit
         return self.handle_miss(data, udp, client)
+
+    def denial(self, data: bytes) -> Reply | None:
+        """The NXDOMAIN for a cluster name that certainly does not exist, built from the
+        store's state alone, or None (hand the query to trio, which answers it as before).
+
+        The receive thread's second chance after a cache miss (kdns/dns/receiver.py): a
+        random-subdomain flood (`<random>.<ns>.svc.<zone>`) costs one pass here instead of
+        trio's hand-off and the whole miss path. It reads only what the trio thread publishes
+        by single reference swaps or single set/dict operations (`Resolver.certainly_absent`),
+        writes nothing, and stores nothing in the answer cache: a one-off name would only push
+        out the names that are asked again, and an answer not stored can never be stale.
+        Only a plain query (one uncompressed question, QUERY, class IN, no records but an EDNS
+        version 0 OPT) takes this path; the answer is what `_slow` gives, byte for byte."""
+        if not self._denials:
+            return None
+        try:
+            return self._denial(data)
+        except Exception:  # never in the receive thread: trio answers it, and logs any bug
+            return None
+
+    def _denial(self, data: bytes) -> Reply | None:
+        plain = wire.plain_question(data)
+        if plain is None:
+            return None
+        labels, qend, edns, do = plain
+        qtype = int.from_bytes(data[qend - 4 : qend - 2])
+        if data[qend - 2 : qend] != b"\x00\x01" or qtype in REFUSED_TYPES:
+            return None
+        joined = b".".join(labels)
+        if joined.count(b".") != len(labels) - 1 or b"\\" in joined:
+            return None  # a label holding a dot or a backslash: `Query.qname` escapes it
+        zone = self.resolver.certainly_absent(joined.decode("latin-1").lower())
+        if zone is None:
+            return None
+        label = self._denial_labels.get((zone + ".", qtype, do))
+        if label is None:
+            return None
+        flags = (
+            wire.QR
+            | wire.AA
+            | (wire.RA if self.recursion_available else 0)
+            | (int.from_bytes(data[2:4]) & (wire.RD | wire.CD))
+            | wire.NXDOMAIN
+        )
+        header = flags.to_bytes(2) + (
+            b"\x00\x01\x00\x00\x00\x01" + (b"\x00\x01" if edns else b"\x00\x00")
+        )
+        response = pack.soa_denial(
+            data[:2] + header,
+            tuple(label_.lower() for label_ in labels),
+            data[qend - 4 : qend],
+            tuple(zone.encode("latin-1").split(b".")),
+            self.resolver.soa_fields(zone),
+        )
+        if response is None:
+            return None
+        # The client's spelling of the question, as `wire.finish` patches it in (its offsets,
+        # hence the compression pointers, are those of the lower-case copy).
+        response = response[:12] + data[12:qend] + response[qend:]
+        return (response + wire.opt_bytes(do, wire.NXDOMAIN) if edns else response), label
 
     def handle_miss(
         self, data: bytes, udp: bool, client: str | None = None
@@ -158,7 +226,8 @@ class Handler:
             search = self._search_list(qname, client)
             if search:
                 return Deferred(query, udp, search)
-        answer = self.resolver.resolve(qname, query.qtype)
+        # Packed: a Service's records come in wire parts, not dnslib objects (pack.Rec).
+        answer = self.resolver.resolve(qname, query.qtype, packed=True)
         if answer is not None and answer.rcode == wire.NXDOMAIN and self.fallthrough:
             answer = self._fall_through(qname, answer)
         if answer is not None and answer.broken is not None:
@@ -188,16 +257,21 @@ class Handler:
                 )
                 return (wire.finish(_with_ra(cached), query, udp), label)
             return Deferred(query, udp)
-        response = wire.encode(
+        # The layout comes from the encoder: the cache and a UDP cut need not parse the answer.
+        response, layout = wire.encode_layout(
             query,
             answer.rcode,
             answer.answer,
             answer.authority,
             answer.additional,
             recursion_available=self.recursion_available,
+            rotate=self.cache.rotate,
         )
         zone = self.zone(qname)
         label = LABELS.id(zone, query.qtype, answer.rcode, "kubernetes", query.do)
+        if answer.rcode == wire.NXDOMAIN:
+            # The receive thread answers this shape itself from now on (`denial`).
+            self._denial_labels[(zone, query.qtype, query.do)] = label
         if answer.cacheable and not (
             self.autopath and answer.rcode == wire.NXDOMAIN and self._in_a_namespace(qname)
         ):
@@ -215,8 +289,8 @@ class Handler:
                 query.do,
                 "denial" if denial else "success",
             )
-            self.cache.store(data, query, response, answer.tags, hit_label)
-        return (wire.finish(response, query, udp), label)
+            self.cache.store(data, query, response, answer.tags, hit_label, layout)
+        return (wire.finish(response, query, udp, layout), label)
 
     def _fall_through(self, qname: str, answer: Answer) -> Answer | None:
         """None (forward it) when `qname` is in a `fallthrough` zone and there are upstreams."""

@@ -33,7 +33,10 @@ import kdns
 from kdns.dns import wire
 from kdns.model import endpointslice_from_dict, service_from_dict
 from kdns.store import ENDPOINTSLICES, SERVICES
-from tests.dns.cluster import ep, eps, make_handler, svc
+from tests.builders import api_endpoint as ep
+from tests.builders import api_endpointslice as eps
+from tests.builders import api_service as svc
+from tests.dns.cluster import make_handler
 
 QNAME = "_http._tcp.hl.big.svc.cluster.local"
 
