@@ -15,7 +15,8 @@ Contract:
   answered in the thread, and so is the NXDOMAIN of a cluster name that certainly does not
   exist (`Handler.denial`, which reads only what the trio thread publishes atomically).
   Everything else — a miss, a malformed packet — is appended to `misses` (a deque: append
-  and popleft are atomic) with the serving that read it and the time it was read, and `wake` is called at most once until trio calls `take_misses()`; trio answers them
+  and popleft are atomic) with the serving that read it and the time it was read, and
+  `wake` is called at most once until trio calls `take_misses()`; trio answers them
   as it always did (kdns/dns/server.py), and then reads what is queued itself for a while, so a
   miss-heavy load does not pass the GIL between the threads per packet.
 - The trio thread owns the store, the resolver and the caches; this thread only reads them.
