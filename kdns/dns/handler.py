@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 CLASS_IN = 1
 # Zone transfers are not offered (CoreDNS without its `transfer` plugin answers REFUSED).
 REFUSED_TYPES = frozenset({QTYPE.AXFR, QTYPE.IXFR})
+DENIAL_SHAPES_KEPT = 1024  # SOA records kept by `denial`: zones × serials × name lengths
 DROPPED = "dropped"  # CoreDNS's zone label for queries that never reach a plugin
 
 
@@ -95,6 +96,8 @@ class Handler:
         # thread (`QueryLabels.id` may add a label, which only one thread may do) and read by
         # the receive thread: a shape trio has not answered yet is handed to trio once.
         self._denial_labels: dict[tuple[str, int, bool], int] = {}
+        # The SOA record of a denial by (zone, serial, where the zone starts in the question).
+        self._denial_tails: dict[tuple[str, int, int], bytes] = {}
 
     def handle(self, data: bytes, udp: bool, client: str | None = None) -> Reply | Deferred | None:
         data = bytes(data)  # a no-op for the bytes sockets give; keys must be hashable
@@ -146,21 +149,33 @@ class Handler:
             | (int.from_bytes(data[2:4]) & (wire.RD | wire.CD))
             | wire.NXDOMAIN
         )
-        header = flags.to_bytes(2) + (
-            b"\x00\x01\x00\x00\x00\x01" + (b"\x00\x01" if edns else b"\x00\x00")
+        counts = (
+            b"\x00\x01\x00\x00\x00\x01\x00\x01" if edns else b"\x00\x01\x00\x00\x00\x01\x00\x00"
         )
-        response = pack.soa_denial(
-            data[:2] + header,
-            tuple(label_.lower() for label_ in labels),
-            data[qend - 4 : qend],
-            tuple(zone.encode("latin-1").split(b".")),
-            self.resolver.soa_fields(zone),
-        )
-        if response is None:
-            return None
-        # The client's spelling of the question, as `wire.finish` patches it in (its offsets,
-        # hence the compression pointers, are those of the lower-case copy).
-        response = response[:12] + data[12:qend] + response[qend:]
+        # The SOA record's bytes depend on the zone, its serial (the rest of the SOA is fixed
+        # for the resolver's life) and where the zone's name starts in the question (its
+        # compression pointers), nothing else: the label before the zone is `svc`, so no
+        # longer suffix of the question matches the SOA's names. Kept per shape.
+        key = (zone, self.resolver.store.last_change, qend - 4 - len(zone) - 2)
+        tail = self._denial_tails.get(key)
+        if tail is None:
+            soa = self.resolver.soa_fields(zone)
+            if soa[3][0] != key[1]:
+                return None  # the serial moved between the two reads: trio answers this one
+            full = pack.soa_denial(
+                bytes(12),
+                tuple(label_.lower() for label_ in labels),
+                data[qend - 4 : qend],
+                tuple(zone.encode("latin-1").split(b".")),
+                soa,
+            )
+            if full is None:
+                return None
+            tail = full[qend:]
+            if len(self._denial_tails) >= DENIAL_SHAPES_KEPT:
+                self._denial_tails.clear()
+            self._denial_tails[key] = tail  # computed from immutable inputs: a race redoes it
+        response = data[:2] + flags.to_bytes(2) + counts + data[12:qend] + tail
         return (response + wire.opt_bytes(do, wire.NXDOMAIN) if edns else response), label
 
     def handle_miss(

@@ -195,6 +195,7 @@ class Resolver:
         self._import_memo: LRUCache[tuple[str, str], ServiceRecords] = LRUCache(maxsize=memo_size)
         self._known: set[tuple[str, str]] = set()
         self._soa_memo: dict[str, tuple[int, RR]] = {}  # zone → (serial, its SOA)
+        self._soa_names: dict[str, tuple[tuple[bytes, ...], tuple[bytes, ...]]] = {}
         self._services_per_namespace: Counter[str] = Counter()
         self.ttl = config.dns.ttl
         self._options = config.dns  # endpoint_pod_names, noendpoints, ignore_empty_service
@@ -566,13 +567,13 @@ class Resolver:
     ) -> tuple[tuple[bytes, ...], tuple[bytes, ...], int, tuple[int, int, int, int, int]]:
         """The SOA `_soa` gives `zone`, as `pack.soa_denial` takes it: (mname labels, rname
         labels, TTL, (serial, refresh, retry, expire, minimum)). Reads, writes nothing."""
-        forward = zone if zone in self.forward_zones else self.primary
-        return (
-            _labels(f"ns.dns.{forward}"),
-            _labels(f"hostmaster.{forward}"),
-            min(self.ttl, 300),
-            (self.store.last_change, *SOA_TIMES, self.ttl),
-        )
+        names = self._soa_names.get(zone)
+        if names is None:
+            forward = zone if zone in self.forward_zones else self.primary
+            names = (_labels(f"ns.dns.{forward}"), _labels(f"hostmaster.{forward}"))
+            # Zones are fixed for the resolver's life: a race stores the same value twice.
+            self._soa_names[zone] = names
+        return (*names, min(self.ttl, 300), (self.store.last_change, *SOA_TIMES, self.ttl))
 
     def namespace_exists(self, namespace: str) -> bool:
         """Whether `ns.svc.Z` exists: a watched Namespace, or any Service in it (Namespaces
