@@ -10,7 +10,9 @@ from __future__ import annotations
 import dns.flags
 import dns.message
 import dns.rcode
+import dns.rdatatype
 import pytest
+import trio
 from dnslib import EDNS0, QTYPE, DNSRecord
 
 from kdns.config import Config
@@ -24,7 +26,15 @@ from kdns.store import ENDPOINTSLICES, SERVICES, Store
 from tests.builders import api_endpoint, api_endpointslice, api_service
 from tests.dns.cluster import load, make_handler
 from tests.dns.test_pack import dnslib_encode
-from tests.dns.test_wire import make_query
+from tests.dns.test_server import start, udp_exchange
+from tests.dns.test_wire import (
+    ZONE,
+    a_records,
+    build_cluster,
+    cluster_ip_service,
+    make_query,
+    rcode_of,
+)
 
 
 def ask(qname: str, qtype: str, edns: bool = False) -> Query:
@@ -343,3 +353,49 @@ def test_a_change_is_seen_by_the_next_denial() -> None:
     assert handler.denial(ns_data) is not None
     store.upsert(SERVICES, service_from_dict(api_service("brand-new", "a", clusterIP="10.96.9.8")))
     assert handler.denial(ns_data) is None
+
+
+# --- over real UDP, through the receive thread -----------------------------------------------
+
+
+async def test_never_asked_names_are_answered_by_the_receive_thread(
+    nursery: trio.Nursery,
+) -> None:
+    cluster = build_cluster()
+    running = await start(nursery, cluster)
+    # The first NXDOMAIN of a shape goes through trio, which stores it and names its label.
+    first = await udp_exchange(running, make_query(f"first.default.svc.{ZONE}", qid=1))
+    assert rcode_of(first) == wire.NXDOMAIN
+    stored = len(cluster.handler.cache)
+    for i in range(200):
+        name = f"RND-{i}.default.svc.{ZONE}" if i % 2 else f"rnd-{i}.svc.{ZONE}"
+        response = await udp_exchange(running, make_query(name, qid=1000 + i))
+        message = dns.message.from_wire(response)
+        assert message.id == 1000 + i
+        assert message.rcode() == dns.rcode.NXDOMAIN
+        assert str(message.question[0].name) == name + "."
+        assert [rrset.rdtype for rrset in message.authority] == [dns.rdatatype.SOA]
+    # None of them reached trio: trio's miss path would have stored each one.
+    assert len(cluster.handler.cache) == stored
+
+
+async def test_a_store_change_between_two_queries_is_answered_at_once(
+    nursery: trio.Nursery,
+) -> None:
+    cluster = build_cluster()
+    running = await start(nursery, cluster)
+    await udp_exchange(running, make_query(f"first.default.svc.{ZONE}", qid=1))
+    name = f"fresh.default.svc.{ZONE}"
+    assert rcode_of(await udp_exchange(running, make_query(name, qid=2))) == wire.NXDOMAIN
+    # The trio thread applies the change; the very next query sees the Service.
+    cluster.upsert_service(cluster_ip_service("fresh", "default", "10.96.7.7"))
+    response = await udp_exchange(running, make_query(name, qid=3))
+    assert rcode_of(response) == wire.NOERROR
+    assert a_records(dns.message.from_wire(response)) == ["10.96.7.7"]
+    # And gone again: NXDOMAIN at once, from the thread (nothing stored).
+    cluster.set_services([s for s in cluster.services.values() if s.name != "fresh"])
+    stored = len(cluster.handler.cache)
+    other = f"not-there.default.svc.{ZONE}"
+    for data in (make_query(name, qid=4), make_query(other, qid=5)):
+        assert rcode_of(await udp_exchange(running, data)) == wire.NXDOMAIN
+    assert len(cluster.handler.cache) == stored
