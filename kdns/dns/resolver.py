@@ -215,6 +215,11 @@ class Resolver:
             key=len,
             reverse=True,
         )
+        self._zone_suffixes = tuple((zone, "." + zone) for zone in self._zones)
+        # Zones whose names `_forward` answers from Services (`certainly_absent`).
+        self._service_zones = frozenset(self._zones) - (
+            self.external_zones | set(self.reverse_zones) | self.multicluster_zones
+        )
         self.primary = self.forward_zones[0] if self.forward_zones else "cluster.local"
         self.ns_addresses = ns_addresses
         # A PTR for an address no Service owns goes upstream instead of NXDOMAIN (CoreDNS's
@@ -325,8 +330,8 @@ class Resolver:
     # --- answering ---------------------------------------------------------------------------
 
     def zone_of(self, qname: str) -> str | None:
-        for zone in self._zones:
-            if qname == zone or qname.endswith("." + zone):
+        for zone, dotted in self._zone_suffixes:
+            if qname.endswith(dotted) or qname == zone:
                 return zone
         return None
 
@@ -543,24 +548,18 @@ class Resolver:
         if not self.store.synced:
             return None
         zone = self.zone_of(qname)
-        if (
-            zone is None
-            or qname == zone
-            or zone in self.external_zones
-            or zone in self.reverse_zones
-            or zone in self.multicluster_zones
-        ):
+        if zone not in self._service_zones or qname == zone:
             return None
-        labels = qname[: -len(zone) - 1].split(".")
-        n = len(labels)
-        if n < 2 or labels[-1] != "svc":
+        rel = qname[: -len(zone) - 1]
+        if not rel.endswith(".svc"):
             return None
-        if n == 2:
-            namespace = labels[0]
+        # `<…>.<name>.<namespace>.svc`, read from the right: only the last labels matter.
+        head, _, namespace = rel[:-4].rpartition(".")
+        if not head:
             if namespace in self._namespaces or self._services_per_namespace[namespace] > 0:
                 return None
             return zone
-        return None if (labels[-2], labels[-3]) in self._known else zone
+        return None if (namespace, head.rpartition(".")[2]) in self._known else zone
 
     def soa_fields(
         self, zone: str

@@ -550,13 +550,28 @@ def plain_question(data: bytes) -> tuple[tuple[bytes, ...], int, bool, bool] | N
     limits `parse_query` checks, no answer or authority records, and either no additional
     record or exactly one EDNS version 0 OPT (`cache_key`'s shapes): a query `parse_query`
     takes as it is. Anything else is for the full parse."""
-    found = cache_key(data)
-    if found is None or data[2] & 0xF8:  # QR, or an opcode other than QUERY
+    if len(data) < 17 or data[2] & 0xF8:  # QR, or an opcode other than QUERY
         return None
-    qend = found[1]
-    end = qend - 5  # the root label's octet
-    if end - 12 + 1 > MAX_NAME:
+    end = data.find(0, 12)  # the root label's octet, unless a label holds a zero (below)
+    qend = end + 5
+    n = len(data)
+    if end < 0 or n < qend or end - 12 + 1 > MAX_NAME:
         return None
+    if n == qend:
+        if data[4:12] != _COUNTS_PLAIN:
+            return None
+        edns = False
+    elif (
+        data[4:12] != _COUNTS_EDNS
+        or n < qend + 11
+        or data[qend] != 0
+        or data[qend + 1 : qend + 3] != b"\x00\x29"
+        or data[qend + 6] != 0  # EDNS version 0
+        or int.from_bytes(data[qend + 9 : qend + 11]) != n - qend - 11
+    ):
+        return None
+    else:
+        edns = True
     labels = []
     pos = 12
     while pos < end:
@@ -566,8 +581,7 @@ def plain_question(data: bytes) -> tuple[tuple[bytes, ...], int, bool, bool] | N
         labels.append(data[pos + 1 : pos + 1 + size])
         pos += 1 + size
     if pos != end:
-        return None  # a zero octet inside a label ended `cache_key`'s name early
-    edns = len(data) > qend
+        return None  # a zero octet inside a label ended the name early
     return tuple(labels), qend, edns, edns and bool(data[qend + 7] & 0x80)
 
 
