@@ -104,6 +104,11 @@ class Handler:
         hit = self.cache.answer(data, udp)
         if hit is not None:
             return hit
+        # Trio reads queued datagrams itself under a miss-heavy load (kdns/dns/server.py), and
+        # TCP clients ask too: a never-asked name costs them what it costs the receive thread.
+        denied = self.denial(data)
+        if denied is not None:
+            return denied
         return self.handle_miss(data, udp, client)
 
     def denial(self, data: bytes) -> Reply | None:
