@@ -6,9 +6,9 @@ holding N Services (``--services``, default 10,000; proxy_sync.py's cluster: `sv
 (proxy_sync.py's `Lab`: a "node", a client "pod" and a "backend" namespace, deleted at the end;
 nothing touches the host's tables):
 
-1. Memory the DaemonSet adds for DNS: the RSS of ``kdns proxy`` alone (iptables mode), synced
-   from the API server, then, after it stopped and its rules were cleaned up, the RSS of
-   ``kdns proxy --dns`` synced and answering on 169.254.20.10. Each RSS is the median of 5
+1. Memory the DaemonSet adds for DNS: the RSS of ``kdns proxy`` alone (``--mode``, nftables by
+   default), synced from the API server, then, after it stopped and its rules were cleaned up,
+   the RSS of ``kdns proxy --dns`` synced and answering on 169.254.20.10. Each RSS is the median of 5
    samples 0.5 s apart, taken 2 s after the first full sync (and, for --dns, the first answer).
    Target: the difference under 20 MiB. The --dns proxy's RSS is sampled again after the
    latency and CPU phases (its answer cache filled).
@@ -34,7 +34,7 @@ overhead is in both paths alike.
 How to run (root; iptables, iproute2 and conntrack installed; the file name does not start with
 ``test_``, so pytest does not collect it):
 
-    .venv/bin/python tests/bench/node_dns.py                    # N = 10,000 (about 2 min)
+    .venv/bin/python tests/bench/node_dns.py                    # N = 10,000 (about 3 min)
     .venv/bin/python tests/bench/node_dns.py --services 1000 --rounds 2   # quick
 """
 
@@ -223,9 +223,9 @@ def wait_answering(server: str, alive: Callable[[], bool], what: str) -> None:
 
 
 def synced_proxy(
-    kubeconfig: Path, workdir: Path, stack: contextlib.ExitStack, dns: bool
+    mode: str, kubeconfig: Path, workdir: Path, stack: contextlib.ExitStack, dns: bool
 ) -> proxy_sync.Proxy:
-    proxy = proxy_sync.Proxy("iptables", kubeconfig, workdir)
+    proxy = proxy_sync.Proxy(mode, kubeconfig, workdir)
     proxy.log_path = workdir / f"proxy-{'dns' if dns else 'alone'}.log"
     if dns:
         proxy.argv += ["--dns", NODE_DNS]
@@ -389,17 +389,19 @@ def run(args: argparse.Namespace, say: Say) -> Json:
         kubeconfig = server.write_kubeconfig(workdir / "kubeconfig")
         say(f"API server holds {cluster.n:,} Services; namespaces {lab.node}, {lab.pod} ready")
 
-        alone = synced_proxy(kubeconfig, workdir, stack, dns=False)
-        assert alone.proc is not None
-        fig["rss_alone"] = rss_settled(alone.proc.pid)
-        alone.stop()
-        cleanup_rules()
-        say(f"1. kdns proxy alone: {fig['rss_alone']:.1f} MiB")
-
-        node = synced_proxy(kubeconfig, workdir, stack, dns=True)
-        assert node.proc is not None
-        fig["rss_dns"] = rss_settled(node.proc.pid)
-        say(f"   kdns proxy --dns: {fig['rss_dns']:.1f} MiB")
+        fig["rss_alone"], fig["rss_dns"] = [], []
+        for r in range(args.memory_rounds):  # alone, --dns, alone, --dns …: the last stays up
+            for dns in (False, True):
+                node = synced_proxy(args.mode, kubeconfig, workdir, stack, dns=dns)
+                assert node.proc is not None
+                fig["rss_dns" if dns else "rss_alone"].append(rss_settled(node.proc.pid))
+                if not dns or r < args.memory_rounds - 1:
+                    node.stop()
+                    cleanup_rules()
+            say(
+                f"1. round {r + 1}: kdns proxy alone {fig['rss_alone'][-1]:.1f} MiB, "
+                f"--dns {fig['rss_dns'][-1]:.1f} MiB"
+            )
         serve = central(lab, kubeconfig, workdir, stack)
         wait_answering(CENTRAL_IP, lambda: serve.poll() is None, "the central kdns serve")
         deadline = time.monotonic() + ANSWER_TIMEOUT
@@ -429,9 +431,14 @@ def _answered_from_pod(lab: Any, server: str) -> bool:
 # --------------------------------------------------------------------------------------------
 
 
+def _mibs(xs: Sequence[float]) -> str:
+    return ", ".join(f"{x:.1f}" for x in xs)
+
+
 def report(fig: Json, args: argparse.Namespace) -> str:
     lat, cpu = fig["latency"], fig["cpu"]
-    added = fig["rss_dns"] - fig["rss_alone"]
+    alone, dns = statistics.median(fig["rss_alone"]), statistics.median(fig["rss_dns"])
+    added = dns - alone
     ok = "✔" if added < TARGET_MIB else "✘"
     lines = [
         f"## Node-local DNS, N = {fig['n']:,} Services",
@@ -461,13 +468,13 @@ def report(fig: Json, args: argparse.Namespace) -> str:
         f"idle CPU: proxy --dns {cpu['idle']['node'] * 100:.1f} %, "
         f"central {cpu['idle']['central'] * 100:.1f} % of a core",
         "",
-        f"RSS: kdns proxy alone {fig['rss_alone']:.1f} MiB, kdns proxy --dns "
-        f"{fig['rss_dns']:.1f} MiB → DNS adds {added:.1f} MiB (target < {TARGET_MIB:.0f} MiB "
-        f"{ok}); after the load {fig['rss_dns_after']:.1f} MiB; central kdns serve "
-        f"{fig['rss_central']:.1f} MiB",
+        f"RSS (median of {len(fig['rss_alone'])} starts each): kdns proxy alone {alone:.1f} MiB "
+        f"({_mibs(fig['rss_alone'])}), kdns proxy --dns {dns:.1f} MiB ({_mibs(fig['rss_dns'])})"
+        f" → DNS adds {added:.1f} MiB (target < {TARGET_MIB:.0f} MiB {ok}); after the load "
+        f"{fig['rss_dns_after']:.1f} MiB; central kdns serve {fig['rss_central']:.1f} MiB",
         f"(rate {args.rate:g}/s × {args.batch} × {args.rounds} rounds per path; streams "
         f"{STREAM_RATE}/s from {STREAM_SOCKETS} sockets × {args.seconds:g} s × "
-        f"{args.cpu_rounds} per path)",
+        f"{args.cpu_rounds} per path; proxies in {args.mode} mode)",
     ]
     return "\n".join(lines)
 
@@ -480,6 +487,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=4, help="latency batches per path (4)")
     parser.add_argument("--seconds", type=float, default=4.0, help="CPU stream length (4)")
     parser.add_argument("--cpu-rounds", type=int, default=2, help="CPU streams per path (2)")
+    parser.add_argument(
+        "--memory-rounds", type=int, default=2, help="proxy starts per variant, alternating (2)"
+    )
+    parser.add_argument(
+        "--mode",
+        choices=["nftables", "iptables"],
+        default="nftables",
+        help="the proxies' mode (nftables: Debian 12's iptables nft backend takes minutes for "
+        "a first full sync at 10k Services, see docs/benchmarks.md)",
+    )
     parser.add_argument("--json", metavar="FILE", help="also write the raw figures here")
     parser.add_argument("--helper", choices=["latency", "stream"], help=argparse.SUPPRESS)
     parser.add_argument("helper_args", nargs="*", help=argparse.SUPPRESS)
@@ -491,6 +508,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             parser.error("--rounds 1-100, --batch 10-10000, --rate ≤ 5000")
         if not (1 <= args.cpu_rounds <= 20 and 1 <= args.seconds <= 30):
             parser.error("--cpu-rounds 1-20, --seconds 1-30")
+        if not 1 <= args.memory_rounds <= 10:
+            parser.error("--memory-rounds 1-10")
     return args
 
 
