@@ -8,8 +8,8 @@ node's DNS address (NodeLocal DNSCache's 169.254.20.10) on the node's `lo`, stan
 - **The API server killed.** A `kdns proxy --dns` on each node lists and watches the test API
   server (tests/kubeapi, plain HTTP on node1's address so node2 reaches it too). The server is
   stopped; once both proxies have noticed (their watch restarts are counted), pods on both
-  nodes keep getting the same answers for a while: Service, headless and NXDOMAIN alike, from
-  the store each node already has. The proxies stay healthy on /healthz, as kube-proxy does
+  nodes keep getting the same answers for a while, through the proxies' failed reconnects
+  (counted too): Service, headless and NXDOMAIN alike, from the store each node already has. The proxies stay healthy on /healthz, as kube-proxy does
   (its health depends on applying the changes it has, and none can come), and as NodeLocal
   DNSCache does (CoreDNS's `health` stays 200 whatever its upstream does); the NOTRACK rules
   stay, so pods never fall back to conntracked DNS.
@@ -92,11 +92,12 @@ class Nodes:
     def healthz(self, node: str) -> str:
         return self.cluster.run(node, sys.executable, "-c", HEALTH, check=False).stdout.strip()
 
-    def metric(self, node: str, name: str) -> float:
-        """The sum of a counter over its labels, from the node's proxy; 0 when absent."""
+    def metric(self, node: str, name: str, label: str = "") -> float:
+        """The sum of a counter over its series (those whose labels hold `label`), from the
+        node's proxy; 0 when absent."""
         text = self.cluster.run(node, sys.executable, "-c", METRICS, check=False).stdout
-        pattern = re.compile(rf"^{name}(?:{{[^}}]*}})? (\S+)$", re.MULTILINE)
-        return sum(float(value) for value in pattern.findall(text))
+        pattern = re.compile(rf"^{name}(?:{{([^}}]*)}})? (\S+)$", re.MULTILINE)
+        return sum(float(value) for labels, value in pattern.findall(text) if label in labels)
 
     def proxy(self, node: str, *flags: str) -> tuple[subprocess.Popen[str], Path]:
         """`kdns proxy --dns` in the node's namespace (its /healthz and /metrics on the
@@ -251,6 +252,10 @@ def test_cluster_names_keep_answering_on_every_node_with_the_api_server_gone(
             assert "-j KDNS-NODE-DNS" in nodes.rules(node), node
         rounds += 1
     assert rounds >= 3  # the outage was asked through, not skipped over
+    for node in ASKERS:
+        # … while the proxy was trying to reach the API server again, and failing.
+        failed = nodes.metric(node, "kdns_kube_errors_total", 'reason="connection"')
+        assert failed >= 1, node
     for proc, logs in proxies.values():
         stop_process(proc)
         assert proc.returncode == 0, logs.read_text()
