@@ -14,7 +14,7 @@ node's DNS address (NodeLocal DNSCache's 169.254.20.10) on the node's `lo`, stan
   DNSCache does (CoreDNS's `health` stays 200 whatever its upstream does); the NOTRACK rules
   stay, so pods never fall back to conntracked DNS.
 - **The central upstream killed.** Outside names go to a real dnsmasq on the "ext" host
-  (the central DNS, `node.dns_upstreams`), the node DNS configured with `cache.serve_stale`.
+  (the central DNS, `node.dns_upstreams`), the node DNS serving stale answers by default (`node.dns_serve_stale`).
   After dnsmasq is killed and the name's TTL has run out, the name keeps being answered with
   the stale TTL (RFC 8767 §4: 30 s), while a name never asked before fails (SERVFAIL: the
   upstream really is gone).
@@ -310,7 +310,7 @@ def central_dns(nodes: Nodes) -> Iterator[subprocess.Popen[str]]:
 def test_outside_names_are_answered_stale_with_the_central_upstream_gone(nodes: Nodes) -> None:
     config = nodes.tmp / "kdns.yaml"
     config.write_text(
-        json.dumps({"cache": {"serve_stale": 3600}, "node": {"dns_upstreams": [EXT_IP]}})
+        json.dumps({"node": {"dns_upstreams": [EXT_IP]}})  # serve-stale: the node DNS's default
     )
     manifests = Path(__file__).resolve().parents[2] / "config" / "examples"
     with central_dns(nodes) as dnsmasq:
