@@ -33,6 +33,13 @@ Contract:
   plain answer. The Pods do not gate the first sync: until they are listed every answer is
   plain, which is correct, and a Pods watch the RBAC forbids must not keep the proxy from
   programming the node. `kdns_node_dns_pods` counts the pods held.
+- Pod names under `dns.pods: verified` (`central_pod_zones`): the node DNS holds no Pods of
+  other nodes, so a pod name it cannot verify falls through (CoreDNS's kubernetes
+  `fallthrough`) to the stub domain covering `pod.<zone>` — the central DNS, which watches
+  every Pod — as NodeLocal DNSCache sends the cluster zone to the central DNS; a start with no
+  such stub domain, or one naming an address the node DNS answers itself, is refused before
+  anything touches the node (`central_pod_problems`: one line naming the key to set).
+  `pods insecure` and `pods disabled` need no Pod and answer locally.
 - The userspace mode runs the relay (`proxy/userspace.py`) instead of a data plane.
 """
 
@@ -55,6 +62,7 @@ from kdns import app, metrics
 from kdns.app import Source, StartupError, open_source, open_store
 from kdns.config import PROXY_COMMAND_MODES, Config, parse_hostport
 from kdns.dns import reuseport
+from kdns.dns.forward import Upstream
 from kdns.dns.server import DnsServer
 from kdns.http import HttpEndpoint, PortSharing, Route, prometheus
 from kdns.proxy import healthcheck, nodednsrules, userspace
@@ -149,32 +157,106 @@ def check_options(options: ProxyOptions) -> list[str]:
     return problems
 
 
+def _listen(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def node_dns_config(
     config: Config, addresses: Sequence[str], port: int = NODE_DNS_PORT, autopath: bool = False
 ) -> Config:
     """The config the node DNS answers under: `kdns serve`'s, listening on the first of
     `addresses` (its NS records and the loop check name it), forwarding to `node.dns_upstreams`
     when given, with autopath exactly when `autopath` (`--dns-autopath`) says: a `dns.autopath`
-    meant for `kdns serve` does not turn it on, since the node's Pods are watched only then."""
-    host = addresses[0]
-    listen = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    overrides: dict[str, object] = {"dns.addr": listen, "dns.autopath": autopath}
+    meant for `kdns serve` does not turn it on, since the node's Pods are watched only then;
+    serving stale outside answers for `node.dns_serve_stale` seconds (on by default).
+    Pod names it cannot verify fall through to the upstreams (`central_pod_zones`)."""
+    overrides: dict[str, object] = {
+        "dns.addr": _listen(addresses[0], port),
+        "dns.autopath": autopath,
+        "cache.serve_stale": config.node.dns_serve_stale,
+    }
     if config.node.dns_upstreams is not None:
         overrides["forward.upstreams"] = list(config.node.dns_upstreams)
+    central = central_pod_zones(config)
+    if central:
+        overrides["dns.fallthrough"] = list(dict.fromkeys((*config.dns.fallthrough, *central)))
     return config.with_overrides("node.dns", **overrides)
+
+
+def central_pod_zones(config: Config) -> tuple[str, ...]:
+    """`pod.<zone>` for each cluster zone whose pod names the node DNS cannot verify itself.
+
+    `pods verified` answers a pod name only when a watched Pod has that address; the node DNS
+    holds no Pods of other nodes (none at all without `--dns-autopath`), so it would deny names
+    the central DNS, which watches every Pod, answers. Those names go to the central DNS, as
+    NodeLocal DNSCache sends the whole cluster zone there: a name it cannot verify falls
+    through (CoreDNS's kubernetes `fallthrough`) to the stub domain that covers `pod.<zone>`
+    (`central_pod_problems` refuses a start without one); a pod of this node it holds is still
+    answered here. `pods insecure` needs no Pod (the address is read from the name) and
+    `pods disabled` denies them all, as the central DNS does: both stay local. With
+    `--manifests` every Pod of the manifests is held, so nothing goes elsewhere."""
+    if config.dns.pods != "verified" or config.kubernetes.manifests:
+        return ()
+    return tuple(f"pod.{zone}" for zone in config.dns.forward_zones)
+
+
+def central_pod_problems(
+    dns_config: Config,
+    stub_domains: Sequence[tuple[str, Sequence[Upstream]]],
+    addresses: Sequence[str],
+    port: int = NODE_DNS_PORT,
+) -> list[str]:
+    """One line per `pod.<zone>` of `central_pod_zones` that no stub domain (the forwarder's,
+    a kube-dns ConfigMap's included) sends to a server other than the node DNS itself."""
+    problems = []
+    for name in central_pod_zones(dns_config):
+        covering = [stub for stub in stub_domains if _within(name, stub[0])]
+        if not covering:
+            problems.append(
+                f"node.dns: dns.pods is verified, but the node DNS holds no other node's Pods to "
+                f"verify pod names with: set forward.stub_domains {{{name}: [CENTRAL-DNS-IP]}} "
+                "(the central DNS: a kube-dns-upstream Service's ClusterIP, not an address "
+                "the node takes over), or dns.pods: insecure"
+            )
+            continue
+        domain, servers = max(covering, key=lambda stub: len(stub[0]))  # longest wins
+        problems.extend(
+            f"forward.stub_domains.{domain}: {server.host} is the node DNS itself (--dns "
+            "answers it on this node): forwarding pod names there would loop; give the central "
+            "DNS's own address (e.g. a kube-dns-upstream Service's ClusterIP)"
+            for server in servers
+            if _answers(server, addresses, port)
+        )
+    return problems
+
+
+def _within(name: str, domain: str) -> bool:
+    return name == domain or name.endswith("." + domain)
+
+
+def _answers(server: Upstream, addresses: Sequence[str], port: int) -> bool:
+    """Whether the node DNS itself answers at `server` (a ClusterIP it takes over, say)."""
+    host = ipaddress.ip_address(server.host)
+    return server.port == port and any(host == ipaddress.ip_address(a) for a in addresses)
 
 
 def _node_dns(
     config: Config, options: ProxyOptions, store: Store, source: Source
 ) -> tuple[app.App, list[DnsServer]] | None:
     """The node DNS's answering app and one server per address, not bound yet; None without
-    `--dns`. Raises StartupError (a bad upstream, a forwarding loop)."""
+    `--dns`. Raises StartupError (a bad upstream, a forwarding loop, pod names under `pods
+    verified` with no central DNS to send them to: `central_pod_problems`)."""
     if not options.dns_addresses:
         return None
     dns_config = node_dns_config(
         config, options.dns_addresses, options.dns_port, options.dns_autopath
     )
-    node_app = app.answering(dns_config, store, source, app.plan(dns_config))
+    planned = app.plan(dns_config)
+    stubs = planned.forwarder.config.stub_domains if planned.forwarder is not None else ()
+    problems = central_pod_problems(dns_config, stubs, options.dns_addresses, options.dns_port)
+    if problems:
+        raise StartupError(problems)
+    node_app = app.answering(dns_config, store, source, planned)
     if options.dns_autopath:
         # len() of the store's dict is one read under the GIL: safe from the scrape thread.
         pods = store.pods
@@ -364,8 +446,10 @@ async def run_proxy(
 ) -> None:
     store, api = open_store(config, watch_pods=False)
     source = open_source(config, store, api, False, _kube_options(options))
+    # Before anything touches the node: a node DNS config that cannot start refuses the start.
+    node_dns = _node_dns(config, options, store, source)
     if options.mode == "userspace":
-        await _run_userspace(config, store, source, options, runner, task_status=task_status)
+        await _run_userspace(store, source, node_dns, options, runner, task_status=task_status)
         return
     dataplane = make_dataplane(options, runner)
     checks = HealthCheckServers(lambda: engine.healthy())
@@ -381,7 +465,6 @@ async def run_proxy(
     endpoints = await _bind_endpoints(
         options, _healthz(engine.healthy, lambda: engine.last_success)
     )
-    node_dns = _node_dns(config, options, store, source)
     dns_settled = trio.Event()
     async with trio.open_nursery() as nursery:
         # The health check node ports follow the same take-over: their answers need a sync.
@@ -480,9 +563,9 @@ async def _take_over(runs: list[Runnable], ready: Callable[[], bool], ports: str
 
 
 async def _run_userspace(
-    config: Config,
     store: Store,
     source: Source,
+    node_dns: tuple[app.App, list[DnsServer]] | None,
     options: ProxyOptions,
     runner: Runner,
     *,
@@ -491,7 +574,6 @@ async def _run_userspace(
     """The relay instead of a data plane: nothing to sync, healthy once the store synced."""
     healthz = _healthz(lambda: store.synced, lambda: None)
     endpoints = await _bind_endpoints(options, healthz)
-    node_dns = _node_dns(config, options, store, source)
     dns_settled = trio.Event()
     relaying = trio.Event()
     async with trio.open_nursery() as nursery:

@@ -22,11 +22,9 @@ to a pod on node-a are followed.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -36,7 +34,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import need_root, need_tool
-from tests.e2e.netns import ip_command, node_and_pod
+from tests.e2e.netns import api_server_in, ip_command, node_and_pod
 from tests.kubeapi import objects
 from tests.kubeapi.server import ApiServer
 from tests.processes import stop_process
@@ -48,7 +46,6 @@ CLIENT, WORKER, REMOTE, HOSTNET = "10.254.251.2", "10.254.251.3", "10.254.251.4"
 EXTERNAL, EXTERNAL_V4 = "api.example.com", "192.0.2.10"  # 192.0.2.0/24: TEST-NET-1
 METRICS = "127.0.0.1:10249"
 TIMEOUT = 30.0  # seconds for the proxy to list, bind and follow a change
-CLONE_NEWNET = 0x40000000
 
 
 @dataclass
@@ -107,33 +104,6 @@ class Cluster:
             time.sleep(0.1)
 
 
-def _api_server_in(netns: str) -> ApiServer:
-    """A test API server whose listening socket lives in `netns`: made and started by a thread
-    that entered the namespace, so its accept thread (and any rebind) is in there too."""
-    made: list[ApiServer | BaseException] = []
-
-    def inside() -> None:
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            fd = os.open(f"/run/netns/{netns}", os.O_RDONLY)
-            try:
-                if libc.setns(fd, CLONE_NEWNET) != 0:
-                    raise OSError(ctypes.get_errno(), "setns")
-            finally:
-                os.close(fd)
-            made.append(ApiServer(bookmark_interval=0.2).start())
-        except BaseException as e:  # handed to the test thread
-            made.append(e)
-
-    thread = threading.Thread(target=inside, name=f"kubeapi-in-{netns}")
-    thread.start()
-    thread.join(TIMEOUT)
-    assert made, "the API server did not start"
-    if isinstance(made[0], BaseException):
-        raise made[0]
-    return made[0]
-
-
 def _pods() -> list[dict[str, object]]:
     return [
         objects.pod("default", "client", ip=CLIENT, node_name=NODE_NAME),
@@ -181,7 +151,7 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
             ip_command(ip, "-n", ns, "link", "set", "eth0", "up")
         ip_command(ip, "-n", pod, "route", "add", "default", "via", NODE_V4)
 
-        api = _api_server_in(node)
+        api = api_server_in(node, TIMEOUT)
         cleanup.callback(api.stop)
         api.create("namespaces", objects.namespace("default"))
         api.create("namespaces", objects.namespace("prod"))
