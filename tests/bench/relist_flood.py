@@ -135,19 +135,19 @@ def force_relist(server: ApiServer, say: Any) -> dict[str, Any]:
     counts, not by kdns's /metrics: under the flood kdns may not answer HTTP for seconds."""
     stats = server.stats
     lists0 = {r: stats.count(kind="list", resource=r) for r in RELISTED}
+    watches0 = {r: stats.count(kind="watch", resource=r) for r in RELISTED}
     started = time.monotonic()
     server.compact()
     expired = server.faults.expire_watches()
-    watches_at_list: dict[str, int] = {}  # a kind's watch count when its relist began
-    done_at: dict[str, float] = {}  # when its next watch opened: the list had been applied
+    done_at: dict[str, float] = {}  # listed again, then watching again: the list was applied
     for _ in range(int(RELIST_TIMEOUT / 0.05)):  # bounded
         for r in RELISTED:
-            if r in done_at:
-                continue
-            if r not in watches_at_list:
-                if stats.count(kind="list", resource=r) > lists0[r]:
-                    watches_at_list[r] = stats.count(kind="watch", resource=r)
-            elif stats.count(kind="watch", resource=r) > watches_at_list[r]:
+            # After a 410 a Reflector lists before it watches again, so a new watch on top of
+            # a new list means the relist was applied (a small kind does both within one poll).
+            if r not in done_at and (
+                stats.count(kind="list", resource=r) > lists0[r]
+                and stats.count(kind="watch", resource=r) > watches0[r]
+            ):
                 done_at[r] = time.monotonic() - started
         if len(done_at) == len(RELISTED):
             break
