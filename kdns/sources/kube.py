@@ -79,7 +79,6 @@ from kdns.store import (
 log = logging.getLogger(__name__)
 
 LIST_PAGE = 500
-LIST_YIELD_EVERY = 8  # objects a list converts between two releases of the GIL
 MAX_LINE = 64 << 20  # a watch line longer than this is not an object we can hold: restart
 EARLY_CLOSE = 1.0  # a watch that ends sooner than this with no event is a failure
 
@@ -529,7 +528,6 @@ class Reflector:
         state keeps serving, and each page's JSON is garbage before the next is read
         (docs/architecture.md §6, "A relist")."""
         current = self.store.view(self.resource.kind)
-        relist = self.synced
         items: dict[object, object] = {}
         produced: dict[object, set[object]] = {}
         skipped = 0
@@ -553,13 +551,7 @@ class Reflector:
                 raise
             body = json.loads(response.data)
             response.release_conn()
-            for n, obj in enumerate(body.get("items") or ()):
-                if relist and n % LIST_YIELD_EVERY == 0:
-                    # Converting a page is seconds of Python at 50k objects: without a pause
-                    # the UDP receive thread gets the GIL once per switch interval (5 ms) and a
-                    # flood fills its socket buffer (docs/architecture.md §6, "A relist"). The
-                    # first list has no last good state to serve: it runs at full speed.
-                    time.sleep(0)
+            for obj in body.get("items") or ():
                 try:
                     converted = self.resource.convert(obj)
                     source = _source_key(obj)
