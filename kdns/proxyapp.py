@@ -524,6 +524,7 @@ def _take_over_dns(
         if isinstance(dataplane, IpvsDataplane) and dataplane.node_dns != options.dns_addresses:
             dataplane.take_over_dns(options.dns_addresses)
             engine.resync()
+            log.info("node DNS: taking port 53 of its ClusterIPs over from IPVS")
 
     return take_over
 
