@@ -253,10 +253,10 @@ async def until(condition: Callable[[], bool], what: str) -> None:
     assert condition(), f"no {what} within {WAIT:.0f} s"
 
 
-async def run_ipvs_proxy(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kernel: NodeModel, taken: Callable[[], bool]
-) -> None:
-    """`kdns proxy --mode ipvs --dns 127.0.0.10` until `taken()`, then SIGTERM."""
+def proxy_setup(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> tuple[Config, proxyapp.ProxyOptions]:
+    """`kdns proxy --mode ipvs --dns 127.0.0.10` over the kube-dns manifest, on the model."""
     manifest = tmp_path / "kube-dns.yaml"
     manifest.write_text(KUBE_DNS)
     config = Config().with_overrides(
@@ -273,6 +273,14 @@ async def run_ipvs_proxy(
         dns_port=0,
     )
     monkeypatch.setattr(proxyapp, "ipvs_supported", lambda read: True)  # the model has IPVS
+    return config, options
+
+
+async def run_ipvs_proxy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kernel: NodeModel, taken: Callable[[], bool]
+) -> None:
+    """`kdns proxy --mode ipvs --dns 127.0.0.10` until `taken()`, then SIGTERM."""
+    config, options = proxy_setup(tmp_path, monkeypatch)
     default = signal.getsignal(signal.SIGTERM)
     with trio.fail_after(2 * WAIT):
         async with trio.open_nursery() as nursery:
@@ -327,3 +335,24 @@ async def test_a_restarted_proxy_keeps_port_53_taken_over(
     assert not [a for a in kernel.argvs if f"{KUBE_DNS_IP}:53" in a]
     assert f"{KUBE_DNS_IP}:53" not in kernel.ipvs()
     assert "ip link show dev kdns-dns" not in kernel.argvs  # the node DNS's rules stayed
+
+
+async def test_render_with_dns_prints_the_taken_over_state(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `kdns proxy --mode ipvs --dns … --render`: what a full sync applies once the node DNS
+    # answers. Nothing is written.
+    config, options = proxy_setup(tmp_path, monkeypatch)
+    kernel = NodeModel(restarting=False)
+    lines = (await proxyapp.render(config, options, kernel)).splitlines()
+    ipvs = [line for line in lines if line.startswith(("ipvsadm", "ip addr"))]
+    assert ipvs == [
+        f"ipvsadm -A -t {KUBE_DNS_IP}:9153 -s rr",
+        f"ipvsadm -a -t {KUBE_DNS_IP}:9153 -r 10.244.2.5:9153 -m -w 1",
+        f"ip addr add {KUBE_DNS_IP}/32 dev kube-ipvs0",
+    ]
+    assert [line for line in lines if "kdns node DNS" in line] == [
+        f'-A KUBE-IPVS-FILTER -d {KUBE_DNS_IP}/32 -p {proto} -m {proto} --dport 53 -m comment --comment "kdns node DNS" -j RETURN'
+        for proto in ("tcp", "udp")
+    ]
+    assert kernel.model.state == IpvsModel().state
