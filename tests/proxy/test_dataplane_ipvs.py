@@ -8,23 +8,33 @@ Removing IPVS mode's objects is `kdns proxy --cleanup`'s: tests/proxy/test_clean
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
+import shlex
 import signal
+import subprocess
+import sys
 import threading
-from collections.abc import Callable, Sequence
+import uuid
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
 
 from kdns import proxyapp
 from kdns.config import Config
+from kdns.proxy import nodednsrules
 from kdns.proxy.dataplane import IpvsDataplane, Node, node_from_host
 from kdns.proxy.ipvs.kernel import DUMMY_DEVICE
 from kdns.proxy.routes import ServicePortRoute
 from tests.builders import model_endpoint, model_service
+from tests.conftest import need_root, need_tool
+from tests.e2e.netns import ip_command, node_and_pod
+from tests.processes import stop_process
 from tests.proxy.builders import PODS, routes
 
 from .ipvs_model import IpvsModel
@@ -356,3 +366,168 @@ async def test_render_with_dns_prints_the_taken_over_state(
         for proto in ("tcp", "udp")
     ]
     assert kernel.model.state == IpvsModel().state
+
+
+# --- the helper rules of a takeover with real packets ------------------------------------------
+#
+# This kernel has no IPVS and no dummy device: IPVS and kube-ipvs0 stay in the model, while
+# ipset, iptables and the node DNS's NOTRACK rules are real, in a throwaway node namespace whose
+# `lo` holds what the model binds to kube-ipvs0. A pod namespace asks the ClusterIP's port 53,
+# answered by sockets bound there on the node (standing in for the node DNS's), which tell the
+# source address they saw.
+
+NODE_V4, POD_V4 = "10.254.251.1", "10.254.251.2"
+CLUSTER_DNS = "10.96.0.10"
+ECHO = str(Path(__file__).with_name("echo.py"))  # its client
+COUNT = ("--count", "3", "--timeout", "2")  # three attempts, each bounded by 2 s
+COMMAND_TIMEOUT = 60.0  # seconds: namespace commands wait on a busy machine
+
+
+class NamespaceNode(KernelModel):
+    """IPVS and kube-ipvs0 in the model; everything else run in namespace `ns`, and each
+    address the model binds to kube-ipvs0 also put on the namespace's lo."""
+
+    def __init__(self, ip: str, ns: str) -> None:
+        super().__init__()
+        self.ip, self.ns = ip, ns
+
+    def __call__(self, argv: Sequence[str], stdin: str | None = None) -> tuple[int, str, str]:
+        argv = list(argv)
+        to_model = argv[0] == "ipvsadm" or argv in (
+            ["ip", "-batch", "-"],
+            ["ip", "-o", "addr", "show", "dev", DUMMY_DEVICE],
+        )
+        if not to_model:
+            return self.real(argv, stdin)
+        result = super().__call__(argv, stdin)
+        for line in (stdin or "").splitlines():
+            verb, _, rest = line.partition(" ")
+            if verb == "addr" and rest.endswith(f"dev {DUMMY_DEVICE}"):
+                words = rest.split()  # add|del ADDRESS dev kube-ipvs0
+                self.real(["ip", "addr", words[0], words[1], "dev", "lo"], None)
+        return result
+
+    def real(self, argv: Sequence[str], stdin: str | None) -> tuple[int, str, str]:
+        done = subprocess.run(
+            [self.ip, "netns", "exec", self.ns, *argv],
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=COMMAND_TIMEOUT,
+        )
+        return done.returncode, done.stdout, done.stderr
+
+
+def echo_client(ip: str, ns: str, proto: str, target: str) -> dict[str, Any]:
+    """Three attempts from namespace `ns` (fresh sockets), each bounded by 2 s."""
+    done = subprocess.run(
+        [ip, "netns", "exec", ns, sys.executable, ECHO, "client", f"--{proto}", target, *COUNT],
+        capture_output=True,
+        text=True,
+        timeout=COMMAND_TIMEOUT,
+    )
+    assert done.returncode == 0, done
+    return json.loads(done.stdout)
+
+
+# The node DNS's stand-in: sockets bound to the ClusterIP (as the node DNS binds them: a reply
+# leaves from the address asked), answering each query or connection with echo.py's line.
+NODE_SOCKETS = """\
+import json, selectors, socket, sys
+address, sel = sys.argv[1], selectors.DefaultSelector()
+for kind, port in ((socket.SOCK_DGRAM, 53), (socket.SOCK_STREAM, 53), (socket.SOCK_STREAM, 5353)):
+    s = socket.socket(socket.AF_INET, kind)
+    s.bind((address, port))
+    if kind == socket.SOCK_STREAM:
+        s.listen(16)
+    sel.register(s, selectors.EVENT_READ, port)
+print("ready", flush=True)
+def line(src, port, proto):
+    return (json.dumps({"name": "node-dns", "src": "%s:%d" % src, "port": port, "proto": proto}) + "\\n").encode()
+while True:
+    for key, _ in sel.select():
+        sock = key.fileobj
+        if sock.type == socket.SOCK_DGRAM:
+            data, src = sock.recvfrom(2048)
+            sock.sendto(line(src, key.data, "udp"), src)
+        else:
+            conn, src = sock.accept()
+            with conn:
+                conn.sendall(line(src, key.data, "tcp"))
+"""
+
+
+def node_sockets(ip: str, ns: str, cleanup: contextlib.ExitStack) -> None:
+    """NODE_SOCKETS in namespace `ns`, once it is ready (its address must be local by then)."""
+    proc = subprocess.Popen(
+        [ip, "netns", "exec", ns, sys.executable, "-c", NODE_SOCKETS, CLUSTER_DNS],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    cleanup.callback(stop_process, proc)
+    assert proc.stdout is not None
+    ready = proc.stdout.readline()  # bounded: the process prints it at once or dies
+    assert ready == "ready\n", proc.poll()
+
+
+@pytest.fixture
+def node_and_pod_ns() -> Iterator[tuple[str, str, str, contextlib.ExitStack]]:
+    """(ip, node namespace, pod namespace, their cleanup): the pod routes all through the node."""
+    need_root()
+    ip = need_tool("ip", "iproute2")
+    for tool, package in (("iptables", "iptables"), ("ipset", "ipset")):
+        need_tool(tool, package)
+    need_tool("conntrack", "conntrack")
+    tag = uuid.uuid4().hex[:8]
+    node, pod = f"kdns-ipvs-node-{tag}", f"kdns-ipvs-pod-{tag}"
+    with contextlib.ExitStack() as cleanup:
+        node_and_pod(ip, node, pod, cleanup)
+        for ns, address in ((node, NODE_V4), (pod, POD_V4)):
+            ip_command(ip, "-n", ns, "addr", "add", f"{address}/24", "dev", "eth0")
+            ip_command(ip, "-n", ns, "link", "set", "eth0", "up")
+        ip_command(ip, "-n", pod, "route", "add", "default", "via", NODE_V4)
+        yield ip, node, pod, cleanup
+
+
+def test_a_taken_over_clusterip_reaches_the_node_socket_through_the_helper_rules(
+    node_and_pod_ns: tuple[str, str, str, contextlib.ExitStack],
+) -> None:
+    ip, node, pod, cleanup = node_and_pod_ns
+    kernel = NamespaceNode(ip, node)
+    kube_dns = model_service(
+        "kube-system/kube-dns",
+        ip=CLUSTER_DNS,
+        ports=(("dns", "UDP", 53, None), ("dns-tcp", "TCP", 53, None)),
+    )
+    # The central DNS's endpoint: no host has it (IPVS, were it here, would send it there).
+    central = model_endpoint("10.254.251.9", ports=(("dns", "UDP", 53), ("dns-tcp", "TCP", 53)))
+    plane = IpvsDataplane(Node(families=(4,), cluster_cidrs=(PODS,), local_ips=(NODE_V4,)), kernel)
+    plane.take_over_dns([CLUSTER_DNS])
+    plane.sync(routes((kube_dns, [central])), None)
+    assert kernel.model.state.services == {}
+    assert kernel.model.state.addresses == {CLUSTER_DNS}
+    node_sockets(ip, node, cleanup)  # bound once the sync made the ClusterIP local
+
+    # Tracked (no NOTRACK yet): KUBE-IPVS-FILTER lets new connections to port 53 of the
+    # kube-ipvs0 address through to the socket, unmasqueraded, over UDP and TCP …
+    for proto in ("udp", "tcp"):
+        summary = echo_client(ip, pod, proto, f"{CLUSTER_DNS}:53")
+        assert (summary["ok"], summary["sources"]) == (3, {POD_V4: 3}), summary
+    # … while it still rejects the address's other ports, a listener there or not (#72236),
+    assert echo_client(ip, pod, "tcp", f"{CLUSTER_DNS}:5353")["refused"] == 3
+    # and it is the node DNS's RETURN that lets 53 through: without it, 53 is rejected too.
+    saved = kernel.real(["iptables-save", "-t", "filter"], None)[1].splitlines()
+    rule = next(line for line in saved if "kdns node DNS" in line and "-p tcp" in line)
+    assert kernel.real(["iptables", "-D", *shlex.split(rule)[1:]], None)[0] == 0
+    assert echo_client(ip, pod, "tcp", f"{CLUSTER_DNS}:53")["refused"] == 3
+    plane.sync(routes((kube_dns, [central])), None)  # puts it back
+
+    # With the node DNS's NOTRACK rules (IPVS mode installs iptables mode's), the queries
+    # still arrive, and conntrack holds nothing for them.
+    assert nodednsrules.install(kernel, "ipvs", [CLUSTER_DNS]) == []
+    kernel.real(["conntrack", "-F"], None)
+    for proto in ("udp", "tcp"):
+        summary = echo_client(ip, pod, proto, f"{CLUSTER_DNS}:53")
+        assert (summary["ok"], summary["sources"]) == (3, {POD_V4: 3}), summary
+    flows = kernel.real(["conntrack", "-L"], None)[1]
+    assert f"dst={CLUSTER_DNS}" not in flows, flows
