@@ -64,12 +64,14 @@ from kdns.model import (
     ServiceCIDR,
     ServiceImport,
 )
+from kdns.sources.blockyaml import OutsideSubset
 from kdns.sources.documents import (
     Document,
     ManifestError,
     field_lines_at,
     line_of,
     parse_text,
+    read_block_documents,
     read_documents,
     short,
     syntax_error,
@@ -425,18 +427,13 @@ def read_objects(text: str, file: str) -> tuple[list[_Entry], list[ManifestError
     and one document's parse tree, never the file's.
     """
     text = yaml_text(text, file)
-    entries: list[_Entry] = []
-    errors: list[ManifestError] = []
-    failed: list[tuple[int, tuple[int, ...]]] = []  # (index in entries, Document.at)
     try:
-        for found in read_documents(text, file):
-            if isinstance(found, ManifestError):
-                errors.append(found)
-                continue
-            entry = _convert_document(found)
-            if entry.error is not None and entry.error.field:
-                failed.append((len(entries), found.at))
-            entries.append(entry)
+        # Most generated manifests are plain block YAML, read faster without libyaml; what
+        # that reader leaves (anchors, flow style, JSON, errors, …) is read with libyaml.
+        try:
+            entries, errors, failed = _convert_all(read_block_documents(text, file))
+        except OutsideSubset:
+            entries, errors, failed = _convert_all(read_documents(text, file))
     except (yaml.YAMLError, RecursionError) as exc:
         return [], [syntax_error(exc, text, file)]
     if failed:
@@ -449,6 +446,25 @@ def read_objects(text: str, file: str) -> tuple[list[_Entry], list[ManifestError
                 entry, error=dataclasses.replace(entry.error, line=line)
             )
     return entries, errors
+
+
+def _convert_all(
+    found: Iterable[Document | ManifestError],
+) -> tuple[list[_Entry], list[ManifestError], list[tuple[int, tuple[int, ...]]]]:
+    """Each document converted as it comes: the entries, the errors of documents that are no
+    objects, and (index in entries, `Document.at`) of the entries whose field needs a line."""
+    entries: list[_Entry] = []
+    errors: list[ManifestError] = []
+    failed: list[tuple[int, tuple[int, ...]]] = []
+    for doc in found:
+        if isinstance(doc, ManifestError):
+            errors.append(doc)
+            continue
+        entry = _convert_document(doc)
+        if entry.error is not None and entry.error.field:
+            failed.append((len(entries), doc.at))
+        entries.append(entry)
+    return entries, errors, failed
 
 
 # --- objects -----------------------------------------------------------------------------------
