@@ -91,7 +91,7 @@ def read(text: str) -> Iterator[tuple[int, dict[Any, Any], int, dict[int, Any]]]
     match = _LINE.fullmatch
     known = _known
     missing = _MISSING
-    for lineno, line in enumerate(text.split("\n"), 1):
+    for lineno, line in enumerate(_lines(text), 1):
         found = match(line)
         if found is None:
             if line:
@@ -172,6 +172,21 @@ def read(text: str) -> Iterator[tuple[int, dict[Any, Any], int, dict[int, Any]]]
             marks[id(top)] = lineno
     if root is not None:
         yield index, root, first_line, marks
+
+
+def _lines(text: str) -> Iterator[str]:
+    """The lines of `text`, split a slice at a time: a list of every line of a 10 MB file
+    would hold half a million strings at once (40 MB)."""
+    start = 0
+    while start < len(text):
+        end = text.find("\n", start + _SLICE)
+        if end < 0:
+            end = len(text)
+        yield from text[start:end].split("\n")
+        start = end + 1
+
+
+_SLICE = 1 << 16  # characters
 
 
 def _value(text: str) -> Any:
