@@ -88,55 +88,49 @@ def read(text: str) -> Iterator[tuple[int, dict[Any, Any], int, dict[int, Any]]]
     # The mapping and key of a "key:" without a value, and the key's column: the next line
     # may open a block under it, else the value stays null.
     pending: tuple[dict[Any, Any], Any, int] | None = None
-    match = _LINE.fullmatch
-    known = _known
-    missing = _MISSING
+    parsed = _parsed
     for lineno, line in enumerate(_lines(text), 1):
-        found = match(line)
-        if found is None:
-            if line:
-                raise OutsideSubset
-            continue  # an empty line
-        indent, dash, key, value, item = found.groups()
-        if key is None and dash is None:
-            if line == "---":
-                if root is not None:
-                    yield index, root, first_line, marks
-                    index += 1
-                elif explicit:
-                    index += 1  # "---" then nothing: libyaml gives a null document
-                explicit = True
-                root, marks, stack, pending = None, {}, [], None
+        entry = parsed.get(line)
+        if entry is None:
+            entry = _parse_line(line)
+        form, col, dash, name, scalar = entry
+        if form < _KEY_VALUE:
+            if form == _NOTHING:
                 continue
-            if item is None:
-                continue  # a comment
-            raise OutsideSubset  # a scalar where a key belongs
-        col = len(indent)
+            # "---": a new document.
+            if root is not None:
+                yield index, root, first_line, marks
+                index += 1
+            elif explicit:
+                index += 1  # "---" then nothing: libyaml gives a null document
+            explicit = True
+            root, marks, stack, pending = None, {}, [], None
+            continue
         if root is None:
-            if col or dash is not None or key is None:
+            if col or dash or form == _ITEM:
                 raise OutsideSubset  # the root is no block mapping at column 0
             root = {}
             first_line = lineno
             top_col, top, what = 0, root, _MAPPING
             stack.append((top_col, top, what))
         if pending is not None:
-            above, name, key_col = pending
+            above, key, key_col = pending
             pending = None
-            if dash is not None and col >= key_col:
+            if dash and col >= key_col:
                 # A sequence under the key (at the key's column too: YAML's indentless one).
                 top_col, top, what = col, [], _SEQUENCE
-                above[name] = top
-                if name == "items":
+                above[key] = top
+                if key == "items":
                     marks[id(top)] = []
                     what = _ITEMS
                 stack.append((top_col, top, what))
             elif col > key_col:
                 top_col, top, what = col, {}, _MAPPING
-                above[name] = top
+                above[key] = top
                 stack.append((top_col, top, what))
         # Close what this line is outside of; a sequence ends at a line of its column
         # that is no "- " item.
-        while top_col > col or (what and top_col == col and dash is None):
+        while top_col > col or (what and top_col == col and not dash):
             stack.pop()
             if not stack:
                 raise OutsideSubset
@@ -147,24 +141,17 @@ def read(text: str) -> Iterator[tuple[int, dict[Any, Any], int, dict[int, Any]]]
             # An item of the sequence: a scalar, or the first key of a mapping.
             if what == _ITEMS:
                 marks[id(top)].append(lineno)
-            if key is None:
-                scalar = known.get(item, missing)
-                top.append(_value(item) if scalar is missing else scalar)
+            if form == _ITEM:
+                top.append(scalar)
                 continue
-            col += len(dash)
+            col += dash
             top_col, top, what = col, {}, _MAPPING
             stack[-1][1].append(top)
             stack.append((top_col, top, what))
-        elif dash is not None or key is None:
-            raise OutsideSubset  # an item in a mapping, or a scalar where a key belongs
-        name = known.get(key, missing)
-        if name is missing:
-            if len(key) > _MAX_KEY or key in ("{}", "[]"):
-                raise OutsideSubset  # libyaml refuses a key this long; a mapping is no key
-            name = _value(key)
-        if value:
-            scalar = known.get(value, missing)
-            top[name] = _value(value) if scalar is missing else scalar
+        elif dash or form == _ITEM:
+            raise OutsideSubset  # an item in a mapping
+        if form == _KEY_VALUE:
+            top[name] = scalar
         else:
             top[name] = None
             pending = (top, name, col)
@@ -172,6 +159,53 @@ def read(text: str) -> Iterator[tuple[int, dict[Any, Any], int, dict[int, Any]]]
             marks[id(top)] = lineno
     if root is not None:
         yield index, root, first_line, marks
+
+
+# What a line is: nothing (empty, a comment), "---", "key: value", "key:", "- scalar".
+_NOTHING, _MARKER, _KEY_VALUE, _KEY, _ITEM = range(5)
+# A line's text → (form, column, length of its "- " prefix, key, value). Manifests repeat most
+# of their lines ("    protocol: TCP", "  - name: http"), and what a line says does not
+# depend on the lines around it: it is read once. Bounded; only immutable values are kept.
+_parsed: dict[str, tuple[int, int, int, Any, Any]] = {
+    "": (_NOTHING, 0, 0, None, None),
+    "---": (_MARKER, 0, 0, None, None),
+}
+_MAX_PARSED = 8192
+_MAX_PARSED_LINE = 120
+
+
+def _parse_line(line: str) -> tuple[int, int, int, Any, Any]:
+    """What one line says (see `_parsed`); raises OutsideSubset."""
+    found = _LINE.fullmatch(line)
+    if found is None:
+        raise OutsideSubset  # not reached: any line but "" matches, at worst as an item
+    indent, dash, key, value, item = found.groups()
+    col = len(indent)
+    dash_len = len(dash) if dash else 0
+    if key is None:
+        if item is None:
+            return (_NOTHING, col, 0, None, None)  # a comment
+        if dash is None:
+            raise OutsideSubset  # a scalar where a key belongs
+        entry: tuple[int, int, int, Any, Any] = (_ITEM, col, dash_len, None, _value(item))
+    else:
+        if len(key) > _MAX_KEY or key in ("{}", "[]"):
+            raise OutsideSubset  # libyaml refuses a key this long; a mapping is no key
+        name = _value(key)
+        if value:
+            entry = (_KEY_VALUE, col, dash_len, name, _value(value))
+        else:
+            entry = (_KEY, col, dash_len, name, None)
+    if (
+        entry[4].__class__ in _IMMUTABLE
+        and len(line) <= _MAX_PARSED_LINE
+        and len(_parsed) < _MAX_PARSED
+    ):
+        _parsed[line] = entry
+    return entry
+
+
+_IMMUTABLE = frozenset({str, int, float, bool, type(None)})
 
 
 def _lines(text: str) -> Iterator[str]:
