@@ -17,6 +17,9 @@ Contract:
   never its text or parse tree.
 - Each object is converted as soon as it is parsed, from plain data; lines are looked up (by
   reading the file again, `documents.field_lines_at`) only for objects that fail to convert.
+  A file of plain block YAML (what `kubectl get -o yaml` writes) is parsed without libyaml
+  (`sources/blockyaml.py`); a file that leaves that subset anywhere is parsed again, whole,
+  with libyaml, so both give the same objects and the same errors.
 - A file with a YAML syntax error contributes no object: a half-read file would silently drop
   the objects after the error.
 - The line of a conversion error is the line of the offending field, or, when the field is
