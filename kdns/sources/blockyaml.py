@@ -89,74 +89,77 @@ def read(text: str) -> Iterator[tuple[int, dict[Any, Any], int, dict[int, Any]]]
     # may open a block under it, else the value stays null.
     pending: tuple[dict[Any, Any], Any, int] | None = None
     parsed = _parsed
-    for lineno, line in enumerate(_lines(text), 1):
-        entry = parsed.get(line)
-        if entry is None:
-            entry = _parse_line(line)
-        form, col, dash, name, scalar = entry
-        if form < _KEY_VALUE:
-            if form == _NOTHING:
+    lineno = 0
+    for piece in _pieces(text):
+        for line in piece.split("\n"):
+            lineno += 1
+            entry = parsed.get(line)
+            if entry is None:
+                entry = _parse_line(line)
+            form, col, dash, name, scalar = entry
+            if form < _KEY_VALUE:
+                if form == _NOTHING:
+                    continue
+                # "---": a new document.
+                if root is not None:
+                    yield index, root, first_line, marks
+                    index += 1
+                elif explicit:
+                    index += 1  # "---" then nothing: libyaml gives a null document
+                explicit = True
+                root, marks, stack, pending = None, {}, [], None
                 continue
-            # "---": a new document.
-            if root is not None:
-                yield index, root, first_line, marks
-                index += 1
-            elif explicit:
-                index += 1  # "---" then nothing: libyaml gives a null document
-            explicit = True
-            root, marks, stack, pending = None, {}, [], None
-            continue
-        if root is None:
-            if col or dash or form == _ITEM:
-                raise OutsideSubset  # the root is no block mapping at column 0
-            root = {}
-            first_line = lineno
-            top_col, top, what = 0, root, _MAPPING
-            stack.append((top_col, top, what))
-        if pending is not None:
-            above, key, key_col = pending
-            pending = None
-            if dash and col >= key_col:
-                # A sequence under the key (at the key's column too: YAML's indentless one).
-                top_col, top, what = col, [], _SEQUENCE
-                above[key] = top
-                if key == "items":
-                    marks[id(top)] = []
-                    what = _ITEMS
+            if root is None:
+                if col or dash or form == _ITEM:
+                    raise OutsideSubset  # the root is no block mapping at column 0
+                root = {}
+                first_line = lineno
+                top_col, top, what = 0, root, _MAPPING
                 stack.append((top_col, top, what))
-            elif col > key_col:
+            if pending is not None:
+                above, key, key_col = pending
+                pending = None
+                if dash and col >= key_col:
+                    # A sequence under the key (at the key's column too: YAML's indentless one).
+                    top_col, top, what = col, [], _SEQUENCE
+                    above[key] = top
+                    if key == "items":
+                        marks[id(top)] = []
+                        what = _ITEMS
+                    stack.append((top_col, top, what))
+                elif col > key_col:
+                    top_col, top, what = col, {}, _MAPPING
+                    above[key] = top
+                    stack.append((top_col, top, what))
+            # Close what this line is outside of; a sequence ends at a line of its column
+            # that is no "- " item.
+            while top_col > col or (what and top_col == col and not dash):
+                stack.pop()
+                if not stack:
+                    raise OutsideSubset
+                top_col, top, what = stack[-1]
+            if top_col != col:
+                raise OutsideSubset  # indented unlike its siblings (or a multi-line scalar)
+            if what:
+                # An item of the sequence: a scalar, or the first key of a mapping.
+                if what == _ITEMS:
+                    marks[id(top)].append(lineno)
+                if form == _ITEM:
+                    top.append(scalar)
+                    continue
+                col += dash
                 top_col, top, what = col, {}, _MAPPING
-                above[key] = top
+                stack[-1][1].append(top)
                 stack.append((top_col, top, what))
-        # Close what this line is outside of; a sequence ends at a line of its column
-        # that is no "- " item.
-        while top_col > col or (what and top_col == col and not dash):
-            stack.pop()
-            if not stack:
-                raise OutsideSubset
-            top_col, top, what = stack[-1]
-        if top_col != col:
-            raise OutsideSubset  # indented unlike its siblings (or a multi-line scalar)
-        if what:
-            # An item of the sequence: a scalar, or the first key of a mapping.
-            if what == _ITEMS:
-                marks[id(top)].append(lineno)
-            if form == _ITEM:
-                top.append(scalar)
-                continue
-            col += dash
-            top_col, top, what = col, {}, _MAPPING
-            stack[-1][1].append(top)
-            stack.append((top_col, top, what))
-        elif dash or form == _ITEM:
-            raise OutsideSubset  # an item in a mapping
-        if form == _KEY_VALUE:
-            top[name] = scalar
-        else:
-            top[name] = None
-            pending = (top, name, col)
-        if name == "items":
-            marks[id(top)] = lineno
+            elif dash or form == _ITEM:
+                raise OutsideSubset  # an item in a mapping
+            if form == _KEY_VALUE:
+                top[name] = scalar
+            else:
+                top[name] = None
+                pending = (top, name, col)
+            if name == "items":
+                marks[id(top)] = lineno
     if root is not None:
         yield index, root, first_line, marks
 
@@ -208,15 +211,15 @@ def _parse_line(line: str) -> tuple[int, int, int, Any, Any]:
 _IMMUTABLE = frozenset({str, int, float, bool, type(None)})
 
 
-def _lines(text: str) -> Iterator[str]:
-    """The lines of `text`, split a slice at a time: a list of every line of a 10 MB file
-    would hold half a million strings at once (40 MB)."""
+def _pieces(text: str) -> Iterator[str]:
+    """`text` in slices that end at line breaks (each dropped): a list of every line of a 10 MB
+    file would hold half a million strings at once (40 MB)."""
     start = 0
     while start < len(text):
         end = text.find("\n", start + _SLICE)
         if end < 0:
             end = len(text)
-        yield from text[start:end].split("\n")
+        yield text[start:end]
         start = end + 1
 
 
