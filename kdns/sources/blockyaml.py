@@ -3,8 +3,8 @@
 Most manifest files use a small part of YAML: block mappings and sequences (the "indentless"
 `- ` under a key too), plain scalars on one line, single-quoted and simple double-quoted
 strings, `{}` and `[]`, whole-line comments. This module reads exactly that part, line by
-line, about twice as fast as building libyaml's nodes and constructing from them, and gives up
-on anything else.
+line, about three times as fast as building libyaml's nodes and constructing from them (0.43
+against 1.3 CPU-s for 10k Services and their EndpointSlices), and gives up on anything else.
 
 Contract:
 - `read(text)` yields `(index, obj, line, marks)` per YAML document of `text`: `index` as
@@ -21,7 +21,9 @@ Contract:
   documents yielded before are then to be discarded and the whole text read with libyaml,
   which also reports any syntax error: whatever this module accepts, libyaml reads to the
   same data.
-- Pure: no I/O.
+- Pure: no I/O. Two module-wide caches (a line's meaning, a scalar's value) are bounded and
+  hold immutable values; each update is one dict assignment, so a read in another thread (a
+  reload runs in a worker thread) sees an entry whole or not at all.
 """
 
 from __future__ import annotations
