@@ -277,6 +277,15 @@ def _proxy_parser(commands: Any, common: Callable[[argparse.ArgumentParser], Non
         help=f"also answer DNS on these addresses, port 53 ({proxyapp.NODE_DNS_DEFAULT} when "
         "given alone): NodeLocal DNSCache from the proxy's own store",
     )
+    _key_flag(
+        proxy,
+        "--dns-autopath",
+        "node.dns_autopath",
+        action="store_true",
+        default=None,
+        help="with --dns: answer this node's pods' search path server-side (CoreDNS autopath "
+        "@kubernetes); watches the Pods of this node (RBAC: list, watch pods)",
+    )
     what = proxy.add_mutually_exclusive_group()
     what.add_argument(
         "--render", action="store_true", help="print the rules it would apply; change nothing"
@@ -304,6 +313,7 @@ def _proxy_options(config: Config) -> proxyapp.ProxyOptions:
         metrics_addr=proxy.metrics_addr,
         ipvs_scheduler=proxy.ipvs_scheduler,
         dns_addresses=node.dns,
+        dns_autopath=node.dns_autopath,
     )
 
 

@@ -680,6 +680,11 @@ class NodeSection:
     # Where the node DNS forwards what is not a cluster name: None = forward.upstreams (and so,
     # by default, the node's resolv.conf); the forward section's stub domains apply as well.
     dns_upstreams: tuple[str, ...] | None = _key(None, _upstreams, "node_dns_upstreams", "list")
+    # Autopath for the node's own pods (`--dns-autopath`): the node DNS watches the Pods with
+    # spec.nodeName = this node, the only pods that ask it, and answers their search path
+    # server-side as `dns.autopath` does for `kdns serve`. Off by default: the Pods watch needs
+    # RBAC (list/watch pods) the proxy's role does not have. `dns.autopath` does not turn it on.
+    dns_autopath: bool = _key(False, _boolean)
 
 
 @dataclass(frozen=True, slots=True)

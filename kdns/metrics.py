@@ -454,6 +454,12 @@ PROXY_LAST_SYNC = Gauge(
 PROXY_SERVICES = Gauge(
     "kdns_proxy_service_ports", "Service ports (per IP family) the data path programs.", ["mode"]
 )
+# The node DNS's autopath (`kdns proxy --dns --dns-autopath`) holds this node's pods only;
+# `kdns serve` exports no count of its pods, so there is no existing name to reuse.
+NODE_DNS_PODS = Gauge(
+    "kdns_node_dns_pods",
+    "Pods the node DNS holds for autopath: those scheduled on this node.",
+)
 PROXY_REPAIRS = Counter(
     "kdns_proxy_tamper_repairs_total",
     "Times the canary found kdns's rules removed by someone else and a full sync restored them.",

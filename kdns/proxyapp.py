@@ -10,17 +10,36 @@ Contract:
   applied and while syncs succeed, JSON with lastUpdated/currentTime), /metrics (:10249) and one
   HTTP server per healthCheckNodePort, until SIGTERM/SIGINT. Rules stay in place on exit, as
   with kube-proxy: a restarting proxy must not cut traffic.
+- Surge: the HTTP ports are shared with SO_REUSEPORT (kdns/http.py `PortSharing`). A proxy that
+  finds them held by a running proxy (a surge rollout) listens only once it is ready — its
+  first sync applied and its node DNS answering — so the old one answers every probe until
+  then, and every new connection comes to the new one after.
 - `render` prints what a full sync would apply once the source has synced; nothing is written.
   `cleanup` removes what any mode installed (`proxy/cleanup.py`), whatever `--mode` says, and
   nothing else.
 - With `dns_addresses` (`--dns`), the proxy also answers DNS on those addresses, port 53, from
   its own store: `kdns serve`'s assembly (`app.answering`: resolver, handler, answer cache,
-  forwarder, the same metrics), no extra watch. Its sockets are bound once the store has
-  synced (a bind failure is logged and the proxy goes on without DNS). Upstreams:
-  `node.dns_upstreams`, else the forward section's (by default the node's resolv.conf), with
-  its stub domains. Once its sockets answer, the data path goes in (`proxy/nodednsrules.py`);
-  on a stop it is removed, unless another process answers on the addresses by then (a
-  restart: the rules stay).
+  forwarder, the same metrics), no extra watch (but this node's Pods for autopath, below). Its
+  sockets are bound once the store has synced (a bind failure is logged and the proxy goes on
+  without DNS). Upstreams: `node.dns_upstreams`, else the forward section's (by default the
+  node's resolv.conf), with its stub domains. Once its sockets answer, the data path goes in
+  (`proxy/nodednsrules.py`); on a stop it is removed, unless another process answers on the
+  addresses by then (a restart: the rules stay).
+- With `dns_autopath` (`--dns-autopath`, config `node.dns_autopath`) as well, the node DNS
+  answers autopath (CoreDNS `autopath @kubernetes`, as `kdns serve --autopath`) for the pods of
+  this node: the source watches the Pods with `spec.nodeName=<node>` only — the pods that ask
+  the node DNS — so memory grows with the node's pods, not the cluster's. A query from any
+  other address (another node's pod, a hostNetwork pod: `Resolver.pod_namespace`) gets the
+  plain answer. The Pods do not gate the first sync: until they are listed every answer is
+  plain, which is correct, and a Pods watch the RBAC forbids must not keep the proxy from
+  programming the node. `kdns_node_dns_pods` counts the pods held.
+- Pod names under `dns.pods: verified` (`central_pod_zones`): the node DNS holds no Pods of
+  other nodes, so a pod name it cannot verify falls through (CoreDNS's kubernetes
+  `fallthrough`) to the stub domain covering `pod.<zone>` — the central DNS, which watches
+  every Pod — as NodeLocal DNSCache sends the cluster zone to the central DNS; a start with no
+  such stub domain, or one naming an address the node DNS answers itself, is refused before
+  anything touches the node (`central_pod_problems`: one line naming the key to set).
+  `pods insecure` and `pods disabled` need no Pod and answer locally.
 - The userspace mode runs the relay (`proxy/userspace.py`) instead of a data plane.
 """
 
@@ -33,17 +52,19 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import trio
 
-from kdns import app
+from kdns import app, metrics
 from kdns.app import Source, StartupError, open_source, open_store
 from kdns.config import PROXY_COMMAND_MODES, Config, parse_hostport
+from kdns.dns import reuseport
+from kdns.dns.forward import Upstream
 from kdns.dns.server import DnsServer
-from kdns.http import HttpEndpoint, Route, prometheus
+from kdns.http import HttpEndpoint, PortSharing, Route, prometheus
 from kdns.proxy import healthcheck, nodednsrules, userspace
 from kdns.proxy.cleanup import cleanup_every_mode
 from kdns.proxy.dataplane import (
@@ -71,6 +92,9 @@ SYNC_TIMEOUT = 120.0  # --render waits this long for a cluster's first list
 # NodeLocal DNSCache's link-local address (k8s.io/dns nodelocaldns's default `-localip`).
 NODE_DNS_DEFAULT = "169.254.20.10"
 NODE_DNS_PORT = 53
+# The HTTP ports, shared with the next proxy of a surge rollout as the DNS sockets are.
+SHARED = PortSharing(reuseport.share, reuseport.steer)
+TAKE_OVER_POLL = 0.05  # seconds between readiness checks of a proxy waiting to take over
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +112,7 @@ class ProxyOptions:
     families: tuple[int, ...] = field(default_factory=lambda: default_families())
     dns_addresses: tuple[str, ...] = ()  # --dns: () = the proxy answers no DNS
     dns_port: int = NODE_DNS_PORT  # not a flag: clients of node DNS ask on 53; tests take 0
+    dns_autopath: bool = False  # --dns-autopath: autopath for this node's pods
 
 
 def default_families() -> tuple[int, ...]:
@@ -127,30 +152,113 @@ def check_options(options: ProxyOptions) -> list[str]:
             ipaddress.ip_address(address)
         except ValueError:
             problems.append(f"--dns: {address!r} is not an IP address")
+    if options.dns_autopath and not options.dns_addresses:
+        problems.append("--dns-autopath: needs --dns (autopath is answered by the node DNS)")
     return problems
 
 
-def node_dns_config(config: Config, addresses: Sequence[str], port: int = NODE_DNS_PORT) -> Config:
+def _listen(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def node_dns_config(
+    config: Config, addresses: Sequence[str], port: int = NODE_DNS_PORT, autopath: bool = False
+) -> Config:
     """The config the node DNS answers under: `kdns serve`'s, listening on the first of
     `addresses` (its NS records and the loop check name it), forwarding to `node.dns_upstreams`
-    when given."""
-    host = addresses[0]
-    listen = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    overrides: dict[str, object] = {"dns.addr": listen}
+    when given, with autopath exactly when `autopath` (`--dns-autopath`) says: a `dns.autopath`
+    meant for `kdns serve` does not turn it on, since the node's Pods are watched only then.
+    Pod names it cannot verify fall through to the upstreams (`central_pod_zones`)."""
+    overrides: dict[str, object] = {
+        "dns.addr": _listen(addresses[0], port),
+        "dns.autopath": autopath,
+    }
     if config.node.dns_upstreams is not None:
         overrides["forward.upstreams"] = list(config.node.dns_upstreams)
+    central = central_pod_zones(config)
+    if central:
+        overrides["dns.fallthrough"] = list(dict.fromkeys((*config.dns.fallthrough, *central)))
     return config.with_overrides("node.dns", **overrides)
+
+
+def central_pod_zones(config: Config) -> tuple[str, ...]:
+    """`pod.<zone>` for each cluster zone whose pod names the node DNS cannot verify itself.
+
+    `pods verified` answers a pod name only when a watched Pod has that address; the node DNS
+    holds no Pods of other nodes (none at all without `--dns-autopath`), so it would deny names
+    the central DNS, which watches every Pod, answers. Those names go to the central DNS, as
+    NodeLocal DNSCache sends the whole cluster zone there: a name it cannot verify falls
+    through (CoreDNS's kubernetes `fallthrough`) to the stub domain that covers `pod.<zone>`
+    (`central_pod_problems` refuses a start without one); a pod of this node it holds is still
+    answered here. `pods insecure` needs no Pod (the address is read from the name) and
+    `pods disabled` denies them all, as the central DNS does: both stay local. With
+    `--manifests` every Pod of the manifests is held, so nothing goes elsewhere."""
+    if config.dns.pods != "verified" or config.kubernetes.manifests:
+        return ()
+    return tuple(f"pod.{zone}" for zone in config.dns.forward_zones)
+
+
+def central_pod_problems(
+    dns_config: Config,
+    stub_domains: Sequence[tuple[str, Sequence[Upstream]]],
+    addresses: Sequence[str],
+    port: int = NODE_DNS_PORT,
+) -> list[str]:
+    """One line per `pod.<zone>` of `central_pod_zones` that no stub domain (the forwarder's,
+    a kube-dns ConfigMap's included) sends to a server other than the node DNS itself."""
+    problems = []
+    for name in central_pod_zones(dns_config):
+        covering = [stub for stub in stub_domains if _within(name, stub[0])]
+        if not covering:
+            problems.append(
+                f"node.dns: dns.pods is verified, but the node DNS holds no other node's Pods to "
+                f"verify pod names with: set forward.stub_domains {{{name}: [CENTRAL-DNS-IP]}} "
+                "(the central DNS: a kube-dns-upstream Service's ClusterIP, not an address "
+                "the node takes over), or dns.pods: insecure"
+            )
+            continue
+        domain, servers = max(covering, key=lambda stub: len(stub[0]))  # longest wins
+        problems.extend(
+            f"forward.stub_domains.{domain}: {server.host} is the node DNS itself (--dns "
+            "answers it on this node): forwarding pod names there would loop; give the central "
+            "DNS's own address (e.g. a kube-dns-upstream Service's ClusterIP)"
+            for server in servers
+            if _answers(server, addresses, port)
+        )
+    return problems
+
+
+def _within(name: str, domain: str) -> bool:
+    return name == domain or name.endswith("." + domain)
+
+
+def _answers(server: Upstream, addresses: Sequence[str], port: int) -> bool:
+    """Whether the node DNS itself answers at `server` (a ClusterIP it takes over, say)."""
+    host = ipaddress.ip_address(server.host)
+    return server.port == port and any(host == ipaddress.ip_address(a) for a in addresses)
 
 
 def _node_dns(
     config: Config, options: ProxyOptions, store: Store, source: Source
 ) -> tuple[app.App, list[DnsServer]] | None:
     """The node DNS's answering app and one server per address, not bound yet; None without
-    `--dns`. Raises StartupError (a bad upstream, a forwarding loop)."""
+    `--dns`. Raises StartupError (a bad upstream, a forwarding loop, pod names under `pods
+    verified` with no central DNS to send them to: `central_pod_problems`)."""
     if not options.dns_addresses:
         return None
-    dns_config = node_dns_config(config, options.dns_addresses, options.dns_port)
-    node_app = app.answering(dns_config, store, source, app.plan(dns_config))
+    dns_config = node_dns_config(
+        config, options.dns_addresses, options.dns_port, options.dns_autopath
+    )
+    planned = app.plan(dns_config)
+    stubs = planned.forwarder.config.stub_domains if planned.forwarder is not None else ()
+    problems = central_pod_problems(dns_config, stubs, options.dns_addresses, options.dns_port)
+    if problems:
+        raise StartupError(problems)
+    node_app = app.answering(dns_config, store, source, planned)
+    if options.dns_autopath:
+        # len() of the store's dict is one read under the GIL: safe from the scrape thread.
+        pods = store.pods
+        metrics.NODE_DNS_PODS.set_function(lambda: len(pods))
     servers = [
         DnsServer(lambda: node_app.serving, address, options.dns_port)
         for address in options.dns_addresses
@@ -163,11 +271,14 @@ async def _serve_node_dns(
     store: Store,
     options: ProxyOptions,
     runner: Runner,
+    settled: trio.Event,
 ) -> None:
     """Binds the node DNS once the store has synced — a restarted proxy takes the queries over
     the moment it binds (kdns/dns/reuseport.py), so it must know every name by then — then
-    serves, and installs the data path once the sockets answer."""
+    serves, and installs the data path once the sockets answer. `settled` is set once the
+    node DNS answers, or will not (none asked for, or its bind failed)."""
     if node_dns is None:
+        settled.set()
         return
     node_app, servers = node_dns
     await wait_synced(store)
@@ -178,6 +289,7 @@ async def _serve_node_dns(
         for server in servers:
             server.close()
         log.error("node DNS not answering: %s", e.strerror)
+        settled.set()
         return
     async with trio.open_nursery() as nursery:
         for server in servers:
@@ -185,6 +297,7 @@ async def _serve_node_dns(
         if node_app.forwarder is not None:
             await nursery.start(node_app.forwarder.run)  # upstream health probes
         await _install_node_dns(options, runner)
+        settled.set()
 
 
 def make_dataplane(options: ProxyOptions, runner: Runner = run_command) -> Dataplane:
@@ -220,7 +333,9 @@ async def render(config: Config, options: ProxyOptions, runner: Runner = run_com
     """What a full sync would apply, once the source has listed everything."""
     dataplane = None if options.mode == "userspace" else make_dataplane(options, runner)
     store, api = open_store(config, watch_pods=False)
-    source = open_source(config, store, api, False, _kube_options(options))
+    # Rules only: the node DNS's Pods would be listed for nothing.
+    kube_options = _kube_options(replace(options, dns_autopath=False))
+    source = open_source(config, store, api, False, kube_options)
     async with trio.open_nursery() as nursery:
         await nursery.start(source.run)
         with trio.move_on_after(SYNC_TIMEOUT):
@@ -239,8 +354,12 @@ async def render(config: Config, options: ProxyOptions, runner: Runner = run_com
 
 def _kube_options(options: ProxyOptions) -> dict[str, Any]:
     """From a cluster the proxy also watches its own Node (its zone picks topology hints) and
-    the ServiceCIDRs (nftables mode drops traffic to their unallocated addresses)."""
-    return {"node_name": options.node_name, "service_cidrs": True}
+    the ServiceCIDRs (nftables mode drops traffic to their unallocated addresses); with the
+    node DNS's autopath, the Pods on this node (module docstring)."""
+    kube_options: dict[str, Any] = {"node_name": options.node_name, "service_cidrs": True}
+    if options.dns_autopath and options.dns_addresses:
+        kube_options["pods_node"] = options.node_name
+    return kube_options
 
 
 class HealthCheckServers:
@@ -275,7 +394,8 @@ class HealthCheckServers:
                     log.info("health check node port %d closed", port)
                 for port in sorted(wanted - set(self._running)):
                     route = self._route(port)
-                    endpoint = HttpEndpoint("0.0.0.0", port, {"/": route, "/healthz": route})
+                    routes = {"/": route, "/healthz": route}
+                    endpoint = HttpEndpoint("0.0.0.0", port, routes, sharing=SHARED)
                     try:
                         await endpoint.bind()
                     except OSError as e:
@@ -324,8 +444,10 @@ async def run_proxy(
 ) -> None:
     store, api = open_store(config, watch_pods=False)
     source = open_source(config, store, api, False, _kube_options(options))
+    # Before anything touches the node: a node DNS config that cannot start refuses the start.
+    node_dns = _node_dns(config, options, store, source)
     if options.mode == "userspace":
-        await _run_userspace(config, store, source, options, runner, task_status=task_status)
+        await _run_userspace(store, source, node_dns, options, runner, task_status=task_status)
         return
     dataplane = make_dataplane(options, runner)
     checks = HealthCheckServers(lambda: engine.healthy())
@@ -341,12 +463,13 @@ async def run_proxy(
     endpoints = await _bind_endpoints(
         options, _healthz(engine.healthy, lambda: engine.last_success)
     )
-    node_dns = _node_dns(config, options, store, source)
+    dns_settled = trio.Event()
     async with trio.open_nursery() as nursery:
-        for endpoint in endpoints.values():
-            await nursery.start(endpoint.run)
-        nursery.start_soon(_serve_node_dns, node_dns, store, options, runner)
-        await nursery.start(checks.run)
+        # The health check node ports follow the same take-over: their answers need a sync.
+        await _start_endpoints(
+            nursery, endpoints, lambda: engine.healthy() and dns_settled.is_set(), checks.run
+        )
+        nursery.start_soon(_serve_node_dns, node_dns, store, options, runner, dns_settled)
         await nursery.start(engine.run)
         await nursery.start(source.run)
         nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
@@ -389,19 +512,58 @@ async def _bind_endpoints(options: ProxyOptions, healthz: Route) -> dict[str, Ht
     """kube-proxy's /healthz and /livez, and /metrics, bound now (a taken port is an OSError)."""
     endpoints = {
         "healthz": HttpEndpoint(
-            *parse_hostport(options.healthz_addr), {"/healthz": healthz, "/livez": healthz}
+            *parse_hostport(options.healthz_addr),
+            {"/healthz": healthz, "/livez": healthz},
+            sharing=SHARED,
         ),
-        "metrics": HttpEndpoint(*parse_hostport(options.metrics_addr), {"/metrics": prometheus}),
+        "metrics": HttpEndpoint(
+            *parse_hostport(options.metrics_addr), {"/metrics": prometheus}, sharing=SHARED
+        ),
     }
     for endpoint in endpoints.values():
         await endpoint.bind()
     return endpoints
 
 
+Runnable = Callable[..., Awaitable[None]]  # started with nursery.start
+
+
+async def _start_endpoints(
+    nursery: trio.Nursery,
+    endpoints: dict[str, HttpEndpoint],
+    ready: Callable[[], bool],
+    *more: Runnable,
+) -> None:
+    """Runs the endpoints (and `more` servers): at once, or, when a running proxy holds the
+    ports (a surge rollout), once `ready()`: until then the old proxy answers every probe and
+    scrape, so a health check never sees this one's 503 of before its first sync."""
+    waiting = [e for e in endpoints.values() if e.successor]
+    for endpoint in endpoints.values():
+        if not endpoint.successor:
+            await nursery.start(endpoint.run)
+    if not waiting:
+        for run in more:
+            await nursery.start(run)
+        return
+    ports = ", ".join(str(e.port) for e in waiting)
+    log.info("ports %s held by a running proxy: taking them over once ready", ports)
+    nursery.start_soon(_take_over, [e.run for e in waiting] + list(more), ready, ports)
+
+
+async def _take_over(runs: list[Runnable], ready: Callable[[], bool], ports: str) -> None:
+    # A short poll, once per start: readiness is several conditions, each owned elsewhere.
+    while not ready():
+        await trio.sleep(TAKE_OVER_POLL)
+    async with trio.open_nursery() as nursery:
+        for run in runs:
+            await nursery.start(run)
+        log.info("took over ports %s", ports)
+
+
 async def _run_userspace(
-    config: Config,
     store: Store,
     source: Source,
+    node_dns: tuple[app.App, list[DnsServer]] | None,
     options: ProxyOptions,
     runner: Runner,
     *,
@@ -410,13 +572,16 @@ async def _run_userspace(
     """The relay instead of a data plane: nothing to sync, healthy once the store synced."""
     healthz = _healthz(lambda: store.synced, lambda: None)
     endpoints = await _bind_endpoints(options, healthz)
-    node_dns = _node_dns(config, options, store, source)
+    dns_settled = trio.Event()
+    relaying = trio.Event()
     async with trio.open_nursery() as nursery:
-        for endpoint in endpoints.values():
-            await nursery.start(endpoint.run)
-        nursery.start_soon(_serve_node_dns, node_dns, store, options, runner)
+        await _start_endpoints(
+            nursery, endpoints, lambda: relaying.is_set() and dns_settled.is_set()
+        )
+        nursery.start_soon(_serve_node_dns, node_dns, store, options, runner, dns_settled)
         await nursery.start(source.run)
         await nursery.start(userspace.run_relay, store, options.node_name)
+        relaying.set()
         nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
         log.info("kdns proxy (userspace mode) running for node %r", options.node_name)
         task_status.started({name: e.port for name, e in endpoints.items()})

@@ -450,8 +450,43 @@ def test_node_daemonset_is_the_proxy_daemonset_plus_the_node_dns() -> None:
     assert options.dns_addresses == (SERVICE["spec"]["clusterIP"], proxyapp.NODE_DNS_DEFAULT)
     ports = {(p["containerPort"], p["protocol"]) for p in NODE["ports"]}
     assert {(53, "UDP"), (53, "TCP"), (10256, "TCP")} <= ports
-    assert NODE_DAEMONSET["spec"]["updateStrategy"]["rollingUpdate"] == {"maxUnavailable": 1}
     assert "--cluster-dns" in (DEPLOY / "kdns-node.yaml").read_text()
+
+
+def test_node_daemonset_surges_with_a_readiness_of_its_own_process() -> None:
+    """A surge rollout: the new pod starts before the old one stops (the ports are shared,
+    kdns/http.py), and it is ready when its own process listens on the health port, which a
+    surging proxy does once ready (tests/e2e/test_surge.py runs this probe)."""
+    strategy = NODE_DAEMONSET["spec"]["updateStrategy"]
+    assert strategy == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+    }
+    node = NODE_DAEMONSET["spec"]["template"]["spec"]["containers"][0]
+    probe = node["readinessProbe"]
+    assert "httpGet" not in probe  # answered by whichever process the kernel picks
+    command = probe["exec"]["command"]
+    assert command[:2] == ["sh", "-c"]
+    port = parse_hostport(node["args"][node["args"].index("--healthz-addr") + 1])[1]
+    assert f"sport = :{port}" in command[2] and "pid=" in command[2]
+
+
+def test_node_daemonset_reads_pods_exactly_when_its_node_dns_has_autopath() -> None:
+    # `--dns-autopath` watches this node's Pods: the DaemonSet's ServiceAccount must then be
+    # allowed to list and watch pods, and otherwise is not (the proxy reads no Pod).
+    account = NODE_DAEMONSET["spec"]["template"]["spec"]["serviceAccountName"]
+    readable: set[tuple[str, str]] = set()
+    for (kind, _), binding in OBJ.items():
+        if kind == "ClusterRoleBinding" and any(
+            s["kind"] == "ServiceAccount" and s["name"] == account for s in binding["subjects"]
+        ):
+            resources, verbs = rules_of(binding["roleRef"]["name"])
+            if {"list", "watch"} <= verbs:
+                readable |= resources
+    parsed = cli._parser().parse_args([a.replace("$(NODE_NAME)", "n") for a in NODE["args"]])
+    autopath = cli._proxy_options(cli._config(parsed)).dns_autopath
+    assert (("", "pods") in readable) == autopath
+    assert autopath is False  # shipped off, as NodeLocal DNSCache (the file's header says why)
 
 
 # The programs the proxy runs (kdns/proxy/dataplane.py, conntrack.py) → their Debian packages.

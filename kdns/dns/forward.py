@@ -4,8 +4,9 @@ What CoreDNS's `forward` + `cache` plugins and kube-dns's stubDomains / upstream
 
 - Upstreams are `upstreams` (up to 15) or, by default, the host's /etc/resolv.conf nameservers;
   `stub_domains` send a domain (longest suffix wins) to its own servers.
-- Every attempt uses a fresh random transaction ID (`secrets`) from a fresh socket, so a fresh
-  ephemeral port (RFC 5452 §9.2); a reply whose ID, QR bit or question does not match is
+- Every attempt uses a fresh random transaction ID (`secrets`) from a socket picked at random
+  from a pool of sockets on random ephemeral ports, each used for a few questions at most
+  (kdns/dns/udp_pool.py, RFC 5452 §9.2); a reply whose ID, QR bit or question does not match is
   ignored and the wait goes on — one forged packet never ends the exchange (RFC 5452 §9.1).
 - TC → the same question again over TCP (RFC 7766 §5). Each upstream gets `timeout` (2 s),
   then the next; an upstream that failed `max_fails` times in a row is tried last until a
@@ -23,7 +24,9 @@ counts and by `max_bytes` (success and denial together, oldest first; evictions 
 `prefetch` times within `prefetch_duration` is refreshed in the background once it is served
 with less than `prefetch_percentage` % of its TTL left; the hit path pays one counter and one
 compare for it (`CacheEntry.check_at`). Cluster answers never come here: they are
-answered from the store.
+answered from the store. The UDP receive thread answers repeats of names only the upstreams
+answer straight from this cache's entries (`remember`, kdns/dns/upstream_hits.py); what only
+trio can do — serve-stale, truncation, a cached SERVFAIL, starting a prefetch — stays here.
 
 Every attempt is counted per upstream (`kdns_forward_*`, CoreDNS's forward/proxy metrics); a
 failed one is logged at ERROR as CoreDNS's errors plugin does, with a `consolidate` key naming
@@ -35,14 +38,16 @@ Time is trio's clock, so tests drive expiry with `trio.testing.MockClock`.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import random
 import secrets
 import socket
 import struct
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import trio
 from cachetools import LRUCache
@@ -53,6 +58,8 @@ from kdns.config import CacheSection
 from kdns.dns import wire
 from kdns.dns.dot import ConnectionClosed, TlsConnections, client_context
 from kdns.dns.stats import CacheStats
+from kdns.dns.udp_pool import UdpPool
+from kdns.dns.upstream_hits import ForwardedHits, Shape, shape_size
 from kdns.dns.wire import Query
 
 log = logging.getLogger(__name__)
@@ -185,11 +192,20 @@ class CacheEntry:
     window: float = 0.0
     prefetch_at: float = math.inf
     check_at: float = math.inf
+    # The receive thread's side (kdns/dns/upstream_hits.py): its hits (`taps`, counted by
+    # `next`), how many of them trio has added to `hits`, whether a hand-over to trio is in
+    # flight, the shapes that answer from this entry, and whether it left the cache.
+    taps: Iterator[int] = field(default_factory=itertools.count)
+    taps_folded: int = 0
+    asked: bool = False
+    shapes: list[bytes] = field(default_factory=list)
+    gone: bool = False
 
 
 # What an entry costs beyond its response and key: the dataclass, its two lists, the LRU's
-# bookkeeping (tracemalloc on CPython 3.11; tests/dns/test_cache_budget.py checks it).
-ENTRY_OVERHEAD = 700
+# bookkeeping, the receive thread's counter and shape list (tracemalloc on CPython 3.11;
+# tests/dns/test_cache_budget.py checks it).
+ENTRY_OVERHEAD = 820
 
 
 def entry_size(key: bytes, response: bytes, records: int) -> int:
@@ -200,10 +216,11 @@ class _Table(LRUCache[bytes, CacheEntry]):
     """One LRU table of the upstream cache: its entries' sizes summed in `bytes`, and the entries
     it evicted (to stay within its count, or `UpstreamCache`'s byte bound) in `evictions`."""
 
-    def __init__(self, maxsize: int) -> None:
+    def __init__(self, maxsize: int, dropped: Callable[[CacheEntry], None]) -> None:
         super().__init__(maxsize=maxsize)
         self.bytes = 0
         self.evictions = 0
+        self.dropped = dropped  # told of every entry that leaves, so no shape serves it
 
     def __setitem__(self, key: bytes, value: CacheEntry) -> None:
         if key in self:
@@ -212,17 +229,25 @@ class _Table(LRUCache[bytes, CacheEntry]):
         self.bytes += value.size
 
     def __delitem__(self, key: bytes) -> None:
-        size = super().__getitem__(key).size
+        entry = super().__getitem__(key)
         super().__delitem__(key)
-        self.bytes -= size
+        self.bytes -= entry.size
+        self.dropped(entry)
 
     def popitem(self) -> tuple[bytes, CacheEntry]:
         self.evictions += 1
         return super().popitem()
 
     def clear(self) -> None:
+        for entry in self.values():
+            self.dropped(entry)
         super().clear()  # cachetools clears its dict directly, not through __delitem__
         self.bytes = 0
+
+    def grow(self, entry: CacheEntry, extra: int) -> None:
+        """`entry` (in this table) holds `extra` more bytes."""
+        entry.size += extra
+        self.bytes += extra
 
 
 def cache_key(query: Query) -> bytes:
@@ -230,7 +255,7 @@ def cache_key(query: Query) -> bytes:
     flags = (1 if query.do else 0) | (2 if query.flags & wire.CD else 0)
     return (
         bytes((flags,))
-        + b".".join(label.lower() for label in query.labels)
+        + b".".join(query.labels).lower()  # the dots are not letters: lower-cased alike
         + (struct.pack("!HH", query.qtype, query.qclass))
     )
 
@@ -240,8 +265,9 @@ class UpstreamCache:
 
     def __init__(self, config: ForwardConfig) -> None:
         self.config = config
-        self.success = _Table(config.cache.success)
-        self.denial = _Table(config.cache.denial)
+        self.fast = ForwardedHits()  # shapes the receive thread answers (upstream_hits.py)
+        self.success = _Table(config.cache.success, self.fast.forget)
+        self.denial = _Table(config.cache.denial, self.fast.forget)
         self.max_bytes = config.cache.max_bytes
         self.hits = 0
         self.hits_denial = 0  # of `hits`, those from the denial table (metrics)
@@ -269,12 +295,13 @@ class UpstreamCache:
         return None
 
     def stats(self) -> CacheStats:
+        fast_success, fast_denial = self.fast.hits()
         return CacheStats(
             success=len(self.success),
             denial=len(self.denial),
             misses=self.misses,
-            hits_success=self.hits - self.hits_denial,
-            hits_denial=self.hits_denial,
+            hits_success=self.hits - self.hits_denial + fast_success,
+            hits_denial=self.hits_denial + fast_denial,
             served_stale=self.served_stale,
             prefetches=self.prefetches,
             evictions_success=self.success.evictions,
@@ -293,7 +320,9 @@ class UpstreamCache:
         for table in (self.success, self.denial):
             entry = table.get(key)
             if entry is not None and entry is not old:
-                entry.hits, entry.window = old.hits, entry.stored
+                # The receive thread's hits not yet added (`taps`; `next` counts one more).
+                unfolded = max(0, next(old.taps) - old.taps_folded)
+                entry.hits, entry.window = old.hits + unfolded, entry.stored
 
     def stale(self, key: bytes, now: float) -> CacheEntry | None:
         """An expired success answer still inside the serve-stale window (RFC 8767)."""
@@ -337,6 +366,24 @@ class UpstreamCache:
             entry.prefetch_at = entry.expires - prefetch_threshold(ttl, config.cache)
             entry.check_at = min(now + config.cache.prefetch_duration, entry.prefetch_at)
         table[key] = entry
+        self._within_budget(table)
+
+    def add_shape(self, data: bytes, shape: Shape) -> None:
+        """Let the receive thread answer queries shaped like `data` from `shape`, its bytes
+        counted in the budget (the entry is its table's most recent: it was just read)."""
+        for table in (self.success, self.denial):
+            if table.get(shape.key) is shape.entry:
+                break
+        else:
+            return  # replaced or dropped meanwhile
+        if shape.entry.size + shape_size(shape.response) > self.max_bytes:
+            return
+        extra = self.fast.register(data, shape)
+        if extra:
+            table.grow(shape.entry, extra)
+            self._within_budget(table)
+
+    def _within_budget(self, table: _Table) -> None:
         # Within the byte bound: the least recently used go, from this table first (the one
         # growing), then from the other; the entry just stored is the most recent of its table.
         other = self.denial if table is self.success else self.success
@@ -435,6 +482,10 @@ class Forwarder:
         self._stubs = sorted(config.stub_domains, key=lambda s: len(s[0]), reverse=True)
         self._turn = 0  # policy round_robin: where the next question starts
         self.tls: TlsConnections | None = None
+        self.pool = UdpPool()  # UDP sockets for the exchanges, reused a few times each
+        # prometheus-client children by label values: `.labels()` per exchange costs more than
+        # the dict lookup (upstreams × rcodes: bounded).
+        self._series: dict[tuple[str, str], tuple[Any, Any]] = {}
         self._background: trio.Nursery | None = None  # where prefetches run, while `run` does
         if any(u.tls for u in self.all_upstreams()):
             context = client_context(config.tls_ca, config.tls_cert, config.tls_key)
@@ -496,6 +547,45 @@ class Forwarder:
             if stale is not None:
                 return stale
         return from_cache(entry, query, now)
+
+    def remember(self, data: bytes, query: Query, response: bytes, label: int) -> None:
+        """Let the receive thread answer UDP queries shaped like `data` from the entry that
+        `response` (finished for the client, not cut) came from (kdns/dns/upstream_hits.py).
+        The handler calls this only for names that nothing but the upstreams answers. A cached
+        SERVFAIL is never served there: a stale answer may beat it (RFC 8767 §5)."""
+        key = cache_key(query)
+        now = trio.current_time()
+        entry = self.cache.get(key, now, count=False)
+        if entry is None or entry.response[3] & 0xF == wire.SERVFAIL or query.compressed:
+            return
+        opt = len(wire.opt_record(query)) if query.edns else 0
+        if len(response) != len(entry.response) + opt:
+            return  # cut for the client's UDP size: the trio path cuts
+        hits = self.cache.fast
+        if hits.now is None:
+            hits.now = trio.lowlevel.current_clock().current_time
+            hits.schedule = trio.lowlevel.current_trio_token().run_sync_soon
+            hits.due = self._due
+        rcode = entry.response[3] & 0xF
+        denial = rcode != wire.NOERROR or not int.from_bytes(entry.response[6:8])
+        shape = Shape(entry, key, label, denial, response, 12 + len(query.question))
+        self.cache.add_shape(data, shape)
+
+    def _due(self, shape: Shape, taps: int, data: bytes) -> None:
+        """The receive thread served `shape` at or after its entry's `check_at` (trio's side):
+        count its hits and start the refresh when one is due (CoreDNS's prefetch)."""
+        entry = shape.entry
+        entry.asked = False
+        if taps > entry.taps_folded:
+            entry.hits += taps - entry.taps_folded
+            entry.taps_folded = taps
+        now = trio.current_time()
+        if entry.gone or now >= entry.expires or now < entry.check_at:
+            return
+        if count_hit(entry, now, self.config.cache):
+            query = wire.parse_query(data)
+            if isinstance(query, Query):
+                self._prefetch_soon(entry, shape.key, query)
 
     def _stale(self, key: bytes, now: float, query: Query) -> bytes | None:
         """The expired answer inside the serve-stale window, counted and logged, else None."""
@@ -657,7 +747,10 @@ class Forwarder:
         to = str(upstream)
         self.health[upstream].exchanges += 1
         if not probe:
-            metrics.FORWARD_REQUESTS.labels(to).inc()
+            series = self._series.get((to, ""))
+            if series is None:
+                series = self._series[(to, "")] = (metrics.FORWARD_REQUESTS.labels(to), None)
+            series[0].inc()
         start = trio.current_time()
         with trio.fail_after(self.config.timeout):
             if upstream.tls:
@@ -673,23 +766,32 @@ class Forwarder:
                 reply = await self._tcp(upstream, message, qid, query.question)
         if not probe:
             rcode = metrics.rcode_name(reply[3] & 0xF)
-            metrics.FORWARD_RESPONSES.labels(to, rcode).inc()
-            metrics.FORWARD_DURATION.labels(to, rcode).observe(trio.current_time() - start)
+            series = self._series.get((to, rcode))
+            if series is None:
+                series = self._series[(to, rcode)] = (
+                    metrics.FORWARD_RESPONSES.labels(to, rcode),
+                    metrics.FORWARD_DURATION.labels(to, rcode),
+                )
+            series[0].inc()
+            series[1].observe(trio.current_time() - start)
         return reply
 
     async def _udp(self, upstream: Upstream, message: bytes, qid: int, question: bytes) -> bytes:
-        # A fresh socket per attempt: a fresh random source port from the kernel (RFC 5452 §9.2).
-        # Connected, so the kernel drops datagrams from any other address and an ICMP "port
-        # unreachable" fails this attempt at once.
-        with trio.socket.socket(upstream.family, socket.SOCK_DGRAM) as sock:
-            await sock.connect((upstream.host, upstream.port))
-            await sock.send(message)
-            while True:
-                reply = await sock.recv(65535)
-                if matches(reply, qid, question):
-                    return reply
-                # A stray or forged reply: ignore it and keep waiting (RFC 5452 §9.1).
-                self.health[upstream].mismatched += 1
+        # From a pooled socket (kdns/dns/udp_pool.py): a random ephemeral port, used for a few
+        # questions at most, each with a fresh random ID (RFC 5452 §9.2). Connected, so the
+        # kernel drops datagrams from any other address and an ICMP "port unreachable" fails
+        # this attempt at once.
+        health = self.health[upstream]
+
+        def accept(reply: bytes) -> bool:
+            if matches(reply, qid, question):
+                return True
+            # A stray or forged reply: ignore it and keep waiting (RFC 5452 §9.1).
+            health.mismatched += 1
+            return False
+
+        address = (upstream.host, upstream.port)
+        return await self.pool.exchange(address, upstream.family, message, accept)
 
     async def _tcp(self, upstream: Upstream, message: bytes, qid: int, question: bytes) -> bytes:
         stream = await trio.open_tcp_stream(upstream.host, upstream.port)
@@ -734,6 +836,7 @@ class Forwarder:
                 await self._probe_forever()
         finally:
             self._background = None
+            self.pool.close()
             # A reload stops this task: the idle TLS connections of this forwarder go with it.
             if self.tls is not None:
                 await self.tls.aclose()

@@ -86,6 +86,9 @@ class Handler:
         self.autopath = autopath
         self.host_search = host_search
         self.recursion_available = forwarder is not None
+        # Forwarded hits the UDP receive thread answers; not with rewrite/template/hosts, which
+        # come before the upstreams and may change their answers (a hosts file reload).
+        self.forwarded = forwarder.cache.fast if forwarder is not None and plugins is None else None
         self.errors = 0
 
     def handle(self, data: bytes, udp: bool, client: str | None = None) -> Reply | Deferred | None:
@@ -186,7 +189,13 @@ class Handler:
                     "cache",
                     query.do,
                 )
-                return (wire.finish(_with_ra(cached), query, udp), label)
+                response = wire.finish(_with_ra(cached), query, udp)
+                if udp and self.forwarded is not None and self.resolver.zone_of(qname) is None:
+                    # Only the upstreams answer this name (no plugin, no zone, no fallthrough,
+                    # no autopath: those are all inside a zone), so the receive thread may
+                    # answer its next hits (kdns/dns/upstream_hits.py).
+                    self.forwarder.remember(data, query, response, label)
+                return (response, label)
             return Deferred(query, udp)
         response = wire.encode(
             query,

@@ -11,13 +11,16 @@ Contract:
   `stop()` shuts the socket's receive side down, which wakes a blocked `recvfrom` at once; a
   receive timeout (`WAKE_EVERY`) is the backstop. Sends still work after `stop()`: forwarded
   answers in flight are written by trio on the same socket, with MSG_DONTWAIT.
-- A hit (`AnswerCache.lookup`, which reads and never writes the cache's own state) is answered
-  in the thread. Everything else — a miss, a malformed packet — is appended to `misses`
-  (a deque: append and popleft are atomic) with the serving that read it and the time it was
-  read, and `wake` is called at most once until trio calls `take_misses()`; trio answers them
-  as it always did (kdns/dns/server.py), and then reads what is queued itself for a while, so a
-  miss-heavy load does not pass the GIL between the threads per packet.
-- The trio thread owns the store, the resolver and the caches; this thread only reads them.
+- A hit (`AnswerCache.lookup`, which reads and never writes the cache's own state, or, for a
+  forwarded name, `ForwardedHits.lookup` of kdns/dns/upstream_hits.py, whose few writes are
+  single reference swaps and atomic counters, see there) is answered in the thread.
+  Everything else — a miss, a malformed packet — is appended to `misses` (a deque: append and
+  popleft are atomic) with the serving that read it and the time it was read, and `wake` is
+  called at most once until trio calls `take_misses()`; trio answers them as it always did
+  (kdns/dns/server.py), and then reads what is queued itself for a while, so a miss-heavy load
+  does not pass the GIL between the threads per packet.
+- The trio thread owns the store, the resolver and the caches; this thread only reads them
+  (and makes the upstream cache's few thread-safe writes that ForwardedHits documents).
 - Counts: hits are counted in `counts` (`ThreadCounts`, kdns/dns/stats.py), written only by
   this thread and folded by the trio thread at scrape time, so the hot path takes no lock. The
   misses it hands over are counted by trio, when it answers them, with the rest of its counts.
@@ -136,7 +139,10 @@ class UdpReceiver:
                 break  # `stop()` shut the receive side down
             start = clock()
             serving = serving_now()  # a reload swaps it; each query is answered by one
-            found = serving.handler.cache.lookup(data, True)
+            handler = serving.handler
+            found = handler.cache.lookup(data, True)
+            if found is None and handler.forwarded is not None:
+                found = handler.forwarded.lookup(data)  # a forwarded name's cached answer
             if found is None:
                 self._hand_over((data, addr, start, serving))
                 continue

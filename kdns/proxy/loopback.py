@@ -165,15 +165,21 @@ class RelayRoute:
 
 
 def relay_routes(
-    service: Service, endpoints: Iterable[Endpoint], node_name: str, vip: str | None
+    service: Service,
+    endpoints: Iterable[Endpoint],
+    node_name: str,
+    vip: str | None,
+    *,
+    zone: str = "",
 ) -> tuple[RelayRoute, ...]:
-    """The listeners of one Service: its ports in its primary ClusterIP family, on its VIP."""
+    """The listeners of one Service: its ports in its primary ClusterIP family, on its VIP.
+    `zone` is this node's, for topology hints: the same routes as the kernel modes build."""
     if vip is None or not eligible(service):
         return ()
     family = family_of(service.cluster_ips[0])
     return tuple(
         RelayRoute(vip, route)
-        for route in service_routes(service, endpoints, node_name)
+        for route in service_routes(service, endpoints, node_name, zone=zone)
         if route.family == family
     )
 
@@ -183,11 +189,16 @@ def relay_table(
     endpoints: Mapping[ServiceKey, tuple[Endpoint, ...]],
     node_name: str,
     vips: Mapping[ServiceKey, str],
+    *,
+    zone: str = "",
 ) -> tuple[RelayRoute, ...]:
     """Every listener, in Service order."""
     table: list[RelayRoute] = []
     for key in sorted(services):
-        table.extend(relay_routes(services[key], endpoints.get(key, ()), node_name, vips.get(key)))
+        entries = relay_routes(
+            services[key], endpoints.get(key, ()), node_name, vips.get(key), zone=zone
+        )
+        table.extend(entries)
     return tuple(table)
 
 

@@ -120,7 +120,9 @@ def remove(runner: Runner) -> list[str]:
 
 
 def other_listener(runner: Runner, addresses: Sequence[str], port: int) -> bool:
-    """Another process listening on udp ADDRESS:port (ss -p names the processes)."""
+    """Another process listening on udp ADDRESS:port: a socket that ss -p does not name as
+    this process's. A pod's processes live in a PID namespace of their own, so the socket of
+    the pod beside this one (a surge rollout of the DaemonSet) shows no process at all."""
     mine = os.getpid()
     for address in addresses:
         status, out, _ = runner(
@@ -128,7 +130,7 @@ def other_listener(runner: Runner, addresses: Sequence[str], port: int) -> bool:
         )
         if status != 0:
             continue
-        pids = {int(p) for p in re.findall(r"pid=(\d+)", out)}
-        if pids - {mine}:
-            return True
+        for line in out.splitlines():
+            if line.strip() and mine not in {int(p) for p in re.findall(r"pid=(\d+)", line)}:
+                return True
     return False

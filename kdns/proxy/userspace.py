@@ -17,6 +17,10 @@ Contract:
   endpoint; with sessionAffinity ClientIP a client IP keeps its endpoint until timeoutSeconds
   after its last connection. Round robin rather than random: it is even at every count, not
   only on average, which is what a handful of long-lived connections needs.
+- Topology as in the kernel modes: the endpoints are `routes.service_routes`' for this node
+  and its zone (its Node's topology.kubernetes.io/zone label, from the store's NODES), so
+  trafficDistribution, hints and their fallbacks are the same; a change of the zone rebuilds
+  every Service's listeners (kube-proxy's OnTopologyChange).
 - TCP: a failed or slow connect moves on to the next endpoint, at most four tries with
   kube-proxy userspace's dial timeouts (0.25, 0.5, 1, 2 s); no usable endpoint, or every try
   failed, closes the accepted connection with RST (SO_LINGER 0): the client sees a reset at once,
@@ -218,11 +222,24 @@ class Relay:
         self._warned: set[ListenerKey] = set()
         self._nursery: trio.Nursery | None = None
         self._ready = False
+        # This node's zone (its Node's topology.kubernetes.io/zone label), for topology hints
+        # exactly as the kernel modes read them (routes.categorize_endpoints).
+        self.zone = ""
 
     # --- following the store -----------------------------------------------------------------
 
     def _on_change(self, change: Change) -> None:
+        if self.node_name in change.nodes and self._node_zone() != self.zone:
+            # kube-proxy's OnTopologyChange: every Service's hints are read anew.
+            self.zone = self._node_zone()
+            log.info("userspace proxy: node %r is in zone %r", self.node_name, self.zone)
+            self.follow(set(self.store.services) | set(self.by_service))
+            return
         self.follow(change.services)
+
+    def _node_zone(self) -> str:
+        node = self.store.nodes.get(self.node_name)
+        return node.zone if node is not None else ""
 
     def follow(self, keys: set[ServiceKey]) -> None:
         """The Services in `keys` changed (or their VIPs moved): rebuild their listeners."""
@@ -245,6 +262,7 @@ class Relay:
                     self.store.endpoints.get(key, ()),
                     self.node_name,
                     self.vips.address(key),
+                    zone=self.zone,
                 )
                 if service is not None
                 else ()
@@ -345,6 +363,7 @@ class Relay:
         # Not every first list is a visible change (an empty kind publishes nothing): wait for
         # the sync itself, not for a notification.
         await wait_synced(self.store)
+        self.zone = self._node_zone()
         self._ready = True
         self.sync()
         log.info(
@@ -631,4 +650,7 @@ def render(store: Store, node_name: str) -> list[str]:
     """`kdns proxy --mode userspace --render`: the VIP map and where each listener relays to."""
     vips = LoopbackVips()
     vips.update(store.services)
-    return _render(relay_table(store.services, store.endpoints, node_name, vips.by_service))
+    node = store.nodes.get(node_name)
+    zone = node.zone if node is not None else ""
+    table = relay_table(store.services, store.endpoints, node_name, vips.by_service, zone=zone)
+    return _render(table)

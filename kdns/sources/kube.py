@@ -196,6 +196,18 @@ PODS_RESOURCE = Resource(
     _one(pod_from_dict),
     field_selector="status.phase!=Succeeded,status.phase!=Failed",
 )
+
+
+def pods_resource(node_name: str = "") -> Resource:
+    """PODS_RESOURCE, narrowed to the pods scheduled on `node_name` when one is given: the node
+    DNS's autopath (`kdns proxy --dns-autopath`) needs only the pods that ask it, and
+    kube-apiserver filters `spec.nodeName` for pods (as the kubelet's own pod watch does)."""
+    if not node_name:
+        return PODS_RESOURCE
+    selector = f"{PODS_RESOURCE.field_selector},spec.nodeName={node_name}"
+    return replace(PODS_RESOURCE, field_selector=selector)
+
+
 # The proxy's own Node, for its zone label (topology hints): kube-proxy's informer "that
 # selects for our nodename" (cmd/kube-proxy/app/server.go), so one object, never every Node.
 NODES_RESOURCE = Resource(NODES, "nodes", "/api/v1/nodes", _one(node_from_dict))
@@ -677,6 +689,7 @@ class KubeSource:
         multicluster: bool = False,
         node_name: str = "",
         service_cidrs: bool = False,
+        pods_node: str = "",
     ) -> None:
         self.scope = scope or Scope()
         self.api = api
@@ -686,6 +699,9 @@ class KubeSource:
         self.multicluster = multicluster
         self.node_name = node_name  # the proxy's node: its Node is watched too
         self.service_cidrs = service_cidrs  # the proxy: ServiceCIDRs too, when served
+        # The node DNS's autopath: the pods on this node only, watched even without
+        # `watch_pods` (they then do not gate the sync: without them autopath answers plainly).
+        self.pods_node = pods_node
         self.reflector_options = reflector or {}
         self.backoff_options = backoff or {}
         self.reflectors: dict[str, Reflector] = {}
@@ -708,8 +724,8 @@ class KubeSource:
         async with trio.open_nursery() as nursery:
             for resource in (NAMESPACES_RESOURCE, SERVICES_RESOURCE):
                 nursery.start_soon(self._reflect, resource)
-            if self.watch_pods:
-                nursery.start_soon(self._reflect, PODS_RESOURCE)
+            if self.watch_pods or self.pods_node:
+                nursery.start_soon(self._reflect, pods_resource(self.pods_node))
             if self.node_name:
                 nursery.start_soon(self._reflect, node_resource(self.node_name))
             if self.service_cidrs:

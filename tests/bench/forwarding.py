@@ -39,6 +39,9 @@ How to run (needs unbound and dnsperf, Debian packages unbound and dnsperf; talk
     /tmp/venv/bin/python tests/bench/forwarding.py
     /tmp/venv/bin/python tests/bench/forwarding.py --quick       # short runs, smoke test
     /tmp/venv/bin/python tests/bench/forwarding.py --rounds 3 --duration 10
+    # before/after in one run: main checked out beside this one, interleaved as "before"
+    git worktree add /tmp/kdns-before main
+    /tmp/venv/bin/python tests/bench/forwarding.py --before /tmp/kdns-before --no-autopath
 
 It exits 0 after printing the tables, 1 when a server does not start or answers wrongly. Every
 process it starts is stopped before it exits. The file name does not start with ``test_``, so
@@ -286,15 +289,22 @@ def dnsperf(
 # --------------------------------------------------------------------------------------------
 
 
-def kdns_env() -> dict[str, str]:
+def kdns_env(checkout: Path = REPO_ROOT) -> dict[str, str]:
     # kdns must never read this machine's resolv.conf: its upstream is given explicitly.
     # No lameduck either: the benchmark stops kdns with SIGTERM.
     env = dict(os.environ, KDNS_RESOLV_CONF=os.devnull, KDNS_LAMEDUCK="0")
+    # The kdns of `checkout` (`--before DIR`: another checkout, measured in the same run).
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(checkout), env.get("PYTHONPATH")]))
     return env
 
 
 def kdns_server(
-    port: int, manifests: Path, upstream: str, log: Path, autopath: bool = False
+    port: int,
+    manifests: Path,
+    upstream: str,
+    log: Path,
+    autopath: bool = False,
+    checkout: Path = REPO_ROOT,
 ) -> Server:
     argv = [
         sys.executable,
@@ -324,8 +334,8 @@ def kdns_server(
         port=port,
         log_path=log,
         cpu=None,
-        cwd=REPO_ROOT,
-        env=kdns_env(),
+        cwd=checkout,
+        env=kdns_env(checkout),
         ready_name=f"{SERVICE}.default.svc.cluster.local",
     )
 
@@ -474,15 +484,18 @@ def forwarding_rows(
 ) -> list[Row]:
     rows: list[Row] = []
     upstream = f"127.0.0.1:{ports['unbound']}"
+    targets = ("direct", "kdns", "before") if args.before else ("direct", "kdns")
     for round_ in range(args.rounds):
         for mix in ("hits", "misses"):
-            for target in ("direct", "kdns"):
+            for target in targets:
                 run_id = f"r{round_}{target[0]}{mix[0]}"
                 wait_quiet(args.quiet_wait, say)
                 if target == "direct":
                     row = measure(mix, target, unbound, None, args, work, run_id)
                 else:
-                    server = kdns_server(ports["kdns"], manifests, upstream, work / "kdns.log")
+                    checkout = args.before if target == "before" else REPO_ROOT
+                    log = work / f"{target}.log"
+                    server = kdns_server(ports["kdns"], manifests, upstream, log, False, checkout)
                     with running(server, START_TIMEOUT):
                         row = measure(mix, target, server, unbound, args, work, run_id)
                 rows.append(row)
@@ -529,17 +542,21 @@ def forwarding_table(rows: Sequence[Row], rate: int) -> str:
         f"{'lost':>5} {'bad rc':>6} {'other':>6}"
     )
     lines = [head, "-" * len(head)]
+    targets = sorted({r.target for r in rows}, key=("direct", "kdns", "before").index)
     for mix in ("hits", "misses"):
-        d, k = best(rows, mix, "direct"), best(rows, mix, "kdns")
-        for target, b in (("direct", d), ("kdns", k)):
+        d = best(rows, mix, "direct")
+        for target in targets:
+            b = best(rows, mix, target)
             lines.append(
                 f"{mix:7} {target:7} {b.qps:9.0f} {b.p50:8.3f} {b.p99:8.3f} {b.cpu_us:9.1f} "
                 f"{b.lost:5d} {b.bad:6d} {b.other:6.2f}"
             )
-        lines.append(
-            f"{mix:7} {'ratio':7} {k.qps / d.qps:8.2f}x {k.p50 / d.p50:7.2f}x "
-            f"{k.p99 / d.p99:7.2f}x {k.cpu_us / d.cpu_us:8.2f}x   (kdns / direct)"
-        )
+        for target in targets[1:]:
+            k = best(rows, mix, target)
+            lines.append(
+                f"{mix:7} {'ratio':7} {k.qps / d.qps:8.2f}x {k.p50 / d.p50:7.2f}x "
+                f"{k.p99 / d.p99:7.2f}x {k.cpu_us / d.cpu_us:8.2f}x   ({target} / direct)"
+            )
     lines.append(
         f"max qps: unthrottled, {DNSPERF_IN_FLIGHT} in flight; p50/p99: at {rate} qps; "
         "CPU us/q: the process dnsperf asked (unbound, or kdns alone), in the max-qps run; "
@@ -686,6 +703,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="before each run, wait up to this many seconds for the machine to be idle",
     )
     parser.add_argument("--quick", action="store_true", help="short runs: a smoke test")
+    parser.add_argument(
+        "--before",
+        type=Path,
+        help="another kdns checkout (e.g. a worktree of main), measured interleaved as 'before'",
+    )
+    parser.add_argument("--no-autopath", action="store_true", help="skip the autopath lookups")
     args = parser.parse_args(argv)
     if args.quick:
         args.duration, args.rounds, args.lookups, args.miss_names = 1.0, 1, 20, 50_000
@@ -721,8 +744,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                     f":{ports['kdns']}; {args.rounds} round(s) of {args.duration:g} s runs"
                 )
                 rows = forwarding_rows(args, work, ports, manifests, unbound, say)
-                say("autopath lookups ...")
-                lookups = autopath_lookups(args, work, ports, manifests)
+                lookups = []
+                if not args.no_autopath:
+                    say("autopath lookups ...")
+                    lookups = autopath_lookups(args, work, ports, manifests)
         except StartError as e:
             print(f"{e}\n{e.server.log_tail()}", file=sys.stderr)
             return 1
@@ -739,10 +764,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     print(forwarding_table(rows, args.rate))
     print()
-    print(
-        f"A pod's lookup through its search path (ndots:{NDOTS}, 3 search domains), from {POD_IP}"
-    )
-    print(autopath_table(lookups, args.lookups))
+    if lookups:
+        print(
+            f"A pod's lookup through its search path (ndots:{NDOTS}, 3 search domains), "
+            f"from {POD_IP}"
+        )
+        print(autopath_table(lookups, args.lookups))
     bad = [r for r in rows if r.throughput.unexpected or r.latency.unexpected]
     wrong = [x for x in lookups if x.kind != "nonexistent" and not x.found]
     if bad or wrong:

@@ -593,7 +593,7 @@ async def test_cache_hit_countdown_and_expiry(mock_clock: trio.testing.MockClock
             later = await ask(stack.port, "www.example")
             mock_clock.jump(6)  # 10 s: the record's TTL is over
             expired = await ask(stack.port, "www.example")
-            hits = stack.forwarder.cache.hits
+            hits = stack.forwarder.cache.stats().hits_success  # trio's and the thread's
     assert [texts(m) for m in (first, again, later, expired)] == [{"192.0.2.1"}] * 4
     assert again.question[0].name.to_text() == "WWW.example."
     assert [ttls(m) for m in (first, again, later, expired)] == [[10], [10], [6], [10]]

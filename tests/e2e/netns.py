@@ -3,16 +3,19 @@
 Used by the glibc, resolver-matrix and autopath tests. Everything created is registered with
 the caller's ExitStack before it is created, so it is removed even when a later step fails.
 `pod_network` adds kdns on the node and a resolv.conf on the pod: a pod whose only nameserver
-is kdns, with the test addresses existing only inside the two namespaces.
+is kdns, with the test addresses existing only inside the two namespaces. `api_server_in`
+starts a test API server listening inside a namespace (the node's), for processes run there.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -21,7 +24,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.kubeapi.server import ApiServer
 from tests.processes import stop_process
+
+CLONE_NEWNET = 0x40000000  # setns(2)
 
 
 def ip_command(ip: str, *args: str) -> None:
@@ -190,3 +196,30 @@ def wait_answering(network: PodNetwork, timeout: float = ANSWER_TIMEOUT) -> None
             f"(waited up to {timeout} s; kdns exit status {network.kdns.poll()}):\n"
             f"{network.stderr()}"
         )
+
+
+def api_server_in(netns: str, timeout: float) -> ApiServer:
+    """A test API server whose listening socket lives in `netns`: made and started by a thread
+    that entered the namespace, so its accept thread (and any rebind) is in there too."""
+    made: list[ApiServer | BaseException] = []
+
+    def inside() -> None:
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            fd = os.open(f"/run/netns/{netns}", os.O_RDONLY)
+            try:
+                if libc.setns(fd, CLONE_NEWNET) != 0:
+                    raise OSError(ctypes.get_errno(), "setns")
+            finally:
+                os.close(fd)
+            made.append(ApiServer(bookmark_interval=0.2).start())
+        except BaseException as e:  # handed to the test thread
+            made.append(e)
+
+    thread = threading.Thread(target=inside, name=f"kubeapi-in-{netns}")
+    thread.start()
+    thread.join(timeout)
+    assert made, "the API server did not start"
+    if isinstance(made[0], BaseException):
+        raise made[0]
+    return made[0]

@@ -36,7 +36,8 @@ List (``GET …/{resource}`` without ``watch``)
   otherwise 410 Expired whose ``metadata.continue`` carries an inconsistent-continuation token.
   ``continue`` together with a ``resourceVersion`` other than "" / "0" is a 400, as upstream.
   ``remainingItemCount`` is set when there is no selector.
-- Selectors: ``fieldSelector`` on metadata.name / metadata.namespace (=, ==, !=);
+- Selectors: ``fieldSelector`` on metadata.name / metadata.namespace, and on pods'
+  status.phase / spec.nodeName (=, ==, !=);
   ``labelSelector`` with =, ==, !=, in, notin, exists, !exists. Anything else is a 400.
 
 Watch (``watch=true`` or ``watch=1``)
@@ -357,7 +358,8 @@ _LABEL_KEY = re.compile(r"^(!?)\s*([A-Za-z0-9._/-]+)$")
 
 
 class _Selector:
-    """fieldSelector (metadata.name/namespace, status.phase) and labelSelector of one request."""
+    """fieldSelector (metadata.name/namespace, status.phase, spec.nodeName) and labelSelector of
+    one request."""
 
     def __init__(self, field_selector: str, label_selector: str) -> None:
         self.fields: list[tuple[str, bool, str]] = []  # (field, equal, value)
@@ -367,7 +369,7 @@ class _Selector:
             if not m:
                 raise _HttpError(400, "BadRequest", f"invalid field selector: {term!r}")
             fld, op, value = m.groups()
-            if fld not in ("metadata.name", "metadata.namespace", "status.phase"):
+            if fld not in ("metadata.name", "metadata.namespace", "status.phase", "spec.nodeName"):
                 raise _HttpError(
                     400,
                     "BadRequest",
@@ -402,6 +404,9 @@ class _Selector:
             if fld == "status.phase":
                 # kube-apiserver supports it for pods (what CoreDNS and kdns watch with).
                 actual = (json.loads(data).get("status") or {}).get("phase") or ""
+            elif fld == "spec.nodeName":
+                # Pods too: the kubelet's own watch, and the node DNS's (`--dns-autopath`).
+                actual = (json.loads(data).get("spec") or {}).get("nodeName") or ""
             else:
                 actual = name if fld == "metadata.name" else (ns or "")
             if (actual == value) != equal:

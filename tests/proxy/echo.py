@@ -14,8 +14,9 @@ Contract:
   `--sport P` binds every attempt to that source port (UDP; TCP uses SO_REUSEADDR).
   `--deadline S` ends the batch after S seconds (the rest counted as one error).
 - `python echo.py stream --udp HOST:PORT --sport P --interval S --duration S`: one UDP socket
-  bound to a fixed source port sends a datagram every interval and records each reply's backend
-  (None when none came within the interval); prints `{"events": [[unix_time, name], …]}`.
+  bound to a fixed source port sends a numbered datagram every interval and records, for each,
+  the backend whose reply echoed its number (None when none came within `LATE_REPLY` seconds);
+  prints `{"events": [[unix_time_sent, name], …]}`.
 - Standard library only; every wait is bounded by the given timeouts.
 """
 
@@ -70,8 +71,10 @@ def serve(name: str, tcp_ports: list[int], udp_ports: list[int]) -> None:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
 
-    def line(src: tuple[str, int], port: int, proto: str) -> bytes:
+    def line(src: tuple[str, int], port: int, proto: str, data: bytes = b"") -> bytes:
         reply = {"name": name, "src": f"{src[0]}:{src[1]}", "port": port, "proto": proto}
+        if data.startswith(b"ping "):  # the stream's sequence number, echoed back
+            reply["seq"] = data[5:].strip().decode(errors="replace")
         return (json.dumps(reply) + "\n").encode()
 
     while running:
@@ -85,8 +88,8 @@ def serve(name: str, tcp_ports: list[int], udp_ports: list[int]) -> None:
                         conn.settimeout(1.0)
                         conn.sendall(line(src, port, proto))
                 else:
-                    _, src = sock.recvfrom(2048)
-                    sock.sendto(line(src, port, proto), src)
+                    data, src = sock.recvfrom(2048)
+                    sock.sendto(line(src, port, proto, data), src)
             except OSError:
                 continue  # a client that went away (RST, unreachable): serve the next one
 
@@ -215,25 +218,42 @@ def client(args: argparse.Namespace) -> int:
     return 0
 
 
+LATE_REPLY = 2.0  # seconds a stream datagram's reply may take on a loaded machine
+
+
 def stream(args: argparse.Namespace) -> int:
+    """Datagram N carries "ping N" and its reply echoes N back, so a reply that comes after the
+    next datagram was sent (a loaded machine) is still counted for the datagram it answers; a
+    datagram is None only when no reply to it came within `LATE_REPLY` seconds."""
     target = _hostport(args.udp)
-    events: list[tuple[float, str | None]] = []
+    sent_at: list[float] = []  # datagram N → unix time it was sent
+    names: dict[int, str] = {}  # datagram N → the backend that answered it
     end = time.monotonic() + args.duration
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.bind(("0.0.0.0", args.sport))
         s.connect(target)
-        while time.monotonic() < end:
-            sent = time.monotonic()
-            name: str | None = None
-            with contextlib.suppress(OSError):
-                s.send(b"ping\n")
-                s.settimeout(args.interval)
-                name = json.loads(s.recv(2048).decode())["name"]
-            events.append((time.time(), name))
-            rest = args.interval - (time.monotonic() - sent)
-            if rest > 0:
-                time.sleep(rest)
+        next_send = time.monotonic()
+        last_reply_wait = end + LATE_REPLY
+        while True:
+            now = time.monotonic()
+            if now >= next_send and now < end:
+                with contextlib.suppress(OSError):
+                    s.send(f"ping {len(sent_at)}\n".encode())
+                sent_at.append(time.time())
+                next_send += args.interval
+                continue
+            if now >= last_reply_wait or (now >= end and len(names) == len(sent_at)):
+                break
+            s.settimeout(max(0.001, (next_send if now < end else last_reply_wait) - now))
+            try:
+                reply = json.loads(s.recv(2048).decode())
+            except (OSError, ValueError):
+                continue  # a timeout, or ICMP port unreachable (a REJECT): nothing to record
+            seq = int(reply.get("seq", -1))
+            if 0 <= seq < len(sent_at):
+                names[seq] = reply["name"]
+    events = [(at, names.get(n)) for n, at in enumerate(sent_at)]
     print(json.dumps({"events": events}))
     return 0
 

@@ -847,6 +847,23 @@ def conntrack_ids(harness: Harness, sport: int) -> tuple[list[str], str]:
     return [f"{entry_id}@{start}" for start, entry_id in entries], out
 
 
+def wait_flow(harness: Harness, sport: int, pod: str, timeout: float = 20.0) -> None:
+    """Waits until the client's UDP flow from `sport` has a conntrack entry DNATed to `pod`
+    that has seen a reply: the stream has reached that endpoint and heard back from it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        _, listing = conntrack_ids(harness, sport)
+        replied = [
+            line
+            for line in listing.splitlines()
+            if "[UNREPLIED]" not in line and f"src={POD_IPS[pod]} " in line
+        ]
+        if replied:
+            return
+        assert time.monotonic() < deadline, f"no replied flow to {pod} in {timeout} s: {listing}"
+        time.sleep(0.05)
+
+
 def wait_syncs(harness: Harness, count: int, timeout: float = 30.0) -> None:
     """Waits until the running proxy has made `count` successful syncs (its counter starts at
     0 with the process)."""
@@ -890,7 +907,7 @@ def test_udp_conntrack_cleanup_on_endpoint_change(proxy: Harness) -> None:
     deletes = metric_sum(proxy.metrics(), "kdns_proxy_conntrack_deletes_total", result="ok")
     sport, duration = 40001, 6.0
     stream = udp_stream(proxy, sport, duration)
-    time.sleep(1.0)
+    wait_flow(proxy, sport, "b")
     changed_at = time.time()
     proxy.apply(udp=udp_service("c"))  # b keeps running: only the Service no longer uses it
     live_at = time.time()
@@ -916,7 +933,7 @@ def test_udp_conntrack_cleanup_when_last_endpoint_goes(proxy: Harness) -> None:
     proxy.apply(udp=udp_service("c"))
     sport, duration = 40003, 5.0
     stream = udp_stream(proxy, sport, duration)
-    time.sleep(1.0)
+    wait_flow(proxy, sport, "c")
     changed_at = time.time()
     proxy.apply(udp=[*udp_service("c")[:1], endpoint_slice("udp", [])])
     live_at = time.time()
@@ -932,7 +949,7 @@ def test_restart_does_not_flush_conntrack(proxy: Harness) -> None:
     proxy.apply(udp=udp_service("c"))
     sport, duration = 40002, 8.0
     stream = udp_stream(proxy, sport, duration)
-    time.sleep(0.5)
+    wait_flow(proxy, sport, "c")
     ids_before, listing = conntrack_ids(proxy, sport)
     assert len(ids_before) == 1, listing
     proxy.stop()

@@ -20,10 +20,10 @@ import pytest
 import trio
 from prometheus_client import REGISTRY
 
-from kdns.model import EndpointSlice, Service
+from kdns.model import EndpointSlice, Node, Service
 from kdns.proxy.loopback import allocate
 from kdns.proxy.userspace import Relay
-from kdns.store import ENDPOINTSLICES, NAMESPACES, PODS, SERVICES, Store
+from kdns.store import ENDPOINTSLICES, NAMESPACES, NODES, PODS, SERVICES, Store
 from tests.builders import model_endpoint, model_service
 from tests.proxy.builders import NODE
 
@@ -383,6 +383,63 @@ async def test_endpoint_changes_apply_to_new_connections_at_once_and_spare_old_o
         cluster.publish()
         with pytest.raises((ConnectionResetError, EOFError)):
             await ask_tcp(address)
+        nursery.cancel_scope.cancel()
+
+
+# --- topology --------------------------------------------------------------------------------
+
+
+async def test_topology_hints_follow_the_nodes_zone_as_in_the_kernel_modes() -> None:
+    """The relay reads hints exactly as the kernel modes (kube-proxy `CategorizeEndpoints`):
+    zone hints for this node's zone, from its Node object, re-read when the label changes;
+    a zone no endpoint is hinted for falls back to every endpoint; node hints
+    (trafficDistribution PreferSameNode) win over zone hints."""
+    async with trio.open_nursery() as nursery:
+        cluster = Cluster(nursery)
+        await cluster.start_backends()
+        web = cluster.service("web", ())
+        ports = (("tcp", "TCP", cluster.tcp_port), ("udp", "UDP", cluster.udp_port))
+        a, b, c = BACKENDS  # zone-a, zone-b, zone-b
+        hints = {a: ("zone-a",), b: ("zone-b",), c: ("zone-b",)}
+        endpoints = tuple(
+            model_endpoint(ip, ports=ports, zone_hints=zones) for ip, zones in hints.items()
+        )
+        key = ("default", "web-1")
+        cluster.slices[key] = EndpointSlice("default", "web-1", "web", "IPv4", endpoints)
+        cluster.store.replace(NODES, {NODE: Node(NODE, "zone-a")})
+        relay = await cluster.start_relay()
+        address = cluster.vip(web)
+
+        async def reached(count: int = 30) -> set[str]:
+            return {(await ask_tcp(address))[0] for _ in range(count)}
+
+        async def becomes(names: set[str]) -> None:
+            with trio.fail_after(10):
+                while await reached() != names:
+                    await trio.sleep(0.02)
+
+        assert relay.zone == "zone-a"
+        assert await reached() == {NAMES[a]}
+        cluster.store.upsert(NODES, Node(NODE, "zone-b"))  # the label changed
+        await becomes({NAMES[b], NAMES[c]})
+        assert await reached() == {NAMES[b], NAMES[c]}
+        # No endpoint is hinted for zone-c: hints are ignored, every endpoint is used.
+        cluster.store.upsert(NODES, Node(NODE, "zone-c"))
+        await becomes({NAMES[a], NAMES[b], NAMES[c]})
+        # Node hints for this node on every endpoint (what PreferSameNode makes): they win.
+        node_hinted = tuple(
+            model_endpoint(ip, ports=ports, zone_hints=hints[ip], node_hints=(node,))
+            for ip, node in ((a, "other-node"), (b, "other-node"), (c, NODE))
+        )
+        cluster.slices[key] = EndpointSlice("default", "web-1", "web", "IPv4", node_hinted)
+        cluster.store.replace(ENDPOINTSLICES, dict(cluster.slices))
+        await becomes({NAMES[c]})
+        # The Node gone: no zone, and the node hints still name this node.
+        cluster.store.delete(NODES, NODE)
+        with trio.fail_after(10):
+            while relay.zone:
+                await trio.sleep(0.02)
+        assert await reached() == {NAMES[c]}
         nursery.cancel_scope.cancel()
 
 
