@@ -350,8 +350,7 @@ class ManifestReader:
         if known is not None and known.stat == stat:
             return stat, known
         try:
-            with open(file, "rb") as f:
-                data = f.read()
+            data = _read_bytes(file, stat[1])
         except OSError as exc:
             return stat, _unreadable(file, exc)
         digest = hashlib.blake2b(data, digest_size=16).digest()
@@ -372,6 +371,23 @@ class ManifestReader:
 
 
 Fingerprint = tuple[tuple[str, int, int, int], ...]
+
+
+def _read_bytes(file: str, size: int) -> bytes:
+    """The bytes of `file`, expected to be `size` long (its stat just before): one read call
+    for the whole file, and no file object (half the cost of `open` for 10,000 small files).
+    A read shorter than asked for is the end of a regular file; a file that grew is read on."""
+    fd = os.open(file, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        data = os.read(fd, max(size, 0) + 1)
+        if len(data) > size:
+            parts = [data]
+            while chunk := os.read(fd, 1 << 20):
+                parts.append(chunk)
+            data = b"".join(parts)
+        return data
+    finally:
+        os.close(fd)
 
 
 @contextlib.contextmanager

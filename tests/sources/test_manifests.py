@@ -1100,3 +1100,13 @@ def test_only_the_first_load_leaves_its_objects_frozen(tmp_path: Path) -> None:
         assert gc.get_freeze_count() == 0
     finally:
         gc.unfreeze()
+
+
+@pytest.mark.parametrize("size", [0, 3, 10, 100], ids=["empty", "grew", "exact", "shrank"])
+def test_a_file_is_read_whole_whatever_its_size_was(tmp_path: Path, size: int) -> None:
+    # The size comes from the stat before the read; the file may have changed in between.
+    from kdns.sources.manifests import _read_bytes
+
+    path = tmp_path / "a.yaml"
+    path.write_bytes(b"kind: List" + b"\n" * (2 << 20))
+    assert _read_bytes(str(path), size) == path.read_bytes()
