@@ -363,3 +363,44 @@ def test_lines_past_the_first_slice_of_a_big_text() -> None:
     fast = list(documents.read_block_documents(text, "x.yaml"))
     assert fast == list(documents.read_documents(text, "x.yaml"))
     assert str(fast[-1]) == f"x.yaml:{6 + 7 * 5999}: expected a Kubernetes object, got 7"
+
+
+# Whole files through read_objects: the same entries and errors (file:line: object: field:
+# message) whether the fast reader reads them or libyaml does.
+FILES = {
+    "services-and-slices": "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\n"
+    "  namespace: prod\nspec:\n  clusterIP: 10.96.0.10\n  ports:\n  - name: http\n"
+    "    port: 80\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n"
+    "  name: web-1\n  namespace: prod\n  labels:\n    kubernetes.io/service-name: web\n"
+    "addressType: IPv4\nendpoints:\n- addresses:\n  - 10.1.0.1\n  conditions:\n    ready: true\n"
+    "ports:\n- name: http\n  port: 8080\n",
+    "field-errors": "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\nspec:\n"
+    "  clusterIP: 10.96.0.300\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n"
+    "metadata:\n  name: s\n  labels:\n    kubernetes.io/service-name: web\n"
+    "addressType: IPv4\nendpoints:\n- addresses: []\n",
+    "kind-errors": "apiVersion: v1\nkind: Servce\nmetadata:\n  name: a\n---\nkind: Service\n"
+    "metadata:\n  name: b\n---\napiVersion: v2\nkind: Service\n---\napiVersion: apps/v1\n"
+    "kind: Deployment\nmetadata: {}\n",
+    "list-with-errors": "apiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n"
+    "  kind: Service\n  metadata:\n    name: a\n  spec:\n    ports:\n    - port: 0\n- 42\n"
+    "- apiVersion: v1\n  kind: Namespace\n  metadata:\n    name: Bad_Name\n",
+    "duplicates": "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: a\n---\n"
+    "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: a\n",
+}
+
+
+@pytest.mark.parametrize("text", FILES.values(), ids=list(FILES))
+def test_read_objects_is_the_same_through_either_reader(
+    text: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kdns.sources import manifests
+
+    fast = read_objects(text, "x.yaml")
+    list(blockyaml.read(text))  # the fast reader did read it (no OutsideSubset)
+
+    def outside(text: str, file: str) -> Any:
+        raise OutsideSubset
+
+    monkeypatch.setattr(manifests, "read_block_documents", outside)
+    assert read_objects(text, "x.yaml") == fast
+    assert fast[0]  # objects were read (and some carry errors)
