@@ -685,6 +685,11 @@ class NodeSection:
     # server-side as `dns.autopath` does for `kdns serve`. Off by default: the Pods watch needs
     # RBAC (list/watch pods) the proxy's role does not have. `dns.autopath` does not turn it on.
     dns_autopath: bool = _key(False, _boolean)
+    # Seconds past expiry the node DNS may serve a cached outside answer while every upstream
+    # fails (RFC 8767 serve-stale; `cache.serve_stale` for the node DNS, which it replaces): on
+    # by default (an hour, CoreDNS's serve_stale default) because a node DNS whose central
+    # upstream is gone should keep pods' outside names working; 0 turns it off.
+    dns_serve_stale: float = _key(3600.0, _seconds(0.0, 604800.0), "node_dns_serve_stale")
 
 
 @dataclass(frozen=True, slots=True)

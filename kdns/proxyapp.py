@@ -167,11 +167,13 @@ def node_dns_config(
     """The config the node DNS answers under: `kdns serve`'s, listening on the first of
     `addresses` (its NS records and the loop check name it), forwarding to `node.dns_upstreams`
     when given, with autopath exactly when `autopath` (`--dns-autopath`) says: a `dns.autopath`
-    meant for `kdns serve` does not turn it on, since the node's Pods are watched only then.
+    meant for `kdns serve` does not turn it on, since the node's Pods are watched only then;
+    serving stale outside answers for `node.dns_serve_stale` seconds (on by default).
     Pod names it cannot verify fall through to the upstreams (`central_pod_zones`)."""
     overrides: dict[str, object] = {
         "dns.addr": _listen(addresses[0], port),
         "dns.autopath": autopath,
+        "cache.serve_stale": config.node.dns_serve_stale,
     }
     if config.node.dns_upstreams is not None:
         overrides["forward.upstreams"] = list(config.node.dns_upstreams)

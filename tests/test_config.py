@@ -639,6 +639,12 @@ VALUE_ERRORS = [
         "must be a number of seconds in 0.05-60 (got 0)",
     ),
     ("serve_stale: 2w\n", 1, "serve_stale", "must be a number of seconds in 0-604800 (got '2w')"),
+    (
+        "node_dns_serve_stale: -1\n",
+        1,
+        "node_dns_serve_stale",
+        "must be a number of seconds in 0-604800 (got -1)",
+    ),
     ("autopath: 'yes'\n", 1, "autopath", "must be true or false (got 'yes')"),
     ("lameduck: 5s\n", 1, "lameduck", "must be a number of seconds in 0-3600 (got '5s')"),
     (

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from dnslib import CNAME, QTYPE, RR, DNSRecord
 
 from kdns import metrics
-from kdns.dns import wire
+from kdns.dns import pack, wire
 from kdns.dns.forward import Forwarder
 from kdns.dns.plugins import Plugins, renamed
 from kdns.dns.resolver import Answer, Resolver
@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 CLASS_IN = 1
 # Zone transfers are not offered (CoreDNS without its `transfer` plugin answers REFUSED).
 REFUSED_TYPES = frozenset({QTYPE.AXFR, QTYPE.IXFR})
+DENIAL_SHAPES_KEPT = 1024  # SOA records kept by `denial`: zones × serials × name lengths
 DROPPED = "dropped"  # CoreDNS's zone label for queries that never reach a plugin
 
 
@@ -90,13 +91,100 @@ class Handler:
         # come before the upstreams and may change their answers (a hosts file reload).
         self.forwarded = forwarder.cache.fast if forwarder is not None and plugins is None else None
         self.errors = 0
+        # `denial` (the receive thread) answers only where nothing but the cluster zones can:
+        # rewrite, template and hosts come first, autopath searches from a pod's namespace,
+        # and `fallthrough` sends NXDOMAIN upstream; with any of them, trio answers as before.
+        self._denials = plugins is None and not autopath and not fallthrough
+        # Metrics label ids of NXDOMAIN answers by (zone label, qtype, DO), filled by the trio
+        # thread (`QueryLabels.id` may add a label, which only one thread may do) and read by
+        # the receive thread: a shape trio has not answered yet is handed to trio once.
+        self._denial_labels: dict[tuple[str, int, bool], int] = {}
+        # The SOA record of a denial by (zone, serial, where the zone starts in the question).
+        self._denial_tails: dict[tuple[str, int, int], bytes] = {}
 
     def handle(self, data: bytes, udp: bool, client: str | None = None) -> Reply | Deferred | None:
         data = bytes(data)  # a no-op for the bytes sockets give; keys must be hashable
         hit = self.cache.answer(data, udp)
         if hit is not None:
             return hit
+        # Trio reads queued datagrams itself under a miss-heavy load (kdns/dns/server.py), and
+        # TCP clients ask too: a never-asked name costs them what it costs the receive thread.
+        denied = self.denial(data)
+        if denied is not None:
+            return denied
         return self.handle_miss(data, udp, client)
+
+    def denial(self, data: bytes) -> Reply | None:
+        """The NXDOMAIN for a cluster name that certainly does not exist, built from the
+        store's state alone, or None (hand the query to trio, which answers it as before).
+
+        The receive thread's second chance after a cache miss (kdns/dns/receiver.py): a
+        random-subdomain flood (`<random>.<ns>.svc.<zone>`) costs one pass here instead of
+        trio's hand-off and the whole miss path. It reads only what the trio thread publishes
+        by single reference swaps or single set/dict operations (`Resolver.certainly_absent`),
+        writes nothing, and stores nothing in the answer cache: a one-off name would only push
+        out the names that are asked again, and an answer not stored can never be stale.
+        Only a plain query (one uncompressed question, QUERY, class IN, no records but an EDNS
+        version 0 OPT) takes this path; the answer is what `_slow` gives, byte for byte."""
+        if not self._denials:
+            return None
+        try:
+            return self._denial(data)
+        except Exception:  # never in the receive thread: trio answers it, and logs any bug
+            return None
+
+    def _denial(self, data: bytes) -> Reply | None:
+        plain = wire.plain_question(data)
+        if plain is None:
+            return None
+        labels, qend, edns, do = plain
+        qtype = int.from_bytes(data[qend - 4 : qend - 2])
+        if data[qend - 2 : qend] != b"\x00\x01" or qtype in REFUSED_TYPES:
+            return None
+        joined = b".".join(labels)
+        if joined.count(b".") != len(labels) - 1 or b"\\" in joined:
+            return None  # a label holding a dot or a backslash: `Query.qname` escapes it
+        zone = self.resolver.certainly_absent(joined.decode("latin-1").lower())
+        if zone is None:
+            return None
+        label = self._denial_labels.get((zone + ".", qtype, do))
+        if label is None:
+            return None
+        flags = (
+            wire.QR
+            | wire.AA
+            | (wire.RA if self.recursion_available else 0)
+            | (int.from_bytes(data[2:4]) & (wire.RD | wire.CD))
+            | wire.NXDOMAIN
+        )
+        counts = (
+            b"\x00\x01\x00\x00\x00\x01\x00\x01" if edns else b"\x00\x01\x00\x00\x00\x01\x00\x00"
+        )
+        # The SOA record's bytes depend on the zone, its serial (the rest of the SOA is fixed
+        # for the resolver's life) and where the zone's name starts in the question (its
+        # compression pointers), nothing else: the label before the zone is `svc`, so no
+        # longer suffix of the question matches the SOA's names. Kept per shape.
+        key = (zone, self.resolver.store.last_change, qend - 4 - len(zone) - 2)
+        tail = self._denial_tails.get(key)
+        if tail is None:
+            soa = self.resolver.soa_fields(zone)
+            if soa[3][0] != key[1]:
+                return None  # the serial moved between the two reads: trio answers this one
+            full = pack.soa_denial(
+                bytes(12),
+                tuple(label_.lower() for label_ in labels),
+                data[qend - 4 : qend],
+                tuple(zone.encode("latin-1").split(b".")),
+                soa,
+            )
+            if full is None:
+                return None
+            tail = full[qend:]
+            if len(self._denial_tails) >= DENIAL_SHAPES_KEPT:
+                self._denial_tails.clear()
+            self._denial_tails[key] = tail  # computed from immutable inputs: a race redoes it
+        response = data[:2] + flags.to_bytes(2) + counts + data[12:qend] + tail
+        return (response + wire.opt_bytes(do, wire.NXDOMAIN) if edns else response), label
 
     def handle_miss(
         self, data: bytes, udp: bool, client: str | None = None
@@ -161,7 +249,8 @@ class Handler:
             search = self._search_list(qname, client)
             if search:
                 return Deferred(query, udp, search)
-        answer = self.resolver.resolve(qname, query.qtype)
+        # Packed: a Service's records come in wire parts, not dnslib objects (pack.Rec).
+        answer = self.resolver.resolve(qname, query.qtype, packed=True)
         if answer is not None and answer.rcode == wire.NXDOMAIN and self.fallthrough:
             answer = self._fall_through(qname, answer)
         if answer is not None and answer.broken is not None:
@@ -197,16 +286,21 @@ class Handler:
                     self.forwarder.remember(data, query, response, label)
                 return (response, label)
             return Deferred(query, udp)
-        response = wire.encode(
+        # The layout comes from the encoder: the cache and a UDP cut need not parse the answer.
+        response, layout = wire.encode_layout(
             query,
             answer.rcode,
             answer.answer,
             answer.authority,
             answer.additional,
             recursion_available=self.recursion_available,
+            rotate=self.cache.rotate,
         )
         zone = self.zone(qname)
         label = LABELS.id(zone, query.qtype, answer.rcode, "kubernetes", query.do)
+        if answer.rcode == wire.NXDOMAIN:
+            # The receive thread answers this shape itself from now on (`denial`).
+            self._denial_labels[(zone, query.qtype, query.do)] = label
         if answer.cacheable and not (
             self.autopath and answer.rcode == wire.NXDOMAIN and self._in_a_namespace(qname)
         ):
@@ -224,8 +318,8 @@ class Handler:
                 query.do,
                 "denial" if denial else "success",
             )
-            self.cache.store(data, query, response, answer.tags, hit_label)
-        return (wire.finish(response, query, udp), label)
+            self.cache.store(data, query, response, answer.tags, hit_label, layout)
+        return (wire.finish(response, query, udp, layout), label)
 
     def _fall_through(self, qname: str, answer: Answer) -> Answer | None:
         """None (forward it) when `qname` is in a `fallthrough` zone and there are upstreams."""

@@ -8,10 +8,18 @@ form from the records' fields with one `bytearray`, compressing names as dnslib 
 the longest suffix already written becomes a pointer. SRV targets are never compressed nor
 remembered (RFC 2782), so no later record points into a rotated SRV RRset.
 
+Records come as dnslib RRs or as `Rec`, a record kept in wire parts (owner labels, fixed
+rdata, an SRV target's labels) that the resolver builds for large answers without dnslib's
+object model (docs/architecture.md §7): a 500-endpoint headless answer spent most of its time
+building dnslib objects.
+
 Contract: `message(...)` returns the encoded response, byte for byte what `wire.encode`'s
 dnslib path gives for the same input, or None when a record is of a type it does not know or a
-name breaks a length limit (the caller then encodes with dnslib, which raises as before). Pure:
-no I/O.
+name breaks a length limit (the caller then encodes with dnslib, which raises as before; a
+`Rec` it cannot write makes the caller raise, as dnslib would for such a name). With a
+`Marks` it also notes where each record starts, so the caller can cut the response into
+records without parsing it again. `soa_denial` writes a negative answer (NXDOMAIN or NODATA
+with the zone's SOA, RFC 2308 §3) from plain values. Pure: no I/O.
 """
 
 from __future__ import annotations
@@ -30,6 +38,42 @@ _SRV = struct.Struct("!HHH")
 _SOA_TIMES = struct.Struct("!IIIII")
 
 Names = dict[tuple[bytes, ...], int]
+
+
+class Rec:
+    """One record in wire parts: `owner` labels (lower-case, compressed when written), `fixed`
+    rdata octets (an address; an SRV's priority, weight and port), then, for SRV, `target`
+    labels (written uncompressed, RFC 2782). Immutable by convention; answers share them."""
+
+    __slots__ = ("fixed", "owner", "rtype", "target", "ttl")
+    rclass = 1  # IN
+
+    def __init__(
+        self,
+        owner: tuple[bytes, ...],
+        rtype: int,
+        ttl: int,
+        fixed: bytes,
+        target: tuple[bytes, ...] | None = None,
+    ) -> None:
+        self.owner = owner
+        self.rtype = rtype
+        self.ttl = ttl
+        self.fixed = fixed
+        self.target = target
+
+    def __repr__(self) -> str:
+        owner = b".".join(self.owner)
+        return f"Rec({owner!r}, {self.rtype}, {self.ttl}, {self.fixed!r}, {self.target!r})"
+
+
+class Marks:
+    """Where each record of `message`'s output starts (and where the last one ends)."""
+
+    __slots__ = ("offsets",)
+
+    def __init__(self) -> None:
+        self.offsets: list[int] = []
 
 
 def write_name(out: bytearray, names: Names, labels: tuple[bytes, ...]) -> bool:
@@ -65,8 +109,25 @@ def _write_plain(out: bytearray, labels: tuple[bytes, ...]) -> bool:
     return True
 
 
-def write_rr(out: bytearray, names: Names, rr: RR) -> bool:
+def write_rec(out: bytearray, names: Names, rec: Rec) -> bool:
+    """Append one `Rec`; False (and `out` unusable) for a name it cannot write."""
+    if not write_name(out, names, rec.owner):
+        return False
+    fixed, target = rec.fixed, rec.target
+    if target is None:
+        out += _RR.pack(rec.rtype, 1, rec.ttl, len(fixed))
+        out += fixed
+        return True
+    size = len(fixed) + sum(map(len, target)) + len(target) + 1
+    out += _RR.pack(rec.rtype, 1, rec.ttl, size)
+    out += fixed
+    return _write_plain(out, target)
+
+
+def write_rr(out: bytearray, names: Names, rr: RR | Rec) -> bool:
     """Append one record; False (and `out` unusable) for a type or name it cannot write."""
+    if type(rr) is Rec:
+        return write_rec(out, names, rr)
     if not write_name(out, names, rr.rname.label):
         return False
     rtype = rr.rtype
@@ -107,17 +168,55 @@ def message(
     header: bytes,
     labels: tuple[bytes, ...],
     type_class: bytes,
-    sections: Sequence[Sequence[RR]],
+    sections: Sequence[Sequence[RR | Rec]],
+    marks: Marks | None = None,
 ) -> bytes | None:
     """`header` (12 octets, counts included), the question (`labels` as given, then its type
-    and class), then every record of `sections` in order; None when `write_rr` cannot."""
+    and class), then every record of `sections` in order; None when `write_rr` cannot. With
+    `marks`, the offset of every record and of the end."""
     out = bytearray(header)
     names: Names = {}
     if not write_name(out, names, labels):
         return None
     out += type_class
+    if marks is None:
+        for section in sections:
+            for rr in section:
+                if not write_rr(out, names, rr):
+                    return None
+        return bytes(out)
+    offsets = marks.offsets
     for section in sections:
         for rr in section:
+            offsets.append(len(out))
             if not write_rr(out, names, rr):
                 return None
+    offsets.append(len(out))
+    return bytes(out)
+
+
+def soa_denial(
+    header: bytes,
+    labels: tuple[bytes, ...],
+    type_class: bytes,
+    zone: tuple[bytes, ...],
+    soa: tuple[tuple[bytes, ...], tuple[bytes, ...], int, tuple[int, int, int, int, int]],
+) -> bytes | None:
+    """`header`, the question, and one authority record: `zone`'s SOA, `soa` being (mname,
+    rname, the record's TTL, (serial, refresh, retry, expire, minimum)); the bytes `message`
+    gives for the same SOA as a dnslib RR. None when a name breaks a limit."""
+    mname, rname, ttl, times = soa
+    out = bytearray(header)
+    names: Names = {}
+    if not write_name(out, names, labels):
+        return None
+    out += type_class
+    if not write_name(out, names, zone):
+        return None
+    start = len(out) + 10
+    out += _RR.pack(SOA, 1, ttl, 0)
+    if not write_name(out, names, mname) or not write_name(out, names, rname):
+        return None
+    out += _SOA_TIMES.pack(*times)
+    out[start - 2 : start] = (len(out) - start).to_bytes(2)
     return bytes(out)

@@ -13,7 +13,9 @@ Contract:
   answers in flight are written by trio on the same socket, with MSG_DONTWAIT.
 - A hit (`AnswerCache.lookup`, which reads and never writes the cache's own state, or, for a
   forwarded name, `ForwardedHits.lookup` of kdns/dns/upstream_hits.py, whose few writes are
-  single reference swaps and atomic counters, see there) is answered in the thread.
+  single reference swaps and atomic counters, see there) is answered in the thread, and so is
+  the NXDOMAIN of a cluster name that certainly does not exist (`Handler.denial`, which reads
+  only what the trio thread publishes atomically).
   Everything else — a miss, a malformed packet — is appended to `misses` (a deque: append and
   popleft are atomic) with the serving that read it and the time it was read, and `wake` is
   called at most once until trio calls `take_misses()`; trio answers them as it always did
@@ -144,8 +146,12 @@ class UdpReceiver:
             if found is None and handler.forwarded is not None:
                 found = handler.forwarded.lookup(data)  # a forwarded name's cached answer
             if found is None:
-                self._hand_over((data, addr, start, serving))
-                continue
+                # A cluster name that certainly does not exist (a random-subdomain flood) is
+                # answered here too, from state the trio thread publishes (Handler.denial).
+                found = handler.denial(data)
+                if found is None:
+                    self._hand_over((data, addr, start, serving))
+                    continue
             response, label = found
             # Counted before the send, so a client that has its answer finds it counted; the
             # duration is from the read to the answer ready (the send's syscall is not in it).

@@ -26,6 +26,7 @@ Contract:
 from __future__ import annotations
 
 import ipaddress
+import struct
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -41,7 +42,7 @@ from dnslib import QTYPE, RCODE, RR, SOA, SRV, TXT, DNSLabel
 from dnslib import A as A_RD
 
 from kdns.config import Config
-from kdns.dns import external
+from kdns.dns import external, pack
 from kdns.dns.multicluster import import_records
 from kdns.dns.records import (
     Record,
@@ -60,6 +61,7 @@ DNS_VERSION = "1.1.0"  # Kubernetes DNS-Based Service Discovery, schema version 
 DNS_VERSION_TTL = 28800  # the spec's example, and what CoreDNS serves
 MAX_CHASE = 8  # CNAME links one answer may hold; a longer chain is SERVFAIL
 MAX_LABEL = 63  # octets (RFC 1035 §2.3.4)
+SOA_TIMES = (7200, 1800, 86400)  # refresh, retry, expire: CoreDNS's synthesised SOA
 
 Tag = tuple[str, ...]
 APEX_TAG: Tag = ("apex",)
@@ -106,6 +108,9 @@ class Answer:
     # Why a CNAME chain was not followed to its end ("loop", "too long"): the answer is SERVFAIL.
     broken: str | None = None
     trace: Trace | None = None  # explain's record of the decisions; None when serving
+    # A Service's A, AAAA and SRV records (and SRV glue) of the name asked come as `pack.Rec`,
+    # not dnslib RRs: what the handler asks for, to encode large answers quickly.
+    packed: bool = False
 
 
 def service_tag(namespace: str, name: str) -> Tag:
@@ -137,6 +142,21 @@ def dns_name(name: str) -> DNSLabel:
         if all(0 < len(label) <= MAX_LABEL for label in labels):
             return DNSLabel(labels)
     return DNSLabel(name)
+
+
+_SRV_FIXED = struct.Struct("!HHH")  # priority, weight, port
+
+
+def _labels(name: str) -> tuple[bytes, ...]:
+    return tuple(label for label in name.encode("latin-1").split(b".") if label)
+
+
+@lru_cache(maxsize=65536)
+def address_bytes(ip: str) -> bytes:
+    """An A or AAAA record's rdata: the address's octets (the model holds canonical text)."""
+    if ":" in ip:
+        return ipaddress.IPv6Address(ip).packed
+    return bytes(map(int, ip.split(".")))
 
 
 def ip_from_pod_label(label: str) -> str | None:
@@ -175,6 +195,7 @@ class Resolver:
         self._import_memo: LRUCache[tuple[str, str], ServiceRecords] = LRUCache(maxsize=memo_size)
         self._known: set[tuple[str, str]] = set()
         self._soa_memo: dict[str, tuple[int, RR]] = {}  # zone → (serial, its SOA)
+        self._soa_names: dict[str, tuple[tuple[bytes, ...], tuple[bytes, ...]]] = {}
         self._services_per_namespace: Counter[str] = Counter()
         self.ttl = config.dns.ttl
         self._options = config.dns  # endpoint_pod_names, noendpoints, ignore_empty_service
@@ -193,6 +214,11 @@ class Resolver:
             {*config.dns.zones, *self.multicluster_zones, *self.external_zones},
             key=len,
             reverse=True,
+        )
+        self._zone_suffixes = tuple((zone, "." + zone) for zone in self._zones)
+        # Zones whose names `_forward` answers from Services (`certainly_absent`).
+        self._service_zones = frozenset(self._zones) - (
+            self.external_zones | set(self.reverse_zones) | self.multicluster_zones
         )
         self.primary = self.forward_zones[0] if self.forward_zones else "cluster.local"
         self.ns_addresses = ns_addresses
@@ -235,6 +261,9 @@ class Resolver:
             self._import_memo.pop(key, None)
             tags.add(import_tag(*key))
         if change.namespaces:
+            # A new snapshot, swapped in one step (namespaces change rarely; see
+            # `certainly_absent`).
+            self._namespaces = frozenset(self.store.namespaces)
             tags.update(namespace_tag(ns) for ns in change.namespaces)
             tags.add(POD_TAG)
         if change.pod_ips:
@@ -259,6 +288,7 @@ class Resolver:
         )
         self._known = set(services)
         self._services_per_namespace = Counter(ns for ns, _ in services)
+        self._namespaces = frozenset(self.store.namespaces)
 
     def service_records(self, key: tuple[str, str]) -> ServiceRecords | None:
         records = self._memo.get(key)
@@ -300,23 +330,30 @@ class Resolver:
     # --- answering ---------------------------------------------------------------------------
 
     def zone_of(self, qname: str) -> str | None:
-        for zone in self._zones:
-            if qname == zone or qname.endswith("." + zone):
+        for zone, dotted in self._zone_suffixes:
+            if qname.endswith(dotted) or qname == zone:
                 return zone
         return None
 
     def resolve(
-        self, qname: str, qtype: int, minimal_any: bool = True, trace: Trace | None = None
+        self,
+        qname: str,
+        qtype: int,
+        minimal_any: bool = True,
+        trace: Trace | None = None,
+        packed: bool = False,
     ) -> Answer | None:
         """Answer `qname` (lower-case, no trailing dot) or return None if it is not ours.
 
         `minimal_any=False` gives every RRset at the name for ANY, not the one RRset a client
         gets. `trace`, when given, records why (explain); it is filled even when the name turns
-        out not to be ours (a PTR that falls through)."""
+        out not to be ours (a PTR that falls through). `packed` (ignored with a trace): the
+        A, AAAA and SRV records of a Service's name, and their glue, come as `pack.Rec`, for
+        `wire.encode` (`Answer.packed`)."""
         zone = self.zone_of(qname)
         if zone is None:
             return None
-        answer = Answer(trace=trace)
+        answer = Answer(trace=trace, packed=packed and trace is None)
         self._resolve_into(answer, qname, qtype, zone, depth=0)
         if answer.fallthrough:
             return None
@@ -496,6 +533,47 @@ class Resolver:
         answer.rcode = RCODE.NOERROR if exists else RCODE.NXDOMAIN
         answer.authority.append(self._external_soa(zone))
 
+    def certainly_absent(self, qname: str) -> str | None:
+        """The zone of `qname` when it is certainly NXDOMAIN, for every type, from what this
+        resolver has applied: a name under `<ns>.svc` that names no Service (`_forward`, a
+        missing Service), or `<ns>.svc` for a namespace that does not exist. None: not
+        certain — another zone kind, another shape, not synced (SERVFAIL), or it exists.
+
+        Safe from the UDP receive thread (docs/architecture.md §6) while the trio thread
+        applies changes: it reads the Service keys (`_known`, updated one `add`/`discard` at a
+        time or swapped whole by a relist), the per-namespace Service counts (one item read)
+        and the namespace snapshot (a frozenset swapped in one step), each read atomic under
+        the GIL, never a table of the store (a relist refills those in place). A change is
+        seen as soon as `apply` returns."""
+        if not self.store.synced:
+            return None
+        zone = self.zone_of(qname)
+        if zone not in self._service_zones or qname == zone:
+            return None
+        rel = qname[: -len(zone) - 1]
+        if not rel.endswith(".svc"):
+            return None
+        # `<…>.<name>.<namespace>.svc`, read from the right: only the last labels matter.
+        head, _, namespace = rel[:-4].rpartition(".")
+        if not head:
+            if namespace in self._namespaces or self._services_per_namespace[namespace] > 0:
+                return None
+            return zone
+        return None if (namespace, head.rpartition(".")[2]) in self._known else zone
+
+    def soa_fields(
+        self, zone: str
+    ) -> tuple[tuple[bytes, ...], tuple[bytes, ...], int, tuple[int, int, int, int, int]]:
+        """The SOA `_soa` gives `zone`, as `pack.soa_denial` takes it: (mname labels, rname
+        labels, TTL, (serial, refresh, retry, expire, minimum)). Reads, writes nothing."""
+        names = self._soa_names.get(zone)
+        if names is None:
+            forward = zone if zone in self.forward_zones else self.primary
+            names = (_labels(f"ns.dns.{forward}"), _labels(f"hostmaster.{forward}"))
+            # Zones are fixed for the resolver's life: a race stores the same value twice.
+            self._soa_names[zone] = names
+        return (*names, min(self.ttl, 300), (self.store.last_change, *SOA_TIMES, self.ttl))
+
     def namespace_exists(self, namespace: str) -> bool:
         """Whether `ns.svc.Z` exists: a watched Namespace, or any Service in it (Namespaces
         are not always watched)."""
@@ -543,7 +621,7 @@ class Resolver:
         soa = SOA(
             mname=f"ns.dns.{forward}.",
             rname=f"hostmaster.{forward}.",
-            times=(serial, 7200, 1800, 86400, self.ttl),
+            times=(serial, *SOA_TIMES, self.ttl),
         )
         rr = RR(zone + ".", QTYPE.SOA, rdata=soa, ttl=min(self.ttl, 300))
         self._soa_memo[zone] = (serial, rr)
@@ -618,6 +696,8 @@ class Resolver:
         if trace is not None:
             code = "records" if kind == "record" else "import-records"
             trace.step(code, key, qname[: -len(zone) - 1], qtype, records)
+        if answer.packed and depth == 0 and kind == "record":
+            return self._packed_records(answer, qname, qtype, zone, service, records)
         found = False
         # The glue already given per SRV target: one set per target, so a 500-endpoint headless
         # Service costs one pass, not a scan of the additional section per SRV record.
@@ -659,6 +739,53 @@ class Resolver:
         if not found:
             self._negative(answer, zone, exists=True)
         return None
+
+    def _packed_records(
+        self,
+        answer: Answer,
+        qname: str,
+        qtype: int,
+        zone: str,
+        service: ServiceRecords,
+        records: tuple[Record, ...],
+    ) -> None:
+        """`_records` without a trace, A, AAAA and SRV as `pack.Rec` (the same records, the
+        same order, the same glue): a 500-endpoint headless answer built as dnslib objects
+        cost more than all the rest of its answer."""
+        ttl = self.ttl
+        owner = _labels(qname)
+        glued: dict[str, set[str]] = {}
+        targets: dict[str, tuple[bytes, ...]] = {}
+        found = False
+        out, additional = answer.answer, answer.additional
+        for record in records:
+            rtype = record.rtype
+            if rtype != qtype and qtype != ANY:
+                continue
+            found = True
+            if rtype == QTYPE.A or rtype == QTYPE.AAAA:
+                out.append(pack.Rec(owner, rtype, ttl, address_bytes(record.value)))
+                continue
+            if rtype != QTYPE.SRV:
+                out.append(self.record_rr(qname, record, zone))
+                continue
+            target = record.value
+            labels = targets.get(target)
+            if labels is None:
+                # The glue's owner and, in the zone (every SRV records.py makes), the target.
+                labels = targets[target] = _labels(f"{target}.{zone}")
+            name = labels if record.in_zone else _labels(target)
+            fixed = _SRV_FIXED.pack(record.priority, record.weight, record.port)
+            out.append(pack.Rec(owner, rtype, ttl, fixed, name))
+            # Glue for the target (spec 2.3.2), each address once per target, as `_records`.
+            present = glued.setdefault(target, set())
+            for glue in service.forward.get(target, ()):
+                ip = glue.value
+                if glue.rtype in (QTYPE.A, QTYPE.AAAA) and ip not in present:
+                    present.add(ip)
+                    additional.append(pack.Rec(labels, glue.rtype, ttl, address_bytes(ip)))
+        if not found:
+            self._negative(answer, zone, exists=True)
 
     def record_rr(self, owner: str | DNSLabel, record: Record, zone: str) -> RR:
         """The RR `record` gives at `owner` (a name without the trailing dot, or its label) in

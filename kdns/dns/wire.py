@@ -219,22 +219,44 @@ def error_response(qid: int, flags: int, rcode: int, query: Query | None = None)
 
 def opt_record(query: Query, rcode: int = NOERROR) -> bytes:
     """Our OPT: payload size we accept, the upper rcode bits, version 0, DO echoed (RFC 3225)."""
-    ttl = ((rcode >> 4) << 24) | (0x8000 if query.do else 0)
+    return opt_bytes(query.do, rcode)
+
+
+def opt_bytes(do: bool, rcode: int = NOERROR) -> bytes:
+    ttl = ((rcode >> 4) << 24) | (0x8000 if do else 0)
     return struct.pack("!BHHIH", 0, OPT, MAX_UDP_PAYLOAD, ttl, 0)
 
 
 def encode(
     query: Query,
     rcode: int,
-    answer: Iterable[RR] = (),
+    answer: Iterable[RR | pack.Rec] = (),
     authority: Iterable[RR] = (),
-    additional: Iterable[RR] = (),
+    additional: Iterable[RR | pack.Rec] = (),
     authoritative: bool = True,
     recursion_available: bool = False,
 ) -> bytes:
     """Encode a response to `query`, question and owner names lower-case, ID as the client's.
 
     The client's spelling of the question is patched in by `finish`."""
+    return encode_layout(
+        query, rcode, answer, authority, additional, authoritative, recursion_available
+    )[0]
+
+
+def encode_layout(
+    query: Query,
+    rcode: int,
+    answer: Iterable[RR | pack.Rec] = (),
+    authority: Iterable[RR] = (),
+    additional: Iterable[RR | pack.Rec] = (),
+    authoritative: bool = True,
+    recursion_available: bool = False,
+    rotate: bool | None = None,
+) -> tuple[bytes, Layout | None]:
+    """`encode`, and with `rotate` given (True or False) the response's `Layout` as `split`
+    would give it, read from where the encoder wrote each record instead of parsing the
+    response again (None when dnslib encoded it)."""
     answer, authority, additional = list(answer), list(authority), list(additional)
     flags = QR | (query.flags & (RD | CD)) | (rcode & 0xF)
     if authoritative:
@@ -246,13 +268,21 @@ def encode(
         query.id, flags, 1, len(answer), len(authority), len(additional) + (1 if opt else 0)
     )
     lower = tuple(label.lower() for label in query.labels)
+    sections = (answer, authority, additional)
+    marks = pack.Marks() if rotate is not None else None
     # The direct encoder writes what dnslib would, several times faster (kdns/dns/pack.py);
     # dnslib stays for what it does not know.
     packed = pack.message(
-        header, lower, _TYPE_CLASS.pack(query.qtype, query.qclass), (answer, authority, additional)
+        header, lower, _TYPE_CLASS.pack(query.qtype, query.qclass), sections, marks
     )
     if packed is not None:
-        return packed + opt
+        if marks is None:
+            return packed + opt, None
+        return packed + opt, _marked(packed + opt, opt, sections, marks.offsets, bool(rotate))
+    if any(type(rr) is pack.Rec for section in sections for rr in section):
+        # A record in wire parts that the direct encoder refused: a name over a length limit,
+        # which dnslib refuses too.
+        raise ValueError("a record's name is longer than DNS allows")
     buffer = DNSBuffer()
     buffer.append(header)
     buffer.encode_name(DNSLabel(lower))
@@ -263,7 +293,52 @@ def encode(
         rr.pack(buffer)
     for rr in additional:
         rr.pack(buffer)
-    return bytes(buffer.data) + opt
+    return bytes(buffer.data) + opt, None
+
+
+def _owner(rr: RR | pack.Rec) -> tuple[bytes, ...]:
+    # A Rec's owner is lower-case already (the resolver builds it from the lower-case qname).
+    if type(rr) is pack.Rec:
+        return rr.owner
+    return tuple(label.lower() for label in rr.rname.label)
+
+
+def _marked(
+    response: bytes,
+    opt: bytes,
+    sections: tuple[list[RR | pack.Rec], list[RR], list[RR | pack.Rec]],
+    offsets: list[int],
+    rotate: bool,
+) -> Layout:
+    """The `Layout` of a response `pack.message` wrote, from its record offsets: what `split`
+    reads back by parsing, grouped the same way (consecutive records of one owner and type)."""
+    answer, authority, additional = sections
+    an, ns, ar = len(answer), len(authority), len(additional)
+    pieces = tuple(response[offsets[i] : offsets[i + 1]] for i in range(an))
+    spans: list[tuple[int, int, int]] = []
+    types: list[int] = []
+    last: tuple[tuple[bytes, ...], int] | None = None
+    for i, rr in enumerate(answer):
+        owner = (_owner(rr), rr.rtype)
+        if owner != last:
+            spans.append((i, i + 1, len(pieces[i])))
+            types.append(rr.rtype)
+            last = owner
+        else:
+            first, _, size = spans[-1]
+            spans[-1] = (first, i + 1, size + len(pieces[i]))
+    return Layout(
+        response[:12],
+        response[12 : offsets[0]],
+        pieces,
+        tuple(spans),
+        response[offsets[an] : offsets[an + ns]],
+        ns,
+        response[offsets[an + ns] : offsets[an + ns + ar]],
+        ar,
+        opt,
+        _rotatable(spans, types) if rotate else (0, 0),
+    )
 
 
 # --- truncation and rotation --------------------------------------------------------------------
@@ -421,15 +496,17 @@ def _rotatable(spans: list[tuple[int, int, int]], types: list[int]) -> tuple[int
     return 0, 0
 
 
-def finish(response: bytes, query: Query, udp: bool) -> bytes:
-    """Patch the client's spelling of the question in, and truncate for UDP if needed."""
+def finish(response: bytes, query: Query, udp: bool, layout: Layout | None = None) -> bytes:
+    """Patch the client's spelling of the question in, and truncate for UDP if needed
+    (`layout`, when given, is the response's, as `encode_layout` made it)."""
     if not query.compressed:
         response = response[:12] + query.question + response[12 + len(query.question) :]
     limit = query.udp_limit()
     if udp and len(response) > limit:
-        layout = split(response)
+        if layout is None:
+            layout = split(response)
         header, tail = layout.fit(limit)
-        return response[:2] + header + layout.question + tail
+        return response[:2] + header + response[12 : 12 + len(layout.question)] + tail
     return response
 
 
@@ -464,6 +541,48 @@ def cache_key(data: bytes) -> tuple[bytes, int, int] | None:
     limit = CLASSIC_UDP_PAYLOAD if payload < CLASSIC_UDP_PAYLOAD else min(payload, MAX_UDP_PAYLOAD)
     do = b"D" if data[qend + 7] & 0x80 else b"E"
     return data[2:z].lower() + data[z:qend] + do, qend, limit
+
+
+def plain_question(data: bytes) -> tuple[tuple[bytes, ...], int, bool, bool] | None:
+    """(labels as sent, the question's end, EDNS, DO) of a plain query, else None.
+
+    Plain: a QUERY (not a response), one uncompressed question whose name is within the
+    limits `parse_query` checks, no answer or authority records, and either no additional
+    record or exactly one EDNS version 0 OPT (`cache_key`'s shapes): a query `parse_query`
+    takes as it is. Anything else is for the full parse."""
+    if len(data) < 17 or data[2] & 0xF8:  # QR, or an opcode other than QUERY
+        return None
+    end = data.find(0, 12)  # the root label's octet, unless a label holds a zero (below)
+    qend = end + 5
+    n = len(data)
+    if end < 0 or n < qend or end - 12 + 1 > MAX_NAME:
+        return None
+    if n == qend:
+        if data[4:12] != _COUNTS_PLAIN:
+            return None
+        edns = False
+    elif (
+        data[4:12] != _COUNTS_EDNS
+        or n < qend + 11
+        or data[qend] != 0
+        or data[qend + 1 : qend + 3] != b"\x00\x29"
+        or data[qend + 6] != 0  # EDNS version 0
+        or int.from_bytes(data[qend + 9 : qend + 11]) != n - qend - 11
+    ):
+        return None
+    else:
+        edns = True
+    labels = []
+    pos = 12
+    while pos < end:
+        size = data[pos]
+        if size > MAX_LABEL:  # a pointer or an obsolete label type too
+            return None
+        labels.append(data[pos + 1 : pos + 1 + size])
+        pos += 1 + size
+    if pos != end:
+        return None  # a zero octet inside a label ended the name early
+    return tuple(labels), qend, edns, edns and bool(data[qend + 7] & 0x80)
 
 
 Tag = tuple[str, ...]
@@ -588,10 +707,17 @@ class AnswerCache:
         return cut
 
     def store(
-        self, data: bytes, query: Query, response: bytes, tags: Iterable[Tag], label: int = 0
+        self,
+        data: bytes,
+        query: Query,
+        response: bytes,
+        tags: Iterable[Tag],
+        label: int = 0,
+        layout: Layout | None = None,
     ) -> None:
         """Remember `response` (encoded by `encode`, not yet finished) for queries like `data`;
-        a hit on it returns `label` with the response."""
+        a hit on it returns `label` with the response. `layout`, when given, is the response's
+        as `encode_layout` made it with this cache's `rotate` (saves parsing it again)."""
         found = cache_key(data)
         if found is None or query.compressed or query.opcode != 0 or query.edns_version != 0:
             return
@@ -605,7 +731,8 @@ class AnswerCache:
             # (legal, if odd) makes that a different question. Such a query is not cached,
             # so every stored key is a well-formed question and a hit is the same question.
             return
-        layout = split(response, rotate=self.rotate)
+        if layout is None:
+            layout = split(response, rotate=self.rotate)
         turns = layout.turns
         if turns == 1:
             tails: tuple[bytes, ...] = (response[qend:],)

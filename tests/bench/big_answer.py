@@ -10,11 +10,22 @@ CPU time (``time.process_time``: the machine may be shared, wall time is noisy) 
 change and of the answer, min and median over the changes, and the answer's parts measured
 alone (records, resolve, encode, cache store).
 
+Other clients while it is built (``--clients``, on by default): the same store is served by a
+real listener (kdns/dns/server.py, its UDP receive thread) on 127.0.0.1, and a client in a
+process of its own asks names at ``--client-qps`` (half a cached name, half names never asked
+before, NXDOMAIN) for ``--phase`` seconds twice: once idle, once while the Service changes every
+``--change-every`` seconds and its SRV answer is rebuilt on the loop right after each change
+(what a TCP client's question costs the loop). It prints each phase's p50 / p99 / max and the
+queries lost.
+
 It checks the answer holds ``--endpoints`` SRV records and as many glue addresses, and exits 1
 if not. It is a measurement, not a test.
 
     .venv/bin/python -m tests.bench.big_answer
-    PYTHONPATH=/path/to/other/tree .venv/bin/python -m tests.bench.big_answer   # another tree
+    .venv/bin/python -m tests.bench.big_answer --before /work/main   # both trees, one run
+
+``--before DIR`` runs this script once more against the kdns (and tests) of DIR, first, then
+this tree, and both print their figures: an interleaved before/after in one run.
 
 The file name does not start with ``test_``, so pytest does not collect it.
 """
@@ -22,18 +33,27 @@ The file name does not start with ``test_``, so pytest does not collect it.
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
+import trio
 from dnslib import DNSRecord
 
 import kdns
 from kdns.dns import wire
+from kdns.dns.server import DnsServer
 from kdns.model import endpointslice_from_dict, service_from_dict
 from kdns.store import ENDPOINTSLICES, SERVICES
-from tests.dns.cluster import ep, eps, make_handler, svc
+from tests.builders import api_endpoint as ep
+from tests.builders import api_endpointslice as eps
+from tests.builders import api_service as svc
+from tests.dns.cluster import make_handler
 
 QNAME = "_http._tcp.hl.big.svc.cluster.local"
 
@@ -48,9 +68,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--endpoints", type=int, default=500)
     parser.add_argument("--changes", type=int, default=20)
+    parser.add_argument("--before", type=Path, help="a checkout to measure first, same run")
+    parser.add_argument("--no-clients", dest="clients", action="store_false")
+    parser.add_argument("--client-qps", type=int, default=1000)
+    parser.add_argument("--phase", type=float, default=3.0, help="seconds per client phase")
+    parser.add_argument("--change-every", type=float, default=0.05)
+    parser.add_argument(
+        "--switch-interval", type=float, help="sys.setswitchinterval for the server (seconds)"
+    )
     args = parser.parse_args(argv)
     if not 1 <= args.endpoints <= 60_000 or not 1 <= args.changes <= 1000:
         parser.error("--endpoints must be 1..60000 and --changes 1..1000")
+    if not 1 <= args.client_qps <= 20_000 or not 0.5 <= args.phase <= 30:
+        parser.error("--client-qps must be 1..20000 and --phase 0.5..30 s")
+    if args.switch_interval is not None:
+        sys.setswitchinterval(args.switch_interval)
+    if args.before is not None:
+        rest = list(argv if argv is not None else sys.argv[1:])
+        i = rest.index("--before")
+        del rest[i : i + 2]
+        print(f"--- before: {args.before}", flush=True)
+        code = "import runpy, sys; sys.argv[0] = sys.argv[1]; del sys.argv[1]; runpy.run_path(sys.argv[0], run_name='__main__')"
+        env = dict(os.environ, PYTHONPATH=str(args.before.resolve()))
+        subprocess.run(
+            [sys.executable, "-c", code, str(Path(__file__).resolve()), *rest],
+            env=env,
+            cwd=args.before,  # sys.path[0] is the working directory: the other tree's
+            check=False,
+            timeout=600,
+        )
+        print("--- after: this tree", flush=True)
     store, resolver, handler = make_handler()
     store.upsert(SERVICES, service_from_dict(svc("big", "hl", clusterIP="None")))
     ports = [{"name": "http", "port": 80, "protocol": "TCP"}]
@@ -98,18 +145,139 @@ def main(argv: Sequence[str] | None = None) -> int:
             resolver.service_records(key),
         )
     )
-    resolve = best(lambda: resolver.resolve(parsed_query.qname, parsed_query.qtype))
-    answer = resolver.resolve(parsed_query.qname, parsed_query.qtype)
+    packed = hasattr(wire, "encode_layout")  # this tree: the handler's path, records in parts
+    options = {"packed": True} if packed else {}
+    resolve = best(lambda: resolver.resolve(parsed_query.qname, parsed_query.qtype, **options))
+    answer = resolver.resolve(parsed_query.qname, parsed_query.qtype, **options)
     assert answer is not None
     sections = (answer.answer, answer.authority, answer.additional)
-    encode = best(lambda: wire.encode(parsed_query, answer.rcode, *sections))
-    encoded = wire.encode(parsed_query, answer.rcode, *sections)
-    store_ = best(lambda: handler.cache.store(query, parsed_query, encoded, answer.tags))
+    if packed:
+        rotate = handler.cache.rotate
+        encode = best(
+            lambda: wire.encode_layout(parsed_query, answer.rcode, *sections, rotate=rotate)
+        )
+        encoded, layout = wire.encode_layout(parsed_query, answer.rcode, *sections, rotate=rotate)
+        extra = {"layout": layout}
+    else:
+        encode = best(lambda: wire.encode(parsed_query, answer.rcode, *sections))
+        encoded, extra = wire.encode(parsed_query, answer.rcode, *sections), {}
+    store_ = best(lambda: handler.cache.store(query, parsed_query, encoded, answer.tags, **extra))
     print(
         f"  parts (best of 10, CPU ms): change (the slice read too) + records {records:.1f}, resolve (records kept) "
         f"{resolve:.1f}, encode {encode:.1f}, cache store {store_:.1f}"
     )
+    if args.clients:
+        # Built before: converting an EndpointSlice is the source's work, not the answer's.
+        count = int(args.phase / args.change_every) + 2
+        slices = iter([endpoints(g) for g in range(10_000, 10_000 + count)])
+        trio.run(others_while_rebuilt, handler, query, lambda: next(slices, None), store, args)
     return 0
+
+
+# A client in its own process (no GIL shared with the server): paced queries, one socket,
+# each answer matched by ID; prints the round-trip times in ms as JSON.
+CLIENT = r"""
+import json, random, socket, struct, sys, time
+port, qps, seconds, cached = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
+def query(qid, name):
+    q = b"".join(bytes((len(x),)) + x.encode() for x in name.split(".")) + b"\0"
+    return struct.pack("!6H", qid, 0x0100, 1, 0, 0, 0) + q + struct.pack("!HH", 1, 1)
+sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+sock.setblocking(False)
+rng = random.Random(7)
+sent, rtts = {}, []
+start = time.perf_counter()
+n = int(qps * seconds)
+for i in range(n):
+    due = start + i / qps
+    while True:
+        now = time.perf_counter()
+        try:
+            data = sock.recv(65535)
+            qid = struct.unpack_from("!H", data)[0]
+            if qid in sent:
+                rtts.append((time.perf_counter() - sent.pop(qid)) * 1e3)
+            continue
+        except BlockingIOError:
+            pass
+        if now >= due:
+            break
+        time.sleep(min(due - now, 0.0002))
+    name = cached if i % 2 else "x%08d.big.svc.cluster.local" % rng.randrange(10**8)
+    sent[i % 65536] = time.perf_counter()
+    sock.sendto(query(i % 65536, name), ("127.0.0.1", port))
+end = time.perf_counter() + 2.0
+while sent and time.perf_counter() < end:
+    try:
+        data = sock.recv(65535)
+    except BlockingIOError:
+        time.sleep(0.0005)
+        continue
+    qid = struct.unpack_from("!H", data)[0]
+    if qid in sent:
+        rtts.append((time.perf_counter() - sent.pop(qid)) * 1e3)
+print(json.dumps({"rtts": rtts, "lost": len(sent)}))
+"""
+
+
+async def others_while_rebuilt(
+    handler: object,
+    query: bytes,
+    next_slice: Callable[[], object],
+    store: object,
+    args: argparse.Namespace,
+) -> None:
+    """Other clients' latency, idle and while the big answer is rebuilt after each change."""
+    server = DnsServer(handler, "127.0.0.1", 0)  # type: ignore[arg-type]
+    async with trio.open_nursery() as nursery:
+        _, port = await nursery.start(server.run)
+        # A small cached answer, asked by every other client: a ClusterIP Service's name.
+        cached = "kube-dns.kube-system.svc.cluster.local"
+        store.upsert(  # type: ignore[attr-defined]
+            SERVICES,
+            service_from_dict(svc("kube-system", "kube-dns", clusterIP="10.96.0.10")),
+        )
+
+        async def phase(changing: bool) -> dict[str, object]:
+            argv = [sys.executable, "-c", CLIENT, str(port), str(args.client_qps)]
+            argv += [str(args.phase), cached]
+            done = trio.Event()
+            out: dict[str, object] = {}
+
+            async def client() -> None:
+                result = await trio.run_process(argv, capture_stdout=True)
+                out.update(json.loads(result.stdout))
+                done.set()
+
+            nursery.start_soon(client)
+            rebuilds = 0
+            while not done.is_set():
+                slice_ = next_slice() if changing else None
+                if slice_ is not None:
+                    store.upsert(ENDPOINTSLICES, slice_)  # type: ignore[attr-defined]
+                    handler.handle(query, udp=False)  # type: ignore[attr-defined]
+                    rebuilds += 1
+                with trio.move_on_after(args.change_every):
+                    await done.wait()
+            out["rebuilds"] = rebuilds
+            return out
+
+        for name, changing in (("idle", False), ("rebuilding", True)):
+            result = await phase(changing)
+            rtts = sorted(result["rtts"])  # type: ignore[arg-type]
+            if not rtts:
+                print(f"  other clients, {name}: no answers")
+                continue
+            p50 = rtts[len(rtts) // 2]
+            p99 = rtts[min(len(rtts) - 1, int(len(rtts) * 0.99))]
+            print(
+                f"  other clients, {name:10s}: {len(rtts)} answers, p50 {p50:.2f} ms, p99 "
+                f"{p99:.2f} ms, max {rtts[-1]:.1f} ms, lost {result['lost']}"
+                + (f", {result['rebuilds']} rebuilds" if changing else ""),
+                flush=True,
+            )
+        server.stop_listening()
+        nursery.cancel_scope.cancel()
 
 
 if __name__ == "__main__":

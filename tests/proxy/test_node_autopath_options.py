@@ -74,3 +74,23 @@ def test_the_source_watches_this_nodes_pods_only_with_autopath(
     kube_options = proxyapp._kube_options(options(*argv))
     assert kube_options.get("pods_node") == pods_node
     assert kube_options["node_name"] == "node-a"
+
+
+@pytest.mark.parametrize(
+    ("file", "variable", "stale"),
+    [
+        ("", None, 3600.0),  # on by default: the central upstream gone, outside names go on
+        ("cache:\n  serve_stale: 60\n", None, 3600.0),  # serve's setting is not the node's
+        ("node:\n  dns_serve_stale: 0\n", None, 0.0),  # off when asked
+        ("node:\n  dns_serve_stale: 600\n", "120", 120.0),  # the variable wins over the file
+    ],
+)
+def test_the_node_dns_serves_stale_answers_by_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, file: str, variable: str | None, stale: float
+) -> None:
+    path = tmp_path / "kdns.yaml"
+    path.write_text(file)
+    if variable is not None:
+        monkeypatch.setenv("KDNS_NODE_DNS_SERVE_STALE", variable)
+    config = cli._config(cli._parser().parse_args(["proxy", "--dns", "--config", str(path)]))
+    assert proxyapp.node_dns_config(config, ["169.254.20.10"]).cache.serve_stale == stale
