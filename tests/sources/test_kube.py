@@ -544,13 +544,15 @@ async def test_bookmarks_advance_the_resource_version_and_spare_a_relist(
 ) -> None:
     kube_api.create("services", objects.service("default", "web"))
     k = await start(nursery, kube_api, kubeconfig)
+    # Counted before the pods exist: a bookmark carrying their resourceVersion can only be sent
+    # after this (taken after them, one sent meanwhile would already be in the count).
+    bookmarks = kube_api.stats.bookmarks_sent
     # Pods are not watched (pods: insecure): creating some moves the global resourceVersion
     # without an event on any watched kind. Only bookmarks can tell the reflectors.
     for i in range(3):
         kube_api.create("pods", objects.pod("default", f"p-{i}"))
     current = str(kube_api.resource_version)
     before = await k.metrics()
-    bookmarks = kube_api.stats.bookmarks_sent
     await wait_until(
         lambda: all(k.reflector(kind).resource_version == current for kind in KINDS),
         f"every reflector at resourceVersion {current}",
