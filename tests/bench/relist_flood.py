@@ -6,8 +6,8 @@ holds N Services (``--services``, default 10,000) and their EndpointSlices, as i
 
 1. dnsperf floods it with names nobody asked before (``<random>.ns-K.svc.cluster.local`` A,
    NXDOMAIN; the query file is longer than ``--qps`` × ``--duration``, so no name repeats), paced
-   at ``--qps`` (default 20,000) for ``--duration`` seconds: each answer is built and cached,
-   so the answer cache fills to its byte budget;
+   at ``--qps`` (default 20,000) for ``--duration`` seconds: no answer can come from a cache
+   (the receive thread answers such names itself, `Handler.denial`, and stores nothing);
 2. meanwhile a second client process asks 100 existing Services' names at ``--steady-qps``
    (default 200), paced, for the whole flood: every one of those queries must be answered
    (loss = no answer within 1 s after the period);
