@@ -294,6 +294,14 @@ DNS_TCP_EVICTIONS = Counter(
     ["server", "reason"],
 )
 
+# kdns/dns/receiver.py: the receive thread's backlog of misses for trio is bounded.
+DNS_UDP_DROPPED = Counter(
+    "kdns_dns_udp_dropped_total",
+    "UDP queries dropped unanswered because the receive thread's backlog of queries waiting "
+    "for the trio loop was full (as a full socket buffer would drop them).",
+    ["server"],
+)
+
 FORWARD_REQUESTS = Counter(
     "kdns_forward_requests_total", "Queries sent to an upstream (each attempt).", ["to"]
 )
