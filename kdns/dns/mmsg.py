@@ -1,0 +1,237 @@
+"""Batched UDP receive and send (Linux `recvmmsg`/`sendmmsg`) through ctypes, pure of policy.
+
+Why (docs/architecture.md §7): every Python socket method releases the GIL, so a thread that
+reads one datagram per call gives the GIL away per packet and, while another thread runs Python
+for long, waits up to the interpreter's switch interval to get it back, per packet. A foreign
+call through `ctypes.PyDLL` keeps the GIL; one through `ctypes.CDLL` releases it. So a receive
+loop can wait for the first datagrams with the GIL released (`receive(wait=True)`) and then take
+the rest of the queue and send the answers without letting go of it (`wait=False`, `send`).
+
+Contract:
+- `available()` says whether libc has both calls (Linux); `Batch` must not be made otherwise.
+- `Batch(slots, size)` preallocates `slots` receive buffers of `size` bytes, a sockaddr area per
+  slot and as many send buffers; nothing is allocated per packet but the `bytes` handed out.
+- `receive(fd, wait)` fills slots 0..n-1 and returns n (0 when nothing is queued, or the receive
+  side was shut down, or SO_RCVTIMEO expired). `wait=True` blocks (GIL released) until at least
+  one datagram is there, then takes what else is queued (MSG_WAITFORONE); `wait=False` never
+  blocks and keeps the GIL (MSG_DONTWAIT). Other errors raise OSError.
+- `datagram(i)`, `name(i)` (the raw sockaddr bytes, as the kernel wrote them) and `truncated(i)`
+  read slot i of the last receive; `address(i)` decodes the sockaddr into Python's tuple form
+  (only needed off the hot path).
+- `reply(i, data)` queues `data` for slot i's sender (its raw sockaddr reused, nothing decoded);
+  `send(fd)` writes every queued reply with `sendmmsg(MSG_DONTWAIT)`, keeping the GIL, and
+  returns the errno of each one that failed (would block, unreachable: the caller counts them).
+  Replies must be sent before the next `receive`, which reuses the slots' addresses.
+- One Batch belongs to one thread.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import mmap
+import socket
+import struct
+
+MSG_DONTWAIT = 0x40
+MSG_TRUNC = 0x20
+MSG_WAITFORONE = 0x10000
+SOCKADDR_SIZE = 128  # sizeof(struct sockaddr_storage)
+V4_MAPPED = b"\0" * 10 + b"\xff\xff"  # ::ffff:0:0/96, bytes 8..20 of a sockaddr_in6
+
+
+class IoVec(ctypes.Structure):
+    _fields_ = [("iov_base", ctypes.c_void_p), ("iov_len", ctypes.c_size_t)]
+
+
+class MsgHdr(ctypes.Structure):
+    _fields_ = [
+        ("msg_name", ctypes.c_void_p),
+        ("msg_namelen", ctypes.c_uint32),  # socklen_t
+        ("msg_iov", ctypes.POINTER(IoVec)),
+        ("msg_iovlen", ctypes.c_size_t),
+        ("msg_control", ctypes.c_void_p),
+        ("msg_controllen", ctypes.c_size_t),
+        ("msg_flags", ctypes.c_int),
+    ]
+
+
+class MMsgHdr(ctypes.Structure):
+    _fields_ = [("msg_hdr", MsgHdr), ("msg_len", ctypes.c_uint)]
+
+
+HDR_SIZE = ctypes.sizeof(MMsgHdr)
+NAMELEN_AT = MMsgHdr.msg_hdr.offset + MsgHdr.msg_namelen.offset
+NAME_AT = MMsgHdr.msg_hdr.offset + MsgHdr.msg_name.offset
+FLAGS_AT = MMsgHdr.msg_hdr.offset + MsgHdr.msg_flags.offset
+LEN_AT = MMsgHdr.msg_len.offset
+IOV_LEN_AT = IoVec.iov_len.offset
+
+
+def _functions(
+    dll: type[ctypes.CDLL],
+) -> tuple[ctypes._CFuncPtr, ctypes._CFuncPtr] | None:  # type: ignore[name-defined]
+    try:
+        libc = dll(None, use_errno=True)  # the process's own symbols: libc's
+        recvmmsg, sendmmsg = libc.recvmmsg, libc.sendmmsg
+    except (OSError, AttributeError):
+        return None
+    recvmmsg.argtypes = [
+        ctypes.c_int,
+        ctypes.POINTER(MMsgHdr),
+        ctypes.c_uint,
+        ctypes.c_int,
+        ctypes.c_void_p,
+    ]
+    recvmmsg.restype = ctypes.c_int
+    sendmmsg.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int]
+    sendmmsg.restype = ctypes.c_int
+    return recvmmsg, sendmmsg
+
+
+# The same libc functions twice: through PyDLL the call keeps the GIL (a queue already there is
+# read without giving it away), through CDLL it releases it (a wait lets the other threads run).
+_HOLDING = _functions(ctypes.PyDLL)
+_RELEASING = _functions(ctypes.CDLL)
+
+
+def available() -> bool:
+    return _HOLDING is not None and _RELEASING is not None
+
+
+class Batch:
+    def __init__(self, slots: int = 64, size: int = 65535) -> None:
+        assert _HOLDING is not None and _RELEASING is not None, "recvmmsg is Linux only"
+        self.slots = slots
+        self.size = size
+        self._recv_hdrs = (MMsgHdr * slots)()
+        self._send_hdrs = (MMsgHdr * slots)()
+        self._recv_iovs = (IoVec * slots)()
+        self._send_iovs = (IoVec * slots)()
+        self._names = ctypes.create_string_buffer(SOCKADDR_SIZE * slots)
+        # Anonymous mappings: pages the kernel fills lazily, so the buffers cost memory only
+        # where datagrams were written (ctypes' own buffers are zeroed up front, all resident).
+        self._rbuf = (ctypes.c_char * (size * slots)).from_buffer(mmap.mmap(-1, size * slots))
+        self._sbuf = (ctypes.c_char * (size * slots)).from_buffer(mmap.mmap(-1, size * slots))
+        names_at = self._names_at = ctypes.addressof(self._names)
+        rbuf_at, sbuf_at = ctypes.addressof(self._rbuf), ctypes.addressof(self._sbuf)
+        for i in range(slots):
+            self._recv_iovs[i].iov_base = rbuf_at + i * size
+            self._recv_iovs[i].iov_len = size
+            hdr = self._recv_hdrs[i].msg_hdr
+            hdr.msg_name = names_at + i * SOCKADDR_SIZE
+            hdr.msg_namelen = SOCKADDR_SIZE
+            hdr.msg_iov = ctypes.pointer(self._recv_iovs[i])
+            hdr.msg_iovlen = 1
+            self._send_iovs[i].iov_base = sbuf_at + i * size
+            out = self._send_hdrs[i].msg_hdr
+            out.msg_iov = ctypes.pointer(self._send_iovs[i])
+            out.msg_iovlen = 1
+        # Views over the preallocated memory: reading and writing them is plain Python (no
+        # foreign call, no GIL release), and cheaper than a ctypes field per access.
+        self._recv_view = memoryview(self._recv_hdrs).cast("B")
+        self._send_view = memoryview(self._send_hdrs).cast("B")
+        self._send_iov_view = memoryview(self._send_iovs).cast("B")
+        self._name_view = memoryview(self._names).cast("B")
+        self._rbuf_view = memoryview(self._rbuf).cast("B")
+        self._sbuf_view = memoryview(self._sbuf).cast("B")
+        self._received = 0
+        self._queued = 0
+        self._namelen = struct.Struct("=I")
+        self._pointer = struct.Struct("@P")
+        self._size_t = struct.Struct("@N")
+
+    def receive(self, fd: int, wait: bool) -> int:
+        """Read up to `slots` datagrams into the slots; the count (0: none, or shut down)."""
+        view, pack_into = self._recv_view, self._namelen.pack_into
+        for i in range(self._received):  # the kernel wrote each used slot's address length
+            pack_into(view, i * HDR_SIZE + NAMELEN_AT, SOCKADDR_SIZE)
+        self._received = 0
+        self._queued = 0
+        if wait:
+            count = _RELEASING[0](fd, self._recv_hdrs, self.slots, MSG_WAITFORONE, None)
+        else:
+            count = _HOLDING[0](fd, self._recv_hdrs, self.slots, MSG_DONTWAIT, None)
+        if count < 0:
+            err = ctypes.get_errno()
+            if err in (errno.EAGAIN, errno.EINTR):
+                return 0
+            raise OSError(err, f"recvmmsg: {errno.errorcode.get(err, err)}")
+        self._received = count
+        return count
+
+    def length(self, i: int) -> int:
+        return self._namelen.unpack_from(self._recv_view, i * HDR_SIZE + LEN_AT)[0]
+
+    def datagram(self, i: int) -> bytes:
+        start = i * self.size
+        length = self._namelen.unpack_from(self._recv_view, i * HDR_SIZE + LEN_AT)[0]
+        return self._rbuf_view[start : start + length].tobytes()
+
+    def truncated(self, i: int) -> bool:
+        flags = self._namelen.unpack_from(self._recv_view, i * HDR_SIZE + FLAGS_AT)[0]
+        return bool(flags & MSG_TRUNC)
+
+    def name(self, i: int) -> bytes:
+        length = self._namelen.unpack_from(self._recv_view, i * HDR_SIZE + NAMELEN_AT)[0]
+        start = i * SOCKADDR_SIZE
+        return self._name_view[start : start + min(length, SOCKADDR_SIZE)].tobytes()
+
+    def address(self, i: int) -> tuple[str, int] | tuple[str, int, int, int]:
+        return decode_sockaddr(self.name(i))
+
+    def reply(self, i: int, data: bytes) -> None:
+        """Queue `data` for the sender of slot i (sent by the next `send`)."""
+        j = self._queued
+        length = len(data)  # at most 65,535 (a UDP payload), the slot's size
+        start = j * self.size
+        self._sbuf_view[start : start + length] = data
+        self._size_t.pack_into(self._send_iov_view, j * ctypes.sizeof(IoVec) + IOV_LEN_AT, length)
+        name_at = self._names_at + i * SOCKADDR_SIZE
+        at = j * HDR_SIZE
+        self._pointer.pack_into(self._send_view, at + NAME_AT, name_at)
+        namelen = self._namelen.unpack_from(self._recv_view, i * HDR_SIZE + NAMELEN_AT)[0]
+        self._namelen.pack_into(self._send_view, at + NAMELEN_AT, namelen)
+        self._queued = j + 1
+
+    def send(self, fd: int) -> list[int]:
+        """Send the queued replies (never blocking, GIL kept); the errno of each one lost."""
+        failed: list[int] = []
+        done, queued = 0, self._queued
+        base = ctypes.addressof(self._send_hdrs)
+        sendmmsg = _HOLDING[1]  # type: ignore[index]
+        for _ in range(queued):  # bounded: each round sends at least one or drops one
+            if done >= queued:
+                break
+            sent = sendmmsg(fd, base + done * HDR_SIZE, queued - done, MSG_DONTWAIT)
+            if sent < 0:
+                failed.append(ctypes.get_errno())  # this reply is lost, as a UDP send may be
+                done += 1
+            else:
+                done += sent
+        self._queued = 0
+        return failed
+
+
+def decode_sockaddr(raw: bytes) -> tuple[str, int] | tuple[str, int, int, int]:
+    """A raw sockaddr_in/sockaddr_in6 in the tuple form Python's `recvfrom` returns."""
+    family = int.from_bytes(raw[:2], "little" if struct.pack("=H", 1)[0] else "big")
+    port = int.from_bytes(raw[2:4], "big")
+    if family == socket.AF_INET:
+        return socket.inet_ntop(socket.AF_INET, raw[4:8]), port
+    if family == socket.AF_INET6:
+        flowinfo = int.from_bytes(raw[4:8], "big")
+        host = socket.inet_ntop(socket.AF_INET6, raw[8:24])
+        scope = struct.unpack("=I", raw[24:28])[0]
+        if scope:  # Python names the zone of a scoped (link-local) address, as getnameinfo does
+            try:
+                host = f"{host}%{socket.if_indextoname(scope)}"
+            except OSError:
+                host = f"{host}%{scope}"
+        return host, port, flowinfo, scope
+    raise ValueError(f"not an IPv4 or IPv6 socket address (family {family})")
+
+
+def is_v4_mapped(raw: bytes) -> bool:
+    """Whether a raw sockaddr_in6 holds an IPv4-mapped address (a dual-stack socket's IPv4)."""
+    return raw[8:20] == V4_MAPPED
