@@ -8,7 +8,14 @@ the trio thread runs whenever the receive thread has nothing to do.
 Contract:
 - `UdpReceiver(sock, serving, wake, family, dual_stack)` serves one blocking UDP socket;
   `run()` is the thread's body and returns once `stop()` was called (from any thread).
-  `stop()` shuts the socket's receive side down, which wakes a blocked `recvfrom` at once; a
+- Batches (`batch=True`, the default where libc has recvmmsg: kdns/dns/mmsg.py): the thread
+  waits for the first datagrams in a recvmmsg that releases the GIL, then answers up to
+  BATCH_SLOTS at a time, sends the answers with one sendmmsg to each client's raw sockaddr
+  (decoded only for a miss, the query log), and reads the rest of the queue with MSG_DONTWAIT,
+  all without releasing the GIL; only when the queue is empty, or misses wait for trio (so
+  trio can run), does it read with the GIL released again. `batch=False` (and no recvmmsg) is
+  the loop of one recvfrom and one sendto per packet.
+  `stop()` shuts the socket's receive side down, which wakes a blocked receive at once; a
   receive timeout (`WAKE_EVERY`) is the backstop. Sends still work after `stop()`: forwarded
   answers in flight are written by trio on the same socket, with MSG_DONTWAIT.
 - A hit (`AnswerCache.lookup`, which reads and never writes the cache's own state, or, for a
@@ -34,10 +41,12 @@ Contract:
   logging module is thread-safe).
 - GIL contention: while the trio thread runs Python for long (a relist applying thousands of
   objects, a large answer being built), this thread gets the GIL only when CPython makes the
-  holder let go (the switch interval, 5 ms) and gives it back at its next syscall, so hits wait
-  about as long as the burst, as they did when trio itself received
-  (tests/bench/receive_thread.py; a shorter switch interval did not change that reliably, so
-  the interpreter's default is kept). Short trio work (misses, forwarding) costs hits little.
+  holder let go (the switch interval, 5 ms). Every Python socket call gives it back, so the
+  packet loop answered about one packet per switch: at 20k qps the socket buffer overflowed
+  during a relist (tests/bench/relist_flood.py). The batch loop keeps the GIL from the read
+  of a queue to the send of its answers and the next read, so it answers what queued during
+  one switch interval in the next (a shorter switch interval, or `sleep(0)` in the relist, did
+  not help the packet loop). A send that would block is counted in `send_errors`, as before.
 """
 
 from __future__ import annotations
@@ -69,7 +78,8 @@ MAX_DATAGRAM = 65535
 BATCH_SLOTS = 64  # datagrams per recvmmsg/sendmmsg: ~3 ms of a 20k qps flood per batch
 FIRST_BUCKET = metrics.DURATION_BUCKETS[0]
 
-# (query bytes, client address, when it was read (perf_counter), the serving that read it)
+# (query bytes, client address as recvfrom gives it (IPv6: a 4-tuple), when it was read
+# (perf_counter), the serving that read it)
 Miss = tuple[bytes, tuple[str, int], float, "Serving"]
 
 

@@ -216,7 +216,7 @@ class DnsServer:
             if self.port != 0:
                 for sock in (udp, tcp):
                     reuseport.steer(sock)
-            tcp.setblocking(False)  # the UDP socket blocks: the receive thread waits in recvfrom
+            tcp.setblocking(False)  # the UDP socket blocks: the receive thread waits in its read
         except OSError:
             udp.close()
             tcp.close()

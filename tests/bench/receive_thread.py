@@ -14,8 +14,11 @@ rate in each scenario:
   the CPU burst of a relist; the burst's length is reported;
 - `misses`: `--miss-pct` % of the queries are never-asked names (NXDOMAIN), each handed to trio
   and answered by the slow path (the same hand-over a forwarded question takes);
-- each with CPython's default GIL switch interval (5 ms: how long a thread waiting for the GIL
-  waits before the holder is made to let go) and with `--switch` (default 0.5 ms).
+- each with each of the receive thread's loops (`--loops`, default both, interleaved:
+  `packet`, one recvfrom per packet, each giving the GIL away; `batch`, recvmmsg holding the
+  GIL while a queue is read and answered), with CPython's default GIL switch interval (5 ms:
+  how long a thread waiting for the GIL waits before the holder is made to let go) and, if
+  `--switch` is given, with that one too.
 
 Figures per scenario: achieved qps, lost queries, dnsperf's average and maximum latency, and
 the server's CPU per answered query (the process's utime + stime). A measurement, not a test:
@@ -107,8 +110,9 @@ async def relist(store: Store, count: int, period: float, bursts: list[float]) -
 
 
 async def scenario(
-    args: argparse.Namespace, name: str, queries: Path, churn: bool, switch: float
+    args: argparse.Namespace, name: str, queries: Path, churn: bool, switch: float, loop: str
 ) -> str:
+    os.environ["KDNS_BENCH_UDP_RECEIVE"] = loop  # read when the server starts its thread
     store = Store()
     resolver = Resolver(store, Config())
     handler = Handler(resolver)
@@ -141,7 +145,7 @@ async def scenario(
     cpu_us = used / figures["completed"] * 1e6 if figures["completed"] else float("nan")
     burst = f"{1000 * max(bursts):.0f} ms max of {len(bursts)}" if bursts else "-"
     return (
-        f"{name:<28} {switch * 1000:>5.1f} ms {figures['qps']:>9.0f} {figures['lost']:>7.0f} "
+        f"{name:<28} {loop:<7} {switch * 1000:>5.1f} ms {figures['qps']:>9.0f} {figures['lost']:>7.0f} "
         f"{figures['avg_ms']:>8.2f} {figures['max_ms']:>8.1f} {cpu_us:>8.1f}   {burst}"
     )
 
@@ -157,17 +161,19 @@ async def main(args: argparse.Namespace) -> None:
             f"load average {os.getloadavg()[0]:.2f}"
         )
         print(
-            f"{'scenario':<28} {'switch':>8} {'qps':>9} {'lost':>7} {'avg ms':>8} "
+            f"{'scenario':<28} {'loop':<7} {'switch':>8} {'qps':>9} {'lost':>7} {'avg ms':>8} "
             f"{'max ms':>8} {'µs/query':>8}   relist burst"
         )
         for _ in range(args.rounds):
-            for switch in (0.005, args.switch):
-                for name, queries, churn in (
-                    ("idle", hits, False),
-                    (f"relist every {args.period} s", hits, True),
-                    (f"misses {args.miss_pct:g} %", mixed, False),
-                ):
-                    print(await scenario(args, name, queries, churn, switch), flush=True)
+            for name, queries, churn in (
+                ("idle", hits, False),
+                (f"relist every {args.period} s", hits, True),
+                (f"misses {args.miss_pct:g} %", mixed, False),
+            ):
+                for switch in (0.005, *([args.switch] if args.switch else [])):
+                    for loop in args.loops.split(","):
+                        line = await scenario(args, name, queries, churn, switch, loop)
+                        print(line, flush=True)
 
 
 if __name__ == "__main__":
@@ -177,7 +183,8 @@ if __name__ == "__main__":
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--period", type=float, default=0.5, help="seconds between relists")
     parser.add_argument("--miss-pct", type=float, default=10.0)
-    parser.add_argument("--switch", type=float, default=0.0005, help="the other switch interval")
+    parser.add_argument("--switch", type=float, default=0.0, help="another switch interval (s)")
+    parser.add_argument("--loops", default="packet,batch", help="receive loops: packet,batch")
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--server-cpu", default="0")
     parser.add_argument("--client-cpu", default="1")
