@@ -66,6 +66,9 @@ NAME_AT = MMsgHdr.msg_hdr.offset + MsgHdr.msg_name.offset
 FLAGS_AT = MMsgHdr.msg_hdr.offset + MsgHdr.msg_flags.offset
 LEN_AT = MMsgHdr.msg_len.offset
 IOV_LEN_AT = IoVec.iov_len.offset
+IOV_SIZE = ctypes.sizeof(IoVec)
+# msg_name and msg_namelen are written as one "@PI" (pointer, then socklen_t at its alignment).
+assert MsgHdr.msg_namelen.offset == MsgHdr.msg_name.offset + ctypes.sizeof(ctypes.c_void_p)
 
 
 def _functions(
@@ -76,9 +79,10 @@ def _functions(
         recvmmsg, sendmmsg = libc.recvmmsg, libc.sendmmsg
     except (OSError, AttributeError):
         return None
+    # Pointers are passed as prebuilt c_void_p: the cheapest conversion ctypes has.
     recvmmsg.argtypes = [
         ctypes.c_int,
-        ctypes.POINTER(MMsgHdr),
+        ctypes.c_void_p,
         ctypes.c_uint,
         ctypes.c_int,
         ctypes.c_void_p,
@@ -137,21 +141,22 @@ class Batch:
         self._sbuf_view = memoryview(self._sbuf).cast("B")
         self._received = 0
         self._queued = 0
+        self._recv_at = ctypes.c_void_p(ctypes.addressof(self._recv_hdrs))
+        self._send_at = ctypes.c_void_p(ctypes.addressof(self._send_hdrs))
         self._namelen = struct.Struct("=I")
+        self._name_and_len = struct.Struct("@PI")  # msg_name, msg_namelen: adjacent
         self._pointer = struct.Struct("@P")
         self._size_t = struct.Struct("@N")
 
     def receive(self, fd: int, wait: bool) -> int:
         """Read up to `slots` datagrams into the slots; the count (0: none, or shut down)."""
-        view, pack_into = self._recv_view, self._namelen.pack_into
-        for i in range(self._received):  # the kernel wrote each used slot's address length
-            pack_into(view, i * HDR_SIZE + NAMELEN_AT, SOCKADDR_SIZE)
-        self._received = 0
-        self._queued = 0
+        # Each slot's address length is left as the kernel wrote it: one socket's senders all
+        # have one length (sockaddr_in, or sockaddr_in6 on an IPv6 or dual-stack socket).
+        self._received = self._queued = 0
         if wait:
-            count = _RELEASING[0](fd, self._recv_hdrs, self.slots, MSG_WAITFORONE, None)
+            count = _RELEASING[0](fd, self._recv_at, self.slots, MSG_WAITFORONE, None)
         else:
-            count = _HOLDING[0](fd, self._recv_hdrs, self.slots, MSG_DONTWAIT, None)
+            count = _HOLDING[0](fd, self._recv_at, self.slots, MSG_DONTWAIT, None)
         if count < 0:
             err = ctypes.get_errno()
             if err in (errno.EAGAIN, errno.EINTR):
@@ -186,31 +191,38 @@ class Batch:
         length = len(data)  # at most 65,535 (a UDP payload), the slot's size
         start = j * self.size
         self._sbuf_view[start : start + length] = data
-        self._size_t.pack_into(self._send_iov_view, j * ctypes.sizeof(IoVec) + IOV_LEN_AT, length)
-        name_at = self._names_at + i * SOCKADDR_SIZE
-        at = j * HDR_SIZE
-        self._pointer.pack_into(self._send_view, at + NAME_AT, name_at)
+        self._size_t.pack_into(self._send_iov_view, j * IOV_SIZE + IOV_LEN_AT, length)
         namelen = self._namelen.unpack_from(self._recv_view, i * HDR_SIZE + NAMELEN_AT)[0]
-        self._namelen.pack_into(self._send_view, at + NAMELEN_AT, namelen)
+        self._name_and_len.pack_into(
+            self._send_view, j * HDR_SIZE + NAME_AT, self._names_at + i * SOCKADDR_SIZE, namelen
+        )
         self._queued = j + 1
 
     def send(self, fd: int) -> list[int]:
         """Send the queued replies (never blocking, GIL kept); the errno of each one lost."""
-        failed: list[int] = []
-        done, queued = 0, self._queued
-        base = ctypes.addressof(self._send_hdrs)
+        queued = self._queued
+        self._queued = 0
+        if not queued:
+            return NO_ERRORS
         sendmmsg = _HOLDING[1]  # type: ignore[index]
+        sent = sendmmsg(fd, self._send_at, queued, MSG_DONTWAIT)
+        if sent == queued:
+            return NO_ERRORS
+        failed: list[int] = []
+        done = 0
         for _ in range(queued):  # bounded: each round sends at least one or drops one
-            if done >= queued:
-                break
-            sent = sendmmsg(fd, base + done * HDR_SIZE, queued - done, MSG_DONTWAIT)
             if sent < 0:
                 failed.append(ctypes.get_errno())  # this reply is lost, as a UDP send may be
                 done += 1
             else:
                 done += sent
-        self._queued = 0
+            if done >= queued:
+                break
+            sent = sendmmsg(fd, self._send_at.value + done * HDR_SIZE, queued - done, MSG_DONTWAIT)
         return failed
+
+
+NO_ERRORS: list[int] = []  # never appended to: what `send` returns when every reply went
 
 
 def decode_sockaddr(raw: bytes) -> tuple[str, int] | tuple[str, int, int, int]:

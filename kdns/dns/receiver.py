@@ -8,13 +8,19 @@ the trio thread runs whenever the receive thread has nothing to do.
 Contract:
 - `UdpReceiver(sock, serving, wake, family, dual_stack)` serves one blocking UDP socket;
   `run()` is the thread's body and returns once `stop()` was called (from any thread).
-- Batches (`batch=True`, the default where libc has recvmmsg: kdns/dns/mmsg.py): the thread
-  waits for the first datagrams in a recvmmsg that releases the GIL, then answers up to
-  BATCH_SLOTS at a time, sends the answers with one sendmmsg to each client's raw sockaddr
-  (decoded only for a miss, the query log), and reads the rest of the queue with MSG_DONTWAIT,
-  all without releasing the GIL; only when the queue is empty, or misses wait for trio (so
-  trio can run), does it read with the GIL released again. `batch=False` (and no recvmmsg) is
-  the loop of one recvfrom and one sendto per packet.
+- Two loops. Per packet: a blocking `recvfrom` and a `sendto` per packet, each giving the
+  GIL away; the cheapest while no other thread holds the GIL for long, and the only loop where
+  libc has no recvmmsg or with `loop="packet"`. Batches (kdns/dns/mmsg.py): a recvmmsg that
+  releases the GIL (it waits only while nothing is queued, and takes what is), then up to
+  BATCH_SLOTS datagrams answered and sent with one sendmmsg to each client's raw sockaddr
+  (decoded only for a miss and the query log) without releasing the GIL per packet; after a
+  full batch the rest of the queue is read holding it (MSG_DONTWAIT), unless misses wait for
+  trio, which must get to run. `loop="batch"` uses batches only. With `loop="auto"` (the
+  default) the thread answers per packet
+  until a send took GIL_WAITED (it waited for the GIL behind another thread), then in batches
+  until CALM_READS reads in a row found at most one datagram (`batch_spells` counts the
+  switches): a foreign call costs more than a socket method, about 3 µs a packet when
+  packets come one at a time (docs/benchmarks.md).
   `stop()` shuts the socket's receive side down, which wakes a blocked receive at once; a
   receive timeout (`WAKE_EVERY`) is the backstop. Sends still work after `stop()`: forwarded
   answers in flight are written by trio on the same socket, with MSG_DONTWAIT.
@@ -43,9 +49,9 @@ Contract:
   objects, a large answer being built), this thread gets the GIL only when CPython makes the
   holder let go (the switch interval, 5 ms). Every Python socket call gives it back, so the
   packet loop answered about one packet per switch: at 20k qps the socket buffer overflowed
-  during a relist (tests/bench/relist_flood.py). The batch loop keeps the GIL from the read
-  of a queue to the send of its answers and the next read, so it answers what queued during
-  one switch interval in the next (a shorter switch interval, or `sleep(0)` in the relist, did
+  during a relist (tests/bench/relist_flood.py). Batches take everything that queued while the
+  thread waited in one read and answer it without letting go, so what queues during one switch
+  interval is answered in the next (a shorter switch interval, or `sleep(0)` in the relist, did
   not help the packet loop). A send that would block is counted in `send_errors`, as before.
 """
 
@@ -75,8 +81,11 @@ log = logging.getLogger(__name__)
 MAX_BACKLOG = 4096  # misses waiting for trio; more are dropped (the module docstring)
 WAKE_EVERY = 0.5  # seconds: the receive timeout that lets `run` see `stop()` if nothing else did
 MAX_DATAGRAM = 65535
-BATCH_SLOTS = 64  # datagrams per recvmmsg/sendmmsg: ~3 ms of a 20k qps flood per batch
+BATCH_SLOTS = 128  # datagrams per recvmmsg/sendmmsg: over 6 ms of a 20k qps flood
 FIRST_BUCKET = metrics.DURATION_BUCKETS[0]
+# A send that took this long waited for the GIL (CPython's switch interval is 5 ms): batches.
+GIL_WAITED = 0.001
+CALM_READS = 64  # reads in a row of at most one datagram: back to one packet per call
 
 # (query bytes, client address as recvfrom gives it (IPv6: a 4-tuple), when it was read
 # (perf_counter), the serving that read it)
@@ -92,7 +101,7 @@ class UdpReceiver:
         family: str,
         dual_stack: bool,
         max_backlog: int = MAX_BACKLOG,
-        batch: bool = True,
+        loop: str = "auto",
     ) -> None:
         self.sock = sock
         self.serving = serving
@@ -106,9 +115,10 @@ class UdpReceiver:
         self.dropped = 0  # misses dropped because `max_backlog` were waiting (only this thread)
         self.dropped_counted = 0  # how many of them trio has put in the metric (only trio)
         self.stopping = False
-        # recvmmsg/sendmmsg where libc has them (Linux); `batch=False` keeps the loop of one
+        # recvmmsg/sendmmsg where libc has them (Linux); `loop="packet"` keeps the loop of one
         # recvfrom per packet (the fallback, and the benchmarks' comparison).
-        self.batch = batch and mmsg.available()
+        self.loop = loop if mmsg.available() else "packet"  # "auto", "batch" or "packet"
+        self.batch_spells = 0  # how often it went over to batches (this thread writes it)
         self._woken = False  # a wake is pending: trio has not taken the misses yet
         # SO_RCVTIMEO, not settimeout: a Python timeout polls before every receive (one more
         # syscall per packet); the kernel's timeout costs nothing until it fires.
@@ -150,10 +160,20 @@ class UdpReceiver:
 
     def run(self) -> None:
         """The thread's body: serve until `stop()`."""
-        if self.batch:
-            self._run_batch()
-        else:
-            self._run_packets()
+        if self.loop == "packet":
+            self._run_packets(watch_gil=False)
+            return
+        batch = mmsg.Batch(BATCH_SLOTS)
+        if self.loop == "batch":
+            self._run_batch(batch, calm_reads=None)
+            return
+        while not self.stopping:
+            # Uncontended, one recvfrom and one sendto per packet cost the least; once a send
+            # shows that another thread holds the GIL for long, batches until the queue is short.
+            self._run_packets(watch_gil=True)
+            if not self.stopping:
+                self.batch_spells += 1
+                self._run_batch(batch, CALM_READS)
 
     def _answer(self, data: bytes, serving: Serving) -> tuple[bytes, int] | None:
         """The answer the thread gives itself (a hit or a certain NXDOMAIN), else None."""
@@ -198,10 +218,12 @@ class UdpReceiver:
         if err not in (errno.EAGAIN, errno.ECONNREFUSED, errno.EHOSTUNREACH):
             log.debug("UDP send error to %s: %s", addr, os.strerror(err))
 
-    def _run_batch(self) -> None:
-        """Wait with the GIL released, then read and answer what is queued holding it."""
-        batch = mmsg.Batch(BATCH_SLOTS)
+    def _run_batch(self, batch: mmsg.Batch, calm_reads: int | None) -> None:
+        """Read and answer what is queued a batch at a time, without giving the GIL away per
+        packet; return once `calm_reads` reads in a row found at most one datagram (None:
+        only at `stop()`)."""
         fd = self.sock.fileno()
+        calm = 0
         serving_now, clock, answer, count = (
             self.serving,
             time.perf_counter,
@@ -209,12 +231,15 @@ class UdpReceiver:
             self._count,
         )
         family, dual_stack = self.family, self.dual_stack
+        slots = batch.slots
         wait = True
         while not self.stopping:
-            # Idle (the last read found nothing), or misses wait for trio: this read may give
-            # the GIL away (and waits if nothing is queued). Otherwise the queue is read without
-            # letting go of it, so a long Python burst in another thread costs this thread one
-            # switch interval per batch, not per packet.
+            # A read that releases the GIL takes everything queued when it runs (MSG_WAITFORONE:
+            # it waits only if nothing is), so while another thread holds the GIL for long,
+            # whatever queued meanwhile is answered in one batch once the GIL is back. Only
+            # after a full batch may more be queued than was read: that read keeps the GIL
+            # (unless misses wait for trio, which must get to run). A read holding the GIL
+            # after every batch would cost an idle server one more syscall per packet.
             try:
                 received = batch.receive(fd, wait or self._woken)
             except OSError as e:
@@ -223,7 +248,10 @@ class UdpReceiver:
                     log.debug("UDP receive error: %s", e)
                 wait = True
                 continue
-            wait = received == 0  # nothing queued (or SO_RCVTIMEO): wait, GIL released
+            wait = received < slots
+            calm = calm + 1 if received <= 1 else 0
+            if calm_reads is not None and calm >= calm_reads:
+                return  # the queue stays short: per packet is cheaper again
             for i in range(received):
                 data = batch.datagram(i)
                 if not data and self.stopping:
@@ -246,9 +274,11 @@ class UdpReceiver:
             for err in batch.send(fd):
                 self._send_failed(err, "a client")
 
-    def _run_packets(self) -> None:
-        """One `recvfrom` and one `sendto` per packet (each gives the GIL away): where
-        recvmmsg is not there, and for comparison (KDNS_BENCH_UDP_RECEIVE=packet)."""
+    def _run_packets(self, watch_gil: bool) -> None:
+        """One `recvfrom` and one `sendto` per packet, each giving the GIL away. With
+        `watch_gil`, return once a send took GIL_WAITED or longer: a send to a UDP socket
+        takes microseconds, so the thread waited for the GIL that long, and the queue grows
+        meanwhile. Without it (`loop="packet"`), until `stop()`."""
         recvfrom, sendto = self.sock.recvfrom, self.sock.sendto
         serving_now, clock, answer, count = (
             self.serving,
@@ -279,13 +309,17 @@ class UdpReceiver:
             if dual_stack:
                 family = "1" if addr[0].startswith("::ffff:") else "2"
             count(family, label, len(data), len(response), elapsed)
+            sending = clock()
             try:
                 sendto(response, addr)
             except OSError as e:
                 self._send_failed(e.errno or 0, addr)
+            contended = clock() - sending >= GIL_WAITED
             query_log = serving.query_log
             if query_log is not None:
                 query_log(addr, "udp", data, response, label, elapsed)
+            if contended and watch_gil:
+                return
 
     def _hand_over_full(self) -> None:
         # Many distinct keys since the last scrape: ask trio to fold them now (through the same

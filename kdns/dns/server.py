@@ -277,10 +277,17 @@ class DnsServer:
             with contextlib.suppress(trio.RunFinishedError):  # the run is over: nobody answers
                 token.run_sync_soon(lambda: ready[0].set())
 
-        # The benchmarks compare the receive loops in one sitting (tests/bench/relist_flood.py);
-        # `packet` selects the loop of one recvfrom per packet. Not a setting: batch is better.
-        batch = os.environ.get("KDNS_BENCH_UDP_RECEIVE", "batch") != "packet"
-        receiver = UdpReceiver(sock, self.serving, wake, self.family, self.dual_stack, batch=batch)
+        # The benchmarks compare the receive loops in one sitting (tests/bench/relist_flood.py):
+        # `packet` or `batch` only instead of `auto`. Not a setting: `auto` is the better one.
+        loop = os.environ.get("KDNS_BENCH_UDP_RECEIVE", "auto")
+        receiver = UdpReceiver(
+            sock,
+            self.serving,
+            wake,
+            self.family,
+            self.dual_stack,
+            loop=loop if loop in ("auto", "batch", "packet") else "auto",
+        )
         self._receiver = receiver
         self.stats.threads.append(receiver.counts)
         with self._receiving():

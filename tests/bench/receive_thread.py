@@ -14,9 +14,10 @@ rate in each scenario:
   the CPU burst of a relist; the burst's length is reported;
 - `misses`: `--miss-pct` % of the queries are never-asked names (NXDOMAIN), each handed to trio
   and answered by the slow path (the same hand-over a forwarded question takes);
-- each with each of the receive thread's loops (`--loops`, default both, interleaved:
+- each with each of the receive thread's loops (`--loops`, default all three, interleaved:
   `packet`, one recvfrom per packet, each giving the GIL away; `batch`, recvmmsg holding the
-  GIL while a queue is read and answered), with CPython's default GIL switch interval (5 ms:
+  GIL while a queue is read and answered; `auto`, kdns's default, per packet until a send
+  waited for the GIL, then batches), with CPython's default GIL switch interval (5 ms:
   how long a thread waiting for the GIL waits before the holder is made to let go) and, if
   `--switch` is given, with that one too.
 
@@ -184,7 +185,7 @@ if __name__ == "__main__":
     parser.add_argument("--period", type=float, default=0.5, help="seconds between relists")
     parser.add_argument("--miss-pct", type=float, default=10.0)
     parser.add_argument("--switch", type=float, default=0.0, help="another switch interval (s)")
-    parser.add_argument("--loops", default="packet,batch", help="receive loops: packet,batch")
+    parser.add_argument("--loops", default="packet,auto,batch", help="receive loops to compare")
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--server-cpu", default="0")
     parser.add_argument("--client-cpu", default="1")

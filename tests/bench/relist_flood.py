@@ -30,12 +30,13 @@ How to run (only 127.0.0.1; not collected by pytest):
     .venv/bin/python tests/bench/relist_flood.py
     .venv/bin/python tests/bench/relist_flood.py --no-relist        # the same flood, no relist
     .venv/bin/python tests/bench/relist_flood.py --services 2000 --duration 8   # smoke run
-    .venv/bin/python tests/bench/relist_flood.py --loops packet,batch --rounds 2  # the loops
+    .venv/bin/python tests/bench/relist_flood.py --loops packet,auto,batch --rounds 2  # the loops
 
-``--loops`` runs kdns with each of the receive thread's loops in turn (kdns/dns/receiver.py:
-``batch``, recvmmsg without giving the GIL away per packet, the default; ``packet``, one
-recvfrom per packet, selected with ``KDNS_BENCH_UDP_RECEIVE=packet``), ``--rounds`` times,
-interleaved, so they are compared in one sitting.
+``--loops`` runs kdns with each of the receive thread's loops in turn (kdns/dns/receiver.py,
+selected with ``KDNS_BENCH_UDP_RECEIVE``: ``auto``, kdns's own, per packet until the GIL is
+contended, then batches; ``batch``, recvmmsg without giving the GIL away per packet, always;
+``packet``, one recvfrom per packet, always), ``--rounds`` times, interleaved, so they are
+compared in one sitting.
 
 ``--no-relist`` is the control: what the flood alone costs in memory and in lost queries, so
 what the relist adds can be told apart.
@@ -301,14 +302,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--ready-timeout", type=float, default=120.0)
     parser.add_argument(
         "--loops",
-        default="batch",
-        help="the receive thread's loops to run, in turn: batch, packet or packet,batch",
+        default="auto",
+        help="the receive thread's loops to run, in turn: auto, batch, packet (comma-separated)",
     )
     parser.add_argument("--rounds", type=int, default=1, help="times each loop runs")
     args = parser.parse_args(argv)
     args.loops = args.loops.split(",")
-    if not set(args.loops) <= {"batch", "packet"} or not 1 <= args.rounds <= 10:
-        parser.error("--loops: batch and/or packet; --rounds: 1 to 10")
+    if not set(args.loops) <= {"auto", "batch", "packet"} or not 1 <= args.rounds <= 10:
+        parser.error("--loops: auto, batch and/or packet; --rounds: 1 to 10")
     if not 100 <= args.services <= 100_000:
         parser.error("--services: 100 to 100,000")
     if not (0 < args.qps <= 200_000 and 1 <= args.duration <= 300):

@@ -27,14 +27,14 @@ def missing_everything() -> SimpleNamespace:
     return SimpleNamespace(handler=handler, query_log=None)
 
 
-@pytest.mark.parametrize("batch", [True, False], ids=["batch", "packet"])
-def test_misses_beyond_the_backlog_are_dropped_and_counted(batch: bool) -> None:
+@pytest.mark.parametrize("loop", ["auto", "batch", "packet"])
+def test_misses_beyond_the_backlog_are_dropped_and_counted(loop: str) -> None:
     serving = missing_everything()
     wakes: list[int] = []
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.bind((HOST, 0))
         receiver = UdpReceiver(
-            sock, lambda: serving, lambda: wakes.append(1), "1", False, max_backlog=10, batch=batch
+            sock, lambda: serving, lambda: wakes.append(1), "1", False, max_backlog=10, loop=loop
         )  # type: ignore[arg-type]
         thread = threading.Thread(target=receiver.run)
         thread.start()

@@ -145,9 +145,13 @@ def test_a_queued_burst_is_read_at_once_and_answered_to_each_client(
             for n, client in enumerate(askers):
                 client.sendto(query(n, seq, True), (host, port))
         with receiving(
-            sock, echo_serving(), family="1" if family == socket.AF_INET else "2", dual_stack=dual
+            sock,
+            echo_serving(),
+            family="1" if family == socket.AF_INET else "2",
+            dual_stack=dual,
+            loop="batch",
         ) as (receiver, thread):
-            assert receiver.batch
+            assert receiver.loop == "batch"
             thread.start()
             for n, client in enumerate(askers):
                 got = [client.recv(100) for _ in range(10)]
@@ -160,9 +164,11 @@ def test_a_queued_burst_is_read_at_once_and_answered_to_each_client(
             client.close()
 
 
-def test_a_queued_burst_is_answered_without_giving_the_gil_away() -> None:
+@pytest.mark.parametrize("loop", ["batch", "auto"])
+def test_a_queued_burst_is_answered_without_giving_the_gil_away(loop: str) -> None:
     """Another thread runs Python all along (a relist, say); with a long switch interval, a
-    thread that let go of the GIL per packet would see it run between its packets."""
+    thread that let go of the GIL per packet would see it run between its packets. `auto`
+    answers the first packet alone: its send waits for the GIL, which sends it to batches."""
     need(mmsg.available(), "recvmmsg/sendmmsg in libc (Linux)")
     seen: list[int] = []
     stop = threading.Event()
@@ -178,7 +184,7 @@ def test_a_queued_burst_is_answered_without_giving_the_gil_away() -> None:
             client.sendto(query(0, seq, True), sock.getsockname())
         spinner = threading.Thread(target=spin)
         interval = sys.getswitchinterval()
-        with receiving(sock, echo_serving(seen)) as (_, thread):
+        with receiving(sock, echo_serving(seen), loop=loop) as (receiver, thread):
             sys.setswitchinterval(0.2)
             try:
                 spinner.start()
@@ -190,13 +196,15 @@ def test_a_queued_burst_is_answered_without_giving_the_gil_away() -> None:
                 spinner.join(timeout=WAIT)
         client.close()
     assert got == [answer_of(query(0, s, True)) for s in range(40)]
-    assert len(seen) == 40 and len(set(seen)) == 1, "the spinner ran between two packets"
+    batched = seen if loop == "batch" else seen[1:]
+    assert len(seen) == 40 and len(set(batched)) == 1, "the spinner ran between two packets"
+    assert receiver.batch_spells == (1 if loop == "auto" else 0)
 
 
-@pytest.mark.parametrize("batch", [True, False], ids=["batch", "packet"])
+@pytest.mark.parametrize("loop", ["auto", "batch", "packet"])
 @pytest.mark.parametrize(("family", "bind", "client_family", "host", "dual", "label"), CASES)
 def test_misses_and_the_query_log_get_the_address_in_tuple_form(
-    batch: bool,
+    loop: str,
     family: socket.AddressFamily,
     bind: str,
     client_family: socket.AddressFamily,
@@ -216,7 +224,7 @@ def test_misses_and_the_query_log_get_the_address_in_tuple_form(
         # What Python's own recvfrom says of this client: the form trio answers misses with.
         client.sendto(b"probe", (host, port))
         expected = sock.recvfrom(100)[1]
-        with receiving(sock, echo_serving(logged=logged), batch=batch) as (receiver, thread):
+        with receiving(sock, echo_serving(logged=logged), loop=loop) as (receiver, thread):
             thread.start()
             client.sendto(query(0, 0, False), (host, port))  # a miss
             client.sendto(query(0, 1, True), (host, port))  # a hit, logged
@@ -230,12 +238,12 @@ def test_misses_and_the_query_log_get_the_address_in_tuple_form(
         assert expected[0] == "::ffff:127.0.0.1"
 
 
-@pytest.mark.parametrize("batch", [True, False], ids=["batch", "packet"])
-def test_stop_wakes_the_waiting_thread(batch: bool) -> None:
+@pytest.mark.parametrize("loop", ["auto", "batch", "packet"])
+def test_stop_wakes_the_waiting_thread(loop: str) -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.bind(("127.0.0.1", 0))
         (client,) = clients(socket.AF_INET, "127.0.0.1", 1)
-        with receiving(sock, echo_serving(), batch=batch) as (receiver, thread):
+        with receiving(sock, echo_serving(), loop=loop) as (receiver, thread):
             thread.start()
             # Once it has answered, the thread goes back to waiting for the next datagram.
             client.sendto(query(0, 0, True), sock.getsockname())
