@@ -17,8 +17,8 @@ Contract:
   full batch the rest of the queue is read holding it (MSG_DONTWAIT), unless misses wait for
   trio, which must get to run. `loop="batch"` uses batches only. With `loop="auto"` (the
   default) the thread answers per packet
-  until a send took GIL_WAITED (it waited for the GIL behind another thread), then in batches
-  until CALM_READS reads in a row found at most one datagram (`batch_spells` counts the
+  until a packet took GIL_WAITED from read to send (it waited for the GIL), then in batches
+  until CALM_READS reads in a row found under CALM_AVERAGE each (`batch_spells` counts the
   switches): a foreign call costs more than a socket method, about 3 µs a packet when
   packets come one at a time (docs/benchmarks.md).
   `stop()` shuts the socket's receive side down, which wakes a blocked receive at once; a
@@ -83,9 +83,14 @@ WAKE_EVERY = 0.5  # seconds: the receive timeout that lets `run` see `stop()` if
 MAX_DATAGRAM = 65535
 BATCH_SLOTS = 128  # datagrams per recvmmsg/sendmmsg: over 6 ms of a 20k qps flood
 FIRST_BUCKET = metrics.DURATION_BUCKETS[0]
-# A send that took this long waited for the GIL (CPython's switch interval is 5 ms): batches.
+# A packet that took this long from its read to its answer sent waited for the GIL (CPython's
+# switch interval is 5 ms; the work itself takes microseconds): batches.
 GIL_WAITED = 0.001
-CALM_READS = 64  # reads in a row of at most one datagram: back to one packet per call
+# Back to one packet per call after CALM_READS reads that found under CALM_AVERAGE datagrams
+# each on average: at a paced 20k qps a read finds one or two (clients send in bursts); behind
+# a relist it finds tens.
+CALM_READS = 64
+CALM_AVERAGE = 4
 
 # (query bytes, client address as recvfrom gives it (IPv6: a 4-tuple), when it was read
 # (perf_counter), the serving that read it)
@@ -220,10 +225,10 @@ class UdpReceiver:
 
     def _run_batch(self, batch: mmsg.Batch, calm_reads: int | None) -> None:
         """Read and answer what is queued a batch at a time, without giving the GIL away per
-        packet; return once `calm_reads` reads in a row found at most one datagram (None:
-        only at `stop()`)."""
+        packet; return once `calm_reads` reads in a row found fewer than CALM_AVERAGE
+        datagrams each on average (None: only at `stop()`)."""
         fd = self.sock.fileno()
-        calm = 0
+        reads = datagrams = 0
         serving_now, clock, answer, count = (
             self.serving,
             time.perf_counter,
@@ -249,9 +254,12 @@ class UdpReceiver:
                 wait = True
                 continue
             wait = received < slots
-            calm = calm + 1 if received <= 1 else 0
-            if calm_reads is not None and calm >= calm_reads:
-                return  # the queue stays short: per packet is cheaper again
+            reads += 1
+            datagrams += received
+            if reads == calm_reads:
+                if datagrams < CALM_AVERAGE * reads:
+                    return  # the queue stays short: per packet is cheaper again
+                reads = datagrams = 0
             for i in range(received):
                 data = batch.datagram(i)
                 if not data and self.stopping:
@@ -276,9 +284,10 @@ class UdpReceiver:
 
     def _run_packets(self, watch_gil: bool) -> None:
         """One `recvfrom` and one `sendto` per packet, each giving the GIL away. With
-        `watch_gil`, return once a send took GIL_WAITED or longer: a send to a UDP socket
-        takes microseconds, so the thread waited for the GIL that long, and the queue grows
-        meanwhile. Without it (`loop="packet"`), until `stop()`."""
+        `watch_gil`, return once a packet took GIL_WAITED or longer from its read to its
+        answer sent: that takes microseconds, so the thread waited for the GIL (at the send's
+        syscall, or made to let go by another thread), and the queue grew meanwhile. Without
+        it (`loop="packet"`), until `stop()`."""
         recvfrom, sendto = self.sock.recvfrom, self.sock.sendto
         serving_now, clock, answer, count = (
             self.serving,
@@ -309,12 +318,11 @@ class UdpReceiver:
             if dual_stack:
                 family = "1" if addr[0].startswith("::ffff:") else "2"
             count(family, label, len(data), len(response), elapsed)
-            sending = clock()
             try:
                 sendto(response, addr)
             except OSError as e:
                 self._send_failed(e.errno or 0, addr)
-            contended = clock() - sending >= GIL_WAITED
+            contended = clock() - start >= GIL_WAITED
             query_log = serving.query_log
             if query_log is not None:
                 query_log(addr, "udp", data, response, label, elapsed)
