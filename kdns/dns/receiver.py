@@ -254,12 +254,6 @@ class UdpReceiver:
                 wait = True
                 continue
             wait = received < slots
-            reads += 1
-            datagrams += received
-            if reads == calm_reads:
-                if datagrams < CALM_AVERAGE * reads:
-                    return  # the queue stays short: per packet is cheaper again
-                reads = datagrams = 0
             for i in range(received):
                 data = batch.datagram(i)
                 if not data and self.stopping:
@@ -281,6 +275,12 @@ class UdpReceiver:
                     query_log(batch.address(i), "udp", data, response, label, elapsed)
             for err in batch.send(fd):
                 self._send_failed(err, "a client")
+            reads += 1
+            datagrams += received
+            if reads == calm_reads:  # after the batch is answered: leave nothing unanswered
+                if datagrams < CALM_AVERAGE * reads:
+                    return  # the queue stays short: per packet is cheaper again
+                reads = datagrams = 0
 
     def _run_packets(self, watch_gil: bool) -> None:
         """One `recvfrom` and one `sendto` per packet, each giving the GIL away. With
