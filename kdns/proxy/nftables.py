@@ -285,19 +285,23 @@ class TableObjects:
     flushed_chains: frozenset[str] = frozenset()
 
 
-def table_objects(listing: str) -> TableObjects:
-    """The per-service chains and affinity sets in `nft -j -t list table ip kdns` output.
+def table_objects(*listings: str) -> TableObjects:
+    """The per-service chains and affinity sets of `table … kdns` in `nft -j` listings: of the
+    table (`-t list table ip kdns`), or of the family's chains and sets (`list chains ip`,
+    `-t list sets ip`), whose objects of other tables are left out.
 
     For the first full render after a restart. Chains found here are not known to have been
     flushed long enough ago, so a deferring render flushes them first.
     """
     chains: set[str] = set()
     sets: dict[str, int] = {}
-    for item in json.loads(listing).get("nftables", ()):
-        if "chain" in item and is_service_chain(item["chain"]["name"]):
-            chains.add(item["chain"]["name"])
-        elif "set" in item and is_affinity_set(item["set"]["name"]):
-            sets[item["set"]["name"]] = int(item["set"].get("timeout", 0))
+    for listing in listings:
+        for item in json.loads(listing).get("nftables", ()):
+            chain, set_ = item.get("chain", {}), item.get("set", {})
+            if chain.get("table", TABLE) == TABLE and is_service_chain(chain.get("name", "")):
+                chains.add(chain["name"])
+            elif set_.get("table", TABLE) == TABLE and is_affinity_set(set_.get("name", "")):
+                sets[set_["name"]] = int(set_.get("timeout", 0))
     return TableObjects(frozenset(chains), sets)
 
 
