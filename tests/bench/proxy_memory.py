@@ -9,8 +9,13 @@ network namespace (proxy_sync.py's `Lab`; nothing touches the host's tables), pe
 1. After the first full sync (the `kdns_proxy_syncs_total` metric): VmRSS, the median of 5
    samples 0.5 s apart taken 2 s after the sync, and VmHWM, the peak RSS so far — the peak is
    what a cgroup memory limit has to hold, the settled RSS what the node keeps paying.
+   "With its commands": the highest sum of the RSS of the proxy and of the commands it runs
+   (`nft`, `iptables-restore`, `iptables-save` …), sampled every 20 ms from its start: what a
+   container's memory limit sees.
 2. After each of ``--partials`` one-endpoint changes written through the API server (each waited
    for in the proxy's log, "partial sync of …"): VmRSS settled the same way, and VmHWM.
+3. A restart over the table the proxy left (stopped without clean-up, as a DaemonSet rollout
+   does): the same three figures for the new process's first full sync.
 
 With ``--reference DIR`` (a checkout of another revision, e.g. `git worktree add /tmp/main
 main`) each start of this tree's proxy is paired with a start of DIR's, alternating, so both
@@ -39,6 +44,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -59,6 +65,7 @@ RSS_SAMPLES, RSS_GAP, RSS_SETTLE = 5, 0.5, 2.0
 START_TIMEOUT = 900.0  # a full iptables-nft restore at 10k takes minutes (README)
 PARTIAL_TIMEOUT = 60.0
 CHANGE_GAP = 1.2  # > --min-sync-period: every change gets a sync of its own
+TREE_GAP = 0.02
 
 
 def status_mib(pid: int, field: str) -> float:
@@ -76,6 +83,42 @@ def settled(pid: int) -> tuple[float, float]:
         samples.append(status_mib(pid, "VmRSS"))
         time.sleep(RSS_GAP)
     return statistics.median(samples), status_mib(pid, "VmHWM")
+
+
+def descendants(pid: int) -> list[int]:
+    """`pid` and every process below it (the nft, iptables-restore … it runs)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        with contextlib.suppress(OSError):
+            for task in Path(f"/proc/{p}/task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split()]
+    return out
+
+
+class TreePeak:
+    """The highest sum of VmRSS over a process and its children, sampled every TREE_GAP s in a
+    thread: what a cgroup limit on the container sees, short-lived commands included (a
+    command that lives less than TREE_GAP may be missed)."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid, self.peak, self._stop = pid, 0.0, threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(TREE_GAP):
+            total = 0.0
+            for p in descendants(self.pid):
+                with contextlib.suppress(OSError, RuntimeError):
+                    total += status_mib(p, "VmRSS")
+            self.peak = max(self.peak, total)
+
+    def stop(self) -> float:
+        self._stop.set()
+        self._thread.join()
+        return self.peak
 
 
 def load() -> str:
@@ -111,35 +154,55 @@ def measure(
     partials: int,
     stack: contextlib.ExitStack,
 ) -> Json:
-    proxy = TreeProxy(mode, kubeconfig, workdir, tree)
-    proxy.start(stack)
+    """One start in an empty table, its partial syncs, and a restart over the table it left."""
+    out: Json = {"load": load()}
     try:
-        if proxy.wait_first_sync(START_TIMEOUT) is None:
-            raise RuntimeError(f"{mode} proxy from {tree} did not sync:\n{proxy.log_tail()}")
-        assert proxy.proc is not None
-        pid = proxy.proc.pid
-        out: Json = {"load": load()}
-        out["full_rss"], out["full_hwm"] = settled(pid)
-        out["partial_rss"], out["partial_hwm"], out["partial_ms"] = [], [], []
-        for k in range(partials):
-            i = (k + 1) * max(1, cluster.n // (partials + 2))
-            seen = len(proxy.syncs())
-            cluster.replace_endpoint(i)
-            server.update("endpointslices", cluster.endpointslice(i))
-            deadline = time.monotonic() + PARTIAL_TIMEOUT
-            while not any(s[0] == "partial" for s in proxy.syncs()[seen:]):
-                if time.monotonic() > deadline or not proxy.alive():
-                    raise RuntimeError(f"no partial sync in {mode}:\n{proxy.log_tail()}")
-                time.sleep(0.05)
-            out["partial_ms"] += [s[4] for s in proxy.syncs()[seen:] if s[0] == "partial"]
-            rss, hwm = settled(pid)
-            out["partial_rss"].append(rss)
-            out["partial_hwm"].append(hwm)
-            time.sleep(CHANGE_GAP)
-        return out
+        for restart in (False, True):
+            proxy = TreeProxy(mode, kubeconfig, workdir, tree)
+            proxy.start(stack)
+            try:
+                assert proxy.proc is not None
+                tree_peak = TreePeak(proxy.proc.pid)
+                if proxy.wait_first_sync(START_TIMEOUT) is None:
+                    raise RuntimeError(
+                        f"{mode} proxy from {tree} did not sync:\n{proxy.log_tail()}"
+                    )
+                rss, hwm = settled(proxy.proc.pid)
+                if restart:
+                    out["restart_rss"], out["restart_hwm"] = rss, hwm
+                    out["restart_tree"] = tree_peak.stop()
+                    break
+                out["full_rss"], out["full_hwm"] = rss, hwm
+                out["full_tree"] = tree_peak.stop()
+                partial_syncs(proxy, cluster, server, partials, out)
+            finally:
+                proxy.stop()  # leaves its rules, as kube-proxy does: the restart finds them
     finally:
-        proxy.stop()
-        proxy_sync._cleanup()  # the proxy leaves its rules on exit, as kube-proxy does
+        proxy_sync._cleanup()
+    return out
+
+
+def partial_syncs(
+    proxy: TreeProxy, cluster: proxy_sync.Cluster, server: Any, partials: int, out: Json
+) -> None:
+    assert proxy.proc is not None
+    pid, mode = proxy.proc.pid, proxy.mode
+    out["partial_rss"], out["partial_hwm"], out["partial_ms"] = [], [], []
+    for k in range(partials):
+        i = (k + 1) * max(1, cluster.n // (partials + 2))
+        seen = len(proxy.syncs())
+        cluster.replace_endpoint(i)
+        server.update("endpointslices", cluster.endpointslice(i))
+        deadline = time.monotonic() + PARTIAL_TIMEOUT
+        while not any(s[0] == "partial" for s in proxy.syncs()[seen:]):
+            if time.monotonic() > deadline or not proxy.alive():
+                raise RuntimeError(f"no partial sync in {mode}:\n{proxy.log_tail()}")
+            time.sleep(0.05)
+        out["partial_ms"] += [s[4] for s in proxy.syncs()[seen:] if s[0] == "partial"]
+        rss, hwm = settled(pid)
+        out["partial_rss"].append(rss)
+        out["partial_hwm"].append(hwm)
+        time.sleep(CHANGE_GAP)
 
 
 def run(args: argparse.Namespace, say: Say) -> Json:
@@ -179,9 +242,11 @@ def line(got: Json) -> str:
     partial = ", ".join(f"{x:.1f}" for x in got["partial_rss"])
     return (
         f"{got['mode']:<15} {got['tree']}: after the full sync RSS {got['full_rss']:.1f} MiB "
-        f"(peak {got['full_hwm']:.1f}); after partials {partial} MiB "
-        f"(peak {max(got['partial_hwm'], default=0):.1f}; partial syncs "
-        f"{', '.join(str(ms) for ms in got['partial_ms'])} ms); load {got['load']}"
+        f"(peak {got['full_hwm']:.1f}, with its commands {got['full_tree']:.1f}); after "
+        f"partials {partial} MiB (peak {max(got['partial_hwm'], default=0):.1f}; partial syncs "
+        f"{', '.join(str(ms) for ms in got['partial_ms'])} ms); restarted over its table: RSS "
+        f"{got['restart_rss']:.1f} MiB (peak {got['restart_hwm']:.1f}, with its commands "
+        f"{got['restart_tree']:.1f}); load {got['load']}"
     )
 
 
