@@ -226,8 +226,7 @@ add rule ip kdns service-ULMVA6XW-ns1/svc1/tcp/p80 numgen random mod 2 == 0 meta
 add rule ip kdns service-ULMVA6XW-ns1/svc1/tcp/p80 meta l4proto tcp dnat to 10.244.2.3:8080
 add element ip kdns cluster-ips { 172.30.0.41 }
 add element ip kdns service-ips { 172.30.0.41 . tcp . 80 : goto service-ULMVA6XW-ns1/svc1/tcp/p80 }
-add element ip kdns hairpin-endpoints { 10.244.1.2 . 10.244.1.2 . tcp . 8080 }
-add element ip kdns hairpin-endpoints { 10.244.2.3 . 10.244.2.3 . tcp . 8080 }
+add element ip kdns hairpin-endpoints { 10.244.1.2 . 10.244.1.2 . tcp . 8080, 10.244.2.3 . 10.244.2.3 . tcp . 8080 }
 """,
         id="clusterip-two-endpoints",
     ),
@@ -253,8 +252,7 @@ add element ip kdns hairpin-endpoints { 10.244.2.3 . 10.244.2.3 . tcp . 8080 }
             add rule ip kdns {SVC1} update @{AFF_B} {{ ip saddr }} meta l4proto tcp dnat to 10.244.2.3:8080
             add element ip kdns cluster-ips {{ 172.30.0.41 }}
             add element ip kdns service-ips {{ 172.30.0.41 . tcp . 80 : goto {SVC1} }}
-            add element ip kdns hairpin-endpoints {{ 10.244.1.2 . 10.244.1.2 . tcp . 8080 }}
-            add element ip kdns hairpin-endpoints {{ 10.244.2.3 . 10.244.2.3 . tcp . 8080 }}
+            add element ip kdns hairpin-endpoints {{ 10.244.1.2 . 10.244.1.2 . tcp . 8080, 10.244.2.3 . 10.244.2.3 . tcp . 8080 }}
             """),
         id="session-affinity",
     ),
@@ -279,8 +277,7 @@ add element ip kdns hairpin-endpoints { 10.244.2.3 . 10.244.2.3 . tcp . 8080 }
             add rule ip kdns {SVC1} ip daddr 172.30.0.41 tcp dport 80 ip saddr != 10.244.0.0/16 jump mark-for-masquerade
             add rule ip kdns {SVC1} meta l4proto tcp dnat to 10.244.1.2:8080
             add element ip kdns cluster-ips {{ 172.30.0.41 }}
-            add element ip kdns service-ips {{ 172.30.0.41 . tcp . 80 : goto {SVC1} }}
-            add element ip kdns service-ips {{ 192.0.2.10 . tcp . 80 : goto {EXT1} }}
+            add element ip kdns service-ips {{ 172.30.0.41 . tcp . 80 : goto {SVC1}, 192.0.2.10 . tcp . 80 : goto {EXT1} }}
             add element ip kdns service-nodeports {{ tcp . 30080 : goto {EXT1} }}
             add element ip kdns hairpin-endpoints {{ 10.244.1.2 . 10.244.1.2 . tcp . 8080 }}
             """),
@@ -305,11 +302,8 @@ add element ip kdns hairpin-endpoints { 10.244.2.3 . 10.244.2.3 . tcp . 8080 }
         # ClusterIP, the externalIP and the NodePort to reject-chain (connection refused at
         # once, #17359); the ClusterIPs stay in cluster-ips.
         script("""
-            add element ip kdns cluster-ips { 172.30.0.42 }
-            add element ip kdns no-endpoint-services { 172.30.0.42 . udp . 53 comment "ns2/dns" : goto reject-chain }
-            add element ip kdns cluster-ips { 172.30.0.43 }
-            add element ip kdns no-endpoint-services { 172.30.0.43 . tcp . 80 comment "ns3/np:p80" : goto reject-chain }
-            add element ip kdns no-endpoint-services { 192.0.2.10 . tcp . 80 comment "ns3/np:p80" : goto reject-chain }
+            add element ip kdns cluster-ips { 172.30.0.42, 172.30.0.43 }
+            add element ip kdns no-endpoint-services { 172.30.0.42 . udp . 53 comment "ns2/dns" : goto reject-chain, 172.30.0.43 . tcp . 80 comment "ns3/np:p80" : goto reject-chain, 192.0.2.10 . tcp . 80 comment "ns3/np:p80" : goto reject-chain }
             add element ip kdns no-endpoint-nodeports { tcp . 30080 comment "ns3/np:p80" : goto reject-chain }
             """),
         id="no-endpoints-reject",
@@ -342,8 +336,7 @@ add element ip kdns hairpin-endpoints { 10.244.2.3 . 10.244.2.3 . tcp . 8080 }
             add rule ip kdns {SVC1} ip daddr 172.30.0.41 tcp dport 80 ip saddr != 10.244.0.0/16 jump mark-for-masquerade
             add rule ip kdns {SVC1} meta l4proto tcp dnat to 10.244.1.2:8080
             add element ip kdns cluster-ips {{ 172.30.0.41 }}
-            add element ip kdns service-ips {{ 172.30.0.41 . tcp . 80 : goto {SVC1} }}
-            add element ip kdns service-ips {{ 198.51.100.7 . tcp . 80 : goto {EXT1} }}
+            add element ip kdns service-ips {{ 172.30.0.41 . tcp . 80 : goto {SVC1}, 198.51.100.7 . tcp . 80 : goto {EXT1} }}
             add element ip kdns firewall-ips {{ 198.51.100.7 . tcp . 80 : goto {FW1} }}
             add element ip kdns service-nodeports {{ tcp . 30080 : goto {EXT1} }}
             add element ip kdns hairpin-endpoints {{ 10.244.1.2 . 10.244.1.2 . tcp . 8080 }}
@@ -381,11 +374,9 @@ add element ip kdns hairpin-endpoints { 10.244.2.3 . 10.244.2.3 . tcp . 8080 }
             add rule ip kdns {SVC1} meta l4proto tcp dnat to 10.244.2.3:8080
             add rule ip kdns {LOCAL1} meta l4proto tcp dnat to 10.244.1.2:8080
             add element ip kdns cluster-ips {{ 172.30.0.41 }}
-            add element ip kdns service-ips {{ 172.30.0.41 . tcp . 80 : goto {SVC1} }}
-            add element ip kdns service-ips {{ 198.51.100.7 . tcp . 80 : goto {EXT1} }}
+            add element ip kdns service-ips {{ 172.30.0.41 . tcp . 80 : goto {SVC1}, 198.51.100.7 . tcp . 80 : goto {EXT1} }}
             add element ip kdns service-nodeports {{ tcp . 30080 : goto {EXT1} }}
-            add element ip kdns hairpin-endpoints {{ 10.244.1.2 . 10.244.1.2 . tcp . 8080 }}
-            add element ip kdns hairpin-endpoints {{ 10.244.2.3 . 10.244.2.3 . tcp . 8080 }}
+            add element ip kdns hairpin-endpoints {{ 10.244.1.2 . 10.244.1.2 . tcp . 8080, 10.244.2.3 . 10.244.2.3 . tcp . 8080 }}
             """),
         id="external-policy-local",
     ),
@@ -437,10 +428,9 @@ add element ip kdns hairpin-endpoints { 10.244.2.3 . 10.244.2.3 . tcp . 8080 }
             add chain ip kdns {LOCAL1}
             add rule ip kdns {LOCAL1} ip daddr 172.30.0.41 tcp dport 80 ip saddr != 10.244.0.0/16 jump mark-for-masquerade
             add rule ip kdns {LOCAL1} meta l4proto tcp dnat to 10.244.1.2:8080
-            add element ip kdns cluster-ips {{ 172.30.0.41 }}
+            add element ip kdns cluster-ips {{ 172.30.0.41, 172.30.0.42 }}
             add element ip kdns service-ips {{ 172.30.0.41 . tcp . 80 : goto {LOCAL1} }}
             add element ip kdns hairpin-endpoints {{ 10.244.1.2 . 10.244.1.2 . tcp . 8080 }}
-            add element ip kdns cluster-ips {{ 172.30.0.42 }}
             add element ip kdns no-endpoint-services {{ 172.30.0.42 . tcp . 80 comment "ns1/svc2:p80" : drop }}
             """),
         id="internal-policy-local",
@@ -815,7 +805,7 @@ def test_partial_shared_external_ip() -> None:
     before = render_full(routes(*pairs), CONFIG)
     ext_a, ext_b = "external-VZNH3DV3-ns1/a/tcp/p80", "external-C5H7KDIK-ns1/b/tcp/p80"
     assert before.elements()["service-ips"]["192.0.2.10 . tcp . 80"] == f" : goto {ext_a}"
-    assert before.text.count("{ 192.0.2.10 . tcp . 80") == 1
+    assert before.text.count("192.0.2.10 . tcp . 80") == 1  # written once, for the first
     after = render_partial(routes(pairs[1]), {first.key}, before, CONFIG)
     assert "delete element ip kdns service-ips { 192.0.2.10 . tcp . 80 }" in after.text
     assert (
