@@ -9,7 +9,7 @@ network namespace (proxy_sync.py's `Lab`; nothing touches the host's tables), pe
 1. After the first full sync (the `kdns_proxy_syncs_total` metric): VmRSS, the median of 5
    samples 0.5 s apart taken 2 s after the sync, and VmHWM, the peak RSS so far — the peak is
    what a cgroup memory limit has to hold, the settled RSS what the node keeps paying.
-   "With its commands": the highest sum of the RSS of the proxy and of the commands it runs
+   "With its commands": the highest sum of the PSS of the proxy and of the commands it runs
    (`nft`, `iptables-restore`, `iptables-save` …), sampled every 20 ms from its start: what a
    container's memory limit sees.
 2. After each of ``--partials`` one-endpoint changes written through the API server (each waited
@@ -97,8 +97,17 @@ def descendants(pid: int) -> list[int]:
     return out
 
 
+def pss_mib(pid: int) -> float:
+    """Proportional set size: shared pages split between their sharers, so a child between
+    fork and exec (which shares all of the proxy's pages) does not count them twice."""
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith("Pss:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no Pss for {pid}")
+
+
 class TreePeak:
-    """The highest sum of VmRSS over a process and its children, sampled every TREE_GAP s in a
+    """The highest sum of PSS over a process and its children, sampled every TREE_GAP s in a
     thread: what a cgroup limit on the container sees, short-lived commands included (a
     command that lives less than TREE_GAP may be missed)."""
 
@@ -112,7 +121,7 @@ class TreePeak:
             total = 0.0
             for p in descendants(self.pid):
                 with contextlib.suppress(OSError, RuntimeError):
-                    total += status_mib(p, "VmRSS")
+                    total += pss_mib(p)
             self.peak = max(self.peak, total)
 
     def stop(self) -> float:
