@@ -31,10 +31,10 @@ from typing import Any
 import trio
 from dnslib import QTYPE
 
+# The Corefile translator and `kdns explain` are imported where they are used, so that a
+# start without them (`kdns serve --manifests`, the common case) does not load them.
 from kdns import app, logs, proxyapp
 from kdns.config import POD_MODES, PROXY_MODES, Config, ConfigError, apply_env, load_config
-from kdns.corefile.load import CorefileRefused, load_corefile, read_corefile, render_yaml
-from kdns.dns import explain as explain_mod
 from kdns.sources.static import ManifestSource
 from kdns.synced import wait_synced
 
@@ -319,6 +319,8 @@ def _proxy_options(config: Config) -> proxyapp.ProxyOptions:
 
 def _refuse(problem: ConfigError | app.StartupError, who: str = "kdns") -> int:
     """One line per problem on stderr, and the exit status for a start that cannot be."""
+    from kdns.corefile.load import CorefileRefused
+
     several = isinstance(problem, app.StartupError | CorefileRefused)
     lines = problem.lines if several else [str(problem)]
     for line in lines:
@@ -357,6 +359,8 @@ def _config(args: argparse.Namespace) -> Config:
     if args.corefile and args.config:
         raise ConfigError("--corefile and --config: give one of them")
     if args.corefile:
+        from kdns.corefile.load import load_corefile
+
         config, translation = load_corefile(args.corefile, os.environ)
         if args.command == "serve":  # `check` prints them
             for note in translation.notes:
@@ -417,6 +421,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _print_corefile(path: str) -> None:
     """`kdns check --corefile`: the kdns config the Corefile gives, as YAML, with a comment per
     directive kdns accepts without following it; refused ones are raised by `_config` after."""
+    from kdns.corefile.load import read_corefile, render_yaml
+
     print(render_yaml(read_corefile(path, os.environ), path), end="")
 
 
@@ -487,6 +493,8 @@ def _explain_parser(commands: Any, common: Callable[[argparse.ArgumentParser], N
 
 def _question(name: str, rtype: str | None) -> tuple[str, int]:
     """NAME and TYPE as given → (lower-case name without the trailing dot, type number)."""
+    from kdns.dns import explain as explain_mod
+
     reverse = explain_mod.reverse_name_of(name)
     qname = reverse if reverse is not None else name.rstrip(".").lower()
     labels = qname.split(".")
@@ -529,6 +537,8 @@ def _explain(args: argparse.Namespace) -> int:
 
     def upstreams_for(name: str) -> tuple[str, ...]:
         return tuple(str(u) for u in forwarder.upstreams_for(name)) if forwarder else ()
+
+    from kdns.dns import explain as explain_mod
 
     explained = explain_mod.explain_asked(
         built.handler.plugins, built.resolver, qname, qtype, upstreams_for

@@ -53,6 +53,11 @@ KUBE_RELISTS = Counter(
     "Lists after the first, by why the Reflector relisted.",
     ["kind", "reason"],
 )
+KUBE_LIST_RESTARTS = Counter(
+    "kdns_kube_list_restarts_total",
+    "Paginated lists started over because the continue token expired (410) mid-list.",
+    ["kind"],
+)
 KUBE_WATCH_RESTARTS = Counter(
     "kdns_kube_watch_restarts_total",
     "Watches opened again after the previous one ended, by how it ended.",
@@ -287,6 +292,14 @@ DNS_TCP_EVICTIONS = Counter(
     "connection limit), client_limit (one client address's limit), fd_limit (no file "
     "descriptor left).",
     ["server", "reason"],
+)
+
+# kdns/dns/receiver.py: the receive thread's backlog of misses for trio is bounded.
+DNS_UDP_DROPPED = Counter(
+    "kdns_dns_udp_dropped_total",
+    "UDP queries dropped unanswered because the receive thread's backlog of queries waiting "
+    "for the trio loop was full (as a full socket buffer would drop them).",
+    ["server"],
 )
 
 FORWARD_REQUESTS = Counter(

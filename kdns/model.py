@@ -619,9 +619,12 @@ def endpointslice_from_dict(obj: Mapping[str, Any]) -> EndpointSlice:
                 _join(path, "hostname"), f"{_shown(hostname)} is not a valid DNS-1123 label"
             )
         hints = _mapping(raw, path, "hints")
-        hpath = _join(path, "hints")
-        zone_hints = _hint_names(hints, hpath, "forZones")
-        node_hints = _hint_names(hints, hpath, "forNodes")
+        zone_hints: tuple[str, ...] = ()
+        node_hints: tuple[str, ...] = ()
+        if hints:  # most endpoints have none: skip reading two absent lists from nothing
+            hpath = _join(path, "hints")
+            zone_hints = _hint_names(hints, hpath, "forZones")
+            node_hints = _hint_names(hints, hpath, "forNodes")
         addresses = _list(raw, path, "addresses")
         if not addresses:
             raise ModelError(_join(path, "addresses"), "an endpoint needs at least one address")

@@ -24,7 +24,15 @@ Contract:
   without DNS). Upstreams: `node.dns_upstreams`, else the forward section's (by default the
   node's resolv.conf), with its stub domains. Once its sockets answer, the data path goes in
   (`proxy/nodednsrules.py`); on a stop it is removed, unless another process answers on the
-  addresses by then (a restart: the rules stay).
+  addresses by then (a restart: the rules stay). The addresses go on the node first, before the
+  sockets bind (a ClusterIP is not local until then; the proxy's DNAT or IPVS still takes its
+  packets until the rules go in).
+- IPVS mode takes a ClusterIP in `--dns` over too (`IpvsDataplane.take_over_dns`,
+  proxy/nodedns.py says how): once the node DNS answers, the next sync drops that ClusterIP's
+  port 53 virtual services; a proxy that finds another process answering on the addresses at
+  start (a restart) keeps them dropped from its first sync; a stop that is not a restart gives
+  them back with one last sync before the node DNS's rules go, so pods reach the central DNS
+  through IPVS again.
 - With `dns_autopath` (`--dns-autopath`, config `node.dns_autopath`) as well, the node DNS
   answers autopath (CoreDNS `autopath @kubernetes`, as `kdns serve --autopath`) for the pods of
   this node: the source watches the Pods with `spec.nodeName=<node>` only — the pods that ask
@@ -274,16 +282,24 @@ async def _serve_node_dns(
     options: ProxyOptions,
     runner: Runner,
     settled: trio.Event,
+    answering: Callable[[], None] = lambda: None,
 ) -> None:
     """Binds the node DNS once the store has synced — a restarted proxy takes the queries over
     the moment it binds (kdns/dns/reuseport.py), so it must know every name by then — then
-    serves, and installs the data path once the sockets answer. `settled` is set once the
-    node DNS answers, or will not (none asked for, or its bind failed)."""
+    serves, and installs the data path once the sockets answer, then calls `answering` (IPVS
+    mode's takeover). `settled` is set once the node DNS answers, or will not (none asked for,
+    or its bind failed)."""
     if node_dns is None:
         settled.set()
         return
     node_app, servers = node_dns
     await wait_synced(store)
+    # The addresses first: a ClusterIP is not local before (IPVS binds it on kube-ipvs0 only
+    # with its first sync), and a socket binds only to a local address.
+    for line in await trio.to_thread.run_sync(
+        nodednsrules.install_device, runner, options.dns_addresses
+    ):
+        log.error("node DNS device: %s", line)
     try:
         for server in servers:
             server.bind()
@@ -299,6 +315,7 @@ async def _serve_node_dns(
         if node_app.forwarder is not None:
             await nursery.start(node_app.forwarder.run)  # upstream health probes
         await _install_node_dns(options, runner)
+        answering()
         settled.set()
 
 
@@ -351,6 +368,8 @@ async def render(config: Config, options: ProxyOptions, runner: Runner = run_com
     zone = node.zone if node is not None else ""
     routes = build_routes(store.services, store.endpoints, options.node_name, zone=zone)
     dataplane.set_service_cidrs(service_cidr_ranges(store.service_cidrs.values()))
+    if isinstance(dataplane, IpvsDataplane) and options.dns_addresses:
+        dataplane.take_over_dns(options.dns_addresses)  # as once the node DNS answers
     return await trio.to_thread.run_sync(dataplane.render, routes)
 
 
@@ -452,6 +471,9 @@ async def run_proxy(
         await _run_userspace(store, source, node_dns, options, runner, task_status=task_status)
         return
     dataplane = make_dataplane(options, runner)
+    if await _restarting_node_dns(dataplane, options, runner):
+        # The running process took the ClusterIP over: the first sync must not bring :53 back.
+        dataplane.take_over_dns(options.dns_addresses)
     checks = HealthCheckServers(lambda: engine.healthy())
     engine = SyncEngine(
         store,
@@ -471,13 +493,60 @@ async def run_proxy(
         await _start_endpoints(
             nursery, endpoints, lambda: engine.healthy() and dns_settled.is_set(), checks.run
         )
-        nursery.start_soon(_serve_node_dns, node_dns, store, options, runner, dns_settled)
+        answering = _take_over_dns(dataplane, engine, options)
+        nursery.start_soon(
+            _serve_node_dns, node_dns, store, options, runner, dns_settled, answering
+        )
         await nursery.start(engine.run)
         await nursery.start(source.run)
         nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
         log.info("kdns proxy (%s mode) running for node %r", options.mode, options.node_name)
         task_status.started({name: e.port for name, e in endpoints.items()})
-    await _remove_node_dns(options, runner)
+    await _remove_node_dns(options, runner, _give_back_dns(dataplane, engine))
+
+
+async def _restarting_node_dns(dataplane: Dataplane, options: ProxyOptions, runner: Runner) -> bool:
+    """IPVS mode with --dns, and another process answering on the addresses already."""
+    if not isinstance(dataplane, IpvsDataplane) or not options.dns_addresses:
+        return False
+    return await trio.to_thread.run_sync(
+        nodednsrules.other_listener, runner, options.dns_addresses, options.dns_port
+    )
+
+
+def _take_over_dns(
+    dataplane: Dataplane, engine: SyncEngine, options: ProxyOptions
+) -> Callable[[], None]:
+    """What to do once the node DNS answers: in IPVS mode, drop the :53 virtual services of
+    the ClusterIPs among its addresses with the next sync (module docstring)."""
+
+    def take_over() -> None:
+        if isinstance(dataplane, IpvsDataplane) and dataplane.node_dns != options.dns_addresses:
+            dataplane.take_over_dns(options.dns_addresses)
+            engine.resync()
+            log.info("node DNS: taking port 53 of its ClusterIPs over from IPVS")
+
+    return take_over
+
+
+def _give_back_dns(dataplane: Dataplane, engine: SyncEngine) -> Callable[[], None]:
+    """What a stop for good does before the node DNS's rules go (in a worker thread, the engine
+    stopped): in IPVS mode, one last sync that brings the :53 virtual services back."""
+
+    def give_back() -> None:
+        if not isinstance(dataplane, IpvsDataplane) or not dataplane.node_dns:
+            return
+        dataplane.take_over_dns(())
+        if not engine.synced:
+            return  # nothing was programmed, so nothing was taken over
+        try:
+            dataplane.sync(engine.routes(), None)
+        except ApplyError as e:
+            log.error("node DNS: giving port 53 of its ClusterIPs back to IPVS failed: %s", e)
+            return
+        log.info("node DNS: port 53 of its ClusterIPs is IPVS's again")
+
+    return give_back
 
 
 async def _install_node_dns(options: ProxyOptions, runner: Runner) -> None:
@@ -493,9 +562,13 @@ async def _install_node_dns(options: ProxyOptions, runner: Runner) -> None:
     log.info("answering DNS on %s", ", ".join(options.dns_addresses))
 
 
-async def _remove_node_dns(options: ProxyOptions, runner: Runner) -> None:
+async def _remove_node_dns(
+    options: ProxyOptions, runner: Runner, give_back: Callable[[], None] = lambda: None
+) -> None:
     """On a stop that is not a restart (no other process answers on the addresses now), the
-    rules go, so pods fall back to the central DNS; on a restart they stay for the new one."""
+    rules go, so pods fall back to the central DNS; on a restart they stay for the new one.
+    `give_back` (IPVS mode's last sync) runs first: the ClusterIP is IPVS's again before the
+    NOTRACK rules go."""
     if not options.dns_addresses:
         return
     with trio.CancelScope(shield=True):
@@ -505,6 +578,7 @@ async def _remove_node_dns(options: ProxyOptions, runner: Runner) -> None:
         if restarting:
             log.info("node DNS: another process answers on its addresses; rules stay")
             return
+        await trio.to_thread.run_sync(give_back)
         problems = await trio.to_thread.run_sync(nodednsrules.remove, runner)
     for line in problems:
         log.error("node DNS rules: %s", line)

@@ -13,6 +13,8 @@ Contract:
   `service_cidrs`:
   read-only mappings made once, over tables the store updates in place, so a reference taken
   once stays current and a read costs what a dict read costs. Only the store writes them.
+  `view(kind)` is the same view by kind (a Reflector's list reads it from its worker thread to
+  reuse unchanged objects: single `get`s of frozen objects, safe under the GIL).
 - A kind (`SERVICES`, …) is its API resource's name, typed with its key and model type: a
   write names its kind, and an object of another type is a TypeError.
 - A call that changes nothing a consumer can see notifies nobody (docs/architecture.md, rule 2):
@@ -178,15 +180,17 @@ class _Slices(_Table[ObjectKey, EndpointSlice]):
         by_service: dict[ServiceKey, dict[ObjectKey, EndpointSlice]] = {}
         for key, eps in objects.items():
             by_service.setdefault(eps.service_key, {})[key] = eps
-        endpoints = {k: _merge(v) for k, v in by_service.items()}
         old = self.endpoints
+        # A Service whose endpoints did not change keeps its merged tuple: a relist then
+        # allocates no second copy of the endpoints (consumers compare them by value anyway).
+        endpoints = {k: _same_or(old.get(k), _merge(v)) for k, v in by_service.items()}
         change = Change(
             services={k for k in old.keys() | endpoints.keys() if old.get(k) != endpoints.get(k)}
         )
         change.trigger_time = _earliest(
             s.trigger_time
             for k, s in objects.items()
-            if s.service_key in change.services and self.objects.get(k) != s
+            if s.service_key in change.services and _differs(self.objects.get(k), s)
         )
         self._swap(objects)
         self._by_service = by_service
@@ -238,7 +242,7 @@ class _Pods(_Table[ObjectKey, Pod]):
         change = Change()
         for k in self.objects.keys() | objects.keys():
             before, after = self.objects.get(k), objects.get(k)
-            if before != after:
+            if _differs(before, after):
                 change.pod_ips.update(before.ips if before else ())
                 change.pod_ips.update(after.ips if after else ())
         self._swap(objects)
@@ -338,7 +342,7 @@ class _ByKey(_Table[K, M]):
 
     def replace(self, objects: Mapping[K, M]) -> Change:
         old = self.objects
-        changed = {k for k in old.keys() | objects.keys() if old.get(k) != objects.get(k)}
+        changed = {k for k in old.keys() | objects.keys() if _differs(old.get(k), objects.get(k))}
         self._swap(objects)
         return self._change(changed)
 
@@ -405,6 +409,13 @@ class Store:
     def unsynced_kinds(self) -> list[str]:
         return sorted(self.watched - self._synced)
 
+    def view(self, kind: Kind[K, M]) -> Mapping[K, M]:
+        """The read-only view of `kind`'s table (the same one as `services`, `slices`, …).
+
+        A Reflector's list reads it from its worker thread to reuse the objects that did not
+        change (`sources/kube.py`): single `get`s of frozen objects, safe under the GIL."""
+        return self._table(kind).view
+
     def namespace_exists(self, name: str) -> bool:
         return name in self.namespaces
 
@@ -465,6 +476,16 @@ def _merge(slices: Mapping[ObjectKey, EndpointSlice]) -> tuple[Endpoint, ...]:
         for endpoint in slices[key].endpoints:
             seen.setdefault(endpoint, None)
     return tuple(seen)
+
+
+def _same_or(old: Any, new: Any) -> Any:
+    return old if old == new else new
+
+
+def _differs(old: object, new: object) -> bool:
+    # A relist hands back the very objects the table holds when nothing changed
+    # (`Store.view`): identity first, so an unchanged kind compares in O(keys), not O(fields).
+    return old is not new and old != new
 
 
 def _earliest(times: Iterable[float | None]) -> float | None:

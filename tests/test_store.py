@@ -176,6 +176,32 @@ def _rebuild(obj: Any) -> Any:
     return replace(obj)
 
 
+def test_view_is_the_kinds_read_only_view(store: Store) -> None:
+    assert store.view(SERVICES) is store.services
+    assert store.view(ENDPOINTSLICES) is store.slices
+    assert store.view(PODS) is store.pods
+    store.replace(SERVICES, by_key(model_service("ns/a")))
+    assert dict(store.view(SERVICES)) == by_key(model_service("ns/a"))
+    with pytest.raises(TypeError):
+        store.view(SERVICES)[("ns", "b")] = model_service("ns/b")  # type: ignore[index]
+
+
+def test_a_relist_of_the_same_objects_keeps_the_merged_endpoints_it_had(store: Store) -> None:
+    # A relist hands back the store's own objects when nothing changed (sources/kube.py):
+    # the merged endpoints are kept too, so no second copy of them is built.
+    slices = by_key(model_slice("a-1", "a", "10.1.0.1"), model_slice("b-1", "b", "10.1.0.2"))
+    store.replace(ENDPOINTSLICES, slices)
+    merged = dict(store.endpoints)
+    assert not store.replace(ENDPOINTSLICES, dict(store.slices))
+    assert all(store.endpoints[k] is merged[k] for k in merged)
+    # Equal but rebuilt slices keep them as well; a changed one gets its own.
+    again = {k: _rebuild(v) for k, v in slices.items()}
+    again[("ns", "b-1")] = model_slice("b-1", "b", "10.1.0.22")
+    assert store.replace(ENDPOINTSLICES, again).services == {("ns", "b")}
+    assert store.endpoints[("ns", "a")] is merged[("ns", "a")]
+    assert store.endpoints[("ns", "b")] == (model_endpoint("10.1.0.22"),)
+
+
 def test_replace_of_an_empty_kind_with_nothing_notifies_nobody(
     store: Store, seen: Recorder
 ) -> None:

@@ -21,6 +21,10 @@ Contract:
   called at most once until trio calls `take_misses()`; trio answers them as it always did
   (kdns/dns/server.py), and then reads what is queued itself for a while, so a miss-heavy load
   does not pass the GIL between the threads per packet.
+- Bounded: at most `max_backlog` misses wait for trio (MAX_BACKLOG, 4,096: at ~100 µs each,
+  under half a second of trio's work). Beyond that a query is dropped unanswered and counted
+  in `dropped` (`kdns_dns_udp_dropped_total`), as a full socket buffer would drop it: a
+  random-name flood that trio cannot keep up with costs memory up to the bound, never more.
 - The trio thread owns the store, the resolver and the caches; this thread only reads them
   (and makes the upstream cache's few thread-safe writes that ForwardedHits documents).
 - Counts: hits are counted in `counts` (`ThreadCounts`, kdns/dns/stats.py), written only by
@@ -57,6 +61,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+MAX_BACKLOG = 4096  # misses waiting for trio; more are dropped (the module docstring)
 WAKE_EVERY = 0.5  # seconds: the receive timeout that lets `run` see `stop()` if nothing else did
 MAX_DATAGRAM = 65535
 
@@ -72,6 +77,7 @@ class UdpReceiver:
         wake: Callable[[], None],
         family: str,
         dual_stack: bool,
+        max_backlog: int = MAX_BACKLOG,
     ) -> None:
         self.sock = sock
         self.serving = serving
@@ -81,6 +87,9 @@ class UdpReceiver:
         self.counts = ThreadCounts()
         self.misses: collections.deque[Miss] = collections.deque()
         self.send_errors = 0
+        self.max_backlog = max_backlog
+        self.dropped = 0  # misses dropped because `max_backlog` were waiting (only this thread)
+        self.dropped_counted = 0  # how many of them trio has put in the metric (only trio)
         self.stopping = False
         self._woken = False  # a wake is pending: trio has not taken the misses yet
         # SO_RCVTIMEO, not settimeout: a Python timeout polls before every receive (one more
@@ -113,6 +122,9 @@ class UdpReceiver:
                 return out
 
     def _hand_over(self, miss: Miss) -> None:
+        if len(self.misses) >= self.max_backlog:
+            self.dropped += 1  # trio is that far behind: the client will ask again
+            return
         self.misses.append(miss)
         if not self._woken:
             self._woken = True

@@ -308,6 +308,12 @@ class DnsServer:
         sock = receiver.sock
         for data, addr, start, serving in receiver.take_misses():
             self._answer_udp(sock, serving, data, addr, start, nursery)
+        dropped = receiver.dropped  # only the thread writes it; one read
+        if dropped > receiver.dropped_counted:
+            metrics.DNS_UDP_DROPPED.labels(self.stats.server).inc(
+                dropped - receiver.dropped_counted
+            )
+            receiver.dropped_counted = dropped
         # Under a miss-heavy load (forwarding, never-asked names) trio is awake anyway: it reads
         # what is queued itself, up to TRIO_DRAIN packets, rather than pass the GIL back and
         # forth with the receive thread for each one (a UDP datagram goes to one reader only).

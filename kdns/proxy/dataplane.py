@@ -15,6 +15,9 @@ Contract:
     from the next full sync on; the caller makes that sync a full one. Only nftables mode
     uses them (kube-proxy's nftables mode drops traffic to unallocated ClusterIPs, KEP-3866;
     its iptables and IPVS modes have no such rule).
+  IPVS mode also has `take_over_dns(addresses)`: the node DNS answers port 53 of those
+  addresses, so a ClusterIP among them keeps no virtual service for it from the next sync on
+  (`ipvs/rules.py`; () gives them back). The caller makes that sync happen.
   Removing what a mode installed is not a data plane's job: `kdns proxy --cleanup` removes
   every mode's objects at once (`proxy/cleanup.py`).
 - Every write is one transaction per family: `iptables-restore --noflush` (the jumps from the
@@ -22,7 +25,8 @@ Contract:
   libnftables context kept for the proxy's life, `proxy/libnftables.py`, else `nft -f -`), or
   for IPVS a few `ipvsadm -R` / `ip -batch` runs around one `ipset restore` and one
   `iptables-restore`.
-- `Node` holds what the node contributes (its addresses, pod CIDRs, flags), read once at start.
+- `Node` holds what the node contributes (its addresses, pod CIDRs, flags), read once at start;
+  the addresses on kube-ipvs0 and on the node DNS's device are the proxy's own, not the node's.
 - All commands go through a `Runner` (argv, stdin) → (status, stdout, stderr), so the tests can
   point the data plane at a namespace; nothing here touches the host unless told to.
 """
@@ -40,7 +44,7 @@ from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from kdns.proxy import heap
+from kdns.proxy import heap, nodedns
 from kdns.proxy import iptables as ipt
 from kdns.proxy import nftables as nft
 from kdns.proxy.ipvs import diff as ipvs_diff
@@ -139,8 +143,9 @@ def node_from_host(
 ) -> Node:
     """`Node` from this host's addresses (`ip -j addr show`) and the flags.
 
-    The node IP of a family is its first global-scope address outside kube-ipvs0, as kube-proxy
-    falls back to when the Node object names none. --nodeport-addresses CIDRs select the local
+    The node IP of a family is its first global-scope address outside kube-ipvs0 (and the node
+    DNS's device, which may hold a taken-over ClusterIP), as kube-proxy falls back to when the
+    Node object names none. --nodeport-addresses CIDRs select the local
     addresses inside them; an address given that is not local selects nothing (kube-proxy)."""
     status, out, err = runner(["ip", "-j", "addr", "show"], None)
     if status != 0:
@@ -148,7 +153,7 @@ def node_from_host(
     addresses = [
         (ifname, ip)
         for ifname, ip in local_addresses(out)
-        if ifname != ipvs_kernel.DUMMY_DEVICE
+        if ifname not in (ipvs_kernel.DUMMY_DEVICE, nodedns.DEVICE)
         and not ipaddress.ip_address(ip).is_loopback
         and not ipaddress.ip_address(ip).is_link_local
     ]
@@ -594,6 +599,15 @@ class IpvsDataplane:
         )
         self._synced = False
 
+    def take_over_dns(self, addresses: Sequence[str]) -> None:
+        """The node DNS answers port 53 of `addresses` (module docstring). One reference swap:
+        a sync running in the worker thread reads the config once, the old or the new."""
+        self.config = replace(self.config, node_dns=tuple(addresses))
+
+    @property
+    def node_dns(self) -> tuple[str, ...]:
+        return self.config.node_dns
+
     def _current(self) -> tuple[IpvsState, dict[str, frozenset[str]]]:
         save = _check(self.runner, ["ipvsadm", "-Sn"])
         status, addrs, _ = self.runner(
@@ -609,10 +623,11 @@ class IpvsDataplane:
     ) -> Applied:
         # IPVS state is diffed, not rewritten: every sync reads the kernel and writes only the
         # difference, so a partial sync is a full one that happens to write little.
+        config = self.config  # once: take_over_dns may swap it meanwhile
         try:
-            rendering = ipvs_rules.render(routes, self.config)
+            rendering = ipvs_rules.render(routes, config)
             state, sets = self._current()
-            plan = ipvs_diff.diff(state, rendering.state, self.config)
+            plan = ipvs_diff.diff(state, rendering.state, config)
             size = rules = 0
             for argv, stdin in ipvs_diff.batch_commands(plan.setup):
                 _check(self.runner, argv, stdin)
@@ -642,8 +657,9 @@ class IpvsDataplane:
         to one is routed as any other (usually into a timeout)."""
 
     def render(self, routes: Sequence[ServicePortRoute]) -> str:
-        rendering = ipvs_rules.render(routes, self.config)
-        plan = ipvs_diff.diff(IpvsState.of(()), rendering.state, self.config)
+        config = self.config
+        rendering = ipvs_rules.render(routes, config)
+        plan = ipvs_diff.diff(IpvsState.of(()), rendering.state, config)
         lines = ["# ipvsadm / ip commands from an empty table:"]
         lines += [shlex.join(argv) for argv in plan.commands]
         for family in self.families:

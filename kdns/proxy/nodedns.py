@@ -16,8 +16,25 @@ Contract:
   these packets, so the kube-dns ClusterIP needs no further rule to stay local.
 - `nft_delete` / `iptables_cleanup` remove all of it (`--cleanup`, and a stop that is not a
   restart), leaving other owners' rules as they were.
-- IPVS mode: IPVS answers a virtual service on its own, after the raw table; a ClusterIP taken
-  over must have no IPVS service for port 53 and stay off kube-ipvs0 (docs/proxy.md).
+- IPVS mode uses iptables for its helper rules, so it gets the same `raw`/`nat` chains. They
+  do not stop IPVS: it takes a packet in LOCAL_IN (and LOCAL_OUT for the node's own) when the
+  packet matches one of its virtual services, whatever conntrack says. So the takeover is the
+  IPVS renderer's (`ipvs/rules.py`, `IpvsDataplane.take_over_dns`): a ClusterIP the node DNS
+  answers on gets no virtual service for port 53 (UDP, TCP) and no KUBE-CLUSTER-IP entry (no
+  masquerade mark), and KUBE-IPVS-FILTER lets its port 53 through. IPVS passes a packet that
+  matches no virtual service (ip_vs_in: no connection, no service for protocol, address and
+  port) on untouched, and the kernel delivers it like any packet to a local address: to the
+  socket bound there.
+- The address stays on kube-ipvs0, where the IPVS sync binds every ClusterIP. It must be local
+  for the socket to bind and for the kernel to deliver to it, and which device holds it does
+  not matter for that (a host address is a `local` route either way). Moving it to `kdns-dns`
+  would give one address two owners: the IPVS diff deletes every kube-ipvs0 address no route
+  wants and adds back every ClusterIP it wants. On kube-ipvs0 the Service's other ports
+  (kube-dns's 9153) keep working through IPVS, KUBE-IPVS-FILTER keeps rejecting the address's
+  other host ports (kubernetes#72236), and giving it back is only the :53 virtual services
+  coming back with the next sync. (Before the first sync of a new node the address may also
+  be put on `kdns-dns`, so the socket can bind: a second local route to it, gone with the
+  device.)
 
 Why NOTRACK: UDP DNS through conntrack races on the first packets of a flow (the DNAT race
 that NodeLocal DNSCache exists to avoid, kubernetes/kubernetes#56903) and fills the table with
@@ -32,6 +49,7 @@ from collections.abc import Sequence
 from kdns.proxy.routes import JumpRule
 
 DNS_PORT = 53
+DEVICE = "kdns-dns"  # the dummy device holding the addresses not already on the node
 RAW_CHAIN = "KDNS-NODE-DNS"
 NAT_CHAIN = "KDNS-NODE-DNS-LOCAL"
 NFT_TABLE = "kdns-node-dns"

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from kdns.proxy import nodedns
 from kdns.proxy.dataplane import Runner, jump_line
 
-DEVICE = "kdns-dns"
+DEVICE = nodedns.DEVICE
 _TOOLS = {
     4: ("iptables", "iptables-save", "iptables-restore"),
     6: ("ip6tables", "ip6tables-save", "ip6tables-restore"),

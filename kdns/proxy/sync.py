@@ -22,6 +22,7 @@ Contract:
   (`conntrack.stale_flows`); `on_routes` (the health-check servers) sees the new routes.
 - Metrics: sync duration by kind, syncs by result, failures, rules written, programming
   latency (from the change's trigger time, else its arrival, to the apply).
+- `resync()` asks for a full sync (a data-plane setting changed); from the trio thread.
 - The data plane's blocking calls run in a worker thread, one at a time.
 """
 
@@ -103,6 +104,12 @@ class SyncEngine:
         if self.failing_since is not None:
             return time.time() - self.failing_since < 2 * self.sync_period
         return True
+
+    def resync(self) -> None:
+        """A full sync as soon as `min_sync_period` allows: a setting of the data plane changed
+        (IPVS mode: the node DNS took a ClusterIP over, kdns/proxyapp.py)."""
+        self._need_full = True
+        self._wake.set()
 
     def routes(self) -> list[ServicePortRoute]:
         return [r for key in sorted(self._routes) for r in self._routes[key]]

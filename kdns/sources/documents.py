@@ -9,6 +9,9 @@ Contract:
   It yields Documents and ManifestErrors (a non-object, a List whose items are no list) in file
   order, and raises `yaml.YAMLError` (or RecursionError, past Python's recursion limit) on a
   syntax error; `syntax_error` turns that into the one error of the file.
+- `read_block_documents(text, file)` is the same read for the plain block YAML that
+  `kubectl get -o yaml` writes, without libyaml (sources/blockyaml.py); it raises
+  `OutsideSubset` for other text, and the caller reads it again with `read_documents`.
 - `field_lines_at(text, file, places)` reads the text again, for the few objects that failed to
   convert, and gives each place the line of every field under it (`Document.lines`).
 - `parse_text(text, file)` does both at once for every object (tests, `kdns check` of a file).
@@ -28,6 +31,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import yaml
+
+from kdns.sources import blockyaml
 
 
 class _FastResolveLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
@@ -193,6 +198,52 @@ def read_documents(text: str, file: str) -> Iterator[Document | ManifestError]:
             index += 1
     finally:
         loader.dispose()
+
+
+def read_block_documents(text: str, file: str) -> Iterator[Document | ManifestError]:
+    """The lean read's fast path: for a text in `sources/blockyaml.py`'s subset, the same
+    Documents and errors as `read_documents`, without libyaml.
+
+    Raises OutsideSubset for any other text, possibly after yielding some documents: the
+    caller then drops those and reads the text with `read_documents`.
+    """
+    for index, obj, line, marks in blockyaml.read(text):
+        yield from _flatten_plain(obj, line, marks, file, (index,))
+
+
+def _flatten_plain(
+    obj: Any,
+    line: int,
+    marks: Mapping[int, Any],
+    file: str,
+    at: tuple[int, ...],
+    item_kind: tuple[str, Any] | None = None,
+) -> Iterator[Document | ManifestError]:
+    """`_flatten` for plain data whose lines are `blockyaml.read`'s marks."""
+    if obj is None:
+        return
+    if not isinstance(obj, dict):
+        yield ManifestError(file, line, "", "", f"expected a Kubernetes object, got {short(obj)}")
+        return
+    items_line = marks.get(id(obj), line)  # before the copy below, which has another id
+    if item_kind is not None and "kind" not in obj:
+        obj = {"kind": item_kind[0], "apiVersion": item_kind[1], **obj}
+    kind = obj.get("kind")
+    if not _is_list(kind, obj):
+        yield Document(obj, file, line, {}, at)
+        return
+    items = obj.get("items")
+    if items is None:
+        return
+    if not isinstance(items, list):
+        yield ManifestError(file, items_line, kind, "items", "expected a list")
+        return
+    inner = None if kind == "List" else (kind[: -len("List")], obj.get("apiVersion"))
+    lines = marks.get(id(items))
+    if not isinstance(lines, list) or len(lines) != len(items):
+        lines = [line] * len(items)  # `items: []`: nothing to place
+    for i, (item_line, item) in enumerate(zip(lines, items, strict=True)):
+        yield from _flatten_plain(item, item_line, marks, file, (*at, i), item_kind=inner)
 
 
 def parse_text(text: str, file: str) -> tuple[list[Document], list[ManifestError]]:

@@ -4,9 +4,12 @@ Each Reflector does what client-go's does for CoreDNS, with the official `kubern
 a worker thread (its calls block) and every store update on the trio thread
 (docs/architecture.md §6):
 
-- list (paginated, `limit=500`) → `Store.replace` of the whole kind in one step, then watch from
-  the list's resourceVersion (never an item's), with bookmarks, a server-side timeout drawn from
-  5–10 minutes, and a client-side read timeout so a silently dead connection is noticed;
+- list (paginated, `limit=500` and `continue`; a continue token that expired mid-list, 410,
+  starts the list over) → `Store.replace` of the whole kind in one step, then watch from the
+  list's resourceVersion (never an item's), with bookmarks, a server-side timeout drawn from
+  5–10 minutes, and a client-side read timeout so a silently dead connection is noticed; a
+  listed object equal to the store's is replaced by the store's, so a relist does not hold the
+  cluster twice;
 - a watch that ends cleanly is reopened from the last resourceVersion seen (events or bookmarks);
 - 410 Gone, as an HTTP status or an ERROR event → relist from resourceVersion "" (the store swaps
   the kind in one step, so no query sees a half-replaced kind);
@@ -31,7 +34,7 @@ import logging
 import os
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -376,8 +379,10 @@ class Reflector:
         connect_timeout: float = 5.0,
         read_timeout: float = 90.0,
         watch_timeout: tuple[int, int] = (300, 600),
+        page_size: int = LIST_PAGE,
     ) -> None:
         self.resource = resource
+        self.page_size = page_size  # objects per list page (`limit`), as client-go's 500
         self.api = api
         self.store = store
         self.backoff = backoff or Backoff()
@@ -515,13 +520,21 @@ class Reflector:
         return (self.connect_timeout, self.read_timeout)
 
     def _list_blocking(self) -> tuple[dict[object, object], dict[object, set[object]], str, int]:
+        """The whole kind, page by page (`limit` + `continue`), converted into the model.
+
+        An object equal to the one the store holds under its key is replaced by the store's
+        (`_shared`), so a relist of an unchanged cluster holds one copy of each object, not two:
+        only the new table's dict and the objects that did change are allocated while the old
+        state keeps serving, and each page's JSON is garbage before the next is read
+        (docs/architecture.md §6, "A relist")."""
+        current = self.store.view(self.resource.kind)
         items: dict[object, object] = {}
         produced: dict[object, set[object]] = {}
         skipped = 0
         token: str | None = None
         resource_version = ""
         while True:
-            params: list[tuple[str, Any]] = [("limit", LIST_PAGE)]
+            params: list[tuple[str, Any]] = [("limit", self.page_size)]
             if token:
                 params.append(("continue", token))
             params += self.resource.selectors()
@@ -530,7 +543,9 @@ class Reflector:
             except ApiException as e:
                 if e.status == 410 and token:
                     # The continue token expired mid-list: start the list over for a
-                    # consistent snapshot (API concepts, "Retrieving large results sets").
+                    # consistent snapshot (API concepts, "Retrieving large results sets");
+                    # nothing of the abandoned snapshot has reached the store.
+                    metrics.KUBE_LIST_RESTARTS.labels(self._kind).inc()
                     items, produced, skipped, token = {}, {}, 0, None
                     continue
                 raise
@@ -547,10 +562,15 @@ class Reflector:
                     continue
                 if not self.resource.one_to_one:
                     produced[source] = {key for key, _ in converted}
-                items.update(converted)
+                for key, item in converted:
+                    key, item = _shared(current, key, item)
+                    items[key] = item
+            # Every page of one list carries the first page's resourceVersion (the snapshot's):
+            # the watch starts there.
             meta = body.get("metadata") or {}
             resource_version = meta.get("resourceVersion") or resource_version
             token = meta.get("continue") or None
+            del body, response  # this page's JSON is garbage before the next is read
             if not token:
                 return items, produced, resource_version, skipped
 
@@ -624,6 +644,19 @@ class Reflector:
 
 class WatchError(Exception):
     """The server ended the watch with an ERROR event other than 410."""
+
+
+def _shared(current: Mapping[Any, Any], key: Any, item: Any) -> tuple[Any, Any]:
+    """(`key`, `item`), or the equal object `current` (the store's table) already holds under
+    `key` with its own key (whose strings the store holds already, not the page's).
+
+    Runs in the list's worker thread while the trio thread owns the table. Safe by
+    construction: `dict.get` is one step under the GIL, model objects are frozen, and only an
+    equal value is substituted, so whichever object the table holds at that instant, the
+    result is the listed value; the table of a kind is written only by its own Reflector,
+    which is waiting on this list, so in practice the object found is the one served."""
+    old = current.get(key)
+    return (old.key, old) if old is not None and old == item else (key, item)
 
 
 def _lines(response: urllib3.HTTPResponse) -> Iterator[bytes]:

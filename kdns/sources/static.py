@@ -30,6 +30,7 @@ from kdns.sources.manifests import (
     ManifestError,
     ManifestReader,
     ManifestSet,
+    cyclic_gc_paused,
     fingerprint,
 )
 from kdns.sources.scope import Scope
@@ -107,6 +108,12 @@ class ManifestSource:
         self._pending = None
         applied = self._applied
         self._applied = manifests
+        # The store builds its indexes of every object: as for the load, the cycle collector
+        # would walk them again and again meanwhile (and, at start-up, afterwards).
+        with cyclic_gc_paused(freeze=applied is None):
+            self._apply(manifests, applied)
+
+    def _apply(self, manifests: ManifestSet, applied: ManifestSet | None) -> None:
         for kind, attr in (
             (NAMESPACES, "namespaces"),
             (SERVICES, "services"),

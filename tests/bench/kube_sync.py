@@ -52,6 +52,11 @@ not collect it):
     .venv/bin/python tests/bench/kube_sync.py                    # N = 10,000 and 50,000
     .venv/bin/python tests/bench/kube_sync.py --quick            # N = 2,000, 3 s phases: smoke run
     .venv/bin/python tests/bench/kube_sync.py --sizes 10000 --profile /tmp/prof
+    .venv/bin/python tests/bench/kube_sync.py --relist-only --before /tmp/main-checkout
+
+``--before DIR`` measures a second checkout of kdns in the same sitting: each size runs DIR's
+kdns, then this tree's, side by side in the table. ``--relist-only`` stops after the forced
+relist (ready, memory and relist figures), for the memory comparison at large N.
 
 ``--profile DIR`` attaches py-spy (``pip install py-spy``) to kdns from start to ready and during
 the change stream, writes the raw stacks to DIR and prints the functions where the time goes
@@ -557,7 +562,8 @@ class CpuWindow:
 
 
 class Kdns:
-    def __init__(self, kubeconfig: Path, workdir: Path) -> None:
+    def __init__(self, kubeconfig: Path, workdir: Path, root: Path = REPO_ROOT) -> None:
+        self.root = root  # the checkout whose kdns runs (`python -m kdns` from there)
         self.dns_port = free_port(udp_too=True)
         self.ready_port = free_port()
         self.metrics_port = free_port()
@@ -592,7 +598,7 @@ class Kdns:
         self.started = time.monotonic()
         self.proc = subprocess.Popen(
             self.argv,
-            cwd=REPO_ROOT,
+            cwd=self.root,
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=log,
@@ -675,6 +681,7 @@ def bucket_percentile(before: dict[float, float], after: dict[float, float], pct
 @dataclasses.dataclass
 class Result:
     n: int
+    label: str = ""  # "before" / "after" with --before
     figures: dict[str, Any] = dataclasses.field(default_factory=dict)
     notes: list[str] = dataclasses.field(default_factory=list)
     failed: str = ""
@@ -1066,8 +1073,10 @@ def wait_quiet(max_wait: float, say: Say) -> float:
             waited = True
 
 
-def run_size(n: int, args: argparse.Namespace, say: Say) -> Result:
-    result = Result(n)
+def run_size(
+    n: int, args: argparse.Namespace, say: Say, root: Path = REPO_ROOT, label: str = ""
+) -> Result:
+    result = Result(n, label)
     fig = result.figures
     workdir = Path(tempfile.mkdtemp(prefix=f"kdns-kube-sync-{n}-"))
     # HTTPS, as every cluster serves it: the handshakes and the encryption of every list and
@@ -1089,8 +1098,8 @@ def run_size(n: int, args: argparse.Namespace, say: Say) -> Result:
         fig["load_avg"] = Path("/proc/loadavg").read_text().split()[0]
 
         # 1. ready time
-        fig["revision"] = kdns_revision()
-        kdns = Kdns(kubeconfig, workdir)
+        fig["revision"] = kdns_revision(root)
+        kdns = Kdns(kubeconfig, workdir, root)
         busy0, self0 = system_busy_s(), _cpu_self()
         kdns.start()
         if args.profile:
@@ -1129,6 +1138,12 @@ def run_size(n: int, args: argparse.Namespace, say: Say) -> Result:
 
         # 3. forced relist
         fig.update(force_relist(server, kdns, say))
+        say(
+            f"  relist peak {fig['relist_peak_sampled'] / MIB:.1f} MiB sampled, "
+            f"{fig['relist_hwm'] / MIB:.1f} MiB VmHWM"
+        )
+        if args.relist_only:
+            return result
         time.sleep(1.0)
 
         # 5 (first half). unchanged names, idle
@@ -1204,6 +1219,12 @@ def _loss(r: Json | None) -> float:
     return (r["sent"] - r["answered"]) / r["sent"] if r else float("nan")
 
 
+def relist_peak(f: dict[str, Any]) -> float:
+    """The relist's peak RSS: the larger of the 10 ms samples and VmHWM (NaN: not reset)."""
+    hwm = f.get("relist_hwm", 0.0)
+    return max(f.get("relist_peak_sampled", 0), hwm if hwm == hwm else 0.0)
+
+
 def verdicts(f: dict[str, Any]) -> dict[str, str]:
     """PASS / MISS per target, from one size's figures."""
 
@@ -1214,8 +1235,7 @@ def verdicts(f: dict[str, Any]) -> dict[str, str]:
     ready = f.get("ready_s")
     out["ready"] = v(None if ready is None else ready <= TARGET_READY_S)
     out["rss_sync"] = v(f["rss_sync"] < TARGET_RSS_MIB * MIB if "rss_sync" in f else None)
-    hwm = f.get("relist_hwm", 0.0)
-    peak = max(f.get("relist_peak_sampled", 0), hwm if hwm == hwm else 0.0)
+    peak = relist_peak(f)
     out["relist"] = v(peak < TARGET_RSS_MIB * MIB if "relist_peak_sampled" in f else None)
     e2e = f.get("e2e")
     if "hist_p99" in f:
@@ -1236,10 +1256,11 @@ def verdicts(f: dict[str, Any]) -> dict[str, str]:
 
 
 def report(results: list[Result], args: argparse.Namespace) -> str:
-    target_col = next((r for r in results if r.n == TARGET_SIZE), None)
-    judged = target_col or (results[0] if results else None)
+    # With --before, this tree's figures ("after") are the ones judged.
+    target_col = next((r for r in reversed(results) if r.n == TARGET_SIZE), None)
+    judged = target_col or (results[-1] if results else None)
     verdict = verdicts(judged.figures) if judged and not judged.failed else {}
-    head = ["figure", *[f"N={r.n:,}" for r in results], "target", "verdict"]
+    head = ["figure", *[f"N={r.n:,} {r.label}".strip() for r in results], "target", "verdict"]
     rows: list[list[str]] = []
 
     def row(
@@ -1270,6 +1291,11 @@ def report(results: list[Result], args: argparse.Namespace) -> str:
         "< 170 MiB",
         "relist",
     )
+    row(
+        "  relist peak ÷ RSS after sync",
+        lambda f: f"{relist_peak(f) / f['rss_sync']:.2f}×",
+        "≤ 1.2× (issue 11)",
+    )
     row("  RSS after relist (+1 s)", lambda f: _mib(f["rss_after_relist"]))
     row("  kdns CPU during relist", lambda f: _s(f["relist_cpu"]["kdns"]))
     row(
@@ -1280,7 +1306,13 @@ def report(results: list[Result], args: argparse.Namespace) -> str:
     row("  applied by kdns (watch events)", lambda f: f"{f['applied']:.0f}")
     row(
         "  kdns caught up, after the last write",
-        lambda f: _s(f["drain_s"]) if "drain_s" in f else f"> {EVENTS_TIMEOUT:g} s",
+        lambda f: (
+            _s(f["drain_s"])
+            if "drain_s" in f
+            else f"> {EVENTS_TIMEOUT:g} s"
+            if "written" in f
+            else "—"
+        ),
     )
     row("  histogram observations", lambda f: f"{f['observed']:.0f}")
     row("programming p50, kdns histogram", lambda f: _bucket(f["hist_p50"]))
@@ -1376,14 +1408,14 @@ def both(f: dict[str, Any], key: str) -> str:
     return f"{f['cpu_idle'][key]:.2f} / {f['cpu_changes'][key]:.2f}"
 
 
-def kdns_revision() -> str:
+def kdns_revision(root: Path = REPO_ROOT) -> str:
     """The commit kdns runs from, "+edits" when kdns/ has uncommitted changes (others may be
     committing while this runs: each size records the revision its kdns process started from)."""
 
     def git(*argv: str) -> str:
         try:
             return subprocess.run(
-                ["git", "-C", str(REPO_ROOT), *argv], capture_output=True, text=True, timeout=10
+                ["git", "-C", str(root), *argv], capture_output=True, text=True, timeout=10
             ).stdout.strip()
         except (OSError, subprocess.TimeoutExpired):
             return "?"
@@ -1439,6 +1471,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--sync-only", action="store_true", help="stop after the ready time and memory figures"
     )
     parser.add_argument(
+        "--relist-only",
+        action="store_true",
+        help="stop after the forced relist (ready, memory and relist figures only)",
+    )
+    parser.add_argument(
+        "--before",
+        metavar="DIR",
+        type=Path,
+        help="a checkout of kdns to measure too: each size runs DIR's kdns, then this tree's",
+    )
+    parser.add_argument(
         "--profile",
         metavar="DIR",
         help="attach py-spy to kdns during sync and the change stream; raw stacks to DIR",
@@ -1464,7 +1507,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     say(environment())
     results: list[Result] = []
     for n in args.sizes:
-        results.append(run_size(n, args, say))
+        if args.before:
+            results.append(run_size(n, args, say, args.before.resolve(), "before"))
+        results.append(run_size(n, args, say, label="after" if args.before else ""))
     print(environment())
     print(
         f"kdns following a fake kube-apiserver ({'plain HTTP' if args.plain_http else 'HTTPS'}"

@@ -30,6 +30,11 @@ Targets (N = 10,000, from issue 15): load ≤ 2 s, peak RSS ≤ 150 MB, a one-fi
 machine's terms; the script exits 0 either way (a measurement, not a test), 1 when kdns cannot
 be started.
 
+Compiled modules: by default kdns runs with its modules' bytecode cached (a temporary
+PYTHONPYCACHEPREFIX, warmed by one `kdns serve --help` per checkout), as an installed kdns has
+it; ``--no-bytecode`` keeps the environment's PYTHONDONTWRITEBYTECODE, and every start then
+compiles each kdns module again (about 0.15 CPU-s here).
+
 Caveats. On a 2-core machine shared with other work, wall times stretch with the load average
 (printed before each run); CPU seconds stretch much less. Nothing is pinned.
 
@@ -237,7 +242,33 @@ class Result:
     error: str = ""
 
 
-def run_one(checkout: Path, layout: str, path: Path, n: int, work: Path) -> Result:
+def child_env(work: Path, bytecode: bool) -> dict[str, str]:
+    """The environment kdns runs in. With `bytecode`, compiled modules are written to (and read
+    from) a cache under `work`, as an installed package has them; without, each start compiles
+    every kdns module again when the environment says PYTHONDONTWRITEBYTECODE (this sandbox
+    does), which adds its cost to every load figure."""
+    env = dict(os.environ)
+    if bytecode:
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+        env["PYTHONPYCACHEPREFIX"] = str(work / "pycache")
+    return env
+
+
+def warm_bytecode(checkout: Path, env: dict[str, str]) -> None:
+    """Compile what `kdns serve` imports once, before anything is measured."""
+    subprocess.run(
+        [sys.executable, "-m", "kdns", "serve", "--help"],
+        cwd=checkout,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        check=True,
+        timeout=120,
+    )
+
+
+def run_one(
+    checkout: Path, layout: str, path: Path, n: int, work: Path, env: dict[str, str]
+) -> Result:
     result = Result(str(checkout), layout)
     port = free_port()
     log_path = work / f"kdns-{layout}-{abs(hash(str(checkout)))}.log"
@@ -264,7 +295,7 @@ def run_one(checkout: Path, layout: str, path: Path, n: int, work: Path) -> Resu
     last_name = f"svc-{last}.ns-{last % NAMESPACES}.svc.cluster.local."
     with open(log_path, "wb") as log:
         started = time.monotonic()
-        proc = subprocess.Popen(argv, cwd=checkout, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(argv, cwd=checkout, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         ready = wait_for(port, last_name, cluster_ip(last), started + 300, proc)
         result.load_s = ready - started
@@ -366,11 +397,21 @@ def main() -> int:
     parser.add_argument("--layouts", default="file,folder")
     parser.add_argument("--checkout", type=Path, default=REPO)
     parser.add_argument("--reference", type=Path, help="another checkout to measure the same way")
+    parser.add_argument(
+        "--no-bytecode",
+        action="store_true",
+        help="leave PYTHONDONTWRITEBYTECODE as it is: every start compiles kdns's modules",
+    )
     args = parser.parse_args()
     checkouts = [args.checkout] + ([args.reference] if args.reference else [])
     results: list[Result] = []
     with tempfile.TemporaryDirectory(prefix="kdns-manifests-bench-") as tmp:
         work = Path(tmp)
+        env = child_env(work, bytecode=not args.no_bytecode)
+        print(f"compiled modules: {'none' if args.no_bytecode else 'cached, as installed'}")
+        if not args.no_bytecode:
+            for checkout in checkouts:
+                warm_bytecode(checkout, env)
         for layout in args.layouts.split(","):
             for checkout in checkouts:
                 # Each run starts from the files as generated: the previous run edited them.
@@ -380,7 +421,7 @@ def main() -> int:
                     f"load average {os.getloadavg()[0]:.2f}",
                     flush=True,
                 )
-                results.append(run_one(checkout, layout, path, args.services, work))
+                results.append(run_one(checkout, layout, path, args.services, work, env))
     print(report(results, args.services))
     print(
         f"(this script's own peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB)"

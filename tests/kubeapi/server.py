@@ -588,6 +588,9 @@ class Faults:
       get ``status`` with a Status body (reason by code), ``Retry-After`` when ``retry_after``
       (default 1 for 429).
     - ``slow_list(delay_seconds, n)``: lists wait ``delay_seconds`` before being served.
+    - ``expire_next_continue(n)``: the next ``n`` list pages asked with a ``continue`` token get
+      410 Expired, as a token whose snapshot was compacted away (the body's
+      ``metadata.continue`` is the inconsistent-continuation token, as upstream).
     - ``close_watches_immediately(n)``: the watch gets 200 + headers + the terminating chunk, no
       events (a clean, empty stream), again and again.
     - ``expire_next_watch(n)``: the watch gets 200 + an ERROR event (code 410, reason Expired,
@@ -695,6 +698,11 @@ class Faults:
         if retry_after is None and status == 429:
             retry_after = 1
         self._arm(_Armed("error", n, resource, kind=kind, payload=(status, retry_after)))
+
+    def expire_next_continue(self, n: int | None = 1, resource: str | None = None) -> None:
+        """The next ``n`` list requests with a continue token get the 410 Expired an expired
+        token gets (as if the snapshot had been compacted away between two pages)."""
+        self._arm(_Armed("expire_continue", n, resource, kind="list"))
 
     def slow_list(
         self, delay_seconds: float, n: int | None = None, resource: str | None = None
@@ -1660,7 +1668,8 @@ class ApiServer:
                     )
             if cont and token_rv > 0:
                 view = st.snapshots.get(token_rv)
-                if token_rv < st.horizon or view is None:
+                expire = self.faults._take("expire_continue", info.name, "list") is not None
+                if token_rv < st.horizon or view is None or expire:
                     raise _HttpError(
                         410,
                         "Expired",

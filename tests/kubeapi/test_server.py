@@ -207,6 +207,22 @@ def test_expired_continue_token_is_410_with_an_inconsistent_token(
     assert [s.metadata.name for s in rest.items] == ["s2", "s3", "s4", "s9"]
 
 
+def test_expire_next_continue_is_the_410_of_an_expired_token_for_that_many_pages(
+    kube_api: ApiServer, v1: client.CoreV1Api
+) -> None:
+    kube_api.load("services", [o.service("default", f"s{i}") for i in range(5)])
+    kube_api.faults.expire_next_continue(1, resource="services")
+    first = v1.list_service_for_all_namespaces(limit=2)  # a first page has no token: served
+    assert [s.metadata.name for s in first.items] == ["s0", "s1"]
+    with pytest.raises(ApiException) as e:
+        v1.list_service_for_all_namespaces(limit=2, _continue=first.metadata._continue)
+    assert e.value.status == 410
+    assert status_of(e.value)["reason"] == "Expired"
+    # Only once: the same token serves the next page now.
+    page = v1.list_service_for_all_namespaces(limit=2, _continue=first.metadata._continue)
+    assert [s.metadata.name for s in page.items] == ["s2", "s3"]
+
+
 def test_field_and_label_selectors(kube_api: ApiServer, v1: client.CoreV1Api) -> None:
     kube_api.load(
         "services",

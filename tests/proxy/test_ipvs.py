@@ -1412,6 +1412,161 @@ def test_diff_keeps_excluded_and_other_family_services() -> None:
     ]
 
 
+# --- the node DNS's takeover of the kube-dns ClusterIP -----------------------------------------
+#
+# `kdns proxy --mode ipvs --dns 172.30.0.10,169.254.20.10` once the node DNS answers: the kube-dns
+# ClusterIP's port 53 is the node DNS's socket, not IPVS's (kdns/proxy/nodedns.py).
+
+KUBE_DNS_IP = "172.30.0.10"
+KUBE_DNS_PORTS = (("dns", "UDP", 53, None), ("dns-tcp", "TCP", 53, None))
+METRICS_PORT = (("metrics", "TCP", 9153, None),)
+TAKEN = replace_config(CONFIG, node_dns=(KUBE_DNS_IP, "169.254.20.10"))
+
+
+def kube_dns_routes() -> tuple[ServicePortRoute, ...]:
+    """kubeadm's kube-dns Service (53/UDP, 53/TCP, 9153/TCP) and one other Service."""
+    kube_dns = model_service(
+        "kube-system/kube-dns", ip=KUBE_DNS_IP, ports=KUBE_DNS_PORTS + METRICS_PORT
+    )
+    central = model_endpoint(
+        "10.244.2.5", ports=(("dns", "UDP", 53), ("dns-tcp", "TCP", 53), ("metrics", "TCP", 9153))
+    )
+    web = model_service("ns1/svc1")
+    return routes((kube_dns, [central]), (web, [model_endpoint("10.244.1.2")]))
+
+
+KUBE_DNS_SAVE = """
+    -A -t 172.30.0.10:53 -s rr
+    -a -t 172.30.0.10:53 -r 10.244.2.5:53 -m -w 1
+    -A -t 172.30.0.10:9153 -s rr
+    -a -t 172.30.0.10:9153 -r 10.244.2.5:9153 -m -w 1
+    -A -t 172.30.0.41:80 -s rr
+    -a -t 172.30.0.41:80 -r 10.244.1.2:8080 -m -w 1
+    -A -u 172.30.0.10:53 -s rr
+    -a -u 172.30.0.10:53 -r 10.244.2.5:53 -m -w 1
+"""
+# Taken over: the :53 virtual services are gone; 9153 and the other Service are as before.
+TAKEN_SAVE = """
+    -A -t 172.30.0.10:9153 -s rr
+    -a -t 172.30.0.10:9153 -r 10.244.2.5:9153 -m -w 1
+    -A -t 172.30.0.41:80 -s rr
+    -a -t 172.30.0.41:80 -r 10.244.1.2:8080 -m -w 1
+"""
+TAKEN_FILTER = [
+    '-A KUBE-IPVS-FILTER -d 172.30.0.10/32 -p tcp -m tcp --dport 53 -m comment --comment "kdns node DNS" -j RETURN',
+    '-A KUBE-IPVS-FILTER -d 172.30.0.10/32 -p udp -m udp --dport 53 -m comment --comment "kdns node DNS" -j RETURN',
+]
+
+
+@pytest.mark.parametrize(
+    ("config", "save", "cluster_ip_set"),
+    [
+        pytest.param(
+            CONFIG,
+            KUBE_DNS_SAVE,
+            [
+                "172.30.0.10,tcp:53",
+                "172.30.0.10,tcp:9153",
+                "172.30.0.10,udp:53",
+                "172.30.0.41,tcp:80",
+            ],
+            id="no-takeover",
+        ),
+        pytest.param(
+            TAKEN, TAKEN_SAVE, ["172.30.0.10,tcp:9153", "172.30.0.41,tcp:80"], id="taken-over"
+        ),
+    ],
+)
+def test_node_dns_takeover_renders(
+    config: IpvsConfig, save: str, cluster_ip_set: list[str]
+) -> None:
+    rendering = render(kube_dns_routes(), config)
+    assert format_save(rendering.state) == text(save)
+    # The address stays on kube-ipvs0 either way: it must be local for the node DNS's socket,
+    # and 9153 still needs it there for IPVS.
+    assert rendering.state.addresses == {KUBE_DNS_IP, "172.30.0.41"}
+    sets = rendering.ipsets[4]
+    assert sorted(sets["KUBE-IPVS-IPS"]) == [KUBE_DNS_IP, "172.30.0.41"]
+    # Not in KUBE-CLUSTER-IP: no masquerade mark and no ACCEPT for DNS to the node DNS.
+    assert sorted(sets["KUBE-CLUSTER-IP"]) == cluster_ip_set
+
+
+def test_node_dns_takeover_lets_port_53_through_the_ipvs_filter() -> None:
+    without = render(kube_dns_routes(), CONFIG).iptables[4].splitlines()
+    taken = render(kube_dns_routes(), TAKEN).iptables[4].splitlines()
+    # KUBE-IPVS-FILTER rejects new connections to a kube-ipvs0 address on a port no set names
+    # (#72236): the node DNS's port 53 is let through just before that REJECT; nothing else
+    # changes, and no rule DNATs, marks or masquerades the address.
+    reject = next(i for i, line in enumerate(without) if line.endswith("-j REJECT"))
+    assert taken == [*without[:reject], *TAKEN_FILTER, *without[reject:]]
+    assert not [line for line in taken if KUBE_DNS_IP in line and line not in TAKEN_FILTER]
+
+
+def test_node_dns_takeover_only_the_clusterip_port_53() -> None:
+    # The node DNS answers on an address whose Service has DNS on port 5353 and a NodePort on
+    # 53's ports: only the ClusterIP's port 53 is the node DNS's.
+    odd = model_service(
+        "ns1/dns",
+        ip=KUBE_DNS_IP,
+        type="NodePort",
+        ports=(("dns", "UDP", 53, 30053), ("alt", "UDP", 5353, None)),
+    )
+    endpoint = model_endpoint("10.244.2.5", ports=(("dns", "UDP", 53), ("alt", "UDP", 5353)))
+    rendering = render(routes((odd, [endpoint])), TAKEN)
+    assert format_save(rendering.state) == text(
+        """
+        -A -u 172.30.0.10:5353 -s rr
+        -a -u 172.30.0.10:5353 -r 10.244.2.5:5353 -m -w 1
+        -A -u 192.168.1.10:30053 -s rr
+        -a -u 192.168.1.10:30053 -r 10.244.2.5:53 -m -w 1
+        """
+    )
+    assert sorted(rendering.ipsets[4]["KUBE-NODE-PORT-UDP"]) == ["30053"]
+
+
+def test_node_dns_takeover_dual_stack() -> None:
+    config = replace_config(
+        TAKEN,
+        families=(4, 6),
+        local_ips=(NODE_IP, "fd01::10"),
+        node_ips=(NODE_IP, "fd01::10"),
+        cluster_cidrs=(PODS, "fd00:10:244::/64"),
+        node_dns=(KUBE_DNS_IP, "fd00::10"),
+    )
+    kube_dns = model_service(
+        "kube-system/kube-dns", ip=(KUBE_DNS_IP, "fd00::10"), ports=KUBE_DNS_PORTS
+    )
+    rendering = render(routes((kube_dns, [])), config)
+    assert rendering.state.services == {}
+    assert rendering.state.addresses == {KUBE_DNS_IP, "fd00::10"}
+    assert [line for line in rendering.iptables[6].splitlines() if "kdns node DNS" in line] == [
+        '-A KUBE-IPVS-FILTER -d fd00::10/128 -p tcp -m tcp --dport 53 -m comment --comment "kdns node DNS" -j RETURN',
+        '-A KUBE-IPVS-FILTER -d fd00::10/128 -p udp -m udp --dport 53 -m comment --comment "kdns node DNS" -j RETURN',
+    ]
+    assert [
+        line for line in rendering.iptables[4].splitlines() if "kdns node DNS" in line
+    ] == TAKEN_FILTER
+
+
+def test_diff_when_the_node_dns_takes_over_and_gives_back() -> None:
+    before = render(kube_dns_routes(), CONFIG).state
+    taken = render(kube_dns_routes(), TAKEN).state
+    # Taking over: the :53 services go after the ipset and iptables restores (which let port
+    # 53 through first); the address stays bound; nothing else is touched.
+    plan = check_sync(before, taken, TAKEN)
+    assert plan.setup == []
+    assert plan.cleanup == [ipvsadm("-D -t 172.30.0.10:53"), ipvsadm("-D -u 172.30.0.10:53")]
+    # Giving back (a stop for good): they come back with their real servers, before the restores.
+    plan = check_sync(taken, before, CONFIG)
+    assert plan.setup == [
+        ipvsadm("-A -t 172.30.0.10:53 -s rr"),
+        ipvsadm("-a -t 172.30.0.10:53 -r 10.244.2.5:53 -m -w 1"),
+        ipvsadm("-A -u 172.30.0.10:53 -s rr"),
+        ipvsadm("-a -u 172.30.0.10:53 -r 10.244.2.5:53 -m -w 1"),
+    ]
+    assert plan.cleanup == []
+
+
 # --- property tests ----------------------------------------------------------------------------
 
 PROPERTIES = settings(

@@ -174,6 +174,7 @@ async def start(
     pods: str = "insecure",
     synced: bool = True,
     keys: dict[str, Any] | None = None,
+    page_size: int | None = None,
     **options: float,
 ) -> Kdns:
     config = Config().with_overrides(
@@ -185,7 +186,10 @@ async def start(
         metrics_addr="127.0.0.1:0",
         pods=pods,
     )
-    app = build(config, kube_options=fast_options(**options))
+    kube_options = fast_options(**options)
+    if page_size is not None:
+        kube_options["reflector"]["page_size"] = page_size  # objects per list page (`limit`)
+    app = build(config, kube_options=kube_options)
     for attempt in range(5):
         try:
             ports = await nursery.start(serve, app)
@@ -540,13 +544,15 @@ async def test_bookmarks_advance_the_resource_version_and_spare_a_relist(
 ) -> None:
     kube_api.create("services", objects.service("default", "web"))
     k = await start(nursery, kube_api, kubeconfig)
+    # Counted before the pods exist: a bookmark carrying their resourceVersion can only be sent
+    # after this (taken after them, one sent meanwhile would already be in the count).
+    bookmarks = kube_api.stats.bookmarks_sent
     # Pods are not watched (pods: insecure): creating some moves the global resourceVersion
     # without an event on any watched kind. Only bookmarks can tell the reflectors.
     for i in range(3):
         kube_api.create("pods", objects.pod("default", f"p-{i}"))
     current = str(kube_api.resource_version)
     before = await k.metrics()
-    bookmarks = kube_api.stats.bookmarks_sent
     await wait_until(
         lambda: all(k.reflector(kind).resource_version == current for kind in KINDS),
         f"every reflector at resourceVersion {current}",

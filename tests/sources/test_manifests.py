@@ -1078,3 +1078,35 @@ def test_deep_nesting_is_an_error_not_a_crash(
     assert len(errors) == 1
     assert errors[0].startswith("deep.yaml")
     assert "invalid YAML" in errors[0]
+
+
+def test_only_the_first_load_leaves_its_objects_frozen(tmp_path: Path) -> None:
+    # The start-up load moves what is alive out of the cycle collector's sight (else the first
+    # collections walk the whole model again); a reload gives them back, so garbage cycles of
+    # start-up objects wait at most until then. The collector's on/off state is kept.
+    import gc
+
+    (tmp_path / "a.yaml").write_text(REDIS)
+    reader = ManifestReader()
+    was_enabled = gc.isenabled()
+    try:
+        gc.unfreeze()
+        reader.load([str(tmp_path)])
+        assert gc.isenabled() == was_enabled
+        assert gc.get_freeze_count() > 0
+        (tmp_path / "a.yaml").write_text(REDIS.replace("6379", "6380"))
+        reader.load([str(tmp_path)])
+        assert gc.isenabled() == was_enabled
+        assert gc.get_freeze_count() == 0
+    finally:
+        gc.unfreeze()
+
+
+@pytest.mark.parametrize("size", [0, 3, 10, 100], ids=["empty", "grew", "exact", "shrank"])
+def test_a_file_is_read_whole_whatever_its_size_was(tmp_path: Path, size: int) -> None:
+    # The size comes from the stat before the read; the file may have changed in between.
+    from kdns.sources.manifests import _read_bytes
+
+    path = tmp_path / "a.yaml"
+    path.write_bytes(b"kind: List" + b"\n" * (2 << 20))
+    assert _read_bytes(str(path), size) == path.read_bytes()

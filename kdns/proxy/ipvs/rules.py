@@ -17,6 +17,11 @@ Contract:
   externally reachable); when two routes claim one (protocol, VIP, port), the first in route
   order wins (kube-proxy: whichever its map yields last); the conntrack INVALID drop is written
   as the iptables renderer writes it (off with `conntrack_tcp_be_liberal`).
+- The node DNS's takeover (`config.node_dns`, `kdns proxy --dns` once it answers): a ClusterIP
+  the node DNS answers on gets no virtual service, no KUBE-CLUSTER-IP entry (so no masquerade
+  mark, no ACCEPT) for its port 53 over UDP and TCP, and KUBE-IPVS-FILTER lets port 53 through
+  to the local socket; the address stays bound to kube-ipvs0 and the Service's other ports
+  (kube-dns's 9153) keep their virtual services. Why the address stays: kdns/proxy/nodedns.py.
 """
 
 from __future__ import annotations
@@ -76,6 +81,7 @@ KUBE_PROXY_FIREWALL = "KUBE-PROXY-FIREWALL"
 KUBE_SOURCE_RANGES_FIREWALL = "KUBE-SOURCE-RANGES-FIREWALL"
 KUBE_IPVS_FILTER = "KUBE-IPVS-FILTER"
 KUBE_IPVS_OUT_FILTER = "KUBE-IPVS-OUT-FILTER"
+NODE_DNS_PORT = 53  # the port a ClusterIP taken over by the node DNS answers on itself
 # proxier.go iptablesChains, in its order.
 NAT_CHAINS = (KUBE_SERVICES, KUBE_POSTROUTING, KUBE_NODE_PORT, KUBE_LOAD_BALANCER, KUBE_MARK_MASQ)
 FILTER_CHAINS = (
@@ -123,6 +129,9 @@ class IpvsConfig:
     conntrack_tcp_be_liberal: bool = False
     # --ipvs-exclude-cidrs: virtual services inside these are never deleted by a diff.
     exclude_cidrs: tuple[str, ...] = ()
+    # Addresses the node DNS answers on port 53 and has taken over (module docstring): a
+    # ClusterIP among them keeps no UDP or TCP virtual service for port 53.
+    node_dns: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.families or any(f not in (4, 6) for f in self.families):
@@ -131,7 +140,7 @@ class IpvsConfig:
             raise ValueError(f"IPVS scheduler {self.scheduler!r} is not one of the kernel's")
         if not 0 <= self.masquerade_bit <= 31:
             raise ValueError(f"masquerade_bit {self.masquerade_bit} is out of range 0-31")
-        for ip in (*self.local_ips, *(self.nodeport_ips or ()), *self.node_ips):
+        for ip in (*self.local_ips, *(self.nodeport_ips or ()), *self.node_ips, *self.node_dns):
             ipaddress.ip_address(ip)
         for cidr in (*self.cluster_cidrs, *self.exclude_cidrs):
             ipaddress.ip_network(cidr, strict=False)
@@ -206,6 +215,9 @@ class _Desired:
         }
         self.local_ips = {norm_ip(ip) for ip in config.local_ips}
         self.nodeport_ips = {f: config.nodeport_addresses(f) for f in config.families}
+        self.node_dns = {norm_ip(ip) for ip in config.node_dns}
+        # Per family: (ClusterIP, protocol) whose port 53 the node DNS answers instead of IPVS.
+        self.node_dns_ports: dict[int, set[tuple[str, str]]] = {f: set() for f in config.families}
 
     def service(
         self, route: ServicePortRoute, ip: str, port: int, endpoints: Iterable[RouteEndpoint]
@@ -223,6 +235,14 @@ class _Desired:
             reals=tuple(RealServer(ep.ip, ep.port) for ep in endpoints),
         )
         self.services.setdefault(service.key, service)
+
+    def taken_over(self, route: ServicePortRoute) -> bool:
+        """Whether the node DNS answers this ClusterIP port itself (module docstring)."""
+        return (
+            route.port == NODE_DNS_PORT
+            and route.protocol.upper() in ("UDP", "TCP")
+            and norm_ip(route.cluster_ip) in self.node_dns
+        )
 
     def bind_unless_local(self, ip: str) -> None:
         # "We must not add the address to the dummy device if it exist on another interface"
@@ -247,7 +267,9 @@ def render(routes: Iterable[ServicePortRoute], config: IpvsConfig = IpvsConfig()
         ipsets[family] = {
             IPSET_BY_NAME[name].set_name(family): frozenset(values) for name, values in sets.items()
         }
-        iptables[family] = _render_iptables(family, sets, config, out.no_node_access[family])
+        iptables[family] = _render_iptables(
+            family, sets, config, out.no_node_access[family], sorted(out.node_dns_ports[family])
+        )
     return IpvsRendering(IpvsState(out.services, frozenset(out.bind)), ipsets, iptables)
 
 
@@ -263,9 +285,14 @@ def _write_route(route: ServicePortRoute, out: _Desired) -> None:
     for ep in route.endpoints:
         if ep.local:
             entries[LOOP_BACK].add(f"{ep.ip},{proto}:{ep.port},{ep.ip}")
-    # The ClusterIP: always bound to kube-ipvs0, so IPVS sees it at LOCAL_IN.
-    entries[CLUSTER_IP].add(f"{route.cluster_ip},{proto}:{route.port}")
-    out.service(route, route.cluster_ip, route.port, internal)
+    # The ClusterIP: always bound to kube-ipvs0, so IPVS sees it at LOCAL_IN. A port the
+    # node DNS took over gets no virtual service: IPVS passes what matches none of its
+    # services on to the local socket (kdns/proxy/nodedns.py says why the address stays).
+    if out.taken_over(route):
+        out.node_dns_ports[route.family].add((norm_ip(route.cluster_ip), proto))
+    else:
+        entries[CLUSTER_IP].add(f"{route.cluster_ip},{proto}:{route.port}")
+        out.service(route, route.cluster_ip, route.port, internal)
     out.bind.add(route.cluster_ip)
     if route.external_ips or route.load_balancer_ips or route.node_port:
         _write_external(route, out)
@@ -343,6 +370,7 @@ def _render_iptables(
     sets: Mapping[str, Collection[str]],
     config: IpvsConfig,
     no_node_access: Sequence[tuple[str, str, int]],
+    node_dns_ports: Sequence[tuple[str, str]] = (),
 ) -> str:
     """proxier.go writeIptablesRules: the fixed chains, matching the ipsets, nat then filter."""
 
@@ -454,6 +482,15 @@ def _render_iptables(
     filt.append(
         f"-A {KUBE_IPVS_FILTER} -m set --match-set {name(HEALTH_CHECK_NODE_PORT)} dst -j RETURN"
     )
+    # A ClusterIP the node DNS took over: port 53 is its socket's, not a stray host port.
+    # (With its NOTRACK rules the REJECT below, ctstate NEW, would not match anyway; this
+    # keeps DNS working when they failed to install.)
+    prefix = 128 if family == 6 else 32
+    for ip, proto in node_dns_ports:
+        filt.append(
+            f"-A {KUBE_IPVS_FILTER} -d {ip}/{prefix} -p {proto} -m {proto} --dport {NODE_DNS_PORT}"
+            f' -m comment --comment "kdns node DNS" -j RETURN'
+        )
     filt.append(
         f"-A {KUBE_IPVS_FILTER} -m conntrack --ctstate NEW"
         f" -m set --match-set {name(IPVS_IPS)} dst -j REJECT"
