@@ -22,11 +22,13 @@ Contract:
   every mode's objects at once (`proxy/cleanup.py`).
 - Every write is one transaction per family: `iptables-restore --noflush` (the jumps from the
   built-in chains go in the same input, inserted only where missing), an nft script (through one
-  libnftables context kept for the proxy's life, `proxy/libnftables.py`, else `nft -f -`), or
+  libnftables context kept across syncs, `proxy/libnftables.py`, else `nft -f -`), or
   for IPVS a few `ipvsadm -R` / `ip -batch` runs around one `ipset restore` and one
   `iptables-restore`.
 - `Node` holds what the node contributes (its addresses, pod CIDRs, flags), read once at start;
   the addresses on kube-ipvs0 and on the node DNS's device are the proxy's own, not the node's.
+- After a full sync the data plane gives its transient memory back: a fresh libnftables
+  context, then `heap.trim()` (docs/benchmarks.md, Proxy › Memory).
 - All commands go through a `Runner` (argv, stdin) → (status, stdout, stderr), so the tests can
   point the data plane at a namespace; nothing here touches the host unless told to.
 """

@@ -1,4 +1,4 @@
-"""`nft -f -` without a process: one libnftables context kept for the life of the proxy.
+"""`nft -f -` without a process: one libnftables context kept across the proxy's syncs.
 
 Contract:
 - `Libnftables.load(fallback)` opens `libnftables.so.1` (shipped with Debian's nftables package)

@@ -5,7 +5,8 @@ Contract:
   `ip6 kdns`) hold exactly what the routes of `config.family` need, whatever it held before:
   `add table` + `flush table` (every rule of every chain goes), the base chains re-created (so a
   changed hook priority cannot fail the transaction), the fixed chains and rules, the dispatch
-  maps flushed and refilled, every per-service chain and affinity set, and the deletion of the
+  maps flushed and refilled (each map's and set's elements in one `add element`, see
+  `_write_services`), every per-service chain and affinity set, and the deletion of the
   per-service chains and affinity sets in `existing` that are no longer used. Affinity sets that
   are still used are declared again but never flushed, so session affinity survives full syncs.
 - `render_partial(routes, changed, previous, config)` is the incremental sync kube-proxy's
