@@ -4,7 +4,8 @@ Used by the glibc, resolver-matrix and autopath tests. Everything created is reg
 the caller's ExitStack before it is created, so it is removed even when a later step fails.
 `pod_network` adds kdns on the node and a resolv.conf on the pod: a pod whose only nameserver
 is kdns, with the test addresses existing only inside the two namespaces. `api_server_in`
-starts a test API server listening inside a namespace (the node's), for processes run there.
+starts a test API server listening inside a namespace (the node's), for processes run there;
+`dig_status_and_records` reads `dig`'s output (run with DIG_ANSWER's options).
 """
 
 from __future__ import annotations
