@@ -35,6 +35,7 @@ from dnslib import QTYPE
 # start without them (`kdns serve --manifests`, the common case) does not load them.
 from kdns import app, logs, proxyapp
 from kdns.config import POD_MODES, PROXY_MODES, Config, ConfigError, apply_env, load_config
+from kdns.proxy import sysctls
 from kdns.sources.static import ManifestSource
 from kdns.synced import wait_synced
 
@@ -265,6 +266,30 @@ def _proxy_parser(commands: Any, common: Callable[[argparse.ArgumentParser], Non
         metavar="HOST:PORT",
         help="/metrics (127.0.0.1:10249)",
     )
+    for flag, unit, default in (
+        ("max-per-core", "N", "32768"),
+        ("min", "N", "131072"),
+        ("tcp-timeout-established", "SECONDS", "86400"),
+        ("tcp-timeout-close-wait", "SECONDS", "3600"),
+        ("udp-timeout", "SECONDS", "0"),
+        ("udp-timeout-stream", "SECONDS", "0"),
+    ):
+        _key_flag(
+            proxy,
+            f"--conntrack-{flag}",
+            f"proxy.conntrack_{flag.replace('-', '_')}",
+            type=int,
+            metavar=unit,
+            help=f"kube-proxy's conntrack sysctl setting ({default}; 0 leaves it alone)",
+        )
+    _key_flag(
+        proxy,
+        "--conntrack-tcp-be-liberal",
+        "proxy.conntrack_tcp_be_liberal",
+        action="store_true",
+        default=None,
+        help="set nf_conntrack_tcp_be_liberal=1 (kube-proxy's flag)",
+    )
     _key_flag(
         proxy,
         "--dns",
@@ -314,6 +339,16 @@ def _proxy_options(config: Config) -> proxyapp.ProxyOptions:
         ipvs_scheduler=proxy.ipvs_scheduler,
         dns_addresses=node.dns,
         dns_autopath=node.dns_autopath,
+        conntrack=sysctls.Conntrack(
+            max_per_core=proxy.conntrack_max_per_core,
+            min=proxy.conntrack_min,
+            tcp_timeout_established=proxy.conntrack_tcp_timeout_established,
+            tcp_timeout_close_wait=proxy.conntrack_tcp_timeout_close_wait,
+            tcp_be_liberal=proxy.conntrack_tcp_be_liberal,
+            udp_timeout=proxy.conntrack_udp_timeout,
+            udp_timeout_stream=proxy.conntrack_udp_timeout_stream,
+        ),
+        sysctl_root=proxyapp.SYSCTL_ROOT,
     )
 
 
