@@ -14,6 +14,10 @@ Contract:
   finds them held by a running proxy (a surge rollout) listens only once it is ready — its
   first sync applied and its node DNS answering — so the old one answers every probe until
   then, and every new connection comes to the new one after.
+- Before the first sync (not under `render` or `cleanup`), `set_sysctls` makes the kernel
+  settings kube-proxy makes at start in the mode (proxy/sysctls.py) under
+  `options.sysctl_root` (`/proc/sys` from the command; "" leaves them alone); a setting it
+  cannot write is a warning line, never a refusal.
 - `render` prints what a full sync would apply once the source has synced; nothing is written.
   `cleanup` removes what any mode installed (`proxy/cleanup.py`), whatever `--mode` says, and
   nothing else.
