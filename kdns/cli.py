@@ -266,13 +266,15 @@ def _proxy_parser(commands: Any, common: Callable[[argparse.ArgumentParser], Non
         metavar="HOST:PORT",
         help="/metrics (127.0.0.1:10249)",
     )
-    for flag, unit, default in (
-        ("max-per-core", "N", "32768"),
-        ("min", "N", "131072"),
-        ("tcp-timeout-established", "SECONDS", "86400"),
-        ("tcp-timeout-close-wait", "SECONDS", "3600"),
-        ("udp-timeout", "SECONDS", "0"),
-        ("udp-timeout-stream", "SECONDS", "0"),
+    # kube-proxy's conntrack flags (seconds where it takes durations), set at start
+    # (proxy/sysctls.py); 0 leaves a sysctl alone.
+    for flag, unit, text in (
+        ("max-per-core", "N", "nf_conntrack_max per CPU, raised only (32768; 0: leave it)"),
+        ("min", "N", "the floor of nf_conntrack_max (131072)"),
+        ("tcp-timeout-established", "SECONDS", "nf_conntrack_tcp_timeout_established (86400)"),
+        ("tcp-timeout-close-wait", "SECONDS", "nf_conntrack_tcp_timeout_close_wait (3600)"),
+        ("udp-timeout", "SECONDS", "nf_conntrack_udp_timeout (0: leave it)"),
+        ("udp-timeout-stream", "SECONDS", "nf_conntrack_udp_timeout_stream (0: leave it)"),
     ):
         _key_flag(
             proxy,
@@ -280,7 +282,7 @@ def _proxy_parser(commands: Any, common: Callable[[argparse.ArgumentParser], Non
             f"proxy.conntrack_{flag.replace('-', '_')}",
             type=int,
             metavar=unit,
-            help=f"kube-proxy's conntrack sysctl setting ({default}; 0 leaves it alone)",
+            help=text,
         )
     _key_flag(
         proxy,
