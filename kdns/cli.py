@@ -35,6 +35,7 @@ from dnslib import QTYPE
 # start without them (`kdns serve --manifests`, the common case) does not load them.
 from kdns import app, logs, proxyapp
 from kdns.config import POD_MODES, PROXY_MODES, Config, ConfigError, apply_env, load_config
+from kdns.proxy import sysctls
 from kdns.sources.static import ManifestSource
 from kdns.synced import wait_synced
 
@@ -265,6 +266,32 @@ def _proxy_parser(commands: Any, common: Callable[[argparse.ArgumentParser], Non
         metavar="HOST:PORT",
         help="/metrics (127.0.0.1:10249)",
     )
+    # kube-proxy's conntrack flags (seconds where it takes durations), set at start
+    # (proxy/sysctls.py); 0 leaves a sysctl alone.
+    for flag, unit, text in (
+        ("max-per-core", "N", "nf_conntrack_max per CPU, raised only (32768; 0: leave it)"),
+        ("min", "N", "the floor of nf_conntrack_max (131072)"),
+        ("tcp-timeout-established", "SECONDS", "nf_conntrack_tcp_timeout_established (86400)"),
+        ("tcp-timeout-close-wait", "SECONDS", "nf_conntrack_tcp_timeout_close_wait (3600)"),
+        ("udp-timeout", "SECONDS", "nf_conntrack_udp_timeout (0: leave it)"),
+        ("udp-timeout-stream", "SECONDS", "nf_conntrack_udp_timeout_stream (0: leave it)"),
+    ):
+        _key_flag(
+            proxy,
+            f"--conntrack-{flag}",
+            f"proxy.conntrack_{flag.replace('-', '_')}",
+            type=int,
+            metavar=unit,
+            help=text,
+        )
+    _key_flag(
+        proxy,
+        "--conntrack-tcp-be-liberal",
+        "proxy.conntrack_tcp_be_liberal",
+        action="store_true",
+        default=None,
+        help="set nf_conntrack_tcp_be_liberal=1 (kube-proxy's flag)",
+    )
     _key_flag(
         proxy,
         "--dns",
@@ -314,6 +341,16 @@ def _proxy_options(config: Config) -> proxyapp.ProxyOptions:
         ipvs_scheduler=proxy.ipvs_scheduler,
         dns_addresses=node.dns,
         dns_autopath=node.dns_autopath,
+        conntrack=sysctls.Conntrack(
+            max_per_core=proxy.conntrack_max_per_core,
+            min=proxy.conntrack_min,
+            tcp_timeout_established=proxy.conntrack_tcp_timeout_established,
+            tcp_timeout_close_wait=proxy.conntrack_tcp_timeout_close_wait,
+            tcp_be_liberal=proxy.conntrack_tcp_be_liberal,
+            udp_timeout=proxy.conntrack_udp_timeout,
+            udp_timeout_stream=proxy.conntrack_udp_timeout_stream,
+        ),
+        sysctl_root=proxyapp.SYSCTL_ROOT,
     )
 
 

@@ -485,6 +485,9 @@ def _rewrite(entry: Any, at: str) -> RewriteRule:
     )
 
 
+_SYSCTL_MAX = 2**31 - 1  # the kernel's int sysctls
+
+
 def _key(default: Any, check: Check, alias: str = "", shape: str = "scalar") -> Any:
     """A section field: its default, its check, its flat alias (the key's name in files written
     before the sections; a new key needs none), and how YAML and KDNS_*
@@ -662,6 +665,15 @@ class ProxySection:
     ipvs_scheduler: str = _key("rr", _scheduler, "ipvs_scheduler")
     healthz_addr: str = _key("0.0.0.0:10256", _hostport, "healthz_addr")  # kube-proxy's ports
     metrics_addr: str = _key("127.0.0.1:10249", _hostport, "proxy_metrics_addr")
+    # kube-proxy's conntrack settings, by its flags' names (seconds where it takes durations);
+    # 0 leaves the sysctl alone. nf_conntrack_max = max(per core x CPUs, min), only raised.
+    conntrack_max_per_core: int = _key(32768, _whole(0, _SYSCTL_MAX))
+    conntrack_min: int = _key(131072, _whole(0, _SYSCTL_MAX))
+    conntrack_tcp_timeout_established: int = _key(86400, _whole(0, _SYSCTL_MAX, " of seconds"))
+    conntrack_tcp_timeout_close_wait: int = _key(3600, _whole(0, _SYSCTL_MAX, " of seconds"))
+    conntrack_tcp_be_liberal: bool = _key(False, _boolean)
+    conntrack_udp_timeout: int = _key(0, _whole(0, _SYSCTL_MAX, " of seconds"))
+    conntrack_udp_timeout_stream: int = _key(0, _whole(0, _SYSCTL_MAX, " of seconds"))
 
 
 @dataclass(frozen=True, slots=True)

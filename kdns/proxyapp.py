@@ -14,6 +14,10 @@ Contract:
   finds them held by a running proxy (a surge rollout) listens only once it is ready — its
   first sync applied and its node DNS answering — so the old one answers every probe until
   then, and every new connection comes to the new one after.
+- Before the first sync (not under `render` or `cleanup`), `set_sysctls` makes the kernel
+  settings kube-proxy makes at start in the mode (proxy/sysctls.py) under
+  `options.sysctl_root` (`/proc/sys` from the command; "" leaves them alone); a setting it
+  cannot write is a warning line, never a refusal.
 - `render` prints what a full sync would apply once the source has synced; nothing is written.
   `cleanup` removes what any mode installed (`proxy/cleanup.py`), whatever `--mode` says, and
   nothing else.
@@ -73,7 +77,7 @@ from kdns.dns import reuseport
 from kdns.dns.forward import Upstream
 from kdns.dns.server import DnsServer
 from kdns.http import HttpEndpoint, PortSharing, Route, prometheus
-from kdns.proxy import healthcheck, nodednsrules, userspace
+from kdns.proxy import healthcheck, nodednsrules, sysctls, sysctlwriter, userspace
 from kdns.proxy.cleanup import cleanup_every_mode
 from kdns.proxy.dataplane import (
     ApplyError,
@@ -103,6 +107,7 @@ NODE_DNS_PORT = 53
 # The HTTP ports, shared with the next proxy of a surge rollout as the DNS sockets are.
 SHARED = PortSharing(reuseport.share, reuseport.steer)
 TAKE_OVER_POLL = 0.05  # seconds between readiness checks of a proxy waiting to take over
+SYSCTL_ROOT = "/proc/sys"
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +126,10 @@ class ProxyOptions:
     dns_addresses: tuple[str, ...] = ()  # --dns: () = the proxy answers no DNS
     dns_port: int = NODE_DNS_PORT  # not a flag: clients of node DNS ask on 53; tests take 0
     dns_autopath: bool = False  # --dns-autopath: autopath for this node's pods
+    conntrack: sysctls.Conntrack = field(default_factory=sysctls.Conntrack)  # --conntrack-*
+    # Where the sysctls are written: the command passes SYSCTL_ROOT; "" (the default, for
+    # in-process tests on the host) leaves the node's sysctls alone.
+    sysctl_root: str = ""
 
 
 def default_families() -> tuple[int, ...]:
@@ -341,6 +350,18 @@ def make_dataplane(options: ProxyOptions, runner: Runner = run_command) -> Datap
     return IpvsDataplane(node, runner, options.ipvs_scheduler)
 
 
+def set_sysctls(options: ProxyOptions) -> list[str]:
+    """The kernel settings kube-proxy makes at start in this mode (proxy/sysctls.py); a
+    failure is a warning line, not a refusal (proxy/sysctlwriter.py says why)."""
+    wanted = sysctls.wanted(
+        options.mode,
+        options.conntrack,
+        os.cpu_count() or 1,  # every CPU of the node, as kube-proxy's detectNumCPU (#99225)
+        sysctls.kernel_version(os.uname().release),
+    )
+    return sysctlwriter.apply(wanted, options.sysctl_root)
+
+
 def cleanup(runner: Runner = run_command) -> list[str]:
     """Removes what any mode installed, whichever `--mode` is given (kube-proxy's --cleanup);
     returns one line per leftover (empty: all gone). IPVS services can exist only once the
@@ -471,6 +492,7 @@ async def run_proxy(
         await _run_userspace(store, source, node_dns, options, runner, task_status=task_status)
         return
     dataplane = make_dataplane(options, runner)
+    set_sysctls(options)  # before the first sync, as kube-proxy's setupConntrack and NewProxier
     if await _restarting_node_dns(dataplane, options, runner):
         # The running process took the ClusterIP over: the first sync must not bring :53 back.
         dataplane.take_over_dns(options.dns_addresses)

@@ -712,6 +712,29 @@ VALUE_ERRORS = [
         "'localhost' is not an IP address (expected HOST:PORT, e.g. 0.0.0.0:53 or [::]:53)",
     ),
     # In its section, a key is named by its path, on its own line.
+    # kube-proxy's conntrack settings: whole numbers (seconds for timeouts); 0 leaves one alone.
+    *(
+        (
+            f"proxy:\n  {key}: {value}\n",
+            2,
+            f"proxy.{key}",
+            f"must be a whole number{unit} in 0-2147483647 (got {value})",
+        )
+        for key, unit, value in (
+            ("conntrack_max_per_core", "", "-1"),
+            ("conntrack_min", "", "2147483648"),
+            ("conntrack_tcp_timeout_established", " of seconds", "1.5"),
+            ("conntrack_tcp_timeout_close_wait", " of seconds", "-1"),
+            ("conntrack_udp_timeout", " of seconds", "-30"),
+            ("conntrack_udp_timeout_stream", " of seconds", "-120"),
+        )
+    ),
+    (
+        "proxy:\n  conntrack_tcp_be_liberal: 1\n",
+        2,
+        "proxy.conntrack_tcp_be_liberal",
+        "must be true or false (got 1)",
+    ),
     (
         "dns:\n  ttl: 5\n  pods: maybe\n",
         3,

@@ -22,11 +22,13 @@ Contract:
   every mode's objects at once (`proxy/cleanup.py`).
 - Every write is one transaction per family: `iptables-restore --noflush` (the jumps from the
   built-in chains go in the same input, inserted only where missing), an nft script (through one
-  libnftables context kept for the proxy's life, `proxy/libnftables.py`, else `nft -f -`), or
+  libnftables context kept across syncs, `proxy/libnftables.py`, else `nft -f -`), or
   for IPVS a few `ipvsadm -R` / `ip -batch` runs around one `ipset restore` and one
   `iptables-restore`.
 - `Node` holds what the node contributes (its addresses, pod CIDRs, flags), read once at start;
   the addresses on kube-ipvs0 and on the node DNS's device are the proxy's own, not the node's.
+- After a full sync the data plane gives its transient memory back: a fresh libnftables
+  context, then `heap.trim()` (docs/benchmarks.md, Proxy › Memory).
 - All commands go through a `Runner` (argv, stdin) → (status, stdout, stderr), so the tests can
   point the data plane at a namespace; nothing here touches the host unless told to.
 """
@@ -44,9 +46,9 @@ from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from kdns.proxy import heap, nodedns
 from kdns.proxy import iptables as ipt
 from kdns.proxy import nftables as nft
-from kdns.proxy import nodedns
 from kdns.proxy.ipvs import diff as ipvs_diff
 from kdns.proxy.ipvs import ipset, ipvsadm
 from kdns.proxy.ipvs import kernel as ipvs_kernel
@@ -250,42 +252,56 @@ class IptablesDataplane:
         self, routes: Sequence[ServicePortRoute], changed: Collection[ServiceKey] | None
     ) -> Applied:
         rules = size = 0
+        full = False
         for family in self.families:
-            config = self.configs[family]
-            last = self._last.get(family)
-            try:
-                if changed is None or last is None:
-                    save = _check(self.runner, [_SAVE[family]])
-                    existing = ipt.saved_chains(save).get("nat", frozenset())
-                    rendering = ipt.render_full(routes, config, existing)
-                    text = with_jumps(rendering.text, save, ipt.JUMP_RULES)
-                    expected: dict[tuple[str, str], int] = {}
-                else:
-                    rendering = ipt.render_partial(routes, changed, config, last.active_chains)
-                    text = ipt.omit_unchanged(rendering.text, self._fixed[family])
-                    expected = dict(self._expected[family])
-                _check(self.runner, [_RESTORE[family], "-w", "5", "--noflush"], text)
-            except ApplyError:
-                self._last.pop(family, None)
-                self._expected.pop(family, None)
-                self._fixed.pop(family, None)
-                raise
-            written = ipt.chain_rules(text)
-            expected.update((key, len(rules)) for key, rules in written.items())
-            for chain in rendering.deleted_chains:
-                expected.pop(("nat", chain), None)
-            # Built-in chains hold others' rules too: only our jumps are checked, not counts.
-            for key in [k for k in expected if k[1] in _BUILTIN]:
-                expected.pop(key)
-            self._expected[family] = expected
-            self._last[family] = rendering
-            # What the kernel's fixed chains hold now (the omitted ones kept theirs).
-            fixed = {} if changed is None or last is None else dict(self._fixed[family])
-            fixed.update(ipt.fixed_chain_rules(written))
-            self._fixed[family] = fixed
-            rules += text.count("\n-A ")
-            size += len(text)
+            full = full or changed is None or family not in self._last
+            written = self._sync_family(routes, changed, family)
+            rules += written.rules
+            size += written.size
+        if full:
+            heap.trim()  # the full restore input and iptables-save output are garbage now
         return Applied(rules, size)
+
+    def _sync_family(
+        self,
+        routes: Sequence[ServicePortRoute],
+        changed: Collection[ServiceKey] | None,
+        family: int,
+    ) -> Applied:
+        config = self.configs[family]
+        last = self._last.get(family)
+        try:
+            if changed is None or last is None:
+                save = _check(self.runner, [_SAVE[family]])
+                existing = ipt.saved_chains(save).get("nat", frozenset())
+                rendering = ipt.render_full(routes, config, existing)
+                text = with_jumps(rendering.text, save, ipt.JUMP_RULES)
+                expected: dict[tuple[str, str], int] = {}
+            else:
+                rendering = ipt.render_partial(routes, changed, config, last.active_chains)
+                text = ipt.omit_unchanged(rendering.text, self._fixed[family])
+                expected = dict(self._expected[family])
+            _check(self.runner, [_RESTORE[family], "-w", "5", "--noflush"], text)
+        except ApplyError:
+            self._last.pop(family, None)
+            self._expected.pop(family, None)
+            self._fixed.pop(family, None)
+            raise
+        written = ipt.chain_rules(text)
+        expected.update((key, len(rules)) for key, rules in written.items())
+        for chain in rendering.deleted_chains:
+            expected.pop(("nat", chain), None)
+        # Built-in chains hold others' rules too: only our jumps are checked, not counts.
+        for key in [k for k in expected if k[1] in _BUILTIN]:
+            expected.pop(key)
+        self._expected[family] = expected
+        # The next render needs the chains, not the text (megabytes in a full sync).
+        self._last[family] = replace(rendering, text="")
+        # What the kernel's fixed chains hold now (the omitted ones kept theirs).
+        fixed = {} if changed is None or last is None else dict(self._fixed[family])
+        fixed.update(ipt.fixed_chain_rules(written))
+        self._fixed[family] = fixed
+        return Applied(text.count("\n-A "), len(text))
 
     def intact(self) -> bool:
         for family in self.families:
@@ -399,36 +415,60 @@ class NftablesDataplane:
     ) -> Applied:
         rules = size = 0
         pending = False
+        full = False
         for family in self.families:
-            config = self.configs[family]
-            last = self._last.get(family)
-            try:
-                if changed is None or last is None:
-                    existing = self._objects(config) if last is None else last.objects
-                    rendering = nft.render_full(routes, config, existing)
-                else:
-                    rendering = nft.render_partial(routes, changed, last, config)
-                if rendering.text:
-                    _check(self.apply, ["nft", "-f", "-"], rendering.text)
-            except ApplyError:
-                self._last.pop(family, None)
-                raise
-            self._last[family] = rendering
-            if not rendering.partial:
-                self._fixed[family] = _fixed_rule_counts(rendering.text, config)
-            pending = pending or bool(rendering.stale_chains)
-            rules += rendering.rules_written + rendering.elements_written
-            size += len(rendering.text)
+            full = full or changed is None or family not in self._last
+            written = self._sync_family(routes, changed, family)
+            pending = pending or bool(self._last[family].stale_chains)
+            rules += written.rules
+            size += written.size
         self.pending_deletes = pending
+        if full:
+            # The full transaction's memory (docs/benchmarks.md, Proxy: 459 MiB at 10k
+            # Services, ~100 MiB live) is garbage now: the context's leftovers go with it, and
+            # the freed heap back to the kernel.
+            if isinstance(self.apply, Libnftables):
+                self.apply.renew()
+            heap.trim()
         return Applied(rules, size)
 
+    def _sync_family(
+        self,
+        routes: Sequence[ServicePortRoute],
+        changed: Collection[ServiceKey] | None,
+        family: int,
+    ) -> Applied:
+        config = self.configs[family]
+        last = self._last.get(family)
+        try:
+            if changed is None or last is None:
+                existing = self._objects(config) if last is None else last.objects
+                rendering = nft.render_full(routes, config, existing)
+            else:
+                rendering = nft.render_partial(routes, changed, last, config)
+            if rendering.text:
+                _check(self.apply, ["nft", "-f", "-"], rendering.text)
+        except ApplyError:
+            self._last.pop(family, None)
+            raise
+        if not rendering.partial:
+            self._fixed[family] = _fixed_rule_counts(rendering.text, config)
+        written = Applied(rendering.rules_written + rendering.elements_written, len(rendering.text))
+        # The next render needs the state, not the text (10 MB for a full sync at 10k).
+        self._last[family] = replace(rendering, text="")
+        return written
+
     def _objects(self, config: nft.NftablesConfig) -> nft.TableObjects:
-        status, out, _ = self.runner(
-            ["nft", "-j", "list", "table", config.nft_family, nft.TABLE], None
-        )
+        """What the table holds after a restart: its chains and sets, not its rules. `nft -j
+        list table` of a 10k-Service table is a 16 MB listing that nft 1.0.6 needs ~400 MiB to
+        print (docs/benchmarks.md, Proxy); the chains and the sets without their elements take
+        it ~25 MiB."""
+        ip = config.nft_family
+        status, chains, _ = self.runner(["nft", "-j", "list", "chains", ip], None)
         if status != 0:
-            return nft.TableObjects()  # no table yet
-        return nft.table_objects(out)
+            return nft.TableObjects()  # nothing of ours to clean up that nft can list
+        status, sets, _ = self.runner(["nft", "-j", "-t", "list", "sets", ip], None)
+        return nft.table_objects(chains, sets) if status == 0 else nft.table_objects(chains)
 
     def intact(self) -> bool:
         """Cheap enough for every sync period at 10k Services (a full `list table` takes 10 s

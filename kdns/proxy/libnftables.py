@@ -1,4 +1,4 @@
-"""`nft -f -` without a process: one libnftables context kept for the life of the proxy.
+"""`nft -f -` without a process: one libnftables context kept across the proxy's syncs.
 
 Contract:
 - `Libnftables.load(fallback)` opens `libnftables.so.1` (shipped with Debian's nftables package)
@@ -14,6 +14,11 @@ Contract:
   fetches it again when the ID moved (1.0.6 also drops it after each of its own commits), so a
   kept context sees what a fresh `nft` process would see; the transaction itself is atomic in
   the kernel either way.
+- What a context keeps after a transaction grows with it: after a full sync at 10k Services
+  (a 10 MB transaction) about 100 MiB, which a later partial sync never needs (nft 1.0.6;
+  docs/benchmarks.md, Proxy). `renew()` frees the context and opens a fresh one, which the
+  data plane does after each full sync; the next transaction fetches its cache as it would
+  after any change of the ruleset's generation, so a partial sync costs the same.
 - The netlink socket belongs to the network namespace of the thread that loads the context
   (the proxy's, whichever thread later uses it). Calls are serialised by a lock.
 """
@@ -61,14 +66,8 @@ class Libnftables:
         except (OSError, AttributeError) as e:
             log.info("nftables: %s not usable (%s): applying with `nft -f -`", library, e)
             return None
-        ctx = lib.nft_ctx_new(0)  # NFT_CTX_DEFAULT
+        ctx = _new_context(lib)
         if not ctx:
-            log.info("nftables: no libnftables context: applying with `nft -f -`")
-            return None
-        # Output and errors into buffers, as `nft` would print them.
-        if lib.nft_ctx_buffer_output(ctx) != 0 or lib.nft_ctx_buffer_error(ctx) != 0:
-            lib.nft_ctx_free(ctx)
-            log.info("nftables: libnftables cannot buffer its output: applying with `nft -f -`")
             return None
         return cls(lib, ctx, fallback)
 
@@ -84,9 +83,31 @@ class Libnftables:
             err = self._lib.nft_ctx_get_error_buffer(self._ctx) or b""
         return (0 if status == 0 else 1), out.decode(errors="replace"), err.decode(errors="replace")
 
+    def renew(self) -> None:
+        """Frees the context and opens a fresh one, giving back what the old one kept of its
+        transactions; when no new context can be had, later calls run `nft` instead."""
+        with self._lock:
+            if self._ctx:
+                self._lib.nft_ctx_free(self._ctx)
+                self._ctx = _new_context(self._lib) or 0
+
     def close(self) -> None:
         """Frees the context; later calls run `nft` through the fallback."""
         with self._lock:
             if self._ctx:
                 self._lib.nft_ctx_free(self._ctx)
                 self._ctx = 0
+
+
+def _new_context(lib: ctypes.CDLL) -> int:
+    """A context that buffers its output and errors, as `nft` would print them; 0 (logged)
+    when libnftables cannot make one."""
+    ctx: int = lib.nft_ctx_new(0) or 0  # NFT_CTX_DEFAULT
+    if not ctx:
+        log.info("nftables: no libnftables context: applying with `nft -f -`")
+        return 0
+    if lib.nft_ctx_buffer_output(ctx) != 0 or lib.nft_ctx_buffer_error(ctx) != 0:
+        lib.nft_ctx_free(ctx)
+        log.info("nftables: libnftables cannot buffer its output: applying with `nft -f -`")
+        return 0
+    return ctx

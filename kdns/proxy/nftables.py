@@ -5,7 +5,8 @@ Contract:
   `ip6 kdns`) hold exactly what the routes of `config.family` need, whatever it held before:
   `add table` + `flush table` (every rule of every chain goes), the base chains re-created (so a
   changed hook priority cannot fail the transaction), the fixed chains and rules, the dispatch
-  maps flushed and refilled, every per-service chain and affinity set, and the deletion of the
+  maps flushed and refilled (each map's and set's elements in one `add element`, see
+  `_write_services`), every per-service chain and affinity set, and the deletion of the
   per-service chains and affinity sets in `existing` that are no longer used. Affinity sets that
   are still used are declared again but never flushed, so session affinity survives full syncs.
 - `render_partial(routes, changed, previous, config)` is the incremental sync kube-proxy's
@@ -71,7 +72,7 @@ import functools
 import hashlib
 import ipaddress
 import json
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from kdns.proxy.routes import (
@@ -285,19 +286,23 @@ class TableObjects:
     flushed_chains: frozenset[str] = frozenset()
 
 
-def table_objects(listing: str) -> TableObjects:
-    """The per-service chains and affinity sets in `nft -j -t list table ip kdns` output.
+def table_objects(*listings: str) -> TableObjects:
+    """The per-service chains and affinity sets of `table … kdns` in `nft -j` listings: of the
+    table (`-t list table ip kdns`), or of the family's chains and sets (`list chains ip`,
+    `-t list sets ip`), whose objects of other tables are left out.
 
     For the first full render after a restart. Chains found here are not known to have been
     flushed long enough ago, so a deferring render flushes them first.
     """
     chains: set[str] = set()
     sets: dict[str, int] = {}
-    for item in json.loads(listing).get("nftables", ()):
-        if "chain" in item and is_service_chain(item["chain"]["name"]):
-            chains.add(item["chain"]["name"])
-        elif "set" in item and is_affinity_set(item["set"]["name"]):
-            sets[item["set"]["name"]] = int(item["set"].get("timeout", 0))
+    for listing in listings:
+        for item in json.loads(listing).get("nftables", ()):
+            chain, set_ = item.get("chain", {}), item.get("set", {})
+            if chain.get("table", TABLE) == TABLE and is_service_chain(chain.get("name", "")):
+                chains.add(chain["name"])
+            elif set_.get("table", TABLE) == TABLE and is_affinity_set(set_.get("name", "")):
+                sets[set_["name"]] = int(set_.get("timeout", 0))
     return TableObjects(frozenset(chains), sets)
 
 
@@ -616,6 +621,11 @@ class _Script:
         self.lines.append(f"{verb} element {self.table} {container} {{ {key}{suffix} }}")
         self.elements += 1
 
+    def elements_of(self, verb: str, container: str, elements: Sequence[str]) -> None:
+        """Several elements (each "key[ : value]") of one set or map in one command."""
+        self.lines.append(f"{verb} element {self.table} {container} {{ {', '.join(elements)} }}")
+        self.elements += len(elements)
+
     def text(self) -> str:
         return "\n".join([*self.lines, ""])
 
@@ -852,12 +862,18 @@ def _write_lookups(s: _Script, config: NftablesConfig) -> None:
 def _write_services(
     s: _Script, config: NftablesConfig, services: Mapping[ServiceKey, _ServiceRules]
 ) -> tuple[dict[tuple[str, str], tuple[tuple[ServiceKey, str], ...]], int]:
-    """Per Service: its chains, sets and rules, then the elements it owns (a key two Services
-    claim belongs to the one that sorts first). Returns the claims and the chains written."""
+    """Per Service: its chains, sets and rules; then, per map and set, the elements the
+    Services own in one `add element` (a key two Services claim belongs to the one that sorts
+    first). Returns the claims and the chains written.
+
+    One command per map rather than per element, because nft 1.0.6 spends ~1.7 KiB on every
+    command of a transaction: 50,000 one-element commands at 10k Services raised the full
+    sync's peak by ~65 MiB (docs/benchmarks.md, Proxy › Memory)."""
     claims: dict[tuple[str, str], list[tuple[ServiceKey, str]]] = {}
     for key, rules in services.items():
         for container, element_key, suffix in rules.elements:
             claims.setdefault((container, element_key), []).append((key, suffix))
+    owned: dict[str, list[str]] = {}
     chains_written = 0
     for key, rules in services.items():
         _write_service(
@@ -873,7 +889,9 @@ def _write_services(
         chains_written += len(rules.chains)
         for container, element_key, suffix in rules.elements:
             if claims[(container, element_key)][0][0] == key:
-                s.element("add", container, element_key, suffix)
+                owned.setdefault(container, []).append(element_key + suffix)
+    for container, elements in owned.items():
+        s.elements_of("add", container, elements)
     return {k: tuple(v) for k, v in claims.items()}, chains_written
 
 

@@ -4,7 +4,8 @@ Used by the glibc, resolver-matrix and autopath tests. Everything created is reg
 the caller's ExitStack before it is created, so it is removed even when a later step fails.
 `pod_network` adds kdns on the node and a resolv.conf on the pod: a pod whose only nameserver
 is kdns, with the test addresses existing only inside the two namespaces. `api_server_in`
-starts a test API server listening inside a namespace (the node's), for processes run there.
+starts a test API server listening inside a namespace (the node's), for processes run there;
+`dig_status_and_records` reads `dig`'s output (run with DIG_ANSWER's options).
 """
 
 from __future__ import annotations
@@ -223,3 +224,21 @@ def api_server_in(netns: str, timeout: float) -> ApiServer:
     if isinstance(made[0], BaseException):
         raise made[0]
     return made[0]
+
+
+# `dig … +noall +comments +answer NAME A`, run in a pod: what the tests of the node DNS read.
+DIG_ANSWER = ("+time=3", "+tries=2", "+noall", "+comments", "+answer")  # +tries: one lost
+# datagram on a loaded machine is not a wrong answer
+
+
+def dig_status_and_records(out: str) -> tuple[str, list[str]]:
+    """The status (`NOERROR`, `NXDOMAIN`, …) and the answer records (`type data`) of `dig`'s
+    output with DIG_ANSWER's options."""
+    status = next((line for line in out.splitlines() if "status:" in line), "")
+    status = status.split("status:")[-1].split(",")[0].strip()
+    records = [
+        " ".join(fields[3:])
+        for line in out.splitlines()
+        if line and not line.startswith(";") and len(fields := line.split()) >= 5
+    ]
+    return status, records

@@ -4,6 +4,8 @@ HTTP endpoints, and a steady UDP query stream that records every query and every
 - `start_from_config(path, log)`: `python -m kdns serve --config PATH` with every address in the
   file (flags would win over the file, and these tests change addresses by rewriting it); waits
   (bounded) until DNS answers.
+- `start_on_free_ports(write, log)`: the same on ports it chooses, again on new ones when it
+  lost a port to another process.
 - `http_get(port, path)`: (status, body) from one GET, on 127.0.0.1.
 - `metric_value(port, name, labels)`: one sample from /metrics (0 when absent).
 - `QueryStream(port, name, rate)`: a sender thread pacing UDP queries at `rate` per second and a
@@ -23,6 +25,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,7 +35,7 @@ import dns.query
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.e2e.conftest import HOST, ROOT, START_TIMEOUT, kdns_command, wait_answering
+from tests.e2e.conftest import HOST, ROOT, START_TIMEOUT, free_port, kdns_command, wait_answering
 from tests.processes import STOP_TIMEOUT, stop_process
 
 MAX_QUERIES = 40_000  # the most any stream sends (2,000 a second for 20 s)
@@ -126,6 +129,24 @@ def start_from_config(
         served.stop()
         raise
     return served
+
+
+def start_on_free_ports(
+    write: Callable[[int, int], Path], log: Path, attempts: int = 5
+) -> tuple[Served, int, int]:
+    """`start_from_config` of the file `write(dns_port, http_port)` writes, on a free UDP+TCP
+    port and a free TCP port; on new ones when another process took one of them between
+    choosing it and kdns's bind (tests running at once can win that race). Returns the server
+    and the two ports."""
+    for _ in range(attempts):
+        dns_port, http_port = free_port(), free_tcp_port()
+        config = write(dns_port, http_port)
+        try:
+            return start_from_config(config, log, dns_port), dns_port, http_port
+        except pytest.fail.Exception:
+            if "Address already in use" not in log.read_text(errors="replace"):
+                raise
+    pytest.fail(f"kdns could not bind free ports in {attempts} attempts")
 
 
 @dataclass

@@ -22,8 +22,8 @@ import dns.rcode
 import pytest
 
 from tests.dns.upstreams import Responder, delayed, fast_a
-from tests.e2e.conftest import EXAMPLES, HOST, KdnsFactory, ask, free_port
-from tests.e2e.running import QueryStream, free_tcp_port, http_get, start_from_config
+from tests.e2e.conftest import EXAMPLES, HOST, KdnsFactory, ask
+from tests.e2e.running import QueryStream, http_get, start_on_free_ports
 
 REDIS = "redis.default.svc.cluster.local"
 EXIT_SLACK = 10.0  # seconds after lameduck by which kdns must have exited (it takes at most 3)
@@ -94,15 +94,16 @@ def test_sigterm_under_load_loses_no_query_during_lameduck(
 
 
 def test_lameduck_from_the_config_file_dns_answers_through_it_then_stops(tmp_path: Path) -> None:
-    port, ready = free_port(), free_tcp_port()
     # Long enough that queries asked well into it never race its end on a busy machine.
     lameduck = 6.0
-    config = write_config(
-        tmp_path,
-        f"lameduck: {lameduck}\nmanifests: ['{EXAMPLES}']\ndns_addr: '{HOST}:{port}'\n"
-        f"ready_addr: '{HOST}:{ready}'\nhealth_addr: '{HOST}:0'\nmetrics_addr: '{HOST}:0'\n",
+    server, port, ready = start_on_free_ports(
+        lambda port, ready: write_config(
+            tmp_path,
+            f"lameduck: {lameduck}\nmanifests: ['{EXAMPLES}']\ndns_addr: '{HOST}:{port}'\n"
+            f"ready_addr: '{HOST}:{ready}'\nhealth_addr: '{HOST}:0'\nmetrics_addr: '{HOST}:0'\n",
+        ),
+        tmp_path / "kdns.log",
     )
-    server = start_from_config(config, tmp_path / "kdns.log", port)
     try:
         server.proc.send_signal(signal.SIGINT)  # SIGINT (Ctrl-C) is handled like SIGTERM
         signalled = time.monotonic()

@@ -27,7 +27,13 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import need_root, need_tool
-from tests.e2e.netns import api_server_in, ip_command, node_and_pod
+from tests.e2e.netns import (
+    DIG_ANSWER,
+    api_server_in,
+    dig_status_and_records,
+    ip_command,
+    node_and_pod,
+)
 from tests.kubeapi import objects
 from tests.kubeapi.server import ApiServer
 from tests.processes import stop_process
@@ -86,22 +92,11 @@ class Node:
             f"@{server}",
             "-p",
             str(port),
-            "+time=3",
-            "+tries=2",  # one lost datagram on a loaded machine is not a wrong answer
-            "+noall",
-            "+comments",
-            "+answer",
+            *DIG_ANSWER,
             name,
             "A",
         ).stdout
-        status = next((line for line in out.splitlines() if "status:" in line), "")
-        status = status.split("status:")[-1].split(",")[0].strip()
-        records = [
-            " ".join(fields[3:])
-            for line in out.splitlines()
-            if line and not line.startswith(";") and len(fields := line.split()) >= 5
-        ]
-        return status, records
+        return dig_status_and_records(out)
 
     def kdns(self, name: str, *argv: str) -> subprocess.Popen[bytes]:
         """`python -m kdns ARGV` on the node, its output in `name`.log."""

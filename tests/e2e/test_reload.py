@@ -27,7 +27,7 @@ from tests.e2e.running import (
     free_tcp_port,
     http_get,
     metric_value,
-    start_from_config,
+    start_on_free_ports,
     udp_answers,
 )
 
@@ -55,6 +55,11 @@ class Setup:
             "lameduck": 0,  # the teardown's SIGTERM stops it at once
             **keys,
         }
+
+    def use_ports(self, dns_port: int, metrics_port: int) -> None:
+        self.dns, self.metrics = dns_port, metrics_port
+        self.keys["dns_addr"] = f"{HOST}:{self.dns}"
+        self.keys["metrics_addr"] = f"{HOST}:{self.metrics}"
 
     def text(self, **changes: object) -> str:
         keys = {**self.keys, **changes}
@@ -86,8 +91,14 @@ def started() -> Iterator[list[Served]]:
 
 
 def start(setup: Setup, started: list[Served]) -> Served:
-    setup.path.write_text(setup.text())
-    server = start_from_config(setup.path, setup.log, setup.dns)
+    """Start kdns from the setup's file, on new ports if it lost one to another process."""
+
+    def write(dns_port: int, metrics_port: int) -> Path:
+        setup.use_ports(dns_port, metrics_port)
+        setup.path.write_text(setup.text())
+        return setup.path
+
+    server, _, _ = start_on_free_ports(write, setup.log)
     started.append(server)
     return server
 

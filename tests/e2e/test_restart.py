@@ -9,8 +9,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.e2e.conftest import EXAMPLES, HOST, free_port
-from tests.e2e.running import QueryStream, Served, start_from_config
+from tests.e2e.conftest import EXAMPLES, HOST
+from tests.e2e.running import QueryStream, Served, start_from_config, start_on_free_ports
 
 REDIS = "redis.default.svc.cluster.local"
 RATE = 2000
@@ -25,13 +25,16 @@ def wait_for(condition: Callable[[], object], what: str, timeout: float = WAIT) 
 
 
 def test_a_restart_of_kdns_serve_loses_no_query(tmp_path: Path) -> None:
-    port = free_port()
     config = tmp_path / "kdns.yaml"
-    config.write_text(
-        f"lameduck: 1.0\nmanifests: ['{EXAMPLES}']\ndns_addr: '{HOST}:{port}'\n"
-        f"ready_addr: '{HOST}:0'\nhealth_addr: '{HOST}:0'\nmetrics_addr: '{HOST}:0'\n"
-    )
-    old = start_from_config(config, tmp_path / "old.log", port)
+
+    def write(port: int, _: int) -> Path:
+        config.write_text(
+            f"lameduck: 1.0\nmanifests: ['{EXAMPLES}']\ndns_addr: '{HOST}:{port}'\n"
+            f"ready_addr: '{HOST}:0'\nhealth_addr: '{HOST}:0'\nmetrics_addr: '{HOST}:0'\n"
+        )
+        return config
+
+    old, port, _ = start_on_free_ports(write, tmp_path / "old.log")
     new: Served | None = None
     try:
         with QueryStream(port, REDIS, RATE) as stream:

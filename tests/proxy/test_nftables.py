@@ -17,15 +17,17 @@ import hashlib
 import json
 import os
 import random
+import re
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import pytest
 
 from kdns.model import Endpoint, Service
+from kdns.proxy.libnftables import Libnftables
 from kdns.proxy.nftables import (
     BASE_CHAINS,
     CHAIN_NAME_BASE_MAX,
@@ -224,8 +226,7 @@ add rule ip kdns service-ULMVA6XW-ns1/svc1/tcp/p80 numgen random mod 2 == 0 meta
 add rule ip kdns service-ULMVA6XW-ns1/svc1/tcp/p80 meta l4proto tcp dnat to 10.244.2.3:8080
 add element ip kdns cluster-ips { 172.30.0.41 }
 add element ip kdns service-ips { 172.30.0.41 . tcp . 80 : goto service-ULMVA6XW-ns1/svc1/tcp/p80 }
-add element ip kdns hairpin-endpoints { 10.244.1.2 . 10.244.1.2 . tcp . 8080 }
-add element ip kdns hairpin-endpoints { 10.244.2.3 . 10.244.2.3 . tcp . 8080 }
+add element ip kdns hairpin-endpoints { 10.244.1.2 . 10.244.1.2 . tcp . 8080, 10.244.2.3 . 10.244.2.3 . tcp . 8080 }
 """,
         id="clusterip-two-endpoints",
     ),
@@ -251,8 +252,7 @@ add element ip kdns hairpin-endpoints { 10.244.2.3 . 10.244.2.3 . tcp . 8080 }
             add rule ip kdns {SVC1} update @{AFF_B} {{ ip saddr }} meta l4proto tcp dnat to 10.244.2.3:8080
             add element ip kdns cluster-ips {{ 172.30.0.41 }}
             add element ip kdns service-ips {{ 172.30.0.41 . tcp . 80 : goto {SVC1} }}
-            add element ip kdns hairpin-endpoints {{ 10.244.1.2 . 10.244.1.2 . tcp . 8080 }}
-            add element ip kdns hairpin-endpoints {{ 10.244.2.3 . 10.244.2.3 . tcp . 8080 }}
+            add element ip kdns hairpin-endpoints {{ 10.244.1.2 . 10.244.1.2 . tcp . 8080, 10.244.2.3 . 10.244.2.3 . tcp . 8080 }}
             """),
         id="session-affinity",
     ),
@@ -277,8 +277,7 @@ add element ip kdns hairpin-endpoints { 10.244.2.3 . 10.244.2.3 . tcp . 8080 }
             add rule ip kdns {SVC1} ip daddr 172.30.0.41 tcp dport 80 ip saddr != 10.244.0.0/16 jump mark-for-masquerade
             add rule ip kdns {SVC1} meta l4proto tcp dnat to 10.244.1.2:8080
             add element ip kdns cluster-ips {{ 172.30.0.41 }}
-            add element ip kdns service-ips {{ 172.30.0.41 . tcp . 80 : goto {SVC1} }}
-            add element ip kdns service-ips {{ 192.0.2.10 . tcp . 80 : goto {EXT1} }}
+            add element ip kdns service-ips {{ 172.30.0.41 . tcp . 80 : goto {SVC1}, 192.0.2.10 . tcp . 80 : goto {EXT1} }}
             add element ip kdns service-nodeports {{ tcp . 30080 : goto {EXT1} }}
             add element ip kdns hairpin-endpoints {{ 10.244.1.2 . 10.244.1.2 . tcp . 8080 }}
             """),
@@ -303,11 +302,8 @@ add element ip kdns hairpin-endpoints { 10.244.2.3 . 10.244.2.3 . tcp . 8080 }
         # ClusterIP, the externalIP and the NodePort to reject-chain (connection refused at
         # once, #17359); the ClusterIPs stay in cluster-ips.
         script("""
-            add element ip kdns cluster-ips { 172.30.0.42 }
-            add element ip kdns no-endpoint-services { 172.30.0.42 . udp . 53 comment "ns2/dns" : goto reject-chain }
-            add element ip kdns cluster-ips { 172.30.0.43 }
-            add element ip kdns no-endpoint-services { 172.30.0.43 . tcp . 80 comment "ns3/np:p80" : goto reject-chain }
-            add element ip kdns no-endpoint-services { 192.0.2.10 . tcp . 80 comment "ns3/np:p80" : goto reject-chain }
+            add element ip kdns cluster-ips { 172.30.0.42, 172.30.0.43 }
+            add element ip kdns no-endpoint-services { 172.30.0.42 . udp . 53 comment "ns2/dns" : goto reject-chain, 172.30.0.43 . tcp . 80 comment "ns3/np:p80" : goto reject-chain, 192.0.2.10 . tcp . 80 comment "ns3/np:p80" : goto reject-chain }
             add element ip kdns no-endpoint-nodeports { tcp . 30080 comment "ns3/np:p80" : goto reject-chain }
             """),
         id="no-endpoints-reject",
@@ -340,8 +336,7 @@ add element ip kdns hairpin-endpoints { 10.244.2.3 . 10.244.2.3 . tcp . 8080 }
             add rule ip kdns {SVC1} ip daddr 172.30.0.41 tcp dport 80 ip saddr != 10.244.0.0/16 jump mark-for-masquerade
             add rule ip kdns {SVC1} meta l4proto tcp dnat to 10.244.1.2:8080
             add element ip kdns cluster-ips {{ 172.30.0.41 }}
-            add element ip kdns service-ips {{ 172.30.0.41 . tcp . 80 : goto {SVC1} }}
-            add element ip kdns service-ips {{ 198.51.100.7 . tcp . 80 : goto {EXT1} }}
+            add element ip kdns service-ips {{ 172.30.0.41 . tcp . 80 : goto {SVC1}, 198.51.100.7 . tcp . 80 : goto {EXT1} }}
             add element ip kdns firewall-ips {{ 198.51.100.7 . tcp . 80 : goto {FW1} }}
             add element ip kdns service-nodeports {{ tcp . 30080 : goto {EXT1} }}
             add element ip kdns hairpin-endpoints {{ 10.244.1.2 . 10.244.1.2 . tcp . 8080 }}
@@ -379,11 +374,9 @@ add element ip kdns hairpin-endpoints { 10.244.2.3 . 10.244.2.3 . tcp . 8080 }
             add rule ip kdns {SVC1} meta l4proto tcp dnat to 10.244.2.3:8080
             add rule ip kdns {LOCAL1} meta l4proto tcp dnat to 10.244.1.2:8080
             add element ip kdns cluster-ips {{ 172.30.0.41 }}
-            add element ip kdns service-ips {{ 172.30.0.41 . tcp . 80 : goto {SVC1} }}
-            add element ip kdns service-ips {{ 198.51.100.7 . tcp . 80 : goto {EXT1} }}
+            add element ip kdns service-ips {{ 172.30.0.41 . tcp . 80 : goto {SVC1}, 198.51.100.7 . tcp . 80 : goto {EXT1} }}
             add element ip kdns service-nodeports {{ tcp . 30080 : goto {EXT1} }}
-            add element ip kdns hairpin-endpoints {{ 10.244.1.2 . 10.244.1.2 . tcp . 8080 }}
-            add element ip kdns hairpin-endpoints {{ 10.244.2.3 . 10.244.2.3 . tcp . 8080 }}
+            add element ip kdns hairpin-endpoints {{ 10.244.1.2 . 10.244.1.2 . tcp . 8080, 10.244.2.3 . 10.244.2.3 . tcp . 8080 }}
             """),
         id="external-policy-local",
     ),
@@ -435,10 +428,9 @@ add element ip kdns hairpin-endpoints { 10.244.2.3 . 10.244.2.3 . tcp . 8080 }
             add chain ip kdns {LOCAL1}
             add rule ip kdns {LOCAL1} ip daddr 172.30.0.41 tcp dport 80 ip saddr != 10.244.0.0/16 jump mark-for-masquerade
             add rule ip kdns {LOCAL1} meta l4proto tcp dnat to 10.244.1.2:8080
-            add element ip kdns cluster-ips {{ 172.30.0.41 }}
+            add element ip kdns cluster-ips {{ 172.30.0.41, 172.30.0.42 }}
             add element ip kdns service-ips {{ 172.30.0.41 . tcp . 80 : goto {LOCAL1} }}
             add element ip kdns hairpin-endpoints {{ 10.244.1.2 . 10.244.1.2 . tcp . 8080 }}
-            add element ip kdns cluster-ips {{ 172.30.0.42 }}
             add element ip kdns no-endpoint-services {{ 172.30.0.42 . tcp . 80 comment "ns1/svc2:p80" : drop }}
             """),
         id="internal-policy-local",
@@ -813,7 +805,7 @@ def test_partial_shared_external_ip() -> None:
     before = render_full(routes(*pairs), CONFIG)
     ext_a, ext_b = "external-VZNH3DV3-ns1/a/tcp/p80", "external-C5H7KDIK-ns1/b/tcp/p80"
     assert before.elements()["service-ips"]["192.0.2.10 . tcp . 80"] == f" : goto {ext_a}"
-    assert before.text.count("{ 192.0.2.10 . tcp . 80") == 1
+    assert before.text.count("192.0.2.10 . tcp . 80") == 1  # written once, for the first
     after = render_partial(routes(pairs[1]), {first.key}, before, CONFIG)
     assert "delete element ip kdns service-ips { 192.0.2.10 . tcp . 80 }" in after.text
     assert (
@@ -917,6 +909,33 @@ def test_table_objects() -> None:
         }
     )
     assert table_objects(listing) == TableObjects(frozenset({SVC1}), {AFF_A: 10800})
+
+
+def test_table_objects_of_family_listings_leave_other_tables_out() -> None:
+    # After a restart the data plane lists the family's chains and sets (not the table, whose
+    # rules cost nft ~400 MiB to print at 10k Services): another table's objects of the same
+    # names are not ours to clean up.
+    chains = json.dumps(
+        {
+            "nftables": [
+                {"metainfo": {"version": "1.0.6"}},
+                {"chain": {"family": "ip", "table": "kdns", "name": "services", "handle": 2}},
+                {"chain": {"family": "ip", "table": "kdns", "name": SVC1, "handle": 3}},
+                {"chain": {"family": "ip", "table": "theirs", "name": SVC1 + "x", "handle": 2}},
+            ]
+        }
+    )
+    sets = json.dumps(
+        {
+            "nftables": [
+                {"set": {"family": "ip", "table": "kdns", "name": AFF_A, "timeout": 10800}},
+                {"set": {"family": "ip", "table": "theirs", "name": AFF_B, "timeout": 60}},
+                {"set": {"family": "ip", "table": "kdns", "name": "cluster-ips"}},
+            ]
+        }
+    )
+    assert table_objects(chains, sets) == TableObjects(frozenset({SVC1}), {AFF_A: 10800})
+    assert table_objects(chains) == TableObjects(frozenset({SVC1}), {})
 
 
 def test_render_cleanup() -> None:
@@ -1223,6 +1242,11 @@ def test_full_render_repairs_and_cleans_up(netns: str) -> None:
     # table_objects reads the real listing back.
     listed = table_objects(in_netns(netns, "nft", "-j", "-t", "list", "table", "ip", "kdns"))
     assert listed == TableObjects(frozenset({SVC1, svc2}), {AFF_A: 300, AFF_B: 300})
+    # So do the family's chains and sets, the data plane's cheaper listings.
+    assert listed == table_objects(
+        in_netns(netns, "nft", "-j", "list", "chains", "ip"),
+        in_netns(netns, "nft", "-j", "-t", "list", "sets", "ip"),
+    )
     # Someone adds a rule of theirs to one of our chains: the next full render drops it, and
     # deletes what the routes no longer use.
     nft_apply(netns, "add rule ip kdns services counter\n")
@@ -1277,8 +1301,9 @@ def test_affinity_survives_full_and_partial_renders(netns: str) -> None:
 # --- libnftables: `nft -f -` through one kept context -------------------------------------------
 
 # Runs in the namespace (the context's socket belongs to the namespace it is created in): each
-# step of argv[1] (JSON) is ["ctx", text] (through the context) or ["nft", text] (another
-# process writing the ruleset meanwhile); prints the (status, stdout, stderr) of each.
+# step of argv[1] (JSON) is ["ctx", text] (through the context), ["nft", text] (another
+# process writing the ruleset meanwhile) or ["renew", ""] (a fresh context, as the data plane
+# opens after a full sync); prints the (status, stdout, stderr) of each.
 LIBNFTABLES_STEPS = """
 import json, sys
 from kdns.proxy.dataplane import run_command
@@ -1287,11 +1312,26 @@ lib = Libnftables.load(run_command)
 assert lib is not None, "libnftables.so.1 not loadable"
 out = []
 for who, text in json.loads(sys.argv[1]):
+    if who == "renew":
+        lib.renew()
+        out.append(None)
+        continue
     runner = lib if who == "ctx" else run_command
     out.append(runner(["nft", "-f", "-"], text))
 lib.close()
 print(json.dumps(out))
 """
+
+
+def libnftables_steps(netns: str, steps: list[list[str]]) -> list[Any]:
+    result = subprocess.run(
+        ["ip", "netns", "exec", netns, sys.executable, "-c", LIBNFTABLES_STEPS, json.dumps(steps)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)  # type: ignore[no-any-return]
 
 
 @pytest.mark.root
@@ -1309,14 +1349,7 @@ def test_libnftables_context_applies_and_respects_other_writers(netns: str) -> N
         # And the context still works after a failed transaction.
         ["ctx", render_partial(routes(WORLD[0]), {B.key}, full, CONFIG).text],
     ]
-    result = subprocess.run(
-        ["ip", "netns", "exec", netns, sys.executable, "-c", LIBNFTABLES_STEPS, json.dumps(steps)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode == 0, result.stderr
-    (applied, listed, _, element, bad, partial) = json.loads(result.stdout)
+    (applied, listed, _, element, bad, partial) = libnftables_steps(netns, steps)
     assert applied == [0, "", ""]
     assert listed[0] == 0 and "set cluster-ips" in listed[1]
     assert element == [0, "", ""], element
@@ -1330,3 +1363,132 @@ def test_libnftables_context_applies_and_respects_other_writers(netns: str) -> N
     nft_apply(netns, render_full(routes(WORLD[0]), CONFIG).text)
     fresh = table_state(netns, 4)
     assert state["chains"] == fresh["chains"] and state["rules"] == fresh["rules"]
+
+
+@pytest.mark.root
+def test_renewed_libnftables_context_applies_partials_over_others_writes(netns: str) -> None:
+    # The data plane renews its context after each full sync (what the old one kept of a
+    # 10k-Service transaction is ~100 MiB): the fresh one must apply the partials that follow
+    # exactly as the kept one did, someone else writing the ruleset in between included.
+    full = render_full(routes(*WORLD), CONFIG)
+    without_b = render_partial(routes(WORLD[0]), {B.key}, full, CONFIG)
+    with_c = render_partial(
+        routes(WORLD[0], (C, [model_endpoint("10.244.3.5")])), {C.key}, without_b, CONFIG
+    )
+    steps = [
+        ["ctx", full.text],
+        ["renew", ""],
+        # Someone else adds a set and a chain of their own to our table between our transactions.
+        ["nft", "add set ip kdns theirs { type ipv4_addr ; }\nadd chain ip kdns their-chain\n"],
+        ["ctx", without_b.text],
+        ["ctx", "add element ip kdns theirs { 10.0.0.1 }\n"],
+        ["renew", ""],
+        ["ctx", with_c.text],
+    ]
+    outcome = libnftables_steps(netns, steps)
+    assert outcome == [[0, "", ""], None, [0, "", ""], [0, "", ""], [0, "", ""], None, [0, "", ""]]
+    state = table_state(netns, 4)
+    assert any("10.0.0.1" in e for e in state["sets"].pop("theirs")["elem"])
+    assert state["chains"].pop("their-chain")
+    # What is left is the table a fresh full render of the last state makes.
+    in_netns(netns, "nft", "delete", "table", "ip", "kdns")
+    nft_apply(
+        netns, render_full(routes(WORLD[0], (C, [model_endpoint("10.244.3.5")])), CONFIG).text
+    )
+    fresh = table_state(netns, 4)
+    assert SVC_B not in state["chains"] and SVC_C in state["chains"]
+    assert state["chains"] == fresh["chains"] and state["rules"] == fresh["rules"]
+    assert state["sets"] == fresh["sets"]
+
+
+class NoContexts:
+    """A libnftables whose contexts cannot be made any more (as when memory runs out)."""
+
+    def __init__(self) -> None:
+        self.freed: list[int] = []
+
+    def nft_ctx_new(self, flags: int) -> int:
+        return 0
+
+    def nft_ctx_free(self, ctx: int) -> None:
+        self.freed.append(ctx)
+
+
+def test_a_context_that_cannot_be_renewed_falls_back_to_nft() -> None:
+    calls = []
+
+    def fallback(argv: Sequence[str], stdin: str | None = None) -> tuple[int, str, str]:
+        calls.append((list(argv), stdin))
+        return 0, "", ""
+
+    lib = NoContexts()
+    context = Libnftables(lib, 1234, fallback)  # type: ignore[arg-type]
+    context.renew()
+    assert lib.freed == [1234]
+    assert context(["nft", "-f", "-"], "flush ruleset\n") == (0, "", "")
+    assert calls == [(["nft", "-f", "-"], "flush ruleset\n")]
+    context.close()
+    assert lib.freed == [1234]  # nothing left to free
+
+
+# Runs in the namespace: the data plane with its default runner (one libnftables context) makes
+# a full sync of argv[1] Services × 3 endpoints, someone else writes the table, then a partial
+# sync replaces one endpoint. Prints VmRSS before and after the full sync and VmHWM (MiB).
+DATAPLANE_STEPS = """
+import json, sys
+from kdns.proxy.dataplane import NftablesDataplane, Node, run_command
+from kdns.proxy.libnftables import Libnftables
+from kdns.proxy.routes import build_routes
+from tests.builders import model_endpoint, model_service
+
+def status(field):
+    for line in open("/proc/self/status"):
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+
+def world(n, first):
+    services, endpoints = {}, {}
+    for i in range(n):
+        s = model_service(f"ns{i % 10}/svc{i}", ip=f"10.96.{i // 256}.{i % 256}")
+        services[s.key] = s
+        ips = [f"10.{128 + (3 * i + j) // 65536}.{(3 * i + j) // 256 % 256}.{(3 * i + j) % 256}"
+               for j in range(3)]
+        endpoints[s.key] = tuple(model_endpoint(a) for a in ([first] + ips[1:] if i == 0 else ips))
+    return services, endpoints
+
+n = int(sys.argv[1])
+services, endpoints = world(n, "10.128.0.0")
+plane = NftablesDataplane(Node(families=(4,), cluster_cidrs=("10.0.0.0/8",)))
+assert isinstance(plane.apply, Libnftables), "libnftables.so.1 not loadable"
+before = status("VmRSS")
+plane.sync(build_routes(services, endpoints, "node1"), None)
+after, peak = status("VmRSS"), status("VmHWM")
+status_, _, err = run_command(["nft", "add set ip kdns theirs { type ipv4_addr ; }"])
+assert status_ == 0, err
+services, endpoints = world(n, "10.200.0.1")
+key = ("ns0", "svc0")
+plane.sync(build_routes({key: services[key]}, {key: endpoints[key]}, "node1"), {key})
+print(json.dumps({"before": before, "after": after, "peak": peak}))
+"""
+
+
+@pytest.mark.root
+def test_full_sync_gives_its_memory_back_and_partials_follow(netns: str) -> None:
+    # A full sync's transient memory (libnftables parsing the transaction; 459 MiB RSS at 10k
+    # Services before) is given back once it is applied: the context that kept part of it is
+    # renewed and the C heap trimmed. Without that the RSS stays ~90% of the way up to the peak
+    # (measured at 1,000 and 2,000 Services); with it ~15%.
+    result = subprocess.run(
+        ["ip", "netns", "exec", netns, sys.executable, "-c", DATAPLANE_STEPS, "1000"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    mib = json.loads(result.stdout)
+    assert mib["peak"] - mib["before"] > 20, mib  # the sync did need memory for a while
+    assert mib["after"] - mib["before"] < 0.5 * (mib["peak"] - mib["before"]), mib
+    # The partial through the renewed context, after someone else's write, applied.
+    table = in_netns(netns, "nft", "list", "table", "ip", "kdns")
+    assert "10.200.0.1" in table and "set theirs" in table
+    assert re.search(r"\b10\.128\.0\.0\b", table) is None  # the endpoint replaced
