@@ -15,9 +15,9 @@ Contract:
   side was shut down, or SO_RCVTIMEO expired). `wait=True` blocks (GIL released) until at least
   one datagram is there, then takes what else is queued (MSG_WAITFORONE); `wait=False` never
   blocks and keeps the GIL (MSG_DONTWAIT). Other errors raise OSError.
-- `datagram(i)`, `name(i)` (the raw sockaddr bytes, as the kernel wrote them) and `truncated(i)`
-  read slot i of the last receive; `address(i)` decodes the sockaddr into Python's tuple form
-  (only needed off the hot path).
+- `datagram(i)` and `name(i)` (the raw sockaddr bytes, as the kernel wrote them) read slot i
+  of the last receive (a slot holds 65,535 bytes by default: any UDP payload); `address(i)`
+  decodes the sockaddr into Python's tuple form (only needed off the hot path).
 - `reply(i, data)` queues `data` for slot i's sender (its raw sockaddr reused, nothing decoded);
   `send(fd)` writes every queued reply with `sendmmsg(MSG_DONTWAIT)`, keeping the GIL, and
   returns the errno of each one that failed (would block, unreachable: the caller counts them).
@@ -34,7 +34,6 @@ import socket
 import struct
 
 MSG_DONTWAIT = 0x40
-MSG_TRUNC = 0x20
 MSG_WAITFORONE = 0x10000
 SOCKADDR_SIZE = 128  # sizeof(struct sockaddr_storage)
 V4_MAPPED = b"\0" * 10 + b"\xff\xff"  # ::ffff:0:0/96, bytes 8..20 of a sockaddr_in6
@@ -165,17 +164,10 @@ class Batch:
         self._received = count
         return count
 
-    def length(self, i: int) -> int:
-        return self._namelen.unpack_from(self._recv_view, i * HDR_SIZE + LEN_AT)[0]
-
     def datagram(self, i: int) -> bytes:
         start = i * self.size
         length = self._namelen.unpack_from(self._recv_view, i * HDR_SIZE + LEN_AT)[0]
         return self._rbuf_view[start : start + length].tobytes()
-
-    def truncated(self, i: int) -> bool:
-        flags = self._namelen.unpack_from(self._recv_view, i * HDR_SIZE + FLAGS_AT)[0]
-        return bool(flags & MSG_TRUNC)
 
     def name(self, i: int) -> bytes:
         length = self._namelen.unpack_from(self._recv_view, i * HDR_SIZE + NAMELEN_AT)[0]

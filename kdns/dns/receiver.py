@@ -173,7 +173,7 @@ class UdpReceiver:
             self._run_batch(batch, calm_reads=None)
             return
         while not self.stopping:
-            # Uncontended, one recvfrom and one sendto per packet cost the least; once a send
+            # Uncontended, one recvfrom and one sendto per packet cost the least; once a packet
             # shows that another thread holds the GIL for long, batches until the queue is short.
             self._run_packets(watch_gil=True)
             if not self.stopping:
