@@ -49,7 +49,7 @@ from typing import Any, Protocol
 
 import trio
 
-from kdns import logs, metrics
+from kdns import collector, logs, metrics
 from kdns.config import (
     Config,
     ConfigError,
@@ -286,7 +286,9 @@ def open_store(config: Config, watch_pods: bool) -> tuple[Store, Any]:
 
     Raises StartupError when no source is configured or the cluster config is unusable."""
     if config.kubernetes.manifests:
-        return Store(watched=KINDS), None
+        store = Store(watched=KINDS)
+        collector.freeze_when_synced(store)
+        return store, None
     # Imported only for a live cluster: the client costs a second and 15 MiB at start-up.
     from kdns.sources import kube
 
@@ -299,7 +301,9 @@ def open_store(config: Config, watch_pods: bool) -> tuple[Store, Any]:
     if api is None:
         raise StartupError([NO_SOURCE])
     kinds = kube.KubeSource.kinds(watch_pods, multicluster=bool(config.dns.multicluster))
-    return Store(watched=kinds), api
+    store = Store(watched=kinds)
+    collector.freeze_when_synced(store)  # the synced heap out of the collector's way
+    return store, api
 
 
 def open_source(
