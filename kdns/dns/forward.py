@@ -38,6 +38,8 @@ Time is trio's clock, so tests drive expiry with `trio.testing.MockClock`.
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import itertools
 import logging
 import math
@@ -45,8 +47,10 @@ import random
 import secrets
 import socket
 import struct
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import trio
@@ -57,9 +61,11 @@ from kdns import metrics
 from kdns.config import CacheSection
 from kdns.dns import wire
 from kdns.dns.dot import ConnectionClosed, TlsConnections, client_context
-from kdns.dns.stats import CacheStats
+from kdns.dns.miss_relay import MissRelay
+from kdns.dns.stats import LABELS, CacheStats
 from kdns.dns.udp_pool import UdpPool
 from kdns.dns.upstream_hits import ForwardedHits, Shape, shape_size
+from kdns.dns.upstream_misses import Pending, matches, miss_key, upstream_message
 from kdns.dns.wire import Query
 
 log = logging.getLogger(__name__)
@@ -332,6 +338,15 @@ class UpstreamCache:
         return None
 
     def put(self, key: bytes, response: bytes, parsed: Parsed, now: float) -> None:
+        made = self.entry_for(key, response, parsed, now)
+        if made is not None:
+            self.store(key, *made)
+
+    def entry_for(
+        self, key: bytes, response: bytes, parsed: Parsed, now: float
+    ) -> tuple[CacheEntry, _Table] | None:
+        """The entry `put` would store for this response, and its table; None when it is not
+        cached. Pure: reads only the config (the fast miss path's reader thread calls it)."""
         config = self.config
         rcode = parsed.rcode
         if rcode == wire.NOERROR and parsed.answer_ttls:
@@ -340,18 +355,18 @@ class UpstreamCache:
             # RFC 2308 §5: a negative answer lives min(SOA TTL, SOA MINIMUM); without an SOA
             # it must not be cached at all (§5, "SHOULD NOT be cached").
             if parsed.soa_negative_ttl is None:
-                return
+                return None
             ttl, table = min(parsed.soa_negative_ttl, config.cache.max_denial_ttl), self.denial
         elif rcode == wire.SERVFAIL:
             # RFC 2308 §7.1: SERVFAIL may be cached, for at most five minutes; we keep it briefly.
             ttl, table = config.servfail_ttl, self.denial
         else:
-            return
+            return None
         if ttl <= 0 or table.maxsize == 0:
-            return
+            return None
         size = entry_size(key, response, len(parsed.ttls))
         if size > self.max_bytes:
-            return  # larger than the whole budget: asked upstream each time
+            return None  # larger than the whole budget: asked upstream each time
         entry = CacheEntry(
             response,
             parsed.ttl_offsets,
@@ -365,8 +380,17 @@ class UpstreamCache:
             entry.window = now
             entry.prefetch_at = entry.expires - prefetch_threshold(ttl, config.cache)
             entry.check_at = min(now + config.cache.prefetch_duration, entry.prefetch_at)
+        return entry, table
+
+    def store(self, key: bytes, entry: CacheEntry, table: _Table) -> None:
+        """Keep `entry` (made by `entry_for`) under `key`, within the byte budget (trio's)."""
         table[key] = entry
         self._within_budget(table)
+
+    def holds(self, key: bytes) -> bool:
+        """Whether any entry (fresh, stale or a SERVFAIL) is kept under `key`. A plain dict
+        read (cachetools' `in` does not touch the LRU order): the receive thread may ask."""
+        return key in self.success or key in self.denial
 
     def add_shape(self, data: bytes, shape: Shape) -> None:
         """Let the receive thread answer queries shaped like `data` from `shape`, its bytes
@@ -437,21 +461,8 @@ class ExchangeError(Exception):
 
 
 def upstream_query(query: Query, qid: int) -> bytes:
-    """Our query to an upstream: a fresh ID, RD set, the client's CD and question, and our own
-    OPT (the client's options, cookies included, are between the client and us)."""
-    flags = wire.RD | (query.flags & wire.CD)
-    opt = struct.pack("!BHHIH", 0, OPT, wire.MAX_UDP_PAYLOAD, 0x8000 if query.do else 0, 0)
-    return struct.pack("!6H", qid, flags, 1, 0, 0, 1) + query.question + opt
-
-
-def matches(reply: bytes, qid: int, question: bytes) -> bool:
-    """Is `reply` the answer to our question? (RFC 5452 §9.1: ID, and the question.)"""
-    if len(reply) < 12 + len(question):
-        return False
-    rid, flags, qdcount = struct.unpack_from("!3H", reply)
-    if rid != qid or not flags & wire.QR or (flags >> 11) & 0xF or qdcount != 1:
-        return False
-    return reply[12 : 12 + len(question)].lower() == question.lower()
+    """Our query to an upstream (the same bytes the fast miss path sends)."""
+    return upstream_message(qid, query.question, bool(query.flags & wire.CD), query.do)
 
 
 @dataclass(slots=True)
@@ -487,6 +498,17 @@ class Forwarder:
         # the dict lookup (upstreams × rcodes: bounded).
         self._series: dict[tuple[str, str], tuple[Any, Any]] = {}
         self._background: trio.Nursery | None = None  # where prefetches run, while `run` does
+        # Misses the receive thread sends upstream itself (kdns/dns/miss_relay.py), while `run`
+        # runs: one reference, set and cleared by trio, read by the receive threads.
+        self._relay: MissRelay | None = None
+        self._now: Callable[[], float] = trio.current_time  # trio's clock, for any thread
+        self._token: trio.lowlevel.TrioToken | None = None
+        # What the reader thread hands trio (only that thread appends; trio pops), and whether
+        # a wake-up is on its way (only the reader sets it, only trio clears it).
+        self._fast_done: collections.deque[tuple[Any, ...]] = collections.deque()
+        self._fast_woken = False
+        self.fast_answered = 0  # misses answered by the relay (tests, the curious)
+        self.fast_handed_back = 0  # misses it gave back to trio (timeout, TC, SERVFAIL, …)
         if any(u.tls for u in self.all_upstreams()):
             context = client_context(config.tls_ca, config.tls_cert, config.tls_key)
             self.tls = TlsConnections(context, config.tls_servername, config.expire)
@@ -587,6 +609,182 @@ class Forwarder:
             if isinstance(query, Query):
                 self._prefetch_soon(entry, shape.key, query)
 
+    # --- misses sent upstream by the receive thread (kdns/dns/miss_relay.py) -----------------
+
+    def _start_relay(self, nursery: trio.Nursery) -> MissRelay | None:
+        if self.config.force_tcp or not any(not u.tls for u in self.all_upstreams()):
+            return None  # every exchange is TCP or TLS: trio's
+        relay = MissRelay(
+            self.config.timeout,
+            max(1, self.config.max_concurrent),
+            self._fast_reply,
+            self._fast_failed,
+            self._fast_expired,
+            self._fast_mismatch,
+        )
+        self._now = trio.lowlevel.current_clock().current_time
+        self._token = trio.lowlevel.current_trio_token()
+        nursery.start_soon(
+            partial(
+                trio.to_thread.run_sync,
+                relay.run,
+                abandon_on_cancel=False,  # `run`'s finally stops it; no thread outlives us
+                limiter=trio.CapacityLimiter(1),
+            )
+        )
+        self._relay = relay
+        return relay
+
+    def forward_miss(self, miss: Any, receiver: Any, zone_of: Callable[[str], object]) -> bool:
+        """The receive thread's side: send a plain UDP query for a name only the upstreams
+        answer (`zone_of` finds it in no zone; the handler checked the rest) and nothing in the
+        cache, to one healthy plain-UDP upstream chosen as `_exchange` would choose first;
+        answered by the relay's reader thread. False: hand it to trio, as before."""
+        relay = self._relay
+        if relay is None:
+            return False
+        data = miss[0]
+        found = miss_key(data)
+        if found is None:
+            return False
+        key, qname, qend = found
+        if zone_of(qname) is not None or self.cache.holds(key):
+            return False  # a cluster name, or a stale answer, a SERVFAIL: trio's
+        upstream = self._fast_upstream(qname)
+        if upstream is None or self.in_flight() >= self.config.max_concurrent:
+            return False  # trio refuses past max_concurrent, as CoreDNS
+        cd, do = bool(data[3] & wire.CD), bool(key[0] & 1)
+        return relay.submit(key, qname, upstream, data[12:qend], cd, do, (miss, receiver))
+
+    def in_flight(self) -> int:
+        """Upstream exchanges in flight: trio's and the relay's (CoreDNS's max_concurrent)."""
+        relay = self._relay
+        return len(self._in_flight) + (len(relay) if relay is not None else 0)
+
+    def _fast_upstream(self, qname: str) -> Upstream | None:
+        """The upstream `_exchange` would try first, when that choice needs no state of trio's
+        (round_robin's turn) and all are healthy enough (else trio orders them)."""
+        policy = self.config.policy
+        if policy == "round_robin":
+            return None
+        healthy = [u for u in self.destinations(qname) if self.healthy(u)]
+        if not healthy:
+            return None  # no destination, or healthcheck_broken: trio decides
+        upstream = healthy[0] if policy == "sequential" else random.choice(healthy)
+        return None if upstream.tls else upstream
+
+    def _fast_reply(self, pending: Pending, waiters: list[Any], reply: bytes) -> None:
+        """The reader thread: the upstream answered `pending`. Each waiter gets the bytes trio
+        would send (`resolve` then `Handler.complete`); trio then stores the entry and counts."""
+        try:
+            parsed = parse_response(reply)
+        except wire.WireError as e:
+            self._fast_back(waiters)
+            self._fast_note(("failed", pending, waiters, e))
+            return
+        rcode = parsed.rcode
+        duration = time.perf_counter() - pending.sent
+        if reply[2] & (wire.TC >> 8) or rcode not in (wire.NOERROR, wire.NXDOMAIN):
+            # TC: trio asks again over TCP (RFC 7766 §5); SERVFAIL, REFUSED, …: trio tries the
+            # other upstreams, caches the failure or serves a stale answer (RFC 8767).
+            self._fast_back(waiters)
+            self._fast_note(("passed", pending, rcode, duration))
+            return
+        response = strip_opt(reply, parsed)
+        now = self._now()
+        made = None
+        if not self._uncached(pending.qname, parsed):
+            made = self.cache.entry_for(pending.key, response, parsed, now)
+        answered = []
+        for waiter in waiters:
+            (data, addr, start, _serving), receiver = waiter
+            query = wire.parse_query(data)
+            if not isinstance(query, Query):
+                receiver.hand_back(waiter[0])  # cannot be (a plain query), but never lose one
+                continue
+            # `resolve`: from the entry just stored (TTLs capped, 0 s elapsed) or relabelled
+            # when not cacheable; `Handler.complete`: RA, the client's question, UDP cut.
+            body = (
+                from_cache(made[0], query, now) if made is not None else _relabel(response, query)
+            )
+            out = wire.finish(body[:3] + bytes((body[3] | 0x80,)) + body[4:], query, True)
+            with contextlib.suppress(OSError):  # the client is gone or its buffer is full
+                receiver.sock.sendto(out, socket.MSG_DONTWAIT, addr)
+            answered.append((waiter, query, out, time.perf_counter() - start))
+        self._fast_note(("answered", pending, made, rcode, duration, answered))
+
+    def _fast_failed(self, pending: Pending, waiters: list[Any], error: OSError) -> None:
+        self._fast_back(waiters)
+        self._fast_note(("failed", pending, waiters, error))
+
+    def _fast_expired(self, pending: Pending, waiters: list[Any]) -> None:
+        relay = self._relay
+        self._fast_back(waiters)
+        if relay is not None and not relay.stopping:  # not the stop's hand-back
+            self._fast_note(("failed", pending, waiters, trio.TooSlowError()))
+
+    def _fast_mismatch(self, pending: Pending) -> None:
+        self._fast_note(("mismatch", pending))
+
+    def _fast_back(self, waiters: list[Any]) -> None:
+        """Trio answers these as any other miss (its own exchange, retries, TCP, stale)."""
+        self.fast_handed_back += len(waiters)
+        for miss, receiver in waiters:
+            receiver.hand_back(miss)
+
+    def _fast_note(self, record: tuple[Any, ...]) -> None:
+        # The reader thread's only writer side: append, then wake trio once per batch (trio
+        # clears `_fast_woken` before it drains, so nothing appended is left unseen).
+        self._fast_done.append(record)
+        if not self._fast_woken and self._token is not None:
+            self._fast_woken = True
+            with contextlib.suppress(trio.RunFinishedError):
+                self._token.run_sync_soon(self._fast_batch)
+
+    def _fast_batch(self) -> None:
+        """Trio's side: store what the relay answered, count it as `resolve` would have."""
+        self._fast_woken = False
+        done = self._fast_done
+        while done:
+            record = done.popleft()
+            kind, pending = record[0], record[1]
+            upstream = pending.upstream
+            health = self.health[upstream]
+            if kind == "mismatch":
+                health.mismatched += 1
+                continue
+            health.exchanges += 1
+            to = str(upstream)
+            self._count_request(to)
+            if kind == "answered":
+                _, _, made, rcode, duration, answered = record
+                health.fails = 0
+                self._count_response(to, rcode, duration)
+                if made is not None:
+                    self.cache.store(pending.key, *made)
+                self._fast_answered(pending, answered)
+            elif kind == "passed":
+                self._count_response(to, record[2], record[3])
+            else:
+                query = wire.parse_query(record[2][0][0][0]) if record[2] else None
+                if isinstance(query, Query):
+                    self._failed(upstream, query, record[3])
+
+    def _fast_answered(self, pending: Pending, answered: list[Any]) -> None:
+        """Count the answered clients in their listener's statistics and the query log, as
+        misses of the upstream cache (coalesced ones too), and let the receive thread answer
+        the next queries of the same shape (`remember`)."""
+        self.cache.misses += len(answered)
+        self.coalesced += max(0, len(answered) - 1)
+        self.fast_answered += len(answered)
+        zone = self.zone_for(pending.qname)
+        for ((data, addr, start, serving), receiver), query, out, elapsed in answered:
+            rcode = out[3] & 0xF
+            label = LABELS.id(zone, query.qtype, rcode, "forward", query.do)
+            receiver.answered(serving, addr, "udp", data, out, label, start, elapsed)
+            hit = LABELS.id(zone, query.qtype, rcode, "cache", query.do)
+            self.remember(data, query, out, hit)
+
     def _stale(self, key: bytes, now: float, query: Query) -> bytes | None:
         """The expired answer inside the serve-stale window, counted and logged, else None."""
         if not self.config.cache.serve_stale:
@@ -614,7 +812,7 @@ class Forwarder:
             self.coalesced += 1
             await flight.done.wait()
         else:
-            if len(self._in_flight) >= self.config.max_concurrent:
+            if self.in_flight() >= self.config.max_concurrent:
                 self.refused += 1
                 metrics.FORWARD_MAX_CONCURRENT_REJECTS.inc()
                 return wire.error_response(query.id, query.flags, wire.REFUSED, query)
@@ -640,7 +838,7 @@ class Forwarder:
         the same question is in flight or `max_concurrent` exchanges are."""
         if self._background is None or key in self._in_flight:
             return
-        if len(self._in_flight) >= self.config.max_concurrent:
+        if self.in_flight() >= self.config.max_concurrent:
             return
         due, entry.prefetch_at = entry.prefetch_at, math.inf
         entry.check_at = entry.window + self.config.cache.prefetch_duration
@@ -747,10 +945,7 @@ class Forwarder:
         to = str(upstream)
         self.health[upstream].exchanges += 1
         if not probe:
-            series = self._series.get((to, ""))
-            if series is None:
-                series = self._series[(to, "")] = (metrics.FORWARD_REQUESTS.labels(to), None)
-            series[0].inc()
+            self._count_request(to)
         start = trio.current_time()
         with trio.fail_after(self.config.timeout):
             if upstream.tls:
@@ -765,16 +960,25 @@ class Forwarder:
                 message = upstream_query(query, qid)
                 reply = await self._tcp(upstream, message, qid, query.question)
         if not probe:
-            rcode = metrics.rcode_name(reply[3] & 0xF)
-            series = self._series.get((to, rcode))
-            if series is None:
-                series = self._series[(to, rcode)] = (
-                    metrics.FORWARD_RESPONSES.labels(to, rcode),
-                    metrics.FORWARD_DURATION.labels(to, rcode),
-                )
-            series[0].inc()
-            series[1].observe(trio.current_time() - start)
+            self._count_response(to, reply[3] & 0xF, trio.current_time() - start)
         return reply
+
+    def _count_request(self, to: str) -> None:
+        series = self._series.get((to, ""))
+        if series is None:
+            series = self._series[(to, "")] = (metrics.FORWARD_REQUESTS.labels(to), None)
+        series[0].inc()
+
+    def _count_response(self, to: str, rcode: int, seconds: float) -> None:
+        name = metrics.rcode_name(rcode)
+        series = self._series.get((to, name))
+        if series is None:
+            series = self._series[(to, name)] = (
+                metrics.FORWARD_RESPONSES.labels(to, name),
+                metrics.FORWARD_DURATION.labels(to, name),
+            )
+        series[0].inc()
+        series[1].observe(seconds)
 
     async def _udp(self, upstream: Upstream, message: bytes, qid: int, question: bytes) -> bytes:
         # From a pooled socket (kdns/dns/udp_pool.py): a random ephemeral port, used for a few
@@ -832,8 +1036,16 @@ class Forwarder:
         try:
             async with trio.open_nursery() as nursery:
                 self._background = nursery
+                relay = self._start_relay(nursery)
                 task_status.started()
-                await self._probe_forever()
+                try:
+                    await self._probe_forever()
+                finally:
+                    # The receive threads stop sending; the reader hands back what is in
+                    # flight, closes its sockets and returns (the nursery waits for it).
+                    self._relay = None
+                    if relay is not None:
+                        relay.stop()
         finally:
             self._background = None
             self.pool.close()

@@ -288,6 +288,7 @@ class DnsServer:
             self.dual_stack,
             loop=loop if loop in ("auto", "batch", "packet") else "auto",
         )
+        receiver.answered = self._count  # misses the forwarder's reader thread answered
         self._receiver = receiver
         self.stats.threads.append(receiver.counts)
         with self._receiving():
@@ -319,7 +320,8 @@ class DnsServer:
         sock = receiver.sock
         for data, addr, start, serving in receiver.take_misses():
             self._answer_udp(sock, serving, data, addr, start, nursery)
-        dropped = receiver.dropped  # only the thread writes it; one read
+        # Only the threads write these; one read each.
+        dropped = receiver.dropped + receiver.dropped_back
         if dropped > receiver.dropped_counted:
             metrics.DNS_UDP_DROPPED.labels(self.stats.server).inc(
                 dropped - receiver.dropped_counted
@@ -391,8 +393,10 @@ class DnsServer:
         response: bytes,
         label: int,
         start: float,
+        elapsed: float | None = None,
     ) -> None:
-        elapsed = time.perf_counter() - start
+        if elapsed is None:
+            elapsed = time.perf_counter() - start
         family = self._family_of(addr[0])
         self.stats.record(proto, family, label, len(data), len(response), elapsed)
         if serving.query_log is not None:
