@@ -61,7 +61,7 @@ from kdns import metrics
 from kdns.config import CacheSection
 from kdns.dns import wire
 from kdns.dns.dot import ConnectionClosed, TlsConnections, client_context
-from kdns.dns.miss_relay import MissRelay
+from kdns.dns.miss_relay import MissRelay, send_to
 from kdns.dns.stats import LABELS, CacheStats
 from kdns.dns.udp_pool import UdpPool
 from kdns.dns.upstream_hits import ForwardedHits, Shape, shape_size
@@ -73,6 +73,10 @@ log = logging.getLogger(__name__)
 OPT = 41
 SOA = 6
 RRHeader = struct.Struct("!HHIH")
+# The fast miss path hands its answers to trio (to cache and count) in batches: at FLUSH_AT
+# records, or FLUSH_EVERY seconds after the first.
+FLUSH_AT = 64
+FLUSH_EVERY = 0.002
 
 
 @dataclass(frozen=True, slots=True)
@@ -507,6 +511,7 @@ class Forwarder:
         # a wake-up is on its way (only the reader sets it, only trio clears it).
         self._fast_done: collections.deque[tuple[Any, ...]] = collections.deque()
         self._fast_woken = False
+        self._fast_first = 0.0  # when the oldest record not yet handed over was appended
         self.fast_answered = 0  # misses answered by the relay (tests, the curious)
         self.fast_handed_back = 0  # misses it gave back to trio (timeout, TC, SERVFAIL, …)
         if any(u.tls for u in self.all_upstreams()):
@@ -621,6 +626,8 @@ class Forwarder:
             self._fast_failed,
             self._fast_expired,
             self._fast_mismatch,
+            self._fast_idle,
+            FLUSH_EVERY,
         )
         self._now = trio.lowlevel.current_clock().current_time
         self._token = trio.lowlevel.current_trio_token()
@@ -708,8 +715,8 @@ class Forwarder:
                 from_cache(made[0], query, now) if made is not None else _relabel(response, query)
             )
             out = wire.finish(body[:3] + bytes((body[3] | 0x80,)) + body[4:], query, True)
-            with contextlib.suppress(OSError):  # the client is gone or its buffer is full
-                receiver.sock.sendto(out, socket.MSG_DONTWAIT, addr)
+            # Lost when the client is gone or the buffer is full, as any UDP answer may be.
+            send_to(receiver.sock.fileno(), out, addr)
             answered.append((waiter, query, out, time.perf_counter() - start))
         self._fast_note(("answered", pending, made, rcode, duration, answered))
 
@@ -733,9 +740,29 @@ class Forwarder:
             receiver.hand_back(miss)
 
     def _fast_note(self, record: tuple[Any, ...]) -> None:
-        # The reader thread's only writer side: append, then wake trio once per batch (trio
-        # clears `_fast_woken` before it drains, so nothing appended is left unseen).
-        self._fast_done.append(record)
+        """Hand `record` to trio (the reader thread). Trio is woken once FLUSH_AT records wait,
+        or FLUSH_EVERY after the first (`_fast_idle`): one wake-up per batch, not per miss;
+        the clients have their answers already, only the cache and the counts wait."""
+        done = self._fast_done
+        if not done:
+            self._fast_first = time.perf_counter()
+        done.append(record)
+        if len(done) >= FLUSH_AT:
+            self._fast_wake()
+
+    def _fast_idle(self) -> bool:
+        """The reader thread, before it waits: wake trio if the oldest record waited
+        FLUSH_EVERY; whether records still wait (the reader then waits at most FLUSH_EVERY)."""
+        if not self._fast_done or self._fast_woken:
+            return False
+        if time.perf_counter() - self._fast_first >= FLUSH_EVERY:
+            self._fast_wake()
+            return False
+        return True
+
+    def _fast_wake(self) -> None:
+        # Only the reader sets `_fast_woken`, only trio clears it, before it drains: nothing
+        # appended is left unseen.
         if not self._fast_woken and self._token is not None:
             self._fast_woken = True
             with contextlib.suppress(trio.RunFinishedError):

@@ -23,7 +23,9 @@ Contract:
   `on_reply(pending, waiters, reply)` once per exchange for the first that matches,
   `on_failed(pending, waiters, error)` when the socket reports an error (an ICMP port
   unreachable), `on_expired(pending, waiters)` when no answer came within `timeout`. The
-  callbacks run in the reader thread; they answer or hand back the waiters. After `stop()`
+  callbacks run in the reader thread; they answer or hand back the waiters. `on_idle()` is
+  called before each wait; when it returns True (work it batches is waiting) the wait is at
+  most `idle_every`. After `stop()`
   the thread hands every exchange still in flight to `on_expired`, closes every socket and
   returns; `submit` refuses from then on.
 - Thread safety: the pending table and the idle sockets are touched only under `_lock` (the
@@ -34,11 +36,14 @@ Contract:
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import logging
 import os
 import secrets
 import select
 import socket
+import struct
 import threading
 import time
 from collections.abc import Callable
@@ -54,6 +59,56 @@ MAX_DATAGRAM = 65535
 IDLE_WAIT = 0.5  # seconds the reader waits when nothing is in flight (stop() wakes it anyway)
 
 Address = tuple[str, int]
+MSG_DONTWAIT = 0x40
+
+# libc's send, recv and sendto through ctypes.PyDLL: the call keeps the GIL (kdns/dns/mmsg.py
+# explains why). Every one here is non-blocking, so holding the GIL costs nothing, while a
+# Python socket method gives the GIL away per call: with three threads busy (the receive
+# thread, this reader, trio), each such call became a hand-over of the GIL between threads.
+_LIBC = ctypes.PyDLL(None, use_errno=True)
+_send = _LIBC.send
+_send.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t, ctypes.c_int]
+_send.restype = ctypes.c_ssize_t
+_recv = _LIBC.recv
+_recv.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+_recv.restype = ctypes.c_ssize_t
+_sendto = _LIBC.sendto
+_sendto.argtypes = [
+    ctypes.c_int,
+    ctypes.c_char_p,
+    ctypes.c_size_t,
+    ctypes.c_int,
+    ctypes.c_char_p,
+    ctypes.c_uint32,
+]
+_sendto.restype = ctypes.c_ssize_t
+_FAMILY = struct.Struct("=H")
+_V6_TAIL = struct.Struct("!I16s")
+
+
+def sockaddr(address: tuple[Any, ...]) -> bytes:
+    """Python's address tuple (as recvfrom gives it) → the raw sockaddr_in / sockaddr_in6."""
+    host, port = address[0], address[1]
+    if len(address) == 2:
+        return (
+            _FAMILY.pack(socket.AF_INET)
+            + port.to_bytes(2, "big")
+            + socket.inet_aton(host)
+            + bytes(8)
+        )
+    host = host.split("%", 1)[0]
+    return (
+        _FAMILY.pack(socket.AF_INET6)
+        + port.to_bytes(2, "big")
+        + _V6_TAIL.pack(address[2], socket.inet_pton(socket.AF_INET6, host))
+        + struct.pack("=I", address[3])
+    )
+
+
+def send_to(fd: int, data: bytes, address: tuple[Any, ...]) -> bool:
+    """Send a datagram without blocking and keeping the GIL; False when it was lost."""
+    name = sockaddr(address)
+    return _sendto(fd, data, len(data), MSG_DONTWAIT, name, len(name)) == len(data)
 
 
 class MissRelay:
@@ -65,12 +120,16 @@ class MissRelay:
         on_failed: Callable[[Pending, list[Any], OSError], None],
         on_expired: Callable[[Pending, list[Any]], None],
         on_mismatch: Callable[[Pending], None],
+        on_idle: Callable[[], bool] = lambda: False,
+        idle_every: float = IDLE_WAIT,
     ) -> None:
         self.timeout = timeout
         self.on_reply = on_reply
         self.on_failed = on_failed
         self.on_expired = on_expired
         self.on_mismatch = on_mismatch
+        self.on_idle = on_idle
+        self.idle_every = idle_every
         self.table = PendingTable(limit)
         self.sent = 0  # exchanges sent (tests, and the curious)
         self.joined = 0  # queries that waited on an exchange already in flight
@@ -86,6 +145,7 @@ class MissRelay:
         self._epoll.register(self._wake_r, select.EPOLLIN)
         self.stopping = False
         self.stopped = threading.Event()  # set once `run` has closed everything
+        self._buffer = ctypes.create_string_buffer(MAX_DATAGRAM)  # the reader's receive buffer
 
     def __len__(self) -> int:
         return len(self.table)
@@ -120,9 +180,8 @@ class MissRelay:
                 return False
             qid = self._ids.take()
             fd = sock.fileno()
-            try:
-                sock.send(upstream_message(qid, question, cd, do))
-            except OSError:
+            message = upstream_message(qid, question, cd, do)
+            if _send(fd, message, len(message), MSG_DONTWAIT) != len(message):
                 self._close(fd)
                 return False
             now = time.perf_counter()
@@ -192,6 +251,8 @@ class MissRelay:
                     deadline = self.table.next_deadline()
                 now = time.perf_counter()
                 wait = IDLE_WAIT if deadline is None else min(IDLE_WAIT, max(0.0, deadline - now))
+                if self.on_idle():
+                    wait = min(wait, self.idle_every)
                 for fd, _ in self._epoll.poll(wait):
                     if fd == self._wake_r:
                         with contextlib.suppress(OSError):
@@ -204,36 +265,37 @@ class MissRelay:
             self._close_all()
 
     def _read(self, fd: int) -> None:
+        # Under the lock: only this thread reads, but a receive thread may close a socket
+        # whose send failed, and its number be reused at once.
         with self._lock:
+            if fd not in self._sockets:
+                return
             pending = self.table.by_fd.get(fd)
-            sock = self._sockets.get(fd)
-        if sock is None:
-            return
-        try:
-            reply = sock.recv(MAX_DATAGRAM)
-        except BlockingIOError:
-            return
-        except OSError as e:
-            # An ICMP error (port unreachable) for this socket's last send.
-            with self._lock:
+            got = _recv(fd, self._buffer, MAX_DATAGRAM, MSG_DONTWAIT)
+            if got < 0:
+                err = ctypes.get_errno()
+                if err in (errno.EAGAIN, errno.EINTR):
+                    return
+                # An ICMP error (port unreachable) for this socket's last send.
+                self._close(fd)
                 if pending is None or pending.done:
-                    self._close(fd)
                     return
                 waiters = self.table.finish(pending)
-                self._close(fd)
-            self.on_failed(pending, waiters, e)
-            return
-        if pending is None or pending.done:
-            return  # late or stray, on an idle socket: nobody asked
-        if not matches(reply, pending.qid, pending.question):
-            self.on_mismatch(pending)  # forged or stray: keep waiting (RFC 5452 §9.1)
-            return
-        with self._lock:
-            if pending.done:
-                return  # expired meanwhile: trio has it
-            waiters = self.table.finish(pending)
-            self._give_back(pending)
-        self.on_reply(pending, waiters, reply)
+            elif pending is None or pending.done:
+                return  # late or stray, on an idle socket: nobody asked
+            else:
+                reply = ctypes.string_at(self._buffer, got)
+                if not matches(reply, pending.qid, pending.question):
+                    waiters = None  # forged or stray: keep waiting (RFC 5452 §9.1)
+                else:
+                    waiters = self.table.finish(pending)
+                    self._give_back(pending)
+        if got < 0:
+            self.on_failed(pending, waiters, OSError(err, os.strerror(err)))
+        elif waiters is None:
+            self.on_mismatch(pending)
+        else:
+            self.on_reply(pending, waiters, reply)
 
     def _expire(self, now: float) -> None:
         with self._lock:
