@@ -663,6 +663,11 @@ class Forwarder:
         cd, do = bool(data[3] & wire.CD), bool(key[0] & 1)
         return relay.submit(key, qname, upstream, data[12:qend], cd, do, (miss, receiver))
 
+    @property
+    def relay(self) -> MissRelay | None:
+        """The relay of misses the receive threads send upstream, while `run` runs."""
+        return self._relay
+
     def in_flight(self) -> int:
         """Upstream exchanges in flight: trio's and the relay's (CoreDNS's max_concurrent)."""
         relay = self._relay
