@@ -512,6 +512,9 @@ class Forwarder:
         self._fast_done: collections.deque[tuple[Any, ...]] = collections.deque()
         self._fast_woken = False
         self._fast_first = 0.0  # when the oldest record not yet handed over was appended
+        # Keys the relay answered and trio has not stored yet (the reader adds, trio removes):
+        # a repeat meanwhile goes to trio, which stores them first (`_fast_store`).
+        self._fast_unstored: dict[bytes, None] = {}
         self.fast_answered = 0  # misses answered by the relay (tests, the curious)
         self.fast_handed_back = 0  # misses it gave back to trio (timeout, TC, SERVFAIL, …)
         if any(u.tls for u in self.all_upstreams()):
@@ -558,6 +561,8 @@ class Forwarder:
 
     def cached(self, query: Query) -> bytes | None:
         """The answer from a fresh cache entry, or None: the synchronous fast path."""
+        if self._fast_done:
+            self._fast_batch()  # what the relay answered is in the cache before it is read
         return self._from_cache(cache_key(query), query, trio.current_time(), count=True)
 
     def _from_cache(self, key: bytes, query: Query, now: float, count: bool) -> bytes | None:
@@ -655,8 +660,8 @@ class Forwarder:
         if found is None:
             return False
         key, qname, qend = found
-        if zone_of(qname) is not None or self.cache.holds(key):
-            return False  # a cluster name, or a stale answer, a SERVFAIL: trio's
+        if zone_of(qname) is not None or self.cache.holds(key) or key in self._fast_unstored:
+            return False  # a cluster name, an answer trio has (stale, SERVFAIL) or will have
         upstream = self._fast_upstream(qname)
         if upstream is None or self.in_flight() >= self.config.max_concurrent:
             return False  # trio refuses past max_concurrent, as CoreDNS
@@ -723,6 +728,8 @@ class Forwarder:
             # Lost when the client is gone or the buffer is full, as any UDP answer may be.
             send_to(receiver.sock.fileno(), out, addr)
             answered.append((waiter, query, out, time.perf_counter() - start))
+        if made is not None:
+            self._fast_unstored[pending.key] = None
         self._fast_note(("answered", pending, made, rcode, duration, answered))
 
     def _fast_failed(self, pending: Pending, waiters: list[Any], error: OSError) -> None:
@@ -794,6 +801,7 @@ class Forwarder:
                 self._count_response(to, rcode, duration)
                 if made is not None:
                     self.cache.store(pending.key, *made)
+                    self._fast_unstored.pop(pending.key, None)
                 self._fast_answered(pending, answered)
             elif kind == "passed":
                 self._count_response(to, record[2], record[3])
@@ -834,6 +842,8 @@ class Forwarder:
     async def resolve(self, query: Query, looked_up: bool = False) -> bytes:
         """The response to send the client (not yet truncated for UDP). `looked_up`: the
         caller's `cached` already counted this question's cache miss."""
+        if self._fast_done:
+            self._fast_batch()  # what the relay answered is in the cache before it is read
         key = cache_key(query)
         now = trio.current_time()
         found = self._from_cache(key, query, now, count=not looked_up)

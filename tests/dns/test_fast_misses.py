@@ -87,7 +87,7 @@ async def test_a_miss_answered_by_the_relay_has_the_bytes_trio_sends(
                 answers[fast] = await raw_exchange(stack.port, data)
                 forwarder = stack.forwarder
                 if fast:  # counted by trio once the relay hands its answers over
-                    await wait_until(lambda: forwarder.fast_answered == 1)
+                    await wait_until(lambda f=forwarder: f.fast_answered == 1)
                 answered_fast = forwarder.fast_answered
         assert answered_fast == (1 if fast else 0)
         assert upstream.count() == 1
