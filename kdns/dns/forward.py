@@ -77,6 +77,7 @@ RRHeader = struct.Struct("!HHIH")
 # records, or FLUSH_EVERY seconds after the first.
 FLUSH_AT = 256
 FLUSH_EVERY = 0.02
+FAST_SPENT_KEPT = 1024  # failed relay attempts remembered until trio asks again
 
 
 @dataclass(frozen=True, slots=True)
@@ -496,6 +497,8 @@ class Forwarder:
         # Stub domains, longest first, each as ".suffix" for a cheap endswith.
         self._stubs = sorted(config.stub_domains, key=lambda s: len(s[0]), reverse=True)
         self._turn = 0  # policy round_robin: where the next question starts
+        # No stub domain and no `except` zone: every name goes to `upstreams` (`destinations`).
+        self._everything_upstream = not config.stub_domains and not config.except_zones
         self.tls: TlsConnections | None = None
         self.pool = UdpPool()  # UDP sockets for the exchanges, reused a few times each
         # prometheus-client children by label values: `.labels()` per exchange costs more than
@@ -512,6 +515,9 @@ class Forwarder:
         self._fast_done: collections.deque[tuple[Any, ...]] = collections.deque()
         self._fast_woken = False
         self._fast_first = 0.0  # when the oldest record not yet handed over was appended
+        # Keys whose relay attempt failed, with the upstream and the seconds it took: trio's
+        # own exchange for the handed-back miss skips that upstream and that time (trio only).
+        self._fast_spent: dict[bytes, tuple[Upstream, float]] = {}
         # Keys the relay answered and trio has not stored yet (the reader adds, trio removes):
         # a repeat meanwhile goes to trio, which stores them first (`_fast_store`).
         self._fast_unstored: dict[bytes, None] = {}
@@ -684,7 +690,8 @@ class Forwarder:
         policy = self.config.policy
         if policy == "round_robin":
             return None
-        healthy = [u for u in self.destinations(qname) if self.healthy(u)]
+        servers = self.config.upstreams if self._everything_upstream else self.destinations(qname)
+        healthy = [u for u in servers if self.healthy(u)]
         if not healthy:
             return None  # no destination, or healthcheck_broken: trio decides
         upstream = healthy[0] if policy == "sequential" else random.choice(healthy)
@@ -696,8 +703,7 @@ class Forwarder:
         try:
             parsed = parse_response(reply)
         except wire.WireError as e:
-            self._fast_back(waiters)
-            self._fast_note(("failed", pending, waiters, e))
+            self._fast_failed(pending, waiters, e)
             return
         rcode = parsed.rcode
         duration = time.perf_counter() - pending.sent
@@ -732,15 +738,16 @@ class Forwarder:
             self._fast_unstored[pending.key] = None
         self._fast_note(("answered", pending, made, rcode, duration, answered))
 
-    def _fast_failed(self, pending: Pending, waiters: list[Any], error: OSError) -> None:
-        self._fast_back(waiters)
+    def _fast_failed(self, pending: Pending, waiters: list[Any], error: Exception) -> None:
+        # Noted before the hand-back: trio reads it (`_fast_spent`) before it asks again.
         self._fast_note(("failed", pending, waiters, error))
+        self._fast_back(waiters)
 
     def _fast_expired(self, pending: Pending, waiters: list[Any]) -> None:
         relay = self._relay
-        self._fast_back(waiters)
         if relay is not None and not relay.stopping:  # not the stop's hand-back
             self._fast_note(("failed", pending, waiters, trio.TooSlowError()))
+        self._fast_back(waiters)
 
     def _fast_mismatch(self, pending: Pending) -> None:
         self._fast_note(("mismatch", pending))
@@ -809,6 +816,10 @@ class Forwarder:
                 query = wire.parse_query(record[2][0][0][0]) if record[2] else None
                 if isinstance(query, Query):
                     self._failed(upstream, query, record[3])
+                # The relay's attempt was this question's first: trio's goes on from there.
+                if len(self._fast_spent) >= FAST_SPENT_KEPT:
+                    self._fast_spent.clear()  # misses dropped before trio saw them
+                self._fast_spent[pending.key] = (upstream, time.perf_counter() - pending.sent)
 
     def _fast_answered(self, pending: Pending, answered: list[Any]) -> None:
         """Count the answered clients in their listener's statistics and the query log, as
@@ -915,7 +926,14 @@ class Forwarder:
             # assumed broken and one is picked at random (then the rest, as time allows).
             metrics.FORWARD_HEALTHCHECK_BROKEN.inc()
             random.shuffle(servers)
-        with trio.move_on_after(self.config.budget):
+        budget = self.config.budget
+        spent = self._fast_spent.pop(key, None)
+        if spent is not None:
+            # The relay already tried this upstream for this question and it failed (timeout,
+            # error): as if this loop had, the next upstream is asked, within what is left.
+            servers = [u for u in servers if u != spent[0]]
+            budget = max(0.0, budget - spent[1])
+        with trio.move_on_after(budget):
             for upstream in servers:
                 try:
                     reply = await self._ask(upstream, query)

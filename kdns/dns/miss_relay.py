@@ -105,9 +105,17 @@ def sockaddr(address: tuple[Any, ...]) -> bytes:
     )
 
 
+_SOCKADDRS: dict[tuple[Any, ...], bytes] = {}  # the last clients' sockaddrs (any thread)
+SOCKADDRS_KEPT = 1024
+
+
 def send_to(fd: int, data: bytes, address: tuple[Any, ...]) -> bool:
     """Send a datagram without blocking and keeping the GIL; False when it was lost."""
-    name = sockaddr(address)
+    name = _SOCKADDRS.get(address)
+    if name is None:
+        if len(_SOCKADDRS) >= SOCKADDRS_KEPT:
+            _SOCKADDRS.clear()  # one dict operation: safe from any thread under the GIL
+        name = _SOCKADDRS[address] = sockaddr(address)
     return _sendto(fd, data, len(data), MSG_DONTWAIT, name, len(name)) == len(data)
 
 
@@ -117,7 +125,7 @@ class MissRelay:
         timeout: float,
         limit: int,
         on_reply: Callable[[Pending, list[Any], bytes], None],
-        on_failed: Callable[[Pending, list[Any], OSError], None],
+        on_failed: Callable[[Pending, list[Any], Exception], None],
         on_expired: Callable[[Pending, list[Any]], None],
         on_mismatch: Callable[[Pending], None],
         on_idle: Callable[[], bool] = lambda: False,
