@@ -73,6 +73,7 @@ log = logging.getLogger(__name__)
 OPT = 41
 SOA = 6
 RRHeader = struct.Struct("!HHIH")
+_TTL = struct.Struct("!I")
 # The fast miss path hands its answers to trio (to cache and count) in batches: at FLUSH_AT
 # records, or FLUSH_EVERY seconds after the first.
 FLUSH_AT = 256
@@ -458,6 +459,51 @@ def from_cache(entry: CacheEntry, query: Query, now: float, stale_ttl: int | Non
     return bytes(out)
 
 
+class _ClientShaped:
+    """One upstream response made into each waiting client's answer, byte for byte what trio
+    sends (`from_cache` of the entry just stored, 0 s elapsed, or `_relabel` when it is not
+    cached; then `Handler.complete`: RA, the client's question, our OPT), without parsing the
+    query: the fast miss path's reader thread. A plain query's question has the response's
+    length (`matches` compared them), so the records start at the same offset."""
+
+    __slots__ = ("arcount", "base", "cached", "flags", "rcode")
+
+    def __init__(self, response: bytes, entry: CacheEntry | None) -> None:
+        if entry is not None:
+            base = bytearray(response)
+            for offset, ttl in zip(entry.ttl_offsets, entry.ttls, strict=True):
+                _TTL.pack_into(base, offset, ttl)  # the entry's TTLs, stored just now
+            response = bytes(base)
+        self.base = response
+        self.cached = entry is not None
+        self.flags = int.from_bytes(response[2:4])
+        self.rcode = response[3] & 0xF
+        self.arcount = int.from_bytes(response[10:12])
+
+    def answer(self, data: bytes, qend: int) -> bytes | None:
+        """The answer for the plain query `data` (question ending at `qend`); None when it
+        must be cut for the client's UDP size (the generic path cuts)."""
+        flags = self.flags
+        if self.cached:  # `from_cache`: RD and CD as the client asked
+            flags = flags & ~(wire.RD | wire.CD) | (int.from_bytes(data[2:4]) & (wire.RD | wire.CD))
+        base = self.base
+        edns = len(data) > qend
+        out = (
+            data[:2]
+            + (flags | wire.RA).to_bytes(2)
+            + base[4:10]
+            + (self.arcount + edns).to_bytes(2)
+            + data[12:qend]
+            + base[qend:]
+        )
+        limit = wire.CLASSIC_UDP_PAYLOAD
+        if edns:
+            out += wire.opt_bytes(bool(data[qend + 7] & 0x80), self.rcode)
+            payload = int.from_bytes(data[qend + 3 : qend + 5])
+            limit = max(limit, min(payload, wire.MAX_UDP_PAYLOAD))
+        return out if len(out) <= limit else None
+
+
 # --- talking to upstreams ------------------------------------------------------------------------
 
 
@@ -521,6 +567,7 @@ class Forwarder:
         # Keys the relay answered and trio has not stored yet (the reader adds, trio removes):
         # a repeat meanwhile goes to trio, which stores them first (`_fast_store`).
         self._fast_unstored: dict[bytes, None] = {}
+        self._fast_labels: dict[tuple[str, int, int, bool], tuple[int, int]] = {}  # trio's
         self.fast_answered = 0  # misses answered by the relay (tests, the curious)
         self.fast_handed_back = 0  # misses it gave back to trio (timeout, TC, SERVFAIL, …)
         if any(u.tls for u in self.all_upstreams()):
@@ -672,7 +719,8 @@ class Forwarder:
         if upstream is None or self.in_flight() >= self.config.max_concurrent:
             return False  # trio refuses past max_concurrent, as CoreDNS
         cd, do = bool(data[3] & wire.CD), bool(key[0] & 1)
-        return relay.submit(key, qname, upstream, data[12:qend], cd, do, (miss, receiver))
+        waiter = (miss, receiver, qend)
+        return relay.submit(key, qname, upstream, data[12:qend], cd, do, waiter)
 
     @property
     def relay(self) -> MissRelay | None:
@@ -719,24 +767,33 @@ class Forwarder:
         if not self._uncached(pending.qname, parsed):
             made = self.cache.entry_for(pending.key, response, parsed, now)
         answered = []
+        shaped = _ClientShaped(response, made[0] if made is not None else None)
         for waiter in waiters:
-            (data, addr, start, _serving), receiver = waiter
-            query = wire.parse_query(data)
-            if not isinstance(query, Query):
+            (data, addr, start, _serving), receiver, qend = waiter
+            out = shaped.answer(data, qend)
+            if out is None:  # cut for the client's UDP size: the generic path cuts
+                out = self._fast_generic(data, response, made, now)
+            if out is None:
                 receiver.hand_back(waiter[0])  # cannot be (a plain query), but never lose one
                 continue
-            # `resolve`: from the entry just stored (TTLs capped, 0 s elapsed) or relabelled
-            # when not cacheable; `Handler.complete`: RA, the client's question, UDP cut.
-            body = (
-                from_cache(made[0], query, now) if made is not None else _relabel(response, query)
-            )
-            out = wire.finish(body[:3] + bytes((body[3] | 0x80,)) + body[4:], query, True)
             # Lost when the client is gone or the buffer is full, as any UDP answer may be.
             send_to(receiver.sock.fileno(), out, addr)
-            answered.append((waiter, query, out, time.perf_counter() - start))
+            answered.append((waiter, out, time.perf_counter() - start))
         if made is not None:
             self._fast_unstored[pending.key] = None
         self._fast_note(("answered", pending, made, rcode, duration, answered))
+
+    def _fast_generic(
+        self, data: bytes, response: bytes, made: tuple[CacheEntry, _Table] | None, now: float
+    ) -> bytes | None:
+        """What trio sends, by trio's own functions: `resolve` (from the entry just stored,
+        0 s elapsed, or relabelled when not cacheable), then `Handler.complete` (RA, the
+        client's question, the UDP cut)."""
+        query = wire.parse_query(data)
+        if not isinstance(query, Query):
+            return None
+        body = from_cache(made[0], query, now) if made is not None else _relabel(response, query)
+        return wire.finish(body[:3] + bytes((body[3] | 0x80,)) + body[4:], query, True)
 
     def _fast_failed(self, pending: Pending, waiters: list[Any], error: Exception) -> None:
         # Noted before the hand-back: trio reads it (`_fast_spent`) before it asks again.
@@ -755,7 +812,7 @@ class Forwarder:
     def _fast_back(self, waiters: list[Any]) -> None:
         """Trio answers these as any other miss (its own exchange, retries, TCP, stale)."""
         self.fast_handed_back += len(waiters)
-        for miss, receiver in waiters:
+        for miss, receiver, _ in waiters:
             receiver.hand_back(miss)
 
     def _fast_note(self, record: tuple[Any, ...]) -> None:
@@ -824,17 +881,29 @@ class Forwarder:
     def _fast_answered(self, pending: Pending, answered: list[Any]) -> None:
         """Count the answered clients in their listener's statistics and the query log, as
         misses of the upstream cache (coalesced ones too), and let the receive thread answer
-        the next queries of the same shape (`remember`)."""
+        the next queries of the first one's shape (`remember`)."""
         self.cache.misses += len(answered)
         self.coalesced += max(0, len(answered) - 1)
         self.fast_answered += len(answered)
+        if not answered:
+            return
+        ((data, _, _, _), _, qend), first_out, _ = answered[0]
+        # One key: the same type and DO for every waiter; the rcode is the upstream's.
+        qtype = int.from_bytes(data[qend - 4 : qend - 2])
+        do, rcode = bool(pending.key[0] & 1), first_out[3] & 0xF
         zone = self.zone_for(pending.qname)
-        for ((data, addr, start, serving), receiver), query, out, elapsed in answered:
-            rcode = out[3] & 0xF
-            label = LABELS.id(zone, query.qtype, rcode, "forward", query.do)
-            receiver.answered(serving, addr, "udp", data, out, label, start, elapsed)
-            hit = LABELS.id(zone, query.qtype, rcode, "cache", query.do)
-            self.remember(data, query, out, hit)
+        # Memo of label ids: zones (config) × types × rcodes × DO, bounded as LABELS is.
+        labels = self._fast_labels.get((zone, qtype, rcode, do))
+        if labels is None:
+            labels = self._fast_labels[(zone, qtype, rcode, do)] = (
+                LABELS.id(zone, qtype, rcode, "forward", do),
+                LABELS.id(zone, qtype, rcode, "cache", do),
+            )
+        for ((data_, addr, start, serving), receiver, _), out, elapsed in answered:
+            receiver.answered(serving, addr, "udp", data_, out, labels[0], start, elapsed)
+        query = wire.parse_query(data)
+        if isinstance(query, Query):
+            self.remember(data, query, first_out, labels[1])
 
     def _stale(self, key: bytes, now: float, query: Query) -> bytes | None:
         """The expired answer inside the serve-stale window, counted and logged, else None."""

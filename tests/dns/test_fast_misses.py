@@ -58,6 +58,8 @@ def wire_query(name: str, rdtype: str = "A", cd: bool = False, **kwargs: object)
 
 
 NO_SOA = Zone(["www.example. 10 IN A 192.0.2.1"])  # negative answers without SOA: not cached
+# 40 A records: over 512 bytes, cut for a client without EDNS (whole records, TC set).
+MANY = Zone([f"many.example. 10 IN A 192.0.2.{i}" for i in range(1, 41)], soa=soa("example"))
 
 # (zone the upstream answers from, the client's query): every shape a plain query comes in.
 SHAPES = {
@@ -73,6 +75,11 @@ SHAPES = {
     "NXDOMAIN with SOA": (EXAMPLE, wire_query("nowhere.example")),
     "NXDOMAIN without SOA: not cached": (NO_SOA, wire_query("nowhere.example")),
     "NXDOMAIN with EDNS": (EXAMPLE, wire_query("nowhere.example", use_edns=0)),
+    "not cached, with CD and EDNS": (EXAMPLE, wire_query("zero.example", cd=True, use_edns=0)),
+    "cut for a client without EDNS": (MANY, wire_query("many.example")),
+    "whole for a client with EDNS": (MANY, wire_query("many.example", use_edns=0)),
+    "cut for EDNS with a 512-byte payload": (MANY, wire_query("many.example", payload=512)),
+    "RD clear": (EXAMPLE, (lambda d: d[:2] + b"\x00" + d[3:])(wire_query("www.example"))),
 }
 
 
