@@ -900,6 +900,9 @@ class Forwarder:
                 LABELS.id(zone, qtype, rcode, "cache", do),
             )
         for ((data_, addr, start, serving), receiver, _), out, elapsed in answered:
+            # The answer cache's miss, which `Handler.handle` counts on trio's path (its
+            # `stats()` reads the public counter; trio's thread is its only writer).
+            serving.handler.cache.misses += 1
             receiver.answered(serving, addr, "udp", data_, out, labels[0], start, elapsed)
         query = wire.parse_query(data)
         if isinstance(query, Query):
