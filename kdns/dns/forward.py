@@ -27,6 +27,12 @@ compare for it (`CacheEntry.check_at`). Cluster answers never come here: they ar
 answered from the store. The UDP receive thread answers repeats of names only the upstreams
 answer straight from this cache's entries (`remember`, kdns/dns/upstream_hits.py); what only
 trio can do — serve-stale, truncation, a cached SERVFAIL, starting a prefetch — stays here.
+While `run` runs, plain UDP misses of such names are sent upstream by the receive thread
+itself (`forward_miss`, kdns/dns/miss_relay.py) and answered by the relay's reader thread with
+the bytes `resolve` would give (`_fast_reply`); trio gets each answer afterwards, in batches,
+to store and count it (`_fast_batch`), and takes back whatever the relay cannot answer
+(timeout, TC, an rcode other than NOERROR/NXDOMAIN, a malformed reply) as an ordinary miss;
+a failed relay attempt counts as the question's first (`_fast_spent`).
 
 Every attempt is counted per upstream (`kdns_forward_*`, CoreDNS's forward/proxy metrics); a
 failed one is logged at ERROR as CoreDNS's errors plugin does, with a `consolidate` key naming

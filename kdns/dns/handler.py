@@ -22,6 +22,8 @@ Contract:
   and counted (`kdns_dns_cname_chase_failures_total`).
 - Malformed queries and internal errors are logged with a `consolidate` key, so a flood of them
   becomes one line per interval (kdns/logs.py).
+- `forward_miss(miss, receiver)` (the UDP receive thread): whether the forwarder's relay took
+  a miss of a name only the upstreams answer (kdns/dns/miss_relay.py); never raises.
 - The synchronous part is pure: no sockets and no clock.
 """
 

@@ -29,6 +29,10 @@ Contract:
   single reference swaps and atomic counters, see there) is answered in the thread, and so is
   the NXDOMAIN of a cluster name that certainly does not exist (`Handler.denial`, which reads
   only what the trio thread publishes atomically).
+  A miss of a name only the upstreams answer may be sent upstream from here instead
+  (`Handler.forward_miss`, kdns/dns/miss_relay.py); the forwarder's reader thread answers it,
+  counts it through `answered` (set by the server, called from trio), and gives back what it
+  cannot answer with `hand_back` (from its thread: an append and a wake-up each time).
   Everything else — a miss, a malformed packet — is appended to `misses` (a deque: append and
   popleft are atomic) with the serving that read it and the time it was read, and `wake` is
   called at most once until trio calls `take_misses()`; trio answers them as it always did

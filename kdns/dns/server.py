@@ -33,7 +33,9 @@ Contract:
   kdns/dns/stats.py): by the receive thread in its own `ThreadCounts` (folded at scrape time)
   for its hits, before their send, and through `QueryStats.record` elsewhere. Its duration runs
   from reading the query to the end of the send (CoreDNS's from ServeDNS to WriteMsg), the
-  send itself excepted for the thread's hits. The answer caches' sizes and misses are their
+  send itself excepted for the thread's hits and for misses the forwarder's relay answered
+  (counted by trio afterwards, through the receiver's `answered`, with the duration the relay
+  measured up to its send). The answer caches' sizes and misses are their
   `stats()`, read from the current handler at scrape time.
 """
 

@@ -17,9 +17,16 @@ import pytest
 import trio
 from prometheus_client import REGISTRY
 
+from kdns.config import Config
 from kdns.dns import mmsg
-from kdns.dns.forward import ForwardConfig, Upstream
+from kdns.dns.forward import ForwardConfig, Forwarder, Upstream
+from kdns.dns.handler import Handler
 from kdns.dns.miss_relay import MissRelay, sockaddr
+from kdns.dns.resolver import Resolver
+from kdns.dns.server import DnsServer
+from kdns.dns.stats import LABELS
+from kdns.store import Store
+from tests.dns.cluster import load
 from tests.dns.test_forward import EXAMPLE, HOST, WAIT, ask, kdns, texts
 from tests.dns.upstreams import (
     Responder,
@@ -265,3 +272,27 @@ def test_a_clients_address_becomes_the_sockaddr_the_kernel_gave(address: tuple) 
     # The relay answers with libc's sendto: the raw sockaddr must decode back to what
     # recvfrom gave (kdns/dns/mmsg.py decodes raw sockaddrs the kernel writes).
     assert mmsg.decode_sockaddr(sockaddr(address)) == address
+
+
+async def test_the_query_log_gets_the_answer_the_relay_sent() -> None:
+    logged: list[tuple[object, ...]] = []
+    with Responder(EXAMPLE) as upstream:
+        store = Store()
+        resolver = Resolver(store, Config())
+        forwarder = Forwarder(ForwardConfig(upstreams=(upstream.upstream,)))
+        handler = Handler(resolver, forwarder=forwarder)
+        load(store)
+        server = DnsServer(handler, HOST, 0, query_log=lambda *line: logged.append(line))
+        async with trio.open_nursery() as nursery:
+            await nursery.start(server.run)
+            await nursery.start(forwarder.run)
+            data = wire_query("www.example")
+            answer = await raw_exchange(server.port, data)
+            await wait_until(lambda: len(logged) == 1)
+            nursery.cancel_scope.cancel()
+    (addr, proto, request, response, label, seconds) = logged[0]
+    assert addr[0] == HOST
+    assert forwarder.fast_answered == 1
+    assert (proto, request, response) == ("udp", data, answer)
+    assert LABELS.labels[label].zone == "." and LABELS.labels[label].plugin == "forward"
+    assert 0 < seconds < WAIT
