@@ -205,15 +205,12 @@ async def test_a_lone_upstream_that_drops_the_miss_gives_servfail() -> None:
     with Responder(silent) as hole:
         config = ForwardConfig(upstreams=(hole.upstream,), timeout=0.3)
         async with kdns(config, health_checks=True) as stack:
-            start = trio.current_time()
             reply = await ask(stack.port, "www.example")
-            took = trio.current_time() - start
             handed_back = stack.forwarder.fast_handed_back
     assert reply.rcode() == dns.rcode.SERVFAIL
     assert handed_back == 1
-    # One attempt, as without the relay: SERVFAIL after one timeout, not two.
+    # One attempt, as without the relay: trio does not ask the upstream that timed out again.
     assert hole.count() == 1
-    assert took < 2 * 0.3
 
 
 async def test_a_truncated_reply_is_asked_again_over_tcp_by_trio() -> None:
