@@ -571,7 +571,7 @@ class Forwarder:
         # own exchange for the handed-back miss skips that upstream and that time (trio only).
         self._fast_spent: dict[bytes, tuple[Upstream, float]] = {}
         # Keys the relay answered and trio has not stored yet (the reader adds, trio removes):
-        # a repeat meanwhile goes to trio, which stores them first (`_fast_store`).
+        # a repeat meanwhile goes to trio, which stores them first (`_fast_batch`).
         self._fast_unstored: dict[bytes, None] = {}
         self._fast_labels: dict[tuple[str, int, int, bool], tuple[int, int]] = {}  # trio's
         self.fast_answered = 0  # misses answered by the relay (tests, the curious)
@@ -1047,8 +1047,10 @@ class Forwarder:
         """CoreDNS's cache `disable success|denial ZONES`: a positive answer (NOERROR with
         records) for a name in a `disable success` zone, or any other (NXDOMAIN, NODATA,
         SERVFAIL) in a `disable denial` zone, is passed on but not cached."""
-        positive = parsed.rcode == wire.NOERROR and bool(parsed.answer_ttls)
         cache = self.config.cache
+        if not cache.disable_success and not cache.disable_denial:
+            return False  # the usual config: no name lookups per answer
+        positive = parsed.rcode == wire.NOERROR and bool(parsed.answer_ttls)
         zones = cache.disable_success if positive else cache.disable_denial
         name = qname.rstrip(".").lower()
         return any(z == "." or name == z or name.endswith("." + z) for z in zones)

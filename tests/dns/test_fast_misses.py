@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Callable
+from typing import Any
 
 import dns.flags
 import dns.message
@@ -17,7 +18,7 @@ import pytest
 import trio
 from prometheus_client import REGISTRY
 
-from kdns.config import Config
+from kdns.config import CacheSection, Config
 from kdns.dns import mmsg
 from kdns.dns.forward import ForwardConfig, Forwarder, Upstream
 from kdns.dns.handler import Handler
@@ -90,15 +91,13 @@ SHAPES = {
 }
 
 
-@pytest.mark.parametrize(("zone", "data"), SHAPES.values(), ids=SHAPES.keys())
-async def test_a_miss_answered_by_the_relay_has_the_bytes_trio_sends(
-    zone: Zone, data: bytes
-) -> None:
+async def both_paths(zone: Zone, data: bytes, **config: Any) -> dict[bool, bytes]:
+    """The answer to `data` from a fresh kdns with the relay (True) and without (False)."""
     answers = {}
     for fast in (True, False):
         with Responder(zone) as upstream:
-            config = ForwardConfig(upstreams=(upstream.upstream,))
-            async with kdns(config, health_checks=fast) as stack:
+            forward_config = ForwardConfig(upstreams=(upstream.upstream,), **config)
+            async with kdns(forward_config, health_checks=fast) as stack:
                 answers[fast] = await raw_exchange(stack.port, data)
                 forwarder = stack.forwarder
                 if fast:  # counted by trio once the relay hands its answers over
@@ -106,6 +105,25 @@ async def test_a_miss_answered_by_the_relay_has_the_bytes_trio_sends(
                 answered_fast = forwarder.fast_answered
         assert answered_fast == (1 if fast else 0)
         assert upstream.count() == 1
+    return answers
+
+
+@pytest.mark.parametrize(("zone", "data"), SHAPES.values(), ids=SHAPES.keys())
+async def test_a_miss_answered_by_the_relay_has_the_bytes_trio_sends(
+    zone: Zone, data: bytes
+) -> None:
+    answers = await both_paths(zone, data)
+    assert answers[True] == answers[False]
+
+
+@pytest.mark.parametrize("disabled", ["disable_success", "disable_denial"])
+@pytest.mark.parametrize("name", ["long.example", "nowhere.example"])
+async def test_cache_disable_zones_give_the_same_bytes_on_both_paths(
+    disabled: str, name: str
+) -> None:
+    # CoreDNS's cache `disable success|denial ZONES`: passed on, not cached (TTLs as sent).
+    cache = CacheSection(**{disabled: ("example",)})
+    answers = await both_paths(EXAMPLE, wire_query(name), cache=cache)
     assert answers[True] == answers[False]
 
 
