@@ -80,6 +80,7 @@ OPT = 41
 SOA = 6
 RRHeader = struct.Struct("!HHIH")
 _TTL = struct.Struct("!I")
+_TO_QUESTION = b"\xc0\x0c"  # a compression pointer to offset 12: the first question's name
 # The fast miss path hands its answers to trio (to cache and count) in batches: at FLUSH_AT
 # records, or FLUSH_EVERY seconds after the first.
 FLUSH_AT = 256
@@ -157,7 +158,10 @@ def parse_response(data: bytes) -> Parsed:
     for section, count in enumerate((ancount, nscount, arcount)):
         for _ in range(count):
             start = pos
-            _, pos = wire.read_name(data, pos)
+            if qdcount and data[pos : pos + 2] == _TO_QUESTION:
+                pos += 2  # the question's name, which read_name has already walked
+            else:
+                _, pos = wire.read_name(data, pos)
             if pos + 10 > len(data):
                 raise wire.WireError("record header runs past the end")
             rtype, _rclass, ttl, rdlength = RRHeader.unpack_from(data, pos)
