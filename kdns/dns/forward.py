@@ -654,7 +654,21 @@ class Forwarder:
         entry = self.cache.get(key, now, count=False)
         if entry is None or entry.response[3] & 0xF == wire.SERVFAIL or query.compressed:
             return
-        opt = len(wire.opt_record(query)) if query.edns else 0
+        self._add_shape(data, key, entry, response, label, 12 + len(query.question), query.edns)
+
+    def _add_shape(
+        self,
+        data: bytes,
+        key: bytes,
+        entry: CacheEntry,
+        response: bytes,
+        label: int,
+        qend: int,
+        edns: bool,
+    ) -> None:
+        """`remember`, once the entry is known (the fast miss path knows it, having just
+        stored it): `response` must be `entry`'s whole answer, our OPT added for EDNS."""
+        opt = len(wire.opt_bytes(False)) if edns else 0
         if len(response) != len(entry.response) + opt:
             return  # cut for the client's UDP size: the trio path cuts
         hits = self.cache.fast
@@ -664,7 +678,7 @@ class Forwarder:
             hits.due = self._due
         rcode = entry.response[3] & 0xF
         denial = rcode != wire.NOERROR or not int.from_bytes(entry.response[6:8])
-        shape = Shape(entry, key, label, denial, response, 12 + len(query.question))
+        shape = Shape(entry, key, label, denial, response, qend)
         self.cache.add_shape(data, shape)
 
     def _due(self, shape: Shape, taps: int, data: bytes) -> None:
@@ -878,7 +892,7 @@ class Forwarder:
                 if made is not None:
                     self.cache.store(pending.key, *made)
                     self._fast_unstored.pop(pending.key, None)
-                self._fast_answered(pending, answered)
+                self._fast_answered(pending, made, answered)
             elif kind == "passed":
                 self._count_response(to, record[2], record[3])
             else:
@@ -892,7 +906,9 @@ class Forwarder:
         for to, count in requests.items():
             self._count_request(to, count)
 
-    def _fast_answered(self, pending: Pending, answered: list[Any]) -> None:
+    def _fast_answered(
+        self, pending: Pending, made: tuple[CacheEntry, _Table] | None, answered: list[Any]
+    ) -> None:
         """Count the answered clients in their listener's statistics and the query log, as
         misses of the upstream cache (coalesced ones too), and let the receive thread answer
         the next queries of the first one's shape (`remember`)."""
@@ -918,9 +934,9 @@ class Forwarder:
             # `stats()` reads the public counter; trio's thread is its only writer).
             serving.handler.cache.misses += 1
             receiver.answered(serving, addr, "udp", data_, out, labels[0], start, elapsed)
-        query = wire.parse_query(data)
-        if isinstance(query, Query):
-            self.remember(data, query, first_out, labels[1])
+        if made is not None:  # stored just now: the receive thread answers its next hits
+            edns = len(data) > qend
+            self._add_shape(data, pending.key, made[0], first_out, labels[1], qend, edns)
 
     def _stale(self, key: bytes, now: float, query: Query) -> bytes | None:
         """The expired answer inside the serve-stale window, counted and logged, else None."""
