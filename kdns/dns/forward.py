@@ -65,7 +65,7 @@ from dnslib import QTYPE
 
 from kdns import metrics
 from kdns.config import CacheSection
-from kdns.dns import wire
+from kdns.dns import miss_relay, wire
 from kdns.dns.dot import ConnectionClosed, TlsConnections, client_context
 from kdns.dns.miss_relay import MissRelay, send_to
 from kdns.dns.stats import LABELS, CacheStats
@@ -702,6 +702,8 @@ class Forwarder:
     def _start_relay(self, nursery: trio.Nursery) -> MissRelay | None:
         if self.config.force_tcp or not any(not u.tls for u in self.all_upstreams()):
             return None  # every exchange is TCP or TLS: trio's
+        if not miss_relay.available():
+            return None
         relay = MissRelay(
             self.config.timeout,
             max(1, self.config.max_concurrent),

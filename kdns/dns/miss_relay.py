@@ -86,6 +86,11 @@ _FAMILY = struct.Struct("=H")
 _V6_TAIL = struct.Struct("!I16s")
 
 
+def available() -> bool:
+    """Whether the relay can run here (Linux: epoll); elsewhere trio forwards every miss."""
+    return hasattr(select, "epoll")
+
+
 def sockaddr(address: tuple[Any, ...]) -> bytes:
     """Python's address tuple (as recvfrom gives it) → the raw sockaddr_in / sockaddr_in6."""
     host, port = address[0], address[1]

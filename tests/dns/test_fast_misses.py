@@ -311,3 +311,21 @@ async def test_the_query_log_gets_the_answer_the_relay_sent() -> None:
     assert (proto, request, response) == ("udp", data, answer)
     assert LABELS.labels[label].zone == "." and LABELS.labels[label].plugin == "forward"
     assert 0 < seconds < WAIT
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"force_tcp": True}, {"policy": "round_robin"}],
+    ids=["force_tcp: every exchange over TCP", "round_robin: trio keeps the turn"],
+)
+async def test_configs_the_relay_does_not_serve_leave_misses_to_trio(
+    options: dict[str, Any],
+) -> None:
+    with Responder(EXAMPLE) as upstream:
+        config = ForwardConfig(upstreams=(upstream.upstream,), **options)
+        async with kdns(config, health_checks=True) as stack:
+            reply = await ask(stack.port, "www.example")
+            answered = stack.forwarder.fast_answered
+    assert texts(reply) == {"192.0.2.1"}
+    assert answered == 0
+    assert upstream.count() == 1
