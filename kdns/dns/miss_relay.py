@@ -9,8 +9,8 @@ released while it waits).
 Contract:
 - `submit(key, qname, upstream, question, cd, do, waiter)` (any receive thread): joins the
   exchange in flight for `key` (coalescing), or sends a fresh one from a pool socket; False
-  when it cannot (stopped, `limit` exchanges in flight, a send that fails): the caller hands
-  the query to trio as before. Never blocks but on its lock, held for a dict update and one
+  when it cannot (stopped, `limit` exchanges in flight or `MAX_WAITERS` on this one — counted
+  in `declined` —, a send that fails): the caller hands the query to trio as before. Never blocks but on its lock, held for a dict update and one
   non-blocking send.
 - RFC 5452 §9.2: a fresh unpredictable ID per exchange (`IdSource`); the socket is picked at
   random among the idle ones connected to that upstream, each bound by the kernel to a random
@@ -147,6 +147,7 @@ class MissRelay:
         self.sent = 0  # exchanges sent (tests, and the curious)
         self.joined = 0  # queries that waited on an exchange already in flight
         self.opened = 0  # sockets made
+        self.declined = 0  # queries left to trio: `limit` in flight, or too many on one
         self._ids = IdSource()
         self._lock = threading.Lock()
         self._idle: dict[Address, list[tuple[socket.socket, int]]] = {}
@@ -181,11 +182,13 @@ class MissRelay:
         with self._lock:
             if self.stopping:
                 return False
-            if self.table.join(key, waiter):
+            joined = self.table.join(key, waiter)
+            if joined:
                 self.joined += 1
                 return True
-            if self.table.full():
-                return False
+            if joined is None or self.table.full():
+                self.declined += 1
+                return False  # crowded, or `limit` in flight: trio's
             address = (upstream.host, upstream.port)
             try:
                 sock = self._take(address, upstream.family)

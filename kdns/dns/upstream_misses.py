@@ -19,7 +19,8 @@ Contract:
   asking the same key while one is in flight joins it, `join`) and by socket descriptor (the
   reader finds the exchange a datagram is for), with their deadlines in send order (the same
   timeout for each, so the oldest expires first). Bounded: `full()` says when `limit` are in
-  flight; the caller then leaves the question to trio. Not thread-safe by itself: the relay
+  flight, `join` when `waiters_limit` clients wait on one; the caller then leaves the question
+  to trio. Not thread-safe by itself: the relay
   calls it under its lock.
 """
 
@@ -35,6 +36,9 @@ from typing import Any
 from kdns.dns import wire
 
 _HEAD = struct.Struct("!3H")
+# Clients waiting on one exchange; more asking the same go to trio (which coalesces them too):
+# a flood of one name at a silent upstream holds at most this many here per exchange.
+MAX_WAITERS = 1024
 _REFUSED = (b"\x00\xfb", b"\x00\xfc")  # IXFR, AXFR (kdns/dns/handler.py refuses them)
 _OPT = struct.Struct("!BHHIH")
 
@@ -112,8 +116,9 @@ class Pending:
 class PendingTable:
     """Exchanges in flight, by key and by socket, oldest first (see the module's contract)."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, waiters_limit: int = MAX_WAITERS) -> None:
         self.limit = limit
+        self.waiters_limit = waiters_limit
         self.by_key: dict[bytes, Pending] = {}
         self.by_fd: dict[int, Pending] = {}
         self._order: collections.deque[Pending] = collections.deque()
@@ -124,11 +129,14 @@ class PendingTable:
     def full(self) -> bool:
         return len(self.by_key) >= self.limit
 
-    def join(self, key: bytes, waiter: Any) -> bool:
-        """Wait on the exchange already in flight for `key`, if there is one."""
+    def join(self, key: bytes, waiter: Any) -> bool | None:
+        """Wait on the exchange already in flight for `key`, if there is one (True); False
+        when there is none; None when `waiters_limit` already wait on it (crowded)."""
         pending = self.by_key.get(key)
         if pending is None:
             return False
+        if len(pending.waiters) >= self.waiters_limit:
+            return None
         pending.waiters.append(waiter)
         return True
 

@@ -167,3 +167,12 @@ def test_drain_finishes_everything_in_flight() -> None:
     table.finish(a)
     assert table.drain() == [b]
     assert len(table) == 0 and table.by_fd == {}
+
+
+def test_one_exchange_holds_a_bounded_number_of_waiters() -> None:
+    table = PendingTable(limit=10, waiters_limit=3)
+    table.add(pending(b"a", 10, 1.0))  # its first waiter
+    assert table.join(b"a", "second") is True
+    assert table.join(b"a", "third") is True
+    assert table.join(b"a", "fourth") is None  # crowded: the caller leaves it to trio
+    assert table.by_key[b"a"].waiters == ["first", "second", "third"]
