@@ -10,8 +10,8 @@ Contract:
 - `submit(key, qname, upstream, question, cd, do, waiter)` (any receive thread): joins the
   exchange in flight for `key` (coalescing), or sends a fresh one from a pool socket; False
   when it cannot (stopped, `limit` exchanges in flight or `MAX_WAITERS` on this one — counted
-  in `declined` —, a send that fails): the caller hands the query to trio as before. Never blocks but on its lock, held for a dict update and one
-  non-blocking send.
+  in `declined` —, a send that fails): the caller hands the query to trio as before. Never
+  blocks but on its lock, held for a dict update and one non-blocking send.
 - RFC 5452 §9.2: a fresh unpredictable ID per exchange (`IdSource`); the socket is picked at
   random among the idle ones connected to that upstream, each bound by the kernel to a random
   ephemeral port when connected and used for at most `USES` exchanges, then closed (the ports
