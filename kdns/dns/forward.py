@@ -31,8 +31,10 @@ While `run` runs, plain UDP misses of such names are sent upstream by the receiv
 itself (`forward_miss`, kdns/dns/miss_relay.py) and answered by the relay's reader thread with
 the bytes `resolve` would give (`_fast_reply`); trio gets each answer afterwards, in batches,
 to store and count it (`_fast_batch`), and takes back whatever the relay cannot answer
-(timeout, TC, an rcode other than NOERROR/NXDOMAIN, a malformed reply) as an ordinary miss;
-a failed relay attempt counts as the question's first (`_fast_spent`).
+(timeout, TC, a malformed reply) as an ordinary miss; a failed relay attempt counts as the
+question's first (`_fast_spent`), and after a TC trio asks that upstream over TCP at once
+(`_fast_truncated`), so no upstream is asked more often than trio alone would ask it. Any
+rcode the upstream answers (SERVFAIL, REFUSED too) is the answer, as on trio's path.
 
 Every attempt is counted per upstream (`kdns_forward_*`, CoreDNS's forward/proxy metrics); a
 failed one is logged at ERROR as CoreDNS's errors plugin does, with a `consolidate` key naming
@@ -575,6 +577,9 @@ class Forwarder:
         # Keys whose relay attempt failed, with the upstream and the seconds it took: trio's
         # own exchange for the handed-back miss skips that upstream and that time (trio only).
         self._fast_spent: dict[bytes, tuple[Upstream, float]] = {}
+        # Keys whose relay attempt came back truncated: trio asks that upstream over TCP first
+        # (RFC 7766 §5), not over UDP once more.
+        self._fast_truncated: dict[bytes, Upstream] = {}
         # Keys the relay answered and trio has not stored yet (the reader adds, trio removes):
         # a repeat meanwhile goes to trio, which stores them first (`_fast_batch`).
         self._fast_unstored: dict[bytes, None] = {}
@@ -782,11 +787,14 @@ class Forwarder:
             return
         rcode = parsed.rcode
         duration = time.perf_counter() - pending.sent
-        if reply[2] & (wire.TC >> 8) or rcode not in (wire.NOERROR, wire.NXDOMAIN):
-            # TC: trio asks again over TCP (RFC 7766 §5); SERVFAIL, REFUSED, …: trio tries the
-            # other upstreams, caches the failure or serves a stale answer (RFC 8767).
+        if reply[2] & (wire.TC >> 8):
+            # Trio asks this upstream again over TCP (RFC 7766 §5; `_fast_truncated`). Noted
+            # before the hand-back: trio reads the note before it asks. Any other rcode is the
+            # answer, as `_exchange` takes it (SERVFAIL cached briefly, REFUSED passed on); no
+            # stale answer can beat it, since the relay takes only keys the cache holds nothing
+            # under (RFC 8767 §5 is trio's).
+            self._fast_note(("truncated", pending, rcode, duration))
             self._fast_back(waiters)
-            self._fast_note(("passed", pending, rcode, duration))
             return
         response = strip_opt(reply, parsed)
         now = self._now()
@@ -895,8 +903,11 @@ class Forwarder:
                     self.cache.store(pending.key, *made)
                     self._fast_unstored.pop(pending.key, None)
                 self._fast_answered(pending, made, answered)
-            elif kind == "passed":
+            elif kind == "truncated":
                 self._count_response(to, record[2], record[3])
+                if len(self._fast_truncated) >= FAST_SPENT_KEPT:
+                    self._fast_truncated.clear()  # misses dropped before trio saw them
+                self._fast_truncated[pending.key] = upstream
             else:
                 query = wire.parse_query(record[2][0][0][0]) if record[2] else None
                 if isinstance(query, Query):
@@ -936,7 +947,9 @@ class Forwarder:
             # `stats()` reads the public counter; trio's thread is its only writer).
             serving.handler.cache.misses += 1
             receiver.answered(serving, addr, "udp", data_, out, labels[0], start, elapsed)
-        if made is not None:  # stored just now: the receive thread answers its next hits
+        if made is not None and rcode != wire.SERVFAIL:
+            # Stored just now: the receive thread answers its next hits (never a cached
+            # SERVFAIL, as `remember`: a stale answer may beat it, RFC 8767 §5).
             edns = len(data) > qend
             self._add_shape(data, pending.key, made[0], first_out, labels[1], qend, edns)
 
@@ -1037,10 +1050,14 @@ class Forwarder:
             # error): as if this loop had, the next upstream is asked, within what is left.
             servers = [u for u in servers if u != spent[0]]
             budget = max(0.0, budget - spent[1])
+        tcp_first = self._fast_truncated.pop(key, None)
+        if tcp_first in servers:
+            servers.remove(tcp_first)  # the relay's UDP attempt was truncated: TCP, first
+            servers.insert(0, tcp_first)
         with trio.move_on_after(budget):
             for upstream in servers:
                 try:
-                    reply = await self._ask(upstream, query)
+                    reply = await self._ask(upstream, query, tcp=upstream == tcp_first)
                 except (ExchangeError, OSError, trio.TooSlowError) as e:
                     self._failed(upstream, query, e)
                     continue
@@ -1104,8 +1121,11 @@ class Forwarder:
         if health.fails == self.config.max_fails:
             log.warning("upstream %s is unhealthy (%s)", upstream, detail)
 
-    async def _ask(self, upstream: Upstream, query: Query, probe: bool = False) -> bytes:
-        """One exchange with `upstream`; counted in the forward metrics unless a health `probe`."""
+    async def _ask(
+        self, upstream: Upstream, query: Query, probe: bool = False, tcp: bool = False
+    ) -> bytes:
+        """One exchange with `upstream`; counted in the forward metrics unless a health `probe`.
+        `tcp`: over TCP from the start (a UDP answer to the same question was truncated)."""
         qid = secrets.randbelow(65536)
         message = upstream_query(query, qid)
         to = str(upstream)
@@ -1116,7 +1136,7 @@ class Forwarder:
         with trio.fail_after(self.config.timeout):
             if upstream.tls:
                 reply = await self._tls(upstream, message, qid, query.question)
-            elif self.config.force_tcp:
+            elif self.config.force_tcp or tcp:
                 reply = await self._tcp(upstream, message, qid, query.question)
             else:
                 reply = await self._udp(upstream, message, qid, query.question)
