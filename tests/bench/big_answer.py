@@ -238,11 +238,18 @@ async def others_while_rebuilt(
             SERVICES,
             service_from_dict(svc("kube-system", "kube-dns", clusterIP="10.96.0.10")),
         )
-        # As `kdns serve` does once its store has synced (kdns/collector.py), unless the tree
-        # measured is one from before that.
-        freeze = getattr(importlib.import_module("kdns.app"), "collector", None)
-        if freeze is not None:
-            freeze.freeze()
+        # As `kdns serve` does (kdns/interpreter.py: the switch interval at start, the freeze
+        # once synced), as far as the tree measured does (one from before has kdns/collector.py,
+        # or nothing); `--switch-interval` overrides the tree's interval.
+        served = importlib.import_module("kdns.app")
+        interpreter = getattr(served, "interpreter", None) or getattr(served, "collector", None)
+        if interpreter is not None:
+            interpreter.freeze()
+        if hasattr(interpreter, "answer_promptly"):
+            interpreter.answer_promptly()  # type: ignore[union-attr]
+        if args.switch_interval is not None:
+            sys.setswitchinterval(args.switch_interval)
+        print(f"  switch interval {sys.getswitchinterval() * 1e3:.2f} ms", flush=True)
 
         async def phase(changing: bool) -> dict[str, object]:
             argv = [sys.executable, "-c", CLIENT, str(port), str(args.client_qps)]
