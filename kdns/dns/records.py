@@ -36,7 +36,7 @@ from typing import NamedTuple
 
 from dnslib import QTYPE
 
-from kdns.model import Endpoint, Service
+from kdns.model import Endpoint, EndpointPort, Service, ServicePort
 
 A = QTYPE.A
 AAAA = QTYPE.AAAA
@@ -60,6 +60,12 @@ class Record(NamedTuple):
     weight: int = 0
     # The target (value) is relative to the cluster zone: the resolver appends the zone.
     in_zone: bool = False
+
+
+# `_new(Record, (all six fields))` makes a Record without the generated `__new__`'s Python
+# frame: less than half the cost, for the three records per endpoint a rebuild makes.
+_new = tuple.__new__
+_NO_PORT = (0, 0, 0, False)  # port, priority, weight, in_zone of a record with none
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,9 +118,14 @@ def endpoint_name(endpoint: Endpoint, pod_names: bool = False) -> str:
 
 def _srv_set(entries: Iterable[tuple[str, int]]) -> tuple[Record, ...]:
     """SRV records for (target, port) pairs, deduplicated; weight = 100/N as CoreDNS."""
-    unique = list(dict.fromkeys(entries))
+    unique = dict.fromkeys(entries)
     weight = 100 // len(unique) if unique else 0
-    return tuple(Record(SRV, target, port, 0, weight, in_zone=True) for target, port in unique)
+    return tuple([_new(Record, (SRV, target, port, 0, weight, True)) for target, port in unique])
+
+
+def _srv_name(port: EndpointPort | ServicePort, base: str) -> str:
+    """`_name._proto.base` of a named port (spec 2.3.2, 2.4.2); "" for an unnamed one."""
+    return f"_{port.name}._{port.protocol.lower()}.{base}" if port.name else ""
 
 
 def _is_ip(text: str) -> bool:
@@ -136,80 +147,105 @@ def service_records(
     records (the userspace proxy's loopback VIP); headless and ExternalName ignore it.
     `pod_names` is CoreDNS's `endpoint_pod_names` (`endpoint_name`); `ignore_empty` its
     `ignore empty_service`: a ClusterIP Service with no ready endpoint has no forward name
-    (NXDOMAIN, so a client's search list goes on), its ClusterIP PTR stays."""
-    base = f"{service.name}.{service.namespace}.svc"
-    # Each name's records as an insertion-ordered set: a 500-endpoint headless Service adds
-    # 500 addresses to one name, and a list membership test per add would be quadratic.
-    forward: dict[str, dict[Record, None]] = {}
-    reverse: dict[str, dict[Record, None]] = {}
+    (NXDOMAIN, so a client's search list goes on), its ClusterIP PTR stays.
 
-    def add(table: dict[str, dict[Record, None]], name: str, record: Record) -> None:
-        table.setdefault(name, {})[record] = None
+    Built in a few passes over the endpoints, one record object per address shared by every
+    name that gives it: a 500-endpoint headless Service is rebuilt on each change of its
+    endpoints, on the trio thread, and every other client waits while it is
+    (docs/architecture.md §7)."""
+    base = f"{service.name}.{service.namespace}.svc"
+    forward: dict[str, tuple[Record, ...]] = {}
+    reverse: dict[str, tuple[Record, ...]] = {}
 
     if service.type == "ExternalName":
         if not _is_ip(service.external_name):
-            add(forward, base, Record(CNAME, service.external_name))
+            forward[base] = (Record(CNAME, service.external_name),)
         return _freeze(forward, reverse)
 
     # Only ready endpoints are published (spec 2.4.1 "ready"; EndpointSlice `ready`, which the
     # controller already sets true for publishNotReadyAddresses).
     ready = [e for e in endpoints if e.ready]
-    # Each ready endpoint's name, made once: the SRV targets and the endpoint names read it.
+    # Each ready endpoint's name and address record, made once: the SRV targets, the
+    # endpoint names, the headless name and the PTRs all read them.
     hosts = [f"{endpoint_name(e, pod_names)}.{base}" for e in ready]
+    addresses = [
+        _new(Record, (AAAA if ":" in e.address else A, e.address, *_NO_PORT)) for e in ready
+    ]
 
     if service.headless:
         if not ready:
             return _freeze(forward, reverse)  # no ready endpoint: the name does not exist
-        for endpoint in ready:
-            add(forward, base, _address(endpoint.address))
+        # An address listed twice (a slice rebalance, two hostnames) gives one record.
+        forward[base] = tuple(dict.fromkeys(addresses))
         named: dict[str, list[tuple[str, int]]] = {}
         every: list[tuple[str, int]] = []
+        # Endpoints of one slice share its ports tuple: each name spelled once per tuple.
+        spelled: dict[tuple[EndpointPort, ...], list[tuple[str, int, list[tuple[str, int]]]]]
+        spelled = {}
         for endpoint, target in zip(ready, hosts, strict=True):
-            for port in endpoint.ports:
-                every.append((target, port.port))
-                if port.name:
-                    srv_name = f"_{port.name}._{port.protocol.lower()}.{base}"
-                    named.setdefault(srv_name, []).append((target, port.port))
+            ports = spelled.get(endpoint.ports)
+            if ports is None:
+                ports = spelled[endpoint.ports] = [
+                    (p.name, p.port, named.setdefault(_srv_name(p, base), []))
+                    for p in endpoint.ports
+                ]
+            for name, port, entries in ports:
+                every.append((target, port))
+                if name:
+                    entries.append((target, port))
+        named = {k: v for k, v in named.items() if v}
+        shared: tuple[Record, ...] = ()
         for srv_name, entries in named.items():
-            forward[srv_name] = dict.fromkeys(_srv_set(entries))
+            forward[srv_name] = _srv_set(entries)
+            if entries == every:
+                shared = forward[srv_name]  # one named port: the bare name's SRV set too
         if every:
-            forward.setdefault(base, {}).update(dict.fromkeys(_srv_set(every)))
+            forward[base] += shared or _srv_set(every)
     else:
+        own: list[Record] = []
         for ip in service.cluster_ips if cluster_ips is None else cluster_ips:
-            add(forward, base, _address(ip))
-            add(reverse, reverse_name(ip), Record(PTR, base, in_zone=True))
+            own.append(_address(ip))
+            _add(reverse, reverse_name(ip), Record(PTR, base, in_zone=True))
+        if own:
+            forward[base] = tuple(dict.fromkeys(own))
         for port in service.ports:
             if port.name:
-                srv_name = f"_{port.name}._{port.protocol.lower()}.{base}"
-                forward[srv_name] = dict.fromkeys(_srv_set([(base, port.port)]))
+                forward[_srv_name(port, base)] = _srv_set([(base, port.port)])
         if service.ports:
-            forward.setdefault(base, {}).update(
-                dict.fromkeys(_srv_set((base, p.port) for p in service.ports))
-            )
+            forward[base] = forward.get(base, ()) + _srv_set((base, p.port) for p in service.ports)
 
     if ignore_empty and not service.headless and not ready:
         forward.clear()
     # Endpoint names and their PTRs, for ready endpoints of headless and ClusterIP services.
-    for endpoint, host in zip(ready, hosts, strict=True):
-        add(forward, host, _address(endpoint.address))
-        add(reverse, reverse_name(endpoint.address), Record(PTR, host, in_zone=True))
+    for host, address in zip(hosts, addresses, strict=True):
+        _add(forward, host, address)
+        _add(reverse, reverse_name(address.value), _new(Record, (PTR, host, 0, 0, 0, True)))
     return _freeze(forward, reverse)
 
 
+def _add(table: dict[str, tuple[Record, ...]], name: str, record: Record) -> None:
+    """`record` at `name`, once: almost every name gets one record, so a tuple grown on the
+    rare second one costs less than a set per name."""
+    held = table.get(name)
+    if held is None:
+        table[name] = (record,)
+    elif record not in held:
+        table[name] = (*held, record)
+
+
 def _freeze(
-    forward: dict[str, dict[Record, None]], reverse: dict[str, dict[Record, None]]
+    forward: dict[str, tuple[Record, ...]], reverse: dict[str, tuple[Record, ...]]
 ) -> ServiceRecords:
     ents: set[str] = set()
     for name in forward:
-        labels = name.split(".")
-        # Ancestors below the service name (`_tcp.svc.ns.svc`) are empty non-terminals.
-        for i in range(1, len(labels) - 3):
-            ents.add(".".join(labels[i:]))
-    return ServiceRecords(
-        {k: tuple(v) for k, v in forward.items()},
-        {k: tuple(v) for k, v in reverse.items()},
-        frozenset(ents - forward.keys()),
-    )
+        # Ancestors below the service name (`_tcp.svc.ns.svc`) are empty non-terminals; only
+        # a name of more than four labels has one (an endpoint name is one label and the
+        # Service's three, unless a Pod's name holds dots).
+        if name.count(".") > 3:
+            labels = name.split(".")
+            for i in range(1, len(labels) - 3):
+                ents.add(".".join(labels[i:]))
+    return ServiceRecords(forward, reverse, frozenset(ents - forward.keys()))
 
 
 def ptr_addresses(
