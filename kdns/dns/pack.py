@@ -8,10 +8,10 @@ form from the records' fields with one `bytearray`, compressing names as dnslib 
 the longest suffix already written becomes a pointer. SRV targets are never compressed nor
 remembered (RFC 2782), so no later record points into a rotated SRV RRset.
 
-Records come as dnslib RRs or as `Rec`, a record kept in wire parts (owner labels, fixed
-rdata, an SRV target's labels) that the resolver builds for large answers without dnslib's
-object model (docs/architecture.md §7): a 500-endpoint headless answer spent most of its time
-building dnslib objects.
+Records come as dnslib RRs or as `Rec`, a record kept in wire parts (its owner's labels, and
+every octet after the owner already encoded) that the resolver builds for large answers without
+dnslib's object model (docs/architecture.md §7): a 500-endpoint headless answer spent most of
+its time building dnslib objects, then writing each record's fields.
 
 Contract: `message(...)` returns the encoded response, byte for byte what `wire.encode`'s
 dnslib path gives for the same input, or None when a record is of a type it does not know or a
@@ -36,35 +36,44 @@ MAX_NAME = 255  # octets on the wire with the root label (RFC 1035 §3.1)
 _RR = struct.Struct("!HHIH")
 _SRV = struct.Struct("!HHH")
 _SOA_TIMES = struct.Struct("!IIIII")
+# A compression pointer's two octets, by offset: made once, not per record.
+_POINTER = tuple((0xC000 | offset).to_bytes(2) for offset in range(MAX_POINTER + 1))
 
 Names = dict[tuple[bytes, ...], int]
 
 
 class Rec:
-    """One record in wire parts: `owner` labels (lower-case, compressed when written), `fixed`
-    rdata octets (an address; an SRV's priority, weight and port), then, for SRV, `target`
-    labels (written uncompressed, RFC 2782). Immutable by convention; answers share them."""
+    """One record in wire parts: `owner` labels (lower-case, compressed when written), then
+    `tail`, every octet after the owner — type, class, TTL, RDLENGTH and RDATA — already
+    encoded, for the types whose RDATA holds no compressible name (A, AAAA, and SRV, whose
+    target is never compressed, RFC 2782); None when a name in it breaks a length limit (the
+    encoder then refuses the record, as dnslib would). `rtype` is kept for the layout and for
+    RFC 8482's cut. Immutable by convention; answers share them."""
 
-    __slots__ = ("fixed", "owner", "rtype", "target", "ttl")
+    __slots__ = ("owner", "rtype", "tail")
     rclass = 1  # IN
 
-    def __init__(
-        self,
-        owner: tuple[bytes, ...],
-        rtype: int,
-        ttl: int,
-        fixed: bytes,
-        target: tuple[bytes, ...] | None = None,
-    ) -> None:
+    def __init__(self, owner: tuple[bytes, ...], rtype: int, tail: bytes | None) -> None:
         self.owner = owner
         self.rtype = rtype
-        self.ttl = ttl
-        self.fixed = fixed
-        self.target = target
+        self.tail = tail
 
     def __repr__(self) -> str:
-        owner = b".".join(self.owner)
-        return f"Rec({owner!r}, {self.rtype}, {self.ttl}, {self.fixed!r}, {self.target!r})"
+        return f"Rec({b'.'.join(self.owner)!r}, {self.rtype}, {self.tail!r})"
+
+
+def tail(rtype: int, ttl: int, rdata: bytes) -> bytes:
+    """A `Rec`'s tail for `rdata` (class IN)."""
+    return _RR.pack(rtype, 1, ttl, len(rdata)) + rdata
+
+
+def name_wire(labels: tuple[bytes, ...]) -> bytes | None:
+    """`labels` uncompressed, with the root label; None when a limit is broken (a label of
+    over 63 octets, a name of over 255)."""
+    out = bytearray()
+    if not _write_plain(out, labels):
+        return None
+    return bytes(out)
 
 
 class Marks:
@@ -84,7 +93,7 @@ def write_name(out: bytearray, names: Names, labels: tuple[bytes, ...]) -> bool:
         suffix = labels[i:]
         pointer = names.get(suffix)
         if pointer is not None:
-            out += (0xC000 | pointer).to_bytes(2)
+            out += _POINTER[pointer]
             return True
         if len(out) <= MAX_POINTER:
             names[suffix] = len(out)
@@ -111,17 +120,19 @@ def _write_plain(out: bytearray, labels: tuple[bytes, ...]) -> bool:
 
 def write_rec(out: bytearray, names: Names, rec: Rec) -> bool:
     """Append one `Rec`; False (and `out` unusable) for a name it cannot write."""
-    if not write_name(out, names, rec.owner):
+    tail = rec.tail
+    if tail is None:
         return False
-    fixed, target = rec.fixed, rec.target
-    if target is None:
-        out += _RR.pack(rec.rtype, 1, rec.ttl, len(fixed))
-        out += fixed
-        return True
-    size = len(fixed) + sum(map(len, target)) + len(target) + 1
-    out += _RR.pack(rec.rtype, 1, rec.ttl, size)
-    out += fixed
-    return _write_plain(out, target)
+    pointer = names.get(rec.owner)
+    if pointer is not None:
+        # The whole owner written before (every record of an RRset after its first, and the
+        # question's name): the pointer `write_name` would find first, without its checks,
+        # which that name passed when it was written.
+        out += _POINTER[pointer]
+    elif not write_name(out, names, rec.owner):
+        return False
+    out += tail
+    return True
 
 
 def write_rr(out: bytearray, names: Names, rr: RR | Rec) -> bool:
@@ -179,18 +190,18 @@ def message(
     if not write_name(out, names, labels):
         return None
     out += type_class
-    if marks is None:
-        for section in sections:
-            for rr in section:
-                if not write_rr(out, names, rr):
-                    return None
-        return bytes(out)
-    offsets = marks.offsets
+    offsets = marks.offsets if marks is not None else None
     for section in sections:
         for rr in section:
-            offsets.append(len(out))
-            if not write_rr(out, names, rr):
+            if offsets is not None:
+                offsets.append(len(out))
+            if type(rr) is Rec:  # most records of a large answer: one call less each
+                if not write_rec(out, names, rr):
+                    return None
+            elif not write_rr(out, names, rr):
                 return None
+    if offsets is None:
+        return bytes(out)
     offsets.append(len(out))
     return bytes(out)
 

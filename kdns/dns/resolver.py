@@ -57,6 +57,9 @@ from kdns.model import Endpoint, Service
 from kdns.store import Change, Store
 
 ANY = QTYPE.ANY
+# Plain ints: `QTYPE.A` is a Python-level attribute lookup (dnslib's Bimap), six per endpoint of
+# a large answer.
+_A, _AAAA, _SRV, _CNAME = pack.A, pack.AAAA, pack.SRV, pack.CNAME
 DNS_VERSION = "1.1.0"  # Kubernetes DNS-Based Service Discovery, schema version (spec §2.1)
 DNS_VERSION_TTL = 28800  # the spec's example, and what CoreDNS serves
 MAX_CHASE = 8  # CNAME links one answer may hold; a longer chain is SERVFAIL
@@ -144,11 +147,32 @@ def dns_name(name: str) -> DNSLabel:
     return DNSLabel(name)
 
 
-_SRV_FIXED = struct.Struct("!HHH")  # priority, weight, port
+_RR_HEAD = struct.Struct("!HHIH")  # type, class, TTL, RDLENGTH
+_SRV_TAIL = struct.Struct("!HHIHHHH")  # the same, then priority, weight, port
 
 
 def _labels(name: str) -> tuple[bytes, ...]:
     return tuple(label for label in name.encode("latin-1").split(b".") if label)
+
+
+@lru_cache(maxsize=16384)
+def name_parts(name: str) -> tuple[tuple[bytes, ...], bytes | None]:
+    """`name`'s labels (as `_labels`) and its uncompressed wire form (None past a length
+    limit), for SRV targets and their glue's owner. Built from the memo of the name without
+    its first label, which every endpoint of a Service shares, and kept: a rollout keeps most
+    endpoint names from one rebuild to the next (a few MiB at most, as `dns_name`)."""
+    first, _, rest = name.partition(".")
+    if not rest:
+        labels = _labels(name)
+        return labels, pack.name_wire(labels)
+    head = first.encode("latin-1")
+    rest_labels, rest_wire = name_parts(rest)
+    if not head:
+        return rest_labels, rest_wire  # an empty label, which `_labels` drops
+    labels = (head, *rest_labels)
+    if rest_wire is None or len(head) > MAX_LABEL or len(head) + 1 + len(rest_wire) > 255:
+        return labels, None
+    return labels, bytes((len(head),)) + head + rest_wire
 
 
 @lru_cache(maxsize=65536)
@@ -671,12 +695,12 @@ class Resolver:
         """`kind` names, for explain, where the records come from: "record" (a Service) or
         "import" (a ServiceImport, which never has a CNAME)."""
         trace = answer.trace
-        cname = next((r for r in records if r.rtype == QTYPE.CNAME), None)
-        if cname is not None and qtype not in (QTYPE.CNAME, ANY):
+        cname = next((r for r in records if r.rtype == _CNAME), None)
+        if cname is not None and qtype not in (_CNAME, ANY):
             # ExternalName (spec 2.5): the CNAME first, then the target's records (RFC 1034
             # §4.3.2 step 3a): a target inside our zones is chased here, one outside by the
             # caller through the upstreams (`Answer.chase`).
-            rr = RR(qname + ".", QTYPE.CNAME, rdata=CNAME_RD(cname.value + "."), ttl=self.ttl)
+            rr = RR(qname + ".", _CNAME, rdata=CNAME_RD(cname.value + "."), ttl=self.ttl)
             answer.answer.append(rr)
             if trace is not None:
                 trace.origin(rr, "record", key, cname, zone)
@@ -711,7 +735,7 @@ class Resolver:
             answer.answer.append(rr)
             if trace is not None:
                 trace.origin(rr, kind, key, record, zone)
-            if record.rtype == QTYPE.SRV:
+            if record.rtype == _SRV:
                 # Glue for the target (spec 2.3.2: the additional section MAY carry it).
                 # SRV targets are names of the same Service: its own name or its endpoints'.
                 target = record.value
@@ -720,7 +744,7 @@ class Resolver:
                 ips = tuple(
                     ip
                     for ip in dict.fromkeys(
-                        g.value for g in glue if g.rtype in (QTYPE.A, QTYPE.AAAA)
+                        g.value for g in glue if g.rtype in (_A, _AAAA)
                     )
                     if ip not in present
                 )
@@ -750,40 +774,53 @@ class Resolver:
         records: tuple[Record, ...],
     ) -> None:
         """`_records` without a trace, A, AAAA and SRV as `pack.Rec` (the same records, the
-        same order, the same glue): a 500-endpoint headless answer built as dnslib objects
-        cost more than all the rest of its answer."""
+        same order, the same glue), each encoded but for its owner: a 500-endpoint headless
+        answer built as dnslib objects cost more than all the rest of its answer, and then
+        writing each record's fields one by one most of what was left."""
         ttl = self.ttl
         owner = _labels(qname)
-        glued: dict[str, set[str]] = {}
-        targets: dict[str, tuple[bytes, ...]] = {}
+        heads = {_A: _RR_HEAD.pack(_A, 1, ttl, 4)}
+        heads[_AAAA] = _RR_HEAD.pack(_AAAA, 1, ttl, 16)
+        glued: set[str] = set()
         found = False
         out, additional = answer.answer, answer.additional
+        Rec = pack.Rec
         for record in records:
             rtype = record.rtype
             if rtype != qtype and qtype != ANY:
                 continue
             found = True
-            if rtype == QTYPE.A or rtype == QTYPE.AAAA:
-                out.append(pack.Rec(owner, rtype, ttl, address_bytes(record.value)))
+            if rtype in (_A, _AAAA):
+                out.append(Rec(owner, rtype, heads[rtype] + address_bytes(record.value)))
                 continue
-            if rtype != QTYPE.SRV:
+            if rtype != _SRV:
                 out.append(self.record_rr(qname, record, zone))
                 continue
             target = record.value
-            labels = targets.get(target)
-            if labels is None:
-                # The glue's owner and, in the zone (every SRV records.py makes), the target.
-                labels = targets[target] = _labels(f"{target}.{zone}")
-            name = labels if record.in_zone else _labels(target)
-            fixed = _SRV_FIXED.pack(record.priority, record.weight, record.port)
-            out.append(pack.Rec(owner, rtype, ttl, fixed, name))
-            # Glue for the target (spec 2.3.2), each address once per target, as `_records`.
-            present = glued.setdefault(target, set())
+            # The glue's owner and, in the zone (every SRV records.py makes), the target.
+            labels, name = name_parts(f"{target}.{zone}")
+            if not record.in_zone:
+                name = name_parts(target)[1]
+            fixed = (record.priority, record.weight, record.port)
+            out.append(
+                Rec(
+                    owner,
+                    rtype,
+                    None
+                    if name is None
+                    else _SRV_TAIL.pack(_SRV, 1, ttl, 6 + len(name), *fixed) + name,
+                )
+            )
+            # Glue for the target (spec 2.3.2), each address once per target, as `_records`:
+            # a target's records hold each address once, so the first SRV naming a target
+            # gives all of them and a later one none.
+            if target in glued:
+                continue
+            glued.add(target)
             for glue in service.forward.get(target, ()):
-                ip = glue.value
-                if glue.rtype in (QTYPE.A, QTYPE.AAAA) and ip not in present:
-                    present.add(ip)
-                    additional.append(pack.Rec(labels, glue.rtype, ttl, address_bytes(ip)))
+                if glue.rtype in (_A, _AAAA):
+                    tail = heads[glue.rtype] + address_bytes(glue.value)
+                    additional.append(Rec(labels, glue.rtype, tail))
         if not found:
             self._negative(answer, zone, exists=True)
 
