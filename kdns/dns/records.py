@@ -31,7 +31,6 @@ from __future__ import annotations
 import bisect
 import ipaddress
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import NamedTuple
 
 from dnslib import QTYPE
@@ -68,14 +67,41 @@ _new = tuple.__new__
 _NO_PORT = (0, 0, 0, False)  # port, priority, weight, in_zone of a record with none
 
 
-@dataclass(frozen=True, slots=True)
 class ServiceRecords:
     """Everything one Service contributes: forward names (zone-relative), reverse names, and
-    the empty non-terminals among its forward names."""
+    the empty non-terminals among its forward names.
 
-    forward: dict[str, tuple[Record, ...]]
-    reverse: dict[str, tuple[Record, ...]]
-    ents: frozenset[str] = frozenset()
+    The PTRs of its endpoints are made when `reverse` is first read, not with the rest: the
+    first answer after a change of a 500-endpoint Service is a forward name's, and a reverse
+    name of one of them is asked, if ever, later. Read and filled on the trio thread only (the
+    resolver's memo, docs/architecture.md §6); the fill is two single-reference assignments."""
+
+    __slots__ = ("_pending", "_reverse", "ents", "forward")
+
+    def __init__(
+        self,
+        forward: dict[str, tuple[Record, ...]],
+        reverse: dict[str, tuple[Record, ...]],
+        ents: frozenset[str] = frozenset(),
+        endpoint_ptrs: tuple[tuple[str, Record], ...] = (),
+    ) -> None:
+        self.forward = forward
+        self.ents = ents
+        self._reverse = reverse
+        # (endpoint name, address record) whose PTR is not in `_reverse` yet.
+        self._pending = endpoint_ptrs
+
+    @property
+    def reverse(self) -> dict[str, tuple[Record, ...]]:
+        pending = self._pending
+        if pending:
+            reverse = dict(self._reverse)  # the ClusterIPs' PTRs first, as they were added
+            for host, address in pending:
+                ptr = _new(Record, (PTR, host, 0, 0, 0, True))
+                _add(reverse, reverse_name(address.value), ptr)
+            self._reverse = reverse
+            self._pending = ()
+        return self._reverse
 
 
 def reverse_name(ip: str) -> str:
@@ -216,11 +242,12 @@ def service_records(
 
     if ignore_empty and not service.headless and not ready:
         forward.clear()
-    # Endpoint names and their PTRs, for ready endpoints of headless and ClusterIP services.
-    for host, address in zip(hosts, addresses, strict=True):
+    # Endpoint names and their PTRs (made when first read), for ready endpoints of headless
+    # and ClusterIP services.
+    pairs = tuple(zip(hosts, addresses, strict=True))
+    for host, address in pairs:
         _add(forward, host, address)
-        _add(reverse, reverse_name(address.value), _new(Record, (PTR, host, 0, 0, 0, True)))
-    return _freeze(forward, reverse)
+    return _freeze(forward, reverse, pairs)
 
 
 def _add(table: dict[str, tuple[Record, ...]], name: str, record: Record) -> None:
@@ -234,7 +261,9 @@ def _add(table: dict[str, tuple[Record, ...]], name: str, record: Record) -> Non
 
 
 def _freeze(
-    forward: dict[str, tuple[Record, ...]], reverse: dict[str, tuple[Record, ...]]
+    forward: dict[str, tuple[Record, ...]],
+    reverse: dict[str, tuple[Record, ...]],
+    endpoint_ptrs: tuple[tuple[str, Record], ...] = (),
 ) -> ServiceRecords:
     ents: set[str] = set()
     for name in forward:
@@ -245,7 +274,7 @@ def _freeze(
             labels = name.split(".")
             for i in range(1, len(labels) - 3):
                 ents.add(".".join(labels[i:]))
-    return ServiceRecords(forward, reverse, frozenset(ents - forward.keys()))
+    return ServiceRecords(forward, reverse, frozenset(ents - forward.keys()), endpoint_ptrs)
 
 
 def ptr_addresses(
