@@ -195,11 +195,20 @@ def message(
         for rr in section:
             if offsets is not None:
                 offsets.append(len(out))
-            if type(rr) is Rec:  # most records of a large answer: one call less each
-                if not write_rec(out, names, rr):
+            if type(rr) is not Rec:
+                if not write_rr(out, names, rr):
                     return None
-            elif not write_rr(out, names, rr):
+                continue
+            # `write_rec`, inline: most records of a large answer are `Rec`s.
+            tail = rr.tail
+            pointer = names.get(rr.owner)
+            if tail is None:
                 return None
+            if pointer is not None:
+                out += _POINTER[pointer]
+            elif not write_name(out, names, rr.owner):
+                return None
+            out += tail
     if offsets is None:
         return bytes(out)
     offsets.append(len(out))
