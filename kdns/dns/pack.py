@@ -24,6 +24,7 @@ with the zone's SOA, RFC 2308 §3) from plain values. Pure: no I/O.
 
 from __future__ import annotations
 
+import operator
 import struct
 from collections.abc import Sequence
 
@@ -42,21 +43,25 @@ _POINTER = tuple((0xC000 | offset).to_bytes(2) for offset in range(MAX_POINTER +
 Names = dict[tuple[bytes, ...], int]
 
 
-class Rec:
+class Rec(tuple[tuple[bytes, ...], int, bytes | None]):
     """One record in wire parts: `owner` labels (lower-case, compressed when written), then
     `tail`, every octet after the owner — type, class, TTL, RDLENGTH and RDATA — already
     encoded, for the types whose RDATA holds no compressible name (A, AAAA, and SRV, whose
     target is never compressed, RFC 2782); None when a name in it breaks a length limit (the
     encoder then refuses the record, as dnslib would). `rtype` is kept for the layout and for
-    RFC 8482's cut. Immutable by convention; answers share them."""
+    RFC 8482's cut. A tuple: a 500-endpoint answer makes a thousand, and
+    `tuple.__new__(Rec, (owner, rtype, tail))` makes one without `__new__`'s Python frame.
+    Answers share them."""
 
-    __slots__ = ("owner", "rtype", "tail")
+    __slots__ = ()
     rclass = 1  # IN
 
-    def __init__(self, owner: tuple[bytes, ...], rtype: int, tail: bytes | None) -> None:
-        self.owner = owner
-        self.rtype = rtype
-        self.tail = tail
+    def __new__(cls, owner: tuple[bytes, ...], rtype: int, tail: bytes | None) -> Rec:
+        return tuple.__new__(cls, (owner, rtype, tail))
+
+    owner = property(operator.itemgetter(0))
+    rtype = property(operator.itemgetter(1))
+    tail = property(operator.itemgetter(2))
 
     def __repr__(self) -> str:
         return f"Rec({b'.'.join(self.owner)!r}, {self.rtype}, {self.tail!r})"

@@ -155,32 +155,51 @@ def _labels(name: str) -> tuple[bytes, ...]:
     return tuple(label for label in name.encode("latin-1").split(b".") if label)
 
 
-@lru_cache(maxsize=16384)
+# Memos of what a large answer needs per endpoint, kept across rebuilds (a rollout keeps most
+# endpoint names and addresses from one change to the next) and read or filled on the trio
+# thread only. Plain dicts, emptied when full: a miss then costs one `get` and one store, not
+# an LRU's bookkeeping, and a 500-endpoint answer after a rollout of every pod misses 1,000
+# times. At most a few MiB.
+MEMO_BOUND = 32768
+_names: dict[str, tuple[tuple[bytes, ...], bytes | None]] = {}
+_addresses: dict[str, bytes] = {}
+
+
 def name_parts(name: str) -> tuple[tuple[bytes, ...], bytes | None]:
     """`name`'s labels (as `_labels`) and its uncompressed wire form (None past a length
-    limit), for SRV targets and their glue's owner. Built from the memo of the name without
-    its first label, which every endpoint of a Service shares, and kept: a rollout keeps most
-    endpoint names from one rebuild to the next (a few MiB at most, as `dns_name`)."""
+    limit), for SRV targets and their glue's owner; from the memo of the name without its
+    first label, which every endpoint of a Service shares."""
+    parts = _names.get(name)
+    if parts is not None:
+        return parts
     first, _, rest = name.partition(".")
-    if not rest:
-        labels = _labels(name)
-        return labels, pack.name_wire(labels)
-    head = first.encode("latin-1")
-    rest_labels, rest_wire = name_parts(rest)
-    if not head:
-        return rest_labels, rest_wire  # an empty label, which `_labels` drops
-    labels = (head, *rest_labels)
-    if rest_wire is None or len(head) > MAX_LABEL or len(head) + 1 + len(rest_wire) > 255:
-        return labels, None
-    return labels, bytes((len(head),)) + head + rest_wire
+    if not rest or not first:
+        labels = _labels(name)  # one label, or an empty one that `_labels` drops
+        parts = labels, pack.name_wire(labels)
+    else:
+        head = first.encode("latin-1")
+        rest_labels, rest_wire = name_parts(rest)
+        labels = (head, *rest_labels)
+        if rest_wire is None or len(head) > MAX_LABEL or len(head) + 1 + len(rest_wire) > 255:
+            parts = labels, None
+        else:
+            parts = labels, bytes((len(head),)) + head + rest_wire
+    if len(_names) >= MEMO_BOUND:
+        _names.clear()
+    _names[name] = parts
+    return parts
 
 
-@lru_cache(maxsize=65536)
 def address_bytes(ip: str) -> bytes:
     """An A or AAAA record's rdata: the address's octets (the model holds canonical text)."""
-    if ":" in ip:
-        return ipaddress.IPv6Address(ip).packed
-    return bytes(map(int, ip.split(".")))
+    packed = _addresses.get(ip)
+    if packed is None:
+        v6 = ":" in ip
+        packed = ipaddress.IPv6Address(ip).packed if v6 else bytes(map(int, ip.split(".")))
+        if len(_addresses) >= MEMO_BOUND:
+            _addresses.clear()
+        _addresses[ip] = packed
+    return packed
 
 
 def ip_from_pod_label(label: str) -> str | None:
@@ -743,9 +762,7 @@ class Resolver:
                 present = glued.setdefault(target, set())
                 ips = tuple(
                     ip
-                    for ip in dict.fromkeys(
-                        g.value for g in glue if g.rtype in (_A, _AAAA)
-                    )
+                    for ip in dict.fromkeys(g.value for g in glue if g.rtype in (_A, _AAAA))
                     if ip not in present
                 )
                 present.update(ips)
@@ -779,48 +796,45 @@ class Resolver:
         writing each record's fields one by one most of what was left."""
         ttl = self.ttl
         owner = _labels(qname)
-        heads = {_A: _RR_HEAD.pack(_A, 1, ttl, 4)}
-        heads[_AAAA] = _RR_HEAD.pack(_AAAA, 1, ttl, 16)
+        heads = {_A: _RR_HEAD.pack(_A, 1, ttl, 4), _AAAA: _RR_HEAD.pack(_AAAA, 1, ttl, 16)}
+        suffix = "." + zone
         glued: set[str] = set()
         found = False
         out, additional = answer.answer, answer.additional
-        Rec = pack.Rec
+        # Names bound once: the loop runs once per endpoint of a headless Service.
+        new, Rec, srv_tail, glue_of = tuple.__new__, pack.Rec, _SRV_TAIL.pack, service.forward.get
         for record in records:
-            rtype = record.rtype
+            rtype, target, port, priority, weight, in_zone = record
             if rtype != qtype and qtype != ANY:
                 continue
             found = True
-            if rtype in (_A, _AAAA):
-                out.append(Rec(owner, rtype, heads[rtype] + address_bytes(record.value)))
+            head = heads.get(rtype)
+            if head is not None:  # A or AAAA
+                out.append(new(Rec, (owner, rtype, head + address_bytes(target))))
                 continue
             if rtype != _SRV:
                 out.append(self.record_rr(qname, record, zone))
                 continue
-            target = record.value
             # The glue's owner and, in the zone (every SRV records.py makes), the target.
-            labels, name = name_parts(f"{target}.{zone}")
-            if not record.in_zone:
+            labels, name = name_parts(target + suffix)
+            if not in_zone:
                 name = name_parts(target)[1]
-            fixed = (record.priority, record.weight, record.port)
-            out.append(
-                Rec(
-                    owner,
-                    rtype,
-                    None
-                    if name is None
-                    else _SRV_TAIL.pack(_SRV, 1, ttl, 6 + len(name), *fixed) + name,
-                )
+            tail = (
+                None
+                if name is None
+                else srv_tail(_SRV, 1, ttl, 6 + len(name), priority, weight, port) + name
             )
+            out.append(new(Rec, (owner, _SRV, tail)))
             # Glue for the target (spec 2.3.2), each address once per target, as `_records`:
             # a target's records hold each address once, so the first SRV naming a target
             # gives all of them and a later one none.
             if target in glued:
                 continue
             glued.add(target)
-            for glue in service.forward.get(target, ()):
-                if glue.rtype in (_A, _AAAA):
-                    tail = heads[glue.rtype] + address_bytes(glue.value)
-                    additional.append(Rec(labels, glue.rtype, tail))
+            for glue in glue_of(target, ()):
+                head = heads.get(glue[0])
+                if head is not None:  # A or AAAA
+                    additional.append(new(Rec, (labels, glue[0], head + address_bytes(glue[1]))))
         if not found:
             self._negative(answer, zone, exists=True)
 
