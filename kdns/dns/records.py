@@ -31,6 +31,7 @@ from __future__ import annotations
 import bisect
 import ipaddress
 from collections.abc import Iterable
+from itertools import repeat
 from typing import NamedTuple
 
 from dnslib import QTYPE
@@ -193,7 +194,10 @@ def service_records(
     ready = [e for e in endpoints if e.ready]
     # Each ready endpoint's name and address record, made once: the SRV targets, the
     # endpoint names, the headless name and the PTRs all read them.
-    hosts = [f"{endpoint_name(e, pod_names)}.{base}" for e in ready]
+    if pod_names:
+        hosts = [f"{endpoint_name(e, pod_names)}.{base}" for e in ready]
+    else:  # `endpoint_name`, inline: one call less per endpoint
+        hosts = [f"{e.hostname or dashed(e.address)}.{base}" for e in ready]
     addresses = [
         _new(Record, (AAAA if ":" in e.address else A, e.address, *_NO_PORT)) for e in ready
     ]
@@ -205,21 +209,17 @@ def service_records(
         forward[base] = tuple(dict.fromkeys(addresses))
         named: dict[str, list[tuple[str, int]]] = {}
         every: list[tuple[str, int]] = []
-        # Endpoints of one slice share its ports tuple: each name spelled once per tuple.
-        spelled: dict[tuple[EndpointPort, ...], list[tuple[str, int, list[tuple[str, int]]]]]
-        spelled = {}
-        for endpoint, target in zip(ready, hosts, strict=True):
-            ports = spelled.get(endpoint.ports)
-            if ports is None:
-                ports = spelled[endpoint.ports] = [
-                    (p.name, p.port, named.setdefault(_srv_name(p, base), []))
-                    for p in endpoint.ports
-                ]
-            for name, port, entries in ports:
-                every.append((target, port))
-                if name:
-                    entries.append((target, port))
-        named = {k: v for k, v in named.items() if v}
+        # (target, port) in endpoint order, then port order, a run of endpoints at a time:
+        # the endpoints of one slice share its ports tuple.
+        for ports, targets in _runs(ready, hosts):
+            if len(ports) == 1:
+                every.extend(zip(targets, repeat(ports[0].port)))
+            else:
+                every.extend([(target, p.port) for target in targets for p in ports])
+            for p in ports:
+                if p.name:
+                    entries = named.setdefault(_srv_name(p, base), [])
+                    entries.extend(zip(targets, repeat(p.port)))
         shared: tuple[Record, ...] = ()
         for srv_name, entries in named.items():
             forward[srv_name] = _srv_set(entries)
@@ -245,9 +245,28 @@ def service_records(
     # Endpoint names and their PTRs (made when first read), for ready endpoints of headless
     # and ClusterIP services.
     pairs = tuple(zip(hosts, addresses, strict=True))
-    for host, address in pairs:
-        _add(forward, host, address)
+    if len(set(hosts)) == len(hosts) and forward.keys().isdisjoint(hosts):
+        forward.update(zip(hosts, [(a,) for a in addresses], strict=True))  # one record each
+    else:
+        for host, address in pairs:
+            _add(forward, host, address)
     return _freeze(forward, reverse, pairs)
+
+
+def _runs(
+    ready: list[Endpoint], hosts: list[str]
+) -> list[tuple[tuple[EndpointPort, ...], list[str]]]:
+    """The endpoint names in order, cut where the ports tuple changes (from one slice to the
+    next): (that slice's ports, its endpoints' names)."""
+    runs: list[tuple[tuple[EndpointPort, ...], list[str]]] = []
+    last: tuple[EndpointPort, ...] | None = None
+    run: list[str] = []
+    for endpoint, host in zip(ready, hosts, strict=True):
+        if endpoint.ports is not last:
+            last, run = endpoint.ports, []
+            runs.append((last, run))
+        run.append(host)
+    return runs
 
 
 def _add(table: dict[str, tuple[Record, ...]], name: str, record: Record) -> None:
