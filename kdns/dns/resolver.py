@@ -798,6 +798,8 @@ class Resolver:
         owner = _labels(qname)
         heads = {_A: _RR_HEAD.pack(_A, 1, ttl, 4), _AAAA: _RR_HEAD.pack(_AAAA, 1, ttl, 16)}
         suffix = "." + zone
+        if qtype == _SRV and self._packed_srv(answer, owner, suffix, heads, service, records):
+            return None
         glued: set[str] = set()
         found = False
         out, additional = answer.answer, answer.additional
@@ -837,6 +839,46 @@ class Resolver:
                     additional.append(new(Rec, (labels, glue[0], head + address_bytes(glue[1]))))
         if not found:
             self._negative(answer, zone, exists=True)
+        return None
+
+    def _packed_srv(
+        self,
+        answer: Answer,
+        owner: tuple[bytes, ...],
+        suffix: str,
+        heads: dict[int, bytes],
+        service: ServiceRecords,
+        records: tuple[Record, ...],
+    ) -> bool:
+        """`_packed_records` for an SRV question, a pass per part instead of a loop per
+        record (a 500-endpoint headless Service's SRV set); False, with nothing added, when a
+        record needs the general loop (a target outside the zone or too long, none at all)."""
+        srvs = [r for r in records if r[0] == _SRV]
+        if not srvs or not all(r[5] for r in srvs):  # every SRV records.py makes is in_zone
+            return False
+        parts = [name_parts(r[1] + suffix) for r in srvs]
+        if any(wire is None for _, wire in parts):
+            return False
+        ttl, new, Rec, srv_tail = self.ttl, tuple.__new__, pack.Rec, _SRV_TAIL.pack
+        answer.answer.extend(
+            [
+                new(Rec, (owner, _SRV, srv_tail(_SRV, 1, ttl, 6 + len(w), r[3], r[4], r[2]) + w))
+                for r, (_, w) in zip(srvs, parts, strict=True)
+            ]
+        )
+        # Glue (spec 2.3.2) per target in the order the SRV records first name it, each
+        # address once per target: what the loop gives.
+        labels = dict(zip([r[1] for r in srvs], [labels for labels, _ in parts], strict=True))
+        glue_of = service.forward.get
+        answer.additional.extend(
+            [
+                new(Rec, (owner_labels, g[0], heads[g[0]] + address_bytes(g[1])))
+                for target, owner_labels in labels.items()
+                for g in glue_of(target, ())
+                if g[0] in heads
+            ]
+        )
+        return True
 
     def record_rr(self, owner: str | DNSLabel, record: Record, zone: str) -> RR:
         """The RR `record` gives at `owner` (a name without the trailing dot, or its label) in
