@@ -111,6 +111,24 @@ def write_name(out: bytearray, names: Names, labels: tuple[bytes, ...]) -> bool:
     return True
 
 
+def _write_under(out: bytearray, names: Names, labels: tuple[bytes, ...]) -> bool:
+    """`write_name` for a name not written before: the two steps `write_name` takes for a name
+    whose first label alone is new (an endpoint's name below its Service's, written in the
+    question), or `write_name` itself for any other."""
+    if len(labels) < 2:
+        return write_name(out, names, labels)
+    rest = names.get(labels[1:])
+    head = labels[0]
+    if rest is None or len(head) > 63 or sum(map(len, labels)) + len(labels) >= MAX_NAME:
+        return write_name(out, names, labels)
+    if len(out) <= MAX_POINTER:
+        names[labels] = len(out)
+    out.append(len(head))
+    out += head
+    out += _POINTER[rest]
+    return True
+
+
 def _write_plain(out: bytearray, labels: tuple[bytes, ...]) -> bool:
     if sum(map(len, labels)) + len(labels) >= MAX_NAME:
         return False
@@ -205,13 +223,13 @@ def message(
                     return None
                 continue
             # `write_rec`, inline: most records of a large answer are `Rec`s.
-            tail = rr.tail
-            pointer = names.get(rr.owner)
+            owner, _, tail = rr
+            pointer = names.get(owner)
             if tail is None:
                 return None
             if pointer is not None:
                 out += _POINTER[pointer]
-            elif not write_name(out, names, rr.owner):
+            elif not _write_under(out, names, owner):
                 return None
             out += tail
     if offsets is None:
