@@ -58,21 +58,25 @@ def test_frozen_objects_are_still_freed_when_dropped() -> None:
 
 @pytest.fixture
 def default_switch_interval() -> Iterator[None]:
-    before = sys.getswitchinterval()
-    sys.setswitchinterval(0.005)  # CPython's default
+    before, thresholds = sys.getswitchinterval(), gc.get_threshold()
+    sys.setswitchinterval(0.005)  # CPython's defaults
+    gc.set_threshold(700, *thresholds[1:])
     yield
     sys.setswitchinterval(before)  # the rest of the suite runs as it did
+    gc.set_threshold(*thresholds)
 
 
 @pytest.mark.usefixtures("default_switch_interval")
-async def test_kdns_serve_answers_with_the_short_switch_interval() -> None:
+async def test_kdns_serve_answers_with_the_short_switch_interval_and_young_threshold() -> None:
     # The whole `kdns serve` as the command runs it (app.build, app.serve), in this process:
-    # once it answers, the interpreter lets a thread that holds the GIL go after 0.2 ms.
+    # once it answers, the interpreter lets a thread that holds the GIL go after 0.2 ms and
+    # collects the youngest generation every 10,000 allocations.
     assert sys.getswitchinterval() == pytest.approx(0.005)
     async with kdns_app(Config()) as running:
         answer = await ask(running.port, "api.prod.svc.cluster.local")
         assert answer.answer  # it answers
         assert sys.getswitchinterval() == pytest.approx(interpreter.SWITCH_INTERVAL)
+        assert gc.get_threshold()[0] == interpreter.YOUNG_COLLECTION
 
 
 def test_building_without_serving_leaves_the_interval_alone(
@@ -81,3 +85,4 @@ def test_building_without_serving_leaves_the_interval_alone(
     # `kdns check` builds the app and serves nothing: the process keeps CPython's default.
     app.build(Config().with_overrides(manifests=(str(EXAMPLES),)))
     assert sys.getswitchinterval() == pytest.approx(0.005)
+    assert gc.get_threshold()[0] == 700

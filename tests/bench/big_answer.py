@@ -108,6 +108,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             timeout=600,
         )
         print("--- after: this tree", flush=True)
+    # The interpreter as `kdns serve` sets it up (kdns/interpreter.py), in a tree that does.
+    served = importlib.import_module("kdns.app")
+    interpreter = getattr(served, "interpreter", None)
+    if hasattr(interpreter, "answer_promptly"):
+        interpreter.answer_promptly()  # type: ignore[union-attr]
     store, resolver, handler = make_handler()
     store.upsert(SERVICES, service_from_dict(svc("big", "hl", clusterIP="None")))
     ports = [{"name": "http", "port": 80, "protocol": "TCP"}]
@@ -250,15 +255,13 @@ async def others_while_rebuilt(
             SERVICES,
             service_from_dict(svc("kube-system", "kube-dns", clusterIP="10.96.0.10")),
         )
-        # As `kdns serve` does (kdns/interpreter.py: the switch interval at start, the freeze
-        # once synced), as far as the tree measured does (one from before has kdns/collector.py,
-        # or nothing); `--switch-interval` overrides the tree's interval.
+        # As `kdns serve` does once its store has synced (kdns/interpreter.py), as far as the
+        # tree measured does (one from before has kdns/collector.py, or nothing);
+        # `--switch-interval` overrides the tree's interval.
         served = importlib.import_module("kdns.app")
         interpreter = getattr(served, "interpreter", None) or getattr(served, "collector", None)
         if interpreter is not None:
             interpreter.freeze()
-        if hasattr(interpreter, "answer_promptly"):
-            interpreter.answer_promptly()  # type: ignore[union-attr]
         if args.switch_interval is not None:
             sys.setswitchinterval(args.switch_interval)
         print(f"  switch interval {sys.getswitchinterval() * 1e3:.2f} ms", flush=True)
