@@ -190,6 +190,53 @@ def name_parts(name: str) -> tuple[tuple[bytes, ...], bytes | None]:
     return parts
 
 
+def names_parts(names: list[str]) -> list[tuple[tuple[bytes, ...], bytes | None]]:
+    """`name_parts` of each name; those not in the memo and below one parent are made
+    together (a rollout of every pod: 500 new endpoint names of one Service)."""
+    found = [_names.get(name) for name in names]
+    missing = [i for i, parts in enumerate(found) if parts is None]
+    if not missing:
+        return found  # type: ignore[return-value]
+    cut = [names[i].partition(".") for i in missing]
+    rests = {rest for _, _, rest in cut}
+    if len(rests) > 1 or not all(first for first, _, _ in cut) or "\0" in "".join(names):
+        return [name_parts(name) for name in names]
+    rest_labels, rest_wire = name_parts(cut[0][2])
+    # Each first label's octets from one encode of them all, joined by a NUL no name holds.
+    firsts = "\0".join([first for first, _, _ in cut]).encode("latin-1").split(b"\0")
+    if len(_names) + len(missing) >= MEMO_BOUND:
+        _names.clear()
+    for i, head in zip(missing, firsts, strict=True):
+        size = len(head) + 1 + len(rest_wire) if rest_wire is not None else 256
+        wire = (
+            _LENGTH[len(head)] + head + rest_wire
+            if size <= 255 and len(head) <= MAX_LABEL
+            else None
+        )
+        found[i] = _names[names[i]] = ((head, *rest_labels), wire)
+    return found  # type: ignore[return-value]
+
+
+def addresses_bytes(ips: list[str]) -> list[bytes]:
+    """`address_bytes` of each address; IPv4 addresses not in the memo converted together
+    (one split and one `bytes` of all their octets)."""
+    found = [_addresses.get(ip) for ip in ips]
+    missing = [i for i, packed in enumerate(found) if packed is None]
+    if not missing:
+        return found  # type: ignore[return-value]
+    if any(":" in ips[i] for i in missing):
+        return [address_bytes(ip) for ip in ips]
+    octets = bytes(map(int, ".".join([ips[i] for i in missing]).split(".")))
+    if len(_addresses) + len(missing) >= MEMO_BOUND:
+        _addresses.clear()
+    for n, i in enumerate(missing):
+        found[i] = _addresses[ips[i]] = octets[4 * n : 4 * n + 4]
+    return found  # type: ignore[return-value]
+
+
+_LENGTH = tuple(bytes((n,)) for n in range(256))  # a label's length octet, by length
+
+
 def address_bytes(ip: str) -> bytes:
     """An A or AAAA record's rdata: the address's octets (the model holds canonical text)."""
     packed = _addresses.get(ip)
@@ -856,7 +903,7 @@ class Resolver:
         srvs = [r for r in records if r[0] == _SRV]
         if not srvs or not all(r[5] for r in srvs):  # every SRV records.py makes is in_zone
             return False
-        parts = [name_parts(r[1] + suffix) for r in srvs]
+        parts = names_parts([r[1] + suffix for r in srvs])
         if any(wire is None for _, wire in parts):
             return False
         ttl, new, Rec, srv_tail = self.ttl, tuple.__new__, pack.Rec, _SRV_TAIL.pack
@@ -870,12 +917,18 @@ class Resolver:
         # address once per target: what the loop gives.
         labels = dict(zip([r[1] for r in srvs], [labels for labels, _ in parts], strict=True))
         glue_of = service.forward.get
+        glue = [
+            (owner_labels, g)
+            for target, owner_labels in labels.items()
+            for g in glue_of(target, ())
+            if g[0] in heads
+        ]
         answer.additional.extend(
             [
-                new(Rec, (owner_labels, g[0], heads[g[0]] + address_bytes(g[1])))
-                for target, owner_labels in labels.items()
-                for g in glue_of(target, ())
-                if g[0] in heads
+                new(Rec, (owner_labels, g[0], heads[g[0]] + octets))
+                for (owner_labels, g), octets in zip(
+                    glue, addresses_bytes([g[1] for _, g in glue]), strict=True
+                )
             ]
         )
         return True
