@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import bisect
 import ipaddress
+from collections import Counter
 from collections.abc import Iterable
 from itertools import repeat
 from typing import NamedTuple
@@ -390,62 +391,65 @@ class ReverseIndex:
         old = self.by_service.pop(key, frozenset())
         if addresses:
             self.by_service[key] = addresses
+        owned = self.owners
+        gone: list[str] = []  # addresses nobody owns any more
         for ip in old - addresses:
-            owners = tuple(k for k in self.owners[ip] if k != key)
-            if owners:
-                self.owners[ip] = owners
+            owners = owned[ip]
+            if len(owners) == 1:  # `key` alone: it owned `ip`
+                del owned[ip]
+                gone.append(ip)
             else:
-                del self.owners[ip]
-                self._ungroup(ip)
+                owned[ip] = tuple(k for k in owners if k != key)
+        came: list[str] = []  # addresses nobody owned before
         for ip in addresses - old:
-            owners = self.owners.get(ip)
+            owners = owned.get(ip)
             if owners is None:
-                self.owners[ip] = (key,)
-                self._group(ip)
+                owned[ip] = (key,)
+                came.append(ip)
             else:
-                self.owners[ip] = (*owners, key)
+                owned[ip] = (*owners, key)
+        if gone:
+            self._regroup(gone, -1)
+        if came:
+            self._regroup(came, 1)
         return old
 
-    def _group(self, ip: str) -> None:
-        if ":" not in ip:
-            group = ip[: ip.rindex(".") + 1]
-            count = self._v4.get(group, 0)
-            self._v4[group] = count + 1
-            fresh = count == 0
-        else:
-            rkey = reverse_key(ip)
-            group = rkey[:V6_RANGE]
-            bucket = self._v6.get(group)
-            fresh = bucket is None
-            if bucket is None:
-                bucket = self._v6[group] = []
-            bisect.insort(bucket, rkey)
-        if fresh:
-            for prefix in _above(group):
-                self._above[prefix] = self._above.get(prefix, 0) + 1
-
-    def _ungroup(self, ip: str) -> None:
-        if ":" not in ip:
-            group = ip[: ip.rindex(".") + 1]
-            count = self._v4[group] - 1
+    def _regroup(self, ips: list[str], sign: int) -> None:
+        """Count `ips` in (`sign` 1) or out (-1) of their /24s and /64s, and a group that
+        appears or goes in or out of the prefixes above it."""
+        v4 = Counter([ip[: ip.rindex(".") + 1] for ip in ips if ":" not in ip])
+        changed: list[str] = []  # groups that appeared or went
+        for group, n in v4.items():
+            before = self._v4.get(group, 0)
+            count = before + sign * n
             if count:
                 self._v4[group] = count
-                return
-            del self._v4[group]
-        else:
-            rkey = reverse_key(ip)
-            group = rkey[:V6_RANGE]
-            bucket = self._v6[group]
-            del bucket[bisect.bisect_left(bucket, rkey)]
-            if bucket:
-                return
-            del self._v6[group]
-        for prefix in _above(group):
-            left = self._above[prefix] - 1
-            if left:
-                self._above[prefix] = left
+                if not before:
+                    changed.append(group)
             else:
-                del self._above[prefix]
+                del self._v4[group]
+                changed.append(group)
+        for ip in ips:
+            if ":" in ip:
+                rkey = reverse_key(ip)
+                group = rkey[:V6_RANGE]
+                bucket = self._v6.setdefault(group, [])
+                if sign > 0:
+                    bisect.insort(bucket, rkey)
+                else:
+                    del bucket[bisect.bisect_left(bucket, rkey)]
+                if len(bucket) == (1 if sign > 0 else 0):
+                    changed.append(group)
+                if not bucket:
+                    del self._v6[group]
+        above = self._above
+        for group in changed:
+            for prefix in _above(group):
+                count = above.get(prefix, 0) + sign
+                if count:
+                    above[prefix] = count
+                else:
+                    del above[prefix]
 
     def replace(self, addresses: dict[ServiceKey, frozenset[str]]) -> None:
         """Build from scratch (start-up, a relist): one sort per /64, not an insort each."""
