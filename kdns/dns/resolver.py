@@ -53,6 +53,7 @@ from kdns.dns.records import (
     reverse_prefix,
     service_records,
 )
+from kdns.dns.wireparts import address_bytes, addresses_bytes, labels, name_parts, names_parts
 from kdns.model import Endpoint, Service
 from kdns.store import Change, Store
 
@@ -149,104 +150,6 @@ def dns_name(name: str) -> DNSLabel:
 
 _RR_HEAD = struct.Struct("!HHIH")  # type, class, TTL, RDLENGTH
 _SRV_TAIL = struct.Struct("!HHIHHHH")  # the same, then priority, weight, port
-
-
-def _labels(name: str) -> tuple[bytes, ...]:
-    return tuple(label for label in name.encode("latin-1").split(b".") if label)
-
-
-# Memos of what a large answer needs per endpoint, kept across rebuilds (a rollout keeps most
-# endpoint names and addresses from one change to the next) and read or filled on the trio
-# thread only. Plain dicts, emptied when full: a miss then costs one `get` and one store, not
-# an LRU's bookkeeping, and a 500-endpoint answer after a rollout of every pod misses 1,000
-# times. At most a few MiB.
-MEMO_BOUND = 32768
-_names: dict[str, tuple[tuple[bytes, ...], bytes | None]] = {}
-_addresses: dict[str, bytes] = {}
-
-
-def name_parts(name: str) -> tuple[tuple[bytes, ...], bytes | None]:
-    """`name`'s labels (as `_labels`) and its uncompressed wire form (None past a length
-    limit), for SRV targets and their glue's owner; from the memo of the name without its
-    first label, which every endpoint of a Service shares."""
-    parts = _names.get(name)
-    if parts is not None:
-        return parts
-    first, _, rest = name.partition(".")
-    if not rest or not first:
-        labels = _labels(name)  # one label, or an empty one that `_labels` drops
-        parts = labels, pack.name_wire(labels)
-    else:
-        head = first.encode("latin-1")
-        rest_labels, rest_wire = name_parts(rest)
-        labels = (head, *rest_labels)
-        if rest_wire is None or len(head) > MAX_LABEL or len(head) + 1 + len(rest_wire) > 255:
-            parts = labels, None
-        else:
-            parts = labels, bytes((len(head),)) + head + rest_wire
-    if len(_names) >= MEMO_BOUND:
-        _names.clear()
-    _names[name] = parts
-    return parts
-
-
-def names_parts(names: list[str]) -> list[tuple[tuple[bytes, ...], bytes | None]]:
-    """`name_parts` of each name; those not in the memo and below one parent are made
-    together (a rollout of every pod: 500 new endpoint names of one Service)."""
-    found = [_names.get(name) for name in names]
-    missing = [i for i, parts in enumerate(found) if parts is None]
-    if not missing:
-        return found  # type: ignore[return-value]
-    cut = [names[i].partition(".") for i in missing]
-    rests = {rest for _, _, rest in cut}
-    if len(rests) > 1 or not all(first for first, _, _ in cut) or "\0" in "".join(names):
-        return [name_parts(name) for name in names]
-    rest_labels, rest_wire = name_parts(cut[0][2])
-    # Each first label's octets from one encode of them all, joined by a NUL no name holds.
-    firsts = "\0".join([first for first, _, _ in cut]).encode("latin-1").split(b"\0")
-    if len(_names) + len(missing) >= MEMO_BOUND:
-        _names.clear()
-    for i, head in zip(missing, firsts, strict=True):
-        size = len(head) + 1 + len(rest_wire) if rest_wire is not None else 256
-        wire = (
-            _LENGTH[len(head)] + head + rest_wire
-            if size <= 255 and len(head) <= MAX_LABEL
-            else None
-        )
-        found[i] = _names[names[i]] = ((head, *rest_labels), wire)
-    return found  # type: ignore[return-value]
-
-
-def addresses_bytes(ips: list[str]) -> list[bytes]:
-    """`address_bytes` of each address; IPv4 addresses not in the memo converted together
-    (one split and one `bytes` of all their octets)."""
-    found = [_addresses.get(ip) for ip in ips]
-    missing = [i for i, packed in enumerate(found) if packed is None]
-    if not missing:
-        return found  # type: ignore[return-value]
-    if any(":" in ips[i] for i in missing):
-        return [address_bytes(ip) for ip in ips]
-    octets = bytes(map(int, ".".join([ips[i] for i in missing]).split(".")))
-    if len(_addresses) + len(missing) >= MEMO_BOUND:
-        _addresses.clear()
-    for n, i in enumerate(missing):
-        found[i] = _addresses[ips[i]] = octets[4 * n : 4 * n + 4]
-    return found  # type: ignore[return-value]
-
-
-_LENGTH = tuple(bytes((n,)) for n in range(256))  # a label's length octet, by length
-
-
-def address_bytes(ip: str) -> bytes:
-    """An A or AAAA record's rdata: the address's octets (the model holds canonical text)."""
-    packed = _addresses.get(ip)
-    if packed is None:
-        v6 = ":" in ip
-        packed = ipaddress.IPv6Address(ip).packed if v6 else bytes(map(int, ip.split(".")))
-        if len(_addresses) >= MEMO_BOUND:
-            _addresses.clear()
-        _addresses[ip] = packed
-    return packed
 
 
 def ip_from_pod_label(label: str) -> str | None:
@@ -659,7 +562,7 @@ class Resolver:
         names = self._soa_names.get(zone)
         if names is None:
             forward = zone if zone in self.forward_zones else self.primary
-            names = (_labels(f"ns.dns.{forward}"), _labels(f"hostmaster.{forward}"))
+            names = (labels(f"ns.dns.{forward}"), labels(f"hostmaster.{forward}"))
             # Zones are fixed for the resolver's life: a race stores the same value twice.
             self._soa_names[zone] = names
         return (*names, min(self.ttl, 300), (self.store.last_change, *SOA_TIMES, self.ttl))
@@ -842,7 +745,7 @@ class Resolver:
         answer built as dnslib objects cost more than all the rest of its answer, and then
         writing each record's fields one by one most of what was left."""
         ttl = self.ttl
-        owner = _labels(qname)
+        owner = labels(qname)
         heads = {_A: _RR_HEAD.pack(_A, 1, ttl, 4), _AAAA: _RR_HEAD.pack(_AAAA, 1, ttl, 16)}
         suffix = "." + zone
         if qtype == _SRV and self._packed_srv(answer, owner, suffix, heads, service, records):
@@ -865,7 +768,7 @@ class Resolver:
                 out.append(self.record_rr(qname, record, zone))
                 continue
             # The glue's owner and, in the zone (every SRV records.py makes), the target.
-            labels, name = name_parts(target + suffix)
+            target_labels, name = name_parts(target + suffix)
             if not in_zone:
                 name = name_parts(target)[1]
             tail = (
@@ -883,7 +786,8 @@ class Resolver:
             for glue in glue_of(target, ()):
                 head = heads.get(glue[0])
                 if head is not None:  # A or AAAA
-                    additional.append(new(Rec, (labels, glue[0], head + address_bytes(glue[1]))))
+                    tail = head + address_bytes(glue[1])
+                    additional.append(new(Rec, (target_labels, glue[0], tail)))
         if not found:
             self._negative(answer, zone, exists=True)
         return None
@@ -901,10 +805,10 @@ class Resolver:
         record (a 500-endpoint headless Service's SRV set); False, with nothing added, when a
         record needs the general loop (a target outside the zone or too long, none at all)."""
         srvs = [r for r in records if r[0] == _SRV]
-        if not srvs or not all(r[5] for r in srvs):  # every SRV records.py makes is in_zone
+        if not srvs or False in [r[5] for r in srvs]:  # every SRV records.py makes is in_zone
             return False
         parts = names_parts([r[1] + suffix for r in srvs])
-        if any(wire is None for _, wire in parts):
+        if None in [wire for _, wire in parts]:
             return False
         ttl, new, Rec, srv_tail = self.ttl, tuple.__new__, pack.Rec, _SRV_TAIL.pack
         answer.answer.extend(
@@ -915,11 +819,11 @@ class Resolver:
         )
         # Glue (spec 2.3.2) per target in the order the SRV records first name it, each
         # address once per target: what the loop gives.
-        labels = dict(zip([r[1] for r in srvs], [labels for labels, _ in parts], strict=True))
+        owners = dict(zip([r[1] for r in srvs], [names for names, _ in parts], strict=True))
         glue_of = service.forward.get
         glue = [
             (owner_labels, g)
-            for target, owner_labels in labels.items()
+            for target, owner_labels in owners.items()
             for g in glue_of(target, ())
             if g[0] in heads
         ]
