@@ -33,6 +33,7 @@ import ipaddress
 from collections import Counter
 from collections.abc import Iterable
 from itertools import repeat
+from operator import attrgetter
 from typing import NamedTuple
 
 from dnslib import QTYPE
@@ -249,11 +250,14 @@ def service_records(
     return _freeze(forward, reverse, pairs)
 
 
+_hostname = attrgetter("hostname")
+
+
 def _hosts(ready: list[Endpoint], ips: list[str], base: str, pod_names: bool) -> list[str]:
     """Each ready endpoint's name below `base` (`endpoint_name`). The usual large headless
     Service (a Deployment's pods: IPv4, no hostnames) gets them all from one `replace` and one
     `split` of the joined addresses."""
-    if pod_names or any(e.hostname for e in ready) or any(":" in ip for ip in ips):
+    if pod_names or any(map(_hostname, ready)) or ":" in "".join(ips):
         return [f"{endpoint_name(e, pod_names)}.{base}" for e in ready]
     if not ips:
         return []
