@@ -1,6 +1,6 @@
 """The interpreter's scheduling out of the answers' way in a serving process.
 
-Two settings of CPython that decide how long a thread answering DNS waits behind Python that
+Settings of CPython that decide how long a thread answering DNS waits behind Python that
 another thread runs (the trio loop rebuilding a large answer, applying a relist):
 
 - The switch interval. `answer_promptly()` sets `sys.setswitchinterval(SWITCH_INTERVAL)`, for
@@ -14,18 +14,18 @@ another thread runs (the trio loop rebuilding a large answer, applying a relist)
   still frees whatever is dropped later (the model's objects are acyclic), so memory does not
   grow. Registered for `kdns serve` and `kdns proxy`.
 
-Contract: both only change how the interpreter schedules; no answer, rule or state changes.
+Contract: they only change how the interpreter schedules; no answer, rule or state changes.
 
 Why the switch interval: the UDP receive thread (kdns/dns/receiver.py) releases the GIL in every
 `recvfrom` and `sendto`; when the trio thread holds it to build an answer or apply a change, the
 receive thread gets it back only when CPython makes the holder let go, after the switch
 interval (5 ms by default) — so a cached answer that arrives during a 7 ms rebuild waited for
-most of it. Measured with tests/bench/big_answer.py (a 500-endpoint headless Service rebuilt
-every 50 ms, another client at 1,000 qps; idle p99 0.36 ms in every case): the other client's
-p99 while rebuilding was 8.68 ms at 5 ms, 1.97 ms at 0.5 ms, 1.31 ms at 0.2 ms, 1.49 ms at
-0.1 ms and 1.80 ms at 0.05 ms (below 0.2 ms the forced switches themselves cost more than the
-wait they save). docs/benchmarks.md has the figures, and those of the benchmarks checked not to
-get worse (relist flood, cluster names at 20k qps).
+most of it. Measured on a quiet machine with tests/bench/big_answer.py (a 500-endpoint
+headless Service rebuilt every 50 ms, another client at 1,000 qps; idle p99 0.36 ms in every
+case): the other client's p99 while rebuilding was 8.68 ms at 5 ms, 1.97 ms at 0.5 ms, 1.31 ms
+at 0.2 ms, 1.49 ms at 0.1 ms and 1.80 ms at 0.05 ms (shorter intervals got worse again: each
+forced switch costs both threads). docs/benchmarks.md has the figures, and those of the
+benchmarks checked not to get worse (relist flood, cluster names at 20k qps).
 
 Why the youngest generation's threshold: a 500-endpoint answer allocates some thousands of
 container objects, most of them alive until the answer is cached; at CPython's 700 the
