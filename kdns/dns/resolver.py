@@ -239,7 +239,7 @@ class Resolver:
             if key in self.reverse.by_service or old:
                 reverse_changed = True
             # An address the Service gained or kept may now point elsewhere (a new hostname).
-            tags.update(reverse_tag(ip) for ip in old | addresses)
+            tags.update(map(reverse_tag, old | addresses))
             tags.add(service_tag(*key))
             # Kept per change, not recounted: a recount is O(services) per event.
             if service is None and key in self._known:
