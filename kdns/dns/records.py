@@ -375,7 +375,7 @@ class ReverseIndex:
     removing an address costs one group's update (and the prefixes above it when the group
     appears or goes), whatever the cluster's size. One sorted list of every address, kept
     before, cost a move of the whole list per address: a 500-endpoint rollout step at 50,000
-    addresses held the GIL for 3–11 ms of the trio thread, which the receive thread's answers
+    addresses held the GIL for 2.6–11 ms of the trio thread, which the receive thread's answers
     waited for.
     """
 
