@@ -70,30 +70,48 @@ def name_parts(name: str) -> Parts:
 
 
 def names_parts(names: list[str]) -> list[Parts]:
-    """`name_parts` of each name; those not in the memo, when they share one parent (the new
-    endpoint names of one Service), made together: one encode of all their first labels."""
+    """`name_parts` of each name; those not in the memo, when each is one label below one
+    parent (the new endpoint names of one Service), made together: the labels cut off the
+    parent, and encoded, by one `replace`, `encode` and `split` of all of them joined."""
     found = [_names.get(name) for name in names]
-    missing = [i for i, parts in enumerate(found) if parts is None]
-    if not missing:
+    if None not in found:
         return found  # type: ignore[return-value]
-    cut = [names[i].partition(".") for i in missing]
-    firsts = [first for first, _, _ in cut]
-    rest = cut[0][2]
-    if "" in firsts or any(r != rest for _, _, r in cut) or "\0" in "".join(firsts):
+    new = [name for name, parts in zip(names, found, strict=True) if parts is None]
+    made = _below_one_parent(new)
+    if made is None:
         return [name_parts(name) for name in names]
-    rest_labels, rest_wire = name_parts(rest)
-    # Joined by a NUL, which none of them holds (checked above).
-    heads = "\0".join(firsts).encode("latin-1").split(b"\0")
-    for i, head in zip(missing, heads, strict=True):
-        fits = (
-            rest_wire is not None
-            and len(head) <= MAX_LABEL
-            and len(head) + 1 + len(rest_wire) <= MAX_NAME
-        )
-        wire = _LENGTH[len(head)] + head + rest_wire if fits else None  # type: ignore[operator]
-        found[i] = _names[names[i]] = ((head, *rest_labels), wire)
+    _names.update(zip(new, made, strict=True))
     _room(_names)  # type: ignore[arg-type]
-    return found  # type: ignore[return-value]
+    if len(new) == len(names):
+        return made
+    fresh = iter(made)
+    return [parts if parts is not None else next(fresh) for parts in found]
+
+
+def _below_one_parent(names: list[str]) -> list[Parts] | None:
+    """`name_parts` of each of `names` when every one is a single non-empty label below the
+    parent of the first (None otherwise, or when a NUL, the separator here, is in one)."""
+    first, _, parent = names[0].partition(".")
+    joined = "\0".join(names)
+    tail = "." + parent
+    if not first or not parent or "\0" in "".join(names) or not joined.endswith(tail):
+        return None
+    # Each name's parent, with the separator after it, cut off at once: a name that does not
+    # end with the parent keeps a dot, and the count of cuts tells it too.
+    cut = joined[: -len(tail)]
+    if cut.count(tail + "\0") != len(names) - 1:
+        return None
+    heads_text = cut.replace(tail + "\0", "\0")
+    if "." in heads_text:
+        return None
+    heads = heads_text.encode("latin-1").split(b"\0")
+    if b"" in heads:
+        return None
+    parent_labels, parent_wire = name_parts(parent)
+    longest = max(map(len, heads))
+    if parent_wire is None or longest > MAX_LABEL or longest + 1 + len(parent_wire) > MAX_NAME:
+        return None  # one of them too long: each its own way
+    return [((head, *parent_labels), _LENGTH[len(head)] + head + parent_wire) for head in heads]
 
 
 def address_bytes(ip: str) -> bytes:
@@ -111,14 +129,16 @@ def addresses_bytes(ips: list[str]) -> list[bytes]:
     """`address_bytes` of each address; IPv4 addresses not in the memo converted together (one
     split and one `bytes` of all their octets)."""
     found = [_addresses.get(ip) for ip in ips]
-    missing = [i for i, packed in enumerate(found) if packed is None]
-    if not missing:
+    if None not in found:
         return found  # type: ignore[return-value]
-    new = [ips[i] for i in missing]
+    new = [ip for ip, packed in zip(ips, found, strict=True) if packed is None]
     if ":" in "".join(new):
         return [address_bytes(ip) for ip in ips]
     octets = bytes(map(int, ".".join(new).split(".")))
-    for n, i in enumerate(missing):
-        found[i] = _addresses[ips[i]] = octets[4 * n : 4 * n + 4]
+    made = [octets[i : i + 4] for i in range(0, len(octets), 4)]
+    _addresses.update(zip(new, made, strict=True))
     _room(_addresses)  # type: ignore[arg-type]
-    return found  # type: ignore[return-value]
+    if len(new) == len(ips):
+        return made
+    fresh = iter(made)
+    return [packed if packed is not None else next(fresh) for packed in found]

@@ -58,21 +58,44 @@ def test_a_names_labels_and_wire_form(
     assert names_parts([name, "other." + name]) == [(labels, encoded), name_parts("other." + name)]
 
 
-NAME = st.lists(
-    st.sampled_from(["10-1-0-1", "web-0", "x" * 63, "x" * 64, "", "hl", "svc", "cluster", "a\0b"]),
-    min_size=1,
-    max_size=6,
-).map(".".join)
+LABEL = st.sampled_from(
+    ["10-1-0-1", "web-0", "x" * 63, "x" * 64, "", "hl", "svc", "cluster", "a\0b", "y" * 62]
+)
+NAME = st.lists(LABEL, min_size=1, max_size=6).map(".".join)
+PARENT = st.sampled_from(["hl.big.svc.cluster.local", "y" * 63 + ".z", "y" * 63 + "." + "z" * 125])
 
 
-@settings(max_examples=200, deadline=None)
-@given(st.lists(NAME, max_size=8), st.sampled_from(["hl.big.svc.cluster.local", "y" * 63 + ".z"]))
-def test_names_made_together_are_those_made_one_at_a_time(names: list[str], parent: str) -> None:
-    # A rollout's new names share one parent: made together. Anything else falls back.
-    batch = [f"{name}.{parent}" for name in names] + names
-    together = names_parts(batch)
+@settings(max_examples=300, deadline=None)
+@given(st.lists(NAME, max_size=8), st.lists(LABEL, min_size=1, max_size=8), PARENT)
+def test_names_made_together_are_those_made_one_at_a_time(
+    names: list[str], heads: list[str], parent: str
+) -> None:
+    # A rollout's new names are one label below one parent: made together. Anything else
+    # falls back to one at a time; either way the same parts.
+    for batch in ([f"{head}.{parent}" for head in heads], [f"{n}.{parent}" for n in names] + names):
+        together = names_parts(batch)
+        wireparts._names.clear()
+        assert together == [name_parts(name) for name in batch]
+        wireparts._names.clear()
+
+
+@pytest.mark.parametrize(
+    "heads",
+    [
+        ["10-1-0-1", "10-1-0-2", "web-0"],  # a rollout's new endpoints: made together
+        ["10-1-0-1", "x" * 64, "web-0"],  # one label too long: no wire form for that one
+        ["10-1-0-1", "a.b", "web-0"],  # a Pod's name with a dot: two labels
+        ["10-1-0-1", "", "web-0"],  # an empty label
+    ],
+)
+def test_a_rollouts_names_made_together_are_those_made_one_at_a_time(heads: list[str]) -> None:
+    old = "old.hl.big.svc.cluster.local"
+    names = [old, *(f"{head}.hl.big.svc.cluster.local" for head in heads)]
+    name_parts(old)  # in the memo already: the rest are new
+    together = names_parts(names)
     wireparts._names.clear()
-    assert together == [name_parts(name) for name in batch]
+    assert together == [name_parts(name) for name in names]
+    assert (together[2][1] is None) == (heads[1] == "x" * 64)
 
 
 @pytest.mark.parametrize(
