@@ -13,7 +13,7 @@ label is over 63 octets or the name over 255 (RFC 1035 §2.3.4); `names_parts` i
 of each of a list. `address_bytes(ip)` is a canonical IPv4 or IPv6 address's octets;
 `addresses_bytes` of each of a list. Pure: no I/O. The memos are plain dicts, bounded in
 entries (the oldest go first), read and written on the trio thread only (the resolver's,
-docs/architecture.md §6); at the bound they hold a few MiB.
+docs/architecture.md §6); at the bound they hold about 4 MiB.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from itertools import islice
 
 from kdns.dns import pack
 
-MEMO_BOUND = 32768  # names, and addresses, kept
+MEMO_BOUND = 8192  # names, and addresses, kept: about 4 MiB in all at the bound
 MAX_LABEL = 63  # octets (RFC 1035 §2.3.4)
 MAX_NAME = 255  # octets on the wire with the root label (RFC 1035 §3.1)
 _LENGTH = tuple(bytes((n,)) for n in range(256))  # a label's length octet, by length
