@@ -57,19 +57,19 @@ from kdns.config import (
     locate,
     parse_hostport,
 )
-from kdns.dns.forward import (
-    ForwardConfig,
-    Forwarder,
-    Upstream,
-    parse_upstreams,
-    resolv_conf_nameservers,
-    resolv_conf_search,
-)
+from kdns.dns.forward import Forwarder
 from kdns.dns.handler import Handler
 from kdns.dns.plugins import Plugins
 from kdns.dns.querylog import QueryLog
 from kdns.dns.resolver import Resolver
 from kdns.dns.server import DnsServer
+from kdns.dns.upstream_config import (
+    ForwardConfig,
+    Upstream,
+    parse_upstreams,
+    resolv_conf_nameservers,
+    resolv_conf_search,
+)
 from kdns.dns.wire import AnswerCache
 from kdns.http import HttpEndpoint, health, metrics_route, readiness
 from kdns.proxy.loopback import LoopbackVips

@@ -74,8 +74,8 @@ from kdns import app, metrics
 from kdns.app import Source, StartupError, open_source, open_store
 from kdns.config import PROXY_COMMAND_MODES, Config, parse_hostport
 from kdns.dns import reuseport
-from kdns.dns.forward import Upstream
 from kdns.dns.server import DnsServer
+from kdns.dns.upstream_config import Upstream
 from kdns.http import HttpEndpoint, PortSharing, Route, prometheus
 from kdns.proxy import healthcheck, nodednsrules, sysctls, sysctlwriter, userspace
 from kdns.proxy.cleanup import cleanup_every_mode

@@ -48,11 +48,11 @@ os.environ.setdefault("KDNS_LAMEDUCK", "0")
 @pytest.fixture(autouse=True)
 def _no_real_upstreams(monkeypatch: pytest.MonkeyPatch) -> None:
     from kdns import app
-    from kdns.dns import forward
+    from kdns.dns import upstream_config
 
-    real = forward.resolv_conf_nameservers
+    real = upstream_config.resolv_conf_nameservers
 
-    def guarded(path: str = "/etc/resolv.conf") -> tuple[forward.Upstream, ...]:
+    def guarded(path: str = "/etc/resolv.conf") -> tuple[upstream_config.Upstream, ...]:
         if os.path.realpath(path) == os.path.realpath("/etc/resolv.conf"):
             return ()
         return real(path)

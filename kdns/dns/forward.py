@@ -53,10 +53,9 @@ import logging
 import math
 import random
 import secrets
-import socket
 import struct
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -72,129 +71,20 @@ from kdns.dns.dot import ConnectionClosed, TlsConnections, client_context
 from kdns.dns.miss_relay import MissRelay, send_to
 from kdns.dns.stats import LABELS, CacheStats
 from kdns.dns.udp_pool import UdpPool
+from kdns.dns.upstream_config import ForwardConfig, Upstream
 from kdns.dns.upstream_hits import ForwardedHits, Shape, shape_size
 from kdns.dns.upstream_misses import Pending, matches, miss_key, upstream_message
+from kdns.dns.upstream_response import Parsed, parse_response, relabel, strip_opt
 from kdns.dns.wire import Query
 
 log = logging.getLogger(__name__)
 
-OPT = 41
-SOA = 6
-RRHeader = struct.Struct("!HHIH")
 _TTL = struct.Struct("!I")
-_TO_QUESTION = b"\xc0\x0c"  # a compression pointer to offset 12: the first question's name
 # The fast miss path hands its answers to trio (to cache and count) in batches: at FLUSH_AT
 # records, or FLUSH_EVERY seconds after the first.
 FLUSH_AT = 256
 FLUSH_EVERY = 0.02
 FAST_SPENT_KEPT = 1024  # failed relay attempts remembered until trio asks again
-
-
-@dataclass(frozen=True, slots=True)
-class Upstream:
-    host: str
-    port: int = 53
-    tls: bool = False  # DNS over TLS (RFC 7858), CoreDNS's `tls://IP`
-
-    def __str__(self) -> str:
-        address = f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
-        return f"tls://{address}" if self.tls else address
-
-    @property
-    def family(self) -> int:
-        return socket.AF_INET6 if ":" in self.host else socket.AF_INET
-
-
-@dataclass(frozen=True, slots=True)
-class ForwardConfig:
-    upstreams: tuple[Upstream, ...] = ()
-    stub_domains: tuple[tuple[str, tuple[Upstream, ...]], ...] = ()
-    timeout: float = 2.0  # per upstream attempt
-    budget: float = 5.0  # for the whole question, every upstream included
-    max_concurrent: int = 1000
-    max_fails: int = 2
-    health_check: float = 0.5
-    cache: CacheSection = field(default_factory=CacheSection)  # sizes, TTL caps, serve_stale
-    servfail_ttl: int = 5
-    stale_ttl: int = 30  # the TTL of a stale answer (RFC 8767 §4 suggests 30 s)
-    # CoreDNS's forward options: the order upstreams are tried in (random, round_robin,
-    # sequential); TCP for every exchange; names under `except_zones` are not forwarded.
-    policy: str = "random"
-    force_tcp: bool = False
-    except_zones: tuple[str, ...] = ()
-    # `tls://` upstreams: the name their certificate must hold (CoreDNS's `tls_servername`;
-    # "" = their address), `tls CERT KEY CA`, and how long an idle connection is reused.
-    tls_servername: str = ""
-    tls_ca: str = ""
-    tls_cert: str = ""
-    tls_key: str = ""
-    expire: float = 10.0
-
-
-# --- reading responses ---------------------------------------------------------------------------
-
-
-@dataclass(slots=True)
-class Parsed:
-    """Where the TTLs are in a response, and what they say."""
-
-    rcode: int
-    ancount: int
-    ttl_offsets: list[int] = field(default_factory=list)
-    ttls: list[int] = field(default_factory=list)
-    answer_ttls: list[int] = field(default_factory=list)
-    soa_negative_ttl: int | None = None  # min(SOA TTL, SOA MINIMUM) from the authority section
-    opt_span: tuple[int, int] | None = None  # the OPT record's bytes, to strip
-
-
-def parse_response(data: bytes) -> Parsed:
-    """Walk a response's records (raises wire.WireError when it is malformed)."""
-    if len(data) < 12:
-        raise wire.WireError("short response")
-    _, flags, qdcount, ancount, nscount, arcount = struct.unpack_from("!6H", data)
-    pos = 12
-    for _ in range(qdcount):
-        _, pos = wire.read_name(data, pos)
-        pos += 4
-    parsed = Parsed(rcode=flags & 0xF, ancount=ancount)
-    for section, count in enumerate((ancount, nscount, arcount)):
-        for _ in range(count):
-            start = pos
-            if qdcount and data[pos : pos + 2] == _TO_QUESTION:
-                pos += 2  # the question's name, which read_name has already walked
-            else:
-                _, pos = wire.read_name(data, pos)
-            if pos + 10 > len(data):
-                raise wire.WireError("record header runs past the end")
-            rtype, _rclass, ttl, rdlength = RRHeader.unpack_from(data, pos)
-            ttl_offset = pos + 4
-            pos += 10 + rdlength
-            if pos > len(data):
-                raise wire.WireError("rdata runs past the end")
-            if rtype == OPT:
-                parsed.opt_span = (start, pos)
-                continue
-            parsed.ttl_offsets.append(ttl_offset)
-            parsed.ttls.append(ttl)
-            if section == 0:
-                parsed.answer_ttls.append(ttl)
-            elif section == 1 and rtype == SOA and rdlength >= 20:
-                minimum = struct.unpack_from("!I", data, pos - 4)[0]
-                parsed.soa_negative_ttl = min(ttl, minimum)
-    return parsed
-
-
-def strip_opt(data: bytes, parsed: Parsed) -> bytes:
-    """The response without its OPT record: ours is added per client (RFC 6891 §7)."""
-    if parsed.opt_span is None:
-        return data
-    start, end = parsed.opt_span
-    arcount = struct.unpack_from("!H", data, 10)[0]
-    out = data[:10] + struct.pack("!H", arcount - 1) + data[12:start] + data[end:]
-    shift = end - start
-    parsed.ttl_offsets = [o if o < start else o - shift for o in parsed.ttl_offsets]
-    parsed.opt_span = None
-    return out
 
 
 # --- the upstream cache --------------------------------------------------------------------------
@@ -827,7 +717,7 @@ class Forwarder:
         query = wire.parse_query(data)
         if not isinstance(query, Query):
             return None
-        body = from_cache(made[0], query, now) if made is not None else _relabel(response, query)
+        body = from_cache(made[0], query, now) if made is not None else relabel(response, query)
         return wire.finish(body[:3] + bytes((body[3] | 0x80,)) + body[4:], query, True)
 
     def _fast_failed(self, pending: Pending, waiters: list[Any], error: Exception) -> None:
@@ -999,7 +889,7 @@ class Forwarder:
             return from_cache(entry, query, now)
         if flight.response is not None:
             # Answered but not cacheable (REFUSED, a negative answer without SOA, TTL 0).
-            return _relabel(flight.response, query)
+            return relabel(flight.response, query)
         return wire.error_response(query.id, query.flags, wire.SERVFAIL, query)
 
     def _prefetch_soon(self, entry: CacheEntry, key: bytes, query: Query) -> None:
@@ -1253,60 +1143,3 @@ class Forwarder:
                     continue
                 log.info("upstream %s answers again", upstream)
                 health.fails = 0
-
-
-def _relabel(response: bytes, query: Query) -> bytes:
-    out = bytearray(response)
-    out[0:2] = query.id.to_bytes(2)
-    if not query.compressed:
-        out[12 : 12 + len(query.question)] = query.question
-    if query.edns:
-        out[10:12] = (int.from_bytes(out[10:12]) + 1).to_bytes(2)
-        out += wire.opt_record(query, out[3] & 0xF)
-    return bytes(out)
-
-
-def parse_upstreams(values: Iterable[str], where: str) -> tuple[Upstream, ...]:
-    """`IP`, `IP:PORT` or `[V6]:PORT` strings → Upstreams; ValueError names the bad one. A
-    `tls://` prefix is DNS over TLS, on port 853 unless given (RFC 7858 §3.1)."""
-    from kdns.config import parse_hostport
-
-    out = []
-    for value in values:
-        text = str(value)
-        tls = text.lower().startswith("tls://")
-        text = text[len("tls://") :] if tls else text.removeprefix("dns://")
-        try:
-            host, port = parse_hostport(text, 853 if tls else 53)
-        except ValueError as e:
-            raise ValueError(f"{where}: {value!r}: {e}") from None
-        out.append(Upstream(host, port or (853 if tls else 53), tls))
-    return tuple(out)
-
-
-def resolv_conf_nameservers(path: str = "/etc/resolv.conf") -> tuple[Upstream, ...]:
-    """The `nameserver` lines of a resolv.conf (CoreDNS: `forward . /etc/resolv.conf`)."""
-    servers = []
-    try:
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                parts = line.split()
-                if len(parts) >= 2 and parts[0] == "nameserver":
-                    servers.append(parts[1].split("%", 1)[0])
-    except OSError:
-        return ()
-    return parse_upstreams(servers[:15], path)
-
-
-def resolv_conf_search(path: str = "/etc/resolv.conf") -> tuple[str, ...]:
-    """The `search` domains of a resolv.conf: autopath tries them after the cluster's own."""
-    domains: list[str] = []
-    try:
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                parts = line.split()
-                if parts and parts[0] in ("search", "domain"):
-                    domains = [d.rstrip(".").lower() for d in parts[1:]]
-    except OSError:
-        return ()
-    return tuple(domains)

@@ -24,9 +24,10 @@ import trio
 
 from kdns import metrics
 from kdns.config import Config
-from kdns.dns.forward import ForwardConfig, Forwarder, Upstream
+from kdns.dns.forward import Forwarder
 from kdns.dns.handler import Deferred, Handler
 from kdns.dns.resolver import Resolver
+from kdns.dns.upstream_config import ForwardConfig, Upstream
 from kdns.model import service_from_dict
 from kdns.store import SERVICES, Store
 from tests.builders import api_service

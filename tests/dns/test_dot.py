@@ -12,7 +12,7 @@ import pytest
 import trio
 
 from kdns.corefile.load import load_corefile
-from kdns.dns.forward import ForwardConfig, parse_upstreams
+from kdns.dns.upstream_config import ForwardConfig, parse_upstreams
 from tests.dns import upstreams
 from tests.dns.test_forward import ask, kdns, kdns_app, texts
 from tests.dns.tls_upstream import NAME, tls_upstream

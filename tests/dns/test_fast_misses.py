@@ -20,12 +20,13 @@ from prometheus_client import REGISTRY
 
 from kdns.config import CacheSection, Config
 from kdns.dns import mmsg
-from kdns.dns.forward import ForwardConfig, Forwarder, Upstream
+from kdns.dns.forward import Forwarder
 from kdns.dns.handler import Handler
 from kdns.dns.miss_relay import MissRelay, sockaddr
 from kdns.dns.resolver import Resolver
 from kdns.dns.server import DnsServer
 from kdns.dns.stats import LABELS
+from kdns.dns.upstream_config import ForwardConfig, Upstream
 from kdns.store import Store
 from tests.dns.cluster import load
 from tests.dns.test_forward import EXAMPLE, HOST, WAIT, ask, kdns, texts

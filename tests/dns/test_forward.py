@@ -34,10 +34,11 @@ from dnslib import RCODE
 from kdns import app
 from kdns.config import CacheSection, Config, ConfigError, load_kube_dns_configmap
 from kdns.dns import forward
-from kdns.dns.forward import ForwardConfig, Forwarder, Upstream
+from kdns.dns.forward import Forwarder
 from kdns.dns.handler import Handler
 from kdns.dns.resolver import Resolver
 from kdns.dns.server import DnsServer
+from kdns.dns.upstream_config import ForwardConfig, Upstream
 from kdns.model import service_from_dict
 from kdns.store import SERVICES, Store
 from tests.builders import api_service

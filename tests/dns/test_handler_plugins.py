@@ -7,10 +7,11 @@ from __future__ import annotations
 from dnslib import QTYPE, RCODE, DNSRecord
 
 from kdns.config import Config
-from kdns.dns.forward import ForwardConfig, Forwarder, Upstream
+from kdns.dns.forward import Forwarder
 from kdns.dns.handler import Deferred, Handler
 from kdns.dns.plugins import Plugins
 from kdns.dns.resolver import Resolver
+from kdns.dns.upstream_config import ForwardConfig, Upstream
 from kdns.dns.wire import Reply
 from kdns.store import Store
 from tests.dns.cluster import load, rrset, zone

@@ -18,14 +18,9 @@ import trio
 import trio.testing
 
 from kdns.config import CacheSection
-from kdns.dns.forward import (
-    CacheEntry,
-    ForwardConfig,
-    UpstreamCache,
-    count_hit,
-    parse_response,
-    prefetch_threshold,
-)
+from kdns.dns.forward import CacheEntry, UpstreamCache, count_hit, prefetch_threshold
+from kdns.dns.upstream_config import ForwardConfig
+from kdns.dns.upstream_response import parse_response
 from tests.dns.test_forward import (
     EXAMPLE,
     WAIT,

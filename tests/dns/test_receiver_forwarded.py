@@ -18,12 +18,13 @@ import dns.rcode
 import trio
 
 from kdns.config import Config, HostsSection
-from kdns.dns.forward import ForwardConfig, Forwarder, Upstream
+from kdns.dns.forward import Forwarder
 from kdns.dns.handler import Handler
 from kdns.dns.plugins import Plugins
 from kdns.dns.resolver import Resolver
 from kdns.dns.server import DnsServer
 from kdns.dns.udp_pool import USES
+from kdns.dns.upstream_config import ForwardConfig, Upstream
 from kdns.store import Store
 from tests.dns import upstreams
 from tests.dns.test_forward import HOST, WAIT, ask, kdns, texts, ttls, wall_clock_limit

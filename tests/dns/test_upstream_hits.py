@@ -17,15 +17,10 @@ import pytest
 
 from kdns.config import CacheSection
 from kdns.dns import wire
-from kdns.dns.forward import (
-    CacheEntry,
-    ForwardConfig,
-    UpstreamCache,
-    cache_key,
-    from_cache,
-    parse_response,
-)
+from kdns.dns.forward import CacheEntry, UpstreamCache, cache_key, from_cache
+from kdns.dns.upstream_config import ForwardConfig
 from kdns.dns.upstream_hits import SHAPES_PER_ENTRY, Shape, shape_size
+from kdns.dns.upstream_response import parse_response
 
 ARRIVED = 100.0
 LABEL = 7

@@ -20,7 +20,7 @@ from pathlib import Path
 import trio
 import trustme
 
-from kdns.dns.forward import Upstream
+from kdns.dns.upstream_config import Upstream
 
 HOST = "127.0.0.1"
 NAME = "dns.test"  # the name the upstream's certificate holds

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from dnslib import QTYPE, RCODE, RR, DNSLabel, DNSRecord
 
-from kdns.dns.forward import Upstream
+from kdns.dns.upstream_config import Upstream
 from tests.conftest import need_tool
 from tests.processes import stop_process
 
