@@ -5,7 +5,7 @@ query and rebuild the answer per query; most of a pod's traffic is outside names
 cost what a cluster-name hit costs: one dict lookup and one bytes join in the receive thread.
 
 Contract:
-- `ForwardedHits` is one upstream cache's index of *shapes* (kdns/dns/forward.py's
+- `ForwardedHits` is one upstream cache's index of *shapes* (kdns/dns/upstream_cache.py's
   `UpstreamCache.fast`): the answer-cache key of a query (`wire.cache_key`: header flags and
   counts, the name lower-cased, type, class, EDNS DO) → a `Shape`: the upstream cache entry it
   reads, the metrics label, and the whole response for that shape as the trio thread finished
@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any
 from kdns.dns.wire import CLASSIC_UDP_PAYLOAD, cache_key
 
 if TYPE_CHECKING:
-    from kdns.dns.forward import CacheEntry
+    from kdns.dns.upstream_cache import CacheEntry
     from kdns.dns.wire import Reply
 
 SHAPES_PER_ENTRY = 4  # plain, EDNS, DO, CD: more than a client population normally sends

@@ -9,7 +9,7 @@ sockets or threads, so it is table-tested.
 Contract:
 - `miss_key(data)`: for a plain UDP query (`wire.plain_question`: one uncompressed question,
   QUERY, class IN, at most an EDNS 0 OPT) whose name holds no label with a dot or a backslash,
-  (the upstream cache's key, exactly `forward.cache_key` of the parsed query; the name as
+  (the upstream cache's key, exactly `upstream_cache.cache_key` of the parsed query; the name as
   `Query.qname` spells it); else None (the trio path decides).
 - `matches(reply, qid, question)`: RFC 5452 §9.1, the reply answers our question (ID, QR,
   QUERY, one question, the same question, any letter case).
@@ -54,7 +54,7 @@ def miss_key(data: bytes) -> tuple[bytes, str, int] | None:
     joined = b".".join(labels)
     if joined.count(b".") != len(labels) - 1 or b"\\" in joined:
         return None  # `Query.qname` escapes such a label: the trio path spells it
-    # forward.cache_key: DO and CD, the name lower-cased, type and class.
+    # upstream_cache.cache_key: DO and CD, the name lower-cased, type and class.
     flags = (1 if do else 0) | (2 if data[3] & wire.CD else 0)
     key = bytes((flags,)) + joined.lower() + data[qend - 4 : qend]
     return key, joined.decode("latin-1").lower(), qend

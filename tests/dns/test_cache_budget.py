@@ -18,9 +18,9 @@ import dns.rrset
 
 from kdns.config import CacheSection
 from kdns.dns import wire
-from kdns.dns.forward import UpstreamCache
 from kdns.dns.handler import Handler
 from kdns.dns.stats import CacheStats
+from kdns.dns.upstream_cache import UpstreamCache
 from kdns.dns.upstream_config import ForwardConfig
 from kdns.dns.upstream_response import parse_response
 from tests.dns.test_rotation import handler as cluster_handler

@@ -18,7 +18,7 @@ import trio
 import trio.testing
 
 from kdns.config import CacheSection
-from kdns.dns.forward import CacheEntry, UpstreamCache, count_hit, prefetch_threshold
+from kdns.dns.upstream_cache import CacheEntry, UpstreamCache, count_hit, prefetch_threshold
 from kdns.dns.upstream_config import ForwardConfig
 from kdns.dns.upstream_response import parse_response
 from tests.dns.test_forward import (

@@ -17,7 +17,7 @@ import pytest
 
 from kdns.config import CacheSection
 from kdns.dns import wire
-from kdns.dns.forward import CacheEntry, UpstreamCache, cache_key, from_cache
+from kdns.dns.upstream_cache import CacheEntry, UpstreamCache, cache_key, from_cache
 from kdns.dns.upstream_config import ForwardConfig
 from kdns.dns.upstream_hits import SHAPES_PER_ENTRY, Shape, shape_size
 from kdns.dns.upstream_response import parse_response

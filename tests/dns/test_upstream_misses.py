@@ -10,7 +10,7 @@ import dns.flags
 import dns.message
 import pytest
 
-from kdns.dns import forward, upstream_misses, wire
+from kdns.dns import upstream_cache, upstream_misses, wire
 from kdns.dns.upstream_misses import IdSource, Pending, PendingTable, matches, miss_key
 
 
@@ -24,7 +24,7 @@ def with_cd(data: bytes) -> bytes:
     return data[:3] + bytes((data[3] | 0x10,)) + data[4:]
 
 
-# Every query the fast path takes has exactly the upstream cache's key (forward.cache_key of
+# Every query the fast path takes has exactly the upstream cache's key (upstream_cache.cache_key of
 # the parsed query), so an answer it stores is the entry trio would look for.
 TAKEN = {
     "plain A": query("www.example.org"),
@@ -44,7 +44,7 @@ def test_a_plain_query_is_keyed_as_the_upstream_cache_keys_it(data: bytes) -> No
     found = miss_key(data)
     assert found is not None
     key, qname, qend = found
-    assert key == forward.cache_key(parsed)
+    assert key == upstream_cache.cache_key(parsed)
     assert qname == parsed.qname
     assert data[12:qend] == parsed.question
 
