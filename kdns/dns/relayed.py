@@ -1,0 +1,316 @@
+"""The trio side of forwarded misses the receive threads send upstream themselves.
+
+While `Forwarder.run` runs, a plain UDP miss of a name only the upstreams answer is sent
+upstream by the receive thread (`Forwarder.forward_miss` → kdns/dns/miss_relay.py) and the
+relay's reader thread gets the reply. `RelayedMisses` is what that reply then does, in two
+halves (docs/architecture.md §6, §7 step 5):
+
+- On the reader thread (`on_reply`, `on_failure`, `on_expiry`, `on_mismatch`, `on_idle`: the
+  relay's callbacks): each waiting client is sent the bytes trio would send
+  (kdns/dns/relay_answers.py), from the entry the upstream cache would store
+  (`UpstreamCache.entry_for`, pure); what it cannot answer — a timeout, TC, a malformed reply,
+  a socket error — goes back to the receiver as an ordinary miss (`hand_back`). Any rcode the
+  upstream answers (SERVFAIL, REFUSED too) is the answer, as on trio's path. It writes nothing
+  trio owns: every outcome is one record appended to `done`.
+- On trio's thread (`batch`): the records are drained in order — entries stored, the forward
+  metrics, the upstreams' health, the listener's statistics and the query log counted as
+  `resolve` would have, and the first client's shape registered for the receive thread's hits
+  (`Forwarder.add_shape`). A failed relay attempt counts as the question's first
+  (`take_spent`: trio's exchange skips that upstream and that time), and after a TC trio asks
+  that upstream over TCP at once (`take_truncated`, RFC 7766 §5), so no upstream is asked more
+  often than trio alone would ask it.
+
+Hand-over: one `run_sync_soon` per batch, at FLUSH_AT records or FLUSH_EVERY seconds after the
+first (the clients have their answers already; only the cache and the counts wait), and the
+forwarder drains `done` itself before it reads the upstream cache, so a repeat never misses an
+answer the reader gave. `unstored` holds the keys answered and not yet stored: the receive
+thread sends a repeat of one to trio, which stores first.
+
+Threads (safe under the GIL by construction): `done` is appended only by the reader and popped
+only by trio; `_woken` is set only by the reader and cleared only by trio before it drains, so
+no record is left unseen; `unstored` gets single-key `dict` writes from the reader and
+single-key removals from trio, and the receive threads only test `in`; the counters, `_spent`,
+`_truncated` and `_labels` are trio's alone. The interface to the Forwarder is its public
+members: `config`, `cache`, `health`, `names`, `coalesced`, `all_upstreams`, `zone_for`,
+`count_request`, `count_response`, `failed`, `add_shape`.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import time
+from collections.abc import Callable
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from kdns.dns import miss_relay, wire
+from kdns.dns.miss_relay import MissRelay, send_to
+from kdns.dns.relay_answers import ClientShaped, generic_answer
+from kdns.dns.stats import LABELS
+from kdns.dns.upstream_cache import CacheEntry, CacheTable
+from kdns.dns.upstream_config import Upstream
+from kdns.dns.upstream_misses import Pending
+from kdns.dns.upstream_response import parse_response, strip_opt
+from kdns.dns.wire import Query
+
+if TYPE_CHECKING:
+    from kdns.dns.forward import Forwarder
+
+# The reader hands its answers to trio (to cache and count) in batches: at FLUSH_AT records, or
+# FLUSH_EVERY seconds after the first.
+FLUSH_AT = 256
+FLUSH_EVERY = 0.02
+FAST_SPENT_KEPT = 1024  # failed relay attempts remembered until trio asks again
+
+
+class RelayedMisses:
+    """One forwarder's relayed misses (see the module's contract)."""
+
+    def __init__(self, forwarder: Forwarder) -> None:
+        self._forwarder = forwarder
+        self.cache = forwarder.cache  # never replaced: the forwarder's upstream cache
+        # The relay this started, while the forwarder runs; None once `stop` began.
+        self._relay: MissRelay | None = None
+        self._now: Callable[[], float] = trio.current_time  # trio's clock, for any thread
+        self._token: trio.lowlevel.TrioToken | None = None
+        # What the reader thread hands trio (only that thread appends; trio pops), and whether
+        # a wake-up is on its way (only the reader sets it, only trio clears it). Never
+        # replaced: the forwarder keeps a reference to test it cheaply.
+        self.done: collections.deque[tuple[Any, ...]] = collections.deque()
+        self._woken = False
+        self._first = 0.0  # when the oldest record not yet handed over was appended
+        # Keys whose relay attempt failed, with the upstream and the seconds it took: trio's
+        # own exchange for the handed-back miss skips that upstream and that time (trio only).
+        self._spent: dict[bytes, tuple[Upstream, float]] = {}
+        # Keys whose relay attempt came back truncated: trio asks that upstream over TCP first
+        # (RFC 7766 §5), not over UDP once more.
+        self._truncated: dict[bytes, Upstream] = {}
+        # Keys the relay answered and trio has not stored yet (the reader adds, trio removes):
+        # a repeat meanwhile goes to trio, which stores them first (`batch`). Never replaced.
+        self.unstored: dict[bytes, None] = {}
+        self._labels: dict[tuple[str, int, int, bool], tuple[int, int]] = {}  # trio's
+        self.answered = 0  # misses answered by the relay (tests, the curious)
+        self.handed_back = 0  # misses it gave back to trio (timeout, TC, a socket error, …)
+
+    def start(self, nursery: trio.Nursery) -> MissRelay | None:
+        """Start the relay and its reader thread in `nursery` (trio); None when this config
+        leaves every miss to trio (only TCP or TLS exchanges) or the platform cannot relay."""
+        forwarder = self._forwarder
+        config = forwarder.config
+        if config.force_tcp or not any(not u.tls for u in forwarder.all_upstreams()):
+            return None  # every exchange is TCP or TLS: trio's
+        if not miss_relay.available():
+            return None
+        relay = MissRelay(
+            config.timeout,
+            max(1, config.max_concurrent),
+            self.on_reply,
+            self.on_failure,
+            self.on_expiry,
+            self.on_mismatch,
+            self.on_idle,
+            FLUSH_EVERY,
+        )
+        self._now = trio.lowlevel.current_clock().current_time
+        self._token = trio.lowlevel.current_trio_token()
+        nursery.start_soon(
+            partial(
+                trio.to_thread.run_sync,
+                relay.run,
+                abandon_on_cancel=False,  # `run`'s finally stops it; no thread outlives us
+                limiter=trio.CapacityLimiter(1),
+            )
+        )
+        self._relay = relay
+        return relay
+
+    def stop(self) -> None:
+        """The reader hands back what is in flight (not counted as failures), closes its
+        sockets and returns."""
+        relay, self._relay = self._relay, None
+        if relay is not None:
+            relay.stop()
+
+    def take_spent(self, key: bytes) -> tuple[Upstream, float] | None:
+        """The upstream the relay's failed attempt at `key` asked, and the seconds it took."""
+        return self._spent.pop(key, None)
+
+    def take_truncated(self, key: bytes) -> Upstream | None:
+        """The upstream whose UDP answer to `key` was truncated: ask it over TCP first."""
+        return self._truncated.pop(key, None)
+
+    # --- the reader thread -------------------------------------------------------------------
+
+    def on_reply(self, pending: Pending, waiters: list[Any], reply: bytes) -> None:
+        """The reader thread: the upstream answered `pending`. Each waiter gets the bytes trio
+        would send (`resolve` then `Handler.complete`); trio then stores the entry and counts."""
+        try:
+            parsed = parse_response(reply)
+        except wire.WireError as e:
+            self.on_failure(pending, waiters, e)
+            return
+        rcode = parsed.rcode
+        duration = time.perf_counter() - pending.sent
+        if reply[2] & (wire.TC >> 8):
+            # Trio asks this upstream again over TCP (RFC 7766 §5; `take_truncated`). Noted
+            # before the hand-back: trio reads the note before it asks. Any other rcode is the
+            # answer, as `_exchange` takes it (SERVFAIL cached briefly, REFUSED passed on); no
+            # stale answer can beat it, since the relay takes only keys the cache holds nothing
+            # under (RFC 8767 §5 is trio's).
+            self._note(("truncated", pending, rcode, duration))
+            self._back(waiters)
+            return
+        response = strip_opt(reply, parsed)
+        now = self._now()
+        made = None
+        if not self.cache.uncached(pending.qname, parsed):
+            made = self.cache.entry_for(pending.key, response, parsed, now)
+        entry = made[0] if made is not None else None
+        answered = []
+        shaped = ClientShaped(response, entry)
+        for waiter in waiters:
+            (data, addr, start, _serving), receiver, qend = waiter
+            out = shaped.answer(data, qend)
+            if out is None:  # cut for the client's UDP size: the generic path cuts
+                out = generic_answer(data, response, entry, now)
+            if out is None:
+                receiver.hand_back(waiter[0])  # cannot be (a plain query), but never lose one
+                continue
+            # Lost when the client is gone or the buffer is full, as any UDP answer may be.
+            send_to(receiver.sock.fileno(), out, addr)
+            answered.append((waiter, out, time.perf_counter() - start))
+        if made is not None:
+            self.unstored[pending.key] = None
+        self._note(("answered", pending, made, rcode, duration, answered))
+
+    def on_failure(self, pending: Pending, waiters: list[Any], error: Exception) -> None:
+        """The reader thread: the exchange failed (a socket error, a malformed reply)."""
+        # Noted before the hand-back: trio reads it (`take_spent`) before it asks again.
+        self._note(("failed", pending, waiters, error))
+        self._back(waiters)
+
+    def on_expiry(self, pending: Pending, waiters: list[Any]) -> None:
+        """The reader thread: no answer within `timeout`, or the relay stops (not a failure)."""
+        relay = self._relay
+        if relay is not None and not relay.stopping:  # not the stop's hand-back
+            self._note(("failed", pending, waiters, trio.TooSlowError()))
+        self._back(waiters)
+
+    def on_mismatch(self, pending: Pending) -> None:
+        """The reader thread: a reply that did not match (RFC 5452 §9.1), ignored."""
+        self._note(("mismatch", pending))
+
+    def _back(self, waiters: list[Any]) -> None:
+        """Trio answers these as any other miss (its own exchange, retries, TCP, stale)."""
+        self.handed_back += len(waiters)
+        for miss, receiver, _ in waiters:
+            receiver.hand_back(miss)
+
+    def _note(self, record: tuple[Any, ...]) -> None:
+        """Hand `record` to trio (the reader thread). Trio is woken once FLUSH_AT records wait,
+        or FLUSH_EVERY after the first (`on_idle`): one wake-up per batch, not per miss;
+        the clients have their answers already, only the cache and the counts wait."""
+        done = self.done
+        if not done:
+            self._first = time.perf_counter()
+        done.append(record)
+        if len(done) >= FLUSH_AT:
+            self._wake()
+
+    def on_idle(self) -> bool:
+        """The reader thread, before it waits: wake trio if the oldest record waited
+        FLUSH_EVERY; whether records still wait (the reader then waits at most FLUSH_EVERY)."""
+        if not self.done or self._woken:
+            return False
+        if time.perf_counter() - self._first >= FLUSH_EVERY:
+            self._wake()
+            return False
+        return True
+
+    def _wake(self) -> None:
+        # Only the reader sets `_woken`, only trio clears it, before it drains: nothing
+        # appended is left unseen.
+        if not self._woken and self._token is not None:
+            self._woken = True
+            with contextlib.suppress(trio.RunFinishedError):
+                self._token.run_sync_soon(self.batch)
+
+    # --- trio's side -------------------------------------------------------------------------
+
+    def batch(self) -> None:
+        """Trio's side: store what the relay answered, count it as `resolve` would have."""
+        self._woken = False
+        done, forwarder = self.done, self._forwarder
+        requests: dict[str, int] = {}  # counted once per batch: a lock per increment costs
+        while done:
+            record = done.popleft()
+            kind, pending = record[0], record[1]
+            upstream = pending.upstream
+            health = forwarder.health[upstream]
+            if kind == "mismatch":
+                health.mismatched += 1
+                continue
+            health.exchanges += 1
+            to = forwarder.names[upstream]
+            requests[to] = requests.get(to, 0) + 1
+            if kind == "answered":
+                _, _, made, rcode, duration, answered = record
+                health.fails = 0
+                forwarder.count_response(to, rcode, duration)
+                if made is not None:
+                    self.cache.store(pending.key, *made)
+                    self.unstored.pop(pending.key, None)
+                self._count_answered(pending, made, answered)
+            elif kind == "truncated":
+                forwarder.count_response(to, record[2], record[3])
+                if len(self._truncated) >= FAST_SPENT_KEPT:
+                    self._truncated.clear()  # misses dropped before trio saw them
+                self._truncated[pending.key] = upstream
+            else:
+                query = wire.parse_query(record[2][0][0][0]) if record[2] else None
+                if isinstance(query, Query):
+                    forwarder.failed(upstream, query, record[3])
+                # The relay's attempt was this question's first: trio's goes on from there.
+                if len(self._spent) >= FAST_SPENT_KEPT:
+                    self._spent.clear()  # misses dropped before trio saw them
+                self._spent[pending.key] = (upstream, time.perf_counter() - pending.sent)
+        for to, count in requests.items():
+            forwarder.count_request(to, count)
+
+    def _count_answered(
+        self, pending: Pending, made: tuple[CacheEntry, CacheTable] | None, answered: list[Any]
+    ) -> None:
+        """Count the answered clients in their listener's statistics and the query log, as
+        misses of the upstream cache (coalesced ones too), and let the receive thread answer
+        the next queries of the first one's shape (`remember`)."""
+        forwarder = self._forwarder
+        self.cache.misses += len(answered)
+        forwarder.coalesced += max(0, len(answered) - 1)
+        self.answered += len(answered)
+        if not answered:
+            return
+        ((data, _, _, _), _, qend), first_out, _ = answered[0]
+        # One key: the same type and DO for every waiter; the rcode is the upstream's.
+        qtype = int.from_bytes(data[qend - 4 : qend - 2])
+        do, rcode = bool(pending.key[0] & 1), first_out[3] & 0xF
+        zone = forwarder.zone_for(pending.qname)
+        # Memo of label ids: zones (config) × types × rcodes × DO, bounded as LABELS is.
+        labels = self._labels.get((zone, qtype, rcode, do))
+        if labels is None:
+            labels = self._labels[(zone, qtype, rcode, do)] = (
+                LABELS.id(zone, qtype, rcode, "forward", do),
+                LABELS.id(zone, qtype, rcode, "cache", do),
+            )
+        for ((data_, addr, start, serving), receiver, _), out, elapsed in answered:
+            # The answer cache's miss, which `Handler.handle` counts on trio's path (its
+            # `stats()` reads the public counter; trio's thread is its only writer).
+            serving.handler.cache.misses += 1
+            receiver.answered(serving, addr, "udp", data_, out, labels[0], start, elapsed)
+        if made is not None and rcode != wire.SERVFAIL:
+            # Stored just now: the receive thread answers its next hits (never a cached
+            # SERVFAIL, as `remember`: a stale answer may beat it, RFC 8767 §5).
+            edns = len(data) > qend
+            forwarder.add_shape(data, pending.key, made[0], first_out, labels[1], qend, edns)
