@@ -4,13 +4,10 @@ What CoreDNS's `forward` + `cache` plugins and kube-dns's stubDomains / upstream
 
 - Upstreams are `upstreams` (up to 15) or, by default, the host's /etc/resolv.conf nameservers;
   `stub_domains` send a domain (longest suffix wins) to its own servers.
-- Every attempt uses a fresh random transaction ID (`secrets`) from a socket picked at random
-  from a pool of sockets on random ephemeral ports, each used for a few questions at most
-  (kdns/dns/udp_pool.py, RFC 5452 §9.2); a reply whose ID, QR bit or question does not match is
-  ignored and the wait goes on — one forged packet never ends the exchange (RFC 5452 §9.1).
-- TC → the same question again over TCP (RFC 7766 §5). Each upstream gets `timeout` (2 s),
-  then the next; an upstream that failed `max_fails` times in a row is tried last until a
-  health probe (`. IN NS` every `health_check` s) sees it answer again.
+- Each upstream gets `timeout` (2 s) for one exchange (kdns/dns/upstream_exchange.py: a fresh
+  random ID from a pooled socket, RFC 5452; TC → TCP, RFC 7766 §5; `tls://`), then the next,
+  in CoreDNS's `policy` order within `budget`; an upstream that failed `max_fails` times in a
+  row is tried last until a health probe (`. IN NS` every `health_check` s) sees it answer.
 - Identical questions in flight go upstream once (coalesced). Beyond `max_concurrent` upstream
   exchanges, new questions get REFUSED at once, as CoreDNS's `max_concurrent` does.
 - Every upstream failing → SERVFAIL, or a stale answer (RFC 8767) when `serve_stale` allows —
@@ -32,10 +29,8 @@ stored and counted by trio (kdns/dns/relayed.py); what the relay cannot answer c
 trio as an ordinary miss, whose exchange goes on from the relay's attempt (`take_spent`,
 `take_truncated`), so no upstream is asked more often than trio alone would ask it.
 
-Every attempt is counted per upstream (`kdns_forward_*`, CoreDNS's forward/proxy metrics); a
-failed one is logged at ERROR as CoreDNS's errors plugin does, with a `consolidate` key naming
-the upstream and the reason, so an upstream timing out a thousand times a second costs one line
-per interval (kdns/logs.py).
+Every attempt is counted per upstream and a failed one logged, as CoreDNS's forward and
+errors plugins do (kdns/dns/upstream_exchange.py).
 
 Time is trio's clock, so tests drive expiry with `trio.testing.MockClock`.
 """
@@ -45,21 +40,16 @@ from __future__ import annotations
 import logging
 import math
 import random
-import secrets
-import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import trio
-from dnslib import QTYPE
 
 from kdns import metrics
 from kdns.dns import wire
-from kdns.dns.dot import ConnectionClosed, TlsConnections, client_context
 from kdns.dns.miss_relay import MissRelay
 from kdns.dns.relayed import RelayedMisses
-from kdns.dns.udp_pool import UdpPool
 from kdns.dns.upstream_cache import (
     CacheEntry,
     UpstreamCache,
@@ -68,32 +58,13 @@ from kdns.dns.upstream_cache import (
     from_cache,
 )
 from kdns.dns.upstream_config import ForwardConfig, Upstream
+from kdns.dns.upstream_exchange import ExchangeError, UpstreamExchanges
 from kdns.dns.upstream_hits import Shape
-from kdns.dns.upstream_misses import matches, miss_key, upstream_message
+from kdns.dns.upstream_misses import miss_key
 from kdns.dns.upstream_response import parse_response, relabel, strip_opt
 from kdns.dns.wire import Query
 
 log = logging.getLogger(__name__)
-
-
-# --- talking to upstreams ------------------------------------------------------------------------
-
-
-class ExchangeError(Exception):
-    """One upstream did not give a usable answer."""
-
-
-def upstream_query(query: Query, qid: int) -> bytes:
-    """Our query to an upstream (the same bytes the fast miss path sends)."""
-    return upstream_message(qid, query.question, bool(query.flags & wire.CD), query.do)
-
-
-@dataclass(slots=True)
-class UpstreamHealth:
-    fails: int = 0
-    exchanges: int = 0
-    errors: int = 0
-    mismatched: int = 0
 
 
 @dataclass(slots=True)
@@ -103,13 +74,19 @@ class _InFlight:
 
 
 class Forwarder:
+    """One config's forwarding (see the module's contract): `cached` and `resolve` answer, `run`
+    runs the health probes, the prefetches and the relay while this config serves."""
+
     def __init__(self, config: ForwardConfig) -> None:
         self.config = config
         self.cache = UpstreamCache(config)
-        self.health: dict[Upstream, UpstreamHealth] = {}
-        for upstream in self.all_upstreams():
-            self.health[upstream] = UpstreamHealth()
-        self.names = {u: str(u) for u in self.health}  # the `to` label of each upstream
+        # Asking one upstream, counting it, its health (kdns/dns/upstream_exchange.py). Its
+        # `health` and `healthy` are held here too: the receive thread's `forward_miss` reads
+        # them per packet, at no more cost than when they were this class's own.
+        self.exchanges = UpstreamExchanges(config, self.all_upstreams())
+        self.health = self.exchanges.health
+        self.healthy = self.exchanges.healthy
+        self.pool, self.tls = self.exchanges.pool, self.exchanges.tls  # for the curious
         self._in_flight: dict[bytes, _InFlight] = {}
         self.refused = 0
         self.coalesced = 0
@@ -118,11 +95,6 @@ class Forwarder:
         self._turn = 0  # policy round_robin: where the next question starts
         # No stub domain and no `except` zone: every name goes to `upstreams` (`destinations`).
         self._everything_upstream = not config.stub_domains and not config.except_zones
-        self.tls: TlsConnections | None = None
-        self.pool = UdpPool()  # UDP sockets for the exchanges, reused a few times each
-        # prometheus-client children by label values: `.labels()` per exchange costs more than
-        # the dict lookup (upstreams × rcodes: bounded).
-        self._series: dict[tuple[str, str], tuple[Any, Any]] = {}
         self._background: trio.Nursery | None = None  # where prefetches run, while `run` does
         # Misses the receive thread sends upstream itself (kdns/dns/miss_relay.py), while `run`
         # runs: one reference, set and cleared by trio, read by the receive threads.
@@ -133,9 +105,6 @@ class Forwarder:
         self._relayed = RelayedMisses(self)
         self._relayed_done = self._relayed.done
         self._unstored = self._relayed.unstored
-        if any(u.tls for u in self.all_upstreams()):
-            context = client_context(config.tls_ca, config.tls_cert, config.tls_key)
-            self.tls = TlsConnections(context, config.tls_servername, config.expire)
 
     def all_upstreams(self) -> list[Upstream]:
         seen = dict.fromkeys(self.config.upstreams)
@@ -167,11 +136,6 @@ class Forwarder:
             if qname == domain or qname.endswith("." + domain):
                 return domain + "."
         return "."
-
-    def healthy(self, upstream: Upstream) -> bool:
-        """Up unless it failed `max_fails` exchanges in a row (CoreDNS: 0 = never down)."""
-        max_fails = self.config.max_fails
-        return max_fails == 0 or self.health[upstream].fails < max_fails
 
     # --- answering ---------------------------------------------------------------------------
 
@@ -410,14 +374,14 @@ class Forwarder:
         with trio.move_on_after(budget):
             for upstream in servers:
                 try:
-                    reply = await self._ask(upstream, query, tcp=upstream == tcp_first)
+                    reply = await self.exchanges.ask(upstream, query, tcp=upstream == tcp_first)
                 except (ExchangeError, OSError, trio.TooSlowError) as e:
-                    self.failed(upstream, query, e)
+                    self.exchanges.failed(upstream, query, e)
                     continue
                 try:
                     parsed = parse_response(reply)
                 except wire.WireError as e:
-                    self.failed(upstream, query, e)
+                    self.exchanges.failed(upstream, query, e)
                     continue
                 self.health[upstream].fails = 0
                 response = strip_opt(reply, parsed)
@@ -439,125 +403,6 @@ class Forwarder:
             order = order[start:] + order[:start]
         return order
 
-    def failed(self, upstream: Upstream, query: Query, error: BaseException) -> None:
-        """Count and log one failed attempt at `query` (the relay's too, kdns/dns/relayed.py)."""
-        health = self.health[upstream]
-        health.errors += 1
-        health.fails += 1
-        if isinstance(error, trio.TooSlowError):
-            reason, detail = "timeout", f"no answer within {self.config.timeout:g} s"
-        elif isinstance(error, wire.WireError):
-            reason, detail = "malformed", f"malformed response: {error}"
-        else:
-            reason, detail = "network", str(error) or type(error).__name__
-        metrics.FORWARD_ERRORS.labels(str(upstream), reason).inc()
-        # CoreDNS's errors plugin: "2 example.org. A: read udp …: i/o timeout".
-        log.error(
-            "%s %s: forward to %s: %s",
-            query.qname + ".",
-            QTYPE.get(query.qtype, f"TYPE{query.qtype}"),
-            upstream,
-            detail,
-            extra={"consolidate": f"forward to {upstream}: {reason}"},
-        )
-        if health.fails == self.config.max_fails:
-            log.warning("upstream %s is unhealthy (%s)", upstream, detail)
-
-    async def _ask(
-        self, upstream: Upstream, query: Query, probe: bool = False, tcp: bool = False
-    ) -> bytes:
-        """One exchange with `upstream`; counted in the forward metrics unless a health `probe`.
-        `tcp`: over TCP from the start (a UDP answer to the same question was truncated)."""
-        qid = secrets.randbelow(65536)
-        message = upstream_query(query, qid)
-        to = str(upstream)
-        self.health[upstream].exchanges += 1
-        if not probe:
-            self.count_request(to)
-        start = trio.current_time()
-        with trio.fail_after(self.config.timeout):
-            if upstream.tls:
-                reply = await self._tls(upstream, message, qid, query.question)
-            elif self.config.force_tcp or tcp:
-                reply = await self._tcp(upstream, message, qid, query.question)
-            else:
-                reply = await self._udp(upstream, message, qid, query.question)
-            plain_udp = not (self.config.force_tcp or upstream.tls)
-            if plain_udp and struct.unpack_from("!H", reply, 2)[0] & wire.TC:
-                qid = secrets.randbelow(65536)
-                message = upstream_query(query, qid)
-                reply = await self._tcp(upstream, message, qid, query.question)
-        if not probe:
-            self.count_response(to, reply[3] & 0xF, trio.current_time() - start)
-        return reply
-
-    def count_request(self, to: str, count: int = 1) -> None:
-        """`count` exchanges sent to the upstream labelled `to` (`names`)."""
-        series = self._series.get((to, ""))
-        if series is None:
-            series = self._series[(to, "")] = (metrics.FORWARD_REQUESTS.labels(to), None)
-        series[0].inc(count)
-
-    def count_response(self, to: str, rcode: int, seconds: float) -> None:
-        """One answer from the upstream labelled `to`, its rcode and how long it took."""
-        name = metrics.rcode_name(rcode)
-        series = self._series.get((to, name))
-        if series is None:
-            series = self._series[(to, name)] = (
-                metrics.FORWARD_RESPONSES.labels(to, name),
-                metrics.FORWARD_DURATION.labels(to, name),
-            )
-        series[0].inc()
-        series[1].observe(seconds)
-
-    async def _udp(self, upstream: Upstream, message: bytes, qid: int, question: bytes) -> bytes:
-        # From a pooled socket (kdns/dns/udp_pool.py): a random ephemeral port, used for a few
-        # questions at most, each with a fresh random ID (RFC 5452 §9.2). Connected, so the
-        # kernel drops datagrams from any other address and an ICMP "port unreachable" fails
-        # this attempt at once.
-        health = self.health[upstream]
-
-        def accept(reply: bytes) -> bool:
-            if matches(reply, qid, question):
-                return True
-            # A stray or forged reply: ignore it and keep waiting (RFC 5452 §9.1).
-            health.mismatched += 1
-            return False
-
-        address = (upstream.host, upstream.port)
-        return await self.pool.exchange(address, upstream.family, message, accept)
-
-    async def _tcp(self, upstream: Upstream, message: bytes, qid: int, question: bytes) -> bytes:
-        stream = await trio.open_tcp_stream(upstream.host, upstream.port)
-        async with stream:
-            await stream.send_all(len(message).to_bytes(2) + message)
-            buffer = bytearray()
-            while True:
-                while len(buffer) >= 2 and len(buffer) >= 2 + int.from_bytes(buffer[:2]):
-                    size = int.from_bytes(buffer[:2])
-                    reply = bytes(buffer[2 : 2 + size])
-                    del buffer[: 2 + size]
-                    if matches(reply, qid, question):
-                        return reply
-                    self.health[upstream].mismatched += 1
-                chunk = await stream.receive_some(65536)
-                if not chunk:
-                    raise ExchangeError("the upstream closed the TCP connection")
-                buffer += chunk
-
-    async def _tls(self, upstream: Upstream, message: bytes, qid: int, question: bytes) -> bytes:
-        assert self.tls is not None  # made in __init__ whenever an upstream is tls://
-        try:
-            reply = await self.tls.exchange(upstream, message)
-        except (ConnectionClosed, trio.BrokenResourceError) as e:
-            # A certificate that does not verify arrives as BrokenResourceError from SSLError.
-            raise ExchangeError(str(e.__cause__ or e) or type(e).__name__) from None
-        if not matches(reply, qid, question):
-            # One exchange at a time per connection: anything else is the upstream's error.
-            self.health[upstream].mismatched += 1
-            raise ExchangeError("the TLS upstream answered another question")
-        return reply
-
     # --- health checks -----------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -569,7 +414,7 @@ class Forwarder:
                 self._relay = self._relayed.start(nursery)
                 task_status.started()
                 try:
-                    await self._probe_forever()
+                    await self.exchanges.probe_forever()
                 finally:
                     # The receive threads stop sending; the reader hands back what is in
                     # flight, closes its sockets and returns (the nursery waits for it).
@@ -577,22 +422,5 @@ class Forwarder:
                     self._relayed.stop()
         finally:
             self._background = None
-            self.pool.close()
-            # A reload stops this task: the idle TLS connections of this forwarder go with it.
-            if self.tls is not None:
-                await self.tls.aclose()
-
-    async def _probe_forever(self) -> None:
-        probe = Query(0, wire.RD, (), 2, 1, b"\x00\x00\x02\x00\x01", False)
-        while True:
-            await trio.sleep(self.config.health_check)
-            for upstream, health in self.health.items():
-                if self.healthy(upstream):
-                    continue
-                try:
-                    await self._ask(upstream, probe, probe=True)
-                except (ExchangeError, OSError, trio.TooSlowError):
-                    metrics.FORWARD_HEALTHCHECK_FAILURES.labels(str(upstream)).inc()
-                    continue
-                log.info("upstream %s answers again", upstream)
-                health.fails = 0
+            # A reload stops this task: the sockets and idle TLS connections go with it.
+            await self.exchanges.aclose()

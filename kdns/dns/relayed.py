@@ -31,8 +31,9 @@ only by trio; `_woken` is set only by the reader and cleared only by trio before
 no record is left unseen; `unstored` gets single-key `dict` writes from the reader and
 single-key removals from trio, and the receive threads only test `in`; the counters, `_spent`,
 `_truncated` and `_labels` are trio's alone. The interface to the Forwarder is its public
-members: `config`, `cache`, `health`, `names`, `coalesced`, `all_upstreams`, `zone_for`,
-`count_request`, `count_response`, `failed`, `add_shape`.
+members: `config`, `cache`, `coalesced`, `all_upstreams`, `zone_for`, `add_shape`, and its
+`exchanges` (kdns/dns/upstream_exchange.py: `health`, `names`, `count_request`,
+`count_response`, `failed`).
 """
 
 from __future__ import annotations
@@ -71,6 +72,7 @@ class RelayedMisses:
 
     def __init__(self, forwarder: Forwarder) -> None:
         self._forwarder = forwarder
+        self._exchanges = forwarder.exchanges  # its counts and upstreams' health
         self.cache = forwarder.cache  # never replaced: the forwarder's upstream cache
         # The relay this started, while the forwarder runs; None once `stop` began.
         self._relay: MissRelay | None = None
@@ -243,42 +245,42 @@ class RelayedMisses:
     def batch(self) -> None:
         """Trio's side: store what the relay answered, count it as `resolve` would have."""
         self._woken = False
-        done, forwarder = self.done, self._forwarder
+        done, exchanges = self.done, self._exchanges
         requests: dict[str, int] = {}  # counted once per batch: a lock per increment costs
         while done:
             record = done.popleft()
             kind, pending = record[0], record[1]
             upstream = pending.upstream
-            health = forwarder.health[upstream]
+            health = exchanges.health[upstream]
             if kind == "mismatch":
                 health.mismatched += 1
                 continue
             health.exchanges += 1
-            to = forwarder.names[upstream]
+            to = exchanges.names[upstream]
             requests[to] = requests.get(to, 0) + 1
             if kind == "answered":
                 _, _, made, rcode, duration, answered = record
                 health.fails = 0
-                forwarder.count_response(to, rcode, duration)
+                exchanges.count_response(to, rcode, duration)
                 if made is not None:
                     self.cache.store(pending.key, *made)
                     self.unstored.pop(pending.key, None)
                 self._count_answered(pending, made, answered)
             elif kind == "truncated":
-                forwarder.count_response(to, record[2], record[3])
+                exchanges.count_response(to, record[2], record[3])
                 if len(self._truncated) >= FAST_SPENT_KEPT:
                     self._truncated.clear()  # misses dropped before trio saw them
                 self._truncated[pending.key] = upstream
             else:
                 query = wire.parse_query(record[2][0][0][0]) if record[2] else None
                 if isinstance(query, Query):
-                    forwarder.failed(upstream, query, record[3])
+                    exchanges.failed(upstream, query, record[3])
                 # The relay's attempt was this question's first: trio's goes on from there.
                 if len(self._spent) >= FAST_SPENT_KEPT:
                     self._spent.clear()  # misses dropped before trio saw them
                 self._spent[pending.key] = (upstream, time.perf_counter() - pending.sent)
         for to, count in requests.items():
-            forwarder.count_request(to, count)
+            exchanges.count_request(to, count)
 
     def _count_answered(
         self, pending: Pending, made: tuple[CacheEntry, CacheTable] | None, answered: list[Any]

@@ -104,7 +104,7 @@ class Pending:
     qname: str
     qid: int
     question: bytes  # as we sent it (lower-cased name, type, class)
-    upstream: Any  # forward.Upstream
+    upstream: Any  # upstream_config.Upstream
     sock: Any  # the pool socket it left from (socket.socket)
     fd: int
     sent: float  # time.perf_counter() when sent
