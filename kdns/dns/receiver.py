@@ -187,8 +187,9 @@ class UdpReceiver:
         if found is None and handler.forwarded is not None:
             found = handler.forwarded.lookup(data)  # a forwarded name's cached answer
         if found is None:
-            # A cluster name that certainly does not exist (a random-subdomain flood) is
-            # answered here too, from state the trio thread publishes (Handler.denial).
+            # A cluster name that certainly does not exist (a random-subdomain flood, the
+            # search expansions of outside names) is answered here too, from state the trio
+            # thread publishes and a memo of the denials built before (Handler.denial).
             found = handler.denial(data)
         return found
 
