@@ -47,10 +47,6 @@ CLASS_IN = 1
 # Zone transfers are not offered (CoreDNS without its `transfer` plugin answers REFUSED).
 REFUSED_TYPES = frozenset({QTYPE.AXFR, QTYPE.IXFR})
 DENIAL_SHAPES_KEPT = 1024  # SOA records kept by `denial`: zones × serials × name lengths
-# The memo of whole denials (`denied`): bytes it may hold, by `_denied_size` (a name of podmix's
-# `<outside name>.<ns>.svc.<zone>` shape takes ~450: some 9,000 questions).
-DENIALS_MAX_BYTES = 4 << 20
-DENIAL_OVERHEAD = 320  # the tuple, two bytes objects' headers, the dict slot (CPython 3.11)
 DROPPED = "dropped"  # CoreDNS's zone label for queries that never reach a plugin
 
 
@@ -105,10 +101,6 @@ class Handler:
         self._denial_labels: dict[tuple[str, int, bool], int] = {}
         # The SOA record of a denial by (zone, serial, where the zone starts in the question).
         self._denial_tails: dict[tuple[str, int, int], bytes] = {}
-        # Whole denials by answer-cache key (`denied`): (the resolver's generation when it was
-        # built, header octets 2-12, what follows the question, label id). Oldest first.
-        self._denied: dict[bytes, tuple[int, bytes, bytes, int]] = {}
-        self._denied_bytes = 0  # their estimated size (`_denied_size`)
 
     def handle(self, data: bytes, udp: bool, client: str | None = None) -> Reply | Deferred | None:
         data = bytes(data)  # a no-op for the bytes sockets give; keys must be hashable
@@ -122,45 +114,6 @@ class Handler:
             return denied
         return self.handle_miss(data, udp, client)
 
-    def denied(self, data: bytes) -> Reply | None:
-        """The NXDOMAIN `denial` built before for the same question (the answer-cache key:
-        header flags and counts, the name lower-cased, type, class, EDNS DO), while the
-        resolver's state it was built from still holds; else None.
-
-        Why: the search expansions of outside names (`www.example.com.<ns>.svc.<zone>`) are
-        asked as often as the names themselves, and `denial` rebuilds each from the question's
-        labels every time (about 4 µs against 0.7 µs for a cache hit). Kept apart from the
-        answer cache, which only trio writes: a random-name flood churns this memo, bounded by
-        DENIALS_MAX_BYTES, and pushes nothing out of the answer cache.
-
-        Thread safety (the receive thread reads and writes it, trio reads it and drops it): an
-        entry is an immutable tuple, stored and removed by single dict operations. It records
-        the resolver's `generation` read *before* `certainly_absent` ran; `Resolver.apply`
-        bumps the generation after its last write, so an entry built from a state that a
-        change has since altered, even one built while that change was being applied, no
-        longer matches and is rebuilt. The response is everything `denial` gives but the ID
-        and the question's spelling, which are the client's (copied here, as `denial` does)."""
-        denied = self._denied
-        if not denied:
-            return None
-        z = data.find(0, 12)
-        qend = z + 5
-        if z >= 12 and len(data) == qend:
-            key = data[2:z].lower() + data[z:qend]  # `wire.cache_key`'s plain shape, inline
-        else:
-            found = wire.cache_key(data) if z >= 12 else None
-            if found is None:
-                return None
-            key, qend, _ = found
-        entry = denied.get(key)
-        if entry is None or entry[0] != self.resolver.generation:
-            return None
-        return data[:2] + entry[1] + data[12:qend] + entry[2], entry[3]
-
-    def denied_bytes(self) -> int:
-        """The estimated memory of the denials kept for `denied` (at most DENIALS_MAX_BYTES)."""
-        return self._denied_bytes
-
     def denial(self, data: bytes) -> Reply | None:
         """The NXDOMAIN for a cluster name that certainly does not exist, built from the
         store's state alone, or None (hand the query to trio, which answers it as before).
@@ -169,52 +122,27 @@ class Handler:
         random-subdomain flood (`<random>.<ns>.svc.<zone>`) costs one pass here instead of
         trio's hand-off and the whole miss path. It reads only what the trio thread publishes
         by single reference swaps or single set/dict operations (`Resolver.certainly_absent`),
-        writes nothing, and stores nothing in the answer cache: a one-off name would only push
-        out the names that are asked again, and an answer not stored can never be stale.
+        writes nothing but the kept denials (below), and stores no entry in the answer cache: a
+        one-off name would only push out the names that are asked again.
         Only a plain query (one uncompressed question, QUERY, class IN, no records but an EDNS
-        version 0 OPT) takes this path; the answer is what `_slow` gives, byte for byte. It
-        is kept, and the same question is answered from that memo next time (`denied`)."""
+        version 0 OPT) takes this path; the answer is what `_slow` gives, byte for byte.
+
+        The answer is kept apart from the answer cache's entries (`AnswerCache.keep_denial`),
+        so the same question asked again, as pods ask the search expansions of outside names
+        (`www.example.com.<ns>.svc.<zone>`), is answered by `AnswerCache.lookup` as cheaply as
+        a hit, until the next store change."""
         if not self._denials:
             return None
-        kept = self.denied(data)
-        if kept is not None:
-            return kept
         try:
-            generation = self.resolver.generation  # before the state is read (`denied`)
+            # Read before the store's state: a change applied from here on swaps it, and what
+            # is built from the state before then goes nowhere (AnswerCache.keep_denial).
+            kept = self.cache.denials
             found = self._denial(data)
             if found is not None:
-                self._keep_denial(data, found, generation)
+                self.cache.keep_denial(data, found, kept)
             return found
         except Exception:  # never in the receive thread: trio answers it, and logs any bug
             return None
-
-    def _keep_denial(self, data: bytes, reply: Reply, generation: int) -> None:
-        """Keep `reply` for `denied`, the oldest entries making room (see there)."""
-        if data[2] >= 0x41 or data[3] >= 0x41:
-            # Keys lower-case the header octets with the name (as the answer cache's): only
-            # octets that lower-casing leaves alone are kept, so equal keys mean equal headers.
-            return
-        found = wire.cache_key(data)
-        if found is None:
-            return
-        key, qend, _ = found
-        response, label = reply
-        entry = (generation, response[2:12], response[qend:], label)
-        denied = self._denied
-        size = _denied_size(key, entry)
-        while denied and self._denied_bytes + size > DENIALS_MAX_BYTES:
-            # Two threads may evict at once: each step is one dict operation, and a lost
-            # update only skews the estimate until the memo empties (then it restarts at 0).
-            try:
-                oldest = next(iter(denied))
-                self._denied_bytes -= _denied_size(oldest, denied.pop(oldest))
-            except (KeyError, RuntimeError, StopIteration):
-                break
-        if not denied:
-            self._denied_bytes = 0
-        old = denied.get(key)
-        self._denied_bytes += size - (0 if old is None else _denied_size(key, old))
-        denied[key] = entry
 
     def _denial(self, data: bytes) -> Reply | None:
         plain = wire.plain_question(data)
@@ -638,11 +566,6 @@ class Handler:
             authoritative=bool(response[2] & (wire.AA >> 8)),
             recursion_available=self.recursion_available,
         )
-
-
-def _denied_size(key: bytes, entry: tuple[int, bytes, bytes, int]) -> int:
-    """The estimated bytes one entry of `Handler.denied`'s memo holds."""
-    return DENIAL_OVERHEAD + len(key) + len(entry[1]) + len(entry[2])
 
 
 def _with_ra(response: bytes) -> bytes:

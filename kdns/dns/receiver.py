@@ -71,7 +71,7 @@ from typing import TYPE_CHECKING
 
 from kdns import metrics
 from kdns.dns import mmsg
-from kdns.dns.stats import ThreadCounts
+from kdns.dns.stats import Counts, ThreadCounts
 
 if TYPE_CHECKING:
     from kdns.dns.server import Serving
@@ -95,6 +95,8 @@ CALM_AVERAGE = 4
 # (query bytes, client address as recvfrom gives it (IPv6: a 4-tuple), when it was read
 # (perf_counter), the serving that read it)
 Miss = tuple[bytes, tuple[str, int], float, "Serving"]
+# What an answer is counted under: (label id, request size, response size, duration bucket).
+CountKey = tuple[int, int, int, int]
 
 
 class UdpReceiver:
@@ -193,27 +195,11 @@ class UdpReceiver:
             found = handler.denial(data)
         return found
 
-    def _count(self, family: str, label: int, asked: int, size: int, elapsed: float) -> None:
-        """One answer in this thread's counts (before its send: a client that has its answer
-        finds it counted; the duration is from the read to the answer ready)."""
-        key = (
-            label,
-            asked,
-            size,
-            0 if elapsed <= FIRST_BUCKET else bisect_left(metrics.DURATION_BUCKETS, elapsed),
-        )
-        # `busy` brackets the update, so the trio thread never folds a dict mid-update
-        # (ThreadCounts.take).
+    def _count_new(self, counts: Counts, key: CountKey, elapsed: float) -> None:
+        """The first answer under `key` since the last fold (the loops count the others
+        inline: see `_run_packets`); asks trio for an early fold once the dict is large."""
+        counts[key] = [1, elapsed]
         shared = self.counts
-        shared.busy = True
-        counts = shared.counts[family]
-        entry = counts.get(key)
-        if entry is None:
-            counts[key] = [1, elapsed]
-        else:
-            entry[0] += 1
-            entry[1] += elapsed
-        shared.busy = False
         if shared.full is False and len(counts) >= ThreadCounts.FOLD_AT:
             shared.full = True
             self._hand_over_full()
@@ -230,13 +216,9 @@ class UdpReceiver:
         datagrams each on average (None: only at `stop()`)."""
         fd = self.sock.fileno()
         reads = datagrams = 0
-        serving_now, clock, answer, count = (
-            self.serving,
-            time.perf_counter,
-            self._answer,
-            self._count,
-        )
-        family, dual_stack = self.family, self.dual_stack
+        serving_now, clock, answer = self.serving, time.perf_counter, self._answer
+        family, dual_stack, shared = self.family, self.dual_stack, self.counts
+        buckets = metrics.DURATION_BUCKETS
         slots = batch.slots
         wait = True
         while not self.stopping:
@@ -269,7 +251,21 @@ class UdpReceiver:
                 elapsed = clock() - start
                 if dual_stack:
                     family = "1" if mmsg.is_v4_mapped(batch.name(i)) else "2"
-                count(family, label, len(data), len(response), elapsed)
+                key = (  # counted inline, as in `_run_packets`
+                    label,
+                    len(data),
+                    len(response),
+                    0 if elapsed <= FIRST_BUCKET else bisect_left(buckets, elapsed),
+                )
+                shared.busy = True
+                counts = shared.counts[family]
+                entry = counts.get(key)
+                if entry is None:
+                    self._count_new(counts, key, elapsed)
+                else:
+                    entry[0] += 1
+                    entry[1] += elapsed
+                shared.busy = False
                 batch.reply(i, response)  # to the raw address it came from: nothing decoded
                 query_log = serving.query_log
                 if query_log is not None:
@@ -290,13 +286,9 @@ class UdpReceiver:
         syscall, or made to let go by another thread), and the queue grew meanwhile. Without
         it (`loop="packet"`), until `stop()`."""
         recvfrom, sendto = self.sock.recvfrom, self.sock.sendto
-        serving_now, clock, answer, count = (
-            self.serving,
-            time.perf_counter,
-            self._answer,
-            self._count,
-        )
-        family, dual_stack = self.family, self.dual_stack
+        serving_now, clock, answer = self.serving, time.perf_counter, self._answer
+        family, dual_stack, shared = self.family, self.dual_stack, self.counts
+        buckets = metrics.DURATION_BUCKETS
         while not self.stopping:
             try:
                 data, addr = recvfrom(MAX_DATAGRAM)
@@ -318,7 +310,24 @@ class UdpReceiver:
             elapsed = clock() - start
             if dual_stack:
                 family = "1" if addr[0].startswith("::ffff:") else "2"
-            count(family, label, len(data), len(response), elapsed)
+            # Counted before the send (a client that has its answer finds it counted), inline:
+            # a call per packet costs more than the update. `busy` brackets the update, so the
+            # trio thread never folds a dict mid-update (ThreadCounts.take).
+            key = (
+                label,
+                len(data),
+                len(response),
+                0 if elapsed <= FIRST_BUCKET else bisect_left(buckets, elapsed),
+            )
+            shared.busy = True
+            counts = shared.counts[family]
+            entry = counts.get(key)
+            if entry is None:
+                self._count_new(counts, key, elapsed)
+            else:
+                entry[0] += 1
+                entry[1] += elapsed
+            shared.busy = False
             try:
                 sendto(response, addr)
             except OSError as e:

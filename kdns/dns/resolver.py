@@ -225,21 +225,13 @@ class Resolver:
         # A PTR for an address no Service owns goes upstream instead of NXDOMAIN (CoreDNS's
         # `fallthrough in-addr.arpa ip6.arpa`), when there is an upstream to ask.
         self.reverse_fallthrough = reverse_fallthrough
-        # How many changes `apply` has finished: bumped after each one's last write, so a
-        # result computed while this number held (`certainly_absent`) still holds while it does
-        # (the receive thread's memo of denials, `Handler.denied`). Only the trio thread writes.
-        self.generation = 0
         self._rebuild()
 
     # --- keeping up with the store -----------------------------------------------------------
 
     def apply(self, change: Change) -> set[Tag]:
-        tags = self._apply_bulk(change) if len(change.services) > BULK else self._apply(change)
-        # Last, after every write above: a reader that sees the new number sees the new state.
-        self.generation += 1
-        return tags
-
-    def _apply(self, change: Change) -> set[Tag]:
+        if len(change.services) > BULK:
+            return self._apply_bulk(change)
         tags: set[Tag] = {APEX_TAG}
         reverse_changed = False
         for key in change.services:
