@@ -28,7 +28,9 @@ Contract:
   forwarded name, `ForwardedHits.lookup` of kdns/dns/upstream_hits.py, whose few writes are
   single reference swaps and atomic counters, see there) is answered in the thread, and so is
   the NXDOMAIN of a cluster name that certainly does not exist (`Handler.denial`, which reads
-  only what the trio thread publishes atomically).
+  only what the trio thread publishes atomically, and keeps what it built for the next same
+  question with one dict set into a dict the trio thread swaps out after each change:
+  `AnswerCache.keep_denial`; the next one is a `lookup` hit).
   Everything else — a miss, a malformed packet — is appended to `misses` (a deque: append and
   popleft are atomic) with the serving that read it and the time it was read, and `wake` is
   called at most once until trio calls `take_misses()`; trio answers them as it always did
@@ -41,7 +43,8 @@ Contract:
 - The trio thread owns the store, the resolver and the caches; this thread only reads them
   (and makes the upstream cache's few thread-safe writes that ForwardedHits documents).
 - Counts: hits are counted in `counts` (`ThreadCounts`, kdns/dns/stats.py), written only by
-  this thread and folded by the trio thread at scrape time, so the hot path takes no lock. The
+  this thread and folded by the trio thread at scrape time, so the hot path takes no lock; the
+  loops update it inline (a method call per packet cost more than the update). The
   misses it hands over are counted by trio, when it answers them, with the rest of its counts.
 - The query log, when configured, is written from this thread for the answers it gives (the
   logging module is thread-safe).
