@@ -77,6 +77,7 @@ from kdns.dns import mmsg
 from kdns.dns.stats import Counts, ThreadCounts
 
 if TYPE_CHECKING:
+    from kdns.dns.handler import Handler
     from kdns.dns.server import Serving
 
 log = logging.getLogger(__name__)
@@ -185,16 +186,18 @@ class UdpReceiver:
                 self.batch_spells += 1
                 self._run_batch(batch, CALM_READS)
 
-    def _answer(self, data: bytes, serving: Serving) -> tuple[bytes, int] | None:
-        """The answer the thread gives itself (a hit or a certain NXDOMAIN), else None."""
-        handler = serving.handler
-        found = handler.cache.lookup(data, True)
-        if found is None and handler.forwarded is not None:
+    @staticmethod
+    def _answer_miss(data: bytes, handler: Handler) -> tuple[bytes, int] | None:
+        """After an answer-cache miss, the answer the thread gives itself (a forwarded hit or
+        a certain NXDOMAIN), else None. (The loops look the answer cache up themselves: a
+        call per packet costs about what the lookup does.)"""
+        found = None
+        if handler.forwarded is not None:
             found = handler.forwarded.lookup(data)  # a forwarded name's cached answer
         if found is None:
             # A cluster name that certainly does not exist (a random-subdomain flood, the
             # search expansions of outside names) is answered here too, from state the trio
-            # thread publishes and a memo of the denials built before (Handler.denial).
+            # thread publishes; the next same question is an answer-cache hit (Handler.denial).
             found = handler.denial(data)
         return found
 
@@ -219,7 +222,7 @@ class UdpReceiver:
         datagrams each on average (None: only at `stop()`)."""
         fd = self.sock.fileno()
         reads = datagrams = 0
-        serving_now, clock, answer = self.serving, time.perf_counter, self._answer
+        serving_now, clock, answer_miss = self.serving, time.perf_counter, self._answer_miss
         family, dual_stack, shared = self.family, self.dual_stack, self.counts
         buckets = metrics.DURATION_BUCKETS
         slots = batch.slots
@@ -246,10 +249,13 @@ class UdpReceiver:
                     break  # `stop()` shut the receive side down
                 start = clock()
                 serving = serving_now()  # a reload swaps it; each query is answered by one
-                found = answer(data, serving)
+                handler = serving.handler
+                found = handler.cache.lookup(data, True)
                 if found is None:
-                    self._hand_over((data, batch.address(i), start, serving))
-                    continue
+                    found = answer_miss(data, handler)
+                    if found is None:
+                        self._hand_over((data, batch.address(i), start, serving))
+                        continue
                 response, label = found
                 elapsed = clock() - start
                 if dual_stack:
@@ -289,7 +295,7 @@ class UdpReceiver:
         syscall, or made to let go by another thread), and the queue grew meanwhile. Without
         it (`loop="packet"`), until `stop()`."""
         recvfrom, sendto = self.sock.recvfrom, self.sock.sendto
-        serving_now, clock, answer = self.serving, time.perf_counter, self._answer
+        serving_now, clock, answer_miss = self.serving, time.perf_counter, self._answer_miss
         family, dual_stack, shared = self.family, self.dual_stack, self.counts
         buckets = metrics.DURATION_BUCKETS
         while not self.stopping:
@@ -305,10 +311,13 @@ class UdpReceiver:
                 break  # `stop()` shut the receive side down
             start = clock()
             serving = serving_now()
-            found = answer(data, serving)
+            handler = serving.handler
+            found = handler.cache.lookup(data, True)
             if found is None:
-                self._hand_over((data, addr, start, serving))
-                continue
+                found = answer_miss(data, handler)
+                if found is None:
+                    self._hand_over((data, addr, start, serving))
+                    continue
             response, label = found
             elapsed = clock() - start
             if dual_stack:
