@@ -5,7 +5,9 @@ the caller's ExitStack before it is created, so it is removed even when a later 
 `pod_network` adds kdns on the node and a resolv.conf on the pod: a pod whose only nameserver
 is kdns, with the test addresses existing only inside the two namespaces. `api_server_in`
 starts a test API server listening inside a namespace (the node's), for processes run there;
-`dig_status_and_records` reads `dig`'s output (run with DIG_ANSWER's options).
+`dig_status_and_records` reads `dig`'s output (run with DIG_ANSWER's options);
+`node_upstream_dnsmasq` is the command of the outside upstream the autopath tests run on the
+node's own loopback.
 """
 
 from __future__ import annotations
@@ -242,3 +244,30 @@ def dig_status_and_records(out: str) -> tuple[str, list[str]]:
         if line and not line.startswith(";") and len(fields := line.split()) >= 5
     ]
     return status, records
+
+
+def node_upstream_dnsmasq(
+    exe: str, host: str, address: str, log: Path, log_queries: bool = False
+) -> list[str]:
+    """dnsmasq on the node namespace's 127.0.0.1:53, knowing only `host` → `address`.
+
+    Everything else under the host's parent domain is NXDOMAIN (AAAA of `host`: NODATA), not
+    REFUSED; it forwards nothing. `log_queries` writes each query to `log`, for counting."""
+    parent = host.split(".", 1)[1]
+    return [
+        exe,
+        "--keep-in-foreground",
+        "--conf-file=/dev/null",
+        "--no-resolv",
+        "--no-hosts",
+        "--no-poll",
+        "--listen-address=127.0.0.1",
+        "--bind-interfaces",
+        "--port=53",
+        "--user=root",
+        "--pid-file=",
+        f"--host-record={host},{address}",
+        f"--local=/{parent}/",
+        *(["--log-queries"] if log_queries else []),
+        f"--log-facility={log}",
+    ]

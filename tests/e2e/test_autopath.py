@@ -56,7 +56,7 @@ import pytest
 from tests.conftest import need_root, need_tool
 from tests.e2e.conftest import EXAMPLES, ROOT
 from tests.e2e.netns import ip_command as _ip
-from tests.e2e.netns import node_and_pod
+from tests.e2e.netns import node_and_pod, node_upstream_dnsmasq
 from tests.processes import stop_process
 
 pytestmark = pytest.mark.root
@@ -424,24 +424,9 @@ def autopath_network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Autop
             cleanup,
             "dnsmasq",
             node,
-            [
-                dnsmasq,
-                "--keep-in-foreground",
-                "--conf-file=/dev/null",
-                "--no-resolv",
-                "--no-hosts",
-                "--no-poll",
-                "--listen-address=127.0.0.1",
-                "--bind-interfaces",
-                "--port=53",
-                "--user=root",
-                "--pid-file=",
-                f"--host-record={EXTERNAL},{EXTERNAL_V4}",
-                # Everything else under example.com: NXDOMAIN (AAAA of api: NODATA), not REFUSED.
-                "--local=/example.com/",
-                "--log-queries",
-                f"--log-facility={network.upstream_log}",
-            ],
+            node_upstream_dnsmasq(
+                dnsmasq, EXTERNAL, EXTERNAL_V4, network.upstream_log, log_queries=True
+            ),
             work / "dnsmasq.stderr",
         )
         for name, listen, extra in (

@@ -40,6 +40,7 @@ from tests.e2e.netns import (
     dig_status_and_records,
     ip_command,
     node_and_pod,
+    node_upstream_dnsmasq,
 )
 from tests.kubeapi import objects
 from tests.kubeapi.server import ApiServer
@@ -108,25 +109,6 @@ def _pods() -> list[dict[str, object]]:
     ]
 
 
-def _dnsmasq(dnsmasq: str, log: Path) -> list[str]:
-    return [
-        dnsmasq,
-        "--keep-in-foreground",
-        "--conf-file=/dev/null",
-        "--no-resolv",
-        "--no-hosts",
-        "--no-poll",
-        "--listen-address=127.0.0.1",
-        "--bind-interfaces",
-        "--port=53",
-        "--user=root",
-        "--pid-file=",
-        f"--host-record={EXTERNAL},{EXTERNAL_V4}",
-        "--local=/example.com/",  # anything else under example.com: NXDOMAIN
-        f"--log-facility={log}",
-    ]
-
-
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[Cluster]:
     need_root()
@@ -158,7 +140,15 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
 
         with open(tmp_path / "dnsmasq.err", "wb") as err:
             upstream = subprocess.Popen(
-                [ip, "netns", "exec", node, *_dnsmasq(dnsmasq, tmp_path / "dnsmasq.log")],
+                [
+                    ip,
+                    "netns",
+                    "exec",
+                    node,
+                    *node_upstream_dnsmasq(
+                        dnsmasq, EXTERNAL, EXTERNAL_V4, tmp_path / "dnsmasq.log"
+                    ),
+                ],
                 stdin=subprocess.DEVNULL,
                 stdout=err,
                 stderr=err,
