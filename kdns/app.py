@@ -49,7 +49,7 @@ from typing import Any, Protocol
 
 import trio
 
-from kdns import collector, logs, metrics
+from kdns import interpreter, logs, metrics
 from kdns.config import (
     Config,
     ConfigError,
@@ -287,7 +287,7 @@ def open_store(config: Config, watch_pods: bool) -> tuple[Store, Any]:
     Raises StartupError when no source is configured or the cluster config is unusable."""
     if config.kubernetes.manifests:
         store = Store(watched=KINDS)
-        collector.freeze_when_synced(store)
+        interpreter.freeze_when_synced(store)
         return store, None
     # Imported only for a live cluster: the client costs a second and 15 MiB at start-up.
     from kdns.sources import kube
@@ -302,7 +302,7 @@ def open_store(config: Config, watch_pods: bool) -> tuple[Store, Any]:
         raise StartupError([NO_SOURCE])
     kinds = kube.KubeSource.kinds(watch_pods, multicluster=bool(config.dns.multicluster))
     store = Store(watched=kinds)
-    collector.freeze_when_synced(store)  # the synced heap out of the collector's way
+    interpreter.freeze_when_synced(store)  # the synced heap out of the collector's way
     return store, api
 
 
@@ -615,6 +615,8 @@ class Runtime:
     async def run(self, *, task_status: trio.TaskStatus[dict[str, int]]) -> int:
         config = self.app.config
         raise_fd_limit()
+        # The receive thread waits less behind the trio loop's Python (kdns/interpreter.py).
+        interpreter.answer_promptly()
         # Outside the nursery: a taken port is a plain OSError for the command line.
         bound = await self.listeners.bind(config)
         self.fingerprint = await trio.to_thread.run_sync(config_fingerprint, config)

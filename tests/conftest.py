@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -56,6 +58,17 @@ def _no_real_upstreams(monkeypatch: pytest.MonkeyPatch) -> None:
         return real(path)
 
     monkeypatch.setattr(app, "resolv_conf_nameservers", guarded)
+
+
+@pytest.fixture(autouse=True)
+def _interpreter_as_it_was() -> Iterator[None]:
+    # A test that runs `kdns serve` in this process sets the interpreter up as a server
+    # (kdns/interpreter.py: switch interval, collector threshold); the next test starts as
+    # this one did.
+    interval, thresholds = sys.getswitchinterval(), gc.get_threshold()
+    yield
+    sys.setswitchinterval(interval)
+    gc.set_threshold(*thresholds)
 
 
 @contextlib.contextmanager

@@ -27,6 +27,14 @@ compare for it (`CacheEntry.check_at`). Cluster answers never come here: they ar
 answered from the store. The UDP receive thread answers repeats of names only the upstreams
 answer straight from this cache's entries (`remember`, kdns/dns/upstream_hits.py); what only
 trio can do — serve-stale, truncation, a cached SERVFAIL, starting a prefetch — stays here.
+While `run` runs, plain UDP misses of such names are sent upstream by the receive thread
+itself (`forward_miss`, kdns/dns/miss_relay.py) and answered by the relay's reader thread with
+the bytes `resolve` would give (`_fast_reply`); trio gets each answer afterwards, in batches,
+to store and count it (`_fast_batch`), and takes back whatever the relay cannot answer
+(timeout, TC, a malformed reply) as an ordinary miss; a failed relay attempt counts as the
+question's first (`_fast_spent`), and after a TC trio asks that upstream over TCP at once
+(`_fast_truncated`), so no upstream is asked more often than trio alone would ask it. Any
+rcode the upstream answers (SERVFAIL, REFUSED too) is the answer, as on trio's path.
 
 Every attempt is counted per upstream (`kdns_forward_*`, CoreDNS's forward/proxy metrics); a
 failed one is logged at ERROR as CoreDNS's errors plugin does, with a `consolidate` key naming
@@ -38,6 +46,8 @@ Time is trio's clock, so tests drive expiry with `trio.testing.MockClock`.
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import itertools
 import logging
 import math
@@ -45,8 +55,10 @@ import random
 import secrets
 import socket
 import struct
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import trio
@@ -55,11 +67,13 @@ from dnslib import QTYPE
 
 from kdns import metrics
 from kdns.config import CacheSection
-from kdns.dns import wire
+from kdns.dns import miss_relay, wire
 from kdns.dns.dot import ConnectionClosed, TlsConnections, client_context
-from kdns.dns.stats import CacheStats
+from kdns.dns.miss_relay import MissRelay, send_to
+from kdns.dns.stats import LABELS, CacheStats
 from kdns.dns.udp_pool import UdpPool
 from kdns.dns.upstream_hits import ForwardedHits, Shape, shape_size
+from kdns.dns.upstream_misses import Pending, matches, miss_key, upstream_message
 from kdns.dns.wire import Query
 
 log = logging.getLogger(__name__)
@@ -67,6 +81,13 @@ log = logging.getLogger(__name__)
 OPT = 41
 SOA = 6
 RRHeader = struct.Struct("!HHIH")
+_TTL = struct.Struct("!I")
+_TO_QUESTION = b"\xc0\x0c"  # a compression pointer to offset 12: the first question's name
+# The fast miss path hands its answers to trio (to cache and count) in batches: at FLUSH_AT
+# records, or FLUSH_EVERY seconds after the first.
+FLUSH_AT = 256
+FLUSH_EVERY = 0.02
+FAST_SPENT_KEPT = 1024  # failed relay attempts remembered until trio asks again
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,7 +160,10 @@ def parse_response(data: bytes) -> Parsed:
     for section, count in enumerate((ancount, nscount, arcount)):
         for _ in range(count):
             start = pos
-            _, pos = wire.read_name(data, pos)
+            if qdcount and data[pos : pos + 2] == _TO_QUESTION:
+                pos += 2  # the question's name, which read_name has already walked
+            else:
+                _, pos = wire.read_name(data, pos)
             if pos + 10 > len(data):
                 raise wire.WireError("record header runs past the end")
             rtype, _rclass, ttl, rdlength = RRHeader.unpack_from(data, pos)
@@ -332,6 +356,15 @@ class UpstreamCache:
         return None
 
     def put(self, key: bytes, response: bytes, parsed: Parsed, now: float) -> None:
+        made = self.entry_for(key, response, parsed, now)
+        if made is not None:
+            self.store(key, *made)
+
+    def entry_for(
+        self, key: bytes, response: bytes, parsed: Parsed, now: float
+    ) -> tuple[CacheEntry, _Table] | None:
+        """The entry `put` would store for this response, and its table; None when it is not
+        cached. Pure: reads only the config (the fast miss path's reader thread calls it)."""
         config = self.config
         rcode = parsed.rcode
         if rcode == wire.NOERROR and parsed.answer_ttls:
@@ -340,18 +373,18 @@ class UpstreamCache:
             # RFC 2308 §5: a negative answer lives min(SOA TTL, SOA MINIMUM); without an SOA
             # it must not be cached at all (§5, "SHOULD NOT be cached").
             if parsed.soa_negative_ttl is None:
-                return
+                return None
             ttl, table = min(parsed.soa_negative_ttl, config.cache.max_denial_ttl), self.denial
         elif rcode == wire.SERVFAIL:
             # RFC 2308 §7.1: SERVFAIL may be cached, for at most five minutes; we keep it briefly.
             ttl, table = config.servfail_ttl, self.denial
         else:
-            return
+            return None
         if ttl <= 0 or table.maxsize == 0:
-            return
+            return None
         size = entry_size(key, response, len(parsed.ttls))
         if size > self.max_bytes:
-            return  # larger than the whole budget: asked upstream each time
+            return None  # larger than the whole budget: asked upstream each time
         entry = CacheEntry(
             response,
             parsed.ttl_offsets,
@@ -365,8 +398,17 @@ class UpstreamCache:
             entry.window = now
             entry.prefetch_at = entry.expires - prefetch_threshold(ttl, config.cache)
             entry.check_at = min(now + config.cache.prefetch_duration, entry.prefetch_at)
+        return entry, table
+
+    def store(self, key: bytes, entry: CacheEntry, table: _Table) -> None:
+        """Keep `entry` (made by `entry_for`) under `key`, within the byte budget (trio's)."""
         table[key] = entry
         self._within_budget(table)
+
+    def holds(self, key: bytes) -> bool:
+        """Whether any entry (fresh, stale or a SERVFAIL) is kept under `key`. A plain dict
+        read (cachetools' `in` does not touch the LRU order): the receive thread may ask."""
+        return key in self.success or key in self.denial
 
     def add_shape(self, data: bytes, shape: Shape) -> None:
         """Let the receive thread answer queries shaped like `data` from `shape`, its bytes
@@ -429,6 +471,51 @@ def from_cache(entry: CacheEntry, query: Query, now: float, stale_ttl: int | Non
     return bytes(out)
 
 
+class _ClientShaped:
+    """One upstream response made into each waiting client's answer, byte for byte what trio
+    sends (`from_cache` of the entry just stored, 0 s elapsed, or `_relabel` when it is not
+    cached; then `Handler.complete`: RA, the client's question, our OPT), without parsing the
+    query: the fast miss path's reader thread. A plain query's question has the response's
+    length (`matches` compared them), so the records start at the same offset."""
+
+    __slots__ = ("arcount", "base", "cached", "flags", "rcode")
+
+    def __init__(self, response: bytes, entry: CacheEntry | None) -> None:
+        if entry is not None:
+            base = bytearray(response)
+            for offset, ttl in zip(entry.ttl_offsets, entry.ttls, strict=True):
+                _TTL.pack_into(base, offset, ttl)  # the entry's TTLs, stored just now
+            response = bytes(base)
+        self.base = response
+        self.cached = entry is not None
+        self.flags = int.from_bytes(response[2:4])
+        self.rcode = response[3] & 0xF
+        self.arcount = int.from_bytes(response[10:12])
+
+    def answer(self, data: bytes, qend: int) -> bytes | None:
+        """The answer for the plain query `data` (question ending at `qend`); None when it
+        must be cut for the client's UDP size (the generic path cuts)."""
+        flags = self.flags
+        if self.cached:  # `from_cache`: RD and CD as the client asked
+            flags = flags & ~(wire.RD | wire.CD) | (int.from_bytes(data[2:4]) & (wire.RD | wire.CD))
+        base = self.base
+        edns = len(data) > qend
+        out = (
+            data[:2]
+            + (flags | wire.RA).to_bytes(2)
+            + base[4:10]
+            + (self.arcount + edns).to_bytes(2)
+            + data[12:qend]
+            + base[qend:]
+        )
+        limit = wire.CLASSIC_UDP_PAYLOAD
+        if edns:
+            out += wire.opt_bytes(bool(data[qend + 7] & 0x80), self.rcode)
+            payload = int.from_bytes(data[qend + 3 : qend + 5])
+            limit = max(limit, min(payload, wire.MAX_UDP_PAYLOAD))
+        return out if len(out) <= limit else None
+
+
 # --- talking to upstreams ------------------------------------------------------------------------
 
 
@@ -437,21 +524,8 @@ class ExchangeError(Exception):
 
 
 def upstream_query(query: Query, qid: int) -> bytes:
-    """Our query to an upstream: a fresh ID, RD set, the client's CD and question, and our own
-    OPT (the client's options, cookies included, are between the client and us)."""
-    flags = wire.RD | (query.flags & wire.CD)
-    opt = struct.pack("!BHHIH", 0, OPT, wire.MAX_UDP_PAYLOAD, 0x8000 if query.do else 0, 0)
-    return struct.pack("!6H", qid, flags, 1, 0, 0, 1) + query.question + opt
-
-
-def matches(reply: bytes, qid: int, question: bytes) -> bool:
-    """Is `reply` the answer to our question? (RFC 5452 §9.1: ID, and the question.)"""
-    if len(reply) < 12 + len(question):
-        return False
-    rid, flags, qdcount = struct.unpack_from("!3H", reply)
-    if rid != qid or not flags & wire.QR or (flags >> 11) & 0xF or qdcount != 1:
-        return False
-    return reply[12 : 12 + len(question)].lower() == question.lower()
+    """Our query to an upstream (the same bytes the fast miss path sends)."""
+    return upstream_message(qid, query.question, bool(query.flags & wire.CD), query.do)
 
 
 @dataclass(slots=True)
@@ -475,18 +549,43 @@ class Forwarder:
         self.health: dict[Upstream, UpstreamHealth] = {}
         for upstream in self.all_upstreams():
             self.health[upstream] = UpstreamHealth()
+        self._names = {u: str(u) for u in self.health}  # the `to` label of each upstream
         self._in_flight: dict[bytes, _InFlight] = {}
         self.refused = 0
         self.coalesced = 0
         # Stub domains, longest first, each as ".suffix" for a cheap endswith.
         self._stubs = sorted(config.stub_domains, key=lambda s: len(s[0]), reverse=True)
         self._turn = 0  # policy round_robin: where the next question starts
+        # No stub domain and no `except` zone: every name goes to `upstreams` (`destinations`).
+        self._everything_upstream = not config.stub_domains and not config.except_zones
         self.tls: TlsConnections | None = None
         self.pool = UdpPool()  # UDP sockets for the exchanges, reused a few times each
         # prometheus-client children by label values: `.labels()` per exchange costs more than
         # the dict lookup (upstreams × rcodes: bounded).
         self._series: dict[tuple[str, str], tuple[Any, Any]] = {}
         self._background: trio.Nursery | None = None  # where prefetches run, while `run` does
+        # Misses the receive thread sends upstream itself (kdns/dns/miss_relay.py), while `run`
+        # runs: one reference, set and cleared by trio, read by the receive threads.
+        self._relay: MissRelay | None = None
+        self._now: Callable[[], float] = trio.current_time  # trio's clock, for any thread
+        self._token: trio.lowlevel.TrioToken | None = None
+        # What the reader thread hands trio (only that thread appends; trio pops), and whether
+        # a wake-up is on its way (only the reader sets it, only trio clears it).
+        self._fast_done: collections.deque[tuple[Any, ...]] = collections.deque()
+        self._fast_woken = False
+        self._fast_first = 0.0  # when the oldest record not yet handed over was appended
+        # Keys whose relay attempt failed, with the upstream and the seconds it took: trio's
+        # own exchange for the handed-back miss skips that upstream and that time (trio only).
+        self._fast_spent: dict[bytes, tuple[Upstream, float]] = {}
+        # Keys whose relay attempt came back truncated: trio asks that upstream over TCP first
+        # (RFC 7766 §5), not over UDP once more.
+        self._fast_truncated: dict[bytes, Upstream] = {}
+        # Keys the relay answered and trio has not stored yet (the reader adds, trio removes):
+        # a repeat meanwhile goes to trio, which stores them first (`_fast_batch`).
+        self._fast_unstored: dict[bytes, None] = {}
+        self._fast_labels: dict[tuple[str, int, int, bool], tuple[int, int]] = {}  # trio's
+        self.fast_answered = 0  # misses answered by the relay (tests, the curious)
+        self.fast_handed_back = 0  # misses it gave back to trio (timeout, TC, SERVFAIL, …)
         if any(u.tls for u in self.all_upstreams()):
             context = client_context(config.tls_ca, config.tls_cert, config.tls_key)
             self.tls = TlsConnections(context, config.tls_servername, config.expire)
@@ -531,6 +630,8 @@ class Forwarder:
 
     def cached(self, query: Query) -> bytes | None:
         """The answer from a fresh cache entry, or None: the synchronous fast path."""
+        if self._fast_done:
+            self._fast_batch()  # what the relay answered is in the cache before it is read
         return self._from_cache(cache_key(query), query, trio.current_time(), count=True)
 
     def _from_cache(self, key: bytes, query: Query, now: float, count: bool) -> bytes | None:
@@ -558,7 +659,21 @@ class Forwarder:
         entry = self.cache.get(key, now, count=False)
         if entry is None or entry.response[3] & 0xF == wire.SERVFAIL or query.compressed:
             return
-        opt = len(wire.opt_record(query)) if query.edns else 0
+        self._add_shape(data, key, entry, response, label, 12 + len(query.question), query.edns)
+
+    def _add_shape(
+        self,
+        data: bytes,
+        key: bytes,
+        entry: CacheEntry,
+        response: bytes,
+        label: int,
+        qend: int,
+        edns: bool,
+    ) -> None:
+        """`remember`, once the entry is known (the fast miss path knows it, having just
+        stored it): `response` must be `entry`'s whole answer, our OPT added for EDNS."""
+        opt = len(wire.opt_bytes(False)) if edns else 0
         if len(response) != len(entry.response) + opt:
             return  # cut for the client's UDP size: the trio path cuts
         hits = self.cache.fast
@@ -568,7 +683,7 @@ class Forwarder:
             hits.due = self._due
         rcode = entry.response[3] & 0xF
         denial = rcode != wire.NOERROR or not int.from_bytes(entry.response[6:8])
-        shape = Shape(entry, key, label, denial, response, 12 + len(query.question))
+        shape = Shape(entry, key, label, denial, response, qend)
         self.cache.add_shape(data, shape)
 
     def _due(self, shape: Shape, taps: int, data: bytes) -> None:
@@ -587,6 +702,257 @@ class Forwarder:
             if isinstance(query, Query):
                 self._prefetch_soon(entry, shape.key, query)
 
+    # --- misses sent upstream by the receive thread (kdns/dns/miss_relay.py) -----------------
+
+    def _start_relay(self, nursery: trio.Nursery) -> MissRelay | None:
+        if self.config.force_tcp or not any(not u.tls for u in self.all_upstreams()):
+            return None  # every exchange is TCP or TLS: trio's
+        if not miss_relay.available():
+            return None
+        relay = MissRelay(
+            self.config.timeout,
+            max(1, self.config.max_concurrent),
+            self._fast_reply,
+            self._fast_failed,
+            self._fast_expired,
+            self._fast_mismatch,
+            self._fast_idle,
+            FLUSH_EVERY,
+        )
+        self._now = trio.lowlevel.current_clock().current_time
+        self._token = trio.lowlevel.current_trio_token()
+        nursery.start_soon(
+            partial(
+                trio.to_thread.run_sync,
+                relay.run,
+                abandon_on_cancel=False,  # `run`'s finally stops it; no thread outlives us
+                limiter=trio.CapacityLimiter(1),
+            )
+        )
+        self._relay = relay
+        return relay
+
+    def forward_miss(self, miss: Any, receiver: Any, zone_of: Callable[[str], object]) -> bool:
+        """The receive thread's side: send a plain UDP query for a name only the upstreams
+        answer (`zone_of` finds it in no zone; the handler checked the rest) and nothing in the
+        cache, to one healthy plain-UDP upstream chosen as `_exchange` would choose first;
+        answered by the relay's reader thread. False: hand it to trio, as before."""
+        relay = self._relay
+        if relay is None:
+            return False
+        data = miss[0]
+        found = miss_key(data)
+        if found is None:
+            return False
+        key, qname, qend = found
+        if zone_of(qname) is not None or self.cache.holds(key) or key in self._fast_unstored:
+            return False  # a cluster name, an answer trio has (stale, SERVFAIL) or will have
+        upstream = self._fast_upstream(qname)
+        if upstream is None or self.in_flight() >= self.config.max_concurrent:
+            return False  # trio refuses past max_concurrent, as CoreDNS
+        cd, do = bool(data[3] & wire.CD), bool(key[0] & 1)
+        waiter = (miss, receiver, qend)
+        return relay.submit(key, qname, upstream, data[12:qend], cd, do, waiter)
+
+    @property
+    def relay(self) -> MissRelay | None:
+        """The relay of misses the receive threads send upstream, while `run` runs."""
+        return self._relay
+
+    def in_flight(self) -> int:
+        """Upstream exchanges in flight: trio's and the relay's (CoreDNS's max_concurrent)."""
+        relay = self._relay
+        return len(self._in_flight) + (len(relay) if relay is not None else 0)
+
+    def _fast_upstream(self, qname: str) -> Upstream | None:
+        """The upstream `_exchange` would try first, when that choice needs no state of trio's
+        (round_robin's turn) and all are healthy enough (else trio orders them)."""
+        policy = self.config.policy
+        if policy == "round_robin":
+            return None
+        servers = self.config.upstreams if self._everything_upstream else self.destinations(qname)
+        healthy = [u for u in servers if self.healthy(u)]
+        if not healthy:
+            return None  # no destination, or healthcheck_broken: trio decides
+        upstream = healthy[0] if policy == "sequential" else random.choice(healthy)
+        return None if upstream.tls else upstream
+
+    def _fast_reply(self, pending: Pending, waiters: list[Any], reply: bytes) -> None:
+        """The reader thread: the upstream answered `pending`. Each waiter gets the bytes trio
+        would send (`resolve` then `Handler.complete`); trio then stores the entry and counts."""
+        try:
+            parsed = parse_response(reply)
+        except wire.WireError as e:
+            self._fast_failed(pending, waiters, e)
+            return
+        rcode = parsed.rcode
+        duration = time.perf_counter() - pending.sent
+        if reply[2] & (wire.TC >> 8):
+            # Trio asks this upstream again over TCP (RFC 7766 §5; `_fast_truncated`). Noted
+            # before the hand-back: trio reads the note before it asks. Any other rcode is the
+            # answer, as `_exchange` takes it (SERVFAIL cached briefly, REFUSED passed on); no
+            # stale answer can beat it, since the relay takes only keys the cache holds nothing
+            # under (RFC 8767 §5 is trio's).
+            self._fast_note(("truncated", pending, rcode, duration))
+            self._fast_back(waiters)
+            return
+        response = strip_opt(reply, parsed)
+        now = self._now()
+        made = None
+        if not self._uncached(pending.qname, parsed):
+            made = self.cache.entry_for(pending.key, response, parsed, now)
+        answered = []
+        shaped = _ClientShaped(response, made[0] if made is not None else None)
+        for waiter in waiters:
+            (data, addr, start, _serving), receiver, qend = waiter
+            out = shaped.answer(data, qend)
+            if out is None:  # cut for the client's UDP size: the generic path cuts
+                out = self._fast_generic(data, response, made, now)
+            if out is None:
+                receiver.hand_back(waiter[0])  # cannot be (a plain query), but never lose one
+                continue
+            # Lost when the client is gone or the buffer is full, as any UDP answer may be.
+            send_to(receiver.sock.fileno(), out, addr)
+            answered.append((waiter, out, time.perf_counter() - start))
+        if made is not None:
+            self._fast_unstored[pending.key] = None
+        self._fast_note(("answered", pending, made, rcode, duration, answered))
+
+    def _fast_generic(
+        self, data: bytes, response: bytes, made: tuple[CacheEntry, _Table] | None, now: float
+    ) -> bytes | None:
+        """What trio sends, by trio's own functions: `resolve` (from the entry just stored,
+        0 s elapsed, or relabelled when not cacheable), then `Handler.complete` (RA, the
+        client's question, the UDP cut)."""
+        query = wire.parse_query(data)
+        if not isinstance(query, Query):
+            return None
+        body = from_cache(made[0], query, now) if made is not None else _relabel(response, query)
+        return wire.finish(body[:3] + bytes((body[3] | 0x80,)) + body[4:], query, True)
+
+    def _fast_failed(self, pending: Pending, waiters: list[Any], error: Exception) -> None:
+        # Noted before the hand-back: trio reads it (`_fast_spent`) before it asks again.
+        self._fast_note(("failed", pending, waiters, error))
+        self._fast_back(waiters)
+
+    def _fast_expired(self, pending: Pending, waiters: list[Any]) -> None:
+        relay = self._relay
+        if relay is not None and not relay.stopping:  # not the stop's hand-back
+            self._fast_note(("failed", pending, waiters, trio.TooSlowError()))
+        self._fast_back(waiters)
+
+    def _fast_mismatch(self, pending: Pending) -> None:
+        self._fast_note(("mismatch", pending))
+
+    def _fast_back(self, waiters: list[Any]) -> None:
+        """Trio answers these as any other miss (its own exchange, retries, TCP, stale)."""
+        self.fast_handed_back += len(waiters)
+        for miss, receiver, _ in waiters:
+            receiver.hand_back(miss)
+
+    def _fast_note(self, record: tuple[Any, ...]) -> None:
+        """Hand `record` to trio (the reader thread). Trio is woken once FLUSH_AT records wait,
+        or FLUSH_EVERY after the first (`_fast_idle`): one wake-up per batch, not per miss;
+        the clients have their answers already, only the cache and the counts wait."""
+        done = self._fast_done
+        if not done:
+            self._fast_first = time.perf_counter()
+        done.append(record)
+        if len(done) >= FLUSH_AT:
+            self._fast_wake()
+
+    def _fast_idle(self) -> bool:
+        """The reader thread, before it waits: wake trio if the oldest record waited
+        FLUSH_EVERY; whether records still wait (the reader then waits at most FLUSH_EVERY)."""
+        if not self._fast_done or self._fast_woken:
+            return False
+        if time.perf_counter() - self._fast_first >= FLUSH_EVERY:
+            self._fast_wake()
+            return False
+        return True
+
+    def _fast_wake(self) -> None:
+        # Only the reader sets `_fast_woken`, only trio clears it, before it drains: nothing
+        # appended is left unseen.
+        if not self._fast_woken and self._token is not None:
+            self._fast_woken = True
+            with contextlib.suppress(trio.RunFinishedError):
+                self._token.run_sync_soon(self._fast_batch)
+
+    def _fast_batch(self) -> None:
+        """Trio's side: store what the relay answered, count it as `resolve` would have."""
+        self._fast_woken = False
+        done = self._fast_done
+        requests: dict[str, int] = {}  # counted once per batch: a lock per increment costs
+        while done:
+            record = done.popleft()
+            kind, pending = record[0], record[1]
+            upstream = pending.upstream
+            health = self.health[upstream]
+            if kind == "mismatch":
+                health.mismatched += 1
+                continue
+            health.exchanges += 1
+            to = self._names[upstream]
+            requests[to] = requests.get(to, 0) + 1
+            if kind == "answered":
+                _, _, made, rcode, duration, answered = record
+                health.fails = 0
+                self._count_response(to, rcode, duration)
+                if made is not None:
+                    self.cache.store(pending.key, *made)
+                    self._fast_unstored.pop(pending.key, None)
+                self._fast_answered(pending, made, answered)
+            elif kind == "truncated":
+                self._count_response(to, record[2], record[3])
+                if len(self._fast_truncated) >= FAST_SPENT_KEPT:
+                    self._fast_truncated.clear()  # misses dropped before trio saw them
+                self._fast_truncated[pending.key] = upstream
+            else:
+                query = wire.parse_query(record[2][0][0][0]) if record[2] else None
+                if isinstance(query, Query):
+                    self._failed(upstream, query, record[3])
+                # The relay's attempt was this question's first: trio's goes on from there.
+                if len(self._fast_spent) >= FAST_SPENT_KEPT:
+                    self._fast_spent.clear()  # misses dropped before trio saw them
+                self._fast_spent[pending.key] = (upstream, time.perf_counter() - pending.sent)
+        for to, count in requests.items():
+            self._count_request(to, count)
+
+    def _fast_answered(
+        self, pending: Pending, made: tuple[CacheEntry, _Table] | None, answered: list[Any]
+    ) -> None:
+        """Count the answered clients in their listener's statistics and the query log, as
+        misses of the upstream cache (coalesced ones too), and let the receive thread answer
+        the next queries of the first one's shape (`remember`)."""
+        self.cache.misses += len(answered)
+        self.coalesced += max(0, len(answered) - 1)
+        self.fast_answered += len(answered)
+        if not answered:
+            return
+        ((data, _, _, _), _, qend), first_out, _ = answered[0]
+        # One key: the same type and DO for every waiter; the rcode is the upstream's.
+        qtype = int.from_bytes(data[qend - 4 : qend - 2])
+        do, rcode = bool(pending.key[0] & 1), first_out[3] & 0xF
+        zone = self.zone_for(pending.qname)
+        # Memo of label ids: zones (config) × types × rcodes × DO, bounded as LABELS is.
+        labels = self._fast_labels.get((zone, qtype, rcode, do))
+        if labels is None:
+            labels = self._fast_labels[(zone, qtype, rcode, do)] = (
+                LABELS.id(zone, qtype, rcode, "forward", do),
+                LABELS.id(zone, qtype, rcode, "cache", do),
+            )
+        for ((data_, addr, start, serving), receiver, _), out, elapsed in answered:
+            # The answer cache's miss, which `Handler.handle` counts on trio's path (its
+            # `stats()` reads the public counter; trio's thread is its only writer).
+            serving.handler.cache.misses += 1
+            receiver.answered(serving, addr, "udp", data_, out, labels[0], start, elapsed)
+        if made is not None and rcode != wire.SERVFAIL:
+            # Stored just now: the receive thread answers its next hits (never a cached
+            # SERVFAIL, as `remember`: a stale answer may beat it, RFC 8767 §5).
+            edns = len(data) > qend
+            self._add_shape(data, pending.key, made[0], first_out, labels[1], qend, edns)
+
     def _stale(self, key: bytes, now: float, query: Query) -> bytes | None:
         """The expired answer inside the serve-stale window, counted and logged, else None."""
         if not self.config.cache.serve_stale:
@@ -604,6 +970,8 @@ class Forwarder:
     async def resolve(self, query: Query, looked_up: bool = False) -> bytes:
         """The response to send the client (not yet truncated for UDP). `looked_up`: the
         caller's `cached` already counted this question's cache miss."""
+        if self._fast_done:
+            self._fast_batch()  # what the relay answered is in the cache before it is read
         key = cache_key(query)
         now = trio.current_time()
         found = self._from_cache(key, query, now, count=not looked_up)
@@ -614,7 +982,7 @@ class Forwarder:
             self.coalesced += 1
             await flight.done.wait()
         else:
-            if len(self._in_flight) >= self.config.max_concurrent:
+            if self.in_flight() >= self.config.max_concurrent:
                 self.refused += 1
                 metrics.FORWARD_MAX_CONCURRENT_REJECTS.inc()
                 return wire.error_response(query.id, query.flags, wire.REFUSED, query)
@@ -640,7 +1008,7 @@ class Forwarder:
         the same question is in flight or `max_concurrent` exchanges are."""
         if self._background is None or key in self._in_flight:
             return
-        if len(self._in_flight) >= self.config.max_concurrent:
+        if self.in_flight() >= self.config.max_concurrent:
             return
         due, entry.prefetch_at = entry.prefetch_at, math.inf
         entry.check_at = entry.window + self.config.cache.prefetch_duration
@@ -675,10 +1043,21 @@ class Forwarder:
             # assumed broken and one is picked at random (then the rest, as time allows).
             metrics.FORWARD_HEALTHCHECK_BROKEN.inc()
             random.shuffle(servers)
-        with trio.move_on_after(self.config.budget):
+        budget = self.config.budget
+        spent = self._fast_spent.pop(key, None)
+        if spent is not None:
+            # The relay already tried this upstream for this question and it failed (timeout,
+            # error): as if this loop had, the next upstream is asked, within what is left.
+            servers = [u for u in servers if u != spent[0]]
+            budget = max(0.0, budget - spent[1])
+        tcp_first = self._fast_truncated.pop(key, None)
+        if tcp_first in servers:
+            servers.remove(tcp_first)  # the relay's UDP attempt was truncated: TCP, first
+            servers.insert(0, tcp_first)
+        with trio.move_on_after(budget):
             for upstream in servers:
                 try:
-                    reply = await self._ask(upstream, query)
+                    reply = await self._ask(upstream, query, tcp=upstream == tcp_first)
                 except (ExchangeError, OSError, trio.TooSlowError) as e:
                     self._failed(upstream, query, e)
                     continue
@@ -711,8 +1090,10 @@ class Forwarder:
         """CoreDNS's cache `disable success|denial ZONES`: a positive answer (NOERROR with
         records) for a name in a `disable success` zone, or any other (NXDOMAIN, NODATA,
         SERVFAIL) in a `disable denial` zone, is passed on but not cached."""
-        positive = parsed.rcode == wire.NOERROR and bool(parsed.answer_ttls)
         cache = self.config.cache
+        if not cache.disable_success and not cache.disable_denial:
+            return False  # the usual config: no name lookups per answer
+        positive = parsed.rcode == wire.NOERROR and bool(parsed.answer_ttls)
         zones = cache.disable_success if positive else cache.disable_denial
         name = qname.rstrip(".").lower()
         return any(z == "." or name == z or name.endswith("." + z) for z in zones)
@@ -740,22 +1121,22 @@ class Forwarder:
         if health.fails == self.config.max_fails:
             log.warning("upstream %s is unhealthy (%s)", upstream, detail)
 
-    async def _ask(self, upstream: Upstream, query: Query, probe: bool = False) -> bytes:
-        """One exchange with `upstream`; counted in the forward metrics unless a health `probe`."""
+    async def _ask(
+        self, upstream: Upstream, query: Query, probe: bool = False, tcp: bool = False
+    ) -> bytes:
+        """One exchange with `upstream`; counted in the forward metrics unless a health `probe`.
+        `tcp`: over TCP from the start (a UDP answer to the same question was truncated)."""
         qid = secrets.randbelow(65536)
         message = upstream_query(query, qid)
         to = str(upstream)
         self.health[upstream].exchanges += 1
         if not probe:
-            series = self._series.get((to, ""))
-            if series is None:
-                series = self._series[(to, "")] = (metrics.FORWARD_REQUESTS.labels(to), None)
-            series[0].inc()
+            self._count_request(to)
         start = trio.current_time()
         with trio.fail_after(self.config.timeout):
             if upstream.tls:
                 reply = await self._tls(upstream, message, qid, query.question)
-            elif self.config.force_tcp:
+            elif self.config.force_tcp or tcp:
                 reply = await self._tcp(upstream, message, qid, query.question)
             else:
                 reply = await self._udp(upstream, message, qid, query.question)
@@ -765,16 +1146,25 @@ class Forwarder:
                 message = upstream_query(query, qid)
                 reply = await self._tcp(upstream, message, qid, query.question)
         if not probe:
-            rcode = metrics.rcode_name(reply[3] & 0xF)
-            series = self._series.get((to, rcode))
-            if series is None:
-                series = self._series[(to, rcode)] = (
-                    metrics.FORWARD_RESPONSES.labels(to, rcode),
-                    metrics.FORWARD_DURATION.labels(to, rcode),
-                )
-            series[0].inc()
-            series[1].observe(trio.current_time() - start)
+            self._count_response(to, reply[3] & 0xF, trio.current_time() - start)
         return reply
+
+    def _count_request(self, to: str, count: int = 1) -> None:
+        series = self._series.get((to, ""))
+        if series is None:
+            series = self._series[(to, "")] = (metrics.FORWARD_REQUESTS.labels(to), None)
+        series[0].inc(count)
+
+    def _count_response(self, to: str, rcode: int, seconds: float) -> None:
+        name = metrics.rcode_name(rcode)
+        series = self._series.get((to, name))
+        if series is None:
+            series = self._series[(to, name)] = (
+                metrics.FORWARD_RESPONSES.labels(to, name),
+                metrics.FORWARD_DURATION.labels(to, name),
+            )
+        series[0].inc()
+        series[1].observe(seconds)
 
     async def _udp(self, upstream: Upstream, message: bytes, qid: int, question: bytes) -> bytes:
         # From a pooled socket (kdns/dns/udp_pool.py): a random ephemeral port, used for a few
@@ -832,8 +1222,16 @@ class Forwarder:
         try:
             async with trio.open_nursery() as nursery:
                 self._background = nursery
+                relay = self._start_relay(nursery)
                 task_status.started()
-                await self._probe_forever()
+                try:
+                    await self._probe_forever()
+                finally:
+                    # The receive threads stop sending; the reader hands back what is in
+                    # flight, closes its sockets and returns (the nursery waits for it).
+                    self._relay = None
+                    if relay is not None:
+                        relay.stop()
         finally:
             self._background = None
             self.pool.close()

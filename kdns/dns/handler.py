@@ -22,6 +22,8 @@ Contract:
   and counted (`kdns_dns_cname_chase_failures_total`).
 - Malformed queries and internal errors are logged with a `consolidate` key, so a flood of them
   becomes one line per interval (kdns/logs.py).
+- `forward_miss(miss, receiver)` (the UDP receive thread): whether the forwarder's relay took
+  a miss of a name only the upstreams answer (kdns/dns/miss_relay.py); never raises.
 - The synchronous part is pure: no sockets and no clock.
 """
 
@@ -30,6 +32,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from dnslib import CNAME, QTYPE, RR, DNSRecord
 
@@ -196,6 +199,21 @@ class Handler:
             self._denial_tails[key] = tail  # computed from immutable inputs: a race redoes it
         response = data[:2] + flags.to_bytes(2) + counts + data[12:qend] + tail
         return (response + wire.opt_bytes(do, wire.NXDOMAIN) if edns else response), label
+
+    def forward_miss(self, miss: tuple[Any, ...], receiver: Any) -> bool:
+        """Whether the receive thread sent this miss upstream itself (kdns/dns/miss_relay.py),
+        answered later by the forwarder's reader thread; False: hand it to trio as before.
+
+        Only where nothing but the upstreams answers, as for `remember`'s forwarded hits:
+        no rewrite, template or hosts (they come first and may change), and a name in no zone
+        (so no autopath search and no `fallthrough`); the forwarder checks the rest (a plain
+        query, nothing cached under its key, a healthy plain-UDP upstream)."""
+        if self.forwarded is None or self.forwarder is None:
+            return False
+        try:
+            return self.forwarder.forward_miss(miss, receiver, self.resolver.zone_of)
+        except Exception:  # never in the receive thread: trio answers it, and logs any bug
+            return False
 
     def handle_miss(
         self, data: bytes, udp: bool, client: str | None = None

@@ -8,10 +8,10 @@ form from the records' fields with one `bytearray`, compressing names as dnslib 
 the longest suffix already written becomes a pointer. SRV targets are never compressed nor
 remembered (RFC 2782), so no later record points into a rotated SRV RRset.
 
-Records come as dnslib RRs or as `Rec`, a record kept in wire parts (owner labels, fixed
-rdata, an SRV target's labels) that the resolver builds for large answers without dnslib's
-object model (docs/architecture.md §7): a 500-endpoint headless answer spent most of its time
-building dnslib objects.
+Records come as dnslib RRs or as `Rec`, a record kept in wire parts (its owner's labels, and
+every octet after the owner already encoded) that the resolver builds for large answers without
+dnslib's object model (docs/architecture.md §7): a 500-endpoint headless answer spent most of
+its time building dnslib objects, then writing each record's fields.
 
 Contract: `message(...)` returns the encoded response, byte for byte what `wire.encode`'s
 dnslib path gives for the same input, or None when a record is of a type it does not know or a
@@ -24,6 +24,7 @@ with the zone's SOA, RFC 2308 §3) from plain values. Pure: no I/O.
 
 from __future__ import annotations
 
+import operator
 import struct
 from collections.abc import Sequence
 
@@ -36,35 +37,45 @@ MAX_NAME = 255  # octets on the wire with the root label (RFC 1035 §3.1)
 _RR = struct.Struct("!HHIH")
 _SRV = struct.Struct("!HHH")
 _SOA_TIMES = struct.Struct("!IIIII")
+# A compression pointer's two octets, made once for the offsets most pointers hold (the
+# question's names, at 12 on): 18 KiB, not the 700 KiB of every offset.
+NEAR = 512
+_POINTER = tuple((0xC000 | offset).to_bytes(2) for offset in range(NEAR))
 
 Names = dict[tuple[bytes, ...], int]
 
 
-class Rec:
-    """One record in wire parts: `owner` labels (lower-case, compressed when written), `fixed`
-    rdata octets (an address; an SRV's priority, weight and port), then, for SRV, `target`
-    labels (written uncompressed, RFC 2782). Immutable by convention; answers share them."""
+class Rec(tuple[tuple[bytes, ...], int, bytes | None]):
+    """One record in wire parts: `owner` labels (lower-case, compressed when written), then
+    `tail`, every octet after the owner — type, class, TTL, RDLENGTH and RDATA — already
+    encoded, for the types whose RDATA holds no compressible name (A, AAAA, and SRV, whose
+    target is never compressed, RFC 2782); None when a name in it breaks a length limit (the
+    encoder then refuses the record, as dnslib would). `rtype` is kept for the layout and for
+    RFC 8482's cut. A tuple: a 500-endpoint answer makes a thousand, and
+    `tuple.__new__(Rec, (owner, rtype, tail))` makes one without `__new__`'s Python frame.
+    Answers share them."""
 
-    __slots__ = ("fixed", "owner", "rtype", "target", "ttl")
+    __slots__ = ()
     rclass = 1  # IN
 
-    def __init__(
-        self,
-        owner: tuple[bytes, ...],
-        rtype: int,
-        ttl: int,
-        fixed: bytes,
-        target: tuple[bytes, ...] | None = None,
-    ) -> None:
-        self.owner = owner
-        self.rtype = rtype
-        self.ttl = ttl
-        self.fixed = fixed
-        self.target = target
+    def __new__(cls, owner: tuple[bytes, ...], rtype: int, tail: bytes | None) -> Rec:
+        return tuple.__new__(cls, (owner, rtype, tail))
+
+    owner = property(operator.itemgetter(0))
+    rtype = property(operator.itemgetter(1))
+    tail = property(operator.itemgetter(2))
 
     def __repr__(self) -> str:
-        owner = b".".join(self.owner)
-        return f"Rec({owner!r}, {self.rtype}, {self.ttl}, {self.fixed!r}, {self.target!r})"
+        return f"Rec({b'.'.join(self.owner)!r}, {self.rtype}, {self.tail!r})"
+
+
+def name_wire(labels: tuple[bytes, ...]) -> bytes | None:
+    """`labels` uncompressed, with the root label; None when a limit is broken (a label of
+    over 63 octets, a name of over 255)."""
+    out = bytearray()
+    if not _write_plain(out, labels):
+        return None
+    return bytes(out)
 
 
 class Marks:
@@ -84,7 +95,7 @@ def write_name(out: bytearray, names: Names, labels: tuple[bytes, ...]) -> bool:
         suffix = labels[i:]
         pointer = names.get(suffix)
         if pointer is not None:
-            out += (0xC000 | pointer).to_bytes(2)
+            out += _POINTER[pointer] if pointer < NEAR else (0xC000 | pointer).to_bytes(2)
             return True
         if len(out) <= MAX_POINTER:
             names[suffix] = len(out)
@@ -94,6 +105,24 @@ def write_name(out: bytearray, names: Names, labels: tuple[bytes, ...]) -> bool:
         out.append(len(label))
         out += label
     out.append(0)
+    return True
+
+
+def _write_under(out: bytearray, names: Names, labels: tuple[bytes, ...]) -> bool:
+    """`write_name` for a name not written before: the two steps `write_name` takes for a name
+    whose first label alone is new (an endpoint's name below its Service's, written in the
+    question), or `write_name` itself for any other."""
+    if len(labels) < 2:
+        return write_name(out, names, labels)
+    rest = names.get(labels[1:])
+    head = labels[0]
+    if rest is None or len(head) > 63 or sum(map(len, labels)) + len(labels) >= MAX_NAME:
+        return write_name(out, names, labels)
+    if len(out) <= MAX_POINTER:
+        names[labels] = len(out)
+    out.append(len(head))
+    out += head
+    out += _POINTER[rest] if rest < NEAR else (0xC000 | rest).to_bytes(2)
     return True
 
 
@@ -111,17 +140,19 @@ def _write_plain(out: bytearray, labels: tuple[bytes, ...]) -> bool:
 
 def write_rec(out: bytearray, names: Names, rec: Rec) -> bool:
     """Append one `Rec`; False (and `out` unusable) for a name it cannot write."""
-    if not write_name(out, names, rec.owner):
+    tail = rec.tail
+    if tail is None:
         return False
-    fixed, target = rec.fixed, rec.target
-    if target is None:
-        out += _RR.pack(rec.rtype, 1, rec.ttl, len(fixed))
-        out += fixed
-        return True
-    size = len(fixed) + sum(map(len, target)) + len(target) + 1
-    out += _RR.pack(rec.rtype, 1, rec.ttl, size)
-    out += fixed
-    return _write_plain(out, target)
+    pointer = names.get(rec.owner)
+    if pointer is not None:
+        # The whole owner written before (every record of an RRset after its first, and the
+        # question's name): the pointer `write_name` would find first, without its checks,
+        # which that name passed when it was written.
+        out += _POINTER[pointer] if pointer < NEAR else (0xC000 | pointer).to_bytes(2)
+    elif not _write_under(out, names, rec.owner):
+        return False
+    out += tail
+    return True
 
 
 def write_rr(out: bytearray, names: Names, rr: RR | Rec) -> bool:
@@ -179,18 +210,27 @@ def message(
     if not write_name(out, names, labels):
         return None
     out += type_class
-    if marks is None:
-        for section in sections:
-            for rr in section:
-                if not write_rr(out, names, rr):
-                    return None
-        return bytes(out)
-    offsets = marks.offsets
+    offsets = marks.offsets if marks is not None else None
     for section in sections:
         for rr in section:
-            offsets.append(len(out))
-            if not write_rr(out, names, rr):
+            if offsets is not None:
+                offsets.append(len(out))
+            if type(rr) is not Rec:
+                if not write_rr(out, names, rr):
+                    return None
+                continue
+            # `write_rec`, inline: most records of a large answer are `Rec`s.
+            owner, _, tail = rr
+            pointer = names.get(owner)
+            if tail is None:
                 return None
+            if pointer is not None:
+                out += _POINTER[pointer] if pointer < NEAR else (0xC000 | pointer).to_bytes(2)
+            elif not _write_under(out, names, owner):
+                return None
+            out += tail
+    if offsets is None:
+        return bytes(out)
     offsets.append(len(out))
     return bytes(out)
 

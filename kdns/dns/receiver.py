@@ -31,6 +31,10 @@ Contract:
   only what the trio thread publishes atomically, and keeps what it built for the next same
   question with one dict set into a dict the trio thread swaps out after each change:
   `AnswerCache.keep_denial`; the next one is a `lookup` hit).
+  A miss of a name only the upstreams answer may be sent upstream from here instead
+  (`Handler.forward_miss`, kdns/dns/miss_relay.py); the forwarder's reader thread answers it,
+  counts it through `answered` (set by the server, called from trio), and gives back what it
+  cannot answer with `hand_back` (from its thread: an append and a wake-up each time).
   Everything else — a miss, a malformed packet — is appended to `misses` (a deque: append and
   popleft are atomic) with the serving that read it and the time it was read, and `wake` is
   called at most once until trio calls `take_misses()`; trio answers them as it always did
@@ -125,6 +129,10 @@ class UdpReceiver:
         self.max_backlog = max_backlog
         self.dropped = 0  # misses dropped because `max_backlog` were waiting (only this thread)
         self.dropped_counted = 0  # how many of them trio has put in the metric (only trio)
+        self.dropped_back = 0  # hand-backs dropped (the forwarder's reader thread writes it)
+        # Counts an answer another thread sent for this listener (set by kdns/dns/server.py;
+        # the forwarder calls it from trio).
+        self.answered: Callable[..., None] = lambda *args: None
         self.stopping = False
         # recvmmsg/sendmmsg where libc has them (Linux); `loop="packet"` keeps the loop of one
         # recvfrom per packet (the fallback, and the benchmarks' comparison).
@@ -160,7 +168,19 @@ class UdpReceiver:
             except IndexError:
                 return out
 
+    def hand_back(self, miss: Miss) -> None:
+        """A miss the forwarder's reader thread gives back (kdns/dns/miss_relay.py: a timeout,
+        TC, SERVFAIL): trio answers it as any other. From any thread; wakes trio each time."""
+        if len(self.misses) >= self.max_backlog:
+            self.dropped_back += 1
+            return
+        self.misses.append(miss)
+        self.wake()
+
     def _hand_over(self, miss: Miss) -> None:
+        # A forwarded name the upstreams alone answer goes upstream from here, not via trio.
+        if miss[3].handler.forward_miss(miss, self):
+            return
         if len(self.misses) >= self.max_backlog:
             self.dropped += 1  # trio is that far behind: the client will ask again
             return

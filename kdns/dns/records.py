@@ -30,13 +30,15 @@ from __future__ import annotations
 
 import bisect
 import ipaddress
+from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass
+from itertools import repeat
+from operator import attrgetter
 from typing import NamedTuple
 
 from dnslib import QTYPE
 
-from kdns.model import Endpoint, Service
+from kdns.model import Endpoint, EndpointPort, Service, ServicePort
 
 A = QTYPE.A
 AAAA = QTYPE.AAAA
@@ -62,14 +64,46 @@ class Record(NamedTuple):
     in_zone: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+# `_new(Record, (all six fields))` makes a Record without the generated `__new__`'s Python
+# frame: less than half the cost, for the three records per endpoint a rebuild makes.
+_new = tuple.__new__
+
+
 class ServiceRecords:
     """Everything one Service contributes: forward names (zone-relative), reverse names, and
-    the empty non-terminals among its forward names."""
+    the empty non-terminals among its forward names.
 
-    forward: dict[str, tuple[Record, ...]]
-    reverse: dict[str, tuple[Record, ...]]
-    ents: frozenset[str] = frozenset()
+    The PTRs of its endpoints are made when `reverse` is first read, not with the rest: the
+    first answer after a change of a 500-endpoint Service is a forward name's, and a reverse
+    name of one of them is asked, if ever, later. Read and filled on the trio thread only (the
+    resolver's memo, docs/architecture.md §6); the fill is two single-reference assignments."""
+
+    __slots__ = ("_pending", "_reverse", "ents", "forward")
+
+    def __init__(
+        self,
+        forward: dict[str, tuple[Record, ...]],
+        reverse: dict[str, tuple[Record, ...]],
+        ents: frozenset[str] = frozenset(),
+        endpoint_ptrs: tuple[tuple[str, Record], ...] = (),
+    ) -> None:
+        self.forward = forward
+        self.ents = ents
+        self._reverse = reverse
+        # (endpoint name, address record) whose PTR is not in `_reverse` yet.
+        self._pending = endpoint_ptrs
+
+    @property
+    def reverse(self) -> dict[str, tuple[Record, ...]]:
+        pending = self._pending
+        if pending:
+            reverse = dict(self._reverse)  # the ClusterIPs' PTRs first, as they were added
+            for host, address in pending:
+                ptr = _new(Record, (PTR, host, 0, 0, 0, True))
+                _add(reverse, reverse_name(address.value), ptr)
+            self._reverse = reverse
+            self._pending = ()
+        return self._reverse
 
 
 def reverse_name(ip: str) -> str:
@@ -112,9 +146,14 @@ def endpoint_name(endpoint: Endpoint, pod_names: bool = False) -> str:
 
 def _srv_set(entries: Iterable[tuple[str, int]]) -> tuple[Record, ...]:
     """SRV records for (target, port) pairs, deduplicated; weight = 100/N as CoreDNS."""
-    unique = list(dict.fromkeys(entries))
+    unique = dict.fromkeys(entries)
     weight = 100 // len(unique) if unique else 0
-    return tuple(Record(SRV, target, port, 0, weight, in_zone=True) for target, port in unique)
+    return tuple([_new(Record, (SRV, target, port, 0, weight, True)) for target, port in unique])
+
+
+def _srv_name(port: EndpointPort | ServicePort, base: str) -> str:
+    """`_name._proto.base` of a named port (spec 2.3.2, 2.4.2); "" for an unnamed one."""
+    return f"_{port.name}._{port.protocol.lower()}.{base}" if port.name else ""
 
 
 def _is_ip(text: str) -> bool:
@@ -136,80 +175,137 @@ def service_records(
     records (the userspace proxy's loopback VIP); headless and ExternalName ignore it.
     `pod_names` is CoreDNS's `endpoint_pod_names` (`endpoint_name`); `ignore_empty` its
     `ignore empty_service`: a ClusterIP Service with no ready endpoint has no forward name
-    (NXDOMAIN, so a client's search list goes on), its ClusterIP PTR stays."""
-    base = f"{service.name}.{service.namespace}.svc"
-    # Each name's records as an insertion-ordered set: a 500-endpoint headless Service adds
-    # 500 addresses to one name, and a list membership test per add would be quadratic.
-    forward: dict[str, dict[Record, None]] = {}
-    reverse: dict[str, dict[Record, None]] = {}
+    (NXDOMAIN, so a client's search list goes on), its ClusterIP PTR stays.
 
-    def add(table: dict[str, dict[Record, None]], name: str, record: Record) -> None:
-        table.setdefault(name, {})[record] = None
+    Built in a few passes over the endpoints, one record object per address shared by every
+    name that gives it: a 500-endpoint headless Service is rebuilt on each change of its
+    endpoints, on the trio thread, and every other client waits while it is
+    (docs/architecture.md §7)."""
+    base = f"{service.name}.{service.namespace}.svc"
+    forward: dict[str, tuple[Record, ...]] = {}
+    reverse: dict[str, tuple[Record, ...]] = {}
 
     if service.type == "ExternalName":
         if not _is_ip(service.external_name):
-            add(forward, base, Record(CNAME, service.external_name))
+            forward[base] = (Record(CNAME, service.external_name),)
         return _freeze(forward, reverse)
 
     # Only ready endpoints are published (spec 2.4.1 "ready"; EndpointSlice `ready`, which the
     # controller already sets true for publishNotReadyAddresses).
     ready = [e for e in endpoints if e.ready]
-    # Each ready endpoint's name, made once: the SRV targets and the endpoint names read it.
-    hosts = [f"{endpoint_name(e, pod_names)}.{base}" for e in ready]
+    # Each ready endpoint's name and address record, made once: the SRV targets, the
+    # endpoint names, the headless name and the PTRs all read them.
+    ips = [e.address for e in ready]
+    hosts = _hosts(ready, ips, base, pod_names)
+    addresses = [_new(Record, (AAAA if ":" in ip else A, ip, 0, 0, 0, False)) for ip in ips]
 
     if service.headless:
         if not ready:
             return _freeze(forward, reverse)  # no ready endpoint: the name does not exist
-        for endpoint in ready:
-            add(forward, base, _address(endpoint.address))
+        # An address listed twice (a slice rebalance, two hostnames) gives one record.
+        forward[base] = tuple(dict.fromkeys(addresses))
         named: dict[str, list[tuple[str, int]]] = {}
         every: list[tuple[str, int]] = []
-        for endpoint, target in zip(ready, hosts, strict=True):
-            for port in endpoint.ports:
-                every.append((target, port.port))
-                if port.name:
-                    srv_name = f"_{port.name}._{port.protocol.lower()}.{base}"
-                    named.setdefault(srv_name, []).append((target, port.port))
+        # (target, port) in endpoint order, then port order, a run of endpoints at a time:
+        # the endpoints of one slice share its ports tuple.
+        for ports, targets in _runs(ready, hosts):
+            if len(ports) == 1:
+                every.extend(zip(targets, repeat(ports[0].port)))
+            else:
+                every.extend([(target, p.port) for target in targets for p in ports])
+            for p in ports:
+                if p.name:
+                    entries = named.setdefault(_srv_name(p, base), [])
+                    entries.extend(zip(targets, repeat(p.port)))
+        shared: tuple[Record, ...] = ()
         for srv_name, entries in named.items():
-            forward[srv_name] = dict.fromkeys(_srv_set(entries))
+            forward[srv_name] = _srv_set(entries)
+            if entries == every:
+                shared = forward[srv_name]  # one named port: the bare name's SRV set too
         if every:
-            forward.setdefault(base, {}).update(dict.fromkeys(_srv_set(every)))
+            forward[base] += shared or _srv_set(every)
     else:
+        own: list[Record] = []
         for ip in service.cluster_ips if cluster_ips is None else cluster_ips:
-            add(forward, base, _address(ip))
-            add(reverse, reverse_name(ip), Record(PTR, base, in_zone=True))
+            own.append(_address(ip))
+            _add(reverse, reverse_name(ip), Record(PTR, base, in_zone=True))
+        if own:
+            forward[base] = tuple(dict.fromkeys(own))
         for port in service.ports:
             if port.name:
-                srv_name = f"_{port.name}._{port.protocol.lower()}.{base}"
-                forward[srv_name] = dict.fromkeys(_srv_set([(base, port.port)]))
+                forward[_srv_name(port, base)] = _srv_set([(base, port.port)])
         if service.ports:
-            forward.setdefault(base, {}).update(
-                dict.fromkeys(_srv_set((base, p.port) for p in service.ports))
-            )
+            forward[base] = forward.get(base, ()) + _srv_set((base, p.port) for p in service.ports)
 
     if ignore_empty and not service.headless and not ready:
         forward.clear()
-    # Endpoint names and their PTRs, for ready endpoints of headless and ClusterIP services.
+    # Endpoint names and their PTRs (made when first read), for ready endpoints of headless
+    # and ClusterIP services.
+    pairs = tuple(zip(hosts, addresses, strict=True))
+    if len(set(hosts)) == len(hosts) and forward.keys().isdisjoint(hosts):
+        forward.update(zip(hosts, [(a,) for a in addresses], strict=True))  # one record each
+    else:
+        for host, address in pairs:
+            _add(forward, host, address)
+    return _freeze(forward, reverse, pairs)
+
+
+_hostname = attrgetter("hostname")
+
+
+def _hosts(ready: list[Endpoint], ips: list[str], base: str, pod_names: bool) -> list[str]:
+    """Each ready endpoint's name below `base` (`endpoint_name`). The usual large headless
+    Service (a Deployment's pods: IPv4, no hostnames) gets them all from one `replace` and one
+    `split` of the joined addresses."""
+    if pod_names or any(map(_hostname, ready)) or ":" in "".join(ips):
+        return [f"{endpoint_name(e, pod_names)}.{base}" for e in ready]
+    if not ips:
+        return []
+    dashes = "\n".join(ips).replace(".", "-")  # an address holds no newline
+    return (dashes.replace("\n", f".{base}\n") + f".{base}").split("\n")
+
+
+def _runs(
+    ready: list[Endpoint], hosts: list[str]
+) -> list[tuple[tuple[EndpointPort, ...], list[str]]]:
+    """The endpoint names in order, cut where the ports tuple changes (from one slice to the
+    next): (that slice's ports, its endpoints' names)."""
+    runs: list[tuple[tuple[EndpointPort, ...], list[str]]] = []
+    last: tuple[EndpointPort, ...] | None = None
+    run: list[str] = []
     for endpoint, host in zip(ready, hosts, strict=True):
-        add(forward, host, _address(endpoint.address))
-        add(reverse, reverse_name(endpoint.address), Record(PTR, host, in_zone=True))
-    return _freeze(forward, reverse)
+        if endpoint.ports is not last:
+            last, run = endpoint.ports, []
+            runs.append((last, run))
+        run.append(host)
+    return runs
+
+
+def _add(table: dict[str, tuple[Record, ...]], name: str, record: Record) -> None:
+    """`record` at `name`, once: almost every name gets one record, so a tuple grown on the
+    rare second one costs less than a set per name."""
+    held = table.get(name)
+    if held is None:
+        table[name] = (record,)
+    elif record not in held:
+        table[name] = (*held, record)
 
 
 def _freeze(
-    forward: dict[str, dict[Record, None]], reverse: dict[str, dict[Record, None]]
+    forward: dict[str, tuple[Record, ...]],
+    reverse: dict[str, tuple[Record, ...]],
+    endpoint_ptrs: tuple[tuple[str, Record], ...] = (),
 ) -> ServiceRecords:
     ents: set[str] = set()
     for name in forward:
-        labels = name.split(".")
-        # Ancestors below the service name (`_tcp.svc.ns.svc`) are empty non-terminals.
-        for i in range(1, len(labels) - 3):
-            ents.add(".".join(labels[i:]))
-    return ServiceRecords(
-        {k: tuple(v) for k, v in forward.items()},
-        {k: tuple(v) for k, v in reverse.items()},
-        frozenset(ents - forward.keys()),
-    )
+        # Ancestors below the service name (`_tcp.svc.ns.svc`) are empty non-terminals; only
+        # a name of more than four labels has one (an endpoint name is one label and the
+        # Service's three, unless a Pod's name holds dots).
+        if name.count(".") > 3:
+            labels = name.split(".")
+            for i in range(1, len(labels) - 3):
+                ents.add(".".join(labels[i:]))
+    return ServiceRecords(forward, reverse, frozenset(ents - forward.keys()), endpoint_ptrs)
 
 
 def ptr_addresses(
@@ -250,20 +346,46 @@ def reverse_prefix(name: str) -> str | None:
     return None
 
 
+V6_RANGE = 16  # nibbles: a /64, the range a node's pods usually get
+
+
+def _range_of(ip: str) -> str:
+    """The `reverse_key` prefix of an address's /24 (IPv4) or /64 (IPv6)."""
+    if ":" not in ip:
+        return ip[: ip.rindex(".") + 1]
+    return reverse_key(ip)[:V6_RANGE]
+
+
+def _above(range_key: str) -> list[str]:
+    """The `reverse_key` prefixes above a /24 ("10.", "10.1.") or a /64 (1 to 15 nibbles)."""
+    if range_key.endswith("."):
+        one = range_key.index(".") + 1
+        return [range_key[:one], range_key[: range_key.index(".", one) + 1]]
+    return [range_key[:i] for i in range(1, V6_RANGE)]
+
+
 class ReverseIndex:
     """Which Services give each address a PTR, and which reverse names exist at all.
 
     Updated one Service at a time. Two Services may own one address (one IP selected by both
-    gives two PTRs, as CoreDNS answers). `exists(name)` tells an empty non-terminal
+    gives two PTRs, as CoreDNS answers). `has_prefix` tells an empty non-terminal
     (`97.97.10.in-addr.arpa` above a known address: NODATA, RFC 8020) from a name with nothing
-    below it (NXDOMAIN), by a binary search over the sorted addresses.
+    below it (NXDOMAIN). Owned addresses are grouped by /24 (IPv4: a count) and /64 (IPv6:
+    their keys, sorted), and every prefix above a group that has one is counted, so adding or
+    removing an address costs one group's update (and the prefixes above it when the group
+    appears or goes), whatever the cluster's size. One sorted list of every address, kept
+    before, cost a move of the whole list per address: a 500-endpoint rollout step at 50,000
+    addresses held the GIL for 2.6–11 ms of the trio thread, which the receive thread's answers
+    waited for.
     """
 
     def __init__(self) -> None:
         # Almost every address has one owner: a tuple costs a fifth of a set.
         self.owners: dict[str, tuple[ServiceKey, ...]] = {}
         self.by_service: dict[ServiceKey, frozenset[str]] = {}
-        self._sorted: list[str] = []  # reverse_key of every owned address
+        self._v4: dict[str, int] = {}  # a /24's prefix → how many owned addresses in it
+        self._v6: dict[str, list[str]] = {}  # a /64's nibbles → its addresses' keys, sorted
+        self._above: dict[str, int] = {}  # a prefix above those → how many /24s or /64s
 
     def __len__(self) -> int:
         return len(self.owners)
@@ -273,31 +395,102 @@ class ReverseIndex:
         old = self.by_service.pop(key, frozenset())
         if addresses:
             self.by_service[key] = addresses
+        owned = self.owners
+        gone: list[str] = []  # addresses nobody owns any more
         for ip in old - addresses:
-            owners = tuple(k for k in self.owners[ip] if k != key)
-            if owners:
-                self.owners[ip] = owners
+            owners = owned[ip]
+            if len(owners) == 1:  # `key` alone: it owned `ip`
+                del owned[ip]
+                gone.append(ip)
             else:
-                del self.owners[ip]
-                del self._sorted[bisect.bisect_left(self._sorted, reverse_key(ip))]
+                owned[ip] = tuple(k for k in owners if k != key)
+        came: list[str] = []  # addresses nobody owned before
         for ip in addresses - old:
-            owners = self.owners.get(ip)
+            owners = owned.get(ip)
             if owners is None:
-                self.owners[ip] = (key,)
-                bisect.insort(self._sorted, reverse_key(ip))
+                owned[ip] = (key,)
+                came.append(ip)
             else:
-                self.owners[ip] = (*owners, key)
+                owned[ip] = (*owners, key)
+        if gone:
+            self._regroup(gone, -1)
+        if came:
+            self._regroup(came, 1)
         return old
 
+    def _regroup(self, ips: list[str], sign: int) -> None:
+        """Count `ips` in (`sign` 1) or out (-1) of their /24s and /64s, and a group that
+        appears or goes in or out of the prefixes above it."""
+        v4 = Counter([ip[: ip.rindex(".") + 1] for ip in ips if ":" not in ip])
+        changed: list[str] = []  # groups that appeared or went
+        for group, n in v4.items():
+            before = self._v4.get(group, 0)
+            count = before + sign * n
+            if count:
+                self._v4[group] = count
+                if not before:
+                    changed.append(group)
+            else:
+                del self._v4[group]
+                changed.append(group)
+        for ip in ips:
+            if ":" in ip:
+                rkey = reverse_key(ip)
+                group = rkey[:V6_RANGE]
+                bucket = self._v6.setdefault(group, [])
+                if sign > 0:
+                    bisect.insort(bucket, rkey)
+                else:
+                    del bucket[bisect.bisect_left(bucket, rkey)]
+                if len(bucket) == (1 if sign > 0 else 0):
+                    changed.append(group)
+                if not bucket:
+                    del self._v6[group]
+        above = self._above
+        for group in changed:
+            for prefix in _above(group):
+                count = above.get(prefix, 0) + sign
+                if count:
+                    above[prefix] = count
+                else:
+                    del above[prefix]
+
     def replace(self, addresses: dict[ServiceKey, frozenset[str]]) -> None:
-        """Build from scratch (start-up): one sort instead of an insort per address."""
+        """Build from scratch (start-up, a relist): one sort per /64, not an insort each."""
         self.by_service = {k: v for k, v in addresses.items() if v}
         self.owners = {}
         for key, ips in self.by_service.items():
             for ip in ips:
                 self.owners[ip] = (*self.owners.get(ip, ()), key)
-        self._sorted = sorted(reverse_key(ip) for ip in self.owners)
+        v4: dict[str, int] = {}
+        v6: dict[str, list[str]] = {}
+        for ip in self.owners:
+            if ":" not in ip:
+                group = ip[: ip.rindex(".") + 1]
+                v4[group] = v4.get(group, 0) + 1
+            else:
+                rkey = reverse_key(ip)
+                v6.setdefault(rkey[:V6_RANGE], []).append(rkey)
+        above: dict[str, int] = {}
+        for group in (*v4, *v6):
+            for prefix in _above(group):
+                above[prefix] = above.get(prefix, 0) + 1
+        for bucket in v6.values():
+            bucket.sort()
+        self._v4, self._v6, self._above = v4, v6, above
 
     def has_prefix(self, prefix: str) -> bool:
-        i = bisect.bisect_left(self._sorted, prefix)
-        return i < len(self._sorted) and self._sorted[i].startswith(prefix)
+        """Whether an owned address's `reverse_key` starts with `prefix` (`reverse_prefix`'s
+        spelling: whole octets with their dots, or nibbles)."""
+        if not prefix:
+            return bool(self.owners)
+        if prefix.endswith("."):  # IPv4
+            octets = prefix.count(".")
+            if octets == 4:
+                return prefix[:-1] in self.owners
+            return prefix in (self._v4 if octets == 3 else self._above)
+        if len(prefix) < V6_RANGE:
+            return prefix in self._above
+        bucket = self._v6.get(prefix[:V6_RANGE], [])
+        i = bisect.bisect_left(bucket, prefix)
+        return i < len(bucket) and bucket[i].startswith(prefix)

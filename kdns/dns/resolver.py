@@ -53,10 +53,14 @@ from kdns.dns.records import (
     reverse_prefix,
     service_records,
 )
+from kdns.dns.wireparts import address_bytes, addresses_bytes, labels, name_parts, names_parts
 from kdns.model import Endpoint, Service
 from kdns.store import Change, Store
 
 ANY = QTYPE.ANY
+# Plain ints: `QTYPE.A` is a Python-level attribute lookup (dnslib's Bimap), six per endpoint of
+# a large answer.
+_A, _AAAA, _SRV, _CNAME = pack.A, pack.AAAA, pack.SRV, pack.CNAME
 DNS_VERSION = "1.1.0"  # Kubernetes DNS-Based Service Discovery, schema version (spec §2.1)
 DNS_VERSION_TTL = 28800  # the spec's example, and what CoreDNS serves
 MAX_CHASE = 8  # CNAME links one answer may hold; a longer chain is SERVFAIL
@@ -144,19 +148,8 @@ def dns_name(name: str) -> DNSLabel:
     return DNSLabel(name)
 
 
-_SRV_FIXED = struct.Struct("!HHH")  # priority, weight, port
-
-
-def _labels(name: str) -> tuple[bytes, ...]:
-    return tuple(label for label in name.encode("latin-1").split(b".") if label)
-
-
-@lru_cache(maxsize=65536)
-def address_bytes(ip: str) -> bytes:
-    """An A or AAAA record's rdata: the address's octets (the model holds canonical text)."""
-    if ":" in ip:
-        return ipaddress.IPv6Address(ip).packed
-    return bytes(map(int, ip.split(".")))
+_RR_HEAD = struct.Struct("!HHIH")  # type, class, TTL, RDLENGTH
+_SRV_TAIL = struct.Struct("!HHIHHHH")  # the same, then priority, weight, port
 
 
 def ip_from_pod_label(label: str) -> str | None:
@@ -246,7 +239,7 @@ class Resolver:
             if key in self.reverse.by_service or old:
                 reverse_changed = True
             # An address the Service gained or kept may now point elsewhere (a new hostname).
-            tags.update(reverse_tag(ip) for ip in old | addresses)
+            tags.update(map(reverse_tag, old | addresses))
             tags.add(service_tag(*key))
             # Kept per change, not recounted: a recount is O(services) per event.
             if service is None and key in self._known:
@@ -569,7 +562,7 @@ class Resolver:
         names = self._soa_names.get(zone)
         if names is None:
             forward = zone if zone in self.forward_zones else self.primary
-            names = (_labels(f"ns.dns.{forward}"), _labels(f"hostmaster.{forward}"))
+            names = (labels(f"ns.dns.{forward}"), labels(f"hostmaster.{forward}"))
             # Zones are fixed for the resolver's life: a race stores the same value twice.
             self._soa_names[zone] = names
         return (*names, min(self.ttl, 300), (self.store.last_change, *SOA_TIMES, self.ttl))
@@ -671,12 +664,12 @@ class Resolver:
         """`kind` names, for explain, where the records come from: "record" (a Service) or
         "import" (a ServiceImport, which never has a CNAME)."""
         trace = answer.trace
-        cname = next((r for r in records if r.rtype == QTYPE.CNAME), None)
-        if cname is not None and qtype not in (QTYPE.CNAME, ANY):
+        cname = next((r for r in records if r.rtype == _CNAME), None)
+        if cname is not None and qtype not in (_CNAME, ANY):
             # ExternalName (spec 2.5): the CNAME first, then the target's records (RFC 1034
             # §4.3.2 step 3a): a target inside our zones is chased here, one outside by the
             # caller through the upstreams (`Answer.chase`).
-            rr = RR(qname + ".", QTYPE.CNAME, rdata=CNAME_RD(cname.value + "."), ttl=self.ttl)
+            rr = RR(qname + ".", _CNAME, rdata=CNAME_RD(cname.value + "."), ttl=self.ttl)
             answer.answer.append(rr)
             if trace is not None:
                 trace.origin(rr, "record", key, cname, zone)
@@ -711,7 +704,7 @@ class Resolver:
             answer.answer.append(rr)
             if trace is not None:
                 trace.origin(rr, kind, key, record, zone)
-            if record.rtype == QTYPE.SRV:
+            if record.rtype == _SRV:
                 # Glue for the target (spec 2.3.2: the additional section MAY carry it).
                 # SRV targets are names of the same Service: its own name or its endpoints'.
                 target = record.value
@@ -719,9 +712,7 @@ class Resolver:
                 present = glued.setdefault(target, set())
                 ips = tuple(
                     ip
-                    for ip in dict.fromkeys(
-                        g.value for g in glue if g.rtype in (QTYPE.A, QTYPE.AAAA)
-                    )
+                    for ip in dict.fromkeys(g.value for g in glue if g.rtype in (_A, _AAAA))
                     if ip not in present
                 )
                 present.update(ips)
@@ -750,42 +741,101 @@ class Resolver:
         records: tuple[Record, ...],
     ) -> None:
         """`_records` without a trace, A, AAAA and SRV as `pack.Rec` (the same records, the
-        same order, the same glue): a 500-endpoint headless answer built as dnslib objects
-        cost more than all the rest of its answer."""
+        same order, the same glue), each encoded but for its owner: a 500-endpoint headless
+        answer built as dnslib objects cost more than all the rest of its answer, and then
+        writing each record's fields one by one most of what was left."""
         ttl = self.ttl
-        owner = _labels(qname)
-        glued: dict[str, set[str]] = {}
-        targets: dict[str, tuple[bytes, ...]] = {}
+        owner = labels(qname)
+        heads = {_A: _RR_HEAD.pack(_A, 1, ttl, 4), _AAAA: _RR_HEAD.pack(_AAAA, 1, ttl, 16)}
+        suffix = "." + zone
+        if qtype == _SRV and self._packed_srv(answer, owner, suffix, heads, service, records):
+            return None
+        glued: set[str] = set()
         found = False
         out, additional = answer.answer, answer.additional
+        # Names bound once: the loop runs once per endpoint of a headless Service.
+        new, Rec, srv_tail, glue_of = tuple.__new__, pack.Rec, _SRV_TAIL.pack, service.forward.get
         for record in records:
-            rtype = record.rtype
+            rtype, target, port, priority, weight, in_zone = record
             if rtype != qtype and qtype != ANY:
                 continue
             found = True
-            if rtype == QTYPE.A or rtype == QTYPE.AAAA:
-                out.append(pack.Rec(owner, rtype, ttl, address_bytes(record.value)))
+            head = heads.get(rtype)
+            if head is not None:  # A or AAAA
+                out.append(new(Rec, (owner, rtype, head + address_bytes(target))))
                 continue
-            if rtype != QTYPE.SRV:
+            if rtype != _SRV:
                 out.append(self.record_rr(qname, record, zone))
                 continue
-            target = record.value
-            labels = targets.get(target)
-            if labels is None:
-                # The glue's owner and, in the zone (every SRV records.py makes), the target.
-                labels = targets[target] = _labels(f"{target}.{zone}")
-            name = labels if record.in_zone else _labels(target)
-            fixed = _SRV_FIXED.pack(record.priority, record.weight, record.port)
-            out.append(pack.Rec(owner, rtype, ttl, fixed, name))
-            # Glue for the target (spec 2.3.2), each address once per target, as `_records`.
-            present = glued.setdefault(target, set())
-            for glue in service.forward.get(target, ()):
-                ip = glue.value
-                if glue.rtype in (QTYPE.A, QTYPE.AAAA) and ip not in present:
-                    present.add(ip)
-                    additional.append(pack.Rec(labels, glue.rtype, ttl, address_bytes(ip)))
+            # The glue's owner and, in the zone (every SRV records.py makes), the target.
+            target_labels, name = name_parts(target + suffix)
+            if not in_zone:
+                name = name_parts(target)[1]
+            tail = (
+                None
+                if name is None
+                else srv_tail(_SRV, 1, ttl, 6 + len(name), priority, weight, port) + name
+            )
+            out.append(new(Rec, (owner, _SRV, tail)))
+            # Glue for the target (spec 2.3.2), each address once per target, as `_records`:
+            # a target's records hold each address once, so the first SRV naming a target
+            # gives all of them and a later one none.
+            if target in glued:
+                continue
+            glued.add(target)
+            for glue in glue_of(target, ()):
+                head = heads.get(glue[0])
+                if head is not None:  # A or AAAA
+                    tail = head + address_bytes(glue[1])
+                    additional.append(new(Rec, (target_labels, glue[0], tail)))
         if not found:
             self._negative(answer, zone, exists=True)
+        return None
+
+    def _packed_srv(
+        self,
+        answer: Answer,
+        owner: tuple[bytes, ...],
+        suffix: str,
+        heads: dict[int, bytes],
+        service: ServiceRecords,
+        records: tuple[Record, ...],
+    ) -> bool:
+        """`_packed_records` for an SRV question, a pass per part instead of a loop per
+        record (a 500-endpoint headless Service's SRV set); False, with nothing added, when a
+        record needs the general loop (a target outside the zone or too long, none at all)."""
+        srvs = [r for r in records if r[0] == _SRV]
+        if not srvs or False in [r[5] for r in srvs]:  # every SRV records.py makes is in_zone
+            return False
+        parts = names_parts([r[1] + suffix for r in srvs])
+        if None in [wire for _, wire in parts]:
+            return False
+        ttl, new, Rec, srv_tail = self.ttl, tuple.__new__, pack.Rec, _SRV_TAIL.pack
+        answer.answer.extend(
+            [
+                new(Rec, (owner, _SRV, srv_tail(_SRV, 1, ttl, 6 + len(w), r[3], r[4], r[2]) + w))
+                for r, (_, w) in zip(srvs, parts, strict=True)
+            ]
+        )
+        # Glue (spec 2.3.2) per target in the order the SRV records first name it, each
+        # address once per target: what the loop gives.
+        owners = dict(zip([r[1] for r in srvs], [names for names, _ in parts], strict=True))
+        glue_of = service.forward.get
+        glue = [
+            (owner_labels, g)
+            for target, owner_labels in owners.items()
+            for g in glue_of(target, ())
+            if g[0] in heads
+        ]
+        answer.additional.extend(
+            [
+                new(Rec, (owner_labels, g[0], heads[g[0]] + octets))
+                for (owner_labels, g), octets in zip(
+                    glue, addresses_bytes([g[1] for _, g in glue]), strict=True
+                )
+            ]
+        )
+        return True
 
     def record_rr(self, owner: str | DNSLabel, record: Record, zone: str) -> RR:
         """The RR `record` gives at `owner` (a name without the trailing dot, or its label) in

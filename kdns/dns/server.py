@@ -33,7 +33,9 @@ Contract:
   kdns/dns/stats.py): by the receive thread in its own `ThreadCounts` (folded at scrape time)
   for its hits, before their send, and through `QueryStats.record` elsewhere. Its duration runs
   from reading the query to the end of the send (CoreDNS's from ServeDNS to WriteMsg), the
-  send itself excepted for the thread's hits. The answer caches' sizes and misses are their
+  send itself excepted for the thread's hits and for misses the forwarder's relay answered
+  (counted by trio afterwards, through the receiver's `answered`, with the duration the relay
+  measured up to its send). The answer caches' sizes and misses are their
   `stats()`, read from the current handler at scrape time.
 """
 
@@ -288,6 +290,7 @@ class DnsServer:
             self.dual_stack,
             loop=loop if loop in ("auto", "batch", "packet") else "auto",
         )
+        receiver.answered = self._count  # misses the forwarder's reader thread answered
         self._receiver = receiver
         self.stats.threads.append(receiver.counts)
         with self._receiving():
@@ -319,7 +322,8 @@ class DnsServer:
         sock = receiver.sock
         for data, addr, start, serving in receiver.take_misses():
             self._answer_udp(sock, serving, data, addr, start, nursery)
-        dropped = receiver.dropped  # only the thread writes it; one read
+        # Only the threads write these; one read each.
+        dropped = receiver.dropped + receiver.dropped_back
         if dropped > receiver.dropped_counted:
             metrics.DNS_UDP_DROPPED.labels(self.stats.server).inc(
                 dropped - receiver.dropped_counted
@@ -391,8 +395,10 @@ class DnsServer:
         response: bytes,
         label: int,
         start: float,
+        elapsed: float | None = None,
     ) -> None:
-        elapsed = time.perf_counter() - start
+        if elapsed is None:
+            elapsed = time.perf_counter() - start
         family = self._family_of(addr[0])
         self.stats.record(proto, family, label, len(data), len(response), elapsed)
         if serving.query_log is not None:

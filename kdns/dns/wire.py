@@ -314,7 +314,7 @@ def _marked(
     reads back by parsing, grouped the same way (consecutive records of one owner and type)."""
     answer, authority, additional = sections
     an, ns, ar = len(answer), len(authority), len(additional)
-    pieces = tuple(response[offsets[i] : offsets[i + 1]] for i in range(an))
+    pieces = tuple([response[offsets[i] : offsets[i + 1]] for i in range(an)])
     spans: list[tuple[int, int, int]] = []
     types: list[int] = []
     last: tuple[tuple[bytes, ...], int] | None = None

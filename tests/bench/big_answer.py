@@ -2,7 +2,8 @@
 
 What it measures. A headless Service with ``--endpoints`` ready endpoints (one named port) is
 loaded into a store; then ``--changes`` times its EndpointSlice is replaced by one with new
-addresses (a rollout), and right after each change the SRV question
+addresses (a rollout: every endpoint replaced, or ``--replaced N`` of them, as one step of a
+rolling update replaces a few pods), and right after each change the SRV question
 ``_http._tcp.<svc>.<ns>.svc.cluster.local`` is answered as over TCP (``Handler.handle``, no
 truncation). That answer is built from nothing (the Service's records, the RRs, the encoding,
 the answer cache's entry): the time the event loop answers nothing else. The script prints the
@@ -69,6 +70,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--endpoints", type=int, default=500)
     parser.add_argument("--changes", type=int, default=20)
+    parser.add_argument(
+        "--replaced",
+        type=int,
+        help="endpoints replaced by each change (default: every one; a rollout step replaces a few)",
+    )
     parser.add_argument("--before", type=Path, help="a checkout to measure first, same run")
     parser.add_argument("--no-clients", dest="clients", action="store_false")
     parser.add_argument("--client-qps", type=int, default=1000)
@@ -82,6 +88,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--endpoints must be 1..60000 and --changes 1..1000")
     if not 1 <= args.client_qps <= 20_000 or not 0.5 <= args.phase <= 30:
         parser.error("--client-qps must be 1..20000 and --phase 0.5..30 s")
+    replaced = args.endpoints if args.replaced is None else args.replaced
+    if not 0 <= replaced <= args.endpoints:
+        parser.error("--replaced must be 0..--endpoints")
     if args.switch_interval is not None:
         sys.setswitchinterval(args.switch_interval)
     if args.before is not None:
@@ -99,13 +108,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             timeout=600,
         )
         print("--- after: this tree", flush=True)
+    # The interpreter as `kdns serve` sets it up (kdns/interpreter.py), in a tree that does.
+    served = importlib.import_module("kdns.app")
+    interpreter = getattr(served, "interpreter", None)
+    if hasattr(interpreter, "answer_promptly"):
+        interpreter.answer_promptly()  # type: ignore[union-attr]
     store, resolver, handler = make_handler()
     store.upsert(SERVICES, service_from_dict(svc("big", "hl", clusterIP="None")))
     ports = [{"name": "http", "port": 80, "protocol": "TCP"}]
 
     def endpoints(generation: int) -> object:
+        # The first `replaced` endpoints get new addresses (and so new names) each change.
         addresses = [
-            ep(f"10.{generation % 250}.{i // 250}.{i % 250 + 1}") for i in range(args.endpoints)
+            ep(f"10.{(generation if i < replaced else 0) % 250}.{i // 250}.{i % 250 + 1}")
+            for i in range(args.endpoints)
         ]
         return endpointslice_from_dict(eps("big", "hl", "hl-a", addresses, ports))
 
@@ -126,7 +142,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {len(parsed.rr)} SRV records and {len(parsed.ar)} glue records")
         return 1
     print(f"kdns from {kdns.__file__}")
-    print(f"{args.endpoints} endpoints, {len(response)} octets over TCP, {args.changes} changes")
+    print(
+        f"{args.endpoints} endpoints, {len(response)} octets over TCP, {args.changes} changes"
+        f" of {replaced} endpoints each"
+    )
     for name, values in (("store change", change_ms), ("first answer", answer_ms)):
         print(
             f"  {name:13s} CPU ms: min {min(values):7.1f}  median {statistics.median(values):7.1f}"
@@ -139,12 +158,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     def best(action: Callable[[], object]) -> float:
         return min(cpu_ms(action) for _ in range(10))
 
-    later = iter(range(args.changes + 1, args.changes + 12))  # a change each time
+    # A change each time, its slice converted before (the source's work, not the answer's).
+    later = iter([endpoints(g) for g in range(args.changes + 1, args.changes + 12)])
     records = best(
-        lambda: (
-            store.upsert(ENDPOINTSLICES, endpoints(next(later))),
-            resolver.service_records(key),
-        )
+        lambda: (store.upsert(ENDPOINTSLICES, next(later)), resolver.service_records(key))
     )
     packed = hasattr(wire, "encode_layout")  # this tree: the handler's path, records in parts
     options = {"packed": True} if packed else {}
@@ -164,7 +181,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         encoded, extra = wire.encode(parsed_query, answer.rcode, *sections), {}
     store_ = best(lambda: handler.cache.store(query, parsed_query, encoded, answer.tags, **extra))
     print(
-        f"  parts (best of 10, CPU ms): change (the slice read too) + records {records:.1f}, resolve (records kept) "
+        f"  parts (best of 10, CPU ms): change + records {records:.1f}, resolve (records kept) "
         f"{resolve:.1f}, encode {encode:.1f}, cache store {store_:.1f}"
     )
     if args.clients:
@@ -238,11 +255,16 @@ async def others_while_rebuilt(
             SERVICES,
             service_from_dict(svc("kube-system", "kube-dns", clusterIP="10.96.0.10")),
         )
-        # As `kdns serve` does once its store has synced (kdns/collector.py), unless the tree
-        # measured is one from before that.
-        freeze = getattr(importlib.import_module("kdns.app"), "collector", None)
-        if freeze is not None:
-            freeze.freeze()
+        # As `kdns serve` does once its store has synced (kdns/interpreter.py), as far as the
+        # tree measured does (one from before has kdns/collector.py, or nothing);
+        # `--switch-interval` overrides the tree's interval.
+        served = importlib.import_module("kdns.app")
+        interpreter = getattr(served, "interpreter", None) or getattr(served, "collector", None)
+        if interpreter is not None:
+            interpreter.freeze()
+        if args.switch_interval is not None:
+            sys.setswitchinterval(args.switch_interval)
+        print(f"  switch interval {sys.getswitchinterval() * 1e3:.2f} ms", flush=True)
 
         async def phase(changing: bool) -> dict[str, object]:
             argv = [sys.executable, "-c", CLIENT, str(port), str(args.client_qps)]

@@ -23,6 +23,7 @@ def missing_everything() -> SimpleNamespace:
         cache=SimpleNamespace(lookup=lambda data, udp: None),
         forwarded=None,
         denial=lambda data: None,
+        forward_miss=lambda miss, receiver: False,  # no forwarder: trio's
     )
     return SimpleNamespace(handler=handler, query_log=None)
 

@@ -62,7 +62,10 @@ def echo_serving(
         logged.append((addr, proto, data, response))
 
     handler = SimpleNamespace(
-        cache=SimpleNamespace(lookup=lookup), forwarded=None, denial=lambda data: None
+        cache=SimpleNamespace(lookup=lookup),
+        forwarded=None,
+        denial=lambda data: None,
+        forward_miss=lambda miss, receiver: False,  # no forwarder: trio's
     )
     return SimpleNamespace(handler=handler, query_log=query_log if logged is not None else None)
 

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import ipaddress
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from kdns.dns.records import (
     PTR,
@@ -11,6 +15,7 @@ from kdns.dns.records import (
     ReverseIndex,
     dashed,
     ptr_addresses,
+    reverse_key,
     reverse_name,
     reverse_prefix,
     service_records,
@@ -131,7 +136,14 @@ def test_reverse_index_replace_equals_updates() -> None:
         one.update(key, ips)
     two.replace(owned)
     assert one.owners == two.owners and one.by_service == two.by_service
-    assert one._sorted == two._sorted
+    for name in (
+        "10.in-addr.arpa",
+        "0.10.in-addr.arpa",
+        "0.0.10.in-addr.arpa",
+        "1.10.in-addr.arpa",
+    ):
+        prefix = reverse_prefix(name) or ""
+        assert one.has_prefix(prefix) == two.has_prefix(prefix) == (name != "1.10.in-addr.arpa")
 
 
 @pytest.mark.parametrize(
@@ -155,3 +167,44 @@ def test_empty_non_terminals_of_a_service() -> None:
     )
     records = service_records(service, ())
     assert records.ents == {"_tcp.s.ns.svc"}
+
+
+# Few distinct octets and nibbles, so that addresses share /24s, /64s and prefixes above them.
+V4 = st.tuples(*[st.sampled_from(["1", "10", "100"])] * 4).map(".".join)
+V6 = st.tuples(st.sampled_from(["fd00:0:0:1", "fd00:0:0:2", "fd00:10:0:1"]), st.integers(1, 40))
+ADDRESSES = st.one_of(
+    V4, V6.map(lambda parts: str(ipaddress.ip_address(f"{parts[0]}::{parts[1]:x}")))
+)
+KEYS = st.sampled_from([("ns", "a"), ("ns", "b"), ("ns", "c")])
+
+
+def _every_prefix(ip: str) -> list[str]:
+    """Every reverse name above `ip` and `ip`'s own, as `reverse_prefix` spells them."""
+    name = reverse_name(ip)
+    labels = name.split(".")
+    return [reverse_prefix(".".join(labels[i:])) or "" for i in range(len(labels) - 2)]
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(st.tuples(KEYS, st.frozensets(ADDRESSES, max_size=6)), max_size=12),
+    st.lists(ADDRESSES, max_size=4),
+)
+def test_reverse_prefixes_are_those_of_the_owned_addresses(
+    updates: list[tuple[tuple[str, str], frozenset[str]]], others: list[str]
+) -> None:
+    # RFC 8020: a reverse name exists when some owned address's name lies at or below it. The
+    # index answers from its groups what a scan of every owned address's key answers, after
+    # any sequence of updates, and a bulk `replace` of the same state answers the same.
+    index = ReverseIndex()
+    for key, addresses in updates:
+        index.update(key, addresses)
+    rebuilt = ReverseIndex()
+    rebuilt.replace(dict(index.by_service))
+    keys = [reverse_key(ip) for ip in index.owners]
+    asked = {p for _, addresses in updates for ip in addresses for p in _every_prefix(ip)}
+    asked |= {p for ip in others for p in _every_prefix(ip)} | {""}
+    for prefix in asked:
+        want = any(key.startswith(prefix) for key in keys)
+        assert index.has_prefix(prefix) == want, prefix
+        assert rebuilt.has_prefix(prefix) == want, prefix

@@ -1,0 +1,88 @@
+"""kdns/interpreter.py: a serving process runs with the short switch interval; once the store
+has synced, the heap alive then leaves the cycle collector's sight (gc.freeze), and not before."""
+
+from __future__ import annotations
+
+import gc
+import sys
+from collections.abc import Iterator
+
+import pytest
+
+from kdns import app, interpreter
+from kdns.config import Config
+from kdns.store import ENDPOINTSLICES, SERVICES, Store
+from tests.dns.test_forward import EXAMPLES, ask, kdns_app
+
+
+@pytest.fixture(autouse=True)
+def nothing_frozen() -> Iterator[None]:
+    gc.unfreeze()  # whatever earlier tests froze
+    yield
+    gc.unfreeze()  # the rest of the suite's objects stay collectable
+
+
+def test_the_heap_is_frozen_once_every_kind_is_listed_and_not_before() -> None:
+    store = Store(watched=(SERVICES, ENDPOINTSLICES))
+    interpreter.freeze_when_synced(store)
+    store.replace(SERVICES, {})
+    assert gc.get_freeze_count() == 0  # EndpointSlices not listed yet
+    store.replace(ENDPOINTSLICES, {})
+    frozen = gc.get_freeze_count()
+    assert frozen > 0
+    store.replace(SERVICES, {})  # a relist later freezes nothing more
+    assert gc.get_freeze_count() == frozen
+
+
+def test_a_store_synced_already_is_frozen_at_once() -> None:
+    store = Store(watched=(SERVICES,))
+    store.replace(SERVICES, {})
+    interpreter.freeze_when_synced(store)
+    assert gc.get_freeze_count() > 0
+
+
+def test_frozen_objects_are_still_freed_when_dropped() -> None:
+    # Reference counting frees an acyclic object frozen with the rest (the model's objects are
+    # acyclic): freezing costs no memory when the store replaces them later.
+    class Probe:
+        freed = False
+
+        def __del__(self) -> None:
+            Probe.freed = True
+
+    held = [Probe()]
+    interpreter.freeze()
+    held.clear()
+    assert Probe.freed
+
+
+@pytest.fixture
+def default_switch_interval() -> Iterator[None]:
+    before, thresholds = sys.getswitchinterval(), gc.get_threshold()
+    sys.setswitchinterval(0.005)  # CPython's defaults
+    gc.set_threshold(700, *thresholds[1:])
+    yield
+    sys.setswitchinterval(before)  # the rest of the suite runs as it did
+    gc.set_threshold(*thresholds)
+
+
+@pytest.mark.usefixtures("default_switch_interval")
+async def test_kdns_serve_answers_with_the_short_switch_interval_and_young_threshold() -> None:
+    # The whole `kdns serve` as the command runs it (app.build, app.serve), in this process:
+    # once it answers, the interpreter lets a thread that holds the GIL go after 0.2 ms and
+    # collects the youngest generation every 10,000 allocations.
+    assert sys.getswitchinterval() == pytest.approx(0.005)
+    async with kdns_app(Config()) as running:
+        answer = await ask(running.port, "api.prod.svc.cluster.local")
+        assert answer.answer  # it answers
+        assert sys.getswitchinterval() == pytest.approx(interpreter.SWITCH_INTERVAL)
+        assert gc.get_threshold()[0] == interpreter.YOUNG_COLLECTION
+
+
+def test_building_without_serving_leaves_the_interval_alone(
+    default_switch_interval: None,
+) -> None:
+    # `kdns check` builds the app and serves nothing: the process keeps CPython's default.
+    app.build(Config().with_overrides(manifests=(str(EXAMPLES),)))
+    assert sys.getswitchinterval() == pytest.approx(0.005)
+    assert gc.get_threshold()[0] == 700
