@@ -125,14 +125,25 @@ class Handler:
         random-subdomain flood (`<random>.<ns>.svc.<zone>`) costs one pass here instead of
         trio's hand-off and the whole miss path. It reads only what the trio thread publishes
         by single reference swaps or single set/dict operations (`Resolver.certainly_absent`),
-        writes nothing, and stores nothing in the answer cache: a one-off name would only push
-        out the names that are asked again, and an answer not stored can never be stale.
+        writes nothing but the kept denials (below), and stores no entry in the answer cache: a
+        one-off name would only push out the names that are asked again.
         Only a plain query (one uncompressed question, QUERY, class IN, no records but an EDNS
-        version 0 OPT) takes this path; the answer is what `_slow` gives, byte for byte."""
+        version 0 OPT) takes this path; the answer is what `_slow` gives, byte for byte.
+
+        The answer is kept apart from the answer cache's entries (`AnswerCache.keep_denial`),
+        so the same question asked again, as pods ask the search expansions of outside names
+        (`www.example.com.<ns>.svc.<zone>`), is answered by `AnswerCache.lookup` as cheaply as
+        a hit, until the next store change."""
         if not self._denials:
             return None
         try:
-            return self._denial(data)
+            # Read before the store's state: a change applied from here on swaps it, and what
+            # is built from the state before then goes nowhere (AnswerCache.keep_denial).
+            kept = self.cache.denials
+            found = self._denial(data)
+            if found is not None:
+                self.cache.keep_denial(data, found, kept)
+            return found
         except Exception:  # never in the receive thread: trio answers it, and logs any bug
             return None
 

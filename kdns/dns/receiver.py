@@ -28,7 +28,9 @@ Contract:
   forwarded name, `ForwardedHits.lookup` of kdns/dns/upstream_hits.py, whose few writes are
   single reference swaps and atomic counters, see there) is answered in the thread, and so is
   the NXDOMAIN of a cluster name that certainly does not exist (`Handler.denial`, which reads
-  only what the trio thread publishes atomically).
+  only what the trio thread publishes atomically, and keeps what it built for the next same
+  question with one dict set into a dict the trio thread swaps out after each change:
+  `AnswerCache.keep_denial`; the next one is a `lookup` hit).
   A miss of a name only the upstreams answer may be sent upstream from here instead
   (`Handler.forward_miss`, kdns/dns/miss_relay.py); the forwarder's reader thread answers it,
   counts it through `answered` (set by the server, called from trio), and gives back what it
@@ -45,7 +47,8 @@ Contract:
 - The trio thread owns the store, the resolver and the caches; this thread only reads them
   (and makes the upstream cache's few thread-safe writes that ForwardedHits documents).
 - Counts: hits are counted in `counts` (`ThreadCounts`, kdns/dns/stats.py), written only by
-  this thread and folded by the trio thread at scrape time, so the hot path takes no lock. The
+  this thread and folded by the trio thread at scrape time, so the hot path takes no lock; the
+  loops update it inline (a method call per packet cost more than the update). The
   misses it hands over are counted by trio, when it answers them, with the rest of its counts.
 - The query log, when configured, is written from this thread for the answers it gives (the
   logging module is thread-safe).
@@ -75,9 +78,10 @@ from typing import TYPE_CHECKING
 
 from kdns import metrics
 from kdns.dns import mmsg
-from kdns.dns.stats import ThreadCounts
+from kdns.dns.stats import Counts, ThreadCounts
 
 if TYPE_CHECKING:
+    from kdns.dns.handler import Handler
     from kdns.dns.server import Serving
 
 log = logging.getLogger(__name__)
@@ -99,6 +103,8 @@ CALM_AVERAGE = 4
 # (query bytes, client address as recvfrom gives it (IPv6: a 4-tuple), when it was read
 # (perf_counter), the serving that read it)
 Miss = tuple[bytes, tuple[str, int], float, "Serving"]
+# What an answer is counted under: (label id, request size, response size, duration bucket).
+CountKey = tuple[int, int, int, int]
 
 
 class UdpReceiver:
@@ -200,39 +206,26 @@ class UdpReceiver:
                 self.batch_spells += 1
                 self._run_batch(batch, CALM_READS)
 
-    def _answer(self, data: bytes, serving: Serving) -> tuple[bytes, int] | None:
-        """The answer the thread gives itself (a hit or a certain NXDOMAIN), else None."""
-        handler = serving.handler
-        found = handler.cache.lookup(data, True)
-        if found is None and handler.forwarded is not None:
+    @staticmethod
+    def _answer_miss(data: bytes, handler: Handler) -> tuple[bytes, int] | None:
+        """After an answer-cache miss, the answer the thread gives itself (a forwarded hit or
+        a certain NXDOMAIN), else None. (The loops look the answer cache up themselves: a
+        call per packet costs about what the lookup does.)"""
+        found = None
+        if handler.forwarded is not None:
             found = handler.forwarded.lookup(data)  # a forwarded name's cached answer
         if found is None:
-            # A cluster name that certainly does not exist (a random-subdomain flood) is
-            # answered here too, from state the trio thread publishes (Handler.denial).
+            # A cluster name that certainly does not exist (a random-subdomain flood, the
+            # search expansions of outside names) is answered here too, from state the trio
+            # thread publishes; the next same question is an answer-cache hit (Handler.denial).
             found = handler.denial(data)
         return found
 
-    def _count(self, family: str, label: int, asked: int, size: int, elapsed: float) -> None:
-        """One answer in this thread's counts (before its send: a client that has its answer
-        finds it counted; the duration is from the read to the answer ready)."""
-        key = (
-            label,
-            asked,
-            size,
-            0 if elapsed <= FIRST_BUCKET else bisect_left(metrics.DURATION_BUCKETS, elapsed),
-        )
-        # `busy` brackets the update, so the trio thread never folds a dict mid-update
-        # (ThreadCounts.take).
+    def _count_new(self, counts: Counts, key: CountKey, elapsed: float) -> None:
+        """The first answer under `key` since the last fold (the loops count the others
+        inline: see `_run_packets`); asks trio for an early fold once the dict is large."""
+        counts[key] = [1, elapsed]
         shared = self.counts
-        shared.busy = True
-        counts = shared.counts[family]
-        entry = counts.get(key)
-        if entry is None:
-            counts[key] = [1, elapsed]
-        else:
-            entry[0] += 1
-            entry[1] += elapsed
-        shared.busy = False
         if shared.full is False and len(counts) >= ThreadCounts.FOLD_AT:
             shared.full = True
             self._hand_over_full()
@@ -249,13 +242,9 @@ class UdpReceiver:
         datagrams each on average (None: only at `stop()`)."""
         fd = self.sock.fileno()
         reads = datagrams = 0
-        serving_now, clock, answer, count = (
-            self.serving,
-            time.perf_counter,
-            self._answer,
-            self._count,
-        )
-        family, dual_stack = self.family, self.dual_stack
+        serving_now, clock, answer_miss = self.serving, time.perf_counter, self._answer_miss
+        family, dual_stack, shared = self.family, self.dual_stack, self.counts
+        buckets = metrics.DURATION_BUCKETS
         slots = batch.slots
         wait = True
         while not self.stopping:
@@ -280,15 +269,32 @@ class UdpReceiver:
                     break  # `stop()` shut the receive side down
                 start = clock()
                 serving = serving_now()  # a reload swaps it; each query is answered by one
-                found = answer(data, serving)
+                handler = serving.handler
+                found = handler.cache.lookup(data, True)
                 if found is None:
-                    self._hand_over((data, batch.address(i), start, serving))
-                    continue
+                    found = answer_miss(data, handler)
+                    if found is None:
+                        self._hand_over((data, batch.address(i), start, serving))
+                        continue
                 response, label = found
                 elapsed = clock() - start
                 if dual_stack:
                     family = "1" if mmsg.is_v4_mapped(batch.name(i)) else "2"
-                count(family, label, len(data), len(response), elapsed)
+                key = (  # counted inline, as in `_run_packets`
+                    label,
+                    len(data),
+                    len(response),
+                    0 if elapsed <= FIRST_BUCKET else bisect_left(buckets, elapsed),
+                )
+                shared.busy = True
+                counts = shared.counts[family]
+                entry = counts.get(key)
+                if entry is None:
+                    self._count_new(counts, key, elapsed)
+                else:
+                    entry[0] += 1
+                    entry[1] += elapsed
+                shared.busy = False
                 batch.reply(i, response)  # to the raw address it came from: nothing decoded
                 query_log = serving.query_log
                 if query_log is not None:
@@ -309,13 +315,9 @@ class UdpReceiver:
         syscall, or made to let go by another thread), and the queue grew meanwhile. Without
         it (`loop="packet"`), until `stop()`."""
         recvfrom, sendto = self.sock.recvfrom, self.sock.sendto
-        serving_now, clock, answer, count = (
-            self.serving,
-            time.perf_counter,
-            self._answer,
-            self._count,
-        )
-        family, dual_stack = self.family, self.dual_stack
+        serving_now, clock, answer_miss = self.serving, time.perf_counter, self._answer_miss
+        family, dual_stack, shared = self.family, self.dual_stack, self.counts
+        buckets = metrics.DURATION_BUCKETS
         while not self.stopping:
             try:
                 data, addr = recvfrom(MAX_DATAGRAM)
@@ -329,15 +331,35 @@ class UdpReceiver:
                 break  # `stop()` shut the receive side down
             start = clock()
             serving = serving_now()
-            found = answer(data, serving)
+            handler = serving.handler
+            found = handler.cache.lookup(data, True)
             if found is None:
-                self._hand_over((data, addr, start, serving))
-                continue
+                found = answer_miss(data, handler)
+                if found is None:
+                    self._hand_over((data, addr, start, serving))
+                    continue
             response, label = found
             elapsed = clock() - start
             if dual_stack:
                 family = "1" if addr[0].startswith("::ffff:") else "2"
-            count(family, label, len(data), len(response), elapsed)
+            # Counted before the send (a client that has its answer finds it counted), inline:
+            # a call per packet costs more than the update. `busy` brackets the update, so the
+            # trio thread never folds a dict mid-update (ThreadCounts.take).
+            key = (
+                label,
+                len(data),
+                len(response),
+                0 if elapsed <= FIRST_BUCKET else bisect_left(buckets, elapsed),
+            )
+            shared.busy = True
+            counts = shared.counts[family]
+            entry = counts.get(key)
+            if entry is None:
+                self._count_new(counts, key, elapsed)
+            else:
+                entry[0] += 1
+                entry[1] += elapsed
+            shared.busy = False
             try:
                 sendto(response, addr)
             except OSError as e:

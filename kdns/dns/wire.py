@@ -593,6 +593,10 @@ _COUNTS_EDNS = b"\x00\x01\x00\x00\x00\x00\x00\x01"
 
 ROTATIONS_KEPT = 64  # an RRset up to this size keeps every rotation encoded; larger ones re-join
 CUTS_KEPT = 256  # UDP cuts (limit, rotation) kept per entry: a few hundred kB at most
+# The kept denials (`AnswerCache.keep_denial`): the bytes they may hold, by `_kept_size` (a
+# name of podmix's `<outside name>.<ns>.svc.<zone>` shape takes ~400: some 10,000 questions).
+DENIALS_MAX_BYTES = 4 << 20
+DENIAL_OVERHEAD = 300  # the tuple, two bytes objects' headers, the dict slot (CPython 3.11)
 
 # An entry: (header octets 2-12, the tail after the question per rotation — () when re-joined
 # per answer —, full length, the Layout, the rotation turns to come, the label, the UDP cuts
@@ -628,6 +632,14 @@ class AnswerCache:
     `evictions_success` / `evictions_denial` (CoreDNS's `cache_evictions_total`).
 
     Only the trio thread stores, drops and evicts; `lookup` may run in another thread.
+
+    Beside the entries, the *kept denials*: NXDOMAINs the receive thread built from the store's
+    state (`Handler.denial`, a random-subdomain flood, the search expansions of outside names),
+    which are not entries (a flood would push out the names asked again), kept by
+    `keep_denial` in a dict of their own, bounded by DENIALS_MAX_BYTES (oldest out first), and
+    answered by `lookup` after the entries, as cheaply. Every NXDOMAIN carries the zone's SOA
+    serial, which every store change moves, so `drop` (called after each change is applied)
+    and `clear` swap in an empty dict. Either thread may keep one (see `keep_denial`).
     """
 
     def __init__(
@@ -643,6 +655,10 @@ class AnswerCache:
         self.misses = 0
         self.evictions_success = 0
         self.evictions_denial = 0
+        # key → (header octets 2-12, what follows the question, label id); swapped, never
+        # emptied in place, so a denial built from a state since changed lands in a dead dict.
+        self.denials: dict[bytes, tuple[bytes, bytes, int]] = {}
+        self.denial_bytes = 0  # their estimated size (`_kept_size`)
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -668,11 +684,13 @@ class AnswerCache:
 
         The common shape (no EDNS) is keyed inline; everything else goes through `cache_key`.
         Only a plain query can be in the cache, and the key holds the whole header, so a query
-        of any other shape simply misses."""
+        of any other shape simply misses. A kept denial (the class docstring) is read the same
+        way: one dict entry, an immutable tuple."""
         z = data.find(0, 12)
         qend = z + 5
         if z >= 12 and len(data) == qend:
-            entry = self.entries.get(data[2:z].lower() + data[z:qend])
+            key = data[2:z].lower() + data[z:qend]
+            entry = self.entries.get(key)
             limit = CLASSIC_UDP_PAYLOAD
         else:
             found = cache_key(data) if z >= 12 else None
@@ -681,7 +699,11 @@ class AnswerCache:
             key, qend, limit = found
             entry = self.entries.get(key)
         if entry is None:
-            return None
+            # A denial kept for this question (never over 512 bytes: no cut needed).
+            kept = self.denials.get(key)
+            if kept is None:
+                return None
+            return data[:2] + kept[0] + data[12:qend] + kept[1], kept[2]
         if udp and entry[2] > limit:
             header, tail = self._cut(entry, limit)
             return data[:2] + header + data[12:qend] + tail, entry[5]
@@ -791,7 +813,42 @@ class AnswerCache:
             else:
                 self.evictions_success += 1
 
+    def keep_denial(
+        self, data: bytes, reply: Reply, into: dict[bytes, tuple[bytes, bytes, int]]
+    ) -> None:
+        """Keep the NXDOMAIN `reply` to `data` for `lookup`, in `into`: the `denials` dict the
+        caller read *before* it read the store's state to build the reply. A change applied
+        meanwhile has swapped `denials` (`drop`): the reply, maybe built from the state before,
+        then goes into the dead dict and is never served.
+
+        Safe from the receive thread (and from trio, and two receive threads sharing a
+        handler): one dict set of an immutable tuple, evictions one `pop` each; two threads
+        evicting at once at worst skew `denial_bytes`, an estimate, until the next swap."""
+        response, label = reply
+        if into is not self.denials or len(response) > CLASSIC_UDP_PAYLOAD:
+            return
+        if data[2] >= 0x41 or data[3] >= 0x41:
+            return  # as `store`: equal keys must mean equal headers
+        found = cache_key(data)
+        if found is None:
+            return
+        key, qend, _ = found
+        kept = (response[2:12], response[qend:], label)
+        size = _kept_size(key, kept)
+        while into and self.denial_bytes + size > DENIALS_MAX_BYTES:
+            try:
+                oldest = next(iter(into))
+                self.denial_bytes -= _kept_size(oldest, into.pop(oldest))
+            except (KeyError, RuntimeError, StopIteration):
+                break  # another thread took it first
+        old = into.get(key)
+        self.denial_bytes += size - (0 if old is None else _kept_size(key, old))
+        into[key] = kept
+
     def drop(self, tags: Iterable[Tag]) -> int:
+        # Every change moves the SOA serial each kept denial carries: start afresh (a swap,
+        # see `keep_denial`).
+        self.denials, self.denial_bytes = {}, 0
         tags = set(tags)
         if ("*",) in tags:  # the resolver rebuilt: nothing cached can be trusted
             dropped = len(self.entries)
@@ -804,6 +861,7 @@ class AnswerCache:
         return dropped
 
     def clear(self) -> None:
+        self.denials, self.denial_bytes = {}, 0
         self.entries.clear()
         self.by_tag.clear()
         self.bytes = 0
@@ -820,6 +878,11 @@ class AnswerCache:
             evictions_success=self.evictions_success,
             evictions_denial=self.evictions_denial,
         )
+
+
+def _kept_size(key: bytes, kept: tuple[bytes, bytes, int]) -> int:
+    """The estimated bytes one kept denial holds (`AnswerCache.keep_denial`)."""
+    return DENIAL_OVERHEAD + len(key) + len(kept[0]) + len(kept[1])
 
 
 def _is_denial(header: bytes) -> bool:

@@ -50,6 +50,7 @@ buffers, see above; only talks to 127.0.0.1):
     .venv/bin/python tests/bench/dns_vs_dnsmasq.py --quick          # one short round, smoke run
     .venv/bin/python tests/bench/dns_vs_dnsmasq.py --only dnsmasq   # the harness without kdns
     .venv/bin/python tests/bench/dns_vs_dnsmasq.py --mix a-only     # the headline mix alone
+    .venv/bin/python tests/bench/dns_vs_dnsmasq.py --before ../main  # main's kdns beside
 
 kdns is started as ``<python> -m kdns serve --manifests <dir> --dns-addr 127.0.0.1:<port>`` from
 the repository root; ``--kdns-cmd`` replaces that command line (a template with ``{python}``,
@@ -1076,6 +1077,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--dnsmasq", default="/usr/sbin/dnsmasq", help="dnsmasq binary")
     parser.add_argument(
+        "--before",
+        type=Path,
+        help="also run kdns from this checkout (e.g. a worktree of main), interleaved, as "
+        "kdns-before, with its own ratios against dnsmasq",
+    )
+    parser.add_argument(
         "--only", choices=["kdns", "dnsmasq"], help="measure one server (no ratios)"
     )
     parser.add_argument(
@@ -1135,7 +1142,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def build_servers(
     args: argparse.Namespace, tmp: Path, services: Sequence[Service], srv: bool
 ) -> list[Server]:
-    kdns_port, dnsmasq_port = pick_ports(2)
+    kdns_port, dnsmasq_port, before_port = pick_ports(3)
     server_cpu = None if args.no_pin else args.server_cpu
     manifests = tmp / "manifests"
     write_manifests(manifests, services)
@@ -1174,7 +1181,36 @@ def build_servers(
             ready_name=services[0].fqdn,
         ),
     ]
-    return [s for s in servers if args.only in (None, s.name)]
+    servers = [s for s in servers if args.only in (None, s.name)]
+    if args.before is not None:
+        # kdns from another checkout, interleaved with the rest (before/after in one sitting).
+        root = args.before.resolve()
+        before_env = dict(env)
+        before_env["PYTHONPATH"] = os.pathsep.join(
+            filter(None, [str(root), os.environ.get("PYTHONPATH")])
+        )
+        before_addr = f"127.0.0.1:{before_port}"
+        argv = shlex.split(
+            args.kdns_cmd.format(
+                python=shlex.quote(args.python),
+                manifests=shlex.quote(str(manifests)),
+                port=before_port,
+                addr=before_addr,
+            )
+        )
+        before = Server(
+            "kdns-before",
+            argv,
+            before_port,
+            tmp / "kdns-before.log",
+            server_cpu,
+            nice=args.nice,
+            cwd=root,
+            env=before_env,
+            ready_name=services[0].fqdn,
+        )
+        servers.insert(0, before)
+    return servers
 
 
 def check_tools(args: argparse.Namespace) -> None:
@@ -1287,6 +1323,8 @@ def run_mix(
         checks = expectations(services, srv=srv)
         answers: dict[str, list[DigAnswer]] = {}
         for server in servers:
+            if server.name == "kdns-before":
+                continue  # main's kdns: compared with the data in its own checkout's runs
             with running(server, args.start_timeout):
                 answers[server.name] = [dig(server.port, c.name, c.qtype) for c in checks]
         errors, notes = compare_answers(checks, answers)
@@ -1314,6 +1352,10 @@ def run_mix(
                         if not set_receive_buffer(server.pid, server.port, size):
                             say(f"    could not set dnsmasq's receive buffer to {size} (root?)")
                     results[server.name].append(measure(server, settings, plan, say))
+        if "kdns-before" in results:
+            before = {k: results[k] for k in ("kdns-before", "dnsmasq") if k in results}
+            say(f"\n{report(before, args.fixed_qps)}")
+            results.pop("kdns-before")
         table = report(results, args.fixed_qps)
         say(f"\n{table}")
         return table

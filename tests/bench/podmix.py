@@ -57,6 +57,7 @@ How to run (Debian packages dnsperf, unbound, bind9-dnsutils; taskset; two cores
     .venv/bin/python tests/bench/podmix.py --quick            # one short round, a smoke run
     .venv/bin/python tests/bench/podmix.py --rounds 3 --fixed-qps 5000
     .venv/bin/python tests/bench/podmix.py --nice -10   # a busy machine: the qps need the core
+    .venv/bin/python tests/bench/podmix.py --before ../podmix-before   # main's kdns beside
 
 The file name does not start with ``test_``, so pytest does not collect it.
 """
@@ -385,7 +386,15 @@ def write_peer_config(path: Path, port: int, upstream_port: int, world: World) -
     path.write_text("\n".join(lines) + "\n")
 
 
-def kdns_server(args: argparse.Namespace, work: Path, port: int, upstream_port: int) -> Server:
+def kdns_server(
+    args: argparse.Namespace,
+    work: Path,
+    port: int,
+    upstream_port: int,
+    root: Path = REPO_ROOT,
+    name: str = "kdns",
+) -> Server:
+    """kdns from the tree at `root` (`--before`: another checkout, for before/after)."""
     manifests = work / "manifests"
     argv = [
         args.python,
@@ -410,15 +419,15 @@ def kdns_server(args: argparse.Namespace, work: Path, port: int, upstream_port: 
     ]
     # Never this machine's resolv.conf; no lameduck (the benchmark stops kdns with SIGTERM).
     env = dict(os.environ, KDNS_RESOLV_CONF=os.devnull, KDNS_LAMEDUCK="0")
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
     return Server(
-        "kdns",
+        name,
         argv,
         port,
-        work / "kdns.log",
+        work / f"{name}.log",
         None if args.no_pin else args.server_cpu,
         nice=args.nice,
-        cwd=REPO_ROOT,
+        cwd=root,
         env=env,
         ready_name=f"app-0.team-0.svc.{ZONE}",
     )
@@ -557,6 +566,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-steps", type=int, default=8, help="bisection steps per search")
     parser.add_argument("--quick", action="store_true", help="one round, short steps (smoke run)")
     parser.add_argument("--only", choices=["kdns", "unbound"], help="one server (no ratios)")
+    parser.add_argument(
+        "--before",
+        type=Path,
+        help="also run kdns from this checkout (e.g. a worktree of main), interleaved, as "
+        "kdns-before, with its own ratios against unbound: before/after in one sitting",
+    )
     parser.add_argument("--server-cpu", default="0", help="taskset CPU of the server")
     parser.add_argument("--client-cpu", default="1", help="taskset CPU of dnsperf and upstream")
     parser.add_argument("--no-pin", action="store_true", help="do not use taskset")
@@ -667,7 +682,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         world = make_world(args.namespaces, args.services, args.outside)
         lookups = make_lookups(world, args.lookups, random.Random(SEED))
         qf = write_query_file(work / "queries.txt", world, lookups)
-        kdns_port, peer_port, upstream_port = pick_ports(3)
+        kdns_port, peer_port, upstream_port, before_port = pick_ports(4)
         write_manifests(work / "manifests", world)
         write_upstream_config(work / "upstream.conf", upstream_port, world)
         write_peer_config(work / "peer.conf", peer_port, upstream_port, world)
@@ -676,6 +691,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             peer_server(args, work, peer_port),
         ]
         servers = [s for s in servers if args.only in (None, s.name)]
+        if args.before is not None:
+            before = kdns_server(
+                args, work, before_port, upstream_port, args.before.resolve(), "kdns-before"
+            )
+            servers.insert(0, before)
         say(f"uptime: {uptime()}  ({os.cpu_count()} CPUs; other work may share them)")
         say(describe(qf, world))
         for server in servers:
@@ -727,6 +747,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"\nResults: {args.rounds} round(s) per server, interleaved, fresh server each round; "
             "best = highest qps / lowest latency and CPU; targets of issue 11."
         )
+        if args.before is not None:
+            before_results = {k: results[k] for k in ("kdns-before", "unbound") if k in results}
+            say(report(before_results, args.fixed_qps))
+            say("")
+            results.pop("kdns-before")
         say(report(results, args.fixed_qps))
         say(f"uptime at the end: {uptime()}")
         say(
