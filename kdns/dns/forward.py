@@ -99,6 +99,8 @@ class Forwarder:
         # Misses the receive thread sends upstream itself (kdns/dns/miss_relay.py), while `run`
         # runs: one reference, set and cleared by trio, read by the receive threads.
         self._relay: MissRelay | None = None
+        self._now: Callable[[], float] = trio.current_time  # trio's clock; `run` makes it any
+        # thread's (a receive thread reads it in `forward_miss`)
         # What trio does with the relay's answers (kdns/dns/relayed.py). Its `done` deque and
         # `unstored` dict are never replaced: held here too, so that testing them costs the
         # hit and miss paths no more than when they were this class's own.
@@ -228,8 +230,17 @@ class Forwarder:
         if found is None:
             return False
         key, qname, qend = found
-        if zone_of(qname) is not None or self.cache.holds(key) or key in self._unstored:
-            return False  # a cluster name, an answer trio has (stale, SERVFAIL) or will have
+        if (
+            zone_of(qname) is not None
+            or self.cache.answers_now(key, self._now())
+            or key in self._unstored
+            or key in self._in_flight
+        ):
+            # A cluster name; an answer trio has (a SERVFAIL too) or will have; trio's own
+            # exchange for it in flight (coalesced there). An expired entry is refreshed here:
+            # trio would ask the upstreams first too, and a failed relay attempt hands the
+            # query back, where the stale answer is served (RFC 8767).
+            return False
         upstream = self._fast_upstream(qname)
         if upstream is None or self.in_flight() >= self.config.max_concurrent:
             return False  # trio refuses past max_concurrent, as CoreDNS
@@ -411,6 +422,7 @@ class Forwarder:
         try:
             async with trio.open_nursery() as nursery:
                 self._background = nursery
+                self._now = trio.lowlevel.current_clock().current_time
                 self._relay = self._relayed.start(nursery)
                 task_status.started()
                 try:

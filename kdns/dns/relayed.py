@@ -10,7 +10,10 @@ halves (docs/architecture.md §6, §7 step 5):
   (kdns/dns/relay_answers.py), from the entry the upstream cache would store
   (`UpstreamCache.entry_for`, pure); what it cannot answer — a timeout, TC, a malformed reply,
   a socket error — goes back to the receiver as an ordinary miss (`hand_back`). Any rcode the
-  upstream answers (SERVFAIL, REFUSED too) is the answer, as on trio's path. It writes nothing
+  upstream answers (SERVFAIL, REFUSED too) is the answer, as on trio's path, but for a
+  SERVFAIL of a name whose expired answer is inside the serve-stale window: trio serves that
+  (RFC 8767 §5). The relay also refreshes expired entries (`Forwarder.forward_miss` declines
+  only a key with a fresh entry), as trio would ask the upstreams first too. It writes nothing
   trio owns: every outcome is one record appended to `done`.
 - On trio's thread (`batch`): the records are drained in order — entries stored, the forward
   metrics, the upstreams' health, the listener's statistics and the query log counted as
@@ -159,10 +162,15 @@ class RelayedMisses:
         if reply[2] & (wire.TC >> 8):
             # Trio asks this upstream again over TCP (RFC 7766 §5; `take_truncated`). Noted
             # before the hand-back: trio reads the note before it asks. Any other rcode is the
-            # answer, as `_exchange` takes it (SERVFAIL cached briefly, REFUSED passed on); no
-            # stale answer can beat it, since the relay takes only keys the cache holds nothing
-            # under (RFC 8767 §5 is trio's).
+            # answer, as `_exchange` takes it (SERVFAIL cached briefly, REFUSED passed on)...
             self._note(("truncated", pending, rcode, duration))
+            self._back(waiters)
+            return
+        if rcode == wire.SERVFAIL and self.cache.stale_kept(pending.key, self._now()):
+            # ... but a SERVFAIL for a name whose expired answer is inside the serve-stale
+            # window: the upstream failed, and the stale answer beats the failure (RFC 8767
+            # §5). Trio serves it; the note keeps it from asking this upstream again.
+            self._note(("servfail", pending, rcode, duration))
             self._back(waiters)
             return
         response = strip_opt(reply, parsed)
@@ -266,6 +274,10 @@ class RelayedMisses:
                     self.cache.store(pending.key, *made)
                     self.unstored.pop(pending.key, None)
                 self._count_answered(pending, made, answered)
+            elif kind == "servfail":  # an answer (the upstream is up), and a spent attempt
+                health.fails = 0
+                exchanges.count_response(to, record[2], record[3])
+                self._spend(pending)
             elif kind == "truncated":
                 exchanges.count_response(to, record[2], record[3])
                 if len(self._truncated) >= FAST_SPENT_KEPT:
@@ -275,12 +287,15 @@ class RelayedMisses:
                 query = wire.parse_query(record[2][0][0][0]) if record[2] else None
                 if isinstance(query, Query):
                     exchanges.failed(upstream, query, record[3])
-                # The relay's attempt was this question's first: trio's goes on from there.
-                if len(self._spent) >= FAST_SPENT_KEPT:
-                    self._spent.clear()  # misses dropped before trio saw them
-                self._spent[pending.key] = (upstream, time.perf_counter() - pending.sent)
+                self._spend(pending)
         for to, count in requests.items():
             exchanges.count_request(to, count)
+
+    def _spend(self, pending: Pending) -> None:
+        """The relay's attempt was this question's first: trio's goes on from there."""
+        if len(self._spent) >= FAST_SPENT_KEPT:
+            self._spent.clear()  # misses dropped before trio saw them
+        self._spent[pending.key] = (pending.upstream, time.perf_counter() - pending.sent)
 
     def _count_answered(
         self, pending: Pending, made: tuple[CacheEntry, CacheTable] | None, answered: list[Any]

@@ -90,16 +90,22 @@ class CacheTable(LRUCache[bytes, CacheEntry]):
         self.bytes = 0
         self.evictions = 0
         self.dropped = dropped  # told of every entry that leaves, so no shape serves it
+        # The same entries in a plain dict, which the relay's threads may read
+        # (`UpstreamCache.answers_now`, `stale_kept`) while only trio writes it: reading the
+        # LRU itself would move the key in its order.
+        self.readable: dict[bytes, CacheEntry] = {}
 
     def __setitem__(self, key: bytes, value: CacheEntry) -> None:
         if key in self:
             del self[key]  # replaced: its size goes before the new one's comes
         super().__setitem__(key, value)  # may evict (popitem) to stay within maxsize
         self.bytes += value.size
+        self.readable[key] = value
 
     def __delitem__(self, key: bytes) -> None:
         entry = super().__getitem__(key)
         super().__delitem__(key)
+        self.readable.pop(key, None)
         self.bytes -= entry.size
         self.dropped(entry)
 
@@ -111,6 +117,7 @@ class CacheTable(LRUCache[bytes, CacheEntry]):
         for entry in self.values():
             self.dropped(entry)
         super().clear()  # cachetools clears its dict directly, not through __delitem__
+        self.readable.clear()
         self.bytes = 0
 
     def grow(self, entry: CacheEntry, extra: int) -> None:
@@ -249,6 +256,22 @@ class UpstreamCache:
         """Keep `entry` (made by `entry_for`) under `key`, within the byte budget (trio's)."""
         table[key] = entry
         self._within_budget(table)
+
+    def answers_now(self, key: bytes, now: float) -> bool:
+        """Whether trio would answer `key` from this cache without asking an upstream: an
+        entry, a SERVFAIL one too, not yet expired. An expired one inside the serve-stale
+        window is not such an answer: trio asks the upstreams first and serves it only when
+        they fail (RFC 8767 §4). Plain dict reads: the receive thread asks."""
+        for table in (self.success, self.denial):
+            entry = table.readable.get(key)
+            if entry is not None and now < entry.expires:
+                return True
+        return False
+
+    def stale_kept(self, key: bytes, now: float) -> bool:
+        """Whether `stale` would serve an answer for `key` now (any thread: dict reads)."""
+        entry = self.success.readable.get(key)
+        return entry is not None and entry.expires <= now < entry.stale_until
 
     def holds(self, key: bytes) -> bool:
         """Whether any entry (fresh, stale or a SERVFAIL) is kept under `key`. A plain dict

@@ -157,6 +157,61 @@ async def test_a_miss_is_answered_by_the_relay_counted_and_cached() -> None:
     assert (stats.misses, stats.hits_success) == (1, 1)
 
 
+async def wait_expired(forwarder: Forwarder) -> None:
+    """Until every upstream-cache entry has expired (their TTL is 1 s; trio's clock)."""
+    table = forwarder.cache.success.readable
+    await wait_until(lambda: all(e.expires <= trio.current_time() for e in table.values()))
+
+
+SHORT = Zone(["short.example. 1 IN A 192.0.2.7"], soa=soa("example"))
+
+
+async def test_an_expired_answer_is_refreshed_by_the_relay() -> None:
+    # Trio would ask the upstream again too (an expired entry is no answer); the relay asks.
+    with Responder(SHORT) as upstream:
+        async with kdns(ForwardConfig(upstreams=(upstream.upstream,)), health_checks=True) as stack:
+            forwarder = stack.forwarder
+            first = await ask(stack.port, "short.example")
+            await wait_until(lambda: forwarder.fast_answered == 1)
+            await wait_expired(forwarder)
+            again = await ask(stack.port, "short.example")
+            await wait_until(lambda: forwarder.fast_answered == 2)
+            handed_back = forwarder.fast_handed_back
+    assert texts(first) == texts(again) == {"192.0.2.7"}
+    assert (upstream.count(), handed_back) == (2, 0)
+
+
+@pytest.mark.parametrize("failure", ["servfail", "silent"])
+async def test_a_failed_refresh_by_the_relay_serves_the_stale_answer(failure: str) -> None:
+    # RFC 8767 §5: once expired, an upstream failure (SERVFAIL, or no answer) gets the stale
+    # answer, and the upstream is asked once for it (the relay's attempt; trio does not
+    # ask again).
+    zone = Zone(list(SHORT.records), soa=SHORT.soa)
+    answered: list[bool] = []
+
+    def behave(request: Any) -> list[Any]:
+        if answered:  # after the first answer, the upstream fails
+            if failure == "silent":
+                return []
+            zone.rcode = dns.rcode.SERVFAIL
+        answered.append(True)
+        return zone(request)
+
+    with Responder(behave) as upstream:
+        config = ForwardConfig(
+            upstreams=(upstream.upstream,), timeout=0.3, cache=CacheSection(serve_stale=3600.0)
+        )
+        async with kdns(config, health_checks=True) as stack:
+            forwarder = stack.forwarder
+            await ask(stack.port, "short.example")
+            await wait_until(lambda: forwarder.fast_answered == 1)
+            await wait_expired(forwarder)
+            stale = await ask(stack.port, "short.example")
+            handed_back = forwarder.fast_handed_back
+    assert (stale.rcode(), texts(stale)) == (dns.rcode.NOERROR, {"192.0.2.7"})
+    assert (upstream.count(), handed_back) == (2, 1)
+
+
 async def test_a_cluster_name_never_takes_the_relay() -> None:
     with Responder(EXAMPLE) as upstream:
         async with kdns(ForwardConfig(upstreams=(upstream.upstream,)), health_checks=True) as stack:
