@@ -24,8 +24,13 @@ most of it. Measured on a quiet machine with tests/bench/big_answer.py (a 500-en
 headless Service rebuilt every 50 ms, another client at 1,000 qps; idle p99 0.36 ms in every
 case): the other client's p99 while rebuilding was 8.68 ms at 5 ms, 1.97 ms at 0.5 ms, 1.31 ms
 at 0.2 ms, 1.49 ms at 0.1 ms and 1.80 ms at 0.05 ms (shorter intervals got worse again: each
-forced switch costs both threads). docs/benchmarks.md has the figures, and those of the
-benchmarks checked not to get worse (relist flood, cluster names at 20k qps).
+forced switch costs both threads). But a short interval hurt elsewhere: with a 20k qps flood
+of never-asked names through a forced relist at 10,000 Services (tests/bench/relist_flood.py),
+0.2 ms lost 2 and 45 of another client's 6,000 queries (p99 363 and 519 ms; the relist took
+2.5–2.9 s instead of 1.7–2.2), while 5 ms lost none (p99 14–21 ms). Once the large answer had
+become cheaper (2.9 ms), 1 ms lost none in two relist runs (p99 15 and 27 ms) and kept the
+rebuilding p99 at 1.6 ms (5 ms: 4.9 ms; 0.5 ms: 1.3 ms, but p99 34–63 ms in the relist runs):
+1 ms is the interval that serves both. docs/benchmarks.md has the figures.
 
 Why the youngest generation's threshold: a 500-endpoint answer allocates some thousands of
 container objects, most of them alive until the answer is cached; at CPython's 700 the
@@ -55,7 +60,7 @@ from kdns.store import Store
 log = logging.getLogger(__name__)
 
 # Seconds (CPython's default is 0.005): the module docstring says how this value was chosen.
-SWITCH_INTERVAL = 0.0002
+SWITCH_INTERVAL = 0.001
 # Allocations between collections of the youngest generation (CPython's default is 700).
 YOUNG_COLLECTION = 10_000
 

@@ -69,7 +69,7 @@ def default_switch_interval() -> Iterator[None]:
 @pytest.mark.usefixtures("default_switch_interval")
 async def test_kdns_serve_answers_with_the_short_switch_interval_and_young_threshold() -> None:
     # The whole `kdns serve` as the command runs it (app.build, app.serve), in this process:
-    # once it answers, the interpreter lets a thread that holds the GIL go after 0.2 ms and
+    # once it answers, the interpreter lets a thread that holds the GIL go after 1 ms and
     # collects the youngest generation every 10,000 allocations.
     assert sys.getswitchinterval() == pytest.approx(0.005)
     async with kdns_app(Config()) as running:
