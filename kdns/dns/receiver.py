@@ -54,8 +54,9 @@ Contract:
   logging module is thread-safe).
 - GIL contention: while the trio thread runs Python for long (a relist applying thousands of
   objects, a large answer being built), this thread gets the GIL only when CPython makes the
-  holder let go (the switch interval, 5 ms). Every Python socket call gives it back, so the
-  packet loop answered about one packet per switch: at 20k qps the socket buffer overflowed
+  holder let go (the switch interval: 1 ms in `kdns serve`, kdns/interpreter.py; CPython's
+  default is 5 ms). Every Python socket call gives it back, so the packet loop answered about
+  one packet per switch: at 20k qps the socket buffer overflowed
   during a relist (tests/bench/relist_flood.py). Batches take everything that queued while the
   thread waited in one read and answer it without letting go, so what queues during one switch
   interval is answered in the next (a shorter switch interval, or `sleep(0)` in the relist, did
@@ -91,8 +92,8 @@ WAKE_EVERY = 0.5  # seconds: the receive timeout that lets `run` see `stop()` if
 MAX_DATAGRAM = 65535
 BATCH_SLOTS = 128  # datagrams per recvmmsg/sendmmsg: over 6 ms of a 20k qps flood
 FIRST_BUCKET = metrics.DURATION_BUCKETS[0]
-# A packet that took this long from its read to its answer sent waited for the GIL (CPython's
-# switch interval is 5 ms; the work itself takes microseconds): batches.
+# A packet that took this long from its read to its answer sent waited for the GIL (a switch
+# interval: 1 ms in `kdns serve`, 5 ms by default; the work itself takes microseconds): batches.
 GIL_WAITED = 0.001
 # Back to one packet per call after CALM_READS reads that found under CALM_AVERAGE datagrams
 # each on average: at a paced 20k qps a read finds one or two (clients send in bursts); behind
