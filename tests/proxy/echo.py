@@ -12,6 +12,10 @@ Contract:
   client source → backend names, and the slowest refusal and quickest timeout in ms.
   `--until-ok S` instead retries single attempts until one succeeds (exit 1 after S seconds).
   `--sport P` binds every attempt to that source port (UDP; TCP uses SO_REUSEADDR).
+  `--distinct-sports BASE` binds attempt i to source port BASE + i: no two attempts share a
+  flow, so none meets a conntrack entry an earlier one left (a UDP socket's kernel-chosen
+  port is free again once it is closed: 2,000 attempts from ~28,000 ephemeral ports repeat
+  about 70, each then sent where its flow went before, which no spread statistic allows for).
   `--deadline S` ends the batch after S seconds (the rest counted as one error).
 - `python echo.py stream --udp HOST:PORT --sport P --interval S --duration S`: one UDP socket
   bound to a fixed source port sends a numbered datagram every interval and records, for each,
@@ -212,7 +216,8 @@ def client(args: argparse.Namespace) -> int:
             summary.record("", None, "deadline: attempts not made", 0.0)
             break
         source = sources[i % len(sources)]
-        reply, outcome, ms = attempt(proto, target, source, args.sport, args.timeout)
+        sport = args.distinct_sports + i if args.distinct_sports else args.sport
+        reply, outcome, ms = attempt(proto, target, source, sport, args.timeout)
         summary.record(source or "", reply, outcome, ms)
     print(json.dumps(summary.as_dict()))
     return 0
@@ -273,6 +278,7 @@ def main(argv: list[str]) -> int:
     c.add_argument("--timeout", type=float, default=1.0)
     c.add_argument("--source", default="")
     c.add_argument("--sport", type=int, default=0)
+    c.add_argument("--distinct-sports", type=int, default=0, metavar="BASE")
     c.add_argument("--until-ok", type=float, default=0.0)
     c.add_argument("--deadline", type=float, default=0.0, help="stop the batch after S seconds")
     s = sub.add_parser("stream")

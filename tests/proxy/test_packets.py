@@ -258,11 +258,14 @@ class Harness:
         count: int = 1,
         timeout: float = 1.0,
         source: Sequence[str] = (),
+        distinct_sports: int = 0,
     ) -> dict[str, Any]:
         args = ["client", f"--{proto}", target, "--count", str(count), "--timeout", str(timeout)]
         args += ["--deadline", str(CLIENT_DEADLINE)]
         if source:
             args += ["--source", ",".join(source)]
+        if distinct_sports:
+            args += ["--distinct-sports", str(distinct_sports)]
         out = self.cluster.python(role, ECHO, *args, timeout=CLIENT_DEADLINE + timeout + 30)
         return json.loads(out)
 
@@ -469,7 +472,10 @@ def test_even_spread(proxy: Harness, proto: str) -> None:
     )
     target = "10.96.0.10:80" if proto == "tcp" else "10.96.0.9:53"
     n = 2000
-    summary = proxy.client("client", proto, target, count=n)
+    # Each attempt its own flow (source ports 20000 + i, below the ephemeral range): the
+    # chi-square test assumes independent draws, and a reused port would meet its old
+    # conntrack entry and go where it went before.
+    summary = proxy.client("client", proto, target, count=n, distinct_sports=20000)
     assert summary["ok"] == n, summary | {"sequence": None}
     counts = [summary["names"].get(name, 0) for name in ("a", "b", "c")]
     assert sum(counts) == n
