@@ -99,8 +99,9 @@ class Forwarder:
         # Misses the receive thread sends upstream itself (kdns/dns/miss_relay.py), while `run`
         # runs: one reference, set and cleared by trio, read by the receive threads.
         self._relay: MissRelay | None = None
-        self._now: Callable[[], float] = trio.current_time  # trio's clock; `run` makes it any
-        # thread's (a receive thread reads it in `forward_miss`)
+        # Trio's clock: `run` makes it callable from any thread (the receive threads read it in
+        # `forward_miss`, the relay's reader thread through RelayedMisses).
+        self.clock: Callable[[], float] = trio.current_time
         # What trio does with the relay's answers (kdns/dns/relayed.py). Its `done` deque and
         # `unstored` dict are never replaced: held here too, so that testing them costs the
         # hit and miss paths no more than when they were this class's own.
@@ -232,7 +233,7 @@ class Forwarder:
         key, qname, qend = found
         if (
             zone_of(qname) is not None
-            or self.cache.answers_now(key, self._now())
+            or self.cache.answers_now(key, self.clock())
             or key in self._unstored
             or key in self._in_flight
         ):
@@ -422,7 +423,7 @@ class Forwarder:
         try:
             async with trio.open_nursery() as nursery:
                 self._background = nursery
-                self._now = trio.lowlevel.current_clock().current_time
+                self.clock = trio.lowlevel.current_clock().current_time
                 self._relay = self._relayed.start(nursery)
                 task_status.started()
                 try:

@@ -34,7 +34,7 @@ only by trio; `_woken` is set only by the reader and cleared only by trio before
 no record is left unseen; `unstored` gets single-key `dict` writes from the reader and
 single-key removals from trio, and the receive threads only test `in`; the counters, `_spent`,
 `_truncated` and `_labels` are trio's alone. The interface to the Forwarder is its public
-members: `config`, `cache`, `coalesced`, `all_upstreams`, `zone_for`, `add_shape`, and its
+members: `config`, `cache`, `clock`, `coalesced`, `all_upstreams`, `zone_for`, `add_shape`, and its
 `exchanges` (kdns/dns/upstream_exchange.py: `health`, `names`, `count_request`,
 `count_response`, `failed`).
 """
@@ -44,7 +44,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import time
-from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -79,7 +78,6 @@ class RelayedMisses:
         self.cache = forwarder.cache  # never replaced: the forwarder's upstream cache
         # The relay this started, while the forwarder runs; None once `stop` began.
         self._relay: MissRelay | None = None
-        self._now: Callable[[], float] = trio.current_time  # trio's clock, for any thread
         self._token: trio.lowlevel.TrioToken | None = None
         # What the reader thread hands trio (only that thread appends; trio pops), and whether
         # a wake-up is on its way (only the reader sets it, only trio clears it). Never
@@ -119,7 +117,6 @@ class RelayedMisses:
             self.on_idle,
             FLUSH_EVERY,
         )
-        self._now = trio.lowlevel.current_clock().current_time
         self._token = trio.lowlevel.current_trio_token()
         nursery.start_soon(
             partial(
@@ -166,7 +163,7 @@ class RelayedMisses:
             self._note(("truncated", pending, rcode, duration))
             self._back(waiters)
             return
-        if rcode == wire.SERVFAIL and self.cache.stale_kept(pending.key, self._now()):
+        if rcode == wire.SERVFAIL and self.cache.stale_kept(pending.key, self._forwarder.clock()):
             # ... but a SERVFAIL for a name whose expired answer is inside the serve-stale
             # window: the upstream failed, and the stale answer beats the failure (RFC 8767
             # §5). Trio serves it; the note keeps it from asking this upstream again.
@@ -174,7 +171,7 @@ class RelayedMisses:
             self._back(waiters)
             return
         response = strip_opt(reply, parsed)
-        now = self._now()
+        now = self._forwarder.clock()
         made = None
         if not self.cache.uncached(pending.qname, parsed):
             made = self.cache.entry_for(pending.key, response, parsed, now)

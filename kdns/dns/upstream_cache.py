@@ -14,8 +14,9 @@ the upstreams, this keeps what they said):
   together by `max_bytes` (each entry's estimated size, `entry_size`, oldest first, evictions
   counted in `stats()`); an entry larger than the whole budget is not kept.
 - `get` gives a fresh entry (an expired one past its serve-stale window is dropped), `stale`
-  one inside that window (RFC 8767), `holds` whether anything is kept under a key (a plain dict
-  read, safe from the receive thread).
+  one inside that window (RFC 8767); `answers_now` whether a fresh entry (a SERVFAIL too) is
+  kept under a key and `stale_kept` whether `stale` would serve one, both plain dict reads of
+  each table's `readable` mirror, safe from the receive and relay threads.
 - `from_cache(entry, query, now)`: the client's answer, TTLs counted down (RFC 1035 §7.1).
 - Prefetch (CoreDNS's cache `prefetch`): `count_hit` on the slow path of a hit
   (`now >= entry.check_at`) says whether a popular entry is due its refresh
@@ -272,11 +273,6 @@ class UpstreamCache:
         """Whether `stale` would serve an answer for `key` now (any thread: dict reads)."""
         entry = self.success.readable.get(key)
         return entry is not None and entry.expires <= now < entry.stale_until
-
-    def holds(self, key: bytes) -> bool:
-        """Whether any entry (fresh, stale or a SERVFAIL) is kept under `key`. A plain dict
-        read (cachetools' `in` does not touch the LRU order): the receive thread may ask."""
-        return key in self.success or key in self.denial
 
     def add_shape(self, data: bytes, shape: Shape) -> None:
         """Let the receive thread answer queries shaped like `data` from `shape`, its bytes
