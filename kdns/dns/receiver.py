@@ -170,8 +170,9 @@ class UdpReceiver:
                 return out
 
     def hand_back(self, miss: Miss) -> None:
-        """A miss the forwarder's reader thread gives back (kdns/dns/miss_relay.py: a timeout,
-        TC, SERVFAIL): trio answers it as any other. From any thread; wakes trio each time."""
+        """A miss the forwarder's reader thread gives back (kdns/dns/relayed.py: a timeout, TC,
+        a malformed reply, a SERVFAIL while a stale answer waits): trio answers it as any other.
+        From any thread, so it wakes trio each time (`_woken` is this receive thread's)."""
         if len(self.misses) >= self.max_backlog:
             self.dropped_back += 1
             return
