@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import ipaddress
 from itertools import islice
+from typing import Any
 
 from kdns.dns import pack
 
@@ -82,10 +83,7 @@ def names_parts(names: list[str]) -> list[Parts]:
         return [name_parts(name) for name in names]
     _names.update(zip(new, made, strict=True))
     _room(_names)  # type: ignore[arg-type]
-    if len(new) == len(names):
-        return made
-    fresh = iter(made)
-    return [parts if parts is not None else next(fresh) for parts in found]
+    return _filled(found, made)
 
 
 def _below_one_parent(names: list[str]) -> list[Parts] | None:
@@ -138,7 +136,13 @@ def addresses_bytes(ips: list[str]) -> list[bytes]:
     made = [octets[i : i + 4] for i in range(0, len(octets), 4)]
     _addresses.update(zip(new, made, strict=True))
     _room(_addresses)  # type: ignore[arg-type]
-    if len(new) == len(ips):
+    return _filled(found, made)
+
+
+def _filled(found: list[Any], made: list[Any]) -> list[Any]:
+    """`found` (memo hits, None where the memo had nothing) with its gaps filled, in order, from
+    `made` (what was made for them together)."""
+    if len(made) == len(found):
         return made
     fresh = iter(made)
-    return [packed if packed is not None else next(fresh) for packed in found]
+    return [got if got is not None else next(fresh) for got in found]
