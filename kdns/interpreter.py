@@ -7,6 +7,13 @@ another thread runs (the trio loop rebuilding a large answer, applying a relist)
   the whole process, once, when `kdns serve` starts (`kdns proxy` keeps CPython's default:
   nothing measured there yet says it would help); and it has the cycle collector's youngest
   generation collected every `YOUNG_COLLECTION` allocations, not 700.
+- The switch interval during a large build. `handing_over()` is a context manager the resolver
+  and the encoder enter around work that grows with a Service's endpoints, only when it is
+  large (`LARGE_BUILD` endpoints or records or more): inside it the interval is
+  `HANDOVER_INTERVAL` (0.1 ms), and it is set back as it was on the way out, also when the
+  work raises. Nesting-safe: an inner one finds the short interval already set and changes
+  nothing, so only the outermost sets it back (scopes are entered and left by the trio thread
+  only, last in first out). Below the threshold a build pays one length comparison.
 - The cycle collector. `freeze_when_synced(store)` registers, through `Store.when_synced`, one
   `gc.freeze()` for the moment every watched kind has been listed: everything alive then — the
   imported modules, the synced model, the resolver's records, the listeners — moves to the
@@ -32,6 +39,17 @@ become cheaper (2.9 ms), 1 ms lost none in two relist runs (p99 15 and 27 ms) an
 rebuilding p99 at 1.6 ms (5 ms: 4.9 ms; 0.5 ms: 1.3 ms, but p99 34–63 ms in the relist runs):
 1 ms is the interval that serves both. docs/benchmarks.md has the figures.
 
+Why a shorter interval only while a large answer is built: the 1 ms interval still made a
+query that arrived during a 500-endpoint rebuild wait about a millisecond, and that rebuild is
+the one moment the trio thread holds the GIL for milliseconds on the serving path; a relist,
+which a short interval made worse, is not such a build (`Resolver.apply` scopes a small change's
+large Services, never a bulk one). The interval is read by a thread when it starts to wait for
+the GIL (CPython's `take_gil`), so a query read during the build waits 0.1 ms, not 1 ms, for
+the first hand-over. Measured with tests/bench/big_answer.py (docs/benchmarks.md): the median
+wait of the queries that arrived during a rebuild went from 1.3–1.6 ms to 0.4–0.7 ms. What is
+left of the p99 on a shared machine is mostly the kernel's: a waiting thread that shares its
+core with the trio thread waits to be scheduled, whatever the interval.
+
 Why the youngest generation's threshold: a 500-endpoint answer allocates some thousands of
 container objects, most of them alive until the answer is cached; at CPython's 700 the
 collector walked them several times per answer, a tenth of its CPU (2.1 → 1.9 ms per answer
@@ -54,6 +72,8 @@ from __future__ import annotations
 import gc
 import logging
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from kdns.store import Store
 
@@ -63,6 +83,11 @@ log = logging.getLogger(__name__)
 SWITCH_INTERVAL = 0.001
 # Allocations between collections of the youngest generation (CPython's default is 700).
 YOUNG_COLLECTION = 10_000
+# Seconds: the switch interval inside `handing_over()` (the module docstring).
+HANDOVER_INTERVAL = 0.0001
+# Endpoints (or records) from which a build runs under `handing_over()`: about 1 µs of Python
+# per endpoint and pass, so a pass over fewer takes under the short interval anyway.
+LARGE_BUILD = 100
 
 
 def answer_promptly() -> None:
@@ -75,6 +100,21 @@ def answer_promptly() -> None:
         SWITCH_INTERVAL * 1e3,
         YOUNG_COLLECTION,
     )
+
+
+@contextmanager
+def handing_over() -> Iterator[None]:
+    """Run the block with the switch interval at most `HANDOVER_INTERVAL`, then set it back
+    to what it was, also when the block raises (the module docstring says why and when)."""
+    before = sys.getswitchinterval()
+    if before <= HANDOVER_INTERVAL:  # nested, or the process runs shorter already
+        yield
+        return
+    sys.setswitchinterval(HANDOVER_INTERVAL)
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(before)
 
 
 def freeze() -> None:

@@ -9,6 +9,10 @@ the cache tags whose answers may have changed.
 Contract:
 - Pure: no I/O, no clock; answers are dnslib RRs owned by lower-case names, so the wire layer
   can patch the client's spelling of the question in (CoreDNS echoes the query's case).
+- A Service of `interpreter.LARGE_BUILD` endpoints or more has its records and answer built,
+  and its change applied (not in a bulk change), under `interpreter.handing_over()`: a shorter
+  switch interval for those milliseconds of Python, set back after, also on an exception, so
+  the UDP receive thread answers meanwhile. Scheduling only: no answer changes.
 - NXDOMAIN and NODATA carry the zone's SOA in the authority section and set AA (RFC 2308 §3).
   An empty non-terminal is NODATA, never NXDOMAIN (RFC 8020).
 - Before the store has synced every watched kind, a negative answer becomes SERVFAIL (clients
@@ -29,6 +33,7 @@ import ipaddress
 import struct
 from collections import Counter
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -54,6 +59,7 @@ from kdns.dns.records import (
     service_records,
 )
 from kdns.dns.wireparts import address_bytes, addresses_bytes, labels, name_parts, names_parts
+from kdns.interpreter import LARGE_BUILD, handing_over
 from kdns.model import Endpoint, Service
 from kdns.store import Change, Store
 
@@ -230,12 +236,17 @@ class Resolver:
         for key in change.services:
             self._memo.pop(key, None)
             service = self.store.services.get(key)
-            addresses = (
-                ptr_addresses(service, self._endpoints(key), self._cluster_ips(service))
-                if service is not None
-                else frozenset()
-            )
-            old = self.reverse.update(key, addresses)
+            endpoints = self._endpoints(key)
+            # A large Service's addresses and reverse names are a pass over its endpoints: the
+            # UDP receive thread gets the GIL after 0.1 ms meanwhile (kdns/interpreter.py). Not
+            # in a bulk change (a relist), where a short interval lost queries.
+            with handing_over() if len(endpoints) >= LARGE_BUILD else nullcontext():
+                addresses = (
+                    ptr_addresses(service, endpoints, self._cluster_ips(service))
+                    if service is not None
+                    else frozenset()
+                )
+                old = self.reverse.update(key, addresses)
             if key in self.reverse.by_service or old:
                 reverse_changed = True
             # An address the Service gained or kept may now point elsewhere (a new hostname).
@@ -391,19 +402,14 @@ class Resolver:
         last = labels[-1]
         if last == "svc" and n >= 3:
             key = (labels[-2], labels[-3])
-            clusterset = zone in self.multicluster_zones
-            answer.tags.add(import_tag(*key) if clusterset else service_tag(*key))
-            service = self.import_records(key) if clusterset else self.service_records(key)
-            records = service.forward.get(rel) if service is not None else None
-            if trace is not None:
-                step = "import-name" if clusterset else "service-name"
-                trace.step(step, key, rel, zone, service is not None)
-            if records is None:
-                return self._negative(
-                    answer, zone, exists=service is not None and rel in service.ents
-                )
-            kind = "import" if clusterset else "record"
-            return self._records(answer, qname, qtype, zone, key, service, records, depth, kind)
+            if zone in self.multicluster_zones:
+                return self._service_name(answer, qname, qtype, zone, depth, rel, key, True)
+            if len(self._endpoints(key)) < LARGE_BUILD:
+                return self._service_name(answer, qname, qtype, zone, depth, rel, key, False)
+            # Milliseconds of Python for a large Service's records and answer: the UDP receive
+            # thread gets the GIL after 0.1 ms meanwhile, not 1 ms (kdns/interpreter.py).
+            with handing_over():
+                return self._service_name(answer, qname, qtype, zone, depth, rel, key, False)
         if last == "svc":
             if n == 1:
                 answer.tags.add(ZONE_TAG)
@@ -443,6 +449,31 @@ class Resolver:
         return self._negative(
             answer, zone, exists=rel in ("dns", "ns.dns") and bool(self.ns_addresses)
         )
+
+    def _service_name(
+        self,
+        answer: Answer,
+        qname: str,
+        qtype: int,
+        zone: str,
+        depth: int,
+        rel: str,
+        key: tuple[str, str],
+        clusterset: bool,
+    ) -> None:
+        """`rel` (`…<service>.<namespace>.svc`) from the records of the Service `key`, or of
+        the ServiceImport `key` in a clusterset zone."""
+        trace = answer.trace
+        answer.tags.add(import_tag(*key) if clusterset else service_tag(*key))
+        service = self.import_records(key) if clusterset else self.service_records(key)
+        records = service.forward.get(rel) if service is not None else None
+        if trace is not None:
+            step = "import-name" if clusterset else "service-name"
+            trace.step(step, key, rel, zone, service is not None)
+        if records is None:
+            return self._negative(answer, zone, exists=service is not None and rel in service.ents)
+        kind = "import" if clusterset else "record"
+        return self._records(answer, qname, qtype, zone, key, service, records, depth, kind)
 
     def _external(self, answer: Answer, qname: str, qtype: int, zone: str) -> None:
         """A k8s_external zone (kdns/dns/external.py): the apex and `ns1.APEX` here, Services'
