@@ -11,9 +11,10 @@ another thread runs (the trio loop rebuilding a large answer, applying a relist)
   and the encoder enter around work that grows with a Service's endpoints, only when it is
   large (`LARGE_BUILD` endpoints or records or more): inside it the interval is
   `HANDOVER_INTERVAL` (0.1 ms), and it is set back as it was on the way out, also when the
-  work raises. Nesting-safe: an inner one finds the short interval already set and changes
-  nothing, so only the outermost sets it back (scopes are entered and left by the trio thread
-  only, last in first out). Below the threshold a build pays one length comparison.
+  work raises, and then the thread sleeps for no time (`time.sleep(0)`). Nesting-safe: an
+  inner one finds the short interval already set and changes nothing, so only the outermost
+  sets it back and sleeps (scopes are entered and left by the trio thread only, last in first
+  out). Below the threshold a build pays one length comparison.
 - The cycle collector. `freeze_when_synced(store)` registers, through `Store.when_synced`, one
   `gc.freeze()` for the moment every watched kind has been listed: everything alive then — the
   imported modules, the synced model, the resolver's records, the listeners — moves to the
@@ -46,9 +47,19 @@ which a short interval made worse, is not such a build (`Resolver.apply` scopes 
 large Services, never a bulk one). The interval is read by a thread when it starts to wait for
 the GIL (CPython's `take_gil`), so a query read during the build waits 0.1 ms, not 1 ms, for
 the first hand-over. Measured with tests/bench/big_answer.py (docs/benchmarks.md): the median
-wait of the queries that arrived during a rebuild went from 1.3–1.6 ms to 0.4–0.7 ms. What is
-left of the p99 on a shared machine is mostly the kernel's: a waiting thread that shares its
-core with the trio thread waits to be scheduled, whatever the interval.
+wait of the queries that arrived during a rebuild went from 1.3–1.6 ms to 0.6–0.7 ms.
+
+Why the sleep after a large build: a forced switch needs the waiting thread to run twice (to
+time out and ask, then to take the GIL), and on a loaded machine, or on the trio thread's own
+core, it waits for the kernel to schedule it each time. `time.sleep(0)` (a nanosleep with the
+GIL released: about 70 µs of wall time on Linux, the thread's timer slack, 15 µs of CPU) gives
+away the CPU as well as the GIL, so whatever queued during the build is answered at once. With
+it the median wait of the queries sent during a rebuild went down again, from 0.6–0.7 ms to
+0.33–0.36 ms (docs/benchmarks.md). Not more often: a sleep on entering the scope as well made
+it worse (0.6 ms, and longer rebuilds), and each one costs the build its 70 µs. What is left of
+the p99 on a shared machine is mostly the kernel's: the receive thread still needs two switches
+per query while the trio thread builds (one to read it, one to go back to reading), and a
+thread waits for a core.
 
 Why the youngest generation's threshold: a 500-endpoint answer allocates some thousands of
 container objects, most of them alive until the answer is cached; at CPython's 700 the
@@ -72,6 +83,7 @@ from __future__ import annotations
 import gc
 import logging
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -115,6 +127,9 @@ def handing_over() -> Iterator[None]:
         yield
     finally:
         sys.setswitchinterval(before)
+        # The GIL and the CPU given away for a moment (the module docstring): what queued for
+        # the receive thread meanwhile is answered now, even when it shares this core.
+        time.sleep(0)
 
 
 def freeze() -> None:

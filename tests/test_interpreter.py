@@ -130,3 +130,19 @@ def test_handing_over_never_lengthens_a_shorter_interval() -> None:
         assert sys.getswitchinterval() == pytest.approx(shorter)
     finally:
         sys.setswitchinterval(before)
+
+
+@pytest.mark.usefixtures("serving_interval")
+def test_the_outermost_handing_over_gives_the_cpu_away_once_on_leaving(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # One `time.sleep(0)` when the interval is set back, none inside or for an inner scope.
+    slept: list[tuple[float, float]] = []
+    monkeypatch.setattr(
+        interpreter.time, "sleep", lambda s: slept.append((s, sys.getswitchinterval()))
+    )
+    with interpreter.handing_over():
+        with interpreter.handing_over():
+            pass
+        assert slept == []
+    assert slept == [(0, pytest.approx(interpreter.SWITCH_INTERVAL))]
