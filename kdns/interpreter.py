@@ -23,6 +23,10 @@ another thread runs (the trio loop rebuilding a large answer, applying a relist)
   grow. Registered for `kdns serve` and `kdns proxy`.
 
 Contract: they only change how the interpreter schedules; no answer, rule or state changes.
+`handing_over()`'s sleep holds the trio thread back for the kernel's timer slack (about 70 µs)
+once per large build, no longer. The switch interval is one word of the interpreter's, set
+whole; only the trio thread sets it while serving, so no other thread sees it half-set or has
+it set back under it.
 
 Why the switch interval: the UDP receive thread (kdns/dns/receiver.py) releases the GIL in every
 `recvfrom` and `sendto`; when the trio thread holds it to build an answer or apply a change, the
@@ -47,15 +51,16 @@ which a short interval made worse, is not such a build (`Resolver.apply` scopes 
 large Services, never a bulk one). The interval is read by a thread when it starts to wait for
 the GIL (CPython's `take_gil`), so a query read during the build waits 0.1 ms, not 1 ms, for
 the first hand-over. Measured with tests/bench/big_answer.py (docs/benchmarks.md): the median
-wait of the queries that arrived during a rebuild went from 1.3–1.6 ms to 0.6–0.7 ms.
+wait of the queries sent during a rebuild went from 1.25–1.34 ms to 0.57–0.69 ms.
 
 Why the sleep after a large build: a forced switch needs the waiting thread to run twice (to
 time out and ask, then to take the GIL), and on a loaded machine, or on the trio thread's own
 core, it waits for the kernel to schedule it each time. `time.sleep(0)` (a nanosleep with the
 GIL released: about 70 µs of wall time on Linux, the thread's timer slack, 15 µs of CPU) gives
 away the CPU as well as the GIL, so whatever queued during the build is answered at once. With
-it the median wait of the queries sent during a rebuild went down again, from 0.6–0.7 ms to
-0.33–0.36 ms (docs/benchmarks.md). Not more often: a sleep on entering the scope as well made
+it the median wait of the queries sent during a rebuild went down again, to 0.33–0.38 ms
+(0.42–0.61 ms against main's 1.05–1.32 ms in interleaved runs; docs/benchmarks.md), for about
+0.1 ms more CPU per rebuild. Not more often: a sleep on entering the scope as well made
 it worse (0.6 ms, and longer rebuilds), and each one costs the build its 70 µs. What is left of
 the p99 on a shared machine is mostly the kernel's: the receive thread still needs two switches
 per query while the trio thread builds (one to read it, one to go back to reading), and a
