@@ -47,7 +47,6 @@ import logging
 import os
 import select
 import socket
-import struct
 import threading
 import time
 from collections.abc import Callable
@@ -65,7 +64,7 @@ IDLE_WAIT = 0.5  # seconds: `idle_every` unless the caller says (the owner's lon
 Address = tuple[str, int]
 MSG_DONTWAIT = 0x40
 
-# libc's send, recv and sendto through ctypes.PyDLL: the call keeps the GIL (kdns/dns/mmsg.py
+# libc's send and recv through ctypes.PyDLL: the call keeps the GIL (kdns/dns/mmsg.py
 # explains why). Every one here is non-blocking, so holding the GIL costs nothing, while a
 # Python socket method gives the GIL away per call: with three threads busy (the receive
 # thread, this reader, trio), each such call became a hand-over of the GIL between threads.
@@ -76,56 +75,11 @@ _send.restype = ctypes.c_ssize_t
 _recv = _LIBC.recv
 _recv.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
 _recv.restype = ctypes.c_ssize_t
-_sendto = _LIBC.sendto
-_sendto.argtypes = [
-    ctypes.c_int,
-    ctypes.c_char_p,
-    ctypes.c_size_t,
-    ctypes.c_int,
-    ctypes.c_char_p,
-    ctypes.c_uint32,
-]
-_sendto.restype = ctypes.c_ssize_t
-_FAMILY = struct.Struct("=H")
-_V6_TAIL = struct.Struct("!I16s")
 
 
 def available() -> bool:
     """Whether the relay can run here (Linux: epoll); elsewhere trio forwards every miss."""
     return hasattr(select, "epoll")
-
-
-def sockaddr(address: tuple[Any, ...]) -> bytes:
-    """Python's address tuple (as recvfrom gives it) → the raw sockaddr_in / sockaddr_in6."""
-    host, port = address[0], address[1]
-    if len(address) == 2:
-        return (
-            _FAMILY.pack(socket.AF_INET)
-            + port.to_bytes(2, "big")
-            + socket.inet_aton(host)
-            + bytes(8)
-        )
-    host = host.split("%", 1)[0]
-    return (
-        _FAMILY.pack(socket.AF_INET6)
-        + port.to_bytes(2, "big")
-        + _V6_TAIL.pack(address[2], socket.inet_pton(socket.AF_INET6, host))
-        + struct.pack("=I", address[3])
-    )
-
-
-_SOCKADDRS: dict[tuple[Any, ...], bytes] = {}  # the last clients' sockaddrs (any thread)
-SOCKADDRS_KEPT = 1024
-
-
-def send_to(fd: int, data: bytes, address: tuple[Any, ...]) -> bool:
-    """Send a datagram without blocking and keeping the GIL; False when it was lost."""
-    name = _SOCKADDRS.get(address)
-    if name is None:
-        if len(_SOCKADDRS) >= SOCKADDRS_KEPT:
-            _SOCKADDRS.clear()  # one dict operation: safe from any thread under the GIL
-        name = _SOCKADDRS[address] = sockaddr(address)
-    return _sendto(fd, data, len(data), MSG_DONTWAIT, name, len(name)) == len(data)
 
 
 class MissRelay:

@@ -83,7 +83,7 @@ import threading
 import time
 from bisect import bisect_left
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from kdns import metrics
 from kdns.dns import mmsg
@@ -102,6 +102,8 @@ MAX_DATAGRAM = 65535
 BATCH_SLOTS = 128  # datagrams per recvmmsg/sendmmsg: over 6 ms of a 20k qps flood
 # While relaying: batches read from the clients per epoll wake-up before the replies get a turn.
 DRAIN_BATCHES = 4
+OUTBOX_SLOTS = 256  # answers to relayed misses sent with one sendmmsg (more: sent as it fills)
+NAMES_KEPT = 1024  # raw sockaddrs of the last clients answered that way
 FIRST_BUCKET = metrics.DURATION_BUCKETS[0]
 # A packet that took this long from its read to its answer sent waited for the GIL (a switch
 # interval: 1 ms in `kdns serve`, 5 ms by default; the work itself takes microseconds): batches.
@@ -159,6 +161,10 @@ class UdpReceiver:
         self._poller: select.epoll | None = None
         self._poke_r = self._poke_w = -1
         self._poke_lock = threading.Lock()  # `poke` (any thread) against the close at exit
+        # Answers to relayed misses, sent once per turn of `_run_relaying` with one sendmmsg
+        # (`send_soon`), and the raw sockaddrs of the last clients they went to.
+        self._outbox: mmsg.Batch | None = None
+        self._names: dict[tuple[Any, ...], bytes] = {}
         # SO_RCVTIMEO, not settimeout: a Python timeout polls before every receive (one more
         # syscall per packet); the kernel's timeout costs nothing until it fires.
         sock.setblocking(True)
@@ -226,6 +232,7 @@ class UdpReceiver:
             os.set_blocking(self._poke_r, False)
             os.set_blocking(self._poke_w, False)
             poller.register(self._poke_r, select.EPOLLIN)
+            self._outbox = mmsg.Batch(OUTBOX_SLOTS)
             self._poller = poller
         return self._poller
 
@@ -233,6 +240,26 @@ class UdpReceiver:
         """A relay made for this thread (by `Forwarder.forward_miss`, in this thread)."""
         self._tend_relays()
         self.relays.append(relay)
+
+    def send_soon(self, data: bytes, addr: tuple[Any, ...]) -> None:
+        """Queue an answer to a relayed miss (this thread, while relaying); sent at the end of
+        the turn with the others: a send per answer woke the client per answer."""
+        outbox = self._outbox
+        assert outbox is not None  # made with the epoll, before any relay
+        name = self._names.get(addr)
+        if name is None:
+            if len(self._names) >= NAMES_KEPT:
+                self._names.clear()
+            name = self._names[addr] = mmsg.encode_sockaddr(addr)
+        if outbox.queued() >= outbox.slots:
+            self._flush_outbox()
+        outbox.reply_to(name, data)
+
+    def _flush_outbox(self) -> None:
+        outbox = self._outbox
+        if outbox is not None and outbox.queued():
+            for err in outbox.send(self.sock.fileno()):
+                self._send_failed(err, "a client")
 
     def poke(self) -> None:
         """Wake this thread if it waits on its epoll (any thread: a relay was stopped)."""
@@ -253,6 +280,7 @@ class UdpReceiver:
 
     def _close_relays(self) -> None:
         """At exit: every relay hands back what is in flight and closes; then the epoll."""
+        self._flush_outbox()
         for relay in self.relays:
             relay.idle(True)  # what they answered is stored and counted
             relay.close()
@@ -435,6 +463,7 @@ class UdpReceiver:
                     for relay in relays:
                         if relay.read(ready):
                             break
+            self._flush_outbox()
 
     def _drain(self, batch: mmsg.Batch, fd: int) -> None:
         """Read and answer what the clients queued (while relaying), up to DRAIN_BATCHES

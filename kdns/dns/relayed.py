@@ -56,7 +56,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from kdns.dns import miss_relay, wire
-from kdns.dns.miss_relay import MissRelay, send_to
+from kdns.dns.miss_relay import MissRelay
 from kdns.dns.relay_answers import ClientShaped, generic_answer
 from kdns.dns.stats import LABELS
 from kdns.dns.upstream_cache import CacheEntry, CacheTable
@@ -214,8 +214,9 @@ class RelayedMisses:
             if out is None:
                 receiver.hand_back(waiter[0])  # cannot be (a plain query), but never lose one
                 continue
-            # Lost when the client is gone or the buffer is full, as any UDP answer may be.
-            send_to(receiver.sock.fileno(), out, addr)
+            # Sent with the others of this turn (one sendmmsg); lost when the client is gone or
+            # the buffer is full, as any UDP answer may be.
+            receiver.send_soon(out, addr)
             answered.append((waiter, out, time.perf_counter() - start))
         if made is not None:
             self.unstored[pending.key] = None
