@@ -398,3 +398,24 @@ async def test_a_forwarder_stopped_while_the_listener_serves_closes_its_relay_at
     assert forwarder.fast_handed_back == 1 and forwarder.fast_answered == 0
     assert texts(reply) == {"192.0.2.1"}  # trio's own exchange (the upstream asked again)
     assert upstream.count() == 2
+
+
+async def test_cluster_names_are_answered_while_a_miss_waits_for_its_upstream() -> None:
+    # While an exchange is in flight the receive thread waits on its clients and the replies
+    # at once: a cluster name is answered at once, not after the slow upstream's reply.
+    with (
+        Responder(delayed(EXAMPLE, 2.0)) as upstream,
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client,
+    ):
+        async with kdns(ForwardConfig(upstreams=(upstream.upstream,)), health_checks=True) as stack:
+            forwarder = stack.forwarder
+            await ask(stack.port, "redis.default.svc.cluster.local")  # now an answer-cache hit
+            client.sendto(wire_query("www.example"), (HOST, stack.port))
+            await wait_until(lambda: forwarder.in_flight() == 1)
+            answers = [await ask(stack.port, "redis.default.svc.cluster.local") for _ in range(3)]
+            still_waiting = forwarder.in_flight()
+            client.settimeout(WAIT)
+            late = dns.message.from_wire(await trio.to_thread.run_sync(client.recv, 65535))
+    assert all(texts(a) == {"10.97.97.97"} for a in answers)
+    assert still_waiting == 1  # answered while the miss was still upstream
+    assert texts(late) == {"192.0.2.1"}
