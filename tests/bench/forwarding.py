@@ -129,8 +129,11 @@ def name_ip(i: int) -> str:
     return f"198.51.{100 + i // 256}.{i % 256}"  # TEST-NET-2/3 range: answers only, no traffic
 
 
-def write_unbound_config(path: Path, port: int, names: int) -> None:
-    lines = [
+def unbound_server_lines(path: Path, port: int) -> list[str]:
+    """The `server:` options both unbounds share: loopback only, in the foreground, one
+    thread, as kdns serves with one, and the receive buffer kdns asks for on its own UDP
+    socket (unbound's default is the system's, 208 KiB here); no validation."""
+    return [
         "server:",
         "  interface: 127.0.0.1",
         f"  port: {port}",
@@ -143,15 +146,19 @@ def write_unbound_config(path: Path, port: int, names: int) -> None:
         '  logfile: ""',
         "  verbosity: 0",
         "  do-ip6: no",
-        # One thread, as kdns serves with one; the receive buffer kdns asks for on its own UDP
-        # socket (unbound's default is the system's, 208 KiB here).
         "  num-threads: 1",
         f"  so-rcvbuf: {kdns_receive_buffer()}",
-        # Belt and braces: nothing is ever recursed ("." is a static local zone), and were
-        # anything sent, it would leave from loopback only.
+        '  module-config: "iterator"',
+        # Were anything sent onwards, it would leave from loopback only.
         "  outgoing-interface: 127.0.0.1",
         "  access-control: 127.0.0.0/8 allow",
-        '  module-config: "iterator"',
+    ]
+
+
+def write_unbound_config(path: Path, port: int, names: int) -> None:
+    lines = unbound_server_lines(path, port)
+    lines += [
+        # Nothing is ever recursed: "." is a static local zone.
         '  local-zone: "." static',
         f'  local-zone: "{DOMAIN}." static',
         f'  local-data: "{DOMAIN}. 300 IN SOA ns.{DOMAIN}. host.{DOMAIN}. 1 3600 600 86400 30"',
@@ -168,31 +175,14 @@ def write_unbound_config(path: Path, port: int, names: int) -> None:
 
 def write_forwarder_config(path: Path, port: int, upstream_port: int) -> None:
     """unbound doing kdns's job: a caching forwarder of every name to the same upstream."""
-    lines = [
-        "server:",
-        "  interface: 127.0.0.1",
-        f"  port: {port}",
-        "  do-daemonize: no",
-        '  chroot: ""',
-        '  username: ""',
-        f'  directory: "{path.parent}"',
-        '  pidfile: ""',
-        "  use-syslog: no",
-        '  logfile: ""',
-        "  verbosity: 0",
-        "  do-ip6: no",
-        # One thread and kdns's receive buffer, as the upstream; the cache on, no validation,
-        # no prefetch (kdns prefetches only popular names), no QNAME minimisation (a forwarder
-        # asks the whole name, as kdns does).
-        "  num-threads: 1",
-        f"  so-rcvbuf: {kdns_receive_buffer()}",
-        '  module-config: "iterator"',
+    lines = unbound_server_lines(path, port)
+    lines += [
+        # The cache on, no prefetch (kdns prefetches only popular names), no QNAME
+        # minimisation (a forwarder asks the whole name, as kdns does).
         "  qname-minimisation: no",
         "  prefetch: no",
-        "  outgoing-interface: 127.0.0.1",
         # The upstream is on 127.0.0.1, which unbound refuses to ask unless told.
         "  do-not-query-localhost: no",
-        "  access-control: 127.0.0.0/8 allow",
         "forward-zone:",
         '  name: "."',
         f"  forward-addr: 127.0.0.1@{upstream_port}",
