@@ -59,7 +59,8 @@ core, it waits for the kernel to schedule it each time. `time.sleep(0)` (a nanos
 GIL released: about 70 µs of wall time on Linux, the thread's timer slack, 15 µs of CPU) gives
 away the CPU as well as the GIL, so whatever queued during the build is answered at once. With
 it the median wait of the queries sent during a rebuild went down again, to 0.33–0.38 ms
-(0.42–0.61 ms against main's 1.05–1.32 ms in interleaved runs; docs/benchmarks.md), for about
+(0.34–0.61 ms against main's 1.05–1.32 ms in interleaved runs, and the other clients' p99
+while rebuilding 1.4–2.8 ms against 2.0–3.3 ms; docs/benchmarks.md), for about
 0.1 ms more CPU per rebuild. Not more often: a sleep on entering the scope as well made
 it worse (0.6 ms, and longer rebuilds), and each one costs the build its 70 µs. What is left of
 the p99 on a shared machine is mostly the kernel's: the receive thread still needs two switches
