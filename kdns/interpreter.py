@@ -9,7 +9,8 @@ another thread runs (the trio loop rebuilding a large answer, applying a relist)
   generation collected every `YOUNG_COLLECTION` allocations, not 700.
 - The switch interval during a large build. `handing_over()` is a context manager the resolver
   and the encoder enter around work that grows with a Service's endpoints, only when it is
-  large (`LARGE_BUILD` endpoints or records or more): inside it the interval is
+  large (`LARGE_BUILD` endpoints or records or more: a Service's records, its change, an
+  answer from one RRset, a message): inside it the interval is
   `HANDOVER_INTERVAL` (0.1 ms), and it is set back as it was on the way out, also when the
   work raises, and then the thread sleeps for no time (`time.sleep(0)`). Nesting-safe: an
   inner one finds the short interval already set and changes nothing, so only the outermost

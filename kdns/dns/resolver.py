@@ -9,10 +9,12 @@ the cache tags whose answers may have changed.
 Contract:
 - Pure: no I/O, no clock; answers are dnslib RRs owned by lower-case names, so the wire layer
   can patch the client's spelling of the question in (CoreDNS echoes the query's case).
-- A Service of `interpreter.LARGE_BUILD` endpoints or more has its records and answer built,
-  and its change applied (not in a bulk change), under `interpreter.handing_over()`: a shorter
-  switch interval for those milliseconds of Python, set back after, also on an exception, so
-  the UDP receive thread answers meanwhile. Scheduling only: no answer changes.
+- A Service of `interpreter.LARGE_BUILD` endpoints or more has its records built, and its
+  change applied (not in a bulk change), and an RRset of as many records is answered, under
+  `interpreter.handing_over()`: a shorter switch interval for those milliseconds of Python,
+  set back after, also on an exception, so the UDP receive thread answers meanwhile. A name
+  such a Service does not have, or a small RRset of it, is answered as before. Scheduling
+  only: no answer changes.
 - NXDOMAIN and NODATA carry the zone's SOA in the authority section and set AA (RFC 2308 §3).
   An empty non-terminal is NODATA, never NXDOMAIN (RFC 8020).
 - Before the store has synced every watched kind, a negative answer becomes SERVFAIL (clients
@@ -300,13 +302,17 @@ class Resolver:
             service = self.store.services.get(key)
             if service is None:
                 return None
-            records = service_records(
-                service,
-                self._endpoints(key),
-                self._cluster_ips(service),
-                pod_names=self._options.endpoint_pod_names,
-                ignore_empty=self._options.ignore_empty_service,
-            )
+            endpoints = self._endpoints(key)
+            # A large Service's records are passes over its endpoints: the UDP receive thread
+            # gets the GIL after 0.1 ms meanwhile, not 1 ms (kdns/interpreter.py).
+            with handing_over() if len(endpoints) >= LARGE_BUILD else nullcontext():
+                records = service_records(
+                    service,
+                    endpoints,
+                    self._cluster_ips(service),
+                    pod_names=self._options.endpoint_pod_names,
+                    ignore_empty=self._options.ignore_empty_service,
+                )
             self._memo[key] = records
         return records
 
@@ -402,14 +408,25 @@ class Resolver:
         last = labels[-1]
         if last == "svc" and n >= 3:
             key = (labels[-2], labels[-3])
-            if zone in self.multicluster_zones:
-                return self._service_name(answer, qname, qtype, zone, depth, rel, key, True)
-            if len(self._endpoints(key)) < LARGE_BUILD:
-                return self._service_name(answer, qname, qtype, zone, depth, rel, key, False)
-            # Milliseconds of Python for a large Service's records and answer: the UDP receive
-            # thread gets the GIL after 0.1 ms meanwhile, not 1 ms (kdns/interpreter.py).
+            clusterset = zone in self.multicluster_zones
+            answer.tags.add(import_tag(*key) if clusterset else service_tag(*key))
+            service = self.import_records(key) if clusterset else self.service_records(key)
+            records = service.forward.get(rel) if service is not None else None
+            if trace is not None:
+                step = "import-name" if clusterset else "service-name"
+                trace.step(step, key, rel, zone, service is not None)
+            if records is None:
+                return self._negative(
+                    answer, zone, exists=service is not None and rel in service.ents
+                )
+            kind = "import" if clusterset else "record"
+            if len(records) < LARGE_BUILD:
+                return self._records(answer, qname, qtype, zone, key, service, records, depth, kind)
+            # Milliseconds of Python for a large answer: the UDP receive thread gets the GIL
+            # after 0.1 ms meanwhile, not 1 ms (kdns/interpreter.py). Not for a name a large
+            # Service does not have: a flood of those costs what it did.
             with handing_over():
-                return self._service_name(answer, qname, qtype, zone, depth, rel, key, False)
+                return self._records(answer, qname, qtype, zone, key, service, records, depth, kind)
         if last == "svc":
             if n == 1:
                 answer.tags.add(ZONE_TAG)
@@ -449,31 +466,6 @@ class Resolver:
         return self._negative(
             answer, zone, exists=rel in ("dns", "ns.dns") and bool(self.ns_addresses)
         )
-
-    def _service_name(
-        self,
-        answer: Answer,
-        qname: str,
-        qtype: int,
-        zone: str,
-        depth: int,
-        rel: str,
-        key: tuple[str, str],
-        clusterset: bool,
-    ) -> None:
-        """`rel` (`…<service>.<namespace>.svc`) from the records of the Service `key`, or of
-        the ServiceImport `key` in a clusterset zone."""
-        trace = answer.trace
-        answer.tags.add(import_tag(*key) if clusterset else service_tag(*key))
-        service = self.import_records(key) if clusterset else self.service_records(key)
-        records = service.forward.get(rel) if service is not None else None
-        if trace is not None:
-            step = "import-name" if clusterset else "service-name"
-            trace.step(step, key, rel, zone, service is not None)
-        if records is None:
-            return self._negative(answer, zone, exists=service is not None and rel in service.ents)
-        kind = "import" if clusterset else "record"
-        return self._records(answer, qname, qtype, zone, key, service, records, depth, kind)
 
     def _external(self, answer: Answer, qname: str, qtype: int, zone: str) -> None:
         """A k8s_external zone (kdns/dns/external.py): the apex and `ns1.APEX` here, Services'

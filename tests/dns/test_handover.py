@@ -1,8 +1,9 @@
 """The switch interval while a large answer is built (kdns/interpreter.py `handing_over`): the
-records, the answer and the encoding of a Service of `LARGE_BUILD` endpoints or more, and its
-change, run with the short interval, so the UDP receive thread answers meanwhile; it is set
-back afterwards, also when the build raises; a smaller Service and a relist leave it alone.
-The answers themselves are checked byte for byte by test_big_answers.py."""
+records of a Service of `LARGE_BUILD` endpoints or more, its change, an answer from an RRset
+of as many records and a message of as many run with the short interval, so the UDP receive
+thread answers meanwhile; it is set back afterwards, also when the build raises; a smaller
+Service, a name the large Service does not have, and a relist leave it alone. The answers
+themselves are checked byte for byte by test_big_answers.py."""
 
 from __future__ import annotations
 
@@ -159,3 +160,23 @@ def test_the_encoder_scopes_a_message_by_its_record_count(
     assert out is not None and out.count(address) == count
     assert seen == [pytest.approx(interval)]
     assert sys.getswitchinterval() == pytest.approx(SERVING)
+
+
+def test_a_name_a_large_service_does_not_have_is_answered_as_before(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A flood of random names under a large Service reaches the resolver (the Service exists,
+    # so the receive thread cannot deny them): each must not pay a scope and its sleep.
+    store, _, handler = make_handler()
+    headless(store, interpreter.LARGE_BUILD)
+    set_to: list[float] = []
+    real = sys.setswitchinterval
+    monkeypatch.setattr(sys, "setswitchinterval", lambda s: (set_to.append(s), real(s)))
+    handler.handle(SRV_QUERY, udp=False)  # the records are built and kept: scoped
+    assert set_to and set_to[0] == SHORT
+    set_to.clear()
+    query = bytes(DNSRecord.question("x1234.hl.big.svc.cluster.local", "A").pack())
+    reply = handler.handle(query, udp=False)
+    assert isinstance(reply, tuple)
+    assert DNSRecord.parse(reply[0]).header.rcode == 3  # NXDOMAIN
+    assert set_to == []
