@@ -62,13 +62,14 @@ away the CPU as well as the GIL, so whatever queued during the build is answered
 it the median wait of the queries sent during a rebuild went down again, to 0.33–0.38 ms
 (0.34–0.61 ms against main's 1.05–1.32 ms in interleaved runs, and the other clients' p99
 while rebuilding 1.4–2.8 ms against 2.0–3.3 ms; docs/benchmarks.md), for about
-0.1 ms more CPU per rebuild. A sleep may hand the core to another process too, but a
-rebuild's wall time on a loaded machine was the same with and without (docs/benchmarks.md).
-Not more often: a sleep on entering the scope as well made
-it worse (0.6 ms, and longer rebuilds), and each one costs the build its 70 µs. What is left of
-the p99 on a shared machine is mostly the kernel's: the receive thread still needs two switches
-per query while the trio thread builds (one to read it, one to go back to reading), and a
-thread waits for a core.
+0.1–0.3 ms more CPU per rebuild. The price: a sleep may hand the core to another process
+too, so on a loaded machine (load 1.9 on 2 cores) the large answer itself came 1–1.7 ms later
+(p50 of the rebuild's wall time); at load 2.0–2.4 the sleeps were also what kept the other
+clients' p90 and p99 during rebuilds steady (docs/benchmarks.md). Not more often: a sleep on
+entering the scope as well made it worse (0.6 ms, and longer rebuilds), and each one costs the
+build its 70 µs or more. What is left of the p99 on a shared machine is mostly the kernel's:
+the receive thread still needs two switches per query while the trio thread builds (one to
+read it, one to go back to reading), and a thread waits for a core.
 
 Why the youngest generation's threshold: a 500-endpoint answer allocates some thousands of
 container objects, most of them alive until the answer is cached; at CPython's 700 the
