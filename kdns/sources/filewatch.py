@@ -127,8 +127,8 @@ def watched_paths(paths: Sequence[str]) -> set[str]:
 def _reason(err: int, path: str) -> str:
     if err == errno.ENOSPC:
         return f"{path}: the inotify watch limit is reached (sysctl fs.inotify.max_user_watches)"
-    if err == errno.EMFILE:
-        return "too many inotify instances (sysctl fs.inotify.max_user_instances)"
+    if err == errno.EMFILE:  # inotify_init1: this user's instances, or this process's files
+        return f"{path}: too many inotify instances (sysctl fs.inotify.max_user_instances) or files"
     return f"{path}: {os.strerror(err)}"
 
 

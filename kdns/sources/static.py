@@ -8,14 +8,14 @@ Contract:
   every folder under them) and looks at the files (a stat of each) only when one may have
   changed, and every `safety_poll` (5 s) in case an event was missed; where inotify cannot be
   used (or `watch=False`), it polls them every `poll_interval` (0.2 s) instead. Either way it
-  looks less often when one look costs more than 5 % of the time between looks, so a folder of
-  10,000 files stays cheap however often it is written. Once a change has held still for
-  `poll_interval` (a file being written is not read half-way; one just emptied, for 2 s), the
-  files are loaded again: a new answer is served about 0.2 s after the write (polling: one
-  poll later). `polls` counts the looks; `watching` says whether inotify is used. The log line
-  of a reload says how many files were parsed again and what the read and the apply cost. A
-  reload with errors logs each one and keeps the last good state serving; nothing is
-  half-applied.
+  looks at most once per `poll_interval`, and less often when one look costs more than 5 % of
+  the time between looks, so a folder of 10,000 files stays cheap however often it is written.
+  Once a change has held still for `poll_interval` (a file being written is not read half-way;
+  one just emptied, for 2 s), the files are loaded again: a new answer is served about 0.2 s
+  after the write (polling: one poll later). `polls` counts the looks; `watching` says whether
+  inotify is used. The log line of a reload says how many files were parsed again and what the
+  read and the apply cost. A reload with errors logs each one and keeps the last good state
+  serving; nothing is half-applied.
 - The first `apply` replaces every kind (`Store.replace`). Later ones hand the store only what
   changed (`upsert`/`delete`), or replace a kind when much of it changed; either way all four
   kinds change in one turn of the trio loop, so no query sees a mix of old and new files.
@@ -157,7 +157,10 @@ class ManifestSource:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
-        spacing = 0.0  # the least time from one look to the next: looks cost ≤ POLL_SHARE
+        # The least time from one look to the next: files written all the time (a busy folder
+        # shared with other programs) cost no more than polling, and a big folder no more
+        # than POLL_SHARE of a thread.
+        spacing = 0.0
         last = trio.current_time()
         with FileWatch(self.paths, inotify=self.watch) as watch:
             while True:
@@ -173,7 +176,7 @@ class ManifestSource:
                 # Stat calls are cheap but blocking; a slow disk must not stall DNS answers.
                 current = await trio.to_thread.run_sync(fingerprint, self.paths)
                 self.polls += 1
-                spacing = (time.monotonic() - started) / POLL_SHARE
+                spacing = max(self.poll_interval, (time.monotonic() - started) / POLL_SHARE)
                 if self._settled(current, trio.current_time()):
                     await self._reload()
 

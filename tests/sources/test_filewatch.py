@@ -9,10 +9,11 @@ looks at the files between two safety polls.
 from __future__ import annotations
 
 import os
+import resource
 import shutil
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager, suppress
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -156,6 +157,41 @@ async def test_without_inotify_the_files_are_polled(tmp_path: Path) -> None:
         await until(lambda: source.polls >= 5, "five polls")
         replace(tmp_path / "m" / "s1.yaml", service("s1", "10.96.0.9"))
         await served(source, "s1", "10.96.0.9")
+
+
+@contextmanager
+def no_fd_left() -> Iterator[None]:
+    """Every file descriptor this process may open is taken (RLIMIT_NOFILE), for a moment."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    lowest_free = os.open(os.devnull, os.O_RDONLY)
+    os.close(lowest_free)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (lowest_free, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+async def test_where_inotify_cannot_be_used_the_source_says_why_and_polls(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    write_services(tmp_path / "m", {"s1": "10.96.0.1"})
+    source = ManifestSource([str(tmp_path / "m")], Store(), safety_poll=SAFETY)
+    assert source.load() == []
+    source.apply()
+    async with trio.open_nursery() as nursery:
+        with no_fd_left():  # `run` opens its inotify fd before it first waits
+            await nursery.start(source.run)
+        await until(lambda: source.polls >= 5, "five polls")
+        assert not source.watching
+        replace(tmp_path / "m" / "s1.yaml", service("s1", "10.96.0.9"))
+        await served(source, "s1", "10.96.0.9")
+        nursery.cancel_scope.cancel()
+    warnings = [r.getMessage() for r in caplog.records if r.name == "kdns.sources.filewatch"]
+    assert warnings == [
+        f"cannot watch {tmp_path / 'm'} with inotify (inotify_init1: too many inotify instances"
+        " (sysctl fs.inotify.max_user_instances) or files): polling the files instead"
+    ]
 
 
 async def test_idle_files_are_looked_at_only_by_the_safety_poll(
