@@ -9,25 +9,27 @@ Contract:
   cancelled `run` included). `inotify=False`, or inotify unavailable, makes it a plain timer.
 - `await watch.wait(timeout)` returns when something under `paths` may have changed since its
   last return, or after `timeout` seconds, whichever is first. It says nothing about *what*
-  changed: the caller looks (`manifests.fingerprint`) and decides. The first call returns as
-  soon as the watches are set, since anything may have changed before them.
+  changed: the caller then looks with `await watch.look(fn)` (e.g. `manifests.fingerprint`),
+  which sets the watches again where need be, then calls `fn` in the same worker thread, so
+  a change made after the watches and missed by `fn` wakes the next `wait`. The first `wait`
+  returns at once: nothing is watched yet, anything may have changed.
 - What is watched: a folder and every folder under it as `manifests.manifest_files` reads them
   (links followed, each real folder once, names starting with a dot skipped); a file and its
   folder. A folder's watch sees its files written, created, renamed over, deleted, and a
   ConfigMap volume's update (kubelet swaps the `..data` link in the mounted folder: a move).
-  The watches are set again after a creation, deletion or move, after the kernel dropped one
-  (`IN_IGNORED`) or lost events (`IN_Q_OVERFLOW`), and at each timeout, so a new sub-folder is
-  watched and a missed event (NFS, a link to a file elsewhere) is made up for by the caller's
-  look at the timeout.
+  The watches are set again (by the next `look`) after a creation, deletion or move, after the
+  kernel dropped one (`IN_IGNORED`) or lost events (`IN_Q_OVERFLOW`), and after each timeout,
+  so a new sub-folder is watched and a missed event (NFS, a link to a file elsewhere) is made
+  up for by the caller's look at the timeout.
 - `watch.active` is False once inotify cannot be used (no `inotify_init1`, too many inotify
   instances, the watch limit `fs.inotify.max_user_watches` reached): that is logged once,
   naming why, and from then on `wait` is a timer; the caller then polls as often as it must.
 - Only "something changed" events are asked for (no open/read/close-without-write), so the
   caller reading the files wakes nobody.
 
-Threads: walking the folders and setting watches blocks, so it runs in a worker thread while
-the trio task awaits it; the fd is read and closed on the trio thread only, never at the same
-time as the worker uses it.
+Threads: walking the folders and setting watches blocks, so `look` does it in a worker thread
+while the trio task awaits it; the fd is read and closed on the trio thread only, never while
+the worker uses it (`look` waits for its thread even when cancelled).
 """
 
 from __future__ import annotations
@@ -37,12 +39,14 @@ import errno
 import logging
 import os
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from types import TracebackType
+from typing import TypeVar
 
 import trio
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # <sys/inotify.h>
 IN_MODIFY = 0x2
@@ -137,7 +141,7 @@ class FileWatch:
         self.paths = tuple(paths)
         self._inotify = inotify
         self._fd: int | None = None
-        self._armed = False
+        self._stale = True  # the watches are to be set (again) before the next look
         self._wds: set[int] = set()
         self._dropped: set[int] = set()  # watches removed on purpose: their IN_IGNORED is ours
 
@@ -168,21 +172,31 @@ class FileWatch:
 
     async def wait(self, timeout: float) -> None:
         """Return when something under the paths may have changed, or after `timeout` s."""
-        if self._fd is None:
-            await trio.sleep(timeout)
+        if self._fd is None or self._stale:
+            # Not watching, or the watches are to be set by `look` first.
+            await trio.sleep(timeout if self._fd is None else 0)
             return
-        rearm = True
-        if self._armed:
-            with trio.move_on_after(timeout) as scope:
-                while not (events := self._read_events()):
-                    await trio.lowlevel.wait_readable(self._fd)
-            rearm = scope.cancelled_caught or bool(events & REARM)
-        if rearm:
-            failure = await trio.to_thread.run_sync(self._arm)
-            if failure is not None:
-                self._close()
-                self._fall_back(failure)
-            self._armed = True
+        with trio.move_on_after(timeout) as scope:
+            while not (events := self._read_events()):
+                await trio.lowlevel.wait_readable(self._fd)
+        self._stale = scope.cancelled_caught or bool(events & REARM)
+
+    async def look(self, fn: Callable[[], T]) -> T:
+        """`fn()` in a worker thread, after the watches are set again if `wait` found they may
+        be out of date: one thread hop for both (the hop, not the work, is most of an idle
+        look's cost). Set before `fn` looks, the watches see any change it may miss."""
+        failure, result = await trio.to_thread.run_sync(self._arm_and_call, fn)
+        if failure is not None:
+            self._close()
+            self._fall_back(failure)
+        return result
+
+    def _arm_and_call(self, fn: Callable[[], T]) -> tuple[str | None, T]:
+        failure = None
+        if self._fd is not None and self._stale:
+            failure = self._arm()
+            self._stale = False
+        return failure, fn()
 
     def _read_events(self) -> int:
         """Every queued event read and dropped: their masks or-ed together, 0 if none."""
@@ -201,7 +215,7 @@ class FileWatch:
 
     def _arm(self) -> str | None:
         """Watch what `watched_paths` says now; stop watching the rest. Why inotify cannot be
-        used, or None. A worker thread runs it, while the trio task awaits it."""
+        used, or None."""
         assert self._fd is not None and _LIBC is not None
         wds: set[int] = set()
         for path in sorted(watched_paths(self.paths)):

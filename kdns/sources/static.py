@@ -23,6 +23,7 @@ Contract:
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -174,7 +175,7 @@ class ManifestSource:
                     await trio.sleep_until(last + spacing)
                 last, started = trio.current_time(), time.monotonic()
                 # Stat calls are cheap but blocking; a slow disk must not stall DNS answers.
-                current = await trio.to_thread.run_sync(fingerprint, self.paths)
+                current = await watch.look(functools.partial(fingerprint, self.paths))
                 self.polls += 1
                 spacing = max(self.poll_interval, (time.monotonic() - started) / POLL_SHARE)
                 if self._settled(current, trio.current_time()):
