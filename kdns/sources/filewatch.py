@@ -7,12 +7,12 @@ watched folder or file sees a write, a rename, a creation or a deletion.
 Contract:
 - `FileWatch(paths, inotify=True)` is a context manager; leaving it closes the inotify fd (a
   cancelled `run` included). `inotify=False`, or inotify unavailable, makes it a plain timer.
-- `await watch.wait(timeout)` returns when something under `paths` may have changed since its
-  last return, or after `timeout` seconds, whichever is first. It says nothing about *what*
+- `await watch.wait(timeout)` returns True when something under `paths` may have changed since
+  its last return, False after `timeout` seconds, whichever is first. It says nothing about *what*
   changed: the caller then looks with `await watch.look(fn)` (e.g. `manifests.fingerprint`),
   which sets the watches again where need be, then calls `fn` in the same worker thread, so
   a change made after the watches and missed by `fn` wakes the next `wait`. The first `wait`
-  returns at once: nothing is watched yet, anything may have changed.
+  returns False at once: nothing is watched yet, anything may have changed.
 - What is watched: a folder and every folder under it as `manifests.manifest_files` reads them
   (links followed, each real folder once, names starting with a dot skipped); a file and its
   folder. A folder's watch sees its files written, created, renamed over, deleted, and a
@@ -170,16 +170,18 @@ class FileWatch:
     ) -> None:
         self._close()
 
-    async def wait(self, timeout: float) -> None:
-        """Return when something under the paths may have changed, or after `timeout` s."""
+    async def wait(self, timeout: float) -> bool:
+        """Return when something under the paths may have changed (True), or after `timeout` s
+        (False)."""
         if self._fd is None or self._stale:
             # Not watching, or the watches are to be set by `look` first.
             await trio.sleep(timeout if self._fd is None else 0)
-            return
+            return False
         with trio.move_on_after(timeout) as scope:
             while not (events := self._read_events()):
                 await trio.lowlevel.wait_readable(self._fd)
         self._stale = scope.cancelled_caught or bool(events & REARM)
+        return not scope.cancelled_caught
 
     async def look(self, fn: Callable[[], T]) -> T:
         """`fn()` in a worker thread, after the watches are set again if `wait` found they may

@@ -7,15 +7,16 @@ Contract:
 - `run` waits for a change with inotify (`filewatch.FileWatch`: the folders and files named, and
   every folder under them) and looks at the files (a stat of each) only when one may have
   changed, and every `safety_poll` (5 s) in case an event was missed; where inotify cannot be
-  used (or `watch=False`), it polls them every `poll_interval` (0.2 s) instead. Either way it
-  looks at most once per `poll_interval`, and less often when one look costs more than 5 % of
-  the time between looks, so a folder of 10,000 files stays cheap however often it is written.
-  Once a change has held still for `poll_interval` (a file being written is not read half-way;
-  one just emptied, for 2 s), the files are loaded again: a new answer is served about 0.2 s
-  after the write (polling: one poll later). `polls` counts the looks; `watching` says whether
-  inotify is used. The log line of a reload says how many files were parsed again and what the
-  read and the apply cost. A reload with errors logs each one and keeps the last good state
-  serving; nothing is half-applied.
+  used (or `watch=False`), it polls them every `poll_interval` (0.2 s) instead. Either way,
+  looks in a row (polling, or a folder written all the time) are `poll_interval` apart, or
+  further when one costs more than 5 % of that time, so a folder of 10,000 files stays cheap
+  however often it is written; a change after a quiet spell is looked at at once. Once a change
+  has held still for `poll_interval` (a file being written is not read half-way; one just
+  emptied, for 2 s), the files are loaded again: a new answer is served about 0.2 s after the
+  write (polling: one poll later). `polls` counts the looks; `watching` says whether inotify is
+  used. The log line of a reload says how many files were parsed again and what the read and the
+  apply cost. A reload with errors logs each one and keeps the last good state serving; nothing
+  is half-applied.
 - The first `apply` replaces every kind (`Store.replace`). Later ones hand the store only what
   changed (`upsert`/`delete`), or replace a kind when much of it changed; either way all four
   kinds change in one turn of the trio loop, so no query sees a mix of old and new files.
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -158,11 +160,8 @@ class ManifestSource:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
-        # The least time from one look to the next: files written all the time (a busy folder
-        # shared with other programs) cost no more than polling, and a big folder no more
-        # than POLL_SHARE of a thread.
-        spacing = 0.0
-        last = trio.current_time()
+        spacing = self.poll_interval  # the least time between looks in a row (see below)
+        woken = -math.inf  # when a change last woke a look (trio's clock)
         with FileWatch(self.paths, inotify=self.watch) as watch:
             while True:
                 if self._settling is not None:
@@ -170,10 +169,16 @@ class ManifestSource:
                     # looks take: holding still for that long is what tells a finished write.
                     await trio.sleep(self.poll_interval)
                 else:
-                    await watch.wait(self.safety_poll if watch.active else self.poll_interval)
+                    every = self.safety_poll if watch.active else self.poll_interval
+                    if await watch.wait(max(every, spacing)):
+                        # Files written all the time (a folder shared with other programs)
+                        # are looked at no more often than polling would, nor a big folder
+                        # for more than POLL_SHARE of a thread; a change after a quiet spell
+                        # at once.
+                        await trio.sleep_until(woken + spacing)
+                        woken = trio.current_time()
                     self.watching = watch.active
-                    await trio.sleep_until(last + spacing)
-                last, started = trio.current_time(), time.monotonic()
+                started = time.monotonic()
                 # Stat calls are cheap but blocking; a slow disk must not stall DNS answers.
                 current = await watch.look(functools.partial(fingerprint, self.paths))
                 self.polls += 1
