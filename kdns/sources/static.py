@@ -6,17 +6,17 @@ Contract:
   changed since the last load are parsed again (`ManifestReader`).
 - `run` waits for a change with inotify (`filewatch.FileWatch`: the folders and files named, and
   every folder under them) and looks at the files (a stat of each) only when one may have
-  changed, and every `safety_poll` (5 s) in case an event was missed; where inotify cannot be
-  used (or `watch=False`), it polls them every `poll_interval` (0.2 s) instead. Either way,
-  looks in a row (polling, or a folder written all the time) are `poll_interval` apart, or
-  further when one costs more than 5 % of that time, so a folder of 10,000 files stays cheap
-  however often it is written; a change after a quiet spell is looked at at once. Once a change
-  has held still for `poll_interval` (a file being written is not read half-way; one just
-  emptied, for 2 s), the files are loaded again: a new answer is served about 0.2 s after the
-  write (polling: one poll later). `polls` counts the looks; `watching` says whether inotify is
-  used. The log line of a reload says how many files were parsed again and what the read and the
-  apply cost. A reload with errors logs each one and keeps the last good state serving; nothing
-  is half-applied.
+  changed, and every `safety_poll` (5 s, or longer so that it costs at most 0.5 % of a thread)
+  in case an event was missed; where inotify cannot be used (or `watch=False`), it polls them
+  every `poll_interval` (0.2 s) instead. Either way, looks in a row (polling, or a folder
+  written all the time) are `poll_interval` apart, or further when one costs more than 5 % of
+  that time, so a folder of 10,000 files stays cheap however often it is written; a change after
+  a quiet spell is looked at at once. Once a change has held still for `poll_interval` (a file
+  being written is not read half-way; one just emptied, for 2 s), the files are loaded again: a
+  new answer is served about 0.2 s after the write (polling: one poll later). `polls` counts the
+  looks; `watching` says whether inotify is used. The log line of a reload says how many files
+  were parsed again and what the read and the apply cost. A reload with errors logs each one and
+  keeps the last good state serving; nothing is half-applied.
 - The first `apply` replaces every kind (`Store.replace`). Later ones hand the store only what
   changed (`upsert`/`delete`), or replace a kind when much of it changed; either way all four
   kinds change in one turn of the trio loop, so no query sees a mix of old and new files.
@@ -64,6 +64,7 @@ POLL_SHARE = 0.05  # the most of its time the watch may spend polling
 # CoreDNS's hosts plugin re-reads its file (`reload`, 5 s by default), at a 25th of the cost of
 # polling every 0.2 s.
 SAFETY_POLL = 5.0
+SAFETY_SHARE = 0.005  # the most of its time the safety poll may spend (a folder of 10k files)
 # Past this many changed objects of a kind, one `replace` is cheaper than an update each.
 MAX_UPDATES = 100
 
@@ -161,6 +162,7 @@ class ManifestSource:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
         spacing = self.poll_interval  # the least time between looks in a row (see below)
+        safety = self.safety_poll
         woken = -math.inf  # when a change last woke a look (trio's clock)
         with FileWatch(self.paths, inotify=self.watch) as watch:
             while True:
@@ -169,8 +171,8 @@ class ManifestSource:
                     # looks take: holding still for that long is what tells a finished write.
                     await trio.sleep(self.poll_interval)
                 else:
-                    every = self.safety_poll if watch.active else self.poll_interval
-                    if await watch.wait(max(every, spacing)):
+                    every = safety if watch.active else spacing
+                    if await watch.wait(every):
                         # Files written all the time (a folder shared with other programs)
                         # are looked at no more often than polling would, nor a big folder
                         # for more than POLL_SHARE of a thread; a change after a quiet spell
@@ -182,7 +184,9 @@ class ManifestSource:
                 # Stat calls are cheap but blocking; a slow disk must not stall DNS answers.
                 current = await watch.look(functools.partial(fingerprint, self.paths))
                 self.polls += 1
-                spacing = max(self.poll_interval, (time.monotonic() - started) / POLL_SHARE)
+                cost = time.monotonic() - started
+                spacing = max(self.poll_interval, cost / POLL_SHARE)
+                safety = max(self.safety_poll, cost / SAFETY_SHARE)
                 if self._settled(current, trio.current_time()):
                     await self._reload()
 
