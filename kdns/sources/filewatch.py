@@ -17,10 +17,11 @@ Contract:
   (links followed, each real folder once, names starting with a dot skipped); a file and its
   folder. A folder's watch sees its files written, created, renamed over, deleted, and a
   ConfigMap volume's update (kubelet swaps the `..data` link in the mounted folder: a move).
-  The watches are set again (by the next `look`) after a creation, deletion or move, after the
-  kernel dropped one (`IN_IGNORED`) or lost events (`IN_Q_OVERFLOW`), and after each timeout,
-  so a new sub-folder is watched and a missed event (NFS, a link to a file elsewhere) is made
-  up for by the caller's look at the timeout.
+  The watches are set again (by the next `look`) after a folder is created, deleted or moved,
+  after the kernel dropped one (`IN_IGNORED`) or lost events (`IN_Q_OVERFLOW`), and after each
+  timeout, so a new sub-folder is watched (a new link to a folder, after the next timeout) and
+  a missed event (NFS, a link to a file elsewhere) is made up for by the caller's look at the
+  timeout.
 - `watch.active` is False once inotify cannot be used (no `inotify_init1`, too many inotify
   instances, the watch limit `fs.inotify.max_user_watches` reached): that is logged once,
   naming why, and from then on `wait` is a timer; the caller then polls as often as it must.
@@ -74,17 +75,12 @@ EVENTS = (
     | IN_DELETE_SELF
     | IN_MOVE_SELF
 )
-# After these the folders to watch, or the inodes behind their names, may be others.
-REARM = (
-    IN_MOVED_FROM
-    | IN_MOVED_TO
-    | IN_CREATE
-    | IN_DELETE
-    | IN_DELETE_SELF
-    | IN_MOVE_SELF
-    | IN_Q_OVERFLOW
-    | IN_IGNORED
-)
+IN_ISDIR = 0x40000000
+# After these the folders to watch, or the inodes behind their names, may be others: a folder
+# came or went (a link to one did too, but that shows only as a file: the safety look sets the
+# watches again), a watched one was moved or deleted, the kernel dropped a watch or events.
+NAMES = IN_MOVED_FROM | IN_MOVED_TO | IN_CREATE | IN_DELETE
+WATCHES = IN_DELETE_SELF | IN_MOVE_SELF | IN_Q_OVERFLOW | IN_IGNORED
 _HEADER = struct.Struct("iIII")  # struct inotify_event: wd, mask, cookie, len; then the name
 _READ_SIZE = 64 * 1024  # many events per read; more than one event's largest size (16 + 256)
 
@@ -178,9 +174,10 @@ class FileWatch:
             await trio.sleep(timeout if self._fd is None else 0)
             return False
         with trio.move_on_after(timeout) as scope:
-            while not (events := self._read_events()):
+            while not self._read_events():
                 await trio.lowlevel.wait_readable(self._fd)
-        self._stale = scope.cancelled_caught or bool(events & REARM)
+        if scope.cancelled_caught:
+            self._stale = True  # the safety look: the watches are set again too
         return not scope.cancelled_caught
 
     async def look(self, fn: Callable[[], T]) -> T:
@@ -200,10 +197,11 @@ class FileWatch:
             self._stale = False
         return failure, fn()
 
-    def _read_events(self) -> int:
-        """Every queued event read and dropped: their masks or-ed together, 0 if none."""
+    def _read_events(self) -> bool:
+        """Every queued event read and dropped: whether there was any. Marks the watches stale
+        when one of them says so."""
         assert self._fd is not None
-        seen = 0
+        seen = False
         while True:
             try:
                 data = os.read(self._fd, _READ_SIZE)
@@ -213,7 +211,9 @@ class FileWatch:
                 if mask & IN_IGNORED and wd in self._dropped:
                     self._dropped.discard(wd)
                     continue
-                seen |= mask
+                seen = True
+                if mask & WATCHES or (mask & NAMES and mask & IN_ISDIR):
+                    self._stale = True
 
     def _arm(self) -> str | None:
         """Watch what `watched_paths` says now; stop watching the rest. Why inotify cannot be
