@@ -61,6 +61,7 @@ IN_DELETE_SELF = 0x400
 IN_MOVE_SELF = 0x800
 IN_Q_OVERFLOW = 0x4000
 IN_IGNORED = 0x8000
+IN_ISDIR = 0x40000000  # in an event's mask: the name is a folder's
 
 # What may change what a folder holds; IN_ATTRIB because `touch` changes only the mtime the
 # caller's fingerprint compares.
@@ -75,7 +76,6 @@ EVENTS = (
     | IN_DELETE_SELF
     | IN_MOVE_SELF
 )
-IN_ISDIR = 0x40000000
 # After these the folders to watch, or the inodes behind their names, may be others: a folder
 # came or went (a link to one did too, but that shows only as a file: the safety look sets the
 # watches again), a watched one was moved or deleted, the kernel dropped a watch or events.
