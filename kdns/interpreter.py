@@ -7,6 +7,15 @@ another thread runs (the trio loop rebuilding a large answer, applying a relist)
   the whole process, once, when `kdns serve` starts (`kdns proxy` keeps CPython's default:
   nothing measured there yet says it would help); and it has the cycle collector's youngest
   generation collected every `YOUNG_COLLECTION` allocations, not 700.
+- The switch interval during a large build. `handing_over()` is a context manager the resolver
+  and the encoder enter around work that grows with a Service's endpoints, only when it is
+  large (`LARGE_BUILD` endpoints or records or more: a Service's records, its change, an
+  answer from one RRset, a message): inside it the interval is
+  `HANDOVER_INTERVAL` (0.1 ms), and it is set back as it was on the way out, also when the
+  work raises, and then the thread sleeps for no time (`time.sleep(0)`). Nesting-safe: an
+  inner one finds the short interval already set and changes nothing, so only the outermost
+  sets it back and sleeps (scopes are entered and left by the trio thread only, last in first
+  out). Below the threshold a build pays one length comparison.
 - The cycle collector. `freeze_when_synced(store)` registers, through `Store.when_synced`, one
   `gc.freeze()` for the moment every watched kind has been listed: everything alive then — the
   imported modules, the synced model, the resolver's records, the listeners — moves to the
@@ -15,6 +24,10 @@ another thread runs (the trio loop rebuilding a large answer, applying a relist)
   grow. Registered for `kdns serve` and `kdns proxy`.
 
 Contract: they only change how the interpreter schedules; no answer, rule or state changes.
+`handing_over()`'s sleep holds the trio thread back for the kernel's timer slack (about 70 µs)
+once per large build, no longer. The switch interval is one word of the interpreter's, set
+whole; only the trio thread sets it while serving, so no other thread sees it half-set or has
+it set back under it.
 
 Why the switch interval: the UDP receive thread (kdns/dns/receiver.py) releases the GIL in every
 `recvfrom` and `sendto`; when the trio thread holds it to build an answer or apply a change, the
@@ -31,6 +44,32 @@ of never-asked names through a forced relist at 10,000 Services (tests/bench/rel
 become cheaper (2.9 ms), 1 ms lost none in two relist runs (p99 15 and 27 ms) and kept the
 rebuilding p99 at 1.6 ms (5 ms: 4.9 ms; 0.5 ms: 1.3 ms, but p99 34–63 ms in the relist runs):
 1 ms is the interval that serves both. docs/benchmarks.md has the figures.
+
+Why a shorter interval only while a large answer is built: the 1 ms interval still made a
+query that arrived during a 500-endpoint rebuild wait about a millisecond, and that rebuild is
+the one moment the trio thread holds the GIL for milliseconds on the serving path; a relist,
+which a short interval made worse, is not such a build (`Resolver.apply` scopes a small change's
+large Services, never a bulk one). The interval is read by a thread when it starts to wait for
+the GIL (CPython's `take_gil`), so a query read during the build waits 0.1 ms, not 1 ms, for
+the first hand-over. Measured with tests/bench/big_answer.py (docs/benchmarks.md): the median
+wait of the queries sent during a rebuild went from 1.25–1.34 ms to 0.57–0.69 ms.
+
+Why the sleep after a large build: a forced switch needs the waiting thread to run twice (to
+time out and ask, then to take the GIL), and on a loaded machine, or on the trio thread's own
+core, it waits for the kernel to schedule it each time. `time.sleep(0)` (a nanosleep with the
+GIL released: about 70 µs of wall time on Linux, the thread's timer slack, 15 µs of CPU) gives
+away the CPU as well as the GIL, so whatever queued during the build is answered at once. With
+it the median wait of the queries sent during a rebuild went down again, to 0.33–0.38 ms
+(0.34–0.61 ms against main's 1.05–1.32 ms in interleaved runs, and the other clients' p99
+while rebuilding 1.4–2.8 ms against 2.0–3.3 ms; docs/benchmarks.md), for about
+0.1–0.3 ms more CPU per rebuild. The price: a sleep may hand the core to another process
+too, so on a loaded machine (load 1.9 on 2 cores) the large answer itself came 1–1.7 ms later
+(p50 of the rebuild's wall time); at load 2.0–2.4 the sleeps were also what kept the other
+clients' p90 and p99 during rebuilds steady (docs/benchmarks.md). Not more often: a sleep on
+entering the scope as well made it worse (0.6 ms, and longer rebuilds), and each one costs the
+build its 70 µs or more. What is left of the p99 on a shared machine is mostly the kernel's:
+the receive thread still needs two switches per query while the trio thread builds (one to
+read it, one to go back to reading), and a thread waits for a core.
 
 Why the youngest generation's threshold: a 500-endpoint answer allocates some thousands of
 container objects, most of them alive until the answer is cached; at CPython's 700 the
@@ -54,6 +93,9 @@ from __future__ import annotations
 import gc
 import logging
 import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from kdns.store import Store
 
@@ -63,6 +105,11 @@ log = logging.getLogger(__name__)
 SWITCH_INTERVAL = 0.001
 # Allocations between collections of the youngest generation (CPython's default is 700).
 YOUNG_COLLECTION = 10_000
+# Seconds: the switch interval inside `handing_over()` (the module docstring).
+HANDOVER_INTERVAL = 0.0001
+# Endpoints (or records) from which a build runs under `handing_over()`: about 1 µs of Python
+# per endpoint and pass, so a pass over fewer takes under the short interval anyway.
+LARGE_BUILD = 100
 
 
 def answer_promptly() -> None:
@@ -75,6 +122,24 @@ def answer_promptly() -> None:
         SWITCH_INTERVAL * 1e3,
         YOUNG_COLLECTION,
     )
+
+
+@contextmanager
+def handing_over() -> Iterator[None]:
+    """Run the block with the switch interval at most `HANDOVER_INTERVAL`, then set it back
+    to what it was, also when the block raises (the module docstring says why and when)."""
+    before = sys.getswitchinterval()
+    if before <= HANDOVER_INTERVAL:  # nested, or the process runs shorter already
+        yield
+        return
+    sys.setswitchinterval(HANDOVER_INTERVAL)
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(before)
+        # The GIL and the CPU given away for a moment (the module docstring): what queued for
+        # the receive thread meanwhile is answered now, even when it shares this core.
+        time.sleep(0)
 
 
 def freeze() -> None:

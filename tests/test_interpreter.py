@@ -86,3 +86,63 @@ def test_building_without_serving_leaves_the_interval_alone(
     app.build(Config().with_overrides(manifests=(str(EXAMPLES),)))
     assert sys.getswitchinterval() == pytest.approx(0.005)
     assert gc.get_threshold()[0] == 700
+
+
+@pytest.fixture
+def serving_interval() -> Iterator[None]:
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(interpreter.SWITCH_INTERVAL)
+    yield
+    sys.setswitchinterval(before)
+
+
+@pytest.mark.usefixtures("serving_interval")
+def test_handing_over_shortens_the_interval_for_the_block_and_sets_it_back() -> None:
+    with interpreter.handing_over():
+        assert sys.getswitchinterval() == pytest.approx(interpreter.HANDOVER_INTERVAL)
+    assert sys.getswitchinterval() == pytest.approx(interpreter.SWITCH_INTERVAL)
+
+
+@pytest.mark.usefixtures("serving_interval")
+def test_handing_over_sets_the_interval_back_when_the_block_raises() -> None:
+    with pytest.raises(ValueError), interpreter.handing_over():
+        raise ValueError("a bug in the build")
+    assert sys.getswitchinterval() == pytest.approx(interpreter.SWITCH_INTERVAL)
+
+
+@pytest.mark.usefixtures("serving_interval")
+def test_nested_handing_over_keeps_the_short_interval_until_the_outermost_ends() -> None:
+    with interpreter.handing_over():
+        with interpreter.handing_over():
+            assert sys.getswitchinterval() == pytest.approx(interpreter.HANDOVER_INTERVAL)
+        # The inner one ended inside the outer build: still short.
+        assert sys.getswitchinterval() == pytest.approx(interpreter.HANDOVER_INTERVAL)
+    assert sys.getswitchinterval() == pytest.approx(interpreter.SWITCH_INTERVAL)
+
+
+def test_handing_over_never_lengthens_a_shorter_interval() -> None:
+    before = sys.getswitchinterval()
+    shorter = interpreter.HANDOVER_INTERVAL / 2
+    sys.setswitchinterval(shorter)
+    try:
+        with interpreter.handing_over():
+            assert sys.getswitchinterval() == pytest.approx(shorter)
+        assert sys.getswitchinterval() == pytest.approx(shorter)
+    finally:
+        sys.setswitchinterval(before)
+
+
+@pytest.mark.usefixtures("serving_interval")
+def test_the_outermost_handing_over_gives_the_cpu_away_once_on_leaving(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # One `time.sleep(0)` when the interval is set back, none inside or for an inner scope.
+    slept: list[tuple[float, float]] = []
+    monkeypatch.setattr(
+        interpreter.time, "sleep", lambda s: slept.append((s, sys.getswitchinterval()))
+    )
+    with interpreter.handing_over():
+        with interpreter.handing_over():
+            pass
+        assert slept == []
+    assert slept == [(0, pytest.approx(interpreter.SWITCH_INTERVAL))]

@@ -24,10 +24,11 @@ answers repeats of names only the upstreams answer straight from the cache's ent
 cached SERVFAIL, starting a prefetch — stays here.
 While `run` runs, plain UDP misses of such names are sent upstream by the receive thread
 itself (`forward_miss`: the upstream `_exchange` would try first, when that choice needs
-nothing of trio's; kdns/dns/miss_relay.py), answered by the relay's reader thread and then
-stored and counted by trio (kdns/dns/relayed.py); what the relay cannot answer comes back to
-trio as an ordinary miss, whose exchange goes on from the relay's attempt (`take_spent`,
-`take_truncated`), so no upstream is asked more often than trio alone would ask it.
+nothing of trio's; kdns/dns/miss_relay.py), answered by that thread when it reads the reply,
+through a relay of its own, and then stored and counted by trio (kdns/dns/relayed.py); what
+the relay cannot answer comes back to trio as an ordinary miss, whose exchange goes on from
+the relay's attempt (`take_spent`, `take_truncated`), so no upstream is asked more often than
+trio alone would ask it.
 
 Every attempt is counted per upstream and a failed one logged, as CoreDNS's forward and
 errors plugins do (kdns/dns/upstream_exchange.py).
@@ -96,11 +97,8 @@ class Forwarder:
         # No stub domain and no `except` zone: every name goes to `upstreams` (`destinations`).
         self._everything_upstream = not config.stub_domains and not config.except_zones
         self._background: trio.Nursery | None = None  # where prefetches run, while `run` does
-        # Misses the receive thread sends upstream itself (kdns/dns/miss_relay.py), while `run`
-        # runs: one reference, set and cleared by trio, read by the receive threads.
-        self._relay: MissRelay | None = None
         # Trio's clock: `run` makes it callable from any thread (the receive threads read it in
-        # `forward_miss`, the relay's reader thread through RelayedMisses).
+        # `forward_miss` and, relaying, through RelayedMisses).
         self.clock: Callable[[], float] = trio.current_time
         # What trio does with the relay's answers (kdns/dns/relayed.py). Its `done` deque and
         # `unstored` dict are never replaced: held here too, so that testing them costs the
@@ -222,9 +220,8 @@ class Forwarder:
         """The receive thread's side: send a plain UDP query for a name only the upstreams
         answer (`zone_of` finds it in no zone; the handler checked the rest) and nothing in the
         cache, to one healthy plain-UDP upstream chosen as `_exchange` would choose first;
-        answered by the relay's reader thread. False: hand it to trio, as before."""
-        relay = self._relay
-        if relay is None:
+        answered when that thread reads the reply. False: hand it to trio, as before."""
+        if not self._relayed.running:
             return False
         data = miss[0]
         found = miss_key(data)
@@ -245,14 +242,18 @@ class Forwarder:
         upstream = self._fast_upstream(qname)
         if upstream is None or self.in_flight() >= self.config.max_concurrent:
             return False  # trio refuses past max_concurrent, as CoreDNS
+        relay = self._relayed.relay_for(receiver)  # this receive thread's own
+        if relay is None:
+            return False
         cd, do = bool(data[3] & wire.CD), bool(key[0] & 1)
         waiter = (miss, receiver, qend)
         return relay.submit(key, qname, upstream, data[12:qend], cd, do, waiter)
 
     @property
-    def relay(self) -> MissRelay | None:
-        """The relay of misses the receive threads send upstream, while `run` runs."""
-        return self._relay
+    def relays(self) -> list[MissRelay]:
+        """The relays of misses the receive threads send upstream (one per thread that sent
+        one), while `run` runs."""
+        return self._relayed.relays()
 
     @property
     def fast_answered(self) -> int:
@@ -266,8 +267,7 @@ class Forwarder:
 
     def in_flight(self) -> int:
         """Upstream exchanges in flight: trio's and the relay's (CoreDNS's max_concurrent)."""
-        relay = self._relay
-        return len(self._in_flight) + (len(relay) if relay is not None else 0)
+        return len(self._in_flight) + self._relayed.in_flight()
 
     def _fast_upstream(self, qname: str) -> Upstream | None:
         """The upstream `_exchange` would try first, when that choice needs no state of trio's
@@ -424,14 +424,13 @@ class Forwarder:
             async with trio.open_nursery() as nursery:
                 self._background = nursery
                 self.clock = trio.lowlevel.current_clock().current_time
-                self._relay = self._relayed.start(nursery)
+                self._relayed.start()
                 task_status.started()
                 try:
                     await self.exchanges.probe_forever()
                 finally:
-                    # The receive threads stop sending; the reader hands back what is in
-                    # flight, closes its sockets and returns (the nursery waits for it).
-                    self._relay = None
+                    # The receive threads stop sending; each hands back what its relay has in
+                    # flight and closes its sockets at its next turn.
                     self._relayed.stop()
         finally:
             self._background = None

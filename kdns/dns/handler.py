@@ -208,7 +208,7 @@ class Handler:
 
     def forward_miss(self, miss: tuple[Any, ...], receiver: Any) -> bool:
         """Whether the receive thread sent this miss upstream itself (kdns/dns/miss_relay.py),
-        answered later by the forwarder's reader thread; False: hand it to trio as before.
+        answered later by that thread when the reply comes; False: hand it to trio as before.
 
         Only where nothing but the upstreams answers, as for `remember`'s forwarded hits:
         no rewrite, template or hosts (they come first and may change), and a name in no zone

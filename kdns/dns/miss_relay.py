@@ -1,36 +1,41 @@
-"""Forwarded cache misses exchanged with plain UDP upstreams outside trio: sockets and a thread.
+"""Forwarded cache misses exchanged with plain UDP upstreams by the receive thread itself.
 
 Why (docs/architecture.md §7): a miss handed to trio paid a hop, a parse, a task and trio's
 `wait_readable` (an epoll register and unregister per wait), about thirty times what a C server
-pays. Here the UDP receive thread sends the question itself (`submit`) and one reader thread
-per forwarder waits for every reply at once (`run`, an epoll over the pool's sockets, the GIL
-released while it waits).
+pays. A reader thread of its own then still cost each miss two hand-overs of a lock and the GIL
+between the receive thread and the reader (a futex wake and a context switch each). So the
+receive thread does it all: it sends the question (`submit`), and while exchanges are in
+flight it waits on one epoll for both its clients and the replies (kdns/dns/receiver.py),
+reading each reply when the epoll says so (`read`). One thread, no lock, no hand-over.
 
 Contract:
-- `submit(key, qname, upstream, question, cd, do, waiter)` (any receive thread): joins the
-  exchange in flight for `key` (coalescing), or sends a fresh one from a pool socket; False
-  when it cannot (stopped, `limit` exchanges in flight or `MAX_WAITERS` on this one — counted
-  in `declined` —, a send that fails): the caller hands the query to trio as before. Never
-  blocks but on its lock, held for a dict update and one non-blocking send.
+- A `MissRelay` belongs to one receive thread, its owner: every method but `stop`, `__len__`
+  and the counters is called from that thread only. Its sockets are registered in the owner's
+  epoll (`poller`), which it never waits on itself.
+- `submit(key, qname, upstream, question, cd, do, waiter)`: joins the exchange in flight for
+  `key` (coalescing, among this owner's clients), or sends a fresh one from a pool socket;
+  False when it cannot (stopped, `limit` exchanges in flight or `MAX_WAITERS` on this one —
+  counted in `declined` —, a send that fails): the caller hands the query to trio as before.
+  Never blocks.
 - RFC 5452 §9.2: a fresh unpredictable ID per exchange (`IdSource`); the socket is picked at
   random among the idle ones connected to that upstream, each bound by the kernel to a random
   ephemeral port when connected and used for at most `USES` exchanges, then closed (the ports
   keep changing). Connected: the kernel drops datagrams from any other address. One exchange
   at a time per socket; a socket whose exchange expired or failed is closed, so a late reply
   never meets a later question.
-- The reader thread (`run`, until `stop()`) reads each reply, ignores one that does not match
-  (RFC 5452 §9.1: ID, QR, question; `on_mismatch(pending)`, the wait goes on) and calls
-  `on_reply(pending, waiters, reply)` once per exchange for the first that matches,
-  `on_failed(pending, waiters, error)` when the socket reports an error (an ICMP port
-  unreachable), `on_expired(pending, waiters)` when no answer came within `timeout`. The
-  callbacks run in the reader thread; they answer or hand back the waiters. `on_idle()` is
-  called before each wait; when it returns True (work it batches is waiting) the wait is at
-  most `idle_every`. After `stop()`
-  the thread hands every exchange still in flight to `on_expired`, closes every socket and
-  returns; `submit` refuses from then on.
-- Thread safety: the pending table and the idle sockets are touched only under `_lock` (the
-  receive threads add, the reader finishes); an exchange's waiters are final once the reader
-  has finished it under the lock, so no waiter is added after its answer went out.
+- `read(fd)` (the owner's epoll reported `fd`; False when `fd` is none of this relay's): reads
+  the reply, ignores one that does not match (RFC 5452 §9.1: ID, QR, question;
+  `on_mismatch(pending)`, the wait goes on) and calls `on_reply(pending, waiters, reply)` once
+  per exchange for the first that matches, `on_failed(pending, waiters, error)` when the socket
+  reports an error (an ICMP port unreachable). `expire(now)` calls `on_expired(pending,
+  waiters, True)` for each exchange with no answer by its deadline (`next_deadline()`; `timeout`
+  after it was sent). The callbacks run in the owner's thread; they answer or hand back the
+  waiters. `on_idle(leaving)`: the owner calls `idle(leaving)` before each wait (True: records
+  wait to be handed on; the wait is then at most `idle_every`), and with `leaving` when it goes
+  back to waiting on its clients alone.
+- `stop()` (any thread, idempotent): `submit` refuses from then on and `poke` wakes the owner,
+  which then calls `close()`: every exchange in flight goes to `on_expired(pending, waiters,
+  False)` (handed back, not a failure), every socket is closed, `closed` is set.
 """
 
 from __future__ import annotations
@@ -40,10 +45,8 @@ import ctypes
 import errno
 import logging
 import os
-import secrets
 import select
 import socket
-import struct
 import threading
 import time
 from collections.abc import Callable
@@ -56,12 +59,12 @@ log = logging.getLogger(__name__)
 USES = 4  # exchanges per socket, then a fresh one (a new random port), as kdns/dns/udp_pool.py
 IDLE_KEPT = 64  # idle sockets kept per upstream
 MAX_DATAGRAM = 65535
-IDLE_WAIT = 0.5  # seconds the reader waits when nothing is in flight (stop() wakes it anyway)
+IDLE_WAIT = 0.5  # seconds: `idle_every` unless the caller says (the owner's longest wait)
 
 Address = tuple[str, int]
 MSG_DONTWAIT = 0x40
 
-# libc's send, recv and sendto through ctypes.PyDLL: the call keeps the GIL (kdns/dns/mmsg.py
+# libc's send and recv through ctypes.PyDLL: the call keeps the GIL (kdns/dns/mmsg.py
 # explains why). Every one here is non-blocking, so holding the GIL costs nothing, while a
 # Python socket method gives the GIL away per call: with three threads busy (the receive
 # thread, this reader, trio), each such call became a hand-over of the GIL between threads.
@@ -72,18 +75,6 @@ _send.restype = ctypes.c_ssize_t
 _recv = _LIBC.recv
 _recv.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
 _recv.restype = ctypes.c_ssize_t
-_sendto = _LIBC.sendto
-_sendto.argtypes = [
-    ctypes.c_int,
-    ctypes.c_char_p,
-    ctypes.c_size_t,
-    ctypes.c_int,
-    ctypes.c_char_p,
-    ctypes.c_uint32,
-]
-_sendto.restype = ctypes.c_ssize_t
-_FAMILY = struct.Struct("=H")
-_V6_TAIL = struct.Struct("!I16s")
 
 
 def available() -> bool:
@@ -91,51 +82,21 @@ def available() -> bool:
     return hasattr(select, "epoll")
 
 
-def sockaddr(address: tuple[Any, ...]) -> bytes:
-    """Python's address tuple (as recvfrom gives it) → the raw sockaddr_in / sockaddr_in6."""
-    host, port = address[0], address[1]
-    if len(address) == 2:
-        return (
-            _FAMILY.pack(socket.AF_INET)
-            + port.to_bytes(2, "big")
-            + socket.inet_aton(host)
-            + bytes(8)
-        )
-    host = host.split("%", 1)[0]
-    return (
-        _FAMILY.pack(socket.AF_INET6)
-        + port.to_bytes(2, "big")
-        + _V6_TAIL.pack(address[2], socket.inet_pton(socket.AF_INET6, host))
-        + struct.pack("=I", address[3])
-    )
-
-
-_SOCKADDRS: dict[tuple[Any, ...], bytes] = {}  # the last clients' sockaddrs (any thread)
-SOCKADDRS_KEPT = 1024
-
-
-def send_to(fd: int, data: bytes, address: tuple[Any, ...]) -> bool:
-    """Send a datagram without blocking and keeping the GIL; False when it was lost."""
-    name = _SOCKADDRS.get(address)
-    if name is None:
-        if len(_SOCKADDRS) >= SOCKADDRS_KEPT:
-            _SOCKADDRS.clear()  # one dict operation: safe from any thread under the GIL
-        name = _SOCKADDRS[address] = sockaddr(address)
-    return _sendto(fd, data, len(data), MSG_DONTWAIT, name, len(name)) == len(data)
-
-
 class MissRelay:
     def __init__(
         self,
+        poller: select.epoll,
         timeout: float,
         limit: int,
         on_reply: Callable[[Pending, list[Any], bytes], None],
         on_failed: Callable[[Pending, list[Any], Exception], None],
-        on_expired: Callable[[Pending, list[Any]], None],
+        on_expired: Callable[[Pending, list[Any], bool], None],
         on_mismatch: Callable[[Pending], None],
-        on_idle: Callable[[], bool] = lambda: False,
+        on_idle: Callable[[bool], bool] = lambda leaving: False,
         idle_every: float = IDLE_WAIT,
+        poke: Callable[[], None] = lambda: None,
     ) -> None:
+        self.poller = poller  # the owner's epoll: the pool's sockets are registered there
         self.timeout = timeout
         self.on_reply = on_reply
         self.on_failed = on_failed
@@ -143,31 +104,34 @@ class MissRelay:
         self.on_mismatch = on_mismatch
         self.on_idle = on_idle
         self.idle_every = idle_every
+        self.poke = poke  # wakes the owner (from any thread): `stop`
         self.table = PendingTable(limit)
         self.sent = 0  # exchanges sent (tests, and the curious)
         self.joined = 0  # queries that waited on an exchange already in flight
         self.opened = 0  # sockets made
         self.declined = 0  # queries left to trio: `limit` in flight, or too many on one
         self._ids = IdSource()
-        self._lock = threading.Lock()
-        self._idle: dict[Address, list[tuple[socket.socket, int]]] = {}
+        self._idle: dict[Address, list[socket.socket]] = {}
         self._sockets: dict[int, socket.socket] = {}  # every pool socket, by descriptor
         self._left: dict[int, int] = {}  # exchanges each socket may still serve
-        self._epoll = select.epoll()
-        self._wake_r, self._wake_w = os.pipe()
-        os.set_blocking(self._wake_r, False)
-        self._epoll.register(self._wake_r, select.EPOLLIN)
-        self.stopping = False
-        self.stopped = threading.Event()  # set once `run` has closed everything
-        self._buffer = ctypes.create_string_buffer(MAX_DATAGRAM)  # the reader's receive buffer
+        self.stopping = False  # `stop()` was called: the owner closes it at its next turn
+        self.closed = threading.Event()  # set once `close` has closed everything
+        self._buffer = ctypes.create_string_buffer(MAX_DATAGRAM)  # the reply's receive buffer
 
     def __len__(self) -> int:
+        """Exchanges in flight (any thread may read it: one dict length)."""
         return len(self.table)
 
     def open_sockets(self) -> int:
         return len(self._sockets)
 
-    # --- the receive threads' side ---------------------------------------------------------
+    def stop(self) -> None:
+        """Refuse new exchanges and have the owner close everything (any thread)."""
+        if not self.stopping:
+            self.stopping = True
+            self.poke()
+
+    # --- the owner's side ----------------------------------------------------------------------
 
     def submit(
         self,
@@ -179,48 +143,47 @@ class MissRelay:
         do: bool,
         waiter: Any,
     ) -> bool:
-        with self._lock:
-            if self.stopping:
-                return False
-            joined = self.table.join(key, waiter)
-            if joined:
-                self.joined += 1
-                return True
-            if joined is None or self.table.full():
-                self.declined += 1
-                return False  # crowded, or `limit` in flight: trio's
-            address = (upstream.host, upstream.port)
-            try:
-                sock = self._take(address, upstream.family)
-            except OSError:
-                return False
-            qid = self._ids.take()
-            fd = sock.fileno()
-            message = upstream_message(qid, question, cd, do)
-            if _send(fd, message, len(message), MSG_DONTWAIT) != len(message):
-                self._close(fd)
-                return False
-            now = time.perf_counter()
-            pending = Pending(
-                key, qname, qid, question, upstream, sock, fd, now, now + self.timeout, [waiter]
-            )
-            self.table.add(pending)
-            self.sent += 1
+        if self.stopping:
+            return False
+        table = self.table
+        joined = table.join(key, waiter)
+        if joined:
+            self.joined += 1
+            return True
+        if joined is None or table.full():
+            self.declined += 1
+            return False  # crowded, or `limit` in flight: trio's
+        try:
+            sock = self._take((upstream.host, upstream.port), upstream.family)
+        except OSError:
+            return False
+        qid = self._ids.take()
+        fd = sock.fileno()
+        message = upstream_message(qid, question, cd, do)
+        if _send(fd, message, len(message), MSG_DONTWAIT) != len(message):
+            self._close(fd)
+            return False
+        now = time.perf_counter()
+        deadline = now + self.timeout
+        table.add(Pending(key, qname, qid, question, upstream, sock, fd, now, deadline, [waiter]))
+        self.sent += 1
         return True
 
     def _take(self, address: Address, family: int) -> socket.socket:
         idle = self._idle.get(address)
         if idle:
             # At random, not the last one back: the next question's port is not predictable
-            # from the previous ones.
-            i = secrets.randbelow(len(idle))
+            # from the previous ones. From the IDs' batch of OS randomness (`secrets` would
+            # read the OS's source once per call); at most IDLE_KEPT idle sockets, so the
+            # remainder's bias is under 0.1 %.
+            i = self._ids.take() % len(idle)
             idle[i], idle[-1] = idle[-1], idle[i]
-            return idle.pop()[0]
+            return idle.pop()
         sock = socket.socket(family, socket.SOCK_DGRAM)
         try:
             sock.setblocking(False)
             sock.connect(address)  # binds a random ephemeral port (the kernel's choice)
-            self._epoll.register(sock.fileno(), select.EPOLLIN)
+            self.poller.register(sock.fileno(), select.EPOLLIN)
         except OSError:
             sock.close()
             raise
@@ -230,107 +193,75 @@ class MissRelay:
         return sock
 
     def _close(self, fd: int) -> None:
-        # Under the lock. Unregistered before it is closed: the number may be reused at once.
+        # Unregistered before it is closed: the number may be reused at once.
         sock = self._sockets.pop(fd, None)
         self._left.pop(fd, None)
         if sock is not None:
             with contextlib.suppress(OSError):
-                self._epoll.unregister(fd)
+                self.poller.unregister(fd)
             sock.close()
 
     def _give_back(self, pending: Pending) -> None:
-        # Under the lock, after an exchange that got its answer.
+        # After an exchange that got its answer: idle again, or closed after USES.
         fd = pending.fd
         left = self._left.get(fd, 0) - 1
         idle = self._idle.setdefault((pending.upstream.host, pending.upstream.port), [])
         if left > 0 and len(idle) < IDLE_KEPT and not self.stopping:
             self._left[fd] = left
-            idle.append((pending.sock, left))
+            idle.append(pending.sock)
         else:
             self._close(fd)
 
-    # --- the reader thread -------------------------------------------------------------------
+    def idle(self, leaving: bool) -> bool:
+        """Before the owner waits: whether records wait to be handed on (wait at most
+        `idle_every`); `leaving`: it goes back to its clients alone, hand them on now."""
+        return self.on_idle(leaving)
 
-    def stop(self) -> None:
-        """Stop the reader (idempotent, from any thread); `run` returns soon after."""
-        with self._lock:
-            self.stopping = True
-            if not self.stopped.is_set():  # the pipe is still open (closed under the lock)
-                with contextlib.suppress(OSError):
-                    os.write(self._wake_w, b"x")
+    def next_deadline(self) -> float | None:
+        """When the oldest exchange in flight expires (perf_counter), None when none is."""
+        return self.table.next_deadline()
 
-    def run(self) -> None:
-        """The reader thread's body: until `stop()`, then hand back and close everything."""
-        try:
-            while not self.stopping:
-                with self._lock:
-                    deadline = self.table.next_deadline()
-                now = time.perf_counter()
-                wait = IDLE_WAIT if deadline is None else min(IDLE_WAIT, max(0.0, deadline - now))
-                if self.on_idle():
-                    wait = min(wait, self.idle_every)
-                for fd, _ in self._epoll.poll(wait):
-                    if fd == self._wake_r:
-                        with contextlib.suppress(OSError):
-                            os.read(self._wake_r, 64)
-                        continue
-                    self._read(fd)
-                if deadline is not None and time.perf_counter() >= deadline:
-                    self._expire(time.perf_counter())
-        finally:
-            self._close_all()
-
-    def _read(self, fd: int) -> None:
-        # Under the lock: only this thread reads, but a receive thread may close a socket
-        # whose send failed, and its number be reused at once.
-        with self._lock:
-            if fd not in self._sockets:
-                return
-            pending = self.table.by_fd.get(fd)
-            got = _recv(fd, self._buffer, MAX_DATAGRAM, MSG_DONTWAIT)
-            if got < 0:
-                err = ctypes.get_errno()
-                if err in (errno.EAGAIN, errno.EINTR):
-                    return
-                # An ICMP error (port unreachable) for this socket's last send.
-                self._close(fd)
-                if pending is None or pending.done:
-                    return
-                waiters = self.table.finish(pending)
-            elif pending is None or pending.done:
-                return  # late or stray, on an idle socket: nobody asked
-            else:
-                reply = ctypes.string_at(self._buffer, got)
-                if not matches(reply, pending.qid, pending.question):
-                    waiters = None  # forged or stray: keep waiting (RFC 5452 §9.1)
-                else:
-                    waiters = self.table.finish(pending)
-                    self._give_back(pending)
+    def read(self, fd: int) -> bool:
+        """The owner's epoll reported `fd` readable: False when it is not this relay's."""
+        if fd not in self._sockets:
+            return False
+        pending = self.table.by_fd.get(fd)
+        got = _recv(fd, self._buffer, MAX_DATAGRAM, MSG_DONTWAIT)
         if got < 0:
-            self.on_failed(pending, waiters, OSError(err, os.strerror(err)))
-        elif waiters is None:
-            self.on_mismatch(pending)
-        else:
-            self.on_reply(pending, waiters, reply)
+            err = ctypes.get_errno()
+            if err in (errno.EAGAIN, errno.EINTR):
+                return True
+            # An ICMP error (port unreachable) for this socket's last send.
+            self._close(fd)
+            if pending is not None and not pending.done:
+                waiters = self.table.finish(pending)
+                self.on_failed(pending, waiters, OSError(err, os.strerror(err)))
+            return True
+        if pending is None or pending.done:
+            return True  # late or stray, on an idle socket: nobody asked
+        reply = ctypes.string_at(self._buffer, got)
+        if not matches(reply, pending.qid, pending.question):
+            self.on_mismatch(pending)  # forged or stray: keep waiting (RFC 5452 §9.1)
+            return True
+        waiters = self.table.finish(pending)
+        self._give_back(pending)
+        self.on_reply(pending, waiters, reply)
+        return True
 
-    def _expire(self, now: float) -> None:
-        with self._lock:
-            expired = self.table.expired(now)
-            for pending in expired:
-                self._close(pending.fd)
-        for pending in expired:
-            self.on_expired(pending, pending.waiters)
+    def expire(self, now: float) -> None:
+        """Hand each exchange past its deadline to `on_expired`, closing its socket."""
+        for pending in self.table.expired(now):
+            self._close(pending.fd)
+            self.on_expired(pending, pending.waiters, True)
 
-    def _close_all(self) -> None:
-        with self._lock:
-            self.stopping = True
-            left = self.table.drain()
-            for fd in list(self._sockets):
-                self._close(fd)
-            self._idle.clear()
-            self._epoll.close()
-            os.close(self._wake_r)
-            os.close(self._wake_w)
-            self.stopped.set()
+    def close(self) -> None:
+        """Hand back every exchange in flight, close every socket (the owner, after `stop`
+        or when it stops itself)."""
+        self.stopping = True
+        left = self.table.drain()
+        for fd in list(self._sockets):
+            self._close(fd)
+        self._idle.clear()
+        self.closed.set()
         for pending in left:
-            self.on_expired(pending, pending.waiters)
+            self.on_expired(pending, pending.waiters, False)

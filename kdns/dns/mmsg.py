@@ -19,9 +19,11 @@ Contract:
   of the last receive (a slot holds 65,535 bytes by default: any UDP payload); `address(i)`
   decodes the sockaddr into Python's tuple form (only needed off the hot path).
 - `reply(i, data)` queues `data` for slot i's sender (its raw sockaddr reused, nothing decoded);
-  `send(fd)` writes every queued reply with `sendmmsg(MSG_DONTWAIT)`, keeping the GIL, and
-  returns the errno of each one that failed (would block, unreachable: the caller counts them).
-  Replies must be sent before the next `receive`, which reuses the slots' addresses.
+  `reply_to(name, data)` queues it for a raw sockaddr (`encode_sockaddr` makes one from
+  Python's address tuple), while `queued() < slots`; `send(fd)` writes every queued reply
+  with `sendmmsg(MSG_DONTWAIT)`, keeping the GIL, and returns the errno of each one that
+  failed (would block, unreachable: the caller counts them). `reply` must be sent before the
+  next `receive`, which reuses the slots' addresses.
 - One Batch belongs to one thread.
 """
 
@@ -32,11 +34,14 @@ import errno
 import mmap
 import socket
 import struct
+from typing import Any
 
 MSG_DONTWAIT = 0x40
 MSG_WAITFORONE = 0x10000
 SOCKADDR_SIZE = 128  # sizeof(struct sockaddr_storage)
 V4_MAPPED = b"\0" * 10 + b"\xff\xff"  # ::ffff:0:0/96, bytes 8..20 of a sockaddr_in6
+_FAMILY = struct.Struct("=H")
+_V6_TAIL = struct.Struct("!I16s")
 
 
 class IoVec(ctypes.Structure):
@@ -112,6 +117,7 @@ class Batch:
         self._recv_iovs = (IoVec * slots)()
         self._send_iovs = (IoVec * slots)()
         self._names = ctypes.create_string_buffer(SOCKADDR_SIZE * slots)
+        self._out_names = ctypes.create_string_buffer(SOCKADDR_SIZE * slots)  # `reply_to`'s
         # Anonymous mappings: pages the kernel fills lazily, so the buffers cost memory only
         # where datagrams were written (ctypes' own buffers are zeroed up front, all resident).
         self._rbuf = (ctypes.c_char * (size * slots)).from_buffer(mmap.mmap(-1, size * slots))
@@ -136,6 +142,8 @@ class Batch:
         self._send_view = memoryview(self._send_hdrs).cast("B")
         self._send_iov_view = memoryview(self._send_iovs).cast("B")
         self._name_view = memoryview(self._names).cast("B")
+        self._out_names_at = ctypes.addressof(self._out_names)
+        self._out_name_view = memoryview(self._out_names).cast("B")
         self._rbuf_view = memoryview(self._rbuf).cast("B")
         self._sbuf_view = memoryview(self._sbuf).cast("B")
         self._received = 0
@@ -190,6 +198,25 @@ class Batch:
         )
         self._queued = j + 1
 
+    def reply_to(self, name: bytes, data: bytes) -> None:
+        """Queue `data` for the raw sockaddr `name` (sent by the next `send`; `queued()` must
+        be under `slots`)."""
+        j = self._queued
+        length = len(data)
+        start = j * self.size
+        self._sbuf_view[start : start + length] = data
+        self._size_t.pack_into(self._send_iov_view, j * IOV_SIZE + IOV_LEN_AT, length)
+        at = j * SOCKADDR_SIZE
+        self._out_name_view[at : at + len(name)] = name
+        self._name_and_len.pack_into(
+            self._send_view, j * HDR_SIZE + NAME_AT, self._out_names_at + at, len(name)
+        )
+        self._queued = j + 1
+
+    def queued(self) -> int:
+        """Replies queued for the next `send`."""
+        return self._queued
+
     def send(self, fd: int) -> list[int]:
         """Send the queued replies (never blocking, GIL kept); the errno of each one lost."""
         queued = self._queued
@@ -215,6 +242,25 @@ class Batch:
 
 
 NO_ERRORS: list[int] = []  # never appended to: what `send` returns when every reply went
+
+
+def encode_sockaddr(address: tuple[Any, ...]) -> bytes:
+    """Python's address tuple (as recvfrom gives it) → the raw sockaddr_in / sockaddr_in6."""
+    host, port = address[0], address[1]
+    if len(address) == 2:
+        return (
+            _FAMILY.pack(socket.AF_INET)
+            + port.to_bytes(2, "big")
+            + socket.inet_aton(host)
+            + bytes(8)
+        )
+    host = host.split("%", 1)[0]
+    return (
+        _FAMILY.pack(socket.AF_INET6)
+        + port.to_bytes(2, "big")
+        + _V6_TAIL.pack(address[2], socket.inet_pton(socket.AF_INET6, host))
+        + struct.pack("=I", address[3])
+    )
 
 
 def decode_sockaddr(raw: bytes) -> tuple[str, int] | tuple[str, int, int, int]:

@@ -32,9 +32,15 @@ Contract:
   question with one dict set into a dict the trio thread swaps out after each change:
   `AnswerCache.keep_denial`; the next one is a `lookup` hit).
   A miss of a name only the upstreams answer may be sent upstream from here instead
-  (`Handler.forward_miss`, kdns/dns/miss_relay.py); the forwarder's reader thread answers it,
-  counts it through `answered` (set by the server, called from trio), and gives back what it
-  cannot answer with `hand_back` (from its thread: an append and a wake-up each time).
+  (`Handler.forward_miss`, kdns/dns/miss_relay.py), through a relay this thread owns (one per
+  forwarder, `attach`ed on its first miss). While any of its relays has exchanges in flight,
+  the thread waits on one epoll for its clients, the replies and a `poke` (`_run_relaying`,
+  the GIL released while it waits), answers the clients in batches as below and each reply
+  as it comes (kdns/dns/relayed.py: the answers are counted by trio through `answered`, set
+  by the server); what a relay cannot answer comes back through `hand_back` (an append and a
+  wake-up each time). Nothing in flight: the loops below, which never poll the relays. A
+  relay stopped by its forwarder (a reload) is closed at the thread's next turn: a `poke`
+  while relaying, else the next miss or receive timeout; all of them when `run` returns.
   Everything else — a miss, a malformed packet — is appended to `misses` (a deque: append and
   popleft are atomic) with the serving that read it and the time it was read, and `wake` is
   called at most once until trio calls `take_misses()`; trio answers them as it always did
@@ -70,12 +76,14 @@ import contextlib
 import errno
 import logging
 import os
+import select
 import socket
 import struct
+import threading
 import time
 from bisect import bisect_left
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from kdns import metrics
 from kdns.dns import mmsg
@@ -83,6 +91,7 @@ from kdns.dns.stats import Counts, ThreadCounts
 
 if TYPE_CHECKING:
     from kdns.dns.handler import Handler
+    from kdns.dns.miss_relay import MissRelay
     from kdns.dns.server import Serving
 
 log = logging.getLogger(__name__)
@@ -91,6 +100,10 @@ MAX_BACKLOG = 4096  # misses waiting for trio; more are dropped (the module docs
 WAKE_EVERY = 0.5  # seconds: the receive timeout that lets `run` see `stop()` if nothing else did
 MAX_DATAGRAM = 65535
 BATCH_SLOTS = 128  # datagrams per recvmmsg/sendmmsg: over 6 ms of a 20k qps flood
+# While relaying: batches read from the clients per epoll wake-up before the replies get a turn.
+DRAIN_BATCHES = 4
+OUTBOX_SLOTS = 256  # answers to relayed misses sent with one sendmmsg (more: sent as it fills)
+NAMES_KEPT = 1024  # raw sockaddrs of the last clients answered that way
 FIRST_BUCKET = metrics.DURATION_BUCKETS[0]
 # A packet that took this long from its read to its answer sent waited for the GIL (a switch
 # interval: 1 ms in `kdns serve`, 5 ms by default; the work itself takes microseconds): batches.
@@ -130,7 +143,7 @@ class UdpReceiver:
         self.max_backlog = max_backlog
         self.dropped = 0  # misses dropped because `max_backlog` were waiting (only this thread)
         self.dropped_counted = 0  # how many of them trio has put in the metric (only trio)
-        self.dropped_back = 0  # hand-backs dropped (the forwarder's reader thread writes it)
+        self.dropped_back = 0  # hand-backs dropped (only this thread writes it)
         # Counts an answer another thread sent for this listener (set by kdns/dns/server.py;
         # the forwarder calls it from trio).
         self.answered: Callable[..., None] = lambda *args: None
@@ -140,6 +153,18 @@ class UdpReceiver:
         self.loop = loop if mmsg.available() else "packet"  # "auto", "batch" or "packet"
         self.batch_spells = 0  # how often it went over to batches (this thread writes it)
         self._woken = False  # a wake is pending: trio has not taken the misses yet
+        # The relays of forwarded misses this thread sends upstream itself (one per forwarder,
+        # kdns/dns/miss_relay.py), and the epoll it waits on while they have exchanges in
+        # flight: the clients' socket, every relay's pool sockets and `_poke_r` (made by the
+        # first `relay_poller()`; only this thread reads them, but for `poke`).
+        self.relays: list[MissRelay] = []
+        self._poller: select.epoll | None = None
+        self._poke_r = self._poke_w = -1
+        self._poke_lock = threading.Lock()  # `poke` (any thread) against the close at exit
+        # Answers to relayed misses, sent once per turn of `_run_relaying` with one sendmmsg
+        # (`send_soon`), and the raw sockaddrs of the last clients they went to.
+        self._outbox: mmsg.Batch | None = None
+        self._names: dict[tuple[Any, ...], bytes] = {}
         # SO_RCVTIMEO, not settimeout: a Python timeout polls before every receive (one more
         # syscall per packet); the kernel's timeout costs nothing until it fires.
         sock.setblocking(True)
@@ -170,43 +195,123 @@ class UdpReceiver:
                 return out
 
     def hand_back(self, miss: Miss) -> None:
-        """A miss the forwarder's reader thread gives back (kdns/dns/relayed.py: a timeout, TC,
-        a malformed reply, a SERVFAIL while a stale answer waits): trio answers it as any other.
-        From any thread, so it wakes trio each time (`_woken` is this receive thread's)."""
+        """A miss a relay gives back (kdns/dns/relayed.py: a timeout, TC, a malformed reply, a
+        SERVFAIL while a stale answer waits, the relay's stop): trio answers it as any other.
+        It wakes trio each time (`_woken` is the receive loops' own)."""
         if len(self.misses) >= self.max_backlog:
             self.dropped_back += 1
             return
         self.misses.append(miss)
         self.wake()
 
-    def _hand_over(self, miss: Miss) -> None:
+    def _hand_over(self, miss: Miss) -> bool:
+        """Trio's, or the upstreams' (True: sent upstream by a relay of this thread's)."""
         # A forwarded name the upstreams alone answer goes upstream from here, not via trio.
         if miss[3].handler.forward_miss(miss, self):
-            return
+            return True
         if len(self.misses) >= self.max_backlog:
             self.dropped += 1  # trio is that far behind: the client will ask again
-            return
+            return False
         self.misses.append(miss)
         if not self._woken:
             self._woken = True
             self.wake()
+        return False
+
+    # --- relays of forwarded misses (kdns/dns/miss_relay.py) ---------------------------------
+
+    def relay_poller(self) -> select.epoll | None:
+        """This thread's epoll, for a relay it will own (made on first use, from this thread);
+        None when it cannot relay (no recvmmsg: relaying reads the clients in batches)."""
+        if self._poller is None:
+            if not mmsg.available() or self.stopping:
+                return None
+            poller = select.epoll()
+            poller.register(self.sock.fileno(), select.EPOLLIN)
+            self._poke_r, self._poke_w = os.pipe()
+            os.set_blocking(self._poke_r, False)
+            os.set_blocking(self._poke_w, False)
+            poller.register(self._poke_r, select.EPOLLIN)
+            self._outbox = mmsg.Batch(OUTBOX_SLOTS)
+            self._poller = poller
+        return self._poller
+
+    def attach(self, relay: MissRelay) -> None:
+        """A relay made for this thread (by `Forwarder.forward_miss`, in this thread)."""
+        self._tend_relays()
+        self.relays.append(relay)
+
+    def send_soon(self, data: bytes, addr: tuple[Any, ...]) -> None:
+        """Queue an answer to a relayed miss (this thread, while relaying); sent at the end of
+        the turn with the others: a send per answer woke the client per answer."""
+        outbox = self._outbox
+        assert outbox is not None  # made with the epoll, before any relay
+        name = self._names.get(addr)
+        if name is None:
+            if len(self._names) >= NAMES_KEPT:
+                self._names.clear()
+            name = self._names[addr] = mmsg.encode_sockaddr(addr)
+        if outbox.queued() >= outbox.slots:
+            self._flush_outbox()
+        outbox.reply_to(name, data)
+
+    def _flush_outbox(self) -> None:
+        outbox = self._outbox
+        if outbox is not None and outbox.queued():
+            for err in outbox.send(self.sock.fileno()):
+                self._send_failed(err, "a client")
+
+    def poke(self) -> None:
+        """Wake this thread if it waits on its epoll (any thread: a relay was stopped)."""
+        with self._poke_lock, contextlib.suppress(OSError):
+            if self._poke_w >= 0:
+                os.write(self._poke_w, b"x")
+
+    def _tend_relays(self) -> None:
+        """Close the relays that were stopped (their forwarder stopped: a reload)."""
+        if any(relay.stopping for relay in self.relays):
+            for relay in self.relays:
+                if relay.stopping:
+                    relay.close()
+            self.relays = [relay for relay in self.relays if not relay.closed.is_set()]
+
+    def _relaying(self) -> bool:
+        return any(len(relay) for relay in self.relays)
+
+    def _close_relays(self) -> None:
+        """At exit: every relay hands back what is in flight and closes; then the epoll."""
+        self._flush_outbox()
+        for relay in self.relays:
+            relay.idle(True)  # what they answered is stored and counted
+            relay.close()
+        self.relays = []
+        if self._poller is not None:
+            self._poller.close()
+            with self._poke_lock:
+                os.close(self._poke_r)
+                os.close(self._poke_w)
+                self._poke_r = self._poke_w = -1
 
     def run(self) -> None:
         """The thread's body: serve until `stop()`."""
-        if self.loop == "packet":
-            self._run_packets(watch_gil=False)
-            return
-        batch = mmsg.Batch(BATCH_SLOTS)
-        if self.loop == "batch":
-            self._run_batch(batch, calm_reads=None)
-            return
-        while not self.stopping:
-            # Uncontended, one recvfrom and one sendto per packet cost the least; once a packet
-            # shows that another thread holds the GIL for long, batches until the queue is short.
-            self._run_packets(watch_gil=True)
-            if not self.stopping:
-                self.batch_spells += 1
-                self._run_batch(batch, CALM_READS)
+        batch = mmsg.Batch(BATCH_SLOTS) if mmsg.available() else None
+        try:
+            while not self.stopping:
+                if batch is not None and self._relaying():
+                    # Exchanges in flight upstream: wait on the clients and the replies at once.
+                    self._run_relaying(batch)
+                elif self.loop == "packet" or batch is None:
+                    self._run_packets(watch_gil=False)
+                elif self.loop == "batch":
+                    self._run_batch(batch, calm_reads=None)
+                # Uncontended, one recvfrom and one sendto per packet cost the least; once a
+                # packet shows that another thread holds the GIL for long, batches until the
+                # queue is short.
+                elif self._run_packets(watch_gil=True) and not self.stopping:
+                    self.batch_spells += 1
+                    self._run_batch(batch, CALM_READS)
+        finally:
+            self._close_relays()
 
     @staticmethod
     def _answer_miss(data: bytes, handler: Handler) -> tuple[bytes, int] | None:
@@ -241,12 +346,10 @@ class UdpReceiver:
     def _run_batch(self, batch: mmsg.Batch, calm_reads: int | None) -> None:
         """Read and answer what is queued a batch at a time, without giving the GIL away per
         packet; return once `calm_reads` reads in a row found fewer than CALM_AVERAGE
-        datagrams each on average (None: only at `stop()`)."""
+        datagrams each on average (None: only at `stop()`), or once a miss went upstream
+        (`_run_relaying` waits for its reply)."""
         fd = self.sock.fileno()
         reads = datagrams = 0
-        serving_now, clock, answer_miss = self.serving, time.perf_counter, self._answer_miss
-        family, dual_stack, shared = self.family, self.dual_stack, self.counts
-        buckets = metrics.DURATION_BUCKETS
         slots = batch.slots
         wait = True
         while not self.stopping:
@@ -265,57 +368,125 @@ class UdpReceiver:
                 wait = True
                 continue
             wait = received < slots
-            for i in range(received):
-                data = batch.datagram(i)
-                if not data and self.stopping:
-                    break  # `stop()` shut the receive side down
-                start = clock()
-                serving = serving_now()  # a reload swaps it; each query is answered by one
-                handler = serving.handler
-                found = handler.cache.lookup(data, True)
-                if found is None:
-                    found = answer_miss(data, handler)
-                    if found is None:
-                        self._hand_over((data, batch.address(i), start, serving))
-                        continue
-                response, label = found
-                elapsed = clock() - start
-                if dual_stack:
-                    family = "1" if mmsg.is_v4_mapped(batch.name(i)) else "2"
-                key = (  # counted inline, as in `_run_packets`
-                    label,
-                    len(data),
-                    len(response),
-                    0 if elapsed <= FIRST_BUCKET else bisect_left(buckets, elapsed),
-                )
-                shared.busy = True
-                counts = shared.counts[family]
-                entry = counts.get(key)
-                if entry is None:
-                    self._count_new(counts, key, elapsed)
-                else:
-                    entry[0] += 1
-                    entry[1] += elapsed
-                shared.busy = False
-                batch.reply(i, response)  # to the raw address it came from: nothing decoded
-                query_log = serving.query_log
-                if query_log is not None:
-                    query_log(batch.address(i), "udp", data, response, label, elapsed)
-            for err in batch.send(fd):
-                self._send_failed(err, "a client")
+            if not received:
+                self._tend_relays()  # SO_RCVTIMEO: nothing came for a while
+                continue
+            relayed = self._answer_batch(batch, received)
             reads += 1
             datagrams += received
+            if relayed:
+                return
             if reads == calm_reads:  # after the batch is answered: leave nothing unanswered
                 if datagrams < CALM_AVERAGE * reads:
                     return  # the queue stays short: per packet is cheaper again
                 reads = datagrams = 0
 
-    def _run_packets(self, watch_gil: bool) -> None:
+    def _answer_batch(self, batch: mmsg.Batch, received: int) -> bool:
+        """Answer slots 0..received-1 of `batch` and send the answers (one sendmmsg); True
+        when one of them went upstream through a relay."""
+        serving_now, clock, answer_miss = self.serving, time.perf_counter, self._answer_miss
+        family, dual_stack, shared = self.family, self.dual_stack, self.counts
+        buckets = metrics.DURATION_BUCKETS
+        relayed = False
+        for i in range(received):
+            data = batch.datagram(i)
+            if not data and self.stopping:
+                break  # `stop()` shut the receive side down
+            start = clock()
+            serving = serving_now()  # a reload swaps it; each query is answered by one
+            handler = serving.handler
+            found = handler.cache.lookup(data, True)
+            if found is None:
+                found = answer_miss(data, handler)
+                if found is None:
+                    if self._hand_over((data, batch.address(i), start, serving)):
+                        relayed = True
+                    continue
+            response, label = found
+            elapsed = clock() - start
+            if dual_stack:
+                family = "1" if mmsg.is_v4_mapped(batch.name(i)) else "2"
+            key = (  # counted inline, as in `_run_packets`
+                label,
+                len(data),
+                len(response),
+                0 if elapsed <= FIRST_BUCKET else bisect_left(buckets, elapsed),
+            )
+            shared.busy = True
+            counts = shared.counts[family]
+            entry = counts.get(key)
+            if entry is None:
+                self._count_new(counts, key, elapsed)
+            else:
+                entry[0] += 1
+                entry[1] += elapsed
+            shared.busy = False
+            batch.reply(i, response)  # to the raw address it came from: nothing decoded
+            query_log = serving.query_log
+            if query_log is not None:
+                query_log(batch.address(i), "udp", data, response, label, elapsed)
+        for err in batch.send(self.sock.fileno()):
+            self._send_failed(err, "a client")
+        return relayed
+
+    def _run_relaying(self, batch: mmsg.Batch) -> None:
+        """While exchanges are in flight upstream: wait on one epoll for the clients, the
+        replies and a poke (GIL released), answer what is ready, expire what is overdue; return
+        once nothing is in flight, with the relays' records handed on (kdns/dns/relayed.py)."""
+        poller = self._poller
+        assert poller is not None  # a relay exists, so `relay_poller` made it
+        fd, poke_r, clock = self.sock.fileno(), self._poke_r, time.perf_counter
+        while not self.stopping:
+            relays = self.relays  # `attach` and `_tend_relays` replace or extend it
+            now = clock()
+            wait, busy = WAKE_EVERY, False
+            for relay in relays:
+                relay.expire(now)
+                deadline = relay.next_deadline()
+                if deadline is not None:
+                    busy = True
+                    wait = min(wait, deadline - now)
+                if relay.idle(False):  # records to hand on: wait no longer than their bound
+                    wait = min(wait, relay.idle_every)
+            if not busy:
+                for relay in relays:
+                    relay.idle(True)
+                return
+            for ready, _ in poller.poll(max(wait, 0.0)):
+                if ready == fd:
+                    self._drain(batch, fd)
+                elif ready == poke_r:
+                    with contextlib.suppress(OSError):
+                        os.read(poke_r, 512)
+                    self._tend_relays()
+                else:
+                    for relay in relays:
+                        if relay.read(ready):
+                            break
+            self._flush_outbox()
+
+    def _drain(self, batch: mmsg.Batch, fd: int) -> None:
+        """Read and answer what the clients queued (while relaying), up to DRAIN_BATCHES
+        batches: the replies the epoll reported with them get their turn after."""
+        for _ in range(DRAIN_BATCHES):
+            try:
+                received = batch.receive(fd, False)
+            except OSError as e:
+                if not self.stopping:
+                    log.debug("UDP receive error: %s", e)
+                return
+            if received:
+                self._answer_batch(batch, received)
+            if received < batch.slots:
+                return
+
+    def _run_packets(self, watch_gil: bool) -> bool:
         """One `recvfrom` and one `sendto` per packet, each giving the GIL away. With
-        `watch_gil`, return once a packet took GIL_WAITED or longer from its read to its
+        `watch_gil`, return True once a packet took GIL_WAITED or longer from its read to its
         answer sent: that takes microseconds, so the thread waited for the GIL (at the send's
-        syscall, or made to let go by another thread), and the queue grew meanwhile. Without
-        it (`loop="packet"`), until `stop()`."""
+        syscall, or made to let go by another thread), and the queue grew meanwhile. Return
+        False once a miss went upstream through a relay (`_run_relaying` waits for its reply),
+        or at `stop()`."""
         recvfrom, sendto = self.sock.recvfrom, self.sock.sendto
         serving_now, clock, answer_miss = self.serving, time.perf_counter, self._answer_miss
         family, dual_stack, shared = self.family, self.dual_stack, self.counts
@@ -324,7 +495,8 @@ class UdpReceiver:
             try:
                 data, addr = recvfrom(MAX_DATAGRAM)
             except (BlockingIOError, TimeoutError):
-                continue  # SO_RCVTIMEO: look at `stopping` again
+                self._tend_relays()  # SO_RCVTIMEO: look at `stopping` and the relays again
+                continue
             except OSError as e:
                 if not self.stopping:
                     log.debug("UDP receive error: %s", e)
@@ -338,7 +510,8 @@ class UdpReceiver:
             if found is None:
                 found = answer_miss(data, handler)
                 if found is None:
-                    self._hand_over((data, addr, start, serving))
+                    if self._hand_over((data, addr, start, serving)):
+                        return False
                     continue
             response, label = found
             elapsed = clock() - start
@@ -371,7 +544,8 @@ class UdpReceiver:
             if query_log is not None:
                 query_log(addr, "udp", data, response, label, elapsed)
             if contended and watch_gil:
-                return
+                return True
+        return False
 
     def _hand_over_full(self) -> None:
         # Many distinct keys since the last scrape: ask trio to fold them now (through the same

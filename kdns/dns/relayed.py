@@ -1,11 +1,12 @@
 """The trio side of forwarded misses the receive threads send upstream themselves.
 
 While `Forwarder.run` runs, a plain UDP miss of a name only the upstreams answer is sent
-upstream by the receive thread (`Forwarder.forward_miss` → kdns/dns/miss_relay.py) and the
-relay's reader thread gets the reply. `RelayedMisses` is what that reply then does, in two
-halves (docs/architecture.md §6, §7 step 5):
+upstream by the receive thread (`Forwarder.forward_miss` → kdns/dns/miss_relay.py), through a
+relay that thread owns (`relay_for`: one per receive thread and forwarder, made on its first
+miss), and the same thread reads the reply. `RelayedMisses` is what that reply then does, in
+two halves (docs/architecture.md §6, §7 step 5):
 
-- On the reader thread (`on_reply`, `on_failure`, `on_expiry`, `on_mismatch`, `on_idle`: the
+- On the receive thread (`on_reply`, `on_failure`, `on_expiry`, `on_mismatch`, `on_idle`: the
   relay's callbacks): each waiting client is sent the bytes trio would send
   (kdns/dns/relay_answers.py), from the entry the upstream cache would store
   (`UpstreamCache.entry_for`, pure); what it cannot answer — a timeout, TC, a malformed reply,
@@ -23,20 +24,26 @@ halves (docs/architecture.md §6, §7 step 5):
   that upstream over TCP at once (`take_truncated`, RFC 7766 §5), so no upstream is asked more
   often than trio alone would ask it.
 
-Hand-over: one `run_sync_soon` per batch, at FLUSH_AT records or FLUSH_EVERY seconds after the
-first (the clients have their answers already; only the cache and the counts wait), and the
-forwarder drains `done` itself before it reads the upstream cache, so a repeat never misses an
-answer the reader gave. `unstored` holds the keys answered and not yet stored: the receive
-thread sends a repeat of one to trio, which stores first.
+Hand-over: one `run_sync_soon` per batch, at FLUSH_AT records, FLUSH_EVERY seconds after the
+first, or when the receive thread has nothing left in flight (the clients have their answers
+already; only the cache and the counts wait), and the forwarder drains `done` itself before it
+reads the upstream cache, so a repeat never misses an answer a relay gave. `unstored` holds the
+keys answered and not yet stored: the receive thread sends a repeat of one to trio, which
+stores first.
 
-Threads (safe under the GIL by construction): `done` is appended only by the reader and popped
-only by trio; `_woken` is set only by the reader and cleared only by trio before it drains, so
-no record is left unseen; `unstored` gets single-key `dict` writes from the reader and
-single-key removals from trio, and the receive threads only test `in`; the counters, `_spent`,
-`_truncated` and `_labels` are trio's alone. The interface to the Forwarder is its public
-members: `config`, `cache`, `clock`, `coalesced`, `all_upstreams`, `zone_for`, `add_shape`, and its
-`exchanges` (kdns/dns/upstream_exchange.py: `health`, `names`, `count_request`,
-`count_response`, `failed`).
+Start and stop (trio, `Forwarder.run`): `start` lets the receive threads make relays, `stop`
+stops each (its owner hands back what is in flight, not as failures, and closes its sockets).
+
+Threads (safe under the GIL by construction): `done` is appended only by receive threads and
+popped only by trio; `_woken` is set only by them and cleared only by trio before it drains, so
+no record is left unseen (two threads waking trio at once cost one empty `batch`); `unstored`
+gets single-key `dict` writes from receive threads and single-key removals from trio, and the
+receive threads test `in`; `_relays` gets one single-key write per receive thread (its own)
+and is replaced whole by `stop`; the counters, `_spent`, `_truncated` and `_labels` are trio's
+alone. The interface to the Forwarder is its public members: `config`, `cache`, `clock`,
+`coalesced`, `all_upstreams`, `zone_for`, `add_shape`, and its `exchanges`
+(kdns/dns/upstream_exchange.py: `health`, `names`, `count_request`, `count_response`,
+`failed`); to a receiver, `relay_poller`, `attach`, `poke`, `hand_back`, `sock`, `answered`.
 """
 
 from __future__ import annotations
@@ -44,13 +51,12 @@ from __future__ import annotations
 import collections
 import contextlib
 import time
-from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import trio
 
 from kdns.dns import miss_relay, wire
-from kdns.dns.miss_relay import MissRelay, send_to
+from kdns.dns.miss_relay import MissRelay
 from kdns.dns.relay_answers import ClientShaped, generic_answer
 from kdns.dns.stats import LABELS
 from kdns.dns.upstream_cache import CacheEntry, CacheTable
@@ -62,8 +68,8 @@ from kdns.dns.wire import Query
 if TYPE_CHECKING:
     from kdns.dns.forward import Forwarder
 
-# The reader hands its answers to trio (to cache and count) in batches: at FLUSH_AT records, or
-# FLUSH_EVERY seconds after the first.
+# The receive threads hand their answers to trio (to cache and count) in batches: at FLUSH_AT
+# records, FLUSH_EVERY seconds after the first, or when nothing is left in flight.
 FLUSH_AT = 256
 FLUSH_EVERY = 0.02
 FAST_SPENT_KEPT = 1024  # failed relay attempts remembered until trio asks again
@@ -76,11 +82,13 @@ class RelayedMisses:
         self._forwarder = forwarder
         self._exchanges = forwarder.exchanges  # its counts and upstreams' health
         self.cache = forwarder.cache  # never replaced: the forwarder's upstream cache
-        # The relay this started, while the forwarder runs; None once `stop` began.
-        self._relay: MissRelay | None = None
+        # One relay per receive thread that sent a miss upstream (kdns/dns/miss_relay.py: the
+        # thread owns it and drives it), by receiver, while the forwarder runs (`running`).
+        self._relays: dict[Any, MissRelay] = {}
+        self.running = False
         self._token: trio.lowlevel.TrioToken | None = None
-        # What the reader thread hands trio (only that thread appends; trio pops), and whether
-        # a wake-up is on its way (only the reader sets it, only trio clears it). Never
+        # What the receive threads hand trio (only they append; trio pops), and whether
+        # a wake-up is on its way (only they set it, only trio clears it). Never
         # replaced: the forwarder keeps a reference to test it cheaply.
         self.done: collections.deque[tuple[Any, ...]] = collections.deque()
         self._woken = False
@@ -91,23 +99,45 @@ class RelayedMisses:
         # Keys whose relay attempt came back truncated: trio asks that upstream over TCP first
         # (RFC 7766 §5), not over UDP once more.
         self._truncated: dict[bytes, Upstream] = {}
-        # Keys the relay answered and trio has not stored yet (the reader adds, trio removes):
+        # Keys the relay answered and trio has not stored yet (receive threads add, trio removes):
         # a repeat meanwhile goes to trio, which stores them first (`batch`). Never replaced.
         self.unstored: dict[bytes, None] = {}
         self._labels: dict[tuple[str, int, int, bool], tuple[int, int]] = {}  # trio's
         self.answered = 0  # misses answered by the relay (tests, the curious)
         self.handed_back = 0  # misses it gave back to trio (timeout, TC, a socket error, …)
 
-    def start(self, nursery: trio.Nursery) -> MissRelay | None:
-        """Start the relay and its reader thread in `nursery` (trio); None when this config
+    def start(self) -> None:
+        """Let the receive threads relay (trio, when the forwarder starts), unless this config
         leaves every miss to trio (only TCP or TLS exchanges) or the platform cannot relay."""
         forwarder = self._forwarder
-        config = forwarder.config
-        if config.force_tcp or not any(not u.tls for u in forwarder.all_upstreams()):
-            return None  # every exchange is TCP or TLS: trio's
-        if not miss_relay.available():
+        if forwarder.config.force_tcp or not any(not u.tls for u in forwarder.all_upstreams()):
+            return  # every exchange is TCP or TLS: trio's
+        if miss_relay.available():
+            self._token = trio.lowlevel.current_trio_token()
+            self.running = True
+
+    def stop(self) -> None:
+        """Every relay refuses new misses; its owner hands back what is in flight (not counted
+        as failures) and closes its sockets at its next turn (trio, when the forwarder stops)."""
+        self.running = False
+        relays, self._relays = list(self._relays.values()), {}
+        for relay in relays:
+            relay.stop()
+
+    def relay_for(self, receiver: Any) -> MissRelay | None:
+        """The relay `receiver`'s thread owns for this forwarder, made on its first miss (from
+        that thread); None while the forwarder does not run, or where it cannot relay."""
+        relay = self._relays.get(receiver)
+        if relay is not None and not relay.stopping:
+            return relay
+        if not self.running:
             return None
+        poller = receiver.relay_poller()
+        if poller is None:
+            return None
+        config = self._forwarder.config
         relay = MissRelay(
+            poller,
             config.timeout,
             max(1, config.max_concurrent),
             self.on_reply,
@@ -116,25 +146,23 @@ class RelayedMisses:
             self.on_mismatch,
             self.on_idle,
             FLUSH_EVERY,
+            receiver.poke,
         )
-        self._token = trio.lowlevel.current_trio_token()
-        nursery.start_soon(
-            partial(
-                trio.to_thread.run_sync,
-                relay.run,
-                abandon_on_cancel=False,  # `run`'s finally stops it; no thread outlives us
-                limiter=trio.CapacityLimiter(1),
-            )
-        )
-        self._relay = relay
+        self._relays[receiver] = relay
+        receiver.attach(relay)
+        if not self.running:
+            # `stop` ran meanwhile and may not have seen it (it sets `running` first, then
+            # takes the relays): stopped here instead.
+            relay.stop()
         return relay
 
-    def stop(self) -> None:
-        """The reader hands back what is in flight (not counted as failures), closes its
-        sockets and returns."""
-        relay, self._relay = self._relay, None
-        if relay is not None:
-            relay.stop()
+    def relays(self) -> list[MissRelay]:
+        """The relays running now (tests, the curious)."""
+        return list(self._relays.values())
+
+    def in_flight(self) -> int:
+        """Exchanges the relays have in flight (any thread: a length per relay)."""
+        return sum(len(relay) for relay in list(self._relays.values()))
 
     def take_spent(self, key: bytes) -> tuple[Upstream, float] | None:
         """The upstream the relay's failed attempt at `key` asked, and the seconds it took."""
@@ -144,10 +172,10 @@ class RelayedMisses:
         """The upstream whose UDP answer to `key` was truncated: ask it over TCP first."""
         return self._truncated.pop(key, None)
 
-    # --- the reader thread -------------------------------------------------------------------
+    # --- the receive thread (the relay's owner) ----------------------------------------------
 
     def on_reply(self, pending: Pending, waiters: list[Any], reply: bytes) -> None:
-        """The reader thread: the upstream answered `pending`. Each waiter gets the bytes trio
+        """The receive thread: the upstream answered `pending`. Each waiter gets the bytes trio
         would send (`resolve` then `Handler.complete`); trio then stores the entry and counts."""
         try:
             parsed = parse_response(reply)
@@ -186,28 +214,28 @@ class RelayedMisses:
             if out is None:
                 receiver.hand_back(waiter[0])  # cannot be (a plain query), but never lose one
                 continue
-            # Lost when the client is gone or the buffer is full, as any UDP answer may be.
-            send_to(receiver.sock.fileno(), out, addr)
+            # Sent with the others of this turn (one sendmmsg); lost when the client is gone or
+            # the buffer is full, as any UDP answer may be.
+            receiver.send_soon(out, addr)
             answered.append((waiter, out, time.perf_counter() - start))
         if made is not None:
             self.unstored[pending.key] = None
         self._note(("answered", pending, made, rcode, duration, answered))
 
     def on_failure(self, pending: Pending, waiters: list[Any], error: Exception) -> None:
-        """The reader thread: the exchange failed (a socket error, a malformed reply)."""
+        """The receive thread: the exchange failed (a socket error, a malformed reply)."""
         # Noted before the hand-back: trio reads it (`take_spent`) before it asks again.
         self._note(("failed", pending, waiters, error))
         self._back(waiters)
 
-    def on_expiry(self, pending: Pending, waiters: list[Any]) -> None:
-        """The reader thread: no answer within `timeout`, or the relay stops (not a failure)."""
-        relay = self._relay
-        if relay is not None and not relay.stopping:  # not the stop's hand-back
+    def on_expiry(self, pending: Pending, waiters: list[Any], timed_out: bool) -> None:
+        """The receive thread: no answer within `timeout` (a failure), or the relay stops."""
+        if timed_out:
             self._note(("failed", pending, waiters, trio.TooSlowError()))
         self._back(waiters)
 
     def on_mismatch(self, pending: Pending) -> None:
-        """The reader thread: a reply that did not match (RFC 5452 §9.1), ignored."""
+        """The receive thread: a reply that did not match (RFC 5452 §9.1), ignored."""
         self._note(("mismatch", pending))
 
     def _back(self, waiters: list[Any]) -> None:
@@ -217,7 +245,7 @@ class RelayedMisses:
             receiver.hand_back(miss)
 
     def _note(self, record: tuple[Any, ...]) -> None:
-        """Hand `record` to trio (the reader thread). Trio is woken once FLUSH_AT records wait,
+        """Hand `record` to trio (the receive thread). Trio is woken once FLUSH_AT records wait,
         or FLUSH_EVERY after the first (`on_idle`): one wake-up per batch, not per miss;
         the clients have their answers already, only the cache and the counts wait."""
         done = self.done
@@ -227,18 +255,19 @@ class RelayedMisses:
         if len(done) >= FLUSH_AT:
             self._wake()
 
-    def on_idle(self) -> bool:
-        """The reader thread, before it waits: wake trio if the oldest record waited
-        FLUSH_EVERY; whether records still wait (the reader then waits at most FLUSH_EVERY)."""
+    def on_idle(self, leaving: bool) -> bool:
+        """The receive thread, before it waits: wake trio if the oldest record waited
+        FLUSH_EVERY, or now when it goes back to its clients alone (`leaving`: it polls no
+        more); whether records still wait (it then waits at most FLUSH_EVERY)."""
         if not self.done or self._woken:
             return False
-        if time.perf_counter() - self._first >= FLUSH_EVERY:
+        if leaving or time.perf_counter() - self._first >= FLUSH_EVERY:
             self._wake()
             return False
         return True
 
     def _wake(self) -> None:
-        # Only the reader sets `_woken`, only trio clears it, before it drains: nothing
+        # Only receive threads set `_woken`, only trio clears it, before it drains: nothing
         # appended is left unseen.
         if not self._woken and self._token is not None:
             self._woken = True

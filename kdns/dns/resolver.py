@@ -9,6 +9,12 @@ the cache tags whose answers may have changed.
 Contract:
 - Pure: no I/O, no clock; answers are dnslib RRs owned by lower-case names, so the wire layer
   can patch the client's spelling of the question in (CoreDNS echoes the query's case).
+- A Service of `interpreter.LARGE_BUILD` endpoints or more has its records built, and its
+  change applied (not in a bulk change), and an RRset of as many records is answered, under
+  `interpreter.handing_over()`: a shorter switch interval for those milliseconds of Python,
+  set back after, also on an exception, so the UDP receive thread answers meanwhile. A name
+  such a Service does not have, or a small RRset of it, is answered as before. Scheduling
+  only: no answer changes.
 - NXDOMAIN and NODATA carry the zone's SOA in the authority section and set AA (RFC 2308 §3).
   An empty non-terminal is NODATA, never NXDOMAIN (RFC 8020).
 - Before the store has synced every watched kind, a negative answer becomes SERVFAIL (clients
@@ -29,6 +35,7 @@ import ipaddress
 import struct
 from collections import Counter
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -54,6 +61,7 @@ from kdns.dns.records import (
     service_records,
 )
 from kdns.dns.wireparts import address_bytes, addresses_bytes, labels, name_parts, names_parts
+from kdns.interpreter import LARGE_BUILD, handing_over
 from kdns.model import Endpoint, Service
 from kdns.store import Change, Store
 
@@ -230,12 +238,17 @@ class Resolver:
         for key in change.services:
             self._memo.pop(key, None)
             service = self.store.services.get(key)
-            addresses = (
-                ptr_addresses(service, self._endpoints(key), self._cluster_ips(service))
-                if service is not None
-                else frozenset()
-            )
-            old = self.reverse.update(key, addresses)
+            endpoints = self._endpoints(key)
+            # A large Service's addresses and reverse names are a pass over its endpoints: the
+            # UDP receive thread gets the GIL after 0.1 ms meanwhile (kdns/interpreter.py). Not
+            # in a bulk change (a relist), where a short interval lost queries.
+            with handing_over() if len(endpoints) >= LARGE_BUILD else nullcontext():
+                addresses = (
+                    ptr_addresses(service, endpoints, self._cluster_ips(service))
+                    if service is not None
+                    else frozenset()
+                )
+                old = self.reverse.update(key, addresses)
             if key in self.reverse.by_service or old:
                 reverse_changed = True
             # An address the Service gained or kept may now point elsewhere (a new hostname).
@@ -289,13 +302,17 @@ class Resolver:
             service = self.store.services.get(key)
             if service is None:
                 return None
-            records = service_records(
-                service,
-                self._endpoints(key),
-                self._cluster_ips(service),
-                pod_names=self._options.endpoint_pod_names,
-                ignore_empty=self._options.ignore_empty_service,
-            )
+            endpoints = self._endpoints(key)
+            # A large Service's records are passes over its endpoints: the UDP receive thread
+            # gets the GIL after 0.1 ms meanwhile, not 1 ms (kdns/interpreter.py).
+            with handing_over() if len(endpoints) >= LARGE_BUILD else nullcontext():
+                records = service_records(
+                    service,
+                    endpoints,
+                    self._cluster_ips(service),
+                    pod_names=self._options.endpoint_pod_names,
+                    ignore_empty=self._options.ignore_empty_service,
+                )
             self._memo[key] = records
         return records
 
@@ -403,7 +420,13 @@ class Resolver:
                     answer, zone, exists=service is not None and rel in service.ents
                 )
             kind = "import" if clusterset else "record"
-            return self._records(answer, qname, qtype, zone, key, service, records, depth, kind)
+            if len(records) < LARGE_BUILD:
+                return self._records(answer, qname, qtype, zone, key, service, records, depth, kind)
+            # Milliseconds of Python for a large answer: the UDP receive thread gets the GIL
+            # after 0.1 ms meanwhile, not 1 ms (kdns/interpreter.py). Not for a name a large
+            # Service does not have: a flood of those costs what it did.
+            with handing_over():
+                return self._records(answer, qname, qtype, zone, key, service, records, depth, kind)
         if last == "svc":
             if n == 1:
                 answer.tags.add(ZONE_TAG)

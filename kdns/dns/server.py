@@ -290,7 +290,7 @@ class DnsServer:
             self.dual_stack,
             loop=loop if loop in ("auto", "batch", "packet") else "auto",
         )
-        receiver.answered = self._count  # misses the forwarder's reader thread answered
+        receiver.answered = self._count  # misses its relays answered (counted by trio)
         self._receiver = receiver
         self.stats.threads.append(receiver.counts)
         with self._receiving():

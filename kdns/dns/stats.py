@@ -184,6 +184,9 @@ class QueryStats:
         self.do_requests: collections.Counter[str] = collections.Counter()
         self.responses: collections.Counter[tuple[str, str, str]] = collections.Counter()
         self.cache_hits: collections.Counter[str] = collections.Counter()
+        # Answers the receive threads gave past an answer-cache miss (a forwarded hit, a
+        # cluster NXDOMAIN they built): trio's path counts that miss in the cache itself.
+        self.thread_misses = 0
         self.durations: dict[tuple[str, str], Histogram] = {}
         self.request_sizes: dict[tuple[str, str], Histogram] = {}
         self.response_sizes: dict[tuple[str, str], Histogram] = {}
@@ -215,11 +218,14 @@ class QueryStats:
         counts[key] = [1, seconds]
 
     def fold(self) -> None:
+        labels = LABELS.labels
         for thread in self.threads:
             for taken in thread.take():
                 for family, counts in taken.items():
+                    self.thread_misses += sum(
+                        n for (label_id, *_), (n, _) in counts.items() if not labels[label_id].cache
+                    )
                     self._merge(self.counts[("udp", family)], counts)
-        labels = LABELS.labels
         for (proto, family), counts in self.counts.items():
             for (label_id, request_size, response_size, bucket), (n, seconds) in counts.items():
                 label = labels[label_id]
@@ -276,8 +282,9 @@ class _Scrape:
         self.hists: dict[str, dict[tuple[str, ...], Histogram]] = {
             name: {} for name, kind, *_ in DNS_FAMILIES if kind == "histogram"
         }
-        # (server, zones) → the newest listener's cache, and the hits summed so far.
-        self.caches: dict[tuple[str, str], tuple[CacheStats, tuple[int, int]]] = {}
+        # (server, zones) → the newest listener's cache, and the hits and the receive threads'
+        # misses summed so far.
+        self.caches: dict[tuple[str, str], tuple[CacheStats, tuple[int, int], int]] = {}
 
     def add_queries(self, stats: QueryStats) -> None:
         server, counts = stats.server, self.counts
@@ -302,28 +309,34 @@ class _Scrape:
                 continue
             zones, cache = found
             key = (stats.server, zones)
+            misses = 0
             if cache.hits_success is None:
-                # Hits counted as queries by the listeners: summed, as the requests.
-                before = self.caches[key][1] if key in self.caches else (0, 0)
+                # Hits counted as queries by the listeners: summed, as the requests; so are
+                # the misses their receive threads answered past (the answer cache's own
+                # count has trio's).
+                before = self.caches[key][1:] if key in self.caches else ((0, 0), 0)
                 hits = (
-                    before[0] + stats.cache_hits["success"],
-                    before[1] + stats.cache_hits["denial"],
+                    before[0][0] + stats.cache_hits["success"],
+                    before[0][1] + stats.cache_hits["denial"],
                 )
+                misses = before[1] + stats.thread_misses
             else:
                 hits = (cache.hits_success, cache.hits_denial)
-            self.caches[key] = (cache, hits)  # the sizes and misses of the newest listener's
+            # The sizes and misses of the newest listener's cache.
+            self.caches[key] = (cache, hits, misses)
 
     def cache_series(self) -> None:
         counts = self.counts
-        for (server, zones), (cache, hits) in self.caches.items():
+        for (server, zones), (cache, hits, thread_misses) in self.caches.items():
             for kind, entries, hit in (
                 ("success", cache.success, hits[0]),
                 ("denial", cache.denial, hits[1]),
             ):
                 counts["kdns_cache_entries"][(server, kind, zones, VIEW)] = entries
                 counts["kdns_cache_hits_total"][(server, kind, zones, VIEW)] = hit
-            counts["kdns_cache_misses_total"][(server, zones, VIEW)] = cache.misses
-            counts["kdns_cache_requests_total"][(server, zones, VIEW)] = cache.misses + sum(hits)
+            misses = cache.misses + thread_misses
+            counts["kdns_cache_misses_total"][(server, zones, VIEW)] = misses
+            counts["kdns_cache_requests_total"][(server, zones, VIEW)] = misses + sum(hits)
             counts["kdns_cache_served_stale_total"][(server, zones, VIEW)] = cache.served_stale
             counts["kdns_cache_prefetch_total"][(server, zones, VIEW)] = cache.prefetches
 

@@ -1,21 +1,26 @@
-"""Benchmark: kdns forwarding to an upstream against the same upstream asked directly; autopath.
+"""Benchmark: kdns forwarding to an upstream against that upstream, and against unbound forwarding.
 
 What it measures. An unbound on 127.0.0.1 serves ``bench.example`` from ``local-data`` (default
 1,000 names ``name-N.bench.example``) and answers every ``*.miss.bench.example`` with one A
 record (a ``redirect`` local zone), so it answers at once, never recursing (``local-zone: "."
-static``: it sends nothing anywhere). dnsperf asks it directly ("direct") and through kdns
+static``: it sends nothing anywhere). dnsperf asks it directly ("direct"), through a second
+unbound that forwards every name to it with its cache on ("fwd": kdns's job done by a C server,
+one thread, kdns's receive buffer, no validation, no prefetch), and through kdns
 (``kdns serve --upstreams <unbound>``, "kdns"), in two mixes:
 
 - hits: a small set of names (default 100 of the 1,000) over and over. kdns answers them from
   its upstream cache after a warm-up pass; unbound from its local data.
 - misses: every query a name never asked before (``<run>-<i>.miss.bench.example``; dnsperf
   ``-n 1`` reads the file once, so no name repeats), each run against a fresh kdns: every
-  query is one exchange with unbound. The kdns cache (9,984 answers) fills and evicts as it goes.
+  query is one exchange with unbound. The kdns cache (9,984 answers) fills and evicts as it goes;
+  so does the forwarding unbound's (its default 4 MB caches). "direct" answers these from its
+  local zone, which is no miss at all: "fwd" is the like-for-like peer of a miss.
 
 For each it reports the unthrottled throughput (dnsperf, 100 queries in flight, 4 sockets) and
 the p50 / p99 latency at a fixed rate (``--rate``, default 500 qps). dnsperf 2.x prints no
 percentiles, so they are computed (nearest rank) from the per-query latency ``dnsperf -v``
-prints, with the parsing helpers of tests/bench/dns_vs_dnsmasq.py. The ratios are kdns / direct.
+prints, with the parsing helpers of tests/bench/dns_vs_dnsmasq.py. The ratios are kdns / direct
+and kdns / fwd.
 Each figure is the best of ``--rounds`` (default 2; the machine may be shared), and each run
 first waits (bounded, ``--quiet-wait``) for the machine to be idle. The CPU time per answered
 query of the server dnsperf asks (from /proc/<pid>/stat) is the figure least disturbed by other
@@ -103,6 +108,8 @@ SEARCH = ("default.svc.cluster.local", "svc.cluster.local", "cluster.local")
 NDOTS = 5
 SERVICE, SERVICE_IP = "web", "10.96.0.20"  # a ClusterIP Service in default
 
+# Who dnsperf asks: the upstream itself, unbound forwarding to it, kdns, kdns of `--before`.
+TARGETS = ("direct", "fwd", "kdns", "before")
 DNSPERF_CLIENTS = 4  # -c: sockets
 DNSPERF_IN_FLIGHT = 100  # -q
 DNSPERF_TIMEOUT_S = 1  # -t: later than this counts as lost
@@ -122,8 +129,11 @@ def name_ip(i: int) -> str:
     return f"198.51.{100 + i // 256}.{i % 256}"  # TEST-NET-2/3 range: answers only, no traffic
 
 
-def write_unbound_config(path: Path, port: int, names: int) -> None:
-    lines = [
+def unbound_server_lines(path: Path, port: int) -> list[str]:
+    """The `server:` options both unbounds share: loopback only, in the foreground, one
+    thread, as kdns serves with one, and the receive buffer kdns asks for on its own UDP
+    socket (unbound's default is the system's, 208 KiB here); no validation."""
+    return [
         "server:",
         "  interface: 127.0.0.1",
         f"  port: {port}",
@@ -136,15 +146,19 @@ def write_unbound_config(path: Path, port: int, names: int) -> None:
         '  logfile: ""',
         "  verbosity: 0",
         "  do-ip6: no",
-        # One thread, as kdns serves with one; the receive buffer kdns asks for on its own UDP
-        # socket (unbound's default is the system's, 208 KiB here).
         "  num-threads: 1",
         f"  so-rcvbuf: {kdns_receive_buffer()}",
-        # Belt and braces: nothing is ever recursed ("." is a static local zone), and were
-        # anything sent, it would leave from loopback only.
+        '  module-config: "iterator"',
+        # Were anything sent onwards, it would leave from loopback only.
         "  outgoing-interface: 127.0.0.1",
         "  access-control: 127.0.0.0/8 allow",
-        '  module-config: "iterator"',
+    ]
+
+
+def write_unbound_config(path: Path, port: int, names: int) -> None:
+    lines = unbound_server_lines(path, port)
+    lines += [
+        # Nothing is ever recursed: "." is a static local zone.
         '  local-zone: "." static',
         f'  local-zone: "{DOMAIN}." static',
         f'  local-data: "{DOMAIN}. 300 IN SOA ns.{DOMAIN}. host.{DOMAIN}. 1 3600 600 86400 30"',
@@ -153,6 +167,25 @@ def write_unbound_config(path: Path, port: int, names: int) -> None:
     lines += [
         f'  local-zone: "{MISS_DOMAIN}." redirect',
         f'  local-data: "{MISS_DOMAIN}. 300 IN A 198.51.100.250"',
+        "remote-control:",
+        "  control-enable: no",
+    ]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def write_forwarder_config(path: Path, port: int, upstream_port: int) -> None:
+    """unbound doing kdns's job: a caching forwarder of every name to the same upstream."""
+    lines = unbound_server_lines(path, port)
+    lines += [
+        # The cache on, no prefetch (kdns prefetches only popular names), no QNAME
+        # minimisation (a forwarder asks the whole name, as kdns does).
+        "  qname-minimisation: no",
+        "  prefetch: no",
+        # The upstream is on 127.0.0.1, which unbound refuses to ask unless told.
+        "  do-not-query-localhost: no",
+        "forward-zone:",
+        '  name: "."',
+        f"  forward-addr: 127.0.0.1@{upstream_port}",
         "remote-control:",
         "  control-enable: no",
     ]
@@ -340,9 +373,9 @@ def kdns_server(
     )
 
 
-def unbound_server(port: int, config: Path, log: Path) -> Server:
+def unbound_server(port: int, config: Path, log: Path, name: str = "unbound") -> Server:
     return Server(
-        name="unbound",
+        name=name,
         argv=["unbound", "-d", "-c", str(config)],
         port=port,
         log_path=log,
@@ -484,7 +517,7 @@ def forwarding_rows(
 ) -> list[Row]:
     rows: list[Row] = []
     upstream = f"127.0.0.1:{ports['unbound']}"
-    targets = ("direct", "kdns", "before") if args.before else ("direct", "kdns")
+    targets = TARGETS if args.before else TARGETS[:-1]
     for round_ in range(args.rounds):
         for mix in ("hits", "misses"):
             for target in targets:
@@ -492,6 +525,12 @@ def forwarding_rows(
                 wait_quiet(args.quiet_wait, say)
                 if target == "direct":
                     row = measure(mix, target, unbound, None, args, work, run_id)
+                elif target == "fwd":
+                    config = work / "forwarder.conf"
+                    write_forwarder_config(config, ports["fwd"], ports["unbound"])
+                    server = unbound_server(ports["fwd"], config, work / "fwd.log", "unbound-fwd")
+                    with running(server, START_TIMEOUT):
+                        row = measure(mix, target, server, unbound, args, work, run_id)
                 else:
                     checkout = args.before if target == "before" else REPO_ROOT
                     log = work / f"{target}.log"
@@ -542,24 +581,28 @@ def forwarding_table(rows: Sequence[Row], rate: int) -> str:
         f"{'lost':>5} {'bad rc':>6} {'other':>6}"
     )
     lines = [head, "-" * len(head)]
-    targets = sorted({r.target for r in rows}, key=("direct", "kdns", "before").index)
+    targets = sorted({r.target for r in rows}, key=TARGETS.index)
     for mix in ("hits", "misses"):
-        d = best(rows, mix, "direct")
         for target in targets:
             b = best(rows, mix, target)
             lines.append(
                 f"{mix:7} {target:7} {b.qps:9.0f} {b.p50:8.3f} {b.p99:8.3f} {b.cpu_us:9.1f} "
                 f"{b.lost:5d} {b.bad:6d} {b.other:6.2f}"
             )
-        for target in targets[1:]:
-            k = best(rows, mix, target)
-            lines.append(
-                f"{mix:7} {'ratio':7} {k.qps / d.qps:8.2f}x {k.p50 / d.p50:7.2f}x "
-                f"{k.p99 / d.p99:7.2f}x {k.cpu_us / d.cpu_us:8.2f}x   ({target} / direct)"
-            )
+        for target in targets:
+            for peer in ("direct", "fwd"):
+                if target in ("direct", "fwd") or peer not in targets:
+                    continue
+                k, d = best(rows, mix, target), best(rows, mix, peer)
+                lines.append(
+                    f"{mix:7} {'ratio':7} {k.qps / d.qps:8.2f}x {k.p50 / d.p50:7.2f}x "
+                    f"{k.p99 / d.p99:7.2f}x {k.cpu_us / d.cpu_us:8.2f}x   ({target} / {peer})"
+                )
     lines.append(
         f"max qps: unthrottled, {DNSPERF_IN_FLIGHT} in flight; p50/p99: at {rate} qps; "
-        "CPU us/q: the process dnsperf asked (unbound, or kdns alone), in the max-qps run; "
+        "CPU us/q: the process dnsperf asked (unbound, unbound-fwd or kdns alone, not the "
+        "upstream), in the max-qps run; direct: the upstream unbound asked itself; fwd: an "
+        "unbound forwarding to it with its cache, kdns's job; "
         "other: cores busy with anything but the servers, dnsperf and this script during the "
         "max-qps runs (the most of any round; noise from the rest of the machine)"
     )
@@ -730,7 +773,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="kdns-bench-fwd-") as tmp:
         work = Path(tmp)
-        names = ("unbound", "kdns", "relay", "autopath", "plain")
+        names = ("unbound", "kdns", "relay", "autopath", "plain", "fwd")
         ports = dict(zip(names, pick_ports(len(names)), strict=True))
         manifests = work / "manifests"
         write_manifests(manifests)
@@ -759,8 +802,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
     print()
     print(
-        f"Forwarding: kdns -> unbound vs unbound directly ({args.names} local-data names; hits: "
-        f"{args.hit_names} names repeated; misses: every name new, fresh kdns)"
+        f"Forwarding: kdns -> unbound vs unbound directly and vs unbound forwarding to it "
+        f"({args.names} local-data names; hits: {args.hit_names} names repeated; misses: every "
+        "name new, fresh kdns and forwarder)"
     )
     print(forwarding_table(rows, args.rate))
     print()

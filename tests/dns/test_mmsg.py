@@ -1,5 +1,6 @@
-"""kdns/dns/mmsg.py's pure part: a raw sockaddr, as recvmmsg writes it, in the tuple form
-Python's `recvfrom` gives (what trio answers a miss with and the query log prints)."""
+"""kdns/dns/mmsg.py: a raw sockaddr, as recvmmsg writes it, in the tuple form Python's
+`recvfrom` gives (what trio answers a miss with and the query log prints), and back (what the
+answers to relayed misses are sent to); `reply_to` over real loopback sockets."""
 
 from __future__ import annotations
 
@@ -51,3 +52,39 @@ def test_a_raw_sockaddr_reads_as_python_tuple(
 def test_other_families_are_refused() -> None:
     with pytest.raises(ValueError, match="family 1"):
         mmsg.decode_sockaddr(struct.pack("=H", socket.AF_UNIX) + b"/tmp/x")
+
+
+ADDRESSES = [
+    ("127.0.0.1", 53),
+    ("10.244.1.7", 40000),
+    ("::1", 5353, 0, 0),
+    ("2001:db8::7", 65535, 0, 0),
+    ("::ffff:10.244.1.7", 1234, 0, 0),  # an IPv4 client of a dual-stack socket
+]
+
+
+@pytest.mark.parametrize("address", ADDRESSES, ids=[a[0] for a in ADDRESSES])
+def test_a_clients_address_becomes_the_sockaddr_the_kernel_gave(address: tuple) -> None:
+    # Relayed misses are answered with sendmmsg to a raw sockaddr: it must decode back to
+    # what recvfrom gave.
+    assert mmsg.decode_sockaddr(mmsg.encode_sockaddr(address)) == address
+
+
+def test_replies_to_raw_addresses_go_out_in_one_send_each_to_its_client() -> None:
+    with (
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as server,
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as first,
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as second,
+    ):
+        server.bind(("127.0.0.1", 0))
+        for client in (first, second):
+            client.bind(("127.0.0.1", 0))
+            client.settimeout(5)
+        outbox = mmsg.Batch(2, 512)
+        outbox.reply_to(mmsg.encode_sockaddr(first.getsockname()), b"one")
+        outbox.reply_to(mmsg.encode_sockaddr(second.getsockname()), b"two" * 100)
+        assert outbox.queued() == 2
+        assert outbox.send(server.fileno()) == []
+        assert outbox.queued() == 0
+        assert first.recvfrom(512) == (b"one", server.getsockname())
+        assert second.recvfrom(512) == (b"two" * 100, server.getsockname())

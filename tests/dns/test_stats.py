@@ -172,6 +172,28 @@ def test_thread_counts_are_folded_with_the_listeners_own() -> None:
     assert thread.counts == {"1": {}, "2": {}}
 
 
+def test_answers_a_receive_thread_gave_past_an_answer_cache_miss_count_as_its_misses() -> None:
+    # Trio's path counts a miss in the answer cache itself before it forwards or builds; the
+    # receive thread answers a forwarded hit or a cluster NXDOMAIN it built past the same miss,
+    # so those count as misses too (the listeners' sum, beside the cache's own).
+    server = server_label()
+    stats = QueryStats(server)
+    thread = ThreadCounts()
+    stats.threads.append(thread)
+    hit = LABELS.id("cluster.local.", 1, 0, "kubernetes", False, "success")
+    forwarded = LABELS.id(".", 1, 0, "cache", False)
+    built = LABELS.id("cluster.local.", 1, 3, "kubernetes", False)
+    thread.counts["1"][(hit, 40, 56, 0)] = [5, 0.0]
+    thread.counts["1"][(forwarded, 40, 60, 0)] = [3, 0.0]
+    thread.counts["2"][(built, 40, 90, 0)] = [2, 0.0]
+    stats.caches.append(lambda: ("z.", CacheStats(success=1, denial=1, misses=4)))
+    t = samples(server)
+    c = {"server": server, "zones": "z.", "view": ""}
+    assert get(t, "kdns_cache_hits_total", **c, type="success") == 5
+    assert get(t, "kdns_cache_misses_total", **c) == 4 + 3 + 2
+    assert get(t, "kdns_cache_requests_total", **c) == 5 + 4 + 3 + 2
+
+
 def test_thread_counts_taken_while_the_writer_is_busy_wait_for_the_next_take() -> None:
     thread = ThreadCounts()
     first = thread.counts
