@@ -16,11 +16,12 @@ worktree, for before/after figures in one run). Then:
    UDP every 20 ms), and kdns's CPU seconds until then (user + system, from /proc/PID/stat:
    steadier than wall time on a busy machine);
 2. peak RSS at load: VmHWM from /proc/PID/status once ready (the same figure as ru_maxrss);
-3. steady RSS: VmRSS after 2 s idle, and kdns's CPU share while idle (the polling of the files);
+3. steady RSS: VmRSS after 2 s idle, and kdns's CPU share over the next 3 s idle (inotify wakes
+   kdns only for a change; its safety look at the files every 5 s or more may fall in them);
 4. one-file reload: one Service's clusterIP is changed in its file (write to a temporary name,
    then rename, as editors and `kubectl get -o yaml > f.tmp && mv` do); timed from the rename
-   to the first answer with the new address (polled every 0.1 s; this includes kdns's poll
-   interval, 0.2 s or more, and the one poll a change must hold still), kdns's CPU seconds
+   to the first answer with the new address (polled every 0.1 s; this includes the second look,
+   0.2 s or more later, that a change must hold still for), kdns's CPU seconds
    meanwhile, and, when kdns logs it, the reload's own cost from its log line ("read in X s,
    applied in Y s");
 5. ru_maxrss of the child after it exits (os.wait4), covering the load and the reload.
