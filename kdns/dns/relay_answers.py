@@ -1,7 +1,7 @@
-"""The answers the miss relay's reader thread sends: an upstream reply made into each client's.
+"""The answers to relayed misses: an upstream reply made into each client's.
 
 Pure (bytes in, bytes out; no sockets, no threads): kdns/dns/relayed.py calls it from the
-reader thread for the misses the receive threads sent upstream (kdns/dns/miss_relay.py). Its
+receive thread that sent the miss upstream and read its reply (kdns/dns/miss_relay.py). Its
 contract is byte equality with trio's path: a client gets exactly what `Forwarder.resolve`
 then `Handler.complete` would have sent it (tests/dns/test_fast_misses.py compares them).
 
@@ -31,7 +31,7 @@ class ClientShaped:
     """One upstream response made into each waiting client's answer, byte for byte what trio
     sends (`from_cache` of the entry just stored, 0 s elapsed, or `relabel` when it is not
     cached; then `Handler.complete`: RA, the client's question, our OPT), without parsing the
-    query: the fast miss path's reader thread. A plain query's question has the response's
+    query: the receive thread, for a relayed miss. A plain query's question has the response's
     length (`matches` compared them), so the records start at the same offset."""
 
     __slots__ = ("arcount", "base", "cached", "flags", "rcode")

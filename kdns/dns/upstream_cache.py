@@ -5,11 +5,11 @@ thread; CoreDNS's `cache` plugin for the names the upstreams answer (kdns/dns/fo
 the upstreams, this keeps what they said):
 
 - `cache_key(query)`: the question (name lower-cased), type, class and the DO and CD bits.
-- `UpstreamCache.entry_for` makes the entry a response gets, without storing it (the relay's
-  reader thread calls it: it reads only the config); `put`/`store` keep it. Answers live for
-  their TTL capped at `max_ttl`; negative answers per RFC 2308 §5 (min(SOA TTL, SOA MINIMUM),
-  not cached without an SOA) capped at `max_denial_ttl`; SERVFAIL for `servfail_ttl` (RFC 2308
-  §7.1); `uncached` is CoreDNS's `disable success|denial ZONES`.
+- `UpstreamCache.entry_for` makes the entry a response gets, without storing it (a receive
+  thread calls it for a relayed miss: it reads only the config); `put`/`store` keep it.
+  Answers live for their TTL capped at `max_ttl`; negative answers per RFC 2308 §5
+  (min(SOA TTL, SOA MINIMUM), not cached without an SOA) capped at `max_denial_ttl`; SERVFAIL
+  for `servfail_ttl` (RFC 2308 §7.1); `uncached` is CoreDNS's `disable success|denial ZONES`.
 - Success and denial answers sit in two LRU tables (`CacheTable`), bounded by entry counts and
   together by `max_bytes` (each entry's estimated size, `entry_size`, oldest first, evictions
   counted in `stats()`); an entry larger than the whole budget is not kept.
@@ -217,7 +217,7 @@ class UpstreamCache:
         self, key: bytes, response: bytes, parsed: Parsed, now: float
     ) -> tuple[CacheEntry, CacheTable] | None:
         """The entry `put` would store for this response, and its table; None when it is not
-        cached. Pure: reads only the config (the fast miss path's reader thread calls it)."""
+        cached. Pure: reads only the config (a receive thread calls it for a relayed miss)."""
         config = self.config
         rcode = parsed.rcode
         if rcode == wire.NOERROR and parsed.answer_ttls:

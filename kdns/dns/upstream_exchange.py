@@ -21,8 +21,8 @@ which order, within which budget):
   that failed `max_fails` times in a row is unhealthy (`healthy`) until `probe_forever`'s
   `. IN NS` probe, every `health_check` seconds, sees it answer again.
 
-Owned by the trio thread; the relay's reader thread and the receive threads only read the
-health counters (ints). Time is trio's clock.
+Owned by the trio thread; the receive threads (relaying misses too) only read the health
+counters (ints). Time is trio's clock.
 """
 
 from __future__ import annotations

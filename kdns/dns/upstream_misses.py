@@ -3,7 +3,7 @@
 Why (docs/architecture.md §7): a forwarded miss used to be handed to trio, parsed, given a task
 and an exchange with trio's `wait_readable`; that cost about thirty times what a C server pays
 to answer the same name. kdns/dns/miss_relay.py sends the query upstream from the receive
-thread and answers from a reader thread of its own; this module holds what it decides, without
+thread, which reads and answers the reply too; this module holds what it decides, without
 sockets or threads, so it is table-tested.
 
 Contract:
