@@ -596,6 +596,7 @@ class Runtime:
         self.fingerprint = ""
         self._nursery: trio.Nursery | None = None
         self._reload_requests, self._reloads = trio.open_memory_channel[str](8)
+        self._swapped = trio.Event()  # set (and replaced) by each reload that swaps the config
 
     @property
     def nursery(self) -> trio.Nursery:
@@ -701,10 +702,12 @@ class Runtime:
         served when its text changed. The answer cache is emptied then: a name the hosts had
         not may have been answered from the cluster zones."""
         while True:
+            swapped = self._swapped
             hosts = self.app.config.hosts
-            polling = hosts.enabled and bool(hosts.file) and hosts.reload > 0
-            # Off, it looks again each second: a reload may turn it on.
-            await trio.sleep(hosts.reload if polling else 1.0)
+            if not (hosts.enabled and hosts.file and hosts.reload > 0):
+                await swapped.wait()  # off: only a reload may turn it on (an idle server sleeps)
+                continue
+            await trio.sleep(hosts.reload)
             serving = self.app.serving
             plugins = serving.handler.plugins
             path = serving.config.hosts.file
@@ -749,6 +752,8 @@ class Runtime:
         # The swap: one reference, synchronously, so no query and no store change sees half of
         # it; the listeners read it at their next query.
         self.app.serving = assemble(config, self.app.store, planned, self.app.vips)
+        self._swapped.set()
+        self._swapped = trio.Event()
         new_log, old_log = config.logging, old.logging
         if (new_log.format, new_log.consolidate) != (old_log.format, old_log.consolidate):
             logs.setup(new_log.format, logging.getLogger().level, new_log.consolidate)
