@@ -15,10 +15,7 @@ another thread runs (the trio loop rebuilding a large answer, applying a relist)
   work raises, and then the thread sleeps for no time (`time.sleep(0)`). Nesting-safe: an
   inner one finds the short interval already set and changes nothing, so only the outermost
   sets it back and sleeps (scopes are entered and left by the trio thread only, last in first
-  out). Below the threshold a build pays one length comparison. `handing` is True inside the
-  outermost scope: the UDP receive thread's packet loop then sends with the GIL kept
-  (kdns/dns/receiver.py), so a query answered during the build waits for the GIL once (to be
-  read), not twice (a socket method's send lets go of it and waits to take it back).
+  out). Below the threshold a build pays one length comparison.
 - The cycle collector. `freeze_when_synced(store)` registers, through `Store.when_synced`, one
   `gc.freeze()` for the moment every watched kind has been listed: everything alive then — the
   imported modules, the synced model, the resolver's records, the listeners — moves to the
@@ -110,9 +107,6 @@ SWITCH_INTERVAL = 0.001
 YOUNG_COLLECTION = 10_000
 # Seconds: the switch interval inside `handing_over()` (the module docstring).
 HANDOVER_INTERVAL = 0.0001
-# True while the trio thread is inside the outermost `handing_over()` (only it writes it; the
-# receive threads read it: kdns/dns/receiver.py then sends without letting go of the GIL).
-handing = False
 # Endpoints (or records) from which a build runs under `handing_over()`: about 1 µs of Python
 # per endpoint and pass, so a pass over fewer takes under the short interval anyway.
 LARGE_BUILD = 100
@@ -138,13 +132,10 @@ def handing_over() -> Iterator[None]:
     if before <= HANDOVER_INTERVAL:  # nested, or the process runs shorter already
         yield
         return
-    global handing
     sys.setswitchinterval(HANDOVER_INTERVAL)
-    handing = True
     try:
         yield
     finally:
-        handing = False
         sys.setswitchinterval(before)
         # The GIL and the CPU given away for a moment (the module docstring): what queued for
         # the receive thread meanwhile is answered now, even when it shares this core.

@@ -25,8 +25,6 @@ Contract:
   failed (would block, unreachable: the caller counts them). `reply` must be sent before the
   next `receive`, which reuses the slots' addresses.
 - One Batch belongs to one thread.
-- `send_holding(fd, data, name)` sends one datagram to a raw sockaddr at once, never
-  blocking, keeping the GIL (a `sendto` through `ctypes.PyDLL`); 0 or the errno.
 """
 
 from __future__ import annotations
@@ -103,34 +101,6 @@ def _functions(
 # read without giving it away), through CDLL it releases it (a wait lets the other threads run).
 _HOLDING = _functions(ctypes.PyDLL)
 _RELEASING = _functions(ctypes.CDLL)
-
-
-def _sendto_holding() -> Any:
-    try:
-        sendto = ctypes.PyDLL(None, use_errno=True).sendto
-    except (OSError, AttributeError):
-        return None
-    sendto.argtypes = [
-        ctypes.c_int,
-        ctypes.c_char_p,
-        ctypes.c_size_t,
-        ctypes.c_int,
-        ctypes.c_char_p,
-        ctypes.c_uint32,
-    ]
-    sendto.restype = ctypes.c_ssize_t
-    return sendto
-
-
-_SENDTO_HOLDING = _sendto_holding()
-
-
-def send_holding(fd: int, data: bytes, name: bytes) -> int:
-    """Send one datagram to the raw sockaddr `name` without blocking and without letting go
-    of the GIL; 0, or the errno when it was lost."""
-    if _SENDTO_HOLDING(fd, data, len(data), MSG_DONTWAIT, name, len(name)) == len(data):
-        return 0
-    return ctypes.get_errno() or errno.EIO
 
 
 def available() -> bool:

@@ -66,10 +66,7 @@ Contract:
   during a relist (tests/bench/relist_flood.py). Batches take everything that queued while the
   thread waited in one read and answer it without letting go, so what queues during one switch
   interval is answered in the next (a shorter switch interval, or `sleep(0)` in the relist, did
-  not help the packet loop). While the trio thread builds a large answer
-  (`interpreter.handing`: a 0.1 ms switch interval then), the packet loop sends through
-  `mmsg.send_holding`, which keeps the GIL: a socket method's send would let go of it and wait
-  for it a second time. A send that would block is counted in `send_errors`, as before.
+  not help the packet loop). A send that would block is counted in `send_errors`, as before.
 """
 
 from __future__ import annotations
@@ -88,7 +85,7 @@ from bisect import bisect_left
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from kdns import interpreter, metrics
+from kdns import metrics
 from kdns.dns import mmsg
 from kdns.dns.stats import Counts, ThreadCounts
 
@@ -165,8 +162,7 @@ class UdpReceiver:
         self._poke_r = self._poke_w = -1
         self._poke_lock = threading.Lock()  # `poke` (any thread) against the close at exit
         # Answers to relayed misses, sent once per turn of `_run_relaying` with one sendmmsg
-        # (`send_soon`), and the raw sockaddrs of the last clients sent to that way or while a
-        # large answer was built (`_run_packets`).
+        # (`send_soon`), and the raw sockaddrs of the last clients they went to.
         self._outbox: mmsg.Batch | None = None
         self._names: dict[tuple[Any, ...], bytes] = {}
         # SO_RCVTIMEO, not settimeout: a Python timeout polls before every receive (one more
@@ -250,18 +246,14 @@ class UdpReceiver:
         the turn with the others: a send per answer woke the client per answer."""
         outbox = self._outbox
         assert outbox is not None  # made with the epoll, before any relay
-        if outbox.queued() >= outbox.slots:
-            self._flush_outbox()
-        outbox.reply_to(self._raw_name(addr), data)
-
-    def _raw_name(self, addr: tuple[Any, ...]) -> bytes:
-        """The raw sockaddr of a client (the last NAMES_KEPT kept)."""
         name = self._names.get(addr)
         if name is None:
             if len(self._names) >= NAMES_KEPT:
                 self._names.clear()
             name = self._names[addr] = mmsg.encode_sockaddr(addr)
-        return name
+        if outbox.queued() >= outbox.slots:
+            self._flush_outbox()
+        outbox.reply_to(name, data)
 
     def _flush_outbox(self) -> None:
         outbox = self._outbox
@@ -543,17 +535,10 @@ class UdpReceiver:
                 entry[0] += 1
                 entry[1] += elapsed
             shared.busy = False
-            if interpreter.handing:
-                # The trio thread builds a large answer (kdns/interpreter.py): a socket
-                # method's send would let go of the GIL and then wait for it a second time.
-                err = mmsg.send_holding(self.sock.fileno(), response, self._raw_name(addr))
-                if err:
-                    self._send_failed(err, addr)
-            else:
-                try:
-                    sendto(response, addr)
-                except OSError as e:
-                    self._send_failed(e.errno or 0, addr)
+            try:
+                sendto(response, addr)
+            except OSError as e:
+                self._send_failed(e.errno or 0, addr)
             contended = clock() - start >= GIL_WAITED
             query_log = serving.query_log
             if query_log is not None:

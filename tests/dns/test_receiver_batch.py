@@ -17,7 +17,6 @@ from typing import Any
 
 import pytest
 
-from kdns import interpreter
 from kdns.dns import mmsg
 from kdns.dns.receiver import UdpReceiver
 from tests.conftest import need
@@ -276,39 +275,3 @@ def test_stop_wakes_the_waiting_thread(loop: str) -> None:
             thread.join(timeout=WAIT)
             assert not thread.is_alive()
         client.close()
-
-
-@pytest.mark.parametrize(("family", "bind", "client_family", "host", "dual", "label"), CASES)
-def test_while_a_large_answer_is_built_each_client_still_gets_its_answer(
-    family: socket.AddressFamily,
-    bind: str,
-    client_family: socket.AddressFamily,
-    host: str,
-    dual: bool,
-    label: str,
-) -> None:
-    # Inside `interpreter.handing_over()` the packet loop sends with `mmsg.send_holding` to
-    # the client's raw sockaddr (it keeps the GIL): every family's address must come out right.
-    need(mmsg.available(), "recvmmsg/sendmmsg in libc (Linux)")
-    if socket.AF_INET6 in (family, client_family):
-        need(has_ipv6_loopback(), "an IPv6 loopback address")
-    with socket.socket(family, socket.SOCK_DGRAM) as sock:
-        if dual:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        sock.bind((bind, 0))
-        port = sock.getsockname()[1]
-        askers = clients(client_family, host, 3)
-        with (
-            receiving(sock, echo_serving(), label, dual_stack=dual, loop="packet") as (_, thread),
-            interpreter.handing_over(),
-        ):
-            assert interpreter.handing
-            thread.start()
-            for seq in range(5):
-                for n, client in enumerate(askers):
-                    client.sendto(query(n, seq, True), (host, port))
-                    data, source = client.recvfrom(100)
-                    assert (data, source[1]) == (answer_of(query(n, seq, True)), port)
-        assert not interpreter.handing
-        for client in askers:
-            client.close()
