@@ -33,14 +33,15 @@ Contract:
   `AnswerCache.keep_denial`; the next one is a `lookup` hit).
   A miss of a name only the upstreams answer may be sent upstream from here instead
   (`Handler.forward_miss`, kdns/dns/miss_relay.py), through a relay this thread owns (one per
-  forwarder, `attach`ed on its first miss). While any of its relays has exchanges in flight,
-  the thread waits on one epoll for its clients, the replies and a `poke` (`_run_relaying`,
-  the GIL released while it waits), answers the clients in batches as below and each reply
-  as it comes (kdns/dns/relayed.py: the answers are counted by trio through `answered`, set
-  by the server); what a relay cannot answer comes back through `hand_back` (an append and a
-  wake-up each time). Nothing in flight: the loops below, which never poll the relays. A
-  relay stopped by its forwarder (a reload) is closed at the thread's next turn: a `poke`
-  while relaying, else the next miss or receive timeout; all of them when `run` returns.
+  forwarder, attached on its first miss to `relaying`, kdns/dns/relaying.py). While any of its
+  relays has exchanges in flight, the thread waits on one epoll for its clients, the replies
+  and a poke (`Relaying.serve`, the GIL released while it waits), answers the clients in
+  batches as below (`_drain`) and each reply as it comes (kdns/dns/relayed.py: the answers are
+  counted by trio through `answered`, set by the server); what a relay cannot answer comes back
+  through `hand_back` (an append and a wake-up each time). Nothing in flight: the loops below,
+  which never poll the relays. A relay stopped by its forwarder (a reload) is closed at the
+  thread's next turn: a poke while relaying, else the next miss or receive timeout; all of
+  them when `run` returns.
   Everything else — a miss, a malformed packet — is appended to `misses` (a deque: append and
   popleft are atomic) with the serving that read it and the time it was read, and `wake` is
   called at most once until trio calls `take_misses()`; trio answers them as it always did
@@ -76,34 +77,31 @@ import contextlib
 import errno
 import logging
 import os
-import select
 import socket
 import struct
-import threading
 import time
 from bisect import bisect_left
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from functools import partial
+from typing import TYPE_CHECKING
 
 from kdns import metrics
 from kdns.dns import mmsg
+from kdns.dns.relaying import Relaying
 from kdns.dns.stats import Counts, ThreadCounts
 
 if TYPE_CHECKING:
     from kdns.dns.handler import Handler
-    from kdns.dns.miss_relay import MissRelay
     from kdns.dns.server import Serving
 
 log = logging.getLogger(__name__)
 
-MAX_BACKLOG = 4096  # misses waiting for trio; more are dropped (the module docstring)
 WAKE_EVERY = 0.5  # seconds: the receive timeout that lets `run` see `stop()` if nothing else did
+MAX_BACKLOG = 4096  # misses waiting for trio; more are dropped (the module docstring)
 MAX_DATAGRAM = 65535
 BATCH_SLOTS = 128  # datagrams per recvmmsg/sendmmsg: over 6 ms of a 20k qps flood
 # While relaying: batches read from the clients per epoll wake-up before the replies get a turn.
 DRAIN_BATCHES = 4
-OUTBOX_SLOTS = 256  # answers to relayed misses sent with one sendmmsg (more: sent as it fills)
-NAMES_KEPT = 1024  # raw sockaddrs of the last clients answered that way
 FIRST_BUCKET = metrics.DURATION_BUCKETS[0]
 # A packet that took this long from its read to its answer sent waited for the GIL (a switch
 # interval: 1 ms in `kdns serve`, 5 ms by default; the work itself takes microseconds): batches.
@@ -154,17 +152,9 @@ class UdpReceiver:
         self.batch_spells = 0  # how often it went over to batches (this thread writes it)
         self._woken = False  # a wake is pending: trio has not taken the misses yet
         # The relays of forwarded misses this thread sends upstream itself (one per forwarder,
-        # kdns/dns/miss_relay.py), and the epoll it waits on while they have exchanges in
-        # flight: the clients' socket, every relay's pool sockets and `_poke_r` (made by the
-        # first `relay_poller()`; only this thread reads them, but for `poke`).
-        self.relays: list[MissRelay] = []
-        self._poller: select.epoll | None = None
-        self._poke_r = self._poke_w = -1
-        self._poke_lock = threading.Lock()  # `poke` (any thread) against the close at exit
-        # Answers to relayed misses, sent once per turn of `_run_relaying` with one sendmmsg
-        # (`send_soon`), and the raw sockaddrs of the last clients they went to.
-        self._outbox: mmsg.Batch | None = None
-        self._names: dict[tuple[Any, ...], bytes] = {}
+        # kdns/dns/miss_relay.py) and the epoll it waits on while they have exchanges in
+        # flight (kdns/dns/relaying.py).
+        self.relaying = Relaying(sock, self._send_failed)
         # SO_RCVTIMEO, not settimeout: a Python timeout polls before every receive (one more
         # syscall per packet); the kernel's timeout costs nothing until it fires.
         sock.setblocking(True)
@@ -218,88 +208,15 @@ class UdpReceiver:
             self.wake()
         return False
 
-    # --- relays of forwarded misses (kdns/dns/miss_relay.py) ---------------------------------
-
-    def relay_poller(self) -> select.epoll | None:
-        """This thread's epoll, for a relay it will own (made on first use, from this thread);
-        None when it cannot relay (no recvmmsg: relaying reads the clients in batches)."""
-        if self._poller is None:
-            if not mmsg.available() or self.stopping:
-                return None
-            poller = select.epoll()
-            poller.register(self.sock.fileno(), select.EPOLLIN)
-            self._poke_r, self._poke_w = os.pipe()
-            os.set_blocking(self._poke_r, False)
-            os.set_blocking(self._poke_w, False)
-            poller.register(self._poke_r, select.EPOLLIN)
-            self._outbox = mmsg.Batch(OUTBOX_SLOTS)
-            self._poller = poller
-        return self._poller
-
-    def attach(self, relay: MissRelay) -> None:
-        """A relay made for this thread (by `Forwarder.forward_miss`, in this thread)."""
-        self._tend_relays()
-        self.relays.append(relay)
-
-    def send_soon(self, data: bytes, addr: tuple[Any, ...]) -> None:
-        """Queue an answer to a relayed miss (this thread, while relaying); sent at the end of
-        the turn with the others: a send per answer woke the client per answer."""
-        outbox = self._outbox
-        assert outbox is not None  # made with the epoll, before any relay
-        name = self._names.get(addr)
-        if name is None:
-            if len(self._names) >= NAMES_KEPT:
-                self._names.clear()
-            name = self._names[addr] = mmsg.encode_sockaddr(addr)
-        if outbox.queued() >= outbox.slots:
-            self._flush_outbox()
-        outbox.reply_to(name, data)
-
-    def _flush_outbox(self) -> None:
-        outbox = self._outbox
-        if outbox is not None and outbox.queued():
-            for err in outbox.send(self.sock.fileno()):
-                self._send_failed(err, "a client")
-
-    def poke(self) -> None:
-        """Wake this thread if it waits on its epoll (any thread: a relay was stopped)."""
-        with self._poke_lock, contextlib.suppress(OSError):
-            if self._poke_w >= 0:
-                os.write(self._poke_w, b"x")
-
-    def _tend_relays(self) -> None:
-        """Close the relays that were stopped (their forwarder stopped: a reload)."""
-        if any(relay.stopping for relay in self.relays):
-            for relay in self.relays:
-                if relay.stopping:
-                    relay.close()
-            self.relays = [relay for relay in self.relays if not relay.closed.is_set()]
-
-    def _relaying(self) -> bool:
-        return any(len(relay) for relay in self.relays)
-
-    def _close_relays(self) -> None:
-        """At exit: every relay hands back what is in flight and closes; then the epoll."""
-        self._flush_outbox()
-        for relay in self.relays:
-            relay.idle(True)  # what they answered is stored and counted
-            relay.close()
-        self.relays = []
-        if self._poller is not None:
-            self._poller.close()
-            with self._poke_lock:
-                os.close(self._poke_r)
-                os.close(self._poke_w)
-                self._poke_r = self._poke_w = -1
-
     def run(self) -> None:
         """The thread's body: serve until `stop()`."""
         batch = mmsg.Batch(BATCH_SLOTS) if mmsg.available() else None
+        relaying = self.relaying
         try:
             while not self.stopping:
-                if batch is not None and self._relaying():
+                if batch is not None and relaying.busy():
                     # Exchanges in flight upstream: wait on the clients and the replies at once.
-                    self._run_relaying(batch)
+                    relaying.serve(partial(self._drain, batch), lambda: self.stopping)
                 elif self.loop == "packet" or batch is None:
                     self._run_packets(watch_gil=False)
                 elif self.loop == "batch":
@@ -311,7 +228,7 @@ class UdpReceiver:
                     self.batch_spells += 1
                     self._run_batch(batch, CALM_READS)
         finally:
-            self._close_relays()
+            relaying.close()
 
     @staticmethod
     def _answer_miss(data: bytes, handler: Handler) -> tuple[bytes, int] | None:
@@ -347,7 +264,7 @@ class UdpReceiver:
         """Read and answer what is queued a batch at a time, without giving the GIL away per
         packet; return once `calm_reads` reads in a row found fewer than CALM_AVERAGE
         datagrams each on average (None: only at `stop()`), or once a miss went upstream
-        (`_run_relaying` waits for its reply)."""
+        (`Relaying.serve` waits for its reply)."""
         fd = self.sock.fileno()
         reads = datagrams = 0
         slots = batch.slots
@@ -369,7 +286,7 @@ class UdpReceiver:
                 continue
             wait = received < slots
             if not received:
-                self._tend_relays()  # SO_RCVTIMEO: nothing came for a while
+                self.relaying.tend()  # SO_RCVTIMEO: nothing came for a while
                 continue
             relayed = self._answer_batch(batch, received)
             reads += 1
@@ -429,45 +346,10 @@ class UdpReceiver:
             self._send_failed(err, "a client")
         return relayed
 
-    def _run_relaying(self, batch: mmsg.Batch) -> None:
-        """While exchanges are in flight upstream: wait on one epoll for the clients, the
-        replies and a poke (GIL released), answer what is ready, expire what is overdue; return
-        once nothing is in flight, with the relays' records handed on (kdns/dns/relayed.py)."""
-        poller = self._poller
-        assert poller is not None  # a relay exists, so `relay_poller` made it
-        fd, poke_r, clock = self.sock.fileno(), self._poke_r, time.perf_counter
-        while not self.stopping:
-            relays = self.relays  # `attach` and `_tend_relays` replace or extend it
-            now = clock()
-            wait, busy = WAKE_EVERY, False
-            for relay in relays:
-                relay.expire(now)
-                deadline = relay.next_deadline()
-                if deadline is not None:
-                    busy = True
-                    wait = min(wait, deadline - now)
-                if relay.idle(False):  # records to hand on: wait no longer than their bound
-                    wait = min(wait, relay.idle_every)
-            if not busy:
-                for relay in relays:
-                    relay.idle(True)
-                return
-            for ready, _ in poller.poll(max(wait, 0.0)):
-                if ready == fd:
-                    self._drain(batch, fd)
-                elif ready == poke_r:
-                    with contextlib.suppress(OSError):
-                        os.read(poke_r, 512)
-                    self._tend_relays()
-                else:
-                    for relay in relays:
-                        if relay.read(ready):
-                            break
-            self._flush_outbox()
-
-    def _drain(self, batch: mmsg.Batch, fd: int) -> None:
+    def _drain(self, batch: mmsg.Batch) -> None:
         """Read and answer what the clients queued (while relaying), up to DRAIN_BATCHES
         batches: the replies the epoll reported with them get their turn after."""
+        fd = self.sock.fileno()
         for _ in range(DRAIN_BATCHES):
             try:
                 received = batch.receive(fd, False)
@@ -485,7 +367,7 @@ class UdpReceiver:
         `watch_gil`, return True once a packet took GIL_WAITED or longer from its read to its
         answer sent: that takes microseconds, so the thread waited for the GIL (at the send's
         syscall, or made to let go by another thread), and the queue grew meanwhile. Return
-        False once a miss went upstream through a relay (`_run_relaying` waits for its reply),
+        False once a miss went upstream through a relay (`Relaying.serve` waits for its reply),
         or at `stop()`."""
         recvfrom, sendto = self.sock.recvfrom, self.sock.sendto
         serving_now, clock, answer_miss = self.serving, time.perf_counter, self._answer_miss
@@ -495,7 +377,7 @@ class UdpReceiver:
             try:
                 data, addr = recvfrom(MAX_DATAGRAM)
             except (BlockingIOError, TimeoutError):
-                self._tend_relays()  # SO_RCVTIMEO: look at `stopping` and the relays again
+                self.relaying.tend()  # SO_RCVTIMEO: look at `stopping` and the relays again
                 continue
             except OSError as e:
                 if not self.stopping:

@@ -43,7 +43,7 @@ and is replaced whole by `stop`; the counters, `_spent`, `_truncated` and `_labe
 alone. The interface to the Forwarder is its public members: `config`, `cache`, `clock`,
 `coalesced`, `all_upstreams`, `zone_for`, `add_shape`, and its `exchanges`
 (kdns/dns/upstream_exchange.py: `health`, `names`, `count_request`, `count_response`,
-`failed`); to a receiver, `relay_poller`, `attach`, `poke`, `hand_back`, `sock`, `answered`.
+`failed`); to a receiver, `relaying` (kdns/dns/relaying.py), `hand_back`, `answered`.
 """
 
 from __future__ import annotations
@@ -132,7 +132,8 @@ class RelayedMisses:
             return relay
         if not self.running:
             return None
-        poller = receiver.relay_poller()
+        relaying = receiver.relaying  # kdns/dns/relaying.py: the thread's
+        poller = relaying.poller()
         if poller is None:
             return None
         config = self._forwarder.config
@@ -146,10 +147,10 @@ class RelayedMisses:
             self.on_mismatch,
             self.on_idle,
             FLUSH_EVERY,
-            receiver.poke,
+            relaying.poke,
         )
         self._relays[receiver] = relay
-        receiver.attach(relay)
+        relaying.attach(relay)
         if not self.running:
             # `stop` ran meanwhile and may not have seen it (it sets `running` first, then
             # takes the relays): stopped here instead.
@@ -216,7 +217,7 @@ class RelayedMisses:
                 continue
             # Sent with the others of this turn (one sendmmsg); lost when the client is gone or
             # the buffer is full, as any UDP answer may be.
-            receiver.send_soon(out, addr)
+            receiver.relaying.send_soon(out, addr)
             answered.append((waiter, out, time.perf_counter() - start))
         if made is not None:
             self.unstored[pending.key] = None
