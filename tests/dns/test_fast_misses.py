@@ -403,11 +403,13 @@ async def test_a_forwarder_stopped_while_the_listener_serves_closes_its_relay_at
 async def test_cluster_names_are_answered_while_a_miss_waits_for_its_upstream() -> None:
     # While an exchange is in flight the receive thread waits on its clients and the replies
     # at once: a cluster name is answered at once, not after the slow upstream's reply.
+    # The upstream answers after 1 s, well within the 10 s timeout.
     with (
-        Responder(delayed(EXAMPLE, 2.0)) as upstream,
+        Responder(delayed(EXAMPLE, 1.0)) as upstream,
         socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client,
     ):
-        async with kdns(ForwardConfig(upstreams=(upstream.upstream,)), health_checks=True) as stack:
+        config = ForwardConfig(upstreams=(upstream.upstream,), timeout=10.0)
+        async with kdns(config, health_checks=True) as stack:
             forwarder = stack.forwarder
             await ask(stack.port, "redis.default.svc.cluster.local")  # now an answer-cache hit
             client.sendto(wire_query("www.example"), (HOST, stack.port))
