@@ -70,7 +70,9 @@ def udp_answers(port: int, name: str, timeout: float = 0.3) -> dns.message.Messa
     """One UDP query; None when nothing answers within `timeout` (or the port is closed)."""
     query = dns.message.make_query(name, "A")
     try:
-        return dns.query.udp(query, HOST, timeout=timeout, port=port)
+        # A late answer to an earlier probe may reach this one's socket (the kernel reuses a
+        # just-closed source port): not this query's answer, so it waits on for its own.
+        return dns.query.udp(query, HOST, timeout=timeout, port=port, ignore_unexpected=True)
     except (OSError, dns.exception.Timeout):
         return None
 
