@@ -30,9 +30,9 @@ Contract:
   reports an error (an ICMP port unreachable). `expire(now)` calls `on_expired(pending,
   waiters, True)` for each exchange with no answer by its deadline (`next_deadline()`; `timeout`
   after it was sent). The callbacks run in the owner's thread; they answer or hand back the
-  waiters. `on_idle(leaving)`: the owner calls `idle(leaving)` before each wait (True: records
-  wait to be handed on; the wait is then at most `idle_every`), and with `leaving` when it goes
-  back to waiting on its clients alone.
+  waiters. The owner calls `on_idle(False)` before each wait (True: records wait to be handed
+  on; the wait is then at most `idle_every`), and `on_idle(True)` when it goes back to waiting
+  on its clients alone (hand them on now).
 - `stop()` (any thread, idempotent): `submit` refuses from then on and `poke` wakes the owner,
   which then calls `close()`: every exchange in flight goes to `on_expired(pending, waiters,
   False)` (handed back, not a failure), every socket is closed, `closed` is set.
@@ -43,7 +43,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
-import logging
 import os
 import select
 import socket
@@ -53,8 +52,6 @@ from collections.abc import Callable
 from typing import Any
 
 from kdns.dns.upstream_misses import IdSource, Pending, PendingTable, matches, upstream_message
-
-log = logging.getLogger(__name__)
 
 USES = 4  # exchanges per socket, then a fresh one (a new random port), as kdns/dns/udp_pool.py
 IDLE_KEPT = 64  # idle sockets kept per upstream
@@ -66,8 +63,8 @@ MSG_DONTWAIT = 0x40
 
 # libc's send and recv through ctypes.PyDLL: the call keeps the GIL (kdns/dns/mmsg.py
 # explains why). Every one here is non-blocking, so holding the GIL costs nothing, while a
-# Python socket method gives the GIL away per call: with three threads busy (the receive
-# thread, this reader, trio), each such call became a hand-over of the GIL between threads.
+# Python socket method gives the GIL away per call: with trio busy too, each such call could
+# become a hand-over of the GIL between the threads.
 _LIBC = ctypes.PyDLL(None, use_errno=True)
 _send = _LIBC.send
 _send.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t, ctypes.c_int]
@@ -211,11 +208,6 @@ class MissRelay:
             idle.append(pending.sock)
         else:
             self._close(fd)
-
-    def idle(self, leaving: bool) -> bool:
-        """Before the owner waits: whether records wait to be handed on (wait at most
-        `idle_every`); `leaving`: it goes back to its clients alone, hand them on now."""
-        return self.on_idle(leaving)
 
     def next_deadline(self) -> float | None:
         """When the oldest exchange in flight expires (perf_counter), None when none is."""

@@ -20,7 +20,7 @@ Contract:
   LONGEST_WAIT; on the clients' readiness call `on_clients()`, on a reply the relay that owns the
   socket reads it, on a poke close the relays that were stopped; expire what is overdue; send
   what `send_soon` queued during the turn with one sendmmsg. Returns once nothing is in
-  flight, the relays' records handed on (`idle(True)`), or once `stopping()`.
+  flight, the relays' records handed on (`on_idle(True)`), or once `stopping()`.
 - `send_soon(data, addr)`: an answer to a relayed miss, sent at the end of the turn with the
   others (a send per answer woke the client per answer); a send that fails is
   `send_failed(errno, where)`'s.
@@ -125,11 +125,11 @@ class Relaying:
                 if deadline is not None:
                     busy = True
                     wait = min(wait, deadline - now)
-                if relay.idle(False):  # records to hand on: wait no longer than their bound
+                if relay.on_idle(False):  # records to hand on: wait no longer than their bound
                     wait = min(wait, relay.idle_every)
             if not busy:
                 for relay in relays:
-                    relay.idle(True)
+                    relay.on_idle(True)
                 return
             for ready, _ in poller.poll(max(wait, 0.0)):
                 if ready == fd:
@@ -154,7 +154,7 @@ class Relaying:
         self._closed = True
         self._flush()
         for relay in self.relays:
-            relay.idle(True)  # what they answered is stored and counted
+            relay.on_idle(True)  # what they answered is stored and counted
             relay.close()
         self.relays = []
         if self._poller is not None:
