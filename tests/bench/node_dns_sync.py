@@ -66,6 +66,7 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))  # for `tests.*` when run as a script
 
 from tests.bench import node_dns, proxy_sync  # noqa: E402
+from tests.processes import stop_process  # noqa: E402
 
 Json = dict[str, Any]
 Say = Callable[[str], None]
@@ -74,43 +75,54 @@ VARIANTS = ("default", "prompt")
 PHASES = ("idle", "syncing")
 ZONE_LABEL = "topology.kubernetes.io/zone"
 CACHED = "svc-0.ns-0.svc.cluster.local"
-SETTLE_TIMEOUT = 60.0  # after the syncing phase: the last sync logged, at most
+SETTLE_TIMEOUT = 60.0
+LONG_COLLECTION = 10.0  # ms: a cycle collection counted as a stall  # after the syncing phase: the last sync logged, at most
 
 # `python -c WRAPPER VARIANT kdns-args…`: the proxy command with the variant's interpreter.
 WRAPPER = r"""
-import runpy, sys
+import gc, os, runpy, sys, time
 from kdns import interpreter
 variant = sys.argv.pop(1)
 if variant == "prompt":
     interpreter.answer_promptly()
 else:  # CPython's defaults, whatever the tree would call
     interpreter.answer_promptly = lambda: None
+log, began = open(os.environ["KDNS_BENCH_GC_LOG"], "w", buffering=1), [0.0]
+def collected(phase, info):  # every collection of 1 ms or more: its end, generation, ms
+    if phase == "start":
+        began[0] = time.monotonic()
+    elif (took := time.monotonic() - began[0]) >= 0.001:
+        log.write(f"{time.monotonic():.4f} {info['generation']} {took * 1e3:.1f}\n")
+gc.callbacks.append(collected)
 sys.argv[0] = "kdns"
 runpy.run_module("kdns", run_name="__main__", alter_sys=True)
 """
 
 # One cached question at a time to the node DNS, paced at QPS for SECONDS (big_answer.py's
-# client); each answer matched by ID; prints the round trips in ms and the count lost.
+# client), each answer matched by ID; every CONTROL_EVERY-th slot also a probe to the control
+# echo (ECHO_PORT). Prints the round trips in ms of both, and the count of each lost.
 CLIENT = r"""
 import json, socket, struct, sys, time
 server, qps, seconds, name = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
+echo, every = ("127.0.0.1", int(sys.argv[5])), int(sys.argv[6])
 q = b"".join(bytes((len(x),)) + x.encode() for x in name.split(".")) + b"\0"
 def query(qid):
     return struct.pack("!6H", qid, 0x0100, 1, 0, 0, 0) + q + struct.pack("!HH", 1, 1)
 sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 sock.setblocking(False)
-sent, rtts = {}, []
-def take(data):
-    qid = struct.unpack_from("!H", data)[0]
-    if qid in sent:
-        rtts.append((time.perf_counter() - sent.pop(qid)) * 1e3)
+sent, rtts, probes, echoed = {}, [], {}, []
+def take(data, source):
+    got, times = (probes, echoed) if source == echo else (sent, rtts)
+    t0 = got.pop(struct.unpack_from("!H", data)[0], None)
+    if t0 is not None:
+        times.append((time.perf_counter() - t0) * 1e3)
 start = time.perf_counter()
 for i in range(int(qps * seconds)):
     due = start + i / qps
     while True:
         now = time.perf_counter()
         try:
-            take(sock.recv(65535))
+            take(*sock.recvfrom(65535))
             continue
         except BlockingIOError:
             pass
@@ -119,14 +131,30 @@ for i in range(int(qps * seconds)):
         time.sleep(min(due - now, 0.0002))
     sent[i % 65536] = time.perf_counter()
     sock.sendto(query(i % 65536), (server, 53))
+    if i % every == 0:
+        probes[i % 65536] = time.perf_counter()
+        sock.sendto(struct.pack("!H", i % 65536), echo)
 end = time.perf_counter() + 1.0
-while sent and time.perf_counter() < end:
+while (sent or probes) and time.perf_counter() < end:
     try:
-        take(sock.recv(65535))
+        take(*sock.recvfrom(65535))
     except BlockingIOError:
         time.sleep(0.0005)
-print(json.dumps({"rtts": rtts, "lost": len(sent)}))
+print(json.dumps({"rtts": rtts, "lost": len(sent), "echoed": echoed, "echo_lost": len(probes)}))
 """
+
+# The control: a UDP echo in its own process (its own GIL, nothing else to run). What the
+# client waits for it is what the machine itself (CPUs, kernel) adds while the proxy syncs.
+ECHO = r"""
+import socket
+sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+sock.bind(("127.0.0.1", 0))
+print(sock.getsockname()[1], flush=True)
+while True:
+    data, source = sock.recvfrom(512)
+    sock.sendto(data, source)
+"""
+CONTROL_EVERY = 5  # one echo probe per 5 questions: 200/s at 1,000 qps
 
 
 def load() -> str:
@@ -145,10 +173,12 @@ def start_proxy(
     variant: str, args: argparse.Namespace, kubeconfig: Path, workdir: Path, stack: Any
 ) -> proxy_sync.Proxy:
     proxy = proxy_sync.Proxy(args.mode, kubeconfig, workdir)
-    proxy.log_path = workdir / f"proxy-{variant}-{time.monotonic_ns()}.log"
+    stamp = f"{variant}-{time.monotonic_ns()}"
+    proxy.log_path = workdir / f"proxy-{stamp}.log"
     assert proxy.argv[1:3] == ["-m", "kdns"]
     proxy.argv[1:3] = ["-c", WRAPPER, variant]
     proxy.argv += ["--dns", node_dns.NODE_DNS]
+    os.environ["KDNS_BENCH_GC_LOG"] = str(workdir / f"gc-{stamp}.log")  # Proxy.start's env
     proxy.start(stack)
     if proxy.wait_first_sync(node_dns.START_TIMEOUT) is None:
         raise RuntimeError(f"the proxy did not sync:\n{proxy.log_tail()}")
@@ -156,24 +186,48 @@ def start_proxy(
     return proxy
 
 
-def client(args: argparse.Namespace) -> Json:
-    argv = [sys.executable, "-c", CLIENT, node_dns.NODE_DNS, str(args.qps), str(args.seconds)]
-    done = subprocess.run(
-        [*argv, CACHED], capture_output=True, text=True, timeout=args.seconds + 60
+def start_echo(stack: contextlib.ExitStack) -> int:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", ECHO], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True
     )
+    stack.callback(stop_process, proc)
+    assert proc.stdout is not None
+    return int(proc.stdout.readline())
+
+
+def _percentiles(times: Sequence[float], lost: int) -> Json:
+    xs = sorted(times)
+    if not xs:
+        raise RuntimeError("no answers")
+    return {
+        "n": len(xs) + lost,
+        "lost": lost,
+        "p50": xs[len(xs) // 2],
+        "p99": xs[min(len(xs) - 1, int(len(xs) * 0.99))],
+        "max": xs[-1],
+    }
+
+
+def client(args: argparse.Namespace, echo_port: int) -> Json:
+    argv = [sys.executable, "-c", CLIENT, node_dns.NODE_DNS, str(args.qps), str(args.seconds)]
+    argv += [CACHED, str(echo_port), str(CONTROL_EVERY)]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=args.seconds + 60)
     if done.returncode != 0:
         raise RuntimeError(f"the client failed: {done.stderr.strip()[-400:]}")
     got: Json = json.loads(done.stdout)
-    rtts = sorted(got["rtts"])
-    if not rtts:
-        raise RuntimeError("the node DNS answered nothing")
-    return {
-        "n": len(rtts) + got["lost"],
-        "lost": got["lost"],
-        "p50": rtts[len(rtts) // 2],
-        "p99": rtts[min(len(rtts) - 1, int(len(rtts) * 0.99))],
-        "max": rtts[-1],
-    }
+    out = _percentiles(got["rtts"], got["lost"])
+    out["echo"] = _percentiles(got["echoed"], got["echo_lost"])
+    return out
+
+
+def collections(path: Path, start: float, end: float) -> list[float]:
+    """The proxy's cycle collections (ms) that ended between `start` and `end` (monotonic)."""
+    out = []
+    for row in path.read_text().splitlines():
+        at, _, ms = row.split()
+        if start <= float(at) <= end:
+            out.append(float(ms))
+    return out
 
 
 def flipping(server: Any, every: float, stop: threading.Event) -> None:
@@ -189,16 +243,24 @@ def full_syncs(proxy: proxy_sync.Proxy) -> list[int]:
     return [ms for kind, _, _, _, ms in proxy.syncs() if kind == "full"]
 
 
-def measure(proxy: proxy_sync.Proxy, server: Any, args: argparse.Namespace) -> Json:
+def phase(args: argparse.Namespace, echo_port: int, gc_log: Path) -> Json:
+    start = time.monotonic()
+    out = client(args, echo_port)
+    out["gc"] = collections(gc_log, start, time.monotonic())
+    return out
+
+
+def measure(proxy: proxy_sync.Proxy, server: Any, args: argparse.Namespace, echo: int) -> Json:
     out: Json = {"load": load()}
+    gc_log = Path(os.environ["KDNS_BENCH_GC_LOG"])
     node_dns.answers(node_dns.NODE_DNS)  # the name cached before the first phase
-    out["idle"] = client(args)
+    out["idle"] = phase(args, echo, gc_log)
     before = len(full_syncs(proxy))
     stop = threading.Event()
     flipper = threading.Thread(target=flipping, args=(server, args.flip_every, stop))
     flipper.start()
     try:
-        out["syncing"] = client(args)
+        out["syncing"] = phase(args, echo, gc_log)
     finally:
         stop.set()
         flipper.join()
@@ -211,8 +273,7 @@ def measure(proxy: proxy_sync.Proxy, server: Any, args: argparse.Namespace) -> J
         if now == seen:
             break
         seen = now
-    syncs = full_syncs(proxy)[before:]
-    out["syncs"] = syncs
+    out["syncs"] = full_syncs(proxy)[before:]
     out["load_after"] = load()
     return out
 
@@ -237,13 +298,14 @@ def run(args: argparse.Namespace, say: Say) -> Json:
         server.load("endpointslices", (cluster.endpointslice(i) for i in range(cluster.n)))
         server.start()
         kubeconfig = server.write_kubeconfig(workdir / "kubeconfig")
+        echo = start_echo(stack)
         say(f"API server holds {cluster.n:,} Services; namespace {lab.node} ready")
         for r in range(args.rounds):
             order = VARIANTS if r % 2 == 0 else VARIANTS[::-1]
             for variant in order:
                 proxy = start_proxy(variant, args, kubeconfig, workdir, stack)
                 try:
-                    got = measure(proxy, server, args)
+                    got = measure(proxy, server, args, echo)
                 finally:
                     proxy.stop()
                     node_dns.cleanup_rules()
@@ -253,10 +315,19 @@ def run(args: argparse.Namespace, say: Say) -> Json:
     return fig
 
 
+def _three(got: Json) -> str:
+    return f"{got['p50']:.2f} / {got['p99']:.2f} / {got['max']:.1f} ms"
+
+
+def _gc(ms: Sequence[float]) -> str:
+    long = [x for x in ms if x >= LONG_COLLECTION]
+    return f"{len(long)}, longest {max(ms):.0f} ms" if long else "0"
+
+
 def line(got: Json) -> str:
     phases = "; ".join(
-        f"{p} p50 {got[p]['p50']:.2f} p99 {got[p]['p99']:.2f} max {got[p]['max']:.1f} ms "
-        f"lost {got[p]['lost']}/{got[p]['n']}"
+        f"{p} {_three(got[p])} lost {got[p]['lost']}/{got[p]['n']} (echo {_three(got[p]['echo'])}"
+        f"; collections ≥ {LONG_COLLECTION:.0f} ms: {_gc(got[p]['gc'])})"
         for p in PHASES
     )
     syncs = got["syncs"]
@@ -274,30 +345,29 @@ def report(fig: Json, args: argparse.Namespace) -> str:
         "",
         proxy_sync.environment(),
         "",
-        "| round | interval | idle p50 / p99 / max | syncing p50 / p99 / max | lost "
-        "(idle, syncing) | full syncs: count, median | load before → after |",
-        "|---|---|---|---|---|---|---|",
+        "| round | interval | idle: node DNS p50 / p99 / max | syncing: node DNS p50 / p99 / max "
+        f"| syncing: control echo p50 / p99 / max | syncing: collections ≥ {LONG_COLLECTION:.0f} "
+        "ms | lost (idle, syncing) | full syncs: count, median | load before → after |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for got in fig["runs"]:
-        cells = [
-            f"{got[p]['p50']:.2f} / {got[p]['p99']:.2f} / {got[p]['max']:.1f} ms" for p in PHASES
-        ]
         syncs = got["syncs"]
         ms = f"{statistics.median(syncs):.0f} ms" if syncs else "-"
         label = "5 ms (CPython)" if got["variant"] == "default" else "1 ms (answer_promptly)"
         lines.append(
-            f"| {got['round']} | {label} | {cells[0]} | {cells[1]} | {got['idle']['lost']}, "
-            f"{got['syncing']['lost']} | {len(syncs)}, {ms} | {got['load']} → "
-            f"{got['load_after']} |"
+            f"| {got['round']} | {label} | {_three(got['idle'])} | {_three(got['syncing'])} | "
+            f"{_three(got['syncing']['echo'])} | {_gc(got['syncing']['gc'])} | "
+            f"{got['idle']['lost']}, {got['syncing']['lost']} | {len(syncs)}, {ms} | "
+            f"{got['load']} → {got['load_after']} |"
         )
     by = {v: [g for g in fig["runs"] if g["variant"] == v] for v in VARIANTS}
     lines.append("")
-    for phase in PHASES:
+    for name in PHASES:
         ratios = ", ".join(
-            f"{key} {_median_of(by['prompt'], phase, key) / _median_of(by['default'], phase, key):.2f}"
+            f"{key} {_median_of(by['prompt'], name, key) / _median_of(by['default'], name, key):.2f}"
             for key in ("p50", "p99", "max")
         )
-        lines.append(f"ratios 1 ms / 5 ms, {phase} (medians over the runs): {ratios}")
+        lines.append(f"ratios 1 ms / 5 ms, {name} (medians over the runs): {ratios}")
     syncs = {v: [ms for g in by[v] for ms in g["syncs"]] for v in VARIANTS}
     if syncs["default"] and syncs["prompt"]:
         d, p = statistics.median(syncs["default"]), statistics.median(syncs["prompt"])
@@ -306,8 +376,9 @@ def report(fig: Json, args: argparse.Namespace) -> str:
             f"(ratio {p / d:.2f})"
         )
     lines.append(
-        f"(client {args.qps}/s × {args.seconds:g} s per phase; zone flipped every "
-        f"{args.flip_every:g} s while syncing; {args.rounds} rounds, order alternating)"
+        f"(client {args.qps}/s × {args.seconds:g} s per phase, an echo probe every "
+        f"{CONTROL_EVERY}th; zone flipped every {args.flip_every:g} s while syncing; "
+        f"{args.rounds} rounds, order alternating)"
     )
     return "\n".join(lines)
 
