@@ -71,7 +71,14 @@ from tests.processes import stop_process  # noqa: E402
 Json = dict[str, Any]
 Say = Callable[[str], None]
 
-VARIANTS = ("default", "prompt")
+# What each variant of the interpreter is (the wrapper sets it): the two compared, and two
+# that take answer_promptly()'s settings apart (`--variants`).
+VARIANTS = {
+    "default": "5 ms, young 700 (CPython)",
+    "prompt": "1 ms, young 10,000 (answer_promptly)",
+    "interval": "1 ms, young 700",
+    "young": "5 ms, young 10,000",
+}
 PHASES = ("idle", "syncing")
 ZONE_LABEL = "topology.kubernetes.io/zone"
 CACHED = "svc-0.ns-0.svc.cluster.local"
@@ -85,8 +92,12 @@ from kdns import interpreter
 variant = sys.argv.pop(1)
 if variant == "prompt":
     interpreter.answer_promptly()
-else:  # CPython's defaults, whatever the tree would call
+else:  # CPython's defaults, whatever the tree would call, and the variant's one setting
     interpreter.answer_promptly = lambda: None
+    if variant == "interval":
+        sys.setswitchinterval(interpreter.SWITCH_INTERVAL)
+    elif variant == "young":
+        gc.set_threshold(interpreter.YOUNG_COLLECTION, *gc.get_threshold()[1:])
 log, began = open(os.environ["KDNS_BENCH_GC_LOG"], "w", buffering=1), [0.0]
 def collected(phase, info):  # every collection of 1 ms or more: its end, generation, ms
     if phase == "start":
@@ -301,7 +312,7 @@ def run(args: argparse.Namespace, say: Say) -> Json:
         echo = start_echo(stack)
         say(f"API server holds {cluster.n:,} Services; namespace {lab.node} ready")
         for r in range(args.rounds):
-            order = VARIANTS if r % 2 == 0 else VARIANTS[::-1]
+            order = args.variants if r % 2 == 0 else args.variants[::-1]
             for variant in order:
                 proxy = start_proxy(variant, args, kubeconfig, workdir, stack)
                 try:
@@ -353,28 +364,29 @@ def report(fig: Json, args: argparse.Namespace) -> str:
     for got in fig["runs"]:
         syncs = got["syncs"]
         ms = f"{statistics.median(syncs):.0f} ms" if syncs else "-"
-        label = "5 ms (CPython)" if got["variant"] == "default" else "1 ms (answer_promptly)"
+        label = VARIANTS[got["variant"]]
         lines.append(
             f"| {got['round']} | {label} | {_three(got['idle'])} | {_three(got['syncing'])} | "
             f"{_three(got['syncing']['echo'])} | {_gc(got['syncing']['gc'])} | "
             f"{got['idle']['lost']}, {got['syncing']['lost']} | {len(syncs)}, {ms} | "
             f"{got['load']} → {got['load_after']} |"
         )
-    by = {v: [g for g in fig["runs"] if g["variant"] == v] for v in VARIANTS}
+    by = {v: [g for g in fig["runs"] if g["variant"] == v] for v in args.variants}
     lines.append("")
-    for name in PHASES:
-        ratios = ", ".join(
-            f"{key} {_median_of(by['prompt'], name, key) / _median_of(by['default'], name, key):.2f}"
-            for key in ("p50", "p99", "max")
-        )
-        lines.append(f"ratios 1 ms / 5 ms, {name} (medians over the runs): {ratios}")
-    syncs = {v: [ms for g in by[v] for ms in g["syncs"]] for v in VARIANTS}
-    if syncs["default"] and syncs["prompt"]:
-        d, p = statistics.median(syncs["default"]), statistics.median(syncs["prompt"])
-        lines.append(
-            f"full sync, median over every sync: 5 ms {d:.0f} ms, 1 ms {p:.0f} ms "
-            f"(ratio {p / d:.2f})"
-        )
+    syncs = {v: [ms for g in by[v] for ms in g["syncs"]] for v in by}
+    for variant in (v for v in args.variants if v != "default"):
+        for name in PHASES:
+            ratios = ", ".join(
+                f"{key} {_median_of(by[variant], name, key) / _median_of(by['default'], name, key):.2f}"
+                for key in ("p50", "p99", "max")
+            )
+            lines.append(f"ratios {variant} / default, {name} (medians over the runs): {ratios}")
+        if syncs["default"] and syncs[variant]:
+            d, p = statistics.median(syncs["default"]), statistics.median(syncs[variant])
+            lines.append(
+                f"full sync, median over every sync: default {d:.0f} ms, {variant} {p:.0f} ms "
+                f"(ratio {p / d:.2f})"
+            )
     lines.append(
         f"(client {args.qps}/s × {args.seconds:g} s per phase, an echo probe every "
         f"{CONTROL_EVERY}th; zone flipped every {args.flip_every:g} s while syncing; "
@@ -393,12 +405,20 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--flip-every", type=float, default=0.2, help="zone flip period while syncing (0.2 s)"
     )
     parser.add_argument("--mode", choices=["nftables", "iptables"], default="nftables")
+    parser.add_argument(
+        "--variants",
+        default="default,prompt",
+        help="comma-separated, from: " + ", ".join(f"{k} ({v})" for k, v in VARIANTS.items()),
+    )
     parser.add_argument("--json", metavar="FILE", help="also write the raw figures here")
     args = parser.parse_args(argv)
     if not 100 <= args.services <= 20_000:
         parser.error("--services: 100 to 20000")
     if not (1 <= args.rounds <= 10 and 2 <= args.seconds <= 60 and 10 <= args.qps <= 5000):
         parser.error("--rounds 1-10, --seconds 2-60, --qps 10-5000")
+    args.variants = tuple(args.variants.split(","))
+    if args.variants[0] != "default" or not set(args.variants) <= set(VARIANTS):
+        parser.error(f"--variants: default first, then any of {', '.join(VARIANTS)}")
     if not 0.05 <= args.flip_every <= 5:
         parser.error("--flip-every: 0.05 to 5 s")
     return args
