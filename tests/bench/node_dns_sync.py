@@ -18,9 +18,10 @@ endpoints each), this node's Node object and a few names to ask:
   sets the interpreter as the variant says before the command runs: ``default`` (CPython's
   5 ms interval and youngest-generation threshold 700; the wrapper makes
   `interpreter.answer_promptly` a no-op, so the variant stays CPython's whatever the tree
-  calls) or ``prompt`` (`interpreter.answer_promptly()` called first). One start per variant and
-  round, in alternating order (default first in odd rounds, prompt first in even ones); rules
-  cleaned up after each stop.
+  calls) or ``prompt`` (`interpreter.answer_promptly()` called first); ``--variants`` adds
+  ``interval`` (its 1 ms interval alone) and ``young`` (its threshold of 10,000 alone), to take
+  the two apart. One start per variant and round, in alternating order (the list forwards in
+  odd rounds, backwards in even ones); rules cleaned up after each stop.
 - Per start, once the proxy has synced and its node DNS answers: a paced client (its own
   process, in the node namespace, as big_answer.py's: one cached name, ``--qps`` a second for
   ``--seconds``, each answer matched by ID, 1 s of grace at the end) in two phases:
@@ -29,8 +30,15 @@ endpoints each), this node's Node object and a few names to ask:
   one that rebuilds every route and renders and applies every rule, kube-proxy's
   OnTopologyChange; the 1 s min-sync-period makes that back-to-back full syncs). Printed:
   p50 / p99 / max of the client's round trips and the answers lost, per phase, variant and run;
-  and the full syncs of the syncing phase (count and median engine time, from the proxy's log
-  line), so a shorter interval that slows the syncs shows.
+  the full syncs of the syncing phase (count and median engine time, from the proxy's log
+  line), so a setting that slows the syncs shows; and the proxy's cycle collections of 10 ms or
+  more (the wrapper logs each collection's duration through `gc.callbacks`): a collection holds
+  the GIL throughout, whatever the switch interval.
+- The control: every 5th slot the client also probes a UDP echo in a process of its own (its
+  own GIL, nothing else to do), right after that slot's question. What the echo waits is what
+  the machine adds (the client or every process waiting for a CPU, the kernel applying a large
+  rule set); the node DNS's round trip less the echo's of the same slot ("over the echo",
+  paired: p99, and the share over 5 ms) is what the proxy's process adds.
 
 Caveats. Nothing is pinned; the API server (this process), the proxy, nft and the client share
 the machine's CPUs with whatever else runs: the load average is printed with each run. The
@@ -111,7 +119,8 @@ runpy.run_module("kdns", run_name="__main__", alter_sys=True)
 
 # One cached question at a time to the node DNS, paced at QPS for SECONDS (big_answer.py's
 # client), each answer matched by ID; every CONTROL_EVERY-th slot also a probe to the control
-# echo (ECHO_PORT). Prints the round trips in ms of both, and the count of each lost.
+# echo (ECHO_PORT), sent right after that slot's question. Prints the round trips in ms of
+# both, the count of each lost, and the pairs (question, probe) of the same slot.
 CLIENT = r"""
 import json, socket, struct, sys, time
 server, qps, seconds, name = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
@@ -121,12 +130,13 @@ def query(qid):
     return struct.pack("!6H", qid, 0x0100, 1, 0, 0, 0) + q + struct.pack("!HH", 1, 1)
 sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 sock.setblocking(False)
-sent, rtts, probes, echoed = {}, [], {}, []
+sent, rtts, probes, echoed = {}, {}, {}, {}
 def take(data, source):
     got, times = (probes, echoed) if source == echo else (sent, rtts)
-    t0 = got.pop(struct.unpack_from("!H", data)[0], None)
+    qid = struct.unpack_from("!H", data)[0]
+    t0 = got.pop(qid, None)
     if t0 is not None:
-        times.append((time.perf_counter() - t0) * 1e3)
+        times[qid] = (time.perf_counter() - t0) * 1e3
 start = time.perf_counter()
 for i in range(int(qps * seconds)):
     due = start + i / qps
@@ -151,7 +161,9 @@ while (sent or probes) and time.perf_counter() < end:
         take(*sock.recvfrom(65535))
     except BlockingIOError:
         time.sleep(0.0005)
-print(json.dumps({"rtts": rtts, "lost": len(sent), "echoed": echoed, "echo_lost": len(probes)}))
+pairs = [(rtts[q], echoed[q]) for q in echoed if q in rtts]  # sent in the same slot
+out = {"rtts": list(rtts.values()), "lost": len(sent), "echoed": list(echoed.values())}
+print(json.dumps({**out, "echo_lost": len(probes), "pairs": pairs}))
 """
 
 # The control: a UDP echo in its own process (its own GIL, nothing else to run). What the
@@ -228,6 +240,11 @@ def client(args: argparse.Namespace, echo_port: int) -> Json:
     got: Json = json.loads(done.stdout)
     out = _percentiles(got["rtts"], got["lost"])
     out["echo"] = _percentiles(got["echoed"], got["echo_lost"])
+    # What the node DNS adds over the control in the same moment: a stall of the whole
+    # machine (the client, or every process, waiting for a CPU) delays both alike.
+    excess = sorted(dns - echo for dns, echo in got["pairs"])
+    out["excess"] = {"p99": excess[min(len(excess) - 1, int(len(excess) * 0.99))]}
+    out["excess"]["over_5ms"] = sum(1 for x in excess if x > 5.0) / len(excess)
     return out
 
 
@@ -335,10 +352,15 @@ def _gc(ms: Sequence[float]) -> str:
     return f"{len(long)}, longest {max(ms):.0f} ms" if long else "0"
 
 
+def _excess(got: Json) -> str:
+    return f"p99 {got['excess']['p99']:.2f} ms, {got['excess']['over_5ms'] * 100:.1f} % > 5 ms"
+
+
 def line(got: Json) -> str:
     phases = "; ".join(
         f"{p} {_three(got[p])} lost {got[p]['lost']}/{got[p]['n']} (echo {_three(got[p]['echo'])}"
-        f"; collections ≥ {LONG_COLLECTION:.0f} ms: {_gc(got[p]['gc'])})"
+        f"; over the echo {_excess(got[p])}; collections ≥ {LONG_COLLECTION:.0f} ms: "
+        f"{_gc(got[p]['gc'])})"
         for p in PHASES
     )
     syncs = got["syncs"]
@@ -357,9 +379,10 @@ def report(fig: Json, args: argparse.Namespace) -> str:
         proxy_sync.environment(),
         "",
         "| round | interval | idle: node DNS p50 / p99 / max | syncing: node DNS p50 / p99 / max "
-        f"| syncing: control echo p50 / p99 / max | syncing: collections ≥ {LONG_COLLECTION:.0f} "
-        "ms | lost (idle, syncing) | full syncs: count, median | load before → after |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| syncing: control echo p50 / p99 / max | syncing: node DNS over the echo, paired | "
+        f"syncing: collections ≥ {LONG_COLLECTION:.0f} ms | lost (idle, syncing) | "
+        "full syncs: count, median | load before → after |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for got in fig["runs"]:
         syncs = got["syncs"]
@@ -367,7 +390,8 @@ def report(fig: Json, args: argparse.Namespace) -> str:
         label = VARIANTS[got["variant"]]
         lines.append(
             f"| {got['round']} | {label} | {_three(got['idle'])} | {_three(got['syncing'])} | "
-            f"{_three(got['syncing']['echo'])} | {_gc(got['syncing']['gc'])} | "
+            f"{_three(got['syncing']['echo'])} | {_excess(got['syncing'])} | "
+            f"{_gc(got['syncing']['gc'])} | "
             f"{got['idle']['lost']}, {got['syncing']['lost']} | {len(syncs)}, {ms} | "
             f"{got['load']} → {got['load_after']} |"
         )
@@ -380,7 +404,12 @@ def report(fig: Json, args: argparse.Namespace) -> str:
                 f"{key} {_median_of(by[variant], name, key) / _median_of(by['default'], name, key):.2f}"
                 for key in ("p50", "p99", "max")
             )
-            lines.append(f"ratios {variant} / default, {name} (medians over the runs): {ratios}")
+            over = statistics.median(g[name]["excess"]["p99"] for g in by[variant])
+            over /= statistics.median(g[name]["excess"]["p99"] for g in by["default"])
+            lines.append(
+                f"ratios {variant} / default, {name} (medians over the runs): {ratios}; "
+                f"p99 over the echo {over:.2f}"
+            )
         if syncs["default"] and syncs[variant]:
             d, p = statistics.median(syncs["default"]), statistics.median(syncs[variant])
             lines.append(
