@@ -4,9 +4,10 @@ Settings of CPython that decide how long a thread answering DNS waits behind Pyt
 another thread runs (the trio loop rebuilding a large answer, applying a relist):
 
 - The switch interval. `answer_promptly()` sets `sys.setswitchinterval(SWITCH_INTERVAL)`, for
-  the whole process, once, when `kdns serve` starts (`kdns proxy` keeps CPython's default:
-  nothing measured there yet says it would help); and it has the cycle collector's youngest
-  generation collected every `YOUNG_COLLECTION` allocations, not 700.
+  the whole process, once: when `kdns serve` starts, and when `kdns proxy --dns` binds its node
+  DNS (kdns/proxyapp.py; a proxy without `--dns` keeps CPython's defaults: no thread of it
+  answers queries); and it has the cycle collector's youngest generation collected every
+  `YOUNG_COLLECTION` allocations, not 700.
 - The switch interval during a large build. `handing_over()` is a context manager the resolver
   and the encoder enter around work that grows with a Service's endpoints, only when it is
   large (`LARGE_BUILD` endpoints or records or more: a Service's records, its change, an
@@ -44,6 +45,22 @@ of never-asked names through a forced relist at 10,000 Services (tests/bench/rel
 become cheaper (2.9 ms), 1 ms lost none in two relist runs (p99 15 and 27 ms) and kept the
 rebuilding p99 at 1.6 ms (5 ms: 4.9 ms; 0.5 ms: 1.3 ms, but p99 34–63 ms in the relist runs):
 1 ms is the interval that serves both. docs/benchmarks.md has the figures.
+
+Why the node DNS too: `kdns proxy --dns` answers from the same receive thread while the proxy
+syncs, and a full sync of thousands of Services is a second or more of Python (the routes
+rebuilt in the trio thread, the rules rendered in the data plane's worker thread), with
+collections of the objects it leaves alive. Measured with tests/bench/node_dns_sync.py
+(5,000 Services, nftables mode, back-to-back full syncs forced by flipping the node's zone,
+a client at 1,000 qps; both settings in one run, interleaved, three rounds each; load 1.5–2.9
+on 2 cores, docs/benchmarks.md): CPython's defaults left 14.5–20.2 % of the node DNS's
+answers more than 5 ms slower than a control echo server in its own process probed at the
+same moment (p99 of that excess 39–65 ms, and 23 and 34 of 10,000 queries lost in two of the
+three runs), against 3.1–5.5 % (p99 13–49 ms, none lost) with `answer_promptly()`; idle, both
+answer alike (p99 0.4–1.9 ms). The syncs did not get slower (median 1.11 s against 1.20 s).
+Most of what remains is the collector: the longest collection during the syncs was still
+39–53 ms (53–114 ms with CPython's threshold), a stall no switch interval shortens; and on
+this shared machine, stalls of the whole machine (the control echo's own p99 reached 150 ms)
+hid the difference in some runs.
 
 Why a shorter interval only while a large answer is built: the 1 ms interval still made a
 query that arrived during a 500-endpoint rebuild wait about a millisecond, and that rebuild is
