@@ -47,20 +47,21 @@ rebuilding p99 at 1.6 ms (5 ms: 4.9 ms; 0.5 ms: 1.3 ms, but p99 34–63 ms in th
 1 ms is the interval that serves both. docs/benchmarks.md has the figures.
 
 Why the node DNS too: `kdns proxy --dns` answers from the same receive thread while the proxy
-syncs, and a full sync of thousands of Services is a second or more of Python (the routes
-rebuilt in the trio thread, the rules rendered in the data plane's worker thread), with
-collections of the objects it leaves alive. Measured with tests/bench/node_dns_sync.py
-(5,000 Services, nftables mode, back-to-back full syncs forced by flipping the node's zone,
-a client at 1,000 qps; both settings in one run, interleaved, three rounds each; load 1.5–2.9
-on 2 cores, docs/benchmarks.md): CPython's defaults left 14.5–20.2 % of the node DNS's
-answers more than 5 ms slower than a control echo server in its own process probed at the
-same moment (p99 of that excess 39–65 ms, and 23 and 34 of 10,000 queries lost in two of the
-three runs), against 3.1–5.5 % (p99 13–49 ms, none lost) with `answer_promptly()`; idle, both
-answer alike (p99 0.4–1.9 ms). The syncs did not get slower (median 1.11 s against 1.20 s).
-Most of what remains is the collector: the longest collection during the syncs was still
-39–53 ms (53–114 ms with CPython's threshold), a stall no switch interval shortens; and on
-this shared machine, stalls of the whole machine (the control echo's own p99 reached 150 ms)
-hid the difference in some runs.
+syncs, and a full sync at 5,000 Services took 1.1–1.5 s here: the routes rebuilt in the trio
+thread and the rules rendered in the data plane's worker thread, in Python, before nft applies
+them, with collections of the objects it leaves alive. Measured with tests/bench/node_dns_sync.py
+(5,000 Services, nftables mode, back-to-back full syncs forced by flipping the node's zone, a
+client at 1,000 qps; the settings interleaved in one run; load 1.5–4.6 on 2 cores,
+docs/benchmarks.md): with CPython's defaults 14.5–23.1 % of the node DNS's answers came more
+than 5 ms later than a control echo server's (its own process, probed at the same moment),
+with `answer_promptly()` 2.9–8.7 %, in each of eight pairs; the p99 of that excess went from
+39–118 ms to 12–58 ms. The 1 ms interval alone, or the threshold alone, left 12–15 %: the
+interval shortens the waits for hand-overs, the threshold makes long collections fewer, and a
+collection holds the GIL throughout whatever the interval. The syncs were no slower (median
+ratio 0.93, 1.03 and 1.06). Idle, both answer alike. What remains is mostly the collector's (its
+longest collection during the syncs still 22–89 ms), and stalls of the whole machine (the
+control echo's own p99 reached 100–168 ms in some runs) hid the difference in the raw p99 of
+some pairs.
 
 Why a shorter interval only while a large answer is built: the 1 ms interval still made a
 query that arrived during a 500-endpoint rebuild wait about a millisecond, and that rebuild is
