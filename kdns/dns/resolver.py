@@ -749,6 +749,7 @@ class Resolver:
         # Service costs one pass, not a scan of the additional section per SRV record.
         glued: dict[str, set[str]] = {}
         owner = dns_name(qname + ".")  # one label object for the whole RRset
+        glue = "glue" if kind == "record" else "import-glue"  # the glue's origin, for explain
         for record in records:
             if record.rtype != qtype and qtype != ANY:
                 continue
@@ -761,24 +762,16 @@ class Resolver:
                 # Glue for the target (spec 2.3.2: the additional section MAY carry it).
                 # SRV targets are names of the same Service: its own name or its endpoints'.
                 target = record.value
-                glue = service.forward.get(target, ())
+                held = service.forward.get(target, ())
                 present = glued.setdefault(target, set())
                 ips = tuple(
                     ip
-                    for ip in dict.fromkeys(g.value for g in glue if g.rtype in (_A, _AAAA))
+                    for ip in dict.fromkeys(g.value for g in held if g.rtype in (_A, _AAAA))
                     if ip not in present
                 )
                 present.update(ips)
                 self._addresses(
-                    answer.additional,
-                    f"{target}.{zone}",
-                    ANY,
-                    ips,
-                    answer,
-                    "glue" if kind == "record" else "import-glue",
-                    key,
-                    target,
-                    zone,
+                    answer.additional, f"{target}.{zone}", ANY, ips, answer, glue, key, target, zone
                 )
         if not found:
             self._negative(answer, zone, exists=True)
