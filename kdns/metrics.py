@@ -347,8 +347,8 @@ FORWARD_RELAY_EXCHANGES = Counter(
     "each ended: answered (any rcode, the clients answered by the receive thread), truncated "
     "(TC: trio asks over TCP), stale (SERVFAIL while a stale answer waits: trio serves it), "
     "timeout, network (a socket error), malformed (a reply that did not parse), stopped (the "
-    "forwarder stopped, e.g. a reload, while in flight). Every outcome but answered hands the "
-    "exchange's clients back to trio.",
+    "forwarder stopped, e.g. a reload, or the listener closed while in flight). Every outcome "
+    "but answered hands the exchange's clients back to trio.",
     ["to", "outcome"],
 )
 FORWARD_RELAY_COALESCED = Counter(

@@ -263,8 +263,10 @@ class RelayedMisses:
             self._note(("failed", pending, waiters, trio.TooSlowError()))
             self._back(waiters)
             return
-        # Stopped (the forwarder's `run` ended: a reload): no failure, only counted. The owner
-        # closes the relay for good, so no `on_idle` follows to hand this record on: woken here.
+        # Stopped (the forwarder's `run` ended: a reload; or the owner thread exits: the
+        # listener stops): no failure, only counted. The relay is closed for good, so no
+        # `on_idle` follows to hand this record on, and a listener that stops may never bring
+        # trio to the upstream cache again: woken here.
         self._note(("stopped", pending, len(waiters)))
         self._back(waiters)
         self._wake()

@@ -209,3 +209,31 @@ async def test_a_forwarder_stopped_mid_exchange_counts_it_stopped() -> None:
     assert changed == {"stopped": 1, "handed back: stopped": 1}
     assert in_flight == 0
     assert texts(reply) == {"192.0.2.1"}  # trio's own exchange
+
+
+async def test_a_listener_closed_mid_exchange_counts_it_stopped() -> None:
+    # The receive thread exits (the listener stops: shutdown, a new listen address) with an
+    # exchange in flight: its relays hand it back and close, counted as stopped.
+    with (
+        Responder(delayed(EXAMPLE, 1.0)) as upstream,
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client,
+    ):
+        counts = Counts(upstream.upstream)
+        store = Store()
+        forwarder = Forwarder(ForwardConfig(upstreams=(upstream.upstream,), timeout=30.0))
+        handler = Handler(Resolver(store, Config()), forwarder=forwarder)
+        load(store)
+        server = DnsServer(handler, HOST, 0)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(forwarder.run)
+            async with trio.open_nursery() as listening:
+                await listening.start(server.run)
+                client.sendto(wire_query("www.example"), (HOST, server.port))
+                await wait_until(lambda: sample(IN_FLIGHT) == 1)
+                (relay,) = forwarder.relays
+                listening.cancel_scope.cancel()
+            changed = await counts.wait_for("stopped")
+            closed = relay.closed.is_set()
+            nursery.cancel_scope.cancel()
+    assert changed == {"stopped": 1, "handed back: stopped": 1}
+    assert closed
