@@ -36,15 +36,19 @@ keys answered and not yet stored: the receive thread sends a repeat of one to tr
 stores first.
 
 Start and stop (trio, `Forwarder.run`): `start` lets the receive threads make relays, `stop`
-stops each (its owner hands back what is in flight, not as failures, and closes its sockets).
+stops each (its owner hands back what is in flight, not as failures but as `stopped`, and
+closes its sockets).
 
 Threads (safe under the GIL by construction): `done` is appended only by receive threads and
 popped only by trio; `_woken` is set only by them and cleared only by trio before it drains, so
 no record is left unseen (two threads waking trio at once cost one empty `batch`); `unstored`
 gets single-key `dict` writes from receive threads and single-key removals from trio, and the
 receive threads test `in`; `_relays` gets one single-key write per receive thread (its own)
-and is replaced whole by `stop`; the counters, `_spent`, `_truncated` and `_labels` are trio's
-alone. The interface to the Forwarder is its public members: `config`, `cache`, `clock`,
+and is replaced whole by `stop`; `answered`, `_spent`, `_truncated` and `_labels` are trio's
+alone (`handed_back`, for tests, is the receive threads'), and so are the relay metrics: the
+receive threads only append records, trio adds them up. The in-flight gauge (any thread that
+scrapes) copies `_LIVE`, a WeakSet, and each instance's `_relays` in one step each and reads
+only lengths. The interface to the Forwarder is its public members: `config`, `cache`, `clock`,
 `coalesced`, `all_upstreams`, `zone_for`, `add_shape`, and its `exchanges`
 (kdns/dns/upstream_exchange.py: `health`, `names`, `count_request`, `count_response`,
 `failed`); to a receiver, `relaying` (kdns/dns/relaying.py), `hand_back`, `answered`.
