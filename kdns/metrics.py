@@ -335,6 +335,39 @@ FORWARD_MAX_CONCURRENT_REJECTS = Counter(
     "Questions refused because max_concurrent upstream exchanges were in flight.",
 )
 
+# The receive threads' relay of forwarded misses (dns/miss_relay.py, dns/relayed.py): kdns's own,
+# no CoreDNS counterpart. Its exchanges are also counted in the kdns_forward_* series above, as
+# trio's are; these say which misses took the relay and what became of them. The receive thread
+# never touches these objects: it notes each exchange's end in a record, which trio folds in
+# `RelayedMisses.batch` (one increment per label set and batch).
+RELAY_OUTCOMES = ("answered", "truncated", "stale", "timeout", "network", "malformed", "stopped")
+FORWARD_RELAY_EXCHANGES = Counter(
+    "kdns_forward_relay_exchanges_total",
+    "Upstream exchanges the UDP receive threads made themselves for forwarded misses, by how "
+    "each ended: answered (any rcode, the clients answered by the receive thread), truncated "
+    "(TC: trio asks over TCP), stale (SERVFAIL while a stale answer waits: trio serves it), "
+    "timeout, network (a socket error), malformed (a reply that did not parse), stopped (the "
+    "forwarder stopped, e.g. a reload, or the listener closed while in flight). Every outcome "
+    "but answered hands the exchange's clients back to trio.",
+    ["to", "outcome"],
+)
+FORWARD_RELAY_COALESCED = Counter(
+    "kdns_forward_relay_coalesced_total",
+    "Client queries that joined a relayed exchange already in flight for the same question "
+    "instead of sending their own.",
+    ["to"],
+)
+FORWARD_RELAY_HANDED_BACK = Counter(
+    "kdns_forward_relay_handed_back_total",
+    "Client queries of relayed exchanges handed back to trio, which answers them itself "
+    "(retry, next upstream, TCP, serve-stale), by the outcome of their exchange.",
+    ["to", "outcome"],
+)
+FORWARD_RELAY_IN_FLIGHT = Gauge(
+    "kdns_forward_relay_in_flight",
+    "Upstream exchanges the UDP receive threads' relays have in flight now (read at scrape time).",
+)
+
 
 # --- CoreDNS's names (config `metrics_coredns_names`) ---------------------------------------------
 

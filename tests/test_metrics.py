@@ -50,3 +50,22 @@ def test_coredns_names_are_copies_made_at_scrape_time() -> None:
         ("coredns_forward_request_duration_seconds", {}),
         ("coredns_proxy_request_duration_seconds", {"proxy_name": "forward"}),
     ]
+
+
+def test_the_relay_series_are_kdns_s_own() -> None:
+    # The receive threads' relay has no CoreDNS counterpart: no coredns_ copy of its series.
+    relay = [name for name in metrics.catalogue() if name.startswith("kdns_forward_relay_")]
+    assert relay == [
+        "kdns_forward_relay_coalesced_total",
+        "kdns_forward_relay_exchanges_total",
+        "kdns_forward_relay_handed_back_total",
+        "kdns_forward_relay_in_flight",
+    ]
+    assert all(metrics.coredns_aliases(name) == [] for name in relay)
+    assert metrics.catalogue()["kdns_forward_relay_exchanges_total"] == (
+        "counter",
+        ("to", "outcome"),
+    )
+    # Each outcome is explained where operators read it (the metric's HELP).
+    help_text = metrics.FORWARD_RELAY_EXCHANGES.describe()[0].documentation
+    assert all(outcome in help_text for outcome in metrics.RELAY_OUTCOMES)

@@ -101,45 +101,74 @@ def explain(
     qname = qname.rstrip(".").lower()
     zone = resolver.zone_of(qname)
     if qtype in TRANSFER_TYPES:
-        return Explanation(
-            qname,
-            qtype,
-            zone,
-            None,
-            REFUSED,
-            RCODE.REFUSED,
-            False,
-            reasons=[
-                Reason(
-                    "transfer-refused",
-                    f"{QTYPE.get(qtype)}: zone transfers are not offered (as CoreDNS without its "
-                    "transfer plugin)",
-                )
-            ],
-        )
+        return _transfer_refused(qname, qtype, zone)
     trace = Trace()
     answer = resolver.resolve(qname, qtype, trace=trace)
     walker = _Renderer(resolver, upstreams_for)
     walker.run(trace)
     if answer is None:
-        reasons = list(walker.reasons)
-        if zone is None:
-            zones = ", ".join(sorted(set(resolver.forward_zones) | set(resolver.reverse_zones)))
-            reasons.append(Reason("out-of-zone", f"{qname} is in none of kdns's zones ({zones})"))
-        if upstreams:
-            reasons.append(
-                Reason(
-                    "forwarded",
-                    f"forwarded to upstream {', '.join(upstreams)}: the answer is the upstream's",
-                )
-            )
-            return Explanation(
-                qname, qtype, zone, None, FORWARDED, None, False, [], reasons, tuple(upstreams)
-            )
-        reasons.append(Reason("refused", "no upstream to forward it to: REFUSED"))
-        return Explanation(qname, qtype, zone, None, REFUSED, RCODE.REFUSED, False, [], reasons)
+        return _not_answered(resolver, qname, qtype, zone, list(walker.reasons), upstreams)
 
     reasons = walker.reasons
+    reasons.extend(_answer_reasons(resolver, answer))
+    records = _sourced(answer, walker.origins)
+    if answer.rcode == RCODE.NOERROR and not answer.answer:
+        outcome = NODATA
+    else:
+        outcome = RCODE.get(answer.rcode)
+    return Explanation(qname, qtype, zone, answer, outcome, answer.rcode, True, records, reasons)
+
+
+def _transfer_refused(qname: str, qtype: int, zone: str | None) -> Explanation:
+    """AXFR and IXFR: refused before the resolver is asked, as the handler does."""
+    return Explanation(
+        qname,
+        qtype,
+        zone,
+        None,
+        REFUSED,
+        RCODE.REFUSED,
+        False,
+        reasons=[
+            Reason(
+                "transfer-refused",
+                f"{QTYPE.get(qtype)}: zone transfers are not offered (as CoreDNS without its "
+                "transfer plugin)",
+            )
+        ],
+    )
+
+
+def _not_answered(
+    resolver: Resolver,
+    qname: str,
+    qtype: int,
+    zone: str | None,
+    reasons: list[Reason],
+    upstreams: Sequence[str],
+) -> Explanation:
+    """A question the resolver does not take: forwarded to `upstreams`, else REFUSED; `reasons`
+    (the trace's, in words) get why."""
+    if zone is None:
+        zones = ", ".join(sorted(set(resolver.forward_zones) | set(resolver.reverse_zones)))
+        reasons.append(Reason("out-of-zone", f"{qname} is in none of kdns's zones ({zones})"))
+    if upstreams:
+        reasons.append(
+            Reason(
+                "forwarded",
+                f"forwarded to upstream {', '.join(upstreams)}: the answer is the upstream's",
+            )
+        )
+        return Explanation(
+            qname, qtype, zone, None, FORWARDED, None, False, [], reasons, tuple(upstreams)
+        )
+    reasons.append(Reason("refused", "no upstream to forward it to: REFUSED"))
+    return Explanation(qname, qtype, zone, None, REFUSED, RCODE.REFUSED, False, [], reasons)
+
+
+def _answer_reasons(resolver: Resolver, answer: Answer) -> list[Reason]:
+    """What the trace does not say about an answer: a broken CNAME chain, an unsynced store."""
+    reasons: list[Reason] = []
     if answer.broken is not None:
         reasons.append(
             Reason(
@@ -155,25 +184,27 @@ def explain(
         if answer.rcode == RCODE.SERVFAIL:
             text += "; a negative answer becomes SERVFAIL until then (clients cache negatives)"
         reasons.append(Reason("unsynced", text))
-    records = []
+    return reasons
+
+
+def _sourced(answer: Answer, origins: dict[RRKey, str]) -> list[Sourced]:
+    """Every record of the answer's three sections with its origin from the trace; an SOA,
+    which the trace does not name, as the zone's synthesised one."""
+    records: list[Sourced] = []
     for section, rrs in (
         ("answer", answer.answer),
         ("authority", answer.authority),
         ("additional", answer.additional),
     ):
         for rr in rrs:
-            origin = walker.origins.get(_rr_key(rr))
+            origin = origins.get(_rr_key(rr))
             if origin is None and rr.rtype == QTYPE.SOA:
                 origin = (
                     f"the SOA of zone {str(rr.rname).rstrip('.')} (synthesised; serial = the "
                     "time of the last change)"
                 )
             records.append(Sourced(section, rr, origin or "?"))
-    if answer.rcode == RCODE.NOERROR and not answer.answer:
-        outcome = NODATA
-    else:
-        outcome = RCODE.get(answer.rcode)
-    return Explanation(qname, qtype, zone, answer, outcome, answer.rcode, True, records, reasons)
+    return records
 
 
 def explain_asked(

@@ -264,6 +264,9 @@ class Handler:
         return (wire.finish(response, query, udp), label)
 
     def _slow(self, data: bytes, udp: bool, client: str | None) -> Reply | Deferred | None:
+        """A query the receive thread did not answer: screened (dropped, FORMERR, NOTIMP,
+        BADVERS, REFUSED), then the plugins, autopath and the resolver; the resolver's answer
+        is chased, forwarded or encoded and cached by one of the methods below."""
         query = wire.parse_query(data)
         if query is None:
             return None  # dropped
@@ -296,36 +299,52 @@ class Handler:
         if answer is not None and answer.broken is not None:
             self._broken_chain(query, answer)
         if answer is not None and self._chases(answer):
-            assert answer.chase is not None and self.forwarder is not None
-            cached = self.forwarder.cached(_sub_query(query, answer.chase))
-            if cached is None:
-                return Deferred(query, udp, chase=answer)
-            response = self._after_cname(query, answer, cached)
-            label = LABELS.id(
-                self.zone(qname), query.qtype, response[3] & 0xF, "kubernetes", query.do
-            )
-            return (wire.finish(response, query, udp), label)
+            return self._chased(query, qname, answer, udp)
         if answer is None:
-            if self.forwarder is None or not self.forwarder.upstreams_for(qname):
-                return self._refuse(query, wire.REFUSED, udp)
-            # A fresh upstream-cache hit needs no network: answer it here, without a task.
-            cached = self.forwarder.cached(query)
-            if cached is not None:
-                label = LABELS.id(
-                    self.forwarder.zone_for(qname),
-                    query.qtype,
-                    cached[3] & 0xF,
-                    "cache",
-                    query.do,
-                )
-                response = wire.finish(_with_ra(cached), query, udp)
-                if udp and self.forwarded is not None and self.resolver.zone_of(qname) is None:
-                    # Only the upstreams answer this name (no plugin, no zone, no fallthrough,
-                    # no autopath: those are all inside a zone), so the receive thread may
-                    # answer its next hits (kdns/dns/upstream_hits.py).
-                    self.forwarder.remember(data, query, response, label)
-                return (response, label)
+            return self._upstream(data, query, qname, udp)
+        return self._authoritative(data, query, qname, answer, udp)
+
+    def _chased(self, query: Query, qname: str, answer: Answer, udp: bool) -> Reply | Deferred:
+        """Our CNAME, then its outside target's records from the forwarder's cache; a
+        `Deferred` when the upstreams must be asked."""
+        assert answer.chase is not None and self.forwarder is not None
+        cached = self.forwarder.cached(_sub_query(query, answer.chase))
+        if cached is None:
+            return Deferred(query, udp, chase=answer)
+        response = self._after_cname(query, answer, cached)
+        label = LABELS.id(self.zone(qname), query.qtype, response[3] & 0xF, "kubernetes", query.do)
+        return (wire.finish(response, query, udp), label)
+
+    def _upstream(self, data: bytes, query: Query, qname: str, udp: bool) -> Reply | Deferred:
+        """A question the resolver left to the upstreams (a name outside our zones, a
+        `fallthrough` NXDOMAIN): REFUSED without an upstream for it, else the forwarder's fresh
+        cached answer, else a `Deferred` to ask the upstreams."""
+        if self.forwarder is None or not self.forwarder.upstreams_for(qname):
+            return self._refuse(query, wire.REFUSED, udp)
+        # A fresh upstream-cache hit needs no network: answer it here, without a task.
+        cached = self.forwarder.cached(query)
+        if cached is None:
             return Deferred(query, udp)
+        label = LABELS.id(
+            self.forwarder.zone_for(qname),
+            query.qtype,
+            cached[3] & 0xF,
+            "cache",
+            query.do,
+        )
+        response = wire.finish(_with_ra(cached), query, udp)
+        if udp and self.forwarded is not None and self.resolver.zone_of(qname) is None:
+            # Only the upstreams answer this name (no plugin, no zone, no fallthrough,
+            # no autopath: those are all inside a zone), so the receive thread may
+            # answer its next hits (kdns/dns/upstream_hits.py).
+            self.forwarder.remember(data, query, response, label)
+        return (response, label)
+
+    def _authoritative(
+        self, data: bytes, query: Query, qname: str, answer: Answer, udp: bool
+    ) -> Reply:
+        """The resolver's answer encoded, its label noted for `denial` when NXDOMAIN, and
+        stored in the answer cache when it may be shared."""
         # The layout comes from the encoder: the cache and a UDP cut need not parse the answer.
         response, layout = wire.encode_layout(
             query,

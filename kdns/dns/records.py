@@ -202,43 +202,77 @@ def service_records(
     if service.headless:
         if not ready:
             return _freeze(forward, reverse)  # no ready endpoint: the name does not exist
-        # An address listed twice (a slice rebalance, two hostnames) gives one record.
-        forward[base] = tuple(dict.fromkeys(addresses))
-        named: dict[str, list[tuple[str, int]]] = {}
-        every: list[tuple[str, int]] = []
-        # (target, port) in endpoint order, then port order, a run of endpoints at a time:
-        # the endpoints of one slice share its ports tuple.
-        for ports, targets in _runs(ready, hosts):
-            if len(ports) == 1:
-                every.extend(zip(targets, repeat(ports[0].port)))
-            else:
-                every.extend([(target, p.port) for target in targets for p in ports])
-            for p in ports:
-                if p.name:
-                    entries = named.setdefault(_srv_name(p, base), [])
-                    entries.extend(zip(targets, repeat(p.port)))
-        shared: tuple[Record, ...] = ()
-        for srv_name, entries in named.items():
-            forward[srv_name] = _srv_set(entries)
-            if entries == every:
-                shared = forward[srv_name]  # one named port: the bare name's SRV set too
-        if every:
-            forward[base] += shared or _srv_set(every)
+        _headless_names(forward, base, ready, hosts, addresses)
     else:
-        own: list[Record] = []
-        for ip in service.cluster_ips if cluster_ips is None else cluster_ips:
-            own.append(_address(ip))
-            _add(reverse, reverse_name(ip), Record(PTR, base, in_zone=True))
-        if own:
-            forward[base] = tuple(dict.fromkeys(own))
-        for port in service.ports:
-            if port.name:
-                forward[_srv_name(port, base)] = _srv_set([(base, port.port)])
-        if service.ports:
-            forward[base] = forward.get(base, ()) + _srv_set((base, p.port) for p in service.ports)
+        _cluster_ip_names(forward, reverse, service, base, cluster_ips)
 
     if ignore_empty and not service.headless and not ready:
         forward.clear()
+    pairs = _endpoint_names(forward, hosts, addresses)
+    return _freeze(forward, reverse, pairs)
+
+
+def _headless_names(
+    forward: dict[str, tuple[Record, ...]],
+    base: str,
+    ready: list[Endpoint],
+    hosts: list[str],
+    addresses: list[Record],
+) -> None:
+    """Adds a headless Service's own name (its ready endpoints' addresses, spec 2.4.1) and its
+    SRV sets (spec 2.4.2), the endpoints' names as targets, to `forward`."""
+    # An address listed twice (a slice rebalance, two hostnames) gives one record.
+    forward[base] = tuple(dict.fromkeys(addresses))
+    named: dict[str, list[tuple[str, int]]] = {}
+    every: list[tuple[str, int]] = []
+    # (target, port) in endpoint order, then port order, a run of endpoints at a time:
+    # the endpoints of one slice share its ports tuple.
+    for ports, targets in _runs(ready, hosts):
+        if len(ports) == 1:
+            every.extend(zip(targets, repeat(ports[0].port)))
+        else:
+            every.extend([(target, p.port) for target in targets for p in ports])
+        for p in ports:
+            if p.name:
+                entries = named.setdefault(_srv_name(p, base), [])
+                entries.extend(zip(targets, repeat(p.port)))
+    shared: tuple[Record, ...] = ()
+    for srv_name, entries in named.items():
+        forward[srv_name] = _srv_set(entries)
+        if entries == every:
+            shared = forward[srv_name]  # one named port: the bare name's SRV set too
+    if every:
+        forward[base] += shared or _srv_set(every)
+
+
+def _cluster_ip_names(
+    forward: dict[str, tuple[Record, ...]],
+    reverse: dict[str, tuple[Record, ...]],
+    service: Service,
+    base: str,
+    cluster_ips: tuple[str, ...] | None,
+) -> None:
+    """Adds a ClusterIP Service's own name (its ClusterIPs, spec 2.3.1, or `cluster_ips`), its
+    SRV sets (spec 2.3.2; the bare name's for every port, CoreDNS's extension) to `forward`,
+    and its ClusterIPs' PTRs (spec 2.3.3) to `reverse`."""
+    own: list[Record] = []
+    for ip in service.cluster_ips if cluster_ips is None else cluster_ips:
+        own.append(_address(ip))
+        _add(reverse, reverse_name(ip), Record(PTR, base, in_zone=True))
+    if own:
+        forward[base] = tuple(dict.fromkeys(own))
+    for port in service.ports:
+        if port.name:
+            forward[_srv_name(port, base)] = _srv_set([(base, port.port)])
+    if service.ports:
+        forward[base] = forward.get(base, ()) + _srv_set((base, p.port) for p in service.ports)
+
+
+def _endpoint_names(
+    forward: dict[str, tuple[Record, ...]], hosts: list[str], addresses: list[Record]
+) -> tuple[tuple[str, Record], ...]:
+    """Adds each ready endpoint's name and address to `forward`, and returns the (name,
+    address) pairs whose PTRs `ServiceRecords.reverse` makes when first read."""
     # Endpoint names and their PTRs (made when first read), for ready endpoints of headless
     # and ClusterIP services.
     pairs = tuple(zip(hosts, addresses, strict=True))
@@ -247,7 +281,7 @@ def service_records(
     else:
         for host, address in pairs:
             _add(forward, host, address)
-    return _freeze(forward, reverse, pairs)
+    return pairs
 
 
 _hostname = attrgetter("hostname")

@@ -22,7 +22,11 @@ two halves (docs/architecture.md §6, §7 step 5):
   (`Forwarder.add_shape`). A failed relay attempt counts as the question's first
   (`take_spent`: trio's exchange skips that upstream and that time), and after a TC trio asks
   that upstream over TCP at once (`take_truncated`, RFC 7766 §5), so no upstream is asked more
-  often than trio alone would ask it.
+  often than trio alone would ask it. Each exchange ends in exactly one record, and so in one
+  outcome of `kdns_forward_relay_exchanges_total` (answered, truncated, stale, timeout,
+  network, malformed, stopped), with its clients counted as coalesced (all but the first) and
+  handed back (all of them, but for answered); trio adds them to the counters once per batch
+  (kdns/metrics.py). The in-flight gauge reads `in_flight` of every live instance at scrape time.
 
 Hand-over: one `run_sync_soon` per batch, at FLUSH_AT records, FLUSH_EVERY seconds after the
 first, or when the receive thread has nothing left in flight (the clients have their answers
@@ -32,15 +36,19 @@ keys answered and not yet stored: the receive thread sends a repeat of one to tr
 stores first.
 
 Start and stop (trio, `Forwarder.run`): `start` lets the receive threads make relays, `stop`
-stops each (its owner hands back what is in flight, not as failures, and closes its sockets).
+stops each (its owner hands back what is in flight, not as failures but as `stopped`, and
+closes its sockets).
 
 Threads (safe under the GIL by construction): `done` is appended only by receive threads and
 popped only by trio; `_woken` is set only by them and cleared only by trio before it drains, so
 no record is left unseen (two threads waking trio at once cost one empty `batch`); `unstored`
 gets single-key `dict` writes from receive threads and single-key removals from trio, and the
 receive threads test `in`; `_relays` gets one single-key write per receive thread (its own)
-and is replaced whole by `stop`; the counters, `_spent`, `_truncated` and `_labels` are trio's
-alone. The interface to the Forwarder is its public members: `config`, `cache`, `clock`,
+and is replaced whole by `stop`; `answered`, `_spent`, `_truncated` and `_labels` are trio's
+alone (`handed_back`, for tests, is the receive threads'), and so are the relay metrics: the
+receive threads only append records, trio adds them up. The in-flight gauge (any thread that
+scrapes) copies `_LIVE`, a WeakSet, and each instance's `_relays` in one step each and reads
+only lengths. The interface to the Forwarder is its public members: `config`, `cache`, `clock`,
 `coalesced`, `all_upstreams`, `zone_for`, `add_shape`, and its `exchanges`
 (kdns/dns/upstream_exchange.py: `health`, `names`, `count_request`, `count_response`,
 `failed`); to a receiver, `relaying` (kdns/dns/relaying.py), `hand_back`, `answered`.
@@ -51,10 +59,12 @@ from __future__ import annotations
 import collections
 import contextlib
 import time
+import weakref
 from typing import TYPE_CHECKING, Any
 
 import trio
 
+from kdns import metrics
 from kdns.dns import miss_relay, wire
 from kdns.dns.miss_relay import MissRelay
 from kdns.dns.relay_answers import ClientShaped, generic_answer
@@ -73,6 +83,27 @@ if TYPE_CHECKING:
 FLUSH_AT = 256
 FLUSH_EVERY = 0.02
 FAST_SPENT_KEPT = 1024  # failed relay attempts remembered until trio asks again
+
+# Every forwarder's relayed misses, for the in-flight gauge read at scrape time (a forwarder
+# replaced on reload leaves with its last reference).
+_LIVE: weakref.WeakSet[RelayedMisses] = weakref.WeakSet()
+
+
+def _in_flight_everywhere() -> int:
+    return sum(relayed.in_flight() for relayed in list(_LIVE))
+
+
+metrics.FORWARD_RELAY_IN_FLIGHT.set_function(_in_flight_everywhere)
+
+
+def failure_outcome(error: BaseException) -> str:
+    """The outcome label of a failed relay attempt: the reasons of kdns_forward_errors_total
+    (kdns/dns/upstream_exchange.py's `failed`), so the two series line up."""
+    if isinstance(error, trio.TooSlowError):
+        return "timeout"
+    if isinstance(error, wire.WireError):
+        return "malformed"
+    return "network"
 
 
 class RelayedMisses:
@@ -105,6 +136,7 @@ class RelayedMisses:
         self._labels: dict[tuple[str, int, int, bool], tuple[int, int]] = {}  # trio's
         self.answered = 0  # misses answered by the relay (tests, the curious)
         self.handed_back = 0  # misses it gave back to trio (timeout, TC, a socket error, …)
+        _LIVE.add(self)
 
     def start(self) -> None:
         """Let the receive threads relay (trio, when the forwarder starts), unless this config
@@ -189,14 +221,14 @@ class RelayedMisses:
             # Trio asks this upstream again over TCP (RFC 7766 §5; `take_truncated`). Noted
             # before the hand-back: trio reads the note before it asks. Any other rcode is the
             # answer, as `_exchange` takes it (SERVFAIL cached briefly, REFUSED passed on)...
-            self._note(("truncated", pending, rcode, duration))
+            self._note(("truncated", pending, rcode, duration, len(waiters)))
             self._back(waiters)
             return
         if rcode == wire.SERVFAIL and self.cache.stale_kept(pending.key, self._forwarder.clock()):
             # ... but a SERVFAIL for a name whose expired answer is inside the serve-stale
             # window: the upstream failed, and the stale answer beats the failure (RFC 8767
             # §5). Trio serves it; the note keeps it from asking this upstream again.
-            self._note(("servfail", pending, rcode, duration))
+            self._note(("servfail", pending, rcode, duration, len(waiters)))
             self._back(waiters)
             return
         response = strip_opt(reply, parsed)
@@ -221,7 +253,7 @@ class RelayedMisses:
             answered.append((waiter, out, time.perf_counter() - start))
         if made is not None:
             self.unstored[pending.key] = None
-        self._note(("answered", pending, made, rcode, duration, answered))
+        self._note(("answered", pending, made, rcode, duration, answered, len(waiters)))
 
     def on_failure(self, pending: Pending, waiters: list[Any], error: Exception) -> None:
         """The receive thread: the exchange failed (a socket error, a malformed reply)."""
@@ -233,7 +265,15 @@ class RelayedMisses:
         """The receive thread: no answer within `timeout` (a failure), or the relay stops."""
         if timed_out:
             self._note(("failed", pending, waiters, trio.TooSlowError()))
+            self._back(waiters)
+            return
+        # Stopped (the forwarder's `run` ended: a reload; or the owner thread exits: the
+        # listener stops): no failure, only counted. The relay is closed for good, so no
+        # `on_idle` follows to hand this record on, and a listener that stops may never bring
+        # trio to the upstream cache again: woken here.
+        self._note(("stopped", pending, len(waiters)))
         self._back(waiters)
+        self._wake()
 
     def on_mismatch(self, pending: Pending) -> None:
         """The receive thread: a reply that did not match (RFC 5452 §9.1), ignored."""
@@ -282,41 +322,51 @@ class RelayedMisses:
         self._woken = False
         done, exchanges = self.done, self._exchanges
         requests: dict[str, int] = {}  # counted once per batch: a lock per increment costs
+        tally = _RelayTally()
         while done:
             record = done.popleft()
             kind, pending = record[0], record[1]
             upstream = pending.upstream
+            to = exchanges.names[upstream]
+            if kind == "stopped":  # not an attempt: trio's own exchange is the question's first
+                tally.exchange(to, "stopped", record[2], record[2])
+                continue
             health = exchanges.health[upstream]
             if kind == "mismatch":
                 health.mismatched += 1
                 continue
             health.exchanges += 1
-            to = exchanges.names[upstream]
             requests[to] = requests.get(to, 0) + 1
             if kind == "answered":
-                _, _, made, rcode, duration, answered = record
+                _, _, made, rcode, duration, answered, clients = record
                 health.fails = 0
                 exchanges.count_response(to, rcode, duration)
                 if made is not None:
                     self.cache.store(pending.key, *made)
                     self.unstored.pop(pending.key, None)
                 self._count_answered(pending, made, answered)
+                tally.exchange(to, "answered", clients, clients - len(answered))
             elif kind == "servfail":  # an answer (the upstream is up), and a spent attempt
                 health.fails = 0
                 exchanges.count_response(to, record[2], record[3])
                 self._spend(pending)
+                tally.exchange(to, "stale", record[4], record[4])
             elif kind == "truncated":
                 exchanges.count_response(to, record[2], record[3])
                 if len(self._truncated) >= FAST_SPENT_KEPT:
                     self._truncated.clear()  # misses dropped before trio saw them
                 self._truncated[pending.key] = upstream
+                tally.exchange(to, "truncated", record[4], record[4])
             else:
-                query = wire.parse_query(record[2][0][0][0]) if record[2] else None
+                waiters, error = record[2], record[3]
+                query = wire.parse_query(waiters[0][0][0]) if waiters else None
                 if isinstance(query, Query):
-                    exchanges.failed(upstream, query, record[3])
+                    exchanges.failed(upstream, query, error)
                 self._spend(pending)
+                tally.exchange(to, failure_outcome(error), len(waiters), len(waiters))
         for to, count in requests.items():
             exchanges.count_request(to, count)
+        tally.publish()
 
     def _spend(self, pending: Pending) -> None:
         """The relay's attempt was this question's first: trio's goes on from there."""
@@ -358,3 +408,31 @@ class RelayedMisses:
             # SERVFAIL, as `remember`: a stale answer may beat it, RFC 8767 §5).
             edns = len(data) > qend
             forwarder.add_shape(data, pending.key, made[0], first_out, labels[1], qend, edns)
+
+
+class _RelayTally:
+    """One batch's relay metrics (trio only), added to the prometheus-client counters once per
+    label set: a lock per increment would cost more than the batch's own work."""
+
+    def __init__(self) -> None:
+        self.outcomes: dict[tuple[str, str], int] = {}
+        self.handed_back: dict[tuple[str, str], int] = {}
+        self.coalesced: dict[str, int] = {}
+
+    def exchange(self, to: str, outcome: str, clients: int, handed_back: int) -> None:
+        """One exchange with `to` ended in `outcome`; `clients` waited on it (the first sent
+        it, the rest joined it in flight), `handed_back` of them went back to trio."""
+        key = (to, outcome)
+        self.outcomes[key] = self.outcomes.get(key, 0) + 1
+        if handed_back:
+            self.handed_back[key] = self.handed_back.get(key, 0) + handed_back
+        if clients > 1:
+            self.coalesced[to] = self.coalesced.get(to, 0) + clients - 1
+
+    def publish(self) -> None:
+        for (to, outcome), count in self.outcomes.items():
+            metrics.FORWARD_RELAY_EXCHANGES.labels(to, outcome).inc(count)
+        for (to, outcome), count in self.handed_back.items():
+            metrics.FORWARD_RELAY_HANDED_BACK.labels(to, outcome).inc(count)
+        for to, count in self.coalesced.items():
+            metrics.FORWARD_RELAY_COALESCED.labels(to).inc(count)

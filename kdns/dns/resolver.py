@@ -689,36 +689,67 @@ class Resolver:
         trace = answer.trace
         cname = next((r for r in records if r.rtype == _CNAME), None)
         if cname is not None and qtype not in (_CNAME, ANY):
-            # ExternalName (spec 2.5): the CNAME first, then the target's records (RFC 1034
-            # §4.3.2 step 3a): a target inside our zones is chased here, one outside by the
-            # caller through the upstreams (`Answer.chase`).
-            rr = RR(qname + ".", _CNAME, rdata=CNAME_RD(cname.value + "."), ttl=self.ttl)
-            answer.answer.append(rr)
-            if trace is not None:
-                trace.origin(rr, "record", key, cname, zone)
-            target = cname.value
-            target_zone = self.zone_of(target)
-            if any(str(rr.rname).rstrip(".") == target for rr in answer.answer):
-                answer.broken = "loop"
-            elif depth + 1 > MAX_CHASE:
-                answer.broken = "too long"
-            elif target_zone is None:
-                answer.chase = target
-            if trace is not None:
-                trace.step("externalname", target, qtype, target_zone, answer.broken)
-            if answer.broken is None and target_zone is not None:
-                self._resolve_into(answer, target, qtype, target_zone, depth + 1)
-            return None
+            return self._externalname(answer, qname, qtype, zone, key, cname, depth)
         if trace is not None:
             code = "records" if kind == "record" else "import-records"
             trace.step(code, key, qname[: -len(zone) - 1], qtype, records)
         if answer.packed and depth == 0 and kind == "record":
             return self._packed_records(answer, qname, qtype, zone, service, records)
+        return self._rrset(answer, qname, qtype, zone, key, service, records, kind)
+
+    def _externalname(
+        self,
+        answer: Answer,
+        qname: str,
+        qtype: int,
+        zone: str,
+        key: tuple[str, str],
+        cname: Record,
+        depth: int,
+    ) -> None:
+        """The CNAME of an ExternalName Service at `qname`, and its target's records or the
+        reason they are not there (`Answer.chase`, `Answer.broken`)."""
+        trace = answer.trace
+        # ExternalName (spec 2.5): the CNAME first, then the target's records (RFC 1034
+        # §4.3.2 step 3a): a target inside our zones is chased here, one outside by the
+        # caller through the upstreams (`Answer.chase`).
+        rr = RR(qname + ".", _CNAME, rdata=CNAME_RD(cname.value + "."), ttl=self.ttl)
+        answer.answer.append(rr)
+        if trace is not None:
+            trace.origin(rr, "record", key, cname, zone)
+        target = cname.value
+        target_zone = self.zone_of(target)
+        if any(str(rr.rname).rstrip(".") == target for rr in answer.answer):
+            answer.broken = "loop"
+        elif depth + 1 > MAX_CHASE:
+            answer.broken = "too long"
+        elif target_zone is None:
+            answer.chase = target
+        if trace is not None:
+            trace.step("externalname", target, qtype, target_zone, answer.broken)
+        if answer.broken is None and target_zone is not None:
+            self._resolve_into(answer, target, qtype, target_zone, depth + 1)
+
+    def _rrset(
+        self,
+        answer: Answer,
+        qname: str,
+        qtype: int,
+        zone: str,
+        key: tuple[str, str],
+        service: ServiceRecords,
+        records: tuple[Record, ...],
+        kind: str,
+    ) -> None:
+        """The records of `qtype` (every one for ANY) at `qname` as dnslib RRs, each SRV's
+        target's addresses as glue, with their origins when traced; NODATA when none."""
+        trace = answer.trace
         found = False
         # The glue already given per SRV target: one set per target, so a 500-endpoint headless
         # Service costs one pass, not a scan of the additional section per SRV record.
         glued: dict[str, set[str]] = {}
         owner = dns_name(qname + ".")  # one label object for the whole RRset
+        glue = "glue" if kind == "record" else "import-glue"  # the glue's origin, for explain
         for record in records:
             if record.rtype != qtype and qtype != ANY:
                 continue
@@ -731,28 +762,19 @@ class Resolver:
                 # Glue for the target (spec 2.3.2: the additional section MAY carry it).
                 # SRV targets are names of the same Service: its own name or its endpoints'.
                 target = record.value
-                glue = service.forward.get(target, ())
+                held = service.forward.get(target, ())
                 present = glued.setdefault(target, set())
                 ips = tuple(
                     ip
-                    for ip in dict.fromkeys(g.value for g in glue if g.rtype in (_A, _AAAA))
+                    for ip in dict.fromkeys(g.value for g in held if g.rtype in (_A, _AAAA))
                     if ip not in present
                 )
                 present.update(ips)
                 self._addresses(
-                    answer.additional,
-                    f"{target}.{zone}",
-                    ANY,
-                    ips,
-                    answer,
-                    "glue" if kind == "record" else "import-glue",
-                    key,
-                    target,
-                    zone,
+                    answer.additional, f"{target}.{zone}", ANY, ips, answer, glue, key, target, zone
                 )
         if not found:
             self._negative(answer, zone, exists=True)
-        return None
 
     def _packed_records(
         self,
@@ -763,7 +785,7 @@ class Resolver:
         service: ServiceRecords,
         records: tuple[Record, ...],
     ) -> None:
-        """`_records` without a trace, A, AAAA and SRV as `pack.Rec` (the same records, the
+        """`_rrset` without a trace, A, AAAA and SRV as `pack.Rec` (the same records, the
         same order, the same glue), each encoded but for its owner: a 500-endpoint headless
         answer built as dnslib objects cost more than all the rest of its answer, and then
         writing each record's fields one by one most of what was left."""
@@ -800,7 +822,7 @@ class Resolver:
                 else srv_tail(_SRV, 1, ttl, 6 + len(name), priority, weight, port) + name
             )
             out.append(new(Rec, (owner, _SRV, tail)))
-            # Glue for the target (spec 2.3.2), each address once per target, as `_records`:
+            # Glue for the target (spec 2.3.2), each address once per target, as `_rrset`:
             # a target's records hold each address once, so the first SRV naming a target
             # gives all of them and a later one none.
             if target in glued:

@@ -924,68 +924,121 @@ def render_partial(
     changed = set(changed)
     new_routes = _group(_select((r for r in routes if r.service in changed), config))
     old_state = previous._state
-    services = dict(old_state.services)
-    claims = dict(old_state.claims)
     s = _Script(config)
-
-    pending = set(old_state.stale_chains)  # flushed by `previous`, still to delete
-    stale: list[str] = []
-    deleted_sets: list[str] = []
-    touched: dict[tuple[str, str], None] = {}  # element keys whose owner or value may change
-    chains_written = 0
+    acc = _PartialChanges(
+        services=dict(old_state.services),
+        claims=dict(old_state.claims),
+        pending=set(old_state.stale_chains),
+    )
     empty = _ServiceRules((), {}, {})
     for key in sorted(changed):
         old = old_state.services.get(key, empty)
         new = _service_rules(new_routes[key], config) if key in new_routes else empty
         if key in new_routes:
-            services[key] = new
+            acc.services[key] = new
         else:
-            services.pop(key, None)
+            acc.services.pop(key, None)
+        _write_changed_service(s, config, acc, old, new)
+        _refile_claims(acc, key, old, new)
+    _write_element_changes(s, old_state.claims, acc.claims, acc.touched)
+    deleted, deferred = _delete_stale_chains(s, config, acc.pending, acc.stale)
+    state = _State(services=acc.services, claims=acc.claims, stale_chains=frozenset(deferred))
+    return Rendering(
+        text=s.text(),
+        partial=True,
+        config=config,
+        deleted_chains=tuple(deleted),
+        stale_chains=tuple(deferred),
+        deleted_sets=tuple(sorted(acc.deleted_sets)),
+        chains_written=acc.chains_written,
+        rules_written=s.rules,
+        elements_written=s.elements,
+        _state=state,
+    )
 
-        # A set whose timeout changed is replaced; every chain naming it is rewritten first.
-        retimed = [n for n, t in new.sets.items() if n in old.sets and old.sets[n] != t]
-        gone_sets = [n for n in old.sets if n not in new.sets]
-        added = [c for c in new.chains if c not in old.chains]
-        rewritten = [
-            c for c in new.chains if c in old.chains and (retimed or old.chains[c] != new.chains[c])
-        ]
-        gone = [c for c in old.chains if c not in new.chains]
-        pending.difference_update(added)  # a deferred chain in use again is simply refilled
-        _write_service(
-            s,
-            config,
-            new,
-            new_chains=added,
-            flush_chains=rewritten + gone,
-            write_chains=added + rewritten,
-            delete_sets=gone_sets + retimed,
-            add_sets=[n for n in new.sets if n not in old.sets or n in retimed],
-        )
-        chains_written += len(added) + len(rewritten)
-        stale.extend(gone)
-        deleted_sets.extend(gone_sets)
 
-        # Re-file this Service's claims: drop the old ones, add the new ones in order.
-        for container, element_key, _ in old.elements:
-            k = (container, element_key)
-            touched[k] = None
-            rest = tuple(c for c in claims.get(k, ()) if c[0] != key)
-            if rest:
-                claims[k] = rest
-            else:
-                claims.pop(k, None)
-        for container, element_key, suffix in new.elements:
-            k = (container, element_key)
-            touched[k] = None
-            claims[k] = tuple(sorted((*claims.get(k, ()), (key, suffix))))
+@dataclass(slots=True)
+class _PartialChanges:
+    """What `render_partial` gathers over the changed Services, starting from `previous`."""
 
+    services: dict[ServiceKey, _ServiceRules]
+    claims: dict[tuple[str, str], tuple[tuple[ServiceKey, str], ...]]
+    pending: set[str]  # flushed by `previous`, still to delete
+    stale: list[str] = field(default_factory=list)  # chains flushed now, no longer used
+    deleted_sets: list[str] = field(default_factory=list)
+    # Element keys whose owner or value may change, in first-touched order.
+    touched: dict[tuple[str, str], None] = field(default_factory=dict)
+    chains_written: int = 0
+
+
+def _write_changed_service(
+    s: _Script,
+    config: NftablesConfig,
+    acc: _PartialChanges,
+    old: _ServiceRules,
+    new: _ServiceRules,
+) -> None:
+    """One changed Service's block: its new chains added, changed ones flushed and rewritten,
+    gone ones flushed (deleted at the end), its affinity sets added, re-timed or deleted."""
+    # A set whose timeout changed is replaced; every chain naming it is rewritten first.
+    retimed = [n for n, t in new.sets.items() if n in old.sets and old.sets[n] != t]
+    gone_sets = [n for n in old.sets if n not in new.sets]
+    added = [c for c in new.chains if c not in old.chains]
+    rewritten = [
+        c for c in new.chains if c in old.chains and (retimed or old.chains[c] != new.chains[c])
+    ]
+    gone = [c for c in old.chains if c not in new.chains]
+    acc.pending.difference_update(added)  # a deferred chain in use again is simply refilled
+    _write_service(
+        s,
+        config,
+        new,
+        new_chains=added,
+        flush_chains=rewritten + gone,
+        write_chains=added + rewritten,
+        delete_sets=gone_sets + retimed,
+        add_sets=[n for n in new.sets if n not in old.sets or n in retimed],
+    )
+    acc.chains_written += len(added) + len(rewritten)
+    acc.stale.extend(gone)
+    acc.deleted_sets.extend(gone_sets)
+
+
+def _refile_claims(
+    acc: _PartialChanges, key: ServiceKey, old: _ServiceRules, new: _ServiceRules
+) -> None:
+    """Re-file one Service's claims: drop the old ones, add the new ones in order (the
+    Service that sorts first owns a key), and note every key it touched."""
+    claims, touched = acc.claims, acc.touched
+    for container, element_key, _ in old.elements:
+        k = (container, element_key)
+        touched[k] = None
+        rest = tuple(c for c in claims.get(k, ()) if c[0] != key)
+        if rest:
+            claims[k] = rest
+        else:
+            claims.pop(k, None)
+    for container, element_key, suffix in new.elements:
+        k = (container, element_key)
+        touched[k] = None
+        claims[k] = tuple(sorted((*claims.get(k, ()), (key, suffix))))
+
+
+def _write_element_changes(
+    s: _Script,
+    before: Mapping[tuple[str, str], tuple[tuple[ServiceKey, str], ...]],
+    after: Mapping[tuple[str, str], tuple[tuple[ServiceKey, str], ...]],
+    touched: Iterable[tuple[str, str]],
+) -> None:
+    """The map and set elements whose owner's value changed between the claims `before` and
+    `after`."""
     # Elements: delete what went or changed value, then add what came or changed value.
     adds: list[tuple[str, str, str]] = []
     for k in touched:
-        before = old_state.claims.get(k)
-        after = claims.get(k)
-        was = before[0][1] if before else None
-        now = after[0][1] if after else None
+        old_claims = before.get(k)
+        new_claims = after.get(k)
+        was = old_claims[0][1] if old_claims else None
+        now = new_claims[0][1] if new_claims else None
         if was == now:
             continue
         if was is not None:
@@ -995,25 +1048,19 @@ def render_partial(
     for container, element_key, suffix in adds:
         s.element("add", container, element_key, suffix)
 
+
+def _delete_stale_chains(
+    s: _Script, config: NftablesConfig, pending: Collection[str], stale: list[str]
+) -> tuple[list[str], list[str]]:
+    """Deletes the chains deferred by the previous render and, unless deferred in turn, those
+    this one flushed. Returns (deleted, deferred)."""
     # Stale chains: flushed above, and no element names them any more.
     stale.sort()
     deleted, deferred = _split_stale(config, stale, ())
     deleted = sorted(pending) + deleted  # deferred by `previous`: now deletable
     for name in deleted:
         s.chain("delete", name)
-    state = _State(services=services, claims=claims, stale_chains=frozenset(deferred))
-    return Rendering(
-        text=s.text(),
-        partial=True,
-        config=config,
-        deleted_chains=tuple(deleted),
-        stale_chains=tuple(deferred),
-        deleted_sets=tuple(sorted(deleted_sets)),
-        chains_written=chains_written,
-        rules_written=s.rules,
-        elements_written=s.elements,
-        _state=state,
-    )
+    return deleted, deferred
 
 
 def render_cleanup(families: Iterable[int] = (4, 6)) -> str:

@@ -411,6 +411,23 @@ def _is_zero_cidr(cidr: str) -> bool:
     return ipaddress.ip_network(cidr, strict=False).prefixlen == 0
 
 
+def _family_addresses(
+    service: Service, family: int
+) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+    """(externalIPs, LB ingress IPs in VIP mode, LB source ranges) of `service` in `family`,
+    as `service_routes` says."""
+    ranges = tuple(r for r in service.load_balancer_source_ranges if family_of(r) == family)
+    if any(_is_zero_cidr(r) for r in ranges):
+        ranges = ()
+    external_ips = tuple(ip for ip in service.external_ips if family_of(ip) == family)
+    lb_ips = tuple(
+        ip
+        for ip in service.load_balancer_ips
+        if family_of(ip) == family and ip not in service.load_balancer_proxy_ips
+    )
+    return external_ips, lb_ips, ranges
+
+
 def service_routes(
     service: Service, endpoints: Iterable[Endpoint], node_name: str, *, zone: str = ""
 ) -> tuple[ServicePortRoute, ...]:
@@ -441,15 +458,7 @@ def service_routes(
     routes = []
     for cluster_ip in service.cluster_ips:
         family = family_of(cluster_ip)
-        ranges = tuple(r for r in service.load_balancer_source_ranges if family_of(r) == family)
-        if any(_is_zero_cidr(r) for r in ranges):
-            ranges = ()
-        external_ips = tuple(ip for ip in service.external_ips if family_of(ip) == family)
-        lb_ips = tuple(
-            ip
-            for ip in service.load_balancer_ips
-            if family_of(ip) == family and ip not in service.load_balancer_proxy_ips
-        )
+        external_ips, lb_ips, ranges = _family_addresses(service, family)
         for port in service.ports:
             route = ServicePortRoute(
                 service=service.key,

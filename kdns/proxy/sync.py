@@ -36,7 +36,7 @@ import trio
 
 from kdns import metrics
 from kdns.proxy import conntrack
-from kdns.proxy.dataplane import ApplyError, Dataplane, Runner, run_command
+from kdns.proxy.dataplane import Applied, ApplyError, Dataplane, Runner, run_command
 from kdns.proxy.routes import (
     ServiceKey,
     ServicePortRoute,
@@ -50,6 +50,8 @@ log = logging.getLogger(__name__)
 
 FULL_SYNC_PERIOD = 3600.0  # kube-proxy proxyutil.FullSyncPeriod
 DEFERRED_DELETE_DELAY = 1.0  # nftables: stale chains are deleted ≥ 1 s after their flush
+
+_ServiceRoutes = dict[ServiceKey, tuple[ServicePortRoute, ...]]  # routes by Service
 
 
 class SyncEngine:
@@ -78,11 +80,11 @@ class SyncEngine:
         self.clean_conntrack = clean_conntrack
         self.runner = runner
         self.on_routes = on_routes
-        self._routes: dict[ServiceKey, tuple[ServicePortRoute, ...]] = {}
+        self._routes: _ServiceRoutes = {}
         self._changed: set[ServiceKey] = set()
         self._trigger: float | None = None  # epoch seconds of the oldest unsynced change
         self._need_full = True
-        self._unapplied: dict[ServiceKey, tuple[ServicePortRoute, ...]] = {}
+        self._unapplied: _ServiceRoutes = {}
         self._wake = trio.Event()
         self.syncs = 0  # successful syncs
         self.last_success: float | None = None  # time.time() of the last successful sync
@@ -198,12 +200,43 @@ class SyncEngine:
             self._need_full = True
 
     async def _sync_now(self) -> None:
+        """One sync: rebuild the changed Services' routes, apply them (in a worker thread),
+        record the outcome, then tell the health checks and clean conntrack."""
+        changed, trigger, full = self._take_changes()
+        before, after = self._rebuild_routes(changed)
+        routes = self._routes_to_apply(changed, full)
+        kind = "full" if full else "partial"
+        if full:
+            self.dataplane.set_service_cidrs(self.service_cidrs)
+        started = time.perf_counter()
+        try:
+            applied = await trio.to_thread.run_sync(
+                self.dataplane.sync, routes, None if full else frozenset(changed)
+            )
+        except Exception as e:
+            self._sync_failed(e, kind, changed, before, trigger)
+            return
+        duration = time.perf_counter() - started
+        ports = self._sync_succeeded(kind, changed, trigger, applied, duration)
+        if self.on_routes is not None:
+            self.on_routes(routes if len(routes) == ports else self.routes())
+        if self.clean_conntrack:
+            await self._clean_conntrack(routes, changed, before, after)
+
+    def _take_changes(self) -> tuple[set[ServiceKey], float | None, bool]:
+        """(changed Services, the oldest change's trigger time, whether this sync is full),
+        taken from the pending state, which starts over empty."""
         changed, self._changed = self._changed, set()
         trigger, self._trigger = self._trigger, None
         full = self._need_full or trio.current_time() - self.last_full >= self.full_sync_period
         # Cleared now, not after the apply: a change that needs a full sync (Service CIDRs, the
         # zone) arriving while this one runs in its thread must get one of its own.
         self._need_full = False
+        return changed, trigger, full
+
+    def _rebuild_routes(self, changed: set[ServiceKey]) -> tuple[_ServiceRoutes, _ServiceRoutes]:
+        """Rebuilds the routes of the `changed` Services; returns (before, after): their routes
+        as the kernel had them and as they are now, for the conntrack clean-up."""
         # What the kernel had for these Services: after a failed apply, what it had before it.
         before = {k: self._routes.get(k, ()) for k in changed if k in self._routes}
         before.update(self._unapplied)
@@ -215,41 +248,54 @@ class SyncEngine:
             else:
                 self._routes.pop(key, None)
         after = {k: self._routes.get(k, ()) for k in changed}
+        return before, after
+
+    def _routes_to_apply(self, changed: set[ServiceKey], full: bool) -> list[ServicePortRoute]:
+        """The routes handed to the data plane."""
         # A partial nftables sync reads only the changed Services' routes: handing it only
         # those keeps the work before the apply O(change) (iptables and IPVS need them all).
         if full or self.dataplane.needs_all_routes:
-            routes = self.routes()
+            return self.routes()
+        return [r for key in sorted(changed) for r in self._routes.get(key, ())]
+
+    def _sync_failed(
+        self,
+        error: Exception,
+        kind: str,
+        changed: set[ServiceKey],
+        before: _ServiceRoutes,
+        trigger: float | None,
+    ) -> None:
+        """A failed apply: logged and counted, its changes put back for a full retry."""
+        # ApplyError is the kernel refusing; anything else is a bug, but the proxy keeps
+        # the last rules and retries in full rather than dying (docs/architecture.md §10: never
+        # a crash).
+        if isinstance(error, ApplyError):
+            log.error("%s proxy: %s sync failed, retrying in full: %s", self.mode, kind, error)
         else:
-            routes = [r for key in sorted(changed) for r in self._routes.get(key, ())]
-        kind = "full" if full else "partial"
-        if full:
-            self.dataplane.set_service_cidrs(self.service_cidrs)
-        started = time.perf_counter()
-        try:
-            applied = await trio.to_thread.run_sync(
-                self.dataplane.sync, routes, None if full else frozenset(changed)
-            )
-        except Exception as e:
-            # ApplyError is the kernel refusing; anything else is a bug, but the proxy keeps
-            # the last rules and retries in full rather than dying (docs/architecture.md §10: never
-            # a crash).
-            if isinstance(e, ApplyError):
-                log.error("%s proxy: %s sync failed, retrying in full: %s", self.mode, kind, e)
-            else:
-                log.exception("%s proxy: %s sync failed, retrying in full", self.mode, kind)
-            metrics.PROXY_SYNC_FAILURES.labels(self.mode, kind).inc()
-            metrics.PROXY_SYNCS.labels(self.mode, kind, "error").inc()
-            self._need_full = True
-            self._changed |= changed
-            self._unapplied = before
-            if trigger is not None and (self._trigger is None or trigger < self._trigger):
-                self._trigger = trigger
-            if self.failing_since is None:
-                self.failing_since = time.time()
-            return
-        duration = time.perf_counter() - started
+            log.error("%s proxy: %s sync failed, retrying in full", self.mode, kind, exc_info=error)
+        metrics.PROXY_SYNC_FAILURES.labels(self.mode, kind).inc()
+        metrics.PROXY_SYNCS.labels(self.mode, kind, "error").inc()
+        self._need_full = True
+        self._changed |= changed
+        self._unapplied = before
+        if trigger is not None and (self._trigger is None or trigger < self._trigger):
+            self._trigger = trigger
+        if self.failing_since is None:
+            self.failing_since = time.time()
+
+    def _sync_succeeded(
+        self,
+        kind: str,
+        changed: set[ServiceKey],
+        trigger: float | None,
+        applied: Applied,
+        duration: float,
+    ) -> int:
+        """A successful apply: the health state, the metrics and the log line. Returns the
+        number of service ports now programmed."""
         self.failing_since = None
-        if full:
+        if kind == "full":
             self.last_full = trio.current_time()
         self.syncs += 1
         self.last_success = time.time()
@@ -263,7 +309,7 @@ class SyncEngine:
         if trigger is not None:
             metrics.PROXY_PROGRAMMING_DURATION.observe(max(0.0, self.last_success - trigger))
         log.log(
-            logging.INFO if full or changed else logging.DEBUG,
+            logging.INFO if kind == "full" or changed else logging.DEBUG,
             "%s proxy: %s sync of %d service ports (%d changed Services): %d rules, %d bytes, "
             "%.0f ms",
             self.mode,
@@ -274,10 +320,16 @@ class SyncEngine:
             applied.size,
             duration * 1000,
         )
-        if self.on_routes is not None:
-            self.on_routes(routes if len(routes) == ports else self.routes())
-        if not self.clean_conntrack:
-            return
+        return ports
+
+    async def _clean_conntrack(
+        self,
+        routes: Sequence[ServicePortRoute],
+        changed: set[ServiceKey],
+        before: _ServiceRoutes,
+        after: _ServiceRoutes,
+    ) -> None:
+        """Deletes the UDP conntrack entries this sync left pointing nowhere."""
         if self.syncs == 1:
             # After a (re)start there is no "before": reconcile against the kernel instead.
             await trio.to_thread.run_sync(self._reconcile_conntrack_safely, routes)

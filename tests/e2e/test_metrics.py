@@ -197,6 +197,16 @@ def test_known_traffic_gives_exact_counts_and_label_sets(
     assert value(d, "kdns_forward_responses_total", to=to, rcode="NOERROR") == 1
     assert value(d, "kdns_forward_request_duration_seconds_count", to=to, rcode="NOERROR") == 1
     assert dnsmasq.count(f"www.{upstreams.ZONE}", "A") == 1
+    # That exchange was the receive thread's own (the relay), answered; nothing handed back or
+    # coalesced. Folded before the second www.test was answered: either the receive thread
+    # answered it from the shape trio registered while folding, or trio folded before it read
+    # the upstream cache.
+    relay = {(n, labels) for n, labels in d if n.startswith("kdns_forward_relay_")}
+    assert relay == {
+        ("kdns_forward_relay_exchanges_total", frozenset({("to", to), ("outcome", "answered")}))
+    }
+    assert value(d, "kdns_forward_relay_exchanges_total", to=to, outcome="answered") == 1
+    assert value(after, "kdns_forward_relay_in_flight") == 0
 
     # Build info, and no CoreDNS names unless asked.
     assert series(after, "kdns_build_info")[0]["version"]

@@ -12,8 +12,8 @@ from collections.abc import Iterator, Sequence
 import pytest
 import trio
 import trio.testing
+from prometheus_client import REGISTRY
 
-from kdns import metrics
 from kdns.model import EndpointSlice, ServiceCIDR
 from kdns.proxy.dataplane import (
     IptablesDataplane,
@@ -84,6 +84,15 @@ async def wait_for(predicate, timeout: float = 5.0) -> None:
     with trio.fail_after(timeout):
         while not predicate():
             await trio.sleep(0.02)
+
+
+def sample(name: str, **labels: str) -> float:
+    """A metric's current value, read the public way (0 before its first increment)."""
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def repairs(mode: str) -> float:
+    return sample("kdns_proxy_tamper_repairs_total", mode=mode)
 
 
 def two_services(store: Store) -> None:
@@ -211,8 +220,7 @@ def test_failed_apply_is_retried_as_a_full_sync(netns: str, kind: str) -> None:
     two_services(store)
     store.replace(ENDPOINTSLICES, {})
     tool = "iptables-restore" if kind == "iptables" else "nft"
-    failures = metrics.PROXY_SYNC_FAILURES.labels(kind, "partial")
-    before = failures._value.get()
+    before = sample("kdns_proxy_sync_failures_total", mode=kind, kind="partial")
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
@@ -225,7 +233,7 @@ def test_failed_apply_is_retried_as_a_full_sync(netns: str, kind: str) -> None:
             nursery.cancel_scope.cancel()
 
     trio.run(main)
-    assert failures._value.get() == before + 1
+    assert sample("kdns_proxy_sync_failures_total", mode=kind, kind="partial") == before + 1
     writes = runner.writes(tool)
     # The failed write was a partial one, the retry a full one (only full syncs re-declare
     # the canary chains / flush the whole table).
@@ -256,8 +264,7 @@ def test_canary_repairs_tampering_within_a_sync_period(netns: str, tamper: str) 
     two_services(store)
     web = slice_of("ns/web", model_endpoint("10.244.1.5"))
     store.replace(ENDPOINTSLICES, {web.key: web})
-    repairs = metrics.PROXY_REPAIRS.labels(kind)
-    before = repairs._value.get()
+    before = repairs(kind)
 
     def state() -> str:
         if kind == "iptables":
@@ -277,14 +284,14 @@ def test_canary_repairs_tampering_within_a_sync_period(netns: str, tamper: str) 
             # follows a canary check that must find nothing wrong.
             synced = engine.syncs
             await wait_for(lambda: engine.syncs > synced)
-            assert repairs._value.get() == before
+            assert repairs(kind) == before
             in_ns(netns, *TAMPERING[tamper])
             assert "10.96.0.20" not in state()
             await wait_for(lambda: "10.96.0.20" in state(), timeout=3.0)
             nursery.cancel_scope.cancel()
 
     trio.run(main)
-    assert repairs._value.get() == before + 1
+    assert repairs(kind) == before + 1
 
 
 def test_udp_endpoint_replaced_deletes_its_conntrack_entries(netns: str) -> None:
@@ -362,15 +369,14 @@ def test_a_canary_that_cannot_read_the_kernel_repairs_instead_of_crashing(netns:
     engine = make_engine("nftables", store, runner, sync_period=0.5)
     two_services(store)
     store.replace(ENDPOINTSLICES, {})
-    repairs = metrics.PROXY_REPAIRS.labels("nftables")
-    before = repairs._value.get()
+    before = repairs("nftables")
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
             await nursery.start(engine.run)
             await wait_for(lambda: engine.synced)
             runner.garble_listing = True
-            await wait_for(lambda: repairs._value.get() == before + 1, timeout=3.0)
+            await wait_for(lambda: repairs("nftables") == before + 1, timeout=3.0)
             synced = engine.syncs
             await wait_for(lambda: engine.syncs > synced)  # the engine lives on
             nursery.cancel_scope.cancel()

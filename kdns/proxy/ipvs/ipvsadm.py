@@ -275,6 +275,14 @@ def parse_command(args: Sequence[str]) -> CommandLine:
             raise UsageError(f"invalid option `{arg}'")
         else:
             raise UsageError(f"unexpected argument {arg}")
+    _check_and_default(line)
+    return line
+
+
+def _check_and_default(line: CommandLine) -> None:
+    """ipvsadm generic_opt_check and process_options' checks and defaults, on a parsed
+    command line: the command's required and legal options, then a service's port, OPS and
+    scheduler."""
     if not line.command:
         raise UsageError("no command specified")
     required, allowed = _LEGAL[line.command]
@@ -292,7 +300,6 @@ def parse_command(args: Sequence[str]) -> CommandLine:
         if line.flags_text:
             names = _SCHED_FLAG_NAMES.get(line.scheduler, ())
             line.sched_flags = _sched_flags(line.flags_text, names)
-    return line
 
 
 def _value_option(line: CommandLine, option: str, value: str) -> None:

@@ -373,138 +373,217 @@ def _render_iptables(
     node_dns_ports: Sequence[tuple[str, str]] = (),
 ) -> str:
     """proxier.go writeIptablesRules: the fixed chains, matching the ipsets, nat then filter."""
+    nat = _nat_rules(family, sets, config)
+    filt = _filter_rules(family, sets, config, no_node_access, node_dns_ports)
+    lines = ["*nat", *(f":{c} - [0:0]" for c in NAT_CHAINS), *nat, "COMMIT"]
+    lines += ["*filter", *(f":{c} - [0:0]" for c in FILTER_CHAINS), *filt, "COMMIT", ""]
+    return "\n".join(lines)
 
-    def name(set_name: str) -> str:
-        return IPSET_BY_NAME[set_name].set_name(family)
 
-    def comment(set_name: str) -> str:
-        return f'-m comment --comment "{IPSET_BY_NAME[set_name].comment}"'
+def _set_name(set_name: str, family: int) -> str:
+    """The kernel name of one of the ipsets in `family` (the IPv6 ones have their own)."""
+    return IPSET_BY_NAME[set_name].set_name(family)
 
-    mark = config.masquerade_mark
-    nat: list[str] = []
-    filt: list[str] = []
-    # Connections from localhost never reach a service here (no route_localnet).
-    loopback = "::1/128" if family == 6 else "127.0.0.0/8"
-    nat.append(f"-A {KUBE_SERVICES} -s {loopback} -j RETURN")
 
-    # proxier.go ipsetWithIptablesChain: one rule per non-empty set; the Local sets RETURN
-    # before the masquerade rule of their kind.
-    linked = (
-        (LOOP_BACK, nat, KUBE_POSTROUTING, "MASQUERADE", "dst,dst,src", ""),
-        (LOAD_BALANCER, nat, KUBE_SERVICES, KUBE_LOAD_BALANCER, "dst,dst", ""),
-        (LOAD_BALANCER_LOCAL, nat, KUBE_LOAD_BALANCER, "RETURN", "dst,dst", ""),
-        (NODE_PORT_LOCAL_TCP, nat, KUBE_NODE_PORT, "RETURN", "dst", "tcp"),
-        (NODE_PORT_TCP, nat, KUBE_NODE_PORT, KUBE_MARK_MASQ, "dst", "tcp"),
-        (NODE_PORT_LOCAL_UDP, nat, KUBE_NODE_PORT, "RETURN", "dst", "udp"),
-        (NODE_PORT_UDP, nat, KUBE_NODE_PORT, KUBE_MARK_MASQ, "dst", "udp"),
-        (NODE_PORT_LOCAL_SCTP, nat, KUBE_NODE_PORT, "RETURN", "dst,dst", "sctp"),
-        (NODE_PORT_SCTP, nat, KUBE_NODE_PORT, KUBE_MARK_MASQ, "dst,dst", "sctp"),
-        (LOAD_BALANCER_FW, filt, KUBE_PROXY_FIREWALL, KUBE_SOURCE_RANGES_FIREWALL, "dst,dst", ""),
-        (LOAD_BALANCER_SOURCE_CIDR, filt, KUBE_SOURCE_RANGES_FIREWALL, "RETURN", "dst,dst,src", ""),
-        (LOAD_BALANCER_SOURCE_IP, filt, KUBE_SOURCE_RANGES_FIREWALL, "RETURN", "dst,dst,src", ""),
-    )
-    for set_name, rules, chain, target, match, proto in linked:
-        if sets[set_name]:
+def _comment(set_name: str) -> str:
+    """The comment match kube-proxy puts on a rule that matches the ipset `set_name`."""
+    return f'-m comment --comment "{IPSET_BY_NAME[set_name].comment}"'
+
+
+# proxier.go ipsetWithIptablesChain: one rule per non-empty set; the Local sets RETURN
+# before the masquerade rule of their kind. (set, table, chain, target, match, protocol)
+_SET_RULES = (
+    (LOOP_BACK, "nat", KUBE_POSTROUTING, "MASQUERADE", "dst,dst,src", ""),
+    (LOAD_BALANCER, "nat", KUBE_SERVICES, KUBE_LOAD_BALANCER, "dst,dst", ""),
+    (LOAD_BALANCER_LOCAL, "nat", KUBE_LOAD_BALANCER, "RETURN", "dst,dst", ""),
+    (NODE_PORT_LOCAL_TCP, "nat", KUBE_NODE_PORT, "RETURN", "dst", "tcp"),
+    (NODE_PORT_TCP, "nat", KUBE_NODE_PORT, KUBE_MARK_MASQ, "dst", "tcp"),
+    (NODE_PORT_LOCAL_UDP, "nat", KUBE_NODE_PORT, "RETURN", "dst", "udp"),
+    (NODE_PORT_UDP, "nat", KUBE_NODE_PORT, KUBE_MARK_MASQ, "dst", "udp"),
+    (NODE_PORT_LOCAL_SCTP, "nat", KUBE_NODE_PORT, "RETURN", "dst,dst", "sctp"),
+    (NODE_PORT_SCTP, "nat", KUBE_NODE_PORT, KUBE_MARK_MASQ, "dst,dst", "sctp"),
+    (LOAD_BALANCER_FW, "filter", KUBE_PROXY_FIREWALL, KUBE_SOURCE_RANGES_FIREWALL, "dst,dst", ""),
+    (LOAD_BALANCER_SOURCE_CIDR, "filter", KUBE_SOURCE_RANGES_FIREWALL, "RETURN", "dst,dst,src", ""),
+    (LOAD_BALANCER_SOURCE_IP, "filter", KUBE_SOURCE_RANGES_FIREWALL, "RETURN", "dst,dst,src", ""),
+)
+
+
+def _set_rules(table: str, family: int, sets: Mapping[str, Collection[str]]) -> list[str]:
+    """The `_SET_RULES` of `table` whose set has entries, in their order."""
+    rules = []
+    for set_name, set_table, chain, target, match, proto in _SET_RULES:
+        if set_table == table and sets[set_name]:
             proto_match = f" -p {proto}" if proto else ""
             rules.append(
-                f"-A {chain}{proto_match} {comment(set_name)}"
-                f" -m set --match-set {name(set_name)} {match} -j {target}"
+                f"-A {chain}{proto_match} {_comment(set_name)}"
+                f" -m set --match-set {_set_name(set_name, family)} {match} -j {target}"
             )
+    return rules
 
-    if sets[CLUSTER_IP]:
-        head = f"-A {KUBE_SERVICES} {comment(CLUSTER_IP)} -m set --match-set {name(CLUSTER_IP)}"
-        cidr = config.cluster_cidr(family)
-        if config.masquerade_all:
-            nat.append(f"{head} dst,dst -j {KUBE_MARK_MASQ}")
-        elif cidr:
-            # Off-cluster traffic to a VIP (a static route for the Service range to any node)
-            # is masqueraded so the reply comes back through this node.
-            nat.append(f"{head} dst,dst ! -s {cidr} -j {KUBE_MARK_MASQ}")
-        else:
-            # No local-traffic detector: masquerade node traffic whose source is a VIP (the
-            # kernel picks a kube-ipvs0 address as the source of a connection to a VIP).
-            nat.append(f"{head} src,dst -j {KUBE_MARK_MASQ}")
 
-    def external_ip_rules(head: str) -> None:
+def _nat_rules(family: int, sets: Mapping[str, Collection[str]], config: IpvsConfig) -> list[str]:
+    """The nat table: what is masqueraded (marked, then MASQUERADE in KUBE-POSTROUTING) and
+    what is accepted for IPVS to take, in writeIptablesRules' order."""
+    # Connections from localhost never reach a service here (no route_localnet).
+    loopback = "::1/128" if family == 6 else "127.0.0.0/8"
+    return [
+        f"-A {KUBE_SERVICES} -s {loopback} -j RETURN",
+        *_set_rules("nat", family, sets),
+        *_cluster_ip_masquerade(family, sets, config),
+        *_external_ip_rules(family, sets),
+        f"-A {KUBE_SERVICES} -m addrtype --dst-type LOCAL -j {KUBE_NODE_PORT}",
+        f"-A {KUBE_LOAD_BALANCER} -j {KUBE_MARK_MASQ}",
+        *_accept_ipvs_traffic(family, sets),
+        *_postrouting_rules(config),
+    ]
+
+
+def _cluster_ip_masquerade(
+    family: int, sets: Mapping[str, Collection[str]], config: IpvsConfig
+) -> list[str]:
+    """The KUBE-CLUSTER-IP rule: which ClusterIP traffic gets the masquerade mark."""
+    if not sets[CLUSTER_IP]:
+        return []
+    head = (
+        f"-A {KUBE_SERVICES} {_comment(CLUSTER_IP)}"
+        f" -m set --match-set {_set_name(CLUSTER_IP, family)}"
+    )
+    cidr = config.cluster_cidr(family)
+    if config.masquerade_all:
+        return [f"{head} dst,dst -j {KUBE_MARK_MASQ}"]
+    if cidr:
+        # Off-cluster traffic to a VIP (a static route for the Service range to any node)
+        # is masqueraded so the reply comes back through this node.
+        return [f"{head} dst,dst ! -s {cidr} -j {KUBE_MARK_MASQ}"]
+    # No local-traffic detector: masquerade node traffic whose source is a VIP (the
+    # kernel picks a kube-ipvs0 address as the source of a connection to a VIP).
+    return [f"{head} src,dst -j {KUBE_MARK_MASQ}"]
+
+
+def _external_ip_rules(family: int, sets: Mapping[str, Collection[str]]) -> list[str]:
+    """The externalIP rules: masquerade under the Cluster policy, and accept."""
+
+    def accept(head: str) -> list[str]:
         # Accept externalIP traffic from off the machine (not from a bridge, not local), and
         # traffic to an externalIP that is a local address (GCE-style LBs).
-        nat.append(f"{head} -m physdev ! --physdev-is-in -m addrtype ! --src-type LOCAL -j ACCEPT")
-        nat.append(f"{head} -m addrtype --dst-type LOCAL -j ACCEPT")
+        return [
+            f"{head} -m physdev ! --physdev-is-in -m addrtype ! --src-type LOCAL -j ACCEPT",
+            f"{head} -m addrtype --dst-type LOCAL -j ACCEPT",
+        ]
 
+    rules = []
     if sets[EXTERNAL_IP]:
         head = (
-            f"-A {KUBE_SERVICES} {comment(EXTERNAL_IP)}"
-            f" -m set --match-set {name(EXTERNAL_IP)} dst,dst"
+            f"-A {KUBE_SERVICES} {_comment(EXTERNAL_IP)}"
+            f" -m set --match-set {_set_name(EXTERNAL_IP, family)} dst,dst"
         )
-        nat.append(f"{head} -j {KUBE_MARK_MASQ}")
-        external_ip_rules(head)
+        rules.append(f"{head} -j {KUBE_MARK_MASQ}")
+        rules += accept(head)
     if sets[EXTERNAL_IP_LOCAL]:
-        external_ip_rules(
-            f"-A {KUBE_SERVICES} {comment(EXTERNAL_IP_LOCAL)}"
-            f" -m set --match-set {name(EXTERNAL_IP_LOCAL)} dst,dst"
+        rules += accept(
+            f"-A {KUBE_SERVICES} {_comment(EXTERNAL_IP_LOCAL)}"
+            f" -m set --match-set {_set_name(EXTERNAL_IP_LOCAL, family)} dst,dst"
         )
+    return rules
 
-    nat.append(f"-A {KUBE_SERVICES} -m addrtype --dst-type LOCAL -j {KUBE_NODE_PORT}")
-    nat.append(f"-A {KUBE_LOAD_BALANCER} -j {KUBE_MARK_MASQ}")
+
+def _accept_ipvs_traffic(family: int, sets: Mapping[str, Collection[str]]) -> list[str]:
+    """proxier.go acceptIPVSTraffic: accept what IPVS will take, whatever rules come after
+    ours."""
+    return [
+        f"-A {KUBE_SERVICES} -m set --match-set {_set_name(set_name, family)} dst,dst -j ACCEPT"
+        for set_name in (CLUSTER_IP, LOAD_BALANCER)
+        if sets[set_name]
+    ]
+
+
+def _postrouting_rules(config: IpvsConfig) -> list[str]:
+    """KUBE-POSTROUTING masquerades what carries the mark; KUBE-MARK-MASQ sets it."""
+    mark = config.masquerade_mark
+    return [
+        f"-A {KUBE_POSTROUTING} -m mark ! --mark {mark}/{mark} -j RETURN",
+        # Clear the mark so a packet that re-traverses the stack is not masqueraded twice.
+        f"-A {KUBE_POSTROUTING} -j MARK --xor-mark {mark}",
+        f'-A {KUBE_POSTROUTING} -m comment --comment "kubernetes service traffic requiring SNAT"'
+        f" -j MASQUERADE{' --random-fully' if config.random_fully else ''}",
+        f"-A {KUBE_MARK_MASQ} -j MARK --or-mark {mark}",
+    ]
+
+
+def _filter_rules(
+    family: int,
+    sets: Mapping[str, Collection[str]],
+    config: IpvsConfig,
+    no_node_access: Sequence[tuple[str, str, int]],
+    node_dns_ports: Sequence[tuple[str, str]],
+) -> list[str]:
+    """The filter table: LB source ranges, forwarding, health checks and the VIPs' port
+    filter, in writeIptablesRules' order."""
+    health_check_set = _set_name(HEALTH_CHECK_NODE_PORT, family)
+    return [
+        *_set_rules("filter", family, sets),
+        *_source_range_rules(no_node_access),
+        *_forward_rules(config),
+        f"-A {KUBE_NODE_PORT} {_comment(HEALTH_CHECK_NODE_PORT)}"
+        f" -m set --match-set {health_check_set} dst -j ACCEPT",
+        *_ipvs_filter_rules(family, node_dns_ports),
+    ]
+
+
+def _source_range_rules(no_node_access: Sequence[tuple[str, str, int]]) -> list[str]:
+    """What loadBalancerSourceRanges deny: other sources, and the node when left out."""
     # What KUBE-SOURCE-RANGES-FIREWALL did not RETURN is outside every source range.
-    filt.append(f"-A {KUBE_SOURCE_RANGES_FIREWALL} -j DROP")
+    rules = [f"-A {KUBE_SOURCE_RANGES_FIREWALL} -j DROP"]
     # The node itself is denied an LB IP whose source ranges leave it out (#119656): IPVS
     # would otherwise accept it, the source being the LB IP on kube-ipvs0.
     for ip, proto, port in no_node_access:
-        filt.append(
+        rules.append(
             f"-A {KUBE_IPVS_OUT_FILTER} -s {ip} -m ipvs --vaddr {ip} --vproto {proto}"
             f" --vport {port} -j DROP"
         )
-    # acceptIPVSTraffic: accept what IPVS will take, whatever rules come after ours.
-    for set_name in (CLUSTER_IP, LOAD_BALANCER):
-        if sets[set_name]:
-            nat.append(f"-A {KUBE_SERVICES} -m set --match-set {name(set_name)} dst,dst -j ACCEPT")
+    return rules
 
+
+def _forward_rules(config: IpvsConfig) -> list[str]:
+    """KUBE-FORWARD: marked (service) traffic and its replies are forwarded."""
+    mark = config.masquerade_mark
+    rules = []
     if not config.conntrack_tcp_be_liberal:
         # As the iptables renderer: INVALID packets would reach the pod un-NATed (#74839).
-        filt.append(f"-A {KUBE_FORWARD} -m conntrack --ctstate INVALID -j DROP")
-    filt.append(
+        rules.append(f"-A {KUBE_FORWARD} -m conntrack --ctstate INVALID -j DROP")
+    rules.append(
         f'-A {KUBE_FORWARD} -m comment --comment "kubernetes forwarding rules"'
         f" -m mark --mark {mark}/{mark} -j ACCEPT"
     )
-    filt.append(
+    rules.append(
         f'-A {KUBE_FORWARD} -m comment --comment "kubernetes forwarding conntrack rule"'
         " -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"
     )
-    filt.append(
-        f"-A {KUBE_NODE_PORT} {comment(HEALTH_CHECK_NODE_PORT)}"
-        f" -m set --match-set {name(HEALTH_CHECK_NODE_PORT)} dst -j ACCEPT"
-    )
-    # KUBE-IPVS-FILTER: the VIPs answer only on their service ports, not every host port
-    # (#72236).
-    for set_name in (LOAD_BALANCER, CLUSTER_IP, EXTERNAL_IP, EXTERNAL_IP_LOCAL):
-        filt.append(f"-A {KUBE_IPVS_FILTER} -m set --match-set {name(set_name)} dst,dst -j RETURN")
-    filt.append(
-        f"-A {KUBE_IPVS_FILTER} -m set --match-set {name(HEALTH_CHECK_NODE_PORT)} dst -j RETURN"
+    return rules
+
+
+def _ipvs_filter_rules(family: int, node_dns_ports: Sequence[tuple[str, str]]) -> list[str]:
+    """KUBE-IPVS-FILTER: the VIPs answer only on their service ports, not every host port
+    (#72236)."""
+    rules = [
+        f"-A {KUBE_IPVS_FILTER} -m set --match-set {_set_name(set_name, family)} dst,dst -j RETURN"
+        for set_name in (LOAD_BALANCER, CLUSTER_IP, EXTERNAL_IP, EXTERNAL_IP_LOCAL)
+    ]
+    rules.append(
+        f"-A {KUBE_IPVS_FILTER} -m set --match-set {_set_name(HEALTH_CHECK_NODE_PORT, family)}"
+        " dst -j RETURN"
     )
     # A ClusterIP the node DNS took over: port 53 is its socket's, not a stray host port.
     # (With its NOTRACK rules the REJECT below, ctstate NEW, would not match anyway; this
     # keeps DNS working when they failed to install.)
     prefix = 128 if family == 6 else 32
     for ip, proto in node_dns_ports:
-        filt.append(
+        rules.append(
             f"-A {KUBE_IPVS_FILTER} -d {ip}/{prefix} -p {proto} -m {proto} --dport {NODE_DNS_PORT}"
             f' -m comment --comment "kdns node DNS" -j RETURN'
         )
-    filt.append(
+    rules.append(
         f"-A {KUBE_IPVS_FILTER} -m conntrack --ctstate NEW"
-        f" -m set --match-set {name(IPVS_IPS)} dst -j REJECT"
+        f" -m set --match-set {_set_name(IPVS_IPS, family)} dst -j REJECT"
     )
-
-    nat.append(f"-A {KUBE_POSTROUTING} -m mark ! --mark {mark}/{mark} -j RETURN")
-    # Clear the mark so a packet that re-traverses the stack is not masqueraded twice.
-    nat.append(f"-A {KUBE_POSTROUTING} -j MARK --xor-mark {mark}")
-    nat.append(
-        f'-A {KUBE_POSTROUTING} -m comment --comment "kubernetes service traffic requiring SNAT"'
-        f" -j MASQUERADE{' --random-fully' if config.random_fully else ''}"
-    )
-    nat.append(f"-A {KUBE_MARK_MASQ} -j MARK --or-mark {mark}")
-
-    lines = ["*nat", *(f":{c} - [0:0]" for c in NAT_CHAINS), *nat, "COMMIT"]
-    lines += ["*filter", *(f":{c} - [0:0]" for c in FILTER_CHAINS), *filt, "COMMIT", ""]
-    return "\n".join(lines)
+    return rules
