@@ -163,7 +163,20 @@ def handing_over() -> Iterator[None]:
 def freeze() -> None:
     """Move every object alive now out of the cycle collector's sight (O(1): none is visited)."""
     gc.freeze()
-    log.debug("cycle collector: %d start-up objects frozen", gc.get_freeze_count())
+    log.debug("cycle collector: %d objects frozen", gc.get_freeze_count())
+
+
+@contextmanager
+def collector_paused() -> Iterator[None]:
+    """Run the block with no automatic cycle collection, then let the collector run as it did
+    before, also when the block raises (the module docstring says why and when)."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 
 def freeze_when_synced(store: Store) -> None:

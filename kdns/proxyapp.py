@@ -511,6 +511,7 @@ async def run_proxy(
         sync_period=options.sync_period,
         runner=runner,
         on_routes=checks.update,
+        freeze_full_syncs=True,  # the collector's long pauses out of the node DNS's way
     )
     endpoints = await _bind_endpoints(
         options, _healthz(engine.healthy, lambda: engine.last_success)

@@ -34,7 +34,7 @@ from collections.abc import Callable, Sequence
 
 import trio
 
-from kdns import metrics
+from kdns import interpreter, metrics
 from kdns.proxy import conntrack
 from kdns.proxy.dataplane import Applied, ApplyError, Dataplane, Runner, run_command
 from kdns.proxy.routes import (
@@ -67,6 +67,7 @@ class SyncEngine:
         clean_conntrack: bool = True,
         runner: Runner = run_command,
         on_routes: Callable[[Sequence[ServicePortRoute]], None] | None = None,
+        freeze_full_syncs: bool = False,
     ) -> None:
         self.store = store
         self.dataplane = dataplane
@@ -80,6 +81,7 @@ class SyncEngine:
         self.clean_conntrack = clean_conntrack
         self.runner = runner
         self.on_routes = on_routes
+        self.freeze_full_syncs = freeze_full_syncs
         self._routes: _ServiceRoutes = {}
         self._changed: set[ServiceKey] = set()
         self._trigger: float | None = None  # epoch seconds of the oldest unsynced change
@@ -200,9 +202,25 @@ class SyncEngine:
             self._need_full = True
 
     async def _sync_now(self) -> None:
-        """One sync: rebuild the changed Services' routes, apply them (in a worker thread),
-        record the outcome, then tell the health checks and clean conntrack."""
+        """One sync; a full one, with `freeze_full_syncs`, with the cycle collector paused and
+        what it keeps frozen once it succeeded."""
         changed, trigger, full = self._take_changes()
+        if not (full and self.freeze_full_syncs):
+            await self._sync(changed, trigger, full)
+            return
+        # A full sync builds every route and renders every rule anew: tens of thousands of
+        # containers the sync keeps until the next one, which collections of the older
+        # generations walked again and again while holding the GIL (tens of ms each, during
+        # which the node DNS answers nothing). Freed by reference counting when replaced
+        # (acyclic: tests/proxy/test_sync.py), so frozen they are never walked, and not kept
+        # (kdns/interpreter.py).
+        with interpreter.collector_paused():
+            if await self._sync(changed, trigger, full):
+                interpreter.freeze()
+
+    async def _sync(self, changed: set[ServiceKey], trigger: float | None, full: bool) -> bool:
+        """Rebuild the changed Services' routes, apply them (in a worker thread), record the
+        outcome, then tell the health checks and clean conntrack. Whether the apply succeeded."""
         before, after = self._rebuild_routes(changed)
         routes = self._routes_to_apply(changed, full)
         kind = "full" if full else "partial"
@@ -215,13 +233,14 @@ class SyncEngine:
             )
         except Exception as e:
             self._sync_failed(e, kind, changed, before, trigger)
-            return
+            return False
         duration = time.perf_counter() - started
         ports = self._sync_succeeded(kind, changed, trigger, applied, duration)
         if self.on_routes is not None:
             self.on_routes(routes if len(routes) == ports else self.routes())
         if self.clean_conntrack:
             await self._clean_conntrack(routes, changed, before, after)
+        return True
 
     def _take_changes(self) -> tuple[set[ServiceKey], float | None, bool]:
         """(changed Services, the oldest change's trigger time, whether this sync is full),

@@ -107,11 +107,36 @@ else:  # CPython's defaults, whatever the tree would call, and the variant's one
     elif variant == "young":
         gc.set_threshold(interpreter.YOUNG_COLLECTION, *gc.get_threshold()[1:])
 log, began = open(os.environ["KDNS_BENCH_GC_LOG"], "w", buffering=1), [0.0]
+census = os.environ.get("KDNS_BENCH_GC_CENSUS")  # where to write what the old collections walk
+census = open(census, "w", buffering=1) if census else None
+def watch():  # every second: the frozen objects and the generations' counts
+    while True:
+        census.write(f"{time.monotonic():.4f} frozen {gc.get_freeze_count()} "
+                     f"counts {gc.get_count()} enabled {gc.isenabled()}\n")
+        time.sleep(1.0)
+if census is not None:
+    import threading
+    threading.Thread(target=watch, daemon=True).start()
+def walked(generation):  # the tracked objects a collection of `generation` walks, by type
+    counts = {}
+    for g in range(generation + 1):
+        for o in gc.get_objects(generation=g):
+            name = type(o).__module__ + "." + type(o).__qualname__
+            counts[name] = counts.get(name, 0) + 1
+    top = sorted(counts.items(), key=lambda kv: -kv[1])[:12]
+    return sum(counts.values()), top
 def collected(phase, info):  # every collection of 1 ms or more: its end, generation, ms
     if phase == "start":
+        if census is not None and info["generation"] >= 1:
+            total, top = walked(info["generation"])
+            census.write(f"{time.monotonic():.4f} gen {info['generation']} walks {total} "
+                         f"(frozen {gc.get_freeze_count()}): {top}\n")
         began[0] = time.monotonic()
     elif (took := time.monotonic() - began[0]) >= 0.001:
         log.write(f"{time.monotonic():.4f} {info['generation']} {took * 1e3:.1f}\n")
+        if census is not None:
+            census.write(f"{time.monotonic():.4f} gen {info['generation']} took "
+                         f"{took * 1e3:.1f} ms, collected {info['collected']}\n")
 gc.callbacks.append(collected)
 sys.argv[0] = "kdns"
 runpy.run_module("kdns", run_name="__main__", alter_sys=True)
@@ -193,15 +218,23 @@ def node_object(zone: str) -> Json:
 
 
 def start_proxy(
-    variant: str, args: argparse.Namespace, kubeconfig: Path, workdir: Path, stack: Any
+    variant: str,
+    tree: Path,
+    args: argparse.Namespace,
+    kubeconfig: Path,
+    workdir: Path,
+    stack: Any,
 ) -> proxy_sync.Proxy:
     proxy = proxy_sync.Proxy(args.mode, kubeconfig, workdir)
-    stamp = f"{variant}-{time.monotonic_ns()}"
+    proxy.tree = tree
+    stamp = f"{variant}-{'this' if tree == REPO_ROOT else 'before'}-{time.monotonic_ns()}"
     proxy.log_path = workdir / f"proxy-{stamp}.log"
     assert proxy.argv[1:3] == ["-m", "kdns"]
     proxy.argv[1:3] = ["-c", WRAPPER, variant]
     proxy.argv += ["--dns", node_dns.NODE_DNS]
     os.environ["KDNS_BENCH_GC_LOG"] = str(workdir / f"gc-{stamp}.log")  # Proxy.start's env
+    if args.census:  # what the proxy's older collections walk, by type (slows them: a probe)
+        os.environ["KDNS_BENCH_GC_CENSUS"] = f"{args.census}-{stamp}.txt"
     proxy.start(stack)
     if proxy.wait_first_sync(node_dns.START_TIMEOUT) is None:
         raise RuntimeError(f"the proxy did not sync:\n{proxy.log_tail()}")
@@ -328,18 +361,21 @@ def run(args: argparse.Namespace, say: Say) -> Json:
         kubeconfig = server.write_kubeconfig(workdir / "kubeconfig")
         echo = start_echo(stack)
         say(f"API server holds {cluster.n:,} Services; namespace {lab.node} ready")
+        trees = [("this", REPO_ROOT)]
+        if args.before:
+            trees.insert(0, ("before", Path(args.before).resolve()))
+        starts = [(v, t) for v in args.variants for t in trees]
         for r in range(args.rounds):
-            order = args.variants if r % 2 == 0 else args.variants[::-1]
-            for variant in order:
-                proxy = start_proxy(variant, args, kubeconfig, workdir, stack)
+            for variant, (tree, path) in starts if r % 2 == 0 else starts[::-1]:
+                proxy = start_proxy(variant, path, args, kubeconfig, workdir, stack)
                 try:
                     got = measure(proxy, server, args, echo)
                 finally:
                     proxy.stop()
                     node_dns.cleanup_rules()
-                got.update(round=r + 1, variant=variant)
+                got.update(round=r + 1, variant=variant, tree=tree)
                 fig["runs"].append(got)
-                say(f"  round {r + 1} {variant}: {line(got)}")
+                say(f"  round {r + 1} {variant} ({tree} tree): {line(got)}")
     return fig
 
 
@@ -372,6 +408,44 @@ def _median_of(runs: Sequence[Json], phase: str, key: str) -> float:
     return statistics.median(r[phase][key] for r in runs)
 
 
+def _label(got: Json) -> str:
+    return got["variant"] + ("@before" if got["tree"] == "before" else "")
+
+
+def _ratios(runs: Sequence[Json], args: argparse.Namespace) -> list[str]:
+    """Each variant against its baseline: the same variant from the --before tree, else
+    `default` from this tree."""
+    by: dict[str, list[Json]] = {}
+    for got in runs:
+        by.setdefault(_label(got), []).append(got)
+    if args.before:
+        pairs = [(v, f"{v}@before") for v in args.variants]
+    else:
+        pairs = [(v, "default") for v in args.variants if v != "default"]
+    lines = []
+    for label, base in pairs:
+        for name in PHASES:
+            ratios = ", ".join(
+                f"{key} {_median_of(by[label], name, key) / _median_of(by[base], name, key):.2f}"
+                for key in ("p50", "p99", "max")
+            )
+            over = statistics.median(g[name]["excess"]["p99"] for g in by[label])
+            over /= statistics.median(g[name]["excess"]["p99"] for g in by[base])
+            lines.append(
+                f"ratios {label} / {base}, {name} (medians over the runs): {ratios}; "
+                f"p99 over the echo {over:.2f}"
+            )
+        b = [ms for g in by[base] for ms in g["syncs"]]
+        t = [ms for g in by[label] for ms in g["syncs"]]
+        if b and t:
+            d, p = statistics.median(b), statistics.median(t)
+            lines.append(
+                f"full sync, median over every sync: {base} {d:.0f} ms, {label} {p:.0f} ms "
+                f"(ratio {p / d:.2f})"
+            )
+    return lines
+
+
 def report(fig: Json, args: argparse.Namespace) -> str:
     lines = [
         f"## Node DNS during proxy syncs, N = {fig['n']:,} Services ({args.mode} mode)",
@@ -387,7 +461,7 @@ def report(fig: Json, args: argparse.Namespace) -> str:
     for got in fig["runs"]:
         syncs = got["syncs"]
         ms = f"{statistics.median(syncs):.0f} ms" if syncs else "-"
-        label = VARIANTS[got["variant"]]
+        label = VARIANTS[got["variant"]] + (", before" if got["tree"] == "before" else "")
         lines.append(
             f"| {got['round']} | {label} | {_three(got['idle'])} | {_three(got['syncing'])} | "
             f"{_three(got['syncing']['echo'])} | {_excess(got['syncing'])} | "
@@ -395,27 +469,8 @@ def report(fig: Json, args: argparse.Namespace) -> str:
             f"{got['idle']['lost']}, {got['syncing']['lost']} | {len(syncs)}, {ms} | "
             f"{got['load']} → {got['load_after']} |"
         )
-    by = {v: [g for g in fig["runs"] if g["variant"] == v] for v in args.variants}
     lines.append("")
-    syncs = {v: [ms for g in by[v] for ms in g["syncs"]] for v in by}
-    for variant in (v for v in args.variants if v != "default"):
-        for name in PHASES:
-            ratios = ", ".join(
-                f"{key} {_median_of(by[variant], name, key) / _median_of(by['default'], name, key):.2f}"
-                for key in ("p50", "p99", "max")
-            )
-            over = statistics.median(g[name]["excess"]["p99"] for g in by[variant])
-            over /= statistics.median(g[name]["excess"]["p99"] for g in by["default"])
-            lines.append(
-                f"ratios {variant} / default, {name} (medians over the runs): {ratios}; "
-                f"p99 over the echo {over:.2f}"
-            )
-        if syncs["default"] and syncs[variant]:
-            d, p = statistics.median(syncs["default"]), statistics.median(syncs[variant])
-            lines.append(
-                f"full sync, median over every sync: default {d:.0f} ms, {variant} {p:.0f} ms "
-                f"(ratio {p / d:.2f})"
-            )
+    lines += _ratios(fig["runs"], args)
     lines.append(
         f"(client {args.qps}/s × {args.seconds:g} s per phase, an echo probe every "
         f"{CONTROL_EVERY}th; zone flipped every {args.flip_every:g} s while syncing; "
@@ -440,14 +495,30 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="comma-separated, from: " + ", ".join(f"{k} ({v})" for k, v in VARIANTS.items()),
     )
     parser.add_argument("--json", metavar="FILE", help="also write the raw figures here")
+    parser.add_argument(
+        "--before",
+        metavar="DIR",
+        help="also start every variant from DIR, a checkout of another revision (e.g. `git "
+        "worktree add --detach /tmp/before main`), interleaved: ratios against it",
+    )
+    parser.add_argument(
+        "--census",
+        metavar="PREFIX",
+        help="write, per start, what each collection of generation 1 or 2 walks (by type) and "
+        "how long it took to PREFIX-VARIANT-….txt (a diagnosis: the census slows collections)",
+    )
     args = parser.parse_args(argv)
     if not 100 <= args.services <= 20_000:
         parser.error("--services: 100 to 20000")
     if not (1 <= args.rounds <= 10 and 2 <= args.seconds <= 60 and 10 <= args.qps <= 5000):
         parser.error("--rounds 1-10, --seconds 2-60, --qps 10-5000")
     args.variants = tuple(args.variants.split(","))
-    if args.variants[0] != "default" or not set(args.variants) <= set(VARIANTS):
-        parser.error(f"--variants: default first, then any of {', '.join(VARIANTS)}")
+    if not set(args.variants) <= set(VARIANTS) or (
+        args.variants[0] != "default" and not args.before
+    ):
+        parser.error(
+            f"--variants: default first (unless --before), then any of {', '.join(VARIANTS)}"
+        )
     if not 0.05 <= args.flip_every <= 5:
         parser.error("--flip-every: 0.05 to 5 s")
     return args

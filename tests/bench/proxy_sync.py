@@ -689,6 +689,7 @@ class Proxy:
         ]
         self.proc: subprocess.Popen[bytes] | None = None
         self.started = 0.0
+        self.tree = REPO_ROOT  # the checkout whose kdns runs (its root is the working directory)
 
     def start(self, stack: contextlib.ExitStack) -> None:
         # PATH as set by iptables_backend: the legacy tools first for "iptables-legacy".
@@ -696,7 +697,7 @@ class Proxy:
         with self.log_path.open("wb") as log:
             self.started = time.monotonic()
             self.proc = subprocess.Popen(
-                self.argv, cwd=REPO_ROOT, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env
+                self.argv, cwd=self.tree, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env
             )
         stack.callback(stop_process, self.proc)
 

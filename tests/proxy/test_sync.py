@@ -7,6 +7,7 @@ command, so the tests see both what was written and what the kernel holds.
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Iterator, Sequence
 
 import pytest
@@ -14,15 +15,15 @@ import trio
 import trio.testing
 from prometheus_client import REGISTRY
 
-from kdns.model import EndpointSlice, ServiceCIDR
+from kdns.model import EndpointSlice, Node, ServiceCIDR
 from kdns.proxy.dataplane import (
     IptablesDataplane,
     NftablesDataplane,
-    Node,
     run_command,
 )
+from kdns.proxy.dataplane import Node as NodeConfig
 from kdns.proxy.sync import SyncEngine
-from kdns.store import ENDPOINTSLICES, SERVICECIDRS, SERVICES, Store
+from kdns.store import ENDPOINTSLICES, NODES, SERVICECIDRS, SERVICES, Store
 from tests.builders import model_endpoint, model_service
 from tests.conftest import throwaway_netns
 from tests.proxy.builders import NODE, PODS
@@ -70,7 +71,7 @@ def in_ns(ns: str, *argv: str) -> str:
     return run_command(["ip", "netns", "exec", ns, *argv])[1]
 
 
-NODE_CONFIG = Node(families=(4,), cluster_cidrs=(PODS,))
+NODE_CONFIG = NodeConfig(families=(4,), cluster_cidrs=(PODS,))
 
 
 def make_engine(kind: str, store: Store, runner: Recorder, **kw) -> SyncEngine:
@@ -383,3 +384,64 @@ def test_a_canary_that_cannot_read_the_kernel_repairs_instead_of_crashing(netns:
 
     trio.run(main)
     assert engine.healthy()
+
+
+# What a sync keeps (routes, rendered rules): the types a leak of it would show.
+KEPT_TYPES = ("kdns.proxy.routes.", "kdns.proxy.nftables.", "kdns.proxy.dataplane.")
+
+
+def ours(objects: list[object]) -> list[str]:
+    names = (f"{type(o).__module__}.{type(o).__qualname__}" for o in objects)
+    return sorted({n for n in names if n.startswith(KEPT_TYPES)})
+
+
+def test_full_syncs_kept_out_of_collections_leave_nothing_behind(netns: str) -> None:
+    """`freeze_full_syncs`: each full sync (every route rebuilt by a zone change, every rule
+    rendered) runs with the collector paused and freezes what it keeps. That is safe only if
+    what it keeps is freed by reference counting once the next sync replaces it: the frozen
+    count stays flat from one full sync to the next (a leak would add the sync's thousands of
+    objects each time), and given back to the collector, none of it is cyclic garbage."""
+    n = 150
+    store = Store(watched=(NODES, SERVICES, ENDPOINTSLICES))
+    runner = Recorder(netns)
+    engine = make_engine("nftables", store, runner, min_sync_period=0.05, freeze_full_syncs=True)
+    services = {("ns", f"s{i}"): model_service(f"ns/s{i}", ip=f"10.96.1.{i + 1}") for i in range(n)}
+    slices = {}
+    for i in range(n):
+        eps = [model_endpoint(f"10.244.{i}.{k}") for k in range(1, 4)]
+        es = slice_of(f"ns/s{i}", *eps)
+        slices[es.key] = es
+    frozen: list[int] = []
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(engine.run)
+            store.replace(NODES, {NODE: Node(NODE, "zone-0")})
+            store.replace(SERVICES, services)
+            store.replace(ENDPOINTSLICES, slices)
+            await wait_for(lambda: engine.synced, timeout=30)
+            for k in range(1, 7):  # each zone change: a full sync that rebuilds every route
+                done = engine.syncs
+                store.upsert(NODES, Node(NODE, f"zone-{k % 2}"))
+                await wait_for(lambda done=done: engine.syncs > done, timeout=30)
+                assert gc.isenabled()  # the pause ended with the sync
+                frozen.append(gc.get_freeze_count())
+            nursery.cancel_scope.cancel()
+
+    gc.collect()  # earlier tests' garbage out of the way
+    try:
+        trio.run(main)
+        assert frozen[0] > 0  # the syncs froze what they kept
+        # Flat: what each sync kept went when the next one replaced it (a leak of one sync's
+        # routes and rules would be well over n objects).
+        assert max(frozen[1:]) - frozen[1] < n, frozen
+        gc.unfreeze()
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        gc.collect()
+        assert ours(gc.garbage) == []
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.unfreeze()
+    assert engine.zone == "zone-0"
+    assert "10.244.149.3" in in_ns(netns, "nft", "list", "table", "ip", "kdns")
