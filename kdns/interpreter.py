@@ -23,6 +23,20 @@ another thread runs (the trio loop rebuilding a large answer, applying a relist)
   collector's permanent generation, where no collection walks it again. Reference counting
   still frees whatever is dropped later (the model's objects are acyclic), so memory does not
   grow. Registered for `kdns serve` and `kdns proxy`.
+- The cycle collector during a proxy's full sync. `collector_paused()` is a context manager: no
+  automatic collection inside the block, and the collector as it was on the way out, also when
+  the block raises. `kdns proxy`'s sync engine runs every full sync in it
+  (`SyncEngine(freeze_full_syncs=True)`, kdns/proxyapp.py) and calls `freeze()` once the sync
+  has succeeded: what it keeps — every route, every Service's rendered rules — moves to the
+  permanent generation without being walked. The previous full sync's were freed by reference
+  counting when this one replaced them (they are acyclic: tests/proxy/test_sync.py checks that
+  the frozen count stays flat from one full sync to the next and that, given back to the
+  collector, none of it is cyclic garbage), so the permanent generation holds about one sync's
+  state, not one per sync. A failed sync freezes nothing: the collector takes up what it
+  left. What stays frozen for good is cyclic garbage that other tasks made while the collector
+  was paused or that was alive at the freeze and dropped later: over 8–9 back-to-back full
+  syncs at 5,000 Services the frozen count moved by less than 400 of 308,000 objects, down as
+  often as up (tests/bench/node_dns_sync.py `--census`).
 
 Contract: they only change how the interpreter schedules; no answer, rule or state changes.
 `handing_over()`'s sleep holds the trio thread back for the kernel's timer slack (about 70 µs)
@@ -96,6 +110,26 @@ after a rollout step, about the same as with the collector off). At 10,000 most 
 freed by reference counting before a collection sees them, and one collection of the youngest
 generation walks at most 10,000 objects (a fraction of a millisecond). Cyclic garbage waits
 longer before it is freed, bounded by the same count.
+
+Why the pause and the freeze around a proxy's full sync: a full sync rebuilds every route and
+renders every rule anew, and keeps them until the next one. At 5,000 Services (one port, three
+endpoints each; tests/bench/node_dns_sync.py `--census`, back-to-back full syncs) the young
+collections walked the render in progress — 46,000–60,000 objects, mostly lists (25,000),
+tuples (13,000), dicts and the renderer's per-Service rules (4,500 each) — 19–58 ms each on a
+loaded machine, and a full collection walked what two syncs keep (the old routes are alive
+until the new ones are applied, for the conntrack clean-up): 99,600 objects, 38,800 tuples,
+30,000 `RouteEndpoint`, 10,000 `ServicePortRoute`, 7,600 dicts, 7,300 rendered Services,
+81–101 ms; the start-up freeze had 135,000 frozen, the model's. Each held the GIL throughout,
+so the node DNS answered nothing meanwhile. With the pause and the freeze, in three rounds
+interleaved with the tree before (load 3.0–4.5 on 2 cores; docs/benchmarks.md), the proxy
+made no collection of 10 ms or more while syncing (10, 11 and 13 before, the longest 119, 72
+and 46 ms); the share of answers more than 5 ms later than the control echo's was 4.7, 2.2 and
+4.2 % (8.8, 5.5, 3.6 %), the syncs took as long (median 1,015–1,193 ms against 1,030–1,594).
+What is left is not the collector's: one reference drop frees the previous rendering in a
+cascade of deallocations that no switch interval interrupts (11–14 ms at 5,000 Services,
+the routes 2–3 ms), and the machine's own stalls. Why not tune the thresholds instead: a young
+collection walks what survived the last one, and during a render that is the render itself
+whatever the threshold; a rarer full collection is as long when it comes.
 
 Why the freeze: a full (generation 2) collection walks every tracked object while holding the
 GIL, and nothing else runs meanwhile — not the trio loop, not the receive thread. With the

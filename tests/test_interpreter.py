@@ -216,3 +216,42 @@ async def test_kdns_proxy_without_dns_keeps_cpythons_interval() -> None:
     async with userspace_proxy(dns=False, port=0):
         assert sys.getswitchinterval() == pytest.approx(0.005)
         assert gc.get_threshold()[0] == 700
+
+
+def test_collector_paused_runs_no_collection_inside_and_resumes_after() -> None:
+    collections: list[int] = []
+
+    def seen(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            collections.append(info["generation"])
+
+    gc.callbacks.append(seen)
+    try:
+        with interpreter.collector_paused():
+            assert not gc.isenabled()
+            # Far more tracked allocations than any threshold: still no automatic collection.
+            kept = [[i] for i in range(50 * gc.get_threshold()[0])]
+            assert collections == []
+        assert gc.isenabled()
+        del kept
+        more = [[i] for i in range(5 * gc.get_threshold()[0])]
+        assert collections  # the collector is back
+        del more
+    finally:
+        gc.callbacks.remove(seen)
+
+
+def test_collector_paused_resumes_when_the_block_raises() -> None:
+    with pytest.raises(ValueError), interpreter.collector_paused():
+        raise ValueError("a failed sync")
+    assert gc.isenabled()
+
+
+def test_collector_paused_leaves_a_disabled_collector_disabled() -> None:
+    gc.disable()
+    try:
+        with interpreter.collector_paused():
+            pass
+        assert not gc.isenabled()
+    finally:
+        gc.enable()

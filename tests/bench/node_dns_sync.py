@@ -34,6 +34,14 @@ endpoints each), this node's Node object and a few names to ask:
   line), so a setting that slows the syncs shows; and the proxy's cycle collections of 10 ms or
   more (the wrapper logs each collection's duration through `gc.callbacks`): a collection holds
   the GIL throughout, whatever the switch interval.
+- With ``--before DIR`` (a checkout of another revision: ``git worktree add --detach
+  /tmp/before main``), every variant is also started from DIR's tree, interleaved with this
+  tree's in the same alternating order, and the ratios are this tree's against DIR's, variant
+  by variant. The proxy's RSS is read before and after the syncing phase (a leak across the
+  back-to-back full syncs shows there). ``--census PREFIX`` is a diagnosis, not a measure: per
+  start, what each collection of generation 1 or 2 walks (object counts by type, taken as it
+  starts; it slows the collections it describes), each one's duration, and every second the
+  frozen objects' count (`gc.get_freeze_count()`) and the generations' counts.
 - The control: every 5th slot the client also probes a UDP echo in a process of its own (its
   own GIL, nothing else to do), right after that slot's question. What the echo waits is what
   the machine adds (the client or every process waiting for a CPU, the kernel applying a large
@@ -49,6 +57,7 @@ with ``test_``, so pytest does not collect it):
 
     .venv/bin/python tests/bench/node_dns_sync.py                      # 5,000 Services, 2 rounds
     .venv/bin/python tests/bench/node_dns_sync.py --services 1000 --rounds 1 --seconds 5  # quick
+    .venv/bin/python tests/bench/node_dns_sync.py --variants prompt --before /tmp/before --rounds 3
 """
 
 from __future__ import annotations
@@ -311,11 +320,19 @@ def phase(args: argparse.Namespace, echo_port: int, gc_log: Path) -> Json:
     return out
 
 
+def rss(proxy: proxy_sync.Proxy) -> float:
+    """The proxy's resident memory now, MiB."""
+    assert proxy.proc is not None
+    status = Path(f"/proc/{proxy.proc.pid}/status").read_text()
+    return int(next(r for r in status.splitlines() if r.startswith("VmRSS:")).split()[1]) / 1024
+
+
 def measure(proxy: proxy_sync.Proxy, server: Any, args: argparse.Namespace, echo: int) -> Json:
     out: Json = {"load": load()}
     gc_log = Path(os.environ["KDNS_BENCH_GC_LOG"])
     node_dns.answers(node_dns.NODE_DNS)  # the name cached before the first phase
     out["idle"] = phase(args, echo, gc_log)
+    out["rss_before"] = rss(proxy)  # memory before the back-to-back full syncs, and after
     before = len(full_syncs(proxy))
     stop = threading.Event()
     flipper = threading.Thread(target=flipping, args=(server, args.flip_every, stop))
@@ -335,6 +352,7 @@ def measure(proxy: proxy_sync.Proxy, server: Any, args: argparse.Namespace, echo
             break
         seen = now
     out["syncs"] = full_syncs(proxy)[before:]
+    out["rss_after"] = rss(proxy)
     out["load_after"] = load()
     return out
 
@@ -401,7 +419,10 @@ def line(got: Json) -> str:
     )
     syncs = got["syncs"]
     ms = f"{statistics.median(syncs):.0f} ms" if syncs else "-"
-    return f"{phases}; {len(syncs)} full syncs, median {ms} (load {got['load']})"
+    return (
+        f"{phases}; {len(syncs)} full syncs, median {ms}; RSS {got['rss_before']:.0f} → "
+        f"{got['rss_after']:.0f} MiB (load {got['load']})"
+    )
 
 
 def _median_of(runs: Sequence[Json], phase: str, key: str) -> float:
