@@ -476,8 +476,8 @@ def report(fig: Json, args: argparse.Namespace) -> str:
         "| round | interval | idle: node DNS p50 / p99 / max | syncing: node DNS p50 / p99 / max "
         "| syncing: control echo p50 / p99 / max | syncing: node DNS over the echo, paired | "
         f"syncing: collections ≥ {LONG_COLLECTION:.0f} ms | lost (idle, syncing) | "
-        "full syncs: count, median | load before → after |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "full syncs: count, median | RSS before → after syncing | load before → after |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for got in fig["runs"]:
         syncs = got["syncs"]
@@ -488,6 +488,7 @@ def report(fig: Json, args: argparse.Namespace) -> str:
             f"{_three(got['syncing']['echo'])} | {_excess(got['syncing'])} | "
             f"{_gc(got['syncing']['gc'])} | "
             f"{got['idle']['lost']}, {got['syncing']['lost']} | {len(syncs)}, {ms} | "
+            f"{got['rss_before']:.0f} → {got['rss_after']:.0f} MiB | "
             f"{got['load']} → {got['load_after']} |"
         )
     lines.append("")
