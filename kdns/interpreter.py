@@ -35,8 +35,8 @@ another thread runs (the trio loop rebuilding a large answer, applying a relist)
   state, not one per sync. A failed sync freezes nothing: the collector takes up what it
   left. What stays frozen for good is cyclic garbage that other tasks made while the collector
   was paused or that was alive at the freeze and dropped later: over 8–9 back-to-back full
-  syncs at 5,000 Services the frozen count moved by less than 400 of 308,000 objects, down as
-  often as up (tests/bench/node_dns_sync.py `--census`).
+  syncs at 5,000 Services the frozen count moved by less than 400 of 308,000 objects, and did
+  not grow (tests/bench/node_dns_sync.py `--census`).
 
 Contract: they only change how the interpreter schedules; no answer, rule or state changes.
 `handing_over()`'s sleep holds the trio thread back for the kernel's timer slack (about 70 µs)
