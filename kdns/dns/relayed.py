@@ -55,7 +55,8 @@ scrapes) copies `_LIVE`, a WeakSet, and each instance's `_relays` in one step ea
 only lengths. The interface to the Forwarder is its public members: `config`, `cache`, `clock`,
 `coalesced`, `all_upstreams`, `zone_for`, `add_shape`, and its `exchanges`
 (kdns/dns/upstream_exchange.py: `health`, `names`, `count_request`, `count_response`,
-`failed`); to a receiver, `relaying` (kdns/dns/relaying.py), `hand_back`, `answered`.
+`count_responses`, `failed`); to a receiver, `relaying` (kdns/dns/relaying.py), `hand_back`,
+`answered`.
 """
 
 from __future__ import annotations
@@ -203,7 +204,7 @@ class RelayedMisses:
 
     def in_flight(self) -> int:
         """Exchanges the relays have in flight (any thread: a length per relay)."""
-        return sum(len(relay) for relay in list(self._relays.values()))
+        return sum(map(len, list(self._relays.values())))
 
     def take_spent(self, key: bytes) -> tuple[Upstream, float] | None:
         """The upstream the relay's failed attempt at `key` asked, and the seconds it took."""
@@ -219,7 +220,8 @@ class RelayedMisses:
         """The receive thread: the upstream answered `pending`. Each waiter gets the bytes trio
         would send (`resolve` then `Handler.complete`); trio then stores the entry and counts."""
         try:
-            parsed = parse_response(reply)
+            # The question is ours (`matches` compared it): the records start after it.
+            parsed = parse_response(reply, 12 + len(pending.question))
         except wire.WireError as e:
             self.on_failure(pending, waiters, e)
             return
@@ -246,7 +248,7 @@ class RelayedMisses:
             made = self.cache.entry_for(pending.key, response, parsed, now)
         entry = made[0] if made is not None else None
         answered = []
-        shaped = ClientShaped(response, entry)
+        shaped = ClientShaped(response, entry, parsed.ttls)
         for waiter in waiters:
             (data, addr, start, _serving), receiver, qend = waiter
             out = shaped.answer(data, qend)
@@ -329,7 +331,10 @@ class RelayedMisses:
         """Trio's side: store what the relay answered, count it as `resolve` would have."""
         self._woken = False
         done, exchanges = self.done, self._exchanges
-        requests: dict[str, int] = {}  # counted once per batch: a lock per increment costs
+        # Counted once per batch (a lock per increment costs): requests, and answers by rcode
+        # (each answer's duration is still observed on its own, the histogram needs it).
+        requests: dict[str, int] = {}
+        responses: dict[tuple[str, int], int] = {}
         tally = _RelayTally()
         while done:
             record = done.popleft()
@@ -348,7 +353,8 @@ class RelayedMisses:
             if kind == "answered":
                 _, _, made, rcode, duration, answered, clients = record
                 health.fails = 0
-                exchanges.count_response(to, rcode, duration)
+                exchanges.count_response(to, rcode, duration, count=False)
+                responses[(to, rcode)] = responses.get((to, rcode), 0) + 1
                 if made is not None:
                     self.cache.store(pending.key, *made)
                     self.unstored.pop(pending.key, None)
@@ -356,11 +362,13 @@ class RelayedMisses:
                 tally.exchange(to, "answered", clients, clients - len(answered))
             elif kind == "servfail":  # an answer (the upstream is up), and a spent attempt
                 health.fails = 0
-                exchanges.count_response(to, record[2], record[3])
+                exchanges.count_response(to, record[2], record[3], count=False)
+                responses[(to, record[2])] = responses.get((to, record[2]), 0) + 1
                 self._spend(pending)
                 tally.exchange(to, "stale", record[4], record[4])
             elif kind == "truncated":
-                exchanges.count_response(to, record[2], record[3])
+                exchanges.count_response(to, record[2], record[3], count=False)
+                responses[(to, record[2])] = responses.get((to, record[2]), 0) + 1
                 if len(self._truncated) >= FAST_SPENT_KEPT:
                     self._truncated.clear()  # misses dropped before trio saw them
                 self._truncated[pending.key] = upstream
@@ -374,6 +382,8 @@ class RelayedMisses:
                 tally.exchange(to, failure_outcome(error), len(waiters), len(waiters))
         for to, count in requests.items():
             exchanges.count_request(to, count)
+        for (to, rcode), count in responses.items():
+            exchanges.count_responses(to, rcode, count)
         tally.publish()
         self._fold_declined()
 
