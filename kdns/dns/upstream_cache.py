@@ -274,10 +274,13 @@ class UpstreamCache:
         size = entry_size(key, response, len(parsed.ttls))
         if size > self.max_bytes:
             return None  # larger than the whole budget: asked upstream each time
+        ttls = parsed.ttls
+        if ttls and max(ttls) > ttl:
+            ttls = [min(t, ttl) for t in ttls]  # capped at the entry's TTL
         entry = CacheEntry(
             response,
             parsed.ttl_offsets,
-            [min(t, ttl) for t in parsed.ttls],
+            ttls,  # as parsed when none is above the entry's: nothing changes them after
             now,
             now + ttl,
             now + ttl + config.cache.serve_stale,

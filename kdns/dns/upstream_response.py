@@ -57,27 +57,29 @@ def parse_response(data: bytes, question_end: int | None = None) -> Parsed:
             _, pos = wire.read_name(data, pos)
             pos += 4
     parsed = Parsed(rcode=flags & 0xF, ancount=ancount)
-    for section, count in enumerate((ancount, nscount, arcount)):
+    offsets, ttls, answer_ttls = parsed.ttl_offsets, parsed.ttls, parsed.answer_ttls
+    size, header = len(data), RRHeader.unpack_from
+    for section, count in ((0, ancount), (1, nscount), (2, arcount)):
         for _ in range(count):
             start = pos
             if qdcount and data[pos : pos + 2] == _TO_QUESTION:
                 pos += 2  # the question's name, which read_name has already walked
             else:
                 _, pos = wire.read_name(data, pos)
-            if pos + 10 > len(data):
+            if pos + 10 > size:
                 raise wire.WireError("record header runs past the end")
-            rtype, _rclass, ttl, rdlength = RRHeader.unpack_from(data, pos)
+            rtype, _rclass, ttl, rdlength = header(data, pos)
             ttl_offset = pos + 4
             pos += 10 + rdlength
-            if pos > len(data):
+            if pos > size:
                 raise wire.WireError("rdata runs past the end")
             if rtype == OPT:
                 parsed.opt_span = (start, pos)
                 continue
-            parsed.ttl_offsets.append(ttl_offset)
-            parsed.ttls.append(ttl)
+            offsets.append(ttl_offset)
+            ttls.append(ttl)
             if section == 0:
-                parsed.answer_ttls.append(ttl)
+                answer_ttls.append(ttl)
             elif section == 1 and rtype == SOA and rdlength >= 20:
                 minimum = struct.unpack_from("!I", data, pos - 4)[0]
                 parsed.soa_negative_ttl = min(ttl, minimum)
