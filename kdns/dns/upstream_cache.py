@@ -16,7 +16,8 @@ the upstreams, this keeps what they said):
 - `get` gives a fresh entry (an expired one past its serve-stale window is dropped), `stale`
   one inside that window (RFC 8767); `answers_now` whether a fresh entry (a SERVFAIL too) is
   kept under a key and `stale_kept` whether `stale` would serve one, both plain dict reads of
-  each table's `readable` mirror, safe from the receive and relay threads.
+  each table's `readable` view (its own dict; `get` leaves the LRU order alone), safe from the
+  receive and relay threads.
 - `from_cache(entry, query, now)`: the client's answer, TTLs counted down (RFC 1035 §7.1).
 - Prefetch (CoreDNS's cache `prefetch`): `count_hit` on the slow path of a hit
   (`now >= entry.check_at`) says whether a popular entry is due its refresh
