@@ -38,6 +38,7 @@ from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from functools import lru_cache
+from itertools import repeat
 from typing import Any
 
 from cachetools import LRUCache
@@ -76,6 +77,7 @@ MAX_LABEL = 63  # octets (RFC 1035 §2.3.4)
 SOA_TIMES = (7200, 1800, 86400)  # refresh, retry, expire: CoreDNS's synthesised SOA
 
 Tag = tuple[str, ...]
+Key = tuple[str, str]  # a Service's: namespace, name
 APEX_TAG: Tag = ("apex",)
 ZONE_TAG: Tag = ("zone",)
 POD_TAG: Tag = ("pod",)
@@ -137,8 +139,11 @@ def namespace_tag(namespace: str) -> Tag:
     return ("ns", namespace)
 
 
+REVERSE = "ptr"
+
+
 def reverse_tag(ip: str) -> Tag:
-    return ("ptr", ip)
+    return (REVERSE, ip)
 
 
 @lru_cache(maxsize=8192)
@@ -251,8 +256,13 @@ class Resolver:
                 old = self.reverse.update(key, addresses)
             if key in self.reverse.by_service or old:
                 reverse_changed = True
-            # An address the Service gained or kept may now point elsewhere (a new hostname).
-            tags.update(map(reverse_tag, old | addresses))
+            # An address the Service gained or lost: its PTR answer changed (another owner, or
+            # none). One it kept may point elsewhere now (a new hostname): that answer is
+            # tagged with its owners' Service tags (`_reverse`), so the Service's tag drops
+            # it. Tags of the changed addresses only: a rollout step names a few, not every
+            # address of a 500-endpoint Service. `zip`, not `map(reverse_tag, …)`: the tuples
+            # made without a Python call each.
+            tags.update(zip(repeat(REVERSE), old ^ addresses))
             tags.add(service_tag(*key))
             # Kept per change, not recounted: a recount is O(services) per event.
             if service is None and key in self._known:
@@ -408,25 +418,15 @@ class Resolver:
         last = labels[-1]
         if last == "svc" and n >= 3:
             key = (labels[-2], labels[-3])
-            clusterset = zone in self.multicluster_zones
-            answer.tags.add(import_tag(*key) if clusterset else service_tag(*key))
-            service = self.import_records(key) if clusterset else self.service_records(key)
-            records = service.forward.get(rel) if service is not None else None
-            if trace is not None:
-                step = "import-name" if clusterset else "service-name"
-                trace.step(step, key, rel, zone, service is not None)
-            if records is None:
-                return self._negative(
-                    answer, zone, exists=service is not None and rel in service.ents
-                )
-            kind = "import" if clusterset else "record"
-            if len(records) < LARGE_BUILD:
-                return self._records(answer, qname, qtype, zone, key, service, records, depth, kind)
-            # Milliseconds of Python for a large answer: the UDP receive thread gets the GIL
-            # after 0.1 ms meanwhile, not 1 ms (kdns/interpreter.py). Not for a name a large
-            # Service does not have: a flood of those costs what it did.
+            if zone in self.multicluster_zones or key in self._memo:
+                return self._service_name(answer, qname, qtype, zone, depth, rel, key)
+            if len(self.store.endpoints.get(key, ())) < LARGE_BUILD:
+                return self._service_name(answer, qname, qtype, zone, depth, rel, key)
+            # A large Service's records to build, then maybe its answer: one scope for both
+            # (the inner ones change nothing), so one sleep after them, not two: each costs
+            # the trio thread tens of µs of CPU (kdns/interpreter.py).
             with handing_over():
-                return self._records(answer, qname, qtype, zone, key, service, records, depth, kind)
+                return self._service_name(answer, qname, qtype, zone, depth, rel, key)
         if last == "svc":
             if n == 1:
                 answer.tags.add(ZONE_TAG)
@@ -672,6 +672,30 @@ class Resolver:
             if trace is not None:
                 trace.origin(rr, *origin, ip)
 
+    def _service_name(
+        self, answer: Answer, qname: str, qtype: int, zone: str, depth: int, rel: str, key: Key
+    ) -> None:
+        """A name below a Service (or, in a clusterset zone, a ServiceImport): `rel`, the name
+        relative to `zone`; `key`, the Service's."""
+        trace = answer.trace
+        clusterset = zone in self.multicluster_zones
+        answer.tags.add(import_tag(*key) if clusterset else service_tag(*key))
+        service = self.import_records(key) if clusterset else self.service_records(key)
+        records = service.forward.get(rel) if service is not None else None
+        if trace is not None:
+            step = "import-name" if clusterset else "service-name"
+            trace.step(step, key, rel, zone, service is not None)
+        if records is None:
+            return self._negative(answer, zone, exists=service is not None and rel in service.ents)
+        kind = "import" if clusterset else "record"
+        if len(records) < LARGE_BUILD:
+            return self._records(answer, qname, qtype, zone, key, service, records, depth, kind)
+        # Milliseconds of Python for a large answer: the UDP receive thread gets the GIL
+        # after 0.1 ms meanwhile, not 1 ms (kdns/interpreter.py). Not for a name a large
+        # Service does not have: a flood of those costs what it did.
+        with handing_over():
+            return self._records(answer, qname, qtype, zone, key, service, records, depth, kind)
+
     def _records(
         self,
         answer: Answer,
@@ -909,6 +933,9 @@ class Resolver:
         ip = self.reverse_ip(qname)
         records = self._ptr_records(qname, ip) if ip is not None else []
         answer.tags.add(reverse_tag(ip) if ip is not None else REVERSE_ENT_TAG)
+        if ip is not None:
+            # A change of an owner keeps the address's tag out of its tags (`apply`).
+            answer.tags.update(service_tag(*key) for key in self.reverse.owners.get(ip, ()))
         if not records:
             full = qname.count(".") + 1 in (6, 34)  # a whole IPv4 or IPv6 reverse name
             prefix = reverse_prefix(qname)

@@ -19,6 +19,8 @@ docs/architecture.md §6); at the bound they hold about 4 MiB.
 from __future__ import annotations
 
 import ipaddress
+import socket
+from functools import partial
 from itertools import islice
 from typing import Any
 
@@ -28,6 +30,8 @@ MEMO_BOUND = 8192  # names, and addresses, kept: about 4 MiB in all at the bound
 MAX_LABEL = 63  # octets (RFC 1035 §2.3.4)
 MAX_NAME = 255  # octets on the wire with the root label (RFC 1035 §3.1)
 _LENGTH = tuple(bytes((n,)) for n in range(256))  # a label's length octet, by length
+
+_inet_pton4 = partial(socket.inet_pton, socket.AF_INET)
 
 Parts = tuple[tuple[bytes, ...], bytes | None]
 _names: dict[str, Parts] = {}
@@ -74,7 +78,7 @@ def names_parts(names: list[str]) -> list[Parts]:
     """`name_parts` of each name; those not in the memo, when each is one label below one
     parent (the new endpoint names of one Service), made together: the labels cut off the
     parent, and encoded, by one `replace`, `encode` and `split` of all of them joined."""
-    found = [_names.get(name) for name in names]
+    found = list(map(_names.get, names))
     if None not in found:
         return found  # type: ignore[return-value]
     new = [name for name, parts in zip(names, found, strict=True) if parts is None]
@@ -124,16 +128,18 @@ def address_bytes(ip: str) -> bytes:
 
 
 def addresses_bytes(ips: list[str]) -> list[bytes]:
-    """`address_bytes` of each address; IPv4 addresses not in the memo converted together (one
-    split and one `bytes` of all their octets)."""
-    found = [_addresses.get(ip) for ip in ips]
+    """`address_bytes` of each address; IPv4 addresses not in the memo converted by the C
+    library's `inet_pton` in one `map` (a quarter of the cost of splitting their text)."""
+    found = list(map(_addresses.get, ips))
     if None not in found:
         return found  # type: ignore[return-value]
     new = [ip for ip, packed in zip(ips, found, strict=True) if packed is None]
-    if ":" in "".join(new):
+    try:
+        # Strict dotted quads (no `010`, no short forms): what the model holds, and what
+        # `address_bytes` reads; anything else (an IPv6 address) goes its own way.
+        made = list(map(_inet_pton4, new))
+    except OSError:
         return [address_bytes(ip) for ip in ips]
-    octets = bytes(map(int, ".".join(new).split(".")))
-    made = [octets[i : i + 4] for i in range(0, len(octets), 4)]
     _addresses.update(zip(new, made, strict=True))
     _room(_addresses)  # type: ignore[arg-type]
     return _filled(found, made)
