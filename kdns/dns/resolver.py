@@ -61,7 +61,8 @@ from kdns.dns.records import (
     reverse_prefix,
     service_records,
 )
-from kdns.dns.wireparts import address_bytes, addresses_bytes, labels, name_parts, names_parts
+from kdns.dns.srvparts import srv_rrset
+from kdns.dns.wireparts import address_bytes, labels, name_parts
 from kdns.interpreter import LARGE_BUILD, handing_over
 from kdns.model import Endpoint, Service
 from kdns.store import Change, Store
@@ -817,8 +818,13 @@ class Resolver:
         owner = labels(qname)
         heads = {_A: _RR_HEAD.pack(_A, 1, ttl, 4), _AAAA: _RR_HEAD.pack(_AAAA, 1, ttl, 16)}
         suffix = "." + zone
-        if qtype == _SRV and self._packed_srv(answer, owner, suffix, heads, service, records):
-            return None
+        if qtype == _SRV:
+            # The usual large answer: every part made in passes over all records (srvparts).
+            made = srv_rrset(owner, suffix, ttl, heads, records, service.forward.get)
+            if made is not None:
+                answer.answer.extend(made[0])
+                answer.additional.extend(made[1])
+                return None
         glued: set[str] = set()
         found = False
         out, additional = answer.answer, answer.additional
@@ -860,51 +866,6 @@ class Resolver:
         if not found:
             self._negative(answer, zone, exists=True)
         return None
-
-    def _packed_srv(
-        self,
-        answer: Answer,
-        owner: tuple[bytes, ...],
-        suffix: str,
-        heads: dict[int, bytes],
-        service: ServiceRecords,
-        records: tuple[Record, ...],
-    ) -> bool:
-        """`_packed_records` for an SRV question, a pass per part instead of a loop per
-        record (a 500-endpoint headless Service's SRV set); False, with nothing added, when a
-        record needs the general loop (a target outside the zone or too long, none at all)."""
-        srvs = [r for r in records if r[0] == _SRV]
-        if not srvs or False in [r[5] for r in srvs]:  # every SRV records.py makes is in_zone
-            return False
-        parts = names_parts([r[1] + suffix for r in srvs])
-        if None in [wire for _, wire in parts]:
-            return False
-        ttl, new, Rec, srv_tail = self.ttl, tuple.__new__, pack.Rec, _SRV_TAIL.pack
-        answer.answer.extend(
-            [
-                new(Rec, (owner, _SRV, srv_tail(_SRV, 1, ttl, 6 + len(w), r[3], r[4], r[2]) + w))
-                for r, (_, w) in zip(srvs, parts, strict=True)
-            ]
-        )
-        # Glue (spec 2.3.2) per target in the order the SRV records first name it, each
-        # address once per target: what the loop gives.
-        owners = dict(zip([r[1] for r in srvs], [names for names, _ in parts], strict=True))
-        glue_of = service.forward.get
-        glue = [
-            (owner_labels, g)
-            for target, owner_labels in owners.items()
-            for g in glue_of(target, ())
-            if g[0] in heads
-        ]
-        answer.additional.extend(
-            [
-                new(Rec, (owner_labels, g[0], heads[g[0]] + octets))
-                for (owner_labels, g), octets in zip(
-                    glue, addresses_bytes([g[1] for _, g in glue]), strict=True
-                )
-            ]
-        )
-        return True
 
     def record_rr(self, owner: str | DNSLabel, record: Record, zone: str) -> RR:
         """The RR `record` gives at `owner` (a name without the trailing dot, or its label) in
