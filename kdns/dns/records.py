@@ -378,7 +378,7 @@ def ptr_addresses(
     Cheaper than building the records; the reverse index needs only this."""
     if service.type == "ExternalName":
         return frozenset()
-    ready = [e.address for e in endpoints if e.ready]
+    ready = map(_address_of, compress(endpoints, map(_ready, endpoints)))
     if service.headless:
         return frozenset(ready)
     return frozenset((*(service.cluster_ips if cluster_ips is None else cluster_ips), *ready))
