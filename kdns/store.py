@@ -471,12 +471,19 @@ class Store:
 
 
 _address = attrgetter("address")
+# Endpoints from which `_same` compares addresses first: below, the two lists cost more than
+# comparing the few endpoints (a relist compares every Service's).
+ADDRESSES_FIRST = 16
 
 
 def _merge(slices: Mapping[ObjectKey, EndpointSlice]) -> tuple[Endpoint, ...]:
     # Slices in name order so the merged list (and so the answers) do not depend on the order
     # events arrived in; an endpoint listed twice (during a slice rebalance) counts once.
-    merged = tuple(chain.from_iterable(slices[key].endpoints for key in sorted(slices)))
+    if len(slices) == 1:
+        (only,) = slices.values()
+        merged = only.endpoints  # the usual Service: one slice, its tuple as it is
+    else:
+        merged = tuple(chain.from_iterable(slices[key].endpoints for key in sorted(slices)))
     if len(set(map(_address, merged))) == len(merged):
         # No address twice, so no endpoint twice: the usual case, without hashing each
         # endpoint's every field (a third of a 500-endpoint change's cost).
@@ -491,7 +498,9 @@ def _same(old: tuple[Endpoint, ...] | None, new: tuple[Endpoint, ...] | None) ->
     millisecond when the replaced pods came last."""
     if old is None or new is None:
         return old is new
-    if len(old) != len(new) or list(map(_address, old)) != list(map(_address, new)):
+    if len(old) != len(new):
+        return False
+    if len(old) >= ADDRESSES_FIRST and list(map(_address, old)) != list(map(_address, new)):
         return False
     return old == new
 

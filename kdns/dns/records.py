@@ -378,7 +378,10 @@ def ptr_addresses(
     Cheaper than building the records; the reverse index needs only this."""
     if service.type == "ExternalName":
         return frozenset()
-    ready = map(_address_of, compress(endpoints, map(_ready, endpoints)))
+    if len(endpoints) < 16:  # most Services: the plain loop costs less than the `map`s' setup
+        ready: Iterable[str] = [e.address for e in endpoints if e.ready]
+    else:
+        ready = map(_address_of, compress(endpoints, map(_ready, endpoints)))
     if service.headless:
         return frozenset(ready)
     return frozenset((*(service.cluster_ips if cluster_ips is None else cluster_ips), *ready))
