@@ -52,66 +52,115 @@ def _key_flag(parser: argparse.ArgumentParser, flag: str, path: str, **options: 
     parser.add_argument(flag, dest=path, **options)
 
 
+def _seconds_flag(parser: argparse.ArgumentParser, flag: str, path: str, help: str) -> None:
+    """A key flag taking a duration in seconds (a float)."""
+    _key_flag(parser, flag, path, type=float, metavar="SECONDS", help=help)
+
+
+def _switch_flag(parser: argparse.ArgumentParser, flag: str, path: str, help: str) -> None:
+    """A key flag that turns its key on; left out, it is None, so the file and the environment
+    keep their say."""
+    _key_flag(parser, flag, path, action="store_true", default=None, help=help)
+
+
+def _address_flags(parser: argparse.ArgumentParser, flags: Sequence[tuple[str, str, str]]) -> None:
+    """Key flags taking a listen address, one per (flag, config key, help)."""
+    for flag, path, text in flags:
+        _key_flag(parser, flag, path, metavar="HOST:PORT", help=text)
+
+
 def _parser() -> argparse.ArgumentParser:
+    """The whole command line: `serve`, `check`, `explain` and `proxy`, each with the common
+    flags (`_common_flags`) and its own."""
     parser = argparse.ArgumentParser(
         prog="kdns", description="An in-cluster DNS server for Kubernetes."
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument(
-            "--config", metavar="FILE", help="YAML config file (every key has a default)"
-        )
-        p.add_argument(
-            "--corefile",
-            metavar="FILE",
-            help="a CoreDNS Corefile, served as CoreDNS would (instead of --config)",
-        )
-        _key_flag(
-            p,
-            "--manifests",
-            "kubernetes.manifests",
-            metavar="PATH",
-            action="append",
-            help="a Kubernetes manifest file or folder (repeatable); re-read when it changes",
-        )
-        _key_flag(
-            p,
-            "--kubeconfig",
-            "kubernetes.kubeconfig",
-            metavar="FILE",
-            help="follow a live cluster (default: $KUBECONFIG, else in-cluster when in a pod)",
-        )
-        _key_flag(
-            p,
-            "--context",
-            "kubernetes.context",
-            metavar="NAME",
-            help="the kubeconfig context to use",
-        )
-        _key_flag(p, "--zones", "dns.zones", metavar="ZONE", nargs="+", help="authoritative zones")
-        _key_flag(
-            p, "--ttl", "dns.ttl", type=int, metavar="SECONDS", help="TTL of cluster records (5)"
-        )
-        _key_flag(p, "--pods", "dns.pods", choices=POD_MODES, help="pod records mode (insecure)")
-        p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
-        _key_flag(
-            p,
-            "--log-format",
-            "logging.format",
-            choices=logs.LOG_FORMATS,
-            help="log lines as text or JSON",
-        )
-
     serve = commands.add_parser("serve", help="answer DNS for the cluster")
-    common(serve)
-    for flag, dest, default in (
-        ("--dns-addr", "dns.addr", "DNS listen address (0.0.0.0:53)"),
-        ("--health-addr", "dns.health_addr", "/health (0.0.0.0:8080)"),
-        ("--ready-addr", "dns.ready_addr", "/ready (0.0.0.0:8181)"),
-        ("--metrics-addr", "dns.metrics_addr", "/metrics (0.0.0.0:9153)"),
-    ):
-        _key_flag(serve, flag, dest, metavar="HOST:PORT", help=default)
+    _common_flags(serve)
+    _serve_flags(serve)
+    check = commands.add_parser(
+        "check", help="validate a config and manifests and print what would be served"
+    )
+    _common_flags(check)
+    _explain_parser(commands, _common_flags)
+    _proxy_parser(commands, _common_flags)
+    return parser
+
+
+def _common_flags(p: argparse.ArgumentParser) -> None:
+    """The flags every command takes: the config, the sources, the records and the logs."""
+    p.add_argument("--config", metavar="FILE", help="YAML config file (every key has a default)")
+    p.add_argument(
+        "--corefile",
+        metavar="FILE",
+        help="a CoreDNS Corefile, served as CoreDNS would (instead of --config)",
+    )
+    _kubernetes_flags(p)
+    _key_flag(p, "--zones", "dns.zones", metavar="ZONE", nargs="+", help="authoritative zones")
+    _key_flag(p, "--ttl", "dns.ttl", type=int, metavar="SECONDS", help="TTL of cluster records (5)")
+    _key_flag(p, "--pods", "dns.pods", choices=POD_MODES, help="pod records mode (insecure)")
+    p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    _key_flag(
+        p,
+        "--log-format",
+        "logging.format",
+        choices=logs.LOG_FORMATS,
+        help="log lines as text or JSON",
+    )
+
+
+def _kubernetes_flags(p: argparse.ArgumentParser) -> None:
+    """Where the cluster comes from: manifest files or a live cluster."""
+    _key_flag(
+        p,
+        "--manifests",
+        "kubernetes.manifests",
+        metavar="PATH",
+        action="append",
+        help="a Kubernetes manifest file or folder (repeatable); re-read when it changes",
+    )
+    _key_flag(
+        p,
+        "--kubeconfig",
+        "kubernetes.kubeconfig",
+        metavar="FILE",
+        help="follow a live cluster (default: $KUBECONFIG, else in-cluster when in a pod)",
+    )
+    _key_flag(
+        p, "--context", "kubernetes.context", metavar="NAME", help="the kubeconfig context to use"
+    )
+
+
+def _serve_flags(serve: argparse.ArgumentParser) -> None:
+    """`kdns serve`'s own flags: listen addresses, forwarding, lifecycle and features."""
+    _address_flags(
+        serve,
+        (
+            ("--dns-addr", "dns.addr", "DNS listen address (0.0.0.0:53)"),
+            ("--health-addr", "dns.health_addr", "/health (0.0.0.0:8080)"),
+            ("--ready-addr", "dns.ready_addr", "/ready (0.0.0.0:8181)"),
+            ("--metrics-addr", "dns.metrics_addr", "/metrics (0.0.0.0:9153)"),
+        ),
+    )
+    _forward_flags(serve)
+    _seconds_flag(
+        serve,
+        "--lameduck",
+        "dns.lameduck",
+        "after SIGTERM, /ready says 503 and DNS keeps answering this long (5)",
+    )
+    _seconds_flag(
+        serve,
+        "--reload-interval",
+        "dns.reload_interval",
+        "how often the config file is checked for a change; 0: only on SIGHUP (2)",
+    )
+    _serve_feature_flags(serve)
+
+
+def _forward_flags(serve: argparse.ArgumentParser) -> None:
+    """Where names outside the cluster's zones go."""
     _key_flag(
         serve,
         "--upstreams",
@@ -127,22 +176,11 @@ def _parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="a kube-dns ConfigMap whose stubDomains and upstreamNameservers to use",
     )
-    _key_flag(
-        serve,
-        "--lameduck",
-        "dns.lameduck",
-        type=float,
-        metavar="SECONDS",
-        help="after SIGTERM, /ready says 503 and DNS keeps answering this long (5)",
-    )
-    _key_flag(
-        serve,
-        "--reload-interval",
-        "dns.reload_interval",
-        type=float,
-        metavar="SECONDS",
-        help="how often the config file is checked for a change; 0: only on SIGHUP (2)",
-    )
+
+
+def _serve_feature_flags(serve: argparse.ArgumentParser) -> None:
+    """What `kdns serve` does besides answering: query log, CoreDNS metric names, autopath,
+    the userspace proxy."""
     _key_flag(
         serve,
         "--query-log",
@@ -152,21 +190,17 @@ def _parser() -> argparse.ArgumentParser:
         choices=("text", "json", "false"),
         help="log every query as CoreDNS's log plugin does (text, the default) or as JSON",
     )
-    _key_flag(
+    _switch_flag(
         serve,
         "--metrics-coredns-names",
         "dns.metrics_coredns_names",
-        action="store_true",
-        default=None,
-        help="also export the metrics CoreDNS has under its names (coredns_dns_requests_total, …)",
+        "also export the metrics CoreDNS has under its names (coredns_dns_requests_total, …)",
     )
-    _key_flag(
+    _switch_flag(
         serve,
         "--autopath",
         "dns.autopath",
-        action="store_true",
-        default=None,
-        help="answer a pod's search path server-side (CoreDNS autopath @kubernetes)",
+        "answer a pod's search path server-side (CoreDNS autopath @kubernetes)",
     )
     _key_flag(
         serve,
@@ -175,13 +209,6 @@ def _parser() -> argparse.ArgumentParser:
         choices=PROXY_MODES,
         help="userspace: relay Services from loopback VIPs and answer those in DNS (none)",
     )
-    check = commands.add_parser(
-        "check", help="validate a config and manifests and print what would be served"
-    )
-    common(check)
-    _explain_parser(commands, common)
-    _proxy_parser(commands, common)
-    return parser
 
 
 def _cidrs(text: str) -> list[str]:
@@ -189,11 +216,37 @@ def _cidrs(text: str) -> list[str]:
 
 
 def _proxy_parser(commands: Any, common: Callable[[argparse.ArgumentParser], None]) -> None:
+    """`kdns proxy`: the common flags, then the node, sync, listen, conntrack and node DNS
+    flags, then --render or --cleanup."""
     proxy = commands.add_parser(
         "proxy", help="program this node's data path for Services (a minimal kube-proxy)"
     )
     common(proxy)
     _key_flag(proxy, "--mode", "proxy.mode", choices=proxyapp.MODES, help="(proxy.mode: iptables)")
+    _node_flags(proxy)
+    _proxy_sync_flags(proxy)
+    _address_flags(
+        proxy,
+        (
+            ("--healthz-addr", "proxy.healthz_addr", "/healthz and /livez (0.0.0.0:10256)"),
+            ("--metrics-addr", "proxy.metrics_addr", "/metrics (127.0.0.1:10249)"),
+        ),
+    )
+    _conntrack_flags(proxy)
+    _node_dns_flags(proxy)
+    what = proxy.add_mutually_exclusive_group()
+    what.add_argument(
+        "--render", action="store_true", help="print the rules it would apply; change nothing"
+    )
+    what.add_argument(
+        "--cleanup",
+        action="store_true",
+        help="remove what any mode installed (iptables, nftables, IPVS), and nothing else",
+    )
+
+
+def _node_flags(proxy: argparse.ArgumentParser) -> None:
+    """This node: its name, the pod CIDRs and the addresses NodePorts are served on."""
     _key_flag(
         proxy,
         "--node-name",
@@ -201,49 +254,46 @@ def _proxy_parser(commands: Any, common: Callable[[argparse.ArgumentParser], Non
         metavar="NAME",
         help="this node's name: endpoints on it are local ($NODE_NAME, else the hostname)",
     )
-    _key_flag(
-        proxy,
-        "--cluster-cidr",
-        "node.cluster_cidrs",
-        metavar="CIDR[,CIDR]",
-        type=_cidrs,
-        action="extend",
-        default=None,
-        help="the pod CIDR (one per family): traffic from outside it is masqueraded",
-    )
-    _key_flag(
-        proxy,
-        "--nodeport-addresses",
-        "node.nodeport_addresses",
-        metavar="CIDR[,CIDR]",
-        type=_cidrs,
-        action="extend",
-        default=None,
-        help="serve NodePorts only on the node's addresses inside these (default: all)",
-    )
-    _key_flag(
+    for flag, path, text in (
+        (
+            "--cluster-cidr",
+            "node.cluster_cidrs",
+            "the pod CIDR (one per family): traffic from outside it is masqueraded",
+        ),
+        (
+            "--nodeport-addresses",
+            "node.nodeport_addresses",
+            "serve NodePorts only on the node's addresses inside these (default: all)",
+        ),
+    ):
+        _key_flag(
+            proxy,
+            flag,
+            path,
+            metavar="CIDR[,CIDR]",
+            type=_cidrs,
+            action="extend",
+            default=None,
+            help=text,
+        )
+
+
+def _proxy_sync_flags(proxy: argparse.ArgumentParser) -> None:
+    """How the proxy syncs its rules: periods, masquerading, the IPVS scheduler."""
+    _seconds_flag(
         proxy,
         "--min-sync-period",
         "proxy.min_sync_period",
-        type=float,
-        metavar="SECONDS",
-        help="at most one sync per this period; changes in between are coalesced (1)",
+        "at most one sync per this period; changes in between are coalesced (1)",
     )
-    _key_flag(
+    _seconds_flag(
         proxy,
         "--sync-period",
         "proxy.sync_period",
-        type=float,
-        metavar="SECONDS",
-        help="sync and check the rules for tampering at least this often (30)",
+        "sync and check the rules for tampering at least this often (30)",
     )
-    _key_flag(
-        proxy,
-        "--masquerade-all",
-        "proxy.masquerade_all",
-        action="store_true",
-        default=None,
-        help="SNAT all traffic to ClusterIPs",
+    _switch_flag(
+        proxy, "--masquerade-all", "proxy.masquerade_all", "SNAT all traffic to ClusterIPs"
     )
     _key_flag(
         proxy,
@@ -252,20 +302,10 @@ def _proxy_parser(commands: Any, common: Callable[[argparse.ArgumentParser], Non
         metavar="NAME",
         help="IPVS scheduler (rr)",
     )
-    _key_flag(
-        proxy,
-        "--healthz-addr",
-        "proxy.healthz_addr",
-        metavar="HOST:PORT",
-        help="/healthz and /livez (0.0.0.0:10256)",
-    )
-    _key_flag(
-        proxy,
-        "--metrics-addr",
-        "proxy.metrics_addr",
-        metavar="HOST:PORT",
-        help="/metrics (127.0.0.1:10249)",
-    )
+
+
+def _conntrack_flags(proxy: argparse.ArgumentParser) -> None:
+    """The conntrack sysctls the proxy sets at start, under kube-proxy's flag names."""
     # kube-proxy's conntrack flags (seconds where it takes durations), set at start
     # (proxy/sysctls.py); 0 leaves a sysctl alone.
     for flag, unit, text in (
@@ -284,14 +324,16 @@ def _proxy_parser(commands: Any, common: Callable[[argparse.ArgumentParser], Non
             metavar=unit,
             help=text,
         )
-    _key_flag(
+    _switch_flag(
         proxy,
         "--conntrack-tcp-be-liberal",
         "proxy.conntrack_tcp_be_liberal",
-        action="store_true",
-        default=None,
-        help="set nf_conntrack_tcp_be_liberal=1 (kube-proxy's flag)",
+        "set nf_conntrack_tcp_be_liberal=1 (kube-proxy's flag)",
     )
+
+
+def _node_dns_flags(proxy: argparse.ArgumentParser) -> None:
+    """NodeLocal DNSCache from the proxy's own store: --dns and --dns-autopath."""
     _key_flag(
         proxy,
         "--dns",
@@ -304,23 +346,12 @@ def _proxy_parser(commands: Any, common: Callable[[argparse.ArgumentParser], Non
         help=f"also answer DNS on these addresses, port 53 ({proxyapp.NODE_DNS_DEFAULT} when "
         "given alone): NodeLocal DNSCache from the proxy's own store",
     )
-    _key_flag(
+    _switch_flag(
         proxy,
         "--dns-autopath",
         "node.dns_autopath",
-        action="store_true",
-        default=None,
-        help="with --dns: answer this node's pods' search path server-side (CoreDNS autopath "
+        "with --dns: answer this node's pods' search path server-side (CoreDNS autopath "
         "@kubernetes); watches the Pods of this node (RBAC: list, watch pods)",
-    )
-    what = proxy.add_mutually_exclusive_group()
-    what.add_argument(
-        "--render", action="store_true", help="print the rules it would apply; change nothing"
-    )
-    what.add_argument(
-        "--cleanup",
-        action="store_true",
-        help="remove what any mode installed (iptables, nftables, IPVS), and nothing else",
     )
 
 

@@ -4,9 +4,10 @@ Settings of CPython that decide how long a thread answering DNS waits behind Pyt
 another thread runs (the trio loop rebuilding a large answer, applying a relist):
 
 - The switch interval. `answer_promptly()` sets `sys.setswitchinterval(SWITCH_INTERVAL)`, for
-  the whole process, once, when `kdns serve` starts (`kdns proxy` keeps CPython's default:
-  nothing measured there yet says it would help); and it has the cycle collector's youngest
-  generation collected every `YOUNG_COLLECTION` allocations, not 700.
+  the whole process, once: when `kdns serve` starts, and when `kdns proxy --dns` binds its node
+  DNS (kdns/proxyapp.py; a proxy without `--dns` keeps CPython's defaults: no thread of it
+  answers queries); and it has the cycle collector's youngest generation collected every
+  `YOUNG_COLLECTION` allocations, not 700.
 - The switch interval during a large build. `handing_over()` is a context manager the resolver
   and the encoder enter around work that grows with a Service's endpoints, only when it is
   large (`LARGE_BUILD` endpoints or records or more: a Service's records, its change, an
@@ -44,6 +45,23 @@ of never-asked names through a forced relist at 10,000 Services (tests/bench/rel
 become cheaper (2.9 ms), 1 ms lost none in two relist runs (p99 15 and 27 ms) and kept the
 rebuilding p99 at 1.6 ms (5 ms: 4.9 ms; 0.5 ms: 1.3 ms, but p99 34–63 ms in the relist runs):
 1 ms is the interval that serves both. docs/benchmarks.md has the figures.
+
+Why the node DNS too: `kdns proxy --dns` answers from the same receive thread while the proxy
+syncs, and a full sync at 5,000 Services took 1.1–1.5 s here: the routes rebuilt in the trio
+thread and the rules rendered in the data plane's worker thread, in Python, before nft applies
+them, with collections of the objects it leaves alive. Measured with tests/bench/node_dns_sync.py
+(5,000 Services, nftables mode, back-to-back full syncs forced by flipping the node's zone, a
+client at 1,000 qps; the settings interleaved in one run; load 1.5–4.6 on 2 cores,
+docs/benchmarks.md): with CPython's defaults 14.5–23.1 % of the node DNS's answers came more
+than 5 ms later than a control echo server's (its own process, probed at the same moment),
+with `answer_promptly()` 2.9–8.7 %, in each of eight pairs; the p99 of that excess went from
+39–118 ms to 12–58 ms. The 1 ms interval alone, or the threshold alone, left 12–15 %: the
+interval shortens the waits for hand-overs, the threshold makes long collections fewer, and a
+collection holds the GIL throughout whatever the interval. The syncs were no slower (median
+ratio 0.93, 1.03 and 1.06). Idle, both answer alike. What remains is mostly the collector's (its
+longest collection during the syncs still 22–89 ms), and stalls of the whole machine (the
+control echo's own p99 reached 100–168 ms in some runs) hid the difference in the raw p99 of
+some pairs.
 
 Why a shorter interval only while a large answer is built: the 1 ms interval still made a
 query that arrived during a 500-endpoint rebuild wait about a millisecond, and that rebuild is

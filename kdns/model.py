@@ -375,30 +375,84 @@ def _service_port(raw: Any, path: str, service_type: str) -> ServicePort:
 
 
 def service_from_dict(obj: Mapping[str, Any]) -> Service:
+    """A Service from its API object; raises ModelError naming the first bad field.
+
+    The fields are checked in a fixed order (metadata, type, clusterIPs, ports, externalName,
+    selector, affinity, externalIPs, load balancer, traffic policies), so a Service with
+    several bad fields is always reported by the same one.
+    """
     namespace, name, _meta = _metadata(obj, namespaced=True)
     if not _DNS1123_LABEL.match(name):
         raise ModelError("metadata.name", f"{_shown(name)} is not a valid DNS-1123 label")
     spec = _mapping(obj, "", "spec")
     stype = _choice(_str(spec, "spec", "type", "ClusterIP"), "spec.type", SERVICE_TYPES)
+    headless, cluster_ips = _cluster_ips(spec, stype)
+    ports = _service_ports(spec, stype)
+    external_name = _external_name(spec, stype)
+    raw_selector = spec.get("selector")
+    selector = None if raw_selector is None else _labels(spec, "spec", "selector")
+    affinity, timeout = _session_affinity(spec)
+    external_ips = tuple(
+        _ip(raw, f"spec.externalIPs[{i}]")
+        for i, raw in enumerate(_list(spec, "spec", "externalIPs"))
+    )
+    ingress = _list(
+        _mapping(_mapping(obj, "", "status"), "status", "loadBalancer"),
+        "status.loadBalancer",
+        "ingress",
+    )
+    lb_ips, proxy_ips = _load_balancer_ingress(ingress)
+    ranges = _source_ranges(spec)
+    etp = _traffic_policy(spec, "externalTrafficPolicy", "spec.externalTrafficPolicy")
+    itp = _traffic_policy(spec, "internalTrafficPolicy", "spec.internalTrafficPolicy")
+    return Service(
+        namespace=namespace,
+        name=name,
+        type=stype,
+        cluster_ips=cluster_ips,
+        headless=headless,
+        ports=ports,
+        external_name=external_name,
+        selector=selector,
+        session_affinity=affinity,
+        affinity_timeout=timeout,
+        external_ips=external_ips,
+        load_balancer_ips=lb_ips,
+        load_balancer_proxy_ips=proxy_ips,
+        load_balancer_source_ranges=ranges,
+        external_traffic_policy=etp,
+        internal_traffic_policy=itp,
+        health_check_node_port=_port_number(spec, "spec", "healthCheckNodePort", required=False),
+        publish_not_ready_addresses=spec.get("publishNotReadyAddresses") is True,
+        ip_families=_ip_families(spec, cluster_ips),
+        traffic_distribution=_traffic_distribution(spec),
+    )
 
+
+def _cluster_ips(spec: Mapping[str, Any], stype: str) -> tuple[bool, tuple[str, ...]]:
+    """(headless, the ClusterIPs) from `clusterIPs`, else the older single `clusterIP`; an
+    ExternalName Service has none, whatever the fields say."""
     raw_ips = _list(spec, "spec", "clusterIPs")
     field = "spec.clusterIPs"
     if not raw_ips:
         single = spec.get("clusterIP")
         raw_ips = [] if single in (None, "") else [single]
         field = "spec.clusterIP"
-    headless = False
-    cluster_ips: tuple[str, ...] = ()
     if raw_ips and raw_ips[0] == "None":
-        headless = True
-    elif stype != "ExternalName":
-        ips = []
-        for i, raw in enumerate(raw_ips):
-            ips.append(_ip(raw, field if field == "spec.clusterIP" else f"{field}[{i}]"))
-        if len({_version(ip) for ip in ips}) != len(ips):
-            raise ModelError(field, "dual-stack clusterIPs must hold one IPv4 and one IPv6 address")
-        cluster_ips = tuple(ips)
+        return True, ()
+    if stype == "ExternalName":
+        return False, ()
+    ips = []
+    for i, raw in enumerate(raw_ips):
+        ips.append(_ip(raw, field if field == "spec.clusterIP" else f"{field}[{i}]"))
+    if len({_version(ip) for ip in ips}) != len(ips):
+        raise ModelError(field, "dual-stack clusterIPs must hold one IPv4 and one IPv6 address")
+    return False, tuple(ips)
 
+
+def _service_ports(spec: Mapping[str, Any], stype: str) -> tuple[ServicePort, ...]:
+    """`spec.ports`, each checked, then checked together: no port/protocol twice, and with
+    several ports every one named, each name once."""
     ports = tuple(
         _service_port(raw, f"spec.ports[{i}]", stype)
         for i, raw in enumerate(_list(spec, "spec", "ports"))
@@ -417,15 +471,22 @@ def service_from_dict(obj: Mapping[str, Any]) -> Service:
                 )
             if names.index(n) != i:
                 raise ModelError(f"spec.ports[{i}].name", f"duplicate port name {_shown(n)}")
+    return ports
 
-    external_name = ""
-    if stype == "ExternalName":
-        external_name = _str(spec, "spec", "externalName").rstrip(".").lower()
-        if not external_name:
-            raise ModelError("spec.externalName", "required for a Service of type ExternalName")
 
-    raw_selector = spec.get("selector")
-    selector = None if raw_selector is None else _labels(spec, "spec", "selector")
+def _external_name(spec: Mapping[str, Any], stype: str) -> str:
+    """The lower-case name without its final dot an ExternalName Service aliases; "" for
+    any other type."""
+    if stype != "ExternalName":
+        return ""
+    external_name = _str(spec, "spec", "externalName").rstrip(".").lower()
+    if not external_name:
+        raise ModelError("spec.externalName", "required for a Service of type ExternalName")
+    return external_name
+
+
+def _session_affinity(spec: Mapping[str, Any]) -> tuple[str, int]:
+    """(sessionAffinity, its timeout in seconds: 10800 unless given, 1-86400)."""
     affinity = _choice(
         _str(spec, "spec", "sessionAffinity", "None"), "spec.sessionAffinity", ("None", "ClientIP")
     )
@@ -440,16 +501,12 @@ def service_from_dict(obj: Mapping[str, Any]) -> Service:
                 "spec.sessionAffinityConfig.clientIP.timeoutSeconds",
                 f"{timeout} is out of range 1-86400",
             )
-    external_ips = tuple(
-        _ip(raw, f"spec.externalIPs[{i}]")
-        for i, raw in enumerate(_list(spec, "spec", "externalIPs"))
-    )
-    ingress = _list(
-        _mapping(_mapping(obj, "", "status"), "status", "loadBalancer"),
-        "status.loadBalancer",
-        "ingress",
-    )
-    lb_ips, proxy_ips = _load_balancer_ingress(ingress)
+    return affinity, timeout
+
+
+def _source_ranges(spec: Mapping[str, Any]) -> tuple[str, ...]:
+    """`spec.loadBalancerSourceRanges` as normalised CIDRs (a range with host bits set is read
+    as its network)."""
     ranges = []
     for i, raw in enumerate(_list(spec, "spec", "loadBalancerSourceRanges")):
         try:
@@ -458,40 +515,13 @@ def service_from_dict(obj: Mapping[str, Any]) -> Service:
             raise ModelError(
                 f"spec.loadBalancerSourceRanges[{i}]", f"{_shown(raw)} is not a CIDR"
             ) from None
-    etp = _choice(
-        _str(spec, "spec", "externalTrafficPolicy", "Cluster"),
-        "spec.externalTrafficPolicy",
-        ("Cluster", "Local"),
-    )
-    itp = _choice(
-        _str(spec, "spec", "internalTrafficPolicy", "Cluster"),
-        "spec.internalTrafficPolicy",
-        ("Cluster", "Local"),
-    )
-    hc_port = _port_number(spec, "spec", "healthCheckNodePort", required=False)
-    publish = spec.get("publishNotReadyAddresses") is True
-    return Service(
-        namespace=namespace,
-        name=name,
-        type=stype,
-        cluster_ips=cluster_ips,
-        headless=headless,
-        ports=ports,
-        external_name=external_name,
-        selector=selector,
-        session_affinity=affinity,
-        affinity_timeout=timeout,
-        external_ips=external_ips,
-        load_balancer_ips=lb_ips,
-        load_balancer_proxy_ips=proxy_ips,
-        load_balancer_source_ranges=tuple(ranges),
-        external_traffic_policy=etp,
-        internal_traffic_policy=itp,
-        health_check_node_port=hc_port,
-        publish_not_ready_addresses=publish,
-        ip_families=_ip_families(spec, cluster_ips),
-        traffic_distribution=_traffic_distribution(spec),
-    )
+    return tuple(ranges)
+
+
+def _traffic_policy(spec: Mapping[str, Any], key: str, path: str) -> str:
+    """`spec.externalTrafficPolicy` or `spec.internalTrafficPolicy` (`key`, at `path`): Cluster
+    (the default) or Local."""
+    return _choice(_str(spec, "spec", key, "Cluster"), path, ("Cluster", "Local"))
 
 
 def _load_balancer_ingress(ingress: list[Any]) -> tuple[tuple[str, ...], tuple[str, ...]]:

@@ -30,7 +30,10 @@ Contract:
   (`proxy/nodednsrules.py`); on a stop it is removed, unless another process answers on the
   addresses by then (a restart: the rules stay). The addresses go on the node first, before the
   sockets bind (a ClusterIP is not local until then; the proxy's DNAT or IPVS still takes its
-  packets until the rules go in).
+  packets until the rules go in). From the bind on, the process runs with `kdns serve`'s
+  interpreter settings (`interpreter.answer_promptly()`: its receive thread would otherwise
+  wait up to CPython's 5 ms per GIL hand-over, and behind long collections, during every sync;
+  kdns/interpreter.py has the figures); a proxy without `--dns` keeps CPython's.
 - IPVS mode takes a ClusterIP in `--dns` over too (`IpvsDataplane.take_over_dns`,
   proxy/nodedns.py says how): once the node DNS answers, the next sync drops that ClusterIP's
   port 53 virtual services; a proxy that finds another process answering on the addresses at
@@ -70,7 +73,7 @@ from typing import Any
 
 import trio
 
-from kdns import app, metrics
+from kdns import app, interpreter, metrics
 from kdns.app import Source, StartupError, open_source, open_store
 from kdns.config import PROXY_COMMAND_MODES, Config, parse_hostport
 from kdns.dns import reuseport
@@ -309,6 +312,9 @@ async def _serve_node_dns(
         nodednsrules.install_device, runner, options.dns_addresses
     ):
         log.error("node DNS device: %s", line)
+    # The receive thread waits less behind each sync's Python, as `kdns serve`'s does behind
+    # a rebuild (kdns/interpreter.py has the figures of both).
+    interpreter.answer_promptly()
     try:
         for server in servers:
             server.bind()

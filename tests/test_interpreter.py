@@ -3,16 +3,21 @@ has synced, the heap alive then leaves the cycle collector's sight (gc.freeze), 
 
 from __future__ import annotations
 
+import functools
 import gc
 import sys
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager
 
 import pytest
+import trio
+from dnslib import DNSRecord
 
-from kdns import app, interpreter
+from kdns import app, interpreter, proxyapp
 from kdns.config import Config
 from kdns.store import ENDPOINTSLICES, SERVICES, Store
-from tests.dns.test_forward import EXAMPLES, ask, kdns_app
+from tests.dns.test_forward import EXAMPLES, WAIT, ask, kdns_app
+from tests.dns.upstreams import free_port, udp_query
 
 
 @pytest.fixture(autouse=True)
@@ -146,3 +151,68 @@ def test_the_outermost_handing_over_gives_the_cpu_away_once_on_leaving(
             pass
         assert slept == []
     assert slept == [(0, pytest.approx(interpreter.SWITCH_INTERVAL))]
+
+
+class NodeCommands:
+    """A Runner for the in-process proxy: records every command the node DNS's device and
+    rules would run on the node, and runs none (nothing touches the host)."""
+
+    def __init__(self) -> None:
+        self.argvs: list[list[str]] = []
+
+    def __call__(self, argv: Sequence[str], stdin: str | None = None) -> tuple[int, str, str]:
+        self.argvs.append(list(argv))
+        if list(argv[:3]) == ["ip", "link", "show"]:
+            return 1, "", f'Device "{argv[-1]}" does not exist.'
+        return 0, "", ""  # `ss`: nobody else answers on the addresses; the rest succeed
+
+
+async def answered(port: int, name: str) -> DNSRecord | None:
+    """One query to 127.0.0.1:port from a worker thread; None while nothing answers there."""
+    try:
+        return await trio.to_thread.run_sync(functools.partial(udp_query, port, name, timeout=0.2))
+    except OSError:  # TimeoutError, or refused: not bound yet
+        return None
+
+
+@asynccontextmanager
+async def userspace_proxy(dns: bool, port: int) -> AsyncIterator[None]:
+    """`kdns proxy --mode userspace` over config/examples in this process (`run_proxy`, as the
+    command runs it), with `--dns 127.0.0.1` on `port` when `dns`; stopped on the way out."""
+    config = Config().with_overrides(
+        "test", **{"kubernetes.manifests": [str(EXAMPLES)], "node.dns_upstreams": ["127.0.0.1:9"]}
+    )
+    options = proxyapp.ProxyOptions(
+        mode="userspace",
+        node_name="node1",
+        healthz_addr="127.0.0.1:0",
+        metrics_addr="127.0.0.1:0",
+        dns_addresses=("127.0.0.1",) if dns else (),
+        dns_port=port,
+    )
+    async with trio.open_nursery() as nursery:
+        await nursery.start(functools.partial(proxyapp.run_proxy, config, options, NodeCommands()))
+        yield
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.usefixtures("default_switch_interval")
+async def test_kdns_proxy_answering_dns_runs_with_the_short_switch_interval() -> None:
+    # The node DNS's receive thread waits behind every sync's Python as `kdns serve`'s waits
+    # behind a rebuild: once the proxy answers DNS, the process runs as `kdns serve` does.
+    port = free_port()
+    async with userspace_proxy(dns=True, port=port):
+        with trio.fail_after(WAIT):  # the sockets bind once the store has synced
+            while (answer := await answered(port, "api.prod.svc.cluster.local")) is None:
+                await trio.sleep(0.05)
+        assert answer.rr  # it answers, from its own store
+        assert sys.getswitchinterval() == pytest.approx(interpreter.SWITCH_INTERVAL)
+        assert gc.get_threshold()[0] == interpreter.YOUNG_COLLECTION
+
+
+@pytest.mark.usefixtures("default_switch_interval")
+async def test_kdns_proxy_without_dns_keeps_cpythons_interval() -> None:
+    # Nothing answers queries from a thread of its own: nothing waits on the GIL for it.
+    async with userspace_proxy(dns=False, port=0):
+        assert sys.getswitchinterval() == pytest.approx(0.005)
+        assert gc.get_threshold()[0] == 700

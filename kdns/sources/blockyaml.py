@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from itertools import chain
 from typing import Any
 
 import yaml
@@ -77,14 +78,38 @@ _MAPPING, _SEQUENCE, _ITEMS = 0, 1, 2  # what a collection is (sequences are tru
 def read(text: str) -> Iterator[tuple[int, dict[Any, Any], int, dict[int, Any]]]:
     """The documents of `text` (see the module contract); raises OutsideSubset.
 
-    One long loop on purpose: it runs once per line (over half a million for 10k Services),
-    and a function call per line would cost a fifth of its time. What a line says is
-    `_parse_line`'s; here is only where it goes.
+    Each document is read by `_document` from one iterator of numbered lines, which goes on
+    where the previous document stopped (after its "---").
     """
     if not text.isascii() or _CONTROL.search(text):
         raise OutsideSubset
+    lines = enumerate(chain.from_iterable(piece.split("\n") for piece in _pieces(text)), 1)
     index = 0
     explicit = False  # the current document began with "---"
+    more = True
+    while more:
+        root, first_line, marks, more = _document(lines)
+        if root is not None:
+            yield index, root, first_line, marks
+            index += 1
+        elif explicit and more:
+            index += 1  # "---" then nothing: libyaml gives a null document
+        explicit = True
+
+
+# A document as `_document` reads it: (root, first line, marks, whether another follows).
+_Document = tuple[dict[Any, Any] | None, int, dict[int, Any], bool]
+
+
+def _document(lines: Iterator[tuple[int, str]]) -> _Document:
+    """One document from `lines`: (its root mapping, None without a field; the line of its first
+    field; its marks; whether a "---" ended it, so that another document follows).
+
+    One loop on purpose: it runs once per line (over half a million for 10k Services), and a
+    function call per line would cost a fifth of its time. What a line says is `_parse_line`'s;
+    here is only where it goes. Only the steps a few lines take are functions (closing blocks
+    is not: many lines do, and a call there cost 4% more).
+    """
     root: dict[Any, Any] | None = None
     first_line = 0
     marks: dict[int, Any] = {}
@@ -96,79 +121,94 @@ def read(text: str) -> Iterator[tuple[int, dict[Any, Any], int, dict[int, Any]]]
     # may open a block under it, else the value stays null.
     pending: tuple[dict[Any, Any], Any, int] | None = None
     parsed = _parsed
-    lineno = 0
-    for piece in _pieces(text):
-        for line in piece.split("\n"):
-            lineno += 1
-            entry = parsed.get(line)
-            if entry is None:
-                entry = _parse_line(line)
-            form, col, dash, name, scalar = entry
-            if form < _KEY_VALUE:
-                if form == _NOTHING:
-                    continue
-                # "---": a new document.
-                if root is not None:
-                    yield index, root, first_line, marks
-                    index += 1
-                elif explicit:
-                    index += 1  # "---" then nothing: libyaml gives a null document
-                explicit = True
-                root, marks, stack, pending = None, {}, [], None
+    for lineno, line in lines:
+        form, col, dash, name, scalar = parsed.get(line) or _parse_line(line)
+        if form < _KEY_VALUE:
+            if form == _NOTHING:
                 continue
-            if root is None:
-                if col or dash or form == _ITEM:
-                    raise OutsideSubset  # the root is no block mapping at column 0
-                root = {}
-                first_line = lineno
-                top_col, top, what = 0, root, _MAPPING
-                stack.append((top_col, top, what))
-            if pending is not None:
-                above, key, key_col = pending
-                pending = None
-                if dash and col >= key_col:
-                    # A sequence under the key (at the key's column too: YAML's indentless one).
-                    top_col, top, what = col, [], _SEQUENCE
-                    above[key] = top
-                    if key == "items":
-                        marks[id(top)] = []
-                        what = _ITEMS
-                    stack.append((top_col, top, what))
-                elif col > key_col:
-                    top_col, top, what = col, {}, _MAPPING
-                    above[key] = top
-                    stack.append((top_col, top, what))
-            # Close what this line is outside of; a sequence ends at a line of its column
-            # that is no "- " item.
-            while top_col > col or (what and top_col == col and not dash):
-                stack.pop()
-                if not stack:
-                    raise OutsideSubset
+            return root, first_line, marks, True  # "---": a new document
+        if root is None:
+            root, first_line = _open_root(form, col, dash, stack), lineno
+            top_col, top, what = stack[-1]
+        if pending is not None:
+            if _open_under(pending, col, dash, stack, marks):
                 top_col, top, what = stack[-1]
-            if top_col != col:
-                raise OutsideSubset  # indented unlike its siblings (or a multi-line scalar)
-            if what:
-                # An item of the sequence: a scalar, or the first key of a mapping.
-                if what == _ITEMS:
-                    marks[id(top)].append(lineno)
-                if form == _ITEM:
-                    top.append(scalar)
-                    continue
-                col += dash
-                top_col, top, what = col, {}, _MAPPING
-                stack[-1][1].append(top)
-                stack.append((top_col, top, what))
-            elif dash or form == _ITEM:
-                raise OutsideSubset  # an item in a mapping
-            if form == _KEY_VALUE:
-                top[name] = scalar
-            else:
-                top[name] = None
-                pending = (top, name, col)
-            if name == "items":
-                marks[id(top)] = lineno
-    if root is not None:
-        yield index, root, first_line, marks
+            pending = None
+        # Close what this line is outside of; a sequence ends at a line of its column
+        # that is no "- " item.
+        while top_col > col or (what and top_col == col and not dash):
+            stack.pop()
+            if not stack:
+                raise OutsideSubset
+            top_col, top, what = stack[-1]
+        if top_col != col:
+            raise OutsideSubset  # indented unlike its siblings (or a multi-line scalar)
+        if what:
+            # An item of the sequence: a scalar, or the first key of a mapping.
+            if what == _ITEMS:
+                marks[id(top)].append(lineno)
+            if form == _ITEM:
+                top.append(scalar)
+                continue
+            col += dash
+            top_col, top, what = _open_item_mapping(stack, col)
+        elif dash or form == _ITEM:
+            raise OutsideSubset  # an item in a mapping
+        if form == _KEY_VALUE:
+            top[name] = scalar
+        else:
+            top[name] = None
+            pending = (top, name, col)
+        if name == "items":
+            marks[id(top)] = lineno
+    return root, first_line, marks, False
+
+
+def _open_root(form: int, col: int, dash: int, stack: list[tuple[int, Any, int]]) -> dict[Any, Any]:
+    """The root mapping a document's first field opens, pushed on `stack`."""
+    if col or dash or form == _ITEM:
+        raise OutsideSubset  # the root is no block mapping at column 0
+    root: dict[Any, Any] = {}
+    stack.append((0, root, _MAPPING))
+    return root
+
+
+def _open_item_mapping(stack: list[tuple[int, Any, int]], col: int) -> tuple[int, Any, int]:
+    """A mapping as the next item of the innermost sequence, its keys at `col` (after the
+    "- "), pushed on `stack` and returned as the innermost."""
+    mapping: dict[Any, Any] = {}
+    stack[-1][1].append(mapping)
+    top = (col, mapping, _MAPPING)
+    stack.append(top)
+    return top
+
+
+def _open_under(
+    pending: tuple[dict[Any, Any], Any, int],
+    col: int,
+    dash: int,
+    stack: list[tuple[int, Any, int]],
+    marks: dict[int, Any],
+) -> bool:
+    """Open the block a line at `col` starts under the pending "key:", pushed on `stack`;
+    False when the line is no block under it (the key's value stays null)."""
+    above, key, key_col = pending
+    if dash and col >= key_col:
+        # A sequence under the key (at the key's column too: YAML's indentless one).
+        sequence: list[Any] = []
+        above[key] = sequence
+        if key == "items":
+            marks[id(sequence)] = []
+            stack.append((col, sequence, _ITEMS))
+        else:
+            stack.append((col, sequence, _SEQUENCE))
+        return True
+    if col > key_col:
+        mapping: dict[Any, Any] = {}
+        above[key] = mapping
+        stack.append((col, mapping, _MAPPING))
+        return True
+    return False
 
 
 # What a line is: nothing (empty, a comment), "---", "key: value", "key:", "- scalar".

@@ -546,21 +546,50 @@ def _convert_document(doc: Document) -> _Entry:
     return _Entry(kind, key, doc.file, doc.line, value, None, labels)
 
 
+@dataclass(slots=True)
+class _Sorted:
+    """Every file's objects filed by kind (`_sort_entries`), before endpoints are picked."""
+
+    # (kind, namespace, name) → first entry
+    origins: dict[tuple[str, str, str], _Entry] = field(default_factory=dict)
+    declared: dict[str, Namespace] = field(default_factory=dict)
+    services: dict[tuple[str, str], Service] = field(default_factory=dict)
+    given: dict[tuple[str, str], EndpointSlice] = field(default_factory=dict)
+    from_endpoints: dict[tuple[str, str], tuple[tuple[EndpointSlice, ...], _Entry]] = field(
+        default_factory=dict
+    )
+    pods: dict[tuple[str, str], Pod] = field(default_factory=dict)
+    imports: dict[tuple[str, str], ServiceImport] = field(default_factory=dict)
+    import_slices: dict[tuple[str, str], ImportSlice] = field(default_factory=dict)
+    nodes: dict[str, Node] = field(default_factory=dict)
+    service_cidrs: dict[str, ServiceCIDR] = field(default_factory=dict)
+    ignored: Counter[str] = field(default_factory=Counter)
+    errors: list[ManifestError] = field(default_factory=list)
+
+
 def _assemble(entries: Iterable[_Entry]) -> tuple[ManifestSet, list[ManifestError]]:
     """Put every file's objects together: check duplicates, pick endpoints, derive slices."""
-    errors: list[ManifestError] = []
-    origins: dict[tuple[str, str, str], _Entry] = {}  # (kind, namespace, name) → first entry
-    declared: dict[str, Namespace] = {}
-    services: dict[tuple[str, str], Service] = {}
-    given: dict[tuple[str, str], EndpointSlice] = {}
-    from_endpoints: dict[tuple[str, str], tuple[tuple[EndpointSlice, ...], _Entry]] = {}
-    pods: dict[tuple[str, str], Pod] = {}
-    imports: dict[tuple[str, str], ServiceImport] = {}
-    import_slices: dict[tuple[str, str], ImportSlice] = {}
-    nodes: dict[str, Node] = {}
-    service_cidrs: dict[str, ServiceCIDR] = {}
+    found = _sort_entries(entries)
+    slices = _endpoint_slices(found)
+    manifests = ManifestSet(
+        _namespaces(found),
+        found.services,
+        slices,
+        found.pods,
+        dict(sorted(found.ignored.items())),
+        found.imports,
+        found.import_slices,
+        found.nodes,
+        found.service_cidrs,
+    )
+    return manifests, found.errors
 
-    ignored: Counter[str] = Counter()
+
+def _sort_entries(entries: Iterable[_Entry]) -> _Sorted:
+    """File each entry's object by kind; an entry that failed, or names an object already
+    read, becomes an error instead, and an ignored kind a count."""
+    found = _Sorted()
+    origins, errors = found.origins, found.errors
     for entry in entries:
         kind, key = entry.kind, entry.key
         if kind is None:
@@ -568,90 +597,100 @@ def _assemble(entries: Iterable[_Entry]) -> tuple[ManifestSet, list[ManifestErro
             errors.append(entry.error)
             continue
         if kind.startswith(_IGNORED):
-            ignored[kind[len(_IGNORED) :]] += 1
+            found.ignored[kind[len(_IGNORED) :]] += 1
             continue
         if key is not None:
             first = origins.setdefault((kind, *key), entry)
             if first is not entry:
-                where = f"{first.file}:{first.line}"
-                errors.append(
-                    ManifestError(
-                        entry.file,
-                        entry.line,
-                        _label(kind, key),
-                        "",
-                        f"defined twice; first at {where}",
-                    )
-                )
+                errors.append(_defined_twice(entry, first))
                 continue
         if entry.error is not None:
             errors.append(entry.error)
             continue
         value = entry.value
         if kind == "Namespace":
-            declared[value.name] = value
+            found.declared[value.name] = value
         elif kind == "Service":
-            services[value.key] = value
+            found.services[value.key] = value
         elif kind == "EndpointSlice" and isinstance(value, ImportSlice):
-            import_slices[value.key] = value
+            found.import_slices[value.key] = value
         elif kind == "EndpointSlice":
-            given[value.key] = value
+            found.given[value.key] = value
         elif kind == "ServiceImport":
-            imports[value.key] = value
+            found.imports[value.key] = value
         elif kind == "Endpoints":
             # An Endpoints object is named after its Service, and still names it when it
             # has no subsets (and so converts to no slice).
             assert key is not None  # endpoints_to_slices rejects a missing name
-            from_endpoints[key] = (value, entry)
+            found.from_endpoints[key] = (value, entry)
         elif kind == "Node":
-            nodes[value.key] = value
+            found.nodes[value.key] = value
         elif kind == "ServiceCIDR":
-            service_cidrs[value.key] = value
+            found.service_cidrs[value.key] = value
         else:
-            pods[value.key] = value
+            found.pods[value.key] = value
+    return found
 
-    slices = dict(given)
-    covered = {s.service_key for s in given.values()}
-    for service_key, (converted, entry) in sorted(from_endpoints.items()):
+
+def _defined_twice(entry: _Entry, first: _Entry) -> ManifestError:
+    """The error of an object read a second time (`first` is where it was read first)."""
+    assert entry.kind is not None
+    where = f"{first.file}:{first.line}"
+    return ManifestError(
+        entry.file,
+        entry.line,
+        _label(entry.kind, entry.key),
+        "",
+        f"defined twice; first at {where}",
+    )
+
+
+def _endpoint_slices(found: _Sorted) -> dict[tuple[str, str], EndpointSlice]:
+    """The given slices, then those converted from Endpoints, then those derived from Pods,
+    each only for a Service whose endpoints nothing before gave (the module contract)."""
+    slices = dict(found.given)
+    covered = {s.service_key for s in found.given.values()}
+    for service_key, (converted, entry) in sorted(found.from_endpoints.items()):
         # In a real cluster an EndpointSlice mirrors each Endpoints (and a `kubectl get` dump
         # holds both): like kube-proxy and CoreDNS, read the slices and ignore the Endpoints.
         if service_key in covered:
             continue
         for eps in converted:
-            _add_slice(slices, eps, entry, _label("Endpoints", service_key), origins, errors)
-    covered |= from_endpoints.keys()
+            _add_slice(
+                slices, eps, entry, _label("Endpoints", service_key), found.origins, found.errors
+            )
+    covered |= found.from_endpoints.keys()
+    _add_derived_slices(found, slices, covered)
+    return slices
 
+
+def _add_derived_slices(
+    found: _Sorted, slices: dict[tuple[str, str], EndpointSlice], covered: set[tuple[str, str]]
+) -> None:
+    """Add the slices the EndpointSlice controller would derive from the Pods, for each Service
+    with a selector whose endpoints are not `covered`."""
     pods_by_namespace: dict[str, list[Pod]] = defaultdict(list)
-    for pod in pods.values():
+    for pod in found.pods.values():
         pods_by_namespace[pod.namespace].append(pod)
-    for key, svc in sorted(services.items()):
+    for key, svc in sorted(found.services.items()):
         # The EndpointSlice controller manages the endpoints of a Service with a selector;
         # given slices or Endpoints mean someone else does (or a dump already holds them).
         if svc.selector is None or key in covered:
             continue
-        entry = origins[("Service", *key)]
+        entry = found.origins[("Service", *key)]
         for eps in model.slices_for_service(svc, pods_by_namespace[svc.namespace]):
-            _add_slice(slices, eps, entry, _label("Service", key), origins, errors)
+            _add_slice(slices, eps, entry, _label("Service", key), found.origins, found.errors)
 
-    names = set(declared)
-    names.update(key[0] for key in services)
-    names.update(key[0] for key in given)
-    names.update(key[0] for key in from_endpoints)
-    names.update(key[0] for key in pods)
-    namespaces = {name: declared.get(name) or Namespace(name) for name in sorted(names)}
-    ignored_kinds = dict(sorted(ignored.items()))
-    manifests = ManifestSet(
-        namespaces,
-        services,
-        slices,
-        pods,
-        ignored_kinds,
-        imports,
-        import_slices,
-        nodes,
-        service_cidrs,
-    )
-    return manifests, errors
+
+def _namespaces(found: _Sorted) -> dict[str, Namespace]:
+    """The declared Namespaces ∪ the namespace of every Service, slice, Endpoints and Pod, by
+    name in order."""
+    names = set(found.declared)
+    names.update(key[0] for key in found.services)
+    names.update(key[0] for key in found.given)
+    names.update(key[0] for key in found.from_endpoints)
+    names.update(key[0] for key in found.pods)
+    return {name: found.declared.get(name) or Namespace(name) for name in sorted(names)}
 
 
 _IGNORED = "ignored:"  # prefixes what `_kind_to_read` returns for a kind that is not served

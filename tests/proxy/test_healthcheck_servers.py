@@ -4,6 +4,7 @@ real HTTP listeners that open and close as Services come and go, answering as ku
 from __future__ import annotations
 
 import json
+import random
 import socket
 import urllib.error
 import urllib.request
@@ -15,9 +16,25 @@ import trio
 from kdns.http import HttpEndpoint, Route
 from kdns.proxyapp import SHARED, HealthCheckServers
 from tests.builders import model_endpoint, model_service
-from tests.e2e.conftest import free_port
 
 from .builders import NODE, routes
+
+
+def node_port(attempts: int = 50) -> int:
+    """A port free for TCP on every address, from the Service node-port range (30000-32767,
+    where health check node ports are allocated). The range lies below Linux's ephemeral ports
+    (32768-60999 by default), so no outgoing connection of another test takes the port between
+    this pick and the listen; a port picked by binding to port 0 comes from that range, and
+    once lost such a race (EADDRINUSE on 0.0.0.0)."""
+    for _ in range(attempts):
+        port = random.randint(30000, 32767)
+        with socket.socket() as probe:
+            try:
+                probe.bind(("0.0.0.0", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no node port free after {attempts} attempts")
 
 
 def get(port: int) -> tuple[int, dict]:
@@ -29,7 +46,7 @@ def get(port: int) -> tuple[int, dict]:
 
 
 def test_ports_open_answer_and_close() -> None:
-    port = free_port()
+    port = node_port()
     lb = dict(type="LoadBalancer", external_traffic_policy="Local", health_check_node_port=port)
     ports = (("p80", "TCP", 80, 30080),)
     s = model_service("ns/lb", ports=ports, **lb)
@@ -42,7 +59,7 @@ def test_ports_open_answer_and_close() -> None:
             servers.update(
                 routes((s, [model_endpoint("10.244.1.5", node=NODE), model_endpoint("10.244.2.5")]))
             )
-            await trio.sleep(0.2)
+            await until(lambda: answering(port))
             status, body = await trio.to_thread.run_sync(get, port)
             assert status == 200
             assert body == {
@@ -89,6 +106,14 @@ def answers(port: int, count: int = 20) -> set[bytes]:
     return seen
 
 
+def answering(port: int) -> bool:
+    try:
+        get(port)
+    except OSError:
+        return False
+    return True
+
+
 async def until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
     with trio.fail_after(timeout):
         while not await trio.to_thread.run_sync(condition):
@@ -96,7 +121,7 @@ async def until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
 
 
 def test_a_shared_port_goes_to_the_successor_only_once_it_listens() -> None:
-    port = free_port()
+    port = node_port()
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
@@ -138,7 +163,7 @@ def test_a_health_check_node_port_is_shared_with_the_next_proxy(
     """The old proxy's health check node port keeps answering while the new one starts; once
     the new one has its routes, it answers (here: with a different count, to tell them apart),
     and after the old one closes the port, the new one still does."""
-    port = free_port()
+    port = node_port()
     lb = dict(type="LoadBalancer", external_traffic_policy="Local", health_check_node_port=port)
     s = model_service("ns/lb", ports=(("p80", "TCP", 80, 30080),), **lb)
     one = [model_endpoint("10.244.1.5", node=NODE)]

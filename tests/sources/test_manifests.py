@@ -394,6 +394,37 @@ def test_endpointslices_win_over_endpoints_of_the_same_service(
     assert endpoints_of(found, "prod", "db") == [("10.1.0.9", True, "", (5432,))]
 
 
+def test_a_converted_slice_may_not_take_the_name_of_a_given_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The slice converted from db's Endpoints (line 12) would be named db-0-ipv4, a name a
+    # given slice of another Service already has: that slice stays, the converted one is an
+    # error (and its IPv6 sibling is kept).
+    given = {
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {
+            "name": "db-0-ipv4",
+            "namespace": "prod",
+            "labels": {"kubernetes.io/service-name": "other"},
+        },
+        "addressType": "IPv4",
+        "ports": [{"name": "pg", "port": 5432}],
+        "endpoints": [{"addresses": ["10.1.0.9"]}],
+    }
+    found, errors = load_files(
+        tmp_path,
+        monkeypatch,
+        {"db.yaml": DB, "given.yaml": manifest_text(given)},
+    )
+    assert errors == [
+        "db.yaml:12: Endpoints prod/db: its EndpointSlice would be named 'db-0-ipv4', but the "
+        "EndpointSlice at given.yaml:1 already has that name"
+    ]
+    assert sorted(found.slices) == [("prod", "db-0-ipv4"), ("prod", "db-0-ipv6")]
+    assert endpoints_of(found, "prod", "other") == [("10.1.0.9", True, "", (5432,))]
+
+
 @pytest.mark.parametrize(
     ("the_pod", "expected"),
     [
