@@ -116,7 +116,7 @@ class MissRelay:
 
     def __len__(self) -> int:
         """Exchanges in flight (any thread may read it: one dict length)."""
-        return len(self.table)
+        return len(self.table.by_key)
 
     def open_sockets(self) -> int:
         return len(self._sockets)
