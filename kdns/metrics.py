@@ -363,6 +363,15 @@ FORWARD_RELAY_HANDED_BACK = Counter(
     "(retry, next upstream, TCP, serve-stale), by the outcome of their exchange.",
     ["to", "outcome"],
 )
+# A relay's declines are one int its receive thread counts (MissRelay.declined); trio adds what
+# each relay declined since the last batch (a decline always waits on an exchange in flight,
+# whose end brings a batch).
+FORWARD_RELAY_DECLINED = Counter(
+    "kdns_forward_relay_declined_total",
+    "Forwarded misses a receive thread's relay declined at its limit (max_concurrent exchanges "
+    "in flight, or 1,024 clients already waiting on the exchange for the same question) and "
+    "left to trio, which answers them itself.",
+)
 FORWARD_RELAY_IN_FLIGHT = Gauge(
     "kdns_forward_relay_in_flight",
     "Upstream exchanges the UDP receive threads' relays have in flight now (read at scrape time).",

@@ -32,6 +32,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
+from itertools import chain
+from operator import attrgetter
 from types import MappingProxyType
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -221,7 +223,7 @@ class _Slices(_Table[ObjectKey, EndpointSlice]):
     def _remerge(self, service_key: ServiceKey, trigger_time: float | None) -> Change:
         group = self._by_service.get(service_key)
         merged = _merge(group) if group else None
-        if self.endpoints.get(service_key) == merged:
+        if _same(self.endpoints.get(service_key), merged):
             return Change()
         if merged is None:
             del self.endpoints[service_key]
@@ -468,15 +470,39 @@ class Store:
         return change
 
 
+_address = attrgetter("address")
+# Endpoints from which `_same` compares addresses first: below, the two lists cost more than
+# comparing the few endpoints (a relist compares every Service's).
+ADDRESSES_FIRST = 16
+
+
 def _merge(slices: Mapping[ObjectKey, EndpointSlice]) -> tuple[Endpoint, ...]:
     # Slices in name order so the merged list (and so the answers) do not depend on the order
     # events arrived in; an endpoint listed twice (during a slice rebalance) counts once.
-    merged = tuple(e for key in sorted(slices) for e in slices[key].endpoints)
-    if len({e.address for e in merged}) == len(merged):
+    if len(slices) == 1:
+        (only,) = slices.values()
+        merged = only.endpoints  # the usual Service: one slice, its tuple as it is
+    else:
+        merged = tuple(chain.from_iterable(slices[key].endpoints for key in sorted(slices)))
+    if len(set(map(_address, merged))) == len(merged):
         # No address twice, so no endpoint twice: the usual case, without hashing each
         # endpoint's every field (a third of a 500-endpoint change's cost).
         return merged
     return tuple(dict.fromkeys(merged))
+
+
+def _same(old: tuple[Endpoint, ...] | None, new: tuple[Endpoint, ...] | None) -> bool:
+    """Whether a Service's merged endpoints are unchanged. Their addresses first, in C: a
+    rollout step changes some, and comparing the endpoints themselves (a Python `__eq__`
+    each, up to the first that differs) cost a 500-endpoint change a quarter of a
+    millisecond when the replaced pods came last."""
+    if old is None or new is None:
+        return old is new
+    if len(old) != len(new):
+        return False
+    if len(old) >= ADDRESSES_FIRST and list(map(_address, old)) != list(map(_address, new)):
+        return False
+    return old == new
 
 
 def _same_or(old: Any, new: Any) -> Any:

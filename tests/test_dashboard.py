@@ -113,7 +113,8 @@ def test_every_expression_reads_an_exported_metric() -> None:
             assert found is not None, f"{name} (in {expr!r}) is not a metric kdns exports"
             read.add(found)
     # What the dashboard is for: requests by type and rcode, latency from the histogram, cache
-    # hit ratio, forward errors, programming latency, proxy sync duration, memory.
+    # hit ratio, forward errors, programming latency, proxy sync duration, memory, and every
+    # series of the receive threads' relay of forwarded misses.
     assert read >= {
         "kdns_dns_requests_total",
         "kdns_dns_responses_total",
@@ -126,6 +127,9 @@ def test_every_expression_reads_an_exported_metric() -> None:
         "kdns_proxy_sync_duration_seconds",
         "process_resident_memory_bytes",
     }
+    relay = {name for name in table if name.startswith("kdns_forward_relay_")}
+    assert len(relay) >= 5
+    assert read >= relay
 
 
 def test_the_dashboard_is_well_formed() -> None:

@@ -57,6 +57,7 @@ def test_the_relay_series_are_kdns_s_own() -> None:
     relay = [name for name in metrics.catalogue() if name.startswith("kdns_forward_relay_")]
     assert relay == [
         "kdns_forward_relay_coalesced_total",
+        "kdns_forward_relay_declined_total",
         "kdns_forward_relay_exchanges_total",
         "kdns_forward_relay_handed_back_total",
         "kdns_forward_relay_in_flight",

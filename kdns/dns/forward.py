@@ -67,6 +67,8 @@ from kdns.dns.wire import Query
 
 log = logging.getLogger(__name__)
 
+_OPT_LENGTH = len(wire.opt_bytes(False))  # our OPT record, which `add_shape`'s answers carry
+
 
 @dataclass(slots=True)
 class _InFlight:
@@ -185,8 +187,7 @@ class Forwarder:
     ) -> None:
         """`remember`, once the entry is known (the fast miss path knows it, having just
         stored it): `response` must be `entry`'s whole answer, our OPT added for EDNS."""
-        opt = len(wire.opt_bytes(False)) if edns else 0
-        if len(response) != len(entry.response) + opt:
+        if len(response) != len(entry.response) + (_OPT_LENGTH if edns else 0):
             return  # cut for the client's UDP size: the trio path cuts
         hits = self.cache.fast
         if hits.now is None:
@@ -276,6 +277,9 @@ class Forwarder:
         if policy == "round_robin":
             return None
         servers = self.config.upstreams if self._everything_upstream else self.destinations(qname)
+        if len(servers) == 1:  # the usual config: no list to make, nothing to choose
+            upstream = servers[0]
+            return upstream if self.healthy(upstream) and not upstream.tls else None
         healthy = [u for u in servers if self.healthy(u)]
         if not healthy:
             return None  # no destination, or healthcheck_broken: trio decides

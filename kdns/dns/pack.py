@@ -28,7 +28,10 @@ from __future__ import annotations
 
 import operator
 import struct
+from bisect import bisect_right
 from collections.abc import Sequence
+from itertools import accumulate, repeat
+from operator import add
 
 from dnslib import RR
 
@@ -45,6 +48,12 @@ _SOA_TIMES = struct.Struct("!IIIII")
 # question's names, at 12 on): 18 KiB, not the 700 KiB of every offset.
 NEAR = 512
 _POINTER = tuple((0xC000 | offset).to_bytes(2) for offset in range(NEAR))
+_LENGTH = tuple(bytes((n,)) for n in range(64))  # a label's length octet, by length
+# A section of this many `Rec`s or more is written a run at a time (`_write_run`); below,
+# the checks cost more than they save.
+RUN = 16
+_OWNER = operator.itemgetter(0)
+_TAIL = operator.itemgetter(2)
 
 Names = dict[tuple[bytes, ...], int]
 
@@ -231,6 +240,11 @@ def _message(
     out += type_class
     offsets = marks.offsets if marks is not None else None
     for section in sections:
+        if len(section) >= RUN and set(map(type, section)) == {Rec}:
+            # A large RRset, or its glue: written a run at a time (`_write_run`).
+            if not _write_run(out, names, section, offsets):
+                return None
+            continue
         for rr in section:
             if offsets is not None:
                 offsets.append(len(out))
@@ -252,6 +266,94 @@ def _message(
         return bytes(out)
     offsets.append(len(out))
     return bytes(out)
+
+
+def _pointer(offset: int) -> bytes:
+    return _POINTER[offset] if offset < NEAR else (0xC000 | offset).to_bytes(2)
+
+
+def _write_run(
+    out: bytearray, names: Names, recs: Sequence[Rec], offsets: list[int] | None
+) -> bool:
+    """Append `recs` (and their offsets), byte for byte what `write_rec` gives one at a time:
+    the records of one owner (an RRset: every one after the first a pointer), or of distinct
+    owners each one label below a name written before (the glue of an SRV answer, each owner
+    a new label and a pointer) as one join; else one at a time. A 500-endpoint headless SRV
+    answer spent a third of its encoding in one call per record."""
+    owners = list(map(_OWNER, recs))
+    tails = list(map(_TAIL, recs))
+    if None in tails:
+        return False
+    first = owners[0]
+    if owners.count(first) == len(owners):  # equal tuples, most of them the same object
+        if offsets is not None:
+            offsets.append(len(out))
+        if not write_rec(out, names, recs[0]):
+            return False
+        pointer = names.get(first)
+        if pointer is not None:  # else past the pointer range: one at a time, as below
+            return _join(out, _pointer(pointer), tails[1:], offsets)
+        return _write_each(out, names, recs[1:], offsets)
+    pieces = _below_known(names, owners, tails)
+    if pieces is None:
+        return _write_each(out, names, recs, offsets)
+    starts = list(accumulate(map(len, pieces), initial=len(out)))
+    starts.pop()  # the end
+    out += b"".join(pieces)
+    # Each owner remembered where it starts, as `_write_under` would, while a pointer can
+    # reach it; none was known before, so none replaces an older offset.
+    names.update(zip(owners[: bisect_right(starts, MAX_POINTER)], starts, strict=False))
+    if offsets is not None:
+        offsets += starts
+    return True
+
+
+def _join(out: bytearray, pointer: bytes, tails: list[bytes], offsets: list[int] | None) -> bool:
+    """Append records whose owner is `pointer`, one per tail."""
+    if offsets is not None:
+        sizes = map(len, tails)
+        offsets += accumulate(map(add, sizes, repeat(len(pointer))), initial=len(out))
+        offsets.pop()  # the end: the next record's start, appended by whoever writes it
+    if tails:
+        out += pointer
+        out += pointer.join(tails)
+    return True
+
+
+def _write_each(
+    out: bytearray, names: Names, recs: Sequence[Rec], offsets: list[int] | None
+) -> bool:
+    for rec in recs:
+        if offsets is not None:
+            offsets.append(len(out))
+        if not write_rec(out, names, rec):
+            return False
+    return True
+
+
+def _below_known(
+    names: Names, owners: list[tuple[bytes, ...]], tails: list[bytes]
+) -> list[bytes] | None:
+    """The encoded records of distinct owners, none written before, each one label below a
+    name written before: each the new label, a pointer to its parent, its tail. None when the
+    run is not of that shape, or a name in it breaks a limit (then written one at a time)."""
+    distinct = set(owners)
+    if len(distinct) != len(owners) or not names.keys().isdisjoint(distinct):
+        return None
+    parents = [owner[1:] for owner in owners]
+    known = list(map(names.get, parents))
+    if None in known:
+        return None
+    heads = list(map(_OWNER, owners))
+    parent_size = max(sum(map(len, p)) + len(p) for p in set(parents))
+    longest = max(map(len, heads))
+    if longest > 63 or longest + 1 + parent_size >= MAX_NAME:
+        return None
+    pointers = {offset: _pointer(offset) for offset in set(known)}
+    return [
+        _LENGTH[len(head)] + head + pointer + tail
+        for head, pointer, tail in zip(heads, map(pointers.__getitem__, known), tails, strict=True)
+    ]
 
 
 def soa_denial(

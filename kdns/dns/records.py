@@ -32,8 +32,8 @@ import bisect
 import ipaddress
 from collections import Counter
 from collections.abc import Iterable
-from itertools import repeat
-from operator import attrgetter
+from itertools import compress, repeat
+from operator import attrgetter, gt, itemgetter
 from typing import NamedTuple
 
 from dnslib import QTYPE
@@ -134,6 +134,22 @@ def _address(ip: str) -> Record:
     return Record(AAAA if ":" in ip else A, ip)
 
 
+def _addresses(ips: list[str]) -> list[Record]:
+    """An A or AAAA record per address. Every step here, and in the builders below, is a
+    `map` or `zip` over all endpoints, run in C, where it can be: a 500-endpoint Service is
+    rebuilt on each change of its endpoints, and a Python step per endpoint and pass was most
+    of that build."""
+    if ":" in "".join(ips):
+        return [_new(Record, (AAAA if ":" in ip else A, ip, 0, 0, 0, False)) for ip in ips]
+    return list(
+        map(
+            _new,
+            repeat(Record),
+            zip(repeat(A), ips, repeat(0), repeat(0), repeat(0), repeat(False)),
+        )
+    )
+
+
 def endpoint_name(endpoint: Endpoint, pod_names: bool = False) -> str:
     """Its hostname, else (CoreDNS's `endpoint_pod_names`) its Pod's name when that fits in a
     label, else its dashed address."""
@@ -148,7 +164,9 @@ def _srv_set(entries: Iterable[tuple[str, int]]) -> tuple[Record, ...]:
     """SRV records for (target, port) pairs, deduplicated; weight = 100/N as CoreDNS."""
     unique = dict.fromkeys(entries)
     weight = 100 // len(unique) if unique else 0
-    return tuple([_new(Record, (SRV, target, port, 0, weight, True)) for target, port in unique])
+    targets, ports = map(_first, unique), map(_second, unique)
+    fields = zip(repeat(SRV), targets, ports, repeat(0), repeat(weight), repeat(True))
+    return tuple(map(_new, repeat(Record), fields))
 
 
 def _srv_name(port: EndpointPort | ServicePort, base: str) -> str:
@@ -192,12 +210,12 @@ def service_records(
 
     # Only ready endpoints are published (spec 2.4.1 "ready"; EndpointSlice `ready`, which the
     # controller already sets true for publishNotReadyAddresses).
-    ready = [e for e in endpoints if e.ready]
+    ready = list(compress(endpoints, map(_ready, endpoints)))
     # Each ready endpoint's name and address record, made once: the SRV targets, the
     # endpoint names, the headless name and the PTRs all read them.
-    ips = [e.address for e in ready]
+    ips = list(map(_address_of, ready))
     hosts = _hosts(ready, ips, base, pod_names)
-    addresses = [_new(Record, (AAAA if ":" in ip else A, ip, 0, 0, 0, False)) for ip in ips]
+    addresses = _addresses(ips)
 
     if service.headless:
         if not ready:
@@ -277,7 +295,7 @@ def _endpoint_names(
     # and ClusterIP services.
     pairs = tuple(zip(hosts, addresses, strict=True))
     if len(set(hosts)) == len(hosts) and forward.keys().isdisjoint(hosts):
-        forward.update(zip(hosts, [(a,) for a in addresses], strict=True))  # one record each
+        forward.update(zip(hosts, zip(addresses), strict=True))  # one record each
     else:
         for host, address in pairs:
             _add(forward, host, address)
@@ -285,6 +303,12 @@ def _endpoint_names(
 
 
 _hostname = attrgetter("hostname")
+_ready = attrgetter("ready")
+_address_of = attrgetter("address")
+_ports = attrgetter("ports")
+_first = itemgetter(0)
+_second = itemgetter(1)
+_FIRST = itemgetter(0)
 
 
 def _hosts(ready: list[Endpoint], ips: list[str], base: str, pod_names: bool) -> list[str]:
@@ -304,6 +328,9 @@ def _runs(
 ) -> list[tuple[tuple[EndpointPort, ...], list[str]]]:
     """The endpoint names in order, cut where the ports tuple changes (from one slice to the
     next): (that slice's ports, its endpoints' names)."""
+    ports = list(map(_ports, ready))
+    if ports and ports.count(ports[0]) == len(ports):  # one slice, or slices of equal ports
+        return [(ports[0], hosts)]
     runs: list[tuple[tuple[EndpointPort, ...], list[str]]] = []
     last: tuple[EndpointPort, ...] | None = None
     run: list[str] = []
@@ -331,14 +358,14 @@ def _freeze(
     endpoint_ptrs: tuple[tuple[str, Record], ...] = (),
 ) -> ServiceRecords:
     ents: set[str] = set()
-    for name in forward:
-        # Ancestors below the service name (`_tcp.svc.ns.svc`) are empty non-terminals; only
-        # a name of more than four labels has one (an endpoint name is one label and the
-        # Service's three, unless a Pod's name holds dots).
-        if name.count(".") > 3:
-            labels = name.split(".")
-            for i in range(1, len(labels) - 3):
-                ents.add(".".join(labels[i:]))
+    # Ancestors below the service name (`_tcp.svc.ns.svc`) are empty non-terminals; only
+    # a name of more than four labels has one (an endpoint name is one label and the
+    # Service's three, unless a Pod's name holds dots): those picked out in C.
+    dots = map(str.count, forward, repeat("."))
+    for name in compress(forward, map(gt, dots, repeat(3))):
+        labels = name.split(".")
+        for i in range(1, len(labels) - 3):
+            ents.add(".".join(labels[i:]))
     return ServiceRecords(forward, reverse, frozenset(ents - forward.keys()), endpoint_ptrs)
 
 
@@ -351,7 +378,10 @@ def ptr_addresses(
     Cheaper than building the records; the reverse index needs only this."""
     if service.type == "ExternalName":
         return frozenset()
-    ready = [e.address for e in endpoints if e.ready]
+    if len(endpoints) < 16:  # most Services: the plain loop costs less than the `map`s' setup
+        ready: Iterable[str] = [e.address for e in endpoints if e.ready]
+    else:
+        ready = map(_address_of, compress(endpoints, map(_ready, endpoints)))
     if service.headless:
         return frozenset(ready)
     return frozenset((*(service.cluster_ips if cluster_ips is None else cluster_ips), *ready))
@@ -429,35 +459,55 @@ class ReverseIndex:
         old = self.by_service.pop(key, frozenset())
         if addresses:
             self.by_service[key] = addresses
-        owned = self.owners
-        gone: list[str] = []  # addresses nobody owns any more
-        for ip in old - addresses:
-            owners = owned[ip]
-            if len(owners) == 1:  # `key` alone: it owned `ip`
-                del owned[ip]
-                gone.append(ip)
-            else:
-                owned[ip] = tuple(k for k in owners if k != key)
-        came: list[str] = []  # addresses nobody owned before
-        for ip in addresses - old:
-            owners = owned.get(ip)
-            if owners is None:
-                owned[ip] = (key,)
-                came.append(ip)
-            else:
-                owned[ip] = (*owners, key)
+        gone = self._lose(key, old - addresses)
+        came = self._gain(key, addresses - old)
         if gone:
             self._regroup(gone, -1)
         if came:
             self._regroup(came, 1)
         return old
 
+    def _lose(self, key: ServiceKey, lost: frozenset[str]) -> list[str]:
+        """Take `key` off the owners of `lost`; returns those nobody owns any more."""
+        owned = self.owners
+        held = list(map(owned.pop, lost))  # in the set's order, as `list(lost)` below
+        if held.count((key,)) == len(held):  # `key` alone owned each: the usual case
+            return list(lost)
+        gone: list[str] = []
+        for ip, owners in zip(lost, held, strict=True):
+            if len(owners) == 1:
+                gone.append(ip)
+            else:
+                owned[ip] = tuple(k for k in owners if k != key)
+        return gone
+
+    def _gain(self, key: ServiceKey, gained: frozenset[str]) -> list[str]:
+        """Add `key` to the owners of `gained`; returns those nobody owned before."""
+        owned = self.owners
+        held = list(map(owned.get, gained))
+        if held.count(None) == len(held):  # nobody owned any: one shared tuple for all
+            owned.update(zip(gained, repeat((key,))))
+            return list(gained)
+        came: list[str] = []
+        for ip, owners in zip(gained, held, strict=True):
+            if owners is None:
+                owned[ip] = (key,)
+                came.append(ip)
+            else:
+                owned[ip] = (*owners, key)
+        return came
+
     def _regroup(self, ips: list[str], sign: int) -> None:
         """Count `ips` in (`sign` 1) or out (-1) of their /24s and /64s, and a group that
         appears or goes in or out of the prefixes above it."""
-        v4 = Counter([ip[: ip.rindex(".") + 1] for ip in ips if ":" not in ip])
+        v6 = [ip for ip in ips if ":" in ip] if ":" in "".join(ips) else []
+        v4 = [ip for ip in ips if ":" not in ip] if v6 else ips
+        # Each IPv4 address's /24 (its text up to the last dot), counted in C: no Python
+        # step per address of a 500-endpoint rollout.
+        counts = Counter(map(_FIRST, map(str.rpartition, v4, repeat("."))))
         changed: list[str] = []  # groups that appeared or went
-        for group, n in v4.items():
+        for network, n in counts.items():
+            group = network + "."
             before = self._v4.get(group, 0)
             count = before + sign * n
             if count:
@@ -467,19 +517,18 @@ class ReverseIndex:
             else:
                 del self._v4[group]
                 changed.append(group)
-        for ip in ips:
-            if ":" in ip:
-                rkey = reverse_key(ip)
-                group = rkey[:V6_RANGE]
-                bucket = self._v6.setdefault(group, [])
-                if sign > 0:
-                    bisect.insort(bucket, rkey)
-                else:
-                    del bucket[bisect.bisect_left(bucket, rkey)]
-                if len(bucket) == (1 if sign > 0 else 0):
-                    changed.append(group)
-                if not bucket:
-                    del self._v6[group]
+        for ip in v6:
+            rkey = reverse_key(ip)
+            group = rkey[:V6_RANGE]
+            bucket = self._v6.setdefault(group, [])
+            if sign > 0:
+                bisect.insort(bucket, rkey)
+            else:
+                del bucket[bisect.bisect_left(bucket, rkey)]
+            if len(bucket) == (1 if sign > 0 else 0):
+                changed.append(group)
+            if not bucket:
+                del self._v6[group]
         above = self._above
         for group in changed:
             for prefix in _above(group):

@@ -5,12 +5,12 @@ receive thread that sent the miss upstream and read its reply (kdns/dns/miss_rel
 contract is byte equality with trio's path: a client gets exactly what `Forwarder.resolve`
 then `Handler.complete` would have sent it (tests/dns/test_fast_misses.py compares them).
 
-- `ClientShaped(response, entry)`: one upstream response (OPT stripped), with the TTLs of the
-  cache entry just made from it (0 s elapsed, as `from_cache` gives) or as the upstream sent
-  them when it is not cached (`relabel`); `answer(data, qend)` makes it the answer to the
-  plain query `data` without parsing it — its ID, RD and CD (cached answers: as the client
-  asked), RA, its question's spelling, our OPT when it sent one — or None when the answer
-  must be cut for the client's UDP size.
+- `ClientShaped(response, entry, ttls)`: one upstream response (OPT stripped) whose records
+  carry `ttls`, with the TTLs of the cache entry just made from it (0 s elapsed, as
+  `from_cache` gives) or as the upstream sent them when it is not cached (`relabel`);
+  `answer(data, qend)` makes it the answer to the plain query `data` without parsing it — its
+  ID, RD and CD (cached answers: as the client asked), RA, its question's spelling, our OPT
+  when it sent one — or None when the answer must be cut for the client's UDP size.
 - `generic_answer(data, response, entry, now)`: the same answer by trio's own functions
   (`from_cache` or `relabel`, then `wire.finish`), for what `ClientShaped` leaves (the cut).
 """
@@ -36,8 +36,12 @@ class ClientShaped:
 
     __slots__ = ("arcount", "base", "cached", "flags", "rcode")
 
-    def __init__(self, response: bytes, entry: CacheEntry | None) -> None:
-        if entry is not None:
+    def __init__(
+        self, response: bytes, entry: CacheEntry | None, ttls: list[int] | None = None
+    ) -> None:
+        # `ttls`: those `response` carries (the usual case: none above the entry's, nothing to
+        # rewrite); None: not known, written from the entry.
+        if entry is not None and entry.ttls != ttls:
             base = bytearray(response)
             for offset, ttl in zip(entry.ttl_offsets, entry.ttls, strict=True):
                 _TTL.pack_into(base, offset, ttl)  # the entry's TTLs, stored just now

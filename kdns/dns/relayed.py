@@ -26,7 +26,9 @@ two halves (docs/architecture.md §6, §7 step 5):
   outcome of `kdns_forward_relay_exchanges_total` (answered, truncated, stale, timeout,
   network, malformed, stopped), with its clients counted as coalesced (all but the first) and
   handed back (all of them, but for answered); trio adds them to the counters once per batch
-  (kdns/metrics.py). The in-flight gauge reads `in_flight` of every live instance at scrape time.
+  (kdns/metrics.py). The misses a relay declines at its limit (`MissRelay.declined`, an int its
+owner counts) are added to `kdns_forward_relay_declined_total` by the same batch. The in-flight
+gauge reads `in_flight` of every live instance at scrape time.
 
 Hand-over: one `run_sync_soon` per batch, at FLUSH_AT records, FLUSH_EVERY seconds after the
 first, or when the receive thread has nothing left in flight (the clients have their answers
@@ -44,14 +46,17 @@ popped only by trio; `_woken` is set only by them and cleared only by trio befor
 no record is left unseen (two threads waking trio at once cost one empty `batch`); `unstored`
 gets single-key `dict` writes from receive threads and single-key removals from trio, and the
 receive threads test `in`; `_relays` gets one single-key write per receive thread (its own)
-and is replaced whole by `stop`; `answered`, `_spent`, `_truncated` and `_labels` are trio's
-alone (`handed_back`, for tests, is the receive threads'), and so are the relay metrics: the
-receive threads only append records, trio adds them up. The in-flight gauge (any thread that
+and is replaced whole by `stop`; `answered`, `_spent`, `_truncated`, `_labels` and
+`_declined_seen` are trio's alone (`handed_back`, for tests, is the receive threads'), and so
+are the relay metrics: the receive threads only append records and count their relay's
+`declined` (an int only its owner writes; trio reads it, one attribute read), trio adds them
+up. The in-flight gauge (any thread that
 scrapes) copies `_LIVE`, a WeakSet, and each instance's `_relays` in one step each and reads
 only lengths. The interface to the Forwarder is its public members: `config`, `cache`, `clock`,
 `coalesced`, `all_upstreams`, `zone_for`, `add_shape`, and its `exchanges`
 (kdns/dns/upstream_exchange.py: `health`, `names`, `count_request`, `count_response`,
-`failed`); to a receiver, `relaying` (kdns/dns/relaying.py), `hand_back`, `answered`.
+`count_responses`, `failed`); to a receiver, `relaying` (kdns/dns/relaying.py), `hand_back`,
+`answered`.
 """
 
 from __future__ import annotations
@@ -134,6 +139,9 @@ class RelayedMisses:
         # a repeat meanwhile goes to trio, which stores them first (`batch`). Never replaced.
         self.unstored: dict[bytes, None] = {}
         self._labels: dict[tuple[str, int, int, bool], tuple[int, int]] = {}  # trio's
+        # Each relay's `declined` as trio last added it to the counter (trio's), kept for a
+        # stopped relay until it has closed (its count then moves no more).
+        self._declined_seen: dict[MissRelay, int] = {}
         self.answered = 0  # misses answered by the relay (tests, the curious)
         self.handed_back = 0  # misses it gave back to trio (timeout, TC, a socket error, …)
         _LIVE.add(self)
@@ -154,6 +162,7 @@ class RelayedMisses:
         self.running = False
         relays, self._relays = list(self._relays.values()), {}
         for relay in relays:
+            self._declined_seen.setdefault(relay, 0)  # folded until it has closed
             relay.stop()
 
     def relay_for(self, receiver: Any) -> MissRelay | None:
@@ -195,7 +204,7 @@ class RelayedMisses:
 
     def in_flight(self) -> int:
         """Exchanges the relays have in flight (any thread: a length per relay)."""
-        return sum(len(relay) for relay in list(self._relays.values()))
+        return sum(map(len, list(self._relays.values())))
 
     def take_spent(self, key: bytes) -> tuple[Upstream, float] | None:
         """The upstream the relay's failed attempt at `key` asked, and the seconds it took."""
@@ -211,7 +220,8 @@ class RelayedMisses:
         """The receive thread: the upstream answered `pending`. Each waiter gets the bytes trio
         would send (`resolve` then `Handler.complete`); trio then stores the entry and counts."""
         try:
-            parsed = parse_response(reply)
+            # The question is ours (`matches` compared it): the records start after it.
+            parsed = parse_response(reply, 12 + len(pending.question))
         except wire.WireError as e:
             self.on_failure(pending, waiters, e)
             return
@@ -238,7 +248,7 @@ class RelayedMisses:
             made = self.cache.entry_for(pending.key, response, parsed, now)
         entry = made[0] if made is not None else None
         answered = []
-        shaped = ClientShaped(response, entry)
+        shaped = ClientShaped(response, entry, parsed.ttls)
         for waiter in waiters:
             (data, addr, start, _serving), receiver, qend = waiter
             out = shaped.answer(data, qend)
@@ -321,7 +331,10 @@ class RelayedMisses:
         """Trio's side: store what the relay answered, count it as `resolve` would have."""
         self._woken = False
         done, exchanges = self.done, self._exchanges
-        requests: dict[str, int] = {}  # counted once per batch: a lock per increment costs
+        # Counted once per batch (a lock per increment costs): requests, and answers by rcode
+        # (each answer's duration is still observed on its own, the histogram needs it).
+        requests: dict[str, int] = {}
+        responses: dict[tuple[str, int], int] = {}
         tally = _RelayTally()
         while done:
             record = done.popleft()
@@ -340,7 +353,8 @@ class RelayedMisses:
             if kind == "answered":
                 _, _, made, rcode, duration, answered, clients = record
                 health.fails = 0
-                exchanges.count_response(to, rcode, duration)
+                exchanges.count_response(to, rcode, duration, count=False)
+                responses[(to, rcode)] = responses.get((to, rcode), 0) + 1
                 if made is not None:
                     self.cache.store(pending.key, *made)
                     self.unstored.pop(pending.key, None)
@@ -348,11 +362,13 @@ class RelayedMisses:
                 tally.exchange(to, "answered", clients, clients - len(answered))
             elif kind == "servfail":  # an answer (the upstream is up), and a spent attempt
                 health.fails = 0
-                exchanges.count_response(to, record[2], record[3])
+                exchanges.count_response(to, record[2], record[3], count=False)
+                responses[(to, record[2])] = responses.get((to, record[2]), 0) + 1
                 self._spend(pending)
                 tally.exchange(to, "stale", record[4], record[4])
             elif kind == "truncated":
-                exchanges.count_response(to, record[2], record[3])
+                exchanges.count_response(to, record[2], record[3], count=False)
+                responses[(to, record[2])] = responses.get((to, record[2]), 0) + 1
                 if len(self._truncated) >= FAST_SPENT_KEPT:
                     self._truncated.clear()  # misses dropped before trio saw them
                 self._truncated[pending.key] = upstream
@@ -366,7 +382,31 @@ class RelayedMisses:
                 tally.exchange(to, failure_outcome(error), len(waiters), len(waiters))
         for to, count in requests.items():
             exchanges.count_request(to, count)
+        for (to, rcode), count in responses.items():
+            exchanges.count_responses(to, rcode, count)
         tally.publish()
+        self._fold_declined()
+
+    def _fold_declined(self) -> None:
+        """Add what each relay declined since the last batch to the counter (trio). A decline
+        always waits on an exchange in flight (the one it would have joined, or the `limit`
+        its relay has), whose end is a record its owner appends after the count: the batch
+        that drains that record sees the count."""
+        seen = self._declined_seen
+        live = list(self._relays.values())  # one step: receive threads add their own
+        for relay in live:
+            seen.setdefault(relay, 0)
+        added = 0
+        for relay, folded in list(seen.items()):
+            closed = relay.closed.is_set()  # read first: once closed, `declined` is final
+            declined = relay.declined
+            added += declined - folded
+            if closed and not any(relay is other for other in live):
+                del seen[relay]
+            else:
+                seen[relay] = declined
+        if added:
+            metrics.FORWARD_RELAY_DECLINED.inc(added)
 
     def _spend(self, pending: Pending) -> None:
         """The relay's attempt was this question's first: trio's goes on from there."""

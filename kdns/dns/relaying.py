@@ -120,8 +120,10 @@ class Relaying:
             now = clock()
             wait, busy = LONGEST_WAIT, False
             for relay in relays:
-                relay.expire(now)
                 deadline = relay.next_deadline()
+                if deadline is not None and deadline <= now:  # most turns: nothing overdue
+                    relay.expire(now)
+                    deadline = relay.next_deadline()
                 if deadline is not None:
                     busy = True
                     wait = min(wait, deadline - now)

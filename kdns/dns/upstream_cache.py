@@ -16,7 +16,8 @@ the upstreams, this keeps what they said):
 - `get` gives a fresh entry (an expired one past its serve-stale window is dropped), `stale`
   one inside that window (RFC 8767); `answers_now` whether a fresh entry (a SERVFAIL too) is
   kept under a key and `stale_kept` whether `stale` would serve one, both plain dict reads of
-  each table's `readable` mirror, safe from the receive and relay threads.
+  each table's `readable` view (its own dict; `get` leaves the LRU order alone), safe from the
+  receive and relay threads.
 - `from_cache(entry, query, now)`: the client's answer, TTLs counted down (RFC 1035 §7.1).
 - Prefetch (CoreDNS's cache `prefetch`): `count_hit` on the slow path of a hit
   (`now >= entry.check_at`) says whether a popular entry is due its refresh
@@ -32,10 +33,9 @@ from __future__ import annotations
 import itertools
 import math
 import struct
-from collections.abc import Callable, Iterator
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, KeysView, Mapping, ValuesView
 from dataclasses import dataclass, field
-
-from cachetools import LRUCache
 
 from kdns.config import CacheSection
 from kdns.dns import wire
@@ -75,50 +75,87 @@ class CacheEntry:
 # What an entry costs beyond its response and key: the dataclass, its two lists, the LRU's
 # bookkeeping, the receive thread's counter and shape list (tracemalloc on CPython 3.11;
 # tests/dns/test_cache_budget.py checks it).
-ENTRY_OVERHEAD = 820
+ENTRY_OVERHEAD = 690
 
 
 def entry_size(key: bytes, response: bytes, records: int) -> int:
     return ENTRY_OVERHEAD + len(key) + len(response) + 2 * 40 * records
 
 
-class CacheTable(LRUCache[bytes, CacheEntry]):
+class CacheTable:
     """One LRU table of the upstream cache: its entries' sizes summed in `bytes`, and the entries
-    it evicted (to stay within its count, or `UpstreamCache`'s byte bound) in `evictions`."""
+    it evicted (to stay within `maxsize` entries, or `UpstreamCache`'s byte bound) in `evictions`.
+
+    An `OrderedDict` in recency order, least recent first: a store is one insert and, when full,
+    one `popitem(last=False)`, both in C (cachetools' LRUCache costs several Python calls per
+    store and per eviction, which a forwarded miss pays for every new name once the cache is
+    full). Trio's thread writes it; `readable` is that same dict, which the receive threads may
+    read (`UpstreamCache.answers_now`, `stale_kept`: one `dict.get`, which leaves the order
+    alone; every write, `move_to_end` too, is one C call under the GIL)."""
 
     def __init__(self, maxsize: int, dropped: Callable[[CacheEntry], None]) -> None:
-        super().__init__(maxsize=maxsize)
+        self.maxsize = maxsize
         self.bytes = 0
         self.evictions = 0
         self.dropped = dropped  # told of every entry that leaves, so no shape serves it
-        # The same entries in a plain dict, which the relay's threads may read
-        # (`UpstreamCache.answers_now`, `stale_kept`) while only trio writes it: reading the
-        # LRU itself would move the key in its order.
-        self.readable: dict[bytes, CacheEntry] = {}
+        self._entries: OrderedDict[bytes, CacheEntry] = OrderedDict()
+        self.readable: Mapping[bytes, CacheEntry] = self._entries
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._entries
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self._entries)
+
+    def keys(self) -> KeysView[bytes]:
+        return self._entries.keys()
+
+    def values(self) -> ValuesView[CacheEntry]:
+        return self._entries.values()
+
+    def get(self, key: bytes) -> CacheEntry | None:
+        """The entry under `key`, now the most recently used; None when there is none."""
+        entry = self._entries.get(key)
+        if entry is not None:
+            self._entries.move_to_end(key)
+        return entry
+
+    def __getitem__(self, key: bytes) -> CacheEntry:
+        entry = self._entries[key]
+        self._entries.move_to_end(key)
+        return entry
 
     def __setitem__(self, key: bytes, value: CacheEntry) -> None:
-        if key in self:
+        entries = self._entries
+        if self.maxsize <= 0:
+            return  # keeps nothing (`entry_for` makes no entry for such a table)
+        if key in entries:
             del self[key]  # replaced: its size goes before the new one's comes
-        super().__setitem__(key, value)  # may evict (popitem) to stay within maxsize
+        while entries and len(entries) >= self.maxsize:
+            self.popitem()  # the least recently used make room
+        entries[key] = value
         self.bytes += value.size
-        self.readable[key] = value
 
     def __delitem__(self, key: bytes) -> None:
-        entry = super().__getitem__(key)
-        super().__delitem__(key)
-        self.readable.pop(key, None)
+        entry = self._entries.pop(key)
         self.bytes -= entry.size
         self.dropped(entry)
 
     def popitem(self) -> tuple[bytes, CacheEntry]:
+        """Evict the least recently used entry (KeyError when empty)."""
+        key, entry = self._entries.popitem(last=False)
         self.evictions += 1
-        return super().popitem()
+        self.bytes -= entry.size
+        self.dropped(entry)
+        return key, entry
 
     def clear(self) -> None:
-        for entry in self.values():
+        for entry in self._entries.values():
             self.dropped(entry)
-        super().clear()  # cachetools clears its dict directly, not through __delitem__
-        self.readable.clear()
+        self._entries.clear()
         self.bytes = 0
 
     def grow(self, entry: CacheEntry, extra: int) -> None:
@@ -238,10 +275,13 @@ class UpstreamCache:
         size = entry_size(key, response, len(parsed.ttls))
         if size > self.max_bytes:
             return None  # larger than the whole budget: asked upstream each time
+        ttls = parsed.ttls
+        if ttls and max(ttls) > ttl:
+            ttls = [min(t, ttl) for t in ttls]  # capped at the entry's TTL
         entry = CacheEntry(
             response,
             parsed.ttl_offsets,
-            [min(t, ttl) for t in parsed.ttls],
+            ttls,  # as parsed when none is above the entry's: nothing changes them after
             now,
             now + ttl,
             now + ttl + config.cache.serve_stale,

@@ -25,6 +25,15 @@ class Upstream:
     host: str
     port: int = 53
     tls: bool = False  # DNS over TLS (RFC 7858), CoreDNS's `tls://IP`
+    # The hash of the three, computed once: every forwarded miss looks its upstream up in
+    # several dicts (health, metric names), and a dataclass hashes a fresh tuple per lookup.
+    _hash: int = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_hash", hash((self.host, self.port, self.tls)))
+
+    def __hash__(self) -> int:
+        return self._hash
 
     def __str__(self) -> str:
         address = f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"

@@ -79,7 +79,7 @@ class UpstreamExchanges:
             self.tls = TlsConnections(context, config.tls_servername, config.expire)
         # prometheus-client children by label values: `.labels()` per exchange costs more than
         # the dict lookup (upstreams × rcodes: bounded).
-        self._series: dict[tuple[str, str], tuple[Any, Any]] = {}
+        self._series: dict[tuple[str, str | int], tuple[Any, Any]] = {}  # by (to, "" or rcode)
 
     def healthy(self, upstream: Upstream) -> bool:
         """Up unless it failed `max_fails` exchanges in a row (CoreDNS: 0 = never down)."""
@@ -145,17 +145,28 @@ class UpstreamExchanges:
             series = self._series[(to, "")] = (metrics.FORWARD_REQUESTS.labels(to), None)
         series[0].inc(count)
 
-    def count_response(self, to: str, rcode: int, seconds: float) -> None:
-        """One answer from the upstream labelled `to`, its rcode and how long it took."""
-        name = metrics.rcode_name(rcode)
-        series = self._series.get((to, name))
+    def count_response(self, to: str, rcode: int, seconds: float, count: bool = True) -> None:
+        """One answer from the upstream labelled `to`, its rcode and how long it took; with
+        `count` False only its duration (the caller adds the answers up, `count_responses`)."""
+        series = self._response_series(to, rcode)
+        if count:
+            series[0].inc()
+        series[1].observe(seconds)
+
+    def count_responses(self, to: str, rcode: int, count: int) -> None:
+        """`count` answers with `rcode` from the upstream labelled `to`, timed already
+        (`count_response(..., count=False)`): one increment for a batch of them."""
+        self._response_series(to, rcode)[0].inc(count)
+
+    def _response_series(self, to: str, rcode: int) -> tuple[Any, Any]:
+        series = self._series.get((to, rcode))
         if series is None:
-            series = self._series[(to, name)] = (
+            name = metrics.rcode_name(rcode)
+            series = self._series[(to, rcode)] = (
                 metrics.FORWARD_RESPONSES.labels(to, name),
                 metrics.FORWARD_DURATION.labels(to, name),
             )
-        series[0].inc()
-        series[1].observe(seconds)
+        return series
 
     async def _udp(self, upstream: Upstream, message: bytes, qid: int, question: bytes) -> bytes:
         # From a pooled socket (kdns/dns/udp_pool.py): a random ephemeral port, used for a few

@@ -4,10 +4,12 @@ Pure (bytes in, bytes out; no sockets, no clock): what the forwarder (kdns/dns/f
 upstream cache (kdns/dns/upstream_cache.py) and the relay's trio side (kdns/dns/relayed.py)
 share about an upstream's reply.
 
-- `parse_response(data)` walks every record once and returns a `Parsed`: the rcode, each TTL
+- `parse_response(data, question_end)` walks every record once and returns a `Parsed`: the
+  rcode, each TTL
   and its offset (OPT's excluded), the answer section's TTLs, the negative-caching TTL of the
   authority section's SOA (RFC 2308 §5: min(SOA TTL, SOA MINIMUM)) and the OPT record's span;
-  a malformed response raises `wire.WireError`.
+  a malformed response raises `wire.WireError`. `question_end`: where its one question ends,
+  when the caller has compared it with its own already (the relay's `matches`), not walked again.
 - `strip_opt(data, parsed)` drops the upstream's OPT record (ours is added per client, RFC
   6891 §7) and moves `parsed`'s TTL offsets with it.
 - `relabel(response, query)`: an uncached response as the answer to `query` (its ID, the
@@ -25,6 +27,7 @@ from kdns.dns.wire import Query
 OPT = 41
 SOA = 6
 RRHeader = struct.Struct("!HHIH")
+_HEADER = struct.Struct("!6H")
 _TO_QUESTION = b"\xc0\x0c"  # a compression pointer to offset 12: the first question's name
 
 
@@ -41,37 +44,42 @@ class Parsed:
     opt_span: tuple[int, int] | None = None  # the OPT record's bytes, to strip
 
 
-def parse_response(data: bytes) -> Parsed:
+def parse_response(data: bytes, question_end: int | None = None) -> Parsed:
     """Walk a response's records (raises wire.WireError when it is malformed)."""
     if len(data) < 12:
         raise wire.WireError("short response")
-    _, flags, qdcount, ancount, nscount, arcount = struct.unpack_from("!6H", data)
-    pos = 12
-    for _ in range(qdcount):
-        _, pos = wire.read_name(data, pos)
-        pos += 4
+    _, flags, qdcount, ancount, nscount, arcount = _HEADER.unpack_from(data)
+    if question_end is not None and qdcount == 1:
+        pos = question_end
+    else:
+        pos = 12
+        for _ in range(qdcount):
+            _, pos = wire.read_name(data, pos)
+            pos += 4
     parsed = Parsed(rcode=flags & 0xF, ancount=ancount)
-    for section, count in enumerate((ancount, nscount, arcount)):
+    offsets, ttls, answer_ttls = parsed.ttl_offsets, parsed.ttls, parsed.answer_ttls
+    size, header = len(data), RRHeader.unpack_from
+    for section, count in ((0, ancount), (1, nscount), (2, arcount)):
         for _ in range(count):
             start = pos
             if qdcount and data[pos : pos + 2] == _TO_QUESTION:
                 pos += 2  # the question's name, which read_name has already walked
             else:
                 _, pos = wire.read_name(data, pos)
-            if pos + 10 > len(data):
+            if pos + 10 > size:
                 raise wire.WireError("record header runs past the end")
-            rtype, _rclass, ttl, rdlength = RRHeader.unpack_from(data, pos)
+            rtype, _rclass, ttl, rdlength = header(data, pos)
             ttl_offset = pos + 4
             pos += 10 + rdlength
-            if pos > len(data):
+            if pos > size:
                 raise wire.WireError("rdata runs past the end")
             if rtype == OPT:
                 parsed.opt_span = (start, pos)
                 continue
-            parsed.ttl_offsets.append(ttl_offset)
-            parsed.ttls.append(ttl)
+            offsets.append(ttl_offset)
+            ttls.append(ttl)
             if section == 0:
-                parsed.answer_ttls.append(ttl)
+                answer_ttls.append(ttl)
             elif section == 1 and rtype == SOA and rdlength >= 20:
                 minimum = struct.unpack_from("!I", data, pos - 4)[0]
                 parsed.soa_negative_ttl = min(ttl, minimum)

@@ -74,7 +74,7 @@ def names_parts(names: list[str]) -> list[Parts]:
     """`name_parts` of each name; those not in the memo, when each is one label below one
     parent (the new endpoint names of one Service), made together: the labels cut off the
     parent, and encoded, by one `replace`, `encode` and `split` of all of them joined."""
-    found = [_names.get(name) for name in names]
+    found = list(map(_names.get, names))
     if None not in found:
         return found  # type: ignore[return-value]
     new = [name for name, parts in zip(names, found, strict=True) if parts is None]
@@ -126,7 +126,7 @@ def address_bytes(ip: str) -> bytes:
 def addresses_bytes(ips: list[str]) -> list[bytes]:
     """`address_bytes` of each address; IPv4 addresses not in the memo converted together (one
     split and one `bytes` of all their octets)."""
-    found = [_addresses.get(ip) for ip in ips]
+    found = list(map(_addresses.get, ips))
     if None not in found:
         return found  # type: ignore[return-value]
     new = [ip for ip, packed in zip(ips, found, strict=True) if packed is None]

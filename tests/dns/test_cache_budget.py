@@ -20,7 +20,7 @@ from kdns.config import CacheSection
 from kdns.dns import wire
 from kdns.dns.handler import Handler
 from kdns.dns.stats import CacheStats
-from kdns.dns.upstream_cache import UpstreamCache
+from kdns.dns.upstream_cache import CacheEntry, CacheTable, UpstreamCache
 from kdns.dns.upstream_config import ForwardConfig
 from kdns.dns.upstream_response import parse_response
 from tests.dns.test_rotation import handler as cluster_handler
@@ -187,3 +187,25 @@ def test_keys_are_in_the_shipped_defaults() -> None:
     assert CacheSection().max_bytes == 16 << 20
     assert CacheSection().answer_max_bytes == 32 << 20
     assert wire.AnswerCache().max_bytes == CacheSection().answer_max_bytes
+
+
+def test_upstream_cache_table_is_least_recently_used_and_tells_what_leaves() -> None:
+    # One table on its own: an entry read is the most recent; a full table evicts the least
+    # recent; every entry that leaves (evicted, replaced, deleted, cleared) is told to
+    # `dropped`, and `readable` (the receive threads' view) holds exactly what the table holds.
+    left: list[str] = []
+    table = CacheTable(2, lambda entry: left.append(entry.response.decode()))
+
+    def entry(name: str) -> CacheEntry:
+        return CacheEntry(name.encode(), [], [], 0.0, 1.0, 1.0, size=100)
+
+    table[b"a"], table[b"b"] = entry("a"), entry("b")
+    assert table.get(b"a") is not None  # a is now the most recent
+    table[b"c"] = entry("c")  # full: b, the least recent, goes
+    assert (list(table), left, table.evictions, table.bytes) == ([b"a", b"c"], ["b"], 1, 200)
+    table[b"a"] = entry("a2")  # replaced: the old a leaves, the new one is the most recent
+    del table[b"c"]
+    assert (list(table), left, table.bytes) == ([b"a"], ["b", "a", "c"], 100)
+    assert dict(table.readable) == {b"a": table[b"a"]}
+    table.clear()
+    assert (len(table), left[-1], table.bytes, dict(table.readable)) == (0, "a2", 0, {})

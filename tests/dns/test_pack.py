@@ -260,3 +260,93 @@ def test_names_built_without_the_idna_pass_are_dnslibs(labels: list[str], rooted
             dns_name(name)
         return
     assert dns_name(name).label == want
+
+
+def one_at_a_time(
+    header: bytes, labels: tuple[bytes, ...], sections: list[list[pack.Rec]]
+) -> tuple[bytes | None, list[int]]:
+    """What `pack.message` wrote before it wrote runs: `write_rec` per record, and each one's
+    offset."""
+    out = bytearray(header)
+    names: pack.Names = {}
+    if not pack.write_name(out, names, labels):
+        return None, []
+    out += b"\x00\x21\x00\x01"
+    offsets: list[int] = []
+    for section in sections:
+        for rec in section:
+            offsets.append(len(out))
+            if not pack.write_rec(out, names, rec):
+                return None, []
+    offsets.append(len(out))
+    return bytes(out), offsets
+
+
+HEADS = st.sampled_from([b"a", b"b", b"web-0", b"10-0-0-1", b"x" * 63, b"y" * 64])
+
+
+@st.composite
+def runs(draw: st.DrawFn, question: tuple[bytes, ...]) -> list[pack.Rec]:
+    """A section of `Rec`s, long enough to be written as a run: one owner (an RRset), owners one
+    label below a suffix of the question (glue), or any owners."""
+    n = draw(st.integers(pack.RUN - 2, pack.RUN + 20))
+    shape = draw(st.sampled_from(["rrset", "glue", "glue", "any"]))
+    tail = (
+        st.one_of(st.binary(min_size=4, max_size=40), st.just(None))
+        if draw(st.booleans())
+        else st.binary(min_size=4, max_size=40)
+    )
+    suffixes = [question[i:] for i in range(len(question))]
+    if shape == "rrset":
+        owner = draw(st.sampled_from([question, *(((h, *question)) for h in [b"a", b"zz"])]))
+        owners = [owner] * n
+    elif shape == "glue":
+        parent = draw(st.sampled_from(suffixes))
+        heads = draw(
+            st.lists(st.binary(min_size=1, max_size=8), min_size=n, max_size=n, unique=True)
+        )
+        if draw(st.booleans()):  # a clash: a repeated owner, or a label past 63 octets
+            heads[-1] = draw(st.sampled_from([heads[0], b"y" * 64]))
+        owners = [(head, *parent) for head in heads]
+    else:
+        owners = draw(
+            st.lists(
+                st.sampled_from(suffixes) | st.lists(HEADS, min_size=1, max_size=3).map(tuple),
+                min_size=n,
+                max_size=n,
+            )
+        )
+    return [pack.Rec(owner, pack.A, draw(tail)) for owner in owners]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data(), st.lists(LABELS, min_size=1, max_size=4).map(tuple))
+def test_runs_of_recs_are_written_as_one_at_a_time(
+    data: st.DataObject, question: tuple[bytes, ...]
+) -> None:
+    """An RRset, glue below the question, repeated or clashing owners, labels past 63 octets,
+    tails the encoder refuses: the bytes and offsets of writing each record in turn."""
+    sections = [data.draw(runs(question)) for _ in range(3)]
+    header = bytes(12)
+    marks = pack.Marks()
+    packed = pack.message(header, question, b"\x00\x21\x00\x01", sections, marks)
+    expected, offsets = one_at_a_time(header, question, sections)
+    assert packed == expected
+    if expected is not None:
+        assert marks.offsets == offsets
+
+
+def test_a_run_past_the_pointer_range_names_no_owner_there() -> None:
+    """Glue owners written past 16 KiB cannot be pointed at: a later record of the same owner
+    spells it out again, as one at a time does."""
+    question = (b"_http", b"_tcp", b"hl", b"ns", b"svc", b"cluster", b"local")
+    parent = question[2:]
+    bulky = [pack.Rec(question, pack.A, bytes(600)) for _ in range(30)]  # past 16 KiB
+    glue = [pack.Rec((b"h%d" % i, *parent), pack.A, bytes(14)) for i in range(20)]
+    again = [pack.Rec(glue[0].owner, pack.A, bytes(14)), pack.Rec(glue[0].owner, pack.A, b"")]
+    sections = [bulky, glue, again]
+    marks = pack.Marks()
+    packed = pack.message(bytes(12), question, b"\x00\x21\x00\x01", sections, marks)
+    expected, offsets = one_at_a_time(bytes(12), question, sections)
+    assert packed == expected and marks.offsets == offsets
+    assert packed is not None and packed[offsets[50] : offsets[50] + 3] == b"\x02h0"

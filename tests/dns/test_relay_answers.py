@@ -29,40 +29,42 @@ def with_cd(data: bytes) -> bytes:
     return data[:3] + bytes((data[3] | 0x10,)) + data[4:]
 
 
-def upstream_reply(records: int, cd: bool = False) -> bytes:
+def upstream_reply(records: int, cd: bool = False, ttl: int = 300) -> bytes:
     """What an upstream answers `NAME A` with: `records` addresses for 300 s, RD RA, ID 7, EDNS,
     CD echoed from our query (which carries the client's)."""
     asked = dns.message.make_query(NAME, "A", use_edns=0)
     reply = dns.message.make_response(asked)
     reply.id = 7
     reply.flags |= dns.flags.RA | (dns.flags.CD if cd else 0)
-    ttl = 300
     addresses = [f"192.0.2.{i % 250 + 1}" for i in range(records)]
     reply.answer.append(dns.rrset.from_text_list(NAME, ttl, "IN", "A", addresses))
     return reply.to_wire()
 
 
-def made(data: bytes, reply: bytes, cached: bool) -> tuple[bytes, CacheEntry | None]:
-    """The reply with its OPT stripped, and the entry the upstream cache would store for it."""
+def made(data: bytes, reply: bytes, cached: bool) -> tuple[bytes, CacheEntry | None, list[int]]:
+    """The reply with its OPT stripped, the entry the upstream cache would store for it, and
+    the TTLs the reply carries."""
     parsed = parse_response(reply)
     response = strip_opt(reply, parsed)
     if not cached:
-        return response, None
+        return response, None, parsed.ttls
     found = miss_key(data)
     assert found is not None
     stored = UpstreamCache(ForwardConfig()).entry_for(found[0], response, parsed, NOW)
     assert stored is not None
-    return response, stored[0]
+    return response, stored[0], parsed.ttls
 
 
 def answer(data: bytes, reply: bytes, cached: bool) -> bytes | None:
     """What the reader thread sends the client that asked `data`."""
-    response, entry = made(data, reply, cached)
+    response, entry, ttls = made(data, reply, cached)
     found = miss_key(data)
     assert found is not None
-    out = ClientShaped(response, entry).answer(data, found[2])
-    # The contract: what trio's own functions give, byte for byte.
+    out = ClientShaped(response, entry, ttls).answer(data, found[2])
+    # The contract: what trio's own functions give, byte for byte; the TTLs the reply carries
+    # only spare rewriting those the entry keeps as they are.
     assert out == generic_answer(data, response, entry, NOW)
+    assert out == ClientShaped(response, entry).answer(data, found[2])
     return out
 
 
@@ -105,10 +107,31 @@ def test_the_answer_is_the_upstreams_records_as_the_client_asked(
 
 def test_an_answer_larger_than_the_clients_udp_size_is_left_to_the_generic_cut() -> None:
     data = query()  # no EDNS: 512 octets at most (RFC 1035 §4.2.1)
-    response, entry = made(data, upstream_reply(40), cached=True)
+    response, entry, _ = made(data, upstream_reply(40), cached=True)
     found = miss_key(data)
     assert found is not None
     assert ClientShaped(response, entry).answer(data, found[2]) is None
     cut = generic_answer(data, response, entry, NOW)
     assert cut is not None and len(cut) <= 512
     assert dns.message.from_wire(cut).flags & dns.flags.TC
+
+
+@pytest.mark.parametrize("cached", [True, False], ids=["cached", "not cacheable"])
+def test_ttls_under_the_caches_cap_are_answered_as_the_upstream_sent_them(cached: bool) -> None:
+    data = query()
+    out = answer(data, upstream_reply(2, ttl=20), cached)
+    assert out is not None
+    (rrset,) = dns.message.from_wire(out).answer
+    assert sorted(rrset.to_text().splitlines()) == [
+        f"{NAME} 20 IN A 192.0.2.1",
+        f"{NAME} 20 IN A 192.0.2.2",
+    ]
+
+
+@pytest.mark.parametrize("records", [0, 2, 40])
+def test_a_reply_read_after_a_known_question_reads_as_one_read_whole(records: int) -> None:
+    # The relay compared the question already (`matches`): the walk starts after it.
+    reply = upstream_reply(records)
+    found = miss_key(query())
+    assert found is not None
+    assert parse_response(reply, found[2]) == parse_response(reply)

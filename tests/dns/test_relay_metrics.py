@@ -26,6 +26,7 @@ from kdns.dns.handler import Handler
 from kdns.dns.resolver import Resolver
 from kdns.dns.server import DnsServer
 from kdns.dns.upstream_config import ForwardConfig, Upstream
+from kdns.dns.upstream_misses import MAX_WAITERS
 from kdns.metrics import RELAY_OUTCOMES
 from kdns.store import Store
 from tests.dns.cluster import load
@@ -47,6 +48,7 @@ EXCHANGES = "kdns_forward_relay_exchanges_total"
 HANDED_BACK = "kdns_forward_relay_handed_back_total"
 COALESCED = "kdns_forward_relay_coalesced_total"
 IN_FLIGHT = "kdns_forward_relay_in_flight"
+DECLINED = "kdns_forward_relay_declined_total"
 
 
 def sample(name: str, **labels: str) -> float:
@@ -237,3 +239,41 @@ async def test_a_listener_closed_mid_exchange_counts_it_stopped() -> None:
             nursery.cancel_scope.cancel()
     assert changed == {"stopped": 1, "handed back: stopped": 1}
     assert closed
+
+
+async def test_misses_the_relay_declines_at_its_limit_are_counted() -> None:
+    # MAX_WAITERS clients wait on one exchange at a silent upstream; the next client asking the
+    # same question is declined (left to trio, which then coalesces the rest in its own
+    # exchange). Sent a hundred at a time, each hundred waited on until the relay has them, so
+    # no datagram is lost to a full socket buffer.
+    with (
+        Responder(silent) as upstream,
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client,
+    ):
+        counts = Counts(upstream.upstream)
+        declined_before = sample(DECLINED)
+        config = ForwardConfig(upstreams=(upstream.upstream,), timeout=2.0)
+        async with kdns(config, health_checks=True) as stack:
+            query = bytearray(wire_query("www.example"))
+            client.sendto(bytes(query), (HOST, stack.port))
+            await wait_until(lambda: len(stack.forwarder.relays) == 1)
+            (relay,) = stack.forwarder.relays
+            await wait_until(lambda: relay.sent == 1)
+            sent = 1
+            while sent < MAX_WAITERS + 10:
+                for _ in range(min(100, MAX_WAITERS + 10 - sent)):
+                    query[0:2] = sent.to_bytes(2, "big")  # a client query of its own
+                    client.sendto(bytes(query), (HOST, stack.port))
+                    sent += 1
+                joined = min(sent, MAX_WAITERS) - 1  # the first sent the exchange
+                await wait_until(lambda n=joined: relay.joined == n and relay.sent == 1)
+            await wait_until(lambda: relay.declined >= 1)
+            changed = await counts.wait_for("timeout")  # the exchange's end: folded by now
+            declined = sample(DECLINED) - declined_before
+    assert relay.declined >= 1
+    assert declined == relay.declined  # each decline counted once, in the exchange's batch
+    assert changed == {
+        "timeout": 1,
+        "handed back: timeout": MAX_WAITERS,
+        "coalesced": MAX_WAITERS - 1,
+    }

@@ -6,14 +6,16 @@ silent, CoreDNS's kubernetes plugin (docs/kubernetes-dns.md, row numbers in comm
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
-from dnslib import QTYPE, RCODE
+from dnslib import QTYPE, RCODE, DNSRecord
 
 from kdns.config import Config
 from kdns.dns.resolver import Answer
-from kdns.model import Namespace, service_from_dict
-from kdns.store import NAMESPACES, SERVICES, Store
-from tests.builders import api_service
+from kdns.model import Namespace, endpointslice_from_dict, service_from_dict
+from kdns.store import ENDPOINTSLICES, NAMESPACES, SERVICES, Store
+from tests.builders import api_endpoint, api_endpointslice, api_service
 from tests.dns.cluster import load, make_handler, rrset, zone
 
 NOERROR, NXDOMAIN, SERVFAIL = RCODE.NOERROR, RCODE.NXDOMAIN, RCODE.SERVFAIL
@@ -637,3 +639,39 @@ def test_non_canonical_reverse_names_are_not_answered() -> None:
     assert answer.rcode == NXDOMAIN
     answer = resolve("x.97.97.10.in-addr.arpa", "PTR")
     assert answer.rcode == NXDOMAIN
+
+
+def test_a_cached_ptr_answer_follows_its_owners_changes_and_only_theirs() -> None:
+    """A change tags only the addresses a Service gained or lost; a PTR answer also carries its
+    owners' Service tags, so a kept address whose name changed is answered anew, and an
+    address the change did not touch stays cached."""
+    store, _, handler = make_handler()
+    store.upsert(SERVICES, service_from_dict(api_service("big", "hl", clusterIP="None")))
+    ports = [{"name": "http", "port": 80, "protocol": "TCP"}]
+
+    def endpoints(*entries: dict[str, Any]) -> None:
+        slice_ = api_endpointslice("big", "hl", "hl-a", list(entries), ports)
+        store.upsert(ENDPOINTSLICES, endpointslice_from_dict(slice_))
+
+    def ptr(ip: str) -> tuple[int, str]:
+        name = ".".join(reversed(ip.split("."))) + ".in-addr.arpa"
+        reply = handler.handle(DNSRecord.question(name, "PTR").pack(), udp=False)
+        assert isinstance(reply, tuple)
+        parsed = DNSRecord.parse(reply[0])
+        return parsed.header.rcode, " ".join(str(rr.rdata) for rr in parsed.rr)
+
+    endpoints(api_endpoint("10.8.0.1", hostname="web-0"), api_endpoint("10.8.0.2"))
+    assert ptr("10.8.0.1") == (NOERROR, "web-0.hl.big.svc.cluster.local.")
+    assert ptr("10.8.0.2") == (NOERROR, "10-8-0-2.hl.big.svc.cluster.local.")
+    assert ptr("10.8.0.3") == (NXDOMAIN, "")
+    assert ptr("10.97.97.97") == (NOERROR, "redis.default.svc.cluster.local.")
+    unrelated = handler.cache.entries.copy()  # the four PTR answers so far
+    # 10.8.0.1 kept, with a new name; 10.8.0.3 gained; 10.8.0.2 lost.
+    endpoints(api_endpoint("10.8.0.1", hostname="web-1"), api_endpoint("10.8.0.3"))
+    assert ptr("10.8.0.1") == (NOERROR, "web-1.hl.big.svc.cluster.local.")
+    assert ptr("10.8.0.3") == (NOERROR, "10-8-0-3.hl.big.svc.cluster.local.")
+    assert ptr("10.8.0.2") == (NXDOMAIN, "")
+    # Another Service's address, untouched by the change: its answer is still the one cached.
+    # The three 10.8.0.x answers were dropped and built anew; 10.97.97.97's was kept.
+    kept = [key for key, entry in unrelated.items() if handler.cache.entries.get(key) is entry]
+    assert len(unrelated) == 4 and len(kept) == 1 and b"\x0297\x0297\x0297\x0210" in kept[0]
