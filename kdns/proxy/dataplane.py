@@ -456,6 +456,8 @@ class NftablesDataplane:
         written = Applied(rendering.rules_written + rendering.elements_written, len(rendering.text))
         # The next render needs the state, not the text (10 MB for a full sync at 10k).
         self._last[family] = replace(rendering, text="")
+        if last is not None:
+            nft.release(last)  # freed piecewise, not in one GIL-holding cascade
         return written
 
     def _objects(self, config: nft.NftablesConfig) -> nft.TableObjects:

@@ -40,6 +40,7 @@ from kdns.proxy.nftables import (
     hash_and_truncate,
     is_affinity_set,
     is_service_chain,
+    release,
     render_cleanup,
     render_full,
     render_partial,
@@ -747,6 +748,21 @@ def test_partial_service_deleted_and_added() -> None:
         add element ip kdns service-ips {{ 172.30.0.3 . tcp . 80 : goto {SVC_C} }}
         add element ip kdns hairpin-endpoints {{ 10.244.3.3 . 10.244.3.3 . tcp . 8080 }}
         """)
+
+
+def test_releasing_the_previous_rendering_leaves_the_next_one_whole() -> None:
+    # The data plane releases the rendering it replaces: the next partial render starts from
+    # the new one, which shares nothing with it (partial renders copy the state).
+    before = render_full(routes(*WORLD), CONFIG)
+    now = routes(WORLD[1], (C, []))
+    partial = render_partial(now, {A.key, C.key}, before, CONFIG)
+    kept = (partial.services, partial.active_chains, partial.elements(), partial.chain_rules())
+    release(before)
+    assert before.services == frozenset() and before.elements()["service-ips"] == {}
+    assert (partial.services, partial.active_chains) == kept[:2]
+    assert (partial.elements(), partial.chain_rules()) == kept[2:]
+    later = routes(WORLD[1], (C, [model_endpoint("10.244.3.3")]))
+    assert f"add chain ip kdns {SVC_C}" in render_partial(later, {C.key}, partial, CONFIG).text
 
 
 def test_partial_with_nothing_changed_is_empty() -> None:
