@@ -125,11 +125,16 @@ interleaved with the tree before (load 3.0–4.5 on 2 cores; docs/benchmarks.md)
 made no collection of 10 ms or more while syncing (10, 11 and 13 before, the longest 119, 72
 and 46 ms); the share of answers more than 5 ms later than the control echo's was 4.7, 2.2 and
 4.2 % (8.8, 5.5, 3.6 %), the syncs took as long (median 1,015–1,193 ms against 1,030–1,594).
-What is left is not the collector's: one reference drop frees the previous rendering in a
-cascade of deallocations that no switch interval interrupts (11–14 ms at 5,000 Services,
-the routes 2–3 ms), and the machine's own stalls. Why not tune the thresholds instead: a young
-collection walks what survived the last one, and during a render that is the render itself
-whatever the threshold; a rarer full collection is as long when it comes.
+On a quiet machine (load 0.5–0.8), where the collections were shorter (the longest 47–49 ms),
+the share went from 3.1–3.4 % to 1.9–2.2 %, with the data plane also emptying the rendering it
+replaces entry by entry (kdns/proxy/nftables.py `release`: dropped whole, it freed in one
+cascade of deallocations that no switch interval interrupts, 10–20 ms at 5,000 Services).
+
+Why not tune the thresholds instead: a young collection walks what survived the last one, and
+during a render that is the render itself whatever the threshold; a rarer full collection is
+as long when it comes. Measured so far: the youngest generation's threshold at 10,000 instead
+of 700 made the long collections fewer (6–12 of 10 ms or more per 8–10 s of syncing, against
+10–18), not shorter (the longest 22–129 ms; docs/benchmarks.md).
 
 Why the freeze: a full (generation 2) collection walks every tracked object while holding the
 GIL, and nothing else runs meanwhile — not the trio loop, not the receive thread. With the
