@@ -456,8 +456,11 @@ class NftablesDataplane:
         written = Applied(rendering.rules_written + rendering.elements_written, len(rendering.text))
         # The next render needs the state, not the text (10 MB for a full sync at 10k).
         self._last[family] = replace(rendering, text="")
-        if last is not None:
-            nft.release(last)  # freed piecewise, not in one GIL-holding cascade
+        if last is not None and not rendering.partial:
+            # A full render shares nothing with the last one: freed whole, that is one cascade
+            # of deallocations holding the GIL, so it is freed piecewise. After a partial one
+            # the last state's entries are mostly the new one's too: dropping it frees little.
+            nft.release(last)
         return written
 
     def _objects(self, config: nft.NftablesConfig) -> nft.TableObjects:

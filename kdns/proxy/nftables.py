@@ -17,8 +17,9 @@ Contract:
   Only the Services in `changed` are looked at; `routes` may hold just their routes (the other
   routes are ignored). Its cost and its size are O(what changed), apart from two dict copies.
 - `release(rendering)` empties a Rendering's state entry by entry, for its owner about to drop
-  it (the data plane, once the next one is applied): no later render shares that state, and
-  freed in small steps it never holds the GIL for one long cascade of deallocations.
+  it (the data plane, once a full render has replaced it: a partial one shares most of its
+  entries, so dropping it frees little): no later render shares that state, and freed in small
+  steps it never holds the GIL for one long cascade of deallocations.
 - Applying `render_full(old)` then `render_partial(new, …)` leaves the table as
   `render_full(new)` alone would (the tests compare `nft list table` both ways in a namespace).
 - Names are kube-proxy's (servicePortChainNameBase / servicePortEndpointChainNameBase):
