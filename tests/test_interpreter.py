@@ -6,6 +6,8 @@ from __future__ import annotations
 import functools
 import gc
 import sys
+import urllib.error
+import urllib.request
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager
 
@@ -176,9 +178,10 @@ async def answered(port: int, name: str) -> DNSRecord | None:
 
 
 @asynccontextmanager
-async def userspace_proxy(dns: bool, port: int) -> AsyncIterator[None]:
+async def userspace_proxy(dns: bool, port: int) -> AsyncIterator[dict[str, int]]:
     """`kdns proxy --mode userspace` over config/examples in this process (`run_proxy`, as the
-    command runs it), with `--dns 127.0.0.1` on `port` when `dns`; stopped on the way out."""
+    command runs it), with `--dns 127.0.0.1` on `port` when `dns`; stopped on the way out.
+    Yields its HTTP endpoints' ports."""
     config = Config().with_overrides(
         "test", **{"kubernetes.manifests": [str(EXAMPLES)], "node.dns_upstreams": ["127.0.0.1:9"]}
     )
@@ -191,9 +194,20 @@ async def userspace_proxy(dns: bool, port: int) -> AsyncIterator[None]:
         dns_port=port,
     )
     async with trio.open_nursery() as nursery:
-        await nursery.start(functools.partial(proxyapp.run_proxy, config, options, NodeCommands()))
-        yield
+        ports = await nursery.start(
+            functools.partial(proxyapp.run_proxy, config, options, NodeCommands())
+        )
+        yield ports
         nursery.cancel_scope.cancel()
+
+
+def healthy(port: int) -> bool:
+    """The proxy's /healthz answers 200: synced, relaying, its node DNS settled."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:
+            return r.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
 
 
 @pytest.mark.usefixtures("default_switch_interval")
@@ -213,7 +227,11 @@ async def test_kdns_proxy_answering_dns_runs_with_the_short_switch_interval() ->
 @pytest.mark.usefixtures("default_switch_interval")
 async def test_kdns_proxy_without_dns_keeps_cpythons_interval() -> None:
     # Nothing answers queries from a thread of its own: nothing waits on the GIL for it.
-    async with userspace_proxy(dns=False, port=0):
+    async with userspace_proxy(dns=False, port=0) as ports:
+        # Past the point where a node DNS would have set them: healthy once it settled.
+        with trio.fail_after(WAIT):
+            while not await trio.to_thread.run_sync(healthy, ports["healthz"]):
+                await trio.sleep(0.05)
         assert sys.getswitchinterval() == pytest.approx(0.005)
         assert gc.get_threshold()[0] == 700
 
