@@ -370,22 +370,27 @@ def test_endpoints_are_converted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     ]
 
 
-def test_endpointslices_win_over_endpoints_of_the_same_service(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # A `kubectl get endpoints,endpointslices -o yaml` dump holds both for every Service.
-    given = {
+def pg_slice(name: str, service: str) -> dict[str, object]:
+    """An IPv4 EndpointSlice in prod for `service`: port pg 5432, one endpoint 10.1.0.9."""
+    return {
         "apiVersion": "discovery.k8s.io/v1",
         "kind": "EndpointSlice",
         "metadata": {
-            "name": "db-x7k2p",
+            "name": name,
             "namespace": "prod",
-            "labels": {"kubernetes.io/service-name": "db"},
+            "labels": {"kubernetes.io/service-name": service},
         },
         "addressType": "IPv4",
         "ports": [{"name": "pg", "port": 5432}],
         "endpoints": [{"addresses": ["10.1.0.9"]}],
     }
+
+
+def test_endpointslices_win_over_endpoints_of_the_same_service(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A `kubectl get endpoints,endpointslices -o yaml` dump holds both for every Service.
+    given = pg_slice("db-x7k2p", service="db")
     found, errors = load_files(
         tmp_path, monkeypatch, {"db.yaml": DB + "---\n" + manifest_text(given)}
     )
@@ -400,18 +405,7 @@ def test_a_converted_slice_may_not_take_the_name_of_a_given_one(
     # The slice converted from db's Endpoints (line 12) would be named db-0-ipv4, a name a
     # given slice of another Service already has: that slice stays, the converted one is an
     # error (and its IPv6 sibling is kept).
-    given = {
-        "apiVersion": "discovery.k8s.io/v1",
-        "kind": "EndpointSlice",
-        "metadata": {
-            "name": "db-0-ipv4",
-            "namespace": "prod",
-            "labels": {"kubernetes.io/service-name": "other"},
-        },
-        "addressType": "IPv4",
-        "ports": [{"name": "pg", "port": 5432}],
-        "endpoints": [{"addresses": ["10.1.0.9"]}],
-    }
+    given = pg_slice("db-0-ipv4", service="other")
     found, errors = load_files(
         tmp_path,
         monkeypatch,
