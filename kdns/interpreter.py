@@ -154,6 +154,8 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import trio
+
 from kdns.store import Store
 
 log = logging.getLogger(__name__)
@@ -172,7 +174,11 @@ LARGE_BUILD = 100
 def answer_promptly() -> None:
     """Make a thread that holds the GIL let go after `SWITCH_INTERVAL` when another waits,
     and the cycle collector walk young objects less often (the module docstring)."""
-    sys.setswitchinterval(SWITCH_INTERVAL)
+    global _restore_to
+    if _restore_to is not None:
+        _restore_to = SWITCH_INTERVAL  # this step built something large: set at its end
+    else:
+        sys.setswitchinterval(SWITCH_INTERVAL)
     gc.set_threshold(YOUNG_COLLECTION, *gc.get_threshold()[1:])
     log.debug(
         "switch interval %.1f ms, young collection every %d allocations",
@@ -181,22 +187,70 @@ def answer_promptly() -> None:
     )
 
 
+# Scopes of `handing_over()` the trio thread is inside now, and the interval to set back when
+# the trio task's step ends (None: nothing to set back). Only the trio thread reads or writes
+# them while serving (the module docstring), and scopes hold synchronous code only (no
+# `await` inside one), so no other task runs while `_depth` is above zero.
+_depth = 0
+_restore_to: float | None = None
+
+
 @contextmanager
 def handing_over() -> Iterator[None]:
-    """Run the block with the switch interval at most `HANDOVER_INTERVAL`, then set it back
-    to what it was, also when the block raises (the module docstring says why and when)."""
-    before = sys.getswitchinterval()
-    if before <= HANDOVER_INTERVAL:  # nested, or the process runs shorter already
-        yield
+    """Run the block with the switch interval at most `HANDOVER_INTERVAL`, and in a trio task
+    keep it so until the task's step ends; then set it back, also when the block raises
+    (outside a trio task: as the block ends). The module docstring says why and when."""
+    global _depth
+    if _depth or (_restore_to is None and sys.getswitchinterval() <= HANDOVER_INTERVAL):
+        yield  # nested: the outermost scope decides; or the process runs this short already
         return
-    sys.setswitchinterval(HANDOVER_INTERVAL)
+    deferred = _restore_to is not None  # a scope earlier in this step: still short
+    before = sys.getswitchinterval()
+    if not deferred:
+        sys.setswitchinterval(HANDOVER_INTERVAL)
+    _depth += 1
     try:
         yield
     finally:
-        sys.setswitchinterval(before)
-        # The GIL and the CPU given away for a moment (the module docstring): what queued for
-        # the receive thread meanwhile is answered now, even when it shares this core.
-        time.sleep(0)
+        _depth -= 1
+        if deferred or _set_back_after_step(before):
+            # Short until the step ends; the CPU given away now all the same (the module
+            # docstring): what queued for the receive thread meanwhile is answered now.
+            time.sleep(0)
+        else:
+            _set_back(before)
+
+
+def _set_back(interval: float) -> None:
+    global _restore_to
+    _restore_to = None
+    sys.setswitchinterval(interval)
+    # The GIL and the CPU given away for a moment (the module docstring), even to a receive
+    # thread that shares this core.
+    time.sleep(0)
+
+
+def _set_back_after_step(interval: float) -> bool:
+    """Have `interval` set back when the current trio task's step ends; False outside one."""
+    global _restore_to
+    if not trio.lowlevel.in_trio_task():
+        return False
+    _restore_to = interval
+    trio.lowlevel.add_instrument(_STEP_END)
+    return True
+
+
+class _StepEnd(trio.abc.Instrument):
+    """Sets the interval back as the step of the trio task that left a scope ends (trio calls
+    `after_task_step` after every step, one that raised or returned too), then leaves."""
+
+    def after_task_step(self, task: trio.lowlevel.Task) -> None:
+        trio.lowlevel.remove_instrument(self)
+        if _restore_to is not None:
+            _set_back(_restore_to)
+
+
+_STEP_END = _StepEnd()
 
 
 def freeze() -> None:

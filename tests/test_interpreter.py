@@ -8,11 +8,12 @@ import gc
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
 
 import pytest
 import trio
+import trio.testing
 from dnslib import DNSRecord
 
 from kdns import app, interpreter, proxyapp
@@ -153,6 +154,124 @@ def test_the_outermost_handing_over_gives_the_cpu_away_once_on_leaving(
             pass
         assert slept == []
     assert slept == [(0, pytest.approx(interpreter.SWITCH_INTERVAL))]
+
+
+def trio_run(task: Callable[[], Awaitable[object]]) -> None:
+    """`task` as the only task of a trio run of its own (a run loop like `kdns serve`'s)."""
+    trio.run(task)
+
+
+@pytest.mark.usefixtures("serving_interval")
+def test_in_a_trio_task_the_short_interval_lasts_until_the_step_ends() -> None:
+    # A large rebuild is one step of the trio thread: the Python between its scopes (the
+    # store's merge, the cache's bookkeeping) runs at the short interval too, and the interval
+    # is set back only once the task yields to the loop.
+    seen: list[float] = []
+
+    async def rebuild() -> None:
+        with interpreter.handing_over():
+            pass
+        seen.append(sys.getswitchinterval())  # between two scopes of one step
+        with interpreter.handing_over():
+            pass
+        seen.append(sys.getswitchinterval())
+        await trio.lowlevel.checkpoint()  # the step ends here
+        seen.append(sys.getswitchinterval())
+
+    trio_run(rebuild)
+    short, serving = interpreter.HANDOVER_INTERVAL, interpreter.SWITCH_INTERVAL
+    assert seen == [pytest.approx(short), pytest.approx(short), pytest.approx(serving)]
+
+
+@pytest.mark.usefixtures("serving_interval")
+def test_the_next_task_the_loop_runs_finds_the_serving_interval() -> None:
+    # Set back as the step ends, before any other task runs: a relist applied by a task that
+    # the large build woke runs at the serving interval (a short one lost queries there).
+    seen: list[float] = []
+
+    async def main() -> None:
+        woken = trio.Event()
+
+        async def relist() -> None:
+            await woken.wait()
+            seen.append(sys.getswitchinterval())
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(relist)
+            await trio.testing.wait_all_tasks_blocked()
+            with interpreter.handing_over():
+                woken.set()  # runnable from now on, in the loop's next batch
+            seen.append(sys.getswitchinterval())
+
+    trio_run(main)
+    assert seen == [
+        pytest.approx(interpreter.HANDOVER_INTERVAL),
+        pytest.approx(interpreter.SWITCH_INTERVAL),
+    ]
+
+
+@pytest.mark.usefixtures("serving_interval")
+def test_a_step_that_raises_out_of_its_task_and_the_run_still_sets_the_interval_back() -> None:
+    # Nothing may leave the process at the short interval for good: the step ends, whether
+    # the task goes on, returns or raises, and so does the run that it ends.
+    async def failing_build() -> None:
+        with interpreter.handing_over():
+            raise ValueError("a bug in the build")
+
+    with pytest.raises(ValueError):
+        trio_run(failing_build)
+    assert sys.getswitchinterval() == pytest.approx(interpreter.SWITCH_INTERVAL)
+
+    async def caught() -> None:
+        with pytest.raises(ValueError), interpreter.handing_over():
+            raise ValueError("a bug in the build")
+        assert sys.getswitchinterval() == pytest.approx(interpreter.HANDOVER_INTERVAL)
+        await trio.lowlevel.checkpoint()
+        assert sys.getswitchinterval() == pytest.approx(interpreter.SWITCH_INTERVAL)
+
+    trio_run(caught)
+
+
+@pytest.mark.usefixtures("serving_interval")
+def test_in_a_trio_task_each_scope_gives_the_cpu_away_and_the_step_sets_back_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A `time.sleep(0)` as each outermost scope ends (still short) and one more as the
+    # interval is set back; none for an inner scope.
+    slept: list[tuple[float, float]] = []
+    monkeypatch.setattr(
+        interpreter.time, "sleep", lambda s: slept.append((s, sys.getswitchinterval()))
+    )
+
+    async def rebuild() -> None:
+        with interpreter.handing_over():
+            with interpreter.handing_over():
+                pass
+            assert slept == []
+        with interpreter.handing_over():
+            pass
+        await trio.lowlevel.checkpoint()
+
+    trio_run(rebuild)
+    short = interpreter.HANDOVER_INTERVAL
+    at_end = (0, pytest.approx(interpreter.SWITCH_INTERVAL))
+    assert slept == [(0, pytest.approx(short)), (0, pytest.approx(short)), at_end]
+
+
+@pytest.mark.usefixtures("default_switch_interval")
+def test_answer_promptly_in_a_step_that_built_something_large_is_what_the_step_sets_back() -> None:
+    # `kdns proxy --dns` sets the serving interval from a trio task: after a large build in
+    # the same step, the interval set back at the step's end is the serving one, not
+    # CPython's 5 ms from before the build.
+    async def step() -> None:
+        with interpreter.handing_over():
+            pass
+        interpreter.answer_promptly()
+        assert sys.getswitchinterval() == pytest.approx(interpreter.HANDOVER_INTERVAL)
+        await trio.lowlevel.checkpoint()
+
+    trio_run(step)
+    assert sys.getswitchinterval() == pytest.approx(interpreter.SWITCH_INTERVAL)
 
 
 class NodeCommands:
