@@ -10,6 +10,7 @@ import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import pytest
 import trio
@@ -19,8 +20,15 @@ from dnslib import DNSRecord
 from kdns import app, interpreter, proxyapp
 from kdns.config import Config
 from kdns.store import ENDPOINTSLICES, SERVICES, Store
+from tests.builders import service_fqdn
 from tests.dns.test_forward import EXAMPLES, WAIT, ask, kdns_app
 from tests.dns.upstreams import free_port, udp_query
+from tests.kubeapi import objects
+from tests.kubeapi.fixtures import kube_api, kubeconfig
+from tests.kubeapi.server import ApiServer
+from tests.sources.test_kube import NXDOMAIN, ok, ready_addresses, start, wait_until
+
+__all__ = ["kube_api", "kubeconfig"]  # fixtures, re-exported for pytest
 
 
 @pytest.fixture(autouse=True)
@@ -272,6 +280,39 @@ def test_answer_promptly_in_a_step_that_built_something_large_is_what_the_step_s
 
     trio_run(step)
     assert sys.getswitchinterval() == pytest.approx(interpreter.SWITCH_INTERVAL)
+
+
+@pytest.mark.usefixtures("serving_interval")
+async def test_the_kube_source_applies_a_large_services_change_at_the_short_interval(
+    kube_api: ApiServer, kubeconfig: Path, nursery: trio.Nursery
+) -> None:
+    # The whole of such a change (the store's merge of its slices, then the rest) runs in the
+    # scope, not only the resolver's rebuild; a small Service's change runs as before, and
+    # the serving interval is back once the change is applied.
+    for name in ("big", "small"):
+        kube_api.create("services", objects.service("default", name, headless=True))
+    k = await start(nursery, kube_api, kubeconfig)
+    applied: list[tuple[set[tuple[str, str]], float]] = []
+    k.app.store.subscribe(
+        lambda change: applied.append((set(change.services), sys.getswitchinterval()))
+    )
+    large = interpreter.LARGE_BUILD + 50
+    big = kube_api.scale_headless("default", "big", large)
+    # Too many addresses for one UDP answer: the store tells when the watch event is applied.
+    endpoints = k.app.store.endpoints
+    await wait_until(lambda: len(endpoints.get(("default", "big"), ())) == large, "its endpoints")
+    small = kube_api.scale_headless("default", "small", 3)
+    await k.wait_for(service_fqdn("small"), ok(*ready_addresses(small)))
+    # Its last slice gone, the resolver builds nothing for the Service: the source's scope.
+    kube_api.delete("endpointslices", "default", big["metadata"]["name"])
+    await k.wait_for(service_fqdn("big"), NXDOMAIN)
+    short, serving = interpreter.HANDOVER_INTERVAL, interpreter.SWITCH_INTERVAL
+    assert applied == [
+        ({("default", "big")}, pytest.approx(short)),
+        ({("default", "small")}, pytest.approx(serving)),
+        ({("default", "big")}, pytest.approx(short)),
+    ]
+    assert sys.getswitchinterval() == pytest.approx(serving)
 
 
 class NodeCommands:
