@@ -8,15 +8,22 @@ another thread runs (the trio loop rebuilding a large answer, applying a relist)
   DNS (kdns/proxyapp.py; a proxy without `--dns` keeps CPython's defaults: no thread of it
   answers queries); and it has the cycle collector's youngest generation collected every
   `YOUNG_COLLECTION` allocations, not 700.
-- The switch interval during a large build. `handing_over()` is a context manager the resolver
-  and the encoder enter around work that grows with a Service's endpoints, only when it is
-  large (`LARGE_BUILD` endpoints or records or more: a Service's records, its change, an
-  answer from one RRset, a message): inside it the interval is
-  `HANDOVER_INTERVAL` (0.1 ms), and it is set back as it was on the way out, also when the
-  work raises, and then the thread sleeps for no time (`time.sleep(0)`). Nesting-safe: an
-  inner one finds the short interval already set and changes nothing, so only the outermost
-  sets it back and sleeps (scopes are entered and left by the trio thread only, last in first
-  out). Below the threshold a build pays one length comparison.
+- The switch interval during a large build. `handing_over()` is a context manager the
+  Kubernetes source, the resolver and the encoder enter around work that grows with a
+  Service's endpoints, only when it is large (`LARGE_BUILD` endpoints or records or more: a
+  watch event that changes such a Service, its records, its change, an answer from one RRset,
+  a message): from the first such scope the interval is `HANDOVER_INTERVAL` (0.1 ms), and in
+  a trio task it stays so until the task's step ends (the task yields to the loop, returns or
+  raises), when it is set back as it was, once, and the thread sleeps for no time
+  (`time.sleep(0)`); each outermost scope sleeps so on leaving as well. So the Python between
+  a large rebuild's scopes (the store's bookkeeping, the handler's, the answer cache's) runs
+  at the short interval too, and the next task the loop runs finds the serving one. The step's
+  end is trio's `after_task_step` hook (an instrument added when a scope is left, removed when
+  it has run: about 9 µs per large step, nothing on any other); outside a trio task (`kdns
+  explain`, unit tests) the interval is set back as the scope ends. Nesting-safe: an inner
+  scope changes nothing and does not sleep. Scopes hold synchronous code only, entered and
+  left by the trio thread only, last in first out. Below the threshold a build pays one length
+  comparison.
 - The cycle collector. `freeze_when_synced(store)` registers, through `Store.when_synced`, one
   `gc.freeze()` for the moment every watched kind has been listed: everything alive then — the
   imported modules, the synced model, the resolver's records, the listeners — moves to the
@@ -39,10 +46,13 @@ another thread runs (the trio loop rebuilding a large answer, applying a relist)
   not grow (tests/bench/node_dns_sync.py `--census`).
 
 Contract: they only change how the interpreter schedules; no answer, rule or state changes.
-`handing_over()`'s sleep holds the trio thread back for the kernel's timer slack (about 70 µs)
-once per large build, no longer. The switch interval is one word of the interpreter's, set
-whole; only the trio thread sets it while serving, so no other thread sees it half-set or has
-it set back under it.
+`handing_over()`'s sleeps hold the trio thread back for the kernel's timer slack (about 70 µs)
+once per outermost scope and once per step that entered one, no longer. The switch interval
+is one word of the interpreter's, set whole; only the trio thread sets it while serving (the
+scopes' state, the nesting depth and the interval to set back, is the trio thread's alone),
+so no other thread sees it half-set or has it set back under it. Nothing leaves the process
+at the short interval: trio calls `after_task_step` after every step, also one that raised,
+and the step that ends a run.
 
 Why the switch interval: the UDP receive thread (kdns/dns/receiver.py) releases the GIL in every
 `recvfrom` and `sendto`; when the trio thread holds it to build an answer or apply a change, the
@@ -102,6 +112,27 @@ entering the scope as well made it worse (0.6 ms, and longer rebuilds), and each
 build its 70 µs or more. What is left of the p99 on a shared machine is mostly the kernel's:
 the receive thread still needs two switches per query while the trio thread builds (one to
 read it, one to go back to reading), and a thread waits for a core.
+
+Why to the end of the trio step, and from the source's apply: with the interval set back as
+each scope ended, a 500-endpoint rebuild still ran about 1.3–1.8 ms of its Python at 1 ms —
+the store's merge of the slices before the resolver's scope, the bookkeeping between the
+change and the answer, the cache's after the encoding — and a query that arrived then waited
+up to 1 ms; the lead measured 1.34 ms of other clients' p99 while rebuilding with the scopes
+against 0.66 ms with the whole process at 0.1 ms (quiet machine). Now a rebuild runs about
+50 µs at 1 ms (the source's step before its scope). The whole process at 0.1 ms is not an
+option, and nor is keeping it short past the step: a relist, which the next task may apply,
+lost steady queries at 0.1 ms (tests/bench/relist_flood.py: 43 and 76 of 4,000, none at
+1 ms). Hence the step's end, and trio's `after_task_step` rather than a callback queued with
+`run_sync_soon` (run by the loop's entry-queue task after whatever other tasks are runnable:
+a relist could start at 0.1 ms). Why a sleep per scope still, not only the one at the step's
+end: measured on a shared machine (load 1.1–2.6; docs/benchmarks.md), with a single sleep the
+queries sent during a rebuild waited longer than with main's four (p90 median 2.6 against
+1.6 ms), with a sleep per scope less (1.3–1.4 against 1.7 ms; the p99 while rebuilding 1.8
+against 2.5 ms); interleaved with main (load 1.4–2.8) the final tree showed no difference
+beyond the noise. The watch thread's own Python is not covered: it reads and converts each
+event (`json.loads` and `endpointslice_from_dict`, 7 ms for a 500-endpoint slice, 1 ms for a
+100-endpoint one) at 1 ms, and queries sent meanwhile waited p50 0.9–2.2 ms; setting the
+interval from a second thread would break the contract above.
 
 Why the youngest generation's threshold: a 500-endpoint answer allocates some thousands of
 container objects, most of them alive until the answer is cached; at CPython's 700 the
