@@ -21,9 +21,11 @@ another thread runs (the trio loop rebuilding a large answer, applying a relist)
   end is trio's `after_task_step` hook (an instrument added when a scope is left, removed when
   it has run: about 9 µs per large step, nothing on any other); outside a trio task (`kdns
   explain`, unit tests) the interval is set back as the scope ends. Nesting-safe: an inner
-  scope changes nothing and does not sleep. Scopes hold synchronous code only, entered and
-  left by the trio thread only, last in first out. Below the threshold a build pays one length
-  comparison.
+  scope changes nothing and does not sleep. A process that does not run at `SWITCH_INTERVAL`
+  is left alone: at CPython's 5 ms no thread of it answers queries (a `kdns proxy` without
+  `--dns`, whose source enters the scope too), and at 0.1 ms or less it switches as often.
+  Scopes hold synchronous code only, entered and left by the trio thread only, last in first
+  out. Below the threshold a build pays one length comparison.
 - The cycle collector. `freeze_when_synced(store)` registers, through `Store.when_synced`, one
   `gc.freeze()` for the moment every watched kind has been listed: everything alive then — the
   imported modules, the synced model, the resolver's records, the listeners — moves to the
@@ -205,11 +207,7 @@ LARGE_BUILD = 100
 def answer_promptly() -> None:
     """Make a thread that holds the GIL let go after `SWITCH_INTERVAL` when another waits,
     and the cycle collector walk young objects less often (the module docstring)."""
-    global _restore_to
-    if _restore_to is not None:
-        _restore_to = SWITCH_INTERVAL  # this step built something large: set at its end
-    else:
-        sys.setswitchinterval(SWITCH_INTERVAL)
+    sys.setswitchinterval(SWITCH_INTERVAL)
     gc.set_threshold(YOUNG_COLLECTION, *gc.get_threshold()[1:])
     log.debug(
         "switch interval %.1f ms, young collection every %d allocations",
@@ -232,8 +230,8 @@ def handing_over() -> Iterator[None]:
     keep it so until the task's step ends; then set it back, also when the block raises
     (outside a trio task: as the block ends). The module docstring says why and when."""
     global _depth
-    if _depth or (_restore_to is None and sys.getswitchinterval() <= HANDOVER_INTERVAL):
-        yield  # nested: the outermost scope decides; or the process runs this short already
+    if _depth or (_restore_to is None and not _answering(sys.getswitchinterval())):
+        yield  # nested: the outermost scope decides; or nothing to change (`_answering`)
         return
     deferred = _restore_to is not None  # a scope earlier in this step: still short
     before = sys.getswitchinterval()
@@ -250,6 +248,14 @@ def handing_over() -> Iterator[None]:
             time.sleep(0)
         else:
             _set_back(before)
+
+
+def _answering(interval: float) -> bool:
+    """Whether a process at `interval` answers DNS from a thread of its own and runs longer
+    than the short interval: `answer_promptly()` has set `SWITCH_INTERVAL`. One at CPython's
+    5 ms (a `kdns proxy` without `--dns`, `kdns explain`) has no such thread to hand over to,
+    and one at `HANDOVER_INTERVAL` or shorter already switches as often."""
+    return HANDOVER_INTERVAL < interval <= SWITCH_INTERVAL
 
 
 def _set_back(interval: float) -> None:
