@@ -1,5 +1,6 @@
-"""kdns/interpreter.py: a serving process runs with the short switch interval; once the store
-has synced, the heap alive then leaves the cycle collector's sight (gc.freeze), and not before."""
+"""kdns/interpreter.py: a serving process runs with the short switch interval; a large build
+runs with a shorter one to the end of its trio step, and not past it; once the store has
+synced, the heap alive then leaves the cycle collector's sight (gc.freeze), and not before."""
 
 from __future__ import annotations
 
