@@ -673,8 +673,9 @@ class _Renderer:
         base: str,
         zone: str,
     ) -> None:
-        """A name at or below a Service that has no record: why."""
-        ns = service.namespace
+        """A name at or below a Service that has no record: why, by what the name is (an
+        empty non-terminal, an ExternalName's, the Service's own, an SRV name, an
+        endpoint's, or one it never has)."""
         if rel in records.ents:
             below = sorted(n for n in records.forward if n.endswith("." + rel))
             self.add(
@@ -685,44 +686,51 @@ class _Renderer:
             )
             return None
         if service.type == "ExternalName":
-            if rel == base:
-                self.add(
-                    "externalname-ip",
-                    f"spec.externalName {service.external_name!r} is an IP address: no record "
-                    "at all (a CNAME to an address would be wrong; CoreDNS drops it too): "
-                    "NXDOMAIN",
-                )
-            else:
-                self.add(
-                    "externalname-only",
-                    "an ExternalName Service has only its own name (a CNAME): NXDOMAIN",
-                )
-            return None
-        ready = [x for x in located if x.endpoint.ready]
+            return self._missing_externalname(service, rel == base)
         if rel == base:
-            # Only a headless Service can lack its own name: it has no ready endpoint.
-            if not located:
-                self.add(
-                    "headless-no-endpoints",
-                    "headless, and no EndpointSlice names this Service: NXDOMAIN (spec 2.4.1)",
-                )
-            else:
-                self.add(
-                    "headless-no-ready",
-                    "headless with no ready endpoint: NXDOMAIN (spec 2.4.1)",
-                )
-                self._not_ready(ns, located)
-            return None
+            return self._missing_headless(service, located)
         sub = rel[: -len(base) - 1].split(".")
         if len(sub) == 2 and sub[0].startswith("_") and sub[1].startswith("_"):
             return self._missing_srv(service, located, sub[0][1:], sub[1][1:])
         if len(sub) == 1:
+            ready = [x for x in located if x.endpoint.ready]
             return self._missing_endpoint(service, located, ready, sub[0])
         self.add(
             "unknown-name",
             f"no name {rel}.{zone} below {_service_text(service)}: NXDOMAIN",
         )
         return None
+
+    def _missing_externalname(self, service: Service, own_name: bool) -> None:
+        """An ExternalName Service's name with no record: its own (`own_name`), whose
+        spec.externalName is an IP address, or one below it, which it never has."""
+        if own_name:
+            self.add(
+                "externalname-ip",
+                f"spec.externalName {service.external_name!r} is an IP address: no record "
+                "at all (a CNAME to an address would be wrong; CoreDNS drops it too): "
+                "NXDOMAIN",
+            )
+        else:
+            self.add(
+                "externalname-only",
+                "an ExternalName Service has only its own name (a CNAME): NXDOMAIN",
+            )
+
+    def _missing_headless(self, service: Service, located: list[_Located]) -> None:
+        """A Service's own name with no record: only a headless Service can lack it, when it
+        has no ready endpoint (spec 2.4.1)."""
+        if not located:
+            self.add(
+                "headless-no-endpoints",
+                "headless, and no EndpointSlice names this Service: NXDOMAIN (spec 2.4.1)",
+            )
+        else:
+            self.add(
+                "headless-no-ready",
+                "headless with no ready endpoint: NXDOMAIN (spec 2.4.1)",
+            )
+            self._not_ready(service.namespace, located)
 
     def _missing_srv(
         self, service: Service, located: list[_Located], port_name: str, proto: str
