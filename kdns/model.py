@@ -647,10 +647,9 @@ def _endpoints(
     """A slice's `endpoints`, one `Endpoint` per address (none for an FQDN slice), each with
     the slice's `ports`; the first bad field raises `ModelError` naming it.
 
-    One loop with the endpoint's fields read inline, not a function per endpoint: this runs
-    per endpoint of every slice the API sends (a relist of 50k Services), and the helpers it
-    calls are those whose cost per endpoint was measured (`_conditions` is one call for
-    three fields; `_hints` runs only for an endpoint that has hints)."""
+    Each endpoint's fields are read inline, not by a function per endpoint: this runs per
+    endpoint of every slice the API sends (a relist of 50k Services). `_conditions` is one
+    call for three fields; `_hints` runs only for an endpoint that has hints."""
     endpoints: list[Endpoint] = []
     for i, raw in enumerate(raws):
         path = f"endpoints[{i}]"
