@@ -888,15 +888,7 @@ def slices_for_service(service: Service, pods: list[Pod]) -> tuple[EndpointSlice
             service.selector, pod.labels
         ):
             continue
-        ports: list[EndpointPort] = []
-        for sp in service.ports:
-            if isinstance(sp.target_port, int):
-                ports.append(EndpointPort(sp.name, sp.protocol, sp.target_port))
-                continue
-            for cp in pod.container_ports:
-                if cp.name == sp.target_port and cp.protocol == sp.protocol:
-                    ports.append(EndpointPort(sp.name, sp.protocol, cp.port))
-                    break
+        ports = _pod_ports(service, pod)
         serving = pod.ready
         ready = service.publish_not_ready_addresses or (serving and not pod.terminating)
         hostname = pod.hostname if pod.hostname and pod.subdomain == service.name else ""
@@ -913,7 +905,7 @@ def slices_for_service(service: Service, pods: list[Pod]) -> tuple[EndpointSlice
                     hostname=hostname,
                     node_name=pod.node_name,
                     pod=pod.name,
-                    ports=tuple(ports),
+                    ports=ports,
                 )
             )
     return tuple(
@@ -923,6 +915,22 @@ def slices_for_service(service: Service, pods: list[Pod]) -> tuple[EndpointSlice
         for family, eps in by_family.items()
         if eps
     )
+
+
+def _pod_ports(service: Service, pod: Pod) -> tuple[EndpointPort, ...]:
+    """The endpoint ports of `pod` for `service`: a numeric targetPort as it is, a named one
+    as the pod's container port of that name and protocol; a name the pod does not have gives
+    no port (the EndpointSlice controller's `FindPort` fails and leaves it out)."""
+    ports: list[EndpointPort] = []
+    for sp in service.ports:
+        if isinstance(sp.target_port, int):
+            ports.append(EndpointPort(sp.name, sp.protocol, sp.target_port))
+            continue
+        for cp in pod.container_ports:
+            if cp.name == sp.target_port and cp.protocol == sp.protocol:
+                ports.append(EndpointPort(sp.name, sp.protocol, cp.port))
+                break
+    return tuple(ports)
 
 
 # --- multicluster (KEP-1645, multicluster.x-k8s.io/v1alpha1) ----------------------------------

@@ -33,7 +33,7 @@ from typing import Any
 
 from dnslib import QTYPE, RCODE, RR
 
-from kdns.dns.plugins import Plugins
+from kdns.dns.plugins import PluginAnswer, Plugins
 from kdns.dns.records import Record, ServiceRecords, dashed, endpoint_name
 from kdns.dns.resolver import ANY, DNS_VERSION, Answer, Resolver, Trace
 from kdns.model import Endpoint, Pod, Service
@@ -238,28 +238,34 @@ def explain_asked(
         name = rewritten.name
     found = plugins.answer(name, qtype) if plugins is not None else None
     if found is not None:
-        answer = Answer(found.rcode, found.answer, found.authority, found.additional)
-        records = [
-            Sourced(section, rr, found.origin)
-            for section, rrs in (
-                ("answer", found.answer),
-                ("authority", found.authority),
-                ("additional", found.additional),
-            )
-            for rr in rrs
-        ]
-        reasons.append(
-            Reason(found.plugin, f"answered by {found.origin}, before the cluster zones")
-        )
-        outcome = (
-            NODATA if found.rcode == RCODE.NOERROR and not found.answer else RCODE.get(found.rcode)
-        )
-        zone = resolver.zone_of(name)
-        return Explanation(name, qtype, zone, answer, outcome, found.rcode, True, records, reasons)
+        return _plugin_answered(found, resolver, name, qtype, reasons)
     upstreams = tuple(upstreams_for(name)) if upstreams_for is not None else ()
     explained = explain(resolver, name, qtype, upstreams, upstreams_for)
     explained.reasons[:0] = reasons
     return explained
+
+
+def _plugin_answered(
+    found: PluginAnswer, resolver: Resolver, name: str, qtype: int, reasons: list[Reason]
+) -> Explanation:
+    """The explanation of an answer a template or hosts rule gave (`found`) for `name`, after
+    `reasons` (a rewrite's): each record from the rule or file it names."""
+    answer = Answer(found.rcode, found.answer, found.authority, found.additional)
+    records = [
+        Sourced(section, rr, found.origin)
+        for section, rrs in (
+            ("answer", found.answer),
+            ("authority", found.authority),
+            ("additional", found.additional),
+        )
+        for rr in rrs
+    ]
+    reasons.append(Reason(found.plugin, f"answered by {found.origin}, before the cluster zones"))
+    outcome = (
+        NODATA if found.rcode == RCODE.NOERROR and not found.answer else RCODE.get(found.rcode)
+    )
+    zone = resolver.zone_of(name)
+    return Explanation(name, qtype, zone, answer, outcome, found.rcode, True, records, reasons)
 
 
 # --- the trace, in words ---------------------------------------------------------------------
