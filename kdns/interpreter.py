@@ -132,10 +132,11 @@ queries sent during a rebuild waited longer than with main's four (p90 median 2.
 1.6 ms), with a sleep per scope less (1.3–1.4 against 1.7 ms; the p99 while rebuilding 1.8
 against 2.5 ms); interleaved with main, the final tree: no difference beyond the noise in six
 runs at load 1.4–2.8, and in four at load 1.7–2.1 a p90 of 1.24 against 1.50 ms (median;
-lower in each pair) and a p99 while rebuilding of 1.98 against 2.29 ms. The watch thread's own Python is not covered: it reads and converts each
-event (`json.loads` and `endpointslice_from_dict`, 7 ms for a 500-endpoint slice, 1 ms for a
-100-endpoint one) at 1 ms, and queries sent meanwhile waited p50 0.9–2.2 ms; setting the
-interval from a second thread would break the contract above.
+lower in each pair) and a p99 while rebuilding of 1.98 against 2.29 ms. The watch thread's
+own Python is not covered: it reads and converts each event (`json.loads` and
+`endpointslice_from_dict`, 7 ms for a 500-endpoint slice, 1 ms for a 100-endpoint one) at
+1 ms, and queries sent meanwhile waited p50 0.9–2.2 ms; setting the interval from a second
+thread would break the contract above.
 
 Why the youngest generation's threshold: a 500-endpoint answer allocates some thousands of
 container objects, most of them alive until the answer is cached; at CPython's 700 the
