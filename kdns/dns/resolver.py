@@ -11,10 +11,10 @@ Contract:
   can patch the client's spelling of the question in (CoreDNS echoes the query's case).
 - A Service of `interpreter.LARGE_BUILD` endpoints or more has its records built, and its
   change applied (not in a bulk change), and an RRset of as many records is answered, under
-  `interpreter.handing_over()`: a shorter switch interval for those milliseconds of Python,
-  set back after, also on an exception, so the UDP receive thread answers meanwhile. A name
-  such a Service does not have, or a small RRset of it, is answered as before. Scheduling
-  only: no answer changes.
+  `interpreter.handing_over()`: a shorter switch interval for those milliseconds of Python
+  (and, on the trio thread, for the rest of its step), set back after, also on an exception,
+  so the UDP receive thread answers meanwhile. A name such a Service does not have, or a
+  small RRset of it, is answered as before. Scheduling only: no answer changes.
 - NXDOMAIN and NODATA carry the zone's SOA in the authority section and set AA (RFC 2308 §3).
   An empty non-terminal is NODATA, never NXDOMAIN (RFC 8020).
 - Before the store has synced every watched kind, a negative answer becomes SERVFAIL (clients
