@@ -185,6 +185,7 @@ from __future__ import annotations
 import gc
 import logging
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -218,38 +219,48 @@ def answer_promptly() -> None:
     )
 
 
-# Scopes of `handing_over()` the trio thread is inside now, and the interval to set back when
-# the trio task's step ends (None: nothing to set back). Only the trio thread reads or writes
-# them while serving (the module docstring), and scopes hold synchronous code only (no
-# `await` inside one), so no other task runs while `_depth` is above zero.
-_depth = 0
-_restore_to: float | None = None
+# The holders of the short interval now, across threads, and the interval to set back when the
+# last one leaves (the one the first found): read and written only under `_holding`, so that
+# joining, leaving and setting the interval are one step for every other thread (the module
+# docstring). A trio thread's step is one holder, a worker thread's conversion another.
+_holding = threading.Lock()
+_holders = 0
+_serving = SWITCH_INTERVAL
+
+
+class _Scopes(threading.local):
+    """One thread's own state (each thread sees its own values): how deep it is inside
+    `handing_over()` now, and whether it holds the short interval to the end of its trio
+    task's step. Scopes hold synchronous code only (no `await` inside one), so no other trio
+    task runs while the trio thread's depth is above zero."""
+
+    depth = 0
+    held_for_step = False
+
+
+_scopes = _Scopes()
 
 
 @contextmanager
 def handing_over() -> Iterator[None]:
     """Run the block with the switch interval at most `HANDOVER_INTERVAL`, and in a trio task
-    keep it so until the task's step ends; then set it back, also when the block raises
-    (outside a trio task: as the block ends). The module docstring says why and when."""
-    global _depth
-    if _depth or (_restore_to is None and not _answering(sys.getswitchinterval())):
+    keep it so until the task's step ends; then let it go, also when the block raises (outside
+    a trio task: as the block ends). The interval is set back once no thread holds it. The
+    module docstring says why and when."""
+    mine = _scopes
+    if mine.depth or not (mine.held_for_step or _hold()):
         yield  # nested: the outermost scope decides; or nothing to change (`_answering`)
         return
-    deferred = _restore_to is not None  # a scope earlier in this step: still short
-    before = sys.getswitchinterval()
-    if not deferred:
-        sys.setswitchinterval(HANDOVER_INTERVAL)
-    _depth += 1
+    mine.depth += 1
     try:
         yield
     finally:
-        _depth -= 1
-        if deferred or _set_back_after_step(before):
-            # Short until the step ends; the CPU given away now all the same (the module
-            # docstring): what queued for the receive thread meanwhile is answered now.
-            time.sleep(0)
-        else:
-            _set_back(before)
+        mine.depth -= 1
+        if not (mine.held_for_step or _hold_until_step_ends()):
+            _release()
+        # The CPU given away now (the module docstring): what queued for the receive thread
+        # meanwhile is answered now, at the short interval or the one set back.
+        time.sleep(0)
 
 
 def _answering(interval: float) -> bool:
@@ -260,33 +271,51 @@ def _answering(interval: float) -> bool:
     return HANDOVER_INTERVAL < interval <= SWITCH_INTERVAL
 
 
-def _set_back(interval: float) -> None:
-    global _restore_to
-    _restore_to = None
-    sys.setswitchinterval(interval)
-    # The GIL and the CPU given away for a moment (the module docstring), even to a receive
-    # thread that shares this core.
-    time.sleep(0)
+def _hold() -> bool:
+    """Join the holders of the short interval (the first sets it); False, holding nothing,
+    when nobody holds it and the process is not `_answering`."""
+    global _holders, _serving
+    with _holding:
+        if not _holders:
+            interval = sys.getswitchinterval()
+            if not _answering(interval):
+                return False
+            _serving = interval
+            sys.setswitchinterval(HANDOVER_INTERVAL)
+        _holders += 1
+    return True
 
 
-def _set_back_after_step(interval: float) -> bool:
-    """Have `interval` set back when the current trio task's step ends; False outside one."""
-    global _restore_to
+def _release() -> None:
+    """Leave the holders; the last one sets the interval back."""
+    global _holders
+    with _holding:
+        _holders -= 1
+        if not _holders:
+            sys.setswitchinterval(_serving)
+
+
+def _hold_until_step_ends() -> bool:
+    """Keep this thread's hold until the current trio task's step ends; False outside one."""
     if not trio.lowlevel.in_trio_task():
         return False
-    _restore_to = interval
+    _scopes.held_for_step = True
     trio.lowlevel.add_instrument(_STEP_END)
     return True
 
 
 class _StepEnd(trio.abc.Instrument):
-    """Sets the interval back as the step of the trio task that left a scope ends (trio calls
-    `after_task_step` after every step, one that raised or returned too), then leaves."""
+    """Lets the trio thread's hold go as the step of the task that left a scope ends (trio
+    calls `after_task_step` after every step, one that raised or returned too), then leaves."""
 
     def after_task_step(self, task: trio.lowlevel.Task) -> None:
         trio.lowlevel.remove_instrument(self)
-        if _restore_to is not None:
-            _set_back(_restore_to)
+        if _scopes.held_for_step:
+            _scopes.held_for_step = False
+            _release()
+            # The GIL and the CPU given away for a moment (the module docstring), even to a
+            # receive thread that shares this core.
+            time.sleep(0)
 
 
 _STEP_END = _StepEnd()
