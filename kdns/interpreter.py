@@ -1,7 +1,8 @@
 """The interpreter's scheduling out of the answers' way in a serving process.
 
 Settings of CPython that decide how long a thread answering DNS waits behind Python that
-another thread runs (the trio loop rebuilding a large answer, applying a relist):
+another thread runs (the trio loop rebuilding a large answer, applying a relist; a watch
+thread converting an event):
 
 - The switch interval. `answer_promptly()` sets `sys.setswitchinterval(SWITCH_INTERVAL)`, for
   the whole process, once: when `kdns serve` starts, and when `kdns proxy --dns` binds its node
@@ -327,8 +328,8 @@ def _hold_until_step_ends() -> bool:
     """Keep this thread's hold until the current trio task's step ends; False outside one."""
     if not trio.lowlevel.in_trio_task():
         return False
-    _scopes.held_for_step = True
     trio.lowlevel.add_instrument(_STEP_END)
+    _scopes.held_for_step = True  # only once the instrument that lets it go is there
     return True
 
 
