@@ -30,6 +30,13 @@ import ipaddress
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+from kdns.proxy.masquerade import (
+    KUBE_FORWARD,
+    KUBE_MARK_MASQ,
+    KUBE_POSTROUTING,
+    forward_rules,
+    postrouting_rules,
+)
 from kdns.proxy.routes import (
     EXT_PREFIX,
     FW_PREFIX,
@@ -52,9 +59,6 @@ from kdns.proxy.routes import (
 KUBE_SERVICES = "KUBE-SERVICES"
 KUBE_EXTERNAL_SERVICES = "KUBE-EXTERNAL-SERVICES"
 KUBE_NODEPORTS = "KUBE-NODEPORTS"
-KUBE_POSTROUTING = "KUBE-POSTROUTING"
-KUBE_MARK_MASQ = "KUBE-MARK-MASQ"
-KUBE_FORWARD = "KUBE-FORWARD"
 KUBE_PROXY_FIREWALL = "KUBE-PROXY-FIREWALL"
 
 # The "top-level" chains every sync writes in full, in kube-proxy's order.
@@ -211,7 +215,7 @@ def _render(
 ) -> Rendering:
     selected = sorted((r for r in routes if r.family == config.family), key=route_sort_key)
     out = _Buffer()
-    out.nat += _postrouting_rules(config)
+    out.nat += postrouting_rules(config.masquerade_mark, config.random_fully)
     large = sum(len(r.endpoints) for r in selected) > config.large_cluster_endpoints
     for route in selected:
         chains = _RouteChains.of(route)
@@ -229,7 +233,7 @@ def _render(
         out.nat_chains.append(chain_line(chain))
         out.nat.append(f"-X {chain}")
     out.nat += _nodeports_jumps(config)
-    out.filter += _forward_rules(config)
+    out.filter += forward_rules(config.masquerade_mark, config.conntrack_tcp_be_liberal)
 
     text = "\n".join(
         [
@@ -255,19 +259,6 @@ def _render(
     )
 
 
-def _postrouting_rules(config: IptablesConfig) -> list[str]:
-    """KUBE-POSTROUTING and KUBE-MARK-MASQ: masquerade what was marked, once."""
-    mark = config.masquerade_mark
-    return [
-        f"-A {KUBE_POSTROUTING} -m mark ! --mark {mark}/{mark} -j RETURN",
-        # Clear the mark so a packet that re-traverses the stack is not masqueraded twice.
-        f"-A {KUBE_POSTROUTING} -j MARK --xor-mark {mark}",
-        f'-A {KUBE_POSTROUTING} -m comment --comment "kubernetes service traffic requiring SNAT"'
-        f" -j MASQUERADE{' --random-fully' if config.random_fully else ''}",
-        f"-A {KUBE_MARK_MASQ} -j MARK --or-mark {mark}",
-    ]
-
-
 def _nodeports_jumps(config: IptablesConfig) -> list[str]:
     """The jump to KUBE-NODEPORTS, which must be the last rule of KUBE-SERVICES."""
     comment = '"kubernetes service nodeports; NOTE: this must be the last rule in this chain"'
@@ -282,27 +273,6 @@ def _nodeports_jumps(config: IptablesConfig) -> list[str]:
         for ip in config.nodeport_ips
         if not ipaddress.ip_address(ip).is_loopback  # no localhost NodePorts (CVE-2020-8558)
     ]
-
-
-def _forward_rules(config: IptablesConfig) -> list[str]:
-    """KUBE-FORWARD."""
-    mark = config.masquerade_mark
-    rules = []
-    if not config.conntrack_tcp_be_liberal:
-        # Packets conntrack calls INVALID would otherwise reach the pod un-DNATed and draw a
-        # RST that kills the connection (#74839, #117924).
-        rules.append(f"-A {KUBE_FORWARD} -m conntrack --ctstate INVALID -j DROP")
-    # Forward what we marked for masquerade even where the FORWARD policy is DROP, and the
-    # rest of those connections.
-    rules.append(
-        f'-A {KUBE_FORWARD} -m comment --comment "kubernetes forwarding rules"'
-        f" -m mark --mark {mark}/{mark} -j ACCEPT"
-    )
-    rules.append(
-        f'-A {KUBE_FORWARD} -m comment --comment "kubernetes forwarding conntrack rule"'
-        " -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"
-    )
-    return rules
 
 
 @dataclass(slots=True)
