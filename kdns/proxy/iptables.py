@@ -338,28 +338,50 @@ _FILTER_TARGETS = {
 
 def _write_dispatch(chains: _RouteChains, out: _Buffer) -> None:
     """What a partial sync writes for every Service too: the rules of KUBE-SERVICES,
-    KUBE-NODEPORTS and the filter chains, in the order of kube-proxy's syncProxyRules."""
+    KUBE-NODEPORTS and the filter chains, in the order of kube-proxy's syncProxyRules.
+
+    This runs for every route of every sync: a route reachable at its ClusterIP only (most of
+    them) is written here and calls nothing else; the parts for other addresses are called
+    only when the route has such addresses."""
     route = chains.route
-    name, match, port = chains.name, chains.match, f"--dport {route.port}"
-
-    def filtered(chain: str, verdict: str, destination: str) -> None:
-        # No endpoint for this traffic: REJECT (connection refused at once) or DROP (times out).
-        target, why = _FILTER_TARGETS[verdict]
-        out.filter.append(
-            f'-A {chain} -m comment --comment "{name} {why}" {destination} -j {target}'
-        )
-
     # Capture the ClusterIP.
     internal_filter = route.internal_traffic_filter
     if internal_filter is None:
         out.nat.append(
-            f'-A {KUBE_SERVICES} -m comment --comment "{name} cluster IP" {match}'
-            f" -d {route.cluster_ip} {port} -j {chains.internal}"
+            f'-A {KUBE_SERVICES} -m comment --comment "{chains.name} cluster IP" {chains.match}'
+            f" -d {route.cluster_ip} --dport {route.port} -j {chains.internal}"
         )
     else:
-        filtered(KUBE_SERVICES, internal_filter, f"{match} -d {route.cluster_ip} {port}")
+        destination = f"{chains.match} -d {route.cluster_ip} --dport {route.port}"
+        _write_filtered(chains, KUBE_SERVICES, internal_filter, destination, out)
+    if route.external_ips or route.load_balancer_ips:
+        _write_external_addresses(chains, out)
+    if route.node_port:
+        _write_node_port(chains, out)
+    # Accept the health-check node port whether or not there are local endpoints.
+    if route.health_check_node_port:
+        out.filter.append(
+            f'-A {KUBE_NODEPORTS} -m comment --comment "{chains.name} health check node port"'
+            f" -m tcp -p tcp --dport {route.health_check_node_port} -j ACCEPT"
+        )
+
+
+def _write_filtered(
+    chains: _RouteChains, chain: str, verdict: str, destination: str, out: _Buffer
+) -> None:
+    """No endpoint for this traffic: REJECT (connection refused at once) or DROP (times out)."""
+    target, why = _FILTER_TARGETS[verdict]
+    out.filter.append(
+        f'-A {chain} -m comment --comment "{chains.name} {why}" {destination} -j {target}'
+    )
+
+
+def _write_external_addresses(chains: _RouteChains, out: _Buffer) -> None:
+    """The capture of the route's externalIPs and load-balancer ingress IPs (KUBE-SERVICES),
+    and their filter rules: what KUBE-FW did not accept, and REJECT or DROP without endpoints."""
+    route = chains.route
+    name, match, port = chains.name, chains.match, f"--dport {route.port}"
     external_filter = route.external_traffic_filter
-    # Capture externalIPs.
     for ip in route.external_ips:
         if route.has_endpoints:
             out.nat.append(
@@ -367,8 +389,8 @@ def _write_dispatch(chains: _RouteChains, out: _Buffer) -> None:
                 f" -d {ip} {port} -j {chains.external}"
             )
         if external_filter is not None:
-            filtered(KUBE_EXTERNAL_SERVICES, external_filter, f"{match} -d {ip} {port}")
-    # Capture load-balancer ingress IPs.
+            destination = f"{match} -d {ip} {port}"
+            _write_filtered(chains, KUBE_EXTERNAL_SERVICES, external_filter, destination, out)
     for ip in route.load_balancer_ips:
         if route.has_endpoints:
             out.nat.append(
@@ -383,25 +405,26 @@ def _write_dispatch(chains: _RouteChains, out: _Buffer) -> None:
                 f" -d {ip} {port} -j DROP"
             )
     if external_filter is not None:
+        # kube-proxy writes the load balancers' REJECT/DROP after all their firewall drops.
         for ip in route.load_balancer_ips:
-            filtered(KUBE_EXTERNAL_SERVICES, external_filter, f"{match} -d {ip} {port}")
-    # Capture the NodePort. NodePorts are not subject to loadBalancerSourceRanges (as in
-    # kube-proxy, which cannot change that now).
-    if route.node_port:
-        if route.has_endpoints:
-            out.nat.append(
-                f"-A {KUBE_NODEPORTS} -m comment --comment {name} {match}"
-                f" --dport {route.node_port} -j {chains.external}"
-            )
-        if external_filter is not None:
-            local = f"-m addrtype --dst-type LOCAL {match} --dport {route.node_port}"
-            filtered(KUBE_EXTERNAL_SERVICES, external_filter, local)
-    # Accept the health-check node port whether or not there are local endpoints.
-    if route.health_check_node_port:
-        out.filter.append(
-            f'-A {KUBE_NODEPORTS} -m comment --comment "{name} health check node port"'
-            f" -m tcp -p tcp --dport {route.health_check_node_port} -j ACCEPT"
+            destination = f"{match} -d {ip} {port}"
+            _write_filtered(chains, KUBE_EXTERNAL_SERVICES, external_filter, destination, out)
+
+
+def _write_node_port(chains: _RouteChains, out: _Buffer) -> None:
+    """The capture of the NodePort (KUBE-NODEPORTS), or its REJECT/DROP without endpoints.
+    NodePorts are not subject to loadBalancerSourceRanges (as in kube-proxy, which cannot
+    change that now)."""
+    route = chains.route
+    if route.has_endpoints:
+        out.nat.append(
+            f"-A {KUBE_NODEPORTS} -m comment --comment {chains.name} {chains.match}"
+            f" --dport {route.node_port} -j {chains.external}"
         )
+    external_filter = route.external_traffic_filter
+    if external_filter is not None:
+        local = f"-m addrtype --dst-type LOCAL {chains.match} --dport {route.node_port}"
+        _write_filtered(chains, KUBE_EXTERNAL_SERVICES, external_filter, local, out)
 
 
 def _write_service_chains(
