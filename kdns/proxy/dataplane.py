@@ -42,7 +42,7 @@ import os
 import re
 import shlex
 import subprocess
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -220,16 +220,24 @@ def jump_line(rule: JumpRule, verb: str = "-A") -> str:
     return " ".join([head, *(_quote(a) for a in rule.args)])
 
 
-def _insert_before_commit(text: str, table: str, lines: Sequence[str]) -> str:
-    """Restore input with `lines` added at the end of `table`'s section (creating it)."""
-    if not lines:
-        return text
-    marker = f"*{table}\n"
-    start = text.find(marker)
-    if start < 0:
-        return text + "\n".join([f"*{table}", *lines, "COMMIT", ""])
-    end = text.find("\nCOMMIT\n", start)
-    return text[: end + 1] + "\n".join(lines) + text[end:]
+def _insert_before_commit(text: str, added: Mapping[str, Sequence[str]]) -> str:
+    """Restore input with each table's `added` lines at the end of its section (a section is
+    created after the others for a table the input lacks), in one copy of `text`: it is
+    megabytes in a full sync, and each copy holds the GIL."""
+    cuts: list[tuple[int, str]] = []  # (where, what goes there), in the order of `added`
+    for table, lines in added.items():
+        if not lines:
+            continue
+        start = text.find(f"*{table}\n")
+        if start < 0:
+            cuts.append((len(text), "\n".join([f"*{table}", *lines, "COMMIT", ""])))
+        else:
+            cuts.append((text.find("\nCOMMIT\n", start) + 1, "\n".join(lines) + "\n"))
+    pieces, done = [], 0
+    for at, insert in sorted(cuts, key=lambda cut: cut[0]):  # stable: `added` order at ties
+        pieces += [text[done:at], insert]
+        done = at
+    return "".join([*pieces, text[done:]])
 
 
 class IptablesDataplane:
@@ -294,6 +302,7 @@ class IptablesDataplane:
         # Built-in chains hold others' rules too: only our jumps are checked, not counts.
         for key in [k for k in expected if k[1] in _BUILTIN]:
             expected.pop(key)
+        replaced = self._expected.get(family)
         self._expected[family] = expected
         # The next render needs the chains, not the text (megabytes in a full sync).
         self._last[family] = replace(rendering, text="")
@@ -301,6 +310,14 @@ class IptablesDataplane:
         fixed = {} if changed is None or last is None else dict(self._fixed[family])
         fixed.update(ipt.fixed_chain_rules(written))
         self._fixed[family] = fixed
+        # What this sync replaced, and its parse of the input (every rule at 5,000 Services),
+        # freed a step at a time rather than in one cascade when this returns: no render
+        # shares their strings, and the node DNS answers from another thread meanwhile.
+        ipt.release_entries(written)
+        if replaced is not None:
+            ipt.release_entries(replaced)
+        if last is not None:
+            ipt.release(last)
         return Applied(text.count("\n-A "), len(text))
 
     def intact(self) -> bool:
@@ -320,7 +337,7 @@ class IptablesDataplane:
                 if found != n:
                     log.warning("iptables: chain %s/%s has %s rules, expected %d", *key, found, n)
                     return False
-            present = set(save.splitlines())
+            present = _jump_lines(save)
             if any(jump_line(r) not in present for r in ipt.JUMP_RULES):
                 log.warning("iptables: a jump into kdns's chains is missing")
                 return False
@@ -342,21 +359,29 @@ class IptablesDataplane:
 def with_jumps(text: str, save: str, jumps: Iterable[JumpRule]) -> str:
     """Restore input that also inserts the jumps `save` (iptables-save output) lacks, and
     declares the canary chains (which the canary check looks for)."""
-    present = set(save.splitlines())
+    present = _jump_lines(save)
     jumps = tuple(jumps)
+    added: dict[str, list[str]] = {}
     for table in ("filter", "nat"):
-        missing = [
-            jump_line(r, "-I") for r in jumps if r.table == table and jump_line(r) not in present
-        ]
         # Each is inserted at position 1 in list order, so the last ends up first: kube-proxy's
         # prepend order.
-        text = _insert_before_commit(text, table, missing)
+        added[table] = [
+            jump_line(r, "-I") for r in jumps if r.table == table and jump_line(r) not in present
+        ]
     for table in _CANARY_TABLES:
-        text = _insert_before_commit(text, table, [f":{CANARY_CHAIN} - [0:0]"])
-    return text
+        added.setdefault(table, []).append(f":{CANARY_CHAIN} - [0:0]")
+    return _insert_before_commit(text, added)
 
 
 _BUILTIN = frozenset({"INPUT", "OUTPUT", "FORWARD", "PREROUTING", "POSTROUTING"})
+_BUILTIN_APPENDS = tuple(f"-A {chain} " for chain in sorted(_BUILTIN))
+
+
+def _jump_lines(save: str) -> set[str]:
+    """The rules of the built-in chains in `save` (iptables-save output), where the jumps
+    into ours are: a set of every line at 5,000 Services would be 100,000 strings, split in
+    one call and freed in one cascade (`ipt.split_lines`)."""
+    return {line for line in ipt.split_lines(save) if line.startswith(_BUILTIN_APPENDS)}
 
 
 # --- nftables ----------------------------------------------------------------------------------

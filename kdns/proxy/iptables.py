@@ -17,6 +17,11 @@ Contract:
   input, as in kube-proxy (rewriting PREROUTING would clobber other owners' rules): `JUMP_RULES`
   lists them for the caller to ensure with `iptables -C` / `-I`. `render_cleanup` removes what
   kdns installed.
+- `release(rendering)` empties a rendering its owner is about to drop, a step at a time, and
+  the render frees its own working lists so too (`release_entries`); `split_lines` splits text
+  a step at a time. Why: a 5,000-Service rule set dropped, joined or split whole is one C call
+  or one cascade of deallocations holding the GIL for 10 ms, and `kdns proxy --dns` answers
+  DNS from another thread (docs/benchmarks.md, "Node DNS during proxy syncs").
 - Output is deterministic: routes in `route_sort_key` order, endpoints by address, stale chains
   sorted. Pure: no I/O; nothing here runs iptables.
 - Deliberate differences from kube-proxy: no localhost NodePorts (CVE-2020-8558: NodePorts are
@@ -27,8 +32,17 @@ Contract:
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import (
+    Collection,
+    Iterable,
+    Iterator,
+    Mapping,
+    MutableMapping,
+    MutableSet,
+    Sequence,
+)
+from dataclasses import dataclass, field
+from typing import Any
 
 from kdns.proxy.masquerade import (
     KUBE_FORWARD,
@@ -112,11 +126,64 @@ class Rendering:
     """One restore input and what the caller needs to know about it."""
 
     text: str
-    active_chains: frozenset[str]  # per-service nat chains the rules now use (written or kept)
     deleted_chains: tuple[str, ...]  # stale per-service chains this input flushes and deletes
     filter_rules: int  # `-A` lines written per table (the sync metrics)
     nat_rules: int
     partial: bool
+    # The per-service nat chains the rules now use (written or kept): a set of its own, which
+    # `release` can empty (a frozenset could only be dropped whole).
+    _chains: set[str] = field(repr=False, compare=False)
+
+    @property
+    def active_chains(self) -> frozenset[str]:
+        """The per-service nat chains the rules now use (written or kept)."""
+        return frozenset(self._chains)
+
+
+def release(rendering: Rendering) -> None:
+    """Empties `rendering`'s chain set a step at a time, for its owner that is about to drop
+    it (its `active_chains` are empty afterwards; its text is not touched).
+
+    Why: no render shares those names (every render makes its own strings), and at 5,000
+    Services they are ~20,000: dropped whole, they are freed in one cascade of deallocations
+    during which no other thread gets the GIL, however short the switch interval (the node
+    DNS of `kdns proxy --dns` answers from another thread; docs/benchmarks.md).
+    """
+    release_entries(rendering._chains)
+
+
+# Entries freed, or lines joined or split, per step of the gentle operations below: a step is
+# one C call holding the GIL for tens of microseconds; between steps the interpreter may hand
+# the GIL to another thread (the switch interval).
+_STEP = 512
+_STEP_CHARS = 1 << 16  # characters split per step (about 600 restore lines)
+
+
+def release_entries(entries: list[Any] | MutableSet[Any] | MutableMapping[Any, Any]) -> None:
+    """Empties `entries` (a list of rules, a set of chains, a dict of chains) a step at a
+    time, so that freeing a large one is not one cascade that holds the GIL throughout."""
+    if isinstance(entries, list):
+        while entries:
+            del entries[-_STEP:]
+    elif isinstance(entries, MutableMapping):
+        while entries:
+            entries.popitem()
+    else:
+        while entries:
+            entries.pop()
+
+
+def split_lines(text: str) -> Iterator[str]:
+    """`text.split("\n")`, a step at a time: one split of a 5,000-Service restore input or
+    `iptables-save` output holds the GIL ~10 ms."""
+    start = 0
+    while True:
+        end = text.find("\n", start + _STEP_CHARS)
+        if end < 0:
+            yield from text[start:].split("\n")
+            return
+        yield from text[start:end].split("\n")
+        start = end + 1
 
 
 _NEW = ("-m", "conntrack", "--ctstate", "NEW")
@@ -235,28 +302,41 @@ def _render(
     out.nat += _nodeports_jumps(config)
     out.filter += forward_rules(config.masquerade_mark, config.conntrack_tcp_be_liberal)
 
-    text = "\n".join(
+    text = _joined(
         [
-            "*filter",
-            *(chain_line(c) for c in FILTER_CHAINS),
-            *out.filter,
-            "COMMIT",
-            "*nat",
-            *(chain_line(c) for c in NAT_CHAINS),
-            *out.nat_chains,
-            *out.nat,
-            "COMMIT",
-            "",
+            ["*filter", *(chain_line(c) for c in FILTER_CHAINS)],
+            out.filter,
+            ["COMMIT", "*nat", *(chain_line(c) for c in NAT_CHAINS)],
+            out.nat_chains,
+            out.nat,
+            ["COMMIT", ""],
         ]
     )
-    return Rendering(
+    rendering = Rendering(
         text=text,
-        active_chains=frozenset(out.active),
         deleted_chains=deleted,
         filter_rules=len(out.filter),
         nat_rules=sum(1 for line in out.nat if line.startswith("-A ")),
         partial=changed is not None,
+        _chains=out.active,
     )
+    # The rules are in the text now; dropped whole, 100,000 lines at 5,000 Services would be
+    # one cascade of deallocations (see `release`).
+    for lines in (out.filter, out.nat_chains, out.nat):
+        release_entries(lines)
+    return rendering
+
+
+def _joined(sections: Iterable[list[str]]) -> str:
+    """`"\n".join` of every line of `sections`, a step at a time: one join of the 100,000
+    lines of a full render at 5,000 Services holds the GIL ~10 ms; what is left is one copy
+    of the joined steps."""
+    steps = [
+        "\n".join(section[i : i + _STEP])
+        for section in sections
+        for i in range(0, len(section), _STEP)
+    ]
+    return "\n".join(steps)
 
 
 def _nodeports_jumps(config: IptablesConfig) -> list[str]:
@@ -577,7 +657,7 @@ def chain_rules(text: str) -> dict[tuple[str, str], tuple[str, ...]]:
     `-X` removes it: for restore input, what each chain it names holds once it is applied."""
     chains: dict[tuple[str, str], list[str]] = {}
     table = ""
-    for line in text.split("\n"):
+    for line in split_lines(text):
         if line.startswith("*"):
             table = line[1:].strip()
         elif line.startswith(":"):
@@ -591,10 +671,20 @@ def chain_rules(text: str) -> dict[tuple[str, str], tuple[str, ...]]:
 
 def saved_chains(save_text: str) -> dict[str, frozenset[str]]:
     """The chains per table in `iptables-save` output (`utiliptables.GetChainsFromTable`)."""
+    # The chains as `chain_rules` finds them, without keeping their rules (at 5,000 Services
+    # 100,000 lines, which would then be freed at once).
     tables: dict[str, set[str]] = {}
-    for table, chain in chain_rules(save_text):
-        tables.setdefault(table, set()).add(chain)
-    return {table: frozenset(chains) for table, chains in tables.items()}
+    table = tables.setdefault("", set())
+    for line in split_lines(save_text):
+        if line.startswith("*"):
+            table = tables.setdefault(line[1:].strip(), set())
+        elif line.startswith(":"):
+            table.add(line[1:].split(" ", 1)[0])
+        elif line.startswith("-A "):
+            table.add(line[3:].split(" ", 1)[0])
+        elif line.startswith("-X "):
+            table.discard(line[3:].strip())
+    return {name: frozenset(chains) for name, chains in tables.items() if chains}
 
 
 def owned_chains(
