@@ -130,9 +130,9 @@ class Rendering:
     filter_rules: int  # `-A` lines written per table (the sync metrics)
     nat_rules: int
     partial: bool
-    # The per-service nat chains the rules now use (written or kept): a set of its own, which
-    # `release` can empty (a frozenset could only be dropped whole).
-    _chains: set[str] = field(repr=False, compare=False)
+    # The per-service nat chains the rules now use (written or kept), each once: a list of its
+    # own, which `release` can empty in steps (a frozenset could only be dropped whole).
+    _chains: list[str] = field(repr=False, compare=False)
 
     @property
     def active_chains(self) -> frozenset[str]:
@@ -318,7 +318,7 @@ def _render(
         filter_rules=len(out.filter),
         nat_rules=sum(1 for line in out.nat if line.startswith("-A ")),
         partial=changed is not None,
-        _chains=out.active,
+        _chains=list(out.active),
     )
     # The rules are in the text now; dropped whole, 100,000 lines at 5,000 Services would be
     # one cascade of deallocations (see `release`).
