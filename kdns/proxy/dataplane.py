@@ -308,7 +308,8 @@ class IptablesDataplane:
         # Built-in chains hold others' rules too: only our jumps are checked, not counts.
         for key in [k for k in expected if k[1] in _BUILTIN]:
             expected.pop(key)
-        replaced = self._expected.get(family)
+        # After a partial sync `expected` is a copy of the last one, sharing all its keys.
+        replaced = self._expected.get(family) if changed is None or last is None else None
         self._expected[family] = expected
         # The next render needs the chains, not the text (megabytes in a full sync).
         self._last[family] = replace(rendering, text="")
