@@ -5,6 +5,9 @@ Contract:
 - `main(argv)` returns the exit status: 0 on success (and after a graceful stop), 2 for a bad
   config, bad manifests or a missing source (each problem one line on stderr, naming the file,
   line and field), 128 + N when a second signal N cut the lameduck short.
+- The steps `main` takes, each public: `parse_args(argv)` is the command line as argparse reads
+  it; `config_of(args)` the config it gives (below); `proxy_options(config)` the options
+  `kdns proxy` runs with; `key_flags()` names the flag that sets each config key.
 - Flags override `KDNS_*` environment variables, which override the config file, which
   overrides the defaults; a reload (SIGHUP, SIGUSR1, a changed file) applies them in the same
   order again.
@@ -67,6 +70,20 @@ def _address_flags(parser: argparse.ArgumentParser, flags: Sequence[tuple[str, s
     """Key flags taking a listen address, one per (flag, config key, help)."""
     for flag, path, text in flags:
         _key_flag(parser, flag, path, metavar="HOST:PORT", help=text)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """`argv` (None: `sys.argv[1:]`) as argparse reads it: `command` names the command, each
+    config flag's destination is the path of its key (`--dns-addr` sets `dns.addr`), None when
+    the flag is left out. A bad command line exits 2 with argparse's usage line."""
+    return _parser().parse_args(argv)
+
+
+def key_flags() -> dict[str, str]:
+    """Every config key a flag sets → the flag (`dns.addr` → `--dns-addr`); two commands may
+    share a flag for keys of their own sections (`--metrics-addr`)."""
+    _parser()  # declares them
+    return dict(_FLAGS)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -355,9 +372,10 @@ def _node_dns_flags(proxy: argparse.ArgumentParser) -> None:
     )
 
 
-def _proxy_options(config: Config) -> proxyapp.ProxyOptions:
-    """The proxy and node sections (file < KDNS_* < flag, already merged) as the proxy takes
-    them; the node's name falls back to $NODE_NAME, then the host name."""
+def proxy_options(config: Config) -> proxyapp.ProxyOptions:
+    """The proxy and node sections (file < KDNS_* < flag, already merged by `config_of`) as the
+    proxy takes them, unchecked (`proxyapp.check_options`); the node's name falls back to
+    $NODE_NAME, then the host name; the sysctls are the node's (/proc/sys)."""
     proxy, node = config.proxy, config.node
     return proxyapp.ProxyOptions(
         mode=proxy.mode,
@@ -397,7 +415,7 @@ def _refuse(problem: ConfigError | app.StartupError, who: str = "kdns") -> int:
 
 
 def _proxy(args: argparse.Namespace, config: Config) -> int:
-    options = _proxy_options(config)
+    options = proxy_options(config)
     problems = proxyapp.check_options(options)
     if problems:
         for line in problems:
@@ -423,7 +441,11 @@ def _proxy(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
-def _config(args: argparse.Namespace) -> Config:
+def config_of(args: argparse.Namespace) -> Config:
+    """The config the parsed command line `args` gives: its file (`--config`, or the Corefile
+    `--corefile` translates; neither: the defaults), then the `KDNS_*` environment, then the
+    flags. Raises ConfigError naming the file, line and field, or the flag that set a bad
+    value; `kdns serve` logs the Corefile's translation notes."""
     if args.corefile and args.config:
         raise ConfigError("--corefile and --config: give one of them")
     if args.corefile:
@@ -449,7 +471,7 @@ def _config(args: argparse.Namespace) -> Config:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -460,7 +482,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "check" and args.corefile:
             _print_corefile(args.corefile)
-        config = _config(args)
+        config = config_of(args)
         logs.setup(config.logging.format, args.log_level, config.logging.consolidate)
         if args.command == "proxy":
             return _proxy(args, config)
@@ -478,7 +500,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         # A reload reads the file and applies the environment and the flags again.
-        return trio.run(functools.partial(app.serve, built, loader=lambda: _config(args)))
+        return trio.run(functools.partial(app.serve, built, loader=lambda: config_of(args)))
     except OSError as e:
         print(f"kdns: {e.strerror}", file=sys.stderr)
         return 2
@@ -488,7 +510,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _print_corefile(path: str) -> None:
     """`kdns check --corefile`: the kdns config the Corefile gives, as YAML, with a comment per
-    directive kdns accepts without following it; refused ones are raised by `_config` after."""
+    directive kdns accepts without following it; refused ones are raised by `config_of` after."""
     from kdns.corefile.load import read_corefile, render_yaml
 
     print(render_yaml(read_corefile(path, os.environ), path), end="")
@@ -589,7 +611,7 @@ def _explain(args: argparse.Namespace) -> int:
         print(f"kdns: {e}", file=sys.stderr)
         return 2
     try:
-        config = _config(args)
+        config = config_of(args)
         built = app.build(config)
     except (ConfigError, app.StartupError) as e:
         return _refuse(e)

@@ -465,7 +465,8 @@ def catalogue(coredns_names: bool = False) -> dict[str, tuple[str, tuple[str, ..
         if isinstance(value, MetricWrapperBase):
             family = value.describe()[0]
             # prometheus-client has no public accessor for a metric's label names.
-            out[_exposed(family)] = (family.type, tuple(value._labelnames))
+            labels = tuple(value._labelnames)  # noqa: SLF001 (prometheus-client's own)
+            out[_exposed(family)] = (family.type, labels)
     for name, kind, labels, _ in DNS_FAMILIES:
         out[name] = (kind, labels)
     if coredns_names:

@@ -48,6 +48,9 @@ Contract:
   plain answer. The Pods do not gate the first sync: until they are listed every answer is
   plain, which is correct, and a Pods watch the RBAC forbids must not keep the proxy from
   programming the node. `kdns_node_dns_pods` counts the pods held.
+- `kube_options(options)` is what the proxy's source watches beyond `kdns serve`'s kinds, as
+  the `kube_options` of `app.open_source`: its own Node, the ServiceCIDRs, and this node's Pods
+  only with autopath and the node DNS both on.
 - Pod names under `dns.pods: verified` (`central_pod_zones`): the node DNS holds no Pods of
   other nodes, so a pod name it cannot verify falls through (CoreDNS's kubernetes
   `fallthrough`) to the stub domain covering `pod.<zone>` — the central DNS, which watches
@@ -380,8 +383,8 @@ async def render(config: Config, options: ProxyOptions, runner: Runner = run_com
     dataplane = None if options.mode == "userspace" else make_dataplane(options, runner)
     store, api = open_store(config, watch_pods=False)
     # Rules only: the node DNS's Pods would be listed for nothing.
-    kube_options = _kube_options(replace(options, dns_autopath=False))
-    source = open_source(config, store, api, False, kube_options)
+    watched = kube_options(replace(options, dns_autopath=False))
+    source = open_source(config, store, api, False, watched)
     async with trio.open_nursery() as nursery:
         await nursery.start(source.run)
         with trio.move_on_after(SYNC_TIMEOUT):
@@ -400,14 +403,14 @@ async def render(config: Config, options: ProxyOptions, runner: Runner = run_com
     return await trio.to_thread.run_sync(dataplane.render, routes)
 
 
-def _kube_options(options: ProxyOptions) -> dict[str, Any]:
+def kube_options(options: ProxyOptions) -> dict[str, Any]:
     """From a cluster the proxy also watches its own Node (its zone picks topology hints) and
     the ServiceCIDRs (nftables mode drops traffic to their unallocated addresses); with the
     node DNS's autopath, the Pods on this node (module docstring)."""
-    kube_options: dict[str, Any] = {"node_name": options.node_name, "service_cidrs": True}
+    watched: dict[str, Any] = {"node_name": options.node_name, "service_cidrs": True}
     if options.dns_autopath and options.dns_addresses:
-        kube_options["pods_node"] = options.node_name
-    return kube_options
+        watched["pods_node"] = options.node_name
+    return watched
 
 
 class HealthCheckServers:
@@ -491,7 +494,7 @@ async def run_proxy(
     task_status: trio.TaskStatus[dict[str, int]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     store, api = open_store(config, watch_pods=False)
-    source = open_source(config, store, api, False, _kube_options(options))
+    source = open_source(config, store, api, False, kube_options(options))
     # Before anything touches the node: a node DNS config that cannot start refuses the start.
     node_dns = _node_dns(config, options, store, source)
     if options.mode == "userspace":

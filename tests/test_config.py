@@ -954,11 +954,11 @@ def test_locate_names_a_key_as_the_file_spells_it(tmp_path: Path) -> None:
 def test_every_flag_destination_is_a_key_path() -> None:
     from kdns import cli
 
-    cli._parser()
-    assert cli._FLAGS, "the parser declares its config flags through _key_flag"
-    assert set(cli._FLAGS) <= set(KEYS), set(cli._FLAGS) - set(KEYS)
+    flags = cli.key_flags()
+    assert flags, "the parser declares its config flags through _key_flag"
+    assert set(flags) <= set(KEYS), set(flags) - set(KEYS)
     # The proxy's flags and serve's land in their own sections: --metrics-addr is two keys.
-    assert cli._FLAGS["dns.metrics_addr"] == cli._FLAGS["proxy.metrics_addr"] == "--metrics-addr"
+    assert flags["dns.metrics_addr"] == flags["proxy.metrics_addr"] == "--metrics-addr"
 
 
 @pytest.mark.parametrize(
@@ -984,7 +984,7 @@ def test_a_bad_flag_is_named_by_its_flag(
     for name in [n for n in os.environ if n.startswith("KDNS_")]:
         monkeypatch.delenv(name)
     with pytest.raises(ConfigError) as info:
-        cli._config(cli._parser().parse_args(argv))
+        cli.config_of(cli.parse_args(argv))
     assert str(info.value).startswith(message), str(info.value)
 
 
@@ -997,7 +997,7 @@ def test_flags_override_variables_override_the_file(
     monkeypatch.setenv("KDNS_DNS_PODS", "disabled")
     monkeypatch.setenv("KDNS_NODE_NAME", "b")
     args = ["proxy", "--config", path, "--mode", "nftables"]
-    config = cli._config(cli._parser().parse_args(args))
+    config = cli.config_of(cli.parse_args(args))
     assert (config.dns.ttl, config.dns.pods) == (30, "disabled")
     assert (config.proxy.mode, config.node.name) == ("nftables", "b")
-    assert cli._proxy_options(config).mode == "nftables"
+    assert cli.proxy_options(config).mode == "nftables"

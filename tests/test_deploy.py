@@ -228,8 +228,8 @@ def test_the_config_file_is_the_mounted_configmap(tmp_path: Path) -> None:
     assert KDNS["args"] == ["serve", "--config", path]
     assert config.kubernetes.manifests == () and config.kubernetes.kubeconfig == ""  # in-cluster
     # The arguments parse as kdns's own command line does (tests set KDNS_RESOLV_CONF).
-    args = cli._parser().parse_args(["serve", "--config", str(tmp_path / "kdns.yaml")])
-    assert cli._config(args) == config.with_overrides(**env_overrides(dict(os.environ)))
+    args = cli.parse_args(["serve", "--config", str(tmp_path / "kdns.yaml")])
+    assert cli.config_of(args) == config.with_overrides(**env_overrides(dict(os.environ)))
 
 
 # --- the Corefile variant: the cluster's own `coredns` ConfigMap -------------------------------
@@ -396,8 +396,8 @@ def test_proxy_daemonset() -> None:
     flags = {a for a in args if a.startswith("--")}
     assert flags <= PROXY_FLAGS, flags - PROXY_FLAGS
     # `kdns proxy`'s own parser and checks take them, as the kubelet passes them.
-    parsed = cli._parser().parse_args([a.replace("$(NODE_NAME)", "node-1") for a in args])
-    options = cli._proxy_options(cli._config(parsed))
+    parsed = cli.parse_args([a.replace("$(NODE_NAME)", "node-1") for a in args])
+    options = cli.proxy_options(cli.config_of(parsed))
     assert proxyapp.check_options(options) == []
     assert options.node_name == "node-1" and options.mode == "iptables"
     assert args[args.index("--node-name") + 1] == "$(NODE_NAME)"
@@ -442,8 +442,8 @@ def test_node_daemonset_is_the_proxy_daemonset_plus_the_node_dns() -> None:
     args = NODE["args"]
     dns = args.index("--dns")
     assert args[:dns] + args[dns + 2 :] == PROXY["args"]
-    parsed = cli._parser().parse_args([a.replace("$(NODE_NAME)", "node-1") for a in args])
-    options = cli._proxy_options(cli._config(parsed))
+    parsed = cli.parse_args([a.replace("$(NODE_NAME)", "node-1") for a in args])
+    options = cli.proxy_options(cli.config_of(parsed))
     assert proxyapp.check_options(options) == []
     # The kube-dns ClusterIP is taken over (kubelet's --cluster-dns stays), and the link-local
     # address of NodeLocal DNSCache answers too.
@@ -483,8 +483,8 @@ def test_node_daemonset_reads_pods_exactly_when_its_node_dns_has_autopath() -> N
             resources, verbs = rules_of(binding["roleRef"]["name"])
             if {"list", "watch"} <= verbs:
                 readable |= resources
-    parsed = cli._parser().parse_args([a.replace("$(NODE_NAME)", "n") for a in NODE["args"]])
-    autopath = cli._proxy_options(cli._config(parsed)).dns_autopath
+    parsed = cli.parse_args([a.replace("$(NODE_NAME)", "n") for a in NODE["args"]])
+    autopath = cli.proxy_options(cli.config_of(parsed)).dns_autopath
     assert (("", "pods") in readable) == autopath
     assert autopath is False  # shipped off, as NodeLocal DNSCache (the file's header says why)
 
@@ -536,7 +536,7 @@ def test_sidecar_example(tmp_path: Path) -> None:
     for key, text in configmap["data"].items():
         (manifests / key).write_text(text)
     local = [str(manifests) if a == "/etc/kdns/manifests" else a for a in args]
-    config = cli._config(cli._parser().parse_args(local))
+    config = cli.config_of(cli.parse_args(local))
     assert config.dns.addr == "127.0.0.1:53"
     assert config.forward.upstreams == ("10.96.0.10",)
     _, errors = load(list(config.kubernetes.manifests))

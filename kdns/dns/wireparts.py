@@ -13,7 +13,8 @@ label is over 63 octets or the name over 255 (RFC 1035 §2.3.4); `names_parts` i
 of each of a list. `address_bytes(ip)` is a canonical IPv4 or IPv6 address's octets;
 `addresses_bytes` of each of a list. Pure: no I/O. The memos are plain dicts, bounded in
 entries (the oldest go first), read and written on the trio thread only (the resolver's,
-docs/architecture.md §6); at the bound they hold about 4 MiB.
+docs/architecture.md §6); at the bound they hold about 4 MiB. `memoised()` lists what they hold,
+oldest first; `clear_memos()` empties them (each name and address is made again when asked).
 """
 
 from __future__ import annotations
@@ -37,6 +38,17 @@ _addresses: dict[str, bytes] = {}
 def labels(name: str) -> tuple[bytes, ...]:
     """`name`'s labels, latin-1 encoded, empty ones (the root's) dropped."""
     return tuple(label for label in name.encode("latin-1").split(b".") if label)
+
+
+def memoised() -> tuple[list[str], list[str]]:
+    """The names and the addresses the memos hold, each oldest first (the first to go)."""
+    return list(_names), list(_addresses)
+
+
+def clear_memos() -> None:
+    """Forget every memoised name and address (on the trio thread, as every memo write)."""
+    _names.clear()
+    _addresses.clear()
 
 
 def _room(memo: dict[str, object], new: int = 0) -> None:

@@ -598,6 +598,12 @@ class Rendering:
         return {c: r for s in self._state.services.values() for c, r in s.chains.items()}
 
 
+def _state_of(rendering: Rendering) -> _State:
+    """The state `rendering` carries for the next render: the functions of this module build and
+    read it (a frozen dataclass has no methods to do it), no other module does."""
+    return rendering._state  # noqa: SLF001 (this module's own class, above)
+
+
 def release(rendering: Rendering) -> None:
     """Empties `rendering`'s state, one Service and one element at a time, for its owner that
     is about to drop it (it is unusable afterwards).
@@ -608,7 +614,8 @@ def release(rendering: Rendering) -> None:
     can hand the GIL over between entries. A later render never shares these dicts: a partial
     one copies them, a full one builds its own.
     """
-    for entries in (rendering._state.services, rendering._state.claims):
+    state = _state_of(rendering)
+    for entries in (state.services, state.claims):
         if isinstance(entries, dict):
             while entries:
                 entries.popitem()
@@ -943,7 +950,7 @@ def render_partial(
         raise ValueError("the config changed since the previous render: render in full")
     changed = set(changed)
     new_routes = _group(_select((r for r in routes if r.service in changed), config))
-    old_state = previous._state
+    old_state = _state_of(previous)
     s = _Script(config)
     acc = _PartialChanges(
         services=dict(old_state.services),

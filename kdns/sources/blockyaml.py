@@ -263,14 +263,14 @@ def _pieces(text: str) -> Iterator[str]:
     file would hold half a million strings at once (40 MB)."""
     start = 0
     while start < len(text):
-        end = text.find("\n", start + _SLICE)
+        end = text.find("\n", start + SLICE)
         if end < 0:
             end = len(text)
         yield text[start:end]
         start = end + 1
 
 
-_SLICE = 1 << 16  # characters
+SLICE = 1 << 16  # characters split off at a time: lines and places do not depend on it
 
 
 def _value(text: str) -> Any:

@@ -19,6 +19,8 @@ Contract:
   API's typed lists (ServiceList) leave kind and apiVersion out of their items, and get them
   from the list's kind. Empty documents give nothing.
 - A file whose name ends in .json may indent with tabs (JSON allows it, YAML does not).
+- `Loader` is the YAML loader every read uses: PyYAML's safe loader, on libyaml when PyYAML
+  was built with it.
 - Pure: no I/O at all.
 """
 
@@ -99,9 +101,10 @@ _MAX_RESOLVED = 4096
 assert None not in _FastResolveLoader.yaml_implicit_resolvers
 assert not _FastResolveLoader.yaml_path_resolvers
 
-# libyaml parses several times faster than the pure-Python parser; tests swap in yaml.SafeLoader
-# to check both parsers' error messages.
-_Loader: type = _FastResolveLoader
+# The loader every read here uses: libyaml's when PyYAML has it, as it parses several times
+# faster than the pure-Python parser; tests swap in yaml.SafeLoader to check both parsers'
+# error messages.
+Loader: type = _FastResolveLoader
 
 # Recording the line of every field costs one dict entry per field; a YAML alias bomb expands
 # exponentially, so stop recording (lines fall back to the parent) past this many fields.
@@ -185,7 +188,7 @@ def yaml_text(text: str, file: str) -> str:
 
 def read_documents(text: str, file: str) -> Iterator[Document | ManifestError]:
     """The lean read (see the module contract); `text` is already `yaml_text`."""
-    loader = _Loader(text)
+    loader = Loader(text)
     try:
         index = 0
         while loader.check_node():
@@ -255,7 +258,7 @@ def parse_text(text: str, file: str) -> tuple[list[Document], list[ManifestError
     docs: list[Document] = []
     errors: list[ManifestError] = []
     try:
-        loader = _Loader(text)
+        loader = Loader(text)
         try:
             index = 0
             while loader.check_node():
@@ -284,7 +287,7 @@ def field_lines_at(
     for at in places:
         wanted.setdefault(at[0], []).append(at)
     found: dict[tuple[int, ...], dict[str, int]] = {}
-    loader = _Loader(text)
+    loader = Loader(text)
     try:
         index = 0
         while wanted and index <= max(wanted) and loader.check_node():

@@ -38,6 +38,8 @@ Contract:
 - `ManifestReader(scope)` reads only the objects the `Scope` admits (kubernetes `namespaces`
   and `labels`): the others are left out before anything is derived from them, as if the files
   did not hold them — the API source sees the same objects.
+- `read_file_bytes(file, size)` is a file's bytes, read whole whatever size it has by then
+  (`size`, from its stat, only sizes the first read).
 - Pure: the only I/O is reading (and stat-ing) the files named; no trio, socket or subprocess.
 """
 
@@ -350,7 +352,7 @@ class ManifestReader:
         if known is not None and known.stat == stat:
             return stat, known
         try:
-            data = _read_bytes(file, stat[1])
+            data = read_file_bytes(file, stat[1])
         except OSError as exc:
             return stat, _unreadable(file, exc)
         digest = hashlib.blake2b(data, digest_size=16).digest()
@@ -373,7 +375,7 @@ class ManifestReader:
 Fingerprint = tuple[tuple[str, int, int, int], ...]
 
 
-def _read_bytes(file: str, size: int) -> bytes:
+def read_file_bytes(file: str, size: int) -> bytes:
     """The bytes of `file`, expected to be `size` long (its stat just before): one read call
     for the whole file, and no file object (half the cost of `open` for 10,000 small files).
     A read shorter than asked for is the end of a regular file; a file that grew is read on."""

@@ -187,7 +187,7 @@ def measure(
             finally:
                 proxy.stop()  # leaves its rules, as kube-proxy does: the restart finds them
     finally:
-        proxy_sync._cleanup()
+        proxy_sync.cleanup()
     return out
 
 

@@ -435,7 +435,7 @@ def _nft(text: str) -> float:
     return took
 
 
-def _cleanup() -> None:
+def cleanup() -> None:
     """`kdns proxy --cleanup` in-process: every mode's objects go (this kernel has no IPVS)."""
     from kdns.proxy.cleanup import cleanup_every_mode
     from kdns.proxy.dataplane import run_command
@@ -512,7 +512,7 @@ def phase_dataplanes(
         finally:
             dp.runner = runner
             lib.close()
-    _cleanup()
+    cleanup()
     say("  nftables transactions measured, table removed")
 
     routes = cluster.routes()  # again: the partials above changed some Services
@@ -610,7 +610,7 @@ def phase_iptables(
         out["error"] = str(e)[:300]
         out["apply"] = runner.total("iptables-restore")
         say(f"  {mode} full sync FAILED after {out['apply']:.0f} s: {out['error'][:120]}")
-        _cleanup()
+        cleanup()
         return
     out["full"] = {
         "render": total - runner.total(),
@@ -632,7 +632,7 @@ def phase_iptables(
         partial["apply"].append(runner.total("iptables-restore"))
         partial["size"].append(applied.size)
     out["partial"] = partial
-    _cleanup()
+    cleanup()
     say(f"  {mode} partial syncs measured, chains removed")
 
 
@@ -896,7 +896,7 @@ def run(args: argparse.Namespace, say: Say) -> Json:
                 fig[mode] = phase_proxy(
                     mode, cluster, server, kubeconfig, workdir, client, args, stack, say
                 )
-                _cleanup()  # the proxy leaves its rules on exit, as kube-proxy does
+                cleanup()  # the proxy leaves its rules on exit, as kube-proxy does
     return fig
 
 

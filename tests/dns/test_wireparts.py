@@ -16,11 +16,9 @@ from kdns.dns.wireparts import address_bytes, addresses_bytes, name_parts, names
 
 @pytest.fixture(autouse=True)
 def empty_memos() -> Iterator[None]:
-    wireparts._names.clear()
-    wireparts._addresses.clear()
+    wireparts.clear_memos()
     yield
-    wireparts._names.clear()
-    wireparts._addresses.clear()
+    wireparts.clear_memos()
 
 
 def wire(*labels: bytes) -> bytes:
@@ -54,7 +52,7 @@ def test_a_names_labels_and_wire_form(
 ) -> None:
     assert name_parts(name) == (labels, encoded)
     assert name_parts(name) == (labels, encoded)  # from the memo
-    wireparts._names.clear()
+    wireparts.clear_memos()
     assert names_parts([name, "other." + name]) == [(labels, encoded), name_parts("other." + name)]
 
 
@@ -74,9 +72,9 @@ def test_names_made_together_are_those_made_one_at_a_time(
     # falls back to one at a time; either way the same parts.
     for batch in ([f"{head}.{parent}" for head in heads], [f"{n}.{parent}" for n in names] + names):
         together = names_parts(batch)
-        wireparts._names.clear()
+        wireparts.clear_memos()
         assert together == [name_parts(name) for name in batch]
-        wireparts._names.clear()
+        wireparts.clear_memos()
 
 
 @pytest.mark.parametrize(
@@ -93,7 +91,7 @@ def test_a_rollouts_names_made_together_are_those_made_one_at_a_time(heads: list
     names = [old, *(f"{head}.hl.big.svc.cluster.local" for head in heads)]
     name_parts(old)  # in the memo already: the rest are new
     together = names_parts(names)
-    wireparts._names.clear()
+    wireparts.clear_memos()
     assert together == [name_parts(name) for name in names]
     assert (together[2][1] is None) == (heads[1] == "x" * 64)
 
@@ -104,7 +102,7 @@ def test_a_rollouts_names_made_together_are_those_made_one_at_a_time(heads: list
 def test_an_addresss_octets(ip: str) -> None:
     packed = ipaddress.ip_address(ip).packed
     assert address_bytes(ip) == packed
-    wireparts._addresses.clear()
+    wireparts.clear_memos()
     assert addresses_bytes([ip, "10.9.9.9"]) == [packed, bytes([10, 9, 9, 9])]
     assert addresses_bytes([ip]) == [packed]  # from the memo
 
@@ -115,10 +113,11 @@ def test_the_memos_keep_at_most_their_bound_dropping_the_oldest(
     monkeypatch.setattr(wireparts, "MEMO_BOUND", 8)
     addresses_bytes([f"10.0.0.{i}" for i in range(6)])
     addresses_bytes([f"10.0.1.{i}" for i in range(4)])
-    assert list(wireparts._addresses) == [f"10.0.0.{i}" for i in range(2, 6)] + [
+    assert wireparts.memoised()[1] == [f"10.0.0.{i}" for i in range(2, 6)] + [
         f"10.0.1.{i}" for i in range(4)
     ]
     names_parts([f"n{i}.svc" for i in range(10)])
-    assert len(wireparts._names) == 8 and "n9.svc" in wireparts._names
+    names = wireparts.memoised()[0]
+    assert len(names) == 8 and "n9.svc" in names
     assert name_parts("n0.svc") == ((b"n0", b"svc"), wire(b"n0", b"svc"))  # made again
-    assert len(wireparts._names) == 8
+    assert len(wireparts.memoised()[0]) == 8

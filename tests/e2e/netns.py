@@ -129,7 +129,8 @@ class PodNetwork:
         return self.stderr_path.read_text(errors="replace")
 
 
-def _remove_netns_etc(name: str) -> None:
+def remove_netns_etc(name: str) -> None:
+    """Remove the /etc/netns/NAME files `ip netns exec` binds over a namespace's /etc."""
     shutil.rmtree(NETNS_ETC / name, ignore_errors=True)
     # /etc/netns itself only if we left it empty (another test run may be using it).
     with contextlib.suppress(OSError):
@@ -153,7 +154,7 @@ def pod_network(
             ip_command(ip, "-n", ns, "addr", "add", f"{v6}/126", "dev", "eth0", "nodad")
             ip_command(ip, "-n", ns, "link", "set", "eth0", "up")
 
-        cleanup.callback(_remove_netns_etc, pod)
+        cleanup.callback(remove_netns_etc, pod)
         etc = NETNS_ETC / pod
         etc.mkdir(parents=True)
         (etc / "resolv.conf").write_text(resolv_conf)

@@ -25,7 +25,7 @@ import pytest
 from tests.conftest import need_root, need_tool
 
 from .conftest import EXAMPLES
-from .netns import NETNS_ETC, _remove_netns_etc, ip_command, node_and_pod
+from .netns import NETNS_ETC, ip_command, node_and_pod, remove_netns_etc
 
 NODE_DNS = "169.254.20.10"
 NODE_V4, POD_V4 = "10.254.253.1", "10.254.253.2"
@@ -77,7 +77,7 @@ def node() -> Iterator[Node]:
         # The stand-in for the dummy device (module docstring), and the pod's route to it.
         ip_command(ip, "-n", names.node, "addr", "add", f"{NODE_DNS}/32", "dev", "lo")
         ip_command(ip, "-n", names.pod, "route", "add", "default", "via", NODE_V4)
-        cleanup.callback(_remove_netns_etc, names.pod)
+        cleanup.callback(remove_netns_etc, names.pod)
         etc = NETNS_ETC / names.pod
         etc.mkdir(parents=True)
         (etc / "resolv.conf").write_text(RESOLV_CONF)

@@ -117,7 +117,7 @@ Json = dict[str, Any]
 _RV_MARK = "@@kdns-test-rv@@"
 _RV_MARK_JSON = f'"resourceVersion":"{_RV_MARK}"'.encode()
 _MAX_SNAPSHOTS = 64
-_TOO_LARGE_WAIT = 3.0
+TOO_LARGE_WAIT = 3.0  # seconds a read at a future resourceVersion waits before its 504
 _POLL = 0.2
 _CHUNK_THRESHOLD = 2048
 _CHUNK = 256 * 1024
@@ -511,31 +511,31 @@ class Stats:
                 "bookmarks_sent": self.bookmarks_sent,
             }
 
-    # -- updates from the server
-    def _request(self, verb: str, resource: str, kind: str) -> None:
+    # -- updates from the server (its hooks: tests only read)
+    def note_request(self, verb: str, resource: str, kind: str) -> None:
         with self._cond:
             self.requests[(verb, resource, kind)] += 1
             self._cond.notify_all()
 
-    def _status(self, code: int) -> None:
+    def note_status(self, code: int) -> None:
         with self._cond:
             self.statuses[code] += 1
             self._cond.notify_all()
 
-    def _watch_delta(self, resource: str, delta: int) -> None:
+    def note_watch(self, resource: str, delta: int) -> None:
         with self._cond:
             self._open_watches[resource] += delta
             self.max_open_watches = max(self.max_open_watches, self.open_watches_locked())
             self._cond.notify_all()
 
-    def _conn_delta(self, delta: int) -> None:
+    def note_connection(self, delta: int) -> None:
         with self._cond:
             if delta > 0:
                 self.connections_accepted += 1
             self.open_connections += delta
             self._cond.notify_all()
 
-    def _sent(self, events: int, bookmarks: int) -> None:
+    def note_sent(self, events: int, bookmarks: int) -> None:
         with self._cond:
             self.events_sent += events
             self.bookmarks_sent += bookmarks
@@ -598,8 +598,19 @@ class Faults:
     - ``clear()``: disarm everything, release hung watches, accept connections again.
     """
 
-    def __init__(self, server: ApiServer) -> None:
-        self._server = server
+    def __init__(
+        self,
+        set_listening: Callable[[bool], None],
+        drop_connections: Callable[[], None],
+        signal_watches: Callable[..., int],
+    ) -> None:
+        """The server's own controls the faults work through: bind (True) or close the
+        listening socket; RST every open connection; set an action ("reset", "expire",
+        "release") on the open watches (of one resource; only the hung ones), returning how many.
+        """
+        self._set_listening = set_listening
+        self._drop_connections = drop_connections
+        self._signal_watches = signal_watches
         self._lock = threading.Lock()
         self._armed: list[_Armed] = []
 
@@ -609,7 +620,10 @@ class Faults:
         with self._lock:
             self._armed.append(armed)
 
-    def _take(self, what: str, resource: str, kind: str | None = None) -> _Armed | None:
+    # -- for the server: the armed fault a request meets, used up
+    def take(self, what: str, resource: str, kind: str | None = None) -> _Armed | None:
+        """The first fault armed as `what` matching `resource` (and `kind`), one use of it
+        consumed; None when none is armed."""
         with self._lock:
             for a in self._armed:
                 if a.what != what or a.remaining == 0:
@@ -623,40 +637,42 @@ class Faults:
                 return a
         return None
 
-    def _take_watch(self, resource: str) -> _WatchFaults:
+    def take_watch(self, resource: str) -> _WatchFaults:
+        """The faults a new watch of `resource` meets, each consumed (hang, expire and close
+        exclude the rest)."""
         f = _WatchFaults()
-        if self._take("hang", resource):
+        if self.take("hang", resource):
             f.hang = True
-        elif self._take("expire", resource):
+        elif self.take("expire", resource):
             f.expire = True
-        elif self._take("close", resource):
+        elif self.take("close", resource):
             f.close = True
         else:
-            if a := self._take("garbage", resource):
+            if a := self.take("garbage", resource):
                 f.garbage = a.payload
-            if a := self._take("huge", resource):
+            if a := self.take("huge", resource):
                 f.huge = a.payload
         return f
 
     # -- connection-level
     def refuse_connections(self, refuse: bool = True, *, drop_connections: bool = True) -> None:
         """Close (True) or re-bind (False) the listening socket; True also RSTs open connections."""
-        self._server._set_listening(not refuse)
+        self._set_listening(not refuse)
         if refuse and drop_connections:
-            self._server._drop_connections()
+            self._drop_connections()
 
     def drop_connections(self) -> None:
         """RST every open connection (idle keep-alive, lists, watches); keep accepting."""
-        self._server._drop_connections()
+        self._drop_connections()
 
     # -- watch streams
     def reset_watches(self, resource: str | None = None) -> int:
         """Abort every open watch stream with a TCP RST now; returns how many."""
-        return self._server._signal_watches("reset", resource)
+        return self._signal_watches("reset", resource)
 
     def expire_watches(self, resource: str | None = None) -> int:
         """Send every open watch an ERROR 410 event and end it cleanly; returns how many."""
-        return self._server._signal_watches("expire", resource)
+        return self._signal_watches("expire", resource)
 
     def hang_next_watch(self, n: int | None = 1, resource: str | None = None) -> None:
         """The next ``n`` watches get headers and then silence, until ``clear()``/``stop()``."""
@@ -714,8 +730,8 @@ class Faults:
         """Disarm every fault, release hung watches, listen again."""
         with self._lock:
             self._armed.clear()
-        self._server._signal_watches("release", None, only_hung=True)
-        self._server._set_listening(True)
+        self._signal_watches("release", None, only_hung=True)
+        self._set_listening(True)
 
 
 # --------------------------------------------------------------------------- HTTP
@@ -744,7 +760,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.send_header("Cache-Control", "no-cache, private")
 
     def do_GET(self) -> None:
-        self.server._handle_get(self)
+        self.server.handle_get(self)
 
     def _no_write(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
@@ -780,7 +796,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 part = view[i : i + _CHUNK]
                 self.wfile.write(b"".join((b"%x\r\n" % len(part), part, b"\r\n")))
             self.wfile.write(b"0\r\n\r\n")
-        self.server.stats._status(code)
+        self.server.stats.note_status(code)
 
     def send_error_status(self, err: _HttpError) -> None:
         body = status_body(err.code, err.reason, err.message, err.details, err.list_meta)
@@ -834,7 +850,7 @@ class ApiServer:
         self.expired_as_event = expired_as_event
         self.version = version
         self.stats = Stats()
-        self.faults = Faults(self)
+        self.faults = Faults(self._set_listening, self._drop_connections, self._signal_watches)
 
         self._cond = threading.Condition()
         self._rv = start_rv
@@ -1026,7 +1042,7 @@ class ApiServer:
                 t.start()
 
     def _serve_connection(self, raw: socket.socket, addr: Any) -> None:
-        self.stats._conn_delta(+1)
+        self.stats.note_connection(+1)
         conn = _Conn(raw)
         try:
             if self._ssl is not None:
@@ -1051,7 +1067,7 @@ class ApiServer:
                 self._conn_threads.discard(threading.current_thread())
             with contextlib.suppress(OSError):
                 conn.sock.close()
-            self.stats._conn_delta(-1)
+            self.stats.note_connection(-1)
 
     def _drop_connections(self, rst: bool = True) -> None:
         with self._cond:
@@ -1367,7 +1383,8 @@ class ApiServer:
         return self._parse(entry)
 
     # ------------------------------------------------------------------ request handling
-    def _handle_get(self, h: _Handler) -> None:
+    def handle_get(self, h: _Handler) -> None:
+        """Answer the GET request `h` holds (its connection's handler calls this)."""
         try:
             self._dispatch(h)
         except _HttpError as e:
@@ -1388,11 +1405,11 @@ class ApiServer:
         if kind == "list" and is_watch:
             kind = "watch"
         resource = info.name if info else ""
-        self.stats._request(h.command, resource, kind if kind != "notfound" else "other")
+        self.stats.note_request(h.command, resource, kind if kind != "notfound" else "other")
         auth = h.headers.get("Authorization", "")
         if not hmac.compare_digest(auth.encode(), f"Bearer {self.token}".encode()):
             raise _HttpError(401, "Unauthorized", "Unauthorized")
-        if a := self.faults._take("error", resource, kind):
+        if a := self.faults.take("error", resource, kind):
             code, retry_after = a.payload
             headers = {"Retry-After": str(retry_after)} if retry_after is not None else {}
             details = {"retryAfterSeconds": retry_after} if retry_after is not None else None
@@ -1597,7 +1614,7 @@ class ApiServer:
         return st.view
 
     def _wait_rv_locked(self, n: int) -> None:
-        deadline = time.monotonic() + _TOO_LARGE_WAIT
+        deadline = time.monotonic() + TOO_LARGE_WAIT
         while self._rv < n and not self._stopping:
             left = deadline - time.monotonic()
             if left <= 0:
@@ -1620,7 +1637,7 @@ class ApiServer:
     def _serve_list(
         self, h: _Handler, info: ResourceInfo, ns: str | None, q: Mapping[str, str]
     ) -> None:
-        if a := self.faults._take("slow", info.name, "list"):
+        if a := self.faults.take("slow", info.name, "list"):
             with self._cond:
                 self._cond.wait_for(lambda: self._stopping, timeout=a.payload)
         sel = _Selector(q.get("fieldSelector", ""), q.get("labelSelector", ""))
@@ -1668,7 +1685,7 @@ class ApiServer:
                     )
             if cont and token_rv > 0:
                 view = st.snapshots.get(token_rv)
-                expire = self.faults._take("expire_continue", info.name, "list") is not None
+                expire = self.faults.take("expire_continue", info.name, "list") is not None
                 if token_rv < st.horizon or view is None or expire:
                     raise _HttpError(
                         410,
@@ -1794,20 +1811,20 @@ class ApiServer:
             else:
                 start = n
             w = _Watch(info.name, ns, start, h.conn)
-            faults = self.faults._take_watch(info.name)
+            faults = self.faults.take_watch(info.name)
             if faults.hang or faults.close or faults.expire or expired:
                 w.cursor = 1 << 62  # will not read the history: never holds back trimming
             if faults.hang:
                 w.action = "hang"
             self._watches.add(w)
             h.conn.watch = w
-        self.stats._watch_delta(info.name, +1)
+        self.stats.note_watch(info.name, +1)
         try:
             h.send_response(200)
             h.send_header("Content-Type", "application/json")
             h.send_header("Transfer-Encoding", "chunked")
             h.end_headers()
-            self.stats._status(200)
+            self.stats.note_status(200)
             if faults.hang:
                 with self._cond:
                     while w.action == "hang" and not self._stopping:
@@ -1835,7 +1852,7 @@ class ApiServer:
                 self._watches.discard(w)
                 h.conn.watch = None
                 self._trim_locked(self._state[info.name])
-            self.stats._watch_delta(info.name, -1)
+            self.stats.note_watch(info.name, -1)
 
     def _stream(
         self,
@@ -1936,7 +1953,7 @@ class ApiServer:
         if end:
             h.wfile.write(b"0\r\n\r\n")
         if lines:
-            self.stats._sent(len(lines) - bookmarks, bookmarks)
+            self.stats.note_sent(len(lines) - bookmarks, bookmarks)
 
     def _huge_bookmark(self, info: ResourceInfo, rv: int, size: int) -> bytes:
         base = self._bookmark(info, rv, {"padding": ""})  # ends with "\n", not counted

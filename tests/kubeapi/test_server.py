@@ -453,7 +453,7 @@ def test_expired_watch_as_error_event(
 def test_rv_in_the_future_is_504(
     kube_api: ApiServer, v1: client.CoreV1Api, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(server_module, "_TOO_LARGE_WAIT", 0.2)
+    monkeypatch.setattr(server_module, "TOO_LARGE_WAIT", 0.2)
     with pytest.raises(ApiException) as e:
         raw_watch(v1, kube_api.resource_version + 100)
     assert e.value.status == 504

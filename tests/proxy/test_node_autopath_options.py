@@ -19,7 +19,7 @@ def no_kdns_variables(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def options(*argv: str) -> proxyapp.ProxyOptions:
-    return cli._proxy_options(cli._config(cli._parser().parse_args(["proxy", *argv])))
+    return cli.proxy_options(cli.config_of(cli.parse_args(["proxy", *argv])))
 
 
 def test_the_flag_the_file_and_the_variable_turn_it_on(
@@ -71,7 +71,7 @@ def test_the_node_dns_answers_autopath_exactly_when_asked(
 def test_the_source_watches_this_nodes_pods_only_with_autopath(
     argv: tuple[str, ...], pods_node: str | None
 ) -> None:
-    kube_options = proxyapp._kube_options(options(*argv))
+    kube_options = proxyapp.kube_options(options(*argv))
     assert kube_options.get("pods_node") == pods_node
     assert kube_options["node_name"] == "node-a"
 
@@ -92,5 +92,5 @@ def test_the_node_dns_serves_stale_answers_by_default(
     path.write_text(file)
     if variable is not None:
         monkeypatch.setenv("KDNS_NODE_DNS_SERVE_STALE", variable)
-    config = cli._config(cli._parser().parse_args(["proxy", "--dns", "--config", str(path)]))
+    config = cli.config_of(cli.parse_args(["proxy", "--dns", "--config", str(path)]))
     assert proxyapp.node_dns_config(config, ["169.254.20.10"]).cache.serve_stale == stale

@@ -215,9 +215,9 @@ def test_the_command_takes_the_conntrack_settings_from_file_and_flags(tmp_path: 
     config_file = tmp_path / "kdns.yaml"
     config_file.write_text("proxy:\n  conntrack_min: 0\n  conntrack_udp_timeout: 30\n")
     argv = ["proxy", "--config", str(config_file), "--conntrack-tcp-timeout-established", "0"]
-    options = cli._proxy_options(cli._config(cli._parser().parse_args(argv)))
+    options = cli.proxy_options(cli.config_of(cli.parse_args(argv)))
     assert options.conntrack == Conntrack(min=0, tcp_timeout_established=0, udp_timeout=30)
     assert options.sysctl_root == "/proc/sys"  # the command writes the node's; tests pass ""
     argv = ["proxy", "--conntrack-tcp-be-liberal", "--conntrack-max-per-core", "0"]
-    options = cli._proxy_options(cli._config(cli._parser().parse_args(argv)))
+    options = cli.proxy_options(cli.config_of(cli.parse_args(argv)))
     assert options.conntrack == Conntrack(max_per_core=0, tcp_be_liberal=True)

@@ -330,7 +330,7 @@ def test_lines_past_the_first_slice_of_a_big_text() -> None:
     # node-based reader however the slices fall.
     one = "kind: List\nitems:\n- kind: Namespace\n  metadata:\n    name: n{i}\n- 7\n---\n"
     text = "".join(one.format(i=i) for i in range(6000))
-    assert len(text) > 3 * blockyaml._SLICE
+    assert len(text) > 3 * blockyaml.SLICE
     fast = list(documents.read_block_documents(text, "x.yaml"))
     assert fast == list(documents.read_documents(text, "x.yaml"))
     assert str(fast[-1]) == f"x.yaml:{6 + 7 * 5999}: expected a Kubernetes object, got 7"

@@ -10,7 +10,6 @@ compare a snapshot before and after, never absolute values.
 from __future__ import annotations
 
 import errno
-import json
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -32,7 +31,6 @@ from kdns.app import App, build, serve
 from kdns.config import Config
 from tests.builders import pod_fqdn, service_fqdn
 from tests.kubeapi import objects
-from tests.kubeapi import server as server_module
 from tests.kubeapi.fixtures import kube_api, kubeconfig
 from tests.kubeapi.server import ApiServer
 
@@ -758,49 +756,6 @@ async def test_a_change_dns_cannot_see_keeps_the_cached_answer(
 # --- pods --------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def phase_field_selector(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Teach the fake server `status.phase` field selectors, as kube-apiserver has for pods.
-
-    kdns's pod watch asks for `status.phase!=Succeeded,status.phase!=Failed` (as CoreDNS does);
-    the fake server only knows metadata.name / metadata.namespace and answers 400. This shim
-    goes away by itself once the server learns the field."""
-    base = getattr(server_module, "_Selector", None)
-    if base is None:
-        return  # the server was reorganised; it answers for itself
-    try:
-        base("status.phase!=Failed", "")
-        return
-    except getattr(server_module, "_HttpError", Exception):
-        pass
-
-    class PhaseSelector(base):  # type: ignore[misc, valid-type]
-        def __init__(self, field_selector: str, label_selector: str) -> None:
-            terms = [t.strip() for t in field_selector.split(",") if t.strip()]
-            self.phases: list[tuple[bool, str]] = []
-            rest = []
-            for term in terms:
-                if term.startswith("status.phase"):
-                    op, _, phase = term[len("status.phase") :].partition("=")
-                    self.phases.append((op != "!", phase.lstrip("=")))
-                else:
-                    rest.append(term)
-            super().__init__(",".join(rest), label_selector)
-
-        @property
-        def empty(self) -> bool:
-            return super().empty and not self.phases
-
-        def matches(self, ns: str | None, name: str, data: bytes) -> bool:
-            phase = (json.loads(data).get("status") or {}).get("phase", "")
-            return super().matches(ns, name, data) and all(
-                (phase == want) == equal for equal, want in self.phases
-            )
-
-    monkeypatch.setattr(server_module, "_Selector", PhaseSelector)
-
-
-@pytest.mark.usefixtures("phase_field_selector")
 async def test_pods_verified_watches_pods_and_answers_running_pods_only(
     kube_api: ApiServer, kubeconfig: Path, nursery: trio.Nursery
 ) -> None:

@@ -31,7 +31,7 @@ EXAMPLES = Path(__file__).parents[2] / "config" / "examples"
 def test_pyyaml_has_libyaml() -> None:
     # Without it the reader falls back to the pure-Python parser, several times slower.
     need(yaml.__with_libyaml__, "PyYAML built without libyaml (Debian libyaml-dev, then pip)")
-    assert issubclass(documents._Loader, yaml.CSafeLoader)
+    assert issubclass(documents.Loader, yaml.CSafeLoader)
 
 
 LOADERS = [pytest.param(yaml.SafeLoader, id="pyyaml")]
@@ -787,7 +787,7 @@ def test_yaml_syntax_errors(
     pattern: str,
 ) -> None:
     # Both parsers (libyaml and pure-Python PyYAML) word their errors differently.
-    monkeypatch.setattr(documents, "_Loader", loader)
+    monkeypatch.setattr(documents, "Loader", loader)
     found, errors = load_files(tmp_path, monkeypatch, {"bad.yaml": NAMESPACE + "---\n" + text})
     offset = NAMESPACE.count("\n") + 1  # the patterns count lines from the start of `text`
     assert len(errors) == 1
@@ -1130,8 +1130,8 @@ def test_only_the_first_load_leaves_its_objects_frozen(tmp_path: Path) -> None:
 @pytest.mark.parametrize("size", [0, 3, 10, 100], ids=["empty", "grew", "exact", "shrank"])
 def test_a_file_is_read_whole_whatever_its_size_was(tmp_path: Path, size: int) -> None:
     # The size comes from the stat before the read; the file may have changed in between.
-    from kdns.sources.manifests import _read_bytes
+    from kdns.sources.manifests import read_file_bytes
 
     path = tmp_path / "a.yaml"
     path.write_bytes(b"kind: List" + b"\n" * (2 << 20))
-    assert _read_bytes(str(path), size) == path.read_bytes()
+    assert read_file_bytes(str(path), size) == path.read_bytes()
