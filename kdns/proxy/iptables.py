@@ -149,7 +149,7 @@ def release(rendering: Rendering) -> None:
     during which no other thread gets the GIL, however short the switch interval (the node
     DNS of `kdns proxy --dns` answers from another thread; docs/benchmarks.md).
     """
-    release_entries(rendering._chains)
+    release_entries(rendering._chains)  # noqa: SLF001 (this module's own class, above)
 
 
 # Entries freed, or lines joined or split, per step of the gentle operations below: a step is
