@@ -38,7 +38,6 @@ from collections.abc import (
     Iterator,
     Mapping,
     MutableMapping,
-    MutableSet,
     Sequence,
 )
 from dataclasses import dataclass, field
@@ -141,8 +140,9 @@ class Rendering:
 
 
 def release(rendering: Rendering) -> None:
-    """Empties `rendering`'s chain set a step at a time, for its owner that is about to drop
-    it (its `active_chains` are empty afterwards; its text is not touched).
+    """Empties `rendering`'s chain list a step at a time, for its owner that is about to drop
+    it (its `active_chains` are empty afterwards; its text is not touched). Call it only on a
+    rendering no other thread reads: the data plane releases the one it has just replaced.
 
     Why: no render shares those names (every render makes its own strings), and at 5,000
     Services they are ~20,000: dropped whole, they are freed in one cascade of deallocations
@@ -159,18 +159,15 @@ _STEP = 512
 _STEP_CHARS = 1 << 16  # characters split per step (about 600 restore lines)
 
 
-def release_entries(entries: list[Any] | MutableSet[Any] | MutableMapping[Any, Any]) -> None:
-    """Empties `entries` (a list of rules, a set of chains, a dict of chains) a step at a
-    time, so that freeing a large one is not one cascade that holds the GIL throughout."""
+def release_entries(entries: list[Any] | MutableMapping[Any, Any]) -> None:
+    """Empties `entries` (a list of rules or chains, a dict of chains) a step at a time, so
+    that freeing a large one is not one cascade that holds the GIL throughout."""
     if isinstance(entries, list):
         while entries:
             del entries[-_STEP:]
-    elif isinstance(entries, MutableMapping):
-        while entries:
-            entries.popitem()
     else:
         while entries:
-            entries.pop()
+            entries.popitem()
 
 
 def split_lines(text: str) -> Iterator[str]:
