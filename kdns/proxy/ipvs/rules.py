@@ -16,7 +16,8 @@ Contract:
   service without real servers (kube-proxy falls back to every endpoint when the Service is also
   externally reachable); when two routes claim one (protocol, VIP, port), the first in route
   order wins (kube-proxy: whichever its map yields last); the conntrack INVALID drop is written
-  as the iptables renderer writes it (off with `conntrack_tcp_be_liberal`).
+  as the iptables renderer writes it (off with `conntrack_tcp_be_liberal`): KUBE-POSTROUTING,
+  KUBE-MARK-MASQ and KUBE-FORWARD come from `proxy/masquerade.py`, which both renderers use.
 - The node DNS's takeover (`config.node_dns`, `kdns proxy --dns` once it answers): a ClusterIP
   the node DNS answers on gets no virtual service, no KUBE-CLUSTER-IP entry (so no masquerade
   mark, no ACCEPT) for its port 53 over UDP and TCP, and KUBE-IPVS-FILTER lets port 53 through
