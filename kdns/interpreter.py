@@ -8,15 +8,24 @@ another thread runs (the trio loop rebuilding a large answer, applying a relist)
   DNS (kdns/proxyapp.py; a proxy without `--dns` keeps CPython's defaults: no thread of it
   answers queries); and it has the cycle collector's youngest generation collected every
   `YOUNG_COLLECTION` allocations, not 700.
-- The switch interval during a large build. `handing_over()` is a context manager the resolver
-  and the encoder enter around work that grows with a Service's endpoints, only when it is
-  large (`LARGE_BUILD` endpoints or records or more: a Service's records, its change, an
-  answer from one RRset, a message): inside it the interval is
-  `HANDOVER_INTERVAL` (0.1 ms), and it is set back as it was on the way out, also when the
-  work raises, and then the thread sleeps for no time (`time.sleep(0)`). Nesting-safe: an
-  inner one finds the short interval already set and changes nothing, so only the outermost
-  sets it back and sleeps (scopes are entered and left by the trio thread only, last in first
-  out). Below the threshold a build pays one length comparison.
+- The switch interval during a large build. `handing_over()` is a context manager the
+  Kubernetes source, the resolver and the encoder enter around work that grows with a
+  Service's endpoints, only when it is large (`LARGE_BUILD` endpoints or records or more: a
+  watch event that changes such a Service, its records, its change, an answer from one RRset,
+  a message): from the first such scope the interval is `HANDOVER_INTERVAL` (0.1 ms), and in
+  a trio task it stays so until the task's step ends (the task yields to the loop, returns or
+  raises), when it is set back as it was, once, and the thread sleeps for no time
+  (`time.sleep(0)`); each outermost scope sleeps so on leaving as well. So the Python between
+  a large rebuild's scopes (the store's bookkeeping, the handler's, the answer cache's) runs
+  at the short interval too, and the next task the loop runs finds the serving one. The step's
+  end is trio's `after_task_step` hook (an instrument added when a scope is left, removed when
+  it has run: about 9 µs per large step, nothing on any other); outside a trio task (`kdns
+  explain`, unit tests) the interval is set back as the scope ends. Nesting-safe: an inner
+  scope changes nothing and does not sleep. A process that does not run at `SWITCH_INTERVAL`
+  is left alone: at CPython's 5 ms no thread of it answers queries (a `kdns proxy` without
+  `--dns`, whose source enters the scope too), and at 0.1 ms or less it switches as often.
+  Scopes hold synchronous code only, entered and left by the trio thread only, last in first
+  out. Below the threshold a build pays one length comparison.
 - The cycle collector. `freeze_when_synced(store)` registers, through `Store.when_synced`, one
   `gc.freeze()` for the moment every watched kind has been listed: everything alive then — the
   imported modules, the synced model, the resolver's records, the listeners — moves to the
@@ -39,10 +48,13 @@ another thread runs (the trio loop rebuilding a large answer, applying a relist)
   not grow (tests/bench/node_dns_sync.py `--census`).
 
 Contract: they only change how the interpreter schedules; no answer, rule or state changes.
-`handing_over()`'s sleep holds the trio thread back for the kernel's timer slack (about 70 µs)
-once per large build, no longer. The switch interval is one word of the interpreter's, set
-whole; only the trio thread sets it while serving, so no other thread sees it half-set or has
-it set back under it.
+`handing_over()`'s sleeps hold the trio thread back for the kernel's timer slack (about 70 µs)
+once per outermost scope and once per step that entered one, no longer. The switch interval
+is one word of the interpreter's, set whole; only the trio thread sets it while serving (the
+scopes' state, the nesting depth and the interval to set back, is the trio thread's alone),
+so no other thread sees it half-set or has it set back under it. Nothing leaves the process
+at the short interval: trio calls `after_task_step` after every step, also one that raised,
+and the step that ends a run.
 
 Why the switch interval: the UDP receive thread (kdns/dns/receiver.py) releases the GIL in every
 `recvfrom` and `sendto`; when the trio thread holds it to build an answer or apply a change, the
@@ -103,6 +115,29 @@ build its 70 µs or more. What is left of the p99 on a shared machine is mostly 
 the receive thread still needs two switches per query while the trio thread builds (one to
 read it, one to go back to reading), and a thread waits for a core.
 
+Why to the end of the trio step, and from the source's apply: with the interval set back as
+each scope ended, a 500-endpoint rebuild still ran about 1.3–1.8 ms of its Python at 1 ms —
+the store's merge of the slices before the resolver's scope, the bookkeeping between the
+change and the answer, the cache's after the encoding — and a query that arrived then waited
+up to 1 ms; the lead measured 1.34 ms of other clients' p99 while rebuilding with the scopes
+against 0.66 ms with the whole process at 0.1 ms (quiet machine). Now a rebuild runs about
+50 µs at 1 ms (the source's step before its scope). The whole process at 0.1 ms is not an
+option, and nor is keeping it short past the step: a relist, which the next task may apply,
+lost steady queries at 0.1 ms (tests/bench/relist_flood.py: 43 and 76 of 4,000, none at
+1 ms). Hence the step's end, and trio's `after_task_step` rather than a callback queued with
+`run_sync_soon` (run by the loop's entry-queue task after whatever other tasks are runnable:
+a relist could start at 0.1 ms). Why a sleep per scope still, not only the one at the step's
+end: measured on a shared machine (load 1.1–2.6; docs/benchmarks.md), with a single sleep the
+queries sent during a rebuild waited longer than with main's four (p90 median 2.6 against
+1.6 ms), with a sleep per scope less (1.3–1.4 against 1.7 ms; the p99 while rebuilding 1.8
+against 2.5 ms); interleaved with main, the final tree: no difference beyond the noise in six
+runs at load 1.4–2.8, and in four at load 1.7–2.1 a p90 of 1.24 against 1.50 ms (median;
+lower in each pair) and a p99 while rebuilding of 1.98 against 2.29 ms. The watch thread's
+own Python is not covered: it reads and converts each event (`json.loads` and
+`endpointslice_from_dict`, 7 ms for a 500-endpoint slice, 1 ms for a 100-endpoint one) at
+1 ms, and queries sent meanwhile waited p50 0.9–2.2 ms; setting the interval from a second
+thread would break the contract above.
+
 Why the youngest generation's threshold: a 500-endpoint answer allocates some thousands of
 container objects, most of them alive until the answer is cached; at CPython's 700 the
 collector walked them several times per answer, a tenth of its CPU (2.1 → 1.9 ms per answer
@@ -154,6 +189,8 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import trio
+
 from kdns.store import Store
 
 log = logging.getLogger(__name__)
@@ -181,22 +218,78 @@ def answer_promptly() -> None:
     )
 
 
+# Scopes of `handing_over()` the trio thread is inside now, and the interval to set back when
+# the trio task's step ends (None: nothing to set back). Only the trio thread reads or writes
+# them while serving (the module docstring), and scopes hold synchronous code only (no
+# `await` inside one), so no other task runs while `_depth` is above zero.
+_depth = 0
+_restore_to: float | None = None
+
+
 @contextmanager
 def handing_over() -> Iterator[None]:
-    """Run the block with the switch interval at most `HANDOVER_INTERVAL`, then set it back
-    to what it was, also when the block raises (the module docstring says why and when)."""
-    before = sys.getswitchinterval()
-    if before <= HANDOVER_INTERVAL:  # nested, or the process runs shorter already
-        yield
+    """Run the block with the switch interval at most `HANDOVER_INTERVAL`, and in a trio task
+    keep it so until the task's step ends; then set it back, also when the block raises
+    (outside a trio task: as the block ends). The module docstring says why and when."""
+    global _depth
+    if _depth or (_restore_to is None and not _answering(sys.getswitchinterval())):
+        yield  # nested: the outermost scope decides; or nothing to change (`_answering`)
         return
-    sys.setswitchinterval(HANDOVER_INTERVAL)
+    deferred = _restore_to is not None  # a scope earlier in this step: still short
+    before = sys.getswitchinterval()
+    if not deferred:
+        sys.setswitchinterval(HANDOVER_INTERVAL)
+    _depth += 1
     try:
         yield
     finally:
-        sys.setswitchinterval(before)
-        # The GIL and the CPU given away for a moment (the module docstring): what queued for
-        # the receive thread meanwhile is answered now, even when it shares this core.
-        time.sleep(0)
+        _depth -= 1
+        if deferred or _set_back_after_step(before):
+            # Short until the step ends; the CPU given away now all the same (the module
+            # docstring): what queued for the receive thread meanwhile is answered now.
+            time.sleep(0)
+        else:
+            _set_back(before)
+
+
+def _answering(interval: float) -> bool:
+    """Whether a process at `interval` answers DNS from a thread of its own and runs longer
+    than the short interval: `answer_promptly()` has set `SWITCH_INTERVAL`. One at CPython's
+    5 ms (a `kdns proxy` without `--dns`, `kdns explain`) has no such thread to hand over to,
+    and one at `HANDOVER_INTERVAL` or shorter already switches as often."""
+    return HANDOVER_INTERVAL < interval <= SWITCH_INTERVAL
+
+
+def _set_back(interval: float) -> None:
+    global _restore_to
+    _restore_to = None
+    sys.setswitchinterval(interval)
+    # The GIL and the CPU given away for a moment (the module docstring), even to a receive
+    # thread that shares this core.
+    time.sleep(0)
+
+
+def _set_back_after_step(interval: float) -> bool:
+    """Have `interval` set back when the current trio task's step ends; False outside one."""
+    global _restore_to
+    if not trio.lowlevel.in_trio_task():
+        return False
+    _restore_to = interval
+    trio.lowlevel.add_instrument(_STEP_END)
+    return True
+
+
+class _StepEnd(trio.abc.Instrument):
+    """Sets the interval back as the step of the trio task that left a scope ends (trio calls
+    `after_task_step` after every step, one that raised or returned too), then leaves."""
+
+    def after_task_step(self, task: trio.lowlevel.Task) -> None:
+        trio.lowlevel.remove_instrument(self)
+        if _restore_to is not None:
+            _set_back(_restore_to)
+
+
+_STEP_END = _StepEnd()
 
 
 def freeze() -> None:

@@ -622,6 +622,8 @@ def _trigger_time(meta: Mapping[str, Any]) -> float | None:
 
 
 def endpointslice_from_dict(obj: Mapping[str, Any]) -> EndpointSlice:
+    """A discovery.k8s.io/v1 EndpointSlice: its Service (the kubernetes.io/service-name
+    label, required), address type, ports and one `Endpoint` per address (`_endpoints`)."""
     namespace, name, meta = _metadata(obj, namespaced=True)
     labels = _mapping(meta, "metadata", "labels")
     service_name = labels.get(SERVICE_NAME_LABEL)
@@ -629,18 +631,31 @@ def endpointslice_from_dict(obj: Mapping[str, Any]) -> EndpointSlice:
         raise ModelError(f"metadata.labels.{SERVICE_NAME_LABEL}", "required field is missing")
     address_type = _choice(_str(obj, "", "addressType", "IPv4"), "addressType", ADDRESS_TYPES)
     ports = _endpoint_ports(_list(obj, "", "ports"), "ports")
+    return EndpointSlice(
+        namespace,
+        name,
+        sys.intern(service_name),
+        sys.intern(address_type),
+        _endpoints(_list(obj, "", "endpoints"), address_type, ports),
+        _trigger_time(meta),
+    )
+
+
+def _endpoints(
+    raws: list[Any], address_type: str, ports: tuple[EndpointPort, ...]
+) -> tuple[Endpoint, ...]:
+    """A slice's `endpoints`, one `Endpoint` per address (none for an FQDN slice), each with
+    the slice's `ports`; the first bad field raises `ModelError` naming it.
+
+    Each endpoint's fields are read inline, not by a function per endpoint: this runs per
+    endpoint of every slice the API sends (a relist of 50k Services). `_conditions` is one
+    call for three fields; `_hints` runs only for an endpoint that has hints."""
     endpoints: list[Endpoint] = []
-    for i, raw in enumerate(_list(obj, "", "endpoints")):
+    for i, raw in enumerate(raws):
         path = f"endpoints[{i}]"
         if not isinstance(raw, dict):
             raise ModelError(path, f"expected a mapping, got {_shown(raw)}")
-        conditions = _mapping(raw, path, "conditions")
-        cpath = _join(path, "conditions")
-        # discovery.k8s.io/v1: an unset `ready` or `serving` is to be read as true (kube-proxy
-        # reads serving as `Serving == nil || *Serving`).
-        ready = _condition(conditions, cpath, "ready", True)
-        serving = _condition(conditions, cpath, "serving", True)
-        terminating = _condition(conditions, cpath, "terminating", False)
+        ready, serving, terminating = _conditions(raw, path)
         target = _mapping(raw, path, "targetRef")
         pod = _str(target, _join(path, "targetRef"), "name") if target.get("kind") == "Pod" else ""
         hostname = _str(raw, path, "hostname").lower()
@@ -649,12 +664,7 @@ def endpointslice_from_dict(obj: Mapping[str, Any]) -> EndpointSlice:
                 _join(path, "hostname"), f"{_shown(hostname)} is not a valid DNS-1123 label"
             )
         hints = _mapping(raw, path, "hints")
-        zone_hints: tuple[str, ...] = ()
-        node_hints: tuple[str, ...] = ()
-        if hints:  # most endpoints have none: skip reading two absent lists from nothing
-            hpath = _join(path, "hints")
-            zone_hints = _hint_names(hints, hpath, "forZones")
-            node_hints = _hint_names(hints, hpath, "forNodes")
+        zone_hints, node_hints = _hints(hints, _join(path, "hints")) if hints else _NO_HINTS
         addresses = _list(raw, path, "addresses")
         if not addresses:
             raise ModelError(_join(path, "addresses"), "an endpoint needs at least one address")
@@ -680,14 +690,37 @@ def endpointslice_from_dict(obj: Mapping[str, Any]) -> EndpointSlice:
                     node_hints=node_hints,
                 )
             )
-    return EndpointSlice(
-        namespace,
-        name,
-        sys.intern(service_name),
-        sys.intern(address_type),
-        tuple(endpoints),
-        _trigger_time(meta),
+    return tuple(endpoints)
+
+
+def _conditions(raw: Mapping[str, Any], path: str) -> tuple[bool, bool, bool]:
+    """An endpoint's (ready, serving, terminating) conditions.
+
+    discovery.k8s.io/v1: an unset `ready` or `serving` is to be read as true (kube-proxy
+    reads serving as `Serving == nil || *Serving`), an unset `terminating` as false. The
+    usual three booleans are read in this one call (it runs per endpoint); a null or a value
+    of another type goes field by field through `_condition`, whose error names it."""
+    conditions = _mapping(raw, path, "conditions")
+    ready = conditions.get("ready", True)
+    serving = conditions.get("serving", True)
+    terminating = conditions.get("terminating", False)
+    if ready.__class__ is bool and serving.__class__ is bool and terminating.__class__ is bool:
+        return ready, serving, terminating
+    cpath = _join(path, "conditions")
+    return (
+        _condition(conditions, cpath, "ready", True),
+        _condition(conditions, cpath, "serving", True),
+        _condition(conditions, cpath, "terminating", False),
     )
+
+
+_NO_HINTS: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())
+
+
+def _hints(hints: Mapping[str, Any], path: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """An endpoint's hints (topology-aware routing): its zones' and its nodes' names. Read
+    only for an endpoint that has hints: most have none."""
+    return _hint_names(hints, path, "forZones"), _hint_names(hints, path, "forNodes")
 
 
 def endpoints_to_slices(obj: Mapping[str, Any]) -> tuple[EndpointSlice, ...]:
@@ -855,15 +888,7 @@ def slices_for_service(service: Service, pods: list[Pod]) -> tuple[EndpointSlice
             service.selector, pod.labels
         ):
             continue
-        ports: list[EndpointPort] = []
-        for sp in service.ports:
-            if isinstance(sp.target_port, int):
-                ports.append(EndpointPort(sp.name, sp.protocol, sp.target_port))
-                continue
-            for cp in pod.container_ports:
-                if cp.name == sp.target_port and cp.protocol == sp.protocol:
-                    ports.append(EndpointPort(sp.name, sp.protocol, cp.port))
-                    break
+        ports = _pod_ports(service, pod)
         serving = pod.ready
         ready = service.publish_not_ready_addresses or (serving and not pod.terminating)
         hostname = pod.hostname if pod.hostname and pod.subdomain == service.name else ""
@@ -880,7 +905,7 @@ def slices_for_service(service: Service, pods: list[Pod]) -> tuple[EndpointSlice
                     hostname=hostname,
                     node_name=pod.node_name,
                     pod=pod.name,
-                    ports=tuple(ports),
+                    ports=ports,
                 )
             )
     return tuple(
@@ -890,6 +915,22 @@ def slices_for_service(service: Service, pods: list[Pod]) -> tuple[EndpointSlice
         for family, eps in by_family.items()
         if eps
     )
+
+
+def _pod_ports(service: Service, pod: Pod) -> tuple[EndpointPort, ...]:
+    """The endpoint ports of `pod` for `service`: a numeric targetPort as it is, a named one
+    as the pod's container port of that name and protocol; a name the pod does not have gives
+    no port (the EndpointSlice controller's `FindPort` fails and leaves it out)."""
+    ports: list[EndpointPort] = []
+    for sp in service.ports:
+        if isinstance(sp.target_port, int):
+            ports.append(EndpointPort(sp.name, sp.protocol, sp.target_port))
+            continue
+        for cp in pod.container_ports:
+            if cp.name == sp.target_port and cp.protocol == sp.protocol:
+                ports.append(EndpointPort(sp.name, sp.protocol, cp.port))
+                break
+    return tuple(ports)
 
 
 # --- multicluster (KEP-1645, multicluster.x-k8s.io/v1alpha1) ----------------------------------

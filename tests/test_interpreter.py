@@ -1,5 +1,6 @@
-"""kdns/interpreter.py: a serving process runs with the short switch interval; once the store
-has synced, the heap alive then leaves the cycle collector's sight (gc.freeze), and not before."""
+"""kdns/interpreter.py: a serving process runs with the short switch interval; a large build
+runs with a shorter one to the end of its trio step, and not past it; once the store has
+synced, the heap alive then leaves the cycle collector's sight (gc.freeze), and not before."""
 
 from __future__ import annotations
 
@@ -8,18 +9,27 @@ import gc
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 from dnslib import DNSRecord
 
 from kdns import app, interpreter, proxyapp
 from kdns.config import Config
 from kdns.store import ENDPOINTSLICES, SERVICES, Store
+from tests.builders import service_fqdn
 from tests.dns.test_forward import EXAMPLES, WAIT, ask, kdns_app
 from tests.dns.upstreams import free_port, udp_query
+from tests.kubeapi import objects
+from tests.kubeapi.fixtures import kube_api, kubeconfig
+from tests.kubeapi.server import ApiServer
+from tests.sources.test_kube import NXDOMAIN, ok, ready_addresses, start, wait_until
+
+__all__ = ["kube_api", "kubeconfig"]  # fixtures, re-exported for pytest
 
 
 @pytest.fixture(autouse=True)
@@ -139,6 +149,29 @@ def test_handing_over_never_lengthens_a_shorter_interval() -> None:
         sys.setswitchinterval(before)
 
 
+@pytest.mark.usefixtures("default_switch_interval")
+def test_handing_over_leaves_a_process_at_cpythons_interval_alone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # No thread of it answers queries (`kdns proxy` without `--dns`, whose Kubernetes source
+    # enters the scope too): nothing shortened, no sleep, in a trio task or not.
+    slept: list[float] = []
+    monkeypatch.setattr(interpreter.time, "sleep", slept.append)
+
+    def build() -> None:
+        with interpreter.handing_over():
+            assert sys.getswitchinterval() == pytest.approx(0.005)
+
+    async def step() -> None:
+        build()
+        await trio.lowlevel.checkpoint()
+
+    build()
+    trio_run(step)
+    assert sys.getswitchinterval() == pytest.approx(0.005)
+    assert slept == []
+
+
 @pytest.mark.usefixtures("serving_interval")
 def test_the_outermost_handing_over_gives_the_cpu_away_once_on_leaving(
     monkeypatch: pytest.MonkeyPatch,
@@ -153,6 +186,141 @@ def test_the_outermost_handing_over_gives_the_cpu_away_once_on_leaving(
             pass
         assert slept == []
     assert slept == [(0, pytest.approx(interpreter.SWITCH_INTERVAL))]
+
+
+def trio_run(task: Callable[[], Awaitable[object]]) -> None:
+    """`task` as the only task of a trio run of its own (a run loop like `kdns serve`'s)."""
+    trio.run(task)
+
+
+@pytest.mark.usefixtures("serving_interval")
+def test_in_a_trio_task_the_short_interval_lasts_until_the_step_ends() -> None:
+    # A large rebuild is one step of the trio thread: the Python between its scopes (the
+    # store's merge, the cache's bookkeeping) runs at the short interval too, and the interval
+    # is set back only once the task yields to the loop.
+    seen: list[float] = []
+
+    async def rebuild() -> None:
+        with interpreter.handing_over():
+            pass
+        seen.append(sys.getswitchinterval())  # between two scopes of one step
+        with interpreter.handing_over():
+            pass
+        seen.append(sys.getswitchinterval())
+        await trio.lowlevel.checkpoint()  # the step ends here
+        seen.append(sys.getswitchinterval())
+
+    trio_run(rebuild)
+    short, serving = interpreter.HANDOVER_INTERVAL, interpreter.SWITCH_INTERVAL
+    assert seen == [pytest.approx(short), pytest.approx(short), pytest.approx(serving)]
+
+
+@pytest.mark.usefixtures("serving_interval")
+def test_the_next_task_the_loop_runs_finds_the_serving_interval() -> None:
+    # Set back as the step ends, before any other task runs: a relist applied by a task that
+    # the large build woke runs at the serving interval (a short one lost queries there).
+    seen: list[float] = []
+
+    async def main() -> None:
+        woken = trio.Event()
+
+        async def relist() -> None:
+            await woken.wait()
+            seen.append(sys.getswitchinterval())
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(relist)
+            await trio.testing.wait_all_tasks_blocked()
+            with interpreter.handing_over():
+                woken.set()  # runnable from now on, in the loop's next batch
+            seen.append(sys.getswitchinterval())
+
+    trio_run(main)
+    assert seen == [
+        pytest.approx(interpreter.HANDOVER_INTERVAL),
+        pytest.approx(interpreter.SWITCH_INTERVAL),
+    ]
+
+
+@pytest.mark.usefixtures("serving_interval")
+def test_a_step_that_raises_out_of_its_task_and_the_run_still_sets_the_interval_back() -> None:
+    # Nothing may leave the process at the short interval for good: the step ends, whether
+    # the task goes on, returns or raises, and so does the run that it ends.
+    async def failing_build() -> None:
+        with interpreter.handing_over():
+            raise ValueError("a bug in the build")
+
+    with pytest.raises(ValueError):
+        trio_run(failing_build)
+    assert sys.getswitchinterval() == pytest.approx(interpreter.SWITCH_INTERVAL)
+
+    async def caught() -> None:
+        with pytest.raises(ValueError), interpreter.handing_over():
+            raise ValueError("a bug in the build")
+        assert sys.getswitchinterval() == pytest.approx(interpreter.HANDOVER_INTERVAL)
+        await trio.lowlevel.checkpoint()
+        assert sys.getswitchinterval() == pytest.approx(interpreter.SWITCH_INTERVAL)
+
+    trio_run(caught)
+
+
+@pytest.mark.usefixtures("serving_interval")
+def test_in_a_trio_task_each_scope_gives_the_cpu_away_and_the_step_sets_back_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A `time.sleep(0)` as each outermost scope ends (still short) and one more as the
+    # interval is set back; none for an inner scope.
+    slept: list[tuple[float, float]] = []
+    monkeypatch.setattr(
+        interpreter.time, "sleep", lambda s: slept.append((s, sys.getswitchinterval()))
+    )
+
+    async def rebuild() -> None:
+        with interpreter.handing_over():
+            with interpreter.handing_over():
+                pass
+            assert slept == []
+        with interpreter.handing_over():
+            pass
+        await trio.lowlevel.checkpoint()
+
+    trio_run(rebuild)
+    short = interpreter.HANDOVER_INTERVAL
+    at_end = (0, pytest.approx(interpreter.SWITCH_INTERVAL))
+    assert slept == [(0, pytest.approx(short)), (0, pytest.approx(short)), at_end]
+
+
+@pytest.mark.usefixtures("serving_interval")
+async def test_the_kube_source_applies_a_large_services_change_at_the_short_interval(
+    kube_api: ApiServer, kubeconfig: Path, nursery: trio.Nursery
+) -> None:
+    # The whole of such a change (the store's merge of its slices, then the rest) runs in the
+    # scope, not only the resolver's rebuild; a small Service's change runs as before, and
+    # the serving interval is back once the change is applied.
+    for name in ("big", "small"):
+        kube_api.create("services", objects.service("default", name, headless=True))
+    k = await start(nursery, kube_api, kubeconfig)
+    applied: list[tuple[set[tuple[str, str]], float]] = []
+    k.app.store.subscribe(
+        lambda change: applied.append((set(change.services), sys.getswitchinterval()))
+    )
+    large = interpreter.LARGE_BUILD + 50
+    big = kube_api.scale_headless("default", "big", large)
+    # Too many addresses for one UDP answer: the store tells when the watch event is applied.
+    endpoints = k.app.store.endpoints
+    await wait_until(lambda: len(endpoints.get(("default", "big"), ())) == large, "its endpoints")
+    small = kube_api.scale_headless("default", "small", 3)
+    await k.wait_for(service_fqdn("small"), ok(*ready_addresses(small)))
+    # Its last slice gone, the resolver builds nothing for the Service: the source's scope.
+    kube_api.delete("endpointslices", "default", big["metadata"]["name"])
+    await k.wait_for(service_fqdn("big"), NXDOMAIN)
+    short, serving = interpreter.HANDOVER_INTERVAL, interpreter.SWITCH_INTERVAL
+    assert applied == [
+        ({("default", "big")}, pytest.approx(short)),
+        ({("default", "small")}, pytest.approx(serving)),
+        ({("default", "big")}, pytest.approx(short)),
+    ]
+    assert sys.getswitchinterval() == pytest.approx(serving)
 
 
 class NodeCommands:

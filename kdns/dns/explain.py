@@ -33,7 +33,7 @@ from typing import Any
 
 from dnslib import QTYPE, RCODE, RR
 
-from kdns.dns.plugins import Plugins
+from kdns.dns.plugins import PluginAnswer, Plugins
 from kdns.dns.records import Record, ServiceRecords, dashed, endpoint_name
 from kdns.dns.resolver import ANY, DNS_VERSION, Answer, Resolver, Trace
 from kdns.model import Endpoint, Pod, Service
@@ -238,28 +238,34 @@ def explain_asked(
         name = rewritten.name
     found = plugins.answer(name, qtype) if plugins is not None else None
     if found is not None:
-        answer = Answer(found.rcode, found.answer, found.authority, found.additional)
-        records = [
-            Sourced(section, rr, found.origin)
-            for section, rrs in (
-                ("answer", found.answer),
-                ("authority", found.authority),
-                ("additional", found.additional),
-            )
-            for rr in rrs
-        ]
-        reasons.append(
-            Reason(found.plugin, f"answered by {found.origin}, before the cluster zones")
-        )
-        outcome = (
-            NODATA if found.rcode == RCODE.NOERROR and not found.answer else RCODE.get(found.rcode)
-        )
-        zone = resolver.zone_of(name)
-        return Explanation(name, qtype, zone, answer, outcome, found.rcode, True, records, reasons)
+        return _plugin_answered(found, resolver, name, qtype, reasons)
     upstreams = tuple(upstreams_for(name)) if upstreams_for is not None else ()
     explained = explain(resolver, name, qtype, upstreams, upstreams_for)
     explained.reasons[:0] = reasons
     return explained
+
+
+def _plugin_answered(
+    found: PluginAnswer, resolver: Resolver, name: str, qtype: int, reasons: list[Reason]
+) -> Explanation:
+    """The explanation of an answer a template or hosts rule gave (`found`) for `name`, after
+    `reasons` (a rewrite's): each record from the rule or file it names."""
+    answer = Answer(found.rcode, found.answer, found.authority, found.additional)
+    records = [
+        Sourced(section, rr, found.origin)
+        for section, rrs in (
+            ("answer", found.answer),
+            ("authority", found.authority),
+            ("additional", found.additional),
+        )
+        for rr in rrs
+    ]
+    reasons.append(Reason(found.plugin, f"answered by {found.origin}, before the cluster zones"))
+    outcome = (
+        NODATA if found.rcode == RCODE.NOERROR and not found.answer else RCODE.get(found.rcode)
+    )
+    zone = resolver.zone_of(name)
+    return Explanation(name, qtype, zone, answer, outcome, found.rcode, True, records, reasons)
 
 
 # --- the trace, in words ---------------------------------------------------------------------
@@ -673,8 +679,9 @@ class _Renderer:
         base: str,
         zone: str,
     ) -> None:
-        """A name at or below a Service that has no record: why."""
-        ns = service.namespace
+        """A name at or below a Service that has no record: why, by what the name is (an
+        empty non-terminal, an ExternalName's, the Service's own, an SRV name, an
+        endpoint's, or one it never has)."""
         if rel in records.ents:
             below = sorted(n for n in records.forward if n.endswith("." + rel))
             self.add(
@@ -685,44 +692,51 @@ class _Renderer:
             )
             return None
         if service.type == "ExternalName":
-            if rel == base:
-                self.add(
-                    "externalname-ip",
-                    f"spec.externalName {service.external_name!r} is an IP address: no record "
-                    "at all (a CNAME to an address would be wrong; CoreDNS drops it too): "
-                    "NXDOMAIN",
-                )
-            else:
-                self.add(
-                    "externalname-only",
-                    "an ExternalName Service has only its own name (a CNAME): NXDOMAIN",
-                )
-            return None
-        ready = [x for x in located if x.endpoint.ready]
+            return self._missing_externalname(service, rel == base)
         if rel == base:
-            # Only a headless Service can lack its own name: it has no ready endpoint.
-            if not located:
-                self.add(
-                    "headless-no-endpoints",
-                    "headless, and no EndpointSlice names this Service: NXDOMAIN (spec 2.4.1)",
-                )
-            else:
-                self.add(
-                    "headless-no-ready",
-                    "headless with no ready endpoint: NXDOMAIN (spec 2.4.1)",
-                )
-                self._not_ready(ns, located)
-            return None
+            return self._missing_headless(service, located)
         sub = rel[: -len(base) - 1].split(".")
         if len(sub) == 2 and sub[0].startswith("_") and sub[1].startswith("_"):
             return self._missing_srv(service, located, sub[0][1:], sub[1][1:])
         if len(sub) == 1:
+            ready = [x for x in located if x.endpoint.ready]
             return self._missing_endpoint(service, located, ready, sub[0])
         self.add(
             "unknown-name",
             f"no name {rel}.{zone} below {_service_text(service)}: NXDOMAIN",
         )
         return None
+
+    def _missing_externalname(self, service: Service, own_name: bool) -> None:
+        """An ExternalName Service's name with no record: its own (`own_name`), whose
+        spec.externalName is an IP address, or one below it, which it never has."""
+        if own_name:
+            self.add(
+                "externalname-ip",
+                f"spec.externalName {service.external_name!r} is an IP address: no record "
+                "at all (a CNAME to an address would be wrong; CoreDNS drops it too): "
+                "NXDOMAIN",
+            )
+        else:
+            self.add(
+                "externalname-only",
+                "an ExternalName Service has only its own name (a CNAME): NXDOMAIN",
+            )
+
+    def _missing_headless(self, service: Service, located: list[_Located]) -> None:
+        """A Service's own name with no record: only a headless Service can lack it, when it
+        has no ready endpoint (spec 2.4.1)."""
+        if not located:
+            self.add(
+                "headless-no-endpoints",
+                "headless, and no EndpointSlice names this Service: NXDOMAIN (spec 2.4.1)",
+            )
+        else:
+            self.add(
+                "headless-no-ready",
+                "headless with no ready endpoint: NXDOMAIN (spec 2.4.1)",
+            )
+            self._not_ready(service.namespace, located)
 
     def _missing_srv(
         self, service: Service, located: list[_Located], port_name: str, proto: str

@@ -154,6 +154,10 @@ class Handler:
             return None
 
     def _denial(self, data: bytes) -> Reply | None:
+        """The NXDOMAIN for a plain question (`wire.plain_question`) of class IN whose name
+        the resolver knows to be absent (`Resolver.certainly_absent`), built from the query's
+        bytes and the zone's kept SOA tail (`_denial_tail`), with its query-log label; None
+        for anything else, which trio answers."""
         plain = wire.plain_question(data)
         if plain is None:
             return None
@@ -187,24 +191,36 @@ class Handler:
         key = (zone, self.resolver.store.last_change, qend - 4 - len(zone) - 2)
         tail = self._denial_tails.get(key)
         if tail is None:
-            soa = self.resolver.soa_fields(zone)
-            if soa[3][0] != key[1]:
-                return None  # the serial moved between the two reads: trio answers this one
-            full = pack.soa_denial(
-                bytes(12),
-                tuple(label_.lower() for label_ in labels),
-                data[qend - 4 : qend],
-                tuple(zone.encode("latin-1").split(b".")),
-                soa,
-            )
-            if full is None:
+            tail = self._denial_tail(data, labels, qend, key)
+            if tail is None:
                 return None
-            tail = full[qend:]
-            if len(self._denial_tails) >= DENIAL_SHAPES_KEPT:
-                self._denial_tails.clear()
-            self._denial_tails[key] = tail  # computed from immutable inputs: a race redoes it
         response = data[:2] + flags.to_bytes(2) + counts + data[12:qend] + tail
         return (response + wire.opt_bytes(do, wire.NXDOMAIN) if edns else response), label
+
+    def _denial_tail(
+        self, data: bytes, labels: tuple[bytes, ...], qend: int, key: tuple[str, int, int]
+    ) -> bytes | None:
+        """The authority section of `_denial`'s NXDOMAIN for the question ending at `qend`
+        (the zone's SOA), made the first time a shape `key` (zone, serial, where the zone's
+        name starts) is seen, and kept; None when the serial moved since `key` was read."""
+        zone = key[0]
+        soa = self.resolver.soa_fields(zone)
+        if soa[3][0] != key[1]:
+            return None  # the serial moved between the two reads: trio answers this one
+        full = pack.soa_denial(
+            bytes(12),
+            tuple(label_.lower() for label_ in labels),
+            data[qend - 4 : qend],
+            tuple(zone.encode("latin-1").split(b".")),
+            soa,
+        )
+        if full is None:
+            return None
+        tail = full[qend:]
+        if len(self._denial_tails) >= DENIAL_SHAPES_KEPT:
+            self._denial_tails.clear()
+        self._denial_tails[key] = tail  # computed from immutable inputs: a race redoes it
+        return tail
 
     def forward_miss(self, miss: tuple[Any, ...], receiver: Any) -> bool:
         """Whether the receive thread sent this miss upstream itself (kdns/dns/miss_relay.py),

@@ -21,7 +21,7 @@ name breaks a length limit (the caller then encodes with dnslib, which raises as
 records without parsing it again. `soa_denial` writes a negative answer (NXDOMAIN or NODATA
 with the zone's SOA, RFC 2308 §3) from plain values. Pure: no I/O; a message of
 `LARGE_BUILD` records or more is written under `interpreter.handing_over()` (a shorter switch
-interval, set back after: scheduling only, no output changes).
+interval, set back after it or after the trio step: scheduling only, no output changes).
 """
 
 from __future__ import annotations

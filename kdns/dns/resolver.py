@@ -11,10 +11,10 @@ Contract:
   can patch the client's spelling of the question in (CoreDNS echoes the query's case).
 - A Service of `interpreter.LARGE_BUILD` endpoints or more has its records built, and its
   change applied (not in a bulk change), and an RRset of as many records is answered, under
-  `interpreter.handing_over()`: a shorter switch interval for those milliseconds of Python,
-  set back after, also on an exception, so the UDP receive thread answers meanwhile. A name
-  such a Service does not have, or a small RRset of it, is answered as before. Scheduling
-  only: no answer changes.
+  `interpreter.handing_over()`: a shorter switch interval for those milliseconds of Python
+  (and, on the trio thread, for the rest of its step), set back after, also on an exception,
+  so the UDP receive thread answers meanwhile. A name such a Service does not have, or a
+  small RRset of it, is answered as before. Scheduling only: no answer changes.
 - NXDOMAIN and NODATA carry the zone's SOA in the authority section and set AA (RFC 2308 §3).
   An empty non-terminal is NODATA, never NXDOMAIN (RFC 8020).
 - Before the store has synced every watched kind, a negative answer becomes SERVFAIL (clients
@@ -409,36 +409,51 @@ class Resolver:
             self._forward(answer, qname, qtype, zone, depth)
 
     def _forward(self, answer: Answer, qname: str, qtype: int, zone: str, depth: int) -> None:
+        """A name in a cluster zone, by its last label (spec 2.3-2.4): a Service's names
+        (`svc` and at least two labels before it) or what is between them and the zone
+        (`_svc_parent`), a Pod's (`pod`), the apex, or the zone's own names (`_zone_name`)."""
         rel = qname[: -len(zone) - 1] if qname != zone else ""
         labels = rel.split(".") if rel else []
         n = len(labels)
-        trace = answer.trace
         if n == 0:
             answer.tags.add(APEX_TAG)
             return self._apex(answer, qname, qtype, zone)
         last = labels[-1]
-        if last == "svc" and n >= 3:
-            key = (labels[-2], labels[-3])
-            # Not one hand-over scope for the records and the answer: the sleep after each
-            # (kdns/interpreter.py) is when the queries that queued meanwhile are answered,
-            # and with one sleep fewer those of a 500-endpoint rebuild waited longer (p90
-            # 2.4 against 1.4 ms, tests/bench/big_answer.py) for 50 µs of CPU saved.
-            return self._service_name(answer, qname, qtype, zone, depth, rel, key)
         if last == "svc":
-            if n == 1:
-                answer.tags.add(ZONE_TAG)
-                if trace is not None:
-                    trace.step("svc-parent", zone)
-                return self._negative(answer, zone, exists=True)
-            answer.tags.add(namespace_tag(labels[0]))
-            exists = self.namespace_exists(labels[0])
-            if trace is not None:
-                trace.step("namespace-name", labels[0], zone, exists)
-            return self._negative(answer, zone, exists)
+            if n >= 3:
+                key = (labels[-2], labels[-3])
+                # Not one hand-over scope for the records and the answer: the sleep after each
+                # (kdns/interpreter.py) is when the queries that queued meanwhile are answered,
+                # and with one sleep fewer those of a 500-endpoint rebuild waited longer (p90
+                # 2.4 against 1.4 ms, tests/bench/big_answer.py) for 50 µs of CPU saved.
+                return self._service_name(answer, qname, qtype, zone, depth, rel, key)
+            return self._svc_parent(answer, zone, labels)
         if last == "pod":
             answer.tags.add(POD_TAG)
             return self._pod(answer, qname, qtype, zone, labels)
         answer.tags.add(ZONE_TAG)
+        return self._zone_name(answer, qname, qtype, zone, rel)
+
+    def _svc_parent(self, answer: Answer, zone: str, labels: list[str]) -> None:
+        """`svc.ZONE` or `NAMESPACE.svc.ZONE`: names with no record, so NODATA where they
+        exist (`svc` always, a namespace while it exists) and NXDOMAIN where not."""
+        trace = answer.trace
+        if len(labels) == 1:
+            answer.tags.add(ZONE_TAG)
+            if trace is not None:
+                trace.step("svc-parent", zone)
+            return self._negative(answer, zone, exists=True)
+        answer.tags.add(namespace_tag(labels[0]))
+        exists = self.namespace_exists(labels[0])
+        if trace is not None:
+            trace.step("namespace-name", labels[0], zone, exists)
+        return self._negative(answer, zone, exists)
+
+    def _zone_name(self, answer: Answer, qname: str, qtype: int, zone: str, rel: str) -> None:
+        """A name of the zone outside `svc` and `pod`: `dns-version` (its TXT, spec 2.2),
+        `ns.dns` (the nameserver's addresses, when known) and `dns` above it; any other
+        is NXDOMAIN."""
+        trace = answer.trace
         if rel == "dns-version":
             if trace is not None:
                 trace.step("dns-version", qtype in (QTYPE.TXT, ANY))
@@ -823,44 +838,59 @@ class Resolver:
                 return None
         glued: set[str] = set()
         found = False
-        out, additional = answer.answer, answer.additional
+        out = answer.answer
         # Names bound once: the loop runs once per endpoint of a headless Service.
-        new, Rec, srv_tail, glue_of = tuple.__new__, pack.Rec, _SRV_TAIL.pack, service.forward.get
+        new, Rec = tuple.__new__, pack.Rec
         for record in records:
-            rtype, target, port, priority, weight, in_zone = record
+            rtype, target, _, _, _, _ = record
             if rtype != qtype and qtype != ANY:
                 continue
             found = True
             head = heads.get(rtype)
             if head is not None:  # A or AAAA
                 out.append(new(Rec, (owner, rtype, head + address_bytes(target))))
-                continue
-            if rtype != _SRV:
+            elif rtype == _SRV:  # not the usual SRV answer, which srv_rrset made
+                self._packed_srv(answer, owner, record, suffix, heads, service, glued)
+            else:
                 out.append(self.record_rr(qname, record, zone))
-                continue
-            # The glue's owner and, in the zone (every SRV records.py makes), the target.
-            target_labels, name = name_parts(target + suffix)
-            if not in_zone:
-                name = name_parts(target)[1]
-            tail = (
-                None
-                if name is None
-                else srv_tail(_SRV, 1, ttl, 6 + len(name), priority, weight, port) + name
-            )
-            out.append(new(Rec, (owner, _SRV, tail)))
-            # Glue for the target (spec 2.3.2), each address once per target, as `_rrset`:
-            # a target's records hold each address once, so the first SRV naming a target
-            # gives all of them and a later one none.
-            if target in glued:
-                continue
-            glued.add(target)
-            for glue in glue_of(target, ()):
-                head = heads.get(glue[0])
-                if head is not None:  # A or AAAA
-                    tail = head + address_bytes(glue[1])
-                    additional.append(new(Rec, (target_labels, glue[0], tail)))
         if not found:
             self._negative(answer, zone, exists=True)
+        return None
+
+    def _packed_srv(
+        self,
+        answer: Answer,
+        owner: tuple[bytes, ...],
+        record: Record,
+        suffix: str,
+        heads: dict[int, bytes],
+        service: ServiceRecords,
+        glued: set[str],
+    ) -> None:
+        """One SRV record of `_packed_records`' general loop at `owner`, and, the first time
+        its target is named (`glued` holds those already named), the target's addresses as
+        glue (spec 2.3.2), each address once per target, as `_rrset` adds them: a target's
+        records hold each address once, so the first SRV naming a target gives all of them
+        and a later one none."""
+        _, target, port, priority, weight, in_zone = record
+        # The glue's owner and, in the zone (every SRV records.py makes), the target.
+        target_labels, name = name_parts(target + suffix)
+        if not in_zone:
+            name = name_parts(target)[1]
+        tail = (
+            None
+            if name is None
+            else _SRV_TAIL.pack(_SRV, 1, self.ttl, 6 + len(name), priority, weight, port) + name
+        )
+        answer.answer.append(tuple.__new__(pack.Rec, (owner, _SRV, tail)))
+        if target in glued:
+            return None
+        glued.add(target)
+        for glue in service.forward.get(target, ()):
+            head = heads.get(glue[0])
+            if head is not None:  # A or AAAA
+                tail = head + address_bytes(glue[1])
+                answer.additional.append(tuple.__new__(pack.Rec, (target_labels, glue[0], tail)))
         return None
 
     def record_rr(self, owner: str | DNSLabel, record: Record, zone: str) -> RR:

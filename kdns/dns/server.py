@@ -454,6 +454,9 @@ class DnsServer:
         return oldest
 
     async def _tcp_connection(self, connection: _Connection) -> None:
+        """Read one TCP connection's messages until its client closes it, it idles out or a
+        started message does not complete in time, or it is evicted or drained; the answers
+        in flight are sent before it closes."""
         stream = connection.stream
         send_lock = trio.Lock()
         in_flight = trio.Semaphore(MAX_TCP_IN_FLIGHT)
@@ -464,51 +467,30 @@ class DnsServer:
                 # every piece would let a client trickle bytes and hold the connection forever.
                 message_deadline = 0.0
                 while True:
-                    if buffer:
-                        deadline = message_deadline
-                    else:
-                        deadline = trio.current_time() + self.idle_timeout
+                    deadline = (
+                        message_deadline if buffer else trio.current_time() + self.idle_timeout
+                    )
                     with trio.move_on_at(deadline) as reading:
                         # stop_listening and an eviction cancel the read: no new queries,
                         # in-flight ones finish.
                         connection.reading = reading
                         if self.draining or connection.evicted:
                             reading.cancel()
-                        self._waiting(connection, not buffer)
-                        try:
-                            chunk = await stream.receive_some(65536)
-                        except (trio.BrokenResourceError, trio.ClosedResourceError):
-                            # Reset by the client, or closed by an answer whose client stopped
-                            # reading: either way this connection is over.
-                            chunk = b""
-                        finally:
-                            self._waiting(connection, False)
+                        chunk = await self._receive(connection, idle=not buffer)
                         if not chunk:
                             break  # the client closed its side: finish what is in flight
                         if not buffer:
                             message_deadline = trio.current_time() + self.read_timeout
                         buffer += chunk
-                        empty = False
-                        while len(buffer) >= 2:
-                            size = int.from_bytes(buffer[:2])
-                            if size == 0:
-                                # A zero-length message holds no query and never will: the
-                                # client is broken or probing; close at once rather than wait
-                                # out the idle timeout (answers in flight are still sent).
-                                empty = True
-                                break
-                            if len(buffer) < 2 + size:
-                                break
-                            message = bytes(buffer[2 : 2 + size])
-                            del buffer[: 2 + size]
-                            await in_flight.acquire()
-                            connection.in_flight += 1
-                            nursery.start_soon(
-                                self._tcp_answer, connection, send_lock, in_flight, message
-                            )
-                            message_deadline = trio.current_time() + self.read_timeout
-                        if empty:
+                        # Inside the read's scope: a drain or an eviction also ends a wait
+                        # for an answer slot.
+                        taken = await self._start_answers(
+                            connection, buffer, nursery, send_lock, in_flight
+                        )
+                        if taken is None:
                             break
+                        if taken:
+                            message_deadline = trio.current_time() + self.read_timeout
                         continue
                     break  # a timeout or an eviction: idle, or a message that never completed
         finally:
@@ -516,6 +498,50 @@ class DnsServer:
             connection.closed.set()
             self._connections.pop(connection, None)
             self._admission.leave(connection)
+
+    async def _receive(self, connection: _Connection, idle: bool) -> bytes:
+        """The next piece of `connection`'s stream, b"" once it is over; admission counts the
+        connection as idle meanwhile when `idle` (no part of a message read, `_waiting`)."""
+        self._waiting(connection, idle)
+        try:
+            return await connection.stream.receive_some(65536)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            # Reset by the client, or closed by an answer whose client stopped reading:
+            # either way this connection is over.
+            return b""
+        finally:
+            self._waiting(connection, False)
+
+    async def _start_answers(
+        self,
+        connection: _Connection,
+        buffer: bytearray,
+        nursery: trio.Nursery,
+        send_lock: trio.Lock,
+        in_flight: trio.Semaphore,
+    ) -> int | None:
+        """Take each complete message off the front of `buffer` (RFC 1035 §4.2.2: a two-octet
+        length, then the message) and start its answer in `nursery`, at most
+        MAX_TCP_IN_FLIGHT at once (RFC 7766 §6.2.1.1: pipelined queries are answered
+        concurrently); how many were taken, or None at a zero-length message, after which the
+        connection closes."""
+        taken = 0
+        while len(buffer) >= 2:
+            size = int.from_bytes(buffer[:2])
+            if size == 0:
+                # A zero-length message holds no query and never will: the client is broken
+                # or probing; close at once rather than wait out the idle timeout (answers in
+                # flight are still sent).
+                return None
+            if len(buffer) < 2 + size:
+                break
+            message = bytes(buffer[2 : 2 + size])
+            del buffer[: 2 + size]
+            await in_flight.acquire()
+            connection.in_flight += 1
+            nursery.start_soon(self._tcp_answer, connection, send_lock, in_flight, message)
+            taken += 1
+        return taken
 
     def _waiting(self, connection: _Connection, waiting: bool) -> None:
         """Tell admission whether `connection` is idle: waiting for a new message with no

@@ -770,19 +770,10 @@ class AnswerCache:
         """Remember `response` (encoded by `encode`, not yet finished) for queries like `data`;
         a hit on it returns `label` with the response. `layout`, when given, is the response's
         as `encode_layout` made it with this cache's `rotate` (saves parsing it again)."""
-        found = cache_key(data)
-        if found is None or query.compressed or query.opcode != 0 or query.edns_version != 0:
+        found = _storable_key(data, query)
+        if found is None:
             return
-        if data[2] >= 0x41 or data[3] >= 0x41:
-            # Keys lower-case the header bytes with the name; only header bytes that lower-casing
-            # leaves alone may be stored, so a hit implies the client's header is the stored one.
-            return
-        key, qend, _ = found
-        if qend != 12 + len(query.question):
-            # The key found the name's end by the first zero octet; a zero inside a label
-            # (legal, if odd) makes that a different question. Such a query is not cached,
-            # so every stored key is a well-formed question and a hit is the same question.
-            return
+        key, qend = found
         if layout is None:
             layout = split(response, rotate=self.rotate)
         turns = layout.turns
@@ -797,13 +788,7 @@ class AnswerCache:
         if size > self.max_bytes:
             return  # larger than the whole budget: answered from the slow path each time
         self._remove(key)  # a store over a live entry (two misses in flight) replaces it
-        # A flood of distinct names (random-subdomain attacks) must not grow us without bound:
-        # the oldest entries make room (insertion order; a hot entry evicted costs one slow-path
-        # answer, then it is back).
-        while self.entries and (
-            len(self.entries) >= self.max_entries or self.bytes + size > self.max_bytes
-        ):
-            self._evict(next(iter(self.entries)))
+        self._make_room(size)
         # The slow path answered turn 0: the first hit gives the next rotation. The tuple is
         # complete before it is published: the receive thread may read it from the next line.
         self.entries[key] = (
@@ -820,6 +805,17 @@ class AnswerCache:
         self.bytes += size
         for tag in tags:
             self.by_tag.setdefault(tag, set()).add(key)
+
+    def _make_room(self, size: int) -> None:
+        """Evict the oldest entries until one more of `size` bytes fits both budgets.
+
+        A flood of distinct names (random-subdomain attacks) must not grow us without bound:
+        the oldest entries make room (insertion order; a hot entry evicted costs one slow-path
+        answer, then it is back)."""
+        while self.entries and (
+            len(self.entries) >= self.max_entries or self.bytes + size > self.max_bytes
+        ):
+            self._evict(next(iter(self.entries)))
 
     def _remove(self, key: bytes) -> Entry | None:
         """Forget one entry, its bytes and its place under each of its tags."""
@@ -939,6 +935,27 @@ ENTRY_OVERHEAD = 1000
 BYTES_OVERHEAD = 33  # a bytes object's header
 SPAN_OVERHEAD = 120  # a span's tuple and its ints
 TAG_OVERHEAD = 120  # the entry's key in one by_tag set (its tag tuple is shared, mostly)
+
+
+def _storable_key(data: bytes, query: Query) -> tuple[bytes, int] | None:
+    """The answer cache's key for `query` (parsed from `data`) and where its question ends,
+    or None when its answer may not be stored: a compressed question, an opcode other than
+    QUERY, an EDNS version other than 0, or header or question bytes a key would not tell
+    apart (below)."""
+    found = cache_key(data)
+    if found is None or query.compressed or query.opcode != 0 or query.edns_version != 0:
+        return None
+    if data[2] >= 0x41 or data[3] >= 0x41:
+        # Keys lower-case the header bytes with the name; only header bytes that lower-casing
+        # leaves alone may be stored, so a hit implies the client's header is the stored one.
+        return None
+    key, qend, _ = found
+    if qend != 12 + len(query.question):
+        # The key found the name's end by the first zero octet; a zero inside a label
+        # (legal, if odd) makes that a different question. Such a query is not cached,
+        # so every stored key is a well-formed question and a hit is the same question.
+        return None
+    return key, qend
 
 
 def entry_size(

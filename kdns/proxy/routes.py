@@ -428,6 +428,25 @@ def _family_addresses(
     return external_ips, lb_ips, ranges
 
 
+def _policies(service: Service) -> tuple[bool, bool, int | None, int | None]:
+    """A Service's (external policy Local, internal policy Local, health-check node port,
+    session affinity timeout), as kube-proxy's `newBaseServiceInfo` reads them: the external
+    policy is Local only for NodePort and LoadBalancer Services
+    (`apiservice.ExternalPolicyLocal`); the health-check node port only for LoadBalancer
+    Services with that policy (`apiservice.NeedsHealthCheck`); the affinity timeout only
+    with ClientIP affinity."""
+    external_local = (
+        service.type in ("NodePort", "LoadBalancer") and service.external_traffic_policy == "Local"
+    )
+    health_check = (
+        service.health_check_node_port
+        if service.type == "LoadBalancer" and external_local
+        else None
+    )
+    affinity = service.affinity_timeout if service.session_affinity == "ClientIP" else None
+    return external_local, service.internal_traffic_policy == "Local", health_check, affinity
+
+
 def service_routes(
     service: Service, endpoints: Iterable[Endpoint], node_name: str, *, zone: str = ""
 ) -> tuple[ServicePortRoute, ...]:
@@ -437,24 +456,12 @@ def service_routes(
     Field by field this is kube-proxy's `newBaseServiceInfo`: externalIPs, LB ingress IPs and
     source ranges are filtered to the route's family, LB ingress IPs also to those in VIP mode
     (`IsVIPMode`: an `ipMode: Proxy` IP is the load balancer's, not a node shortcut); a
-    zero-length source range means "allow
-    any" and empties the list; the external policy is Local only for NodePort and LoadBalancer
-    Services (`apiservice.ExternalPolicyLocal`); the health-check node port only for
-    LoadBalancer Services with that policy (`apiservice.NeedsHealthCheck`).
+    zero-length source range means "allow any" and empties the list; policies: `_policies`.
     """
     if service.type == "ExternalName" or service.headless or not service.cluster_ips:
         return ()  # kube-proxy `ShouldSkipService`
     endpoints = tuple(endpoints)
-    external_local = (
-        service.type in ("NodePort", "LoadBalancer") and service.external_traffic_policy == "Local"
-    )
-    internal_local = service.internal_traffic_policy == "Local"
-    health_check = (
-        service.health_check_node_port
-        if service.type == "LoadBalancer" and external_local
-        else None
-    )
-    affinity = service.affinity_timeout if service.session_affinity == "ClientIP" else None
+    external_local, internal_local, health_check, affinity = _policies(service)
     routes = []
     for cluster_ip in service.cluster_ips:
         family = family_of(cluster_ip)

@@ -2,7 +2,8 @@
 
 Each Reflector does what client-go's does for CoreDNS, with the official `kubernetes` client in
 a worker thread (its calls block) and every store update on the trio thread
-(docs/architecture.md §6):
+(docs/architecture.md §6); an event that changes a Service of `interpreter.LARGE_BUILD`
+endpoints or more is applied under `interpreter.handing_over()` (scheduling only):
 
 - list (paginated, `limit=500` and `continue`; a continue token that expired mid-list, 410,
   starts the list over) → `Store.replace` of the whole kind in one step, then watch from the
@@ -35,6 +36,7 @@ import os
 import random
 import time
 from collections.abc import Callable, Iterator, Mapping
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -46,6 +48,7 @@ from kubernetes.client.configuration import Configuration
 from kubernetes.client.exceptions import ApiException
 
 from kdns import metrics
+from kdns.interpreter import LARGE_BUILD, handing_over
 from kdns.model import (
     IMPORT_NAME_LABEL,
     ModelError,
@@ -491,18 +494,22 @@ class Reflector:
         else:
             old_keys = self._produced.pop(event.source_key, set())
         change = Change()
-        if event.type == "DELETED":
-            for key in old_keys:
-                change.merge(self.store.delete(kind, key))
-        else:
-            assert event.items is not None
-            new_keys = {key for key, _ in event.items}
-            for key in old_keys - new_keys:
-                change.merge(self.store.delete(kind, key))
-            for _, obj in event.items:
-                change.merge(self.store.upsert(kind, obj))
-            if new_keys and not self.resource.one_to_one:
-                self._produced[event.source_key] = new_keys
+        # A large Service's change is milliseconds of Python here (its slices merged, its
+        # records and the answers that read it dropped): all of it under the short switch
+        # interval, not only the resolver's part (kdns/interpreter.py).
+        with handing_over() if self._large(old_keys, event.items) else nullcontext():
+            if event.type == "DELETED":
+                for key in old_keys:
+                    change.merge(self.store.delete(kind, key))
+            else:
+                assert event.items is not None
+                new_keys = {key for key, _ in event.items}
+                for key in old_keys - new_keys:
+                    change.merge(self.store.delete(kind, key))
+                for _, obj in event.items:
+                    change.merge(self.store.upsert(kind, obj))
+                if new_keys and not self.resource.one_to_one:
+                    self._produced[event.source_key] = new_keys
         metrics.KUBE_EVENTS.labels(self._kind, event.type).inc()
         if change and kind == ENDPOINTSLICES:
             # The store has updated the resolver and dropped stale answers synchronously: the
@@ -513,6 +520,20 @@ class Reflector:
                 if service is not None:
                     label = _service_kind(service.headless, service.selector is not None)
                     metrics.DNS_PROGRAMMING_DURATION.labels(label).observe(max(0.0, now - began))
+
+    def _large(self, old_keys: set[Any], items: Converted | None) -> bool:
+        """Whether an event changes the endpoints of a Service of `LARGE_BUILD` endpoints or
+        more, before or after it: one slice that large, or one of such a Service."""
+        if self.resource.kind != ENDPOINTSLICES:
+            return False
+        slices = [self.store.slices.get(key) for key in old_keys]
+        slices += [obj for _, obj in items or ()]
+        merged = self.store.endpoints
+        return any(
+            len(eps.endpoints) >= LARGE_BUILD or len(merged.get(eps.service_key, ())) >= LARGE_BUILD
+            for eps in slices
+            if eps is not None
+        )
 
     # --- blocking I/O (worker threads) ---------------------------------------------------------
 

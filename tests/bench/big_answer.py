@@ -20,7 +20,14 @@ before, NXDOMAIN) for ``--phase`` seconds twice: once idle, once while the Servi
 queries lost, and, while rebuilding, the p50 / p90 of the queries sent while a change and its
 answer were being built (from a millisecond before to its end; the client's clock and the
 server's are the same monotonic clock): the wait a rebuild makes, steadier from run to run than
-the p99 on a shared machine.
+the p99 on a shared machine. Each change is applied as `kdns serve`'s Kubernetes source applies
+a watch event (kdns/sources/kube.py, its trio-thread step: the store's update and whatever
+scope the tree's source enters around it), without an API server.
+
+With ``--converting`` a third phase: no change, but every ``--change-every`` seconds a worker
+thread reads the Service's EndpointSlice from a watch line (``json.loads``) and converts it
+(``endpointslice_from_dict``), as the source's watch thread does with each event before the
+trio thread applies it: what that thread's Python costs the receive thread.
 
 It checks the answer holds ``--endpoints`` SRV records and as many glue addresses, and exits 1
 if not. It is a measurement, not a test.
@@ -85,6 +92,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--phase", type=float, default=3.0, help="seconds per client phase")
     parser.add_argument("--change-every", type=float, default=0.05)
     parser.add_argument(
+        "--converting", action="store_true", help="a third phase: slices converted, not applied"
+    )
+    parser.add_argument(
         "--switch-interval", type=float, help="sys.setswitchinterval for the server (seconds)"
     )
     args = parser.parse_args(argv)
@@ -121,13 +131,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     store.upsert(SERVICES, service_from_dict(svc("big", "hl", clusterIP="None")))
     ports = [{"name": "http", "port": 80, "protocol": "TCP"}]
 
-    def endpoints(generation: int) -> object:
+    def api_slice(generation: int) -> dict[str, object]:
         # The first `replaced` endpoints get new addresses (and so new names) each change.
         addresses = [
             ep(f"10.{(generation if i < replaced else 0) % 250}.{i // 250}.{i % 250 + 1}")
             for i in range(args.endpoints)
         ]
-        return endpointslice_from_dict(eps("big", "hl", "hl-a", addresses, ports))
+        return eps("big", "hl", "hl-a", addresses, ports)
+
+    def endpoints(generation: int) -> object:
+        return endpointslice_from_dict(api_slice(generation))
 
     query = bytes(DNSRecord.question(QNAME, "SRV").pack())
     change_ms: list[float] = []
@@ -192,7 +205,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Built before: converting an EndpointSlice is the source's work, not the answer's.
         count = int(args.phase / args.change_every) + 2
         slices = iter([endpoints(g) for g in range(10_000, 10_000 + count)])
-        trio.run(others_while_rebuilt, handler, query, lambda: next(slices, None), store, args)
+        lines = iter(
+            [
+                json.dumps({"type": "MODIFIED", "object": api_slice(g)}).encode()
+                for g in range(20_000, 20_000 + count)
+            ]
+        )
+        trio.run(
+            others_while_rebuilt,
+            handler,
+            query,
+            lambda: next(slices, None),
+            store,
+            args,
+            lambda: next(lines, None),
+        )
     return 0
 
 
@@ -253,9 +280,11 @@ async def others_while_rebuilt(
     next_slice: Callable[[], object],
     store: object,
     args: argparse.Namespace,
+    next_line: Callable[[], bytes | None],
 ) -> None:
     """Other clients' latency, idle and while the big answer is rebuilt after each change."""
     server = DnsServer(handler, "127.0.0.1", 0)  # type: ignore[arg-type]
+    apply = source_apply(store)
     async with trio.open_nursery() as nursery:
         _, port = await nursery.start(server.run)
         # A small cached answer, asked by every other client: a ClusterIP Service's name.
@@ -275,7 +304,7 @@ async def others_while_rebuilt(
             sys.setswitchinterval(args.switch_interval)
         print(f"  switch interval {sys.getswitchinterval() * 1e3:.2f} ms", flush=True)
 
-        async def phase(changing: bool) -> dict[str, object]:
+        async def phase(mode: str) -> dict[str, object]:
             argv = [sys.executable, "-c", CLIENT, str(port), str(args.client_qps)]
             argv += [str(args.phase), cached]
             done = trio.Event()
@@ -289,19 +318,26 @@ async def others_while_rebuilt(
             nursery.start_soon(client)
             rebuilds: list[tuple[float, float]] = []  # (start, end) of each, perf_counter
             while not done.is_set():
-                slice_ = next_slice() if changing else None
+                slice_ = next_slice() if mode == "rebuilding" else None
                 if slice_ is not None:
                     start = time.perf_counter()
-                    store.upsert(ENDPOINTSLICES, slice_)  # type: ignore[attr-defined]
+                    apply(slice_)
                     handler.handle(query, udp=False)  # type: ignore[attr-defined]
                     rebuilds.append((start, time.perf_counter()))
+                line = next_line() if mode == "converting" else None
+                if line is not None:
+                    span = await trio.to_thread.run_sync(convert, line)
+                    rebuilds.append(span)
                 with trio.move_on_after(args.change_every):
                     await done.wait()
             out["rebuilds"] = rebuilds
             return out
 
-        for name, changing in (("idle", False), ("rebuilding", True)):
-            result = await phase(changing)
+        modes = ("idle", "rebuilding", "converting") if args.converting else ("idle", "rebuilding")
+        for name in modes:
+            changing = name != "idle"
+            spans = "rebuilds" if name == "rebuilding" else "conversions"
+            result = await phase(name)
             rtts = sorted(result["rtts"])  # type: ignore[arg-type]
             if not rtts:
                 print(f"  other clients, {name}: no answers")
@@ -311,18 +347,42 @@ async def others_while_rebuilt(
             print(
                 f"  other clients, {name:10s}: {len(rtts)} answers, p50 {p50:.2f} ms, p99 "
                 f"{p99:.2f} ms, max {rtts[-1]:.1f} ms, lost {result['lost']}"
-                + (f", {len(result['rebuilds'])} rebuilds" if changing else ""),  # type: ignore[arg-type]
+                + (f", {len(result['rebuilds'])} {spans}" if changing else ""),  # type: ignore[arg-type]
                 flush=True,
             )
             if changing:
-                during(result)
+                during(result, "a rebuild" if name == "rebuilding" else "a conversion")
         server.stop_listening()
         nursery.cancel_scope.cancel()
 
 
-def during(result: dict[str, object]) -> None:
-    """Print the round-trip times of the queries sent while a rebuild ran (or a millisecond
-    before it began: such a query is read once it has)."""
+def source_apply(store: object) -> Callable[[object], None]:
+    """A changed EndpointSlice applied as the Kubernetes source applies a watch event on the
+    trio thread (its `Reflector`'s step, here without an API server or a watch thread)."""
+    from kdns.sources import kube  # the kubernetes client: imported only when measuring
+
+    reflector = kube.Reflector(kube.ENDPOINTSLICES_RESOURCE, None, store)  # type: ignore[arg-type]
+
+    def apply(slice_: object) -> None:
+        key = slice_.key  # type: ignore[attr-defined]
+        event = kube.Event("MODIFIED", "1", key, [(key, slice_)], time.time())
+        # The source's trio-thread step for one watch event, driven without an API server.
+        reflector._apply(event)  # noqa: SLF001 (a measurement of that very step)
+
+    return apply
+
+
+def convert(line: bytes) -> tuple[float, float]:
+    """One watch line read as the source's watch thread reads it (kdns/sources/kube.py
+    `_parse`); returns its (start, end), perf_counter."""
+    start = time.perf_counter()
+    endpointslice_from_dict(json.loads(line)["object"])
+    return start, time.perf_counter()
+
+
+def during(result: dict[str, object], what: str = "a rebuild") -> None:
+    """Print the round-trip times of the queries sent while a rebuild (or a conversion) ran, or
+    a millisecond before it began: such a query is read once it has."""
     spans = result["rebuilds"]
     assert isinstance(spans, list)
     starts = [start - 0.001 for start, _ in spans]
@@ -332,12 +392,12 @@ def during(result: dict[str, object]) -> None:
         if (i := bisect.bisect_right(starts, sent) - 1) >= 0 and sent <= spans[i][1]
     )
     if not waited:
-        print("  sent during a rebuild: none")
+        print(f"  sent during {what}: none")
         return
     wall = statistics.median((end - start) * 1e3 for start, end in spans)
     print(
-        f"  sent during a rebuild: {len(waited)}, p50 {waited[len(waited) // 2]:.2f} ms, p90 "
-        f"{waited[int(len(waited) * 0.9)]:.2f} ms (a rebuild's wall time: median {wall:.1f} ms)",
+        f"  sent during {what}: {len(waited)}, p50 {waited[len(waited) // 2]:.2f} ms, p90 "
+        f"{waited[int(len(waited) * 0.9)]:.2f} ms ({what}'s wall time: median {wall:.1f} ms)",
         flush=True,
     )
 
