@@ -17,6 +17,11 @@ Contract:
   input, as in kube-proxy (rewriting PREROUTING would clobber other owners' rules): `JUMP_RULES`
   lists them for the caller to ensure with `iptables -C` / `-I`. `render_cleanup` removes what
   kdns installed.
+- `release(rendering)` empties a rendering its owner is about to drop, a step at a time, and
+  the render frees its own working lists so too (`release_entries`); `split_lines` splits text
+  a step at a time. Why: a 5,000-Service rule set dropped, joined or split whole is one C call
+  or one cascade of deallocations holding the GIL for 10 ms, and `kdns proxy --dns` answers
+  DNS from another thread (docs/benchmarks.md, "Node DNS during proxy syncs").
 - Output is deterministic: routes in `route_sort_key` order, endpoints by address, stale chains
   sorted. Pure: no I/O; nothing here runs iptables.
 - Deliberate differences from kube-proxy: no localhost NodePorts (CVE-2020-8558: NodePorts are
@@ -27,9 +32,24 @@ Contract:
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import (
+    Collection,
+    Iterable,
+    Iterator,
+    Mapping,
+    MutableMapping,
+    Sequence,
+)
+from dataclasses import dataclass, field
+from typing import Any
 
+from kdns.proxy.masquerade import (
+    KUBE_FORWARD,
+    KUBE_MARK_MASQ,
+    KUBE_POSTROUTING,
+    forward_rules,
+    postrouting_rules,
+)
 from kdns.proxy.routes import (
     EXT_PREFIX,
     FW_PREFIX,
@@ -52,9 +72,6 @@ from kdns.proxy.routes import (
 KUBE_SERVICES = "KUBE-SERVICES"
 KUBE_EXTERNAL_SERVICES = "KUBE-EXTERNAL-SERVICES"
 KUBE_NODEPORTS = "KUBE-NODEPORTS"
-KUBE_POSTROUTING = "KUBE-POSTROUTING"
-KUBE_MARK_MASQ = "KUBE-MARK-MASQ"
-KUBE_FORWARD = "KUBE-FORWARD"
 KUBE_PROXY_FIREWALL = "KUBE-PROXY-FIREWALL"
 
 # The "top-level" chains every sync writes in full, in kube-proxy's order.
@@ -108,11 +125,62 @@ class Rendering:
     """One restore input and what the caller needs to know about it."""
 
     text: str
-    active_chains: frozenset[str]  # per-service nat chains the rules now use (written or kept)
     deleted_chains: tuple[str, ...]  # stale per-service chains this input flushes and deletes
     filter_rules: int  # `-A` lines written per table (the sync metrics)
     nat_rules: int
     partial: bool
+    # The per-service nat chains the rules now use (written or kept), each once: a list of its
+    # own, which `release` can empty in steps (a frozenset could only be dropped whole).
+    _chains: list[str] = field(repr=False, compare=False)
+
+    @property
+    def active_chains(self) -> frozenset[str]:
+        """The per-service nat chains the rules now use (written or kept)."""
+        return frozenset(self._chains)
+
+
+def release(rendering: Rendering) -> None:
+    """Empties `rendering`'s chain list a step at a time, for its owner that is about to drop
+    it (its `active_chains` are empty afterwards; its text is not touched). Call it only on a
+    rendering no other thread reads: the data plane releases the one it has just replaced.
+
+    Why: no render shares those names (every render makes its own strings), and at 5,000
+    Services they are ~20,000: dropped whole, they are freed in one cascade of deallocations
+    during which no other thread gets the GIL, however short the switch interval (the node
+    DNS of `kdns proxy --dns` answers from another thread; docs/benchmarks.md).
+    """
+    release_entries(rendering._chains)  # noqa: SLF001 (this module's own class, above)
+
+
+# Entries freed, or lines joined or split, per step of the gentle operations below: a step is
+# one C call holding the GIL for tens of microseconds; between steps the interpreter may hand
+# the GIL to another thread (the switch interval).
+_STEP = 512
+_STEP_CHARS = 1 << 16  # characters split per step (about 600 restore lines)
+
+
+def release_entries(entries: list[Any] | MutableMapping[Any, Any]) -> None:
+    """Empties `entries` (a list of rules or chains, a dict of chains) a step at a time, so
+    that freeing a large one is not one cascade that holds the GIL throughout."""
+    if isinstance(entries, list):
+        while entries:
+            del entries[-_STEP:]
+    else:
+        while entries:
+            entries.popitem()
+
+
+def split_lines(text: str) -> Iterator[str]:
+    """`text.split("\n")`, a step at a time: one split of a 5,000-Service restore input or
+    `iptables-save` output holds the GIL ~10 ms."""
+    start = 0
+    while True:
+        end = text.find("\n", start + _STEP_CHARS)
+        if end < 0:
+            yield from text[start:].split("\n")
+            return
+        yield from text[start:end].split("\n")
+        start = end + 1
 
 
 _NEW = ("-m", "conntrack", "--ctstate", "NEW")
@@ -211,7 +279,7 @@ def _render(
 ) -> Rendering:
     selected = sorted((r for r in routes if r.family == config.family), key=route_sort_key)
     out = _Buffer()
-    out.nat += _postrouting_rules(config)
+    out.nat += postrouting_rules(config.masquerade_mark, config.random_fully)
     large = sum(len(r.endpoints) for r in selected) > config.large_cluster_endpoints
     for route in selected:
         chains = _RouteChains.of(route)
@@ -229,43 +297,43 @@ def _render(
         out.nat_chains.append(chain_line(chain))
         out.nat.append(f"-X {chain}")
     out.nat += _nodeports_jumps(config)
-    out.filter += _forward_rules(config)
+    out.filter += forward_rules(config.masquerade_mark, config.conntrack_tcp_be_liberal)
 
-    text = "\n".join(
+    text = _joined(
         [
-            "*filter",
-            *(chain_line(c) for c in FILTER_CHAINS),
-            *out.filter,
-            "COMMIT",
-            "*nat",
-            *(chain_line(c) for c in NAT_CHAINS),
-            *out.nat_chains,
-            *out.nat,
-            "COMMIT",
-            "",
+            ["*filter", *(chain_line(c) for c in FILTER_CHAINS)],
+            out.filter,
+            ["COMMIT", "*nat", *(chain_line(c) for c in NAT_CHAINS)],
+            out.nat_chains,
+            out.nat,
+            ["COMMIT", ""],
         ]
     )
-    return Rendering(
+    rendering = Rendering(
         text=text,
-        active_chains=frozenset(out.active),
         deleted_chains=deleted,
         filter_rules=len(out.filter),
         nat_rules=sum(1 for line in out.nat if line.startswith("-A ")),
         partial=changed is not None,
+        _chains=list(out.active),
     )
+    # The rules are in the text now; dropped whole, 100,000 lines at 5,000 Services would be
+    # one cascade of deallocations (see `release`).
+    for lines in (out.filter, out.nat_chains, out.nat):
+        release_entries(lines)
+    return rendering
 
 
-def _postrouting_rules(config: IptablesConfig) -> list[str]:
-    """KUBE-POSTROUTING and KUBE-MARK-MASQ: masquerade what was marked, once."""
-    mark = config.masquerade_mark
-    return [
-        f"-A {KUBE_POSTROUTING} -m mark ! --mark {mark}/{mark} -j RETURN",
-        # Clear the mark so a packet that re-traverses the stack is not masqueraded twice.
-        f"-A {KUBE_POSTROUTING} -j MARK --xor-mark {mark}",
-        f'-A {KUBE_POSTROUTING} -m comment --comment "kubernetes service traffic requiring SNAT"'
-        f" -j MASQUERADE{' --random-fully' if config.random_fully else ''}",
-        f"-A {KUBE_MARK_MASQ} -j MARK --or-mark {mark}",
+def _joined(sections: Iterable[list[str]]) -> str:
+    """`"\n".join` of every line of `sections`, a step at a time: one join of the 100,000
+    lines of a full render at 5,000 Services holds the GIL ~10 ms; what is left is one copy
+    of the joined steps."""
+    steps = [
+        "\n".join(section[i : i + _STEP])
+        for section in sections
+        for i in range(0, len(section), _STEP)
     ]
+    return "\n".join(steps)
 
 
 def _nodeports_jumps(config: IptablesConfig) -> list[str]:
@@ -282,27 +350,6 @@ def _nodeports_jumps(config: IptablesConfig) -> list[str]:
         for ip in config.nodeport_ips
         if not ipaddress.ip_address(ip).is_loopback  # no localhost NodePorts (CVE-2020-8558)
     ]
-
-
-def _forward_rules(config: IptablesConfig) -> list[str]:
-    """KUBE-FORWARD."""
-    mark = config.masquerade_mark
-    rules = []
-    if not config.conntrack_tcp_be_liberal:
-        # Packets conntrack calls INVALID would otherwise reach the pod un-DNATed and draw a
-        # RST that kills the connection (#74839, #117924).
-        rules.append(f"-A {KUBE_FORWARD} -m conntrack --ctstate INVALID -j DROP")
-    # Forward what we marked for masquerade even where the FORWARD policy is DROP, and the
-    # rest of those connections.
-    rules.append(
-        f'-A {KUBE_FORWARD} -m comment --comment "kubernetes forwarding rules"'
-        f" -m mark --mark {mark}/{mark} -j ACCEPT"
-    )
-    rules.append(
-        f'-A {KUBE_FORWARD} -m comment --comment "kubernetes forwarding conntrack rule"'
-        " -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"
-    )
-    return rules
 
 
 @dataclass(slots=True)
@@ -368,28 +415,50 @@ _FILTER_TARGETS = {
 
 def _write_dispatch(chains: _RouteChains, out: _Buffer) -> None:
     """What a partial sync writes for every Service too: the rules of KUBE-SERVICES,
-    KUBE-NODEPORTS and the filter chains, in the order of kube-proxy's syncProxyRules."""
+    KUBE-NODEPORTS and the filter chains, in the order of kube-proxy's syncProxyRules.
+
+    This runs for every route of every sync: a route reachable at its ClusterIP only (most of
+    them) is written here and calls nothing else; the parts for other addresses are called
+    only when the route has such addresses."""
     route = chains.route
-    name, match, port = chains.name, chains.match, f"--dport {route.port}"
-
-    def filtered(chain: str, verdict: str, destination: str) -> None:
-        # No endpoint for this traffic: REJECT (connection refused at once) or DROP (times out).
-        target, why = _FILTER_TARGETS[verdict]
-        out.filter.append(
-            f'-A {chain} -m comment --comment "{name} {why}" {destination} -j {target}'
-        )
-
     # Capture the ClusterIP.
     internal_filter = route.internal_traffic_filter
     if internal_filter is None:
         out.nat.append(
-            f'-A {KUBE_SERVICES} -m comment --comment "{name} cluster IP" {match}'
-            f" -d {route.cluster_ip} {port} -j {chains.internal}"
+            f'-A {KUBE_SERVICES} -m comment --comment "{chains.name} cluster IP" {chains.match}'
+            f" -d {route.cluster_ip} --dport {route.port} -j {chains.internal}"
         )
     else:
-        filtered(KUBE_SERVICES, internal_filter, f"{match} -d {route.cluster_ip} {port}")
+        destination = f"{chains.match} -d {route.cluster_ip} --dport {route.port}"
+        _write_filtered(chains, KUBE_SERVICES, internal_filter, destination, out)
+    if route.external_ips or route.load_balancer_ips:
+        _write_external_addresses(chains, out)
+    if route.node_port:
+        _write_node_port(chains, out)
+    # Accept the health-check node port whether or not there are local endpoints.
+    if route.health_check_node_port:
+        out.filter.append(
+            f'-A {KUBE_NODEPORTS} -m comment --comment "{chains.name} health check node port"'
+            f" -m tcp -p tcp --dport {route.health_check_node_port} -j ACCEPT"
+        )
+
+
+def _write_filtered(
+    chains: _RouteChains, chain: str, verdict: str, destination: str, out: _Buffer
+) -> None:
+    """No endpoint for this traffic: REJECT (connection refused at once) or DROP (times out)."""
+    target, why = _FILTER_TARGETS[verdict]
+    out.filter.append(
+        f'-A {chain} -m comment --comment "{chains.name} {why}" {destination} -j {target}'
+    )
+
+
+def _write_external_addresses(chains: _RouteChains, out: _Buffer) -> None:
+    """The capture of the route's externalIPs and load-balancer ingress IPs (KUBE-SERVICES),
+    and their filter rules: what KUBE-FW did not accept, and REJECT or DROP without endpoints."""
+    route = chains.route
+    name, match, port = chains.name, chains.match, f"--dport {route.port}"
     external_filter = route.external_traffic_filter
-    # Capture externalIPs.
     for ip in route.external_ips:
         if route.has_endpoints:
             out.nat.append(
@@ -397,8 +466,8 @@ def _write_dispatch(chains: _RouteChains, out: _Buffer) -> None:
                 f" -d {ip} {port} -j {chains.external}"
             )
         if external_filter is not None:
-            filtered(KUBE_EXTERNAL_SERVICES, external_filter, f"{match} -d {ip} {port}")
-    # Capture load-balancer ingress IPs.
+            destination = f"{match} -d {ip} {port}"
+            _write_filtered(chains, KUBE_EXTERNAL_SERVICES, external_filter, destination, out)
     for ip in route.load_balancer_ips:
         if route.has_endpoints:
             out.nat.append(
@@ -413,25 +482,26 @@ def _write_dispatch(chains: _RouteChains, out: _Buffer) -> None:
                 f" -d {ip} {port} -j DROP"
             )
     if external_filter is not None:
+        # kube-proxy writes the load balancers' REJECT/DROP after all their firewall drops.
         for ip in route.load_balancer_ips:
-            filtered(KUBE_EXTERNAL_SERVICES, external_filter, f"{match} -d {ip} {port}")
-    # Capture the NodePort. NodePorts are not subject to loadBalancerSourceRanges (as in
-    # kube-proxy, which cannot change that now).
-    if route.node_port:
-        if route.has_endpoints:
-            out.nat.append(
-                f"-A {KUBE_NODEPORTS} -m comment --comment {name} {match}"
-                f" --dport {route.node_port} -j {chains.external}"
-            )
-        if external_filter is not None:
-            local = f"-m addrtype --dst-type LOCAL {match} --dport {route.node_port}"
-            filtered(KUBE_EXTERNAL_SERVICES, external_filter, local)
-    # Accept the health-check node port whether or not there are local endpoints.
-    if route.health_check_node_port:
-        out.filter.append(
-            f'-A {KUBE_NODEPORTS} -m comment --comment "{name} health check node port"'
-            f" -m tcp -p tcp --dport {route.health_check_node_port} -j ACCEPT"
+            destination = f"{match} -d {ip} {port}"
+            _write_filtered(chains, KUBE_EXTERNAL_SERVICES, external_filter, destination, out)
+
+
+def _write_node_port(chains: _RouteChains, out: _Buffer) -> None:
+    """The capture of the NodePort (KUBE-NODEPORTS), or its REJECT/DROP without endpoints.
+    NodePorts are not subject to loadBalancerSourceRanges (as in kube-proxy, which cannot
+    change that now)."""
+    route = chains.route
+    if route.has_endpoints:
+        out.nat.append(
+            f"-A {KUBE_NODEPORTS} -m comment --comment {chains.name} {chains.match}"
+            f" --dport {route.node_port} -j {chains.external}"
         )
+    external_filter = route.external_traffic_filter
+    if external_filter is not None:
+        local = f"-m addrtype --dst-type LOCAL {chains.match} --dport {route.node_port}"
+        _write_filtered(chains, KUBE_EXTERNAL_SERVICES, external_filter, local, out)
 
 
 def _write_service_chains(
@@ -584,7 +654,7 @@ def chain_rules(text: str) -> dict[tuple[str, str], tuple[str, ...]]:
     `-X` removes it: for restore input, what each chain it names holds once it is applied."""
     chains: dict[tuple[str, str], list[str]] = {}
     table = ""
-    for line in text.split("\n"):
+    for line in split_lines(text):
         if line.startswith("*"):
             table = line[1:].strip()
         elif line.startswith(":"):
@@ -598,10 +668,20 @@ def chain_rules(text: str) -> dict[tuple[str, str], tuple[str, ...]]:
 
 def saved_chains(save_text: str) -> dict[str, frozenset[str]]:
     """The chains per table in `iptables-save` output (`utiliptables.GetChainsFromTable`)."""
+    # The chains as `chain_rules` finds them, without keeping their rules (at 5,000 Services
+    # 100,000 lines, which would then be freed at once).
     tables: dict[str, set[str]] = {}
-    for table, chain in chain_rules(save_text):
-        tables.setdefault(table, set()).add(chain)
-    return {table: frozenset(chains) for table, chains in tables.items()}
+    table = tables.setdefault("", set())
+    for line in split_lines(save_text):
+        if line.startswith("*"):
+            table = tables.setdefault(line[1:].strip(), set())
+        elif line.startswith(":"):
+            table.add(line[1:].split(" ", 1)[0])
+        elif line.startswith("-A "):
+            table.add(line[3:].split(" ", 1)[0])
+        elif line.startswith("-X "):
+            table.discard(line[3:].strip())
+    return {name: frozenset(chains) for name, chains in tables.items() if chains}
 
 
 def owned_chains(

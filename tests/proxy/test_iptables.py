@@ -20,14 +20,18 @@ from kdns.proxy.iptables import (
     JUMP_RULES,
     IptablesConfig,
     Rendering,
+    chain_rules,
     probability,
+    release,
+    release_entries,
     render_cleanup,
     render_full,
     render_partial,
     saved_chains,
+    split_lines,
     stale_chains,
 )
-from kdns.proxy.routes import ServicePortRoute
+from kdns.proxy.routes import JumpRule, ServicePortRoute
 from tests.builders import model_endpoint, model_service
 from tests.conftest import throwaway_netns
 from tests.proxy.builders import NODE, PODS, routes
@@ -1089,3 +1093,168 @@ def test_partial_syncs_without_unchanged_chains_reach_the_full_state() -> None:
 
         assert nat(a) == nat(b)
         assert plane.intact()
+
+
+# --- what a sync replaces is freed a step at a time ----------------------------------------------
+
+
+def test_releasing_the_previous_rendering_leaves_the_next_one_whole() -> None:
+    # The data plane releases the rendering it replaces: the next render starts from the new
+    # one's chains, which share no container with it.
+    svc_a, eps_a = TWO[0]
+    svc_b, _ = TWO[1]
+    before = render_full(routes(*TWO), CONFIG)
+    now = routes((svc_a, eps_a), (svc_b, [model_endpoint("10.244.3.4")]))
+    partial = render_partial(now, {svc_b.key}, CONFIG, existing_chains=before.active_chains)
+    text = partial.text
+    release(before)
+    assert before.active_chains == frozenset()
+    assert partial.text == text
+    assert partial.active_chains == {A_SVC, A_SEP, B_SVC, B_SEP_NEW}
+    # b moves back: its chain of 10.244.3.4 is stale against the new rendering's chains.
+    later = render_partial(routes(*TWO), {svc_b.key}, CONFIG, partial.active_chains)
+    assert later.deleted_chains == (B_SEP_NEW,)
+    assert later.active_chains == {A_SVC, A_SEP, B_SVC, B_SEP}
+
+
+@pytest.mark.parametrize(
+    "entries",
+    [
+        [f"-A KUBE-SEP-{i}" for i in range(2000)],
+        {("nat", f"KUBE-SEP-{i}"): (f"-A KUBE-SEP-{i}",) for i in range(2000)},
+        [],
+    ],
+    ids=["rules", "chain rules", "empty"],
+)
+def test_release_entries_empties_lists_and_dicts(entries: Any) -> None:
+    release_entries(entries)
+    assert len(entries) == 0
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "\n",
+        "\n\n",
+        "COMMIT",
+        "*nat\nCOMMIT\n",
+        # Longer than one step, with lines across its boundary and one longer than a step.
+        "\n".join(
+            f"-A KUBE-SEP-{i} -j DNAT --to-destination 10.244.{i % 256}.1:8080" for i in range(5000)
+        ),
+        "x" * 70_000 + "\n" + "y" * 10 + "\n",
+        "\n" * 70_001,
+    ],
+    ids=[
+        "empty",
+        "newline",
+        "two newlines",
+        "one line",
+        "small",
+        "5000 lines",
+        "long line",
+        "only newlines",
+    ],
+)
+def test_split_lines_is_str_split(text: str) -> None:
+    assert list(split_lines(text)) == text.split("\n")
+
+
+def test_a_large_render_is_whole_line_by_line() -> None:
+    # 700 Services: the text is joined in steps of a few hundred lines; no line may be lost,
+    # doubled, merged with its neighbour or left empty at a step's edge.
+    many = routes(
+        *(
+            (
+                model_service(f"ns1/s{i}", ip=f"172.30.{i // 250}.{i % 250 + 1}"),
+                [model_endpoint(f"10.244.{i // 250}.{i % 250 + 1}")],
+            )
+            for i in range(700)
+        )
+    )
+    rendering = render_full(many, CONFIG)
+    lines = rendering.text.split("\n")
+    assert lines[-1] == "" and all(lines[:-1])
+    assert lines.count("*filter") == lines.count("*nat") == 1 and lines.count("COMMIT") == 2
+    rules = [line for line in lines if line.startswith("-A ")]
+    assert len(rules) == rendering.filter_rules + rendering.nat_rules
+    # Every -A line holds one rule (a merged line would hold a second "-A").
+    assert all(" -A " not in rule for rule in rules)
+    declared = [line for line in lines if line.startswith(":")]
+    # The fixed chains, then a KUBE-SVC- and a KUBE-SEP- chain per Service.
+    chains = chain_rules(rendering.text)
+    assert len(declared) == 5 + 4 + 2 * 700 == len(chains)  # each (table, chain) once
+    services = chains[("nat", "KUBE-SERVICES")]
+    assert len(services) == 700 + 1  # each ClusterIP, then the jump to KUBE-NODEPORTS
+    assert len(rendering.active_chains) == 2 * 700
+
+
+_JUMPS = (
+    JumpRule("filter", "INPUT", "KUBE-NODEPORTS", "health checks"),
+    JumpRule("filter", "FORWARD", "KUBE-FORWARD", "forwarding"),
+    JumpRule("nat", "PREROUTING", "KUBE-SERVICES", "portals"),
+)
+
+
+@pytest.mark.parametrize(
+    ("text", "save", "expected"),
+    [
+        (
+            "*filter\n:KUBE-FORWARD - [0:0]\nCOMMIT\n*nat\n:KUBE-SERVICES - [0:0]\nCOMMIT\n",
+            # The FORWARD jump is there already; the others are inserted, the canary declared.
+            "*filter\n-A FORWARD -m comment --comment forwarding -j KUBE-FORWARD\nCOMMIT\n",
+            """\
+            *filter
+            :KUBE-FORWARD - [0:0]
+            -I INPUT 1 -m comment --comment "health checks" -j KUBE-NODEPORTS
+            :KDNS-CANARY - [0:0]
+            COMMIT
+            *nat
+            :KUBE-SERVICES - [0:0]
+            -I PREROUTING 1 -m comment --comment portals -j KUBE-SERVICES
+            :KDNS-CANARY - [0:0]
+            COMMIT
+            """,
+        ),
+        (
+            # No nat section in the input: one is added after the others.
+            "*filter\n:KUBE-FORWARD - [0:0]\nCOMMIT\n",
+            "",
+            """\
+            *filter
+            :KUBE-FORWARD - [0:0]
+            -I INPUT 1 -m comment --comment "health checks" -j KUBE-NODEPORTS
+            -I FORWARD 1 -m comment --comment forwarding -j KUBE-FORWARD
+            :KDNS-CANARY - [0:0]
+            COMMIT
+            *nat
+            -I PREROUTING 1 -m comment --comment portals -j KUBE-SERVICES
+            :KDNS-CANARY - [0:0]
+            COMMIT
+            """,
+        ),
+        (
+            "",
+            "",
+            """\
+            *filter
+            -I INPUT 1 -m comment --comment "health checks" -j KUBE-NODEPORTS
+            -I FORWARD 1 -m comment --comment forwarding -j KUBE-FORWARD
+            :KDNS-CANARY - [0:0]
+            COMMIT
+            *nat
+            -I PREROUTING 1 -m comment --comment portals -j KUBE-SERVICES
+            :KDNS-CANARY - [0:0]
+            COMMIT
+            """,
+        ),
+    ],
+    ids=["both sections", "no nat section", "empty input"],
+)
+def test_with_jumps_inserts_the_missing_jumps_and_the_canary(
+    text: str, save: str, expected: str
+) -> None:
+    from kdns.proxy.dataplane import with_jumps
+
+    assert with_jumps(text, save, _JUMPS) == textwrap.dedent(expected)

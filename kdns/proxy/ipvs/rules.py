@@ -16,7 +16,8 @@ Contract:
   service without real servers (kube-proxy falls back to every endpoint when the Service is also
   externally reachable); when two routes claim one (protocol, VIP, port), the first in route
   order wins (kube-proxy: whichever its map yields last); the conntrack INVALID drop is written
-  as the iptables renderer writes it (off with `conntrack_tcp_be_liberal`).
+  as the iptables renderer writes it (off with `conntrack_tcp_be_liberal`): KUBE-POSTROUTING,
+  KUBE-MARK-MASQ and KUBE-FORWARD come from `proxy/masquerade.py`, which both renderers use.
 - The node DNS's takeover (`config.node_dns`, `kdns proxy --dns` once it answers): a ClusterIP
   the node DNS answers on gets no virtual service, no KUBE-CLUSTER-IP entry (so no masquerade
   mark, no ACCEPT) for its port 53 over UDP and TCP, and KUBE-IPVS-FILTER lets port 53 through
@@ -61,6 +62,13 @@ from kdns.proxy.ipvs.state import (
     ip_sort_key,
     norm_ip,
 )
+from kdns.proxy.masquerade import (
+    KUBE_FORWARD,
+    KUBE_MARK_MASQ,
+    KUBE_POSTROUTING,
+    forward_rules,
+    postrouting_rules,
+)
 from kdns.proxy.routes import (
     JumpRule,
     RouteEndpoint,
@@ -72,11 +80,8 @@ from kdns.proxy.routes import (
 
 # Fixed chains, proxier.go constants. IPVS mode has no per-service chains.
 KUBE_SERVICES = "KUBE-SERVICES"
-KUBE_POSTROUTING = "KUBE-POSTROUTING"
-KUBE_MARK_MASQ = "KUBE-MARK-MASQ"
 KUBE_NODE_PORT = "KUBE-NODE-PORT"
 KUBE_LOAD_BALANCER = "KUBE-LOAD-BALANCER"
-KUBE_FORWARD = "KUBE-FORWARD"
 KUBE_PROXY_FIREWALL = "KUBE-PROXY-FIREWALL"
 KUBE_SOURCE_RANGES_FIREWALL = "KUBE-SOURCE-RANGES-FIREWALL"
 KUBE_IPVS_FILTER = "KUBE-IPVS-FILTER"
@@ -434,7 +439,7 @@ def _nat_rules(family: int, sets: Mapping[str, Collection[str]], config: IpvsCon
         f"-A {KUBE_SERVICES} -m addrtype --dst-type LOCAL -j {KUBE_NODE_PORT}",
         f"-A {KUBE_LOAD_BALANCER} -j {KUBE_MARK_MASQ}",
         *_accept_ipvs_traffic(family, sets),
-        *_postrouting_rules(config),
+        *postrouting_rules(config.masquerade_mark, config.random_fully),
     ]
 
 
@@ -497,19 +502,6 @@ def _accept_ipvs_traffic(family: int, sets: Mapping[str, Collection[str]]) -> li
     ]
 
 
-def _postrouting_rules(config: IpvsConfig) -> list[str]:
-    """KUBE-POSTROUTING masquerades what carries the mark; KUBE-MARK-MASQ sets it."""
-    mark = config.masquerade_mark
-    return [
-        f"-A {KUBE_POSTROUTING} -m mark ! --mark {mark}/{mark} -j RETURN",
-        # Clear the mark so a packet that re-traverses the stack is not masqueraded twice.
-        f"-A {KUBE_POSTROUTING} -j MARK --xor-mark {mark}",
-        f'-A {KUBE_POSTROUTING} -m comment --comment "kubernetes service traffic requiring SNAT"'
-        f" -j MASQUERADE{' --random-fully' if config.random_fully else ''}",
-        f"-A {KUBE_MARK_MASQ} -j MARK --or-mark {mark}",
-    ]
-
-
 def _filter_rules(
     family: int,
     sets: Mapping[str, Collection[str]],
@@ -523,7 +515,7 @@ def _filter_rules(
     return [
         *_set_rules("filter", family, sets),
         *_source_range_rules(no_node_access),
-        *_forward_rules(config),
+        *forward_rules(config.masquerade_mark, config.conntrack_tcp_be_liberal),
         f"-A {KUBE_NODE_PORT} {_comment(HEALTH_CHECK_NODE_PORT)}"
         f" -m set --match-set {health_check_set} dst -j ACCEPT",
         *_ipvs_filter_rules(family, node_dns_ports),
@@ -541,24 +533,6 @@ def _source_range_rules(no_node_access: Sequence[tuple[str, str, int]]) -> list[
             f"-A {KUBE_IPVS_OUT_FILTER} -s {ip} -m ipvs --vaddr {ip} --vproto {proto}"
             f" --vport {port} -j DROP"
         )
-    return rules
-
-
-def _forward_rules(config: IpvsConfig) -> list[str]:
-    """KUBE-FORWARD: marked (service) traffic and its replies are forwarded."""
-    mark = config.masquerade_mark
-    rules = []
-    if not config.conntrack_tcp_be_liberal:
-        # As the iptables renderer: INVALID packets would reach the pod un-NATed (#74839).
-        rules.append(f"-A {KUBE_FORWARD} -m conntrack --ctstate INVALID -j DROP")
-    rules.append(
-        f'-A {KUBE_FORWARD} -m comment --comment "kubernetes forwarding rules"'
-        f" -m mark --mark {mark}/{mark} -j ACCEPT"
-    )
-    rules.append(
-        f'-A {KUBE_FORWARD} -m comment --comment "kubernetes forwarding conntrack rule"'
-        " -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"
-    )
     return rules
 
 
