@@ -1,7 +1,8 @@
 """The interpreter's scheduling out of the answers' way in a serving process.
 
 Settings of CPython that decide how long a thread answering DNS waits behind Python that
-another thread runs (the trio loop rebuilding a large answer, applying a relist):
+another thread runs (the trio loop rebuilding a large answer, applying a relist; a watch
+thread converting an event):
 
 - The switch interval. `answer_promptly()` sets `sys.setswitchinterval(SWITCH_INTERVAL)`, for
   the whole process, once: when `kdns serve` starts, and when `kdns proxy --dns` binds its node
@@ -12,20 +13,24 @@ another thread runs (the trio loop rebuilding a large answer, applying a relist)
   Kubernetes source, the resolver and the encoder enter around work that grows with a
   Service's endpoints, only when it is large (`LARGE_BUILD` endpoints or records or more: a
   watch event that changes such a Service, its records, its change, an answer from one RRset,
-  a message): from the first such scope the interval is `HANDOVER_INTERVAL` (0.1 ms), and in
-  a trio task it stays so until the task's step ends (the task yields to the loop, returns or
-  raises), when it is set back as it was, once, and the thread sleeps for no time
-  (`time.sleep(0)`); each outermost scope sleeps so on leaving as well. So the Python between
-  a large rebuild's scopes (the store's bookkeeping, the handler's, the answer cache's) runs
-  at the short interval too, and the next task the loop runs finds the serving one. The step's
-  end is trio's `after_task_step` hook (an instrument added when a scope is left, removed when
-  it has run: about 9 µs per large step, nothing on any other); outside a trio task (`kdns
-  explain`, unit tests) the interval is set back as the scope ends. Nesting-safe: an inner
-  scope changes nothing and does not sleep. A process that does not run at `SWITCH_INTERVAL`
-  is left alone: at CPython's 5 ms no thread of it answers queries (a `kdns proxy` without
-  `--dns`, whose source enters the scope too), and at 0.1 ms or less it switches as often.
-  Scopes hold synchronous code only, entered and left by the trio thread only, last in first
-  out. Below the threshold a build pays one length comparison.
+  a message, and in the source's watch thread the conversion of a watch event's object that
+  carries as many endpoints): each thread's outermost scope makes it a holder of the short
+  interval, and while any thread holds it the interval is `HANDOVER_INTERVAL` (0.1 ms); when
+  the last holder lets go it is set back as the first found it, once. A scope in a trio task
+  holds until the task's step ends (the task yields to the loop, returns or raises), when the
+  thread lets go and sleeps for no time (`time.sleep(0)`); each outermost scope sleeps so on
+  leaving as well. So the Python between a large rebuild's scopes (the store's bookkeeping,
+  the handler's, the answer cache's) runs at the short interval too, and the next task the
+  loop runs finds the serving one (unless a watch thread still converts). The step's end is
+  trio's `after_task_step` hook (an instrument added when a scope is left, removed when it has
+  run: about 9 µs per large step, nothing on any other); outside a trio task (a watch thread,
+  `kdns explain`, unit tests) the thread lets go, and sleeps, as the scope ends. Nesting-safe:
+  an inner scope of the same thread changes nothing and does not sleep. A process that does
+  not run at `SWITCH_INTERVAL` when nobody holds the short interval is left alone: at
+  CPython's 5 ms no thread of it answers queries (a `kdns proxy` without `--dns`, whose source
+  enters the scopes too), and at 0.1 ms or less it switches as often. Scopes hold synchronous
+  code only, each left by the thread that entered it, last in first out. Below the threshold a
+  build pays one length comparison (the watch thread: a length or two of the raw object).
 - The cycle collector. `freeze_when_synced(store)` registers, through `Store.when_synced`, one
   `gc.freeze()` for the moment every watched kind has been listed: everything alive then — the
   imported modules, the synced model, the resolver's records, the listeners — moves to the
@@ -49,12 +54,21 @@ another thread runs (the trio loop rebuilding a large answer, applying a relist)
 
 Contract: they only change how the interpreter schedules; no answer, rule or state changes.
 `handing_over()`'s sleeps hold the trio thread back for the kernel's timer slack (about 70 µs)
-once per outermost scope and once per step that entered one, no longer. The switch interval
-is one word of the interpreter's, set whole; only the trio thread sets it while serving (the
-scopes' state, the nesting depth and the interval to set back, is the trio thread's alone),
-so no other thread sees it half-set or has it set back under it. Nothing leaves the process
-at the short interval: trio calls `after_task_step` after every step, also one that raised,
-and the step that ends a run.
+once per outermost scope and once per step that entered one, no longer (a watch thread once
+per large event it converts). The switch interval is one word of the interpreter's, set
+whole. While serving, it is set by the holders of the short interval only — the trio thread
+and the Kubernetes source's watch threads, any number at once — and only under one
+`threading.Lock` together with the count of holders and the interval to set back: joining
+(the first sets 0.1 ms), leaving (the last sets it back) and the count are one step for every
+other thread, so no holder has it set back under it and a thread that joins while it is short
+never takes 0.1 ms for the interval to set back. Only large scopes take the lock (a hold and
+its release, both interval changes included, 0.6 µs); a thread that waits for it lets the
+GIL go, so the thread inside gets the GIL back and leaves: no deadlock. Each thread's
+nesting depth, and whether it holds to its step's end, is its own (`threading.local`).
+Nothing leaves the
+process at the short interval: every hold is let go, by the scope's `finally` or by trio's
+`after_task_step`, which trio calls after every step, also one that raised, and the step that
+ends a run.
 
 Why the switch interval: the UDP receive thread (kdns/dns/receiver.py) releases the GIL in every
 `recvfrom` and `sendto`; when the trio thread holds it to build an answer or apply a change, the
@@ -132,11 +146,26 @@ queries sent during a rebuild waited longer than with main's four (p90 median 2.
 1.6 ms), with a sleep per scope less (1.3–1.4 against 1.7 ms; the p99 while rebuilding 1.8
 against 2.5 ms); interleaved with main, the final tree: no difference beyond the noise in six
 runs at load 1.4–2.8, and in four at load 1.7–2.1 a p90 of 1.24 against 1.50 ms (median;
-lower in each pair) and a p99 while rebuilding of 1.98 against 2.29 ms. The watch thread's
-own Python is not covered: it reads and converts each event (`json.loads` and
-`endpointslice_from_dict`, 7 ms for a 500-endpoint slice, 1 ms for a 100-endpoint one) at
-1 ms, and queries sent meanwhile waited p50 0.9–2.2 ms; setting the interval from a second
-thread would break the contract above.
+lower in each pair) and a p99 while rebuilding of 1.98 against 2.29 ms.
+
+Why the watch thread's conversion too, and why a count shared by threads: in `kdns serve` the
+Kubernetes source's watch thread reads and converts each watch event before the trio thread
+applies it (`json.loads` and `endpointslice_from_dict`: 7 ms of Python for a 500-endpoint
+slice, 1 ms for a 100-endpoint one, the EndpointSlice controller's default most per slice),
+and at 1 ms the queries sent meanwhile waited p50 0.9–2.2 ms, longer than during the trio
+thread's rebuild. That thread and the trio thread overlap (the trio thread applies the
+previous event while the next is converted), so neither may set the interval back under the
+other: hence one hold per thread, counted under a lock, the last to leave setting it back.
+Whether the object is large is read from the raw dict (the length of its `endpoints`, or of
+an Endpoints object's addresses), before it is converted; `json.loads` before that is one C
+call that keeps the GIL whatever the interval. A list's objects are never converted in the
+scope: a relist at 0.1 ms lost steady queries (above). Measured with tests/bench/big_answer.py
+`--converting` (docs/benchmarks.md, nine interleaved runs): the median wait of the queries
+sent while a 500-endpoint slice was converted went from 0.59–1.21 ms to 0.32–0.56 ms (lower in
+each pair), its p90 from a median of 1.99 to 1.59 ms (the line's `json.loads` is left). The
+watch thread sleeps for no time as it leaves, as a trio scope does: with it that p90 was lower
+in four of six interleaved runs (median 1.46 against 1.87 ms); it delays the event's apply by
+about 70 µs.
 
 Why the youngest generation's threshold: a 500-endpoint answer allocates some thousands of
 container objects, most of them alive until the answer is cached; at CPython's 700 the
@@ -185,6 +214,7 @@ from __future__ import annotations
 import gc
 import logging
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -218,38 +248,48 @@ def answer_promptly() -> None:
     )
 
 
-# Scopes of `handing_over()` the trio thread is inside now, and the interval to set back when
-# the trio task's step ends (None: nothing to set back). Only the trio thread reads or writes
-# them while serving (the module docstring), and scopes hold synchronous code only (no
-# `await` inside one), so no other task runs while `_depth` is above zero.
-_depth = 0
-_restore_to: float | None = None
+# The holders of the short interval now, across threads, and the interval to set back when the
+# last one leaves (the one the first found): read and written only under `_holding`, so that
+# joining, leaving and setting the interval are one step for every other thread (the module
+# docstring). A trio thread's step is one holder, a worker thread's conversion another.
+_holding = threading.Lock()
+_holders = 0
+_serving = SWITCH_INTERVAL
+
+
+class _Scopes(threading.local):
+    """One thread's own state (each thread sees its own values): how deep it is inside
+    `handing_over()` now, and whether it holds the short interval to the end of its trio
+    task's step. Scopes hold synchronous code only (no `await` inside one), so no other trio
+    task runs while the trio thread's depth is above zero."""
+
+    depth = 0
+    held_for_step = False
+
+
+_scopes = _Scopes()
 
 
 @contextmanager
 def handing_over() -> Iterator[None]:
     """Run the block with the switch interval at most `HANDOVER_INTERVAL`, and in a trio task
-    keep it so until the task's step ends; then set it back, also when the block raises
-    (outside a trio task: as the block ends). The module docstring says why and when."""
-    global _depth
-    if _depth or (_restore_to is None and not _answering(sys.getswitchinterval())):
+    keep it so until the task's step ends; then let it go, also when the block raises (outside
+    a trio task: as the block ends). The interval is set back once no thread holds it. The
+    module docstring says why and when."""
+    mine = _scopes
+    if mine.depth or not (mine.held_for_step or _hold()):
         yield  # nested: the outermost scope decides; or nothing to change (`_answering`)
         return
-    deferred = _restore_to is not None  # a scope earlier in this step: still short
-    before = sys.getswitchinterval()
-    if not deferred:
-        sys.setswitchinterval(HANDOVER_INTERVAL)
-    _depth += 1
+    mine.depth += 1
     try:
         yield
     finally:
-        _depth -= 1
-        if deferred or _set_back_after_step(before):
-            # Short until the step ends; the CPU given away now all the same (the module
-            # docstring): what queued for the receive thread meanwhile is answered now.
-            time.sleep(0)
-        else:
-            _set_back(before)
+        mine.depth -= 1
+        if not (mine.held_for_step or _hold_until_step_ends()):
+            _release()
+        # The CPU given away now (the module docstring): what queued for the receive thread
+        # meanwhile is answered now, at the short interval or the one set back.
+        time.sleep(0)
 
 
 def _answering(interval: float) -> bool:
@@ -260,33 +300,51 @@ def _answering(interval: float) -> bool:
     return HANDOVER_INTERVAL < interval <= SWITCH_INTERVAL
 
 
-def _set_back(interval: float) -> None:
-    global _restore_to
-    _restore_to = None
-    sys.setswitchinterval(interval)
-    # The GIL and the CPU given away for a moment (the module docstring), even to a receive
-    # thread that shares this core.
-    time.sleep(0)
+def _hold() -> bool:
+    """Join the holders of the short interval (the first sets it); False, holding nothing,
+    when nobody holds it and the process is not `_answering`."""
+    global _holders, _serving
+    with _holding:
+        if not _holders:
+            interval = sys.getswitchinterval()
+            if not _answering(interval):
+                return False
+            _serving = interval
+            sys.setswitchinterval(HANDOVER_INTERVAL)
+        _holders += 1
+    return True
 
 
-def _set_back_after_step(interval: float) -> bool:
-    """Have `interval` set back when the current trio task's step ends; False outside one."""
-    global _restore_to
+def _release() -> None:
+    """Leave the holders; the last one sets the interval back."""
+    global _holders
+    with _holding:
+        _holders -= 1
+        if not _holders:
+            sys.setswitchinterval(_serving)
+
+
+def _hold_until_step_ends() -> bool:
+    """Keep this thread's hold until the current trio task's step ends; False outside one."""
     if not trio.lowlevel.in_trio_task():
         return False
-    _restore_to = interval
     trio.lowlevel.add_instrument(_STEP_END)
+    _scopes.held_for_step = True  # only once the instrument that lets it go is there
     return True
 
 
 class _StepEnd(trio.abc.Instrument):
-    """Sets the interval back as the step of the trio task that left a scope ends (trio calls
-    `after_task_step` after every step, one that raised or returned too), then leaves."""
+    """Lets the trio thread's hold go as the step of the task that left a scope ends (trio
+    calls `after_task_step` after every step, one that raised or returned too), then leaves."""
 
     def after_task_step(self, task: trio.lowlevel.Task) -> None:
         trio.lowlevel.remove_instrument(self)
-        if _restore_to is not None:
-            _set_back(_restore_to)
+        if _scopes.held_for_step:
+            _scopes.held_for_step = False
+            _release()
+            # The GIL and the CPU given away for a moment (the module docstring), even to a
+            # receive thread that shares this core.
+            time.sleep(0)
 
 
 _STEP_END = _StepEnd()

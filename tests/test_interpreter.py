@@ -4,14 +4,18 @@ synced, the heap alive then leaves the cycle collector's sight (gc.freeze), and 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import gc
+import json
 import sys
+import threading
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -20,6 +24,7 @@ from dnslib import DNSRecord
 
 from kdns import app, interpreter, proxyapp
 from kdns.config import Config
+from kdns.sources import kube
 from kdns.store import ENDPOINTSLICES, SERVICES, Store
 from tests.builders import service_fqdn
 from tests.dns.test_forward import EXAMPLES, WAIT, ask, kdns_app
@@ -290,6 +295,105 @@ def test_in_a_trio_task_each_scope_gives_the_cpu_away_and_the_step_sets_back_onc
     assert slept == [(0, pytest.approx(short)), (0, pytest.approx(short)), at_end]
 
 
+class Holder:
+    """A thread of its own (as the Kubernetes source's watch thread) inside one
+    `handing_over()` scope from `enter()` to `leave()`; `leave(raising=True)` leaves it by an
+    exception. Each call returns once the thread has done it (bounded waits)."""
+
+    def __init__(self) -> None:
+        self._go = threading.Event()
+        self._raise = False
+        self._inside = threading.Event()
+        self.raised: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        try:
+            with interpreter.handing_over():
+                self._inside.set()
+                assert self._go.wait(WAIT)
+                if self._raise:
+                    raise ValueError("a bug in the conversion")
+        except ValueError as e:
+            self.raised = e
+
+    def enter(self) -> Holder:
+        self._thread.start()
+        assert self._inside.wait(WAIT)
+        return self
+
+    def leave(self, raising: bool = False) -> None:
+        self._raise = raising
+        self._go.set()
+        self._thread.join(WAIT)
+        assert not self._thread.is_alive()
+
+
+@pytest.mark.usefixtures("serving_interval")
+def test_two_threads_holds_keep_the_interval_short_until_the_last_leaves() -> None:
+    first = Holder().enter()
+    assert sys.getswitchinterval() == pytest.approx(interpreter.HANDOVER_INTERVAL)
+    second = Holder().enter()  # the process is at the short interval: it joins, not ignores
+    first.leave()
+    assert sys.getswitchinterval() == pytest.approx(interpreter.HANDOVER_INTERVAL)
+    second.leave()
+    assert sys.getswitchinterval() == interpreter.SWITCH_INTERVAL  # exactly what it was
+
+
+@pytest.mark.usefixtures("serving_interval")
+def test_a_thread_whose_block_raises_lets_its_hold_go_and_no_other() -> None:
+    first, second = Holder().enter(), Holder().enter()
+    first.leave(raising=True)
+    assert isinstance(first.raised, ValueError)
+    assert sys.getswitchinterval() == pytest.approx(interpreter.HANDOVER_INTERVAL)
+    second.leave(raising=True)
+    assert sys.getswitchinterval() == interpreter.SWITCH_INTERVAL
+    # Nothing left held: a scope later starts from the serving interval and returns to it.
+    with interpreter.handing_over():
+        assert sys.getswitchinterval() == pytest.approx(interpreter.HANDOVER_INTERVAL)
+    assert sys.getswitchinterval() == interpreter.SWITCH_INTERVAL
+
+
+@pytest.mark.usefixtures("serving_interval")
+def test_the_trio_steps_hold_and_a_worker_threads_overlap_either_way() -> None:
+    # The watch thread converts while the trio thread applies a large change: whichever leaves
+    # last sets the interval back, the trio thread's hold lasting to the end of its step.
+    seen: list[float] = []
+
+    async def worker_leaves_inside_the_step() -> None:
+        worker = Holder().enter()
+        with interpreter.handing_over():
+            pass
+        worker.leave()
+        seen.append(sys.getswitchinterval())  # the step's hold still there
+        await trio.lowlevel.checkpoint()
+        seen.append(sys.getswitchinterval())
+
+    async def worker_outlasts_the_step() -> None:
+        with interpreter.handing_over():
+            worker = Holder().enter()
+        await trio.lowlevel.checkpoint()
+        seen.append(sys.getswitchinterval())  # the step ended; the worker holds on
+        worker.leave()
+        seen.append(sys.getswitchinterval())
+
+    short, serving = pytest.approx(interpreter.HANDOVER_INTERVAL), interpreter.SWITCH_INTERVAL
+    trio_run(worker_leaves_inside_the_step)
+    assert seen == [short, serving]
+    seen.clear()
+    trio_run(worker_outlasts_the_step)
+    assert seen == [short, serving]
+
+
+@pytest.mark.usefixtures("default_switch_interval")
+def test_a_thread_of_a_process_at_cpythons_interval_changes_nothing() -> None:
+    # `kdns proxy` without `--dns`: its watch thread converts large slices too.
+    holder = Holder().enter()
+    assert sys.getswitchinterval() == pytest.approx(0.005)
+    holder.leave()
+    assert sys.getswitchinterval() == pytest.approx(0.005)
+
+
 @pytest.mark.usefixtures("serving_interval")
 async def test_the_kube_source_applies_a_large_services_change_at_the_short_interval(
     kube_api: ApiServer, kubeconfig: Path, nursery: trio.Nursery
@@ -321,6 +425,94 @@ async def test_the_kube_source_applies_a_large_services_change_at_the_short_inte
         ({("default", "big")}, pytest.approx(short)),
     ]
     assert sys.getswitchinterval() == pytest.approx(serving)
+
+
+@pytest.mark.usefixtures("serving_interval")
+async def test_the_kube_source_converts_a_large_watch_event_at_the_short_interval(
+    kube_api: ApiServer, kubeconfig: Path, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The watch thread's conversion of a large slice (milliseconds of Python) runs short; a
+    # small slice's does not, nor does a relist's, which lists that same large slice (a relist
+    # at the short interval lost steady queries).
+    for name in ("big", "small"):
+        kube_api.create("services", objects.service("default", name, headless=True))
+    k = await start(nursery, kube_api, kubeconfig)
+    converted: list[tuple[str, float, bool]] = []
+    convert = kube.endpointslice_from_dict
+
+    def noting(obj: dict[str, Any]) -> Any:
+        worker = threading.current_thread() is not threading.main_thread()
+        converted.append((obj["metadata"]["name"], sys.getswitchinterval(), worker))
+        return convert(obj)
+
+    monkeypatch.setattr(kube, "endpointslice_from_dict", noting)
+    large = interpreter.LARGE_BUILD + 50
+    big = kube_api.scale_headless("default", "big", large)["metadata"]["name"]
+    endpoints = k.app.store.endpoints
+    await wait_until(lambda: len(endpoints.get(("default", "big"), ())) == large, "its endpoints")
+    small = kube_api.scale_headless("default", "small", 3)
+    await k.wait_for(service_fqdn("small"), ok(*ready_addresses(small)))
+    lists = kube_api.stats.count(kind="list", resource="endpointslices")
+    assert kube_api.faults.expire_watches(resource="endpointslices") == 1
+    await wait_until(lambda: len(converted) == 4, "the relist's conversions")
+    await wait_until(
+        lambda: kube_api.stats.count(kind="list", resource="endpointslices") == lists + 1,
+        "one relist",
+    )
+    short, serving = pytest.approx(interpreter.HANDOVER_INTERVAL), interpreter.SWITCH_INTERVAL
+    name = small["metadata"]["name"]
+    assert converted[:2] == [(big, short, True), (name, serving, True)]
+    assert sorted(converted[2:]) == sorted([(big, serving, True), (name, serving, True)])
+    assert sys.getswitchinterval() == serving
+
+
+def addresses(n: int) -> list[dict[str, Any]]:
+    return [{"ip": f"10.0.{i // 250}.{i % 250 + 1}"} for i in range(n)]
+
+
+LARGE, BELOW = interpreter.LARGE_BUILD, interpreter.LARGE_BUILD - 1
+META = {"namespace": "default", "name": "web", "resourceVersion": "7"}
+
+
+@pytest.mark.parametrize(
+    ("resource", "event", "obj", "short"),
+    [
+        (kube.ENDPOINTSLICES_RESOURCE, "ADDED", {"endpoints": addresses(LARGE)}, True),
+        (kube.ENDPOINTSLICES_RESOURCE, "MODIFIED", {"endpoints": addresses(BELOW)}, False),
+        (kube.IMPORTSLICES_RESOURCE, "MODIFIED", {"endpoints": addresses(LARGE)}, True),
+        # core/v1 Endpoints: ready and not-ready addresses of every subset together.
+        (
+            kube.ENDPOINTS_RESOURCE,
+            "MODIFIED",
+            {"subsets": [{"addresses": addresses(60)}, {"notReadyAddresses": addresses(40)}]},
+            True,
+        ),
+        (
+            kube.ENDPOINTS_RESOURCE,
+            "MODIFIED",
+            {"subsets": [{"addresses": addresses(BELOW)}]},
+            False,
+        ),
+        (kube.SERVICES_RESOURCE, "MODIFIED", {"spec": {"ports": addresses(LARGE)}}, False),
+    ],
+)
+@pytest.mark.usefixtures("serving_interval")
+def test_a_watch_lines_object_is_converted_short_when_it_carries_many_endpoints(
+    resource: kube.Resource, event: str, obj: dict[str, Any], short: bool
+) -> None:
+    intervals: list[float] = []
+
+    def noting(raw: dict[str, Any]) -> kube.Converted:
+        intervals.append(sys.getswitchinterval())
+        return []
+
+    noted = dataclasses.replace(resource, convert=noting)
+    line = json.dumps({"type": event, "object": {"metadata": META, **obj}}).encode()
+    parsed = kube.Reflector(noted, None, Store()).parse(line)  # type: ignore[arg-type]
+    assert parsed is not None and parsed.type == event
+    expected = interpreter.HANDOVER_INTERVAL if short else interpreter.SWITCH_INTERVAL
+    assert intervals == [pytest.approx(expected)]
+    assert sys.getswitchinterval() == interpreter.SWITCH_INTERVAL
 
 
 class NodeCommands:

@@ -3,7 +3,9 @@
 Each Reflector does what client-go's does for CoreDNS, with the official `kubernetes` client in
 a worker thread (its calls block) and every store update on the trio thread
 (docs/architecture.md §6); an event that changes a Service of `interpreter.LARGE_BUILD`
-endpoints or more is applied under `interpreter.handing_over()` (scheduling only):
+endpoints or more is applied under `interpreter.handing_over()`, and a watch event whose
+object carries as many endpoints is converted under it in the worker thread, never a list's
+(scheduling only):
 
 - list (paginated, `limit=500` and `continue`; a continue token that expired mid-list, 410,
   starts the list over) → `Store.replace` of the whole kind in one step, then watch from the
@@ -145,6 +147,31 @@ def _endpoints(obj: dict[str, Any]) -> Converted:
     return [(s.key, s) for s in endpoints_to_slices(obj)]
 
 
+# How many endpoints a raw object carries, read before it is converted (a length or two, no
+# pass over them): its conversion is about 13 µs of Python per endpoint.
+
+
+def _no_endpoints(obj: dict[str, Any]) -> int:
+    return 0
+
+
+def _slice_endpoints(obj: dict[str, Any]) -> int:
+    endpoints = obj.get("endpoints")
+    return len(endpoints) if isinstance(endpoints, list) else 0
+
+
+def _endpoints_addresses(obj: dict[str, Any]) -> int:
+    subsets = obj.get("subsets")
+    if not isinstance(subsets, list):
+        return 0
+    return sum(
+        len(subset.get(key) or ())
+        for subset in subsets
+        if isinstance(subset, dict)
+        for key in ("addresses", "notReadyAddresses")
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class Resource:
     kind: Kind[Any, Any]  # the store kind
@@ -155,6 +182,9 @@ class Resource:
     label_selector: str | None = None
     # Does one API object become exactly one store object under the same key? (Endpoints: no.)
     one_to_one: bool = True
+    # Endpoints in a raw object: a watch event's object of `LARGE_BUILD` or more is converted
+    # under `handing_over()` (`Reflector.parse`).
+    endpoints_in: Callable[[dict[str, Any]], int] = _no_endpoints
 
     def selectors(self) -> list[tuple[str, Any]]:
         params: list[tuple[str, Any]] = []
@@ -185,10 +215,16 @@ ENDPOINTSLICES_RESOURCE = Resource(
     "endpointslices",
     "/apis/discovery.k8s.io/v1/endpointslices",
     _service_slice,
+    endpoints_in=_slice_endpoints,
 )
 # On an API server without discovery.k8s.io/v1: core/v1 Endpoints, converted into slices.
 ENDPOINTS_RESOURCE = Resource(
-    ENDPOINTSLICES, "endpoints", "/api/v1/endpoints", _endpoints, one_to_one=False
+    ENDPOINTSLICES,
+    "endpoints",
+    "/api/v1/endpoints",
+    _endpoints,
+    one_to_one=False,
+    endpoints_in=_endpoints_addresses,
 )
 NAMESPACES_RESOURCE = Resource(
     NAMESPACES, "namespaces", "/api/v1/namespaces", _one(namespace_from_dict)
@@ -250,6 +286,7 @@ IMPORTSLICES_RESOURCE = Resource(
     "/apis/discovery.k8s.io/v1/endpointslices",
     _one(import_slice_from_dict),
     label_selector=IMPORT_NAME_LABEL,
+    endpoints_in=_slice_endpoints,
 )
 
 API_KINDS = {
@@ -481,7 +518,9 @@ class Reflector:
 
     # --- applying (trio thread) ---------------------------------------------------------------
 
-    def _apply(self, event: Event) -> None:
+    def apply(self, event: Event) -> None:
+        """A watch event's second step, on the trio thread: the store updated (`parse` made
+        the event in the watch thread)."""
         self.resource_version = event.resource_version or self.resource_version
         now = self.last_event = time.time()
         metrics.KUBE_LAST_EVENT.labels(self._kind).set(now)
@@ -613,17 +652,22 @@ class Reflector:
         received = 0
         try:
             for line in _lines(response):
-                event = self._parse(line)
+                event = self.parse(line)
                 if event is None:
                     continue
-                trio.from_thread.run_sync(self._apply, event)
+                trio.from_thread.run_sync(self.apply, event)
                 received += 1
         finally:
             response.release_conn()
         return received
 
-    def _parse(self, line: bytes) -> Event | None:
-        """One watch line → an Event, or None (counted) when it cannot be applied."""
+    def parse(self, line: bytes) -> Event | None:
+        """A watch event's first step, in the watch thread: one line → an Event, or None
+        (counted) when it cannot be applied; raises Expired or WatchError for an ERROR event.
+        An object of `LARGE_BUILD` endpoints or more is converted under `handing_over()`: that
+        is milliseconds of Python (13 µs per endpoint), which the UDP receive thread waits
+        behind (kdns/interpreter.py). Never a list's objects (`_list_blocking`): a relist at
+        the short interval lost queries."""
         arrival = time.time()
         try:
             data = json.loads(line)
@@ -655,12 +699,17 @@ class Reflector:
             return None
         try:
             source = _source_key(obj)
-            items = None if etype == "DELETED" else self.resource.convert(obj)
+            items = None if etype == "DELETED" else self._convert_event(obj)
         except (ModelError, KeyError, TypeError, AttributeError) as e:
             metrics.KUBE_EVENTS_SKIPPED.labels(self._kind, "invalid_object").inc()
             log.warning("%s: skipping an object the model rejects: %s", self._kind, e)
             return None
         return Event(etype, resource_version, source, items, arrival)
+
+    def _convert_event(self, obj: dict[str, Any]) -> Converted:
+        large = self.resource.endpoints_in(obj) >= LARGE_BUILD
+        with handing_over() if large else nullcontext():
+            return self.resource.convert(obj)
 
 
 class WatchError(Exception):

@@ -27,7 +27,8 @@ scope the tree's source enters around it), without an API server.
 With ``--converting`` a third phase: no change, but every ``--change-every`` seconds a worker
 thread reads the Service's EndpointSlice from a watch line (``json.loads``) and converts it
 (``endpointslice_from_dict``), as the source's watch thread does with each event before the
-trio thread applies it: what that thread's Python costs the receive thread.
+trio thread applies it (``Reflector.parse``, the tree's own step, with whatever scope it
+enters): what that thread's Python costs the receive thread.
 
 It checks the answer holds ``--endpoints`` SRV records and as many glue addresses, and exits 1
 if not. It is a measurement, not a test.
@@ -284,7 +285,7 @@ async def others_while_rebuilt(
 ) -> None:
     """Other clients' latency, idle and while the big answer is rebuilt after each change."""
     server = DnsServer(handler, "127.0.0.1", 0)  # type: ignore[arg-type]
-    apply = source_apply(store)
+    apply, convert = source_steps(store)
     async with trio.open_nursery() as nursery:
         _, port = await nursery.start(server.run)
         # A small cached answer, asked by every other client: a ClusterIP Service's name.
@@ -356,28 +357,31 @@ async def others_while_rebuilt(
         nursery.cancel_scope.cancel()
 
 
-def source_apply(store: object) -> Callable[[object], None]:
-    """A changed EndpointSlice applied as the Kubernetes source applies a watch event on the
-    trio thread (its `Reflector`'s step, here without an API server or a watch thread)."""
+def source_steps(
+    store: object,
+) -> tuple[Callable[[object], None], Callable[[bytes], tuple[float, float]]]:
+    """The Kubernetes source's two steps for one watch event (its `Reflector`'s, here without
+    an API server or a watch stream): a changed EndpointSlice applied as the trio thread
+    applies it, and a watch line read and converted as the watch thread does (call that one
+    from a worker thread; it returns its (start, end), perf_counter)."""
     from kdns.sources import kube  # the kubernetes client: imported only when measuring
 
     reflector = kube.Reflector(kube.ENDPOINTSLICES_RESOURCE, None, store)  # type: ignore[arg-type]
+    # A tree from before the steps were public has them under private names.
+    apply_event = getattr(reflector, "apply", None) or reflector._apply  # noqa: SLF001
+    parse_line = getattr(reflector, "parse", None) or reflector._parse  # noqa: SLF001
 
     def apply(slice_: object) -> None:
         key = slice_.key  # type: ignore[attr-defined]
-        event = kube.Event("MODIFIED", "1", key, [(key, slice_)], time.time())
-        # The source's trio-thread step for one watch event, driven without an API server.
-        reflector._apply(event)  # noqa: SLF001 (a measurement of that very step)
+        apply_event(kube.Event("MODIFIED", "1", key, [(key, slice_)], time.time()))
 
-    return apply
+    def convert(line: bytes) -> tuple[float, float]:
+        start = time.perf_counter()
+        event = parse_line(line)
+        assert event is not None and event.items, "the watch line was not converted"
+        return start, time.perf_counter()
 
-
-def convert(line: bytes) -> tuple[float, float]:
-    """One watch line read as the source's watch thread reads it (kdns/sources/kube.py
-    `_parse`); returns its (start, end), perf_counter."""
-    start = time.perf_counter()
-    endpointslice_from_dict(json.loads(line)["object"])
-    return start, time.perf_counter()
+    return apply, convert
 
 
 def during(result: dict[str, object], what: str = "a rebuild") -> None:
