@@ -193,6 +193,10 @@ On a quiet machine (load 0.5–0.8), where the collections were shorter (the lon
 the share went from 3.1–3.4 % to 1.9–2.2 %, with the data plane also emptying the rendering it
 replaces entry by entry (kdns/proxy/nftables.py `release`: dropped whole, it freed in one
 cascade of deallocations that no switch interval interrupts, 10–20 ms at 5,000 Services).
+The iptables data plane does the same (kdns/proxy/iptables.py `release`), and splits, joins
+and copies its megabytes of restore input and `iptables-save` output in steps (kdns/proxy/
+dataplane.py): each whole was one C call or one cascade of frees holding the GIL 5–14 ms at
+5,000 Services (docs/benchmarks.md, "Node DNS during proxy syncs", iptables mode).
 
 Why not tune the thresholds instead: a young collection walks what survived the last one, and
 during a render that is the render itself whatever the threshold; a rarer full collection is
