@@ -219,16 +219,29 @@ class NodeModel(KernelModel):
     node DNS's device and rules, `ss` (another process answering: `restarting`) and conntrack.
     Every command is kept in `argvs`; calls come from worker threads, one at a time."""
 
-    def __init__(self, restarting: bool) -> None:
+    def __init__(self, restarting: bool, dns_after_first_sync: bool = False) -> None:
         super().__init__()
         self.restarting = restarting
         self.argvs: list[str] = []
         self.lock = threading.Lock()
+        # Set once the first sync has written its IPVS services (its `ipvsadm -R` batch).
+        self.first_sync = threading.Event()
+        if not dns_after_first_sync:
+            self.first_sync.set()
 
     def __call__(self, argv: Sequence[str], stdin: str | None = None) -> tuple[int, str, str]:
+        if list(argv[:5]) == ["ip", "-o", "addr", "show", "to"]:
+            # The node DNS's first step (nodednsrules.install_device) waits for the first sync.
+            # A real start may run them in either order: both wait for the store's sync, then
+            # each goes to a worker thread; the node DNS taking over before the first sync read
+            # the data plane's config leaves :53 out of IPVS from the start, as a restart does
+            # (test_a_restarted_proxy_keeps_port_53_taken_over). Outside the lock: the sync's
+            # commands must get through meanwhile.
+            self.first_sync.wait(WAIT)
         with self.lock:
             if list(argv) == ["ipvsadm", "-R"]:  # one entry per command of the batch
                 self.argvs += [f"ipvsadm {line}" for line in (stdin or "").splitlines()]
+                self.first_sync.set()
             elif ":KDNS-NODE-DNS -" in (stdin or ""):
                 self.argvs.append("the node DNS's rules")
             else:
@@ -304,7 +317,7 @@ async def run_ipvs_proxy(
 async def test_the_proxy_takes_port_53_over_once_its_dns_answers_and_gives_it_back(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    kernel = NodeModel(restarting=False)
+    kernel = NodeModel(restarting=False, dns_after_first_sync=True)
     dns = f"{KUBE_DNS_IP}:53"
     await run_ipvs_proxy(
         tmp_path, monkeypatch, kernel, lambda: f"ipvsadm -D -u {dns}" in kernel.argvs
