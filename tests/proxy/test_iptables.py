@@ -740,12 +740,19 @@ def test_render_deletes_stale_chains() -> None:
     assert lines[-2].endswith("-j KUBE-NODEPORTS")
 
 
-def test_render_partial() -> None:
+def b_moved() -> tuple[Rendering, tuple[ServicePortRoute, ...], Rendering]:
+    """TWO rendered in full, then b's endpoint moved to 10.244.3.4: (the full rendering
+    before, the routes now, the partial rendering of b's change)."""
     svc_a, eps_a = TWO[0]
     svc_b, _ = TWO[1]
     before = render_full(routes(*TWO), CONFIG)
     now = routes((svc_a, eps_a), (svc_b, [model_endpoint("10.244.3.4")]))
     partial = render_partial(now, {svc_b.key}, CONFIG, existing_chains=before.active_chains)
+    return before, now, partial
+
+
+def test_render_partial() -> None:
+    before, now, partial = b_moved()
     full = render_full(now, CONFIG, existing_chains=before.active_chains)
     assert partial.partial
     assert partial.active_chains == full.active_chains == {A_SVC, A_SEP, B_SVC, B_SEP_NEW}
@@ -1101,11 +1108,8 @@ def test_partial_syncs_without_unchanged_chains_reach_the_full_state() -> None:
 def test_releasing_the_previous_rendering_leaves_the_next_one_whole() -> None:
     # The data plane releases the rendering it replaces: the next render starts from the new
     # one's chains, which share no container with it.
-    svc_a, eps_a = TWO[0]
+    before, _, partial = b_moved()
     svc_b, _ = TWO[1]
-    before = render_full(routes(*TWO), CONFIG)
-    now = routes((svc_a, eps_a), (svc_b, [model_endpoint("10.244.3.4")]))
-    partial = render_partial(now, {svc_b.key}, CONFIG, existing_chains=before.active_chains)
     text = partial.text
     release(before)
     assert before.active_chains == frozenset()
