@@ -118,6 +118,17 @@ def serving_interval() -> Iterator[None]:
     sys.setswitchinterval(before)
 
 
+@pytest.fixture
+def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[tuple[float, float]]:
+    """Each `time.sleep` the interpreter module makes, recorded instead of slept: (its
+    argument, the switch interval at that moment)."""
+    slept: list[tuple[float, float]] = []
+    monkeypatch.setattr(
+        interpreter.time, "sleep", lambda s: slept.append((s, sys.getswitchinterval()))
+    )
+    return slept
+
+
 @pytest.mark.usefixtures("serving_interval")
 def test_handing_over_shortens_the_interval_for_the_block_and_sets_it_back() -> None:
     with interpreter.handing_over():
@@ -179,13 +190,10 @@ def test_handing_over_leaves_a_process_at_cpythons_interval_alone(
 
 @pytest.mark.usefixtures("serving_interval")
 def test_the_outermost_handing_over_gives_the_cpu_away_once_on_leaving(
-    monkeypatch: pytest.MonkeyPatch,
+    sleeps: list[tuple[float, float]],
 ) -> None:
     # One `time.sleep(0)` when the interval is set back, none inside or for an inner scope.
-    slept: list[tuple[float, float]] = []
-    monkeypatch.setattr(
-        interpreter.time, "sleep", lambda s: slept.append((s, sys.getswitchinterval()))
-    )
+    slept = sleeps
     with interpreter.handing_over():
         with interpreter.handing_over():
             pass
@@ -271,14 +279,11 @@ def test_a_step_that_raises_out_of_its_task_and_the_run_still_sets_the_interval_
 
 @pytest.mark.usefixtures("serving_interval")
 def test_in_a_trio_task_each_scope_gives_the_cpu_away_and_the_step_sets_back_once(
-    monkeypatch: pytest.MonkeyPatch,
+    sleeps: list[tuple[float, float]],
 ) -> None:
     # A `time.sleep(0)` as each outermost scope ends (still short) and one more as the
     # interval is set back; none for an inner scope.
-    slept: list[tuple[float, float]] = []
-    monkeypatch.setattr(
-        interpreter.time, "sleep", lambda s: slept.append((s, sys.getswitchinterval()))
-    )
+    slept = sleeps
 
     async def rebuild() -> None:
         with interpreter.handing_over():
